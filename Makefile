@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck chaos bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ketenhub run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check schemas connectors hub tests bench
+	$(BIN)/ruff format --check schemas connectors hub tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+chaos: $(STAMP)
+	KETENHUB_CHAOS_LONG=1 $(BIN)/python -m pytest -q tests/chaos
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) ketenhub.db .pytest_cache

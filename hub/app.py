@@ -1,0 +1,43 @@
+"""App wiring: the one module that knows every component and router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hub.api import health
+from hub.config import Settings
+from hub.runtime import Hub, Registrar
+
+# Component name -> what it registers on the spine. Grows as components are built.
+REGISTRARS: dict[str, list[Registrar]] = {}
+
+
+def create_app(
+    settings: Settings, *, hub: Hub | None = None, on_ready: Callable[[Hub], None] | None = None
+) -> FastAPI:
+    """The hub's FastAPI app; its lifespan starts and stops the whole hub."""
+    hub = hub or Hub(settings, registrars=REGISTRARS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            if on_ready is not None:
+                on_ready(hub)
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(
+        title="ketenhub",
+        version="0.1.0",
+        description="Messaging hub between Halt Den Haag and its chain partners.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.state.settings = settings
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,143 @@
+"""The `ketenhub` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from hub.config import Settings, load_settings
+from hub.errors import ConfigError
+
+app = typer.Typer(
+    help="ketenhub: the messaging hub between Halt Den Haag and its chain partners.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+simulate = typer.Typer(help="Run partner simulators for demos and tests.", no_args_is_help=True)
+app.add_typer(simulate, name="simulate")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class QuietExitServer(uvicorn.Server):
+        """Shuts down gracefully on SIGINT/SIGTERM and then exits 0 instead of re-raising the signal."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            self._captured_signals.clear()
+
+    return QuietExitServer
+
+
+def _banner(settings: Settings, host: str, port: int, broker: str) -> str:
+    base = f"http://{host}:{port}"
+    kind = "embedded tansu, memory storage" if settings.embedded_broker else "external"
+    return "\n".join(
+        [
+            "ketenhub is running",
+            f"  operator API  {base}/   ready: {base}/readyz   docs: {base}/docs   AsyncAPI: {base}/asyncapi",
+            f"  database      {settings.database.url}",
+            f"  broker        {broker} ({kind})",
+            f"  components    {', '.join(settings.components)}",
+            "  stop with Ctrl-C",
+        ]
+    )
+
+
+@app.command()
+def run(
+    host: Annotated[str | None, typer.Option(help="HTTP address to listen on (KETENHUB_HTTP__HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (KETENHUB_HTTP__PORT, default 8000)")] = None,
+    components: Annotated[
+        str | None,
+        typer.Option(help="comma-separated subset of intake,routing,verwijsindex,mail,api (default all)"),
+    ] = None,
+) -> None:
+    """Start the hub. With no configuration: embedded broker, SQLite file, simulators."""
+    import uvicorn
+
+    from hub.app import create_app
+
+    _QuietExitServer = _server_class()
+    from hub.logging import setup_logging
+
+    overrides: dict[str, object] = {}
+    if components:
+        overrides["components"] = [c.strip() for c in components.split(",") if c.strip()]
+    settings = _settings(**overrides)
+    http = settings.http.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    settings = settings.model_copy(update={"http": http})
+    setup_logging(settings.log_level, json=settings.log_json)
+
+    def ready(hub: object) -> None:
+        typer.echo(_banner(settings, http.host, http.port, getattr(hub, "bootstrap", "?")), err=False)
+        sys.stdout.flush()
+
+    try:
+        fastapi_app = create_app(settings, on_ready=ready)
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    server = _QuietExitServer(
+        uvicorn.Config(
+            fastapi_app,
+            host=http.host,
+            port=http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+    typer.echo("ketenhub stopped")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (KETENHUB_DATABASE__URL) and exit."""
+    from hub.store import Store
+
+    settings = _settings()
+
+    async def go() -> None:
+        store = Store(settings.database.url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    typer.echo(f"database {settings.database.url} is up to date")
+
+
+@simulate.command("verwijsindex")
+def simulate_verwijsindex(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the Verwijsindex Haaglanden simulator (its OpenAPI at /docs)."""
+    from connectors.verwijsindex.simulator import main as run_simulator
+
+    run_simulator(port=port, host=host)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

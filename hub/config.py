@@ -1,0 +1,153 @@
+"""All settings in one pydantic-settings model, prefix KETENHUB_, nested sections with `__`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hub.errors import ConfigError
+
+COMPONENTS = ("intake", "routing", "verwijsindex", "mail", "api")
+DEFAULT_DB_URL = "sqlite+aiosqlite:///./ketenhub.db"
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "ketenhub", "password", "test", "xxx"}
+
+
+class KafkaSettings(BaseModel):
+    """The broker. No bootstrap servers means: spawn the embedded tansu broker."""
+
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    client_id: str = "ketenhub"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_batch: int = Field(default=500, ge=1, le=10_000)
+    topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
+    group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
+
+
+class DatabaseSettings(BaseModel):
+    """The store: SQLite file by default, PostgreSQL (asyncpg) in production."""
+
+    url: str = DEFAULT_DB_URL
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return url
+
+
+class HttpSettings(BaseModel):
+    """The operator and partner HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+
+
+class SmtpSettings(BaseModel):
+    """Outgoing mail. No host means: run the embedded SMTP sink."""
+
+    host: str | None = None
+    port: int = Field(default=25, ge=0, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    sender: str = "ketenhub@halt.nl"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class VerwijsindexSettings(BaseModel):
+    """The Verwijsindex Haaglanden. No URL means: run the simulator in-process."""
+
+    url: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the hub reads from its environment; built once, passed to create_app."""
+
+    model_config = SettingsConfigDict(env_prefix="KETENHUB_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = KafkaSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    http: HttpSettings = HttpSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    verwijsindex: VerwijsindexSettings = VerwijsindexSettings()
+    secret: SecretStr | None = Field(default=None, description="HMAC secret for the pseudonymous youth key")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    components: list[str] = Field(default_factory=lambda: list(COMPONENTS))
+    state_dir: Path = Path(".")
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the hub spawns its own tansu broker."""
+        return self.kafka.bootstrap_servers is None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"components: unknown {sorted(unknown)}; allowed {list(COMPONENTS)}")
+        if self.secret is not None:
+            value = self.secret.get_secret_value()
+            if value.lower() in _PLACEHOLDERS or len(value) < 32:
+                raise ValueError(
+                    "secret: KETENHUB_SECRET must be at least 32 characters and not a placeholder"
+                )
+        elif not self.embedded_broker:
+            raise ValueError(
+                "secret: KETENHUB_SECRET is required when KETENHUB_KAFKA__BOOTSTRAP_SERVERS is set "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    def secret_value(self) -> str:
+        """The pseudonymisation secret; the embedded default keeps a random one in its state dir."""
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        path = self.state_dir / "ketenhub.secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return "KETENHUB_" + "__".join(p.upper() for p in parts) if parts else "KETENHUB_*"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment; a bad setting raises ConfigError with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        loc = first["loc"]
+        if not loc and ":" in msg:  # model-level check: the message starts with the field name
+            field, _, msg = msg.partition(":")
+            loc = tuple(field.split("."))
+        given = first.get("input")
+        shown = (
+            f" (got {given!r})"
+            if isinstance(given, str | int | float)
+            and not any(w in str(loc) for w in ("secret", "password", "url"))
+            else ""
+        )
+        raise ConfigError(f"{_env_name(loc)}: {msg.strip()}{shown}") from None

@@ -1,0 +1,80 @@
+"""Kafka clients from settings: connection options, topic creation, producer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from hub.config import KafkaSettings
+from hub.errors import ConfigError
+from hub.topics import Topic
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, Any]:
+    """Options every aiokafka client of the hub shares (address, SASL)."""
+    opts: dict[str, Any] = {"bootstrap_servers": bootstrap, "client_id": kafka.client_id}
+    if kafka.security_protocol != "PLAINTEXT":
+        opts["security_protocol"] = kafka.security_protocol
+        if kafka.security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = kafka.sasl_mechanism or "SCRAM-SHA-512"
+            opts["sasl_plain_username"] = kafka.sasl_username
+            opts["sasl_plain_password"] = (
+                kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+            )
+        if kafka.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context()
+    return opts
+
+
+def faststream_security(kafka: KafkaSettings) -> Any:
+    """The same connection security for FastStream's broker object."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
+
+    user = kafka.sasl_username or ""
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+    use_ssl = kafka.security_protocol.endswith("SSL")
+    mech = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256}.get(
+        kafka.sasl_mechanism or "", SASLScram512
+    )
+    return mech(username=user, password=password, use_ssl=use_ssl)
+
+
+async def ensure_topics(
+    options: dict[str, Any], topics: Iterable[Topic], *, replication_factor: int
+) -> list[str]:
+    """Create the topics that do not exist; an existing topic is fine, any other error stops start-up."""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(
+                t.name, t.partitions, replication_factor, topic_configs={"retention.ms": str(t.retention_ms)}
+            )
+            for t in topics
+        ]
+        response = await admin.create_topics(wanted)
+        created, failed = [], []
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:
+                failed.append(f"{name}: error {code} {message or ''}".strip())
+        if failed:
+            raise ConfigError("could not create topics: " + "; ".join(failed))
+        return created
+    finally:
+        await admin.close()
+
+
+def make_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+    """The producer behind the outbox relay: acks=all, short linger for batching."""
+    return AIOKafkaProducer(**options, acks="all", linger_ms=2, max_batch_size=256 * 1024)

@@ -1,0 +1,77 @@
+"""structlog set-up: message and transaction ids bound per message, BSNs redacted always."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Nine digits standing alone (or eight, which rule 1 left-pads): anything that could be a BSN.
+_BSN_LIKE = re.compile(r"(?<![0-9A-Za-z])[0-9]{8,9}(?![0-9A-Za-z])")
+REDACTED = "[bsn-redacted]"
+
+
+def redact_text(text: str) -> str:
+    """Replace anything that looks like a BSN in a string."""
+    return _BSN_LIKE.sub(REDACTED, text)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 10_000_000 <= value <= 999_999_999:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    return value
+
+
+def redact_bsn(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: no BSN leaves through a log line, whatever a caller passed."""
+    return {k: _redact(v) for k, v in event_dict.items()}
+
+
+class _RedactingFilter(logging.Filter):
+    """The same for third-party libraries that log through the standard library."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        return True
+
+
+def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
+    """Configure structlog and the standard library once, at start-up (never at import)."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_bsn,
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aiokafka", "faststream", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger for a module."""
+    return structlog.get_logger(name)

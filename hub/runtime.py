@@ -1,0 +1,151 @@
+"""The running hub: broker (embedded or real), store, topics, relay and components, started in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from hub.config import Settings
+from hub.embedded import EmbeddedKafka
+from hub.kafka import client_options, ensure_topics, faststream_security, make_producer
+from hub.logging import get_logger
+from hub.metrics import Metrics
+from hub.spine import Relay, Spine
+from hub.store import Store
+from hub.topics import Topic, all_topics, prefixed
+
+log = get_logger(__name__)
+
+# A component registers its handlers on the spine; the app wiring maps names to them.
+Registrar = Callable[["Hub"], None]
+
+
+@dataclass
+class Hub:
+    """Everything one hub process runs; `start()` and `stop()` are its whole life cycle."""
+
+    settings: Settings
+    registrars: dict[str, list[Registrar]] = field(default_factory=dict)
+    extra_topics: list[Topic] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    embedded: EmbeddedKafka | None = None
+    bootstrap: str = ""
+    store: Store | None = None
+    broker: KafkaBroker | None = None
+    spine: Spine | None = None
+    relay: Relay | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    started: bool = False
+    components: dict[str, Any] = field(default_factory=dict)
+
+    def topic(self, name: str) -> str:
+        """A topic's full name under this hub's prefix."""
+        return self.settings.kafka.topic_prefix + name
+
+    def group(self, component: str) -> str:
+        """The consumer group of a component."""
+        return self.settings.kafka.group_prefix + component
+
+    @property
+    def kafka_options(self) -> dict[str, Any]:
+        """aiokafka client options for this hub's broker."""
+        return client_options(self.settings.kafka, self.bootstrap)
+
+    async def start(self) -> None:
+        """Broker, store and migrations, topics, producer and relay, then the consumers."""
+        s = self.settings
+        if s.embedded_broker:
+            self.embedded = EmbeddedKafka()
+            await asyncio.to_thread(self.embedded.start)
+            self.bootstrap = self.embedded.bootstrap
+        else:
+            self.bootstrap = s.kafka.bootstrap_servers or ""
+        self.store = Store(s.database.url, echo=s.database.echo)
+        await self.store.migrate()
+        topics = prefixed([*all_topics(), *self.extra_topics], s.kafka.topic_prefix)
+        await ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor)
+        producer = make_producer(self.kafka_options)
+        await producer.start()
+        self.relay = Relay(self.store, producer)
+        self.broker = KafkaBroker(
+            self.bootstrap,
+            client_id=s.kafka.client_id,
+            security=faststream_security(s.kafka),
+            graceful_timeout=10.0,
+            logger=logging.getLogger("faststream"),
+        )
+        self.spine = Spine(
+            self.store,
+            self.broker,
+            self.relay,
+            self.metrics,
+            session_timeout_ms=s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+            max_records=s.kafka.max_batch,
+        )
+        for name in s.components:
+            for registrar in self.registrars.get(name, []):
+                registrar(self)
+        self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        await self.broker.start()
+        self.started = True
+        log.info(
+            "hub started", broker=self.bootstrap, database=self.store.describe(), components=s.components
+        )
+
+    async def stop(self) -> None:
+        """Consumers first (they finish their batch), then the relay, producer, store and broker."""
+        self.started = False
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.broker.stop(), 15)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self.tasks.clear()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.producer.stop(), 10)
+        if self.store is not None:
+            await self.store.close()
+        if self.embedded is not None:
+            await self.embedded.astop()
+        log.info("hub stopped")
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency: 'ok' or why not."""
+        checks: dict[str, str] = {}
+        checks["store"] = await _check(self.store.ping() if self.store else None)
+        checks["broker"] = await _check(self._ping_broker())
+        for name, check in self.components.items():
+            ping = getattr(check, "ping", None)
+            if ping is not None:
+                checks[name] = await _check(ping())
+        for name, value in checks.items():
+            self.metrics.ready.labels(name).set(1 if value == "ok" else 0)
+        return checks
+
+    async def _ping_broker(self) -> None:
+        if self.relay is None:
+            raise RuntimeError("not started")
+        client = self.relay.producer.client
+        if not await client.ready(client.get_random_node()):  # type: ignore[arg-type]
+            raise ConnectionError("no broker answers")
+
+
+async def _check(awaitable: Any) -> str:
+    if awaitable is None:
+        return "not started"
+    try:
+        await asyncio.wait_for(awaitable, 3.0)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+    return "ok"

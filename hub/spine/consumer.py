@@ -1,0 +1,254 @@
+"""Consumers on the spine: effects and inbox in one transaction, offsets committed after it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.errors import TransientError
+from hub.logging import get_logger
+from hub.metrics import Metrics
+from hub.spine.dlq import dlq_headers, safe_error_message
+from hub.spine.outbox import Relay, add_to_outbox
+from hub.store import Store
+from hub.store.tables import inbox
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, Envelope, utcnow
+
+log = get_logger(__name__)
+T = TypeVar("T")
+_TRANSIENT = (TransientError, OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError)
+
+
+def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    """A record header as text, or None."""
+    for key, value in record.headers or ():
+        if key == name:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def decode_envelope(record: ConsumerRecord[Any, Any]) -> Envelope:
+    """The default decoder: the record value is our envelope."""
+    return Envelope.from_bytes(record.value)
+
+
+@dataclass
+class Tx:
+    """What a handler gets: the session of this message's transaction and ways to emit and audit."""
+
+    session: AsyncSession
+    record: ConsumerRecord[Any, Any]
+    transaction_id: str
+    system: str
+    emitted: list[str] = field(default_factory=list)
+
+    async def emit(
+        self,
+        topic: str,
+        message: Envelope | bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish `message` once this transaction commits (outbox)."""
+        await add_to_outbox(self.session, topic, message, key=key, headers=headers)
+        self.emitted.append(topic)
+
+    async def audit(self, entry: AuditEntry) -> None:
+        """Write an audit entry in this transaction, stamped with the transaction id (rule 19)."""
+        await write_audit(self.session, entry, transaction_id=self.transaction_id, system=self.system)
+
+
+Handler = Callable[[Tx, T], Awaitable[None]]
+
+
+@dataclass
+class Subscription(Generic[T]):
+    """One handler on one topic in one consumer group."""
+
+    topic: str
+    group: str
+    dlq: str
+    handler: Handler[T]
+    decode: Callable[[ConsumerRecord[Any, Any]], T]
+
+
+class Spine:
+    """Registers handlers on the FastStream broker with the hub's delivery guarantees."""
+
+    def __init__(
+        self, store: Store, broker: KafkaBroker, relay: Relay, metrics: Metrics, **consumer_options: Any
+    ) -> None:
+        self.store, self.broker, self.relay, self.metrics = store, broker, relay, metrics
+        self.consumer_options = consumer_options
+        self.subscriptions: list[Subscription[Any]] = []
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str,
+        dlq: str,
+        decode: Callable[[ConsumerRecord[Any, Any]], T] = decode_envelope,  # type: ignore[assignment]
+        title: str | None = None,
+    ) -> Callable[[Handler[T]], Handler[T]]:
+        """Decorator: run the handler for every record of `topic`, once per message id."""
+
+        def register(fn: Handler[T]) -> Handler[T]:
+            sub = Subscription(topic, group, dlq, fn, decode)
+            self.subscriptions.append(sub)
+
+            async def on_batch(body: Any, msg: KafkaMessage) -> None:
+                records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+                await self.process(sub, records, ack=msg.ack, nack=msg.nack)
+
+            self.broker.subscriber(
+                topic,
+                group_id=group,
+                batch=True,
+                ack_policy=AckPolicy.MANUAL,
+                auto_offset_reset="earliest",
+                title=title or f"{group}:{topic}",
+                description=fn.__doc__,
+                **self.consumer_options,
+            )(on_batch)
+            return fn
+
+        return register
+
+    async def process(
+        self,
+        sub: Subscription[Any],
+        records: Sequence[ConsumerRecord[Any, Any]],
+        *,
+        ack: Callable[[], Awaitable[None]],
+        nack: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Handle a batch in one transaction, then commit offsets; a transient error retries it whole."""
+        attempt = 0
+        while True:
+            try:
+                outcomes = await self._handle_batch(sub, records)
+                break
+            except _TRANSIENT as exc:
+                attempt += 1
+                delay = min(0.2 * 2**attempt, 10.0) * (0.5 + random.random() / 2)
+                log.warning(
+                    "batch failed transiently; retrying",
+                    topic=sub.topic,
+                    group=sub.group,
+                    error=safe_error_message(exc),
+                    attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                )
+                self.metrics.messages.labels(sub.topic, "retried").inc(len(records))
+                if attempt >= 5:
+                    await nack()  # give the partitions back to the poll loop; redelivered from here
+                    await asyncio.sleep(delay)
+                    return
+                await asyncio.sleep(delay)
+        await ack()
+        for outcome, count in outcomes.items():
+            self.metrics.messages.labels(sub.topic, outcome).inc(count)
+        self.relay.wake()
+
+    async def _handle_batch(
+        self, sub: Subscription[Any], records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> dict[str, int]:
+        outcomes = {"processed": 0, "duplicate": 0, "dead_lettered": 0}
+        ids = [header(r, H_MESSAGE_ID) or f"{r.topic}:{r.partition}:{r.offset}" for r in records]
+        async with self.store.transaction() as session:
+            seen = set(
+                (
+                    await session.execute(
+                        select(inbox.c.message_id).where(
+                            inbox.c.consumer == sub.group, inbox.c.message_id.in_(set(ids))
+                        )
+                    )
+                ).scalars()
+            )
+            done: list[str] = []
+            for record, message_id in zip(records, ids, strict=True):
+                if message_id in seen:
+                    outcomes["duplicate"] += 1
+                    continue
+                seen.add(message_id)
+                outcome = await self._handle_one(session, sub, record, message_id)
+                outcomes[outcome] += 1
+                done.append(message_id)
+            if done:
+                now = utcnow()
+                await session.execute(
+                    insert(inbox),
+                    [{"consumer": sub.group, "message_id": m, "processed_at": now} for m in done],
+                )
+        return outcomes
+
+    async def _handle_one(
+        self, session: AsyncSession, sub: Subscription[Any], record: ConsumerRecord[Any, Any], message_id: str
+    ) -> str:
+        transaction_id = header(record, H_TRANSACTION_ID) or message_id
+        structlog.contextvars.bind_contextvars(message_id=message_id, transaction_id=transaction_id)
+        started = time.perf_counter()
+        try:
+            async with session.begin_nested():
+                item = sub.decode(record)
+                await sub.handler(Tx(session, record, transaction_id, system=sub.group), item)
+            return "processed"
+        except _TRANSIENT:
+            raise
+        except Exception as exc:  # permanent: the record goes to the DLQ, the consumer goes on
+            log.warning(
+                "message dead-lettered",
+                topic=sub.topic,
+                error_class=type(exc).__name__,
+                error=safe_error_message(exc),
+            )
+            await self.dead_letter(session, sub, record, exc, transaction_id)
+            return "dead_lettered"
+        finally:
+            self.metrics.handler_seconds.labels(sub.topic).observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("message_id", "transaction_id")
+
+    async def dead_letter(
+        self,
+        session: AsyncSession,
+        sub: Subscription[Any],
+        record: ConsumerRecord[Any, Any],
+        exc: BaseException,
+        transaction_id: str,
+        *,
+        attempts: int = 1,
+    ) -> None:
+        """Queue the original record on the DLQ, with the DLQ headers, in this transaction."""
+        now = utcnow()
+        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in record.headers or ()}
+        headers.update(
+            dlq_headers(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                group=sub.group,
+                exc=exc,
+                attempts=attempts,
+                first_failure=now,
+                last_failure=now,
+            )
+        )
+        headers[H_TRANSACTION_ID] = transaction_id
+        key = bytes(record.key).decode("utf-8", "backslashreplace") if record.key is not None else None
+        await add_to_outbox(session, sub.dlq, bytes(record.value or b""), key=key, headers=headers)

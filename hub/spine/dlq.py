@@ -1,0 +1,67 @@
+"""Dead-letter headers (DESIGN.md) and error text that is safe to show an operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from hub.logging import redact_text
+
+# Header names on every dead letter, readable without decoding the payload.
+DLQ_TOPIC = "dlq-original-topic"
+DLQ_PARTITION = "dlq-original-partition"
+DLQ_OFFSET = "dlq-original-offset"
+DLQ_GROUP = "dlq-consumer-group"
+DLQ_EXC_CLASS = "dlq-exception-class"
+DLQ_EXC_MESSAGE = "dlq-exception-message"
+DLQ_ATTEMPTS = "dlq-attempts"
+DLQ_FIRST_FAILURE = "dlq-first-failure"
+DLQ_LAST_FAILURE = "dlq-last-failure"
+DLQ_HEADERS = (
+    DLQ_TOPIC,
+    DLQ_PARTITION,
+    DLQ_OFFSET,
+    DLQ_GROUP,
+    DLQ_EXC_CLASS,
+    DLQ_EXC_MESSAGE,
+    DLQ_ATTEMPTS,
+    DLQ_FIRST_FAILURE,
+    DLQ_LAST_FAILURE,
+)
+_MAX_MESSAGE = 500
+
+
+def safe_error_message(exc: BaseException) -> str:
+    """What went wrong, without echoing input values (a BSN or a name may be in them)."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()[:10]]
+        text = f"{exc.error_count()} validation error(s): " + "; ".join(parts)
+    else:
+        text = str(exc) or type(exc).__name__
+    return redact_text(text)[:_MAX_MESSAGE]
+
+
+def dlq_headers(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    group: str,
+    exc: BaseException,
+    attempts: int,
+    first_failure: datetime,
+    last_failure: datetime,
+) -> dict[str, str]:
+    """The DLQ headers of DESIGN.md for one failed record."""
+    return {
+        DLQ_TOPIC: topic,
+        DLQ_PARTITION: str(partition),
+        DLQ_OFFSET: str(offset),
+        DLQ_GROUP: group,
+        DLQ_EXC_CLASS: f"{type(exc).__module__}.{type(exc).__qualname__}",
+        DLQ_EXC_MESSAGE: safe_error_message(exc),
+        DLQ_ATTEMPTS: str(attempts),
+        DLQ_FIRST_FAILURE: first_failure.isoformat(),
+        DLQ_LAST_FAILURE: last_failure.isoformat(),
+    }

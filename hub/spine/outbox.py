@@ -1,0 +1,139 @@
+"""The outbox: messages written with their state change, published by a relay with acks=all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.logging import get_logger
+from hub.store import Store
+from hub.store.tables import outbox
+from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
+
+log = get_logger(__name__)
+
+
+async def add_to_outbox(
+    session: AsyncSession,
+    topic: str,
+    message: Envelope | bytes,
+    *,
+    key: str | None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Queue a message in the caller's transaction; it is published only if that commits."""
+    if isinstance(message, Envelope):
+        value = message.to_bytes()
+        all_headers = {k: v.decode() for k, v in message.headers()}
+    else:
+        value, all_headers = message, {}
+    all_headers.update(headers or {})
+    await session.execute(
+        insert(outbox).values(
+            topic=topic,
+            key=key,
+            value=value,
+            headers=all_headers,
+            message_id=all_headers.get(H_MESSAGE_ID),
+            created_at=utcnow(),
+        )
+    )
+
+
+class Relay:
+    """Publishes outbox rows in id order, marks them sent, purges sent rows after `keep`."""
+
+    def __init__(
+        self,
+        store: Store,
+        producer: AIOKafkaProducer,
+        *,
+        batch: int = 500,
+        poll_s: float = 0.5,
+        keep: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        """Something was committed to the outbox: publish it now rather than at the next poll."""
+        self._wake.set()
+
+    async def publish_once(self) -> int:
+        """Publish one batch of pending rows; return how many were sent."""
+        async with self.store.transaction() as session:
+            rows = (
+                await session.execute(
+                    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+                    .where(outbox.c.sent_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self.batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            futures = [
+                await self.producer.send(
+                    r.topic,
+                    r.value,
+                    key=r.key.encode() if r.key is not None else None,
+                    headers=[(k, str(v).encode()) for k, v in (r.headers or {}).items()],
+                )
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+            await session.execute(
+                update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    async def purge_sent(self) -> None:
+        """Sent rows hold personal data: keep them only as long as operators need them."""
+        async with self.store.transaction() as session:
+            await session.execute(delete(outbox).where(outbox.c.sent_at < utcnow() - self.keep))
+
+    async def run(self) -> None:
+        """Publish until cancelled; broker or database trouble is retried with backoff."""
+        backoff, cycles = 0.1, 0
+        while True:
+            try:
+                sent = await self.publish_once()
+                self.last_error, backoff = None, 0.1
+                cycles += 1
+                if cycles % 1000 == 0:
+                    await self.purge_sent()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("outbox relay failed; will retry", error=self.last_error, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                self._wake.clear()
+
+    async def pending(self) -> int:
+        """How many rows wait to be published."""
+        from sqlalchemy import func
+
+        async with self.store.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+                    )
+                ).scalar_one()
+            )

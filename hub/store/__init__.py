@@ -1,0 +1,6 @@
+"""The store: SQLAlchemy 2 async over SQLite or PostgreSQL, with Alembic migrations."""
+
+from hub.store.db import Store, migrate
+from hub.store.tables import metadata
+
+__all__ = ["Store", "metadata", "migrate"]

@@ -1,0 +1,59 @@
+"""Table definitions of the spine: inbox, outbox and the append-only audit log."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per processed message per consumer group, written in the same transaction as its effects.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("consumer", String(200), primary_key=True),
+    Column("message_id", String(200), primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+)
+
+# Messages waiting to be published, written in the same transaction as the state change.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("topic", String(300), nullable=False),
+    Column("key", String(200), nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("message_id", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ix_outbox_unsent", "sent_at", "id"),
+)
+
+# NEN 7513-style audit entries (rule 18): never updated, never deleted before their term.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("youth_key", String(64), nullable=True, index=True),
+    Column("user", String(200), nullable=False),
+    Column("on_behalf_of", String(200), nullable=True),
+    Column("system", String(200), nullable=False),
+    Column("objects", JSON, nullable=False),
+    Column("transaction_id", String(100), nullable=True, index=True),
+    Column("legal_basis", Text, nullable=True),
+)

@@ -1,0 +1,72 @@
+"""The envelope every Kafka record carries, and the header names it travels under."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Kafka header names (rule 19 names the transaction id header).
+H_MESSAGE_ID = "message-id"
+H_MESSAGE_TYPE = "message-type"
+H_TRANSACTION_ID = "transaction-id"
+H_CORRELATION_ID = "correlation-id"
+H_SOURCE = "source"
+
+
+def new_id() -> str:
+    """A fresh message or transaction id."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """One message on a topic: identity, tracing and the payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str = Field(default_factory=new_id, description="UUID; the inbox dedup key")
+    type: str = Field(description="message type, e.g. 'Referral'", min_length=1, max_length=100)
+    version: int = Field(default=1, ge=1)
+    transaction_id: str = Field(default_factory=new_id, min_length=1, max_length=100)
+    correlation_id: str | None = Field(default=None, max_length=200)
+    source: str = Field(default="ketenhub", min_length=1, max_length=100)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Ids and type as Kafka headers, so operators can read a record without decoding it."""
+        pairs = [
+            (H_MESSAGE_ID, self.message_id),
+            (H_MESSAGE_TYPE, f"{self.type}.v{self.version}"),
+            (H_TRANSACTION_ID, self.transaction_id),
+            (H_SOURCE, self.source),
+        ]
+        if self.correlation_id:
+            pairs.append((H_CORRELATION_ID, self.correlation_id))
+        return [(k, v.encode()) for k, v in pairs]
+
+    def to_bytes(self) -> bytes:
+        """The record value."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        """Parse a record value; raises pydantic.ValidationError when it is not an envelope."""
+        return cls.model_validate_json(raw)
+
+    def reply(self, type_: str, payload: dict[str, Any], *, version: int = 1) -> Envelope:
+        """A new message caused by this one: same transaction and correlation."""
+        return Envelope(
+            type=type_,
+            version=version,
+            transaction_id=self.transaction_id,
+            correlation_id=self.correlation_id,
+            payload=payload,
+        )

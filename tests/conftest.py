@@ -1,0 +1,95 @@
+"""Shared fixtures: a session-wide tansu broker, stores on SQLite and PostgreSQL, unique names per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.config import Settings
+from hub.embedded import EmbeddedKafka
+from hub.store import Store
+
+PG_ADMIN_DSN = os.environ.get("KETENHUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_SECRET = "test-secret-that-is-long-enough-for-the-hub-0123456789"
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[EmbeddedKafka]:
+    """One tansu broker for the whole run (it starts in milliseconds; topics are unique per test)."""
+    broker = EmbeddedKafka()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for topic prefixes, groups and database names."""
+    return uuid.uuid4().hex[:10]
+
+
+async def _pg_available() -> str | None:
+    try:
+        import asyncpg
+
+        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_DSN), 3)
+        await conn.close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[str]:
+    """A fresh database per test, on SQLite and on PostgreSQL (skipped, visibly, only when none runs)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+        return
+    problem = await _pg_available()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must be reachable on CI ({PG_ADMIN_DSN}): {problem}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {problem}")
+    import asyncpg
+
+    name = f"kh_{unique}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """A migrated store."""
+    s = Store(db_url)
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def make_settings(kafka: EmbeddedKafka, db_url: str, unique: str, **extra: object) -> Settings:
+    """Settings for a hub on the shared test broker, with its own topics, groups and database."""
+    values: dict[str, object] = {
+        "kafka": {
+            "bootstrap_servers": kafka.bootstrap,
+            "topic_prefix": f"t{unique}.",
+            "group_prefix": f"g{unique}-",
+            "session_timeout_ms": 2000,
+            "heartbeat_interval_ms": 500,
+        },
+        "database": {"url": db_url},
+        "secret": TEST_SECRET,
+        "components": [],
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]

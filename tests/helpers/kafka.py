@@ -1,0 +1,83 @@
+"""Small Kafka helpers for tests: produce, and read a topic until a count or a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Send (key, value, headers) records and wait for the acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 20.0, settle_s: float = 0.0
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of `topic` (all partitions, from the start) once `expect` arrived or the deadline passed.
+
+    With `settle_s`, keep reading that long after reaching `expect`, to catch duplicates.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + timeout_s
+        while not partitions and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            await asyncio.sleep(0.05)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        out: list[ConsumerRecord[Any, Any]] = []
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100)
+            for recs in batch.values():
+                out.extend(recs)
+            if len(out) >= expect:
+                if settle_until is None:
+                    settle_until = time.monotonic() + settle_s
+                if time.monotonic() >= settle_until:
+                    break
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+def headers_of(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
+    """A record's headers as a dict of text."""
+    return {k: bytes(v).decode() for k, v in record.headers or ()}
+
+
+async def wait_for(predicate: Any, *, timeout_s: float = 20.0, interval_s: float = 0.05) -> Any:
+    """Poll an async or sync predicate until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s (last value {last!r})")

@@ -1,0 +1,126 @@
+"""The delivery spine on the real broker and both stores: outbox, inbox dedup, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from hub.embedded import EmbeddedKafka
+from hub.spine import add_to_outbox
+from hub.spine.dlq import DLQ_HEADERS
+from hub.store import Store
+from hub.store.tables import audit_log, outbox
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+from tests.helpers.hubs import IN, OUT, echo_component, running_hub
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def _effects(store: Store) -> list[int]:
+    async with store.connect() as conn:
+        rows = (
+            await conn.execute(select(audit_log.c.objects).where(audit_log.c.action == "test.effect"))
+        ).scalars()
+        return sorted(r["n"] for r in rows)
+
+
+def _record(env: Envelope, key: bytes = b"youth-a") -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return key, env.to_bytes(), env.headers()
+
+
+async def test_handler_effect_and_reply_flow_through(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    settings = make_settings(kafka, db_url, unique)
+    async with running_hub(settings, echo_component) as hub:
+        assert hub.store is not None
+        sent = [Envelope(type="Test", payload={"n": i, "key": f"youth-{i % 3}"}) for i in range(20)]
+        await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in sent])
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=20)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == list(range(20))
+        replies = {Envelope.from_bytes(r.value).transaction_id for r in out}
+        assert replies == {e.transaction_id for e in sent}  # rule 19: the transaction id travels on
+        assert await _effects(hub.store) == list(range(20))
+
+
+async def test_redelivered_message_has_its_effect_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The same message id twice (as after a consumer died before committing) is processed once."""
+    settings = make_settings(kafka, db_url, unique)
+    env = Envelope(type="Test", payload={"n": 7})
+    async with running_hub(settings, echo_component) as hub:
+        assert hub.store is not None
+        await produce(kafka.bootstrap, hub.topic(IN.name), [_record(env), _record(env)])
+        await produce(kafka.bootstrap, hub.topic(IN.name), [_record(Envelope(type="Test", payload={"n": 8}))])
+        await wait_for(lambda: _effects(hub.store), timeout_s=20)  # type: ignore[arg-type]
+        await wait_for(lambda: _count_effects(hub.store, 2))
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.5)
+    assert await _effects(hub.store) == [7, 8]
+    assert len(out) == 2
+
+
+async def _count_effects(store: Store | None, n: int) -> bool:
+    assert store is not None
+    return len(await _effects(store)) >= n
+
+
+async def test_undecodable_record_goes_to_dlq_and_the_next_is_processed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    settings = make_settings(kafka, db_url, unique)
+    good = Envelope(type="Test", payload={"n": 2})
+    poison = Envelope(type="Test", payload={"n": 3, "poison": True})
+    async with running_hub(settings, echo_component) as hub:
+        await produce(
+            kafka.bootstrap,
+            hub.topic(IN.name),
+            [
+                (b"youth-a", b"{not json", [("transaction-id", b"tx-garbage")]),
+                _record(poison),
+                _record(good),
+            ],
+        )
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)
+        dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=2)
+    assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [2]
+    assert len(dead) == 2
+    by_value = {r.value: headers_of(r) for r in dead}
+    garbage = by_value[b"{not json"]
+    for name in DLQ_HEADERS:
+        assert name in garbage, name
+    assert garbage["dlq-original-topic"] == hub.topic(IN.name)
+    assert garbage["dlq-consumer-group"] == hub.group("echo")
+    assert garbage["dlq-exception-class"].endswith("ValidationError")
+    assert garbage["transaction-id"] == "tx-garbage"
+    assert int(garbage["dlq-attempts"]) == 1
+    poisoned = by_value[poison.to_bytes()]
+    assert poisoned["dlq-exception-message"] == "poison payload"
+    assert poisoned["message-id"] == poison.message_id
+    assert dead[0].key == b"youth-a"
+
+
+async def test_nothing_is_published_for_a_rolled_back_transaction(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    settings = make_settings(kafka, db_url, unique)
+    async with running_hub(settings) as hub:
+        assert hub.store is not None and hub.relay is not None
+        with pytest.raises(RuntimeError):
+            async with hub.store.transaction() as session:
+                await add_to_outbox(session, hub.topic(OUT.name), Envelope(type="Lost"), key="k")
+                raise RuntimeError("state change failed")
+        kept = Envelope(type="Kept")
+        async with hub.store.transaction() as session:
+            await add_to_outbox(session, hub.topic(OUT.name), kept, key="k")
+        hub.relay.wake()
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, settle_s=0.5)
+        assert [Envelope.from_bytes(r.value).type for r in out] == ["Kept"]
+        async with hub.store.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(outbox))).scalar_one() == 1
+        await wait_for(lambda: _pending_zero(hub))
+
+
+async def _pending_zero(hub: object) -> bool:
+    relay = getattr(hub, "relay", None)
+    return relay is not None and await relay.pending() == 0

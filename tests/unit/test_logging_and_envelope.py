@@ -1,0 +1,88 @@
+"""BSN redaction in logs, the envelope, the youth key, topic names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from hub.logging import REDACTED, redact_bsn, redact_text
+from hub.spine.dlq import safe_error_message
+from hub.topics import CONSUMED, WITH_RETRY, all_topics
+from schemas.envelope import Envelope
+from schemas.pseudonym import youth_key
+
+BSN = "111222333"
+
+
+def test_bsn_like_numbers_are_redacted_everywhere() -> None:
+    event = {"event": f"youth {BSN} seen", "nested": {"bsn": BSN, "n": 11122233}, "list": [BSN], "count": 12}
+    out = redact_bsn(None, "info", event)
+    dumped = json.dumps(out)
+    assert BSN not in dumped and "11122233" not in dumped
+    assert out["count"] == 12 and REDACTED in out["event"]
+
+
+def test_redaction_leaves_ids_and_dates_alone() -> None:
+    text = "order 12345 at 2025-01-31 uuid 3f2a9c1e-1111-2222-3333-444455556666"
+    assert redact_text(text) == text
+
+
+def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    from hub.logging import setup_logging
+
+    setup_logging("INFO", json=True)
+    structlog.get_logger("t").info("registering", bsn=BSN)
+    err = capsys.readouterr().err
+    assert "registering" in err and BSN not in err
+
+
+def test_envelope_round_trip_and_headers() -> None:
+    env = Envelope(type="Referral", payload={"a": 1}, correlation_id="ref-1")
+    back = Envelope.from_bytes(env.to_bytes())
+    assert back == env
+    headers = dict(env.headers())
+    assert headers["message-id"] == env.message_id.encode()
+    assert headers["transaction-id"] == env.transaction_id.encode()
+    assert headers["message-type"] == b"Referral.v1"
+
+
+def test_envelope_is_strict() -> None:
+    with pytest.raises(ValidationError):
+        Envelope.model_validate({"type": "X", "payload": {}, "surprise": 1})
+
+
+def test_reply_keeps_transaction() -> None:
+    env = Envelope(type="Referral", correlation_id="c")
+    reply = env.reply("ReferralDecided", {"ok": True})
+    assert (reply.transaction_id, reply.correlation_id) == (env.transaction_id, "c")
+    assert reply.message_id != env.message_id
+
+
+def test_youth_key_is_stable_secret_dependent_and_hides_the_bsn() -> None:
+    a = youth_key("s" * 32, BSN)
+    assert a == youth_key("s" * 32, " " + BSN) and len(a) == 64
+    assert a != youth_key("t" * 32, BSN)
+    assert BSN not in a
+    assert youth_key("s" * 32, "11222333") == youth_key("s" * 32, "011222333")
+
+
+def test_error_messages_never_echo_input_values() -> None:
+    try:
+        Envelope.model_validate({"type": BSN * 20, "payload": {}})
+    except ValidationError as exc:
+        msg = safe_error_message(exc)
+    assert "type" in msg and BSN not in msg
+
+
+def test_every_consumed_topic_has_a_dlq_and_names_are_versioned() -> None:
+    names = {t.name for t in all_topics()}
+    for t in CONSUMED:
+        assert t.dlq in names and t.dlq.endswith(".dlq.v1")
+    for t in WITH_RETRY:
+        assert t.retry in names
+    assert "verwijsindex.signal.retry.v1" in names and "verwijsindex.signal.dlq.v1" in names
+    assert all(n.rsplit(".", 1)[1].startswith("v") for n in names)
+    assert len(names) == len(all_topics())
