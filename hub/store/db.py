@@ -46,7 +46,7 @@ def _upgrade(connection: Any, revision: str) -> None:
     command.upgrade(cfg, revision)
 
 
-async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+async def migrate(engine: AsyncEngine, revision: str = "heads") -> None:
     """Apply the Alembic migrations up to `revision`."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade, revision)

@@ -1,0 +1,77 @@
+"""BOA referrals (JSON from the handheld app over HTTP) translated into Referrals."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from schemas.partners._common import (
+    full_surname,
+    gender_of,
+    load_json_object,
+    reference_in,
+    to_canonical,
+    validate_partner,
+)
+from schemas.partners.boa import BoaVerwijzing
+from schemas.referral import Damage, Guardian, Offence, Referral, Referrer, ReferrerType, Track, Youth
+
+REFERRER_TYPE: Final = ReferrerType.BOA
+SAMPLE_DIR: Final = "boa"
+CASE_REFERENCE_FIELD: Final = "bonnummer"
+
+
+def parse(raw: bytes) -> Referral:
+    """Parse one handheld-app referral; raises PartnerFormatError naming each wrong field."""
+    return to_referral(validate_partner(BoaVerwijzing, load_json_object(raw)))
+
+
+def case_reference_of(raw: bytes) -> str | None:
+    """The ticket number of a referral, when it can be read even though parsing fails."""
+    return reference_in(raw, CASE_REFERENCE_FIELD)
+
+
+def to_referral(record: BoaVerwijzing) -> Referral:
+    """Translate a validated BOA referral into the canonical Referral."""
+    b, h = record.betrokkene, record.handhaver
+    guardians = []
+    if record.ouder is not None:
+        o = record.ouder
+        guardians.append(Guardian(name=o.naam, has_custody=o.gezag, phone=o.telefoon, email=o.email))
+    damage = None
+    if record.schadebedrag is not None:
+        damage = Damage(youth_share=record.schadebedrag, case_total=record.schadebedrag)
+    return to_canonical(
+        Referral,
+        referrer=Referrer(
+            type=REFERRER_TYPE,
+            organisation=h.organisatie,
+            officer_name=h.naam,
+            officer_id=h.boa_nummer,
+            email=h.email,
+            phone=h.telefoon,
+        ),
+        case_reference=record.bonnummer,
+        youth=Youth(
+            bsn=b.bsn,
+            given_names=b.voornaam,
+            surname=full_surname(b.tussenvoegsel, b.achternaam),
+            birth_date=b.geboortedatum,
+            gender=gender_of(b.geslacht),
+            municipality=b.woonplaats,
+            guardians=guardians,
+        ),
+        track=Track.HALT_STRAF,
+        # The app records local time with its offset; the offence date is the local calendar day.
+        offence=Offence(
+            committed_on=record.tijdstip.date(),
+            feitcode=record.feitcode,
+            municipality=record.locatie.gemeente,
+            description=record.feitomschrijving,
+        ),
+        damage=damage,
+        confessed=record.bekend,
+        youth_agreed=record.akkoord_jeugdige,
+        parents_agreed=record.akkoord_ouders,
+        parents_informed_at=record.ouders_geinformeerd_op,
+        boa_project=record.projectcode,
+    )

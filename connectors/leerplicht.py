@@ -1,0 +1,188 @@
+"""Leerplicht CSV batches (semicolon-separated, Dutch headers) translated row by row into Referrals."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+import unicodedata
+from typing import Final
+
+from pydantic import ValidationError
+
+from schemas.partners._common import full_surname, gender_of, to_canonical
+from schemas.partners.leerplicht import HEADERS, REQUIRED_HEADERS, LeerplichtRij, RowResult
+from schemas.problems import FieldProblem, PartnerFormatError, problems_from
+from schemas.referral import Guardian, Referral, Referrer, ReferrerType, Track, Truancy, Youth
+
+__all__ = ["REFERRER_TYPE", "SAMPLE_DIR", "RowResult", "parse_batch", "to_referral"]
+
+REFERRER_TYPE: Final = ReferrerType.LEERPLICHT
+SAMPLE_DIR: Final = "leerplicht"
+CASE_REFERENCE_FIELD: Final = "Dossiernummer"
+DELIMITER: Final = ";"
+
+_FILE = "(bestand)"
+_ROW = "(rij)"
+# A valid UTF-8 multi-byte sequence: in a file that is not valid UTF-8 it betrays mixed encodings.
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+_ENCODINGS = "UTF-8 (met of zonder BOM) of Windows-1252"
+
+
+def _batch_error(problem: str, allowed: str | None = None, field: str = _FILE) -> PartnerFormatError:
+    return PartnerFormatError([FieldProblem(field=field, problem=problem, allowed=allowed)])
+
+
+def decode(raw: bytes) -> str:
+    """Decode an export: UTF-8 with or without BOM, else Windows-1252; mixed encodings are refused."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise _batch_error("UTF-16 wordt niet ondersteund", _ENCODINGS)
+    if raw.startswith(codecs.BOM_UTF8):
+        try:
+            return raw[len(codecs.BOM_UTF8) :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _batch_error("gemengde tekencodering: UTF-8-BOM met ongeldige UTF-8", _ENCODINGS) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if _UTF8_SEQUENCE.search(raw):
+        raise _batch_error("gemengde tekencodering: deels UTF-8, deels iets anders", _ENCODINGS)
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        raise _batch_error("onbekende tekencodering", _ENCODINGS) from None
+
+
+def _norm(header: str) -> str:
+    folded = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode()
+    return " ".join(folded.lower().replace("_", " ").split())
+
+
+_KNOWN = {_norm(h): h for h in HEADERS}
+
+
+def _headers(cells: list[str]) -> list[str]:
+    if len(cells) == 1:
+        for other in (",", "\t", "|"):
+            if other in cells[0]:
+                shown = "tab" if other == "\t" else repr(other)
+                raise _batch_error(f"scheidingsteken is {shown}", "';' (puntkomma)")
+    if not any(_norm(c) in _KNOWN for c in cells):
+        raise _batch_error("geen kopregel herkend", ", ".join(HEADERS), field="kopregel")
+    problems, seen = [], []
+    for position, cell in enumerate(cells, start=1):
+        known = _KNOWN.get(_norm(cell))
+        if known is None and not cell.strip() and position == len(cells):
+            continue  # a trailing ';' on the header line
+        if known is None:
+            problems.append(
+                FieldProblem(
+                    field=f"kolom {position}", problem="onbekende kolomkop", allowed=", ".join(HEADERS)
+                )
+            )
+        elif known in seen:
+            problems.append(FieldProblem(field=known, problem="kolomkop komt dubbel voor"))
+        seen.append(known or "")
+    problems += [
+        FieldProblem(field=h, problem="verplichte kolom ontbreekt", allowed=h)
+        for h in HEADERS
+        if h in REQUIRED_HEADERS and h not in seen
+    ]
+    if problems:
+        raise PartnerFormatError(problems)
+    return seen
+
+
+def parse_batch(raw: bytes) -> list[RowResult]:
+    """Every data row's result; a wrong encoding, delimiter or header raises for the whole batch."""
+    text = decode(raw)
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=DELIMITER)
+    try:
+        header = next(r for r in rows if any(c.strip() for c in r))
+    except StopIteration:
+        raise _batch_error("leeg bestand", "een kopregel en ten minste één rij") from None
+    except csv.Error:
+        raise _batch_error("kopregel is geen geldige CSV") from None
+    headers = _headers(header)
+    results: list[RowResult] = []
+    number = 0
+    while True:
+        number += 1
+        try:
+            cells = next(rows)
+        except StopIteration:
+            break
+        except csv.Error:
+            results.append(
+                RowResult(row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV")])
+            )
+            continue
+        if any(c.strip() for c in cells):
+            results.append(_row(number, headers, cells))
+    return results
+
+
+def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
+    extra = cells[len(headers) :]
+    if any(c.strip() for c in extra):
+        problem = f"{len(cells)} kolommen, de kopregel heeft er {len(headers)}"
+        return RowResult(row=number, problems=[FieldProblem(field=_ROW, problem=problem)])
+    data = {h: c for h, c in zip(headers, cells, strict=False) if h and c.strip()}
+    reference = data.get(CASE_REFERENCE_FIELD, "").strip() or None
+    if reference is not None and len(reference) > 100:
+        reference = None
+    try:
+        record = LeerplichtRij.model_validate(data)
+        referral = to_referral(record)
+    except ValidationError as exc:
+        return RowResult(row=number, case_reference=reference, problems=_in_row(problems_from(exc)))
+    except PartnerFormatError as exc:
+        return RowResult(row=number, case_reference=reference, problems=_in_row(exc.problems))
+    return RowResult(row=number, case_reference=reference, referral=referral)
+
+
+def _in_row(problems: list[FieldProblem]) -> list[FieldProblem]:
+    return [p.model_copy(update={"field": _ROW}) if p.field == "(bericht)" else p for p in problems]
+
+
+def to_referral(row: LeerplichtRij) -> Referral:
+    """Translate a validated CSV row into the canonical Referral."""
+    guardians = []
+    if row.naam_ouder:
+        guardians.append(Guardian(name=row.naam_ouder, phone=row.telefoon_ouder, email=row.email_ouder))
+    return to_canonical(
+        Referral,
+        referrer=Referrer(
+            type=REFERRER_TYPE,
+            organisation=f"Leerplicht {row.gemeente}",
+            officer_name=row.leerplichtambtenaar,
+            email=row.email_lpa,
+            phone=row.telefoon_lpa,
+        ),
+        case_reference=row.dossiernummer,
+        youth=Youth(
+            bsn=row.bsn,
+            given_names=row.voornamen,
+            surname=full_surname(row.tussenvoegsel, row.achternaam),
+            birth_date=row.geboortedatum,
+            gender=gender_of(row.geslacht),
+            municipality=row.woonplaats,
+            guardians=guardians,
+        ),
+        track=Track.HALT_SCHOOLVERZUIM,
+        truancy=Truancy(
+            period_start=row.verzuim_vanaf,
+            period_end=row.verzuim_tot_en_met,
+            hours=row.uren_verzuim,
+            times_late=row.keer_te_laat,
+            school_name=row.school,
+            school_brin=row.brin,
+        ),
+        youth_agreed=row.jeugdige_akkoord,
+        parents_agreed=row.ouders_akkoord,
+        parents_informed_at=row.ouders_geinformeerd_op,
+        prior_halt_referrals=row.eerdere_halt,
+        ovj_approval=row.ovj_toestemming,
+    )

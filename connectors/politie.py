@@ -1,0 +1,101 @@
+"""Police referrals (JSON on partner.politie.referral.v1 or HTTP) translated into Referrals."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from schemas.partners._common import (
+    full_surname,
+    gender_of,
+    load_json_object,
+    reference_in,
+    to_canonical,
+    validate_partner,
+)
+from schemas.partners.politie import PolitieVerwijzing, Vertegenwoordiger
+from schemas.referral import (
+    Damage,
+    Guardian,
+    GuardianRelation,
+    Offence,
+    Referral,
+    Referrer,
+    ReferrerType,
+    Track,
+    Youth,
+)
+
+REFERRER_TYPE: Final = ReferrerType.POLITIE
+SAMPLE_DIR: Final = "politie"
+CASE_REFERENCE_FIELD: Final = "procesVerbaalNummer"
+
+_RELATIONS = {
+    "voogd": GuardianRelation.VOOGD,
+    "pleegouder": GuardianRelation.PLEEGOUDER,
+    "anders": GuardianRelation.OVERIG,
+}
+
+
+def parse(raw: bytes) -> Referral:
+    """Parse one police record; raises PartnerFormatError naming each wrong field."""
+    record = validate_partner(PolitieVerwijzing, load_json_object(raw))
+    return to_referral(record)
+
+
+def case_reference_of(raw: bytes) -> str | None:
+    """The proces-verbaal number of a record, when it can be read even though parsing fails."""
+    return reference_in(raw, CASE_REFERENCE_FIELD)
+
+
+def _guardian(v: Vertegenwoordiger) -> Guardian:
+    relation = _RELATIONS.get(v.relatie, GuardianRelation.OUDER)
+    return Guardian(name=v.naam, relation=relation, has_custody=v.gezag, phone=v.telefoon, email=v.email)
+
+
+def to_referral(record: PolitieVerwijzing) -> Referral:
+    """Translate a validated police record into the canonical Referral."""
+    v = record.verdachte
+    damage = None
+    if record.schade is not None:
+        total = record.schade.bedrag_totaal
+        damage = Damage(
+            youth_share=record.schade.bedrag_jeugdige,
+            case_total=record.schade.bedrag_jeugdige if total is None else total,
+        )
+    return to_canonical(
+        Referral,
+        referrer=Referrer(
+            type=REFERRER_TYPE,
+            organisation=f"Politie eenheid {record.eenheid}",
+            unit=record.basisteam,
+            officer_name=record.verbalisant.naam,
+            officer_id=record.verbalisant.dienstnummer,
+            email=record.verbalisant.email,
+            phone=record.verbalisant.telefoon,
+        ),
+        case_reference=record.proces_verbaal_nummer,
+        youth=Youth(
+            bsn=v.bsn,
+            given_names=v.voornamen,
+            surname=full_surname(v.voorvoegsel, v.achternaam),
+            birth_date=v.geboortedatum,
+            gender=gender_of(v.geslacht),
+            municipality=v.gemeente,
+            guardians=[_guardian(g) for g in record.wettelijk_vertegenwoordigers],
+        ),
+        track=Track.HALT_STRAF,
+        offence=Offence(
+            committed_on=record.pleegdatum,
+            feitcode=record.feitcode,
+            article=record.wetsartikel,
+            municipality=record.pleegplaats,
+            description=record.omschrijving,
+        ),
+        damage=damage,
+        confessed=record.bekennend,
+        youth_agreed=record.jeugdige_akkoord,
+        parents_agreed=record.ouders_akkoord,
+        parents_informed_at=record.ouders_geinformeerd_op,
+        prior_halt_referrals=record.eerdere_haltverwijzingen,
+        ovj_approval=record.ovj_toestemming,
+    )

@@ -1,0 +1,51 @@
+"""The BSN type (rule 1): nine digits, elfproef, never 000000000; errors never echo the value."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
+_NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
+BSN_ALLOWED = "9 cijfers (8 cijfers worden met een 0 aangevuld) die de elfproef doorstaan"
+
+
+def normalise_bsn(value: str) -> str:
+    """Strip whitespace and left-pad an 8-digit BSN with a 0; other input is returned as is."""
+    stripped = value.strip()
+    if len(stripped) == 8 and stripped.isascii() and stripped.isdigit():
+        return "0" + stripped
+    return stripped
+
+
+def is_valid_bsn(value: object) -> bool:
+    """True when value is (after normalising) a BSN that passes the elfproef."""
+    if not isinstance(value, str):
+        return False
+    bsn = normalise_bsn(value)
+    if len(bsn) != 9 or not (bsn.isascii() and bsn.isdigit()) or bsn == "000000000":
+        return False
+    return sum(w * int(d) for w, d in zip(_WEIGHTS, bsn, strict=True)) % 11 == 0
+
+
+def contains_bsn(text: str) -> bool:
+    """True when text holds a run of nine digits that passes the elfproef (a likely BSN)."""
+    return any(is_valid_bsn(m.group()) for m in _NINE_DIGITS.finditer(text))
+
+
+def _check_bsn(value: object) -> str:
+    # An int would lose its leading zero and hide a typing mistake: only strings are accepted.
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "bsn_type", "BSN moet als tekst worden aangeleverd", {"allowed": BSN_ALLOWED}
+        )
+    if not is_valid_bsn(value):
+        raise PydanticCustomError("bsn_invalid", "geen geldig BSN", {"allowed": BSN_ALLOWED})
+    return normalise_bsn(value)
+
+
+Bsn = Annotated[str, BeforeValidator(_check_bsn)]
+"""A valid, normalised BSN. Models holding one must set hide_input_in_errors (CanonicalModel does)."""

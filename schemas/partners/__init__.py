@@ -1,0 +1,1 @@
+"""Partner formats: each referrer's own export, parsed leniently at the edge."""

@@ -1,0 +1,211 @@
+"""Lenient field types and parse helpers shared by the partner formats."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from schemas.problems import FieldProblem, PartnerFormatError, problems_from
+from schemas.referral import Gender
+
+M = TypeVar("M", bound=BaseModel)
+
+DATE_ALLOWED = "dd-mm-jjjj of jjjj-mm-dd"
+_DMY = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
+_YMD = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DMY_TIME = re.compile(r"^(\d{1,2})-(\d{1,2})-(\d{4})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?$")
+
+
+class PartnerModel(BaseModel):
+    """Base of partner formats: camelCase names as the partner sends them, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", hide_input_in_errors=True, alias_generator=to_camel, str_strip_whitespace=True
+    )
+
+
+def _date_error(kind: str, text: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, text, {"allowed": DATE_ALLOWED})
+
+
+def _to_date(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date) or not isinstance(value, str):
+        return value
+    text = value.strip()
+    if m := _DMY.match(text):
+        day, month, year = (int(g) for g in m.groups())
+    elif m := _YMD.match(text):
+        year, month, day = (int(g) for g in m.groups())
+    else:
+        raise _date_error("datum_vorm", "geen datum in een bekende vorm")
+    try:
+        return date(year, month, day)
+    except ValueError:
+        raise _date_error("datum_bestaat_niet", "deze datum bestaat niet") from None
+
+
+def _to_datetime(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if m := _DMY_TIME.match(text):
+        day, month, year, hour, minute = (int(g) for g in m.groups()[:5])
+        second = int(m.group(6) or 0)
+        try:
+            return datetime(year, month, day, hour, minute, second)  # partner local time, as sent
+        except ValueError:
+            raise _date_error("datum_bestaat_niet", "dit tijdstip bestaat niet") from None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "tijdstip_vorm",
+            "geen tijdstip in een bekende vorm",
+            {"allowed": "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"},
+        ) from None
+
+
+_TRUE = {"ja", "j", "true", "waar", "1", "yes", "y"}
+_FALSE = {"nee", "n", "false", "onwaar", "0", "no"}
+
+
+def _to_bool(value: object) -> object:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise PydanticCustomError("janee", "moet ja of nee zijn", {"allowed": "ja, nee, true, false"})
+
+
+_THOUSANDS_DOT = re.compile(r"^\d{1,3}(\.\d{3})+$")
+
+
+def _to_amount(value: object) -> object:
+    error = PydanticCustomError(
+        "bedrag",
+        "geen geldig bedrag in euro's",
+        {"allowed": "bedrag >= 0 met hoogstens 2 decimalen, bv. 125,50"},
+    )
+    if isinstance(value, bool):
+        raise error
+    if isinstance(value, int | float):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value.strip().removeprefix("€").replace("EUR", "").strip().replace(" ", "")
+        if "," in text:
+            text = text.replace(".", "").replace(",", ".")
+        elif _THOUSANDS_DOT.match(text):
+            text = text.replace(".", "")
+    else:
+        return value
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise error from None
+    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+        raise error
+    return amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _empty_to_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+PartnerDate = Annotated[date, BeforeValidator(_to_date)]
+PartnerDateTime = Annotated[datetime, BeforeValidator(_to_datetime)]
+PartnerBool = Annotated[bool, BeforeValidator(_to_bool)]
+PartnerAmount = Annotated[Decimal, BeforeValidator(_to_amount)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+OptText = Annotated[Text | None, BeforeValidator(_empty_to_none)]
+OptEmail = Annotated[
+    Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None,
+    BeforeValidator(_empty_to_none),
+]
+OptPhone = Annotated[
+    Annotated[str, StringConstraints(max_length=40, pattern=r"^[0-9 +()\-]{4,40}$")] | None,
+    BeforeValidator(_empty_to_none),
+]
+
+_GENDERS = {
+    "m": Gender.MAN,
+    "man": Gender.MAN,
+    "jongen": Gender.MAN,
+    "v": Gender.VROUW,
+    "vrouw": Gender.VROUW,
+    "meisje": Gender.VROUW,
+}
+
+
+def gender_of(code: str | None) -> Gender:
+    """Map partner gender codes (M/V/O/X, man/vrouw/onbekend) onto the canonical Gender."""
+    return _GENDERS.get((code or "").strip().lower(), Gender.ONBEKEND)
+
+
+def full_surname(prefix: str | None, surname: str) -> str:
+    """Join a Dutch surname prefix ('van der') and the surname."""
+    return f"{prefix.strip()} {surname.strip()}" if prefix and prefix.strip() else surname.strip()
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a partner's JSON object; any failure becomes a PartnerFormatError on '(bericht)'."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PartnerFormatError(
+            [FieldProblem(field="(bericht)", problem="geen geldige UTF-8", allowed="JSON in UTF-8")]
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = f"geen geldige JSON (regel {exc.lineno}, kolom {exc.colno})"
+        raise PartnerFormatError([FieldProblem(field="(bericht)", problem=problem, allowed="JSON")]) from None
+    except RecursionError:
+        raise PartnerFormatError([FieldProblem(field="(bericht)", problem="te diep genest")]) from None
+    if not isinstance(data, dict):
+        raise PartnerFormatError(
+            [FieldProblem(field="(bericht)", problem="moet een JSON-object zijn", allowed="{...}")]
+        )
+    return data
+
+
+def validate_partner(model: type[M], data: object) -> M:
+    """Validate partner data against its model; problems name the partner's own fields."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PartnerFormatError(problems_from(exc, model)) from None
+
+
+def reference_in(raw: bytes, *path: str) -> str | None:
+    """Best effort: the string at path in a JSON object, or None when anything is off."""
+    try:
+        node: object = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    if isinstance(node, str) and 0 < len(node.strip()) <= 100:
+        return node.strip()
+    return None
+
+
+def to_canonical(model: type[M], **fields: Any) -> M:
+    """Build a canonical model from translated fields; a residual misfit becomes a PartnerFormatError."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise PartnerFormatError(problems_from(exc, model, prefix="(vertaling)")) from None

@@ -1,0 +1,89 @@
+"""The BOA handheld app's referral (JSON): ticket number, offence code, project if any."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from schemas.bsn import Bsn
+from schemas.partners._common import (
+    LongText,
+    OptEmail,
+    OptPhone,
+    OptText,
+    PartnerAmount,
+    PartnerBool,
+    PartnerDate,
+    PartnerDateTime,
+    PartnerModel,
+    Text,
+)
+
+Feitcode = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z]\d{3}[A-Z]?$")
+]
+Bonnummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z]{2,4}-\d{4}-\d{4,8}$")]
+Projectcode = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z0-9][A-Z0-9\-]{1,29}$")
+]
+
+
+class Handhaver(PartnerModel):
+    """The enforcement officer who wrote the ticket."""
+
+    naam: Text
+    boa_nummer: Text
+    organisatie: Text
+    email: OptEmail = None
+    telefoon: OptPhone = None
+
+
+class Locatie(PartnerModel):
+    """Where the officer was (from the app's GPS and street lookup)."""
+
+    gemeente: Text
+    straat: OptText = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+
+class Betrokkene(PartnerModel):
+    """The youth, identified on the spot (ID checked against the BRP)."""
+
+    bsn: Bsn
+    voornaam: Text
+    tussenvoegsel: OptText = None
+    achternaam: Text
+    geboortedatum: PartnerDate
+    geslacht: Literal["M", "V", "X", "O"] = "O"
+    woonplaats: Text
+
+
+class OuderContact(PartnerModel):
+    """A parent the officer contacted."""
+
+    naam: Text
+    telefoon: OptPhone = None
+    email: OptEmail = None
+    gezag: PartnerBool = True
+
+
+class BoaVerwijzing(PartnerModel):
+    """One referral as the handheld app exports it."""
+
+    bonnummer: Bonnummer
+    app_versie: OptText = None
+    tijdstip: PartnerDateTime
+    feitcode: Feitcode
+    feitomschrijving: Annotated[LongText | None, Field(default=None)]
+    projectcode: Annotated[Projectcode | None, Field(default=None)]
+    handhaver: Handhaver
+    locatie: Locatie
+    betrokkene: Betrokkene
+    ouder: OuderContact | None = None
+    bekend: PartnerBool
+    akkoord_jeugdige: PartnerBool
+    akkoord_ouders: PartnerBool | None = None
+    ouders_geinformeerd_op: PartnerDate | None = None
+    schadebedrag: PartnerAmount | None = None

@@ -1,0 +1,92 @@
+"""One row of a leerplicht CSV export (semicolon-separated, Dutch headers) and its parse result."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from schemas.bsn import Bsn
+from schemas.partners._common import (
+    OptEmail,
+    OptPhone,
+    OptText,
+    PartnerBool,
+    PartnerDate,
+    Text,
+)
+from schemas.problems import FieldProblem
+from schemas.referral import Referral
+
+Brin = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^\d{2}[A-Z]{2}(\d{2})?$")
+]
+
+
+class LeerplichtRij(BaseModel):
+    """A data row; field aliases are the export's column headers."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, str_strip_whitespace=True)
+
+    dossiernummer: Text = Field(alias="Dossiernummer")
+    bsn: Bsn = Field(alias="BSN")
+    voornamen: Text = Field(alias="Voornamen")
+    tussenvoegsel: OptText = Field(default=None, alias="Tussenvoegsel")
+    achternaam: Text = Field(alias="Achternaam")
+    geboortedatum: PartnerDate = Field(alias="Geboortedatum")
+    geslacht: OptText = Field(default=None, alias="Geslacht")
+    woonplaats: Text = Field(alias="Woonplaats")
+    school: OptText = Field(default=None, alias="School")
+    brin: Brin | None = Field(default=None, alias="BRIN")
+    verzuim_vanaf: PartnerDate = Field(alias="Verzuim vanaf")
+    verzuim_tot_en_met: PartnerDate = Field(alias="Verzuim tot en met")
+    uren_verzuim: int = Field(alias="Uren verzuim", ge=0, le=10_000)
+    keer_te_laat: int = Field(default=0, alias="Aantal keer te laat", ge=0, le=10_000)
+    naam_ouder: OptText = Field(default=None, alias="Naam ouder/verzorger")
+    telefoon_ouder: OptPhone = Field(default=None, alias="Telefoon ouder/verzorger")
+    email_ouder: OptEmail = Field(default=None, alias="E-mail ouder/verzorger")
+    jeugdige_akkoord: PartnerBool | None = Field(default=None, alias="Jeugdige akkoord")
+    ouders_akkoord: PartnerBool | None = Field(default=None, alias="Ouders akkoord")
+    ouders_geinformeerd_op: PartnerDate | None = Field(default=None, alias="Ouders geinformeerd op")
+    eerdere_halt: int = Field(default=0, alias="Eerdere Halt-verwijzingen", ge=0, le=100)
+    ovj_toestemming: PartnerBool = Field(default=False, alias="OvJ-toestemming")
+    leerplichtambtenaar: Text = Field(alias="Leerplichtambtenaar")
+    email_lpa: OptEmail = Field(default=None, alias="E-mail leerplichtambtenaar")
+    telefoon_lpa: OptPhone = Field(default=None, alias="Telefoon leerplichtambtenaar")
+    gemeente: Text = Field(alias="Gemeente")
+
+    @model_validator(mode="after")
+    def _period_in_order(self) -> LeerplichtRij:
+        if self.verzuim_tot_en_met < self.verzuim_vanaf:
+            raise ValueError("'Verzuim tot en met' ligt voor 'Verzuim vanaf'")
+        if self.verzuim_vanaf < self.geboortedatum:
+            raise ValueError("'Verzuim vanaf' ligt voor de geboortedatum")
+        return self
+
+
+HEADERS: tuple[str, ...] = tuple(f.alias or n for n, f in LeerplichtRij.model_fields.items())
+REQUIRED_HEADERS: frozenset[str] = frozenset(
+    f.alias or n for n, f in LeerplichtRij.model_fields.items() if f.is_required()
+)
+
+
+class RowResult(BaseModel):
+    """The outcome of one data row: a Referral, or the problems that kept it from being one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    row: int = Field(ge=1, description="1-based data row (the header is row 0)")
+    case_reference: str | None = None
+    referral: Referral | None = None
+    problems: list[FieldProblem] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _either_or(self) -> RowResult:
+        if (self.referral is None) == (not self.problems):
+            raise ValueError("a row result has either a referral or problems")
+        return self
+
+    @property
+    def ok(self) -> bool:
+        """True when the row became a Referral."""
+        return self.referral is not None

@@ -1,0 +1,99 @@
+"""The police's referral record (JSON, as the police systems publish it for Halt)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from schemas.bsn import Bsn
+from schemas.partners._common import (
+    LongText,
+    OptEmail,
+    OptPhone,
+    OptText,
+    PartnerAmount,
+    PartnerBool,
+    PartnerDate,
+    PartnerModel,
+    Text,
+)
+
+Feitcode = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z]\d{3}[A-Z]?$")
+]
+PvNummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^PL\d{4}-\d{10}-\d{1,3}$")]
+
+
+class Verbalisant(PartnerModel):
+    """The reporting officer."""
+
+    naam: Text
+    dienstnummer: OptText = None
+    email: OptEmail = None
+    telefoon: OptPhone = None
+
+
+class Verdachte(PartnerModel):
+    """The suspect, as registered in BVH from the BRP."""
+
+    bsn: Bsn
+    voornamen: Text
+    voorvoegsel: OptText = None
+    achternaam: Text
+    geboortedatum: PartnerDate
+    geslacht: Literal["M", "V", "O", "X"] = "O"
+    gemeente: Text
+
+
+class Vertegenwoordiger(PartnerModel):
+    """A legal representative (parent or guardian)."""
+
+    naam: Text
+    relatie: Literal["moeder", "vader", "ouder", "voogd", "pleegouder", "anders"] = "ouder"
+    gezag: PartnerBool = True
+    telefoon: OptPhone = None
+    email: OptEmail = None
+
+
+class Schade(PartnerModel):
+    """Damage: this suspect's share and the total of the case."""
+
+    bedrag_jeugdige: PartnerAmount
+    bedrag_totaal: PartnerAmount | None = None
+
+    @model_validator(mode="after")
+    def _share_within_total(self) -> Schade:
+        if self.bedrag_totaal is not None and self.bedrag_jeugdige > self.bedrag_totaal:
+            raise ValueError("bedragJeugdige is groter dan bedragTotaal")
+        return self
+
+
+class PolitieVerwijzing(PartnerModel):
+    """One Halt referral from the police (proces-verbaal summary)."""
+
+    proces_verbaal_nummer: PvNummer
+    eenheid: Text = "Den Haag"
+    basisteam: OptText = None
+    verbalisant: Verbalisant
+    feitcode: Feitcode
+    wetsartikel: OptText = None
+    pleegdatum: PartnerDate
+    pleegplaats: OptText = None
+    omschrijving: Annotated[LongText | None, Field(default=None)]
+    verdachte: Verdachte
+    wettelijk_vertegenwoordigers: list[Vertegenwoordiger] = Field(default_factory=list, max_length=10)
+    bekennend: PartnerBool
+    jeugdige_akkoord: PartnerBool
+    ouders_akkoord: PartnerBool | None = None
+    ouders_geinformeerd_op: PartnerDate | None = None
+    schade: Schade | None = None
+    eerdere_haltverwijzingen: int = Field(default=0, ge=0, le=100)
+    ovj_toestemming: PartnerBool = False
+    parketnummer: OptText = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> PolitieVerwijzing:
+        if self.pleegdatum < self.verdachte.geboortedatum:
+            raise ValueError("pleegdatum ligt voor de geboortedatum van de verdachte")
+        return self

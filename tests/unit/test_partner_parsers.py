@@ -1,0 +1,319 @@
+"""Partner formats → canonical Referral, over every sample in tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors import boa, leerplicht, politie, preventief
+from schemas.problems import PartnerFormatError
+from schemas.referral import Reason, Referral, ReferrerType, Track
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+JSON_CONNECTORS = (politie, boa, preventief)
+
+# For each invalid sample: the partner field a developer must look at.
+EXPECTED_FIELD = {
+    "politie/invalid_bsn_elfproef.json": "verdachte.bsn",
+    "politie/invalid_geen_object.json": "(bericht)",
+    "politie/invalid_kapotte_json.json": "(bericht)",
+    "politie/invalid_onbekend_veld.json": "kenteken",
+    "politie/invalid_pleegdatum_bestaat_niet.json": "pleegdatum",
+    "politie/invalid_verkeerde_types.json": "eerdereHaltverwijzingen",
+    "politie/invalid_verplichte_velden_ontbreken.json": "verdachte.geboortedatum",
+    "boa/invalid_bonnummer_ontbreekt.json": "bonnummer",
+    "boa/invalid_bsn_als_getal.json": "betrokkene.bsn",
+    "boa/invalid_geboortedatum_bestaat_niet.json": "betrokkene.geboortedatum",
+    "boa/invalid_lege_body.json": "(bericht)",
+    "boa/invalid_negatief_schadebedrag.json": "schadebedrag",
+    "boa/invalid_onbekend_veld.json": "betrokkene.schoenmaat",
+    "boa/invalid_tijdstip_onleesbaar.json": "tijdstip",
+    "preventief/invalid_aanleiding_voor_geboorte.json": "(bericht)",
+    "preventief/invalid_datumvorm.json": "jongere.geboortedatum",
+    "preventief/invalid_geen_utf8.json": "(bericht)",
+    "preventief/invalid_jongere_geen_object.json": "jongere",
+    "preventief/invalid_onbekende_categorie.json": "aanleiding.categorie",
+    "preventief/invalid_onbekende_verwijzer.json": "verwijzer.soort",
+}
+BSNS = ("628194821", "252760189", "507529170", "121547280", "385280841", "353799075")
+NAMES = ("Noah", "Sanne", "Daan", "Mila", "Yasmina", "Kevin", "Haddou", "Bouzid")
+
+
+def samples(module: ModuleType, prefix: str) -> list[Path]:
+    return sorted((DATA / module.SAMPLE_DIR).glob(f"{prefix}*"))
+
+
+@pytest.mark.parametrize("module", JSON_CONNECTORS, ids=lambda m: m.SAMPLE_DIR)
+def test_each_connector_ships_valid_and_invalid_samples(module: ModuleType) -> None:
+    assert samples(module, "valid")
+    assert len(samples(module, "invalid")) >= 3
+    assert isinstance(module.REFERRER_TYPE, ReferrerType)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for m in JSON_CONNECTORS for p in samples(m, "valid")],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_valid_json_samples_become_referrals(path: Path) -> None:
+    module = {m.SAMPLE_DIR: m for m in JSON_CONNECTORS}[path.parent.name]
+    referral = module.parse(path.read_bytes())
+    assert isinstance(referral, Referral)
+    assert referral.referrer.type is module.REFERRER_TYPE
+    assert referral.case_reference == module.case_reference_of(path.read_bytes())
+    assert referral.youth.bsn in BSNS
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for m in JSON_CONNECTORS for p in samples(m, "invalid")],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_invalid_json_samples_name_the_wrong_field_and_never_a_value(path: Path) -> None:
+    module = {m.SAMPLE_DIR: m for m in JSON_CONNECTORS}[path.parent.name]
+    with pytest.raises(PartnerFormatError) as info:
+        module.parse(path.read_bytes())
+    fields = [p.field for p in info.value.problems]
+    assert EXPECTED_FIELD[f"{path.parent.name}/{path.name}"] in fields
+    shown = str(info.value) + " ".join(p.model_dump_json() for p in info.value.problems)
+    assert not any(bsn in shown for bsn in (*BSNS, "628194822"))
+    assert not any(name in shown for name in NAMES)
+
+
+def test_politie_translation_keeps_the_facts() -> None:
+    referral = politie.parse((DATA / "politie/valid_winkeldiefstal.json").read_bytes())
+    assert referral.track is Track.HALT_STRAF
+    assert referral.youth.surname == "van der Berg"
+    assert referral.youth.guardians[0].has_custody
+    assert referral.offence is not None and referral.offence.feitcode == "F310"
+    assert str(referral.damage.youth_share if referral.damage else None) == "7.45"
+    assert referral.confessed and referral.youth_agreed and referral.parents_agreed
+
+
+def test_politie_lenient_values_are_understood() -> None:
+    referral = politie.parse((DATA / "politie/valid_vernieling_16jarige.json").read_bytes())
+    assert referral.confessed is True  # "ja"
+    assert referral.damage is not None
+    assert str(referral.damage.youth_share) == "425.50"  # a JSON number
+    assert str(referral.damage.case_total) == "851.00"  # "851,00"
+
+
+def test_boa_translation_uses_the_local_day_and_project() -> None:
+    referral = boa.parse((DATA / "boa/valid_project_vuurwerk.json").read_bytes())
+    assert referral.boa_project == "DH-JAARWISSELING-2526"
+    assert referral.offence is not None and referral.offence.municipality == "Den Haag"
+    late = (
+        (DATA / "boa/valid_openbare_dronkenschap.json")
+        .read_bytes()
+        .replace(b"23:40:00+01:00", b"23:59:00+01:00")
+    )
+    assert boa.parse(late).offence_date.isoformat() == "2025-03-15"
+
+
+def test_preventief_category_maps_to_reason() -> None:
+    referral = preventief.parse((DATA / "preventief/valid_wijkteam.json").read_bytes())
+    assert referral.reason is Reason.DIGITAAL_GRENSOVERSCHRIJDEND
+    assert referral.referrer.unit == "WIJKTEAM"
+    assert set(preventief.REASONS.values()) == set(Reason)
+
+
+@pytest.mark.parametrize("module", JSON_CONNECTORS, ids=lambda m: m.SAMPLE_DIR)
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"\xff\xfe", b'{"x": 1}', b"null"])
+def test_garbage_gives_a_format_error_and_no_reference(module: ModuleType, raw: bytes) -> None:
+    with pytest.raises(PartnerFormatError):
+        module.parse(raw)
+    assert module.case_reference_of(raw) is None
+
+
+def test_case_reference_is_read_from_a_record_that_fails() -> None:
+    raw = (DATA / "politie/invalid_bsn_elfproef.json").read_bytes()
+    assert politie.case_reference_of(raw) == "PL1500-2025031201-1"
+    assert boa.case_reference_of(b'{"bonnummer": 12}') is None
+
+
+# --- leerplicht -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", samples(leerplicht, "valid"), ids=lambda p: p.name)
+def test_valid_leerplicht_batches_in_every_encoding(path: Path) -> None:
+    results = leerplicht.parse_batch(path.read_bytes())
+    assert [r.row for r in results] == [1, 2, 3]
+    assert all(r.ok for r in results)
+    names = [r.referral.youth.given_names for r in results if r.referral]
+    assert names == ["Daniëlle", "Eriç", "Jayden"]
+    first = results[0].referral
+    assert first is not None and first.truancy is not None
+    assert (first.truancy.hours, first.truancy.times_late) == (16, 3)
+    assert first.track is Track.HALT_SCHOOLVERZUIM
+    assert results[0].case_reference == "LP-DH-2025-0101"
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("invalid_komma_als_scheidingsteken.csv", "(bestand)"),
+        ("invalid_onbekende_kolomkop.csv", "kolom 13"),
+        ("invalid_verplichte_kolom_ontbreekt.csv", "Gemeente"),
+        ("invalid_gemengde_codering.csv", "(bestand)"),
+        ("invalid_leeg_bestand.csv", "(bestand)"),
+    ],
+)
+def test_batch_level_errors_reject_the_whole_batch(name: str, field: str) -> None:
+    with pytest.raises(PartnerFormatError) as info:
+        leerplicht.parse_batch((DATA / "leerplicht" / name).read_bytes())
+    assert field in [p.field for p in info.value.problems]
+
+
+def test_every_leerplicht_sample_is_covered() -> None:
+    names = {p.name for p in (DATA / "leerplicht").iterdir()}
+    assert {p.name for p in samples(leerplicht, "invalid")} <= names
+    assert len(samples(leerplicht, "invalid")) >= 4
+
+
+def test_bad_rows_do_not_reject_the_batch() -> None:
+    results = leerplicht.parse_batch((DATA / "leerplicht/rows_3_invalid_of_5.csv").read_bytes())
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert [r.problems[0].field for r in results if not r.ok] == ["BSN", "Geboortedatum", "Uren verzuim"]
+    assert [r.case_reference for r in results][1:4] == [
+        "LP-DH-2025-0201",
+        "LP-DH-2025-0202",
+        "LP-DH-2025-0203",
+    ]
+    assert all("123456789" not in p.model_dump_json() for r in results for p in r.problems)
+
+
+def test_a_headerless_file_does_not_echo_its_first_row() -> None:
+    raw = (DATA / "leerplicht/valid_batch_utf8.csv").read_bytes().split(b"\r\n", 1)[1]
+    with pytest.raises(PartnerFormatError) as info:
+        leerplicht.parse_batch(raw)
+    assert "167868433" not in str(info.value)
+    assert "Daniëlle" not in " ".join(p.model_dump_json() for p in info.value.problems)
+
+
+def test_trailing_semicolons_and_blank_lines_are_tolerated() -> None:
+    lines = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()
+    raw = "\n".join([lines[0] + ";", lines[1] + ";", "", lines[2]]).encode()
+    results = leerplicht.parse_batch(raw)
+    assert [(r.row, r.ok) for r in results] == [(1, True), (3, True)]
+
+
+def test_a_row_with_too_many_columns_is_a_row_error() -> None:
+    lines = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()
+    raw = "\n".join([lines[0], lines[1] + ";extra", lines[2]]).encode()
+    results = leerplicht.parse_batch(raw)
+    assert [r.ok for r in results] == [False, True]
+    assert results[0].problems[0].field == "(rij)"
+
+
+def test_header_spelling_is_matched_leniently() -> None:
+    raw = (DATA / "leerplicht/valid_batch_utf8.csv").read_bytes()
+    header, rest = raw.split(b"\r\n", 1)
+    header = header.replace("Ouders geïnformeerd op".encode(), b"ouders geinformeerd op").replace(
+        b"BSN", b" bsn "
+    )
+    assert all(r.ok for r in leerplicht.parse_batch(header + b"\r\n" + rest))
+
+
+# --- generated leerplicht batches -------------------------------------------------------------
+
+HEADER = ";".join(leerplicht.HEADERS)
+DEFECTS = {
+    "BSN": lambda row: row | {"BSN": "123456789"},
+    "Geboortedatum": lambda row: row | {"Geboortedatum": "31-04-2011"},
+    "Uren verzuim": lambda row: row | {"Uren verzuim": "twaalf"},
+    "Achternaam": lambda row: row | {"Achternaam": ""},
+    "(rij)": lambda row: row | {"Verzuim vanaf": "01-03-2025", "Verzuim tot en met": "01-02-2025"},
+    "Jeugdige akkoord": lambda row: row | {"Jeugdige akkoord": "misschien"},
+}
+
+
+def bsn_from(seed: int) -> str:
+    """A valid BSN derived from seed: the check digit is chosen so the elfproef holds."""
+    for n in range(seed, seed + 20):
+        digits = str(n % 100_000_000).zfill(8)
+        total = sum(w * int(d) for w, d in zip((9, 8, 7, 6, 5, 4, 3, 2), digits, strict=True))
+        if total % 11 < 10 and digits != "00000000":
+            return digits + str(total % 11)
+    raise AssertionError("unreachable")
+
+
+def good_row(i: int) -> dict[str, str]:
+    return {
+        "Dossiernummer": f"LP-GEN-{i:05d}",
+        "BSN": bsn_from(10_000_000 + i * 37),
+        "Voornamen": "Daniëlle",
+        "Achternaam": "Mulder",
+        "Geboortedatum": "05-09-2011",
+        "Woonplaats": "Den Haag",
+        "Verzuim vanaf": "06-01-2025",
+        "Verzuim tot en met": "14-02-2025",
+        "Uren verzuim": str(9 + i % 52),
+        "Aantal keer te laat": str(i % 5),
+        "Jeugdige akkoord": "ja",
+        "Leerplichtambtenaar": "A. de Groot",
+        "Gemeente": "Den Haag",
+    }
+
+
+def csv_bytes(rows: list[dict[str, str]], encoding: str = "utf-8") -> bytes:
+    lines = [HEADER] + [";".join(r.get(h, "") for h in leerplicht.HEADERS) for r in rows]
+    return "\r\n".join(lines).encode(encoding)
+
+
+def test_bsn_generator_makes_valid_bsns() -> None:
+    from schemas.bsn import is_valid_bsn
+
+    assert all(is_valid_bsn(bsn_from(s)) for s in range(10_000_000, 10_005_000, 7))
+
+
+def test_a_batch_of_1000_rows_with_37_bad_rows_gives_exactly_37_row_errors() -> None:
+    defects = list(DEFECTS.items())
+    bad_rows = set(range(7, 1000, 27))  # 37 rows
+    rows = []
+    for i in range(1, 1001):
+        row = good_row(i)
+        rows.append(defects[i % len(defects)][1](row) if i in bad_rows else row)
+    results = leerplicht.parse_batch(csv_bytes(rows, "cp1252"))
+    assert len(results) == 1000
+    failed = [r.row for r in results if not r.ok]
+    assert len(bad_rows) == 37
+    assert failed == sorted(bad_rows)
+    assert all(r.case_reference == f"LP-GEN-{r.row:05d}" for r in results)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([None, *DEFECTS]), min_size=1, max_size=30),
+    st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]),
+)
+def test_generated_batches_report_each_defect_on_its_row(plan: list[str | None], encoding: str) -> None:
+    rows = [good_row(i) if d is None else DEFECTS[d](good_row(i)) for i, d in enumerate(plan, start=1)]
+    results = leerplicht.parse_batch(csv_bytes(rows, encoding))
+    assert [r.row for r in results] == list(range(1, len(plan) + 1))
+    for result, defect in zip(results, plan, strict=True):
+        assert result.ok == (defect is None)
+        if defect is not None:
+            assert defect in [p.field for p in result.problems]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_give_results_or_a_format_error(raw: bytes) -> None:
+    problems = []
+    try:
+        results = leerplicht.parse_batch(raw)
+    except PartnerFormatError as exc:
+        results, problems = [], exc.problems
+        assert problems
+    assert all(r.ok != bool(r.problems) for r in results)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_after_a_valid_header_never_crashes(body: str) -> None:
+    results = leerplicht.parse_batch((HEADER + "\n" + body).encode("utf-8"))
+    assert all(r.row >= 1 for r in results)
