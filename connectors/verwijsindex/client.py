@@ -1,0 +1,190 @@
+"""HTTP client of the Verwijsindex contract; maps every failure to a transient or permanent error."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from connectors.verwijsindex.contract import (
+    TRANSACTION_HEADER,
+    Contactpersoon,
+    ContactWijziging,
+    IntrekkingsReden,
+    Match,
+    MatchPagina,
+    Signaal,
+    SignaalRegistratie,
+)
+from hub.errors import PermanentError, TransientError
+
+M = TypeVar("M", bound=BaseModel)
+_DIGITS = re.compile(r"\d{8,}")  # BSN-like numbers never leave in an error message
+_MAX_REASON = 300
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date; None if absent or bad."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove BSN-like numbers and the given words (a youth's names) from a message."""
+    for secret in sorted({s for s in secrets if s and len(s) > 1}, key=len, reverse=True):
+        text = re.sub(re.escape(secret), "[…]", text, flags=re.IGNORECASE)
+    return _DIGITS.sub("[…]", text)[:_MAX_REASON]
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.reason_phrase or "no reason given"
+    if not isinstance(body, dict):
+        return response.reason_phrase
+    parts = [str(body.get("detail") or body.get("titel") or response.reason_phrase)]
+    for fout in body.get("fouten") or []:
+        if isinstance(fout, dict):
+            parts.append(f"{fout.get('veld', '?')}: {fout.get('melding', '')}")
+    return "; ".join(parts)
+
+
+class VerwijsindexClient:
+    """One pooled `httpx.AsyncClient` per index; no retries here, the hub's retry ladder wraps it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | httpx.Timeout = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        organisatie: str | None = None,
+    ) -> None:
+        self._organisatie = organisatie
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            transport=transport,
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> VerwijsindexClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def register(self, signal_id: str, body: SignaalRegistratie, transaction_id: str) -> Signaal:
+        """PUT the signal; a repeat with the same body is a success too (idempotent)."""
+        youth = body.jeugdige
+        secrets = (youth.bsn, youth.voornamen, youth.geslachtsnaam, *youth.voornamen.split())
+        response = await self._call(
+            "PUT", f"/api/v1/signalen/{signal_id}", transaction_id, json=body.model_dump(mode="json"),
+            op="register", secrets=secrets,
+        )  # fmt: skip
+        return self._parse(response, Signaal, "register")
+
+    async def withdraw(self, signal_id: str, reason: IntrekkingsReden, transaction_id: str) -> Signaal:
+        """DELETE the signal with a rule-15 reason (idempotent)."""
+        response = await self._call(
+            "DELETE",
+            f"/api/v1/signalen/{signal_id}",
+            transaction_id,
+            params={"reden": reason.value},
+            op="withdraw",
+        )
+        return self._parse(response, Signaal, "withdraw")
+
+    async def change_contact(self, signal_id: str, contact: Contactpersoon, transaction_id: str) -> Signaal:
+        """PATCH the contact person (idempotent)."""
+        body = ContactWijziging(contactpersoon=contact).model_dump(mode="json")
+        response = await self._call(
+            "PATCH", f"/api/v1/signalen/{signal_id}", transaction_id, json=body, op="change_contact"
+        )
+        return self._parse(response, Signaal, "change_contact")
+
+    async def get(self, signal_id: str, transaction_id: str) -> Signaal:
+        """GET one signal's state."""
+        response = await self._call("GET", f"/api/v1/signalen/{signal_id}", transaction_id, op="get")
+        return self._parse(response, Signaal, "get")
+
+    async def matches(self, cursor: str | None, limit: int, transaction_id: str) -> tuple[list[Match], str]:
+        """One page of the match feed after `cursor` (None: from the start) and the next cursor."""
+        params: dict[str, str | int] = {"limit": limit}
+        if cursor:
+            params["vanaf"] = cursor
+        if self._organisatie:
+            params["organisatie"] = self._organisatie
+        response = await self._call("GET", "/api/v1/matches", transaction_id, params=params, op="matches")
+        page = self._parse(response, MatchPagina, "matches")
+        return page.matches, page.volgende
+
+    async def ping(self) -> bool:
+        """True when the index answers its health check; never raises."""
+        try:
+            await self._call("GET", "/api/v1/status", f"ping-{uuid.uuid4()}", op="ping")
+        except (TransientError, PermanentError):
+            return False
+        return True
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        transaction_id: str,
+        *,
+        op: str,
+        secrets: Iterable[str] = (),
+        json: Any = None,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        headers = {TRANSACTION_HEADER: transaction_id}
+        where = f"verwijsindex {op}"
+        try:
+            response = await self._http.request(method, url, headers=headers, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{where}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"{where}: connection failed ({type(exc).__name__})") from exc
+        code = response.status_code
+        if code < 300:
+            return response
+        reason = redact(_reason(response), secrets)
+        if code == 429 or code == 408 or code >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
+        raise PermanentError(f"{where}: HTTP {code}: {reason}")
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: type[M], op: str) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError:
+            raise PermanentError(
+                f"verwijsindex {op}: HTTP {response.status_code} answer breaks the contract"
+            ) from None

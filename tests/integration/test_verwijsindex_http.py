@@ -1,0 +1,200 @@
+"""VerwijsindexClient against the simulator over real HTTP (uvicorn): each fault maps to the right error."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import pytest
+
+from connectors.verwijsindex.client import VerwijsindexClient, parse_retry_after, redact
+from connectors.verwijsindex.contract import (
+    Contactpersoon,
+    Geslacht,
+    IntrekkingsReden,
+    Jeugdige,
+    Organisatie,
+    SignaalRegistratie,
+    SignaalStatus,
+)
+from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.errors import PermanentError, TransientError
+
+pytestmark = pytest.mark.integration
+
+BSN = "999990044"
+TODAY = date.today()
+
+
+def registration(
+    org: str = "halt-den-haag", bsn: str = BSN, einddatum: date | None = None
+) -> SignaalRegistratie:
+    return SignaalRegistratie(
+        jeugdige=Jeugdige(
+            bsn=bsn,
+            voornamen="Sanne",
+            voorvoegsel="de",
+            geslachtsnaam="Vries",
+            geboortedatum=date(2010, 3, 14),
+            geslacht=Geslacht.VROUW,
+            gemeente="Den Haag",
+        ),
+        organisatie=Organisatie(code=org, naam=org),
+        contactpersoon=Contactpersoon(naam=f"Contact {org}", email=f"c@{org}.nl", telefoon="070 123 4567"),
+        aangemaakt=TODAY - timedelta(days=400) if einddatum else TODAY,
+        einddatum=einddatum or TODAY + timedelta(days=365),
+    )
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatorServer]:
+    with SimulatorServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(server: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        assert (await client.post("/admin/reset")).status_code == 204
+        yield client
+        await client.post("/admin/reset")
+
+
+@pytest.fixture
+async def vi(server: SimulatorServer, admin: httpx.AsyncClient) -> AsyncIterator[VerwijsindexClient]:
+    async with VerwijsindexClient(server.url, timeout=0.3, organisatie="halt-den-haag") as client:
+        yield client
+
+
+async def test_register_withdraw_and_contact_over_http(
+    vi: VerwijsindexClient, admin: httpx.AsyncClient
+) -> None:
+    first = await vi.register("sig-1", registration(), "tx-1")
+    again = await vi.register("sig-1", registration(), "tx-2")
+    assert first == again and first.status is SignaalStatus.ACTIEF
+    changed = await vi.change_contact("sig-1", Contactpersoon(naam="Delegate", email="d@halt.nl"), "tx-3")
+    assert changed.contactpersoon.naam == "Delegate"
+    ended = await vi.withdraw("sig-1", IntrekkingsReden.RISICO_WEG, "tx-4")
+    assert ended.status is SignaalStatus.BEEINDIGD_RISICO_WEG
+    assert (await vi.get("sig-1", "tx-5")) == ended
+    log = (await admin.get("/admin/calls")).json()
+    assert [(c["method"], c["transaction_id"]) for c in log["calls"]] == [
+        ("PUT", "tx-1"), ("PUT", "tx-2"), ("PATCH", "tx-3"), ("DELETE", "tx-4"), ("GET", "tx-5"),
+    ]  # fmt: skip
+
+
+async def test_match_feed_over_http(vi: VerwijsindexClient) -> None:
+    await vi.register("halt-1", registration("halt-den-haag"), "tx")
+    await vi.register("wt-1", registration("wijkteam-escamp"), "tx")
+    matches, cursor = await vi.matches(None, 10, "tx-feed")
+    assert [(m.signaal_id, m.tegenpartij.organisatie.code) for m in matches] == [
+        ("halt-1", "wijkteam-escamp")
+    ]
+    assert await vi.matches(cursor, 10, "tx-feed") == ([], cursor)
+
+
+async def test_503_is_transient(vi: VerwijsindexClient, admin: httpx.AsyncClient) -> None:
+    await admin.post("/admin/faults", json={"error_rate": 1.0})
+    with pytest.raises(TransientError, match="HTTP 503") as caught:
+        await vi.register("sig-1", registration(), "tx")
+    assert caught.value.retry_after is None
+
+
+@pytest.mark.parametrize("fmt", ["seconds", "http-date"])
+async def test_429_is_transient_with_retry_after(
+    vi: VerwijsindexClient, admin: httpx.AsyncClient, fmt: str
+) -> None:
+    await admin.post(
+        "/admin/faults", json={"rate_limit_rate": 1.0, "retry_after": 3, "retry_after_format": fmt}
+    )
+    with pytest.raises(TransientError, match="HTTP 429") as caught:
+        await vi.withdraw("sig-1", IntrekkingsReden.ONTERECHT, "tx")
+    assert caught.value.retry_after is not None
+    assert 1.5 <= caught.value.retry_after <= 3
+
+
+@pytest.mark.parametrize("mode", ["503", "close"])
+async def test_fully_down_is_transient_and_ping_tells(
+    vi: VerwijsindexClient, admin: httpx.AsyncClient, mode: str
+) -> None:
+    assert await vi.ping()
+    await admin.post("/admin/faults", json={"down": mode})
+    with pytest.raises(TransientError):
+        await vi.matches(None, 10, "tx")
+    assert not await vi.ping()
+    await admin.post("/admin/faults", json={})
+    assert await vi.ping()
+
+
+async def test_a_hanging_call_times_out_and_the_retry_is_idempotent(
+    vi: VerwijsindexClient, admin: httpx.AsyncClient, server: SimulatorServer
+) -> None:
+    await admin.post("/admin/faults", json={"hang_rate": 1.0, "hang_seconds": 60})
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TransientError, match="timed out"):
+        await vi.register("sig-1", registration(), "tx-hang")
+    assert asyncio.get_running_loop().time() - started < 2
+    await admin.post("/admin/faults", json={})  # heal: the hung call now runs on the server
+    retried = await vi.register("sig-1", registration(), "tx-retry")
+    assert retried.status is SignaalStatus.ACTIEF
+    assert list(server.state.signals) == ["sig-1"]
+    calls = (await admin.get("/admin/calls")).json()["calls"]
+    assert [c["transaction_id"] for c in calls] == ["tx-hang", "tx-retry"]
+    assert calls[0]["fault"] == "hang"
+
+
+async def test_permanent_errors_carry_the_reason_but_no_personal_data(vi: VerwijsindexClient) -> None:
+    await vi.register("sig-1", registration(), "tx")
+    with pytest.raises(PermanentError, match="HTTP 409"):
+        await vi.register("sig-1", registration(org="other-org"), "tx")
+    with pytest.raises(PermanentError, match="HTTP 404"):
+        await vi.withdraw("unknown", IntrekkingsReden.ONTERECHT, "tx")
+    with pytest.raises(PermanentError, match="einddatum lies in the past") as caught:
+        await vi.register("sig-2", registration(einddatum=TODAY - timedelta(days=1)), "tx")
+    assert BSN not in str(caught.value) and "Sanne" not in str(caught.value)
+
+
+async def test_connection_refused_is_transient() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+    async with VerwijsindexClient(f"http://127.0.0.1:{port}", timeout=1) as client:
+        with pytest.raises(TransientError, match="connection failed"):
+            await client.matches(None, 1, "tx")
+        assert not await client.ping()
+
+
+async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
+    def vendor(request: httpx.Request) -> httpx.Response:
+        detail = f"jeugdige Sanne de Vries ({BSN}) is al bekend"
+        return httpx.Response(422, json={"titel": "Unprocessable", "detail": detail, "fouten": []})
+
+    async with VerwijsindexClient("http://vendor", transport=httpx.MockTransport(vendor)) as client:
+        with pytest.raises(PermanentError) as caught:
+            await client.register("sig-1", registration(), "tx")
+    message = str(caught.value)
+    assert "al bekend" in message
+    assert BSN not in message and "Sanne" not in message and "Vries" not in message
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(408, TransientError), (500, TransientError), (400, PermanentError)]
+)
+async def test_status_codes_map_to_error_kinds(status: int, kind: type[Exception]) -> None:
+    transport = httpx.MockTransport(lambda _: httpx.Response(status, text="nope"))
+    async with VerwijsindexClient("http://vendor", transport=transport) as client:
+        with pytest.raises(kind):
+            await client.get("sig-1", "tx")
+
+
+def test_retry_after_parsing() -> None:
+    now = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after("Thu, 15 Jan 2026 12:00:30 GMT", now) == 30
+    assert parse_retry_after("Thu, 15 Jan 2026 11:00:00 GMT", now) == 0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+    assert redact("BSN 999990044 van Sanne", ["Sanne"]) == "BSN […] van […]"
