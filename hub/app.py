@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from hub.api import health
+from hub.api.problems import install_problem_handlers
 from hub.config import Settings
 from hub.runtime import Hub, Registrar
 
@@ -39,5 +40,6 @@ def create_app(
     )
     app.state.hub = hub
     app.state.settings = settings
+    install_problem_handlers(app)
     app.include_router(health.router)
     return app

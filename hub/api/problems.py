@@ -1,0 +1,148 @@
+"""RFC 9457 problem details (application/problem+json), in the style of the NL API Design Rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub.logging import get_logger, redact_text
+from schemas.problems import FieldProblem, PartnerFormatError
+
+PROBLEM_JSON = "application/problem+json"
+log = get_logger(__name__)
+
+
+class InvalidParam(BaseModel):
+    """One field that was wrong: where, what was wrong, what is allowed."""
+
+    name: str
+    reason: str
+    allowed: str | None = None
+
+
+class ProblemBody(BaseModel):
+    """The body of every error answer."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    invalid_params: list[InvalidParam] = Field(default_factory=list, alias="invalidParams")
+
+
+class Problem(Exception):
+    """Raise to answer with a problem+json body."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        params: list[InvalidParam] | None = None,
+        headers: dict[str, str] | None = None,
+        type_: str = "about:blank",
+    ) -> None:
+        super().__init__(title)
+        self.status, self.title, self.detail = status, title, detail
+        self.params, self.headers, self.type = params or [], headers or {}, type_
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    params: list[InvalidParam] | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    type_: str = "about:blank",
+) -> JSONResponse:
+    """A problem+json response; texts pass the BSN redactor, so no value can leak back."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = redact_text(detail)
+    if instance:
+        body["instance"] = instance
+    if params:
+        body["invalidParams"] = [
+            {k: redact_text(v) for k, v in p.model_dump(exclude_none=True).items()} for p in params
+        ]
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def params_from_problems(problems: list[FieldProblem]) -> list[InvalidParam]:
+    """Partner-format problems as invalidParams."""
+    return [InvalidParam(name=p.field, reason=p.problem, allowed=p.allowed) for p in problems]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "(body)"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Every error the API answers is problem+json; never a stack trace, never an input value."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(
+            exc.status,
+            exc.title,
+            exc.detail,
+            params=exc.params,
+            instance=request.url.path,
+            headers=exc.headers,
+            type_=exc.type,
+        )
+
+    @app.exception_handler(PartnerFormatError)
+    async def _partner_format(request: Request, exc: PartnerFormatError) -> JSONResponse:
+        return problem_response(
+            400,
+            "Het bericht voldoet niet aan het formaat van de partner",
+            "Zie invalidParams: welk veld, wat er mis is en wat is toegestaan.",
+            params=params_from_problems(exc.problems),
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        params = [
+            InvalidParam(name=_loc(tuple(e.get("loc", ()))), reason=str(e.get("msg", "ongeldig")))
+            for e in exc.errors()
+        ]
+        return problem_response(
+            400,
+            "Ongeldige aanvraag",
+            "Een of meer velden zijn ongeldig.",
+            params=params,
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(
+            exc.status_code,
+            detail or "Fout",
+            None,
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", path=request.url.path, error_class=type(exc).__name__)
+        return problem_response(
+            500,
+            "Interne fout",
+            "Er ging iets mis in de hub; probeer het later opnieuw.",
+            instance=request.url.path,
+        )
