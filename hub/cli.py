@@ -41,6 +41,12 @@ def _server_class() -> type:
     return QuietExitServer
 
 
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _banner(settings: Settings, host: str, port: int, broker: str) -> str:
     base = f"http://{host}:{port}"
     kind = "embedded tansu, memory storage" if settings.embedded_broker else "external"
@@ -48,7 +54,7 @@ def _banner(settings: Settings, host: str, port: int, broker: str) -> str:
         [
             "ketenhub is running",
             f"  operator API  {base}/   ready: {base}/readyz   docs: {base}/docs   AsyncAPI: {base}/asyncapi",
-            f"  database      {settings.database.url}",
+            f"  database      {_safe_url(settings.database.url)}",
             f"  broker        {broker} ({kind})",
             f"  components    {', '.join(settings.components)}",
             "  stop with Ctrl-C",
@@ -124,7 +130,7 @@ def migrate() -> None:
             await store.close()
 
     asyncio.run(go())
-    typer.echo(f"database {settings.database.url} is up to date")
+    typer.echo(f"database {_safe_url(settings.database.url)} is up to date")
 
 
 @simulate.command("verwijsindex")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ class Hub:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     started: bool = False
     components: dict[str, Any] = field(default_factory=dict)
+    background: dict[str, Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=dict)
 
     def topic(self, name: str) -> str:
         """A topic's full name under this hub's prefix."""
@@ -94,6 +95,8 @@ class Hub:
                 registrar(self)
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         await self.broker.start()
+        # Components' own loops (retry schedulers, feed pollers), registered by name in `background`.
+        self.tasks += [asyncio.create_task(make(), name=name) for name, make in self.background.items()]
         self.started = True
         log.info(
             "hub started", broker=self.bootstrap, database=self.store.describe(), components=s.components
@@ -111,6 +114,11 @@ class Hub:
             with contextlib.suppress(BaseException):
                 await task
         self.tasks.clear()
+        for component in self.components.values():
+            close = getattr(component, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(close(), 5)
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.producer.stop(), 10)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.logging import get_logger
@@ -17,6 +17,7 @@ from hub.store.tables import outbox
 from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
 
 log = get_logger(__name__)
+RELAY_LOCK = 7_301_001  # PostgreSQL advisory lock id of the outbox relay
 
 
 async def add_to_outbox(
@@ -70,6 +71,11 @@ class Relay:
     async def publish_once(self) -> int:
         """Publish one batch of pending rows; return how many were sent."""
         async with self.store.transaction() as session:
+            if self.store.dialect == "postgresql":
+                # One relay publishes at a time across all hub processes: per-key order holds.
+                got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK})
+                if not got.scalar():
+                    return 0
             rows = (
                 await session.execute(
                     select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)

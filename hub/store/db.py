@@ -49,6 +49,9 @@ def _upgrade(connection: Any, revision: str) -> None:
 async def migrate(engine: AsyncEngine, revision: str = "heads") -> None:
     """Apply the Alembic migrations up to `revision`."""
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Many replicas start at once: one migrates, the others wait and find nothing to do.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7301002)"))
         await conn.run_sync(_upgrade, revision)
 
 
