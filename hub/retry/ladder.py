@@ -1,0 +1,328 @@
+"""The retry ladder: in-place retries, then a parking lot ordered per key, then the DLQ.
+
+Parked messages live in the store (table retry_parked), written in the same transaction as the
+consumer's inbox entry, so "this youth has a parked message" is never out of date: a later message
+for the same key is parked behind it, and a withdrawal cannot overtake its registration. Every
+parking is also published on the topic's retry topic (`<area>.<name>.retry.v<N>`, with the attempt
+and due time as headers) so operators see it on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from hub.errors import TransientError
+from hub.logging import get_logger
+from hub.metrics import Metrics
+from hub.retry.policy import RetryPolicy, next_due
+from hub.retry.tables import parked
+from hub.spine import Tx, add_to_outbox
+from hub.spine.dlq import dlq_headers, safe_error_message
+from hub.store import Store
+from schemas.envelope import Envelope, utcnow
+
+log = get_logger(__name__)
+Hook = Callable[..., Awaitable[None]]
+
+
+async def _noop(*_: Any, **__: Any) -> None:
+    return None
+
+
+@dataclass
+class Delivery:
+    """What a connector supplies: how to deliver one message, and what to record on each outcome.
+
+    `deliver` raises TransientError (retry) or PermanentError (DLQ); it must be idempotent, since a
+    crash after a successful call and before the commit delivers the message again.
+    """
+
+    deliver: Callable[[Envelope], Awaitable[None]]
+    on_delivered: Hook = _noop  # (session, message)
+    on_parked: Hook = _noop  # (session, message, attempt, due_at, error)
+    on_dead: Hook = _noop  # (session, message, error)
+
+
+class RetryLadder:
+    """One ladder per outbound connector and topic."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        name: str,
+        topic: str,
+        retry_topic: str,
+        dlq_topic: str,
+        partner: str,
+        delivery: Delivery,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        concurrency: int = 16,
+    ) -> None:
+        self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
+        self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
+        self.delivery, self.policy, self.clock = delivery, policy or RetryPolicy(), clock
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+
+    # -- the main consumer's side -------------------------------------------------------------
+    async def handle(self, tx: Tx, message: Envelope, *, key: str) -> str:
+        """Deliver now (with quick in-place retries), or park, or dead-letter. Returns the outcome."""
+        origin = {"original-partition": str(tx.record.partition), "original-offset": str(tx.record.offset)}
+        if await self._has_parked(tx.session, key):
+            await self._park(
+                tx.session, message, key, attempt=0, due_at=self.clock(), error=None, origin=origin
+            )
+            return "parked"
+        try:
+            await self._attempt(message)
+        except TransientError as exc:
+            due = next_due(self.policy, 1, self.clock(), retry_after=exc.retry_after)
+            assert due is not None  # the schedule has at least one step
+            await self._park(
+                tx.session,
+                message,
+                key,
+                attempt=1,
+                due_at=due,
+                error=safe_error_message(exc),
+                origin=origin,
+                first_failure=self.clock(),
+            )
+            return "parked"
+        except Exception as exc:
+            await self._dead(
+                tx.session, message, key, exc, attempts=1, first_failure=self.clock(), origin=origin
+            )
+            return "dead_lettered"
+        await self.delivery.on_delivered(tx.session, message)
+        return "delivered"
+
+    async def _attempt(self, message: Envelope, *, in_place: bool = True) -> None:
+        """One rung of the ladder: a call, plus quick retries in place on the first rung only."""
+
+        def quick(exc: BaseException) -> bool:
+            wait = getattr(exc, "retry_after", None) or 0
+            return isinstance(exc, TransientError) and wait <= self.policy.in_place_max_wait_s
+
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self.policy.in_place_attempts if in_place else 1),
+            wait=lambda rs: self.policy.in_place_delay(rs.attempt_number),
+            retry=retry_if_exception(quick),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    await self.delivery.deliver(message)
+                except TransientError:
+                    self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
+                    raise
+                except Exception:
+                    self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
+                    raise
+                self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
+
+    async def _has_parked(self, session: AsyncSession, key: str) -> bool:
+        q = select(exists().where(parked.c.ladder == self.name, parked.c.key == key))
+        return bool((await session.execute(q)).scalar())
+
+    async def _park(
+        self,
+        session: AsyncSession,
+        message: Envelope,
+        key: str,
+        *,
+        attempt: int,
+        due_at: datetime,
+        error: str | None,
+        origin: dict[str, str],
+        first_failure: datetime | None = None,
+    ) -> None:
+        headers = {k: v.decode() for k, v in message.headers()} | origin
+        await session.execute(
+            insert(parked).values(
+                ladder=self.name,
+                key=key,
+                message_id=message.message_id,
+                value=message.to_bytes(),
+                headers=headers,
+                attempt=attempt,
+                due_at=due_at,
+                first_failure=first_failure,
+                last_error=error,
+            )
+        )
+        await self._announce(session, message, key, attempt, due_at, error)
+        await self.delivery.on_parked(session, message, attempt, due_at, error)
+        self._wake.set()
+
+    async def _announce(
+        self,
+        session: AsyncSession,
+        message: Envelope,
+        key: str,
+        attempt: int,
+        due_at: datetime,
+        error: str | None,
+    ) -> None:
+        extra = {"retry-attempt": str(attempt), "retry-due-at": due_at.isoformat(), "retry-ladder": self.name}
+        if error:
+            extra["retry-last-error"] = error
+        await add_to_outbox(session, self.retry_topic, message, key=key, headers=extra)
+
+    async def _dead(
+        self,
+        session: AsyncSession,
+        message: Envelope,
+        key: str,
+        exc: BaseException,
+        *,
+        attempts: int,
+        first_failure: datetime,
+        origin: dict[str, str],
+    ) -> None:
+        log.warning(
+            "delivery dead-lettered", ladder=self.name, attempts=attempts, error_class=type(exc).__name__
+        )
+        headers = dlq_headers(
+            topic=self.topic,
+            partition=int(origin.get("original-partition", -1)),
+            offset=int(origin.get("original-offset", -1)),
+            group=self.name,
+            exc=exc,
+            attempts=attempts,
+            first_failure=first_failure,
+            last_failure=self.clock(),
+        )
+        await add_to_outbox(session, self.dlq_topic, message, key=key, headers=headers)
+        await self.delivery.on_dead(session, message, safe_error_message(exc))
+
+    # -- the scheduler's side -----------------------------------------------------------------
+    def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
+        earlier = parked.alias("earlier")
+        blocked = exists().where(
+            and_(
+                earlier.c.ladder == parked.c.ladder,
+                earlier.c.key == parked.c.key,
+                earlier.c.seq < parked.c.seq,
+            )
+        )
+        return (
+            select(parked.c.seq)
+            .where(parked.c.ladder == self.name, parked.c.due_at <= now, ~blocked)
+            .order_by(parked.c.due_at)
+            .limit(limit)
+        )
+
+    async def step(self, limit: int = 200) -> int:
+        """Try every parked message that is due and first in line for its key; return how many."""
+        async with self.store.connect() as conn:
+            seqs = list((await conn.execute(self._due_heads(self.clock(), limit))).scalars())
+        await asyncio.gather(*(self._retry_one(seq) for seq in seqs))
+        return len(seqs)
+
+    async def _retry_one(self, seq: int) -> None:
+        async with self._slots, self.store.transaction() as session:
+            row = (
+                await session.execute(
+                    select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
+                )
+            ).first()
+            if row is None:
+                return
+            message = Envelope.from_bytes(row.value)
+            origin = {k: v for k, v in row.headers.items() if k.startswith("original-")}
+            try:
+                await self._attempt(message, in_place=row.attempt == 0)
+            except TransientError as exc:
+                attempt = row.attempt + 1
+                due = next_due(self.policy, attempt, self.clock(), retry_after=exc.retry_after)
+                first = row.first_failure or self.clock()
+                if due is None:
+                    await session.execute(delete(parked).where(parked.c.seq == seq))
+                    await self._dead(
+                        session,
+                        message,
+                        row.key,
+                        exc,
+                        attempts=row.attempt + 1,
+                        first_failure=first,
+                        origin=origin,
+                    )
+                    return
+                error = safe_error_message(exc)
+                await session.execute(
+                    update(parked)
+                    .where(parked.c.seq == seq)
+                    .values(attempt=attempt, due_at=due, first_failure=first, last_error=error)
+                )
+                await self._announce(session, message, row.key, attempt, due, error)
+                await self.delivery.on_parked(session, message, attempt, due, error)
+                return
+            except Exception as exc:
+                await session.execute(delete(parked).where(parked.c.seq == seq))
+                await self._dead(
+                    session,
+                    message,
+                    row.key,
+                    exc,
+                    attempts=row.attempt + 1,
+                    first_failure=row.first_failure or self.clock(),
+                    origin=origin,
+                )
+                return
+            await session.execute(delete(parked).where(parked.c.seq == seq))
+            await self.delivery.on_delivered(session, message)
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest parked message is due, or None when nothing is parked."""
+        async with self.store.connect() as conn:
+            earliest = (
+                await conn.execute(select(func.min(parked.c.due_at)).where(parked.c.ladder == self.name))
+            ).scalar()
+        if earliest is None:
+            return None
+        if earliest.tzinfo is None:  # SQLite hands back naive datetimes
+            earliest = earliest.replace(tzinfo=self.clock().tzinfo)
+        return max(0.0, (earliest - self.clock()).total_seconds())
+
+    async def run(self, idle_s: float = 1.0) -> None:
+        """Retry parked messages as they fall due, until cancelled."""
+        while True:
+            try:
+                if await self.step():
+                    continue
+                wait = await self.next_due_in()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "retry scheduler failed; will retry", ladder=self.name, error=safe_error_message(exc)
+                )
+                wait = idle_s
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(wait if wait is not None else idle_s, idle_s))
+
+    async def parked_count(self) -> int:
+        """How many messages wait in this ladder's parking lot."""
+        async with self.store.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count()).select_from(parked).where(parked.c.ladder == self.name)
+                    )
+                ).scalar_one()
+            )

@@ -1,0 +1,51 @@
+"""The retry schedule as pure functions: what to wait before attempt n, honouring Retry-After."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A few quick retries in place, then parked attempts after growing delays, then the DLQ."""
+
+    in_place_attempts: int = 3
+    in_place_wait_s: float = 0.1
+    in_place_max_wait_s: float = 1.0
+    # Delay before each parked attempt; after the last one fails, the message is dead-lettered.
+    schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    jitter: float = 0.1
+    max_retry_after_s: float = 3600.0
+
+    @property
+    def max_parked_attempts(self) -> int:
+        """How many parked attempts there are before the DLQ."""
+        return len(self.schedule_s)
+
+    def in_place_delay(self, attempt: int) -> float:
+        """Wait before in-place retry `attempt` (1-based): exponential, capped."""
+        return float(min(self.in_place_wait_s * 2 ** (attempt - 1), self.in_place_max_wait_s))
+
+
+def next_due(
+    policy: RetryPolicy,
+    parked_attempt: int,
+    now: datetime,
+    *,
+    retry_after: float | None = None,
+    rand: random.Random | None = None,
+) -> datetime | None:
+    """When parked attempt `parked_attempt` (1-based) is due; None when the ladder is exhausted.
+
+    A Retry-After from the partner is honoured when it asks for longer than the schedule.
+    """
+    if parked_attempt > policy.max_parked_attempts:
+        return None
+    base = policy.schedule_s[parked_attempt - 1]
+    spread = (rand or random).uniform(-policy.jitter, policy.jitter) * base
+    delay = base + spread
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_retry_after_s))
+    return now + timedelta(seconds=delay)

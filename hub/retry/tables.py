@@ -1,0 +1,24 @@
+"""The parking lot of the retry ladder: messages waiting for their next attempt, in order per key."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, Table, Text
+
+from hub.store.tables import metadata
+
+parked = Table(
+    "retry_parked",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ladder", String(100), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("first_failure", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_retry_parked_ladder_key", "ladder", "key", "seq"),
+    Index("ix_retry_parked_due", "ladder", "due_at"),
+)

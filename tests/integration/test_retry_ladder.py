@@ -1,0 +1,166 @@
+"""The retry ladder on the real broker and both stores: order per key, no head-of-line blocking, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pytest
+
+from hub.embedded import EmbeddedKafka
+from hub.errors import PermanentError, TransientError
+from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.runtime import Hub
+from hub.spine import Tx
+from hub.spine.dlq import DLQ_HEADERS
+from hub.topics import Topic
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+CMD = Topic("test.cmd.v1")
+FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.2, 0.4, 0.6), jitter=0.0)
+
+
+@dataclass
+class FakePartner:
+    """An in-memory stand-in for a partner system, failing as scripted per message name."""
+
+    transient_failures: dict[str, int] = field(default_factory=dict)
+    permanent: set[str] = field(default_factory=set)
+    delivered: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    async def deliver(self, message: Envelope) -> None:
+        name = str(message.payload["name"])
+        self.calls[name] += 1
+        if name in self.permanent:
+            raise PermanentError("partner refused the message: field not allowed")
+        if self.transient_failures.get(name, 0) > 0:
+            self.transient_failures[name] -= 1
+            raise TransientError("503 from partner", retry_after=None)
+        self.delivered.append(name)
+
+
+def ladder_component(partner: FakePartner, holder: dict[str, RetryLadder]):  # type: ignore[no-untyped-def]
+    def register(hub: Hub) -> None:
+        assert hub.spine is not None and hub.store is not None
+        ladder = RetryLadder(
+            hub.store,
+            hub.metrics,
+            name="test",
+            topic=hub.topic(CMD.name),
+            retry_topic=hub.topic(CMD.retry),
+            dlq_topic=hub.topic(CMD.dlq),
+            partner="fake",
+            delivery=Delivery(deliver=partner.deliver),
+            policy=FAST,
+        )
+        holder["ladder"] = ladder
+        hub.background["test-retry"] = ladder.run
+
+        @hub.spine.subscribe(hub.topic(CMD.name), group=hub.group("ladder"), dlq=hub.topic(CMD.dlq))
+        async def send(tx: Tx, message: Envelope) -> None:
+            await ladder.handle(tx, message, key=str(message.payload["key"]))
+
+    return register
+
+
+def _cmd(name: str, key: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    env = Envelope(type="Cmd", payload={"name": name, "key": key})
+    return key.encode(), env.to_bytes(), env.headers()
+
+
+async def _start(
+    kafka: EmbeddedKafka, db_url: str, unique: str, partner: FakePartner
+) -> tuple[Hub, RetryLadder]:
+    holder: dict[str, RetryLadder] = {}
+    settings = make_settings(kafka, db_url, unique).model_copy(update={"components": ["verwijsindex"]})
+    hub = Hub(
+        settings,
+        registrars={"verwijsindex": [ladder_component(partner, holder)]},
+        extra_topics=[CMD, Topic(CMD.retry), Topic(CMD.dlq)],
+    )
+    await hub.start()
+    return hub, holder["ladder"]
+
+
+async def test_parked_key_keeps_order_and_other_keys_pass(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # a1 fails 4 times: 2 in place, then parked attempts 1 and 2 fail, attempt 3 succeeds.
+    partner = FakePartner(transient_failures={"a1": 4})
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        await produce(
+            kafka.bootstrap,
+            hub.topic(CMD.name),
+            [_cmd("a1", "youth-a"), _cmd("a2", "youth-a"), _cmd("b1", "youth-b")],
+        )
+        await wait_for(lambda: "b1" in partner.delivered)
+        assert "a2" not in partner.delivered  # held behind a1
+        await wait_for(lambda: len(partner.delivered) == 3, timeout_s=30)
+        assert partner.delivered.index("a1") < partner.delivered.index("a2")
+        assert partner.calls["a2"] == 1 and partner.calls["b1"] == 1
+        assert partner.calls["a1"] == 5  # 2 in place, then one call per parked attempt: no tight loop
+        assert await ladder.parked_count() == 0
+        retry = await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=4)
+        attempts = sorted(int(headers_of(r)["retry-attempt"]) for r in retry)
+        assert attempts == [0, 1, 2, 3]  # a2 waited (0); a1 parked at attempts 1..3
+    finally:
+        await hub.stop()
+
+
+async def test_permanent_error_and_exhausted_ladder_go_to_dlq(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    partner = FakePartner(transient_failures={"x1": 100}, permanent={"p1"})
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        await produce(
+            kafka.bootstrap,
+            hub.topic(CMD.name),
+            [_cmd("p1", "youth-p"), _cmd("x1", "youth-x"), _cmd("c1", "youth-c")],
+        )
+        dead = await read_topic(kafka.bootstrap, hub.topic(CMD.dlq), expect=2, timeout_s=30)
+        by_name = {Envelope.from_bytes(r.value).payload["name"]: headers_of(r) for r in dead}
+        assert set(by_name) == {"p1", "x1"}
+        for headers in by_name.values():
+            assert set(DLQ_HEADERS) <= set(headers)
+        assert by_name["p1"]["dlq-attempts"] == "1"
+        assert by_name["p1"]["dlq-exception-class"].endswith("PermanentError")
+        assert by_name["x1"]["dlq-attempts"] == "4" and by_name["x1"]["dlq-exception-class"].endswith(
+            "TransientError"
+        )
+        assert by_name["x1"]["dlq-original-topic"] == hub.topic(CMD.name)
+        assert partner.calls["p1"] == 1  # permanent: never retried
+        assert partner.calls["x1"] == 2 + 3
+        assert partner.delivered == ["c1"]
+        await wait_for(lambda: _zero(ladder))
+    finally:
+        await hub.stop()
+
+
+async def _zero(ladder: RetryLadder) -> bool:
+    return await ladder.parked_count() == 0
+
+
+async def test_parked_messages_survive_a_restart(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    partner = FakePartner(transient_failures={"a1": 3})
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "youth-a")])
+    await wait_for(lambda: _parked(ladder))
+    await hub.stop()
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        await wait_for(lambda: partner.delivered == ["a1"], timeout_s=30)
+        await asyncio.sleep(0.3)
+        assert partner.delivered == ["a1"]
+    finally:
+        await hub.stop()
+
+
+async def _parked(ladder: RetryLadder) -> bool:
+    return await ladder.parked_count() == 1

@@ -1,0 +1,38 @@
+"""The retry schedule: growing delays, Retry-After honoured, exhausted after the last step."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from hub.retry import RetryPolicy, next_due
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_schedule_grows_and_ends() -> None:
+    policy = RetryPolicy(schedule_s=(1, 5, 30), jitter=0.0)
+    delays = [(next_due(policy, n, NOW) - NOW).total_seconds() for n in (1, 2, 3)]  # type: ignore[operator]
+    assert delays == [1, 5, 30]
+    assert next_due(policy, 4, NOW) is None
+
+
+def test_jitter_stays_within_its_band() -> None:
+    policy = RetryPolicy(schedule_s=(10,), jitter=0.1)
+    rand = random.Random(7)
+    for _ in range(200):
+        due = next_due(policy, 1, NOW, rand=rand)
+        assert due is not None
+        assert timedelta(seconds=9) <= due - NOW <= timedelta(seconds=11)
+
+
+def test_retry_after_wins_when_longer_and_is_capped() -> None:
+    policy = RetryPolicy(schedule_s=(1,), jitter=0.0, max_retry_after_s=60)
+    assert next_due(policy, 1, NOW, retry_after=20) == NOW + timedelta(seconds=20)
+    assert next_due(policy, 1, NOW, retry_after=0.5) == NOW + timedelta(seconds=1)
+    assert next_due(policy, 1, NOW, retry_after=10_000) == NOW + timedelta(seconds=60)
+
+
+def test_in_place_backoff_is_exponential_and_capped() -> None:
+    policy = RetryPolicy(in_place_wait_s=0.1, in_place_max_wait_s=0.3)
+    assert [policy.in_place_delay(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
