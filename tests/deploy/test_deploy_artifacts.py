@@ -1,0 +1,592 @@
+"""deploy/ checked with real validators: Compose spec, Kubernetes schemas, promtool, Grafana JSON.
+
+No container engine runs here, so nothing is started; what can be proven without one is proven:
+the files are what their tools accept, and they use only the settings and metrics the hub has.
+Validators (pip): check-jsonschema (ships the Compose spec schema), kubernetes-validate (ships the
+Kubernetes schemas), dockerfile (BuildKit's own Dockerfile parser), PyYAML. Binaries: promtool
+(Debian: `apt-get install -y prometheus`) and kubectl (for `kubectl kustomize`); tests that need a
+missing one skip and say which.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/ (pip install pyyaml)")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+K8S = DEPLOY / "k8s"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ketenhub.json"
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to run on
+
+# The contract with the hub's Settings (pydantic-settings, prefix KETENHUB_, nested with __).
+# deploy/ may set only these; a test of hub.config checks that Settings reads exactly these.
+DOCUMENTED_SETTINGS = frozenset(
+    {
+        "KETENHUB_KAFKA__BOOTSTRAP_SERVERS",
+        "KETENHUB_KAFKA__SECURITY_PROTOCOL",
+        "KETENHUB_KAFKA__SASL_MECHANISM",
+        "KETENHUB_KAFKA__SASL_USERNAME",
+        "KETENHUB_KAFKA__SASL_PASSWORD",
+        "KETENHUB_KAFKA__REPLICATION_FACTOR",
+        "KETENHUB_KAFKA__CLIENT_ID",
+        "KETENHUB_DATABASE__URL",
+        "KETENHUB_HTTP__HOST",
+        "KETENHUB_HTTP__PORT",
+        "KETENHUB_SMTP__HOST",
+        "KETENHUB_SMTP__PORT",
+        "KETENHUB_SMTP__USERNAME",
+        "KETENHUB_SMTP__PASSWORD",
+        "KETENHUB_SMTP__TLS",
+        "KETENHUB_SMTP__SENDER",
+        "KETENHUB_VERWIJSINDEX__URL",
+        "KETENHUB_SECRET",
+        "KETENHUB_LOG_LEVEL",
+    }
+)
+
+# The hub's metrics (DESIGN.md, "Operators"); histograms also expose _bucket, _sum and _count.
+CONTRACT_METRICS = frozenset(
+    {
+        "kafka_consumergroup_lag",
+        "kafka_consumergroup_lag_seconds",
+        "kafka_topic_partition_current_offset",
+        "ketenhub_messages_total",
+        "ketenhub_retry_parked",
+        "ketenhub_dlq_messages",
+        "ketenhub_ready",
+    }
+)
+CONTRACT_HISTOGRAMS = frozenset({"ketenhub_handler_seconds"})
+
+# Every topic of hub/topics.py, as the contract names them.
+CONTRACT_TOPICS = frozenset(
+    {
+        "partner.politie.referral.v1",
+        "partner.politie.decision.v1",
+        "referral.received.v1",
+        "referral.decided.v1",
+        "handover.requested.v1",
+        "handover.status.v1",
+        "verwijsindex.signal.v1",
+        "verwijsindex.signal.retry.v1",
+        "verwijsindex.signal.dlq.v1",
+        "verwijsindex.match.v1",
+        "notification.mail.v1",
+        "notification.mail.retry.v1",
+        "notification.mail.dlq.v1",
+        "partner.politie.referral.dlq.v1",
+    }
+)
+HUB_COMPONENTS = ("intake", "routing", "verwijsindex", "mail", "api")
+CONSUMER_COMPONENTS = ("intake", "routing", "verwijsindex", "mail")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return compose
+
+
+def _k8s_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _k8s_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _all_k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in _k8s_files() for doc in _k8s_docs(path)]
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool not installed; CI must run: apt-get update && apt-get install -y prometheus")
+    return found
+
+
+def _run(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+_PROMQL_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan", "Inf", "NaN"})
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (functions, labels and keywords left out)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals, with their $variables
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery durations
+    expr = re.sub(r"\$\w+", "", expr)  # Grafana variables outside strings
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
+        if match.group(2) is None and match.group(1) not in _PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def _allowed_metric(name: str) -> bool:
+    if name in CONTRACT_METRICS:
+        return True
+    base, _, suffix = name.rpartition("_")
+    return base in CONTRACT_HISTOGRAMS and suffix in {"bucket", "sum", "count"}
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def _kafka_script(name: str) -> str:
+    return str(_compose()["configs"][name]["content"])
+
+
+# --- (a) Compose ---------------------------------------------------------------------------------
+
+
+def _compose_schema_errors(document: dict[str, Any]) -> list[str]:
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install check-jsonschema")
+    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (ships the Compose schema)")
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    assert _compose_schema_errors(_compose()) == []
+
+
+def test_compose_schema_check_catches_a_misplaced_key() -> None:
+    """The check above is not vacuous: a typo an operator could make is reported."""
+    broken = _compose()
+    broken["services"]["mail"]["replicas"] = 3  # belongs under deploy:
+    errors = _compose_schema_errors(broken)
+    assert any(e.startswith("services/mail") for e in errors), errors
+
+
+def test_compose_secrets_come_from_the_environment_never_from_the_file() -> None:
+    compose = _compose()
+    secretish = re.compile(r"PASSWORD|SECRET|DATABASE__URL")
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if not secretish.search(key):
+                continue
+            if key.endswith("_FILE") or key.endswith("__FILE"):
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
+            else:
+                assert re.search(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(value)), (
+                    f"{name}: {key} must come from a required variable (${{VAR:?set it}}), not a value"
+                )
+    for name, secret in compose["secrets"].items():
+        assert set(secret) == {"environment"}, f"secret {name} must be read from a variable"
+
+
+def test_compose_required_variables_are_documented() -> None:
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    required |= {s["environment"] for s in _compose()["secrets"].values()}
+    readme = (DEPLOY / "README.md").read_text()
+    missing = sorted(v for v in required if v not in readme)
+    assert missing == [], f"deploy/README.md does not explain {missing}"
+
+
+def test_compose_runs_a_three_node_kraft_cluster_with_rf3_and_min_isr2() -> None:
+    compose = _compose()
+    brokers = sorted(n for n in compose["services"] if re.fullmatch(r"kafka-\d", n))
+    assert brokers == ["kafka-1", "kafka-2", "kafka-3"]
+    for name in brokers:
+        assert compose["services"][name]["image"].startswith("apache/kafka:")
+    start = _kafka_script("kafka-start")
+    props = dict(line.split("=", 1) for line in start.splitlines() if re.match(r"^[a-z][a-z0-9.-]*=", line))
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"].count("@") == 3
+    assert props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == "2"
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["auto.create.topics.enable"] == "false"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert "PLAINTEXT" not in props["listener.security.protocol.map"].replace("SASL_PLAINTEXT", "")
+    for listener in ("broker", "client", "external"):
+        assert props[f"listener.name.{listener}.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+
+
+def test_kafka_init_creates_every_hub_topic_with_rf3() -> None:
+    script = _kafka_script("kafka-init")
+    topic_name = r"\b((?:partner|referral|handover|verwijsindex|notification)\.[a-z.]+\.v\d+)\b"
+    created = set(re.findall(topic_name, script))
+    assert created >= CONTRACT_TOPICS
+    assert re.search(r"kafka-topics --create --if-not-exists .*--replication-factor 3", script)
+    assert "min.insync.replicas=2" in script
+    from hub.topics import all_topics  # the single source of topic names
+
+    assert {t.name for t in all_topics()} <= created, "kafka-init misses topics declared in hub/topics.py"
+
+
+def test_kafka_init_gives_each_principal_a_scram_user_and_partners_only_their_own_topics() -> None:
+    script = _kafka_script("kafka-init")
+    assert re.search(r'hub_components="intake routing verwijsindex mail api"', script)
+    assert "SCRAM-SHA-512=[iterations=8192" in script
+    grants = re.findall(r'^partner_acls (\w+) "([^"]*)" "([^"]*)"$', script, flags=re.MULTILINE)
+    assert grants, "no partner ACLs"
+    for partner, writes, reads in grants:
+        for topic in f"{writes} {reads}".split():
+            assert topic.startswith(f"partner.{partner}."), f"{partner} may touch {topic}"
+    partner_function = script[script.index("partner_acls() {") :]
+    partner_function = partner_function[: partner_function.index("\n}")]
+    assert "--topic" in partner_function
+    assert re.search(r"prefixed --topic", partner_function) is None, "partners get literal topic ACLs only"
+    secrets = set(_compose()["services"]["kafka-init"]["secrets"])
+    for component in HUB_COMPONENTS:
+        assert f"kafka-ketenhub-{component}-password" in secrets
+    for partner, _, _ in grants:
+        assert f"kafka-partner-{partner}-password" in secrets
+
+
+def test_compose_runs_each_component_as_its_own_service_after_migration() -> None:
+    services = _compose()["services"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["restart"] == "no"
+    passwords = set()
+    for component in HUB_COMPONENTS:
+        service = services[component]
+        assert service["command"] == ["run", "--components", component]
+        env = service["environment"]
+        assert env["KETENHUB_KAFKA__SASL_USERNAME"] == f"ketenhub-{component}"
+        passwords.add(env["KETENHUB_KAFKA__SASL_PASSWORD"])
+        assert env["KETENHUB_KAFKA__REPLICATION_FACTOR"] == "3"
+        assert env["KETENHUB_DATABASE__URL"].startswith("postgresql+asyncpg://")
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+        assert service["read_only"] is True
+    assert len(passwords) == len(HUB_COMPONENTS), "each component has its own Kafka credential"
+    for component in CONSUMER_COMPONENTS:
+        assert services[component]["deploy"]["replicas"] >= 2
+
+
+@pytest.mark.parametrize("name", ["kafka-start", "kafka-init"])
+def test_kafka_scripts_are_sound_shell(name: str, tmp_path: Path) -> None:
+    """The scripts compose hands the Kafka containers: bash syntax, and shellcheck where installed."""
+    script = tmp_path / f"{name}.sh"
+    script.write_text(_kafka_script(name).replace("$$", "$"))  # compose turns $$ into $
+    result = _run("bash", "-n", str(script))
+    assert result.returncode == 0, result.stderr
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (apt-get install -y shellcheck); bash -n passed")
+    result = _run(shellcheck, "--shell=bash", str(script))
+    assert result.returncode == 0, result.stdout
+
+
+# --- (b) Kubernetes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", _k8s_files(), ids=lambda p: p.name)
+def test_k8s_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    docs = _k8s_docs(path)
+    assert docs, f"{path.name} is empty"
+    for doc in docs:
+        try:
+            kv.validate(doc, K8S_VERSION, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{path.name} {doc['kind']}: {'.'.join(map(str, exc.path))}: {exc.message}")
+        except kv.SchemaNotFoundError as exc:
+            pytest.fail(f"{path.name}: {exc.message}")
+
+
+def test_k8s_strict_validation_catches_a_misspelt_probe() -> None:
+    """The check above is not vacuous: a misspelt field (silently ignored by kubectl) fails."""
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    deployment = next(d for d in _k8s_docs(K8S / "mail.yaml") if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in _k8s_files() if not p.name.endswith(".example.yaml")}
+    assert listed == on_disk
+    assert "secret.example.yaml" not in listed, "placeholder secrets must never be applied"
+
+
+def test_kustomize_builds_and_the_result_validates() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed; `kubectl kustomize deploy/k8s` was not run")
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    result = _run(kubectl, "kustomize", str(K8S))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("Deployment") == len(HUB_COMPONENTS)
+    assert kinds.count("PodDisruptionBudget") == len(HUB_COMPONENTS)
+    assert {"Namespace", "ConfigMap", "Job", "Service", "ServiceAccount"} <= set(kinds)
+    for doc in docs:
+        assert doc["metadata"].get("namespace", "ketenhub") == "ketenhub" or doc["kind"] == "Namespace"
+        kv.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_k8s_deployments_are_probed_bounded_hardened_and_scraped() -> None:
+    docs = _all_k8s_docs()
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    pdb_selectors = [d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(
+        f"ketenhub-{c}" for c in HUB_COMPONENTS
+    )
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert set(container["resources"]) == {"requests", "limits"}, name
+        assert container["resources"]["limits"].get("memory"), name
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true", name
+        port = str(container["ports"][0]["containerPort"])
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == port, name
+        assert deployment["spec"]["selector"]["matchLabels"] in pdb_selectors, (
+            f"{name}: no PodDisruptionBudget"
+        )
+        component = name.removeprefix("ketenhub-")
+        assert container["args"] == ["run", "--components", component]
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "api"
+
+
+def test_example_secret_holds_placeholders_only() -> None:
+    (secret,) = _k8s_docs(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret"
+    for key, value in secret["stringData"].items():
+        assert "REPLACE-ME" in value, f"{key} looks like a real value"
+    referenced = {
+        ref["secretKeyRef"]["key"]
+        for doc in _all_k8s_docs()
+        for ref in _walk(doc)
+        if isinstance(ref, dict) and "secretKeyRef" in ref
+    }
+    assert referenced <= set(secret["stringData"]), "the example must show every key the manifests read"
+
+
+# --- (c) Prometheus ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts.test.yml"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_promtool_accepts_config_rules_and_rule_tests(args: tuple[str, ...]) -> None:
+    result = _run(_promtool(), *args, cwd=PROMETHEUS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_cover_lag_dead_letters_readiness_and_retries() -> None:
+    rules = [r for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"] for r in g["rules"]]
+    by_metric: dict[str, list[str]] = {}
+    for rule in rules:
+        assert rule.get("for"), f"{rule['alert']} fires on a single scrape"
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+        for metric in promql_metric_names(rule["expr"]):
+            assert _allowed_metric(metric) or metric == "up", f"{rule['alert']} reads unknown metric {metric}"
+            by_metric.setdefault(metric, []).append(rule["alert"])
+    for metric in (
+        "kafka_consumergroup_lag",
+        "kafka_consumergroup_lag_seconds",
+        "ketenhub_dlq_messages",
+        "ketenhub_ready",
+        "ketenhub_messages_total",
+        "ketenhub_retry_parked",
+    ):
+        assert metric in by_metric, f"no alert on {metric}"
+    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS / "alerts.test.yml").read_text()))
+    assert {r["alert"] for r in rules} <= tested, "every alert has a promtool unit test"
+
+
+def test_prometheus_scrapes_every_hub_component() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ketenhub"]
+    names = {n for sd in job["dns_sd_configs"] for n in sd["names"]}
+    assert names == set(HUB_COMPONENTS)
+    assert names <= set(_compose()["services"])
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+# --- (d) Grafana ---------------------------------------------------------------------------------
+
+
+def test_dashboard_queries_read_only_the_hubs_metrics() -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 8
+    seen: set[str] = set()
+    for where, expr in queries:
+        names = promql_metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        unknown = sorted(n for n in names if not _allowed_metric(n))
+        assert unknown == [], f"{where}: unknown metrics {unknown} in {expr!r}"
+        seen |= names
+    dashboard = json.loads(DASHBOARD.read_text())
+    for variable in dashboard["templating"]["list"]:
+        metric = re.match(r"label_values\((\w+)", variable["query"]["query"])
+        assert metric and _allowed_metric(metric.group(1)), variable["name"]
+    assert "ketenhub_dlq_messages" in seen and "kafka_consumergroup_lag_seconds" in seen
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = _promtool()
+    substitutes = {"$__rate_interval": "5m", "$__interval": "1m", "$consumergroup": ".*"}
+    rules = []
+    for index, (_, expr) in enumerate(_dashboard_queries()):
+        for variable, value in substitutes.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{index}", "expr": expr})
+    rule_file = tmp_path / "dashboard_queries.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = _run(promtool, "check", "rules", str(rule_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_provisioning_finds_the_datasource_and_the_dashboard() -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "ketenhub.yml").read_text())["providers"]
+    mounts = _compose()["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+# --- (e) settings --------------------------------------------------------------------------------
+
+
+def _ketenhub_variables_set_by_deploy() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+
+    def note(name: str, where: str) -> None:
+        if name.startswith("KETENHUB_"):
+            found.setdefault(name, set()).add(where)
+
+    compose = _compose()
+    for name, service in compose["services"].items():
+        for key in service.get("environment") or {}:
+            note(key, f"compose.yaml services.{name}")
+    for key in compose["x-hub-environment"]:
+        note(key, "compose.yaml x-hub-environment")
+    for doc in _all_k8s_docs():
+        where = f"k8s {doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "ConfigMap":
+            for key in doc["data"]:
+                note(key, where)
+        for node in _walk(doc):
+            if isinstance(node, dict) and "env" in node and isinstance(node["env"], list):
+                for entry in node["env"]:
+                    note(entry["name"], where)
+    import dockerfile as dockerfile_parser
+
+    for command in dockerfile_parser.parse_file(str(ROOT / "Dockerfile")):
+        if command.cmd.upper() == "ENV":
+            for key in command.value[::2]:
+                note(key, "Dockerfile ENV")
+    return found
+
+
+def test_deploy_sets_only_documented_settings() -> None:
+    pytest.importorskip("dockerfile", reason="pip install dockerfile")
+    used = _ketenhub_variables_set_by_deploy()
+    unknown = {name: sorted(where) for name, where in used.items() if name not in DOCUMENTED_SETTINGS}
+    assert unknown == {}, "not a documented setting of the hub"
+    assert {"KETENHUB_KAFKA__BOOTSTRAP_SERVERS", "KETENHUB_DATABASE__URL", "KETENHUB_SECRET"} <= set(used)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    missing = sorted(s for s in DOCUMENTED_SETTINGS if f"`{s}`" not in readme)
+    assert missing == [], f"deploy/README.md does not document {missing}"
+    assert "## Not run here" in readme
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_slim_non_root_image_with_a_health_check() -> None:
+    dockerfile_parser = pytest.importorskip("dockerfile", reason="pip install dockerfile")
+    # BuildKit's own parser: a syntax error raises here.
+    commands = dockerfile_parser.parse_file(str(ROOT / "Dockerfile"))
+    args = {c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1] for c in commands if c.cmd == "ARG"}
+    stages = [c for c in commands if c.cmd == "FROM"]
+    assert len(stages) >= 2, "multi-stage build"
+    for stage in stages:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], stage.value[0])
+        assert image.startswith("python:3.11-slim"), image
+    final = commands[commands.index(stages[-1]) :]
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    assert users, "the runtime stage sets a USER"
+    assert users[-1].split(":")[0] not in {"0", "root"}
+    (healthcheck,) = [c for c in final if c.cmd == "HEALTHCHECK"]
+    assert "/healthz" in " ".join(healthcheck.value)
+    assert any("pip install ." in " ".join(c.value) for c in commands if c.cmd == "RUN")
+    (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
+    assert entrypoint.value == ("ketenhub",)
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert patterns[0] == "*", "everything is excluded unless listed"
+    included = {p[1:] for p in patterns if p.startswith("!")}
+    assert included == {"pyproject.toml", "README.md", "schemas", "connectors", "hub"}
+    assert "**/ketenhub.db*" in patterns
