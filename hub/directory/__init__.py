@@ -1,0 +1,11 @@
+"""The caseworker directory: who gets mail, who may signal, absences and delegates."""
+
+from hub.directory.service import (
+    CaseworkerNotFound,
+    get_caseworker,
+    list_caseworkers,
+    mail_recipient,
+    upsert_caseworker,
+)
+
+__all__ = ["CaseworkerNotFound", "get_caseworker", "list_caseworkers", "mail_recipient", "upsert_caseworker"]
