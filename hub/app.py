@@ -10,10 +10,12 @@ from fastapi import FastAPI
 from hub.api import health
 from hub.api.problems import install_problem_handlers
 from hub.config import Settings
+from hub.ops import wiring as ops
 from hub.runtime import Hub, Registrar
 
 # Component name -> what it registers on the spine. Grows as components are built.
 REGISTRARS: dict[str, list[Registrar]] = {}
+REGISTRARS.setdefault("api", []).append(ops.register)  # lag sampler of the operator console
 
 
 def create_app(
@@ -42,4 +44,5 @@ def create_app(
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(ops.router)
     return app

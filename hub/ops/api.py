@@ -1,0 +1,201 @@
+"""The operator API under /ops/api: health, connectors, dead letters and replay jobs, the timeline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import String, cast, or_, select
+
+from hub.api.problems import Problem
+from hub.ops.auth import Operator, requires
+from hub.ops.console import Console, console_of
+from hub.ops.dlq import DeadLetter, Filter
+from hub.ops.masking import show_payload
+from hub.store.tables import audit_log
+
+router = APIRouter(prefix="/ops/api", tags=["operators"])
+Viewer = Annotated[Operator, requires("viewer")]
+Acting = Annotated[Operator, requires("operator")]
+
+
+def _console(request: Request) -> Console:
+    return console_of(request.app.state.hub)
+
+
+@router.get("/me", summary="Who is logged in")
+async def me(op: Viewer) -> dict[str, Any]:
+    """Username and role (the dashboard hides what the role may not do)."""
+    return {"username": op.username, "role": op.role}
+
+
+@router.get("/health", summary="Lag, verdicts, rates, DLQ depth and parked retries")
+async def health(request: Request, op: Viewer) -> dict[str, Any]:
+    """Per group and topic: lag in messages and seconds, in/out rates, verdict; per topic DLQ depth."""
+    return (await _console(request).monitor.health()).as_json()
+
+
+@router.get("/connectors", summary="Connector status: last success, last error, reachable")
+async def connectors(request: Request, op: Viewer) -> dict[str, Any]:
+    """From each component's `status()` when it has one, else from the readiness check."""
+    console = _console(request)
+    checks = await console.hub.readiness()
+    out: dict[str, Any] = {}
+    for name in ("store", "broker"):
+        out[name] = {"reachable": checks.get(name) == "ok", "detail": checks.get(name)}
+    for name, component in console.connectors().items():
+        status = getattr(component, "status", None)
+        info: dict[str, Any] = dict(status()) if callable(status) else {}
+        info.setdefault("reachable", checks.get(name, "ok") == "ok")
+        info.setdefault("detail", checks.get(name))
+        out[name] = info
+    return out
+
+
+def _filter(
+    topic: str | None,
+    error_class: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    key: str | None,
+    status: str | None,
+) -> Filter:
+    return Filter(topic, error_class, since, until, key, None if status == "all" else status or "open")
+
+
+@router.get("/dlq", summary="Dead letters, filtered")
+async def list_dead_letters(
+    request: Request,
+    op: Acting,
+    topic: str | None = None,
+    error_class: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    key: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(open|replayed|discarded|all)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """Oldest first; `status` open by default (all, replayed, discarded)."""
+    letters = await _console(request).dead_letters.find(
+        _filter(topic, error_class, since, until, key, status)
+    )
+    return {"total": len(letters), "items": [d.summary() for d in letters[:limit]]}
+
+
+async def _get(console: Console, letter_id: str) -> DeadLetter:
+    try:
+        d = await console.dead_letters.get(letter_id)
+    except ValueError:
+        d = None
+    if d is None:
+        raise Problem(404, "No such dead letter", "Ids look like <dlq topic>:<partition>:<offset>.")
+    return d
+
+
+@router.get("/dlq/{letter_id}", summary="One dead letter: all headers, payload masked unless allowed")
+async def show_dead_letter(
+    request: Request, op: Acting, letter_id: str, unmask: bool = False
+) -> dict[str, Any]:
+    """Unmasking needs the privacy_officer role and is audited."""
+    if unmask and not op.may("privacy_officer"):
+        raise Problem(403, "Not allowed", "Unmasking a payload needs the role privacy_officer.")
+    console = _console(request)
+    d = await _get(console, letter_id)
+    await console.dead_letters.record_view(d, op.username, unmasked=unmask)
+    return {
+        **d.summary(),
+        "headers": d.headers,
+        "payload": show_payload(d.value, unmasked=unmask),
+        "masked": not unmask,
+    }
+
+
+class DiscardBody(BaseModel):
+    """Why a dead letter is dropped."""
+
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.post("/dlq/{letter_id}/discard", summary="Discard one dead letter with a reason")
+async def discard(request: Request, op: Acting, letter_id: str, body: DiscardBody) -> dict[str, Any]:
+    """Recorded in dlq_actions and the audit log; it leaves the DLQ depth."""
+    console = _console(request)
+    d = await _get(console, letter_id)
+    if not await console.dead_letters.discard(d, op.username, body.reason):
+        raise Problem(409, "Already resolved", "This dead letter was already replayed or discarded.")
+    return {"id": d.id, "status": "discarded"}
+
+
+@router.post("/dlq/{letter_id}/replay", summary="Replay one dead letter")
+async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, Any]:
+    """Published again to its original topic through the outbox; returns the job."""
+    console = _console(request)
+    d = await _get(console, letter_id)
+    if d.status != "open":
+        raise Problem(409, "Already resolved", "This dead letter was already replayed or discarded.")
+    return console.dead_letters.start_replay([d], op.username).progress()
+
+
+class ReplayBody(BaseModel):
+    """Which dead letters to replay: a filter, or `all` (needed when no filter is given)."""
+
+    topic: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    key: str | None = None
+    all: bool = False
+
+
+@router.post("/dlq/replay", summary="Replay a filtered set, or all, as a background job", status_code=202)
+async def replay_many(request: Request, op: Acting, body: ReplayBody) -> dict[str, Any]:
+    """Rate-limited; poll GET /ops/api/jobs/{id} for progress."""
+    criteria = (body.topic, body.error_class, body.since, body.until, body.key)
+    if not body.all and all(c is None for c in criteria):
+        raise Problem(
+            422, "Say what to replay", "Give a filter, or all=true to replay every open dead letter."
+        )
+    console = _console(request)
+    letters = await console.dead_letters.find(Filter(*criteria))
+    return console.dead_letters.start_replay(letters, op.username).progress()
+
+
+@router.get("/jobs/{job_id}", summary="Progress of a replay job")
+async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
+    """total, done, skipped (already resolved), failed, state."""
+    found = _console(request).dead_letters.jobs.get(job_id)
+    if found is None:
+        raise Problem(404, "No such job")
+    return found.progress()
+
+
+@router.get("/timeline", summary="What happened to a referral or signal, by its id or the transaction id")
+async def timeline(
+    request: Request, op: Acting, id: Annotated[str, Query(min_length=3, max_length=200)]
+) -> dict[str, Any]:
+    """Audit entries with this transaction id, or naming this id among their objects, oldest first."""
+    hub = request.app.state.hub
+    like = f'%"{id}"%'
+    async with hub.store.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(audit_log)
+                .where(or_(audit_log.c.transaction_id == id, cast(audit_log.c.objects, String).like(like)))
+                .order_by(audit_log.c.at, audit_log.c.id)
+                .limit(500)
+            )
+        ).mappings()
+        events = [
+            {
+                "at": r["at"].isoformat(),
+                "action": r["action"],
+                "user": r["user"],
+                "system": r["system"],
+                "transaction_id": r["transaction_id"],
+                "objects": r["objects"],
+            }
+            for r in rows
+        ]
+    return {"id": id, "events": events}

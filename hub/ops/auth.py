@@ -1,0 +1,166 @@
+"""Operators: argon2 password hashes, roles, and server-side sessions behind a signed HttpOnly cookie."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import Depends, Request
+from sqlalchemy import delete, insert, select, update
+
+from hub.api.problems import Problem
+from hub.ops.tables import ROLES, operator_sessions, operators
+from hub.store import Store
+from schemas.envelope import utcnow
+
+COOKIE = "ketenhub_ops"
+SESSION_TTL = timedelta(hours=8)
+# Each role may do what the roles before it may: viewer sees health, operator acts on dead letters,
+# privacy officer may also see payloads unmasked.
+RANK = {role: i for i, role in enumerate(ROLES)}
+_hasher = PasswordHasher()
+_DUMMY = _hasher.hash("not-a-password")  # verify against this for unknown users: same timing
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A logged-in operator."""
+
+    username: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        """True when this operator's role includes `role`."""
+        return RANK[self.role] >= RANK[role]
+
+
+async def add_operator(store: Store, username: str, password: str, role: str) -> None:
+    """Create an operator, or reset the password and role of an existing one."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if len(password) < 10:
+        raise ValueError("password must be at least 10 characters")
+    hashed = _hasher.hash(password)
+    async with store.transaction() as session:
+        exists = (
+            await session.execute(select(operators.c.username).where(operators.c.username == username))
+        ).first()
+        if exists:
+            await session.execute(
+                update(operators)
+                .where(operators.c.username == username)
+                .values(password_hash=hashed, role=role, disabled=False)
+            )
+        else:
+            await session.execute(
+                insert(operators).values(
+                    username=username, password_hash=hashed, role=role, created_at=utcnow(), disabled=False
+                )
+            )
+
+
+def _sign(secret: str, token: str) -> str:
+    return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def login(store: Store, secret: str, username: str, password: str) -> str | None:
+    """Check the password; on success start a session and return the cookie value."""
+    async with store.connect() as conn:
+        row = (
+            await conn.execute(
+                select(operators.c.password_hash, operators.c.disabled).where(
+                    operators.c.username == username
+                )
+            )
+        ).first()
+    try:
+        _hasher.verify(row.password_hash if row else _DUMMY, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None or row.disabled:
+        return None
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    async with store.transaction() as session:
+        await session.execute(delete(operator_sessions).where(operator_sessions.c.expires_at < now))
+        await session.execute(
+            insert(operator_sessions).values(
+                token_hash=_token_hash(token), username=username, created_at=now, expires_at=now + SESSION_TTL
+            )
+        )
+    return f"{token}.{_sign(secret, token)}"
+
+
+async def logout(store: Store, cookie: str | None) -> None:
+    """End the session of this cookie (server side: the cookie is useless afterwards)."""
+    if cookie:
+        token = cookie.partition(".")[0]
+        async with store.transaction() as session:
+            await session.execute(
+                delete(operator_sessions).where(operator_sessions.c.token_hash == _token_hash(token))
+            )
+
+
+async def operator_of(store: Store, secret: str, cookie: str | None) -> Operator | None:
+    """The operator behind a session cookie, or None (unsigned, unknown, expired, or disabled)."""
+    if not cookie or "." not in cookie:
+        return None
+    token, _, signature = cookie.partition(".")
+    if not hmac.compare_digest(signature, _sign(secret, token)):
+        return None
+    async with store.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    operators.c.username,
+                    operators.c.role,
+                    operators.c.disabled,
+                    operator_sessions.c.expires_at,
+                )
+                .join(operators, operators.c.username == operator_sessions.c.username)
+                .where(operator_sessions.c.token_hash == _token_hash(token))
+            )
+        ).first()
+    if row is None or row.disabled:
+        return None
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=utcnow().tzinfo)
+    if expires < utcnow():
+        return None
+    return Operator(row.username, row.role)
+
+
+async def optional_operator(request: Request) -> Operator | None:
+    """The logged-in operator of this request, if any."""
+    hub = request.app.state.hub
+    return await operator_of(hub.store, hub.settings.secret_value(), request.cookies.get(COOKIE))
+
+
+async def current_operator(operator: Annotated[Operator | None, Depends(optional_operator)]) -> Operator:
+    """401 for anonymous requests."""
+    if operator is None:
+        raise Problem(401, "Not logged in", "Log in at /ops/login first.")
+    return operator
+
+
+def requires(role: str) -> object:
+    """A dependency: the logged-in operator, 403 unless their role includes `role`."""
+
+    async def check(operator: Annotated[Operator, Depends(current_operator)]) -> Operator:
+        if not operator.may(role):
+            raise Problem(403, "Not allowed", f"This needs the role {role}.")
+        return operator
+
+    return Depends(check)
+
+
+CurrentOperator = Annotated[Operator, Depends(current_operator)]

@@ -1,0 +1,208 @@
+"""`ketenhub operators`, `ketenhub dlq` and `ketenhub topics`: straight to the database and the broker.
+
+They read the same settings as the hub (KETENHUB_*). The embedded broker lives inside a running hub on a
+random port, so `dlq` and `topics` need KETENHUB_KAFKA__BOOTSTRAP_SERVERS (or use the dashboard).
+A replay is queued in the outbox; the running hub's relay publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console as Terminal
+from rich.progress import Progress
+from rich.table import Table
+
+from hub.config import Settings, load_settings
+from hub.errors import ConfigError
+from hub.ops.auth import add_operator
+from hub.ops.dlq import DeadLetters, Filter
+from hub.ops.health import Monitor, is_dlq
+from hub.ops.lag import LagProbe
+from hub.ops.masking import show_payload
+from hub.ops.tables import ROLES
+from hub.store import Store
+from hub.topics import all_topics, prefixed
+
+operators_app = typer.Typer(help="Operators of the console and their roles.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list, show, replay, discard.", no_args_is_help=True)
+T = TypeVar("T")
+USER = "cli"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(fn: Callable[[Settings, Store], Awaitable[T]]) -> T:
+    settings = _settings()
+
+    async def go() -> T:
+        store = Store(settings.database.url)
+        try:
+            await store.migrate()
+            return await fn(settings, store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+@operators_app.command("add")
+def operators_add(
+    username: Annotated[str, typer.Option(help="login name")],
+    role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")],
+    password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
+) -> None:
+    """Add an operator (or reset their password and role); the password is asked for, never an argument."""
+    if role not in ROLES:
+        typer.echo(f"ketenhub: role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        _run(lambda _s, store: add_operator(store, username, password, role))
+    except ValueError as exc:
+        typer.echo(f"ketenhub: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"operator {username} ({role}) saved")
+
+
+@asynccontextmanager
+async def _dead_letters(settings: Settings, store: Store) -> AsyncIterator[DeadLetters]:
+    from hub.kafka import client_options
+
+    if settings.embedded_broker:
+        typer.echo(
+            "ketenhub: set KETENHUB_KAFKA__BOOTSTRAP_SERVERS (the embedded broker lives in the hub)", err=True
+        )
+        raise typer.Exit(2)
+    topics = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix) if is_dlq(t.name)]
+    yield DeadLetters(store, client_options(settings.kafka, settings.kafka.bootstrap_servers or ""), topics)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str | None, typer.Option(help="DLQ or original topic")] = None,
+    error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
+    key: Annotated[str | None, typer.Option(help="record key (youth key)")] = None,
+) -> None:
+    """Open dead letters, oldest first."""
+
+    async def go(settings: Settings, store: Store) -> list[dict[str, Any]]:
+        async with _dead_letters(settings, store) as dl:
+            return [d.summary() for d in await dl.find(Filter(topic, error_class, key=key))]
+
+    table = Table("id", "failed at", "original topic", "error", "key")
+    for d in _run(go):
+        table.add_row(
+            d["id"],
+            d["failed_at"],
+            d["original_topic"] or "",
+            f"{d['error_class']}: {d['error']}",
+            d["key"] or "",
+        )
+    Terminal().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(letter_id: str) -> None:
+    """One dead letter: every header, the payload with personal data masked."""
+
+    async def go(settings: Settings, store: Store) -> dict[str, Any] | None:
+        async with _dead_letters(settings, store) as dl:
+            d = await dl.get(letter_id)
+            if d is None:
+                return None
+            return {**d.summary(), "headers": d.headers, "payload": show_payload(d.value, unmasked=False)}
+
+    shown = _run(go)
+    if shown is None:
+        typer.echo("ketenhub: no such dead letter", err=True)
+        raise typer.Exit(1)
+    Terminal().print_json(data=shown)
+
+
+@dlq_app.command("discard")
+def dlq_discard(letter_id: str, reason: Annotated[str, typer.Option(help="why it is dropped")]) -> None:
+    """Discard one dead letter with a reason (audited)."""
+
+    async def go(settings: Settings, store: Store) -> bool:
+        async with _dead_letters(settings, store) as dl:
+            d = await dl.get(letter_id)
+            return d is not None and await dl.discard(d, USER, reason)
+
+    if not _run(go):
+        typer.echo("ketenhub: no such open dead letter", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"discarded {letter_id}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_id: Annotated[str | None, typer.Argument(help="one dead letter; omit to use the filters")] = None,
+    topic: Annotated[str | None, typer.Option(help="DLQ or original topic")] = None,
+    error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every open dead letter")] = False,
+) -> None:
+    """Replay one dead letter, a filtered set, or all, with a progress bar."""
+    if letter_id is None and not (topic or error_class or all_):
+        typer.echo("ketenhub: give an id, a filter, or --all", err=True)
+        raise typer.Exit(2)
+
+    async def go(settings: Settings, store: Store) -> int:
+        async with _dead_letters(settings, store) as dl:
+            if letter_id is not None:
+                one = await dl.get(letter_id)
+                letters = [one] if one is not None and one.status == "open" else []
+            else:
+                letters = await dl.find(Filter(topic, error_class))
+            job = dl.start_replay(letters, USER)
+            with Progress() as progress:
+                bar = progress.add_task("replaying", total=job.total)
+                while job.task is not None and not job.task.done():
+                    progress.update(bar, completed=job.done + job.skipped + job.failed)
+                    await asyncio.sleep(0.1)
+                progress.update(bar, completed=job.done + job.skipped + job.failed)
+            return job.done
+
+    typer.echo(f"queued {_run(go)} dead letter(s) for replay")
+
+
+def topics() -> None:
+    """Health per group and topic: lag in messages and seconds, verdict, DLQ depth."""
+
+    async def go(settings: Settings, store: Store) -> Any:
+        from hub.kafka import client_options
+
+        if settings.embedded_broker:
+            typer.echo("ketenhub: set KETENHUB_KAFKA__BOOTSTRAP_SERVERS", err=True)
+            raise typer.Exit(2)
+        probe = LagProbe(client_options(settings.kafka, settings.kafka.bootstrap_servers or ""))
+        names = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix)]
+        monitor = Monitor(probe, store, topics=names, groups=dict, group_prefix=settings.kafka.group_prefix)
+        try:
+            return await monitor.health()
+        finally:
+            await probe.close()
+
+    health = _run(go)
+    table = Table("group", "topic", "verdict", "lag", "lag (s)")
+    for g in health.groups:
+        for t in g["topics"]:
+            table.add_row(g["group"], t["topic"], g["verdict"], str(t["lag"]), str(t["lag_seconds"]))
+    dlq = Table("DLQ topic", "depth")
+    for name, depth in sorted(health.dlq_depth.items()):
+        dlq.add_row(name, str(depth))
+    Terminal().print(table, dlq)

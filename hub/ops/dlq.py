@@ -1,0 +1,325 @@
+"""Dead letters: read from the DLQ topics, shown masked, replayed through the outbox, or discarded.
+
+Replay and the inbox: the spine records a dead-lettered message id in its inbox (dead-lettering is how
+that record was handled, so a redelivery after a crash is not dead-lettered twice). A replay therefore
+deletes that one inbox row (consumer = `dlq-consumer-group`, the record's `message-id`) in the same
+transaction that queues the original record again, so the replay is processed while the message id,
+and with it deduplication of any further copy, stays the same. The spine is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import exc as sa_exc
+
+from hub.audit import AuditEntry, write_audit
+from hub.ops.tables import dlq_actions
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_GROUP, DLQ_LAST_FAILURE, DLQ_TOPIC
+from hub.spine.outbox import add_to_outbox
+from hub.store import Store
+from hub.store.tables import inbox
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, utcnow
+
+REPLAYED_FROM = "dlq-replayed-from"
+SYSTEM = "ketenhub-ops"
+
+
+@dataclass
+class DeadLetter:
+    """One record on a DLQ topic, with what was done with it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    headers: dict[str, str]
+    value: bytes
+    status: str = "open"
+
+    @property
+    def id(self) -> str:
+        """`<dlq topic>:<partition>:<offset>`: stable, and names no person."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def failed_at(self) -> datetime:
+        """When it last failed (header), else when it was written."""
+        with contextlib.suppress(KeyError, ValueError):
+            return datetime.fromisoformat(self.headers[DLQ_LAST_FAILURE])
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    def summary(self) -> dict[str, Any]:
+        """What a list shows: ids, error and status; no payload."""
+        return {
+            "id": self.id,
+            "dlq_topic": self.topic,
+            "original_topic": self.headers.get(DLQ_TOPIC),
+            "group": self.headers.get(DLQ_GROUP),
+            "error_class": self.headers.get(DLQ_EXC_CLASS),
+            "error": self.headers.get(DLQ_EXC_MESSAGE),
+            "failed_at": self.failed_at.isoformat(),
+            "key": self.key,
+            "message_id": self.headers.get(H_MESSAGE_ID),
+            "transaction_id": self.headers.get(H_TRANSACTION_ID),
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead letters: by DLQ or original topic, error class (substring), time range, key, status."""
+
+    topic: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    key: str | None = None
+    status: str | None = "open"
+
+    def matches(self, d: DeadLetter) -> bool:
+        """True when `d` passes every given criterion."""
+        return (
+            (self.topic is None or self.topic in (d.topic, d.headers.get(DLQ_TOPIC)))
+            and (self.error_class is None or self.error_class in d.headers.get(DLQ_EXC_CLASS, ""))
+            and (self.since is None or d.failed_at >= self.since)
+            and (self.until is None or d.failed_at <= self.until)
+            and (self.key is None or d.key == self.key)
+            and (self.status is None or d.status == self.status)
+        )
+
+
+def parse_id(letter_id: str) -> tuple[str, int, int]:
+    """Split `<topic>:<partition>:<offset>`; ValueError when malformed."""
+    topic, partition, offset = letter_id.rsplit(":", 2)
+    return topic, int(partition), int(offset)
+
+
+async def read_records(
+    options: Mapping[str, Any], topics: list[str], *, at: tuple[str, int, int] | None = None
+) -> list[DeadLetter]:
+    """Every record of `topics` up to their high watermark, or the one record `at` (topic, part, offset)."""
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        if at is not None:
+            tps = (
+                [TopicPartition(at[0], at[1])] if at[1] in (cluster.partitions_for_topic(at[0]) or ()) else []
+            )
+        else:
+            tps = [
+                TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())
+            ]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        if at is not None:
+            consumer.seek(tps[0], at[2])
+        else:
+            await consumer.seek_to_beginning(*tps)
+        out: list[DeadLetter] = []
+        pending = set(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while pending and loop.time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batch.items():
+                for r in records:
+                    if at is not None and r.offset != at[2]:
+                        continue
+                    out.append(
+                        DeadLetter(
+                            r.topic,
+                            r.partition,
+                            r.offset,
+                            r.timestamp,
+                            bytes(r.key).decode("utf-8", "replace") if r.key is not None else None,
+                            {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
+                            bytes(r.value or b""),
+                        )
+                    )
+                if at is not None and records:
+                    pending.discard(tp)
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    pending.discard(tp)
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+@dataclass
+class ReplayJob:
+    """A replay running in the background; its progress is polled by id."""
+
+    id: str
+    total: int
+    operator: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    state: str = "running"
+    error: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def progress(self) -> dict[str, Any]:
+        """What the dashboard and the CLI show."""
+        return {k: getattr(self, k) for k in ("id", "total", "done", "skipped", "failed", "state", "error")}
+
+
+class DeadLetters:
+    """List, show, replay and discard dead letters; every action is recorded and audited."""
+
+    def __init__(
+        self,
+        store: Store,
+        options: Mapping[str, Any],
+        dlq_topics: list[str],
+        *,
+        wake: Callable[[], None] | None = None,
+        rate_per_s: float = 200.0,
+    ) -> None:
+        self.store, self.options, self.dlq_topics = store, dict(options), dlq_topics
+        self.wake, self.rate_per_s = wake or (lambda: None), rate_per_s
+        self.jobs: dict[str, ReplayJob] = {}
+
+    async def _statuses(self) -> dict[tuple[str, int, int], str]:
+        async with self.store.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    dlq_actions.c.dlq_topic,
+                    dlq_actions.c.partition,
+                    dlq_actions.c.offset,
+                    dlq_actions.c.action,
+                )
+            )
+            return {(t, int(p), int(o)): a for t, p, o, a in rows}
+
+    async def find(self, flt: Filter = Filter()) -> list[DeadLetter]:
+        """Dead letters matching `flt`, oldest first."""
+        letters = await read_records(self.options, self.dlq_topics)
+        statuses = await self._statuses()
+        for d in letters:
+            d.status = statuses.get((d.topic, d.partition, d.offset), "open")
+        return sorted((d for d in letters if flt.matches(d)), key=lambda d: (d.failed_at, d.id))
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """One dead letter by id, or None."""
+        topic, partition, offset = parse_id(letter_id)
+        if topic not in self.dlq_topics:
+            return None
+        found = await read_records(self.options, [], at=(topic, partition, offset))
+        if not found:
+            return None
+        d = found[0]
+        d.status = (await self._statuses()).get((topic, partition, offset), "open")
+        return d
+
+    async def record_view(self, d: DeadLetter, operator: str, *, unmasked: bool) -> None:
+        """Audit that an operator looked at a dead letter's payload unmasked (rule 18)."""
+        if unmasked:
+            async with self.store.transaction() as session:
+                await write_audit(
+                    session,
+                    AuditEntry(action="dlq.viewed_unmasked", user=operator, objects={"dead_letter": d.id}),
+                    transaction_id=d.headers.get(H_TRANSACTION_ID),
+                    system=SYSTEM,
+                )
+
+    async def discard(self, d: DeadLetter, operator: str, reason: str) -> bool:
+        """Mark a dead letter discarded with a reason; False when it was already resolved."""
+        try:
+            async with self.store.transaction() as session:
+                await self._resolve(session, d, "discarded", operator, reason=reason, job_id=None)
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+    async def _resolve(
+        self,
+        session: Any,
+        d: DeadLetter,
+        action: str,
+        operator: str,
+        *,
+        reason: str | None,
+        job_id: str | None,
+    ) -> None:
+        await session.execute(
+            insert(dlq_actions).values(
+                dlq_topic=d.topic,
+                partition=d.partition,
+                offset=d.offset,
+                action=action,
+                reason=reason,
+                operator=operator,
+                at=utcnow(),
+                job_id=job_id,
+            )
+        )
+        objects = {"dead_letter": d.id, "original_topic": d.headers.get(DLQ_TOPIC)}
+        if reason:
+            objects["reason"] = reason
+        await write_audit(
+            session,
+            AuditEntry(action=f"dlq.{action}", user=operator, objects=objects),
+            transaction_id=d.headers.get(H_TRANSACTION_ID),
+            system=SYSTEM,
+        )
+
+    async def _replay_one(self, session: Any, d: DeadLetter, operator: str, job_id: str | None) -> None:
+        original = d.headers.get(DLQ_TOPIC)
+        if not original:
+            raise ValueError("dead letter without its original topic")
+        await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id)
+        message_id, group = d.headers.get(H_MESSAGE_ID), d.headers.get(DLQ_GROUP)
+        if message_id and group:  # see the module docstring: let the group process this id again
+            await session.execute(
+                delete(inbox).where(and_(inbox.c.consumer == group, inbox.c.message_id == message_id))
+            )
+        headers = {k: v for k, v in d.headers.items() if not k.startswith("dlq-")}
+        headers[REPLAYED_FROM] = d.id
+        await add_to_outbox(session, original, d.value, key=d.key, headers=headers)
+
+    def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:
+        """Replay `letters` in the background, rate-limited; returns the job to poll."""
+        job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator)
+        self.jobs[job.id] = job
+        job.task = asyncio.create_task(self._run(job, letters, batch), name=f"dlq-replay-{job.id}")
+        return job
+
+    async def _run(self, job: ReplayJob, letters: list[DeadLetter], batch: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            for i in range(0, len(letters), batch):
+                async with self.store.transaction() as session:
+                    for d in letters[i : i + batch]:
+                        try:
+                            async with session.begin_nested():
+                                await self._replay_one(session, d, job.operator, job.id)
+                            job.done += 1
+                        except sa_exc.IntegrityError:
+                            job.skipped += 1  # already replayed or discarded
+                        except ValueError:
+                            job.failed += 1
+                self.wake()
+                handled = job.done + job.skipped + job.failed
+                ahead = handled / self.rate_per_s - (loop.time() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            job.state = "done"
+        except Exception as exc:
+            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,201 @@
+"""Topic and group health: lag samples kept in a window, verdicts, rates, DLQ depth and parked retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from hub.logging import get_logger
+from hub.ops.lag import LagProbe, LagSample
+from hub.ops.tables import dlq_actions
+from hub.ops.verdict import GroupSample, Verdict, evaluate
+from hub.store import Store
+
+log = get_logger(__name__)
+WINDOW = 10  # samples per group kept for the verdict (Burrow's default window is 10 offsets)
+CACHE_S = 3.0  # a scrape or a dashboard refresh within this age reuses the last sample
+
+
+def is_dlq(topic: str) -> bool:
+    """A dead-letter topic: `<area>.<name>.dlq.v<N>`."""
+    return ".dlq." in topic
+
+
+def is_retry(topic: str) -> bool:
+    """A parking topic of the retry ladder: `<area>.<name>.retry.v<N>`."""
+    return ".retry." in topic
+
+
+@dataclass
+class Health:
+    """One picture of the topics and groups, as the dashboard, /metrics and `ketenhub topics` show it."""
+
+    sample: LagSample
+    verdicts: dict[str, Verdict]
+    in_rates: dict[str, float]
+    out_rates: dict[str, float]
+    dlq_depth: dict[str, int]
+    retry_parked: dict[str, int]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape the dashboard reads."""
+        topics = sorted({t for t, _ in self.sample.offsets})
+        return {
+            "at": self.sample.at,
+            "groups": self.groups,
+            "topics": [
+                {
+                    "topic": t,
+                    "kind": "dlq" if is_dlq(t) else "retry" if is_retry(t) else "topic",
+                    "end": sum(o.end for (tt, _), o in self.sample.offsets.items() if tt == t),
+                    "size": self.sample.topic_size(t),
+                    "in_rate": round(self.in_rates.get(t, 0.0), 3),
+                    "dlq_depth": self.dlq_depth.get(t),
+                    "retry_parked": self.retry_parked.get(t),
+                }
+                for t in topics
+            ],
+            "dlq_depth": self.dlq_depth,
+            "retry_parked": self.retry_parked,
+        }
+
+
+class Monitor:
+    """Samples lag (on demand, cached, and every `interval_s` in the background) and judges each group."""
+
+    def __init__(
+        self,
+        probe: LagProbe,
+        store: Store,
+        *,
+        topics: list[str],
+        groups: Callable[[], dict[str, set[str]]],
+        group_prefix: str,
+        cache_s: float = CACHE_S,
+    ) -> None:
+        self.probe, self.store, self.topics = probe, store, topics
+        self.groups, self.group_prefix, self.cache_s = groups, group_prefix, cache_s
+        self.samples: deque[LagSample] = deque(maxlen=WINDOW)
+        self._lock = asyncio.Lock()
+
+    async def sample(self) -> LagSample:
+        """A fresh sample, added to the window."""
+        groups: dict[str, set[str] | None] = dict(self.groups())
+        with contextlib.suppress(Exception):
+            for g in await self.probe.list_groups():
+                if g.startswith(self.group_prefix) and g not in groups:
+                    groups[g] = None  # a group of ours the hub does not run here: any topic it committed on
+        s = await self.probe.measure(self.topics, groups)
+        self.samples.append(s)
+        return s
+
+    async def latest(self) -> LagSample:
+        """The last sample if younger than the cache age, else a new one (scrapes must not hammer Kafka)."""
+        async with self._lock:
+            if self.samples and time.time() - self.samples[-1].at < self.cache_s:
+                return self.samples[-1]
+            return await self.sample()
+
+    async def run(self, interval_s: float) -> None:
+        """Sample until cancelled, so verdicts have a window even when nobody looks; then close the probe."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.latest()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("lag sample failed", error=f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            await self.probe.close()
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """Burrow-style verdict of every group in the window."""
+        names = {p.group for s in self.samples for p in s.lags}
+        out = {}
+        for g in sorted(names):
+            window = [
+                GroupSample(
+                    at=s.at,
+                    committed={(p.topic, p.partition): p.committed for p in s.lags if p.group == g},
+                    lag={(p.topic, p.partition): p.lag for p in s.lags if p.group == g},
+                    members=s.members.get(g),
+                )
+                for s in self.samples
+            ]
+            out[g] = evaluate([w for w in window if w.lag]).status
+        return out
+
+    async def resolved(self) -> dict[tuple[str, int], list[int]]:
+        """Offsets of dead letters already replayed or discarded, per DLQ partition."""
+        out: dict[tuple[str, int], list[int]] = {}
+        async with self.store.connect() as conn:
+            rows = await conn.execute(
+                select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
+            )
+            for topic, partition, offset in rows:
+                out.setdefault((topic, partition), []).append(int(offset))
+        return out
+
+    async def health(self) -> Health:
+        """Lag, verdicts, rates, DLQ depth and parked retries, from the latest sample."""
+        s = await self.latest()
+        first = self.samples[0]
+        span = s.at - first.at
+        in_rates, out_rates = {}, {}
+        for t in {t for t, _ in s.offsets}:
+            before = sum(o.end for (tt, _), o in first.offsets.items() if tt == t)
+            now = sum(o.end for (tt, _), o in s.offsets.items() if tt == t)
+            in_rates[t] = (now - before) / span if span > 0 else 0.0
+        resolved = await self.resolved()
+        dlq_depth: dict[str, int] = {}
+        retry_parked: dict[str, int] = {}
+        for (t, p), o in s.offsets.items():
+            if is_dlq(t):
+                done = sum(1 for off in resolved.get((t, p), ()) if o.start <= off < o.end)
+                dlq_depth[t] = dlq_depth.get(t, 0) + max(o.end - o.start - done, 0)
+            elif is_retry(t):
+                lags = [x.lag for x in s.lags if x.topic == t and x.partition == p]
+                retry_parked[t] = retry_parked.get(t, 0) + (max(lags) if lags else o.end - o.start)
+        verdicts = self.verdicts()
+        groups = []
+        for g in sorted({p.group for p in s.lags}):
+            mine = [p for p in s.lags if p.group == g]
+            per_topic = []
+            for t in sorted({p.topic for p in mine}):
+                ps = [p for p in mine if p.topic == t]
+                before = sum((p.committed or 0) for p in first.lags if p.group == g and p.topic == t)
+                now = sum((p.committed or 0) for p in ps)
+                out_rates[f"{g}|{t}"] = (now - before) / span if span > 0 else 0.0
+                per_topic.append(
+                    {
+                        "topic": t,
+                        "lag": sum(p.lag for p in ps),
+                        "lag_seconds": round(max(p.lag_seconds for p in ps), 3),
+                        "out_rate": round(out_rates[f"{g}|{t}"], 3),
+                        "in_rate": round(in_rates.get(t, 0.0), 3),
+                        "partitions": [
+                            {"partition": p.partition, "committed": p.committed, "end": p.end, "lag": p.lag}
+                            for p in ps
+                        ],
+                    }
+                )
+            groups.append(
+                {
+                    "group": g,
+                    "verdict": verdicts.get(g, Verdict.OK).name,
+                    "lag": sum(p.lag for p in mine),
+                    "lag_seconds": round(max((p.lag_seconds for p in mine), default=0.0), 3),
+                    "topics": per_topic,
+                }
+            )
+        return Health(s, verdicts, in_rates, out_rates, dlq_depth, retry_parked, groups)

@@ -1,0 +1,197 @@
+"""Consumer lag measured from what the broker really holds (fetch high watermark), right on tansu and Kafka.
+
+`end_offsets()` (ListOffsets LATEST) is wrong on tansu: it counts record batches, not records. The fetch
+response's high watermark is right on both, so the probe assigns a group-less consumer to the partitions,
+seeks each to the committed offset, fetches, and reads `highwater(tp)`; the record it fetched at the
+committed offset gives the age of the oldest unprocessed message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One group on one partition: committed offset, log end, lag in messages and seconds."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+    lag_seconds: float
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """Log start and end (high watermark) of one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+@dataclass
+class LagSample:
+    """Everything one probe saw, at one moment."""
+
+    at: float
+    lags: list[PartitionLag] = field(default_factory=list)
+    offsets: dict[tuple[str, int], PartitionOffsets] = field(default_factory=dict)
+    members: dict[str, int | None] = field(default_factory=dict)
+
+    def group_lag(self, group: str) -> int:
+        """Total lag of a group over its partitions."""
+        return sum(p.lag for p in self.lags if p.group == group)
+
+    def topic_size(self, topic: str) -> int:
+        """Records currently held on a topic (end - start over its partitions)."""
+        return sum(o.end - o.start for (t, _), o in self.offsets.items() if t == topic)
+
+
+class LagProbe:
+    """Measures committed offsets, log ends and record ages; one admin client and one consumer, reused."""
+
+    def __init__(self, options: Mapping[str, Any], *, timeout_s: float = 5.0) -> None:
+        self.options = dict(options)
+        self.timeout_s = timeout_s
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**self.options)
+            await admin.start()
+            self._admin = admin
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                **self.options,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=20,
+                max_partition_fetch_bytes=64 * 1024,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._admin, self._consumer
+
+    async def close(self) -> None:
+        """Stop the clients (a stop that hangs on a dead broker is abandoned)."""
+        with contextlib.suppress(Exception):
+            if self._consumer is not None:
+                await asyncio.wait_for(self._consumer.stop(), 5)
+        with contextlib.suppress(Exception):
+            if self._admin is not None:
+                await asyncio.wait_for(self._admin.close(), 5)
+        self._admin = self._consumer = None
+
+    async def list_groups(self) -> list[str]:
+        """Every consumer group the broker knows."""
+        admin, _ = await self._clients()
+        return sorted(str(g[0]) for g in await admin.list_consumer_groups())
+
+    async def measure(self, topics: Iterable[str], groups: Mapping[str, Iterable[str] | None]) -> LagSample:
+        """Offsets of `topics`, and the lag of each group on its topics (None: any topic it committed on)."""
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._measure(list(topics), groups), self.timeout_s)
+            except BaseException:
+                await self.close()  # a broken client is rebuilt on the next probe
+                raise
+
+    async def _measure(self, topics: list[str], groups: Mapping[str, Iterable[str] | None]) -> LagSample:
+        admin, consumer = await self._clients()
+        cluster = await consumer._client.fetch_all_metadata()  # no auto-creation, unlike a topic request
+        parts = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+        committed: dict[tuple[str, TopicPartition], int] = {}
+        for group, wanted in groups.items():
+            group_tps = [tp for tp in tps if wanted is None or tp.topic in set(wanted)]
+            if not group_tps:
+                continue
+            answer = await admin.list_consumer_group_offsets(group, partitions=group_tps)
+            # A group reads a topic it was given, or one it committed on; a partition without a commit
+            # is read from the start (the hub's consumers use auto_offset_reset=earliest).
+            reads = {tp.topic for tp, meta in answer.items() if wanted is not None or meta.offset >= 0}
+            for tp, meta in answer.items():
+                if tp.topic in reads:
+                    committed[(group, tp)] = meta.offset if meta.offset >= 0 else -1
+        starts = await consumer.beginning_offsets(tps) if tps else {}
+        # Rounds: each seeks every partition to one offset whose record age we need, then fetches.
+        targets: dict[TopicPartition, set[int]] = {tp: {starts[tp]} for tp in tps}
+        for (_, tp), off in committed.items():
+            targets[tp].add(starts[tp] if off < 0 else max(off, starts[tp]))
+        stamps: dict[tuple[TopicPartition, int], int | None] = {}
+        ends: dict[TopicPartition, int] = {}
+        while True:
+            todo = {tp: min(offs) for tp, offs in targets.items()}
+            if not todo:
+                break
+            await self._fetch_round(consumer, todo, stamps, ends)
+            for tp, offs in targets.items():
+                targets[tp] = {o for o in offs if (tp, o) not in stamps}
+            targets = {tp: offs for tp, offs in targets.items() if offs}
+        now = time.time()
+        sample = LagSample(at=now)
+        for tp in tps:
+            sample.offsets[(tp.topic, tp.partition)] = PartitionOffsets(
+                tp.topic, tp.partition, starts[tp], ends[tp]
+            )
+        for (group, tp), off in sorted(committed.items(), key=lambda i: (i[0][0], i[0][1])):
+            position = starts[tp] if off < 0 else max(off, starts[tp])
+            lag = max(ends[tp] - position, 0)
+            ts = stamps.get((tp, position))
+            age = max(now - ts / 1000, 0.0) if lag and ts is not None else 0.0
+            sample.lags.append(
+                PartitionLag(group, tp.topic, tp.partition, None if off < 0 else off, ends[tp], lag, age)
+            )
+        sample.members = await self._members(admin, list(groups))
+        return sample
+
+    @staticmethod
+    async def _members(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, int | None]:
+        out: dict[str, int | None] = dict.fromkeys(groups)
+        if not groups:
+            return out
+        with contextlib.suppress(Exception):  # liveness is a hint for the verdict, not a must
+            for response in await admin.describe_consumer_groups(groups):
+                for g in response.groups:
+                    if g[0] == 0:
+                        out[str(g[1])] = len(g[5])
+        return out
+
+    async def _fetch_round(
+        self,
+        consumer: AIOKafkaConsumer,
+        todo: dict[TopicPartition, int],
+        stamps: dict[tuple[TopicPartition, int], int | None],
+        ends: dict[TopicPartition, int],
+    ) -> None:
+        consumer.assign(list(todo))
+        for tp, offset in todo.items():
+            consumer.seek(tp, offset)
+        pending = dict(todo)
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batch.items():
+                if tp in pending and records:
+                    stamps[(tp, pending[tp])] = records[0].timestamp
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if hw is None:
+                    continue
+                ends[tp] = hw
+                if (tp, pending[tp]) in stamps or pending[tp] >= hw:
+                    stamps.setdefault((tp, pending[tp]), None)
+                    del pending[tp]

@@ -1,0 +1,72 @@
+"""/metrics in Prometheus text format: kafka_exporter's lag names plus the hub's own metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub.metrics import Metrics
+from hub.ops.health import Health
+
+
+class _HealthCollector(Collector):
+    """Turns one Health picture into gauges (built per scrape; the picture itself is cached)."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.health
+        lag = GaugeMetricFamily(
+            "kafka_consumergroup_lag",
+            "Messages a consumer group still has to process, per partition",
+            labels=["consumergroup", "topic", "partition"],
+        )
+        lag_s = GaugeMetricFamily(
+            "kafka_consumergroup_lag_seconds",
+            "Age of the oldest unprocessed message of a consumer group, per partition",
+            labels=["consumergroup", "topic", "partition"],
+        )
+        for p in h.sample.lags:
+            labels = [p.group, p.topic, str(p.partition)]
+            lag.add_metric(labels, p.lag)
+            lag_s.add_metric(labels, p.lag_seconds)
+        current = GaugeMetricFamily(
+            "kafka_topic_partition_current_offset",
+            "Log end offset (high watermark) of a partition",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), o in sorted(h.sample.offsets.items()):
+            current.add_metric([topic, str(partition)], o.end)
+        dlq = GaugeMetricFamily(
+            "ketenhub_dlq_messages",
+            "Dead letters on a DLQ topic not yet replayed or discarded",
+            labels=["topic"],
+        )
+        for topic, n in sorted(h.dlq_depth.items()):
+            dlq.add_metric([topic], n)
+        parked = GaugeMetricFamily(
+            "ketenhub_retry_parked",
+            "Messages parked on a retry topic and not yet taken back",
+            labels=["topic"],
+        )
+        for topic, n in sorted(h.retry_parked.items()):
+            parked.add_metric([topic], n)
+        verdict = GaugeMetricFamily(
+            "ketenhub_consumergroup_status",
+            "Burrow-style verdict of a consumer group: 0 OK, 1 WARN, 2 STALL, 3 STOP",
+            labels=["consumergroup"],
+        )
+        for group, v in sorted(h.verdicts.items()):
+            verdict.add_metric([group], int(v))
+        yield from (lag, lag_s, current, dlq, parked, verdict)
+
+
+def render(health: Health, metrics: Metrics) -> bytes:
+    """The text exposition of the lag picture and the hub's own registry."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_HealthCollector(health))
+    return generate_latest(registry) + generate_latest(metrics.registry)

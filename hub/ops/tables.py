@@ -1,0 +1,45 @@
+"""Tables of the operator console: operators, their sessions, and what was done with dead letters."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text
+
+from hub.store.tables import metadata
+
+ROLES = ("viewer", "operator", "privacy_officer")
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("username", String(100), primary_key=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(30), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+# Server-side sessions: the cookie holds a random token (signed); only its SHA-256 is stored.
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("username", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per resolved dead letter (replayed or discarded); a resolved record leaves the DLQ depth.
+dlq_actions = Table(
+    "dlq_actions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("dlq_topic", String(300), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("operator", String(100), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("job_id", String(40), nullable=True),
+    Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", unique=True),
+)

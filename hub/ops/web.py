@@ -1,0 +1,96 @@
+"""Login, logout, the dashboard page and its static files, and /metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+
+from hub.api.problems import Problem
+from hub.ops import auth
+from hub.ops.console import console_of
+from hub.ops.prometheus import render
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+router = APIRouter(tags=["operators"])
+
+
+@router.get("/metrics", include_in_schema=True, summary="Prometheus metrics (open to scrapers)")
+async def metrics(request: Request) -> Response:
+    """Lag per group and partition (kafka_exporter's names), DLQ depth, parked retries, the hub's own.
+
+    Open without login, as Prometheus scrapes expect: the labels are topic, group and partition names,
+    never personal data. Restrict it at the network (or the ingress) in production.
+    """
+    hub = request.app.state.hub
+    health = await console_of(hub).monitor.health()
+    return Response(render(health, hub.metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _credentials(request: Request) -> tuple[str, str, bool]:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.json()
+        return str(body.get("username", "")), str(body.get("password", "")), False
+    form = await request.form()
+    return str(form.get("username", "")), str(form.get("password", "")), True
+
+
+@router.post("/ops/login", summary="Log in (form or JSON); sets the session cookie")
+async def login(request: Request) -> Response:
+    """A session cookie (signed, HttpOnly, SameSite=Strict; the session expires server side)."""
+    hub = request.app.state.hub
+    username, password, is_form = await _credentials(request)
+    cookie = await auth.login(hub.store, hub.settings.secret_value(), username, password)
+    if cookie is None:
+        if is_form:
+            return RedirectResponse("/ops/login?failed=1", status_code=303)
+        raise Problem(401, "Login failed", "Unknown user or wrong password.")
+    response: Response = (
+        RedirectResponse("/ops/", status_code=303) if is_form else JSONResponse({"username": username})
+    )
+    response.set_cookie(
+        auth.COOKIE,
+        cookie,
+        max_age=int(auth.SESSION_TTL.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/ops/logout", summary="Log out: ends the session on the server")
+async def logout(request: Request) -> Response:
+    """The cookie is cleared and its session deleted."""
+    await auth.logout(request.app.state.hub.store, request.cookies.get(auth.COOKIE))
+    response = RedirectResponse("/ops/login", status_code=303)
+    response.delete_cookie(auth.COOKIE, path="/")
+    return response
+
+
+@router.get("/ops/login", include_in_schema=False)
+async def login_page() -> FileResponse:
+    """The login form."""
+    return FileResponse(STATIC / "login.html", media_type="text/html")
+
+
+@router.get("/ops/", include_in_schema=False, response_model=None)
+async def dashboard(
+    operator: Annotated[auth.Operator | None, Depends(auth.optional_operator)],
+) -> Response:
+    """The dashboard for logged-in operators; anyone else is sent to the login page."""
+    if operator is None:
+        return RedirectResponse("/ops/login", status_code=303)
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+
+@router.get("/ops/static/{name}", include_in_schema=False)
+async def static(name: str) -> FileResponse:
+    """The dashboard's script and style sheet (no data in them)."""
+    if name not in _FILES:
+        raise Problem(404, "Not found")
+    return FileResponse(STATIC / name, media_type=_FILES[name])

@@ -1,0 +1,140 @@
+// The operator dashboard: plain JS, no build step, no external scripts; refreshes itself.
+"use strict";
+const REFRESH_MS = 3000;
+let me = null;
+let current = null;
+
+const $ = (id) => document.getElementById(id);
+const text = (v) => (v === null || v === undefined ? "" : String(v));
+
+async function api(path, options = {}) {
+  const r = await fetch(path, { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options });
+  if (r.status === 401) { location.href = "/ops/login"; throw new Error("logged out"); }
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.detail || body.title || r.statusText);
+  return body;
+}
+
+function row(cells, cls = []) {
+  const tr = document.createElement("tr");
+  cells.forEach((c, i) => {
+    const td = document.createElement("td");
+    if (c instanceof Node) td.appendChild(c); else td.textContent = text(c);
+    if (cls[i]) td.className = cls[i];
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
+function fill(tableId, rows) {
+  const body = $(tableId).querySelector("tbody");
+  body.replaceChildren(...rows);
+}
+
+async function refreshHealth() {
+  const h = await api("/ops/api/health");
+  const rows = [];
+  for (const g of h.groups) {
+    for (const t of g.topics) {
+      const v = document.createElement("span");
+      v.textContent = g.verdict; v.className = "verdict-" + g.verdict;
+      const tr = row([g.group, t.topic, v, t.lag, t.lag_seconds, t.in_rate, t.out_rate], ["", "", "", "num", "num", "num", "num"]);
+      tr.dataset.group = g.group; tr.dataset.topic = t.topic;
+      rows.push(tr);
+    }
+  }
+  fill("groups", rows);
+  fill("topics", h.topics.map((t) => {
+    const tr = row([t.topic, t.size, t.in_rate, t.dlq_depth, t.retry_parked], ["", "num", "num", "num dlq-depth", "num"]);
+    tr.dataset.topic = t.topic;
+    return tr;
+  }));
+  $("updated").textContent = "updated " + new Date(h.at * 1000).toLocaleTimeString();
+}
+
+async function refreshConnectors() {
+  const c = await api("/ops/api/connectors");
+  fill("connectors", Object.entries(c).map(([name, s]) =>
+    row([name, s.reachable ? "yes" : "no", s.last_success, s.last_error || (s.reachable ? "" : s.detail)])));
+}
+
+function filters() {
+  const p = new URLSearchParams();
+  if ($("f-topic").value) p.set("topic", $("f-topic").value);
+  if ($("f-error").value) p.set("error_class", $("f-error").value);
+  if ($("f-key").value) p.set("key", $("f-key").value);
+  return p;
+}
+
+async function refreshDlq() {
+  const list = await api("/ops/api/dlq?" + filters().toString());
+  fill("dlq", list.items.map((d) => {
+    const open = document.createElement("button");
+    open.textContent = "Show"; open.className = "show";
+    open.addEventListener("click", () => showLetter(d.id));
+    const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error), d.key, open]);
+    tr.dataset.id = d.id;
+    return tr;
+  }));
+}
+
+async function showLetter(id) {
+  const unmask = $("unmask").checked;
+  const d = await api("/ops/api/dlq/" + encodeURIComponent(id) + (unmask ? "?unmask=true" : ""));
+  current = d;
+  $("letter").hidden = false;
+  $("letter-id").textContent = d.id;
+  fill("letter-headers", Object.entries(d.headers).map(([k, v]) => row([k, v])));
+  $("letter-payload").textContent = JSON.stringify(d.payload, null, 2);
+  $("letter-status").textContent = d.status;
+}
+
+async function watchJob(job) {
+  $("job").textContent = `replay ${job.done + job.skipped}/${job.total}`;
+  if (job.state === "running") setTimeout(async () => watchJob(await api("/ops/api/jobs/" + job.id)), 500);
+  else { $("job").textContent += " " + job.state; refreshAll(); }
+}
+
+async function refreshAll() {
+  try {
+    await refreshHealth();
+    await refreshConnectors();
+    if (me && me.role !== "viewer") await refreshDlq();
+  } catch (e) { $("updated").textContent = "refresh failed: " + e.message; }
+}
+
+async function main() {
+  me = await api("/ops/api/me");
+  $("who").textContent = `${me.username} (${me.role})`;
+  if (me.role === "viewer") document.querySelectorAll(".operator-only").forEach((e) => e.classList.add("hidden-role"));
+  if (me.role !== "privacy_officer") document.querySelectorAll(".privacy-only").forEach((e) => e.classList.add("hidden-role"));
+  $("f-apply").addEventListener("click", refreshDlq);
+  $("unmask").addEventListener("change", () => current && showLetter(current.id));
+  $("replay-one").addEventListener("click", async () => {
+    const job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
+    $("letter-status").textContent = "replaying"; watchJob(job);
+  });
+  $("discard-one").addEventListener("click", async () => {
+    await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/discard",
+      { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
+    $("letter-status").textContent = "discarded"; refreshAll();
+  });
+  $("replay-filtered").addEventListener("click", async () => {
+    const p = filters(); const body = Object.fromEntries(p.entries());
+    if (!p.toString()) body.all = true;
+    if (p.has("error_class")) { body.error_class = p.get("error_class"); }
+    watchJob(await api("/ops/api/dlq/replay", { method: "POST", body: JSON.stringify(body) }));
+  });
+  $("t-find").addEventListener("click", async () => {
+    const t = await api("/ops/api/timeline?id=" + encodeURIComponent($("t-id").value));
+    $("timeline").replaceChildren(...t.events.map((e) => {
+      const li = document.createElement("li");
+      li.textContent = `${e.at}  ${e.action}  (${e.system}, ${e.user})`;
+      return li;
+    }));
+  });
+  await refreshAll();
+  setInterval(refreshAll, REFRESH_MS);
+}
+
+main();

@@ -1,0 +1,107 @@
+"""The dashboard in real Chromium: log in, see a known lag, open a dead letter, replay it, see it done."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from aiokafka import TopicPartition
+
+from hub.app import create_app
+from hub.embedded import EmbeddedKafka, free_port
+from hub.ops import console
+from hub.ops.auth import add_operator
+from hub.runtime import Hub
+from hub.topics import Topic
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+from tests.helpers.kafka import produce, read_topic, wait_for
+from tests.integration.test_ops_lag import OPS_TOPICS, OUT, PASSWORD, Cure, _commit, _fill, poisonable_echo
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+IDLE = Topic("ops.idle.v1", partitions=1)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def served(kafka: EmbeddedKafka, tmp_path: object, unique: str) -> AsyncIterator[tuple[Hub, str, Cure]]:
+    """The hub's app under uvicorn on a free port, with the console and a switchable poison check."""
+    cure = Cure()
+    settings = make_settings(kafka, f"sqlite+aiosqlite:///{tmp_path}/hub.db", unique, components=["intake"])
+    hub = Hub(
+        settings,
+        registrars={"intake": [console.register, poisonable_echo(cure)]},
+        extra_topics=[*OPS_TOPICS, IDLE],
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, hub=hub), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started, timeout_s=30)
+    assert hub.store is not None
+    await add_operator(hub.store, "olga", PASSWORD, "operator")
+    try:
+        yield hub, f"http://127.0.0.1:{port}", cure
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def test_login_see_lag_replay_a_dead_letter(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    playwright = pytest.importorskip("playwright.async_api")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
+    hub, base, cure = served
+    idle, slow = hub.topic(IDLE.name), hub.group("slow")
+    await _fill(kafka.bootstrap, idle, {0: 7})
+    await _commit(kafka.bootstrap, slow, {TopicPartition(idle, 0): 2})  # known lag: 5
+    poison = Envelope(type="T", payload={"n": 42, "poison": True})
+    await produce(kafka.bootstrap, hub.topic("ops.in.v1"), [(b"key-p", poison.to_bytes(), poison.headers())])
+    dlq_topic = hub.topic("ops.in.dlq.v1")
+
+    async with playwright.async_playwright() as pw:
+        with tempfile.TemporaryDirectory() as profile:
+            browser = await pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=FLAGS, headless=True
+            )  # the profile directory is Chromium's --user-data-dir
+            try:
+                page = await browser.new_page()
+                page.set_default_timeout(20_000)
+                await page.goto(base + "/ops/")
+                assert page.url.endswith("/ops/login")  # anonymous: sent to the login page
+                await page.fill("#username", "olga")
+                await page.fill("#password", PASSWORD)
+                await page.click("#submit")
+                await page.wait_for_url(base + "/ops/")
+                lag_row = page.locator(f'#groups tr[data-group="{slow}"][data-topic="{idle}"]')
+                await lag_row.locator("td:nth-child(4)", has_text="5").wait_for()
+                depth = page.locator(f'#topics tr[data-topic="{dlq_topic}"] td.dlq-depth')
+                await depth.filter(has_text="1").wait_for()
+                await page.locator("#dlq tbody tr button.show").first.click()
+                await page.locator("#letter-headers", has_text="dlq-exception-message").wait_for()
+                assert "poison payload" in await page.inner_text("#letter-headers")
+                cure.fixed = True  # the cause is fixed; now replay
+                await page.click("#replay-one")
+                await depth.filter(has_text="0").wait_for()
+            finally:
+                await browser.close()
+    out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, settle_s=0.3)
+    assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [42]

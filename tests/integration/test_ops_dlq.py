@@ -1,0 +1,139 @@
+"""Operators and dead letters over the API: login, roles, list/show masked, discard, replay, 500 replays."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from hub.embedded import EmbeddedKafka
+from hub.ops.auth import COOKIE, add_operator
+from hub.runtime import Hub
+from hub.store.tables import audit_log
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+from tests.helpers.kafka import produce, read_topic, wait_for
+from tests.integration.test_ops_lag import IN, OUT, PASSWORD, Cure, ops_hub, poisonable_echo
+
+pytestmark = pytest.mark.integration
+
+
+async def _depth(client: httpx.AsyncClient, hub: Hub) -> int:
+    health = (await client.get("/ops/api/health")).json()
+    return int(health["dlq_depth"].get(hub.topic(IN.dlq), -1))
+
+
+async def _actions(hub: Hub, prefix: str) -> list[str]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        rows = await conn.execute(select(audit_log.c.action).where(audit_log.c.action.like(f"{prefix}%")))
+        return sorted(rows.scalars())
+
+
+async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    async with ops_hub(make_settings(kafka, db_url, unique)) as (hub, client):
+        assert hub.store is not None
+        await add_operator(hub.store, "vera", PASSWORD, "viewer")
+        anon = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
+        assert (await anon.get("/ops/api/health")).status_code == 401
+        assert (await anon.get("/ops/api/dlq")).json()["status"] == 401
+        page = await anon.get("/ops/")
+        assert page.status_code == 303 and page.headers["location"] == "/ops/login"
+        bad = await anon.post("/ops/login", json={"username": "vera", "password": "wrong password!"})
+        assert bad.status_code == 401
+        form = await anon.post("/ops/login", data={"username": "vera", "password": PASSWORD})
+        assert form.status_code == 303
+        cookie = form.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert (await anon.get("/ops/api/health")).status_code == 200
+        assert (await anon.get("/ops/api/dlq")).status_code == 403  # viewers see health only
+        assert (await anon.get("/ops/")).status_code == 200
+        token = anon.cookies[COOKIE]
+        anon.cookies.set(COOKIE, token[:-2] + ("00" if not token.endswith("00") else "11"))
+        assert (await anon.get("/ops/api/health")).status_code == 401  # a tampered signature
+        anon.cookies.set(COOKIE, token)
+        await anon.post("/ops/logout")
+        anon.cookies.set(COOKIE, token)
+        assert (await anon.get("/ops/api/health")).status_code == 401  # the session ended server side
+
+
+async def test_dead_letters_listed_masked_discarded_and_replayed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        assert hub.store is not None
+        youth = {"bsn": "111222333", "naam": "Jan Jansen", "note": "mail jan@example.nl of bel 0612345678"}
+        poisons = [Envelope(type="T", payload={"n": i, "poison": True, "youth": youth}) for i in range(3)]
+        await produce(
+            kafka.bootstrap, hub.topic(IN.name), [(b"key-a", e.to_bytes(), e.headers()) for e in poisons]
+        )
+        await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        listed = (await client.get("/ops/api/dlq", params={"error_class": "ValueError"})).json()
+        assert listed["total"] == 3
+        first = listed["items"][0]
+        assert first["original_topic"] == hub.topic(IN.name) and first["key"] == "key-a"
+        shown = (await client.get(f"/ops/api/dlq/{first['id']}")).json()
+        assert shown["headers"]["dlq-exception-message"] == "poison payload"
+        text = str(shown["payload"])
+        for secret in ("111222333", "Jan Jansen", "jan@example.nl", "0612345678"):
+            assert secret not in text
+        assert (await client.get(f"/ops/api/dlq/{first['id']}", params={"unmask": True})).status_code == 403
+        await add_operator(hub.store, "pia", PASSWORD, "privacy_officer")
+        privacy = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
+        await privacy.post("/ops/login", json={"username": "pia", "password": PASSWORD})
+        plain = (await privacy.get(f"/ops/api/dlq/{first['id']}", params={"unmask": True})).json()
+        assert plain["payload"]["payload"]["youth"]["bsn"] == "111222333"
+        assert await _actions(hub, "dlq.viewed") == ["dlq.viewed_unmasked"]
+
+        second, third = listed["items"][1]["id"], listed["items"][2]["id"]
+        r = await client.post(f"/ops/api/dlq/{second}/discard", json={"reason": "test data, not needed"})
+        assert r.json()["status"] == "discarded"
+        assert (
+            await client.post(f"/ops/api/dlq/{second}/discard", json={"reason": "again"})
+        ).status_code == 409
+        assert await _depth(client, hub) == 2 or await wait_for(lambda: _is(_depth(client, hub), 2))
+
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{third}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]))
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, settle_s=0.3)
+        assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [poisons[2].payload["n"]]
+        assert Envelope.from_bytes(out[0].value).transaction_id == poisons[2].transaction_id
+        await wait_for(lambda: _is(_depth(client, hub), 1))
+        assert await _actions(hub, "dlq.") == ["dlq.discarded", "dlq.replayed", "dlq.viewed_unmasked"]
+        timeline = (await client.get("/ops/api/timeline", params={"id": poisons[2].transaction_id})).json()
+        assert "dlq.replayed" in [e["action"] for e in timeline["events"]]
+
+
+async def _is(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def _job_done(client: httpx.AsyncClient, job_id: str) -> bool:
+    return (await client.get(f"/ops/api/jobs/{job_id}")).json()["state"] == "done"
+
+
+async def test_replay_of_500_dead_letters_processes_each_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(500)]
+        await produce(
+            kafka.bootstrap,
+            hub.topic(IN.name),
+            [(f"k{i % 7}".encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)],
+        )
+        await wait_for(lambda: _is(_depth(client, hub), 500), timeout_s=60, interval_s=0.3)
+        cure.fixed = True  # the cause is fixed
+        job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        assert job["total"] == 500
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=60, interval_s=0.2)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=500, timeout_s=60, settle_s=0.5)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == list(range(500))
+        dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=500, settle_s=0.3)
+        assert len(dead) == 500  # none came back
+        assert await _depth(client, hub) == 0
+        again = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        assert again["total"] == 0

@@ -1,0 +1,177 @@
+"""Lag from what the broker holds: produce N, commit M, and the probe, /metrics and the health API agree."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client.parser import text_string_to_metric_families
+
+from hub.app import create_app
+from hub.config import Settings
+from hub.embedded import EmbeddedKafka
+from hub.ops import console
+from hub.ops.auth import add_operator
+from hub.ops.lag import LagProbe
+from hub.runtime import Hub, Registrar
+from hub.spine import Tx
+from hub.topics import Topic
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.integration
+
+IN = Topic("ops.in.v1", partitions=3)
+OUT = Topic("ops.out.v1")
+OPS_TOPICS = [IN, OUT, Topic(IN.dlq)]
+PASSWORD = "correct horse battery"
+
+
+class Cure:
+    """The poison check of the test component, switchable: a fixed cause lets a replay succeed."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+
+
+def poisonable_echo(cure: Cure) -> Registrar:
+    """Echo `ops.in.v1` to `ops.out.v1`; a payload with "poison": true fails until the cause is fixed."""
+
+    def register(hub: Hub) -> None:
+        assert hub.spine is not None
+
+        @hub.spine.subscribe(hub.topic(IN.name), group=hub.group("echo"), dlq=hub.topic(IN.dlq))
+        async def echo(tx: Tx, message: Envelope) -> None:
+            """Echo test messages."""
+            if message.payload.get("poison") and not cure.fixed:
+                raise ValueError("poison payload")
+            await tx.emit(hub.topic(OUT.name), message.reply("Echoed", message.payload), key="k")
+
+    return register
+
+
+@asynccontextmanager
+async def ops_hub(settings: Settings, *registrars: Registrar) -> AsyncIterator[tuple[Hub, httpx.AsyncClient]]:
+    """A started hub with the operator console, and an HTTP client on its app (an operator is logged in)."""
+    hub = Hub(
+        settings.model_copy(update={"components": ["intake"]}),
+        registrars={"intake": [console.register, *registrars]},
+        extra_topics=OPS_TOPICS,
+    )
+    await hub.start()
+    app = create_app(hub.settings, hub=hub)
+    try:
+        assert hub.store is not None
+        await add_operator(hub.store, "olga", PASSWORD, "operator")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            r = await client.post("/ops/login", json={"username": "olga", "password": PASSWORD})
+            assert r.status_code == 200, r.text
+            yield hub, client
+    finally:
+        await hub.stop()
+
+
+async def _fill(bootstrap: str, topic: str, counts: dict[int, int], *, age_s: float = 0) -> None:
+    """Send counts[p] records to partition p, in batches (tansu's end_offsets() miscounts those)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    stamp = int((time.time() - age_s) * 1000)
+    try:
+        futures = [
+            await producer.send(
+                topic, Envelope(type="T", payload={"n": i}).to_bytes(), partition=p, timestamp_ms=stamp
+            )
+            for p, n in counts.items()
+            for i in range(n)
+        ]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+    finally:
+        with contextlib.suppress(Exception):
+            import asyncio
+
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+async def test_probe_reports_produced_minus_committed_per_partition(
+    kafka: EmbeddedKafka, unique: str
+) -> None:
+    topic, group = f"lag.{unique}", f"g-{unique}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 3, 1)])
+    await admin.close()
+    await _fill(kafka.bootstrap, topic, {0: 40, 1: 7, 2: 0}, age_s=60)
+    await _commit(kafka.bootstrap, group, {TopicPartition(topic, 0): 15, TopicPartition(topic, 1): 7})
+    probe = LagProbe({"bootstrap_servers": kafka.bootstrap})
+    try:
+        sample = await probe.measure([topic], {group: [topic]})
+    finally:
+        await probe.close()
+    lags = {p.partition: p.lag for p in sample.lags}
+    assert lags == {0: 25, 1: 0, 2: 0}
+    assert sample.group_lag(group) == 25
+    assert {p: o.end for (_, p), o in sample.offsets.items()} == {0: 40, 1: 7, 2: 0}
+    age = next(p.lag_seconds for p in sample.lags if p.partition == 0)
+    assert 55 < age < 120  # the oldest unprocessed record was stamped a minute ago
+    assert all(p.lag_seconds == 0 for p in sample.lags if p.partition != 0)
+
+
+def _metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_metrics_and_health_show_the_known_lag(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    settings = make_settings(kafka, db_url, unique)
+    async with ops_hub(settings) as (hub, client):
+        topic, group = hub.topic(IN.name), hub.group("echo")
+        await _fill(kafka.bootstrap, topic, {0: 12, 1: 5, 2: 3}, age_s=30)
+        await _commit(kafka.bootstrap, group, {TopicPartition(topic, 0): 2, TopicPartition(topic, 1): 5})
+        r = await client.get("/metrics")
+        assert r.status_code == 200
+        m = _metrics(r.text)
+        lag = {
+            dict(k)["partition"]: v
+            for k, v in m["kafka_consumergroup_lag"].items()
+            if dict(k)["consumergroup"] == group and dict(k)["topic"] == topic
+        }
+        assert lag == {"0": 10, "1": 0, "2": 3}
+        current = {
+            dict(k)["partition"]: v
+            for k, v in m["kafka_topic_partition_current_offset"].items()
+            if dict(k)["topic"] == topic
+        }
+        assert current == {"0": 12, "1": 5, "2": 3}
+        seconds = {
+            dict(k)["partition"]: v
+            for k, v in m["kafka_consumergroup_lag_seconds"].items()
+            if dict(k)["consumergroup"] == group
+        }
+        assert seconds["0"] >= 25 and seconds["1"] == 0
+        assert m["ketenhub_dlq_messages"][(("topic", hub.topic(IN.dlq)),)] == 0
+        health: dict[str, Any] = (await client.get("/ops/api/health")).json()
+        mine = next(g for g in health["groups"] if g["group"] == group)
+        assert mine["lag"] == 13 and mine["verdict"] in {"OK", "STALL", "STOP", "WARN"}
