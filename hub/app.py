@@ -9,12 +9,15 @@ from fastapi import FastAPI
 
 from hub.api import health
 from hub.api.problems import install_problem_handlers
+from hub.api.referrals import router as referrals_router
+from hub.api.transaction import TransactionIdMiddleware
 from hub.config import Settings
+from hub.intake.component import register_intake
 from hub.ops import wiring as ops
 from hub.runtime import Hub, Registrar
 
 # Component name -> what it registers on the spine. Grows as components are built.
-REGISTRARS: dict[str, list[Registrar]] = {}
+REGISTRARS: dict[str, list[Registrar]] = {"intake": [register_intake]}
 REGISTRARS.setdefault("api", []).append(ops.register)  # lag sampler of the operator console
 
 
@@ -45,4 +48,6 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(ops.router)
+    app.include_router(referrals_router)
+    app.add_middleware(TransactionIdMiddleware)
     return app

@@ -11,6 +11,7 @@ import typer
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.ops import cli as ops_cli
+from hub.partners.cli import app as partners_cli
 
 app = typer.Typer(
     help="ketenhub: the messaging hub between Halt Den Haag and its chain partners.",
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 simulate = typer.Typer(help="Run partner simulators for demos and tests.", no_args_is_help=True)
 app.add_typer(simulate, name="simulate")
+app.add_typer(partners_cli, name="partners")
 app.add_typer(ops_cli.operators_app, name="operators")
 app.add_typer(ops_cli.dlq_app, name="dlq")
 app.command("topics")(ops_cli.topics)

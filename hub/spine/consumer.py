@@ -46,6 +46,24 @@ def decode_envelope(record: ConsumerRecord[Any, Any]) -> Envelope:
     return Envelope.from_bytes(record.value)
 
 
+class DeadLetter(Exception):
+    """Raise from a handler: dead-letter the record for `cause`, yet publish `replies` and keep `audit`.
+
+    The handler's own effects roll back with its savepoint; an answer to the sender (an error
+    decision) and its audit entry must survive that, so the spine writes them with the dead letter.
+    """
+
+    def __init__(
+        self,
+        cause: Exception,
+        *,
+        replies: Sequence[tuple[str, Envelope | bytes, str | None]] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> None:
+        super().__init__(str(cause))
+        self.cause, self.replies, self.audit = cause, list(replies), list(audit)
+
+
 @dataclass
 class Tx:
     """What a handler gets: the session of this message's transaction and ways to emit and audit."""
@@ -212,13 +230,19 @@ class Spine:
         except _TRANSIENT:
             raise
         except Exception as exc:  # permanent: the record goes to the DLQ, the consumer goes on
+            cause = exc.cause if isinstance(exc, DeadLetter) else exc
             log.warning(
                 "message dead-lettered",
                 topic=sub.topic,
-                error_class=type(exc).__name__,
-                error=safe_error_message(exc),
+                error_class=type(cause).__name__,
+                error=safe_error_message(cause),
             )
-            await self.dead_letter(session, sub, record, exc, transaction_id)
+            await self.dead_letter(session, sub, record, cause, transaction_id)
+            if isinstance(exc, DeadLetter):
+                for topic, message, key in exc.replies:
+                    await add_to_outbox(session, topic, message, key=key)
+                for entry in exc.audit:
+                    await write_audit(session, entry, transaction_id=transaction_id, system=sub.group)
             return "dead_lettered"
         finally:
             self.metrics.handler_seconds.labels(sub.topic).observe(time.perf_counter() - started)

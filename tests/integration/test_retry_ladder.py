@@ -99,10 +99,9 @@ async def test_parked_key_keeps_order_and_other_keys_pass(
             hub.topic(CMD.name),
             [_cmd("a1", "youth-a"), _cmd("a2", "youth-a"), _cmd("b1", "youth-b")],
         )
-        await wait_for(lambda: "b1" in partner.delivered)
-        assert "a2" not in partner.delivered  # held behind a1
         await wait_for(lambda: len(partner.delivered) == 3, timeout_s=30)
-        assert partner.delivered.index("a1") < partner.delivered.index("a2")
+        # b1 was not held up by youth a's trouble; a2 waited behind a1.
+        assert partner.delivered == ["b1", "a1", "a2"]
         assert partner.calls["a2"] == 1 and partner.calls["b1"] == 1
         assert partner.calls["a1"] == 5  # 2 in place, then one call per parked attempt: no tight loop
         assert await ladder.parked_count() == 0

@@ -1,0 +1,248 @@
+"""Partner endpoints: referrals in (police, BOA, leerplicht, preventief) and their status out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+
+from connectors import boa, leerplicht, politie, preventief
+from hub.api.limits import read_body, require_media_type
+from hub.api.problems import Problem
+from hub.api.referral_models import (
+    BatchReport,
+    DecisionOut,
+    ReferralAnswer,
+    ReferralStatus,
+    RowReport,
+    RowResult,
+    problems,
+)
+from hub.audit import AuditEntry, write_audit
+from hub.intake import reject_unparseable
+from hub.intake.component import service_of
+from hub.intake.service import IntakeResult, Origin, aware
+from hub.intake.tables import referrals
+from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
+from hub.runtime import Hub
+from schemas.referral import Decision, Referral
+
+router = APIRouter(prefix="/api/v1", tags=["verwijzingen"])
+SYSTEM = "ketenhub-api"
+JSON = "application/json"
+CSV = "text/csv"
+_JSON_ERRORS = problems(400, 401, 403, 413, 415, 503)
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    if hub.store is None or hub.relay is None:
+        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+    return hub
+
+
+def _origin(request: Request, partner: Partner) -> Origin:
+    return Origin(
+        referrer_key=f"partner:{partner.id}",
+        channel="http",
+        transaction_id=request.state.transaction_id,
+        system=SYSTEM,
+        user=partner.name,
+        partner_id=partner.id,
+    )
+
+
+def _answer(result: IntakeResult, referral: Referral) -> ReferralAnswer:
+    return ReferralAnswer(
+        referral_id=result.referral_id,
+        case_reference=referral.case_reference,
+        track=referral.track.value,
+        status=result.decision.outcome,
+        decision=DecisionOut.of(result.decision),
+        received_at=result.received_at,
+        duplicate=result.duplicate,
+    )
+
+
+async def _take_in_json(
+    request: Request, response: Response, partner: Partner, parse: Callable[[bytes], Referral]
+) -> ReferralAnswer:
+    hub = _hub(request)
+    require_media_type(request, JSON)
+    raw = await read_body(request, hub.settings.http.max_body_bytes)
+    referral = parse(raw)  # PartnerFormatError -> 400 problem+json naming each field
+    assert hub.store is not None and hub.relay is not None
+    async with hub.store.transaction() as session:
+        result = await service_of(hub).take_in(session, referral, _origin(request, partner))
+    hub.relay.wake()
+    response.status_code = 200 if result.duplicate else 201
+    response.headers["Location"] = f"/api/v1/verwijzingen/{result.referral_id}"
+    return _answer(result, referral)
+
+
+def _json_body(partner_format: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"Eén verwijzing in het {partner_format}-formaat (zie de README, 'Partners').",
+            "content": {JSON: {"schema": {"type": "object"}}},
+        }
+    }
+
+
+_POST: dict[str, Any] = {
+    "response_model": ReferralAnswer,
+    "status_code": 201,
+    "responses": {200: {"description": "Herhaling: het eerste besluit", "model": ReferralAnswer}}
+    | _JSON_ERRORS,
+}
+
+
+@router.post(
+    "/politie/verwijzingen", summary="Politie: één verwijzing", openapi_extra=_json_body("politie"), **_POST
+)
+async def post_politie(
+    request: Request,
+    response: Response,
+    partner: Annotated[Partner, Depends(partner_of_type(PartnerType.POLITIE))],
+) -> ReferralAnswer:
+    """Decide a police referral; 201 with the decision, 200 with the first decision for a repeat."""
+    return await _take_in_json(request, response, partner, politie.parse)
+
+
+@router.post("/boa/verwijzingen", summary="BOA: één verwijzing", openapi_extra=_json_body("BOA"), **_POST)
+async def post_boa(
+    request: Request,
+    response: Response,
+    partner: Annotated[Partner, Depends(partner_of_type(PartnerType.BOA))],
+) -> ReferralAnswer:
+    """Decide a BOA referral from the handheld app."""
+    return await _take_in_json(request, response, partner, boa.parse)
+
+
+@router.post(
+    "/preventief/verwijzingen",
+    summary="Preventief: één aanmelding",
+    openapi_extra=_json_body("preventief"),
+    **_POST,
+)
+async def post_preventief(
+    request: Request,
+    response: Response,
+    partner: Annotated[
+        Partner,
+        Depends(partner_of_type(PartnerType.PREVENTIEF, PartnerType.WIJKTEAM, PartnerType.JONGERENWERK)),
+    ],
+) -> ReferralAnswer:
+    """Decide a preventive referral from a wijkteam, jongerenwerk, school or wijkagent."""
+    return await _take_in_json(request, response, partner, preventief.parse)
+
+
+@router.post(
+    "/leerplicht/verwijzingen",
+    summary="Leerplicht: een CSV-batch",
+    response_model=BatchReport,
+    responses=_JSON_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "Puntkomma-gescheiden export met Nederlandse kolomkoppen (zie de README).",
+            "content": {CSV: {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def post_leerplicht(
+    request: Request, partner: Annotated[Partner, Depends(partner_of_type(PartnerType.LEERPLICHT))]
+) -> BatchReport:
+    """Every row is reported: accepted (with its referral id), duplicate, or rejected with reasons."""
+    hub = _hub(request)
+    require_media_type(request, CSV)
+    raw = await read_body(request, hub.settings.http.max_body_bytes)
+    rows = leerplicht.parse_batch(raw)  # a wrong encoding, delimiter or header: 400 for the batch
+    origin, reports = _origin(request, partner), []
+    assert hub.store is not None and hub.relay is not None
+    async with hub.store.transaction() as session:
+        valid = [r.referral for r in rows if r.referral is not None]
+        results = iter(await service_of(hub).take_in_many(session, valid, origin))
+        for row in rows:
+            if row.referral is None:
+                decision = reject_unparseable(row.problems, row.case_reference)
+                reports.append(_row(row.row, row.case_reference, RowResult.REJECTED, None, decision))
+                continue
+            result = next(results)
+            kind = RowResult.DUPLICATE if result.duplicate else RowResult(result.decision.outcome.value)
+            reports.append(_row(row.row, row.case_reference, kind, result.referral_id, result.decision))
+        counts = {k: sum(r.result is k for r in reports) for k in RowResult}
+        await write_audit(
+            session,
+            AuditEntry(
+                action="referral.batch_received",
+                user=partner.name,
+                objects={"rows": len(reports)} | {k.value.lower(): n for k, n in counts.items()},
+            ),
+            transaction_id=origin.transaction_id,
+            system=SYSTEM,
+        )
+    hub.relay.wake()
+    return BatchReport(
+        total=len(reports),
+        accepted=counts[RowResult.ACCEPTED],
+        rejected=counts[RowResult.REJECTED],
+        duplicate=counts[RowResult.DUPLICATE],
+        rows=reports,
+    )
+
+
+def _row(
+    number: int, reference: str | None, kind: RowResult, referral_id: str | None, decision: Decision
+) -> RowReport:
+    return RowReport(
+        row=number,
+        case_reference=reference,
+        result=kind,
+        referral_id=referral_id,
+        decision=DecisionOut.of(decision),
+    )
+
+
+@router.get(
+    "/verwijzingen/{referral_id}",
+    summary="Status en besluit van een eigen verwijzing",
+    response_model=ReferralStatus,
+    responses=problems(401, 404, 503),
+)
+async def get_referral(request: Request, referral_id: str, partner: CurrentPartner) -> ReferralStatus:
+    """A partner sees only its own referrals; another's id answers 404, as an unknown one does."""
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        row = (
+            await session.execute(
+                select(referrals).where(referrals.c.id == referral_id, referrals.c.partner_id == partner.id)
+            )
+        ).first()
+        if row is None:
+            raise Problem(404, "Verwijzing niet gevonden", "Geen verwijzing met dit id van deze partner.")
+        m = row._mapping
+        await write_audit(
+            session,
+            AuditEntry(
+                action="referral.read",
+                user=partner.name,
+                youth_key=m["youth_key"],
+                objects={"referral_id": referral_id},
+            ),
+            transaction_id=request.state.transaction_id,
+            system=SYSTEM,
+        )
+    decision = Decision.model_validate(m["decision"])
+    return ReferralStatus(
+        referral_id=m["id"],
+        case_reference=m["case_reference"],
+        track=m["track"],
+        status=decision.outcome,
+        decision=DecisionOut.of(decision),
+        received_at=aware(m["received_at"]),
+    )

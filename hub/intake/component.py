@@ -1,0 +1,133 @@
+"""The intake component on the spine: police records and canonical referrals from Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import ConsumerRecord
+
+from connectors import politie
+from hub.audit import AuditEntry
+from hub.intake import reject_unparseable
+from hub.intake.config import load_intake_rules
+from hub.intake.service import IntakeResult, IntakeService, Origin
+from hub.runtime import Hub
+from hub.spine import Tx
+from hub.spine.consumer import DeadLetter
+from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL, REFERRAL_DECIDED, REFERRAL_RECEIVED
+from schemas.envelope import Envelope
+from schemas.problems import PartnerFormatError
+from schemas.referral import Decision, Referral
+
+POLITIE_REFERRER = "kafka:politie"  # rule 7: the police topic is one referrer (ACLs let only police write)
+POLITIE_DECISION_TYPE = "PolitieBesluit"
+
+
+def service_of(hub: Hub) -> IntakeService:
+    """The hub's intake service, made once (rules and secret are read on first use, not at import)."""
+    service = hub.components.get("intake")
+    if not isinstance(service, IntakeService):
+        service = IntakeService(
+            secret=hub.settings.secret_value(),
+            rules=load_intake_rules(),
+            decided_topic=hub.topic(REFERRAL_DECIDED.name),
+        )
+        hub.components["intake"] = service
+    return service
+
+
+def raw_value(record: ConsumerRecord[Any, Any]) -> bytes:
+    """Police records are the partner's own JSON, not our envelope: hand the bytes to the parser."""
+    return bytes(record.value or b"")
+
+
+def politie_besluit(
+    decision: Decision, *, referral_id: str | None, duplicate: bool, transaction_id: str
+) -> Envelope:
+    """The answer on partner.politie.decision.v1, in the police's own (Dutch) terms."""
+    return Envelope(
+        type=POLITIE_DECISION_TYPE,
+        transaction_id=transaction_id,
+        correlation_id=referral_id or decision.case_reference,
+        source="ketenhub-intake",
+        payload={
+            "procesVerbaalNummer": decision.case_reference,
+            "verwijzingId": referral_id,
+            "besluit": "GEACCEPTEERD" if decision.accepted else "AFGEWEZEN",
+            "herhaling": duplicate,
+            "redenen": [
+                {"code": r.code, "toelichting": r.message, "veld": r.field} for r in decision.reasons
+            ],
+            "haltCategorie": decision.reason_category.value if decision.reason_category else None,
+            "regelsVersie": decision.rules_version,
+        },
+    )
+
+
+def register_intake(hub: Hub) -> None:
+    """Subscribe intake to the police topic and to canonical referrals."""
+    assert hub.spine is not None
+    service = service_of(hub)
+    group = hub.group("intake")
+    politie_out = hub.topic(POLITIE_DECISION.name)
+
+    @hub.spine.subscribe(
+        hub.topic(POLITIE_REFERRAL.name),
+        group=group,
+        dlq=hub.topic(POLITIE_REFERRAL.dlq),
+        decode=raw_value,
+        title="intake:politie",
+    )
+    async def take_in_politie(tx: Tx, raw: bytes) -> None:
+        """Police referrals (their JSON format): decided, stored, answered on partner.politie.decision.v1."""
+        try:
+            referral = politie.parse(raw)
+        except PartnerFormatError as exc:
+            raise _unparseable(exc, raw, politie_out, tx.transaction_id) from None
+        origin = Origin(POLITIE_REFERRER, "kafka", tx.transaction_id, tx.system, user="politie (kafka)")
+        result = await service.take_in(tx.session, referral, origin)
+        await tx.emit(politie_out, _besluit(result, tx.transaction_id), key=result.youth_key)
+
+    @hub.spine.subscribe(
+        hub.topic(REFERRAL_RECEIVED.name),
+        group=group,
+        dlq=hub.topic(REFERRAL_RECEIVED.dlq),
+        title="intake:referrals",
+    )
+    async def take_in_canonical(tx: Tx, message: Envelope) -> None:
+        """Canonical referrals from Kafka connectors: decided, stored, answered on referral.decided.v1."""
+        referral = Referral.model_validate(message.payload)  # a misfit dead-letters the record
+        origin = Origin(
+            f"kafka:{message.source}",
+            "kafka",
+            tx.transaction_id,
+            tx.system,
+            user=message.source,
+            announce_duplicates=True,
+        )
+        await service.take_in(tx.session, referral, origin)
+
+
+def _besluit(result: IntakeResult, transaction_id: str) -> Envelope:
+    return politie_besluit(
+        result.decision,
+        referral_id=result.referral_id,
+        duplicate=result.duplicate,
+        transaction_id=transaction_id,
+    )
+
+
+def _unparseable(exc: PartnerFormatError, raw: bytes, topic: str, transaction_id: str) -> DeadLetter:
+    """Dead-letter the record; when its case reference is readable, the police still get an answer."""
+    reference = politie.case_reference_of(raw)
+    if reference is None:
+        return DeadLetter(exc)
+    decision = reject_unparseable(exc.problems, reference)
+    answer = politie_besluit(decision, referral_id=None, duplicate=False, transaction_id=transaction_id)
+    audit = AuditEntry(
+        action="referral.unparseable",
+        user="politie (kafka)",
+        objects={"case_reference": reference, "fields": [p.field for p in exc.problems][:20]},
+    )
+    # No youth key: the BSN may be what failed to parse, so the answer goes without a key.
+    return DeadLetter(exc, replies=[(topic, answer, None)], audit=[audit])

@@ -1,0 +1,258 @@
+"""The one intake path for every channel: dedup (rule 7), decide, store, audit, announce."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry
+from hub.intake.config import IntakeRules
+from hub.intake.rules import decide
+from hub.intake.tables import referrals
+from hub.logging import get_logger
+from hub.spine.outbox import add_to_outbox
+from hub.store.tables import audit_log
+from schemas.envelope import Envelope, utcnow
+from schemas.pseudonym import youth_key
+from schemas.referral import Decision, Outcome, Referral, Track
+
+log = get_logger(__name__)
+DECIDED_TYPE = "ReferralDecided"
+_CHUNK = 200  # rows per statement: well under SQLite's and PostgreSQL's bind-parameter limits
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a referral came from: who referred (rule 7 key), over what, under which transaction."""
+
+    referrer_key: str
+    channel: str
+    transaction_id: str
+    system: str
+    user: str
+    partner_id: str | None = None
+    # Kafka referrers get their answer as a message, so a repeat is answered on the topic too.
+    announce_duplicates: bool = False
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """The answer to a referral: its id, the (first) decision, and whether this was a repeat."""
+
+    referral_id: str
+    decision: Decision
+    duplicate: bool
+    youth_key: str
+    received_at: datetime
+    track: str
+    referrer_type: str
+
+
+class IntakeService:
+    """Intake under one rule set and one pseudonymisation secret; shared by Kafka and HTTP."""
+
+    def __init__(self, *, secret: str, rules: IntakeRules, decided_topic: str) -> None:
+        self.secret, self.rules, self.decided_topic = secret, rules, decided_topic
+
+    def youth_key(self, bsn: str) -> str:
+        """The pseudonymous key of a youth."""
+        return youth_key(self.secret, bsn)
+
+    async def take_in(self, session: AsyncSession, referral: Referral, origin: Origin) -> IntakeResult:
+        """Decide and store a referral once per (referrer, case reference); a repeat gets the first answer."""
+        return (await self.take_in_many(session, [referral], origin))[0]
+
+    async def take_in_many(
+        self, session: AsyncSession, items: Sequence[Referral], origin: Origin
+    ) -> list[IntakeResult]:
+        """`take_in` for a batch, in order, with a handful of statements instead of several per row."""
+        keys = [self.youth_key(r.youth.bsn) for r in items]
+        first = await self._existing(session, origin.referrer_key, {r.case_reference for r in items})
+        truancy_keys = {k for k, r in zip(keys, items, strict=True) if r.track is Track.HALT_SCHOOLVERZUIM}
+        prior = await self._prior_truancy(session, truancy_keys)
+        rows: dict[str, dict[str, Any]] = {}  # case reference -> the row this batch stores for it
+        for referral, key in zip(items, keys, strict=True):
+            if referral.case_reference in first or referral.case_reference in rows:
+                continue  # a repeat: answered with the first outcome below
+            decision = decide(referral, self.rules, prior_truancy_referrals=prior[key])
+            if decision.accepted and referral.track is Track.HALT_SCHOOLVERZUIM:
+                prior[key] += 1  # a later row for the same youth is a second truancy referral
+            rows[referral.case_reference] = _row(referral, key, decision, origin)
+        stored = await self._insert(session, list(rows.values()))
+        lost = {ref for ref in rows if ref not in stored}  # a concurrent repeat committed first
+        if lost:
+            first |= await self._existing(session, origin.referrer_key, lost)
+        fresh = {ref: _result(row, duplicate=False) for ref, row in rows.items() if ref in stored}
+        answers: list[IntakeResult] = []
+        for referral in items:
+            ref = referral.case_reference
+            if ref in fresh:
+                answers.append(fresh.pop(ref))  # the first occurrence; later ones are repeats of it
+                first[ref] = _dup(answers[-1])
+            else:
+                answers.append(first[ref])
+        await self._record(session, items, answers, origin)
+        return answers
+
+    async def _record(
+        self, session: AsyncSession, items: Sequence[Referral], results: list[IntakeResult], origin: Origin
+    ) -> None:
+        """Audit every step (rule 18) and announce decisions (and repeats, for Kafka referrers)."""
+        entries: list[tuple[str, IntakeResult, Referral, dict[str, Any]]] = []
+        for referral, result in zip(items, results, strict=True):
+            objects: dict[str, Any] = {
+                "referral_id": result.referral_id,
+                "case_reference": referral.case_reference,
+            }
+            if result.duplicate:
+                entries.append(("referral.duplicate", result, referral, objects))
+                continue
+            entries.append(("referral.received", result, referral, objects | {"via": origin.channel}))
+            reasons = [r.code for r in result.decision.reasons]
+            outcome = result.decision.outcome.value
+            entries.append(
+                ("referral.decided", result, referral, objects | {"outcome": outcome, "reasons": reasons})
+            )
+            log.info("referral decided", referral_id=result.referral_id, outcome=outcome)
+        await self._audit(session, origin, entries)
+        for result in results:
+            if not result.duplicate or origin.announce_duplicates:
+                await self._announce(session, result, origin)
+
+    async def _existing(
+        self, session: AsyncSession, referrer_key: str, refs: set[str]
+    ) -> dict[str, IntakeResult]:
+        """Referrals already stored for these case references, as answers to a repeat."""
+        found: dict[str, IntakeResult] = {}
+        for chunk in _chunks(sorted(refs)):
+            query = select(referrals).where(
+                referrals.c.referrer_key == referrer_key, referrals.c.case_reference.in_(chunk)
+            )
+            found |= {r.case_reference: _result(r, duplicate=True) for r in await session.execute(query)}
+        return found
+
+    async def _prior_truancy(self, session: AsyncSession, keys: set[str]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for chunk in _chunks(sorted(keys)):
+            query = (
+                select(referrals.c.youth_key, func.count())
+                .where(
+                    referrals.c.youth_key.in_(chunk),
+                    referrals.c.track == Track.HALT_SCHOOLVERZUIM.value,
+                    referrals.c.outcome == Outcome.ACCEPTED.value,
+                )
+                .group_by(referrals.c.youth_key)
+            )
+            counts.update({k: int(n) for k, n in await session.execute(query)})
+        return counts
+
+    async def _insert(self, session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert, skipping rows whose (referrer, case reference) exists: the UNIQUE constraint decides."""
+        dialect = session.get_bind().dialect.name
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stored: set[str] = set()
+        for chunk in _chunks(rows):
+            stmt = (
+                make(referrals)
+                .values(chunk)
+                .on_conflict_do_nothing(index_elements=["referrer_key", "case_reference"])
+                .returning(referrals.c.case_reference)
+            )
+            stored |= set((await session.execute(stmt)).scalars())
+        return stored
+
+    async def _audit(self, session: AsyncSession, origin: Origin, entries: list[tuple[Any, ...]]) -> None:
+        now, rows = utcnow(), []
+        for action, result, referral, objects in entries:
+            entry = AuditEntry(
+                action=action,
+                user=origin.user,
+                youth_key=result.youth_key,
+                on_behalf_of=referral.referrer.organisation,
+                objects=objects,
+            )
+            rows.append(
+                entry.model_dump()
+                | {"at": now, "system": origin.system, "transaction_id": origin.transaction_id}
+            )
+        if rows:  # one executemany: what hub.audit.write_audit does, row by row
+            await session.execute(insert(audit_log), rows)
+
+    async def _announce(self, session: AsyncSession, result: IntakeResult, origin: Origin) -> None:
+        message = Envelope(
+            type=DECIDED_TYPE,
+            transaction_id=origin.transaction_id,
+            correlation_id=result.referral_id,
+            source="ketenhub-intake",
+            payload=decided_payload(result),
+        )
+        await add_to_outbox(session, self.decided_topic, message, key=result.youth_key)
+
+
+def decided_payload(result: IntakeResult) -> dict[str, Any]:
+    """The payload of referral.decided.v1: ids, youth key and decision; never a BSN or a name."""
+    return {
+        "referral_id": result.referral_id,
+        "youth_key": result.youth_key,
+        "referrer_type": result.referrer_type,
+        "track": result.track,
+        "duplicate": result.duplicate,
+        "decision": result.decision.model_dump(mode="json"),
+    }
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the hub stores UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _row(referral: Referral, key: str, decision: Decision, origin: Origin) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "referrer_key": origin.referrer_key,
+        "case_reference": referral.case_reference,
+        "partner_id": origin.partner_id,
+        "referrer_type": referral.referrer.type.value,
+        "channel": origin.channel,
+        "youth_key": key,
+        "bsn": referral.youth.bsn,
+        "track": referral.track.value,
+        "outcome": decision.outcome.value,
+        "referral": referral.model_dump(mode="json"),
+        "decision": decision.model_dump(mode="json"),
+        "transaction_id": origin.transaction_id,
+        "received_at": utcnow(),
+    }
+
+
+def _result(row: Any, *, duplicate: bool) -> IntakeResult:
+    m = row if isinstance(row, dict) else row._mapping
+    decision = Decision.model_validate(m["decision"])
+    return IntakeResult(
+        m["id"], decision, duplicate, m["youth_key"], aware(m["received_at"]), m["track"], m["referrer_type"]
+    )
+
+
+def _dup(result: IntakeResult) -> IntakeResult:
+    return IntakeResult(
+        result.referral_id,
+        result.decision,
+        True,
+        result.youth_key,
+        result.received_at,
+        result.track,
+        result.referrer_type,
+    )
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

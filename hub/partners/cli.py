@@ -1,0 +1,96 @@
+"""`ketenhub partners add|rotate-key|list`: act on the configured database, migrating it first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.config import load_settings
+from hub.errors import ConfigError
+from hub.partners.keys import PartnerType
+from hub.partners.registry import (
+    PartnerExists,
+    UnknownPartner,
+    add_partner,
+    list_partners,
+    rotate_key,
+)
+
+T = TypeVar("T")
+app = typer.Typer(help="Register partners and manage their API keys.", no_args_is_help=True)
+
+
+def _in_store(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from hub.store import Store
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> T:
+        store = Store(settings.database.url)
+        try:
+            await store.migrate()
+            async with store.transaction() as session:
+                return await work(session)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except (PartnerExists, UnknownPartner) as exc:
+        typer.echo(f"ketenhub: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Option(help="unique partner name, e.g. politie-den-haag")],
+    type_: Annotated[PartnerType, typer.Option("--type", help="kind of partner", case_sensitive=False)],
+) -> None:
+    """Register a partner and print its API key once (only a hash is stored)."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        typer.echo("ketenhub: --name must be 1 to 100 characters", err=True)
+        raise typer.Exit(2)
+    partner, key = _in_store(lambda s: add_partner(s, name, type_))
+    typer.echo(f"partner {partner.name} ({partner.type.value}) registered")
+    typer.echo("API key (shown once; the hub keeps only a hash):")
+    typer.echo(key)
+
+
+@app.command("rotate-key")
+def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
+    """Give a partner a new API key and print it once; the old key stops working at once."""
+    partner, key = _in_store(lambda s: rotate_key(s, name.strip()))
+    typer.echo(f"partner {partner.name}: new API key (shown once; the old key no longer works):")
+    typer.echo(key)
+
+
+@app.command("list")
+def list_() -> None:
+    """Registered partners: name, type, key id, created, rotated, active."""
+    rows = _in_store(list_partners)
+    header = ("NAME", "TYPE", "KEY ID", "CREATED", "ROTATED", "ACTIVE")
+    table = [header] + [
+        (
+            p.name,
+            p.type.value,
+            p.key_id,
+            p.created_at.strftime("%Y-%m-%d %H:%M"),
+            p.rotated_at.strftime("%Y-%m-%d %H:%M") if p.rotated_at else "-",
+            "yes" if p.active else "no",
+        )
+        for p in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if not rows:
+        typer.echo("(no partners yet: ketenhub partners add --name NAME --type TYPE)")

@@ -1,0 +1,61 @@
+"""`ketenhub partners add|list|rotate-key` as an operator runs them, against a SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.partners.registry import authenticate
+from hub.store import Store
+
+pytestmark = pytest.mark.e2e
+KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
+
+
+def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+    env["KETENHUB_DATABASE__URL"] = url
+    return subprocess.run(
+        [KETENHUB, "partners", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _works(url: str, key: str) -> bool:
+    async def check() -> bool:
+        store = Store(url)
+        try:
+            async with store.transaction() as session:
+                return await authenticate(session, key) is not None
+        finally:
+            await store.close()
+
+    return asyncio.run(check())
+
+
+def test_add_list_and_rotate(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    added = _run(url, "add", "--name", "politie-den-haag", "--type", "politie")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip().splitlines()[-1]
+    assert key.startswith("kh_") and _works(url, key)
+
+    again = _run(url, "add", "--name", "politie-den-haag", "--type", "boa")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    listed = _run(url, "list")
+    assert listed.returncode == 0
+    header, row = listed.stdout.strip().splitlines()[:2]
+    assert header.split()[:2] == ["NAME", "TYPE"]
+    assert row.split()[:3] == ["politie-den-haag", "politie", key.split("_")[1]]
+    assert key not in listed.stdout  # the key is shown once, at creation
+
+    rotated = _run(url, "rotate-key", "politie-den-haag")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = rotated.stdout.strip().splitlines()[-1]
+    assert new_key != key and _works(url, new_key) and not _works(url, key)
+    assert _run(url, "rotate-key", "nobody").returncode == 1

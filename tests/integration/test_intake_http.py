@@ -1,0 +1,367 @@
+"""Partner HTTP endpoints end to end: samples, rules at their boundaries, batches, limits, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from connectors import boa, leerplicht, politie, preventief
+from hub.app import create_app
+from hub.config import Settings
+from hub.embedded import EmbeddedKafka
+from hub.intake import decide, load_intake_rules
+from hub.intake.component import register_intake
+from hub.intake.tables import referrals
+from hub.partners import PartnerType, add_partner
+from hub.runtime import Hub
+from hub.store.tables import audit_log
+from schemas.envelope import Envelope
+from schemas.pseudonym import youth_key
+from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.kafka import read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+DATA = Path(__file__).resolve().parents[1] / "data"
+JSON_CONNECTORS = {"politie": politie, "boa": boa, "preventief": preventief}
+
+
+@dataclass
+class Api:
+    """A started hub, an HTTP client on its app, and one API key per partner type."""
+
+    hub: Hub
+    client: httpx.AsyncClient
+    keys: dict[str, str]
+
+    def auth(self, kind: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[kind]}"}
+
+    async def post(self, kind: str, body: bytes, *, as_: str | None = None, **headers: str) -> httpx.Response:
+        media = "text/csv" if kind == "leerplicht" else "application/json"
+        return await self.client.post(
+            f"/api/v1/{kind}/verwijzingen",
+            content=body,
+            headers={"Content-Type": media, **self.auth(as_ or kind), **headers},
+        )
+
+    async def count(self, table: Any = referrals, **where: Any) -> int:
+        assert self.hub.store is not None
+        query = select(func.count()).select_from(table)
+        for column, value in where.items():
+            query = query.where(table.c[column] == value)
+        async with self.hub.store.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+
+@asynccontextmanager
+async def intake_api(settings: Settings, *, kafka_intake: bool = False) -> AsyncIterator[Api]:
+    """The hub with intake wired, its app on an ASGI transport, partners of every referring type."""
+    hub = Hub(
+        settings.model_copy(update={"components": ["intake"] if kafka_intake else []}),
+        registrars={"intake": [register_intake]},
+    )
+    await hub.start()
+    try:
+        assert hub.store is not None
+        keys = {}
+        async with hub.store.transaction() as session:
+            for kind in ("politie", "boa", "leerplicht", "preventief", "wijkteam"):
+                _, keys[kind] = await add_partner(session, f"{kind}-test", PartnerType(kind))
+        app = create_app(hub.settings, hub=hub)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub", timeout=60) as client:
+            yield Api(hub, client, keys)
+    finally:
+        await hub.stop()
+
+
+@pytest.fixture
+async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[Api]:
+    async with intake_api(make_settings(kafka, db_url, unique)) as running:
+        yield running
+
+
+def sample(kind: str, name: str) -> bytes:
+    return (DATA / kind / name).read_bytes()
+
+
+def politie_variant(n: int, **changes: Any) -> bytes:
+    """The police sample with its own PV number and some fields changed (dotted keys for nesting)."""
+    data = json.loads(sample("politie", "valid_winkeldiefstal.json"))
+    data["procesVerbaalNummer"] = f"PL1500-2025031201-{n}"
+    for path, value in changes.items():
+        node = data
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return json.dumps(data).encode()
+
+
+async def test_every_valid_sample_is_decided_stored_and_announced(api: Api, kafka: EmbeddedKafka) -> None:
+    rules, expected = load_intake_rules(), {}
+    for kind, module in JSON_CONNECTORS.items():
+        for path in sorted((DATA / kind).glob("valid*.json")):
+            response = await api.post(
+                kind, path.read_bytes(), as_="wijkteam" if kind == "preventief" else None
+            )
+            assert response.status_code == 201, response.text
+            body = response.json()
+            referral = module.parse(path.read_bytes())
+            assert body["status"] == decide(referral, rules).outcome.value
+            assert body["caseReference"] == referral.case_reference and body["duplicate"] is False
+            assert referral.youth.bsn not in response.text
+            expected[body["referralId"]] = youth_key(TEST_SECRET, referral.youth.bsn)
+            status = await api.client.get(
+                response.headers["Location"], headers=api.auth(kind if kind != "preventief" else "wijkteam")
+            )
+            assert status.status_code == 200 and status.json()["decision"] == body["decision"]
+    for path in sorted((DATA / "leerplicht").glob("valid*.csv")):
+        report = (await api.post("leerplicht", path.read_bytes())).json()
+        assert report["total"] == len(leerplicht.parse_batch(path.read_bytes()))
+        assert report["rejected"] == 0
+    decided = await read_topic(
+        kafka.bootstrap, api.hub.topic("referral.decided.v1"), expect=len(expected) + 2
+    )
+    messages = {Envelope.from_bytes(r.value).payload["referral_id"]: r.key.decode() for r in decided}
+    assert {k: messages[k] for k in expected} == expected  # keyed by the youth key, never the BSN
+
+
+async def test_invalid_samples_get_400_naming_the_field_never_the_bsn(api: Api) -> None:
+    for kind in JSON_CONNECTORS:
+        for path in sorted((DATA / kind).glob("invalid*.json")):
+            as_ = "wijkteam" if kind == "preventief" else None
+            response = await api.post(kind, path.read_bytes(), as_=as_)
+            assert response.status_code == 400, (path.name, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            params = response.json()["invalidParams"]
+            assert params and all(p["name"] and p["reason"] for p in params)
+            for bsn in ("628194821", "252760189", "507529170", "121547280", "385280841", "353799075"):
+                assert bsn not in response.text
+    for path in sorted((DATA / "leerplicht").glob("invalid*.csv")):
+        response = await api.post("leerplicht", path.read_bytes())
+        assert response.status_code == 400, (path.name, response.text)
+    assert await api.count() == 0
+
+
+# Rules at their boundaries (the pure rules are unit-tested; these prove the HTTP path applies them).
+# The sample's offence date is 12-03-2025.
+BOUNDARIES = [
+    ({"verdachte.geboortedatum": "12-03-2013"}, "ACCEPTED", None),  # turns 12 that day
+    ({"verdachte.geboortedatum": "13-03-2013"}, "REJECTED", "LEEFTIJD_BUITEN_BEREIK"),  # 11
+    ({"verdachte.geboortedatum": "13-03-2007"}, "ACCEPTED", None),  # 17, the day before turning 18
+    ({"verdachte.geboortedatum": "12-03-2007"}, "REJECTED", "LEEFTIJD_BUITEN_BEREIK"),  # turns 18
+    ({"verdachte.geboortedatum": "12-03-2009", "oudersAkkoord": False}, "ACCEPTED", None),  # turns 16
+    ({"verdachte.geboortedatum": "13-03-2009", "oudersAkkoord": False}, "REJECTED", "OUDERS_NIET_AKKOORD"),
+    ({"bekennend": False}, "REJECTED", "NIET_BEKEND"),
+    ({"schade": {"bedragJeugdige": "900,00", "bedragTotaal": "900,00"}}, "ACCEPTED", None),
+    ({"schade": {"bedragJeugdige": "900,01", "bedragTotaal": "900,01"}}, "REJECTED", "SCHADE_BOVEN_GRENS"),
+    ({"feitcode": "W999"}, "REJECTED", "GEEN_HALTFEIT"),
+]
+
+
+async def test_police_rules_at_their_boundaries(api: Api) -> None:
+    for n, (changes, outcome, code) in enumerate(BOUNDARIES, start=1):
+        body = (await api.post("politie", politie_variant(n, **changes))).json()
+        assert body["status"] == outcome, (changes, body)
+        if code:
+            assert code in [r["code"] for r in body["decision"]["reasons"]]
+
+
+async def test_boa_outside_its_scope_is_rejected(api: Api) -> None:
+    data = json.loads(sample("boa", "valid_openbare_dronkenschap.json")) | {"feitcode": "F310"}
+    body = (await api.post("boa", json.dumps(data).encode())).json()
+    assert body["status"] == "REJECTED"
+    assert "BOA_BUITEN_BEVOEGDHEID" in [r["code"] for r in body["decision"]["reasons"]]
+
+
+HEADER = ";".join(leerplicht.HEADERS)
+
+
+def bsn_from(seed: int) -> str:
+    """A valid BSN derived from seed (the elfproef check digit is chosen)."""
+    for n in range(seed, seed + 20):
+        digits = str(n % 100_000_000).zfill(8)
+        total = sum(w * int(d) for w, d in zip((9, 8, 7, 6, 5, 4, 3, 2), digits, strict=True))
+        if total % 11 < 10:
+            return digits + str(total % 11)
+    raise AssertionError("unreachable")
+
+
+def csv_row(i: int, hours: int = 12, late: int = 0, **changes: str) -> dict[str, str]:
+    return {
+        "Dossiernummer": f"LP-T-{i:05d}",
+        "BSN": bsn_from(20_000_000 + i * 37),
+        "Voornamen": "Daniëlle",
+        "Achternaam": "Mulder",
+        "Geboortedatum": "05-09-2011",
+        "Woonplaats": "Den Haag",
+        "Verzuim vanaf": "06-01-2025",
+        "Verzuim tot en met": "14-02-2025",
+        "Uren verzuim": str(hours),
+        "Aantal keer te laat": str(late),
+        "Jeugdige akkoord": "ja",
+        "Leerplichtambtenaar": "A. de Groot",
+        "Gemeente": "Den Haag",
+    } | changes
+
+
+def csv_bytes(rows: list[dict[str, str]], encoding: str = "utf-8") -> bytes:
+    lines = [HEADER] + [";".join(r.get(h, "") for h in leerplicht.HEADERS) for r in rows]
+    return "\r\n".join(lines).encode(encoding)
+
+
+async def test_truancy_bounds_and_a_second_referral_per_youth(api: Api) -> None:
+    rows = [csv_row(1, 8), csv_row(2, 9), csv_row(3, 60), csv_row(4, 61), csv_row(5, 0, 12)]
+    rows.append(csv_row(6, 12, BSN=rows[1]["BSN"]))  # the same youth again: OvJ approval needed
+    report = (await api.post("leerplicht", csv_bytes(rows))).json()
+    assert [r["result"] for r in report["rows"]] == [
+        "REJECTED",
+        "ACCEPTED",
+        "ACCEPTED",
+        "REJECTED",
+        "ACCEPTED",
+        "REJECTED",
+    ]
+    assert report["rows"][5]["decision"]["reasons"][0]["code"] == "SCHOOLVERZUIM_HERHAALD"
+    assert all(r["referralId"] for r in report["rows"])  # rule rejections are stored too (rule 7)
+
+
+async def test_a_batch_of_1000_rows_with_37_bad_rows_reports_exactly_37_errors(api: Api) -> None:
+    bad = set(range(7, 1000, 27))
+    defects = [{"BSN": "123456789"}, {"Geboortedatum": "31-04-2011"}, {"Uren verzuim": "twaalf"}]
+    rows = [csv_row(i, **(defects[i % 3] if i in bad else {})) for i in range(1, 1001)]
+    response = await api.post("leerplicht", csv_bytes(rows, "cp1252"))
+    assert response.status_code == 200
+    report = response.json()
+    assert (report["total"], report["accepted"], report["rejected"]) == (1000, 963, 37)
+    failed = [r["row"] for r in report["rows"] if r["result"] == "REJECTED"]
+    assert failed == sorted(bad)
+    assert all(
+        r["decision"]["reasons"][0]["code"] == "FORMAT_ONGELDIG" for r in report["rows"] if r["row"] in bad
+    )
+    again = (await api.post("leerplicht", csv_bytes(rows, "cp1252"))).json()
+    assert (again["duplicate"], again["rejected"]) == (963, 37)
+    first_ids = [r["referralId"] for r in report["rows"]]
+    assert [r["referralId"] for r in again["rows"]] == first_ids
+    assert await api.count() == 963
+
+
+async def test_a_repeat_is_answered_with_the_first_outcome(api: Api) -> None:
+    first = await api.post("politie", politie_variant(1))
+    repeat = await api.post("politie", politie_variant(1, bekennend=False))  # same PV number
+    assert (first.status_code, repeat.status_code) == (201, 200)
+    assert repeat.json()["duplicate"] is True
+    assert {k: v for k, v in repeat.json().items() if k != "duplicate"} == {
+        k: v for k, v in first.json().items() if k != "duplicate"
+    }
+    assert await api.count() == 1
+
+
+async def test_transaction_id_is_taken_echoed_and_audited(api: Api) -> None:
+    sent = str(uuid.uuid4())
+    response = await api.post("politie", politie_variant(2), **{"Fsc-Transaction-Id": sent})
+    assert response.headers["Fsc-Transaction-Id"] == sent
+    assert await api.count(audit_log, transaction_id=sent, action="referral.decided") == 1
+    generated = await api.post("politie", politie_variant(3))
+    assert uuid.UUID(generated.headers["Fsc-Transaction-Id"])
+    bad = await api.post("politie", politie_variant(4), **{"Fsc-Transaction-Id": "drop table"})
+    assert bad.status_code == 400 and bad.json()["invalidParams"][0]["name"] == "Fsc-Transaction-Id"
+    assert uuid.UUID(bad.headers["Fsc-Transaction-Id"])
+
+
+async def test_size_media_type_and_json_errors_are_clear_4xx(api: Api) -> None:
+    limit = api.hub.settings.http.max_body_bytes
+    big = b'{"x": "' + b"a" * limit + b'"}'
+    assert (await api.post("politie", big)).status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(limit // 1000 + 2):
+            yield b"a" * 1000
+
+    streamed = await api.client.post(
+        "/api/v1/politie/verwijzingen",
+        content=chunks(),
+        headers={"Content-Type": "application/json", **api.auth("politie")},
+    )
+    assert streamed.status_code == 413
+    wrong_type = await api.client.post(
+        "/api/v1/politie/verwijzingen",
+        content=politie_variant(5),
+        headers={"Content-Type": "text/plain", **api.auth("politie")},
+    )
+    assert wrong_type.status_code == 415
+    assert wrong_type.headers["content-type"] == "application/problem+json"
+    csv_as_json = await api.client.post(
+        "/api/v1/leerplicht/verwijzingen",
+        content=b"{}",
+        headers={"Content-Type": "application/json", **api.auth("leerplicht")},
+    )
+    assert csv_as_json.status_code == 415
+    broken = await api.post("politie", b'{"procesVerbaalNummer": ')
+    assert broken.status_code == 400 and broken.json()["invalidParams"][0]["name"] == "(bericht)"
+    assert await api.count() == 0
+
+
+async def test_a_partner_reads_only_its_own_referrals(api: Api) -> None:
+    created = await api.post("politie", politie_variant(6))
+    location = created.headers["Location"]
+    assert (await api.client.get(location, headers=api.auth("politie"))).status_code == 200
+    other = await api.client.get(location, headers=api.auth("boa"))
+    assert other.status_code == 404 and other.headers["content-type"] == "application/problem+json"
+    unknown = await api.client.get("/api/v1/verwijzingen/nope", headers=api.auth("politie"))
+    assert unknown.status_code == 404
+    assert await api.count(audit_log, action="referral.read") == 1
+
+
+async def test_openapi_documents_answers_and_problems(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    post = spec["paths"]["/api/v1/leerplicht/verwijzingen"]["post"]
+    assert "BatchReport" in json.dumps(post["responses"]["200"])
+    assert "application/problem+json" in post["responses"]["413"]["content"]
+
+
+async def test_concurrent_duplicates_over_real_http_give_one_referral(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    import uvicorn
+
+    from hub.embedded import free_port
+
+    async with intake_api(make_settings(kafka, db_url, unique)) as api:
+        port = free_port()
+        app = create_app(api.hub.settings, hub=api.hub)
+        server = uvicorn.Server(uvicorn.Config(app, port=port, lifespan="off", log_config=None))
+        serving = asyncio.create_task(server.serve())
+        try:
+            await wait_for(lambda: server.started, timeout_s=10)
+            body = politie_variant(7)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            "/api/v1/politie/verwijzingen",
+                            content=body,
+                            headers={"Content-Type": "application/json", **api.auth("politie")},
+                        )
+                        for _ in range(10)
+                    )
+                )
+        finally:
+            server.should_exit = True
+            await serving
+        assert sorted(a.status_code for a in answers) == [200] * 9 + [201]
+        assert len({a.json()["referralId"] for a in answers}) == 1
+        assert len({json.dumps(a.json()["decision"]) for a in answers}) == 1
+        assert await api.count() == 1
+        assert await api.count(audit_log, action="referral.duplicate") == 9

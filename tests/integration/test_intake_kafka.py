@@ -1,0 +1,89 @@
+"""Intake on the real broker: police records and canonical referrals in, decisions and dead letters out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from connectors import preventief
+from hub.embedded import EmbeddedKafka
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_HEADERS
+from hub.store.tables import audit_log
+from schemas.envelope import Envelope
+from tests.conftest import make_settings
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+from tests.integration.test_intake_http import DATA, intake_api, politie_variant
+
+pytestmark = pytest.mark.integration
+
+
+async def test_police_records_are_decided_answered_and_dead_lettered(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        topic = api.hub.topic("partner.politie.referral.v1")
+        broken_with_reference = json.dumps(
+            {"procesVerbaalNummer": "PL1500-2025031201-99", "verdachte": "?"}
+        ).encode()
+        await produce(
+            kafka.bootstrap,
+            topic,
+            [
+                (b"pv", politie_variant(1), [("transaction-id", b"tx-police-1")]),
+                (b"pv", broken_with_reference, [("transaction-id", b"tx-broken")]),
+                (b"pv", b"{not json at all", []),
+                (b"pv", politie_variant(1, bekennend=False), []),  # a repeat of the first PV number
+                (b"pv", politie_variant(2, bekennend=False), []),
+            ],
+        )
+        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=4)
+        by_pv = {}
+        for record in answers:
+            env = Envelope.from_bytes(record.value)
+            by_pv.setdefault(env.payload["procesVerbaalNummer"], []).append(env)
+        first, repeat = by_pv["PL1500-2025031201-1"]
+        assert first.payload["besluit"] == "GEACCEPTEERD" and first.transaction_id == "tx-police-1"
+        assert repeat.payload["herhaling"] is True
+        assert repeat.payload["verwijzingId"] == first.payload["verwijzingId"]
+        assert by_pv["PL1500-2025031201-2"][0].payload["besluit"] == "AFGEWEZEN"
+        error = by_pv["PL1500-2025031201-99"][0]
+        assert error.payload["besluit"] == "AFGEWEZEN" and error.transaction_id == "tx-broken"
+        assert {r["code"] for r in error.payload["redenen"]} == {"FORMAT_ONGELDIG"}
+
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=2)
+        assert len(dead) == 2
+        for record in dead:
+            headers = headers_of(record)
+            assert set(DLQ_HEADERS) <= set(headers)
+            assert headers[DLQ_EXC_CLASS].endswith("PartnerFormatError")
+        assert {r.value for r in dead} == {broken_with_reference, b"{not json at all"}
+
+        decided = await read_topic(
+            kafka.bootstrap, api.hub.topic("referral.decided.v1"), expect=2, settle_s=0.3
+        )
+        assert len(decided) == 2  # two referrals decided; a repeat is not a new decision
+        assert all(len(r.key) == 64 for r in decided)  # keyed by the youth key
+        assert await api.count() == 2
+        assert await api.count(audit_log, action="referral.unparseable") == 1
+
+
+async def test_canonical_referrals_from_kafka_connectors_are_decided(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    referral = preventief.parse((DATA / "preventief" / "valid_wijkteam.json").read_bytes())
+    message = Envelope(type="Referral", source="wijkteam-connector", payload=referral.model_dump(mode="json"))
+    repeat = Envelope(type="Referral", source="wijkteam-connector", payload=message.payload)
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        await produce(
+            kafka.bootstrap,
+            api.hub.topic("referral.received.v1"),
+            [(b"wt", m.to_bytes(), m.headers()) for m in (message, repeat)],
+        )
+        decided = await read_topic(kafka.bootstrap, api.hub.topic("referral.decided.v1"), expect=2)
+        payloads = [Envelope.from_bytes(r.value).payload for r in decided]
+        assert [p["duplicate"] for p in payloads] == [False, True]
+        assert payloads[0]["referral_id"] == payloads[1]["referral_id"]
+        assert Envelope.from_bytes(decided[0].value).transaction_id == message.transaction_id
+        await wait_for(lambda: api.count(audit_log, action="referral.decided"))
+        assert await api.count() == 1

@@ -1,0 +1,77 @@
+"""API keys on the partner endpoints: 401 without or with a wrong key, 403 on another's endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hub.embedded import EmbeddedKafka
+from hub.partners import PartnerType, add_partner, rotate_key
+from hub.partners.keys import hash_key, key_id_of
+from hub.partners.tables import partners
+from tests.conftest import make_settings
+from tests.integration.test_intake_http import DATA, Api, intake_api, politie_variant
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[Api]:
+    async with intake_api(make_settings(kafka, db_url, unique)) as running:
+        yield running
+
+
+async def _post(api: Api, headers: dict[str, str]) -> int:
+    response = await api.client.post(
+        "/api/v1/politie/verwijzingen",
+        content=politie_variant(1),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    if response.status_code == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.headers["content-type"] == "application/problem+json"
+    return response.status_code
+
+
+async def test_no_key_or_a_wrong_key_is_401(api: Api) -> None:
+    key = api.keys["politie"]
+    assert await _post(api, {}) == 401
+    assert await _post(api, {"Authorization": f"Basic {key}"}) == 401
+    assert await _post(api, {"Authorization": "Bearer nonsense"}) == 401
+    assert await _post(api, {"Authorization": f"Bearer {key[:-2]}xx"}) == 401
+    assert await api.count() == 0
+    assert await _post(api, api.auth("politie")) == 201
+
+
+async def test_a_rotated_key_stops_working_at_once(api: Api) -> None:
+    assert api.hub.store is not None
+    async with api.hub.store.transaction() as session:
+        _, new = await rotate_key(session, "politie-test")
+    assert await _post(api, api.auth("politie")) == 401
+    assert await _post(api, {"Authorization": f"Bearer {new}"}) == 201
+
+
+async def test_a_partner_uses_only_its_own_endpoint(api: Api) -> None:
+    assert await _post(api, api.auth("boa")) == 403
+    assert await _post(api, api.auth("leerplicht")) == 403
+    wijkteam_sample = (DATA / "preventief" / "valid_wijkteam.json").read_bytes()
+    for kind, status in (("wijkteam", 201), ("preventief", 201), ("politie", 403)):  # rule 7: per referrer
+        response = await api.client.post(
+            "/api/v1/preventief/verwijzingen",
+            content=wijkteam_sample,
+            headers={"Content-Type": "application/json", **api.auth(kind)},
+        )
+        assert response.status_code == status, (kind, response.text)
+
+
+async def test_only_a_hash_of_the_key_is_stored(api: Api) -> None:
+    assert api.hub.store is not None
+    async with api.hub.store.transaction() as session:
+        _, key = await add_partner(session, "jongerenwerk-west", PartnerType.JONGERENWERK)
+    async with api.hub.store.connect() as conn:
+        rows = (await conn.execute(partners.select())).all()
+    dump = repr(rows)
+    assert key not in dump and key.rsplit("_", 1)[1] not in dump
+    key_id = key_id_of(key)
+    assert key_id is not None and hash_key(key_id, key) in dump
