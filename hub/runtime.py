@@ -80,6 +80,7 @@ class Hub:
             security=faststream_security(s.kafka),
             graceful_timeout=10.0,
             logger=logging.getLogger("faststream"),
+            log_level=logging.DEBUG,  # per-batch "Received/Processed" lines are debug detail
         )
         self.spine = Spine(
             self.store,
