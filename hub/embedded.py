@@ -31,8 +31,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class EmbeddedKafka:
     """Starts and stops a memory-only tansu broker; `bootstrap` is its address."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, *, advertised_port: int | None = None
+    ) -> None:
         self.host, self.port = host, port or free_port(host)
+        # Clients are told to connect here: another port (a proxy in front) when set.
+        self.advertised_port = advertised_port or self.port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,7 +60,7 @@ class EmbeddedKafka:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
                 "--silent",

@@ -68,7 +68,8 @@ def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "faststream", "uvicorn.access"):
+    # Per-request lines of the match-feed poll (httpx) and the SMTP sink's readiness pings (mail.log).
+    for noisy in ("aiokafka", "faststream", "uvicorn.access", "httpx", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

@@ -82,20 +82,21 @@ class Hub:
             logger=logging.getLogger("faststream"),
             log_level=logging.DEBUG,  # per-batch "Received/Processed" lines are debug detail
         )
+        session_ms, heartbeat_ms = _group_timeouts(s)
         self.spine = Spine(
             self.store,
             self.broker,
             self.relay,
             self.metrics,
-            session_timeout_ms=s.kafka.session_timeout_ms,
-            heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=heartbeat_ms,
             max_records=s.kafka.max_batch,
         )
         for name in s.components:
             for registrar in self.registrars.get(name, []):
                 registrar(self)
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
-        await self.broker.start()
+        await _start_broker(self.broker)
         # Components' own loops (retry schedulers, feed pollers), registered by name in `background`.
         self.tasks += [asyncio.create_task(make(), name=name) for name, make in self.background.items()]
         self.started = True
@@ -109,6 +110,11 @@ class Hub:
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.stop(), 15)
+        relay_task = next((t for t in self.tasks if t.get_name() == "outbox-relay"), None)
+        if self.relay is not None and relay_task is not None:
+            self.relay.stop()  # let it mark what it published, so nothing goes out twice after a restart
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(relay_task), 10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -148,6 +154,31 @@ class Hub:
         client = self.relay.producer.client
         if not await client.ready(client.get_random_node()):  # type: ignore[arg-type]
             raise ConnectionError("no broker answers")
+
+
+def _group_timeouts(s: Settings) -> tuple[int, int]:
+    """Session and heartbeat times of the consumer groups.
+
+    A group join waits about half the session timeout on tansu; the embedded broker has one process
+    in each group, so unless they are set explicitly it gets short ones and starts in seconds.
+    """
+    fields = s.kafka.model_fields_set
+    if s.embedded_broker and not fields & {"session_timeout_ms", "heartbeat_interval_ms"}:
+        return 2_000, 500
+    return s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms
+
+
+async def _start_broker(broker: KafkaBroker) -> None:
+    """Connect, then start every subscriber at once.
+
+    FastStream starts subscribers one after another and each waits for its group assignment, so
+    start-up would grow with every consumer group; joined concurrently it costs one join.
+    """
+    await broker.connect()
+    await asyncio.gather(*(sub.start() for sub in broker.subscribers))
+    for pub in broker.publishers:
+        await pub.start()
+    broker.running = True
 
 
 async def _check(awaitable: Any) -> str:

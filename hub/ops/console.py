@@ -44,7 +44,7 @@ def console_of(hub: Hub) -> Console:
         return console
     assert hub.store is not None, "the hub has not started"
     topics = [t.name for t in prefixed([*all_topics(), *hub.extra_topics], hub.settings.kafka.topic_prefix)]
-    probe = LagProbe(hub.kafka_options)
+    probe = LagProbe(hub.kafka_options, describe_groups=not hub.settings.embedded_broker)
     monitor = Monitor(
         probe,
         hub.store,

@@ -234,57 +234,68 @@ class RetryLadder:
         return len(seqs)
 
     async def _retry_one(self, seq: int) -> None:
-        async with self._slots, self.store.transaction() as session:
-            row = (
-                await session.execute(
-                    select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
-                )
-            ).first()
-            if row is None:
+        async with self._slots:
+            if self.store.dialect != "postgresql":
+                await self._retry_unlocked(seq)
                 return
-            message = Envelope.from_bytes(row.value)
-            origin = {k: v for k, v in row.headers.items() if k.startswith("original-")}
-            try:
-                await self._attempt(message, in_place=row.attempt == 0)
-            except TransientError as exc:
-                attempt = row.attempt + 1
-                due = next_due(self.policy, attempt, self.clock(), retry_after=exc.retry_after)
-                first = row.first_failure or self.clock()
-                if due is None:
-                    await session.execute(delete(parked).where(parked.c.seq == seq))
-                    await self._dead(
-                        session,
-                        message,
-                        row.key,
-                        exc,
-                        attempts=row.attempt + 1,
-                        first_failure=first,
-                        origin=origin,
+            async with self.store.transaction() as session:
+                # The row lock keeps another hub process off this message; on PostgreSQL it blocks
+                # nobody else, so it may span the partner call.
+                row = (
+                    await session.execute(
+                        select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
                     )
+                ).first()
+                if row is None:
                     return
-                error = safe_error_message(exc)
-                await session.execute(
-                    update(parked)
-                    .where(parked.c.seq == seq)
-                    .values(attempt=attempt, due_at=due, first_failure=first, last_error=error)
-                )
-                await self._announce(session, message, row.key, attempt, due, error)
-                await self.delivery.on_parked(session, message, attempt, due, error)
-                return
-            except Exception as exc:
-                await session.execute(delete(parked).where(parked.c.seq == seq))
-                await self._dead(
-                    session,
-                    message,
-                    row.key,
-                    exc,
-                    attempts=row.attempt + 1,
-                    first_failure=row.first_failure or self.clock(),
-                    origin=origin,
-                )
-                return
-            await session.execute(delete(parked).where(parked.c.seq == seq))
+                await self._record(session, row, await self._try(row))
+
+    async def _retry_unlocked(self, seq: int) -> None:
+        """SQLite: a write transaction locks the whole file, so the partner call runs outside one."""
+        async with self.store.connect() as conn:
+            row = (await conn.execute(select(parked).where(parked.c.seq == seq))).first()
+        if row is None:
+            return
+        outcome = await self._try(row)
+        async with self.store.transaction() as session:
+            if (await session.execute(select(parked.c.seq).where(parked.c.seq == seq))).first() is None:
+                return  # handled meanwhile (an operator's discard); the call was idempotent
+            await self._record(session, row, outcome)
+
+    async def _try(self, row: Any) -> Exception | None:
+        """One attempt for a parked row: None when delivered, else the error."""
+        try:
+            await self._attempt(Envelope.from_bytes(row.value), in_place=row.attempt == 0)
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _record(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
+        """Delivered: unpark. Transient: the next rung, or the DLQ past the last. Permanent: the DLQ."""
+        message = Envelope.from_bytes(row.value)
+        origin = {k: v for k, v in row.headers.items() if k.startswith("original-")}
+        first = row.first_failure or self.clock()
+        if outcome is None:
+            await session.execute(delete(parked).where(parked.c.seq == row.seq))
             await self.delivery.on_delivered(session, message)
+            return
+        due = None
+        if isinstance(outcome, TransientError):
+            due = next_due(self.policy, row.attempt + 1, self.clock(), retry_after=outcome.retry_after)
+        if due is None:
+            await session.execute(delete(parked).where(parked.c.seq == row.seq))
+            await self._dead(
+                session, message, row.key, outcome, attempts=row.attempt + 1, first_failure=first, origin=origin
+            )
+            return
+        error = safe_error_message(outcome)
+        await session.execute(
+            update(parked)
+            .where(parked.c.seq == row.seq)
+            .values(attempt=row.attempt + 1, due_at=due, first_failure=first, last_error=error)
+        )
+        await self._announce(session, message, row.key, row.attempt + 1, due, error)
+        await self.delivery.on_parked(session, message, row.attempt + 1, due, error)
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest parked message is due, or None when nothing is parked."""

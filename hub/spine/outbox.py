@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Row, Select, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.logging import get_logger
@@ -61,8 +62,14 @@ class Relay:
     ) -> None:
         self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
         self._wake = asyncio.Event()
+        self._stopping = False
         self.published = 0
         self.last_error: str | None = None
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from `run()`: a clean stop publishes nothing twice."""
+        self._stopping = True
+        self._wake.set()
 
     def wake(self) -> None:
         """Something was committed to the outbox: publish it now rather than at the next poll."""
@@ -70,38 +77,58 @@ class Relay:
 
     async def publish_once(self) -> int:
         """Publish one batch of pending rows; return how many were sent."""
+        if self.store.dialect != "postgresql":
+            return await self._publish_unlocked()
         async with self.store.transaction() as session:
-            if self.store.dialect == "postgresql":
-                # One relay publishes at a time across all hub processes: per-key order holds.
-                got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK})
-                if not got.scalar():
-                    return 0
-            rows = (
-                await session.execute(
-                    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
-                    .where(outbox.c.sent_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self.batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            # One relay publishes at a time across all hub processes: per-key order holds. Row and
+            # advisory locks do not stop other writers on PostgreSQL, so they may span the publish.
+            got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK})
+            if not got.scalar():
+                return 0
+            rows = (await session.execute(self._pending().with_for_update(skip_locked=True))).all()
             if not rows:
                 return 0
-            futures = [
-                await self.producer.send(
-                    r.topic,
-                    r.value,
-                    key=r.key.encode() if r.key is not None else None,
-                    headers=[(k, str(v).encode()) for k, v in (r.headers or {}).items()],
-                )
-                for r in rows
-            ]
-            await asyncio.gather(*futures)
+            await self._send(rows)
             await session.execute(
                 update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
             )
         self.published += len(rows)
         return len(rows)
+
+    async def _publish_unlocked(self) -> int:
+        """SQLite: a write transaction locks the whole file, so none is held while the broker is slow
+        or away; the rows are read, published, then marked in a short write of their own."""
+        async with self.store.connect() as conn:
+            rows = (await conn.execute(self._pending())).all()
+        if not rows:
+            return 0
+        await self._send(rows)
+        async with self.store.transaction() as session:
+            await session.execute(
+                update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    def _pending(self) -> Select[Any]:
+        return (
+            select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+            .where(outbox.c.sent_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(self.batch)
+        )
+
+    async def _send(self, rows: Sequence[Row[Any]]) -> None:
+        futures = [
+            await self.producer.send(
+                r.topic,
+                r.value,
+                key=r.key.encode() if r.key is not None else None,
+                headers=[(k, str(v).encode()) for k, v in (r.headers or {}).items()],
+            )
+            for r in rows
+        ]
+        await asyncio.gather(*futures)
 
     async def purge_sent(self) -> None:
         """Sent rows hold personal data: keep them only as long as operators need them."""
@@ -111,7 +138,7 @@ class Relay:
     async def run(self) -> None:
         """Publish until cancelled; broker or database trouble is retried with backoff."""
         backoff, cycles = 0.1, 0
-        while True:
+        while not self._stopping:
             try:
                 sent = await self.publish_once()
                 self.last_error, backoff = None, 0.1
@@ -126,7 +153,7 @@ class Relay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if sent == 0:
+            if sent == 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 self._wake.clear()

@@ -21,7 +21,13 @@ from sqlalchemy.ext.asyncio import (
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+WRITE = "ketenhub_write"  # execution option: this connection's transaction will write
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    # The driver's own transaction handling is switched off: it would start transactions late and
+    # break SAVEPOINTs; `_sqlite_begin` starts them instead.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -30,13 +36,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    # A writing transaction takes the write lock at its start (BEGIN IMMEDIATE) and so waits its turn
+    # under the busy timeout. A deferred one that reads first and writes later fails at once with
+    # "database is locked" when another connection committed in between (its snapshot is stale).
+    write = conn.get_execution_options().get(WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An async engine; SQLite gets WAL and a busy timeout so concurrent components wait, not fail."""
+    """An async engine; SQLite gets WAL and a busy timeout so concurrent components wait, not fail.
+
+    Statement parameters are never put into error messages or logs: they hold BSNs and names.
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, echo=echo, hide_parameters=True, pool_size=10, max_overflow=10, pool_pre_ping=True
+    )
 
 
 def _upgrade(connection: Any, revision: str) -> None:
@@ -80,6 +100,15 @@ class Store:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in one transaction: committed on success, rolled back on any error."""
         async with self.sessions() as session, session.begin():
+            if self.dialect == "sqlite":
+                await session.connection(execution_options={WRITE: True})  # BEGIN IMMEDIATE
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only: on SQLite it takes no write lock, so it runs beside a writer
+        (also one that holds the lock while it waits for this read, as a consumer's transaction may)."""
+        async with self.sessions() as session:
             yield session
 
     @asynccontextmanager
