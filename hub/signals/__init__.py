@@ -1,0 +1,19 @@
+"""Verwijsindex signals: the store, the commands on `verwijsindex.signal.v1`, the caseworker API."""
+
+from hub.signals.service import (
+    SignalNotActive,
+    SignalNotFound,
+    active_signals_of,
+    request_contact_change,
+    request_withdrawal,
+    store_signal,
+)
+
+__all__ = [
+    "SignalNotActive",
+    "SignalNotFound",
+    "active_signals_of",
+    "request_contact_change",
+    "request_withdrawal",
+    "store_signal",
+]

@@ -1,0 +1,279 @@
+"""Caseworker endpoints for Verwijsindex signals: register, read (with delivery status), withdraw,
+change contact, and the parent letter. No BSN in any URL; every read and change is audited.
+
+Identity: the `X-Medewerker` header (hub.consent.caseworker), trusted only behind Halt's gateway
+until caseworkers sign in through Halt's identity provider (a known limit).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+from pydantic import Field
+
+from hub.api.problems import InvalidParam, Problem
+from hub.audit import AuditEntry, write_audit
+from hub.consent.caseworker import CurrentCaseworker
+from hub.directory import CaseworkerNotFound, get_caseworker
+from hub.runtime import Hub
+from hub.signals import rules
+from hub.signals.letter import letter_response
+from hub.signals.service import (
+    SignalNotActive,
+    SignalNotFound,
+    contact_of,
+    request_contact_change,
+    request_withdrawal,
+    signal_row,
+    store_signal,
+)
+from schemas._base import CanonicalModel, Code, ShortText
+from schemas.caseworker import Caseworker, ContactDetails
+from schemas.pseudonym import youth_key as make_key
+from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
+
+router = APIRouter(prefix="/api/v1/signalen", tags=["signalen"])
+SYSTEM = "ketenhub-api"
+
+
+class SignalIn(CanonicalModel):
+    """A new signal: only the rule-11 whitelist of the youth, plus the rule 12 and 14 facts."""
+
+    youth: SignalYouth
+    created: date | None = Field(default=None, description="default: today")
+    end_date: date | None = Field(default=None, description="default: created + 1 year (config), rule 12")
+    youth_informed_at: date | None = None
+    parent_letter_sent_at: date | None = None
+    deferral_reason: ShortText | None = Field(default=None, description="why informing is deferred (rule 14)")
+
+
+class Delivery(CanonicalModel):
+    """Where the signal's latest command is: queued, delivered, retrying or dead_lettered."""
+
+    state: str
+    command: str | None
+    attempt: int
+    next_try_at: datetime | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class SignalOut(CanonicalModel):
+    """A signal as its caseworker sees it; no BSN."""
+
+    signal_id: str
+    youth_key: str
+    given_names: str
+    surname: str
+    birth_date: date
+    municipality: str
+    organisation: str
+    caseworker_id: str
+    contact: ContactDetails
+    created: date
+    end_date: date
+    status: SignalStatus
+    withdrawal_reason: str | None
+    youth_informed_at: date | None
+    parent_letter_sent_at: date | None
+    deferral_reason: str | None
+    delivery: Delivery
+
+    @classmethod
+    def of(cls, row: Any) -> SignalOut:
+        """From the stored row."""
+        return cls(
+            **{k: getattr(row, k) for k in cls.model_fields if k not in ("delivery", "contact")},
+            contact=ContactDetails.model_validate(row.contact),
+            delivery=Delivery(
+                state=row.delivery_state,
+                command=row.delivery_command,
+                attempt=row.attempt,
+                next_try_at=row.next_try_at,
+                last_error=row.last_error,
+                delivered_at=row.delivered_at,
+            ),
+        )
+
+
+class WithdrawalIn(CanonicalModel):
+    """Rule 15: why the signal is withdrawn."""
+
+    reason: WithdrawalReason
+
+
+class ContactIn(CanonicalModel):
+    """The caseworker who becomes the signal's contact person."""
+
+    caseworker_id: Code
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    if hub.store is None or hub.relay is None:
+        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+    return hub
+
+
+def _tx(request: Request) -> str:
+    return str(getattr(request.state, "transaction_id", None) or uuid.uuid4())
+
+
+def _check_new(body: SignalIn, created: date, end: date) -> None:
+    birth = body.youth.birth_date
+    params: list[InvalidParam] = []
+    if created > date.today():
+        params.append(InvalidParam(name="created", reason="ligt in de toekomst"))
+    if birth > created or rules.too_old(birth, created):
+        params.append(InvalidParam(name="youth.birth_date", reason="de jeugdige is niet tussen 0 en 23 jaar"))
+    elif problem := rules.end_date_problem(created, birth, end):
+        params.append(InvalidParam(name="end_date", reason=problem))
+    informed = {
+        "youth_informed_at": body.youth_informed_at,
+        "parent_letter_sent_at": body.parent_letter_sent_at,
+    }
+    for name, given in informed.items():
+        if given is not None and given > date.today():
+            params.append(InvalidParam(name=name, reason="ligt in de toekomst"))
+    if params:
+        raise Problem(422, "Signaal ongeldig", "Het signaal voldoet niet aan de regels.", params=params)
+    missing = rules.informing_problems(
+        birth, created, body.youth_informed_at, body.parent_letter_sent_at, body.deferral_reason
+    )
+    if missing:
+        raise Problem(
+            422,
+            "Eerst informeren",
+            "Een signaal gaat pas weg als jeugdige en ouders zijn geïnformeerd, of met een reden "
+            "van uitstel (regel 14).",
+            params=[InvalidParam(name=n, reason=r) for n, r in missing],
+        )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SignalOut)
+async def register_signal(body: SignalIn, request: Request, cw: CurrentCaseworker) -> SignalOut:
+    """Register a signal (rules 11-14); it is sent to the Verwijsindex through Kafka with retries."""
+    hub = _hub(request)
+    if not cw.meldingsbevoegd:
+        raise Problem(
+            403, "Niet meldingsbevoegd", "Alleen meldingsbevoegde medewerkers registreren signalen."
+        )
+    s = hub.settings.verwijsindex
+    created = body.created or date.today()
+    end = body.end_date or rules.default_end_date(created, body.youth.birth_date, s.default_end_years)
+    _check_new(body, created, end)
+    signal = VerwijsindexSignal(
+        signal_id=str(uuid.uuid4()),
+        youth=body.youth,
+        organisation=s.organisatie_naam,
+        caseworker=contact_of(cw, s.organisatie_naam),
+        caseworker_id=cw.caseworker_id,
+        created=created,
+        end_date=end,
+        youth_informed_at=body.youth_informed_at,
+        parent_letter_sent_at=body.parent_letter_sent_at,
+        deferral_reason=body.deferral_reason,
+    )
+    key = make_key(hub.settings.secret_value(), body.youth.bsn)
+    assert hub.store is not None and hub.relay is not None and signal.signal_id
+    async with hub.store.transaction() as session:
+        await store_signal(
+            session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
+        )
+        row = await signal_row(session, signal.signal_id)
+    hub.relay.wake()
+    return SignalOut.of(row)
+
+
+async def _own_row(hub: Hub, session: Any, signal_id: str, cw: Caseworker) -> Any:
+    try:
+        row = await signal_row(session, signal_id)
+    except SignalNotFound:
+        raise Problem(404, "Signaal niet gevonden", "Er is geen signaal met deze id.") from None
+    if cw.caseworker_id != row.caseworker_id:
+        try:
+            owner = await get_caseworker(session, row.caseworker_id)
+        except CaseworkerNotFound:
+            owner = None
+        if owner is None or owner.delegate_id != cw.caseworker_id:
+            raise Problem(
+                403, "Geen toegang", "Alleen de contactpersoon of diens vervanger ziet dit signaal."
+            )
+    return row
+
+
+async def _read(request: Request, signal_id: str, cw: Caseworker, action: str) -> Any:
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        row = await _own_row(hub, session, signal_id, cw)
+        entry = AuditEntry(
+            action=action, user=cw.caseworker_id, youth_key=row.youth_key, objects={"signal_id": signal_id}
+        )
+        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+    return row
+
+
+@router.get("/{signal_id}", response_model=SignalOut)
+async def read_signal(signal_id: str, request: Request, cw: CurrentCaseworker) -> SignalOut:
+    """A signal with its delivery status (audited read)."""
+    return SignalOut.of(await _read(request, signal_id, cw, "signal.read"))
+
+
+@router.post("/{signal_id}/intrekking", response_model=SignalOut)
+async def withdraw_signal(
+    signal_id: str, body: WithdrawalIn, request: Request, cw: CurrentCaseworker
+) -> SignalOut:
+    """Withdraw a signal with reason ONTERECHT or RISICO_WEG (rule 15)."""
+    hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    async with hub.store.transaction() as session:
+        await _own_row(hub, session, signal_id, cw)
+        try:
+            await request_withdrawal(
+                session, hub, signal_id, body.reason, user=cw.caseworker_id, transaction_id=_tx(request)
+            )
+        except SignalNotActive:
+            raise Problem(
+                409, "Signaal niet actief", "Dit signaal is al ingetrokken, beëindigd of verlopen."
+            ) from None
+        row = await signal_row(session, signal_id)
+    hub.relay.wake()
+    return SignalOut.of(row)
+
+
+@router.patch("/{signal_id}/contactpersoon", response_model=SignalOut)
+async def change_contact(
+    signal_id: str, body: ContactIn, request: Request, cw: CurrentCaseworker
+) -> SignalOut:
+    """Make another caseworker the signal's contact person; the Verwijsindex is told."""
+    hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    async with hub.store.transaction() as session:
+        await _own_row(hub, session, signal_id, cw)
+        try:
+            new = await get_caseworker(session, body.caseworker_id)
+        except CaseworkerNotFound:
+            new = None
+        if new is None or not new.active:
+            bad = [InvalidParam(name="caseworker_id", reason="onbekend of niet actief")]
+            raise Problem(422, "Onbekende medewerker", "De nieuwe contactpersoon is onbekend.", params=bad)
+        try:
+            await request_contact_change(session, hub, signal_id, new, _tx(request), user=cw.caseworker_id)
+        except SignalNotActive:
+            raise Problem(
+                409, "Signaal niet actief", "Dit signaal is al ingetrokken, beëindigd of verlopen."
+            ) from None
+        row = await signal_row(session, signal_id)
+    hub.relay.wake()
+    return SignalOut.of(row)
+
+
+@router.get("/{signal_id}/ouderbrief", response_class=Response)
+async def parent_letter(signal_id: str, request: Request, cw: CurrentCaseworker) -> Response:
+    """The letter "aanmelding verwijsindex aan ouder": HTML, or PDF on `Accept: application/pdf`."""
+    row = await _read(request, signal_id, cw, "signal.parent_letter")
+    return letter_response(row, _hub(request).settings, request.headers.get("accept", ""))

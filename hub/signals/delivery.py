@@ -1,0 +1,80 @@
+"""Delivery status of signal commands, kept on the signal row by the retry ladder's hooks.
+
+A signal shows the state of its latest command: queued, delivered, retrying (attempt n, next try
+at) or dead_lettered (why). An earlier command that gets through while a later one waits leaves
+the signal `queued`; a command waiting behind another youth's parked command shows `retrying`
+with attempt 0.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.signals import commands
+from hub.signals.tables import signals
+from schemas.envelope import Envelope, utcnow
+
+CONNECTOR = "verwijsindex-connector"
+WAITING = "waiting behind an earlier command for the same youth"
+
+
+def _where(message: Envelope):  # type: ignore[no-untyped-def]
+    return signals.c.signal_id == (commands.signal_id_of(message) or "")
+
+
+async def on_delivered(session: AsyncSession, message: Envelope) -> None:
+    """The index accepted the command: mark it, and audit the disclosure (rule 18)."""
+    now = utcnow()
+    latest = signals.c.delivery_message_id == message.message_id
+    await session.execute(
+        update(signals)
+        .where(_where(message), latest)
+        .values(delivery_state="delivered", attempt=0, next_try_at=None, last_error=None, delivered_at=now)
+    )
+    await session.execute(
+        update(signals)
+        .where(_where(message), ~latest, signals.c.delivery_state != "dead_lettered")
+        .values(delivery_state="queued", attempt=0, next_try_at=None, last_error=None)
+    )
+    signal_id = commands.signal_id_of(message)
+    entry = AuditEntry(
+        action=f"verwijsindex.{message.type}",
+        user=CONNECTOR,
+        youth_key=await _youth_key(session, signal_id),
+        objects={"signal_id": signal_id, "message_id": message.message_id, "partner": "verwijsindex"},
+    )
+    await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
+
+
+async def on_parked(
+    session: AsyncSession, message: Envelope, attempt: int, due_at: datetime, error: str | None
+) -> None:
+    """The command waits for its next attempt."""
+    query = update(signals).where(_where(message))
+    if attempt == 0:  # parked behind another command: keep a retrying head's details
+        query = query.where(signals.c.delivery_state != "retrying")
+    await session.execute(
+        query.values(
+            delivery_state="retrying", attempt=attempt, next_try_at=due_at, last_error=error or WAITING
+        )
+    )
+
+
+async def on_dead(session: AsyncSession, message: Envelope, error: str) -> None:
+    """The command went to the dead-letter topic; operators can replay it."""
+    await session.execute(
+        update(signals)
+        .where(_where(message))
+        .values(delivery_state="dead_lettered", next_try_at=None, last_error=error)
+    )
+
+
+async def _youth_key(session: AsyncSession, signal_id: str | None) -> str | None:
+    if signal_id is None:
+        return None
+    row = (await session.execute(select(signals.c.youth_key).where(signals.c.signal_id == signal_id))).first()
+    return row.youth_key if row else None

@@ -1,0 +1,63 @@
+"""The parent letter for a stored signal: only the letter's own data, never a reason or offence."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from fastapi import Response
+
+from hub.config import Settings
+from hub.letters import (
+    Afzender,
+    LetterContact,
+    LetterJeugdige,
+    ParentLetterData,
+    render_parent_letter_html,
+    render_parent_letter_pdf,
+)
+
+# Placeholders until Halt configures KETENHUB_VERWIJSINDEX__LETTER_SENDER.
+_SENDER_DEFAULTS: dict[str, Any] = {
+    "naam": "Halt Den Haag",
+    "adresregels": ["Halt Den Haag", "Den Haag"],
+    "telefoon": "088 000 0000",
+    "email": "denhaag@halt.example",
+}
+
+
+def letter_data(row: Any, settings: Settings) -> ParentLetterData:
+    """The letter's content from a signals row and the configured sender."""
+    sender = Afzender(**(_SENDER_DEFAULTS | settings.verwijsindex.letter_sender))
+    contact = row.contact
+    return ParentLetterData(
+        kenmerk=row.signal_id,
+        datum=date.today(),
+        jeugdige=LetterJeugdige(
+            voornamen=row.given_names,
+            geslachtsnaam=row.surname,
+            geboortedatum=row.birth_date,
+            geslacht=row.gender,
+            gemeente=row.municipality,
+        ),
+        aangemaakt=row.created,
+        einddatum=row.end_date,
+        contactpersoon=LetterContact(
+            naam=contact["name"],
+            email=contact.get("email") or sender.email,
+            telefoon=contact.get("phone") or sender.telefoon,
+        ),
+        afzender=sender,
+    )
+
+
+def letter_response(row: Any, settings: Settings, accept: str) -> Response:
+    """HTML, or PDF when the client accepts application/pdf."""
+    data = letter_data(row, settings)
+    if "application/pdf" in accept.lower():
+        return Response(
+            render_parent_letter_pdf(data),
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="ouderbrief-{row.signal_id}.pdf"'},
+        )
+    return Response(render_parent_letter_html(data), media_type="text/html; charset=utf-8")

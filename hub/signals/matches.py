@@ -1,0 +1,85 @@
+"""Matches from the Verwijsindex feed: stored once by match id, published with the cursor in one go."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.signals.tables import feed_cursor, matches, signals
+from hub.spine.outbox import add_to_outbox
+from schemas._base import Code
+from schemas.envelope import Envelope, utcnow
+from schemas.match import Match
+
+MATCH_TYPE = "Match"
+FEED = "verwijsindex-matches"
+SYSTEM = "verwijsindex-connector"
+
+
+class MatchMessage(Match):
+    """Payload of `verwijsindex.match.v1` (type "Match"): the canonical Match plus its owner.
+
+    `caseworker_id` is the signal's contact person when the match arrived; the notifier decides who
+    actually reads the mail (delegate on absence, rule 16). Keyed by the youth key.
+    """
+
+    caseworker_id: Code
+
+
+async def read_cursor(session: AsyncSession, feed: str = FEED) -> str | None:
+    """The stored feed position, or None to start at the beginning."""
+    row = (await session.execute(select(feed_cursor.c.cursor).where(feed_cursor.c.feed == feed))).first()
+    return row.cursor if row else None
+
+
+async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> None:
+    """Store the feed position in the caller's transaction."""
+    now = utcnow()
+    done = await session.execute(
+        update(feed_cursor).where(feed_cursor.c.feed == feed).values(cursor=cursor, updated_at=now)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        await session.execute(insert(feed_cursor).values(feed=feed, cursor=cursor, updated_at=now))
+
+
+async def record_match(session: AsyncSession, topic: str, match: Match, transaction_id: str) -> bool:
+    """Store a match and queue its message; False when it was seen before or is not on our signal."""
+    seen = (
+        await session.execute(select(matches.c.match_id).where(matches.c.match_id == match.match_id))
+    ).first()
+    if seen is not None:
+        return False
+    owner = (
+        await session.execute(
+            select(signals.c.youth_key, signals.c.caseworker_id).where(signals.c.signal_id == match.signal_id)
+        )
+    ).first()
+    if owner is None:  # a signal we do not hold (e.g. purged): nothing to tell anyone
+        return False
+    await session.execute(
+        insert(matches).values(
+            match_id=match.match_id,
+            signal_id=match.signal_id,
+            type=match.type.value,
+            counterparts=[c.model_dump(mode="json") for c in match.counterparts],
+            received_at=utcnow(),
+        )
+    )
+    payload = MatchMessage(**match.model_dump(), caseworker_id=owner.caseworker_id)
+    message = Envelope(
+        type=MATCH_TYPE,
+        transaction_id=transaction_id,
+        correlation_id=match.signal_id,
+        source="verwijsindex",
+        payload=payload.model_dump(mode="json"),
+    )
+    await add_to_outbox(session, topic, message, key=owner.youth_key)
+    entry = AuditEntry(
+        action="verwijsindex.match_received",
+        user=SYSTEM,
+        youth_key=owner.youth_key,
+        objects={"signal_id": match.signal_id, "match_id": match.match_id, "type": match.type.value},
+    )
+    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
+    return True

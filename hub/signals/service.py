@@ -1,0 +1,246 @@
+"""The signals service: store signals, queue their commands through the outbox, audit every change.
+
+Public, stable functions (the mail/borging area calls the first two):
+- `active_signals_of(session, caseworker_id)`: the caseworker's ACTIEF signals.
+- `request_contact_change(session, hub_or_topic, signal_id, new_caseworker, transaction_id)`.
+Each writes in the caller's transaction; after it commits, call `hub.relay.wake()` (or wait for
+the relay's next poll) to publish the queued command.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Protocol
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.errors import PermanentError
+from hub.signals import commands
+from hub.signals.tables import signals
+from hub.spine.outbox import add_to_outbox
+from hub.topics import VERWIJSINDEX_SIGNAL
+from schemas.caseworker import Caseworker, ContactDetails
+from schemas.envelope import Envelope, utcnow
+from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
+
+SYSTEM = "ketenhub.signals"
+STATUS_AFTER = {
+    WithdrawalReason.ONTERECHT: SignalStatus.INGETROKKEN_ONTERECHT,
+    WithdrawalReason.RISICO_WEG: SignalStatus.BEEINDIGD_RISICO_WEG,
+}
+
+
+class SignalNotFound(PermanentError):
+    """No signal with this id."""
+
+
+class SignalNotActive(PermanentError):
+    """The signal was withdrawn, ended or expired; it can no longer change."""
+
+
+class _HasTopic(Protocol):
+    def topic(self, name: str) -> str: ...
+
+
+def signal_topic(hub_or_topic: _HasTopic | str) -> str:
+    """The full name of `verwijsindex.signal.v1` (with the hub's prefix), or the given name."""
+    return hub_or_topic if isinstance(hub_or_topic, str) else hub_or_topic.topic(VERWIJSINDEX_SIGNAL.name)
+
+
+def signal_from_row(row: Any) -> VerwijsindexSignal:
+    """A stored signal as the canonical model."""
+    return VerwijsindexSignal(
+        signal_id=row.signal_id,
+        youth=SignalYouth(
+            bsn=row.bsn,
+            given_names=row.given_names,
+            surname=row.surname,
+            birth_date=row.birth_date,
+            gender=row.gender,
+            municipality=row.municipality,
+        ),
+        organisation=row.organisation,
+        caseworker=ContactDetails.model_validate(row.contact),
+        caseworker_id=row.caseworker_id,
+        created=row.created,
+        end_date=row.end_date,
+        status=row.status,
+        parent_letter_sent_at=row.parent_letter_sent_at,
+        youth_informed_at=row.youth_informed_at,
+        deferral_reason=row.deferral_reason,
+    )
+
+
+async def signal_row(session: AsyncSession, signal_id: str) -> Any:
+    """The stored row of a signal (with youth key and delivery status); SignalNotFound when unknown."""
+    row = (await session.execute(select(signals).where(signals.c.signal_id == signal_id))).first()
+    if row is None:
+        raise SignalNotFound(f"signal {signal_id!r} is unknown")
+    return row
+
+
+async def active_signals_of(session: AsyncSession, caseworker_id: str) -> list[VerwijsindexSignal]:
+    """The ACTIEF signals whose contact is `caseworker_id`, oldest first (signal_id always set)."""
+    rows = (
+        await session.execute(
+            select(signals)
+            .where(signals.c.caseworker_id == caseworker_id, signals.c.status == SignalStatus.ACTIEF.value)
+            .order_by(signals.c.created, signals.c.signal_id)
+        )
+    ).all()
+    return [signal_from_row(r) for r in rows]
+
+
+def contact_of(caseworker: Caseworker, organisation: str) -> ContactDetails:
+    """A caseworker's contact card for the Verwijsindex."""
+    return ContactDetails(
+        name=caseworker.name, organisation=organisation, email=caseworker.email, phone=caseworker.phone
+    )
+
+
+async def _queue(
+    session: AsyncSession, topic: str, message: Envelope, youth_key: str, signal_id: str
+) -> None:
+    await add_to_outbox(session, topic, message, key=youth_key)
+    await session.execute(
+        update(signals)
+        .where(signals.c.signal_id == signal_id)
+        .values(
+            delivery_command=message.type,
+            delivery_message_id=message.message_id,
+            delivery_state="queued",
+            attempt=0,
+            next_try_at=None,
+            last_error=None,
+            updated_at=utcnow(),
+        )
+    )
+
+
+async def store_signal(
+    session: AsyncSession,
+    hub_or_topic: _HasTopic | str,
+    signal: VerwijsindexSignal,
+    *,
+    youth_key: str,
+    user: str,
+    transaction_id: str,
+) -> None:
+    """Store a new signal and queue its register command (one transaction, audited)."""
+    assert signal.signal_id is not None and signal.caseworker_id is not None
+    youth = signal.youth
+    await session.execute(
+        insert(signals).values(
+            signal_id=signal.signal_id,
+            youth_key=youth_key,
+            bsn=youth.bsn,
+            given_names=youth.given_names,
+            surname=youth.surname,
+            birth_date=youth.birth_date,
+            gender=youth.gender.value,
+            municipality=youth.municipality,
+            organisation=signal.organisation,
+            caseworker_id=signal.caseworker_id,
+            contact=signal.caseworker.model_dump(mode="json"),
+            created=signal.created,
+            end_date=signal.end_date,
+            status=signal.status.value,
+            parent_letter_sent_at=signal.parent_letter_sent_at,
+            youth_informed_at=signal.youth_informed_at,
+            deferral_reason=signal.deferral_reason,
+            delivery_state="queued",
+            attempt=0,
+            updated_at=utcnow(),
+        )
+    )
+    message = commands.register_command(signal, transaction_id)
+    await _queue(session, signal_topic(hub_or_topic), message, youth_key, signal.signal_id)
+    await _audit(session, "signal.registered", user, youth_key, signal.signal_id, transaction_id)
+
+
+async def request_withdrawal(
+    session: AsyncSession,
+    hub_or_topic: _HasTopic | str,
+    signal_id: str,
+    reason: WithdrawalReason,
+    *,
+    user: str,
+    transaction_id: str,
+) -> SignalStatus:
+    """Withdraw an ACTIEF signal (rule 15) and queue the withdraw command; returns the new status."""
+    row = await _active_row(session, signal_id)
+    status = STATUS_AFTER[reason]
+    await session.execute(
+        update(signals)
+        .where(signals.c.signal_id == signal_id)
+        .values(status=status.value, withdrawal_reason=reason.value)
+    )
+    message = commands.withdraw_command(signal_id, reason, transaction_id)
+    await _queue(session, signal_topic(hub_or_topic), message, row.youth_key, signal_id)
+    await _audit(
+        session, "signal.withdrawn", user, row.youth_key, signal_id, transaction_id, reason=reason.value
+    )
+    return status
+
+
+async def request_contact_change(
+    session: AsyncSession,
+    hub_or_topic: _HasTopic | str,
+    signal_id: str,
+    new_caseworker: Caseworker,
+    transaction_id: str,
+    *,
+    user: str = "borging",
+) -> None:
+    """Make `new_caseworker` the signal's contact and queue the change for the Verwijsindex.
+
+    `hub_or_topic` is the Hub (its prefixed `verwijsindex.signal.v1` is used) or a full topic name.
+    Writes, in the caller's transaction: the ChangeSignalContact command in the outbox keyed by the
+    youth key, the signal's new caseworker and contact, and an audit entry (rule 17, 18). Raises
+    SignalNotFound or SignalNotActive (both PermanentError).
+    """
+    row = await _active_row(session, signal_id)
+    contact = contact_of(new_caseworker, row.organisation)
+    await session.execute(
+        update(signals)
+        .where(signals.c.signal_id == signal_id)
+        .values(caseworker_id=new_caseworker.caseworker_id, contact=contact.model_dump(mode="json"))
+    )
+    message = commands.change_contact_command(
+        signal_id, new_caseworker.caseworker_id, contact, transaction_id
+    )
+    await _queue(session, signal_topic(hub_or_topic), message, row.youth_key, signal_id)
+    await _audit(
+        session,
+        "signal.contact_changed",
+        user,
+        row.youth_key,
+        signal_id,
+        transaction_id,
+        previous_caseworker_id=row.caseworker_id,
+        caseworker_id=new_caseworker.caseworker_id,
+    )
+
+
+async def _active_row(session: AsyncSession, signal_id: str) -> Any:
+    row = await signal_row(session, signal_id)
+    if row.status != SignalStatus.ACTIEF.value or row.end_date < date.today():
+        raise SignalNotActive(f"signal {signal_id!r} is no longer active")
+    return row
+
+
+async def _audit(
+    session: AsyncSession,
+    action: str,
+    user: str,
+    youth_key: str,
+    signal_id: str,
+    transaction_id: str,
+    **objects: Any,
+) -> None:
+    entry = AuditEntry(
+        action=action, user=user, youth_key=youth_key, objects={"signal_id": signal_id, **objects}
+    )
+    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)

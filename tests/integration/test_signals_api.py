@@ -1,0 +1,188 @@
+"""The caseworker signal API: rules 11-15 at their boundaries, delivery status, audit, the parent letter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from connectors.verwijsindex.contract import add_years
+from hub.app import create_app
+from hub.directory import upsert_caseworker
+from hub.embedded import EmbeddedKafka
+from hub.runtime import Hub
+from hub.store.tables import audit_log
+from hub.topics import VERWIJSINDEX_SIGNAL
+from schemas.caseworker import Caseworker
+from schemas.envelope import Envelope
+from schemas.pseudonym import youth_key
+from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.kafka import read_topic
+
+pytestmark = pytest.mark.integration
+T = date.today()
+BSN = "999990044"
+URL = "/api/v1/signalen"
+ILSE = {"X-Medewerker": "cw-ilse"}
+
+
+def cw(cid: str, *, bevoegd: bool = True, delegate: str | None = None) -> Caseworker:
+    return Caseworker(
+        caseworker_id=cid, name=f"Medewerker {cid}", email=f"{cid}@halt.nl", phone="070 123 4567",
+        team="DEN_HAAG", meldingsbevoegd=bevoegd, delegate_id=delegate,
+    )  # fmt: skip
+
+
+def body(birth: date, **extra: Any) -> dict[str, Any]:
+    youth = {
+        "bsn": BSN, "given_names": "Sanne", "surname": "de Vries", "birth_date": birth.isoformat(),
+        "gender": "VROUW", "municipality": "Den Haag",
+    }  # fmt: skip
+    return {
+        "youth": youth,
+        "youth_informed_at": T.isoformat(),
+        "parent_letter_sent_at": T.isoformat(),
+    } | extra
+
+
+@pytest.fixture
+async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[tuple[Hub, httpx.AsyncClient]]:
+    hub = Hub(make_settings(kafka, db_url, unique), registrars={})
+    await hub.start()
+    try:
+        assert hub.store is not None
+        async with hub.store.transaction() as session:
+            await upsert_caseworker(session, cw("cw-ilse", delegate="cw-omar"))
+            await upsert_caseworker(session, cw("cw-omar"))
+            await upsert_caseworker(session, cw("cw-nina", bevoegd=False))
+        app = create_app(hub.settings, hub=hub)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            yield hub, client
+    finally:
+        await hub.stop()
+
+
+async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    hub, client = api
+    fifteen = add_years(T, -15)
+
+    async def post(payload: dict[str, Any], headers: dict[str, str] = ILSE) -> httpx.Response:
+        return await client.post(URL, json=payload, headers=headers)
+
+    assert (await post(body(fifteen), {})).status_code == 401
+    assert (await post(body(fifteen), {"X-Medewerker": "cw-nina"})).status_code == 403  # rule 13
+    # rule 11: a field outside the whitelist is refused (400, naming it), its value never echoed
+    leaky = body(fifteen)
+    leaky["youth"] = leaky["youth"] | {"reason": "DIEFSTAL"}
+    for bad in (leaky, body(fifteen, offence="winkeldiefstal"), body(fifteen, screening="hoog")):
+        answer = await post(bad)
+        assert answer.status_code == 400 and answer.headers["content-type"].startswith(
+            "application/problem+json"
+        )
+        assert (
+            "DIEFSTAL" not in answer.text and "winkeldiefstal" not in answer.text and BSN not in answer.text
+        )
+
+    # rule 12: default created + 1 year; created + 2 years is the last allowed day
+    ok = await post(body(fifteen))
+    assert ok.status_code == 201 and ok.json()["end_date"] == add_years(T, 1).isoformat()
+    assert BSN not in ok.text
+    assert (await post(body(fifteen, end_date=add_years(T, 2).isoformat()))).status_code == 201
+    too_late = await post(body(fifteen, end_date=(add_years(T, 2) + timedelta(days=1)).isoformat()))
+    assert too_late.status_code == 422 and too_late.json()["invalidParams"][0]["name"] == "end_date"
+    # ... and at most the 23rd birthday (here 100 days away)
+    almost_23 = add_years(T + timedelta(days=100), -23)
+    assert (await post(body(almost_23))).json()["end_date"] == (T + timedelta(days=100)).isoformat()
+    birthday = (T + timedelta(days=100)).isoformat()
+    assert (await post(body(almost_23, end_date=birthday))).status_code == 201
+    over = (T + timedelta(days=101)).isoformat()
+    assert (await post(body(almost_23, end_date=over))).status_code == 422
+    assert (await post(body(add_years(T, -23)))).status_code == 422  # 23 today: too old
+
+    # rule 14: 12+ must be informed; under 16 the parent letter went out; or a deferral reason
+    twelve_today, eleven = add_years(T, -12), add_years(T, -12) + timedelta(days=1)
+    sixteen_today, almost_16 = add_years(T, -16), add_years(T, -16) + timedelta(days=1)
+    assert (await post(body(twelve_today, youth_informed_at=None))).status_code == 422
+    assert (await post(body(eleven, youth_informed_at=None))).status_code == 201
+    assert (await post(body(almost_16, parent_letter_sent_at=None))).status_code == 422
+    assert (await post(body(sixteen_today, parent_letter_sent_at=None))).status_code == 201
+    deferred = body(
+        twelve_today, youth_informed_at=None, parent_letter_sent_at=None, deferral_reason="crisis"
+    )
+    assert (await post(deferred)).status_code == 201
+
+    # every accepted signal is one register command on the topic, keyed by the youth key
+    records = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=7, settle_s=0.3)
+    assert len(records) == 7
+    assert {r.key for r in records} == {youth_key(TEST_SECRET, BSN).encode()}
+    assert {Envelope.from_bytes(r.value).type for r in records} == {"RegisterSignal"}
+
+
+async def test_read_withdraw_change_contact_audited(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    hub, client = api
+    created = (await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)).json()
+    sid = created["signal_id"]
+    tx = str(uuid.uuid4())
+    read = await client.get(f"{URL}/{sid}", headers=ILSE | {"Fsc-Transaction-Id": tx})
+    assert read.status_code == 200
+    assert read.json()["delivery"] == {
+        "state": "queued", "command": "RegisterSignal", "attempt": 0, "next_try_at": None,
+        "last_error": None, "delivered_at": None,
+    }  # fmt: skip
+    assert (await client.get(f"{URL}/{sid}", headers={"X-Medewerker": "cw-nina"})).status_code == 403
+    assert (
+        await client.get(f"{URL}/{sid}", headers={"X-Medewerker": "cw-omar"})
+    ).status_code == 200  # delegate
+
+    # rule 15: a reason, and only one of the two
+    assert (await client.post(f"{URL}/{sid}/intrekking", json={}, headers=ILSE)).status_code == 400
+    wrong = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "ANDERS"}, headers=ILSE)
+    assert wrong.status_code == 400
+    moved = await client.patch(f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-omar"}, headers=ILSE)
+    assert moved.status_code == 200 and moved.json()["contact"]["name"] == "Medewerker cw-omar"
+    done = await client.post(
+        f"{URL}/{sid}/intrekking", json={"reason": "ONTERECHT"}, headers={"X-Medewerker": "cw-omar"}
+    )
+    assert done.status_code == 200 and done.json()["status"] == "INGETROKKEN_ONTERECHT"
+    again = await client.post(
+        f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers={"X-Medewerker": "cw-omar"}
+    )
+    assert again.status_code == 409
+
+    records = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=3)
+    types = [Envelope.from_bytes(r.value).type for r in sorted(records, key=lambda r: r.offset)]
+    assert types == [
+        "RegisterSignal",
+        "ChangeSignalContact",
+        "WithdrawSignal",
+    ]  # one key: one partition, in order
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        audit = (await conn.execute(select(audit_log).order_by(audit_log.c.id))).all()
+    actions = [a.action for a in audit]
+    assert (
+        actions.count("signal.read") == 2
+        and "signal.contact_changed" in actions
+        and "signal.withdrawn" in actions
+    )
+    assert any(a.action == "signal.read" and a.transaction_id == tx for a in audit)
+
+
+async def test_parent_letter_html_and_pdf_without_reason(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    _, client = api
+    sid = (await client.post(URL, json=body(add_years(T, -14)), headers=ILSE)).json()["signal_id"]
+    page = await client.get(f"{URL}/{sid}/ouderbrief", headers=ILSE)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert "Sanne de Vries" in text and "Medewerker cw-ilse" in text and sid in text
+    for forbidden in ("DIEFSTAL", "delict", "feit", "reden van", "signaleringsinstrument"):
+        assert forbidden.lower() not in text.lower()
+    pdf = await client.get(f"{URL}/{sid}/ouderbrief", headers=ILSE | {"Accept": "application/pdf"})
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")

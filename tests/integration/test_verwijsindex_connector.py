@@ -1,0 +1,287 @@
+"""The Verwijsindex connector on the real broker, both stores and the simulator over real HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from connectors.verwijsindex.component import verwijsindex_component
+from connectors.verwijsindex.contract import SignaalStatus
+from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.embedded import EmbeddedKafka
+from hub.retry import RetryPolicy
+from hub.runtime import Hub
+from hub.signals import request_withdrawal, store_signal
+from hub.signals.commands import register_command
+from hub.signals.tables import signals
+from hub.spine.dlq import DLQ_HEADERS
+from hub.topics import VERWIJSINDEX_SIGNAL
+from schemas.bsn import is_valid_bsn
+from schemas.caseworker import ContactDetails
+from schemas.envelope import Envelope
+from schemas.pseudonym import youth_key
+from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
+from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+TODAY = date.today()
+# In place: 2 quick calls; then parked attempts 0.6 s apart; the 5th failure goes to the DLQ.
+FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) * 5, jitter=0.0)
+SIGNAL = "/api/v1/signalen/"
+
+
+def bsns(count: int, start: int = 100_000_000) -> list[str]:
+    """`count` valid (elfproef) BSNs."""
+    out, n = [], start
+    while len(out) < count:
+        n += 1
+        if is_valid_bsn(str(n)):
+            out.append(str(n))
+    return out
+
+
+def a_signal(bsn: str, signal_id: str | None = None) -> VerwijsindexSignal:
+    return VerwijsindexSignal(
+        signal_id=signal_id or str(uuid.uuid4()),
+        youth=SignalYouth(
+            bsn=bsn,
+            given_names="Sam",
+            surname="Jansen",
+            birth_date=date(2010, 5, 1),
+            gender="MAN",
+            municipality="Den Haag",
+        ),
+        organisation="Halt Den Haag",
+        caseworker=ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl"),
+        caseworker_id="cw-ilse",
+        created=TODAY,
+        end_date=TODAY + timedelta(days=365),
+        youth_informed_at=TODAY,
+        parent_letter_sent_at=TODAY,
+    )
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(simulator: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as client:
+        yield client
+
+
+async def start_hub(
+    kafka: EmbeddedKafka, db_url: str, unique: str, url: str, *, page_size: int = 100, poll_s: float = 0.1
+) -> Hub:
+    settings = make_settings(
+        kafka,
+        db_url,
+        unique,
+        components=["verwijsindex"],
+        verwijsindex={"url": url, "timeout_s": 0.3, "poll_interval_s": poll_s},
+    )
+    hub = Hub(settings, registrars={"verwijsindex": [verwijsindex_component(FAST, page_size=page_size)]})
+    await hub.start()
+    return hub
+
+
+async def register(hub: Hub, signal: VerwijsindexSignal, *, withdraw: bool = False) -> str:
+    """Store a signal as the API would, queue its command (and a withdrawal); return the youth key."""
+    assert hub.store is not None and hub.relay is not None and signal.signal_id
+    key = youth_key(TEST_SECRET, signal.youth.bsn)
+    async with hub.store.transaction() as session:
+        await store_signal(
+            session, hub, signal, youth_key=key, user="cw-ilse", transaction_id=str(uuid.uuid4())
+        )
+    if withdraw:
+        async with hub.store.transaction() as session:
+            await request_withdrawal(
+                session, hub, signal.signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
+                transaction_id=str(uuid.uuid4()),
+            )  # fmt: skip
+    hub.relay.wake()
+    return key
+
+
+async def calls(admin: httpx.AsyncClient) -> list[dict[str, Any]]:
+    return list((await admin.get("/admin/calls")).json()["calls"])
+
+
+async def rows(hub: Hub) -> dict[str, Any]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        return {r.signal_id: r for r in (await conn.execute(select(signals))).all()}
+
+
+async def set_faults(admin: httpx.AsyncClient, **faults: Any) -> None:
+    assert (await admin.post("/admin/faults", json=faults)).status_code == 200
+
+
+async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, error_rate=1.0)  # 503 on every call
+    # The match feed polls once at start, then not during this test: every call below is a signal's.
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        batch = [a_signal(b) for b in bsns(4)]
+        for s in batch:
+            await register(hub, s, withdraw=True)
+        ids = {s.signal_id for s in batch}
+
+        async def all_at(attempt: int) -> bool:
+            got = await rows(hub)
+            return len(got) == 4 and all(
+                r.attempt >= attempt and r.delivery_state == "retrying" for r in got.values()
+            )
+
+        await wait_for(lambda: all_at(1))
+        shown = next(iter((await rows(hub)).values()))
+        assert shown.next_try_at is not None and "503" in shown.last_error
+        await set_faults(admin, rate_limit_rate=1.0, retry_after=1)  # 429 with Retry-After: 1
+        await wait_for(lambda: all_at(2))
+        # Exactly one hanging call per signal (beyond the 0.3 s client timeout), then healthy by itself:
+        # on SQLite the four attempts run one after another, so healing by hand would race the first
+        # signal's next attempt.
+        await set_faults(admin, hang_rate=1.0, hang_seconds=2, remaining=len(batch))
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        log = await calls(admin)
+        for signal_id in ids:
+            mine = [c for c in log if c["path"] == SIGNAL + signal_id]
+            puts = [c for c in mine if c["method"] == "PUT"]
+            # the ladder's schedule: 2 in place (503), parked 1 (429), parked 2 (hang), parked 3 (ok)
+            assert [c["fault"] for c in puts] == ["503", "503", "429", "hang", None]
+            assert sum(c["status"] == 201 for c in puts) == 1  # registered exactly once
+            gaps = [_seconds(a, b) for a, b in itertools.pairwise(puts)]
+            assert gaps[1] >= 0.55 and gaps[2] >= 0.95 and gaps[3] >= 0.55  # no tight loop; Retry-After
+            deletes = [c for c in mine if c["method"] == "DELETE"]
+            assert len(deletes) == 1 and deletes[0]["status"] == 200
+            assert mine.index(deletes[0]) > mine.index(puts[-1])  # withdrawal after its registration
+            assert simulator.state.get(signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
+        assert all(c["transaction_id"] for c in log)
+        assert await hub.components["verwijsindex"].ladder.parked_count() == 0
+        dlq = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=0.5)
+        assert dlq == []
+    finally:
+        await hub.stop()
+
+
+def _seconds(a: dict[str, Any], b: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
+
+
+async def _all_delivered(hub: Hub) -> bool:
+    got = await rows(hub)
+    return bool(got) and all(r.delivery_state == "delivered" for r in got.values())
+
+
+async def test_poison_command_goes_to_dlq_and_others_are_not_delayed(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        poison_bsn, *others = bsns(4, start=200_000_000)
+        bad = register_command(a_signal(poison_bsn), str(uuid.uuid4()))
+        payload = dict(bad.payload, reason="DIEFSTAL")  # rule 11: a reason never goes to the index
+        poison = Envelope(**(bad.model_dump() | {"payload": payload}))
+        poison_key = youth_key(TEST_SECRET, poison_bsn).encode()
+        await produce(
+            kafka.bootstrap,
+            hub.topic(VERWIJSINDEX_SIGNAL.name),
+            [(poison_key, poison.to_bytes(), poison.headers())],
+        )
+        batch = [a_signal(b) for b in others]
+        for s in batch:
+            await register(hub, s)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=10)
+
+        dead = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1)
+        assert len(dead) == 1
+        headers = headers_of(dead[0])
+        assert set(DLQ_HEADERS) <= set(headers)
+        assert headers["dlq-exception-class"].endswith("PermanentError")
+        assert headers["dlq-attempts"] == "1"
+        assert (
+            "reason" in headers["dlq-exception-message"]
+            and "DIEFSTAL" not in headers["dlq-exception-message"]
+        )
+        assert headers["transaction-id"] == poison.transaction_id
+        assert dead[0].key == poison_key
+        log = await calls(admin)
+        assert not [c for c in log if c["path"] == SIGNAL + str(poison.correlation_id)]  # never sent
+        assert all(sum(c["path"] == SIGNAL + s.signal_id for c in log) == 1 for s in batch)
+    finally:
+        await hub.stop()
+
+
+async def other_organisation_signals(admin: httpx.AsyncClient, signals_: list[VerwijsindexSignal]) -> None:
+    """A youth-care professional registers the same youths: a client match for each of ours."""
+    for s in signals_:
+        body = {
+            "jeugdige": {
+                "bsn": s.youth.bsn, "voornamen": "Sam", "geslachtsnaam": "Jansen",
+                "geboortedatum": "2010-05-01", "geslacht": "MAN", "gemeente": "Den Haag",
+            },
+            "organisatie": {"code": "jeugdhulp-haaglanden", "naam": "Jeugdhulp Haaglanden"},
+            "contactpersoon": {"naam": "Kees de Wit", "email": "kees@jeugdhulp.nl"},
+            "aangemaakt": TODAY.isoformat(),
+            "einddatum": (TODAY + timedelta(days=200)).isoformat(),
+        }  # fmt: skip
+        answer = await admin.put(
+            SIGNAL + str(uuid.uuid4()), json=body, headers={"Fsc-Transaction-Id": str(uuid.uuid4())}
+        )
+        assert answer.status_code == 201
+
+
+async def test_matches_arrive_once_also_across_a_restart(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    from hub.signals.matches import MatchMessage
+    from hub.topics import VERWIJSINDEX_MATCH
+
+    ours = [a_signal(b) for b in bsns(5, start=300_000_000)]
+    hub = await start_hub(kafka, db_url, unique, simulator.url, page_size=1)
+    topic = hub.topic(VERWIJSINDEX_MATCH.name)
+    try:
+        for s in ours:
+            await register(hub, s)
+        await wait_for(lambda: _all_delivered(hub))
+        await set_faults(admin, latency_ms=200)  # a slow feed, so the stop below lands mid-page
+        await other_organisation_signals(admin, ours[:3])
+        await read_topic(kafka.bootstrap, topic, expect=1)  # the feed is under way...
+    finally:
+        await hub.stop()  # ...and the connector stops mid-feed
+    await other_organisation_signals(admin, ours[3:])
+    await set_faults(admin)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, page_size=1)
+    try:
+        records = await read_topic(kafka.bootstrap, topic, expect=5, settle_s=1.0)
+    finally:
+        await hub.stop()
+    messages = [Envelope.from_bytes(r.value) for r in records]
+    assert len(messages) == 5  # one per match, none twice
+    by_signal = {m.payload["signal_id"]: (m, r) for m, r in zip(messages, records, strict=True)}
+    assert set(by_signal) == {s.signal_id for s in ours}
+    for s in ours:
+        message, record = by_signal[s.signal_id]
+        match = MatchMessage.model_validate(message.payload)
+        assert message.type == "Match" and match.type.value == "CLIENTMATCH"
+        assert match.caseworker_id == "cw-ilse"
+        assert [c.name for c in match.counterparts] == ["Kees de Wit"]
+        assert record.key == youth_key(TEST_SECRET, s.youth.bsn).encode()
+        assert headers_of(record)["transaction-id"] == message.transaction_id
+        assert s.youth.bsn not in record.value.decode() and "Jansen" not in record.value.decode()
