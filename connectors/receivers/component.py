@@ -1,0 +1,115 @@
+"""The receivers' delivery on the spine: handover.dispatch.v1 to each receiver's topic or webhook."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from connectors.receivers.webhook import post_signed
+from hub.errors import PermanentError
+from hub.handovers.delivery_state import record_delivered, record_failed, still_deliverable
+from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, receiver_delivery
+from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.runtime import Hub
+from hub.spine import Tx
+from hub.topics import HANDOVER_DISPATCH
+from schemas.envelope import Envelope
+
+LADDER = "receivers-webhook"
+
+
+class WebhookDelivery:
+    """Delivers one dispatch message by webhook; remembers what it skipped so it is not audited."""
+
+    def __init__(self, hub: Hub) -> None:
+        assert hub.store is not None
+        self.hub, self.store = hub, hub.store
+        self.settings = hub.settings.handovers
+        self.client = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s)
+        self.skipped: set[str] = set()
+        # Message ids this process delivered whose commit may yet fail (a batch retried after a
+        # database lock): a retry must not POST them again. After a crash the receiver still
+        # de-duplicates by X-Ketenhub-Message-Id (at-least-once across restarts).
+        self.delivered: OrderedDict[str, None] = OrderedDict()
+
+    async def deliver(self, message: Envelope) -> None:
+        """Look up the receiver, check the handover may still go, and POST it signed."""
+        if message.message_id in self.delivered:
+            return
+        async with self.store.connect() as conn:
+            target = await receiver_delivery(conn, message.payload["receiver_organisation"])  # type: ignore[arg-type]
+            go = await still_deliverable(conn, message)
+        if not go:
+            self.skipped.add(message.message_id)
+            return
+        if target is None or target.mode != "webhook" or not target.url or not target.secret:
+            raise PermanentError("receiver has no webhook delivery")
+        check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
+        await post_signed(self.client, target.url, target.secret, message)
+        self.delivered[message.message_id] = None
+        while len(self.delivered) > 10_000:
+            self.delivered.popitem(last=False)
+
+    async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
+        """Audit the disclosure, unless the message was skipped."""
+        if message.message_id in self.skipped:
+            self.skipped.discard(message.message_id)
+            return
+        await record_delivered(session, message, channel="webhook")
+
+    async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
+        """Mark the handover's delivery as failed."""
+        await record_failed(session, message, error)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+
+def register_receivers(hub: Hub) -> None:
+    """Consume handover.dispatch.v1; Kafka receivers get their topic, webhook receivers a signed POST."""
+    assert hub.spine is not None and hub.store is not None
+    webhook = WebhookDelivery(hub)
+    hub.components["receivers"] = webhook
+    ladder = RetryLadder(
+        hub.store,
+        hub.metrics,
+        name=LADDER,
+        topic=hub.topic(HANDOVER_DISPATCH.name),
+        retry_topic=hub.topic(HANDOVER_DISPATCH.retry),
+        dlq_topic=hub.topic(HANDOVER_DISPATCH.dlq),
+        partner="receivers",
+        delivery=Delivery(
+            deliver=webhook.deliver, on_delivered=webhook.on_delivered, on_dead=webhook.on_dead
+        ),
+        policy=RetryPolicy(schedule_s=tuple(hub.settings.handovers.retry_schedule_s)),
+    )
+    hub.background[LADDER] = ladder.run
+
+    @hub.spine.subscribe(
+        hub.topic(HANDOVER_DISPATCH.name),
+        group=hub.group("receivers"),
+        dlq=hub.topic(HANDOVER_DISPATCH.dlq),
+        title="receivers:dispatch",
+    )
+    async def deliver(tx: Tx, message: Envelope) -> None:
+        """Hand a consent-checked handover (or a withdrawal notice) to its receiver."""
+        organisation = str(message.payload["receiver_organisation"])
+        youth_key = str(message.payload["youth_key"])
+        target = await receiver_delivery(tx.session, organisation)
+        if target is None:
+            raise PermanentError("receiver has no delivery settings")
+        if target.mode == "webhook":
+            # Keyed per receiver and youth: one receiver being down holds back only its own messages.
+            await ladder.handle(tx, message, key=f"{organisation}:{youth_key}")
+            return
+        await _to_topic(hub, tx, target, message, youth_key)
+
+
+async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:
+    if not await still_deliverable(tx.session, message):
+        return
+    await tx.emit(hub.topic(target.topic_name), message, key=youth_key)
+    await record_delivered(tx.session, message, channel="kafka")

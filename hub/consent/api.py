@@ -1,0 +1,287 @@
+"""Caseworker endpoints for consent: record (JSON or FHIR), list per youth, read, withdraw."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import Field, ValidationError
+from sqlalchemy import select
+
+from hub.api.limits import media_type_of, read_body, require_media_type
+from hub.api.problems import InvalidParam, Problem
+from hub.audit import AuditEntry, write_audit
+from hub.consent.caseworker import CurrentCaseworker
+from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir
+from hub.consent.rules import completeness
+from hub.consent.service import AlreadyWithdrawn, ConsentNotFound, record_consent, withdraw_consent
+from hub.consent.store import StoredConsent, consents_of, get_consent
+from hub.handovers.component import routing_of
+from hub.handovers.service import Act, load_referral
+from hub.intake.tables import referrals
+from hub.runtime import Hub
+from schemas._base import CanonicalModel, Code, ShortText
+from schemas.consent import Consent, ConsentPurpose, ConsentStatus, ConsentYouth, DataCategory, Grantor
+from schemas.pseudonym import youth_key as make_key
+
+router = APIRouter(prefix="/api/v1/toestemmingen", tags=["toestemmingen"])
+SYSTEM = "ketenhub-api"
+
+
+class ConsentIn(CanonicalModel):
+    """A consent as a caseworker records it; the youth by referral id (or, once known, youth key)."""
+
+    referral_id: Code | None = None
+    youth_key: Code | None = None
+    purpose: ConsentPurpose
+    recipient_organisations: list[Code] = Field(min_length=1)
+    data_categories: list[DataCategory] = Field(min_length=1)
+    grantors: list[Grantor] = Field(min_length=1)
+    valid_from: date
+    valid_until: date
+
+
+class Withdrawal(CanonicalModel):
+    """Why a consent is withdrawn."""
+
+    reason: ShortText
+
+
+class ConsentOut(CanonicalModel):
+    """A consent as the caseworker sees it: no BSN, the youth by key; complete per rule 8."""
+
+    consent_id: str
+    youth_key: str
+    referral_id: str | None
+    purpose: ConsentPurpose
+    recipient_organisations: list[str]
+    data_categories: list[DataCategory]
+    grantors: list[Grantor]
+    recorded_by: str
+    valid_from: date
+    valid_until: date
+    status: ConsentStatus
+    complete: bool
+    missing: list[str]
+    denied: list[str]
+    recorded_at: datetime
+    withdrawn_at: datetime | None = None
+    withdrawal_reason: str | None = None
+    handovers_sent: list[str] = Field(default_factory=list)
+    handovers_withdrawn: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, s: StoredConsent, custodians: int | None = None, **extra: Any) -> ConsentOut:
+        """From the stored consent."""
+        c, check = s.consent, completeness(s.consent, custodians=custodians)
+        return cls(
+            consent_id=s.consent_id,
+            youth_key=s.youth_key,
+            referral_id=s.referral_id,
+            purpose=c.purpose,
+            recipient_organisations=c.recipient_organisations,
+            data_categories=c.data_categories,
+            grantors=c.grantors,
+            recorded_by=c.recorded_by,
+            valid_from=c.valid_from,
+            valid_until=c.valid_until,
+            status=c.status,
+            complete=check.complete,
+            missing=list(check.missing),
+            denied=[d.value for d in check.denied],
+            recorded_at=s.recorded_at,
+            withdrawn_at=s.withdrawn_at,
+            withdrawal_reason=s.withdrawal_reason,
+            **extra,
+        )
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    if hub.store is None or hub.relay is None:
+        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+    return hub
+
+
+async def _youth(
+    session: Any, referral_id: str | None, key: str | None
+) -> tuple[ConsentYouth, str, str | None, int | None]:
+    """The youth (BSN, birth date), key, referral id and number of custodians, from a stored referral."""
+    query = select(referrals.c.id).order_by(referrals.c.received_at.desc())
+    query = (
+        query.where(referrals.c.id == referral_id)
+        if referral_id
+        else query.where(referrals.c.youth_key == key)
+    )
+    found_id = (await session.execute(query.limit(1))).scalar()
+    found = await load_referral(session, found_id) if found_id else None
+    if found is None:
+        raise Problem(
+            404, "Jeugdige niet gevonden", "Geen verwijzing bij deze verwijzing-id of jeugdsleutel."
+        )
+    ref, ykey = found
+    custodians = sum(1 for g in ref.youth.guardians if g.has_custody) or None
+    return ConsentYouth(bsn=ref.youth.bsn, birth_date=ref.youth.birth_date), ykey, found_id, custodians
+
+
+def _invalid(exc: ValidationError) -> Problem:
+    params = [
+        InvalidParam(name=".".join(str(p) for p in e["loc"]) or "(body)", reason=e["msg"])
+        for e in exc.errors()
+    ]
+    return Problem(400, "Ongeldige toestemming", "Zie invalidParams.", params=params)
+
+
+@router.post("", status_code=201, response_model=ConsentOut)
+async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
+    """Record a consent (application/json, or a FHIR R4 Consent as application/fhir+json)."""
+    hub = _hub(request)
+    require_media_type(request, "application/json", FHIR_JSON)
+    raw = await read_body(request, hub.settings.http.max_body_bytes)
+    secret = hub.settings.secret_value()
+    assert hub.store is not None and hub.relay is not None
+    act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
+    async with hub.store.transaction() as session:
+        if media_type_of(request) == FHIR_JSON:
+            consent, referral_id, custodians = await _from_fhir_body(session, raw, caseworker.caseworker_id)
+            key = make_key(secret, consent.youth.bsn)
+        else:
+            try:
+                body = ConsentIn.model_validate_json(raw)
+            except ValidationError as exc:
+                raise _invalid(exc) from None
+            if not (body.referral_id or body.youth_key):
+                raise Problem(400, "Ongeldige toestemming", "Geef referral_id of youth_key.")
+            youth, key, referral_id, custodians = await _youth(session, body.referral_id, body.youth_key)
+            try:
+                consent = Consent(
+                    youth=youth,
+                    recorded_by=caseworker.caseworker_id,
+                    **body.model_dump(exclude={"referral_id", "youth_key"}),
+                )
+            except ValidationError as exc:
+                raise _invalid(exc) from None
+        done = await record_consent(
+            session,
+            routing_of(hub),
+            consent,
+            act,
+            youth_key=key,
+            referral_id=referral_id,
+            custodians=custodians,
+        )
+    hub.relay.wake()
+    return ConsentOut.of(done.stored, custodians, handovers_sent=done.sent)
+
+
+async def _from_fhir_body(
+    session: Any, raw: bytes, caseworker_id: str
+) -> tuple[Consent, str | None, int | None]:
+    try:
+        resource = json.loads(raw)
+    except ValueError:
+        raise Problem(400, "Ongeldige FHIR Consent", "De body is geen JSON.") from None
+    known: dict[str, tuple[str, str, int | None]] = {}
+
+    async def lookup(key: str) -> None:
+        try:
+            youth, _, referral_id, custodians = await _youth(session, None, key)
+        except Problem:
+            return
+        known[key] = (youth.bsn, referral_id or "", custodians)
+
+    key = (
+        ((resource.get("patient") or {}).get("identifier") or {}).get("value")
+        if isinstance(resource, dict)
+        else None
+    )
+    if key:
+        await lookup(str(key))
+    try:
+        consent = from_fhir(resource, resolve_bsn=lambda k: known[k][0] if k in known else None)
+    except FhirConsentError as exc:
+        params = [
+            InvalidParam(name=p.split(":")[0], reason=p.partition(":")[2].strip() or "ongeldig")
+            for p in exc.problems
+        ]
+        raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=params) from None
+    consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None})
+    referral_id, custodians = (known[key][1] or None, known[key][2]) if key in known else (None, None)
+    return consent, referral_id, custodians
+
+
+async def _audit_read(session: Any, act: Act, youth_key: str, objects: dict[str, Any]) -> None:
+    await write_audit(
+        session,
+        AuditEntry(
+            action="consent.read",
+            user=act.user,
+            youth_key=youth_key,
+            on_behalf_of=act.on_behalf_of,
+            objects=objects,
+        ),
+        transaction_id=act.transaction_id,
+        system=SYSTEM,
+    )
+
+
+@router.get("", response_model=list[ConsentOut])
+async def list_consents(
+    request: Request,
+    caseworker: CurrentCaseworker,
+    referral_id: Annotated[str | None, Query(max_length=100)] = None,
+    youth_key: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[ConsentOut]:
+    """A youth's consents, by referral id or pseudonymous youth key (never a BSN)."""
+    hub = _hub(request)
+    if not (referral_id or youth_key):
+        raise Problem(400, "Welke jeugdige?", "Geef referral_id of youth_key.")
+    assert hub.store is not None
+    act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
+    async with hub.store.transaction() as session:
+        _, key, _, custodians = await _youth(session, referral_id, youth_key)
+        stored = await consents_of(session, key)
+        await _audit_read(session, act, key, {"consent_ids": [s.consent_id for s in stored]})
+    return [ConsentOut.of(s, custodians) for s in stored]
+
+
+@router.get("/{consent_id}", response_model=ConsentOut, responses={200: {"content": {FHIR_JSON: {}}}})
+async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker) -> Any:
+    """One consent; with `Accept: application/fhir+json` as a FHIR R4 Consent (youth by key, no BSN)."""
+    hub = _hub(request)
+    assert hub.store is not None
+    act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
+    async with hub.store.transaction() as session:
+        stored = await get_consent(session, consent_id)
+        if stored is None:
+            raise Problem(404, "Toestemming niet gevonden")
+        await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
+    if FHIR_JSON in request.headers.get("accept", ""):
+        return JSONResponse(to_fhir(stored.consent, youth_key=stored.youth_key), media_type=FHIR_JSON)
+    return ConsentOut.of(stored)
+
+
+@router.post("/{consent_id}/intrekking", response_model=ConsentOut)
+async def withdraw(
+    request: Request, response: Response, consent_id: str, body: Withdrawal, caseworker: CurrentCaseworker
+) -> ConsentOut:
+    """Rule 10: withdraw; pending handovers are withdrawn and receivers that got data are told."""
+    hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
+    try:
+        async with hub.store.transaction() as session:
+            stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
+    except ConsentNotFound:
+        raise Problem(404, "Toestemming niet gevonden") from None
+    except AlreadyWithdrawn:
+        raise Problem(
+            409,
+            "Toestemming is niet meer actief",
+            "Een ingetrokken of verlopen toestemming kan niet opnieuw worden ingetrokken.",
+        ) from None
+    hub.relay.wake()
+    return ConsentOut.of(stored, handovers_withdrawn=withdrawn)

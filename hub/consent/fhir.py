@@ -1,0 +1,227 @@
+"""The canonical Consent as an HL7 FHIR R4 Consent resource (application/fhir+json), both ways.
+
+What travels: the youth as a contained Patient identified by the pseudonymous youth key, with the
+birth date (rule 8 needs it); the BSN only when the exchange asks for it. Each grantor is a
+contained RelatedPerson (ONESELF for the youth) named in `performer`, and their answer, when and
+how, is a `verification` entry. Receivers, purpose, period and categories are the provision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.errors import PermanentError
+from schemas.consent import (
+    Consent,
+    ConsentMethod,
+    ConsentPurpose,
+    ConsentStatus,
+    ConsentYouth,
+    DataCategory,
+    Grantor,
+    GrantorRole,
+    Permission,
+)
+
+FHIR_JSON = "application/fhir+json"
+BASE = "https://ketenhub.halt.nl/fhir"
+EXT_STATUS = f"{BASE}/StructureDefinition/consent-status"
+EXT_RECORDED_BY = f"{BASE}/StructureDefinition/recorded-by"
+EXT_METHOD = f"{BASE}/StructureDefinition/consent-method"
+EXT_ANSWER = f"{BASE}/StructureDefinition/grantor-answer"
+CS_ROLE = f"{BASE}/CodeSystem/grantor-role"
+CS_PURPOSE = f"{BASE}/CodeSystem/consent-purpose"
+CS_CATEGORY = f"{BASE}/CodeSystem/data-category"
+NS_YOUTH_KEY = f"{BASE}/NamingSystem/youth-key"
+NS_ORGANISATION = f"{BASE}/NamingSystem/organisation"
+NS_CASEWORKER = f"{BASE}/NamingSystem/caseworker"
+NS_BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
+V3_ROLE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+_V3_OF = {GrantorRole.JEUGDIGE: "ONESELF", GrantorRole.OUDER_MET_GEZAG: "PRN", GrantorRole.VOOGD: "GUARD"}
+
+
+class FhirConsentError(PermanentError):
+    """A FHIR Consent that is invalid or that the hub cannot map; `problems` name paths, never values."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems)[:500])
+        self.problems = problems
+
+
+def _coding(system: str, code: str) -> dict[str, Any]:
+    return {"system": system, "code": code}
+
+
+def to_fhir(consent: Consent, *, youth_key: str, include_bsn: bool = False) -> dict[str, Any]:
+    """Export a consent as a FHIR R4 Consent resource (a JSON-ready dict)."""
+    identifiers = [{"system": NS_YOUTH_KEY, "value": youth_key}]
+    if include_bsn:
+        identifiers.append({"system": NS_BSN, "value": consent.youth.bsn})
+    contained: list[dict[str, Any]] = [
+        {
+            "resourceType": "Patient",
+            "id": "youth",
+            "identifier": identifiers,
+            "birthDate": consent.youth.birth_date.isoformat(),
+        }
+    ]
+    performers, verification = [], []
+    for i, g in enumerate(consent.grantors, start=1):
+        ref = {"reference": f"#g{i}"}
+        contained.append(
+            {
+                "resourceType": "RelatedPerson",
+                "id": f"g{i}",
+                "patient": {"reference": "#youth"},
+                "relationship": [
+                    {"coding": [_coding(V3_ROLE, _V3_OF[g.role]), _coding(CS_ROLE, g.role.value)]}
+                ],
+                "name": [{"text": g.name}],
+            }
+        )
+        performers.append(ref)
+        verification.append(
+            {
+                "extension": [
+                    {"url": EXT_ANSWER, "valueCode": g.permission.value},
+                    {"url": EXT_METHOD, "valueCode": g.method.value},
+                ],
+                "verified": True,
+                "verifiedWith": ref,
+                "verificationDate": g.given_at.isoformat(),
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "Consent",
+        "extension": [
+            {"url": EXT_STATUS, "valueCode": consent.status.value},
+            {
+                "url": EXT_RECORDED_BY,
+                "valueIdentifier": {"system": NS_CASEWORKER, "value": consent.recorded_by},
+            },
+        ],
+        "contained": contained,
+        "status": "active" if consent.status is ConsentStatus.ACTIEF else "inactive",
+        "scope": {
+            "coding": [_coding("http://terminology.hl7.org/CodeSystem/consentscope", "patient-privacy")]
+        },
+        "category": [{"coding": [_coding("http://loinc.org", "59284-0")]}],
+        "patient": {"reference": "#youth", "identifier": {"system": NS_YOUTH_KEY, "value": youth_key}},
+        "dateTime": max(g.given_at for g in consent.grantors).isoformat(),
+        "performer": performers,
+        "policyRule": {"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "OPTIN")]},
+        "verification": verification,
+        "provision": {
+            "type": "permit",
+            "period": {"start": consent.valid_from.isoformat(), "end": consent.valid_until.isoformat()},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            _coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP")
+                        ]
+                    },
+                    "reference": {"identifier": {"system": NS_ORGANISATION, "value": org}, "display": org},
+                }
+                for org in consent.recipient_organisations
+            ],
+            "action": [
+                {"coding": [_coding("http://terminology.hl7.org/CodeSystem/consentaction", "disclose")]}
+            ],
+            "purpose": [_coding(CS_PURPOSE, consent.purpose.value)],
+            "class": [_coding(CS_CATEGORY, c.value) for c in consent.data_categories],
+        },
+    }
+    if consent.consent_id:
+        resource["id"] = consent.consent_id
+    return resource
+
+
+def validate_fhir(resource: dict[str, Any]) -> None:
+    """Check a resource against the FHIR R4(B) Consent definition; FhirConsentError names the paths."""
+    from fhir.resources.R4B.consent import Consent as FhirConsent  # heavy: imported on use
+
+    if resource.get("resourceType") != "Consent":
+        raise FhirConsentError(["resourceType: must be Consent"])
+    try:
+        FhirConsent.model_validate(resource)
+    except ValidationError as exc:
+        raise FhirConsentError(
+            [f"{'.'.join(str(p) for p in e['loc']) or '(resource)'}: {e['type']}" for e in exc.errors()][:20]
+        ) from None
+
+
+def _ext(element: dict[str, Any], url: str) -> Any:
+    for ext in element.get("extension", []):
+        if ext.get("url") == url:
+            return next((v for k, v in ext.items() if k.startswith("value")), None)
+    return None
+
+
+def _code(codings: list[dict[str, Any]], system: str) -> str | None:
+    return next((c.get("code") for c in codings if c.get("system") == system), None)
+
+
+def from_fhir(resource: dict[str, Any], *, resolve_bsn: Callable[[str], str | None]) -> Consent:
+    """Import a FHIR Consent; the BSN comes from the resource or, by youth key, from `resolve_bsn`."""
+    validate_fhir(resource)
+    try:
+        return _from_fhir(resource, resolve_bsn)
+    except FhirConsentError:
+        raise
+    except (KeyError, ValueError, TypeError, StopIteration, ValidationError) as exc:
+        where = exc.args[0] if isinstance(exc, KeyError) else type(exc).__name__
+        raise FhirConsentError([f"mapping: {where}"]) from None
+
+
+def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) -> Consent:
+    contained = {c["id"]: c for c in res.get("contained", [])}
+    patient_ref = res["patient"]
+    patient = contained.get(patient_ref.get("reference", "").lstrip("#"), {})
+    ids = {i.get("system"): i.get("value") for i in patient.get("identifier", [])}
+    key = (patient_ref.get("identifier") or {}).get("value") or ids.get(NS_YOUTH_KEY)
+    bsn = ids.get(NS_BSN) or (resolve_bsn(key) if key else None)
+    if bsn is None:
+        raise FhirConsentError(["patient: youth unknown to the hub (no BSN and no known youth key)"])
+    if "birthDate" not in patient:
+        raise FhirConsentError(["contained.Patient.birthDate: required (rule 8)"])
+    grantors = []
+    for v in res.get("verification", []):
+        person = contained[v["verifiedWith"]["reference"].lstrip("#")]
+        codings = [c for rel in person.get("relationship", []) for c in rel.get("coding", [])]
+        grantors.append(
+            Grantor(
+                role=GrantorRole(_code(codings, CS_ROLE) or ""),
+                name=person["name"][0]["text"],
+                permission=Permission(_ext(v, EXT_ANSWER) or ("PERMIT" if v.get("verified") else "DENY")),
+                given_at=datetime.fromisoformat(v["verificationDate"]),
+                method=ConsentMethod(_ext(v, EXT_METHOD) or ConsentMethod.SCHRIFTELIJK),
+            )
+        )
+    prov = res["provision"]
+    until = date.fromisoformat(prov["period"]["end"][:10])
+    status = _ext(res, EXT_STATUS) or (
+        "ACTIEF" if res["status"] == "active" else ("VERLOPEN" if until < date.today() else "INGETROKKEN")
+    )
+    recorded_by = _ext(res, EXT_RECORDED_BY)
+    return Consent(
+        consent_id=res.get("id"),
+        youth=ConsentYouth(bsn=bsn, birth_date=date.fromisoformat(patient["birthDate"])),
+        purpose=ConsentPurpose(_code(prov.get("purpose", []), CS_PURPOSE) or ""),
+        recipient_organisations=[
+            a["reference"].get("identifier", {}).get("value") or a["reference"]["display"]
+            for a in prov.get("actor", [])
+        ],
+        data_categories=[
+            DataCategory(c["code"]) for c in prov.get("class", []) if c.get("system") == CS_CATEGORY
+        ],
+        grantors=grantors,
+        recorded_by=(recorded_by or {}).get("value") or "onbekend",
+        valid_from=date.fromisoformat(prov["period"]["start"][:10]),
+        valid_until=until,
+        status=ConsentStatus(status),
+    )

@@ -1,0 +1,92 @@
+"""Recording and withdrawing consents, with their effects on handovers in the same transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.consent.rules import completeness
+from hub.consent.store import StoredConsent, get_consent, insert_consent, mark_withdrawn
+from hub.handovers.service import Act, Routing, apply_withdrawal, recheck_waiting
+from schemas.consent import Consent, ConsentStatus
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded consent and the waiting handovers it set off."""
+
+    stored: StoredConsent
+    sent: list[str]
+
+
+async def record_consent(
+    session: AsyncSession,
+    r: Routing,
+    consent: Consent,
+    act: Act,
+    *,
+    youth_key: str,
+    referral_id: str | None,
+    custodians: int | None = None,
+) -> Recorded:
+    """Store, audit, and send the youth's waiting handovers that this consent now covers."""
+    stored = await insert_consent(
+        session, consent, youth_key=youth_key, referral_id=referral_id, transaction_id=act.transaction_id
+    )
+    check = completeness(stored.consent, custodians=custodians)
+    await write_audit(
+        session,
+        AuditEntry(
+            action="consent.recorded",
+            user=act.user,
+            youth_key=youth_key,
+            on_behalf_of=act.on_behalf_of,
+            objects={
+                "consent_id": stored.consent_id,
+                "purpose": consent.purpose.value,
+                "recipients": consent.recipient_organisations,
+                "categories": [c.value for c in consent.data_categories],
+                "complete": check.complete,
+            },
+        ),
+        transaction_id=act.transaction_id,
+        system=r.system,
+    )
+    sent = await recheck_waiting(session, r, youth_key, act)
+    return Recorded(stored, sent)
+
+
+class ConsentNotFound(Exception):
+    """No consent with this id."""
+
+
+class AlreadyWithdrawn(Exception):
+    """The consent is no longer ACTIEF."""
+
+
+async def withdraw_consent(
+    session: AsyncSession, r: Routing, consent_id: str, reason: str, act: Act
+) -> tuple[StoredConsent, list[str]]:
+    """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit."""
+    stored = await get_consent(session, consent_id)
+    if stored is None:
+        raise ConsentNotFound(consent_id)
+    if stored.consent.status is not ConsentStatus.ACTIEF:
+        raise AlreadyWithdrawn(consent_id)
+    stored = await mark_withdrawn(session, stored, by=act.user, reason=reason)
+    withdrawn = await apply_withdrawal(session, r, stored, act)
+    await write_audit(
+        session,
+        AuditEntry(
+            action="consent.withdrawn",
+            user=act.user,
+            youth_key=stored.youth_key,
+            on_behalf_of=act.on_behalf_of,
+            objects={"consent_id": consent_id, "reason": reason, "handovers_withdrawn": withdrawn},
+        ),
+        transaction_id=act.transaction_id,
+        system=r.system,
+    )
+    return stored, withdrawn

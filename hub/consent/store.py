@@ -1,0 +1,113 @@
+"""Reading and writing consents; callers audit, since they know who acts and why."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.consent.tables import consents
+from schemas.consent import Consent, ConsentStatus
+from schemas.envelope import utcnow
+
+
+@dataclass(frozen=True)
+class StoredConsent:
+    """A consent as the hub holds it: the canonical consent plus who recorded and withdrew it."""
+
+    consent: Consent
+    youth_key: str
+    referral_id: str | None
+    recorded_at: datetime
+    withdrawn_at: datetime | None
+    withdrawn_by: str | None
+    withdrawal_reason: str | None
+
+    @property
+    def consent_id(self) -> str:
+        """The id (always set once stored)."""
+        assert self.consent.consent_id is not None
+        return self.consent.consent_id
+
+
+def _stored(row: object) -> StoredConsent:
+    m = row._mapping  # type: ignore[attr-defined]
+    return StoredConsent(
+        consent=Consent.model_validate(m["consent"]),
+        youth_key=m["youth_key"],
+        referral_id=m["referral_id"],
+        recorded_at=m["recorded_at"],
+        withdrawn_at=m["withdrawn_at"],
+        withdrawn_by=m["withdrawn_by"],
+        withdrawal_reason=m["withdrawal_reason"],
+    )
+
+
+async def insert_consent(
+    session: AsyncSession,
+    consent: Consent,
+    *,
+    youth_key: str,
+    referral_id: str | None,
+    transaction_id: str,
+) -> StoredConsent:
+    """Store a consent under a fresh id (an id given by the caller, e.g. from FHIR, is kept if new)."""
+    consent_id = consent.consent_id or str(uuid.uuid4())
+    taken = await get_consent(session, consent_id)
+    if taken is not None:
+        consent_id = str(uuid.uuid4())
+    consent = consent.model_copy(update={"consent_id": consent_id})
+    now = utcnow()
+    await session.execute(
+        insert(consents).values(
+            id=consent_id,
+            youth_key=youth_key,
+            referral_id=referral_id,
+            purpose=consent.purpose.value,
+            status=consent.status.value,
+            valid_from=consent.valid_from,
+            valid_until=consent.valid_until,
+            consent=consent.model_dump(mode="json"),
+            recorded_by=consent.recorded_by,
+            recorded_at=now,
+            transaction_id=transaction_id,
+        )
+    )
+    return StoredConsent(consent, youth_key, referral_id, now, None, None, None)
+
+
+async def get_consent(session: AsyncSession, consent_id: str) -> StoredConsent | None:
+    """One consent, or None."""
+    row = (await session.execute(select(consents).where(consents.c.id == consent_id))).first()
+    return _stored(row) if row is not None else None
+
+
+async def consents_of(session: AsyncSession, youth_key: str) -> list[StoredConsent]:
+    """Every consent of a youth, oldest first."""
+    rows = await session.execute(
+        select(consents).where(consents.c.youth_key == youth_key).order_by(consents.c.recorded_at)
+    )
+    return [_stored(r) for r in rows]
+
+
+async def mark_withdrawn(
+    session: AsyncSession, stored: StoredConsent, *, by: str, reason: str
+) -> StoredConsent:
+    """Set a consent to INGETROKKEN, keeping who withdrew it, when and why."""
+    now = utcnow()
+    consent = stored.consent.model_copy(update={"status": ConsentStatus.INGETROKKEN})
+    await session.execute(
+        update(consents)
+        .where(consents.c.id == stored.consent_id)
+        .values(
+            status=ConsentStatus.INGETROKKEN.value,
+            consent=consent.model_dump(mode="json"),
+            withdrawn_at=now,
+            withdrawn_by=by,
+            withdrawal_reason=reason,
+        )
+    )
+    return StoredConsent(consent, stored.youth_key, stored.referral_id, stored.recorded_at, now, by, reason)

@@ -1,0 +1,85 @@
+"""Receivers' answers to handovers, and notices to caseworkers about handovers left unanswered."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.handovers import messages
+from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
+from hub.handovers.tables import handovers
+from hub.spine.outbox import add_to_outbox
+from schemas.handover import HandoverStatus
+
+UNANSWERED = (HandoverStatus.VERZONDEN.value, HandoverStatus.ONTVANGEN.value)
+ANSWERS = frozenset({HandoverStatus.ONTVANGEN, HandoverStatus.GEACCEPTEERD, HandoverStatus.GEWEIGERD})
+
+
+async def record_answer(
+    session: AsyncSession,
+    r: Routing,
+    handover_id: str,
+    receiver: str,
+    status: HandoverStatus,
+    act: Act,
+    *,
+    reason: str | None = None,
+    meeting_planned_at: datetime | None = None,
+) -> Any:
+    """A receiver answers a handover it got; anybody else's handover is 'not found'."""
+    row = await get_handover(session, handover_id)
+    if row is None or row.receiver_organisation != receiver:
+        raise HandoverProblem(404, "deze overdracht is niet bekend bij deze ontvanger")
+    if status not in ANSWERS:
+        raise HandoverProblem(400, "status moet ONTVANGEN, GEACCEPTEERD of GEWEIGERD zijn")
+    if status is HandoverStatus.GEWEIGERD and not reason:
+        raise HandoverProblem(400, "een weigering heeft een reden")
+    if row.status not in (*UNANSWERED, HandoverStatus.GEACCEPTEERD.value):
+        raise HandoverProblem(409, f"de overdracht staat op {row.status} en kan niet meer worden beantwoord")
+    now = r.clock()
+    values: dict[str, Any] = {"status": status.value, "updated_at": now, "answered_at": now}
+    if reason is not None:
+        values["status_reason"] = reason
+    if meeting_planned_at is not None:
+        values["meeting_planned_at"] = meeting_planned_at
+    await session.execute(update(handovers).where(handovers.c.id == row.id).values(**values))
+    await audit_handover(
+        session, r, act, "handover.answered", row, status=status.value, meeting=meeting_planned_at is not None
+    )
+    if status is HandoverStatus.GEWEIGERD:
+        notice = messages.caseworker_notice(
+            row,
+            template="handover.declined",
+            transaction_id=act.transaction_id,
+            detail="de ontvanger weigert.",
+        )
+        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
+    return await get_handover(session, handover_id)
+
+
+async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta, act: Act) -> int:
+    """Tell caseworkers once about handovers that got no decision within `after` of being sent."""
+    rows = (
+        await session.execute(
+            select(handovers)
+            .where(handovers.c.status.in_(UNANSWERED))
+            .where(handovers.c.sent_at < r.clock() - after)
+            .where(handovers.c.overdue_notified_at.is_(None))
+            .limit(200)
+        )
+    ).all()
+    for row in rows:
+        notice = messages.caseworker_notice(
+            row,
+            template="handover.unanswered",
+            transaction_id=act.transaction_id,
+            detail="de ontvanger heeft niet op tijd geantwoord.",
+        )
+        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
+        await session.execute(
+            update(handovers).where(handovers.c.id == row.id).values(overdue_notified_at=r.clock())
+        )
+    return len(rows)

@@ -1,0 +1,195 @@
+"""Handover endpoints: caseworkers request and follow handovers and zorgmeldingen; receivers answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
+from sqlalchemy import select
+
+from hub.api.problems import Problem
+from hub.consent.caseworker import CurrentCaseworker
+from hub.handovers.answers import record_answer
+from hub.handovers.component import HandoverAnswer, routing_of
+from hub.handovers.receivers import receiver_delivery
+from hub.handovers.service import ZORGMELDING, Act, HandoverProblem, create_handover, get_handover
+from hub.handovers.tables import handovers
+from hub.partners import CurrentPartner
+from hub.runtime import Hub
+from schemas._base import CanonicalModel, Code, ShortText
+from schemas.consent import ConsentPurpose, DataCategory
+from schemas.handover import Handover, JointMeeting, ReceiverType
+
+router = APIRouter(prefix="/api/v1", tags=["overdrachten"])
+MELDCODE = "Wet verplichte meldcode huiselijk geweld en kindermishandeling; meldrecht art. 5.2.6 Wmo 2015"
+
+
+class HandoverIn(CanonicalModel):
+    """A caseworker's request for a warm handover of a referral."""
+
+    referral_id: Code
+    receiver_organisation: Code
+    purpose: ConsentPurpose = ConsentPurpose.WARME_OVERDRACHT
+    data_categories: list[DataCategory] = Field(min_length=1)
+    summary: ShortText = Field(description="short and minimised: no more than the receiver needs")
+    joint_meeting: JointMeeting | None = None
+
+
+class ZorgmeldingIn(CanonicalModel):
+    """Rule 21: a report to Veilig Thuis under the meldcode, the one disclosure without consent."""
+
+    referral_id: Code
+    receiver_organisation: Code
+    data_categories: list[DataCategory] = Field(min_length=1)
+    summary: ShortText
+    legal_basis: ShortText = MELDCODE
+
+
+class HandoverOut(CanonicalModel):
+    """Where a handover stands, as the caseworker follows it."""
+
+    handover_id: str
+    referral_id: str
+    receiver_organisation: str
+    receiver_type: str
+    purpose: str
+    status: str
+    status_reason: str | None
+    waiting_reasons: list[str] | None
+    consent_id: str | None
+    data_categories: list[str]
+    joint_meeting: dict[str, Any] | None
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    answered_at: datetime | None
+    meeting_planned_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Any) -> HandoverOut:
+        """From a handovers row."""
+        return cls(
+            handover_id=row.id,
+            referral_id=row.referral_id,
+            receiver_organisation=row.receiver_organisation,
+            receiver_type=row.receiver_type,
+            purpose=row.purpose,
+            status=row.status,
+            status_reason=row.status_reason,
+            waiting_reasons=row.waiting_reasons,
+            consent_id=row.consent_id,
+            data_categories=row.data_categories,
+            joint_meeting=row.joint_meeting,
+            created_at=row.created_at,
+            sent_at=row.sent_at,
+            delivered_at=row.delivered_at,
+            answered_at=row.answered_at,
+            meeting_planned_at=row.meeting_planned_at,
+        )
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    if hub.store is None or hub.relay is None:
+        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+    return hub
+
+
+async def _request(
+    request: Request, caseworker_id: str, body: HandoverIn | ZorgmeldingIn, purpose: str, basis: str | None
+) -> HandoverOut:
+    hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    act = Act(user=caseworker_id, transaction_id=request.state.transaction_id)
+    async with hub.store.transaction() as session:
+        target = await receiver_delivery(session, body.receiver_organisation)
+        if target is None:
+            raise Problem(
+                400, "Onbekende ontvanger", "Deze organisatie ontvangt geen overdrachten via de hub."
+            )
+        handover = Handover(
+            referral_id=body.referral_id,
+            from_caseworker=caseworker_id,
+            receiver_organisation=body.receiver_organisation,
+            receiver_type=ReceiverType(target.receiver_type),
+            data_categories=body.data_categories,
+            summary=body.summary,
+            joint_meeting=getattr(body, "joint_meeting", None),
+        )
+        try:
+            row = await create_handover(
+                session, routing_of(hub), handover, act, purpose=purpose, legal_basis=basis
+            )
+        except HandoverProblem as exc:
+            raise Problem(exc.status, "Overdracht niet mogelijk", str(exc)) from None
+    hub.relay.wake()
+    return HandoverOut.of(row)
+
+
+@router.post("/overdrachten", status_code=202, response_model=HandoverOut)
+async def request_handover(request: Request, body: HandoverIn, caseworker: CurrentCaseworker) -> HandoverOut:
+    """Ask for a warm handover; it goes out once a consent covers it (rule 9)."""
+    return await _request(request, caseworker.caseworker_id, body, body.purpose.value, None)
+
+
+@router.post("/zorgmeldingen", status_code=202, response_model=HandoverOut)
+async def request_zorgmelding(
+    request: Request, body: ZorgmeldingIn, caseworker: CurrentCaseworker
+) -> HandoverOut:
+    """Rule 21: a zorgmelding goes out without consent; its legal basis is written to the audit log."""
+    return await _request(request, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis)
+
+
+@router.get("/overdrachten", response_model=list[HandoverOut])
+async def list_handovers(
+    request: Request, caseworker: CurrentCaseworker, referral_id: Annotated[str, Query(max_length=100)]
+) -> list[HandoverOut]:
+    """The handovers of a referral."""
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        rows = await conn.execute(
+            select(handovers).where(handovers.c.referral_id == referral_id).order_by(handovers.c.created_at)
+        )
+        return [HandoverOut.of(r) for r in rows]
+
+
+@router.get("/overdrachten/{handover_id}", response_model=HandoverOut)
+async def read_handover(request: Request, handover_id: str, caseworker: CurrentCaseworker) -> HandoverOut:
+    """One handover's status."""
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        row = await get_handover(session, handover_id)
+    if row is None:
+        raise Problem(404, "Overdracht niet gevonden")
+    return HandoverOut.of(row)
+
+
+@router.post("/overdrachten/{handover_id}/status", response_model=HandoverOut)
+async def answer(
+    request: Request, handover_id: str, body: HandoverAnswer, partner: CurrentPartner
+) -> HandoverOut:
+    """A receiver answers a handover addressed to it: ONTVANGEN, GEACCEPTEERD, GEWEIGERD (reason)."""
+    hub = _hub(request)
+    assert hub.store is not None
+    act = Act(user=partner.name, transaction_id=request.state.transaction_id, on_behalf_of=partner.name)
+    try:
+        async with hub.store.transaction() as session:
+            row = await record_answer(
+                session,
+                routing_of(hub),
+                handover_id,
+                partner.name,
+                body.status,
+                act,
+                reason=body.reason,
+                meeting_planned_at=body.meeting_planned_at,
+            )
+    except HandoverProblem as exc:
+        raise Problem(exc.status, "Antwoord niet verwerkt", str(exc)) from None
+    assert hub.relay is not None
+    hub.relay.wake()
+    return HandoverOut.of(row)

@@ -1,0 +1,82 @@
+"""The receivers' delivery settings: each organisation gets its handovers by Kafka topic or webhook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.handovers.tables import receiver_deliveries
+from schemas.handover import ReceiverType
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class ReceiverDelivery:
+    """How one receiving organisation gets handovers."""
+
+    organisation: str
+    receiver_type: ReceiverType
+    mode: str  # "kafka" or "webhook"
+    url: str | None = None
+    secret: str | None = None
+    active: bool = True
+
+    @property
+    def topic_name(self) -> str:
+        """The receiver's own topic (unprefixed): handover.outbound.<receiver type>.v1."""
+        return f"handover.outbound.{self.receiver_type.value.lower()}.v1"
+
+
+def check_webhook_url(url: str, *, allow_plain_http: bool) -> None:
+    """HTTPS only; plain http only to loopback and only when allowed (tests, demo)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and allow_plain_http and parts.hostname in LOOPBACK:
+        return
+    raise ValueError("webhook URL must be https:// (http:// only to loopback when allowed)")
+
+
+async def set_receiver_delivery(session: AsyncSession, delivery: ReceiverDelivery) -> None:
+    """Create or replace an organisation's delivery settings."""
+    if delivery.mode not in ("kafka", "webhook"):
+        raise ValueError("mode must be kafka or webhook")
+    if delivery.mode == "webhook" and not (delivery.url and delivery.secret and len(delivery.secret) >= 32):
+        raise ValueError("a webhook needs a URL and a secret of at least 32 characters")
+    values = {
+        "receiver_type": delivery.receiver_type.value,
+        "mode": delivery.mode,
+        "url": delivery.url,
+        "secret": delivery.secret,
+        "active": delivery.active,
+    }
+    table = receiver_deliveries
+    exists = (
+        await session.execute(
+            select(table.c.organisation).where(table.c.organisation == delivery.organisation)
+        )
+    ).first()
+    if exists:
+        await session.execute(
+            update(table).where(table.c.organisation == delivery.organisation).values(**values)
+        )
+    else:
+        await session.execute(insert(table).values(organisation=delivery.organisation, **values))
+
+
+async def receiver_delivery(session: AsyncSession, organisation: str) -> ReceiverDelivery | None:
+    """An organisation's delivery settings, or None when it has none (or is inactive)."""
+    row = (
+        await session.execute(
+            select(receiver_deliveries).where(receiver_deliveries.c.organisation == organisation)
+        )
+    ).first()
+    if row is None or not row.active:
+        return None
+    return ReceiverDelivery(
+        row.organisation, ReceiverType(row.receiver_type), row.mode, row.url, row.secret, True
+    )

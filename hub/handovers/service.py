@@ -1,0 +1,296 @@
+"""Handover flow: request, consent check (rule 9), dispatch, waiting, withdrawal (rule 10), answers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.consent.minimise import minimise
+from hub.consent.rules import Disclosure, HandoverView, find_covering, local_day, withdrawal_effects
+from hub.consent.store import StoredConsent, consents_of
+from hub.directory import CaseworkerNotFound, get_caseworker
+from hub.handovers import messages
+from hub.handovers.tables import handovers
+from hub.intake.tables import referrals
+from hub.spine.outbox import add_to_outbox
+from schemas.consent import ConsentPurpose, DataCategory
+from schemas.envelope import Envelope, utcnow
+from schemas.handover import Handover, HandoverStatus
+from schemas.referral import Referral
+
+ZORGMELDING = "ZORGMELDING"
+
+
+class HandoverProblem(Exception):
+    """A request the hub cannot carry out; `status` is the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where routing writes: the topics (already prefixed) and its system name for the audit log."""
+
+    requested_topic: str
+    dispatch_topic: str
+    mail_topic: str
+    system: str = "ketenhub-routing"
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+
+@dataclass(frozen=True)
+class Act:
+    """Who acts, under which transaction (rule 19), on whose behalf."""
+
+    user: str
+    transaction_id: str
+    on_behalf_of: str | None = "Halt Den Haag"
+
+
+async def audit_handover(
+    session: AsyncSession, r: Routing, act: Act, action: str, row: Any, **objects: Any
+) -> None:
+    entry = AuditEntry(
+        action=action,
+        user=act.user,
+        youth_key=row.youth_key,
+        on_behalf_of=act.on_behalf_of,
+        objects={"handover_id": row.id, "referral_id": row.referral_id, **objects},
+        legal_basis=row.legal_basis,
+    )
+    await write_audit(session, entry, transaction_id=act.transaction_id, system=r.system)
+
+
+async def load_referral(session: AsyncSession, referral_id: str) -> tuple[Referral, str] | None:
+    """A stored referral and its youth key, or None."""
+    row = (
+        await session.execute(
+            select(referrals.c.referral, referrals.c.youth_key).where(referrals.c.id == referral_id)
+        )
+    ).first()
+    return (Referral.model_validate(row.referral), row.youth_key) if row is not None else None
+
+
+async def get_handover(session: AsyncSession, handover_id: str) -> Any:
+    """A handover row, or None."""
+    return (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
+
+
+async def create_handover(
+    session: AsyncSession,
+    r: Routing,
+    handover: Handover,
+    act: Act,
+    *,
+    purpose: str = ConsentPurpose.WARME_OVERDRACHT.value,
+    legal_basis: str | None = None,
+    announce: bool = True,
+) -> Any:
+    """Store a requested handover (waiting); announced on handover.requested.v1 for routing."""
+    found = await load_referral(session, handover.referral_id)
+    if found is None:
+        raise HandoverProblem(404, "de verwijzing is niet bekend")
+    _, youth_key = found
+    now = r.clock()
+    handover_id = handover.handover_id or str(uuid.uuid4())
+    await session.execute(
+        insert(handovers).values(
+            id=handover_id,
+            referral_id=handover.referral_id,
+            youth_key=youth_key,
+            from_caseworker=handover.from_caseworker,
+            receiver_organisation=handover.receiver_organisation,
+            receiver_type=handover.receiver_type.value,
+            purpose=purpose,
+            legal_basis=legal_basis,
+            data_categories=[c.value for c in handover.data_categories],
+            summary=handover.summary,
+            joint_meeting=handover.joint_meeting.model_dump(mode="json") if handover.joint_meeting else None,
+            status=HandoverStatus.WACHT_OP_TOESTEMMING.value,
+            created_at=now,
+            updated_at=now,
+            transaction_id=act.transaction_id,
+        )
+    )
+    row = await get_handover(session, handover_id)
+    await audit_handover(session, r, act, "handover.requested", row, receiver=row.receiver_organisation)
+    if not announce:
+        return row
+    requested = Envelope(
+        type="HandoverRequested",
+        transaction_id=act.transaction_id,
+        correlation_id=handover_id,
+        source="ketenhub-api",
+        payload={"handover_id": handover_id, "purpose": purpose},
+    )
+    await add_to_outbox(session, r.requested_topic, requested, key=youth_key)
+    return row
+
+
+async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *, notify: bool = True) -> str:
+    """Rule 9: dispatch a waiting handover under a covering consent, or keep it waiting and say why."""
+    row = await get_handover(session, handover_id)
+    if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
+        return row.status if row is not None else "ONBEKEND"
+    found = await load_referral(session, row.referral_id)
+    if found is None:
+        raise HandoverProblem(404, "de verwijzing van de overdracht is niet bekend")
+    referral, _ = found
+    categories = [DataCategory(c) for c in row.data_categories]
+    if row.purpose == ZORGMELDING:  # rule 21: the one disclosure without consent; basis is audited
+        await _dispatch(session, r, row, referral, categories, None, act)
+        return HandoverStatus.VERZONDEN.value
+    custodians = sum(1 for g in referral.youth.guardians if g.has_custody) or None
+    disclosure = Disclosure(
+        purpose=ConsentPurpose(row.purpose),
+        receiver=row.receiver_organisation,
+        categories=frozenset(categories),
+        day=local_day(r.clock()),
+    )
+    stored = await consents_of(session, row.youth_key)
+    covering, verdicts = find_covering((s.consent for s in stored), disclosure, custodians=custodians)
+    if covering is not None:
+        await _dispatch(session, r, row, referral, categories, covering.consent_id, act)
+        return HandoverStatus.VERZONDEN.value
+    reasons = sorted({g.value for v in verdicts for g in v.gaps}) or ["GEEN_TOESTEMMING"]
+    first_time = row.waiting_reasons is None
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == row.id)
+        .values(waiting_reasons=reasons, updated_at=r.clock())
+    )
+    if first_time:
+        await audit_handover(session, r, act, "handover.waiting", row, reasons=reasons)
+        if notify:
+            detail = "er is (nog) geen toestemming die haar dekt (" + ", ".join(reasons) + ")."
+            notice = messages.caseworker_notice(
+                row, template="handover.waiting", transaction_id=act.transaction_id, detail=detail
+            )
+            await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
+    return HandoverStatus.WACHT_OP_TOESTEMMING.value
+
+
+async def _caseworker_card(session: AsyncSession, caseworker_id: str) -> dict[str, Any]:
+    try:
+        cw = await get_caseworker(session, caseworker_id)
+    except CaseworkerNotFound:
+        return {"caseworker_id": caseworker_id}
+    return {"caseworker_id": caseworker_id, "name": cw.name, "email": cw.email, "phone": cw.phone}
+
+
+async def _dispatch(
+    session: AsyncSession,
+    r: Routing,
+    row: Any,
+    referral: Referral,
+    categories: list[DataCategory],
+    consent_id: str | None,
+    act: Act,
+) -> None:
+    """Send under `consent_id` (None: a zorgmelding): minimise, mark VERZONDEN, queue for delivery."""
+    covered = categories
+    if consent_id is not None:
+        stored = next(s for s in await consents_of(session, row.youth_key) if s.consent_id == consent_id)
+        covered = list(stored.consent.data_categories)
+    data = minimise(referral, categories, covered)
+    now = r.clock()
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == row.id)
+        .values(
+            status=HandoverStatus.VERZONDEN.value,
+            consent_id=consent_id,
+            sent_at=now,
+            updated_at=now,
+            waiting_reasons=None,
+        )
+    )
+    row = await get_handover(session, row.id)
+    message = messages.handover_message(
+        row,
+        data=data,
+        shared=sorted(data) if consent_id else sorted(c.value for c in categories),
+        transaction_id=act.transaction_id,
+        caseworker=await _caseworker_card(session, row.from_caseworker),
+    )
+    await add_to_outbox(session, r.dispatch_topic, message, key=row.youth_key)
+    await audit_handover(
+        session,
+        r,
+        act,
+        "handover.sent",
+        row,
+        receiver=row.receiver_organisation,
+        categories=sorted(data),
+        consent_id=consent_id,
+    )
+
+
+async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act: Act) -> list[str]:
+    """A consent was recorded: send every waiting handover of this youth that it now covers."""
+    ids = (
+        await session.execute(
+            select(handovers.c.id)
+            .where(handovers.c.youth_key == youth_key)
+            .where(handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
+            .order_by(handovers.c.created_at)
+        )
+    ).scalars()
+    sent = []
+    for handover_id in list(ids):
+        if await route(session, r, handover_id, act, notify=False) == HandoverStatus.VERZONDEN.value:
+            sent.append(handover_id)
+    return sent
+
+
+async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredConsent, act: Act) -> list[str]:
+    """Rule 10: withdraw pending handovers, tell receivers that got data; returns the withdrawn ids."""
+    rows = {
+        row.id: row
+        for row in await session.execute(select(handovers).where(handovers.c.youth_key == stored.youth_key))
+    }
+    views = [
+        HandoverView(
+            h.id, h.receiver_organisation, ConsentPurpose(h.purpose), HandoverStatus(h.status), h.consent_id
+        )
+        for h in rows.values()
+        if h.purpose != ZORGMELDING
+    ]
+    effects = withdrawal_effects(stored.consent, views)
+    now = r.clock()
+    told = {handover_id for handover_id, _ in effects.tell}
+    for handover_id in effects.withdraw:
+        await session.execute(
+            update(handovers)
+            .where(handovers.c.id == handover_id)
+            .values(
+                status=HandoverStatus.INGETROKKEN.value,
+                status_reason="TOESTEMMING_INGETROKKEN",
+                updated_at=now,
+            )
+        )
+        row = rows[handover_id]
+        await audit_handover(
+            session,
+            r,
+            act,
+            "handover.withdrawn",
+            row,
+            consent_id=stored.consent_id,
+            receiver_told=handover_id in told,
+        )
+        if handover_id in told:
+            notice = messages.withdrawal_notice(
+                row, reason="TOESTEMMING_INGETROKKEN", at=now, transaction_id=act.transaction_id
+            )
+            await add_to_outbox(session, r.dispatch_topic, notice, key=row.youth_key)
+    return list(effects.withdraw)

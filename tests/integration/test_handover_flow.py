@@ -1,0 +1,424 @@
+"""Warm handovers end to end: real broker, both stores, a real signed-webhook receiver over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import insert, select
+
+from connectors.receivers.webhook import SIGNATURE_HEADER, verify
+from hub.app import REGISTRARS, create_app
+from hub.directory import upsert_caseworker
+from hub.embedded import EmbeddedKafka
+from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
+from hub.intake.tables import referrals
+from hub.partners import PartnerType, add_partner
+from hub.runtime import Hub
+from hub.store.tables import audit_log
+from schemas.bsn import is_valid_bsn
+from schemas.caseworker import Caseworker
+from schemas.envelope import Envelope
+from schemas.handover import ReceiverType
+from schemas.pseudonym import youth_key
+from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.kafka import read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+SECRET = "receiver-webhook-secret-0123456789abcdef"
+TODAY = date.today()
+CW = "cw-1"
+
+
+def bsns() -> list[str]:
+    return [f"{n:09d}" for n in range(100000000, 100002000) if is_valid_bsn(f"{n:09d}")]
+
+
+def born(years: int) -> date:
+    return TODAY.replace(year=TODAY.year - years) - timedelta(days=30)
+
+
+@dataclass
+class Receiver:
+    """A receiver's webhook: verifies the HMAC, records every call, can be taken down."""
+
+    down: bool = False
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+    bad_signatures: int = 0
+    port: int = 0
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/hook/{org}")
+        async def hook(org: str, request: Request) -> Response:
+            body = await request.body()
+            if not verify(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
+                self.bad_signatures += 1
+                return Response(status_code=401)
+            if self.down:
+                self.refused += 1
+                return Response(status_code=503)
+            env = Envelope.from_bytes(body)
+            self.calls.append(
+                {"org": org, "env": env, "transaction": request.headers.get("Fsc-Transaction-Id")}
+            )
+            return Response(status_code=204)
+
+        return app
+
+    def handovers(self) -> list[Envelope]:
+        return [c["env"] for c in self.calls if c["env"].type == "Handover"]
+
+    def url(self, org: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hook/{org}"
+
+
+@asynccontextmanager
+async def receiver_server() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        receiver.port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(receiver.app(), port=receiver.port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+
+@dataclass
+class World:
+    """A started hub with routing, an HTTP client on its app, a webhook receiver, and test data."""
+
+    hub: Hub
+    client: httpx.AsyncClient
+    receiver: Receiver
+    partner_keys: dict[str, str]
+    bsn_pool: list[str]
+
+    async def referral(self, age: int, custodians: int = 1) -> tuple[str, str]:
+        """Store an accepted referral of a youth of `age`; returns (referral id, youth key)."""
+        bsn = self.bsn_pool.pop()
+        key = youth_key(TEST_SECRET, bsn)
+        rid = str(uuid.uuid4())
+        guardians = [{"name": f"Ouder {i}"} for i in range(custodians)]
+        body = {
+            "referrer": {"type": "POLITIE", "organisation": "Politie Den Haag"},
+            "case_reference": f"PV-{rid[:8]}",
+            "youth": {
+                "bsn": bsn,
+                "given_names": "Sam",
+                "surname": "Jansen",
+                "birth_date": born(age).isoformat(),
+                "municipality": "Den Haag",
+                "guardians": guardians,
+            },
+            "track": "HALT_STRAF",
+            "offence": {
+                "committed_on": (TODAY - timedelta(days=10)).isoformat(),
+                "description": "vernieling bushokje",
+            },
+        }
+        assert self.hub.store is not None
+        async with self.hub.store.transaction() as session:
+            await session.execute(
+                insert(referrals).values(
+                    id=rid,
+                    referrer_key="test",
+                    case_reference=body["case_reference"],
+                    partner_id=None,
+                    referrer_type="POLITIE",
+                    channel="http",
+                    youth_key=key,
+                    bsn=bsn,
+                    track="HALT_STRAF",
+                    outcome="ACCEPTED",
+                    referral=body,
+                    decision={"outcome": "ACCEPTED"},
+                    transaction_id=str(uuid.uuid4()),
+                    received_at=datetime.now(UTC),
+                )
+            )
+        return rid, key
+
+    async def consent(self, referral_id: str, **changes: Any) -> dict[str, Any]:
+        grantors = changes.pop("grantors", [("JEUGDIGE", "Sam")])
+        body = {
+            "referral_id": referral_id,
+            "purpose": "WARME_OVERDRACHT",
+            "recipient_organisations": ["jongerenwerk-dh"],
+            "data_categories": ["PERSONALIA", "VERWIJZING"],
+            "grantors": [
+                {
+                    "role": role,
+                    "name": name,
+                    "permission": "PERMIT",
+                    "given_at": datetime.now(UTC).isoformat(),
+                    "method": "MONDELING",
+                }
+                for role, name in grantors
+            ],
+            "valid_from": (TODAY - timedelta(days=1)).isoformat(),
+            "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+            **changes,
+        }
+        r = await self.client.post("/api/v1/toestemmingen", json=body, headers={"X-Medewerker": CW})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def handover(self, referral_id: str, org: str = "jongerenwerk-dh", **changes: Any) -> str:
+        body = {
+            "referral_id": referral_id,
+            "receiver_organisation": org,
+            "data_categories": ["PERSONALIA", "VERWIJZING"],
+            "summary": "Sam wil graag meedoen aan een sportproject.",
+            "joint_meeting": {
+                "planned_at": (datetime.now(UTC) + timedelta(days=7)).isoformat(),
+                "location": "Buurthuis De Mussen",
+            },
+            **changes,
+        }
+        r = await self.client.post("/api/v1/overdrachten", json=body, headers={"X-Medewerker": CW})
+        assert r.status_code == 202, r.text
+        return str(r.json()["handover_id"])
+
+    async def status(self, handover_id: str) -> dict[str, Any]:
+        r = await self.client.get(f"/api/v1/overdrachten/{handover_id}", headers={"X-Medewerker": CW})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def audit(self, action: str) -> list[Any]:
+        assert self.hub.store is not None
+        async with self.hub.store.connect() as conn:
+            return list(await conn.execute(select(audit_log).where(audit_log.c.action == action)))
+
+
+@asynccontextmanager
+async def world(kafka: EmbeddedKafka, db_url: str, unique: str, **handovers: Any) -> AsyncIterator[World]:
+    settings = make_settings(
+        kafka,
+        db_url,
+        unique,
+        components=["routing"],
+        handovers={
+            "retry_schedule_s": (0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5),
+            "allow_plain_http": True,
+            "check_interval_s": 0.2,
+            **handovers,
+        },
+    )
+    hub = Hub(settings, registrars=REGISTRARS)
+    async with receiver_server() as receiver:
+        await hub.start()
+        try:
+            assert hub.store is not None
+            keys = {}
+            async with hub.store.transaction() as session:
+                await upsert_caseworker(
+                    session,
+                    Caseworker(caseworker_id=CW, name="Medewerker Een", email="cw1@halt.nl", team="DEN_HAAG"),
+                )
+                for org, rtype in (("jongerenwerk-dh", "jongerenwerk"), ("wijkteam-dh", "wijkteam")):
+                    await set_receiver_delivery(
+                        session,
+                        ReceiverDelivery(
+                            org, ReceiverType(rtype.upper()), "webhook", receiver.url(org), SECRET
+                        ),
+                    )
+                    _, keys[org] = await add_partner(session, org, PartnerType(rtype))
+                await set_receiver_delivery(
+                    session, ReceiverDelivery("jeugdhulp-dh", ReceiverType.JEUGDHULP, "kafka")
+                )
+                _, keys["jeugdhulp-dh"] = await add_partner(session, "jeugdhulp-dh", PartnerType.JEUGDHULP)
+            app = create_app(settings, hub=hub)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+                yield World(hub, client, receiver, keys, bsns())
+        finally:
+            await hub.stop()
+
+
+async def test_no_handover_without_covering_consent_then_once_when_it_arrives(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with world(kafka, db_url, unique) as w:
+        cases: dict[str, tuple[str, str]] = {}
+        # Each youth gets a consent that fails to cover the handover in exactly one way.
+        for reason, age, changes in [
+            ("ANDERE_ONTVANGER", 17, {"recipient_organisations": ["wijkteam-dh"]}),
+            ("ANDER_DOEL", 17, {"purpose": "DELEN_NA_MATCH"}),
+            ("CATEGORIE_NIET_GEDEKT", 17, {"data_categories": ["PERSONALIA"]}),
+            (
+                "VERLOPEN",
+                17,
+                {
+                    "valid_from": (TODAY - timedelta(days=90)).isoformat(),
+                    "valid_until": (TODAY - timedelta(days=1)).isoformat(),
+                },
+            ),
+            ("INGETROKKEN", 17, {}),
+            ("ONVOLLEDIG", 13, {}),  # 13: the parents must consent too, and did not
+        ]:
+            rid, _ = await w.referral(age)
+            recorded = await w.consent(rid, **changes)
+            if reason == "INGETROKKEN":
+                r = await w.client.post(
+                    f"/api/v1/toestemmingen/{recorded['consent_id']}/intrekking",
+                    json={"reason": "jeugdige wil het niet meer"},
+                    headers={"X-Medewerker": CW},
+                )
+                assert r.status_code == 200 and r.json()["status"] == "INGETROKKEN"
+            cases[reason] = (rid, await w.handover(rid))
+
+        async def all_waiting() -> bool:
+            return all([(await w.status(h))["waiting_reasons"] for _, h in cases.values()])
+
+        await wait_for(all_waiting)
+        for reason, (_, h) in cases.items():
+            state = await w.status(h)
+            assert state["status"] == "WACHT_OP_TOESTEMMING" and reason in state["waiting_reasons"], (
+                reason,
+                state,
+            )
+        mails = await read_topic(kafka.bootstrap, w.hub.topic("notification.mail.v1"), expect=6)
+        notices = [Envelope.from_bytes(m.value).payload for m in mails]
+        assert sorted(n["template"] for n in notices) == ["handover.waiting"] * 6
+        assert all(n["recipient_caseworker_id"] == CW for n in notices)
+        assert w.receiver.calls == []
+
+        # Now a covering consent for each: every handover goes out by itself, exactly once.
+        for reason, (rid, _) in cases.items():
+            grantors = (
+                [("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")] if reason == "ONVOLLEDIG" else None
+            )
+            await w.consent(rid, **({"grantors": grantors} if grantors else {}))
+        await wait_for(lambda: len(w.receiver.handovers()) >= 6, timeout_s=30)
+        await asyncio.sleep(0.4)
+        got = w.receiver.handovers()
+        assert sorted(e.payload["handover_id"] for e in got) == sorted(h for _, h in cases.values())
+        assert w.receiver.bad_signatures == 0
+        for env in got:
+            assert set(env.payload["data"]) == {"PERSONALIA", "VERWIJZING"}  # DELICT and GEZIN are not in it
+            assert "vernieling" not in json.dumps(env.payload)
+        assert all(c["transaction"] for c in w.receiver.calls)
+
+        async def delivered() -> bool:
+            return all([(await w.status(h))["delivered_at"] for _, h in cases.values()])
+
+        await wait_for(delivered)
+        disclosed = await w.audit("handover.disclosed")
+        assert sorted(a.objects["handover_id"] for a in disclosed) == sorted(h for _, h in cases.values())
+        for (
+            a
+        ) in disclosed:  # rule 18: when, what, which youth, who, on whose behalf, which system, which objects
+            assert a.at and a.youth_key and a.user == CW and a.on_behalf_of == "Halt Den Haag"
+            assert a.system == "ketenhub-receivers" and a.transaction_id
+            assert a.objects["receiver"] == "jongerenwerk-dh" and a.objects["consent_id"]
+
+
+async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with world(kafka, db_url, unique) as w:
+        w.receiver.down = True
+        youths = [await w.referral(17) for _ in range(2)]
+        for rid, _ in youths:
+            await w.consent(rid)
+        asked: dict[str, list[str]] = {rid: [] for rid, _ in youths}
+        for i in range(3):
+            for rid, _ in youths:
+                asked[rid].append(await w.handover(rid, summary=f"overdracht nummer {i}"))
+        await wait_for(lambda: w.receiver.refused >= 4, timeout_s=20)
+        assert w.receiver.handovers() == []
+        w.receiver.down = False
+        await wait_for(lambda: len(w.receiver.handovers()) >= 6, timeout_s=40)
+        await asyncio.sleep(0.4)
+        got = [e.payload["handover_id"] for e in w.receiver.handovers()]
+        assert sorted(got) == sorted(h for hs in asked.values() for h in hs)  # each once
+        for hs in asked.values():
+            assert [h for h in got if h in hs] == hs  # in order per youth
+
+
+async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with world(kafka, db_url, unique, answer_timeout_s=0.5) as w:
+        rid, key = await w.referral(17)
+        consent = await w.consent(rid, recipient_organisations=["jeugdhulp-dh", "jongerenwerk-dh"])
+        to_kafka = await w.handover(rid, org="jeugdhulp-dh", data_categories=["PERSONALIA"])
+        to_hook = await w.handover(rid)
+        outbound = w.hub.topic("handover.outbound.jeugdhulp.v1")
+        records = await read_topic(kafka.bootstrap, outbound, expect=1)
+        env = Envelope.from_bytes(records[0].value)
+        assert env.payload["handover_id"] == to_kafka and set(env.payload["data"]) == {"PERSONALIA"}
+        assert records[0].key.decode() == key
+        await wait_for(lambda: len(w.receiver.handovers()) == 1)
+
+        # The webhook receiver answers over HTTP; another partner cannot answer for it.
+        answer = {
+            "status": "GEACCEPTEERD",
+            "meeting_planned_at": (datetime.now(UTC) + timedelta(days=3)).isoformat(),
+        }
+        r = await w.client.post(
+            f"/api/v1/overdrachten/{to_hook}/status",
+            json=answer,
+            headers={"Authorization": f"Bearer {w.partner_keys['wijkteam-dh']}"},
+        )
+        assert r.status_code == 404
+        r = await w.client.post(
+            f"/api/v1/overdrachten/{to_hook}/status",
+            json=answer,
+            headers={"Authorization": f"Bearer {w.partner_keys['jongerenwerk-dh']}"},
+        )
+        assert (
+            r.status_code == 200 and r.json()["status"] == "GEACCEPTEERD" and r.json()["meeting_planned_at"]
+        )
+
+        # The Kafka receiver never answers: its caseworker is told, once per handover.
+        mails = await read_topic(kafka.bootstrap, w.hub.topic("notification.mail.v1"), expect=1, settle_s=0.8)
+        unanswered = [Envelope.from_bytes(m.value).payload for m in mails]
+        assert {m["template"] for m in unanswered} == {"handover.unanswered"}
+        assert sum(to_kafka in m["body_text"] for m in unanswered) == 1
+        assert len(unanswered) <= 2  # the webhook one too, if its answer came after the deadline
+
+        # Rule 10: withdrawal tells both receivers; a new handover waits.
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "ouders trekken in"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200 and sorted(r.json()["handovers_withdrawn"]) == sorted([to_kafka, to_hook])
+        records = await read_topic(kafka.bootstrap, outbound, expect=2)
+        assert Envelope.from_bytes(records[-1].value).type == "HandoverWithdrawn"
+        await wait_for(lambda: any(c["env"].type == "HandoverWithdrawn" for c in w.receiver.calls))
+        assert (await w.status(to_hook))["status"] == "INGETROKKEN"
+        later = await w.handover(rid)
+        await wait_for(lambda: _waiting(w, later))
+        await asyncio.sleep(0.3)
+        assert len(w.receiver.handovers()) == 1
+        assert len(await w.audit("consent.withdrawn")) == 1
+        assert len(await w.audit("handover.withdrawal_told")) == 2
+
+
+async def _waiting(w: World, handover_id: str) -> bool:
+    return bool((await w.status(handover_id))["waiting_reasons"])

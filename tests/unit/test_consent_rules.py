@@ -1,0 +1,231 @@
+"""Rules 8, 9 and 10 and minimisation, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from hub.consent.minimise import minimise
+from hub.consent.rules import (
+    Disclosure,
+    Gap,
+    HandoverView,
+    age_on,
+    completeness,
+    coverage,
+    find_covering,
+    withdrawal_effects,
+)
+from schemas.consent import (
+    Consent,
+    ConsentPurpose,
+    ConsentStatus,
+    ConsentYouth,
+    DataCategory,
+    Grantor,
+    GrantorRole,
+    Permission,
+)
+from schemas.handover import HandoverStatus
+from schemas.referral import Referral
+
+BIRTH = date(2010, 6, 15)
+BSN = "111222333"
+YOUTH, PARENT, GUARD = GrantorRole.JEUGDIGE, GrantorRole.OUDER_MET_GEZAG, GrantorRole.VOOGD
+
+
+def grantor(role: GrantorRole, day: date, *, name: str = "", deny: bool = False) -> Grantor:
+    return Grantor(
+        role=role,
+        name=name or role.value.lower(),
+        permission=Permission.DENY if deny else Permission.PERMIT,
+        given_at=datetime(day.year, day.month, day.day, 11, 0, tzinfo=UTC),
+        method="SCHRIFTELIJK",
+    )
+
+
+def consent(*grantors: Grantor, **extra: object) -> Consent:
+    values: dict[str, object] = {
+        "consent_id": "c1",
+        "youth": ConsentYouth(bsn=BSN, birth_date=BIRTH),
+        "purpose": ConsentPurpose.WARME_OVERDRACHT,
+        "recipient_organisations": ["jongerenwerk-dh"],
+        "data_categories": [DataCategory.PERSONALIA, DataCategory.VERWIJZING],
+        "grantors": list(grantors),
+        "recorded_by": "cw1",
+        "valid_from": date(2020, 1, 1),
+        "valid_until": date(2030, 1, 1),
+    }
+    values.update(extra)
+    return Consent(**values)  # type: ignore[arg-type]
+
+
+def test_age_counts_completed_years() -> None:
+    assert age_on(BIRTH, date(2022, 6, 14)) == 11
+    assert age_on(BIRTH, date(2022, 6, 15)) == 12
+    assert age_on(date(2008, 2, 29), date(2020, 2, 28)) == 11
+    assert age_on(date(2008, 2, 29), date(2020, 3, 1)) == 12
+
+
+TWELFTH, SIXTEENTH = date(2022, 6, 15), date(2026, 6, 15)
+DAY_BEFORE_12, DAY_BEFORE_16 = date(2022, 6, 14), date(2026, 6, 14)
+
+
+@pytest.mark.parametrize(
+    ("day", "roles", "complete"),
+    [
+        # the day before the 12th birthday: the parents decide; the youth alone is not enough
+        (DAY_BEFORE_12, [PARENT], True),
+        (DAY_BEFORE_12, [YOUTH], False),
+        (DAY_BEFORE_12, [GUARD], True),
+        # on the 12th birthday: youth and parents both
+        (TWELFTH, [PARENT], False),
+        (TWELFTH, [YOUTH], False),
+        (TWELFTH, [YOUTH, PARENT], True),
+        # the day before the 16th birthday: still both
+        (DAY_BEFORE_16, [YOUTH], False),
+        (DAY_BEFORE_16, [YOUTH, PARENT], True),
+        # on the 16th birthday: the youth alone
+        (SIXTEENTH, [YOUTH], True),
+        (SIXTEENTH, [PARENT], False),
+    ],
+)
+def test_rule_8_who_must_consent_by_age_on_the_day(
+    day: date, roles: list[GrantorRole], complete: bool
+) -> None:
+    result = completeness(consent(*(grantor(r, day) for r in roles)))
+    assert result.complete is complete
+
+
+def test_rule_8_day_of_consent_is_the_last_answer() -> None:
+    # youth answered at 11 (not needed then), the parent on the 12th birthday: now the youth must consent,
+    # and did, so it is complete; without the youth's permit it would not be.
+    c = consent(grantor(YOUTH, DAY_BEFORE_12), grantor(PARENT, TWELFTH))
+    assert completeness(c).day == TWELFTH and completeness(c).complete
+    assert not completeness(consent(grantor(PARENT, TWELFTH))).complete
+
+
+def test_rule_8_any_deny_or_missing_custodian_means_no_consent() -> None:
+    day = date(2024, 1, 1)  # 13
+    denied = completeness(consent(grantor(YOUTH, day), grantor(PARENT, day, deny=True)))
+    assert not denied.complete and denied.denied == (PARENT,)
+    two_custodians = consent(grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"))
+    assert not completeness(two_custodians, custodians=2).complete
+    assert completeness(two_custodians, custodians=2).missing == ("OUDER_MET_GEZAG",)
+    both = consent(
+        grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"), grantor(PARENT, day, name="Ouder B")
+    )
+    assert completeness(both, custodians=2).complete
+    # 16+: a parent's deny still blocks (one deny means no consent)
+    assert not completeness(
+        consent(grantor(YOUTH, SIXTEENTH), grantor(PARENT, SIXTEENTH, deny=True))
+    ).complete
+
+
+GOOD = consent(grantor(YOUTH, SIXTEENTH))
+ASK = Disclosure(
+    purpose=ConsentPurpose.WARME_OVERDRACHT,
+    receiver="jongerenwerk-dh",
+    categories=frozenset({DataCategory.PERSONALIA}),
+    day=date(2027, 1, 1),
+)
+
+
+def test_rule_9_covering_consent() -> None:
+    assert coverage(GOOD, ASK).covers
+
+
+@pytest.mark.parametrize(
+    ("changes", "ask", "gap"),
+    [
+        ({}, {"receiver": "wijkteam-dh"}, Gap.ANDERE_ONTVANGER),
+        ({}, {"purpose": ConsentPurpose.DELEN_NA_MATCH}, Gap.ANDER_DOEL),
+        (
+            {},
+            {"categories": frozenset({DataCategory.PERSONALIA, DataCategory.DELICT})},
+            Gap.CATEGORIE_NIET_GEDEKT,
+        ),
+        ({"valid_until": date(2026, 12, 31)}, {}, Gap.VERLOPEN),
+        ({"status": ConsentStatus.VERLOPEN}, {}, Gap.VERLOPEN),
+        ({"valid_from": date(2027, 1, 2), "valid_until": date(2028, 1, 1)}, {}, Gap.NOG_NIET_GELDIG),
+        ({"status": ConsentStatus.INGETROKKEN}, {}, Gap.INGETROKKEN),
+        ({"grantors": [grantor(PARENT, SIXTEENTH)]}, {}, Gap.ONVOLLEDIG),
+    ],
+)
+def test_rule_9_every_way_a_consent_fails_to_cover(
+    changes: dict[str, object], ask: dict[str, object], gap: Gap
+) -> None:
+    c = GOOD.model_copy(update=changes)
+    d = Disclosure(**{**ASK.__dict__, **ask})  # type: ignore[arg-type]
+    verdict = coverage(c, d)
+    assert not verdict.covers and verdict.gaps == (gap,)
+    assert find_covering([c], d)[0] is None
+
+
+def test_rule_9_validity_is_inclusive_and_best_consent_wins() -> None:
+    last_day = GOOD.model_copy(update={"valid_until": ASK.day})
+    assert coverage(last_day, ASK).covers
+    longer = GOOD.model_copy(update={"consent_id": "c2", "valid_until": date(2031, 1, 1)})
+    assert find_covering([last_day, longer], ASK)[0] is longer
+
+
+def test_rule_10_withdrawal_effects() -> None:
+    views = [
+        HandoverView(
+            "sent", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.GEACCEPTEERD, "c1"
+        ),
+        HandoverView(
+            "waiting",
+            "jongerenwerk-dh",
+            ConsentPurpose.WARME_OVERDRACHT,
+            HandoverStatus.WACHT_OP_TOESTEMMING,
+            None,
+        ),
+        HandoverView(
+            "other", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.VERZONDEN, "c9"
+        ),
+        HandoverView(
+            "elsewhere",
+            "wijkteam-dh",
+            ConsentPurpose.WARME_OVERDRACHT,
+            HandoverStatus.WACHT_OP_TOESTEMMING,
+            None,
+        ),
+        HandoverView(
+            "old", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.INGETROKKEN, "c1"
+        ),
+    ]
+    effects = withdrawal_effects(GOOD, views)
+    assert set(effects.withdraw) == {"sent", "waiting"}
+    assert effects.tell == (("sent", "jongerenwerk-dh"),)
+
+
+def test_minimisation_leaves_uncovered_categories_out(referral: Referral) -> None:
+    data = minimise(referral, [DataCategory.PERSONALIA, DataCategory.DELICT], [DataCategory.PERSONALIA])
+    assert set(data) == {"PERSONALIA"}
+    text = str(data)
+    assert referral.offence is not None and referral.offence.description not in text
+    assert "guardians" not in text and "referrer_organisation" not in text
+    both = minimise(referral, [DataCategory.PERSONALIA, DataCategory.DELICT], list(DataCategory))
+    assert set(both) == {"PERSONALIA", "DELICT"}
+
+
+@pytest.fixture
+def referral() -> Referral:
+    return Referral.model_validate(
+        {
+            "referrer": {"type": "POLITIE", "organisation": "Politie Den Haag"},
+            "case_reference": "PV-1",
+            "youth": {
+                "bsn": BSN,
+                "given_names": "Sam",
+                "surname": "Jansen",
+                "birth_date": "2010-06-15",
+                "municipality": "Den Haag",
+                "guardians": [{"name": "Ouder Jansen"}],
+            },
+            "track": "HALT_STRAF",
+            "offence": {"committed_on": "2024-03-01", "description": "graffiti op de schoolmuur"},
+        }
+    )
