@@ -1,0 +1,202 @@
+"""The mail component: MailNotifications on `notification.mail.v1` out over SMTP, once each.
+
+Once per notification: the id of every mail the SMTP server accepted is stored in `mail_sent` in
+the same transaction as the consumer's inbox entry (or the retry ladder's un-parking), and checked
+before sending, so redeliveries, restarts and DLQ replays never send it again. The one window left
+is a crash after the server said "250" and before that commit: the mail is then sent a second time,
+with the same Message-ID (derived from the notification id), which mail systems use to drop the
+repeat. It cannot be closed from our side: SMTP has no idempotency key.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from connectors.mail.message import build_message, message_id_for
+from connectors.mail.sink import MailSink
+from connectors.mail.smtp import SmtpMailer
+from hub.audit import AuditEntry, write_audit
+from hub.config import SmtpSettings
+from hub.directory import mail_recipient
+from hub.errors import PermanentError
+from hub.logging import get_logger
+from hub.notify.service import record_problem
+from hub.notify.tables import mail_sent
+from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.runtime import Hub
+from hub.spine import Tx
+from hub.store import Store
+from hub.topics import NOTIFICATION_MAIL
+from schemas.envelope import Envelope, utcnow
+from schemas.notification import MailNotification
+
+log = get_logger(__name__)
+NAME = "mail"
+SYSTEM = "mail-connector"
+
+
+def _notification(message: Envelope) -> MailNotification:
+    try:
+        return MailNotification.model_validate(message.payload)
+    except ValidationError as exc:
+        raise PermanentError(f"not a MailNotification: {exc.error_count()} error(s)") from None
+
+
+class MailConnector:
+    """Sends notifications (hub.components["mail"]): ping for /readyz, status for the console."""
+
+    def __init__(
+        self, store: Store, settings: SmtpSettings, mailer: SmtpMailer, sink: MailSink | None = None
+    ) -> None:
+        self.store, self.settings, self.mailer, self.sink = store, settings, mailer, sink
+        self.ladder: RetryLadder | None = None
+        self.last_success: datetime | None = None
+        self.last_error: str | None = None
+
+    async def deliver(self, message: Envelope) -> None:
+        """Send one notification to whoever reads the caseworker's mail today (rule 16)."""
+        mail = _notification(message)
+        async with self.store.read() as session:  # the consumer's transaction holds the write lock
+            if await _was_sent(session, mail.notification_id):
+                log.info("mail already sent; not sending again", notification_id=mail.notification_id)
+                return
+            recipient = await mail_recipient(session, mail.recipient_caseworker_id, date.today())
+        msg = build_message(
+            mail, to_addr=recipient.email, to_name=recipient.name, sender=self.settings.sender, now=utcnow()
+        )
+        await self.mailer.send(msg)
+        self.last_success = utcnow()
+
+    async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
+        """Remember the notification as sent, in the consumer's (or un-parking's) transaction."""
+        mail = _notification(message)
+        if await _was_sent(session, mail.notification_id):
+            return
+        await session.execute(
+            insert(mail_sent).values(
+                notification_id=mail.notification_id,
+                message_id=message_id_for(mail.notification_id, self.settings.sender),
+                recipient_caseworker_id=mail.recipient_caseworker_id,
+                sent_at=utcnow(),
+            )
+        )
+        entry = AuditEntry(
+            action="mail.sent",
+            user=SYSTEM,
+            on_behalf_of=mail.recipient_caseworker_id,
+            objects={
+                "notification_id": mail.notification_id,
+                "template": mail.template,
+                "case_reference": mail.case_reference,
+            },
+        )
+        await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
+
+    async def on_parked(self, session: AsyncSession, message: Envelope, *args: Any) -> None:
+        """Keep the last error for the console."""
+        self.last_error = args[-1] if args else None
+
+    async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
+        """A mail that will not go out is a problem an administrator sees."""
+        self.last_error = error
+        payload = message.payload
+        await record_problem(
+            session,
+            kind="mail_niet_bezorgd",
+            caseworker_id=str(payload.get("recipient_caseworker_id") or "") or None,
+            reference=str(payload.get("notification_id") or message.message_id),
+            reason=f"mail niet bezorgd: {error}",
+            transaction_id=message.transaction_id,
+        )
+
+    async def ping(self) -> None:
+        """The SMTP server answers (readiness)."""
+        await self.mailer.ping()
+
+    def status(self) -> dict[str, Any]:
+        """Last success, last error, where mail goes (console)."""
+        where = f"embedded sink 127.0.0.1:{self.sink.port}" if self.sink else f"{self.settings.host}"
+        return {
+            "target": where,
+            "sent": self.mailer.sent,
+            "lastSuccess": self.last_success.isoformat() if self.last_success else None,
+            "lastError": self.last_error,
+        }
+
+    async def aclose(self) -> None:
+        """Close the SMTP connection (the sink stops with its background task)."""
+        await self.mailer.aclose()
+
+
+async def _was_sent(session: AsyncSession, notification_id: str) -> bool:
+    q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id == notification_id)
+    return (await session.execute(q)).first() is not None
+
+
+def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untyped-def]
+    """A registrar; `policy` overrides the retry schedule (tests use a fast one)."""
+
+    def register(hub: Hub) -> None:
+        assert hub.spine is not None and hub.store is not None
+        smtp = hub.settings.smtp
+        sink = None
+        if smtp.host is None:  # the embedded default: a local SMTP sink the hub really talks SMTP to
+            sink = MailSink(hub.store, keep=hub.settings.notify.sink_keep)
+            hub.background["mail-sink"] = sink.run
+        mailer = SmtpMailer(smtp, sink.endpoint if sink else None)
+        connector = MailConnector(hub.store, smtp, mailer, sink)
+        hub.components[NAME] = connector
+        ladder = RetryLadder(
+            hub.store,
+            hub.metrics,
+            name=NAME,
+            topic=hub.topic(NOTIFICATION_MAIL.name),
+            retry_topic=hub.topic(NOTIFICATION_MAIL.retry),
+            dlq_topic=hub.topic(NOTIFICATION_MAIL.dlq),
+            partner="smtp",
+            delivery=Delivery(
+                deliver=connector.deliver,
+                on_delivered=connector.on_delivered,
+                on_parked=connector.on_parked,
+                on_dead=connector.on_dead,
+            ),
+            policy=policy,
+        )
+        connector.ladder = ladder
+        hub.background["mail-retry"] = ladder.run
+        sqlite = hub.store.dialect == "sqlite"
+
+        @hub.spine.subscribe(
+            hub.topic(NOTIFICATION_MAIL.name), group=hub.group(NAME), dlq=hub.topic(NOTIFICATION_MAIL.dlq)
+        )
+        async def send_mail(tx: Tx, message: Envelope) -> None:
+            """Send a caseworker's mail over SMTP through the retry ladder, once per notification."""
+            key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
+            if sqlite:
+                # Take SQLite's write lock before the SMTP call (a no-op write): a concurrent commit
+                # would otherwise make this transaction's snapshot stale and fail the write after
+                # sending, which would retry the batch and send the mail again.
+                await tx.session.execute(delete(mail_sent).where(mail_sent.c.notification_id == ""))
+            await ladder.handle(tx, message, key=key)
+
+    return register
+
+
+register_mail = mail_component()
+
+
+def banner_lines(hub: object) -> list[str]:
+    """For `ketenhub run`'s banner: where mail goes, and how to see the embedded sink's mails."""
+    connector = getattr(hub, "components", {}).get(NAME)
+    if not isinstance(connector, MailConnector):
+        return []
+    if connector.sink is not None:
+        return ["  mail          embedded SMTP sink (loopback): see `ketenhub mails` or GET /api/v1/mails"]
+    return [
+        f"  mail          SMTP {connector.settings.host}:{connector.settings.port} ({connector.settings.tls})"
+    ]

@@ -1,0 +1,120 @@
+"""Sending over SMTP with aiosmtplib: plain, STARTTLS or implicit TLS, optional login, one reused connection.
+
+Errors are typed for the retry ladder: SMTP 4xx replies and connection trouble are TransientError,
+5xx replies are PermanentError (dead letter at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from hub.config import SmtpSettings
+from hub.errors import PermanentError, TransientError
+from hub.logging import get_logger
+
+log = get_logger(__name__)
+Endpoint = Callable[[], Awaitable[tuple[str, int]]]
+
+
+def classify(exc: BaseException) -> Exception:
+    """An aiosmtplib (or socket) error as TransientError or PermanentError; never echoes addresses."""
+    if isinstance(exc, OSError):  # connection refused, dropped, timed out, or a refusing greeting
+        return TransientError(f"SMTP server unreachable ({type(exc).__name__})")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        kind = PermanentError if codes and all(c >= 500 for c in codes) else TransientError
+        return kind(f"SMTP server refused the recipient ({', '.join(map(str, codes))})")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        text = f"SMTP {exc.code}: {str(exc.message)[:120]}"
+        return PermanentError(text) if exc.code >= 500 else TransientError(text)
+    return TransientError(f"SMTP error ({type(exc).__name__})")
+
+
+class SmtpMailer:
+    """Keeps one SMTP connection and reconnects when the server dropped it."""
+
+    def __init__(self, settings: SmtpSettings, endpoint: Endpoint | None = None) -> None:
+        self.settings = settings
+        self._endpoint = endpoint
+        self._client: aiosmtplib.SMTP | None = None
+        self._lock = asyncio.Lock()
+        self.sent = 0
+        self.connections = 0
+
+    async def _where(self) -> tuple[str, int]:
+        if self._endpoint is not None:
+            return await self._endpoint()
+        assert self.settings.host is not None
+        return self.settings.host, self.settings.port
+
+    async def _new_client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        host, port = await self._where()
+        client = aiosmtplib.SMTP(
+            hostname=host,
+            port=port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            timeout=s.timeout_s,
+            use_tls=s.tls == "implicit",
+            start_tls=s.tls == "starttls",
+        )
+        await client.connect()  # logs in too when a username is set
+        self.connections += 1
+        return client
+
+    async def send(self, msg: EmailMessage) -> None:
+        """Send one message; raises TransientError or PermanentError."""
+        async with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._client is None or not self._client.is_connected:
+                        self._client = await self._new_client()
+                    await self._client.send_message(msg)
+                    self.sent += 1
+                    return
+                except aiosmtplib.SMTPServerDisconnected as exc:
+                    # An idle connection the server closed: one fresh connection, then give up.
+                    await self._drop()
+                    if attempt == 2:
+                        raise classify(exc) from None
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    error = classify(exc)
+                    if isinstance(exc, OSError) or isinstance(error, TransientError):
+                        await self._drop()  # e.g. 421: the server is closing the channel
+                    else:
+                        await self._reset()
+                    raise error from None
+
+    async def _reset(self) -> None:
+        """After a refused message the connection stays usable: RSET clears the transaction."""
+        if self._client is not None:
+            try:
+                await self._client.rset()
+            except Exception:
+                await self._drop()
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    async def ping(self) -> None:
+        """Raise when the SMTP server does not answer (readiness)."""
+        client = await self._new_client()
+        with contextlib.suppress(Exception):
+            await client.quit()
+
+    async def aclose(self) -> None:
+        """Say goodbye to the server."""
+        async with self._lock:
+            if self._client is not None and self._client.is_connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._client.quit(), 2)
+            await self._drop()

@@ -1,0 +1,203 @@
+"""`/api/v1/medewerkers`: the caseworker directory for administrators (operator login, hub/ops/auth).
+
+Reading needs the role viewer; changing, importing and borging need the role operator. Every
+change is audited with the operator's name.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import Field
+
+from hub.api.limits import read_body
+from hub.api.problems import InvalidParam, Problem
+from hub.audit import AuditEntry, write_audit
+from hub.directory.importer import ImportFileError, import_csv
+from hub.directory.service import CaseworkerNotFound, get_caseworker, list_caseworkers, upsert_caseworker
+from hub.errors import PermanentError
+from hub.notify.borging import borg, why
+from hub.notify.service import list_problems
+from hub.ops.auth import Operator, requires
+from hub.runtime import Hub
+from schemas._base import CanonicalModel, Code, Email, Name, Phone
+from schemas.caseworker import Absence, Caseworker, Team
+
+router = APIRouter(prefix="/api/v1/medewerkers", tags=["medewerkers"])
+Viewer = Annotated[Operator, requires("viewer")]
+Admin = Annotated[Operator, requires("operator")]
+SYSTEM = "ketenhub.directory"
+
+
+class CaseworkerIn(CanonicalModel):
+    """A caseworker as an administrator enters them (the id is in the path)."""
+
+    name: Name
+    email: Email
+    phone: Phone | None = None
+    team: Team
+    meldingsbevoegd: bool = False
+    absences: list[Absence] = Field(default_factory=list)
+    delegate_id: Code | None = None
+    active: bool = True
+
+
+class DelegateIn(CanonicalModel):
+    """Who stands in; null removes the delegate."""
+
+    delegate_id: Code | None
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    assert hub.store is not None
+    return hub
+
+
+def _tx(request: Request) -> str | None:
+    return getattr(request.state, "transaction_id", None)
+
+
+async def _change(request: Request, op: Operator, cw: Caseworker, action: str) -> None:
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        if cw.delegate_id is not None:
+            try:
+                await get_caseworker(session, cw.delegate_id)
+            except CaseworkerNotFound:
+                raise Problem(
+                    422, "Unknown delegate", "The delegate is not in the directory.",
+                    params=[InvalidParam(name="delegate_id", reason="unknown caseworker")],
+                ) from None  # fmt: skip
+        await upsert_caseworker(session, cw)
+        entry = AuditEntry(action=action, user=op.username, objects={"caseworker_id": cw.caseworker_id})
+        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+
+
+async def _get(request: Request, caseworker_id: str) -> Caseworker:
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        try:
+            return await get_caseworker(session, caseworker_id)
+        except CaseworkerNotFound:
+            raise Problem(404, "Not found", "No caseworker with this id.") from None
+
+
+@router.get("", summary="Every caseworker, with absences and delegate")
+async def list_all(request: Request, op: Viewer) -> list[Caseworker]:
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        return await list_caseworkers(session)
+
+
+@router.get(
+    "/problemen", summary="What an administrator must fix: mails nobody could read, borging without delegate"
+)
+async def problems(request: Request, op: Viewer) -> dict[str, Any]:
+    """Recorded problems, and who is away today without a reachable delegate (found now)."""
+    from hub.directory.service import mail_recipient
+
+    hub = _hub(request)
+    assert hub.store is not None
+    today = date.today()
+    async with hub.store.transaction() as session:
+        recorded = await list_problems(session)
+        unreachable = []
+        for cw in await list_caseworkers(session):
+            if cw.active and not cw.is_absent_on(today):
+                continue
+            try:
+                await mail_recipient(session, cw.caseworker_id, today)
+            except PermanentError:
+                unreachable.append({"caseworkerId": cw.caseworker_id, "name": cw.name, "active": cw.active})
+    return {"unreachableNow": unreachable, "recorded": recorded}
+
+
+@router.post("/import", summary="Load a semicolon CSV (Dutch headers); a report per row")
+async def import_file(request: Request, op: Admin) -> dict[str, Any]:
+    hub = _hub(request)
+    assert hub.store is not None
+    data = await read_body(request, hub.settings.http.max_body_bytes)
+    try:
+        report = await import_csv(hub.store, data, user=op.username, transaction_id=_tx(request))
+    except ImportFileError as exc:
+        raise Problem(400, "Unreadable CSV", str(exc)) from None
+    return report.as_json()
+
+
+@router.get("/{caseworker_id}", summary="One caseworker")
+async def read(request: Request, op: Viewer, caseworker_id: str) -> Caseworker:
+    return await _get(request, caseworker_id)
+
+
+@router.put(
+    "/{caseworker_id}",
+    summary="Create or replace a caseworker",
+    responses={201: {"description": "Created", "model": Caseworker}},
+)
+async def put(
+    request: Request, op: Admin, caseworker_id: str, body: CaseworkerIn, response: Response
+) -> Caseworker:
+    try:
+        await _get(request, caseworker_id)
+        response.status_code = 200
+    except Problem:
+        response.status_code = 201
+    try:
+        cw = Caseworker(caseworker_id=caseworker_id, **body.model_dump())
+    except ValueError as exc:
+        raise Problem(422, "Invalid caseworker", "A caseworker cannot be their own delegate.") from exc
+    await _change(request, op, cw, "directory.caseworker_saved")
+    return cw
+
+
+@router.post("/{caseworker_id}/afwezigheden", status_code=201, summary="Add an absence")
+async def add_absence(request: Request, op: Admin, caseworker_id: str, body: Absence) -> Caseworker:
+    cw = await _get(request, caseworker_id)
+    if body not in cw.absences:
+        cw = cw.model_copy(update={"absences": [*cw.absences, body]})
+        await _change(request, op, cw, "directory.absence_added")
+    return cw
+
+
+@router.delete("/{caseworker_id}/afwezigheden", summary="Remove every absence (the caseworker is back)")
+async def clear_absences(request: Request, op: Admin, caseworker_id: str) -> Caseworker:
+    cw = (await _get(request, caseworker_id)).model_copy(update={"absences": []})
+    await _change(request, op, cw, "directory.absences_cleared")
+    return cw
+
+
+@router.put("/{caseworker_id}/vervanger", summary="Set or remove the delegate")
+async def set_delegate(request: Request, op: Admin, caseworker_id: str, body: DelegateIn) -> Caseworker:
+    cw = await _get(request, caseworker_id)
+    if body.delegate_id == caseworker_id:
+        raise Problem(
+            422, "Invalid delegate", "A caseworker cannot be their own delegate.",
+            params=[InvalidParam(name="delegate_id", reason="same as the caseworker")],
+        )  # fmt: skip
+    cw = cw.model_copy(update={"delegate_id": body.delegate_id})
+    await _change(request, op, cw, "directory.delegate_set")
+    return cw
+
+
+@router.post(
+    "/{caseworker_id}/borging", summary="Move the caseworker's active signals to the delegate (rule 17)"
+)
+async def run_borging(request: Request, op: Admin, caseworker_id: str) -> dict[str, Any]:
+    hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    cw = await _get(request, caseworker_id)
+    reason = why(cw, date.today(), hub.settings.notify.borging_after_days) or "niet beschikbaar is"
+    async with hub.store.transaction() as session:
+        result = await borg(
+            session, hub, caseworker_id, reason=reason, user=op.username, transaction_id=_tx(request)
+        )
+    hub.relay.wake()
+    if result.problem:
+        raise Problem(409, "No delegate", "Nobody can take over: set a reachable delegate first.")
+    return result.as_json()

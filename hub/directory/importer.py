@@ -1,0 +1,181 @@
+"""Bulk load of the directory from a semicolon CSV with Dutch headers; a report per row.
+
+Each row is its own transaction: one bad row never blocks the rest, and a row is loaded whole or
+not at all. A file that cannot be read as such a CSV (wrong delimiter, unknown or missing headers)
+is refused whole with ImportFileError.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.audit import AuditEntry, write_audit
+from hub.directory.service import CaseworkerNotFound, get_caseworker, upsert_caseworker
+from hub.store import Store
+from schemas.caseworker import Absence, Caseworker, Team
+
+REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
+OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
+TEAMS = {"den haag": Team.DEN_HAAG, "den_haag": Team.DEN_HAAG, "leiden": Team.LEIDEN, "gouda": Team.GOUDA}
+FIELDS = {
+    "caseworker_id": "Medewerkernummer", "name": "Naam", "email": "E-mail", "phone": "Telefoon",
+    "team": "Team", "delegate_id": "Vervanger", "start": "Afwezig vanaf", "end": "Afwezig tot en met",
+}  # fmt: skip
+
+
+class ImportFileError(ValueError):
+    """The file as a whole cannot be imported; names what is wrong."""
+
+
+@dataclass
+class RowResult:
+    """The outcome of one data row (row numbers count the header as row 1)."""
+
+    row: int
+    caseworker_id: str | None
+    result: str  # AANGEMAAKT | BIJGEWERKT | FOUT
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """For the API and the CLI."""
+        return {
+            "row": self.row,
+            "caseworkerId": self.caseworker_id,
+            "result": self.result,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class ImportReport:
+    """Counts and the per-row results."""
+
+    rows: list[RowResult]
+
+    def as_json(self) -> dict[str, Any]:
+        """For the API and the CLI."""
+        count = {k: sum(r.result == k for r in self.rows) for k in ("AANGEMAAKT", "BIJGEWERKT", "FOUT")}
+        return {
+            "total": len(self.rows),
+            **{k.lower(): v for k, v in count.items()},
+            "rows": [r.as_json() for r in self.rows],
+        }
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252")
+
+
+def read_rows(data: bytes) -> list[dict[str, str]]:
+    """The data rows as dicts by header; ImportFileError for a file that is not our CSV."""
+    text = _text(data)
+    reader = csv.DictReader(io.StringIO(text), delimiter=";")
+    headers = [h.strip() for h in reader.fieldnames or []]
+    if len(headers) <= 1:
+        raise ImportFileError("geen puntkomma-gescheiden bestand (verwacht ';' tussen de kolommen)")
+    unknown = [h for h in headers if h not in REQUIRED + OPTIONAL]
+    missing = [h for h in REQUIRED if h not in headers]
+    if unknown or missing:
+        parts = ([f"onbekende kolommen: {', '.join(unknown)}"] if unknown else []) + (
+            [f"ontbrekende kolommen: {', '.join(missing)}"] if missing else []
+        )
+        raise ImportFileError("; ".join(parts) + f" (toegestaan: {', '.join(REQUIRED + OPTIONAL)})")
+    reader.fieldnames = headers
+    return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+def _yes(value: str, column: str, default: bool) -> bool:
+    if not value:
+        return default
+    if value.lower() in ("ja", "j", "true", "1"):
+        return True
+    if value.lower() in ("nee", "n", "false", "0"):
+        return False
+    raise ValueError(f"{column}: 'ja' of 'nee' verwacht")
+
+
+def _day(value: str, column: str) -> date:
+    for fmt in ("%d-%m-%Y", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError(f"{column}: datum als dd-mm-jjjj verwacht")
+
+
+def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworker:
+    """One row as a Caseworker, merged with what the directory holds (absences are added)."""
+    team = TEAMS.get(row.get("Team", "").lower())
+    if team is None:
+        raise ValueError("Team: Den Haag, Leiden of Gouda verwacht")
+    absences = list(existing.absences) if existing else []
+    start, end = row.get("Afwezig vanaf", ""), row.get("Afwezig tot en met", "")
+    if start or end:
+        if not (start and end):
+            raise ValueError("Afwezig vanaf / Afwezig tot en met: beide invullen")
+        first, last = _day(start, "Afwezig vanaf"), _day(end, "Afwezig tot en met")
+        if last < first:
+            raise ValueError("Afwezig tot en met: ligt voor Afwezig vanaf")
+        new = Absence(start=first, end=last)
+        if new not in absences:
+            absences.append(new)
+    return Caseworker(
+        caseworker_id=row["Medewerkernummer"],
+        name=row["Naam"],
+        email=row["E-mail"],
+        phone=row.get("Telefoon") or None,
+        team=team,
+        meldingsbevoegd=_yes(row.get("Meldingsbevoegd", ""), "Meldingsbevoegd", False),
+        delegate_id=row.get("Vervanger") or None,
+        active=_yes(row.get("Actief", ""), "Actief", True),
+        absences=absences,
+    )
+
+
+def _errors(exc: Exception) -> list[dict[str, str]]:
+    if isinstance(exc, ValidationError):
+        out = []
+        for e in exc.errors():
+            name = str(e["loc"][0]) if e["loc"] else "(rij)"
+            out.append(
+                {"field": FIELDS.get(name, name), "reason": str(e["msg"]).removeprefix("Value error, ")}
+            )
+        return out
+    column, _, reason = str(exc).partition(": ")
+    return [{"field": column, "reason": reason}] if reason else [{"field": "(rij)", "reason": str(exc)}]
+
+
+async def import_csv(
+    store: Store, data: bytes, *, user: str, transaction_id: str | None = None
+) -> ImportReport:
+    """Load every row in its own transaction; return the per-row report."""
+    results = []
+    for number, row in enumerate(read_rows(data), start=2):
+        cw_id = row.get("Medewerkernummer") or None
+        try:
+            async with store.transaction() as session:
+                try:
+                    existing: Caseworker | None = await get_caseworker(session, cw_id or "")
+                except CaseworkerNotFound:
+                    existing = None
+                cw = to_caseworker(row, existing)
+                await upsert_caseworker(session, cw)
+                entry = AuditEntry(
+                    action="directory.imported",
+                    user=user,
+                    objects={"caseworker_id": cw.caseworker_id, "row": number},
+                )
+                await write_audit(session, entry, transaction_id=transaction_id, system="ketenhub.directory")
+            results.append(RowResult(number, cw.caseworker_id, "BIJGEWERKT" if existing else "AANGEMAAKT"))
+        except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
+            results.append(RowResult(number, cw_id, "FOUT", _errors(exc)))
+    return ImportReport(results)

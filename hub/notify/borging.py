@@ -1,0 +1,168 @@
+"""Borging (rule 17): a long-absent or departed caseworker's active signals move to their delegate.
+
+Per caseworker in one transaction: every active signal gets the delegate as contact (the
+Verwijsindex hears of it through the connector: `request_contact_change` queues the command),
+the move is audited, and the delegate gets one summary mail (signal and match ids only). Running
+it again finds nothing left to move: the daily check is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.directory import get_caseworker, list_caseworkers, mail_recipient
+from hub.errors import PermanentError
+from hub.logging import get_logger
+from hub.notify.service import SYSTEM, notify_caseworker, record_problem
+from hub.signals.service import active_signals_of, request_contact_change
+from hub.signals.tables import matches
+from schemas.caseworker import Caseworker
+from schemas.envelope import new_id
+
+log = get_logger(__name__)
+NO_DELEGATE = "borging_zonder_vervanger"
+
+
+@dataclass
+class BorgingResult:
+    """What one borging did."""
+
+    caseworker_id: str
+    delegate_id: str | None = None
+    signal_ids: list[str] = field(default_factory=list)
+    match_ids: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """For the API."""
+        return {
+            "caseworkerId": self.caseworker_id,
+            "delegateId": self.delegate_id,
+            "signalIds": self.signal_ids,
+            "matchIds": self.match_ids,
+            "problem": self.problem,
+        }
+
+
+def why(cw: Caseworker, day: date, after_days: int) -> str | None:
+    """Why borging is due for `cw` on `day` (Dutch, for the mail), or None when it is not."""
+    if not cw.active:
+        return "uit dienst is"
+    for a in cw.absences:
+        if a.covers(day) and (day - a.start).days + 1 > after_days:
+            return f"sinds {a.start.strftime('%d-%m-%Y')} langer dan {after_days} dagen afwezig is"
+    return None
+
+
+async def _successor(session: AsyncSession, cw: Caseworker, day: date) -> Caseworker:
+    reader = await mail_recipient(session, cw.caseworker_id, day)
+    if reader.caseworker_id != cw.caseworker_id:
+        return reader
+    if cw.delegate_id is None:  # present, but an administrator asked for the move anyway
+        raise PermanentError(f"caseworker {cw.caseworker_id!r} has no delegate")
+    return await mail_recipient(session, cw.delegate_id, day)
+
+
+async def borg(
+    session: AsyncSession,
+    hub: Any,
+    caseworker_id: str,
+    *,
+    reason: str,
+    user: str,
+    transaction_id: str | None = None,
+    day: date | None = None,
+) -> BorgingResult:
+    """Move `caseworker_id`'s active signals to whoever stands in; in the caller's transaction."""
+    day = day or date.today()
+    tx_id = transaction_id or new_id()
+    cw = await get_caseworker(session, caseworker_id)
+    result = BorgingResult(caseworker_id)
+    moving = await active_signals_of(session, caseworker_id)
+    if not moving:
+        return result
+    try:
+        delegate = await _successor(session, cw, day)
+    except PermanentError as exc:
+        result.problem = f"borging niet mogelijk: {exc}"
+        await record_problem(
+            session,
+            kind=NO_DELEGATE,
+            caseworker_id=caseworker_id,
+            reference=None,
+            reason=f"{result.problem} ({len(moving)} actieve signalen)",
+            transaction_id=tx_id,
+        )
+        return result
+    result.delegate_id = delegate.caseworker_id
+    for signal in moving:
+        assert signal.signal_id is not None
+        await request_contact_change(session, hub, signal.signal_id, delegate, tx_id, user=user)
+        result.signal_ids.append(signal.signal_id)
+    q = (
+        select(matches.c.match_id)
+        .where(matches.c.signal_id.in_(result.signal_ids))
+        .order_by(matches.c.match_id)
+    )
+    result.match_ids = list((await session.execute(q)).scalars())
+    entry = AuditEntry(
+        action="borging.moved",
+        user=user,
+        on_behalf_of=caseworker_id,
+        objects={
+            "to": delegate.caseworker_id,
+            "signal_ids": result.signal_ids,
+            "match_ids": result.match_ids,
+        },
+    )
+    await write_audit(session, entry, transaction_id=tx_id, system=SYSTEM)
+    context = {
+        "from_name": cw.name,
+        "reason": reason,
+        "signal_ids": result.signal_ids,
+        "match_ids": result.match_ids,
+    }
+    await notify_caseworker(
+        session, hub, delegate.caseworker_id, "borging", context, tx_id,
+        case_reference=f"borging-{caseworker_id}", user=user,
+    )  # fmt: skip
+    log.info("borging done", caseworker_id=caseworker_id, to=delegate.caseworker_id, signals=len(moving))
+    return result
+
+
+async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingResult]:
+    """The daily check: borging for everyone who left or is away longer than the setting allows."""
+    day = day or date.today()
+    after = hub.settings.notify.borging_after_days
+    async with hub.store.transaction() as session:
+        due = [(cw.caseworker_id, r) for cw in await list_caseworkers(session) if (r := why(cw, day, after))]
+    results = []
+    for caseworker_id, reason in due:
+        async with hub.store.transaction() as session:  # one caseworker per transaction
+            results.append(await borg(session, hub, caseworker_id, reason=reason, user="borging", day=day))
+    if any(r.signal_ids for r in results):
+        hub.relay.wake()
+    return results
+
+
+def borging_loop(hub: Any):  # type: ignore[no-untyped-def]
+    """A background task for `hub.background`: check at start, then every `borging_interval_s`."""
+
+    async def run() -> None:
+        while True:
+            try:
+                await check_borging(hub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("borging check failed; will retry next round", error=type(exc).__name__)
+            await asyncio.sleep(hub.settings.notify.borging_interval_s)
+
+    return run

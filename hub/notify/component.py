@@ -1,0 +1,95 @@
+"""The notifier: a mail to the signal's owner (or their delegate) for every Verwijsindex match."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.audit import AuditEntry
+from hub.errors import PermanentError
+from hub.notify.borging import borging_loop
+from hub.notify.service import NoReachableRecipient, notify_caseworker
+from hub.runtime import Hub
+from hub.spine import Tx
+from hub.topics import VERWIJSINDEX_MATCH
+from schemas._base import Code
+from schemas.envelope import Envelope
+from schemas.match import Match
+
+GROUP = "notify"
+
+
+class MatchNotice(Match):
+    """Payload of `verwijsindex.match.v1`: the canonical Match plus the signal's owner."""
+
+    caseworker_id: Code
+
+
+def match_context(match: MatchNotice) -> dict[str, Any]:
+    """What the match template may show (rule 16): contacts, type, our reference. Nothing else."""
+    return {
+        "match_type": match.type.value,
+        "match_id": match.match_id,
+        "case_reference": match.signal_id,
+        "counterparts": [c.model_dump(mode="json") for c in match.counterparts],
+    }
+
+
+def register_notify(hub: Hub) -> None:
+    """Subscribe the match notifier (consumer group `notify`)."""
+    assert hub.spine is not None
+    spine = hub.spine
+    hub.background["borging"] = borging_loop(hub)  # daily check, rule 17 (idempotent)
+
+    @spine.subscribe(
+        hub.topic(VERWIJSINDEX_MATCH.name),
+        group=hub.group(GROUP),
+        dlq=hub.topic(VERWIJSINDEX_MATCH.dlq),
+    )
+    async def send_match_notification(tx: Tx, message: Envelope) -> None:
+        """Mail the signal's owner (the delegate while absent) the counterpart's contact details."""
+        if message.type != "Match":
+            raise PermanentError(f"unexpected message type {message.type!r} on the match topic")
+        try:
+            match = MatchNotice.model_validate(message.payload)
+        except ValidationError as exc:
+            raise PermanentError(f"match payload is not a Match: {exc.error_count()} error(s)") from None
+        key = bytes(tx.record.key).decode() if tx.record.key is not None else None
+        mail = await notify_caseworker(
+            tx.session,
+            hub,
+            match.caseworker_id,
+            "match",
+            match_context(match),
+            tx.transaction_id,
+            case_reference=match.signal_id,
+            key=key,
+            youth_key=key,
+        )
+        if mail is None:
+            # Recorded as a problem (kept: this handler returns normally), and dead-lettered with
+            # the DLQ headers so the match can be replayed once the directory is fixed.
+            cause = NoReachableRecipient(
+                f"match {match.match_id}: caseworker {match.caseworker_id!r} is away and has no "
+                "reachable delegate; fix the directory and replay this dead letter"
+            )
+            await spine.dead_letter(tx.session, subscription, tx.record, cause, tx.transaction_id)
+            return
+        await tx.audit(
+            AuditEntry(
+                action="verwijsindex.match_disclosed",
+                user=GROUP,
+                youth_key=key,
+                on_behalf_of=match.caseworker_id,
+                objects={
+                    "match_id": match.match_id,
+                    "signal_id": match.signal_id,
+                    "notification_id": mail.notification_id,
+                    "recipient_caseworker_id": mail.recipient_caseworker_id,
+                    "disclosed": ["counterpart_contact", "match_type", "case_reference"],
+                },
+            )
+        )
+
+    subscription = spine.subscriptions[-1]

@@ -1,0 +1,164 @@
+"""Telling a caseworker something by mail: resolve who reads it (rule 16), render, queue, audit.
+
+`notify_caseworker` is the one door for every notice of the hub (matches, borging, handovers not
+answered or waiting for consent). It writes in the caller's transaction: the MailNotification in
+the outbox for `notification.mail.v1`, and an audit entry. When nobody can read the caseworker's
+mail it queues nothing and records a problem an administrator sees instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any, Protocol
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import AuditEntry, write_audit
+from hub.directory import get_caseworker, mail_recipient
+from hub.errors import PermanentError
+from hub.notify.tables import mail_problems
+from hub.notify.templates import render
+from hub.spine.outbox import add_to_outbox
+from hub.topics import NOTIFICATION_MAIL
+from schemas.envelope import Envelope, utcnow
+from schemas.notification import MailNotification
+
+SYSTEM = "ketenhub.notify"
+NO_RECIPIENT = "geen_bereikbare_ontvanger"
+
+
+class NoReachableRecipient(PermanentError):
+    """The caseworker is away or gone and no delegate can be reached (rule 16)."""
+
+
+class _HasTopic(Protocol):
+    def topic(self, name: str) -> str: ...
+
+
+def mail_topic(hub_or_topic: _HasTopic | str) -> str:
+    """The full name of `notification.mail.v1` under the hub's prefix, or the given name."""
+    return hub_or_topic if isinstance(hub_or_topic, str) else hub_or_topic.topic(NOTIFICATION_MAIL.name)
+
+
+async def record_problem(
+    session: AsyncSession,
+    *,
+    kind: str,
+    caseworker_id: str | None,
+    reference: str | None,
+    reason: str,
+    transaction_id: str | None,
+) -> None:
+    """Something an administrator must act on (shown by GET /api/v1/medewerkers/problemen)."""
+    await session.execute(
+        insert(mail_problems).values(
+            at=utcnow(),
+            kind=kind,
+            caseworker_id=caseworker_id,
+            reference=reference,
+            reason=reason[:1000],
+            transaction_id=transaction_id,
+        )
+    )
+
+
+async def list_problems(session: AsyncSession, limit: int = 200) -> list[dict[str, Any]]:
+    """Recorded problems, newest first."""
+    rows = (
+        await session.execute(select(mail_problems).order_by(mail_problems.c.id.desc()).limit(limit))
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "at": r.at.isoformat(),
+            "kind": r.kind,
+            "caseworkerId": r.caseworker_id,
+            "reference": r.reference,
+            "reason": r.reason,
+            "transactionId": r.transaction_id,
+        }
+        for r in rows
+    ]
+
+
+async def notify_caseworker(
+    session: AsyncSession,
+    hub: _HasTopic | str,
+    caseworker_id: str,
+    template: str,
+    context: Mapping[str, Any],
+    transaction_id: str,
+    *,
+    case_reference: str | None = None,
+    key: str | None = None,
+    youth_key: str | None = None,
+    day: date | None = None,
+    user: str = SYSTEM,
+) -> MailNotification | None:
+    """Queue a mail for `caseworker_id` (their delegate while they are away); None when nobody can
+    read it, in which case a problem is recorded (and audited) and nothing is queued.
+
+    `case_reference` defaults to `context["case_reference"]`. `key` is the Kafka key (the youth
+    key keeps per-youth order; default the recipient's id). Templates: "match", "borging" and
+    "notice" (context keys subject, detail, case_reference) in hub/notify/templates.py.
+    """
+    case_reference = case_reference or str(context.get("case_reference") or "onbekend")
+    try:
+        recipient = await mail_recipient(session, caseworker_id, day or date.today())
+    except PermanentError as exc:
+        reason = f"geen mail verstuurd ({template}): {exc}"
+        await record_problem(
+            session,
+            kind=NO_RECIPIENT,
+            caseworker_id=caseworker_id,
+            reference=case_reference,
+            reason=reason,
+            transaction_id=transaction_id,
+        )
+        entry = AuditEntry(
+            action="mail.undeliverable",
+            user=user,
+            youth_key=youth_key,
+            on_behalf_of=caseworker_id,
+            objects={"template": template, "case_reference": case_reference, "reason": NO_RECIPIENT},
+        )
+        await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
+        return None
+    ctx = dict(context)
+    if recipient.caseworker_id != caseworker_id:
+        ctx["on_behalf_of_name"] = (await get_caseworker(session, caseworker_id)).name
+    rendered = render(template, ctx)
+    mail = MailNotification(
+        recipient_caseworker_id=recipient.caseworker_id,
+        template=template,
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        case_reference=case_reference,
+    )
+    message = Envelope(
+        type="MailNotification",
+        transaction_id=transaction_id,
+        correlation_id=case_reference,
+        source=SYSTEM,
+        payload=mail.model_dump(mode="json"),
+    )
+    await add_to_outbox(session, mail_topic(hub), message, key=key or recipient.caseworker_id)
+    objects: dict[str, Any] = {
+        "notification_id": mail.notification_id,
+        "template": template,
+        "recipient_caseworker_id": recipient.caseworker_id,
+        "case_reference": case_reference,
+    }
+    objects.update({k: ctx[k] for k in ("match_id", "signal_ids") if k in ctx})
+    entry = AuditEntry(
+        action=f"mail.{template}.queued",
+        user=user,
+        youth_key=youth_key,
+        on_behalf_of=caseworker_id if recipient.caseworker_id != caseworker_id else None,
+        objects=objects,
+    )
+    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
+    return mail

@@ -1,0 +1,45 @@
+"""Tables of the mail area: mails sent (once per notification), problems for administrators, the sink."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, Text
+
+from hub.store.tables import metadata
+
+# One row per notification that the SMTP server accepted; written in the same transaction as the
+# mail consumer's inbox entry (or the retry ladder's un-parking), so a redelivery never resends.
+mail_sent = Table(
+    "mail_sent",
+    metadata,
+    Column("notification_id", String(100), primary_key=True),
+    Column("message_id", String(300), nullable=False),  # the RFC 5322 Message-ID we sent
+    Column("recipient_caseworker_id", String(64), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)
+
+# What an administrator must act on: a mail that could not reach anybody (absent, no delegate),
+# a mail the SMTP server refused, a borging without a reachable delegate.
+mail_problems = Table(
+    "mail_problems",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("kind", String(40), nullable=False),
+    Column("caseworker_id", String(64), nullable=True, index=True),
+    Column("reference", String(200), nullable=True),  # notification, match or signal id: never a BSN
+    Column("reason", Text, nullable=False),
+    Column("transaction_id", String(100), nullable=True),
+)
+
+# The embedded SMTP sink's mailbox (only when no SMTP host is configured); capped.
+mail_sink = Table(
+    "mail_sink",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("mail_from", String(320), nullable=False),
+    Column("rcpt_to", Text, nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("message_id", String(300), nullable=True),
+    Column("raw", Text, nullable=False),
+)

@@ -1,0 +1,142 @@
+"""Mail templates (Dutch, plain text with an HTML alternative), as pure functions of a context.
+
+Rule 16: a match mail carries the counterpart's contact details, the match type and our case
+reference, nothing about the youth. The templates only ever read the keys listed here, so a
+context that happens to hold more (a BSN, a name) cannot leak into a mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+MATCH_TYPES = {
+    "CLIENTMATCH": "cliëntmatch (dezelfde jongere)",
+    "GEZINSMATCH": "gezinsmatch (jongeren met een gezamenlijke ouder)",
+}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered mail."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def _page(title: str, paragraphs: list[str], table: list[tuple[str, str]] | None = None) -> str:
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{escape(k)}</th><td>{escape(v)}</td></tr>"
+        for k, v in table or []
+    )
+    body = "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
+    grid = f"<table>{rows}</table>" if rows else ""
+    return (
+        "<!DOCTYPE html><html lang='nl'><head><meta charset='utf-8'>"
+        f"<title>{escape(title)}</title></head><body style='font-family:sans-serif'>"
+        f"<h2>{escape(title)}</h2>{grid}{body}</body></html>"
+    )
+
+
+def _behalf(ctx: Mapping[str, Any]) -> list[str]:
+    absent = ctx.get("on_behalf_of_name")
+    if not absent:
+        return []
+    return [f"U ontvangt dit bericht als vervanger van {absent}, die afwezig is."]
+
+
+def _contact_lines(counterparts: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for c in counterparts:
+        parts = [str(c.get("organisation") or "")]
+        parts += [str(c[k]) for k in ("email", "phone") if c.get(k)]
+        out.append((str(c.get("name") or "onbekend"), ", ".join(p for p in parts if p)))
+    return out
+
+
+def match_mail(ctx: Mapping[str, Any]) -> Rendered:
+    """A Verwijsindex match: counterpart contacts, type, case reference (keys: match_type,
+    case_reference, match_id, counterparts, on_behalf_of_name)."""
+    kind = MATCH_TYPES.get(str(ctx["match_type"]), str(ctx["match_type"]))
+    ref = str(ctx["case_reference"])
+    contacts = _contact_lines(list(ctx["counterparts"]))
+    table = [("Soort match", kind), ("Halt-zaak (signaal)", ref), ("Match", str(ctx["match_id"]))]
+    intro = "De Verwijsindex Haaglanden meldt een match op een signaal van Halt Den Haag."
+    advice = (
+        "Neem contact op met de andere betrokken professional(s) om af te stemmen. "
+        "De gegevens van de jongere staan in Aurah onder de genoemde zaak."
+    )
+    text = "\n".join(
+        [
+            "Beste collega,",
+            "",
+            *_behalf(ctx),
+            intro,
+            "",
+            *(f"{k}: {v}" for k, v in table),
+            "",
+            "Contactgegevens van de andere professional(s):",
+            *(f"- {name}: {detail}" for name, detail in contacts),
+            "",
+            advice,
+            "",
+            "Dit bericht is automatisch verstuurd door ketenhub.",
+        ]
+    )
+    html = _page(
+        "Match in de Verwijsindex",
+        [*_behalf(ctx), intro, "Contactgegevens van de andere professional(s):"],
+        table,
+    ).replace(
+        "</body>",
+        "<ul>"
+        + "".join(f"<li><b>{escape(n)}</b>: {escape(d)}</li>" for n, d in contacts)
+        + f"</ul><p>{escape(advice)}</p><p><small>Automatisch verstuurd door ketenhub.</small></p></body>",
+    )
+    return Rendered(f"Match in de Verwijsindex ({kind.split(' ')[0]}), zaak {ref}", text, html)
+
+
+def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
+    """Borging summary for the delegate (keys: from_name, reason, signal_ids, match_ids)."""
+    signals_ = [str(s) for s in ctx.get("signal_ids", [])]
+    matches_ = [str(m) for m in ctx.get("match_ids", [])]
+    why = str(ctx.get("reason", "afwezigheid"))
+    intro = (
+        f"Omdat {ctx['from_name']} {why}, zijn de lopende signalen in de Verwijsindex aan u "
+        "overgedragen (borging). U bent nu de contactpersoon; de Verwijsindex is bijgewerkt."
+    )
+    lines = [f"- signaal {s}" for s in signals_] + [f"- open match {m}" for m in matches_]
+    text = "\n".join(["Beste collega,", "", intro, "", "Overgenomen:", *lines, "", "ketenhub"])
+    html = _page("Signalen aan u overgedragen", [intro, "Overgenomen:"]).replace(
+        "</body>", "<ul>" + "".join(f"<li>{escape(x[2:])}</li>" for x in lines) + "</ul></body>"
+    )
+    return Rendered(f"Borging: {len(signals_)} signaal/signalen overgenomen", text, html)
+
+
+def notice_mail(ctx: Mapping[str, Any]) -> Rendered:
+    """A generic notice (handover waiting, not answered): keys subject, detail, case_reference."""
+    detail = str(ctx["detail"])
+    ref = str(ctx["case_reference"])
+    text = "\n".join(["Beste collega,", "", *_behalf(ctx), detail, "", f"Zaak: {ref}", "", "ketenhub"])
+    return Rendered(
+        str(ctx["subject"]), text, _page(str(ctx["subject"]), [*_behalf(ctx), detail, f"Zaak: {ref}"])
+    )
+
+
+TEMPLATES: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
+    "match": match_mail,
+    "borging": borging_mail,
+    "notice": notice_mail,
+}
+
+
+def render(template: str, ctx: Mapping[str, Any]) -> Rendered:
+    """Render a known template; KeyError names an unknown one."""
+    try:
+        fn = TEMPLATES[template]
+    except KeyError:
+        raise KeyError(f"unknown mail template {template!r}; known: {sorted(TEMPLATES)}") from None
+    return fn(ctx)

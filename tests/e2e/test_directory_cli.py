@@ -1,0 +1,53 @@
+"""`ketenhub medewerkers import|list` and `ketenhub mails` as an administrator runs them (SQLite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
+CSV = (
+    "\ufeffMedewerkernummer;Naam;E-mail;Team;Meldingsbevoegd;Vervanger;Afwezig vanaf;Afwezig tot en met\n"
+    "cw-ilse;Ilse Bakker;ilse@halt.nl;Den Haag;ja;cw-omar;;\n"
+    "cw-omar;Omar Haddou;omar@halt.nl;Gouda;nee;;01-03-2025;14-03-2025\n"
+    "cw-bad;Bad Row;not-an-address;Leiden;ja;;;\n"
+)
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+    env["KETENHUB_DATABASE__URL"] = f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
+    return subprocess.run([KETENHUB, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_import_reports_each_row_and_list_shows_the_directory(tmp_path: Path) -> None:
+    file = tmp_path / "medewerkers.csv"
+    file.write_text(CSV, encoding="utf-8")
+    done = _run(tmp_path, "medewerkers", "import", str(file))
+    assert done.returncode == 1, done.stderr  # one row failed: a non-zero exit for scripts
+    lines = done.stdout.splitlines()
+    assert any("rij    2" in line and "AANGEMAAKT" in line and "cw-ilse" in line for line in lines)
+    assert any("rij    4" in line and "FOUT" in line and "E-mail" in line for line in lines)
+    assert "3 rijen: 2 aangemaakt, 0 bijgewerkt, 1 fout" in done.stdout
+
+    again = _run(tmp_path, "medewerkers", "import", "--json", str(file))
+    assert '"bijgewerkt": 2' in again.stdout
+
+    listed = _run(tmp_path, "medewerkers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        "cw-ilse" in listed.stdout and "vervanger=cw-omar" in listed.stdout and "cw-bad" not in listed.stdout
+    )
+
+    wrong = tmp_path / "comma.csv"
+    wrong.write_text("a,b\n1,2\n", encoding="utf-8")
+    refused = _run(tmp_path, "medewerkers", "import", str(wrong))
+    assert refused.returncode == 2 and "puntkomma" in refused.stderr
+
+    mails = _run(tmp_path, "mails")
+    assert mails.returncode == 0 and "no mails yet" in mails.stdout

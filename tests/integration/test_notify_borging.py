@@ -1,0 +1,132 @@
+"""Borging (rule 17) with the Verwijsindex simulator over real HTTP and a real SMTP server."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from connectors.verwijsindex.component import verwijsindex_component
+from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.embedded import EmbeddedKafka
+from hub.notify.borging import NO_DELEGATE, check_borging
+from hub.retry import RetryPolicy
+from hub.runtime import Hub
+from hub.signals.tables import signals
+from hub.store.tables import audit_log
+from schemas.caseworker import Absence
+from tests.helpers.kafka import wait_for
+from tests.integration.test_mail_delivery import (
+    FAST,
+    ILSE,
+    OMAR,
+    _problem,
+    add_caseworkers,
+    bodies,
+    parse,
+    smtp_sink,
+)
+from tests.integration.test_notify_match import signal_with_match, youth
+
+pytestmark = pytest.mark.integration
+TODAY = date.today()
+VI_FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 5, jitter=0.0)
+
+
+async def _contacts(hub: Hub) -> dict[str, str]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        rows = (
+            await conn.execute(select(signals.c.signal_id, signals.c.caseworker_id, signals.c.delivery_state))
+        ).all()
+    return {r.signal_id: f"{r.caseworker_id}:{r.delivery_state}" for r in rows}
+
+
+async def test_long_absence_moves_signals_to_the_delegate_and_the_index_shows_the_new_contact(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    from connectors.mail.component import mail_component
+    from hub.notify.component import register_notify
+    from tests.conftest import make_settings
+
+    away = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+    )
+    lone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
+    with SimulatorServer() as simulator:
+        async with smtp_sink() as sink:
+            settings = make_settings(
+                kafka, db_url, unique, components=["mail", "verwijsindex"],
+                smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 2},
+                verwijsindex={"url": simulator.url, "timeout_s": 1, "poll_interval_s": 0.2},
+                notify={"borging_after_days": 14, "borging_interval_s": 3600},
+            )  # fmt: skip
+            registrars = {
+                "mail": [mail_component(FAST), register_notify],
+                "verwijsindex": [verwijsindex_component(VI_FAST)],
+            }
+            hub = Hub(settings, registrars=registrars)  # type: ignore[arg-type]
+            await hub.start()
+            try:
+                # Ilse goes away only once her signals are in the index: the hub's own borging round
+                # at start must find nothing to move, so the round below is the one that moves them.
+                await add_caseworkers(hub, ILSE, OMAR, lone)
+                first, match_id = await signal_with_match(hub, "cw-ilse", youth(423_456_700))
+                second, _ = await signal_with_match(hub, "cw-ilse", youth(523_456_700))
+                stranded, _ = await signal_with_match(hub, "cw-lone", youth(623_456_700))
+
+                async def registered() -> bool:
+                    return all(v.endswith(":delivered") for v in (await _contacts(hub)).values())
+
+                await wait_for(registered)
+                assert simulator.state.get(first).contactpersoon.naam != "Omar Haddou"
+                await add_caseworkers(hub, away)
+
+                results = {r.caseworker_id: r for r in await check_borging(hub)}
+                assert sorted(results["cw-ilse"].signal_ids) == sorted([first, second])
+                assert results["cw-ilse"].delegate_id == "cw-omar"
+                assert results["cw-lone"].problem and not results["cw-lone"].signal_ids
+
+                def index_shows_omar() -> bool:
+                    return all(
+                        simulator.state.get(s).contactpersoon.naam == "Omar Haddou" for s in (first, second)
+                    )
+
+                await wait_for(index_shows_omar)
+                assert simulator.state.get(first).contactpersoon.email == "omar@halt.nl"
+                assert (await _contacts(hub))[stranded].startswith("cw-lone:")
+
+                def summary() -> list[str]:
+                    return [m.raw for m in sink.memory if "Borging" in (m.subject or "")]
+
+                await wait_for(summary)
+                [raw] = summary()
+                text, html = bodies(parse(raw))
+                assert first in text and second in text and match_id in text and first in html
+                assert "Ilse Bakker" in text
+                assert await _problem(hub, NO_DELEGATE, None)  # cw-lone left without a delegate: shown
+
+                assert hub.store is not None
+                async with hub.store.connect() as conn:
+                    moved = (
+                        await conn.execute(select(audit_log).where(audit_log.c.action == "borging.moved"))
+                    ).all()
+                    changed = (
+                        await conn.execute(
+                            select(audit_log).where(audit_log.c.action == "signal.contact_changed")
+                        )
+                    ).all()
+                assert len(moved) == 1 and len(changed) == 2
+
+                again = await check_borging(hub)  # the daily check is idempotent
+                assert all(not r.signal_ids for r in again)
+                async with hub.store.connect() as conn:
+                    queued = (
+                        await conn.execute(
+                            select(audit_log).where(audit_log.c.action == "mail.borging.queued")
+                        )
+                    ).all()
+                assert len(queued) == 1
+            finally:
+                await hub.stop()

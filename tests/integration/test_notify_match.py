@@ -1,0 +1,152 @@
+"""Match mails end to end: a stored signal, a match from the Verwijsindex side, a mail over real SMTP."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+
+import pytest
+
+from hub.embedded import EmbeddedKafka
+from hub.notify.service import NO_RECIPIENT
+from hub.runtime import Hub
+from hub.signals import store_signal
+from hub.signals.matches import record_match
+from hub.spine.dlq import DLQ_HEADERS
+from hub.store.tables import audit_log
+from hub.topics import VERWIJSINDEX_MATCH
+from schemas.bsn import is_valid_bsn
+from schemas.caseworker import Absence, ContactDetails
+from schemas.match import Match, MatchType
+from schemas.pseudonym import youth_key
+from schemas.signal import SignalYouth, VerwijsindexSignal
+from tests.conftest import TEST_SECRET
+from tests.helpers.kafka import headers_of, read_topic, wait_for
+from tests.integration.test_mail_delivery import (
+    ILSE,
+    OMAR,
+    _problem,
+    add_caseworkers,
+    bodies,
+    parse,
+    smtp_sink,
+    start_mail_hub,
+)
+
+pytestmark = pytest.mark.integration
+TODAY = date.today()
+KEES = ContactDetails(
+    name="Kees de Wit", organisation="Jeugdhulp Haaglanden", email="kees@jeugdhulp.nl", phone="06 1234 5678"
+)
+
+
+def a_bsn(seed: int) -> str:
+    n = seed
+    while not is_valid_bsn(str(n)):
+        n += 1
+    return str(n)
+
+
+def youth(seed: int) -> SignalYouth:
+    return SignalYouth(
+        bsn=a_bsn(seed), given_names="Noah Pieter", surname="Vermeulen-Zwart",
+        birth_date=date(2010, 5, 14), gender="MAN", municipality="Den Haag",
+    )  # fmt: skip
+
+
+async def signal_with_match(
+    hub: Hub, owner: str, young: SignalYouth, kind: MatchType = MatchType.CLIENTMATCH
+) -> tuple[str, str]:
+    """Store our signal as the signals API does, then record a match as the feed does."""
+    assert hub.store is not None and hub.relay is not None
+    signal_id, match_id = str(uuid.uuid4()), f"m-{uuid.uuid4()}"
+    signal = VerwijsindexSignal(
+        signal_id=signal_id, youth=young, organisation="Halt Den Haag",
+        caseworker=ContactDetails(name="x", organisation="Halt Den Haag", email="x@halt.nl"),
+        caseworker_id=owner, created=TODAY, end_date=TODAY + timedelta(days=365),
+        youth_informed_at=TODAY, parent_letter_sent_at=TODAY,
+    )  # fmt: skip
+    async with hub.store.transaction() as session:
+        await store_signal(session, hub, signal, youth_key=youth_key(TEST_SECRET, young.bsn),
+                           user=owner, transaction_id=str(uuid.uuid4()))  # fmt: skip
+        match = Match(match_id=match_id, signal_id=signal_id, type=kind, counterparts=[KEES])
+        assert await record_match(session, hub.topic(VERWIJSINDEX_MATCH.name), match, str(uuid.uuid4()))
+    hub.relay.wake()
+    return signal_id, match_id
+
+
+async def test_match_mail_arrives_as_valid_mime_with_contacts_and_no_youth_data(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            young = youth(123_456_700)
+            signal_id, match_id = await signal_with_match(hub, "cw-ilse", young)
+            await wait_for(lambda: len(sink.memory) == 1)
+            mail = sink.memory[0]
+            assert mail.rcpt_to == ["ilse@halt.nl"]
+            msg = parse(mail.raw)
+            text, html = bodies(msg)
+            assert (
+                msg["Message-ID"].endswith("@halt.nl>")
+                and msg["Date"]
+                and msg["From"].addresses[0].addr_spec == "ketenhub@halt.nl"
+            )
+            for body in (text, html, str(msg["Subject"])):
+                assert young.bsn not in body
+                for part in (*young.given_names.split(), young.surname, *young.surname.split("-")):
+                    assert part not in body
+                assert "Vermeulen" not in mail.raw and young.bsn not in mail.raw  # also not in headers
+            for expected in (
+                "Kees de Wit",
+                "kees@jeugdhulp.nl",
+                "06 1234 5678",
+                "Jeugdhulp Haaglanden",
+                signal_id,
+                "cliëntmatch",
+            ):
+                assert expected in text and expected in html
+            await wait_for(lambda: _audited(hub, "verwijsindex.match_disclosed", match_id))
+        finally:
+            await hub.stop()
+
+
+async def _audited(hub: Hub, action: str, needle: str) -> bool:
+    from sqlalchemy import select
+
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        rows = (await conn.execute(select(audit_log).where(audit_log.c.action == action))).all()
+    return any(needle in str(r.objects) for r in rows)
+
+
+async def test_absent_caseworker_mail_reaches_delegate_and_nobody_reachable_is_shown(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    absent = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=5))]}
+    )
+    alone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, absent, OMAR, alone)
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(223_456_700), MatchType.GEZINSMATCH)
+            await wait_for(lambda: len(sink.memory) == 1)
+            assert sink.memory[0].rcpt_to == ["omar@halt.nl"]
+            text, _ = bodies(parse(sink.memory[0].raw))
+            assert "vervanger van Ilse Bakker" in text and "gezinsmatch" in text and signal_id in text
+
+            lost_signal, _ = await signal_with_match(hub, "cw-lone", youth(323_456_700))
+            dead = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_MATCH.dlq), expect=1)
+            assert len(dead) == 1
+            headers = headers_of(dead[0])
+            assert set(DLQ_HEADERS) <= set(headers)
+            assert "no reachable delegate" in headers["dlq-exception-message"]
+            assert headers["dlq-exception-class"].endswith("NoReachableRecipient")
+            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_signal))
+            assert len(sink.memory) == 1  # nothing was sent to a caseworker who left
+        finally:
+            await hub.stop()
