@@ -7,18 +7,30 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from connectors.mail.component import register_mail
+from connectors.verwijsindex.component import register_verwijsindex
 from hub.api import health
-from hub.api.problems import install_problem_handlers
+from hub.api.problems import document_problems, install_problem_handlers
 from hub.api.referrals import router as referrals_router
 from hub.api.transaction import TransactionIdMiddleware
 from hub.config import Settings
+from hub.consent.api import router as consent_router
+from hub.directory.api import router as directory_router
+from hub.handovers.api import router as handovers_router
+from hub.handovers.component import register_routing
 from hub.intake.component import register_intake
+from hub.notify.api import router as mails_router
+from hub.notify.component import register_notify
 from hub.ops import wiring as ops
 from hub.runtime import Hub, Registrar
+from hub.signals.api import router as signals_router
 
 # Component name -> what it registers on the spine. Grows as components are built.
 REGISTRARS: dict[str, list[Registrar]] = {"intake": [register_intake]}
 REGISTRARS.setdefault("api", []).append(ops.register)  # lag sampler of the operator console
+REGISTRARS.setdefault("routing", []).append(register_routing)  # consent check (rule 9), receivers' delivery
+REGISTRARS.setdefault("verwijsindex", []).append(register_verwijsindex)  # signals out, matches back
+REGISTRARS.setdefault("mail", []).extend([register_mail, register_notify])  # SMTP out; match mails, borging
 
 
 def create_app(
@@ -49,5 +61,11 @@ def create_app(
     app.include_router(health.router)
     app.include_router(ops.router)
     app.include_router(referrals_router)
+    app.include_router(signals_router)  # caseworker API for Verwijsindex signals
+    app.include_router(consent_router)
+    app.include_router(handovers_router)
+    app.include_router(directory_router)  # /api/v1/medewerkers (administrators)
+    app.include_router(mails_router)  # /api/v1/mails: the embedded SMTP sink
     app.add_middleware(TransactionIdMiddleware)
+    document_problems(app)
     return app

@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 from hub.config import Settings, load_settings
+from hub.directory.cli import app as directory_cli
 from hub.errors import ConfigError
+from hub.notify.cli import mails as mails_command
 from hub.ops import cli as ops_cli
 from hub.partners.cli import app as partners_cli
 
@@ -24,6 +26,8 @@ app.add_typer(partners_cli, name="partners")
 app.add_typer(ops_cli.operators_app, name="operators")
 app.add_typer(ops_cli.dlq_app, name="dlq")
 app.command("topics")(ops_cli.topics)
+app.add_typer(directory_cli, name="medewerkers")
+app.command("mails")(mails_command)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -53,7 +57,10 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _banner(settings: Settings, host: str, port: int, broker: str) -> str:
+def _banner(settings: Settings, host: str, port: int, broker: str, hub: object = None) -> str:
+    from connectors.mail.component import banner_lines as mail_banner
+    from connectors.verwijsindex.component import banner_lines as verwijsindex_banner
+
     base = f"http://{host}:{port}"
     kind = "embedded tansu, memory storage" if settings.embedded_broker else "external"
     return "\n".join(
@@ -63,6 +70,8 @@ def _banner(settings: Settings, host: str, port: int, broker: str) -> str:
             f"  database      {_safe_url(settings.database.url)}",
             f"  broker        {broker} ({kind})",
             f"  components    {', '.join(settings.components)}",
+            *verwijsindex_banner(hub),
+            *mail_banner(hub),
             "  stop with Ctrl-C",
         ]
     )
@@ -96,7 +105,7 @@ def run(
     setup_logging(settings.log_level, json=settings.log_json)
 
     def ready(hub: object) -> None:
-        typer.echo(_banner(settings, http.host, http.port, getattr(hub, "bootstrap", "?")), err=False)
+        typer.echo(_banner(settings, http.host, http.port, getattr(hub, "bootstrap", "?"), hub), err=False)
         sys.stdout.flush()
 
     try:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.errors import ConfigError
+from hub.handovers.config import HandoverSettings
+from hub.notify.config import NotifySettings
 
 COMPONENTS = ("intake", "routing", "verwijsindex", "mail", "api")
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./ketenhub.db"
@@ -74,6 +76,11 @@ class VerwijsindexSettings(BaseModel):
     url: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
+    organisatie_code: str = Field(default="halt-den-haag", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    organisatie_naam: str = "Halt Den Haag"
+    default_end_years: int = Field(default=1, ge=1, le=2, description="rule 12 default: created + N years")
+    retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
+    letter_sender: dict[str, str | list[str]] = Field(default_factory=dict, description="letters.Afzender")
 
 
 class Settings(BaseSettings):
@@ -86,6 +93,8 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     smtp: SmtpSettings = SmtpSettings()
     verwijsindex: VerwijsindexSettings = VerwijsindexSettings()
+    handovers: HandoverSettings = HandoverSettings()
+    notify: NotifySettings = NotifySettings()  # borging after N days (rule 17), mail sink size
     secret: SecretStr | None = Field(default=None, description="HMAC secret for the pseudonymous youth key")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

@@ -36,6 +36,7 @@ REFERRAL_RECEIVED = Topic("referral.received.v1", description="canonical referra
 REFERRAL_DECIDED = Topic("referral.decided.v1", description="intake decisions")
 HANDOVER_REQUESTED = Topic("handover.requested.v1", description="caseworker asks for a warm handover")
 HANDOVER_STATUS = Topic("handover.status.v1", description="receivers answer handovers")
+HANDOVER_DISPATCH = Topic("handover.dispatch.v1", description="consent-checked handovers to deliver")
 VERWIJSINDEX_SIGNAL = Topic("verwijsindex.signal.v1", description="signal commands to the Verwijsindex")
 VERWIJSINDEX_MATCH = Topic("verwijsindex.match.v1", description="matches from the Verwijsindex")
 NOTIFICATION_MAIL = Topic("notification.mail.v1", description="mails to caseworkers")
@@ -48,11 +49,12 @@ CONSUMED: tuple[Topic, ...] = (
     REFERRAL_RECEIVED,
     HANDOVER_REQUESTED,
     HANDOVER_STATUS,
+    HANDOVER_DISPATCH,
     VERWIJSINDEX_SIGNAL,
     VERWIJSINDEX_MATCH,
     NOTIFICATION_MAIL,
 )
-WITH_RETRY: tuple[Topic, ...] = (VERWIJSINDEX_SIGNAL, NOTIFICATION_MAIL)
+WITH_RETRY: tuple[Topic, ...] = (VERWIJSINDEX_SIGNAL, NOTIFICATION_MAIL, HANDOVER_DISPATCH)
 
 
 def handover_outbound(receiver: str) -> Topic:
@@ -69,6 +71,7 @@ def all_topics() -> list[Topic]:
         REFERRAL_DECIDED,
         HANDOVER_REQUESTED,
         HANDOVER_STATUS,
+        HANDOVER_DISPATCH,
         VERWIJSINDEX_SIGNAL,
         VERWIJSINDEX_MATCH,
         NOTIFICATION_MAIL,

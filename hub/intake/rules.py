@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import date
 
 from hub.intake.config import HaltFeit, IntakeRules
+from schemas.dates import age_on
 from schemas.referral import Decision, DecisionReason, Outcome, Reason, Referral, ReferrerType, Track
-
-
-def age_on(birth_date: date, day: date) -> int:
-    """Completed years on day; someone born on 29 February turns older on 1 March in other years."""
-    before_birthday = (day.month, day.day) < (birth_date.month, birth_date.day)
-    return day.year - birth_date.year - int(before_birthday)
 
 
 def normalise_article(article: str) -> str:

@@ -66,7 +66,7 @@ def test_run_is_ready_serves_and_stops_cleanly(tmp_path: Path, sig: signal.Signa
     proc = _start(tmp_path, port)
     try:
         ready = _wait_ready(port, proc)
-        assert ready.json()["checks"] == {"store": "ok", "broker": "ok"}
+        assert ready.json()["checks"] == {"store": "ok", "broker": "ok", "verwijsindex": "ok", "mail": "ok"}
         brokers = _children(proc.pid)
         assert brokers, "the embedded broker runs as a child process"
         spec = httpx.get(f"http://127.0.0.1:{port}/asyncapi.json", timeout=5).json()
