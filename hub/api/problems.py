@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -146,3 +147,54 @@ def install_problem_handlers(app: FastAPI) -> None:
             "Er ging iets mis in de hub; probeer het later opnieuw.",
             instance=request.url.path,
         )
+
+
+# Problem answers every API operation may give besides its own. FastAPI's default 422 (its
+# validation error body) is replaced: malformed input is answered with 400 by the handler above,
+# and 422 is a problem+json too, for a request that is well-formed but breaks a rule.
+_COMMON = {
+    "400": "Ongeldige aanvraag (zie invalidParams)",
+    "401": "Niet geauthenticeerd",
+    "403": "Niet toegestaan voor deze rol of partner",
+    "404": "Niet gevonden",
+    "409": "Conflict met de huidige toestand",
+    "413": "Bericht te groot",
+    "415": "Verkeerd Content-Type",
+    "422": "Goed gevormd, maar in strijd met een regel",
+    "503": "De hub start nog of een afhankelijkheid is niet bereikbaar",
+}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the API really answers: problem+json on every error."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("ProblemBody", ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}"))
+        for name, sub in ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}").get(
+            "$defs", {}
+        ).items():
+            schemas.setdefault(name, sub)
+        schemas["ProblemBody"].pop("$defs", None)
+        ref = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith(("/api/", "/ops/")):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                    del responses["422"]
+                for code, text in _COMMON.items():
+                    responses.setdefault(code, {"description": text, "content": ref})
+        text = json.dumps(schema)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            if f"#/components/schemas/{unused}" not in text.replace(f'"{unused}":', ""):
+                schemas.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
@@ -138,8 +138,21 @@ async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, 
     return console.dead_letters.start_replay([d], op.username).progress()
 
 
+_FILTERS = ("topic", "error_class", "since", "until", "key")
+
+
 class ReplayBody(BaseModel):
     """Which dead letters to replay: a filter, or `all` (needed when no filter is given)."""
+
+    # The document says what the handler demands: at least one filter, or all=true.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                *({"required": [f], "properties": {f: {"type": "string"}}} for f in _FILTERS),
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+            ]
+        }
+    )
 
     topic: str | None = None
     error_class: str | None = None
@@ -155,7 +168,7 @@ async def replay_many(request: Request, op: Acting, body: ReplayBody) -> dict[st
     criteria = (body.topic, body.error_class, body.since, body.until, body.key)
     if not body.all and all(c is None for c in criteria):
         raise Problem(
-            422, "Say what to replay", "Give a filter, or all=true to replay every open dead letter."
+            400, "Say what to replay", "Give a filter, or all=true to replay every open dead letter."
         )
     console = _console(request)
     letters = await console.dead_letters.find(Filter(*criteria))

@@ -18,7 +18,12 @@ _FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 router = APIRouter(tags=["operators"])
 
 
-@router.get("/metrics", include_in_schema=True, summary="Prometheus metrics (open to scrapers)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (open to scrapers)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "text format"}},
+)
 async def metrics(request: Request) -> Response:
     """Lag per group and partition (kafka_exporter's names), DLQ depth, parked retries, the hub's own.
 
@@ -38,7 +43,30 @@ async def _credentials(request: Request) -> tuple[str, str, bool]:
     return str(form.get("username", "")), str(form.get("password", "")), True
 
 
-@router.post("/ops/login", summary="Log in (form or JSON); sets the session cookie")
+_CREDENTIALS = {
+    "type": "object",
+    "properties": {"username": {"type": "string"}, "password": {"type": "string", "format": "password"}},
+    "required": ["username", "password"],
+}
+
+
+@router.post(
+    "/ops/login",
+    summary="Log in (form or JSON); sets the session cookie",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _CREDENTIALS},
+                "application/x-www-form-urlencoded": {"schema": _CREDENTIALS},
+            },
+        }
+    },
+    responses={
+        200: {"description": "JSON login: logged in", "content": {"application/json": {}}},
+        303: {"description": "Form login: to the dashboard, or back to the form when it failed"},
+    },
+)
 async def login(request: Request) -> Response:
     """A session cookie (signed, HttpOnly, SameSite=Strict; the session expires server side)."""
     hub = request.app.state.hub
@@ -63,7 +91,11 @@ async def login(request: Request) -> Response:
     return response
 
 
-@router.post("/ops/logout", summary="Log out: ends the session on the server")
+@router.post(
+    "/ops/logout",
+    summary="Log out: ends the session on the server",
+    responses={303: {"description": "To the login form"}},
+)
 async def logout(request: Request) -> Response:
     """The cookie is cleared and its session deleted."""
     await auth.logout(request.app.state.hub.store, request.cookies.get(auth.COOKIE))
