@@ -1,0 +1,101 @@
+"""Measuring a Kafka pipeline from outside: pre-load the input topic, start it, count the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    name: str
+    records: int
+    seconds: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Records per second, end to end."""
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+async def create(bootstrap: str, *topics: str, partitions: int = 4) -> None:
+    """Create topics up front (tansu auto-creates on metadata requests otherwise)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def load(bootstrap: str, topic: str, values: list[bytes], *, keys: list[bytes] | None = None) -> None:
+    """Produce every value and wait for the acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, v, key=keys[i] if keys else None) for i, v in enumerate(values)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def count_until(bootstrap: str, topic: str, expect: int, timeout_s: float,
+                      started: asyncio.Event | None = None) -> tuple[float, list[float]]:
+    """Read `topic` from the start until `expect` records arrived; return the time and per-record latencies (ms)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or range(4))]
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, 0)
+        if started is not None:
+            started.set()
+        seen, latencies = 0, []
+        deadline = time.monotonic() + timeout_s
+        while seen < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            now_ms = time.time() * 1000
+            for records in batch.values():
+                seen += len(records)
+                latencies.extend(now_ms - r.timestamp for r in records)
+        if seen < expect:
+            raise TimeoutError(f"{topic}: only {seen} of {expect} records within {timeout_s}s")
+        return time.monotonic(), latencies
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+async def measure(name: str, bootstrap: str, output: str, n: int, start: Callable[[], Awaitable[None]],
+                  timeout_s: float = 600) -> Result:
+    """Start the pipeline over a pre-loaded input and time it until the n-th output record arrives."""
+    ready = asyncio.Event()
+    counter = asyncio.create_task(count_until(bootstrap, output, n, timeout_s, ready))
+    await ready.wait()
+    t0 = time.monotonic()
+    await start()
+    t1, _ = await counter
+    return Result(name, n, t1 - t0)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

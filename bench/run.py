@@ -1,0 +1,164 @@
+"""Benchmarks: the hub's intake pipeline beside a raw aiokafka relay of the same records, same broker, one run.
+
+    python -m bench.run [--n 100000] [--store sqlite|postgresql] [--rate 1000 --seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.baseline import RawRelay
+from bench.data import police_records
+from bench.harness import Result, count_until, create, load, measure, peak_rss_mb, percentile
+from hub.config import Settings
+from hub.embedded import EmbeddedKafka
+from hub.intake.component import register_intake
+from hub.runtime import Hub
+from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL
+
+SECRET = "bench-secret-" + "x" * 40
+
+
+def _settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
+    return Settings(
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix, "group_prefix": prefix,
+               "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "max_batch": 1000},
+        database={"url": db_url}, secret=SECRET, components=["intake"],
+    )  # type: ignore[arg-type]
+
+
+async def _db_url(store: str, tmp: Path) -> str:
+    if store == "sqlite":
+        tmp.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    import asyncpg
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+async def bench_relay(kafka: EmbeddedKafka, values: list[bytes]) -> Result:
+    """The raw baseline over the same records."""
+    tag = uuid.uuid4().hex[:6]
+    source, target = f"raw{tag}.in", f"raw{tag}.out"
+    await create(kafka.bootstrap, source, target)
+    await load(kafka.bootstrap, source, values)
+    relay = RawRelay(kafka.bootstrap, source, target, f"raw{tag}")
+    try:
+        return await measure("raw aiokafka relay", kafka.bootstrap, target, len(values), relay.start)
+    finally:
+        await relay.stop()
+
+
+async def bench_intake(kafka: EmbeddedKafka, values: list[bytes], db_url: str, label: str) -> Result:
+    """Partner topic -> parsed, validated, deduplicated, stored -> decision published."""
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    hub = Hub(_settings(kafka.bootstrap, db_url, prefix), registrars={"intake": [register_intake]})
+    source, target = prefix + POLITIE_REFERRAL.name, prefix + POLITIE_DECISION.name
+    await create(kafka.bootstrap, source, target)
+    await load(kafka.bootstrap, source, values)
+    try:
+        return await measure(f"hub intake ({label})", kafka.bootstrap, target, len(values), hub.start)
+    finally:
+        await hub.stop()
+
+
+async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: int) -> Result:
+    """Offer `rate` referrals/s for `seconds`; latency from the send to the decision's arrival."""
+    prefix = f"l{uuid.uuid4().hex[:6]}."
+    hub = Hub(_settings(kafka.bootstrap, db_url, prefix), registrars={"intake": [register_intake]})
+    await hub.start()
+    n = rate * seconds
+    values = police_records(n, seed=99)
+    sent: dict[str, float] = {}
+    target = prefix + POLITIE_DECISION.name
+    try:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+        await consumer.start()
+        tps = [TopicPartition(target, p) for p in range(4)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        latencies: list[float] = []
+
+        async def receive() -> None:
+            while len(latencies) < n:
+                batch = await consumer.getmany(timeout_ms=50)
+                now = time.perf_counter()
+                for records in batch.values():
+                    for r in records:
+                        ref = json.loads(r.value)["payload"]["procesVerbaalNummer"]
+                        latencies.append((now - sent[ref]) * 1000)
+
+        receiver = asyncio.create_task(receive())
+        t0 = time.perf_counter()
+        for i, v in enumerate(values):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[json.loads(v)["procesVerbaalNummer"]] = time.perf_counter()
+            await producer.send(prefix + POLITIE_REFERRAL.name, v)
+        await asyncio.wait_for(receiver, 120)
+        await producer.stop()
+        await asyncio.wait_for(consumer.stop(), 5)
+        return Result(f"latency at {rate}/s", n, time.perf_counter() - t0,
+                      p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99))
+    finally:
+        await hub.stop()
+
+
+def _row(r: Result, base: Result | None = None) -> str:
+    ratio = f"{r.rate / base.rate:.2f}x of raw" if base else ""
+    lat = f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms" if r.p50_ms is not None else ""
+    return f"| {r.name} | {r.records:,} | {r.seconds:.2f} s | {r.rate:,.0f}/s | {ratio} {lat} |"
+
+
+async def main() -> None:
+    """Run the selected benchmarks and print a Markdown table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000, help="records for the throughput runs")
+    p.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
+    p.add_argument("--rate", type=int, default=1000, help="offered referrals/s for the latency run")
+    p.add_argument("--seconds", type=int, default=10, help="length of the latency run")
+    args = p.parse_args()
+    kafka = EmbeddedKafka()
+    kafka.start()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}")
+    values = police_records(args.n)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = await bench_relay(kafka, values)
+            rows.append(_row(raw))
+            stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+            for store in stores:
+                result = await bench_intake(kafka, values, await _db_url(store, Path(tmp) / store), store)
+                rows.append(_row(result, raw))
+            lat = await bench_latency(kafka, await _db_url("sqlite", Path(tmp) / "lat"), args.rate, args.seconds)
+            rows.append(_row(lat))
+    finally:
+        kafka.stop()
+    print("| run | records | time | rate | vs raw / latency |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"peak RSS of the benchmark process (hub + load generator): {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
