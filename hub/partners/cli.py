@@ -1,4 +1,4 @@
-"""`ketenhub partners add|rotate-key|list`: act on the configured database, migrating it first."""
+"""`ketenhub partners add|rotate-key|list|delivery`: act on the configured database, migrating it first."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.config import load_settings
 from hub.errors import ConfigError
 from hub.partners.keys import PartnerType
+from schemas.handover import ReceiverType
 from hub.partners.registry import (
     PartnerExists,
     UnknownPartner,
@@ -94,3 +95,39 @@ def list_() -> None:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     if not rows:
         typer.echo("(no partners yet: ketenhub partners add --name NAME --type TYPE)")
+
+
+@app.command("delivery")
+def delivery(
+    organisation: Annotated[str, typer.Argument(help="the receiving organisation, as handovers name it")],
+    type_: Annotated[
+        ReceiverType, typer.Option("--type", help="kind of receiver", case_sensitive=False)
+    ],
+    webhook: Annotated[
+        str | None, typer.Option(help="HTTPS URL the hub POSTs signed handovers to")
+    ] = None,
+    kafka: Annotated[bool, typer.Option("--kafka", help="deliver on handover.outbound.<type>.v1")] = False,
+) -> None:
+    """Say how a receiver gets its handovers: a signed webhook (its secret printed once) or its topic."""
+    import secrets
+
+    from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, set_receiver_delivery
+
+    if (webhook is None) == (not kafka):
+        typer.echo("ketenhub: give exactly one of --webhook URL or --kafka", err=True)
+        raise typer.Exit(2)
+    secret = secrets.token_urlsafe(32) if webhook else None
+    if webhook:
+        try:
+            check_webhook_url(webhook, allow_plain_http=load_settings().handovers.allow_plain_http)
+        except ValueError as exc:
+            typer.echo(f"ketenhub: --webhook: {exc}", err=True)
+            raise typer.Exit(2) from None
+    chosen = ReceiverDelivery(organisation.strip(), type_, "webhook" if webhook else "kafka", webhook, secret)
+    _in_store(lambda s: set_receiver_delivery(s, chosen))
+    if webhook:
+        typer.echo(f"{chosen.organisation}: handovers go to {webhook}, signed with X-Ketenhub-Signature")
+        typer.echo("webhook secret (shown once; verify sha256=HMAC(secret, body) with it):")
+        typer.echo(secret)
+    else:
+        typer.echo(f"{chosen.organisation}: handovers go to topic {chosen.topic_name}")

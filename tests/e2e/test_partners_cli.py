@@ -59,3 +59,34 @@ def test_add_list_and_rotate(tmp_path: Path) -> None:
     new_key = rotated.stdout.strip().splitlines()[-1]
     assert new_key != key and _works(url, new_key) and not _works(url, key)
     assert _run(url, "rotate-key", "nobody").returncode == 1
+
+
+def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
+    from hub.handovers.receivers import receiver_delivery
+    from schemas.handover import ReceiverType
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    hooked = _run(url, "delivery", "Jongerenwerk Escamp", "--type", "jongerenwerk",
+                  "--webhook", "https://jw.example.nl/ketenhub")  # fmt: skip
+    assert hooked.returncode == 0, hooked.stderr
+    secret = hooked.stdout.strip().splitlines()[-1]
+    assert len(secret) >= 32
+    plain = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--webhook", "http://wt.example.nl/")
+    assert plain.returncode == 2 and "https" in plain.stderr  # no plain http to a real host
+    both = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam")
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    topic = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--kafka")
+    assert topic.returncode == 0 and "handover.outbound.wijkteam.v1" in topic.stdout
+
+    async def stored() -> tuple[object, object]:
+        store = Store(url)
+        try:
+            async with store.read() as session:
+                return (await receiver_delivery(session, "Jongerenwerk Escamp"),
+                        await receiver_delivery(session, "Wijkteam Centrum"))  # fmt: skip
+        finally:
+            await store.close()
+
+    jw, wt = asyncio.run(stored())
+    assert jw.mode == "webhook" and jw.secret == secret and jw.receiver_type is ReceiverType.JONGERENWERK
+    assert wt.mode == "kafka" and wt.url is None
