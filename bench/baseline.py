@@ -17,11 +17,19 @@ class RawRelay:
 
     async def start(self) -> None:
         """Begin relaying in the background."""
-        self.consumer = AIOKafkaConsumer(self.source, bootstrap_servers=self.bootstrap, group_id=self.group,
-                                         enable_auto_commit=False, auto_offset_reset="earliest",
-                                         session_timeout_ms=2000, heartbeat_interval_ms=500, max_poll_records=500)
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
-                                         max_batch_size=256 * 1024)
+        self.consumer = AIOKafkaConsumer(
+            self.source,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+            max_poll_records=500,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024
+        )
         await self.producer.start()
         await self.consumer.start()
         self.task = asyncio.create_task(self._run())
@@ -29,8 +37,11 @@ class RawRelay:
     async def _run(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
-            futures = [await self.producer.send(self.target, r.value, key=r.key)
-                       for records in batch.values() for r in records]
+            futures = [
+                await self.producer.send(self.target, r.value, key=r.key)
+                for records in batch.values()
+                for r in records
+            ]
             if futures:
                 await asyncio.gather(*futures)
                 await self.consumer.commit()

@@ -41,7 +41,9 @@ async def create(bootstrap: str, *topics: str, partitions: int = 4) -> None:
 
 async def load(bootstrap: str, topic: str, values: list[bytes], *, keys: list[bytes] | None = None) -> None:
     """Produce every value and wait for the acks."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, v, key=keys[i] if keys else None) for i, v in enumerate(values)]
@@ -50,9 +52,10 @@ async def load(bootstrap: str, topic: str, values: list[bytes], *, keys: list[by
         await producer.stop()
 
 
-async def count_until(bootstrap: str, topic: str, expect: int, timeout_s: float,
-                      started: asyncio.Event | None = None) -> tuple[float, list[float]]:
-    """Read `topic` from the start until `expect` records arrived; return the time and per-record latencies (ms)."""
+async def count_until(
+    bootstrap: str, topic: str, expect: int, timeout_s: float, started: asyncio.Event | None = None
+) -> tuple[float, list[float]]:
+    """Read `topic` from the start until `expect` records arrived; return the time and latencies (ms)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
     try:
@@ -78,8 +81,14 @@ async def count_until(bootstrap: str, topic: str, expect: int, timeout_s: float,
             await asyncio.wait_for(consumer.stop(), 5)
 
 
-async def measure(name: str, bootstrap: str, output: str, n: int, start: Callable[[], Awaitable[None]],
-                  timeout_s: float = 600) -> Result:
+async def measure(
+    name: str,
+    bootstrap: str,
+    output: str,
+    n: int,
+    start: Callable[[], Awaitable[None]],
+    timeout_s: float = 600,
+) -> Result:
     """Start the pipeline over a pre-loaded input and time it until the n-th output record arrives."""
     ready = asyncio.Event()
     counter = asyncio.create_task(count_until(bootstrap, output, n, timeout_s, ready))

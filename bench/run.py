@@ -1,6 +1,7 @@
-"""Benchmarks: the hub's intake pipeline beside a raw aiokafka relay of the same records, same broker, one run.
+"""Benchmarks: the hub beside a raw baseline of the same work on the same broker, in one run.
 
-    python -m bench.run [--n 100000] [--store sqlite|postgresql] [--rate 1000 --seconds 10]
+python -m bench.run [--n 100000] [--store sqlite|postgresql|both] [--rate 1000 --seconds 10]
+                    [--http-n 20000 --http-rate 500]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from bench.baseline import RawRelay
 from bench.data import police_records
-from bench.harness import Result, count_until, create, load, measure, peak_rss_mb, percentile
+from bench.harness import Result, create, load, measure, peak_rss_mb, percentile
+from bench.http import http_intake, ready_time
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
 from hub.intake.component import register_intake
@@ -29,9 +31,17 @@ SECRET = "bench-secret-" + "x" * 40
 
 def _settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
     return Settings(
-        kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix, "group_prefix": prefix,
-               "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "max_batch": 1000},
-        database={"url": db_url}, secret=SECRET, components=["intake"],
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "topic_prefix": prefix,
+            "group_prefix": prefix,
+            "session_timeout_ms": 2000,
+            "heartbeat_interval_ms": 500,
+            "max_batch": 1000,
+        },
+        database={"url": db_url},
+        secret=SECRET,
+        components=["intake"],
     )  # type: ignore[arg-type]
 
 
@@ -86,7 +96,9 @@ async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: i
     try:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+        )
         await consumer.start()
         tps = [TopicPartition(target, p) for p in range(4)]
         consumer.assign(tps)
@@ -117,16 +129,22 @@ async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: i
         await asyncio.wait_for(receiver, 120)
         await producer.stop()
         await asyncio.wait_for(consumer.stop(), 5)
-        return Result(f"latency at {rate}/s", n, time.perf_counter() - t0,
-                      p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99))
+        return Result(
+            f"latency at {rate}/s",
+            n,
+            time.perf_counter() - t0,
+            p50_ms=percentile(latencies, 50),
+            p99_ms=percentile(latencies, 99),
+        )
     finally:
         await hub.stop()
 
 
 def _row(r: Result, base: Result | None = None) -> str:
-    ratio = f"{r.rate / base.rate:.2f}x of raw" if base else ""
+    ratio = f"{r.rate / base.rate:.2f}x of baseline" if base else ""
     lat = f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms" if r.p50_ms is not None else ""
-    return f"| {r.name} | {r.records:,} | {r.seconds:.2f} s | {r.rate:,.0f}/s | {ratio} {lat} |"
+    rate = f"{r.rate:,.0f}/s" if r.records > 10 else "-"
+    return f"| {r.name} | {r.records:,} | {r.seconds:.2f} s | {rate} | {ratio} {lat} |"
 
 
 async def main() -> None:
@@ -136,11 +154,15 @@ async def main() -> None:
     p.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
     p.add_argument("--rate", type=int, default=1000, help="offered referrals/s for the latency run")
     p.add_argument("--seconds", type=int, default=10, help="length of the latency run")
+    p.add_argument("--http-n", type=int, default=20_000, help="requests for the HTTP throughput run")
+    p.add_argument("--http-rate", type=int, default=500, help="offered requests/s for the HTTP latency run")
     args = p.parse_args()
     kafka = EmbeddedKafka()
     kafka.start()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}"
+    )
     values = police_records(args.n)
     rows = []
     try:
@@ -151,8 +173,11 @@ async def main() -> None:
             for store in stores:
                 result = await bench_intake(kafka, values, await _db_url(store, Path(tmp) / store), store)
                 rows.append(_row(result, raw))
-            lat = await bench_latency(kafka, await _db_url("sqlite", Path(tmp) / "lat"), args.rate, args.seconds)
-            rows.append(_row(lat))
+            lat_db = await _db_url("sqlite", Path(tmp) / "lat")
+            rows.append(_row(await bench_latency(kafka, lat_db, args.rate, args.seconds)))
+            http = await http_intake(kafka.bootstrap, police_records(args.http_n, seed=5), args.http_rate)
+            rows += [_row(http[0])] + [_row(r, http[0]) for r in http[1:]]
+            rows.append(_row(await ready_time()))
     finally:
         kafka.stop()
     print("| run | records | time | rate | vs raw / latency |\n|---|---|---|---|---|")

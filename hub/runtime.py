@@ -152,7 +152,7 @@ class Hub:
         if self.relay is None:
             raise RuntimeError("not started")
         client = self.relay.producer.client
-        if not await client.ready(client.get_random_node()):  # type: ignore[arg-type]
+        if not await client.ready(client.get_random_node()):
             raise ConnectionError("no broker answers")
 
 

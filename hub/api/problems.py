@@ -174,10 +174,14 @@ def document_problems(app: FastAPI) -> None:
             return app.openapi_schema
         schema = build()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        schemas.setdefault("ProblemBody", ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}"))
-        for name, sub in ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}").get(
-            "$defs", {}
-        ).items():
+        schemas.setdefault(
+            "ProblemBody", ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for name, sub in (
+            ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            .get("$defs", {})
+            .items()
+        ):
             schemas.setdefault(name, sub)
         schemas["ProblemBody"].pop("$defs", None)
         ref = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemBody"}}}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hub.intake.config import IntakeRules, load_intake_rules
-from hub.intake.rules import age_on, decide
+from hub.intake.rules import decide
+from schemas.dates import age_on
 from schemas.problems import FieldProblem
 from schemas.referral import Decision, DecisionReason, Outcome
 

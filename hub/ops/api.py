@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
@@ -139,20 +139,15 @@ async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, 
 
 
 _FILTERS = ("topic", "error_class", "since", "until", "key")
+_ONE_FILTER_OR_ALL: list[JsonValue] = [{"required": ["all"], "properties": {"all": {"const": True}}}]
+_ONE_FILTER_OR_ALL += [{"required": [f], "properties": {f: {"type": "string"}}} for f in _FILTERS]
 
 
 class ReplayBody(BaseModel):
     """Which dead letters to replay: a filter, or `all` (needed when no filter is given)."""
 
     # The document says what the handler demands: at least one filter, or all=true.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "anyOf": [
-                *({"required": [f], "properties": {f: {"type": "string"}}} for f in _FILTERS),
-                {"required": ["all"], "properties": {"all": {"const": True}}},
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"anyOf": _ONE_FILTER_OR_ALL})
 
     topic: str | None = None
     error_class: str | None = None

@@ -22,7 +22,9 @@ router = APIRouter(tags=["operators"])
     "/metrics",
     summary="Prometheus metrics (open to scrapers)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "text format"}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "text format"}
+    },
 )
 async def metrics(request: Request) -> Response:
     """Lag per group and partition (kafka_exporter's names), DLQ depth, parked retries, the hub's own.

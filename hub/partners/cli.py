@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.config import load_settings
 from hub.errors import ConfigError
 from hub.partners.keys import PartnerType
-from schemas.handover import ReceiverType
 from hub.partners.registry import (
     PartnerExists,
     UnknownPartner,
@@ -20,6 +19,7 @@ from hub.partners.registry import (
     list_partners,
     rotate_key,
 )
+from schemas.handover import ReceiverType
 
 T = TypeVar("T")
 app = typer.Typer(help="Register partners and manage their API keys.", no_args_is_help=True)
@@ -100,12 +100,8 @@ def list_() -> None:
 @app.command("delivery")
 def delivery(
     organisation: Annotated[str, typer.Argument(help="the receiving organisation, as handovers name it")],
-    type_: Annotated[
-        ReceiverType, typer.Option("--type", help="kind of receiver", case_sensitive=False)
-    ],
-    webhook: Annotated[
-        str | None, typer.Option(help="HTTPS URL the hub POSTs signed handovers to")
-    ] = None,
+    type_: Annotated[ReceiverType, typer.Option("--type", help="kind of receiver", case_sensitive=False)],
+    webhook: Annotated[str | None, typer.Option(help="HTTPS URL the hub POSTs signed handovers to")] = None,
     kafka: Annotated[bool, typer.Option("--kafka", help="deliver on handover.outbound.<type>.v1")] = False,
 ) -> None:
     """Say how a receiver gets its handovers: a signed webhook (its secret printed once) or its topic."""

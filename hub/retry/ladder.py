@@ -285,7 +285,13 @@ class RetryLadder:
         if due is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
             await self._dead(
-                session, message, row.key, outcome, attempts=row.attempt + 1, first_failure=first, origin=origin
+                session,
+                message,
+                row.key,
+                outcome,
+                attempts=row.attempt + 1,
+                first_failure=first,
+                origin=origin,
             )
             return
         error = safe_error_message(outcome)
@@ -307,7 +313,7 @@ class RetryLadder:
             return None
         if earliest.tzinfo is None:  # SQLite hands back naive datetimes
             earliest = earliest.replace(tzinfo=self.clock().tzinfo)
-        return max(0.0, (earliest - self.clock()).total_seconds())
+        return max(0.0, float((earliest - self.clock()).total_seconds()))
 
     async def run(self, idle_s: float = 1.0) -> None:
         """Retry parked messages as they fall due, until cancelled."""

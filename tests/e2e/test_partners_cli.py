@@ -71,7 +71,9 @@ def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
     assert hooked.returncode == 0, hooked.stderr
     secret = hooked.stdout.strip().splitlines()[-1]
     assert len(secret) >= 32
-    plain = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--webhook", "http://wt.example.nl/")
+    plain = _run(
+        url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--webhook", "http://wt.example.nl/"
+    )
     assert plain.returncode == 2 and "https" in plain.stderr  # no plain http to a real host
     both = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam")
     assert both.returncode == 2 and "exactly one" in both.stderr

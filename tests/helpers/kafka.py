@@ -81,3 +81,34 @@ async def wait_for(predicate: Any, *, timeout_s: float = 20.0, interval_s: float
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s (last value {last!r})")
+
+
+async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0) -> list[ConsumerRecord[Any, Any]]:
+    """Every record the topic holds now: read each partition up to its high watermark."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        out: list[ConsumerRecord[Any, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        pending = set(tps)
+        while pending and time.monotonic() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+            for tp in list(pending):
+                end = consumer.highwater(tp)  # tansu's end_offsets() is wrong; the fetch's watermark is not
+                if end is not None and await consumer.position(tp) >= end:
+                    pending.discard(tp)
+        if pending:
+            raise AssertionError(
+                f"{topic}: partitions {sorted(p.partition for p in pending)} not read to the end"
+            )
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)

@@ -50,7 +50,9 @@ def test_rule_12_the_default_end_date_is_always_allowed(birth: date, created: da
     if end <= created:  # the 23rd birthday is tomorrow or today: nothing left to allow
         return
     assert end_date_problem(created, birth, end) is None
-    assert end_date_problem(created, birth, end + timedelta(days=1)) is not None or end < add_years(created, 2)
+    assert end_date_problem(created, birth, end + timedelta(days=1)) is not None or end < add_years(
+        created, 2
+    )
 
 
 @settings(max_examples=300)

@@ -13,7 +13,9 @@ def upgrade() -> None:
     """Create retry_parked."""
     op.create_table(
         "retry_parked",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("ladder", sa.String(100), nullable=False),
         sa.Column("key", sa.String(200), nullable=False),
         sa.Column("message_id", sa.String(200), nullable=False),

@@ -1,0 +1,196 @@
+"""HTTP intake and start-up, measured on `ketenhub run` as its own process, beside a bare baseline.
+
+The baseline for HTTP is a minimal FastAPI app on the same uvicorn, answering 201 to the same
+bodies without reading them into anything: what the framework and the loopback cost by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.harness import Result, percentile
+from hub.embedded import free_port
+
+KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
+BARE_APP = """
+from fastapi import FastAPI, Request, Response
+app = FastAPI()
+@app.post("/api/v1/politie/verwijzingen")
+async def take(request: Request) -> Response:
+    await request.body()
+    return Response(b'{"status": "ACCEPTED"}', status_code=201, media_type="application/json")
+@app.get("/readyz")
+async def ready() -> dict[str, str]:
+    return {"status": "ready"}
+"""
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> float:
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=1) as client:
+        while time.perf_counter() - t0 < timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url + "/readyz")).status_code == 200:
+                    return time.perf_counter() - t0
+            await asyncio.sleep(0.01)
+    raise TimeoutError("not ready")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def ready_time(runs: int = 3) -> Result:
+    """`ketenhub run` on its embedded default, from exec to /readyz 200; the median of `runs`."""
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            port = free_port()
+            proc = subprocess.Popen(
+                [KETENHUB, "run", "--port", str(port)],
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                times.append(await _wait_ready(f"http://127.0.0.1:{port}", proc))
+            finally:
+                _stop(proc)
+    times.sort()
+    return Result("`ketenhub run` ready (embedded)", runs, times[len(times) // 2])
+
+
+async def _load(
+    url: str, bodies: list[bytes], headers: dict[str, str], *, concurrency: int, rate: float | None = None
+) -> tuple[float, list[float]]:
+    """POST every body with `concurrency` keep-alive connections; return seconds and latencies (ms)."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for i, body in enumerate(bodies):
+        queue.put_nowait((i, body))
+    t0 = time.perf_counter()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i, body = queue.get_nowait()
+            if rate is not None:
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            started = time.perf_counter()
+            answer = await client.post(url + "/api/v1/politie/verwijzingen", content=body, headers=headers)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if answer.status_code not in (200, 201):
+                raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
+
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return time.perf_counter() - t0, latencies
+
+
+async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Result]:
+    """The bare baseline and the hub: throughput with keep-alive, then latency at `rate`/s offered."""
+    from hub.partners import PartnerType, add_partner
+    from hub.store import Store
+
+    out: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_port = free_port()
+        (Path(tmp) / "bare.py").write_text(BARE_APP)
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bare:app",
+                "--port",
+                str(bare_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=tmp,
+        )
+        try:
+            url = f"http://127.0.0.1:{bare_port}"
+            await _wait_ready(url, bare)
+            seconds, lat = await _load(url, bodies, {"Content-Type": "application/json"}, concurrency=32)
+            out.append(
+                Result(
+                    "bare FastAPI on uvicorn (baseline)",
+                    len(bodies),
+                    seconds,
+                    p50_ms=percentile(lat, 50),
+                    p99_ms=percentile(lat, 99),
+                )
+            )
+        finally:
+            _stop(bare)
+
+        db = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
+        store = Store(db)
+        await store.migrate()
+        async with store.transaction() as session:
+            _, key = await add_partner(session, "politie-bench", PartnerType.POLITIE)
+        await store.close()
+        port = free_port()
+        env = {
+            **os.environ,
+            "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KETENHUB_DATABASE__URL": db,
+            "KETENHUB_SECRET": "bench-secret-" + "y" * 40,
+            "KETENHUB_LOG_LEVEL": "WARNING",
+            "KETENHUB_KAFKA__TOPIC_PREFIX": f"h{port}.",
+            "KETENHUB_KAFKA__GROUP_PREFIX": f"h{port}-",
+        }
+        hub = subprocess.Popen(
+            [KETENHUB, "run", "--port", str(port), "--components", "intake"],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            await _wait_ready(url, hub)
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+            seconds, lat = await _load(url, bodies, headers, concurrency=32)
+            out.append(
+                Result(
+                    "hub HTTP intake, keep-alive, 32 connections",
+                    len(bodies),
+                    seconds,
+                    p50_ms=percentile(lat, 50),
+                    p99_ms=percentile(lat, 99),
+                )
+            )
+            offered = [b.replace(b"PL1500-", b"PL1600-") for b in bodies[: rate * 10]]
+            seconds, lat = await _load(url, offered, headers, concurrency=32, rate=rate)
+            out.append(
+                Result(
+                    f"hub HTTP intake at {rate}/s offered",
+                    len(offered),
+                    seconds,
+                    p50_ms=percentile(lat, 50),
+                    p99_ms=percentile(lat, 99),
+                )
+            )
+        finally:
+            _stop(hub)
+    return out
