@@ -21,6 +21,7 @@ from bench.data import police_records
 from bench.harness import Result, create, load, measure, peak_rss_mb, percentile
 from bench.http import http_intake, ready_time
 from hub.config import Settings
+from hub.logging import setup_logging
 from hub.embedded import EmbeddedKafka
 from hub.intake.component import register_intake
 from hub.runtime import Hub
@@ -157,6 +158,7 @@ async def main() -> None:
     p.add_argument("--http-n", type=int, default=20_000, help="requests for the HTTP throughput run")
     p.add_argument("--http-rate", type=int, default=500, help="offered requests/s for the HTTP latency run")
     args = p.parse_args()
+    setup_logging("INFO")  # as `ketenhub run` logs
     kafka = EmbeddedKafka()
     kafka.start()
     print(

@@ -124,7 +124,7 @@ def _api(state: SimulatorState) -> APIRouter:
         signaal, created = state.register(signaal_id, body)
         if not created:
             response.status_code = status.HTTP_200_OK
-        log.info("signal %s registered=%s tx=%s", signaal_id, created, tx)
+        log.debug("signal %s registered=%s tx=%s", signaal_id, created, tx)
         return signaal
 
     @api.delete(
@@ -137,7 +137,7 @@ def _api(state: SimulatorState) -> APIRouter:
     )
     def withdraw(signaal_id: SignaalId, reden: IntrekkingsReden, tx: TransactionId) -> Signaal:
         signaal = state.withdraw(signaal_id, reden)
-        log.info("signal %s withdrawn (%s) tx=%s", signaal_id, reden.value, tx)
+        log.debug("signal %s withdrawn (%s) tx=%s", signaal_id, reden.value, tx)
         return signaal
 
     @api.patch(
@@ -150,7 +150,7 @@ def _api(state: SimulatorState) -> APIRouter:
     )
     def change_contact(signaal_id: SignaalId, body: ContactWijziging, tx: TransactionId) -> Signaal:
         signaal = state.change_contact(signaal_id, body.contactpersoon)
-        log.info("signal %s contact changed tx=%s", signaal_id, tx)
+        log.debug("signal %s contact changed tx=%s", signaal_id, tx)
         return signaal
 
     @api.get(

@@ -1,7 +1,9 @@
-"""Caseworker identity for the caseworker API: the `X-Medewerker` header, checked against the directory.
+"""Caseworker identity for the caseworker API: the case system's key, and the caseworker it names.
 
-Until caseworkers sign in through Halt's identity provider, the case system (Aurah) or the portal
-in front of the hub states which caseworker acts; the hub accepts only active caseworkers it knows.
+Caseworkers sign in to Halt's case system (Aurah) or the portal in front of the hub, not to the hub.
+That system calls the caseworker API with its own partner key (type `zaaksysteem`) and names the
+acting caseworker in `X-Medewerker`; the hub accepts only active caseworkers from its directory. A
+caseworker id alone opens nothing: without the system's key the answer is 401.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from fastapi import Depends, Header, Request
 
 from hub.api.problems import Problem
 from hub.directory import CaseworkerNotFound, get_caseworker
+from hub.partners import PartnerType, partner_of_type
+from hub.partners.registry import Partner
 from schemas.caseworker import Caseworker
 
 HEADER = "X-Medewerker"
@@ -19,18 +23,19 @@ HEADER = "X-Medewerker"
 
 async def current_caseworker(
     request: Request,
+    _system: Annotated[Partner, Depends(partner_of_type(PartnerType.ZAAKSYSTEEM))],
     x_medewerker: Annotated[
         str | None, Header(alias=HEADER, description="id of the acting caseworker")
     ] = None,
 ) -> Caseworker:
-    """The acting caseworker; 401 when the header is missing or names no active caseworker."""
+    """The acting caseworker; 401 without the case system's key or an active caseworker's id."""
     hub = request.app.state.hub
     if hub.store is None:
         raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
     if not x_medewerker:
         raise Problem(401, "Niet geauthenticeerd", f"Stuur de medewerker-id mee in de header {HEADER}.")
     try:
-        async with hub.store.transaction() as session:
+        async with hub.store.read() as session:
             cw = await get_caseworker(session, x_medewerker.strip())
     except CaseworkerNotFound:
         cw = None

@@ -121,7 +121,7 @@ class IntakeService:
             entries.append(
                 ("referral.decided", result, referral, objects | {"outcome": outcome, "reasons": reasons})
             )
-            log.info("referral decided", referral_id=result.referral_id, outcome=outcome)
+            log.debug("referral decided", referral_id=result.referral_id, outcome=outcome)
         await self._audit(session, origin, entries)
         for result in results:
             if not result.duplicate or origin.announce_duplicates:

@@ -30,6 +30,7 @@ class PartnerType(StrEnum):
     JEUGDHULP = "jeugdhulp"
     VERSLAVINGSZORG = "verslavingszorg"
     VERWIJSINDEX = "verwijsindex"
+    ZAAKSYSTEEM = "zaaksysteem"  # Halt's case system (Aurah) or portal: calls the caseworker API
 
 
 def new_key() -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -82,6 +83,11 @@ class Store:
         self.url = url
         self.engine = make_engine(url, echo=echo)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer. Writers of this process queue here, in order, instead of polling
+        # SQLite's lock: its busy handler sleeps up to 100 ms a try, which caps throughput far below
+        # what one writer can do. Other processes (the CLI) still wait under the busy timeout.
+        self._writer = asyncio.Lock()
+        self._writing: asyncio.Task[Any] | None = None
 
     @property
     def dialect(self) -> str:
@@ -99,10 +105,21 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in one transaction: committed on success, rolled back on any error."""
-        async with self.sessions() as session, session.begin():
-            if self.dialect == "sqlite":
-                await session.connection(execution_options={WRITE: True})  # BEGIN IMMEDIATE
-            yield session
+        if self.dialect != "sqlite":
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        task = asyncio.current_task()
+        if task is not None and self._writing is task:
+            raise RuntimeError("a write transaction inside another one would wait for itself; use read()")
+        async with self._writer:
+            self._writing = task
+            try:
+                async with self.sessions() as session, session.begin():
+                    await session.connection(execution_options={WRITE: True})  # BEGIN IMMEDIATE
+                    yield session
+            finally:
+                self._writing = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -65,6 +65,8 @@ class Running:
 
     def headers_for(self, path: str) -> dict[str, str]:
         kind = path.split("/")[3] if path.startswith("/api/v1/") else ""
+        if kind in ("signalen", "toestemmingen", "overdrachten", "zorgmeldingen"):
+            kind = "zaaksysteem"  # the caseworker API: the case system's key and the caseworker it names
         key = self.keys.get(kind, self.keys["politie"])
         return {"Authorization": f"Bearer {key}", "X-Medewerker": CASEWORKER}
 

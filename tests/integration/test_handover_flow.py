@@ -250,9 +250,13 @@ async def world(kafka: EmbeddedKafka, db_url: str, unique: str, **handovers: Any
                     session, ReceiverDelivery("jeugdhulp-dh", ReceiverType.JEUGDHULP, "kafka")
                 )
                 _, keys["jeugdhulp-dh"] = await add_partner(session, "jeugdhulp-dh", PartnerType.JEUGDHULP)
+                _, aurah = await add_partner(session, "aurah", PartnerType.ZAAKSYSTEEM)
             app = create_app(settings, hub=hub)
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            system = {"Authorization": f"Bearer {aurah}"}  # the case system, on the caseworker's behalf
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://hub", headers=system
+            ) as client:
                 yield World(hub, client, receiver, keys, bsns())
         finally:
             await hub.stop()

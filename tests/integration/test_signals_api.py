@@ -15,6 +15,7 @@ from connectors.verwijsindex.contract import add_years
 from hub.app import create_app
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
+from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
@@ -60,9 +61,11 @@ async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[t
             await upsert_caseworker(session, cw("cw-ilse", delegate="cw-omar"))
             await upsert_caseworker(session, cw("cw-omar"))
             await upsert_caseworker(session, cw("cw-nina", bevoegd=False))
+            _, aurah = await add_partner(session, "aurah", PartnerType.ZAAKSYSTEEM)
         app = create_app(hub.settings, hub=hub)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        system = {"Authorization": f"Bearer {aurah}"}  # the case system calls on the caseworker's behalf
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub", headers=system) as client:
             yield hub, client
     finally:
         await hub.stop()
@@ -186,3 +189,17 @@ async def test_parent_letter_html_and_pdf_without_reason(api: tuple[Hub, httpx.A
     pdf = await client.get(f"{URL}/{sid}/ouderbrief", headers=ILSE | {"Accept": "application/pdf"})
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF")
+
+
+async def test_a_caseworker_id_alone_opens_nothing(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    hub, client = api
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        _, police = await add_partner(session, "politie-x", PartnerType.POLITIE)
+    no_key = await client.get(f"{URL}/unknown", headers={**ILSE, "Authorization": ""})
+    assert no_key.status_code == 401 and no_key.headers["content-type"] == "application/problem+json"
+    other = await client.get(f"{URL}/unknown", headers={**ILSE, "Authorization": f"Bearer {police}"})
+    assert other.status_code == 403  # a partner key of another kind does not speak for caseworkers
+    unknown = await client.get(f"{URL}/unknown", headers={"X-Medewerker": "cw-nobody"})
+    assert unknown.status_code == 401
+    assert (await client.get(f"{URL}/unknown", headers=ILSE)).status_code == 404  # key and caseworker: in
