@@ -21,9 +21,9 @@ from bench.data import police_records
 from bench.harness import Result, create, load, measure, peak_rss_mb, percentile
 from bench.http import http_intake, ready_time
 from hub.config import Settings
-from hub.logging import setup_logging
 from hub.embedded import EmbeddedKafka
 from hub.intake.component import register_intake
+from hub.logging import setup_logging
 from hub.runtime import Hub
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL
 
