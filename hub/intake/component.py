@@ -13,7 +13,8 @@ from hub.intake.config import load_intake_rules
 from hub.intake.service import IntakeResult, IntakeService, Origin
 from hub.runtime import Hub
 from hub.spine import Tx
-from hub.spine.consumer import DeadLetter
+from hub.spine.consumer import DeadLetter, Item
+from hub.spine.outbox import add_many_to_outbox
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL, REFERRAL_DECIDED, REFERRAL_RECEIVED
 from schemas.envelope import Envelope
 from schemas.problems import PartnerFormatError
@@ -71,12 +72,24 @@ def register_intake(hub: Hub) -> None:
     group = hub.group("intake")
     politie_out = hub.topic(POLITIE_DECISION.name)
 
+    async def take_in_politie_batch(tx: Tx, items: list[Item[bytes]]) -> None:
+        """A batch of police records in one go; any unreadable one sends the batch record by record."""
+        parsed = [politie.parse(item.value) for item in items]
+        origin = Origin(POLITIE_REFERRER, "kafka", items[0].transaction_id, tx.system, user="politie (kafka)")
+        tx_ids = [item.transaction_id for item in items]
+        results = await service.take_in_many(tx.session, parsed, origin, transaction_ids=tx_ids)
+        await add_many_to_outbox(
+            tx.session,
+            [(politie_out, _besluit(r, t), r.youth_key) for r, t in zip(results, tx_ids, strict=True)],
+        )
+
     @hub.spine.subscribe(
         hub.topic(POLITIE_REFERRAL.name),
         group=group,
         dlq=hub.topic(POLITIE_REFERRAL.dlq),
         decode=raw_value,
         title="intake:politie",
+        batch=take_in_politie_batch,
     )
     async def take_in_politie(tx: Tx, raw: bytes) -> None:
         """Police referrals (their JSON format): decided, stored, answered on partner.politie.decision.v1."""

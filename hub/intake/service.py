@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from hub.intake.config import IntakeRules
 from hub.intake.rules import decide
 from hub.intake.tables import referrals
 from hub.logging import get_logger
-from hub.spine.outbox import add_to_outbox
+from hub.spine.outbox import add_many_to_outbox
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
@@ -71,21 +71,34 @@ class IntakeService:
         return (await self.take_in_many(session, [referral], origin))[0]
 
     async def take_in_many(
-        self, session: AsyncSession, items: Sequence[Referral], origin: Origin
+        self,
+        session: AsyncSession,
+        items: Sequence[Referral],
+        origin: Origin,
+        *,
+        transaction_ids: Sequence[str] | None = None,
     ) -> list[IntakeResult]:
-        """`take_in` for a batch, in order, with a handful of statements instead of several per row."""
+        """`take_in` for a batch, in order, with a handful of statements instead of several per row.
+
+        `transaction_ids`, one per item, when the items came in as separate messages (rule 19).
+        """
+        origins = (
+            [replace(origin, transaction_id=t) for t in transaction_ids]
+            if transaction_ids is not None
+            else [origin] * len(items)
+        )
         keys = [self.youth_key(r.youth.bsn) for r in items]
         first = await self._existing(session, origin.referrer_key, {r.case_reference for r in items})
         truancy_keys = {k for k, r in zip(keys, items, strict=True) if r.track is Track.HALT_SCHOOLVERZUIM}
         prior = await self._prior_truancy(session, truancy_keys)
         rows: dict[str, dict[str, Any]] = {}  # case reference -> the row this batch stores for it
-        for referral, key in zip(items, keys, strict=True):
+        for referral, key, its_origin in zip(items, keys, origins, strict=True):
             if referral.case_reference in first or referral.case_reference in rows:
                 continue  # a repeat: answered with the first outcome below
             decision = decide(referral, self.rules, prior_truancy_referrals=prior[key])
             if decision.accepted and referral.track is Track.HALT_SCHOOLVERZUIM:
                 prior[key] += 1  # a later row for the same youth is a second truancy referral
-            rows[referral.case_reference] = _row(referral, key, decision, origin)
+            rows[referral.case_reference] = _row(referral, key, decision, its_origin)
         stored = await self._insert(session, list(rows.values()))
         lost = {ref for ref in rows if ref not in stored}  # a concurrent repeat committed first
         if lost:
@@ -99,33 +112,48 @@ class IntakeService:
                 first[ref] = _dup(answers[-1])
             else:
                 answers.append(first[ref])
-        await self._record(session, items, answers, origin)
+        await self._record(session, items, answers, origins)
         return answers
 
     async def _record(
-        self, session: AsyncSession, items: Sequence[Referral], results: list[IntakeResult], origin: Origin
+        self,
+        session: AsyncSession,
+        items: Sequence[Referral],
+        results: list[IntakeResult],
+        origins: Sequence[Origin],
     ) -> None:
         """Audit every step (rule 18) and announce decisions (and repeats, for Kafka referrers)."""
-        entries: list[tuple[str, IntakeResult, Referral, dict[str, Any]]] = []
-        for referral, result in zip(items, results, strict=True):
+        entries: list[tuple[str, IntakeResult, Referral, dict[str, Any], Origin]] = []
+        for referral, result, origin in zip(items, results, origins, strict=True):
             objects: dict[str, Any] = {
                 "referral_id": result.referral_id,
                 "case_reference": referral.case_reference,
             }
             if result.duplicate:
-                entries.append(("referral.duplicate", result, referral, objects))
+                entries.append(("referral.duplicate", result, referral, objects, origin))
                 continue
-            entries.append(("referral.received", result, referral, objects | {"via": origin.channel}))
+            entries.append(("referral.received", result, referral, objects | {"via": origin.channel}, origin))
             reasons = [r.code for r in result.decision.reasons]
             outcome = result.decision.outcome.value
             entries.append(
-                ("referral.decided", result, referral, objects | {"outcome": outcome, "reasons": reasons})
+                (
+                    "referral.decided",
+                    result,
+                    referral,
+                    objects | {"outcome": outcome, "reasons": reasons},
+                    origin,
+                )
             )
             log.debug("referral decided", referral_id=result.referral_id, outcome=outcome)
-        await self._audit(session, origin, entries)
-        for result in results:
-            if not result.duplicate or origin.announce_duplicates:
-                await self._announce(session, result, origin)
+        await self._audit(session, entries)
+        await add_many_to_outbox(
+            session,
+            [
+                (self.decided_topic, self._announcement(result, origin), result.youth_key)
+                for result, origin in zip(results, origins, strict=True)
+                if not result.duplicate or origin.announce_duplicates
+            ],
+        )
 
     async def _existing(
         self, session: AsyncSession, referrer_key: str, refs: set[str]
@@ -169,9 +197,9 @@ class IntakeService:
             stored |= set((await session.execute(stmt)).scalars())
         return stored
 
-    async def _audit(self, session: AsyncSession, origin: Origin, entries: list[tuple[Any, ...]]) -> None:
+    async def _audit(self, session: AsyncSession, entries: list[tuple[Any, ...]]) -> None:
         now, rows = utcnow(), []
-        for action, result, referral, objects in entries:
+        for action, result, referral, objects, origin in entries:
             entry = AuditEntry(
                 action=action,
                 user=origin.user,
@@ -186,15 +214,15 @@ class IntakeService:
         if rows:  # one executemany: what hub.audit.write_audit does, row by row
             await session.execute(insert(audit_log), rows)
 
-    async def _announce(self, session: AsyncSession, result: IntakeResult, origin: Origin) -> None:
-        message = Envelope(
+    @staticmethod
+    def _announcement(result: IntakeResult, origin: Origin) -> Envelope:
+        return Envelope(
             type=DECIDED_TYPE,
             transaction_id=origin.transaction_id,
             correlation_id=result.referral_id,
             source="ketenhub-intake",
             payload=decided_payload(result),
         )
-        await add_to_outbox(session, self.decided_topic, message, key=result.youth_key)
 
 
 def decided_payload(result: IntakeResult) -> dict[str, Any]:

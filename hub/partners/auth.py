@@ -29,7 +29,7 @@ async def current_partner(
     hub = request.app.state.hub
     if hub.store is None:
         raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
-    async with hub.store.transaction() as session:
+    async with hub.store.read() as session:  # a lookup: it need not queue behind the writers
         partner = await authenticate(session, credentials.credentials)
     if partner is None:
         raise Problem(

@@ -95,6 +95,18 @@ Handler = Callable[[Tx, T], Awaitable[None]]
 
 
 @dataclass
+class Item(Generic[T]):
+    """One record of a batch, decoded, with its transaction id (rule 19)."""
+
+    record: ConsumerRecord[Any, Any]
+    value: T
+    transaction_id: str
+
+
+BatchHandler = Callable[[Tx, list[Item[T]]], Awaitable[None]]
+
+
+@dataclass
 class Subscription(Generic[T]):
     """One handler on one topic in one consumer group."""
 
@@ -103,6 +115,7 @@ class Subscription(Generic[T]):
     dlq: str
     handler: Handler[T]
     decode: Callable[[ConsumerRecord[Any, Any]], T]
+    batch_handler: BatchHandler[T] | None = None
 
 
 class Spine:
@@ -123,11 +136,17 @@ class Spine:
         dlq: str,
         decode: Callable[[ConsumerRecord[Any, Any]], T] = decode_envelope,  # type: ignore[assignment]
         title: str | None = None,
+        batch: BatchHandler[T] | None = None,
     ) -> Callable[[Handler[T]], Handler[T]]:
-        """Decorator: run the handler for every record of `topic`, once per message id."""
+        """Decorator: run the handler for every record of `topic`, once per message id.
+
+        With `batch`, a whole batch of new records goes to that handler at once (a few statements
+        instead of several per record); when it raises, the batch is handled record by record with
+        the decorated handler, so one poison record dead-letters alone.
+        """
 
         def register(fn: Handler[T]) -> Handler[T]:
-            sub = Subscription(topic, group, dlq, fn, decode)
+            sub = Subscription(topic, group, dlq, fn, decode, batch)
             self.subscriptions.append(sub)
 
             async def on_batch(body: Any, msg: KafkaMessage) -> None:
@@ -200,14 +219,24 @@ class Spine:
                 ).scalars()
             )
             done: list[str] = []
+            fresh: list[tuple[ConsumerRecord[Any, Any], str]] = []
             for record, message_id in zip(records, ids, strict=True):
                 if message_id in seen:
                     outcomes["duplicate"] += 1
                     continue
                 seen.add(message_id)
+                fresh.append((record, message_id))
+                done.append(message_id)
+            if (
+                sub.batch_handler is not None
+                and len(fresh) > 1
+                and await self._handle_all(session, sub, fresh)
+            ):
+                outcomes["processed"] += len(fresh)
+                fresh = []
+            for record, message_id in fresh:
                 outcome = await self._handle_one(session, sub, record, message_id)
                 outcomes[outcome] += 1
-                done.append(message_id)
             if done:
                 now = utcnow()
                 await session.execute(
@@ -215,6 +244,29 @@ class Spine:
                     [{"consumer": sub.group, "message_id": m, "processed_at": now} for m in done],
                 )
         return outcomes
+
+    async def _handle_all(
+        self, session: AsyncSession, sub: Subscription[Any], fresh: list[tuple[ConsumerRecord[Any, Any], str]]
+    ) -> bool:
+        """The batch handler over every fresh record; False (nothing kept) when any of it fails."""
+        assert sub.batch_handler is not None
+        started = time.perf_counter()
+        try:
+            async with session.begin_nested():
+                items = [
+                    Item(r, sub.decode(r), header(r, H_TRANSACTION_ID) or message_id)
+                    for r, message_id in fresh
+                ]
+                first = fresh[0][0]
+                await sub.batch_handler(Tx(session, first, items[0].transaction_id, system=sub.group), items)
+        except _TRANSIENT:
+            raise
+        except Exception:  # a poison record among them: one by one, so it dead-letters alone
+            return False
+        elapsed = (time.perf_counter() - started) / len(fresh)
+        for _ in fresh:
+            self.metrics.handler_seconds.labels(sub.topic).observe(elapsed)
+        return True
 
     async def _handle_one(
         self, session: AsyncSession, sub: Subscription[Any], record: ConsumerRecord[Any, Any], message_id: str

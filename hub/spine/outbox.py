@@ -21,6 +21,25 @@ log = get_logger(__name__)
 RELAY_LOCK = 7_301_001  # PostgreSQL advisory lock id of the outbox relay
 
 
+def _outbox_row(
+    topic: str, message: Envelope | bytes, key: str | None, headers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    if isinstance(message, Envelope):
+        value = message.to_bytes()
+        all_headers = {k: v.decode() for k, v in message.headers()}
+    else:
+        value, all_headers = message, {}
+    all_headers.update(headers or {})
+    return {
+        "topic": topic,
+        "key": key,
+        "value": value,
+        "headers": all_headers,
+        "message_id": all_headers.get(H_MESSAGE_ID),
+        "created_at": utcnow(),
+    }
+
+
 async def add_to_outbox(
     session: AsyncSession,
     topic: str,
@@ -30,22 +49,15 @@ async def add_to_outbox(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """Queue a message in the caller's transaction; it is published only if that commits."""
-    if isinstance(message, Envelope):
-        value = message.to_bytes()
-        all_headers = {k: v.decode() for k, v in message.headers()}
-    else:
-        value, all_headers = message, {}
-    all_headers.update(headers or {})
-    await session.execute(
-        insert(outbox).values(
-            topic=topic,
-            key=key,
-            value=value,
-            headers=all_headers,
-            message_id=all_headers.get(H_MESSAGE_ID),
-            created_at=utcnow(),
-        )
-    )
+    await session.execute(insert(outbox).values(**_outbox_row(topic, message, key, headers)))
+
+
+async def add_many_to_outbox(
+    session: AsyncSession, messages: Sequence[tuple[str, Envelope | bytes, str | None]]
+) -> None:
+    """`add_to_outbox` for many (topic, message, key), in order, in one statement."""
+    if messages:
+        await session.execute(insert(outbox), [_outbox_row(t, m, k, None) for t, m, k in messages])
 
 
 class Relay:
