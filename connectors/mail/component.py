@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.mail.message import build_message, message_id_for
@@ -169,19 +169,12 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
         )
         connector.ladder = ladder
         hub.background["mail-retry"] = ladder.run
-        sqlite = hub.store.dialect == "sqlite"
-
         @hub.spine.subscribe(
             hub.topic(NOTIFICATION_MAIL.name), group=hub.group(NAME), dlq=hub.topic(NOTIFICATION_MAIL.dlq)
         )
         async def send_mail(tx: Tx, message: Envelope) -> None:
             """Send a caseworker's mail over SMTP through the retry ladder, once per notification."""
             key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
-            if sqlite:
-                # Take SQLite's write lock before the SMTP call (a no-op write): a concurrent commit
-                # would otherwise make this transaction's snapshot stale and fail the write after
-                # sending, which would retry the batch and send the mail again.
-                await tx.session.execute(delete(mail_sent).where(mail_sent.c.notification_id == ""))
             await ladder.handle(tx, message, key=key)
 
     return register

@@ -229,7 +229,7 @@ async def test_two_processes_in_one_group_one_killed_the_other_takes_over(
     await asyncio.gather(first.start(), second.start())
     try:
         sending = asyncio.create_task(traffic.send(waves=6, pause_s=0.5))
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: referrals_done(store, 50), timeout_s=30)  # mid-stream
         first.kill()  # for good: the second process must take over its partitions
         await sending
         await wait_for(lambda: referrals_done(store, len(traffic.records)), timeout_s=60)
