@@ -169,6 +169,7 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
         )
         connector.ladder = ladder
         hub.background["mail-retry"] = ladder.run
+
         @hub.spine.subscribe(
             hub.topic(NOTIFICATION_MAIL.name), group=hub.group(NAME), dlq=hub.topic(NOTIFICATION_MAIL.dlq)
         )
