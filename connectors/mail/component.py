@@ -27,9 +27,8 @@ from hub.errors import PermanentError
 from hub.logging import get_logger
 from hub.notify.service import record_problem
 from hub.notify.tables import mail_sent
-from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.runtime import Hub
-from hub.spine import Tx
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
 from schemas.envelope import Envelope, utcnow
@@ -151,13 +150,10 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
         mailer = SmtpMailer(smtp, sink.endpoint if sink else None)
         connector = MailConnector(hub.store, smtp, mailer, sink)
         hub.components[NAME] = connector
-        ladder = RetryLadder(
-            hub.store,
-            hub.metrics,
+        ladder = ladder_on(
+            hub,
+            NOTIFICATION_MAIL,
             name=NAME,
-            topic=hub.topic(NOTIFICATION_MAIL.name),
-            retry_topic=hub.topic(NOTIFICATION_MAIL.retry),
-            dlq_topic=hub.topic(NOTIFICATION_MAIL.dlq),
             partner="smtp",
             delivery=Delivery(
                 deliver=connector.deliver,
@@ -168,15 +164,10 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
             policy=policy,
         )
         connector.ladder = ladder
-        hub.background["mail-retry"] = ladder.run
-
-        @hub.spine.subscribe(
-            hub.topic(NOTIFICATION_MAIL.name), group=hub.group(NAME), dlq=hub.topic(NOTIFICATION_MAIL.dlq)
-        )
-        async def send_mail(tx: Tx, message: Envelope) -> None:
-            """Send a caseworker's mail over SMTP through the retry ladder, once per notification."""
-            key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
-            await ladder.handle(tx, message, key=key)
+        deliver_through(
+            hub, NOTIFICATION_MAIL, ladder, group=NAME,
+            doc="Send a caseworker's mail over SMTP through the retry ladder, once per notification.",
+        )  # fmt: skip
 
     return register
 

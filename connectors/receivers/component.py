@@ -11,7 +11,7 @@ from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
 from hub.handovers.delivery_state import record_delivered, record_failed, still_deliverable
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, receiver_delivery
-from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.topics import HANDOVER_DISPATCH
@@ -73,20 +73,16 @@ def register_receivers(hub: Hub) -> None:
     assert hub.spine is not None and hub.store is not None
     webhook = WebhookDelivery(hub)
     hub.components["receivers"] = webhook
-    ladder = RetryLadder(
-        hub.store,
-        hub.metrics,
+    ladder = ladder_on(
+        hub,
+        HANDOVER_DISPATCH,
         name=LADDER,
-        topic=hub.topic(HANDOVER_DISPATCH.name),
-        retry_topic=hub.topic(HANDOVER_DISPATCH.retry),
-        dlq_topic=hub.topic(HANDOVER_DISPATCH.dlq),
         partner="receivers",
         delivery=Delivery(
             deliver=webhook.deliver, on_delivered=webhook.on_delivered, on_dead=webhook.on_dead
         ),
         policy=RetryPolicy(schedule_s=tuple(hub.settings.handovers.retry_schedule_s)),
     )
-    hub.background[LADDER] = ladder.run
 
     @hub.spine.subscribe(
         hub.topic(HANDOVER_DISPATCH.name),

@@ -19,10 +19,9 @@ from connectors.verwijsindex.feed import MatchFeed
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.errors import PermanentError
-from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.runtime import Hub
 from hub.signals import commands, delivery
-from hub.spine import Tx
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas.envelope import Envelope
 from schemas.signal import VerwijsindexSignal
@@ -103,13 +102,10 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             client, Organisatie(code=s.organisatie_code, naam=s.organisatie_naam), simulator
         )
         hub.components[NAME] = connector
-        ladder = RetryLadder(
-            hub.store,
-            hub.metrics,
+        ladder = ladder_on(
+            hub,
+            VERWIJSINDEX_SIGNAL,
             name=NAME,
-            topic=hub.topic(VERWIJSINDEX_SIGNAL.name),
-            retry_topic=hub.topic(VERWIJSINDEX_SIGNAL.retry),
-            dlq_topic=hub.topic(VERWIJSINDEX_SIGNAL.dlq),
             partner=NAME,
             delivery=Delivery(
                 deliver=connector.deliver,
@@ -120,7 +116,6 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             policy=policy or RetryPolicy(schedule_s=s.retry_schedule_s),
         )
         connector.ladder = ladder
-        hub.background["verwijsindex-retry"] = ladder.run
         feed = MatchFeed(
             hub.store,
             client,
@@ -132,15 +127,10 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
         connector.feed = feed
         hub.background["verwijsindex-matches"] = feed.run
 
-        @hub.spine.subscribe(
-            hub.topic(VERWIJSINDEX_SIGNAL.name),
-            group=hub.group(NAME),
-            dlq=hub.topic(VERWIJSINDEX_SIGNAL.dlq),
-        )
-        async def send_signal_command(tx: Tx, message: Envelope) -> None:
-            """Deliver a signal command to the Verwijsindex, in order per youth, through the retry ladder."""
-            key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
-            await ladder.handle(tx, message, key=key)
+        deliver_through(
+            hub, VERWIJSINDEX_SIGNAL, ladder, group=NAME,
+            doc="Deliver a signal command to the Verwijsindex, in order per youth, through the retry ladder.",
+        )  # fmt: skip
 
     return register
 

@@ -2,5 +2,6 @@
 
 from hub.retry.ladder import Delivery, RetryLadder
 from hub.retry.policy import RetryPolicy, next_due
+from hub.retry.wiring import deliver_through, ladder_on
 
-__all__ = ["Delivery", "RetryLadder", "RetryPolicy", "next_due"]
+__all__ = ["Delivery", "RetryLadder", "RetryPolicy", "deliver_through", "ladder_on", "next_due"]

@@ -47,7 +47,7 @@ async def consume_then_die(settings_json: str) -> None:
     fk.KafkaAckableMessage.ack = _die  # type: ignore[method-assign,assignment]
     settings = Settings.model_validate_json(settings_json)
     async with running_hub(settings, echo_component):
-        await asyncio.sleep(60)  # killed long before this ends
+        await asyncio.Event().wait()  # until the first offset commit kills the process
 
 
 if __name__ == "__main__":

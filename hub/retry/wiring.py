@@ -1,0 +1,46 @@
+"""Putting a retry ladder on a topic: the one way every outbound connector does it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hub.retry.ladder import Delivery, RetryLadder
+from hub.retry.policy import RetryPolicy
+from hub.spine import Tx
+from hub.topics import Topic
+from schemas.envelope import Envelope
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+
+def ladder_on(
+    hub: Hub, topic: Topic, *, name: str, partner: str, delivery: Delivery, policy: RetryPolicy | None
+) -> RetryLadder:
+    """A ladder for `topic` (its retry and DLQ topics beside it), its scheduler run by the hub."""
+    assert hub.store is not None
+    ladder = RetryLadder(
+        hub.store,
+        hub.metrics,
+        name=name,
+        topic=hub.topic(topic.name),
+        retry_topic=hub.topic(topic.retry),
+        dlq_topic=hub.topic(topic.dlq),
+        partner=partner,
+        delivery=delivery,
+        policy=policy,
+    )
+    hub.background[f"{name}-retry"] = ladder.run
+    return ladder
+
+
+def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, group: str, doc: str) -> None:
+    """Consume `topic` and hand every message to the ladder, in order per record key (the youth)."""
+    assert hub.spine is not None
+
+    async def deliver(tx: Tx, message: Envelope) -> None:
+        key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
+        await ladder.handle(tx, message, key=key)
+
+    deliver.__doc__ = doc
+    hub.spine.subscribe(hub.topic(topic.name), group=hub.group(group), dlq=hub.topic(topic.dlq))(deliver)
