@@ -92,6 +92,7 @@ class IntakeService:
         truancy_keys = {k for k, r in zip(keys, items, strict=True) if r.track is Track.HALT_SCHOOLVERZUIM}
         prior = await self._prior_truancy(session, truancy_keys)
         rows: dict[str, dict[str, Any]] = {}  # case reference -> the row this batch stores for it
+        decisions: dict[str, Decision] = {}
         for referral, key, its_origin in zip(items, keys, origins, strict=True):
             if referral.case_reference in first or referral.case_reference in rows:
                 continue  # a repeat: answered with the first outcome below
@@ -99,11 +100,16 @@ class IntakeService:
             if decision.accepted and referral.track is Track.HALT_SCHOOLVERZUIM:
                 prior[key] += 1  # a later row for the same youth is a second truancy referral
             rows[referral.case_reference] = _row(referral, key, decision, its_origin)
+            decisions[referral.case_reference] = decision
         stored = await self._insert(session, list(rows.values()))
         lost = {ref for ref in rows if ref not in stored}  # a concurrent repeat committed first
         if lost:
             first |= await self._existing(session, origin.referrer_key, lost)
-        fresh = {ref: _result(row, duplicate=False) for ref, row in rows.items() if ref in stored}
+        fresh = {
+            ref: _result(row, duplicate=False, decision=decisions[ref])
+            for ref, row in rows.items()
+            if ref in stored
+        }
         answers: list[IntakeResult] = []
         for referral in items:
             ref = referral.case_reference
@@ -183,19 +189,22 @@ class IntakeService:
         return counts
 
     async def _insert(self, session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert, skipping rows whose (referrer, case reference) exists: the UNIQUE constraint decides."""
+        """Insert, skipping rows whose (referrer, case reference) exists: the UNIQUE constraint decides.
+
+        One executemany: SQLAlchemy compiles the statement once (cached) and sends the rows in
+        multi-row batches ("insertmanyvalues"), where a statement built per batch of values was
+        compiled anew every time.
+        """
+        if not rows:
+            return set()
         dialect = session.get_bind().dialect.name
         make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stored: set[str] = set()
-        for chunk in _chunks(rows):
-            stmt = (
-                make(referrals)
-                .values(chunk)
-                .on_conflict_do_nothing(index_elements=["referrer_key", "case_reference"])
-                .returning(referrals.c.case_reference)
-            )
-            stored |= set((await session.execute(stmt)).scalars())
-        return stored
+        stmt = (
+            make(referrals)
+            .on_conflict_do_nothing(index_elements=["referrer_key", "case_reference"])
+            .returning(referrals.c.case_reference)
+        )
+        return set((await session.execute(stmt, rows)).scalars())
 
     async def _audit(self, session: AsyncSession, entries: list[tuple[Any, ...]]) -> None:
         now, rows = utcnow(), []
@@ -261,9 +270,10 @@ def _row(referral: Referral, key: str, decision: Decision, origin: Origin) -> di
     }
 
 
-def _result(row: Any, *, duplicate: bool) -> IntakeResult:
+def _result(row: Any, *, duplicate: bool, decision: Decision | None = None) -> IntakeResult:
     m = row if isinstance(row, dict) else row._mapping
-    decision = Decision.model_validate(m["decision"])
+    if decision is None:  # read back from the store
+        decision = Decision.model_validate(m["decision"])
     return IntakeResult(
         m["id"], decision, duplicate, m["youth_key"], aware(m["received_at"]), m["track"], m["referrer_type"]
     )
