@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from hub.errors import TransientError
 from hub.logging import get_logger
@@ -119,7 +119,7 @@ class RetryLadder:
 
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.policy.in_place_attempts if in_place else 1),
-            wait=lambda rs: self.policy.in_place_delay(rs.attempt_number),
+            wait=self._in_place_wait,
             retry=retry_if_exception(quick),
             reraise=True,
         ):
@@ -133,6 +133,12 @@ class RetryLadder:
                     self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
                     raise
                 self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
+
+    def _in_place_wait(self, state: RetryCallState) -> float:
+        """The policy's quick wait, or longer when the partner's Retry-After asks for it."""
+        wait = self.policy.in_place_delay(state.attempt_number)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return max(wait, getattr(exc, "retry_after", None) or 0.0)
 
     async def _has_parked(self, session: AsyncSession, key: str) -> bool:
         q = select(exists().where(parked.c.ladder == self.name, parked.c.key == key))

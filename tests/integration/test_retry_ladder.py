@@ -32,15 +32,18 @@ class FakePartner:
     permanent: set[str] = field(default_factory=set)
     delivered: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    called_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    retry_after: float | None = None  # sent with every transient failure (a 429's Retry-After)
 
     async def deliver(self, message: Envelope) -> None:
         name = str(message.payload["name"])
         self.calls[name] += 1
+        self.called_at[name].append(asyncio.get_running_loop().time())
         if name in self.permanent:
             raise PermanentError("partner refused the message: field not allowed")
         if self.transient_failures.get(name, 0) > 0:
             self.transient_failures[name] -= 1
-            raise TransientError("503 from partner", retry_after=None)
+            raise TransientError("503 from partner", retry_after=self.retry_after)
         self.delivered.append(name)
 
 
@@ -112,6 +115,23 @@ async def test_parked_key_keeps_order_and_other_keys_pass(
         retry = await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=4)
         attempts = sorted(int(headers_of(r)["retry-attempt"]) for r in retry)
         assert attempts == [0, 1, 2, 3]  # a2 waited (0); a1 parked at attempts 1..3
+    finally:
+        await hub.stop()
+
+
+async def test_a_short_retry_after_is_honoured_by_the_quick_retry_in_place(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Retry-After 0.6 s is short enough to retry in place (≤ in_place_max_wait_s), but the quick
+    # retry must still wait for it, not fire after the policy's 0.01 s.
+    partner = FakePartner(transient_failures={"a1": 1}, retry_after=0.6)
+    hub, _ = await _start(kafka, db_url, unique, partner)
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "youth-a")])
+        await wait_for(lambda: partner.delivered == ["a1"], timeout_s=20)
+        first, second = partner.called_at["a1"]
+        assert second - first >= 0.6
+        assert partner.calls["a1"] == 2  # retried in place, not parked
     finally:
         await hub.stop()
 
