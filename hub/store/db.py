@@ -63,7 +63,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    engine = create_async_engine(
+    return create_async_engine(
         url,
         echo=echo,
         hide_parameters=True,
@@ -77,7 +77,6 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # 200 at 20,000 rows): plan every execution for its own parameters instead.
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
     )
-    return engine
 
 
 def _upgrade(connection: Any, revision: str) -> None:
