@@ -56,6 +56,10 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    # A partner key that authenticated is trusted this long without a new lookup; a key rotated or
+    # revoked (`ketenhub partners`, another process) stops working within this time. 0: look up
+    # every request.
+    key_cache_s: float = Field(default=5.0, ge=0, le=60)
 
 
 class SmtpSettings(BaseModel):

@@ -9,13 +9,24 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
 from schemas.problems import FieldProblem, PartnerFormatError
 
 PROBLEM_JSON = "application/problem+json"
 log = get_logger(__name__)
+# The store unreachable or locked past its timeout, a connection lost, the hub stopping: 503.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    BatcherClosed,
+)
+RETRY_AFTER_S = 5
 
 
 class InvalidParam(BaseModel):
@@ -137,6 +148,20 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             headers=dict(exc.headers or {}),
         )
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The store (or a dependency) is unreachable: nothing was kept, so the sender must try again.
+        log.warning("dependency unavailable", path=request.url.path, error_class=type(exc).__name__)
+        return problem_response(
+            503,
+            "De hub kan dit nu niet verwerken",
+            "Er is niets opgeslagen. Probeer het over enkele seconden opnieuw.",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ from aiokafka import ConsumerRecord
 from connectors import politie
 from hub.audit import AuditEntry
 from hub.intake import reject_unparseable
+from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
 from hub.intake.service import IntakeResult, IntakeService, Origin
 from hub.runtime import Hub
@@ -22,6 +23,17 @@ from schemas.referral import Decision, Referral
 
 POLITIE_REFERRER = "kafka:politie"  # rule 7: the police topic is one referrer (ACLs let only police write)
 POLITIE_DECISION_TYPE = "PolitieBesluit"
+BATCHER = "intake-batcher"
+
+
+def batcher_of(hub: Hub) -> IntakeBatcher:
+    """The hub's group-commit batcher for HTTP intake, made once and closed with the hub."""
+    batcher = hub.components.get(BATCHER)
+    if not isinstance(batcher, IntakeBatcher):
+        assert hub.store is not None
+        batcher = IntakeBatcher(hub.store, service_of(hub))
+        hub.components[BATCHER] = batcher
+    return batcher
 
 
 def service_of(hub: Hub) -> IntakeService:

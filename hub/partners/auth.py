@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -9,8 +10,56 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hub.api.problems import Problem
-from hub.partners.keys import PartnerType
+from hub.partners.keys import PartnerType, hash_key, key_id_of
 from hub.partners.registry import Partner, authenticate
+
+_CACHE_MAX = 1_000
+
+
+class KeyCache:
+    """Partners whose key authenticated lately, by the key's hash (never the key), for `ttl_s`.
+
+    Under load every request of a partner carries the same key; looking it up each time cost a
+    database round trip per request. Only successes are kept, so a wrong key is always checked.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Partner]] = {}
+
+    @staticmethod
+    def _slot(key: str) -> str | None:
+        key_id = key_id_of(key)
+        return hash_key(key_id, key) if key_id is not None else None
+
+    def get(self, key: str) -> Partner | None:
+        """The cached partner for `key`, while fresh."""
+        slot = self._slot(key)
+        hit = self._entries.get(slot) if slot is not None else None
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, partner: Partner) -> None:
+        """Remember a successful authentication."""
+        slot = self._slot(key)
+        if self.ttl_s <= 0 or slot is None:
+            return
+        if len(self._entries) >= _CACHE_MAX:
+            now = time.monotonic()
+            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            if len(self._entries) >= _CACHE_MAX:
+                self._entries.clear()
+        self._entries[slot] = (time.monotonic() + self.ttl_s, partner)
+
+
+def _key_cache(request: Request) -> KeyCache:
+    cache = getattr(request.app.state, "key_cache", None)
+    if not isinstance(cache, KeyCache):
+        cache = KeyCache(request.app.state.hub.settings.http.key_cache_s)
+        request.app.state.key_cache = cache
+    return cache
+
 
 _bearer = HTTPBearer(auto_error=False, description="The API key `ketenhub partners add` printed")
 
@@ -29,8 +78,13 @@ async def current_partner(
     hub = request.app.state.hub
     if hub.store is None:
         raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
-    async with hub.store.read() as session:  # a lookup: it need not queue behind the writers
-        partner = await authenticate(session, credentials.credentials)
+    cache = _key_cache(request)
+    partner = cache.get(credentials.credentials)
+    if partner is None:
+        async with hub.store.read() as session:  # a lookup: it need not queue behind the writers
+            partner = await authenticate(session, credentials.credentials)
+        if partner is not None:
+            cache.put(credentials.credentials, partner)
     if partner is None:
         raise Problem(
             401,

@@ -58,7 +58,16 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, echo=echo, hide_parameters=True, json_serializer=_to_json, connect_args={"timeout": 30}
+            url,
+            echo=echo,
+            hide_parameters=True,
+            json_serializer=_to_json,
+            connect_args={"timeout": 30},
+            # Every aiosqlite connection is a thread. With the default pool of 5, a burst of
+            # concurrent HTTP requests (each reads its partner's key) opened and closed overflow
+            # connections, and their threads, by the hundred a second.
+            pool_size=20,
+            max_overflow=20,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)

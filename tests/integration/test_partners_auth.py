@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -50,6 +51,25 @@ async def test_a_rotated_key_stops_working_at_once(api: Api) -> None:
         _, new = await rotate_key(session, "politie-test")
     assert await _post(api, api.auth("politie")) == 401
     assert await _post(api, {"Authorization": f"Bearer {new}"}) == 201
+
+
+async def test_a_key_in_use_stops_working_within_the_key_cache_time(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # A key that just authenticated is trusted for http.key_cache_s without a lookup; rotated (or
+    # revoked) in between, it works at most that long, then never again.
+    settings = make_settings(kafka, db_url, unique, http={"key_cache_s": 0.5})
+    async with intake_api(settings) as api:
+        assert await _post(api, api.auth("politie")) == 201
+        assert api.hub.store is not None
+        async with api.hub.store.transaction() as session:
+            _, new = await rotate_key(session, "politie-test")
+        rotated = asyncio.get_running_loop().time()
+        while await _post(api, api.auth("politie")) != 401:
+            assert asyncio.get_running_loop().time() - rotated < 0.5 + 2.0, "old key outlived the cache"
+            await asyncio.sleep(0.05)
+        assert await _post(api, api.auth("politie")) == 401  # and stays refused
+        assert await _post(api, {"Authorization": f"Bearer {new}"}) == 200  # the first decision again
 
 
 async def test_a_partner_uses_only_its_own_endpoint(api: Api) -> None:
