@@ -68,9 +68,9 @@ def add(
 
 @app.command("rotate-key")
 def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
-    """Give a partner a new API key and print it once; the old key stops working at once."""
+    """Give a partner a new API key and print it once; the old key stops working within 5 s."""
     partner, key = _in_store(lambda s: rotate_key(s, name.strip()))
-    typer.echo(f"partner {partner.name}: new API key (shown once; the old key no longer works):")
+    typer.echo(f"partner {partner.name}: new API key (shown once; the old key stops working within 5 s):")
     typer.echo(key)
 
 

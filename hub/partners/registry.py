@@ -83,7 +83,7 @@ async def add_partner(
 
 
 async def rotate_key(session: AsyncSession, name: str, *, user: str = "cli") -> tuple[Partner, str]:
-    """Give a partner a new key; the old one stops working at once."""
+    """Give a partner a new key; the old one stops working within http.key_cache_s."""
     row = (await session.execute(select(partners).where(partners.c.name == name))).first()
     if row is None:
         raise UnknownPartner(f"no partner named {name!r}")
