@@ -70,7 +70,10 @@ def add(
 def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
     """Give a partner a new API key and print it once; the old key stops working within 5 s."""
     partner, key = _in_store(lambda s: rotate_key(s, name.strip()))
-    typer.echo(f"partner {partner.name}: new API key (shown once; the old key stops working within 5 s):")
+    typer.echo(
+        f"partner {partner.name}: new API key (shown once; the old key stops working within"
+        " KETENHUB_HTTP__KEY_CACHE_S, 5 s by default):"
+    )
     typer.echo(key)
 
 
