@@ -1,10 +1,12 @@
 """The retry ladder: in-place retries, then a parking lot ordered per key, then the DLQ.
 
-Parked messages live in the store (table retry_parked), written in the same transaction as the
-consumer's inbox entry, so "this youth has a parked message" is never out of date: a later message
-for the same key is parked behind it, and a withdrawal cannot overtake its registration. Every
-parking is also published on the topic's retry topic (`<area>.<name>.retry.v<N>`, with the attempt
-and due time as headers) so operators see it on the bus.
+Every message is queued in the store (table retry_parked), written in the same transaction as the
+consumer's inbox entry, and delivered by the ladder's scheduler outside that transaction: the first
+of each key, keys side by side. So "this youth has a waiting message" is never out of date: a later
+message for the same key waits behind it, and a withdrawal cannot overtake its registration. A
+message that failed is parked until its next rung; every parking is also published on the topic's
+retry topic (`<area>.<name>.retry.v<N>`, with the attempt and due time as headers) so operators see
+it on the bus.
 """
 
 from __future__ import annotations
@@ -79,36 +81,28 @@ class RetryLadder:
 
     # -- the main consumer's side -------------------------------------------------------------
     async def handle(self, tx: Tx, message: Envelope, *, key: str) -> str:
-        """Deliver now (with quick in-place retries), or park, or dead-letter. Returns the outcome."""
+        """Queue the message for the scheduler to deliver, in order per key; returns the outcome.
+
+        The partner is not called inside the consumer's transaction. On SQLite that transaction
+        holds the store's only write lock, and every other writer of the process (HTTP intake, the
+        outbox relay) would wait as long as the partner takes, a whole batch of calls long; and the
+        scheduler delivers different keys side by side, where the consumer went record by record.
+        Behind a message of the same key that failed, the new one waits, announced on the retry
+        topic with attempt 0.
+        """
         origin = {"original-partition": str(tx.record.partition), "original-offset": str(tx.record.offset)}
-        if await self._has_parked(tx.session, key):
+        tx.after_commit(self.wake)  # the scheduler looks once the row is committed, not at its next poll
+        if await self._held(tx.session, key):
             await self._park(
                 tx.session, message, key, attempt=0, due_at=self.clock(), error=None, origin=origin
             )
             return "parked"
-        try:
-            await self._attempt(message)
-        except TransientError as exc:
-            due = next_due(self.policy, 1, self.clock(), retry_after=exc.retry_after)
-            assert due is not None  # the schedule has at least one step
-            await self._park(
-                tx.session,
-                message,
-                key,
-                attempt=1,
-                due_at=due,
-                error=safe_error_message(exc),
-                origin=origin,
-                first_failure=self.clock(),
-            )
-            return "parked"
-        except Exception as exc:
-            await self._dead(
-                tx.session, message, key, exc, attempts=1, first_failure=self.clock(), origin=origin
-            )
-            return "dead_lettered"
-        await self.delivery.on_delivered(tx.session, message)
-        return "delivered"
+        await tx.session.execute(insert(parked).values(self._row(message, key, origin, due_at=self.clock())))
+        return "queued"
+
+    def wake(self) -> None:
+        """Something became due: let the scheduler look now."""
+        self._wake.set()
 
     async def _attempt(self, message: Envelope, *, in_place: bool = True) -> None:
         """One rung of the ladder: a call, plus quick retries in place on the first rung only."""
@@ -140,9 +134,33 @@ class RetryLadder:
         exc = state.outcome.exception() if state.outcome is not None else None
         return max(wait, getattr(exc, "retry_after", None) or 0.0)
 
-    async def _has_parked(self, session: AsyncSession, key: str) -> bool:
-        q = select(exists().where(parked.c.ladder == self.name, parked.c.key == key))
+    async def _held(self, session: AsyncSession, key: str) -> bool:
+        """A message of this key failed and waits for its next attempt."""
+        q = select(exists().where(parked.c.ladder == self.name, parked.c.key == key, parked.c.attempt >= 1))
         return bool((await session.execute(q)).scalar())
+
+    def _row(
+        self,
+        message: Envelope,
+        key: str,
+        origin: dict[str, str],
+        *,
+        due_at: datetime,
+        attempt: int = 0,
+        error: str | None = None,
+        first_failure: datetime | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "ladder": self.name,
+            "key": key,
+            "message_id": message.message_id,
+            "value": message.to_bytes(),
+            "headers": {k: v.decode() for k, v in message.headers()} | origin,
+            "attempt": attempt,
+            "due_at": due_at,
+            "first_failure": first_failure,
+            "last_error": error,
+        }
 
     async def _park(
         self,
@@ -156,20 +174,10 @@ class RetryLadder:
         origin: dict[str, str],
         first_failure: datetime | None = None,
     ) -> None:
-        headers = {k: v.decode() for k, v in message.headers()} | origin
-        await session.execute(
-            insert(parked).values(
-                ladder=self.name,
-                key=key,
-                message_id=message.message_id,
-                value=message.to_bytes(),
-                headers=headers,
-                attempt=attempt,
-                due_at=due_at,
-                first_failure=first_failure,
-                last_error=error,
-            )
+        row = self._row(
+            message, key, origin, due_at=due_at, attempt=attempt, error=error, first_failure=first_failure
         )
+        await session.execute(insert(parked).values(row))
         await self._announce(session, message, key, attempt, due_at, error)
         await self.delivery.on_parked(session, message, attempt, due_at, error)
         self._wake.set()

@@ -73,6 +73,12 @@ class Tx:
     transaction_id: str
     system: str
     emitted: list[str] = field(default_factory=list)
+    committed: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once this message's transaction committed (e.g. to wake a scheduler that
+        should see what the handler wrote)."""
+        self.committed.append(callback)
 
     async def emit(
         self,
@@ -178,8 +184,9 @@ class Spine:
         """Handle a batch in one transaction, then commit offsets; a transient error retries it whole."""
         attempt = 0
         while True:
+            committed: list[Callable[[], None]] = []
             try:
-                outcomes = await self._handle_batch(sub, records)
+                outcomes = await self._handle_batch(sub, records, committed)
                 break
             except _TRANSIENT as exc:
                 attempt += 1
@@ -202,9 +209,14 @@ class Spine:
         for outcome, count in outcomes.items():
             self.metrics.messages.labels(sub.topic, outcome).inc(count)
         self.relay.wake()
+        for callback in committed:
+            callback()
 
     async def _handle_batch(
-        self, sub: Subscription[Any], records: Sequence[ConsumerRecord[Any, Any]]
+        self,
+        sub: Subscription[Any],
+        records: Sequence[ConsumerRecord[Any, Any]],
+        committed: list[Callable[[], None]],
     ) -> dict[str, int]:
         outcomes = {"processed": 0, "duplicate": 0, "dead_lettered": 0}
         ids = [header(r, H_MESSAGE_ID) or f"{r.topic}:{r.partition}:{r.offset}" for r in records]
@@ -230,12 +242,12 @@ class Spine:
             if (
                 sub.batch_handler is not None
                 and len(fresh) > 1
-                and await self._handle_all(session, sub, fresh)
+                and await self._handle_all(session, sub, fresh, committed)
             ):
                 outcomes["processed"] += len(fresh)
                 fresh = []
             for record, message_id in fresh:
-                outcome = await self._handle_one(session, sub, record, message_id)
+                outcome = await self._handle_one(session, sub, record, message_id, committed)
                 outcomes[outcome] += 1
             if done:
                 now = utcnow()
@@ -246,7 +258,11 @@ class Spine:
         return outcomes
 
     async def _handle_all(
-        self, session: AsyncSession, sub: Subscription[Any], fresh: list[tuple[ConsumerRecord[Any, Any], str]]
+        self,
+        session: AsyncSession,
+        sub: Subscription[Any],
+        fresh: list[tuple[ConsumerRecord[Any, Any], str]],
+        committed: list[Callable[[], None]],
     ) -> bool:
         """The batch handler over every fresh record; False (nothing kept) when any of it fails."""
         assert sub.batch_handler is not None
@@ -258,7 +274,8 @@ class Spine:
                     for r, message_id in fresh
                 ]
                 first = fresh[0][0]
-                await sub.batch_handler(Tx(session, first, items[0].transaction_id, system=sub.group), items)
+                tx = Tx(session, first, items[0].transaction_id, system=sub.group, committed=committed)
+                await sub.batch_handler(tx, items)
         except _TRANSIENT:
             raise
         except Exception:  # a poison record among them: one by one, so it dead-letters alone
@@ -269,7 +286,12 @@ class Spine:
         return True
 
     async def _handle_one(
-        self, session: AsyncSession, sub: Subscription[Any], record: ConsumerRecord[Any, Any], message_id: str
+        self,
+        session: AsyncSession,
+        sub: Subscription[Any],
+        record: ConsumerRecord[Any, Any],
+        message_id: str,
+        committed: list[Callable[[], None]],
     ) -> str:
         transaction_id = header(record, H_TRANSACTION_ID) or message_id
         structlog.contextvars.bind_contextvars(message_id=message_id, transaction_id=transaction_id)
@@ -277,7 +299,8 @@ class Spine:
         try:
             async with session.begin_nested():
                 item = sub.decode(record)
-                await sub.handler(Tx(session, record, transaction_id, system=sub.group), item)
+                tx = Tx(session, record, transaction_id, system=sub.group, committed=committed)
+                await sub.handler(tx, item)
             return "processed"
         except _TRANSIENT:
             raise
