@@ -72,6 +72,9 @@ class SmtpSettings(BaseModel):
     tls: Literal["none", "starttls", "implicit"] = "none"
     sender: str = "ketenhub@halt.nl"
     timeout_s: float = Field(default=10.0, gt=0)
+    # Mails to different caseworkers go out side by side over up to this many connections; each
+    # caseworker's mails stay in order (the retry ladder sends one at a time per recipient).
+    connections: int = Field(default=4, ge=1, le=20)
 
 
 class VerwijsindexSettings(BaseModel):

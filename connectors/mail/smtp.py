@@ -1,4 +1,4 @@
-"""Sending over SMTP with aiosmtplib: plain, STARTTLS or implicit TLS, optional login, one reused connection.
+"""Sending over SMTP with aiosmtplib: plain, STARTTLS or implicit TLS, optional login, reused connections.
 
 Errors are typed for the retry ladder: SMTP 4xx replies and connection trouble are TransientError,
 5xx replies are PermanentError (dead letter at once).
@@ -36,13 +36,15 @@ def classify(exc: BaseException) -> Exception:
 
 
 class SmtpMailer:
-    """Keeps one SMTP connection and reconnects when the server dropped it."""
+    """A few SMTP connections (`smtp.connections`), opened when needed, reused, reopened when dropped."""
 
     def __init__(self, settings: SmtpSettings, endpoint: Endpoint | None = None) -> None:
         self.settings = settings
         self._endpoint = endpoint
-        self._client: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
+        # Last in, first out: a quiet hub keeps reusing one connection; a busy one opens more.
+        self._slots: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
+        for _ in range(settings.connections):
+            self._slots.put_nowait(_Slot())
         self.sent = 0
         self.connections = 0
 
@@ -70,40 +72,32 @@ class SmtpMailer:
 
     async def send(self, msg: EmailMessage) -> None:
         """Send one message; raises TransientError or PermanentError."""
-        async with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._client is None or not self._client.is_connected:
-                        self._client = await self._new_client()
-                    await self._client.send_message(msg)
-                    self.sent += 1
-                    return
-                except aiosmtplib.SMTPServerDisconnected as exc:
-                    # An idle connection the server closed: one fresh connection, then give up.
-                    await self._drop()
-                    if attempt == 2:
-                        raise classify(exc) from None
-                except (aiosmtplib.SMTPException, OSError) as exc:
-                    error = classify(exc)
-                    if isinstance(exc, OSError) or isinstance(error, TransientError):
-                        await self._drop()  # e.g. 421: the server is closing the channel
-                    else:
-                        await self._reset()
-                    raise error from None
+        slot = await self._slots.get()
+        try:
+            await self._send_on(slot, msg)
+        finally:
+            self._slots.put_nowait(slot)
 
-    async def _reset(self) -> None:
-        """After a refused message the connection stays usable: RSET clears the transaction."""
-        if self._client is not None:
+    async def _send_on(self, slot: _Slot, msg: EmailMessage) -> None:
+        for attempt in (1, 2):
             try:
-                await self._client.rset()
-            except Exception:
-                await self._drop()
-
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+                if slot.client is None or not slot.client.is_connected:
+                    slot.client = await self._new_client()
+                await slot.client.send_message(msg)
+                self.sent += 1
+                return
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                # An idle connection the server closed: one fresh connection, then give up.
+                slot.drop()
+                if attempt == 2:
+                    raise classify(exc) from None
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                error = classify(exc)
+                if isinstance(exc, OSError) or isinstance(error, TransientError):
+                    slot.drop()  # e.g. 421: the server is closing the channel
+                else:
+                    await slot.reset()
+                raise error from None
 
     async def ping(self) -> None:
         """Raise when the SMTP server does not answer (readiness)."""
@@ -112,9 +106,33 @@ class SmtpMailer:
             await client.quit()
 
     async def aclose(self) -> None:
-        """Say goodbye to the server."""
-        async with self._lock:
-            if self._client is not None and self._client.is_connected:
+        """Say goodbye to the server on every open connection."""
+        for _ in range(self.settings.connections):
+            slot = await self._slots.get()
+            if slot.client is not None and slot.client.is_connected:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._client.quit(), 2)
-            await self._drop()
+                    await asyncio.wait_for(slot.client.quit(), 2)
+            slot.drop()
+        for _ in range(self.settings.connections):
+            self._slots.put_nowait(_Slot())
+
+
+class _Slot:
+    """One connection of the mailer, or room for one."""
+
+    def __init__(self) -> None:
+        self.client: aiosmtplib.SMTP | None = None
+
+    async def reset(self) -> None:
+        """After a refused message the connection stays usable: RSET clears the transaction."""
+        if self.client is not None:
+            try:
+                await self.client.rset()
+            except Exception:
+                self.drop()
+
+    def drop(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
@@ -34,6 +35,7 @@ from hub.store import Store
 from schemas.envelope import Envelope, utcnow
 
 log = get_logger(__name__)
+STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
 Hook = Callable[..., Awaitable[None]]
 
 
@@ -99,6 +101,35 @@ class RetryLadder:
             return "parked"
         await tx.session.execute(insert(parked).values(self._row(message, key, origin, due_at=self.clock())))
         return "queued"
+
+    async def handle_many(
+        self, tx: Tx, items: Sequence[tuple[Envelope, str, ConsumerRecord[Any, Any]]]
+    ) -> None:
+        """`handle` for a batch of (message, key, record): one lookup and one insert for all of it."""
+        tx.after_commit(self.wake)
+        now = self.clock()
+        held = await self._held_keys(tx.session, {key for _, key, _ in items})
+        queued = []
+        for message, key, record in items:
+            origin = {"original-partition": str(record.partition), "original-offset": str(record.offset)}
+            if key in held:  # every message of a held key takes this path, so its order holds
+                await self._park(tx.session, message, key, attempt=0, due_at=now, error=None, origin=origin)
+            else:
+                queued.append(self._row(message, key, origin, due_at=now))
+        if queued:
+            await tx.session.execute(insert(parked), queued)
+
+    async def _held_keys(self, session: AsyncSession, keys: set[str]) -> set[str]:
+        held: set[str] = set()
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), 500):
+            q = select(parked.c.key).where(
+                parked.c.ladder == self.name,
+                parked.c.key.in_(ordered[start : start + 500]),
+                parked.c.attempt >= 1,
+            )
+            held |= set((await session.execute(q)).scalars())
+        return held
 
     def wake(self) -> None:
         """Something became due: let the scheduler look now."""
@@ -330,11 +361,21 @@ class RetryLadder:
         return max(0.0, float((earliest - self.clock()).total_seconds()))
 
     async def run(self, idle_s: float = 1.0) -> None:
-        """Retry parked messages as they fall due, until cancelled."""
+        """Deliver queued and parked messages as they fall due, until cancelled.
+
+        Cancelled (the hub stopping), the deliveries in hand still finish and have their outcome
+        recorded, up to `STOP_GRACE_S`: a message sent but not marked would be sent again.
+        """
         while True:
             try:
-                if await self.step():
-                    continue
+                step = asyncio.ensure_future(self.step())
+                try:
+                    if await asyncio.shield(step):
+                        continue
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(step, STOP_GRACE_S)
+                    raise
                 wait = await self.next_due_in()
             except asyncio.CancelledError:
                 raise

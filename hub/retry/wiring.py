@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import ConsumerRecord
 
 from hub.retry.ladder import Delivery, RetryLadder
 from hub.retry.policy import RetryPolicy
 from hub.spine import Tx
+from hub.spine.consumer import Item
 from hub.topics import Topic
 from schemas.envelope import Envelope
 
@@ -38,9 +41,16 @@ def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, group: str, 
     """Consume `topic` and hand every message to the ladder, in order per record key (the youth)."""
     assert hub.spine is not None
 
+    def key_of(record: ConsumerRecord[Any, Any], message: Envelope) -> str:
+        return bytes(record.key).decode() if record.key is not None else message.message_id
+
     async def deliver(tx: Tx, message: Envelope) -> None:
-        key = bytes(tx.record.key).decode() if tx.record.key is not None else message.message_id
-        await ladder.handle(tx, message, key=key)
+        await ladder.handle(tx, message, key=key_of(tx.record, message))
+
+    async def deliver_many(tx: Tx, items: list[Item[Envelope]]) -> None:
+        await ladder.handle_many(tx, [(i.value, key_of(i.record, i.value), i.record) for i in items])
 
     deliver.__doc__ = doc
-    hub.spine.subscribe(hub.topic(topic.name), group=hub.group(group), dlq=hub.topic(topic.dlq))(deliver)
+    hub.spine.subscribe(
+        hub.topic(topic.name), group=hub.group(group), dlq=hub.topic(topic.dlq), batch=deliver_many
+    )(deliver)
