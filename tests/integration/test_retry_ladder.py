@@ -34,10 +34,15 @@ class FakePartner:
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     called_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     retry_after: float | None = None  # sent with every transient failure (a 429's Retry-After)
+    slow_s: float = 0.0  # how long each call takes
+    calling: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def deliver(self, message: Envelope) -> None:
         name = str(message.payload["name"])
         self.calls[name] += 1
+        self.calling.set()
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
         self.called_at[name].append(asyncio.get_running_loop().time())
         if name in self.permanent:
             raise PermanentError("partner refused the message: field not allowed")
@@ -136,6 +141,26 @@ async def test_a_short_retry_after_is_honoured_by_the_quick_retry_in_place(
         first, second = partner.called_at["a1"]
         assert second - first >= 0.6
         assert partner.calls["a1"] == 2  # retried in place, not parked
+    finally:
+        await hub.stop()
+
+
+async def test_a_stopping_hub_records_the_delivery_in_hand_so_it_is_not_sent_again(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    partner = FakePartner(slow_s=0.8)
+    hub, _ = await _start(kafka, db_url, unique, partner)
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "youth-a")])
+        await asyncio.wait_for(partner.calling.wait(), 20)
+    finally:
+        await hub.stop()  # while the call is in hand
+    assert partner.delivered == ["a1"]
+    hub, ladder = await _start(kafka, db_url, unique, partner)  # restarted: nothing left to send
+    try:
+        assert await ladder.parked_count() == 0
+        await ladder.step()
+        assert partner.calls["a1"] == 1
     finally:
         await hub.stop()
 
