@@ -1,7 +1,10 @@
 """Benchmarks: the hub beside a raw baseline of the same work on the same broker, in one run.
 
 python -m bench.run [--n 100000] [--store sqlite|postgresql|both] [--rate 1000 --seconds 10]
-                    [--http-n 20000 --http-rate 500]
+                    [--http-n 20000 --http-rate 500] [--vi-n 5000] [--mail-n 2000]
+                    [--only intake,latency,http,ready,verwijsindex,mail]
+
+Each part alone: `python -m bench.verwijsindex --help`, `python -m bench.mail --help`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from hub.runtime import Hub
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL
 
 SECRET = "bench-secret-" + "x" * 40
+PARTS = ("intake", "latency", "http", "ready", "verwijsindex", "mail")
 
 
 def _settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
@@ -157,7 +161,17 @@ async def main() -> None:
     p.add_argument("--seconds", type=int, default=10, help="length of the latency run")
     p.add_argument("--http-n", type=int, default=20_000, help="requests for the HTTP throughput run")
     p.add_argument("--http-rate", type=int, default=500, help="offered requests/s for the HTTP latency run")
+    p.add_argument("--vi-n", type=int, default=5000, help="signals for the Verwijsindex connector run")
+    p.add_argument("--mail-n", type=int, default=2000, help="mails for the mail connector run")
+    p.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        default=set(PARTS),
+        help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
+    )
     args = p.parse_args()
+    if unknown := args.only - set(PARTS):
+        p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     setup_logging("INFO")  # as `ketenhub run` logs
     kafka = EmbeddedKafka()
     kafka.start()
@@ -165,21 +179,36 @@ async def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}"
     )
-    values = police_records(args.n)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            raw = await bench_relay(kafka, values)
-            rows.append(_row(raw))
-            stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
-            for store in stores:
-                result = await bench_intake(kafka, values, await _db_url(store, Path(tmp) / store), store)
-                rows.append(_row(result, raw))
-            lat_db = await _db_url("sqlite", Path(tmp) / "lat")
-            rows.append(_row(await bench_latency(kafka, lat_db, args.rate, args.seconds)))
-            http = await http_intake(kafka.bootstrap, police_records(args.http_n, seed=5), args.http_rate)
-            rows += [_row(http[0])] + [_row(r, http[0]) for r in http[1:]]
-            rows.append(_row(await ready_time()))
+            if "intake" in args.only:
+                values = police_records(args.n)
+                raw = await bench_relay(kafka, values)
+                rows.append(_row(raw))
+                stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+                for store in stores:
+                    db = await _db_url(store, Path(tmp) / store)
+                    rows.append(_row(await bench_intake(kafka, values, db, store), raw))
+                del values
+            if "latency" in args.only:
+                lat_db = await _db_url("sqlite", Path(tmp) / "lat")
+                rows.append(_row(await bench_latency(kafka, lat_db, args.rate, args.seconds)))
+            if "http" in args.only:
+                http = await http_intake(kafka.bootstrap, police_records(args.http_n, seed=5), args.http_rate)
+                rows += [_row(http[0])] + [_row(r, http[0]) for r in http[1:]]
+            if "ready" in args.only:
+                rows.append(_row(await ready_time()))
+            if "verwijsindex" in args.only:
+                from bench.verwijsindex import bench_verwijsindex  # it imports from this module
+
+                vi = await bench_verwijsindex(kafka, Path(tmp), args.vi_n)
+                rows += [_row(vi[0]), _row(vi[1])] + [_row(r, vi[i % 2]) for i, r in enumerate(vi[2:])]
+            if "mail" in args.only:
+                from bench.mail import bench_mail  # it imports from this module
+
+                base, hub = await bench_mail(kafka, args.mail_n)
+                rows += [_row(base), _row(hub, base)]
     finally:
         kafka.stop()
     print("| run | records | time | rate | vs raw / latency |\n|---|---|---|---|---|")

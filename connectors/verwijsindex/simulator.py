@@ -118,7 +118,7 @@ def _api(state: SimulatorState) -> APIRouter:
         | _CONFLICT
         | _ERRORS,
     )
-    def register(
+    async def register(
         signaal_id: SignaalId, body: SignaalRegistratie, tx: TransactionId, response: Response
     ) -> Signaal:
         signaal, created = state.register(signaal_id, body)
@@ -135,7 +135,7 @@ def _api(state: SimulatorState) -> APIRouter:
         "expired signal, answers 200 with the current state; the other reason afterwards is 409.",
         responses=_NOT_FOUND | _CONFLICT | _ERRORS,
     )
-    def withdraw(signaal_id: SignaalId, reden: IntrekkingsReden, tx: TransactionId) -> Signaal:
+    async def withdraw(signaal_id: SignaalId, reden: IntrekkingsReden, tx: TransactionId) -> Signaal:
         signaal = state.withdraw(signaal_id, reden)
         log.debug("signal %s withdrawn (%s) tx=%s", signaal_id, reden.value, tx)
         return signaal
@@ -148,7 +148,7 @@ def _api(state: SimulatorState) -> APIRouter:
         "again is 200; a new contact on a signal that is no longer active is 409.",
         responses=_NOT_FOUND | _CONFLICT | _ERRORS,
     )
-    def change_contact(signaal_id: SignaalId, body: ContactWijziging, tx: TransactionId) -> Signaal:
+    async def change_contact(signaal_id: SignaalId, body: ContactWijziging, tx: TransactionId) -> Signaal:
         signaal = state.change_contact(signaal_id, body.contactpersoon)
         log.debug("signal %s contact changed tx=%s", signaal_id, tx)
         return signaal
@@ -160,7 +160,7 @@ def _api(state: SimulatorState) -> APIRouter:
         description="The youth's identifiers are not echoed.",
         responses=_NOT_FOUND | _ERRORS,
     )
-    def read(signaal_id: SignaalId, tx: TransactionId) -> Signaal:
+    async def read(signaal_id: SignaalId, tx: TransactionId) -> Signaal:
         return state.get(signaal_id)
 
     @api.get(
@@ -173,7 +173,7 @@ def _api(state: SimulatorState) -> APIRouter:
         "after the page is processed; each `match_id` is delivered once per cursor position.",
         responses=_BAD_CURSOR | _ERRORS,
     )
-    def matches(
+    async def matches(
         tx: TransactionId,
         vanaf: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -185,7 +185,7 @@ def _api(state: SimulatorState) -> APIRouter:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
     @api.get("/status", response_model=Status, summary="Health check", responses=_ERRORS)
-    def health(tx: TransactionId) -> Status:
+    async def health(tx: TransactionId) -> Status:
         return Status()
 
     return api
@@ -195,21 +195,21 @@ def _admin(state: SimulatorState) -> APIRouter:
     admin = APIRouter(prefix="/admin", tags=["simulator admin"])
 
     @admin.get("/faults", response_model=Faults, summary="Current fault injection")
-    def get_faults() -> Faults:
+    async def get_faults() -> Faults:
         return state.faults.faults
 
     @admin.post("/faults", response_model=Faults, summary="Replace fault injection (releases hung calls)")
-    def set_faults(faults: Faults) -> Faults:
+    async def set_faults(faults: Faults) -> Faults:
         state.faults.set(faults)
         log.info("faults set: %s", faults.model_dump(exclude_defaults=True))
         return faults
 
     @admin.get("/calls", response_model=CallLog, summary="Calls received under /api/, with transaction ids")
-    def calls() -> CallLog:
+    async def calls() -> CallLog:
         return summarise(state.faults.calls)
 
     @admin.post("/reset", status_code=204, summary="Forget signals, matches, calls and faults")
-    def reset() -> None:
+    async def reset() -> None:
         state.reset()
 
     return admin
