@@ -275,37 +275,53 @@ class RetryLadder:
         """Try every parked message that is due and first in line for its key; return how many."""
         async with self.store.connect() as conn:
             seqs = list((await conn.execute(self._due_heads(self.clock(), limit))).scalars())
-        await asyncio.gather(*(self._retry_one(seq) for seq in seqs))
+            if not seqs:
+                return 0
+            if self.store.dialect == "postgresql":
+                rows = None
+            else:
+                rows = (await conn.execute(select(parked).where(parked.c.seq.in_(seqs)))).all()
+        if rows is None:
+            await asyncio.gather(*(self._retry_locked(seq) for seq in seqs))
+        else:
+            await self._retry_unlocked(rows)
         return len(seqs)
 
-    async def _retry_one(self, seq: int) -> None:
-        async with self._slots:
-            if self.store.dialect != "postgresql":
-                await self._retry_unlocked(seq)
+    async def _retry_locked(self, seq: int) -> None:
+        """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
+        else, so it may span the partner call."""
+        async with self._slots, self.store.transaction() as session:
+            row = (
+                await session.execute(
+                    select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
+                )
+            ).first()
+            if row is None:
                 return
-            async with self.store.transaction() as session:
-                # The row lock keeps another hub process off this message; on PostgreSQL it blocks
-                # nobody else, so it may span the partner call.
-                row = (
-                    await session.execute(
-                        select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
-                    )
-                ).first()
-                if row is None:
-                    return
-                await self._record(session, row, await self._try(row))
+            await self._record(session, row, await self._try(row))
 
-    async def _retry_unlocked(self, seq: int) -> None:
-        """SQLite: a write transaction locks the whole file, so the partner call runs outside one."""
-        async with self.store.connect() as conn:
-            row = (await conn.execute(select(parked).where(parked.c.seq == seq))).first()
-        if row is None:
-            return
-        outcome = await self._try(row)
+    async def _retry_unlocked(self, rows: Sequence[Any]) -> None:
+        """SQLite: a write transaction locks the whole file, so the calls run outside one, side by
+        side; then every outcome is written in one short transaction, not one transaction each."""
+
+        async def attempt(row: Any) -> tuple[Any, Exception | None]:
+            async with self._slots:
+                return row, await self._try(row)
+
+        outcomes = await asyncio.gather(*(attempt(row) for row in rows))
         async with self.store.transaction() as session:
-            if (await session.execute(select(parked.c.seq).where(parked.c.seq == seq))).first() is None:
-                return  # handled meanwhile (an operator's discard); the call was idempotent
-            await self._record(session, row, outcome)
+            seqs = [row.seq for row, _ in outcomes]
+            still = set((await session.execute(select(parked.c.seq).where(parked.c.seq.in_(seqs)))).scalars())
+            for row, outcome in outcomes:
+                if row.seq not in still:
+                    continue  # handled meanwhile (an operator's discard); the call was idempotent
+                try:
+                    async with session.begin_nested():
+                        await self._record(session, row, outcome)
+                except Exception as exc:  # this one stays parked and is tried again; the rest are kept
+                    log.warning(
+                        "recording a delivery failed", ladder=self.name, error=safe_error_message(exc)
+                    )
 
     async def _try(self, row: Any) -> Exception | None:
         """One attempt for a parked row: None when delivered, else the error."""
