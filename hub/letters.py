@@ -7,7 +7,6 @@ import unicodedata
 from datetime import date
 from typing import Literal, NamedTuple
 
-from fpdf import FPDF
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _MONTHS = ("januari", "februari", "maart", "april", "mei", "juni", "juli", "augustus", "september",
@@ -205,6 +204,8 @@ def pdf_safe(text: str) -> str:
 
 def render_parent_letter_pdf(letter: ParentLetterData) -> bytes:
     """An A4 PDF in a core font (Helvetica); characters outside its encoding are transliterated."""
+    from fpdf import FPDF  # imported when a letter is made: it costs a third of a second at start-up
+
     pdf = FPDF(format="A4")
     pdf.core_fonts_encoding = _PDF_ENCODING
     pdf.set_title("Aanmelding Verwijsindex")  # metadata carries no name of the youth
