@@ -65,7 +65,8 @@ async def count_until(
             consumer.seek(tp, 0)
         if started is not None:
             started.set()
-        seen, latencies = 0, []
+        seen = 0
+        latencies: list[float] = []
         deadline = time.monotonic() + timeout_s
         while seen < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)

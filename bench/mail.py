@@ -42,7 +42,7 @@ from sqlalchemy import func, select
 
 from bench.data import bsn
 from bench.harness import Result, create, peak_rss_mb
-from bench.run import SECRET, _row
+from bench.run import SECRET, _row, hub_settings
 from bench.smtp_sink import SmtpServer, Tally, make_server
 from connectors.mail.component import register_mail
 from connectors.mail.message import build_message, message_id_for
@@ -250,20 +250,8 @@ async def _done_or_failed(tally: Tally, task: asyncio.Task[None]) -> None:
 
 def _settings(bootstrap: str, db_url: str, prefix: str, smtp_port: int) -> Settings:
     """As bench.run's, with the mail component and the SMTP server."""
-    return Settings(
-        kafka={
-            "bootstrap_servers": bootstrap,
-            "topic_prefix": prefix,
-            "group_prefix": prefix,
-            "session_timeout_ms": 2000,
-            "heartbeat_interval_ms": 500,
-            "max_batch": 1000,
-        },
-        database={"url": db_url},
-        secret=SECRET,
-        smtp={"host": "127.0.0.1", "port": smtp_port, "sender": SENDER, "timeout_s": 10},
-        components=["mail"],
-    )
+    smtp = {"host": "127.0.0.1", "port": smtp_port, "sender": SENDER, "timeout_s": 10}
+    return hub_settings(bootstrap, db_url, prefix, ["mail"], smtp=smtp)
 
 
 async def hub_mail(bootstrap: str, prefix: str, smtp: SmtpServer, commands: Commands) -> Run:

@@ -34,20 +34,26 @@ SECRET = "bench-secret-" + "x" * 40
 PARTS = ("intake", "latency", "http", "ready", "verwijsindex", "mail")
 
 
-def _settings(bootstrap: str, db_url: str, prefix: str) -> Settings:
-    return Settings(
-        kafka={
-            "bootstrap_servers": bootstrap,
-            "topic_prefix": prefix,
-            "group_prefix": prefix,
-            "session_timeout_ms": 2000,
-            "heartbeat_interval_ms": 500,
-            "max_batch": 1000,
-        },
-        database={"url": db_url},
-        secret=SECRET,
-        components=["intake"],
-    )  # type: ignore[arg-type]
+def hub_settings(
+    bootstrap: str, db_url: str, prefix: str, components: list[str], **sections: object
+) -> Settings:
+    """Settings of a benchmarked hub: its own topics and groups, short group timeouts, big batches."""
+    kafka = {
+        "bootstrap_servers": bootstrap,
+        "topic_prefix": prefix,
+        "group_prefix": prefix,
+        "session_timeout_ms": 2000,
+        "heartbeat_interval_ms": 500,
+        "max_batch": 1000,
+    }
+    values: dict[str, object] = {
+        "kafka": kafka,
+        "database": {"url": db_url},
+        "secret": SECRET,
+        "components": components,
+        **sections,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 async def _db_url(store: str, tmp: Path) -> str:
@@ -79,7 +85,9 @@ async def bench_relay(kafka: EmbeddedKafka, values: list[bytes]) -> Result:
 async def bench_intake(kafka: EmbeddedKafka, values: list[bytes], db_url: str, label: str) -> Result:
     """Partner topic -> parsed, validated, deduplicated, stored -> decision published."""
     prefix = f"b{uuid.uuid4().hex[:6]}."
-    hub = Hub(_settings(kafka.bootstrap, db_url, prefix), registrars={"intake": [register_intake]})
+    hub = Hub(
+        hub_settings(kafka.bootstrap, db_url, prefix, ["intake"]), registrars={"intake": [register_intake]}
+    )
     source, target = prefix + POLITIE_REFERRAL.name, prefix + POLITIE_DECISION.name
     await create(kafka.bootstrap, source, target)
     await load(kafka.bootstrap, source, values)
@@ -92,7 +100,9 @@ async def bench_intake(kafka: EmbeddedKafka, values: list[bytes], db_url: str, l
 async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: int) -> Result:
     """Offer `rate` referrals/s for `seconds`; latency from the send to the decision's arrival."""
     prefix = f"l{uuid.uuid4().hex[:6]}."
-    hub = Hub(_settings(kafka.bootstrap, db_url, prefix), registrars={"intake": [register_intake]})
+    hub = Hub(
+        hub_settings(kafka.bootstrap, db_url, prefix, ["intake"]), registrars={"intake": [register_intake]}
+    )
     await hub.start()
     n = rate * seconds
     values = police_records(n, seed=99)

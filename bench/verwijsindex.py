@@ -59,7 +59,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from sqlalchemy import select, update
 
 from bench.harness import Result, create, peak_rss_mb
-from bench.run import SECRET, _db_url, _row
+from bench.run import SECRET, _db_url, _row, hub_settings
 from connectors.verwijsindex.component import register_verwijsindex
 from connectors.verwijsindex.contract import (
     TRANSACTION_HEADER,
@@ -766,20 +766,7 @@ def verify(workload: Workload, calls: Sequence[Call], held: dict[str, tuple[str,
 
 # -- the runs ----------------------------------------------------------------------------------
 def _settings(bootstrap: str, db_url: str, prefix: str, url: str) -> Settings:
-    return Settings(
-        kafka={
-            "bootstrap_servers": bootstrap,
-            "topic_prefix": prefix,
-            "group_prefix": prefix,
-            "session_timeout_ms": 2000,
-            "heartbeat_interval_ms": 500,
-            "max_batch": 1000,
-        },
-        database={"url": db_url},
-        verwijsindex={"url": url},
-        secret=SECRET,
-        components=["verwijsindex"],
-    )
+    return hub_settings(bootstrap, db_url, prefix, ["verwijsindex"], verwijsindex={"url": url})
 
 
 def _results(name: str, workload: Workload, seconds: float, found: Findings) -> list[Result]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from connectors.mail import MailSink
@@ -48,6 +46,7 @@ from schemas.handover import ReceiverType
 from schemas.pseudonym import youth_key
 from tests.chaos.test_kill_and_restart import SIGNAL_PATH, signal_of
 from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.http import serving
 from tests.helpers.kafka import produce, wait_for
 from tests.integration.test_handover_flow import CW, SECRET, World, bsns
 from tests.integration.test_mail_delivery import ILSE, OMAR, add_caseworkers, queue_notices
@@ -138,18 +137,9 @@ class Webhook:
 @asynccontextmanager
 async def webhook_server() -> AsyncIterator[Webhook]:
     hook = Webhook()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        hook.port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(hook.app(), port=hook.port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started)
-    try:
+    async with serving(hook.app()) as port:
+        hook.port = port
         yield hook
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 class RefusingSmtp:

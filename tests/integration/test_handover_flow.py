@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import insert, select
 
@@ -34,6 +31,7 @@ from schemas.envelope import Envelope
 from schemas.handover import ReceiverType
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.http import serving
 from tests.helpers.kafka import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -90,20 +88,9 @@ class Receiver:
 @asynccontextmanager
 async def receiver_server() -> AsyncIterator[Receiver]:
     receiver = Receiver()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        receiver.port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(receiver.app(), port=receiver.port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started)
-    try:
+    async with serving(receiver.app()) as port:
+        receiver.port = port
         yield receiver
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 @dataclass
