@@ -82,8 +82,8 @@ class RetryLadder:
         self._slots = asyncio.Semaphore(concurrency)
 
     # -- the main consumer's side -------------------------------------------------------------
-    async def handle(self, tx: Tx, message: Envelope, *, key: str) -> str:
-        """Queue the message for the scheduler to deliver, in order per key; returns the outcome.
+    async def handle(self, tx: Tx, message: Envelope, *, key: str) -> None:
+        """Queue the message for the scheduler to deliver, in order per key.
 
         The partner is not called inside the consumer's transaction. On SQLite that transaction
         holds the store's only write lock, and every other writer of the process (HTTP intake, the
@@ -92,15 +92,7 @@ class RetryLadder:
         Behind a message of the same key that failed, the new one waits, announced on the retry
         topic with attempt 0.
         """
-        origin = {"original-partition": str(tx.record.partition), "original-offset": str(tx.record.offset)}
-        tx.after_commit(self.wake)  # the scheduler looks once the row is committed, not at its next poll
-        if await self._held(tx.session, key):
-            await self._park(
-                tx.session, message, key, attempt=0, due_at=self.clock(), error=None, origin=origin
-            )
-            return "parked"
-        await tx.session.execute(insert(parked).values(self._row(message, key, origin, due_at=self.clock())))
-        return "queued"
+        await self.handle_many(tx, [(message, key, tx.record)])
 
     async def handle_many(
         self, tx: Tx, items: Sequence[tuple[Envelope, str, ConsumerRecord[Any, Any]]]
@@ -120,6 +112,7 @@ class RetryLadder:
             await tx.session.execute(insert(parked), queued)
 
     async def _held_keys(self, session: AsyncSession, keys: set[str]) -> set[str]:
+        """The keys with a message that failed and waits for its next attempt."""
         held: set[str] = set()
         ordered = sorted(keys)
         for start in range(0, len(ordered), 500):
@@ -164,11 +157,6 @@ class RetryLadder:
         wait = self.policy.in_place_delay(state.attempt_number)
         exc = state.outcome.exception() if state.outcome is not None else None
         return max(wait, getattr(exc, "retry_after", None) or 0.0)
-
-    async def _held(self, session: AsyncSession, key: str) -> bool:
-        """A message of this key failed and waits for its next attempt."""
-        q = select(exists().where(parked.c.ladder == self.name, parked.c.key == key, parked.c.attempt >= 1))
-        return bool((await session.execute(q)).scalar())
 
     def _row(
         self,
