@@ -1,7 +1,7 @@
 """The Verwijsindex connector against the simulator, beside a raw aiokafka + httpx baseline, in one run.
 
 python -m bench.verwijsindex [--n 5000] [--follow-up 0.3] [--store sqlite|postgresql|both]
-                             [--simulator process|thread] [--keep-nagle] [--shipped-state]
+                             [--simulator process|thread] [--shipped-state]
 
 N signals are stored as the caseworker API stores them (`store_signal`), and for a share of the
 youths a later WithdrawSignal, ChangeSignalContact, or both, is queued for the same youth
@@ -24,10 +24,9 @@ simulator is reset between the runs, so each run registers the same signals afre
 
 The simulator is a SimulatorServer (uvicorn, real HTTP) in a process of its own (the default: the
 index is another system, and in this process it would share the interpreter lock with the hub it
-measures) or in a thread of this process. Two things of the shipped simulator that are not the
-index's cost are set aside unless asked for: its connections lack TCP_NODELAY (~40 ms a call;
-`--keep-nagle`), and its state scans every stored signal on every call (`--shipped-state`); see
-`simulator_server` and `IndexedState`.
+measures) or in a thread of this process. The simulator's state scans every stored signal on every
+call, a cost that is not the index's; it is set aside unless asked for (`--shipped-state`, see
+`IndexedState`).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import multiprocessing
 import os
 import platform
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -304,9 +302,7 @@ class IndexedState(SimulatorState):
 
     As shipped, every call runs `expire()` over all signals and every registration runs `_match()`
     over all signals: O(n) a call, so the simulator slows as it fills (from ~200 to ~80 calls/s
-    by 4,000 signals on this machine) and it, not the client, sets the pace. Its handlers are plain
-    `def`s that FastAPI runs in a thread pool, and those scans then race a registration in
-    another thread ("dictionary changed size during iteration", HTTP 500) under concurrent calls.
+    by 4,000 signals on this machine) and it, not the client, sets the pace.
 
     Here the shipped methods run unchanged, under one lock, on a view of `signals` holding only
     the signals they can affect: for `expire()` those whose end date has passed (a heap by end
@@ -389,25 +385,14 @@ class IndexedState(SimulatorState):
 
 @dataclass(frozen=True)
 class SimOptions:
-    """How the simulator is set up: as shipped, or without the two costs that are not the index's."""
+    """How the simulator is set up: as shipped, or without its scans, which are not the index's cost."""
 
-    nodelay: bool = True  # TCP_NODELAY on its connections (see `simulator_server`)
     indexed: bool = True  # IndexedState instead of SimulatorState
 
 
 def simulator_server(options: SimOptions) -> SimulatorServer:
-    """A SimulatorServer (not started); with `nodelay`, its connections send without Nagle's delay.
-
-    SimulatorServer binds `socket.socket(AF_INET, SOCK_STREAM)`: protocol 0, so asyncio's transport
-    does not set TCP_NODELAY on the accepted connections (it does so only for IPPROTO_TCP
-    sockets). uvicorn's h11 protocol writes an answer's head and body in two sends, and the body
-    then waits for the client's delayed ACK: about 40 ms on every call. TCP_NODELAY on the
-    listening socket is inherited by the accepted ones (Linux).
-    """
-    server = SimulatorServer(IndexedState() if options.indexed else None)
-    if options.nodelay:
-        server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return server
+    """A SimulatorServer (not started), with the indexed state unless asked for the shipped one."""
+    return SimulatorServer(IndexedState() if options.indexed else None)
 
 
 def _calls_of(state: SimulatorState) -> list[Call]:
@@ -902,16 +887,9 @@ async def main() -> None:
         help="the simulator in its own process (default) or in a thread of the benchmark's process",
     )
     p.add_argument(
-        "--keep-nagle",
-        action="store_true",
-        help="leave the simulator's connections without TCP_NODELAY, as SimulatorServer makes them "
-        "(each answer then waits ~40 ms for a delayed ACK)",
-    )
-    p.add_argument(
         "--shipped-state",
         action="store_true",
-        help="the simulator's SimulatorState as shipped: two scans of every signal per call, and "
-        "races under concurrent calls (the baseline may then fail on an HTTP 500)",
+        help="the simulator's SimulatorState as shipped: two scans of every signal per call",
     )
     args = p.parse_args()
     setup_logging("INFO")  # as `ketenhub run` logs
@@ -921,7 +899,6 @@ async def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; broker: embedded tansu; simulator: {args.simulator}; "
         f"n={args.n:,} signals, follow-up share {args.follow_up}"
-        + ("; simulator sockets as shipped (Nagle)" if args.keep_nagle else "")
         + ("; simulator state as shipped" if args.shipped_state else "")
     )
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
@@ -934,7 +911,7 @@ async def main() -> None:
                 stores=stores,
                 share=args.follow_up,
                 simulator_mode=args.simulator,
-                options=SimOptions(nodelay=not args.keep_nagle, indexed=not args.shipped_state),
+                options=SimOptions(indexed=not args.shipped_state),
             )
     finally:
         kafka.stop()
