@@ -71,6 +71,7 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.sim_faults import CallRecord
 from connectors.verwijsindex.sim_server import SimulatorServer
 from connectors.verwijsindex.sim_state import SimulatorState
+from hub.clock import today as dutch_today
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
 from hub.logging import setup_logging
@@ -196,7 +197,7 @@ async def prepare(db_url: str, topic: str, n: int, share: float) -> Workload:
 
     The outbox rows are marked sent: they are pre-loaded on the topic here, not by the hub's relay.
     """
-    today = date.today()
+    today = dutch_today()
     signals = [_signal(b, i, today) for i, b in enumerate(bsns(n))]
     ids = [s.signal_id or "" for s in signals]
     workload = Workload(signals=n, commands=[])

@@ -7,10 +7,12 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from faststream.kafka import KafkaBroker
 
+from hub.clock import Clock, local_day
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
 from hub.kafka import client_options, ensure_topics, faststream_security, make_producer
@@ -19,6 +21,7 @@ from hub.metrics import Metrics
 from hub.spine import Relay, Spine
 from hub.store import Store
 from hub.topics import Topic, all_topics, prefixed
+from schemas.envelope import utcnow
 
 log = get_logger(__name__)
 
@@ -44,6 +47,11 @@ class Hub:
     started: bool = False
     components: dict[str, Any] = field(default_factory=dict)
     background: dict[str, Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=dict)
+    clock: Clock = utcnow
+
+    def today(self) -> date:
+        """Today in the Netherlands by this hub's clock: the day every date rule counts from."""
+        return local_day(self.clock())
 
     def topic(self, name: str) -> str:
         """A topic's full name under this hub's prefix."""

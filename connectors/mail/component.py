@@ -10,7 +10,7 @@ repeat. It cannot be closed from our side: SMTP has no idempotency key.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +21,7 @@ from connectors.mail.message import build_message, message_id_for
 from connectors.mail.sink import MailSink
 from connectors.mail.smtp import SmtpMailer
 from hub.audit import AuditEntry, write_audit
+from hub.clock import today
 from hub.config import SmtpSettings
 from hub.directory import mail_recipient
 from hub.errors import PermanentError
@@ -64,7 +65,7 @@ class MailConnector:
             if await _was_sent(session, mail.notification_id):
                 log.info("mail already sent; not sending again", notification_id=mail.notification_id)
                 return
-            recipient = await mail_recipient(session, mail.recipient_caseworker_id, date.today())
+            recipient = await mail_recipient(session, mail.recipient_caseworker_id, today())
         msg = build_message(
             mail, to_addr=recipient.email, to_name=recipient.name, sender=self.settings.sender, now=utcnow()
         )

@@ -24,6 +24,7 @@ from connectors.verwijsindex.contract import (
 )
 from connectors.verwijsindex.sim_faults import FaultController, Faults
 from connectors.verwijsindex.sim_population import Populatie, load_population
+from hub.clock import local_day
 
 Clock = Callable[[], datetime]
 _CURSOR = re.compile(r"^(\d{13})-(\d{10})$")
@@ -81,7 +82,7 @@ class SimulatorState:
 
     def expire(self) -> None:
         """Rule 12: an active signal past its end date becomes VERLOPEN."""
-        today = self.clock().date()
+        today = local_day(self.clock())
         for stored in self.signals.values():
             sig = stored.signaal
             if sig.status is SignaalStatus.ACTIEF and sig.einddatum < today:
@@ -103,7 +104,7 @@ class SimulatorState:
             if existing.registratie == body:
                 return existing.signaal, False
             raise Conflict("signaalId is already registered with a different body")
-        if body.einddatum < self.clock().date():
+        if body.einddatum < local_day(self.clock()):
             raise Rejected("einddatum lies in the past")
         signaal = Signaal(
             signaal_id=signaal_id,

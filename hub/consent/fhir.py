@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hub.clock import today
 from hub.errors import PermanentError
 from schemas.consent import (
     Consent,
@@ -205,7 +206,7 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
     prov = res["provision"]
     until = date.fromisoformat(prov["period"]["end"][:10])
     status = _ext(res, EXT_STATUS) or (
-        "ACTIEF" if res["status"] == "active" else ("VERLOPEN" if until < date.today() else "INGETROKKEN")
+        "ACTIEF" if res["status"] == "active" else ("VERLOPEN" if until < today() else "INGETROKKEN")
     )
     recorded_by = _ext(res, EXT_RECORDED_BY)
     return Consent(

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
+from hub.clock import local_day
 from schemas.consent import Consent, ConsentPurpose, ConsentStatus, DataCategory, GrantorRole, Permission
 from schemas.dates import age_on
 from schemas.handover import HandoverStatus
 
-LOCAL = ZoneInfo("Europe/Amsterdam")
 CUSTODY_ROLES = frozenset({GrantorRole.OUDER_MET_GEZAG, GrantorRole.VOOGD})
-
-
-def local_day(moment: datetime) -> date:
-    """The Dutch calendar day of a moment (naive moments are taken as Dutch local time)."""
-    return moment.astimezone(LOCAL).date() if moment.tzinfo else moment.date()
 
 
 def consent_day(consent: Consent) -> date:

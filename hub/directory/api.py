@@ -6,7 +6,6 @@ change is audited with the operator's name.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
@@ -104,7 +103,7 @@ async def problems(request: Request, op: Viewer) -> dict[str, Any]:
 
     hub = _hub(request)
     assert hub.store is not None
-    today = date.today()
+    today = hub.today()
     async with hub.store.transaction() as session:
         recorded = await list_problems(session)
         unreachable = []
@@ -192,7 +191,7 @@ async def run_borging(request: Request, op: Admin, caseworker_id: str) -> dict[s
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     cw = await _get(request, caseworker_id)
-    reason = why(cw, date.today(), hub.settings.notify.borging_after_days) or "niet beschikbaar is"
+    reason = why(cw, hub.today(), hub.settings.notify.borging_after_days) or "niet beschikbaar is"
     async with hub.store.transaction() as session:
         result = await borg(
             session, hub, caseworker_id, reason=reason, user=op.username, transaction_id=_tx(request)

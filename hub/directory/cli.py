@@ -70,8 +70,7 @@ def import_file(
 @app.command("list")
 def list_all() -> None:
     """Everyone in the directory: id, name, team, delegate, absent today, active."""
-    from datetime import date
-
+    from hub.clock import today as local_today
     from hub.directory import list_caseworkers
 
     store = _store()
@@ -84,7 +83,7 @@ def list_all() -> None:
         finally:
             await store.close()
 
-    today = date.today()
+    today = local_today()
     for cw in asyncio.run(go()):
         absent = "afwezig" if cw.is_absent_on(today) else ""  # type: ignore[attr-defined]
         gone = "" if cw.active else "uit dienst"  # type: ignore[attr-defined]

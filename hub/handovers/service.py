@@ -12,8 +12,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import local_day
 from hub.consent.minimise import minimise
-from hub.consent.rules import Disclosure, HandoverView, find_covering, local_day, withdrawal_effects
+from hub.consent.rules import Disclosure, HandoverView, find_covering, withdrawal_effects
 from hub.consent.store import StoredConsent, consents_of
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.handovers import messages

@@ -81,7 +81,7 @@ async def borg(
     day: date | None = None,
 ) -> BorgingResult:
     """Move `caseworker_id`'s active signals to whoever stands in; in the caller's transaction."""
-    day = day or date.today()
+    day = day or hub.today()
     tx_id = transaction_id or new_id()
     cw = await get_caseworker(session, caseworker_id)
     result = BorgingResult(caseworker_id)
@@ -104,7 +104,7 @@ async def borg(
     result.delegate_id = delegate.caseworker_id
     for signal in moving:
         assert signal.signal_id is not None
-        await request_contact_change(session, hub, signal.signal_id, delegate, tx_id, user=user)
+        await request_contact_change(session, hub, signal.signal_id, delegate, tx_id, user=user, day=day)
         result.signal_ids.append(signal.signal_id)
     q = (
         select(matches.c.match_id)
@@ -139,7 +139,7 @@ async def borg(
 
 async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingResult]:
     """The daily check: borging for everyone who left or is away longer than the setting allows."""
-    day = day or date.today()
+    day = day or hub.today()
     after = hub.settings.notify.borging_after_days
     async with hub.store.transaction() as session:
         due = [(cw.caseworker_id, r) for cw in await list_caseworkers(session) if (r := why(cw, day, after))]

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import today
 from hub.directory import get_caseworker, mail_recipient
 from hub.errors import PermanentError
 from hub.notify.tables import mail_problems
@@ -106,7 +107,7 @@ async def notify_caseworker(
     """
     case_reference = case_reference or str(context.get("case_reference") or "onbekend")
     try:
-        recipient = await mail_recipient(session, caseworker_id, day or date.today())
+        recipient = await mail_recipient(session, caseworker_id, day or today())
     except PermanentError as exc:
         reason = f"geen mail verstuurd ({template}): {exc}"
         await record_problem(

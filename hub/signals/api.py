@@ -122,10 +122,10 @@ def _tx(request: Request) -> str:
     return str(getattr(request.state, "transaction_id", None) or uuid.uuid4())
 
 
-def _check_new(body: SignalIn, created: date, end: date) -> None:
+def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
     birth = body.youth.birth_date
     params: list[InvalidParam] = []
-    if created > date.today():
+    if created > today:
         params.append(InvalidParam(name="created", reason="ligt in de toekomst"))
     if birth > created or rules.too_old(birth, created):
         params.append(InvalidParam(name="youth.birth_date", reason="de jeugdige is niet tussen 0 en 23 jaar"))
@@ -136,7 +136,7 @@ def _check_new(body: SignalIn, created: date, end: date) -> None:
         "parent_letter_sent_at": body.parent_letter_sent_at,
     }
     for name, given in informed.items():
-        if given is not None and given > date.today():
+        if given is not None and given > today:
             params.append(InvalidParam(name=name, reason="ligt in de toekomst"))
     if params:
         raise Problem(422, "Signaal ongeldig", "Het signaal voldoet niet aan de regels.", params=params)
@@ -162,9 +162,10 @@ async def register_signal(body: SignalIn, request: Request, cw: CurrentCaseworke
             403, "Niet meldingsbevoegd", "Alleen meldingsbevoegde medewerkers registreren signalen."
         )
     s = hub.settings.verwijsindex
-    created = body.created or date.today()
+    today = hub.today()
+    created = body.created or today
     end = body.end_date or rules.default_end_date(created, body.youth.birth_date, s.default_end_years)
-    _check_new(body, created, end)
+    _check_new(body, created, end, today)
     signal = VerwijsindexSignal(
         signal_id=str(uuid.uuid4()),
         youth=body.youth,
@@ -234,7 +235,13 @@ async def withdraw_signal(
         await _own_row(hub, session, signal_id, cw)
         try:
             await request_withdrawal(
-                session, hub, signal_id, body.reason, user=cw.caseworker_id, transaction_id=_tx(request)
+                session,
+                hub,
+                signal_id,
+                body.reason,
+                user=cw.caseworker_id,
+                transaction_id=_tx(request),
+                day=hub.today(),
             )
         except SignalNotActive:
             raise Problem(
@@ -262,7 +269,9 @@ async def change_contact(
             bad = [InvalidParam(name="caseworker_id", reason="onbekend of niet actief")]
             raise Problem(422, "Onbekende medewerker", "De nieuwe contactpersoon is onbekend.", params=bad)
         try:
-            await request_contact_change(session, hub, signal_id, new, _tx(request), user=cw.caseworker_id)
+            await request_contact_change(
+                session, hub, signal_id, new, _tx(request), user=cw.caseworker_id, day=hub.today()
+            )
         except SignalNotActive:
             raise Problem(
                 409, "Signaal niet actief", "Dit signaal is al ingetrokken, beëindigd of verlopen."
@@ -276,4 +285,5 @@ async def change_contact(
 async def parent_letter(signal_id: str, request: Request, cw: CurrentCaseworker) -> Response:
     """The letter "aanmelding verwijsindex aan ouder": HTML, or PDF on `Accept: application/pdf`."""
     row = await _read(request, signal_id, cw, "signal.parent_letter")
-    return letter_response(row, _hub(request).settings, request.headers.get("accept", ""))
+    hub = _hub(request)
+    return letter_response(row, hub.settings, request.headers.get("accept", ""), day=hub.today())

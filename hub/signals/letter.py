@@ -26,13 +26,13 @@ _SENDER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def letter_data(row: Any, settings: Settings) -> ParentLetterData:
+def letter_data(row: Any, settings: Settings, day: date) -> ParentLetterData:
     """The letter's content from a signals row and the configured sender."""
     sender = Afzender(**(_SENDER_DEFAULTS | settings.verwijsindex.letter_sender))
     contact = row.contact
     return ParentLetterData(
         kenmerk=row.signal_id,
-        datum=date.today(),
+        datum=day,
         jeugdige=LetterJeugdige(
             voornamen=row.given_names,
             geslachtsnaam=row.surname,
@@ -51,9 +51,9 @@ def letter_data(row: Any, settings: Settings) -> ParentLetterData:
     )
 
 
-def letter_response(row: Any, settings: Settings, accept: str) -> Response:
+def letter_response(row: Any, settings: Settings, accept: str, *, day: date) -> Response:
     """HTML, or PDF when the client accepts application/pdf."""
-    data = letter_data(row, settings)
+    data = letter_data(row, settings, day)
     if "application/pdf" in accept.lower():
         return Response(
             render_parent_letter_pdf(data),

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import today
 from hub.errors import PermanentError
 from hub.signals import commands
 from hub.signals.tables import signals
@@ -168,9 +169,13 @@ async def request_withdrawal(
     *,
     user: str,
     transaction_id: str,
+    day: date | None = None,
 ) -> SignalStatus:
-    """Withdraw an ACTIEF signal (rule 15) and queue the withdraw command; returns the new status."""
-    row = await _active_row(session, signal_id)
+    """Withdraw an ACTIEF signal (rule 15) and queue the withdraw command; returns the new status.
+
+    `day` is today in the Netherlands (default: by the system clock); a signal past its end date
+    is no longer active."""
+    row = await _active_row(session, signal_id, day or today())
     status = STATUS_AFTER[reason]
     await session.execute(
         update(signals)
@@ -193,15 +198,16 @@ async def request_contact_change(
     transaction_id: str,
     *,
     user: str = "borging",
+    day: date | None = None,
 ) -> None:
     """Make `new_caseworker` the signal's contact and queue the change for the Verwijsindex.
 
     `hub_or_topic` is the Hub (its prefixed `verwijsindex.signal.v1` is used) or a full topic name.
     Writes, in the caller's transaction: the ChangeSignalContact command in the outbox keyed by the
     youth key, the signal's new caseworker and contact, and an audit entry (rule 17, 18). Raises
-    SignalNotFound or SignalNotActive (both PermanentError).
+    SignalNotFound or SignalNotActive (both PermanentError). `day` as for `request_withdrawal`.
     """
-    row = await _active_row(session, signal_id)
+    row = await _active_row(session, signal_id, day or today())
     contact = contact_of(new_caseworker, row.organisation)
     await session.execute(
         update(signals)
@@ -224,9 +230,9 @@ async def request_contact_change(
     )
 
 
-async def _active_row(session: AsyncSession, signal_id: str) -> Any:
+async def _active_row(session: AsyncSession, signal_id: str, day: date) -> Any:
     row = await signal_row(session, signal_id)
-    if row.status != SignalStatus.ACTIEF.value or row.end_date < date.today():
+    if row.status != SignalStatus.ACTIEF.value or row.end_date < day:
         raise SignalNotActive(f"signal {signal_id!r} is no longer active")
     return row
 

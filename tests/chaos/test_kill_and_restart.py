@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from bench.data import police_records
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.intake.tables import referrals
 from hub.signals.commands import register_command, withdraw_command
@@ -39,7 +40,7 @@ from tests.helpers.procs import HubProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 LONG = os.environ.get("KETENHUB_CHAOS_LONG") == "1"
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 SIGNAL_PATH = "/api/v1/signalen/"
 
 

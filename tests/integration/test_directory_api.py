@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, timedelta
+from datetime import timedelta
 
 import httpx
 import pytest
 from sqlalchemy import select
 
 from hub.app import create_app
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import add_operator
 from hub.runtime import Hub
@@ -20,7 +21,7 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.integration
 PASSWORD = "a-long-enough-password"
 BASE = "/api/v1/medewerkers"
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 
 
 @asynccontextmanager

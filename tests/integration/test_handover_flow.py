@@ -17,7 +17,9 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import insert, select
 
 from connectors.receivers.webhook import SIGNATURE_HEADER, verify
+from connectors.verwijsindex.contract import add_years
 from hub.app import REGISTRARS, create_app
+from hub.clock import today
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
@@ -36,7 +38,7 @@ from tests.helpers.kafka import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "receiver-webhook-secret-0123456789abcdef"
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 CW = "cw-1"
 
 
@@ -45,7 +47,7 @@ def bsns() -> list[str]:
 
 
 def born(years: int) -> date:
-    return TODAY.replace(year=TODAY.year - years) - timedelta(days=30)
+    return add_years(TODAY, -years) - timedelta(days=30)
 
 
 @dataclass

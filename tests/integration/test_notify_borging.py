@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from connectors.verwijsindex.component import verwijsindex_component
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.borging import NO_DELEGATE, check_borging
 from hub.retry import RetryPolicy
@@ -30,7 +31,7 @@ from tests.integration.test_mail_delivery import (
 from tests.integration.test_notify_match import signal_with_match, youth
 
 pytestmark = pytest.mark.integration
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 VI_FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 5, jitter=0.0)
 
 

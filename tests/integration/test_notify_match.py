@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.service import NO_RECIPIENT
 from hub.runtime import Hub
@@ -34,7 +35,7 @@ from tests.integration.test_mail_delivery import (
 )
 
 pytestmark = pytest.mark.integration
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 KEES = ContactDetails(
     name="Kees de Wit", organisation="Jeugdhulp Haaglanden", email="kees@jeugdhulp.nl", phone="06 1234 5678"
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from connectors.verwijsindex.contract import add_years
 from hub.app import create_app
+from hub.clock import local_day
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.partners import PartnerType, add_partner
@@ -20,13 +21,16 @@ from hub.runtime import Hub
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import read_topic
 
 pytestmark = pytest.mark.integration
-T = date.today()
+# The hub's clock stands still at the moment this module was imported: every date below is
+# counted from the same day as the hub counts it, also when a run crosses midnight.
+NOW = utcnow()
+T = local_day(NOW)
 BSN = "999990044"
 URL = "/api/v1/signalen"
 ILSE = {"X-Medewerker": "cw-ilse"}
@@ -53,7 +57,7 @@ def body(birth: date, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[tuple[Hub, httpx.AsyncClient]]:
-    hub = Hub(make_settings(kafka, db_url, unique), registrars={})
+    hub = Hub(make_settings(kafka, db_url, unique), registrars={}, clock=lambda: NOW)
     await hub.start()
     try:
         assert hub.store is not None
@@ -125,6 +129,20 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
     assert len(records) == 7
     assert {r.key for r in records} == {youth_key(TEST_SECRET, BSN).encode()}
     assert {Envelope.from_bytes(r.value).type for r in records} == {"RegisterSignal"}
+
+
+async def test_dates_are_counted_in_the_dutch_calendar_day(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    hub, client = api
+    # 23:30 UTC on 31 December is already 1 January in Den Haag: the signal is created on that day.
+    hub.clock = lambda: datetime(2025, 12, 31, 23, 30, tzinfo=UTC)
+    informed = {"youth_informed_at": "2026-01-01", "parent_letter_sent_at": "2025-12-31"}
+    answer = await client.post(URL, json=body(date(2011, 5, 5), **informed), headers=ILSE)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["created"] == "2026-01-01" and answer.json()["end_date"] == "2027-01-01"
+    # ... and a day after Den Haag's today is in the future
+    early = informed | {"youth_informed_at": "2026-01-02"}
+    too_soon = await client.post(URL, json=body(date(2011, 5, 5), **early), headers=ILSE)
+    assert too_soon.status_code == 422 and too_soon.json()["invalidParams"][0]["name"] == "youth_informed_at"
 
 
 async def test_read_withdraw_change_contact_audited(api: tuple[Hub, httpx.AsyncClient]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from connectors.verwijsindex.component import verwijsindex_component
 from connectors.verwijsindex.contract import SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
@@ -32,7 +33,7 @@ from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 # In place: 2 quick calls; then parked attempts 0.6 s apart; the 5th failure goes to the DLQ.
 FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) * 5, jitter=0.0)
 SIGNAL = "/api/v1/signalen/"

@@ -21,12 +21,13 @@ from connectors.verwijsindex.contract import (
     SignaalStatus,
 )
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.clock import today
 from hub.errors import PermanentError, TransientError
 
 pytestmark = pytest.mark.integration
 
 BSN = "999990044"
-TODAY = date.today()
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 
 
 def registration(

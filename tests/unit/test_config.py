@@ -92,3 +92,14 @@ def test_embedded_secret_is_random_and_kept(tmp_path: object) -> None:
 def test_unknown_component_refused() -> None:
     with pytest.raises(ConfigError, match="^KETENHUB_COMPONENTS"):
         load_settings(components=["intake", "teleport"])
+
+
+def test_today_is_the_dutch_calendar_day() -> None:
+    from datetime import UTC, date, datetime
+
+    from hub.clock import today
+
+    assert today(lambda: datetime(2026, 12, 1, 22, 59, tzinfo=UTC)) == date(2026, 12, 1)
+    assert today(lambda: datetime(2026, 12, 1, 23, 0, tzinfo=UTC)) == date(2026, 12, 2)  # CET, UTC+1
+    assert today(lambda: datetime(2026, 7, 1, 21, 59, tzinfo=UTC)) == date(2026, 7, 1)
+    assert today(lambda: datetime(2026, 7, 1, 22, 0, tzinfo=UTC)) == date(2026, 7, 2)  # CEST, UTC+2
