@@ -10,6 +10,7 @@ from schemas.partners._common import (
     load_json_object,
     reference_in,
     to_canonical,
+    translate,
     validate_partner,
 )
 from schemas.partners.boa import BoaVerwijzing
@@ -22,7 +23,7 @@ CASE_REFERENCE_FIELD: Final = "bonnummer"
 
 def parse(raw: bytes) -> Referral:
     """Parse one handheld-app referral; raises PartnerFormatError naming each wrong field."""
-    return to_referral(validate_partner(BoaVerwijzing, load_json_object(raw)))
+    return translate(to_referral, validate_partner(BoaVerwijzing, load_json_object(raw)))
 
 
 def case_reference_of(raw: bytes) -> str | None:

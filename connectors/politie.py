@@ -10,6 +10,7 @@ from schemas.partners._common import (
     load_json_object,
     reference_in,
     to_canonical,
+    translate,
     validate_partner,
 )
 from schemas.partners.politie import PolitieVerwijzing, Vertegenwoordiger
@@ -38,8 +39,7 @@ _RELATIONS = {
 
 def parse(raw: bytes) -> Referral:
     """Parse one police record; raises PartnerFormatError naming each wrong field."""
-    record = validate_partner(PolitieVerwijzing, load_json_object(raw))
-    return to_referral(record)
+    return translate(to_referral, validate_partner(PolitieVerwijzing, load_json_object(raw)))
 
 
 def case_reference_of(raw: bytes) -> str | None:

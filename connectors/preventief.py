@@ -10,6 +10,7 @@ from schemas.partners._common import (
     load_json_object,
     reference_in,
     to_canonical,
+    translate,
     validate_partner,
 )
 from schemas.partners.preventief import Ouder, PreventiefAanmelding
@@ -50,7 +51,7 @@ _RELATIONS = {
 
 def parse(raw: bytes) -> Referral:
     """Parse one preventive referral; raises PartnerFormatError naming each wrong field."""
-    return to_referral(validate_partner(PreventiefAanmelding, load_json_object(raw)))
+    return translate(to_referral, validate_partner(PreventiefAanmelding, load_json_object(raw)))
 
 
 def case_reference_of(raw: bytes) -> str | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
@@ -16,6 +17,7 @@ from schemas.problems import FieldProblem, PartnerFormatError, problems_from
 from schemas.referral import Gender
 
 M = TypeVar("M", bound=BaseModel)
+P = TypeVar("P", bound=BaseModel)
 
 DATE_ALLOWED = "dd-mm-jjjj of jjjj-mm-dd"
 _DMY = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
@@ -91,11 +93,15 @@ def _to_bool(value: object) -> object:
 _THOUSANDS_DOT = re.compile(r"^\d{1,3}(\.\d{3})+$")
 
 
+_CENT = Decimal("0.01")
+_MAX_AMOUNT = Decimal("9999999999.99")
+
+
 def _to_amount(value: object) -> object:
     error = PydanticCustomError(
         "bedrag",
         "geen geldig bedrag in euro's",
-        {"allowed": "bedrag >= 0 met hoogstens 2 decimalen, bv. 125,50"},
+        {"allowed": "bedrag van 0 tot 10 miljard met hoogstens 2 decimalen, bv. 125,50"},
     )
     if isinstance(value, bool):
         raise error
@@ -111,11 +117,14 @@ def _to_amount(value: object) -> object:
         return value
     try:
         amount = Decimal(text)
+        # quantize raises InvalidOperation past 28 digits ("1e30"): that is no amount either
+        cents = amount.quantize(_CENT) if amount.is_finite() else None
     except InvalidOperation:
         raise error from None
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+    # not finite, negative, over two decimals, or past what the canonical Euro holds (10 whole digits)
+    if cents is None or amount < 0 or cents != amount or cents > _MAX_AMOUNT:
         raise error
-    return amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return cents
 
 
 def _empty_to_none(value: object) -> object:
@@ -201,6 +210,15 @@ def reference_in(raw: bytes, *path: str) -> str | None:
     if isinstance(node, str) and 0 < len(node.strip()) <= 100:
         return node.strip()
     return None
+
+
+def translate(to_referral: Callable[[P], M], record: P) -> M:
+    """Run a partner's translation; a canonical model that refuses a value anywhere in it (a nested
+    one built before the Referral too) becomes a PartnerFormatError, never an unexplained error."""
+    try:
+        return to_referral(record)
+    except ValidationError as exc:
+        raise PartnerFormatError(problems_from(exc, prefix="(vertaling)")) from None
 
 
 def to_canonical(model: type[M], **fields: Any) -> M:

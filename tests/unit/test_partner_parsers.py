@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
@@ -317,3 +318,29 @@ def test_arbitrary_bytes_give_results_or_a_format_error(raw: bytes) -> None:
 def test_arbitrary_text_after_a_valid_header_never_crashes(body: str) -> None:
     results = leerplicht.parse_batch((HEADER + "\n" + body).encode("utf-8"))
     assert all(r.row >= 1 for r in results)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.integers(min_value=-(10**40), max_value=10**40),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["1e30", "9" * 40, "1e-30", "12,505", "€ 1.000,50", "NaN", "-0,01", "1E+2"]),
+    )
+)
+def test_any_damage_amount_is_an_amount_or_a_clear_error_on_that_field(amount: object) -> None:
+    import json
+
+    record = json.loads((DATA / "politie" / "valid_winkeldiefstal.json").read_bytes())
+    record["schade"] = {"bedragJeugdige": amount}
+    referral: Referral | None = None
+    try:
+        referral = politie.parse(json.dumps(record).encode())
+    except PartnerFormatError as exc:
+        fields = [p.field for p in exc.problems]
+    if referral is None:
+        assert fields == ["schade.bedragJeugdige"]  # on the partner's own field, nothing else
+    else:
+        assert referral.damage is not None and 0 <= referral.damage.youth_share < 10**10
+        assert referral.damage.youth_share == referral.damage.youth_share.quantize(Decimal("0.01"))
