@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,38 @@ H_CORRELATION_ID = "correlation-id"
 H_SOURCE = "source"
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits
+
+
+class _Randomness(threading.local):
+    """Random bytes from the operating system, fetched 256 ids at a time (per thread)."""
+
+    buf = b""
+    pos = 0
+
+
+_random = _Randomness()
+
+
+def _forget_randomness() -> None:
+    _random.__dict__.clear()  # a forked child must never hand out its parent's next ids
+
+
+os.register_at_fork(after_in_child=_forget_randomness)
+
+
 def new_id() -> str:
-    """A fresh message or transaction id."""
-    return str(uuid.uuid4())
+    """A fresh random UUID (version 4) as text: message, transaction and record ids.
+
+    The same randomness as `uuid.uuid4()` (os.urandom), but one system call per 256 ids and no
+    UUID object: uuid4 was a tenth of the intake's time.
+    """
+    r = _random
+    if r.pos >= len(r.buf):
+        r.buf, r.pos = os.urandom(4096), 0
+    h = r.buf[r.pos : r.pos + 16].hex()
+    r.pos += 16
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def utcnow() -> datetime:

@@ -8,7 +8,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from hub.errors import ConfigError
 from schemas.problems import field_path
@@ -97,6 +105,7 @@ class IntakeRules(_Config):
     boa_articles: list[str] = Field(min_length=1)
     boa_projects: list[BoaProject] = Field(default_factory=list)
     halt_feiten: list[HaltFeit] = Field(min_length=1)
+    _feit_by_code: dict[str, HaltFeit] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _complete(self) -> IntakeRules:
@@ -109,14 +118,14 @@ class IntakeRules(_Config):
         projects = [p.code for p in self.boa_projects]
         if len(projects) != len(set(projects)):
             raise ValueError("boa_projects lists a code twice")
+        self._feit_by_code = {f.feitcode: f for f in self.halt_feiten}
         return self
 
     def feit(self, feitcode: str | None) -> HaltFeit | None:
         """The Halt-feiten entry for a feitcode, or None when it is not a Halt offence."""
         if feitcode is None:
             return None
-        code = feitcode.strip().upper()
-        return next((f for f in self.halt_feiten if f.feitcode == code), None)
+        return self._feit_by_code.get(feitcode.strip().upper())
 
     def project(self, code: str) -> BoaProject | None:
         """The BOA project with this code, active or not."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from hub.intake.tables import referrals
 from hub.logging import get_logger
 from hub.spine.outbox import add_many_to_outbox
 from hub.store.tables import audit_log
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import Envelope, new_id, utcnow
 from schemas.pseudonym import youth_key
 from schemas.referral import Decision, Outcome, Referral, Track
 
@@ -253,7 +252,7 @@ def aware(moment: datetime) -> datetime:
 
 def _row(referral: Referral, key: str, decision: Decision, origin: Origin) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "referrer_key": origin.referrer_key,
         "case_reference": referral.case_reference,
         "partner_id": origin.partner_id,
