@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.errors import TransientError
+from hub.errors import PermanentError, TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import dlq_headers, safe_error_message
@@ -39,6 +39,54 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
         if key == name:
             return bytes(value).decode("utf-8", "replace")
     return None
+
+
+MAX_ID = 100  # message and transaction ids from headers: the audit log's transaction_id column
+
+
+class BadHeader(PermanentError):
+    """A record's id header is there but cannot be used (dedup and rule 19 depend on it)."""
+
+
+def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    """An id header's value; None when absent; BadHeader when empty, too long or not printable."""
+    value = header(record, name)
+    if value is None:
+        return None
+    if not value or len(value) > MAX_ID or not value.isprintable():
+        raise BadHeader(
+            f"header {name!r} is empty, longer than {MAX_ID} characters or not printable text; "
+            f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"
+        )
+    return value
+
+
+def message_id_of(record: ConsumerRecord[Any, Any]) -> str:
+    """The dedup id of a record: its message-id header, or its position when it has none (or an
+    unusable one, which `check_id_headers` dead-letters)."""
+    try:
+        return _id_header(record, H_MESSAGE_ID) or f"{record.topic}:{record.partition}:{record.offset}"
+    except BadHeader:
+        return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def transaction_id_of(record: ConsumerRecord[Any, Any], message_id: str) -> str:
+    """Rule 19: the record's transaction-id header, else its message id (also for an unusable one)."""
+    try:
+        return _id_header(record, H_TRANSACTION_ID) or message_id
+    except BadHeader:
+        return message_id
+
+
+def check_id_headers(record: ConsumerRecord[Any, Any]) -> None:
+    """Raise BadHeader when the message-id or transaction-id header is present but unusable."""
+    _id_header(record, H_MESSAGE_ID)
+    _id_header(record, H_TRANSACTION_ID)
+
+
+async def _no_body(message: Any) -> None:
+    """FastStream's decoder for the spine's subscribers: the handlers read the raw records, so
+    FastStream need not parse and JSON-decode every record of a batch a second time."""
 
 
 def decode_envelope(record: ConsumerRecord[Any, Any]) -> Envelope:
@@ -163,6 +211,7 @@ class Spine:
                 topic,
                 group_id=group,
                 batch=True,
+                decoder=_no_body,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
                 title=title or f"{group}:{topic}",
@@ -219,7 +268,7 @@ class Spine:
         committed: list[Callable[[], None]],
     ) -> dict[str, int]:
         outcomes = {"processed": 0, "duplicate": 0, "dead_lettered": 0}
-        ids = [header(r, H_MESSAGE_ID) or f"{r.topic}:{r.partition}:{r.offset}" for r in records]
+        ids = [message_id_of(r) for r in records]
         async with self.store.transaction() as session:
             seen = set(
                 (
@@ -269,10 +318,10 @@ class Spine:
         started = time.perf_counter()
         try:
             async with session.begin_nested():
-                items = [
-                    Item(r, sub.decode(r), header(r, H_TRANSACTION_ID) or message_id)
-                    for r, message_id in fresh
-                ]
+                items = []
+                for r, message_id in fresh:
+                    check_id_headers(r)
+                    items.append(Item(r, sub.decode(r), transaction_id_of(r, message_id)))
                 first = fresh[0][0]
                 tx = Tx(session, first, items[0].transaction_id, system=sub.group, committed=committed)
                 await sub.batch_handler(tx, items)
@@ -293,11 +342,12 @@ class Spine:
         message_id: str,
         committed: list[Callable[[], None]],
     ) -> str:
-        transaction_id = header(record, H_TRANSACTION_ID) or message_id
+        transaction_id = transaction_id_of(record, message_id)
         structlog.contextvars.bind_contextvars(message_id=message_id, transaction_id=transaction_id)
         started = time.perf_counter()
         try:
             async with session.begin_nested():
+                check_id_headers(record)
                 item = sub.decode(record)
                 tx = Tx(session, record, transaction_id, system=sub.group, committed=committed)
                 await sub.handler(tx, item)

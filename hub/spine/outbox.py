@@ -26,7 +26,7 @@ def _outbox_row(
 ) -> dict[str, Any]:
     if isinstance(message, Envelope):
         value = message.to_bytes()
-        all_headers = {k: v.decode() for k, v in message.headers()}
+        all_headers = message.header_map()
     else:
         value, all_headers = message, {}
     all_headers.update(headers or {})
@@ -35,9 +35,15 @@ def _outbox_row(
         "key": key,
         "value": value,
         "headers": all_headers,
-        "message_id": all_headers.get(H_MESSAGE_ID),
+        "message_id": _short(all_headers.get(H_MESSAGE_ID)),
         "created_at": utcnow(),
     }
+
+
+def _short(message_id: str | None) -> str | None:
+    """The id for the outbox's message_id column (operators look rows up by it); a dead letter keeps
+    an unusable, over-long id header in its headers, not in the column."""
+    return message_id if message_id is not None and len(message_id) <= 200 else None
 
 
 async def add_to_outbox(

@@ -8,7 +8,7 @@ import pytest
 
 from connectors import preventief
 from hub.embedded import EmbeddedKafka
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_HEADERS
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_HEADERS
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope
 from tests.conftest import make_settings
@@ -86,4 +86,34 @@ async def test_canonical_referrals_from_kafka_connectors_are_decided(
         assert payloads[0]["referral_id"] == payloads[1]["referral_id"]
         assert Envelope.from_bytes(decided[0].value).transaction_id == message.transaction_id
         await wait_for(lambda: api.count(audit_log, action="referral.decided"))
+        assert await api.count() == 1
+
+
+async def test_records_with_unusable_id_headers_are_dead_lettered_and_the_rest_decided(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Dedup (message-id) and rule 19 (transaction-id) stand on these headers: one that is there but
+    # unusable is the sender's mistake, named in the dead letter; a 300-character id must not reach
+    # a 200-character column on PostgreSQL and stop the consumer.
+    bad = [
+        [("message-id", b"m" * 300)],
+        [("transaction-id", b"t" * 500)],
+        [("transaction-id", b"tx\nforged-line")],
+        [("message-id", b"")],
+    ]
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        records = [(b"pv", politie_variant(10 + i), headers) for i, headers in enumerate(bad)]
+        records.append((b"pv", politie_variant(20), [("transaction-id", b"tx-good")]))
+        await produce(kafka.bootstrap, api.hub.topic("partner.politie.referral.v1"), records)
+
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=4)
+        assert sorted(r.value for r in dead) == sorted(politie_variant(10 + i) for i in range(len(bad)))
+        for record in dead:
+            headers = headers_of(record)
+            assert headers[DLQ_EXC_CLASS].endswith("BadHeader")
+            assert "printable characters" in headers[DLQ_EXC_MESSAGE]
+        answers = await read_topic(
+            kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=1, settle_s=0.3
+        )
+        assert [Envelope.from_bytes(r.value).transaction_id for r in answers] == ["tx-good"]
         assert await api.count() == 1
