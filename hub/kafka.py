@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from hub.config import KafkaSettings
 from hub.errors import ConfigError
@@ -75,6 +76,30 @@ async def ensure_topics(
         await admin.close()
 
 
+class KeyPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, as the Java client does), remembered per key.
+
+    aiokafka's murmur2 is pure Python, about 5 µs for a 64-character youth key, and the hub sends
+    several messages per youth key (a decision and its announcement): a key's hash is worked out once.
+    """
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size = size
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.size:
+                self._hashes.clear()  # bounded; keys of a busy moment come back at once
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
+
+
 def make_producer(options: dict[str, Any]) -> AIOKafkaProducer:
     """The producer behind the outbox relay: acks=all, short linger for batching."""
-    return AIOKafkaProducer(**options, acks="all", linger_ms=2, max_batch_size=256 * 1024)
+    return AIOKafkaProducer(
+        **options, acks="all", linger_ms=2, max_batch_size=256 * 1024, partitioner=KeyPartitioner()
+    )

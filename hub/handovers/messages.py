@@ -22,8 +22,8 @@ def handover_message(
     caseworker: dict[str, Any] | None,
 ) -> Envelope:
     """A handover as the receiver gets it: only the covered categories' data, the summary, the meeting."""
-    return Envelope(
-        type=HANDOVER,
+    return Envelope.new(
+        type_=HANDOVER,
         transaction_id=transaction_id,
         correlation_id=row.id,
         source=SOURCE,
@@ -47,8 +47,8 @@ def handover_message(
 
 def withdrawal_notice(row: Any, *, reason: str, at: datetime, transaction_id: str) -> Envelope:
     """Rule 10: tell a receiver that the consent behind a handover it got was withdrawn."""
-    return Envelope(
-        type=HANDOVER_WITHDRAWN,
+    return Envelope.new(
+        type_=HANDOVER_WITHDRAWN,
         transaction_id=transaction_id,
         correlation_id=row.id,
         source=SOURCE,
@@ -82,8 +82,8 @@ def caseworker_notice(row: Any, *, template: str, transaction_id: str, detail: s
         body_text=body,
         case_reference=row.referral_id,
     )
-    return Envelope(
-        type="MailNotification",
+    return Envelope.new(
+        type_="MailNotification",
         transaction_id=transaction_id,
         correlation_id=row.referral_id,
         source=SOURCE,

@@ -126,8 +126,8 @@ async def create_handover(
     await audit_handover(session, r, act, "handover.requested", row, receiver=row.receiver_organisation)
     if not announce:
         return row
-    requested = Envelope(
-        type="HandoverRequested",
+    requested = Envelope.new(
+        type_="HandoverRequested",
         transaction_id=act.transaction_id,
         correlation_id=handover_id,
         source="ketenhub-api",

@@ -58,8 +58,8 @@ def politie_besluit(
     decision: Decision, *, referral_id: str | None, duplicate: bool, transaction_id: str
 ) -> Envelope:
     """The answer on partner.politie.decision.v1, in the police's own (Dutch) terms."""
-    return Envelope(
-        type=POLITIE_DECISION_TYPE,
+    return Envelope.new(
+        type_=POLITIE_DECISION_TYPE,
         transaction_id=transaction_id,
         correlation_id=referral_id or decision.case_reference,
         source="ketenhub-intake",

@@ -12,7 +12,6 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.audit import AuditEntry
 from hub.intake.config import IntakeRules
 from hub.intake.rules import decide
 from hub.intake.tables import referrals
@@ -128,29 +127,31 @@ class IntakeService:
         origins: Sequence[Origin],
     ) -> None:
         """Audit every step (rule 18) and announce decisions (and repeats, for Kafka referrers)."""
-        entries: list[tuple[str, IntakeResult, Referral, dict[str, Any], Origin]] = []
+        now, rows = utcnow(), []
         for referral, result, origin in zip(items, results, origins, strict=True):
             objects: dict[str, Any] = {
                 "referral_id": result.referral_id,
                 "case_reference": referral.case_reference,
             }
+            entry = {  # an audit_log row; the action and objects differ per step
+                "at": now,
+                "youth_key": result.youth_key,
+                "user": origin.user,
+                "on_behalf_of": referral.referrer.organisation,
+                "system": origin.system,
+                "transaction_id": origin.transaction_id,
+                "legal_basis": None,
+            }
             if result.duplicate:
-                entries.append(("referral.duplicate", result, referral, objects, origin))
+                rows.append(entry | {"action": "referral.duplicate", "objects": objects})
                 continue
-            entries.append(("referral.received", result, referral, objects | {"via": origin.channel}, origin))
             reasons = [r.code for r in result.decision.reasons]
             outcome = result.decision.outcome.value
-            entries.append(
-                (
-                    "referral.decided",
-                    result,
-                    referral,
-                    objects | {"outcome": outcome, "reasons": reasons},
-                    origin,
-                )
-            )
-            log.debug("referral decided", referral_id=result.referral_id, outcome=outcome)
-        await self._audit(session, entries)
+            rows.append(entry | {"action": "referral.received", "objects": objects | {"via": origin.channel}})
+            decided = objects | {"outcome": outcome, "reasons": reasons}
+            rows.append(entry | {"action": "referral.decided", "objects": decided})
+        if rows:  # one executemany: what hub.audit.write_audit does, row by row
+            await session.execute(insert(audit_log), rows)
         await add_many_to_outbox(
             session,
             [
@@ -205,27 +206,10 @@ class IntakeService:
         )
         return set((await session.execute(stmt, rows)).scalars())
 
-    async def _audit(self, session: AsyncSession, entries: list[tuple[Any, ...]]) -> None:
-        now, rows = utcnow(), []
-        for action, result, referral, objects, origin in entries:
-            entry = AuditEntry(
-                action=action,
-                user=origin.user,
-                youth_key=result.youth_key,
-                on_behalf_of=referral.referrer.organisation,
-                objects=objects,
-            )
-            rows.append(
-                entry.model_dump()
-                | {"at": now, "system": origin.system, "transaction_id": origin.transaction_id}
-            )
-        if rows:  # one executemany: what hub.audit.write_audit does, row by row
-            await session.execute(insert(audit_log), rows)
-
     @staticmethod
     def _announcement(result: IntakeResult, origin: Origin) -> Envelope:
-        return Envelope(
-            type=DECIDED_TYPE,
+        return Envelope.new(
+            type_=DECIDED_TYPE,
             transaction_id=origin.transaction_id,
             correlation_id=result.referral_id,
             source="ketenhub-intake",

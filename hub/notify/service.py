@@ -139,8 +139,8 @@ async def notify_caseworker(
         body_html=rendered.html,
         case_reference=case_reference,
     )
-    message = Envelope(
-        type="MailNotification",
+    message = Envelope.new(
+        type_="MailNotification",
         transaction_id=transaction_id,
         correlation_id=case_reference,
         source=SYSTEM,

@@ -174,7 +174,7 @@ class RetryLadder:
             "key": key,
             "message_id": message.message_id,
             "value": message.to_bytes(),
-            "headers": {k: v.decode() for k, v in message.headers()} | origin,
+            "headers": message.header_map() | origin,
             "attempt": attempt,
             "due_at": due_at,
             "first_failure": first_failure,

@@ -36,8 +36,8 @@ class ChangeSignalContact(CanonicalModel):
 
 
 def _envelope(type_: str, payload: dict[str, Any], signal_id: str, transaction_id: str) -> Envelope:
-    return Envelope(
-        type=type_, transaction_id=transaction_id, correlation_id=signal_id, source=SOURCE, payload=payload
+    return Envelope.new(
+        type_=type_, transaction_id=transaction_id, correlation_id=signal_id, source=SOURCE, payload=payload
     )
 
 

@@ -67,8 +67,8 @@ async def record_match(session: AsyncSession, topic: str, match: Match, transact
         )
     )
     payload = MatchMessage(**match.model_dump(), caseworker_id=owner.caseworker_id)
-    message = Envelope(
-        type=MATCH_TYPE,
+    message = Envelope.new(
+        type_=MATCH_TYPE,
         transaction_id=transaction_id,
         correlation_id=match.signal_id,
         source="verwijsindex",
