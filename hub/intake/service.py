@@ -17,6 +17,7 @@ from hub.intake.rules import decide
 from hub.intake.tables import referrals
 from hub.logging import get_logger
 from hub.spine.outbox import add_many_to_outbox
+from hub.store import RawJson
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope, new_id, utcnow
 from schemas.pseudonym import youth_key
@@ -246,8 +247,8 @@ def _row(referral: Referral, key: str, decision: Decision, origin: Origin) -> di
         "bsn": referral.youth.bsn,
         "track": referral.track.value,
         "outcome": decision.outcome.value,
-        "referral": referral.model_dump(mode="json"),
-        "decision": decision.model_dump(mode="json"),
+        "referral": RawJson(referral.model_dump_json()),
+        "decision": RawJson(decision.model_dump_json()),
         "transaction_id": origin.transaction_id,
         "received_at": utcnow(),
     }
