@@ -54,8 +54,9 @@ async def load(bootstrap: str, topic: str, values: list[bytes], *, keys: list[by
 
 async def count_until(
     bootstrap: str, topic: str, expect: int, timeout_s: float, started: asyncio.Event | None = None
-) -> tuple[float, list[float]]:
-    """Read `topic` from the start until `expect` records arrived; return the time and latencies (ms)."""
+) -> tuple[float, float, list[float]]:
+    """Read `topic` from the start until `expect` records arrived; return when the first and the last
+    arrived, and the latencies (ms)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
     try:
@@ -65,18 +66,20 @@ async def count_until(
             consumer.seek(tp, 0)
         if started is not None:
             started.set()
-        seen = 0
+        seen, first = 0, 0.0
         latencies: list[float] = []
         deadline = time.monotonic() + timeout_s
         while seen < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             now_ms = time.time() * 1000
             for records in batch.values():
+                if not seen and records:
+                    first = time.monotonic()
                 seen += len(records)
                 latencies.extend(now_ms - r.timestamp for r in records)
         if seen < expect:
             raise TimeoutError(f"{topic}: only {seen} of {expect} records within {timeout_s}s")
-        return time.monotonic(), latencies
+        return first, time.monotonic(), latencies
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
@@ -89,15 +92,19 @@ async def measure(
     n: int,
     start: Callable[[], Awaitable[None]],
     timeout_s: float = 600,
-) -> Result:
-    """Start the pipeline over a pre-loaded input and time it until the n-th output record arrives."""
+) -> tuple[Result, Result]:
+    """Start the pipeline over a pre-loaded input and time it until the n-th output record arrives.
+
+    Two figures: from the start (connecting, joining the group, migrating) to the n-th output, and
+    the sustained rate from the first output to the last, which start-up does not dilute.
+    """
     ready = asyncio.Event()
     counter = asyncio.create_task(count_until(bootstrap, output, n, timeout_s, ready))
     await ready.wait()
     t0 = time.monotonic()
     await start()
-    t1, _ = await counter
-    return Result(name, n, t1 - t0)
+    first, last, _ = await counter
+    return Result(name, n, last - t0), Result(f"{name}, first to last", n - 1, last - first)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -14,8 +14,8 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from hub.config import Settings
 from hub.embedded import EmbeddedKafka
 from hub.intake.component import register_intake
 from hub.logging import setup_logging
-from hub.runtime import Hub
+from hub.runtime import Hub, tune_gc_for_serving
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL
 
 SECRET = "bench-secret-" + "x" * 40
@@ -69,7 +69,7 @@ async def _db_url(store: str, tmp: Path) -> str:
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
-async def bench_relay(kafka: EmbeddedKafka, values: list[bytes]) -> Result:
+async def bench_relay(kafka: EmbeddedKafka, values: list[bytes]) -> tuple[Result, Result]:
     """The raw baseline over the same records."""
     tag = uuid.uuid4().hex[:6]
     source, target = f"raw{tag}.in", f"raw{tag}.out"
@@ -82,7 +82,9 @@ async def bench_relay(kafka: EmbeddedKafka, values: list[bytes]) -> Result:
         await relay.stop()
 
 
-async def bench_intake(kafka: EmbeddedKafka, values: list[bytes], db_url: str, label: str) -> Result:
+async def bench_intake(
+    kafka: EmbeddedKafka, values: list[bytes], db_url: str, label: str
+) -> tuple[Result, Result]:
     """Partner topic -> parsed, validated, deduplicated, stored -> decision published."""
     prefix = f"b{uuid.uuid4().hex[:6]}."
     hub = Hub(
@@ -97,62 +99,52 @@ async def bench_intake(kafka: EmbeddedKafka, values: list[bytes], db_url: str, l
         await hub.stop()
 
 
-async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: int) -> Result:
-    """Offer `rate` referrals/s for `seconds`; latency from the send to the decision's arrival."""
-    prefix = f"l{uuid.uuid4().hex[:6]}."
+async def _offer(
+    bootstrap: str, source: str, target: str, rate: int, seconds: int
+) -> tuple[int, float, list[float]]:
+    """Run bench/offer.py in a process of its own against `source` -> `target`."""
+    generator = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.offer",
+        *("--bootstrap", bootstrap, "--rate", str(rate), "--seconds", str(seconds)),
+        *("--source", source, "--target", target),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(generator.communicate(), seconds + 180)
+    if generator.returncode != 0:
+        raise RuntimeError(f"bench.offer exited with {generator.returncode}")
+    figures = json.loads(out)
+    return figures["records"], figures["seconds"], figures["latencies_ms"]
+
+
+async def bench_latency(kafka: EmbeddedKafka, db_url: str, rate: int, seconds: int) -> list[Result]:
+    """Offer `rate` referrals/s for `seconds` from a process of its own (bench/offer.py); latency from
+    each send to its answer's arrival: through the raw relay first, then through the hub."""
+    results = []
+    tag = uuid.uuid4().hex[:6]
+    source, target = f"rawl{tag}.in", f"rawl{tag}.out"
+    await create(kafka.bootstrap, source, target)
+    relay = RawRelay(kafka.bootstrap, source, target, f"rawl{tag}")
+    await relay.start()
+    try:
+        n, secs, lat = await _offer(kafka.bootstrap, source, target, rate, seconds)
+    finally:
+        await relay.stop()
+    results.append(Result(f"raw relay at {rate}/s", n, secs, percentile(lat, 50), percentile(lat, 99)))
+
+    prefix = f"l{tag}."
     hub = Hub(
         hub_settings(kafka.bootstrap, db_url, prefix, ["intake"]), registrars={"intake": [register_intake]}
     )
     await hub.start()
-    n = rate * seconds
-    values = police_records(n, seed=99)
-    sent: dict[str, float] = {}
-    target = prefix + POLITIE_DECISION.name
     try:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
-        )
-        await consumer.start()
-        tps = [TopicPartition(target, p) for p in range(4)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=0)
-        await producer.start()
-        latencies: list[float] = []
-
-        async def receive() -> None:
-            while len(latencies) < n:
-                batch = await consumer.getmany(timeout_ms=50)
-                now = time.perf_counter()
-                for records in batch.values():
-                    for r in records:
-                        ref = json.loads(r.value)["payload"]["procesVerbaalNummer"]
-                        latencies.append((now - sent[ref]) * 1000)
-
-        receiver = asyncio.create_task(receive())
-        t0 = time.perf_counter()
-        for i, v in enumerate(values):
-            due = t0 + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent[json.loads(v)["procesVerbaalNummer"]] = time.perf_counter()
-            await producer.send(prefix + POLITIE_REFERRAL.name, v)
-        await asyncio.wait_for(receiver, 120)
-        await producer.stop()
-        await asyncio.wait_for(consumer.stop(), 5)
-        return Result(
-            f"latency at {rate}/s",
-            n,
-            time.perf_counter() - t0,
-            p50_ms=percentile(latencies, 50),
-            p99_ms=percentile(latencies, 99),
-        )
+        source, target = prefix + POLITIE_REFERRAL.name, prefix + POLITIE_DECISION.name
+        n, secs, lat = await _offer(kafka.bootstrap, source, target, rate, seconds)
     finally:
         await hub.stop()
+    results.append(Result(f"hub latency at {rate}/s", n, secs, percentile(lat, 50), percentile(lat, 99)))
+    return results
 
 
 def _row(r: Result, base: Result | None = None) -> str:
@@ -183,6 +175,7 @@ async def main() -> None:
     if unknown := args.only - set(PARTS):
         p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     setup_logging("INFO")  # as `ketenhub run` logs
+    tune_gc_for_serving()  # as `ketenhub run` does once it is ready
     kafka = EmbeddedKafka()
     kafka.start()
     print(
@@ -194,16 +187,17 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if "intake" in args.only:
                 values = police_records(args.n)
-                raw = await bench_relay(kafka, values)
-                rows.append(_row(raw))
+                raw, raw_sustained = await bench_relay(kafka, values)
+                rows += [_row(raw), _row(raw_sustained)]
                 stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
                 for store in stores:
                     db = await _db_url(store, Path(tmp) / store)
-                    rows.append(_row(await bench_intake(kafka, values, db, store), raw))
+                    total, sustained = await bench_intake(kafka, values, db, store)
+                    rows += [_row(total, raw), _row(sustained, raw_sustained)]
                 del values
             if "latency" in args.only:
                 lat_db = await _db_url("sqlite", Path(tmp) / "lat")
-                rows.append(_row(await bench_latency(kafka, lat_db, args.rate, args.seconds)))
+                rows += [_row(r) for r in await bench_latency(kafka, lat_db, args.rate, args.seconds)]
             if "http" in args.only:
                 http = await http_intake(kafka.bootstrap, police_records(args.http_n, seed=5), args.http_rate)
                 rows += [_row(http[0])] + [_row(r, http[0]) for r in http[1:]]
