@@ -105,6 +105,9 @@ def run(
     setup_logging(settings.log_level, json=settings.log_json)
 
     def ready(hub: object) -> None:
+        from hub.runtime import tune_gc_for_serving
+
+        tune_gc_for_serving()
         typer.echo(_banner(settings, http.host, http.port, getattr(hub, "bootstrap", "?"), hub), err=False)
         sys.stdout.flush()
 

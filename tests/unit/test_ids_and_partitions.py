@@ -44,3 +44,15 @@ def test_key_partitioner_agrees_with_kafkas_default_also_after_its_cache_is_full
             assert ours(key, partitions, partitions) == expected
             assert ours(key, partitions, partitions) == expected  # from the cache
     assert ours(None, [0, 1, 2, 3], [2]) == 2  # no key: an available partition, as the default does
+
+
+def test_a_serving_process_freezes_its_start_up_and_collects_less_often() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from hub.runtime import tune_gc_for_serving; tune_gc_for_serving(); "
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["100000", "True"]
