@@ -58,9 +58,10 @@ def create_app(
     app.state.hub = hub
     app.state.settings = settings
     install_problem_handlers(app)
+    # Routes are matched in order: the partners' referral endpoints, the busiest, come first.
+    app.include_router(referrals_router)
     app.include_router(health.router)
     app.include_router(ops.router)
-    app.include_router(referrals_router)
     app.include_router(signals_router)  # caseworker API for Verwijsindex signals
     app.include_router(consent_router)
     app.include_router(handovers_router)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.problems import InvalidParam, problem_response
+from schemas.envelope import new_id
 
 HEADER = "Fsc-Transaction-Id"
 # FSC transaction ids are UUIDs; anything else is refused rather than written into the audit log.
@@ -32,7 +32,7 @@ class TransactionIdMiddleware:
             await self.app(scope, receive, send)
             return
         sent = Headers(scope=scope).get(HEADER)
-        transaction_id = str(uuid.uuid4())
+        transaction_id = new_id()
         if sent is not None and is_transaction_id(sent.strip()):
             transaction_id = sent.strip().lower()
         elif sent is not None:
