@@ -110,6 +110,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             delivery=Delivery(
                 deliver=connector.deliver,
                 on_delivered=delivery.on_delivered,
+                on_delivered_many=delivery.on_delivered_many,
                 on_parked=delivery.on_parked,
                 on_dead=delivery.on_dead,
             ),

@@ -55,6 +55,16 @@ class Delivery:
     on_delivered: Hook = _noop  # (session, message)
     on_parked: Hook = _noop  # (session, message, attempt, due_at, error)
     on_dead: Hook = _noop  # (session, message, error)
+    # (session, messages): on_delivered for a round's deliveries at once, in a few statements
+    on_delivered_many: Hook | None = None
+
+    async def delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
+        """Record every delivered message of a round: the batch hook, or the single one for each."""
+        if self.on_delivered_many is not None:
+            await self.on_delivered_many(session, messages)
+            return
+        for message in messages:
+            await self.on_delivered(session, message)
 
 
 class RetryLadder:
@@ -300,9 +310,12 @@ class RetryLadder:
         async with self.store.transaction() as session:
             seqs = [row.seq for row, _ in outcomes]
             still = set((await session.execute(select(parked.c.seq).where(parked.c.seq.in_(seqs)))).scalars())
+            # handled meanwhile (an operator's discard) are left alone; the call was idempotent
+            outcomes = [(row, outcome) for row, outcome in outcomes if row.seq in still]
+            delivered = [row for row, outcome in outcomes if outcome is None]
+            if len(delivered) > 1 and await self._record_delivered(session, delivered):
+                outcomes = [(row, outcome) for row, outcome in outcomes if outcome is not None]
             for row, outcome in outcomes:
-                if row.seq not in still:
-                    continue  # handled meanwhile (an operator's discard); the call was idempotent
                 try:
                     async with session.begin_nested():
                         await self._record(session, row, outcome)
@@ -310,6 +323,20 @@ class RetryLadder:
                     log.warning(
                         "recording a delivery failed", ladder=self.name, error=safe_error_message(exc)
                     )
+
+    async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
+        """A round's deliveries in one savepoint and a few statements; False (nothing kept) when that
+        fails, and they are recorded one by one instead, so one bad row is the only one left parked."""
+        try:
+            async with session.begin_nested():
+                await session.execute(delete(parked).where(parked.c.seq.in_([row.seq for row in rows])))
+                await self.delivery.delivered_many(session, [Envelope.from_bytes(row.value) for row in rows])
+        except Exception as exc:
+            log.warning(
+                "recording deliveries together failed", ladder=self.name, error=safe_error_message(exc)
+            )
+            return False
+        return True
 
     async def _try(self, row: Any) -> Exception | None:
         """One attempt for a parked row: None when delivered, else the error."""
