@@ -216,7 +216,7 @@ async def raw_baseline(bootstrap: str, topic: str, smtp: SmtpServer, commands: C
                     mail = MailNotification.model_construct(**json.loads(r.value)["payload"])
                     address, name = commands.recipients[mail.recipient_caseworker_id]
                     msg = build_message(mail, to_addr=address, to_name=name, sender=SENDER, now=utcnow())
-                    await client.send_message(msg)
+                    await client.sendmail(msg.sender, msg.recipients, msg.data)
             if batch:
                 await consumer.commit()
 

@@ -1,15 +1,39 @@
-"""A MailNotification as an RFC 5322 message: multipart/alternative, a Message-ID derived from its id."""
+"""A MailNotification as an RFC 5322 message: multipart/alternative, a Message-ID derived from its id.
+
+Built with the standard library's compat32 MIME classes and quoted-printable UTF-8, and handed to
+SMTP as bytes with its envelope addresses: the `EmailMessage` API parsed every header it was given
+and aiosmtplib parsed them again to find the addresses, 1.4 ms a mail where this takes 0.3 ms.
+Quoted-printable keeps ASCII text readable on the wire (and greppable in the sink), unlike base64.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.utils import format_datetime, formataddr
 
 from schemas.notification import MailNotification
 
 NOTIFICATION_HEADER = "X-Ketenhub-Notification-Id"
+FROM_NAME = "ketenhub (Halt Den Haag)"
+_UTF8 = Charset("utf-8")
+_UTF8.header_encoding = QP
+_UTF8.body_encoding = QP
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """What goes to the SMTP server: the envelope addresses and the message as bytes."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    message_id: str
 
 
 def message_id_for(notification_id: str, sender: str) -> str:
@@ -18,19 +42,34 @@ def message_id_for(notification_id: str, sender: str) -> str:
     return f"<{notification_id}.ketenhub@{domain}>"
 
 
+def _text(name: str, value: str) -> str:
+    """A header value; non-ASCII as RFC 2047 encoded words, folded after the header's name."""
+    # plain ASCII folds between words; a word too long to fold (or any non-ASCII) is encoded, which
+    # folds anywhere
+    plain = value.isascii() and all(len(word) <= 60 for word in value.split())
+    return Header(value, "us-ascii" if plain else _UTF8, header_name=name).encode()
+
+
+def _part(text: str, subtype: str) -> MIMENonMultipart:
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(text, _UTF8)  # sets charset="utf-8" and quoted-printable
+    return part
+
+
 def build_message(
     mail: MailNotification, *, to_addr: str, to_name: str, sender: str, now: datetime
-) -> EmailMessage:
+) -> OutgoingMail:
     """Plain text with an HTML alternative (when there is one), UTF-8, with Date and Message-ID."""
-    msg = EmailMessage()
-    msg["From"] = Address(display_name="ketenhub (Halt Den Haag)", addr_spec=sender)
-    msg["To"] = Address(display_name=to_name, addr_spec=to_addr)
-    msg["Subject"] = mail.subject
+    plain = _part(mail.body_text, "plain")
+    msg: Message = plain
+    if mail.body_html:
+        msg = MIMEMultipart("alternative", _subparts=[plain, _part(mail.body_html, "html")])
+    message_id = message_id_for(mail.notification_id, sender)
+    msg["From"] = formataddr((FROM_NAME, sender))
+    msg["To"] = formataddr((to_name, to_addr), charset=_UTF8)
+    msg["Subject"] = _text("Subject", mail.subject)
     msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id_for(mail.notification_id, sender)
+    msg["Message-ID"] = message_id
     msg[NOTIFICATION_HEADER] = mail.notification_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies to the hub
-    msg.set_content(mail.body_text)
-    if mail.body_html:
-        msg.add_alternative(mail.body_html, subtype="html")
-    return msg
+    return OutgoingMail(sender=sender, recipients=[to_addr], data=msg.as_bytes(), message_id=message_id)

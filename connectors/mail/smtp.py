@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
 
 import aiosmtplib
 
+from connectors.mail.message import OutgoingMail
 from hub.config import SmtpSettings
 from hub.errors import PermanentError, TransientError
 from hub.logging import get_logger
@@ -70,7 +70,7 @@ class SmtpMailer:
         self.connections += 1
         return client
 
-    async def send(self, msg: EmailMessage) -> None:
+    async def send(self, msg: OutgoingMail) -> None:
         """Send one message; raises TransientError or PermanentError."""
         slot = await self._slots.get()
         try:
@@ -78,12 +78,12 @@ class SmtpMailer:
         finally:
             self._slots.put_nowait(slot)
 
-    async def _send_on(self, slot: _Slot, msg: EmailMessage) -> None:
+    async def _send_on(self, slot: _Slot, msg: OutgoingMail) -> None:
         for attempt in (1, 2):
             try:
                 if slot.client is None or not slot.client.is_connected:
                     slot.client = await self._new_client()
-                await slot.client.send_message(msg)
+                await slot.client.sendmail(msg.sender, msg.recipients, msg.data)
                 self.sent += 1
                 return
             except aiosmtplib.SMTPServerDisconnected as exc:
