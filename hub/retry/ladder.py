@@ -55,7 +55,9 @@ class Delivery:
     on_delivered: Hook = _noop  # (session, message)
     on_parked: Hook = _noop  # (session, message, attempt, due_at, error)
     on_dead: Hook = _noop  # (session, message, error)
-    # (session, messages): on_delivered for a round's deliveries at once, in a few statements
+    # (session, messages): on_delivered for a round's deliveries at once, in a few statements. On
+    # SQLite a round's outcomes share one transaction; on PostgreSQL each delivery is recorded in its
+    # own, under the row lock that keeps other hub processes off it, with on_delivered.
     on_delivered_many: Hook | None = None
 
     async def delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
