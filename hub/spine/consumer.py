@@ -400,4 +400,8 @@ class Spine:
         )
         headers[H_TRANSACTION_ID] = transaction_id
         key = bytes(record.key).decode("utf-8", "backslashreplace") if record.key is not None else None
+        if key is not None and (len(key) > 200 or not key.isprintable()):
+            # the outbox's key column holds 200 printable characters (PostgreSQL refuses a NUL): the
+            # dead letter goes without the sender's key, which its position headers still point to
+            key = None
         await add_to_outbox(session, sub.dlq, bytes(record.value or b""), key=key, headers=headers)

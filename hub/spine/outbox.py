@@ -41,9 +41,12 @@ def _outbox_row(
 
 
 def _short(message_id: str | None) -> str | None:
-    """The id for the outbox's message_id column (operators look rows up by it); a dead letter keeps
-    an unusable, over-long id header in its headers, not in the column."""
-    return message_id if message_id is not None and len(message_id) <= 200 else None
+    """The id for the outbox's message_id column (operators look rows up by it). A dead letter keeps
+    an unusable id header (over 200 characters, or with a NUL that PostgreSQL refuses in text) in its
+    headers, not in the column."""
+    if message_id is None or len(message_id) > 200 or not message_id.isprintable():
+        return None
+    return message_id
 
 
 async def add_to_outbox(

@@ -100,13 +100,15 @@ async def test_records_with_unusable_id_headers_are_dead_lettered_and_the_rest_d
         [("transaction-id", b"t" * 500)],
         [("transaction-id", b"tx\nforged-line")],
         [("message-id", b"")],
+        [("message-id", b"ab\x00c")],  # PostgreSQL refuses a NUL in text: not in any column
     ]
     async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
         records = [(b"pv", politie_variant(10 + i), headers) for i, headers in enumerate(bad)]
+        records[-1] = (b"pv\x00" + b"k" * 300, *records[-1][1:])  # and a key no column can hold
         records.append((b"pv", politie_variant(20), [("transaction-id", b"tx-good")]))
         await produce(kafka.bootstrap, api.hub.topic("partner.politie.referral.v1"), records)
 
-        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=4)
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=5)
         assert sorted(r.value for r in dead) == sorted(politie_variant(10 + i) for i in range(len(bad)))
         for record in dead:
             headers = headers_of(record)
