@@ -17,6 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import format_datetime, formataddr
 
+from hub.errors import PermanentError
 from schemas.notification import MailNotification
 
 NOTIFICATION_HEADER = "X-Ketenhub-Notification-Id"
@@ -42,12 +43,41 @@ def message_id_for(notification_id: str, sender: str) -> str:
     return f"<{notification_id}.ketenhub@{domain}>"
 
 
+def _one_line(value: str) -> str:
+    """Whitespace (a line break above all) as single spaces: a header value never starts a new header."""
+    return " ".join(value.split())
+
+
 def _text(name: str, value: str) -> str:
-    """A header value; non-ASCII as RFC 2047 encoded words, folded after the header's name."""
-    # plain ASCII folds between words; a word too long to fold (or any non-ASCII) is encoded, which
-    # folds anywhere
+    """A header value on one logical line; non-ASCII as RFC 2047 encoded words, folded after the
+    header's name. Plain ASCII folds between words; a word too long to fold (or any non-ASCII) is
+    encoded, which folds anywhere."""
+    value = _one_line(value)
     plain = value.isascii() and all(len(word) <= 60 for word in value.split())
     return Header(value, "us-ascii" if plain else _UTF8, header_name=name).encode()
+
+
+def _address(name: str, addr: str) -> tuple[str, str]:
+    """(`Name <addr>`, addr): an ASCII name quoted as needed, another one encoded (and folded); a domain
+    outside ASCII in its IDNA form. A local part outside ASCII needs SMTPUTF8: refused."""
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
+        raise PermanentError("the recipient's address has a local part outside ASCII (needs SMTPUTF8)")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    addr, name = f"{local}@{domain}", _one_line(name)
+    if name.isascii():
+        return formataddr((name, addr)), addr
+    # One encoded word (RFC 2047: at most 75 characters): mail clients disagree on the spaces
+    # between several words in a name. A name too long for one is shortened, word by word.
+    words, shown = name.split(), name
+    while len(_UTF8.header_encode(shown)) > 75:
+        if len(words) > 1:
+            words.pop()
+            shown = " ".join(words) + " …"
+        else:
+            shown = shown[: len(shown) // 2] + "…"
+    return f"{_UTF8.header_encode(shown)} <{addr}>", addr
 
 
 def _part(text: str, subtype: str) -> MIMENonMultipart:
@@ -66,10 +96,10 @@ def build_message(
         msg = MIMEMultipart("alternative", _subparts=[plain, _part(mail.body_html, "html")])
     message_id = message_id_for(mail.notification_id, sender)
     msg["From"] = formataddr((FROM_NAME, sender))
-    msg["To"] = formataddr((to_name, to_addr), charset=_UTF8)
+    msg["To"], recipient = _address(to_name, to_addr)
     msg["Subject"] = _text("Subject", mail.subject)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = message_id
     msg[NOTIFICATION_HEADER] = mail.notification_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies to the hub
-    return OutgoingMail(sender=sender, recipients=[to_addr], data=msg.as_bytes(), message_id=message_id)
+    return OutgoingMail(sender=sender, recipients=[recipient], data=msg.as_bytes(), message_id=message_id)

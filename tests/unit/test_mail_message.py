@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -10,8 +11,10 @@ from email.parser import BytesParser
 import pytest
 
 from connectors.mail.message import NOTIFICATION_HEADER, build_message, message_id_for
+from hub.errors import PermanentError
 from schemas.notification import MailNotification
 
+NOW = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
 SUBJECTS = [
     "Match in de Verwijsindex",
     "Overdracht geweigerd – één heel lange onderwerpregel met tekens als ë, é en – die gecodeerd worden",
@@ -57,3 +60,38 @@ def test_without_html_the_mail_is_plain_text() -> None:
     _, msg = read_back("Match in de Verwijsindex", html=None)
     assert msg.get_content_type() == "text/plain"
     assert msg.get_content() == "Beste Ilse,\nEr is een match (één) op zaak sig-1.\n"
+
+
+@pytest.mark.parametrize("name", ["Jan\r\nBcc: spion@example.org", "Jan\r\nfoo", "Jan\nde\tVries"])
+def test_a_line_break_in_a_name_or_subject_never_starts_a_header(name: str) -> None:
+    mail = MailNotification(
+        recipient_caseworker_id="cw-jan", template="match", subject="Match\r\nBcc: spion@example.org",
+        body_text="Er is een match.", case_reference="sig-1",
+    )  # fmt: skip
+    out = build_message(mail, to_addr="jan@halt.nl", to_name=name, sender="ketenhub@halt.nl", now=NOW)
+    msg = BytesParser(policy=policy.default).parsebytes(out.data)
+    assert msg["Bcc"] is None and out.recipients == ["jan@halt.nl"]
+    assert msg["Subject"] == "Match Bcc: spion@example.org"
+    assert msg["To"].addresses[0].addr_spec == "jan@halt.nl"
+    assert msg["To"].addresses[0].display_name == " ".join(name.split())
+    assert msg[NOTIFICATION_HEADER] == mail.notification_id  # the headers after To are still headers
+
+
+def test_long_names_fold_within_the_limits_and_odd_addresses_are_handled() -> None:
+    mail = MailNotification(
+        recipient_caseworker_id="cw-x", template="match", subject="Match", body_text="x", case_reference="s"
+    )
+    name = "Ëëë " * 50
+    out = build_message(mail, to_addr="x@bücher.de", to_name=name, sender="ketenhub@halt.nl", now=NOW)
+    assert out.recipients == ["x@xn--bcher-kva.de"]
+    assert all(len(line) <= 998 for line in out.data.split(b"\n"))  # RFC 5322 line limit
+    assert all(len(word) <= 75 for word in re.findall(rb"=\?[^ ]*?\?=", out.data))  # RFC 2047
+    msg = BytesParser(policy=policy.default).parsebytes(out.data)
+    shown = msg["To"].addresses[0].display_name
+    assert shown.endswith(" …") and name.startswith(shown.removesuffix(" …"))  # shortened by words
+    short = build_message(mail, to_addr="x@halt.nl", to_name="Ëlsa Öztürk", sender="k@halt.nl", now=NOW)
+    assert BytesParser(policy=policy.default).parsebytes(short.data)["To"].addresses[0].display_name == (
+        "Ëlsa Öztürk"
+    )
+    with pytest.raises(PermanentError, match="SMTPUTF8"):
+        build_message(mail, to_addr="jürgen@halt.nl", to_name="J", sender="ketenhub@halt.nl", now=NOW)
