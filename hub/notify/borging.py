@@ -131,7 +131,7 @@ async def borg(
     }
     await notify_caseworker(
         session, hub, delegate.caseworker_id, "borging", context, tx_id,
-        case_reference=f"borging-{caseworker_id}", user=user,
+        case_reference=f"borging-{caseworker_id}", user=user, day=day,
     )  # fmt: skip
     log.info("borging done", caseworker_id=caseworker_id, to=delegate.caseworker_id, signals=len(moving))
     return result

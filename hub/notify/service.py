@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +36,11 @@ class NoReachableRecipient(PermanentError):
 
 class _HasTopic(Protocol):
     def topic(self, name: str) -> str: ...
+
+
+@runtime_checkable
+class _HasToday(Protocol):
+    def today(self) -> date: ...
 
 
 def mail_topic(hub_or_topic: _HasTopic | str) -> str:
@@ -107,7 +112,8 @@ async def notify_caseworker(
     """
     case_reference = case_reference or str(context.get("case_reference") or "onbekend")
     try:
-        recipient = await mail_recipient(session, caseworker_id, day or today())
+        by_clock = hub.today() if isinstance(hub, _HasToday) else today()
+        recipient = await mail_recipient(session, caseworker_id, day or by_clock)
     except PermanentError as exc:
         reason = f"geen mail verstuurd ({template}): {exc}"
         await record_problem(
