@@ -56,7 +56,8 @@ def hub_settings(
     return Settings(**values)  # type: ignore[arg-type]
 
 
-async def _db_url(store: str, tmp: Path) -> str:
+async def db_url(store: str, tmp: Path) -> str:
+    """A fresh database for a benchmarked hub: a SQLite file in `tmp`, or a new PostgreSQL database."""
     if store == "sqlite":
         tmp.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
@@ -183,6 +184,7 @@ async def main() -> None:
         f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}"
     )
     rows = []
+    intake_rss: float | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if "intake" in args.only:
@@ -191,12 +193,13 @@ async def main() -> None:
                 rows += [_row(raw), _row(raw_sustained)]
                 stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
                 for store in stores:
-                    db = await _db_url(store, Path(tmp) / store)
+                    db = await db_url(store, Path(tmp) / store)
                     total, sustained = await bench_intake(kafka, values, db, store)
                     rows += [_row(total, raw), _row(sustained, raw_sustained)]
                 del values
+                intake_rss = peak_rss_mb()
             if "latency" in args.only:
-                lat_db = await _db_url("sqlite", Path(tmp) / "lat")
+                lat_db = await db_url("sqlite", Path(tmp) / "lat")
                 rows += [_row(r) for r in await bench_latency(kafka, lat_db, args.rate, args.seconds)]
             if "http" in args.only:
                 http = await http_intake(kafka.bootstrap, police_records(args.http_n, seed=5), args.http_rate)
@@ -217,7 +220,10 @@ async def main() -> None:
         kafka.stop()
     print("| run | records | time | rate | vs raw / latency |\n|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"peak RSS of the benchmark process (hub + load generator): {peak_rss_mb():.0f} MB")
+    if intake_rss is not None:
+        print(f"peak RSS of the benchmark process over the intake runs (hub + records): {intake_rss:.0f} MB")
+    everything = peak_rss_mb()
+    print(f"peak RSS of the benchmark process over every part (hubs, load, sinks): {everything:.0f} MB")
 
 
 if __name__ == "__main__":

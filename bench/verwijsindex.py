@@ -57,7 +57,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from sqlalchemy import select, update
 
 from bench.harness import Result, create, peak_rss_mb
-from bench.run import SECRET, _db_url, _row, hub_settings
+from bench.run import SECRET, _row, db_url, hub_settings
 from connectors.verwijsindex.component import register_verwijsindex
 from connectors.verwijsindex.contract import (
     TRANSACTION_HEADER,
@@ -813,7 +813,7 @@ async def bench_connector(
 
 
 async def _drop_db(url: str) -> None:
-    """Drop a PostgreSQL database `_db_url` made (best effort); SQLite files go with the temp dir."""
+    """Drop a PostgreSQL database `db_url` made (best effort); SQLite files go with the temp dir."""
     if not url.startswith("postgresql"):
         return
     import asyncpg
@@ -851,7 +851,7 @@ async def bench_verwijsindex(
         hub_runs: list[list[Result]] = []
         first: Workload | None = None
         for store in stores:
-            url = await _db_url(store, tmp / f"vi-{store}")
+            url = await db_url(store, tmp / f"vi-{store}")
             try:
                 results, found, workload = await bench_connector(kafka, simulator, url, store, n, share)
             finally:
