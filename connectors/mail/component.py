@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connectors.mail.message import build_message, message_id_for
 from connectors.mail.sink import MailSink
 from connectors.mail.smtp import SmtpMailer
-from hub.audit import AuditEntry, write_audit
+from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.clock import today
 from hub.config import SmtpSettings
 from hub.directory import mail_recipient
@@ -32,7 +32,6 @@ from hub.notify.tables import mail_sent
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.runtime import Hub
 from hub.store import Store
-from hub.store.tables import audit_log
 from hub.topics import NOTIFICATION_MAIL
 from schemas.envelope import Envelope, utcnow
 from schemas.notification import MailNotification
@@ -118,26 +117,25 @@ class MailConnector:
                     "sent_at": now,
                 }
             )
+            objects = {
+                "notification_id": mail.notification_id,
+                "template": mail.template,
+                "case_reference": mail.case_reference,
+            }
             audit.append(
-                {
-                    "at": now,
-                    "action": "mail.sent",
-                    "youth_key": None,
-                    "user": SYSTEM,
-                    "on_behalf_of": mail.recipient_caseworker_id,
-                    "system": SYSTEM,
-                    "objects": {
-                        "notification_id": mail.notification_id,
-                        "template": mail.template,
-                        "case_reference": mail.case_reference,
-                    },
-                    "transaction_id": message.transaction_id,
-                    "legal_basis": None,
-                }
+                audit_row(
+                    "mail.sent",
+                    SYSTEM,
+                    at=now,
+                    system=SYSTEM,
+                    transaction_id=message.transaction_id,
+                    on_behalf_of=mail.recipient_caseworker_id,
+                    objects=objects,
+                )
             )
         if sent:
             await session.execute(insert(mail_sent), sent)
-            await session.execute(insert(audit_log), audit)  # rule 18, as write_audit does one by one
+            await write_audits(session, audit)  # rule 18, as write_audit does one by one
 
     async def on_parked(self, session: AsyncSession, message: Envelope, *args: Any) -> None:
         """Keep the last error for the console."""
@@ -209,9 +207,12 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
         )
         connector.ladder = ladder
         deliver_through(
-            hub, NOTIFICATION_MAIL, ladder, group=NAME,
+            hub,
+            NOTIFICATION_MAIL,
+            ladder,
+            group=NAME,
             doc="Send a caseworker's mail over SMTP through the retry ladder, once per notification.",
-        )  # fmt: skip
+        )
 
     return register
 

@@ -8,17 +8,17 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.audit import audit_row, write_audits
 from hub.intake.config import IntakeRules
 from hub.intake.rules import decide
 from hub.intake.tables import referrals
 from hub.logging import get_logger
 from hub.spine.outbox import add_many_to_outbox
 from hub.store import RawJson
-from hub.store.tables import audit_log
 from schemas.envelope import Envelope, new_id, utcnow
 from schemas.pseudonym import youth_key
 from schemas.referral import Decision, Outcome, Referral, Track
@@ -134,25 +134,22 @@ class IntakeService:
                 "referral_id": result.referral_id,
                 "case_reference": referral.case_reference,
             }
-            entry = {  # an audit_log row; the action and objects differ per step
+            who: dict[str, Any] = {
                 "at": now,
-                "youth_key": result.youth_key,
-                "user": origin.user,
-                "on_behalf_of": referral.referrer.organisation,
                 "system": origin.system,
                 "transaction_id": origin.transaction_id,
-                "legal_basis": None,
+                "youth_key": result.youth_key,
+                "on_behalf_of": referral.referrer.organisation,
             }
             if result.duplicate:
-                rows.append(entry | {"action": "referral.duplicate", "objects": objects})
+                rows.append(audit_row("referral.duplicate", origin.user, objects=objects, **who))
                 continue
             reasons = [r.code for r in result.decision.reasons]
-            outcome = result.decision.outcome.value
-            rows.append(entry | {"action": "referral.received", "objects": objects | {"via": origin.channel}})
-            decided = objects | {"outcome": outcome, "reasons": reasons}
-            rows.append(entry | {"action": "referral.decided", "objects": decided})
-        if rows:  # one executemany: what hub.audit.write_audit does, row by row
-            await session.execute(insert(audit_log), rows)
+            received = objects | {"via": origin.channel}
+            decided = objects | {"outcome": result.decision.outcome.value, "reasons": reasons}
+            rows.append(audit_row("referral.received", origin.user, objects=received, **who))
+            rows.append(audit_row("referral.decided", origin.user, objects=decided, **who))
+        await write_audits(session, rows)  # one executemany: what write_audit does, row by row
         await add_many_to_outbox(
             session,
             [

@@ -112,8 +112,8 @@ async def notify_caseworker(
     """
     case_reference = case_reference or str(context.get("case_reference") or "onbekend")
     try:
-        by_clock = hub.today() if isinstance(hub, _HasToday) else today()
-        recipient = await mail_recipient(session, caseworker_id, day or by_clock)
+        day = day or (hub.today() if isinstance(hub, _HasToday) else today())
+        recipient = await mail_recipient(session, caseworker_id, day)
     except PermanentError as exc:
         reason = f"geen mail verstuurd ({template}): {exc}"
         await record_problem(

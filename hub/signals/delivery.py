@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.audit import AuditEntry, write_audit
+from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.signals import commands
 from hub.signals.tables import signals
-from hub.store.tables import audit_log
 from schemas.envelope import Envelope, utcnow
 
 CONNECTOR = "verwijsindex-connector"
@@ -74,24 +73,22 @@ async def on_delivered_many(session: AsyncSession, messages: Sequence[Envelope])
     found = await session.execute(select(signals.c.signal_id, signals.c.youth_key).where(touched))
     keys: dict[str, str] = {row.signal_id: row.youth_key for row in found}
     rows = [
-        {
-            "at": now,
-            "action": f"verwijsindex.{m.type}",
-            "youth_key": keys.get(signal_ids[m.message_id]),
-            "user": CONNECTOR,
-            "on_behalf_of": None,
-            "system": CONNECTOR,
-            "objects": {
+        audit_row(
+            f"verwijsindex.{m.type}",
+            CONNECTOR,
+            at=now,
+            system=CONNECTOR,
+            transaction_id=m.transaction_id,
+            youth_key=keys.get(signal_ids[m.message_id]),
+            objects={
                 "signal_id": signal_ids[m.message_id] or None,
                 "message_id": m.message_id,
                 "partner": "verwijsindex",
             },
-            "transaction_id": m.transaction_id,
-            "legal_basis": None,
-        }
+        )
         for m in messages
     ]
-    await session.execute(insert(audit_log), rows)  # rule 18, as write_audit does one by one
+    await write_audits(session, rows)  # rule 18, as write_audit does one by one
 
 
 async def on_parked(
