@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -33,9 +34,18 @@ def test_redaction_leaves_ids_and_dates_alone() -> None:
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
     from hub.logging import setup_logging
 
-    setup_logging("INFO", json=True)
-    structlog.get_logger("t").info("registering", bsn=BSN)
-    err = capsys.readouterr().err
+    # setup_logging points both loggers at this test's captured stderr, which pytest closes after
+    # it: put the configuration back, or later tests in this process log into a closed file
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", json=True)
+        structlog.get_logger("t").info("registering", bsn=BSN)
+        err = capsys.readouterr().err
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert "registering" in err and BSN not in err
 
 
