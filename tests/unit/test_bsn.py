@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,3 +100,16 @@ def test_changing_one_digit_of_a_valid_bsn_breaks_it(seed: int, position: int) -
         return
     changed = digits[:position] + str((int(digits[position]) + 1) % 10) + digits[position + 1 :]
     assert not is_valid_bsn(changed)
+
+
+def test_nine_digits_inside_an_id_are_not_a_bsn_but_beside_it_they_are() -> None:
+    handover = "0f0e0d0c-1111-4222-8333-a111222333bc"  # its last group holds 111222333, a valid BSN
+    assert is_valid_bsn("111222333")
+    assert not contains_bsn(f"Overdracht {handover} (verwijzing {handover}): wacht op toestemming")
+    assert contains_bsn(f"Overdracht {handover} van 111222333")
+
+
+@settings(max_examples=500)
+@given(st.uuids(version=4))
+def test_no_uuid_looks_like_a_bsn(value: uuid.UUID) -> None:
+    assert not contains_bsn(f"Overdracht {value} (verwijzing {value}) naar jongerenwerk-west")
