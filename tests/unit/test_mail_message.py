@@ -9,6 +9,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.mail.message import NOTIFICATION_HEADER, build_message, message_id_for
 from hub.errors import PermanentError
@@ -95,3 +97,30 @@ def test_long_names_fold_within_the_limits_and_odd_addresses_are_handled() -> No
     )
     with pytest.raises(PermanentError, match="SMTPUTF8"):
         build_message(mail, to_addr="jürgen@halt.nl", to_name="J", sender="ketenhub@halt.nl", now=NOW)
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_TEXT.filter(str.split), name=_TEXT, text=_TEXT, html=st.none() | _TEXT)
+def test_any_subject_name_and_bodies_read_back_as_sent(
+    subject: str, name: str, text: str, html: str | None
+) -> None:
+    mail = MailNotification(
+        recipient_caseworker_id="cw-x", template="match", subject=subject, body_text=text,
+        body_html=html, case_reference="sig-1",
+    )  # fmt: skip
+    out = build_message(mail, to_addr="x@halt.nl", to_name=name, sender="ketenhub@halt.nl", now=NOW)
+    assert out.data.isascii() and all(len(line) <= 998 for line in out.data.split(b"\n"))
+    msg = BytesParser(policy=policy.default).parsebytes(out.data)
+    assert not msg.defects
+    assert msg["Subject"] == " ".join(subject.split())
+    assert msg["To"].addresses[0].addr_spec == "x@halt.nl"
+    shown = msg["To"].addresses[0].display_name
+    assert shown == " ".join(name.split()) or shown.endswith("…")
+    lines = {"plain": text, "html": html}
+    for subtype in ("plain", "html") if html else ("plain",):
+        part = msg.get_body((subtype,))
+        assert part is not None and not part.defects
+        assert part.get_content() == lines[subtype].replace("\r\n", "\n").replace("\r", "\n")
