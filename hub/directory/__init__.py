@@ -5,7 +5,15 @@ from hub.directory.service import (
     get_caseworker,
     list_caseworkers,
     mail_recipient,
+    mail_recipients,
     upsert_caseworker,
 )
 
-__all__ = ["CaseworkerNotFound", "get_caseworker", "list_caseworkers", "mail_recipient", "upsert_caseworker"]
+__all__ = [
+    "CaseworkerNotFound",
+    "get_caseworker",
+    "list_caseworkers",
+    "mail_recipient",
+    "mail_recipients",
+    "upsert_caseworker",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 from sqlalchemy import delete, insert, select, update
@@ -18,37 +19,17 @@ class CaseworkerNotFound(PermanentError):
 
 async def get_caseworker(session: AsyncSession, caseworker_id: str) -> Caseworker:
     """One caseworker with their absences; CaseworkerNotFound when unknown."""
-    row = (
-        await session.execute(select(caseworkers).where(caseworkers.c.caseworker_id == caseworker_id))
-    ).first()
-    if row is None:
-        raise CaseworkerNotFound(f"caseworker {caseworker_id!r} is not in the directory")
-    spans = (
-        await session.execute(
-            select(absences.c.start, absences.c.end)
-            .where(absences.c.caseworker_id == caseworker_id)
-            .order_by(absences.c.start)
-        )
-    ).all()
-    return Caseworker(
-        caseworker_id=row.caseworker_id,
-        name=row.name,
-        email=row.email,
-        phone=row.phone,
-        team=row.team,
-        meldingsbevoegd=row.meldingsbevoegd,
-        delegate_id=row.delegate_id,
-        active=row.active,
-        absences=[Absence(start=s.start, end=s.end) for s in spans],
-    )
+    found = (await _load(session, {caseworker_id}))[caseworker_id]
+    if found is None:
+        raise _not_found(caseworker_id)
+    return found
 
 
 async def list_caseworkers(session: AsyncSession) -> list[Caseworker]:
     """Everyone in the directory, by id."""
-    ids = (
-        await session.execute(select(caseworkers.c.caseworker_id).order_by(caseworkers.c.caseworker_id))
-    ).scalars()
-    return [await get_caseworker(session, i) for i in list(ids)]
+    ids = set((await session.execute(select(caseworkers.c.caseworker_id))).scalars())
+    loaded = await _load(session, ids)
+    return [person for _, person in sorted(loaded.items()) if person is not None]
 
 
 async def upsert_caseworker(session: AsyncSession, cw: Caseworker) -> None:
@@ -79,11 +60,85 @@ async def mail_recipient(session: AsyncSession, caseworker_id: str, day: date) -
     Follows a chain of delegates (an absent delegate's own delegate); raises PermanentError when
     nobody reachable is left, so the notice is dead-lettered and shown, never silently dropped.
     """
+    found = (await mail_recipients(session, [caseworker_id], day))[caseworker_id]
+    if isinstance(found, PermanentError):
+        raise found
+    return found
+
+
+async def mail_recipients(
+    session: AsyncSession, caseworker_ids: Iterable[str], day: date
+) -> dict[str, Caseworker | PermanentError]:
+    """`mail_recipient` for many caseworkers at once, in two statements per link of the longest
+    delegate chain: for each id its reader on `day`, or the PermanentError `mail_recipient` raises."""
+    ids = list(dict.fromkeys(caseworker_ids))
+    people: dict[str, Caseworker | None] = {}
+    found: dict[str, Caseworker | PermanentError] = {}
+    pending = set(ids)
+    while pending:  # each round loads ids not loaded before (unknown ones as None), so it ends
+        people |= await _load(session, pending)
+        pending = set()
+        for caseworker_id in ids:
+            try:
+                found[caseworker_id] = _reader(caseworker_id, people, day)
+            except _NotLoaded as missing:
+                pending.add(missing.caseworker_id)
+            except PermanentError as exc:
+                found[caseworker_id] = exc
+    return found
+
+
+def _not_found(caseworker_id: str) -> CaseworkerNotFound:
+    return CaseworkerNotFound(f"caseworker {caseworker_id!r} is not in the directory")
+
+
+class _NotLoaded(Exception):
+    def __init__(self, caseworker_id: str) -> None:
+        self.caseworker_id = caseworker_id
+
+
+def _reader(caseworker_id: str, people: dict[str, Caseworker | None], day: date) -> Caseworker:
+    """Follow the delegates from `caseworker_id` to whoever is active and present on `day`."""
+
+    def get(cid: str) -> Caseworker:
+        if cid not in people:
+            raise _NotLoaded(cid)
+        person = people[cid]
+        if person is None:
+            raise _not_found(cid)
+        return person
+
     seen: set[str] = set()
-    current = await get_caseworker(session, caseworker_id)
+    current = get(caseworker_id)
     while not current.active or current.is_absent_on(day):
         seen.add(current.caseworker_id)
         if current.delegate_id is None or current.delegate_id in seen:
             raise PermanentError(f"caseworker {caseworker_id!r} is away and has no reachable delegate")
-        current = await get_caseworker(session, current.delegate_id)
+        current = get(current.delegate_id)
     return current
+
+
+async def _load(session: AsyncSession, caseworker_ids: set[str]) -> dict[str, Caseworker | None]:
+    """These caseworkers with their absences; None for an id not in the directory."""
+    loaded: dict[str, Caseworker | None] = dict.fromkeys(caseworker_ids)
+    ordered = sorted(caseworker_ids)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        spans: dict[str, list[Absence]] = {}
+        q = select(absences).where(absences.c.caseworker_id.in_(chunk)).order_by(absences.c.start)
+        for span in (await session.execute(q)).all():
+            spans.setdefault(span.caseworker_id, []).append(Absence(start=span.start, end=span.end))
+        rows = await session.execute(select(caseworkers).where(caseworkers.c.caseworker_id.in_(chunk)))
+        for row in rows.all():
+            loaded[row.caseworker_id] = Caseworker(
+                caseworker_id=row.caseworker_id,
+                name=row.name,
+                email=row.email,
+                phone=row.phone,
+                team=row.team,
+                meldingsbevoegd=row.meldingsbevoegd,
+                delegate_id=row.delegate_id,
+                active=row.active,
+                absences=spans.get(row.caseworker_id, []),
+            )
+    return loaded

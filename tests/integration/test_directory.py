@@ -6,7 +6,13 @@ from datetime import date
 
 import pytest
 
-from hub.directory import CaseworkerNotFound, get_caseworker, mail_recipient, upsert_caseworker
+from hub.directory import (
+    CaseworkerNotFound,
+    get_caseworker,
+    mail_recipient,
+    mail_recipients,
+    upsert_caseworker,
+)
 from hub.errors import PermanentError
 from hub.store import Store
 from schemas.caseworker import Absence, Caseworker
@@ -56,3 +62,34 @@ async def test_mail_goes_to_the_delegate_while_away_and_chains(store: Store) -> 
             await mail_recipient(s, "alone", DAY)
         with pytest.raises(CaseworkerNotFound):
             await get_caseworker(s, "nobody")
+
+
+async def test_many_recipients_at_once_agree_with_one_at_a_time(store: Store) -> None:
+    async with store.transaction() as s:
+        for cw in (
+            _cw("a", delegate="b", away=True),
+            _cw("b", delegate="c", away=True),
+            _cw("c"),
+            _cw("loop1", delegate="loop2", away=True),
+            _cw("loop2", delegate="loop1", away=True),
+            _cw("lost", delegate="nobody", away=True),
+            _cw("alone", away=True),
+            _cw("here", delegate="a"),
+        ):
+            await upsert_caseworker(s, cw)
+    ids = ["a", "b", "c", "loop1", "lost", "alone", "here", "nobody", "a"]
+    async with store.read() as s:
+        many = await mail_recipients(s, ids, DAY)
+        assert set(many) == set(ids)
+        for cid in ids:
+            try:
+                one: Caseworker | PermanentError = await mail_recipient(s, cid, DAY)
+            except PermanentError as exc:
+                one = exc
+            got = many[cid]
+            if isinstance(one, PermanentError):
+                assert type(got) is type(one) and str(got) == str(one)
+            else:
+                assert got == one
+    assert {cid for cid, got in many.items() if isinstance(got, Caseworker)} == {"a", "b", "c", "here"}
+    assert isinstance(many["lost"], CaseworkerNotFound) and "'nobody'" in str(many["lost"])
