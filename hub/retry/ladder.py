@@ -59,6 +59,9 @@ class Delivery:
     # SQLite a round's outcomes share one transaction; on PostgreSQL each delivery is recorded in its
     # own, under the row lock that keeps other hub processes off it, with on_delivered.
     on_delivered_many: Hook | None = None
+    # (messages): look up at once what a round's deliveries will need (one query where `deliver`
+    # would make one per message); `deliver` must still work, by its own lookups, without it.
+    prepare: Callable[[Sequence[Envelope]], Awaitable[None]] | None = None
 
     async def delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
         """Record every delivered message of a round: the batch hook, or the single one for each."""
@@ -277,15 +280,22 @@ class RetryLadder:
             seqs = list((await conn.execute(self._due_heads(self.clock(), limit))).scalars())
             if not seqs:
                 return 0
-            if self.store.dialect == "postgresql":
-                rows = None
-            else:
-                rows = (await conn.execute(select(parked).where(parked.c.seq.in_(seqs)))).all()
-        if rows is None:
-            await asyncio.gather(*(self._retry_locked(seq) for seq in seqs))
+            rows = (await conn.execute(select(parked).where(parked.c.seq.in_(seqs)))).all()
+        await self._prepare(rows)
+        if self.store.dialect == "postgresql":
+            await asyncio.gather(*(self._retry_locked(row.seq) for row in rows))
         else:
             await self._retry_unlocked(rows)
-        return len(seqs)
+        return len(rows)
+
+    async def _prepare(self, rows: Sequence[Any]) -> None:
+        """The connector's lookups for the round at once; when they fail, each delivery does its own."""
+        if self.delivery.prepare is None:
+            return
+        try:
+            await self.delivery.prepare([Envelope.from_bytes(row.value) for row in rows])
+        except Exception as exc:
+            log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 
     async def _retry_locked(self, seq: int) -> None:
         """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
