@@ -1,4 +1,4 @@
-"""The Verwijsindex connector against the simulator, beside a raw aiokafka + httpx baseline, in one run.
+"""The Verwijsindex connector against the simulator, beside a raw aiokafka + aiohttp baseline, in one run.
 
 python -m bench.verwijsindex [--n 5000] [--follow-up 0.3] [--store sqlite|postgresql|both]
                              [--simulator process|thread] [--shipped-state]
@@ -18,8 +18,9 @@ not hidden (a repeated registration must be answered 200, not 201). A missing, f
 out-of-order call raises DeliveryError.
 
 The baseline: a plain aiokafka consumer in a group on the copy topic, mapping each record with
-plain dicts and calling the same simulator over httpx (keep-alive), one call after another per
-partition (per-key order), the partitions at once, committing offsets after the calls. The
+plain dicts and calling the same simulator over aiohttp (the connector's client library, keep-alive),
+one call after another per partition (per-key order), the partitions at once, committing offsets
+after the calls. The
 simulator is reset between the runs, so each run registers the same signals afresh.
 
 The simulator is a SimulatorServer (uvicorn, real HTTP) in a process of its own (the default: the
@@ -52,7 +53,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-import httpx
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from sqlalchemy import select, update
 
@@ -620,10 +621,9 @@ class RawDelivery:
 
     async def start(self) -> None:
         """Begin delivering in the background."""
-        self.http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=5.0,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=20, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=5.0),
         )
         self.consumer = AIOKafkaConsumer(
             self.topic,
@@ -653,11 +653,12 @@ class RawDelivery:
     async def _deliver(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         for record in records:
             method, path, body, params, tx = raw_request(record.value)
-            answer = await self.http.request(
-                method, path, json=body, params=params, headers={TRANSACTION_HEADER: tx}
-            )
-            if answer.status_code >= 300:
-                raise RuntimeError(f"{method} answered HTTP {answer.status_code}")
+            async with self.http.request(
+                method, self.url + path, json=body, params=params, headers={TRANSACTION_HEADER: tx}
+            ) as answer:
+                await answer.read()
+            if answer.status >= 300:
+                raise RuntimeError(f"{method} answered HTTP {answer.status}")
 
     async def stop(self) -> None:
         """Finish the batch in hand (its calls and commit), then stop."""
@@ -667,7 +668,7 @@ class RawDelivery:
                 await asyncio.wait_for(self.task, 10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.consumer.stop(), 5)
-        await self.http.aclose()
+        await self.http.close()
 
 
 # -- checking what arrived ---------------------------------------------------------------------
@@ -781,7 +782,7 @@ async def bench_raw(
     found = verify(workload, simulator.calls(), simulator.signals())
     found.cpu_s = c1 - c0
     found.simulator_cpu_s = s1 - s0 if s0 is not None and s1 is not None else None
-    return _results("raw aiokafka + httpx, per partition in order", workload, t1 - t0, found), found
+    return _results("raw aiokafka + aiohttp, per partition in order", workload, t1 - t0, found), found
 
 
 async def bench_connector(

@@ -2,7 +2,7 @@
 
 Import the client from `connectors.verwijsindex.client` and the simulator from
 `connectors.verwijsindex.simulator`; this package re-exports only the contract models, so that
-importing it pulls in neither httpx nor FastAPI.
+importing it pulls in neither aiohttp nor FastAPI.
 """
 
 from connectors.verwijsindex.contract import (

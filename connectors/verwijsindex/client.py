@@ -1,16 +1,23 @@
-"""HTTP client of the Verwijsindex contract; maps every failure to a transient or permanent error."""
+"""HTTP client of the Verwijsindex contract; maps every failure to a transient or permanent error.
+
+aiohttp, not httpx: every signal is a call, and httpx cost ten times the CPU per request here
+(about 2.5 ms against 0.2 ms with 16 calls side by side; `bench/README.md`), which bounded the
+connector's throughput.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from connectors.verwijsindex.contract import (
@@ -53,9 +60,19 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _DIGITS.sub("[…]", text)[:_MAX_REASON]
 
 
-def _reason(response: httpx.Response) -> str:
+@dataclass(frozen=True)
+class Answer:
+    """What the index answered: status, reason phrase, headers and the body, read in full."""
+
+    status_code: int
+    reason_phrase: str
+    headers: Mapping[str, str]
+    content: bytes
+
+
+def _reason(response: Answer) -> str:
     try:
-        body: Any = response.json()
+        body: Any = json.loads(response.content)
     except ValueError:
         return response.reason_phrase or "no reason given"
     if not isinstance(body, dict):
@@ -68,24 +85,21 @@ def _reason(response: httpx.Response) -> str:
 
 
 class VerwijsindexClient:
-    """One pooled `httpx.AsyncClient` per index; no retries here, the hub's retry ladder wraps it."""
+    """One pooled aiohttp session per index; no retries here, the hub's retry ladder wraps it."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | httpx.Timeout = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        organisatie: str | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 5.0, organisatie: str | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._organisatie = organisatie
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            transport=transport,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
-            follow_redirects=False,
-        )
+        self._http: aiohttp.ClientSession | None = None  # opened on the first call, in its event loop
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=20, keepalive_timeout=30),
+                timeout=self._timeout,
+            )
+        return self._http
 
     async def __aenter__(self) -> VerwijsindexClient:
         return self
@@ -97,14 +111,16 @@ class VerwijsindexClient:
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def register(self, signal_id: str, body: SignaalRegistratie, transaction_id: str) -> Signaal:
         """PUT the signal; a repeat with the same body is a success too (idempotent)."""
         youth = body.jeugdige
         secrets = (youth.bsn, youth.voornamen, youth.geslachtsnaam, *youth.voornamen.split())
         response = await self._call(
-            "PUT", f"/api/v1/signalen/{signal_id}", transaction_id, json=body.model_dump(mode="json"),
+            "PUT", f"/api/v1/signalen/{signal_id}", transaction_id, body=body.model_dump_json().encode(),
             op="register", secrets=secrets,
         )  # fmt: skip
         return self._parse(response, Signaal, "register")
@@ -122,9 +138,9 @@ class VerwijsindexClient:
 
     async def change_contact(self, signal_id: str, contact: Contactpersoon, transaction_id: str) -> Signaal:
         """PATCH the contact person (idempotent)."""
-        body = ContactWijziging(contactpersoon=contact).model_dump(mode="json")
+        body = ContactWijziging(contactpersoon=contact).model_dump_json().encode()
         response = await self._call(
-            "PATCH", f"/api/v1/signalen/{signal_id}", transaction_id, json=body, op="change_contact"
+            "PATCH", f"/api/v1/signalen/{signal_id}", transaction_id, body=body, op="change_contact"
         )
         return self._parse(response, Signaal, "change_contact")
 
@@ -160,16 +176,21 @@ class VerwijsindexClient:
         *,
         op: str,
         secrets: Iterable[str] = (),
-        json: Any = None,
+        body: bytes | None = None,
         params: dict[str, str | int] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         headers = {TRANSACTION_HEADER: transaction_id}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         where = f"verwijsindex {op}"
         try:
-            response = await self._http.request(method, url, headers=headers, json=json, params=params)
-        except httpx.TimeoutException as exc:
+            async with self._session().request(
+                method, self._base + url, headers=headers, data=body, params=params, allow_redirects=False
+            ) as raw:
+                response = Answer(raw.status, raw.reason or "", raw.headers, await raw.read())
+        except TimeoutError as exc:
             raise TransientError(f"{where}: timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise TransientError(f"{where}: connection failed ({type(exc).__name__})") from exc
         code = response.status_code
         if code < 300:
@@ -181,7 +202,7 @@ class VerwijsindexClient:
         raise PermanentError(f"{where}: HTTP {code}: {reason}")
 
     @staticmethod
-    def _parse(response: httpx.Response, model: type[M], op: str) -> M:
+    def _parse(response: Answer, model: type[M], op: str) -> M:
         try:
             return model.model_validate_json(response.content)
         except ValidationError:

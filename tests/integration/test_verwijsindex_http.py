@@ -6,9 +6,12 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from connectors.verwijsindex.client import VerwijsindexClient, parse_retry_after, redact
 from connectors.verwijsindex.contract import (
@@ -23,6 +26,7 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
 from hub.errors import PermanentError, TransientError
+from tests.helpers.http import serving
 
 pytestmark = pytest.mark.integration
 
@@ -168,12 +172,23 @@ async def test_connection_refused_is_transient() -> None:
         assert not await client.ping()
 
 
-async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
-    def vendor(request: httpx.Request) -> httpx.Response:
-        detail = f"jeugdige Sanne de Vries ({BSN}) is al bekend"
-        return httpx.Response(422, json={"titel": "Unprocessable", "detail": detail, "fouten": []})
+def vendor_answering(status: int, **body: Any) -> FastAPI:
+    """A vendor that answers every call with `status` (and `body` as JSON, or plain text)."""
+    app = FastAPI()
 
-    async with VerwijsindexClient("http://vendor", transport=httpx.MockTransport(vendor)) as client:
+    @app.api_route("/{path:path}", methods=["GET", "PUT", "PATCH", "DELETE"])
+    async def answer(path: str) -> Response:
+        if body:
+            return JSONResponse(body, status_code=status)
+        return PlainTextResponse("nope", status_code=status)
+
+    return app
+
+
+async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
+    detail = f"jeugdige Sanne de Vries ({BSN}) is al bekend"
+    vendor = vendor_answering(422, titel="Unprocessable", detail=detail, fouten=[])
+    async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(PermanentError) as caught:
             await client.register("sig-1", registration(), "tx")
     message = str(caught.value)
@@ -185,9 +200,11 @@ async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
     ("status", "kind"), [(408, TransientError), (500, TransientError), (400, PermanentError)]
 )
 async def test_status_codes_map_to_error_kinds(status: int, kind: type[Exception]) -> None:
-    transport = httpx.MockTransport(lambda _: httpx.Response(status, text="nope"))
-    async with VerwijsindexClient("http://vendor", transport=transport) as client:
-        with pytest.raises(kind):
+    async with (
+        serving(vendor_answering(status)) as port,
+        VerwijsindexClient(f"http://127.0.0.1:{port}") as client,
+    ):
+        with pytest.raises(kind, match=f"verwijsindex get: HTTP {status}"):
             await client.get("sig-1", "tx")
 
 
