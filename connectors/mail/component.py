@@ -231,6 +231,7 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
             hub,
             NOTIFICATION_MAIL,
             name=NAME,
+            group=NAME,
             partner="smtp",
             delivery=Delivery(
                 deliver=connector.deliver,
@@ -247,7 +248,6 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
             hub,
             NOTIFICATION_MAIL,
             ladder,
-            group=NAME,
             doc="Send a caseworker's mail over SMTP through the retry ladder, once per notification.",
         )
 

@@ -77,6 +77,7 @@ def register_receivers(hub: Hub) -> None:
         hub,
         HANDOVER_DISPATCH,
         name=LADDER,
+        group="receivers",
         partner="receivers",
         delivery=Delivery(
             deliver=webhook.deliver, on_delivered=webhook.on_delivered, on_dead=webhook.on_dead
@@ -86,7 +87,7 @@ def register_receivers(hub: Hub) -> None:
 
     @hub.spine.subscribe(
         hub.topic(HANDOVER_DISPATCH.name),
-        group=hub.group("receivers"),
+        group=ladder.group,
         dlq=hub.topic(HANDOVER_DISPATCH.dlq),
         title="receivers:dispatch",
     )

@@ -106,6 +106,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             hub,
             VERWIJSINDEX_SIGNAL,
             name=NAME,
+            group=NAME,
             partner=NAME,
             delivery=Delivery(
                 deliver=connector.deliver,
@@ -129,7 +130,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
         hub.background["verwijsindex-matches"] = feed.run
 
         deliver_through(
-            hub, VERWIJSINDEX_SIGNAL, ladder, group=NAME,
+            hub, VERWIJSINDEX_SIGNAL, ladder,
             doc="Deliver a signal command to the Verwijsindex, in order per youth, through the retry ladder.",
         )  # fmt: skip
 

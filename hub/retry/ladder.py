@@ -87,10 +87,13 @@ class RetryLadder:
         partner: str,
         delivery: Delivery,
         policy: RetryPolicy | None = None,
+        group: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         concurrency: int = 16,
     ) -> None:
         self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
+        # The consumer group whose inbox took the message in: a replayed dead letter must clear it.
+        self.group = group or name
         self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
         self.delivery, self.policy, self.clock = delivery, policy or RetryPolicy(), clock
         self._wake = asyncio.Event()
@@ -248,7 +251,7 @@ class RetryLadder:
             topic=self.topic,
             partition=int(origin.get("original-partition", -1)),
             offset=int(origin.get("original-offset", -1)),
-            group=self.name,
+            group=self.group,
             exc=exc,
             attempts=attempts,
             first_failure=first_failure,

@@ -18,9 +18,20 @@ if TYPE_CHECKING:
 
 
 def ladder_on(
-    hub: Hub, topic: Topic, *, name: str, partner: str, delivery: Delivery, policy: RetryPolicy | None
+    hub: Hub,
+    topic: Topic,
+    *,
+    name: str,
+    group: str,
+    partner: str,
+    delivery: Delivery,
+    policy: RetryPolicy | None,
 ) -> RetryLadder:
-    """A ladder for `topic` (its retry and DLQ topics beside it), its scheduler run by the hub."""
+    """A ladder for `topic` (its retry and DLQ topics beside it), its scheduler run by the hub.
+
+    `group` is the consumer group that takes `topic`'s records in (`deliver_through` subscribes it);
+    the ladder's dead letters name it, so a replay lets that group process the message id again.
+    """
     assert hub.store is not None
     ladder = RetryLadder(
         hub.store,
@@ -32,12 +43,13 @@ def ladder_on(
         partner=partner,
         delivery=delivery,
         policy=policy,
+        group=hub.group(group),
     )
     hub.background[f"{name}-retry"] = ladder.run
     return ladder
 
 
-def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, group: str, doc: str) -> None:
+def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, doc: str) -> None:
     """Consume `topic` and hand every message to the ladder, in order per record key (the youth)."""
     assert hub.spine is not None
 
@@ -52,5 +64,5 @@ def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, group: str, 
 
     deliver.__doc__ = doc
     hub.spine.subscribe(
-        hub.topic(topic.name), group=hub.group(group), dlq=hub.topic(topic.dlq), batch=deliver_many
+        hub.topic(topic.name), group=ladder.group, dlq=hub.topic(topic.dlq), batch=deliver_many
     )(deliver)

@@ -17,6 +17,7 @@ from connectors.verwijsindex.contract import SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
+from hub.ops.dlq import DeadLetters, ReplayJob
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
 from hub.signals import request_withdrawal, store_signal
@@ -286,3 +287,41 @@ async def test_matches_arrive_once_also_across_a_restart(
         assert record.key == youth_key(TEST_SECRET, s.youth.bsn).encode()
         assert headers_of(record)["transaction-id"] == message.transaction_id
         assert s.youth.bsn not in record.value.decode() and "Jansen" not in record.value.decode()
+
+
+async def test_a_dead_lettered_command_replayed_is_delivered_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, error_rate=1.0)  # 503 on every call, past the ladder's last rung
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=300_000_000)[0])
+        await register(hub, signal)
+        dlq_topic = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        dead = await read_topic(kafka.bootstrap, dlq_topic, expect=1, timeout_s=30)
+        assert len(dead) == 1
+        # the group that took the command in, whose inbox holds its message id
+        assert headers_of(dead[0])["dlq-consumer-group"] == hub.group("verwijsindex")
+        assert (await rows(hub))[signal.signal_id].delivery_state == "dead_lettered"
+
+        await set_faults(admin, error_rate=0.0)  # the index is back
+        letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
+        found = await letters.find()
+        assert [d.id for d in found] == [f"{dlq_topic}:{dead[0].partition}:{dead[0].offset}"]
+        job = letters.start_replay(found, "olaf")
+        await wait_for(lambda: _is_done(job), timeout_s=10)
+        assert (job.done, job.skipped, job.failed) == (1, 0, 0)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+
+        puts = [c for c in await calls(admin) if c["path"] == SIGNAL + signal.signal_id]
+        assert [c["status"] for c in puts][-1] == 201
+        assert sum(c["status"] == 201 for c in puts) == 1  # registered once, by the replay
+        assert simulator.state.get(signal.signal_id) is not None
+        assert len(await read_topic(kafka.bootstrap, dlq_topic, expect=2, timeout_s=1)) == 1  # not again
+    finally:
+        await hub.stop()
+
+
+async def _is_done(job: ReplayJob) -> bool:
+    return job.state == "done"
