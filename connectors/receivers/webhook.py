@@ -8,6 +8,7 @@ import hmac
 import httpx
 
 from hub.errors import PermanentError, TransientError
+from hub.retry.policy import parse_retry_after
 from schemas.envelope import Envelope
 
 SIGNATURE_HEADER = "X-Ketenhub-Signature"
@@ -22,11 +23,6 @@ def sign(secret: str, body: bytes) -> str:
 def verify(secret: str, body: bytes, header: str | None) -> bool:
     """What a receiver does: constant-time compare of the header with its own signature."""
     return header is not None and hmac.compare_digest(sign(secret, body), header)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.replace(".", "", 1).isdigit() else None
 
 
 async def post_signed(client: httpx.AsyncClient, url: str, secret: str, message: Envelope) -> None:
@@ -49,5 +45,6 @@ async def post_signed(client: httpx.AsyncClient, url: str, secret: str, message:
     if 200 <= status < 300:
         return
     if status in (408, 429) or status >= 500:
-        raise TransientError(f"receiver webhook answered {status}", retry_after=_retry_after(response))
+        wait = parse_retry_after(response.headers.get("retry-after"))
+        raise TransientError(f"receiver webhook answered {status}", retry_after=wait)
     raise PermanentError(f"receiver webhook refused the handover ({status})")

@@ -12,8 +12,6 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,26 +29,11 @@ from connectors.verwijsindex.contract import (
     SignaalRegistratie,
 )
 from hub.errors import PermanentError, TransientError
+from hub.retry.policy import parse_retry_after
 
 M = TypeVar("M", bound=BaseModel)
 _DIGITS = re.compile(r"\d{8,}")  # BSN-like numbers never leave in an error message
 _MAX_REASON = 300
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date; None if absent or bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,27 @@ def next_due(
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.max_retry_after_s))
     return now + timedelta(seconds=delay)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a partner's Retry-After: delay-seconds or an HTTP-date; None if absent or bad.
+
+    Every connector reads the header with this one function, so a partner that answers with a date
+    (as RFC 9110 allows) is honoured everywhere, not taken for "no wait".
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)  # delay-seconds; a decimal is read too, leniently
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

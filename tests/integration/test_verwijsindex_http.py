@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.verwijsindex.client import VerwijsindexClient, parse_retry_after, redact
+from connectors.verwijsindex.client import VerwijsindexClient, redact
 from connectors.verwijsindex.contract import (
     Contactpersoon,
     Geslacht,
@@ -208,11 +208,5 @@ async def test_status_codes_map_to_error_kinds(status: int, kind: type[Exception
             await client.get("sig-1", "tx")
 
 
-def test_retry_after_parsing() -> None:
-    now = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
-    assert parse_retry_after("120", now) == 120
-    assert parse_retry_after("Thu, 15 Jan 2026 12:00:30 GMT", now) == 30
-    assert parse_retry_after("Thu, 15 Jan 2026 11:00:00 GMT", now) == 0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
+def test_redaction() -> None:
     assert redact("BSN 999990044 van Sanne", ["Sanne"]) == "BSN […] van […]"

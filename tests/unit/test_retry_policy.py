@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from hub.retry import RetryPolicy, next_due
+from hub.retry import RetryPolicy, next_due, parse_retry_after
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -36,3 +36,13 @@ def test_retry_after_wins_when_longer_and_is_capped() -> None:
 def test_in_place_backoff_is_exponential_and_capped() -> None:
     policy = RetryPolicy(in_place_wait_s=0.1, in_place_max_wait_s=0.3)
     assert [policy.in_place_delay(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    now = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after(" 1.5 ", now) == 1.5
+    assert parse_retry_after("Thu, 15 Jan 2026 12:00:30 GMT", now) == 30
+    assert parse_retry_after("Thu, 15 Jan 2026 11:00:00 GMT", now) == 0  # already past: no wait
+    for bad in ("soon", "-3", "nan", "inf", "", None):
+        assert parse_retry_after(bad, now) is None, bad
