@@ -1,11 +1,22 @@
-"""Calendar arithmetic the rules share: completed years of age."""
+"""Calendar arithmetic the rules share: completed years of age, and the birthday they turn on.
+
+One convention everywhere: someone born on 29 February turns a year older on 1 March in other years.
+"""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 
 def age_on(birth_date: date, day: date) -> int:
     """Completed years on `day`; someone born on 29 February turns older on 1 March in other years."""
     before_birthday = (day.month, day.day) < (birth_date.month, birth_date.day)
     return day.year - birth_date.year - int(before_birthday)
+
+
+def birthday(birth_date: date, age: int) -> date:
+    """The day someone turns `age`: the first day on which `age_on` gives `age` (29 Feb → 1 March)."""
+    try:
+        return birth_date.replace(year=birth_date.year + age)
+    except ValueError:  # 29 February in a year without it
+        return date(birth_date.year + age, 2, 28) + timedelta(days=1)

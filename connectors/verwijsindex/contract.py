@@ -13,6 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.bsn import Bsn
+from schemas.dates import age_on, birthday
 
 TRANSACTION_HEADER = "Fsc-Transaction-Id"
 MAX_YEARS = 2  # rule 12: at most created + 2 years
@@ -36,7 +37,7 @@ def add_years(day: date, years: int) -> date:
 
 def max_einddatum(aangemaakt: date, geboortedatum: date) -> date:
     """Rule 12: the latest allowed end date, created + 2 years and at most the 23rd birthday."""
-    return min(add_years(aangemaakt, MAX_YEARS), add_years(geboortedatum, MAX_AGE))
+    return min(add_years(aangemaakt, MAX_YEARS), birthday(geboortedatum, MAX_AGE))
 
 
 def default_einddatum(aangemaakt: date, geboortedatum: date, years: int = 1) -> date:
@@ -128,7 +129,7 @@ class SignaalRegistratie(_Strict):
         geboren = self.jeugdige.geboortedatum
         if geboren > self.aangemaakt:
             raise ValueError("geboortedatum lies after aangemaakt")
-        if add_years(geboren, MAX_AGE) <= self.aangemaakt:
+        if age_on(geboren, self.aangemaakt) >= MAX_AGE:
             raise ValueError("the youth was 23 or older on aangemaakt")
         if self.einddatum <= self.aangemaakt:
             raise ValueError("einddatum must lie after aangemaakt")

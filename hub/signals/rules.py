@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from connectors.verwijsindex.contract import add_years, default_einddatum, max_einddatum
+from connectors.verwijsindex.contract import default_einddatum, max_einddatum
 from schemas.dates import age_on
 
 MAX_AGE = 23
@@ -45,4 +45,4 @@ def informing_problems(
 
 def too_old(birth: date, created: date) -> bool:
     """The Verwijsindex holds youths up to their 23rd birthday."""
-    return add_years(birth, MAX_AGE) <= created
+    return age_on(birth, created) >= MAX_AGE

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from connectors.verwijsindex.contract import add_years
+from connectors.verwijsindex.contract import (
+    Contactpersoon,
+    Geslacht,
+    Jeugdige,
+    Organisatie,
+    SignaalRegistratie,
+    add_years,
+)
 from hub.consent.rules import Required, required_for
 from hub.signals.rules import default_end_date, end_date_problem, informing_problems, too_old
-from schemas.dates import age_on
+from schemas.dates import age_on, birthday
 
 births = st.dates(min_value=date(1990, 1, 1), max_value=date(2030, 12, 31))
 days = st.dates(min_value=date(2000, 1, 1), max_value=date(2045, 12, 31))
@@ -18,13 +26,50 @@ days = st.dates(min_value=date(2000, 1, 1), max_value=date(2045, 12, 31))
 
 @settings(max_examples=300)
 @given(births, st.integers(min_value=0, max_value=30))
+@example(date(2004, 2, 29), 23)
 def test_age_turns_on_the_birthday_and_not_a_day_before(birth: date, years: int) -> None:
-    birthday = add_years(birth, years)
-    if (birth.month, birth.day) == (2, 29) and birthday.day == 28:
-        birthday += timedelta(days=1)  # born on 29 February: one year older on 1 March
-    assert age_on(birth, birthday) == years
+    day = birthday(birth, years)
+    if (birth.month, birth.day) == (2, 29) and day.month == 3:
+        assert day.day == 1  # born on 29 February: one year older on 1 March in other years
+    else:
+        assert (day.month, day.day) == (birth.month, birth.day)
+    assert age_on(birth, day) == years
     if years:
-        assert age_on(birth, birthday - timedelta(days=1)) == years - 1
+        assert age_on(birth, day - timedelta(days=1)) == years - 1
+
+
+def _registration(birth: date, created: date, end: date) -> SignaalRegistratie:
+    return SignaalRegistratie(
+        jeugdige=Jeugdige(
+            bsn="999990044", voornamen="Sam", geslachtsnaam="Jansen", geboortedatum=birth,
+            geslacht=Geslacht.ONBEKEND, gemeente="Den Haag",
+        ),
+        organisatie=Organisatie(code="halt-den-haag", naam="Halt Den Haag"),
+        contactpersoon=Contactpersoon(naam="Ilse Bakker", email="ilse@halt.nl"),
+        aangemaakt=created,
+        einddatum=end,
+    )  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(births, days, st.integers(min_value=-3, max_value=800))
+@example(date(2004, 2, 29), date(2027, 2, 28), 1)  # the day before a 29-February youth turns 23
+@example(date(2004, 2, 29), date(2027, 3, 1), 1)  # the day the youth turns 23
+@example(date(2004, 2, 29), date(2025, 3, 1), 730)  # an end date on the 23rd birthday
+def test_the_hubs_rule_checks_and_the_index_contract_agree(birth: date, created: date, days_on: int) -> None:
+    """What the hub lets through (rules 12 and the 23-year limit) the index accepts, and the reverse."""
+    end = created + timedelta(days=days_on)
+    hub_ok = (
+        not (birth > created or too_old(birth, created)) and end_date_problem(created, birth, end) is None
+    )
+    try:
+        _registration(birth, created, end)
+    except ValidationError:
+        index_ok = False
+    else:
+        index_ok = True
+    assert hub_ok == index_ok
+    assert too_old(birth, created) == (created >= birthday(birth, 23))
 
 
 @settings(max_examples=300)

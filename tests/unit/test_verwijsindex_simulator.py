@@ -128,8 +128,8 @@ async def test_every_call_needs_a_transaction_id(api: httpx.AsyncClient) -> None
     [
         ("2010-03-14", "2026-01-15", "2028-01-15", 201),  # exactly created + 2 years
         ("2010-03-14", "2026-01-15", "2028-01-16", 422),  # one day more
-        ("2004-02-29", "2026-01-15", "2027-02-28", 201),  # 23rd birthday of a leap-day child
-        ("2004-02-29", "2026-01-15", "2027-03-01", 422),  # after it
+        ("2004-02-29", "2026-01-15", "2027-03-01", 201),  # 23rd birthday of a leap-day child: 1 March
+        ("2004-02-29", "2026-01-15", "2027-03-02", 422),  # after it
         ("2010-03-14", "2026-01-15", "2026-01-15", 422),  # ends when it starts
         ("2002-12-31", "2026-01-15", "2026-06-01", 422),  # already 23
         ("2027-01-01", "2026-01-15", "2026-06-01", 422),  # born after the signal
