@@ -66,9 +66,7 @@ def _answer(result: IntakeResult, referral: Referral) -> ReferralAnswer:
     )
 
 
-async def _take_in_json(
-    request: Request, response: Response, partner: Partner, parse: Callable[[bytes], Referral]
-) -> ReferralAnswer:
+async def _take_in_json(request: Request, partner: Partner, parse: Callable[[bytes], Referral]) -> Response:
     hub = _hub(request)
     require_media_type(request, JSON)
     raw = await read_body(request, hub.settings.http.max_body_bytes)
@@ -77,9 +75,14 @@ async def _take_in_json(
     # Concurrent requests share one transaction (group commit); the answer comes once it committed.
     result = await batcher_of(hub).take_in(referral, _origin(request, partner))
     hub.relay.wake()
-    response.status_code = 200 if result.duplicate else 201
-    response.headers["Location"] = f"/api/v1/verwijzingen/{result.referral_id}"
-    return _answer(result, referral)
+    # The answer is written once by pydantic: returned as a model, FastAPI would validate it again
+    # against the response model, dump it to dicts and then encode those.
+    return Response(
+        _answer(result, referral).model_dump_json(by_alias=True),
+        status_code=200 if result.duplicate else 201,
+        headers={"Location": f"/api/v1/verwijzingen/{result.referral_id}"},
+        media_type=JSON,
+    )
 
 
 def _json_body(partner_format: str) -> dict[str, Any]:
@@ -105,21 +108,19 @@ _POST: dict[str, Any] = {
 )
 async def post_politie(
     request: Request,
-    response: Response,
     partner: Annotated[Partner, Depends(partner_of_type(PartnerType.POLITIE))],
-) -> ReferralAnswer:
+) -> Response:
     """Decide a police referral; 201 with the decision, 200 with the first decision for a repeat."""
-    return await _take_in_json(request, response, partner, politie.parse)
+    return await _take_in_json(request, partner, politie.parse)
 
 
 @router.post("/boa/verwijzingen", summary="BOA: één verwijzing", openapi_extra=_json_body("BOA"), **_POST)
 async def post_boa(
     request: Request,
-    response: Response,
     partner: Annotated[Partner, Depends(partner_of_type(PartnerType.BOA))],
-) -> ReferralAnswer:
+) -> Response:
     """Decide a BOA referral from the handheld app."""
-    return await _take_in_json(request, response, partner, boa.parse)
+    return await _take_in_json(request, partner, boa.parse)
 
 
 @router.post(
@@ -130,14 +131,13 @@ async def post_boa(
 )
 async def post_preventief(
     request: Request,
-    response: Response,
     partner: Annotated[
         Partner,
         Depends(partner_of_type(PartnerType.PREVENTIEF, PartnerType.WIJKTEAM, PartnerType.JONGERENWERK)),
     ],
-) -> ReferralAnswer:
+) -> Response:
     """Decide a preventive referral from a wijkteam, jongerenwerk, school or wijkagent."""
-    return await _take_in_json(request, response, partner, preventief.parse)
+    return await _take_in_json(request, partner, preventief.parse)
 
 
 @router.post(
