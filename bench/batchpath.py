@@ -11,12 +11,12 @@ path; the pipeline as a whole is measured by `bench.run`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import time
 from pathlib import Path
 
 from bench.data import police_records
+from bench.harness import run as bench_run
 from bench.run import db_url
 from connectors import politie
 from hub.intake.component import POLITIE_REFERRER, politie_besluit
@@ -74,7 +74,7 @@ def main() -> None:
     setup_logging("WARNING")
     if not args.no_gc_tuning:
         tune_gc_for_serving()
-    asyncio.run(run(args.n, args.batch, args.store))
+    bench_run(run(args.n, args.batch, args.store))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -116,3 +118,24 @@ def percentile(values: list[float], p: float) -> float:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def loop_name() -> str:
+    """The event loop the benchmarks run on: uvloop, as `ketenhub run` does (uvicorn picks it when
+    installed), unless KETENHUB_BENCH_LOOP=asyncio asks for the standard loop."""
+    if os.environ.get("KETENHUB_BENCH_LOOP", "uvloop") == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """`asyncio.run` on the loop of `loop_name()`; hub and baseline of a run share it."""
+    if loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)

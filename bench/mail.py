@@ -42,6 +42,7 @@ from sqlalchemy import func, select
 
 from bench.data import bsn
 from bench.harness import Result, create, peak_rss_mb
+from bench.harness import run as bench_run
 from bench.run import SECRET, _row, hub_settings
 from bench.smtp_sink import SmtpServer, Tally, make_server
 from connectors.mail.component import register_mail
@@ -343,4 +344,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_run(main())

@@ -18,6 +18,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.data import police_records
+from bench.harness import run as bench_run
 
 
 async def offer(bootstrap: str, source: str, target: str, rate: int, seconds: int) -> dict[str, object]:
@@ -71,7 +72,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=1000, help="referrals offered per second")
     p.add_argument("--seconds", type=int, default=10, help="how long to offer them")
     args = p.parse_args()
-    print(json.dumps(asyncio.run(offer(args.bootstrap, args.source, args.target, args.rate, args.seconds))))
+    print(json.dumps(bench_run(offer(args.bootstrap, args.source, args.target, args.rate, args.seconds))))
 
 
 if __name__ == "__main__":

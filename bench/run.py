@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bench.baseline import RawRelay
 from bench.data import police_records
-from bench.harness import Result, create, load, measure, peak_rss_mb, percentile
+from bench.harness import Result, create, load, loop_name, measure, peak_rss_mb, percentile
+from bench.harness import run as bench_run
 from bench.http import http_intake, ready_time
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
@@ -181,7 +182,7 @@ async def main() -> None:
     kafka.start()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; broker: embedded tansu; n={args.n:,}"
+        f"Python {platform.python_version()}, {loop_name()} event loop; broker: embedded tansu; n={args.n:,}"
     )
     rows = []
     intake_rss: float | None = None
@@ -227,4 +228,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_run(main())

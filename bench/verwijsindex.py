@@ -58,6 +58,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from sqlalchemy import select, update
 
 from bench.harness import Result, create, peak_rss_mb
+from bench.harness import run as bench_run
 from bench.run import SECRET, _row, db_url, hub_settings
 from connectors.verwijsindex.component import register_verwijsindex
 from connectors.verwijsindex.contract import (
@@ -927,4 +928,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_run(main())
