@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from hub.api.problems import RETRY_AFTER_S
 from hub.runtime import Hub
 
 router = APIRouter(tags=["health"])
@@ -32,7 +33,9 @@ async def readyz(request: Request) -> JSONResponse:
     checks = await hub.readiness() if hub.started else {"hub": "starting"}
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)},
     )
 
 

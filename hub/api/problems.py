@@ -66,6 +66,18 @@ class Problem(Exception):
         self.params, self.headers, self.type = params or [], headers or {}, type_
 
 
+class HubStarting(Problem):
+    """503 while the hub has not started (no store or broker yet): the sender tries again shortly."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "De hub start nog",
+            "Probeer het over enkele seconden opnieuw.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
 def problem_response(
     status: int,
     title: str,
@@ -76,7 +88,12 @@ def problem_response(
     headers: dict[str, str] | None = None,
     type_: str = "about:blank",
 ) -> JSONResponse:
-    """A problem+json response; texts pass the BSN redactor, so no value can leak back."""
+    """A problem+json response; texts pass the BSN redactor, so no value can leak back.
+
+    Every 503 says when to try again (Retry-After): a partner's client must not guess, nor give up.
+    """
+    if status == 503 and not any(k.lower() == "retry-after" for k in headers or {}):
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
     body: dict[str, Any] = {"type": type_, "title": title, "status": status}
     if detail:
         body["detail"] = redact_text(detail)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from connectors import boa, leerplicht, politie, preventief
 from hub.api.limits import read_body, require_media_type
-from hub.api.problems import Problem
+from hub.api.problems import HubStarting, Problem
 from hub.api.referral_models import (
     BatchReport,
     DecisionOut,
@@ -39,7 +39,7 @@ _JSON_ERRORS = problems(400, 401, 403, 413, 415, 503)
 def _hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     if hub.store is None or hub.relay is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     return hub
 
 

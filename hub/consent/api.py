@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 from sqlalchemy import select
 
 from hub.api.limits import media_type_of, read_body, require_media_type
-from hub.api.problems import InvalidParam, Problem
+from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
 from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir
@@ -102,7 +102,7 @@ class ConsentOut(CanonicalModel):
 def _hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     if hub.store is None or hub.relay is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     return hub
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from hub.api.problems import Problem
+from hub.api.problems import HubStarting, Problem
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.partners import PartnerType, partner_of_type
 from hub.partners.registry import Partner
@@ -31,7 +31,7 @@ async def current_caseworker(
     """The acting caseworker; 401 without the case system's key or an active caseworker's id."""
     hub = request.app.state.hub
     if hub.store is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     if not x_medewerker:
         raise Problem(401, "Niet geauthenticeerd", f"Stuur de medewerker-id mee in de header {HEADER}.")
     try:

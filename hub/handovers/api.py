@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field
 from sqlalchemy import select
 
-from hub.api.problems import Problem
+from hub.api.problems import HubStarting, Problem
 from hub.consent.caseworker import CurrentCaseworker
 from hub.handovers.answers import record_answer
 from hub.handovers.component import HandoverAnswer, routing_of
@@ -93,7 +93,7 @@ class HandoverOut(CanonicalModel):
 def _hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     if hub.store is None or hub.relay is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     return hub
 
 

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from hub.api.problems import HubStarting
 from hub.ops.dlq import DeadLetters
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import LagProbe
@@ -42,7 +43,8 @@ def console_of(hub: Hub) -> Console:
     console = hub.components.get(KEY)
     if isinstance(console, Console):
         return console
-    assert hub.store is not None, "the hub has not started"
+    if hub.store is None:  # /metrics or the operator API asked before the hub started
+        raise HubStarting()
     topics = [t.name for t in prefixed([*all_topics(), *hub.extra_topics], hub.settings.kafka.topic_prefix)]
     probe = LagProbe(hub.kafka_options, describe_groups=not hub.settings.embedded_broker)
     monitor = Monitor(

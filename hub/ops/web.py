@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from hub.api.problems import Problem
+from hub.api.problems import HubStarting, Problem
 from hub.ops import auth
 from hub.ops.console import console_of
 from hub.ops.prometheus import render
@@ -72,6 +72,8 @@ _CREDENTIALS = {
 async def login(request: Request) -> Response:
     """A session cookie (signed, HttpOnly, SameSite=Strict; the session expires server side)."""
     hub = request.app.state.hub
+    if hub.store is None:
+        raise HubStarting()
     username, password, is_form = await _credentials(request)
     cookie = await auth.login(hub.store, hub.settings.secret_value(), username, password)
     if cookie is None:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hub.api.problems import Problem
+from hub.api.problems import HubStarting, Problem
 from hub.partners.keys import PartnerType, hash_key, key_id_of
 from hub.partners.registry import Partner, authenticate
 
@@ -77,7 +77,7 @@ async def current_partner(
         )
     hub = request.app.state.hub
     if hub.store is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     cache = _key_cache(request)
     partner = cache.get(credentials.credentials)
     if partner is None:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from pydantic import Field
 
-from hub.api.problems import InvalidParam, Problem
+from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
 from hub.directory import CaseworkerNotFound, get_caseworker
@@ -114,7 +114,7 @@ class ContactIn(CanonicalModel):
 def _hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     if hub.store is None or hub.relay is None:
-        raise Problem(503, "De hub start nog", "Probeer het over enkele seconden opnieuw.")
+        raise HubStarting()
     return hub
 
 

@@ -1,30 +1,80 @@
-"""Chaos 4 and 5: poison records on every consumed topic, and the broker unreachable for a while."""
+"""Chaos 4 and 5: poison records on every consumed topic, and the broker unreachable for a while.
+
+4. About one poison record per thousand on every topic the hub consumes (checked against the topics
+   the running hub subscribes), among runs of good records: each poison record is dead-lettered once,
+   with headers that point back at it and name the group that read it; every good record is processed
+   (counted per topic by what it caused); every group's lag is back to zero.
+5. The broker cut off behind a proxy while a partner posts referrals over HTTP: each is answered 201
+   (held in the outbox) or 503 with Retry-After, published once when the broker is back; /readyz says
+   what is down; the consumers recover by themselves.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bench.data import bsn, police_records
+from connectors import politie
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
+from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
+from hub.handovers.service import ZORGMELDING, Act, Routing, create_handover
+from hub.handovers.tables import handovers
+from hub.intake import load_intake_rules
+from hub.intake.service import IntakeService, Origin
+from hub.intake.tables import referrals
+from hub.notify.tables import mail_sent
 from hub.ops.lag import LagProbe
 from hub.partners import PartnerType, add_partner
-from hub.spine.dlq import DLQ_HEADERS
+from hub.signals.commands import register_command
+from hub.signals.matches import MatchMessage
+from hub.spine.dlq import (
+    DLQ_ATTEMPTS,
+    DLQ_EXC_CLASS,
+    DLQ_EXC_MESSAGE,
+    DLQ_FIRST_FAILURE,
+    DLQ_GROUP,
+    DLQ_HEADERS,
+    DLQ_LAST_FAILURE,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_TOPIC,
+)
 from hub.store import Store
-from hub.store.tables import outbox
+from hub.store.tables import audit_log, outbox
 from hub.topics import (
+    CONSUMED,
+    HANDOVER_DISPATCH,
+    HANDOVER_REQUESTED,
+    HANDOVER_STATUS,
+    NOTIFICATION_MAIL,
     POLITIE_DECISION,
     POLITIE_REFERRAL,
     REFERRAL_DECIDED,
+    REFERRAL_RECEIVED,
+    VERWIJSINDEX_MATCH,
     VERWIJSINDEX_SIGNAL,
+    Topic,
+    handover_outbound,
 )
-from schemas.envelope import Envelope
+from schemas.caseworker import ContactDetails
+from schemas.consent import DataCategory
+from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_ID, H_TRANSACTION_ID, Envelope, utcnow
+from schemas.handover import Handover, HandoverStatus, ReceiverType
+from schemas.match import MatchType
 from schemas.pseudonym import youth_key
 from tests.chaos.test_kill_and_restart import (
     LONG,
@@ -36,10 +86,29 @@ from tests.chaos.test_kill_and_restart import (
 )
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import headers_of, produce, read_all, read_topic, wait_for
+from tests.helpers.poison import Record, consumed_by, produce_located
 from tests.helpers.procs import HubProcess
 from tests.helpers.proxy import CuttableProxy
+from tests.integration.test_mail_delivery import ILSE, OMAR
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+
+PER_TOPIC = 5000 if LONG else 1000  # good records on each consumed topic
+POISON_EACH = PER_TOPIC // 1000  # about one poison record per thousand
+RECEIVER = "jeugdhulp-dh"  # a handover receiver that reads its own Kafka topic
+CONNECTOR = "boa-kafka-connector"  # a connector publishing canonical referrals
+# Every topic the hub consumes and the component (consumer group) that reads it; the test checks
+# this against what the running hub subscribed, so a new subscription without poison fails here.
+CONSUMERS = {
+    POLITIE_REFERRAL: "intake",
+    REFERRAL_RECEIVED: "intake",
+    HANDOVER_REQUESTED: "routing",
+    HANDOVER_STATUS: "routing-answers",
+    HANDOVER_DISPATCH: "receivers",
+    VERWIJSINDEX_SIGNAL: "verwijsindex",
+    VERWIJSINDEX_MATCH: "notify",
+    NOTIFICATION_MAIL: "mail",
+}
 
 
 @pytest.fixture
@@ -48,75 +117,395 @@ def simulator() -> Iterator[SimulatorServer]:
         yield running
 
 
+@dataclass
+class Poison:
+    """One poison record, the exception its dead letter must name, and where it landed."""
+
+    record: Record
+    error: str
+    partition: int = -1
+    offset: int = -1
+
+    def header(self, name: str) -> str | None:
+        return next((bytes(v).decode() for k, v in self.record[2] if k == name), None)
+
+
+def as_record(message: Envelope, key: str | None) -> Record:
+    return (key.encode() if key is not None else None, message.to_bytes(), message.headers())
+
+
+def poison_for(topic: Topic, i: int) -> Poison:
+    """A record the consumer of `topic` must refuse for good (no retry), each its own way."""
+    tag = f"poison-{i}-{uuid.uuid4().hex[:8]}"
+    if topic == POLITIE_REFERRAL:  # not JSON at all; the police's transaction id, no message id
+        return Poison(
+            (None, b"\x00" + tag.encode(), [(H_TRANSACTION_ID, f"tx-{tag}".encode())]), "PartnerFormatError"
+        )
+    if topic == REFERRAL_RECEIVED:  # an envelope whose payload is no referral
+        bad = Envelope(type="Referral", source=CONNECTOR, payload={"case_reference": tag})
+        return Poison(as_record(bad, tag), "ValidationError")
+    if topic == HANDOVER_REQUESTED:  # a handover the hub does not know, and not a whole one either
+        bad = Envelope(type="HandoverRequested", source="zaaksysteem", payload={"handover_id": tag})
+        return Poison(as_record(bad, tag), "ValidationError")
+    if topic == HANDOVER_STATUS:  # an answer to a handover this receiver never got
+        bad = Envelope(
+            type="HandoverAnswer", source=RECEIVER, payload={"handover_id": tag, "status": "ONTVANGEN"}
+        )
+        return Poison(as_record(bad, tag), "PermanentError")
+    if topic == HANDOVER_DISPATCH:  # not an envelope; a message id, no transaction id
+        return Poison((tag.encode(), b"{" + tag.encode(), [(H_MESSAGE_ID, tag.encode())]), "ValidationError")
+    if topic == VERWIJSINDEX_SIGNAL:  # a reason outside the whitelist (rule 11): refused, not retried
+        signal = signal_of(bsn(900_000 + i))
+        command = register_command(signal, str(uuid.uuid4()))
+        payload = json.loads(command.to_bytes())
+        payload["payload"]["reason"] = "DIEFSTAL"
+        key = youth_key(TEST_SECRET, signal.youth.bsn).encode()
+        return Poison((key, json.dumps(payload).encode(), command.headers()), "PermanentError")
+    if topic == VERWIJSINDEX_MATCH:  # a match for a caseworker the directory does not know: nobody to tell
+        bad = match_message(i, caseworker_id=f"cw-{tag}")
+        return Poison(as_record(bad, tag), "NoReachableRecipient")
+    if topic == NOTIFICATION_MAIL:  # a mail without recipient, subject or text
+        bad = Envelope(type="MailNotification", source="ketenhub-notify", payload={"notification_id": tag})
+        return Poison(as_record(bad, tag), "PermanentError")
+    raise AssertionError(f"no poison for {topic.name}: add one")
+
+
+def match_message(i: int, caseworker_id: str = ILSE.caseworker_id) -> Envelope:
+    """A match from the Verwijsindex feed, as the connector publishes it."""
+    match = MatchMessage(
+        match_id=f"m-{i}-{uuid.uuid4().hex[:8]}",
+        signal_id=f"s-{i}",
+        type=MatchType.CLIENTMATCH,
+        counterparts=[
+            ContactDetails(name="Jan de Vries", organisation="Wijkteam Centrum", email="jan@wijkteam.nl")
+        ],
+        caseworker_id=caseworker_id,
+    )
+    return Envelope(
+        type="Match",
+        source="verwijsindex",
+        correlation_id=match.signal_id,
+        payload=match.model_dump(mode="json"),
+    )
+
+
+async def prepare(store: Store, prefix: str, n: int) -> dict[str, str]:
+    """Caseworkers, a Kafka receiver, and `n` stored zorgmeldingen (rule 21: no consent needed) waiting
+    for routing; handover id -> youth key."""
+    intake = IntakeService(
+        secret=TEST_SECRET, rules=load_intake_rules(), decided_topic=prefix + REFERRAL_DECIDED.name
+    )
+    routing = Routing(
+        requested_topic=prefix + HANDOVER_REQUESTED.name,
+        dispatch_topic=prefix + HANDOVER_DISPATCH.name,
+        mail_topic=prefix + NOTIFICATION_MAIL.name,
+    )
+    act = Act(user=ILSE.caseworker_id, transaction_id=str(uuid.uuid4()))
+    origin = Origin("test:handovers", "kafka", act.transaction_id, "test", user="test")
+    out: dict[str, str] = {}
+    async with store.transaction() as session:
+        for cw in (OMAR, ILSE):
+            await upsert_caseworker(session, cw)
+        await set_receiver_delivery(session, ReceiverDelivery(RECEIVER, ReceiverType.JEUGDHULP, "kafka"))
+        stored = await intake.take_in_many(
+            session, [politie.parse(r) for r in police_records(n, seed=13)], origin
+        )
+        for result in stored:
+            handover = Handover(
+                referral_id=result.referral_id,
+                from_caseworker=ILSE.caseworker_id,
+                receiver_organisation=RECEIVER,
+                receiver_type=ReceiverType.JEUGDHULP,
+                data_categories=[DataCategory.PERSONALIA],
+                summary="Zorgmelding na een verwijzing.",
+            )
+            row = await create_handover(
+                session, routing, handover, act, purpose=ZORGMELDING, legal_basis="meldcode", announce=False
+            )
+            out[row.id] = row.youth_key
+    assert len(out) == n
+    return out
+
+
+@dataclass
+class Stream:
+    """The good records of one topic (empty where the hub itself makes them) and its poison."""
+
+    topic: Topic
+    good: list[Record]
+    poison: list[Poison]
+
+
+async def count(store: Store, query: Any) -> int:
+    async with store.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def check_dead_letter(
+    record: Any, poison: Poison, topic: str, group: str, since: datetime, until: datetime
+) -> None:
+    """One dead letter: its headers point at the poison record, name the group, and say what failed."""
+    headers = headers_of(record)
+    assert set(DLQ_HEADERS) <= set(headers)
+    assert (headers[DLQ_TOPIC], headers[DLQ_PARTITION], headers[DLQ_OFFSET]) == (
+        topic, str(poison.partition), str(poison.offset)
+    )  # fmt: skip
+    if record.value != poison.record[1]:  # the retry ladder parks the decoded envelope: the same message
+        assert Envelope.from_bytes(record.value) == Envelope.from_bytes(poison.record[1])
+    assert record.key == poison.record[0]
+    assert headers[DLQ_GROUP] == group
+    assert headers[DLQ_ATTEMPTS] == "1"  # a permanent error: dead-lettered at the first attempt
+    assert headers[DLQ_EXC_CLASS].rsplit(".", 1)[-1] == poison.error, headers[DLQ_EXC_CLASS]
+    assert headers[DLQ_EXC_MESSAGE].strip()
+    first = datetime.fromisoformat(headers[DLQ_FIRST_FAILURE])
+    last = datetime.fromisoformat(headers[DLQ_LAST_FAILURE])
+    assert first.tzinfo is not None and since <= first <= last <= until
+    # Rule 19: the sender's transaction id; without one, the message id (or, lacking that, the position).
+    expected_tx = (
+        poison.header(H_TRANSACTION_ID)
+        or poison.header(H_MESSAGE_ID)
+        or f"{topic}:{poison.partition}:{poison.offset}"
+    )
+    assert headers.get(H_TRANSACTION_ID) == expected_tx
+    if poison.header(H_MESSAGE_ID):
+        assert headers.get(H_MESSAGE_ID) == poison.header(H_MESSAGE_ID)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flows(
     kafka: EmbeddedKafka, db_url: str, unique: str, tmp_path: Path, simulator: SimulatorServer
 ) -> None:
-    prefix = f"t{unique}."
+    prefix, groups = f"t{unique}.", {t: f"g{unique}-{c}" for t, c in CONSUMERS.items()}
+    assert set(CONSUMERS) == set(CONSUMED)  # hub/topics.py gives each consumed topic its DLQ
     await create_topics(kafka, prefix)
-    n = 10_000 if LONG else 2_000
-    good = police_records(n - n // 1000, seed=11)
-    police: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [(None, v, []) for v in good]
-    for i in range(n // 1000):  # not JSON at all: no case reference to answer
-        police.insert((i + 1) * 997 % len(police), (None, b"\x00poison " + str(i).encode(), []))
-    traffic = Traffic(kafka, prefix, referrals_n=0, youths_n=n // 10)
-    signal_records = [rec for s in traffic.signals for rec in traffic._signal_records(s)]
-    poison_signals = []
-    for i in range(max(1, len(signal_records) // 1000)):  # a reason: refused by the whitelist (rule 11)
-        bad = signal_of(bsn(900_000 + i))
-        env = traffic._signal_records(bad)[0]
-        payload = json.loads(env[1])
-        payload["payload"]["reason"] = "DIEFSTAL"
-        poison_signals.append((env[0], json.dumps(payload).encode(), env[2]))
-    signal_records[len(signal_records) // 2 : len(signal_records) // 2] = poison_signals
+    store = Store(db_url)
+    await store.migrate()
+    handover_keys = await prepare(store, prefix, PER_TOPIC)
+    police = police_records(PER_TOPIC, seed=11)
+    cases = [politie.parse(r) for r in police_records(PER_TOPIC, seed=12)]
+    traffic = Traffic(kafka, prefix, referrals_n=0, youths_n=PER_TOPIC // 2)
+    matches = [match_message(i) for i in range(PER_TOPIC)]
+    streams: dict[Topic, list[Record]] = {
+        POLITIE_REFERRAL: [(None, v, []) for v in police],
+        REFERRAL_RECEIVED: [
+            as_record(
+                Envelope(
+                    type="Referral",
+                    source=CONNECTOR,
+                    correlation_id=c.case_reference,
+                    payload=c.model_dump(mode="json"),
+                ),
+                youth_key(TEST_SECRET, c.youth.bsn),
+            )
+            for c in cases
+        ],
+        HANDOVER_REQUESTED: [
+            as_record(
+                Envelope(
+                    type="HandoverRequested",
+                    source="ketenhub-api",
+                    correlation_id=h,
+                    payload={"handover_id": h, "purpose": ZORGMELDING},
+                ),
+                key,
+            )
+            for h, key in handover_keys.items()
+        ],
+        HANDOVER_STATUS: [  # sent once routing dispatched the handovers, as the receiver answers them
+            as_record(
+                Envelope(
+                    type="HandoverAnswer",
+                    source=RECEIVER,
+                    correlation_id=h,
+                    payload={"handover_id": h, "status": HandoverStatus.ONTVANGEN.value},
+                ),
+                key,
+            )
+            for h, key in handover_keys.items()
+        ],
+        HANDOVER_DISPATCH: [],  # routing dispatches each requested handover here
+        VERWIJSINDEX_SIGNAL: [rec for s in traffic.signals for rec in traffic._signal_records(s)],
+        VERWIJSINDEX_MATCH: [as_record(m, str(m.payload["signal_id"])) for m in matches],
+        NOTIFICATION_MAIL: [],  # the notifier mails each match here
+    }
+    assert set(streams) == set(CONSUMERS)
+    poison = {t: [poison_for(t, i) for i in range(POISON_EACH)] for t in CONSUMERS}
 
-    hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, db_url, unique, simulator.url), "intake,verwijsindex")
+    components = "intake,routing,verwijsindex,mail"
+    hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, db_url, unique, simulator.url), components)
     await hub.start()
+    probe = LagProbe({"bootstrap_servers": kafka.bootstrap})
     try:
-        await produce(kafka.bootstrap, prefix + POLITIE_REFERRAL.name, police)
-        await produce(kafka.bootstrap, prefix + VERWIJSINDEX_SIGNAL.name, signal_records)
+        # What the running hub consumes, and with which group: exactly the topics poisoned here.
+        assert await consumed_by(hub.url) == {prefix + t.name: {g} for t, g in groups.items()}
 
-        decisions = await read_topic(
-            kafka.bootstrap, prefix + POLITIE_DECISION.name, expect=len(good), timeout_s=90
+        async def send(topic: Topic, records: list[Record]) -> None:
+            await produce(kafka.bootstrap, prefix + topic.name, records)
+
+        async def send_poison(topic: Topic) -> None:
+            landed = await produce_located(
+                kafka.bootstrap, prefix + topic.name, [p.record for p in poison[topic]]
+            )
+            for p, (partition, offset) in zip(poison[topic], landed, strict=True):
+                p.partition, p.offset = partition, offset
+
+        since = utcnow() - timedelta(seconds=1)
+        first = [t for t in streams if t != HANDOVER_STATUS]
+        for topic in first:  # on each topic a run of good records, the poison, then the rest
+            await send(topic, streams[topic][: len(streams[topic]) // 2])
+        for topic in first:  # (dispatch and mail: between what the hub itself publishes there)
+            await send_poison(topic)
+        for topic in first:
+            await send(topic, streams[topic][len(streams[topic]) // 2 :])
+
+        async def count(query: Any) -> int:
+            async with store.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
+
+        def rows(table: Any, *where: Any) -> Any:
+            return select(func.count()).select_from(table).where(*where)
+
+        ids = list(handover_keys)
+        waiting = rows(handovers, handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
+        answers = dict(zip(ids, streams[HANDOVER_STATUS], strict=True))
+        answered: list[str] = []
+
+        async def answer_what_was_sent() -> bool:
+            """The receiver answers each handover once it got out; the poison after the first half."""
+            async with store.connect() as conn:
+                out = (
+                    await conn.execute(select(handovers.c.id).where(handovers.c.sent_at.is_not(None)))
+                ).scalars()
+                new = [h for h in out if h not in set(answered)]
+            if new:
+                await send(HANDOVER_STATUS, [answers[h] for h in new])
+            halfway = len(answered) < len(ids) // 2 <= len(answered) + len(new)
+            answered.extend(new)
+            if halfway:
+                await send_poison(HANDOVER_STATUS)
+            return len(answered) == len(ids)
+
+        await wait_for(answer_what_was_sent, timeout_s=120, interval_s=0.5)
+
+        async def outstanding() -> dict[str, int]:
+            """Per topic, how many good records have not had their effect yet."""
+            done = {
+                POLITIE_REFERRAL: await count(rows(referrals, referrals.c.referrer_key == "kafka:politie")),
+                REFERRAL_RECEIVED: await count(
+                    rows(referrals, referrals.c.referrer_key == f"kafka:{CONNECTOR}")
+                ),
+                HANDOVER_REQUESTED: len(ids) - await count(waiting),
+                HANDOVER_DISPATCH: await count(rows(handovers, handovers.c.delivered_at.is_not(None))),
+                HANDOVER_STATUS: await count(
+                    rows(handovers, handovers.c.status == HandoverStatus.ONTVANGEN.value)
+                ),
+                VERWIJSINDEX_SIGNAL: 2 * len(_withdrawn(simulator, traffic)),
+                VERWIJSINDEX_MATCH: await count(
+                    rows(audit_log, audit_log.c.action == "verwijsindex.match_disclosed")
+                ),
+                NOTIFICATION_MAIL: await count(rows(mail_sent)),
+            }
+            return {t.name: PER_TOPIC - n for t, n in done.items() if n != PER_TOPIC}
+
+        try:
+            await wait_for(lambda: _empty(outstanding()), timeout_s=120, interval_s=0.5)
+        except AssertionError:
+            raise AssertionError(f"good records without effect, per topic: {await outstanding()}") from None
+        until = utcnow() + timedelta(seconds=1)
+
+        # Every poison record once in its topic's DLQ, pointing back at it; no good record there.
+        dead = await asyncio.gather(
+            *(
+                read_topic(kafka.bootstrap, prefix + t.dlq, expect=len(poison[t]), settle_s=1.0)
+                for t in CONSUMERS
+            )
         )
-        decided = {Envelope.from_bytes(r.value).payload["procesVerbaalNummer"] for r in decisions}
-        assert decided == {json.loads(v)["procesVerbaalNummer"] for v in good}
+        for topic, letters in zip(CONSUMERS, dead, strict=True):
+            sent = {(p.partition, p.offset): p for p in poison[topic]}
+            positions = Counter((headers_of(r)[DLQ_PARTITION], headers_of(r)[DLQ_OFFSET]) for r in letters)
+            assert positions == Counter({(str(p), str(o)): 1 for p, o in sent}), topic.dlq
+            for letter in letters:
+                h = headers_of(letter)
+                p = sent[(int(h[DLQ_PARTITION]), int(h[DLQ_OFFSET]))]
+                check_dead_letter(letter, p, prefix + topic.name, groups[topic], since, until)
 
-        for topic, expected in ((POLITIE_REFERRAL, n // 1000), (VERWIJSINDEX_SIGNAL, len(poison_signals))):
-            dead = await read_topic(kafka.bootstrap, prefix + topic.dlq, expect=expected, settle_s=1.0)
-            assert len(dead) == expected, topic.dlq
-            for record in dead:
-                headers = headers_of(record)
-                assert set(DLQ_HEADERS) <= set(headers)
-                assert headers["dlq-original-topic"] == prefix + topic.name
+        # The rest processed, each once: counted per topic by what it caused.
+        decisions = await read_all(kafka.bootstrap, prefix + POLITIE_DECISION.name)
+        decided = Counter(Envelope.from_bytes(r.value).payload["procesVerbaalNummer"] for r in decisions)
+        assert decided == Counter(json.loads(v)["procesVerbaalNummer"] for v in police)
+        async with store.connect() as conn:
+            refs = (
+                (
+                    await conn.execute(
+                        select(referrals.c.case_reference).where(
+                            referrals.c.referrer_key == f"kafka:{CONNECTOR}"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            states = dict((await conn.execute(select(handovers.c.id, handovers.c.status))).all())
+            disclosed = (
+                (
+                    await conn.execute(
+                        select(audit_log.c.objects).where(
+                            audit_log.c.action == "verwijsindex.match_disclosed"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            mailed = (await conn.execute(select(mail_sent.c.notification_id))).scalars().all()
+        assert Counter(refs) == Counter(c.case_reference for c in cases)
+        assert states == dict.fromkeys(ids, HandoverStatus.ONTVANGEN.value)  # requested, dispatched, answered
+        handed = await read_all(kafka.bootstrap, prefix + handover_outbound("jeugdhulp").name)
+        delivered = Counter(Envelope.from_bytes(r.value).payload["handover_id"] for r in handed)
+        assert delivered == Counter(ids)  # the receiver got each handover once
+        assert Counter(o["match_id"] for o in disclosed) == Counter(m.payload["match_id"] for m in matches)
+        poisoned = {(p.partition, p.offset) for p in poison[NOTIFICATION_MAIL]}
+        mails = [
+            r
+            for r in await read_all(kafka.bootstrap, prefix + NOTIFICATION_MAIL.name)
+            if (r.partition, r.offset) not in poisoned
+        ]
+        notified = Counter(Envelope.from_bytes(r.value).payload["notification_id"] for r in mails)
+        assert notified == Counter(mailed) and len(mailed) == PER_TOPIC  # one mail per match, each sent
+        calls = simulator.state.faults.calls
+        for signal in traffic.signals:
+            mine = [c for c in calls if c.path == SIGNAL_PATH + str(signal.signal_id)]
+            assert [c.method for c in mine if c.status in (200, 201)] == ["PUT", "DELETE"]
+        assert not [c for c in calls if c.status is not None and c.status >= 400]  # the poison never left
 
-        async def signals_through() -> bool:
-            done = {c.path for c in simulator.state.faults.calls if c.method == "DELETE" and c.status == 200}
-            return all(SIGNAL_PATH + str(s.signal_id) in done for s in traffic.signals)
-
-        await wait_for(signals_through, timeout_s=60)
-
-        probe = LagProbe({"bootstrap_servers": kafka.bootstrap})
-        consumed = {
-            f"g{unique}-intake": [prefix + POLITIE_REFERRAL.name],
-            f"g{unique}-verwijsindex": [prefix + VERWIJSINDEX_SIGNAL.name],
-        }
-        topics = [t for ts in consumed.values() for t in ts]
+        # Lag back to zero for every group on every topic it consumes.
+        consumed = {g: [prefix + t.name for t in CONSUMERS if groups[t] == g] for g in set(groups.values())}
+        topics = [prefix + t.name for t in CONSUMERS]
 
         async def lag_is_zero() -> bool:
             sample = await probe.measure(topics, consumed)
             lags = [p for p in sample.lags if p.topic in topics]
-            return len({(p.topic, p.partition) for p in lags}) == 8 and all(p.lag == 0 for p in lags)
+            return len({(p.topic, p.partition) for p in lags}) == 4 * len(topics) and all(
+                p.lag == 0 for p in lags
+            )
 
-        try:
-            await wait_for(lag_is_zero, timeout_s=30, interval_s=0.5)
-        finally:
-            await probe.close()
+        await wait_for(lag_is_zero, timeout_s=30, interval_s=0.5)
     except AssertionError:
         print(hub.log_tail())
         raise
     finally:
+        await probe.close()
         await hub.stop()
+        await store.close()
+
+
+async def _empty(missing: Any) -> bool:
+    return not await missing
+
+
+def _withdrawn(simulator: SimulatorServer, traffic: Traffic) -> set[str]:
+    ok = {c.path for c in simulator.state.faults.calls if c.method == "DELETE" and c.status == 200}
+    return {str(s.signal_id) for s in traffic.signals if SIGNAL_PATH + str(s.signal_id) in ok}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -135,20 +524,26 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         _, key = await add_partner(session, "politie-chaos", PartnerType.POLITIE)
     hub = HubProcess(tmp_path, hub_env(f"127.0.0.1:{proxy.port}", db_url, unique, simulator.url), "intake")
     accepted: list[str] = []
+    refused: list[bytes] = []
     try:
         await hub.start()
         records = police_records(60, seed=21)
         auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         async with httpx.AsyncClient(base_url=hub.url, timeout=10, headers=auth) as client:
 
-            async def post(batch: list[bytes]) -> None:
+            async def post(batch: list[bytes]) -> list[str]:
+                """Each answered 201 (taken in) or 503 with Retry-After (nothing kept), never otherwise."""
+                taken = []
                 for body in batch:
                     answer = await client.post("/api/v1/politie/verwijzingen", content=body)
                     assert answer.status_code in (201, 503), answer.text
                     if answer.status_code == 201:
-                        accepted.append(answer.json()["referralId"])
-                    else:  # refused, never a 2xx that is later lost
-                        assert answer.headers.get("Retry-After")
+                        taken.append(answer.json()["referralId"])
+                    else:
+                        assert answer.headers.get("Retry-After", "").isdigit(), answer.headers
+                        refused.append(body)
+                accepted.extend(taken)
+                return taken
 
             await post(records[:20])
             await proxy.cut()  # the broker is unreachable from here on
@@ -160,14 +555,20 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
 
             checks = await wait_for(broker_down, timeout_s=20)
             assert checks["store"] == "ok"  # /readyz names what is down, and only that
-            await post(records[20:40])
+            during_cut = await post(records[20:40])
+            # The store is reachable, so the hub can hold what comes in: every referral taken in.
+            assert len(during_cut) == 20
 
-            async def held() -> bool:  # acknowledged, in the store, waiting for the broker
-                async with store.connect() as conn:
-                    rows = await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))
-                    return len(rows.all()) >= 20
-
-            assert await held()
+            async with store.connect() as conn:  # acknowledged, in the store, waiting for the broker
+                held = (
+                    await conn.execute(
+                        select(outbox.c.headers).where(
+                            outbox.c.sent_at.is_(None), outbox.c.topic == prefix + REFERRAL_DECIDED.name
+                        )
+                    )
+                ).scalars()
+                waiting = Counter(h.get(H_CORRELATION_ID) for h in held)
+            assert all(waiting[r] == 1 for r in during_cut), waiting  # each its own unsent row
             assert (await client.get("/readyz")).status_code == 503  # still down, still saying so
             await proxy.start()  # back
             await post(records[40:])
@@ -176,7 +577,7 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
                 return (await client.get("/readyz")).status_code == 200
 
             await wait_for(ready_again, timeout_s=60)
-        assert len(accepted) >= 40  # the store held what came in while the broker was away
+        assert len(accepted) + len(refused) == len(records)  # every post answered one way or the other
 
         async def published() -> bool:
             async with store.connect() as conn:
@@ -186,10 +587,17 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         # A publish whose acknowledgement was lost in the cut is sent again, with the same message id.
         decided = await read_all(broker.bootstrap, prefix + REFERRAL_DECIDED.name)
         messages = {Envelope.from_bytes(r.value).message_id: Envelope.from_bytes(r.value) for r in decided}
-        ids = [m.correlation_id for m in messages.values()]
-        assert sorted(ids) == sorted(accepted)  # every acknowledged referral published, one message each
+        per_referral = Counter(m.correlation_id for m in messages.values())
+        assert per_referral == Counter(accepted)  # every acknowledged referral published, one message each
         bsns = {json.loads(r)["verdachte"]["bsn"] for r in records}
         assert {r.key for r in decided} <= {youth_key(TEST_SECRET, b).encode() for b in bsns}
+
+        # The consumers recover by themselves too: police records on Kafka are decided again.
+        later = police_records(65, seed=22)[60:]
+        await produce(broker.bootstrap, prefix + POLITIE_REFERRAL.name, [(None, v, []) for v in later])
+        answers = await read_topic(broker.bootstrap, prefix + POLITIE_DECISION.name, expect=len(later))
+        numbers = Counter(Envelope.from_bytes(r.value).payload["procesVerbaalNummer"] for r in answers)
+        assert numbers == Counter(json.loads(v)["procesVerbaalNummer"] for v in later)
     except AssertionError:
         print(hub.log_tail())
         raise
