@@ -75,6 +75,7 @@ class SmtpSettings(BaseModel):
     # Mails to different caseworkers go out side by side over up to this many connections; each
     # caseworker's mails stay in order (the retry ladder sends one at a time per recipient).
     connections: int = Field(default=4, ge=1, le=20)
+    retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
 
 
 class VerwijsindexSettings(BaseModel):

@@ -215,7 +215,7 @@ async def _was_sent(session: AsyncSession, notification_id: str) -> bool:
 
 
 def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untyped-def]
-    """A registrar; `policy` overrides the retry schedule (tests use a fast one)."""
+    """A registrar; `policy` overrides the schedule from settings (`smtp.retry_schedule_s`)."""
 
     def register(hub: Hub) -> None:
         assert hub.spine is not None and hub.store is not None
@@ -241,7 +241,7 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
                 on_parked=connector.on_parked,
                 on_dead=connector.on_dead,
             ),
-            policy=policy,
+            policy=policy or RetryPolicy(schedule_s=smtp.retry_schedule_s),
         )
         connector.ladder = ladder
         deliver_through(

@@ -366,6 +366,8 @@ class RetryLadder:
         message = Envelope.from_bytes(row.value)
         origin = {k: v for k, v in row.headers.items() if k.startswith("original-")}
         first = row.first_failure or self.clock()
+        if first.tzinfo is None:  # SQLite hands back naive datetimes; the dead letter's header says UTC
+            first = first.replace(tzinfo=self.clock().tzinfo)
         if outcome is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
             await self.delivery.on_delivered(session, message)

@@ -14,19 +14,31 @@ import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from bench.data import police_records
+from connectors.verwijsindex.contract import SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.intake.tables import referrals
-from hub.signals.commands import register_command, withdraw_command
+from hub.signals.commands import (
+    CHANGE_CONTACT,
+    REGISTER,
+    WITHDRAW,
+    change_contact_command,
+    register_command,
+    withdraw_command,
+)
 from hub.store import Store
 from hub.store.tables import outbox
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL, VERWIJSINDEX_SIGNAL, all_topics
@@ -35,7 +47,7 @@ from schemas.envelope import Envelope
 from schemas.pseudonym import youth_key
 from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
 from tests.conftest import TEST_SECRET
-from tests.helpers.kafka import produce, read_all, read_topic, wait_for
+from tests.helpers.kafka import produce, read_all, wait_for
 from tests.helpers.procs import HubProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -84,38 +96,82 @@ def signal_of(bsn: str) -> VerwijsindexSignal:
     )  # fmt: skip
 
 
-class Traffic:
-    """Police records and signal commands (register, then withdraw, per youth), sent in waves."""
+NEW_CONTACT = ContactDetails(name="Omar El Idrissi", organisation="Halt Den Haag", email="omar@halt.nl")
 
-    def __init__(self, kafka: EmbeddedKafka, prefix: str, referrals_n: int, youths_n: int) -> None:
+
+@dataclass(frozen=True)
+class Command:
+    """One signal command as the test sent it: the call it must become, under its transaction id."""
+
+    method: str
+    transaction_id: str
+
+
+class Traffic:
+    """Police records and signal commands (register, [change contact,] withdraw per youth), in waves.
+
+    With `referrals_per_youth` above 1, consecutive records share a youth (BSN, name, birth and
+    offence date) and are keyed by that youth's key, as a partner keys what must stay in order.
+    """
+
+    def __init__(
+        self,
+        kafka: EmbeddedKafka,
+        prefix: str,
+        referrals_n: int,
+        youths_n: int,
+        *,
+        referrals_per_youth: int = 1,
+        contact_changes: bool = False,
+    ) -> None:
         self.kafka, self.prefix = kafka, prefix
-        self.records = police_records(referrals_n, seed=7)
-        self.case_refs = [json.loads(r)["procesVerbaalNummer"] for r in self.records]
+        self.contact_changes = contact_changes
+        records = [json.loads(r) for r in police_records(referrals_n, seed=7)]
+        for i, record in enumerate(records):
+            first = records[i - i % referrals_per_youth]
+            record["verdachte"], record["pleegdatum"] = first["verdachte"], first["pleegdatum"]
+        self.records = [json.dumps(r).encode() for r in records]
+        self.case_refs = [r["procesVerbaalNummer"] for r in records]
+        self.youth_of = {
+            r["procesVerbaalNummer"]: youth_key(TEST_SECRET, r["verdachte"]["bsn"]) for r in records
+        }
+        self.sent: list[str] = []  # case references in the order they were produced
         bsns = [json.loads(r)["verdachte"]["bsn"] for r in police_records(youths_n, seed=8)]
         self.signals = [signal_of(b) for b in bsns]
+        self.commands: dict[str, list[Command]] = {}
 
     def _signal_records(
         self, signal: VerwijsindexSignal
     ) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
         key = youth_key(TEST_SECRET, signal.youth.bsn).encode()
-        out = []
-        for command in (
-            register_command(signal, str(uuid.uuid4())),
-            withdraw_command(str(signal.signal_id), WithdrawalReason.RISICO_WEG, str(uuid.uuid4())),
-        ):
-            out.append((key, command.to_bytes(), command.headers()))
-        return out
+        sid = str(signal.signal_id)
+        commands = [register_command(signal, str(uuid.uuid4()))]
+        if self.contact_changes:
+            commands.append(change_contact_command(sid, "cw-omar", NEW_CONTACT, str(uuid.uuid4())))
+        commands.append(withdraw_command(sid, WithdrawalReason.RISICO_WEG, str(uuid.uuid4())))
+        self.commands[sid] = [Command(_METHODS[c.type], c.transaction_id) for c in commands]
+        return [(key, command.to_bytes(), command.headers()) for command in commands]
 
-    async def send(self, waves: int, pause_s: float) -> None:
-        """Everything, spread over `waves` with a pause between them (while the hub is killed)."""
+    async def send(self, waves: int, pause_s: float, *, only: range | None = None) -> None:
+        """Everything, spread over `waves` with a pause after each (while the hub is killed).
+
+        `only` sends just those waves (the rest before or after something the test does).
+        """
         police = self.prefix + POLITIE_REFERRAL.name
         signal_topic = self.prefix + VERWIJSINDEX_SIGNAL.name
-        for w in range(waves):
-            chunk = self.records[w::waves]
-            await produce(self.kafka.bootstrap, police, [(None, v, []) for v in chunk])
+        for w in only if only is not None else range(waves):
+            chunk = list(zip(self.records[w::waves], self.case_refs[w::waves], strict=True))
+            keyed: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [
+                (self.youth_of[ref].encode(), value, []) for value, ref in chunk
+            ]
+            await produce(self.kafka.bootstrap, police, keyed)
+            self.sent.extend(ref for _, ref in chunk)
             commands = [rec for s in self.signals[w::waves] for rec in self._signal_records(s)]
             await produce(self.kafka.bootstrap, signal_topic, commands)
             await asyncio.sleep(pause_s)
+
+
+_METHODS = {REGISTER: "PUT", CHANGE_CONTACT: "PATCH", WITHDRAW: "DELETE"}
 
 
 async def kill_loop(hubs: list[HubProcess], until: asyncio.Event, rng: random.Random) -> None:
@@ -129,7 +185,13 @@ async def kill_loop(hubs: list[HubProcess], until: asyncio.Event, rng: random.Ra
 
 
 async def verify(
-    kafka: EmbeddedKafka, store: Store, prefix: str, traffic: Traffic, simulator: SimulatorServer
+    kafka: EmbeddedKafka,
+    store: Store,
+    prefix: str,
+    traffic: Traffic,
+    simulator: SimulatorServer,
+    *,
+    kills: int,
 ) -> None:
     """Nothing lost, nothing doubled, order per youth kept."""
     n = len(traffic.records)
@@ -142,26 +204,85 @@ async def verify(
             return not (await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))).first()
 
     await wait_for(published, timeout_s=30)
-    # A kill between publish and marking sends a batch again (same message ids): read all there is.
+    await verify_decisions(kafka, prefix, traffic)
+    verify_index_calls(traffic, simulator, kills=kills)
+    for topic in (POLITIE_REFERRAL.dlq, VERWIJSINDEX_SIGNAL.dlq):  # read to the high watermark: none late
+        assert await read_all(kafka.bootstrap, prefix + topic) == [], topic
+
+
+async def verify_decisions(kafka: EmbeddedKafka, prefix: str, traffic: Traffic) -> None:
+    """Every referral decided by one decision message, on its youth's key, in the order it was sent.
+
+    A kill between the relay's publish and its marking publishes a batch again with the same message
+    ids (at-least-once on the bus, the police de-duplicate by message id): the first copy of each
+    message counts, and in that order each youth's decisions follow the order of their referrals.
+    """
     decisions = await read_all(kafka.bootstrap, prefix + POLITIE_DECISION.name)
     ids_per_case: dict[str, set[str]] = defaultdict(set)
-    for record in decisions:
+    order: dict[bytes, list[str]] = defaultdict(list)  # per record key, by offset
+    seen: set[str] = set()
+    for record in sorted(decisions, key=lambda r: (r.partition, r.offset)):
         message = Envelope.from_bytes(record.value)
+        case = message.payload["procesVerbaalNummer"]
         assert message.payload["herhaling"] is False  # a redelivery is never decided as a repeat
-        ids_per_case[message.payload["procesVerbaalNummer"]].add(message.message_id)
+        assert message.payload["besluit"] in ("GEACCEPTEERD", "AFGEWEZEN")  # F300 needs the OvJ
+        assert record.key == traffic.youth_of[case].encode()  # on the youth's key
+        ids_per_case[case].add(message.message_id)
+        if message.message_id not in seen:
+            seen.add(message.message_id)
+            order[record.key].append(case)
     assert set(ids_per_case) == set(traffic.case_refs)  # every referral decided...
     assert all(len(ids) == 1 for ids in ids_per_case.values())  # ...exactly once (one decision message)
+    sent: dict[bytes, list[str]] = defaultdict(list)
+    for case in traffic.sent:
+        sent[traffic.youth_of[case].encode()].append(case)
+    assert max(len(cases) for cases in sent.values()) > 1  # several referrals per youth
+    assert order == sent  # per youth, decided in the order referred
 
-    calls = simulator.state.faults.calls
+
+def verify_index_calls(traffic: Traffic, simulator: SimulatorServer, *, kills: int) -> None:
+    """Each signal command had its effect at the index exactly once, in order per youth.
+
+    DESIGN.md (retry ladder) and the ladder's Delivery contract: a connector's call must be
+    idempotent, since a crash after the partner answered and before the outcome is committed
+    delivers the command again. Towards the Verwijsindex, whose PUT, PATCH and DELETE are
+    idempotent by contract, delivery is therefore at-least-once and the effect exactly once. So per
+    command (found by its transaction id, rule 19): every call it made succeeded, at least one, and
+    a repeat only after a kill (at most one per kill); the registration was created (201) exactly
+    once, a repeat of it answered 200; per youth, every call of a command came before any call of
+    the next (PUT, then PATCH, then DELETE), and the index ends with the signal withdrawn for
+    RISICO_WEG with the new contact. No other call touched the signal.
+    """
+    calls = list(simulator.state.faults.calls)
+    by_tx: dict[str | None, list[int]] = defaultdict(list)
+    for i, call in enumerate(calls):
+        by_tx[call.transaction_id].append(i)
+    repeats = 0
     for signal in traffic.signals:
-        mine = [c for c in calls if c.path == SIGNAL_PATH + str(signal.signal_id)]
-        created = [i for i, c in enumerate(mine) if c.method == "PUT" and c.status == 201]
-        withdrawn = [i for i, c in enumerate(mine) if c.method == "DELETE" and c.status == 200]
-        assert len(created) == 1, f"signal registered {len(created)} times"  # exactly once
-        assert withdrawn and withdrawn[0] > created[0]  # the withdrawal never overtook its registration
-        assert not [c for c in mine if c.status is not None and c.status >= 400]
-    for topic in (POLITIE_REFERRAL.dlq, VERWIJSINDEX_SIGNAL.dlq):
-        assert await read_topic(kafka.bootstrap, prefix + topic, expect=1, timeout_s=0.5) == []
+        sid = str(signal.signal_id)
+        path = SIGNAL_PATH + sid
+        commands = traffic.commands[sid]
+        mine = [i for i, c in enumerate(calls) if c.path == path]
+        assert sorted(mine) == sorted(i for cmd in commands for i in by_tx[cmd.transaction_id])
+        previous_last = -1
+        for cmd in commands:
+            made = [calls[i] for i in by_tx[cmd.transaction_id]]
+            assert made, f"{cmd.method} {sid[:8]} never called"
+            assert {c.method for c in made} == {cmd.method} and {c.path for c in made} == {path}
+            assert all(c.status in (200, 201) for c in made), [c.status for c in made]
+            assert len(made) - 1 <= kills, f"{cmd.method} {sid[:8]} called {len(made)} times"
+            repeats += len(made) - 1
+            if cmd.method == "PUT":
+                assert [c.status for c in made] == [201] + [200] * (len(made) - 1)  # created once
+            first, last = by_tx[cmd.transaction_id][0], by_tx[cmd.transaction_id][-1]
+            assert first > previous_last, f"{sid[:8]}: {cmd.method} overtook the command before it"
+            previous_last = last
+        state = simulator.state.get(sid)
+        assert state.status is SignaalStatus.BEEINDIGD_RISICO_WEG
+        if traffic.contact_changes:
+            assert state.contactpersoon.naam == NEW_CONTACT.name
+    if kills == 0:
+        assert repeats == 0
 
 
 async def create_topics(kafka: EmbeddedKafka, prefix: str) -> None:
@@ -176,8 +297,8 @@ async def create_topics(kafka: EmbeddedKafka, prefix: str) -> None:
 
 
 async def signals_done(simulator: SimulatorServer, traffic: Traffic) -> bool:
-    ok = {c.path for c in simulator.state.faults.calls if c.method == "DELETE" and c.status == 200}
-    return all(SIGNAL_PATH + str(s.signal_id) in ok for s in traffic.signals)
+    ok = {c.transaction_id for c in simulator.state.faults.calls if c.status in (200, 201)}
+    return all(cmd.transaction_id in ok for commands in traffic.commands.values() for cmd in commands)
 
 
 async def referrals_done(store: Store, n: int) -> bool:
@@ -191,7 +312,10 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
 ) -> None:
     prefix = f"t{unique}."
     await create_topics(kafka, prefix)
-    traffic = Traffic(kafka, prefix, referrals_n=6000 if LONG else 1500, youths_n=400 if LONG else 120)
+    traffic = Traffic(
+        kafka, prefix, referrals_n=6000 if LONG else 1500, youths_n=400 if LONG else 120,
+        referrals_per_youth=3, contact_changes=True,
+    )  # fmt: skip
     hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, db_url, unique, simulator.url), "intake,verwijsindex")
     store = Store(db_url)
     await hub.start()
@@ -205,7 +329,7 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
         await killer
         await wait_for(lambda: referrals_done(store, len(traffic.records)), timeout_s=60)
         await wait_for(lambda: signals_done(simulator, traffic), timeout_s=60)
-        await verify(kafka, store, prefix, traffic, simulator)
+        await verify(kafka, store, prefix, traffic, simulator, kills=hub.kills)
     except AssertionError:
         print(hub.log_tail())
         raise
@@ -216,26 +340,109 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
         await store.close()
 
 
+async def handled(hub: HubProcess, topic: str) -> int:
+    """How many records of `topic` this process took (processed, duplicate or dead-lettered), from
+    its own /metrics: a process only ever sees records of partitions assigned to it."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(hub.url + "/metrics")).text
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "ketenhub_messages_total"
+            and sample.labels.get("topic") == topic
+            and sample.labels.get("outcome") in ("processed", "duplicate", "dead_lettered")
+        )
+    )
+
+
+async def group_members(bootstrap: str, group: str) -> int:
+    """Members of a consumer group as the broker describes it. tansu answers DescribeGroups with the
+    members but an empty assignment (member_assignment b''), so who holds which partition cannot be
+    read from the broker; the hub's per-process metrics and the committed offsets say it instead."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        return sum(len(g[5]) for g in response.groups if g[1] == group)
+    finally:
+        await admin.close()
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (-1: none); tansu needs the partitions named."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+        return {tp.partition: (meta.offset if meta is not None else -1) for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_two_processes_in_one_group_one_killed_the_other_takes_over(
     kafka: EmbeddedKafka, db_url: str, unique: str, tmp_path: Path, simulator: SimulatorServer
 ) -> None:
     prefix = f"t{unique}."
+    police = prefix + POLITIE_REFERRAL.name
+    signal_topic = prefix + VERWIJSINDEX_SIGNAL.name
     await create_topics(kafka, prefix)
-    traffic = Traffic(kafka, prefix, referrals_n=4000 if LONG else 1000, youths_n=200 if LONG else 60)
+    traffic = Traffic(
+        kafka, prefix, referrals_n=4000 if LONG else 1000, youths_n=200 if LONG else 60,
+        referrals_per_youth=3, contact_changes=True,
+    )  # fmt: skip
     env = hub_env(kafka.bootstrap, db_url, unique, simulator.url)
     first = HubProcess(tmp_path, env, "intake,verwijsindex")
     second = HubProcess(tmp_path, env, "intake,verwijsindex")
     store = Store(db_url)
     await asyncio.gather(first.start(), second.start())
+    waves = 6
     try:
-        sending = asyncio.create_task(traffic.send(waves=6, pause_s=0.5))
-        await wait_for(lambda: referrals_done(store, 50), timeout_s=30)  # mid-stream
+        await traffic.send(waves, pause_s=0.5, only=range(waves // 2))
+
+        # Both processes hold partitions of both topics: each group has both processes' consumers
+        # as members (intake has one per topic it takes in: police records and canonical referrals),
+        # and each process took records of each topic (so some partitions of each were its own).
+        members = {f"g{unique}-intake": 2 * 2, f"g{unique}-verwijsindex": 2 * 1}
+        for group, expected in members.items():
+            assert await group_members(kafka.bootstrap, group) == expected, group
+
+        async def both_took(topic: str) -> bool:
+            return all([await handled(first, topic) > 0, await handled(second, topic) > 0])
+
+        await wait_for(lambda: both_took(police), timeout_s=30)
+        await wait_for(lambda: both_took(signal_topic), timeout_s=30)
+
         first.kill()  # for good: the second process must take over its partitions
-        await sending
+        at_kill = {t: await handled(second, t) for t in (police, signal_topic)}
+        before = len(traffic.sent)
+        await traffic.send(waves, pause_s=0.5, only=range(waves // 2, waves))
         await wait_for(lambda: referrals_done(store, len(traffic.records)), timeout_s=60)
         await wait_for(lambda: signals_done(simulator, traffic), timeout_s=60)
-        await verify(kafka, store, prefix, traffic, simulator)
+        await verify(kafka, store, prefix, traffic, simulator, kills=1)
+
+        # The records sent after the kill lie on every partition, the killed process's included,
+        # and the survivor took every one of them: the group's offsets are at each partition's end.
+        after = set(traffic.sent[before:])
+        on = {r.partition for r in await read_all(kafka.bootstrap, police) if _case(r.value) in after}
+        assert on == set(range(POLITIE_REFERRAL.partitions))
+        for group, topic in ((f"g{unique}-intake", police), (f"g{unique}-verwijsindex", signal_topic)):
+            ends: dict[int, int] = {}
+            for r in await read_all(kafka.bootstrap, topic):
+                ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+
+            async def at_end(group: str = group, topic: str = topic, ends: dict[int, int] = ends) -> bool:
+                return await committed(kafka.bootstrap, group, topic, len(ends)) == ends
+
+            await wait_for(at_end, timeout_s=20)
+        assert await handled(second, police) - at_kill[police] >= len(after)
+        signal_records_after = sum(
+            len(traffic.commands[str(s.signal_id)]) for s in _sent_after(traffic, waves)
+        )
+        assert await handled(second, signal_topic) - at_kill[signal_topic] >= signal_records_after
         async with httpx.AsyncClient() as client:
             assert (await client.get(second.url + "/readyz")).status_code == 200
     except AssertionError:
@@ -245,3 +452,11 @@ async def test_two_processes_in_one_group_one_killed_the_other_takes_over(
         first.kill()
         await second.stop()
         await store.close()
+
+
+def _case(value: bytes) -> str:
+    return str(json.loads(value)["procesVerbaalNummer"])
+
+
+def _sent_after(traffic: Traffic, waves: int) -> list[VerwijsindexSignal]:
+    return [s for w in range(waves // 2, waves) for s in traffic.signals[w::waves]]

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 
 async def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]]
 ) -> None:
     """Send (key, value, headers) records and wait for the acks."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records
+            await producer.send(topic, value, key=key, headers=list(headers))
+            for key, value, headers in records
         ]
         await asyncio.gather(*futures)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -187,6 +188,10 @@ async def test_permanent_error_and_exhausted_ladder_go_to_dlq(
             "TransientError"
         )
         assert by_name["x1"]["dlq-original-topic"] == hub.topic(CMD.name)
+        # Both failure times carry their zone (the first comes back from the store: naive on SQLite)
+        first = datetime.fromisoformat(by_name["x1"]["dlq-first-failure"])
+        last = datetime.fromisoformat(by_name["x1"]["dlq-last-failure"])
+        assert first.utcoffset() == last.utcoffset() == timedelta(0) and first < last
         assert partner.calls["p1"] == 1  # permanent: never retried
         assert partner.calls["x1"] == 2 + 3
         assert partner.delivered == ["c1"]
