@@ -40,8 +40,10 @@ def _date_error(kind: str, text: str) -> PydanticCustomError:
 def _to_date(value: object) -> object:
     if isinstance(value, datetime):
         return value.date()
-    if isinstance(value, date) or not isinstance(value, str):
+    if isinstance(value, date):
         return value
+    if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
+        raise _date_error("datum_vorm", "een datum moet als tekst worden aangeleverd")
     text = value.strip()
     if m := _DMY.match(text):
         day, month, year = (int(g) for g in m.groups())
@@ -55,9 +57,16 @@ def _to_date(value: object) -> object:
         raise _date_error("datum_bestaat_niet", "deze datum bestaat niet") from None
 
 
+_DATETIME_ALLOWED = "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"
+
+
 def _to_datetime(value: object) -> object:
-    if not isinstance(value, str):
+    if isinstance(value, datetime):
         return value
+    if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
+        raise PydanticCustomError(
+            "tijdstip_vorm", "een tijdstip moet als tekst worden aangeleverd", {"allowed": _DATETIME_ALLOWED}
+        )
     text = value.strip()
     if m := _DMY_TIME.match(text):
         day, month, year, hour, minute = (int(g) for g in m.groups()[:5])
@@ -72,7 +81,7 @@ def _to_datetime(value: object) -> object:
         raise PydanticCustomError(
             "tijdstip_vorm",
             "geen tijdstip in een bekende vorm",
-            {"allowed": "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"},
+            {"allowed": _DATETIME_ALLOWED},
         ) from None
 
 
@@ -127,6 +136,13 @@ def _to_amount(value: object) -> object:
     return cents
 
 
+def _not_a_bool(value: object) -> object:
+    # JSON true/false would otherwise count as 1/0: a typing mistake, not a number
+    if isinstance(value, bool):
+        raise PydanticCustomError("getal_type", "moet een getal zijn, geen ja/nee")
+    return value
+
+
 def _empty_to_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
@@ -135,7 +151,13 @@ PartnerDate = Annotated[date, BeforeValidator(_to_date)]
 PartnerDateTime = Annotated[datetime, BeforeValidator(_to_datetime)]
 PartnerBool = Annotated[bool, BeforeValidator(_to_bool)]
 PartnerAmount = Annotated[Decimal, BeforeValidator(_to_amount)]
+PartnerCount = Annotated[int, BeforeValidator(_not_a_bool)]
+PartnerFloat = Annotated[float, BeforeValidator(_not_a_bool)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# An identifier the canonical models keep as a Code (at most 100 characters): refused here, on the
+# partner's own field, rather than as a misfit in translation.
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+OptCode = Annotated[Code | None, BeforeValidator(_empty_to_none)]
 LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 OptText = Annotated[Text | None, BeforeValidator(_empty_to_none)]
 OptEmail = Annotated[
