@@ -9,7 +9,14 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -147,12 +154,50 @@ def _empty_to_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
 
-PartnerDate = Annotated[date, BeforeValidator(_to_date)]
-PartnerDateTime = Annotated[datetime, BeforeValidator(_to_datetime)]
-PartnerBool = Annotated[bool, BeforeValidator(_to_bool)]
-PartnerAmount = Annotated[Decimal, BeforeValidator(_to_amount)]
-PartnerCount = Annotated[int, BeforeValidator(_not_a_bool)]
-PartnerFloat = Annotated[float, BeforeValidator(_not_a_bool)]
+# The JSON schemas (served in the OpenAPI document) say what the lenient parsing takes, no less: a
+# request the document calls invalid is refused, so a fuzzer's invalid data is invalid here too.
+PartnerDate = Annotated[
+    date,
+    BeforeValidator(_to_date),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*([0-9]{1,2}[-/.][0-9]{1,2}[-/.][0-9]{4}|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$",
+            "description": DATE_ALLOWED,
+        }
+    ),
+]
+PartnerDateTime = Annotated[
+    datetime,
+    BeforeValidator(_to_datetime),
+    WithJsonSchema({"type": "string", "description": "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"}),
+]
+PartnerBool = Annotated[
+    bool,
+    BeforeValidator(_to_bool),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "boolean"}, {"enum": [0, 1]}, {"type": "string"}],
+            "description": "true/false, 1/0 of " + ", ".join(sorted(_TRUE | _FALSE)),
+        }
+    ),
+]
+PartnerAmount = Annotated[
+    Decimal,
+    BeforeValidator(_to_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+            "description": 'euro\'s, bv. 125.5 of "1.250,50"',
+        }
+    ),
+]
+PartnerCount = Annotated[
+    int, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+]
+PartnerFloat = Annotated[
+    float, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
+]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # An identifier the canonical models keep as a Code (at most 100 characters): refused here, on the
 # partner's own field, rather than as a misfit in translation.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
@@ -31,6 +31,15 @@ Projectcode = Annotated[
 ]
 
 
+def _coordinate(limit: int) -> WithJsonSchema:
+    number = {"type": "number", "minimum": -limit, "maximum": limit}
+    return WithJsonSchema({"anyOf": [number, {"type": "string"}]})
+
+
+Latitude = Annotated[PartnerFloat, Field(ge=-90, le=90), _coordinate(90)]
+Longitude = Annotated[PartnerFloat, Field(ge=-180, le=180), _coordinate(180)]
+
+
 class Handhaver(PartnerModel):
     """The enforcement officer who wrote the ticket."""
 
@@ -46,8 +55,8 @@ class Locatie(PartnerModel):
 
     gemeente: Text
     straat: OptText = None
-    lat: PartnerFloat | None = Field(default=None, ge=-90, le=90)
-    lon: PartnerFloat | None = Field(default=None, ge=-180, le=180)
+    lat: Latitude | None = None
+    lon: Longitude | None = None
 
 
 class Betrokkene(PartnerModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
@@ -90,7 +90,11 @@ class PolitieVerwijzing(PartnerModel):
     ouders_akkoord: PartnerBool | None = None
     ouders_geinformeerd_op: PartnerDate | None = None
     schade: Schade | None = None
-    eerdere_haltverwijzingen: PartnerCount = Field(default=0, ge=0, le=100)
+    eerdere_haltverwijzingen: Annotated[
+        PartnerCount,
+        Field(ge=0, le=100),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 100}, {"type": "string"}]}),
+    ] = 0
     ovj_toestemming: PartnerBool = False
     parketnummer: OptText = None
 
