@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 _WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
@@ -56,5 +56,9 @@ def _check_bsn(value: object) -> str:
     return normalise_bsn(value)
 
 
-Bsn = Annotated[str, BeforeValidator(_check_bsn)]
+Bsn = Annotated[
+    str,
+    BeforeValidator(_check_bsn),
+    WithJsonSchema({"type": "string", "pattern": r"^\s*[0-9]{8,9}\s*$", "description": BSN_ALLOWED}),
+]
 """A valid, normalised BSN. Models holding one must set hide_input_in_errors (CanonicalModel does)."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from connectors import boa, leerplicht, politie, preventief
@@ -27,6 +28,9 @@ from hub.intake.service import IntakeResult, Origin, aware
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
 from hub.runtime import Hub
+from schemas.partners.boa import BoaVerwijzing
+from schemas.partners.politie import PolitieVerwijzing
+from schemas.partners.preventief import PreventiefAanmelding
 from schemas.referral import Decision, Referral
 
 router = APIRouter(prefix="/api/v1", tags=["verwijzingen"])
@@ -85,12 +89,27 @@ async def _take_in_json(request: Request, partner: Partner, parse: Callable[[byt
     )
 
 
-def _json_body(partner_format: str) -> dict[str, Any]:
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every local `#/$defs/...` reference replaced by its definition."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _json_body(partner_format: str, model: type[BaseModel]) -> dict[str, Any]:
+    """The partner format's JSON schema as the documented body. The handler still reads the raw body
+    itself, so a body that does not fit gets the hub's own 400 naming each field, not FastAPI's 422."""
+    schema = model.model_json_schema(by_alias=True)
     return {
         "requestBody": {
             "required": True,
             "description": f"Eén verwijzing in het {partner_format}-formaat (zie de README, 'Partners').",
-            "content": {JSON: {"schema": {"type": "object"}}},
+            "content": {JSON: {"schema": _inline(schema, schema.get("$defs", {}))}},
         }
     }
 
@@ -104,7 +123,10 @@ _POST: dict[str, Any] = {
 
 
 @router.post(
-    "/politie/verwijzingen", summary="Politie: één verwijzing", openapi_extra=_json_body("politie"), **_POST
+    "/politie/verwijzingen",
+    summary="Politie: één verwijzing",
+    openapi_extra=_json_body("politie", PolitieVerwijzing),
+    **_POST,
 )
 async def post_politie(
     request: Request,
@@ -114,7 +136,12 @@ async def post_politie(
     return await _take_in_json(request, partner, politie.parse)
 
 
-@router.post("/boa/verwijzingen", summary="BOA: één verwijzing", openapi_extra=_json_body("BOA"), **_POST)
+@router.post(
+    "/boa/verwijzingen",
+    summary="BOA: één verwijzing",
+    openapi_extra=_json_body("BOA", BoaVerwijzing),
+    **_POST,
+)
 async def post_boa(
     request: Request,
     partner: Annotated[Partner, Depends(partner_of_type(PartnerType.BOA))],
@@ -126,7 +153,7 @@ async def post_boa(
 @router.post(
     "/preventief/verwijzingen",
     summary="Preventief: één aanmelding",
-    openapi_extra=_json_body("preventief"),
+    openapi_extra=_json_body("preventief", PreventiefAanmelding),
     **_POST,
 )
 async def post_preventief(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -39,10 +40,17 @@ async def metrics(request: Request) -> Response:
 
 async def _credentials(request: Request) -> tuple[str, str, bool]:
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await request.json()
+        try:
+            body = json.loads(await request.body())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            body = None
+        if not isinstance(body, dict):  # malformed JSON or not an object was a 500
+            raise Problem(400, "Invalid login request", "Expected a JSON object with username and password.")
         return str(body.get("username", "")), str(body.get("password", "")), False
     form = await request.form()
-    return str(form.get("username", "")), str(form.get("password", "")), True
+    if "username" not in form or "password" not in form:  # the login page always sends both
+        raise Problem(400, "Invalid login request", "The form needs a username and a password.")
+    return str(form["username"]), str(form["password"]), True
 
 
 _CREDENTIALS = {

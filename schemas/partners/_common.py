@@ -9,7 +9,14 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -40,8 +47,10 @@ def _date_error(kind: str, text: str) -> PydanticCustomError:
 def _to_date(value: object) -> object:
     if isinstance(value, datetime):
         return value.date()
-    if isinstance(value, date) or not isinstance(value, str):
+    if isinstance(value, date):
         return value
+    if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
+        raise _date_error("datum_vorm", "een datum moet als tekst worden aangeleverd")
     text = value.strip()
     if m := _DMY.match(text):
         day, month, year = (int(g) for g in m.groups())
@@ -55,9 +64,16 @@ def _to_date(value: object) -> object:
         raise _date_error("datum_bestaat_niet", "deze datum bestaat niet") from None
 
 
+_DATETIME_ALLOWED = "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"
+
+
 def _to_datetime(value: object) -> object:
-    if not isinstance(value, str):
+    if isinstance(value, datetime):
         return value
+    if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
+        raise PydanticCustomError(
+            "tijdstip_vorm", "een tijdstip moet als tekst worden aangeleverd", {"allowed": _DATETIME_ALLOWED}
+        )
     text = value.strip()
     if m := _DMY_TIME.match(text):
         day, month, year, hour, minute = (int(g) for g in m.groups()[:5])
@@ -72,7 +88,7 @@ def _to_datetime(value: object) -> object:
         raise PydanticCustomError(
             "tijdstip_vorm",
             "geen tijdstip in een bekende vorm",
-            {"allowed": "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"},
+            {"allowed": _DATETIME_ALLOWED},
         ) from None
 
 
@@ -127,15 +143,66 @@ def _to_amount(value: object) -> object:
     return cents
 
 
+def _not_a_bool(value: object) -> object:
+    # JSON true/false would otherwise count as 1/0: a typing mistake, not a number
+    if isinstance(value, bool):
+        raise PydanticCustomError("getal_type", "moet een getal zijn, geen ja/nee")
+    return value
+
+
 def _empty_to_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
 
-PartnerDate = Annotated[date, BeforeValidator(_to_date)]
-PartnerDateTime = Annotated[datetime, BeforeValidator(_to_datetime)]
-PartnerBool = Annotated[bool, BeforeValidator(_to_bool)]
-PartnerAmount = Annotated[Decimal, BeforeValidator(_to_amount)]
+# The JSON schemas (served in the OpenAPI document) say what the lenient parsing takes, no less: a
+# request the document calls invalid is refused, so a fuzzer's invalid data is invalid here too.
+PartnerDate = Annotated[
+    date,
+    BeforeValidator(_to_date),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*([0-9]{1,2}[-/.][0-9]{1,2}[-/.][0-9]{4}|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$",
+            "description": DATE_ALLOWED,
+        }
+    ),
+]
+PartnerDateTime = Annotated[
+    datetime,
+    BeforeValidator(_to_datetime),
+    WithJsonSchema({"type": "string", "description": "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"}),
+]
+PartnerBool = Annotated[
+    bool,
+    BeforeValidator(_to_bool),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "boolean"}, {"enum": [0, 1]}, {"type": "string"}],
+            "description": "true/false, 1/0 of " + ", ".join(sorted(_TRUE | _FALSE)),
+        }
+    ),
+]
+PartnerAmount = Annotated[
+    Decimal,
+    BeforeValidator(_to_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+            "description": 'euro\'s, bv. 125.5 of "1.250,50"',
+        }
+    ),
+]
+PartnerCount = Annotated[
+    int, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+]
+PartnerFloat = Annotated[
+    float, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
+]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# An identifier the canonical models keep as a Code (at most 100 characters): refused here, on the
+# partner's own field, rather than as a misfit in translation.
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+OptCode = Annotated[Code | None, BeforeValidator(_empty_to_none)]
 LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 OptText = Annotated[Text | None, BeforeValidator(_empty_to_none)]
 OptEmail = Annotated[

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
+    Code,
     LongText,
     OptEmail,
     OptPhone,
@@ -16,24 +17,34 @@ from schemas.partners._common import (
     PartnerBool,
     PartnerDate,
     PartnerDateTime,
+    PartnerFloat,
     PartnerModel,
     Text,
 )
 
 Feitcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z]\d{3}[A-Z]?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]\d{3}[A-Za-z]?$")
 ]
 Bonnummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z]{2,4}-\d{4}-\d{4,8}$")]
 Projectcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z0-9][A-Z0-9\-]{1,29}$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9\-]{1,29}$")
 ]
+
+
+def _coordinate(limit: int) -> WithJsonSchema:
+    number = {"type": "number", "minimum": -limit, "maximum": limit}
+    return WithJsonSchema({"anyOf": [number, {"type": "string"}]})
+
+
+Latitude = Annotated[PartnerFloat, Field(ge=-90, le=90), _coordinate(90)]
+Longitude = Annotated[PartnerFloat, Field(ge=-180, le=180), _coordinate(180)]
 
 
 class Handhaver(PartnerModel):
     """The enforcement officer who wrote the ticket."""
 
     naam: Text
-    boa_nummer: Text
+    boa_nummer: Code
     organisatie: Text
     email: OptEmail = None
     telefoon: OptPhone = None
@@ -44,8 +55,8 @@ class Locatie(PartnerModel):
 
     gemeente: Text
     straat: OptText = None
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: Latitude | None = None
+    lon: Longitude | None = None
 
 
 class Betrokkene(PartnerModel):

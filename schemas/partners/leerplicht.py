@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
+    Code,
     OptEmail,
     OptPhone,
     OptText,
@@ -19,7 +20,7 @@ from schemas.problems import FieldProblem
 from schemas.referral import Referral
 
 Brin = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^\d{2}[A-Z]{2}(\d{2})?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^\d{2}[A-Za-z]{2}(\d{2})?$")
 ]
 
 
@@ -28,7 +29,7 @@ class LeerplichtRij(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, str_strip_whitespace=True)
 
-    dossiernummer: Text = Field(alias="Dossiernummer")
+    dossiernummer: Code = Field(alias="Dossiernummer")
     bsn: Bsn = Field(alias="BSN")
     voornamen: Text = Field(alias="Voornamen")
     tussenvoegsel: OptText = Field(default=None, alias="Tussenvoegsel")

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     LongText,
+    OptCode,
     OptEmail,
     OptPhone,
     OptText,
     PartnerAmount,
     PartnerBool,
+    PartnerCount,
     PartnerDate,
     PartnerModel,
     Text,
 )
 
 Feitcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z]\d{3}[A-Z]?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]\d{3}[A-Za-z]?$")
 ]
 PvNummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^PL\d{4}-\d{10}-\d{1,3}$")]
 
@@ -29,7 +31,7 @@ class Verbalisant(PartnerModel):
     """The reporting officer."""
 
     naam: Text
-    dienstnummer: OptText = None
+    dienstnummer: OptCode = None
     email: OptEmail = None
     telefoon: OptPhone = None
 
@@ -77,7 +79,7 @@ class PolitieVerwijzing(PartnerModel):
     basisteam: OptText = None
     verbalisant: Verbalisant
     feitcode: Feitcode
-    wetsartikel: OptText = None
+    wetsartikel: OptCode = None
     pleegdatum: PartnerDate
     pleegplaats: OptText = None
     omschrijving: Annotated[LongText | None, Field(default=None)]
@@ -88,7 +90,11 @@ class PolitieVerwijzing(PartnerModel):
     ouders_akkoord: PartnerBool | None = None
     ouders_geinformeerd_op: PartnerDate | None = None
     schade: Schade | None = None
-    eerdere_haltverwijzingen: int = Field(default=0, ge=0, le=100)
+    eerdere_haltverwijzingen: Annotated[
+        PartnerCount,
+        Field(ge=0, le=100),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 100}, {"type": "string"}]}),
+    ] = 0
     ovj_toestemming: PartnerBool = False
     parketnummer: OptText = None
 

@@ -1,9 +1,11 @@
 """schemathesis against the hub's own OpenAPI, over real HTTP to a `ketenhub run` process.
 
-Every operation is called with generated requests, once without credentials and once with valid
-ones (the partner key of the endpoint's kind, an active caseworker, an operator session that may do
-everything). Checks: no 5xx, and every answer (status, content type, body) as the document says.
-Bounded by KETENHUB_FUZZ_EXAMPLES (default 10 per operation).
+Every operation the document lists is called with generated requests, schema-valid (positive) and
+schema-invalid (negative), once without credentials and once with valid ones (the partner key of
+the endpoint's kind, an active caseworker, an operator session that may do everything). Checks: no
+5xx, every answer (status, content type, body) as the document says, and invalid data refused.
+An operation that was not exercised fails the run. Bounded by KETENHUB_FUZZ_EXAMPLES (default 15
+positive examples per operation with credentials; the other runs scale from it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from hub.directory.service import upsert_caseworker
@@ -31,7 +35,16 @@ from schemas.caseworker import Caseworker
 from tests.helpers.procs import KETENHUB
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-EXAMPLES = int(os.environ.get("KETENHUB_FUZZ_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("KETENHUB_FUZZ_EXAMPLES", "15"))
+# Examples per operation for each run: (generation mode, with credentials) -> count. Without
+# credentials every answer should be a 401, so fewer examples tell as much; negative cases cost
+# more to generate. With the default the file runs in about a minute.
+BUDGET = {
+    (GenerationMode.POSITIVE, True): EXAMPLES,
+    (GenerationMode.NEGATIVE, True): max(1, EXAMPLES * 2 // 3),
+    (GenerationMode.POSITIVE, False): max(1, EXAMPLES // 3),
+    (GenerationMode.NEGATIVE, False): max(1, EXAMPLES // 7),
+}
 CASEWORKER = "cw-fuzz"
 OPERATOR = ("fuzz-officer", "fuzz-password-that-is-long")
 # A fuzzer that logs itself out, or bulk-replays and discards, tests nothing more but undoes the session.
@@ -105,69 +118,131 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         log.close()
 
 
-_settings = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+def _settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # Partner formats are parsed leniently at the edge and a document cannot say everything the parser
 # checks (a date that exists on the calendar, an elfproef BSN): such a schema-valid request gets a
 # documented 400 with the field named, which is right, so "schema-valid data must be accepted" is
-# not asked. Every other check is: no 5xx, status codes, content types and bodies as documented.
+# not asked. Every other check is: no 5xx, status codes, content types and bodies as documented,
+# and schema-invalid data refused.
 EXCLUDED = [positive_data_acceptance]
 
 
-def _fuzz(running: Running, *, credentials: bool) -> list[str]:
-    """Every operation with generated cases; returns what failed, per operation."""
+class Fuzzed:
+    """What one run did: the requests sent per operation, the operations with nothing to negate,
+    and what failed."""
+
+    def __init__(self) -> None:
+        self.sent: dict[tuple[str, str], int] = {}
+        self.nothing_to_negate: set[tuple[str, str]] = set()
+        self.failed: list[str] = []
+
+
+def _fuzz(running: Running, *, mode: GenerationMode, credentials: bool) -> Fuzzed:
+    """Every operation of the document with generated cases of one mode."""
     schema = schemathesis.openapi.from_url(running.url + "/openapi.json")
-    failed = []
+    fuzzed = Fuzzed()
     for result in schema.get_all_operations():
         operation = result.ok()
-        if (operation.method.upper(), operation.path) in SKIP:
-            continue
-
-        @given(case=operation.as_strategy())
-        @_settings
-        def run(case: Any) -> None:
-            if credentials:
-                case.call_and_validate(
-                    base_url=running.url,
-                    headers=running.headers_for(case.path),
-                    cookies=running.cookie,
-                    allow_redirects=False,
-                    excluded_checks=EXCLUDED,
-                )
-            else:
-                case.call_and_validate(
-                    base_url=running.url,
-                    headers={"Authorization": "", "X-Medewerker": ""},
-                    allow_redirects=False,
-                    excluded_checks=EXCLUDED,
-                )
-
-        try:
-            run()
-        except Exception as exc:
-            failed.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:600]}")
-    return failed
+        key = (operation.method.upper(), operation.path)
+        if key not in SKIP:
+            _fuzz_operation(running, operation, key, fuzzed, mode=mode, credentials=credentials)
+    return fuzzed
 
 
-def test_without_credentials_no_5xx_and_answers_as_documented(running: Running) -> None:
-    failed = _fuzz(running, credentials=False)
-    assert not failed, "\n\n".join(failed)
+def _fuzz_operation(
+    running: Running,
+    operation: Any,
+    key: tuple[str, str],
+    fuzzed: Fuzzed,
+    *,
+    mode: GenerationMode,
+    credentials: bool,
+) -> None:
+    fuzzed.sent[key] = 0
+    # Credentials are fixed parts of the case, so a negative case never "removes" a header that the
+    # call then puts back.
+    if credentials:
+        fixed: dict[str, Any] = {"headers": running.headers_for(operation.path), "cookies": running.cookie}
+    else:
+        fixed = {"headers": {"Authorization": "", "X-Medewerker": ""}}
+
+    @given(case=operation.as_strategy(generation_mode=mode, **fixed))
+    @_settings(BUDGET[mode, credentials])
+    def run(case: Any) -> None:
+        fuzzed.sent[key] += 1
+        case.call_and_validate(base_url=running.url, allow_redirects=False, excluded_checks=EXCLUDED)
+
+    try:
+        run()
+    except Unsatisfiable:
+        # Only a request body is sure to have something invalid to send; a lone string parameter
+        # in the path or the query has not.
+        if mode is not GenerationMode.NEGATIVE or _has_body(operation):
+            fuzzed.failed.append(f"{key[0]} {key[1]}: no {mode.value} case could be generated")
+        fuzzed.nothing_to_negate.add(key)
+    except Exception as exc:
+        fuzzed.failed.append(f"{key[0]} {key[1]}: {str(exc)[:600]}")
 
 
-def test_with_credentials_no_5xx_and_answers_as_documented(running: Running) -> None:
-    failed = _fuzz(running, credentials=True)
-    assert not failed, "\n\n".join(failed)
+def _has_body(operation: Any) -> bool:
+    return bool(operation.definition.raw.get("requestBody"))
+
+
+def _document_operations(running: Running) -> set[tuple[str, str]]:
+    paths = httpx.get(running.url + "/openapi.json").json()["paths"]
+    methods = {"get", "put", "post", "patch", "delete"}
+    return {(m.upper(), path) for path, item in paths.items() for m in item if m in methods}
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["without-credentials", "with-credentials"])
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+def test_every_operation_answers_as_documented_and_never_5xx(
+    running: Running, mode: GenerationMode, credentials: bool
+) -> None:
+    fuzzed = _fuzz(running, mode=mode, credentials=credentials)
+    assert not fuzzed.failed, "\n\n".join(fuzzed.failed)
+    # Every operation of the document was exercised: a new endpoint is fuzzed without being listed.
+    expected = _document_operations(running) - SKIP
+    assert set(fuzzed.sent) == expected
+    idle = sorted(k for k, n in fuzzed.sent.items() if n == 0 and k not in fuzzed.nothing_to_negate)
+    assert not idle, f"operations not exercised: {idle}"
+    if mode is GenerationMode.POSITIVE:
+        assert not fuzzed.nothing_to_negate
 
 
 def test_the_document_covers_every_partner_caseworker_and_operator_endpoint(running: Running) -> None:
+    """The document is where the fuzzer finds its operations: it must list the hub's endpoints."""
+    operations = _document_operations(running)
+    for needed in (
+        ("POST", "/api/v1/politie/verwijzingen"),
+        ("POST", "/api/v1/boa/verwijzingen"),
+        ("POST", "/api/v1/preventief/verwijzingen"),
+        ("POST", "/api/v1/leerplicht/verwijzingen"),
+        ("POST", "/api/v1/signalen"),
+        ("POST", "/api/v1/toestemmingen"),
+        ("POST", "/api/v1/overdrachten"),
+        ("GET", "/api/v1/medewerkers"),
+        ("GET", "/ops/api/dlq"),
+    ):
+        assert needed in operations
+    assert operations >= SKIP  # a skipped operation that no longer exists is a stale exception
+
+
+def test_partner_referral_bodies_are_documented_by_the_partner_format(running: Running) -> None:
+    """Generated bodies follow each partner's own format, so they reach the parser's field checks."""
     paths = httpx.get(running.url + "/openapi.json").json()["paths"]
-    for needed in ("/api/v1/politie/verwijzingen", "/api/v1/signalen", "/api/v1/toestemmingen",
-                   "/api/v1/overdrachten", "/api/v1/medewerkers", "/ops/api/dlq"):  # fmt: skip
-        assert needed in paths
+    for partner, field in (("politie", "procesVerbaalNummer"), ("boa", "bonnummer"),
+                           ("preventief", "aanmeldnummer")):  # fmt: skip
+        body = paths[f"/api/v1/{partner}/verwijzingen"]["post"]["requestBody"]["content"]["application/json"]
+        assert field in body["schema"]["required"]
+        assert body["schema"]["additionalProperties"] is False
+        assert "$ref" not in str(body)

@@ -41,6 +41,11 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         assert page.status_code == 303 and page.headers["location"] == "/ops/login"
         bad = await anon.post("/ops/login", json={"username": "vera", "password": "wrong password!"})
         assert bad.status_code == 401
+        for body in (b"\x00", b"[]", b'"vera"'):  # not a JSON object: a 400, it was a 500
+            broken = await anon.post("/ops/login", content=body, headers={"content-type": "application/json"})
+            assert broken.status_code == 400 and broken.json()["status"] == 400
+        half_form = await anon.post("/ops/login", data={"password": PASSWORD})  # a redirect, not a 400
+        assert half_form.status_code == 400
         form = await anon.post("/ops/login", data={"username": "vera", "password": PASSWORD})
         assert form.status_code == 303
         cookie = form.headers["set-cookie"]
