@@ -32,6 +32,10 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_batch: int = Field(default=500, ge=1, le=10_000)
+    # How long a consumer waits for records before it polls again. faststream's batch subscriber
+    # also sleeps this long after a poll that found nothing, so a record that arrives on a quiet
+    # topic may wait this much longer before it is read (its default, 200 ms).
+    poll_wait_ms: int = Field(default=50, ge=1, le=5_000)
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
 

@@ -100,6 +100,7 @@ class Hub:
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=heartbeat_ms,
             max_records=s.kafka.max_batch,
+            batch_timeout_ms=s.kafka.poll_wait_ms,
         )
         for name in s.components:
             for registrar in self.registrars.get(name, []):
