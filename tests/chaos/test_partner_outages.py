@@ -49,7 +49,7 @@ from schemas.caseworker import Caseworker
 from schemas.envelope import H_MESSAGE_ID, Envelope
 from schemas.handover import ReceiverType
 from schemas.pseudonym import youth_key
-from tests.chaos.test_kill_and_restart import SIGNAL_PATH, signal_of
+from tests.chaos.test_kill_and_restart import SIGNAL_PATH, hub_env, signal_of
 from tests.conftest import TEST_SECRET
 from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_all, wait_for
@@ -237,16 +237,8 @@ def settings_from_env(
     smtp_port: int,
 ) -> Settings:
     """The hub's settings as `ketenhub run` reads them: from KETENHUB_* variables."""
-    env = {
-        "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
-        "KETENHUB_KAFKA__TOPIC_PREFIX": f"t{unique}.",
-        "KETENHUB_KAFKA__GROUP_PREFIX": f"g{unique}-",
-        "KETENHUB_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "KETENHUB_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
-        "KETENHUB_DATABASE__URL": db_url,
-        "KETENHUB_SECRET": TEST_SECRET,
+    env = hub_env(kafka.bootstrap, db_url, unique, vi_url) | {
         "KETENHUB_COMPONENTS": json.dumps(["routing", "verwijsindex", "mail"]),
-        "KETENHUB_VERWIJSINDEX__URL": vi_url,
         "KETENHUB_VERWIJSINDEX__POLL_INTERVAL_S": "60",
         "KETENHUB_VERWIJSINDEX__RETRY_SCHEDULE_S": json.dumps(VI_SCHEDULE),
         "KETENHUB_SMTP__HOST": "127.0.0.1",
