@@ -36,6 +36,11 @@ class KafkaSettings(BaseModel):
     # also sleeps this long after a poll that found nothing, so a record that arrives on a quiet
     # topic may wait this much longer before it is read (its default, 200 ms).
     poll_wait_ms: int = Field(default=50, ge=1, le=5_000)
+    # After the outbox relay published less than a full batch, it waits this long before it looks
+    # again, so the commits of a busy moment go out in one publish and one "sent" write instead of
+    # one each. A message that follows another within this time waits at most this much longer;
+    # on a quiet hub the relay publishes at once. 0 publishes every commit on its own.
+    outbox_gather_ms: int = Field(default=10, ge=0, le=1_000)
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
 

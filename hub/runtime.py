@@ -82,7 +82,7 @@ class Hub:
         await ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor)
         producer = make_producer(self.kafka_options)
         await producer.start()
-        self.relay = Relay(self.store, producer)
+        self.relay = Relay(self.store, producer, gather_s=s.kafka.outbox_gather_ms / 1000)
         self.broker = KafkaBroker(
             self.bootstrap,
             client_id=s.kafka.client_id,

@@ -1,0 +1,95 @@
+"""The outbox relay on the real broker and both stores: a busy moment's commits go out together,
+a quiet hub's commit at once, and a stop does not wait out the gathering."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import pytest
+from sqlalchemy import select
+
+from hub.embedded import EmbeddedKafka
+from hub.kafka import ensure_topics, make_producer
+from hub.spine import Relay, add_to_outbox
+from hub.store import Store
+from hub.store.tables import outbox
+from hub.topics import Topic
+from tests.helpers.kafka import read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def _relay(kafka: EmbeddedKafka, store: Store, topic: str, *, gather_s: float) -> AsyncIterator[Relay]:
+    options = {"bootstrap_servers": kafka.bootstrap}
+    await ensure_topics(options, [Topic(topic, partitions=1, description="relay test")], replication_factor=1)
+    producer = make_producer(options)
+    await producer.start()
+    relay = Relay(store, producer, gather_s=gather_s)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
+
+
+async def _queue(store: Store, relay: Relay, topic: str, value: bytes) -> None:
+    async with store.transaction() as session:
+        await add_to_outbox(session, topic, value, key="youth-a")
+    relay.wake()  # as the spine and the HTTP batcher do after they commit
+
+
+async def _sent_at(store: Store, topic: str) -> dict[bytes, datetime | None]:
+    async with store.connect() as conn:
+        rows = (
+            await conn.execute(select(outbox.c.value, outbox.c.sent_at).where(outbox.c.topic == topic))
+        ).all()
+    return {bytes(r.value): r.sent_at for r in rows}
+
+
+async def test_commits_of_a_busy_moment_go_out_in_one_publish(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    topic = f"{unique}.relay"
+    async with _relay(kafka, store, topic, gather_s=2.0) as relay:
+        await _queue(store, relay, topic, b"a")
+        await wait_for(lambda: _all_sent(store, topic, 1))
+        # four more transactions, 50 ms apart, each waking the relay, while it gathers after "a":
+        # without the gathering each would be published (and marked sent) on its own
+        for value in (b"b", b"c", b"d", b"e"):
+            await _queue(store, relay, topic, value)
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: _all_sent(store, topic, 5))
+        sent = await _sent_at(store, topic)
+    # marked sent by one "sent" write: the four commits went out in one publish, after "a"'s
+    assert sent[b"b"] == sent[b"c"] == sent[b"d"] == sent[b"e"]
+    assert sent[b"a"] != sent[b"b"]
+    out = await read_topic(kafka.bootstrap, topic, expect=5, settle_s=0.3)
+    assert [r.value for r in out] == [b"a", b"b", b"c", b"d", b"e"]  # in commit order, each once
+
+
+async def test_a_quiet_hub_publishes_a_commit_at_once_and_a_stop_cuts_the_gathering_short(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    topic = f"{unique}.quiet"
+    gather_s = 30.0  # far longer than the test waits: a gathering before the first publish fails it
+    async with _relay(kafka, store, topic, gather_s=gather_s) as relay:
+        started = time.monotonic()
+        await _queue(store, relay, topic, b"lone")
+        out = await read_topic(kafka.bootstrap, topic, expect=1, timeout_s=10)
+        assert [r.value for r in out] == [b"lone"]
+        assert time.monotonic() - started < gather_s / 3
+        stopping = time.monotonic()
+    # the relay gathers after that publish; stopping it did not wait for the gathering to end
+    assert time.monotonic() - stopping < gather_s / 3
+
+
+async def _all_sent(store: Store, topic: str, n: int) -> bool:
+    sent = await _sent_at(store, topic)
+    return len(sent) == n and all(v is not None for v in sent.values())
