@@ -11,8 +11,14 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from schemas.partners._common import full_surname, gender_of, to_canonical
-from schemas.partners.leerplicht import HEADERS, REQUIRED_HEADERS, LeerplichtRij, RowResult
+from schemas.partners._common import full_surname, gender_of, to_canonical, translate
+from schemas.partners.leerplicht import (
+    HEADERS,
+    ORGANISATION_PREFIX,
+    REQUIRED_HEADERS,
+    LeerplichtRij,
+    RowResult,
+)
 from schemas.problems import FieldProblem, PartnerFormatError, problems_from
 from schemas.referral import Guardian, Referral, Referrer, ReferrerType, Track, Truancy, Youth
 
@@ -135,9 +141,11 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
         reference = None
     try:
         record = LeerplichtRij.model_validate(data)
-        referral = to_referral(record)
     except ValidationError as exc:
         return RowResult(row=number, case_reference=reference, problems=_in_row(problems_from(exc)))
+    try:
+        # a value the row lets through but the canonical Referral cannot hold is on "(vertaling)"
+        referral = translate(to_referral, record)
     except PartnerFormatError as exc:
         return RowResult(row=number, case_reference=reference, problems=_in_row(exc.problems))
     return RowResult(row=number, case_reference=reference, referral=referral)
@@ -156,7 +164,7 @@ def to_referral(row: LeerplichtRij) -> Referral:
         Referral,
         referrer=Referrer(
             type=REFERRER_TYPE,
-            organisation=f"Leerplicht {row.gemeente}",
+            organisation=f"{ORGANISATION_PREFIX}{row.gemeente}",
             officer_name=row.leerplichtambtenaar,
             email=row.email_lpa,
             phone=row.telefoon_lpa,

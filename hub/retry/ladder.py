@@ -6,7 +6,8 @@ of each key, keys side by side. So "this youth has a waiting message" is never o
 message for the same key waits behind it, and a withdrawal cannot overtake its registration. A
 message that failed is parked until its next rung; every parking is also published on the topic's
 retry topic (`<area>.<name>.retry.v<N>`, with the attempt and due time as headers) so operators see
-it on the bus.
+it on the bus. A message that goes to the DLQ goes as the record it came in (value, key and headers as
+received), like the spine's own dead letters, so that a replay republishes exactly that record.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from hub.metrics import Metrics
 from hub.retry.policy import RetryPolicy, next_due
 from hub.retry.tables import parked
 from hub.spine import Tx, add_to_outbox
-from hub.spine.dlq import dlq_headers, safe_error_message
+from hub.spine.consumer import message_id_of, transaction_id_of
+from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
 from hub.store import Store
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import H_TRANSACTION_ID, Envelope, utcnow
 
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
@@ -121,11 +123,10 @@ class RetryLadder:
         held = await self._held_keys(tx.session, {key for _, key, _ in items})
         queued = []
         for message, key, record in items:
-            origin = {"original-partition": str(record.partition), "original-offset": str(record.offset)}
             if key in held:  # every message of a held key takes this path, so its order holds
-                await self._park(tx.session, message, key, attempt=0, due_at=now, error=None, origin=origin)
+                await self._park(tx.session, message, key, record, attempt=0, due_at=now, error=None)
             else:
-                queued.append(self._row(message, key, origin, due_at=now))
+                queued.append(self._row(message, key, record, due_at=now))
         if queued:
             await tx.session.execute(insert(parked), queued)
 
@@ -180,19 +181,29 @@ class RetryLadder:
         self,
         message: Envelope,
         key: str,
-        origin: dict[str, str],
+        record: ConsumerRecord[Any, Any],
         *,
         due_at: datetime,
         attempt: int = 0,
         error: str | None = None,
         first_failure: datetime | None = None,
     ) -> dict[str, Any]:
+        value = message.to_bytes()
+        received = bytes(record.value or b"")
+        # What its dead letter will carry: the record's headers and the transaction id the consumer
+        # took it under (rule 19), as the spine's own dead letters do.
+        record_headers = original_headers(record)
+        record_headers[H_TRANSACTION_ID] = transaction_id_of(record, message_id_of(record))
         return {
             "ladder": self.name,
             "key": key,
             "message_id": message.message_id,
-            "value": message.to_bytes(),
-            "headers": message.header_map() | origin,
+            "value": value,
+            "headers": message.header_map()
+            | {"original-partition": str(record.partition), "original-offset": str(record.offset)},
+            "record_key": original_key(record),
+            "record_value": received if received != value else None,  # the hub's own: stored once
+            "record_headers": record_headers,
             "attempt": attempt,
             "due_at": due_at,
             "first_failure": first_failure,
@@ -204,15 +215,15 @@ class RetryLadder:
         session: AsyncSession,
         message: Envelope,
         key: str,
+        record: ConsumerRecord[Any, Any],
         *,
         attempt: int,
         due_at: datetime,
         error: str | None,
-        origin: dict[str, str],
         first_failure: datetime | None = None,
     ) -> None:
         row = self._row(
-            message, key, origin, due_at=due_at, attempt=attempt, error=error, first_failure=first_failure
+            message, key, record, due_at=due_at, attempt=attempt, error=error, first_failure=first_failure
         )
         await session.execute(insert(parked).values(row))
         await self._announce(session, message, key, attempt, due_at, error)
@@ -236,28 +247,35 @@ class RetryLadder:
     async def _dead(
         self,
         session: AsyncSession,
+        row: Any,
         message: Envelope,
-        key: str,
         exc: BaseException,
         *,
         attempts: int,
         first_failure: datetime,
-        origin: dict[str, str],
     ) -> None:
+        """Queue the record the message came in on the DLQ, as it was received, with the DLQ headers."""
         log.warning(
             "delivery dead-lettered", ladder=self.name, attempts=attempts, error_class=type(exc).__name__
         )
-        headers = dlq_headers(
-            topic=self.topic,
-            partition=int(origin.get("original-partition", -1)),
-            offset=int(origin.get("original-offset", -1)),
-            group=self.group,
-            exc=exc,
-            attempts=attempts,
-            first_failure=first_failure,
-            last_failure=self.clock(),
+        if row.record_headers is None:  # parked before the ladder kept the record: the message it has
+            headers, key = message.header_map(), row.key
+        else:
+            headers, key = dict(row.record_headers), row.record_key
+        headers.update(
+            dlq_headers(
+                topic=self.topic,
+                partition=int(row.headers.get("original-partition", -1)),
+                offset=int(row.headers.get("original-offset", -1)),
+                group=self.group,
+                exc=exc,
+                attempts=attempts,
+                first_failure=first_failure,
+                last_failure=self.clock(),
+            )
         )
-        await add_to_outbox(session, self.dlq_topic, message, key=key, headers=headers)
+        value = row.value if row.record_value is None else row.record_value
+        await add_to_outbox(session, self.dlq_topic, value, key=key, headers=headers)
         await self.delivery.on_dead(session, message, safe_error_message(exc))
 
     # -- the scheduler's side -----------------------------------------------------------------
@@ -364,7 +382,6 @@ class RetryLadder:
     async def _record(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
         """Delivered: unpark. Transient: the next rung, or the DLQ past the last. Permanent: the DLQ."""
         message = Envelope.from_bytes(row.value)
-        origin = {k: v for k, v in row.headers.items() if k.startswith("original-")}
         first = row.first_failure or self.clock()
         if first.tzinfo is None:  # SQLite hands back naive datetimes; the dead letter's header says UTC
             first = first.replace(tzinfo=self.clock().tzinfo)
@@ -377,15 +394,7 @@ class RetryLadder:
             due = next_due(self.policy, row.attempt + 1, self.clock(), retry_after=outcome.retry_after)
         if due is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
-            await self._dead(
-                session,
-                message,
-                row.key,
-                outcome,
-                attempts=row.attempt + 1,
-                first_failure=first,
-                origin=origin,
-            )
+            await self._dead(session, row, message, outcome, attempts=row.attempt + 1, first_failure=first)
             return
         error = safe_error_message(outcome)
         await session.execute(

@@ -15,6 +15,11 @@ parked = Table(
     Column("message_id", String(200), nullable=False),
     Column("value", LargeBinary, nullable=False),
     Column("headers", JSON, nullable=False),
+    # The record the message came in, for its dead letter: its key (NULL: none), its value (NULL: the
+    # same bytes as `value`) and its headers (NULL: parked before the ladder kept the record).
+    Column("record_key", String(200), nullable=True),
+    Column("record_value", LargeBinary, nullable=True),
+    Column("record_headers", JSON, nullable=True),
     Column("attempt", Integer, nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("first_failure", DateTime(timezone=True), nullable=True),

@@ -22,7 +22,7 @@ from hub.audit import AuditEntry, write_audit
 from hub.errors import PermanentError, TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.spine.dlq import dlq_headers, safe_error_message
+from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store
 from hub.store.tables import inbox
@@ -385,7 +385,7 @@ class Spine:
     ) -> None:
         """Queue the original record on the DLQ, with the DLQ headers, in this transaction."""
         now = utcnow()
-        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in record.headers or ()}
+        headers = original_headers(record)
         headers.update(
             dlq_headers(
                 topic=record.topic,
@@ -399,9 +399,5 @@ class Spine:
             )
         )
         headers[H_TRANSACTION_ID] = transaction_id
-        key = bytes(record.key).decode("utf-8", "backslashreplace") if record.key is not None else None
-        if key is not None and (len(key) > 200 or not key.isprintable()):
-            # the outbox's key column holds 200 printable characters (PostgreSQL refuses a NUL): the
-            # dead letter goes without the sender's key, which its position headers still point to
-            key = None
-        await add_to_outbox(session, sub.dlq, bytes(record.value or b""), key=key, headers=headers)
+        value = bytes(record.value or b"")
+        await add_to_outbox(session, sub.dlq, value, key=original_key(record), headers=headers)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from hub.logging import redact_text
@@ -30,6 +32,24 @@ DLQ_HEADERS = (
     DLQ_LAST_FAILURE,
 )
 _MAX_MESSAGE = 500
+_MAX_KEY = 200  # the outbox's key column
+
+
+def original_headers(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
+    """A record's headers as text: what its dead letter carries beside the DLQ headers."""
+    return {k: bytes(v).decode("utf-8", "replace") for k, v in record.headers or ()}
+
+
+def original_key(record: ConsumerRecord[Any, Any]) -> str | None:
+    """A record's key as its dead letter carries it: None when it had none or one that does not fit.
+
+    The outbox's key column holds 200 printable characters (PostgreSQL refuses a NUL): such a dead
+    letter goes without the sender's key, which its position headers still point to.
+    """
+    if record.key is None:
+        return None
+    key = bytes(record.key).decode("utf-8", "backslashreplace")
+    return key if len(key) <= _MAX_KEY and key.isprintable() else None
 
 
 def safe_error_message(exc: BaseException) -> str:

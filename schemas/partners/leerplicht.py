@@ -19,9 +19,17 @@ from schemas.partners._common import (
 from schemas.problems import FieldProblem
 from schemas.referral import Referral
 
+# [0-9], not \d: the pattern's \d takes digits of any script, which the canonical BRIN does not.
 Brin = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^\d{2}[A-Za-z]{2}(\d{2})?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[0-9]{2}[A-Za-z]{2}([0-9]{2})?$")
 ]
+ORGANISATION_PREFIX = "Leerplicht "
+# The referrer is 'Leerplicht <gemeente>', a name of at most 200 characters: a longer Gemeente is
+# refused on its own column, rather than as a misfit in translation.
+Gemeente = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX))
+]
+SURNAME_MAX = 200  # the canonical surname, Tussenvoegsel and Achternaam together
 
 
 class LeerplichtRij(BaseModel):
@@ -54,7 +62,7 @@ class LeerplichtRij(BaseModel):
     leerplichtambtenaar: Text = Field(alias="Leerplichtambtenaar")
     email_lpa: OptEmail = Field(default=None, alias="E-mail leerplichtambtenaar")
     telefoon_lpa: OptPhone = Field(default=None, alias="Telefoon leerplichtambtenaar")
-    gemeente: Text = Field(alias="Gemeente")
+    gemeente: Gemeente = Field(alias="Gemeente")
 
     @model_validator(mode="after")
     def _period_in_order(self) -> LeerplichtRij:
@@ -62,6 +70,13 @@ class LeerplichtRij(BaseModel):
             raise ValueError("'Verzuim tot en met' ligt voor 'Verzuim vanaf'")
         if self.verzuim_vanaf < self.geboortedatum:
             raise ValueError("'Verzuim vanaf' ligt voor de geboortedatum")
+        return self
+
+    @model_validator(mode="after")
+    def _surname_fits(self) -> LeerplichtRij:
+        # each column may hold 200 characters; the canonical surname joins them with a space
+        if len(self.achternaam) + (len(self.tussenvoegsel) + 1 if self.tussenvoegsel else 0) > SURNAME_MAX:
+            raise ValueError(f"'Tussenvoegsel' en 'Achternaam' samen zijn langer dan {SURNAME_MAX} tekens")
         return self
 
 

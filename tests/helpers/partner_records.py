@@ -1,4 +1,5 @@
-"""Hypothesis strategies for partner records, written in each partner's own JSON format.
+"""Hypothesis strategies for partner records, written in each partner's own format (JSON; for
+leerplicht one row of a CSV export, column header to cell text).
 
 Each strategy draws a `Drawn`: the record as the partner sends it (lenient spellings of dates,
 booleans and amounts, padded text) and the facts a canonical Referral must keep, stated in the
@@ -14,7 +15,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from schemas.referral import Gender, GuardianRelation, Reason, ReferrerType, Track
+from schemas.referral import Gender, GuardianRelation, Reason, Referral, ReferrerType, Track
 
 WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2)
 
@@ -26,6 +27,19 @@ class Drawn:
     record: dict[str, Any]
     facts: dict[str, Any]
     secrets: list[str] = field(default_factory=list)
+
+
+def fact(referral: Referral, key: str) -> Any:
+    """The value of a fact key ('youth.birth_date', 'damage', ...) in a Referral, to compare."""
+    if key == "damage":
+        d = referral.damage
+        return None if d is None else (d.youth_share, d.case_total)
+    if key == "youth.guardians":
+        return [g.model_dump() for g in referral.youth.guardians]
+    node: Any = referral
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _bsn(n: int) -> str | None:
@@ -539,5 +553,105 @@ def preventief_records(draw: st.DrawFn, full: bool = False) -> Drawn:
         "youth_agreed": youth_ok,
         "parents_agreed": parents_ok,
         "parents_informed_at": informed,
+    }
+    return Drawn(record, facts, y["secrets"])
+
+
+# --- leerplicht --------------------------------------------------------------------------------
+
+LEERPLICHT_GENDERS = {"M": Gender.MAN, "V": Gender.VROUW, "man": Gender.MAN, "Vrouw": Gender.VROUW,
+                      "O": Gender.ONBEKEND, "X": Gender.ONBEKEND}  # fmt: skip
+brins = st.builds(
+    "{:02d}{}{}".format, st.integers(0, 99), st.sampled_from(["AB", "xy", "Rd"]), st.sampled_from(["", "07"])
+)
+
+
+def cell(draw: st.DrawFn, value: Any) -> str:
+    """A value as a cell of the export: text, sometimes with blanks around it."""
+    return draw(padded(str(value)))
+
+
+@st.composite
+def leerplicht_records(draw: st.DrawFn, full: bool = False) -> Drawn:
+    """A row of a leerplicht export (column header -> cell) and what the Referral must say."""
+    y = draw(youth(full))
+    officer = draw(contact(full))
+    parent = draw(contact(full)) if optional(draw, full) else None
+    town_sent, town = draw(text(names))
+    dossier = draw(st.builds("LP-{}-{}-{:04d}".format, st.sampled_from(["DH", "RSW", "ZTM"]),
+                             st.integers(2000, 2099), st.integers(0, 99_999)))  # fmt: skip
+    start = _later(draw, y["birth"])
+    end = start + timedelta(days=draw(st.integers(min_value=0, max_value=365)))
+    hours = draw(st.integers(min_value=0, max_value=10_000))
+    late = draw(st.integers(min_value=0, max_value=10_000)) if optional(draw, full) else None
+    gender = draw(st.sampled_from(sorted(LEERPLICHT_GENDERS))) if optional(draw, full) else None
+    school = draw(text(names)) if optional(draw, full) else None
+    brin = draw(brins) if optional(draw, full) else None
+    youth_ok = draw(st.booleans()) if optional(draw, full) else None
+    parents_ok = draw(st.booleans()) if optional(draw, full) else None
+    informed = _later(draw, start) if optional(draw, full) else None
+    prior = draw(st.integers(min_value=0, max_value=100)) if optional(draw, full) else None
+    ovj = draw(st.booleans()) if optional(draw, full) else None
+    record = {
+        "Dossiernummer": draw(padded(dossier)),
+        "BSN": y["bsn_sent"],
+        "Voornamen": y["given_sent"],
+        "Achternaam": y["surname_sent"],
+        "Geboortedatum": date_as_sent(draw, y["birth"]),
+        "Woonplaats": y["place_sent"],
+        "Verzuim vanaf": date_as_sent(draw, start),
+        "Verzuim tot en met": date_as_sent(draw, end),
+        "Uren verzuim": cell(draw, hours),
+        "Leerplichtambtenaar": officer["name_sent"],
+        "Gemeente": town_sent,
+    }
+    optionals = {
+        "Tussenvoegsel": y["prefix"],
+        "Geslacht": gender,
+        "School": school[0] if school else None,
+        "BRIN": brin,
+        "Aantal keer te laat": None if late is None else cell(draw, late),
+        "Naam ouder/verzorger": parent["name_sent"] if parent else None,
+        "Telefoon ouder/verzorger": parent["phone"] if parent else None,
+        "E-mail ouder/verzorger": parent["email"] if parent else None,
+        "Jeugdige akkoord": None if youth_ok is None else cell(draw, bool_as_sent(draw, youth_ok)),
+        "Ouders akkoord": None if parents_ok is None else cell(draw, bool_as_sent(draw, parents_ok)),
+        "Ouders geinformeerd op": None if informed is None else date_as_sent(draw, informed),
+        "Eerdere Halt-verwijzingen": None if prior is None else cell(draw, prior),
+        "OvJ-toestemming": None if ovj is None else cell(draw, bool_as_sent(draw, ovj)),
+        "E-mail leerplichtambtenaar": officer["email"],
+        "Telefoon leerplichtambtenaar": officer["phone"],
+    }
+    record |= {column: value for column, value in optionals.items() if value is not None}
+    guardians = []
+    if parent is not None:  # the export says nothing of custody or relation: a parent with custody
+        guardians = [{"name": parent["name"], "relation": GuardianRelation.OUDER, "has_custody": True,
+                      "phone": parent["phone"], "email": parent["email"]}]  # fmt: skip
+    facts = {
+        "referrer.type": ReferrerType.LEERPLICHT,
+        "referrer.organisation": f"Leerplicht {town}",
+        "referrer.unit": None,
+        "referrer.officer_name": officer["name"],
+        "referrer.officer_id": None,
+        "referrer.email": officer["email"],
+        "referrer.phone": officer["phone"],
+        "case_reference": dossier,
+        **_youth_facts(y, Gender.ONBEKEND if gender is None else LEERPLICHT_GENDERS[gender]),
+        "youth.guardians": guardians,
+        "track": Track.HALT_SCHOOLVERZUIM,
+        "offence": None,
+        "truancy.period_start": start,
+        "truancy.period_end": end,
+        "truancy.hours": hours,
+        "truancy.times_late": 0 if late is None else late,
+        "truancy.school_name": school[1] if school else None,
+        "truancy.school_brin": brin.upper() if brin else None,
+        "reason": None,
+        "damage": None,
+        "youth_agreed": youth_ok,
+        "parents_agreed": parents_ok,
+        "parents_informed_at": informed,
+        "prior_halt_referrals": 0 if prior is None else prior,
+        "ovj_approval": bool(ovj),
     }
     return Drawn(record, facts, y["secrets"])

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import insert
 
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
+from hub.ops.dlq import REPLAYED_FROM, DeadLetters, ReplayJob
 from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.dlq import DLQ_HEADERS
 from hub.topics import Topic
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utcnow
 from tests.conftest import make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 
@@ -66,6 +70,7 @@ def ladder_component(partner: FakePartner, holder: dict[str, RetryLadder]):  # t
             partner="fake",
             delivery=Delivery(deliver=partner.deliver),
             policy=FAST,
+            group=hub.group("ladder"),  # the group below, whose inbox a replayed dead letter clears
         )
         holder["ladder"] = ladder
         hub.background["test-retry"] = ladder.run
@@ -198,6 +203,106 @@ async def test_permanent_error_and_exhausted_ladder_go_to_dlq(
         await wait_for(lambda: _zero(ladder))
     finally:
         await hub.stop()
+
+
+def _as_received(
+    name: str, key: str, *, record_key: bytes | None
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """A command as a partner might write it: a valid envelope, but not byte for byte as the hub would
+    write it (indented, its fields in another order, +00:00 for Z), and a header of the partner's own."""
+    env = Envelope(type="Cmd", payload={"name": name, "key": key})
+    fields = json.loads(env.to_bytes())
+    fields["occurred_at"] = env.occurred_at.isoformat()
+    value = json.dumps(dict(reversed(fields.items())), indent=2).encode()
+    assert Envelope.from_bytes(value) == env and value != env.to_bytes()
+    return record_key, value, [*env.headers(), ("partner-trace", f"trace-{name}".encode())]
+
+
+async def test_a_dead_letter_is_the_record_as_received_and_its_replay_too(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # x1 goes to the DLQ past the last rung; p1, a record without a key for the same youth, arrives
+    # while x1 is parked, waits behind it and is refused at once.
+    partner = FakePartner(transient_failures={"x1": 100}, permanent={"p1"})
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    topic, dlq_topic = hub.topic(CMD.name), hub.topic(CMD.dlq)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        x1 = _as_received("x1", "youth-x", record_key=b"youth-x")
+        p1 = _as_received("p1", "youth-x", record_key=None)
+        await produce(kafka.bootstrap, topic, [x1])
+        await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=1)  # x1 parked at attempt 1
+        await produce(kafka.bootstrap, topic, [p1])
+        dead = await read_topic(kafka.bootstrap, dlq_topic, expect=2, timeout_s=30)
+        assert partner.calls["p1"] == 1 and partner.calls["x1"] == 2 + 3
+
+        # Byte for byte what came off the topic: value, key, and its headers beside the DLQ's own.
+        assert sorted(r.value for r in dead) == sorted([x1[1], p1[1]])
+        for record_key, value, headers in (x1, p1):
+            (letter,) = [r for r in dead if r.value == value]
+            assert letter.key == record_key
+            got = headers_of(letter)
+            assert set(DLQ_HEADERS) <= set(got)
+            assert {k: v for k, v in got.items() if k not in DLQ_HEADERS} == {
+                k: v.decode() for k, v in headers
+            }
+
+        # Replayed, the original topic gets the received record again, and the partner, now willing,
+        # gets each command once more.
+        partner.transient_failures.clear()
+        partner.permanent.clear()
+        letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
+        job = letters.start_replay(await letters.find(), "olaf")
+        await wait_for(lambda: _is_done(job), timeout_s=10)
+        assert (job.done, job.skipped, job.failed) == (2, 0, 0)
+        records = await read_topic(kafka.bootstrap, topic, expect=4)
+        replayed = [r for r in records if REPLAYED_FROM in headers_of(r)]
+        assert len(replayed) == 2
+        for record_key, value, headers in (x1, p1):
+            (again,) = [r for r in replayed if r.value == value]
+            assert again.key == record_key
+            got = {k: v for k, v in headers_of(again).items() if k != REPLAYED_FROM}
+            assert got == {k: v.decode() for k, v in headers}
+        await wait_for(lambda: sorted(partner.delivered) == ["p1", "x1"], timeout_s=20)
+        await wait_for(lambda: _zero(ladder))
+    finally:
+        await hub.stop()
+
+
+async def test_a_message_parked_before_the_ladder_kept_its_record_is_dead_lettered_as_parked(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # A row from before migration 0011 (no record columns) still reaches the DLQ: as the message it holds.
+    partner = FakePartner(permanent={"old"})
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        assert hub.store is not None
+        env = Envelope(type="Cmd", payload={"name": "old", "key": "youth-o"})
+        origin = {"original-partition": "2", "original-offset": "41"}
+        async with hub.store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test",
+                    key="youth-o",
+                    message_id=env.message_id,
+                    value=env.to_bytes(),
+                    headers=env.header_map() | origin,
+                    attempt=1,
+                    due_at=utcnow(),
+                )
+            )
+        ladder.wake()
+        (dead,) = await read_topic(kafka.bootstrap, hub.topic(CMD.dlq), expect=1)
+        assert (dead.key, dead.value) == (b"youth-o", env.to_bytes())
+        headers = headers_of(dead)
+        assert {k: headers[k] for k in env.header_map()} == env.header_map()
+        assert (headers["dlq-original-partition"], headers["dlq-original-offset"]) == ("2", "41")
+    finally:
+        await hub.stop()
+
+
+async def _is_done(job: ReplayJob) -> bool:
+    return job.state == "done"
 
 
 async def _zero(ladder: RetryLadder) -> bool:

@@ -301,6 +301,29 @@ def test_generated_batches_report_each_defect_on_its_row(plan: list[str | None],
             assert defect in [p.field for p in result.problems]
 
 
+@pytest.mark.parametrize(
+    ("cells", "field"),
+    [
+        ({"BRIN": "٢٠AB"}, "BRIN"),  # digits of another script, which the pattern's \d took
+        ({"Gemeente": "G" * 190}, "Gemeente"),  # 'Leerplicht <gemeente>' over 200 characters
+        ({"Tussenvoegsel": "van", "Achternaam": "B" * 197}, "(rij)"),  # 'van B...' over 200 characters
+    ],
+)
+def test_a_cell_the_referral_could_not_hold_is_refused_on_the_export_s_own_column(
+    cells: dict[str, str], field: str
+) -> None:
+    (result,) = leerplicht.parse_batch(csv_bytes([good_row(1) | cells]))
+    assert [p.field for p in result.problems] == [field]
+
+
+def test_a_gemeente_and_surname_at_their_limits_are_kept_whole() -> None:
+    row = good_row(1) | {"Gemeente": "G" * 189, "Tussenvoegsel": "van", "Achternaam": "B" * 196}
+    (result,) = leerplicht.parse_batch(csv_bytes([row]))
+    assert result.referral is not None, result.problems
+    assert result.referral.referrer.organisation == "Leerplicht " + "G" * 189
+    assert result.referral.youth.surname == "van " + "B" * 196
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_give_results_or_a_format_error(raw: bytes) -> None:

@@ -24,7 +24,7 @@ from schemas.partners.politie import PolitieVerwijzing
 from schemas.partners.preventief import PreventiefAanmelding
 from schemas.problems import FieldProblem, PartnerFormatError
 from schemas.referral import Referral
-from tests.helpers.partner_records import Drawn, boa_records, politie_records, preventief_records
+from tests.helpers.partner_records import Drawn, boa_records, fact, politie_records, preventief_records
 
 Records = Callable[..., st.SearchStrategy[Drawn]]
 
@@ -223,18 +223,6 @@ def test_every_field_of_every_format_has_a_kind() -> None:
 
 
 # --- 1. valid records keep their facts ---------------------------------------------------------
-
-
-def fact(referral: Referral, key: str) -> Any:
-    if key == "damage":
-        d = referral.damage
-        return None if d is None else (d.youth_share, d.case_total)
-    if key == "youth.guardians":
-        return [g.model_dump() for g in referral.youth.guardians]
-    node: Any = referral
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 @pytest.mark.parametrize("name", NAMES)
