@@ -13,7 +13,7 @@ from schemas.partners._common import (
     translate,
     validate_partner,
 )
-from schemas.partners.politie import PolitieVerwijzing, Vertegenwoordiger
+from schemas.partners.politie import ORGANISATION_PREFIX, PolitieVerwijzing, Vertegenwoordiger
 from schemas.referral import (
     Damage,
     Guardian,
@@ -66,7 +66,7 @@ def to_referral(record: PolitieVerwijzing) -> Referral:
         Referral,
         referrer=Referrer(
             type=REFERRER_TYPE,
-            organisation=f"Politie eenheid {record.eenheid}",
+            organisation=f"{ORGANISATION_PREFIX}{record.eenheid}",
             unit=record.basisteam,
             officer_name=record.verbalisant.naam,
             officer_id=record.verbalisant.dienstnummer,

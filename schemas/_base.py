@@ -15,13 +15,25 @@ class CanonicalModel(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Email = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+# No control characters in text: PostgreSQL cannot store a NUL, and the others are never part of a
+# name, a code or a description. Tab, line breaks, vertical tab and form feed may stay (whitespace
+# at the ends is stripped anyway); the document carries the same pattern, so what it calls valid is.
+NO_CONTROL = r"^[^\x00-\x08\x0e-\x1f\x7f]*$"
+NO_CONTROL_PROBLEM = "bevat een stuurteken (zoals NUL)"
+NO_CONTROL_ALLOWED = "tekst zonder stuurtekens U+0000-U+0008, U+000E-U+001F en U+007F"
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+
+Plain = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)
 ]
+Code = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL)
+]
+ShortText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=NO_CONTROL)
+]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN)]
 Phone = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=40, pattern=r"^[0-9 +()\-]{4,40}$")
 ]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
+from schemas._base import NO_CONTROL, NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM
+
 # Dutch wording for pydantic's most common error types; other types keep pydantic's own text,
 # which never contains the input value.
 _PROBLEM_TEXT: dict[str, str] = {
@@ -90,9 +92,18 @@ def _nested_model(annotation: object) -> type[BaseModel] | None:
     return None
 
 
+def controls_refused(error: ErrorDetails) -> bool:
+    """Whether the error is text refused for a control character (the NO_CONTROL pattern)."""
+    return (
+        error["type"] == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NO_CONTROL
+    )
+
+
 def _allowed(error: ErrorDetails, model: type[BaseModel] | None) -> str | None:
     ctx = error.get("ctx") or {}
     kind = error["type"]
+    if controls_refused(error):
+        return NO_CONTROL_ALLOWED
     if kind == "extra_forbidden" and model is not None:
         owner = _model_at(model, error["loc"])
         if owner is not None:
@@ -125,7 +136,9 @@ def problems_from(
         name = field_path(loc)
         if prefix:
             name = f"{prefix}.{name}" if loc else prefix
-        text = _PROBLEM_TEXT.get(error["type"], error["msg"])
+        text = (
+            NO_CONTROL_PROBLEM if controls_refused(error) else _PROBLEM_TEXT.get(error["type"], error["msg"])
+        )
         if text.startswith("Value error, "):
             text = text.removeprefix("Value error, ")
         problems.append(FieldProblem(field=name, problem=text, allowed=_allowed(error, model)))

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
-from schemas.problems import FieldProblem, PartnerFormatError
+from schemas._base import NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM
+from schemas.problems import FieldProblem, PartnerFormatError, controls_refused
 
 PROBLEM_JSON = "application/problem+json"
 log = get_logger(__name__)
@@ -144,7 +145,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         params = [
-            InvalidParam(name=_loc(tuple(e.get("loc", ()))), reason=str(e.get("msg", "ongeldig")))
+            InvalidParam(
+                name=_loc(tuple(e.get("loc", ()))), reason=NO_CONTROL_PROBLEM, allowed=NO_CONTROL_ALLOWED
+            )
+            if controls_refused(e)
+            else InvalidParam(name=_loc(tuple(e.get("loc", ()))), reason=str(e.get("msg", "ongeldig")))
             for e in exc.errors()
         ]
         return problem_response(

@@ -25,7 +25,7 @@ from schemas.referral import Reason, Track
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent / "intake_rules.json"
 
 Feitcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]\d{3}[A-Za-z]?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z][0-9]{3}[A-Za-z]?$")
 ]
 
 

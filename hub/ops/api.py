@@ -15,6 +15,7 @@ from hub.ops.console import Console, console_of
 from hub.ops.dlq import DeadLetter, Filter
 from hub.ops.masking import show_payload
 from hub.store.tables import audit_log
+from schemas._base import NO_CONTROL, Plain
 
 router = APIRouter(prefix="/ops/api", tags=["operators"])
 Viewer = Annotated[Operator, requires("viewer")]
@@ -115,7 +116,7 @@ async def show_dead_letter(
 class DiscardBody(BaseModel):
     """Why a dead letter is dropped."""
 
-    reason: str = Field(min_length=3, max_length=500)
+    reason: str = Field(min_length=3, max_length=500, pattern=NO_CONTROL)
 
 
 @router.post("/dlq/{letter_id}/discard", summary="Discard one dead letter with a reason")
@@ -149,11 +150,11 @@ class ReplayBody(BaseModel):
     # The document says what the handler demands: at least one filter, or all=true.
     model_config = ConfigDict(json_schema_extra={"anyOf": _ONE_FILTER_OR_ALL})
 
-    topic: str | None = None
-    error_class: str | None = None
+    topic: Plain | None = None
+    error_class: Plain | None = None
     since: datetime | None = None
     until: datetime | None = None
-    key: str | None = None
+    key: Plain | None = None
     all: bool = False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +28,8 @@ RANK = {role: i for i, role in enumerate(ROLES)}
 _hasher = PasswordHasher()
 _DUMMY = _hasher.hash("not-a-password")  # verify against this for unknown users: same timing
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 @dataclass(frozen=True)
 class Operator:
@@ -46,6 +49,8 @@ async def add_operator(store: Store, username: str, password: str, role: str) ->
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if len(password) < 10:
         raise ValueError("password must be at least 10 characters")
+    if not username.strip() or _CONTROL.search(username):
+        raise ValueError("username must be non-empty text without control characters")
     hashed = _hasher.hash(password)
     async with store.transaction() as session:
         exists = (
@@ -75,6 +80,8 @@ def _token_hash(token: str) -> str:
 
 async def login(store: Store, secret: str, username: str, password: str) -> str | None:
     """Check the password; on success start a session and return the cookie value."""
+    if _CONTROL.search(username):  # no operator has such a name, and PostgreSQL cannot look up a NUL
+        username = ""
     async with store.connect() as conn:
         row = (
             await conn.execute(

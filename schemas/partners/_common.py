@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from schemas._base import EMAIL_PATTERN, NO_CONTROL
 from schemas.problems import FieldProblem, PartnerFormatError, problems_from
 from schemas.referral import Gender
 
@@ -27,9 +28,9 @@ M = TypeVar("M", bound=BaseModel)
 P = TypeVar("P", bound=BaseModel)
 
 DATE_ALLOWED = "dd-mm-jjjj of jjjj-mm-dd"
-_DMY = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
-_YMD = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-_DMY_TIME = re.compile(r"^(\d{1,2})-(\d{1,2})-(\d{4})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?$")
+_DMY = re.compile(r"^([0-9]{1,2})[-/.]([0-9]{1,2})[-/.]([0-9]{4})$")
+_YMD = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_DMY_TIME = re.compile(r"^([0-9]{1,2})-([0-9]{1,2})-([0-9]{4})[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?$")
 
 
 class PartnerModel(BaseModel):
@@ -106,7 +107,7 @@ def _to_bool(value: object) -> object:
     raise PydanticCustomError("janee", "moet ja of nee zijn", {"allowed": "ja, nee, true, false"})
 
 
-_THOUSANDS_DOT = re.compile(r"^\d{1,3}(\.\d{3})+$")
+_THOUSANDS_DOT = re.compile(r"^[0-9]{1,3}(\.[0-9]{3})+$")
 
 
 _CENT = Decimal("0.01")
@@ -198,15 +199,21 @@ PartnerCount = Annotated[
 PartnerFloat = Annotated[
     float, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
 ]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)
+]
 # An identifier the canonical models keep as a Code (at most 100 characters): refused here, on the
 # partner's own field, rather than as a misfit in translation.
-Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Code = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL)
+]
 OptCode = Annotated[Code | None, BeforeValidator(_empty_to_none)]
-LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+LongText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=NO_CONTROL)
+]
 OptText = Annotated[Text | None, BeforeValidator(_empty_to_none)]
 OptEmail = Annotated[
-    Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None,
+    Annotated[str, StringConstraints(max_length=254, pattern=EMAIL_PATTERN)] | None,
     BeforeValidator(_empty_to_none),
 ]
 OptPhone = Annotated[
@@ -232,6 +239,25 @@ def gender_of(code: str | None) -> Gender:
 def full_surname(prefix: str | None, surname: str) -> str:
     """Join a Dutch surname prefix ('van der') and the surname."""
     return f"{prefix.strip()} {surname.strip()}" if prefix and prefix.strip() else surname.strip()
+
+
+SURNAME_MAX = 200  # the canonical surname: the prefix and the surname together
+
+
+def surname_fits(prefix: object, surname: str, prefix_field: str) -> str:
+    """The surname, when it fits the canonical surname together with its prefix; each partner field
+    may hold 200 characters, so a long pair is refused here, on the surname, not in translation."""
+    if len(full_surname(prefix if isinstance(prefix, str) else None, surname)) > SURNAME_MAX:
+        raise PydanticCustomError(
+            "achternaam_te_lang",
+            "{prefix_field} en achternaam samen zijn langer dan {max} tekens",
+            {
+                "prefix_field": prefix_field,
+                "max": SURNAME_MAX,
+                "allowed": f"{prefix_field} en achternaam samen hoogstens {SURNAME_MAX} tekens",
+            },
+        )
+    return surname
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:

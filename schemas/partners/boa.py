@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, WithJsonSchema
+from pydantic import Field, StringConstraints, ValidationInfo, WithJsonSchema, field_validator
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
@@ -20,12 +20,15 @@ from schemas.partners._common import (
     PartnerFloat,
     PartnerModel,
     Text,
+    surname_fits,
 )
 
 Feitcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]\d{3}[A-Za-z]?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z][0-9]{3}[A-Za-z]?$")
 ]
-Bonnummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z]{2,4}-\d{4}-\d{4,8}$")]
+Bonnummer = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z]{2,4}-[0-9]{4}-[0-9]{4,8}$")
+]
 Projectcode = Annotated[
     str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9\-]{1,29}$")
 ]
@@ -69,6 +72,11 @@ class Betrokkene(PartnerModel):
     geboortedatum: PartnerDate
     geslacht: Literal["M", "V", "X", "O"] = "O"
     woonplaats: Text
+
+    @field_validator("achternaam")
+    @classmethod
+    def _surname_fits(cls, achternaam: str, info: ValidationInfo) -> str:
+        return surname_fits(info.data.get("tussenvoegsel"), achternaam, "tussenvoegsel")
 
 
 class OuderContact(PartnerModel):

@@ -6,8 +6,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas._base import NO_CONTROL
 from schemas.bsn import Bsn
 from schemas.partners._common import (
+    SURNAME_MAX,
     Code,
     OptEmail,
     OptPhone,
@@ -27,9 +29,11 @@ ORGANISATION_PREFIX = "Leerplicht "
 # The referrer is 'Leerplicht <gemeente>', a name of at most 200 characters: a longer Gemeente is
 # refused on its own column, rather than as a misfit in translation.
 Gemeente = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX))
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=NO_CONTROL
+    ),
 ]
-SURNAME_MAX = 200  # the canonical surname, Tussenvoegsel and Achternaam together
 
 
 class LeerplichtRij(BaseModel):

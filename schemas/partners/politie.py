@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from schemas._base import NO_CONTROL
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     LongText,
@@ -19,12 +27,24 @@ from schemas.partners._common import (
     PartnerDate,
     PartnerModel,
     Text,
+    surname_fits,
 )
 
 Feitcode = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]\d{3}[A-Za-z]?$")
+    str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z][0-9]{3}[A-Za-z]?$")
 ]
-PvNummer = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^PL\d{4}-\d{10}-\d{1,3}$")]
+ORGANISATION_PREFIX = "Politie eenheid "
+# The referrer is 'Politie eenheid <eenheid>', a name of at most 200 characters: a longer eenheid is
+# refused on its own field, rather than as a misfit in translation.
+Eenheid = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=NO_CONTROL
+    ),
+]
+PvNummer = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^PL[0-9]{4}-[0-9]{10}-[0-9]{1,3}$")
+]
 
 
 class Verbalisant(PartnerModel):
@@ -46,6 +66,11 @@ class Verdachte(PartnerModel):
     geboortedatum: PartnerDate
     geslacht: Literal["M", "V", "O", "X"] = "O"
     gemeente: Text
+
+    @field_validator("achternaam")
+    @classmethod
+    def _surname_fits(cls, achternaam: str, info: ValidationInfo) -> str:
+        return surname_fits(info.data.get("voorvoegsel"), achternaam, "voorvoegsel")
 
 
 class Vertegenwoordiger(PartnerModel):
@@ -75,7 +100,7 @@ class PolitieVerwijzing(PartnerModel):
     """One Halt referral from the police (proces-verbaal summary)."""
 
     proces_verbaal_nummer: PvNummer
-    eenheid: Text = "Den Haag"
+    eenheid: Eenheid = "Den Haag"
     basisteam: OptText = None
     verbalisant: Verbalisant
     feitcode: Feitcode

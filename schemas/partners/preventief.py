@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from schemas._base import NO_CONTROL
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     LongText,
@@ -16,6 +17,7 @@ from schemas.partners._common import (
     PartnerDate,
     PartnerModel,
     Text,
+    surname_fits,
 )
 
 Categorie = Literal[
@@ -30,7 +32,9 @@ Categorie = Literal[
     "middelen",
     "anders",
 ]
-Aanmeldnummer = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=40)]
+Aanmeldnummer = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=40, pattern=NO_CONTROL)
+]
 
 
 class Verwijzer(PartnerModel):
@@ -53,6 +57,11 @@ class Jongere(PartnerModel):
     geboortedatum: PartnerDate
     geslacht: Literal["man", "vrouw", "anders", "onbekend"] = "onbekend"
     gemeente: Text
+
+    @field_validator("achternaam")
+    @classmethod
+    def _surname_fits(cls, achternaam: str, info: ValidationInfo) -> str:
+        return surname_fits(info.data.get("tussenvoegsel"), achternaam, "tussenvoegsel")
 
 
 class Ouder(PartnerModel):

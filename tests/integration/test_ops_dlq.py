@@ -44,6 +44,9 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         for body in (b"\x00", b"[]", b'"vera"'):  # not a JSON object: a 400, it was a 500
             broken = await anon.post("/ops/login", content=body, headers={"content-type": "application/json"})
             assert broken.status_code == 400 and broken.json()["status"] == 400
+        for name in ("vera\x00", "ve\x1bra"):  # no operator has such a name; PostgreSQL answered 500
+            odd = await anon.post("/ops/login", json={"username": name, "password": PASSWORD})
+            assert odd.status_code == 401
         half_form = await anon.post("/ops/login", data={"password": PASSWORD})  # a redirect, not a 400
         assert half_form.status_code == 400
         form = await anon.post("/ops/login", data={"username": "vera", "password": PASSWORD})

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from connectors.verwijsindex.contract import add_years
 from hub.app import create_app
@@ -18,6 +18,7 @@ from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
+from hub.signals.tables import signals
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker
@@ -221,3 +222,29 @@ async def test_a_caseworker_id_alone_opens_nothing(api: tuple[Hub, httpx.AsyncCl
     unknown = await client.get(f"{URL}/unknown", headers={"X-Medewerker": "cw-nobody"})
     assert unknown.status_code == 401
     assert (await client.get(f"{URL}/unknown", headers=ILSE)).status_code == 404  # key and caseworker: in
+
+
+async def test_a_control_character_is_refused_before_it_reaches_the_store(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """PostgreSQL cannot store a NUL (it answered 500); SQLite kept it. Now both refuse it, named."""
+    hub, client = api
+    for char in ("\x00", "\x1b"):
+        sent = body(add_years(T, -15))
+        sent["youth"]["surname"] = f"de{char}Vries"
+        answer = await client.post(URL, json=sent, headers=ILSE)
+        assert answer.status_code == 400, answer.text
+        (param,) = answer.json()["invalidParams"]
+        assert param["name"] == "youth.surname" and param["reason"] == "bevat een stuurteken (zoals NUL)"
+        assert "Vries" not in answer.text
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(signals))).scalar_one() == 0
+    # an id or a filter with a control character: refused before any lookup, the address not echoed
+    for address in (f"{URL}/abc%00def", f"{URL}/abc%1Bdef", f"{URL}/abc?status=%00", f"{URL}/abc?x=a+b%7F"):
+        answer = await client.get(address, headers=ILSE)
+        assert answer.status_code == 400, (address, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.headers["Fsc-Transaction-Id"]
+        assert "abc" not in answer.text and answer.json()["invalidParams"][0]["name"] in ("(pad)", "(query)")
+    assert (await client.get(f"{URL}/abc%20def", headers=ILSE)).status_code == 404  # a space is no control

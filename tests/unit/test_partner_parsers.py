@@ -324,6 +324,112 @@ def test_a_gemeente_and_surname_at_their_limits_are_kept_whole() -> None:
     assert result.referral.youth.surname == "van " + "B" * 196
 
 
+# Cells of the JSON formats that the Referral could not hold were refused on '(vertaling).<field>'.
+JSON_SAMPLES = {
+    "politie": "valid_winkeldiefstal.json",
+    "boa": "valid_project_vuurwerk.json",
+    "preventief": "valid_wijkteam.json",
+}
+
+
+def json_record(kind: str, **changes: object) -> bytes:
+    """A valid sample of a JSON format with some fields changed (dotted paths for nesting)."""
+    import json
+
+    record = json.loads((DATA / kind / JSON_SAMPLES[kind]).read_bytes())
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = record
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return json.dumps(record).encode()
+
+
+def refused_on(module: ModuleType, raw: bytes) -> list[str]:
+    with pytest.raises(PartnerFormatError) as caught:
+        module.parse(raw)
+    return [p.field for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix", "surname"),
+    [
+        ("politie", "verdachte.voorvoegsel", "verdachte.achternaam"),
+        ("boa", "betrokkene.tussenvoegsel", "betrokkene.achternaam"),
+        ("preventief", "jongere.tussenvoegsel", "jongere.achternaam"),
+    ],
+)
+def test_a_prefix_and_surname_over_200_together_are_refused_on_the_surname(
+    kind: str, prefix: str, surname: str
+) -> None:
+    module = {"politie": politie, "boa": boa, "preventief": preventief}[kind]
+    kept = module.parse(json_record(kind, **{prefix: "van", surname: "B" * 196}))
+    assert kept.youth.surname == "van " + "B" * 196  # exactly 200: kept whole
+    assert refused_on(module, json_record(kind, **{prefix: "van", surname: "B" * 197})) == [surname]
+    with pytest.raises(PartnerFormatError) as caught:
+        module.parse(json_record(kind, **{prefix: "van", surname: "B" * 197}))
+    assert "200" in str(caught.value.problems[0].allowed) and "B" * 20 not in str(caught.value.problems)
+
+
+def test_a_police_unit_that_would_not_fit_the_organisation_is_refused_on_eenheid() -> None:
+    kept = politie.parse(json_record("politie", eenheid="E" * 184))
+    assert kept.referrer.organisation == "Politie eenheid " + "E" * 184  # exactly 200
+    assert refused_on(politie, json_record("politie", eenheid="E" * 185)) == ["eenheid"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("politie", "procesVerbaalNummer", "PL1500-٢٠٢٥031201-1"),  # \d took digits of any script
+        ("politie", "feitcode", "F٠٠١"),
+        ("boa", "bonnummer", "DH-٢٠٢٥-00001"),
+        ("politie", "pleegdatum", "٠١-٠٣-٢٠٢٥"),
+    ],
+)
+def test_digits_of_another_script_are_refused_where_the_document_says_0_to_9(
+    kind: str, field: str, value: str
+) -> None:
+    module = {"politie": politie, "boa": boa}[kind]
+    assert refused_on(module, json_record(kind, **{field: value})) == [field]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f"])
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("politie", "verdachte.achternaam"),
+        ("politie", "omschrijving"),
+        ("politie", "verbalisant.dienstnummer"),
+        ("boa", "handhaver.organisatie"),
+        ("preventief", "aanmeldnummer"),
+        ("preventief", "aanleiding.omschrijving"),
+    ],
+)
+def test_a_control_character_in_text_is_refused_on_its_field(kind: str, field: str, char: str) -> None:
+    """PostgreSQL cannot store a NUL; no name, code or description holds a control character."""
+    module = {"politie": politie, "boa": boa, "preventief": preventief}[kind]
+    with pytest.raises(PartnerFormatError) as caught:
+        module.parse(json_record(kind, **{field: f"Zq-tekst{char}met stuurteken"}))
+    (problem,) = caught.value.problems
+    assert (problem.field, problem.problem) == (field, "bevat een stuurteken (zoals NUL)")
+    assert "Zq-tekst" not in str(caught.value) and "Zq-tekst" not in str(problem)
+
+
+def test_tabs_and_line_breaks_stay_allowed_in_a_description() -> None:
+    referral = politie.parse(json_record("politie", omschrijving="Regel een\r\n\tregel twee"))
+    assert referral.offence is not None and referral.offence.description == "Regel een\r\n\tregel twee"
+
+
+def test_a_control_character_in_a_leerplicht_cell_fails_only_its_row() -> None:
+    rows = [good_row(1) | {"Achternaam": "Jan\x00sen"}, good_row(2)]
+    first, second = leerplicht.parse_batch(csv_bytes(rows))
+    assert [(p.field, p.problem) for p in first.problems] == [
+        ("Achternaam", "bevat een stuurteken (zoals NUL)")
+    ]
+    assert second.referral is not None
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_give_results_or_a_format_error(raw: bytes) -> None:

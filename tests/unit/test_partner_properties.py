@@ -145,10 +145,10 @@ KINDS: dict[str, dict[str, str]] = {
 # Invalid values per kind; strings are distinctive, so an echo of them would be noticed.
 _OVERSIZE = {"text": 201, "code": 101, "longtext": 2001, "reference": 41}
 INVALID: dict[str, list[Any]] = {
-    "text": [123, True, [], {"x": 1}],
-    "code": [123, []],
-    "longtext": [123, ["Zq-lijst"]],
-    "reference": [123, [], "Zq"],
+    "text": [123, True, [], {"x": 1}, "Zq\x00nul", "Zq\x1bescape"],
+    "code": [123, [], "Zq\x00nul"],
+    "longtext": [123, ["Zq-lijst"], "Zq\x00nul\nregel", "Zq\x7fdel"],
+    "reference": [123, [], "Zq", "Zq\x00nul"],
     "pattern": ["Zq geen vorm!", 5, []],
     "literal": ["Zq-onbekend", 5, []],
     "date": [20250312, True, "31-02-2025", "12 maart 2025", "2025-13-01", {"dag": 1}],
