@@ -44,25 +44,42 @@ async def _pg_available() -> str | None:
     return None
 
 
+async def require_pg() -> None:
+    """Skip (visibly) when PostgreSQL is not reachable; on CI it must be, so fail there."""
+    problem = await _pg_available()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must be reachable on CI ({PG_ADMIN_DSN}): {problem}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {problem}")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> AsyncIterator[str]:
     """A fresh database per test, on SQLite and on PostgreSQL (skipped, visibly, only when none runs)."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
         return
-    problem = await _pg_available()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL must be reachable on CI ({PG_ADMIN_DSN}): {problem}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {problem}")
+    await require_pg()
+    name = f"kh_{unique}"
+    yield await create_pg_database(name)
+    await drop_pg_database(name)
+
+
+async def create_pg_database(name: str) -> str:
+    """Create an empty PostgreSQL database; its asyncpg URL for the hub."""
     import asyncpg
 
-    name = f"kh_{unique}"
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
+    return f"{base}/{name}"
+
+
+async def drop_pg_database(name: str) -> None:
+    """Drop a database made by create_pg_database, whoever is still connected to it."""
+    import asyncpg
+
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()

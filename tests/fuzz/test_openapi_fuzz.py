@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from hub.ops.auth import add_operator
 from hub.partners import PartnerType, add_partner
 from hub.store import Store
 from schemas.caseworker import Caseworker
+from tests.conftest import create_pg_database, drop_pg_database, require_pg
 from tests.helpers.procs import KETENHUB
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -84,15 +86,23 @@ class Running:
         return {"Authorization": f"Bearer {key}", "X-Medewerker": CASEWORKER}
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """The hub process on each store: PostgreSQL refuses what SQLite keeps (a NUL in text, say)."""
     workdir = tmp_path_factory.mktemp("fuzz")
-    keys = asyncio.run(_seed(f"sqlite+aiosqlite:///{workdir / 'ketenhub.db'}"))
+    pg_name = None
+    if request.param == "sqlite":
+        db_url = f"sqlite+aiosqlite:///{workdir / 'ketenhub.db'}"
+    else:
+        asyncio.run(require_pg())
+        pg_name = f"kh_fuzz_{uuid.uuid4().hex[:10]}"
+        db_url = asyncio.run(create_pg_database(pg_name))
+    keys = asyncio.run(_seed(db_url))
     port = free_port()
     log = (workdir / "hub.log").open("wb")
     proc = subprocess.Popen(
         [KETENHUB, "run", "--port", str(port)], cwd=workdir, stdout=log, stderr=log,
-        env={**os.environ, "KETENHUB_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "KETENHUB_LOG_LEVEL": "WARNING", "KETENHUB_DATABASE__URL": db_url},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -116,6 +126,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if pg_name is not None:
+            asyncio.run(drop_pg_database(pg_name))
 
 
 def _settings(examples: int) -> settings:
