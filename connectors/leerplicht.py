@@ -11,6 +11,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
+from schemas._base import as_code
 from schemas.partners._common import full_surname, gender_of, to_canonical, translate
 from schemas.partners.leerplicht import (
     HEADERS,
@@ -136,9 +137,7 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
         problem = f"{len(cells)} kolommen, de kopregel heeft er {len(headers)}"
         return RowResult(row=number, problems=[FieldProblem(field=_ROW, problem=problem)])
     data = {h: c for h, c in zip(headers, cells, strict=False) if h and c.strip()}
-    reference = data.get(CASE_REFERENCE_FIELD, "").strip() or None
-    if reference is not None and len(reference) > 100:
-        reference = None
+    reference = as_code(data.get(CASE_REFERENCE_FIELD))  # None when it is no usable reference
     try:
         record = LeerplichtRij.model_validate(data)
     except ValidationError as exc:

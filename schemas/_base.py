@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -22,6 +23,31 @@ NO_CONTROL = r"^[^\x00-\x08\x0e-\x1f\x7f]*$"
 NO_CONTROL_PROBLEM = "bevat een stuurteken (zoals NUL)"
 NO_CONTROL_ALLOWED = "tekst zonder stuurtekens U+0000-U+0008, U+000E-U+001F en U+007F"
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CODE_MAX = 100
+
+
+def as_code(value: object) -> str | None:
+    """`value` as a `Code` holds it (stripped, 1-100 characters, no control character), else None.
+
+    For references read from input that failed validation: a reference that does not fit is not
+    used at all, rather than refused a second time where nobody can answer for it.
+    """
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not 0 < len(value) <= CODE_MAX or _CONTROL.search(value):
+        return None
+    return value
+
+
+def readable(text: str) -> str:
+    """Text with every control character (line breaks and tabs too) shown as U+FFFD: for a field
+    name taken from the partner's own input, which may be echoed in an answer or a log line."""
+    return _ANY_CONTROL.sub("\ufffd", text)
+
 
 Plain = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
 Name = Annotated[

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from schemas._base import NO_CONTROL, NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM
+from schemas._base import NO_CONTROL, NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM, readable
 
 # Dutch wording for pydantic's most common error types; other types keep pydantic's own text,
 # which never contains the input value.
@@ -57,13 +57,16 @@ class PartnerFormatError(ValueError):
 
 
 def field_path(loc: Sequence[int | str]) -> str:
-    """('verdachte', 'ouders', 0, 'naam') -> 'verdachte.ouders[0].naam'."""
+    """('verdachte', 'ouders', 0, 'naam') -> 'verdachte.ouders[0].naam'.
+
+    An unknown field's name is the sender's own text: a control character in it is shown as U+FFFD.
+    """
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{readable(part)}" if out else readable(str(part))
     return out or "(bericht)"
 
 

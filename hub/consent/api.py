@@ -23,8 +23,9 @@ from hub.handovers.component import routing_of
 from hub.handovers.service import Act, load_referral
 from hub.intake.tables import referrals
 from hub.runtime import Hub
-from schemas._base import CanonicalModel, Code, ShortText
+from schemas._base import NO_CONTROL_PROBLEM, CanonicalModel, Code, ShortText, as_code
 from schemas.consent import Consent, ConsentPurpose, ConsentStatus, ConsentYouth, DataCategory, Grantor
+from schemas.problems import controls_refused
 from schemas.pseudonym import youth_key as make_key
 
 router = APIRouter(prefix="/api/v1/toestemmingen", tags=["toestemmingen"])
@@ -129,7 +130,10 @@ async def _youth(
 
 def _invalid(exc: ValidationError) -> Problem:
     params = [
-        InvalidParam(name=".".join(str(p) for p in e["loc"]) or "(body)", reason=e["msg"])
+        InvalidParam(
+            name=".".join(str(p) for p in e["loc"]) or "(body)",
+            reason=NO_CONTROL_PROBLEM if controls_refused(e) else e["msg"],
+        )
         for e in exc.errors()
     ]
     return Problem(400, "Ongeldige toestemming", "Zie invalidParams.", params=params)
@@ -187,6 +191,8 @@ async def _from_fhir_body(
     known: dict[str, tuple[str, str, int | None]] = {}
 
     async def lookup(key: str) -> None:
+        if as_code(key) is None or not key.isprintable():  # no youth key: from_fhir refuses the patient
+            return
         try:
             youth, _, referral_id, custodians = await _youth(session, None, key)
         except Problem:

@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from hub.audit import AuditEntry, write_audit
 from hub.directory.service import CaseworkerNotFound, get_caseworker, upsert_caseworker
 from hub.store import Store
+from schemas._base import CODE_MAX, NO_CONTROL_PROBLEM, as_code
 from schemas.caseworker import Absence, Caseworker, Team
+from schemas.problems import controls_refused
 
 REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
 OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
@@ -146,9 +148,8 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
         out = []
         for e in exc.errors():
             name = str(e["loc"][0]) if e["loc"] else "(rij)"
-            out.append(
-                {"field": FIELDS.get(name, name), "reason": str(e["msg"]).removeprefix("Value error, ")}
-            )
+            reason = NO_CONTROL_PROBLEM if controls_refused(e) else str(e["msg"])
+            out.append({"field": FIELDS.get(name, name), "reason": reason.removeprefix("Value error, ")})
         return out
     column, _, reason = str(exc).partition(": ")
     return [{"field": column, "reason": reason}] if reason else [{"field": "(rij)", "reason": str(exc)}]
@@ -161,6 +162,10 @@ async def import_csv(
     results = []
     for number, row in enumerate(read_rows(data), start=2):
         cw_id = row.get("Medewerkernummer") or None
+        if cw_id is not None and as_code(cw_id) is None:  # looked up below: refused before the store
+            reason = NO_CONTROL_PROBLEM if len(cw_id) <= CODE_MAX else f"is te lang (maximaal {CODE_MAX})"
+            results.append(RowResult(number, None, "FOUT", [{"field": "Medewerkernummer", "reason": reason}]))
+            continue
         try:
             async with store.transaction() as session:
                 try:

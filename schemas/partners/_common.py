@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from schemas._base import EMAIL_PATTERN, NO_CONTROL
+from schemas._base import EMAIL_PATTERN, NO_CONTROL, as_code
 from schemas.problems import FieldProblem, PartnerFormatError, problems_from
 from schemas.referral import Gender
 
@@ -300,9 +300,7 @@ def reference_in(raw: bytes, *path: str) -> str | None:
         if not isinstance(node, dict):
             return None
         node = node.get(key)
-    if isinstance(node, str) and 0 < len(node.strip()) <= 100:
-        return node.strip()
-    return None
+    return as_code(node)
 
 
 def translate(to_referral: Callable[[P], M], record: P) -> M:

@@ -97,7 +97,12 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         asyncio.run(require_pg())
         pg_name = f"kh_fuzz_{uuid.uuid4().hex[:10]}"
         db_url = asyncio.run(create_pg_database(pg_name))
-    keys = asyncio.run(_seed(db_url))
+    try:
+        keys = asyncio.run(_seed(db_url))
+    except BaseException:
+        if pg_name is not None:  # the database is dropped whenever the hub never started on it
+            asyncio.run(drop_pg_database(pg_name))
+        raise
     port = free_port()
     log = (workdir / "hub.log").open("wb")
     proc = subprocess.Popen(

@@ -91,3 +91,26 @@ async def _bsn_of(w, referral_id: str) -> str:  # type: ignore[no-untyped-def]
         return str(
             (await conn.execute(select(referrals.c.bsn).where(referrals.c.id == referral_id))).scalar_one()
         )
+
+
+async def test_a_fhir_patient_key_that_is_no_key_is_refused_not_looked_up(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The key went to the store unchecked: a NUL in it made PostgreSQL refuse the query (a 500)."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(14, custodians=1)
+        recorded = await w.consent(rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")])
+        r = await w.client.get(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}",
+            headers={"X-Medewerker": CW, "Accept": "application/fhir+json"},
+        )
+        for bad in (key[:10] + "\\u0000" + key[10:], "\\ud800" + key, key + "\\u001b"):
+            body = r.text.replace(f'"value":"{key}"', f'"value":"{bad}"')
+            assert body != r.text
+            answer = await w.client.post(
+                "/api/v1/toestemmingen",
+                content=body.encode(),
+                headers={"X-Medewerker": CW, "Content-Type": "application/fhir+json"},
+            )
+            assert answer.status_code == 400, (bad, answer.status_code, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"

@@ -154,3 +154,25 @@ async def test_csv_import_reports_per_row_and_bad_rows_do_not_block(
         )
         assert bad.status_code == 400 and "puntkomma" in bad.json()["detail"]
         assert (await viewer.post(f"{BASE}/import", content=CSV.encode())).status_code == 403
+
+
+async def test_a_control_character_in_an_id_is_a_row_error_not_a_500(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The id is looked up before the row is validated: a NUL in it made PostgreSQL refuse the query."""
+    rows = (
+        "Medewerkernummer;Naam;E-mail;Team\n"
+        "cw-1\x00;A. de Groot;a@halt.nl;Den Haag\n"
+        "cw-2\x1b;B. de Groot;b@halt.nl;Den Haag\n"
+        "cw-3;C. de Groot;c@halt.nl;Den Haag\n"
+    )
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, viewer):
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert (report["total"], report["aangemaakt"], report["fout"]) == (3, 1, 2)
+        for row in report["rows"][:2]:
+            assert row["result"] == "FOUT" and row["caseworkerId"] is None
+            reason = "bevat een stuurteken (zoals NUL)"
+            assert row["errors"] == [{"field": "Medewerkernummer", "reason": reason}]
+        assert (await viewer.get(f"{BASE}/cw-3")).status_code == 200

@@ -257,6 +257,20 @@ async def test_a_batch_of_1000_rows_with_37_bad_rows_reports_exactly_37_errors(a
     assert await api.count() == 963
 
 
+async def test_a_control_character_in_a_case_reference_rejects_its_row_alone(api: Api) -> None:
+    """The rejection carried the row's reference: with a control character in it, the decision could
+    not be made and the whole batch answered 500."""
+    rows = [csv_row(1), csv_row(2, Dossiernummer="LP-T-\x01-2"), csv_row(3, Dossiernummer="LP-T-3\x00")]
+    response = await api.post("leerplicht", csv_bytes(rows))
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [r["result"] for r in report["rows"]] == ["ACCEPTED", "REJECTED", "REJECTED"]
+    for row in report["rows"][1:]:
+        assert row["caseReference"] is None
+        assert row["decision"]["reasons"][0]["field"] == "Dossiernummer"
+    assert await api.count() == 1
+
+
 async def test_a_repeat_is_answered_with_the_first_outcome(api: Api) -> None:
     first = await api.post("politie", politie_variant(1))
     repeat = await api.post("politie", politie_variant(1, bekennend=False))  # same PV number

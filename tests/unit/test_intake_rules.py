@@ -378,3 +378,30 @@ def test_missing_or_broken_rules_file(tmp_path: Path) -> None:
     broken.write_text("{", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_intake_rules(broken)
+
+
+def test_a_rejection_can_be_made_whatever_the_unreadable_record_held() -> None:
+    """The reference and field names come from input that failed validation: a control character, a
+    blank or an oversize reference, a field named with a line break, must not stop the answer."""
+    problems = [
+        FieldProblem(field="extra\x01", problem="onbekend veld"),
+        FieldProblem(field="naam\nINFO forged", problem="onbekend veld"),
+        FieldProblem(field="   ", problem="onbekend veld"),
+        FieldProblem(field="x" * 300, problem="onbekend veld"),
+    ]
+    for reference, kept in (
+        ("PL-1\x00", None),
+        ("LP-DH-\x01-0101", None),
+        ("   ", None),
+        ("P" * 101, None),
+        (" PL-2 ", "PL-2"),
+    ):
+        decision = reject_unparseable(problems, reference)
+        assert decision.case_reference == kept
+        assert [r.field for r in decision.reasons] == [
+            "extra\ufffd",
+            "naam\ufffdINFO forged",
+            None,
+            "x" * 100,
+        ]
+        assert Decision.model_validate_json(decision.model_dump_json()) == decision

@@ -5,7 +5,8 @@
 2. Any one cell made invalid (missing, out of range, oversize, not in its form) gives that row alone
    problems that name that column, and no BSN, name or the invalid value in their text.
 3. Any text in any cell is read or refused on that column (or on the row, for an order between two
-   columns): never an exception, never a problem on a field the export does not have.
+   columns): never an exception, never a problem on a field the export does not have, and the
+   rejection of a refused row can always be made.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors import leerplicht
+from hub.intake import reject_unparseable
 from schemas.partners.leerplicht import HEADERS, REQUIRED_HEADERS
 from schemas.problems import FieldProblem
+from schemas.referral import Decision
 from tests.helpers.partner_records import Drawn, fact, leerplicht_records
 
 # Every column of the export (README, "Leerplicht") and the kind of value its cells hold.
@@ -197,3 +200,6 @@ def test_any_text_in_any_cell_is_read_or_refused_on_that_column(drawn: Drawn, te
         assert result.ok != bool(result.problems)
         # an order between two columns (a period before the birth date) is on the row
         assert all(p.field in (column, ROW) for p in result.problems), (column, result.problems)
+        if result.problems:  # the rejection the hub stores and answers with can be made and read back
+            decision = reject_unparseable(result.problems, result.case_reference)
+            assert Decision.model_validate_json(decision.model_dump_json()) == decision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
@@ -134,6 +135,17 @@ def test_case_reference_is_read_from_a_record_that_fails() -> None:
     raw = (DATA / "politie/invalid_bsn_elfproef.json").read_bytes()
     assert politie.case_reference_of(raw) == "PL1500-2025031201-1"
     assert boa.case_reference_of(b'{"bonnummer": 12}') is None
+
+
+@pytest.mark.parametrize("module", JSON_CONNECTORS, ids=lambda m: m.SAMPLE_DIR)
+@pytest.mark.parametrize("reference", ["PL-1\x00", "PL-\x1b[31m-1", "PL-1\x7f", "   ", "P" * 101])
+def test_a_reference_that_is_no_reference_is_not_read(module: ModuleType, reference: str) -> None:
+    """What the answer to an unreadable record would carry: a control character made it unsendable."""
+    raw = json.dumps({module.CASE_REFERENCE_FIELD: reference, "onbekend\x01": 1}).encode()
+    with pytest.raises(PartnerFormatError) as caught:
+        module.parse(raw)
+    assert module.case_reference_of(raw) is None
+    assert "onbekend\ufffd" in [p.field for p in caught.value.problems]
 
 
 # --- leerplicht -------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from connectors import boa, politie, preventief
+from hub.intake import reject_unparseable
 from schemas.partners.boa import BoaVerwijzing
 from schemas.partners.politie import PolitieVerwijzing
 from schemas.partners.preventief import PreventiefAanmelding
 from schemas.problems import FieldProblem, PartnerFormatError
-from schemas.referral import Referral
+from schemas.referral import Decision, Referral
 from tests.helpers.partner_records import Drawn, boa_records, fact, politie_records, preventief_records
 
 Records = Callable[..., st.SearchStrategy[Drawn]]
@@ -307,6 +308,9 @@ def assert_referral_or_format_error(name: str, raw: bytes) -> list[FieldProblem]
     # A value the format lets through but the canonical Referral cannot hold would be reported on
     # the canonical field ("(vertaling)..."), which the partner does not know.
     assert not [p for p in problems if p.field.startswith("(vertaling)")], problems
+    # Whatever the record held, the rejection the hub stores and sends can be made and read back.
+    decision = reject_unparseable(problems, reference)
+    assert Decision.model_validate_json(decision.model_dump_json()) == decision
     return problems
 
 
