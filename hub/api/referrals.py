@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from connectors import boa, leerplicht, politie, preventief
+from hub.api.docs import inline_schema
 from hub.api.limits import read_body, require_media_type
 from hub.api.problems import HubStarting, Problem
 from hub.api.referral_models import (
@@ -89,27 +90,14 @@ async def _take_in_json(request: Request, partner: Partner, parse: Callable[[byt
     )
 
 
-def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """The schema with every local `#/$defs/...` reference replaced by its definition."""
-    if isinstance(node, dict):
-        ref = node.get("$ref", "")
-        if ref.startswith("#/$defs/"):
-            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
-        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
-    if isinstance(node, list):
-        return [_inline(v, defs) for v in node]
-    return node
-
-
 def _json_body(partner_format: str, model: type[BaseModel]) -> dict[str, Any]:
     """The partner format's JSON schema as the documented body. The handler still reads the raw body
     itself, so a body that does not fit gets the hub's own 400 naming each field, not FastAPI's 422."""
-    schema = model.model_json_schema(by_alias=True)
     return {
         "requestBody": {
             "required": True,
             "description": f"Eén verwijzing in het {partner_format}-formaat (zie de README, 'Partners').",
-            "content": {JSON: {"schema": _inline(schema, schema.get("$defs", {}))}},
+            "content": {JSON: {"schema": inline_schema(model)}},
         }
     }
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 from sqlalchemy import select
 
+from hub.api.docs import inline_schema
 from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
@@ -139,7 +140,22 @@ def _invalid(exc: ValidationError) -> Problem:
     return Problem(400, "Ongeldige toestemming", "Zie invalidParams.", params=params)
 
 
-@router.post("", status_code=201, response_model=ConsentOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ConsentOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "De toestemming als JSON, of als FHIR R4 Consent (application/fhir+json) met de "
+            "jeugdsleutel als patient.identifier.",
+            "content": {
+                "application/json": {"schema": inline_schema(ConsentIn)},
+                FHIR_JSON: {"schema": {"type": "object", "description": "FHIR R4 Consent"}},
+            },
+        }
+    },
+)
 async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
     """Record a consent (application/json, or a FHIR R4 Consent as application/fhir+json)."""
     hub = _hub(request)

@@ -146,6 +146,8 @@ def validate_fhir(resource: dict[str, Any]) -> None:
     """Check a resource against the FHIR R4(B) Consent definition; FhirConsentError names the paths."""
     from fhir.resources.R4B.consent import Consent as FhirConsent  # heavy: imported on use
 
+    if not isinstance(resource, dict):
+        raise FhirConsentError(["(resource): must be a JSON object, a FHIR Consent"])
     if resource.get("resourceType") != "Consent":
         raise FhirConsentError(["resourceType: must be Consent"])
     try:
@@ -174,7 +176,7 @@ def from_fhir(resource: dict[str, Any], *, resolve_bsn: Callable[[str], str | No
         return _from_fhir(resource, resolve_bsn)
     except FhirConsentError:
         raise
-    except (KeyError, ValueError, TypeError, StopIteration, ValidationError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, StopIteration, ValidationError) as exc:
         where = exc.args[0] if isinstance(exc, KeyError) else type(exc).__name__
         raise FhirConsentError([f"mapping: {where}"]) from None
 

@@ -117,7 +117,18 @@ async def problems(request: Request, op: Viewer) -> dict[str, Any]:
     return {"unreachableNow": unreachable, "recorded": recorded}
 
 
-@router.post("/import", summary="Load a semicolon CSV (Dutch headers); a report per row")
+@router.post(
+    "/import",
+    summary="Load a semicolon CSV (Dutch headers); a report per row",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "Puntkomma-gescheiden, met de kolommen Medewerkernummer;Naam;E-mail;Team en "
+            "naar keuze Telefoon, Meldingsbevoegd, Vervanger, Actief, Afwezig vanaf, Afwezig tot en met.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def import_file(request: Request, op: Admin) -> dict[str, Any]:
     hub = _hub(request)
     assert hub.store is not None

@@ -85,3 +85,10 @@ def test_unknown_youth_and_invalid_resources_are_refused_without_echoing_values(
     with pytest.raises(FhirConsentError) as info:
         validate_fhir(broken)
     assert "not-a-date" not in str(info.value) and info.value.problems
+
+
+@pytest.mark.parametrize("body", ['"Consent"', "[1]", "3", "null", "true", '"\\ud8d8\\udcda"'])
+def test_a_body_that_is_no_json_object_is_refused_not_a_crash(body: str) -> None:
+    """The mapping called .get on whatever JSON it was given: a string body answered 500."""
+    with pytest.raises(FhirConsentError, match="JSON object"):
+        from_fhir(json.loads(body), resolve_bsn=lambda _: None)
