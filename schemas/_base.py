@@ -26,6 +26,7 @@ EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # from a JSON escape; no database driver can store one
 CODE_MAX = 100
 
 
@@ -38,7 +39,7 @@ def as_code(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
-    if not 0 < len(value) <= CODE_MAX or _CONTROL.search(value):
+    if not 0 < len(value) <= CODE_MAX or _CONTROL.search(value) or _SURROGATE.search(value):
         return None
     return value
 

@@ -46,11 +46,22 @@ async def _credentials(request: Request) -> tuple[str, str, bool]:
             body = None
         if not isinstance(body, dict):  # malformed JSON or not an object was a 500
             raise Problem(400, "Invalid login request", "Expected a JSON object with username and password.")
-        return str(body.get("username", "")), str(body.get("password", "")), False
+        username, password = str(body.get("username", "")), str(body.get("password", ""))
+        if not _encodable(username) or not _encodable(password):  # a lone surrogate: a failed login
+            username, password = "", ""
+        return username, password, False
     form = await request.form()
     if "username" not in form or "password" not in form:  # the login page always sends both
         raise Problem(400, "Invalid login request", "The form needs a username and a password.")
     return str(form["username"]), str(form["password"]), True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _CREDENTIALS = {

@@ -9,6 +9,7 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from hub.logging import redact_text
+from schemas._base import readable
 
 # Header names on every dead letter, readable without decoding the payload.
 DLQ_TOPIC = "dlq-original-topic"
@@ -59,6 +60,9 @@ def safe_error_message(exc: BaseException) -> str:
         text = f"{exc.error_count()} validation error(s): " + "; ".join(parts)
     else:
         text = str(exc) or type(exc).__name__
+    # A partner's answer may carry a NUL or undecodable bytes (a Latin-1 SMTP reply): the text is
+    # stored (parked rows, DLQ headers), so it is made storable here, or its recording fails forever.
+    text = readable(text.encode("utf-8", "replace").decode("utf-8"))
     return redact_text(text)[:_MAX_MESSAGE]
 
 

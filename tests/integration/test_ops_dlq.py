@@ -47,6 +47,13 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         for name in ("vera\x00", "ve\x1bra"):  # no operator has such a name; PostgreSQL answered 500
             odd = await anon.post("/ops/login", json={"username": name, "password": PASSWORD})
             assert odd.status_code == 401
+        lone_surrogates = (
+            b'{"username": "\\ud800", "password": "x"}',
+            b'{"username": "vera", "password": "\\ud800"}',
+        )
+        for raw in lone_surrogates:
+            lone = await anon.post("/ops/login", content=raw, headers={"content-type": "application/json"})
+            assert lone.status_code == 401  # a lone surrogate could not be looked up: it was a 500
         half_form = await anon.post("/ops/login", data={"password": PASSWORD})  # a redirect, not a 400
         assert half_form.status_code == 400
         form = await anon.post("/ops/login", data={"username": "vera", "password": PASSWORD})

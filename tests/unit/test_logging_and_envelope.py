@@ -96,3 +96,22 @@ def test_every_consumed_topic_has_a_dlq_and_names_are_versioned() -> None:
     assert "verwijsindex.signal.retry.v1" in names and "verwijsindex.signal.dlq.v1" in names
     assert all(n.rsplit(".", 1)[1].startswith("v") for n in names)
     assert len(names) == len(all_topics())
+
+
+def test_an_error_message_is_storable_whatever_the_partner_answered() -> None:
+    """A partner's error text goes into parked rows and DLQ headers: a NUL or an undecodable byte
+    (a Latin-1 SMTP reply, surrogate-escaped) made recording the failure fail, again and again."""
+    from hub.spine.dlq import safe_error_message
+
+    for text in ("bad\x00answer", "550 Empf\udce4nger unbekannt", "line\nbreak"):
+        message = safe_error_message(RuntimeError(text))
+        message.encode("utf-8")  # storable in either database
+        assert not any(c < " " for c in message), message
+        assert "\ufffd" in message or "?" in message
+
+
+def test_a_reference_with_a_lone_surrogate_is_no_reference() -> None:
+    from schemas._base import as_code
+
+    assert as_code("PL-\ud800-1") is None
+    assert as_code(" PL-1 ") == "PL-1"
