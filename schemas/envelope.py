@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 # Kafka header names (rule 19 names the transaction id header).
 H_MESSAGE_ID = "message-id"
@@ -16,6 +16,13 @@ H_TRANSACTION_ID = "transaction-id"
 H_CORRELATION_ID = "correlation-id"
 H_SOURCE = "source"
 
+
+# An id, type or source: no control character at all. They become Kafka headers, inbox and parked
+# keys and audit fields; a NUL among them cannot be stored by PostgreSQL, and a record whose ids
+# cannot be stored cannot even be dead-lettered with its bookkeeping.
+_ID = r"^[^\x00-\x1f\x7f]*$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ID)]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_ID)]
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits
 
@@ -61,12 +68,12 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    message_id: str = Field(default_factory=new_id, description="UUID; the inbox dedup key")
-    type: str = Field(description="message type, e.g. 'Referral'", min_length=1, max_length=100)
+    message_id: Id = Field(default_factory=new_id, description="UUID; the inbox dedup key")
+    type: Word = Field(description="message type, e.g. 'Referral'")
     version: int = Field(default=1, ge=1)
-    transaction_id: str = Field(default_factory=new_id, min_length=1, max_length=100)
-    correlation_id: str | None = Field(default=None, max_length=200)
-    source: str = Field(default="ketenhub", min_length=1, max_length=100)
+    transaction_id: Word = Field(default_factory=new_id)
+    correlation_id: Annotated[str, StringConstraints(max_length=200, pattern=_ID)] | None = None
+    source: Word = "ketenhub"
     occurred_at: datetime = Field(default_factory=utcnow)
     payload: dict[str, Any] = Field(default_factory=dict)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from hub.logging import redact_text
 from schemas._base import readable
@@ -34,6 +36,11 @@ DLQ_HEADERS = (
 )
 _MAX_MESSAGE = 500
 _MAX_KEY = 200  # the outbox's key column
+# A database driver's message may echo the value it refused ("invalid input for query argument $4:
+# {...}", "invalid input syntax for type integer: "..."", "Key (id)=(...)"): that part is cut.
+_DB_ECHO = re.compile(r"(query argument \$\d+|for type [\w ]+)\s*:.*", re.S)
+_DB_KEY = re.compile(r"(Key \([^)]*\))=\(.*?\)")
+_DB_CLASS = re.compile(r"^<class '[\w.]+'>: ")
 
 
 def original_headers(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
@@ -58,6 +65,12 @@ def safe_error_message(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         parts = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()[:10]]
         text = f"{exc.error_count()} validation error(s): " + "; ".join(parts)
+    elif isinstance(exc, DBAPIError):  # not str(exc): the driver's text, without the values it echoes
+        orig = exc.orig
+        said = _DB_CLASS.sub("", (str(orig) or type(orig).__name__).splitlines()[0])
+        said = _DB_KEY.sub(r"\1=(value not shown)", _DB_ECHO.sub(r"\1: value not shown", said))
+        code = getattr(orig, "sqlstate", None)
+        text = f"database error{f' {code}' if code else ''} ({type(orig).__name__}): {said}"
     else:
         text = str(exc) or type(exc).__name__
     # A partner's answer may carry a NUL or undecodable bytes (a Latin-1 SMTP reply): the text is

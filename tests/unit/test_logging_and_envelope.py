@@ -115,3 +115,39 @@ def test_a_reference_with_a_lone_surrogate_is_no_reference() -> None:
 
     assert as_code("PL-\ud800-1") is None
     assert as_code(" PL-1 ") == "PL-1"
+
+
+@pytest.mark.parametrize("field", ["message_id", "transaction_id", "correlation_id", "source", "type"])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\nb", "a\x7fb"])
+def test_an_envelope_id_with_a_control_character_is_refused(field: str, bad: str) -> None:
+    """Ids become headers, inbox and parked keys and audit fields: PostgreSQL cannot store a NUL, and
+    a record whose ids cannot be stored could not even be dead-lettered with its bookkeeping."""
+    fields = {"type": "Cmd", "payload": {}, field: bad}
+    with pytest.raises(ValidationError) as caught:
+        Envelope.model_validate(fields)
+    assert [e["loc"] for e in caught.value.errors()] == [(field,)]
+    with pytest.raises(ValidationError):
+        Envelope.from_bytes(json.dumps(fields).encode())
+
+
+def test_a_database_error_never_echoes_the_value_it_refused() -> None:
+    """A driver may repeat the value it refused (asyncpg's and PostgreSQL's own wording below): the
+    operator learns what failed and where, not the value, which may be a BSN or a youth's name."""
+    from sqlalchemy.exc import DBAPIError
+
+    class AsyncpgError(Exception):
+        sqlstate = "22000"
+
+    said = [
+        "invalid input for query argument $4: {'naam': 'Sam Jansen'} (expected str, got dict)",
+        "<class 'asyncpg.exceptions.DataError'>: invalid input syntax for type integer: \"Sam Jansen\"",
+        'duplicate key value violates unique constraint "pk"\nDETAIL:  Key (id)=(Sam Jansen) already exists.',
+        'Key (bsn)=(Sam Jansen) is not present in table "youths"',
+    ]
+    for text in said:
+        message = safe_error_message(DBAPIError("UPDATE signals SET x=$4", {}, AsyncpgError(text)))
+        assert "Sam Jansen" not in message, message
+        assert message.startswith("database error 22000 (AsyncpgError): "), message
+    assert safe_error_message(
+        DBAPIError("UPDATE x", {}, AsyncpgError('invalid byte sequence for encoding "UTF8": 0x00'))
+    ).endswith('invalid byte sequence for encoding "UTF8": 0x00')
