@@ -29,6 +29,12 @@ class Metrics:
             ["partner", "result"],
             registry=self.registry,
         )
+        self.hook_failures = Counter(
+            "ketenhub_delivery_hook_failures",
+            "Connector bookkeeping that failed after a delivery, parking or dead letter, by ladder and hook",
+            ["ladder", "hook"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "ketenhub_ready", "1 when a dependency is reachable", ["dependency"], registry=self.registry
         )

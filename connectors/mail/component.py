@@ -34,6 +34,7 @@ from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladde
 from hub.runtime import Hub
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
+from schemas._base import as_code
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope, utcnow
 from schemas.notification import MailNotification
@@ -180,12 +181,12 @@ class MailConnector:
     async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
         """A mail that will not go out is a problem an administrator sees."""
         self.last_error = error
-        payload = message.payload
+        payload = message.payload  # it may have failed validation: only what could be a Code is used
         await record_problem(
             session,
             kind="mail_niet_bezorgd",
-            caseworker_id=str(payload.get("recipient_caseworker_id") or "") or None,
-            reference=str(payload.get("notification_id") or message.message_id),
+            caseworker_id=as_code(payload.get("recipient_caseworker_id")),
+            reference=as_code(payload.get("notification_id")) or message.message_id,
             reason=f"mail niet bezorgd: {error}",
             transaction_id=message.transaction_id,
         )

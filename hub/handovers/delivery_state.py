@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from hub.audit import AuditEntry, write_audit
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
 from hub.handovers.tables import handovers
+from schemas._base import as_code
 from schemas.envelope import Envelope, utcnow
 from schemas.handover import HandoverStatus
 
@@ -19,7 +20,9 @@ SYSTEM = "ketenhub-receivers"
 async def still_deliverable(conn: AsyncSession | AsyncConnection, message: Envelope) -> bool:
     """Rule 10 at the last moment: a withdrawn handover does not leave; a withdrawal notice is sent
     only to a receiver that actually got the handover."""
-    handover_id = message.payload.get("handover_id")
+    handover_id = as_code(message.payload.get("handover_id"))
+    if handover_id is None:
+        return False
     row = (
         await conn.execute(
             select(handovers.c.status, handovers.c.delivered_at).where(handovers.c.id == handover_id)
@@ -37,7 +40,10 @@ async def still_deliverable(conn: AsyncSession | AsyncConnection, message: Envel
 async def record_delivered(session: AsyncSession, message: Envelope, *, channel: str) -> None:
     """The receiver has it: stamp the handover and write the disclosure to the audit log (rule 18)."""
     p: dict[str, Any] = message.payload
-    row = (await session.execute(select(handovers).where(handovers.c.id == p["handover_id"]))).first()
+    handover_id = as_code(p.get("handover_id"))
+    if handover_id is None:
+        return
+    row = (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
     if row is None:
         return
     if message.type == HANDOVER:
@@ -73,8 +79,12 @@ async def record_delivered(session: AsyncSession, message: Envelope, *, channel:
 
 
 async def record_failed(session: AsyncSession, message: Envelope, error: str) -> None:
-    """Delivery gave up (dead letter): keep it visible on the handover and in the audit log."""
-    handover_id = message.payload.get("handover_id")
+    """Delivery gave up (dead letter): keep it visible on the handover and in the audit log. A
+    message that names no handover (it failed validation) has nothing to mark; its dead letter
+    stands."""
+    handover_id = as_code(message.payload.get("handover_id"))
+    if handover_id is None:
+        return
     row = (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
     if row is None:
         return

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from hub.audit import AuditEntry, write_audit
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
@@ -227,7 +228,7 @@ class RetryLadder:
         )
         await session.execute(insert(parked).values(row))
         await self._announce(session, message, key, attempt, due_at, error)
-        await self.delivery.on_parked(session, message, attempt, due_at, error)
+        await self._hook(session, "on_parked", message, attempt, due_at, error)
         self._wake.set()
 
     async def _announce(
@@ -276,7 +277,44 @@ class RetryLadder:
         )
         value = row.value if row.record_value is None else row.record_value
         await add_to_outbox(session, self.dlq_topic, value, key=key, headers=headers)
-        await self.delivery.on_dead(session, message, safe_error_message(exc))
+        await self._hook(session, "on_dead", message, safe_error_message(exc))
+
+    async def _hook(self, session: AsyncSession, name: str, message: Envelope, *args: Any) -> None:
+        """A connector's hook, in a savepoint of its own: when it fails, what the ladder recorded
+        (delivered, parked, dead-lettered) stands, and the failure is logged and counted.
+
+        A hook keeps a connector's bookkeeping (a signal's state, a handover's mark, the disclosure's
+        audit entry). Letting its failure undo the ladder's record would keep the message in the
+        parking lot, tried again at once, round after round: a delivered message sent again and
+        again, a dead one never dead-lettered. A delivery whose hook failed is still audited, with
+        what the ladder knows of it (rule 18).
+        """
+        try:
+            async with session.begin_nested():
+                await getattr(self.delivery, name)(session, message, *args)
+        except Exception as exc:
+            self.metrics.hook_failures.labels(self.name, name).inc()
+            log.error(
+                "a delivery hook failed; the ladder's record stands",
+                ladder=self.name,
+                hook=name,
+                message_id=message.message_id,
+                error=safe_error_message(exc),
+            )
+            if name == "on_delivered":
+                entry = AuditEntry(
+                    action="delivery.recorded_without_details",
+                    user=f"ketenhub-{self.name}",
+                    objects={
+                        "partner": self.partner,
+                        "message_id": message.message_id,
+                        "type": message.type,
+                        "error_class": type(exc).__name__,
+                    },
+                )
+                await write_audit(
+                    session, entry, transaction_id=message.transaction_id, system=f"ketenhub-{self.name}"
+                )
 
     # -- the scheduler's side -----------------------------------------------------------------
     def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
@@ -387,7 +425,7 @@ class RetryLadder:
             first = first.replace(tzinfo=self.clock().tzinfo)
         if outcome is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
-            await self.delivery.on_delivered(session, message)
+            await self._hook(session, "on_delivered", message)
             return
         due = None
         if isinstance(outcome, TransientError):
@@ -403,7 +441,7 @@ class RetryLadder:
             .values(attempt=row.attempt + 1, due_at=due, first_failure=first, last_error=error)
         )
         await self._announce(session, message, row.key, row.attempt + 1, due, error)
-        await self.delivery.on_parked(session, message, row.attempt + 1, due, error)
+        await self._hook(session, "on_parked", message, row.attempt + 1, due, error)
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest parked message is due, or None when nothing is parked."""

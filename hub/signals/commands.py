@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas._base import CanonicalModel, Code
+from schemas._base import CanonicalModel, Code, as_code
 from schemas.caseworker import ContactDetails
 from schemas.envelope import Envelope
 from schemas.signal import VerwijsindexSignal, WithdrawalReason
@@ -62,5 +62,6 @@ def change_contact_command(
 
 
 def signal_id_of(message: Envelope) -> str | None:
-    """The signal a command is about (its correlation id), without parsing the payload."""
-    return message.correlation_id or (message.payload.get("signal_id") if message.payload else None)
+    """The signal a command is about (its correlation id), without parsing the payload; None when it
+    names none that could be one (a command that failed validation may hold anything there)."""
+    return as_code(message.correlation_id or (message.payload.get("signal_id") if message.payload else None))

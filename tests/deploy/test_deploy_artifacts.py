@@ -67,6 +67,7 @@ CONTRACT_METRICS = frozenset(
         "ketenhub_retry_parked",
         "ketenhub_dlq_messages",
         "ketenhub_ready",
+        "ketenhub_delivery_hook_failures_total",  # the hub's own addition (README, "Operators")
     }
 )
 CONTRACT_HISTOGRAMS = frozenset({"ketenhub_handler_seconds"})

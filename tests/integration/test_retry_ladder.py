@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
@@ -19,6 +19,7 @@ from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.dlq import DLQ_HEADERS
+from hub.store.tables import audit_log
 from hub.topics import Topic
 from schemas.envelope import Envelope, utcnow
 from tests.conftest import make_settings
@@ -57,7 +58,9 @@ class FakePartner:
         self.delivered.append(name)
 
 
-def ladder_component(partner: FakePartner, holder: dict[str, RetryLadder]):  # type: ignore[no-untyped-def]
+def ladder_component(  # type: ignore[no-untyped-def]
+    partner: FakePartner, holder: dict[str, RetryLadder], delivery: Delivery | None = None
+):
     def register(hub: Hub) -> None:
         assert hub.spine is not None and hub.store is not None
         ladder = RetryLadder(
@@ -68,7 +71,7 @@ def ladder_component(partner: FakePartner, holder: dict[str, RetryLadder]):  # t
             retry_topic=hub.topic(CMD.retry),
             dlq_topic=hub.topic(CMD.dlq),
             partner="fake",
-            delivery=Delivery(deliver=partner.deliver),
+            delivery=delivery or Delivery(deliver=partner.deliver),
             policy=FAST,
             group=hub.group("ladder"),  # the group below, whose inbox a replayed dead letter clears
         )
@@ -88,13 +91,13 @@ def _cmd(name: str, key: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 
 async def _start(
-    kafka: EmbeddedKafka, db_url: str, unique: str, partner: FakePartner
+    kafka: EmbeddedKafka, db_url: str, unique: str, partner: FakePartner, delivery: Delivery | None = None
 ) -> tuple[Hub, RetryLadder]:
     holder: dict[str, RetryLadder] = {}
     settings = make_settings(kafka, db_url, unique).model_copy(update={"components": ["verwijsindex"]})
     hub = Hub(
         settings,
-        registrars={"verwijsindex": [ladder_component(partner, holder)]},
+        registrars={"verwijsindex": [ladder_component(partner, holder, delivery)]},
         extra_topics=[CMD, Topic(CMD.retry), Topic(CMD.dlq)],
     )
     await hub.start()
@@ -201,6 +204,52 @@ async def test_permanent_error_and_exhausted_ladder_go_to_dlq(
         assert partner.calls["x1"] == 2 + 3
         assert partner.delivered == ["c1"]
         await wait_for(lambda: _zero(ladder))
+    finally:
+        await hub.stop()
+
+
+async def test_a_failing_hook_leaves_the_ladders_record_standing(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A connector's bookkeeping that fails does not undo what the ladder recorded: a delivered
+    message is not sent again, a parked one is retried on schedule, a dead one reaches the DLQ; each
+    failure is counted, and a delivery is audited with what the ladder knows of it."""
+    partner = FakePartner(transient_failures={"p1": 3}, permanent={"d1"})
+
+    async def broken(session: object, message: Envelope, *args: object) -> None:
+        raise ValueError("bookkeeping cannot take this message")
+
+    delivery = Delivery(deliver=partner.deliver, on_delivered=broken, on_parked=broken, on_dead=broken)
+    hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
+    try:
+        sent = [_cmd("ok1", "k1"), _cmd("p1", "k2"), _cmd("d1", "k3")]
+        await produce(kafka.bootstrap, hub.topic(CMD.name), sent)
+        dead = await read_topic(kafka.bootstrap, hub.topic(CMD.dlq), expect=1, timeout_s=30)
+        assert [Envelope.from_bytes(r.value).payload["name"] for r in dead] == ["d1"]
+        await wait_for(lambda: sorted(partner.delivered) == ["ok1", "p1"], timeout_s=30)
+        await wait_for(lambda: _zero(ladder))  # nothing left parked: nothing is sent again
+        assert await ladder.step() == 0
+        assert dict(partner.calls) == {"ok1": 1, "p1": 2 + 1 + 1, "d1": 1}
+
+        def failures(hook: str) -> float | None:
+            labels = {"ladder": "test", "hook": hook}
+            return hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels)
+
+        assert (failures("on_delivered"), failures("on_parked"), failures("on_dead")) == (2, 2, 1)
+        assert hub.store is not None
+        async with hub.store.connect() as conn:
+            audited = (
+                await conn.execute(
+                    select(audit_log.c.objects).where(
+                        audit_log.c.action == "delivery.recorded_without_details"
+                    )
+                )
+            ).scalars()
+            ids = sorted(o["message_id"] for o in audited)
+        by_name = {
+            Envelope.from_bytes(value).payload["name"]: Envelope.from_bytes(value) for _, value, _ in sent
+        }
+        assert ids == sorted(by_name[n].message_id for n in ("ok1", "p1"))
     finally:
         await hub.stop()
 

@@ -230,6 +230,44 @@ async def test_poison_command_goes_to_dlq_and_others_are_not_delayed(
         await hub.stop()
 
 
+async def test_a_command_naming_no_usable_signal_is_dead_lettered_without_a_hitch(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """A command whose signal id is no id (an object; a NUL, which PostgreSQL cannot store) fails
+    validation; its dead-lettering must not trip over that id while marking the signal."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        poison_bsns, others = bsns(2, start=300_000_000), bsns(2, start=310_000_000)
+        poisons = []
+        for bsn, bad_id in zip(poison_bsns, [{"id": "x"}, "sig\x00nal"], strict=True):
+            good = register_command(a_signal(bsn), str(uuid.uuid4()))
+            payload = dict(good.payload, signal_id=bad_id)
+            poisons.append(Envelope(**(good.model_dump() | {"payload": payload, "correlation_id": None})))
+        await produce(
+            kafka.bootstrap,
+            hub.topic(VERWIJSINDEX_SIGNAL.name),
+            [
+                (youth_key(TEST_SECRET, b).encode(), p.to_bytes(), p.headers())
+                for b, p in zip(poison_bsns, poisons, strict=True)
+            ],
+        )
+        batch = [a_signal(b) for b in others]
+        for s in batch:
+            await register(hub, s)
+        dead = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=2, timeout_s=30)
+        assert sorted(headers_of(r)["message-id"] for r in dead) == sorted(p.message_id for p in poisons)
+        assert all(headers_of(r)["dlq-exception-class"].endswith("PermanentError") for r in dead)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=10)
+        ladder = hub.components["verwijsindex"].ladder
+        assert ladder is not None and await ladder.parked_count() == 0
+        failed = hub.metrics.registry.get_sample_value(
+            "ketenhub_delivery_hook_failures_total", {"ladder": ladder.name, "hook": "on_dead"}
+        )
+        assert failed is None  # the hook saw no signal to mark, rather than failing on one
+    finally:
+        await hub.stop()
+
+
 async def other_organisation_signals(admin: httpx.AsyncClient, signals_: list[VerwijsindexSignal]) -> None:
     """A youth-care professional registers the same youths: a client match for each of ours."""
     for s in signals_:
