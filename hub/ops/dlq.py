@@ -22,13 +22,23 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
+from hub.logging import get_logger
 from hub.ops.tables import dlq_actions
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_GROUP, DLQ_LAST_FAILURE, DLQ_TOPIC
+from hub.spine.consumer import MAX_ID
+from hub.spine.dlq import (
+    DLQ_EXC_CLASS,
+    DLQ_EXC_MESSAGE,
+    DLQ_GROUP,
+    DLQ_LAST_FAILURE,
+    DLQ_TOPIC,
+    safe_error_message,
+)
 from hub.spine.outbox import add_to_outbox
 from hub.store import Store
 from hub.store.tables import inbox
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, utcnow
 
+log = get_logger(__name__)
 REPLAYED_FROM = "dlq-replayed-from"
 SYSTEM = "ketenhub-ops"
 
@@ -57,6 +67,12 @@ class DeadLetter:
         with contextlib.suppress(KeyError, ValueError):
             return datetime.fromisoformat(self.headers[DLQ_LAST_FAILURE])
         return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    def usable_id(self, name: str) -> str | None:
+        """An id header as the spine would use it: None when absent or unusable (empty, too long, not
+        printable), as for a record the spine dead-lettered for that very header."""
+        value = self.headers.get(name)
+        return value if value and len(value) <= MAX_ID and value.isprintable() else None
 
     def summary(self) -> dict[str, Any]:
         """What a list shows: ids, error and status; no payload."""
@@ -234,7 +250,7 @@ class DeadLetters:
                 await write_audit(
                     session,
                     AuditEntry(action="dlq.viewed_unmasked", user=operator, objects={"dead_letter": d.id}),
-                    transaction_id=d.headers.get(H_TRANSACTION_ID),
+                    transaction_id=d.usable_id(H_TRANSACTION_ID),
                     system=SYSTEM,
                 )
 
@@ -275,7 +291,7 @@ class DeadLetters:
         await write_audit(
             session,
             AuditEntry(action=f"dlq.{action}", user=operator, objects=objects),
-            transaction_id=d.headers.get(H_TRANSACTION_ID),
+            transaction_id=d.usable_id(H_TRANSACTION_ID),
             system=SYSTEM,
         )
 
@@ -284,7 +300,9 @@ class DeadLetters:
         if not original:
             raise ValueError("dead letter without its original topic")
         await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id)
-        message_id, group = d.headers.get(H_MESSAGE_ID), d.headers.get(DLQ_GROUP)
+        # An unusable message-id header was never an inbox key: the spine keyed that record by its
+        # position, and the replayed copy gets a position of its own.
+        message_id, group = d.usable_id(H_MESSAGE_ID), d.headers.get(DLQ_GROUP)
         if message_id and group:  # see the module docstring: let the group process this id again
             await session.execute(
                 delete(inbox).where(and_(inbox.c.consumer == group, inbox.c.message_id == message_id))
@@ -313,8 +331,11 @@ class DeadLetters:
                             job.done += 1
                         except sa_exc.IntegrityError:
                             job.skipped += 1  # already replayed or discarded
-                        except ValueError:
+                        except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on
                             job.failed += 1
+                            log.warning(
+                                "replaying a dead letter failed", letter=d.id, error=safe_error_message(exc)
+                            )
                 self.wake()
                 handled = job.done + job.skipped + job.failed
                 ahead = handled / self.rate_per_s - (loop.time() - started)
@@ -322,4 +343,4 @@ class DeadLetters:
                     await asyncio.sleep(ahead)
             job.state = "done"
         except Exception as exc:
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            job.state, job.error = "failed", f"{type(exc).__name__}: {safe_error_message(exc)}"[:300]

@@ -152,3 +152,32 @@ async def test_replay_of_500_dead_letters_processes_each_once(
         assert await _depth(client, hub) == 0
         again = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
         assert again["total"] == 0
+
+
+async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A record dead-lettered for its message-id header (a NUL, which PostgreSQL cannot store) keeps
+    that header on its dead letter: replaying it must neither use it as an inbox key nor fail the
+    rest of its batch. (An unusable transaction-id header is replaced on the dead letter by the id the
+    consumer used, rule 19, so its replay goes through.)"""
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(3)]
+        bad_headers = [{"message-id": b"m\x00id"}, {"transaction-id": b"t\x00x"}, {}]
+        records = [
+            (b"k", e.to_bytes(), list((dict(e.headers()) | bad).items()))
+            for e, bad in zip(sent, bad_headers, strict=True)
+        ]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        cure.fixed = True
+        job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        done = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+        assert (done["total"], done["done"], done["failed"], done["error"]) == (3, 3, 0, None)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [1, 2]
+        # the one with the unusable message id is dead-lettered again for it, as any such record is
+        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
+        assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
