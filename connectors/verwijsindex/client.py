@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from connectors.verwijsindex.contract import (
     TRANSACTION_HEADER,
@@ -24,16 +25,19 @@ from connectors.verwijsindex.contract import (
     ContactWijziging,
     IntrekkingsReden,
     Match,
-    MatchPagina,
+    RuweMatchPagina,
     Signaal,
     SignaalRegistratie,
 )
 from hub.errors import PermanentError, TransientError
 from hub.retry.policy import parse_retry_after
+from schemas._base import NO_CONTROL, as_code, readable
 
 M = TypeVar("M", bound=BaseModel)
 _DIGITS = re.compile(r"\d{8,}")  # BSN-like numbers never leave in an error message
 _MAX_REASON = 300
+_MAX_PROBLEMS = 10
+_MAX_FIELD = 80
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -51,6 +55,46 @@ class Answer:
     reason_phrase: str
     headers: Mapping[str, str]
     content: bytes
+
+
+@dataclass(frozen=True)
+class RefusedMatch:
+    """A feed entry that breaks the contract: its place on the page and what failed, never a value.
+
+    `match_id` and `signal_id` are the entry's own ids where they are valid codes, else None.
+    """
+
+    position: int
+    match_id: str | None
+    signal_id: str | None
+    problems: tuple[str, ...]
+
+    @classmethod
+    def of(cls, position: int, match_id: object, signal_id: object, exc: ValidationError) -> RefusedMatch:
+        """The refusal of the entry at `position` for `exc`; the ids as the entry gave them."""
+        return cls(position, as_code(match_id), as_code(signal_id), contract_problems(exc))
+
+
+def contract_problems(exc: ValidationError) -> tuple[str, ...]:
+    """What failed validation, as 'field: problem', without the values.
+
+    A field name comes from the partner's input when the field is unknown, so it is made readable,
+    stripped of BSN-like numbers and cut short.
+    """
+    found = []
+    for error in exc.errors(include_url=False, include_input=False)[:_MAX_PROBLEMS]:
+        where = ".".join(str(part) for part in error["loc"]) or "(body)"
+        where = redact(readable(where.encode("utf-8", "replace").decode("utf-8")))[:_MAX_FIELD]
+        found.append(f"{where}: {_problem(error)}")
+    return tuple(found)
+
+
+def _problem(error: ErrorDetails) -> str:
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NO_CONTROL:
+        return "contains a control character (such as NUL)"
+    if error["type"] == "string_unicode":
+        return "is no valid Unicode text (a lone surrogate)"
+    return error["msg"]
 
 
 def _reason(response: Answer) -> str:
@@ -132,16 +176,29 @@ class VerwijsindexClient:
         response = await self._call("GET", f"/api/v1/signalen/{signal_id}", transaction_id, op="get")
         return self._parse(response, Signaal, "get")
 
-    async def matches(self, cursor: str | None, limit: int, transaction_id: str) -> tuple[list[Match], str]:
-        """One page of the match feed after `cursor` (None: from the start) and the next cursor."""
+    async def matches(
+        self, cursor: str | None, limit: int, transaction_id: str
+    ) -> tuple[list[Match | RefusedMatch], str]:
+        """One page of the match feed after `cursor` (None: from the start) and the next cursor.
+
+        An entry that breaks the contract comes back as a RefusedMatch in its place; a page that
+        does (its cursor above all) raises PermanentError.
+        """
         params: dict[str, str | int] = {"limit": limit}
         if cursor:
             params["vanaf"] = cursor
         if self._organisatie:
             params["organisatie"] = self._organisatie
         response = await self._call("GET", "/api/v1/matches", transaction_id, params=params, op="matches")
-        page = self._parse(response, MatchPagina, "matches")
-        return page.matches, page.volgende
+        where = f"verwijsindex matches: HTTP {response.status_code} answer"
+        try:
+            # The standard library's parser, not pydantic's: that one refuses the whole document for
+            # a lone surrogate escape in one entry, which would block the feed on it.
+            page = RuweMatchPagina.model_validate(json.loads(response.content))
+        except ValueError as exc:  # ValidationError is one too
+            found = contract_problems(exc) if isinstance(exc, ValidationError) else ("no JSON",)
+            raise PermanentError(f"{where} breaks the contract: {'; '.join(found)}") from None
+        return [_match(position, entry) for position, entry in enumerate(page.matches)], page.volgende
 
     async def ping(self) -> bool:
         """True when the index answers its health check; never raises."""
@@ -192,3 +249,11 @@ class VerwijsindexClient:
             raise PermanentError(
                 f"verwijsindex {op}: HTTP {response.status_code} answer breaks the contract"
             ) from None
+
+
+def _match(position: int, entry: Any) -> Match | RefusedMatch:
+    try:
+        return Match.model_validate(entry)
+    except ValidationError as exc:
+        ids = entry if isinstance(entry, dict) else {}
+        return RefusedMatch.of(position, ids.get("match_id"), ids.get("signaal_id"), exc)

@@ -125,6 +125,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             interval_s=s.poll_interval_s,
             page_size=page_size,
             on_published=hub.relay.wake,
+            metrics=hub.metrics,
         )
         connector.feed = feed
         hub.background["verwijsindex-matches"] = feed.run

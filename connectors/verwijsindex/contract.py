@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas._base import Code
 from schemas.bsn import Bsn
 from schemas.dates import age_on, birthday
 
@@ -167,10 +169,10 @@ class Tegenpartij(_Strict):
 class Match(_Strict):
     """One match notification for one signal's professional; `match_id` is the dedup key."""
 
-    match_id: str = Field(description="Unique and stable; a consumer processes each id once.")
-    cursor: str = Field(description="Feed position of this match; pass it as `vanaf` to resume after it.")
+    match_id: Code = Field(description="Unique and stable; a consumer processes each id once.")
+    cursor: Code = Field(description="Feed position of this match; pass it as `vanaf` to resume after it.")
     type: MatchType
-    signaal_id: str = Field(description="The recipient's own signal that matched.")
+    signaal_id: Code = Field(description="The recipient's own signal that matched.")
     organisatie_code: str = Field(description="The recipient organisation.")
     tegenpartij: Tegenpartij
     ontstaan_op: datetime
@@ -180,7 +182,18 @@ class MatchPagina(_Strict):
     """A page of the match feed and the cursor to ask for the next one."""
 
     matches: list[Match]
-    volgende: str = Field(description="Opaque, monotonic cursor: the `vanaf` of the next request.")
+    volgende: Code = Field(description="Opaque, monotonic cursor: the `vanaf` of the next request.")
+
+
+class RuweMatchPagina(_Strict):
+    """A feed page as the hub reads it: the cursor checked, each match left to be checked alone.
+
+    A broken match is skipped rather than refusing the page, which would block every later match
+    on every poll. A broken cursor does refuse the page: the hub stores it and sends it back.
+    """
+
+    matches: list[Any]
+    volgende: Code
 
 
 class VeldFout(_Strict):

@@ -4,6 +4,11 @@ Every page is handled in one store transaction: the match rows (unique match id)
 messages and the new cursor commit together, so a crash re-reads the page and publishes nothing
 twice. On PostgreSQL a transaction-scoped advisory lock lets only one poller of all hub processes
 work at a time; the others find the lock taken and skip that round.
+
+An entry that breaks the contract is skipped, so that it cannot hold up the matches after it: it
+is logged (position and failed fields only, never a value), counted as outcome "refused" of the
+match topic, and recorded as a problem for an administrator. A page whose cursor breaks the
+contract is refused whole.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import contextlib
 import uuid
 from collections.abc import Callable
 
+from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.verwijsindex.client import VerwijsindexClient
+from connectors.verwijsindex.client import RefusedMatch, VerwijsindexClient
+from connectors.verwijsindex.contract import Match
 from connectors.verwijsindex.mapping import canonical_match
 from hub.logging import get_logger
-from hub.signals.matches import read_cursor, record_match, write_cursor
+from hub.metrics import Metrics
+from hub.signals.matches import read_cursor, record_match, record_refused_match, write_cursor
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
+from schemas.match import Match as CanonicalMatch
 
 log = get_logger(__name__)
 FEED_LOCK = 7_305_001  # PostgreSQL advisory lock id of the match feed poller
@@ -38,9 +48,11 @@ class MatchFeed:
         interval_s: float,
         page_size: int = 100,
         on_published: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store, self.client, self.topic = store, client, topic
         self.interval_s, self.page_size, self.on_published = interval_s, page_size, on_published
+        self.metrics = metrics
         self.last_error: str | None = None
         self.published = 0
         self._wake = asyncio.Event()
@@ -60,10 +72,25 @@ class MatchFeed:
             cursor = await read_cursor(session)
             page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
             new = 0
-            for entry in page:
-                new += await record_match(session, self.topic, canonical_match(entry), transaction_id)
+            refused: list[RefusedMatch] = []
+            for position, entry in enumerate(page):
+                match = _canonical(position, entry)
+                if isinstance(match, RefusedMatch):
+                    refused.append(match)
+                    await _record_refused(session, match, transaction_id)
+                else:
+                    new += await record_match(session, self.topic, match, transaction_id)
             if volgende != cursor:
                 await write_cursor(session, volgende)
+        for skipped in refused:
+            log.warning(
+                "match feed entry breaks the contract; skipped",
+                position=skipped.position,
+                problems=list(skipped.problems),
+                transaction_id=transaction_id,
+            )
+        if refused and self.metrics is not None:
+            self.metrics.messages.labels(self.topic, "refused").inc(len(refused))
         if new:
             self.published += new
             self.on_published()
@@ -86,3 +113,23 @@ class MatchFeed:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+
+def _canonical(position: int, entry: Match | RefusedMatch) -> CanonicalMatch | RefusedMatch:
+    if isinstance(entry, RefusedMatch):
+        return entry
+    try:
+        return canonical_match(entry)
+    except ValidationError as exc:
+        return RefusedMatch.of(position, entry.match_id, entry.signaal_id, exc)
+
+
+async def _record_refused(session: AsyncSession, entry: RefusedMatch, transaction_id: str) -> None:
+    reason = "; ".join(entry.problems)
+    await record_refused_match(
+        session,
+        match_id=entry.match_id,
+        signal_id=entry.signal_id,
+        reason=f"match uit de Verwijsindex overgeslagen (positie {entry.position} op de pagina): {reason}",
+        transaction_id=transaction_id,
+    )

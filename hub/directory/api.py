@@ -95,7 +95,11 @@ async def list_all(request: Request, op: Viewer) -> list[Caseworker]:
 
 
 @router.get(
-    "/problemen", summary="What an administrator must fix: mails nobody could read, borging without delegate"
+    "/problemen",
+    summary=(
+        "What an administrator must fix: mails nobody could read or that did not go out, matches the"
+        " Verwijsindex sent that broke its contract, borging without delegate"
+    ),
 )
 async def problems(request: Request, op: Viewer) -> dict[str, Any]:
     """Recorded problems, and who is away today without a reachable delegate (found now)."""

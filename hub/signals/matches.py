@@ -6,15 +6,17 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.notify.service import record_problem
 from hub.signals.tables import feed_cursor, matches, signals
 from hub.spine.outbox import add_to_outbox
-from schemas._base import Code
+from schemas._base import Code, as_code
 from schemas.envelope import Envelope, utcnow
 from schemas.match import Match
 
 MATCH_TYPE = "Match"
 FEED = "verwijsindex-matches"
 SYSTEM = "verwijsindex-connector"
+REFUSED_MATCH = "match_overgeslagen"  # the kind of problem an administrator sees
 
 
 class MatchMessage(Match):
@@ -34,7 +36,12 @@ async def read_cursor(session: AsyncSession, feed: str = FEED) -> str | None:
 
 
 async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> None:
-    """Store the feed position in the caller's transaction."""
+    """Store the feed position in the caller's transaction; it must be a valid code.
+
+    A position that cannot be stored would roll back its page, and so every poll after it.
+    """
+    if as_code(cursor) != cursor:
+        raise ValueError("a feed cursor is a code: 1-100 characters, no control character, no padding")
     now = utcnow()
     done = await session.execute(
         update(feed_cursor).where(feed_cursor.c.feed == feed).values(cursor=cursor, updated_at=now)
@@ -83,3 +90,25 @@ async def record_match(session: AsyncSession, topic: str, match: Match, transact
     )
     await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
     return True
+
+
+async def record_refused_match(
+    session: AsyncSession, *, match_id: str | None, signal_id: str | None, reason: str, transaction_id: str
+) -> None:
+    """A feed entry that could not be read, for an administrator; with its signal's caseworker if ours.
+
+    `match_id` and `signal_id` must be valid codes (or None); `reason` must not carry a value.
+    """
+    caseworker_id = None
+    if signal_id is not None:
+        caseworker_id = (
+            await session.execute(select(signals.c.caseworker_id).where(signals.c.signal_id == signal_id))
+        ).scalar()
+    await record_problem(
+        session,
+        kind=REFUSED_MATCH,
+        caseworker_id=caseworker_id,
+        reference=match_id,
+        reason=reason,
+        transaction_id=transaction_id,
+    )

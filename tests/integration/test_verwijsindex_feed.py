@@ -1,0 +1,273 @@
+"""The match feed against a partner that answers broken pages, on both stores, over real HTTP.
+
+One broken match is skipped (the others stored, the cursor past it, an administrator told, nothing
+of its values logged); a broken cursor refuses the page whole, with an error that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import func, select
+
+from connectors.verwijsindex.client import VerwijsindexClient
+from connectors.verwijsindex.feed import MatchFeed
+from hub.clock import today
+from hub.errors import PermanentError
+from hub.metrics import Metrics
+from hub.notify.service import list_problems
+from hub.signals import store_signal
+from hub.signals.matches import read_cursor, write_cursor
+from hub.signals.tables import matches
+from hub.store import Store
+from hub.store.tables import audit_log, outbox
+from schemas.caseworker import ContactDetails
+from schemas.signal import SignalYouth, VerwijsindexSignal
+from tests.helpers.http import serving
+from tests.helpers.kafka import wait_for
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "t.verwijsindex.match.v1"
+BSN, NAME = "999990044", "Sanne"  # a youth's: never in a log line, a problem or an error
+END = "c-0003"
+
+
+@dataclass
+class Partner:
+    """A Verwijsindex that answers each `vanaf` with a prepared body; unknown cursors get a 400."""
+
+    pages: dict[str | None, bytes] = field(default_factory=dict)
+    asked: list[str | None] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/api/v1/matches")
+        async def feed(request: Request) -> Response:
+            vanaf = request.query_params.get("vanaf")
+            self.asked.append(vanaf)
+            if vanaf not in self.pages:
+                return JSONResponse({"titel": "Bad Request", "detail": "unknown cursor"}, status_code=400)
+            return Response(self.pages[vanaf], media_type="application/json")
+
+        return app
+
+
+def page(entries: list[dict[str, Any]], volgende: str) -> bytes:
+    """The page as JSON; a NUL or a lone surrogate in a value becomes its \\u escape."""
+    return json.dumps({"matches": entries, "volgende": volgende}).encode()
+
+
+def entry(n: int, signal_id: str) -> dict[str, Any]:
+    return {
+        "match_id": f"m-{n}",
+        "cursor": f"c-{n:04d}",
+        "type": "CLIENTMATCH",
+        "signaal_id": signal_id,
+        "organisatie_code": "halt-den-haag",
+        "tegenpartij": {
+            "organisatie": {"code": "jeugdhulp-haaglanden", "naam": "Jeugdhulp Haaglanden"},
+            "contactpersoon": {"naam": "Kees de Wit", "email": "kees@jeugdhulp.nl"},
+        },
+        "ontstaan_op": "2026-01-15T09:00:00+00:00",
+    }
+
+
+def a_signal(signal_id: str) -> VerwijsindexSignal:
+    day = today()
+    return VerwijsindexSignal(
+        signal_id=signal_id,
+        youth=SignalYouth(
+            bsn=BSN,
+            given_names=NAME,
+            surname="de Vries",
+            birth_date=date(2010, 3, 14),
+            gender="VROUW",
+            municipality="Den Haag",
+        ),
+        organisation="Halt Den Haag",
+        caseworker=ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl"),
+        caseworker_id="cw-ilse",
+        created=day,
+        end_date=day + timedelta(days=365),
+        youth_informed_at=day,
+        parent_letter_sent_at=day,
+    )
+
+
+@pytest.fixture
+async def signals(store: Store) -> list[str]:
+    """Three of our signals in the store, one per match of the page."""
+    ids = [f"sig-{n}-{uuid.uuid4().hex[:8]}" for n in (1, 2, 3)]
+    for signal_id in ids:
+        async with store.transaction() as session:
+            await store_signal(
+                session, "t.verwijsindex.signal.v1", a_signal(signal_id), youth_key=f"yk-{signal_id}",
+                user="cw-ilse", transaction_id=str(uuid.uuid4()),
+            )  # fmt: skip
+    return ids
+
+
+@pytest.fixture
+async def partner() -> AsyncIterator[tuple[Partner, VerwijsindexClient]]:
+    vendor = Partner()
+    async with serving(vendor.app()) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
+        yield vendor, client
+
+
+def a_feed(store: Store, client: VerwijsindexClient) -> MatchFeed:
+    return MatchFeed(store, client, topic=TOPIC, interval_s=60, metrics=Metrics())
+
+
+async def stored(store: Store) -> dict[str, Any]:
+    """What the feed left in the store: matches, their messages and audit entries, cursor, problems."""
+    async with store.connect() as conn:
+        match_ids = set((await conn.execute(select(matches.c.match_id))).scalars())
+        messages = (await conn.execute(select(func.count()).where(outbox.c.topic == TOPIC))).scalar()
+        audited = (
+            await conn.execute(
+                select(func.count()).where(audit_log.c.action == "verwijsindex.match_received")
+            )
+        ).scalar()
+    async with store.transaction() as session:
+        cursor = await read_cursor(session)
+        problems = await list_problems(session)
+    return {
+        "matches": match_ids,
+        "messages": messages,
+        "audited": audited,
+        "cursor": cursor,
+        "problems": problems,
+    }
+
+
+def refused(feed: MatchFeed) -> float | None:
+    assert feed.metrics is not None
+    labels = {"topic": TOPIC, "outcome": "refused"}
+    return feed.metrics.registry.get_sample_value("ketenhub_messages_total", labels)
+
+
+def _nul_in_match_id(bad: dict[str, Any]) -> None:
+    bad["match_id"] = "m-2\x00"
+
+
+def _nul_in_a_name(bad: dict[str, Any]) -> None:
+    bad["tegenpartij"]["contactpersoon"]["naam"] = f"{NAME}\x00de Vries"
+
+
+def _lone_surrogate_in_a_name(bad: dict[str, Any]) -> None:
+    bad["tegenpartij"]["contactpersoon"]["naam"] = f"{NAME} \ud800"
+
+
+def _youth_data_outside_the_contract(bad: dict[str, Any]) -> None:
+    bad["type"] = "ONBEKEND"
+    bad["jeugdige"] = {"bsn": BSN, "voornamen": NAME}
+
+
+BROKEN_MATCHES = {
+    # (break the entry, the field an administrator is told about, the reference kept)
+    "nul-in-match-id": (_nul_in_match_id, "match_id", None),
+    "nul-in-a-name": (_nul_in_a_name, "name", "m-2"),
+    "lone-surrogate-in-a-name": (_lone_surrogate_in_a_name, "naam", "m-2"),
+    "youth-data-outside-the-contract": (_youth_data_outside_the_contract, "jeugdige", "m-2"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_MATCHES))
+async def test_a_broken_match_is_skipped_and_the_rest_of_the_page_stored(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient], kind: str
+) -> None:
+    vendor, client = partner
+    brake, problem_field, reference = BROKEN_MATCHES[kind]
+    entries = [entry(n, signal_id) for n, signal_id in enumerate(signals, start=1)]
+    brake(entries[1])
+    vendor.pages = {None: page(entries, END), END: page([], END)}
+    feed = a_feed(store, client)
+
+    with structlog.testing.capture_logs() as logs:
+        assert await feed.poll_once() == 3
+
+    after = await stored(store)
+    assert after["matches"] == {"m-1", "m-3"}
+    assert (after["messages"], after["audited"]) == (2, 2)
+    assert after["cursor"] == END  # past the broken one
+    assert feed.published == 2
+    assert refused(feed) == 1
+    (problem,) = after["problems"]
+    assert problem["kind"] == "match_overgeslagen"
+    assert problem["reference"] == reference
+    assert problem["caseworkerId"] == "cw-ilse"  # whose signal missed a match
+    assert "positie 1" in problem["reason"] and problem_field in problem["reason"]
+    (warning,) = [line for line in logs if line["log_level"] == "warning"]
+    assert warning["position"] == 1 and any(problem_field in p for p in warning["problems"])
+    told = json.dumps([logs, after["problems"]], default=str)
+    assert BSN not in told and NAME not in told and "\\u0000" not in told and "\\ud800" not in told
+
+    assert await feed.poll_once() == 0  # the next poll starts after it: not seen again
+    assert vendor.asked == [None, END]
+    again = await stored(store)
+    assert again["matches"] == {"m-1", "m-3"} and len(again["problems"]) == 1
+    assert refused(feed) == 1
+
+
+BROKEN_CURSORS = {
+    "nul": ("c-\x00", "contains a control character (such as NUL)"),
+    "lone-surrogate": ("c-\ud800", "is no valid Unicode text (a lone surrogate)"),
+    "too-long": ("c" * 101, "String should have at most 100 characters"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_CURSORS))
+async def test_a_broken_cursor_refuses_the_page_whole_and_says_why(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient], kind: str
+) -> None:
+    vendor, client = partner
+    volgende, why = BROKEN_CURSORS[kind]
+    vendor.pages = {None: page([entry(1, signals[0]), entry(2, signals[1])], volgende)}
+    feed = a_feed(store, client)
+
+    with pytest.raises(PermanentError) as caught:
+        await feed.poll_once()
+    assert "breaks the contract" in str(caught.value)
+    assert f"volgende: {why}" in str(caught.value)
+
+    nothing = {"matches": set(), "messages": 0, "audited": 0, "cursor": None, "problems": []}
+    assert await stored(store) == nothing  # not half-written
+    assert feed.published == 0
+
+    # The connector's status says the same, in storable text and without the value.
+    running = asyncio.create_task(feed.run())
+    try:
+        await wait_for(lambda: feed.last_error)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert feed.last_error is not None and f"volgende: {why}" in feed.last_error
+    assert feed.last_error.encode("utf-8").decode("utf-8") == feed.last_error  # no lone surrogate
+    assert "\x00" not in feed.last_error and "c" * 101 not in feed.last_error
+    assert await stored(store) == nothing
+    assert vendor.asked == [None, None]  # still from the start: the page is asked for again
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "c-\x00", "c-\ud800", "c" * 101, " c-0001"],
+    ids=["empty", "nul", "lone-surrogate", "too-long", "padded"],
+)
+async def test_the_store_keeps_no_cursor_it_could_not_send_back(store: Store, cursor: str) -> None:
+    with pytest.raises(ValueError, match="feed cursor"):
+        async with store.transaction() as session:
+            await write_cursor(session, cursor)
+    async with store.transaction() as session:
+        assert await read_cursor(session) is None
