@@ -245,9 +245,10 @@ class VerwijsindexClient:
     def _parse(response: Answer, model: type[M], op: str) -> M:
         try:
             return model.model_validate_json(response.content)
-        except ValidationError:
+        except ValidationError as exc:  # which fields, never their values
+            found = "; ".join(contract_problems(exc))
             raise PermanentError(
-                f"verwijsindex {op}: HTTP {response.status_code} answer breaks the contract"
+                f"verwijsindex {op}: HTTP {response.status_code} answer breaks the contract: {found}"
             ) from None
 
 

@@ -196,6 +196,18 @@ async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
     assert BSN not in message and "Sanne" not in message and "Vries" not in message
 
 
+async def test_an_answer_that_breaks_the_contract_names_the_fields_not_their_values() -> None:
+    youth = {"bsn": BSN, "voornamen": "Sanne\x00", "geslachtsnaam": "de Vries"}
+    vendor = vendor_answering(200, signaal_id="sig-1", jeugdige=youth, einddatum="morgen")
+    async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(PermanentError) as caught:
+            await client.get("sig-1", "tx")
+    message = str(caught.value)
+    assert message.startswith("verwijsindex get: HTTP 200 answer breaks the contract: "), message
+    assert "einddatum: " in message and "jeugdige" in message
+    assert BSN not in message and "Sanne" not in message and "Vries" not in message
+
+
 @pytest.mark.parametrize(
     ("status", "kind"), [(408, TransientError), (500, TransientError), (400, PermanentError)]
 )
