@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
@@ -34,12 +36,15 @@ from hub.retry.tables import parked
 from hub.spine import Tx, add_to_outbox
 from hub.spine.consumer import message_id_of, transaction_id_of
 from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
-from hub.store import Store
+from hub.store import Store, store_failed
 from schemas.envelope import H_TRANSACTION_ID, Envelope, utcnow
 
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
 Hook = Callable[..., Awaitable[None]]
+# The connector hooks, and the audit entry the ladder writes itself when on_delivered failed.
+HOOKS = ("on_delivered", "on_parked", "on_dead", "audit")
+_YOUTH_KEY = re.compile(r"^[0-9a-f]{64}$")  # schemas.pseudonym.youth_key: how most ladders key
 
 
 async def _noop(*_: Any, **__: Any) -> None:
@@ -95,6 +100,8 @@ class RetryLadder:
         concurrency: int = 16,
     ) -> None:
         self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
+        for hook in HOOKS:  # every series from 0, so that the first failure is an increase too
+            metrics.hook_failures.labels(name, hook)
         # The consumer group whose inbox took the message in: a replayed dead letter must clear it.
         self.group = group or name
         self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
@@ -228,7 +235,7 @@ class RetryLadder:
         )
         await session.execute(insert(parked).values(row))
         await self._announce(session, message, key, attempt, due_at, error)
-        await self._hook(session, "on_parked", message, attempt, due_at, error)
+        await self._hook(session, "on_parked", message, attempt, due_at, error, key=key)
         self._wake.set()
 
     async def _announce(
@@ -249,18 +256,21 @@ class RetryLadder:
         self,
         session: AsyncSession,
         row: Any,
-        message: Envelope,
+        message: Envelope | None,
         exc: BaseException,
         *,
         attempts: int,
         first_failure: datetime,
     ) -> None:
-        """Queue the record the message came in on the DLQ, as it was received, with the DLQ headers."""
+        """Queue the record the message came in on the DLQ, as it was received, with the DLQ headers.
+
+        `message` is None for a parked row that no longer reads as an envelope: no hook is told.
+        """
         log.warning(
             "delivery dead-lettered", ladder=self.name, attempts=attempts, error_class=type(exc).__name__
         )
         if row.record_headers is None:  # parked before the ladder kept the record: the message it has
-            headers, key = message.header_map(), row.key
+            headers, key = (message.header_map() if message else dict(row.headers)), row.key
         else:
             headers, key = dict(row.record_headers), row.record_key
         headers.update(
@@ -277,9 +287,12 @@ class RetryLadder:
         )
         value = row.value if row.record_value is None else row.record_value
         await add_to_outbox(session, self.dlq_topic, value, key=key, headers=headers)
-        await self._hook(session, "on_dead", message, safe_error_message(exc))
+        if message is not None:
+            await self._hook(session, "on_dead", message, safe_error_message(exc), key=row.key)
 
-    async def _hook(self, session: AsyncSession, name: str, message: Envelope, *args: Any) -> None:
+    async def _hook(
+        self, session: AsyncSession, name: str, message: Envelope, *args: Any, key: str | None
+    ) -> None:
         """A connector's hook, in a savepoint of its own: when it fails, what the ladder recorded
         (delivered, parked, dead-lettered) stands, and the failure is logged and counted.
 
@@ -287,34 +300,52 @@ class RetryLadder:
         audit entry). Letting its failure undo the ladder's record would keep the message in the
         parking lot, tried again at once, round after round: a delivered message sent again and
         again, a dead one never dead-lettered. A delivery whose hook failed is still audited, with
-        what the ladder knows of it (rule 18).
+        what the ladder knows of it (rule 18). A lost connection is no hook's failure: it is raised,
+        and nothing of the round is kept.
         """
         try:
             async with session.begin_nested():
                 await getattr(self.delivery, name)(session, message, *args)
         except Exception as exc:
-            self.metrics.hook_failures.labels(self.name, name).inc()
-            log.error(
-                "a delivery hook failed; the ladder's record stands",
-                ladder=self.name,
-                hook=name,
-                message_id=message.message_id,
-                error=safe_error_message(exc),
-            )
+            _raise_when_the_connection_failed(exc)
+            self._hook_failed(name, message, exc)
             if name == "on_delivered":
-                entry = AuditEntry(
-                    action="delivery.recorded_without_details",
-                    user=f"ketenhub-{self.name}",
-                    objects={
-                        "partner": self.partner,
-                        "message_id": message.message_id,
-                        "type": message.type,
-                        "error_class": type(exc).__name__,
-                    },
-                )
+                await self._audit_delivery(session, message, exc, key=key)
+
+    async def _audit_delivery(
+        self, session: AsyncSession, message: Envelope, cause: Exception, *, key: str | None
+    ) -> None:
+        """The disclosure's audit entry with what the ladder knows, for a delivery whose hook failed.
+        When even that fails, the delivery still stands: sending it again would disclose it again."""
+        entry = AuditEntry(
+            action="delivery.recorded_without_details",
+            user=f"ketenhub-{self.name}",
+            youth_key=key if key is not None and _YOUTH_KEY.match(key) else None,
+            objects={
+                "partner": self.partner,
+                "message_id": message.message_id,
+                "type": message.type,
+                "error_class": type(cause).__name__,
+            },
+        )
+        try:
+            async with session.begin_nested():
                 await write_audit(
                     session, entry, transaction_id=message.transaction_id, system=f"ketenhub-{self.name}"
                 )
+        except Exception as exc:
+            _raise_when_the_connection_failed(exc)
+            self._hook_failed("audit", message, exc)
+
+    def _hook_failed(self, name: str, message: Envelope, exc: Exception) -> None:
+        self.metrics.hook_failures.labels(self.name, name).inc()
+        log.error(
+            "a delivery hook failed; the ladder's record stands",
+            ladder=self.name,
+            hook=name,
+            message_id=message.message_id,
+            error=safe_error_message(exc),
+        )
 
     # -- the scheduler's side -----------------------------------------------------------------
     def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
@@ -359,15 +390,21 @@ class RetryLadder:
     async def _retry_locked(self, seq: int) -> None:
         """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
         else, so it may span the partner call."""
-        async with self._slots, self.store.transaction() as session:
-            row = (
-                await session.execute(
-                    select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
-                )
-            ).first()
+        row = None
+        try:
+            async with self._slots, self.store.transaction() as session:
+                row = (
+                    await session.execute(
+                        select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
+                    )
+                ).first()
+                if row is None:
+                    return
+                await self._record(session, row, await self._try(row))
+        except Exception as exc:  # all of it rolled back, the lock too: postponed, not tried at once
             if row is None:
-                return
-            await self._record(session, row, await self._try(row))
+                raise
+            await self._postpone([(row, exc)])
 
     async def _retry_unlocked(self, rows: Sequence[Any]) -> None:
         """SQLite: a write transaction locks the whole file, so the calls run outside one, side by
@@ -386,14 +423,45 @@ class RetryLadder:
             delivered = [row for row, outcome in outcomes if outcome is None]
             if len(delivered) > 1 and await self._record_delivered(session, delivered):
                 outcomes = [(row, outcome) for row, outcome in outcomes if outcome is not None]
+            failed: list[tuple[Any, BaseException]] = []
             for row, outcome in outcomes:
                 try:
                     async with session.begin_nested():
                         await self._record(session, row, outcome)
-                except Exception as exc:  # this one stays parked and is tried again; the rest are kept
-                    log.warning(
-                        "recording a delivery failed", ladder=self.name, error=safe_error_message(exc)
+                except Exception as exc:  # this one stays parked, postponed; the rest are kept
+                    failed.append((row, exc))
+        if failed:
+            await self._postpone(failed)
+
+    async def _postpone(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
+        """Rows whose outcome could not be recorded wait for the next rung, in a transaction of their
+        own, rather than being due at once: a delivery that got through would be sent again and again,
+        as fast as the scheduler goes round. When the store cannot take even this, the scheduler's
+        own backoff applies."""
+        now = self.clock()
+        for row, exc in failed:
+            log.error(
+                "recording a delivery's outcome failed; postponed",
+                ladder=self.name,
+                message_id=row.message_id,
+                error=safe_error_message(exc),
+            )
+        try:
+            async with self.store.transaction() as session:
+                for row, exc in failed:
+                    attempt = min(row.attempt + 1, self.policy.max_parked_attempts)
+                    await session.execute(
+                        update(parked)
+                        .where(parked.c.seq == row.seq)
+                        .values(
+                            attempt=attempt,
+                            due_at=next_due(self.policy, attempt, now),
+                            first_failure=row.first_failure or now,
+                            last_error=safe_error_message(exc),
+                        )
                     )
+        except Exception as exc:
+            log.error("postponing failed", ladder=self.name, error=safe_error_message(exc))
 
     async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
         """A round's deliveries in one savepoint and a few statements; False (nothing kept) when that
@@ -419,13 +487,18 @@ class RetryLadder:
 
     async def _record(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
         """Delivered: unpark. Transient: the next rung, or the DLQ past the last. Permanent: the DLQ."""
-        message = Envelope.from_bytes(row.value)
         first = row.first_failure or self.clock()
         if first.tzinfo is None:  # SQLite hands back naive datetimes; the dead letter's header says UTC
             first = first.replace(tzinfo=self.clock().tzinfo)
+        try:
+            message = Envelope.from_bytes(row.value)
+        except ValidationError as exc:  # parked under an older, laxer envelope: it cannot be delivered
+            await session.execute(delete(parked).where(parked.c.seq == row.seq))
+            await self._dead(session, row, None, exc, attempts=row.attempt + 1, first_failure=first)
+            return
         if outcome is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
-            await self._hook(session, "on_delivered", message)
+            await self._hook(session, "on_delivered", message, key=row.key)
             return
         due = None
         if isinstance(outcome, TransientError):
@@ -441,7 +514,7 @@ class RetryLadder:
             .values(attempt=row.attempt + 1, due_at=due, first_failure=first, last_error=error)
         )
         await self._announce(session, message, row.key, row.attempt + 1, due, error)
-        await self._hook(session, "on_parked", message, row.attempt + 1, due, error)
+        await self._hook(session, "on_parked", message, row.attempt + 1, due, error, key=row.key)
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest parked message is due, or None when nothing is parked."""
@@ -493,3 +566,9 @@ class RetryLadder:
                     )
                 ).scalar_one()
             )
+
+
+def _raise_when_the_connection_failed(exc: Exception) -> None:
+    """A hook's own failure is kept to the hook; the store's failure is not (`store_failed`)."""
+    if store_failed(exc):
+        raise exc

@@ -12,6 +12,7 @@ import pydantic_core
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -181,3 +182,12 @@ class Store:
     async def close(self) -> None:
         """Dispose of the pool."""
         await self.engine.dispose()
+
+
+def store_failed(exc: BaseException) -> bool:
+    """True when `exc` says the store itself failed (connection lost, locked, timed out, out of
+    resources), not that one statement could not take its values (data, integrity, programming
+    errors). The first is worth trying again later; the second fails the same way every time."""
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )

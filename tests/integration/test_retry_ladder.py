@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
@@ -215,9 +218,13 @@ async def test_a_failing_hook_leaves_the_ladders_record_standing(
     message is not sent again, a parked one is retried on schedule, a dead one reaches the DLQ; each
     failure is counted, and a delivery is audited with what the ladder knows of it."""
     partner = FakePartner(transient_failures={"p1": 3}, permanent={"d1"})
+    row_id = 2**40 + zlib.crc32(unique.encode())
 
-    async def broken(session: object, message: Envelope, *args: object) -> None:
-        raise ValueError("bookkeeping cannot take this message")
+    async def broken(session: AsyncSession, message: Envelope, *args: object) -> None:
+        """Writes, then fails on a statement of its own: none of what it wrote may stay."""
+        partial = {"id": row_id, "at": utcnow(), "action": "hook.partial", "user": "t", "system": "t"}
+        await session.execute(insert(audit_log).values(**partial, objects={}))
+        await session.execute(insert(audit_log).values(**partial, objects={}))  # the same id: refused
 
     delivery = Delivery(deliver=partner.deliver, on_delivered=broken, on_parked=broken, on_dead=broken)
     hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
@@ -236,8 +243,11 @@ async def test_a_failing_hook_leaves_the_ladders_record_standing(
             return hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels)
 
         assert (failures("on_delivered"), failures("on_parked"), failures("on_dead")) == (2, 2, 1)
+        assert failures("audit") == 0
         assert hub.store is not None
         async with hub.store.connect() as conn:
+            partial = select(func.count()).select_from(audit_log).where(audit_log.c.action == "hook.partial")
+            assert (await conn.execute(partial)).scalar() == 0
             audited = (
                 await conn.execute(
                     select(audit_log.c.objects).where(
@@ -250,6 +260,60 @@ async def test_a_failing_hook_leaves_the_ladders_record_standing(
             Envelope.from_bytes(value).payload["name"]: Envelope.from_bytes(value) for _, value, _ in sent
         }
         assert ids == sorted(by_name[n].message_id for n in ("ok1", "p1"))
+    finally:
+        await hub.stop()
+
+
+async def test_a_delivery_is_not_sent_again_when_even_its_fallback_audit_fails(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sending a delivered message again would disclose it again: when neither the hook nor the
+    ladder's own audit entry can be written, the delivery still stands, counted and logged."""
+    partner = FakePartner()
+
+    async def broken(session: AsyncSession, message: Envelope) -> None:
+        raise ValueError("bookkeeping cannot take this message")
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise ValueError("the audit log refused the entry")
+
+    monkeypatch.setattr("hub.retry.ladder.write_audit", refused)
+    hub, ladder = await _start(
+        kafka, db_url, unique, partner, Delivery(deliver=partner.deliver, on_delivered=broken)
+    )
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1"), _cmd("a2", "k2")])
+        await wait_for(lambda: sorted(partner.delivered) == ["a1", "a2"], timeout_s=30)
+        await wait_for(lambda: _zero(ladder))
+        assert await ladder.step() == 0 and dict(partner.calls) == {"a1": 1, "a2": 1}
+        labels = {"ladder": "test", "hook": "audit"}
+        assert hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels) == 2
+    finally:
+        await hub.stop()
+
+
+async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """When the store fails while a delivery is recorded, nothing of it is kept: the message is
+    delivered again (idempotent), but on the ladder's schedule, not as fast as the scheduler runs."""
+    partner = FakePartner()
+    failures = 2
+
+    async def store_trouble(session: AsyncSession, message: Envelope) -> None:
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise OperationalError("UPDATE signals", {}, Exception("server closed the connection"))
+
+    delivery = Delivery(deliver=partner.deliver, on_delivered=store_trouble)
+    hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
+        await wait_for(lambda: failures == 0 and _zero(ladder), timeout_s=30)
+        assert partner.calls["a1"] == 3  # the first call, then one per postponement
+        first, second, third = partner.called_at["a1"]
+        assert second - first >= FAST.schedule_s[0] and third - second >= FAST.schedule_s[1]
     finally:
         await hub.stop()
 
