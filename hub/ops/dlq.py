@@ -34,7 +34,7 @@ from hub.spine.dlq import (
     safe_error_message,
 )
 from hub.spine.outbox import add_to_outbox
-from hub.store import Store
+from hub.store import Store, store_failed
 from hub.store.tables import inbox
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, utcnow
 
@@ -323,19 +323,27 @@ class DeadLetters:
         started = loop.time()
         try:
             for i in range(0, len(letters), batch):
+                done = skipped = failed = 0  # counted once their transaction committed
                 async with self.store.transaction() as session:
                     for d in letters[i : i + batch]:
                         try:
                             async with session.begin_nested():
                                 await self._replay_one(session, d, job.operator, job.id)
-                            job.done += 1
+                            done += 1
                         except sa_exc.IntegrityError:
-                            job.skipped += 1  # already replayed or discarded
+                            skipped += 1  # already replayed or discarded
                         except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on
-                            job.failed += 1
+                            if store_failed(exc):  # the store's trouble, not this letter's: stop
+                                raise
+                            failed += 1
                             log.warning(
                                 "replaying a dead letter failed", letter=d.id, error=safe_error_message(exc)
                             )
+                job.done, job.skipped, job.failed = (
+                    job.done + done,
+                    job.skipped + skipped,
+                    job.failed + failed,
+                )
                 self.wake()
                 handled = job.done + job.skipped + job.failed
                 ahead = handled / self.rate_per_s - (loop.time() - started)

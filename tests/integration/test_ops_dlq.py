@@ -159,8 +159,9 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
 ) -> None:
     """A record dead-lettered for its message-id header (a NUL, which PostgreSQL cannot store) keeps
     that header on its dead letter: replaying it must neither use it as an inbox key nor fail the
-    rest of its batch. (An unusable transaction-id header is replaced on the dead letter by the id the
-    consumer used, rule 19, so its replay goes through.)"""
+    rest of its batch; a letter that cannot be replayed is counted, and the batch goes on. (An
+    unusable transaction-id header is replaced on the dead letter by the id the consumer used, rule
+    19, so its replay goes through.)"""
     cure = Cure()
     async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
         sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(3)]
@@ -171,13 +172,17 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
         ]
         await produce(kafka.bootstrap, hub.topic(IN.name), records)
         await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        # and one written to the DLQ by hand, without the header naming where to replay it
+        await produce(kafka.bootstrap, hub.topic(IN.dlq), [(b"k", sent[0].to_bytes(), [])])
+        await wait_for(lambda: _is(_depth(client, hub), 4), timeout_s=30)
         cure.fixed = True
         job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
         await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
         done = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (done["total"], done["done"], done["failed"], done["error"]) == (3, 3, 0, None)
+        assert (done["total"], done["done"], done["failed"], done["error"]) == (4, 3, 1, None)
         out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
         assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [1, 2]
-        # the one with the unusable message id is dead-lettered again for it, as any such record is
-        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
+        # the one with the unusable message id is dead-lettered again for it, as any such record is;
+        # the one that could not be replayed stays open
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
         assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
