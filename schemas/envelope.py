@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from schemas._base import NO_CONTROL
 
 # Kafka header names (rule 19 names the transaction id header).
 H_MESSAGE_ID = "message-id"
@@ -17,12 +20,29 @@ H_CORRELATION_ID = "correlation-id"
 H_SOURCE = "source"
 
 
-# An id, type or source: no control character at all. They become Kafka headers, inbox and parked
-# keys and audit fields; a NUL among them cannot be stored by PostgreSQL, and a record whose ids
-# cannot be stored cannot even be dead-lettered with its bookkeeping.
-_ID = r"^[^\x00-\x1f\x7f]*$"
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ID)]
-Word = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_ID)]
+# Message and transaction ids become Kafka headers, inbox and parked keys and audit fields: the same
+# rule as the spine's for id headers (1-100 printable characters, `hub.spine.consumer`), so that an
+# id a body carries is one its header may carry. Type and source: no control character. A
+# correlation id is a reference (a case reference, a signal id): any `Code` is one.
+ID_MAX = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text: no control, format or separator characters")
+    return value
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must hold no control character (such as NUL, a tab or a line break)")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), AfterValidator(_printable)]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control)]
+Reference = Annotated[str, StringConstraints(max_length=200, pattern=NO_CONTROL)]
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits
 
@@ -71,8 +91,8 @@ class Envelope(BaseModel):
     message_id: Id = Field(default_factory=new_id, description="UUID; the inbox dedup key")
     type: Word = Field(description="message type, e.g. 'Referral'")
     version: int = Field(default=1, ge=1)
-    transaction_id: Word = Field(default_factory=new_id)
-    correlation_id: Annotated[str, StringConstraints(max_length=200, pattern=_ID)] | None = None
+    transaction_id: Id = Field(default_factory=new_id)
+    correlation_id: Reference | None = None
     source: Word = "ketenhub"
     occurred_at: datetime = Field(default_factory=utcnow)
     payload: dict[str, Any] = Field(default_factory=dict)

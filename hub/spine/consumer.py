@@ -26,7 +26,7 @@ from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_erro
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store
 from hub.store.tables import inbox
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, Envelope, utcnow
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     return None
 
 
-MAX_ID = 100  # message and transaction ids from headers: the audit log's transaction_id column
+MAX_ID = ID_MAX  # message and transaction ids from headers, as in a body: the audit log's column
 
 
 class BadHeader(PermanentError):

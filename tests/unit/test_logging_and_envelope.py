@@ -117,17 +117,43 @@ def test_a_reference_with_a_lone_surrogate_is_no_reference() -> None:
     assert as_code(" PL-1 ") == "PL-1"
 
 
-@pytest.mark.parametrize("field", ["message_id", "transaction_id", "correlation_id", "source", "type"])
-@pytest.mark.parametrize("bad", ["a\x00b", "a\nb", "a\x7fb"])
-def test_an_envelope_id_with_a_control_character_is_refused(field: str, bad: str) -> None:
-    """Ids become headers, inbox and parked keys and audit fields: PostgreSQL cannot store a NUL, and
-    a record whose ids cannot be stored could not even be dead-lettered with its bookkeeping."""
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        *[
+            (f, v)
+            for f in ("message_id", "transaction_id")
+            for v in ("a\x00b", "a\nb", "a\x7fb", "a\xa0b", "a\u200bb", "")
+        ],
+        ("message_id", "m" * 101),
+        *[(f, v) for f in ("type", "source") for v in ("a\x00b", "a\nb", "a\x7fb", "")],
+        *[("correlation_id", v) for v in ("a\x00b", "a\x7fb", "c" * 201)],
+    ],
+)
+def test_an_envelope_id_the_spine_could_not_use_is_refused(field: str, bad: str) -> None:
+    """Ids become headers, inbox and parked keys and audit fields: a body's ids follow the spine's rule
+    for id headers (1-100 printable characters), so an id a body carries is one its header may carry;
+    PostgreSQL cannot store a NUL in any of them."""
     fields = {"type": "Cmd", "payload": {}, field: bad}
     with pytest.raises(ValidationError) as caught:
         Envelope.model_validate(fields)
     assert [e["loc"] for e in caught.value.errors()] == [(field,)]
     with pytest.raises(ValidationError):
         Envelope.from_bytes(json.dumps(fields).encode())
+
+
+def test_every_code_is_a_correlation_id() -> None:
+    """The hub makes envelopes without validating them (Envelope.new) and sets the correlation id to a
+    reference: whatever a Code holds (a tab inside a case reference too) must read back."""
+    from schemas._base import as_code
+    from schemas.envelope import new_id
+
+    for raw in ("PL2024\t0000000001-1", "  PL-1  ", "zaak\nnummer", "x" * 100):
+        reference = as_code(raw)
+        assert reference is not None
+        made = Envelope.new("PolitieBesluit", {}, transaction_id=new_id(), correlation_id=reference)
+        assert Envelope.from_bytes(made.to_bytes()) == made
+        assert Envelope.model_validate(made.model_dump()).correlation_id == reference
 
 
 def test_a_database_error_never_echoes_the_value_it_refused() -> None:
