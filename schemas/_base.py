@@ -28,6 +28,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # from a JSON escape; no database driver can store one
 CODE_MAX = 100
+TOKEN_MAX = 200
 
 
 def as_code(value: object) -> str | None:
@@ -44,6 +45,16 @@ def as_code(value: object) -> str | None:
     return value
 
 
+def is_token(value: object) -> bool:
+    """True when `value` is a `Token`: for an opaque value from a partner checked before it is stored."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= TOKEN_MAX
+        and not _CONTROL.search(value)
+        and not _SURROGATE.search(value)
+    )
+
+
 def readable(text: str) -> str:
     """Text with every control character (line breaks and tabs too) shown as U+FFFD: for a field
     name taken from the partner's own input, which may be echoed in an answer or a log line."""
@@ -57,6 +68,9 @@ Name = Annotated[
 Code = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL)
 ]
+# An opaque value a partner hands out and takes back as it was (a feed cursor): not stripped, up to
+# 200 characters, no control character.
+Token = Annotated[str, StringConstraints(min_length=1, max_length=TOKEN_MAX, pattern=NO_CONTROL)]
 ShortText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=NO_CONTROL)
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas._base import Code
+from schemas._base import Code, Token
 from schemas.bsn import Bsn
 from schemas.dates import age_on, birthday
 
@@ -170,7 +170,7 @@ class Match(_Strict):
     """One match notification for one signal's professional; `match_id` is the dedup key."""
 
     match_id: Code = Field(description="Unique and stable; a consumer processes each id once.")
-    cursor: Code = Field(description="Feed position of this match; pass it as `vanaf` to resume after it.")
+    cursor: str = Field(description="Feed position of this match; pass it as `vanaf` to resume after it.")
     type: MatchType
     signaal_id: Code = Field(description="The recipient's own signal that matched.")
     organisatie_code: str = Field(description="The recipient organisation.")
@@ -182,7 +182,7 @@ class MatchPagina(_Strict):
     """A page of the match feed and the cursor to ask for the next one."""
 
     matches: list[Match]
-    volgende: Code = Field(description="Opaque, monotonic cursor: the `vanaf` of the next request.")
+    volgende: Token = Field(description="Opaque, monotonic cursor: the `vanaf` of the next request.")
 
 
 class RuweMatchPagina(_Strict):
@@ -193,7 +193,7 @@ class RuweMatchPagina(_Strict):
     """
 
     matches: list[Any]
-    volgende: Code
+    volgende: Token
 
 
 class VeldFout(_Strict):

@@ -9,7 +9,7 @@ from hub.audit import AuditEntry, write_audit
 from hub.notify.service import record_problem
 from hub.signals.tables import feed_cursor, matches, signals
 from hub.spine.outbox import add_to_outbox
-from schemas._base import Code, as_code
+from schemas._base import Code, is_token
 from schemas.envelope import Envelope, utcnow
 from schemas.match import Match
 
@@ -36,12 +36,12 @@ async def read_cursor(session: AsyncSession, feed: str = FEED) -> str | None:
 
 
 async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> None:
-    """Store the feed position in the caller's transaction; it must be a valid code.
+    """Store the feed position, as the index handed it out, in the caller's transaction.
 
     A position that cannot be stored would roll back its page, and so every poll after it.
     """
-    if as_code(cursor) != cursor:
-        raise ValueError("a feed cursor is a code: 1-100 characters, no control character, no padding")
+    if not is_token(cursor):
+        raise ValueError("a feed cursor is 1-200 characters without a control character")
     now = utcnow()
     done = await session.execute(
         update(feed_cursor).where(feed_cursor.c.feed == feed).values(cursor=cursor, updated_at=now)
