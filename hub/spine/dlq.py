@@ -40,6 +40,7 @@ _MAX_KEY = 200  # the outbox's key column
 # {...}", "invalid input syntax for type integer: "..."", "Key (id)=(...)"): that part is cut.
 _DB_ECHO = re.compile(r"(query argument \$\d+|for type [\w ]+)\s*:.*", re.S)
 _DB_KEY = re.compile(r"(Key \([^)]*\))=\(.*?\)")
+_DB_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # after "...: ", a quoted value ('for enum x: "..."')
 _DB_CLASS = re.compile(r"^<class '[\w.]+'>: ")
 
 
@@ -69,6 +70,8 @@ def safe_error_message(exc: BaseException) -> str:
         orig = exc.orig
         said = _DB_CLASS.sub("", (str(orig) or type(orig).__name__).splitlines()[0])
         said = _DB_KEY.sub(r"\1=(value not shown)", _DB_ECHO.sub(r"\1: value not shown", said))
+        head, colon, tail = said.partition(": ")
+        said = head + colon + _DB_QUOTED.sub('"(value not shown)"', tail)
         code = getattr(orig, "sqlstate", None)
         text = f"database error{f' {code}' if code else ''} ({type(orig).__name__}): {said}"
     else:

@@ -169,6 +169,9 @@ def test_a_database_error_never_echoes_the_value_it_refused() -> None:
         "<class 'asyncpg.exceptions.DataError'>: invalid input syntax for type integer: \"Sam Jansen\"",
         'duplicate key value violates unique constraint "pk"\nDETAIL:  Key (id)=(Sam Jansen) already exists.',
         'Key (bsn)=(Sam Jansen) is not present in table "youths"',
+        'invalid input value for enum gender: "Sam Jansen"',
+        'date/time field value out of range: "Sam Jansen"',
+        'malformed array literal: "Sam \\"Jansen\\""',
     ]
     for text in said:
         message = safe_error_message(DBAPIError("UPDATE signals SET x=$4", {}, AsyncpgError(text)))
