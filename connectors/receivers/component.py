@@ -20,6 +20,27 @@ from schemas.envelope import Envelope
 LADDER = "receivers-webhook"
 
 
+class RecentIds:
+    """The last `keep` message ids this process saw, oldest forgotten first."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, message_id: str) -> None:
+        """Remember `message_id` (again: as the newest)."""
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        while len(self._ids) > self.keep:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 class WebhookDelivery:
     """Delivers one dispatch message by webhook; remembers what it skipped so it is not audited."""
 
@@ -28,11 +49,14 @@ class WebhookDelivery:
         self.hub, self.store = hub, hub.store
         self.settings = hub.settings.handovers
         self.client = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s)
-        self.skipped: set[str] = set()
+        # Message ids whose handover may no longer go (rule 10): delivered as far as the ladder is
+        # concerned, never audited as a disclosure. Kept, not forgotten when read: a round's batch that
+        # rolls back is recorded again one by one, and must find them again.
+        self.skipped = RecentIds()
         # Message ids this process delivered whose commit may yet fail (a batch retried after a
         # database lock): a retry must not POST them again. After a crash the receiver still
         # de-duplicates by X-Ketenhub-Message-Id (at-least-once across restarts).
-        self.delivered: OrderedDict[str, None] = OrderedDict()
+        self.delivered = RecentIds()
 
     async def deliver(self, message: Envelope) -> None:
         """Look up the receiver, check the handover may still go, and POST it signed."""
@@ -48,14 +72,11 @@ class WebhookDelivery:
             raise PermanentError("receiver has no webhook delivery")
         check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
         await post_signed(self.client, target.url, target.secret, message)
-        self.delivered[message.message_id] = None
-        while len(self.delivered) > 10_000:
-            self.delivered.popitem(last=False)
+        self.delivered.add(message.message_id)
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Audit the disclosure, unless the message was skipped."""
         if message.message_id in self.skipped:
-            self.skipped.discard(message.message_id)
             return
         await record_delivered(session, message, channel="webhook")
 
