@@ -55,6 +55,7 @@ class MatchFeed:
         self.metrics = metrics
         self.last_error: str | None = None
         self.published = 0
+        self.moved = False  # whether the last page moved the cursor on
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -80,7 +81,8 @@ class MatchFeed:
                     await _record_refused(session, match, transaction_id)
                 else:
                     new += await record_match(session, self.topic, match, transaction_id)
-            if volgende != cursor:
+            self.moved = volgende != cursor
+            if self.moved:
                 await write_cursor(session, volgende)
         for skipped in refused:
             log.warning(
@@ -97,7 +99,8 @@ class MatchFeed:
         return len(page) if page else 0
 
     async def run(self) -> None:
-        """Poll until cancelled; a full page is followed at once, errors back off to the interval."""
+        """Poll until cancelled; a full page that moved the cursor on is followed at once (one that
+        did not would be asked for again and again); errors back off to the interval."""
         while True:
             try:
                 seen = await self.poll_once()
@@ -108,7 +111,7 @@ class MatchFeed:
                 self.last_error = safe_error_message(exc)
                 log.warning("match feed poll failed; will retry", error=self.last_error)
                 seen = 0
-            if seen >= self.page_size:
+            if seen >= self.page_size and self.moved:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

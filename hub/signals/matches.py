@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.notify.service import record_problem
+from hub.notify.tables import mail_problems
 from hub.signals.tables import feed_cursor, matches, signals
 from hub.spine.outbox import add_to_outbox
 from schemas._base import Code, is_token
@@ -95,20 +96,37 @@ async def record_match(session: AsyncSession, topic: str, match: Match, transact
 async def record_refused_match(
     session: AsyncSession, *, match_id: str | None, signal_id: str | None, reason: str, transaction_id: str
 ) -> None:
-    """A feed entry that could not be read, for an administrator; with its signal's caseworker if ours.
+    """A feed entry that could not be read: a problem for an administrator (with its signal's
+    caseworker if ours), once per match id, and an audit entry on the youth's key (rule 18: the
+    index told us something about one of our youths, and it was not passed on).
 
     `match_id` and `signal_id` must be valid codes (or None); `reason` must not carry a value.
     """
-    caseworker_id = None
+    if match_id is not None:
+        known = select(mail_problems.c.id).where(
+            mail_problems.c.kind == REFUSED_MATCH, mail_problems.c.reference == match_id
+        )
+        if (await session.execute(known.limit(1))).first() is not None:
+            return  # the index sent it again (a page asked for again): told once is enough
+    ours = None
     if signal_id is not None:
-        caseworker_id = (
-            await session.execute(select(signals.c.caseworker_id).where(signals.c.signal_id == signal_id))
-        ).scalar()
+        ours = (
+            await session.execute(
+                select(signals.c.caseworker_id, signals.c.youth_key).where(signals.c.signal_id == signal_id)
+            )
+        ).first()
     await record_problem(
         session,
         kind=REFUSED_MATCH,
-        caseworker_id=caseworker_id,
+        caseworker_id=ours.caseworker_id if ours else None,
         reference=match_id,
         reason=reason,
         transaction_id=transaction_id,
     )
+    entry = AuditEntry(
+        action="verwijsindex.match_refused",
+        user=SYSTEM,
+        youth_key=ours.youth_key if ours else None,
+        objects={"match_id": match_id, "signal_id": signal_id if ours else None},
+    )
+    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)

@@ -7,6 +7,7 @@ of its values logged); a broken cursor refuses the page whole, with an error tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -140,6 +141,13 @@ async def stored(store: Store) -> dict[str, Any]:
                 select(func.count()).where(audit_log.c.action == "verwijsindex.match_received")
             )
         ).scalar()
+        refusals = (
+            await conn.execute(
+                select(audit_log.c.youth_key, audit_log.c.objects).where(
+                    audit_log.c.action == "verwijsindex.match_refused"
+                )
+            )
+        ).all()
     async with store.transaction() as session:
         cursor = await read_cursor(session)
         problems = await list_problems(session)
@@ -149,6 +157,7 @@ async def stored(store: Store) -> dict[str, Any]:
         "audited": audited,
         "cursor": cursor,
         "problems": problems,
+        "refusals_audited": [(r.youth_key, r.objects) for r in refusals],
     }
 
 
@@ -209,6 +218,10 @@ async def test_a_broken_match_is_skipped_and_the_rest_of_the_page_stored(
     assert problem["reference"] == reference
     assert problem["caseworkerId"] == "cw-ilse"  # whose signal missed a match
     assert "positie 1" in problem["reason"] and problem_field in problem["reason"]
+    # audited on the youth's key: the index told about one of our youths, and it was not passed on
+    assert after["refusals_audited"] == [
+        (f"yk-{signals[1]}", {"match_id": reference, "signal_id": signals[1]})
+    ]
     (warning,) = [line for line in logs if line["log_level"] == "warning"]
     assert warning["position"] == 1 and any(problem_field in p for p in warning["problems"])
     told = json.dumps([logs, after["problems"]], default=str)
@@ -242,7 +255,9 @@ async def test_a_broken_cursor_refuses_the_page_whole_and_says_why(
     assert "breaks the contract" in str(caught.value)
     assert f"volgende: {why}" in str(caught.value)
 
-    nothing = {"matches": set(), "messages": 0, "audited": 0, "cursor": None, "problems": []}
+    nothing = {
+        "matches": set(), "messages": 0, "audited": 0, "cursor": None, "problems": [], "refusals_audited": []
+    }  # fmt: skip
     assert await stored(store) == nothing  # not half-written
     assert feed.published == 0
 
@@ -287,3 +302,27 @@ async def test_an_opaque_cursor_is_kept_and_sent_back_as_it_was_handed_out(
         assert await read_cursor(session) == token
     assert await feed.poll_once() == 0
     assert vendor.asked == [None, token]
+
+
+async def test_a_broken_match_sent_again_is_told_once_and_a_page_that_does_not_move_is_not_followed(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """An index that hands out the same full page and the same cursor again (a bug on its side)
+    is asked at the poll interval, not in a loop, and its broken match is told about once."""
+    vendor, client = partner
+    entries = [entry(n, signal_id) for n, signal_id in enumerate(signals, start=1)]
+    _nul_in_a_name(entries[1])
+    vendor.pages = {None: page(entries, END), END: page(entries, END)}
+    feed = MatchFeed(store, client, topic=TOPIC, interval_s=60, page_size=3, metrics=Metrics())
+    running = asyncio.create_task(feed.run())
+    try:
+        await wait_for(lambda: len(vendor.asked) >= 2, timeout_s=10)
+        await asyncio.sleep(0.5)  # a feed that followed a page that did not move would ask on and on
+        assert vendor.asked == [None, END]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    after = await stored(store)
+    assert after["matches"] == {"m-1", "m-3"} and after["cursor"] == END
+    assert len(after["problems"]) == 1 and len(after["refusals_audited"]) == 1
