@@ -41,11 +41,11 @@ async def record_delivered(session: AsyncSession, message: Envelope, *, channel:
     """The receiver has it: stamp the handover and write the disclosure to the audit log (rule 18)."""
     p: dict[str, Any] = message.payload
     handover_id = as_code(p.get("handover_id"))
-    if handover_id is None:
-        return
-    row = (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
-    if row is None:
-        return
+    row = None
+    if handover_id is not None:
+        row = (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
+    if row is None:  # it went out, so it is audited: the ladder's own entry, when this one cannot be
+        raise ValueError("the delivered message names no handover this hub knows")
     if message.type == HANDOVER:
         await session.execute(
             update(handovers)

@@ -44,7 +44,8 @@ STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to b
 Hook = Callable[..., Awaitable[None]]
 # The connector hooks, and the audit entry the ladder writes itself when on_delivered failed.
 HOOKS = ("on_delivered", "on_parked", "on_dead", "audit")
-_YOUTH_KEY = re.compile(r"^[0-9a-f]{64}$")  # schemas.pseudonym.youth_key: how most ladders key
+# schemas.pseudonym.youth_key, how the ladders key their messages (alone, or after the receiver's name)
+_YOUTH_KEY = re.compile(r"(?:^|:)([0-9a-f]{64})$")
 
 
 async def _noop(*_: Any, **__: Any) -> None:
@@ -320,7 +321,7 @@ class RetryLadder:
         entry = AuditEntry(
             action="delivery.recorded_without_details",
             user=f"ketenhub-{self.name}",
-            youth_key=key if key is not None and _YOUTH_KEY.match(key) else None,
+            youth_key=found.group(1) if key is not None and (found := _YOUTH_KEY.search(key)) else None,
             objects={
                 "partner": self.partner,
                 "message_id": message.message_id,

@@ -229,7 +229,8 @@ async def test_a_failing_hook_leaves_the_ladders_record_standing(
     delivery = Delivery(deliver=partner.deliver, on_delivered=broken, on_parked=broken, on_dead=broken)
     hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
     try:
-        sent = [_cmd("ok1", "k1"), _cmd("p1", "k2"), _cmd("d1", "k3")]
+        youth = "b" * 64  # a youth key, here after a receiver's name, as the webhook ladder keys
+        sent = [_cmd("ok1", f"jeugdwerk:{youth}"), _cmd("p1", "k2"), _cmd("d1", "k3")]
         await produce(kafka.bootstrap, hub.topic(CMD.name), sent)
         dead = await read_topic(kafka.bootstrap, hub.topic(CMD.dlq), expect=1, timeout_s=30)
         assert [Envelope.from_bytes(r.value).payload["name"] for r in dead] == ["d1"]
@@ -250,16 +251,16 @@ async def test_a_failing_hook_leaves_the_ladders_record_standing(
             assert (await conn.execute(partial)).scalar() == 0
             audited = (
                 await conn.execute(
-                    select(audit_log.c.objects).where(
+                    select(audit_log.c.objects, audit_log.c.youth_key).where(
                         audit_log.c.action == "delivery.recorded_without_details"
                     )
                 )
-            ).scalars()
-            ids = sorted(o["message_id"] for o in audited)
+            ).all()
+            by_id = {row.objects["message_id"]: row.youth_key for row in audited}
         by_name = {
             Envelope.from_bytes(value).payload["name"]: Envelope.from_bytes(value) for _, value, _ in sent
         }
-        assert ids == sorted(by_name[n].message_id for n in ("ok1", "p1"))
+        assert by_id == {by_name["ok1"].message_id: youth, by_name["p1"].message_id: None}
     finally:
         await hub.stop()
 
