@@ -415,6 +415,36 @@ async def test_a_message_parked_before_the_ladder_kept_its_record_is_dead_letter
         await hub.stop()
 
 
+async def test_a_parked_row_that_no_longer_reads_as_an_envelope_is_dead_lettered(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Parked under an older, laxer envelope (an id with a line break): it cannot be delivered or
+    recorded as it is, so it goes to the DLQ as parked, and the messages behind it go on."""
+    partner = FakePartner()
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        assert hub.store is not None
+        fields = json.loads(Envelope(type="Cmd", payload={"name": "old", "key": "youth-o"}).to_bytes())
+        value = json.dumps(fields | {"message_id": "old\nid"}).encode()
+        origin = {"original-partition": "2", "original-offset": "41", "message-id": "old-id"}
+        async with hub.store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key="youth-o", message_id="old-id", value=value, headers=origin,
+                    attempt=1, due_at=utcnow(),
+                )
+            )  # fmt: skip
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("new", "youth-o")])
+        (dead,) = await read_topic(kafka.bootstrap, hub.topic(CMD.dlq), expect=1, timeout_s=30)
+        assert (dead.key, dead.value) == (b"youth-o", value)
+        assert headers_of(dead)["dlq-exception-class"].endswith("ValidationError")
+        await wait_for(lambda: partner.delivered == ["new"], timeout_s=30)  # behind it, in order
+        assert "old" not in partner.calls
+        await wait_for(lambda: _zero(ladder))
+    finally:
+        await hub.stop()
+
+
 async def _is_done(job: ReplayJob) -> bool:
     return job.state == "done"
 
