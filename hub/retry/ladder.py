@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,58 +25,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from hub.audit import AuditEntry, write_audit
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
+from hub.retry.delivery import Delivery, Hooks
 from hub.retry.policy import RetryPolicy, next_due
 from hub.retry.tables import parked
 from hub.spine import Tx, add_to_outbox
 from hub.spine.consumer import message_id_of, transaction_id_of
 from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
-from hub.store import Store, store_failed
+from hub.store import Store
 from schemas.envelope import H_TRANSACTION_ID, Envelope, utcnow
 
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
-Hook = Callable[..., Awaitable[None]]
-# The connector hooks, and the audit entry the ladder writes itself when on_delivered failed.
-HOOKS = ("on_delivered", "on_parked", "on_dead", "audit")
-# schemas.pseudonym.youth_key, how the ladders key their messages (alone, or after the receiver's name)
-_YOUTH_KEY = re.compile(r"(?:^|:)([0-9a-f]{64})$")
-
-
-async def _noop(*_: Any, **__: Any) -> None:
-    return None
-
-
-@dataclass
-class Delivery:
-    """What a connector supplies: how to deliver one message, and what to record on each outcome.
-
-    `deliver` raises TransientError (retry) or PermanentError (DLQ); it must be idempotent, since a
-    crash after a successful call and before the commit delivers the message again.
-    """
-
-    deliver: Callable[[Envelope], Awaitable[None]]
-    on_delivered: Hook = _noop  # (session, message)
-    on_parked: Hook = _noop  # (session, message, attempt, due_at, error)
-    on_dead: Hook = _noop  # (session, message, error)
-    # (session, messages): on_delivered for a round's deliveries at once, in a few statements. On
-    # SQLite a round's outcomes share one transaction; on PostgreSQL each delivery is recorded in its
-    # own, under the row lock that keeps other hub processes off it, with on_delivered.
-    on_delivered_many: Hook | None = None
-    # (messages): look up at once what a round's deliveries will need (one query where `deliver`
-    # would make one per message); `deliver` must still work, by its own lookups, without it.
-    prepare: Callable[[Sequence[Envelope]], Awaitable[None]] | None = None
-
-    async def delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
-        """Record every delivered message of a round: the batch hook, or the single one for each."""
-        if self.on_delivered_many is not None:
-            await self.on_delivered_many(session, messages)
-            return
-        for message in messages:
-            await self.on_delivered(session, message)
 
 
 class RetryLadder:
@@ -101,12 +61,11 @@ class RetryLadder:
         concurrency: int = 16,
     ) -> None:
         self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
-        for hook in HOOKS:  # every series from 0, so that the first failure is an increase too
-            metrics.hook_failures.labels(name, hook)
         # The consumer group whose inbox took the message in: a replayed dead letter must clear it.
         self.group = group or name
         self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
         self.delivery, self.policy, self.clock = delivery, policy or RetryPolicy(), clock
+        self.hooks = Hooks(delivery, metrics, ladder=name, partner=partner)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -236,7 +195,7 @@ class RetryLadder:
         )
         await session.execute(insert(parked).values(row))
         await self._announce(session, message, key, attempt, due_at, error)
-        await self._hook(session, "on_parked", message, attempt, due_at, error, key=key)
+        await self.hooks.run(session, "on_parked", message, attempt, due_at, error, key=key)
         self._wake.set()
 
     async def _announce(
@@ -289,64 +248,7 @@ class RetryLadder:
         value = row.value if row.record_value is None else row.record_value
         await add_to_outbox(session, self.dlq_topic, value, key=key, headers=headers)
         if message is not None:
-            await self._hook(session, "on_dead", message, safe_error_message(exc), key=row.key)
-
-    async def _hook(
-        self, session: AsyncSession, name: str, message: Envelope, *args: Any, key: str | None
-    ) -> None:
-        """A connector's hook, in a savepoint of its own: when it fails, what the ladder recorded
-        (delivered, parked, dead-lettered) stands, and the failure is logged and counted.
-
-        A hook keeps a connector's bookkeeping (a signal's state, a handover's mark, the disclosure's
-        audit entry). Letting its failure undo the ladder's record would keep the message in the
-        parking lot, tried again at once, round after round: a delivered message sent again and
-        again, a dead one never dead-lettered. A delivery whose hook failed is still audited, with
-        what the ladder knows of it (rule 18). A lost connection is no hook's failure: it is raised,
-        and nothing of the round is kept.
-        """
-        try:
-            async with session.begin_nested():
-                await getattr(self.delivery, name)(session, message, *args)
-        except Exception as exc:
-            _raise_when_the_connection_failed(exc)
-            self._hook_failed(name, message, exc)
-            if name == "on_delivered":
-                await self._audit_delivery(session, message, exc, key=key)
-
-    async def _audit_delivery(
-        self, session: AsyncSession, message: Envelope, cause: Exception, *, key: str | None
-    ) -> None:
-        """The disclosure's audit entry with what the ladder knows, for a delivery whose hook failed.
-        When even that fails, the delivery still stands: sending it again would disclose it again."""
-        entry = AuditEntry(
-            action="delivery.recorded_without_details",
-            user=f"ketenhub-{self.name}",
-            youth_key=found.group(1) if key is not None and (found := _YOUTH_KEY.search(key)) else None,
-            objects={
-                "partner": self.partner,
-                "message_id": message.message_id,
-                "type": message.type,
-                "error_class": type(cause).__name__,
-            },
-        )
-        try:
-            async with session.begin_nested():
-                await write_audit(
-                    session, entry, transaction_id=message.transaction_id, system=f"ketenhub-{self.name}"
-                )
-        except Exception as exc:
-            _raise_when_the_connection_failed(exc)
-            self._hook_failed("audit", message, exc)
-
-    def _hook_failed(self, name: str, message: Envelope, exc: Exception) -> None:
-        self.metrics.hook_failures.labels(self.name, name).inc()
-        log.error(
-            "a delivery hook failed; the ladder's record stands",
-            ladder=self.name,
-            hook=name,
-            message_id=message.message_id,
-            error=safe_error_message(exc),
-        )
+            await self.hooks.run(session, "on_dead", message, safe_error_message(exc), key=row.key)
 
     # -- the scheduler's side -----------------------------------------------------------------
     def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
@@ -499,7 +401,7 @@ class RetryLadder:
             return
         if outcome is None:
             await session.execute(delete(parked).where(parked.c.seq == row.seq))
-            await self._hook(session, "on_delivered", message, key=row.key)
+            await self.hooks.run(session, "on_delivered", message, key=row.key)
             return
         due = None
         if isinstance(outcome, TransientError):
@@ -515,7 +417,7 @@ class RetryLadder:
             .values(attempt=row.attempt + 1, due_at=due, first_failure=first, last_error=error)
         )
         await self._announce(session, message, row.key, row.attempt + 1, due, error)
-        await self._hook(session, "on_parked", message, row.attempt + 1, due, error, key=row.key)
+        await self.hooks.run(session, "on_parked", message, row.attempt + 1, due, error, key=row.key)
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest parked message is due, or None when nothing is parked."""
@@ -567,9 +469,3 @@ class RetryLadder:
                     )
                 ).scalar_one()
             )
-
-
-def _raise_when_the_connection_failed(exc: Exception) -> None:
-    """A hook's own failure is kept to the hook; the store's failure is not (`store_failed`)."""
-    if store_failed(exc):
-        raise exc

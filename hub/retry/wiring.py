@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
 
-from hub.retry.ladder import Delivery, RetryLadder
+from hub.retry.delivery import Delivery
+from hub.retry.ladder import RetryLadder
 from hub.retry.policy import RetryPolicy
 from hub.spine import Tx
 from hub.spine.consumer import Item

@@ -278,7 +278,7 @@ async def test_a_delivery_is_not_sent_again_when_even_its_fallback_audit_fails(
     async def refused(*args: object, **kwargs: object) -> None:
         raise ValueError("the audit log refused the entry")
 
-    monkeypatch.setattr("hub.retry.ladder.write_audit", refused)
+    monkeypatch.setattr("hub.retry.delivery.write_audit", refused)
     hub, ladder = await _start(
         kafka, db_url, unique, partner, Delivery(deliver=partner.deliver, on_delivered=broken)
     )
