@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from sqlalchemy import func, select
 
 from connectors.verwijsindex.client import VerwijsindexClient
 from connectors.verwijsindex.feed import MatchFeed
-from hub.clock import today
 from hub.errors import PermanentError
 from hub.metrics import Metrics
 from hub.notify.service import list_problems
@@ -32,10 +30,9 @@ from hub.signals.matches import read_cursor, write_cursor
 from hub.signals.tables import matches
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
-from schemas.caseworker import ContactDetails
-from schemas.signal import SignalYouth, VerwijsindexSignal
 from tests.helpers.http import serving
 from tests.helpers.kafka import wait_for
+from tests.integration.test_verwijsindex_connector import a_signal
 
 pytestmark = pytest.mark.integration
 
@@ -85,28 +82,6 @@ def entry(n: int, signal_id: str) -> dict[str, Any]:
     }
 
 
-def a_signal(signal_id: str) -> VerwijsindexSignal:
-    day = today()
-    return VerwijsindexSignal(
-        signal_id=signal_id,
-        youth=SignalYouth(
-            bsn=BSN,
-            given_names=NAME,
-            surname="de Vries",
-            birth_date=date(2010, 3, 14),
-            gender="VROUW",
-            municipality="Den Haag",
-        ),
-        organisation="Halt Den Haag",
-        caseworker=ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl"),
-        caseworker_id="cw-ilse",
-        created=day,
-        end_date=day + timedelta(days=365),
-        youth_informed_at=day,
-        parent_letter_sent_at=day,
-    )
-
-
 @pytest.fixture
 async def signals(store: Store) -> list[str]:
     """Three of our signals in the store, one per match of the page."""
@@ -114,7 +89,7 @@ async def signals(store: Store) -> list[str]:
     for signal_id in ids:
         async with store.transaction() as session:
             await store_signal(
-                session, "t.verwijsindex.signal.v1", a_signal(signal_id), youth_key=f"yk-{signal_id}",
+                session, "t.verwijsindex.signal.v1", a_signal(BSN, signal_id), youth_key=f"yk-{signal_id}",
                 user="cw-ilse", transaction_id=str(uuid.uuid4()),
             )  # fmt: skip
     return ids
