@@ -318,31 +318,39 @@ class RetryLadder:
                 return row, await self._try(row)
 
         outcomes = await asyncio.gather(*(attempt(row) for row in rows))
-        async with self.store.transaction() as session:
-            seqs = [row.seq for row, _ in outcomes]
-            still = set((await session.execute(select(parked.c.seq).where(parked.c.seq.in_(seqs)))).scalars())
-            # handled meanwhile (an operator's discard) are left alone; the call was idempotent
-            outcomes = [(row, outcome) for row, outcome in outcomes if row.seq in still]
-            delivered = [row for row, outcome in outcomes if outcome is None]
-            if len(delivered) > 1 and await self._record_delivered(session, delivered):
-                outcomes = [(row, outcome) for row, outcome in outcomes if outcome is not None]
-            failed: list[tuple[Any, BaseException]] = []
-            for row, outcome in outcomes:
-                try:
-                    async with session.begin_nested():
-                        await self._record(session, row, outcome)
-                except Exception as exc:  # this one stays parked, postponed; the rest are kept
-                    failed.append((row, exc))
+        tried = [row for row, _ in outcomes]
+        failed: list[tuple[Any, BaseException]] = []
+        try:
+            async with self.store.transaction() as session:
+                seqs = [row.seq for row, _ in outcomes]
+                still = set(
+                    (await session.execute(select(parked.c.seq).where(parked.c.seq.in_(seqs)))).scalars()
+                )
+                # handled meanwhile (an operator's discard) are left alone; the call was idempotent
+                outcomes = [(row, outcome) for row, outcome in outcomes if row.seq in still]
+                delivered = [row for row, outcome in outcomes if outcome is None]
+                if len(delivered) > 1 and await self._record_delivered(session, delivered):
+                    outcomes = [(row, outcome) for row, outcome in outcomes if outcome is not None]
+                for row, outcome in outcomes:
+                    try:
+                        async with session.begin_nested():
+                            await self._record(session, row, outcome)
+                    except Exception as exc:  # this one stays parked, postponed; the rest are kept
+                        failed.append((row, exc))
+        except Exception as exc:  # nothing of the round was kept: all of it waits for its next rung
+            failed = [(row, exc) for row in tried]
         if failed:
             await self._postpone(failed)
 
     async def _postpone(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
         """Rows whose outcome could not be recorded wait for the next rung, in a transaction of their
         own, rather than being due at once: a delivery that got through would be sent again and again,
-        as fast as the scheduler goes round. When the store cannot take even this, the scheduler's
-        own backoff applies."""
+        as fast as the scheduler goes round. A row another hub process handled meanwhile (its attempt
+        moved on) is left to it. When the store cannot take even this, the error is raised: the
+        scheduler backs off before its next round."""
         now = self.clock()
         for row, exc in failed:
+            self.metrics.hook_failures.labels(self.name, "record").inc()
             log.error(
                 "recording a delivery's outcome failed; postponed",
                 ladder=self.name,
@@ -355,7 +363,7 @@ class RetryLadder:
                     attempt = min(row.attempt + 1, self.policy.max_parked_attempts)
                     await session.execute(
                         update(parked)
-                        .where(parked.c.seq == row.seq)
+                        .where(parked.c.seq == row.seq, parked.c.attempt == row.attempt)
                         .values(
                             attempt=attempt,
                             due_at=next_due(self.policy, attempt, now),
@@ -365,6 +373,7 @@ class RetryLadder:
                     )
         except Exception as exc:
             log.error("postponing failed", ladder=self.name, error=safe_error_message(exc))
+            raise
 
     async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
         """A round's deliveries in one savepoint and a few statements; False (nothing kept) when that

@@ -315,6 +315,8 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
         assert partner.calls["a1"] == 3  # the first call, then one per postponement
         first, second, third = partner.called_at["a1"]
         assert second - first >= FAST.schedule_s[0] and third - second >= FAST.schedule_s[1]
+        labels = {"ladder": "test", "hook": "record"}
+        assert hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels) == 2
     finally:
         await hub.stop()
 
