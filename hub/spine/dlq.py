@@ -37,10 +37,15 @@ DLQ_HEADERS = (
 _MAX_MESSAGE = 500
 _MAX_KEY = 200  # the outbox's key column
 # A database driver's message may echo the value it refused ("invalid input for query argument $4:
-# {...}", "invalid input syntax for type integer: "..."", "Key (id)=(...)"): that part is cut.
+# {...}", "invalid input syntax for type integer: "..."", "Key (id)=(...)"): that part is cut. A
+# quoted span is a value unless it follows the word for what it names ('constraint "pk"'); a value
+# runs to the end of the line, since PostgreSQL does not escape the quotes inside it.
 _DB_ECHO = re.compile(r"(query argument \$\d+|for type [\w ]+)\s*:.*", re.S)
-_DB_KEY = re.compile(r"(Key \([^)]*\))=\(.*?\)")
-_DB_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # after "...: ", a quoted value ('for enum x: "..."')
+_DB_KEY = re.compile(r"(Key \([^)]*\))=\(.*$")
+_DB_NAMES = re.compile(
+    r"(?:relation|constraint|column|table|type|index|encoding|schema|function|sequence|database|role"
+    r"|operator|extension|collation|trigger|view) $"
+)
 _DB_CLASS = re.compile(r"^<class '[\w.]+'>: ")
 
 
@@ -70,8 +75,7 @@ def safe_error_message(exc: BaseException) -> str:
         orig = exc.orig
         said = _DB_CLASS.sub("", (str(orig) or type(orig).__name__).splitlines()[0])
         said = _DB_KEY.sub(r"\1=(value not shown)", _DB_ECHO.sub(r"\1: value not shown", said))
-        head, colon, tail = said.partition(": ")
-        said = head + colon + _DB_QUOTED.sub('"(value not shown)"', tail)
+        said = _quoted_values_cut(said)
         code = getattr(orig, "sqlstate", None)
         text = f"database error{f' {code}' if code else ''} ({type(orig).__name__}): {said}"
     else:
@@ -80,6 +84,21 @@ def safe_error_message(exc: BaseException) -> str:
     # stored (parked rows, DLQ headers), so it is made storable here, or its recording fails forever.
     text = readable(text.encode("utf-8", "replace").decode("utf-8"))
     return redact_text(text)[:_MAX_MESSAGE]
+
+
+def _quoted_values_cut(text: str) -> str:
+    """`text` with every quoted value, and what follows it on the line, shown as "(value not shown)";
+    a quoted name of a relation, constraint, column and the like stays."""
+    kept, at = [], 0
+    while (start := text.find('"', at)) != -1:
+        end = text.find('"', start + 1)
+        if end != -1 and _DB_NAMES.search(text, 0, start):
+            kept.append(text[at : end + 1])
+            at = end + 1
+            continue
+        kept.append(text[at:start] + '"(value not shown)"')
+        return "".join(kept)
+    return "".join(kept) + text[at:]
 
 
 def dlq_headers(
