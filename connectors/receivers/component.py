@@ -34,6 +34,10 @@ class RecentIds:
         while len(self._ids) > self.keep:
             self._ids.popitem(last=False)
 
+    def discard(self, message_id: str) -> None:
+        """Forget `message_id`, if it is remembered."""
+        self._ids.pop(message_id, None)
+
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._ids
 
@@ -73,6 +77,7 @@ class WebhookDelivery:
         check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
         await post_signed(self.client, target.url, target.secret, message)
         self.delivered.add(message.message_id)
+        self.skipped.discard(message.message_id)  # it went out after all: audited as disclosed
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Audit the disclosure, unless the message was skipped."""

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import insert, select
 
-from connectors.receivers.component import RecentIds, register_receivers
+from connectors.receivers.component import register_receivers
 from hub.embedded import EmbeddedKafka
 from hub.handovers.messages import HANDOVER
 from hub.handovers.tables import handovers
@@ -64,13 +64,3 @@ async def test_a_skipped_handover_is_not_audited_when_its_outcome_is_recorded_ag
         assert actions == [] and delivered_at is None
     finally:
         await hub.stop()
-
-
-def test_only_the_most_recent_ids_are_kept() -> None:
-    recent = RecentIds(keep=3)
-    for n in range(5):
-        recent.add(f"m-{n}")
-    recent.add("m-2")  # seen again: the newest now
-    recent.add("m-5")
-    assert len(recent) == 3
-    assert [f"m-{n}" in recent for n in range(6)] == [False, False, True, False, True, True]
