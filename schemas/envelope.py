@@ -30,7 +30,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _printable(value: str) -> str:
     if not value.isprintable():
-        raise ValueError("must be printable text: no control, format or separator characters")
+        raise ValueError("must be printable text: no control or format characters, no space but ' '")
     return value
 
 

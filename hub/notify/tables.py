@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, String, Table, Text
 
 from hub.store.tables import metadata
 
@@ -29,6 +29,7 @@ mail_problems = Table(
     Column("reference", String(200), nullable=True),  # notification, match or signal id: never a BSN
     Column("reason", Text, nullable=False),
     Column("transaction_id", String(100), nullable=True),
+    Index("ix_mail_problems_kind_reference", "kind", "reference"),
 )
 
 # The embedded SMTP sink's mailbox (only when no SMTP host is configured); capped.
