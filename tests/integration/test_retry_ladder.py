@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -22,6 +25,7 @@ from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.dlq import DLQ_HEADERS
+from hub.store import Store
 from hub.store.tables import audit_log
 from hub.topics import Topic
 from schemas.envelope import Envelope, utcnow
@@ -317,6 +321,46 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
         assert second - first >= FAST.schedule_s[0] and third - second >= FAST.schedule_s[1]
         labels = {"ladder": "test", "hook": "record"}
         assert hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels) == 2
+    finally:
+        await hub.stop()
+
+
+class FlakyStore:
+    """The hub's store, whose next `failures` transactions fail as they commit (a full disk, a lost
+    connection): for the ladder's own transactions only, so the consumer's are not touched."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self._store, self.failures = store, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self._store.transaction() as session:
+            yield session
+            if self.failures > 0:  # raised inside: the real transaction rolls back
+                self.failures -= 1
+                raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+
+@pytest.mark.parametrize("failures", [1, 2], ids=["round-fails", "its-postponement-fails-too"])
+async def test_a_round_whose_transaction_fails_is_not_sent_again_at_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str, failures: int
+) -> None:
+    """Nothing of the round is kept, so its deliveries go out again (idempotent), but on the ladder's
+    schedule, or after the scheduler's backoff when even the postponement could not be written."""
+    partner = FakePartner()
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        assert hub.store is not None
+        ladder.store = FlakyStore(hub.store, failures)  # type: ignore[assignment]
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
+        await wait_for(lambda: partner.delivered.count("a1") == 2, timeout_s=30)
+        await wait_for(lambda: _zero(ladder))
+        assert await ladder.step() == 0 and partner.calls["a1"] == 2
+        first, second = partner.called_at["a1"]
+        assert second - first >= FAST.schedule_s[0]  # the next rung (0.2 s), or the 1 s backoff
     finally:
         await hub.stop()
 
