@@ -35,6 +35,12 @@ class Metrics:
             ["ladder", "hook"],
             registry=self.registry,
         )
+        self.postponed = Counter(
+            "ketenhub_delivery_postponed",
+            "Deliveries whose outcome the store could not record, postponed to their next rung, by ladder",
+            ["ladder"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "ketenhub_ready", "1 when a dependency is reachable", ["dependency"], registry=self.registry
         )

@@ -23,9 +23,8 @@ from schemas.envelope import Envelope
 
 log = get_logger(__name__)
 Hook = Callable[..., Awaitable[None]]
-# The connector hooks; the audit entry the ladder writes itself when on_delivered failed; and the
-# ladder's own record of an outcome ("record": the message was postponed to its next rung).
-HOOKS = ("on_delivered", "on_parked", "on_dead", "audit", "record")
+# The connector hooks, and the audit entry the ladder writes itself when on_delivered failed.
+HOOKS = ("on_delivered", "on_parked", "on_dead", "audit")
 # schemas.pseudonym.youth_key, how the ladders key their messages (alone, or after the receiver's name)
 _YOUTH_KEY = re.compile(r"(?:^|:)([0-9a-f]{64})$")
 

@@ -66,6 +66,7 @@ class RetryLadder:
         self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
         self.delivery, self.policy, self.clock = delivery, policy or RetryPolicy(), clock
         self.hooks = Hooks(delivery, metrics, ladder=name, partner=partner)
+        metrics.postponed.labels(name)  # from 0, so that the first one is an increase too
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -276,7 +277,13 @@ class RetryLadder:
             rows = (await conn.execute(select(parked).where(parked.c.seq.in_(seqs)))).all()
         await self._prepare(rows)
         if self.store.dialect == "postgresql":
-            await asyncio.gather(*(self._retry_locked(row.seq) for row in rows))
+            # every delivery of the round finishes and is recorded before a failure is raised
+            failures = await asyncio.gather(
+                *(self._retry_locked(row.seq) for row in rows), return_exceptions=True
+            )
+            for failure in failures:
+                if isinstance(failure, BaseException):
+                    raise failure
         else:
             await self._retry_unlocked(rows)
         return len(rows)
@@ -293,21 +300,24 @@ class RetryLadder:
     async def _retry_locked(self, seq: int) -> None:
         """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
         else, so it may span the partner call."""
-        row = None
+        row, outcome = None, None
         try:
             async with self._slots, self.store.transaction() as session:
                 row = (
                     await session.execute(
-                        select(parked).where(parked.c.seq == seq).with_for_update(skip_locked=True)
+                        select(parked)
+                        .where(parked.c.seq == seq, parked.c.due_at <= self.clock())
+                        .with_for_update(skip_locked=True)
                     )
                 ).first()
                 if row is None:
                     return
-                await self._record(session, row, await self._try(row))
+                outcome = await self._try(row)
+                await self._record(session, row, outcome)
         except Exception as exc:  # all of it rolled back, the lock too: postponed, not tried at once
             if row is None:
                 raise
-            await self._postpone([(row, exc)])
+            await self._postpone([(row, outcome, exc)])
 
     async def _retry_unlocked(self, rows: Sequence[Any]) -> None:
         """SQLite: a write transaction locks the whole file, so the calls run outside one, side by
@@ -318,8 +328,8 @@ class RetryLadder:
                 return row, await self._try(row)
 
         outcomes = await asyncio.gather(*(attempt(row) for row in rows))
-        tried = [row for row, _ in outcomes]
-        failed: list[tuple[Any, BaseException]] = []
+        tried = list(outcomes)
+        failed: list[tuple[Any, Exception | None, BaseException]] = []
         try:
             async with self.store.transaction() as session:
                 seqs = [row.seq for row, _ in outcomes]
@@ -336,44 +346,47 @@ class RetryLadder:
                         async with session.begin_nested():
                             await self._record(session, row, outcome)
                     except Exception as exc:  # this one stays parked, postponed; the rest are kept
-                        failed.append((row, exc))
+                        failed.append((row, outcome, exc))
         except Exception as exc:  # nothing of the round was kept: all of it waits for its next rung
-            failed = [(row, exc) for row in tried]
+            failed = [(row, outcome, exc) for row, outcome in tried]
         if failed:
             await self._postpone(failed)
 
-    async def _postpone(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
+    async def _postpone(self, failed: Sequence[tuple[Any, Exception | None, BaseException]]) -> None:
         """Rows whose outcome could not be recorded wait for the next rung, in a transaction of their
         own, rather than being due at once: a delivery that got through would be sent again and again,
-        as fast as the scheduler goes round. A row another hub process handled meanwhile (its attempt
-        moved on) is left to it. When the store cannot take even this, the error is raised: the
-        scheduler backs off before its next round."""
-        now = self.clock()
-        for row, exc in failed:
-            self.metrics.hook_failures.labels(self.name, "record").inc()
-            log.error(
-                "recording a delivery's outcome failed; postponed",
-                ladder=self.name,
-                message_id=row.message_id,
-                error=safe_error_message(exc),
-            )
+        as fast as the scheduler goes round. The partner's Retry-After still counts. A row another
+        hub process handled meanwhile (its attempt moved on), or an operator discarded, is left alone.
+        When the store cannot take even this, the error is raised: the scheduler backs off before its
+        next round."""
+        now, postponed = self.clock(), 0
         try:
             async with self.store.transaction() as session:
-                for row, exc in failed:
+                for row, outcome, exc in failed:
                     attempt = min(row.attempt + 1, self.policy.max_parked_attempts)
-                    await session.execute(
+                    retry_after = outcome.retry_after if isinstance(outcome, TransientError) else None
+                    done = await session.execute(
                         update(parked)
                         .where(parked.c.seq == row.seq, parked.c.attempt == row.attempt)
                         .values(
                             attempt=attempt,
-                            due_at=next_due(self.policy, attempt, now),
+                            due_at=next_due(self.policy, attempt, now, retry_after=retry_after),
                             first_failure=row.first_failure or now,
                             last_error=safe_error_message(exc),
                         )
                     )
+                    if done.rowcount:  # type: ignore[attr-defined]
+                        postponed += 1
+                        log.error(
+                            "recording a delivery's outcome failed; postponed to the next rung",
+                            ladder=self.name,
+                            message_id=row.message_id,
+                            error=safe_error_message(exc),
+                        )
         except Exception as exc:
             log.error("postponing failed", ladder=self.name, error=safe_error_message(exc))
             raise
+        self.metrics.postponed.labels(self.name).inc(postponed)
 
     async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
         """A round's deliveries in one savepoint and a few statements; False (nothing kept) when that

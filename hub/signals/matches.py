@@ -42,7 +42,7 @@ async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> 
     A position that cannot be stored would roll back its page, and so every poll after it.
     """
     if not is_token(cursor):
-        raise ValueError("a feed cursor is 1-200 characters of text, no control character (tab, LF aside)")
+        raise ValueError("a feed cursor is 1-200 characters of text, no NUL or other control character")
     now = utcnow()
     done = await session.execute(
         update(feed_cursor).where(feed_cursor.c.feed == feed).values(cursor=cursor, updated_at=now)

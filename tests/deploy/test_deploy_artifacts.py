@@ -67,7 +67,8 @@ CONTRACT_METRICS = frozenset(
         "ketenhub_retry_parked",
         "ketenhub_dlq_messages",
         "ketenhub_ready",
-        "ketenhub_delivery_hook_failures_total",  # the hub's own addition (README, "Operators")
+        "ketenhub_delivery_hook_failures_total",  # the hub's own additions (README, "Operators")
+        "ketenhub_delivery_postponed_total",
     }
 )
 CONTRACT_HISTOGRAMS = frozenset({"ketenhub_handler_seconds"})

@@ -319,8 +319,8 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
         assert partner.calls["a1"] == 3  # the first call, then one per postponement
         first, second, third = partner.called_at["a1"]
         assert second - first >= FAST.schedule_s[0] and third - second >= FAST.schedule_s[1]
-        labels = {"ladder": "test", "hook": "record"}
-        assert hub.metrics.registry.get_sample_value("ketenhub_delivery_hook_failures_total", labels) == 2
+        labels = {"ladder": "test"}
+        assert hub.metrics.registry.get_sample_value("ketenhub_delivery_postponed_total", labels) == 2
     finally:
         await hub.stop()
 
@@ -361,6 +361,10 @@ async def test_a_round_whose_transaction_fails_is_not_sent_again_at_once(
         assert await ladder.step() == 0 and partner.calls["a1"] == 2
         first, second = partner.called_at["a1"]
         assert second - first >= FAST.schedule_s[0]  # the next rung (0.2 s), or the 1 s backoff
+        postponed = hub.metrics.registry.get_sample_value(
+            "ketenhub_delivery_postponed_total", {"ladder": "test"}
+        )
+        assert postponed == (1 if failures == 1 else 0)  # when its postponement failed too: the backoff
     finally:
         await hub.stop()
 
