@@ -41,9 +41,9 @@ _MAX_KEY = 200  # the outbox's key column
 # quoted span is a value unless it follows the word for what it names ('constraint "pk"'); a value
 # runs to the end of the line, since PostgreSQL does not escape the quotes inside it.
 _DB_ECHO = re.compile(r"(query argument \$\d+|for type [\w ]+)\s*:.*", re.S)
-_DB_KEY = re.compile(r"(Key \([^)]*\))=\(.*$")
+_DB_KEY = re.compile(r"(Key \(.*?\))=\(.*$")
 _DB_NAMES = re.compile(
-    r"(?:relation|constraint|column|table|type|index|encoding|schema|function|sequence|database|role"
+    r"\b(?:relation|constraint|column|table|type|index|encoding|schema|function|sequence|database|role"
     r"|operator|extension|collation|trigger|view) $"
 )
 _DB_CLASS = re.compile(r"^<class '[\w.]+'>: ")

@@ -176,6 +176,8 @@ def test_a_database_error_never_echoes_the_value_it_refused() -> None:
         "Key (id)=(Sam\nJansen) already exists.",
         'value "Sam Jansen" is out of range for type integer',  # quoted before any colon
         'invalid value "Sam Jansen" for "YYYY"',
+        "Key (lower(naam))=(Sam Jansen) already exists.",  # an expression index
+        'invalid input value for enum prototype "Sam Jansen"',  # "type" inside another word
     ]
     for text in said:
         message = safe_error_message(DBAPIError("UPDATE signals SET x=$4", {}, AsyncpgError(text)))
