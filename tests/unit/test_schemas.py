@@ -153,6 +153,11 @@ def test_mail_refuses_a_bsn_in_subject_or_body() -> None:
             case_reference="HALT-2025-0001",
         )
     assert "111222333" not in str(info.value)
+    with pytest.raises(ValidationError, match="at most 200 characters"):
+        MailNotification(
+            recipient_caseworker_id="cw-1", template="match", subject="M" * 201, body_text="x",
+            case_reference="HALT-2025-0001",
+        )  # fmt: skip
 
 
 def test_caseworker_absence_and_delegate() -> None:
