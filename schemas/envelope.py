@@ -28,6 +28,11 @@ ID_MAX = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def is_id(value: object) -> bool:
+    """True for a usable message or transaction id, in a body or a header: 1-100 printable characters."""
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX and value.isprintable()
+
+
 def _printable(value: str) -> str:
     if not value.isprintable():
         raise ValueError("must be printable text: no control or format characters, no space but ' '")

@@ -24,7 +24,6 @@ from sqlalchemy import exc as sa_exc
 from hub.audit import AuditEntry, write_audit
 from hub.logging import get_logger
 from hub.ops.tables import dlq_actions
-from hub.spine.consumer import MAX_ID
 from hub.spine.dlq import (
     DLQ_EXC_CLASS,
     DLQ_EXC_MESSAGE,
@@ -36,7 +35,7 @@ from hub.spine.dlq import (
 from hub.spine.outbox import add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, utcnow
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
 
 log = get_logger(__name__)
 REPLAYED_FROM = "dlq-replayed-from"
@@ -72,7 +71,7 @@ class DeadLetter:
         """An id header as the spine would use it: None when absent or unusable (empty, too long, not
         printable), as for a record the spine dead-lettered for that very header."""
         value = self.headers.get(name)
-        return value if value and len(value) <= MAX_ID and value.isprintable() else None
+        return value if is_id(value) else None
 
     def summary(self) -> dict[str, Any]:
         """What a list shows: ids, error and status; no payload."""

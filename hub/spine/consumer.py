@@ -26,7 +26,7 @@ from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_erro
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store
 from hub.store.tables import inbox
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, utcnow
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -53,7 +53,7 @@ def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     value = header(record, name)
     if value is None:
         return None
-    if not value or len(value) > MAX_ID or not value.isprintable():
+    if not is_id(value):
         raise BadHeader(
             f"header {name!r} is empty, longer than {MAX_ID} characters or not printable text; "
             f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"
