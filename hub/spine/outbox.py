@@ -9,9 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 from sqlalchemy import Row, Select, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.kafka import KeyPartitioner
 from hub.logging import get_logger
 from hub.store import Store
 from hub.store.tables import outbox
@@ -90,6 +92,7 @@ class Relay:
     ) -> None:
         self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
         self.gather_s = gather_s
+        self.partitioner = KeyPartitioner()  # as the producer's own (make_producer)
         self._wake = asyncio.Event()
         self._stopping = False
         self.published = 0
@@ -148,15 +151,36 @@ class Relay:
         )
 
     async def _send(self, rows: Sequence[Row[Any]]) -> None:
-        futures = [
-            await self.producer.send(
-                r.topic,
-                r.value,
-                key=r.key.encode() if r.key is not None else None,
-                headers=[(k, str(v).encode()) for k, v in (r.headers or {}).items()],
-            )
-            for r in rows
-        ]
+        """Publish `rows` in order and wait for every ack (acks=all).
+
+        The rows go out as one record batch per partition rather than message by message: the
+        producer's `send` makes a future, a partition lookup and an accumulator append for every
+        message, about half its cost. A partition's rows stay in id order within its batch, and a
+        batch that fills up goes out before the next one for that partition is started, so per-key
+        order holds as with `send`. The partition is the producer's own choice (`KeyPartitioner`).
+        """
+        futures: list[asyncio.Future[Any]] = []
+        by_topic: dict[str, list[Row[Any]]] = {}
+        for r in rows:
+            by_topic.setdefault(r.topic, []).append(r)
+        for topic, its_rows in by_topic.items():
+            partitions = sorted(await self.producer.partitions_for(topic))
+            available = sorted(self.producer.client.cluster.available_partitions_for_topic(topic) or ())
+            batches: dict[int, BatchBuilder] = {}
+            for r in its_rows:
+                key = r.key.encode() if r.key is not None else None
+                partition = self.partitioner(key, partitions, available or partitions)
+                headers = [(k, str(v).encode()) for k, v in (r.headers or {}).items()]
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = self.producer.create_batch()
+                if batch.append(key=key, value=r.value, timestamp=None, headers=headers) is None:
+                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = batches[partition] = self.producer.create_batch()
+                    # a fresh batch always takes its first record, whatever its size
+                    batch.append(key=key, value=r.value, timestamp=None, headers=headers)
+            for partition, batch in batches.items():
+                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     async def purge_sent(self) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import select
 
 from hub.embedded import EmbeddedKafka
@@ -18,15 +20,19 @@ from hub.spine import Relay, add_to_outbox
 from hub.store import Store
 from hub.store.tables import outbox
 from hub.topics import Topic
-from tests.helpers.kafka import read_topic, wait_for
+from tests.helpers.kafka import headers_of, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def _relay(kafka: EmbeddedKafka, store: Store, topic: str, *, gather_s: float) -> AsyncIterator[Relay]:
+async def _relay(
+    kafka: EmbeddedKafka, store: Store, topic: str, *, gather_s: float, partitions: int = 1
+) -> AsyncIterator[Relay]:
     options = {"bootstrap_servers": kafka.bootstrap}
-    await ensure_topics(options, [Topic(topic, partitions=1, description="relay test")], replication_factor=1)
+    await ensure_topics(
+        options, [Topic(topic, partitions=partitions, description="relay test")], replication_factor=1
+    )
     producer = make_producer(options)
     await producer.start()
     relay = Relay(store, producer, gather_s=gather_s)
@@ -93,3 +99,37 @@ async def test_a_quiet_hub_publishes_a_commit_at_once_and_a_stop_cuts_the_gather
 async def _all_sent(store: Store, topic: str, n: int) -> bool:
     sent = await _sent_at(store, topic)
     return len(sent) == n and all(v is not None for v in sent.values())
+
+
+async def test_rows_go_out_once_in_key_order_on_the_partition_the_key_hashes_to(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """The relay publishes a batch of rows per partition: each row lands where Kafka's default
+    partitioner puts its key, each key's rows in commit order, a batch that fills up (256 KiB)
+    continues in the next, a record larger than a whole batch goes out alone, and a row without
+    a key goes out too."""
+    topic = f"{unique}.partitioned"
+    keys = [f"youth-{i}" for i in range(12)]
+    big = b"x" * 300_000  # larger than the producer's batch (256 KiB)
+    queued: list[tuple[str | None, bytes]] = []
+    async with store.transaction() as session:
+        for n in range(20):
+            for key in keys:
+                value = (b"%s-%02d-" % (key.encode(), n)) + (big if (n, key) == (7, keys[3]) else b"")
+                value += b"y" * (40_000 if n == 11 else 0)  # the 12 rows of round 11 fill batches
+                queued.append((key, value))
+                await add_to_outbox(session, topic, value, key=key, headers={"row": str(len(queued))})
+        await add_to_outbox(session, topic, b"no-key", key=None)
+        queued.append((None, b"no-key"))
+    async with _relay(kafka, store, topic, gather_s=0.0, partitions=4) as relay:
+        relay.wake()
+        out = await read_topic(kafka.bootstrap, topic, expect=len(queued), settle_s=0.5)
+    got = Counter((r.key.decode() if r.key is not None else None, r.value) for r in out)
+    assert got == Counter(queued)  # every row once, key and value as queued
+    choose = DefaultPartitioner()
+    for record in out:
+        if record.key is not None:
+            assert record.partition == choose(record.key, [0, 1, 2, 3], [0, 1, 2, 3])
+    for key in keys:
+        rows = [int(headers_of(r)["row"]) for r in out if r.key == key.encode()]
+        assert rows == sorted(rows) and len(rows) == 20  # in commit order within the key
