@@ -97,10 +97,19 @@ def _problem(error: ErrorDetails) -> str:
     return error["msg"]
 
 
+def _unreadable(exc: BaseException) -> str:
+    """Why an answer could not be read as JSON at all."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return "no JSON"
+    return "a number of too many digits"  # json.loads refuses an integer of more than 4,300 digits
+
+
 def _reason(response: Answer) -> str:
     try:
         body: Any = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return response.reason_phrase or "no reason given"
     if not isinstance(body, dict):
         return response.reason_phrase
@@ -195,8 +204,8 @@ class VerwijsindexClient:
             # The standard library's parser, not pydantic's: that one refuses the whole document for
             # a lone surrogate escape in one entry, which would block the feed on it.
             page = RuweMatchPagina.model_validate(json.loads(response.content))
-        except ValueError as exc:  # ValidationError is one too
-            found = contract_problems(exc) if isinstance(exc, ValidationError) else ("no JSON",)
+        except (ValueError, RecursionError) as exc:  # ValidationError is a ValueError too
+            found = contract_problems(exc) if isinstance(exc, ValidationError) else (_unreadable(exc),)
             raise PermanentError(f"{where} breaks the contract: {'; '.join(found)}") from None
         return [_match(position, entry) for position, entry in enumerate(page.matches)], page.volgende
 

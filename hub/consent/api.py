@@ -202,7 +202,7 @@ async def _from_fhir_body(
 ) -> tuple[Consent, str | None, int | None]:
     try:
         resource = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, an integer Python will not read, too deep
         raise Problem(400, "Ongeldige FHIR Consent", "De body is geen JSON.") from None
     known: dict[str, tuple[str, str, int | None]] = {}
 

@@ -42,7 +42,7 @@ async def _credentials(request: Request) -> tuple[str, str, bool]:
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, an overlong integer, too deep
             body = None
         if not isinstance(body, dict):  # malformed JSON or not an object was a 500
             raise Problem(400, "Invalid login request", "Expected a JSON object with username and password.")

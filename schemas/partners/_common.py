@@ -18,7 +18,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, from_json
 
 from schemas._base import EMAIL_PATTERN, NO_CONTROL, as_code
 from schemas.problems import FieldProblem, PartnerFormatError, problems_from
@@ -260,6 +260,17 @@ def surname_fits(prefix: object, surname: str, prefix_field: str) -> str:
     return surname
 
 
+def decode_json(text: str) -> Any:
+    """`json.loads(text)`, faster: pydantic-core's parser takes what it can (about twice as fast on
+    a partner record), and whatever it refuses the standard library decides, so the value and any
+    error (with its line and column) are json.loads' own. Raises ValueError (JSONDecodeError for
+    bad JSON, ValueError for an integer of more than 4,300 digits) or RecursionError."""
+    try:
+        return from_json(text)
+    except (ValueError, TypeError):  # TypeError: a lone surrogate in the text itself
+        return json.loads(text)
+
+
 def load_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a partner's JSON object; any failure becomes a PartnerFormatError on '(bericht)'."""
     try:
@@ -269,9 +280,12 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
             [FieldProblem(field="(bericht)", problem="geen geldige UTF-8", allowed="JSON in UTF-8")]
         ) from None
     try:
-        data = json.loads(text)
+        data = decode_json(text)
     except json.JSONDecodeError as exc:
         problem = f"geen geldige JSON (regel {exc.lineno}, kolom {exc.colno})"
+        raise PartnerFormatError([FieldProblem(field="(bericht)", problem=problem, allowed="JSON")]) from None
+    except ValueError:  # Python refuses to read an integer of more than 4,300 digits
+        problem = "een getal heeft te veel cijfers"
         raise PartnerFormatError([FieldProblem(field="(bericht)", problem=problem, allowed="JSON")]) from None
     except RecursionError:
         raise PartnerFormatError([FieldProblem(field="(bericht)", problem="te diep genest")]) from None
@@ -293,8 +307,8 @@ def validate_partner(model: type[M], data: object) -> M:
 def reference_in(raw: bytes, *path: str) -> str | None:
     """Best effort: the string at path in a JSON object, or None when anything is off."""
     try:
-        node: object = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        node: object = decode_json(raw.decode("utf-8-sig"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     for key in path:
         if not isinstance(node, dict):

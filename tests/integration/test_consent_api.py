@@ -114,3 +114,12 @@ async def test_a_fhir_patient_key_that_is_no_key_is_refused_not_looked_up(
             )
             assert answer.status_code == 400, (bad, answer.status_code, answer.text)
             assert answer.headers["content-type"] == "application/problem+json"
+        # JSON Python cannot read: nesting deeper than it recurses (a 500), an integer of 5,000 digits
+        for unreadable in (b"[" * 100_000 + b"]" * 100_000, b'{"resourceType": ' + b"7" * 5000 + b"}"):
+            answer = await w.client.post(
+                "/api/v1/toestemmingen",
+                content=unreadable,
+                headers={"X-Medewerker": CW, "Content-Type": "application/fhir+json"},
+            )
+            assert answer.status_code == 400, (answer.status_code, answer.text)
+            assert answer.json()["title"] == "Ongeldige FHIR Consent"

@@ -324,6 +324,15 @@ async def test_size_media_type_and_json_errors_are_clear_4xx(api: Api) -> None:
     assert csv_as_json.status_code == 415
     broken = await api.post("politie", b'{"procesVerbaalNummer": ')
     assert broken.status_code == 400 and broken.json()["invalidParams"][0]["name"] == "(bericht)"
+    # JSON that the standard library cannot hold: a number of 5,000 digits (Python refuses integers
+    # of more than 4,300), and arrays nested deeper than the interpreter recurses
+    too_long = await api.post("politie", b'{"eerdereHaltverwijzingen": ' + b"7" * 5000 + b"}")
+    assert too_long.status_code == 400, too_long.text
+    assert too_long.json()["invalidParams"] == [
+        {"name": "(bericht)", "reason": "een getal heeft te veel cijfers", "allowed": "JSON"}
+    ]
+    too_deep = await api.post("politie", b'{"verdachte": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert too_deep.status_code == 400 and too_deep.json()["invalidParams"][0]["name"] == "(bericht)"
     assert await api.count() == 0
 
 

@@ -41,7 +41,10 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         assert page.status_code == 303 and page.headers["location"] == "/ops/login"
         bad = await anon.post("/ops/login", json={"username": "vera", "password": "wrong password!"})
         assert bad.status_code == 401
-        for body in (b"\x00", b"[]", b'"vera"'):  # not a JSON object: a 400, it was a 500
+        # not a JSON object, or JSON Python cannot read (an integer of 5,000 digits, nesting deeper
+        # than it recurses): a 400, each was a 500
+        too_long, too_deep = b'{"username": ' + b"7" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000
+        for body in (b"\x00", b"[]", b'"vera"', too_long, too_deep):
             broken = await anon.post("/ops/login", content=body, headers={"content-type": "application/json"})
             assert broken.status_code == 400 and broken.json()["status"] == 400
         for name in ("vera\x00", "ve\x1bra"):  # no operator has such a name; PostgreSQL answered 500

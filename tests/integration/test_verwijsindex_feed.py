@@ -251,6 +251,29 @@ async def test_a_broken_cursor_refuses_the_page_whole_and_says_why(
     assert vendor.asked == [None, None]  # still from the start: the page is asked for again
 
 
+UNREADABLE_PAGES = {
+    "not-json": (b'{"matches": [', "no JSON"),
+    "too-deep": (b'{"matches": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "JSON nested too deeply"),
+    "overlong-number": (b'{"matches": [], "volgende": ' + b"7" * 5000 + b"}", "a number of too many digits"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE_PAGES))
+async def test_a_page_that_cannot_be_read_is_refused_and_says_why(
+    store: Store, partner: tuple[Partner, VerwijsindexClient], kind: str
+) -> None:
+    """JSON the standard library cannot read (nesting deeper than Python recurses, an integer of
+    more than 4,300 digits) is a broken contract like any other, not an unexplained error."""
+    vendor, client = partner
+    body, why = UNREADABLE_PAGES[kind]
+    vendor.pages = {None: body}
+    feed = a_feed(store, client)
+    with pytest.raises(PermanentError) as caught:
+        await feed.poll_once()
+    assert str(caught.value).endswith(f"breaks the contract: {why}")
+    assert feed.published == 0 and vendor.asked == [None]
+
+
 @pytest.mark.parametrize(
     "cursor",
     ["", "c-\x00", "c-\ud800", "c" * 201],

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors import boa, leerplicht, politie, preventief
+from schemas.partners._common import decode_json
 from schemas.problems import PartnerFormatError
 from schemas.referral import Reason, Referral, ReferrerType, Track
 
@@ -485,3 +486,46 @@ def test_any_damage_amount_is_an_amount_or_a_clear_error_on_that_field(amount: o
     else:
         assert referral.damage is not None and 0 <= referral.damage.youth_share < 10**10
         assert referral.damage.youth_share == referral.damage.youth_share.quantize(Decimal("0.01"))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@given(value=_JSON_VALUES, ascii_only=st.booleans(), indent=st.none() | st.integers(0, 2))
+def test_the_fast_json_decoder_reads_what_json_loads_reads(
+    value: object, ascii_only: bool, indent: int | None
+) -> None:
+    """decode_json (pydantic-core's parser, json.loads for what it refuses) gives json.loads' value."""
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
+    assert decode_json(text) == json.loads(text)
+
+
+@given(text=st.text(alphabet='{}[]":,. 0123456789eE+-truefalsn\\u\t\n\ud800x', max_size=40))
+def test_the_fast_json_decoder_fails_where_json_loads_fails(text: str) -> None:
+    """Any text, JSON or not: the same value, or the same kind of error json.loads raises."""
+    try:
+        expected: object = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            decode_json(text)
+    else:
+        got = decode_json(text)
+        assert got == expected or (got != got and expected != expected)  # NaN is not equal to itself
+
+
+@pytest.mark.parametrize("connector", JSON_CONNECTORS, ids=lambda c: c.__name__.rsplit(".", 1)[-1])
+def test_json_python_cannot_read_is_a_format_error_on_the_message(connector: ModuleType) -> None:
+    """An integer of more than 4,300 digits made json.loads raise a plain ValueError, answered with a
+    500 over HTTP; nesting deeper than Python recurses is refused the same way."""
+    cases = {
+        b'{"a": ' + b"7" * 5000 + b"}": "een getal heeft te veel cijfers",
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}": "te diep genest",
+    }
+    for raw, problem in cases.items():
+        with pytest.raises(PartnerFormatError) as caught:
+            connector.parse(raw)
+        assert [(p.field, p.problem) for p in caught.value.problems] == [("(bericht)", problem)]
