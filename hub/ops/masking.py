@@ -23,8 +23,22 @@ _PATTERNS = (
 )
 
 
+# A "key": value pair in text that is not (readable) JSON, such as a partner record cut off or
+# nested too deep: the value of a personal key is masked as it would be in parsed JSON. A string
+# value may run to the end of the text (cut off in the middle).
+_KEYED = re.compile(r'"((?:[^"\\]|\\.){0,200})"(\s*:\s*)("(?:[^"\\]|\\.)*(?:"|$)|[^\s,\]}{\["]+)')
+
+
+def _mask_keyed(match: re.Match[str]) -> str:
+    key, colon, value = match.groups()
+    if not _PERSONAL_KEYS.search(key) or value in ("null", '""', "true", "false"):
+        return match.group(0)
+    return f'"{key}"{colon}"{MASK}"'
+
+
 def mask_text(text: str) -> str:
     """A string with everything that looks like personal data replaced."""
+    text = _KEYED.sub(_mask_keyed, text)
     for pattern in _PATTERNS:
         text = pattern.sub(MASK, text)
     return text
@@ -49,7 +63,9 @@ def show_payload(raw: bytes, *, unmasked: bool) -> Any:
     """The payload for an operator: parsed JSON (masked unless allowed), else masked text."""
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        # masking walks the value as deep as it is nested: JSON that json.loads could only just
+        # read is shown as text, like JSON it could not read at all
+        return value if unmasked else mask_value(value)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, an overlong integer, too deep
         text = raw.decode("utf-8", "replace")
         return text if unmasked else mask_text(text)
-    return value if unmasked else mask_value(value)

@@ -1,0 +1,60 @@
+"""What an operator sees of a dead letter's payload: personal data masked, whatever the payload."""
+
+from __future__ import annotations
+
+import json
+
+from hub.ops.masking import MASK, mask_text, show_payload
+
+BSN, NAME, SURNAME = "111222333", "Jan", "Jansen"
+RECORD = {
+    "procesVerbaalNummer": "PL1500-2026-0001",
+    "verdachte": {"bsn": BSN, "voornamen": NAME, "achternaam": SURNAME, "adres": {"straat": "Spui 1"}},
+    "eerdereHaltverwijzingen": 0,
+}
+
+
+def _shown(payload: object) -> str:
+    return payload if isinstance(payload, str) else json.dumps(payload)
+
+
+def test_a_record_is_shown_masked_with_its_structure() -> None:
+    shown = show_payload(json.dumps(RECORD).encode(), unmasked=False)
+    assert shown["verdachte"]["achternaam"] == MASK and shown["verdachte"]["bsn"] == MASK
+    assert shown["procesVerbaalNummer"] == "PL1500-2026-0001"
+    assert show_payload(json.dumps(RECORD).encode(), unmasked=True) == RECORD
+
+
+def test_a_record_cut_off_is_shown_as_text_without_its_names() -> None:
+    """Text that is not JSON used to be shown with only number patterns masked: the names in a
+    partner record cut off in the middle were shown as they were."""
+    whole = json.dumps(RECORD, indent=2)
+    for cut in (whole[: whole.index(SURNAME) + 3], whole[:-5], whole.replace('"bsn"', '"bsn "', 1)[:-1]):
+        shown = show_payload(cut.encode(), unmasked=False)
+        assert isinstance(shown, str)
+        for secret in (BSN, NAME, SURNAME[:3], "Spui"):
+            assert secret not in shown, (secret, shown)
+        assert "PL1500-2026-0001" in shown  # what is no personal data stays readable
+
+
+def test_json_too_deep_or_with_an_overlong_number_is_shown_as_masked_text() -> None:
+    """Both were a 500 for the operator: json.loads raised RecursionError (nesting deeper than it
+    recurses) or ValueError (an integer of more than 4,300 digits), and masking recursed as deep as
+    the value was nested."""
+    inner = json.dumps({"achternaam": SURNAME, "bsn": BSN})
+    for depth in (700, 100_000):  # masking recurses too deep / json.loads does
+        raw = ("[" * depth + inner + "]" * depth).encode()
+        if depth == 700:
+            assert json.loads(raw)  # readable; masking it recursed twice as deep
+        shown = show_payload(raw, unmasked=False)
+        assert isinstance(shown, str) and SURNAME not in shown and BSN not in shown
+    overlong = json.dumps(RECORD)[:-1] + ', "x": ' + "7" * 5000 + "}"
+    shown = show_payload(overlong.encode(), unmasked=False)
+    assert isinstance(shown, str) and SURNAME not in shown and BSN not in shown
+    assert show_payload(overlong.encode(), unmasked=True) == overlong
+
+
+def test_keyed_text_masks_personal_values_only() -> None:
+    text = '{"naam": "A \\"B\\" C", "telefoon": 612345678, "geboortedatum": null, "status": "open"}'
+    masked = mask_text(text)
+    assert masked == f'{{"naam": "{MASK}", "telefoon": "{MASK}", "geboortedatum": null, "status": "open"}}'
