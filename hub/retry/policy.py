@@ -70,7 +70,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # numbers no date can hold
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -46,3 +46,13 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert parse_retry_after("Thu, 15 Jan 2026 11:00:00 GMT", now) == 0  # already past: no wait
     for bad in ("soon", "-3", "nan", "inf", "", None):
         assert parse_retry_after(bad, now) is None, bad
+    # numbers beyond what a date holds raised OverflowError, which a connector took for a permanent
+    # failure: a partner's temporary refusal was dead-lettered instead of retried
+    huge = "9" * 20
+    for odd in (
+        f"Mon, 01 Jan {huge} 00:00:00 GMT",
+        f"Mon, 01 Jan 2026 {huge}:00:00 GMT",
+        f"Mon, 01 Jan 2026 00:00:00 +{huge}",
+        "Mon, 01 Jan 2026 00:00:00 +9999",
+    ):
+        assert parse_retry_after(odd, now) is None, odd
