@@ -123,7 +123,8 @@ async def operator_of(store: Store, secret: str, cookie: str | None) -> Operator
     if not cookie or "." not in cookie:
         return None
     token, _, signature = cookie.partition(".")
-    if not hmac.compare_digest(signature, _sign(secret, token)):
+    # as bytes: compare_digest refuses text with non-ASCII characters (a TypeError, not a mismatch)
+    if not hmac.compare_digest(signature.encode(), _sign(secret, token).encode()):
         return None
     async with store.connect() as conn:
         row = (

@@ -37,6 +37,10 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         anon = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
         assert (await anon.get("/ops/api/health")).status_code == 401
         assert (await anon.get("/ops/api/dlq")).json()["status"] == 401
+        # a cookie whose signature is not ASCII (a raw byte \xe9): comparing it raised TypeError, a 500
+        for cookie in (b"ketenhub_ops=abc.\xe9", "ketenhub_ops=abc.%C3%A9".encode()):
+            odd = await anon.get("/ops/api/health", headers={"Cookie": cookie})
+            assert odd.status_code == 401, (cookie, odd.status_code)
         page = await anon.get("/ops/")
         assert page.status_code == 303 and page.headers["location"] == "/ops/login"
         bad = await anon.post("/ops/login", json={"username": "vera", "password": "wrong password!"})
