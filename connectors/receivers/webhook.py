@@ -22,7 +22,8 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, header: str | None) -> bool:
     """What a receiver does: constant-time compare of the header with its own signature."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+    # as bytes: compare_digest refuses text with non-ASCII characters (a TypeError, not a mismatch)
+    return header is not None and hmac.compare_digest(sign(secret, body).encode(), header.encode())
 
 
 async def post_signed(client: httpx.AsyncClient, url: str, secret: str, message: Envelope) -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from connectors.receivers.webhook import SIGNATURE_HEADER, post_signed, verify
+from connectors.receivers.webhook import SIGNATURE_HEADER, post_signed, sign, verify
 from hub.errors import PermanentError, TransientError
 from schemas.envelope import Envelope
 from tests.helpers.http import serving
@@ -63,3 +63,11 @@ async def test_answers_map_to_error_kinds(status: int, kind: type[Exception]) ->
     app, _ = receiver(status)
     with pytest.raises(kind):
         await _post(app)
+
+
+def test_a_signature_header_with_non_ascii_characters_is_a_mismatch_not_an_error() -> None:
+    """A receiver comparing the header as text raised TypeError for a non-ASCII character."""
+    body = b'{"a": 1}'
+    assert verify(SECRET, body, sign(SECRET, body))
+    for header in ("sha256=\xe9", "sha256=" + "é" * 64, ""):
+        assert verify(SECRET, body, header) is False
