@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -66,14 +67,17 @@ def _filter(
     return Filter(topic, error_class, since, until, key, None if status == "all" else status or "open")
 
 
+_MOMENT = "ISO 8601 date or date and time; without an offset it is Dutch local time"
+
+
 @router.get("/dlq", summary="Dead letters, filtered")
 async def list_dead_letters(
     request: Request,
     op: Acting,
     topic: str | None = None,
     error_class: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[datetime | None, Query(description=_MOMENT)] = None,
+    until: Annotated[datetime | None, Query(description=_MOMENT)] = None,
     key: str | None = None,
     status: Annotated[str | None, Query(pattern="^(open|replayed|discarded|all)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
@@ -152,8 +156,8 @@ class ReplayBody(BaseModel):
 
     topic: Plain | None = None
     error_class: Plain | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: datetime | None = Field(default=None, description=_MOMENT)
+    until: datetime | None = Field(default=None, description=_MOMENT)
     key: Plain | None = None
     all: bool = False
 
@@ -186,12 +190,19 @@ async def timeline(
 ) -> dict[str, Any]:
     """Audit entries with this transaction id, or naming this id among their objects, oldest first."""
     hub = request.app.state.hub
-    like = f'%"{id}"%'
+    # the id as the objects' JSON text holds it, with LIKE's wildcards and escape taken literally
+    quoted = json.dumps(id, ensure_ascii=False)
+    like = "%" + quoted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     async with hub.store.connect() as conn:
         rows = (
             await conn.execute(
                 select(audit_log)
-                .where(or_(audit_log.c.transaction_id == id, cast(audit_log.c.objects, String).like(like)))
+                .where(
+                    or_(
+                        audit_log.c.transaction_id == id,
+                        cast(audit_log.c.objects, String).like(like, escape="\\"),
+                    )
+                )
                 .order_by(audit_log.c.at, audit_log.c.id)
                 .limit(500)
             )

@@ -22,6 +22,7 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import LOCAL
 from hub.logging import get_logger
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
@@ -100,6 +101,14 @@ class Filter:
     until: datetime | None = None
     key: str | None = None
     status: str | None = "open"
+
+    def __post_init__(self) -> None:
+        # A time without an offset is the operator's own: Dutch local time (as hub.clock reads one).
+        # Left naive, comparing it with a letter's time raised TypeError.
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                object.__setattr__(self, name, moment.replace(tzinfo=LOCAL))
 
     def matches(self, d: DeadLetter) -> bool:
         """True when `d` passes every given criterion."""

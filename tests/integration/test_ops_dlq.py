@@ -93,6 +93,13 @@ async def test_dead_letters_listed_masked_discarded_and_replayed(
         await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
         listed = (await client.get("/ops/api/dlq", params={"error_class": "ValueError"})).json()
         assert listed["total"] == 3
+        # times without an offset are Dutch local time; compared with the letters' own they were a 500
+        for since, until, expect in (("2020-01-01T00:00:00", None, 3), (None, "2020-01-01", 0)):
+            params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+            naive = await client.get("/ops/api/dlq", params=params)
+            assert naive.status_code == 200 and naive.json()["total"] == expect, (params, naive.text)
+        nothing = await client.post("/ops/api/dlq/replay", json={"until": "2000-01-01T00:00:00"})
+        assert nothing.status_code == 202 and nothing.json()["total"] == 0, nothing.text
         first = listed["items"][0]
         assert first["original_topic"] == hub.topic(IN.name) and first["key"] == "key-a"
         shown = (await client.get(f"/ops/api/dlq/{first['id']}")).json()
@@ -126,6 +133,11 @@ async def test_dead_letters_listed_masked_discarded_and_replayed(
         assert await _actions(hub, "dlq.") == ["dlq.discarded", "dlq.replayed", "dlq.viewed_unmasked"]
         timeline = (await client.get("/ops/api/timeline", params={"id": poisons[2].transaction_id})).json()
         assert "dlq.replayed" in [e["action"] for e in timeline["events"]]
+        by_letter = (await client.get("/ops/api/timeline", params={"id": first["id"]})).json()
+        assert "dlq.viewed_unmasked" in [e["action"] for e in by_letter["events"]]  # found in objects
+        for wild in ("%%%", "_" * 36):  # LIKE's wildcards are taken as they are: they matched every entry
+            found = (await client.get("/ops/api/timeline", params={"id": wild})).json()
+            assert found["events"] == [], wild
 
 
 async def _is(value: object, expected: int) -> bool:
