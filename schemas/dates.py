@@ -5,7 +5,7 @@ One convention everywhere: someone born on 29 February turns a year older on 1 M
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import MAXYEAR, MINYEAR, date, timedelta
 
 
 def age_on(birth_date: date, day: date) -> int:
@@ -15,8 +15,15 @@ def age_on(birth_date: date, day: date) -> int:
 
 
 def birthday(birth_date: date, age: int) -> date:
-    """The day someone turns `age`: the first day on which `age_on` gives `age` (29 Feb → 1 March)."""
+    """The day someone turns `age`: the first day on which `age_on` gives `age` (29 Feb → 1 March).
+
+    Past the calendar's range (year 1 to 9999) it is the calendar's first or last day: for input
+    that the rules refuse anyway (born in 9990), not an error of its own.
+    """
+    year = birth_date.year + age
+    if not MINYEAR <= year <= MAXYEAR:
+        return date.max if age > 0 else date.min
     try:
-        return birth_date.replace(year=birth_date.year + age)
+        return birth_date.replace(year=year)
     except ValueError:  # 29 February in a year without it
-        return date(birth_date.year + age, 2, 28) + timedelta(days=1)
+        return date(year, 2, 28) + timedelta(days=1)

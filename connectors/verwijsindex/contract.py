@@ -7,7 +7,7 @@ index answers 422 to anything else (a reason, an offence, a screening result, a 
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import MAXYEAR, MINYEAR, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -30,11 +30,15 @@ class _Strict(BaseModel):
 
 
 def add_years(day: date, years: int) -> date:
-    """The same calendar day `years` later; 29 February falls back to 28 February."""
+    """The same calendar day `years` later; 29 February falls back to 28 February. Past the
+    calendar's range (year 1 to 9999) it is the calendar's first or last day, not an error."""
+    year = day.year + years
+    if not MINYEAR <= year <= MAXYEAR:
+        return date.max if years > 0 else date.min
     try:
-        return day.replace(year=day.year + years)
+        return day.replace(year=year)
     except ValueError:
-        return day.replace(year=day.year + years, day=28)
+        return day.replace(year=year, day=28)
 
 
 def max_einddatum(aangemaakt: date, geboortedatum: date) -> date:

@@ -112,6 +112,14 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
     over = (T + timedelta(days=101)).isoformat()
     assert (await post(body(almost_23, end_date=over))).status_code == 422
     assert (await post(body(add_years(T, -23)))).status_code == 422  # 23 today: too old
+    # dates near the calendar's end: working out the default end date raised "year out of range", a 500
+    for odd, fields in (
+        (body(date(9990, 1, 1)), ["youth.birth_date"]),
+        (body(fifteen, created="9999-12-31"), ["created", "youth.birth_date"]),  # and 23 by then
+    ):
+        refused = await post(odd)
+        assert refused.status_code == 422, refused.text
+        assert [p["name"] for p in refused.json()["invalidParams"]] == fields
 
     # rule 14: 12+ must be informed; under 16 the parent letter went out; or a deferral reason
     twelve_today, eleven = add_years(T, -12), add_years(T, -12) + timedelta(days=1)

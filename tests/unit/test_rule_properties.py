@@ -111,3 +111,14 @@ def test_rule_14_what_must_have_happened_before_a_signal(
     assert ("youth_informed_at" in problems) == (age >= 12 and not informed)
     assert ("parent_letter_sent_at" in problems) == (age < 16 and not letter)
     assert informing_problems(birth, created, None, None, "gevaar voor de jeugdige") == []
+
+
+def test_date_arithmetic_past_the_calendar_ends_at_its_first_or_last_day() -> None:
+    """Input the rules refuse anyway (born in 9990, created on 31 December 9999) reached this
+    arithmetic before the checks, and "year 10013 is out of range" became a 500."""
+    assert birthday(date(9990, 1, 1), 23) == date.max and birthday(date(5, 1, 1), -23) == date.min
+    assert add_years(date(9999, 12, 31), 2) == date.max and add_years(date(1, 1, 1), -1) == date.min
+    assert birthday(date(9976, 2, 29), 23) == date(9999, 3, 1) and add_years(date(9996, 2, 29), 3) == date(
+        9999, 2, 28
+    )
+    assert default_end_date(date(9999, 12, 31), date(9990, 1, 1), 1) == date.max
