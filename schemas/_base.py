@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class CanonicalModel(BaseModel):
@@ -77,4 +78,20 @@ ShortText = Annotated[
 Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN)]
 Phone = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=40, pattern=r"^[0-9 +()\-]{4,40}$")
+]
+
+# A moment a partner plans or reports (a joint meeting): with its UTC offset, within this century.
+# Outside it a time is a typing error, and one near either end of the calendar cannot be stored on
+# PostgreSQL (converted to UTC it falls off the calendar).
+MOMENT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MOMENT_BEFORE = datetime(2100, 1, 1, tzinfo=UTC)
+Moment = Annotated[
+    AwareDatetime,
+    Field(
+        ge=MOMENT_EARLIEST,
+        lt=MOMENT_BEFORE,
+        description="a date and time with its UTC offset, from 2000-01-01T00:00:00Z up to (not "
+        "including) 2100-01-01T00:00:00Z",
+        examples=["2026-03-01T10:30:00+01:00"],
+    ),
 ]

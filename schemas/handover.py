@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import Field
 
-from schemas._base import CanonicalModel, Code, Name, ShortText
+from schemas._base import CanonicalModel, Code, Moment, Name, ShortText
 from schemas.consent import DataCategory
 
 
@@ -35,7 +34,7 @@ class ReceiverType(StrEnum):
 class JointMeeting(CanonicalModel):
     """The planned meeting of youth, caseworker and receiver: the 'warm' part."""
 
-    planned_at: datetime
+    planned_at: Moment
     location: Name
     note: ShortText | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from pydantic import Field
 
@@ -17,7 +17,7 @@ from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.dlq import safe_error_message
 from hub.topics import HANDOVER_DISPATCH, HANDOVER_REQUESTED, HANDOVER_STATUS, NOTIFICATION_MAIL
-from schemas._base import CanonicalModel, Code, ShortText
+from schemas._base import CanonicalModel, Code, Moment, ShortText
 from schemas.envelope import Envelope, new_id
 from schemas.handover import Handover, HandoverStatus
 
@@ -30,7 +30,7 @@ class HandoverAnswer(CanonicalModel):
     handover_id: Code | None = None
     status: HandoverStatus
     reason: ShortText | None = None
-    meeting_planned_at: datetime | None = Field(default=None, description="the joint meeting, once planned")
+    meeting_planned_at: Moment | None = Field(default=None, description="the joint meeting, once planned")
 
 
 def routing_of(hub: Hub) -> Routing:

@@ -378,6 +378,27 @@ async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
             headers={"Authorization": f"Bearer {w.partner_keys['wijkteam-dh']}"},
         )
         assert r.status_code == 404
+        # a meeting at the calendar's ends: stored as it was, PostgreSQL's driver raised "date value
+        # out of range" (a 500); a time without an offset is no moment a receiver can plan
+        for odd in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-01-01T10:00:00"):
+            r = await w.client.post(
+                f"/api/v1/overdrachten/{to_hook}/status",
+                json=answer | {"meeting_planned_at": odd},
+                headers={"Authorization": f"Bearer {w.partner_keys['jongerenwerk-dh']}"},
+            )
+            assert r.status_code == 400, (odd, r.status_code, r.text)
+            assert [p["name"] for p in r.json()["invalidParams"]] == ["meeting_planned_at"], r.text
+            meeting = {"planned_at": odd, "location": "Buurthuis De Mussen"}
+            r = await w.client.post(
+                "/api/v1/overdrachten",
+                json={
+                    "referral_id": rid, "receiver_organisation": "jongerenwerk-dh",
+                    "data_categories": ["PERSONALIA"], "summary": "Sportproject.", "joint_meeting": meeting,
+                },  # fmt: skip
+                headers={"X-Medewerker": CW},
+            )
+            assert r.status_code == 400, (odd, r.status_code, r.text)
+            assert [p["name"] for p in r.json()["invalidParams"]] == ["joint_meeting.planned_at"], r.text
         r = await w.client.post(
             f"/api/v1/overdrachten/{to_hook}/status",
             json=answer,
