@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field, ValidationError
 
 from hub.api.limits import read_body
 from hub.api.problems import InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
+from hub.directory.ids import CaseworkerId
 from hub.directory.importer import ImportFileError, import_csv
 from hub.directory.service import CaseworkerNotFound, get_caseworker, list_caseworkers, upsert_caseworker
 from hub.errors import PermanentError
@@ -21,7 +23,7 @@ from hub.notify.borging import borg, why
 from hub.notify.service import list_problems
 from hub.ops.auth import Operator, requires
 from hub.runtime import Hub
-from schemas._base import CanonicalModel, Code, Email, Name, Phone
+from schemas._base import CanonicalModel, Email, Name, Phone
 from schemas.caseworker import Absence, Caseworker, Team
 
 router = APIRouter(prefix="/api/v1/medewerkers", tags=["medewerkers"])
@@ -39,14 +41,21 @@ class CaseworkerIn(CanonicalModel):
     team: Team
     meldingsbevoegd: bool = False
     absences: list[Absence] = Field(default_factory=list)
-    delegate_id: Code | None = None
+    delegate_id: CaseworkerId | None = None
     active: bool = True
 
 
 class DelegateIn(CanonicalModel):
     """Who stands in; null removes the delegate."""
 
-    delegate_id: Code | None
+    delegate_id: CaseworkerId | None
+
+
+def _own_delegate() -> Problem:
+    return Problem(
+        422, "Invalid delegate", "A caseworker cannot be their own delegate.",
+        params=[InvalidParam(name="delegate_id", reason="same as the caseworker")],
+    )  # fmt: skip
 
 
 def _hub(request: Request) -> Hub:
@@ -145,7 +154,7 @@ async def import_file(request: Request, op: Admin) -> dict[str, Any]:
 
 
 @router.get("/{caseworker_id}", summary="One caseworker")
-async def read(request: Request, op: Viewer, caseworker_id: str) -> Caseworker:
+async def read(request: Request, op: Viewer, caseworker_id: CaseworkerId) -> Caseworker:
     return await _get(request, caseworker_id)
 
 
@@ -155,23 +164,25 @@ async def read(request: Request, op: Viewer, caseworker_id: str) -> Caseworker:
     responses={201: {"description": "Created", "model": Caseworker}},
 )
 async def put(
-    request: Request, op: Admin, caseworker_id: str, body: CaseworkerIn, response: Response
+    request: Request, op: Admin, caseworker_id: CaseworkerId, body: CaseworkerIn, response: Response
 ) -> Caseworker:
+    if body.delegate_id == caseworker_id:
+        raise _own_delegate()
+    try:
+        cw = Caseworker(caseworker_id=caseworker_id, **body.model_dump())
+    except ValidationError as exc:  # path and body are checked already; answered like them if not
+        raise RequestValidationError(exc.errors(include_input=False)) from None
     try:
         await _get(request, caseworker_id)
         response.status_code = 200
     except Problem:
         response.status_code = 201
-    try:
-        cw = Caseworker(caseworker_id=caseworker_id, **body.model_dump())
-    except ValueError as exc:
-        raise Problem(422, "Invalid caseworker", "A caseworker cannot be their own delegate.") from exc
     await _change(request, op, cw, "directory.caseworker_saved")
     return cw
 
 
 @router.post("/{caseworker_id}/afwezigheden", status_code=201, summary="Add an absence")
-async def add_absence(request: Request, op: Admin, caseworker_id: str, body: Absence) -> Caseworker:
+async def add_absence(request: Request, op: Admin, caseworker_id: CaseworkerId, body: Absence) -> Caseworker:
     cw = await _get(request, caseworker_id)
     if body not in cw.absences:
         cw = cw.model_copy(update={"absences": [*cw.absences, body]})
@@ -180,20 +191,19 @@ async def add_absence(request: Request, op: Admin, caseworker_id: str, body: Abs
 
 
 @router.delete("/{caseworker_id}/afwezigheden", summary="Remove every absence (the caseworker is back)")
-async def clear_absences(request: Request, op: Admin, caseworker_id: str) -> Caseworker:
+async def clear_absences(request: Request, op: Admin, caseworker_id: CaseworkerId) -> Caseworker:
     cw = (await _get(request, caseworker_id)).model_copy(update={"absences": []})
     await _change(request, op, cw, "directory.absences_cleared")
     return cw
 
 
 @router.put("/{caseworker_id}/vervanger", summary="Set or remove the delegate")
-async def set_delegate(request: Request, op: Admin, caseworker_id: str, body: DelegateIn) -> Caseworker:
+async def set_delegate(
+    request: Request, op: Admin, caseworker_id: CaseworkerId, body: DelegateIn
+) -> Caseworker:
     cw = await _get(request, caseworker_id)
     if body.delegate_id == caseworker_id:
-        raise Problem(
-            422, "Invalid delegate", "A caseworker cannot be their own delegate.",
-            params=[InvalidParam(name="delegate_id", reason="same as the caseworker")],
-        )  # fmt: skip
+        raise _own_delegate()
     cw = cw.model_copy(update={"delegate_id": body.delegate_id})
     await _change(request, op, cw, "directory.delegate_set")
     return cw
@@ -202,7 +212,7 @@ async def set_delegate(request: Request, op: Admin, caseworker_id: str, body: De
 @router.post(
     "/{caseworker_id}/borging", summary="Move the caseworker's active signals to the delegate (rule 17)"
 )
-async def run_borging(request: Request, op: Admin, caseworker_id: str) -> dict[str, Any]:
+async def run_borging(request: Request, op: Admin, caseworker_id: CaseworkerId) -> dict[str, Any]:
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     cw = await _get(request, caseworker_id)

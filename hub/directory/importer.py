@@ -1,8 +1,9 @@
 """Bulk load of the directory from a semicolon CSV with Dutch headers; a report per row.
 
 Each row is its own transaction: one bad row never blocks the rest, and a row is loaded whole or
-not at all. A file that cannot be read as such a CSV (wrong delimiter, unknown or missing headers)
-is refused whole with ImportFileError.
+not at all. A file that cannot be read as such a CSV (an encoding other than UTF-8 or Windows-1252,
+wrong delimiter, unknown or missing headers, a line the csv module refuses) is refused whole with
+ImportFileError, before any row is loaded.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from hub.audit import AuditEntry, write_audit
+from hub.directory.ids import id_problem
 from hub.directory.service import CaseworkerNotFound, get_caseworker, upsert_caseworker
 from hub.store import Store
-from schemas._base import CODE_MAX, NO_CONTROL_PROBLEM, as_code
+from schemas._base import NO_CONTROL_PROBLEM
 from schemas.caseworker import Absence, Caseworker, Team
 from schemas.problems import controls_refused
 
 REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
 OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
 TEAMS = {"den haag": Team.DEN_HAAG, "den_haag": Team.DEN_HAAG, "leiden": Team.LEIDEN, "gouda": Team.GOUDA}
+ID_COLUMNS = ("Medewerkernummer", "Vervanger")  # checked before the store sees them
 FIELDS = {
     "caseworker_id": "Medewerkernummer", "name": "Naam", "email": "E-mail", "phone": "Telefoon",
     "team": "Team", "delegate_id": "Vervanger", "start": "Afwezig vanaf", "end": "Afwezig tot en met",
@@ -74,14 +77,31 @@ def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
+        pass
+    try:
         return data.decode("cp1252")
+    except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d mean nothing in Windows-1252
+        raise ImportFileError("onbekende tekencodering (verwacht UTF-8 of Windows-1252)") from None
+
+
+def _unreadable(reader: csv.DictReader[str], exc: csv.Error) -> ImportFileError:
+    # The csv module's message names the problem, never the field's text.
+    if "field larger than field limit" in str(exc):
+        problem = f"een veld is langer dan {csv.field_size_limit()} tekens"
+    else:
+        problem = "geen geldige CSV (bijvoorbeeld een losse regelterugloop buiten aanhalingstekens)"
+    # DictReader.line_num is only set after a row it returned; the inner reader counts the failing line.
+    return ImportFileError(f"regel {reader.reader.line_num}: {problem}")
 
 
 def read_rows(data: bytes) -> list[dict[str, str]]:
     """The data rows as dicts by header; ImportFileError for a file that is not our CSV."""
     text = _text(data)
     reader = csv.DictReader(io.StringIO(text), delimiter=";")
-    headers = [h.strip() for h in reader.fieldnames or []]
+    try:
+        headers = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise _unreadable(reader, exc) from None
     if len(headers) <= 1:
         raise ImportFileError("geen puntkomma-gescheiden bestand (verwacht ';' tussen de kolommen)")
     unknown = [h for h in headers if h not in REQUIRED + OPTIONAL]
@@ -92,7 +112,10 @@ def read_rows(data: bytes) -> list[dict[str, str]]:
         )
         raise ImportFileError("; ".join(parts) + f" (toegestaan: {', '.join(REQUIRED + OPTIONAL)})")
     reader.fieldnames = headers
-    return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise _unreadable(reader, exc) from None
 
 
 def _yes(value: str, column: str, default: bool) -> bool:
@@ -143,6 +166,13 @@ def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworke
     )
 
 
+def _id_errors(row: dict[str, str]) -> list[dict[str, str]]:
+    """The id columns that cannot be stored (too long, a control character): refused before the
+    store, which would otherwise fail the row's statement (PostgreSQL) or take a NUL in a lookup."""
+    problems = ((column, id_problem(row[column])) for column in ID_COLUMNS if row.get(column))
+    return [{"field": column, "reason": reason} for column, reason in problems if reason]
+
+
 def _errors(exc: Exception) -> list[dict[str, str]]:
     if isinstance(exc, ValidationError):
         out = []
@@ -162,9 +192,9 @@ async def import_csv(
     results = []
     for number, row in enumerate(read_rows(data), start=2):
         cw_id = row.get("Medewerkernummer") or None
-        if cw_id is not None and as_code(cw_id) is None:  # looked up below: refused before the store
-            reason = NO_CONTROL_PROBLEM if len(cw_id) <= CODE_MAX else f"is te lang (maximaal {CODE_MAX})"
-            results.append(RowResult(number, None, "FOUT", [{"field": "Medewerkernummer", "reason": reason}]))
+        if id_errors := _id_errors(row):
+            bad_id = any(e["field"] == "Medewerkernummer" for e in id_errors)
+            results.append(RowResult(number, None if bad_id else cw_id, "FOUT", id_errors))
             continue
         try:
             async with store.transaction() as session:

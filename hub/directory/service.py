@@ -8,6 +8,7 @@ from datetime import date
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.directory.ids import CASEWORKER_ID_MAX
 from hub.directory.tables import absences, caseworkers
 from hub.errors import PermanentError
 from schemas.caseworker import Absence, Caseworker
@@ -33,7 +34,14 @@ async def list_caseworkers(session: AsyncSession) -> list[Caseworker]:
 
 
 async def upsert_caseworker(session: AsyncSession, cw: Caseworker) -> None:
-    """Create or replace a caseworker and their absences."""
+    """Create or replace a caseworker and their absences; ValueError for an id wider than its column.
+
+    The model takes any `Code` (100 characters): the check here keeps PostgreSQL from refusing the
+    statement halfway through a transaction (SQLite stores the longer id without a word).
+    """
+    for name, value in (("caseworker_id", cw.caseworker_id), ("delegate_id", cw.delegate_id)):
+        if value is not None and len(value) > CASEWORKER_ID_MAX:
+            raise ValueError(f"{name}: longer than {CASEWORKER_ID_MAX} characters")
     values = cw.model_dump(exclude={"absences", "caseworker_id"}, mode="json")
     exists = (
         await session.execute(

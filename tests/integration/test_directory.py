@@ -93,3 +93,17 @@ async def test_many_recipients_at_once_agree_with_one_at_a_time(store: Store) ->
                 assert got == one
     assert {cid for cid, got in many.items() if isinstance(got, Caseworker)} == {"a", "b", "c", "here"}
     assert isinstance(many["lost"], CaseworkerNotFound) and "'nobody'" in str(many["lost"])
+
+
+async def test_an_id_wider_than_the_column_is_refused_before_the_store(store: Store) -> None:
+    """The model takes a Code (100 characters); the columns hold 64, which only PostgreSQL enforced."""
+    async with store.transaction() as s:
+        with pytest.raises(ValueError, match="caseworker_id: longer than 64"):
+            await upsert_caseworker(s, _cw("c" * 65))
+        with pytest.raises(ValueError, match="delegate_id: longer than 64"):
+            await upsert_caseworker(s, _cw("c", delegate="d" * 65))
+        await upsert_caseworker(s, _cw("c" * 64, delegate="d" * 64))
+    async with store.read() as s:
+        assert (await get_caseworker(s, "c" * 64)).delegate_id == "d" * 64
+        with pytest.raises(CaseworkerNotFound):
+            await get_caseworker(s, "c")

@@ -176,3 +176,87 @@ async def test_a_control_character_in_an_id_is_a_row_error_not_a_500(
             reason = "bevat een stuurteken (zoals NUL)"
             assert row["errors"] == [{"field": "Medewerkernummer", "reason": reason}]
         assert (await viewer.get(f"{BASE}/cw-3")).status_code == 200
+
+
+async def test_an_id_longer_than_the_column_is_refused_by_name_not_a_500(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Ids are stored in 64 characters: a longer one failed on PostgreSQL mid-request or mid-import."""
+    long_id, widest = "c" * 80, "w" * 64
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, viewer):
+        in_path = await admin.put(f"{BASE}/{long_id}", json=person("Ilse Bakker"))
+        as_delegate = await admin.put(f"{BASE}/cw-ilse", json=person("Ilse Bakker", delegate_id=long_id))
+        assert (await admin.put(f"{BASE}/{widest}", json=person("Wim Wijd"))).status_code == 201
+        set_delegate = await admin.put(f"{BASE}/{widest}/vervanger", json={"delegate_id": long_id})
+        for answer, name in (
+            (in_path, "caseworker_id"),
+            (as_delegate, "delegate_id"),
+            (set_delegate, "delegate_id"),
+        ):
+            assert answer.status_code == 400, answer.text
+            [param] = answer.json()["invalidParams"]
+            assert param["name"] == name and "64" in param["reason"]
+            assert long_id not in param["reason"]  # the value is not echoed back
+
+        rows = (
+            "Medewerkernummer;Naam;E-mail;Team;Vervanger\n"
+            f"{long_id};A. de Groot;a@halt.nl;Den Haag;\n"
+            f"cw-b;B. de Groot;b@halt.nl;Den Haag;{long_id}\n"
+            f"{widest[:-1]}v;C. de Groot;c@halt.nl;Den Haag;{widest}\n"
+        )
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert (report["total"], report["aangemaakt"], report["fout"]) == (3, 1, 2)
+        too_long = "is te lang (maximaal 64 tekens)"
+        assert report["rows"][0]["errors"] == [{"field": "Medewerkernummer", "reason": too_long}]
+        assert report["rows"][0]["caseworkerId"] is None
+        assert report["rows"][1]["errors"] == [{"field": "Vervanger", "reason": too_long}]
+        assert (await viewer.get(f"{BASE}/cw-b")).status_code == 404  # the bad row stored nothing
+        assert (await viewer.get(f"{BASE}/{widest[:-1]}v")).json()["delegate_id"] == widest
+
+
+async def test_a_file_in_an_unknown_encoding_is_refused_whole(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """0x81 is neither UTF-8 nor Windows-1252: the decoder's error was a 500."""
+    rows = b"Medewerkernummer;Naam;E-mail;Team\ncw-1;A. de Gr\x81ot;a@halt.nl;Den Haag\n"
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, viewer):
+        r = await admin.post(f"{BASE}/import", content=rows, headers={"Content-Type": "text/csv"})
+        assert r.status_code == 400 and r.json()["title"] == "Unreadable CSV", r.text
+        assert "onbekende tekencodering" in r.json()["detail"] and "Windows-1252" in r.json()["detail"]
+        assert (await viewer.get(f"{BASE}/cw-1")).status_code == 404
+
+
+async def test_a_field_the_csv_reader_refuses_is_a_file_error(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A field over csv's limit (131,072 characters, well within the body limit) or a lone carriage
+    return outside quotes made the reader raise mid-file: a 500, with nothing said about where."""
+    header = "Medewerkernummer;Naam;E-mail;Team\ncw-1;A. de Groot;a@halt.nl;Den Haag\n"
+    huge = header + "cw-2;" + "B" * 131_073 + ";b@halt.nl;Den Haag\n"
+    lone_cr = header + "cw-2;B. de\rGroot;b@halt.nl;Den Haag\n"
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, viewer):
+        for body, reason in ((huge, "langer dan 131072 tekens"), (lone_cr, "geen geldige CSV")):
+            r = await admin.post(
+                f"{BASE}/import", content=body.encode(), headers={"Content-Type": "text/csv"}
+            )
+            assert r.status_code == 400 and r.json()["title"] == "Unreadable CSV", r.text[:500]
+            assert r.json()["detail"].startswith("regel 3: ") and reason in r.json()["detail"]
+            assert "B" * 100 not in r.text and "Groot" not in r.text
+        assert (await viewer.get(f"{BASE}/cw-1")).status_code == 404  # refused whole: nothing loaded
+
+
+async def test_a_blank_id_is_refused_as_a_blank_id_not_as_its_own_delegate(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """`except ValueError` also caught the model's ValidationError and blamed the delegate."""
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, _viewer):
+        blank = await admin.put(f"{BASE}/%20", json=person("Ilse Bakker"))
+        assert blank.status_code == 400, blank.text
+        assert [p["name"] for p in blank.json()["invalidParams"]] == ["caseworker_id"]
+        assert "delegate" not in blank.text
+
+        own = await admin.put(f"{BASE}/cw-ilse", json=person("Ilse Bakker", delegate_id=" cw-ilse"))
+        assert own.status_code == 422, own.text
+        assert own.json()["invalidParams"] == [{"name": "delegate_id", "reason": "same as the caseworker"}]
