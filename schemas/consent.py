@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Annotated
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from schemas._base import CanonicalModel, Code, Name
 from schemas.bsn import Bsn
@@ -62,6 +64,23 @@ class ConsentStatus(StrEnum):
     VERLOPEN = "VERLOPEN"
 
 
+DUTCH_TIME = ZoneInfo("Europe/Amsterdam")  # hub.clock.LOCAL; schemas import nothing of the hub
+# A consent is given by someone alive now to a hub of the 2020s: a time outside these bounds is a
+# typing error, and one near either end of the calendar cannot even be turned into a Dutch day.
+GIVEN_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+GIVEN_AT_BEFORE = datetime(2100, 1, 1, tzinfo=UTC)
+GivenAt = Annotated[
+    AwareDatetime,
+    Field(
+        ge=GIVEN_AT_EARLIEST,
+        lt=GIVEN_AT_BEFORE,
+        description="When the grantor answered: a date and time with its UTC offset, from "
+        "2000-01-01T00:00:00Z up to (not including) 2100-01-01T00:00:00Z.",
+        examples=["2025-03-01T10:30:00+01:00"],
+    ),
+]
+
+
 class Grantor(CanonicalModel):
     """One person's answer (FHIR provision.actor)."""
 
@@ -70,6 +89,19 @@ class Grantor(CanonicalModel):
     permission: Permission
     given_at: datetime
     method: ConsentMethod
+
+    @field_validator("given_at")
+    @classmethod
+    def _with_offset(cls, value: datetime) -> datetime:
+        # Input is refused without an offset (GrantorIn), but earlier releases stored such times.
+        # They are the Dutch time they were entered in, as the rules always read them.
+        return value if value.tzinfo else value.replace(tzinfo=DUTCH_TIME)
+
+
+class GrantorIn(Grantor):
+    """A grantor's answer as a caseworker or partner sends it: the time with its offset, bounded."""
+
+    given_at: GivenAt
 
 
 class ConsentYouth(CanonicalModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,8 +15,9 @@ from hub.api.docs import inline_schema
 from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
+from hub.clock import local_day
 from hub.consent.caseworker import CurrentCaseworker
-from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir
+from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir, youth_key_of
 from hub.consent.rules import completeness
 from hub.consent.service import AlreadyWithdrawn, ConsentNotFound, record_consent, withdraw_consent
 from hub.consent.store import StoredConsent, consents_of, get_consent
@@ -25,7 +26,15 @@ from hub.handovers.service import Act, load_referral
 from hub.intake.tables import referrals
 from hub.runtime import Hub
 from schemas._base import NO_CONTROL_PROBLEM, CanonicalModel, Code, ShortText, as_code
-from schemas.consent import Consent, ConsentPurpose, ConsentStatus, ConsentYouth, DataCategory, Grantor
+from schemas.consent import (
+    Consent,
+    ConsentPurpose,
+    ConsentStatus,
+    ConsentYouth,
+    DataCategory,
+    Grantor,
+    GrantorIn,
+)
 from schemas.problems import controls_refused
 from schemas.pseudonym import youth_key as make_key
 
@@ -41,7 +50,7 @@ class ConsentIn(CanonicalModel):
     purpose: ConsentPurpose
     recipient_organisations: list[Code] = Field(min_length=1)
     data_categories: list[DataCategory] = Field(min_length=1)
-    grantors: list[Grantor] = Field(min_length=1)
+    grantors: list[GrantorIn] = Field(min_length=1)
     valid_from: date
     valid_until: date
 
@@ -129,6 +138,27 @@ async def _youth(
     return ConsentYouth(bsn=ref.youth.bsn, birth_date=ref.youth.birth_date), ykey, found_id, custodians
 
 
+CLOCK_SKEW = timedelta(minutes=5)  # a grantor's device may run a little ahead of the hub
+
+
+def _check_answer_times(consent: Consent, now: datetime, field: str) -> None:
+    """Rule 8 counts the youth's age on the day the last grantor answered: an answer dated in the
+    future would make the youth older than they are (and a parent's permit seem unneeded), one
+    before the youth was born is a typing error."""
+    params = []
+    for i, grantor in enumerate(consent.grantors):
+        if grantor.given_at > now + CLOCK_SKEW:
+            params.append(InvalidParam(name=field.format(i), reason="ligt in de toekomst"))
+        elif local_day(grantor.given_at) < consent.youth.birth_date:
+            params.append(
+                InvalidParam(name=field.format(i), reason="ligt voor de geboortedatum van de jeugdige")
+            )
+    if params:
+        raise Problem(
+            422, "Toestemming ongeldig", "Een antwoord is gedateerd waar het niet kan.", params=params
+        )
+
+
 def _invalid(exc: ValidationError) -> Problem:
     params = [
         InvalidParam(
@@ -184,6 +214,10 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
                 )
             except ValidationError as exc:
                 raise _invalid(exc) from None
+        fhir = media_type_of(request) == FHIR_JSON
+        _check_answer_times(
+            consent, hub.clock(), "verification.{}.verificationDate" if fhir else "grantors.{}.given_at"
+        )
         done = await record_consent(
             session,
             routing_of(hub),
@@ -215,13 +249,9 @@ async def _from_fhir_body(
             return
         known[key] = (youth.bsn, referral_id or "", custodians)
 
-    key = (
-        ((resource.get("patient") or {}).get("identifier") or {}).get("value")
-        if isinstance(resource, dict)
-        else None
-    )
+    key = youth_key_of(resource)
     if key:
-        await lookup(str(key))
+        await lookup(key)
     try:
         consent = from_fhir(resource, resolve_bsn=lambda k: known[k][0] if k in known else None)
     except FhirConsentError as exc:

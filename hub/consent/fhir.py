@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from hub.clock import today
 from hub.errors import PermanentError
@@ -23,6 +23,7 @@ from schemas.consent import (
     ConsentStatus,
     ConsentYouth,
     DataCategory,
+    GivenAt,
     Grantor,
     GrantorRole,
     Permission,
@@ -43,6 +44,7 @@ NS_CASEWORKER = f"{BASE}/NamingSystem/caseworker"
 NS_BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
 V3_ROLE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 _V3_OF = {GrantorRole.JEUGDIGE: "ONESELF", GrantorRole.OUDER_MET_GEZAG: "PRN", GrantorRole.VOOGD: "GUARD"}
+_GIVEN_AT: TypeAdapter[datetime] = TypeAdapter(GivenAt)
 
 
 class FhirConsentError(PermanentError):
@@ -169,6 +171,23 @@ def _code(codings: list[dict[str, Any]], system: str) -> str | None:
     return next((c.get("code") for c in codings if c.get("system") == system), None)
 
 
+def youth_key_of(resource: object) -> str | None:
+    """The youth key in `patient.identifier.value`, read before validation: of any other shape,
+    None (validation then says what is wrong)."""
+    patient = resource.get("patient") if isinstance(resource, dict) else None
+    identifier = patient.get("identifier") if isinstance(patient, dict) else None
+    key = identifier.get("value") if isinstance(identifier, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _given_at(verification: dict[str, Any], i: int) -> datetime:
+    """A grantor's answer time, held to what `GivenAt` allows: an offset, within its bounds."""
+    try:
+        return _GIVEN_AT.validate_python(verification.get("verificationDate"))
+    except ValidationError as exc:
+        raise FhirConsentError([f"verification.{i}.verificationDate: {exc.errors()[0]['msg']}"]) from None
+
+
 def from_fhir(resource: dict[str, Any], *, resolve_bsn: Callable[[str], str | None]) -> Consent:
     """Import a FHIR Consent; the BSN comes from the resource or, by youth key, from `resolve_bsn`."""
     validate_fhir(resource)
@@ -186,14 +205,14 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
     patient_ref = res["patient"]
     patient = contained.get(patient_ref.get("reference", "").lstrip("#"), {})
     ids = {i.get("system"): i.get("value") for i in patient.get("identifier", [])}
-    key = (patient_ref.get("identifier") or {}).get("value") or ids.get(NS_YOUTH_KEY)
+    key = youth_key_of(res) or ids.get(NS_YOUTH_KEY)
     bsn = ids.get(NS_BSN) or (resolve_bsn(key) if key else None)
     if bsn is None:
         raise FhirConsentError(["patient: youth unknown to the hub (no BSN and no known youth key)"])
     if "birthDate" not in patient:
         raise FhirConsentError(["contained.Patient.birthDate: required (rule 8)"])
     grantors = []
-    for v in res.get("verification", []):
+    for i, v in enumerate(res.get("verification", [])):
         person = contained[v["verifiedWith"]["reference"].lstrip("#")]
         codings = [c for rel in person.get("relationship", []) for c in rel.get("coding", [])]
         grantors.append(
@@ -201,7 +220,7 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
                 role=GrantorRole(_code(codings, CS_ROLE) or ""),
                 name=person["name"][0]["text"],
                 permission=Permission(_ext(v, EXT_ANSWER) or ("PERMIT" if v.get("verified") else "DENY")),
-                given_at=datetime.fromisoformat(v["verificationDate"]),
+                given_at=_given_at(v, i),
                 method=ConsentMethod(_ext(v, EXT_METHOD) or ConsentMethod.SCHRIFTELIJK),
             )
         )

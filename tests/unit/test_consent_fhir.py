@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
 
-from hub.consent.fhir import NS_BSN, FhirConsentError, from_fhir, to_fhir, validate_fhir
-from schemas.consent import Consent, ConsentStatus
+from hub.consent.fhir import NS_BSN, FhirConsentError, from_fhir, to_fhir, validate_fhir, youth_key_of
+from schemas.consent import DUTCH_TIME, Consent, ConsentStatus, GrantorIn
 
 BSN = "111222333"
 KEY = "a" * 64
@@ -92,3 +92,51 @@ def test_a_body_that_is_no_json_object_is_refused_not_a_crash(body: str) -> None
     """The mapping called .get on whatever JSON it was given: a string body answered 500."""
     with pytest.raises(FhirConsentError, match="JSON object"):
         from_fhir(json.loads(body), resolve_bsn=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("at", "says"),
+    [
+        ("9999-12-31T23:59:59-14:00", "less than 2100-01-01"),  # the Dutch day of it overflowed
+        ("0001-01-01T00:00:00+14:00", "greater than or equal to 2000-01-01"),
+        ("2025-03-01", "timezone"),  # a bare date is FHIR, but without an offset
+    ],
+)
+def test_a_verification_date_off_the_calendar_or_without_offset_is_refused_by_path(
+    at: str, says: str
+) -> None:
+    resource = to_fhir(sample(), youth_key=KEY)
+    resource["verification"][1]["verificationDate"] = at
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith("verification.1.verificationDate: ") and says in problem
+
+
+def test_grantor_input_needs_an_offset_and_says_so_in_its_schema() -> None:
+    answer = {"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT", "method": "MONDELING"}
+    with pytest.raises(ValueError, match="timezone"):
+        GrantorIn.model_validate({**answer, "given_at": "2025-03-01T10:30:00"})
+    described = GrantorIn.model_json_schema()["properties"]["given_at"]["description"]
+    assert "2000-01-01T00:00:00Z" in described and "2100-01-01T00:00:00Z" in described
+
+
+def test_a_consent_stored_with_a_time_without_offset_reads_as_dutch_time_and_exports() -> None:
+    """Earlier releases stored naive times; compared with aware ones the FHIR export crashed."""
+    stored = sample().model_dump(mode="json")
+    stored["grantors"][0]["given_at"] = "2025-03-01T10:30:00"
+    consent = Consent.model_validate(stored)
+    assert consent.grantors[0].given_at == datetime(2025, 3, 1, 10, 30, tzinfo=DUTCH_TIME)
+    resource = to_fhir(consent, youth_key=KEY)
+    FhirConsent.model_validate(resource)
+    assert resource["verification"][0]["verificationDate"] == "2025-03-01T10:30:00+01:00"
+
+
+@pytest.mark.parametrize("patient", ["x", [1], {"identifier": "x"}, {"identifier": {"value": 7}}, None])
+def test_a_patient_of_the_wrong_shape_has_no_key_and_is_refused_by_validation(patient: object) -> None:
+    resource = {"resourceType": "Consent", "patient": patient}
+    assert youth_key_of(resource) is None
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn=lambda _: None)
+    assert info.value.problems
+    assert youth_key_of(to_fhir(sample(), youth_key=KEY)) == KEY
