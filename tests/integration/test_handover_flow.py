@@ -389,14 +389,13 @@ async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
             assert r.status_code == 400, (odd, r.status_code, r.text)
             assert [p["name"] for p in r.json()["invalidParams"]] == ["meeting_planned_at"], r.text
             meeting = {"planned_at": odd, "location": "Buurthuis De Mussen"}
-            r = await w.client.post(
-                "/api/v1/overdrachten",
-                json={
-                    "referral_id": rid, "receiver_organisation": "jongerenwerk-dh",
-                    "data_categories": ["PERSONALIA"], "summary": "Sportproject.", "joint_meeting": meeting,
-                },  # fmt: skip
-                headers={"X-Medewerker": CW},
-            )
+            request = {
+                "referral_id": rid,
+                "receiver_organisation": "jongerenwerk-dh",
+                "joint_meeting": meeting,
+            }
+            request |= {"data_categories": ["PERSONALIA"], "summary": "Sportproject."}
+            r = await w.client.post("/api/v1/overdrachten", json=request, headers={"X-Medewerker": CW})
             assert r.status_code == 400, (odd, r.status_code, r.text)
             assert [p["name"] for p in r.json()["invalidParams"]] == ["joint_meeting.planned_at"], r.text
         r = await w.client.post(
