@@ -70,7 +70,7 @@ async def withdraw_consent(
     session: AsyncSession, r: Routing, consent_id: str, reason: str, act: Act
 ) -> tuple[StoredConsent, list[str]]:
     """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit."""
-    stored = await get_consent(session, consent_id)
+    stored = await get_consent(session, consent_id, lock=True)  # two withdrawals at once: in turn
     if stored is None:
         raise ConsentNotFound(consent_id)
     if stored.consent.status is not ConsentStatus.ACTIEF:

@@ -79,9 +79,11 @@ async def insert_consent(
     return StoredConsent(consent, youth_key, referral_id, now, None, None, None)
 
 
-async def get_consent(session: AsyncSession, consent_id: str) -> StoredConsent | None:
-    """One consent, or None."""
-    row = (await session.execute(select(consents).where(consents.c.id == consent_id))).first()
+async def get_consent(session: AsyncSession, consent_id: str, *, lock: bool = False) -> StoredConsent | None:
+    """One consent, or None. With `lock`, the row stays locked until the transaction ends, for a
+    decision on its status (see `hub.handovers.service.get_handover`)."""
+    query = select(consents).where(consents.c.id == consent_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
     return _stored(row) if row is not None else None
 
 

@@ -81,9 +81,12 @@ async def load_referral(session: AsyncSession, referral_id: str) -> tuple[Referr
     return (Referral.model_validate(row.referral), row.youth_key) if row is not None else None
 
 
-async def get_handover(session: AsyncSession, handover_id: str) -> Any:
-    """A handover row, or None."""
-    return (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
+async def get_handover(session: AsyncSession, handover_id: str, *, lock: bool = False) -> Any:
+    """A handover row, or None. With `lock`, the row stays locked until the transaction ends, for a
+    decision on its status: a concurrent transaction deciding the same waits, then reads the status
+    this one left (PostgreSQL; SQLite's write transactions run one at a time anyway)."""
+    query = select(handovers).where(handovers.c.id == handover_id)
+    return (await session.execute(query.with_for_update() if lock else query)).first()
 
 
 async def create_handover(
@@ -139,7 +142,7 @@ async def create_handover(
 
 async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *, notify: bool = True) -> str:
     """Rule 9: dispatch a waiting handover under a covering consent, or keep it waiting and say why."""
-    row = await get_handover(session, handover_id)
+    row = await get_handover(session, handover_id, lock=True)  # two consents at once: one dispatch
     if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
         return row.status if row is not None else "ONBEKEND"
     found = await load_referral(session, row.referral_id)
@@ -248,6 +251,9 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
     ).scalars()
     sent = []
     for handover_id in list(ids):
+        row = await get_handover(session, handover_id, lock=True)
+        if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
+            continue  # a concurrent transaction (another consent, the routing consumer) decided it
         if await route(session, r, handover_id, act, notify=False) == HandoverStatus.VERZONDEN.value:
             sent.append(handover_id)
     return sent

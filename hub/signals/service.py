@@ -74,9 +74,12 @@ def signal_from_row(row: Any) -> VerwijsindexSignal:
     )
 
 
-async def signal_row(session: AsyncSession, signal_id: str) -> Any:
-    """The stored row of a signal (with youth key and delivery status); SignalNotFound when unknown."""
-    row = (await session.execute(select(signals).where(signals.c.signal_id == signal_id))).first()
+async def signal_row(session: AsyncSession, signal_id: str, *, lock: bool = False) -> Any:
+    """The stored row of a signal (with youth key and delivery status); SignalNotFound when unknown.
+    With `lock`, the row stays locked until the transaction ends, for a decision on its status (see
+    `hub.handovers.service.get_handover`)."""
+    query = select(signals).where(signals.c.signal_id == signal_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         raise SignalNotFound(f"signal {signal_id!r} is unknown")
     return row
@@ -231,7 +234,7 @@ async def request_contact_change(
 
 
 async def _active_row(session: AsyncSession, signal_id: str, day: date) -> Any:
-    row = await signal_row(session, signal_id)
+    row = await signal_row(session, signal_id, lock=True)  # two withdrawals at once: in turn
     if row.status != SignalStatus.ACTIEF.value or row.end_date < day:
         raise SignalNotActive(f"signal {signal_id!r} is no longer active")
     return row

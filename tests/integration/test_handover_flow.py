@@ -26,7 +26,7 @@ from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
-from hub.store.tables import audit_log
+from hub.store.tables import audit_log, outbox
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope
@@ -431,6 +431,61 @@ async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
         assert len(w.receiver.handovers()) == 1
         assert len(await w.audit("consent.withdrawn")) == 1
         assert len(await w.audit("handover.withdrawal_told")) == 2
+
+
+async def _waiting(w: World, handover_id: str) -> bool:
+    return bool((await w.status(handover_id))["waiting_reasons"])
+
+
+async def _queued(w: World, topic_part: str, *needles: str) -> int:
+    """Outbox rows on a topic holding every needle: what the hub sent or will send."""
+    assert w.hub.store is not None
+    async with w.hub.store.connect() as conn:
+        rows = (await conn.execute(select(outbox.c.topic, outbox.c.value))).all()
+    return sum(1 for t, v in rows if topic_part in t and all(n.encode() in bytes(v) for n in needles))
+
+
+async def test_decisions_taken_at_the_same_moment_are_taken_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Each decision read a status, then wrote in another statement: on PostgreSQL two requests at
+    once both passed the check. Two consents dispatched a waiting handover twice (a disclosure
+    made twice), two refusals mailed the caseworker twice, two withdrawals were both audited."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        hid = await w.handover(rid)
+        await wait_for(lambda: _waiting(w, hid))
+
+        both = await asyncio.gather(w.consent(rid), w.consent(rid))
+        assert sorted(len(c["handovers_sent"]) for c in both) == [0, 1]
+        assert [a.objects["handover_id"] for a in await w.audit("handover.sent")] == [hid]
+        assert await _queued(w, "handover.dispatch", hid) == 1
+
+        receiver = {"Authorization": f"Bearer {w.partner_keys['jongerenwerk-dh']}"}
+        refusal = {"status": "GEWEIGERD", "reason": "geen plek"}
+        answers = await asyncio.gather(
+            *[
+                w.client.post(f"/api/v1/overdrachten/{hid}/status", json=refusal, headers=receiver)
+                for _ in "ab"
+            ]
+        )
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        assert await _queued(w, "notification.mail", "handover.declined", hid) == 1
+
+        consent_id = both[0]["consent_id"]
+        withdraw = {"reason": "jeugdige wil het niet meer"}
+        withdrawals = await asyncio.gather(
+            *[
+                w.client.post(
+                    f"/api/v1/toestemmingen/{consent_id}/intrekking",
+                    json=withdraw,
+                    headers={"X-Medewerker": CW},
+                )
+                for _ in "ab"
+            ]
+        )
+        assert sorted(r.status_code for r in withdrawals) == [200, 409], [r.text for r in withdrawals]
+        assert [a.objects["consent_id"] for a in await w.audit("consent.withdrawn")] == [consent_id]
 
 
 async def _waiting(w: World, handover_id: str) -> bool:

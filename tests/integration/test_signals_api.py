@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -256,3 +257,29 @@ async def test_a_control_character_is_refused_before_it_reaches_the_store(
         assert answer.headers["Fsc-Transaction-Id"]
         assert "abc" not in answer.text and answer.json()["invalidParams"][0]["name"] in ("(pad)", "(query)")
     assert (await client.get(f"{URL}/abc%20def", headers=ILSE)).status_code == 404  # a space is no control
+
+
+async def test_two_withdrawals_at_the_same_moment_send_one_command(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """Both read the signal active, then wrote: on PostgreSQL each queued a WithdrawSignal for the
+    Verwijsindex and was audited. Now the second waits for the first and is told it is too late."""
+    hub, client = api
+    for round_ in range(3):
+        sid = (await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)).json()["signal_id"]
+        withdraw = {"reason": "ONTERECHT"}
+        both = await asyncio.gather(
+            *[client.post(f"{URL}/{sid}/intrekking", json=withdraw, headers=ILSE) for _ in "ab"]
+        )
+        assert sorted(r.status_code for r in both) == [200, 409], (round_, [r.text for r in both])
+        assert hub.store is not None
+        async with hub.store.connect() as conn:
+            audited = (
+                await conn.execute(select(audit_log).where(audit_log.c.action == "signal.withdrawn"))
+            ).all()
+        assert [a.objects["signal_id"] for a in audited].count(sid) == 1
+    commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=6, settle_s=0.3)
+    assert (
+        sorted(Envelope.from_bytes(r.value).type for r in commands)
+        == ["RegisterSignal"] * 3 + ["WithdrawSignal"] * 3
+    )
