@@ -146,7 +146,8 @@ class RetryLadder(ParkingLot):
         return max(wait, getattr(exc, "retry_after", None) or 0.0)
 
     # -- the scheduler's side -----------------------------------------------------------------
-    def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
+    def _first_in_line(self) -> Any:
+        """The rows of this ladder with no earlier row of their key: the only ones that may go."""
         earlier = parked.alias("earlier")
         blocked = exists().where(
             and_(
@@ -155,32 +156,43 @@ class RetryLadder(ParkingLot):
                 earlier.c.seq < parked.c.seq,
             )
         )
+        return and_(parked.c.ladder == self.name, ~blocked)
+
+    def _due_heads(self, now: datetime, limit: int) -> Select[Any]:
         return (
             select(parked.c.seq)
-            .where(parked.c.ladder == self.name, parked.c.due_at <= now, ~blocked)
+            .where(self._first_in_line(), parked.c.due_at <= now)
             .order_by(parked.c.due_at)
             .limit(limit)
         )
 
     async def step(self, limit: int = 200) -> int:
-        """Try every parked message that is due and first in line for its key; return how many."""
+        """Try every parked message that is due and first in line for its key; return how many.
+
+        A message another hub process has in hand (PostgreSQL) is not counted: it was not tried here.
+        """
+        tried, _ = await self._round(limit)
+        return tried
+
+    async def _round(self, limit: int) -> tuple[int, int]:
+        """One round: (how many due heads were tried here, how many were found due)."""
         async with self.store.connect() as conn:
             seqs = list((await conn.execute(self._due_heads(self.clock(), limit))).scalars())
             if not seqs:
-                return 0
+                return 0, 0
             rows = (await conn.execute(select(parked).where(parked.c.seq.in_(seqs)))).all()
         await self._prepare(rows)
-        if self.store.dialect == "postgresql":
-            # every delivery of the round finishes and is recorded before a failure is raised
-            failures = await asyncio.gather(
-                *(self._retry_locked(row.seq) for row in rows), return_exceptions=True
-            )
-            for failure in failures:
-                if isinstance(failure, BaseException):
-                    raise failure
-        else:
+        if self.store.dialect != "postgresql":
             await self._retry_unlocked(rows)
-        return len(rows)
+            return len(rows), len(seqs)
+        # every delivery of the round finishes and is recorded before a failure is raised
+        outcomes = await asyncio.gather(
+            *(self._retry_locked(row.seq) for row in rows), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum(outcome is True for outcome in outcomes), len(seqs)
 
     async def _prepare(self, rows: Sequence[Any]) -> None:
         """The connector's lookups for the round at once; when they fail, each delivery does its own."""
@@ -191,9 +203,9 @@ class RetryLadder(ParkingLot):
         except Exception as exc:
             log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 
-    async def _retry_locked(self, seq: int) -> None:
+    async def _retry_locked(self, seq: int) -> bool:
         """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
-        else, so it may span the partner call."""
+        else, so it may span the partner call. False when another process has it (or moved it on)."""
         row, outcome = None, None
         try:
             async with self._slots, self.store.transaction() as session:
@@ -205,13 +217,14 @@ class RetryLadder(ParkingLot):
                     )
                 ).first()
                 if row is None:
-                    return
+                    return False
                 outcome = await self._try(row)
                 await self._record(session, row, outcome)
         except Exception as exc:  # all of it rolled back, the lock too: postponed, not tried at once
             if row is None:
                 raise
             await self._postpone([(row, outcome, exc)])
+        return True
 
     async def _retry_unlocked(self, rows: Sequence[Any]) -> None:
         """SQLite: a write transaction locks the whole file, so the calls run outside one, side by
@@ -258,7 +271,7 @@ class RetryLadder(ParkingLot):
         """Seconds until the earliest parked message is due, or None when nothing is parked."""
         async with self.store.connect() as conn:
             earliest = (
-                await conn.execute(select(func.min(parked.c.due_at)).where(parked.c.ladder == self.name))
+                await conn.execute(select(func.min(parked.c.due_at)).where(self._first_in_line()))
             ).scalar()
         if earliest is None:
             return None
@@ -273,16 +286,20 @@ class RetryLadder(ParkingLot):
         recorded, up to `STOP_GRACE_S`: a message sent but not marked would be sent again.
         """
         while True:
+            self._wake.clear()  # from here on, a message queued meanwhile cuts the wait short
             try:
-                step = asyncio.ensure_future(self.step())
+                step = asyncio.ensure_future(self._round(200))
                 try:
-                    if await asyncio.shield(step):
-                        continue
+                    tried, due = await asyncio.shield(step)
                 except asyncio.CancelledError:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(step, STOP_GRACE_S)
                     raise
-                wait = await self.next_due_in()
+                if tried:
+                    continue
+                # Due, but every one in another hub process's hands: that process delivers them and
+                # looks again itself; looking again now would only spin until its calls end.
+                wait = idle_s if due else await self.next_due_in()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -290,7 +307,6 @@ class RetryLadder(ParkingLot):
                     "retry scheduler failed; will retry", ladder=self.name, error=safe_error_message(exc)
                 )
                 wait = idle_s
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(wait if wait is not None else idle_s, idle_s))
 

@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
+from hub.metrics import Metrics
 from hub.ops.dlq import REPLAYED_FROM, DeadLetters, ReplayJob
 from hub.retry import Delivery, RetryLadder, RetryPolicy
 from hub.retry.tables import parked
@@ -581,3 +582,50 @@ async def test_a_rounds_deliveries_are_recorded_together_and_one_by_one_when_tha
 
 async def _count(ladder: RetryLadder, n: int) -> bool:
     return await ladder.parked_count() == n
+
+
+async def test_a_message_due_behind_a_parked_one_does_not_keep_the_scheduler_busy(db_url: str) -> None:
+    # Its key's first message waits 30 s for its next rung; the one behind it, due now, waits with it.
+    store = Store(db_url)
+    await store.migrate()
+    partner = FakePartner()
+    ladder = RetryLadder(
+        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=partner.deliver), policy=FAST,
+    )  # fmt: skip
+    try:
+        for name, attempt, due_at in (("a1", 1, utcnow() + timedelta(seconds=30)), ("a2", 0, utcnow())):
+            env = Envelope(type="Cmd", payload={"name": name, "key": "youth-a"})
+            async with store.transaction() as session:
+                await session.execute(
+                    insert(parked).values(
+                        ladder="test",
+                        key="youth-a",
+                        message_id=env.message_id,
+                        value=env.to_bytes(),
+                        headers=env.header_map(),
+                        attempt=attempt,
+                        due_at=due_at,
+                    )
+                )
+        assert (await ladder.next_due_in() or 0) > 25  # when a1 is due, not a2
+
+        statements, busy = 0, asyncio.Event()
+
+        def count(*_: object) -> None:
+            nonlocal statements
+            statements += 1
+            if statements >= 20:
+                busy.set()
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        running = asyncio.create_task(ladder.run())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(busy.wait(), 0.4)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        assert statements < 20, f"{statements} statements in 0.4 s: the scheduler spins"
+        assert partner.calls == {}  # a2 did not overtake a1
+    finally:
+        await store.close()
