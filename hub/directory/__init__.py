@@ -2,18 +2,24 @@
 
 from hub.directory.service import (
     CaseworkerNotFound,
+    create_caseworker,
     get_caseworker,
     list_caseworkers,
+    lock_caseworker,
     mail_recipient,
     mail_recipients,
+    replace_caseworker,
     upsert_caseworker,
 )
 
 __all__ = [
     "CaseworkerNotFound",
+    "create_caseworker",
     "get_caseworker",
     "list_caseworkers",
+    "lock_caseworker",
     "mail_recipient",
     "mail_recipients",
+    "replace_caseworker",
     "upsert_caseworker",
 ]

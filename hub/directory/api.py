@@ -6,18 +6,27 @@ change is audited with the operator's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.limits import read_body
 from hub.api.problems import InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import CaseworkerId
-from hub.directory.importer import ImportFileError, import_csv
-from hub.directory.service import CaseworkerNotFound, get_caseworker, list_caseworkers, upsert_caseworker
+from hub.directory.importer import ImportFileError, ImportStopped, import_csv
+from hub.directory.service import (
+    CaseworkerNotFound,
+    get_caseworker,
+    list_caseworkers,
+    lock_caseworker,
+    replace_caseworker,
+    upsert_caseworker,
+)
 from hub.errors import PermanentError
 from hub.notify.borging import borg, why
 from hub.notify.service import list_problems
@@ -68,21 +77,46 @@ def _tx(request: Request) -> str | None:
     return getattr(request.state, "transaction_id", None)
 
 
-async def _change(request: Request, op: Operator, cw: Caseworker, action: str) -> None:
+async def _check_delegate(session: AsyncSession, cw: Caseworker) -> None:
+    if cw.delegate_id is None:
+        return
+    try:
+        await get_caseworker(session, cw.delegate_id)
+    except CaseworkerNotFound:
+        raise Problem(
+            422, "Unknown delegate", "The delegate is not in the directory.",
+            params=[InvalidParam(name="delegate_id", reason="unknown caseworker")],
+        ) from None  # fmt: skip
+
+
+async def _audit(request: Request, session: AsyncSession, op: Operator, cw: Caseworker, action: str) -> None:
+    entry = AuditEntry(action=action, user=op.username, objects={"caseworker_id": cw.caseworker_id})
+    await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+
+
+async def _edit(
+    request: Request,
+    op: Operator,
+    caseworker_id: str,
+    action: str,
+    edit: Callable[[Caseworker], Caseworker | None],
+) -> Caseworker:
+    """Read, `edit` and write one caseworker in one transaction with their row locked, so requests at
+    once each build on the one before; `edit` returns None for no change (nothing written or audited).
+    The answer is the caseworker as this request left them."""
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
-        if cw.delegate_id is not None:
-            try:
-                await get_caseworker(session, cw.delegate_id)
-            except CaseworkerNotFound:
-                raise Problem(
-                    422, "Unknown delegate", "The delegate is not in the directory.",
-                    params=[InvalidParam(name="delegate_id", reason="unknown caseworker")],
-                ) from None  # fmt: skip
-        await upsert_caseworker(session, cw)
-        entry = AuditEntry(action=action, user=op.username, objects={"caseworker_id": cw.caseworker_id})
-        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+        current = await lock_caseworker(session, caseworker_id)
+        if current is None:
+            raise Problem(404, "Not found", "No caseworker with this id.")
+        changed = edit(current)
+        if changed is None:
+            return current
+        await _check_delegate(session, changed)
+        await replace_caseworker(session, changed)
+        await _audit(request, session, op, changed, action)
+    return changed
 
 
 async def _get(request: Request, caseworker_id: str) -> Caseworker:
@@ -150,6 +184,8 @@ async def import_file(request: Request, op: Admin) -> dict[str, Any]:
         report = await import_csv(hub.store, data, user=op.username, transaction_id=_tx(request))
     except ImportFileError as exc:
         raise Problem(400, "Unreadable CSV", str(exc)) from None
+    except ImportStopped as exc:
+        raise Problem(503, "Import gestopt", str(exc)) from None
     return report.as_json()
 
 
@@ -172,41 +208,42 @@ async def put(
         cw = Caseworker(caseworker_id=caseworker_id, **body.model_dump())
     except ValidationError as exc:  # path and body are checked already; answered like them if not
         raise RequestValidationError(exc.errors(include_input=False)) from None
-    try:
-        await _get(request, caseworker_id)
-        response.status_code = 200
-    except Problem:
-        response.status_code = 201
-    await _change(request, op, cw, "directory.caseworker_saved")
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await _check_delegate(session, cw)
+        created = await upsert_caseworker(session, cw)  # one statement decides: 201 for one request only
+        await _audit(request, session, op, cw, "directory.caseworker_saved")
+    response.status_code = 201 if created else 200
     return cw
 
 
 @router.post("/{caseworker_id}/afwezigheden", status_code=201, summary="Add an absence")
 async def add_absence(request: Request, op: Admin, caseworker_id: CaseworkerId, body: Absence) -> Caseworker:
-    cw = await _get(request, caseworker_id)
-    if body not in cw.absences:
-        cw = cw.model_copy(update={"absences": [*cw.absences, body]})
-        await _change(request, op, cw, "directory.absence_added")
-    return cw
+    def add(cw: Caseworker) -> Caseworker | None:
+        return None if body in cw.absences else cw.model_copy(update={"absences": [*cw.absences, body]})
+
+    return await _edit(request, op, caseworker_id, "directory.absence_added", add)
 
 
 @router.delete("/{caseworker_id}/afwezigheden", summary="Remove every absence (the caseworker is back)")
 async def clear_absences(request: Request, op: Admin, caseworker_id: CaseworkerId) -> Caseworker:
-    cw = (await _get(request, caseworker_id)).model_copy(update={"absences": []})
-    await _change(request, op, cw, "directory.absences_cleared")
-    return cw
+    def clear(cw: Caseworker) -> Caseworker:
+        return cw.model_copy(update={"absences": []})
+
+    return await _edit(request, op, caseworker_id, "directory.absences_cleared", clear)
 
 
 @router.put("/{caseworker_id}/vervanger", summary="Set or remove the delegate")
 async def set_delegate(
     request: Request, op: Admin, caseworker_id: CaseworkerId, body: DelegateIn
 ) -> Caseworker:
-    cw = await _get(request, caseworker_id)
-    if body.delegate_id == caseworker_id:
-        raise _own_delegate()
-    cw = cw.model_copy(update={"delegate_id": body.delegate_id})
-    await _change(request, op, cw, "directory.delegate_set")
-    return cw
+    def delegate(cw: Caseworker) -> Caseworker:
+        if body.delegate_id == caseworker_id:
+            raise _own_delegate()
+        return cw.model_copy(update={"delegate_id": body.delegate_id})
+
+    return await _edit(request, op, caseworker_id, "directory.delegate_set", delegate)
 
 
 @router.post(

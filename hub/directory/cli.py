@@ -35,7 +35,7 @@ def import_file(
     Columns: Medewerkernummer, Naam, E-mail, Team; optional Telefoon, Meldingsbevoegd, Vervanger,
     Actief, Afwezig vanaf, Afwezig tot en met.
     """
-    from hub.directory.importer import ImportFileError, import_csv
+    from hub.directory.importer import ImportFileError, ImportStopped, import_csv
 
     store = _store()
 
@@ -48,7 +48,7 @@ def import_file(
 
     try:
         report = asyncio.run(go())
-    except ImportFileError as exc:
+    except (ImportFileError, ImportStopped) as exc:
         typer.echo(f"ketenhub: {file.name}: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:

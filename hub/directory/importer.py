@@ -3,7 +3,8 @@
 Each row is its own transaction: one bad row never blocks the rest, and a row is loaded whole or
 not at all. A file that cannot be read as such a CSV (an encoding other than UTF-8 or Windows-1252,
 wrong delimiter, unknown or missing headers, a line the csv module refuses) is refused whole with
-ImportFileError, before any row is loaded.
+ImportFileError, before any row is loaded. A row the database refuses is that row's error; a store
+that fails stops the import there (ImportStopped).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from datetime import date, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import id_problem
-from hub.directory.service import CaseworkerNotFound, get_caseworker, upsert_caseworker
-from hub.store import Store
+from hub.directory.service import create_caseworker, lock_caseworker, replace_caseworker
+from hub.store import Store, store_failed
 from schemas._base import NO_CONTROL_PROBLEM
 from schemas.caseworker import Absence, Caseworker, Team
 from schemas.problems import controls_refused
@@ -28,6 +31,7 @@ REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
 OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
 TEAMS = {"den haag": Team.DEN_HAAG, "den_haag": Team.DEN_HAAG, "leiden": Team.LEIDEN, "gouda": Team.GOUDA}
 ID_COLUMNS = ("Medewerkernummer", "Vervanger")  # checked before the store sees them
+REFUSED = "de database weigerde deze rij"
 FIELDS = {
     "caseworker_id": "Medewerkernummer", "name": "Naam", "email": "E-mail", "phone": "Telefoon",
     "team": "Team", "delegate_id": "Vervanger", "start": "Afwezig vanaf", "end": "Afwezig tot en met",
@@ -36,6 +40,17 @@ FIELDS = {
 
 class ImportFileError(ValueError):
     """The file as a whole cannot be imported; names what is wrong."""
+
+
+class ImportStopped(Exception):
+    """The store failed at a row: the rows before it are loaded, it and the rest are not."""
+
+    def __init__(self, row: int) -> None:
+        super().__init__(
+            f"de database was niet bereikbaar bij rij {row}; de rijen daarvoor zijn geladen, deze en"
+            " de volgende niet. Importeer het bestand later opnieuw: geladen rijen blijven gelijk."
+        )
+        self.row = row
 
 
 @dataclass
@@ -185,10 +200,27 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
     return [{"field": column, "reason": reason}] if reason else [{"field": "(rij)", "reason": str(exc)}]
 
 
+async def _load_row(session: AsyncSession, row: dict[str, str], cw_id: str) -> tuple[Caseworker, bool]:
+    """Merge the row with the stored caseworker under its lock and write it; True when created."""
+    existing = await lock_caseworker(session, cw_id)
+    cw = to_caseworker(row, existing)
+    if existing is None:
+        if await create_caseworker(session, cw):
+            return cw, True
+        # Another import or PUT created them after our read (PostgreSQL waited for it): merge with theirs.
+        existing = await lock_caseworker(session, cw_id)
+        cw = to_caseworker(row, existing)
+    await replace_caseworker(session, cw)
+    return cw, False
+
+
 async def import_csv(
     store: Store, data: bytes, *, user: str, transaction_id: str | None = None
 ) -> ImportReport:
-    """Load every row in its own transaction; return the per-row report."""
+    """Load every row in its own transaction; return the per-row report.
+
+    ImportStopped when the store fails (`store_failed`): the rows before are loaded, the rest not.
+    """
     results = []
     for number, row in enumerate(read_rows(data), start=2):
         cw_id = row.get("Medewerkernummer") or None
@@ -198,19 +230,19 @@ async def import_csv(
             continue
         try:
             async with store.transaction() as session:
-                try:
-                    existing: Caseworker | None = await get_caseworker(session, cw_id or "")
-                except CaseworkerNotFound:
-                    existing = None
-                cw = to_caseworker(row, existing)
-                await upsert_caseworker(session, cw)
+                cw, created = await _load_row(session, row, cw_id or "")
                 entry = AuditEntry(
                     action="directory.imported",
                     user=user,
                     objects={"caseworker_id": cw.caseworker_id, "row": number},
                 )
                 await write_audit(session, entry, transaction_id=transaction_id, system="ketenhub.directory")
-            results.append(RowResult(number, cw.caseworker_id, "BIJGEWERKT" if existing else "AANGEMAAKT"))
+            results.append(RowResult(number, cw.caseworker_id, "AANGEMAAKT" if created else "BIJGEWERKT"))
         except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
             results.append(RowResult(number, cw_id, "FOUT", _errors(exc)))
+        except SQLAlchemyError as exc:
+            if store_failed(exc):
+                raise ImportStopped(number) from exc
+            # The database refused this row's values: its message may quote them, so it is not passed on.
+            results.append(RowResult(number, cw_id, "FOUT", [{"field": "(rij)", "reason": REFUSED}]))
     return ImportReport(results)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import date
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.directory.ids import CASEWORKER_ID_MAX
@@ -33,8 +34,62 @@ async def list_caseworkers(session: AsyncSession) -> list[Caseworker]:
     return [person for _, person in sorted(loaded.items()) if person is not None]
 
 
-async def upsert_caseworker(session: AsyncSession, cw: Caseworker) -> None:
-    """Create or replace a caseworker and their absences; ValueError for an id wider than its column.
+async def lock_caseworker(session: AsyncSession, caseworker_id: str) -> Caseworker | None:
+    """One caseworker, kept from other writers until the transaction ends; None when unknown.
+
+    PostgreSQL locks the row (FOR UPDATE); a store transaction on SQLite holds the write lock from
+    its BEGIN IMMEDIATE. A row that does not exist cannot be locked: `create_caseworker` says
+    whether another transaction created it in between.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        q = select(caseworkers.c.caseworker_id).where(caseworkers.c.caseworker_id == caseworker_id)
+        if (await session.execute(q.with_for_update())).first() is None:
+            return None
+    return (await _load(session, {caseworker_id}))[caseworker_id]
+
+
+async def create_caseworker(session: AsyncSession, cw: Caseworker) -> bool:
+    """Add a caseworker and their absences unless the id is taken; True when this call added them.
+
+    One statement decides (INSERT ... ON CONFLICT DO NOTHING): a concurrent creator is waited for,
+    never answered with the primary key's IntegrityError.
+    """
+    _check_widths(cw)
+    values = cw.model_dump(exclude={"absences"}, mode="json")
+    make = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    added = await session.execute(
+        make(caseworkers)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["caseworker_id"])
+        .returning(caseworkers.c.caseworker_id)
+    )
+    if added.first() is None:
+        return False
+    await _insert_absences(session, cw)
+    return True
+
+
+async def replace_caseworker(session: AsyncSession, cw: Caseworker) -> None:
+    """Overwrite a caseworker that exists, with their absences."""
+    _check_widths(cw)
+    values = cw.model_dump(exclude={"absences", "caseworker_id"}, mode="json")
+    await session.execute(
+        update(caseworkers).where(caseworkers.c.caseworker_id == cw.caseworker_id).values(**values)
+    )
+    await session.execute(delete(absences).where(absences.c.caseworker_id == cw.caseworker_id))
+    await _insert_absences(session, cw)
+
+
+async def upsert_caseworker(session: AsyncSession, cw: Caseworker) -> bool:
+    """Create or replace a caseworker and their absences; True when this call created them."""
+    if await create_caseworker(session, cw):
+        return True
+    await replace_caseworker(session, cw)
+    return False
+
+
+def _check_widths(cw: Caseworker) -> None:
+    """ValueError for an id wider than its column.
 
     The model takes any `Code` (100 characters): the check here keeps PostgreSQL from refusing the
     statement halfway through a transaction (SQLite stores the longer id without a word).
@@ -42,19 +97,9 @@ async def upsert_caseworker(session: AsyncSession, cw: Caseworker) -> None:
     for name, value in (("caseworker_id", cw.caseworker_id), ("delegate_id", cw.delegate_id)):
         if value is not None and len(value) > CASEWORKER_ID_MAX:
             raise ValueError(f"{name}: longer than {CASEWORKER_ID_MAX} characters")
-    values = cw.model_dump(exclude={"absences", "caseworker_id"}, mode="json")
-    exists = (
-        await session.execute(
-            select(caseworkers.c.caseworker_id).where(caseworkers.c.caseworker_id == cw.caseworker_id)
-        )
-    ).first()
-    if exists:
-        await session.execute(
-            update(caseworkers).where(caseworkers.c.caseworker_id == cw.caseworker_id).values(**values)
-        )
-    else:
-        await session.execute(insert(caseworkers).values(caseworker_id=cw.caseworker_id, **values))
-    await session.execute(delete(absences).where(absences.c.caseworker_id == cw.caseworker_id))
+
+
+async def _insert_absences(session: AsyncSession, cw: Caseworker) -> None:
     if cw.absences:
         await session.execute(
             insert(absences),

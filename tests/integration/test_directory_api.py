@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.app import create_app
 from hub.clock import today
+from hub.directory import importer
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import add_operator
 from hub.runtime import Hub
 from hub.store.tables import audit_log
+from schemas.caseworker import Caseworker
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -260,3 +265,157 @@ async def test_a_blank_id_is_refused_as_a_blank_id_not_as_its_own_delegate(
         own = await admin.put(f"{BASE}/cw-ilse", json=person("Ilse Bakker", delegate_id=" cw-ilse"))
         assert own.status_code == 422, own.text
         assert own.json()["invalidParams"] == [{"name": "delegate_id", "reason": "same as the caseworker"}]
+
+
+async def _audits(hub: Hub, action: str, caseworker_id: str) -> int:
+    """How many audit entries of `action` name this caseworker."""
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        rows = (await conn.execute(select(audit_log.c.objects).where(audit_log.c.action == action))).all()
+    return sum(row.objects["caseworker_id"] == caseworker_id for row in rows)
+
+
+ROUNDS = 5  # a race shows in one round of a few; five make it show every run
+
+
+async def test_two_puts_of_a_new_caseworker_at_once_create_it_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The id was looked up, then inserted: the second insert hit the primary key (a 500 on
+    PostgreSQL), and on SQLite both answered 201."""
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        for i in range(ROUNDS):
+            cid = f"cw-race{i}"
+            answers = await asyncio.gather(
+                *(admin.put(f"{BASE}/{cid}", json=person("Ilse Bakker")) for _ in "ab")
+            )
+            assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+            assert (await viewer.get(f"{BASE}/{cid}")).json()["name"] == "Ilse Bakker"
+            assert await _audits(hub, "directory.caseworker_saved", cid) == 2  # each request saved it
+
+
+async def test_two_imports_of_the_same_new_row_at_once_both_report_and_keep_both_absences(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The second import's insert hit the primary key: a 500 without a report (PostgreSQL), and
+    one file's absence was lost, as the row was read in one step and written whole in another."""
+    head = "Medewerkernummer;Naam;E-mail;Team;Afwezig vanaf;Afwezig tot en met\n"
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        for i in range(ROUNDS):
+            cid = f"cw-imp{i}"
+            files = [
+                f"{head}{cid};Ilse Bakker;ilse@halt.nl;Den Haag;0{d}-01-2030;0{d}-02-2030\n" for d in (1, 2)
+            ]
+            answers = await asyncio.gather(
+                *(
+                    admin.post(f"{BASE}/import", content=f.encode(), headers={"Content-Type": "text/csv"})
+                    for f in files
+                )
+            )
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            results = sorted(a.json()["rows"][0]["result"] for a in answers)
+            assert results == ["AANGEMAAKT", "BIJGEWERKT"]
+            assert (await viewer.get(f"{BASE}/{cid}")).json()["absences"] == [
+                {"start": "2030-01-01", "end": "2030-02-01"},
+                {"start": "2030-01-02", "end": "2030-02-02"},
+            ]
+            assert await _audits(hub, "directory.imported", cid) == 2
+
+
+async def test_absences_and_a_delegate_added_at_once_are_all_kept(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Each request read the caseworker, then wrote them whole in another transaction: of three
+    absences added at once one was kept (PostgreSQL) or two (SQLite), and each answered 201."""
+    spans = [{"start": f"2030-0{m}-01", "end": f"2030-0{m}-05"} for m in (1, 2, 3)]
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        assert (await admin.put(f"{BASE}/cw-omar", json=person("Omar Haddou"))).status_code == 201
+        for i in range(ROUNDS):
+            cid = f"cw-away{i}"
+            assert (await admin.put(f"{BASE}/{cid}", json=person("Ilse Bakker"))).status_code == 201
+            adds = [admin.post(f"{BASE}/{cid}/afwezigheden", json=span) for span in [*spans, spans[0]]]
+            delegate = admin.put(f"{BASE}/{cid}/vervanger", json={"delegate_id": "cw-omar"})
+            *added, delegated = await asyncio.gather(*adds, delegate)
+            assert [a.status_code for a in added] == [201] * 4 and delegated.status_code == 200
+            for span, answer in zip([*spans, spans[0]], added, strict=True):
+                assert span in answer.json()["absences"]  # the state after this request's change
+            stored = (await viewer.get(f"{BASE}/{cid}")).json()
+            assert stored["absences"] == spans and stored["delegate_id"] == "cw-omar"
+            assert await _audits(hub, "directory.absence_added", cid) == 3  # the repeat changed nothing
+            assert await _audits(hub, "directory.delegate_set", cid) == 1
+
+            cleared, again = await asyncio.gather(
+                admin.delete(f"{BASE}/{cid}/afwezigheden"),
+                admin.post(f"{BASE}/{cid}/afwezigheden", json=spans[1]),
+            )
+            assert (cleared.status_code, again.status_code) == (200, 201)
+            final = (await viewer.get(f"{BASE}/{cid}")).json()["absences"]
+            # Either order is right, but each answer must be what was stored at its moment.
+            assert final in ([], [spans[1]]) and cleared.json()["absences"] == []
+            assert again.json()["absences"] == (spans if final == [] else [spans[1]])
+
+
+async def test_a_row_the_database_refuses_is_reported_and_the_rest_load(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Only ValueError and KeyError were caught per row: any database error ended the request with
+    a 500, without a report, the rows before it loaded and the rows after it not."""
+    rows = (
+        "Medewerkernummer;Naam;E-mail;Team\n"
+        "cw-1;A. de Groot;a@halt.nl;Den Haag\n"
+        "cw-refused;B. de Groot;b@halt.nl;Den Haag\n"
+        "cw-3;C. de Groot;c@halt.nl;Den Haag\n"
+    )
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        assert hub.store is not None
+        async with hub.store.transaction() as session:  # a rule of the database the hub does not know
+            if hub.store.dialect == "postgresql":
+                check = (
+                    "ALTER TABLE caseworkers ADD CONSTRAINT not_refused CHECK (caseworker_id <> 'cw-refused')"
+                )
+            else:
+                check = (
+                    "CREATE TRIGGER not_refused BEFORE INSERT ON caseworkers"
+                    " WHEN NEW.caseworker_id = 'cw-refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            await session.execute(text(check))
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert (report["total"], report["aangemaakt"], report["fout"]) == (3, 2, 1)
+        assert report["rows"][1] == {
+            "row": 3,
+            "caseworkerId": "cw-refused",
+            "result": "FOUT",
+            "errors": [{"field": "(rij)", "reason": "de database weigerde deze rij"}],
+        }
+        assert (await viewer.get(f"{BASE}/cw-3")).status_code == 200
+        assert (await viewer.get(f"{BASE}/cw-refused")).status_code == 404
+        assert await _audits(hub, "directory.imported", "cw-refused") == 0
+
+
+async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable store is not the row's fault: the import stops there and says so."""
+    rows = (
+        "Medewerkernummer;Naam;E-mail;Team\n"
+        "cw-1;A. de Groot;a@halt.nl;Den Haag\n"
+        "cw-2;B. de Groot;b@halt.nl;Den Haag\n"
+        "cw-3;C. de Groot;c@halt.nl;Den Haag\n"
+    )
+    real = importer.lock_caseworker
+
+    async def lost_at_cw_2(session: AsyncSession, caseworker_id: str) -> Caseworker | None:
+        if caseworker_id == "cw-2":
+            raise sa_exc.OperationalError("SELECT", {}, ConnectionResetError("connection lost"))
+        return await real(session, caseworker_id)
+
+    monkeypatch.setattr(importer, "lock_caseworker", lost_at_cw_2)
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert "rij 3" in r.json()["detail"] and "opnieuw" in r.json()["detail"]
+        assert (await viewer.get(f"{BASE}/cw-1")).status_code == 200
+        assert (await viewer.get(f"{BASE}/cw-3")).status_code == 404
+        assert await _audits(hub, "directory.imported", "cw-1") == 1
