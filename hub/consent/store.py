@@ -87,11 +87,15 @@ async def get_consent(session: AsyncSession, consent_id: str, *, lock: bool = Fa
     return _stored(row) if row is not None else None
 
 
-async def consents_of(session: AsyncSession, youth_key: str) -> list[StoredConsent]:
-    """Every consent of a youth, oldest first."""
-    rows = await session.execute(
-        select(consents).where(consents.c.youth_key == youth_key).order_by(consents.c.recorded_at)
-    )
+async def consents_of(session: AsyncSession, youth_key: str, *, share: bool = False) -> list[StoredConsent]:
+    """Every consent of a youth, oldest first.
+
+    With `share`, none of them can be withdrawn until the transaction ends (FOR SHARE on
+    PostgreSQL; SQLite's write transactions run one at a time): for a disclosure decided under
+    them. A withdrawal under way is waited for, and then read.
+    """
+    query = select(consents).where(consents.c.youth_key == youth_key).order_by(consents.c.recorded_at)
+    rows = await session.execute(query.with_for_update(read=True) if share else query)
     return [_stored(r) for r in rows]
 
 

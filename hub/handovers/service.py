@@ -141,8 +141,17 @@ async def create_handover(
 
 
 async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *, notify: bool = True) -> str:
-    """Rule 9: dispatch a waiting handover under a covering consent, or keep it waiting and say why."""
-    row = await get_handover(session, handover_id, lock=True)  # two consents at once: one dispatch
+    """Rule 9: dispatch a waiting handover under a covering consent, or keep it waiting and say why.
+
+    Locks are taken in one order everywhere, the youth's consents (shared) before the handover: a
+    withdrawal (consent, then its handovers) under way is waited for, so nothing goes out under a
+    consent being withdrawn, and two consents at once dispatch the handover once.
+    """
+    first = await get_handover(session, handover_id)
+    if first is None:
+        return "ONBEKEND"
+    stored = await consents_of(session, first.youth_key, share=True)
+    row = await get_handover(session, handover_id, lock=True)
     if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
         return row.status if row is not None else "ONBEKEND"
     found = await load_referral(session, row.referral_id)
@@ -160,7 +169,6 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *
         categories=frozenset(categories),
         day=local_day(r.clock()),
     )
-    stored = await consents_of(session, row.youth_key)
     covering, verdicts = find_covering((s.consent for s in stored), disclosure, custodians=custodians)
     if covering is not None:
         await _dispatch(session, r, row, referral, categories, covering.consent_id, act)
@@ -251,6 +259,7 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
     ).scalars()
     sent = []
     for handover_id in list(ids):
+        await consents_of(session, youth_key, share=True)  # the lock order of `route`
         row = await get_handover(session, handover_id, lock=True)
         if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
             continue  # a concurrent transaction (another consent, the routing consumer) decided it

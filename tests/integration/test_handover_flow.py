@@ -20,9 +20,12 @@ from connectors.receivers.webhook import SIGNATURE_HEADER, verify
 from connectors.verwijsindex.contract import add_years
 from hub.app import REGISTRARS, create_app
 from hub.clock import today
+from hub.consent.store import get_consent, mark_withdrawn
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
+from hub.handovers.component import routing_of
 from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
+from hub.handovers.service import Act, apply_withdrawal, create_handover, route
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
@@ -30,7 +33,7 @@ from hub.store.tables import audit_log, outbox
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope
-from schemas.handover import ReceiverType
+from schemas.handover import Handover, ReceiverType
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.http import serving
@@ -490,3 +493,40 @@ async def test_decisions_taken_at_the_same_moment_are_taken_once(
 
 async def _waiting(w: World, handover_id: str) -> bool:
     return bool((await w.status(handover_id))["waiting_reasons"])
+
+
+async def test_nothing_goes_out_under_a_consent_while_it_is_being_withdrawn(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Routing read the youth's consents without a lock: on PostgreSQL a handover went out under a
+    consent whose withdrawal was being committed at that moment, and the withdrawal, not seeing it
+    sent, told no receiver (rule 10). Routing now waits for the withdrawal, which withdraws the
+    pending handover."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid)  # covers a warm handover to jongerenwerk-dh
+        r, act = routing_of(w.hub), Act(user=CW, transaction_id=str(uuid.uuid4()))
+        handover = Handover(
+            referral_id=rid, from_caseworker=CW, receiver_organisation="jongerenwerk-dh",
+            receiver_type=ReceiverType.JONGERENWERK, data_categories=["PERSONALIA"], summary="Sportproject.",
+        )  # fmt: skip
+        async with w.hub.store.transaction() as session:  # stored waiting, not yet routed
+            hid = (await create_handover(session, r, handover, act, announce=False)).id
+
+        async def route_it() -> str:
+            assert w.hub.store is not None
+            async with w.hub.store.transaction() as session:
+                return await route(session, r, hid, act)
+
+        async with w.hub.store.transaction() as withdrawing:  # `withdraw_consent`, step by step
+            stored = await get_consent(withdrawing, consent["consent_id"], lock=True)
+            assert stored is not None
+            stored = await mark_withdrawn(withdrawing, stored, by=CW, reason="jeugdige wil niet meer")
+            routing = asyncio.create_task(route_it())
+            done, _ = await asyncio.wait([routing], timeout=0.3)
+            assert not done, f"routing decided ({routing.result()}) while the withdrawal was uncommitted"
+            await apply_withdrawal(withdrawing, r, stored, act)
+        assert await routing == "INGETROKKEN"  # the withdrawal withdrew the pending handover (rule 10)
+        assert (await w.status(hid))["status"] == "INGETROKKEN"
+        assert await w.audit("handover.sent") == []
