@@ -80,7 +80,8 @@ Phone = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=40, pattern=r"^[0-9 +()\-]{4,40}$")
 ]
 
-# A moment a partner plans or reports (a joint meeting): with its UTC offset, within this century.
+# A moment a partner or caseworker reports (a joint meeting, a grantor's answer): with its UTC
+# offset, within this century.
 # Outside it a time is a typing error, and one near either end of the calendar cannot be stored on
 # PostgreSQL (converted to UTC it falls off the calendar).
 MOMENT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
