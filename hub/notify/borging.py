@@ -85,7 +85,7 @@ async def borg(
     tx_id = transaction_id or new_id()
     cw = await get_caseworker(session, caseworker_id)
     result = BorgingResult(caseworker_id)
-    moving = await active_signals_of(session, caseworker_id)
+    moving = await active_signals_of(session, caseworker_id, lock=True)  # two rounds at once: one move
     if not moving:
         return result
     try:

@@ -85,15 +85,21 @@ async def signal_row(session: AsyncSession, signal_id: str, *, lock: bool = Fals
     return row
 
 
-async def active_signals_of(session: AsyncSession, caseworker_id: str) -> list[VerwijsindexSignal]:
-    """The ACTIEF signals whose contact is `caseworker_id`, oldest first (signal_id always set)."""
-    rows = (
-        await session.execute(
-            select(signals)
-            .where(signals.c.caseworker_id == caseworker_id, signals.c.status == SignalStatus.ACTIEF.value)
-            .order_by(signals.c.created, signals.c.signal_id)
-        )
-    ).all()
+async def active_signals_of(
+    session: AsyncSession, caseworker_id: str, *, lock: bool = False
+) -> list[VerwijsindexSignal]:
+    """The ACTIEF signals whose contact is `caseworker_id`, oldest first (signal_id always set).
+
+    With `lock`, they stay locked until the transaction ends, for moving them: a concurrent move of
+    the same signals waits, then finds them no longer this caseworker's (PostgreSQL re-checks the
+    condition after the wait; SQLite's write transactions run one at a time).
+    """
+    query = (
+        select(signals)
+        .where(signals.c.caseworker_id == caseworker_id, signals.c.status == SignalStatus.ACTIEF.value)
+        .order_by(signals.c.created, signals.c.signal_id)
+    )
+    rows = (await session.execute(query.with_for_update() if lock else query)).all()
     return [signal_from_row(r) for r in rows]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -33,6 +35,12 @@ from tests.integration.test_notify_match import signal_with_match, youth
 pytestmark = pytest.mark.integration
 TODAY = today()  # the Dutch calendar day, as the hub counts it
 VI_FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 5, jitter=0.0)
+
+
+async def _audited(hub: Hub, action: str) -> list[Any]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        return list(await conn.execute(select(audit_log).where(audit_log.c.action == action)))
 
 
 async def _contacts(hub: Hub) -> dict[str, str]:
@@ -84,7 +92,16 @@ async def test_long_absence_moves_signals_to_the_delegate_and_the_index_shows_th
                 assert simulator.state.get(first).contactpersoon.naam != "Omar Haddou"
                 await add_caseworkers(hub, away)
 
-                results = {r.caseworker_id: r for r in await check_borging(hub)}
+                # two rounds at once (every hub process runs one): the signals move once
+                rounds = await asyncio.gather(check_borging(hub), check_borging(hub))
+                moved = [r for results in rounds for r in results if r.signal_ids]
+                assert len(moved) == 1, [(r.caseworker_id, r.signal_ids) for rs in rounds for r in rs]
+                assert [a.objects["signal_id"] for a in await _audited(hub, "signal.contact_changed")] in (
+                    [first, second],
+                    [second, first],
+                )
+                assert len(await _audited(hub, "borging.moved")) == 1
+                results = {r.caseworker_id: r for r in rounds[0] + rounds[1] if r.signal_ids or r.problem}
                 assert sorted(results["cw-ilse"].signal_ids) == sorted([first, second])
                 assert results["cw-ilse"].delegate_id == "cw-omar"
                 assert results["cw-lone"].problem and not results["cw-lone"].signal_ids
