@@ -26,7 +26,12 @@ _PATTERNS = (
 # A "key": value pair in text that is not (readable) JSON, such as a partner record cut off or
 # nested too deep: the value of a personal key is masked as it would be in parsed JSON. A string
 # value may run to the end of the text (cut off in the middle).
-_KEYED = re.compile(r'"((?:[^"\\]|\\.){0,200})"(\s*:\s*)("(?:[^"\\]|\\.)*(?:"|$)|[^\s,\]}{\["]+)')
+_KEYED = re.compile(
+    r'"((?:[^"\\]|\\.){0,64})"(\s*:\s*)'  # a key (a partner's keys are short) and its colon
+    r'("(?:[^"\\]|\\.)*(?:"|$)'  # a string, perhaps cut off
+    r'|\[(?:[^\[\]{}"]|"(?:[^"\\]|\\.)*(?:"|$))*(?:\]|$)'  # a flat array (given names), perhaps cut off
+    r'|[^\s,\]}{\["]+)'  # a number or a word
+)
 
 
 def _mask_keyed(match: re.Match[str]) -> str:
@@ -59,13 +64,31 @@ def mask_value(value: Any, *, key: str = "") -> Any:
     return value
 
 
+MAX_DEPTH = 200  # the answer nests the payload a level or two deeper; its encoder stops at 255
+
+
 def show_payload(raw: bytes, *, unmasked: bool) -> Any:
-    """The payload for an operator: parsed JSON (masked unless allowed), else masked text."""
+    """The payload for an operator: parsed JSON (masked unless allowed), else masked text.
+
+    JSON nested deeper than `MAX_DEPTH` is shown as text too: masking walks it as deep as it is
+    nested, and the answer's encoder refuses it (both were a 500).
+    """
     try:
         value = json.loads(raw)
-        # masking walks the value as deep as it is nested: JSON that json.loads could only just
-        # read is shown as text, like JSON it could not read at all
-        return value if unmasked else mask_value(value)
+        if _depth(value) <= MAX_DEPTH:
+            return value if unmasked else mask_value(value)
     except (ValueError, RecursionError):  # not UTF-8, not JSON, an overlong integer, too deep
-        text = raw.decode("utf-8", "replace")
-        return text if unmasked else mask_text(text)
+        pass
+    text = raw.decode("utf-8", "replace")
+    return text if unmasked else mask_text(text)
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value, counted without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level + 1)
+            todo.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest

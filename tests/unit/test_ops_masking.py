@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from hub.ops.masking import MASK, mask_text, show_payload
+from pydantic_core import to_json
+
+from hub.ops.masking import MASK, MAX_DEPTH, mask_text, show_payload
 
 BSN, NAME, SURNAME = "111222333", "Jan", "Jansen"
 RECORD = {
@@ -54,7 +56,27 @@ def test_json_too_deep_or_with_an_overlong_number_is_shown_as_masked_text() -> N
     assert show_payload(overlong.encode(), unmasked=True) == overlong
 
 
+def test_json_deeper_than_the_answer_can_hold_is_shown_as_text() -> None:
+    """Nested 255-600 deep, json.loads and masking both managed, and the answer's encoder refused
+    it (PydanticSerializationError, a 500), unmasked up to json.loads' own limit too."""
+    inner = json.dumps({"achternaam": SURNAME, "bsn": BSN})
+    for depth in (199, 300, 600):
+        raw = ("[" * depth + inner + "]" * depth).encode()
+        masked, plain = show_payload(raw, unmasked=False), show_payload(raw, unmasked=True)
+        if depth < MAX_DEPTH:
+            assert isinstance(masked, list) and isinstance(plain, list)
+        else:
+            assert isinstance(masked, str) and isinstance(plain, str)
+        to_json({"payload": masked, "masked": True})  # what the answer's encoder does
+        to_json({"payload": plain, "masked": False})
+        assert SURNAME not in str(masked) and BSN not in str(masked)
+
+
 def test_keyed_text_masks_personal_values_only() -> None:
     text = '{"naam": "A \\"B\\" C", "telefoon": 612345678, "geboortedatum": null, "status": "open"}'
     masked = mask_text(text)
     assert masked == f'{{"naam": "{MASK}", "telefoon": "{MASK}", "geboortedatum": null, "status": "open"}}'
+    # a list under a personal key (given names), whole or cut off in the middle
+    for names in ('{"voornamen": ["Johannes", "Pieter"], "n": [1, 2]}', '{"voornamen": ["Johannes", "Pie'):
+        assert "Johannes" not in mask_text(names) and "Pie" not in mask_text(names), mask_text(names)
+    assert mask_text('{"voornamen": ["Jan"], "n": [1, 2]}') == f'{{"voornamen": "{MASK}", "n": [1, 2]}}'
