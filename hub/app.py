@@ -11,6 +11,7 @@ from connectors.mail.component import register_mail
 from connectors.verwijsindex.component import register_verwijsindex
 from hub.api import health
 from hub.api.address import RefuseControlCharactersMiddleware
+from hub.api.limits import LimitBodyMiddleware
 from hub.api.problems import document_problems, install_problem_handlers
 from hub.api.referrals import router as referrals_router
 from hub.api.transaction import TransactionIdMiddleware
@@ -68,6 +69,9 @@ def create_app(
     app.include_router(handovers_router)
     app.include_router(directory_router)  # /api/v1/medewerkers (administrators)
     app.include_router(mails_router)  # /api/v1/mails: the embedded SMTP sink
+    # Caps every body before a handler or dependency reads it (read_body's limit); innermost, so its
+    # 413 carries the transaction id.
+    app.add_middleware(LimitBodyMiddleware, limit=hub.settings.http.max_body_bytes)
     app.add_middleware(RefuseControlCharactersMiddleware)  # inside: its 400 carries the transaction id
     app.add_middleware(TransactionIdMiddleware)
     document_problems(app)

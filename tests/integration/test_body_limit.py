@@ -1,0 +1,142 @@
+"""Request bodies are capped before anything reads them: an anonymous sender cannot fill the memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from hub.api.limits import BodyTooLarge, LimitBodyMiddleware
+from hub.embedded import EmbeddedKafka
+from tests.conftest import make_settings
+from tests.integration.test_intake_http import Api, intake_api, sample
+
+pytestmark = pytest.mark.integration
+# The unauthenticated login and an endpoint whose body is a pydantic model (parsed before auth).
+ANONYMOUS_POSTS = ["/ops/login", "/api/v1/overdrachten"]
+CHUNK = 1000
+
+
+@pytest.fixture
+async def api(kafka: EmbeddedKafka, tmp_path: Path, unique: str) -> AsyncIterator[Api]:
+    async with intake_api(
+        make_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}", unique)
+    ) as running:
+        yield running
+
+
+class Counted:
+    """A streamed body of `size` bytes that counts the chunks the server pulled from it."""
+
+    def __init__(self, size: int, prefix: bytes = b"") -> None:
+        self.size, self.prefix, self.pulled = size, prefix, 0
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size // CHUNK)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < self.size:
+            chunk = (self.prefix if sent == 0 else b"") or b"a" * min(CHUNK, self.size - sent)
+            self.pulled += 1
+            sent += len(chunk)
+            yield chunk
+
+
+def assert_too_large(response: httpx.Response, limit: int) -> None:
+    assert response.status_code == 413, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["title"] == "Bericht te groot" and str(limit) in body["detail"]
+    assert body["invalidParams"][0]["name"] == "(bericht)"
+
+
+def json_of_size(size: int) -> bytes:
+    """A JSON object of exactly `size` bytes (it passes the parser, so the next check decides)."""
+    shell = b'{"username": "x", "password": ""}'
+    return shell[:-2] + b"a" * (size - len(shell)) + shell[-2:]
+
+
+@pytest.mark.parametrize("path", ANONYMOUS_POSTS)
+async def test_a_declared_oversize_body_is_refused_without_reading_it(api: Api, path: str) -> None:
+    limit = api.hub.settings.http.max_body_bytes
+    body = Counted(limit * 50)
+    response = await api.client.post(
+        path,
+        content=body,
+        headers={"Content-Type": "application/json", "Content-Length": str(body.size)},
+    )
+    assert_too_large(response, limit)
+    assert body.pulled == 0
+
+
+@pytest.mark.parametrize("path", ANONYMOUS_POSTS)
+async def test_a_streamed_oversize_body_is_refused_as_soon_as_it_passes_the_limit(
+    api: Api, path: str
+) -> None:
+    limit = api.hub.settings.http.max_body_bytes
+    body = Counted(limit * 50, prefix=b'{"username": "x", "password": "')
+    response = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert_too_large(response, limit)
+    assert "content-length" not in response.request.headers
+    assert body.pulled <= limit // CHUNK + 2 < body.chunks  # it stopped reading right past the limit
+
+
+@pytest.mark.parametrize("path", ANONYMOUS_POSTS)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_body_at_the_limit_still_reaches_the_endpoint(api: Api, path: str, streamed: bool) -> None:
+    limit = api.hub.settings.http.max_body_bytes
+    raw = json_of_size(limit)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), CHUNK):
+            yield raw[start : start + CHUNK]
+
+    response = await api.client.post(
+        path, content=chunks() if streamed else raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 401, response.text  # anonymous, as before the cap
+
+
+async def test_partner_batches_at_the_limit_are_taken(api: Api) -> None:
+    limit = api.hub.settings.http.max_body_bytes
+    csv = sample("leerplicht", "valid_batch_utf8.csv")
+    at_limit = csv + b"\n" * (limit - len(csv))  # blank lines are no rows
+    response = await api.post("leerplicht", at_limit)
+    assert response.status_code == 200, response.text
+    assert_too_large(await api.post("leerplicht", at_limit + b"\n"), limit)
+
+
+async def test_the_login_form_and_console_files_still_work(api: Api) -> None:
+    form = await api.client.post("/ops/login", data={"username": "nobody", "password": "wrong"})
+    assert form.status_code == 303 and form.headers["location"] == "/ops/login?failed=1"
+    page = await api.client.get("/ops/login")
+    assert page.status_code == 200 and "<form" in page.text
+    script = await api.client.get("/ops/static/dashboard.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    login = await api.client.post("/ops/login", json={"username": "nobody", "password": "wrong"})
+    assert login.status_code == 401
+
+
+async def test_a_response_under_way_is_cut_off_not_followed_by_a_second() -> None:
+    async def streams_then_reads(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive()).get("more_body"):
+            pass
+
+    async def client_sends() -> Message:
+        return {"type": "http.request", "body": b"a" * CHUNK, "more_body": True}
+
+    sent: list[Message] = []
+
+    async def server_gets(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "path": "/ops/stream", "headers": []}
+    with pytest.raises(BodyTooLarge):
+        await LimitBodyMiddleware(streams_then_reads, limit=10 * CHUNK)(scope, client_sends, server_gets)
+    assert [m["type"] for m in sent] == ["http.response.start"]  # the server closes the connection
