@@ -7,6 +7,7 @@ import csv
 import io
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import Final
 
 from pydantic import ValidationError
@@ -23,12 +24,23 @@ from schemas.partners.leerplicht import (
 from schemas.problems import FieldProblem, PartnerFormatError, problems_from
 from schemas.referral import Guardian, Referral, Referrer, ReferrerType, Track, Truancy, Youth
 
-__all__ = ["REFERRER_TYPE", "SAMPLE_DIR", "RowResult", "parse_batch", "to_referral"]
+__all__ = [
+    "MAX_PROBLEMS_PER_ROW",
+    "REFERRER_TYPE",
+    "SAMPLE_DIR",
+    "RowResult",
+    "iter_batch",
+    "parse_batch",
+    "to_referral",
+]
 
 REFERRER_TYPE: Final = ReferrerType.LEERPLICHT
 SAMPLE_DIR: Final = "leerplicht"
 CASE_REFERENCE_FIELD: Final = "Dossiernummer"
 DELIMITER: Final = ";"
+# A row of nonsense fails on every column; past ten problems a partner learns nothing new from the
+# rest, while each one would be held and answered for every such row in the batch.
+MAX_PROBLEMS_PER_ROW: Final = 10
 
 _FILE = "(bestand)"
 _ROW = "(rij)"
@@ -104,6 +116,11 @@ def _headers(cells: list[str]) -> list[str]:
 
 def parse_batch(raw: bytes) -> list[RowResult]:
     """Every data row's result; a wrong encoding, delimiter or header raises for the whole batch."""
+    return list(iter_batch(raw))
+
+
+def iter_batch(raw: bytes) -> Iterator[RowResult]:
+    """`parse_batch` row by row, so a caller need not hold every result; the batch is checked first."""
     text = decode(raw)
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=DELIMITER)
     try:
@@ -112,23 +129,22 @@ def parse_batch(raw: bytes) -> list[RowResult]:
         raise _batch_error("leeg bestand", "een kopregel en ten minste één rij") from None
     except csv.Error:
         raise _batch_error("kopregel is geen geldige CSV") from None
-    headers = _headers(header)
-    results: list[RowResult] = []
+    return _results(rows, _headers(header))
+
+
+def _results(rows: Iterator[list[str]], headers: list[str]) -> Iterator[RowResult]:
     number = 0
     while True:
         number += 1
         try:
             cells = next(rows)
         except StopIteration:
-            break
+            return
         except csv.Error:
-            results.append(
-                RowResult(row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV")])
-            )
+            yield RowResult(row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV")])
             continue
         if any(c.strip() for c in cells):
-            results.append(_row(number, headers, cells))
-    return results
+            yield _row(number, headers, cells)
 
 
 def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
@@ -151,7 +167,15 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
 
 
 def _in_row(problems: list[FieldProblem]) -> list[FieldProblem]:
-    return [p.model_copy(update={"field": _ROW}) if p.field == "(bericht)" else p for p in problems]
+    """The row's problems with message-level ones on "(rij)", at most MAX_PROBLEMS_PER_ROW and a count."""
+    shown = [
+        p.model_copy(update={"field": _ROW}) if p.field == "(bericht)" else p
+        for p in problems[:MAX_PROBLEMS_PER_ROW]
+    ]
+    if len(problems) > MAX_PROBLEMS_PER_ROW:
+        more = len(problems) - MAX_PROBLEMS_PER_ROW
+        shown.append(FieldProblem(field=_ROW, problem=f"en nog {more} problemen in deze rij (niet getoond)"))
+    return shown
 
 
 def to_referral(row: LeerplichtRij) -> Referral:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from hub.api.problems import ProblemBody
-from schemas.referral import Decision, Outcome, Reason
+from hub.intake import reject_unparseable
+from hub.intake.service import IntakeResult
+from schemas.partners.leerplicht import RowResult as ParsedRow
+from schemas.referral import Decision, Outcome, Reason, Referral
+
+# Unreadable rows are described until their descriptions fill this much of the report; the rest are
+# named by row range only. A row of a few bytes ("x") fails on every column, so without a budget the
+# report grew to dozens of times the upload. With it the report is bounded by the readable rows
+# (about twice their size: a referral id and decision each) plus this budget, which still describes
+# some hundreds of bad rows in full: enough to mend an export and send it again.
+DETAIL_BUDGET_BYTES: Final = 256 * 1024
 
 
 class _Out(BaseModel):
@@ -80,13 +93,104 @@ class RowReport(_Out):
 
 
 class BatchReport(_Out):
-    """The answer to a leerplicht batch: counts and every row."""
+    """The answer to a leerplicht batch: counts and every row, unreadable ones past a budget by range."""
 
     total: int
     accepted: int
     rejected: int
     duplicate: int
-    rows: list[RowReport]
+    rows: list[RowReport] = Field(
+        description="every row that was read, and unreadable rows with reasons while the budget lasts"
+    )
+    rejected_without_detail: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="unreadable rows past the report's budget, as [first, last] row ranges; "
+        "mend the rows listed above and send the batch again to see their reasons",
+    )
+
+
+@dataclass
+class ReadBatch:
+    """A batch as read: the readable rows, to take in, and what the report says of the other rows.
+
+    Unreadable rows are turned into report entries as they are read and then let go: held as parsed,
+    a megabyte of them filled the heap, and the collector then held the interpreter (and the event
+    loop with it) for a third of a second at a time.
+    """
+
+    readable: list[ParsedRow] = field(default_factory=list)
+    described: list[RowReport] = field(default_factory=list)
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    ranged: int = 0  # a range may span blank lines, which are no rows: its rows are counted one by one
+
+    @property
+    def total(self) -> int:
+        """Data rows, blank lines not counted."""
+        return len(self.readable) + len(self.described) + self.ranged
+
+    @property
+    def referrals(self) -> list[Referral]:
+        """The readable rows' referrals, in order."""
+        return [r.referral for r in self.readable if r.referral is not None]
+
+
+def read_batch(rows: Iterable[ParsedRow]) -> ReadBatch:
+    """Sort parsed rows into readable ones and report entries, describing bad rows within the budget."""
+    read, budget, joins = ReadBatch(), DETAIL_BUDGET_BYTES, False
+    for row in rows:
+        joins, follows = False, joins  # whether the previous row went into the last range
+        if row.referral is not None:
+            read.readable.append(row)
+            continue
+        if budget > 0:
+            decision = reject_unparseable(row.problems, row.case_reference)
+            report = _row(row.row, row.case_reference, RowResult.REJECTED, None, decision)
+            budget -= len(report.model_dump_json(by_alias=True))
+            if budget >= 0:
+                read.described.append(report)
+                continue
+            budget = 0  # spent: from this row on, ranges only
+        if follows:
+            read.ranges[-1] = (read.ranges[-1][0], row.row)
+        else:
+            read.ranges.append((row.row, row.row))
+        read.ranged, joins = read.ranged + 1, True
+    return read
+
+
+def batch_report(read: ReadBatch, results: Sequence[IntakeResult]) -> BatchReport:
+    """The report of a batch, given the intake results of its readable rows in order."""
+    taken = [
+        _row(
+            row.row,
+            row.case_reference,
+            RowResult.DUPLICATE if result.duplicate else RowResult(result.decision.outcome.value),
+            result.referral_id,
+            result.decision,
+        )
+        for row, result in zip(read.readable, results, strict=True)
+    ]
+    reports = list(heapq.merge(taken, read.described, key=lambda r: r.row))
+    return BatchReport(
+        total=read.total,
+        accepted=sum(r.result is RowResult.ACCEPTED for r in taken),
+        rejected=sum(r.result is RowResult.REJECTED for r in reports) + read.ranged,
+        duplicate=sum(r.result is RowResult.DUPLICATE for r in taken),
+        rows=reports,
+        rejected_without_detail=read.ranges,
+    )
+
+
+def _row(
+    number: int, reference: str | None, kind: RowResult, referral_id: str | None, decision: Decision
+) -> RowReport:
+    return RowReport(
+        row=number,
+        case_reference=reference,
+        result=kind,
+        referral_id=referral_id,
+        decision=DecisionOut.of(decision),
+    )
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:

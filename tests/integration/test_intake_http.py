@@ -257,6 +257,44 @@ async def test_a_batch_of_1000_rows_with_37_bad_rows_reports_exactly_37_errors(a
     assert await api.count() == 963
 
 
+async def test_a_megabyte_of_bad_rows_leaves_the_hub_responsive_and_the_report_small(api: Api) -> None:
+    """Parsing it on the event loop held every other request for over three seconds, and the report
+    was 38 MB for a 1 MB upload."""
+    junk = ";".join(["x"] * len(leerplicht.HEADERS))
+    room = api.hub.settings.http.max_body_bytes - len(HEADER)  # a megabyte by default
+    raw = "\n".join([HEADER] + [junk] * (room // (len(junk) + 1))).encode()
+    loop = asyncio.get_running_loop()
+    stalls: list[float] = []
+    healthz: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            stalls.append(loop.time() - before - 0.005)
+
+    async def ask_healthz() -> None:
+        while True:
+            before = loop.time()
+            assert (await api.client.get("/healthz")).status_code == 200
+            healthz.append(loop.time() - before)
+            await asyncio.sleep(0.02)
+
+    ticker, asker = asyncio.create_task(tick()), asyncio.create_task(ask_healthz())
+    try:
+        response = await api.post("leerplicht", raw)
+    finally:
+        ticker.cancel()
+        asker.cancel()
+    assert response.status_code == 200
+    report = response.json()
+    assert report["rejected"] == report["total"] == raw.count(b"\n")
+    assert len(response.content) < len(raw)
+    assert len(stalls) > 50 and len(healthz) > 10  # the request took long enough to measure
+    assert max(stalls) < 0.2, f"the event loop stalled {max(stalls) * 1000:.0f} ms"
+    assert max(healthz) < 0.2, f"GET /healthz took {max(healthz) * 1000:.0f} ms during the batch"
+
+
 async def test_a_control_character_in_a_case_reference_rejects_its_row_alone(api: Api) -> None:
     """The rejection carried the row's reference: with a control character in it, the decision could
     not be made and the whole batch answered 500."""

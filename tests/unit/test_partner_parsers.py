@@ -529,3 +529,13 @@ def test_json_python_cannot_read_is_a_format_error_on_the_message(connector: Mod
         with pytest.raises(PartnerFormatError) as caught:
             connector.parse(raw)
         assert [(p.field, p.problem) for p in caught.value.problems] == [("(bericht)", problem)]
+
+
+def test_a_row_wrong_in_every_column_names_ten_problems_and_counts_the_rest() -> None:
+    header = ";".join(leerplicht.HEADERS)
+    raw = "\n".join([header, ";".join(["x"] * len(leerplicht.HEADERS))]).encode()
+    [result] = leerplicht.parse_batch(raw)
+    assert len(result.problems) == leerplicht.MAX_PROBLEMS_PER_ROW + 1
+    *named, more = result.problems
+    assert len({p.field for p in named}) == leerplicht.MAX_PROBLEMS_PER_ROW
+    assert more.field == "(rij)" and more.problem.startswith("en nog ")
