@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
@@ -53,8 +53,21 @@ class DeadLetter:
     timestamp_ms: int
     key: str | None
     headers: dict[str, str]
-    value: bytes
+    # None when only listed: a list of letters holds no payloads, which can be megabytes each.
+    payload: bytes | None = field(default=None, repr=False)
     status: str = "open"
+
+    @property
+    def value(self) -> bytes:
+        """The payload, as read by `DeadLetters.get`; a listed letter has none loaded (LookupError)."""
+        if self.payload is None:
+            raise LookupError(f"the payload of dead letter {self.id} was not read")
+        return self.payload
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """Topic, partition and offset."""
+        return self.topic, self.partition, self.offset
 
     @property
     def id(self) -> str:
@@ -128,60 +141,73 @@ def parse_id(letter_id: str) -> tuple[str, int, int]:
     return topic, int(partition), int(offset)
 
 
-async def read_records(
-    options: Mapping[str, Any], topics: list[str], *, at: tuple[str, int, int] | None = None
+async def read_records(options: Mapping[str, Any], topics: list[str]) -> list[DeadLetter]:
+    """Every record of `topics` up to their high watermark: headers and key, not the payload."""
+    return await _read(options, topics, None)
+
+
+async def read_at(
+    options: Mapping[str, Any], positions: Collection[tuple[str, int, int]]
 ) -> list[DeadLetter]:
-    """Every record of `topics` up to their high watermark, or the one record `at` (topic, part, offset)."""
+    """The records at `positions` (topic, partition, offset), payload included; absent ones left out."""
+    return await _read(options, [], set(positions)) if positions else []
+
+
+async def _read(
+    options: Mapping[str, Any], topics: list[str], wanted: set[tuple[str, int, int]] | None
+) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
     try:
         cluster = await consumer._client.fetch_all_metadata()
-        if at is not None:
-            tps = (
-                [TopicPartition(at[0], at[1])] if at[1] in (cluster.partitions_for_topic(at[0]) or ()) else []
-            )
-        else:
-            tps = [
-                TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())
-            ]
-        if not tps:
+        # per partition, the offsets to read from and to (None: from the beginning, to the end)
+        span: dict[TopicPartition, tuple[int, int] | None] = {}
+        if wanted is None:
+            span = {TopicPartition(t, p): None for t in topics for p in cluster.partitions_for_topic(t) or ()}
+        for t, p, o in wanted or ():
+            if p in (cluster.partitions_for_topic(t) or ()):
+                first, last = span.get(TopicPartition(t, p)) or (o, o)
+                span[TopicPartition(t, p)] = (min(first, o), max(last, o))
+        if not span:
             return []
-        consumer.assign(tps)
-        if at is not None:
-            consumer.seek(tps[0], at[2])
-        else:
-            await consumer.seek_to_beginning(*tps)
+        consumer.assign(list(span))
+        if wanted is None:
+            await consumer.seek_to_beginning(*span)
+        for tp, bounds in span.items():
+            if bounds is not None:
+                consumer.seek(tp, bounds[0])
         out: list[DeadLetter] = []
-        pending = set(tps)
+        pending = set(span)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while pending and loop.time() < deadline:
             batch = await consumer.getmany(*pending, timeout_ms=200)
-            for tp, records in batch.items():
-                for r in records:
-                    if at is not None and r.offset != at[2]:
-                        continue
-                    out.append(
-                        DeadLetter(
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                            r.timestamp,
-                            bytes(r.key).decode("utf-8", "replace") if r.key is not None else None,
-                            {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
-                            bytes(r.value or b""),
-                        )
-                    )
-                if at is not None and records:
-                    pending.discard(tp)
+            for records in batch.values():
+                out += [
+                    _letter(r, wanted)
+                    for r in records
+                    if wanted is None or (r.topic, r.partition, r.offset) in wanted
+                ]
             for tp in list(pending):
-                hw = consumer.highwater(tp)
-                if hw is not None and await consumer.position(tp) >= hw:
+                hw, position, bounds = consumer.highwater(tp), await consumer.position(tp), span[tp]
+                if (hw is not None and position >= hw) or (bounds is not None and position > bounds[1]):
                     pending.discard(tp)
         return out
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
+
+
+def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
+    return DeadLetter(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp,
+        bytes(r.key).decode("utf-8", "replace") if r.key is not None else None,
+        {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
+        None if wanted is None else bytes(r.value or b""),
+    )
 
 
 @dataclass
@@ -219,36 +245,43 @@ class DeadLetters:
         self.wake, self.rate_per_s = wake or (lambda: None), rate_per_s
         self.jobs: dict[str, ReplayJob] = {}
 
-    async def _statuses(self) -> dict[tuple[str, int, int], str]:
+    async def _statuses(self, letters: Iterable[DeadLetter]) -> dict[tuple[str, int, int], str]:
+        """What was done with `letters`: one range per partition, not the whole history of actions."""
+        span: dict[tuple[str, int], tuple[int, int]] = {}
+        for d in letters:
+            first, last = span.get((d.topic, d.partition), (d.offset, d.offset))
+            span[d.topic, d.partition] = (min(first, d.offset), max(last, d.offset))
+        if not span:
+            return {}
+        c = dlq_actions.c
+        ranges = [
+            and_(c.dlq_topic == t, c.partition == p, c.offset.between(first, last))
+            for (t, p), (first, last) in span.items()
+        ]
         async with self.store.connect() as conn:
             rows = await conn.execute(
-                select(
-                    dlq_actions.c.dlq_topic,
-                    dlq_actions.c.partition,
-                    dlq_actions.c.offset,
-                    dlq_actions.c.action,
-                )
+                select(c.dlq_topic, c.partition, c.offset, c.action).where(or_(*ranges))
             )
             return {(t, int(p), int(o)): a for t, p, o, a in rows}
 
     async def find(self, flt: Filter = Filter()) -> list[DeadLetter]:
-        """Dead letters matching `flt`, oldest first."""
+        """Dead letters matching `flt`, oldest first; without their payloads (see `get`)."""
         letters = await read_records(self.options, self.dlq_topics)
-        statuses = await self._statuses()
+        statuses = await self._statuses(letters)
         for d in letters:
-            d.status = statuses.get((d.topic, d.partition, d.offset), "open")
+            d.status = statuses.get(d.position, "open")
         return sorted((d for d in letters if flt.matches(d)), key=lambda d: (d.failed_at, d.id))
 
     async def get(self, letter_id: str) -> DeadLetter | None:
-        """One dead letter by id, or None."""
+        """One dead letter by id, with its payload, or None."""
         topic, partition, offset = parse_id(letter_id)
         if topic not in self.dlq_topics:
             return None
-        found = await read_records(self.options, [], at=(topic, partition, offset))
+        found = await read_at(self.options, [(topic, partition, offset)])
         if not found:
             return None
         d = found[0]
-        d.status = (await self._statuses()).get((topic, partition, offset), "open")
+        d.status = (await self._statuses([d])).get(d.position, "open")
         return d
 
     async def record_view(self, d: DeadLetter, operator: str, *, unmasked: bool) -> None:
@@ -303,10 +336,14 @@ class DeadLetters:
             system=SYSTEM,
         )
 
-    async def _replay_one(self, session: Any, d: DeadLetter, operator: str, job_id: str | None) -> None:
+    async def _replay_one(
+        self, session: Any, d: DeadLetter, value: bytes | None, operator: str, job_id: str | None
+    ) -> None:
         original = d.headers.get(DLQ_TOPIC)
         if not original:
             raise ValueError("dead letter without its original topic")
+        if value is None:
+            raise ValueError("dead letter no longer on its topic")
         await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id)
         # An unusable message-id header was never an inbox key: the spine keyed that record by its
         # position, and the replayed copy gets a position of its own.
@@ -317,7 +354,7 @@ class DeadLetters:
             )
         headers = {k: v for k, v in d.headers.items() if not k.startswith("dlq-")}
         headers[REPLAYED_FROM] = d.id
-        await add_to_outbox(session, original, d.value, key=d.key, headers=headers)
+        await add_to_outbox(session, original, value, key=d.key, headers=headers)
 
     def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:
         """Replay `letters` in the background, rate-limited; returns the job to poll."""
@@ -332,11 +369,18 @@ class DeadLetters:
         try:
             for i in range(0, len(letters), batch):
                 done = skipped = failed = 0  # counted once their transaction committed
+                chunk = letters[i : i + batch]
+                # payloads are read per batch: a job over the whole queue holds one batch of them
+                unread = [d.position for d in chunk if d.payload is None]
+                values = {d.position: d.value for d in chunk if d.payload is not None}
+                values |= {d.position: d.value for d in await read_at(self.options, unread)}
                 async with self.store.transaction() as session:
-                    for d in letters[i : i + batch]:
+                    for d in chunk:
                         try:
                             async with session.begin_nested():
-                                await self._replay_one(session, d, job.operator, job.id)
+                                await self._replay_one(
+                                    session, d, values.get(d.position), job.operator, job.id
+                                )
                             done += 1
                         except sa_exc.IntegrityError:
                             skipped += 1  # already replayed or discarded

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import COOKIE, add_operator
+from hub.ops.console import console_of
 from hub.runtime import Hub
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope
@@ -205,3 +206,36 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
         # the one that could not be replayed stays open
         await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
         assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
+
+
+async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A list of dead letters read every payload (60 of 900 KB: 58 MB for GET /ops/api/dlq?limit=1)."""
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        sent = [Envelope(type="T", payload={"n": i, "poison": True, "pad": "p" * 200_000}) for i in range(3)]
+        records = [(f"key-{i}".encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        letters = console_of(hub).dead_letters
+        listed = await letters.find()
+        assert len(listed) == 3 and all(d.payload is None for d in listed)
+        with pytest.raises(LookupError):
+            _ = listed[0].value
+        one = await letters.get(listed[0].id)
+        assert one is not None and one.key is not None
+        assert Envelope.from_bytes(one.value).payload == sent[int(one.key.removeprefix("key-"))].payload
+
+        cure.fixed = True
+        job = (await client.post("/ops/api/dlq/replay", json={"key": "key-1"})).json()
+        assert job["total"] == 1
+        await wait_for(lambda: _job_done(client, job["id"]))
+        rest = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        assert rest["total"] == 2
+        await wait_for(lambda: _job_done(client, rest["id"]))
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=3, settle_s=0.5)
+        echoed = [Envelope.from_bytes(r.value).payload for r in out]
+        assert sorted(p["n"] for p in echoed) == [0, 1, 2]  # each once, whole
+        assert all(p == sent[p["n"]].payload for p in echoed)
+        assert await _depth(client, hub) == 0
