@@ -286,4 +286,4 @@ async def parent_letter(signal_id: str, request: Request, cw: CurrentCaseworker)
     """The letter "aanmelding verwijsindex aan ouder": HTML, or PDF on `Accept: application/pdf`."""
     row = await _read(request, signal_id, cw, "signal.parent_letter")
     hub = _hub(request)
-    return letter_response(row, hub.settings, request.headers.get("accept", ""), day=hub.today())
+    return await letter_response(row, hub.settings, request.headers.get("accept", ""), day=hub.today())

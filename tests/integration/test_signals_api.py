@@ -216,7 +216,9 @@ async def test_parent_letter_html_and_pdf_without_reason(api: tuple[Hub, httpx.A
         assert forbidden.lower() not in text.lower()
     pdf = await client.get(f"{URL}/{sid}/ouderbrief", headers=ILSE | {"Accept": "application/pdf"})
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
-    assert pdf.content.startswith(b"%PDF")
+    assert pdf.content.startswith(b"%PDF") and pdf.content.rstrip().endswith(b"%%EOF")
+    assert int(pdf.headers["content-length"]) == len(pdf.content)
+    assert pdf.headers["content-disposition"] == f'inline; filename="ouderbrief-{sid}.pdf"'
 
 
 async def test_a_caseworker_id_alone_opens_nothing(api: tuple[Hub, httpx.AsyncClient]) -> None:
