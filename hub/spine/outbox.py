@@ -97,6 +97,12 @@ class Relay:
         self._stopping = False
         self.published = 0
         self.last_error: str | None = None
+        # SQLite: the highest id published and not yet marked sent, how many rows that is, and the
+        # task marking them. At most `unmarked_max` rows wait for their mark before publishing waits.
+        self._unmarked: int | None = None
+        self._unmarked_n = 0
+        self._marker: asyncio.Task[None] | None = None
+        self.unmarked_max = 10 * batch
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from `run()`: a clean stop publishes nothing twice."""
@@ -108,9 +114,14 @@ class Relay:
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one batch of pending rows; return how many were sent."""
+        """Publish one batch of pending rows and mark them sent; return how many were sent."""
         if self.store.dialect != "postgresql":
-            return await self._publish_unlocked()
+            sent = await self._publish_ahead()
+            await self._marks_done()
+            return sent
+        return await self._publish_locked()
+
+    async def _publish_locked(self) -> int:
         async with self.store.transaction() as session:
             # One relay publishes at a time across all hub processes: per-key order holds. Row and
             # advisory locks do not stop other writers on PostgreSQL, so they may span the publish.
@@ -127,20 +138,69 @@ class Relay:
         self.published += len(rows)
         return len(rows)
 
-    async def _publish_unlocked(self) -> int:
-        """SQLite: a write transaction locks the whole file, so none is held while the broker is slow
-        or away; the rows are read, published, then marked in a short write of their own."""
+    async def _publish_ahead(self) -> int:
+        """SQLite: publish the next batch; its "sent" mark is written by a task of its own.
+
+        A write transaction locks the whole file, so none is held while the broker is slow or away.
+        Under load every component queues for that one writer, and a relay that waited its turn to
+        mark each batch before it read the next got out one batch a queue round: 50 rows a second
+        with the intake, routing, Verwijsindex and mail consumers all busy. Now the mark waits its
+        turn while the next batches are read and published, and marks all of them at once.
+
+        Rows already published are skipped by id: on SQLite transactions commit one at a time, so
+        ids commit in order and every unsent row at or below the highest id published went out.
+        A crash before the mark publishes those rows again, as a crash between publish and mark
+        always did; consumers drop the repeat by its message id.
+        """
+        await self._check_marker()
+        if self._unmarked_n >= self.unmarked_max:
+            await self._marks_done()  # the marks are far behind: let them catch up first
+        query = self._pending()
+        if self._unmarked is not None:
+            query = query.where(outbox.c.id > self._unmarked)
         async with self.store.connect() as conn:
-            rows = (await conn.execute(self._pending())).all()
+            rows = (await conn.execute(query)).all()
         if not rows:
             return 0
         await self._send(rows)
-        async with self.store.transaction() as session:
-            await session.execute(
-                update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
-            )
+        self._unmarked, self._unmarked_n = rows[-1].id, self._unmarked_n + len(rows)
         self.published += len(rows)
+        self._start_marker()
         return len(rows)
+
+    def _start_marker(self) -> None:
+        if self._unmarked is not None and (self._marker is None or self._marker.done()):
+            self._marker = asyncio.create_task(self._mark(), name="outbox-relay-mark")
+
+    async def _mark(self) -> None:
+        """Mark every published row sent, in as few writes as the writer queue allows."""
+        while self._unmarked is not None:
+            high, n = self._unmarked, self._unmarked_n
+            async with self.store.transaction() as session:
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.sent_at.is_(None), outbox.c.id <= high)
+                    .values(sent_at=utcnow())
+                )
+            self._unmarked_n -= n
+            if self._unmarked == high:
+                self._unmarked = None
+
+    async def _check_marker(self) -> None:
+        """Raise a failed mark's error (the relay backs off and tries again); restart marking."""
+        marker = self._marker
+        if marker is not None and marker.done():
+            self._marker = None
+            if not marker.cancelled() and (exc := marker.exception()) is not None:
+                raise exc
+        self._start_marker()
+
+    async def _marks_done(self) -> None:
+        """Wait until every published row is marked sent; raise the mark's error if it failed."""
+        await self._check_marker()
+        if self._marker is not None:
+            await asyncio.shield(self._marker)
+            await self._check_marker()
 
     def _pending(self) -> Select[Any]:
         return (
@@ -189,11 +249,28 @@ class Relay:
             await session.execute(delete(outbox).where(outbox.c.sent_at < utcnow() - self.keep))
 
     async def run(self) -> None:
-        """Publish until cancelled; broker or database trouble is retried with backoff."""
+        """Publish until stopped or cancelled; broker or database trouble is retried with backoff."""
+        try:
+            await self._run()
+            try:
+                await self._marks_done()  # a clean stop leaves nothing to publish twice
+            except Exception as exc:
+                log.warning(
+                    "outbox relay stopped before its last rows were marked sent; they go out again"
+                    " after a restart",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+        finally:
+            if self._marker is not None and not self._marker.done():
+                self._marker.cancel()
+
+    async def _run(self) -> None:
         backoff, cycles = 0.1, 0
         while not self._stopping:
             try:
-                sent = await self.publish_once()
+                sent = await (
+                    self._publish_locked() if self.store.dialect == "postgresql" else self._publish_ahead()
+                )
                 self.last_error, backoff = None, 0.1
                 cycles += 1
                 if cycles % 1000 == 0:

@@ -133,3 +133,41 @@ async def test_rows_go_out_once_in_key_order_on_the_partition_the_key_hashes_to(
     for key in keys:
         rows = [int(headers_of(r)["row"]) for r in out if r.key == key.encode()]
         assert rows == sorted(rows) and len(rows) == 20  # in commit order within the key
+
+
+async def test_the_relay_keeps_publishing_while_its_sent_marks_wait_for_the_writer(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """Under load every component queues for the store's writer (on SQLite one at a time). The relay
+    publishes the next batches while the "sent" mark of the last waits its turn, then marks them
+    all; a stop waits for that mark, so nothing goes out twice after a restart."""
+    topic = f"{unique}.busy-writer"
+    n = 1_600  # more than three of the relay's batches of 500
+    async with store.transaction() as session:
+        for i in range(n):
+            await add_to_outbox(session, topic, b"%05d" % i, key=f"youth-{i % 7}")
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def busy_writer() -> None:  # another component's long write transaction
+        async with store.transaction() as session:
+            await session.execute(select(outbox.c.id).limit(1))
+            holding.set()
+            await release.wait()
+
+    writer = asyncio.create_task(busy_writer())
+    await holding.wait()
+    try:
+        async with _relay(kafka, store, topic, gather_s=0.0) as relay:
+            relay.wake()
+            # every row out while the writer is held: before, the relay stopped after its first batch
+            out = await read_topic(kafka.bootstrap, topic, expect=n, timeout_s=20, settle_s=0.5)
+            assert sorted(r.value for r in out) == [b"%05d" % i for i in range(n)]  # each once
+            assert relay.published == n
+            release.set()
+            await writer
+        # stopped: the marks are written, nothing is left to publish again
+        assert await _all_sent(store, topic, n)
+    finally:
+        release.set()
+        await writer
