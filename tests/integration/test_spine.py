@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from hub.audit import AuditEntry
 from hub.embedded import EmbeddedKafka
-from hub.spine import add_to_outbox
+from hub.runtime import Hub
+from hub.spine import Tx, add_to_outbox
+from hub.spine.consumer import Item
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
@@ -124,3 +127,49 @@ async def test_nothing_is_published_for_a_rolled_back_transaction(
 async def _pending_zero(hub: object) -> bool:
     relay = getattr(hub, "relay", None)
     return relay is not None and await relay.pending() == 0
+
+
+async def test_a_poison_record_in_a_batch_costs_a_few_single_calls_not_the_whole_batch(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A batch handler that fails on one record is tried on each half, down to a few records that
+    go one by one: the poison record dead-letters alone, every other record has its effect once,
+    and the record handler is called for a handful of records, not for the whole batch (each of
+    those calls runs in the transaction that holds SQLite's one writer)."""
+    settings = make_settings(kafka, db_url, unique)
+    singles: list[int] = []
+    batch_calls: list[int] = []
+
+    def component(hub: Hub) -> None:
+        assert hub.spine is not None
+
+        async def all_at_once(tx: Tx, items: list[Item[Envelope]]) -> None:
+            batch_calls.append(len(items))
+            for item in items:
+                if item.value.payload.get("poison"):
+                    raise ValueError("poison payload")
+            for item in items:
+                await tx.audit(
+                    AuditEntry(action="test.effect", user="test", objects={"n": item.value.payload["n"]})
+                )
+
+        @hub.spine.subscribe(
+            hub.topic(IN.name), group=hub.group("halves"), dlq=hub.topic(IN.dlq), batch=all_at_once
+        )
+        async def one(tx: Tx, message: Envelope) -> None:
+            """One test message."""
+            singles.append(message.payload["n"])
+            await all_at_once(tx, [Item(tx.record, message, tx.transaction_id)])
+
+    n, poison_at = 400, 217
+    sent = [Envelope(type="Test", payload={"n": i, "poison": i == poison_at}) for i in range(n)]
+    async with running_hub(settings, component) as hub:
+        assert hub.store is not None
+        await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in sent])
+        dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1, settle_s=0.5)
+        await wait_for(lambda: _count_effects(hub.store, n - 1))
+        effects = await _effects(hub.store)
+    assert [Envelope.from_bytes(r.value).payload["n"] for r in dead] == [poison_at]
+    assert effects == [i for i in range(n) if i != poison_at]  # each once
+    assert poison_at in singles and len(singles) <= 8  # the poison's last few records, no more
+    assert max(batch_calls) > 8  # (the records did come in batches)
