@@ -41,6 +41,11 @@ class KafkaSettings(BaseModel):
     # one each. A message that follows another within this time waits at most this much longer;
     # on a quiet hub the relay publishes at once. 0 publishes every commit on its own.
     outbox_gather_ms: int = Field(default=10, ge=0, le=1_000)
+    # The largest record batch the brokers take: their message.max.bytes (or the topics'
+    # max.message.bytes). The outbox relay parks a row that would be larger, for an operator to
+    # release or discard (`ketenhub outbox`), instead of retrying it for ever with nothing behind
+    # it going out. Kafka's default; the embedded broker has no limit of its own.
+    max_message_bytes: int = Field(default=1_048_588, ge=10_000)
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
 

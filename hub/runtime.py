@@ -82,7 +82,12 @@ class Hub:
         await ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor)
         producer = make_producer(self.kafka_options)
         await producer.start()
-        self.relay = Relay(self.store, producer, gather_s=s.kafka.outbox_gather_ms / 1000)
+        self.relay = Relay(
+            self.store,
+            producer,
+            gather_s=s.kafka.outbox_gather_ms / 1000,
+            max_message_bytes=s.kafka.max_message_bytes,
+        )
         self.broker = KafkaBroker(
             self.bootstrap,
             client_id=s.kafka.client_id,

@@ -15,6 +15,7 @@ from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
 from hub.ops.dlq import DeadLetter, Filter
 from hub.ops.masking import show_payload
+from hub.ops.parked import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import NO_CONTROL, Plain
 
@@ -47,6 +48,21 @@ async def connectors(request: Request, op: Viewer) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("store", "broker"):
         out[name] = {"reachable": checks.get(name) == "ok", "detail": checks.get(name)}
+    relay = console.hub.relay
+    if relay is not None and console.hub.store is not None:
+        state = await outbox_state(console.hub.store)
+        problem = relay.last_error or (
+            f"{state.parked} row(s) parked as larger than the brokers take: `ketenhub outbox list`"
+            if state.parked
+            else None
+        )
+        out["outbox"] = {
+            "reachable": relay.last_error is None,
+            "last_success": relay.last_published_at.isoformat() if relay.last_published_at else None,
+            "last_error": problem,
+            "detail": None,
+            **state.as_json(),
+        }
     for name, component in console.connectors().items():
         status = getattr(component, "status", None)
         info: dict[str, Any] = dict(status()) if callable(status) else {}

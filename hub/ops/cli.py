@@ -25,12 +25,17 @@ from hub.ops.dlq import DeadLetters, Filter
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import LagProbe
 from hub.ops.masking import show_payload
+from hub.ops.parked import NotParked, StillTooLarge, discard, outbox_state, parked_rows, release
 from hub.ops.tables import ROLES
 from hub.store import Store
 from hub.topics import all_topics, prefixed
 
 operators_app = typer.Typer(help="Operators of the console and their roles.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list, show, replay, discard.", no_args_is_help=True)
+outbox_app = typer.Typer(
+    help="The outbox: what waits to be published, and rows parked as larger than the brokers take.",
+    no_args_is_help=True,
+)
 T = TypeVar("T")
 USER = "cli"
 
@@ -178,6 +183,63 @@ def dlq_replay(
             return job.done
 
     typer.echo(f"queued {_run(go)} dead letter(s) for replay")
+
+
+@outbox_app.command("list")
+def outbox_list() -> None:
+    """Rows waiting to be published, and every parked row (no key or payload: personal data)."""
+
+    async def go(_settings: Settings, store: Store) -> Any:
+        return await outbox_state(store), await parked_rows(store)
+
+    state, rows = _run(go)
+    typer.echo(
+        f"{state.waiting} row(s) waiting to be published (oldest {state.oldest_seconds:.0f} s),"
+        f" {state.parked} parked"
+    )
+    if rows:
+        table = Table("id", "parked at", "topic", "bytes", "message id", "reason")
+        for column in table.columns:
+            column.overflow = "fold"
+        for r in rows:
+            at = r.parked_at.isoformat(timespec="seconds")
+            table.add_row(str(r.id), at, r.topic, f"{r.size:,}", r.message_id or "", r.reason)
+        Terminal().print(table)
+
+
+@outbox_app.command("release")
+def outbox_release(
+    row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
+    reason: Annotated[str, typer.Option(help="why it may go now (audited)")],
+) -> None:
+    """Put a parked row back in the outbox, once the brokers' limit and kafka.max_message_bytes allow it."""
+
+    async def go(settings: Settings, store: Store) -> int:
+        return await release(store, row_id, USER, reason, max_message_bytes=settings.kafka.max_message_bytes)
+
+    try:
+        new_id = _run(go)
+    except NotParked:
+        typer.echo(f"ketenhub: no parked outbox row {row_id}", err=True)
+        raise typer.Exit(1) from None
+    except StillTooLarge as exc:
+        typer.echo(f"ketenhub: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"released {row_id}: queued again as outbox row {new_id}; the running hub publishes it")
+
+
+@outbox_app.command("discard")
+def outbox_discard(
+    row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
+    reason: Annotated[str, typer.Option(help="why it is dropped (audited)")],
+) -> None:
+    """Drop a parked row for good, with a reason (audited)."""
+    try:
+        _run(lambda _s, store: discard(store, row_id, USER, reason))
+    except NotParked:
+        typer.echo(f"ketenhub: no parked outbox row {row_id}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"discarded {row_id}")
 
 
 def topics() -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from hub.logging import get_logger
 from hub.ops.lag import LagProbe, LagSample
+from hub.ops.parked import OutboxState, outbox_state
 from hub.ops.tables import dlq_actions
 from hub.ops.verdict import GroupSample, Verdict, evaluate
 from hub.store import Store
@@ -44,6 +45,7 @@ class Health:
     dlq_depth: dict[str, int]
     retry_parked: dict[str, int]
     groups: list[dict[str, Any]] = field(default_factory=list)
+    outbox: OutboxState | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The shape the dashboard reads."""
@@ -65,6 +67,7 @@ class Health:
             ],
             "dlq_depth": self.dlq_depth,
             "retry_parked": self.retry_parked,
+            "outbox": self.outbox.as_json() if self.outbox is not None else None,
         }
 
 
@@ -198,4 +201,5 @@ class Monitor:
                     "topics": per_topic,
                 }
             )
-        return Health(s, verdicts, in_rates, out_rates, dlq_depth, retry_parked, groups)
+        outbox = await outbox_state(self.store)
+        return Health(s, verdicts, in_rates, out_rates, dlq_depth, retry_parked, groups, outbox)

@@ -63,6 +63,20 @@ class _HealthCollector(Collector):
         for group, v in sorted(h.verdicts.items()):
             verdict.add_metric([group], int(v))
         yield from (lag, lag_s, current, dlq, parked, verdict)
+        if h.outbox is not None:
+            yield GaugeMetricFamily(
+                "ketenhub_outbox_waiting", "Outbox rows not yet published", value=h.outbox.waiting
+            )
+            yield GaugeMetricFamily(
+                "ketenhub_outbox_oldest_seconds",
+                "Age of the oldest outbox row not yet published",
+                value=h.outbox.oldest_seconds,
+            )
+            yield GaugeMetricFamily(
+                "ketenhub_outbox_parked",
+                "Outbox rows parked as larger than the brokers take, for an operator to release or discard",
+                value=h.outbox.parked,
+            )
 
 
 def render(health: Health, metrics: Metrics) -> bytes:

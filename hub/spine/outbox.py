@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from sqlalchemy import Row, Select, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.kafka import KeyPartitioner
 from hub.logging import get_logger
 from hub.store import Store
-from hub.store.tables import outbox
+from hub.store.tables import outbox, outbox_parked
 from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
 
 log = get_logger(__name__)
@@ -71,6 +73,16 @@ async def add_many_to_outbox(
         await session.execute(insert(outbox), [_outbox_row(t, m, k, None) for t, m, k in messages])
 
 
+@dataclass(slots=True)
+class _Record:
+    """An outbox row as the record it goes out as."""
+
+    row: Row[Any]
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    size: int  # an upper bound of its size in a record batch of its own
+
+
 class Relay:
     """Publishes outbox rows in id order, marks them sent, purges sent rows after `keep`.
 
@@ -89,9 +101,12 @@ class Relay:
         poll_s: float = 0.5,
         keep: timedelta = timedelta(hours=1),
         gather_s: float = 0.0,
+        max_message_bytes: int = 1_048_588,
     ) -> None:
         self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
-        self.gather_s = gather_s
+        self.gather_s, self.max_message_bytes = gather_s, max_message_bytes
+        self.parked = 0
+        self.last_published_at: datetime | None = None
         self.partitioner = KeyPartitioner()  # as the producer's own (make_producer)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -131,11 +146,15 @@ class Relay:
             rows = (await session.execute(self._pending().with_for_update(skip_locked=True))).all()
             if not rows:
                 return 0
-            await self._send(rows)
-            await session.execute(
-                update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
-            )
-        self.published += len(rows)
+            out, oversize = self._records(rows)
+            if oversize:
+                await self._park(session, oversize)
+            if out:
+                await self._send(out)
+                await session.execute(
+                    update(outbox).where(outbox.c.id.in_([r.row.id for r in out])).values(sent_at=utcnow())
+                )
+        self._published(len(out))
         return len(rows)
 
     async def _publish_ahead(self) -> int:
@@ -162,10 +181,15 @@ class Relay:
             rows = (await conn.execute(query)).all()
         if not rows:
             return 0
-        await self._send(rows)
-        self._unmarked, self._unmarked_n = rows[-1].id, self._unmarked_n + len(rows)
-        self.published += len(rows)
-        self._start_marker()
+        out, oversize = self._records(rows)
+        if oversize:  # moved out of the outbox before anything is marked sent
+            async with self.store.transaction() as session:
+                await self._park(session, oversize)
+        if out:
+            await self._send(out)
+            self._unmarked, self._unmarked_n = out[-1].row.id, self._unmarked_n + len(out)
+            self._published(len(out))
+            self._start_marker()
         return len(rows)
 
     def _start_marker(self) -> None:
@@ -204,13 +228,73 @@ class Relay:
 
     def _pending(self) -> Select[Any]:
         return (
-            select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
+            select(
+                outbox.c.id,
+                outbox.c.topic,
+                outbox.c.key,
+                outbox.c.value,
+                outbox.c.headers,
+                outbox.c.created_at,
+            )
             .where(outbox.c.sent_at.is_(None))
             .order_by(outbox.c.id)
             .limit(self.batch)
         )
 
-    async def _send(self, rows: Sequence[Row[Any]]) -> None:
+    def _published(self, n: int) -> None:
+        if n:
+            self.published += n
+            self.last_published_at = utcnow()
+
+    def _records(self, rows: Sequence[Row[Any]]) -> tuple[list[_Record], list[_Record]]:
+        """The rows as records, and apart those larger than the brokers take."""
+        out: list[_Record] = []
+        oversize: list[_Record] = []
+        for r in rows:
+            key = r.key.encode() if r.key is not None else None
+            headers = [(k, str(v).encode()) for k, v in (r.headers or {}).items()]
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, r.value, headers)
+            (oversize if size > self.max_message_bytes else out).append(_Record(r, key, headers, size))
+        return out, oversize
+
+    async def _park(self, session: AsyncSession, records: Sequence[_Record]) -> None:
+        """Move rows the brokers would refuse for good out of the outbox, for an operator (`ketenhub
+        outbox`): retried, such a row would stop every row behind it."""
+        now = utcnow()
+        await session.execute(
+            insert(outbox_parked),
+            [
+                {
+                    "id": r.row.id,
+                    "topic": r.row.topic,
+                    "key": r.row.key,
+                    "value": r.row.value,
+                    "headers": r.row.headers,
+                    "message_id": _short((r.row.headers or {}).get(H_MESSAGE_ID)),
+                    "created_at": r.row.created_at,
+                    "parked_at": now,
+                    "size": r.size,
+                    "reason": (
+                        f"a record of {r.size:,} bytes, over the brokers' limit of"
+                        f" {self.max_message_bytes:,} (kafka.max_message_bytes)"
+                    ),
+                }
+                for r in records
+            ],
+        )
+        await session.execute(delete(outbox).where(outbox.c.id.in_([r.row.id for r in records])))
+        self.parked += len(records)
+        for r in records:
+            log.error(
+                "outbox row parked: larger than the brokers take; release or discard it with"
+                " `ketenhub outbox`",
+                outbox_id=r.row.id,
+                topic=r.row.topic,
+                size=r.size,
+                limit=self.max_message_bytes,
+            )
+
+    async def _send(self, records: Sequence[_Record]) -> None:
         """Publish `rows` in order and wait for every ack (acks=all).
 
         The rows go out as one record batch per partition rather than message by message: the
@@ -220,25 +304,25 @@ class Relay:
         order holds as with `send`. The partition is the producer's own choice (`KeyPartitioner`).
         """
         futures: list[asyncio.Future[Any]] = []
-        by_topic: dict[str, list[Row[Any]]] = {}
-        for r in rows:
-            by_topic.setdefault(r.topic, []).append(r)
-        for topic, its_rows in by_topic.items():
+        by_topic: dict[str, list[_Record]] = {}
+        for r in records:
+            by_topic.setdefault(r.row.topic, []).append(r)
+        for topic, its_records in by_topic.items():
             partitions = sorted(await self.producer.partitions_for(topic))
             available = sorted(self.producer.client.cluster.available_partitions_for_topic(topic) or ())
             batches: dict[int, BatchBuilder] = {}
-            for r in its_rows:
-                key = r.key.encode() if r.key is not None else None
+            for r in its_records:
+                key, value, headers = r.key, r.row.value, r.headers
                 partition = self.partitioner(key, partitions, available or partitions)
-                headers = [(k, str(v).encode()) for k, v in (r.headers or {}).items()]
                 batch = batches.get(partition)
                 if batch is None:
                     batch = batches[partition] = self.producer.create_batch()
-                if batch.append(key=key, value=r.value, timestamp=None, headers=headers) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     futures.append(await self.producer.send_batch(batch, topic, partition=partition))
                     batch = batches[partition] = self.producer.create_batch()
-                    # a fresh batch always takes its first record, whatever its size
-                    batch.append(key=key, value=r.value, timestamp=None, headers=headers)
+                    # a fresh batch always takes its first record, whatever its size (up to the
+                    # brokers' limit: larger rows were parked)
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
             for partition, batch in batches.items():
                 futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)

@@ -42,6 +42,23 @@ outbox = Table(
     Index("ix_outbox_unsent", "sent_at", "id"),
 )
 
+# Outbox rows the brokers would refuse for good (over their message size limit), moved aside by the
+# relay so they do not stop everything behind them; an operator releases or discards each (audited).
+outbox_parked = Table(
+    "outbox_parked",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),  # its outbox id
+    Column("topic", String(300), nullable=False),
+    Column("key", String(200), nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("message_id", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("reason", String(300), nullable=False),
+)
+
 # NEN 7513-style audit entries (rule 18): never updated, never deleted before their term.
 audit_log = Table(
     "audit_log",

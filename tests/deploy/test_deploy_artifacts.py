@@ -69,6 +69,9 @@ CONTRACT_METRICS = frozenset(
         "ketenhub_ready",
         "ketenhub_delivery_hook_failures_total",  # the hub's own additions (README, "Operators")
         "ketenhub_delivery_postponed_total",
+        "ketenhub_outbox_waiting",
+        "ketenhub_outbox_oldest_seconds",
+        "ketenhub_outbox_parked",
     }
 )
 CONTRACT_HISTOGRAMS = frozenset({"ketenhub_handler_seconds"})
@@ -448,6 +451,8 @@ def test_alert_rules_cover_lag_dead_letters_readiness_and_retries() -> None:
         "ketenhub_ready",
         "ketenhub_messages_total",
         "ketenhub_retry_parked",
+        "ketenhub_outbox_parked",
+        "ketenhub_outbox_oldest_seconds",
     ):
         assert metric in by_metric, f"no alert on {metric}"
     tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS / "alerts.test.yml").read_text()))

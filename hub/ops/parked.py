@@ -1,0 +1,158 @@
+"""Outbox rows parked by the relay (larger than the brokers take): the outbox's state, and listing,
+releasing and discarding them. Every release and discard is audited; a release puts the row back at
+the end of the outbox as it was, so it goes out once the brokers' limit allows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+
+from hub.audit import AuditEntry, write_audit
+from hub.store import Store
+from hub.store.tables import outbox, outbox_parked
+from schemas.envelope import H_TRANSACTION_ID, utcnow
+
+SYSTEM = "ketenhub-ops"
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    """What waits in the outbox, and what the relay parked."""
+
+    waiting: int
+    oldest_seconds: float  # age of the oldest row waiting; 0 when none waits
+    parked: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape the dashboard and the operator API give."""
+        return {"waiting": self.waiting, "oldest_seconds": self.oldest_seconds, "parked": self.parked}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite drops the offset
+
+
+async def outbox_state(store: Store) -> OutboxState:
+    """Rows waiting to be published (and the oldest one's age), and rows parked."""
+    async with store.connect() as conn:
+        waiting, oldest = (
+            await conn.execute(
+                select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
+            )
+        ).one()
+        parked = (await conn.execute(select(func.count()).select_from(outbox_parked))).scalar_one()
+    age = max((utcnow() - _aware(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
+    return OutboxState(int(waiting), round(age, 3), int(parked))
+
+
+@dataclass(frozen=True)
+class ParkedRow:
+    """A parked row as an operator sees it: no key or payload (they hold personal data)."""
+
+    id: int
+    topic: str
+    message_id: str | None
+    size: int
+    created_at: datetime
+    parked_at: datetime
+    reason: str
+
+
+async def parked_rows(store: Store) -> list[ParkedRow]:
+    """Every parked row, oldest first."""
+    async with store.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    outbox_parked.c.id,
+                    outbox_parked.c.topic,
+                    outbox_parked.c.message_id,
+                    outbox_parked.c.size,
+                    outbox_parked.c.created_at,
+                    outbox_parked.c.parked_at,
+                    outbox_parked.c.reason,
+                ).order_by(outbox_parked.c.id)
+            )
+        ).all()
+    return [
+        ParkedRow(r.id, r.topic, r.message_id, r.size, _aware(r.created_at), _aware(r.parked_at), r.reason)
+        for r in rows
+    ]
+
+
+class NotParked(LookupError):
+    """No parked row has that id (never parked, or released or discarded already)."""
+
+
+class StillTooLarge(ValueError):
+    """The row is still larger than the brokers' limit the hub is configured with."""
+
+
+async def release(store: Store, row_id: int, operator: str, reason: str, *, max_message_bytes: int) -> int:
+    """Put a parked row back at the end of the outbox; returns its new outbox id. Refused while the
+    row is still over `max_message_bytes`: it would only be parked again."""
+    async with store.transaction() as session:
+        row = (await session.execute(select(outbox_parked).where(outbox_parked.c.id == row_id))).one_or_none()
+        if row is None:
+            raise NotParked(row_id)
+        if row.size > max_message_bytes:
+            raise StillTooLarge(
+                f"outbox row {row_id} is {row.size:,} bytes, over kafka.max_message_bytes"
+                f" ({max_message_bytes:,}): raise the brokers' limit and that setting first, or discard it"
+            )
+        new_id = (
+            await session.execute(
+                insert(outbox)
+                .values(
+                    topic=row.topic,
+                    key=row.key,
+                    value=row.value,
+                    headers=row.headers,
+                    message_id=row.message_id,
+                    created_at=row.created_at,
+                )
+                .returning(outbox.c.id)
+            )
+        ).scalar_one()
+        await session.execute(delete(outbox_parked).where(outbox_parked.c.id == row_id))
+        await _audit(session, "outbox.released", row, operator, reason, new_id=new_id)
+    return int(new_id)
+
+
+async def discard(store: Store, row_id: int, operator: str, reason: str) -> None:
+    """Drop a parked row for good, with a reason."""
+    async with store.transaction() as session:
+        row = (await session.execute(select(outbox_parked).where(outbox_parked.c.id == row_id))).one_or_none()
+        if row is None:
+            raise NotParked(row_id)
+        await session.execute(delete(outbox_parked).where(outbox_parked.c.id == row_id))
+        await _audit(session, "outbox.discarded", row, operator, reason)
+
+
+async def _audit(session: Any, action: str, row: Any, operator: str, reason: str, **more: Any) -> None:
+    transaction_id = (row.headers or {}).get(H_TRANSACTION_ID)
+    if not (isinstance(transaction_id, str) and len(transaction_id) <= 200):
+        transaction_id = None
+    await write_audit(
+        session,
+        AuditEntry(
+            action=action,
+            user=operator,
+            youth_key=row.key if row.key is not None and len(row.key) <= 64 else None,  # the record key
+            objects={
+                "outbox_id": row.id,
+                "topic": row.topic,
+                "message_id": row.message_id,
+                "size": row.size,
+                "reason": reason,
+                **more,
+            },
+        ),
+        transaction_id=transaction_id
+        if isinstance(transaction_id, str) and len(transaction_id) <= 200
+        else None,
+        system=SYSTEM,
+    )
