@@ -4,6 +4,7 @@ the end of the outbox as it was, so it goes out once the brokers' limit allows i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -95,14 +96,12 @@ async def release(store: Store, row_id: int, operator: str, reason: str, *, max_
     """Put a parked row back at the end of the outbox; returns its new outbox id. Refused while the
     row is still over `max_message_bytes`: it would only be parked again."""
     async with store.transaction() as session:
-        row = (await session.execute(select(outbox_parked).where(outbox_parked.c.id == row_id))).one_or_none()
-        if row is None:
-            raise NotParked(row_id)
+        row = await _take(session, row_id)  # two operators at once: the second finds nothing
         if row.size > max_message_bytes:
             raise StillTooLarge(
-                f"outbox row {row_id} is {row.size:,} bytes, over kafka.max_message_bytes"
+                f"parked row {row_id} is {row.size:,} bytes, over kafka.max_message_bytes"
                 f" ({max_message_bytes:,}): raise the brokers' limit and that setting first, or discard it"
-            )
+            )  # the transaction rolls back: the row stays parked
         new_id = (
             await session.execute(
                 insert(outbox)
@@ -117,33 +116,49 @@ async def release(store: Store, row_id: int, operator: str, reason: str, *, max_
                 .returning(outbox.c.id)
             )
         ).scalar_one()
-        await session.execute(delete(outbox_parked).where(outbox_parked.c.id == row_id))
-        await _audit(session, "outbox.released", row, operator, reason, new_id=new_id)
+        await _audit(session, "outbox.released", row, operator, reason, new_outbox_id=new_id)
     return int(new_id)
 
 
 async def discard(store: Store, row_id: int, operator: str, reason: str) -> None:
     """Drop a parked row for good, with a reason."""
     async with store.transaction() as session:
-        row = (await session.execute(select(outbox_parked).where(outbox_parked.c.id == row_id))).one_or_none()
-        if row is None:
-            raise NotParked(row_id)
-        await session.execute(delete(outbox_parked).where(outbox_parked.c.id == row_id))
+        row = await _take(session, row_id)
         await _audit(session, "outbox.discarded", row, operator, reason)
+
+
+async def _take(session: Any, row_id: int) -> Any:
+    """Delete the parked row and return it; NotParked when it is not (or no longer) there."""
+    row = (
+        await session.execute(
+            delete(outbox_parked).where(outbox_parked.c.id == row_id).returning(*outbox_parked.c)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotParked(row_id)
+    return row
+
+
+_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # HMAC-SHA256 of a BSN, as the hub keys its own messages
 
 
 async def _audit(session: Any, action: str, row: Any, operator: str, reason: str, **more: Any) -> None:
     transaction_id = (row.headers or {}).get(H_TRANSACTION_ID)
     if not (isinstance(transaction_id, str) and len(transaction_id) <= 200):
         transaction_id = None
+    # A dead letter's key is whatever its sender used (even a BSN); only the hub's own youth keys
+    # go into the audit log, which is kept for years.
+    own = ".dlq." not in row.topic  # (hub.ops.health.is_dlq)
+    youth = row.key if own and row.key and _YOUTH_KEY.fullmatch(row.key) else None
     await write_audit(
         session,
         AuditEntry(
             action=action,
             user=operator,
-            youth_key=row.key if row.key is not None and len(row.key) <= 64 else None,  # the record key
+            youth_key=youth,
             objects={
-                "outbox_id": row.id,
+                "parked_id": row.id,
+                "outbox_id": row.outbox_id,
                 "topic": row.topic,
                 "message_id": row.message_id,
                 "size": row.size,
@@ -151,8 +166,6 @@ async def _audit(session: Any, action: str, row: Any, operator: str, reason: str
                 **more,
             },
         ),
-        transaction_id=transaction_id
-        if isinstance(transaction_id, str) and len(transaction_id) <= 200
-        else None,
+        transaction_id=transaction_id,
         system=SYSTEM,
     )

@@ -306,21 +306,53 @@ class Spine:
         committed: list[Callable[[], None]],
         outcomes: dict[str, int],
     ) -> None:
-        """The batch handler over `fresh`; where it fails, over each half in turn, down to a few
-        records, which the record handler takes one by one (a poison record dead-letters alone).
-
-        One poison record in a batch of 500 costs about nine batch calls and eight single ones
-        instead of 500 single ones, all in the transaction that holds SQLite's one writer.
-        """
+        """The batch handler over `fresh`; when it fails, the batch is split (`_split`)."""
         if sub.batch_handler is not None and len(fresh) > 1:
             if await self._handle_all(session, sub, fresh, committed):
                 outcomes["processed"] += len(fresh)
                 return
-            if len(fresh) > SPLIT_DOWN_TO:
-                half = len(fresh) // 2
-                await self._handle_part(session, sub, fresh[:half], committed, outcomes)
-                await self._handle_part(session, sub, fresh[half:], committed, outcomes)
-                return
+            await self._split(session, sub, fresh, committed, outcomes)
+            return
+        await self._one_by_one(session, sub, fresh, committed, outcomes)
+
+    async def _split(
+        self,
+        session: AsyncSession,
+        sub: Subscription[Any],
+        failed: list[tuple[ConsumerRecord[Any, Any], str]],
+        committed: list[Callable[[], None]],
+        outcomes: dict[str, int],
+    ) -> None:
+        """`failed` failed as a batch: the batch handler over each half, and so on down the half that
+        fails, to a few records that the record handler takes one by one (a poison record
+        dead-letters alone). One poison record in a batch of 500 costs about nine batch calls and
+        eight single ones instead of 500 single ones, all in the transaction that holds SQLite's
+        one writer. When both halves fail the bad records are many: one by one at once, rather than
+        splitting further."""
+        if len(failed) <= SPLIT_DOWN_TO:
+            await self._one_by_one(session, sub, failed, committed, outcomes)
+            return
+        half = len(failed) // 2
+        still: list[list[tuple[ConsumerRecord[Any, Any], str]]] = []
+        for part in (failed[:half], failed[half:]):
+            if await self._handle_all(session, sub, part, committed):
+                outcomes["processed"] += len(part)
+            else:
+                still.append(part)
+        for part in still:
+            if len(still) == 2:
+                await self._one_by_one(session, sub, part, committed, outcomes)
+            else:
+                await self._split(session, sub, part, committed, outcomes)
+
+    async def _one_by_one(
+        self,
+        session: AsyncSession,
+        sub: Subscription[Any],
+        fresh: list[tuple[ConsumerRecord[Any, Any], str]],
+        committed: list[Callable[[], None]],
+        outcomes: dict[str, int],
+    ) -> None:
         for record, message_id in fresh:
             outcomes[await self._handle_one(session, sub, record, message_id, committed)] += 1
 
@@ -363,7 +395,7 @@ class Spine:
     ) -> str:
         transaction_id = transaction_id_of(record, message_id)
         structlog.contextvars.bind_contextvars(message_id=message_id, transaction_id=transaction_id)
-        started = time.perf_counter()
+        started, callbacks = time.perf_counter(), len(committed)
         try:
             async with session.begin_nested():
                 check_id_headers(record)
@@ -374,6 +406,7 @@ class Spine:
         except _TRANSIENT:
             raise
         except Exception as exc:  # permanent: the record goes to the DLQ, the consumer goes on
+            del committed[callbacks:]  # nothing of the handler was kept
             cause = exc.cause if isinstance(exc, DeadLetter) else exc
             log.warning(
                 "message dead-lettered",

@@ -23,6 +23,7 @@ from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
 
 log = get_logger(__name__)
 RELAY_LOCK = 7_301_001  # PostgreSQL advisory lock id of the outbox relay
+PARKED_TERM = timedelta(days=30)  # as long as a dead letter is kept (hub/topics.py)
 
 
 def _outbox_row(
@@ -154,6 +155,7 @@ class Relay:
                 await session.execute(
                     update(outbox).where(outbox.c.id.in_([r.row.id for r in out])).values(sent_at=utcnow())
                 )
+        self._parked(oversize)
         self._published(len(out))
         return len(rows)
 
@@ -185,6 +187,7 @@ class Relay:
         if oversize:  # moved out of the outbox before anything is marked sent
             async with self.store.transaction() as session:
                 await self._park(session, oversize)
+            self._parked(oversize)
         if out:
             await self._send(out)
             self._unmarked, self._unmarked_n = out[-1].row.id, self._unmarked_n + len(out)
@@ -265,7 +268,7 @@ class Relay:
             insert(outbox_parked),
             [
                 {
-                    "id": r.row.id,
+                    "outbox_id": r.row.id,
                     "topic": r.row.topic,
                     "key": r.row.key,
                     "value": r.row.value,
@@ -283,6 +286,9 @@ class Relay:
             ],
         )
         await session.execute(delete(outbox).where(outbox.c.id.in_([r.row.id for r in records])))
+
+    def _parked(self, records: Sequence[_Record]) -> None:
+        """Count and log rows parked, once their transaction committed."""
         self.parked += len(records)
         for r in records:
             log.error(
@@ -328,9 +334,15 @@ class Relay:
         await asyncio.gather(*futures)
 
     async def purge_sent(self) -> None:
-        """Sent rows hold personal data: keep them only as long as operators need them."""
+        """Sent rows hold personal data: keep them only as long as operators need them. A parked row
+        is kept as long as a dead letter (30 days): the alert on it fires all that time."""
         async with self.store.transaction() as session:
             await session.execute(delete(outbox).where(outbox.c.sent_at < utcnow() - self.keep))
+            gone = await session.execute(
+                delete(outbox_parked).where(outbox_parked.c.parked_at < utcnow() - PARKED_TERM)
+            )
+        if (n := getattr(gone, "rowcount", 0)) > 0:
+            log.warning("parked outbox rows past their term deleted", rows=n, term_days=30)
 
     async def run(self) -> None:
         """Publish until stopped or cancelled; broker or database trouble is retried with backoff."""

@@ -47,7 +47,8 @@ outbox = Table(
 outbox_parked = Table(
     "outbox_parked",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),  # its outbox id
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("outbox_id", BigInteger, nullable=False),  # its id in the outbox (SQLite may hand it out again)
     Column("topic", String(300), nullable=False),
     Column("key", String(200), nullable=True),
     Column("value", LargeBinary, nullable=False),

@@ -163,13 +163,28 @@ async def test_a_poison_record_in_a_batch_costs_a_few_single_calls_not_the_whole
 
     n, poison_at = 400, 217
     sent = [Envelope(type="Test", payload={"n": i, "poison": i == poison_at}) for i in range(n)]
+    # then a stretch where every tenth record is bad: no more splitting than record by record would
+    dense = [Envelope(type="Test", payload={"n": n + i, "poison": i % 10 == 3}) for i in range(n)]
     async with running_hub(settings, component) as hub:
         assert hub.store is not None
         await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in sent])
         dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1, settle_s=0.5)
         await wait_for(lambda: _count_effects(hub.store, n - 1))
         effects = await _effects(hub.store)
-    assert [Envelope.from_bytes(r.value).payload["n"] for r in dead] == [poison_at]
-    assert effects == [i for i in range(n) if i != poison_at]  # each once
-    assert poison_at in singles and len(singles) <= 8  # the poison's last few records, no more
-    assert max(batch_calls) > 8  # (the records did come in batches)
+        assert [Envelope.from_bytes(r.value).payload["n"] for r in dead] == [poison_at]
+        assert effects == [i for i in range(n) if i != poison_at]  # each once
+        assert poison_at in singles and len(singles) <= 8  # the poison's last few records, no more
+        assert max(batch_calls) > 8  # (the records did come in batches)
+
+        singles.clear()
+        batch_calls.clear()
+        await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in dense])
+        dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1 + n // 10, settle_s=0.5)
+        await wait_for(lambda: _count_effects(hub.store, 2 * n - 1 - n // 10))
+        effects = await _effects(hub.store)
+    bad = sorted(e.payload["n"] for e in dense if e.payload["poison"])
+    assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in dead) == [poison_at, *bad]
+    assert effects == sorted(i for i in range(2 * n) if i != poison_at and i not in bad)
+    # the batches were tried whole and in halves at most: dense poison is handled record by record
+    # soon, not split all the way down (that tried each record about seven times here)
+    assert sum(batch_calls) - len(singles) <= 2 * n

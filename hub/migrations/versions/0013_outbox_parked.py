@@ -15,7 +15,8 @@ def upgrade() -> None:
     """Create outbox_parked."""
     op.create_table(
         "outbox_parked",
-        sa.Column("id", _ID, primary_key=True, autoincrement=False),
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
+        sa.Column("outbox_id", sa.BigInteger, nullable=False),
         sa.Column("topic", sa.String(300), nullable=False),
         sa.Column("key", sa.String(200), nullable=True),
         sa.Column("value", sa.LargeBinary, nullable=False),
