@@ -171,3 +171,30 @@ async def test_the_relay_keeps_publishing_while_its_sent_marks_wait_for_the_writ
     finally:
         release.set()
         await writer
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_the_sent_marks_of_a_moment_are_one_write(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """Each commit is published at once (no gathering here), but their "sent" marks are gathered
+    into one write a `mark_every_s`: the relay takes SQLite's one writer less often."""
+    topic = f"{unique}.marks"
+    options = {"bootstrap_servers": kafka.bootstrap}
+    await ensure_topics(options, [Topic(topic, description="relay test")], replication_factor=1)
+    producer = make_producer(options)
+    await producer.start()
+    relay = Relay(store, producer, gather_s=0.0, mark_every_s=1.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        for value in (b"a", b"b", b"c"):
+            await _queue(store, relay, topic, value)
+            out = await read_topic(kafka.bootstrap, topic, expect=ord(value) - ord("a") + 1, timeout_s=5)
+            assert out[-1].value == value  # published before the next commit
+        await wait_for(lambda: _all_sent(store, topic, 3), timeout_s=5)
+        sent = await _sent_at(store, topic)
+        assert sent[b"a"] == sent[b"b"] == sent[b"c"]  # one "sent" write for the three
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
