@@ -30,8 +30,8 @@ async def record_answer(
     meeting_planned_at: datetime | None = None,
 ) -> Any:
     """A receiver answers a handover it got; anybody else's handover is 'not found'."""
-    row = await get_handover(session, handover_id, lock=True)  # two answers at once: in turn
-    if row is None or row.receiver_organisation != receiver:
+    row = await get_handover(session, handover_id, lock=True, receiver=receiver)  # two answers: in turn
+    if row is None:
         raise HandoverProblem(404, "deze overdracht is niet bekend bij deze ontvanger")
     if status not in ANSWERS:
         raise HandoverProblem(400, "status moet ONTVANGEN, GEACCEPTEERD of GEWEIGERD zijn")

@@ -81,11 +81,17 @@ async def load_referral(session: AsyncSession, referral_id: str) -> tuple[Referr
     return (Referral.model_validate(row.referral), row.youth_key) if row is not None else None
 
 
-async def get_handover(session: AsyncSession, handover_id: str, *, lock: bool = False) -> Any:
+async def get_handover(
+    session: AsyncSession, handover_id: str, *, lock: bool = False, receiver: str | None = None
+) -> Any:
     """A handover row, or None. With `lock`, the row stays locked until the transaction ends, for a
     decision on its status: a concurrent transaction deciding the same waits, then reads the status
-    this one left (PostgreSQL; SQLite's write transactions run one at a time anyway)."""
+    this one left (PostgreSQL; SQLite's write transactions run one at a time anyway). With
+    `receiver`, only a handover to that organisation is found (and locked): another receiver's
+    request cannot hold it."""
     query = select(handovers).where(handovers.c.id == handover_id)
+    if receiver is not None:
+        query = query.where(handovers.c.receiver_organisation == receiver)
     return (await session.execute(query.with_for_update() if lock else query)).first()
 
 

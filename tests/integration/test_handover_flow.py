@@ -23,9 +23,10 @@ from hub.clock import today
 from hub.consent.store import get_consent, mark_withdrawn
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
+from hub.handovers.answers import record_answer
 from hub.handovers.component import routing_of
 from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
-from hub.handovers.service import Act, apply_withdrawal, create_handover, route
+from hub.handovers.service import Act, HandoverProblem, apply_withdrawal, create_handover, get_handover, route
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
@@ -33,7 +34,7 @@ from hub.store.tables import audit_log, outbox
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope
-from schemas.handover import Handover, ReceiverType
+from schemas.handover import Handover, HandoverStatus, ReceiverType
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.http import serving
@@ -530,3 +531,37 @@ async def test_nothing_goes_out_under_a_consent_while_it_is_being_withdrawn(
         assert await routing == "INGETROKKEN"  # the withdrawal withdrew the pending handover (rule 10)
         assert (await w.status(hid))["status"] == "INGETROKKEN"
         assert await w.audit("handover.sent") == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite has no row locks
+async def test_another_receivers_answer_neither_waits_for_nor_holds_a_handover(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """An answer locked the handover before it checked the receiver: any receiver could hold any
+    handover's row lock, and waited behind the rightful receiver's answer before its 404."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        rid, _ = await w.referral(17)
+        r, act = routing_of(w.hub), Act(user=CW, transaction_id=str(uuid.uuid4()))
+        handover = Handover(
+            referral_id=rid, from_caseworker=CW, receiver_organisation="jongerenwerk-dh",
+            receiver_type=ReceiverType.JONGERENWERK, data_categories=["PERSONALIA"], summary="Sportproject.",
+        )  # fmt: skip
+        async with w.hub.store.transaction() as session:
+            hid = (await create_handover(session, r, handover, act, announce=False)).id
+
+        async def answer_as(receiver: str) -> int:
+            assert w.hub.store is not None
+            try:
+                async with w.hub.store.transaction() as session:
+                    await record_answer(session, r, hid, receiver, HandoverStatus.ONTVANGEN, act)
+            except HandoverProblem as exc:
+                return exc.status
+            return 200
+
+        async with w.hub.store.transaction() as rightful:  # the receiver's own answer, in progress
+            assert await get_handover(rightful, hid, lock=True) is not None
+            other = asyncio.create_task(answer_as("zorgaanbieder-x"))
+            done, _ = await asyncio.wait([other], timeout=2)
+            assert done, "another receiver's answer waited for the rightful receiver's lock"
+            assert await other == 404
