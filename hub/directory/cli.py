@@ -57,11 +57,11 @@ def import_file(
         for row in report["rows"]:  # type: ignore[attr-defined]
             errors = "; ".join(f"{e['field']}: {e['reason']}" for e in row["errors"])
             typer.echo(
-                f"rij {row['row']:>4}  {row['result']:<10}  {row['caseworkerId'] or '-':<20}  {errors}"
+                f"rij {row['row']:>4}  {row['result']:<11}  {row['caseworkerId'] or '-':<20}  {errors}"
             )
         typer.echo(
             f"{report['total']} rijen: {report['aangemaakt']} aangemaakt, "
-            f"{report['bijgewerkt']} bijgewerkt, {report['fout']} fout"
+            f"{report['bijgewerkt']} bijgewerkt, {report['ongewijzigd']} ongewijzigd, {report['fout']} fout"
         )
     if report["fout"]:
         raise typer.Exit(1)

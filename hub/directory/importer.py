@@ -53,13 +53,17 @@ class ImportStopped(Exception):
         self.row = row
 
 
+SYSTEM = "ketenhub.directory"
+RESULTS = ("AANGEMAAKT", "BIJGEWERKT", "ONGEWIJZIGD", "FOUT")
+
+
 @dataclass
 class RowResult:
     """The outcome of one data row (row numbers count the header as row 1)."""
 
     row: int
     caseworker_id: str | None
-    result: str  # AANGEMAAKT | BIJGEWERKT | FOUT
+    result: str  # AANGEMAAKT | BIJGEWERKT | ONGEWIJZIGD | FOUT
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -80,7 +84,7 @@ class ImportReport:
 
     def as_json(self) -> dict[str, Any]:
         """For the API and the CLI."""
-        count = {k: sum(r.result == k for r in self.rows) for k in ("AANGEMAAKT", "BIJGEWERKT", "FOUT")}
+        count = {k: sum(r.result == k for r in self.rows) for k in RESULTS}
         return {
             "total": len(self.rows),
             **{k.lower(): v for k, v in count.items()},
@@ -200,18 +204,21 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
     return [{"field": column, "reason": reason}] if reason else [{"field": "(rij)", "reason": str(exc)}]
 
 
-async def _load_row(session: AsyncSession, row: dict[str, str], cw_id: str) -> tuple[Caseworker, bool]:
-    """Merge the row with the stored caseworker under its lock and write it; True when created."""
+async def _load_row(session: AsyncSession, row: dict[str, str], cw_id: str) -> tuple[Caseworker, str]:
+    """Merge the row with the stored caseworker under its lock and write it; return how it went:
+    AANGEMAAKT, BIJGEWERKT, or ONGEWIJZIGD when the row changes nothing (nothing written)."""
     existing = await lock_caseworker(session, cw_id)
     cw = to_caseworker(row, existing)
     if existing is None:
         if await create_caseworker(session, cw):
-            return cw, True
+            return cw, "AANGEMAAKT"
         # Another import or PUT created them after our read (PostgreSQL waited for it): merge with theirs.
         existing = await lock_caseworker(session, cw_id)
         cw = to_caseworker(row, existing)
+    if cw == existing:
+        return cw, "ONGEWIJZIGD"
     await replace_caseworker(session, cw)
-    return cw, False
+    return cw, "BIJGEWERKT"
 
 
 async def import_csv(
@@ -230,14 +237,17 @@ async def import_csv(
             continue
         try:
             async with store.transaction() as session:
-                cw, created = await _load_row(session, row, cw_id or "")
-                entry = AuditEntry(
-                    action="directory.imported",
-                    user=user,
-                    objects={"caseworker_id": cw.caseworker_id, "row": number},
-                )
-                await write_audit(session, entry, transaction_id=transaction_id, system="ketenhub.directory")
-            results.append(RowResult(number, cw.caseworker_id, "AANGEMAAKT" if created else "BIJGEWERKT"))
+                cw, result = await _load_row(session, row, cw_id or "")
+                if result != "ONGEWIJZIGD":  # an import run again (after a 503) audits only what it changes
+                    entry = AuditEntry(
+                        action="directory.imported",
+                        user=user,
+                        objects={"caseworker_id": cw.caseworker_id, "row": number},
+                    )
+                    await write_audit(
+                        session, entry, transaction_id=transaction_id, system="ketenhub.directory"
+                    )
+            results.append(RowResult(number, cw.caseworker_id, result))
         except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
             results.append(RowResult(number, cw_id, "FOUT", _errors(exc)))
         except SQLAlchemyError as exc:

@@ -33,10 +33,14 @@ def test_import_reports_each_row_and_list_shows_the_directory(tmp_path: Path) ->
     lines = done.stdout.splitlines()
     assert any("rij    2" in line and "AANGEMAAKT" in line and "cw-ilse" in line for line in lines)
     assert any("rij    4" in line and "FOUT" in line and "E-mail" in line for line in lines)
-    assert "3 rijen: 2 aangemaakt, 0 bijgewerkt, 1 fout" in done.stdout
+    assert "3 rijen: 2 aangemaakt, 0 bijgewerkt, 0 ongewijzigd, 1 fout" in done.stdout
 
-    again = _run(tmp_path, "medewerkers", "import", "--json", str(file))
-    assert '"bijgewerkt": 2' in again.stdout
+    again = _run(tmp_path, "medewerkers", "import", "--json", str(file))  # the same file: nothing changes
+    assert '"ongewijzigd": 2' in again.stdout and '"bijgewerkt": 0' in again.stdout
+    changed = tmp_path / "changed.csv"
+    changed.write_text(CSV.replace("Den Haag", "Leiden", 1), encoding="utf-8")
+    third = _run(tmp_path, "medewerkers", "import", "--json", str(changed))
+    assert '"bijgewerkt": 1' in third.stdout and '"ongewijzigd": 1' in third.stdout
 
     listed = _run(tmp_path, "medewerkers", "list")
     assert listed.returncode == 0, listed.stderr

@@ -419,3 +419,14 @@ async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
         assert (await viewer.get(f"{BASE}/cw-1")).status_code == 200
         assert (await viewer.get(f"{BASE}/cw-3")).status_code == 404
         assert await _audits(hub, "directory.imported", "cw-1") == 1
+
+        # the store back, the same file again, as the 503 says: the rows already loaded are unchanged,
+        # not written or audited a second time; the rest is loaded
+        monkeypatch.setattr(importer, "lock_caseworker", real)
+        again = await admin.post(
+            f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"}
+        )
+        assert again.status_code == 200, again.text
+        assert [row["result"] for row in again.json()["rows"]] == ["ONGEWIJZIGD", "AANGEMAAKT", "AANGEMAAKT"]
+        assert (again.json()["ongewijzigd"], again.json()["aangemaakt"]) == (1, 2)
+        assert [await _audits(hub, "directory.imported", c) for c in ("cw-1", "cw-2", "cw-3")] == [1, 1, 1]
