@@ -21,7 +21,7 @@ from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine import Relay, Spine
 from hub.store import Store
-from hub.topics import Topic, all_topics, prefixed
+from hub.topics import Topic, all_topics, inbox_term, prefixed
 from schemas.envelope import utcnow
 
 log = get_logger(__name__)
@@ -87,6 +87,7 @@ class Hub:
             producer,
             gather_s=s.kafka.outbox_gather_ms / 1000,
             max_message_bytes=s.kafka.max_message_bytes,
+            inbox_keep=inbox_term(),
         )
         self.broker = KafkaBroker(
             self.bootstrap,

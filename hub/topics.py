@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -87,3 +88,11 @@ def all_topics() -> list[Topic]:
 def prefixed(topics: Iterable[Topic], prefix: str) -> list[Topic]:
     """The same topics under a prefix (tests use a unique prefix per test)."""
     return [Topic(prefix + t.name, t.partitions, t.retention_ms, t.description) for t in topics]
+
+
+def inbox_term() -> timedelta:
+    """How long a consumer remembers a message id: while any topic may still hold, and deliver again,
+    the message (its longest retention), and a week beyond it. A dead letter replayed on its last day
+    has its inbox entry removed by the replay anyway."""
+    longest = max(t.retention_ms for t in all_topics())
+    return timedelta(milliseconds=longest) + timedelta(days=7)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.kafka import KeyPartitioner
 from hub.logging import get_logger
 from hub.store import Store
-from hub.store.tables import outbox, outbox_parked
+from hub.store.tables import inbox, outbox, outbox_parked
 from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
 
 log = get_logger(__name__)
@@ -104,9 +104,10 @@ class Relay:
         gather_s: float = 0.0,
         max_message_bytes: int = 1_048_588,
         mark_every_s: float = 0.1,
+        inbox_keep: timedelta | None = None,
     ) -> None:
         self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
-        self.gather_s, self.max_message_bytes = gather_s, max_message_bytes
+        self.gather_s, self.max_message_bytes, self.inbox_keep = gather_s, max_message_bytes, inbox_keep
         self.parked = 0
         self.last_published_at: datetime | None = None
         self.partitioner = KeyPartitioner()  # as the producer's own (make_producer)
@@ -349,12 +350,16 @@ class Relay:
 
     async def purge_sent(self) -> None:
         """Sent rows hold personal data: keep them only as long as operators need them. A parked row
-        is kept as long as a dead letter (30 days): the alert on it fires all that time."""
+        is kept as long as a dead letter (30 days): the alert on it fires all that time. An inbox
+        entry is kept while a topic may still deliver its message again (`inbox_keep`)."""
+        now = utcnow()
         async with self.store.transaction() as session:
-            await session.execute(delete(outbox).where(outbox.c.sent_at < utcnow() - self.keep))
+            await session.execute(delete(outbox).where(outbox.c.sent_at < now - self.keep))
             gone = await session.execute(
-                delete(outbox_parked).where(outbox_parked.c.parked_at < utcnow() - PARKED_TERM)
+                delete(outbox_parked).where(outbox_parked.c.parked_at < now - PARKED_TERM)
             )
+            if self.inbox_keep is not None:
+                await session.execute(delete(inbox).where(inbox.c.processed_at < now - self.inbox_keep))
         if (n := getattr(gone, "rowcount", 0)) > 0:
             log.warning("parked outbox rows past their term deleted", rows=n, term_days=30)
 

@@ -25,6 +25,7 @@ inbox = Table(
     Column("consumer", String(200), primary_key=True),
     Column("message_id", String(200), primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_inbox_processed_at", "processed_at"),  # the purge of entries past their term
 )
 
 # Messages waiting to be published, written in the same transaction as the state change.

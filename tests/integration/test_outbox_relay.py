@@ -8,18 +8,19 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from hub.embedded import EmbeddedKafka
 from hub.kafka import ensure_topics, make_producer
 from hub.spine import Relay, add_to_outbox
 from hub.store import Store
-from hub.store.tables import outbox
-from hub.topics import Topic
+from hub.store.tables import inbox, outbox
+from hub.topics import Topic, inbox_term
+from schemas.envelope import utcnow
 from tests.helpers.kafka import headers_of, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -198,3 +199,40 @@ async def test_on_sqlite_the_sent_marks_of_a_moment_are_one_write(
         relay.stop()
         await asyncio.wait_for(task, 10)
         await producer.stop()
+
+
+async def test_inbox_entries_past_their_term_are_purged_the_rest_kept(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """The inbox remembers a message id while a topic may still deliver it again (the longest topic
+    retention and a week): older entries go with the relay's housekeeping, younger ones stay."""
+    term = inbox_term()
+    assert term >= timedelta(days=30)  # at least the dead letters' retention
+    now = utcnow()
+    async with store.transaction() as session:
+        await session.execute(
+            insert(inbox),
+            [
+                {
+                    "consumer": f"g{unique}",
+                    "message_id": "old",
+                    "processed_at": now - term - timedelta(hours=1),
+                },
+                {
+                    "consumer": f"g{unique}",
+                    "message_id": "young",
+                    "processed_at": now - term + timedelta(hours=1),
+                },
+            ],
+        )
+    producer = make_producer({"bootstrap_servers": kafka.bootstrap})
+    await producer.start()
+    try:
+        await Relay(store, producer, inbox_keep=term).purge_sent()
+    finally:
+        await producer.stop()
+    async with store.connect() as conn:
+        kept = (
+            await conn.execute(select(inbox.c.message_id).where(inbox.c.consumer == f"g{unique}"))
+        ).scalars()
+        assert sorted(kept) == ["young"]
