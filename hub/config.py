@@ -46,6 +46,11 @@ class KafkaSettings(BaseModel):
     # release or discard (`ketenhub outbox`), instead of retrying it for ever with nothing behind
     # it going out. Kafka's default; the embedded broker has no limit of its own.
     max_message_bytes: int = Field(default=1_048_588, ge=10_000)
+    # How many days a consumer remembers a processed message id (its inbox entry), so that a record
+    # delivered again is not processed twice. Unset: the longest retention the hub gives its topics
+    # (30 days, the dead letters) and a week; set it higher when topics are kept longer on the
+    # brokers. 0 keeps every entry for ever.
+    inbox_keep_days: int | None = Field(default=None, ge=0, le=36_500)
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
 

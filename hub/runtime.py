@@ -8,7 +8,7 @@ import gc
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -87,7 +87,7 @@ class Hub:
             producer,
             gather_s=s.kafka.outbox_gather_ms / 1000,
             max_message_bytes=s.kafka.max_message_bytes,
-            inbox_keep=inbox_term(),
+            inbox_keep=_inbox_keep(s, topics),
         )
         self.broker = KafkaBroker(
             self.bootstrap,
@@ -184,6 +184,14 @@ def tune_gc_for_serving() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+
+
+def _inbox_keep(s: Settings, topics: list[Topic]) -> timedelta | None:
+    """How long the inbox remembers a message id; None: for ever."""
+    days = s.kafka.inbox_keep_days
+    if days is None:
+        return inbox_term(topics)
+    return timedelta(days=days) if days > 0 else None
 
 
 def _group_timeouts(s: Settings) -> tuple[int, int]:

@@ -90,9 +90,11 @@ def prefixed(topics: Iterable[Topic], prefix: str) -> list[Topic]:
     return [Topic(prefix + t.name, t.partitions, t.retention_ms, t.description) for t in topics]
 
 
-def inbox_term() -> timedelta:
-    """How long a consumer remembers a message id: while any topic may still hold, and deliver again,
-    the message (its longest retention), and a week beyond it. A dead letter replayed on its last day
-    has its inbox entry removed by the replay anyway."""
-    longest = max(t.retention_ms for t in all_topics())
+def inbox_term(topics: Iterable[Topic] | None = None) -> timedelta:
+    """How long a consumer remembers a message id: while any of `topics` (default: the hub's) may
+    still hold, and deliver again, the message (the longest retention the hub gives a topic), and a
+    week beyond it for the broker's segment roll. A topic kept longer by its operators needs
+    `KETENHUB_KAFKA__INBOX_KEEP_DAYS`. A dead letter replayed on its last day has its inbox entry
+    removed by the replay anyway."""
+    longest = max(t.retention_ms for t in (all_topics() if topics is None else topics))
     return timedelta(milliseconds=longest) + timedelta(days=7)

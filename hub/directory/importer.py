@@ -244,9 +244,7 @@ async def import_csv(
                         user=user,
                         objects={"caseworker_id": cw.caseworker_id, "row": number},
                     )
-                    await write_audit(
-                        session, entry, transaction_id=transaction_id, system="ketenhub.directory"
-                    )
+                    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
             results.append(RowResult(number, cw.caseworker_id, result))
         except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
             results.append(RowResult(number, cw_id, "FOUT", _errors(exc)))

@@ -24,6 +24,7 @@ from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
 log = get_logger(__name__)
 RELAY_LOCK = 7_301_001  # PostgreSQL advisory lock id of the outbox relay
 PARKED_TERM = timedelta(days=30)  # as long as a dead letter is kept (hub/topics.py)
+INBOX_PURGE_CHUNK = 5_000  # inbox entries deleted a transaction
 
 
 def _outbox_row(
@@ -240,8 +241,10 @@ class Relay:
         await self._check_marker()
         if self._marker is not None:
             self._mark_now.set()
-            await asyncio.shield(self._marker)
-            self._mark_now.clear()
+            try:
+                await asyncio.shield(self._marker)
+            finally:
+                self._mark_now.clear()  # also when the mark failed: the next ones gather again
             await self._check_marker()
 
     def _pending(self) -> Select[Any]:
@@ -358,10 +361,29 @@ class Relay:
             gone = await session.execute(
                 delete(outbox_parked).where(outbox_parked.c.parked_at < now - PARKED_TERM)
             )
-            if self.inbox_keep is not None:
-                await session.execute(delete(inbox).where(inbox.c.processed_at < now - self.inbox_keep))
         if (n := getattr(gone, "rowcount", 0)) > 0:
             log.warning("parked outbox rows past their term deleted", rows=n, term_days=30)
+        if self.inbox_keep is not None:
+            await self._purge_inbox(now - self.inbox_keep)
+
+    async def _purge_inbox(self, before: datetime) -> None:
+        """Inbox entries processed before `before`, a few thousand a transaction: the first purge of an
+        inbox that grew for long would otherwise hold SQLite's one writer for as long as it takes."""
+        while not self._stopping:
+            async with self.store.transaction() as session:
+                nth = (  # the time of the chunk's last entry; entries of one batch share their time
+                    select(inbox.c.processed_at)
+                    .where(inbox.c.processed_at < before)
+                    .order_by(inbox.c.processed_at)
+                    .offset(INBOX_PURGE_CHUNK - 1)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                bound = (await session.execute(select(nth))).scalar()
+                if bound is None:  # fewer than a chunk left
+                    await session.execute(delete(inbox).where(inbox.c.processed_at < before))
+                    return
+                await session.execute(delete(inbox).where(inbox.c.processed_at <= bound))
 
     async def run(self) -> None:
         """Publish until stopped or cancelled; broker or database trouble is retried with backoff."""

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select
 from hub.embedded import EmbeddedKafka
 from hub.kafka import ensure_topics, make_producer
 from hub.spine import Relay, add_to_outbox
+from hub.spine import outbox as outbox_module
 from hub.store import Store
 from hub.store.tables import inbox, outbox
 from hub.topics import Topic, inbox_term
@@ -185,14 +186,14 @@ async def test_on_sqlite_the_sent_marks_of_a_moment_are_one_write(
     await ensure_topics(options, [Topic(topic, description="relay test")], replication_factor=1)
     producer = make_producer(options)
     await producer.start()
-    relay = Relay(store, producer, gather_s=0.0, mark_every_s=1.0)
+    relay = Relay(store, producer, gather_s=0.0, mark_every_s=4.0)  # room for three commits and reads
     task = asyncio.create_task(relay.run())
     try:
         for value in (b"a", b"b", b"c"):
             await _queue(store, relay, topic, value)
             out = await read_topic(kafka.bootstrap, topic, expect=ord(value) - ord("a") + 1, timeout_s=5)
             assert out[-1].value == value  # published before the next commit
-        await wait_for(lambda: _all_sent(store, topic, 3), timeout_s=5)
+        await wait_for(lambda: _all_sent(store, topic, 3), timeout_s=15)
         sent = await _sent_at(store, topic)
         assert sent[b"a"] == sent[b"b"] == sent[b"c"]  # one "sent" write for the three
     finally:
@@ -202,7 +203,7 @@ async def test_on_sqlite_the_sent_marks_of_a_moment_are_one_write(
 
 
 async def test_inbox_entries_past_their_term_are_purged_the_rest_kept(
-    kafka: EmbeddedKafka, store: Store, unique: str
+    kafka: EmbeddedKafka, store: Store, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inbox remembers a message id while a topic may still deliver it again (the longest topic
     retention and a week): older entries go with the relay's housekeeping, younger ones stay."""
@@ -213,11 +214,14 @@ async def test_inbox_entries_past_their_term_are_purged_the_rest_kept(
         await session.execute(
             insert(inbox),
             [
-                {
-                    "consumer": f"g{unique}",
-                    "message_id": "old",
-                    "processed_at": now - term - timedelta(hours=1),
-                },
+                *(  # batches of entries sharing their time, more than a purge's chunk of them
+                    {
+                        "consumer": f"g{unique}",
+                        "message_id": f"old-{i}",
+                        "processed_at": now - term - timedelta(hours=1 + i // 10),
+                    }
+                    for i in range(35)
+                ),
                 {
                     "consumer": f"g{unique}",
                     "message_id": "young",
@@ -225,6 +229,7 @@ async def test_inbox_entries_past_their_term_are_purged_the_rest_kept(
                 },
             ],
         )
+    monkeypatch.setattr(outbox_module, "INBOX_PURGE_CHUNK", 4)  # chunks that end inside a batch
     producer = make_producer({"bootstrap_servers": kafka.bootstrap})
     await producer.start()
     try:
