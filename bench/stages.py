@@ -23,12 +23,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from bench.harness import run as bench_run
 from bench.run import _offer, hub_settings, percentile, register_intake
+from hub.clock import aware
 from hub.embedded import EmbeddedKafka
 from hub.runtime import Hub
 from hub.spine.consumer import Spine
@@ -53,8 +53,7 @@ def _instrument(times: dict[str, list[float]]) -> Callable[[], None]:
     async def timed_send(self: Relay, records: Sequence[Any]) -> None:
         started = time.time()
         for r in records:
-            created = r.row.created_at
-            created = created if created.tzinfo else created.replace(tzinfo=UTC)  # SQLite drops it
+            created = aware(r.row.created_at)
             times["to the relay"].append((started - created.timestamp()) * 1000)
         await send(self, records)
         times["a publish"].append((time.time() - started) * 1000)

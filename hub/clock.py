@@ -7,7 +7,7 @@ not the day on the server's clock: between 23:00 and 24:00 UTC in winter they di
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from schemas.envelope import utcnow
@@ -24,3 +24,8 @@ def local_day(moment: datetime) -> date:
 def today(clock: Clock = utcnow) -> date:
     """Today in the Netherlands, by `clock`."""
     return local_day(clock())
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the hub stores UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -25,8 +25,9 @@ from hub.api.referral_models import (
     read_batch,
 )
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
-from hub.intake.service import IntakeResult, Origin, aware
+from hub.intake.service import IntakeResult, Origin
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
 from hub.runtime import Hub

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import audit_row, write_audits
+from hub.clock import aware
 from hub.intake.config import IntakeRules
 from hub.intake.rules import decide
 from hub.intake.tables import referrals
@@ -225,11 +226,6 @@ def decided_payload(result: IntakeResult) -> dict[str, Any]:
         "duplicate": result.duplicate,
         "decision": result.decision.model_dump(mode="json"),
     }
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the hub stores UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _row(referral: Referral, key: str, decision: Decision, origin: Origin) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
 from hub.ops.dlq import DeadLetter, Filter
 from hub.ops.masking import show_payload
-from hub.ops.parked import outbox_state
+from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import NO_CONTROL, Plain
 

@@ -25,8 +25,9 @@ from hub.ops.dlq import DeadLetters, Filter
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import LagProbe
 from hub.ops.masking import show_payload
-from hub.ops.parked import NotParked, StillTooLarge, discard, outbox_state, parked_rows, release
+from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
+from hub.spine.outbox import outbox_state
 from hub.store import Store
 from hub.topics import all_topics, prefixed
 

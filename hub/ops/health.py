@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from hub.logging import get_logger
 from hub.ops.lag import LagProbe, LagSample
-from hub.ops.parked import OutboxState, outbox_state
 from hub.ops.tables import dlq_actions
 from hub.ops.verdict import GroupSample, Verdict, evaluate
+from hub.spine.outbox import OutboxState, outbox_state
 from hub.store import Store
 
 log = get_logger(__name__)

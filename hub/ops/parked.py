@@ -1,4 +1,4 @@
-"""Outbox rows parked by the relay (larger than the brokers take): the outbox's state, and listing,
+"""Outbox rows parked by the relay (larger than the brokers take): listing,
 releasing and discarding them. Every release and discard is audited; a release puts the row back at
 the end of the outbox as it was, so it goes out once the brokers' limit allows it."""
 
@@ -6,47 +6,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.store import Store
 from hub.store.tables import outbox, outbox_parked
-from schemas.envelope import H_TRANSACTION_ID, utcnow
+from schemas.envelope import H_TRANSACTION_ID
 
 SYSTEM = "ketenhub-ops"
-
-
-@dataclass(frozen=True)
-class OutboxState:
-    """What waits in the outbox, and what the relay parked."""
-
-    waiting: int
-    oldest_seconds: float  # age of the oldest row waiting; 0 when none waits
-    parked: int
-
-    def as_json(self) -> dict[str, Any]:
-        """The shape the dashboard and the operator API give."""
-        return {"waiting": self.waiting, "oldest_seconds": self.oldest_seconds, "parked": self.parked}
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite drops the offset
-
-
-async def outbox_state(store: Store) -> OutboxState:
-    """Rows waiting to be published (and the oldest one's age), and rows parked."""
-    async with store.connect() as conn:
-        waiting, oldest = (
-            await conn.execute(
-                select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
-            )
-        ).one()
-        parked = (await conn.execute(select(func.count()).select_from(outbox_parked))).scalar_one()
-    age = max((utcnow() - _aware(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
-    return OutboxState(int(waiting), round(age, 3), int(parked))
 
 
 @dataclass(frozen=True)
@@ -79,7 +50,7 @@ async def parked_rows(store: Store) -> list[ParkedRow]:
             )
         ).all()
     return [
-        ParkedRow(r.id, r.topic, r.message_id, r.size, _aware(r.created_at), _aware(r.parked_at), r.reason)
+        ParkedRow(r.id, r.topic, r.message_id, r.size, aware(r.created_at), aware(r.parked_at), r.reason)
         for r in rows
     ]
 

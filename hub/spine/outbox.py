@@ -12,9 +12,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from sqlalchemy import Row, Select, delete, insert, select, text, update
+from sqlalchemy import Row, Select, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.clock import aware
 from hub.kafka import KeyPartitioner
 from hub.logging import get_logger
 from hub.store import Store
@@ -73,6 +74,32 @@ async def add_many_to_outbox(
     """`add_to_outbox` for many (topic, message, key), in order, in one statement."""
     if messages:
         await session.execute(insert(outbox), [_outbox_row(t, m, k, None) for t, m, k in messages])
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    """What waits in the outbox, and what the relay parked."""
+
+    waiting: int
+    oldest_seconds: float  # age of the oldest row waiting; 0 when none waits
+    parked: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The shape the dashboard and the operator API give."""
+        return {"waiting": self.waiting, "oldest_seconds": self.oldest_seconds, "parked": self.parked}
+
+
+async def outbox_state(store: Store) -> OutboxState:
+    """Rows waiting to be published (and the oldest one's age), and rows parked."""
+    async with store.connect() as conn:
+        waiting, oldest = (
+            await conn.execute(
+                select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
+            )
+        ).one()
+        parked = (await conn.execute(select(func.count()).select_from(outbox_parked))).scalar_one()
+    age = max((utcnow() - aware(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
+    return OutboxState(int(waiting), round(age, 3), int(parked))
 
 
 @dataclass(slots=True)
@@ -440,13 +467,4 @@ class Relay:
 
     async def pending(self) -> int:
         """How many rows wait to be published."""
-        from sqlalchemy import func
-
-        async with self.store.connect() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-                    )
-                ).scalar_one()
-            )
+        return (await outbox_state(self.store)).waiting

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from hub.cli import app
 from hub.embedded import EmbeddedKafka
 from hub.kafka import ensure_topics, make_producer
-from hub.ops.parked import NotParked, ParkedRow, StillTooLarge, discard, outbox_state, parked_rows, release
+from hub.ops.parked import NotParked, ParkedRow, StillTooLarge, discard, parked_rows, release
 from hub.spine import Relay, add_to_outbox
+from hub.spine.outbox import outbox_state
 from hub.store import Store
 from hub.store.tables import audit_log, outbox, outbox_parked
 from hub.topics import Topic
