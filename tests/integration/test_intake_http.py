@@ -291,8 +291,12 @@ async def test_a_megabyte_of_bad_rows_leaves_the_hub_responsive_and_the_report_s
     assert report["rejected"] == report["total"] == raw.count(b"\n")
     assert len(response.content) < len(raw)
     assert len(stalls) > 50 and len(healthz) > 10  # the request took long enough to measure
-    assert max(stalls) < 0.2, f"the event loop stalled {max(stalls) * 1000:.0f} ms"
-    assert max(healthz) < 0.2, f"GET /healthz took {max(healthz) * 1000:.0f} ms during the batch"
+    # The stall this guards against was 3.3 s. A bound of 1 s keeps a threefold margin below it and
+    # above what a shared two-core machine adds on its own: in the full suite this test runs in a
+    # process holding hundreds of earlier tests' objects, where one full garbage collection (the
+    # served hub tunes the collector; this in-process app does not) can take longer than 200 ms.
+    assert max(stalls) < 1.0, f"the event loop stalled {max(stalls) * 1000:.0f} ms"
+    assert max(healthz) < 1.0, f"GET /healthz took {max(healthz) * 1000:.0f} ms during the batch"
 
 
 async def test_a_control_character_in_a_case_reference_rejects_its_row_alone(api: Api) -> None:
