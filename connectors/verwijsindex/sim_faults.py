@@ -51,6 +51,15 @@ class Faults(BaseModel):
     remaining: int | None = Field(
         default=None, ge=1, description="Apply these faults to this many more calls, then heal."
     )
+    methods: frozenset[Literal["GET", "PUT", "POST", "DELETE"]] | None = Field(
+        default=None,
+        description="Only calls with these methods are affected (and counted against `remaining`); "
+        "all methods when absent.",
+    )
+
+    def applies_to(self, method: str) -> bool:
+        """Whether these faults touch a call with `method`."""
+        return self.methods is None or method in self.methods
 
 
 class CallRecord(BaseModel):
@@ -128,9 +137,11 @@ class FaultController:
             self._release.set()
             self._release = None
 
-    def next_fault(self) -> str | None:
+    def next_fault(self, method: str) -> str | None:
         """Draw the fault for one call and count it against `remaining`."""
         faults = self.faults
+        if not faults.applies_to(method):
+            return None
         fault = draw_fault(faults, self._rng)
         if faults.remaining is not None:
             left = faults.remaining - 1
@@ -198,7 +209,7 @@ class FaultMiddleware:
             transaction_id=_header(scope, TRANSACTION_HEADER),
         )
         ctl.calls.append(record)
-        record.fault = ctl.next_fault()
+        record.fault = ctl.next_fault(record.method)
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -220,7 +231,7 @@ class FaultMiddleware:
             return
         if record.fault == "hang":
             await ctl.hang(faults.hang_seconds)
-        if faults.latency_ms:
+        if faults.latency_ms and faults.applies_to(record.method):
             await asyncio.sleep(faults.latency_ms / 1000)
         await self.app(scope, receive, recording_send)
 

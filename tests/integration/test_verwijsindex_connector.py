@@ -153,10 +153,11 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
         assert shown.next_try_at is not None and "503" in shown.last_error
         await set_faults(admin, rate_limit_rate=1.0, retry_after=1)  # 429 with Retry-After: 1
         await wait_for(lambda: all_at(2))
-        # Exactly one hanging call per signal (beyond the 0.3 s client timeout), then healthy by itself:
+        # Exactly one hanging PUT per signal (beyond the 0.3 s client timeout), then healthy by itself:
         # on SQLite the four attempts run one after another, so healing by hand would race the first
-        # signal's next attempt.
-        await set_faults(admin, hang_rate=1.0, hang_seconds=2, remaining=len(batch))
+        # signal's next attempt, and a fault on any method would let the first signal's withdrawal
+        # take the last signal's hang.
+        await set_faults(admin, hang_rate=1.0, hang_seconds=2, remaining=len(batch), methods=["PUT"])
         await wait_for(lambda: _all_delivered(hub), timeout_s=30)
 
         log = await calls(admin)

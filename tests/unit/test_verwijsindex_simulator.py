@@ -294,6 +294,17 @@ async def test_faults_for_a_number_of_calls_then_healthy(api: httpx.AsyncClient)
     assert (await api.get("/admin/faults")).json()["down"] is None
 
 
+async def test_faults_for_one_method_leave_the_others_alone_and_uncounted(api: httpx.AsyncClient) -> None:
+    await api.post("/admin/faults", json={"error_rate": 1.0, "remaining": 1, "methods": ["PUT"]})
+    assert (await api.get("/api/v1/status", headers=TX)).status_code == 200  # not a PUT: not counted
+    assert (await put(api, "s1", body())).status_code == 503
+    assert (await put(api, "s1", body())).status_code == 201  # the one PUT fault is spent
+    log = (await api.get("/admin/calls")).json()["calls"]
+    assert [(c["method"], c["fault"]) for c in log] == [("GET", None), ("PUT", "503"), ("PUT", None)]
+    bad = await api.post("/admin/faults", json={"error_rate": 1.0, "methods": ["PATCH"]})
+    assert bad.status_code == 422
+
+
 async def test_a_hanging_call_runs_once_released(api: httpx.AsyncClient, state: SimulatorState) -> None:
     await api.post("/admin/faults", json={"hang_rate": 1.0, "hang_seconds": 60})
     call = asyncio.create_task(put(api, "s1", body()))
