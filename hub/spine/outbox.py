@@ -269,10 +269,10 @@ class Relay:
         if self._marker is not None:
             self._mark_now.set()
             try:
-                await asyncio.shield(self._marker)
+                await asyncio.wait([self._marker])  # a cancelled caller does not cancel the mark
             finally:
                 self._mark_now.clear()  # also when the mark failed: the next ones gather again
-            await self._check_marker()
+            await self._check_marker()  # its error is raised here once, not again to the next caller
 
     def _pending(self) -> Select[Any]:
         return (

@@ -9,8 +9,10 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+import structlog
 from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import insert, select
 
@@ -200,6 +202,48 @@ async def test_on_sqlite_the_sent_marks_of_a_moment_are_one_write(
         relay.stop()
         await asyncio.wait_for(task, 10)
         await producer.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_after_a_forced_mark_fails_the_marks_are_gathered_again(
+    kafka: EmbeddedKafka, store: Store, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`publish_once` marks at once. When that mark failed, the relay went on marking every publish
+    at once, taking SQLite's writer as often as before the gathering; the failed row is marked with
+    the next ones."""
+    topic = f"{unique}.failed-mark"
+    options = {"bootstrap_servers": kafka.bootstrap}
+    await ensure_topics(options, [Topic(topic, description="relay test")], replication_factor=1)
+    producer = make_producer(options)
+    await producer.start()
+    relay = Relay(store, producer, gather_s=0.0, mark_every_s=4.0)
+    real_transaction = store.transaction
+
+    def failing_transaction() -> Any:
+        monkeypatch.setattr(store, "transaction", real_transaction)  # fails once
+        raise RuntimeError("database is locked")
+
+    await _queue(store, relay, topic, b"x")
+    monkeypatch.setattr(store, "transaction", failing_transaction)
+    with pytest.raises(RuntimeError, match="locked"):
+        await relay.publish_once()  # published; its forced mark failed
+    assert (await _sent_at(store, topic))[b"x"] is None
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(relay.run())
+        try:
+            for n, value in enumerate((b"a", b"b", b"c"), start=2):
+                await _queue(store, relay, topic, value)
+                out = await read_topic(kafka.bootstrap, topic, expect=n, timeout_s=5)
+                assert out[-1].value == value
+            await wait_for(lambda: _all_sent(store, topic, 4), timeout_s=15)
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 10)
+            await producer.stop()
+    sent = await _sent_at(store, topic)
+    assert sent[b"x"] == sent[b"a"] == sent[b"b"] == sent[b"c"]  # one write, after the failure too
+    # the failure was raised to publish_once's caller, not a second time to the running relay
+    assert [e["event"] for e in logs if "relay failed" in e["event"]] == []
 
 
 async def test_inbox_entries_past_their_term_are_purged_the_rest_kept(
