@@ -84,36 +84,48 @@ async def admin(simulator: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def start_hub(
-    kafka: EmbeddedKafka, db_url: str, unique: str, url: str, *, page_size: int = 100, poll_s: float = 0.1
+    kafka: EmbeddedKafka,
+    db_url: str,
+    unique: str,
+    url: str,
+    *,
+    page_size: int = 100,
+    poll_s: float = 0.1,
+    timeout_s: float = 5.0,
 ) -> Hub:
+    # A short client timeout turns a slow success on a loaded machine into a retry of a call that
+    # was already done: only the test of hanging calls shortens it.
     settings = make_settings(
         kafka,
         db_url,
         unique,
         components=["verwijsindex"],
-        verwijsindex={"url": url, "timeout_s": 0.3, "poll_interval_s": poll_s},
+        verwijsindex={"url": url, "timeout_s": timeout_s, "poll_interval_s": poll_s},
     )
     hub = Hub(settings, registrars={"verwijsindex": [verwijsindex_component(FAST, page_size=page_size)]})
     await hub.start()
     return hub
 
 
-async def register(hub: Hub, signal: VerwijsindexSignal, *, withdraw: bool = False) -> str:
-    """Store a signal as the API would, queue its command (and a withdrawal); return the youth key."""
-    assert hub.store is not None and hub.relay is not None and signal.signal_id
-    key = youth_key(TEST_SECRET, signal.youth.bsn)
+async def register(hub: Hub, *batch: VerwijsindexSignal, withdraw: bool = False) -> None:
+    """Store signals as the API would and queue their commands, all in one transaction (so they
+    reach the connector together), then their withdrawals in a second one."""
+    assert hub.store is not None and hub.relay is not None
     async with hub.store.transaction() as session:
-        await store_signal(
-            session, hub, signal, youth_key=key, user="cw-ilse", transaction_id=str(uuid.uuid4())
-        )
+        for signal in batch:
+            key = youth_key(TEST_SECRET, signal.youth.bsn)
+            await store_signal(
+                session, hub, signal, youth_key=key, user="cw-ilse", transaction_id=str(uuid.uuid4())
+            )
     if withdraw:
         async with hub.store.transaction() as session:
-            await request_withdrawal(
-                session, hub, signal.signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
-                transaction_id=str(uuid.uuid4()),
-            )  # fmt: skip
+            for signal in batch:
+                assert signal.signal_id
+                await request_withdrawal(
+                    session, hub, signal.signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
+                    transaction_id=str(uuid.uuid4()),
+                )  # fmt: skip
     hub.relay.wake()
-    return key
 
 
 async def calls(admin: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -135,11 +147,10 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
 ) -> None:
     await set_faults(admin, error_rate=1.0)  # 503 on every call
     # The match feed polls once at start, then not during this test: every call below is a signal's.
-    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=1.0)
     try:
         batch = [a_signal(b) for b in bsns(4)]
-        for s in batch:
-            await register(hub, s, withdraw=True)
+        await register(hub, *batch, withdraw=True)  # due together on every rung of the ladder
         ids = {s.signal_id for s in batch}
 
         async def all_at(attempt: int) -> bool:
@@ -153,11 +164,11 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
         assert shown.next_try_at is not None and "503" in shown.last_error
         await set_faults(admin, rate_limit_rate=1.0, retry_after=1)  # 429 with Retry-After: 1
         await wait_for(lambda: all_at(2))
-        # Exactly one hanging PUT per signal (beyond the 0.3 s client timeout), then healthy by itself:
+        # Exactly one hanging PUT per signal (beyond the 1 s client timeout), then healthy by itself:
         # on SQLite the four attempts run one after another, so healing by hand would race the first
         # signal's next attempt, and a fault on any method would let the first signal's withdrawal
         # take the last signal's hang.
-        await set_faults(admin, hang_rate=1.0, hang_seconds=2, remaining=len(batch), methods=["PUT"])
+        await set_faults(admin, hang_rate=1.0, hang_seconds=3, remaining=len(batch), methods=["PUT"])
         await wait_for(lambda: _all_delivered(hub), timeout_s=30)
 
         log = await calls(admin)
