@@ -128,6 +128,12 @@ async def test_a_dead_letter_too_large_for_the_dlq_is_parked_and_operators_see_i
         await wait_for(lambda: _parked(hub.store, 1))
         parked = await parked_rows(hub.store)
         assert parked[0].topic == hub.topic(IN.dlq)
+        store = hub.store
+
+        async def all_marked() -> bool:  # the relay marks what it published in a write of its own
+            return (await outbox_state(store)).waiting == 0
+
+        await wait_for(all_marked)
         metrics = (await client.get("/metrics")).text
         assert "ketenhub_outbox_parked 1.0" in metrics
         assert "ketenhub_outbox_waiting 0.0" in metrics
