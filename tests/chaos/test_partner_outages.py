@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import statistics
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -74,10 +75,16 @@ EARLY_S = 0.05  # clock and rounding slack before a due time (the index logs wal
 # first-rung items includes their waits in place (0.1 + 0.2 s), so a due time may start up to that
 # much after the failed call. Beyond that only the scheduler's wake-up (it sleeps exactly until the
 # earliest due time, or is woken), a few store statements and the event loop shared with the test's
-# partners on a busy 2-core machine: 0.35 s for that, seen at most about 0.15 s.
+# partners on a busy 2-core machine: on an idle one a parked call came 0.01-0.09 s late at the
+# median and at most 0.25 s (three runs, jitter included). A single call may come later: the test
+# process's event loop, which holds the hub and hundreds of earlier tests' objects, has stalled for
+# over 200 ms in the full suite. So each call may be up to LATE_S late, and the median of all
+# parked calls at most MEDIAN_LATE_S: a scheduler that polled each second instead of sleeping until
+# the due time would come about half a second late at the median.
 IN_PLACE_TOTAL_S = sum(HUB_POLICY.in_place_delay(n) for n in range(1, HUB_POLICY.in_place_attempts))
-SLACK_S = 0.35
+SLACK_S = 0.7
 LATE_S = IN_PLACE_TOTAL_S + SLACK_S
+MEDIAN_LATE_S = 0.3
 YOUTHS = 4
 UP, DOWN = "jongerenwerk-dh", "wijkteam-dh"  # the receiver that comes back, and the one that never does
 
@@ -404,6 +411,9 @@ async def test_index_smtp_and_receiver_down_then_back_each_delivered_once_on_sch
                 "handover to a receiver that stayed down",
                 delivered=False,
             )
+            late = [x for p in paths for x in lateness(per_signal[p], VI_SCHEDULE)]
+            late += [x for c in hook.calls.values() for x in lateness(c, HANDOVER_SCHEDULE)]
+            assert statistics.median(late) <= MEDIAN_LATE_S, f"parked calls late at the median: {late}"
 
             # The lost handover: dead-lettered once, with the headers an operator needs to replay it.
             (dead,) = await read_all(kafka.bootstrap, hub.topic(HANDOVER_DISPATCH.dlq))
