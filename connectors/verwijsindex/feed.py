@@ -3,7 +3,9 @@
 Every page is handled in one store transaction: the match rows (unique match id), their outbox
 messages and the new cursor commit together, so a crash re-reads the page and publishes nothing
 twice. On PostgreSQL a transaction-scoped advisory lock lets only one poller of all hub processes
-work at a time; the others find the lock taken and skip that round.
+work at a time; the others find the lock taken and skip that round. On SQLite a write transaction
+holds the whole database, so the index is asked before it begins; the page is taken only when the
+cursor is still the one it was asked after (a concurrent poll may have moved it on meanwhile).
 
 An entry that breaks the contract is skipped, so that it cannot hold up the matches after it: it
 is logged (position and failed fields only, never a value), counted as outcome "refused" of the
@@ -65,25 +67,22 @@ class MatchFeed:
     async def poll_once(self) -> int:
         """Handle one page after the stored cursor; return how many feed entries it held."""
         transaction_id = str(uuid.uuid4())
-        async with self.store.transaction() as session:
-            if self.store.dialect == "postgresql":
+        if self.store.dialect == "postgresql":
+            async with self.store.transaction() as session:
                 got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FEED_LOCK})
                 if not got.scalar():
                     return 0
-            cursor = await read_cursor(session)
+                cursor = await read_cursor(session)
+                page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
+                new, refused = await self._take(session, cursor, page, volgende, transaction_id)
+        else:
+            async with self.store.connect() as conn:
+                cursor = await read_cursor(conn)
             page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
-            new = 0
-            refused: list[RefusedMatch] = []
-            for position, entry in enumerate(page):
-                match = _canonical(position, entry)
-                if isinstance(match, RefusedMatch):
-                    refused.append(match)
-                    await _record_refused(session, match, transaction_id)
-                else:
-                    new += await record_match(session, self.topic, match, transaction_id)
-            self.moved = volgende != cursor
-            if self.moved:
-                await write_cursor(session, volgende)
+            async with self.store.transaction() as session:
+                if await read_cursor(session) != cursor:
+                    return 0  # another poll took this page meanwhile
+                new, refused = await self._take(session, cursor, page, volgende, transaction_id)
         for skipped in refused:
             log.warning(
                 "match feed entry breaks the contract; skipped",
@@ -97,6 +96,29 @@ class MatchFeed:
             self.published += new
             self.on_published()
         return len(page) if page else 0
+
+    async def _take(
+        self,
+        session: AsyncSession,
+        cursor: str | None,
+        page: list[Match | RefusedMatch],
+        volgende: str,
+        transaction_id: str,
+    ) -> tuple[int, list[RefusedMatch]]:
+        """Record a page's matches (and its refused entries) and the cursor after it."""
+        new = 0
+        refused: list[RefusedMatch] = []
+        for position, entry in enumerate(page):
+            match = _canonical(position, entry)
+            if isinstance(match, RefusedMatch):
+                refused.append(match)
+                await _record_refused(session, match, transaction_id)
+            else:
+                new += await record_match(session, self.topic, match, transaction_id)
+        self.moved = volgende != cursor
+        if self.moved:
+            await write_cursor(session, volgende)
+        return new, refused
 
     async def run(self) -> None:
         """Poll until cancelled; a full page that moved the cursor on is followed at once (one that

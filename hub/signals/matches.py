@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.notify.service import record_problem
@@ -30,7 +30,7 @@ class MatchMessage(Match):
     caseworker_id: Code
 
 
-async def read_cursor(session: AsyncSession, feed: str = FEED) -> str | None:
+async def read_cursor(session: AsyncSession | AsyncConnection, feed: str = FEED) -> str | None:
     """The stored feed position, or None to start at the beginning."""
     row = (await session.execute(select(feed_cursor.c.cursor).where(feed_cursor.c.feed == feed))).first()
     return row.cursor if row else None

@@ -28,6 +28,7 @@ from hub.notify.service import list_problems
 from hub.signals import store_signal
 from hub.signals.matches import read_cursor, write_cursor
 from hub.signals.tables import matches
+from hub.spine import add_to_outbox
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from tests.helpers.http import serving
@@ -47,6 +48,7 @@ class Partner:
 
     pages: dict[str | None, bytes] = field(default_factory=dict)
     asked: list[str | None] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # set: answers wait until it opens
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -55,6 +57,8 @@ class Partner:
         async def feed(request: Request) -> Response:
             vanaf = request.query_params.get("vanaf")
             self.asked.append(vanaf)
+            if self.gate is not None:
+                await self.gate.wait()
             if vanaf not in self.pages:
                 return JSONResponse({"titel": "Bad Request", "detail": "unknown cursor"}, status_code=400)
             return Response(self.pages[vanaf], media_type="application/json")
@@ -325,3 +329,30 @@ async def test_a_broken_match_sent_again_is_told_once_and_a_page_that_does_not_m
     after = await stored(store)
     assert after["matches"] == {"m-1", "m-3"} and after["cursor"] == END
     assert len(after["problems"]) == 1 and len(after["refusals_audited"]) == 1
+
+
+async def test_a_slow_index_holds_no_write_transaction_and_a_page_is_taken_once(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """The poller held a write transaction while it waited for the index: on SQLite, whose one
+    writer every component shares, a slow index stopped every write of the hub for up to the
+    client's timeout, each poll. Two polls that asked for the same page take it once."""
+    vendor, client = partner
+    vendor.pages = {None: page([entry(n, s) for n, s in enumerate(signals, start=1)], END)}
+    vendor.gate = asyncio.Event()
+    feed = a_feed(store, client)
+    polls = [asyncio.create_task(feed.poll_once()) for _ in range(2)]
+    try:
+        # On SQLite both ask and wait for the answer; on PostgreSQL the second finds the poller's
+        # lock taken and returns without asking.
+        asking = 2 if store.dialect == "sqlite" else 1
+        await wait_for(lambda: len(vendor.asked) == asking)
+        async with asyncio.timeout(5), store.transaction() as session:  # another component writes
+            await add_to_outbox(session, "t.other", b"meanwhile", key="k")
+        assert sum(not p.done() for p in polls) == asking
+    finally:
+        vendor.gate.set()
+    assert sorted(await asyncio.gather(*polls)) == [0, 3]  # one took the page, the other saw it taken
+    after = await stored(store)
+    assert after["matches"] == {"m-1", "m-2", "m-3"} and after["messages"] == 3
+    assert after["cursor"] == END
