@@ -79,6 +79,9 @@ class MatchFeed:
             async with self.store.connect() as conn:
                 cursor = await read_cursor(conn)
             page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
+            if not page and volgende == cursor:
+                self.moved = False
+                return 0  # nothing new: the usual quiet poll takes no write transaction at all
             async with self.store.transaction() as session:
                 if await read_cursor(session) != cursor:
                     return 0  # another poll took this page meanwhile
