@@ -269,7 +269,10 @@ class Relay:
         if self._marker is not None:
             self._mark_now.set()
             try:
-                await asyncio.wait([self._marker])  # a cancelled caller does not cancel the mark
+                # Not cancelled with this caller. Another caller may meanwhile have taken a failed
+                # mark's error and started marking again: wait for whichever marker is current.
+                while (marker := self._marker) is not None and not marker.done():
+                    await asyncio.wait([marker])
             finally:
                 self._mark_now.clear()  # also when the mark failed: the next ones gather again
             await self._check_marker()  # its error is raised here once, not again to the next caller
@@ -425,8 +428,14 @@ class Relay:
                     error=f"{type(exc).__name__}: {exc}"[:300],
                 )
         finally:
-            if self._marker is not None and not self._marker.done():
-                self._marker.cancel()
+            marker = self._marker
+            if marker is not None and not marker.done():
+                marker.cancel()
+            elif marker is not None and not marker.cancelled() and (failed := marker.exception()) is not None:
+                log.warning(  # its error was not taken by a caller: say it once, here
+                    "outbox relay's last sent mark failed; its rows go out again after a restart",
+                    error=f"{type(failed).__name__}: {failed}"[:300],
+                )
 
     async def _run(self) -> None:
         backoff, cycles = 0.1, 0
