@@ -47,12 +47,15 @@ class Faults(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=60_000, description="Added to every call.")
     hang_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that hang, then run.")
     hang_seconds: float = Field(default=30.0, ge=0, le=3600, description="How long a hanging call sleeps.")
-    down: DownMode | None = Field(default=None, description="Fully down; overrides the rates.")
+    down: DownMode | None = Field(
+        default=None, description="Down (for `methods`, if given); overrides the rates."
+    )
     remaining: int | None = Field(
         default=None, ge=1, description="Apply these faults to this many more calls, then heal."
     )
     methods: frozenset[Literal["GET", "PUT", "POST", "DELETE"]] | None = Field(
         default=None,
+        min_length=1,
         description="Only calls with these methods are affected (and counted against `remaining`); "
         "all methods when absent.",
     )
