@@ -347,6 +347,7 @@ async def test_a_slow_index_holds_no_write_transaction_and_a_page_is_taken_once(
         # lock taken and returns without asking.
         asking = 2 if store.dialect == "sqlite" else 1
         await wait_for(lambda: len(vendor.asked) == asking)
+        await wait_for(lambda: sum(p.done() for p in polls) == 2 - asking)
         async with asyncio.timeout(5), store.transaction() as session:  # another component writes
             await add_to_outbox(session, "t.other", b"meanwhile", key="k")
         assert sum(not p.done() for p in polls) == asking
