@@ -357,3 +357,29 @@ async def test_a_slow_index_holds_no_write_transaction_and_a_page_is_taken_once(
     after = await stored(store)
     assert after["matches"] == {"m-1", "m-2", "m-3"} and after["messages"] == 3
     assert after["cursor"] == END
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_quiet_poll_takes_no_write_transaction(
+    store: Store, partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """The usual poll finds nothing new: it waits for no writer (SQLite has one for the whole hub)."""
+    vendor, client = partner
+    async with store.transaction() as session:
+        await write_cursor(session, END)
+    vendor.pages = {END: page([], END)}
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def busy_writer() -> None:  # another component's long write transaction
+        async with store.transaction():
+            holding.set()
+            await release.wait()
+
+    writer = asyncio.create_task(busy_writer())
+    await holding.wait()
+    try:
+        assert await asyncio.wait_for(a_feed(store, client).poll_once(), 5) == 0
+        assert vendor.asked == [END]
+    finally:
+        release.set()
+        await writer
