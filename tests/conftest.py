@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
@@ -16,6 +17,14 @@ from hub.store import Store
 
 PG_ADMIN_DSN = os.environ.get("KETENHUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_SECRET = "test-secret-that-is-long-enough-for-the-hub-0123456789"
+
+# Property tests check properties, not speed: on a shared two-core machine an example past
+# Hypothesis's 200 ms deadline, or slow data generation, is the machine's doing (speed is measured
+# in bench/). Tests still choose their own number of examples.
+settings.register_profile(
+    "ketenhub", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("ketenhub")
 
 
 @pytest.fixture(scope="session")
