@@ -23,6 +23,7 @@ from hub.notify.component import register_notify
 from hub.notify.service import notify_caseworker
 from hub.notify.tables import mail_problems, mail_sent
 from hub.retry import RetryPolicy
+from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine.dlq import DLQ_HEADERS
 from hub.topics import NOTIFICATION_MAIL
@@ -133,6 +134,9 @@ async def test_smtp_down_then_up_delivers_each_notification_exactly_once(
             later = await queue_notices(hub, 5)
             ladder = hub.components["mail"].ladder
             await wait_for(lambda: _parked_at_least(ladder, 5))
+            # Every message is queued on the ladder first: the outage is exercised once one of them
+            # was tried, refused and parked for a later attempt.
+            await wait_for(lambda: _failed_at_least(hub, 1))
             await sink.start()  # up again, same port
             await wait_for(lambda: len(sink.memory) >= 7, timeout_s=30)
             await wait_for(lambda: _parked_at_least(ladder, 0, exactly=True))
@@ -160,6 +164,14 @@ async def test_smtp_down_then_up_delivers_each_notification_exactly_once(
             assert len(sink.memory) == 7
         finally:
             await hub.stop()
+
+
+async def _failed_at_least(hub: Hub, n: int) -> bool:
+    """At least `n` mails wait on the ladder after a failed attempt."""
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        query = select(func.count()).where(parked.c.ladder == "mail", parked.c.attempt >= 1)
+        return int((await conn.execute(query)).scalar_one()) >= n
 
 
 async def _parked_at_least(ladder: Any, n: int, *, exactly: bool = False) -> bool:
