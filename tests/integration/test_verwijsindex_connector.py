@@ -147,7 +147,7 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
 ) -> None:
     await set_faults(admin, error_rate=1.0)  # 503 on every call
     # The match feed polls once at start, then not during this test: every call below is a signal's.
-    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=1.0)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=2.0)
     try:
         batch = [a_signal(b) for b in bsns(4)]
         await register(hub, *batch, withdraw=True)  # due together on every rung of the ladder
@@ -164,11 +164,11 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
         assert shown.next_try_at is not None and "503" in shown.last_error
         await set_faults(admin, rate_limit_rate=1.0, retry_after=1)  # 429 with Retry-After: 1
         await wait_for(lambda: all_at(2))
-        # Exactly one hanging PUT per signal (beyond the 1 s client timeout), then healthy by itself:
+        # Exactly one hanging PUT per signal (beyond the 2 s client timeout), then healthy by itself:
         # on SQLite the four attempts run one after another, so healing by hand would race the first
         # signal's next attempt, and a fault on any method would let the first signal's withdrawal
         # take the last signal's hang.
-        await set_faults(admin, hang_rate=1.0, hang_seconds=3, remaining=len(batch), methods=["PUT"])
+        await set_faults(admin, hang_rate=1.0, hang_seconds=4, remaining=len(batch), methods=["PUT"])
         await wait_for(lambda: _all_delivered(hub), timeout_s=30)
 
         log = await calls(admin)
