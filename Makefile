@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ketenhub run
 
+# Most tests wait on brokers, databases and partners more than they compute: three workers keep
+# two cores busy. Tests marked solo measure time against a bound and run after them, alone.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not solo"
+	$(BIN)/python -m pytest -q -m solo
 
 lint: $(STAMP)
 	$(BIN)/ruff check schemas connectors hub tests bench

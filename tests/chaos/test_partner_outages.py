@@ -57,7 +57,7 @@ from tests.helpers.kafka import headers_of, produce, read_all, wait_for
 from tests.integration.test_handover_flow import CW, SECRET, World, bsns
 from tests.integration.test_mail_delivery import ILSE, OMAR, add_caseworkers, queue_notices
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.chaos, pytest.mark.solo, pytest.mark.timeout(300)]
 
 # The schedules the hub is configured with: delays before each parked attempt, then the DLQ. Each
 # outlasts its partner's outage (the partner comes back after two parked rungs); the receivers'
