@@ -50,11 +50,15 @@ class FakePartner:
     retry_after: float | None = None  # sent with every transient failure (a 429's Retry-After)
     slow_s: float = 0.0  # how long each call takes
     calling: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: tuple[str, int] | None = None  # (name, call number): that call waits for `release`
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def deliver(self, message: Envelope) -> None:
         name = str(message.payload["name"])
         self.calls[name] += 1
         self.calling.set()
+        if self.hold == (name, self.calls[name]):
+            await self.release.wait()
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
         self.called_at[name].append(asyncio.get_running_loop().time())
@@ -115,8 +119,9 @@ async def _start(
 async def test_parked_key_keeps_order_and_other_keys_pass(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    # a1 fails 4 times: 2 in place, then parked attempts 1 and 2 fail, attempt 3 succeeds.
-    partner = FakePartner(transient_failures={"a1": 4})
+    # a1 fails 4 times: 2 in place, then parked attempts 1 and 2 fail, attempt 3 succeeds. Its first
+    # parked attempt (call 3) is held until a3 is seen waiting, so a3 surely arrives while a1 is parked.
+    partner = FakePartner(transient_failures={"a1": 4}, hold=("a1", 3))
     hub, ladder = await _start(kafka, db_url, unique, partner)
     try:
         await produce(
@@ -128,6 +133,10 @@ async def test_parked_key_keeps_order_and_other_keys_pass(
         # parked: its announcement is published from the outbox after the park committed
         assert await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=1, timeout_s=20)
         await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a3", "youth-a")])
+        # a3 announced as waiting behind a1 (attempt 0) before a1's next attempt may go on
+        assert len(await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=2, timeout_s=30)) == 2
+        assert partner.delivered == ["b1"]
+        partner.release.set()
         await wait_for(lambda: len(partner.delivered) == 4, timeout_s=30)
         # b1 was not held up by youth a's trouble; a2 and a3 waited behind a1.
         assert partner.delivered == ["b1", "a1", "a2", "a3"]
@@ -137,7 +146,7 @@ async def test_parked_key_keeps_order_and_other_keys_pass(
         async def unparked() -> bool:  # the outcome is recorded just after the partner's answer
             return await ladder.parked_count() == 0
 
-        await wait_for(unparked, timeout_s=5)
+        await wait_for(unparked, timeout_s=20)
         retry = await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=4)
         attempts = sorted(int(headers_of(r)["retry-attempt"]) for r in retry)
         # a1 parked at attempts 1..3; a3, sent while a1 was parked, announced as waiting (0). a2 came
