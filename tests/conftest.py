@@ -46,7 +46,8 @@ async def _pg_available() -> str | None:
     try:
         import asyncpg
 
-        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_DSN), 3)
+        # Generous: on CI a slow connect would fail the test; a server that is not there refuses at once.
+        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_DSN), 15)
         await conn.close()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"

@@ -84,7 +84,9 @@ async def test_login_see_lag_replay_a_dead_letter(
             )  # the profile directory is Chromium's --user-data-dir
             try:
                 page = await browser.new_page()
-                page.set_default_timeout(20_000)
+                # Generous: the waits below include the lag sampling cache and the dashboard's refresh,
+                # both slower on a loaded machine.
+                page.set_default_timeout(60_000)
                 await page.goto(base + "/ops/")
                 assert page.url.endswith("/ops/login")  # anonymous: sent to the login page
                 await page.fill("#username", "olga")

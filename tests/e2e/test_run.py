@@ -34,7 +34,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[str], timeout_s: float = 20.0) -> httpx.Response:
+def _wait_ready(port: int, proc: subprocess.Popen[str], timeout_s: float = 60.0) -> httpx.Response:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

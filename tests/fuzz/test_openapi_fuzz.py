@@ -111,7 +111,7 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert proc.poll() is None, (workdir / "hub.log").read_text()[-3000:]
             try:
@@ -120,6 +120,10 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        else:
+            raise AssertionError(
+                "the hub was not ready within 90 s: " + (workdir / "hub.log").read_text()[-3000:]
+            )
         login = httpx.post(url + "/ops/login", json={"username": OPERATOR[0], "password": OPERATOR[1]})
         assert login.status_code == 200, login.text
         yield Running(url, keys, dict(login.cookies))

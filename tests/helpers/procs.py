@@ -35,7 +35,7 @@ class HubProcess:
         """The process's HTTP address."""
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, ready_within_s: float = 30.0) -> None:
+    async def start(self, ready_within_s: float = 60.0) -> None:
         """Start the process and wait until `/readyz` answers 200."""
         self.proc = subprocess.Popen(
             [KETENHUB, "run", "--port", str(self.port), "--components", self.components],

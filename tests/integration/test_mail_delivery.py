@@ -34,6 +34,9 @@ from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 30, jitter=0.0)
+# For tests that end an outage or a 4xx only after a few waits: the ladder must outlast those waits on
+# a slow machine, and its length is not what they check.
+PATIENT = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 200, jitter=0.0)
 
 ILSE = Caseworker(
     caseworker_id="cw-ilse", name="Ilse Bakker", email="ilse@halt.nl", phone="070 123 4567",
@@ -56,18 +59,24 @@ async def smtp_sink() -> AsyncIterator[MailSink]:
 
 
 async def start_mail_hub(
-    kafka: EmbeddedKafka, db_url: str, unique: str, sink: MailSink, *extra: Any, **settings: Any
+    kafka: EmbeddedKafka,
+    db_url: str,
+    unique: str,
+    sink: MailSink,
+    *extra: Any,
+    policy: RetryPolicy = FAST,
+    **settings: Any,
 ) -> Hub:
-    """A hub running the mail component (connector + notifier) against `sink`."""
+    """A hub running the mail component (connector + notifier) against `sink`, retrying per `policy`."""
     values = make_settings(
         kafka,
         db_url,
         unique,
         components=["mail"],
-        smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 2, "sender": "ketenhub@halt.nl"},
+        smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 10, "sender": "ketenhub@halt.nl"},
         **settings,
     )
-    hub = Hub(values, registrars={"mail": [mail_component(FAST), register_notify, *extra]})
+    hub = Hub(values, registrars={"mail": [mail_component(policy), register_notify, *extra]})
     await hub.start()
     return hub
 
@@ -124,7 +133,7 @@ async def test_smtp_down_then_up_delivers_each_notification_exactly_once(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
     async with smtp_sink() as sink:
-        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        hub = await start_mail_hub(kafka, db_url, unique, sink, policy=PATIENT)
         try:
             await add_caseworkers(hub, ILSE, OMAR)
             first = await queue_notices(hub, 2)
@@ -194,7 +203,7 @@ async def test_5xx_goes_to_the_dlq_with_headers_and_4xx_is_retried(
     async with smtp_sink() as sink:
         sink.refuse["omar@halt.nl"] = "550 5.1.1 mailbox unavailable"
         sink.refuse["ilse@halt.nl"] = "451 4.3.0 try again later"
-        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        hub = await start_mail_hub(kafka, db_url, unique, sink, policy=PATIENT)
         try:
             await add_caseworkers(hub, ILSE, OMAR)
             [refused] = await queue_notices(hub, 1, caseworker="cw-omar")

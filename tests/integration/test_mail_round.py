@@ -60,7 +60,7 @@ async def test_a_round_goes_to_each_reader_once_with_or_without_prepare(store: S
         )  # fmt: skip
     sink = MailSink()
     await sink.start()
-    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=2)
+    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=10)
     connector = MailConnector(store, settings, SmtpMailer(settings))
     try:
         if prepared:

@@ -67,8 +67,8 @@ async def test_long_absence_moves_signals_to_the_delegate_and_the_index_shows_th
         async with smtp_sink() as sink:
             settings = make_settings(
                 kafka, db_url, unique, components=["mail", "verwijsindex"],
-                smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 2},
-                verwijsindex={"url": simulator.url, "timeout_s": 1, "poll_interval_s": 0.2},
+                smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 10},
+                verwijsindex={"url": simulator.url, "timeout_s": 5, "poll_interval_s": 0.2},
                 notify={"borging_after_days": 14, "borging_interval_s": 3600},
             )  # fmt: skip
             registrars = {

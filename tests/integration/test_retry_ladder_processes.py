@@ -109,7 +109,7 @@ async def test_a_process_does_not_spin_on_a_message_another_process_is_deliverin
     async with _processes(pg_url, partner) as (first, second):
         await _queue(first, "held", "k1")
         in_hand = asyncio.create_task(first.step())
-        await asyncio.wait_for(partner.calling.wait(), 5)
+        await asyncio.wait_for(partner.calling.wait(), 20)
 
         statements, busy = 0, asyncio.Event()
 
@@ -127,7 +127,7 @@ async def test_a_process_does_not_spin_on_a_message_another_process_is_deliverin
         assert statements < MAX_STATEMENTS, f"{statements} statements in {WINDOW_S} s: the process spins"
 
         partner.release.set()
-        assert await asyncio.wait_for(in_hand, 5) == 1
+        assert await asyncio.wait_for(in_hand, 20) == 1
         assert partner.calls == {"held": 1} and await first.parked_count() == 0
 
 
@@ -136,16 +136,16 @@ async def test_a_process_that_delivers_goes_on_at_once_beside_a_message_in_other
     async with _processes(pg_url, partner) as (first, second):
         await _queue(first, "held", "k1")
         in_hand = asyncio.create_task(first.step())
-        await asyncio.wait_for(partner.calling.wait(), 5)
+        await asyncio.wait_for(partner.calling.wait(), 20)
 
         # a long idle wait: only the wake and going straight on after a delivery can make it in time
         async with _running(second, idle_s=30):
             await _queue(second, "b1", "k2")
             await _queue(second, "b2", "k2")
             second.wake()
-            await asyncio.wait_for(partner.arrived.wait(), 5)
+            await asyncio.wait_for(partner.arrived.wait(), 15)  # well under the idle 30 s
         assert partner.delivered == ["b1", "b2"]  # in order for their key, k1's call still in hand
 
         partner.release.set()
-        assert await asyncio.wait_for(in_hand, 5) == 1
+        assert await asyncio.wait_for(in_hand, 20) == 1
         assert partner.calls == {"held": 1, "b1": 1, "b2": 1} and await first.parked_count() == 0

@@ -102,7 +102,12 @@ async def signals(store: Store) -> list[str]:
 @pytest.fixture
 async def partner() -> AsyncIterator[tuple[Partner, VerwijsindexClient]]:
     vendor = Partner()
-    async with serving(vendor.app()) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
+    # A long timeout: a gated answer must outwait the deadlines of the test that holds it (a poll
+    # given up on would end its transaction and hide one held while waiting for the index).
+    async with (
+        serving(vendor.app()) as port,
+        VerwijsindexClient(f"http://127.0.0.1:{port}", timeout=60) as client,
+    ):
         yield vendor, client
 
 
@@ -348,7 +353,7 @@ async def test_a_slow_index_holds_no_write_transaction_and_a_page_is_taken_once(
         asking = 2 if store.dialect == "sqlite" else 1
         await wait_for(lambda: len(vendor.asked) == asking)
         await wait_for(lambda: sum(p.done() for p in polls) == 2 - asking)
-        async with asyncio.timeout(5), store.transaction() as session:  # another component writes
+        async with asyncio.timeout(20), store.transaction() as session:  # another component writes
             await add_to_outbox(session, "t.other", b"meanwhile", key="k")
         assert sum(not p.done() for p in polls) == asking
     finally:
@@ -378,7 +383,7 @@ async def test_a_quiet_poll_takes_no_write_transaction(
     writer = asyncio.create_task(busy_writer())
     await holding.wait()
     try:
-        assert await asyncio.wait_for(a_feed(store, client).poll_once(), 5) == 0
+        assert await asyncio.wait_for(a_feed(store, client).poll_once(), 20) == 0
         assert vendor.asked == [END]
     finally:
         release.set()

@@ -309,10 +309,10 @@ async def test_faults_for_one_method_leave_the_others_alone_and_uncounted(api: h
 async def test_a_hanging_call_runs_once_released(api: httpx.AsyncClient, state: SimulatorState) -> None:
     await api.post("/admin/faults", json={"hang_rate": 1.0, "hang_seconds": 60})
     call = asyncio.create_task(put(api, "s1", body()))
-    await asyncio.wait_for(state.faults.hanging().wait(), 2)
+    await asyncio.wait_for(state.faults.hanging().wait(), 15)
     assert not call.done() and "s1" not in state.signals
     await api.post("/admin/faults", json={})  # healing releases it
-    response = await asyncio.wait_for(call, 2)
+    response = await asyncio.wait_for(call, 15)  # well under the 60 s hang
     assert response.status_code == 201 and "s1" in state.signals
 
 
