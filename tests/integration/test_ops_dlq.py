@@ -14,13 +14,20 @@ from hub.store.tables import audit_log
 from schemas.envelope import Envelope
 from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
-from tests.integration.test_ops_lag import IN, OUT, PASSWORD, Cure, ops_hub, poisonable_echo
+from tests.integration.test_ops_lag import IN, OUT, PASSWORD, Cure, health_of, ops_hub, poisonable_echo
 
 pytestmark = pytest.mark.integration
 
 
 async def _depth(client: httpx.AsyncClient, hub: Hub) -> int:
-    health = (await client.get("/ops/api/health")).json()
+    """Dead letters not yet replayed or discarded; -1 while the health API answers 503 (under load)."""
+    health = await health_of(client)
+    return -1 if health is None else int(health["dlq_depth"].get(hub.topic(IN.dlq), -1))
+
+
+async def _depth_now(client: httpx.AsyncClient, hub: Hub) -> int:
+    """The depth from the next answer of the health API, waiting out a 503."""
+    health = await wait_for(lambda: health_of(client), timeout_s=30)
     return int(health["dlq_depth"].get(hub.topic(IN.dlq), -1))
 
 
@@ -68,7 +75,7 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         assert form.status_code == 303
         cookie = form.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-        assert (await anon.get("/ops/api/health")).status_code == 200
+        await wait_for(lambda: health_of(anon), timeout_s=30)  # a 200 (a 503 under load is waited out)
         assert (await anon.get("/ops/api/dlq")).status_code == 403  # viewers see health only
         assert (await anon.get("/ops/")).status_code == 200
         token = anon.cookies[COOKIE]
@@ -80,6 +87,7 @@ async def test_anonymous_and_viewers_are_kept_out(kafka: EmbeddedKafka, db_url: 
         assert (await anon.get("/ops/api/health")).status_code == 401  # the session ended server side
 
 
+@pytest.mark.timeout(240)  # its own deadlines add up to 110 s, near the suite's 120 s
 async def test_dead_letters_listed_masked_discarded_and_replayed(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
@@ -149,6 +157,7 @@ async def _job_done(client: httpx.AsyncClient, job_id: str) -> bool:
     return (await client.get(f"/ops/api/jobs/{job_id}")).json()["state"] == "done"
 
 
+@pytest.mark.timeout(360)  # its own deadlines add up to 230 s
 async def test_replay_of_500_dead_letters_processes_each_once(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
@@ -169,11 +178,12 @@ async def test_replay_of_500_dead_letters_processes_each_once(
         assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == list(range(500))
         dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=500, settle_s=0.3)
         assert len(dead) == 500  # none came back
-        assert await _depth(client, hub) == 0
+        assert await _depth_now(client, hub) == 0
         again = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
         assert again["total"] == 0
 
 
+@pytest.mark.timeout(240)  # its own deadlines add up to 140 s
 async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
@@ -208,6 +218,7 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
         assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
 
 
+@pytest.mark.timeout(240)  # its own deadlines add up to 120 s
 async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
@@ -238,4 +249,4 @@ async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
         echoed = [Envelope.from_bytes(r.value).payload for r in out]
         assert sorted(p["n"] for p in echoed) == [0, 1, 2]  # each once, whole
         assert all(p == sent[p["n"]].payload for p in echoed)
-        assert await _depth(client, hub) == 0
+        assert await _depth_now(client, hub) == 0
