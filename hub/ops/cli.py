@@ -23,7 +23,7 @@ from hub.errors import ConfigError
 from hub.ops.auth import add_operator
 from hub.ops.dlq import DeadLetters, Filter
 from hub.ops.health import Monitor, is_dlq
-from hub.ops.lag import LagProbe
+from hub.ops.lag import BrokersUnavailable, LagProbe
 from hub.ops.masking import show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
@@ -257,6 +257,9 @@ def topics() -> None:
         monitor = Monitor(probe, store, topics=names, groups=dict, group_prefix=settings.kafka.group_prefix)
         try:
             return await monitor.health()
+        except BrokersUnavailable as exc:
+            typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
+            raise typer.Exit(1) from None
         finally:
             await probe.close()
 

@@ -17,6 +17,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+
+class BrokersUnavailable(ConnectionError):
+    """The lag could not be measured: the brokers were unreachable or did not answer in time."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,15 @@ class LagProbe:
         async with self._lock:
             try:
                 return await asyncio.wait_for(self._measure(list(topics), groups), self.timeout_s)
-            except BaseException:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 await self.close()  # a broken client is rebuilt on the next probe
+                detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
+                within = f"within {self.timeout_s:g} s"
+                raise BrokersUnavailable(
+                    f"lag not measured, the brokers did not answer ({within}): {detail}"[:300]
+                ) from exc
+            except BaseException:
+                await self.close()
                 raise
 
     async def _measure(self, topics: list[str], groups: Mapping[str, Iterable[str] | None]) -> LagSample:

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from hub.metrics import Metrics
 from hub.ops.health import Health
+from hub.spine.outbox import OutboxState
 
 
 class _HealthCollector(Collector):
@@ -63,24 +64,46 @@ class _HealthCollector(Collector):
         for group, v in sorted(h.verdicts.items()):
             verdict.add_metric([group], int(v))
         yield from (lag, lag_s, current, dlq, parked, verdict)
-        if h.outbox is not None:
+
+
+class _StateCollector(Collector):
+    """What the hub knows without Kafka: whether the lag could be measured, and its outbox."""
+
+    def __init__(self, lag_measured: bool, outbox: OutboxState | None) -> None:
+        self.lag_measured, self.outbox = lag_measured, outbox
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "ketenhub_lag_probe_up",
+            "1 when this scrape's lag figures were measured; 0 when the brokers did not answer in time "
+            "(the lag, offset, DLQ and verdict families are left out rather than shown stale)",
+            value=int(self.lag_measured),
+        )
+        if self.outbox is not None:
             yield GaugeMetricFamily(
-                "ketenhub_outbox_waiting", "Outbox rows not yet published", value=h.outbox.waiting
+                "ketenhub_outbox_waiting", "Outbox rows not yet published", value=self.outbox.waiting
             )
             yield GaugeMetricFamily(
                 "ketenhub_outbox_oldest_seconds",
                 "Age of the oldest outbox row not yet published",
-                value=h.outbox.oldest_seconds,
+                value=self.outbox.oldest_seconds,
             )
             yield GaugeMetricFamily(
                 "ketenhub_outbox_parked",
                 "Outbox rows parked as larger than the brokers take, for an operator to release or discard",
-                value=h.outbox.parked,
+                value=self.outbox.parked,
             )
 
 
-def render(health: Health, metrics: Metrics) -> bytes:
-    """The text exposition of the lag picture and the hub's own registry."""
+def render(health: Health | None, metrics: Metrics, *, outbox: OutboxState | None = None) -> bytes:
+    """The text exposition of the lag picture, the outbox and the hub's own registry.
+
+    `health` None: the lag could not be measured; the rest still goes out, with
+    ketenhub_lag_probe_up 0, so a slow broker is not mistaken for a hub that is down.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_HealthCollector(health))
+    if health is not None:
+        registry.register(_HealthCollector(health))
+        outbox = health.outbox
+    registry.register(_StateCollector(health is not None, outbox))
     return generate_latest(registry) + generate_latest(metrics.registry)

@@ -10,13 +10,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from hub.api.problems import HubStarting, Problem
+from hub.logging import get_logger
 from hub.ops import auth
 from hub.ops.console import console_of
+from hub.ops.lag import BrokersUnavailable
 from hub.ops.prometheus import render
+from hub.spine.outbox import outbox_state
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 _FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 router = APIRouter(tags=["operators"])
+log = get_logger(__name__)
 
 
 @router.get(
@@ -32,10 +36,21 @@ async def metrics(request: Request) -> Response:
 
     Open without login, as Prometheus scrapes expect: the labels are topic, group and partition names,
     never personal data. Restrict it at the network (or the ingress) in production.
+
+    When the brokers do not answer the lag probe in time, the hub's own metrics and its outbox still
+    go out, with ketenhub_lag_probe_up 0: a scrape that failed as a whole would read as the hub
+    being down, while it is the brokers that are slow.
     """
     hub = request.app.state.hub
-    health = await console_of(hub).monitor.health()
-    return Response(render(health, hub.metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
+    monitor = console_of(hub).monitor
+    outbox = None
+    try:
+        health = await monitor.health()
+    except BrokersUnavailable as exc:
+        log.warning("lag not measured for /metrics", error=str(exc))
+        health, outbox = None, await outbox_state(monitor.store)
+    body = render(health, hub.metrics, outbox=outbox)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def _credentials(request: Request) -> tuple[str, str, bool]:

@@ -72,6 +72,7 @@ CONTRACT_METRICS = frozenset(
         "ketenhub_outbox_waiting",
         "ketenhub_outbox_oldest_seconds",
         "ketenhub_outbox_parked",
+        "ketenhub_lag_probe_up",
     }
 )
 CONTRACT_HISTOGRAMS = frozenset({"ketenhub_handler_seconds"})
@@ -453,6 +454,7 @@ def test_alert_rules_cover_lag_dead_letters_readiness_and_retries() -> None:
         "ketenhub_retry_parked",
         "ketenhub_outbox_parked",
         "ketenhub_outbox_oldest_seconds",
+        "ketenhub_lag_probe_up",
     ):
         assert metric in by_metric, f"no alert on {metric}"
     tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS / "alerts.test.yml").read_text()))

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.app import create_app
 from hub.config import Settings
-from hub.embedded import EmbeddedKafka
+from hub.embedded import EmbeddedKafka, free_port
 from hub.ops import console
 from hub.ops.auth import add_operator
 from hub.ops.lag import LagProbe
@@ -200,3 +200,37 @@ async def health_of(client: httpx.AsyncClient) -> dict[str, Any] | None:
     assert r.status_code == 200, r.text
     health: dict[str, Any] = r.json()
     return health
+
+
+async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A lag probe without an answer made the whole scrape a 503: Prometheus counted the hub as down
+    and lost its own figures for that scrape, while it was the brokers that could not be reached."""
+    settings = make_settings(kafka, db_url, unique)
+    async with ops_hub(settings) as (hub, client):
+        ops = console.console_of(hub)
+        ops.monitor.cache_s = 0  # every scrape asks the brokers
+        await client.get("/readyz")  # sets the hub's own ketenhub_ready gauges
+
+        async def point_probe_at(bootstrap: str) -> None:
+            async with ops.probe._lock:  # not in the middle of the background sampler's measurement
+                await ops.probe.close()
+                ops.probe.options["bootstrap_servers"] = bootstrap
+
+        await point_probe_at(f"127.0.0.1:{free_port()}")  # nothing listens there
+        r = await client.get("/metrics")
+        assert r.status_code == 200, r.text
+        m = _metrics(r.text)
+        assert m["ketenhub_lag_probe_up"] == {(): 0.0}
+        assert not {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} & m.keys()
+        assert "ketenhub_dlq_messages" not in m  # left out, not shown stale
+        assert m["ketenhub_outbox_waiting"] == {(): 0.0}  # from the store, which answers
+        assert m["ketenhub_ready"][(("dependency", "broker"),)] == 1.0  # the hub's own registry
+        health = await client.get("/ops/api/health")  # the dashboard's picture needs the lag itself
+        assert health.status_code == 503 and "Retry-After" in health.headers
+
+        await point_probe_at(kafka.bootstrap)  # the brokers answer again
+        m = _metrics((await client.get("/metrics")).text)
+        assert m["ketenhub_lag_probe_up"] == {(): 1.0}
+        assert hub.topic(IN.name) in {dict(k)["topic"] for k in m["kafka_topic_partition_current_offset"]}
