@@ -176,6 +176,10 @@ class Relay:
             got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK})
             if not got.scalar():
                 return 0
+            # Read the pending rows by walking ix_outbox_pending in id order: that walk clears the
+            # entries of rows marked sent since, where the bitmap scan the planner prefers on its
+            # estimates visits all of them again, every batch (migration 0015).
+            await session.execute(text("SET LOCAL enable_bitmapscan = off"))
             rows = (await session.execute(self._pending().with_for_update(skip_locked=True))).all()
             if not rows:
                 return 0

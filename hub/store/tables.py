@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -40,7 +41,14 @@ outbox = Table(
     Column("message_id", String(200), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
-    Index("ix_outbox_unsent", "sent_at", "id"),
+    Index("ix_outbox_unsent", "sent_at", "id"),  # the purge of sent rows, the oldest pending row
+    # The relay's read: pending rows in id order (migration 0015 says why it is partial).
+    Index(
+        "ix_outbox_pending",
+        "id",
+        postgresql_where=text("sent_at IS NULL"),
+        sqlite_where=text("sent_at IS NULL"),
+    ),
 )
 
 # Outbox rows the brokers would refuse for good (over their message size limit), moved aside by the
