@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,11 +91,7 @@ class Monitor:
     async def sample(self) -> LagSample:
         """A fresh sample, added to the window."""
         groups: dict[str, set[str] | None] = dict(self.groups())
-        with contextlib.suppress(Exception):
-            for g in await self.probe.list_groups():
-                if g.startswith(self.group_prefix) and g not in groups:
-                    groups[g] = None  # a group of ours the hub does not run here: any topic it committed on
-        s = await self.probe.measure(self.topics, groups)
+        s = await self.probe.measure(self.topics, groups, discover_prefix=self.group_prefix)
         self.samples.append(s)
         return s
 

@@ -82,54 +82,73 @@ class LagProbe:
         self._lock = asyncio.Lock()
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        # Each client is kept before it starts: a start that fails or runs out of time has opened
+        # connections too, and `close()` after the failure must stop them.
         if self._admin is None:
-            admin = AIOKafkaAdminClient(**self.options)
-            await admin.start()
-            self._admin = admin
+            self._admin = AIOKafkaAdminClient(**self.options)
+            await self._admin.start()
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(
+            self._consumer = AIOKafkaConsumer(
                 **self.options,
                 enable_auto_commit=False,
                 fetch_max_wait_ms=20,
                 max_partition_fetch_bytes=64 * 1024,
             )
-            await consumer.start()
-            self._consumer = consumer
+            await self._consumer.start()
         return self._admin, self._consumer
 
     async def close(self) -> None:
         """Stop the clients (a stop that hangs on a dead broker is abandoned)."""
-        with contextlib.suppress(Exception):
-            if self._consumer is not None:
-                await asyncio.wait_for(self._consumer.stop(), 5)
-        with contextlib.suppress(Exception):
-            if self._admin is not None:
-                await asyncio.wait_for(self._admin.close(), 5)
+        consumer, admin = self._consumer, self._admin
         self._admin = self._consumer = None
+        with contextlib.suppress(Exception):
+            if consumer is not None:
+                await asyncio.wait_for(consumer.stop(), 2)
+        with contextlib.suppress(Exception):
+            if admin is not None:
+                await asyncio.wait_for(admin.close(), 2)
 
-    async def list_groups(self) -> list[str]:
-        """Every consumer group the broker knows."""
-        admin, _ = await self._clients()
-        return sorted(str(g[0]) for g in await admin.list_consumer_groups())
+    async def measure(
+        self,
+        topics: Iterable[str],
+        groups: Mapping[str, Iterable[str] | None],
+        *,
+        discover_prefix: str | None = None,
+    ) -> LagSample:
+        """Offsets of `topics`, and the lag of each group on its topics (None: any topic it committed on).
 
-    async def measure(self, topics: Iterable[str], groups: Mapping[str, Iterable[str] | None]) -> LagSample:
-        """Offsets of `topics`, and the lag of each group on its topics (None: any topic it committed on)."""
+        With `discover_prefix`, every other group the brokers know by that prefix is measured too,
+        on any topic it committed on. All of it, client start included, within `timeout_s`.
+        """
         async with self._lock:
             try:
-                return await asyncio.wait_for(self._measure(list(topics), groups), self.timeout_s)
+                return await asyncio.wait_for(
+                    self._measure(list(topics), groups, discover_prefix), self.timeout_s
+                )
             except (TimeoutError, KafkaError, OSError) as exc:
                 await self.close()  # a broken client is rebuilt on the next probe
-                detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
-                within = f"within {self.timeout_s:g} s"
-                raise BrokersUnavailable(
-                    f"lag not measured, the brokers did not answer ({within}): {detail}"[:300]
-                ) from exc
+                if isinstance(exc, TimeoutError):
+                    detail = f"the brokers did not answer within {self.timeout_s:g} s"
+                else:
+                    detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
+                raise BrokersUnavailable(f"lag not measured: {detail}"[:300]) from exc
             except BaseException:
                 await self.close()
                 raise
 
-    async def _measure(self, topics: list[str], groups: Mapping[str, Iterable[str] | None]) -> LagSample:
+    async def _measure(
+        self, topics: list[str], groups: Mapping[str, Iterable[str] | None], discover_prefix: str | None
+    ) -> LagSample:
         admin, consumer = await self._clients()
+        if discover_prefix is not None:
+            groups = dict(groups)
+            # Listing is a hint: a broker that cannot (or answers what the client cannot read) leaves
+            # the known groups. A cancellation (the time limit) is no Exception and still ends it all.
+            with contextlib.suppress(Exception):
+                for listed in await admin.list_consumer_groups():
+                    name = str(listed[0])
+                    if name.startswith(discover_prefix) and name not in groups:
+                        groups[name] = None  # a group of ours not run here: any topic it committed on
         cluster = await consumer._client.fetch_all_metadata()  # no auto-creation, unlike a topic request
         parts = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
         tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]

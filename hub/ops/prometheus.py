@@ -75,8 +75,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "ketenhub_lag_probe_up",
-            "1 when this scrape's lag figures were measured; 0 when the brokers did not answer in time "
-            "(the lag, offset, DLQ and verdict families are left out rather than shown stale)",
+            "1 when this scrape's lag figures were measured; 0 when the brokers could not be asked "
+            "(refused, no answer in time, credentials refused); the lag, offset, DLQ, retry and "
+            "verdict families are then left out rather than shown stale",
             value=int(self.lag_measured),
         )
         if self.outbox is not None:

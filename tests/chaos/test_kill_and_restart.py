@@ -343,7 +343,7 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
 
 
 async def metrics_of(hub: HubProcess) -> str | None:
-    """A process's /metrics; None while it answers 503 (its lag probe timed out on a loaded machine)."""
+    """A process's /metrics; None while it answers 503 (a process still starting)."""
     async with httpx.AsyncClient(timeout=30) as client:
         answer = await client.get(hub.url + "/metrics")
     if answer.status_code == 503:

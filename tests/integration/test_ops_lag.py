@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.app import create_app
 from hub.config import Settings
-from hub.embedded import EmbeddedKafka, free_port
+from hub.embedded import EmbeddedKafka
 from hub.ops import console
 from hub.ops.auth import add_operator
 from hub.ops.lag import LagProbe
@@ -166,9 +168,7 @@ async def test_metrics_and_health_show_the_known_lag(kafka: EmbeddedKafka, db_ur
             # A scrape within health.CACHE_S of the background sample reuses it: on a loaded machine
             # that sample may predate the fill above, so scrape until one follows it.
             nonlocal m
-            r = await client.get("/metrics")
-            if r.status_code == 503:  # the hub's lag probe timed out on a loaded machine: try again
-                return False
+            r = await client.get("/metrics")  # without the lag while the probe runs out of time
             assert r.status_code == 200, r.text
             m = _metrics(r.text)
             return _lag(m, group, topic) == {"0": 10, "1": 0, "2": 3}
@@ -202,15 +202,44 @@ async def health_of(client: httpx.AsyncClient) -> dict[str, Any] | None:
     return health
 
 
+@contextlib.contextmanager
+def refusing_address() -> Iterator[str]:
+    """host:port of a socket that is bound and not listening: a connection there is refused, and no
+    other test can take the port meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def silent_address() -> AsyncIterator[str]:
+    """host:port of a listener that takes connections and never answers: a broker that hangs."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
 async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    """A lag probe without an answer made the whole scrape a 503: Prometheus counted the hub as down
-    and lost its own figures for that scrape, while it was the brokers that could not be reached."""
+    """A lag probe without an answer made the whole scrape fail: a 500 when the brokers refused, a
+    503 after 5 s when they were slow, and over 40 s when they took the connection and never
+    answered (the group listing was outside the probe's time limit). Prometheus counted the hub as
+    down and lost its own figures for the scrape, while it was the brokers that could not be asked."""
     settings = make_settings(kafka, db_url, unique)
     async with ops_hub(settings) as (hub, client):
         ops = console.console_of(hub)
         ops.monitor.cache_s = 0  # every scrape asks the brokers
+        ops.probe.timeout_s = 1.0
         await client.get("/readyz")  # sets the hub's own ketenhub_ready gauges
 
         async def point_probe_at(bootstrap: str) -> None:
@@ -218,19 +247,29 @@ async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
                 await ops.probe.close()
                 ops.probe.options["bootstrap_servers"] = bootstrap
 
-        await point_probe_at(f"127.0.0.1:{free_port()}")  # nothing listens there
-        r = await client.get("/metrics")
-        assert r.status_code == 200, r.text
-        m = _metrics(r.text)
-        assert m["ketenhub_lag_probe_up"] == {(): 0.0}
-        assert not {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} & m.keys()
-        assert "ketenhub_dlq_messages" not in m  # left out, not shown stale
-        assert m["ketenhub_outbox_waiting"] == {(): 0.0}  # from the store, which answers
-        assert m["ketenhub_ready"][(("dependency", "broker"),)] == 1.0  # the hub's own registry
-        health = await client.get("/ops/api/health")  # the dashboard's picture needs the lag itself
-        assert health.status_code == 503 and "Retry-After" in health.headers
+        with refusing_address() as refused:
+            async with silent_address() as silent:
+                for address in (refused, silent):
+                    await point_probe_at(address)
+                    # The probe has 1 s: 15 s is a margin for a loaded machine, far under the 40 s of
+                    # a request to a silent broker.
+                    r = await asyncio.wait_for(client.get("/metrics"), 15)
+                    assert r.status_code == 200, r.text
+                    m = _metrics(r.text)
+                    assert m["ketenhub_lag_probe_up"] == {(): 0.0}
+                    assert not {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} & m.keys()
+                    assert "ketenhub_dlq_messages" not in m  # left out, not shown stale
+                    assert m["ketenhub_outbox_waiting"] == {(): 0.0}  # from the store, which answers
+                    assert m["ketenhub_ready"][(("dependency", "broker"),)] == 1.0  # the hub's own registry
+                    health = await asyncio.wait_for(client.get("/ops/api/health"), 15)  # needs the lag
+                    assert health.status_code == 503 and "Retry-After" in health.headers
 
         await point_probe_at(kafka.bootstrap)  # the brokers answer again
-        m = _metrics((await client.get("/metrics")).text)
-        assert m["ketenhub_lag_probe_up"] == {(): 1.0}
+        ops.probe.timeout_s = 30.0  # a loaded machine's first measurement with fresh clients
+
+        async def measured() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
+            m = _metrics((await client.get("/metrics")).text)
+            return m if m["ketenhub_lag_probe_up"] == {(): 1.0} else None
+
+        m = await wait_for(measured, timeout_s=60)
         assert hub.topic(IN.name) in {dict(k)["topic"] for k in m["kafka_topic_partition_current_offset"]}

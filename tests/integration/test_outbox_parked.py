@@ -136,14 +136,9 @@ async def test_a_dead_letter_too_large_for_the_dlq_is_parked_and_operators_see_i
 
         await wait_for(all_marked)
 
-        async def scraped() -> str | None:  # a 503 while the hub's lag probe times out under load
-            r = await client.get("/metrics")
-            if r.status_code == 503:
-                return None
-            assert r.status_code == 200, r.text
-            return r.text
-
-        metrics = await wait_for(scraped, timeout_s=30)
+        r = await client.get("/metrics")  # 200 also when the lag probe runs out of time
+        assert r.status_code == 200, r.text
+        metrics = r.text
         assert "ketenhub_outbox_parked 1.0" in metrics
         assert "ketenhub_outbox_waiting 0.0" in metrics
         health = await wait_for(lambda: health_of(client), timeout_s=30)
