@@ -36,7 +36,9 @@ from schemas.caseworker import Caseworker
 from tests.conftest import create_pg_database, drop_pg_database, require_pg
 from tests.helpers.procs import KETENHUB
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# One worker takes the whole module under `make test` (--dist loadgroup): its two hub processes,
+# one per store, start once instead of once per worker.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.xdist_group("fuzz")]
 EXAMPLES = int(os.environ.get("KETENHUB_FUZZ_EXAMPLES", "15"))
 # Examples per operation for each run: (generation mode, with credentials) -> count. Without
 # credentials every answer should be a 401, so fewer examples tell as much; negative cases cost
