@@ -9,8 +9,8 @@ fresh topic, a fresh database is migrated, the processes are started together an
 until the n-th decision is on the police's decision topic: from the start (process start, group
 join, rebalances) and the sustained rate from the first decision to the last. The raw aiokafka relay
 runs over the same records in the same run, so each figure has its ratio. The processes' CPU time
-(user + system, from /proc) is read when they stop: a rate that does not grow with the processes
-while their CPU does shows where the machine's two cores went.
+(user + system, from /proc) is read just before they are stopped: a rate that does not grow with the
+processes while their CPU does shows where the machine's two cores went.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def scaled(
     kafka: EmbeddedKafka, values: list[bytes], processes: int, store: str, tmp: Path
 ) -> tuple[Result, Result, float]:
     """`processes` intake processes in one group over pre-loaded records; the figures and their CPU."""
-    url = await db_url(store, tmp / f"p{processes}")
+    url = await db_url(store, tmp / uuid.uuid4().hex[:8])
     migrated = Store(url)
     await migrated.migrate()  # once, before the processes start, so they do not race to migrate
     await migrated.close()
@@ -119,6 +119,10 @@ async def main() -> None:
     counts = [int(c) for c in args.processes.split(",") if c.strip()]
     if not counts or min(counts) < 1:
         p.error("--processes: give one or more whole numbers of at least 1, e.g. 1,2")
+    if args.store == "sqlite" and max(counts) > 1:
+        # The SQLite relay knows what it published but not yet marked only in its own process: two
+        # processes on one file publish each other's rows again, and the count would include them.
+        p.error("--store sqlite runs one process only: SQLite is the single-process store; use postgresql")
     setup_logging("WARNING")
     values = police_records(args.n)
     kafka = EmbeddedKafka()
