@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 
 class BrokersUnavailable(ConnectionError):
-    """The lag could not be measured: the brokers were unreachable or did not answer in time."""
+    """The lag could not be measured: the brokers refused, failed or did not answer in time."""
 
 
 @dataclass(frozen=True)
