@@ -47,6 +47,17 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float 
     raise TimeoutError("not ready")
 
 
+def start_intake(port: int, cwd: str | Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`ketenhub run --components intake` on `port`, quiet, in a process of its own."""
+    return subprocess.Popen(
+        [KETENHUB, "run", "--port", str(port), "--components", "intake"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -180,13 +191,7 @@ async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Re
             "KETENHUB_KAFKA__TOPIC_PREFIX": f"h{port}.",
             "KETENHUB_KAFKA__GROUP_PREFIX": f"h{port}-",
         }
-        hub = subprocess.Popen(
-            [KETENHUB, "run", "--port", str(port), "--components", "intake"],
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        hub = start_intake(port, tmp, env)
         try:
             url = f"http://127.0.0.1:{port}"
             await _wait_ready(url, hub)

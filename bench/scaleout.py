@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.data import police_records
 from bench.harness import Result, create, load, measure
 from bench.harness import run as bench_run
-from bench.http import KETENHUB, _stop, _wait_ready
+from bench.http import _stop, _wait_ready, start_intake
 from bench.run import SECRET, bench_relay, db_url
 from hub.embedded import EmbeddedKafka, free_port
 from hub.logging import setup_logging
@@ -74,14 +74,7 @@ async def scaled(
     async def start() -> None:
         for _ in range(processes):
             port = free_port("127.0.0.1")
-            proc = subprocess.Popen(
-                [KETENHUB, "run", "--port", str(port), "--components", "intake"],
-                cwd=tmp,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            procs.append((proc, port))
+            procs.append((start_intake(port, tmp, env), port))
         for proc, port in procs:
             await _wait_ready(f"http://127.0.0.1:{port}", proc)
 

@@ -96,7 +96,7 @@ class _StateCollector(Collector):
             )
 
 
-def render(health: Health | None, metrics: Metrics, *, outbox: OutboxState | None = None) -> bytes:
+def render(health: Health | None, outbox: OutboxState | None, metrics: Metrics) -> bytes:
     """The text exposition of the lag picture, the outbox and the hub's own registry.
 
     `health` None: the lag could not be measured; the rest still goes out, with
@@ -105,6 +105,5 @@ def render(health: Health | None, metrics: Metrics, *, outbox: OutboxState | Non
     registry = CollectorRegistry(auto_describe=False)
     if health is not None:
         registry.register(_HealthCollector(health))
-        outbox = health.outbox
     registry.register(_StateCollector(health is not None, outbox))
     return generate_latest(registry) + generate_latest(metrics.registry)

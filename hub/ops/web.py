@@ -13,6 +13,7 @@ from hub.api.problems import HubStarting, Problem
 from hub.logging import get_logger
 from hub.ops import auth
 from hub.ops.console import console_of
+from hub.ops.health import Health
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.prometheus import render
 from hub.spine.outbox import outbox_state
@@ -43,13 +44,13 @@ async def metrics(request: Request) -> Response:
     """
     hub = request.app.state.hub
     monitor = console_of(hub).monitor
-    outbox = None
+    health: Health | None = None
     try:
         health = await monitor.health()
     except BrokersUnavailable as exc:
         log.warning("lag not measured for /metrics", error=str(exc))
-        health, outbox = None, await outbox_state(monitor.store)
-    body = render(health, hub.metrics, outbox=outbox)
+    outbox = health.outbox if health is not None else await outbox_state(monitor.store)
+    body = render(health, outbox, hub.metrics)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
