@@ -23,10 +23,10 @@ async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[A
         yield running
 
 
-async def _post(api: Api, headers: dict[str, str]) -> int:
+async def _post(api: Api, headers: dict[str, str], variant: int = 1) -> int:
     response = await api.client.post(
         "/api/v1/politie/verwijzingen",
-        content=politie_variant(1),
+        content=politie_variant(variant),
         headers={"Content-Type": "application/json", **headers},
     )
     if response.status_code == 401:
@@ -41,8 +41,31 @@ async def test_no_key_or_a_wrong_key_is_401(api: Api) -> None:
     assert await _post(api, {"Authorization": f"Basic {key}"}) == 401
     assert await _post(api, {"Authorization": "Bearer nonsense"}) == 401
     assert await _post(api, {"Authorization": f"Bearer {key[:-2]}xx"}) == 401
+    assert await _post(api, {"Authorization": "Bearer"}) == 401
+    assert await _post(api, {"Authorization": "Bearer    "}) == 401
+    assert await _post(api, {"Authorization": key}) == 401  # no scheme
     assert await api.count() == 0
     assert await _post(api, api.auth("politie")) == 201
+
+
+async def test_the_scheme_is_read_as_rfc_7235_says(api: Api) -> None:
+    # The scheme is case-insensitive, and spaces around the key are no part of it.
+    key = api.keys["politie"]
+    assert await _post(api, {"Authorization": f"bearer {key}"}) == 201
+    assert await _post(api, {"Authorization": f"BEARER  {key} "}, variant=2) == 201
+
+
+async def test_every_partner_endpoint_documents_the_bearer_scheme(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path in (
+        "/api/v1/politie/verwijzingen",
+        "/api/v1/boa/verwijzingen",
+        "/api/v1/preventief/verwijzingen",
+        "/api/v1/leerplicht/verwijzingen",
+    ):
+        assert spec["paths"][path]["post"]["security"] == [{"HTTPBearer": []}], path
+    assert spec["paths"]["/api/v1/verwijzingen/{referral_id}"]["get"]["security"] == [{"HTTPBearer": []}]
 
 
 async def test_a_rotated_key_stops_working_at_once(api: Api) -> None:
