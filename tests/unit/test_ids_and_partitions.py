@@ -6,8 +6,11 @@ import os
 import uuid
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hub.kafka import KeyPartitioner
+from hub.kafka import KeyPartitioner, murmur2
 from schemas.envelope import new_id
 from schemas.pseudonym import youth_key
 
@@ -44,6 +47,25 @@ def test_key_partitioner_agrees_with_kafkas_default_also_after_its_cache_is_full
             assert ours(key, partitions, partitions) == expected
             assert ours(key, partitions, partitions) == expected  # from the cache
     assert ours(None, [0, 1, 2, 3], [2]) == 2  # no key: an available partition, as the default does
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_murmur2_gives_what_aiokafkas_gives(data: bytes) -> None:
+    assert murmur2(data) == aiokafka_murmur2(data)
+
+
+def test_murmur2_on_every_length_of_tail_and_known_values() -> None:
+    for length in range(0, 70):
+        data = bytes((7 * i + length) % 256 for i in range(length))
+        assert murmur2(data) == aiokafka_murmur2(data), length
+    # from the Java client's own tests (UtilsTest.testMurmur2), as unsigned values
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+    assert murmur2(b"foobar") == -790332482 & 0xFFFFFFFF
+    assert murmur2(b"a-little-bit-long-string") == -985981536 & 0xFFFFFFFF
+    assert murmur2(b"a-little-bit-longer-string") == -1486304829 & 0xFFFFFFFF
+    assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == -58897971 & 0xFFFFFFFF
+    assert murmur2(bytes([ord("a"), ord("b"), ord("c")])) == 479470107
 
 
 def test_a_serving_process_freezes_its_start_up_and_collects_less_often() -> None:
