@@ -53,10 +53,14 @@ def audit_row(
     }
 
 
+# Built once: SQLAlchemy works out a statement's cache key on every new statement object.
+_INSERT_AUDIT = insert(audit_log)
+
+
 async def write_audits(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Append `audit_row`s in the caller's transaction, in one executemany."""
     if rows:
-        await session.execute(insert(audit_log), rows)
+        await session.execute(_INSERT_AUDIT, rows)
 
 
 async def write_audit(

@@ -14,8 +14,8 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
@@ -43,6 +43,13 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
 
 SPLIT_DOWN_TO = 8  # a failed batch of at most this many records is handled record by record
 MAX_ID = ID_MAX  # message and transaction ids from headers, as in a body: the audit log's column
+
+
+# The inbox's statements on every batch, built once (SQLAlchemy works out a cache key per new statement).
+_SEEN = select(inbox.c.message_id).where(
+    inbox.c.consumer == bindparam("consumer"), inbox.c.message_id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_INBOX = insert(inbox)
 
 
 class BadHeader(PermanentError):
@@ -272,13 +279,7 @@ class Spine:
         ids = [message_id_of(r) for r in records]
         async with self.store.transaction() as session:
             seen = set(
-                (
-                    await session.execute(
-                        select(inbox.c.message_id).where(
-                            inbox.c.consumer == sub.group, inbox.c.message_id.in_(set(ids))
-                        )
-                    )
-                ).scalars()
+                (await session.execute(_SEEN, {"consumer": sub.group, "ids": list(set(ids))})).scalars()
             )
             done: list[str] = []
             fresh: list[tuple[ConsumerRecord[Any, Any], str]] = []
@@ -293,7 +294,7 @@ class Spine:
             if done:
                 now = utcnow()
                 await session.execute(
-                    insert(inbox),
+                    _INSERT_INBOX,
                     [{"consumer": sub.group, "message_id": m, "processed_at": now} for m in done],
                 )
         return outcomes

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from sqlalchemy import Row, Select, delete, func, insert, select, text, update
+from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import aware
@@ -68,12 +68,15 @@ async def add_to_outbox(
     await session.execute(insert(outbox).values(**_outbox_row(topic, message, key, headers)))
 
 
+_INSERT_OUTBOX = insert(outbox)  # built once, with its cache key
+
+
 async def add_many_to_outbox(
     session: AsyncSession, messages: Sequence[tuple[str, Envelope | bytes, str | None]]
 ) -> None:
     """`add_to_outbox` for many (topic, message, key), in order, in one statement."""
     if messages:
-        await session.execute(insert(outbox), [_outbox_row(t, m, k, None) for t, m, k in messages])
+        await session.execute(_INSERT_OUTBOX, [_outbox_row(t, m, k, None) for t, m, k in messages])
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,10 @@ class Relay:
         self.unmarked_max = 10 * batch
         self.mark_every_s = mark_every_s
         self._mark_now = asyncio.Event()
+        # The reads of every round, built once (SQLAlchemy works out a cache key per new statement).
+        self._read_locked = self._pending().with_for_update(skip_locked=True)
+        self._read = self._pending()
+        self._read_after = self._pending().where(outbox.c.id > bindparam("after"))
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from `run()`: a clean stop publishes nothing twice."""
@@ -180,7 +187,7 @@ class Relay:
             # entries of rows marked sent since, where the bitmap scan the planner prefers on its
             # estimates visits all of them again, every batch (migration 0015).
             await session.execute(text("SET LOCAL enable_bitmapscan = off"))
-            rows = (await session.execute(self._pending().with_for_update(skip_locked=True))).all()
+            rows = (await session.execute(self._read_locked)).all()
             if not rows:
                 return 0
             out, oversize = self._records(rows)
@@ -218,11 +225,11 @@ class Relay:
         await self._check_marker()
         if self._unmarked_n >= self.unmarked_max:
             await self._marks_done()  # the marks are far behind: let them catch up first
-        query = self._pending()
-        if self._unmarked is not None:
-            query = query.where(outbox.c.id > self._unmarked)
         async with self.store.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            if self._unmarked is None:
+                rows = (await conn.execute(self._read)).all()
+            else:
+                rows = (await conn.execute(self._read_after, {"after": self._unmarked})).all()
         if not rows:
             return 0
         out, oversize = self._records(rows)

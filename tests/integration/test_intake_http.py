@@ -239,6 +239,16 @@ async def test_truancy_bounds_and_a_second_referral_per_youth(api: Api) -> None:
     assert all(r["referralId"] for r in report["rows"])  # rule rejections are stored too (rule 7)
 
 
+async def test_a_truancy_referral_stored_earlier_counts_for_the_next_batch(api: Api) -> None:
+    first = csv_row(11, 12)
+    assert (await api.post("leerplicht", csv_bytes([first]))).json()["rows"][0]["result"] == "ACCEPTED"
+    again = csv_row(12, 14, BSN=first["BSN"])  # the same youth, in a later batch
+    other = csv_row(13, 14)
+    report = (await api.post("leerplicht", csv_bytes([again, other]))).json()
+    assert [r["result"] for r in report["rows"]] == ["REJECTED", "ACCEPTED"]
+    assert report["rows"][0]["decision"]["reasons"][0]["code"] == "SCHOOLVERZUIM_HERHAALD"
+
+
 async def test_a_batch_of_1000_rows_with_37_bad_rows_reports_exactly_37_errors(api: Api) -> None:
     bad = set(range(7, 1000, 27))
     defects = [{"BSN": "123456789"}, {"Geboortedatum": "31-04-2011"}, {"Uren verzuim": "twaalf"}]
