@@ -133,4 +133,6 @@ CurrentPartner = Annotated[Partner, Depends(PartnerKey())]
 
 def partner_of_type(*types: PartnerType) -> PartnerKey:
     """A dependency: the current partner, or 403 when its type may not use this endpoint."""
+    if not types:
+        raise ValueError("partner_of_type needs at least one partner type; CurrentPartner takes any")
     return PartnerKey(*types)

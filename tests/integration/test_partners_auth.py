@@ -125,3 +125,10 @@ async def test_only_a_hash_of_the_key_is_stored(api: Api) -> None:
     assert len(secret) == 43 and key not in dump and secret not in dump
     key_id = key_id_of(key)
     assert key_id is not None and hash_key(key_id, key) in dump
+
+
+def test_an_endpoint_for_no_partner_type_is_a_mistake_at_start_up() -> None:
+    from hub.partners import partner_of_type
+
+    with pytest.raises(ValueError, match="at least one partner type"):
+        partner_of_type()
