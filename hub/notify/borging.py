@@ -28,6 +28,7 @@ from schemas.envelope import new_id
 
 log = get_logger(__name__)
 NO_DELEGATE = "borging_zonder_vervanger"
+FAILED = "borging_mislukt"
 
 
 @dataclass
@@ -85,7 +86,8 @@ async def borg(
     tx_id = transaction_id or new_id()
     cw = await get_caseworker(session, caseworker_id)
     result = BorgingResult(caseworker_id)
-    moving = await active_signals_of(session, caseworker_id, lock=True)  # two rounds at once: one move
+    # two rounds at once: one move; a signal past its end date stays (it cannot be moved)
+    moving = await active_signals_of(session, caseworker_id, lock=True, day=day)
     if not moving:
         return result
     try:
@@ -145,11 +147,34 @@ async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingRes
         due = [(cw.caseworker_id, r) for cw in await list_caseworkers(session) if (r := why(cw, day, after))]
     results = []
     for caseworker_id, reason in due:
-        async with hub.store.transaction() as session:  # one caseworker per transaction
-            results.append(await borg(session, hub, caseworker_id, reason=reason, user="borging", day=day))
+        try:
+            async with hub.store.transaction() as session:  # one caseworker per transaction
+                results.append(
+                    await borg(session, hub, caseworker_id, reason=reason, user="borging", day=day)
+                )
+        except Exception as exc:  # one caseworker's failure does not hold up the others' borging
+            results.append(await _failed(hub, caseworker_id, exc))
     if any(r.signal_ids for r in results):
         hub.relay.wake()
     return results
+
+
+async def _failed(hub: Any, caseworker_id: str, exc: Exception) -> BorgingResult:
+    """Record, for an administrator, a borging that failed and rolled back; it is tried again next round."""
+    problem = f"borging mislukt ({type(exc).__name__}); de volgende ronde probeert het opnieuw"
+    log.warning(
+        "borging failed; the next round tries again", caseworker_id=caseworker_id, error=type(exc).__name__
+    )
+    async with hub.store.transaction() as session:
+        await record_problem(
+            session,
+            kind=FAILED,
+            caseworker_id=caseworker_id,
+            reference=None,
+            reason=problem,
+            transaction_id=None,
+        )
+    return BorgingResult(caseworker_id, problem=problem)
 
 
 def borging_loop(hub: Any):  # type: ignore[no-untyped-def]

@@ -86,9 +86,12 @@ async def signal_row(session: AsyncSession, signal_id: str, *, lock: bool = Fals
 
 
 async def active_signals_of(
-    session: AsyncSession, caseworker_id: str, *, lock: bool = False
+    session: AsyncSession, caseworker_id: str, *, lock: bool = False, day: date | None = None
 ) -> list[VerwijsindexSignal]:
     """The ACTIEF signals whose contact is `caseworker_id`, oldest first (signal_id always set).
+
+    With `day`, only those still running that day: a signal past its end date is no longer active
+    (nothing marks it VERLOPEN), and moving or withdrawing it is refused (`SignalNotActive`).
 
     With `lock`, they stay locked until the transaction ends, for moving them: a concurrent move of
     the same signals waits, then finds them no longer this caseworker's (PostgreSQL re-checks the
@@ -99,6 +102,8 @@ async def active_signals_of(
         .where(signals.c.caseworker_id == caseworker_id, signals.c.status == SignalStatus.ACTIEF.value)
         .order_by(signals.c.created, signals.c.signal_id)
     )
+    if day is not None:
+        query = query.where(signals.c.end_date >= day)
     rows = (await session.execute(query.with_for_update() if lock else query)).all()
     return [signal_from_row(r) for r in rows]
 

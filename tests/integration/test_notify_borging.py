@@ -148,3 +148,79 @@ async def test_long_absence_moves_signals_to_the_delegate_and_the_index_shows_th
                 assert len(queued) == 1
             finally:
                 await hub.stop()
+
+
+async def test_a_signal_past_its_end_date_stays_and_the_live_ones_still_move(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Nothing marks an ended signal VERLOPEN: borging used to pick it up as ACTIEF, its move was refused
+    # (SignalNotActive), and that error rolled back and ended every caseworker's borging, each day.
+    from sqlalchemy import update
+
+    from tests.integration.test_mail_delivery import start_mail_hub
+
+    away = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+    )
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            ended, _ = await signal_with_match(hub, "cw-ilse", youth(723_456_700))
+            live, _ = await signal_with_match(hub, "cw-ilse", youth(823_456_700))
+            assert hub.store is not None
+            async with hub.store.transaction() as session:
+                await session.execute(
+                    update(signals)
+                    .where(signals.c.signal_id == ended)
+                    .values(end_date=TODAY - timedelta(days=35))
+                )
+            await add_caseworkers(hub, away)
+
+            results = {r.caseworker_id: r for r in await check_borging(hub)}
+            assert results["cw-ilse"].signal_ids == [live], results
+            assert results["cw-ilse"].problem is None
+            contacts = await _contacts(hub)
+            assert contacts[live].startswith("cw-omar:") and contacts[ended].startswith("cw-ilse:")
+        finally:
+            await hub.stop()
+
+
+async def test_one_caseworkers_failed_borging_is_shown_and_the_others_go_on(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hub.notify.borging as borging
+    from hub.notify.borging import FAILED
+    from tests.integration.test_mail_delivery import start_mail_hub
+
+    away = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+    )
+    lone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
+    real_borg = borging.borg
+
+    async def borg(session: Any, hub: Any, caseworker_id: str, **kwargs: Any) -> Any:
+        if caseworker_id == "cw-ilse":
+            raise RuntimeError("the store went away")
+        return await real_borg(session, hub, caseworker_id, **kwargs)
+
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            await add_caseworkers(hub, ILSE, OMAR, lone)
+            await signal_with_match(hub, "cw-ilse", youth(923_456_700))
+            await signal_with_match(hub, "cw-lone", youth(133_456_700))
+            await add_caseworkers(hub, away)
+            monkeypatch.setattr(borging, "borg", borg)
+
+            results = {r.caseworker_id: r for r in await check_borging(hub)}
+            assert results["cw-ilse"].problem and "RuntimeError" in results["cw-ilse"].problem
+            assert results["cw-lone"].problem and "vervanger" not in results["cw-ilse"].problem
+            assert await _problem(hub, FAILED, None)
+            assert await _problem(hub, NO_DELEGATE, None)  # cw-lone's round ran after cw-ilse's failed
+        finally:
+            await hub.stop()
