@@ -196,7 +196,9 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     async with hub.store.transaction() as session:
         if media_type_of(request) == FHIR_JSON:
-            consent, referral_id, custodians = await _from_fhir_body(session, raw, caseworker.caseworker_id)
+            consent, referral_id, custodians = await _from_fhir_body(
+                session, raw, caseworker.caseworker_id, secret
+            )
             key = make_key(secret, consent.youth.bsn)
         else:
             try:
@@ -232,36 +234,57 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
 
 
 async def _from_fhir_body(
-    session: Any, raw: bytes, caseworker_id: str
+    session: Any, raw: bytes, caseworker_id: str, secret: str
 ) -> tuple[Consent, str | None, int | None]:
+    """The consent in a FHIR body, for a youth the hub knows from a referral.
+
+    The youth's BSN and birth date are the referral's, as for a JSON body. The resource's own
+    birth date decides nothing: rule 8 counts whose permits are needed by the youth's age, and an
+    edited `birthDate` would make a 14-year-old's consent complete without a parent's permit.
+    A resource whose BSN or birth date disagrees with the referral's is refused, not corrected.
+    """
     try:
         resource = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, an integer Python will not read, too deep
         raise Problem(400, "Ongeldige FHIR Consent", "De body is geen JSON.") from None
-    known: dict[str, tuple[str, str, int | None]] = {}
+    known: dict[str, str] = {}  # youth key -> BSN
 
     async def lookup(key: str) -> None:
         if as_code(key) is None or not key.isprintable():  # no youth key: from_fhir refuses the patient
             return
         try:
-            youth, _, referral_id, custodians = await _youth(session, None, key)
+            youth, _, _, _ = await _youth(session, None, key)
         except Problem:
             return
-        known[key] = (youth.bsn, referral_id or "", custodians)
+        known[key] = youth.bsn
 
     key = youth_key_of(resource)
     if key:
         await lookup(key)
     try:
-        consent = from_fhir(resource, resolve_bsn=lambda k: known[k][0] if k in known else None)
+        consent = from_fhir(resource, resolve_bsn=known.get)
     except FhirConsentError as exc:
         params = [
             InvalidParam(name=p.split(":")[0], reason=p.partition(":")[2].strip() or "ongeldig")
             for p in exc.problems
         ]
         raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=params) from None
-    consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None})
-    referral_id, custodians = (known[key][1] or None, known[key][2]) if key in known else (None, None)
+    ykey = key if key in known else make_key(secret, consent.youth.bsn)
+    youth, _, referral_id, custodians = await _youth(session, None, ykey)  # 404 for a youth unknown here
+    wrong = []
+    if consent.youth.bsn != youth.bsn:
+        wrong.append(
+            InvalidParam(name="patient", reason="de BSN hoort niet bij de jeugdige van de jeugdsleutel")
+        )
+    if consent.youth.birth_date != youth.birth_date:
+        wrong.append(
+            InvalidParam(
+                name="contained.Patient.birthDate", reason="wijkt af van de geboortedatum in de verwijzing"
+            )
+        )
+    if wrong:
+        raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=wrong)
+    consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None, "youth": youth})
     return consent, referral_id, custodians
 
 

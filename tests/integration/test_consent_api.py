@@ -298,3 +298,49 @@ async def test_a_fhir_patient_of_the_wrong_shape_is_refused_as_invalid_fhir(
         problem = answer.json()
         assert problem["title"] == "Ongeldige FHIR Consent"
         assert any(p["name"].startswith("patient") for p in problem["invalidParams"]), problem
+
+
+async def test_a_fhir_consent_takes_the_youth_from_the_referral_not_from_the_resource(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Rule 8 counts the youth's age: a birthDate edited in the resource made a 14-year-old's consent
+    # with the youth's permit alone complete, and the handover went without a parent's permit.
+    import json
+
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(14, custodians=1)
+        only_youth = await w.consent(rid, grantors=[("JEUGDIGE", "Sam")])
+        assert not only_youth["complete"]
+        exported = await w.client.get(
+            f"/api/v1/toestemmingen/{only_youth['consent_id']}",
+            headers={"X-Medewerker": CW, "Accept": FHIR_JSON},
+        )
+        resource = exported.json()
+        [patient] = [c for c in resource["contained"] if c["resourceType"] == "Patient"]
+        patient["birthDate"] = "2008-01-01"
+        answer = await w.client.post(
+            "/api/v1/toestemmingen",
+            content=json.dumps(resource).encode(),
+            headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
+        )
+        assert answer.status_code == 400, answer.text
+        assert [p["name"] for p in answer.json()["invalidParams"]] == ["contained.Patient.birthDate"]
+
+        # the export itself goes back in, as incomplete as it was
+        again = await w.client.post(
+            "/api/v1/toestemmingen",
+            content=exported.content,
+            headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
+        )
+        assert again.status_code == 201, again.text
+        assert not again.json()["complete"] and again.json()["referral_id"] == rid
+
+        # a youth the hub has no referral of, named by BSN in the resource: as for a JSON body, 404
+        patient["identifier"] = [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "111222333"}]
+        resource["patient"] = {"reference": resource["patient"].get("reference", "")}
+        unknown = await w.client.post(
+            "/api/v1/toestemmingen",
+            content=json.dumps(resource).encode(),
+            headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
+        )
+        assert unknown.status_code == 404, unknown.text
