@@ -109,6 +109,24 @@ def test_nine_digits_inside_an_id_are_not_a_bsn_but_beside_it_they_are() -> None
     assert contains_bsn(f"Overdracht {handover} van 111222333")
 
 
+def test_nine_digits_after_a_country_code_are_a_phone_number_not_a_bsn() -> None:
+    assert is_valid_bsn("600000011")  # a mobile number's nine digits that pass the elfproef
+    for phone in ("+31 600000011", "+31600000011", "+31-600000011", "0031 600000011", "+32.600000011"):
+        assert not contains_bsn(f"Bel Kees de Vries op {phone} of mail kees@wijkteam.nl"), phone
+    from schemas.notification import MailNotification
+
+    mail = MailNotification(
+        recipient_caseworker_id="cw-ilse",
+        template="match",
+        subject="Match in de Verwijsindex",
+        body_text="Kees de Vries (wijkteam) is ook betrokken: +31 600000011.",
+        case_reference="m-1",
+    )
+    assert "+31 600000011" in mail.body_text
+    for text in ("BSN 600000011", "tel. 600000011", "+31 6 en 600000011", "100031 600000011", "+ 600000011"):
+        assert contains_bsn(text), text
+
+
 @settings(max_examples=500)
 @given(st.uuids(version=4))
 def test_no_uuid_looks_like_a_bsn(value: uuid.UUID) -> None:
