@@ -41,6 +41,7 @@ from schemas.notification import MailNotification
 
 log = get_logger(__name__)
 _NOT_LOOKED_UP: Any = object()
+_SENT_TO_MAX = 10_000  # sends waiting for their record, at most
 NAME = "mail"
 SYSTEM = "mail-connector"
 
@@ -63,6 +64,8 @@ class MailConnector:
         self.last_success: datetime | None = None
         self.last_error: str | None = None
         self._ready: dict[str, Caseworker | None] = {}  # notification id -> reader, None when sent
+        # notification id -> who it was sent to, for the audit entry written once the send is recorded
+        self._sent_to: dict[str, str] = {}
 
     async def prepare(self, messages: Sequence[Envelope]) -> None:
         """For a round of sends: which were sent already, and who reads each caseworker's mail today,
@@ -109,6 +112,22 @@ class MailConnector:
         )
         await self.mailer.send(msg)
         self.last_success = utcnow()
+        if len(self._sent_to) >= _SENT_TO_MAX:  # entries whose recording failed: their mail goes again
+            self._sent_to.clear()
+        self._sent_to[mail.notification_id] = recipient.caseworker_id
+
+    def _audit_objects(self, mail: MailNotification) -> dict[str, Any]:
+        """What the mail.sent entry says: the mail, and who it reached (rule 18). The mail is addressed
+        to a caseworker; who reads their mail is decided when it is sent (a delegate while they are
+        away), which may be days after it was queued."""
+        objects: dict[str, Any] = {
+            "notification_id": mail.notification_id,
+            "template": mail.template,
+            "case_reference": mail.case_reference,
+        }
+        if (reader := self._sent_to.pop(mail.notification_id, None)) is not None:
+            objects["sent_to"] = reader
+        return objects
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Remember the notification as sent, in the consumer's (or un-parking's) transaction."""
@@ -127,11 +146,7 @@ class MailConnector:
             action="mail.sent",
             user=SYSTEM,
             on_behalf_of=mail.recipient_caseworker_id,
-            objects={
-                "notification_id": mail.notification_id,
-                "template": mail.template,
-                "case_reference": mail.case_reference,
-            },
+            objects=self._audit_objects(mail),
         )
         await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
 
@@ -154,11 +169,7 @@ class MailConnector:
                     "sent_at": now,
                 }
             )
-            objects = {
-                "notification_id": mail.notification_id,
-                "template": mail.template,
-                "case_reference": mail.case_reference,
-            }
+            objects = self._audit_objects(mail)
             audit.append(
                 audit_row(
                     "mail.sent",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from connectors.mail import MailSink
 from connectors.mail.component import MailConnector
@@ -16,6 +16,7 @@ from hub.config import SmtpSettings
 from hub.directory import CaseworkerNotFound, upsert_caseworker
 from hub.notify.tables import mail_sent
 from hub.store import Store
+from hub.store.tables import audit_log
 from schemas.caseworker import Absence, Caseworker, Team
 from schemas.envelope import Envelope, new_id, utcnow
 from schemas.notification import MailNotification
@@ -72,6 +73,21 @@ async def test_a_round_goes_to_each_reader_once_with_or_without_prepare(store: S
         got = sorted(address for mail in sink.memory for address in mail.rcpt_to)
         assert got == ["here@halt.nl", "stand-in@halt.nl"]
         assert connector._ready == {}  # each prepared lookup is used once, not for a retry later
+
+        # rule 18: the audit names whom each mail reached, the delegate for the one away
+        async with store.transaction() as s:
+            if prepared:
+                await connector.on_delivered_many(s, [to_away, to_here])
+            else:
+                await connector.on_delivered(s, to_away)
+                await connector.on_delivered(s, to_here)
+        async with store.connect() as conn:
+            rows = (await conn.execute(select(audit_log).where(audit_log.c.action == "mail.sent"))).all()
+        assert sorted((r.on_behalf_of, r.objects["sent_to"]) for r in rows) == [
+            ("away", "stand-in"),
+            ("here", "here"),
+        ]
+        assert connector._sent_to == {}
     finally:
         await connector.aclose()
         await sink.stop()
