@@ -9,12 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
-from hub.handovers.delivery_state import record_delivered, record_failed, still_deliverable
+from hub.handovers.delivery_state import delivery_verdict, record_delivered, record_failed, record_lapsed
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.runtime import Hub
 from hub.spine import Tx
-from hub.topics import HANDOVER_DISPATCH
+from hub.topics import HANDOVER_DISPATCH, NOTIFICATION_MAIL
 from schemas.envelope import Envelope
 
 LADDER = "receivers-webhook"
@@ -52,8 +52,9 @@ class WebhookDelivery:
         assert hub.store is not None
         self.hub, self.store = hub, hub.store
         self.settings = hub.settings.handovers
+        self.mail_topic = hub.topic(NOTIFICATION_MAIL.name)
         self.client = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s)
-        # Message ids whose handover may no longer go (rule 10): delivered as far as the ladder is
+        # Message ids whose handover may no longer go (rules 9, 10): delivered as far as the ladder is
         # concerned, never audited as a disclosure. Kept, not forgotten when read: a round's batch that
         # rolls back is recorded again one by one, and must find them again.
         self.skipped = RecentIds()
@@ -66,10 +67,15 @@ class WebhookDelivery:
         """Look up the receiver, check the handover may still go, and POST it signed."""
         if message.message_id in self.delivered:
             return
-        async with self.store.connect() as conn:
-            target = await receiver_delivery(conn, message.payload["receiver_organisation"])  # type: ignore[arg-type]
-            go = await still_deliverable(conn, message)
-        if not go:
+        async with self.store.read() as session:
+            target = await receiver_delivery(session, str(message.payload["receiver_organisation"]))
+            verdict = await delivery_verdict(session, message, day=self.hub.today())
+        if verdict.lapsed:  # ended in a transaction of its own: a retry of this message finds it ended
+            async with self.store.transaction() as session:
+                await record_lapsed(session, message, verdict.gaps, mail_topic=self.mail_topic)
+            if self.hub.relay is not None:
+                self.hub.relay.wake()
+        if not verdict.go:
             self.skipped.add(message.message_id)
             return
         if target is None or target.mode != "webhook" or not target.url or not target.secret:
@@ -132,7 +138,10 @@ def register_receivers(hub: Hub) -> None:
 
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:
-    if not await still_deliverable(tx.session, message):
+    verdict = await delivery_verdict(tx.session, message, day=hub.today())
+    if verdict.lapsed:
+        await record_lapsed(tx.session, message, verdict.gaps, mail_topic=hub.topic(NOTIFICATION_MAIL.name))
+    if not verdict.go:
         return
     await tx.emit(hub.topic(target.topic_name), message, key=youth_key)
     await record_delivered(tx.session, message, channel="kafka")

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.clock import aware
 from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
 from hub.handovers.tables import handovers
@@ -16,6 +17,13 @@ from schemas.handover import HandoverStatus
 
 UNANSWERED = (HandoverStatus.VERZONDEN.value, HandoverStatus.ONTVANGEN.value)
 ANSWERS = frozenset({HandoverStatus.ONTVANGEN, HandoverStatus.GEACCEPTEERD, HandoverStatus.GEWEIGERD})
+FINAL = frozenset({HandoverStatus.GEACCEPTEERD.value, HandoverStatus.GEWEIGERD.value})
+# Where each answer may come from: forward only, nothing after a final answer.
+FROM = {
+    HandoverStatus.ONTVANGEN: frozenset({HandoverStatus.VERZONDEN.value}),
+    HandoverStatus.GEACCEPTEERD: frozenset(UNANSWERED),
+    HandoverStatus.GEWEIGERD: frozenset(UNANSWERED),
+}
 
 
 async def record_answer(
@@ -29,7 +37,13 @@ async def record_answer(
     reason: str | None = None,
     meeting_planned_at: datetime | None = None,
 ) -> Any:
-    """A receiver answers a handover it got; anybody else's handover is 'not found'."""
+    """A receiver answers a handover it got; anybody else's handover is 'not found'.
+
+    Answers move a handover forward only: VERZONDEN -> ONTVANGEN -> GEACCEPTEERD or GEWEIGERD. An
+    answer the handover is already past (the same answer again, a late ONTVANGEN) changes nothing and
+    is no error: a receiver's retry or a redelivered record gets the handover as it stands; only a
+    meeting planned since is kept. Another answer after a final one is refused (409).
+    """
     row = await get_handover(session, handover_id, lock=True, receiver=receiver)  # two answers: in turn
     if row is None:
         raise HandoverProblem(404, "deze overdracht is niet bekend bij deze ontvanger")
@@ -37,7 +51,10 @@ async def record_answer(
         raise HandoverProblem(400, "status moet ONTVANGEN, GEACCEPTEERD of GEWEIGERD zijn")
     if status is HandoverStatus.GEWEIGERD and not reason:
         raise HandoverProblem(400, "een weigering heeft een reden")
-    if row.status not in (*UNANSWERED, HandoverStatus.GEACCEPTEERD.value):
+    if _already(row, status, reason):
+        await _keep_meeting(session, r, act, row, status, meeting_planned_at)
+        return await get_handover(session, handover_id)
+    if row.status not in FROM[status]:
         raise HandoverProblem(409, f"de overdracht staat op {row.status} en kan niet meer worden beantwoord")
     now = r.clock()
     values: dict[str, Any] = {"status": status.value, "updated_at": now, "answered_at": now}
@@ -58,6 +75,33 @@ async def record_answer(
         )
         await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
     return await get_handover(session, handover_id)
+
+
+def _already(row: Any, status: HandoverStatus, reason: str | None) -> bool:
+    """The handover is already where this answer would take it: the same answer again (a refusal
+    with the same reason), or ONTVANGEN once it was answered finally."""
+    if status is HandoverStatus.ONTVANGEN:
+        return bool(row.status in (HandoverStatus.ONTVANGEN.value, *FINAL))
+    if status is HandoverStatus.GEWEIGERD:
+        return bool(row.status == status.value and row.status_reason == reason)
+    return bool(row.status == status.value)
+
+
+async def _keep_meeting(
+    session: AsyncSession, r: Routing, act: Act, row: Any, status: HandoverStatus, meeting: datetime | None
+) -> None:
+    """The same answer again, with a meeting planned since: the meeting is kept and audited (not
+    from a refusal, nor from a late ONTVANGEN: the handover is past it)."""
+    if meeting is None or status is HandoverStatus.GEWEIGERD or row.status != status.value:
+        return
+    if row.meeting_planned_at is not None and aware(row.meeting_planned_at) == meeting:
+        return
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == row.id)
+        .values(meeting_planned_at=meeting, updated_at=r.clock())
+    )
+    await audit_handover(session, r, act, "handover.meeting_planned", row, status=row.status)
 
 
 async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta, act: Act) -> int:

@@ -41,6 +41,7 @@ def routing_of(hub: Hub) -> Routing:
             requested_topic=hub.topic(HANDOVER_REQUESTED.name),
             dispatch_topic=hub.topic(HANDOVER_DISPATCH.name),
             mail_topic=hub.topic(NOTIFICATION_MAIL.name),
+            clock=lambda: hub.clock(),  # the hub's clock, also when it is set after this is made
         )
         hub.components["routing"] = r
     return r

@@ -2,39 +2,142 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.consent.rules import Disclosure, Gap, coverage
+from hub.consent.store import get_consent
+from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
+from hub.handovers.service import ZORGMELDING, get_handover
 from hub.handovers.tables import handovers
+from hub.spine.outbox import add_to_outbox
 from schemas._base import as_code
+from schemas.consent import ConsentPurpose, DataCategory
 from schemas.envelope import Envelope, utcnow
 from schemas.handover import HandoverStatus
 
 SYSTEM = "ketenhub-receivers"
+NO_CONSENT = "GEEN_TOESTEMMING"
+# Handovers that ended before they left (consent withdrawn, or lapsed): never delivered.
+STOPPED = frozenset({HandoverStatus.INGETROKKEN.value, HandoverStatus.VERLOPEN.value})
 
 
-async def still_deliverable(conn: AsyncSession | AsyncConnection, message: Envelope) -> bool:
-    """Rule 10 at the last moment: a withdrawn handover does not leave; a withdrawal notice is sent
-    only to a receiver that actually got the handover."""
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a dispatch message may still leave; `gaps` when it may not because the handover's
+    consent stopped covering it after it was dispatched (rule 9)."""
+
+    go: bool
+    gaps: tuple[str, ...] = ()
+
+    @property
+    def lapsed(self) -> bool:
+        """The handover's consent no longer covers it: `record_lapsed` ends it."""
+        return bool(self.gaps)
+
+
+GO, STAY = Verdict(go=True), Verdict(go=False)
+
+
+async def delivery_verdict(session: AsyncSession, message: Envelope, *, day: date) -> Verdict:
+    """Rules 9 and 10 at the last moment, on the hub's `day`: a handover leaves only under a consent
+    that still covers it (a receiver down past the consent's last day, a replayed dead letter, a
+    lagging consumer); a withdrawn one does not leave; a withdrawal notice goes only to a receiver
+    that actually got the handover."""
     handover_id = as_code(message.payload.get("handover_id"))
     if handover_id is None:
-        return False
+        return STAY
     row = (
-        await conn.execute(
-            select(handovers.c.status, handovers.c.delivered_at).where(handovers.c.id == handover_id)
+        await session.execute(
+            select(
+                handovers.c.status,
+                handovers.c.delivered_at,
+                handovers.c.purpose,
+                handovers.c.consent_id,
+                handovers.c.receiver_organisation,
+                handovers.c.data_categories,
+            ).where(handovers.c.id == handover_id)
         )
     ).first()
     if row is None:
-        return False
-    if message.type == HANDOVER:
-        return bool(row.status != HandoverStatus.INGETROKKEN.value)
+        return STAY
     if message.type == HANDOVER_WITHDRAWN:
-        return row.delivered_at is not None
-    return False
+        return GO if row.delivered_at is not None else STAY
+    if message.type != HANDOVER or row.status in STOPPED:
+        return STAY
+    if row.purpose == ZORGMELDING:  # rule 21: the one disclosure without consent
+        return GO
+    gaps = await consent_gaps(session, row, day)
+    return Verdict(go=False, gaps=gaps) if gaps else GO
+
+
+async def consent_gaps(session: AsyncSession, row: Any, day: date) -> tuple[str, ...]:
+    """Why the handover's own consent does not cover it on `day`; () when it does."""
+    stored = await get_consent(session, row.consent_id) if row.consent_id else None
+    if stored is None:
+        return (NO_CONSENT,)
+    disclosure = Disclosure(
+        purpose=ConsentPurpose(row.purpose),
+        receiver=row.receiver_organisation,
+        categories=frozenset(DataCategory(c) for c in row.data_categories),
+        day=day,
+    )
+    # Without the number of custodians: completeness was checked against the referral's when the
+    # handover was dispatched, and a consent's grantors do not change with the day.
+    return tuple(g.value for g in coverage(stored.consent, disclosure).gaps)
+
+
+async def record_lapsed(
+    session: AsyncSession, message: Envelope, gaps: tuple[str, ...], *, mail_topic: str
+) -> bool:
+    """Rule 9: a dispatched handover whose consent no longer covers it does not leave. It ends
+    VERLOPEN (INGETROKKEN when its consent was withdrawn), audited, and its caseworker is told, in
+    the caller's transaction. False when the handover was decided otherwise meanwhile."""
+    handover_id = as_code(message.payload.get("handover_id"))
+    row = await get_handover(session, handover_id, lock=True) if handover_id is not None else None
+    if row is None or row.status != HandoverStatus.VERZONDEN.value or row.delivered_at is not None:
+        return False
+    withdrawn = Gap.INGETROKKEN.value in gaps
+    status = HandoverStatus.INGETROKKEN if withdrawn else HandoverStatus.VERLOPEN
+    reason = "TOESTEMMING_INGETROKKEN" if withdrawn else "TOESTEMMING_VERLOPEN"
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == row.id)
+        .values(status=status.value, status_reason=reason, updated_at=utcnow())
+    )
+    entry = AuditEntry(
+        action="handover.lapsed",
+        user=SYSTEM,
+        youth_key=row.youth_key,
+        on_behalf_of="Halt Den Haag",
+        objects={
+            "handover_id": row.id,
+            "referral_id": row.referral_id,
+            "receiver": row.receiver_organisation,
+            "consent_id": row.consent_id,
+            "status": status.value,
+            "gaps": list(gaps),
+            "message_id": message.message_id,
+        },
+        legal_basis=row.legal_basis,
+    )
+    await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
+    detail = (
+        "zij is niet afgeleverd, want de toestemming dekt haar niet meer ("
+        + ", ".join(gaps)
+        + "). Vraag zo nodig een nieuwe toestemming en een nieuwe overdracht aan."
+    )
+    notice = messages.caseworker_notice(
+        row, template="handover.lapsed", transaction_id=message.transaction_id, detail=detail
+    )
+    await add_to_outbox(session, mail_topic, notice, key=row.youth_key)
+    return True
 
 
 async def record_delivered(session: AsyncSession, message: Envelope, *, channel: str) -> None:

@@ -70,6 +70,7 @@ def caseworker_notice(row: Any, *, template: str, transaction_id: str, detail: s
         "handover.waiting": "Overdracht wacht op toestemming",
         "handover.unanswered": "Overdracht niet op tijd beantwoord",
         "handover.declined": "Overdracht geweigerd",
+        "handover.lapsed": "Overdracht niet afgeleverd: de toestemming dekt haar niet meer",
     }
     body = (
         f"Overdracht {row.id} (verwijzing {row.referral_id}) naar {row.receiver_organisation}: {detail}\n"

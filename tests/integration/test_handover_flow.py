@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from hub.handovers.service import Act, HandoverProblem, apply_withdrawal, create
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
+from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store.tables import audit_log, outbox
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
@@ -38,7 +39,7 @@ from schemas.handover import Handover, HandoverStatus, ReceiverType
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.http import serving
-from tests.helpers.kafka import read_topic, wait_for
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "receiver-webhook-secret-0123456789abcdef"
@@ -489,8 +490,10 @@ async def test_decisions_taken_at_the_same_moment_are_taken_once(
                 for _ in "ab"
             ]
         )
-        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        # the second finds the handover refused already: the same answer again, taken as it stands
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
         assert await _queued(w, "notification.mail", "handover.declined", hid) == 1
+        assert [a.objects["status"] for a in await w.audit("handover.answered")] == ["GEWEIGERD"]
 
         consent_id = both[0]["consent_id"]
         withdraw = {"reason": "jeugdige wil het niet meer"}
@@ -581,3 +584,183 @@ async def test_another_receivers_answer_neither_waits_for_nor_holds_a_handover(
             done, _ = await asyncio.wait([other], timeout=20)  # it would wait for ever
             assert done, "another receiver's answer waited for the rightful receiver's lock"
             assert await other == 404
+
+
+async def _mails(kafka: EmbeddedKafka, w: World, template: str, handover_id: str) -> list[dict[str, Any]]:
+    """The caseworker mails of `template` about one handover published so far."""
+    records = await read_topic(kafka.bootstrap, w.hub.topic("notification.mail.v1"), expect=1, timeout_s=2)
+    payloads = [Envelope.from_bytes(m.value).payload for m in records]
+    return [p for p in payloads if p["template"] == template and handover_id in p["body_text"]]
+
+
+async def test_a_handover_whose_consent_lapsed_before_delivery_is_not_delivered(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 9 at the moment a handover leaves: the receiver was down past the consent's last day, and
+    the retry ladder delivered it afterwards, under a consent that no longer covered it. It now
+    stays with the hub, ends VERLOPEN, is audited, and its caseworker is told."""
+    async with world(kafka, db_url, unique) as w:
+        w.receiver.down = True
+        rid, key = await w.referral(17)
+        consent = await w.consent(rid)  # valid for a year from today
+        hid = await w.handover(rid)
+        await wait_for(lambda: w.receiver.refused >= 1)
+        assert (await w.status(hid))["status"] == "VERZONDEN"
+
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=400)  # past the consent's last day
+        w.receiver.down = False
+
+        async def decided() -> bool:
+            return bool(w.receiver.handovers()) or (await w.status(hid))["status"] != "VERZONDEN"
+
+        await wait_for(decided, timeout_s=30)
+        await asyncio.sleep(0.6)  # the ladder's next rungs: nothing goes out later either
+        assert w.receiver.handovers() == []
+        state = await w.status(hid)
+        assert state["status"] == "VERLOPEN" and state["status_reason"] == "TOESTEMMING_VERLOPEN"
+        assert state["delivered_at"] is None
+        assert await w.audit("handover.disclosed") == []
+        (lapsed,) = await w.audit("handover.lapsed")
+        assert lapsed.youth_key == key and lapsed.system == "ketenhub-receivers" and lapsed.transaction_id
+        assert lapsed.objects["handover_id"] == hid and lapsed.objects["gaps"] == ["VERLOPEN"]
+        assert lapsed.objects["consent_id"] == consent["consent_id"]
+
+        async def told() -> list[dict[str, Any]]:
+            return await _mails(kafka, w, "handover.lapsed", hid)
+
+        (mail,) = await wait_for(told)
+        assert mail["recipient_caseworker_id"] == CW and "VERLOPEN" in mail["body_text"]
+        assert "Sam" not in mail["body_text"] and "Jansen" not in mail["body_text"]
+
+
+async def test_a_replayed_handover_under_a_lapsed_consent_does_not_reach_a_kafka_receiver(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A dispatch record that comes in after the consent's last day (a replayed dead letter, a
+    consumer that lagged) went to the receiver's topic all the same."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        rid, key = await w.referral(17)
+        await w.consent(rid, recipient_organisations=["jeugdhulp-dh"])
+        held = w.hub.topic("test.held.v1")  # dispatched, but held back from the receivers
+        r = replace(routing_of(w.hub), dispatch_topic=held)
+        act = Act(user=CW, transaction_id=str(uuid.uuid4()))
+        handover = Handover(
+            referral_id=rid, from_caseworker=CW, receiver_organisation="jeugdhulp-dh",
+            receiver_type=ReceiverType.JEUGDHULP, data_categories=["PERSONALIA"], summary="Sportproject.",
+        )  # fmt: skip
+        async with w.hub.store.transaction() as session:
+            hid = (await create_handover(session, r, handover, act, announce=False)).id
+            assert await route(session, r, hid, act) == "VERZONDEN"
+        async with w.hub.store.connect() as conn:
+            (row,) = (await conn.execute(select(outbox).where(outbox.c.topic == held))).all()
+
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=400)
+        headers = [(k, str(v).encode()) for k, v in row.headers.items()]
+        await produce(
+            kafka.bootstrap, w.hub.topic("handover.dispatch.v1"), [(key.encode(), bytes(row.value), headers)]
+        )
+
+        async def decided() -> bool:
+            state = await w.status(hid)
+            return bool(state["delivered_at"]) or state["status"] != "VERZONDEN"
+
+        await wait_for(decided)
+        outbound = w.hub.topic("handover.outbound.jeugdhulp.v1")
+        assert await read_topic(kafka.bootstrap, outbound, expect=1, timeout_s=1) == []
+        assert (await w.status(hid))["status"] == "VERLOPEN"
+        assert await w.audit("handover.disclosed") == []
+        assert [a.objects["handover_id"] for a in await w.audit("handover.lapsed")] == [hid]
+        assert await _queued(w, "notification.mail", "handover.lapsed", hid) == 1
+
+
+async def test_a_late_or_repeated_answer_never_moves_a_handover_back(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A late ONTVANGEN turned an accepted handover back into a received one: audited again, and
+    its caseworker was told it went unanswered. Answers go forward only; a repeat is a no-op."""
+    async with world(kafka, db_url, unique, answer_timeout_s=2.0) as w:
+        rid, _ = await w.referral(17)
+        await w.consent(rid)
+        hid = await w.handover(rid)
+
+        async def sent() -> bool:
+            return bool((await w.status(hid))["sent_at"])
+
+        await wait_for(sent)
+        receiver = {"Authorization": f"Bearer {w.partner_keys['jongerenwerk-dh']}"}
+
+        async def answer(status: str, **extra: Any) -> httpx.Response:
+            body = {"status": status, **extra}
+            return await w.client.post(f"/api/v1/overdrachten/{hid}/status", json=body, headers=receiver)
+
+        assert (await answer("ONTVANGEN")).json()["status"] == "ONTVANGEN"
+        accepted = await answer("GEACCEPTEERD")
+        assert accepted.status_code == 200 and accepted.json()["status"] == "GEACCEPTEERD"
+        for repeat in ("ONTVANGEN", "GEACCEPTEERD", "ONTVANGEN"):  # late, repeated: as it stands
+            r = await answer(repeat)
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "GEACCEPTEERD"
+            assert r.json()["answered_at"] == accepted.json()["answered_at"]
+        refused = await answer("GEWEIGERD", reason="geen plek")  # another final answer: refused
+        assert refused.status_code == 409 and "GEACCEPTEERD" in refused.text
+        assert [a.objects["status"] for a in await w.audit("handover.answered")] == [
+            "ONTVANGEN",
+            "GEACCEPTEERD",
+        ]
+
+        # a meeting planned after the acceptance is kept, once
+        meeting = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat()
+        for _ in "ab":
+            r = await answer("GEACCEPTEERD", meeting_planned_at=meeting)
+            assert r.status_code == 200 and r.json()["meeting_planned_at"], r.text
+        assert len(await w.audit("handover.meeting_planned")) == 1
+        assert len(await w.audit("handover.answered")) == 2
+
+        await asyncio.sleep(2.5)  # past the answer timeout: the handover was answered in time
+        assert await _queued(w, "notification.mail", "handover.unanswered", hid) == 0
+        assert (await w.status(hid))["status"] == "GEACCEPTEERD"
+
+
+async def test_kafka_answers_go_forward_only_and_a_repeat_is_no_dead_letter(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The Kafka answer path shares the HTTP one: a late or repeated answer is taken as it stands (no
+    dead letter, no second audit entry); a conflicting one is a dead letter that says why."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(17)
+        await w.consent(rid, recipient_organisations=["jeugdhulp-dh"])
+        hid = await w.handover(rid, org="jeugdhulp-dh", data_categories=["PERSONALIA"])
+
+        async def delivered() -> bool:
+            return bool((await w.status(hid))["delivered_at"])
+
+        await wait_for(delivered)
+        answers = [
+            Envelope.new(
+                "HandoverAnswer",
+                {
+                    "handover_id": hid,
+                    "status": status,
+                    **({"reason": "geen plek"} if status == "GEWEIGERD" else {}),
+                },
+                transaction_id=str(uuid.uuid4()),
+                source="jeugdhulp-dh",
+            )
+            for status in ("GEACCEPTEERD", "ONTVANGEN", "GEACCEPTEERD", "GEWEIGERD")
+        ]
+        await produce(
+            kafka.bootstrap,
+            w.hub.topic("handover.status.v1"),
+            [
+                (key.encode(), a.to_bytes(), [(k, v.encode()) for k, v in a.header_map().items()])
+                for a in answers
+            ],
+        )
+        dead = await read_topic(
+            kafka.bootstrap, w.hub.topic("handover.status.dlq.v1"), expect=1, settle_s=1.0
+        )
+        assert [headers_of(d)["message-id"] for d in dead] == [answers[-1].message_id]
+        assert "GEACCEPTEERD" in headers_of(dead[0])[DLQ_EXC_MESSAGE]
+        assert (await w.status(hid))["status"] == "GEACCEPTEERD"
+        assert [a.objects["status"] for a in await w.audit("handover.answered")] == ["GEACCEPTEERD"]
