@@ -13,11 +13,11 @@ from sqlalchemy import String, cast, or_, select
 from hub.api.problems import Problem
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
-from hub.ops.dlq import DeadLetter, Filter
-from hub.ops.masking import show_payload
+from hub.ops.dlq import DeadLetter, Filter, Reason
+from hub.ops.masking import is_youth_key, show_payload
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
-from schemas._base import NO_CONTROL, Plain
+from schemas._base import Plain
 
 router = APIRouter(prefix="/ops/api", tags=["operators"])
 Viewer = Annotated[Operator, requires("viewer")]
@@ -73,14 +73,31 @@ async def connectors(request: Request, op: Viewer) -> dict[str, Any]:
 
 
 def _filter(
+    op: Operator,
     topic: str | None,
     error_class: str | None,
     since: datetime | None,
     until: datetime | None,
     key: str | None,
-    status: str | None,
+    status: str | None = "open",
 ) -> Filter:
-    return Filter(topic, error_class, since, until, key, None if status == "all" else status or "open")
+    raw_key = key is not None and not is_youth_key(key)
+    if raw_key and not op.may("privacy_officer"):  # a search by a BSN tells whose letters there are
+        raise Problem(
+            403,
+            "Not allowed",
+            "Only a youth key (64 hex characters) can be searched for; any other key is personal data,"
+            " and searching by one needs the role privacy_officer.",
+        )
+    return Filter(
+        topic,
+        error_class,
+        since,
+        until,
+        key,
+        None if status == "all" else status or "open",
+        raw_keys=raw_key,
+    )
 
 
 _MOMENT = "ISO 8601 date or date and time; without an offset it is Dutch local time"
@@ -98,10 +115,13 @@ async def list_dead_letters(
     status: Annotated[str | None, Query(pattern="^(open|replayed|discarded|all)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
-    """Oldest first; `status` open by default (all, replayed, discarded)."""
-    letters = await _console(request).dead_letters.find(
-        _filter(topic, error_class, since, until, key, status)
-    )
+    """Oldest first; `status` open by default (all, replayed, discarded). Keys other than youth keys
+    are personal data: shown masked, and searched for only by a privacy officer (audited)."""
+    dead_letters = _console(request).dead_letters
+    flt = _filter(op, topic, error_class, since, until, key, status)
+    letters = await dead_letters.find(flt)
+    if flt.raw_keys:
+        await dead_letters.record_key_search(letters[:limit], op.username)
     return {"total": len(letters), "items": [d.summary() for d in letters[:limit]]}
 
 
@@ -119,14 +139,15 @@ async def _get(console: Console, letter_id: str) -> DeadLetter:
 async def show_dead_letter(
     request: Request, op: Acting, letter_id: str, unmask: bool = False
 ) -> dict[str, Any]:
-    """Unmasking needs the privacy_officer role and is audited."""
+    """Unmasking (the payload, and a key that is not a youth key) needs the privacy_officer role and is
+    audited."""
     if unmask and not op.may("privacy_officer"):
         raise Problem(403, "Not allowed", "Unmasking a payload needs the role privacy_officer.")
     console = _console(request)
     d = await _get(console, letter_id)
     await console.dead_letters.record_view(d, op.username, unmasked=unmask)
     return {
-        **d.summary(),
+        **d.summary(unmasked=unmask),
         "headers": d.headers,
         "payload": show_payload(d.value, unmasked=unmask),
         "masked": not unmask,
@@ -136,7 +157,7 @@ async def show_dead_letter(
 class DiscardBody(BaseModel):
     """Why a dead letter is dropped."""
 
-    reason: str = Field(min_length=3, max_length=500, pattern=NO_CONTROL)
+    reason: Reason
 
 
 @router.post("/dlq/{letter_id}/discard", summary="Discard one dead letter with a reason")
@@ -180,14 +201,15 @@ class ReplayBody(BaseModel):
 
 @router.post("/dlq/replay", summary="Replay a filtered set, or all, as a background job", status_code=202)
 async def replay_many(request: Request, op: Acting, body: ReplayBody) -> dict[str, Any]:
-    """Rate-limited; poll GET /ops/api/jobs/{id} for progress."""
+    """Rate-limited; poll GET /ops/api/jobs/{id} for progress. A key that is not a youth key is a
+    filter for a privacy officer only."""
     criteria = (body.topic, body.error_class, body.since, body.until, body.key)
     if not body.all and all(c is None for c in criteria):
         raise Problem(
             400, "Say what to replay", "Give a filter, or all=true to replay every open dead letter."
         )
     console = _console(request)
-    letters = await console.dead_letters.find(Filter(*criteria))
+    letters = await console.dead_letters.find(_filter(op, *criteria))
     return console.dead_letters.start_replay(letters, op.username).progress()
 
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console as Terminal
 from rich.progress import Progress
 from rich.table import Table
@@ -21,10 +22,10 @@ from rich.table import Table
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.ops.auth import add_operator
-from hub.ops.dlq import DeadLetters, Filter
+from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetter, DeadLetters, Filter, Reason, ReplayJob
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import BrokersUnavailable, LagProbe
-from hub.ops.masking import show_payload
+from hub.ops.masking import is_youth_key, show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
 from hub.spine.outbox import outbox_state
@@ -95,16 +96,43 @@ async def _dead_letters(settings: Settings, store: Store) -> AsyncIterator[DeadL
         )
         raise typer.Exit(2)
     topics = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix) if is_dlq(t.name)]
-    yield DeadLetters(store, client_options(settings.kafka, settings.kafka.bootstrap_servers or ""), topics)
+    options = client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
+    try:
+        yield DeadLetters(store, options, topics)
+    except BrokersUnavailable as exc:
+        typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _letter(dl: DeadLetters, letter_id: str) -> DeadLetter:
+    """The dead letter by id; exit 1 when the id is malformed or names none (the id is not echoed)."""
+    try:
+        d = await dl.get(letter_id)
+    except ValueError:
+        typer.echo(
+            "ketenhub: malformed dead-letter id; ids look like <dlq topic>:<partition>:<offset>", err=True
+        )
+        raise typer.Exit(1) from None
+    if d is None:
+        typer.echo("ketenhub: no such dead letter", err=True)
+        raise typer.Exit(1)
+    return d
 
 
 @dlq_app.command("list")
 def dlq_list(
     topic: Annotated[str | None, typer.Option(help="DLQ or original topic")] = None,
     error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
-    key: Annotated[str | None, typer.Option(help="record key (youth key)")] = None,
+    key: Annotated[str | None, typer.Option(help="record key: a youth key (64 hex characters)")] = None,
 ) -> None:
-    """Open dead letters, oldest first."""
+    """Open dead letters, oldest first; a key that is not a youth key is shown masked."""
+    if key is not None and not is_youth_key(key):  # searching by a BSN: a privacy officer's dashboard
+        typer.echo(
+            "ketenhub: --key takes a youth key (64 hex characters); any other key is personal data,"
+            " searched for by a privacy officer on the dashboard",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     async def go(settings: Settings, store: Store) -> list[dict[str, Any]]:
         async with _dead_letters(settings, store) as dl:
@@ -126,31 +154,32 @@ def dlq_list(
 def dlq_show(letter_id: str) -> None:
     """One dead letter: every header, the payload with personal data masked."""
 
-    async def go(settings: Settings, store: Store) -> dict[str, Any] | None:
+    async def go(settings: Settings, store: Store) -> dict[str, Any]:
         async with _dead_letters(settings, store) as dl:
-            d = await dl.get(letter_id)
-            if d is None:
-                return None
+            d = await _letter(dl, letter_id)
             return {**d.summary(), "headers": d.headers, "payload": show_payload(d.value, unmasked=False)}
 
-    shown = _run(go)
-    if shown is None:
-        typer.echo("ketenhub: no such dead letter", err=True)
-        raise typer.Exit(1)
-    Terminal().print_json(data=shown)
+    Terminal().print_json(data=_run(go))
 
 
 @dlq_app.command("discard")
 def dlq_discard(letter_id: str, reason: Annotated[str, typer.Option(help="why it is dropped")]) -> None:
     """Discard one dead letter with a reason (audited)."""
+    try:
+        TypeAdapter(Reason).validate_python(reason)
+    except ValidationError:  # as the API's DiscardBody
+        typer.echo(
+            f"ketenhub: --reason must be {REASON_MIN} to {REASON_MAX} characters, without control characters",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
     async def go(settings: Settings, store: Store) -> bool:
         async with _dead_letters(settings, store) as dl:
-            d = await dl.get(letter_id)
-            return d is not None and await dl.discard(d, USER, reason)
+            return await dl.discard(await _letter(dl, letter_id), USER, reason)
 
     if not _run(go):
-        typer.echo("ketenhub: no such open dead letter", err=True)
+        typer.echo("ketenhub: dead letter already replayed or discarded", err=True)
         raise typer.Exit(1)
     typer.echo(f"discarded {letter_id}")
 
@@ -162,16 +191,19 @@ def dlq_replay(
     error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every open dead letter")] = False,
 ) -> None:
-    """Replay one dead letter, a filtered set, or all, with a progress bar."""
+    """Replay one dead letter, a filtered set, or all, with a progress bar; exit 1 when any failed."""
     if letter_id is None and not (topic or error_class or all_):
         typer.echo("ketenhub: give an id, a filter, or --all", err=True)
         raise typer.Exit(2)
 
-    async def go(settings: Settings, store: Store) -> int:
+    async def go(settings: Settings, store: Store) -> ReplayJob:
         async with _dead_letters(settings, store) as dl:
             if letter_id is not None:
-                one = await dl.get(letter_id)
-                letters = [one] if one is not None and one.status == "open" else []
+                one = await _letter(dl, letter_id)
+                if one.status != "open":
+                    typer.echo("ketenhub: dead letter already replayed or discarded", err=True)
+                    raise typer.Exit(1)
+                letters = [one]
             else:
                 letters = await dl.find(Filter(topic, error_class))
             job = dl.start_replay(letters, USER)
@@ -181,9 +213,23 @@ def dlq_replay(
                     progress.update(bar, completed=job.done + job.skipped + job.failed)
                     await asyncio.sleep(0.1)
                 progress.update(bar, completed=job.done + job.skipped + job.failed)
-            return job.done
+            return job
 
-    typer.echo(f"queued {_run(go)} dead letter(s) for replay")
+    job = _run(go)
+    if job.total == 0:
+        typer.echo("no open dead letter matches: nothing to replay")
+        return
+    skipped = f"; {job.skipped} skipped, already replayed or discarded" if job.skipped else ""
+    typer.echo(f"queued {job.done} of {job.total} dead letter(s) for replay{skipped}")
+    if job.state == "failed":  # the brokers or the store failed: the job stopped, the rest untried
+        typer.echo(f"ketenhub: replay stopped: {job.error}", err=True)
+        raise typer.Exit(1)
+    if job.failed:
+        typer.echo(f"ketenhub: {job.failed} dead letter(s) could not be replayed and stay open", err=True)
+        raise typer.Exit(1)
+    if letter_id is not None and job.skipped:  # resolved by someone else meanwhile: not this replay
+        typer.echo("ketenhub: dead letter already replayed or discarded", err=True)
+        raise typer.Exit(1)
 
 
 @outbox_app.command("list")

@@ -5,25 +5,37 @@ that record was handled, so a redelivery after a crash is not dead-lettered twic
 deletes that one inbox row (consumer = `dlq-consumer-group`, the record's `message-id`) in the same
 transaction that queues the original record again, so the replay is processed while the message id,
 and with it deduplication of any further copy, stays the same. The spine is unchanged.
+
+A letter without a usable message-id header was keyed by its position; a copy of it would be keyed by a
+new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
+own id instead, so a repeat of that copy is dropped by the inbox like any other.
+
+A letter's key is whatever its sender used, even a BSN: it is shown, and matched by a key filter, only
+when it is the hub's own youth key, unless the operator may see personal data unmasked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import Field
 from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import LOCAL
 from hub.logging import get_logger
+from hub.ops.lag import BrokersUnavailable
+from hub.ops.masking import is_youth_key, show_key
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
     DLQ_EXC_CLASS,
@@ -36,11 +48,16 @@ from hub.spine.dlq import (
 from hub.spine.outbox import add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
+from schemas._base import NO_CONTROL
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
 
 log = get_logger(__name__)
 REPLAYED_FROM = "dlq-replayed-from"
 SYSTEM = "ketenhub-ops"
+REASON_MIN, REASON_MAX = 3, 500
+# Why a dead letter is discarded: the API's body and the CLI's option both hold to it.
+Reason = Annotated[str, Field(min_length=REASON_MIN, max_length=REASON_MAX, pattern=NO_CONTROL)]
+READ_S = 15.0  # for the brokers to answer a start or a metadata request, and to read the letters
 
 
 @dataclass
@@ -87,8 +104,9 @@ class DeadLetter:
         value = self.headers.get(name)
         return value if is_id(value) else None
 
-    def summary(self) -> dict[str, Any]:
-        """What a list shows: ids, error and status; no payload."""
+    def summary(self, *, unmasked: bool = False) -> dict[str, Any]:
+        """What a list shows: ids, error and status; no payload. The key only when it is a youth key
+        or `unmasked` (an operator allowed to see personal data, audited by the caller)."""
         return {
             "id": self.id,
             "dlq_topic": self.topic,
@@ -97,7 +115,7 @@ class DeadLetter:
             "error_class": self.headers.get(DLQ_EXC_CLASS),
             "error": self.headers.get(DLQ_EXC_MESSAGE),
             "failed_at": self.failed_at.isoformat(),
-            "key": self.key,
+            "key": show_key(self.key, unmasked=unmasked),
             "message_id": self.headers.get(H_MESSAGE_ID),
             "transaction_id": self.headers.get(H_TRANSACTION_ID),
             "status": self.status,
@@ -106,7 +124,11 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Filter:
-    """Which dead letters: by DLQ or original topic, error class (substring), time range, key, status."""
+    """Which dead letters: by DLQ or original topic, error class (substring), time range, key, status.
+
+    A key matches a youth key only, unless `raw_keys`: any other key is personal data (a BSN even),
+    to be searched for only by an operator who may see it unmasked.
+    """
 
     topic: str | None = None
     error_class: str | None = None
@@ -114,6 +136,7 @@ class Filter:
     until: datetime | None = None
     key: str | None = None
     status: str | None = "open"
+    raw_keys: bool = False
 
     def __post_init__(self) -> None:
         # A time without an offset is the operator's own: Dutch local time (as hub.clock reads one).
@@ -130,15 +153,22 @@ class Filter:
             and (self.error_class is None or self.error_class in d.headers.get(DLQ_EXC_CLASS, ""))
             and (self.since is None or d.failed_at >= self.since)
             and (self.until is None or d.failed_at <= self.until)
-            and (self.key is None or d.key == self.key)
+            and (self.key is None or (d.key == self.key and (self.raw_keys or is_youth_key(d.key))))
             and (self.status is None or d.status == self.status)
         )
 
 
+_LETTER_ID = re.compile(r"(.+):([0-9]{1,10}):([0-9]{1,19})")
+PARTITION_END, OFFSET_END = 2**31, 2**63  # Kafka's partitions are int32, its offsets int64
+
+
 def parse_id(letter_id: str) -> tuple[str, int, int]:
-    """Split `<topic>:<partition>:<offset>`; ValueError when malformed."""
-    topic, partition, offset = letter_id.rsplit(":", 2)
-    return topic, int(partition), int(offset)
+    """Split `<topic>:<partition>:<offset>`; ValueError when malformed or past what Kafka can hold
+    (an offset of 2**70 was sought for 15 s)."""
+    found = _LETTER_ID.fullmatch(letter_id)
+    if found is None or int(found[2]) >= PARTITION_END or int(found[3]) >= OFFSET_END:
+        raise ValueError("a dead-letter id is <dlq topic>:<partition>:<offset>, within Kafka's range")
+    return found[1], int(found[2]), int(found[3])
 
 
 async def read_records(options: Mapping[str, Any], topics: list[str]) -> list[DeadLetter]:
@@ -156,10 +186,12 @@ async def read_at(
 async def _read(
     options: Mapping[str, Any], topics: list[str], wanted: set[tuple[str, int, int]] | None
 ) -> list[DeadLetter]:
+    """BrokersUnavailable when the brokers refuse, fail or do not answer in time."""
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=20)
-    await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        # started within the try: a start that fails has opened connections too, which stop() closes
+        await asyncio.wait_for(consumer.start(), READ_S)
+        cluster = await asyncio.wait_for(consumer._client.fetch_all_metadata(), READ_S)
         # per partition, the offsets to read from and to (None: from the beginning, to the end)
         span: dict[TopicPartition, tuple[int, int] | None] = {}
         if wanted is None:
@@ -179,7 +211,7 @@ async def _read(
         out: list[DeadLetter] = []
         pending = set(span)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
+        deadline = loop.time() + READ_S
         while pending and loop.time() < deadline:
             batch = await consumer.getmany(*pending, timeout_ms=200)
             for records in batch.values():
@@ -193,6 +225,13 @@ async def _read(
                 if (hw is not None and position >= hw) or (bounds is not None and position > bounds[1]):
                     pending.discard(tp)
         return out
+    except (TimeoutError, KafkaError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            detail = f"the brokers did not answer within {READ_S:g} s"
+        else:
+            said = safe_error_message(exc)
+            detail = said if type(exc).__name__ in said else f"{type(exc).__name__}: {said}"
+        raise BrokersUnavailable(f"dead letters not read: {detail}"[:300]) from exc
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
@@ -208,6 +247,12 @@ def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
         {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
         None if wanted is None else bytes(r.value or b""),
     )
+
+
+def replay_message_id(d: DeadLetter) -> str:
+    """The message id of the replay copy of a letter without a usable one: the letter's own id, or a
+    UUID made from it when that is too long for a message id (a topic name runs to 249 characters)."""
+    return d.id if is_id(d.id) else str(uuid.uuid5(uuid.NAMESPACE_URL, f"ketenhub:dlq:{d.id}"))
 
 
 @dataclass
@@ -295,6 +340,21 @@ class DeadLetters:
                     system=SYSTEM,
                 )
 
+    async def record_key_search(self, found: list[DeadLetter], operator: str) -> None:
+        """Audit that an operator found dead letters by a key that is personal data (rule 18); the
+        key itself stays out of the audit log, which is kept for years."""
+        async with self.store.transaction() as session:
+            await write_audit(
+                session,
+                AuditEntry(
+                    action="dlq.searched_by_key",
+                    user=operator,
+                    objects={"found": len(found), "dead_letters": [d.id for d in found[:100]]},
+                ),
+                transaction_id=None,
+                system=SYSTEM,
+            )
+
     async def discard(self, d: DeadLetter, operator: str, reason: str) -> bool:
         """Mark a dead letter discarded with a reason; False when it was already resolved."""
         try:
@@ -354,6 +414,8 @@ class DeadLetters:
             )
         headers = {k: v for k, v in d.headers.items() if not k.startswith("dlq-")}
         headers[REPLAYED_FROM] = d.id
+        if message_id is None:  # see the module docstring: a repeat of this copy is dropped
+            headers[H_MESSAGE_ID] = replay_message_id(d)
         await add_to_outbox(session, original, value, key=d.key, headers=headers)
 
     def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:

@@ -1,4 +1,4 @@
-"""Masking personal data in dead-letter payloads: BSN-like numbers, names, birth dates, e-mail, phone."""
+"""Masking personal data in dead letters: BSN-like numbers, names, birth dates, e-mail, phone; keys."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Any
 MASK = "•••"
 # Keys whose values are personal data whatever they look like (Dutch and English spellings).
 _PERSONAL_KEYS = re.compile(
-    r"bsn|burgerservice|naam|name|voornaam|achternaam|tussenvoegsel|initialen|geboorte|birth|"
+    r"bsn|burgerservice|naam|name|voornaam|achternaam|tussenvoegsel|voorvoegsel|initialen|geboorte|birth|"
     r"e-?mail|telefoon|phone|mobiel|adres|address|straat|street|postcode|zip|huisnummer",
     re.IGNORECASE,
 )
+# The hub's own record key: HMAC-SHA256 of a BSN in hex (the test hub.ops.parked uses too). It names no
+# one; any other key is whatever its sender used, even a BSN, and is personal data.
+_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")
 # Envelope fields are ids and times, never personal data: shown as they are.
 _SAFE_KEYS = {"message_id", "transaction_id", "correlation_id", "occurred_at", "type", "version", "source"}
 _PATTERNS = (
@@ -49,6 +52,16 @@ def mask_text(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(MASK, text)
     return text
+
+
+def is_youth_key(key: str | None) -> bool:
+    """True for the hub's own pseudonymous youth key (64 lowercase hex characters)."""
+    return key is not None and _YOUTH_KEY.fullmatch(key) is not None
+
+
+def show_key(key: str | None, *, unmasked: bool) -> str | None:
+    """A record key for an operator: a youth key as it is; any other masked unless allowed."""
+    return key if key is None or unmasked or is_youth_key(key) else MASK
 
 
 def mask_value(value: Any, *, key: str = "") -> Any:

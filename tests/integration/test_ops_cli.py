@@ -1,4 +1,4 @@
-"""`ketenhub operators add`, `ketenhub dlq list` and `ketenhub topics` against a real broker and database."""
+"""`ketenhub operators add`, `ketenhub dlq` and `ketenhub topics` against a real broker and database."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from click.testing import Result
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from hub.cli import app
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import login
+from hub.ops.dlq import REPLAYED_FROM
+from hub.ops.health import is_dlq
+from hub.ops.masking import MASK
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_TOPIC
 from hub.store import Store
+from hub.store.tables import outbox
+from hub.topics import all_topics, prefixed
+from schemas.envelope import H_MESSAGE_ID
 from tests.conftest import TEST_SECRET
 from tests.integration.test_ops_lag import refusing_address
 
@@ -68,3 +78,112 @@ def test_topics_says_which_brokers_did_not_answer(tmp_path: Path) -> None:
     assert "ketenhub: lag not measured: " in result.output and "Unable to bootstrap" in result.output
     assert "KETENHUB_KAFKA__BOOTSTRAP_SERVERS" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _dlq_env(db: Path, bootstrap: str, unique: str) -> dict[str, str]:
+    return {
+        "KETENHUB_DATABASE__URL": f"sqlite+aiosqlite:///{db}",
+        "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "KETENHUB_KAFKA__TOPIC_PREFIX": f"t{unique}.",
+        "KETENHUB_SECRET": TEST_SECRET,
+    }
+
+
+def _a_dlq_topic(unique: str) -> str:
+    return next(t.name for t in prefixed(all_topics(), f"t{unique}.") if is_dlq(t.name))
+
+
+async def _write_letters(
+    bootstrap: str, topic: str, records: list[tuple[bytes, dict[str, str]]]
+) -> list[str]:
+    """Dead letters written by hand; their ids."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        ids = []
+        for key, headers in records:
+            sent = await producer.send_and_wait(
+                topic, b'{"n": 1}', key=key, headers=[(k, v.encode()) for k, v in headers.items()]
+            )
+            ids.append(f"{topic}:{sent.partition}:{sent.offset}")
+        return ids
+    finally:
+        await producer.stop()
+
+
+def _outbox(db: Path) -> list[tuple[str | None, dict[str, str]]]:
+    async def rows() -> list[tuple[str | None, dict[str, str]]]:
+        store = Store(f"sqlite+aiosqlite:///{db}")
+        try:
+            async with store.connect() as conn:
+                return [
+                    (r.key, r.headers) for r in await conn.execute(select(outbox.c.key, outbox.c.headers))
+                ]
+        finally:
+            await store.close()
+
+    return asyncio.run(rows())
+
+
+def _refused_cleanly(result: Result, says: str) -> None:
+    """Exit 1 with one line on standard error that says `says`: no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("ketenhub: ") and result.output.count("\n") == 1, result.output
+    assert says in result.output, result.output
+
+
+def test_dlq_commands_say_what_failed_and_show_no_raw_key(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    """A malformed id ended in a ValueError traceback, a failed or unknown replay said it was queued
+    and exited 0, an empty discard reason was taken, and the sender's key (a BSN) was shown."""
+    bsn, topic = "111222333", _a_dlq_topic(unique)
+    original = {DLQ_TOPIC: f"t{unique}.ops.in.v1", DLQ_EXC_CLASS: "ValueError"}
+    replayable, unreplayable = asyncio.run(
+        _write_letters(kafka.bootstrap, topic, [(bsn.encode(), original), (b"k", {})])
+    )
+    env, runner = _dlq_env(tmp_path / "hub.db", kafka.bootstrap, unique), CliRunner()
+    listed = runner.invoke(app, ["dlq", "list"], env=env)
+    assert listed.exit_code == 0 and bsn not in listed.output, listed.output
+    by_bsn = runner.invoke(app, ["dlq", "list", "--key", bsn], env=env)
+    assert by_bsn.exit_code == 2 and bsn not in by_bsn.output, by_bsn.output
+    shown = runner.invoke(app, ["dlq", "show", replayable], env=env)
+    assert shown.exit_code == 0 and bsn not in shown.output and MASK in shown.output, shown.output
+
+    for malformed in ("42", f"{topic}:0:{2**70}"):
+        for command in (
+            ["show", malformed],
+            ["discard", malformed, "--reason", "test data"],
+            ["replay", malformed],
+        ):
+            _refused_cleanly(runner.invoke(app, ["dlq", *command], env=env), "malformed dead-letter id")
+    for reason in ("", "no", "a\x00b"):
+        empty = runner.invoke(app, ["dlq", "discard", replayable, "--reason", reason], env=env)
+        assert empty.exit_code == 2 and "--reason must be 3 to 500" in empty.output, empty.output
+    unknown = runner.invoke(app, ["dlq", "replay", f"{topic}:0:999999"], env=env)
+    _refused_cleanly(unknown, "no such dead letter")
+    failed = runner.invoke(app, ["dlq", "replay", unreplayable], env=env)
+    assert failed.exit_code == 1 and "1 dead letter(s) could not be replayed" in failed.output, failed.output
+    assert _outbox(tmp_path / "hub.db") == []
+
+    done = runner.invoke(app, ["dlq", "replay", replayable], env=env)
+    assert done.exit_code == 0 and "queued 1 of 1" in done.output, done.output
+    # queued with the sender's key, and the letter's id as message id (it had none): see test_ops_dlq
+    assert _outbox(tmp_path / "hub.db") == [(bsn, {REPLAYED_FROM: replayable, H_MESSAGE_ID: replayable})]
+    _refused_cleanly(runner.invoke(app, ["dlq", "replay", replayable], env=env), "already replayed")
+    everything = runner.invoke(app, ["dlq", "replay", "--all"], env=env)  # the unreplayable one, again
+    assert everything.exit_code == 1 and "could not be replayed" in everything.output, everything.output
+
+
+def test_dlq_commands_say_which_brokers_did_not_answer(tmp_path: Path) -> None:
+    """Brokers that refused gave a traceback of the Kafka client (its start was outside the try)."""
+    with refusing_address() as refused:
+        env = _dlq_env(tmp_path / "hub.db", refused, "refused")
+        for command in (["list"], ["replay", "--all"], ["show", f"{_a_dlq_topic('refused')}:0:0"]):
+            result = CliRunner().invoke(app, ["dlq", *command], env=env)
+            _refused_cleanly(result, "ketenhub: dead letters not read: ")
+            assert (
+                "Unable to bootstrap" in result.output
+                and "KETENHUB_KAFKA__BOOTSTRAP_SERVERS" in result.output
+            )

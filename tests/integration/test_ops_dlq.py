@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 from sqlalchemy import select
@@ -9,14 +11,31 @@ from sqlalchemy import select
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import COOKIE, add_operator
 from hub.ops.console import console_of
+from hub.ops.dlq import REPLAYED_FROM, parse_id
+from hub.ops.lag import BrokersUnavailable
+from hub.ops.masking import MASK
 from hub.runtime import Hub
 from hub.store.tables import audit_log
-from schemas.envelope import Envelope
+from schemas.envelope import H_MESSAGE_ID, Envelope
 from tests.conftest import make_settings
-from tests.helpers.kafka import produce, read_topic, wait_for
-from tests.integration.test_ops_lag import IN, OUT, PASSWORD, Cure, health_of, ops_hub, poisonable_echo
+from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+from tests.integration.test_ops_lag import (
+    IN,
+    OUT,
+    PASSWORD,
+    Cure,
+    health_of,
+    ops_hub,
+    poisonable_echo,
+    refusing_address,
+)
 
 pytestmark = pytest.mark.integration
+
+
+def youth_key(name: str) -> str:
+    """A key shaped as the hub's own youth keys (64 hex characters, as HMAC-SHA256 gives)."""
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 async def _depth(client: httpx.AsyncClient, hub: Hub) -> int:
@@ -110,7 +129,7 @@ async def test_dead_letters_listed_masked_discarded_and_replayed(
         nothing = await client.post("/ops/api/dlq/replay", json={"until": "2000-01-01T00:00:00"})
         assert nothing.status_code == 202 and nothing.json()["total"] == 0, nothing.text
         first = listed["items"][0]
-        assert first["original_topic"] == hub.topic(IN.name) and first["key"] == "key-a"
+        assert first["original_topic"] == hub.topic(IN.name) and first["key"] == MASK  # not a youth key
         shown = (await client.get(f"/ops/api/dlq/{first['id']}")).json()
         assert shown["headers"]["dlq-exception-message"] == "poison payload"
         text = str(shown["payload"])
@@ -189,9 +208,10 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
 ) -> None:
     """A record dead-lettered for its message-id header (a NUL, which PostgreSQL cannot store) keeps
     that header on its dead letter: replaying it must neither use it as an inbox key nor fail the
-    rest of its batch; a letter that cannot be replayed is counted, and the batch goes on. (An
-    unusable transaction-id header is replaced on the dead letter by the id the consumer used, rule
-    19, so its replay goes through.)"""
+    rest of its batch; its copy goes with a message id made from the letter's id, so it is processed
+    this time. A letter that cannot be replayed is counted, and the batch goes on. (An unusable
+    transaction-id header is replaced on the dead letter by the id the consumer used, rule 19, so
+    its replay goes through.)"""
     cure = Cure()
     async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
         sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(3)]
@@ -210,11 +230,10 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
         await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
         done = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
         assert (done["total"], done["done"], done["failed"], done["error"]) == (4, 3, 1, None)
-        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
-        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [1, 2]
-        # the one with the unusable message id is dead-lettered again for it, as any such record is;
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=3, settle_s=0.3)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 2]
         # the one that could not be replayed stays open
-        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
         assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
 
 
@@ -226,7 +245,8 @@ async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
     cure = Cure()
     async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
         sent = [Envelope(type="T", payload={"n": i, "poison": True, "pad": "p" * 200_000}) for i in range(3)]
-        records = [(f"key-{i}".encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)]
+        keys = [youth_key(f"key-{i}") for i in range(3)]
+        records = [(keys[i].encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)]
         await produce(kafka.bootstrap, hub.topic(IN.name), records)
         await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
         letters = console_of(hub).dead_letters
@@ -236,10 +256,10 @@ async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
             _ = listed[0].value
         one = await letters.get(listed[0].id)
         assert one is not None and one.key is not None
-        assert Envelope.from_bytes(one.value).payload == sent[int(one.key.removeprefix("key-"))].payload
+        assert Envelope.from_bytes(one.value).payload == sent[keys.index(one.key)].payload
 
         cure.fixed = True
-        job = (await client.post("/ops/api/dlq/replay", json={"key": "key-1"})).json()
+        job = (await client.post("/ops/api/dlq/replay", json={"key": keys[1]})).json()
         assert job["total"] == 1
         await wait_for(lambda: _job_done(client, job["id"]))
         rest = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
@@ -250,3 +270,121 @@ async def test_a_listing_holds_no_payloads_and_a_replay_reads_those_it_replays(
         assert sorted(p["n"] for p in echoed) == [0, 1, 2]  # each once, whole
         assert all(p == sent[p["n"]].payload for p in echoed)
         assert await _depth_now(client, hub) == 0
+
+
+async def _logged_in(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
+    other = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
+    r = await other.post("/ops/login", json={"username": username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return other
+
+
+@pytest.mark.timeout(240)  # its own deadlines add up to 90 s
+async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_key(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A dead letter's key is whatever its sender used: a BSN was shown to every operator, and an
+    operator could find a person's letters by it."""
+    bsn, youth = "111222333", youth_key("youth")
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(Cure())) as (hub, client):
+        assert hub.store is not None
+        person = {"voornaam": "Jan", "voorvoegsel": "van der", "achternaam": "Berg"}
+        sent = [Envelope(type="T", payload={"n": i, "poison": True, "youth": person}) for i in range(2)]
+        records = [(k.encode(), e.to_bytes(), e.headers()) for k, e in zip((bsn, youth), sent, strict=True)]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+
+        listed = await client.get("/ops/api/dlq")
+        assert bsn not in listed.text
+        keys = {d["key"]: d["id"] for d in listed.json()["items"]}
+        assert keys.keys() == {MASK, youth}
+        by_bsn = await client.get("/ops/api/dlq", params={"key": bsn})
+        assert by_bsn.status_code == 403 and bsn not in by_bsn.text
+        assert (await client.post("/ops/api/dlq/replay", json={"key": bsn})).status_code == 403
+        by_youth = (await client.get("/ops/api/dlq", params={"key": youth})).json()
+        assert [d["id"] for d in by_youth["items"]] == [keys[youth]]
+        shown = await client.get(f"/ops/api/dlq/{keys[MASK]}")
+        assert shown.json()["key"] == MASK
+        for secret in (bsn, "van der"):  # a surname prefix is name data, as tussenvoegsel
+            assert secret not in shown.text, secret
+
+        await add_operator(hub.store, "pia", PASSWORD, "privacy_officer")
+        privacy = await _logged_in(client, "pia")
+        assert (await privacy.get(f"/ops/api/dlq/{keys[MASK]}")).json()["key"] == MASK
+        plain = (await privacy.get(f"/ops/api/dlq/{keys[MASK]}", params={"unmask": True})).json()
+        assert plain["key"] == bsn  # unmasked, and audited
+        found = await privacy.get("/ops/api/dlq", params={"key": bsn})
+        assert found.status_code == 200 and bsn not in found.text
+        assert [d["id"] for d in found.json()["items"]] == [keys[MASK]]
+        assert await _actions(hub, "dlq.") == ["dlq.searched_by_key", "dlq.viewed_unmasked"]
+        async with hub.store.connect() as conn:
+            audited = (await conn.execute(select(audit_log.c.objects, audit_log.c.youth_key))).all()
+        assert bsn not in str(audited)  # the audit log, kept for years, holds no BSN
+        assert keys[MASK] in str(audited)
+
+
+@pytest.mark.timeout(240)
+async def test_dead_letters_answer_503_while_the_brokers_refuse(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A broker that refused connections gave a 500 (the client's start raised outside the try)."""
+    async with ops_hub(make_settings(kafka, db_url, unique)) as (hub, client):
+        dead_letters = console_of(hub).dead_letters
+        letter = f"{hub.topic(IN.dlq)}:0:0"
+        with refusing_address() as refused:
+            dead_letters.options["bootstrap_servers"] = refused
+            with pytest.raises(BrokersUnavailable, match="Unable to bootstrap"):
+                await dead_letters.find()
+            for answer in (
+                await client.get("/ops/api/dlq"),
+                await client.get(f"/ops/api/dlq/{letter}"),
+                await client.post(f"/ops/api/dlq/{letter}/replay"),
+                await client.post("/ops/api/dlq/replay", json={"all": True}),
+            ):
+                assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
+                assert answer.json()["status"] == 503
+            # refused before any broker is asked (it was sought for 15 s): a 404, not a 503
+            for beyond in (f"{hub.topic(IN.dlq)}:0:{2**70}", f"{hub.topic(IN.dlq)}:{2**31}:0"):
+                assert (await client.get(f"/ops/api/dlq/{beyond}")).status_code == 404, beyond
+
+
+def test_a_dead_letter_id_past_kafkas_range_is_malformed() -> None:
+    assert parse_id(f"a.b.dlq.v1:{2**31 - 1}:{2**63 - 1}") == ("a.b.dlq.v1", 2**31 - 1, 2**63 - 1)
+    assert parse_id("t:x:1:2") == ("t:x", 1, 2)
+    for bad in ("42", "t:1", ":1:2", "t:-1:2", "t:1:-2", f"t:{2**31}:0", f"t:0:{2**63}", "t:0:+1", "t:١:1"):
+        with pytest.raises(ValueError, match="dead-letter id"):
+            parse_id(bad)
+
+
+@pytest.mark.timeout(240)  # its own deadlines add up to 110 s
+async def test_a_repeated_replay_of_a_letter_without_message_id_is_processed_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A record sent without a message-id header is keyed by its position; its replay copy went out
+    without one too, so each repeat of it (the relay publishes at least once) was processed again."""
+    cure, key = Cure(), youth_key("one youth").encode()  # one key: one partition, in order
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        anonymous, named = (Envelope(type="T", payload={"n": i, "poison": True}) for i in range(2))
+        records = [(key, anonymous.to_bytes(), []), (key, named.to_bytes(), named.headers())]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+        letters = {d["message_id"]: d["id"] for d in (await client.get("/ops/api/dlq")).json()["items"]}
+        assert letters.keys() == {None, named.message_id}
+
+        cure.fixed = True
+        job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        into = await read_topic(kafka.bootstrap, hub.topic(IN.name), expect=4)
+        copies = [r for r in into if REPLAYED_FROM in headers_of(r)]
+        ids = {headers_of(r)[REPLAYED_FROM]: headers_of(r).get(H_MESSAGE_ID) for r in copies}
+        # the letter's own id where it had none; a message id it had is kept (its inbox row is cleared)
+        assert ids == {letters[None]: letters[None], letters[named.message_id]: named.message_id}
+
+        # the relay publishes each copy again (a crash before it marked them sent), then a new message
+        sentinel = Envelope(type="T", payload={"n": 99})
+        again = [(r.key, r.value, list(r.headers)) for r in copies]
+        await produce(
+            kafka.bootstrap, hub.topic(IN.name), [*again, (key, sentinel.to_bytes(), sentinel.headers())]
+        )
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=3, settle_s=0.5)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 99]
