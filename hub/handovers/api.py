@@ -138,7 +138,15 @@ async def request_handover(request: Request, body: HandoverIn, caseworker: Curre
 async def request_zorgmelding(
     request: Request, body: ZorgmeldingIn, caseworker: CurrentCaseworker
 ) -> HandoverOut:
-    """Rule 21: a zorgmelding goes out without consent; its legal basis is written to the audit log."""
+    """Rule 21: a zorgmelding goes to Veilig Thuis without consent; its legal basis is written to the
+    audit log. To any other organisation it is refused (422): that would be a handover without consent."""
+    if body.receiver_organisation not in _hub(request).settings.handovers.zorgmelding_receivers:
+        raise Problem(
+            422,
+            "Zorgmelding niet mogelijk",
+            "Een zorgmelding gaat alleen naar Veilig Thuis (regel 21); deze organisatie ontvangt er geen. "
+            "Vraag voor een andere ontvanger een warme overdracht aan, met toestemming.",
+        )
     return await _request(request, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis)
 
 

@@ -16,3 +16,9 @@ class HandoverSettings(BaseModel):
     # Delays before each parked webhook attempt; after the last, the handover is dead-lettered.
     retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     allow_plain_http: bool = Field(default=False, description="webhooks over http:// (tests, local demo)")
+    # Rule 21: a zorgmelding is a report to Veilig Thuis, the one disclosure without consent; to any
+    # other organisation it would be a handover without consent, and is refused.
+    zorgmelding_receivers: tuple[str, ...] = Field(
+        default=("veilig-thuis-haaglanden",),
+        description="the organisations (as registered receivers) that take zorgmeldingen: Veilig Thuis",
+    )

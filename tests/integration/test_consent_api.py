@@ -68,9 +68,10 @@ async def test_fhir_out_and_in_listing_and_zorgmelding(
         )
         assert len(await w.audit("consent.read")) >= 3
 
-        # Rule 21: a zorgmelding needs no consent; its legal basis is in the audit log.
+        # Rule 21: a zorgmelding needs no consent; its legal basis is in the audit log. It goes to Veilig
+        # Thuis only: to another organisation it would be a handover without consent.
         other, _ = await w.referral(15)
-        r = await w.client.post(
+        elsewhere = await w.client.post(
             "/api/v1/zorgmeldingen",
             json={
                 "referral_id": other,
@@ -80,13 +81,28 @@ async def test_fhir_out_and_in_listing_and_zorgmelding(
             },
             headers={"X-Medewerker": CW},
         )
+        assert elsewhere.status_code == 422, elsewhere.text
+        assert elsewhere.json()["title"] == "Zorgmelding niet mogelijk"
+        r = await w.client.post(
+            "/api/v1/zorgmeldingen",
+            json={
+                "referral_id": other,
+                "receiver_organisation": "veilig-thuis-dh",
+                "data_categories": ["PERSONALIA"],
+                "summary": "Zorgen over de thuissituatie.",
+            },
+            headers={"X-Medewerker": CW},
+        )
         assert r.status_code == 202, r.text
-        await wait_for(lambda: any(c["org"] == "wijkteam-dh" for c in w.receiver.calls))
+        await wait_for(lambda: any(c["org"] == "veilig-thuis-dh" for c in w.receiver.calls))
+        assert not any(c["org"] == "wijkteam-dh" for c in w.receiver.calls)
         sent = [a for a in await w.audit("handover.sent") if a.objects["referral_id"] == other]
         assert sent and "meldcode" in (sent[0].legal_basis or "")
 
         async def disclosed() -> bool:
-            return any(a.objects["receiver"] == "wijkteam-dh" for a in await w.audit("handover.disclosed"))
+            return any(
+                a.objects["receiver"] == "veilig-thuis-dh" for a in await w.audit("handover.disclosed")
+            )
 
         await wait_for(disclosed)
 

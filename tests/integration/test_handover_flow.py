@@ -218,6 +218,7 @@ async def world(kafka: EmbeddedKafka, db_url: str, unique: str, **handovers: Any
             "retry_schedule_s": (0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5),
             "allow_plain_http": True,
             "check_interval_s": 0.2,
+            "zorgmelding_receivers": ("veilig-thuis-dh",),
             **handovers,
         },
     )
@@ -231,6 +232,16 @@ async def world(kafka: EmbeddedKafka, db_url: str, unique: str, **handovers: Any
                 await upsert_caseworker(
                     session,
                     Caseworker(caseworker_id=CW, name="Medewerker Een", email="cw1@halt.nl", team="DEN_HAAG"),
+                )
+                await set_receiver_delivery(
+                    session,
+                    ReceiverDelivery(
+                        "veilig-thuis-dh",
+                        ReceiverType.JEUGDHULP,
+                        "webhook",
+                        receiver.url("veilig-thuis-dh"),
+                        SECRET,
+                    ),
                 )
                 for org, rtype in (("jongerenwerk-dh", "jongerenwerk"), ("wijkteam-dh", "wijkteam")):
                     await set_receiver_delivery(
