@@ -10,11 +10,18 @@ from pydantic import Field
 from sqlalchemy import select
 
 from hub.api.problems import HubStarting, Problem
+from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
 from hub.handovers.answers import record_answer
 from hub.handovers.component import HandoverAnswer, routing_of
 from hub.handovers.receivers import receiver_delivery
-from hub.handovers.service import ZORGMELDING, Act, HandoverProblem, create_handover, get_handover
+from hub.handovers.service import (
+    ZORGMELDING,
+    Act,
+    HandoverProblem,
+    create_handover,
+    get_handover,
+)
 from hub.handovers.tables import handovers
 from hub.partners import CurrentPartner
 from hub.runtime import Hub
@@ -22,6 +29,7 @@ from schemas._base import CanonicalModel, Code, ShortText
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.handover import Handover, JointMeeting, ReceiverType
 
+SYSTEM = "ketenhub-api"  # reads through the API, as the consent and referral reads
 router = APIRouter(prefix="/api/v1", tags=["overdrachten"])
 MELDCODE = "Wet verplichte meldcode huiselijk geweld en kindermishandeling; meldrecht art. 5.2.6 Wmo 2015"
 
@@ -154,25 +162,45 @@ async def request_zorgmelding(
 async def list_handovers(
     request: Request, caseworker: CurrentCaseworker, referral_id: Annotated[str, Query(max_length=100)]
 ) -> list[HandoverOut]:
-    """The handovers of a referral."""
+    """The handovers of a referral; the read is audited (rule 18): it shows where a youth was referred."""
     hub = _hub(request)
     assert hub.store is not None
-    async with hub.store.connect() as conn:
-        rows = await conn.execute(
-            select(handovers).where(handovers.c.referral_id == referral_id).order_by(handovers.c.created_at)
-        )
-        return [HandoverOut.of(r) for r in rows]
+    async with hub.store.transaction() as session:
+        rows = (
+            await session.execute(
+                select(handovers)
+                .where(handovers.c.referral_id == referral_id)
+                .order_by(handovers.c.created_at)
+            )
+        ).all()
+        if rows:
+            entry = AuditEntry(
+                action="handover.read",
+                user=caseworker.caseworker_id,
+                youth_key=rows[0].youth_key,
+                objects={"referral_id": referral_id, "handover_ids": [r.id for r in rows]},
+            )
+            await write_audit(session, entry, transaction_id=request.state.transaction_id, system=SYSTEM)
+    return [HandoverOut.of(r) for r in rows]
 
 
 @router.get("/overdrachten/{handover_id}", response_model=HandoverOut)
 async def read_handover(request: Request, handover_id: str, caseworker: CurrentCaseworker) -> HandoverOut:
-    """One handover's status."""
+    """One handover's status; the read is audited (rule 18)."""
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
         row = await get_handover(session, handover_id)
-    if row is None:
-        raise Problem(404, "Overdracht niet gevonden")
+        if row is None:
+            raise Problem(404, "Overdracht niet gevonden")
+        entry = AuditEntry(
+            action="handover.read",
+            user=caseworker.caseworker_id,
+            youth_key=row.youth_key,
+            objects={"handover_id": row.id, "referral_id": row.referral_id},
+            legal_basis=row.legal_basis,
+        )
+        await write_audit(session, entry, transaction_id=request.state.transaction_id, system=SYSTEM)
     return HandoverOut.of(row)
 
 

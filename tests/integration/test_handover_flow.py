@@ -775,3 +775,23 @@ async def test_kafka_answers_go_forward_only_and_a_repeat_is_no_dead_letter(
         assert "GEACCEPTEERD" in headers_of(dead[0])[DLQ_EXC_MESSAGE]
         assert (await w.status(hid))["status"] == "GEACCEPTEERD"
         assert [a.objects["status"] for a in await w.audit("handover.answered")] == ["GEACCEPTEERD"]
+
+
+async def test_reading_handovers_is_audited(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    # Rule 18: a handover's status shows where a youth was referred (addiction care, say): a read.
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(17)
+        hid = await w.handover(rid)
+        assert (await w.status(hid))["handover_id"] == hid
+        listed = await w.client.get(f"/api/v1/overdrachten?referral_id={rid}", headers={"X-Medewerker": CW})
+        assert [h["handover_id"] for h in listed.json()] == [hid]
+        reads = await w.audit("handover.read")
+        assert len(reads) == 2 and all(a.youth_key == key and a.user == CW for a in reads)
+        assert sorted(json.dumps(a.objects, sort_keys=True) for a in reads) == sorted(
+            [
+                json.dumps({"handover_id": hid, "referral_id": rid}, sort_keys=True),
+                json.dumps({"handover_ids": [hid], "referral_id": rid}, sort_keys=True),
+            ]
+        )
+        none = await w.client.get("/api/v1/overdrachten?referral_id=nope", headers={"X-Medewerker": CW})
+        assert none.json() == [] and len(await w.audit("handover.read")) == 2  # nothing shown, nothing read
