@@ -11,7 +11,15 @@ from pydantic import Field
 from connectors.receivers.component import register_receivers
 from hub.errors import PermanentError
 from hub.handovers.answers import notify_unanswered, record_answer
-from hub.handovers.service import Act, HandoverProblem, Routing, create_handover, get_handover, route
+from hub.handovers.service import (
+    Act,
+    HandoverProblem,
+    Routing,
+    create_handover,
+    get_handover,
+    recheck_started,
+    route,
+)
 from hub.logging import get_logger
 from hub.runtime import Hub
 from hub.spine import Tx
@@ -113,11 +121,13 @@ async def _watch_unanswered(hub: Hub, r: Routing) -> None:
             assert hub.store is not None and hub.relay is not None
             async with hub.store.transaction() as session:
                 told = await notify_unanswered(session, r, timeout, Act("routing", new_id(), None))
-            if told:
+            async with hub.store.transaction() as session:  # consents whose first day has come
+                started = await recheck_started(session, r, Act("routing", new_id(), None))
+            if told or started:
                 hub.relay.wake()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("unanswered-handover check failed", error=safe_error_message(exc))
+            log.warning("routing's periodic check failed", error=safe_error_message(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.sleep(settings.check_interval_s)

@@ -253,6 +253,9 @@ async def _dispatch(
     )
 
 
+NOT_YET_VALID = "NOG_NIET_GELDIG"  # a waiting reason (hub.consent.rules.Gap)
+
+
 async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act: Act) -> list[str]:
     """A consent was recorded: send every waiting handover of this youth that it now covers."""
     ids = (
@@ -271,6 +274,24 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
             continue  # a concurrent transaction (another consent, the routing consumer) decided it
         if await route(session, r, handover_id, act, notify=False) == HandoverStatus.VERZONDEN.value:
             sent.append(handover_id)
+    return sent
+
+
+async def recheck_started(session: AsyncSession, r: Routing, act: Act) -> list[str]:
+    """Route again the waiting handovers a consent did not cover only because it had not started yet
+    (NOG_NIET_GELDIG). Recording a consent routes its youth's waiting handovers at once; the day its
+    validity starts changes nothing by itself, so the routing's periodic check looks (rule 9)."""
+    rows = (
+        await session.execute(
+            select(handovers.c.youth_key, handovers.c.waiting_reasons).where(
+                handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value
+            )
+        )
+    ).all()
+    keys = sorted({row.youth_key for row in rows if NOT_YET_VALID in (row.waiting_reasons or ())})
+    sent: list[str] = []
+    for key in keys:
+        sent += await recheck_waiting(session, r, key, act)
     return sent
 
 

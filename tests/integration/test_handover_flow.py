@@ -795,3 +795,39 @@ async def test_reading_handovers_is_audited(kafka: EmbeddedKafka, db_url: str, u
         )
         none = await w.client.get("/api/v1/overdrachten?referral_id=nope", headers={"X-Medewerker": CW})
         assert none.json() == [] and len(await w.audit("handover.read")) == 2  # nothing shown, nothing read
+
+
+async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Only recording a consent routed waiting handovers again: one waiting because its consent starts
+    # tomorrow waited for ever.
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        await w.consent(
+            rid,
+            valid_from=(TODAY + timedelta(days=1)).isoformat(),
+            valid_until=(TODAY + timedelta(days=90)).isoformat(),
+        )
+        hid = await w.handover(rid)
+
+        async def routed() -> bool:
+            return (await w.status(hid))["waiting_reasons"] is not None
+
+        await wait_for(routed, timeout_s=15)
+        waiting = await w.status(hid)
+        assert waiting["status"] == "WACHT_OP_TOESTEMMING"
+        assert waiting["waiting_reasons"] == ["NOG_NIET_GELDIG"]
+        await asyncio.sleep(0.6)  # a few of routing's checks (every 0.2 s): still not its day
+        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        assert not w.receiver.calls
+
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=1)  # the consent's first day
+
+        async def sent() -> bool:
+            return (await w.status(hid))["status"] != "WACHT_OP_TOESTEMMING"
+
+        await wait_for(sent, timeout_s=15)
+        assert (await w.status(hid))["status"] in ("VERZONDEN", "ONTVANGEN")
+        await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
+        assert len(await w.audit("handover.sent")) == 1
