@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -136,11 +137,42 @@ async def _load(
     return time.perf_counter() - t0, latencies
 
 
-async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Result]:
-    """The bare baseline and the hub: throughput with keep-alive, then latency at `rate`/s offered."""
+@contextlib.asynccontextmanager
+async def intake_hub(
+    bootstrap: str, tmp: str | Path, secret: str
+) -> AsyncIterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
+    """`ketenhub run --components intake` on a fresh SQLite database in `tmp`, with a police partner:
+    its URL, the partner's request headers and the process, ready; stopped on the way out."""
     from hub.partners import PartnerType, add_partner
     from hub.store import Store
 
+    db = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
+    store = Store(db)
+    await store.migrate()
+    async with store.transaction() as session:
+        _, key = await add_partner(session, "politie-bench", PartnerType.POLITIE)
+    await store.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "KETENHUB_DATABASE__URL": db,
+        "KETENHUB_SECRET": secret,
+        "KETENHUB_LOG_LEVEL": "WARNING",
+        "KETENHUB_KAFKA__TOPIC_PREFIX": f"h{port}.",
+        "KETENHUB_KAFKA__GROUP_PREFIX": f"h{port}-",
+    }
+    hub = start_intake(port, tmp, env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_ready(url, hub)
+        yield url, {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}, hub
+    finally:
+        _stop(hub)
+
+
+async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Result]:
+    """The bare baseline and the hub: throughput with keep-alive, then latency at `rate`/s offered."""
     out: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         bare_port = free_port()
@@ -175,27 +207,7 @@ async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Re
         finally:
             _stop(bare)
 
-        db = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
-        store = Store(db)
-        await store.migrate()
-        async with store.transaction() as session:
-            _, key = await add_partner(session, "politie-bench", PartnerType.POLITIE)
-        await store.close()
-        port = free_port()
-        env = {
-            **os.environ,
-            "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "KETENHUB_DATABASE__URL": db,
-            "KETENHUB_SECRET": "bench-secret-" + "y" * 40,
-            "KETENHUB_LOG_LEVEL": "WARNING",
-            "KETENHUB_KAFKA__TOPIC_PREFIX": f"h{port}.",
-            "KETENHUB_KAFKA__GROUP_PREFIX": f"h{port}-",
-        }
-        hub = start_intake(port, tmp, env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await _wait_ready(url, hub)
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        async with intake_hub(bootstrap, tmp, "bench-secret-" + "y" * 40) as (url, headers, _):
             seconds, lat = await _load(url, bodies, headers, concurrency=32)
             out.append(
                 Result(
@@ -217,6 +229,4 @@ async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Re
                     p99_ms=percentile(lat, 99),
                 )
             )
-        finally:
-            _stop(hub)
     return out

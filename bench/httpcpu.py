@@ -26,9 +26,9 @@ from pathlib import Path
 from bench.data import police_records
 from bench.harness import percentile
 from bench.harness import run as bench_run
-from bench.http import _load, _stop, _wait_ready, start_intake
+from bench.http import _load, intake_hub
 from bench.run import SECRET
-from hub.embedded import EmbeddedKafka, free_port
+from hub.embedded import EmbeddedKafka
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,34 +48,11 @@ def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
 
 async def measure(n: int, warm: int, connections: int, profile: str | None) -> str:
     """Warm the intake up, load it, and say what a request cost it."""
-    from hub.partners import PartnerType, add_partner
-    from hub.store import Store
-
     kafka = EmbeddedKafka()
     kafka.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            db = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
-            store = Store(db)
-            await store.migrate()
-            async with store.transaction() as session:
-                _, key = await add_partner(session, "politie-bench", PartnerType.POLITIE)
-            await store.close()
-            port = free_port()
-            env = {
-                **os.environ,
-                "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
-                "KETENHUB_DATABASE__URL": db,
-                "KETENHUB_SECRET": SECRET,
-                "KETENHUB_LOG_LEVEL": "WARNING",
-                "KETENHUB_KAFKA__TOPIC_PREFIX": f"h{port}.",
-                "KETENHUB_KAFKA__GROUP_PREFIX": f"h{port}-",
-            }
-            hub = start_intake(port, tmp, env)
-            try:
-                url = f"http://127.0.0.1:{port}"
-                await _wait_ready(url, hub)
-                headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+            async with intake_hub(kafka.bootstrap, tmp, SECRET) as (url, headers, hub):
                 if warm:
                     await _load(url, police_records(warm, seed=9), headers, concurrency=connections)
                 bodies = police_records(n, seed=5)
@@ -88,8 +65,6 @@ async def measure(n: int, warm: int, connections: int, profile: str | None) -> s
                 if spy is not None:
                     spy.send_signal(2)  # py-spy writes its file on SIGINT
                     spy.wait(60)
-            finally:
-                _stop(hub)
     finally:
         kafka.stop()
     return (
