@@ -11,8 +11,8 @@ repeat. It cannot be closed from our side: SMTP has no idempotency key.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,9 +57,16 @@ class MailConnector:
     """Sends notifications (hub.components["mail"]): ping for /readyz, status for the console."""
 
     def __init__(
-        self, store: Store, settings: SmtpSettings, mailer: SmtpMailer, sink: MailSink | None = None
+        self,
+        store: Store,
+        settings: SmtpSettings,
+        mailer: SmtpMailer,
+        sink: MailSink | None = None,
+        *,
+        today: Callable[[], date] = today,
     ) -> None:
         self.store, self.settings, self.mailer, self.sink = store, settings, mailer, sink
+        self.today = today  # the day whose absences decide who reads a caseworker's mail (the hub's)
         self.ladder: RetryLadder | None = None
         self.last_success: datetime | None = None
         self.last_error: str | None = None
@@ -82,7 +89,7 @@ class MailConnector:
             q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
             sent = set((await session.execute(q)).scalars())
             readers = await mail_recipients(
-                session, {mail.recipient_caseworker_id for mail in mails}, today()
+                session, {mail.recipient_caseworker_id for mail in mails}, self.today()
             )
         for mail in mails:
             reader = readers[mail.recipient_caseworker_id]
@@ -100,7 +107,9 @@ class MailConnector:
             async with self.store.read() as session:  # the consumer's transaction holds the write lock
                 sent = await _was_sent(session, mail.notification_id)
                 recipient = (
-                    None if sent else await mail_recipient(session, mail.recipient_caseworker_id, today())
+                    None
+                    if sent
+                    else await mail_recipient(session, mail.recipient_caseworker_id, self.today())
                 )
         else:
             recipient = ready
@@ -237,7 +246,7 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
             sink = MailSink(hub.store, keep=hub.settings.notify.sink_keep)
             hub.background["mail-sink"] = sink.run
         mailer = SmtpMailer(smtp, sink.endpoint if sink else None)
-        connector = MailConnector(hub.store, smtp, mailer, sink)
+        connector = MailConnector(hub.store, smtp, mailer, sink, today=hub.today)
         hub.components[NAME] = connector
         ladder = ladder_on(
             hub,

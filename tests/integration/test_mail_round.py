@@ -91,3 +91,30 @@ async def test_a_round_goes_to_each_reader_once_with_or_without_prepare(store: S
     finally:
         await connector.aclose()
         await sink.stop()
+
+
+async def test_whoever_reads_the_mail_is_decided_on_the_hubs_day(store: Store) -> None:
+    # The connector counted days on the system clock while the rest of the hub uses its own clock:
+    # with a hub clock set ahead (a test, a replay of a day), a delegate's turn came a day late.
+    day = today()
+    soon_away = _cw("soon", delegate="stand-in").model_copy(
+        update={"absences": [Absence(start=day + timedelta(days=1), end=day + timedelta(days=5))]}
+    )
+    async with store.transaction() as s:
+        for cw in (soon_away, _cw("stand-in")):
+            await upsert_caseworker(s, cw)
+    sink = MailSink()
+    await sink.start()
+    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=10)
+    tomorrow = MailConnector(store, settings, SmtpMailer(settings), today=lambda: day + timedelta(days=1))
+    now = MailConnector(store, settings, SmtpMailer(settings))
+    try:
+        first, _ = _message("soon")
+        await now.deliver(first)
+        second, _ = _message("soon")
+        await tomorrow.deliver(second)
+        assert [m.rcpt_to for m in sink.memory] == [["soon@halt.nl"], ["stand-in@halt.nl"]]
+    finally:
+        await tomorrow.aclose()
+        await now.aclose()
+        await sink.stop()
