@@ -8,6 +8,7 @@ A replay is queued in the outbox; the running hub's relay publishes it.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,7 +40,18 @@ outbox_app = typer.Typer(
     no_args_is_help=True,
 )
 T = TypeVar("T")
-USER = "cli"
+
+
+def _cli_user() -> str:
+    """Who acts through the CLI, for the audit log: the operating-system user behind "cli:"."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a container's bare uid)
+        return "cli"
+    return f"cli:{name}"[:200] if name.isprintable() else "cli"
+
+
+USER = _cli_user()
 
 
 def _settings() -> Settings:
@@ -157,6 +169,7 @@ def dlq_show(letter_id: str) -> None:
     async def go(settings: Settings, store: Store) -> dict[str, Any]:
         async with _dead_letters(settings, store) as dl:
             d = await _letter(dl, letter_id)
+            await dl.record_view(d, USER, unmasked=False)  # rule 18, as the console does
             return {**d.summary(), "headers": d.headers, "payload": show_payload(d.value, unmasked=False)}
 
     Terminal().print_json(data=_run(go))

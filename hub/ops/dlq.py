@@ -75,6 +75,12 @@ class DeadLetter:
     status: str = "open"
 
     @property
+    def youth_key(self) -> str | None:
+        """The youth the letter is about, for the audit log: its key when that is the hub's own youth
+        key (a sender's own key, even a BSN, is not written into the audit log)."""
+        return self.key if is_youth_key(self.key) else None
+
+    @property
     def value(self) -> bytes:
         """The payload, as read by `DeadLetters.get`; a listed letter has none loaded (LookupError)."""
         if self.payload is None:
@@ -330,15 +336,20 @@ class DeadLetters:
         return d
 
     async def record_view(self, d: DeadLetter, operator: str, *, unmasked: bool) -> None:
-        """Audit that an operator looked at a dead letter's payload unmasked (rule 18)."""
-        if unmasked:
-            async with self.store.transaction() as session:
-                await write_audit(
-                    session,
-                    AuditEntry(action="dlq.viewed_unmasked", user=operator, objects={"dead_letter": d.id}),
-                    transaction_id=d.usable_id(H_TRANSACTION_ID),
-                    system=SYSTEM,
-                )
+        """Audit that an operator looked at a dead letter's payload (rule 18): masked, a partner's
+        record still shows what is not a name or number (an offence, a case number); unmasked, all."""
+        async with self.store.transaction() as session:
+            await write_audit(
+                session,
+                AuditEntry(
+                    action="dlq.viewed_unmasked" if unmasked else "dlq.viewed",
+                    user=operator,
+                    youth_key=d.youth_key,
+                    objects={"dead_letter": d.id},
+                ),
+                transaction_id=d.usable_id(H_TRANSACTION_ID),
+                system=SYSTEM,
+            )
 
     async def record_key_search(self, found: list[DeadLetter], operator: str) -> None:
         """Audit that an operator found dead letters by a key that is personal data (rule 18); the
@@ -391,7 +402,7 @@ class DeadLetters:
             objects["reason"] = reason
         await write_audit(
             session,
-            AuditEntry(action=f"dlq.{action}", user=operator, objects=objects),
+            AuditEntry(action=f"dlq.{action}", user=operator, youth_key=d.youth_key, objects=objects),
             transaction_id=d.usable_id(H_TRANSACTION_ID),
             system=SYSTEM,
         )

@@ -19,7 +19,7 @@ from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
 from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_TOPIC
 from hub.store import Store
-from hub.store.tables import outbox
+from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
 from schemas.envelope import H_MESSAGE_ID
 from tests.conftest import TEST_SECRET
@@ -125,6 +125,21 @@ def _outbox(db: Path) -> list[tuple[str | None, dict[str, str]]]:
     return asyncio.run(rows())
 
 
+def _audited(db: Path, action: str) -> list[tuple[str, str | None]]:
+    """(user, youth key) of the audit entries of `action`."""
+
+    async def rows() -> list[tuple[str, str | None]]:
+        store = Store(f"sqlite+aiosqlite:///{db}")
+        try:
+            async with store.connect() as conn:
+                query = select(audit_log.c.user, audit_log.c.youth_key).where(audit_log.c.action == action)
+                return [(r.user, r.youth_key) for r in await conn.execute(query)]
+        finally:
+            await store.close()
+
+    return asyncio.run(rows())
+
+
 def _refused_cleanly(result: Result, says: str) -> None:
     """Exit 1 with one line on standard error that says `says`: no traceback."""
     assert result.exit_code == 1, result.output
@@ -150,6 +165,13 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     assert by_bsn.exit_code == 2 and bsn not in by_bsn.output, by_bsn.output
     shown = runner.invoke(app, ["dlq", "show", replayable], env=env)
     assert shown.exit_code == 0 and bsn not in shown.output and MASK in shown.output, shown.output
+    # rule 18: the view is audited, by the person behind the CLI, without the sender's key (a BSN)
+    [(user, youth)] = _audited(tmp_path / "hub.db", "dlq.viewed")
+    assert user.startswith("cli") and youth is None
+    youth_key = "a1" * 32  # the hub's own key of a youth: named in the audit entry
+    [of_a_youth] = asyncio.run(_write_letters(kafka.bootstrap, topic, [(youth_key.encode(), original)]))
+    assert runner.invoke(app, ["dlq", "show", of_a_youth], env=env).exit_code == 0
+    assert sorted(y or "" for _, y in _audited(tmp_path / "hub.db", "dlq.viewed")) == ["", youth_key]
 
     for malformed in ("42", f"{topic}:0:{2**70}"):
         for command in (
