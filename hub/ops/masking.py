@@ -10,9 +10,19 @@ MASK = "•••"
 # Keys whose values are personal data whatever they look like (Dutch and English spellings).
 _PERSONAL_KEYS = re.compile(
     r"bsn|burgerservice|naam|name|voornaam|achternaam|tussenvoegsel|voorvoegsel|initialen|geboorte|birth|"
-    r"e-?mail|telefoon|phone|mobiel|adres|address|straat|street|postcode|zip|huisnummer",
+    r"e-?mail|telefoon|phone|mobiel|adres|address|straat|street|postcode|zip|huisnummer|"
+    r"woonplaats|geslacht|gender",
     re.IGNORECASE,
 )
+# Keys too short to look for inside others ("lat" is in "relatie"): personal only as the whole key.
+# A BOA record's GPS position pins where the youth was stopped, to the house.
+_PERSONAL_WHOLE_KEYS = {"lat", "lon", "lng", "latitude", "longitude"}
+
+
+def _personal(key: str) -> bool:
+    return bool(_PERSONAL_KEYS.search(key)) or key.lower() in _PERSONAL_WHOLE_KEYS
+
+
 # The hub's own record key: HMAC-SHA256 of a BSN in hex (the test hub.ops.parked uses too). It names no
 # one; any other key is whatever its sender used, even a BSN, and is personal data.
 _YOUTH_KEY = re.compile(r"[0-9a-f]{64}")
@@ -41,7 +51,7 @@ _KEYED = re.compile(
 
 def _mask_keyed(match: re.Match[str]) -> str:
     key, colon, value = match.groups()
-    if not _PERSONAL_KEYS.search(key) or value in ("null", '""', "true", "false"):
+    if not _personal(key) or value in ("null", '""', "true", "false"):
         return match.group(0)
     return f'"{key}"{colon}"{MASK}"'
 
@@ -70,7 +80,7 @@ def mask_value(value: Any, *, key: str = "") -> Any:
         return {k: v if k in _SAFE_KEYS else mask_value(v, key=str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_value(v, key=key) for v in value]
-    if key and _PERSONAL_KEYS.search(key) and value not in (None, "", True, False):
+    if key and _personal(key) and value not in (None, "", True, False):
         return MASK
     if isinstance(value, str):
         return mask_text(value)

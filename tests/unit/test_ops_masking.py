@@ -91,3 +91,19 @@ def test_masking_time_grows_with_the_payload_not_its_square() -> None:
         started = time.perf_counter()
         assert show_payload(run, unmasked=False)
         assert time.perf_counter() - started < 3.0
+
+
+def test_where_a_youth_lives_their_sex_and_a_gps_position_are_masked() -> None:
+    boa = {
+        "locatie": {"lat": 52.0705, "lon": 4.3007, "straat": "Spui", "omschrijving": "bij de tramhalte"},
+        "jeugdige": {"geslacht": "M", "woonplaats": "Den Haag", "gemeente": "Den Haag"},
+        "vertegenwoordiger": {"relatie": "voogd"},
+        "flat": 3,
+    }
+    shown = show_payload(json.dumps(boa).encode(), unmasked=False)
+    assert shown["locatie"]["lat"] == shown["locatie"]["lon"] == MASK
+    assert shown["jeugdige"]["geslacht"] == shown["jeugdige"]["woonplaats"] == MASK
+    assert shown["locatie"]["omschrijving"] == "bij de tramhalte"
+    assert shown["vertegenwoordiger"]["relatie"] == "voogd" and shown["flat"] == 3  # "lat" inside a word
+    cut_off = show_payload(json.dumps(boa).encode()[:-30], unmasked=False)  # not JSON: read as text
+    assert isinstance(cut_off, str) and "52.0705" not in cut_off and '"woonplaats": "Den Haag"' not in cut_off
