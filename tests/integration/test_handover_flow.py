@@ -23,12 +23,21 @@ from hub.clock import today
 from hub.consent.store import get_consent, mark_withdrawn
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
-from hub.handovers.answers import record_answer
+from hub.handovers.answers import notify_unanswered, record_answer
 from hub.handovers.component import routing_of
 from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
-from hub.handovers.service import Act, HandoverProblem, apply_withdrawal, create_handover, get_handover, route
+from hub.handovers.service import (
+    Act,
+    HandoverProblem,
+    apply_withdrawal,
+    create_handover,
+    get_handover,
+    recheck_started,
+    route,
+)
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
+from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store.tables import audit_log, outbox
@@ -625,7 +634,14 @@ async def test_a_handover_whose_consent_lapsed_before_delivery_is_not_delivered(
             return bool(w.receiver.handovers()) or (await w.status(hid))["status"] != "VERZONDEN"
 
         await wait_for(decided, timeout_s=30)
-        await asyncio.sleep(0.6)  # the ladder's next rungs: nothing goes out later either
+
+        async def off_the_ladder() -> bool:  # nothing parked for a later rung: nothing can go out later
+            assert w.hub.store is not None
+            async with w.hub.store.connect() as conn:
+                rows = await conn.execute(select(parked.c.seq).where(parked.c.ladder == "receivers-webhook"))
+                return rows.first() is None
+
+        await wait_for(off_the_ladder, timeout_s=30)
         assert w.receiver.handovers() == []
         state = await w.status(hid)
         assert state["status"] == "VERLOPEN" and state["status_reason"] == "TOESTEMMING_VERLOPEN"
@@ -728,7 +744,14 @@ async def test_a_late_or_repeated_answer_never_moves_a_handover_back(
         assert len(await w.audit("handover.meeting_planned")) == 1
         assert len(await w.audit("handover.answered")) == 2
 
-        await asyncio.sleep(2.5)  # past the answer timeout: the handover was answered in time
+        # past the answer timeout: routing's check finds the handover answered in time
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(seconds=10)
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:
+            told = await notify_unanswered(
+                session, routing_of(w.hub), timedelta(seconds=2), Act("test", str(uuid.uuid4()))
+            )
+        assert told == 0
         assert await _queued(w, "notification.mail", "handover.unanswered", hid) == 0
         assert (await w.status(hid))["status"] == "GEACCEPTEERD"
 
@@ -818,7 +841,9 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         waiting = await w.status(hid)
         assert waiting["status"] == "WACHT_OP_TOESTEMMING"
         assert waiting["waiting_reasons"] == ["NOG_NIET_GELDIG"]
-        await asyncio.sleep(0.6)  # a few of routing's checks (every 0.2 s): still not its day
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:  # routing's periodic check: not its day yet
+            assert await recheck_started(session, routing_of(w.hub), Act("test", str(uuid.uuid4()))) == []
         assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
         assert not w.receiver.calls
 
