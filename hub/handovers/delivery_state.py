@@ -111,23 +111,10 @@ async def record_lapsed(
         .where(handovers.c.id == row.id)
         .values(status=status.value, status_reason=reason, updated_at=utcnow())
     )
-    entry = AuditEntry(
-        action="handover.lapsed",
-        user=SYSTEM,
-        youth_key=row.youth_key,
-        on_behalf_of="Halt Den Haag",
-        objects={
-            "handover_id": row.id,
-            "referral_id": row.referral_id,
-            "receiver": row.receiver_organisation,
-            "consent_id": row.consent_id,
-            "status": status.value,
-            "gaps": list(gaps),
-            "message_id": message.message_id,
-        },
-        legal_basis=row.legal_basis,
-    )
-    await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
+    await _audit(
+        session, "handover.lapsed", SYSTEM, row, message,
+        consent_id=row.consent_id, status=status.value, gaps=list(gaps),
+    )  # fmt: skip
     detail = (
         "zij is niet afgeleverd, want de toestemming dekt haar niet meer ("
         + ", ".join(gaps)
@@ -163,16 +150,22 @@ async def record_delivered(session: AsyncSession, message: Envelope, *, channel:
         }
     else:
         action, objects = "handover.withdrawal_told", {"reason": p.get("reason")}
+    await _audit(session, action, row.from_caseworker, row, message, channel=channel, **objects)
+
+
+async def _audit(
+    session: AsyncSession, action: str, user: str, row: Any, message: Envelope, **objects: Any
+) -> None:
+    """An audit entry of what happened to a handover's message, on behalf of Halt (rule 18)."""
     entry = AuditEntry(
         action=action,
-        user=row.from_caseworker,
+        user=user,
         youth_key=row.youth_key,
         on_behalf_of="Halt Den Haag",
         objects={
             "handover_id": row.id,
             "referral_id": row.referral_id,
             "receiver": row.receiver_organisation,
-            "channel": channel,
             "message_id": message.message_id,
             **objects,
         },
