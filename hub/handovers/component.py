@@ -19,6 +19,7 @@ from hub.handovers.service import (
     get_handover,
     recheck_started,
     route,
+    waiting_to_start,
 )
 from hub.logging import get_logger
 from hub.runtime import Hub
@@ -121,8 +122,13 @@ async def _watch_unanswered(hub: Hub, r: Routing) -> None:
             assert hub.store is not None and hub.relay is not None
             async with hub.store.transaction() as session:
                 told = await notify_unanswered(session, r, timeout, Act("routing", new_id(), None))
-            async with hub.store.transaction() as session:  # consents whose first day has come
-                started = await recheck_started(session, r, Act("routing", new_id(), None))
+            async with hub.store.read() as session:  # a read: the writer is taken only when one waits
+                keys = await waiting_to_start(session)
+            started = []
+            if keys:
+                async with hub.store.transaction() as session:  # consents whose first day has come
+                    act = Act("routing", new_id(), None)
+                    started = await recheck_started(session, r, act, youth_keys=keys)
             if told or started:
                 hub.relay.wake()
         except asyncio.CancelledError:

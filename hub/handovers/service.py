@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -277,10 +277,22 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
     return sent
 
 
-async def recheck_started(session: AsyncSession, r: Routing, act: Act) -> list[str]:
+async def recheck_started(
+    session: AsyncSession, r: Routing, act: Act, *, youth_keys: Sequence[str] | None = None
+) -> list[str]:
     """Route again the waiting handovers a consent did not cover only because it had not started yet
     (NOG_NIET_GELDIG). Recording a consent routes its youth's waiting handovers at once; the day its
-    validity starts changes nothing by itself, so the routing's periodic check looks (rule 9)."""
+    validity starts changes nothing by itself, so the routing's periodic check looks (rule 9).
+    `youth_keys`: those `waiting_to_start` found, read beforehand outside a write transaction."""
+    keys = await waiting_to_start(session) if youth_keys is None else youth_keys
+    sent: list[str] = []
+    for key in keys:
+        sent += await recheck_waiting(session, r, key, act)
+    return sent
+
+
+async def waiting_to_start(session: AsyncSession) -> list[str]:
+    """The youth keys with a handover waiting for a consent that had not started yet."""
     rows = (
         await session.execute(
             select(handovers.c.youth_key, handovers.c.waiting_reasons).where(
@@ -288,11 +300,7 @@ async def recheck_started(session: AsyncSession, r: Routing, act: Act) -> list[s
             )
         )
     ).all()
-    keys = sorted({row.youth_key for row in rows if NOT_YET_VALID in (row.waiting_reasons or ())})
-    sent: list[str] = []
-    for key in keys:
-        sent += await recheck_waiting(session, r, key, act)
-    return sent
+    return sorted({row.youth_key for row in rows if NOT_YET_VALID in (row.waiting_reasons or ())})
 
 
 async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredConsent, act: Act) -> list[str]:
