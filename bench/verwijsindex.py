@@ -80,6 +80,7 @@ from hub.logging import setup_logging
 from hub.runtime import Hub
 from hub.signals import commands as cmds
 from hub.signals import request_contact_change, request_withdrawal, store_signal
+from hub.signals.tables import signals as signal_rows
 from hub.store import Store
 from hub.store.tables import outbox
 from hub.topics import VERWIJSINDEX_SIGNAL
@@ -88,7 +89,7 @@ from schemas.caseworker import Caseworker, ContactDetails, Team
 from schemas.envelope import utcnow
 from schemas.pseudonym import youth_key
 from schemas.referral import Gender
-from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
+from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
@@ -198,6 +199,8 @@ async def prepare(db_url: str, topic: str, n: int, share: float) -> Workload:
     """Store the signals and their follow-ups as the service does; take the commands out of the outbox.
 
     The outbox rows are marked sent: they are pre-loaded on the topic here, not by the hub's relay.
+    The signals are left ACTIEF, as they are while their registrations are on their way: a
+    withdrawal queued here stands for one asked for after its registration was delivered.
     """
     today = dutch_today()
     signals = [_signal(b, i, today) for i, b in enumerate(bsns(n))]
@@ -230,6 +233,11 @@ async def prepare(db_url: str, topic: str, n: int, share: float) -> Workload:
                 await session.execute(select(outbox).where(outbox.c.topic == topic).order_by(outbox.c.id))
             ).all()
             await session.execute(update(outbox).where(outbox.c.topic == topic).values(sent_at=utcnow()))
+            # As if every follow-up came after its registration reached the index: the connector
+            # withholds a registration (or contact change) of a signal the hub has withdrawn already.
+            await session.execute(
+                update(signal_rows).values(status=SignalStatus.ACTIEF.value, withdrawal_reason=None)
+            )
     finally:
         await store.close()
     for r in rows:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,37 +10,13 @@ from hub.errors import PermanentError
 from hub.handovers.delivery_state import delivery_verdict, record_delivered, record_failed, record_lapsed
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
+from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.topics import HANDOVER_DISPATCH, NOTIFICATION_MAIL
 from schemas.envelope import Envelope
 
 LADDER = "receivers-webhook"
-
-
-class RecentIds:
-    """The last `keep` message ids this process saw, oldest forgotten first."""
-
-    def __init__(self, keep: int = 10_000) -> None:
-        self.keep = keep
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, message_id: str) -> None:
-        """Remember `message_id` (again: as the newest)."""
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        while len(self._ids) > self.keep:
-            self._ids.popitem(last=False)
-
-    def discard(self, message_id: str) -> None:
-        """Forget `message_id`, if it is remembered."""
-        self._ids.pop(message_id, None)
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
 
 class WebhookDelivery:

@@ -120,6 +120,10 @@ def _reason(response: Answer) -> str:
     return "; ".join(parts)
 
 
+class NotInIndex(PermanentError):
+    """404: the index holds no signal with that id."""
+
+
 class VerwijsindexClient:
     """One pooled aiohttp session per index; no retries here, the hub's retry ladder wraps it."""
 
@@ -248,6 +252,8 @@ class VerwijsindexClient:
         if code == 429 or code == 408 or code >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
+        if code == 404:
+            raise NotInIndex(f"{where}: HTTP 404: {reason}")
         raise PermanentError(f"{where}: HTTP {code}: {reason}")
 
     @staticmethod

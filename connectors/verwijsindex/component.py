@@ -9,24 +9,34 @@ into `verwijsindex.match.v1`. With no `verwijsindex.url` configured it runs the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.verwijsindex.client import VerwijsindexClient
+from connectors.verwijsindex.client import NotInIndex, VerwijsindexClient
 from connectors.verwijsindex.contract import IntrekkingsReden, Organisatie
 from connectors.verwijsindex.feed import MatchFeed
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.errors import PermanentError
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
+from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.signals import commands, delivery
+from hub.signals.tables import signals
+from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas.envelope import Envelope
-from schemas.signal import VerwijsindexSignal
+from schemas.signal import SignalStatus, VerwijsindexSignal
 
 NAME = "verwijsindex"
+WITHHELD = "withheld"  # the hub withdrew the signal before this command went: nothing was sent
+NOT_IN_INDEX = "not_in_index"  # a withdrawal the index had no signal for
+_CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT)
+_WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
 
 
 def _parse(model: type[Any], message: Envelope) -> Any:
@@ -40,23 +50,64 @@ def _parse(model: type[Any], message: Envelope) -> Any:
         ) from None
 
 
+async def _statuses(store: Store, signal_ids: set[str]) -> dict[str, str]:
+    """The hub's status of each known signal among `signal_ids`."""
+    async with store.read() as session:
+        found = await session.execute(
+            select(signals.c.signal_id, signals.c.status).where(signals.c.signal_id.in_(signal_ids))
+        )
+        return {row.signal_id: row.status for row in found}
+
+
 class VerwijsindexConnector:
-    """Delivers signal commands to the index; shown in /readyz, closed when the hub stops."""
+    """Delivers signal commands to the index; shown in /readyz, closed when the hub stops.
+
+    A command brings the index to what the hub holds of the signal, so that their order cannot undo
+    a withdrawal. A registration, or a change of contact, for a signal the hub already withdrew is
+    withheld: nothing is sent. A withdrawal the index answers with 404 is done: the index holds no
+    such signal, so nothing of it is active there. Together they keep a withdrawn signal out of the
+    index whatever came first, a registration replayed from the dead-letter topic after its withdrawal
+    went through (per-youth order holds only while a command is parked, not once it is a dead letter),
+    or a registration retried while its withdrawal waited behind it.
+    """
 
     def __init__(
-        self, client: VerwijsindexClient, organisatie: Organisatie, simulator: SimulatorServer | None
+        self,
+        client: VerwijsindexClient,
+        organisatie: Organisatie,
+        simulator: SimulatorServer | None,
+        store: Store | None = None,
     ) -> None:
-        self.client, self.organisatie, self.simulator = client, organisatie, simulator
+        self.client, self.organisatie, self.simulator, self.store = client, organisatie, simulator, store
         self.feed: MatchFeed | None = None
         self.ladder: RetryLadder | None = None
+        # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), for
+        # the hooks that record it; and the statuses `prepare` looked up for a round, each used once.
+        self.outcomes = RecentIds()
+        self._status: dict[str, str | None] = {}
 
     @property
     def url(self) -> str | None:
         """The in-process simulator's URL (embedded default), else None."""
         return self.simulator.url if self.simulator is not None else None
 
+    async def prepare(self, messages: Sequence[Envelope]) -> None:
+        """The hub's status of every signal a round registers or changes, in one query."""
+        self._status.clear()
+        wanted = {
+            signal_id
+            for m in messages
+            if m.type in _CHECKED and (signal_id := commands.signal_id_of(m)) is not None
+        }
+        if wanted and self.store is not None:
+            self._status = dict.fromkeys(wanted) | await _statuses(self.store, wanted)
+
     async def deliver(self, message: Envelope) -> None:
         """One command, one idempotent call; raises TransientError or PermanentError."""
+        self.outcomes.discard(message.message_id)
+        if message.type in _CHECKED and await self._withdrawn(message):
+            self.outcomes.add(message.message_id, WITHHELD)
+            return
         if message.type == commands.REGISTER:
             signal: VerwijsindexSignal = _parse(VerwijsindexSignal, message)
             assert signal.signal_id is not None
@@ -65,7 +116,10 @@ class VerwijsindexConnector:
         elif message.type == commands.WITHDRAW:
             cmd: commands.WithdrawSignal = _parse(commands.WithdrawSignal, message)
             reden = IntrekkingsReden(cmd.reason.value)
-            await self.client.withdraw(cmd.signal_id, reden, message.transaction_id)
+            try:
+                await self.client.withdraw(cmd.signal_id, reden, message.transaction_id)
+            except NotInIndex:  # never registered there (or gone): nothing of it is active
+                self.outcomes.add(message.message_id, NOT_IN_INDEX)
         elif message.type == commands.CHANGE_CONTACT:
             change: commands.ChangeSignalContact = _parse(commands.ChangeSignalContact, message)
             await self.client.change_contact(
@@ -73,6 +127,25 @@ class VerwijsindexConnector:
             )
         else:
             raise PermanentError(f"unknown command type on {VERWIJSINDEX_SIGNAL.name}")
+
+    async def _withdrawn(self, message: Envelope) -> bool:
+        """Whether the hub withdrew the command's signal: from the round's lookup, else looked up."""
+        signal_id = commands.signal_id_of(message)
+        if signal_id is None or self.store is None:
+            return False  # deliver refuses what names no signal
+        if signal_id in self._status:
+            status = self._status.pop(signal_id)
+        else:
+            status = (await _statuses(self.store, {signal_id})).get(signal_id)
+        return status in _WITHDRAWN
+
+    async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
+        """Record the outcome: a disclosure, or what `deliver` found instead."""
+        await delivery.on_delivered(session, message, outcome=self.outcomes.note(message.message_id))
+
+    async def on_delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
+        """`on_delivered` for a round."""
+        await delivery.on_delivered_many(session, messages, outcome_of=self.outcomes.note)
 
     async def ping(self) -> None:
         """Raise when the index does not answer its health check."""
@@ -99,7 +172,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             url = simulator.start()
         client = VerwijsindexClient(url, timeout=s.timeout_s, organisatie=s.organisatie_code)
         connector = VerwijsindexConnector(
-            client, Organisatie(code=s.organisatie_code, naam=s.organisatie_naam), simulator
+            client, Organisatie(code=s.organisatie_code, naam=s.organisatie_naam), simulator, hub.store
         )
         hub.components[NAME] = connector
         ladder = ladder_on(
@@ -110,8 +183,9 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             partner=NAME,
             delivery=Delivery(
                 deliver=connector.deliver,
-                on_delivered=delivery.on_delivered,
-                on_delivered_many=delivery.on_delivered_many,
+                prepare=connector.prepare,
+                on_delivered=connector.on_delivered,
+                on_delivered_many=connector.on_delivered_many,
                 on_parked=delivery.on_parked,
                 on_dead=delivery.on_dead,
             ),

@@ -2,13 +2,14 @@
 
 A signal shows the state of its latest command: queued, delivered, retrying (attempt n, next try
 at) or dead_lettered (why). An earlier command that gets through while a later one waits leaves
-the signal `queued`; a command waiting behind another youth's parked command shows `retrying`
-with attempt 0.
+the signal `queued`; one that gets through after the later one was settled (an earlier command
+replayed from the dead-letter topic) leaves its state as it is; a command waiting behind another
+youth's parked command shows `retrying` with attempt 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -21,14 +22,22 @@ from schemas.envelope import Envelope, utcnow
 
 CONNECTOR = "verwijsindex-connector"
 WAITING = "waiting behind an earlier command for the same youth"
+# The latest command's fate, which an earlier one getting through (a replayed dead letter) leaves be.
+_SETTLED = ("delivered", "dead_lettered")
 
 
 def _where(message: Envelope):  # type: ignore[no-untyped-def]
     return signals.c.signal_id == (commands.signal_id_of(message) or "")
 
 
-async def on_delivered(session: AsyncSession, message: Envelope) -> None:
-    """The index accepted the command: mark it, and audit the disclosure (rule 18)."""
+def _action(message: Envelope, outcome: str | None) -> str:
+    """The audit action: the command, or, when it was no plain disclosure, what became of it."""
+    return f"verwijsindex.{message.type}" + (f".{outcome}" if outcome else "")
+
+
+async def on_delivered(session: AsyncSession, message: Envelope, *, outcome: str | None = None) -> None:
+    """The index accepted the command (or it needed no call, `outcome` says why): mark it, and audit
+    it (rule 18)."""
     now = utcnow()
     latest = signals.c.delivery_message_id == message.message_id
     await session.execute(
@@ -38,12 +47,12 @@ async def on_delivered(session: AsyncSession, message: Envelope) -> None:
     )
     await session.execute(
         update(signals)
-        .where(_where(message), ~latest, signals.c.delivery_state != "dead_lettered")
+        .where(_where(message), ~latest, signals.c.delivery_state.not_in(_SETTLED))
         .values(delivery_state="queued", attempt=0, next_try_at=None, last_error=None)
     )
     signal_id = commands.signal_id_of(message)
     entry = AuditEntry(
-        action=f"verwijsindex.{message.type}",
+        action=_action(message, outcome),
         user=CONNECTOR,
         youth_key=await _youth_key(session, signal_id),
         objects={"signal_id": signal_id, "message_id": message.message_id, "partner": "verwijsindex"},
@@ -51,8 +60,14 @@ async def on_delivered(session: AsyncSession, message: Envelope) -> None:
     await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
 
 
-async def on_delivered_many(session: AsyncSession, messages: Sequence[Envelope]) -> None:
-    """`on_delivered` for a round of deliveries (at most one per youth), in four statements."""
+async def on_delivered_many(
+    session: AsyncSession,
+    messages: Sequence[Envelope],
+    *,
+    outcome_of: Callable[[str], str | None] = lambda _: None,
+) -> None:
+    """`on_delivered` for a round of deliveries (at most one per youth), in four statements;
+    `outcome_of(message_id)` is each one's `outcome`."""
     now = utcnow()
     ids = [m.message_id for m in messages]
     signal_ids = {m.message_id: commands.signal_id_of(m) or "" for m in messages}
@@ -60,9 +75,7 @@ async def on_delivered_many(session: AsyncSession, messages: Sequence[Envelope])
     # a signal whose latest command got through is delivered; one with a later command waiting, queued
     await session.execute(
         update(signals)
-        .where(
-            touched, signals.c.delivery_message_id.not_in(ids), signals.c.delivery_state != "dead_lettered"
-        )
+        .where(touched, signals.c.delivery_message_id.not_in(ids), signals.c.delivery_state.not_in(_SETTLED))
         .values(delivery_state="queued", attempt=0, next_try_at=None, last_error=None)
     )
     await session.execute(
@@ -74,7 +87,7 @@ async def on_delivered_many(session: AsyncSession, messages: Sequence[Envelope])
     keys: dict[str, str] = {row.signal_id: row.youth_key for row in found}
     rows = [
         audit_row(
-            f"verwijsindex.{m.type}",
+            _action(m, outcome_of(m.message_id)),
             CONNECTOR,
             at=now,
             system=CONNECTOR,

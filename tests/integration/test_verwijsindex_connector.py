@@ -24,6 +24,7 @@ from hub.signals import request_withdrawal, store_signal
 from hub.signals.commands import register_command
 from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_HEADERS
+from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import ContactDetails
@@ -111,9 +112,9 @@ async def start_hub(
     return hub
 
 
-async def register(hub: Hub, *batch: VerwijsindexSignal, withdraw: bool = False) -> None:
+async def register(hub: Hub, *batch: VerwijsindexSignal) -> None:
     """Store signals as the API would and queue their commands, all in one transaction (so they
-    reach the connector together), then their withdrawals in a second one."""
+    reach the connector together)."""
     assert hub.store is not None and hub.relay is not None
     async with hub.store.transaction() as session:
         for signal in batch:
@@ -121,15 +122,32 @@ async def register(hub: Hub, *batch: VerwijsindexSignal, withdraw: bool = False)
             await store_signal(
                 session, hub, signal, youth_key=key, user="cw-ilse", transaction_id=str(uuid.uuid4())
             )
-    if withdraw:
-        async with hub.store.transaction() as session:
-            for signal in batch:
-                assert signal.signal_id
-                await request_withdrawal(
-                    session, hub, signal.signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
-                    transaction_id=str(uuid.uuid4()),
-                )  # fmt: skip
     hub.relay.wake()
+
+
+async def withdraw(hub: Hub, *batch: VerwijsindexSignal) -> None:
+    """Withdraw stored signals as the API would (rule 15), in one transaction."""
+    assert hub.store is not None and hub.relay is not None
+    async with hub.store.transaction() as session:
+        for signal in batch:
+            assert signal.signal_id
+            await request_withdrawal(
+                session, hub, signal.signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
+                transaction_id=str(uuid.uuid4()),
+            )  # fmt: skip
+    hub.relay.wake()
+
+
+async def audited(hub: Hub, signal: VerwijsindexSignal) -> list[str]:
+    """The Verwijsindex audit actions written for `signal`, oldest first."""
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        found = await conn.execute(
+            select(audit_log.c.action, audit_log.c.objects)
+            .where(audit_log.c.action.like("verwijsindex.%"))
+            .order_by(audit_log.c.id)
+        )
+        return [row.action for row in found if (row.objects or {}).get("signal_id") == signal.signal_id]
 
 
 async def calls(admin: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -154,26 +172,18 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
     hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=2.0, policy=SLOW)
     try:
         batch = [a_signal(b) for b in bsns(4)]
-        await register(hub, *batch, withdraw=True)  # due together on every rung of the ladder
+        await register(hub, *batch)  # due together on every rung of the ladder
         ids = {s.signal_id for s in batch}
-
-        async def all_at(attempt: int) -> bool:
-            got = await rows(hub)
-            return len(got) == 4 and all(
-                r.attempt >= attempt and r.delivery_state == "retrying" for r in got.values()
-            )
-
-        await wait_for(lambda: all_at(1))
+        await wait_for(lambda: _all_at(hub, 1, of=4))
         shown = next(iter((await rows(hub)).values()))
         assert shown.next_try_at is not None and "503" in shown.last_error
         await set_faults(
             admin, rate_limit_rate=1.0, retry_after=5
         )  # 429 with Retry-After: 5, past the 3 s rung
-        await wait_for(lambda: all_at(2))
+        await wait_for(lambda: _all_at(hub, 2, of=4))
         # Exactly one hanging PUT per signal (beyond the 2 s client timeout), then healthy by itself:
         # on SQLite the four attempts run one after another, so healing by hand would race the first
-        # signal's next attempt, and a fault on any method would let the first signal's withdrawal
-        # take the last signal's hang.
+        # signal's next attempt.
         await set_faults(admin, hang_rate=1.0, hang_seconds=4, remaining=len(batch), methods=["PUT"])
         await wait_for(lambda: _all_delivered(hub), timeout_s=60)
 
@@ -186,10 +196,8 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
             assert sum(c["status"] == 201 for c in puts) == 1  # registered exactly once
             gaps = [_seconds(a, b) for a, b in itertools.pairwise(puts)]
             assert gaps[1] >= 2.95 and gaps[2] >= 4.95 and gaps[3] >= 2.95  # the rungs; Retry-After
-            deletes = [c for c in mine if c["method"] == "DELETE"]
-            assert len(deletes) == 1 and deletes[0]["status"] == 200
-            assert mine.index(deletes[0]) > mine.index(puts[-1])  # withdrawal after its registration
-            assert simulator.state.get(signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
+            assert mine == puts
+            assert simulator.state.get(signal_id).status is SignaalStatus.ACTIEF
         assert all(c["transaction_id"] for c in log)
         assert await hub.components["verwijsindex"].ladder.parked_count() == 0
         assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
@@ -201,6 +209,14 @@ def _seconds(a: dict[str, Any], b: dict[str, Any]) -> float:
     from datetime import datetime
 
     return (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
+
+
+async def _all_at(hub: Hub, attempt: int, *, of: int) -> bool:
+    """All `of` signals parked, at `attempt` or later."""
+    got = await rows(hub)
+    return len(got) == of and all(
+        r.attempt >= attempt and r.delivery_state == "retrying" for r in got.values()
+    )
 
 
 async def _all_delivered(hub: Hub) -> bool:
@@ -380,3 +396,76 @@ async def test_a_dead_lettered_command_replayed_is_delivered_once(
 
 async def _is_done(job: ReplayJob) -> bool:
     return job.state == "done"
+
+
+async def test_a_registration_still_retrying_when_its_signal_is_withdrawn_is_withheld(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The hub withdrew the signal while its registration waited for the index: the registration is
+    not sent on its next rung, so the index never holds (nor matches on) a signal the hub withdrew;
+    the withdrawal behind it finds nothing to withdraw, and that is done, not a dead letter."""
+    await set_faults(admin, error_rate=1.0)  # 503 on every call
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
+    try:
+        kept, dropped = (a_signal(b) for b in bsns(2, start=400_000_000))
+        await register(hub, kept, dropped)
+        await wait_for(lambda: _all_at(hub, 1, of=2))  # both parked after their first rung
+        await withdraw(hub, dropped)
+        await set_faults(admin, error_rate=0.0)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        log = await calls(admin)
+        sent = [(c["method"], c["status"]) for c in log if c["path"] == SIGNAL + dropped.signal_id]
+        assert sent == [("PUT", 503), ("PUT", 503), ("DELETE", 404)]
+        assert dropped.signal_id not in simulator.state.signals
+        assert simulator.state.get(kept.signal_id).status is SignaalStatus.ACTIEF
+        assert await audited(hub, dropped) == [
+            "verwijsindex.RegisterSignal.withheld",
+            "verwijsindex.WithdrawSignal.not_in_index",
+        ]
+        assert await audited(hub, kept) == ["verwijsindex.RegisterSignal"]
+        assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
+    finally:
+        await hub.stop()
+
+
+async def test_a_dead_lettered_registration_replayed_after_its_withdrawal_stays_out_of_the_index(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Per-youth order holds while a command is parked, not once it is a dead letter: the withdrawal
+    goes first. The registration replayed afterwards must not leave an active signal in the index
+    that the hub calls withdrawn."""
+    await set_faults(admin, error_rate=1.0)  # 503 on every call, past the ladder's last rung
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=500_000_000)[0])
+        await register(hub, signal)
+        dlq_topic = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq_topic, expect=1, timeout_s=30)) == 1
+        await set_faults(admin, error_rate=0.0)  # the index is back
+        await withdraw(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        assert await audited(hub, signal) == ["verwijsindex.WithdrawSignal.not_in_index"]
+
+        letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
+        job = letters.start_replay(await letters.find(), "olaf")
+        await wait_for(lambda: _is_done(job), timeout_s=30)
+        assert (job.done, job.skipped, job.failed) == (1, 0, 0)
+
+        async def replayed() -> bool:
+            return len(await audited(hub, signal)) == 2
+
+        await wait_for(replayed, timeout_s=20)
+        assert await audited(hub, signal) == [
+            "verwijsindex.WithdrawSignal.not_in_index",
+            "verwijsindex.RegisterSignal.withheld",
+        ]
+        assert signal.signal_id not in simulator.state.signals
+        log = await calls(admin)
+        assert not [c for c in log if c["path"] == SIGNAL + signal.signal_id and c["status"] < 300]
+        # the signal shows its latest command's state: the withdrawal, delivered
+        assert (await rows(hub))[signal.signal_id].delivery_state == "delivered"
+        assert len(await read_all(kafka.bootstrap, dlq_topic)) == 1  # the registration, once
+    finally:
+        await hub.stop()
