@@ -20,14 +20,14 @@ from hub.embedded import EmbeddedKafka
 from hub.ops.dlq import DeadLetters, ReplayJob
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
-from hub.signals import request_withdrawal, store_signal
+from hub.signals import request_contact_change, request_withdrawal, store_signal
 from hub.signals.commands import register_command
 from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.bsn import is_valid_bsn
-from schemas.caseworker import ContactDetails
+from schemas.caseworker import Caseworker, ContactDetails, Team
 from schemas.envelope import Envelope
 from schemas.pseudonym import youth_key
 from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
@@ -467,5 +467,45 @@ async def test_a_dead_lettered_registration_replayed_after_its_withdrawal_stays_
         # the signal shows its latest command's state: the withdrawal, delivered
         assert (await rows(hub))[signal.signal_id].delivery_state == "delivered"
         assert len(await read_all(kafka.bootstrap, dlq_topic)) == 1  # the registration, once
+    finally:
+        await hub.stop()
+
+
+async def test_a_contact_change_waiting_when_its_signal_is_withdrawn_is_withheld(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Borging moved a registered signal to another caseworker while the index was down; then the
+    signal was withdrawn. The index is not given a new contact for a signal that is ending."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=600_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        await set_faults(admin, error_rate=1.0)  # 503 on every call
+        stand_in = Caseworker(
+            caseworker_id="cw-noor", name="Noor Visser", email="noor@halt.nl", team=Team.DEN_HAAG
+        )
+        async with hub.store.transaction() as session:
+            await request_contact_change(session, hub, signal.signal_id, stand_in, str(uuid.uuid4()))
+        hub.relay.wake()
+        await wait_for(lambda: _all_at(hub, 1, of=1))  # the change, parked after its first rung
+        await withdraw(hub, signal)
+        await set_faults(admin, error_rate=0.0)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        log = await calls(admin)
+        sent = [(c["method"], c["status"]) for c in log if c["path"] == SIGNAL + signal.signal_id]
+        assert sent == [("PUT", 201), ("PATCH", 503), ("PATCH", 503), ("DELETE", 200)]
+        ended = simulator.state.get(signal.signal_id)
+        assert (
+            ended.status is SignaalStatus.BEEINDIGD_RISICO_WEG and ended.contactpersoon.naam == "Ilse Bakker"
+        )
+        assert await audited(hub, signal) == [
+            "verwijsindex.RegisterSignal",
+            "verwijsindex.ChangeSignalContact.withheld",
+            "verwijsindex.WithdrawSignal",
+        ]
     finally:
         await hub.stop()
