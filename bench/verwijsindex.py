@@ -236,7 +236,9 @@ async def prepare(db_url: str, topic: str, n: int, share: float) -> Workload:
             # As if every follow-up came after its registration reached the index: the connector
             # withholds a registration (or contact change) of a signal the hub has withdrawn already.
             await session.execute(
-                update(signal_rows).values(status=SignalStatus.ACTIEF.value, withdrawal_reason=None)
+                update(signal_rows)
+                .where(signal_rows.c.status != SignalStatus.ACTIEF.value)
+                .values(status=SignalStatus.ACTIEF.value, withdrawal_reason=None)
             )
     finally:
         await store.close()

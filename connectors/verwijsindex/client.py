@@ -20,9 +20,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from connectors.verwijsindex.contract import (
+    NOT_FOUND,
     TRANSACTION_HEADER,
     Contactpersoon,
     ContactWijziging,
+    Fout,
     IntrekkingsReden,
     Match,
     RuweMatchPagina,
@@ -121,7 +123,17 @@ def _reason(response: Answer) -> str:
 
 
 class NotInIndex(PermanentError):
-    """404: the index holds no signal with that id."""
+    """404 in the index's own error body: the index holds no signal with that id."""
+
+
+def _index_says_not_found(response: Answer) -> bool:
+    """Whether a 404 is the index's answer about the signal (its `Fout` body), not a proxy's page or
+    a wrong base URL's, which say nothing about the signal and must not settle a withdrawal."""
+    try:
+        fout = Fout.model_validate_json(response.content)
+    except ValidationError:
+        return False
+    return fout.titel == NOT_FOUND
 
 
 class VerwijsindexClient:
@@ -252,7 +264,7 @@ class VerwijsindexClient:
         if code == 429 or code == 408 or code >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
-        if code == 404:
+        if code == 404 and _index_says_not_found(response):
             raise NotInIndex(f"{where}: HTTP 404: {reason}")
         raise PermanentError(f"{where}: HTTP {code}: {reason}")
 

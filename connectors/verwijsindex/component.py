@@ -29,6 +29,7 @@ from hub.signals import commands, delivery
 from hub.signals.tables import signals
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
+from schemas._base import as_code
 from schemas.envelope import Envelope
 from schemas.signal import SignalStatus, VerwijsindexSignal
 
@@ -62,13 +63,13 @@ async def _statuses(store: Store, signal_ids: set[str]) -> dict[str, str]:
 class VerwijsindexConnector:
     """Delivers signal commands to the index; shown in /readyz, closed when the hub stops.
 
-    A command brings the index to what the hub holds of the signal, so that their order cannot undo
-    a withdrawal. A registration, or a change of contact, for a signal the hub already withdrew is
-    withheld: nothing is sent. A withdrawal the index answers with 404 is done: the index holds no
-    such signal, so nothing of it is active there. Together they keep a withdrawn signal out of the
-    index whatever came first, a registration replayed from the dead-letter topic after its withdrawal
-    went through (per-youth order holds only while a command is parked, not once it is a dead letter),
-    or a registration retried while its withdrawal waited behind it.
+    A command must not bring back what the hub withdrew. Per-youth order holds while a command is
+    parked, not once it is a dead letter: a withdrawal can reach the index before the registration
+    it follows is replayed. So a registration or a change of contact for a signal the hub has
+    withdrawn is withheld, and a withdrawal the index answers "no such signal" is done. A registration
+    is withheld only when the index confirms it holds no such signal: an earlier attempt whose answer
+    was lost may have got through, and then it was a disclosure, audited as one, which the withdrawal
+    behind it ends.
     """
 
     def __init__(
@@ -82,7 +83,9 @@ class VerwijsindexConnector:
         self.feed: MatchFeed | None = None
         self.ladder: RetryLadder | None = None
         # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), for
-        # the hooks that record it; and the statuses `prepare` looked up for a round, each used once.
+        # the hooks that record it; and the statuses `prepare` looked up for the round in hand. A
+        # status only ever goes from ACTIEF to withdrawn, and a withdrawal waits behind the command in
+        # hand, so one looked up a moment ago at worst lets through a call the withdrawal undoes.
         self.outcomes = RecentIds()
         self._status: dict[str, str | None] = {}
 
@@ -93,11 +96,11 @@ class VerwijsindexConnector:
 
     async def prepare(self, messages: Sequence[Envelope]) -> None:
         """The hub's status of every signal a round registers or changes, in one query."""
-        self._status.clear()
+        self._status = {}
         wanted = {
             signal_id
             for m in messages
-            if m.type in _CHECKED and (signal_id := commands.signal_id_of(m)) is not None
+            if m.type in _CHECKED and (signal_id := as_code(m.payload.get("signal_id"))) is not None
         }
         if wanted and self.store is not None:
             self._status = dict.fromkeys(wanted) | await _statuses(self.store, wanted)
@@ -105,12 +108,14 @@ class VerwijsindexConnector:
     async def deliver(self, message: Envelope) -> None:
         """One command, one idempotent call; raises TransientError or PermanentError."""
         self.outcomes.discard(message.message_id)
-        if message.type in _CHECKED and await self._withdrawn(message):
-            self.outcomes.add(message.message_id, WITHHELD)
-            return
         if message.type == commands.REGISTER:
             signal: VerwijsindexSignal = _parse(VerwijsindexSignal, message)
             assert signal.signal_id is not None
+            if await self._withdrawn(signal.signal_id) and await self._not_in_index(
+                signal.signal_id, message
+            ):
+                self.outcomes.add(message.message_id, WITHHELD)
+                return
             body = registratie_van(signal, self.organisatie)
             await self.client.register(signal.signal_id, body, message.transaction_id)
         elif message.type == commands.WITHDRAW:
@@ -122,22 +127,33 @@ class VerwijsindexConnector:
                 self.outcomes.add(message.message_id, NOT_IN_INDEX)
         elif message.type == commands.CHANGE_CONTACT:
             change: commands.ChangeSignalContact = _parse(commands.ChangeSignalContact, message)
+            if await self._withdrawn(change.signal_id):  # the withdrawal behind it ends the signal
+                self.outcomes.add(message.message_id, WITHHELD)
+                return
             await self.client.change_contact(
                 change.signal_id, contact_van(change.contact), message.transaction_id
             )
         else:
             raise PermanentError(f"unknown command type on {VERWIJSINDEX_SIGNAL.name}")
 
-    async def _withdrawn(self, message: Envelope) -> bool:
-        """Whether the hub withdrew the command's signal: from the round's lookup, else looked up."""
-        signal_id = commands.signal_id_of(message)
-        if signal_id is None or self.store is None:
-            return False  # deliver refuses what names no signal
+    async def _withdrawn(self, signal_id: str) -> bool:
+        """Whether the hub withdrew the signal: from the round's lookup, else looked up (a store
+        failure on the way is transient to the ladder)."""
+        if self.store is None:
+            return False
         if signal_id in self._status:
-            status = self._status.pop(signal_id)
+            status = self._status[signal_id]
         else:
             status = (await _statuses(self.store, {signal_id})).get(signal_id)
         return status in _WITHDRAWN
+
+    async def _not_in_index(self, signal_id: str, message: Envelope) -> bool:
+        """Whether the index holds no such signal (it answers "not found" for it)."""
+        try:
+            await self.client.get(signal_id, message.transaction_id)
+        except NotInIndex:
+            return True
+        return False
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Record the outcome: a disclosure, or what `deliver` found instead."""

@@ -207,6 +207,11 @@ class VeldFout(_Strict):
     melding: str
 
 
+# The title of the index's 404 about a signal it does not hold; a 404 for a path the index does not
+# serve has another (or is no `Fout` at all, from a proxy), and says nothing about any signal.
+NOT_FOUND = "Not Found"
+
+
 class Fout(_Strict):
     """Every error response: a short title, an actionable detail, field errors on 422."""
 

@@ -46,6 +46,12 @@ class Faults(BaseModel):
     retry_after_format: Literal["seconds", "http-date"] = "seconds"
     latency_ms: int = Field(default=0, ge=0, le=60_000, description="Added to every call.")
     hang_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that hang, then run.")
+    lost_answer_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of calls carried out whose answer is cut off (the connection closes).",
+    )
     hang_seconds: float = Field(default=30.0, ge=0, le=3600, description="How long a hanging call sleeps.")
     down: DownMode | None = Field(
         default=None, description="Down (for `methods`, if given); overrides the rates."
@@ -101,11 +107,12 @@ def summarise(calls: list[CallRecord]) -> CallLog:
 
 
 def draw_fault(faults: Faults, rng: random.Random) -> str | None:
-    """Decide the fault for one call: 'down-503', 'down-close', 'hang', '429', '503' or None."""
+    """Decide the fault for one call: 'down-503', 'down-close', 'hang', 'lost', '429', '503' or None."""
     if faults.down is not None:
         return f"down-{faults.down.value}"
     for name, rate in (
         ("hang", faults.hang_rate),
+        ("lost", faults.lost_answer_rate),
         ("429", faults.rate_limit_rate),
         ("503", faults.error_rate),
     ):
@@ -223,6 +230,16 @@ class FaultMiddleware:
             # Headers promise a body that never comes: the server closes the connection.
             headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
             await recording_send({"type": "http.response.start", "status": 200, "headers": headers})
+            return
+        if record.fault == "lost":
+            # Carried out, but the answer is cut off: the caller cannot tell whether it was.
+            async def swallow(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+
+            await self.app(scope, receive, swallow)
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             return
         if record.fault in ("down-503", "503"):
             await _error(recording_send, 503, "simulated outage", [])

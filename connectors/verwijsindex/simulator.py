@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from connectors.verwijsindex.contract import (
+    NOT_FOUND,
     TRANSACTION_HEADER,
     ContactWijziging,
     Fout,
@@ -95,7 +96,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def on_domain(_: Request, exc: Exception) -> Response:
         code = {Conflict: 409, NotFound: 404, Rejected: 422}[type(exc)]
-        titles = {409: "Conflict", 404: "Not Found", 422: "Unprocessable Entity"}
+        titles = {409: "Conflict", 404: NOT_FOUND, 422: "Unprocessable Entity"}
         return _fout(code, titles[code], str(exc))
 
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 from sqlalchemy import and_, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
@@ -33,7 +34,7 @@ from hub.retry.records import ParkingLot
 from hub.retry.tables import parked
 from hub.spine import Tx
 from hub.spine.dlq import safe_error_message
-from hub.store import Store
+from hub.store import Store, store_failed
 from schemas.envelope import Envelope, utcnow
 
 log = get_logger(__name__)
@@ -134,7 +135,10 @@ class RetryLadder(ParkingLot):
                 except TransientError:
                     self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
                     raise
-                except Exception:
+                except Exception as exc:
+                    if store_failed(exc):  # the hub's own store, read on the way: later, not the DLQ
+                        self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
+                        raise TransientError(f"the hub's store failed: {safe_error_message(exc)}") from exc
                     self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
                     raise
                 self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
@@ -198,8 +202,12 @@ class RetryLadder(ParkingLot):
         """The connector's lookups for the round at once; when they fail, each delivery does its own."""
         if self.delivery.prepare is None:
             return
+        messages = []
+        for row in rows:
+            with contextlib.suppress(ValidationError):  # `_record` dead-letters what cannot be read
+                messages.append(Envelope.from_bytes(row.value))
         try:
-            await self.delivery.prepare([Envelope.from_bytes(row.value) for row in rows])
+            await self.delivery.prepare(messages)
         except Exception as exc:
             log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 

@@ -185,9 +185,9 @@ class Store:
 
 
 def store_failed(exc: BaseException) -> bool:
-    """True when `exc` says the store itself failed (connection lost, locked, timed out, out of
-    resources), not that one statement could not take its values (data, integrity, programming
-    errors). The first is worth trying again later; the second fails the same way every time."""
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    )
+    """True when `exc` says the store itself failed (connection lost, locked, timed out, no free
+    connection in the pool, out of resources), not that one statement could not take its values
+    (data, integrity, programming errors). The first is worth trying again later; the second fails
+    the same way every time."""
+    failed = sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError | sa_exc.TimeoutError
+    return isinstance(exc, failed) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated)

@@ -640,3 +640,48 @@ async def test_a_message_due_behind_a_parked_one_does_not_keep_the_scheduler_bus
         assert partner.calls == {}  # a2 did not overtake a1
     finally:
         await store.close()
+
+
+async def test_the_hubs_own_store_failing_inside_a_delivery_is_retried_not_dead_lettered(
+    db_url: str, tmp_path: Any
+) -> None:
+    """A connector reads the hub's store on its way (a signal's status, a mail's reader). When that
+    store does not answer, the message is not at fault: it waits for its next rung."""
+    store = Store(db_url)
+    await store.migrate()
+    unreachable = Store(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/hub.db")  # cannot be opened
+    calls: list[str] = []
+
+    async def deliver(message: Envelope) -> None:
+        calls.append(message.message_id)
+        if len(calls) <= 2:  # the first rung: both calls in place find the store gone
+            async with unreachable.read() as session:
+                await session.execute(select(func.count()).select_from(parked))
+
+    ladder = RetryLadder(
+        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=deliver), policy=FAST,
+    )  # fmt: skip
+    try:
+        env = Envelope(type="Cmd", payload={"name": "a1", "key": "youth-a"})
+        async with store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
+                    headers=env.header_map(), attempt=0, due_at=utcnow(),
+                )
+            )  # fmt: skip
+        assert await ladder.step() == 1
+        async with store.connect() as conn:
+            row = (await conn.execute(select(parked))).one()
+        assert row.attempt == 1 and "the hub's store failed" in row.last_error, row.last_error
+
+        async def delivered() -> bool:
+            await ladder.step()  # its next rung is 0.2 s away
+            return await _zero(ladder)
+
+        await wait_for(delivered, timeout_s=10, interval_s=0.1)
+        assert calls == [env.message_id] * 3  # two in place, then its next rung got through
+    finally:
+        await unreachable.close()
+        await store.close()

@@ -42,6 +42,7 @@ FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) 
 # simulator's faults before the next attempt, however loaded the machine.
 SLOW = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(3.0,) * 5, jitter=0.0)
 SIGNAL = "/api/v1/signalen/"
+STAND_IN = Caseworker(caseworker_id="cw-noor", name="Noor Visser", email="noor@halt.nl", team=Team.DEN_HAAG)
 
 
 def bsns(count: int, start: int = 100_000_000) -> list[str]:
@@ -177,6 +178,13 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
         await wait_for(lambda: _all_at(hub, 1, of=4))
         shown = next(iter((await rows(hub)).values()))
         assert shown.next_try_at is not None and "503" in shown.last_error
+        # borging moves each signal meanwhile: the change waits behind its registration, rung by rung
+        assert hub.store is not None and hub.relay is not None
+        async with hub.store.transaction() as session:
+            for signal in batch:
+                assert signal.signal_id
+                await request_contact_change(session, hub, signal.signal_id, STAND_IN, str(uuid.uuid4()))
+        hub.relay.wake()
         await set_faults(
             admin, rate_limit_rate=1.0, retry_after=5
         )  # 429 with Retry-After: 5, past the 3 s rung
@@ -196,8 +204,11 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
             assert sum(c["status"] == 201 for c in puts) == 1  # registered exactly once
             gaps = [_seconds(a, b) for a, b in itertools.pairwise(puts)]
             assert gaps[1] >= 2.95 and gaps[2] >= 4.95 and gaps[3] >= 2.95  # the rungs; Retry-After
-            assert mine == puts
-            assert simulator.state.get(signal_id).status is SignaalStatus.ACTIEF
+            patches = [c for c in mine if c["method"] == "PATCH"]
+            assert [(c["status"], c["fault"]) for c in patches] == [(200, None)]
+            assert mine == [*puts, *patches]  # the change only after its registration got through
+            moved = simulator.state.get(signal_id)
+            assert moved.status is SignaalStatus.ACTIEF and moved.contactpersoon.naam == STAND_IN.name
         assert all(c["transaction_id"] for c in log)
         assert await hub.components["verwijsindex"].ladder.parked_count() == 0
         assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
@@ -416,7 +427,7 @@ async def test_a_registration_still_retrying_when_its_signal_is_withdrawn_is_wit
 
         log = await calls(admin)
         sent = [(c["method"], c["status"]) for c in log if c["path"] == SIGNAL + dropped.signal_id]
-        assert sent == [("PUT", 503), ("PUT", 503), ("DELETE", 404)]
+        assert sent == [("PUT", 503), ("PUT", 503), ("GET", 404), ("DELETE", 404)]  # withheld once asked
         assert dropped.signal_id not in simulator.state.signals
         assert simulator.state.get(kept.signal_id).status is SignaalStatus.ACTIEF
         assert await audited(hub, dropped) == [
@@ -484,11 +495,8 @@ async def test_a_contact_change_waiting_when_its_signal_is_withdrawn_is_withheld
         await register(hub, signal)
         await wait_for(lambda: _all_delivered(hub), timeout_s=20)
         await set_faults(admin, error_rate=1.0)  # 503 on every call
-        stand_in = Caseworker(
-            caseworker_id="cw-noor", name="Noor Visser", email="noor@halt.nl", team=Team.DEN_HAAG
-        )
         async with hub.store.transaction() as session:
-            await request_contact_change(session, hub, signal.signal_id, stand_in, str(uuid.uuid4()))
+            await request_contact_change(session, hub, signal.signal_id, STAND_IN, str(uuid.uuid4()))
         hub.relay.wake()
         await wait_for(lambda: _all_at(hub, 1, of=1))  # the change, parked after its first rung
         await withdraw(hub, signal)
@@ -507,5 +515,36 @@ async def test_a_contact_change_waiting_when_its_signal_is_withdrawn_is_withheld
             "verwijsindex.ChangeSignalContact.withheld",
             "verwijsindex.WithdrawSignal",
         ]
+    finally:
+        await hub.stop()
+
+
+async def test_a_registration_whose_answer_was_lost_is_audited_as_disclosed_though_then_withdrawn(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The index took the registration but its answer was cut off; the caseworker then withdrew the
+    signal. The next attempt must not call it withheld: the index has it (it asks), so it was a
+    disclosure, audited as one (rule 18), which the withdrawal behind it then ends."""
+    await set_faults(admin, lost_answer_rate=1.0, remaining=2, methods=["PUT"])  # both calls in place
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
+    try:
+        signal = a_signal(bsns(1, start=700_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        await wait_for(lambda: _all_at(hub, 1, of=1))  # parked after its first rung
+        await withdraw(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        log = await calls(admin)
+        sent = [(c["method"], c["fault"], c["status"]) for c in log if c["path"] == SIGNAL + signal.signal_id]
+        assert sent == [
+            ("PUT", "lost", 201),
+            ("PUT", "lost", 200),
+            ("GET", None, 200),  # is it there?
+            ("PUT", None, 200),
+            ("DELETE", None, 200),
+        ]
+        assert simulator.state.get(signal.signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
+        assert await audited(hub, signal) == ["verwijsindex.RegisterSignal", "verwijsindex.WithdrawSignal"]
     finally:
         await hub.stop()

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.verwijsindex.client import VerwijsindexClient, redact
+from connectors.verwijsindex.client import NotInIndex, VerwijsindexClient, redact
 from connectors.verwijsindex.contract import (
     Contactpersoon,
     Geslacht,
@@ -162,7 +162,7 @@ async def test_permanent_errors_carry_the_reason_but_no_personal_data(vi: Verwij
     await vi.register("sig-1", registration(), "tx")
     with pytest.raises(PermanentError, match="HTTP 409"):
         await vi.register("sig-1", registration(org="other-org"), "tx")
-    with pytest.raises(PermanentError, match="HTTP 404"):
+    with pytest.raises(NotInIndex, match="HTTP 404"):  # the index's own answer about the signal
         await vi.withdraw("unknown", IntrekkingsReden.ONTERECHT, "tx")
     with pytest.raises(PermanentError, match="einddatum lies in the past") as caught:
         await vi.register("sig-2", registration(einddatum=TODAY - timedelta(days=1)), "tx")
@@ -225,6 +225,28 @@ async def test_status_codes_map_to_error_kinds(status: int, kind: type[Exception
     ):
         with pytest.raises(kind, match=f"verwijsindex get: HTTP {status}"):
             await client.get("sig-1", "tx")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # a proxy's page, plain text
+        {"detail": "Not Found"},  # another web application at a wrong base URL
+        {"titel": "Error", "detail": "Not Found", "fouten": []},  # the index, a path it does not serve
+    ],
+)
+async def test_a_404_that_is_not_the_index_about_the_signal_is_no_answer_about_it(
+    body: dict[str, Any],
+) -> None:
+    """Only the index's own "not found" settles a withdrawal (the signal is not active there); any
+    other 404 (a wrong base URL, a proxy) stays an error for the dead-letter topic, to be replayed."""
+    async with (
+        serving(vendor_answering(404, **body)) as port,
+        VerwijsindexClient(f"http://127.0.0.1:{port}") as client,
+    ):
+        with pytest.raises(PermanentError, match="HTTP 404") as caught:
+            await client.withdraw("sig-1", IntrekkingsReden.ONTERECHT, "tx")
+    assert not isinstance(caught.value, NotInIndex)
 
 
 def test_redaction() -> None:
