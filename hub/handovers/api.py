@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.api.idempotency import IdempotencyKey, claim_of, create_once
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
@@ -106,12 +108,26 @@ def _hub(request: Request) -> Hub:
 
 
 async def _request(
-    request: Request, caseworker_id: str, body: HandoverIn | ZorgmeldingIn, purpose: str, basis: str | None
+    request: Request,
+    response: Response,
+    caseworker_id: str,
+    body: HandoverIn | ZorgmeldingIn,
+    purpose: str,
+    basis: str | None,
+    idempotency_key: str | None,
 ) -> HandoverOut:
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker_id, transaction_id=request.state.transaction_id)
-    async with hub.store.transaction() as session:
+    claim = claim_of(
+        idempotency_key,
+        user=caseworker_id,
+        endpoint=f"POST {request.url.path}",
+        request=body.model_dump_json().encode(),
+        secret=hub.settings.secret_value(),
+    )
+
+    async def create(session: AsyncSession) -> tuple[str, Any]:
         target = await receiver_delivery(session, body.receiver_organisation)
         if target is None:
             raise Problem(
@@ -132,19 +148,39 @@ async def _request(
             )
         except HandoverProblem as exc:
             raise Problem(exc.status, "Overdracht niet mogelijk", str(exc)) from None
+        return row.id, row
+
+    async def replay(session: AsyncSession, handover_id: str) -> Any:
+        return await _audited_read(session, request, handover_id, caseworker_id)
+
+    row = await create_once(hub.store, claim, response, create, replay)
     hub.relay.wake()
     return HandoverOut.of(row)
 
 
 @router.post("/overdrachten", status_code=202, response_model=HandoverOut)
-async def request_handover(request: Request, body: HandoverIn, caseworker: CurrentCaseworker) -> HandoverOut:
-    """Ask for a warm handover; it goes out once a consent covers it (rule 9)."""
-    return await _request(request, caseworker.caseworker_id, body, body.purpose.value, None)
+async def request_handover(
+    request: Request,
+    response: Response,
+    body: HandoverIn,
+    caseworker: CurrentCaseworker,
+    idempotency_key: IdempotencyKey = None,
+) -> HandoverOut:
+    """Ask for a warm handover; it goes out once a consent covers it (rule 9).
+
+    Sent again with the same `Idempotency-Key`, it answers with the handover the first one made."""
+    return await _request(
+        request, response, caseworker.caseworker_id, body, body.purpose.value, None, idempotency_key
+    )
 
 
 @router.post("/zorgmeldingen", status_code=202, response_model=HandoverOut)
 async def request_zorgmelding(
-    request: Request, body: ZorgmeldingIn, caseworker: CurrentCaseworker
+    request: Request,
+    response: Response,
+    body: ZorgmeldingIn,
+    caseworker: CurrentCaseworker,
+    idempotency_key: IdempotencyKey = None,
 ) -> HandoverOut:
     """Rule 21: a zorgmelding goes to Veilig Thuis without consent; its legal basis is written to the
     audit log. To any other organisation it is refused (422): that would be a handover without consent."""
@@ -155,7 +191,9 @@ async def request_zorgmelding(
             "Een zorgmelding gaat alleen naar Veilig Thuis (regel 21); deze organisatie ontvangt er geen. "
             "Vraag voor een andere ontvanger een warme overdracht aan, met toestemming.",
         )
-    return await _request(request, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis)
+    return await _request(
+        request, response, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis, idempotency_key
+    )
 
 
 @router.get("/overdrachten", response_model=list[HandoverOut])
@@ -190,18 +228,24 @@ async def read_handover(request: Request, handover_id: str, caseworker: CurrentC
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
-        row = await get_handover(session, handover_id)
-        if row is None:
-            raise Problem(404, "Overdracht niet gevonden")
-        entry = AuditEntry(
-            action="handover.read",
-            user=caseworker.caseworker_id,
-            youth_key=row.youth_key,
-            objects={"handover_id": row.id, "referral_id": row.referral_id},
-            legal_basis=row.legal_basis,
-        )
-        await write_audit(session, entry, transaction_id=request.state.transaction_id, system=SYSTEM)
+        row = await _audited_read(session, request, handover_id, caseworker.caseworker_id)
     return HandoverOut.of(row)
+
+
+async def _audited_read(session: AsyncSession, request: Request, handover_id: str, user: str) -> Any:
+    """One handover's row; the read audited (rule 18)."""
+    row = await get_handover(session, handover_id)
+    if row is None:
+        raise Problem(404, "Overdracht niet gevonden")
+    entry = AuditEntry(
+        action="handover.read",
+        user=user,
+        youth_key=row.youth_key,
+        objects={"handover_id": row.id, "referral_id": row.referral_id},
+        legal_basis=row.legal_basis,
+    )
+    await write_audit(session, entry, transaction_id=request.state.transaction_id, system=SYSTEM)
+    return row
 
 
 @router.post("/overdrachten/{handover_id}/status", response_model=HandoverOut)

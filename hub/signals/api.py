@@ -13,7 +13,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.api.idempotency import IdempotencyKey, claim_of, create_once
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
@@ -154,8 +156,16 @@ def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SignalOut)
-async def register_signal(body: SignalIn, request: Request, cw: CurrentCaseworker) -> SignalOut:
-    """Register a signal (rules 11-14); it is sent to the Verwijsindex through Kafka with retries."""
+async def register_signal(
+    body: SignalIn,
+    request: Request,
+    response: Response,
+    cw: CurrentCaseworker,
+    idempotency_key: IdempotencyKey = None,
+) -> SignalOut:
+    """Register a signal (rules 11-14); it is sent to the Verwijsindex through Kafka with retries.
+
+    Sent again with the same `Idempotency-Key`, it answers with the signal the first one made."""
     hub = _hub(request)
     if not cw.meldingsbevoegd:
         raise Problem(
@@ -178,13 +188,28 @@ async def register_signal(body: SignalIn, request: Request, cw: CurrentCaseworke
         parent_letter_sent_at=body.parent_letter_sent_at,
         deferral_reason=body.deferral_reason,
     )
-    key = make_key(hub.settings.secret_value(), body.youth.bsn)
+    secret = hub.settings.secret_value()
+    key = make_key(secret, body.youth.bsn)
     assert hub.store is not None and hub.relay is not None and signal.signal_id
-    async with hub.store.transaction() as session:
+    claim = claim_of(
+        idempotency_key,
+        user=cw.caseworker_id,
+        endpoint="POST /api/v1/signalen",
+        request=body.model_dump_json().encode(),
+        secret=secret,
+    )
+
+    async def create(session: AsyncSession) -> tuple[str, Any]:
+        assert signal.signal_id
         await store_signal(
             session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
         )
-        row = await signal_row(session, signal.signal_id)
+        return signal.signal_id, await signal_row(session, signal.signal_id)
+
+    async def replay(session: AsyncSession, signal_id: str) -> Any:
+        return await _audited_read(session, request, signal_id, cw, "signal.read")
+
+    row = await create_once(hub.store, claim, response, create, replay)
     hub.relay.wake()
     return SignalOut.of(row)
 
@@ -210,11 +235,18 @@ async def _read(request: Request, signal_id: str, cw: Caseworker, action: str) -
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
-        row = await _own_row(hub, session, signal_id, cw)
-        entry = AuditEntry(
-            action=action, user=cw.caseworker_id, youth_key=row.youth_key, objects={"signal_id": signal_id}
-        )
-        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+        return await _audited_read(session, request, signal_id, cw, action)
+
+
+async def _audited_read(
+    session: AsyncSession, request: Request, signal_id: str, cw: Caseworker, action: str
+) -> Any:
+    """The signal's row, when `cw` may see it; the read audited as `action` (rule 18)."""
+    row = await _own_row(_hub(request), session, signal_id, cw)
+    entry = AuditEntry(
+        action=action, user=cw.caseworker_id, youth_key=row.youth_key, objects={"signal_id": signal_id}
+    )
+    await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
     return row
 
 

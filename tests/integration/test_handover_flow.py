@@ -856,3 +856,41 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         assert (await w.status(hid))["status"] in ("VERZONDEN", "ONTVANGEN")
         await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
         assert len(await w.audit("handover.sent")) == 1
+
+
+async def test_a_handover_asked_again_with_its_idempotency_key_is_made_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A retried POST with the same Idempotency-Key answers with the first handover: the receiver is
+    not handed the youth twice. Another request under that key is refused."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        body = {
+            "referral_id": rid,
+            "receiver_organisation": "jongerenwerk-dh",
+            "data_categories": ["PERSONALIA", "VERWIJZING"],
+            "summary": "Sam wil graag meedoen aan een sportproject.",
+        }
+        headers = {"X-Medewerker": CW, "Idempotency-Key": str(uuid.uuid4())}
+        first = await w.client.post("/api/v1/overdrachten", json=body, headers=headers)
+        again = await w.client.post("/api/v1/overdrachten", json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (202, 202), again.text
+        assert again.json()["handover_id"] == first.json()["handover_id"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        other = await w.client.post(
+            "/api/v1/overdrachten", json=body | {"receiver_organisation": "wijkteam-dh"}, headers=headers
+        )
+        assert other.status_code == 422, other.text
+        # the zorgmelding endpoint is another endpoint: the same key there is a request of its own
+        zorg = body | {"receiver_organisation": "veilig-thuis-dh", "legal_basis": "meldcode stap 5"}
+        made = await w.client.post("/api/v1/zorgmeldingen", json=zorg, headers=headers)
+        repeat = await w.client.post("/api/v1/zorgmeldingen", json=zorg, headers=headers)
+        assert (made.status_code, repeat.status_code) == (202, 202), repeat.text
+        assert repeat.json()["handover_id"] == made.json()["handover_id"] != first.json()["handover_id"]
+        listed = await w.client.get(f"/api/v1/overdrachten?referral_id={rid}", headers={"X-Medewerker": CW})
+        assert sorted(h["handover_id"] for h in listed.json()) == sorted(
+            [first.json()["handover_id"], made.json()["handover_id"]]
+        )
+        # both replays were reads of the handover, audited as such (rule 18)
+        reads = [a.objects.get("handover_id") for a in await w.audit("handover.read")]
+        assert reads.count(first.json()["handover_id"]) == 1 and reads.count(made.json()["handover_id"]) == 1

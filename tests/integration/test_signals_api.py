@@ -285,3 +285,85 @@ async def test_two_withdrawals_at_the_same_moment_send_one_command(
         sorted(Envelope.from_bytes(r.value).type for r in commands)
         == ["RegisterSignal"] * 3 + ["WithdrawSignal"] * 3
     )
+
+
+async def _signal_count(hub: Hub) -> int:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(signals))).scalar_one())
+
+
+async def test_a_post_sent_again_with_its_idempotency_key_makes_no_second_signal(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """A client whose POST timed out sends it again: without a key that registers the youth twice
+    (two signals in the Verwijsindex, matched against each other); with the key it gets the first."""
+    hub, client = api
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    sent = body(add_years(T, -15))
+    first = await client.post(URL, json=sent, headers=ILSE | key)
+    again = await client.post(URL, json=sent, headers=ILSE | key)
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json()
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+    assert await _signal_count(hub) == 1
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        reads = (await conn.execute(select(audit_log).where(audit_log.c.action == "signal.read"))).all()
+    assert [(r.user, r.objects["signal_id"]) for r in reads] == [("cw-ilse", first.json()["signal_id"])]
+
+    # the same key with another request: refused, nothing made
+    other = await client.post(URL, json=sent | {"deferral_reason": "anders"}, headers=ILSE | key)
+    assert other.status_code == 422 and "Idempotency-Key" in other.json()["title"]
+    # another caseworker's key is their own; a new key is a new request
+    omar = await client.post(URL, json=sent, headers={"X-Medewerker": "cw-omar"} | key)
+    new = await client.post(URL, json=sent, headers=ILSE | {"Idempotency-Key": str(uuid.uuid4())})
+    assert (omar.status_code, new.status_code) == (201, 201)
+    assert len({first.json()["signal_id"], omar.json()["signal_id"], new.json()["signal_id"]}) == 3
+    commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=3, settle_s=0.3)
+    assert [Envelope.from_bytes(r.value).type for r in commands] == ["RegisterSignal"] * 3
+
+
+async def test_the_same_idempotency_key_at_the_same_moment_makes_one_signal(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """Both requests find no earlier one with the key; on PostgreSQL both make a signal, and the
+    second's is rolled back when the first commits its key: it answers with the first one's."""
+    hub, client = api
+    for _ in range(3):
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        both = await asyncio.gather(
+            *[client.post(URL, json=body(add_years(T, -15)), headers=ILSE | key) for _ in "ab"]
+        )
+        assert [r.status_code for r in both] == [201, 201], [r.text for r in both]
+        assert both[0].json()["signal_id"] == both[1].json()["signal_id"]
+        assert sorted(r.headers.get("Idempotent-Replayed", "") for r in both) == ["", "true"]
+    assert await _signal_count(hub) == 3
+
+
+async def test_an_idempotency_key_is_kept_a_day_and_must_be_printable(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    from hub.api.idempotency import idempotency_keys
+
+    hub, client = api
+    key = {"Idempotency-Key": "retry-1"}
+    first = await client.post(URL, json=body(add_years(T, -15)), headers=ILSE | key)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:  # a day and a minute later
+        await session.execute(
+            idempotency_keys.update().values(created_at=NOW - timedelta(hours=24, minutes=1))
+        )
+    later = await client.post(URL, json=body(add_years(T, -15)), headers=ILSE | key)
+    assert later.status_code == 201 and later.json()["signal_id"] != first.json()["signal_id"]
+    assert "Idempotent-Replayed" not in later.headers
+    async with hub.store.connect() as conn:  # the old key was forgotten, the new one kept
+        kept = (await conn.execute(select(idempotency_keys.c.resource_id))).scalars().all()
+    assert kept == [later.json()["signal_id"]]
+    for bad in ("has space", "x" * 256, ""):
+        refused = await client.post(
+            URL, json=body(add_years(T, -15)), headers=ILSE | {"Idempotency-Key": bad}
+        )
+        assert refused.status_code in (400, 422), (bad, refused.text)
+        assert any("Idempotency-Key" in str(p) for p in refused.json().get("invalidParams", [])), refused.text
+    assert await _signal_count(hub) == 2
