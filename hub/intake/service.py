@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -79,6 +79,23 @@ _INSERT_NEW = {
 }
 
 
+# Rule 5 counts a youth's earlier truancy referrals. On PostgreSQL two transactions would both count
+# none for the same youth (from two leerplicht partners, or a CSV upload beside a Kafka record) and
+# both accept a "first" referral: each takes the youth's lock first, in key order (no deadlock), and
+# the later one counts after the earlier one committed. SQLite has one writer: nothing to do.
+_LOCK_YOUTHS = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM"
+    " (SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+)
+
+
+async def _lock_youths(session: AsyncSession, youth_keys: set[str]) -> None:
+    """Hold each youth's intake lock until the transaction ends (PostgreSQL)."""
+    if youth_keys and session.get_bind().dialect.name == "postgresql":
+        # a youth key is 64 hex digits; its first 15 make a positive bigint, the lock's key
+        await session.execute(_LOCK_YOUTHS, {"keys": sorted({int(k[:15], 16) for k in youth_keys})})
+
+
 class IntakeService:
     """Intake under one rule set and one pseudonymisation secret; shared by Kafka and HTTP."""
 
@@ -113,6 +130,7 @@ class IntakeService:
         keys = [self.youth_key(r.youth.bsn) for r in items]
         first = await self._existing(session, origin.referrer_key, {r.case_reference for r in items})
         truancy_keys = {k for k, r in zip(keys, items, strict=True) if r.track is Track.HALT_SCHOOLVERZUIM}
+        await _lock_youths(session, truancy_keys)
         prior = await self._prior_truancy(session, truancy_keys)
         rows: dict[str, dict[str, Any]] = {}  # case reference -> the row this batch stores for it
         decisions: dict[str, Decision] = {}
