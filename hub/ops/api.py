@@ -13,7 +13,8 @@ from sqlalchemy import String, cast, or_, select
 from hub.api.problems import Problem
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
-from hub.ops.dlq import DeadLetter, Filter, Reason
+from hub.ops.dlq import Reason
+from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import is_youth_key, show_payload
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log

@@ -23,7 +23,8 @@ from rich.table import Table
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.ops.auth import add_operator
-from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetter, DeadLetters, Filter, Reason, ReplayJob
+from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason, ReplayJob
+from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import BrokersUnavailable, LagProbe
 from hub.ops.masking import is_youth_key, show_payload

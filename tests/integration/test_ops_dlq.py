@@ -11,7 +11,8 @@ from sqlalchemy import select
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import COOKIE, add_operator
 from hub.ops.console import console_of
-from hub.ops.dlq import REPLAYED_FROM, parse_id
+from hub.ops.dlq import REPLAYED_FROM
+from hub.ops.dlq_records import parse_id
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.masking import MASK
 from hub.runtime import Hub

@@ -1,0 +1,229 @@
+"""Dead letters as read from the DLQ topics: one letter, which ones an operator asks for, and reading
+them (headers and keys for a list; the payloads only of the letters asked for by position).
+
+A letter's key is whatever its sender used, even a BSN: it is shown, and matched by a key filter, only
+when it is the hub's own youth key, unless the operator may see personal data unmasked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from hub.clock import LOCAL
+from hub.ops.lag import BrokersUnavailable
+from hub.ops.masking import is_youth_key, show_key
+from hub.spine.dlq import (
+    DLQ_EXC_CLASS,
+    DLQ_EXC_MESSAGE,
+    DLQ_GROUP,
+    DLQ_LAST_FAILURE,
+    DLQ_TOPIC,
+    safe_error_message,
+)
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id
+
+READ_S = 15.0  # for the brokers to answer a start or a metadata request, and to read the letters
+
+
+@dataclass
+class DeadLetter:
+    """One record on a DLQ topic, with what was done with it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    headers: dict[str, str]
+    # None when only listed: a list of letters holds no payloads, which can be megabytes each.
+    payload: bytes | None = field(default=None, repr=False)
+    status: str = "open"
+
+    @property
+    def youth_key(self) -> str | None:
+        """The youth the letter is about, for the audit log: its key when that is the hub's own youth
+        key (a sender's own key, even a BSN, is not written into the audit log)."""
+        return self.key if is_youth_key(self.key) else None
+
+    @property
+    def value(self) -> bytes:
+        """The payload, as read by `DeadLetters.get`; a listed letter has none loaded (LookupError)."""
+        if self.payload is None:
+            raise LookupError(f"the payload of dead letter {self.id} was not read")
+        return self.payload
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """Topic, partition and offset."""
+        return self.topic, self.partition, self.offset
+
+    @property
+    def id(self) -> str:
+        """`<dlq topic>:<partition>:<offset>`: stable, and names no person."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def failed_at(self) -> datetime:
+        """When it last failed (header), else when it was written."""
+        with contextlib.suppress(KeyError, ValueError):
+            return datetime.fromisoformat(self.headers[DLQ_LAST_FAILURE])
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    def usable_id(self, name: str) -> str | None:
+        """An id header as the spine would use it: None when absent or unusable (empty, too long, not
+        printable), as for a record the spine dead-lettered for that very header."""
+        value = self.headers.get(name)
+        return value if is_id(value) else None
+
+    def summary(self, *, unmasked: bool = False) -> dict[str, Any]:
+        """What a list shows: ids, error and status; no payload. The key only when it is a youth key
+        or `unmasked` (an operator allowed to see personal data, audited by the caller)."""
+        return {
+            "id": self.id,
+            "dlq_topic": self.topic,
+            "original_topic": self.headers.get(DLQ_TOPIC),
+            "group": self.headers.get(DLQ_GROUP),
+            "error_class": self.headers.get(DLQ_EXC_CLASS),
+            "error": self.headers.get(DLQ_EXC_MESSAGE),
+            "failed_at": self.failed_at.isoformat(),
+            "key": show_key(self.key, unmasked=unmasked),
+            "message_id": self.headers.get(H_MESSAGE_ID),
+            "transaction_id": self.headers.get(H_TRANSACTION_ID),
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead letters: by DLQ or original topic, error class (substring), time range, key, status.
+
+    A key matches a youth key only, unless `raw_keys`: any other key is personal data (a BSN even),
+    to be searched for only by an operator who may see it unmasked.
+    """
+
+    topic: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    key: str | None = None
+    status: str | None = "open"
+    raw_keys: bool = False
+
+    def __post_init__(self) -> None:
+        # A time without an offset is the operator's own: Dutch local time (as hub.clock reads one).
+        # Left naive, comparing it with a letter's time raised TypeError.
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                object.__setattr__(self, name, moment.replace(tzinfo=LOCAL))
+
+    def matches(self, d: DeadLetter) -> bool:
+        """True when `d` passes every given criterion."""
+        return (
+            (self.topic is None or self.topic in (d.topic, d.headers.get(DLQ_TOPIC)))
+            and (self.error_class is None or self.error_class in d.headers.get(DLQ_EXC_CLASS, ""))
+            and (self.since is None or d.failed_at >= self.since)
+            and (self.until is None or d.failed_at <= self.until)
+            and (self.key is None or (d.key == self.key and (self.raw_keys or is_youth_key(d.key))))
+            and (self.status is None or d.status == self.status)
+        )
+
+
+_LETTER_ID = re.compile(r"(.+):([0-9]{1,10}):([0-9]{1,19})")
+PARTITION_END, OFFSET_END = 2**31, 2**63  # Kafka's partitions are int32, its offsets int64
+
+
+def parse_id(letter_id: str) -> tuple[str, int, int]:
+    """Split `<topic>:<partition>:<offset>`; ValueError when malformed or past what Kafka can hold
+    (an offset of 2**70 was sought for 15 s)."""
+    found = _LETTER_ID.fullmatch(letter_id)
+    if found is None or int(found[2]) >= PARTITION_END or int(found[3]) >= OFFSET_END:
+        raise ValueError("a dead-letter id is <dlq topic>:<partition>:<offset>, within Kafka's range")
+    return found[1], int(found[2]), int(found[3])
+
+
+async def read_records(options: Mapping[str, Any], topics: list[str]) -> list[DeadLetter]:
+    """Every record of `topics` up to their high watermark: headers and key, not the payload."""
+    return await _read(options, topics, None)
+
+
+async def read_at(
+    options: Mapping[str, Any], positions: Collection[tuple[str, int, int]]
+) -> list[DeadLetter]:
+    """The records at `positions` (topic, partition, offset), payload included; absent ones left out."""
+    return await _read(options, [], set(positions)) if positions else []
+
+
+async def _read(
+    options: Mapping[str, Any], topics: list[str], wanted: set[tuple[str, int, int]] | None
+) -> list[DeadLetter]:
+    """BrokersUnavailable when the brokers refuse, fail or do not answer in time."""
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=20)
+    try:
+        # started within the try: a start that fails has opened connections too, which stop() closes
+        await asyncio.wait_for(consumer.start(), READ_S)
+        cluster = await asyncio.wait_for(consumer._client.fetch_all_metadata(), READ_S)
+        # per partition, the offsets to read from and to (None: from the beginning, to the end)
+        span: dict[TopicPartition, tuple[int, int] | None] = {}
+        if wanted is None:
+            span = {TopicPartition(t, p): None for t in topics for p in cluster.partitions_for_topic(t) or ()}
+        for t, p, o in wanted or ():
+            if p in (cluster.partitions_for_topic(t) or ()):
+                first, last = span.get(TopicPartition(t, p)) or (o, o)
+                span[TopicPartition(t, p)] = (min(first, o), max(last, o))
+        if not span:
+            return []
+        consumer.assign(list(span))
+        if wanted is None:
+            await consumer.seek_to_beginning(*span)
+        for tp, bounds in span.items():
+            if bounds is not None:
+                consumer.seek(tp, bounds[0])
+        out: list[DeadLetter] = []
+        pending = set(span)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_S
+        while pending and loop.time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for records in batch.values():
+                out += [
+                    _letter(r, wanted)
+                    for r in records
+                    if wanted is None or (r.topic, r.partition, r.offset) in wanted
+                ]
+            for tp in list(pending):
+                hw, position, bounds = consumer.highwater(tp), await consumer.position(tp), span[tp]
+                if (hw is not None and position >= hw) or (bounds is not None and position > bounds[1]):
+                    pending.discard(tp)
+        return out
+    except (TimeoutError, KafkaError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            detail = f"the brokers did not answer within {READ_S:g} s"
+        else:
+            said = safe_error_message(exc)
+            detail = said if type(exc).__name__ in said else f"{type(exc).__name__}: {said}"
+        raise BrokersUnavailable(f"dead letters not read: {detail}"[:300]) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
+    return DeadLetter(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp,
+        bytes(r.key).decode("utf-8", "replace") if r.key is not None else None,
+        {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
+        None if wanted is None else bytes(r.value or b""),
+    )
