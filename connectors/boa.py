@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from hub.clock import local_day
 from schemas.partners._common import (
     full_surname,
     gender_of,
@@ -62,9 +63,10 @@ def to_referral(record: BoaVerwijzing) -> Referral:
             guardians=guardians,
         ),
         track=Track.HALT_STRAF,
-        # The app records local time with its offset; the offence date is the local calendar day.
+        # The app records a moment with its offset (UTC from some devices); the offence date is
+        # the Dutch calendar day of that moment, the day the rules count age and projects on.
         offence=Offence(
-            committed_on=record.tijdstip.date(),
+            committed_on=local_day(record.tijdstip),
             feitcode=record.feitcode,
             municipality=record.locatie.gemeente,
             description=record.feitomschrijving,

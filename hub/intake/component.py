@@ -44,6 +44,7 @@ def service_of(hub: Hub) -> IntakeService:
             secret=hub.settings.secret_value(),
             rules=load_intake_rules(),
             decided_topic=hub.topic(REFERRAL_DECIDED.name),
+            today=hub.today,
         )
         hub.components["intake"] = service
     return service

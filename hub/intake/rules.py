@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 
+from hub import clock
 from hub.intake.config import HaltFeit, IntakeRules
 from schemas.dates import age_on
 from schemas.referral import Decision, DecisionReason, Outcome, Reason, Referral, ReferrerType, Track
@@ -17,6 +19,26 @@ def normalise_article(article: str) -> str:
 
 def _reason(code: str, message: str, field: str | None = None) -> DecisionReason:
     return DecisionReason(code=code, message=message, field=field)
+
+
+def _check_not_ahead(referral: Referral, today: date) -> list[DecisionReason]:
+    # Every date rule counts from this day: one still to come (a typing error) would pass an age
+    # the youth does not have yet.
+    if referral.offence_date <= today:
+        return []
+    if referral.truancy is not None:
+        what, field = "De laatste verzuimdag ('Verzuim tot en met')", "truancy.period_end"
+    elif referral.track is Track.PREVENTIEF:
+        what, field = "De datum van de aanleiding", "offence.committed_on"
+    else:
+        what, field = "De pleegdatum", "offence.committed_on"
+    return [
+        _reason(
+            "DATUM_IN_TOEKOMST",
+            f"{what} ligt na vandaag ({today:%d-%m-%Y}); controleer de datum.",
+            field,
+        )
+    ]
 
 
 def _check_age(referral: Referral, rules: IntakeRules) -> list[DecisionReason]:
@@ -178,10 +200,19 @@ def _category(referral: Referral, feit: HaltFeit | None) -> Reason | None:
     return referral.reason
 
 
-def decide(referral: Referral, rules: IntakeRules, *, prior_truancy_referrals: int = 0) -> Decision:
-    """Accept or reject a referral, naming every rule it fails; no BSN or name in any message."""
+def decide(
+    referral: Referral,
+    rules: IntakeRules,
+    *,
+    prior_truancy_referrals: int = 0,
+    today: date | None = None,
+) -> Decision:
+    """Accept or reject a referral, naming every rule it fails; no BSN or name in any message.
+
+    `today` is the hub's day in the Netherlands (default: by the system clock)."""
     feit = rules.feit(referral.offence.feitcode) if referral.offence is not None else None
-    reasons = _check_age(referral, rules)
+    reasons = _check_not_ahead(referral, today or clock.today())
+    reasons += _check_age(referral, rules)
     if referral.track is Track.HALT_STRAF:
         reasons += _check_halt_straf_consent(referral)
         reasons += _check_feit(referral, feit)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub import clock
 from hub.audit import audit_row, write_audits
 from hub.clock import aware
 from hub.intake.config import IntakeRules
@@ -99,8 +100,11 @@ async def _lock_youths(session: AsyncSession, youth_keys: set[str]) -> None:
 class IntakeService:
     """Intake under one rule set and one pseudonymisation secret; shared by Kafka and HTTP."""
 
-    def __init__(self, *, secret: str, rules: IntakeRules, decided_topic: str) -> None:
+    def __init__(
+        self, *, secret: str, rules: IntakeRules, decided_topic: str, today: Callable[[], date] = clock.today
+    ) -> None:
         self.secret, self.rules, self.decided_topic = secret, rules, decided_topic
+        self.today = today  # the hub's day in the Netherlands: every date rule counts from it
 
     def youth_key(self, bsn: str) -> str:
         """The pseudonymous key of a youth."""
@@ -134,10 +138,11 @@ class IntakeService:
         prior = await self._prior_truancy(session, truancy_keys)
         rows: dict[str, dict[str, Any]] = {}  # case reference -> the row this batch stores for it
         decisions: dict[str, Decision] = {}
+        today = self.today()
         for referral, key, its_origin in zip(items, keys, origins, strict=True):
             if referral.case_reference in first or referral.case_reference in rows:
                 continue  # a repeat: answered with the first outcome below
-            decision = decide(referral, self.rules, prior_truancy_referrals=prior[key])
+            decision = decide(referral, self.rules, prior_truancy_referrals=prior[key], today=today)
             if decision.accepted and referral.track is Track.HALT_SCHOOLVERZUIM:
                 prior[key] += 1  # a later row for the same youth is a second truancy referral
             rows[referral.case_reference] = _row(referral, key, decision, its_origin)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
 
+import jiter
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -18,10 +21,10 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError, from_json
+from pydantic_core import PydanticCustomError
 
 from schemas._base import EMAIL_PATTERN, NO_CONTROL, as_code
-from schemas.problems import FieldProblem, PartnerFormatError, problems_from
+from schemas.problems import FieldProblem, PartnerFormatError, field_path, problems_from
 from schemas.referral import Gender
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,6 +34,7 @@ DATE_ALLOWED = "dd-mm-jjjj of jjjj-mm-dd"
 _DMY = re.compile(r"^([0-9]{1,2})[-/.]([0-9]{1,2})[-/.]([0-9]{4})$")
 _YMD = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 _DMY_TIME = re.compile(r"^([0-9]{1,2})-([0-9]{1,2})-([0-9]{4})[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?$")
+_DUTCH_TIME = ZoneInfo("Europe/Amsterdam")  # hub.clock.LOCAL; schemas import nothing of the hub
 
 
 class PartnerModel(BaseModel):
@@ -45,9 +49,18 @@ def _date_error(kind: str, text: str) -> PydanticCustomError:
     return PydanticCustomError(kind, text, {"allowed": DATE_ALLOWED})
 
 
+def _dutch_day(moment: datetime) -> date:
+    # A moment without an offset is Dutch local time already. OverflowError: a moment whose Dutch
+    # day lies outside the calendar (year 1 to 9999).
+    return moment.astimezone(_DUTCH_TIME).date() if moment.tzinfo else moment.date()
+
+
 def _to_date(value: object) -> object:
     if isinstance(value, datetime):
-        return value.date()
+        try:
+            return _dutch_day(value)
+        except OverflowError:
+            raise _date_error("datum_bestaat_niet", "deze datum bestaat niet") from None
     if isinstance(value, date):
         return value
     if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
@@ -70,7 +83,7 @@ _DATETIME_ALLOWED = "jjjj-mm-ddTuu:mm:ss+01:00 of dd-mm-jjjj uu:mm"
 
 def _to_datetime(value: object) -> object:
     if isinstance(value, datetime):
-        return value
+        return _with_dutch_day(value)
     if not isinstance(value, str):  # a number would otherwise be read as seconds since 1970
         raise PydanticCustomError(
             "tijdstip_vorm", "een tijdstip moet als tekst worden aangeleverd", {"allowed": _DATETIME_ALLOWED}
@@ -84,13 +97,23 @@ def _to_datetime(value: object) -> object:
         except ValueError:
             raise _date_error("datum_bestaat_niet", "dit tijdstip bestaat niet") from None
     try:
-        return datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise PydanticCustomError(
             "tijdstip_vorm",
             "geen tijdstip in een bekende vorm",
             {"allowed": _DATETIME_ALLOWED},
         ) from None
+    return _with_dutch_day(moment)
+
+
+def _with_dutch_day(moment: datetime) -> datetime:
+    # Rules count on the Dutch day of a moment: one sent with an offset must have such a day.
+    try:
+        _dutch_day(moment)
+    except OverflowError:
+        raise _date_error("datum_bestaat_niet", "dit tijdstip valt buiten de kalender") from None
+    return moment
 
 
 _TRUE = {"ja", "j", "true", "waar", "1", "yes", "y"}
@@ -110,6 +133,8 @@ def _to_bool(value: object) -> object:
 _THOUSANDS_DOT = re.compile(r"^[0-9]{1,3}(\.[0-9]{3})+$")
 
 
+# What is left of a text amount once the euro sign, blanks and thousands dots are gone.
+_PLAIN_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
 _CENT = Decimal("0.01")
 _MAX_AMOUNT = Decimal("9999999999.99")
 
@@ -132,6 +157,8 @@ def _to_amount(value: object) -> object:
             text = text.replace(".", "")
     else:
         return value
+    if isinstance(value, str) and not _PLAIN_AMOUNT.fullmatch(text):
+        raise error  # Decimal() would also read '1_000', '+5', '1e3' and digits of other scripts
     try:
         amount = Decimal(text)
         # quantize raises InvalidOperation past 28 digits ("1e30"): that is no amount either
@@ -149,6 +176,30 @@ def _not_a_bool(value: object) -> object:
     if isinstance(value, bool):
         raise PydanticCustomError("getal_type", "moet een getal zijn, geen ja/nee")
     return value
+
+
+# Text the number parsers would read too leniently: int() and float() take '1_0' as 10 and '+60'
+# as 60, float() also '1e1'. Only plain digits are a number here; blanks around them may stay.
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _to_count(value: object) -> object:
+    value = _not_a_bool(value)
+    if isinstance(value, str) and not _DIGITS.fullmatch(value.strip()):
+        raise PydanticCustomError(
+            "geheel_getal", "moet een geheel getal zijn, alleen cijfers", {"allowed": "cijfers, bv. 12"}
+        )
+    return value.strip() if isinstance(value, str) else value
+
+
+def _to_number(value: object) -> object:
+    value = _not_a_bool(value)
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value.strip()):
+        raise PydanticCustomError(
+            "getal", "moet een getal zijn, met een punt als decimaalteken", {"allowed": "bv. 52.0705"}
+        )
+    return value.strip() if isinstance(value, str) else value
 
 
 def _empty_to_none(value: object) -> object:
@@ -194,10 +245,10 @@ PartnerAmount = Annotated[
     ),
 ]
 PartnerCount = Annotated[
-    int, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+    int, BeforeValidator(_to_count), WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]})
 ]
 PartnerFloat = Annotated[
-    float, BeforeValidator(_not_a_bool), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
+    float, BeforeValidator(_to_number), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
 ]
 Text = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)
@@ -260,19 +311,80 @@ def surname_fits(prefix: object, surname: str, prefix_field: str) -> str:
     return surname
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names a key more than once; carries where (the keys' paths), never a value."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        super().__init__("JSON object with a repeated key: " + ", ".join(paths))
+
+
+class _RepeatedKey(Exception):
+    """Raised inside the decoder at the first repeated key; never seen outside this module."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise _RepeatedKey
+    return obj
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object that names a key more than once: the last value, as json.loads keeps it."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated = [key for key, n in Counter(k for k, _ in pairs).items() if n > 1]
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _Repeated(pairs)
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique)
+_MARKING = json.JSONDecoder(object_pairs_hook=_marked)
+_ONCE = "elke naam één keer per object"
+
+
+def _repeated_paths(data: object) -> list[str]:
+    """Where `data` (read by _MARKING) has a repeated key, in the order of the text."""
+    paths: list[str] = []
+    stack: list[tuple[object, tuple[int | str, ...]]] = [(data, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, _Repeated):
+            paths += [field_path((*loc, key)) for key in node.repeated]
+        if isinstance(node, dict):
+            stack += [(value, (*loc, key)) for key, value in reversed(node.items())]
+        elif isinstance(node, list):
+            stack += [(value, (*loc, i)) for i, value in reversed(list(enumerate(node)))]
+    return paths
+
+
 def decode_json(text: str) -> Any:
-    """`json.loads(text)`, faster: pydantic-core's parser takes what it can (about twice as fast on
-    a partner record), and whatever it refuses the standard library decides, so the value and any
-    error (with its line and column) are json.loads' own. Raises ValueError (JSONDecodeError for
-    bad JSON, ValueError for an integer of more than 4,300 digits) or RecursionError."""
+    """`json.loads(text)`, but an object that names a key twice is refused: json.loads would keep
+    the last value unseen, and which one a partner meant cannot be known. Raises ValueError
+    (DuplicateKeyError for a repeated key, JSONDecodeError for bad JSON, ValueError for an integer
+    of more than 4,300 digits) or RecursionError.
+
+    jiter (pydantic's parser, about twice as fast as json.loads on a partner record) reads what it
+    can; whatever it refuses the standard library decides, so the value and any error (with its
+    line and column, or the paths of the repeated keys) are json.loads' own."""
     try:
-        return from_json(text)
-    except (ValueError, TypeError):  # TypeError: a lone surrogate in the text itself
-        return json.loads(text)
+        return jiter.from_json(text.encode(), catch_duplicate_keys=True)
+    except (ValueError, UnicodeEncodeError):  # UnicodeEncodeError: a lone surrogate in the text
+        pass
+    try:
+        return _STRICT.decode(text)
+    except _RepeatedKey:
+        raise DuplicateKeyError(_repeated_paths(_MARKING.decode(text))) from None
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a partner's JSON object; any failure becomes a PartnerFormatError on '(bericht)'."""
+    """Decode a partner's JSON object; any failure becomes a PartnerFormatError on '(bericht)', a
+    repeated key one on that key."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -281,6 +393,10 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
         ) from None
     try:
         data = decode_json(text)
+    except DuplicateKeyError as exc:
+        raise PartnerFormatError(
+            [FieldProblem(field=p, problem="naam komt dubbel voor", allowed=_ONCE) for p in exc.paths]
+        ) from None
     except json.JSONDecodeError as exc:
         problem = f"geen geldige JSON (regel {exc.lineno}, kolom {exc.colno})"
         raise PartnerFormatError([FieldProblem(field="(bericht)", problem=problem, allowed="JSON")]) from None
@@ -305,13 +421,14 @@ def validate_partner(model: type[M], data: object) -> M:
 
 
 def reference_in(raw: bytes, *path: str) -> str | None:
-    """Best effort: the string at path in a JSON object, or None when anything is off."""
+    """Best effort: the string at path in a JSON object, or None when anything is off (a key on
+    the path that is repeated too: which reference was meant cannot be known)."""
     try:
-        node: object = decode_json(raw.decode("utf-8-sig"))
+        node: object = _MARKING.decode(raw.decode("utf-8-sig"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     for key in path:
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or (isinstance(node, _Repeated) and key in node.repeated):
             return None
         node = node.get(key)
     return as_code(node)

@@ -15,6 +15,7 @@ from schemas.partners._common import (
     OptPhone,
     OptText,
     PartnerBool,
+    PartnerCount,
     PartnerDate,
     Text,
 )
@@ -53,15 +54,15 @@ class LeerplichtRij(BaseModel):
     brin: Brin | None = Field(default=None, alias="BRIN")
     verzuim_vanaf: PartnerDate = Field(alias="Verzuim vanaf")
     verzuim_tot_en_met: PartnerDate = Field(alias="Verzuim tot en met")
-    uren_verzuim: int = Field(alias="Uren verzuim", ge=0, le=10_000)
-    keer_te_laat: int = Field(default=0, alias="Aantal keer te laat", ge=0, le=10_000)
+    uren_verzuim: PartnerCount = Field(alias="Uren verzuim", ge=0, le=10_000)
+    keer_te_laat: PartnerCount = Field(default=0, alias="Aantal keer te laat", ge=0, le=10_000)
     naam_ouder: OptText = Field(default=None, alias="Naam ouder/verzorger")
     telefoon_ouder: OptPhone = Field(default=None, alias="Telefoon ouder/verzorger")
     email_ouder: OptEmail = Field(default=None, alias="E-mail ouder/verzorger")
     jeugdige_akkoord: PartnerBool | None = Field(default=None, alias="Jeugdige akkoord")
     ouders_akkoord: PartnerBool | None = Field(default=None, alias="Ouders akkoord")
     ouders_geinformeerd_op: PartnerDate | None = Field(default=None, alias="Ouders geinformeerd op")
-    eerdere_halt: int = Field(default=0, alias="Eerdere Halt-verwijzingen", ge=0, le=100)
+    eerdere_halt: PartnerCount = Field(default=0, alias="Eerdere Halt-verwijzingen", ge=0, le=100)
     ovj_toestemming: PartnerBool = Field(default=False, alias="OvJ-toestemming")
     leerplichtambtenaar: Text = Field(alias="Leerplichtambtenaar")
     email_lpa: OptEmail = Field(default=None, alias="E-mail leerplichtambtenaar")

@@ -9,12 +9,13 @@ canonical terms. The facts are written out here, not computed by the connectors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from hypothesis import strategies as st
 
+from schemas.consent import DUTCH_TIME
 from schemas.referral import Gender, GuardianRelation, Reason, Referral, ReferrerType, Track
 
 WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2)
@@ -366,21 +367,23 @@ def boa_records(draw: st.DrawFn, full: bool = False) -> Drawn:
     y = draw(youth(full))
     officer = draw(contact(full))
     gender = draw(st.sampled_from(sorted(BOA_GENDERS)))
-    committed = _later(draw, y["birth"])
+    d = _later(draw, y["birth"])
     hour, minute, second = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
-    d = committed
-    tijdstip = draw(
-        st.sampled_from(
-            [
-                f"{d.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}+01:00",
-                f"{d.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}+02:00",
-                f"{d.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}Z",
-                f"{d.isoformat()}T{hour:02d}:{minute:02d}",
-                f"{d.day:02d}-{d.month:02d}-{d.year:04d} {hour:02d}:{minute:02d}",
-                f"{d.day}-{d.month}-{d.year:04d} {hour}:{minute:02d}:{second:02d}",
-            ]
+    offset = draw(st.sampled_from(["+01:00", "+02:00", "Z", None]))
+    if offset is None:  # the app's local time as it was written down: that is the day
+        committed = d
+        tijdstip = draw(
+            st.sampled_from(
+                [
+                    f"{d.isoformat()}T{hour:02d}:{minute:02d}",
+                    f"{d.day:02d}-{d.month:02d}-{d.year:04d} {hour:02d}:{minute:02d}",
+                    f"{d.day}-{d.month}-{d.year:04d} {hour}:{minute:02d}:{second:02d}",
+                ]
+            )
         )
-    )
+    else:  # a moment with its offset: the day is the one it was in the Netherlands
+        tijdstip = f"{d.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}{offset}"
+        committed = datetime.fromisoformat(tijdstip).astimezone(DUTCH_TIME).date()
     towns = st.sampled_from(["DH", "LEI", "GOUD"])
     bon = draw(st.builds("{}-{}-{:04d}".format, towns, st.integers(2000, 2099), st.integers(0, 99_999_999)))
     feitcode = draw(feitcodes)
@@ -449,7 +452,7 @@ def boa_records(draw: st.DrawFn, full: bool = False) -> Drawn:
         **_youth_facts(y, BOA_GENDERS[gender]),
         "youth.guardians": guardians,
         "track": Track.HALT_STRAF,
-        "offence.committed_on": committed,  # the local calendar day the app wrote down
+        "offence.committed_on": committed,
         "offence.feitcode": feitcode.upper(),
         "offence.municipality": town,
         "offence.description": description,

@@ -6,9 +6,10 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
 from hub.store.tables import audit_log
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import read_topic, wait_for
@@ -66,11 +67,14 @@ class Api:
 
 
 @asynccontextmanager
-async def intake_api(settings: Settings, *, kafka_intake: bool = False) -> AsyncIterator[Api]:
+async def intake_api(
+    settings: Settings, *, kafka_intake: bool = False, clock: Callable[[], datetime] = utcnow
+) -> AsyncIterator[Api]:
     """The hub with intake wired, its app on an ASGI transport, partners of every referring type."""
     hub = Hub(
         settings.model_copy(update={"components": ["intake"] if kafka_intake else []}),
         registrars={"intake": [register_intake]},
+        clock=clock,
     )
     await hub.start()
     try:
@@ -459,3 +463,23 @@ async def test_concurrent_duplicates_over_real_http_give_one_referral(
         assert len({json.dumps(a.json()["decision"]) for a in answers}) == 1
         assert await api.count() == 1
         assert await api.count(audit_log, action="referral.duplicate") == 9
+
+
+async def test_an_offence_after_the_hubs_today_is_refused_by_the_hubs_clock(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The date rules count from the hub's day, not the machine's: on the hub's 11 March 2025 an
+    offence of 12 March is still to come (a typing error), and passing it would count an age the
+    youth does not have yet."""
+    moment = [datetime(2025, 3, 11, 22, 0, tzinfo=UTC)]  # 23:00 in Den Haag
+    async with intake_api(make_settings(kafka, db_url, unique), clock=lambda: moment[0]) as api:
+        answer = await api.post("politie", politie_variant(41))
+        assert answer.status_code == 201, answer.text
+        decision = answer.json()["decision"]
+        assert decision["outcome"] == "REJECTED"
+        assert [r["code"] for r in decision["reasons"]] == ["DATUM_IN_TOEKOMST"]
+        assert decision["reasons"][0]["field"] == "offence.committed_on"
+        assert "11-03-2025" in decision["reasons"][0]["message"]
+        moment[0] = datetime(2025, 3, 11, 23, 0, tzinfo=UTC)  # midnight in Den Haag: the day itself
+        answer = await api.post("politie", politie_variant(42))
+        assert answer.json()["decision"]["outcome"] == "ACCEPTED", answer.text

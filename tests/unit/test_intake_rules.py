@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from collections.abc import Callable
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connectors import boa, leerplicht, politie
+from connectors import preventief as preventief_connector
+from hub import clock as hub_clock
 from hub.errors import ConfigError
 from hub.intake import IntakeRules, age_on, decide, load_intake_rules, reject_unparseable
 from hub.intake.config import DEFAULT_RULES_FILE
+from schemas.dates import birthday
 from schemas.problems import FieldProblem
 from schemas.referral import Decision, Outcome, Reason, Referral
 
 BSN, NAME = "111222333", "Noah"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +155,100 @@ def test_rule_2_schoolverzuim_age_on_the_last_day_of_truancy(
 )
 def test_rule_2_preventief_10_to_23(rules: IntakeRules, born: str, on: str, accepted: bool) -> None:
     assert decide(preventief(born, on), rules).accepted is accepted
+
+
+# --- the day the rules count from is no later than the hub's today -------------------------------
+
+TODAY = date(2026, 12, 5)
+
+
+@pytest.mark.parametrize(
+    ("referral", "field"),
+    [
+        (halt_straf("2015-01-10", "2027-02-01"), "offence.committed_on"),  # 11 today, 12 on that day
+        (halt_straf("2010-05-14", "2026-12-06"), "offence.committed_on"),
+        (truancy(16, end="2026-12-06"), "truancy.period_end"),
+        (preventief("2010-05-14", "2026-12-06"), "offence.committed_on"),
+    ],
+    ids=["politie-2027", "politie-tomorrow", "leerplicht", "preventief"],
+)
+def test_a_date_after_today_is_rejected_naming_the_field(
+    rules: IntakeRules, referral: Referral, field: str
+) -> None:
+    decision = decide(referral, rules, today=TODAY)
+    assert decision.outcome is Outcome.REJECTED
+    assert [(r.code, r.field) for r in decision.reasons] == [("DATUM_IN_TOEKOMST", field)]
+    assert "05-12-2026" in decision.reasons[0].message
+    assert BSN not in decision.model_dump_json() and NAME not in decision.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "referral",
+    [
+        halt_straf("2010-05-14", "2026-12-05"),
+        truancy(16, end="2026-12-05"),
+        preventief("2010-05-14", "2026-12-05"),
+    ],
+    ids=["politie", "leerplicht", "preventief"],
+)
+def test_a_date_on_today_is_fine(rules: IntakeRules, referral: Referral) -> None:
+    assert decide(referral, rules, today=TODAY).accepted
+
+
+def test_today_is_the_dutch_day_by_the_system_clock_unless_given(rules: IntakeRules) -> None:
+    ahead = hub_clock.today() + timedelta(days=30)
+    referral = halt_straf(birthday(ahead, -14).isoformat(), ahead.isoformat())
+    assert codes(decide(referral, rules)) == ["DATUM_IN_TOEKOMST"]
+    assert decide(referral, rules, today=ahead).accepted
+
+
+def sample(name: str) -> dict[str, Any]:
+    return json.loads((DATA / name).read_bytes())  # type: ignore[no-any-return]
+
+
+def politie_2027() -> Referral:
+    """11 years old today, 12 on an offence date still to come."""
+    data = sample("politie/valid_winkeldiefstal.json")
+    data["pleegdatum"], data["verdachte"]["geboortedatum"] = "01-02-2027", "10-01-2015"
+    return politie.parse(json.dumps(data).encode())
+
+
+def boa_tomorrow() -> Referral:
+    data = sample("boa/valid_openbare_dronkenschap.json") | {"tijdstip": "2026-12-05T23:00:00Z"}  # 00:00
+    return boa.parse(json.dumps(data).encode())
+
+
+def preventief_tomorrow() -> Referral:
+    data = sample("preventief/valid_wijkteam.json")
+    data["aanleiding"]["datum"] = "06-12-2026"
+    return preventief_connector.parse(json.dumps(data).encode())
+
+
+def leerplicht_tomorrow() -> Referral:
+    header, row = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()[:2]
+    cells = row.split(";")
+    cells[header.split(";").index("Verzuim tot en met")] = "06-12-2026"
+    [result] = leerplicht.parse_batch(f"{header}\n{';'.join(cells)}".encode())
+    assert result.referral is not None, result.problems
+    return result.referral
+
+
+@pytest.mark.parametrize(
+    ("parse", "field"),
+    [
+        (politie_2027, "offence.committed_on"),
+        (boa_tomorrow, "offence.committed_on"),
+        (preventief_tomorrow, "offence.committed_on"),
+        (leerplicht_tomorrow, "truancy.period_end"),
+    ],
+    ids=["politie", "boa", "preventief", "leerplicht"],
+)
+def test_each_partner_format_with_a_date_after_today_is_rejected(
+    rules: IntakeRules, parse: Callable[[], Referral], field: str
+) -> None:
+    decision = decide(parse(), rules, today=TODAY)
+    assert decision.outcome is Outcome.REJECTED
+    assert ("DATUM_IN_TOEKOMST", field) in [(r.code, r.field) for r in decision.reasons]
 
 
 # --- rule 3: Halt-straf conditions -------------------------------------------------------------

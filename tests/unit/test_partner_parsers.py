@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors import boa, leerplicht, politie, preventief
-from schemas.partners._common import decode_json
+from schemas.partners._common import DuplicateKeyError, decode_json
 from schemas.problems import PartnerFormatError
 from schemas.referral import Reason, Referral, ReferrerType, Track
 
@@ -496,25 +496,42 @@ _JSON_VALUES = st.recursive(
 
 
 @given(value=_JSON_VALUES, ascii_only=st.booleans(), indent=st.none() | st.integers(0, 2))
-def test_the_fast_json_decoder_reads_what_json_loads_reads(
+def test_the_json_decoder_reads_what_json_loads_reads(
     value: object, ascii_only: bool, indent: int | None
 ) -> None:
-    """decode_json (pydantic-core's parser, json.loads for what it refuses) gives json.loads' value."""
+    """decode_json gives json.loads' value for JSON that names no key twice."""
     text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
     assert decode_json(text) == json.loads(text)
 
 
+class _Repeated(Exception):
+    """A key named twice in one object."""
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    if len({k for k, _ in pairs}) < len(pairs):
+        raise _Repeated
+    return dict(pairs)
+
+
 @given(text=st.text(alphabet='{}[]":,. 0123456789eE+-truefalsn\\u\t\n\ud800x', max_size=40))
-def test_the_fast_json_decoder_fails_where_json_loads_fails(text: str) -> None:
-    """Any text, JSON or not: the same value, or the same kind of error json.loads raises."""
+def test_the_json_decoder_fails_where_json_loads_fails(text: str) -> None:
+    """Any text, JSON or not: the same value, the same kind of error json.loads raises, or, for an
+    object that names a key twice, DuplicateKeyError."""
     try:
         expected: object = json.loads(text)
     except ValueError as exc:
         with pytest.raises(type(exc)):
             decode_json(text)
-    else:
-        got = decode_json(text)
-        assert got == expected or (got != got and expected != expected)  # NaN is not equal to itself
+        return
+    try:
+        json.loads(text, object_pairs_hook=_no_repeats)
+    except _Repeated:
+        with pytest.raises(DuplicateKeyError):
+            decode_json(text)
+        return
+    got = decode_json(text)
+    assert got == expected or (got != got and expected != expected)  # NaN is not equal to itself
 
 
 @pytest.mark.parametrize("connector", JSON_CONNECTORS, ids=lambda c: c.__name__.rsplit(".", 1)[-1])
