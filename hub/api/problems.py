@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
+from hub.store import store_failed
 from schemas._base import NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM
 from schemas.problems import FieldProblem, PartnerFormatError, controls_refused
 
@@ -184,6 +185,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, _unavailable)
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Another database error: the store breaking a deadlock (PostgreSQL) is worth trying again
+        # like an outage, nothing having been kept; any other is the hub's own fault.
+        if store_failed(exc):
+            return await _unavailable(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -24,13 +24,19 @@ from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
 from hub.spine.outbox import Relay, add_to_outbox
-from hub.store import Store
+from hub.store import Store, store_failed
 from hub.store.tables import inbox
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
 _TRANSIENT = (TransientError, OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError)
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth handling again as it is: a partner or the store unavailable, or the store breaking a
+    deadlock between two transactions (`store_failed`). Anything else is the record's own fault."""
+    return isinstance(exc, _TRANSIENT) or store_failed(exc)
 
 
 def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
@@ -245,7 +251,9 @@ class Spine:
             try:
                 outcomes = await self._handle_batch(sub, records, committed)
                 break
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    raise
                 attempt += 1
                 delay = min(0.2 * 2**attempt, 10.0) * (0.5 + random.random() / 2)
                 log.warning(
@@ -376,9 +384,9 @@ class Spine:
                 first = fresh[0][0]
                 tx = Tx(session, first, items[0].transaction_id, system=sub.group, committed=committed)
                 await sub.batch_handler(tx, items)
-        except _TRANSIENT:
-            raise
-        except Exception:  # a poison record among them: the caller splits the batch
+        except Exception as exc:  # a poison record among them: the caller splits the batch
+            if transient(exc):
+                raise
             del committed[callbacks:]  # nothing of this attempt was kept
             return False
         elapsed = (time.perf_counter() - started) / len(fresh)
@@ -404,9 +412,9 @@ class Spine:
                 tx = Tx(session, record, transaction_id, system=sub.group, committed=committed)
                 await sub.handler(tx, item)
             return "processed"
-        except _TRANSIENT:
-            raise
         except Exception as exc:  # permanent: the record goes to the DLQ, the consumer goes on
+            if transient(exc):
+                raise
             del committed[callbacks:]  # nothing of the handler was kept
             cause = exc.cause if isinstance(exc, DeadLetter) else exc
             log.warning(

@@ -184,10 +184,18 @@ class Store:
         await self.engine.dispose()
 
 
+# PostgreSQL ended the transaction to break a deadlock, or for a serialization conflict: the same
+# transaction again succeeds.
+_TRY_AGAIN = frozenset({"40P01", "40001"})
+
+
 def store_failed(exc: BaseException) -> bool:
     """True when `exc` says the store itself failed (connection lost, locked, timed out, no free
-    connection in the pool, out of resources), not that one statement could not take its values
-    (data, integrity, programming errors). The first is worth trying again later; the second fails
-    the same way every time."""
+    connection in the pool, out of resources, a deadlock broken), not that one statement could not
+    take its values (data, integrity, programming errors). The first is worth trying again later;
+    the second fails the same way every time."""
     failed = sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError | sa_exc.TimeoutError
-    return isinstance(exc, failed) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated)
+    return isinstance(exc, failed) or (
+        isinstance(exc, sa_exc.DBAPIError)
+        and (exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _TRY_AGAIN)
+    )

@@ -9,21 +9,27 @@ from sqlalchemy import text
 
 from hub.intake.config import load_intake_rules
 from hub.intake.service import IntakeService, Origin
-from hub.store import Store
+from hub.spine.consumer import transient
+from hub.store import Store, store_failed
 from schemas.referral import Referral
 from tests.helpers.kafka import wait_for
 
 pytestmark = pytest.mark.integration
-BSN = "111222333"
+BSN, OTHER_BSN = "111222333", "123456782"
+# A backend of this test's database waiting for an advisory lock (a migration elsewhere takes one too).
+_WAITING = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+)
 
 
-def truancy(case_reference: str) -> Referral:
+def truancy(case_reference: str, bsn: str = BSN) -> Referral:
     return Referral.model_validate(
         {
             "referrer": {"type": "LEERPLICHT", "organisation": "Leerplicht Den Haag"},
             "case_reference": case_reference,
             "youth": {
-                "bsn": BSN, "given_names": "Sem", "surname": "Berg", "birth_date": "2011-09-05",
+                "bsn": bsn, "given_names": "Sem", "surname": "Berg", "birth_date": "2011-09-05",
                 "municipality": "Den Haag",
             },
             "track": "HALT_SCHOOLVERZUIM",
@@ -59,11 +65,75 @@ async def test_of_two_first_truancy_referrals_at_once_the_second_needs_the_ovj(s
             if racing.done():
                 return True
             async with store.connect() as conn:
-                waits = await conn.execute(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'")
-                )
+                waits = await conn.execute(_WAITING)
                 return bool(waits.scalar_one())
 
         await wait_for(waiting_or_done, timeout_s=20)
     assert one.decision.accepted
     assert await racing is False  # counted the first one: SCHOOLVERZUIM_HERHAALD
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_deadlock_between_two_intakes_is_one_to_try_again(store: Store) -> None:
+    """A Kafka poll takes its youths' locks record by record; a CSV upload takes them sorted. When
+    they cross, PostgreSQL ends one transaction: that one is to be tried again (503 for HTTP, the
+    batch again for Kafka), not a 500 nor a dead letter."""
+    service = IntakeService(secret="s" * 32, rules=load_intake_rules(), decided_topic="decided")
+    low, high = sorted((BSN, OTHER_BSN), key=service.youth_key)
+    failures: list[BaseException] = []
+
+    async def kafka_poll() -> None:
+        async with store.transaction() as session:
+            await service.take_in(session, truancy("K-1", high), origin("kafka:leerplicht"))  # holds high
+            csv_waiting.set()
+            await csv_blocked.wait()
+            await service.take_in(session, truancy("K-2", low), origin("kafka:leerplicht"))  # wants low
+
+    async def csv_upload() -> None:
+        await csv_waiting.wait()
+        async with store.transaction() as session:  # low, then high: waits for the poll
+            batch = [truancy("C-1", low), truancy("C-2", high)]
+            await service.take_in_many(session, batch, origin("partner:leerplicht-a"))
+
+    async def blocked() -> bool:
+        async with store.connect() as conn:
+            return bool((await conn.execute(_WAITING)).scalar_one())
+
+    csv_waiting, csv_blocked = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(kafka_poll()), asyncio.create_task(csv_upload())]
+    await wait_for(blocked, timeout_s=20)
+    csv_blocked.set()
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            failures.append(outcome)
+    assert len(failures) == 1, failures  # PostgreSQL broke the deadlock by ending one of them
+    assert store_failed(failures[0]) and transient(failures[0]), repr(failures[0])
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_broken_deadlock_answers_503_and_another_database_error_500(store: Store) -> None:
+    """The API's answer to PostgreSQL's own errors, raised by a real server: a deadlock it broke is
+    worth trying again (503, Retry-After); a statement that can never succeed is the hub's fault."""
+    import httpx
+    from fastapi import FastAPI
+
+    from hub.api.problems import install_problem_handlers
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/deadlock")
+    async def deadlock() -> None:
+        async with store.transaction() as session:
+            await session.execute(text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01'; END $$"))
+
+    @app.get("/broken")
+    async def broken() -> None:
+        async with store.transaction() as session:
+            await session.execute(text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '22012'; END $$"))
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        again = await client.get("/deadlock")
+        assert again.status_code == 503 and again.headers["Retry-After"], again.text
+        assert (await client.get("/broken")).status_code == 500
