@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import ConsumerRecord
 
 from connectors import politie
 from hub.audit import AuditEntry
+from hub.clock import local_day
 from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
@@ -21,6 +23,10 @@ from schemas.envelope import Envelope
 from schemas.problems import PartnerFormatError
 from schemas.referral import Decision, Referral
 
+# A partner's clock may run a little ahead of the hub's: near midnight its "today" is the hub's
+# tomorrow. A date is refused as still to come (DATUM_IN_TOEKOMST) only past this margin, since a
+# refusal stands for the case reference for good (rule 7).
+CLOCK_SKEW = timedelta(minutes=15)
 POLITIE_REFERRER = "kafka:politie"  # rule 7: the police topic is one referrer (ACLs let only police write)
 POLITIE_DECISION_TYPE = "PolitieBesluit"
 BATCHER = "intake-batcher"
@@ -44,7 +50,7 @@ def service_of(hub: Hub) -> IntakeService:
             secret=hub.settings.secret_value(),
             rules=load_intake_rules(),
             decided_topic=hub.topic(REFERRAL_DECIDED.name),
-            today=hub.today,
+            today=lambda: local_day(hub.clock() + CLOCK_SKEW),
         )
         hub.components["intake"] = service
     return service

@@ -134,7 +134,7 @@ _THOUSANDS_DOT = re.compile(r"^[0-9]{1,3}(\.[0-9]{3})+$")
 
 
 # What is left of a text amount once the euro sign, blanks and thousands dots are gone.
-_PLAIN_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
+_PLAIN_AMOUNT = re.compile(r"\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # '12', '12.5', '12.', '.50', '+5'
 _CENT = Decimal("0.01")
 _MAX_AMOUNT = Decimal("9999999999.99")
 
@@ -158,7 +158,7 @@ def _to_amount(value: object) -> object:
     else:
         return value
     if isinstance(value, str) and not _PLAIN_AMOUNT.fullmatch(text):
-        raise error  # Decimal() would also read '1_000', '+5', '1e3' and digits of other scripts
+        raise error  # Decimal() would also read '1_000', '1e3' and digits of other scripts
     try:
         amount = Decimal(text)
         # quantize raises InvalidOperation past 28 digits ("1e30"): that is no amount either
@@ -178,10 +178,11 @@ def _not_a_bool(value: object) -> object:
     return value
 
 
-# Text the number parsers would read too leniently: int() and float() take '1_0' as 10 and '+60'
-# as 60, float() also '1e1'. Only plain digits are a number here; blanks around them may stay.
-_DIGITS = re.compile(r"[0-9]+")
-_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+# Text the number parsers would read too leniently: int() and float() take '1_0' as 10, float()
+# also '1e1', and both digits of other scripts. Here a number is written in ASCII digits, with a
+# sign and a decimal point as partners write them ('+16', '16.0', '-.5'); blanks around may stay.
+_DIGITS = re.compile(r"\+?[0-9]+(\.0*)?")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
 def _to_count(value: object) -> object:

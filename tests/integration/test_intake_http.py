@@ -470,7 +470,7 @@ async def test_an_offence_after_the_hubs_today_is_refused_by_the_hubs_clock(
 ) -> None:
     """The date rules count from the hub's day, not the machine's: on the hub's 11 March 2025 an
     offence of 12 March is still to come (a typing error), and passing it would count an age the
-    youth does not have yet."""
+    youth does not have yet; within 15 minutes of midnight it is a partner's clock running ahead."""
     moment = [datetime(2025, 3, 11, 22, 0, tzinfo=UTC)]  # 23:00 in Den Haag
     async with intake_api(make_settings(kafka, db_url, unique), clock=lambda: moment[0]) as api:
         answer = await api.post("politie", politie_variant(41))
@@ -480,6 +480,7 @@ async def test_an_offence_after_the_hubs_today_is_refused_by_the_hubs_clock(
         assert [r["code"] for r in decision["reasons"]] == ["DATUM_IN_TOEKOMST"]
         assert decision["reasons"][0]["field"] == "offence.committed_on"
         assert "11-03-2025" in decision["reasons"][0]["message"]
-        moment[0] = datetime(2025, 3, 11, 23, 0, tzinfo=UTC)  # midnight in Den Haag: the day itself
+        # 23:50 in Den Haag: a partner's clock a few minutes ahead has passed midnight already
+        moment[0] = datetime(2025, 3, 11, 22, 50, tzinfo=UTC)
         answer = await api.post("politie", politie_variant(42))
         assert answer.json()["decision"]["outcome"] == "ACCEPTED", answer.text
