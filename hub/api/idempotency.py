@@ -6,7 +6,8 @@ handover. With the same `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-he
 the first request made instead:
 
 - the same key with the same request: the resource as it is now, with the first answer's status and
-  `Idempotent-Replayed: true`; the read is audited as any read of it (rule 18);
+  `Idempotent-Replayed: true`; the read is audited as any read of it (rule 18); looked up before the
+  request is checked again, and 409 naming it when the caseworker may no longer see it;
 - the same key with another request: 422, nothing done;
 - two requests with one key at once: one makes the resource, the other answers with it.
 
@@ -21,7 +22,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
 from fastapi import Header, Response
@@ -32,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.problems import Problem
 from hub.store import Store
 from hub.store.tables import metadata
-from schemas.envelope import utcnow
 
 KEEP = timedelta(hours=24)
 HEADER = "Idempotency-Key"
@@ -64,19 +64,41 @@ IdempotencyKey = Annotated[
 
 @dataclass(frozen=True)
 class Claim:
-    """One request's key: whose, for which endpoint, and what was asked."""
+    """One request's key: whose, for which endpoint, what was asked, and when (the hub's clock)."""
 
     scope: str
     key: str
     fingerprint: str
+    at: datetime
 
 
-def claim_of(key: str | None, *, user: str, endpoint: str, request: bytes, secret: str) -> Claim | None:
+def claim_of(
+    key: str | None, *, user: str, endpoint: str, request: bytes, secret: str, at: datetime
+) -> Claim | None:
     """The request's claim on `key`; None without a key."""
     if key is None:
         return None
     fingerprint = hmac.new(secret.encode(), request, hashlib.sha256).hexdigest()
-    return Claim(scope=f"{user}:{endpoint}"[:200], key=key, fingerprint=fingerprint)
+    return Claim(scope=f"{user}:{endpoint}"[:200], key=key, fingerprint=fingerprint, at=at)
+
+
+async def replay_earlier(
+    store: Store,
+    claim: Claim | None,
+    response: Response,
+    replay: Callable[[AsyncSession, str], Awaitable[T]],
+) -> T | None:
+    """What an earlier request with the claim's key made, answered by `replay`; None when there is
+    none. Looked up before the request is checked again: a retry gets what the first one made also
+    when the checks would now answer otherwise (the caseworker's rights changed, a day passed)."""
+    if claim is None:
+        return None
+    async with store.transaction() as session:  # a replay is an audited read: it writes
+        earlier = await _earlier(session, claim)
+        if earlier is None:
+            return None
+        response.headers[REPLAYED] = "true"
+        return await _replayed(session, replay, earlier)
 
 
 async def create_once(
@@ -98,7 +120,7 @@ async def create_once(
                 earlier = await _earlier(session, claim)
                 if earlier is not None:
                     response.headers[REPLAYED] = "true"
-                    return await replay(session, earlier)
+                    return await _replayed(session, replay, earlier)
                 resource_id, made = await create(session)
                 await _remember(session, claim, resource_id)
             return made
@@ -111,6 +133,23 @@ async def create_once(
     )
 
 
+async def _replayed(
+    session: AsyncSession, replay: Callable[[AsyncSession, str], Awaitable[T]], resource_id: str
+) -> T:
+    """`replay`; when the caller may no longer see what the first request made (it moved to another
+    caseworker), 409 naming it, so that the client knows it was made and does not ask again."""
+    try:
+        return await replay(session, resource_id)
+    except Problem as exc:
+        if exc.status not in (403, 404):
+            raise
+        raise Problem(
+            409,
+            "Verzoek al verwerkt",
+            f"Dit verzoek is al verwerkt en maakte {resource_id}; u kunt dat nu niet meer inzien.",
+        ) from None
+
+
 class _Taken(Exception):
     """A request beside this one, with the same key, was committed first."""
 
@@ -118,7 +157,7 @@ class _Taken(Exception):
 async def _remember(session: AsyncSession, claim: Claim, resource_id: str) -> None:
     """Keep the key with what it made; forget keys past their term. On PostgreSQL the insert waits
     for a request beside it with the same key, and fails when that one commits."""
-    now = utcnow()
+    now = claim.at
     await session.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < now - KEEP))
     row = {
         "scope": claim.scope,
@@ -141,7 +180,7 @@ async def _earlier(session: AsyncSession, claim: Claim) -> str | None:
             select(idempotency_keys.c.fingerprint, idempotency_keys.c.resource_id).where(
                 idempotency_keys.c.scope == claim.scope,
                 idempotency_keys.c.key == claim.key,
-                idempotency_keys.c.created_at >= utcnow() - KEEP,
+                idempotency_keys.c.created_at >= claim.at - KEEP,
             )
         )
     ).first()

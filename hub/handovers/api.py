@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.api.idempotency import IdempotencyKey, claim_of, create_once
+from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
@@ -115,7 +116,10 @@ async def _request(
     purpose: str,
     basis: str | None,
     idempotency_key: str | None,
+    check: Callable[[Hub], None] = lambda _: None,
 ) -> HandoverOut:
+    """Ask for a handover; `check` refuses what this endpoint may not ask for, after a retry with
+    an `Idempotency-Key` was answered with what its first request made."""
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker_id, transaction_id=request.state.transaction_id)
@@ -125,7 +129,15 @@ async def _request(
         endpoint=f"POST {request.url.path}",
         request=body.model_dump_json().encode(),
         secret=hub.settings.secret_value(),
+        at=hub.clock(),
     )
+
+    async def replay(session: AsyncSession, handover_id: str) -> Any:
+        return await _audited_read(session, request, handover_id, caseworker_id)
+
+    if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
+        return HandoverOut.of(earlier)
+    check(hub)
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
         target = await receiver_delivery(session, body.receiver_organisation)
@@ -149,9 +161,6 @@ async def _request(
         except HandoverProblem as exc:
             raise Problem(exc.status, "Overdracht niet mogelijk", str(exc)) from None
         return row.id, row
-
-    async def replay(session: AsyncSession, handover_id: str) -> Any:
-        return await _audited_read(session, request, handover_id, caseworker_id)
 
     row = await create_once(hub.store, claim, response, create, replay)
     hub.relay.wake()
@@ -184,16 +193,20 @@ async def request_zorgmelding(
 ) -> HandoverOut:
     """Rule 21: a zorgmelding goes to Veilig Thuis without consent; its legal basis is written to the
     audit log. To any other organisation it is refused (422): that would be a handover without consent."""
-    if body.receiver_organisation not in _hub(request).settings.handovers.zorgmelding_receivers:
-        raise Problem(
-            422,
-            "Zorgmelding niet mogelijk",
-            "Een zorgmelding gaat alleen naar Veilig Thuis (regel 21); deze organisatie ontvangt er geen. "
-            "Vraag voor een andere ontvanger een warme overdracht aan, met toestemming.",
-        )
+
+    def to_veilig_thuis(hub: Hub) -> None:
+        if body.receiver_organisation not in hub.settings.handovers.zorgmelding_receivers:
+            raise Problem(
+                422,
+                "Zorgmelding niet mogelijk",
+                "Een zorgmelding gaat alleen naar Veilig Thuis (regel 21); deze organisatie ontvangt er "
+                "geen. Vraag voor een andere ontvanger een warme overdracht aan, met toestemming.",
+            )
+
     return await _request(
-        request, response, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis, idempotency_key
-    )
+        request, response, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis, idempotency_key,
+        check=to_veilig_thuis,
+    )  # fmt: skip
 
 
 @router.get("/overdrachten", response_model=list[HandoverOut])

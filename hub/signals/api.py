@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.api.idempotency import IdempotencyKey, claim_of, create_once
+from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import CurrentCaseworker
@@ -167,6 +167,22 @@ async def register_signal(
 
     Sent again with the same `Idempotency-Key`, it answers with the signal the first one made."""
     hub = _hub(request)
+    assert hub.store is not None and hub.relay is not None
+    secret = hub.settings.secret_value()
+    claim = claim_of(
+        idempotency_key,
+        user=cw.caseworker_id,
+        endpoint="POST /api/v1/signalen",
+        request=body.model_dump_json().encode(),
+        secret=secret,
+        at=hub.clock(),
+    )
+
+    async def replay(session: AsyncSession, signal_id: str) -> Any:
+        return await _audited_read(session, request, signal_id, cw, "signal.read")
+
+    if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
+        return SignalOut.of(earlier)
     if not cw.meldingsbevoegd:
         raise Problem(
             403, "Niet meldingsbevoegd", "Alleen meldingsbevoegde medewerkers registreren signalen."
@@ -188,16 +204,7 @@ async def register_signal(
         parent_letter_sent_at=body.parent_letter_sent_at,
         deferral_reason=body.deferral_reason,
     )
-    secret = hub.settings.secret_value()
     key = make_key(secret, body.youth.bsn)
-    assert hub.store is not None and hub.relay is not None and signal.signal_id
-    claim = claim_of(
-        idempotency_key,
-        user=cw.caseworker_id,
-        endpoint="POST /api/v1/signalen",
-        request=body.model_dump_json().encode(),
-        secret=secret,
-    )
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
         assert signal.signal_id
@@ -205,9 +212,6 @@ async def register_signal(
             session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
         )
         return signal.signal_id, await signal_row(session, signal.signal_id)
-
-    async def replay(session: AsyncSession, signal_id: str) -> Any:
-        return await _audited_read(session, request, signal_id, cw, "signal.read")
 
     row = await create_once(hub.store, claim, response, create, replay)
     hub.relay.wake()

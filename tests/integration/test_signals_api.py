@@ -367,3 +367,27 @@ async def test_an_idempotency_key_is_kept_a_day_and_must_be_printable(
         assert refused.status_code in (400, 422), (bad, refused.text)
         assert any("Idempotency-Key" in str(p) for p in refused.json().get("invalidParams", [])), refused.text
     assert await _signal_count(hub) == 2
+
+
+async def test_a_retry_is_answered_by_what_its_first_request_made_whatever_changed_since(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """The key is looked up before the request is checked again: a caseworker no longer allowed to
+    signal still learns the first request made a signal; once it moved to someone they may not
+    follow, the answer names it (409) instead of a 403 that reads as 'nothing was made'."""
+    hub, client = api
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    sent = body(add_years(T, -15))
+    first = await client.post(URL, json=sent, headers=ILSE | key)
+    sid = first.json()["signal_id"]
+    assert hub.store is not None
+    async with hub.store.transaction() as session:  # Ilse may no longer signal
+        await upsert_caseworker(session, cw("cw-ilse", bevoegd=False, delegate="cw-omar"))
+    again = await client.post(URL, json=sent, headers=ILSE | key)
+    assert again.status_code == 201 and again.json()["signal_id"] == sid, again.text
+    assert (await client.post(URL, json=sent, headers=ILSE)).status_code == 403  # a new request
+    moved = await client.patch(f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-nina"}, headers=ILSE)
+    assert moved.status_code == 200, moved.text
+    gone = await client.post(URL, json=sent, headers=ILSE | key)
+    assert gone.status_code == 409 and sid in gone.json()["detail"], gone.text
+    assert await _signal_count(hub) == 1
