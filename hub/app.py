@@ -24,6 +24,7 @@ from hub.intake.component import register_intake
 from hub.notify.api import router as mails_router
 from hub.notify.component import register_notify
 from hub.ops import wiring as ops
+from hub.ops.browser import SameSiteMiddleware, SecurityHeadersMiddleware
 from hub.runtime import Hub, Registrar
 from hub.signals.api import router as signals_router
 
@@ -73,6 +74,8 @@ def create_app(
     # 413 carries the transaction id.
     app.add_middleware(LimitBodyMiddleware, limit=hub.settings.http.max_body_bytes)
     app.add_middleware(RefuseControlCharactersMiddleware)  # inside: its 400 carries the transaction id
+    app.add_middleware(SameSiteMiddleware)  # inside too: a refusal of /api/ carries the transaction id
     app.add_middleware(TransactionIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer, refusals included
     document_problems(app)
     return app

@@ -79,6 +79,12 @@ class HttpSettings(BaseModel):
     # revoked (`ketenhub partners`, another process) stops working within this time. 0: look up
     # every request.
     key_cache_s: float = Field(default=5.0, ge=0, le=60)
+    # Whether the operators' session cookie is sent over https only. Unset: yes, unless the hub
+    # listens on a loopback address (the default 127.0.0.1: `make run`, tests) and the request came
+    # through no proxy (no Forwarded or X-Forwarded-* header), which only a browser on this machine
+    # sends, over plain http. Set true behind a proxy on the same machine that adds no such header;
+    # false only to try the console over plain http from another machine.
+    secure_cookies: bool | None = None
 
 
 class SmtpSettings(BaseModel):

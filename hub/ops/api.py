@@ -15,7 +15,7 @@ from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
 from hub.ops.dlq import Reason
 from hub.ops.dlq_records import DeadLetter, Filter
-from hub.ops.masking import is_youth_key, show_payload
+from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import Plain
@@ -136,12 +136,13 @@ async def _get(console: Console, letter_id: str) -> DeadLetter:
     return d
 
 
-@router.get("/dlq/{letter_id}", summary="One dead letter: all headers, payload masked unless allowed")
+@router.get("/dlq/{letter_id}", summary="One dead letter: headers and payload masked unless allowed")
 async def show_dead_letter(
     request: Request, op: Acting, letter_id: str, unmask: bool = False
 ) -> dict[str, Any]:
-    """Unmasking (the payload, and a key that is not a youth key) needs the privacy_officer role and is
-    audited."""
+    """Masked, the payload keeps its field names and structure, and the headers the hub writes their
+    values; a sender's own headers are masked too. Unmasking (the payload, the headers, and a key that
+    is not a youth key) needs the privacy_officer role and is audited."""
     if unmask and not op.may("privacy_officer"):
         raise Problem(403, "Not allowed", "Unmasking a payload needs the role privacy_officer.")
     console = _console(request)
@@ -149,7 +150,7 @@ async def show_dead_letter(
     await console.dead_letters.record_view(d, op.username, unmasked=unmask)
     return {
         **d.summary(unmasked=unmask),
-        "headers": d.headers,
+        "headers": show_headers(d.headers, unmasked=unmask),
         "payload": show_payload(d.value, unmasked=unmask),
         "masked": not unmask,
     }

@@ -22,12 +22,12 @@ from rich.table import Table
 
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
-from hub.ops.auth import add_operator
+from hub.ops.auth import UnknownOperator, add_operator, set_disabled
 from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import BrokersUnavailable, LagProbe
-from hub.ops.masking import is_youth_key, show_payload
+from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
 from hub.spine.outbox import outbox_state
@@ -83,7 +83,11 @@ def operators_add(
     role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")],
     password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
 ) -> None:
-    """Add an operator (or reset their password and role); the password is asked for, never an argument."""
+    """Add an operator, or reset their password and role, which ends their sessions. Audited.
+
+    A disabled operator stays disabled (`ketenhub operators enable`). The password is asked for,
+    never an argument.
+    """
     if role not in ROLES:
         typer.echo(f"ketenhub: role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
@@ -92,11 +96,45 @@ def operators_add(
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        _run(lambda _s, store: add_operator(store, username, password, role))
+        disabled = _run(lambda _s, store: add_operator(store, username, password, role, by=USER))
     except ValueError as exc:
         typer.echo(f"ketenhub: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"operator {username} ({role}) saved")
+    typer.echo(f"operator {username} ({role}) saved; any session of theirs has ended")
+    if disabled:
+        typer.echo(
+            f"ketenhub: {username} is disabled and cannot log in; `ketenhub operators enable {username}`"
+            " lets them in again",
+            err=True,
+        )
+
+
+def _set_disabled(username: str, disabled: bool) -> int:
+    try:
+        return _run(lambda _s, store: set_disabled(store, username, disabled, by=USER))
+    except UnknownOperator:
+        typer.echo(
+            f"ketenhub: no operator is called {username!r}; `ketenhub operators add` creates one", err=True
+        )
+        raise typer.Exit(1) from None
+
+
+@operators_app.command("disable")
+def operators_disable(
+    username: Annotated[str, typer.Argument(help="the operator's login name")],
+) -> None:
+    """Lock an operator out: their sessions end at once and every login is refused. Audited."""
+    ended = _set_disabled(username, True)
+    typer.echo(f"operator {username} disabled; {ended} session(s) ended")
+
+
+@operators_app.command("enable")
+def operators_enable(
+    username: Annotated[str, typer.Argument(help="the operator's login name")],
+) -> None:
+    """Let a disabled operator log in again, with the password they had. Audited."""
+    _set_disabled(username, False)
+    typer.echo(f"operator {username} enabled: they can log in again")
 
 
 @asynccontextmanager
@@ -165,28 +203,37 @@ def dlq_list(
 
 @dlq_app.command("show")
 def dlq_show(letter_id: str) -> None:
-    """One dead letter: every header, the payload with personal data masked."""
+    """One dead letter: its headers and payload, personal data masked (a sender's own headers too)."""
 
     async def go(settings: Settings, store: Store) -> dict[str, Any]:
         async with _dead_letters(settings, store) as dl:
             d = await _letter(dl, letter_id)
             await dl.record_view(d, USER, unmasked=False)  # rule 18, as the console does
-            return {**d.summary(), "headers": d.headers, "payload": show_payload(d.value, unmasked=False)}
+            return {
+                **d.summary(),
+                "headers": show_headers(d.headers, unmasked=False),
+                "payload": show_payload(d.value, unmasked=False),
+            }
 
     Terminal().print_json(data=_run(go))
 
 
-@dlq_app.command("discard")
-def dlq_discard(letter_id: str, reason: Annotated[str, typer.Option(help="why it is dropped")]) -> None:
-    """Discard one dead letter with a reason (audited)."""
+def _check_reason(reason: str) -> None:
+    """Exit 2 unless `reason` is a Reason, as the API's DiscardBody wants it."""
     try:
         TypeAdapter(Reason).validate_python(reason)
-    except ValidationError:  # as the API's DiscardBody
+    except ValidationError:
         typer.echo(
             f"ketenhub: --reason must be {REASON_MIN} to {REASON_MAX} characters, without control characters",
             err=True,
         )
         raise typer.Exit(2) from None
+
+
+@dlq_app.command("discard")
+def dlq_discard(letter_id: str, reason: Annotated[str, typer.Option(help="why it is dropped")]) -> None:
+    """Discard one dead letter with a reason (audited)."""
+    _check_reason(reason)
 
     async def go(settings: Settings, store: Store) -> bool:
         async with _dead_letters(settings, store) as dl:
@@ -271,9 +318,10 @@ def outbox_list() -> None:
 @outbox_app.command("release")
 def outbox_release(
     row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
-    reason: Annotated[str, typer.Option(help="why it may go now (audited)")],
+    reason: Annotated[str, typer.Option(help="why it may go now: 3 to 500 characters (audited)")],
 ) -> None:
     """Put a parked row back in the outbox, once the brokers' limit and kafka.max_message_bytes allow it."""
+    _check_reason(reason)
 
     async def go(settings: Settings, store: Store) -> int:
         return await release(store, row_id, USER, reason, max_message_bytes=settings.kafka.max_message_bytes)
@@ -292,9 +340,10 @@ def outbox_release(
 @outbox_app.command("discard")
 def outbox_discard(
     row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
-    reason: Annotated[str, typer.Option(help="why it is dropped (audited)")],
+    reason: Annotated[str, typer.Option(help="why it is dropped: 3 to 500 characters (audited)")],
 ) -> None:
     """Drop a parked row for good, with a reason (audited)."""
+    _check_reason(reason)
     try:
         _run(lambda _s, store: discard(store, row_id, USER, reason))
     except NotParked:

@@ -1,67 +1,98 @@
-"""Masking personal data in dead letters: BSN-like numbers, names, birth dates, e-mail, phone; keys."""
+"""What an operator sees of a dead letter: its key, headers and payload, masked unless allowed.
+
+Masked, a payload keeps its structure (field names, lists, which fields are present, null and
+true/false); a value is shown only under a field known to hold no personal data (ids, codes, offence
+and process dates, counts, amounts) and only when it looks like such a value. Everything else is
+replaced, free text by its length, and everything under a personal field whatever it nests.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from hub.spine.dlq import DLQ_HEADERS
+from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_ID, H_MESSAGE_TYPE, H_SOURCE, H_TRANSACTION_ID
+
 MASK = "•••"
-# Keys whose values are personal data whatever they look like (Dutch and English spellings).
-_PERSONAL_KEYS = re.compile(
-    r"bsn|burgerservice|naam|name|voornaam|achternaam|tussenvoegsel|voorvoegsel|initialen|geboorte|birth|"
-    r"e-?mail|telefoon|phone|mobiel|adres|address|straat|street|postcode|zip|huisnummer|"
-    r"woonplaats|geslacht|gender",
-    re.IGNORECASE,
+
+# Keys (lower case, only letters and digits: "E-mail ouder/verzorger" is "emailouderverzorger") whose
+# values are personal data, with everything nested under them: a person's name, birth date, address,
+# phone, e-mail, BSN, gender, place or position, and a parent or guardian as a whole.
+_PERSONAL_PARTS = re.compile(
+    r"bsn|burgerservice|naam|name|initial|geboorte|birth|email|telefoon|phone|mobiel|mobile|gsm|"
+    r"adres|address|straat|street|postcode|zip|huis|woonplaats|plaats|place|city|gemeente|municipality|"
+    r"locatie|location|gps|coord|geslacht|gender|leeftijd|nationalit|persoon|person|"
+    r"vertegenwoordiger|guardian|voogd|verzorger"
 )
-# Keys too short to look for inside others ("lat" is in "relatie"): personal only as the whole key.
-# A BOA record's GPS position pins where the youth was stopped, to the house.
-_PERSONAL_WHOLE_KEYS = {"lat", "lon", "lng", "latitude", "longitude"}
+# Keys personal only as the whole key: "lat" is in "relatie", "ouder" in "oudersAkkoord" (a yes or
+# no) and "parent" in "parentsInformedAt" (a date); a youth's or a parent's record as a whole.
+_PERSONAL_KEYS = {
+    *("lat", "lon", "lng", "latitude", "longitude", "dob", "tel"),
+    *("ouder", "ouders", "oudercontact", "parent", "parents"),
+    *("verdachte", "betrokkene", "jongere", "jeugdige", "youth", "kind", "child"),
+}
+# Keys whose values are no personal data, in the partner formats and the hub's own messages: ids,
+# references and codes, counts and amounts (shown when they look like one) ...
+_CODES = {
+    *("messageid", "transactionid", "correlationid", "type", "version", "source"),
+    *("procesverbaalnummer", "bonnummer", "aanmeldnummer", "dossiernummer", "parketnummer"),
+    *("casereference", "referralid", "signalid", "signaalid", "matchid", "handoverid", "consentid"),
+    *("notificationid", "caseworkerid", "recipientcaseworkerid", "notifiedcaseworker", "fromcaseworker"),
+    *("delegateid", "recordedby", "organisatiecode", "receiverorganisation", "recipientorganisations"),
+    *("appversie", "rulesversion", "feitcode", "wetsartikel", "article", "projectcode", "boaproject"),
+    *("categorie", "soort", "track", "reason", "reasoncategory", "outcome", "status", "purpose"),
+    *("permission", "method", "role", "template", "team", "receivertype", "datacategories", "code"),
+    *("field", "bedragjeugdige", "bedragtotaal", "schadebedrag", "youthshare", "casetotal"),
+    *("urenverzuim", "hours", "aantalkeertelaat", "keertelaat", "timeslate", "eerderehaltverwijzingen"),
+    *("eerderehalt", "priorhaltreferrals"),
+}
+# ... and the dates and times of an offence or of handling it (a birth date is a personal key).
+_MOMENTS = {
+    *("occurredat", "pleegdatum", "committedon", "tijdstip", "datum", "verzuimvanaf", "verzuimtotenmet"),
+    *("periodstart", "periodend", "oudersgeinformeerdop", "parentsinformedat", "aangemaakt", "created"),
+    *("einddatum", "enddate", "validfrom", "validuntil", "givenat", "notifiedat", "plannedat"),
+    *("parentlettersentat", "youthinformedat", "beeindigdop", "ontstaanop"),
+}
+_NOT_KEY_CHARACTERS = re.compile(r"[^0-9a-z]")
+_CODE_MAX = 100
+_MOMENT = re.compile(r"[0-9TZ:.+\-/ ]{1,40}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+# A number of 8 or 9 digits standing on its own may be a BSN; the digits of a reference are part of it
+# ("DH-2025-00493377", a BOA ticket number).
+_BSN_LIKE = re.compile(r"(?<![\w-])\d{8,9}(?![\w-])")
+# e-mail; starting only where a run of name characters starts: tried at every position of a long run,
+# the search took quadratic time (a 40 KB run of letters held the event loop 4 s)
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"(\+31|0031|\b0)[\s-]?\d(?:[\s-]?\d){7,9}\b")  # Dutch phone numbers
 
-
-def _personal(key: str) -> bool:
-    return bool(_PERSONAL_KEYS.search(key)) or key.lower() in _PERSONAL_WHOLE_KEYS
-
+# The headers the hub itself writes on a record and its dead letter (hub.ops.dlq.REPLAYED_FROM too,
+# named here since that module imports this one). A sender's own headers may hold personal data.
+HUB_HEADERS = frozenset(
+    {
+        H_MESSAGE_ID,
+        H_MESSAGE_TYPE,
+        H_TRANSACTION_ID,
+        H_CORRELATION_ID,
+        H_SOURCE,
+        *DLQ_HEADERS,
+        "dlq-replayed-from",
+    }
+)
 
 # The hub's own record key: HMAC-SHA256 of a BSN in hex (the test hub.ops.parked uses too). It names no
 # one; any other key is whatever its sender used, even a BSN, and is personal data.
 _YOUTH_KEY = re.compile(r"[0-9a-f]{64}")
-# Envelope fields are ids and times, never personal data: shown as they are.
-_SAFE_KEYS = {"message_id", "transaction_id", "correlation_id", "occurred_at", "type", "version", "source"}
-_PATTERNS = (
-    re.compile(r"\b\d{8,9}\b"),  # BSN-like
-    # e-mail; starting only where a run of name characters starts: tried at every position of a long
-    # run, the search took quadratic time (a 40 KB run of letters held the event loop 4 s)
-    re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(\.[\w-]+)+"),
-    re.compile(r"(\+31|0031|\b0)[\s-]?\d(?:[\s-]?\d){7,9}\b"),  # Dutch phone numbers
-    re.compile(r"\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[-/]\d{1,2}[-/]\d{4}\b"),  # dates (birth dates)
-)
 
 
-# A "key": value pair in text that is not (readable) JSON, such as a partner record cut off or
-# nested too deep: the value of a personal key is masked as it would be in parsed JSON. A string
-# value may run to the end of the text (cut off in the middle).
-_KEYED = re.compile(
-    r'"((?:[^"\\]|\\.){0,64})"(\s*:\s*)'  # a key (a partner's keys are short) and its colon
-    r'("(?:[^"\\]|\\.)*(?:"|$)'  # a string, perhaps cut off
-    r'|\[(?:[^\[\]{}"]|"(?:[^"\\]|\\.)*(?:"|$))*(?:\]|$)'  # a flat array (given names), perhaps cut off
-    r'|[^\s,\]}{\["]+)'  # a number or a word
-)
+def _field(key: str) -> str:
+    return _NOT_KEY_CHARACTERS.sub("", key.lower())
 
 
-def _mask_keyed(match: re.Match[str]) -> str:
-    key, colon, value = match.groups()
-    if not _personal(key) or value in ("null", '""', "true", "false"):
-        return match.group(0)
-    return f'"{key}"{colon}"{MASK}"'
-
-
-def mask_text(text: str) -> str:
-    """A string with everything that looks like personal data replaced."""
-    text = _KEYED.sub(_mask_keyed, text)
-    for pattern in _PATTERNS:
-        text = pattern.sub(MASK, text)
-    return text
+def _personal(field: str) -> bool:
+    return field in _PERSONAL_KEYS or _PERSONAL_PARTS.search(field) is not None
 
 
 def is_youth_key(key: str | None) -> bool:
@@ -74,38 +105,72 @@ def show_key(key: str | None, *, unmasked: bool) -> str | None:
     return key if key is None or unmasked or is_youth_key(key) else MASK
 
 
-def mask_value(value: Any, *, key: str = "") -> Any:
-    """A JSON value with personal fields and personal-looking strings masked, structure kept."""
+def show_headers(headers: Mapping[str, str], *, unmasked: bool) -> dict[str, str]:
+    """A dead letter's headers for an operator: the hub's own as they are, a sender's own masked
+    unless allowed (their names stay: which headers a record came with)."""
+    return {name: value if unmasked or name in HUB_HEADERS else MASK for name, value in headers.items()}
+
+
+def _plain(field: str, value: str | int | float) -> bool:
+    """True when `value` may be shown under `field`: a field holding no personal data, and a value
+    shaped as such a field's (an 8 or 9 digit number may be a BSN wherever it is)."""
+    if field not in _CODES and field not in _MOMENTS:
+        return False
+    text = value if isinstance(value, str) else str(abs(value))
+    if _UUID.fullmatch(text):  # a message or transaction id, whatever digits it starts with
+        return True
+    if _BSN_LIKE.search(text):
+        return False
+    if field in _MOMENTS:
+        return isinstance(value, str) and _MOMENT.fullmatch(value) is not None
+    if isinstance(value, int | float):
+        return True
+    return len(text) <= _CODE_MAX and text.isprintable() and not (_EMAIL.search(text) or _PHONE.search(text))
+
+
+def mask_value(value: Any, *, key: str = "", personal: bool = False) -> Any:
+    """A JSON value with everything that may be personal data masked, its structure kept."""
+    field = _field(key)
+    personal = personal or _personal(field)
     if isinstance(value, dict):
-        return {k: v if k in _SAFE_KEYS else mask_value(v, key=str(k)) for k, v in value.items()}
+        return {k: mask_value(v, key=str(k), personal=personal) for k, v in value.items()}
     if isinstance(value, list):
-        return [mask_value(v, key=key) for v in value]
-    if key and _personal(key) and value not in (None, "", True, False):
+        return [mask_value(v, key=key, personal=personal) for v in value]
+    if value is None or value == "" or isinstance(value, bool):
+        return value
+    if personal:
         return MASK
-    if isinstance(value, str):
-        return mask_text(value)
-    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) in (8, 9):
-        return MASK
-    return value
+    if _plain(field, value):
+        return value
+    return f"{MASK} (text, {len(value)} characters)" if isinstance(value, str) else f"{MASK} (number)"
 
 
 MAX_DEPTH = 200  # the answer nests the payload a level or two deeper; its encoder stops at 255
 
 
 def show_payload(raw: bytes, *, unmasked: bool) -> Any:
-    """The payload for an operator: parsed JSON (masked unless allowed), else masked text.
+    """The payload for an operator: parsed JSON, masked unless allowed; else its text, unmasked, or
+    masked as a whole: why it is not JSON and its size.
 
-    JSON nested deeper than `MAX_DEPTH` is shown as text too: masking walks it as deep as it is
+    JSON nested deeper than `MAX_DEPTH` is not shown as JSON: masking walks it as deep as it is
     nested, and the answer's encoder refuses it (both were a 500).
     """
     try:
         value = json.loads(raw)
         if _depth(value) <= MAX_DEPTH:
             return value if unmasked else mask_value(value)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, an overlong integer, too deep
-        pass
-    text = raw.decode("utf-8", "replace")
-    return text if unmasked else mask_text(text)
+        why = f"JSON nested deeper than {MAX_DEPTH} levels"
+    except UnicodeDecodeError as exc:
+        why = f"not JSON: not UTF-8 at byte {exc.start}"
+    except json.JSONDecodeError as exc:  # its message is the decoder's own, never a part of the text
+        why = f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except ValueError:
+        why = "JSON with a number of too many digits to read"
+    except RecursionError:
+        why = "JSON nested too deep to read"
+    if unmasked:
+        return raw.decode("utf-8", "replace")
+    return f"{MASK} ({why}; {len(raw)} bytes)"
 
 
 def _depth(value: Any) -> int:

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import delete, insert, select
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
+from hub.ops.dlq import Reason
 from hub.store import Store
 from hub.store.tables import outbox, outbox_parked
 from schemas.envelope import H_TRANSACTION_ID
 
 SYSTEM = "ketenhub-ops"
+# A release or discard needs a reason as a dead letter's discard does: it is all the audit log says why.
+REASON = TypeAdapter(Reason)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,9 @@ class StillTooLarge(ValueError):
 
 async def release(store: Store, row_id: int, operator: str, reason: str, *, max_message_bytes: int) -> int:
     """Put a parked row back at the end of the outbox; returns its new outbox id. Refused while the
-    row is still over `max_message_bytes`: it would only be parked again."""
+    row is still over `max_message_bytes`: it would only be parked again. A reason that is no Reason
+    raises pydantic's ValidationError (a ValueError)."""
+    REASON.validate_python(reason)
     async with store.transaction() as session:
         row = await _take(session, row_id)  # two operators at once: the second finds nothing
         if row.size > max_message_bytes:
@@ -92,7 +98,8 @@ async def release(store: Store, row_id: int, operator: str, reason: str, *, max_
 
 
 async def discard(store: Store, row_id: int, operator: str, reason: str) -> None:
-    """Drop a parked row for good, with a reason."""
+    """Drop a parked row for good, with a reason (ValidationError when it is no Reason)."""
+    REASON.validate_python(reason)
     async with store.transaction() as session:
         row = await _take(session, row_id)
         await _audit(session, "outbox.discarded", row, operator, reason)

@@ -1,27 +1,36 @@
-"""Login, logout, the dashboard page and its static files, and /metrics."""
+"""Login (throttled), logout, the dashboard page and its static files, and /metrics."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
 import json
+import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from hub.api.problems import HubStarting, Problem
+from hub.api.problems import PROBLEM_JSON, HubStarting, Problem
 from hub.logging import get_logger
 from hub.ops import auth
 from hub.ops.console import console_of
 from hub.ops.health import Health
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.prometheus import render
+from hub.ops.throttle import login_throttle
+from hub.runtime import Hub
 from hub.spine.outbox import outbox_state
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 _FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 router = APIRouter(tags=["operators"])
 log = get_logger(__name__)
+# The policy of every page under /ops/ (hub/app.py), which the login page widens by its one inline script.
+POLICY = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
 @router.get(
@@ -54,8 +63,12 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 async def _credentials(request: Request) -> tuple[str, str, bool]:
-    if request.headers.get("content-type", "").startswith("application/json"):
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("application/json"):
         try:
             body = json.loads(await request.body())
         except (ValueError, RecursionError):  # not UTF-8, not JSON, an overlong integer, too deep
@@ -66,6 +79,12 @@ async def _credentials(request: Request) -> tuple[str, str, bool]:
         if not _encodable(username) or not _encodable(password):  # a lone surrogate: a failed login
             username, password = "", ""
         return username, password, False
+    if not content_type.startswith(_FORMS):
+        raise Problem(
+            415,
+            "Unsupported login request",
+            "Send the login as application/json (username, password) or as the login page's form.",
+        )
     form = await request.form()
     if "username" not in form or "password" not in form:  # the login page always sends both
         raise Problem(400, "Invalid login request", "The form needs a username and a password.")
@@ -102,15 +121,48 @@ _CREDENTIALS = {
     responses={
         200: {"description": "JSON login: logged in", "content": {"application/json": {}}},
         303: {"description": "Form login: to the dashboard, or back to the form when it failed"},
+        429: {
+            "description": "Too many failed logins for this name or from this address: wait Retry-After",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemBody"}}},
+        },
     },
 )
 async def login(request: Request) -> Response:
-    """A session cookie (signed, HttpOnly, SameSite=Strict; the session expires server side)."""
+    """A session cookie (signed, HttpOnly, SameSite=Strict, Secure but on a hub of this machine only;
+    the session expires server side).
+
+    A few failed logins per minute for one name, or from one address, and the next is refused (429)
+    until the oldest is a minute old; while a few password checks are under way, another waits its
+    turn no longer than it takes to try again (503).
+    """
     hub = request.app.state.hub
     if hub.store is None:
         raise HubStarting()
     username, password, is_form = await _credentials(request)
-    cookie = await auth.login(hub.store, hub.settings.secret_value(), username, password)
+    address = request.client.host if request.client else "unknown"
+    throttle = login_throttle(request)
+    wait = throttle.wait_s(username, address)
+    if wait:
+        log.warning("operator login refused: too many failed logins", address=address, retry_after=wait)
+        raise Problem(
+            429,
+            "Too many failed logins",
+            f"Too many failed logins for this name or from this address; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+    if throttle.busy >= throttle.at_once:
+        raise Problem(503, "Too many logins at once", "Try again in a second.", headers={"Retry-After": "1"})
+    with throttle.attempt(username, address) as succeeded:
+        cookie = await auth.login(
+            hub.store,
+            hub.settings.secret_value(),
+            username,
+            password,
+            address=address,
+            transaction_id=getattr(request.state, "transaction_id", None),
+        )
+        if cookie is not None:
+            succeeded()
     if cookie is None:
         if is_form:
             return RedirectResponse("/ops/login?failed=1", status_code=303)
@@ -124,10 +176,28 @@ async def login(request: Request) -> Response:
         max_age=int(auth.SESSION_TTL.total_seconds()),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(hub, request),
         path="/",
     )
     return response
+
+
+_PROXY_HEADERS = ("forwarded", "x-forwarded-proto", "x-forwarded-for", "x-forwarded-host")
+
+
+def secure_cookies(hub: Hub, request: Request) -> bool:
+    """Whether the session cookie goes over https only: always, unless the settings say otherwise or
+    the hub listens on a loopback address and this request came through no proxy. The request's own
+    scheme says nothing: behind a proxy that ends TLS it is http."""
+    chosen: bool | None = hub.settings.http.secure_cookies
+    if chosen is not None:
+        return chosen
+    host = hub.settings.http.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    return not loopback or any(h in request.headers for h in _PROXY_HEADERS)
 
 
 @router.post(
@@ -137,16 +207,36 @@ async def login(request: Request) -> Response:
 )
 async def logout(request: Request) -> Response:
     """The cookie is cleared and its session deleted."""
-    await auth.logout(request.app.state.hub.store, request.cookies.get(auth.COOKIE))
+    hub = request.app.state.hub
+    await auth.logout(
+        hub.store,
+        request.cookies.get(auth.COOKIE),
+        address=request.client.host if request.client else "unknown",
+        transaction_id=getattr(request.state, "transaction_id", None),
+    )
     response = RedirectResponse("/ops/login", status_code=303)
-    response.delete_cookie(auth.COOKIE, path="/")
+    response.delete_cookie(
+        auth.COOKIE, path="/", secure=secure_cookies(hub, request), httponly=True, samesite="strict"
+    )
     return response
 
 
 @router.get("/ops/login", include_in_schema=False)
 async def login_page() -> FileResponse:
-    """The login form."""
-    return FileResponse(STATIC / "login.html", media_type="text/html")
+    """The login form; its inline script (the "failed" note) is allowed by its hash, nothing else is."""
+    return FileResponse(
+        STATIC / "login.html", media_type="text/html", headers={"Content-Security-Policy": _login_policy()}
+    )
+
+
+@cache
+def _login_policy() -> str:
+    page = (STATIC / "login.html").read_text(encoding="utf-8")
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL)
+    ]
+    return f"{POLICY}; script-src 'self' {' '.join(hashes)}".rstrip()
 
 
 @router.get("/ops/", include_in_schema=False, response_model=None)

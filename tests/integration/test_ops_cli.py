@@ -1,4 +1,4 @@
-"""`ketenhub operators add`, `ketenhub dlq` and `ketenhub topics` against a real broker and database."""
+"""`ketenhub operators`, `dlq`, `outbox` and `topics` against a real broker and database."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from click.testing import Result
+from pydantic import ValidationError
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from hub.cli import app
 from hub.embedded import EmbeddedKafka
-from hub.ops.auth import login
+from hub.ops.auth import login, operator_of
 from hub.ops.dlq import REPLAYED_FROM
 from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
+from hub.ops.parked import discard, release
 from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_TOPIC
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
@@ -26,6 +28,7 @@ from tests.conftest import TEST_SECRET
 from tests.integration.test_ops_lag import refusing_address
 
 pytestmark = pytest.mark.integration
+PASSWORD = "correct horse battery"
 
 
 def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Path, unique: str) -> None:
@@ -154,7 +157,8 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     """A malformed id ended in a ValueError traceback, a failed or unknown replay said it was queued
     and exited 0, an empty discard reason was taken, and the sender's key (a BSN) was shown."""
     bsn, topic = "111222333", _a_dlq_topic(unique)
-    original = {DLQ_TOPIC: f"t{unique}.ops.in.v1", DLQ_EXC_CLASS: "ValueError"}
+    # the sender's own header holds the BSN too: shown by name, its value masked
+    original = {DLQ_TOPIC: f"t{unique}.ops.in.v1", DLQ_EXC_CLASS: "ValueError", "x-verdachte": bsn}
     replayable, unreplayable = asyncio.run(
         _write_letters(kafka.bootstrap, topic, [(bsn.encode(), original), (b"k", {})])
     )
@@ -165,6 +169,7 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     assert by_bsn.exit_code == 2 and bsn not in by_bsn.output, by_bsn.output
     shown = runner.invoke(app, ["dlq", "show", replayable], env=env)
     assert shown.exit_code == 0 and bsn not in shown.output and MASK in shown.output, shown.output
+    assert "x-verdachte" in shown.output
     # rule 18: the view is audited, by the person behind the CLI, without the sender's key (a BSN)
     [(user, youth)] = _audited(tmp_path / "hub.db", "dlq.viewed")
     assert user.startswith("cli") and youth is None
@@ -192,7 +197,9 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     done = runner.invoke(app, ["dlq", "replay", replayable], env=env)
     assert done.exit_code == 0 and "queued 1 of 1" in done.output, done.output
     # queued with the sender's key, and the letter's id as message id (it had none): see test_ops_dlq
-    assert _outbox(tmp_path / "hub.db") == [(bsn, {REPLAYED_FROM: replayable, H_MESSAGE_ID: replayable})]
+    # the record as it came, its sender's own header included, with the replay's own two
+    replayed = {"x-verdachte": bsn, REPLAYED_FROM: replayable, H_MESSAGE_ID: replayable}
+    assert _outbox(tmp_path / "hub.db") == [(bsn, replayed)]
     _refused_cleanly(runner.invoke(app, ["dlq", "replay", replayable], env=env), "already replayed")
     everything = runner.invoke(app, ["dlq", "replay", "--all"], env=env)  # the unreplayable one, again
     assert everything.exit_code == 1 and "could not be replayed" in everything.output, everything.output
@@ -209,3 +216,80 @@ def test_dlq_commands_say_which_brokers_did_not_answer(tmp_path: Path) -> None:
                 "Unable to bootstrap" in result.output
                 and "KETENHUB_KAFKA__BOOTSTRAP_SERVERS" in result.output
             )
+
+
+def test_operators_disable_and_enable_and_a_reset_keeps_a_disabled_operator_out(
+    tmp_path: Path, unique: str
+) -> None:
+    """No command locked an operator out, and `add` as a password reset kept their sessions and let a
+    disabled operator in again."""
+    db = tmp_path / "hub.db"
+    url, env, runner = f"sqlite+aiosqlite:///{db}", _dlq_env(db, "127.0.0.1:1", unique), CliRunner()
+    add = ["operators", "add", "--username", "olga", "--role", "operator", "--password-stdin"]
+    assert runner.invoke(app, add, input=f"{PASSWORD}\n", env=env).exit_code == 0
+
+    async def session_of(cookie: str | None, password: str = PASSWORD) -> tuple[bool, bool]:
+        """(the cookie still works, a login with `password` works)"""
+        store = Store(url)
+        try:
+            alive = cookie is not None and await operator_of(store, TEST_SECRET, cookie) is not None
+            return alive, await login(store, TEST_SECRET, "olga", password) is not None
+        finally:
+            await store.close()
+
+    async def cookie() -> str | None:
+        store = Store(url)
+        try:
+            return await login(store, TEST_SECRET, "olga", PASSWORD)
+        finally:
+            await store.close()
+
+    before = asyncio.run(cookie())
+    assert before is not None
+    disabled = runner.invoke(app, ["operators", "disable", "olga"], env=env)
+    assert disabled.exit_code == 0 and "olga disabled" in disabled.output, disabled.output
+    assert asyncio.run(session_of(before)) == (False, False)
+    reset = runner.invoke(app, add, input=f"{PASSWORD}\n", env=env)
+    assert reset.exit_code == 0 and "ketenhub operators enable olga" in reset.output, reset.output
+    assert asyncio.run(session_of(None)) == (False, False)
+    enabled = runner.invoke(app, ["operators", "enable", "olga"], env=env)
+    assert enabled.exit_code == 0 and "olga enabled" in enabled.output, enabled.output
+    after = asyncio.run(cookie())
+    assert asyncio.run(session_of(after)) == (True, True)
+    # a password reset ends the sessions the old password started
+    reset = runner.invoke(app, add, input="another horse battery\n", env=env)
+    assert reset.exit_code == 0 and "enable" not in reset.output, reset.output
+    assert asyncio.run(session_of(after, "another horse battery")) == (False, True)
+    _refused_cleanly(runner.invoke(app, ["operators", "disable", "nobody"], env=env), "no operator is called")
+    for action in ("operator.added", "operator.disabled", "operator.reset", "operator.enabled"):
+        assert all(u.startswith("cli") for u, _ in _audited(db, action)), action
+        assert _audited(db, action), action
+    for command in ("add", "disable", "enable"):
+        helped = runner.invoke(app, ["operators", command, "--help"], env=env)
+        assert helped.exit_code == 0 and "Audited" in helped.output, helped.output
+
+
+def test_outbox_release_and_discard_need_a_reason(tmp_path: Path, unique: str) -> None:
+    """`ketenhub outbox release/discard --reason ""` was taken: the audit log said nothing of why."""
+    env, runner = _dlq_env(tmp_path / "hub.db", "127.0.0.1:1", unique), CliRunner()
+    for command in ("release", "discard"):
+        for reason in ("", "no", "a\x00b", "x" * 501):
+            result = runner.invoke(app, ["outbox", command, "1", "--reason", reason], env=env)
+            assert result.exit_code == 2 and "--reason must be 3 to 500" in result.output, result.output
+        # a good reason goes on to the row, here none
+        _refused_cleanly(
+            runner.invoke(app, ["outbox", command, "1", "--reason", "too large, resent"], env=env),
+            "no parked outbox row 1",
+        )
+
+    async def directly() -> None:
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+        try:
+            with pytest.raises(ValidationError):
+                await discard(store, 1, "cli:test", "")
+            with pytest.raises(ValidationError):
+                await release(store, 1, "cli:test", " ", max_message_bytes=10_000)
+        finally:
+            await store.close()
+
+    asyncio.run(directly())

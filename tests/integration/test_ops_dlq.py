@@ -334,6 +334,53 @@ async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_k
         assert keys[MASK] in str(audited)
 
 
+@pytest.mark.timeout(240)  # its own deadlines add up to 30 s
+async def test_the_masked_view_shows_no_personal_data_in_headers_nesting_free_text_or_non_json(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The masked view of a dead letter showed a partner's own headers as they came, a name split
+    in parts under a personal key, a name and an address in free text, and a record that is not JSON
+    (a police record written with single quotes) as it was."""
+    story = "Jan de Vries (15) uit de Laan van Meerdervoort 12"
+    letter = Envelope(
+        type="T",
+        payload={
+            "poison": True,
+            "melder": {"naam": {"eerste": "Piet", "laatste": "Pietersen"}},
+            "omschrijving": story,
+            "feitcode": "F350",
+            "huisnummer": 1,
+        },
+    )
+    broken = b"{'naam': 'Jan Jansen', 'bsn': '111222333'}"
+    own = [("x-partner-jongere", b"Jan de Vries"), ("x-partner-bsn", b"111222333")]
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(Cure())) as (hub, client):
+        assert hub.store is not None
+        records = [(b"k", letter.to_bytes(), [*letter.headers(), *own]), (b"k", broken, own)]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+        ids = [d["id"] for d in (await client.get("/ops/api/dlq")).json()["items"]]
+        enveloped, raw = [(await client.get(f"/ops/api/dlq/{i}")).json() for i in ids]
+        for shown in (enveloped, raw):
+            text = str(shown)
+            for secret in ("Piet", "Jan", "Vries", "Meerdervoort", "111222333"):
+                assert secret not in text, (secret, shown)
+            assert shown["masked"] and shown["headers"]["x-partner-jongere"] == MASK
+            assert shown["headers"]["dlq-original-topic"] == hub.topic(IN.name)
+        assert enveloped["headers"][H_MESSAGE_ID] == letter.message_id
+        assert enveloped["headers"]["dlq-exception-message"] == "poison payload"
+        payload = enveloped["payload"]["payload"]
+        assert payload["melder"] == {"naam": {"eerste": MASK, "laatste": MASK}}
+        assert payload["omschrijving"] == f"{MASK} (text, {len(story)} characters)"
+        assert (payload["feitcode"], payload["huisnummer"], payload["poison"]) == ("F350", MASK, True)
+        assert raw["payload"].startswith(f"{MASK} (not JSON: ") and f"{len(broken)} bytes" in raw["payload"]
+
+        await add_operator(hub.store, "pia", PASSWORD, "privacy_officer")
+        privacy = await _logged_in(client, "pia")
+        plain = (await privacy.get(f"/ops/api/dlq/{ids[1]}", params={"unmask": True})).json()
+        assert plain["payload"] == broken.decode() and plain["headers"]["x-partner-bsn"] == "111222333"
+
+
 @pytest.mark.timeout(240)
 async def test_dead_letters_answer_503_while_the_brokers_refuse(
     kafka: EmbeddedKafka, db_url: str, unique: str

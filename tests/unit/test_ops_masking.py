@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
+import pytest
 from pydantic_core import to_json
 
-from hub.ops.masking import MASK, MAX_DEPTH, mask_text, show_payload
+from hub.ops.dlq import REPLAYED_FROM
+from hub.ops.masking import MASK, MAX_DEPTH, show_headers, show_payload
+from hub.spine.dlq import DLQ_HEADERS
+from schemas.envelope import H_CORRELATION_ID, Envelope
 
 BSN, NAME, SURNAME = "111222333", "Jan", "Jansen"
 RECORD = {
@@ -28,16 +33,23 @@ def test_a_record_is_shown_masked_with_its_structure() -> None:
     assert show_payload(json.dumps(RECORD).encode(), unmasked=True) == RECORD
 
 
-def test_a_record_cut_off_is_shown_as_text_without_its_names() -> None:
-    """Text that is not JSON used to be shown with only number patterns masked: the names in a
-    partner record cut off in the middle were shown as they were."""
+def test_a_record_cut_off_is_masked_as_a_whole() -> None:
+    """Text that is not JSON was shown with only the values of personal keys and number patterns
+    masked: the names in a record written with single quotes were shown as they were."""
     whole = json.dumps(RECORD, indent=2)
-    for cut in (whole[: whole.index(SURNAME) + 3], whole[:-5], whole.replace('"bsn"', '"bsn "', 1)[:-1]):
-        shown = show_payload(cut.encode(), unmasked=False)
-        assert isinstance(shown, str)
+    single_quoted = str(RECORD).encode()
+    for raw in (whole[: whole.index(SURNAME) + 3].encode(), whole[:-5].encode(), single_quoted):
+        shown = show_payload(raw, unmasked=False)
+        assert shown.startswith(f"{MASK} (not JSON: ") and shown.endswith(f"; {len(raw)} bytes)"), shown
         for secret in (BSN, NAME, SURNAME[:3], "Spui"):
             assert secret not in shown, (secret, shown)
-        assert "PL1500-2026-0001" in shown  # what is no personal data stays readable
+        assert show_payload(raw, unmasked=True) == raw.decode()
+    police = b"{'naam': 'Jan Jansen'}"
+    assert show_payload(police, unmasked=False) == (
+        f"{MASK} (not JSON: Expecting property name enclosed in double quotes at line 1, column 2; 22 bytes)"
+    )
+    not_utf8 = show_payload(b'{"naam": "Jos\xe9"}', unmasked=False)
+    assert not_utf8 == f"{MASK} (not JSON: not UTF-8 at byte 13; 16 bytes)"
 
 
 def test_json_too_deep_or_with_an_overlong_number_is_shown_as_masked_text() -> None:
@@ -73,16 +85,6 @@ def test_json_deeper_than_the_answer_can_hold_is_shown_as_text() -> None:
         assert SURNAME not in str(masked) and BSN not in str(masked)
 
 
-def test_keyed_text_masks_personal_values_only() -> None:
-    text = '{"naam": "A \\"B\\" C", "telefoon": 612345678, "geboortedatum": null, "status": "open"}'
-    masked = mask_text(text)
-    assert masked == f'{{"naam": "{MASK}", "telefoon": "{MASK}", "geboortedatum": null, "status": "open"}}'
-    # a list under a personal key (given names), whole or cut off in the middle
-    for names in ('{"voornamen": ["Johannes", "Pieter"], "n": [1, 2]}', '{"voornamen": ["Johannes", "Pie'):
-        assert "Johannes" not in mask_text(names) and "Pie" not in mask_text(names), mask_text(names)
-    assert mask_text('{"voornamen": ["Jan"], "n": [1, 2]}') == f'{{"voornamen": "{MASK}", "n": [1, 2]}}'
-
-
 def test_masking_time_grows_with_the_payload_not_its_square() -> None:
     """The e-mail pattern was tried at every position of a run of name characters: a 40 KB run of
     letters held the event loop 4 s, a 1 MB one would have held it for most of an hour. A 100 KB
@@ -98,12 +100,130 @@ def test_where_a_youth_lives_their_sex_and_a_gps_position_are_masked() -> None:
         "locatie": {"lat": 52.0705, "lon": 4.3007, "straat": "Spui", "omschrijving": "bij de tramhalte"},
         "jeugdige": {"geslacht": "M", "woonplaats": "Den Haag", "gemeente": "Den Haag"},
         "vertegenwoordiger": {"relatie": "voogd"},
+        "pleegplaats": "Spui 70",
         "flat": 3,
     }
     shown = show_payload(json.dumps(boa).encode(), unmasked=False)
-    assert shown["locatie"]["lat"] == shown["locatie"]["lon"] == MASK
-    assert shown["jeugdige"]["geslacht"] == shown["jeugdige"]["woonplaats"] == MASK
-    assert shown["locatie"]["omschrijving"] == "bij de tramhalte"
-    assert shown["vertegenwoordiger"]["relatie"] == "voogd" and shown["flat"] == 3  # "lat" inside a word
-    cut_off = show_payload(json.dumps(boa).encode()[:-30], unmasked=False)  # not JSON: read as text
-    assert isinstance(cut_off, str) and "52.0705" not in cut_off and '"woonplaats": "Den Haag"' not in cut_off
+    assert shown == {
+        "locatie": {"lat": MASK, "lon": MASK, "straat": MASK, "omschrijving": MASK},
+        "jeugdige": {"geslacht": MASK, "woonplaats": MASK, "gemeente": MASK},
+        "vertegenwoordiger": {"relatie": MASK},  # a foster parent or guardian says much of a youth
+        "pleegplaats": MASK,
+        "flat": f"{MASK} (number)",
+    }
+    cut_off = show_payload(json.dumps(boa).encode()[:-30], unmasked=False)  # not JSON: masked whole
+    assert isinstance(cut_off, str) and "52.0705" not in cut_off and "Den Haag" not in cut_off
+
+
+def _shown_values(value: object) -> list[object]:
+    """The text and numbers a masked payload shows as they are."""
+    if isinstance(value, dict):
+        return [v for child in value.values() for v in _shown_values(child)]
+    if isinstance(value, list):
+        return [v for child in value for v in _shown_values(child)]
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and value.startswith(MASK)):
+        return []
+    return [value]
+
+
+def test_everything_under_a_personal_key_is_masked_however_deep() -> None:
+    """A personal key was not carried into what it holds: a name split in parts came back as it was."""
+    payload = {
+        "naam": {"eerste": "Jan", "laatste": "Jansen", "delen": [["van", {"x": "der"}]]},
+        "geboorte": {"datum": "2009-05-01"},  # a date as an offence date would be shown, under birth
+        "voornamen": ["Jan", "Pieter"],
+        "ouders": [{"relatie": "pleegouder", "gezag": True, "code": "X1"}],
+        "feitcode": "F350",
+    }
+    shown = show_payload(json.dumps(payload).encode(), unmasked=False)
+    assert shown == {
+        "naam": {"eerste": MASK, "laatste": MASK, "delen": [[MASK, {"x": MASK}]]},
+        "geboorte": {"datum": MASK},
+        "voornamen": [MASK, MASK],
+        "ouders": [{"relatie": MASK, "gezag": True, "code": MASK}],
+        "feitcode": "F350",
+    }
+
+
+def test_free_text_is_masked_as_a_whole_with_its_length() -> None:
+    """Free text had only BSN, e-mail, phone and date patterns taken out: a name, an age and an
+    address written in a sentence were shown."""
+    text = "Jan de Vries (15) uit de Laan van Meerdervoort 12"
+    fields = ("omschrijving", "feitomschrijving", "description", "summary", "note", "toelichting")
+    payload = dict.fromkeys((*fields, "opmerking", "deferral_reason", "body_text"), text)
+    shown = show_payload(json.dumps({"payload": payload}).encode(), unmasked=False)
+    assert shown == {"payload": dict.fromkeys(payload, f"{MASK} (text, {len(text)} characters)")}
+
+
+def test_initials_a_birth_date_and_zero_or_one_under_a_personal_key_are_masked() -> None:
+    """Initials and dob were not personal keys; 0 and 1 passed a personal key as False and True."""
+    payload = {"initials": "J.P.", "initialen": "J.", "dob": "2009.05.01", "huisnummer": 1, "postcode": 0}
+    shown = show_payload(json.dumps(payload).encode(), unmasked=False)
+    assert shown == dict.fromkeys(payload, MASK)
+    flags = {"gezag": True, "oudersAkkoord": False, "telefoon": None, "email": ""}  # nothing to hide
+    assert show_payload(json.dumps(flags).encode(), unmasked=False) == flags
+
+
+SAMPLES = Path(__file__).parents[1] / "data"
+
+
+@pytest.mark.parametrize(
+    ("sample", "shown"),
+    [
+        (
+            "politie/valid_vernieling_16jarige.json",
+            ["PL1500-2025040907-2", "F350", "2025-04-09", 425.5, "851,00", 1],
+        ),
+        (
+            "boa/valid_project_vuurwerk.json",
+            ["DH-2025-00493377", "2025-12-28T19:05:00+01:00", "V236", "DH-JAARWISSELING-2526", "29-12-2025"],
+        ),
+        (
+            "preventief/valid_wijkteam.json",
+            ["WT-ESC-2025-0042", "WIJKTEAM", "03-02-2025", "online", "04-02-2025"],
+        ),
+    ],
+)
+def test_a_partner_record_shows_ids_codes_dates_and_amounts_only(sample: str, shown: list[object]) -> None:
+    """What an operator needs to see why a record failed (its fields, their types, its references,
+    codes, offence dates and amounts) and nothing of the youth, a parent or an officer."""
+    raw = (SAMPLES / sample).read_bytes()
+    masked = show_payload(raw, unmasked=False)
+    assert _shown_values(masked) == shown
+    assert _keys(masked) == _keys(json.loads(raw))  # every field is there, under its own name
+    assert show_payload(raw, unmasked=True) == json.loads(raw)
+
+
+def _keys(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [k for key, child in value.items() for k in (key, *_keys(child))]
+    if isinstance(value, list):
+        return [k for child in value for k in _keys(child)]
+    return []
+
+
+def test_a_message_of_the_hub_shows_its_envelope() -> None:
+    """Ids (a UUID whose first part is all digits too), type, source and times of an envelope."""
+    message = Envelope(
+        message_id="12345678-1234-4123-8123-123456789012",
+        type="Referral",
+        correlation_id="PL1500-2025040907-2",
+        payload={"youth": {"bsn": BSN, "given_names": NAME}, "case_reference": "PL1500-2025040907-2"},
+    )
+    shown = show_payload(message.to_bytes(), unmasked=False)
+    assert shown["message_id"] == message.message_id and shown["transaction_id"] == message.transaction_id
+    assert (shown["type"], shown["source"], shown["version"]) == ("Referral", "ketenhub", 1)
+    assert shown["correlation_id"] == shown["payload"]["case_reference"] == "PL1500-2025040907-2"
+    assert shown["payload"]["youth"] == {"bsn": MASK, "given_names": MASK}
+    # a field that holds no personal data shows no value that may be some: a BSN, e-mail or phone
+    odd = {"feitcode": BSN, "status": "jan@example.nl", "code": "06-12345678", "pleegdatum": "Jan Jansen"}
+    assert _shown_values(show_payload(json.dumps(odd).encode(), unmasked=False)) == []
+
+
+def test_a_senders_own_headers_are_masked_the_hubs_own_shown() -> None:
+    """A dead letter's headers were shown as they came: a partner's own header may hold personal data."""
+    hub = dict.fromkeys((*DLQ_HEADERS, REPLAYED_FROM), "x") | Envelope(type="T").header_map()
+    hub[H_CORRELATION_ID] = "PL1500-2025040907-2"
+    own = {"x-naam": "Jan Jansen", "Message-Id": BSN, "dlq-note": "Jan"}
+    assert show_headers(hub | own, unmasked=False) == hub | dict.fromkeys(own, MASK)
+    assert show_headers(hub | own, unmasked=True) == hub | own
