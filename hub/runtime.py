@@ -20,11 +20,13 @@ from hub.kafka import client_options, ensure_topics, faststream_security, make_p
 from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine import Relay, Spine
+from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from hub.topics import Topic, all_topics, inbox_term, prefixed
 from schemas.envelope import utcnow
 
 log = get_logger(__name__)
+READY_FOR_S = 1.0  # how long one look at the dependencies answers /readyz
 
 # A component registers its handlers on the spine; the app wiring maps names to them.
 Registrar = Callable[["Hub"], None]
@@ -49,6 +51,8 @@ class Hub:
     components: dict[str, Any] = field(default_factory=dict)
     background: dict[str, Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=dict)
     clock: Clock = utcnow
+    _ready_at: tuple[float, dict[str, str]] | None = field(default=None, repr=False)
+    _looking: asyncio.Future[dict[str, str]] | None = field(default=None, repr=False)
 
     def today(self) -> date:
         """Today in the Netherlands by this hub's clock: the day every date rule counts from."""
@@ -152,7 +156,22 @@ class Hub:
         log.info("hub stopped")
 
     async def readiness(self) -> dict[str, str]:
-        """Each dependency: 'ok' or why not."""
+        """Each dependency: 'ok' or why not (what went wrong, never a value from it).
+
+        /readyz is open to anyone, and each look asks the store, the broker and the partners (an SMTP
+        connection, a call to the Verwijsindex): callers at the same moment share one look, and a
+        look stands for `READY_FOR_S`, so that calling /readyz in a loop does not call the partners.
+        """
+        loop = asyncio.get_running_loop()
+        if self._ready_at is not None and loop.time() - self._ready_at[0] < READY_FOR_S:
+            return dict(self._ready_at[1])
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.ensure_future(self._look())
+        checks = await asyncio.shield(self._looking)
+        self._ready_at = (loop.time(), checks)
+        return dict(checks)
+
+    async def _look(self) -> dict[str, str]:
         checks: dict[str, str] = {}
         checks["store"] = await _check(self.store.ping() if self.store else None)
         checks["broker"] = await _check(self._ping_broker())
@@ -225,5 +244,6 @@ async def _check(awaitable: Any) -> str:
     try:
         await asyncio.wait_for(awaitable, 3.0)
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+        said = safe_error_message(exc)
+        return (said if type(exc).__name__ in said else f"{type(exc).__name__}: {said}")[:200]
     return "ok"
