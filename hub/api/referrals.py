@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from connectors import boa, leerplicht, politie, preventief
 from hub.api.docs import inline_schema
@@ -27,7 +27,7 @@ from hub.api.referral_models import (
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
-from hub.intake.service import IntakeResult, Origin
+from hub.intake.service import POLITIE_REFERRER, IntakeResult, Origin
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
 from hub.runtime import Hub
@@ -52,7 +52,7 @@ def _hub(request: Request) -> Hub:
 
 def _origin(request: Request, partner: Partner) -> Origin:
     return Origin(
-        referrer_key=f"partner:{partner.id}",
+        referrer_key=POLITIE_REFERRER if partner.type is PartnerType.POLITIE else f"partner:{partner.id}",
         channel="http",
         transaction_id=request.state.transaction_id,
         system=SYSTEM,
@@ -203,6 +203,14 @@ async def post_leerplicht(
     return Response(report, media_type=JSON)
 
 
+def _referred_by(partner: Partner) -> Any:
+    """The referrals `partner` made: its own, and for the police every police referral (one referrer,
+    rule 7: a repeat over HTTP of a record first sent on Kafka is answered with that referral)."""
+    if partner.type is PartnerType.POLITIE:
+        return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key == POLITIE_REFERRER)
+    return referrals.c.partner_id == partner.id
+
+
 @router.get(
     "/verwijzingen/{referral_id}",
     summary="Status en besluit van een eigen verwijzing",
@@ -216,7 +224,7 @@ async def get_referral(request: Request, referral_id: str, partner: CurrentPartn
     async with hub.store.transaction() as session:
         row = (
             await session.execute(
-                select(referrals).where(referrals.c.id == referral_id, referrals.c.partner_id == partner.id)
+                select(referrals).where(referrals.c.id == referral_id, _referred_by(partner))
             )
         ).first()
         if row is None:

@@ -13,7 +13,7 @@ from hub.clock import local_day
 from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
-from hub.intake.service import IntakeResult, IntakeService, Origin
+from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.consumer import DeadLetter, Item
@@ -27,7 +27,6 @@ from schemas.referral import Decision, Referral
 # tomorrow. A date is refused as still to come (DATUM_IN_TOEKOMST) only past this margin, since a
 # refusal stands for the case reference for good (rule 7).
 CLOCK_SKEW = timedelta(minutes=15)
-POLITIE_REFERRER = "kafka:politie"  # rule 7: the police topic is one referrer (ACLs let only police write)
 POLITIE_DECISION_TYPE = "PolitieBesluit"
 BATCHER = "intake-batcher"
 

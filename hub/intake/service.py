@@ -30,6 +30,12 @@ DECIDED_TYPE = "ReferralDecided"
 _CHUNK = 200  # rows per statement: well under SQLite's and PostgreSQL's bind-parameter limits
 
 
+# Rule 7 for the police: one referrer, whether a record comes on its Kafka topic or over HTTP (a
+# resend over the other channel during an outage is the same referral); its proces-verbaal numbers
+# are unique across the Dutch police. Every other HTTP partner is a referrer of its own.
+POLITIE_REFERRER = "politie"
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where a referral came from: who referred (rule 7 key), over what, under which transaction."""

@@ -11,7 +11,8 @@ referrals = Table(
     "referrals",
     metadata,
     Column("id", String(36), primary_key=True),
-    # Who referred, as rule 7 identifies it: "partner:<id>" on HTTP, "kafka:<source>" on Kafka.
+    # Who referred, as rule 7 identifies it: "politie" for the police (Kafka or HTTP), "partner:<id>"
+    # for another HTTP partner, "kafka:<source>" for a Kafka connector.
     Column("referrer_key", String(200), nullable=False),
     Column("case_reference", String(100), nullable=False),
     Column("partner_id", String(36), nullable=True, index=True),

@@ -34,7 +34,7 @@ from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
 from hub.handovers.service import ZORGMELDING, Act, Routing, create_handover
 from hub.handovers.tables import handovers
 from hub.intake import load_intake_rules
-from hub.intake.service import IntakeService, Origin
+from hub.intake.service import POLITIE_REFERRER, IntakeService, Origin
 from hub.intake.tables import referrals
 from hub.notify.tables import mail_sent
 from hub.ops.lag import BrokersUnavailable, LagProbe
@@ -401,7 +401,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
         async def outstanding() -> dict[str, int]:
             """Per topic, how many good records have not had their effect yet."""
             done = {
-                POLITIE_REFERRAL: await count(rows(referrals, referrals.c.referrer_key == "kafka:politie")),
+                POLITIE_REFERRAL: await count(rows(referrals, referrals.c.referrer_key == POLITIE_REFERRER)),
                 REFERRAL_RECEIVED: await count(
                     rows(referrals, referrals.c.referrer_key == f"kafka:{CONNECTOR}")
                 ),

@@ -119,3 +119,30 @@ async def test_records_with_unusable_id_headers_are_dead_lettered_and_the_rest_d
         )
         assert [Envelope.from_bytes(r.value).transaction_id for r in answers] == ["tx-good"]
         assert await api.count() == 1
+
+
+async def test_the_police_is_one_referrer_on_its_topic_and_over_http(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 7: a proces-verbaal sent on the police topic, then again over HTTP (a resend through the
+    other channel during an outage), is one referral: the second is answered with the first, and the
+    police can read it over HTTP. Both ways round."""
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        topic = api.hub.topic("partner.politie.referral.v1")
+        await produce(kafka.bootstrap, topic, [(b"pv", politie_variant(51), [])])
+        [decided] = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=1)
+        first = Envelope.from_bytes(decided.value).payload
+        again = await api.post("politie", politie_variant(51))
+        assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
+        assert again.json()["referralId"] == first["verwijzingId"]
+        read = await api.client.get(again.headers["Location"], headers=api.auth("politie"))
+        assert read.status_code == 200, read.text
+        assert (await api.client.get(again.headers["Location"], headers=api.auth("boa"))).status_code == 404
+
+        over_http = await api.post("politie", politie_variant(52))
+        assert over_http.status_code == 201, over_http.text
+        await produce(kafka.bootstrap, topic, [(b"pv", politie_variant(52), [])])
+        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=2)
+        repeat = Envelope.from_bytes(answers[-1].value).payload
+        assert repeat["herhaling"] is True and repeat["verwijzingId"] == over_http.json()["referralId"]
+        assert await api.count() == 2

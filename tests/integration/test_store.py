@@ -44,3 +44,49 @@ async def test_audit_log_is_append_only(store: Store) -> None:
     async with store.connect() as conn:
         row = (await conn.execute(select(audit_log))).one()
     assert (row.user, row.transaction_id, row.objects) == ("op", "tx-1", {"referral": "r1"})
+
+
+async def test_the_police_referrals_stored_before_are_one_referrer_after_migrating(db_url: str) -> None:
+    """Revision 0017: the police's referrals from the topic and over HTTP take one key; of a
+    proces-verbaal stored over both channels (or by two police partners) the first keeps counting,
+    the later copy keeps its old key, and nothing else changes."""
+    from sqlalchemy import text
+
+    from hub.store.db import migrate
+
+    store = Store(db_url)
+    try:
+        await migrate(store.engine, "0002_intake")
+        rows = [  # id, referrer key, case reference, referrer type
+            ("r1", "kafka:politie", "PV-1", "POLITIE"),
+            ("r2", "partner:p1", "PV-1", "POLITIE"),  # PV-1 again over HTTP: a copy
+            ("r3", "partner:p1", "PV-2", "POLITIE"),
+            ("r4", "partner:p2", "PV-2", "POLITIE"),  # PV-2 by a second police partner: a copy
+            ("r5", "partner:b1", "PV-1", "BOA"),  # another referrer's own numbering
+        ]
+        async with store.engine.begin() as conn:
+            for rid, key, ref, kind in rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO referrals (id, referrer_key, case_reference, partner_id, referrer_type,"
+                        " channel, youth_key, bsn, track, outcome, referral, decision, transaction_id,"
+                        " received_at) VALUES (:id, :key, :ref, :partner, :kind, 'http', :youth, '111222333',"
+                        " 'HALT_STRAF', 'ACCEPTED', '{}', '{}', 'tx', CURRENT_TIMESTAMP)"
+                    ),
+                    {
+                        "id": rid,
+                        "key": key,
+                        "ref": ref,
+                        "kind": kind,
+                        "partner": key.removeprefix("partner:") if key.startswith("partner:") else None,
+                        "youth": "a" * 64,
+                    },
+                )
+        await store.migrate()
+        async with store.connect() as conn:
+            keys = dict((await conn.execute(text("SELECT id, referrer_key FROM referrals"))).all())
+        assert keys == {
+            "r1": "politie", "r2": "partner:p1", "r3": "politie", "r4": "partner:p2", "r5": "partner:b1",
+        }  # fmt: skip
+    finally:
+        await store.close()
