@@ -13,7 +13,7 @@ from sqlalchemy import String, cast, or_, select
 from hub.api.problems import Problem
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
-from hub.ops.dlq import Reason
+from hub.ops.dlq import Reason, ReplayBusy
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.spine.outbox import outbox_state
@@ -212,7 +212,11 @@ async def replay_many(request: Request, op: Acting, body: ReplayBody) -> dict[st
         )
     console = _console(request)
     letters = await console.dead_letters.find(_filter(op, *criteria))
-    return console.dead_letters.start_replay(letters, op.username).progress()
+    try:
+        return console.dead_letters.start_replay(letters, op.username).progress()
+    except ReplayBusy as exc:
+        wait = f"wait for it (GET /ops/api/jobs/{exc.job.id}), then replay again"
+        raise Problem(409, "A replay is running", f"{exc}; {wait}.") from None
 
 
 @router.get("/jobs/{job_id}", summary="Progress of a replay job")

@@ -41,6 +41,7 @@ from schemas._base import NO_CONTROL
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
 
 log = get_logger(__name__)
+KEEP_JOBS = 100  # finished replay jobs kept for their progress to be read
 OPEN = Filter()  # every open letter
 REPLAYED_FROM = "dlq-replayed-from"
 SYSTEM = "ketenhub-ops"
@@ -72,6 +73,14 @@ class ReplayJob:
     def progress(self) -> dict[str, Any]:
         """What the dashboard and the CLI show."""
         return {k: getattr(self, k) for k in ("id", "total", "done", "skipped", "failed", "state", "error")}
+
+
+class ReplayBusy(RuntimeError):
+    """A replay of many letters is running already."""
+
+    def __init__(self, job: ReplayJob) -> None:
+        super().__init__(f"replay job {job.id} is still running ({job.done} of {job.total} done)")
+        self.job = job
 
 
 class DeadLetters:
@@ -224,7 +233,17 @@ class DeadLetters:
         await add_to_outbox(session, original, value, key=d.key, headers=headers)
 
     def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:
-        """Replay `letters` in the background, rate-limited; returns the job to poll."""
+        """Replay `letters` in the background, rate-limited; returns the job to poll.
+
+        One replay of many letters runs at a time (`ReplayBusy` names the one running): the rate
+        limit holds for the hub, not per job. The last `KEEP_JOBS` finished jobs stay to be polled."""
+        if len(letters) > 1:
+            running = [j for j in self.jobs.values() if j.state == "running" and j.total > 1]
+            if running:
+                raise ReplayBusy(running[0])
+        finished = [j for j in self.jobs.values() if j.state != "running"]
+        for old in finished[: max(0, len(finished) - KEEP_JOBS + 1)]:
+            del self.jobs[old.id]
         job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator)
         self.jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, letters, batch), name=f"dlq-replay-{job.id}")
