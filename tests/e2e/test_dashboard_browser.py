@@ -6,16 +6,19 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import uvicorn
 from aiokafka import TopicPartition
+from sqlalchemy import func, select
 
 from hub.app import create_app
 from hub.embedded import EmbeddedKafka, free_port
 from hub.ops import console
 from hub.ops.auth import add_operator
 from hub.runtime import Hub
+from hub.store.tables import audit_log
 from hub.topics import Topic
 from schemas.envelope import Envelope
 from tests.conftest import make_settings
@@ -56,6 +59,7 @@ async def served(kafka: EmbeddedKafka, tmp_path: object, unique: str) -> AsyncIt
     await wait_for(lambda: server.started, timeout_s=30)
     assert hub.store is not None
     await add_operator(hub.store, "olga", PASSWORD, "operator")
+    await add_operator(hub.store, "pien", PASSWORD, "privacy_officer")
     try:
         yield hub, f"http://127.0.0.1:{port}", cure
     finally:
@@ -100,6 +104,7 @@ async def test_login_see_lag_replay_a_dead_letter(
                 await page.locator("#dlq tbody tr button.show").first.click()
                 await page.locator("#letter-headers", has_text="dlq-exception-message").wait_for()
                 assert "poison payload" in await page.inner_text("#letter-headers")
+                await _searched_once_by_the_senders_key(browser, base, hub)
                 cure.fixed = True  # the cause is fixed; now replay
                 await page.click("#replay-one")
                 await depth.filter(has_text="0").wait_for()
@@ -107,3 +112,30 @@ async def test_login_see_lag_replay_a_dead_letter(
                 await browser.close()
     out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, settle_s=0.3)
     assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [42]
+
+
+async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -> None:
+    """A privacy officer looks for the letter by its sender's own key (a BSN, it may be): one audited
+    search, not one more at every refresh of the dashboard."""
+    page = await browser.new_page()
+    page.set_default_timeout(60_000)
+    await page.goto(base + "/ops/login")
+    await page.fill("#username", "pien")
+    await page.fill("#password", PASSWORD)
+    await page.click("#submit")
+    await page.wait_for_url(base + "/ops/")
+    await page.fill("#f-key", "key-p")
+    await page.click("#f-apply")
+    await page.locator("#dlq tbody tr button.show").first.wait_for()  # found: the one letter
+    for _ in range(2):  # two refreshes of the dashboard after the search
+        before = await page.inner_text("#updated")
+        await page.wait_for_function(
+            "before => document.getElementById('updated').textContent !== before", arg=before
+        )
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        searches = await conn.execute(
+            select(func.count()).select_from(audit_log).where(audit_log.c.action == "dlq.searched_by_key")
+        )
+        assert searches.scalar_one() == 1
+    await page.close()
