@@ -122,7 +122,7 @@ async def list_dead_letters(
     flt = _filter(op, topic, error_class, since, until, key, status)
     letters = await dead_letters.find(flt)
     if flt.raw_keys:
-        await dead_letters.record_key_search(letters[:limit], op.username)
+        await dead_letters.record_key_search(letters[:limit], op.username, key=flt.key)
     return {"total": len(letters), "items": [d.summary() for d in letters[:limit]]}
 
 

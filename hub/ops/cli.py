@@ -149,7 +149,7 @@ async def _dead_letters(settings: Settings, store: Store) -> AsyncIterator[DeadL
     topics = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix) if is_dlq(t.name)]
     options = client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
     try:
-        yield DeadLetters(store, options, topics)
+        yield DeadLetters(store, options, topics, secret=settings.secret_value())
     except BrokersUnavailable as exc:
         typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
         raise typer.Exit(1) from None

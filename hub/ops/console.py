@@ -59,6 +59,7 @@ def console_of(hub: Hub) -> Console:
         hub.kafka_options,
         [t for t in topics if is_dlq(t)],
         wake=lambda: hub.relay.wake() if hub.relay else None,
+        secret=hub.settings.secret_value(),
     )
     console = Console(hub, probe, monitor, dead)
     hub.components[KEY] = console

@@ -27,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
 from hub.logging import get_logger
-from hub.ops.dlq_records import DeadLetter, Filter, parse_id, read_at, read_records
+from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
     DLQ_GROUP,
@@ -38,7 +38,9 @@ from hub.spine.outbox import add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
 from schemas._base import NO_CONTROL
+from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
+from schemas.pseudonym import youth_key
 
 log = get_logger(__name__)
 KEEP_JOBS = 100  # finished replay jobs kept for their progress to be read
@@ -94,8 +96,10 @@ class DeadLetters:
         *,
         wake: Callable[[], None] | None = None,
         rate_per_s: float = 200.0,
+        secret: str | None = None,
     ) -> None:
         self.store, self.options, self.dlq_topics = store, dict(options), dlq_topics
+        self.secret = secret  # the pseudonymisation secret: the youth key of a BSN in a letter
         self.wake, self.rate_per_s = wake or (lambda: None), rate_per_s
         self.jobs: dict[str, ReplayJob] = {}
 
@@ -147,22 +151,35 @@ class DeadLetters:
                 AuditEntry(
                     action="dlq.viewed_unmasked" if unmasked else "dlq.viewed",
                     user=operator,
-                    youth_key=d.youth_key,
+                    youth_key=d.youth_key or self._youth_in(d),
                     objects={"dead_letter": d.id},
                 ),
                 transaction_id=d.usable_id(H_TRANSACTION_ID),
                 system=SYSTEM,
             )
 
-    async def record_key_search(self, found: list[DeadLetter], operator: str) -> None:
+    def _youth_in(self, d: DeadLetter) -> str | None:
+        """The youth key of the BSN in a letter's key or payload, for the audit entry of a view: a
+        sender's record names the youth by BSN, and a subject-access export (rule 20) finds what was
+        disclosed about a youth by that key. None without the secret, or when no BSN is found."""
+        if self.secret is None:
+            return None
+        found = bsn_in_key_or_payload(d.key, d.payload)
+        return youth_key(self.secret, found) if found is not None else None
+
+    async def record_key_search(self, found: list[DeadLetter], operator: str, key: str | None = None) -> None:
         """Audit that an operator found dead letters by a key that is personal data (rule 18); the
-        key itself stays out of the audit log, which is kept for years."""
+        key itself stays out of the audit log, which is kept for years (a BSN as its youth key)."""
+        youth = None
+        if self.secret is not None and key is not None and is_valid_bsn(key):
+            youth = youth_key(self.secret, normalise_bsn(key))
         async with self.store.transaction() as session:
             await write_audit(
                 session,
                 AuditEntry(
                     action="dlq.searched_by_key",
                     user=operator,
+                    youth_key=youth,
                     objects={"found": len(found), "dead_letters": [d.id for d in found[:100]]},
                 ),
                 transaction_id=None,

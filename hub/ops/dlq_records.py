@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from hub.spine.dlq import (
     DLQ_TOPIC,
     safe_error_message,
 )
+from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id
 
 READ_S = 15.0  # for the brokers to answer a start or a metadata request, and to read the letters
@@ -227,3 +229,30 @@ def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
         {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
         None if wanted is None else bytes(r.value or b""),
     )
+
+
+_BSN_FIELD = re.compile(r"bsn|burgerservicenummer", re.IGNORECASE)
+
+
+def bsn_in_key_or_payload(key: str | None, payload: bytes | None) -> str | None:
+    """The BSN a letter names: its key when that is one, else the first value under a BSN field of
+    its JSON payload that passes the elfproef; None when there is none (or no payload was read)."""
+    if is_valid_bsn(key):
+        return normalise_bsn(str(key))
+    if not payload:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if isinstance(value, str) and _BSN_FIELD.search(str(name)) and is_valid_bsn(value):
+                    return normalise_bsn(value)
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None

@@ -18,7 +18,8 @@ from hub.ops.masking import MASK
 from hub.runtime import Hub
 from hub.store.tables import audit_log
 from schemas.envelope import H_MESSAGE_ID, Envelope
-from tests.conftest import make_settings
+from schemas.pseudonym import youth_key as pseudonym
+from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 from tests.integration.test_ops_lag import (
     IN,
@@ -332,6 +333,22 @@ async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_k
             audited = (await conn.execute(select(audit_log.c.objects, audit_log.c.youth_key))).all()
         assert bsn not in str(audited)  # the audit log, kept for years, holds no BSN
         assert keys[MASK] in str(audited)
+        # ... but it names the youth by the key of that BSN, as a subject-access export looks them up
+        # (rule 20): the search by it, and the privacy officer's views of the letter it keyed
+        async with hub.store.connect() as conn:
+            by_action = (
+                await conn.execute(
+                    select(audit_log.c.action, audit_log.c.user, audit_log.c.youth_key).where(
+                        audit_log.c.action.like("dlq.%")
+                    )
+                )
+            ).all()
+        of_the_bsn = pseudonym(TEST_SECRET, bsn)
+        assert sorted((a, y) for a, u, y in by_action if u == "pia") == [
+            ("dlq.searched_by_key", of_the_bsn),
+            ("dlq.viewed", of_the_bsn),
+            ("dlq.viewed_unmasked", of_the_bsn),
+        ]
 
 
 @pytest.mark.timeout(240)  # its own deadlines add up to 30 s

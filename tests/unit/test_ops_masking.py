@@ -227,3 +227,19 @@ def test_a_senders_own_headers_are_masked_the_hubs_own_shown() -> None:
     own = {"x-naam": "Jan Jansen", "Message-Id": BSN, "dlq-note": "Jan"}
     assert show_headers(hub | own, unmasked=False) == hub | dict.fromkeys(own, MASK)
     assert show_headers(hub | own, unmasked=True) == hub | own
+
+
+def test_the_bsn_a_dead_letter_names_is_found_in_its_key_or_its_payload() -> None:
+    from hub.ops.dlq_records import bsn_in_key_or_payload
+
+    police = json.dumps({"procesVerbaalNummer": "PL-1", "verdachte": {"bsn": "11122233 3"}}).encode()
+    assert bsn_in_key_or_payload("111222333", None) == "111222333"  # the sender keyed it by BSN
+    assert bsn_in_key_or_payload("pv-1", json.dumps({"verdachte": {"BSN": "12345678"}}).encode()) is None
+    record = json.dumps({"n": [{"bsn": "x"}], "verdachte": {"burgerservicenummer": "10000008"}}).encode()
+    assert bsn_in_key_or_payload("pv-1", record) == "010000008"  # eight digits, padded as rule 1 says
+    assert (
+        bsn_in_key_or_payload("pv-1", json.dumps({"jeugdige": {"bsn": "123456782"}}).encode()) == "123456782"
+    )
+    assert bsn_in_key_or_payload(None, police) is None  # not a BSN: a space in it, no elfproef
+    assert bsn_in_key_or_payload(None, b"{'bsn': '123456782'}") is None  # not JSON: not looked into
+    assert bsn_in_key_or_payload("a" * 64, None) is None  # the hub's own youth key
