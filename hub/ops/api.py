@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
+from hub.audit import AuditEntry, write_audit
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
-from hub.ops.dlq import Reason, ReplayBusy
+from hub.ops.dlq import SYSTEM, Reason, ReplayBusy
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.spine.outbox import outbox_state
@@ -232,7 +233,8 @@ async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
 async def timeline(
     request: Request, op: Acting, id: Annotated[str, Query(min_length=3, max_length=200)]
 ) -> dict[str, Any]:
-    """Audit entries with this transaction id, or naming this id among their objects, oldest first."""
+    """Audit entries with this transaction id, or naming this id among their objects, oldest first.
+    Reading them is itself audited (rule 18): they tell who did what with whose case."""
     hub = request.app.state.hub
     # the id as the objects' JSON text holds it, with LIKE's wildcards and escape taken literally
     quoted = json.dumps(id, ensure_ascii=False)
@@ -262,4 +264,9 @@ async def timeline(
             }
             for r in rows
         ]
+    async with hub.store.transaction() as session:
+        entry = AuditEntry(
+            action="audit.timeline_read", user=op.username, objects={"id": id, "events": len(events)}
+        )
+        await write_audit(session, entry, transaction_id=None, system=SYSTEM)
     return {"id": id, "events": events}

@@ -173,6 +173,7 @@ async def test_dead_letters_listed_masked_discarded_and_replayed(
         for wild in ("%%%", "_" * 36):  # LIKE's wildcards are taken as they are: they matched every entry
             found = (await client.get("/ops/api/timeline", params={"id": wild})).json()
             assert found["events"] == [], wild
+        assert await _actions(hub, "audit.") == ["audit.timeline_read"] * 4  # who read whose case: audited
 
 
 async def _is(value: object, expected: int) -> bool:
