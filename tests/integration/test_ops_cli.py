@@ -24,6 +24,7 @@ from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
 from schemas.envelope import H_MESSAGE_ID
+from schemas.pseudonym import youth_key as pseudonym
 from tests.conftest import TEST_SECRET
 from tests.integration.test_ops_lag import refusing_address
 
@@ -170,13 +171,16 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     shown = runner.invoke(app, ["dlq", "show", replayable], env=env)
     assert shown.exit_code == 0 and bsn not in shown.output and MASK in shown.output, shown.output
     assert "x-verdachte" in shown.output
-    # rule 18: the view is audited, by the person behind the CLI, without the sender's key (a BSN)
+    # rule 18: the view is audited, by the person behind the CLI, never with the sender's key (a BSN)
+    # but with the youth key of that BSN, as a subject-access export (rule 20) looks it up
     [(user, youth)] = _audited(tmp_path / "hub.db", "dlq.viewed")
-    assert user.startswith("cli") and youth is None
+    assert user.startswith("cli") and youth == pseudonym(TEST_SECRET, bsn)
     youth_key = "a1" * 32  # the hub's own key of a youth: named in the audit entry
     [of_a_youth] = asyncio.run(_write_letters(kafka.bootstrap, topic, [(youth_key.encode(), original)]))
     assert runner.invoke(app, ["dlq", "show", of_a_youth], env=env).exit_code == 0
-    assert sorted(y or "" for _, y in _audited(tmp_path / "hub.db", "dlq.viewed")) == ["", youth_key]
+    assert sorted(y for _, y in _audited(tmp_path / "hub.db", "dlq.viewed")) == sorted(
+        [pseudonym(TEST_SECRET, bsn), youth_key]
+    )
 
     for malformed in ("42", f"{topic}:0:{2**70}"):
         for command in (
