@@ -191,6 +191,30 @@ async def login(
     token = secrets.token_urlsafe(32)
     now = utcnow()
     async with store.transaction() as session:
+        # The password checked may have been reset (or the operator disabled) while it was checked,
+        # and that reset ended the sessions there were: look again, and hold the row until this
+        # session is in, so that a reset after this one ends it too.
+        current = (
+            await session.execute(
+                select(operators.c.password_hash, operators.c.disabled)
+                .where(operators.c.username == username)
+                .with_for_update(read=True)
+            )
+        ).first()
+        if row is None or current is None or current.password_hash != row.password_hash or current.disabled:
+            log.warning(
+                "operator login failed", operator=username, reason="changed meanwhile", address=address
+            )
+            await _audit(
+                session,
+                "operator.login_failed",
+                username,
+                transaction_id=transaction_id,
+                operator=username,
+                reason="changed meanwhile",
+                address=address,
+            )
+            return None
         await session.execute(delete(operator_sessions).where(operator_sessions.c.expires_at < now))
         await session.execute(
             insert(operator_sessions).values(

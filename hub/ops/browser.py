@@ -23,7 +23,8 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text
 _TAKE_FORMS = ("/ops/login", "/ops/logout")  # the login page's form, the dashboard's log-out button
 
 
-def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None] | None:
+    """Host name (lower case) and port of `netloc`; the port None when it names none."""
     try:
         parts = urlsplit(f"//{netloc}")
         port = parts.port
@@ -31,7 +32,16 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
         return None
     if not parts.hostname:
         return None
-    return parts.hostname, port or (443 if scheme == "https" else 80)
+    return parts.hostname, port
+
+
+def _same(origin: tuple[str, int | None], host: tuple[str, int | None], scheme: str) -> bool:
+    """The same host and port; a Host header without a port (a proxy that passes only the name)
+    matches the origin's host on whatever port it came."""
+    default = 443 if scheme == "https" else 80
+    if origin[0] != host[0]:
+        return False
+    return host[1] is None or (origin[1] or default) == host[1]
 
 
 def _has_session(headers: Headers) -> bool:
@@ -39,19 +49,24 @@ def _has_session(headers: Headers) -> bool:
 
 
 def same_site(headers: Headers) -> bool:
-    """True unless the Origin header (or, lacking it, the Referer) names another host than the
-    request's own (its Host, or X-Forwarded-Host from a proxy). A request that names neither (a script,
-    the CLI) passes: browsers name the origin of every cross-site POST."""
-    source = headers.get("origin") or headers.get("referer")
+    """True unless the Origin header (or, lacking it or when it is "null", the Referer) names another
+    host than the request's own (its Host, or X-Forwarded-Host from a proxy). A request that names
+    neither (a script, the CLI) passes: browsers name the origin of every cross-site POST."""
+    origin_header = headers.get("origin")
+    source = origin_header if origin_header not in (None, "null") else headers.get("referer")
     if source is None:
-        return True
+        return origin_header is None  # "null" with no referer: a sandboxed frame, a local file
     parts = urlsplit(source)
-    if parts.scheme not in ("http", "https"):  # "null": a sandboxed frame, a local file, a data URL
+    if parts.scheme not in ("http", "https"):  # a data URL, a file
         return False
     origin = _host_port(parts.netloc, parts.scheme)
+    if origin is None:
+        return False
     hosts = [headers.get("host", ""), *headers.get("x-forwarded-host", "").split(",")]
-    return origin is not None and any(
-        _host_port(h.strip(), parts.scheme) == origin for h in hosts if h.strip()
+    return any(
+        (host := _host_port(h.strip(), parts.scheme)) is not None and _same(origin, host, parts.scheme)
+        for h in hosts
+        if h.strip()
     )
 
 

@@ -13,9 +13,11 @@ from fastapi import Request
 
 
 class LoginThrottle:
-    """Failed logins per user name and per client address over the last minute, and the password
-    checks under way: a guesser is refused before any password is checked, and the checks (about
-    150 ms of CPU each) cannot pile up. Kept in this process: each hub process counts its own."""
+    """Failed logins per user name from one client address, and per client address, over the last
+    minute, and the password checks under way: a guesser is refused before any password is checked,
+    and the checks (about 150 ms of CPU each) cannot pile up. A name is held from the address that
+    failed, not from every address: else anyone could keep an operator out by failing five times a
+    minute under their name. Kept in this process: each hub process counts its own."""
 
     def __init__(
         self,
@@ -34,7 +36,7 @@ class LoginThrottle:
         """Whole seconds until this name may try again from this address; 0: now."""
         now = self.clock()
         waits = [
-            self._wait(("name", name[:100]), self.per_name, now),
+            self._wait(_name_at(name, address), self.per_name, now),
             self._wait(("address", address), self.per_address, now),
         ]
         return max(waits)
@@ -56,12 +58,12 @@ class LoginThrottle:
         if len(self._failed) > 1000:  # names and addresses of the last minute only
             for key in [k for k, t in self._failed.items() if not t or t[-1] <= now - self.window_s]:
                 del self._failed[key]
-        keys = [("name", name[:100]), ("address", address)]
+        keys = [_name_at(name, address), ("address", address)]
         for key in keys:
             self._failed.setdefault(key, deque()).append(now)
 
         def succeeded() -> None:
-            self._failed.pop(keys[0], None)  # the name's own earlier failures are forgiven
+            self._failed.pop(keys[0], None)  # the name's earlier failures from here are forgiven
             times = self._failed.get(keys[1])
             if times and now in times:
                 times.remove(now)
@@ -71,6 +73,10 @@ class LoginThrottle:
             yield succeeded
         finally:
             self.busy -= 1
+
+
+def _name_at(name: str, address: str) -> tuple[str, str]:
+    return ("name", f"{name.strip().casefold()[:100]}\n{address}")
 
 
 def login_throttle(request: Request) -> LoginThrottle:
