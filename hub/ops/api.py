@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -229,6 +230,30 @@ async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
     return found.progress()
 
 
+# What the timeline keeps of the operator's search text in its own audit entry, kept for years: an id
+# the hub issues (a UUID, a dead-letter id, a row number), not a BSN, a phone number or a name typed
+# into the search box.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LONG_NUMBER = re.compile(r"[0-9]{8,}")
+_LETTER_ID = re.compile(r"(.+):([0-9]+):([0-9]+)")
+NOT_KEPT = "(search text not kept)"
+YOUTHS_AUDITED = 50  # audit entries of one timeline read, one per youth whose entries it read
+
+
+def _kept_id(text: str) -> str:
+    """`text` when it looks like an id the hub issues, else `NOT_KEPT`: printable, no whitespace, no
+    @, a digit in it and no run of eight or more digits (a BSN, a phone number); the offset of a
+    dead-letter id may be that long."""
+    if _UUID.fullmatch(text):
+        return text
+    letter = _LETTER_ID.fullmatch(text)
+    rest = letter[1] if letter else text
+    plain = rest.isprintable() and not any(c.isspace() or c == "@" for c in rest)
+    if plain and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest):
+        return text
+    return NOT_KEPT
+
+
 @router.get("/timeline", summary="What happened to a referral or signal, by its id or the transaction id")
 async def timeline(
     request: Request, op: Acting, id: Annotated[str, Query(min_length=3, max_length=200)]
@@ -240,33 +265,37 @@ async def timeline(
     quoted = json.dumps(id, ensure_ascii=False)
     like = "%" + quoted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     async with hub.store.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(audit_log)
-                .where(
-                    or_(
-                        audit_log.c.transaction_id == id,
-                        cast(audit_log.c.objects, String).like(like, escape="\\"),
-                    )
+        result = await conn.execute(
+            select(audit_log)
+            .where(
+                or_(
+                    audit_log.c.transaction_id == id,
+                    cast(audit_log.c.objects, String).like(like, escape="\\"),
                 )
-                .order_by(audit_log.c.at, audit_log.c.id)
-                .limit(500)
             )
-        ).mappings()
-        events = [
-            {
-                "at": r["at"].isoformat(),
-                "action": r["action"],
-                "user": r["user"],
-                "system": r["system"],
-                "transaction_id": r["transaction_id"],
-                "objects": r["objects"],
-            }
-            for r in rows
-        ]
-    async with hub.store.transaction() as session:
-        entry = AuditEntry(
-            action="audit.timeline_read", user=op.username, objects={"id": id, "events": len(events)}
+            .order_by(audit_log.c.at, audit_log.c.id)
+            .limit(500)
         )
-        await write_audit(session, entry, transaction_id=None, system=SYSTEM)
+        rows = result.mappings().all()
+    events = [
+        {
+            "at": r["at"].isoformat(),
+            "action": r["action"],
+            "user": r["user"],
+            "system": r["system"],
+            "transaction_id": r["transaction_id"],
+            "objects": r["objects"],
+        }
+        for r in rows
+    ]
+    # One entry per youth whose entries were read, so a subject-access export (rule 20) finds the
+    # read; the first `YOUTHS_AUDITED` of them, each with how many there were.
+    youths = list(dict.fromkeys(r["youth_key"] for r in rows if r["youth_key"] is not None))
+    objects = {"id": _kept_id(id), "events": len(events), "youths": len(youths)}
+    async with hub.store.transaction() as session:
+        for youth in youths[:YOUTHS_AUDITED] or [None]:
+            entry = AuditEntry(
+                action="audit.timeline_read", user=op.username, youth_key=youth, objects=objects
+            )
+            await write_audit(session, entry, transaction_id=None, system=SYSTEM)
     return {"id": id, "events": events}

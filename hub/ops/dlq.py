@@ -16,6 +16,7 @@ Reading the letters, and what one letter is, are in `hub.ops.dlq_records`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from hub.audit import AuditEntry, write_audit
 from hub.logging import get_logger
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
+from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
     DLQ_GROUP,
@@ -158,13 +160,15 @@ class DeadLetters:
                 system=SYSTEM,
             )
 
-    def _youth_in(self, d: DeadLetter) -> str | None:
-        """The youth key of the BSN in a letter's key or payload, for the audit entry of a view: a
-        sender's record names the youth by BSN, and a subject-access export (rule 20) finds what was
-        disclosed about a youth by that key. None without the secret, or when no BSN is found."""
+    def _youth_in(self, d: DeadLetter, payload: bytes | None = None) -> str | None:
+        """The youth key of the BSN in a letter's payload or key, for the audit entry of a view, a
+        replay or a discard: a sender's record names the youth by BSN, and a subject-access export
+        (rule 20) finds what was done with a youth's data by that key. `payload` when the letter's
+        own was not kept on it (a replay reads them per batch). None without the secret, or when no
+        BSN is found."""
         if self.secret is None:
             return None
-        found = bsn_in_key_or_payload(d.key, d.payload)
+        found = bsn_in_key_or_payload(d.key, payload if payload is not None else d.payload)
         return youth_key(self.secret, found) if found is not None else None
 
     async def record_key_search(self, found: list[DeadLetter], operator: str, key: str | None = None) -> None:
@@ -188,9 +192,17 @@ class DeadLetters:
 
     async def discard(self, d: DeadLetter, operator: str, reason: str) -> bool:
         """Mark a dead letter discarded with a reason; False when it was already resolved."""
+        value = d.payload
+        if value is None and d.youth_key is None and self.secret is not None:
+            # a listed letter: its payload names the youth the audit entry is about; the brokers
+            # down, it is discarded all the same, audited under its key's youth if it names one
+            with contextlib.suppress(BrokersUnavailable):
+                value = next((found.value for found in await read_at(self.options, [d.position])), None)
         try:
             async with self.store.transaction() as session:
-                await self._resolve(session, d, "discarded", operator, reason=reason, job_id=None)
+                await self._resolve(
+                    session, d, "discarded", operator, reason=reason, job_id=None, value=value
+                )
         except sa_exc.IntegrityError:
             return False
         return True
@@ -204,6 +216,7 @@ class DeadLetters:
         *,
         reason: str | None,
         job_id: str | None,
+        value: bytes | None,
     ) -> None:
         await session.execute(
             insert(dlq_actions).values(
@@ -222,7 +235,12 @@ class DeadLetters:
             objects["reason"] = reason
         await write_audit(
             session,
-            AuditEntry(action=f"dlq.{action}", user=operator, youth_key=d.youth_key, objects=objects),
+            AuditEntry(
+                action=f"dlq.{action}",
+                user=operator,
+                youth_key=d.youth_key or self._youth_in(d, value),
+                objects=objects,
+            ),
             transaction_id=d.usable_id(H_TRANSACTION_ID),
             system=SYSTEM,
         )
@@ -235,7 +253,7 @@ class DeadLetters:
             raise ValueError("dead letter without its original topic")
         if value is None:
             raise ValueError("dead letter no longer on its topic")
-        await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id)
+        await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id, value=value)
         # An unusable message-id header was never an inbox key: the spine keyed that record by its
         # position, and the replayed copy gets a position of its own.
         message_id, group = d.usable_id(H_MESSAGE_ID), d.headers.get(DLQ_GROUP)

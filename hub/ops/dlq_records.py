@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import re
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -232,27 +235,75 @@ def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
 
 
 _BSN_FIELD = re.compile(r"bsn|burgerservicenummer", re.IGNORECASE)
+# A block about the youth: its BSN is the one a letter is about. A block about someone else (a parent,
+# a guardian, a contact person) is never looked into: a BSN there is not the youth's.
+_YOUTH_BLOCK = re.compile(r"verdachte|betrokkene|jongere|jeugdige|youth|kind|child|leerling", re.IGNORECASE)
+_OTHERS_BLOCK = re.compile(r"ouder|parent|guardian|verzorger|voogd|vertegenwoordiger|contact", re.IGNORECASE)
 
 
 def bsn_in_key_or_payload(key: str | None, payload: bytes | None) -> str | None:
-    """The BSN a letter names: its key when that is one, else the first value under a BSN field of
-    its JSON payload that passes the elfproef; None when there is none (or no payload was read)."""
-    if is_valid_bsn(key):
-        return normalise_bsn(str(key))
-    if not payload:
-        return None
+    """The BSN a letter names: the one in its payload, else its key when that is one; None when
+    neither names one.
+
+    In a JSON payload, a value under a BSN field (a string, or a number as some senders send it) that
+    passes the elfproef: one within the youth's own block first, then the nearest to the top, never
+    one within a parent's, guardian's or contact person's block. A CSV payload (leerplicht) names it
+    in its BSN column: the first data row's is taken. A sender's key is looked at only when the
+    payload names no BSN: a reference of nine digits passes the elfproef about one time in eleven.
+    """
+    found = _bsn_in_payload(payload) if payload else None
+    if found is None and is_valid_bsn(key):
+        found = normalise_bsn(str(key))
+    return found
+
+
+def _bsn_in_payload(payload: bytes) -> str | None:
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError):
+        return _bsn_in_csv(payload)
+    if not isinstance(data, dict | list):
         return None
-    stack: list[Any] = [data]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for name, value in node.items():
-                if isinstance(value, str) and _BSN_FIELD.search(str(name)) and is_valid_bsn(value):
-                    return normalise_bsn(value)
-                stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(node)
+    first: str | None = None
+    # breadth first, so the nearest to the top comes first; each node with whether it is within the
+    # youth's block
+    queue: deque[tuple[Any, bool]] = deque([(data, False)])
+    while queue:
+        node, youths = queue.popleft()
+        items = node.items() if isinstance(node, dict) else ((None, v) for v in node)
+        for name, value in items:
+            label = str(name) if name is not None else ""
+            if _OTHERS_BLOCK.search(label):
+                continue
+            within = youths or _YOUTH_BLOCK.search(label) is not None
+            if isinstance(value, dict | list):
+                queue.append((value, within))
+            elif name is not None and _BSN_FIELD.search(label) and (bsn := _as_bsn(value)) is not None:
+                if within:
+                    return bsn
+                first = first or bsn
+    return first
+
+
+def _as_bsn(value: object) -> str | None:
+    """A BSN as a string or a number (which has lost a leading zero); None when it is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return normalise_bsn(value) if isinstance(value, str) and is_valid_bsn(value) else None
+
+
+def _bsn_in_csv(payload: bytes) -> str | None:
+    """The BSN of the first data row of a CSV with a BSN column; None when it is no such CSV."""
+    text = payload.decode("utf-8-sig", "replace")
+    header_line = text.split("\n", 1)[0]
+    delimiter = max(";,\t", key=header_line.count)
+    try:
+        rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+        header, first = next(rows, []), next(rows, [])
+    except csv.Error:
+        return None
+    names = [cell.strip().casefold() for cell in header]
+    for column in ("bsn", "burgerservicenummer"):
+        if column in names and names.index(column) < len(first):
+            return _as_bsn(first[names.index(column)])
     return None

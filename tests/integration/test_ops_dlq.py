@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from hub.embedded import EmbeddedKafka
+from hub.ops.api import NOT_KEPT
 from hub.ops.auth import COOKIE, add_operator
 from hub.ops.console import console_of
 from hub.ops.dlq import REPLAYED_FROM
@@ -464,3 +465,76 @@ async def test_a_repeated_replay_of_a_letter_without_message_id_is_processed_onc
         )
         out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=3, settle_s=0.5)
         assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 99]
+
+
+@pytest.mark.timeout(240)  # its own deadlines add up to 120 s
+async def test_replays_discards_and_timeline_reads_are_audited_under_the_youth_a_letter_names(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A replay or discard of a dead letter was audited without the youth its payload names (a
+    subject-access export, rule 20, did not find it), and reading the timeline kept the operator's
+    search text as typed (a BSN, a name) and named no youth."""
+    youth, other, parent, reference = "628194821", "507529170", "111222333", "123456782"
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        assert hub.store is not None
+        # a parent's block before the youth's; a BSN sent as a number; a sender's reference as key
+        # that passes the elfproef
+        payloads = [
+            {"n": 0, "ouder": {"bsn": parent}, "verdachte": {"bsn": youth}},
+            {"n": 1, "betrokkene": {"bsn": int(other)}},
+            {"n": 2, "verdachte": {"bsn": youth}, "wettelijkVertegenwoordigers": [{"bsn": parent}]},
+            {"n": 3, "jongere": {"bsn": other}},
+        ]
+        sent = [Envelope(type="T", payload={"poison": True, **p}) for p in payloads]
+        await produce(
+            kafka.bootstrap,
+            hub.topic(IN.name),
+            [(reference.encode(), e.to_bytes(), e.headers()) for e in sent],
+        )
+        await wait_for(lambda: _is(_depth(client, hub), 4), timeout_s=30)
+        letters = console_of(hub).dead_letters
+        listed = {d.headers[H_MESSAGE_ID]: d for d in await letters.find()}
+        assert all(d.payload is None for d in listed.values())
+        by_n = [listed[e.message_id] for e in sent]
+        # discarded through the API (the letter read with its payload), and as listed (without it)
+        r = await client.post(f"/ops/api/dlq/{by_n[0].id}/discard", json={"reason": "test data"})
+        assert r.status_code == 200, r.text
+        assert await letters.discard(by_n[1], "olga", "test data")
+        cure.fixed = True
+        job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()  # read per batch
+        assert job["total"] == 2
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+
+        async def audited(prefix: str) -> list[tuple[str, str | None, dict[str, object]]]:
+            assert hub.store is not None
+            async with hub.store.connect() as conn:
+                rows = await conn.execute(
+                    select(audit_log.c.action, audit_log.c.youth_key, audit_log.c.objects)
+                    .where(audit_log.c.action.like(f"{prefix}%"))
+                    .order_by(audit_log.c.id)
+                )
+                return [(a, y, o) for a, y, o in rows]
+
+        of = {bsn: pseudonym(TEST_SECRET, bsn) for bsn in (youth, other, parent, reference)}
+        resolved = {(o["dead_letter"], a, y) for a, y, o in await audited("dlq.")}
+        assert resolved == {
+            (by_n[0].id, "dlq.discarded", of[youth]),
+            (by_n[1].id, "dlq.discarded", of[other]),
+            (by_n[2].id, "dlq.replayed", of[youth]),
+            (by_n[3].id, "dlq.replayed", of[other]),
+        }
+
+        # the timeline: one entry per youth whose entries it read, and no search text naming a person
+        tx = sent[2].transaction_id
+        assert (await client.get("/ops/api/timeline", params={"id": tx})).json()["events"]
+        topic = hub.topic(IN.name)  # every dead letter's entry names it: both youths read
+        assert len((await client.get("/ops/api/timeline", params={"id": topic})).json()["events"]) == 4
+        for typed in (youth, "Noah van der Berg"):
+            assert (await client.get("/ops/api/timeline", params={"id": typed})).json()["events"] == []
+        reads = [(y, o["id"], o.get("youths")) for _, y, o in await audited("audit.timeline_read")]
+        assert youth not in str(reads) and "Noah" not in str(reads)  # the audit log is kept for years
+        assert reads[0] == (of[youth], tx, 1)
+        assert sorted(y for y, _, _ in reads[1:3] if y is not None) == sorted([of[youth], of[other]])
+        assert [n for _, _, n in reads[1:3]] == [2, 2]
+        assert reads[3:] == [(None, NOT_KEPT, 0)] * 2
