@@ -13,8 +13,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from hub.spine.dlq import DLQ_HEADERS
-from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_ID, H_MESSAGE_TYPE, H_SOURCE, H_TRANSACTION_ID
+from hub.spine.dlq import DLQ_EXC_MESSAGE, DLQ_FIRST_FAILURE, DLQ_HEADERS, DLQ_LAST_FAILURE
+from schemas.bsn import is_valid_bsn
+from schemas.envelope import (
+    H_CORRELATION_ID,
+    H_MESSAGE_ID,
+    H_MESSAGE_TYPE,
+    H_SOURCE,
+    H_TRANSACTION_ID,
+    ID_MAX,
+)
 
 MASK = "•••"
 
@@ -56,13 +64,32 @@ _MOMENTS = {
     *("einddatum", "enddate", "validfrom", "validuntil", "givenat", "notifiedat", "plannedat"),
     *("parentlettersentat", "youthinformedat", "beeindigdop", "ontstaanop"),
 }
+# Codes written with spaces ("art. 2.1 APV", "art. 310 Sr"); any other code, id or reference has none.
+_SPACED_CODES = {"wetsartikel", "article"}
 _NOT_KEY_CHARACTERS = re.compile(r"[^0-9a-z]")
-_CODE_MAX = 100
-_MOMENT = re.compile(r"[0-9TZ:.+\-/ ]{1,40}")
+# An id, reference or code is short; longer, or with spaces, it is text ("Sanne Jansen (14) woont ...").
+_CODE_MAX = 64
+_SPACED_CODE_MAX = 24
+_HEADER_MAX = ID_MAX  # the hub takes message and transaction ids in headers up to this length
+_MESSAGE_MAX = 500  # the length hub.spine.dlq cuts an error message to
+_WHITESPACE = re.compile(r"\s")
+# A date (yyyy-mm-dd, or d-m-yyyy with "-", "/" or "."), with a time (hh:mm, seconds, their fraction)
+# and a time zone (Z or an offset) if it has one: digits and separators alone may be a BSN or a phone
+# number ("252.760.189", "06 1234 5678").
+_MOMENT = re.compile(
+    r"(?:(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0?[1-9]|[12][0-9]|3[01])([-/.])(?:0?[1-9]|1[0-2])\1(?:19|20)[0-9]{2})"
+    r"(?:[T ](?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])?)?"
+)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 # A number of 8 or 9 digits standing on its own may be a BSN; the digits of a reference are part of it
 # ("DH-2025-00493377", a BOA ticket number).
 _BSN_LIKE = re.compile(r"(?<![\w-])\d{8,9}(?![\w-])")
+# Separators between digits: a BSN written in groups ("252 760 189", "2527.60.189", "252-76-0189") is
+# one run of digits without them. A reference's digits run longer ("PL1500-2025031201-1" has 15).
+_BETWEEN_DIGITS = re.compile(r"(?<=\d)[\s.,/_-]+(?=\d)")
+_DIGITS = re.compile(r"\d+")
 # e-mail; starting only where a run of name characters starts: tried at every position of a long run,
 # the search took quadratic time (a 40 KB run of letters held the event loop 4 s)
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(\.[\w-]+)+")
@@ -106,9 +133,41 @@ def show_key(key: str | None, *, unmasked: bool) -> str | None:
 
 
 def show_headers(headers: Mapping[str, str], *, unmasked: bool) -> dict[str, str]:
-    """A dead letter's headers for an operator: the hub's own as they are, a sender's own masked
-    unless allowed (their names stay: which headers a record came with)."""
-    return {name: value if unmasked or name in HUB_HEADERS else MASK for name, value in headers.items()}
+    """A dead letter's headers for an operator: the hub's own shown when they look as the hub writes
+    them, a sender's own masked unless allowed (their names stay: which headers a record came with)."""
+    return {name: value if unmasked or _hub_value(name, value) else MASK for name, value in headers.items()}
+
+
+def _hub_value(name: str, value: str) -> bool:
+    """True when `value` may be shown under header `name`: one the hub writes, and shaped as the hub
+    writes it. A sender sets the same names on its record, with whatever it likes in them."""
+    if name not in HUB_HEADERS:
+        return False
+    if name == DLQ_EXC_MESSAGE:  # the hub's own words, with spaces
+        return _code(value, longest=_MESSAGE_MAX, spaces=True)
+    if name in (DLQ_FIRST_FAILURE, DLQ_LAST_FAILURE):
+        return _MOMENT.fullmatch(value) is not None
+    return _code(value, longest=_HEADER_MAX)
+
+
+def _holds_bsn(text: str) -> bool:
+    """True when `text` may hold a BSN: a number of 8 or 9 digits on its own, or a run of 8 or 9 digits
+    (the separators between them taken out) that passes the elfproef, whatever stands against it
+    ("BSN252760189", "252760189x", "252 760 189")."""
+    if _BSN_LIKE.search(text):
+        return True
+    runs = _DIGITS.findall(_BETWEEN_DIGITS.sub("", text))
+    return any(len(run) in (8, 9) and is_valid_bsn(str(int(run)).zfill(len(run))) for run in runs)
+
+
+def _code(text: str, *, longest: int = _CODE_MAX, spaces: bool = False) -> bool:
+    """True when `text` looks like an id, reference or code: printable, at most `longest` characters,
+    no whitespace unless `spaces`, and no BSN, e-mail address or phone number in it."""
+    if len(text) > longest or not text.isprintable() or (not spaces and _WHITESPACE.search(text)):
+        return False
+    if _holds_bsn(text) or _EMAIL.search(text):
+        return False
+    return not (_PHONE.search(text) or _PHONE.search(_BETWEEN_DIGITS.sub("", text)))
 
 
 def _plain(field: str, value: str | int | float) -> bool:
@@ -119,13 +178,11 @@ def _plain(field: str, value: str | int | float) -> bool:
     text = value if isinstance(value, str) else str(abs(value))
     if _UUID.fullmatch(text):  # a message or transaction id, whatever digits it starts with
         return True
-    if _BSN_LIKE.search(text):
-        return False
     if field in _MOMENTS:
         return isinstance(value, str) and _MOMENT.fullmatch(value) is not None
-    if isinstance(value, int | float):
-        return True
-    return len(text) <= _CODE_MAX and text.isprintable() and not (_EMAIL.search(text) or _PHONE.search(text))
+    if field in _SPACED_CODES:
+        return _code(text, longest=_SPACED_CODE_MAX, spaces=True)
+    return _code(text)
 
 
 def mask_value(value: Any, *, key: str = "", personal: bool = False) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,15 @@ from pydantic_core import to_json
 
 from hub.ops.dlq import REPLAYED_FROM
 from hub.ops.masking import MASK, MAX_DEPTH, show_headers, show_payload
-from hub.spine.dlq import DLQ_HEADERS
-from schemas.envelope import H_CORRELATION_ID, Envelope
+from hub.spine.dlq import DLQ_EXC_MESSAGE, DLQ_FIRST_FAILURE, DLQ_HEADERS, dlq_headers
+from schemas.envelope import (
+    H_CORRELATION_ID,
+    H_MESSAGE_ID,
+    H_MESSAGE_TYPE,
+    H_SOURCE,
+    H_TRANSACTION_ID,
+    Envelope,
+)
 
 BSN, NAME, SURNAME = "111222333", "Jan", "Jansen"
 RECORD = {
@@ -222,7 +230,8 @@ def test_a_message_of_the_hub_shows_its_envelope() -> None:
 
 def test_a_senders_own_headers_are_masked_the_hubs_own_shown() -> None:
     """A dead letter's headers were shown as they came: a partner's own header may hold personal data."""
-    hub = dict.fromkeys((*DLQ_HEADERS, REPLAYED_FROM), "x") | Envelope(type="T").header_map()
+    hub = _dlq_headers("poison payload") | Envelope(type="T").header_map()
+    hub[REPLAYED_FROM] = "t1.ketenhub.dlq:0:17"
     hub[H_CORRELATION_ID] = "PL1500-2025040907-2"
     own = {"x-naam": "Jan Jansen", "Message-Id": BSN, "dlq-note": "Jan"}
     assert show_headers(hub | own, unmasked=False) == hub | dict.fromkeys(own, MASK)
@@ -243,3 +252,101 @@ def test_the_bsn_a_dead_letter_names_is_found_in_its_key_or_its_payload() -> Non
     assert bsn_in_key_or_payload(None, police) is None  # not a BSN: a space in it, no elfproef
     assert bsn_in_key_or_payload(None, b"{'bsn': '123456782'}") is None  # not JSON: not looked into
     assert bsn_in_key_or_payload("a" * 64, None) is None  # the hub's own youth key
+
+
+def _dlq_headers(message: str) -> dict[str, str]:
+    """The DLQ headers the hub writes for a record that failed with `message`."""
+    at = datetime(2025, 3, 12, 10, 0, 0, 123456, tzinfo=UTC)
+    return dlq_headers(
+        topic="t1.intake.politie",
+        partition=2,
+        offset=4711,
+        group="g1-intake",
+        exc=ValueError(message),
+        attempts=3,
+        first_failure=at,
+        last_failure=at,
+    )
+
+
+STORY = "Sanne Jansen (14) woont sinds maart bij vader in Gouda"
+
+
+def test_free_text_under_a_code_key_is_masked() -> None:
+    """A value under a code key was shown whenever printable, up to 100 characters and without a BSN,
+    e-mail or phone: a receiver's reason for refusing a handover named the youth and where she lives."""
+    answer = {"payload": {"status": "GEWEIGERD", "reason": STORY}}
+    shown = show_payload(json.dumps(answer).encode(), unmasked=False)
+    assert shown == {"payload": {"status": "GEWEIGERD", "reason": f"{MASK} (text, {len(STORY)} characters)"}}
+    keys = ("reason", "status", "code", "type", "categorie", "soort", "appVersie", "recordedBy", "source")
+    for text in (STORY, "Sanne Jansen", "Sanne_Jansen_14_woont_in_Gouda_bij_haar_vader_sinds_maart_2025_xyz"):
+        assert (
+            _shown_values(show_payload(json.dumps(dict.fromkeys(keys, text)).encode(), unmasked=False)) == []
+        )
+    spaced = {"wetsartikel": "art. 2.1 APV", "article": "art. 310 Sr", "feitcode": "F 350"}
+    assert _shown_values(show_payload(json.dumps(spaced).encode(), unmasked=False)) == [
+        "art. 2.1 APV",
+        "art. 310 Sr",
+    ]
+    long = {"wetsartikel": "art. 2.1 APV, Sanne Jansen", "article": STORY}
+    assert _shown_values(show_payload(json.dumps(long).encode(), unmasked=False)) == []
+    codes = {
+        "reason": "DIEFSTAL",
+        "track": "HALT_STRAF",
+        "recordedBy": "cw-ilse",
+        "handoverId": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "caseReference": "PL1500-2025031201-1",
+        "bonnummer": "DH-2025-00493377",
+        "aanmeldnummer": "WT-ESC-2025-0042",
+        "projectcode": "DH-JAARWISSELING-2526",
+        "rulesVersion": "2025.03.1",
+    }
+    assert show_payload(json.dumps(codes).encode(), unmasked=False) == codes
+
+
+def test_a_hubs_header_shows_only_a_value_shaped_as_the_hub_writes_it() -> None:
+    """A value under a header name the hub writes was shown whoever set it: a partner sets such names
+    on its records too, with a name, a BSN, an e-mail address or a phone number in them."""
+    odd = {
+        H_MESSAGE_ID: "Sanne Jansen",
+        H_TRANSACTION_ID: "BSN252760189",
+        H_CORRELATION_ID: "252-76-0189",
+        H_SOURCE: "s.jansen@mail.example",
+        H_MESSAGE_TYPE: "x" * 101,
+        REPLAYED_FROM: "06-12345678",
+        DLQ_FIRST_FAILURE: "gisteren om tien uur",
+        DLQ_HEADERS[0]: "t1.intake politie",
+    }
+    assert show_headers(odd, unmasked=False) == dict.fromkeys(odd, MASK)
+    assert show_headers(odd, unmasked=True) == odd
+    for message in ("refused 252 760 189", "mail to s.jansen@mail.example bounced", "called 06 1234 5678"):
+        assert show_headers({DLQ_EXC_MESSAGE: message}, unmasked=False) == {DLQ_EXC_MESSAGE: MASK}
+    written = _dlq_headers("3 validation error(s): verdachte.bsn: geen geldig BSN")
+    assert show_headers(written, unmasked=False) == written
+
+
+@pytest.mark.parametrize(
+    "bsn",
+    ["BSN252760189", "252760189x", "252 760 189", "252-76-0189", "2527.60.189", "BSN10000008", 2527601.89],
+)
+def test_a_bsn_written_in_groups_or_against_letters_is_masked_under_a_code_key(bsn: str | float) -> None:
+    """Only a number of 8 or 9 digits on its own was taken for a BSN: with letters against it or its
+    digits in groups, it was shown under a code key."""
+    payload = {"feitcode": bsn, "dossiernummer": bsn, "wetsartikel": bsn, "reason": bsn}
+    assert _shown_values(show_payload(json.dumps(payload).encode(), unmasked=False)) == []
+
+
+def test_a_date_key_shows_only_a_date_or_a_moment() -> None:
+    """Under a date key any digits and separators were shown: a BSN or a phone number in groups too."""
+    for odd in ("252.760.189", "06 1234 5678", "2527-60-189", "0612345678", "12:30", "2025-13-01", "1-2-3-4"):
+        assert _shown_values(show_payload(json.dumps({"datum": odd}).encode(), unmasked=False)) == [], odd
+    moments = {
+        "datum": "2025-03-12",
+        "pleegdatum": "3-2-2025",
+        "verzuimVanaf": "03/02/2025",
+        "tijdstip": "2025-12-28T19:05:00+01:00",
+        "occurredAt": "2025-03-12T10:00:00.123456+00:00",
+        "notifiedAt": "2026-12-05T23:00:00Z",
+        "plannedAt": "12-03-2025 14:05",
+    }
+    assert show_payload(json.dumps(moments).encode(), unmasked=False) == moments
