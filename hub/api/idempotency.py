@@ -93,10 +93,11 @@ async def replay_earlier(
     when the checks would now answer otherwise (the caseworker's rights changed, a day passed)."""
     if claim is None:
         return None
-    async with store.transaction() as session:  # a replay is an audited read: it writes
+    async with store.read() as session:  # most keys are new: no write lock (SQLite's only) for them
         earlier = await _earlier(session, claim)
-        if earlier is None:
-            return None
+    if earlier is None:
+        return None
+    async with store.transaction() as session:  # a replay is an audited read: it writes
         response.headers[REPLAYED] = "true"
         return await _replayed(session, replay, earlier)
 
