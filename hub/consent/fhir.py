@@ -195,9 +195,42 @@ def from_fhir(resource: dict[str, Any], *, resolve_bsn: Callable[[str], str | No
         return _from_fhir(resource, resolve_bsn)
     except FhirConsentError:
         raise
-    except (KeyError, ValueError, TypeError, AttributeError, StopIteration, ValidationError) as exc:
+    except (
+        KeyError,
+        IndexError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        StopIteration,
+        ValidationError,
+    ) as exc:
         where = exc.args[0] if isinstance(exc, KeyError) else type(exc).__name__
         raise FhirConsentError([f"mapping: {where}"]) from None
+
+
+IRCP = "IRCP"  # v3 ParticipationType: information recipient
+
+
+def _check_provision(prov: dict[str, Any]) -> None:
+    """Only a plain permit maps onto the canonical Consent: a deny, an exception nested in it, or an
+    actor in another role than recipient would be read as a permit of more than was given (rule 9)."""
+    problems = []
+    if prov.get("type", "permit") != "permit":
+        problems.append(
+            "provision.type: must be permit (the hub stores what was permitted; a refusal is a "
+            "grantor's DENY in verification)"
+        )
+    if prov.get("provision"):
+        problems.append(
+            "provision.provision: exceptions inside a consent are not supported; send one consent "
+            "per purpose, receivers and categories permitted"
+        )
+    for i, actor in enumerate(prov.get("actor", [])):
+        codes = [c.get("code") for c in actor.get("role", {}).get("coding", [])]
+        if IRCP not in codes:
+            problems.append(f"provision.actor.{i}.role: must be IRCP (a receiving organisation)")
+    if problems:
+        raise FhirConsentError(problems)
 
 
 def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) -> Consent:
@@ -214,6 +247,8 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
     grantors = []
     for i, v in enumerate(res.get("verification", [])):
         person = contained[v["verifiedWith"]["reference"].lstrip("#")]
+        if not person.get("name") or not person["name"][0].get("text"):
+            raise FhirConsentError([f"verification.{i}: its RelatedPerson needs name[0].text (rule 8)"])
         codings = [c for rel in person.get("relationship", []) for c in rel.get("coding", [])]
         grantors.append(
             Grantor(
@@ -225,6 +260,7 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
             )
         )
     prov = res["provision"]
+    _check_provision(prov)
     until = date.fromisoformat(prov["period"]["end"][:10])
     status = _ext(res, EXT_STATUS) or (
         "ACTIEF" if res["status"] == "active" else ("VERLOPEN" if until < today() else "INGETROKKEN")

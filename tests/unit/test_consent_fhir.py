@@ -140,3 +140,47 @@ def test_a_patient_of_the_wrong_shape_has_no_key_and_is_refused_by_validation(pa
         from_fhir(resource, resolve_bsn=lambda _: None)
     assert info.value.problems
     assert youth_key_of(to_fhir(sample(), youth_key=KEY)) == KEY
+
+
+def _deny(resource: dict) -> None:
+    resource["provision"]["type"] = "deny"
+
+
+def _nested_exception(resource: dict) -> None:
+    resource["provision"]["provision"] = [
+        {"type": "deny", "class": [{"system": "x", "code": "GEZIN"}]},
+    ]
+
+
+def _actor_as_custodian(resource: dict) -> None:
+    role = resource["provision"]["actor"][1]["role"]["coding"][0]
+    role["code"] = "CST"
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (_deny, "provision.type"),
+        (_nested_exception, "provision.provision"),
+        (_actor_as_custodian, "provision.actor.1.role"),
+    ],
+)
+def test_a_consent_that_permits_less_than_its_provision_reads_is_refused_by_path(
+    change: object, path: str
+) -> None:
+    """The mapping read receivers, categories and period and never the provision's type: a FHIR
+    "deny" (or a nested exception, or an actor who is not a recipient) was stored as a permit."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    change(resource)  # type: ignore[operator]
+    validate_fhir(resource)  # valid FHIR: refused by the hub, not by the definition
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith(path + ": ")
+
+
+def test_a_related_person_without_a_name_is_refused_not_a_crash() -> None:
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    resource["contained"][1]["name"] = []
+    with pytest.raises(FhirConsentError, match=r"verification\.0: its RelatedPerson needs name"):
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
