@@ -55,13 +55,18 @@ class Completeness:
 def completeness(consent: Consent, *, custodians: int | None = None) -> Completeness:
     """Rule 8 on the day of consent; `custodians` is how many hold custody, when the referral says.
 
-    One missing permit or any deny means no consent. Without a known number of custodians, one
+    One missing permit, or a deny by anyone whose permit is asked for, means no consent. Without a known number of custodians, one
     custodian's permit counts as the custodians' permit.
     """
     day = consent_day(consent)
     age = age_on(consent.youth.birth_date, day)
     required = required_for(age)
-    denied = tuple(g.role for g in consent.grantors if g.permission is Permission.DENY)
+    # Only a refusal by someone whose permit rule 8 asks for counts: at 16 the youth decides alone,
+    # under 12 the custodians do.
+    asked = {GrantorRole.JEUGDIGE} if Required.JEUGDIGE in required else set()
+    if Required.GEZAGHEBBERS in required:
+        asked |= CUSTODY_ROLES
+    denied = tuple(g.role for g in consent.grantors if g.permission is Permission.DENY and g.role in asked)
     permits = [g for g in consent.grantors if g.permission is Permission.PERMIT]
     missing: list[str] = []
     if Required.JEUGDIGE in required and not any(g.role is GrantorRole.JEUGDIGE for g in permits):

@@ -106,7 +106,7 @@ def test_rule_8_day_of_consent_is_the_last_answer() -> None:
     assert not completeness(consent(grantor(PARENT, TWELFTH))).complete
 
 
-def test_rule_8_any_deny_or_missing_custodian_means_no_consent() -> None:
+def test_rule_8_a_deny_or_a_missing_custodian_means_no_consent() -> None:
     day = date(2024, 1, 1)  # 13
     denied = completeness(consent(grantor(YOUTH, day), grantor(PARENT, day, deny=True)))
     assert not denied.complete and denied.denied == (PARENT,)
@@ -117,10 +117,20 @@ def test_rule_8_any_deny_or_missing_custodian_means_no_consent() -> None:
         grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"), grantor(PARENT, day, name="Ouder B")
     )
     assert completeness(both, custodians=2).complete
-    # 16+: a parent's deny still blocks (one deny means no consent)
-    assert not completeness(
-        consent(grantor(YOUTH, SIXTEENTH), grantor(PARENT, SIXTEENTH, deny=True))
-    ).complete
+    # a deny counts from those whose permit rule 8 asks for: the youth and the custodians at 12-15
+    assert completeness(consent(grantor(YOUTH, day, deny=True), grantor(PARENT, day))).denied == (YOUTH,)
+
+
+def test_rule_8_a_deny_by_someone_whose_permit_is_not_asked_for_does_not_block() -> None:
+    """16 and over the youth decides alone, under 12 the custodians do: a parent's refusal of a
+    17-year-old's own consent (or a 10-year-old's refusal of the parents') kept the handover waiting
+    for good, where rule 8 asks for no permit of theirs."""
+    sixteen = completeness(consent(grantor(YOUTH, SIXTEENTH), grantor(PARENT, SIXTEENTH, deny=True)))
+    assert sixteen.complete and sixteen.denied == ()
+    eleven = completeness(consent(grantor(YOUTH, DAY_BEFORE_12, deny=True), grantor(PARENT, DAY_BEFORE_12)))
+    assert eleven.complete and eleven.denied == ()
+    # the youth's own deny at 16 still means no consent
+    assert completeness(consent(grantor(YOUTH, SIXTEENTH, deny=True))).denied == (YOUTH,)
 
 
 GOOD = consent(grantor(YOUTH, SIXTEENTH))

@@ -303,11 +303,12 @@ def rule_8_complete(consent: Consent) -> bool:
     """Rule 8 on the day of consent: under 12 the parents, 12-15 youth and parents, 16+ the youth."""
     age = age_on(consent.youth.birth_date, min(g.given_at.date() for g in consent.grantors))
     permits = {g.role for g in consent.grantors if g.permission is Permission.PERMIT}
-    if any(g.permission is Permission.DENY for g in consent.grantors):
-        return False
     needs = {GrantorRole.OUDER_MET_GEZAG} if age < 12 else set()
     needs |= {GrantorRole.JEUGDIGE} if age >= 12 else set()
     needs |= {GrantorRole.OUDER_MET_GEZAG} if age < 16 else set()
+    # a refusal counts only from someone whose permit is asked for
+    if any(g.permission is Permission.DENY and g.role in needs for g in consent.grantors):
+        return False
     return needs <= permits
 
 
