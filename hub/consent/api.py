@@ -149,6 +149,12 @@ def _check_answer_times(consent: Consent, now: datetime, field: str) -> None:
     for i, grantor in enumerate(consent.grantors):
         if grantor.given_at > now + CLOCK_SKEW:
             params.append(InvalidParam(name=field.format(i), reason="ligt in de toekomst"))
+        elif local_day(grantor.given_at) > local_day(now):
+            # Within the allowance, but on tomorrow's date: the day of consent, and with it the
+            # youth's age (rule 8), would be a day ahead near a birthday.
+            params.append(
+                InvalidParam(name=field.format(i), reason="ligt op een dag na vandaag (Nederlandse tijd)")
+            )
         elif local_day(grantor.given_at) < consent.youth.birth_date:
             params.append(
                 InvalidParam(name=field.format(i), reason="ligt voor de geboortedatum van de jeugdige")

@@ -242,12 +242,28 @@ async def test_an_answer_dated_in_the_future_or_before_birth_is_refused(
             assert fhir.status_code == 422, (at, fhir.status_code, fhir.text)
             reasons = {p["name"]: p["reason"] for p in fhir.json()["invalidParams"]}
             assert says in reasons["verification.0.verificationDate"], reasons
-        # a grantor's clock a minute ahead of the hub's is no future answer
-        soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+        # a grantor's clock a minute ahead of the hub's is no future answer (at noon, Dutch time) ...
+        noon = datetime.now(LOCAL).replace(hour=12, minute=0, second=0, microsecond=0)
+        w.hub.clock = lambda: noon.astimezone(UTC)
+        soon = (noon + timedelta(minutes=1)).isoformat()
         ok = await w.client.post(
             "/api/v1/toestemmingen", json=_json_consent(rid, soon, soon), headers={"X-Medewerker": CW}
         )
         assert ok.status_code == 201, ok.text
+        assert len(await w.audit("consent.recorded")) == 2
+        # ... but at 23:58 a minute or four ahead is tomorrow: the day of consent, and the youth's
+        # age on it, would be a day ahead (a 15-year-old turning 16 would need no parent)
+        late = noon.replace(hour=23, minute=58)
+        w.hub.clock = lambda: late.astimezone(UTC)
+        after_midnight = (late + timedelta(minutes=4)).isoformat()
+        answer = await w.client.post(
+            "/api/v1/toestemmingen",
+            json=_json_consent(rid, after_midnight, after_midnight),
+            headers={"X-Medewerker": CW},
+        )
+        assert answer.status_code == 422, answer.text
+        reasons = {p["name"]: p["reason"] for p in answer.json()["invalidParams"]}
+        assert "dag na vandaag" in reasons["grantors.0.given_at"], reasons
         assert len(await w.audit("consent.recorded")) == 2
 
 
