@@ -55,8 +55,8 @@ class Completeness:
 def completeness(consent: Consent, *, custodians: int | None = None) -> Completeness:
     """Rule 8 on the day of consent; `custodians` is how many hold custody, when the referral says.
 
-    One missing permit, or a deny by anyone whose permit is asked for, means no consent. Without a known number of custodians, one
-    custodian's permit counts as the custodians' permit.
+    One missing permit, or a deny by anyone whose permit is asked for, means no consent. Without a
+    known number of custodians, one custodian's permit counts as the custodians' permit.
     """
     day = consent_day(consent)
     age = age_on(consent.youth.birth_date, day)
