@@ -51,8 +51,9 @@ def _family(r: Referral) -> dict[str, Any]:
     return {"guardians": [g.model_dump(mode="json") for g in r.youth.guardians]}
 
 
-# What each category means in a referral. HULPVRAAG is the caseworker's own summary, which travels
-# in every handover; the screening result (SIGNALERINGSINSTRUMENT) is not part of a referral.
+# What each category means in a referral. HULPVRAAG is the caseworker's own summary, not part of the
+# referral: every handover asks for it and it travels where a consent covers it (hub.handovers);
+# the screening result (SIGNALERINGSINSTRUMENT) is not part of a referral.
 EXTRACTORS: dict[DataCategory, Callable[[Referral], dict[str, Any] | None]] = {
     DataCategory.PERSONALIA: _personalia,
     DataCategory.CONTACTGEGEVENS: _contact,

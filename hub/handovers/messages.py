@@ -20,8 +20,10 @@ def handover_message(
     shared: list[str],
     transaction_id: str,
     caseworker: dict[str, Any] | None,
+    with_summary: bool = True,
 ) -> Envelope:
-    """A handover as the receiver gets it: only the covered categories' data, the summary, the meeting."""
+    """A handover as the receiver gets it: only the covered categories' data, the summary (the
+    HULPVRAAG category) when that is covered, the meeting."""
     return Envelope.new(
         type_=HANDOVER,
         transaction_id=transaction_id,
@@ -39,7 +41,7 @@ def handover_message(
             "from_caseworker": caseworker or {"caseworker_id": row.from_caseworker},
             "data_categories": shared,
             "data": data,
-            "summary": row.summary,
+            "summary": row.summary if with_summary else None,
             "joint_meeting": row.joint_meeting,
         },
     )

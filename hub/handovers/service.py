@@ -95,6 +95,15 @@ async def get_handover(
     return (await session.execute(query.with_for_update() if lock else query)).first()
 
 
+def asked_categories(handover: Handover) -> list[DataCategory]:
+    """What a handover shares: the categories asked for and HULPVRAAG, for the caseworker's summary
+    travels with it (rule 9: the consent must cover that too)."""
+    asked = list(dict.fromkeys(handover.data_categories))
+    if handover.summary and DataCategory.HULPVRAAG not in asked:
+        asked.append(DataCategory.HULPVRAAG)
+    return asked
+
+
 async def create_handover(
     session: AsyncSession,
     r: Routing,
@@ -122,7 +131,7 @@ async def create_handover(
             receiver_type=handover.receiver_type.value,
             purpose=purpose,
             legal_basis=legal_basis,
-            data_categories=[c.value for c in handover.data_categories],
+            data_categories=[c.value for c in asked_categories(handover)],
             summary=handover.summary,
             joint_meeting=handover.joint_meeting.model_dump(mode="json") if handover.joint_meeting else None,
             status=HandoverStatus.WACHT_OP_TOESTEMMING.value,
@@ -220,6 +229,9 @@ async def _dispatch(
         stored = next(s for s in await consents_of(session, row.youth_key) if s.consent_id == consent_id)
         covered = list(stored.consent.data_categories)
     data = minimise(referral, categories, covered)
+    # The summary is the HULPVRAAG category: it goes only where that is asked for and covered.
+    with_summary = DataCategory.HULPVRAAG in categories and DataCategory.HULPVRAAG in covered
+    shared = sorted({*data, *([DataCategory.HULPVRAAG.value] if with_summary else [])})
     now = r.clock()
     await session.execute(
         update(handovers)
@@ -236,7 +248,8 @@ async def _dispatch(
     message = messages.handover_message(
         row,
         data=data,
-        shared=sorted(data) if consent_id else sorted(c.value for c in categories),
+        shared=shared if consent_id else sorted(c.value for c in categories),
+        with_summary=with_summary,
         transaction_id=act.transaction_id,
         caseworker=await _caseworker_card(session, row.from_caseworker),
     )
@@ -248,7 +261,7 @@ async def _dispatch(
         "handover.sent",
         row,
         receiver=row.receiver_organisation,
-        categories=sorted(data),
+        categories=shared,
         consent_id=consent_id,
     )
 

@@ -170,7 +170,7 @@ class World:
             "referral_id": referral_id,
             "purpose": "WARME_OVERDRACHT",
             "recipient_organisations": ["jongerenwerk-dh"],
-            "data_categories": ["PERSONALIA", "VERWIJZING"],
+            "data_categories": ["PERSONALIA", "VERWIJZING", "HULPVRAAG"],
             "grantors": [
                 {
                     "role": role,
@@ -352,6 +352,43 @@ async def test_no_handover_without_covering_consent_then_once_when_it_arrives(
             assert a.at and a.youth_key and a.user == CW and a.on_behalf_of == "Halt Den Haag"
             assert a.system == "ketenhub-receivers" and a.transaction_id
             assert a.objects["receiver"] == "jongerenwerk-dh" and a.objects["consent_id"]
+
+
+async def test_the_summary_is_the_hulpvraag_and_leaves_only_under_a_consent_covering_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The caseworker's summary travelled in every handover, while the consent was checked only for
+    the categories the request listed, and the disclosure's audit never named it (rules 9, 18)."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        await w.consent(rid, data_categories=["PERSONALIA", "VERWIJZING"])
+        hid = await w.handover(rid, summary="Sam wil graag meedoen aan een sportproject.")
+
+        async def waiting() -> bool:
+            return bool((await w.status(hid))["waiting_reasons"])
+
+        await wait_for(waiting)
+        state = await w.status(hid)
+        assert state["status"] == "WACHT_OP_TOESTEMMING"
+        assert "CATEGORIE_NIET_GEDEKT" in state["waiting_reasons"]
+        assert state["data_categories"] == ["PERSONALIA", "VERWIJZING", "HULPVRAAG"]
+        await asyncio.sleep(0.3)
+        assert w.receiver.calls == []  # nothing of it left
+
+        await w.consent(rid)  # PERSONALIA, VERWIJZING and HULPVRAAG
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1, timeout_s=30)
+        [env] = w.receiver.handovers()
+        assert env.payload["summary"] == "Sam wil graag meedoen aan een sportproject."
+        assert env.payload["data_categories"] == ["HULPVRAAG", "PERSONALIA", "VERWIJZING"]
+        [sent] = await w.audit("handover.sent")
+        assert sent.objects["categories"] == ["HULPVRAAG", "PERSONALIA", "VERWIJZING"]
+
+        async def disclosed() -> list[Any]:
+            return list(await w.audit("handover.disclosed"))
+
+        await wait_for(disclosed)
+        [told] = await disclosed()
+        assert "HULPVRAAG" in told.objects["categories"]
 
 
 async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
