@@ -9,6 +9,7 @@ it again finds nothing left to move: the daily check is idempotent.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -23,7 +24,7 @@ from hub.logging import get_logger
 from hub.notify.service import SYSTEM, notify_caseworker, record_problem
 from hub.signals.service import active_signals_of, request_contact_change
 from hub.signals.tables import matches
-from schemas.caseworker import Caseworker
+from schemas.caseworker import Absence, Caseworker
 from schemas.envelope import new_id
 
 log = get_logger(__name__)
@@ -52,23 +53,41 @@ class BorgingResult:
         }
 
 
+def _merged(absences: Iterable[Absence]) -> list[Absence]:
+    """One period per uninterrupted absence: records that overlap or follow on the next day (sick
+    leave extended week by week) are joined; both ends stay inclusive."""
+    out: list[Absence] = []
+    for a in sorted(absences, key=lambda a: (a.start, a.end)):
+        if out and (a.start - out[-1].end).days <= 1:
+            if a.end > out[-1].end:
+                out[-1] = Absence(start=out[-1].start, end=a.end)
+        else:
+            out.append(a)
+    return out
+
+
 def why(cw: Caseworker, day: date, after_days: int) -> str | None:
     """Why borging is due for `cw` on `day` (Dutch, for the mail), or None when it is not."""
     if not cw.active:
         return "uit dienst is"
-    for a in cw.absences:
+    for a in _merged(cw.absences):
         if a.covers(day) and (day - a.start).days + 1 > after_days:
             return f"sinds {a.start.strftime('%d-%m-%Y')} langer dan {after_days} dagen afwezig is"
     return None
 
 
 async def _successor(session: AsyncSession, cw: Caseworker, day: date) -> Caseworker:
+    """Who takes over: the first active, present caseworker along the delegates, never `cw`
+    themselves (a chain that leads back to them has no delegate; raises PermanentError)."""
     reader = await mail_recipient(session, cw.caseworker_id, day)
     if reader.caseworker_id != cw.caseworker_id:
         return reader
     if cw.delegate_id is None:  # present, but an administrator asked for the move anyway
         raise PermanentError(f"caseworker {cw.caseworker_id!r} has no delegate")
-    return await mail_recipient(session, cw.delegate_id, day)
+    successor = await mail_recipient(session, cw.delegate_id, day)
+    if successor.caseworker_id == cw.caseworker_id:  # the delegate is away and stands in by way of cw
+        raise PermanentError(f"caseworker {cw.caseworker_id!r} has no reachable delegate")
+    return successor
 
 
 async def borg(

@@ -224,3 +224,37 @@ async def test_one_caseworkers_failed_borging_is_shown_and_the_others_go_on(
             assert await _problem(hub, NO_DELEGATE, None)  # cw-lone's round ran after cw-ilse's failed
         finally:
             await hub.stop()
+
+
+async def test_borging_that_would_come_back_to_the_caseworker_is_no_delegate(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Ilse is present with delegate Omar; Omar is away with delegate Ilse. Following the delegates
+    # leads back to Ilse: a "move" to herself audited, sent to the Verwijsindex and mailed is wrong.
+    from tests.integration.test_directory_api import BASE, directory_app
+
+    away = OMAR.model_copy(
+        update={
+            "delegate_id": "cw-ilse",
+            "absences": [Absence(start=TODAY - timedelta(days=3), end=TODAY + timedelta(days=10))],
+        }
+    )
+    async with directory_app(kafka, db_url, unique) as (hub, admin, _viewer):
+        await add_caseworkers(hub, ILSE, away)
+        signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(143_456_700))
+        assert hub.store is not None
+        async with hub.store.connect() as conn:
+            before = (await conn.execute(select(signals).where(signals.c.signal_id == signal_id))).one()
+
+        r = await admin.post(f"{BASE}/cw-ilse/borging")
+        assert r.status_code == 409, r.text  # the answer borging gives when there is no delegate
+        assert r.json()["title"] == "No delegate"
+
+        async with hub.store.connect() as conn:
+            after = (await conn.execute(select(signals).where(signals.c.signal_id == signal_id))).one()
+        assert after.caseworker_id == "cw-ilse" and after.contact == before.contact
+        assert after.delivery_message_id == before.delivery_message_id  # nothing queued for the index
+        assert not await _audited(hub, "borging.moved")
+        assert not await _audited(hub, "signal.contact_changed")
+        assert not await _audited(hub, "mail.borging.queued")
+        assert await _problem(hub, NO_DELEGATE, None)  # shown to an administrator, as without a delegate
