@@ -55,3 +55,30 @@ def test_import_reports_each_row_and_list_shows_the_directory(tmp_path: Path) ->
 
     mails = _run(tmp_path, "mails")
     assert mails.returncode == 0 and "no mails yet" in mails.stdout
+
+
+def test_mails_limit_is_bounded_and_show_finds_any_kept_mail(tmp_path: Path) -> None:
+    import sqlite3
+
+    assert _run(tmp_path, "mails").returncode == 0  # creates the database
+    raw = "Subject: Borging {n}\r\nTo: ilse@halt.nl\r\nContent-Type: text/plain\r\n\r\nmail nummer {n}\r\n"
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # more than the 500 newest: the sink may keep more
+        db.executemany(
+            "INSERT INTO mail_sink (received_at, mail_from, rcpt_to, subject, message_id, raw)"
+            " VALUES ('2025-03-01 10:00:00+00:00', 'hub@halt.nl', 'ilse@halt.nl', ?, NULL, ?)",
+            [(f"Borging {n}", raw.format(n=n)) for n in range(1, 602)],
+        )
+
+    for wrong in ("-1", "0", "501"):
+        refused = _run(tmp_path, "mails", "--limit", wrong)
+        assert refused.returncode == 2 and "--limit" in refused.stderr, (wrong, refused.stderr)
+        assert "Traceback" not in refused.stderr and "no mails yet" not in refused.stdout
+    listed = _run(tmp_path, "mails", "--limit", "500")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 500
+    assert "Borging 601" in listed.stdout.splitlines()[0]
+
+    oldest = _run(tmp_path, "mails", "--show", "1")  # 600 mails newer than it
+    assert oldest.returncode == 0, oldest.stderr
+    assert "Onderwerp: Borging 1\n" in oldest.stdout and "mail nummer 1" in oldest.stdout
+    missing = _run(tmp_path, "mails", "--show", "602")
+    assert missing.returncode == 1 and "no mail 602" in missing.stderr
