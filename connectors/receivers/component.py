@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
 from hub.handovers.delivery_state import delivery_verdict, record_delivered, record_failed, record_lapsed
-from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, receiver_delivery
+from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
@@ -112,6 +112,12 @@ def register_receivers(hub: Hub) -> None:
 
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:
+    readers = await kafka_readers(tx.session, target.receiver_type)
+    if readers != [target.organisation]:  # settings made before one reader per topic was enforced
+        raise PermanentError(
+            f"{target.topic_name} is read by {len(readers)} organisations; each would read the "
+            "others' handovers: give all but one a webhook, then replay"
+        )
     verdict = await delivery_verdict(tx.session, message, day=hub.today())
     if verdict.lapsed:
         await record_lapsed(tx.session, message, verdict.gaps, mail_topic=hub.topic(NOTIFICATION_MAIL.name))

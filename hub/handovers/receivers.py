@@ -41,12 +41,38 @@ def check_webhook_url(url: str, *, allow_plain_http: bool) -> None:
     raise ValueError("webhook URL must be https:// (http:// only to loopback when allowed)")
 
 
+class TopicTaken(ValueError):
+    """Another organisation of the same type already reads that type's topic."""
+
+
+async def kafka_readers(session: AsyncSession, receiver_type: ReceiverType) -> list[str]:
+    """The active organisations that read `receiver_type`'s topic."""
+    t = receiver_deliveries
+    query = (
+        select(t.c.organisation)
+        .where(t.c.receiver_type == receiver_type.value, t.c.mode == "kafka", t.c.active.is_(True))
+        .order_by(t.c.organisation)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def set_receiver_delivery(session: AsyncSession, delivery: ReceiverDelivery) -> None:
-    """Create or replace an organisation's delivery settings."""
+    """Create or replace an organisation's delivery settings.
+
+    One organisation per type reads a type's topic: Kafka grants reading per topic, not per
+    message, so a second would read the first's handovers (rule 9). TopicTaken says who has it."""
     if delivery.mode not in ("kafka", "webhook"):
         raise ValueError("mode must be kafka or webhook")
     if delivery.mode == "webhook" and not (delivery.url and delivery.secret and len(delivery.secret) >= 32):
         raise ValueError("a webhook needs a URL and a secret of at least 32 characters")
+    if delivery.mode == "kafka" and delivery.active:
+        readers = await kafka_readers(session, delivery.receiver_type)
+        others = [o for o in readers if o != delivery.organisation]
+        if others:
+            raise TopicTaken(
+                f"{delivery.topic_name} is already read by {others[0]!r}, and a second reader would read "
+                f"its handovers; give {delivery.organisation!r} a webhook (--webhook URL)"
+            )
     values = {
         "receiver_type": delivery.receiver_type.value,
         "mode": delivery.mode,

@@ -105,12 +105,14 @@ def delivery(
     organisation: Annotated[str, typer.Argument(help="the receiving organisation, as handovers name it")],
     type_: Annotated[ReceiverType, typer.Option("--type", help="kind of receiver", case_sensitive=False)],
     webhook: Annotated[str | None, typer.Option(help="HTTPS URL the hub POSTs signed handovers to")] = None,
-    kafka: Annotated[bool, typer.Option("--kafka", help="deliver on handover.outbound.<type>.v1")] = False,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="deliver on handover.outbound.<type>.v1 (one per type)")
+    ] = False,
 ) -> None:
     """Say how a receiver gets its handovers: a signed webhook (its secret printed once) or its topic."""
     import secrets
 
-    from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, set_receiver_delivery
+    from hub.handovers.receivers import ReceiverDelivery, TopicTaken, check_webhook_url, set_receiver_delivery
 
     if (webhook is None) == (not kafka):
         typer.echo("ketenhub: give exactly one of --webhook URL or --kafka", err=True)
@@ -123,7 +125,11 @@ def delivery(
             typer.echo(f"ketenhub: --webhook: {exc}", err=True)
             raise typer.Exit(2) from None
     chosen = ReceiverDelivery(organisation.strip(), type_, "webhook" if webhook else "kafka", webhook, secret)
-    _in_store(lambda s: set_receiver_delivery(s, chosen))
+    try:
+        _in_store(lambda s: set_receiver_delivery(s, chosen))
+    except TopicTaken as exc:
+        typer.echo(f"ketenhub: --kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
     if webhook:
         typer.echo(f"{chosen.organisation}: handovers go to {webhook}, signed with X-Ketenhub-Signature")
         typer.echo("webhook secret (shown once; verify sha256=HMAC(secret, body) with it):")

@@ -79,6 +79,12 @@ def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
     assert both.returncode == 2 and "exactly one" in both.stderr
     topic = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--kafka")
     assert topic.returncode == 0 and "handover.outbound.wijkteam.v1" in topic.stdout
+    # a second wijkteam on that topic would read the first one's handovers
+    second = _run(url, "delivery", "Wijkteam Escamp", "--type", "wijkteam", "--kafka")
+    assert second.returncode == 1 and "already read by 'Wijkteam Centrum'" in second.stderr
+    assert "Traceback" not in second.stderr
+    again = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--kafka")
+    assert again.returncode == 0  # its own settings made again
 
     async def stored() -> tuple[object, object]:
         store = Store(url)
@@ -92,3 +98,15 @@ def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
     jw, wt = asyncio.run(stored())
     assert jw.mode == "webhook" and jw.secret == secret and jw.receiver_type is ReceiverType.JONGERENWERK
     assert wt.mode == "kafka" and wt.url is None
+    assert asyncio.run(_delivery_of(url, "Wijkteam Escamp")) is None  # the refused one was not stored
+
+
+async def _delivery_of(url: str, organisation: str) -> object:
+    from hub.handovers.receivers import receiver_delivery
+
+    store = Store(url)
+    try:
+        async with store.read() as session:
+            return await receiver_delivery(session, organisation)
+    finally:
+        await store.close()

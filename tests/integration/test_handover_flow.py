@@ -35,6 +35,7 @@ from hub.handovers.service import (
     recheck_started,
     route,
 )
+from hub.handovers.tables import receiver_deliveries
 from hub.intake.tables import referrals
 from hub.partners import PartnerType, add_partner
 from hub.retry.tables import parked
@@ -412,6 +413,32 @@ async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
         assert sorted(got) == sorted(h for hs in asked.values() for h in hs)  # each once
         for hs in asked.values():
             assert [h for h in got if h in hs] == hs  # in order per youth
+
+
+async def test_a_type_topic_read_by_two_organisations_gets_no_handover(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A receiver's topic is its type's: two Kafka receivers of one type (settings made before one
+    reader per topic was enforced) would each read the other's handovers. It goes to the DLQ."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:  # bypasses set_receiver_delivery's check
+            await session.execute(
+                insert(receiver_deliveries).values(
+                    organisation="jeugdhulp-rijswijk", receiver_type="JEUGDHULP", mode="kafka", active=True
+                )
+            )
+        rid, _ = await w.referral(17)
+        await w.consent(rid, recipient_organisations=["jeugdhulp-dh"])
+        await w.handover(rid, org="jeugdhulp-dh", data_categories=["PERSONALIA"])
+        dead = await read_topic(
+            kafka.bootstrap, w.hub.topic("handover.dispatch.dlq.v1"), expect=1, settle_s=0.5
+        )
+        assert len(dead) == 1
+        reason = dict(dead[0].headers)[DLQ_EXC_MESSAGE].decode()
+        assert "read by 2 organisations" in reason
+        outbound = w.hub.topic("handover.outbound.jeugdhulp.v1")
+        assert await read_topic(kafka.bootstrap, outbound, expect=1, timeout_s=1) == []
 
 
 async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
