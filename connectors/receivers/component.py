@@ -7,7 +7,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
-from hub.handovers.delivery_state import delivery_verdict, record_delivered, record_failed, record_lapsed
+from hub.handovers.delivery_state import (
+    delivery_verdict,
+    record_attempt,
+    record_delivered,
+    record_failed,
+    record_lapsed,
+)
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.retry.recent import RecentIds
@@ -55,6 +61,8 @@ class WebhookDelivery:
         if target is None or target.mode != "webhook" or not target.url or not target.secret:
             raise PermanentError("receiver has no webhook delivery")
         check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
+        async with self.store.transaction() as session:  # committed before it leaves (rule 10)
+            await record_attempt(session, message)
         await post_signed(self.client, target.url, target.secret, message)
         self.delivered.add(message.message_id)
         self.skipped.discard(message.message_id)  # it went out after all: audited as disclosed

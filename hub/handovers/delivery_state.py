@@ -49,7 +49,7 @@ async def delivery_verdict(session: AsyncSession, message: Envelope, *, day: dat
     """Rules 9 and 10 at the last moment, on the hub's `day`: a handover leaves only under a consent
     that still covers it (a receiver down past the consent's last day, a replayed dead letter, a
     lagging consumer); a withdrawn one does not leave; a withdrawal notice goes only to a receiver
-    that actually got the handover."""
+    that got the handover or was sent it (`record_attempt`: it may have it without a 2xx)."""
     handover_id = as_code(message.payload.get("handover_id"))
     if handover_id is None:
         return STAY
@@ -58,6 +58,7 @@ async def delivery_verdict(session: AsyncSession, message: Envelope, *, day: dat
             select(
                 handovers.c.status,
                 handovers.c.delivered_at,
+                handovers.c.attempted_at,
                 handovers.c.purpose,
                 handovers.c.consent_id,
                 handovers.c.receiver_organisation,
@@ -67,8 +68,9 @@ async def delivery_verdict(session: AsyncSession, message: Envelope, *, day: dat
     ).first()
     if row is None:
         return STAY
-    if message.type == HANDOVER_WITHDRAWN:
-        return GO if row.delivered_at is not None else STAY
+    if message.type == HANDOVER_WITHDRAWN:  # to every receiver that got it or may have (a POST
+        # that timed out or failed after it was sent): rule 10
+        return GO if row.delivered_at is not None or row.attempted_at is not None else STAY
     if message.type != HANDOVER or row.status in STOPPED:
         return STAY
     if row.purpose == ZORGMELDING:  # rule 21: the one disclosure without consent
@@ -125,6 +127,18 @@ async def record_lapsed(
     )
     await add_to_outbox(session, mail_topic, notice, key=row.youth_key)
     return True
+
+
+async def record_attempt(session: AsyncSession, message: Envelope) -> None:
+    """A handover is about to be POSTed: from now on its receiver may have it, whatever the answer."""
+    handover_id = as_code(message.payload.get("handover_id"))
+    if message.type != HANDOVER or handover_id is None:
+        return
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == handover_id, handovers.c.attempted_at.is_(None))
+        .values(attempted_at=utcnow())
+    )
 
 
 async def record_delivered(session: AsyncSession, message: Envelope, *, channel: str) -> None:

@@ -29,6 +29,8 @@ handovers = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("delivered_at", DateTime(timezone=True), nullable=True),
+    # The first POST to a webhook receiver: it may have the data even without a 2xx (rule 10).
+    Column("attempted_at", DateTime(timezone=True), nullable=True),
     Column("answered_at", DateTime(timezone=True), nullable=True),
     Column("meeting_planned_at", DateTime(timezone=True), nullable=True),
     Column("overdue_notified_at", DateTime(timezone=True), nullable=True),

@@ -70,6 +70,7 @@ class Receiver:
     """A receiver's webhook: verifies the HMAC, records every call, can be taken down."""
 
     down: bool = False
+    fail_after_storing: bool = False  # keeps what it got, then answers 500 (as if it crashed)
     calls: list[dict[str, Any]] = field(default_factory=list)
     refused: int = 0
     bad_signatures: int = 0
@@ -91,7 +92,7 @@ class Receiver:
             self.calls.append(
                 {"org": org, "env": env, "transaction": request.headers.get("Fsc-Transaction-Id")}
             )
-            return Response(status_code=204)
+            return Response(status_code=500 if self.fail_after_storing else 204)
 
         return app
 
@@ -390,6 +391,35 @@ async def test_the_summary_is_the_hulpvraag_and_leaves_only_under_a_consent_cove
         await wait_for(disclosed)
         [told] = await disclosed()
         assert "HULPVRAAG" in told.objects["categories"]
+
+
+async def test_a_withdrawal_is_told_to_a_receiver_that_may_have_the_handover_without_a_2xx(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10: the receiver stored the handover and then failed (500); the hub never saw a 2xx, so
+    the withdrawal notice was skipped, and the receiver kept the data for good."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid)
+        w.receiver.fail_after_storing = True
+        hid = await w.handover(rid)
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1)
+        assert (await w.status(hid))["delivered_at"] is None
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "jeugdige wil het niet meer"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200, r.text
+        w.receiver.fail_after_storing = False
+
+        def told() -> list[Envelope]:
+            return [c["env"] for c in w.receiver.calls if c["env"].type == "HandoverWithdrawn"]
+
+        await wait_for(lambda: len(told()) >= 1, timeout_s=20)
+        [notice] = told()
+        assert notice.payload["handover_id"] == hid
+        assert (await w.status(hid))["status"] == "INGETROKKEN"
 
 
 async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
