@@ -20,6 +20,20 @@ async def test_migrations_create_the_spine_and_are_idempotent(store: Store) -> N
             assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
 
 
+async def test_the_migrations_make_the_tables_the_code_declares(store: Store) -> None:
+    """Every table, column and index the code uses exists as declared once migrated (a column added
+    to a table definition without its migration works in nothing but a test's fresh schema)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import hub.app  # noqa: F401  (every component's tables)
+    from hub.store.tables import metadata
+
+    async with store.engine.connect() as conn:
+        diffs = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+    assert diffs == []
+
+
 async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError):
         async with store.transaction() as session:
