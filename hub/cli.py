@@ -13,6 +13,7 @@ from hub.directory.cli import app as directory_cli
 from hub.errors import ConfigError
 from hub.notify.cli import mails as mails_command
 from hub.ops import cli as ops_cli
+from hub.ops.inzage_cli import inzage as inzage_command
 from hub.partners.cli import app as partners_cli
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(ops_cli.outbox_app, name="outbox")
 app.command("topics")(ops_cli.topics)
 app.add_typer(directory_cli, name="medewerkers")
 app.command("mails")(mails_command)
+app.command("inzage")(inzage_command)
 
 
 def _settings(**overrides: object) -> Settings:
