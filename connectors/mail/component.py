@@ -1,17 +1,34 @@
 """The mail component: MailNotifications on `notification.mail.v1` out over SMTP, once each.
 
+Who gets a mail is decided when it is sent, not when it was queued (rules 16, 17): whoever reads the
+mail of the caseworker it is for on the hub's day (themselves, or their delegate then), and a
+delegate's mail says for whom they read it. A mail that waited (an SMTP outage, the DLQ) follows the
+directory as it is when it goes out: a replay after the directory was fixed reaches the right person.
+A message queued before MailNotification named the caseworker it is for goes, as before, to whoever
+reads `recipient_caseworker_id`'s mail, with its text as rendered then.
+
 Once per notification: the id of every mail the SMTP server accepted is stored in `mail_sent` in
-the same transaction as the consumer's inbox entry (or the retry ladder's un-parking), and checked
-before sending, so redeliveries, restarts and DLQ replays never send it again. The one window left
-is a crash after the server said "250" and before that commit: the mail is then sent a second time,
-with the same Message-ID (derived from the notification id), which mail systems use to drop the
-repeat. It cannot be closed from our side: SMTP has no idempotency key.
+the same transaction as the ladder's un-parking, and checked before sending, so redeliveries,
+restarts and DLQ replays do not send it again. Where a mail can still go twice:
+- The process dies after the server said "250" and before that commit: it is sent again after the
+  restart, with the same Message-ID (derived from the notification id), which mail systems use to
+  drop the repeat. SMTP has no idempotency key; this window cannot be closed from our side.
+- The commit fails after a "250" (the store is down, or the record cannot be written): the ladder
+  keeps the message for its next rung. This process remembers the notifications it sent (the last
+  `_SENT_MAX`), and at that next attempt records the mail without sending it again. Only when the
+  process restarted in between, or forgot it among more sends than that, is it sent again, as above.
+- The server did not answer after the message was transmitted (a read timeout, a lost connection):
+  it may have been delivered. It is neither retried nor recorded as sent: it goes to the DLQ with
+  that reason (`OutcomeUnknown`), and an operator who replays it sends it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -21,16 +38,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.mail.message import build_message, message_id_for
 from connectors.mail.sink import MailSink
-from connectors.mail.smtp import SmtpMailer
-from hub.audit import AuditEntry, audit_row, write_audit, write_audits
+from connectors.mail.smtp import UNKNOWN_OUTCOME, SmtpMailer
+from hub.audit import audit_row, write_audits
 from hub.clock import today
 from hub.config import SmtpSettings
-from hub.directory import mail_recipient, mail_recipients
+from hub.directory import get_caseworker, mail_recipient, mail_recipients
 from hub.errors import PermanentError
 from hub.logging import get_logger
 from hub.notify.service import record_problem
 from hub.notify.tables import mail_sent
+from hub.notify.templates import with_behalf
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
+from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
@@ -41,9 +60,11 @@ from schemas.notification import MailNotification
 
 log = get_logger(__name__)
 _NOT_LOOKED_UP: Any = object()
-_SENT_TO_MAX = 10_000  # sends waiting for their record, at most
+_SENT_MAX = 10_000  # notifications this process sent, remembered (for their record), at most
+_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # schemas.pseudonym.youth_key: a match mail's record key
 NAME = "mail"
 SYSTEM = "mail-connector"
+UNKNOWN_PROBLEM = "mail_uitkomst_onbekend"
 
 
 def _notification(message: Envelope) -> MailNotification:
@@ -51,6 +72,33 @@ def _notification(message: Envelope) -> MailNotification:
         return MailNotification.model_validate(message.payload)
     except ValidationError as exc:
         raise PermanentError(f"not a MailNotification: {exc.error_count()} error(s)") from None
+
+
+def addressee(mail: MailNotification) -> str:
+    """The caseworker whose mail this is: the one it is for, or (a message queued before that was
+    named) the one it was queued for."""
+    return mail.for_caseworker_id or mail.recipient_caseworker_id
+
+
+def _youth_key(record_key: str | None) -> str | None:
+    return record_key if record_key is not None and _YOUTH_KEY.fullmatch(record_key) else None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Who gets a mail now, for whom they read it (a delegate), and the youth it is about."""
+
+    reader: Caseworker
+    absent_name: str | None
+    youth_key: str | None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A mail the SMTP server accepted from this process: whom it reached, which youth it was about."""
+
+    reader_id: str
+    youth_key: str | None
 
 
 class MailConnector:
@@ -70,94 +118,141 @@ class MailConnector:
         self.ladder: RetryLadder | None = None
         self.last_success: datetime | None = None
         self.last_error: str | None = None
-        self._ready: dict[str, Caseworker | None] = {}  # notification id -> reader, None when sent
-        # notification id -> who it was sent to, for the audit entry written once the send is recorded
-        self._sent_to: dict[str, str] = {}
+        self._ready: dict[str, _Plan | None] = {}  # notification id -> plan, None when sent
+        # notification id -> whom it reached: for its audit entry, and so that a mail whose record was
+        # not committed is recorded at its next attempt rather than sent again (oldest forgotten first)
+        self._sent: OrderedDict[str, _Sent] = OrderedDict()
+
+    @property
+    def _ladder_name(self) -> str:
+        return self.ladder.name if self.ladder is not None else NAME
+
+    async def _record_keys(self, session: AsyncSession, message_ids: list[str]) -> dict[str, str]:
+        """The record keys (a match mail's: the youth key) of these messages, as the ladder holds them."""
+        keys: dict[str, str] = {}
+        for start in range(0, len(message_ids), 500):
+            q = select(parked.c.message_id, parked.c.key).where(
+                parked.c.ladder == self._ladder_name,
+                parked.c.message_id.in_(message_ids[start : start + 500]),
+            )
+            keys.update({row.message_id: row.key for row in (await session.execute(q)).all()})
+        return keys
+
+    async def _absent_names(
+        self, session: AsyncSession, mails: Sequence[MailNotification], readers: dict[str, Any]
+    ) -> dict[str, str]:
+        """The names of the caseworkers a delegate reads for, of mails that name whom they are for."""
+        away = {
+            mail.for_caseworker_id
+            for mail in mails
+            if mail.for_caseworker_id is not None
+            and isinstance(reader := readers.get(mail.for_caseworker_id), Caseworker)
+            and reader.caseworker_id != mail.for_caseworker_id
+        }
+        return {cid: (await get_caseworker(session, cid)).name for cid in sorted(away)}
 
     async def prepare(self, messages: Sequence[Envelope]) -> None:
         """For a round of sends: which were sent already, and who reads each caseworker's mail today,
         in a few statements instead of a few per mail."""
-        mails = []
+        pairs = []
         for message in messages:
             with contextlib.suppress(PermanentError):  # deliver dead-letters it, with the reason
-                mails.append(_notification(message))
+                pairs.append((message, _notification(message)))
         self._ready.clear()
-        if not mails:
+        if not pairs:
             return
+        mails = [mail for _, mail in pairs]
         async with self.store.read() as session:
             ids = [mail.notification_id for mail in mails]
             q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
-            sent = set((await session.execute(q)).scalars())
-            readers = await mail_recipients(
-                session, {mail.recipient_caseworker_id for mail in mails}, self.today()
-            )
-        for mail in mails:
-            reader = readers[mail.recipient_caseworker_id]
+            sent = set((await session.execute(q)).scalars()) | (set(ids) & set(self._sent))
+            readers = await mail_recipients(session, {addressee(mail) for mail in mails}, self.today())
+            names = await self._absent_names(session, mails, readers)
+            keys = await self._record_keys(session, [message.message_id for message, _ in pairs])
+        for message, mail in pairs:
+            reader = readers[addressee(mail)]
             if mail.notification_id in sent:
                 self._ready[mail.notification_id] = None
             elif isinstance(reader, Caseworker):  # an error is found again, and raised, by deliver
-                self._ready[mail.notification_id] = reader
+                absent = names.get(mail.for_caseworker_id) if mail.for_caseworker_id else None
+                key = _youth_key(keys.get(message.message_id))
+                self._ready[mail.notification_id] = _Plan(reader, absent, key)
+
+    async def _plan(self, message: Envelope, mail: MailNotification) -> _Plan | None:
+        """`prepare`'s answer for one mail, looked up now; None when it was sent already."""
+        if mail.notification_id in self._sent:  # sent by this process; its record was not committed
+            return None
+        async with self.store.read() as session:  # the consumer's transaction holds the write lock
+            if await _was_sent(session, mail.notification_id):
+                return None
+            reader = await mail_recipient(session, addressee(mail), self.today())
+            names = await self._absent_names(session, [mail], {addressee(mail): reader})
+            keys = await self._record_keys(session, [message.message_id])
+        absent = names.get(mail.for_caseworker_id) if mail.for_caseworker_id else None
+        return _Plan(reader, absent, _youth_key(keys.get(message.message_id)))
 
     async def deliver(self, message: Envelope) -> None:
         """Send one notification to whoever reads the caseworker's mail today (rule 16)."""
         mail = _notification(message)
         # what `prepare` found for this round, used once: a retry in place looks again
-        ready = self._ready.pop(mail.notification_id, _NOT_LOOKED_UP)
-        if ready is _NOT_LOOKED_UP:
-            async with self.store.read() as session:  # the consumer's transaction holds the write lock
-                sent = await _was_sent(session, mail.notification_id)
-                recipient = (
-                    None
-                    if sent
-                    else await mail_recipient(session, mail.recipient_caseworker_id, self.today())
-                )
-        else:
-            recipient = ready
-        if recipient is None:
+        plan = self._ready.pop(mail.notification_id, _NOT_LOOKED_UP)
+        if plan is _NOT_LOOKED_UP:
+            plan = await self._plan(message, mail)
+        if plan is None:
             log.info("mail already sent; not sending again", notification_id=mail.notification_id)
             return
+        if plan.absent_name is not None:  # worded for the delegate who reads it now
+            text, html = with_behalf(mail.template, mail.body_text, mail.body_html, plan.absent_name)
+            mail = mail.model_copy(update={"body_text": text, "body_html": html})
         msg = build_message(
-            mail, to_addr=recipient.email, to_name=recipient.name, sender=self.settings.sender, now=utcnow()
+            mail,
+            to_addr=plan.reader.email,
+            to_name=plan.reader.name,
+            sender=self.settings.sender,
+            now=utcnow(),
         )
         await self.mailer.send(msg)
         self.last_success = utcnow()
-        if len(self._sent_to) >= _SENT_TO_MAX:  # entries whose recording failed: their mail goes again
-            self._sent_to.clear()
-        self._sent_to[mail.notification_id] = recipient.caseworker_id
+        self._sent[mail.notification_id] = _Sent(plan.reader.caseworker_id, plan.youth_key)
+        self._sent.move_to_end(mail.notification_id)
+        while len(self._sent) > _SENT_MAX:
+            self._sent.popitem(last=False)
 
-    def _audit_objects(self, mail: MailNotification) -> dict[str, Any]:
-        """What the mail.sent entry says: the mail, and who it reached (rule 18). The mail is addressed
-        to a caseworker; who reads their mail is decided when it is sent (a delegate while they are
-        away), which may be days after it was queued."""
+    def _sent_row(
+        self, message: Envelope, mail: MailNotification, now: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The mail_sent row and the mail.sent audit entry (rule 18: the disclosure, with its youth)."""
+        sent = self._sent.get(mail.notification_id)
+        row = {
+            "notification_id": mail.notification_id,
+            "message_id": message_id_for(mail.notification_id, self.settings.sender),
+            "recipient_caseworker_id": sent.reader_id if sent else mail.recipient_caseworker_id,
+            "sent_at": now,
+        }
+        # The mail is addressed to a caseworker; who reads their mail is decided when it is sent (a
+        # delegate while they are away), which may be days after it was queued.
         objects: dict[str, Any] = {
             "notification_id": mail.notification_id,
             "template": mail.template,
             "case_reference": mail.case_reference,
         }
-        if (reader := self._sent_to.pop(mail.notification_id, None)) is not None:
-            objects["sent_to"] = reader
-        return objects
+        if sent is not None:
+            objects["sent_to"] = sent.reader_id
+        entry = audit_row(
+            "mail.sent",
+            SYSTEM,
+            at=now,
+            system=SYSTEM,
+            transaction_id=message.transaction_id,
+            youth_key=sent.youth_key if sent else None,
+            on_behalf_of=addressee(mail),
+            objects=objects,
+        )
+        return row, entry
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
-        """Remember the notification as sent, in the consumer's (or un-parking's) transaction."""
-        mail = _notification(message)
-        if await _was_sent(session, mail.notification_id):
-            return
-        await session.execute(
-            insert(mail_sent).values(
-                notification_id=mail.notification_id,
-                message_id=message_id_for(mail.notification_id, self.settings.sender),
-                recipient_caseworker_id=mail.recipient_caseworker_id,
-                sent_at=utcnow(),
-            )
-        )
-        entry = AuditEntry(
-            action="mail.sent",
-            user=SYSTEM,
-            on_behalf_of=mail.recipient_caseworker_id,
-            objects=self._audit_objects(mail),
-        )
-        await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
+        """Remember the notification as sent, in the ladder's un-parking transaction."""
+        await self.on_delivered_many(session, [message])
 
     async def on_delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
         """`on_delivered` for a round of sends: one lookup and two inserts."""
@@ -170,44 +265,32 @@ class MailConnector:
             if mail.notification_id in known:
                 continue
             known.add(mail.notification_id)
-            sent.append(
-                {
-                    "notification_id": mail.notification_id,
-                    "message_id": message_id_for(mail.notification_id, self.settings.sender),
-                    "recipient_caseworker_id": mail.recipient_caseworker_id,
-                    "sent_at": now,
-                }
-            )
-            objects = self._audit_objects(mail)
-            audit.append(
-                audit_row(
-                    "mail.sent",
-                    SYSTEM,
-                    at=now,
-                    system=SYSTEM,
-                    transaction_id=message.transaction_id,
-                    on_behalf_of=mail.recipient_caseworker_id,
-                    objects=objects,
-                )
-            )
+            row, entry = self._sent_row(message, mail, now)
+            sent.append(row)
+            audit.append(entry)
         if sent:
             await session.execute(insert(mail_sent), sent)
-            await write_audits(session, audit)  # rule 18, as write_audit does one by one
+            await write_audits(session, audit)  # rule 18
 
     async def on_parked(self, session: AsyncSession, message: Envelope, *args: Any) -> None:
         """Keep the last error for the console."""
         self.last_error = args[-1] if args else None
 
     async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
-        """A mail that will not go out is a problem an administrator sees."""
+        """A mail that will not go out, or may have, is a problem an administrator sees."""
         self.last_error = error
         payload = message.payload  # it may have failed validation: only what could be a Code is used
+        unknown = UNKNOWN_OUTCOME in error
         await record_problem(
             session,
-            kind="mail_niet_bezorgd",
-            caseworker_id=as_code(payload.get("recipient_caseworker_id")),
+            kind=UNKNOWN_PROBLEM if unknown else "mail_niet_bezorgd",
+            # whose directory entry decides who reads it: fix it, then replay the dead letter
+            caseworker_id=as_code(payload.get("for_caseworker_id"))
+            or as_code(payload.get("recipient_caseworker_id")),
             reference=as_code(payload.get("notification_id")) or message.message_id,
-            reason=f"mail niet bezorgd: {error}",
+            reason=f"mail mogelijk bezorgd, niet opnieuw verstuurd: {error}"
+            if unknown
+            else f"mail niet bezorgd: {error}",
             transaction_id=message.transaction_id,
         )
 

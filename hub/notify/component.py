@@ -76,6 +76,10 @@ def register_notify(hub: Hub) -> None:
             )
             await spine.dead_letter(tx.session, subscription, tx.record, cause, tx.transaction_id)
             return
+        # The match is handled: its mail is queued, not yet disclosed. The disclosure is `mail.sent`
+        # (the mail connector), to whoever reads the caseworker's mail when it goes out, which may be
+        # another person than now. The action keeps its name: the chaos tests count handled matches
+        # by it (tests/chaos/test_outages_and_poison.py).
         await tx.audit(
             AuditEntry(
                 action="verwijsindex.match_disclosed",
@@ -86,8 +90,9 @@ def register_notify(hub: Hub) -> None:
                     "match_id": match.match_id,
                     "signal_id": match.signal_id,
                     "notification_id": mail.notification_id,
-                    "recipient_caseworker_id": mail.recipient_caseworker_id,
-                    "disclosed": ["counterpart_contact", "match_type", "case_reference"],
+                    "mail": "queued",
+                    "reader_when_queued": mail.recipient_caseworker_id,
+                    "to_disclose": ["counterpart_contact", "match_type", "case_reference"],
                 },
             )
         )

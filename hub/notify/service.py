@@ -2,8 +2,10 @@
 
 `notify_caseworker` is the one door for every notice of the hub (matches, borging, handovers not
 answered or waiting for consent). It writes in the caller's transaction: the MailNotification in
-the outbox for `notification.mail.v1`, and an audit entry. When nobody can read the caseworker's
-mail it queues nothing and records a problem an administrator sees instead.
+the outbox for `notification.mail.v1`, and an audit entry that it was queued. When nobody can read
+the caseworker's mail it queues nothing and records a problem an administrator sees instead. The
+mail names the caseworker it is for; who reads it, and the line for a delegate, are decided by the
+mail connector when it is sent (the disclosure, audited there as `mail.sent`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import today
-from hub.directory import get_caseworker, mail_recipient
+from hub.directory import mail_recipient
 from hub.errors import PermanentError
 from hub.notify.tables import mail_problems
 from hub.notify.templates import render
 from hub.spine.outbox import add_to_outbox
 from hub.topics import NOTIFICATION_MAIL
+from schemas.bsn import contains_bsn
 from schemas.envelope import Envelope, utcnow
 from schemas.notification import MailNotification
 
@@ -133,17 +136,20 @@ async def notify_caseworker(
         )
         await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
         return None
-    ctx = dict(context)
-    if recipient.caseworker_id != caseworker_id:
-        ctx["on_behalf_of_name"] = (await get_caseworker(session, caseworker_id)).name
+    # Rendered without the line for a delegate: the mail connector decides who reads the mail when it
+    # is sent, and words it for a delegate then (rules 16, 17).
+    ctx = {k: v for k, v in context.items() if k != "on_behalf_of_name"}
     rendered = render(template, ctx)
     mail = MailNotification(
         recipient_caseworker_id=recipient.caseworker_id,
+        for_caseworker_id=caseworker_id,
         template=template,
         subject=rendered.subject,
         body_text=rendered.text,
         body_html=rendered.html,
         case_reference=case_reference,
+        # the validated phone numbers and ids shown that would pass for a BSN (rule 16's check)
+        not_bsn=[value for value in dict.fromkeys(rendered.not_bsn) if contains_bsn(value)],
     )
     message = Envelope.new(
         type_="MailNotification",
@@ -153,10 +159,13 @@ async def notify_caseworker(
         payload=mail.model_dump(mode="json"),
     )
     await add_to_outbox(session, mail_topic(hub), message, key=key or recipient.caseworker_id)
+    # Queued, not disclosed: `mail.sent` (the mail connector) records the disclosure, to whoever reads
+    # the caseworker's mail when it goes out. This names who would read it now.
     objects: dict[str, Any] = {
         "notification_id": mail.notification_id,
         "template": template,
-        "recipient_caseworker_id": recipient.caseworker_id,
+        "for_caseworker_id": caseworker_id,
+        "reader_when_queued": recipient.caseworker_id,
         "case_reference": case_reference,
     }
     objects.update({k: ctx[k] for k in ("match_id", "signal_ids") if k in ctx})

@@ -3,6 +3,10 @@
 Rule 16: a match mail carries the counterpart's contact details, the match type and our case
 reference, nothing about the youth. The templates only ever read the keys listed here, so a
 context that happens to hold more (a BSN, a name) cannot leak into a mail.
+
+Who reads a caseworker's mail is decided when it is sent, which may be days after it was queued: the
+hub queues the mail without the line for a delegate ("als vervanger van ..."), and the mail connector
+adds it with `with_behalf` once it knows who reads it, where the template itself would have put it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ MATCH_TYPES = {
 }
 
 
+GREETING = "Beste collega,\n\n"
+# The templates with a line for a delegate (the borging mail is addressed to the delegate already).
+BEHALF_TEMPLATES = frozenset({"match", "notice"})
+
+
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered mail."""
+    """A rendered mail; `not_bsn`: the validated phone numbers and ids it shows (MailNotification)."""
 
     subject: str
     text: str
     html: str
+    not_bsn: tuple[str, ...] = ()
 
 
 def _page(title: str, paragraphs: list[str], table: list[tuple[str, str]] | None = None) -> str:
@@ -41,11 +51,31 @@ def _page(title: str, paragraphs: list[str], table: list[tuple[str, str]] | None
     )
 
 
+def behalf_line(absent_name: str) -> str:
+    """The line that tells a delegate for whom they read the mail."""
+    return f"U ontvangt dit bericht als vervanger van {absent_name}, die afwezig is."
+
+
 def _behalf(ctx: Mapping[str, Any]) -> list[str]:
     absent = ctx.get("on_behalf_of_name")
     if not absent:
         return []
-    return [f"U ontvangt dit bericht als vervanger van {absent}, die afwezig is."]
+    return [behalf_line(str(absent))]
+
+
+def with_behalf(template: str, text: str, html: str | None, absent_name: str) -> tuple[str, str | None]:
+    """A mail rendered without `on_behalf_of_name`, with the delegate's line added where the template
+    puts it (the first line after the greeting, the first paragraph of the HTML part): the same
+    mail as rendered with it. Templates without such a line, or text of another shape, stay as they are.
+    """
+    if template not in BEHALF_TEMPLATES or not text.startswith(GREETING):
+        return text, html
+    line = behalf_line(absent_name)
+    text = f"{GREETING}{line}\n{text[len(GREETING) :]}"
+    # every value in the HTML part is escaped: "<p>" is the template's own first paragraph
+    if html is not None and "<p>" in html:
+        html = html.replace("<p>", f"<p>{escape(line)}</p><p>", 1)
+    return text, html
 
 
 def _contact_lines(counterparts: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -69,10 +99,8 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
         "Neem contact op met de andere betrokken professional(s) om af te stemmen. "
         "De gegevens van de jongere staan in Aurah onder de genoemde zaak."
     )
-    text = "\n".join(
+    text = GREETING + "\n".join(
         [
-            "Beste collega,",
-            "",
             *_behalf(ctx),
             intro,
             "",
@@ -96,7 +124,13 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
         + "".join(f"<li><b>{escape(n)}</b>: {escape(d)}</li>" for n, d in contacts)
         + f"</ul><p>{escape(advice)}</p><p><small>Automatisch verstuurd door ketenhub.</small></p></body>",
     )
-    return Rendered(f"Match in de Verwijsindex ({kind.split(' ')[0]}), zaak {ref}", text, html)
+    phones = [str(c["phone"]) for c in ctx["counterparts"] if c.get("phone")]
+    return Rendered(
+        f"Match in de Verwijsindex ({kind.split(' ')[0]}), zaak {ref}",
+        text,
+        html,
+        not_bsn=(ref, str(ctx["match_id"]), *phones),
+    )
 
 
 def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
@@ -109,21 +143,22 @@ def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
         "overgedragen (borging). U bent nu de contactpersoon; de Verwijsindex is bijgewerkt."
     )
     lines = [f"- signaal {s}" for s in signals_] + [f"- open match {m}" for m in matches_]
-    text = "\n".join(["Beste collega,", "", intro, "", "Overgenomen:", *lines, "", "ketenhub"])
+    text = GREETING + "\n".join([intro, "", "Overgenomen:", *lines, "", "ketenhub"])
     html = _page("Signalen aan u overgedragen", [intro, "Overgenomen:"]).replace(
         "</body>", "<ul>" + "".join(f"<li>{escape(x[2:])}</li>" for x in lines) + "</ul></body>"
     )
-    return Rendered(f"Borging: {len(signals_)} signaal/signalen overgenomen", text, html)
+    return Rendered(
+        f"Borging: {len(signals_)} signaal/signalen overgenomen", text, html, not_bsn=(*signals_, *matches_)
+    )
 
 
 def notice_mail(ctx: Mapping[str, Any]) -> Rendered:
     """A generic notice (handover waiting, not answered): keys subject, detail, case_reference."""
     detail = str(ctx["detail"])
     ref = str(ctx["case_reference"])
-    text = "\n".join(["Beste collega,", "", *_behalf(ctx), detail, "", f"Zaak: {ref}", "", "ketenhub"])
-    return Rendered(
-        str(ctx["subject"]), text, _page(str(ctx["subject"]), [*_behalf(ctx), detail, f"Zaak: {ref}"])
-    )
+    text = GREETING + "\n".join([*_behalf(ctx), detail, "", f"Zaak: {ref}", "", "ketenhub"])
+    html = _page(str(ctx["subject"]), [*_behalf(ctx), detail, f"Zaak: {ref}"])
+    return Rendered(str(ctx["subject"]), text, html, not_bsn=(ref,))
 
 
 TEMPLATES: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {

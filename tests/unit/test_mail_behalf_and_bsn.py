@@ -1,0 +1,101 @@
+"""Review findings on the mail path, as pure functions: the delegate's line added when the mail is sent
+(rules 16, 17), and the BSN check that skips validated phone numbers and ids but nothing else (rule 16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hub.notify.templates import render, with_behalf
+from schemas.bsn import contains_bsn, is_valid_bsn
+from schemas.notification import MailNotification
+
+MATCH: dict[str, Any] = {
+    "match_type": "GEZINSMATCH",
+    "match_id": "123456782",  # a Verwijsindex id of digits only that passes the elfproef
+    "case_reference": "sig-1",
+    "counterparts": [
+        {"name": "Kees de Wit", "organisation": "Jeugdhulp", "email": "k@j.nl", "phone": "+31 (0)612345683"}
+    ],
+}
+NOTICE = {"subject": "Overdracht wacht", "detail": "Toestemming ontbreekt.", "case_reference": "HO-1"}
+
+
+@pytest.mark.parametrize(("template", "ctx"), [("match", MATCH), ("notice", NOTICE)])
+def test_the_delegates_line_added_at_send_time_is_the_line_the_template_writes(
+    template: str, ctx: dict[str, Any]
+) -> None:
+    rendered = render(template, ctx)
+    assert "vervanger" not in rendered.text
+    expected = render(template, {**ctx, "on_behalf_of_name": "Ilse Bakker"})
+    assert with_behalf(template, rendered.text, rendered.html, "Ilse Bakker") == (
+        expected.text,
+        expected.html,
+    )
+    assert "vervanger van Ilse Bakker" in expected.text and "vervanger van Ilse Bakker" in expected.html
+
+
+def test_the_borging_mail_gets_no_delegates_line() -> None:
+    ctx = {"from_name": "Ilse Bakker", "reason": "uit dienst is", "signal_ids": ["s-1"], "match_ids": []}
+    rendered = render("borging", ctx)
+    assert with_behalf("borging", rendered.text, rendered.html, "X") == (rendered.text, rendered.html)
+
+
+def _mail(body: str, not_bsn: list[str]) -> MailNotification:
+    return MailNotification(
+        recipient_caseworker_id="cw-1", template="match", subject="Match", body_text=body,
+        case_reference="sig-1", not_bsn=not_bsn,
+    )  # fmt: skip
+
+
+def test_validated_phone_numbers_and_ids_do_not_trip_the_bsn_check() -> None:
+    phone, match_id = MATCH["counterparts"][0]["phone"], MATCH["match_id"]
+    assert contains_bsn(phone) and contains_bsn(match_id) and is_valid_bsn("612345683")
+    rendered = render("match", MATCH)
+    assert phone in rendered.text and match_id in rendered.text
+    assert set(rendered.not_bsn) >= {phone, match_id}
+    with pytest.raises(ValidationError, match="looks like a BSN"):  # what the reviewer saw
+        MailNotification(
+            recipient_caseworker_id="cw-1", template="match", subject=rendered.subject,
+            body_text=rendered.text, body_html=rendered.html, case_reference="sig-1",
+        )  # fmt: skip
+    mail = MailNotification(
+        recipient_caseworker_id="cw-1", template="match", subject=rendered.subject,
+        body_text=rendered.text, body_html=rendered.html, case_reference="sig-1",
+        not_bsn=list(rendered.not_bsn),
+    )  # fmt: skip
+    assert phone in mail.body_text and match_id in mail.body_text
+
+
+def test_a_bsn_in_free_text_is_still_refused() -> None:
+    bsn = "111222333"
+    assert is_valid_bsn(bsn)
+    phone = "+31 (0)612345683"
+    for body, safe in [
+        (f"Bel {phone}. Jongere {bsn}.", [phone]),  # beside a known-safe value
+        (f"Jongere {bsn}", ["1", "11", "333", "2"]),  # short values cannot cut into a run of digits
+        (f"Jongere 9{bsn}1 en {bsn}", [f"9{bsn}1"]),
+    ]:
+        with pytest.raises(ValidationError, match="looks like a BSN") as info:
+            _mail(body, safe)
+        assert bsn not in str(info.value)
+    ctx = {**MATCH, "counterparts": [{**MATCH["counterparts"][0], "organisation": f"Jeugdhulp {bsn}"}]}
+    rendered = render("match", ctx)
+    with pytest.raises(ValidationError, match="looks like a BSN"):
+        MailNotification(
+            recipient_caseworker_id="cw-1", template="match", subject=rendered.subject,
+            body_text=rendered.text, body_html=rendered.html, case_reference="sig-1",
+            not_bsn=list(rendered.not_bsn),
+        )  # fmt: skip
+
+
+def test_a_message_queued_before_the_new_fields_still_reads() -> None:
+    old = {
+        "notification_id": "n-1", "recipient_caseworker_id": "cw-omar", "template": "match",
+        "subject": "Match", "body_text": "Beste collega,\n\nU ontvangt dit bericht als vervanger van X.",
+        "body_html": None, "case_reference": "sig-1",
+    }  # fmt: skip
+    mail = MailNotification.model_validate(old)
+    assert mail.for_caseworker_id is None and mail.not_bsn == []
