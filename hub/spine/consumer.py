@@ -331,28 +331,31 @@ class Spine:
         failed: list[tuple[ConsumerRecord[Any, Any], str]],
         committed: list[Callable[[], None]],
         outcomes: dict[str, int],
-    ) -> None:
-        """`failed` failed as a batch: the batch handler over each half, and so on down the half that
-        fails, to a few records that the record handler takes one by one (a poison record
+    ) -> bool:
+        """`failed` failed as a batch: the batch handler over its first half, and so on down the half
+        that fails, to a few records that the record handler takes one by one (a poison record
         dead-letters alone). One poison record in a batch of 500 costs about nine batch calls and
-        eight single ones instead of 500 single ones, all in the transaction that holds SQLite's
-        one writer. When both halves fail the bad records are many: one by one at once, rather than
-        splitting further."""
+        eight single ones instead of 500 single ones, all in the transaction that holds SQLite's one
+        writer.
+
+        In order: a half's effects are written only after everything before it is handled, so a
+        youth's later records never take effect before an earlier one (per-key order). True when the
+        bad records proved many (both halves failed somewhere): the later records then go one by one
+        at once, rather than being tried whole and split again."""
         if len(failed) <= SPLIT_DOWN_TO:
             await self._one_by_one(session, sub, failed, committed, outcomes)
-            return
+            return False
         half = len(failed) // 2
-        still: list[list[tuple[ConsumerRecord[Any, Any], str]]] = []
-        for part in (failed[:half], failed[half:]):
-            if await self._handle_all(session, sub, part, committed):
-                outcomes["processed"] += len(part)
-            else:
-                still.append(part)
-        for part in still:
-            if len(still) == 2:
-                await self._one_by_one(session, sub, part, committed, outcomes)
-            else:
-                await self._split(session, sub, part, committed, outcomes)
+        first, second = failed[:half], failed[half:]
+        if await self._handle_all(session, sub, first, committed):
+            outcomes["processed"] += len(first)
+            return await self._split(session, sub, second, committed, outcomes)  # the failure is here
+        many = await self._split(session, sub, first, committed, outcomes)
+        if not many and await self._handle_all(session, sub, second, committed):
+            outcomes["processed"] += len(second)
+            return False
+        await self._one_by_one(session, sub, second, committed, outcomes)  # bad records in both halves
+        return True
 
     async def _one_by_one(
         self,

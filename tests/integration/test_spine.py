@@ -21,12 +21,12 @@ from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 pytestmark = pytest.mark.integration
 
 
-async def _effects(store: Store) -> list[int]:
+async def _effects(store: Store, *, as_written: bool = False) -> list[int]:
     async with store.connect() as conn:
-        rows = (
-            await conn.execute(select(audit_log.c.objects).where(audit_log.c.action == "test.effect"))
-        ).scalars()
-        return sorted(r["n"] for r in rows)
+        query = select(audit_log.c.objects).where(audit_log.c.action == "test.effect")
+        rows = (await conn.execute(query.order_by(audit_log.c.id))).scalars()
+        found = [r["n"] for r in rows]
+        return found if as_written else sorted(found)
 
 
 def _record(env: Envelope, key: bytes = b"youth-a") -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -170,9 +170,10 @@ async def test_a_poison_record_in_a_batch_costs_a_few_single_calls_not_the_whole
         await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in sent])
         dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1, settle_s=0.5)
         await wait_for(lambda: _count_effects(hub.store, n - 1))
-        effects = await _effects(hub.store)
+        effects = await _effects(hub.store, as_written=True)
         assert [Envelope.from_bytes(r.value).payload["n"] for r in dead] == [poison_at]
-        assert effects == [i for i in range(n) if i != poison_at]  # each once
+        # each once, and in the order sent: one youth's records (one key) never overtake each other
+        assert effects == [i for i in range(n) if i != poison_at]
         assert poison_at in singles and len(singles) <= 8  # the poison's last few records, no more
         assert max(batch_calls) > 8  # (the records did come in batches)
 
@@ -181,10 +182,12 @@ async def test_a_poison_record_in_a_batch_costs_a_few_single_calls_not_the_whole
         await produce(kafka.bootstrap, hub.topic(IN.name), [_record(e) for e in dense])
         dead = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1 + n // 10, settle_s=0.5)
         await wait_for(lambda: _count_effects(hub.store, 2 * n - 1 - n // 10))
-        effects = await _effects(hub.store)
+        effects = await _effects(hub.store, as_written=True)
     bad = sorted(e.payload["n"] for e in dense if e.payload["poison"])
     assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in dead) == [poison_at, *bad]
-    assert effects == sorted(i for i in range(2 * n) if i != poison_at and i not in bad)
-    # the batches were tried whole and in halves at most: dense poison is handled record by record
-    # soon, not split all the way down (that tried each record about seven times here)
-    assert sum(batch_calls) - len(singles) <= 2 * n
+    assert effects == [i for i in range(2 * n) if i != poison_at and i not in bad]
+    # dense poison is handled record by record soon, not split all the way down (that tried each
+    # record about seven times here): the batch handler sees each record about twice at most. In
+    # order, a failed first half is resolved before the second is tried, down the first halves
+    # (n/2 + n/4 + ... records) before the rest goes one by one: a little over 2n here (812 of 400)
+    assert sum(batch_calls) - len(singles) <= 2.1 * n
