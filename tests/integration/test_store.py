@@ -34,6 +34,17 @@ async def test_the_migrations_make_the_tables_the_code_declares(store: Store) ->
     assert diffs == []
 
 
+async def test_a_commit_is_on_disk_before_it_returns(store: Store) -> None:
+    """With synchronous=NORMAL (WAL) a power cut could roll back commits the hub had acknowledged: a
+    partner's 201, a Kafka offset committed after the effects."""
+    async with store.connect() as conn:
+        if store.engine.dialect.name == "postgresql":  # its default, which the hub relies on
+            assert (await conn.exec_driver_sql("SHOW synchronous_commit")).scalar() == "on"
+            return
+        assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+
+
 async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError):
         async with store.transaction() as session:
