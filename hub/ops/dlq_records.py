@@ -36,7 +36,8 @@ from hub.spine.dlq import (
 from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id
 
-READ_S = 15.0  # for the brokers to answer a start or a metadata request, and to read the letters
+READ_S = 15.0  # for the brokers to answer a start or a metadata request
+IDLE_S = 15.0  # for the next letters to arrive: a read that makes progress goes on, however long
 
 
 @dataclass
@@ -196,9 +197,11 @@ async def _read(
         out: list[DeadLetter] = []
         pending = set(span)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + READ_S
+        deadline = loop.time() + IDLE_S
         while pending and loop.time() < deadline:
             batch = await consumer.getmany(*pending, timeout_ms=200)
+            if batch:
+                deadline = loop.time() + IDLE_S
             for records in batch.values():
                 out += [
                     _letter(r, wanted)
@@ -209,7 +212,14 @@ async def _read(
                 hw, position, bounds = consumer.highwater(tp), await consumer.position(tp), span[tp]
                 if (hw is not None and position >= hw) or (bounds is not None and position > bounds[1]):
                     pending.discard(tp)
+        if pending:  # a part of the letters only: never taken for all of them (a list, a replay)
+            raise _Stalled(len(pending))
         return out
+    except _Stalled as exc:
+        raise BrokersUnavailable(
+            f"dead letters not read: {exc.partitions} partition(s) gave nothing for {IDLE_S:g} s "
+            "before their end was reached"
+        ) from None
     except (TimeoutError, KafkaError, OSError) as exc:
         if isinstance(exc, TimeoutError):
             detail = f"the brokers did not answer within {READ_S:g} s"
@@ -220,6 +230,12 @@ async def _read(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
+
+
+class _Stalled(Exception):
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions)
+        self.partitions = partitions
 
 
 def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:

@@ -425,6 +425,23 @@ async def test_dead_letters_answer_503_while_the_brokers_refuse(
                 assert (await client.get(f"/ops/api/dlq/{beyond}")).status_code == 404, beyond
 
 
+async def test_a_read_of_the_dead_letters_that_stops_short_says_so_rather_than_listing_a_part(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read ended at its deadline and returned what it had: a list showed part of the letters,
+    and a "replay all" said done over part of them."""
+    import hub.ops.dlq_records as records
+
+    async with ops_hub(make_settings(kafka, db_url, unique)) as (hub, client):
+        dead_letters = console_of(hub).dead_letters
+        assert await dead_letters.find() == []  # read to the end of every partition: none yet
+        monkeypatch.setattr(records, "IDLE_S", 0.0)  # no time to reach any partition's end
+        with pytest.raises(BrokersUnavailable, match="gave nothing for 0 s before their end"):
+            await dead_letters.find()
+        answer = await client.get("/ops/api/dlq")
+        assert answer.status_code == 503 and answer.headers["Retry-After"]  # not a 200 with a part
+
+
 def test_a_dead_letter_id_past_kafkas_range_is_malformed() -> None:
     assert parse_id(f"a.b.dlq.v1:{2**31 - 1}:{2**63 - 1}") == ("a.b.dlq.v1", 2**31 - 1, 2**63 - 1)
     assert parse_id("t:x:1:2") == ("t:x", 1, 2)
