@@ -29,13 +29,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_id(value: object) -> bool:
-    """True for a usable message or transaction id, in a body or a header: 1-100 printable characters."""
-    return isinstance(value, str) and 0 < len(value) <= ID_MAX and value.isprintable()
+    """True for a usable message or transaction id, in a body or a header: 1-100 printable ASCII
+    characters, no space. An id travels on in HTTP headers (a webhook's `Fsc-Transaction-Id`), which
+    take ASCII only, and is kept in the audit log for years: a name ("zaak J. de Vries") is no id."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= ID_MAX
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )
 
 
-def _printable(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must be printable text: no control or format characters, no space but ' '")
+def _an_id(value: str) -> str:
+    if not is_id(value):
+        raise ValueError("must be printable ASCII without spaces (such as a UUID)")
     return value
 
 
@@ -45,7 +53,7 @@ def _no_control(value: str) -> str:
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), AfterValidator(_printable)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), AfterValidator(_an_id)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control)]
 Reference = Annotated[str, StringConstraints(max_length=200, pattern=NO_CONTROL)]
 

@@ -63,7 +63,7 @@ class ParkingLot:
         # What its dead letter will carry: the record's headers and the transaction id the consumer
         # took it under (rule 19), as the spine's own dead letters do.
         record_headers = original_headers(record)
-        record_headers[H_TRANSACTION_ID] = transaction_id_of(record, message_id_of(record))
+        record_headers[H_TRANSACTION_ID] = transaction_id_of(record, message_id_of(record), message)
         return {
             "ladder": self.name,
             "key": key,

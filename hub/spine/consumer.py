@@ -69,8 +69,9 @@ def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
         return None
     if not is_id(value):
         raise BadHeader(
-            f"header {name!r} is empty, longer than {MAX_ID} characters or not printable text; "
-            f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"
+            f"header {name!r} is empty, longer than {MAX_ID} characters, or not printable ASCII "
+            f"without spaces; send an id of 1 to {MAX_ID} printable characters of ASCII, no space (a "
+            "UUID), or leave the header out"
         )
     return value
 
@@ -84,12 +85,16 @@ def message_id_of(record: ConsumerRecord[Any, Any]) -> str:
         return f"{record.topic}:{record.partition}:{record.offset}"
 
 
-def transaction_id_of(record: ConsumerRecord[Any, Any], message_id: str) -> str:
-    """Rule 19: the record's transaction-id header, else its message id (also for an unusable one)."""
+def transaction_id_of(record: ConsumerRecord[Any, Any], message_id: str, decoded: Any = None) -> str:
+    """Rule 19: the record's transaction-id header, else the one in its envelope (`decoded`), else its
+    message id (also for an unusable header, which `check_id_headers` dead-letters)."""
     try:
-        return _id_header(record, H_TRANSACTION_ID) or message_id
+        found = _id_header(record, H_TRANSACTION_ID)
     except BadHeader:
         return message_id
+    if found is None and isinstance(decoded, Envelope) and is_id(decoded.transaction_id):
+        return decoded.transaction_id
+    return found or message_id
 
 
 def check_id_headers(record: ConsumerRecord[Any, Any]) -> None:
@@ -383,7 +388,8 @@ class Spine:
                 items = []
                 for r, message_id in fresh:
                     check_id_headers(r)
-                    items.append(Item(r, sub.decode(r), transaction_id_of(r, message_id)))
+                    decoded = sub.decode(r)
+                    items.append(Item(r, decoded, transaction_id_of(r, message_id, decoded)))
                 first = fresh[0][0]
                 tx = Tx(session, first, items[0].transaction_id, system=sub.group, committed=committed)
                 await sub.batch_handler(tx, items)
@@ -412,6 +418,8 @@ class Spine:
             async with session.begin_nested():
                 check_id_headers(record)
                 item = sub.decode(record)
+                transaction_id = transaction_id_of(record, message_id, item)
+                structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
                 tx = Tx(session, record, transaction_id, system=sub.group, committed=committed)
                 await sub.handler(tx, item)
             return "processed"

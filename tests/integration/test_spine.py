@@ -46,6 +46,25 @@ async def test_handler_effect_and_reply_flow_through(kafka: EmbeddedKafka, db_ur
         assert await _effects(hub.store) == list(range(20))
 
 
+async def test_a_record_without_headers_keeps_the_transaction_id_its_envelope_carries(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 19: a connector that published an envelope without Kafka headers had its transaction id
+    replaced by the record's position (`topic:partition:offset`) in the audit log and the reply."""
+    settings = make_settings(kafka, db_url, unique)
+    env = Envelope(type="Test", payload={"n": 1, "key": "youth-a"})
+    async with running_hub(settings, echo_component) as hub:
+        assert hub.store is not None
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(b"youth-a", env.to_bytes(), [])])
+        [reply] = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)
+        assert Envelope.from_bytes(reply.value).transaction_id == env.transaction_id
+        async with hub.store.connect() as conn:
+            audited = await conn.execute(
+                select(audit_log.c.transaction_id).where(audit_log.c.action == "test.effect")
+            )
+            assert list(audited.scalars()) == [env.transaction_id]
+
+
 async def test_redelivered_message_has_its_effect_once(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
