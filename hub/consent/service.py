@@ -84,7 +84,14 @@ async def withdraw_consent(
             user=act.user,
             youth_key=stored.youth_key,
             on_behalf_of=act.on_behalf_of,
-            objects={"consent_id": consent_id, "reason": reason, "handovers_withdrawn": withdrawn},
+            # Rule 18: the reason is free text (it may name the youth, a parent, a BSN) and the audit
+            # log is kept for years: only its length goes in; the text stays on the consent
+            # (consents.withdrawal_reason), shown by the API to whom it is allowed.
+            objects={
+                "consent_id": consent_id,
+                "reason_length": len(reason),
+                "handovers_withdrawn": withdrawn,
+            },
         ),
         transaction_id=act.transaction_id,
         system=r.system,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import Field
+from pydantic import AfterValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,12 +32,60 @@ from hub.handovers.tables import handovers
 from hub.partners import CurrentPartner
 from hub.runtime import Hub
 from schemas._base import CanonicalModel, Code, ShortText
+from schemas.bsn import is_valid_bsn
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.handover import Handover, JointMeeting, ReceiverType
 
 SYSTEM = "ketenhub-api"  # reads through the API, as the consent and referral reads
 router = APIRouter(prefix="/api/v1", tags=["overdrachten"])
 MELDCODE = "Wet verplichte meldcode huiselijk geweld en kindermishandeling; meldrecht art. 5.2.6 Wmo 2015"
+LEGAL_BASIS_MAX = 300
+# Digits, perhaps in groups split by one space, dot or dash ("123 456 782", "1234.56.782").
+_DIGIT_GROUPS = re.compile(r"\d+(?:[ .\-]\d+)*")
+_GROUP_SEPARATOR = re.compile(r"[ .\-]")
+
+
+def _names_a_bsn(text: str) -> bool:
+    """True when `text` holds a number of 8 or 9 digits that passes the elfproef (schemas.bsn), also
+    written in groups: a legal basis names a law and an article, never a person."""
+    for found in _DIGIT_GROUPS.finditer(text):
+        groups = _GROUP_SEPARATOR.split(found.group())
+        for start in range(len(groups)):
+            number = ""
+            for group in groups[start:]:
+                number += group
+                if len(number) > 9:
+                    break
+                if len(number) >= 8 and is_valid_bsn(number):
+                    return True
+    return False
+
+
+def _check_legal_basis(text: str) -> str:
+    # Rule 21 puts the legal basis on every audit entry of the zorgmelding, kept for years, and
+    # rule 18 keeps a BSN and free text about a person out of the audit log.
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text):  # Cs: no store takes one
+        raise PydanticCustomError(
+            "legal_basis_control",
+            "bevat een stuurteken of regeleinde: de grondslag is één regel tekst "
+            "(contains a control character or line break: the legal basis is one line of text)",
+        )
+    if _names_a_bsn(text):
+        raise PydanticCustomError(
+            "legal_basis_bsn",
+            "bevat een nummer dat een BSN kan zijn (8 of 9 cijfers die de elfproef doorstaan); de "
+            "grondslag noemt de wet en het artikel, geen persoon (contains a number that may be a BSN; "
+            "the legal basis names the law and article, never a person)",
+        )
+    return text
+
+
+# The legal basis of a zorgmelding: one line naming the law and article, audited with it (rule 21).
+LegalBasis = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=LEGAL_BASIS_MAX),
+    AfterValidator(_check_legal_basis),
+]
 
 
 class HandoverIn(CanonicalModel):
@@ -55,7 +106,11 @@ class ZorgmeldingIn(CanonicalModel):
     receiver_organisation: Code
     data_categories: list[DataCategory] = Field(min_length=1)
     summary: ShortText
-    legal_basis: ShortText = MELDCODE
+    legal_basis: LegalBasis = Field(
+        default=MELDCODE,
+        description=f"the law and article the report rests on: one line, at most {LEGAL_BASIS_MAX} "
+        "characters, no BSN (it is written to the audit log)",
+    )
 
 
 class HandoverOut(CanonicalModel):

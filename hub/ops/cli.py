@@ -224,15 +224,21 @@ def _check_reason(reason: str) -> None:
         TypeAdapter(Reason).validate_python(reason)
     except ValidationError:
         typer.echo(
-            f"ketenhub: --reason must be {REASON_MIN} to {REASON_MAX} characters, without control characters",
+            f"ketenhub: --reason must be {REASON_MIN} to {REASON_MAX} characters, without control characters"
+            " and without a BSN",
             err=True,
         )
         raise typer.Exit(2) from None
 
 
 @dlq_app.command("discard")
-def dlq_discard(letter_id: str, reason: Annotated[str, typer.Option(help="why it is dropped")]) -> None:
-    """Discard one dead letter with a reason (audited)."""
+def dlq_discard(
+    letter_id: str,
+    reason: Annotated[
+        str, typer.Option(help="why it is dropped: kept with the action; the audit log records its length")
+    ],
+) -> None:
+    """Discard one dead letter with a reason (audited, the reason by reference, never its text)."""
     _check_reason(reason)
 
     async def go(settings: Settings, store: Store) -> bool:
@@ -318,7 +324,12 @@ def outbox_list() -> None:
 @outbox_app.command("release")
 def outbox_release(
     row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
-    reason: Annotated[str, typer.Option(help="why it may go now: 3 to 500 characters (audited)")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            help="why it may go now: 3 to 500 characters (the audit log records its length, not its text)"
+        ),
+    ],
 ) -> None:
     """Put a parked row back in the outbox, once the brokers' limit and kafka.max_message_bytes allow it."""
     _check_reason(reason)
@@ -340,7 +351,12 @@ def outbox_release(
 @outbox_app.command("discard")
 def outbox_discard(
     row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
-    reason: Annotated[str, typer.Option(help="why it is dropped: 3 to 500 characters (audited)")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            help="why it is dropped: 3 to 500 characters (the audit log records its length, not its text)"
+        ),
+    ],
 ) -> None:
     """Drop a parked row for good, with a reason (audited)."""
     _check_reason(reason)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
@@ -40,7 +40,7 @@ from hub.spine.outbox import add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
 from schemas._base import NO_CONTROL
-from schemas.bsn import is_valid_bsn, normalise_bsn
+from schemas.bsn import contains_bsn, is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
 from schemas.pseudonym import youth_key
 
@@ -50,8 +50,19 @@ OPEN = Filter()  # every open letter
 REPLAYED_FROM = "dlq-replayed-from"
 SYSTEM = "ketenhub-ops"
 REASON_MIN, REASON_MAX = 3, 500
-# Why a dead letter is discarded: the API's body and the CLI's option both hold to it.
-Reason = Annotated[str, Field(min_length=REASON_MIN, max_length=REASON_MAX, pattern=NO_CONTROL)]
+
+
+def _no_bsn(text: str) -> str:
+    if contains_bsn(text):
+        raise ValueError("names what looks like a BSN: say why without naming the youth")
+    return text
+
+
+# Why a dead letter or a parked row is dropped or released: the API's body and the CLI's option both
+# hold to it. An operator's reason is about the message, never the youth: no BSN (rule 18).
+Reason = Annotated[
+    str, Field(min_length=REASON_MIN, max_length=REASON_MAX, pattern=NO_CONTROL), AfterValidator(_no_bsn)
+]
 
 
 def replay_message_id(d: DeadLetter) -> str:
@@ -218,7 +229,7 @@ class DeadLetters:
         job_id: str | None,
         value: bytes | None,
     ) -> None:
-        await session.execute(
+        done = await session.execute(
             insert(dlq_actions).values(
                 dlq_topic=d.topic,
                 partition=d.partition,
@@ -230,9 +241,15 @@ class DeadLetters:
                 job_id=job_id,
             )
         )
-        objects = {"dead_letter": d.id, "original_topic": d.headers.get(DLQ_TOPIC)}
+        # The reason is an operator's free text and the audit log is kept for years (rule 18): it
+        # stays on the dlq_actions row, which the entry names, with only the reason's length.
+        objects = {
+            "dead_letter": d.id,
+            "original_topic": d.headers.get(DLQ_TOPIC),
+            "dlq_action_id": done.inserted_primary_key[0],
+        }
         if reason:
-            objects["reason"] = reason
+            objects["reason_length"] = len(reason)
         await write_audit(
             session,
             AuditEntry(

@@ -140,6 +140,8 @@ async def _audit(session: Any, action: str, row: Any, operator: str, reason: str
                 "topic": row.topic,
                 "message_id": row.message_id,
                 "size": row.size,
+                # The only record of why: the parked row is deleted by a release or discard. An
+                # operator's reason names no BSN (`Reason`), and is about the message, not the youth.
                 "reason": reason,
                 **more,
             },
