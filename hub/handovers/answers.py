@@ -105,7 +105,10 @@ async def _keep_meeting(
 
 
 async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta, act: Act) -> int:
-    """Tell caseworkers once about handovers that got no decision within `after` of being sent."""
+    """Tell caseworkers once about handovers that got no decision within `after` of being sent.
+
+    Each notice carries its handover's own transaction id, the request's (rule 19), not `act`'s:
+    one check tells about the handovers of many requests."""
     rows = (
         await session.execute(
             select(handovers)
@@ -119,7 +122,7 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
         notice = messages.caseworker_notice(
             row,
             template="handover.unanswered",
-            transaction_id=act.transaction_id,
+            transaction_id=row.transaction_id or act.transaction_id,
             detail="de ontvanger heeft niet op tijd geantwoord.",
         )
         await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)

@@ -114,22 +114,33 @@ def register_routing(hub: Hub) -> None:
     register_receivers(hub)
 
 
+ROUTING = "routing"  # who acts in the periodic check, in the audit log
+
+
+async def periodic_check(hub: Hub, r: Routing) -> bool:
+    """One round of routing's periodic check: tell caseworkers about unanswered handovers, send those
+    whose consent has started. True when something was queued for the relay."""
+    assert hub.store is not None
+    timeout = timedelta(seconds=hub.settings.handovers.answer_timeout_s)
+    async with hub.store.transaction() as session:
+        # each notice under its own handover's transaction id (hub.handovers.answers)
+        told = await notify_unanswered(session, r, timeout, Act(ROUTING, new_id(), None))
+    async with hub.store.read() as session:  # a read: the writer is taken only when one waits
+        keys = await waiting_to_start(session)
+    started = []
+    if keys:
+        async with hub.store.transaction() as session:  # consents whose first day has come
+            # each under its own request's transaction id (hub.handovers.service.recheck_waiting)
+            started = await recheck_started(session, r, Act(ROUTING, new_id(), None), youth_keys=keys)
+    return bool(told or started)
+
+
 async def _watch_unanswered(hub: Hub, r: Routing) -> None:
     settings = hub.settings.handovers
-    timeout = timedelta(seconds=settings.answer_timeout_s)
     while True:
         try:
-            assert hub.store is not None and hub.relay is not None
-            async with hub.store.transaction() as session:
-                told = await notify_unanswered(session, r, timeout, Act("routing", new_id(), None))
-            async with hub.store.read() as session:  # a read: the writer is taken only when one waits
-                keys = await waiting_to_start(session)
-            started = []
-            if keys:
-                async with hub.store.transaction() as session:  # consents whose first day has come
-                    act = Act("routing", new_id(), None)
-                    started = await recheck_started(session, r, act, youth_keys=keys)
-            if told or started:
+            assert hub.relay is not None
+            if await periodic_check(hub, r):
                 hub.relay.wake()
         except asyncio.CancelledError:
             raise

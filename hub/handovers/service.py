@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -270,22 +270,26 @@ NOT_YET_VALID = "NOG_NIET_GELDIG"  # a waiting reason (hub.consent.rules.Gap)
 
 
 async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act: Act) -> list[str]:
-    """A consent was recorded: send every waiting handover of this youth that it now covers."""
-    ids = (
+    """A consent was recorded (or started): send every waiting handover of this youth it now covers.
+
+    Each goes under its own request's transaction id (rule 19), by `act.user`: what a handover
+    discloses stays linked to the request that asked for it, whichever consent or check let it go."""
+    waiting = (
         await session.execute(
-            select(handovers.c.id)
+            select(handovers.c.id, handovers.c.transaction_id)
             .where(handovers.c.youth_key == youth_key)
             .where(handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
             .order_by(handovers.c.created_at)
         )
-    ).scalars()
+    ).all()
     sent = []
-    for handover_id in list(ids):
+    for handover_id, transaction_id in waiting:
         await consents_of(session, youth_key, share=True)  # the lock order of `route`
         row = await get_handover(session, handover_id, lock=True)
         if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
             continue  # a concurrent transaction (another consent, the routing consumer) decided it
-        if await route(session, r, handover_id, act, notify=False) == HandoverStatus.VERZONDEN.value:
+        its = replace(act, transaction_id=transaction_id or act.transaction_id)
+        if await route(session, r, handover_id, its, notify=False) == HandoverStatus.VERZONDEN.value:
             sent.append(handover_id)
     return sent
 
