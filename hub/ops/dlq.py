@@ -6,6 +6,12 @@ deletes that one inbox row (consumer = `dlq-consumer-group`, the record's `messa
 transaction that queues the original record again, so the replay is processed while the message id,
 and with it deduplication of any further copy, stays the same. The spine is unchanged.
 
+One failed record can stand on a DLQ topic twice: the relay publishes at least once (a crash between
+publishing and marking it sent). Each action keeps the record that failed (`source_of`: its group and
+original position), and a letter of a source replayed already is not replayed again: it is resolved
+as a copy (discarded, the reason naming the first), and its inbox row, by now perhaps the processed
+replay's, is kept.
+
 A letter without a usable message-id header was keyed by its position; a copy of it would be keyed by a
 new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
 own id instead, so a repeat of that copy is dropped by the inbox like any other.
@@ -33,6 +39,8 @@ from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
     DLQ_GROUP,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
     DLQ_TOPIC,
     safe_error_message,
 )
@@ -63,6 +71,19 @@ def _no_bsn(text: str) -> str:
 Reason = Annotated[
     str, Field(min_length=REASON_MIN, max_length=REASON_MAX, pattern=NO_CONTROL), AfterValidator(_no_bsn)
 ]
+
+
+COPY_OF = "a copy of dead letter"  # the reason a copy of a replayed letter is resolved with
+
+
+def source_of(d: DeadLetter) -> str | None:
+    """The record that failed, as `<group>|<original topic>:<partition>:<offset>` (its DLQ headers);
+    None when a header is missing or the position unknown (-1). Letters of one source are copies."""
+    group, topic = d.headers.get(DLQ_GROUP), d.headers.get(DLQ_TOPIC)
+    partition, offset = d.headers.get(DLQ_PARTITION, ""), d.headers.get(DLQ_OFFSET, "")
+    if not (group and topic and partition.isdigit() and offset.isdigit()):
+        return None
+    return f"{group}|{topic}:{partition}:{offset}"[:400]
 
 
 def replay_message_id(d: DeadLetter) -> str:
@@ -239,6 +260,7 @@ class DeadLetters:
                 operator=operator,
                 at=utcnow(),
                 job_id=job_id,
+                source=source_of(d),
             )
         )
         # The reason is an operator's free text and the audit log is kept for years (rule 18): it
@@ -264,12 +286,29 @@ class DeadLetters:
 
     async def _replay_one(
         self, session: Any, d: DeadLetter, value: bytes | None, operator: str, job_id: str | None
-    ) -> None:
+    ) -> bool:
+        """Queue `d` again; False (resolved as a copy, nothing queued) when a letter of the same
+        failed record was replayed already."""
         original = d.headers.get(DLQ_TOPIC)
         if not original:
             raise ValueError("dead letter without its original topic")
         if value is None:
             raise ValueError("dead letter no longer on its topic")
+        source = source_of(d)
+        if source is not None:
+            first = (
+                await session.execute(
+                    select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
+                    .where(dlq_actions.c.source == source, dlq_actions.c.action == "replayed")
+                    .limit(1)
+                )
+            ).first()
+            if first is not None:  # its inbox row may be the replayed copy's, processed: kept
+                reason = f"{COPY_OF} {first.dlq_topic}:{first.partition}:{first.offset}, replayed already"
+                await self._resolve(
+                    session, d, "discarded", operator, reason=reason, job_id=job_id, value=value
+                )
+                return False
         await self._resolve(session, d, "replayed", operator, reason=None, job_id=job_id, value=value)
         # An unusable message-id header was never an inbox key: the spine keyed that record by its
         # position, and the replayed copy gets a position of its own.
@@ -283,6 +322,7 @@ class DeadLetters:
         if message_id is None:  # see the module docstring: a repeat of this copy is dropped
             headers[H_MESSAGE_ID] = replay_message_id(d)
         await add_to_outbox(session, original, value, key=d.key, headers=headers)
+        return True
 
     def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:
         """Replay `letters` in the background, rate-limited; returns the job to poll.
@@ -316,10 +356,10 @@ class DeadLetters:
                     for d in chunk:
                         try:
                             async with session.begin_nested():
-                                await self._replay_one(
+                                queued = await self._replay_one(
                                     session, d, values.get(d.position), job.operator, job.id
                                 )
-                            done += 1
+                            done, skipped = (done + 1, skipped) if queued else (done, skipped + 1)
                         except sa_exc.IntegrityError:
                             skipped += 1  # already replayed or discarded
                         except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on

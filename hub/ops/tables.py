@@ -41,5 +41,9 @@ dlq_actions = Table(
     Column("operator", String(100), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("job_id", String(40), nullable=True),
+    # The record that failed, `<group>|<original topic>:<partition>:<offset>`: two letters of one
+    # source are copies (the relay publishes at least once); one replayed, the other is not (0019).
+    Column("source", String(400), nullable=True),
     Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", unique=True),
+    Index("ix_dlq_actions_source", "source"),
 )

@@ -484,6 +484,38 @@ async def test_a_repeated_replay_of_a_letter_without_message_id_is_processed_onc
         assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 99]
 
 
+async def test_a_second_copy_of_a_dead_letter_is_not_replayed_after_the_first_was_processed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The relay publishes at least once: one failed record can stand on the DLQ twice. Replaying the
+    second copy after the first was processed cleared the processed message's inbox row, and the
+    message ran again."""
+    cure, key = Cure(), youth_key("one youth").encode()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        poisoned = Envelope(type="T", payload={"n": 1, "poison": True})
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(key, poisoned.to_bytes(), poisoned.headers())])
+        [letter] = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1)
+        # the relay publishing the dead letter again (a crash before it marked it sent)
+        await produce(kafka.bootstrap, hub.topic(IN.dlq), [(letter.key, letter.value, list(letter.headers))])
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+        first, second = sorted(
+            (d["id"] for d in (await client.get("/ops/api/dlq")).json()["items"]), key=parse_id
+        )
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{first}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)  # processed
+
+        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+        assert (progress["done"], progress["skipped"]) == (0, 1)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
+        assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]  # once
+        shown = (await client.get(f"/ops/api/dlq/{second}")).json()
+        assert shown["status"] == "discarded"
+
+
 @pytest.mark.timeout(240)  # its own deadlines add up to 120 s
 async def test_replays_discards_and_timeline_reads_are_audited_under_the_youth_a_letter_names(
     kafka: EmbeddedKafka, db_url: str, unique: str
