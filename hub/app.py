@@ -25,12 +25,14 @@ from hub.notify.api import router as mails_router
 from hub.notify.component import register_notify
 from hub.ops import wiring as ops
 from hub.ops.browser import SameSiteMiddleware, SecurityHeadersMiddleware
+from hub.retention.purge import register_retention
 from hub.runtime import Hub, Registrar
 from hub.signals.api import router as signals_router
 
 # Component name -> what it registers on the spine. Grows as components are built.
 REGISTRARS: dict[str, list[Registrar]] = {"intake": [register_intake]}
 REGISTRARS.setdefault("api", []).append(ops.register)  # lag sampler of the operator console
+REGISTRARS["api"].append(register_retention)  # personal data past its term is purged
 REGISTRARS.setdefault("routing", []).append(register_routing)  # consent check (rule 9), receivers' delivery
 REGISTRARS.setdefault("verwijsindex", []).append(register_verwijsindex)  # signals out, matches back
 REGISTRARS.setdefault("mail", []).extend([register_mail, register_notify])  # SMTP out; match mails, borging

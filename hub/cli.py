@@ -15,6 +15,7 @@ from hub.notify.cli import mails as mails_command
 from hub.ops import cli as ops_cli
 from hub.ops.inzage_cli import inzage as inzage_command
 from hub.partners.cli import app as partners_cli
+from hub.retention.cli import retention as retention_command
 
 app = typer.Typer(
     help="ketenhub: the messaging hub between Halt Den Haag and its chain partners.",
@@ -31,6 +32,7 @@ app.command("topics")(ops_cli.topics)
 app.add_typer(directory_cli, name="medewerkers")
 app.command("mails")(mails_command)
 app.command("inzage")(inzage_command)
+app.command("retention")(retention_command)
 
 
 def _settings(**overrides: object) -> Settings:

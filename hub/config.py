@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hub.errors import ConfigError
 from hub.handovers.config import HandoverSettings
 from hub.notify.config import NotifySettings
+from hub.retention.config import RetentionSettings
 
 COMPONENTS = ("intake", "routing", "verwijsindex", "mail", "api")
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./ketenhub.db"
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
     verwijsindex: VerwijsindexSettings = VerwijsindexSettings()
     handovers: HandoverSettings = HandoverSettings()
     notify: NotifySettings = NotifySettings()  # borging after N days (rule 17), mail sink size
+    retention: RetentionSettings = RetentionSettings()  # how long personal data is kept
     secret: SecretStr | None = Field(default=None, description="HMAC secret for the pseudonymous youth key")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

@@ -1,0 +1,238 @@
+"""Retention (DESIGN, "Partners, security, privacy"): personal data past its term is purged.
+
+Three terms, in `KETENHUB_RETENTION__*`:
+- a youth's case (referrals, consents, handovers) goes `case_days` after the last thing that happened
+  in it (a referral received, a consent recorded or withdrawn, a handover changed), and only when no
+  signal of the youth is left: a case is purged whole, never a referral under a consent still kept;
+- a signal and its matches go `signal_days` after the signal's end date (rule 12), once its last
+  command was delivered (a signal whose command still waits, or is a dead letter, stays in sight);
+- audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
+
+Every purge is itself a change of personal data: one `retention.purged` audit entry per youth, under
+its youth key, with what was removed (ids and counts, never a BSN or a name); purged audit entries
+are counted in one `retention.audit_purged` entry. `ketenhub retention [--dry-run]` runs it by hand;
+the hub runs it every `interval_h` hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import audit_row, write_audits
+from hub.clock import local_day
+from hub.consent.tables import consents
+from hub.handovers.tables import handovers
+from hub.intake.tables import referrals
+from hub.logging import get_logger
+from hub.retention.config import RetentionSettings
+from hub.signals.tables import matches, signals
+from hub.store import Store
+from hub.store.tables import audit_log
+from schemas.envelope import utcnow
+
+log = get_logger(__name__)
+SYSTEM = "ketenhub-retention"
+CHUNK = 200  # youths or signals purged a transaction
+SETTLED = ("delivered",)  # a signal's last command reached the Verwijsindex
+
+
+@dataclass
+class Purged:
+    """What a run removed (or, dry, would remove)."""
+
+    youths: int = 0
+    referrals: int = 0
+    consents: int = 0
+    handovers: int = 0
+    signals: int = 0
+    matches: int = 0
+    audit_entries: int = 0
+    dry_run: bool = False
+    by_youth: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """Counts only."""
+        return {
+            "youths": self.youths,
+            "referrals": self.referrals,
+            "consents": self.consents,
+            "handovers": self.handovers,
+            "signals": self.signals,
+            "matches": self.matches,
+            "audit_entries": self.audit_entries,
+            "dry_run": self.dry_run,
+        }
+
+
+async def _old_cases(session: AsyncSession, cutoff: datetime, going: set[str]) -> list[str]:
+    """Youth keys whose case saw nothing since `cutoff` and who have no signal left but those of
+    `going` (purged in this run: a dry run counts as the real one would)."""
+    last_referral = (
+        select(referrals.c.youth_key)
+        .group_by(referrals.c.youth_key)
+        .having(func.max(referrals.c.received_at) < cutoff)
+    )
+    keys = set((await session.execute(last_referral)).scalars())
+    if not keys:
+        return []
+    busy: set[str] = set()
+    for chunk in _chunks(sorted(keys)):
+        busy |= set(
+            (
+                await session.execute(
+                    select(consents.c.youth_key).where(
+                        consents.c.youth_key.in_(chunk),
+                        (consents.c.recorded_at >= cutoff) | (consents.c.withdrawn_at >= cutoff),
+                    )
+                )
+            ).scalars()
+        )
+        busy |= set(
+            (
+                await session.execute(
+                    select(handovers.c.youth_key).where(
+                        handovers.c.youth_key.in_(chunk), handovers.c.updated_at >= cutoff
+                    )
+                )
+            ).scalars()
+        )
+        signalled = select(signals.c.youth_key).where(
+            signals.c.youth_key.in_(chunk), signals.c.signal_id.not_in(going)
+        )
+        busy |= set((await session.execute(signalled)).scalars())
+    return sorted(keys - busy)
+
+
+async def _ended_signals(session: AsyncSession, before: date) -> list[tuple[str, str]]:
+    """(signal id, youth key) of signals that ended before `before`, their last command delivered."""
+    rows = await session.execute(
+        select(signals.c.signal_id, signals.c.youth_key)
+        .where(signals.c.end_date < before, signals.c.delivery_state.in_(SETTLED))
+        .order_by(signals.c.signal_id)
+    )
+    return [(r.signal_id, r.youth_key) for r in rows]
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
+async def _count(session: AsyncSession, table: Any, column: Any, values: list[str]) -> dict[str, int]:
+    rows = await session.execute(
+        select(column, func.count()).select_from(table).where(column.in_(values)).group_by(column)
+    )
+    return {key: int(n) for key, n in rows}
+
+
+async def purge(
+    store: Store, settings: RetentionSettings, *, now: datetime | None = None, dry_run: bool = False
+) -> Purged:
+    """One run: signals past their term, then cases, then audit entries; each chunk its own
+    transaction, so a run that stops half way leaves whole cases and signals, kept or purged."""
+    now = now or utcnow()
+    out = Purged(dry_run=dry_run)
+    total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(chunk: dict[str, dict[str, int]]) -> None:
+        for key, counts in chunk.items():
+            for part, n in counts.items():
+                total[key][part] += n
+
+    async with store.read() as session:
+        ended = await _ended_signals(session, local_day(now) - timedelta(days=settings.signal_days))
+    for start in range(0, len(ended), CHUNK):
+        part = ended[start : start + CHUNK]
+        ids = [signal_id for signal_id, _ in part]
+        counted: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        async with store.transaction() as session:
+            found = await _count(session, matches, matches.c.signal_id, ids)
+            for signal_id, key in part:
+                counted[key]["signals"] += 1
+                counted[key]["matches"] += found.get(signal_id, 0)
+            if not dry_run:
+                await session.execute(delete(matches).where(matches.c.signal_id.in_(ids)))
+                await session.execute(delete(signals).where(signals.c.signal_id.in_(ids)))
+                await write_audits(session, _entries(now, counted))
+        add(counted)
+    async with store.read() as session:
+        going = {signal_id for signal_id, _ in ended}
+        cases = await _old_cases(session, now - timedelta(days=settings.case_days), going)
+    for chunk in _chunks(cases):
+        counted = defaultdict(lambda: defaultdict(int))
+        async with store.transaction() as session:
+            for name, table in (("referrals", referrals), ("consents", consents), ("handovers", handovers)):
+                for key, n in (await _count(session, table, table.c.youth_key, chunk)).items():
+                    counted[key][name] += n
+            if not dry_run:
+                for table in (handovers, consents, referrals):
+                    await session.execute(delete(table).where(table.c.youth_key.in_(chunk)))
+                await write_audits(session, _entries(now, counted))
+        add(counted)
+    audit_cutoff = now - timedelta(days=settings.audit_days)
+    async with store.transaction() as session:
+        old = select(func.count()).select_from(audit_log).where(audit_log.c.at < audit_cutoff)
+        out.audit_entries = int((await session.execute(old)).scalar_one())
+        if out.audit_entries and not dry_run:
+            await session.execute(delete(audit_log).where(audit_log.c.at < audit_cutoff))
+            entry = audit_row(
+                "retention.audit_purged",
+                SYSTEM,
+                at=now,
+                system=SYSTEM,
+                transaction_id=None,
+                objects={"entries": out.audit_entries, "before": audit_cutoff.isoformat()},
+            )
+            await write_audits(session, [entry])
+    out.by_youth = {k: dict(v) for k, v in total.items()}
+    out.youths = len(out.by_youth)
+    for name in ("referrals", "consents", "handovers", "signals", "matches"):
+        setattr(out, name, sum(v.get(name, 0) for v in out.by_youth.values()))
+    return out
+
+
+def _entries(now: datetime, by_youth: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """One `retention.purged` entry per youth: what was removed of theirs, counted."""
+    return [
+        audit_row(
+            "retention.purged",
+            SYSTEM,
+            at=now,
+            system=SYSTEM,
+            transaction_id=None,
+            youth_key=key,
+            objects={part: n for part, n in counts.items() if n},
+        )
+        for key, counts in by_youth.items()
+    ]
+
+
+def retention_loop(hub: Any) -> Callable[[], Awaitable[None]]:
+    """A background task for `hub.background`: a purge at start, then every `interval_h` hours."""
+
+    async def run() -> None:
+        settings: RetentionSettings = hub.settings.retention
+        while True:
+            try:
+                done = await purge(hub.store, settings)
+                if done.youths or done.audit_entries:
+                    log.info("retention purge", **done.as_json())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention purge failed; will retry next round", error=type(exc).__name__)
+            await asyncio.sleep(settings.interval_h * 3600)
+
+    return run
+
+
+def register_retention(hub: Any) -> None:
+    """Run the purge in the hub (with the operator console: the `api` component)."""
+    hub.background["retention"] = retention_loop(hub)

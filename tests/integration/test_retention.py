@@ -1,0 +1,180 @@
+"""Retention: a case, a signal and audit entries past their terms are purged, audited; the rest stays."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+from typer.testing import CliRunner
+
+from hub.audit import audit_row, write_audits
+from hub.consent.tables import consents
+from hub.handovers.tables import handovers
+from hub.intake.tables import referrals
+from hub.retention.config import RetentionSettings
+from hub.retention.purge import purge
+from hub.signals.tables import matches, signals
+from hub.store import Store
+from hub.store.tables import audit_log
+from schemas.envelope import utcnow
+
+pytestmark = pytest.mark.integration
+NOW = utcnow()
+YEARS = 365
+
+
+def ago(days: int) -> datetime:
+    return NOW - timedelta(days=days)
+
+
+async def _case(
+    store: Store, key: str, bsn: str, *, received: datetime, withdrawn: datetime | None = None
+) -> None:
+    rid = f"r-{key[:8]}"
+    async with store.transaction() as session:
+        await session.execute(
+            insert(referrals).values(
+                id=rid, referrer_key="politie", case_reference=f"PV-{key[:6]}", referrer_type="POLITIE",
+                channel="kafka", youth_key=key, bsn=bsn, track="HALT_STRAF", outcome="ACCEPTED",
+                referral={"youth": {"bsn": bsn, "surname": "Jansen"}}, decision={}, transaction_id="t",
+                received_at=received,
+            )
+        )  # fmt: skip
+        await session.execute(
+            insert(consents).values(
+                id=f"c-{key[:8]}", youth_key=key, referral_id=rid, purpose="WARME_OVERDRACHT",
+                status="INGETROKKEN" if withdrawn else "ACTIEF", valid_from=received.date(),
+                valid_until=received.date() + timedelta(days=365), consent={"youth": {"bsn": bsn}},
+                recorded_by="cw-1", recorded_at=received, withdrawn_at=withdrawn, transaction_id="t",
+            )
+        )  # fmt: skip
+        await session.execute(
+            insert(handovers).values(
+                id=f"h-{key[:8]}", referral_id=rid, youth_key=key, from_caseworker="cw-1",
+                receiver_organisation="jongerenwerk-dh", receiver_type="JONGERENWERK",
+                purpose="WARME_OVERDRACHT", data_categories=["PERSONALIA"], summary="Sportproject.",
+                status="VERZONDEN", created_at=received, updated_at=received, transaction_id="t",
+            )
+        )  # fmt: skip
+
+
+async def _signal(store: Store, key: str, bsn: str, *, ended: date, state: str) -> None:
+    sid = f"s-{key[:8]}"
+    async with store.transaction() as session:
+        await session.execute(
+            insert(signals).values(
+                signal_id=sid, youth_key=key, bsn=bsn, given_names="Sam", surname="Jansen",
+                birth_date=date(2010, 1, 1), gender="M", municipality="Den Haag", organisation="Halt",
+                caseworker_id="cw-1", contact={}, created=ended - timedelta(days=365), end_date=ended,
+                status="ACTIEF", delivery_state=state, attempt=0, updated_at=NOW,
+            )
+        )  # fmt: skip
+        await session.execute(
+            insert(matches).values(
+                match_id=f"m-{key[:8]}", signal_id=sid, type="MATCH", counterparts=[], received_at=NOW
+            )
+        )
+
+
+async def _count(store: Store, table: Any, **where: str) -> int:
+    async with store.connect() as conn:
+        query = select(func.count()).select_from(table)
+        for column, value in where.items():
+            query = query.where(table.c[column] == value)
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def _audit(store: Store, action: str) -> list[Any]:
+    async with store.connect() as conn:
+        query = (
+            select(audit_log)
+            .where(audit_log.c.action == action)
+            .order_by(audit_log.c.youth_key, audit_log.c.id)
+        )
+        return list(await conn.execute(query))
+
+
+async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_stays(store: Store) -> None:
+    old, done, signalled, waiting, fresh = ("a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64)
+    await _case(store, old, "111222333", received=ago(6 * YEARS))
+    await _case(store, done, "123456782", received=ago(6 * YEARS), withdrawn=ago(YEARS))  # active lately
+    await _case(store, signalled, "628194821", received=ago(6 * YEARS))
+    await _signal(store, signalled, "628194821", ended=NOW.date() - timedelta(days=60), state="delivered")
+    await _case(store, waiting, "507529170", received=ago(6 * YEARS))
+    await _signal(store, waiting, "507529170", ended=NOW.date() - timedelta(days=60), state="retrying")
+    await _case(store, fresh, "233454566", received=ago(30))
+    async with store.transaction() as session:
+        rows = [
+            audit_row(
+                "referral.read", "cw-1", at=ago(days), system="test", transaction_id=None, youth_key=fresh
+            )
+            for days in (6 * YEARS, 4 * YEARS)
+        ]
+        await write_audits(session, rows)
+    settings = RetentionSettings()
+
+    dry = await purge(store, settings, now=NOW, dry_run=True)
+    counts = {"youths": 2, "referrals": 2, "consents": 2, "handovers": 2, "signals": 1, "matches": 1}
+    assert dry.as_json() == {**counts, "audit_entries": 1, "dry_run": True}
+    assert await _count(store, referrals) == 5 and await _count(store, signals) == 2
+    assert await _audit(store, "retention.purged") == []
+
+    done_now = await purge(store, settings, now=NOW)
+    assert done_now.as_json() == {**counts, "audit_entries": 1, "dry_run": False}
+    for key in (old, signalled):
+        for table in (referrals, consents, handovers):
+            assert await _count(store, table, youth_key=key) == 0
+    for key in (done, waiting, fresh):
+        assert await _count(store, referrals, youth_key=key) == 1, key
+    assert await _count(store, signals, youth_key=signalled) == 0
+    assert await _count(store, signals, youth_key=waiting) == 1  # its command still waits
+    assert await _count(store, matches) == 1
+    entries = await _audit(store, "retention.purged")
+    assert [(e.youth_key, e.objects) for e in entries] == [
+        (old, {"referrals": 1, "consents": 1, "handovers": 1}),
+        (signalled, {"signals": 1, "matches": 1}),
+        (signalled, {"referrals": 1, "consents": 1, "handovers": 1}),
+    ]
+    text = json.dumps([dict(e._mapping) for e in entries], default=str)
+    assert "111222333" not in text and "Jansen" not in text
+    [counted] = await _audit(store, "retention.audit_purged")
+    assert counted.objects["entries"] == 1
+    assert len(await _audit(store, "referral.read")) == 1  # four years old: kept
+
+    again = await purge(store, settings, now=NOW)
+    assert again.youths == 0 and again.audit_entries == 0  # nothing left past its term
+
+
+def test_audit_entries_are_kept_at_least_five_years() -> None:
+    with pytest.raises(ValueError, match="greater than or equal to 1827"):
+        RetentionSettings(audit_days=365)
+
+
+def test_the_command_says_what_it_would_purge_and_what_it_purged(tmp_path: Any) -> None:
+    import asyncio
+
+    from hub.cli import app
+    from tests.conftest import TEST_SECRET
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+
+    async def seed() -> None:
+        store = Store(url)
+        try:
+            await store.migrate()
+            await _case(store, "f" * 64, "111222333", received=ago(6 * YEARS))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    env = {"KETENHUB_DATABASE__URL": url, "KETENHUB_SECRET": TEST_SECRET}
+    runner = CliRunner()
+    dry = runner.invoke(app, ["retention", "--dry-run"], env=env)
+    assert dry.exit_code == 0 and "would purge: youths 1, referrals 1" in dry.output, dry.output
+    real = runner.invoke(app, ["retention"], env=env)
+    assert real.exit_code == 0 and "purged: youths 1, referrals 1" in real.output, real.output
+    again = runner.invoke(app, ["retention"], env=env)
+    assert "purged: youths 0, referrals 0" in again.output
