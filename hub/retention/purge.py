@@ -3,7 +3,9 @@
 Three terms, in `KETENHUB_RETENTION__*`:
 - a youth's case (referrals, consents, handovers) goes `case_days` after the last thing that happened
   in it (a referral received, a consent recorded or withdrawn, a handover changed), and only when no
-  signal of the youth is left: a case is purged whole, never a referral under a consent still kept;
+  consent is still in force, no handover under way and no signal of the youth is left: a case is
+  purged whole, never a referral under a consent still kept; an operator's reason for a dead-letter
+  action (free text) is blanked after the same term;
 - a signal and its matches go `signal_days` after the signal's end date (rule 12), once its last
   command was delivered (a signal whose command still waits, or is a dead letter, stays in sight);
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import audit_row, write_audits
@@ -32,6 +34,7 @@ from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.logging import get_logger
+from hub.ops.tables import dlq_actions
 from hub.retention.config import RetentionSettings
 from hub.signals.tables import matches, signals
 from hub.store import Store
@@ -42,6 +45,8 @@ log = get_logger(__name__)
 SYSTEM = "ketenhub-retention"
 CHUNK = 200  # youths or signals purged a transaction
 SETTLED = ("delivered",)  # a signal's last command reached the Verwijsindex
+UNDER_WAY = ("WACHT_OP_TOESTEMMING", "VERZONDEN", "ONTVANGEN")  # handovers not yet decided
+AUDIT_CHUNK = 5_000  # audit entries deleted a transaction (SQLite's one writer is not held long)
 
 
 @dataclass
@@ -72,9 +77,10 @@ class Purged:
         }
 
 
-async def _old_cases(session: AsyncSession, cutoff: datetime, going: set[str]) -> list[str]:
-    """Youth keys whose case saw nothing since `cutoff` and who have no signal left but those of
-    `going` (purged in this run: a dry run counts as the real one would)."""
+async def _old_cases(session: AsyncSession, cutoff: datetime, today: date, going: set[str]) -> list[str]:
+    """Youth keys whose case saw nothing since `cutoff`, with no consent still in force, no handover
+    under way, and no signal left but those of `going` (purged in this run: a dry run counts as the
+    real one would)."""
     last_referral = (
         select(referrals.c.youth_key)
         .group_by(referrals.c.youth_key)
@@ -90,7 +96,9 @@ async def _old_cases(session: AsyncSession, cutoff: datetime, going: set[str]) -
                 await session.execute(
                     select(consents.c.youth_key).where(
                         consents.c.youth_key.in_(chunk),
-                        (consents.c.recorded_at >= cutoff) | (consents.c.withdrawn_at >= cutoff),
+                        (consents.c.recorded_at >= cutoff)
+                        | (consents.c.withdrawn_at >= cutoff)
+                        | ((consents.c.status == "ACTIEF") & (consents.c.valid_until >= today)),
                     )
                 )
             ).scalars()
@@ -99,15 +107,14 @@ async def _old_cases(session: AsyncSession, cutoff: datetime, going: set[str]) -
             (
                 await session.execute(
                     select(handovers.c.youth_key).where(
-                        handovers.c.youth_key.in_(chunk), handovers.c.updated_at >= cutoff
+                        handovers.c.youth_key.in_(chunk),
+                        (handovers.c.updated_at >= cutoff) | handovers.c.status.in_(UNDER_WAY),
                     )
                 )
             ).scalars()
         )
-        signalled = select(signals.c.youth_key).where(
-            signals.c.youth_key.in_(chunk), signals.c.signal_id.not_in(going)
-        )
-        busy |= set((await session.execute(signalled)).scalars())
+        signalled = select(signals.c.youth_key, signals.c.signal_id).where(signals.c.youth_key.in_(chunk))
+        busy |= {key for key, signal_id in await session.execute(signalled) if signal_id not in going}
     return sorted(keys - busy)
 
 
@@ -164,7 +171,7 @@ async def purge(
         add(counted)
     async with store.read() as session:
         going = {signal_id for signal_id, _ in ended}
-        cases = await _old_cases(session, now - timedelta(days=settings.case_days), going)
+        cases = await _old_cases(session, now - timedelta(days=settings.case_days), local_day(now), going)
     for chunk in _chunks(cases):
         counted = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
@@ -177,20 +184,40 @@ async def purge(
                 await write_audits(session, _entries(now, counted))
         add(counted)
     audit_cutoff = now - timedelta(days=settings.audit_days)
-    async with store.transaction() as session:
-        old = select(func.count()).select_from(audit_log).where(audit_log.c.at < audit_cutoff)
-        out.audit_entries = int((await session.execute(old)).scalar_one())
-        if out.audit_entries and not dry_run:
-            await session.execute(delete(audit_log).where(audit_log.c.at < audit_cutoff))
+    old = select(audit_log.c.id).where(audit_log.c.at < audit_cutoff).order_by(audit_log.c.id)
+    while True:
+        async with store.transaction() as session:
+            ids = list(
+                (
+                    await session.execute(old.limit(AUDIT_CHUNK).offset(out.audit_entries if dry_run else 0))
+                ).scalars()
+            )
+            if not ids:
+                break
+            out.audit_entries += len(ids)
+            if dry_run:
+                continue
+            await session.execute(delete(audit_log).where(audit_log.c.id.in_(ids)))
             entry = audit_row(
                 "retention.audit_purged",
                 SYSTEM,
                 at=now,
                 system=SYSTEM,
                 transaction_id=None,
-                objects={"entries": out.audit_entries, "before": audit_cutoff.isoformat()},
+                objects={"entries": len(ids), "before": audit_cutoff.isoformat()},
             )
             await write_audits(session, [entry])
+    # An operator's reason for a dead-letter action is free text: kept as long as a case.
+    if not dry_run:
+        async with store.transaction() as session:
+            await session.execute(
+                update(dlq_actions)
+                .where(
+                    dlq_actions.c.at < now - timedelta(days=settings.case_days),
+                    dlq_actions.c.reason.is_not(None),
+                )
+                .values(reason=None)
+            )
     out.by_youth = {k: dict(v) for k, v in total.items()}
     out.youths = len(out.by_youth)
     for name in ("referrals", "consents", "handovers", "signals", "matches"):

@@ -31,7 +31,14 @@ def ago(days: int) -> datetime:
 
 
 async def _case(
-    store: Store, key: str, bsn: str, *, received: datetime, withdrawn: datetime | None = None
+    store: Store,
+    key: str,
+    bsn: str,
+    *,
+    received: datetime,
+    withdrawn: datetime | None = None,
+    valid_days: int = 365,
+    handover: str = "GEACCEPTEERD",
 ) -> None:
     rid = f"r-{key[:8]}"
     async with store.transaction() as session:
@@ -47,7 +54,7 @@ async def _case(
             insert(consents).values(
                 id=f"c-{key[:8]}", youth_key=key, referral_id=rid, purpose="WARME_OVERDRACHT",
                 status="INGETROKKEN" if withdrawn else "ACTIEF", valid_from=received.date(),
-                valid_until=received.date() + timedelta(days=365), consent={"youth": {"bsn": bsn}},
+                valid_until=received.date() + timedelta(days=valid_days), consent={"youth": {"bsn": bsn}},
                 recorded_by="cw-1", recorded_at=received, withdrawn_at=withdrawn, transaction_id="t",
             )
         )  # fmt: skip
@@ -56,7 +63,7 @@ async def _case(
                 id=f"h-{key[:8]}", referral_id=rid, youth_key=key, from_caseworker="cw-1",
                 receiver_organisation="jongerenwerk-dh", receiver_type="JONGERENWERK",
                 purpose="WARME_OVERDRACHT", data_categories=["PERSONALIA"], summary="Sportproject.",
-                status="VERZONDEN", created_at=received, updated_at=received, transaction_id="t",
+                status=handover, created_at=received, updated_at=received, transaction_id="t",
             )
         )  # fmt: skip
 
@@ -106,6 +113,9 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     await _case(store, waiting, "507529170", received=ago(6 * YEARS))
     await _signal(store, waiting, "507529170", ended=NOW.date() - timedelta(days=60), state="retrying")
     await _case(store, fresh, "233454566", received=ago(30))
+    # six years idle, but a consent still in force (valid ten years), or a handover still waiting
+    await _case(store, "9" * 64, "111222333", received=ago(6 * YEARS), valid_days=10 * YEARS)
+    await _case(store, "8" * 64, "111222333", received=ago(6 * YEARS), handover="WACHT_OP_TOESTEMMING")
     async with store.transaction() as session:
         rows = [
             audit_row(
@@ -119,7 +129,7 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     dry = await purge(store, settings, now=NOW, dry_run=True)
     counts = {"youths": 2, "referrals": 2, "consents": 2, "handovers": 2, "signals": 1, "matches": 1}
     assert dry.as_json() == {**counts, "audit_entries": 1, "dry_run": True}
-    assert await _count(store, referrals) == 5 and await _count(store, signals) == 2
+    assert await _count(store, referrals) == 7 and await _count(store, signals) == 2
     assert await _audit(store, "retention.purged") == []
 
     done_now = await purge(store, settings, now=NOW)
@@ -127,8 +137,9 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     for key in (old, signalled):
         for table in (referrals, consents, handovers):
             assert await _count(store, table, youth_key=key) == 0
-    for key in (done, waiting, fresh):
+    for key in (done, waiting, fresh, "9" * 64, "8" * 64):
         assert await _count(store, referrals, youth_key=key) == 1, key
+        assert await _count(store, consents, youth_key=key) == 1, key
     assert await _count(store, signals, youth_key=signalled) == 0
     assert await _count(store, signals, youth_key=waiting) == 1  # its command still waits
     assert await _count(store, matches) == 1
