@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import InvalidParam, Problem
@@ -31,8 +31,9 @@ from hub.intake.tables import referrals
 from hub.ops.auth import Operator, requires
 from hub.ops.console import console_of
 from hub.ops.dlq import DeadLetters
-from hub.ops.dlq_records import Filter, read_at
+from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, parse_id, read_at
 from hub.ops.lag import BrokersUnavailable
+from hub.ops.tables import dlq_actions
 from hub.retry.tables import parked
 from hub.signals.tables import matches, signals
 from hub.store import Store
@@ -78,15 +79,17 @@ async def _all(session: AsyncSession, table: Table, *where: Any, order: Any) -> 
     return list(await session.execute(select(table).where(*where).order_by(order)))
 
 
+def _keyed(column: Any, bsn: str, key: str) -> Any:
+    """A Kafka or ladder key of this youth: the youth key, `<organisation>:<youth key>` (a receiver's
+    ladder), or the BSN (a sender's own key)."""
+    return or_(column == key, column.endswith(f":{key}"), column == bsn)
+
+
 async def held_in_store(session: AsyncSession, *, bsn: str, key: str) -> dict[str, list[dict[str, Any]]]:
     """Every row of the store about the youth with `key` (whose BSN is `bsn`)."""
     found_signals = await _all(session, signals, signals.c.youth_key == key, order=signals.c.signal_id)
     signal_ids = [s.signal_id for s in found_signals]
-    in_ladder = or_(
-        parked.c.key == key,
-        parked.c.key.endswith(f":{key}"),  # a receiver's ladder keys by organisation and youth
-        parked.c.record_key.in_([key, bsn]),
-    )
+    in_ladder = or_(_keyed(parked.c.key, bsn, key), parked.c.record_key.in_([key, bsn]))
     return {
         "referrals": _rows(
             await _all(session, referrals, referrals.c.youth_key == key, order=referrals.c.received_at),
@@ -106,9 +109,18 @@ async def held_in_store(session: AsyncSession, *, bsn: str, key: str) -> dict[st
         )
         if signal_ids
         else [],
-        "outbox": _rows(await _all(session, outbox, outbox.c.key == key, order=outbox.c.id)),
+        "outbox": _rows(await _all(session, outbox, _keyed(outbox.c.key, bsn, key), order=outbox.c.id)),
         "outbox_parked": _rows(
-            await _all(session, outbox_parked, outbox_parked.c.key == key, order=outbox_parked.c.id)
+            await _all(
+                session,
+                outbox_parked,
+                or_(
+                    _keyed(outbox_parked.c.key, bsn, key),  # a dead letter parked keeps its sender's key
+                    outbox_parked.c.value.contains(key.encode()),
+                    outbox_parked.c.value.contains(bsn.encode()),
+                ),
+                order=outbox_parked.c.id,
+            )
         ),
         "retries": _rows(await _all(session, parked, in_ladder, order=parked.c.seq)),
         "audit": _rows(
@@ -122,13 +134,19 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
     """The dead letters keyed by the youth key or the BSN, or whose payload names either; with their
     payloads, as held. BrokersUnavailable when the broker cannot be read."""
     letters = await dead_letters.find(Filter(status=None))  # every letter, whatever was done with it
-    named = (bsn.encode(), key.encode())
     out = []
     for start in range(0, len(letters), PAYLOADS_AT_ONCE):
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            if d.key in (bsn, key) or any(n in d.value for n in named):
+            # keyed by the youth, or naming the youth's BSN as a partner does (the youth's own block,
+            # 8 digits or 9, a string or a number, a CSV column), or the hub's own message of the youth
+            if (
+                d.key == key
+                or (d.key or "").endswith(f":{key}")
+                or bsn_in_key_or_payload(d.key, d.value) == bsn
+                or _names_key(d.value, key)
+            ):
                 out.append(
                     {
                         "id": d.id,
@@ -139,7 +157,24 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
                         "payload": _plain(d.value),
                     }
                 )
+    by_id: dict[str, Any] = {}  # what operators did with them, and why
+    if out:
+        c = dlq_actions.c
+        positions = [parse_id(letter["id"]) for letter in out]
+        query = select(dlq_actions).where(
+            or_(*(and_(c.dlq_topic == t, c.partition == p, c.offset == o) for t, p, o in positions))
+        )
+        async with dead_letters.store.connect() as conn:
+            by_id = {f"{a.dlq_topic}:{a.partition}:{a.offset}": a for a in await conn.execute(query)}
+    for letter in out:
+        if (a := by_id.get(letter["id"])) is not None:
+            letter["action"] = {"action": a.action, "by": a.operator, "at": _plain(a.at), "reason": a.reason}
     return out
+
+
+def _names_key(payload: bytes, key: str) -> bool:
+    """True when the hub's own message names the youth key as a value (`"youth_key": "<key>"`)."""
+    return f'"{key}"'.encode() in payload
 
 
 def youth_of(bsn: str, secret: str) -> tuple[str, str]:

@@ -112,6 +112,21 @@ async def test_the_export_holds_what_the_hub_holds_and_disclosed_about_one_bsn_a
         assert bsn not in json.dumps(objects)
 
 
+async def _letters_with(bootstrap: str, topic: str, records: list[tuple[bytes, dict[str, Any]]]) -> list[str]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        ids = []
+        for key, payload in records:
+            sent = await producer.send_and_wait(topic, json.dumps(payload).encode(), key=key)
+            ids.append(f"{topic}:{sent.partition}:{sent.offset}")
+        return ids
+    finally:
+        await producer.stop()
+
+
 def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_file(
     kafka: EmbeddedKafka, tmp_path: Path, unique: str
 ) -> None:
@@ -140,6 +155,18 @@ def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_f
     asyncio.run(audited_read())
     topic = _a_dlq_topic(unique)
     mine, _ = asyncio.run(_write_letters(kafka.bootstrap, topic, [(bsn.encode(), {}), (other.encode(), {})]))
+    # a partner's record naming the youth's BSN as a number; another youth's whose parent's phone
+    # number holds the BSN's digits
+    as_number, not_theirs = asyncio.run(
+        _letters_with(
+            kafka.bootstrap,
+            topic,
+            [
+                (b"pv-1", {"verdachte": {"bsn": int(bsn)}}),
+                (b"pv-2", {"verdachte": {"bsn": other}, "ouder": {"telefoon": f"0{bsn}9"}}),
+            ],
+        )
+    )
     env, runner = _dlq_env(db, kafka.bootstrap, unique), CliRunner()
     out = tmp_path / "inzage.json"
     made = runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env)
@@ -147,7 +174,8 @@ def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_f
     assert "export made (referrals 0" in made.output and "incomplete" not in made.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     doc = json.loads(out.read_text())
-    assert [d["id"] for d in doc["dead_letters"]] == [mine]
+    assert sorted(d["id"] for d in doc["dead_letters"]) == sorted([mine, as_number])
+    assert not_theirs not in json.dumps(doc)
     assert [(a["action"], a["user"]) for a in doc["audit"]] == [("referral.read", "cw-1")]
 
     wrong = runner.invoke(app, ["inzage"], input="123456789\n", env=env)
