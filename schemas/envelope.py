@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -29,21 +30,28 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_id(value: object) -> bool:
-    """True for a usable message or transaction id, in a body or a header: 1-100 printable ASCII
-    characters, no space. An id travels on in HTTP headers (a webhook's `Fsc-Transaction-Id`), which
-    take ASCII only, and is kept in the audit log for years: a name ("zaak J. de Vries") is no id."""
+    """True for a usable message or transaction id, in a body or a header: 1-100 printable characters."""
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX and value.isprintable()
+
+
+def is_trace_id(value: object) -> bool:
+    """True for a transaction id the hub passes on as it is: printable ASCII without spaces, 1-100
+    characters. It travels in HTTP headers (a webhook's `Fsc-Transaction-Id`), which take ASCII only,
+    and is kept in the audit log for years: a name ("zaak J. de Vries") is no id."""
+    return is_id(value) and str(value).isascii() and " " not in str(value)
+
+
+def trace_id(value: str) -> str:
+    """`value` when it is a trace id, else a UUID made from it: the same id in, the same id out, so
+    what one transaction caused stays linked, and the text itself (perhaps a name) goes no further."""
     return (
-        isinstance(value, str)
-        and 0 < len(value) <= ID_MAX
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
+        value if is_trace_id(value) else str(uuid.uuid5(uuid.NAMESPACE_URL, f"ketenhub:transaction:{value}"))
     )
 
 
-def _an_id(value: str) -> str:
-    if not is_id(value):
-        raise ValueError("must be printable ASCII without spaces (such as a UUID)")
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text: no control or format characters, no space but ' '")
     return value
 
 
@@ -53,7 +61,7 @@ def _no_control(value: str) -> str:
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), AfterValidator(_an_id)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), AfterValidator(_printable)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control)]
 Reference = Annotated[str, StringConstraints(max_length=200, pattern=NO_CONTROL)]
 

@@ -9,7 +9,7 @@ import httpx
 
 from hub.errors import PermanentError, TransientError
 from hub.retry.policy import parse_retry_after
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, trace_id
 
 SIGNATURE_HEADER = "X-Ketenhub-Signature"
 TRANSACTION_HEADER = "Fsc-Transaction-Id"
@@ -32,7 +32,7 @@ async def post_signed(client: httpx.AsyncClient, url: str, secret: str, message:
     headers = {
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(secret, body),
-        TRANSACTION_HEADER: message.transaction_id,
+        TRANSACTION_HEADER: trace_id(message.transaction_id),  # ASCII, as a header must be
         "X-Ketenhub-Message-Id": message.message_id,
         "X-Ketenhub-Message-Type": f"{message.type}.v{message.version}",
     }

@@ -34,6 +34,7 @@ from connectors.verwijsindex.contract import (
 from hub.errors import PermanentError, TransientError
 from hub.retry.policy import parse_retry_after
 from schemas._base import NO_CONTROL, as_code, readable
+from schemas.envelope import trace_id
 
 M = TypeVar("M", bound=BaseModel)
 _DIGITS = re.compile(r"\d{8,}")  # BSN-like numbers never leave in an error message
@@ -244,7 +245,7 @@ class VerwijsindexClient:
         body: bytes | None = None,
         params: dict[str, str | int] | None = None,
     ) -> Answer:
-        headers = {TRANSACTION_HEADER: transaction_id}
+        headers = {TRANSACTION_HEADER: trace_id(transaction_id)}  # ASCII, as a header must be
         if body is not None:
             headers["Content-Type"] = "application/json"
         where = f"verwijsindex {op}"

@@ -13,6 +13,7 @@ from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
 from hub.handovers.tables import handovers
 from hub.spine.outbox import add_to_outbox
+from schemas.envelope import trace_id
 from schemas.handover import HandoverStatus
 
 UNANSWERED = (HandoverStatus.VERZONDEN.value, HandoverStatus.ONTVANGEN.value)
@@ -122,7 +123,7 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
         notice = messages.caseworker_notice(
             row,
             template="handover.unanswered",
-            transaction_id=row.transaction_id or act.transaction_id,
+            transaction_id=trace_id(row.transaction_id) if row.transaction_id else act.transaction_id,
             detail="de ontvanger heeft niet op tijd geantwoord.",
         )
         await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)

@@ -22,7 +22,7 @@ from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.spine.outbox import add_to_outbox
 from schemas.consent import ConsentPurpose, DataCategory
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import Envelope, trace_id, utcnow
 from schemas.handover import Handover, HandoverStatus
 from schemas.referral import Referral
 
@@ -288,7 +288,7 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
         row = await get_handover(session, handover_id, lock=True)
         if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
             continue  # a concurrent transaction (another consent, the routing consumer) decided it
-        its = replace(act, transaction_id=transaction_id or act.transaction_id)
+        its = replace(act, transaction_id=trace_id(transaction_id) if transaction_id else act.transaction_id)
         if await route(session, r, handover_id, its, notify=False) == HandoverStatus.VERZONDEN.value:
             sent.append(handover_id)
     return sent

@@ -26,7 +26,7 @@ from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_erro
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, utcnow
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, trace_id, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -69,9 +69,8 @@ def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
         return None
     if not is_id(value):
         raise BadHeader(
-            f"header {name!r} is empty, longer than {MAX_ID} characters, or not printable ASCII "
-            f"without spaces; send an id of 1 to {MAX_ID} printable characters of ASCII, no space (a "
-            "UUID), or leave the header out"
+            f"header {name!r} is empty, longer than {MAX_ID} characters or not printable text; "
+            f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"
         )
     return value
 
@@ -87,14 +86,15 @@ def message_id_of(record: ConsumerRecord[Any, Any]) -> str:
 
 def transaction_id_of(record: ConsumerRecord[Any, Any], message_id: str, decoded: Any = None) -> str:
     """Rule 19: the record's transaction-id header, else the one in its envelope (`decoded`), else its
-    message id (also for an unusable header, which `check_id_headers` dead-letters)."""
+    message id (also for an unusable header, which `check_id_headers` dead-letters). One that is not
+    printable ASCII without spaces (a name, say) is replaced by a UUID made from it (`trace_id`)."""
     try:
         found = _id_header(record, H_TRANSACTION_ID)
     except BadHeader:
-        return message_id
+        return trace_id(message_id)
     if found is None and isinstance(decoded, Envelope) and is_id(decoded.transaction_id):
-        return decoded.transaction_id
-    return found or message_id
+        found = decoded.transaction_id
+    return trace_id(found or message_id)
 
 
 def check_id_headers(record: ConsumerRecord[Any, Any]) -> None:
