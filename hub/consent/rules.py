@@ -16,8 +16,12 @@ CUSTODY_ROLES = frozenset({GrantorRole.OUDER_MET_GEZAG, GrantorRole.VOOGD})
 
 
 def consent_day(consent: Consent) -> date:
-    """The day of consent: the day the last grantor answered, when the consent came about."""
-    return max(local_day(g.given_at) for g in consent.grantors)
+    """The day of consent: the day the last permit was given, when the consent came about. A refusal
+    does not bring a consent about: a parent's refusal two days after a 15-year-old's permit moved the
+    day past the 16th birthday, where the refusal no longer counts, and made the consent complete.
+    Without any permit, the day of the last answer."""
+    permits = [g for g in consent.grantors if g.permission is Permission.PERMIT] or consent.grantors
+    return max(local_day(g.given_at) for g in permits)
 
 
 class Required(StrEnum):

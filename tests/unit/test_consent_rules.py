@@ -133,6 +133,16 @@ def test_rule_8_a_deny_by_someone_whose_permit_is_not_asked_for_does_not_block()
     assert completeness(consent(grantor(YOUTH, SIXTEENTH, deny=True))).denied == (YOUTH,)
 
 
+def test_rule_8_a_refusal_does_not_move_the_day_of_consent() -> None:
+    """A 15-year-old's permit, then a parent's refusal after the 16th birthday: the day of consent
+    moved to the refusal, the youth counted as 16, the refusal no longer counted, and the consent
+    was complete without the parent's permit it needed on the day it came about."""
+    c = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, deny=True))
+    result = completeness(c)
+    assert result.day == DAY_BEFORE_16 and result.age == 15
+    assert not result.complete and result.denied == (PARENT,)
+
+
 GOOD = consent(grantor(YOUTH, SIXTEENTH))
 ASK = Disclosure(
     purpose=ConsentPurpose.WARME_OVERDRACHT,
