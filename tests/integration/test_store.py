@@ -115,3 +115,39 @@ async def test_the_police_referrals_stored_before_are_one_referrer_after_migrati
         }  # fmt: skip
     finally:
         await store.close()
+
+
+async def test_handovers_sent_but_never_confirmed_count_as_tried_after_migrating(db_url: str) -> None:
+    """Revision 0018: a handover whose POST failed before the revision may be with its receiver; a
+    withdrawal must reach that receiver too, so it counts as tried (`attempted_at = sent_at`)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from hub.store.db import migrate
+
+    store = Store(db_url)
+    try:
+        await migrate(store.engine, "0007_consent")
+        async with store.engine.begin() as conn:
+            for hid, delivered in (
+                ("h-unconfirmed", None),
+                ("h-delivered", datetime(2025, 3, 2, tzinfo=UTC)),
+            ):
+                await conn.execute(
+                    text(
+                        "INSERT INTO handovers (id, referral_id, youth_key, from_caseworker,"
+                        " receiver_organisation, receiver_type, purpose, data_categories, summary, status,"
+                        " created_at, updated_at, sent_at, delivered_at, transaction_id) VALUES (:id, 'r1',"
+                        " :youth, 'cw-1', 'jongerenwerk-dh', 'JONGERENWERK', 'WARME_OVERDRACHT',"
+                        " '[\"PERSONALIA\"]', 'x', 'VERZONDEN', '2025-03-01 10:00:00', '2025-03-01 10:00:00',"
+                        " '2025-03-01 10:00:00', :delivered, 'tx')"
+                    ),
+                    {"id": hid, "youth": "a" * 64, "delivered": delivered},
+                )
+        await store.migrate()
+        async with store.connect() as conn:
+            tried = dict((await conn.execute(text("SELECT id, attempted_at FROM handovers"))).all())
+        assert tried["h-unconfirmed"] is not None and tried["h-delivered"] is None
+    finally:
+        await store.close()

@@ -15,8 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add handovers.attempted_at."""
+    """Add handovers.attempted_at; a handover sent but never confirmed may have been tried already."""
     op.add_column("handovers", sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=True))
+    op.execute(
+        "UPDATE handovers SET attempted_at = sent_at WHERE sent_at IS NOT NULL AND delivered_at IS NULL"
+    )
 
 
 def downgrade() -> None:
