@@ -14,6 +14,7 @@ from hub.handovers.delivery_state import (
     record_failed,
     record_lapsed,
 )
+from hub.handovers.messages import HANDOVER
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.retry.recent import RecentIds
@@ -121,7 +122,9 @@ def register_receivers(hub: Hub) -> None:
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:
     readers = await kafka_readers(tx.session, target.receiver_type)
-    if readers != [target.organisation]:  # settings made before one reader per topic was enforced
+    # Settings made before one reader per topic was enforced: no handover goes where another
+    # organisation reads it. A withdrawal notice does (rule 10): who got the handover must hear.
+    if message.type == HANDOVER and readers != [target.organisation]:
         raise PermanentError(
             f"{target.topic_name} is read by {len(readers)} organisations; each would read the "
             "others' handovers: give all but one a webhook, then replay"
