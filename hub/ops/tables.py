@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text, text
 
 from hub.store.tables import metadata
 
@@ -46,4 +46,11 @@ dlq_actions = Table(
     Column("source", String(400), nullable=True),
     Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", unique=True),
     Index("ix_dlq_actions_source", "source"),
+    Index(
+        "ux_dlq_actions_source_replayed",
+        "source",
+        unique=True,
+        postgresql_where=text("action = 'replayed'"),
+        sqlite_where=text("action = 'replayed'"),
+    ),
 )

@@ -15,14 +15,27 @@ branch_labels = None
 depends_on = None
 
 
+REPLAYED = sa.text("action = 'replayed'")
+
+
 def upgrade() -> None:
-    """Add dlq_actions.source, indexed."""
+    """Add dlq_actions.source, indexed; one replay per source (two processes replaying two copies at
+    once: the second insert fails, and its letter is counted as skipped)."""
     op.add_column("dlq_actions", sa.Column("source", sa.String(400), nullable=True))
     op.create_index("ix_dlq_actions_source", "dlq_actions", ["source"])
+    op.create_index(
+        "ux_dlq_actions_source_replayed",
+        "dlq_actions",
+        ["source"],
+        unique=True,
+        postgresql_where=REPLAYED,
+        sqlite_where=REPLAYED,
+    )
 
 
 def downgrade() -> None:
     """Drop it again."""
+    op.drop_index("ux_dlq_actions_source_replayed", table_name="dlq_actions")
     op.drop_index("ix_dlq_actions_source", table_name="dlq_actions")
     with op.batch_alter_table("dlq_actions") as batch:
         batch.drop_column("source")
