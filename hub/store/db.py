@@ -99,7 +99,11 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # statement to a generic plan, made on the statistics of the moment. Made on a young,
         # near-empty table, that plan scans the table (the duplicate lookup took 60 ms a batch of
         # 200 at 20,000 rows): plan every execution for its own parameters instead.
-        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+        # synchronous_commit on: a commit is durable before the hub acknowledges it (a server
+        # configured otherwise would lose acknowledged commits in a crash)
+        connect_args={
+            "server_settings": {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "on"}
+        },
     )
 
 
