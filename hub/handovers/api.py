@@ -40,25 +40,18 @@ SYSTEM = "ketenhub-api"  # reads through the API, as the consent and referral re
 router = APIRouter(prefix="/api/v1", tags=["overdrachten"])
 MELDCODE = "Wet verplichte meldcode huiselijk geweld en kindermishandeling; meldrecht art. 5.2.6 Wmo 2015"
 LEGAL_BASIS_MAX = 300
-# Digits, perhaps in groups split by one space, dot or dash ("123 456 782", "1234.56.782").
-_DIGIT_GROUPS = re.compile(r"\d+(?:[ .\-]\d+)*")
-_GROUP_SEPARATOR = re.compile(r"[ .\-]")
+# A BSN as people write it: 8 or 9 digits in a row, or 9 in the groups 3-3-3 or 4-2-3 split by one
+# space, dot or dash ("123 456 782", "1234.56.782"). Not any digits that add up to 8 or 9: an article
+# and a year ("art. 7.1.1.1 2017") are no BSN.
+_BSN_WRITTEN = re.compile(
+    r"(?<![\d.\-])(\d{8,9}|\d{3}[ .\-]\d{3}[ .\-]\d{3}|\d{4}[ .\-]\d{2}[ .\-]\d{3})(?![\d]|[.\-]\d)"
+)
 
 
 def _names_a_bsn(text: str) -> bool:
-    """True when `text` holds a number of 8 or 9 digits that passes the elfproef (schemas.bsn), also
-    written in groups: a legal basis names a law and an article, never a person."""
-    for found in _DIGIT_GROUPS.finditer(text):
-        groups = _GROUP_SEPARATOR.split(found.group())
-        for start in range(len(groups)):
-            number = ""
-            for group in groups[start:]:
-                number += group
-                if len(number) > 9:
-                    break
-                if len(number) >= 8 and is_valid_bsn(number):
-                    return True
-    return False
+    """True when `text` holds a number written as a BSN that passes the elfproef (schemas.bsn): a
+    legal basis names a law and an article, never a person."""
+    return any(is_valid_bsn(re.sub(r"[ .\-]", "", m.group(1))) for m in _BSN_WRITTEN.finditer(text))
 
 
 def _check_legal_basis(text: str) -> str:

@@ -121,13 +121,15 @@ async def test_a_zorgmelding_legal_basis_naming_a_person_or_not_one_line_is_refu
 
         # A law and its article, dates and numbers that are no BSN: accepted, in the audit log (rule 21)
         basis = "Wet verplichte meldcode (Stb. 2013, 142), art. 5.2.6 Wmo 2015; besluit 12-03-2024"
-        for ok in (basis, "a" * 300):
+        # an article and a year read together as eight digits passing the elfproef were refused
+        citations = ("art. 7.1.1.1 2017", "Wmo 2008 7.1.1.1", "art. 7.3.11 2021")
+        for ok in (basis, "a" * 300, *citations):
             r = await w.client.post(
                 "/api/v1/zorgmeldingen", json=body | {"legal_basis": ok}, headers={"X-Medewerker": CW}
             )
-            assert r.status_code == 202, r.text
+            assert r.status_code == 202, (ok, r.text)
         requested = [a.legal_basis for a in await w.audit("handover.requested")]
-        assert requested == [basis, "a" * 300]
+        assert requested == [basis, "a" * 300, *citations]
 
 
 async def test_a_dead_letter_discard_reason_stays_on_its_action_and_out_of_the_audit_log(
