@@ -23,7 +23,10 @@ def _text_of(raw: str) -> str:
 def mails(
     limit: Annotated[int, typer.Option(min=1, max=500, help="how many, newest first (1 to 500)")] = 20,
     show: Annotated[
-        int | None, typer.Option(min=1, help="print the text of the mail with this id in full, however old")
+        int | None,
+        typer.Option(
+            min=1, max=2**63 - 1, help="print the text of the mail with this id in full, however old"
+        ),
     ] = None,
 ) -> None:
     """Show the mails the embedded SMTP sink received (what a caseworker would get)."""

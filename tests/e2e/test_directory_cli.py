@@ -82,3 +82,5 @@ def test_mails_limit_is_bounded_and_show_finds_any_kept_mail(tmp_path: Path) -> 
     assert "Onderwerp: Borging 1\n" in oldest.stdout and "mail nummer 1" in oldest.stdout
     missing = _run(tmp_path, "mails", "--show", "602")
     assert missing.returncode == 1 and "no mail 602" in missing.stderr
+    huge = _run(tmp_path, "mails", "--show", str(2**70))  # past any database's integer: a traceback
+    assert huge.returncode == 2 and "Traceback" not in huge.stderr, huge.stderr
