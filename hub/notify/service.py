@@ -10,7 +10,8 @@ mail connector when it is sent (the disclosure, audited there as `mail.sent`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,8 +22,10 @@ from hub.audit import AuditEntry, write_audit
 from hub.clock import today
 from hub.directory import mail_recipient
 from hub.errors import PermanentError
+from hub.intake.tables import referrals
 from hub.notify.tables import mail_problems
 from hub.notify.templates import render
+from hub.signals.tables import signals
 from hub.spine.outbox import add_to_outbox
 from hub.topics import NOTIFICATION_MAIL
 from schemas.bsn import contains_bsn
@@ -92,6 +95,21 @@ async def list_problems(session: AsyncSession, limit: int = 200) -> list[dict[st
     ]
 
 
+async def _not_bsn(session: AsyncSession, shown: Sequence[str], youth_key: str | None) -> list[str]:
+    """Of the values a mail shows that were validated as something else (a phone number, an id),
+    those that would pass for a BSN, less any holding the youth's own BSN (as the hub stored it)."""
+    suspect = [value for value in dict.fromkeys(shown) if contains_bsn(value)]
+    if not suspect or youth_key is None:
+        return suspect
+    own = set(
+        (await session.execute(select(signals.c.bsn).where(signals.c.youth_key == youth_key))).scalars()
+    )
+    own |= set(
+        (await session.execute(select(referrals.c.bsn).where(referrals.c.youth_key == youth_key))).scalars()
+    )
+    return [value for value in suspect if not any(bsn in re.sub(r"\D", "", value) for bsn in own)]
+
+
 async def notify_caseworker(
     session: AsyncSession,
     hub: _HasTopic | str,
@@ -148,8 +166,9 @@ async def notify_caseworker(
         body_text=rendered.text,
         body_html=rendered.html,
         case_reference=case_reference,
-        # the validated phone numbers and ids shown that would pass for a BSN (rule 16's check)
-        not_bsn=[value for value in dict.fromkeys(rendered.not_bsn) if contains_bsn(value)],
+        # the validated phone numbers and ids shown that would pass for a BSN (rule 16's check), but
+        # never one holding the youth's own BSN: a partner's field is no guarantee
+        not_bsn=await _not_bsn(session, rendered.not_bsn, youth_key),
     )
     message = Envelope.new(
         type_="MailNotification",

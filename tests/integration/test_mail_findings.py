@@ -33,7 +33,7 @@ from hub.store import Store
 from hub.store.tables import audit_log
 from hub.topics import NOTIFICATION_MAIL, VERWIJSINDEX_MATCH
 from schemas.caseworker import Absence, Caseworker, ContactDetails, Team
-from schemas.envelope import Envelope, new_id
+from schemas.envelope import Envelope, new_id, utcnow
 from schemas.match import Match, MatchType
 from schemas.notification import MailNotification
 from schemas.pseudonym import youth_key
@@ -343,6 +343,45 @@ async def test_the_bsn_check_still_refuses_a_bsn_in_a_match_mails_free_text(stor
         notice = {"subject": "Overdracht", "detail": f"Jongere {bsn} wacht.", "case_reference": "123456782"}
         with pytest.raises(ValidationError, match="looks like a BSN"):
             await notify_caseworker(s, "t.notification.mail.v1", "here", "notice", notice, new_id())
+
+
+async def test_an_id_or_phone_holding_the_youths_own_bsn_is_not_exempt(store: Store) -> None:
+    """The exemption trusted what the Verwijsindex sent: a match id equal to the youth's BSN went into
+    the mail as a validated id (rule 16)."""
+    from datetime import date
+
+    from pydantic import ValidationError
+    from sqlalchemy import insert
+
+    from hub.signals.tables import signals
+
+    bsn, key = "111222333", youth_key(TEST_SECRET, "111222333")
+    async with store.transaction() as s:
+        await upsert_caseworker(s, _cw("here"))
+        await s.execute(
+            insert(signals).values(
+                signal_id="sig-1", youth_key=key, bsn=bsn, given_names="Sam", surname="Jansen",
+                birth_date=date(2010, 1, 1), gender="M", municipality="Den Haag", organisation="Halt",
+                caseworker_id="here", contact={}, created=date(2025, 1, 1), end_date=date(2026, 1, 1),
+                status="ACTIEF", delivery_state="delivered", attempt=0, updated_at=utcnow(),
+            )
+        )  # fmt: skip
+    context = {
+        "match_type": "CLIENTMATCH", "match_id": bsn, "case_reference": "sig-1",
+        "counterparts": [{"name": "Kees", "organisation": "Jeugdhulp", "phone": f"+31 (0){bsn}"}],
+    }  # fmt: skip
+    async with store.transaction() as s:
+        with pytest.raises(ValidationError, match="looks like a BSN"):
+            await notify_caseworker(
+                s, "t.notification.mail.v1", "here", "match", context, new_id(), youth_key=key
+            )
+    other = {**context, "match_id": "123456782"}  # another number passing the elfproef: an id
+    other["counterparts"] = [{"name": "Kees", "organisation": "Jeugdhulp", "phone": "+31 (0)612345683"}]
+    async with store.transaction() as s:
+        mail = await notify_caseworker(
+            s, "t.notification.mail.v1", "here", "match", other, new_id(), youth_key=key
+        )
+    assert mail is not None and "123456782" in mail.body_text
 
 
 # -- 4. the disclosure's audit entry names the youth -------------------------------------------------------
