@@ -16,7 +16,7 @@ from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
-from hub.consent.caseworker import CurrentCaseworker
+from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case
 from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir, youth_key_of
 from hub.consent.rules import completeness
 from hub.consent.service import AlreadyWithdrawn, ConsentNotFound, record_consent, withdraw_consent
@@ -324,6 +324,8 @@ async def list_consents(
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     async with hub.store.transaction() as session:
         _, key, _, custodians = await _youth(session, referral_id, youth_key)
+        if not await may_see_case(session, key, caseworker):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         stored = await consents_of(session, key)
         await _audit_read(session, act, key, {"consent_ids": [s.consent_id for s in stored]})
     return [ConsentOut.of(s, custodians) for s in stored]
@@ -339,6 +341,8 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
         stored = await get_consent(session, consent_id)
         if stored is None:
             raise Problem(404, "Toestemming niet gevonden")
+        if not await may_see_case(session, stored.youth_key, caseworker):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
     if FHIR_JSON in request.headers.get("accept", ""):
         return JSONResponse(to_fhir(stored.consent, youth_key=stored.youth_key), media_type=FHIR_JSON)
@@ -355,6 +359,9 @@ async def withdraw(
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     try:
         async with hub.store.transaction() as session:
+            found = await get_consent(session, consent_id)
+            if found is not None and not await may_see_case(session, found.youth_key, caseworker):
+                raise Problem(403, "Geen toegang", NOT_YOURS)
             stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
     except ConsentNotFound:
         raise Problem(404, "Toestemming niet gevonden") from None

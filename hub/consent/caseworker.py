@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import HubStarting, Problem
 from hub.directory import CaseworkerNotFound, get_caseworker
@@ -45,3 +47,32 @@ async def current_caseworker(
 
 
 CurrentCaseworker = Annotated[Caseworker, Depends(current_caseworker)]
+
+
+async def may_see_case(session: AsyncSession, youth_key: str, caseworker: Caseworker) -> bool:
+    """Whether `caseworker` works on this youth's case as the hub knows it: they recorded one of the
+    youth's consents, asked for one of its handovers or hold one of its signals, or stand in for
+    someone who did (their delegate); or nobody does yet. Who may open which case is the case
+    system's to say; this keeps a caseworker with no part in a youth's case from reading or
+    withdrawing what others recorded for it."""
+    from hub.consent.tables import consents
+    from hub.directory.tables import caseworkers
+    from hub.handovers.tables import handovers
+    from hub.signals.tables import signals
+
+    people: set[str] = set()
+    for column, key in (
+        (consents.c.recorded_by, consents.c.youth_key),
+        (handovers.c.from_caseworker, handovers.c.youth_key),
+        (signals.c.caseworker_id, signals.c.youth_key),
+    ):
+        people |= set((await session.execute(select(column).where(key == youth_key).distinct())).scalars())
+    if not people or caseworker.caseworker_id in people:
+        return True
+    standing_in = select(caseworkers.c.caseworker_id).where(
+        caseworkers.c.caseworker_id.in_(sorted(people)), caseworkers.c.delegate_id == caseworker.caseworker_id
+    )
+    return (await session.execute(standing_in.limit(1))).first() is not None
+
+
+NOT_YOURS = "Geen toegang: u werkt niet aan de zaak van deze jeugdige (en vervangt niemand die dat doet)."

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
-from hub.consent.caseworker import CurrentCaseworker
+from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case
 from hub.handovers.answers import record_answer
 from hub.handovers.component import HandoverAnswer, routing_of
 from hub.handovers.receivers import receiver_delivery
@@ -272,6 +272,8 @@ async def list_handovers(
                 .order_by(handovers.c.created_at)
             )
         ).all()
+        if rows and not await may_see_case(session, rows[0].youth_key, caseworker):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         if rows:
             entry = AuditEntry(
                 action="handover.read",
@@ -289,6 +291,9 @@ async def read_handover(request: Request, handover_id: str, caseworker: CurrentC
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
+        found = await get_handover(session, handover_id)
+        if found is not None and not await may_see_case(session, found.youth_key, caseworker):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         row = await _audited_read(session, request, handover_id, caseworker.caseworker_id)
     return HandoverOut.of(row)
 

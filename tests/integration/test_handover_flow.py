@@ -422,6 +422,50 @@ async def test_a_withdrawal_is_told_to_a_receiver_that_may_have_the_handover_wit
         assert (await w.status(hid))["status"] == "INGETROKKEN"
 
 
+async def test_a_caseworker_with_no_part_in_a_youths_case_cannot_read_or_withdraw_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Any caseworker the case system named could list, read and withdraw any youth's consents and
+    read its handovers; now the caseworkers who recorded or asked for them, or their delegates."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:
+            for cw_id in ("cw-other", "cw-stand-in"):
+                await upsert_caseworker(
+                    session,
+                    Caseworker(caseworker_id=cw_id, name=cw_id, email=f"{cw_id}@halt.nl", team="DEN_HAAG"),
+                )
+            me = Caseworker(
+                caseworker_id=CW, name="Medewerker Een", email="cw1@halt.nl", team="DEN_HAAG",
+                delegate_id="cw-stand-in",
+            )  # fmt: skip
+            await upsert_caseworker(session, me)
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid)
+        hid = await w.handover(rid)
+        cid = consent["consent_id"]
+        calls = (
+            ("get", f"/api/v1/toestemmingen?referral_id={rid}", None),
+            ("get", f"/api/v1/toestemmingen/{cid}", None),
+            ("get", f"/api/v1/overdrachten?referral_id={rid}", None),
+            ("get", f"/api/v1/overdrachten/{hid}", None),
+            ("post", f"/api/v1/toestemmingen/{cid}/intrekking", {"reason": "niet meer nodig"}),
+        )
+        for method, url, body in calls:
+            r = await w.client.request(method, url, json=body, headers={"X-Medewerker": "cw-other"})
+            assert r.status_code == 403, (url, r.status_code, r.text)
+        assert (await w.status(hid))["status"] != "INGETROKKEN"
+        for method, url, body in calls:  # the delegate stands in: may
+            r = await w.client.request(method, url, json=body, headers={"X-Medewerker": "cw-stand-in"})
+            assert r.status_code == 200, (url, r.status_code, r.text)
+        # a youth nobody works on yet: nothing to keep from anyone
+        fresh, _ = await w.referral(16)
+        r = await w.client.get(
+            f"/api/v1/toestemmingen?referral_id={fresh}", headers={"X-Medewerker": "cw-other"}
+        )
+        assert r.status_code == 200 and r.json() == []
+
+
 async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
