@@ -36,6 +36,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.handover import Handover, JointMeeting, ReceiverType
 
+RECEIVER_TYPES = frozenset(t.value for t in ReceiverType)  # the partner types that receive handovers
 SYSTEM = "ketenhub-api"  # reads through the API, as the consent and referral reads
 router = APIRouter(prefix="/api/v1", tags=["overdrachten"])
 MELDCODE = "Wet verplichte meldcode huiselijk geweld en kindermishandeling; meldrecht art. 5.2.6 Wmo 2015"
@@ -321,6 +322,8 @@ async def answer(
     """A receiver answers a handover addressed to it: ONTVANGEN, GEACCEPTEERD, GEWEIGERD (reason)."""
     hub = _hub(request)
     assert hub.store is not None
+    if partner.type.value.upper() not in RECEIVER_TYPES:  # a police or case-system key named as one
+        raise Problem(403, "Geen ontvanger", "Alleen een ontvangende organisatie beantwoordt een overdracht.")
     act = Act(user=partner.name, transaction_id=request.state.transaction_id, on_behalf_of=partner.name)
     try:
         async with hub.store.transaction() as session:

@@ -466,6 +466,34 @@ async def test_a_caseworker_with_no_part_in_a_youths_case_cannot_read_or_withdra
         assert r.status_code == 200 and r.json() == []
 
 
+async def test_only_a_receiving_organisations_key_answers_a_handover(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The answer found the handover by the partner's name alone: a police or case-system key named
+    like a receiver (the registries are apart) answered that receiver's handovers."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:
+            _, police_key = await add_partner(session, "veilig-thuis-dh", PartnerType.POLITIE)
+        rid, _ = await w.referral(15)
+        zorg = {
+            "referral_id": rid,
+            "receiver_organisation": "veilig-thuis-dh",
+            "data_categories": ["PERSONALIA"],
+            "summary": "Zorgen over de thuissituatie.",
+        }
+        made = await w.client.post("/api/v1/zorgmeldingen", json=zorg, headers={"X-Medewerker": CW})
+        assert made.status_code == 202, made.text
+        hid = made.json()["handover_id"]
+        r = await w.client.post(
+            f"/api/v1/overdrachten/{hid}/status",
+            json={"status": "ONTVANGEN"},
+            headers={"Authorization": f"Bearer {police_key}"},
+        )
+        assert r.status_code == 403, r.text
+        assert (await w.status(hid))["status"] != "ONTVANGEN"
+
+
 async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
