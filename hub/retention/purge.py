@@ -77,7 +77,9 @@ class Purged:
         }
 
 
-async def _old_cases(session: AsyncSession, cutoff: datetime, today: date, going: set[str]) -> list[str]:
+async def _old_cases(
+    session: AsyncSession, cutoff: datetime, today: date, going: set[str], *, among: list[str] | None = None
+) -> list[str]:
     """Youth keys whose case saw nothing since `cutoff`, with no consent still in force, no handover
     under way, and no signal left but those of `going` (purged in this run: a dry run counts as the
     real one would)."""
@@ -86,6 +88,8 @@ async def _old_cases(session: AsyncSession, cutoff: datetime, today: date, going
         .group_by(referrals.c.youth_key)
         .having(func.max(referrals.c.received_at) < cutoff)
     )
+    if among is not None:
+        last_referral = last_referral.where(referrals.c.youth_key.in_(among))
     keys = set((await session.execute(last_referral)).scalars())
     if not keys:
         return []
@@ -118,13 +122,17 @@ async def _old_cases(session: AsyncSession, cutoff: datetime, today: date, going
     return sorted(keys - busy)
 
 
-async def _ended_signals(session: AsyncSession, before: date) -> list[tuple[str, str]]:
-    """(signal id, youth key) of signals that ended before `before`, their last command delivered."""
-    rows = await session.execute(
-        select(signals.c.signal_id, signals.c.youth_key)
-        .where(signals.c.end_date < before, signals.c.delivery_state.in_(SETTLED))
-        .order_by(signals.c.signal_id)
+async def _ended_signals(
+    session: AsyncSession, before: date, among: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """(signal id, youth key) of signals that ended before `before`, their last command delivered;
+    of `among` only, when given (looked at again in the purging transaction)."""
+    query = select(signals.c.signal_id, signals.c.youth_key).where(
+        signals.c.end_date < before, signals.c.delivery_state.in_(SETTLED)
     )
+    if among is not None:
+        query = query.where(signals.c.signal_id.in_(among))
+    rows = await session.execute(query.order_by(signals.c.signal_id))
     return [(r.signal_id, r.youth_key) for r in rows]
 
 
@@ -153,13 +161,17 @@ async def purge(
             for part, n in counts.items():
                 total[key][part] += n
 
+    before = local_day(now) - timedelta(days=settings.signal_days)
     async with store.read() as session:
-        ended = await _ended_signals(session, local_day(now) - timedelta(days=settings.signal_days))
+        ended = await _ended_signals(session, before)
     for start in range(0, len(ended), CHUNK):
-        part = ended[start : start + CHUNK]
-        ids = [signal_id for signal_id, _ in part]
         counted: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
+            # looked at again under the write: a command queued since keeps its signal
+            part = await _ended_signals(session, before, [i for i, _ in ended[start : start + CHUNK]])
+            ids = [signal_id for signal_id, _ in part]
+            if not ids:
+                continue
             found = await _count(session, matches, matches.c.signal_id, ids)
             for signal_id, key in part:
                 counted[key]["signals"] += 1
@@ -169,12 +181,16 @@ async def purge(
                 await session.execute(delete(signals).where(signals.c.signal_id.in_(ids)))
                 await write_audits(session, _entries(now, counted))
         add(counted)
+    cutoff, going = now - timedelta(days=settings.case_days), {signal_id for signal_id, _ in ended}
     async with store.read() as session:
-        going = {signal_id for signal_id, _ in ended}
-        cases = await _old_cases(session, now - timedelta(days=settings.case_days), local_day(now), going)
-    for chunk in _chunks(cases):
+        cases = await _old_cases(session, cutoff, local_day(now), going)
+    for candidates in _chunks(cases):
         counted = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
+            # looked at again under the write: a consent or handover recorded since keeps the case
+            chunk = await _old_cases(session, cutoff, local_day(now), going, among=candidates)
+            if not chunk:
+                continue
             for name, table in (("referrals", referrals), ("consents", consents), ("handovers", handovers)):
                 for key, n in (await _count(session, table, table.c.youth_key, chunk)).items():
                     counted[key][name] += n
