@@ -24,6 +24,7 @@ from hub.api.referral_models import (
     problems,
     read_batch,
 )
+from hub.api.uploads import UploadSlots
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
@@ -176,6 +177,18 @@ async def post_leerplicht(
     """Every row is reported: accepted (with its referral id), duplicate, or rejected with reasons."""
     hub = _hub(request)
     require_media_type(request, CSV)
+    with _uploads(request).one_at_a_time(partner.id):
+        return await _take_in_csv(request, hub, partner)
+
+
+def _uploads(request: Request) -> UploadSlots:
+    slots = getattr(request.app.state, "uploads", None)
+    if slots is None:
+        slots = request.app.state.uploads = UploadSlots()
+    return slots
+
+
+async def _take_in_csv(request: Request, hub: Hub, partner: Partner) -> Response:
     raw = await read_body(request, hub.settings.http.max_body_bytes)
     # Reading a megabyte of rows takes seconds of pure Python: in a thread, other requests go on
     # (the GIL changes hands every few milliseconds). A wrong encoding, delimiter or header: 400.

@@ -253,6 +253,30 @@ async def test_a_truancy_referral_stored_earlier_counts_for_the_next_batch(api: 
     assert report["rows"][0]["decision"]["reasons"][0]["code"] == "SCHOOLVERZUIM_HERHAALD"
 
 
+async def test_a_second_upload_while_the_first_is_under_way_is_429_and_nothing_is_stored(api: Api) -> None:
+    """A megabyte of CSV takes seconds of Python and one write transaction: a partner sending many at
+    once held both cores and the writer. One upload at a time per partner; the next waits."""
+    from hub.api.uploads import UploadSlots
+    from hub.partners.tables import partners
+
+    async with api.hub.store.connect() as conn:  # type: ignore[union-attr]
+        partner_id = (
+            await conn.execute(select(partners.c.id).where(partners.c.name == "leerplicht-test"))
+        ).scalar()
+    slots = UploadSlots()
+    api.client._transport.app.state.uploads = slots  # type: ignore[attr-defined]
+    slots.busy.add(str(partner_id))  # its first upload is under way
+    body = csv_bytes([csv_row(11, 12)])
+    second = await api.post("leerplicht", body)
+    assert second.status_code == 429 and second.headers["Retry-After"] == "5", second.text
+    assert await api.count() == 0
+    other_partner = await api.post("politie", sample("politie", "valid_winkeldiefstal.json"))
+    assert other_partner.status_code in (200, 201)  # other partners and endpoints go on
+    slots.busy.clear()  # the first is answered
+    assert (await api.post("leerplicht", body)).status_code == 200
+    assert slots.busy == set()  # the slot is given back
+
+
 async def test_a_batch_of_1000_rows_with_37_bad_rows_reports_exactly_37_errors(api: Api) -> None:
     bad = set(range(7, 1000, 27))
     defects = [{"BSN": "123456789"}, {"Geboortedatum": "31-04-2011"}, {"Uren verzuim": "twaalf"}]
