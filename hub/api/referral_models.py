@@ -202,6 +202,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "Niet gevonden (of niet van deze partner)",
         413: "Bericht te groot",
         415: "Verkeerd Content-Type",
+        429: "Er loopt al een batch van deze partner (Retry-After)",
         503: "De hub start nog of de database is niet bereikbaar",
     }
     return {

@@ -162,7 +162,7 @@ async def post_preventief(
     "/leerplicht/verwijzingen",
     summary="Leerplicht: een CSV-batch",
     response_model=BatchReport,
-    responses=_JSON_ERRORS,
+    responses=problems(400, 401, 403, 413, 415, 429, 503),  # 429: a batch of this partner under way
     openapi_extra={
         "requestBody": {
             "required": True,
