@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,11 @@ class AuditEntry(BaseModel):
     legal_basis: str | None = None
 
 
+# The outside system through which this request acts (rule 18: "from which system"): the case
+# system (Aurah, the portal) that named the caseworker. Set per request; other tasks never see it.
+CALLER: ContextVar[str | None] = ContextVar("audit_caller", default=None)
+
+
 def audit_row(
     action: str,
     user: str,
@@ -40,6 +46,8 @@ def audit_row(
 ) -> dict[str, Any]:
     """One audit_log row, for writing many in one statement (`write_audits`) on a hot path; the
     callers' actions and users are their own constants, so no AuditEntry is validated per row."""
+    if (caller := CALLER.get()) is not None:
+        system = f"{system} via {caller}"[:200]
     return {
         "at": at,
         "action": action,

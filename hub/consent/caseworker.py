@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import HubStarting, Problem
+from hub.audit import CALLER
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.partners import PartnerType, partner_of_type
 from hub.partners.registry import Partner
@@ -43,6 +44,7 @@ async def current_caseworker(
         cw = None
     if cw is None or not cw.active:
         raise Problem(401, "Niet geauthenticeerd", "Deze medewerker is niet bekend of niet actief.")
+    CALLER.set(_system.name)  # this request's audit entries name the case system it came through
     return cw
 
 

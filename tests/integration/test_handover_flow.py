@@ -494,6 +494,29 @@ async def test_only_a_receiving_organisations_key_answers_a_handover(
         assert (await w.status(hid))["status"] != "ONTVANGEN"
 
 
+async def test_a_caseworkers_acts_are_audited_as_coming_through_the_case_system(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 18 asks from which system: the caseworker's acts named the hub's API only, never which
+    case system (Aurah, the portal) named the caseworker."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        await w.consent(rid)
+        hid = await w.handover(rid)
+        await w.status(hid)
+        [recorded] = await w.audit("consent.recorded")
+        assert recorded.system.endswith(" via aurah") and recorded.user == CW
+        reads = await w.audit("handover.read")
+        assert reads and all(r.system.endswith(" via aurah") for r in reads)
+        await wait_for(lambda: len(w.receiver.handovers()) == 1)
+
+        async def disclosed() -> list[Any]:
+            return list(await w.audit("handover.disclosed"))
+
+        [done] = await wait_for(disclosed)
+        assert done.system == "ketenhub-receivers"  # a consumer's own act: no case system in it
+
+
 async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
