@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -27,17 +29,13 @@ from hub.notify.service import notify_caseworker
 from hub.notify.tables import mail_sent
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
-from hub.signals import store_signal
-from hub.signals.matches import record_match
 from hub.store import Store
 from hub.store.tables import audit_log
-from hub.topics import NOTIFICATION_MAIL, VERWIJSINDEX_MATCH
-from schemas.caseworker import Absence, Caseworker, ContactDetails, Team
+from hub.topics import NOTIFICATION_MAIL
+from schemas.caseworker import Absence, Caseworker, Team
 from schemas.envelope import Envelope, new_id, utcnow
-from schemas.match import Match, MatchType
 from schemas.notification import MailNotification
 from schemas.pseudonym import youth_key
-from schemas.signal import SignalYouth, VerwijsindexSignal
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 from tests.integration.test_mail_delivery import (
@@ -53,7 +51,7 @@ from tests.integration.test_mail_delivery import (
     smtp_sink,
     start_mail_hub,
 )
-from tests.integration.test_notify_match import KEES, TODAY, youth
+from tests.integration.test_notify_match import KEES, TODAY, signal_with_match, youth
 
 pytestmark = pytest.mark.integration
 FLEUR = Caseworker(
@@ -64,34 +62,6 @@ FLEUR = Caseworker(
     meldingsbevoegd=True,
 )
 AWAY = [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=5))]
-
-
-async def signal_and_match(
-    hub: Hub,
-    owner: str,
-    young: SignalYouth,
-    *,
-    match_id: str | None = None,
-    counterpart: ContactDetails = KEES,
-) -> tuple[str, str]:
-    """Store our signal as the signals API does, then record a match as the Verwijsindex feed does."""
-    assert hub.store is not None and hub.relay is not None
-    signal_id, match_id = str(uuid.uuid4()), match_id or f"m-{uuid.uuid4()}"
-    signal = VerwijsindexSignal(
-        signal_id=signal_id, youth=young, organisation="Halt Den Haag",
-        caseworker=ContactDetails(name="x", organisation="Halt Den Haag", email="x@halt.nl"),
-        caseworker_id=owner, created=TODAY, end_date=TODAY + timedelta(days=365),
-        youth_informed_at=TODAY, parent_letter_sent_at=TODAY,
-    )  # fmt: skip
-    async with hub.store.transaction() as session:
-        await store_signal(session, hub, signal, youth_key=youth_key(TEST_SECRET, young.bsn),
-                           user=owner, transaction_id=str(uuid.uuid4()))  # fmt: skip
-        match = Match(
-            match_id=match_id, signal_id=signal_id, type=MatchType.CLIENTMATCH, counterparts=[counterpart]
-        )
-        assert await record_match(session, hub.topic(VERWIJSINDEX_MATCH.name), match, str(uuid.uuid4()))
-    hub.relay.wake()
-    return signal_id, match_id
 
 
 async def audit_rows(hub: Hub, action: str) -> list[Any]:
@@ -121,7 +91,7 @@ async def test_a_waiting_mail_goes_to_whoever_stands_in_when_it_is_sent(
         try:
             await add_caseworkers(hub, away, OMAR, FLEUR)
             await sink.stop()  # SMTP down: the mail waits on the ladder
-            signal_id, _ = await signal_and_match(hub, "cw-ilse", youth(423_456_700))
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(423_456_700))
             await wait_for(lambda: _failed_at_least(hub, 1))
             if change == "new-delegate":  # an administrator makes Fleur Ilse's delegate
                 await add_caseworkers(hub, away.model_copy(update={"delegate_id": "cw-fleur"}))
@@ -185,11 +155,7 @@ async def test_a_message_queued_before_the_change_is_sent_as_before(store: Store
         subject="Overdracht wacht", body_text="Beste collega,\n\nOverdracht wacht.\n", case_reference="HO-2",
     )  # fmt: skip
     new = _envelope(mail.model_dump(mode="json"))
-    sink = MailSink()
-    await sink.start()
-    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=10)
-    connector = MailConnector(store, settings, SmtpMailer(settings))
-    try:
+    async with connector_on_a_sink(store) as (connector, sink):
         if prepared:
             await connector.prepare([old, new])
         await connector.deliver(old)
@@ -201,6 +167,17 @@ async def test_a_message_queued_before_the_change_is_sent_as_before(store: Store
             "Beste collega,\n\nU ontvangt dit bericht als vervanger van Medewerker away, die afwezig is.\n"
             "Overdracht wacht.\n"
         )
+
+
+@asynccontextmanager
+async def connector_on_a_sink(store: Store) -> AsyncIterator[tuple[MailConnector, MailSink]]:
+    """The mail connector sending to a real SMTP sink of its own."""
+    sink = MailSink()
+    await sink.start()
+    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=10)
+    connector = MailConnector(store, settings, SmtpMailer(settings))
+    try:
+        yield connector, sink
     finally:
         await connector.aclose()
         await sink.stop()
@@ -283,11 +260,7 @@ async def test_a_mail_whose_record_was_not_committed_is_recorded_not_sent_again(
         body_text="Beste collega,\n\nOverdracht wacht.\n", case_reference="HO-1",
     )  # fmt: skip
     message = _envelope(mail.model_dump(mode="json"))
-    sink = MailSink()
-    await sink.start()
-    settings = SmtpSettings(host="127.0.0.1", port=sink.port, timeout_s=10)
-    connector = MailConnector(store, settings, SmtpMailer(settings))
-    try:
+    async with connector_on_a_sink(store) as (connector, sink):
         await connector.deliver(message)  # the server says 250 ...
         # ... and the transaction that records it fails: the ladder tries the message again later
         await connector.prepare([message])
@@ -298,9 +271,6 @@ async def test_a_mail_whose_record_was_not_committed_is_recorded_not_sent_again(
             await connector.on_delivered(s, message)
         [row] = await _rows(store, "mail.sent")
         assert row.objects["sent_to"] == "here"
-    finally:
-        await connector.aclose()
-        await sink.stop()
 
 
 async def _rows(store: Store, action: str) -> list[Any]:
@@ -320,7 +290,7 @@ async def test_a_match_mail_with_a_phone_and_an_id_that_pass_the_elfproef_is_sen
         hub = await start_mail_hub(kafka, db_url, unique, sink)
         try:
             await add_caseworkers(hub, ILSE, OMAR)
-            await signal_and_match(hub, "cw-ilse", youth(523_456_700), match_id=match_id, counterpart=kees)
+            await signal_with_match(hub, "cw-ilse", youth(523_456_700), match_id=match_id, counterpart=kees)
             await wait_for(lambda: len(sink.memory) == 1)
             text, html = bodies(parse(sink.memory[0].raw))
             assert phone in text and match_id in text and phone in html
@@ -396,7 +366,7 @@ async def test_mail_sent_names_the_youth_and_the_queue_time_entry_claims_no_disc
         hub = await start_mail_hub(kafka, db_url, unique, sink)
         try:
             await add_caseworkers(hub, ILSE, OMAR)
-            _, match_id = await signal_and_match(hub, "cw-ilse", young)
+            _, match_id = await signal_with_match(hub, "cw-ilse", young)
             await wait_for(lambda: len(sink.memory) == 1)
             [sent] = await wait_for(lambda: audit_rows(hub, "mail.sent"))
             assert sent.youth_key == youth_key(TEST_SECRET, young.bsn)

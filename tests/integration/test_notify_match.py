@@ -56,11 +56,17 @@ def youth(seed: int) -> SignalYouth:
 
 
 async def signal_with_match(
-    hub: Hub, owner: str, young: SignalYouth, kind: MatchType = MatchType.CLIENTMATCH
+    hub: Hub,
+    owner: str,
+    young: SignalYouth,
+    kind: MatchType = MatchType.CLIENTMATCH,
+    *,
+    match_id: str | None = None,
+    counterpart: ContactDetails = KEES,
 ) -> tuple[str, str]:
     """Store our signal as the signals API does, then record a match as the feed does."""
     assert hub.store is not None and hub.relay is not None
-    signal_id, match_id = str(uuid.uuid4()), f"m-{uuid.uuid4()}"
+    signal_id, match_id = str(uuid.uuid4()), match_id or f"m-{uuid.uuid4()}"
     signal = VerwijsindexSignal(
         signal_id=signal_id, youth=young, organisation="Halt Den Haag",
         caseworker=ContactDetails(name="x", organisation="Halt Den Haag", email="x@halt.nl"),
@@ -70,7 +76,7 @@ async def signal_with_match(
     async with hub.store.transaction() as session:
         await store_signal(session, hub, signal, youth_key=youth_key(TEST_SECRET, young.bsn),
                            user=owner, transaction_id=str(uuid.uuid4()))  # fmt: skip
-        match = Match(match_id=match_id, signal_id=signal_id, type=kind, counterparts=[KEES])
+        match = Match(match_id=match_id, signal_id=signal_id, type=kind, counterparts=[counterpart])
         assert await record_match(session, hub.topic(VERWIJSINDEX_MATCH.name), match, str(uuid.uuid4()))
     hub.relay.wake()
     return signal_id, match_id
