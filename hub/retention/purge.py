@@ -83,18 +83,37 @@ async def _old_cases(
     """Youth keys whose case saw nothing since `cutoff`, with no consent still in force, no handover
     under way, and no signal left but those of `going` (purged in this run: a dry run counts as the
     real one would)."""
-    last_referral = (
+    # A case is found from any of its parts: a consent or handover recorded through the API has no
+    # referral in the hub. Whatever is recent in any part keeps the case (below).
+    idle = (
         select(referrals.c.youth_key)
         .group_by(referrals.c.youth_key)
-        .having(func.max(referrals.c.received_at) < cutoff)
+        .having(func.max(referrals.c.received_at) < cutoff),
+        select(consents.c.youth_key)
+        .group_by(consents.c.youth_key)
+        .having(func.max(consents.c.recorded_at) < cutoff),
+        select(handovers.c.youth_key)
+        .group_by(handovers.c.youth_key)
+        .having(func.max(handovers.c.updated_at) < cutoff),
     )
-    if among is not None:
-        last_referral = last_referral.where(referrals.c.youth_key.in_(among))
-    keys = set((await session.execute(last_referral)).scalars())
+    keys: set[str] = set()
+    for query in idle:
+        if among is not None:
+            query = query.where(query.selected_columns[0].in_(among))
+        keys |= set((await session.execute(query)).scalars())
     if not keys:
         return []
     busy: set[str] = set()
     for chunk in _chunks(sorted(keys)):
+        busy |= set(
+            (
+                await session.execute(
+                    select(referrals.c.youth_key).where(
+                        referrals.c.youth_key.in_(chunk), referrals.c.received_at >= cutoff
+                    )
+                )
+            ).scalars()
+        )
         busy |= set(
             (
                 await session.execute(

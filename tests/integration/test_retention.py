@@ -39,17 +39,19 @@ async def _case(
     withdrawn: datetime | None = None,
     valid_days: int = 365,
     handover: str = "GEACCEPTEERD",
+    referral: bool = True,
 ) -> None:
     rid = f"r-{key[:8]}"
     async with store.transaction() as session:
-        await session.execute(
-            insert(referrals).values(
-                id=rid, referrer_key="politie", case_reference=f"PV-{key[:6]}", referrer_type="POLITIE",
-                channel="kafka", youth_key=key, bsn=bsn, track="HALT_STRAF", outcome="ACCEPTED",
-                referral={"youth": {"bsn": bsn, "surname": "Jansen"}}, decision={}, transaction_id="t",
-                received_at=received,
-            )
-        )  # fmt: skip
+        if referral:
+            await session.execute(
+                insert(referrals).values(
+                    id=rid, referrer_key="politie", case_reference=f"PV-{key[:6]}", referrer_type="POLITIE",
+                    channel="kafka", youth_key=key, bsn=bsn, track="HALT_STRAF", outcome="ACCEPTED",
+                    referral={"youth": {"bsn": bsn, "surname": "Jansen"}}, decision={}, transaction_id="t",
+                    received_at=received,
+                )
+            )  # fmt: skip
         await session.execute(
             insert(consents).values(
                 id=f"c-{key[:8]}", youth_key=key, referral_id=rid, purpose="WARME_OVERDRACHT",
@@ -157,6 +159,33 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
 
     again = await purge(store, settings, now=NOW)
     assert again.youths == 0 and again.audit_entries == 0  # nothing left past its term
+
+
+async def test_a_case_without_a_referral_in_the_hub_is_purged_too(store: Store) -> None:
+    """A consent and handover recorded through the caseworker API have no referral here; the case is
+    found from them, and a recent referral keeps a case whose consent is old."""
+    alone, referred_lately = "a" * 64, "b" * 64
+    await _case(store, alone, "111222333", received=ago(6 * YEARS), referral=False)
+    await _case(store, referred_lately, "123456782", received=ago(6 * YEARS), referral=False)
+    async with store.transaction() as session:
+        await session.execute(
+            insert(referrals).values(
+                id="r-late", referrer_key="politie", case_reference="PV-late", referrer_type="POLITIE",
+                channel="kafka", youth_key=referred_lately, bsn="123456782", track="HALT_STRAF",
+                outcome="ACCEPTED", referral={}, decision={}, transaction_id="t", received_at=ago(30),
+            )
+        )  # fmt: skip
+
+    done = await purge(store, RetentionSettings(), now=NOW)
+
+    assert done.as_json() == {
+        "youths": 1, "referrals": 0, "consents": 1, "handovers": 1, "signals": 0, "matches": 0,
+        "audit_entries": 0, "dry_run": False,
+    }  # fmt: skip
+    assert await _count(store, consents, youth_key=alone) == 0
+    assert await _count(store, handovers, youth_key=alone) == 0
+    assert await _count(store, consents, youth_key=referred_lately) == 1
+    assert [e.youth_key for e in await _audit(store, "retention.purged")] == [alone]
 
 
 def test_audit_entries_are_kept_at_least_five_years() -> None:
