@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.handovers.tables import receiver_deliveries
 from schemas.handover import ReceiverType
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SETTINGS_LOCK = 7_301_003  # PostgreSQL advisory lock id: one change of delivery settings at a time
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ async def set_receiver_delivery(session: AsyncSession, delivery: ReceiverDeliver
         raise ValueError("mode must be kafka or webhook")
     if delivery.mode == "webhook" and not (delivery.url and delivery.secret and len(delivery.secret) >= 32):
         raise ValueError("a webhook needs a URL and a secret of at least 32 characters")
+    if session.get_bind().dialect.name == "postgresql":
+        # Two changes at once would each find the topic free and both take it; SQLite's one writer
+        # already puts them one after the other.
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SETTINGS_LOCK})
     if delivery.mode == "kafka" and delivery.active:
         readers = await kafka_readers(session, delivery.receiver_type)
         others = [o for o in readers if o != delivery.organisation]
