@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -200,7 +202,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
     secret = hub.settings.secret_value()
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
-    async with hub.store.transaction() as session:
+    async with _refusal_audited(hub, act), hub.store.transaction() as session:
         if media_type_of(request) == FHIR_JSON:
             consent, referral_id, custodians = await _from_fhir_body(
                 session, raw, caseworker.caseworker_id, secret
@@ -237,6 +239,38 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
         )
     hub.relay.wake()
     return ConsentOut.of(done.stored, custodians, handovers_sent=done.sent)
+
+
+class _KnownYouthRefused(Problem):
+    """A FHIR consent for a youth the hub knows, refused because its BSN or birth date differs.
+
+    The answer (400, not 404) tells the caller the hub knows this BSN, so the refusal is audited
+    under the youth's key, as a disclosure is: a privacy officer sees who tried it."""
+
+    def __init__(self, youth_key: str, fields: list[str], params: list[InvalidParam]) -> None:
+        super().__init__(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=params)
+        self.youth_key, self.fields = youth_key, fields
+
+
+@asynccontextmanager
+async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
+    """Audit a _KnownYouthRefused in a transaction of its own (the request's is rolled back)."""
+    try:
+        yield
+    except _KnownYouthRefused as refused:
+        async with hub.store.transaction() as session:
+            await write_audit(
+                session,
+                AuditEntry(
+                    action="consent.refused",
+                    user=act.user,
+                    youth_key=refused.youth_key,
+                    objects={"differs": refused.fields},
+                ),
+                transaction_id=act.transaction_id,
+                system=SYSTEM,
+            )
+        raise
 
 
 async def _from_fhir_body(
@@ -289,7 +323,7 @@ async def _from_fhir_body(
             )
         )
     if wrong:
-        raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=wrong)
+        raise _KnownYouthRefused(ykey, [p.name for p in wrong], wrong)
     consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None, "youth": youth})
     return consent, referral_id, custodians
 

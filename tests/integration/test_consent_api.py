@@ -357,6 +357,10 @@ async def test_a_fhir_consent_takes_the_youth_from_the_referral_not_from_the_res
         )
         assert answer.status_code == 400, answer.text
         assert [p["name"] for p in answer.json()["invalidParams"]] == ["contained.Patient.birthDate"]
+        # 400, not 404, says the hub knows this youth: the refusal is in the youth's audit trail
+        [refused] = await w.audit("consent.refused")
+        assert refused.youth_key == only_youth["youth_key"] and refused.user == CW
+        assert refused.objects == {"differs": ["contained.Patient.birthDate"]}
 
         # the export itself goes back in, as incomplete as it was
         again = await w.client.post(
