@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -46,11 +47,38 @@ class FieldProblem(BaseModel):
     allowed: str | None = None
 
 
+# Past this many problems in one message a partner learns nothing new from the rest, while each
+# would be held, answered and logged: a megabyte of unknown keys or header cells made an answer of
+# hundreds of megabytes. The rest are counted in one last problem.
+MAX_PROBLEMS = 50
+MESSAGE_FIELD = "(bericht)"
+
+
+def more_problems(n: int) -> FieldProblem:
+    """The problem that counts `n` problems not shown."""
+    return FieldProblem(field=MESSAGE_FIELD, problem=f"en nog {n} problemen (niet getoond)")
+
+
+def capped(problems: Sequence[FieldProblem], total: int | None = None) -> list[FieldProblem]:
+    """At most MAX_PROBLEMS of `problems`, and one count of the rest: of `total` when more were found
+    than were made, with the counts of problems already capped before (a part of the message)."""
+    shown = [p for p in problems if not _MORE.fullmatch(p.problem) or p.field != MESSAGE_FIELD]
+    hidden = sum(
+        int(m.group(1)) for p in problems if p.field == MESSAGE_FIELD and (m := _MORE.fullmatch(p.problem))
+    )
+    hidden += (len(shown) if total is None else total) - min(len(shown), MAX_PROBLEMS)
+    shown = shown[:MAX_PROBLEMS]
+    return [*shown, more_problems(hidden)] if hidden else shown
+
+
+_MORE = re.compile(r"en nog (\d+) problemen \(niet getoond\)")
+
+
 class PartnerFormatError(ValueError):
     """Partner input does not fit the partner's format; carries the field problems, never values."""
 
     def __init__(self, problems: Sequence[FieldProblem]) -> None:
-        self.problems: list[FieldProblem] = list(problems)
+        self.problems: list[FieldProblem] = capped(problems)
         summary = "; ".join(f"{p.field}: {p.problem}" for p in self.problems[:10])
         more = f" (+{len(self.problems) - 10} meer)" if len(self.problems) > 10 else ""
         super().__init__(f"{len(self.problems)} probleem/problemen: {summary}{more}")
@@ -134,7 +162,8 @@ def problems_from(
 ) -> list[FieldProblem]:
     """Turn a ValidationError into FieldProblems; the input values are never copied."""
     problems = []
-    for error in exc.errors(include_input=False, include_url=False):
+    errors = exc.errors(include_input=False, include_url=False)
+    for error in errors[:MAX_PROBLEMS]:
         loc = error["loc"]
         name = field_path(loc)
         if prefix:
@@ -145,4 +174,4 @@ def problems_from(
         if text.startswith("Value error, "):
             text = text.removeprefix("Value error, ")
         problems.append(FieldProblem(field=name, problem=text, allowed=_allowed(error, model)))
-    return problems
+    return capped(problems, len(errors))

@@ -215,6 +215,47 @@ def test_trailing_semicolons_and_blank_lines_are_tolerated() -> None:
     assert [(r.row, r.ok) for r in results] == [(1, True), (3, True)]
 
 
+def test_empty_columns_after_the_last_header_are_tolerated() -> None:
+    # Excel writes ';;;' after every line of a sheet that once had more columns
+    lines = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()
+    raw = "\n".join(line + ";;;" for line in lines).encode()
+    assert [r.ok for r in leerplicht.parse_batch(raw)] == [True] * (len(lines) - 1)
+
+
+def test_a_stray_quote_spoils_its_own_row_not_the_rows_after_it() -> None:
+    # read as one CSV stream, a cell opened with '"' ran to the end of the file: the rows after it
+    # were neither accepted nor refused
+    lines = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()
+    cells = lines[1].split(";")
+    cells[4] = '"' + cells[4]
+    raw = "\n".join([lines[0], ";".join(cells), lines[2], lines[1].replace(cells[0], "LP-X-1", 1)]).encode()
+    results = leerplicht.parse_batch(raw)
+    assert [(r.row, r.ok) for r in results] == [(1, False), (2, True), (3, True)]
+    [problem] = results[0].problems
+    assert problem.problem == "ongeldige CSV" and "aanhalingstekens" in (problem.allowed or "")
+
+
+def test_a_header_of_many_unknown_columns_is_answered_in_a_bounded_number_of_problems() -> None:
+    # each unknown header cell was a problem with the whole list of headers: 400 kB of ';x' made an
+    # answer of 200 MB
+    header = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()[0]
+    with pytest.raises(PartnerFormatError) as info:
+        leerplicht.parse_batch((header + ";x" * 100_000).encode())
+    problems = info.value.problems
+    assert len(problems) == 51
+    last = problems[-1]
+    assert (last.field, last.problem) == ("(bericht)", "en nog 99950 problemen (niet getoond)")
+
+
+def test_a_message_of_many_unknown_fields_is_answered_in_a_bounded_number_of_problems() -> None:
+    raw = json.dumps({f"x{i}": 0 for i in range(20_000)}).encode()
+    with pytest.raises(PartnerFormatError) as info:
+        politie.parse(raw)
+    problems = info.value.problems
+    assert len(problems) == 51 and problems[-1].problem.startswith("en nog ")
+    assert int(problems[-1].problem.split()[2]) > 19_900
+
+
 def test_a_row_with_too_many_columns_is_a_row_error() -> None:
     lines = (DATA / "leerplicht/valid_batch_utf8.csv").read_text(encoding="utf-8").splitlines()
     raw = "\n".join([lines[0], lines[1] + ";extra", lines[2]]).encode()
