@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from schemas.partners.leerplicht import (
     LeerplichtRij,
     RowResult,
 )
-from schemas.problems import FieldProblem, PartnerFormatError, problems_from
+from schemas.problems import MAX_PROBLEMS, FieldProblem, PartnerFormatError, capped, problems_from
 from schemas.referral import Guardian, Referral, Referrer, ReferrerType, Track, Truancy, Youth
 
 __all__ = [
@@ -90,27 +89,31 @@ def _headers(cells: list[str]) -> list[str]:
                 raise _batch_error(f"scheidingsteken is {shown}", "';' (puntkomma)")
     if not any(_norm(c) in _KNOWN for c in cells):
         raise _batch_error("geen kopregel herkend", ", ".join(HEADERS), field="kopregel")
-    problems, seen = [], []
+    while cells and not cells[-1].strip():
+        cells = cells[:-1]  # empty columns after the last header: ';;;' at the end of an export's lines
+    problems, seen, found = [], [], 0
     for position, cell in enumerate(cells, start=1):
         known = _KNOWN.get(_norm(cell))
-        if known is None and not cell.strip() and position == len(cells):
-            continue  # a trailing ';' on the header line
-        if known is None:
-            problems.append(
-                FieldProblem(
-                    field=f"kolom {position}", problem="onbekende kolomkop", allowed=", ".join(HEADERS)
+        if known is None or known in seen:
+            found += 1
+            if found <= MAX_PROBLEMS:  # the rest are counted, not made (a line of 200,000 cells)
+                problems.append(
+                    FieldProblem(field=known, problem="kolomkop komt dubbel voor")
+                    if known
+                    else FieldProblem(
+                        field=f"kolom {position}",
+                        problem="onbekende kolomkop" if cell.strip() else "lege kolomkop",
+                        allowed=", ".join(HEADERS),
+                    )
                 )
-            )
-        elif known in seen:
-            problems.append(FieldProblem(field=known, problem="kolomkop komt dubbel voor"))
         seen.append(known or "")
-    problems += [
+    missing = [
         FieldProblem(field=h, problem="verplichte kolom ontbreekt", allowed=h)
         for h in HEADERS
         if h in REQUIRED_HEADERS and h not in seen
     ]
-    if problems:
-        raise PartnerFormatError(problems)
+    if problems or missing:
+        raise PartnerFormatError([*missing, *capped(problems, found)])
     return seen
 
 
@@ -121,29 +124,39 @@ def parse_batch(raw: bytes) -> list[RowResult]:
 
 def iter_batch(raw: bytes) -> Iterator[RowResult]:
     """`parse_batch` row by row, so a caller need not hold every result; the batch is checked first."""
-    text = decode(raw)
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter=DELIMITER)
+    lines = iter(_LINE_BREAK.split(decode(raw)))
     try:
-        header = next(r for r in rows if any(c.strip() for c in r))
+        header = next(cells for cells in map(_cells, lines) if cells is None or any(c.strip() for c in cells))
     except StopIteration:
         raise _batch_error("leeg bestand", "een kopregel en ten minste één rij") from None
+    if header is None:
+        raise _batch_error("kopregel is geen geldige CSV", _QUOTES)
+    return _results(lines, _headers(header))
+
+
+# Every line is a row. A leerplicht export has no line breaks within a cell, and read as CSV, one
+# stray '"' opening a cell would take every line after it into that cell: those rows would be
+# neither accepted nor refused. Each line is read on its own, strictly, and refused on its own.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_QUOTES = "een cel tussen aanhalingstekens sluit op dezelfde regel met '\"' (een '\"' in de cel als '\"\"')"
+
+
+def _cells(line: str) -> list[str] | None:
+    """A line's cells; None when its quotes do not close."""
+    try:
+        return next(csv.reader((line,), delimiter=DELIMITER, strict=True), [])
     except csv.Error:
-        raise _batch_error("kopregel is geen geldige CSV") from None
-    return _results(rows, _headers(header))
+        return None
 
 
-def _results(rows: Iterator[list[str]], headers: list[str]) -> Iterator[RowResult]:
-    number = 0
-    while True:
-        number += 1
-        try:
-            cells = next(rows)
-        except StopIteration:
-            return
-        except csv.Error:
-            yield RowResult(row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV")])
-            continue
-        if any(c.strip() for c in cells):
+def _results(lines: Iterator[str], headers: list[str]) -> Iterator[RowResult]:
+    for number, line in enumerate(lines, start=1):
+        cells = _cells(line)
+        if cells is None:
+            yield RowResult(
+                row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV", allowed=_QUOTES)]
+            )
+        elif any(c.strip() for c in cells):
             yield _row(number, headers, cells)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -169,6 +170,30 @@ def test_one_invalid_cell_is_named_on_its_row_and_its_value_never_echoed(data: s
         assert bad.strip()[:12] not in text
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    drawn=leerplicht_records(full=True),
+    before=st.text(max_size=20),
+    after=st.text(max_size=20),
+    brk=st.sampled_from(["\n", "\r\n", "\r"]),
+    column=st.sampled_from(sorted(KINDS)),
+)
+def test_a_line_break_in_a_cell_refuses_that_line_and_every_line_after_it_is_read(
+    drawn: Drawn, before: str, after: str, brk: str, column: str
+) -> None:
+    # No leerplicht cell may hold a line break (text refuses control characters), and read as one
+    # CSV stream a quoted cell's line break took the lines after it into that cell: one stray '"'
+    # swallowed the rest of the file unreported. Every line is a row, read on its own.
+    good = [drawn.record, drawn.record | {"Dossiernummer": "LP-NA-1"}]
+    raw = plain_export([drawn.record | {column: before + brk + after}, *good])
+    physical = [line for line in re.split(r"\r\n|\r|\n", raw.decode("utf-8"))[1:] if line.strip(" ;")]
+    results = leerplicht.parse_batch(raw)
+    assert not results[0].ok
+    assert [r.ok for r in results[-2:]] == [True, True], results[-2:]  # the rows after it: read
+    assert len(results) <= len(physical)
+    assert [r.row for r in results] == sorted({r.row for r in results})
+
+
 # --- 3. nothing crashes, nothing is reported on a field the export does not have ---------------
 
 OTHER_DIGITS = ("٠١٢٣٤٥٦٧٨٩", "０１２３４５６７８９", "०१२३४५६७८९")  # Arabic-Indic, full-width, Devanagari
@@ -186,7 +211,10 @@ def plain_export(rows: list[dict[str, str]]) -> bytes:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     drawn=leerplicht_records(full=True),
-    text=st.one_of(st.text(max_size=30), st.text(min_size=180, max_size=220)),  # around a name's 200
+    # around a name's 200; a line break is a row's end (the test after this one)
+    text=st.one_of(st.text(max_size=30), st.text(min_size=180, max_size=220)).map(
+        lambda t: t.replace("\r", " ").replace("\n", " ")
+    ),
     digits=st.sampled_from(OTHER_DIGITS),
 )
 def test_any_text_in_any_cell_is_read_or_refused_on_that_column(drawn: Drawn, text: str, digits: str) -> None:
