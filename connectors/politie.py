@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.partners._common import (
     full_surname,
     gender_of,
@@ -45,6 +46,12 @@ def parse(raw: bytes) -> Referral:
 def case_reference_of(raw: bytes) -> str | None:
     """The proces-verbaal number of a record, when it can be read even though parsing fails."""
     return reference_in(raw, CASE_REFERENCE_FIELD)
+
+
+def bsn_of(raw: bytes) -> str | None:
+    """The suspect's BSN, when it can be read and is one (elfproef) even though parsing fails."""
+    found = reference_in(raw, "verdachte", "bsn")
+    return normalise_bsn(found) if found is not None and is_valid_bsn(found) else None
 
 
 def _guardian(v: Vertegenwoordiger) -> Guardian:

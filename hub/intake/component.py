@@ -114,7 +114,11 @@ def register_intake(hub: Hub) -> None:
         try:
             referral = politie.parse(raw)
         except PartnerFormatError as exc:
-            raise _unparseable(exc, raw, politie_out, tx.transaction_id) from None
+            reference = politie.case_reference_of(raw)
+            first = await service.first_answer(tx.session, POLITIE_REFERRER, reference) if reference else None
+            bsn = politie.bsn_of(raw)
+            key = first.youth_key if first else service.youth_key(bsn) if bsn else None
+            raise _unparseable(exc, reference, politie_out, tx.transaction_id, first, key) from None
         origin = Origin(POLITIE_REFERRER, "kafka", tx.transaction_id, tx.system, user="politie (kafka)")
         result = await service.take_in(tx.session, referral, origin)
         await tx.emit(politie_out, _besluit(result, tx.transaction_id), key=result.youth_key)
@@ -148,17 +152,36 @@ def _besluit(result: IntakeResult, transaction_id: str) -> Envelope:
     )
 
 
-def _unparseable(exc: PartnerFormatError, raw: bytes, topic: str, transaction_id: str) -> DeadLetter:
-    """Dead-letter the record; when its case reference is readable, the police still get an answer."""
-    reference = politie.case_reference_of(raw)
+def _unparseable(
+    exc: PartnerFormatError,
+    reference: str | None,
+    topic: str,
+    transaction_id: str,
+    first: IntakeResult | None,
+    key: str | None,
+) -> DeadLetter:
+    """Dead-letter the record; when its case reference is readable, the police still get an answer.
+
+    Rule 7: when that reference was taken in before, the answer is its first outcome, as for any
+    repeat; a refusal of the unreadable resend would contradict what the hub holds. The answer is
+    keyed by the youth key (the first referral's, or the record's own BSN when it can be read), so it
+    keeps its place among the youth's other decisions; without a readable BSN it goes without a key.
+    """
     if reference is None:
         return DeadLetter(exc)
-    decision = reject_unparseable(exc.problems, reference)
-    answer = politie_besluit(decision, referral_id=None, duplicate=False, transaction_id=transaction_id)
+    if first is not None:
+        answer = _besluit(first, transaction_id)
+    else:
+        decision = reject_unparseable(exc.problems, reference)
+        answer = politie_besluit(decision, referral_id=None, duplicate=False, transaction_id=transaction_id)
     audit = AuditEntry(
         action="referral.unparseable",
         user="politie (kafka)",
-        objects={"case_reference": reference, "fields": [p.field for p in exc.problems][:20]},
+        youth_key=key,
+        objects={
+            "case_reference": reference,
+            "fields": [p.field for p in exc.problems][:20],
+            "answered": "first outcome" if first else "refused",
+        },
     )
-    # No youth key: the BSN may be what failed to parse, so the answer goes without a key.
-    return DeadLetter(exc, replies=[(topic, answer, None)], audit=[audit])
+    return DeadLetter(exc, replies=[(topic, answer, key)], audit=[audit])

@@ -212,6 +212,12 @@ class IntakeService:
             ],
         )
 
+    async def first_answer(
+        self, session: AsyncSession, referrer_key: str, reference: str
+    ) -> IntakeResult | None:
+        """The answer a repeat of this case reference gets (rule 7), or None when it is new."""
+        return (await self._existing(session, referrer_key, {reference})).get(reference)
+
     async def _existing(
         self, session: AsyncSession, referrer_key: str, refs: set[str]
     ) -> dict[str, IntakeResult]:

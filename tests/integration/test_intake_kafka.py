@@ -26,6 +26,11 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         broken_with_reference = json.dumps(
             {"procesVerbaalNummer": "PL1500-2025031201-99", "verdachte": "?"}
         ).encode()
+        broken_resend = json.dumps(json.loads(politie_variant(1)) | {"pleegdatum": "gisteren"}).encode()
+        broken_new = json.dumps(
+            json.loads(politie_variant(1))
+            | {"procesVerbaalNummer": "PL1500-2025031201-98", "pleegdatum": "?"}
+        ).encode()
         await produce(
             kafka.bootstrap,
             topic,
@@ -35,29 +40,42 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
                 (b"pv", b"{not json at all", []),
                 (b"pv", politie_variant(1, bekennend=False), []),  # a repeat of the first PV number
                 (b"pv", politie_variant(2, bekennend=False), []),
+                (b"pv", broken_resend, []),  # the accepted PV number again, unreadable
+                (b"pv", broken_new, []),  # a new PV number, unreadable but for its BSN
             ],
         )
-        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=4)
-        by_pv = {}
+        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=6)
+        by_pv: dict[str, list[tuple[bytes | None, Envelope]]] = {}
         for record in answers:
             env = Envelope.from_bytes(record.value)
-            by_pv.setdefault(env.payload["procesVerbaalNummer"], []).append(env)
-        first, repeat = by_pv["PL1500-2025031201-1"]
+            by_pv.setdefault(env.payload["procesVerbaalNummer"], []).append((record.key, env))
+        (key, first), (_, repeat), (resend_key, resend) = by_pv["PL1500-2025031201-1"]
         assert first.payload["besluit"] == "GEACCEPTEERD" and first.transaction_id == "tx-police-1"
         assert repeat.payload["herhaling"] is True
         assert repeat.payload["verwijzingId"] == first.payload["verwijzingId"]
-        assert by_pv["PL1500-2025031201-2"][0].payload["besluit"] == "AFGEWEZEN"
-        error = by_pv["PL1500-2025031201-99"][0]
+        # rule 7: an unreadable resend is answered with the first outcome, on the youth's partition;
+        # a refusal contradicted the acceptance the hub holds, and could arrive after a later answer
+        assert (resend.payload["besluit"], resend.payload["herhaling"]) == ("GEACCEPTEERD", True)
+        assert resend.payload["verwijzingId"] == first.payload["verwijzingId"] and resend_key == key
+        assert by_pv["PL1500-2025031201-2"][0][1].payload["besluit"] == "AFGEWEZEN"
+        _, error = by_pv["PL1500-2025031201-99"][0]
         assert error.payload["besluit"] == "AFGEWEZEN" and error.transaction_id == "tx-broken"
         assert {r["code"] for r in error.payload["redenen"]} == {"FORMAT_ONGELDIG"}
+        [(new_key, new)] = by_pv["PL1500-2025031201-98"]
+        assert new.payload["besluit"] == "AFGEWEZEN" and new_key == key  # the same youth's BSN
 
-        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=2)
-        assert len(dead) == 2
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=4)
+        assert len(dead) == 4
         for record in dead:
             headers = headers_of(record)
             assert set(DLQ_HEADERS) <= set(headers)
             assert headers[DLQ_EXC_CLASS].endswith("PartnerFormatError")
-        assert {r.value for r in dead} == {broken_with_reference, b"{not json at all"}
+        assert {r.value for r in dead} == {
+            broken_with_reference,
+            b"{not json at all",
+            broken_resend,
+            broken_new,
+        }
 
         decided = await read_topic(
             kafka.bootstrap, api.hub.topic("referral.decided.v1"), expect=2, settle_s=0.3
@@ -65,7 +83,7 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         assert len(decided) == 2  # two referrals decided; a repeat is not a new decision
         assert all(len(r.key) == 64 for r in decided)  # keyed by the youth key
         assert await api.count() == 2
-        assert await api.count(audit_log, action="referral.unparseable") == 1
+        assert await api.count(audit_log, action="referral.unparseable") == 3
 
 
 async def test_canonical_referrals_from_kafka_connectors_are_decided(
