@@ -38,6 +38,7 @@ from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
+    DLQ_FIRST_FAILURE,
     DLQ_GROUP,
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -76,14 +77,20 @@ Reason = Annotated[
 COPY_OF = "a copy of dead letter"  # the reason a copy of a replayed letter is resolved with
 
 
-def source_of(d: DeadLetter) -> str | None:
-    """The record that failed, as `<group>|<original topic>:<partition>:<offset>` (its DLQ headers);
-    None when a header is missing or the position unknown (-1). Letters of one source are copies."""
+def source_of(d: DeadLetter, *, legacy: bool = False) -> str | None:
+    """The record that failed, as `<group>|<original topic>:<partition>:<offset>@<first failure>`
+    (its DLQ headers); None when a header is missing or the position unknown (-1). Letters of one
+    source are copies: the relay published one letter twice, headers and all. The first failure
+    tells a record from another at the same position once its topic started over (0020); `legacy`
+    gives the form actions were kept under before."""
     group, topic = d.headers.get(DLQ_GROUP), d.headers.get(DLQ_TOPIC)
     partition, offset = d.headers.get(DLQ_PARTITION, ""), d.headers.get(DLQ_OFFSET, "")
     if not (group and topic and partition.isdigit() and offset.isdigit()):
         return None
-    return f"{group}|{topic}:{partition}:{offset}"[:400]
+    position = f"{group}|{topic}:{partition}:{offset}"
+    if legacy:
+        return position[:400]
+    return f"{position}@{d.headers.get(DLQ_FIRST_FAILURE, '')}"[:400]
 
 
 def replay_message_id(d: DeadLetter) -> str:
@@ -138,7 +145,10 @@ class DeadLetters:
         self.jobs: dict[str, ReplayJob] = {}
 
     async def _statuses(self, letters: Iterable[DeadLetter]) -> dict[tuple[str, int, int], str]:
-        """What was done with `letters`: one range per partition, not the whole history of actions."""
+        """What was done with `letters`, by position: an action taken on the letter now at that
+        position (or, kept before 0020, on whatever letter was there). One range per partition,
+        not the whole history of actions."""
+        letters = list(letters)
         span: dict[tuple[str, int], tuple[int, int]] = {}
         for d in letters:
             first, last = span.get((d.topic, d.partition), (d.offset, d.offset))
@@ -152,9 +162,15 @@ class DeadLetters:
         ]
         async with self.store.connect() as conn:
             rows = await conn.execute(
-                select(c.dlq_topic, c.partition, c.offset, c.action).where(or_(*ranges))
+                select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.action).where(or_(*ranges))
             )
-            return {(t, int(p), int(o)): a for t, p, o, a in rows}
+            done = {(t, int(p), int(o), at): a for t, p, o, at, a in rows}
+        out = {}
+        for d in letters:
+            action = done.get((*d.position, d.timestamp_ms)) or done.get((*d.position, None))
+            if action is not None:
+                out[d.position] = action
+        return out
 
     async def find(self, flt: Filter = OPEN) -> list[DeadLetter]:
         """Dead letters matching `flt`, oldest first; without their payloads (see `get`)."""
@@ -261,6 +277,7 @@ class DeadLetters:
                 at=utcnow(),
                 job_id=job_id,
                 source=source_of(d),
+                letter_at=d.timestamp_ms,
             )
         )
         # The reason is an operator's free text and the audit log is kept for years (rule 18): it
@@ -299,7 +316,16 @@ class DeadLetters:
             first = (
                 await session.execute(
                     select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
-                    .where(dlq_actions.c.source == source, dlq_actions.c.action == "replayed")
+                    .where(
+                        or_(
+                            dlq_actions.c.source == source,
+                            and_(  # replayed before 0020, its source kept without the failure time
+                                dlq_actions.c.source == source_of(d, legacy=True),
+                                dlq_actions.c.letter_at.is_(None),
+                            ),
+                        ),
+                        dlq_actions.c.action == "replayed",
+                    )
                     .limit(1)
                 )
             ).first()

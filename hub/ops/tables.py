@@ -44,7 +44,10 @@ dlq_actions = Table(
     # The record that failed, `<group>|<original topic>:<partition>:<offset>`: two letters of one
     # source are copies (the relay publishes at least once); one replayed, the other is not (0019).
     Column("source", String(400), nullable=True),
-    Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", unique=True),
+    # The letter's own timestamp (ms): a position is used again when a topic starts over (the
+    # embedded broker's restart, a topic made again), and an action is its letter's alone (0020).
+    Column("letter_at", BigInteger, nullable=True),
+    Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", "letter_at", unique=True),
     Index("ix_dlq_actions_source", "source"),
     Index(
         "ux_dlq_actions_source_replayed",

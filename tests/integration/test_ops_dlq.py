@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from hub.embedded import EmbeddedKafka
 from hub.ops.api import NOT_KEPT
@@ -16,6 +17,7 @@ from hub.ops.dlq import REPLAYED_FROM
 from hub.ops.dlq_records import parse_id
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.masking import MASK
+from hub.ops.tables import dlq_actions
 from hub.runtime import Hub
 from hub.store.tables import audit_log
 from schemas.envelope import H_MESSAGE_ID, Envelope
@@ -514,6 +516,41 @@ async def test_a_second_copy_of_a_dead_letter_is_not_replayed_after_the_first_wa
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]  # once
         shown = (await client.get(f"/ops/api/dlq/{second}")).json()
         assert shown["status"] == "discarded"
+
+
+async def test_an_action_on_a_letter_of_a_topics_earlier_life_is_not_the_new_letters(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A DLQ position is not a letter for good: the embedded broker keeps nothing over a restart, and a
+    topic made again starts at offset 0, while the actions stay in the store. A new letter at an old
+    position took the old letter's action: it left the open list, and its replay answered 409."""
+    cure, key = Cure(), youth_key("one youth").encode()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        assert hub.store is not None
+        poisoned = Envelope(type="T", payload={"n": 1, "poison": True})
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(key, poisoned.to_bytes(), poisoned.headers())])
+        [letter] = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1)
+        source = f"{headers_of(letter)['dlq-consumer-group']}|{hub.topic(IN.name)}:{letter.partition}:0"
+        async with hub.store.transaction() as session:  # what was done before the topic started over
+            await session.execute(
+                insert(dlq_actions).values(
+                    dlq_topic=hub.topic(IN.dlq), partition=letter.partition, offset=letter.offset,
+                    letter_at=letter.timestamp - 3_600_000, action="replayed", operator="olga",
+                    at=datetime.now(UTC) - timedelta(hours=1), source=f"{source}@2025-01-01T00:00:00+00:00",
+                )
+            )  # fmt: skip
+        listed = (await client.get("/ops/api/dlq")).json()
+        assert [(d["id"], d["status"]) for d in listed["items"]] == [
+            (f"{hub.topic(IN.dlq)}:{letter.partition}:{letter.offset}", "open")
+        ]
+        cure.fixed = True
+        answer = await client.post(f"/ops/api/dlq/{listed['items'][0]['id']}/replay")
+        assert answer.status_code == 200, answer.text
+        await wait_for(lambda: _job_done(client, answer.json()["id"]), timeout_s=30)
+        progress = (await client.get(f"/ops/api/jobs/{answer.json()['id']}")).json()
+        assert (progress["done"], progress["skipped"]) == (1, 0)  # not taken for a copy of the old one
+        [out] = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)
+        assert Envelope.from_bytes(out.value).payload["n"] == 1
 
 
 @pytest.mark.timeout(240)  # its own deadlines add up to 120 s
