@@ -3,11 +3,13 @@
 Three terms, in `KETENHUB_RETENTION__*`:
 - a youth's case (referrals, consents, handovers) goes `case_days` after the last thing that happened
   in it (a referral received, a consent recorded or withdrawn, a handover changed), and only when no
-  consent is still in force, no handover under way and no signal of the youth is left: a case is
-  purged whole, never a referral under a consent still kept; an operator's reason for a dead-letter
-  action (free text) is blanked after the same term;
+  consent is still in force and no signal of the youth is left: a case is purged whole, never a
+  referral under a consent still kept. A handover under way changes within the term; one idle for
+  the whole term is forgotten, not under way, and held its case for ever. An operator's reason for a
+  dead-letter action (free text) is blanked after the same term;
 - a signal and its matches go `signal_days` after the signal's end date (rule 12), once its last
-  command was delivered (a signal whose command still waits, or is a dead letter, stays in sight);
+  command was delivered or its dead letter passed the DLQ topic's term (30 days: nothing can replay
+  it); a signal whose command still waits, or can still be replayed, stays in sight;
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
 
 Every purge is itself a change of personal data: one `retention.purged` audit entry per youth, under
@@ -19,7 +21,7 @@ the hub runs it every `interval_h` hours.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -37,6 +39,7 @@ from hub.logging import get_logger
 from hub.ops.tables import dlq_actions
 from hub.retention.config import RetentionSettings
 from hub.signals.tables import matches, signals
+from hub.spine.outbox import PARKED_TERM
 from hub.store import Store
 from hub.store.tables import audit_log
 from schemas.envelope import utcnow
@@ -45,7 +48,6 @@ log = get_logger(__name__)
 SYSTEM = "ketenhub-retention"
 CHUNK = 200  # youths or signals purged a transaction
 SETTLED = ("delivered",)  # a signal's last command reached the Verwijsindex
-UNDER_WAY = ("WACHT_OP_TOESTEMMING", "VERZONDEN", "ONTVANGEN")  # handovers not yet decided
 AUDIT_CHUNK = 5_000  # audit entries deleted a transaction (SQLite's one writer is not held long)
 
 
@@ -131,7 +133,7 @@ async def _old_cases(
                 await session.execute(
                     select(handovers.c.youth_key).where(
                         handovers.c.youth_key.in_(chunk),
-                        (handovers.c.updated_at >= cutoff) | handovers.c.status.in_(UNDER_WAY),
+                        handovers.c.updated_at >= cutoff,
                     )
                 )
             ).scalars()
@@ -142,13 +144,16 @@ async def _old_cases(
 
 
 async def _ended_signals(
-    session: AsyncSession, before: date, among: list[str] | None = None
+    session: AsyncSession, before: date, letters_gone: datetime, among: list[str] | None = None
 ) -> list[tuple[str, str]]:
-    """(signal id, youth key) of signals that ended before `before`, their last command delivered;
-    of `among` only, when given (looked at again in the purging transaction)."""
-    query = select(signals.c.signal_id, signals.c.youth_key).where(
-        signals.c.end_date < before, signals.c.delivery_state.in_(SETTLED)
+    """(signal id, youth key) of signals that ended before `before`, their last command delivered,
+    or dead-lettered before `letters_gone`; of `among` only, when given (looked at again in the
+    purging transaction)."""
+    settled = signals.c.delivery_state.in_(SETTLED) | (
+        # its letter is gone with the DLQ topic's term: nothing can replay the command any more
+        (signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone)
     )
+    query = select(signals.c.signal_id, signals.c.youth_key).where(signals.c.end_date < before, settled)
     if among is not None:
         query = query.where(signals.c.signal_id.in_(among))
     rows = await session.execute(query.order_by(signals.c.signal_id))
@@ -181,23 +186,42 @@ async def purge(
                 total[key][part] += n
 
     before = local_day(now) - timedelta(days=settings.signal_days)
+    letters_gone = now - PARKED_TERM
     async with store.read() as session:
-        ended = await _ended_signals(session, before)
+        ended = await _ended_signals(session, before, letters_gone)
     for start in range(0, len(ended), CHUNK):
         counted: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
             # looked at again under the write: a command queued since keeps its signal
-            part = await _ended_signals(session, before, [i for i, _ in ended[start : start + CHUNK]])
+            among = [i for i, _ in ended[start : start + CHUNK]]
+            part = await _ended_signals(session, before, letters_gone, among)
             ids = [signal_id for signal_id, _ in part]
             if not ids:
                 continue
-            found = await _count(session, matches, matches.c.signal_id, ids)
-            for signal_id, key in part:
+            if dry_run:
+                found = await _count(session, matches, matches.c.signal_id, ids)
+                gone = part
+            else:
+                # what the deletes removed, not what was counted before them: a purge running at the
+                # same time in another process may have removed it first (and audited it)
+                found = Counter(
+                    (
+                        await session.execute(
+                            delete(matches).where(matches.c.signal_id.in_(ids)).returning(matches.c.signal_id)
+                        )
+                    ).scalars()
+                )
+                gone = list(
+                    await session.execute(
+                        delete(signals)
+                        .where(signals.c.signal_id.in_(ids))
+                        .returning(signals.c.signal_id, signals.c.youth_key)
+                    )
+                )
+            for signal_id, key in gone:
                 counted[key]["signals"] += 1
                 counted[key]["matches"] += found.get(signal_id, 0)
             if not dry_run:
-                await session.execute(delete(matches).where(matches.c.signal_id.in_(ids)))
-                await session.execute(delete(signals).where(signals.c.signal_id.in_(ids)))
                 await write_audits(session, _entries(now, counted))
         add(counted)
     cutoff, going = now - timedelta(days=settings.case_days), {signal_id for signal_id, _ in ended}
@@ -210,12 +234,15 @@ async def purge(
             chunk = await _old_cases(session, cutoff, local_day(now), going, among=candidates)
             if not chunk:
                 continue
-            for name, table in (("referrals", referrals), ("consents", consents), ("handovers", handovers)):
-                for key, n in (await _count(session, table, table.c.youth_key, chunk)).items():
+            for name, table in (("handovers", handovers), ("consents", consents), ("referrals", referrals)):
+                if dry_run:
+                    found = Counter(await _count(session, table, table.c.youth_key, chunk))
+                else:  # what the delete removed (see the signals above)
+                    deleted = delete(table).where(table.c.youth_key.in_(chunk)).returning(table.c.youth_key)
+                    found = Counter((await session.execute(deleted)).scalars())
+                for key, n in found.items():
                     counted[key][name] += n
             if not dry_run:
-                for table in (handovers, consents, referrals):
-                    await session.execute(delete(table).where(table.c.youth_key.in_(chunk)))
                 await write_audits(session, _entries(now, counted))
         add(counted)
     audit_cutoff = now - timedelta(days=settings.audit_days)
@@ -229,10 +256,18 @@ async def purge(
             )
             if not ids:
                 break
-            out.audit_entries += len(ids)
             if dry_run:
+                out.audit_entries += len(ids)
                 continue
-            await session.execute(delete(audit_log).where(audit_log.c.id.in_(ids)))
+            taken = (
+                await session.execute(
+                    delete(audit_log).where(audit_log.c.id.in_(ids)).returning(audit_log.c.id)
+                )
+            ).scalars()
+            ids = list(taken)  # another purge may have taken some first
+            out.audit_entries += len(ids)
+            if not ids:
+                continue
             entry = audit_row(
                 "retention.audit_purged",
                 SYSTEM,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from typer.testing import CliRunner
 
 from hub.audit import audit_row, write_audits
@@ -115,7 +116,8 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     await _case(store, waiting, "507529170", received=ago(6 * YEARS))
     await _signal(store, waiting, "507529170", ended=NOW.date() - timedelta(days=60), state="retrying")
     await _case(store, fresh, "233454566", received=ago(30))
-    # six years idle, but a consent still in force (valid ten years), or a handover still waiting
+    # six years idle, but a consent still in force (valid ten years): kept; a handover that has waited
+    # for consent as long is not under way but forgotten, and held its case for ever
     await _case(store, "9" * 64, "111222333", received=ago(6 * YEARS), valid_days=10 * YEARS)
     await _case(store, "8" * 64, "111222333", received=ago(6 * YEARS), handover="WACHT_OP_TOESTEMMING")
     async with store.transaction() as session:
@@ -129,17 +131,17 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     settings = RetentionSettings()
 
     dry = await purge(store, settings, now=NOW, dry_run=True)
-    counts = {"youths": 2, "referrals": 2, "consents": 2, "handovers": 2, "signals": 1, "matches": 1}
+    counts = {"youths": 3, "referrals": 3, "consents": 3, "handovers": 3, "signals": 1, "matches": 1}
     assert dry.as_json() == {**counts, "audit_entries": 1, "dry_run": True}
     assert await _count(store, referrals) == 7 and await _count(store, signals) == 2
     assert await _audit(store, "retention.purged") == []
 
     done_now = await purge(store, settings, now=NOW)
     assert done_now.as_json() == {**counts, "audit_entries": 1, "dry_run": False}
-    for key in (old, signalled):
+    for key in (old, signalled, "8" * 64):
         for table in (referrals, consents, handovers):
             assert await _count(store, table, youth_key=key) == 0
-    for key in (done, waiting, fresh, "9" * 64, "8" * 64):
+    for key in (done, waiting, fresh, "9" * 64):
         assert await _count(store, referrals, youth_key=key) == 1, key
         assert await _count(store, consents, youth_key=key) == 1, key
     assert await _count(store, signals, youth_key=signalled) == 0
@@ -147,6 +149,7 @@ async def test_what_is_past_its_term_is_purged_audited_per_youth_and_the_rest_st
     assert await _count(store, matches) == 1
     entries = await _audit(store, "retention.purged")
     assert [(e.youth_key, e.objects) for e in entries] == [
+        ("8" * 64, {"referrals": 1, "consents": 1, "handovers": 1}),
         (old, {"referrals": 1, "consents": 1, "handovers": 1}),
         (signalled, {"signals": 1, "matches": 1}),
         (signalled, {"referrals": 1, "consents": 1, "handovers": 1}),
@@ -186,6 +189,56 @@ async def test_a_case_without_a_referral_in_the_hub_is_purged_too(store: Store) 
     assert await _count(store, handovers, youth_key=alone) == 0
     assert await _count(store, consents, youth_key=referred_lately) == 1
     assert [e.youth_key for e in await _audit(store, "retention.purged")] == [alone]
+
+
+async def test_a_dead_lettered_signal_goes_once_its_letter_is_gone_and_a_recent_handover_keeps_its_case(
+    store: Store,
+) -> None:
+    """A signal whose command was dead-lettered kept its BSN and name, and its youth's case, for ever;
+    once the letter has passed the DLQ topic's term nothing can replay the command."""
+    gone, recent, busy = "a" * 64, "b" * 64, "c" * 64
+    for key in (gone, recent):
+        await _case(store, key, "111222333", received=ago(6 * YEARS))
+    await _signal(store, gone, "111222333", ended=NOW.date() - timedelta(days=60), state="dead_lettered")
+    await _signal(store, recent, "123456782", ended=NOW.date() - timedelta(days=60), state="dead_lettered")
+    async with store.transaction() as session:  # the second's letter is still on its topic
+        await session.execute(
+            update(signals).where(signals.c.youth_key == recent).values(updated_at=NOW - timedelta(days=3))
+        )
+        await session.execute(update(signals).where(signals.c.youth_key == gone).values(updated_at=ago(40)))
+    await _case(store, busy, "628194821", received=ago(6 * YEARS), handover="VERZONDEN")
+    async with store.transaction() as session:  # sent again lately: under way
+        await session.execute(
+            update(handovers).where(handovers.c.youth_key == busy).values(updated_at=ago(2))
+        )
+
+    done = await purge(store, RetentionSettings(), now=NOW)
+
+    assert (done.youths, done.signals, done.referrals) == (1, 1, 1)
+    assert (
+        await _count(store, signals, youth_key=gone) == 0
+        and await _count(store, referrals, youth_key=gone) == 0
+    )
+    assert await _count(store, signals, youth_key=recent) == 1
+    assert await _count(store, handovers, youth_key=busy) == 1
+
+
+async def test_two_purges_at_once_audit_only_what_each_removed(store: Store) -> None:
+    """Every api process purges at its start: a second purge counted rows the first was deleting, removed
+    nothing, and still audited them as purged."""
+    keys = [f"{i:06x}" + "ab" * 29 for i in range(1, 121)]
+    for key in keys:
+        await _case(store, key, "111222333", received=ago(6 * YEARS))
+    other = Store(store.url)
+    try:
+        first, second = await asyncio.gather(
+            purge(store, RetentionSettings(), now=NOW), purge(other, RetentionSettings(), now=NOW)
+        )
+    finally:
+        await other.close()
+    assert first.youths + second.youths == len(keys)
+    assert len(await _audit(store, "retention.purged")) == len(keys)
+    assert await _count(store, referrals) == 0
 
 
 def test_audit_entries_are_kept_at_least_five_years() -> None:
