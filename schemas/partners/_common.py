@@ -49,6 +49,11 @@ def _date_error(kind: str, text: str) -> PydanticCustomError:
     return PydanticCustomError(kind, text, {"allowed": DATE_ALLOWED})
 
 
+def dutch_day(moment: datetime) -> date:
+    """The Dutch calendar day of a moment (hub.clock.local_day, which schemas do not import)."""
+    return _dutch_day(moment)
+
+
 def _dutch_day(moment: datetime) -> date:
     # A moment without an offset is Dutch local time already. OverflowError: a moment whose Dutch
     # day lies outside the calendar (year 1 to 9999).

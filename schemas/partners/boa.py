@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from schemas.bsn import Bsn
 from schemas.partners._common import (
@@ -20,6 +27,7 @@ from schemas.partners._common import (
     PartnerFloat,
     PartnerModel,
     Text,
+    dutch_day,
     surname_fits,
 )
 
@@ -106,3 +114,11 @@ class BoaVerwijzing(PartnerModel):
     akkoord_ouders: PartnerBool | None = None
     ouders_geinformeerd_op: PartnerDate | None = None
     schadebedrag: PartnerAmount | None = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> BoaVerwijzing:
+        # A typing error in a date is the officer's to correct: decided, the referral was refused
+        # ("the youth was -2") and its bonnummer taken for good (rule 7).
+        if dutch_day(self.tijdstip) < self.betrokkene.geboortedatum:
+            raise ValueError("tijdstip ligt voor de geboortedatum van de betrokkene")
+        return self

@@ -117,6 +117,18 @@ def test_boa_translation_uses_the_local_day_and_project() -> None:
     assert boa.parse(late).offence_date.isoformat() == "2025-03-15"
 
 
+def test_a_boa_birth_date_after_the_moment_is_refused_not_decided() -> None:
+    # decided, a typing error was stored as REJECTED ("the youth was -2") and its bonnummer was taken
+    # for good (rule 7), while the police and the others got a 400 to correct and send again
+    data = json.loads((DATA / "boa/valid_openbare_dronkenschap.json").read_bytes())
+    data["betrokkene"]["geboortedatum"] = "2027-01-01"
+    with pytest.raises(PartnerFormatError) as info:
+        boa.parse(json.dumps(data).encode())
+    assert [(p.field, p.problem) for p in info.value.problems] == [
+        ("(bericht)", "tijdstip ligt voor de geboortedatum van de betrokkene")
+    ]
+
+
 def test_preventief_category_maps_to_reason() -> None:
     referral = preventief.parse((DATA / "preventief/valid_wijkteam.json").read_bytes())
     assert referral.reason is Reason.DIGITAAL_GRENSOVERSCHRIJDEND
