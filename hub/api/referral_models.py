@@ -200,6 +200,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Geen of een onbekende API-sleutel",
         403: "Deze partner mag dit endpoint niet gebruiken",
         404: "Niet gevonden (of niet van deze partner)",
+        409: "Dit kenmerk is al gebruikt voor een verwijzing van een andere jeugdige (regel 7)",
         413: "Bericht te groot",
         415: "Verkeerd Content-Type",
         429: "Er loopt al een batch van deze partner (Retry-After)",

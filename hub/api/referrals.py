@@ -13,7 +13,7 @@ from sqlalchemy import or_, select
 from connectors import boa, leerplicht, politie, preventief
 from hub.api.docs import inline_schema
 from hub.api.limits import read_body, require_media_type
-from hub.api.problems import HubStarting, Problem
+from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.api.referral_models import (
     BatchReport,
     DecisionOut,
@@ -41,7 +41,7 @@ router = APIRouter(prefix="/api/v1", tags=["verwijzingen"])
 SYSTEM = "ketenhub-api"
 JSON = "application/json"
 CSV = "text/csv"
-_JSON_ERRORS = problems(400, 401, 403, 413, 415, 503)
+_JSON_ERRORS = problems(400, 401, 403, 409, 413, 415, 503)
 
 
 def _hub(request: Request) -> Hub:
@@ -83,6 +83,18 @@ async def _take_in_json(request: Request, partner: Partner, parse: Callable[[byt
     # Concurrent requests share one transaction (group commit); the answer comes once it committed.
     result = await batcher_of(hub).take_in(referral, _origin(request, partner))
     hub.relay.wake()
+    if result.conflict:
+        [reason] = result.decision.reasons
+        raise Problem(
+            409,
+            "Kenmerk al in gebruik",
+            reason.message,
+            params=[
+                InvalidParam(
+                    name=reason.field or "case_reference", reason="al gebruikt voor een andere jeugdige"
+                )
+            ],
+        )
     # The answer is written once by pydantic: returned as a model, FastAPI would validate it again
     # against the response model, dump it to dicts and then encode those.
     return Response(

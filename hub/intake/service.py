@@ -23,7 +23,7 @@ from hub.spine.outbox import add_many_to_outbox
 from hub.store import RawJson
 from schemas.envelope import Envelope, new_id, utcnow
 from schemas.pseudonym import youth_key
-from schemas.referral import Decision, Outcome, Referral, Track
+from schemas.referral import Decision, DecisionReason, Outcome, Referral, Track
 
 log = get_logger(__name__)
 DECIDED_TYPE = "ReferralDecided"
@@ -52,15 +52,49 @@ class Origin:
 
 @dataclass(frozen=True)
 class IntakeResult:
-    """The answer to a referral: its id, the (first) decision, and whether this was a repeat."""
+    """The answer to a referral: its id, the (first) decision, and whether this was a repeat.
 
-    referral_id: str
+    `conflict`: the case reference was taken before by this referrer for another youth; nothing was
+    stored, there is no referral id, and the decision is a refusal saying so."""
+
+    referral_id: str | None
     decision: Decision
     duplicate: bool
     youth_key: str
     received_at: datetime
     track: str
     referrer_type: str
+    conflict: bool = False
+
+
+KENMERK_IN_GEBRUIK = "KENMERK_IN_GEBRUIK"
+
+
+def conflict_of(referral: Referral, key: str, received_at: datetime) -> IntakeResult:
+    """The answer to a referral whose case reference this referrer used before for another youth.
+
+    Rule 7 makes a repeat of (referrer, case reference) the same referral, answered with its first
+    outcome; a referral of another youth under it is no repeat but a mistake (a reused or mistyped
+    reference, two municipalities' numbers under one key). Answered as a repeat it was lost, and the
+    answer named the other youth's referral. It is refused, and nothing of it is stored."""
+    decision = Decision(
+        outcome=Outcome.REJECTED,
+        case_reference=referral.case_reference,
+        reasons=[
+            DecisionReason(
+                code=KENMERK_IN_GEBRUIK,
+                message=(
+                    "Dit kenmerk is al gebruikt voor een verwijzing van een andere jeugdige. Stuur deze"
+                    " verwijzing met een eigen kenmerk; was de eerste verwijzing een vergissing, neem"
+                    " dan contact op met Halt."
+                ),
+                field="case_reference",
+            )
+        ],
+    )
+    return IntakeResult(
+        None, decision, False, key, received_at, referral.track.value, referral.referrer.type.value, True
+    )
 
 
 # The statements of every intake batch, built once: SQLAlchemy works out a cache key per new
@@ -163,11 +197,14 @@ class IntakeService:
             if ref in stored
         }
         answers: list[IntakeResult] = []
-        for referral in items:
+        now = utcnow()
+        for referral, key in zip(items, keys, strict=True):
             ref = referral.case_reference
             if ref in fresh:
                 answers.append(fresh.pop(ref))  # the first occurrence; later ones are repeats of it
                 first[ref] = _dup(answers[-1])
+            elif first[ref].youth_key != key:
+                answers.append(conflict_of(referral, key, now))
             else:
                 answers.append(first[ref])
         await self._record(session, items, answers, origins)
@@ -197,6 +234,10 @@ class IntakeService:
             if result.duplicate:
                 rows.append(audit_row("referral.duplicate", origin.user, objects=objects, **who))
                 continue
+            if result.conflict:  # about this youth; the other youth's referral is not named
+                conflict = {"case_reference": referral.case_reference, "via": origin.channel}
+                rows.append(audit_row("referral.conflict", origin.user, objects=conflict, **who))
+                continue
             reasons = [r.code for r in result.decision.reasons]
             received = objects | {"via": origin.channel}
             decided = objects | {"outcome": result.decision.outcome.value, "reasons": reasons}
@@ -208,7 +249,7 @@ class IntakeService:
             [
                 (self.decided_topic, self._announcement(result, origin), result.youth_key)
                 for result, origin in zip(results, origins, strict=True)
-                if not result.duplicate or origin.announce_duplicates
+                if not (result.duplicate or result.conflict) or origin.announce_duplicates
             ],
         )
 

@@ -381,6 +381,30 @@ async def test_a_repeat_is_answered_with_the_first_outcome(api: Api) -> None:
     assert await api.count() == 1
 
 
+async def test_a_case_reference_used_before_for_another_youth_is_refused_not_taken_for_a_repeat(
+    api: Api,
+) -> None:
+    # Rule 7: a repeat is the same referrer and case reference. Another youth under a reference used
+    # before (a mistyped or reused one, two municipalities' numbers under one key) was answered as a
+    # repeat, with the first youth's referral id, and never stored.
+    assert (await api.post("politie", politie_variant(1))).status_code == 201
+    other = await api.post("politie", politie_variant(1, **{"verdachte.bsn": "111222333"}))
+    assert other.status_code == 409, other.text
+    problem = other.json()
+    assert problem["title"] == "Kenmerk al in gebruik" and "111222333" not in other.text
+    assert [p["name"] for p in problem["invalidParams"]] == ["case_reference"]
+
+    first = csv_row(21, Gemeente="Den Haag")
+    same_number = csv_row(22, Gemeente="Gouda") | {"Dossiernummer": first["Dossiernummer"]}
+    report = (await api.post("leerplicht", csv_bytes([first, same_number, first]))).json()
+    assert [r["result"] for r in report["rows"]] == ["ACCEPTED", "REJECTED", "DUPLICATE"]
+    refused = report["rows"][1]
+    assert refused["referralId"] is None
+    assert [r["code"] for r in refused["decision"]["reasons"]] == ["KENMERK_IN_GEBRUIK"]
+    assert await api.count() == 2
+    assert await api.count(audit_log, action="referral.conflict") == 2
+
+
 async def test_transaction_id_is_taken_echoed_and_audited(api: Api) -> None:
     sent = str(uuid.uuid4())
     response = await api.post("politie", politie_variant(2), **{"Fsc-Transaction-Id": sent})
