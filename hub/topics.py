@@ -42,6 +42,15 @@ VERWIJSINDEX_SIGNAL = Topic("verwijsindex.signal.v1", description="signal comman
 VERWIJSINDEX_MATCH = Topic("verwijsindex.match.v1", description="matches from the Verwijsindex")
 NOTIFICATION_MAIL = Topic("notification.mail.v1", description="mails to caseworkers")
 
+# The retry ladders by name (`retry_parked.ladder`), and the topic each delivers from: an operator's
+# view of the parked messages needs the store's rows per retry topic, in a process without the
+# ladders (hub.retry.wiring checks each ladder against this).
+RETRY_LADDERS = {
+    "verwijsindex": VERWIJSINDEX_SIGNAL,
+    "receivers-webhook": HANDOVER_DISPATCH,
+    "mail": NOTIFICATION_MAIL,
+}
+
 HANDOVER_RECEIVERS = ("jongerenwerk", "wijkteam", "jeugdhulp", "verslavingszorg")
 
 # Topics a component consumes get a DLQ; those behind the retry ladder also get a retry topic.

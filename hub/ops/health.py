@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
 from hub.logging import get_logger
 from hub.ops.lag import LagProbe, LagSample
 from hub.ops.tables import dlq_actions
 from hub.ops.verdict import GroupSample, Verdict, evaluate
+from hub.retry.tables import parked
 from hub.spine.outbox import OutboxState, outbox_state
 from hub.store import Store
+from hub.topics import RETRY_LADDERS, Topic
 
 log = get_logger(__name__)
 WINDOW = 10  # samples per group kept for the verdict (Burrow's default window is 10 offsets)
@@ -82,8 +84,9 @@ class Monitor:
         groups: Callable[[], dict[str, set[str]]],
         group_prefix: str,
         cache_s: float = CACHE_S,
+        ladders: Mapping[str, Topic] = RETRY_LADDERS,
     ) -> None:
-        self.probe, self.store, self.topics = probe, store, topics
+        self.probe, self.store, self.topics, self.ladders = probe, store, topics, ladders
         self.groups, self.group_prefix, self.cache_s = groups, group_prefix, cache_s
         self.samples: deque[LagSample] = deque(maxlen=WINDOW)
         self._lock = asyncio.Lock()
@@ -144,6 +147,16 @@ class Monitor:
                 out.setdefault((topic, partition), []).append(int(offset))
         return out
 
+    async def parked(self) -> dict[str, int]:
+        """Messages parked per ladder: those that failed and wait for their next rung, and those of
+        the same key waiting behind them. A retry topic only announces each parking (no group reads
+        it), so its offsets count every parking of the last week, not what waits now."""
+        p, q = parked.alias("p"), parked.alias("q")
+        failed = select(q.c.seq).where(q.c.ladder == p.c.ladder, q.c.key == p.c.key, q.c.attempt > 0)
+        query = select(p.c.ladder, func.count()).where(exists(failed)).group_by(p.c.ladder)
+        async with self.store.connect() as conn:
+            return {ladder: int(n) for ladder, n in await conn.execute(query)}
+
     async def health(self) -> Health:
         """Lag, verdicts, rates, DLQ depth and parked retries, from the latest sample."""
         s = await self.latest()
@@ -162,8 +175,13 @@ class Monitor:
                 done = sum(1 for off in resolved.get((t, p), ()) if o.start <= off < o.end)
                 dlq_depth[t] = dlq_depth.get(t, 0) + max(o.end - o.start - done, 0)
             elif is_retry(t):
-                lags = [x.lag for x in s.lags if x.topic == t and x.partition == p]
-                retry_parked[t] = retry_parked.get(t, 0) + (max(lags) if lags else o.end - o.start)
+                retry_parked.setdefault(t, 0)
+        for ladder, n in (await self.parked()).items():
+            if ladder in self.ladders:
+                retry = self.ladders[ladder].retry
+                for t in retry_parked:
+                    if t.endswith(retry):
+                        retry_parked[t] += n
         verdicts = self.verdicts()
         groups = []
         for g in sorted({p.group for p in s.lags}):

@@ -11,7 +11,7 @@ from hub.retry.ladder import RetryLadder
 from hub.retry.policy import RetryPolicy
 from hub.spine import Tx
 from hub.spine.consumer import Item
-from hub.topics import Topic
+from hub.topics import RETRY_LADDERS, Topic
 from schemas.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ def ladder_on(
     the ladder's dead letters name it, so a replay lets that group process the message id again.
     """
     assert hub.store is not None
+    if RETRY_LADDERS.get(name) is not topic:
+        raise ValueError(f"retry ladder {name!r} is not in hub.topics.RETRY_LADDERS for {topic.name}")
     ladder = RetryLadder(
         hub.store,
         hub.metrics,

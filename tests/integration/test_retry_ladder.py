@@ -116,6 +116,42 @@ async def _start(
     return hub, holder["ladder"]
 
 
+async def test_the_parked_count_is_what_waits_in_the_store_not_every_parking_announced(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """No group reads a retry topic (it announces each parking), so its offsets counted every parking
+    of the last week: after every message was delivered the dashboard still showed them parked."""
+    from hub.ops.health import Monitor
+    from hub.ops.lag import LagProbe
+
+    # b fails twice in place and is parked; its first rung's call waits until released
+    partner = FakePartner(transient_failures={"b": 2}, hold=("b", 3))
+    hub, _ = await _start(kafka, db_url, unique, partner)
+    probe = LagProbe(hub.kafka_options, describe_groups=False)
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("b", "kb"), _cmd("c", "kb")])
+        await wait_for(lambda: partner.calls["b"] == 3, timeout_s=60)
+        await read_topic(kafka.bootstrap, hub.topic(CMD.retry), expect=1)  # b's parking, announced
+        monitor = Monitor(
+            probe,
+            hub.store,  # type: ignore[arg-type]
+            topics=[hub.topic(CMD.name), hub.topic(CMD.retry), hub.topic(CMD.dlq)],
+            groups=lambda: {},
+            group_prefix=hub.settings.kafka.group_prefix,
+            ladders={"test": CMD},
+        )
+        health = await monitor.health()
+        assert health.retry_parked == {hub.topic(CMD.retry): 2}  # b failed, c waits behind it
+
+        partner.release.set()
+        await wait_for(lambda: partner.delivered == ["b", "c"], timeout_s=30)
+        await asyncio.sleep(monitor.cache_s)  # the next health is a new sample
+        assert (await monitor.health()).retry_parked == {hub.topic(CMD.retry): 0}
+    finally:
+        await probe.close()
+        await hub.stop()
+
+
 async def test_parked_key_keeps_order_and_other_keys_pass(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
