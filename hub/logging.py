@@ -43,7 +43,19 @@ class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact_text(record.getMessage())
         record.args = None
+        # A traceback quotes the exception's message, and Starlette re-raises what a request did not
+        # handle for the server to log: its text is redacted as the message is.
+        if record.exc_info:
+            record.exc_text = redact_text(_FORMATTER.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
@@ -52,8 +64,8 @@ def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # a traceback as text, then redacted with the rest
         redact_bsn,
-        structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False),
     ]
     structlog.configure(

@@ -41,12 +41,19 @@ def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[
     try:
         setup_logging("INFO", json=True)
         structlog.get_logger("t").info("registering", bsn=BSN)
+        # a traceback quotes the exception's message: uvicorn logs what a request did not handle
+        try:
+            raise ValueError(f"youth {BSN} not found")
+        except ValueError:
+            structlog.get_logger("t").exception("request failed")
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
         err = capsys.readouterr().err
     finally:
         structlog.configure(**saved)
         root.handlers[:] = handlers
         root.setLevel(level)
     assert "registering" in err and BSN not in err
+    assert err.count("ValueError: youth [bsn-redacted] not found") == 2, err
 
 
 def test_envelope_round_trip_and_headers() -> None:
