@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from hub.clock import LOCAL
 from hub.ops.lag import BrokersUnavailable
-from hub.ops.masking import is_youth_key, show_key
+from hub.ops.masking import is_youth_key, show_headers, show_key
 from hub.spine.dlq import (
     DLQ_EXC_CLASS,
     DLQ_EXC_MESSAGE,
@@ -92,18 +92,21 @@ class DeadLetter:
 
     def summary(self, *, unmasked: bool = False) -> dict[str, Any]:
         """What a list shows: ids, error and status; no payload. The key only when it is a youth key
-        or `unmasked` (an operator allowed to see personal data, audited by the caller)."""
+        or `unmasked` (an operator allowed to see personal data, audited by the caller); the values
+        taken from headers as the detail's headers show them (a sender's message id may be a name)."""
+        names = (DLQ_TOPIC, DLQ_GROUP, DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, H_MESSAGE_ID, H_TRANSACTION_ID)
+        shown = show_headers({n: self.headers[n] for n in names if n in self.headers}, unmasked=unmasked)
         return {
             "id": self.id,
             "dlq_topic": self.topic,
-            "original_topic": self.headers.get(DLQ_TOPIC),
-            "group": self.headers.get(DLQ_GROUP),
-            "error_class": self.headers.get(DLQ_EXC_CLASS),
-            "error": self.headers.get(DLQ_EXC_MESSAGE),
+            "original_topic": shown.get(DLQ_TOPIC),
+            "group": shown.get(DLQ_GROUP),
+            "error_class": shown.get(DLQ_EXC_CLASS),
+            "error": shown.get(DLQ_EXC_MESSAGE),
             "failed_at": self.failed_at.isoformat(),
             "key": show_key(self.key, unmasked=unmasked),
-            "message_id": self.headers.get(H_MESSAGE_ID),
-            "transaction_id": self.headers.get(H_TRANSACTION_ID),
+            "message_id": shown.get(H_MESSAGE_ID),
+            "transaction_id": shown.get(H_TRANSACTION_ID),
             "status": self.status,
         }
 

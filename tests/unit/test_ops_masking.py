@@ -11,6 +11,7 @@ import pytest
 from pydantic_core import to_json
 
 from hub.ops.dlq import REPLAYED_FROM
+from hub.ops.dlq_records import DeadLetter
 from hub.ops.masking import MASK, MAX_DEPTH, show_headers, show_payload
 from hub.spine.dlq import DLQ_EXC_MESSAGE, DLQ_FIRST_FAILURE, DLQ_HEADERS, dlq_headers
 from schemas.envelope import (
@@ -323,6 +324,30 @@ def test_a_hubs_header_shows_only_a_value_shaped_as_the_hub_writes_it() -> None:
         assert show_headers({DLQ_EXC_MESSAGE: message}, unmasked=False) == {DLQ_EXC_MESSAGE: MASK}
     written = _dlq_headers("3 validation error(s): verdachte.bsn: geen geldig BSN")
     assert show_headers(written, unmasked=False) == written
+
+
+def test_a_dead_letter_in_a_list_shows_its_header_values_as_its_headers_show_them() -> None:
+    """A list (`GET /ops/api/dlq`, `ketenhub dlq list`) showed the message-id and transaction-id
+    headers as they came, where the letter's headers masked them: a police record's message id was
+    "zaak Sanne de Vries 06-12345678"."""
+    hub = _dlq_headers("poison payload") | Envelope(type="T").header_map()
+    own = {H_MESSAGE_ID: "zaak Sanne de Vries 06-12345678", H_TRANSACTION_ID: "Jan Jansen melding 12"}
+    letter = DeadLetter("t1.intake.politie.dlq.v1", 0, 7, 0, "pv-1", hub | own)
+    listed = letter.summary()
+    assert (listed["message_id"], listed["transaction_id"]) == (MASK, MASK)
+    assert "Sanne" not in json.dumps(listed) and "Jansen" not in json.dumps(listed)
+    headers = show_headers(letter.headers, unmasked=False)
+    for field, header in (("message_id", H_MESSAGE_ID), ("transaction_id", H_TRANSACTION_ID)):
+        assert listed[field] == headers[header]
+    # the hub's own values stay readable; unmasked (a privacy officer, audited) all are as they came
+    assert (listed["original_topic"], listed["group"], listed["error"]) == (
+        "t1.intake.politie",
+        "g1-intake",
+        "poison payload",
+    )
+    assert letter.summary(unmasked=True)["message_id"] == own[H_MESSAGE_ID]
+    plain = DeadLetter("t1.intake.politie.dlq.v1", 0, 8, 0, None, hub).summary()
+    assert (plain["message_id"], plain["transaction_id"]) == (hub[H_MESSAGE_ID], hub[H_TRANSACTION_ID])
 
 
 @pytest.mark.parametrize(
