@@ -7,6 +7,7 @@ import json
 import stat
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import httpx
 import pytest
@@ -201,3 +202,76 @@ def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_f
         (True, key, True),
         (True, key, False),
     ]
+
+
+def _exports_audited(db: Path) -> int:
+    from hub.store import Store
+
+    async def count() -> int:
+        store = Store(f"sqlite+aiosqlite:///{db}")
+        try:
+            await store.migrate()
+            async with store.connect() as conn:
+                query = select(audit_log.c.id).where(audit_log.c.action == "subject_access.exported")
+                return len((await conn.execute(query)).all())
+        finally:
+            await store.close()
+
+    return asyncio.run(count())
+
+
+def test_an_export_file_that_cannot_be_written_is_refused_before_the_export_and_none_is_left_half(
+    tmp_path: Path,
+) -> None:
+    """`--out` into a missing directory ended in a FileNotFoundError traceback, onto a directory in an
+    IsADirectoryError that left `<dir>.part` with the BSN on disk; both after the export was audited.
+    A `.part` file there already kept its mode (0644) and a symlink by that name was followed."""
+    from hub.cli import app
+    from tests.conftest import TEST_SECRET
+
+    bsn, db, runner = "111222333", tmp_path / "hub.db", CliRunner()
+    env = {"KETENHUB_DATABASE__URL": f"sqlite+aiosqlite:///{db}", "KETENHUB_SECRET": TEST_SECRET}
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for out, says in (
+        (tmp_path / "missing" / "x.json", "No such file or directory"),
+        (exports, "Is a directory"),
+    ):
+        refused = runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env)
+        assert refused.exit_code == 2, refused.output
+        assert refused.exception is None or isinstance(refused.exception, SystemExit), refused.exception
+        assert refused.output == f"ketenhub: cannot write the export to {out}: {says}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]  # no database, no .part
+    assert _exports_audited(db) == 0
+
+    # written over a file readable by all: the export is the owner's alone, and nothing else is left
+    out, elsewhere = exports / "inzage.json", tmp_path / "elsewhere.json"
+    out.write_text("old")
+    out.chmod(0o644)
+    made = runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env)
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and json.loads(out.read_text())["bsn"] == bsn
+    assert [p.name for p in exports.iterdir()] == ["inzage.json"]
+    # a symlink where the old code put its partial file, or in the file's place: never written through
+    elsewhere.write_text("someone else's")
+    (exports / "inzage.json.part").symlink_to(elsewhere)
+    assert runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env).exit_code == 0
+    (exports / "inzage.json.part").unlink()
+    out.unlink()
+    out.symlink_to(elsewhere)
+    assert runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env).exit_code == 0
+    assert not out.is_symlink() and stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert elsewhere.read_text() == "someone else's"
+    assert _exports_audited(db) == 3
+
+    # the disk full while writing: said so, and no part of the export is left on disk
+    def full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with patch("os.fsync", full):
+        failed = runner.invoke(
+            app, ["inzage", "--out", str(exports / "full.json")], input=f"{bsn}\n", env=env
+        )
+    assert failed.exit_code == 1 and "No space left on device" in failed.output, failed.output
+    assert bsn not in failed.output
+    assert sorted(p.name for p in exports.iterdir()) == ["inzage.json"]
