@@ -12,6 +12,7 @@ import getpass
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -23,6 +24,7 @@ from rich.table import Table
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.ops.auth import UnknownOperator, add_operator, set_disabled
+from hub.ops.console import SAMPLE_INTERVAL_S
 from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.health import Monitor, is_dlq
@@ -189,20 +191,30 @@ def dlq_list(
         async with _dead_letters(settings, store) as dl:
             return [d.summary() for d in await dl.find(Filter(topic, error_class, key=key))]
 
+    letters = _run(go)
     table = Table("id", "failed at", "original topic", "error", "key")
-    for d in _run(go):
+    # The id is the handle for show, replay and discard: whole on one line, however narrow the
+    # terminal (the line runs on rather than being cut); the other columns fold.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(d["id"]) for d in letters), default=None)
+    for column in table.columns[1:]:
+        column.overflow = "fold"
+    for d in letters:
         table.add_row(
             d["id"],
-            d["failed_at"],
+            datetime.fromisoformat(d["failed_at"]).isoformat(timespec="seconds"),
             d["original_topic"] or "",
-            f"{d['error_class']}: {d['error']}",
+            f"{(d['error_class'] or '').rsplit('.', 1)[-1]}: {d['error']}",  # the class, as the dashboard
             d["key"] or "",
         )
-    Terminal().print(table)
+    Terminal().print(table, crop=False)
+
+
+LETTER_ID = "the dead letter's id, <dlq topic>:<partition>:<offset> (`ketenhub dlq list`)"
 
 
 @dlq_app.command("show")
-def dlq_show(letter_id: str) -> None:
+def dlq_show(letter_id: Annotated[str, typer.Argument(help=LETTER_ID)]) -> None:
     """One dead letter: its headers and payload, personal data masked (a sender's own headers too)."""
 
     async def go(settings: Settings, store: Store) -> dict[str, Any]:
@@ -233,7 +245,7 @@ def _check_reason(reason: str) -> None:
 
 @dlq_app.command("discard")
 def dlq_discard(
-    letter_id: str,
+    letter_id: Annotated[str, typer.Argument(help=LETTER_ID)],
     reason: Annotated[
         str, typer.Option(help="why it is dropped: kept with the action; the audit log records its length")
     ],
@@ -253,7 +265,9 @@ def dlq_discard(
 
 @dlq_app.command("replay")
 def dlq_replay(
-    letter_id: Annotated[str | None, typer.Argument(help="one dead letter; omit to use the filters")] = None,
+    letter_id: Annotated[
+        str | None, typer.Argument(help=f"{LETTER_ID}; omit to use the filters", show_default=False)
+    ] = None,
     topic: Annotated[str | None, typer.Option(help="DLQ or original topic")] = None,
     error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every open dead letter")] = False,
@@ -321,13 +335,18 @@ def outbox_list() -> None:
         Terminal().print(table)
 
 
+ROW_ID = "the parked row's id (`ketenhub outbox list`)"
+ROW_ID_MAX = 2**63 - 1  # a row id is a BIGINT (SQLite's and PostgreSQL's); one past it overflowed
+
+
 @outbox_app.command("release")
 def outbox_release(
-    row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
+    row_id: Annotated[int, typer.Argument(help=ROW_ID, min=1, max=ROW_ID_MAX)],
     reason: Annotated[
         str,
         typer.Option(
-            help="why it may go now: 3 to 500 characters (the audit log records its length, not its text)"
+            help="why it may go now: 3 to 500 characters, kept with the row for its 30 days (the audit"
+            " log records its length, not its text)"
         ),
     ],
 ) -> None:
@@ -350,11 +369,12 @@ def outbox_release(
 
 @outbox_app.command("discard")
 def outbox_discard(
-    row_id: Annotated[int, typer.Argument(help="the parked row's id (`ketenhub outbox list`)")],
+    row_id: Annotated[int, typer.Argument(help=ROW_ID, min=1, max=ROW_ID_MAX)],
     reason: Annotated[
         str,
         typer.Option(
-            help="why it is dropped: 3 to 500 characters (the audit log records its length, not its text)"
+            help="why it is dropped: 3 to 500 characters, kept with the row for its 30 days (the audit"
+            " log records its length, not its text)"
         ),
     ],
 ) -> None:
@@ -368,8 +388,22 @@ def outbox_discard(
     typer.echo(f"discarded {row_id}")
 
 
-def topics() -> None:
-    """Health per group and topic: lag in messages and seconds, verdict, DLQ depth."""
+def topics(
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=300,
+            help=f"seconds between the two lag samples a verdict compares (console: {SAMPLE_INTERVAL_S:g})",
+        ),
+    ] = SAMPLE_INTERVAL_S,
+) -> None:
+    """Health per group and topic: lag in messages and seconds, verdict, DLQ depth.
+
+    A verdict compares two samples of the lag `--interval` seconds apart, as the console's monitor
+    does with its own: one sample shows lag, not whether a group moves (STALL, STOP) or falls behind
+    (WARN).
+    """
 
     async def go(settings: Settings, store: Store) -> Any:
         from hub.kafka import client_options
@@ -379,9 +413,13 @@ def topics() -> None:
             raise typer.Exit(2)
         probe = LagProbe(client_options(settings.kafka, settings.kafka.bootstrap_servers or ""))
         names = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix)]
-        monitor = Monitor(probe, store, topics=names, groups=dict, group_prefix=settings.kafka.group_prefix)
+        monitor = Monitor(
+            probe, store, topics=names, groups=dict, group_prefix=settings.kafka.group_prefix, cache_s=0
+        )
         try:
-            return await monitor.health()
+            await monitor.sample()
+            await asyncio.sleep(interval)
+            return await monitor.health()  # with cache_s=0, a second sample
         except BrokersUnavailable as exc:
             typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
             raise typer.Exit(1) from None
@@ -390,10 +428,13 @@ def topics() -> None:
 
     health = _run(go)
     table = Table("group", "topic", "verdict", "lag", "lag (s)")
+    for column in table.columns:  # a name cut short names another topic or group, or none
+        column.overflow = "fold"
     for g in health.groups:
         for t in g["topics"]:
             table.add_row(g["group"], t["topic"], g["verdict"], str(t["lag"]), str(t["lag_seconds"]))
     dlq = Table("DLQ topic", "depth")
     for name, depth in sorted(health.dlq_depth.items()):
         dlq.add_row(name, str(depth))
+    typer.echo(f"verdicts over two samples {interval:g} s apart")
     Terminal().print(table, dlq)

@@ -6,10 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+import typer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import Result
 from pydantic import ValidationError
 from sqlalchemy import select
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from hub.cli import app
@@ -19,14 +22,14 @@ from hub.ops.dlq import REPLAYED_FROM
 from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
 from hub.ops.parked import discard, release
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_TOPIC
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_TOPIC
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
 from schemas.envelope import H_MESSAGE_ID
 from schemas.pseudonym import youth_key as pseudonym
 from tests.conftest import TEST_SECRET
-from tests.integration.test_ops_lag import refusing_address
+from tests.integration.test_ops_lag import _commit, _fill, refusing_address
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
@@ -64,7 +67,7 @@ def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Pa
     assert asyncio.run(check()) is not None
     listed = runner.invoke(app, ["dlq", "list"], env=env)
     assert listed.exit_code == 0, listed.output
-    health = runner.invoke(app, ["topics"], env=env)
+    health = runner.invoke(app, ["topics", "--interval", "0.5"], env=env)
     assert health.exit_code == 0, health.output
     assert "DLQ topic" in health.output
 
@@ -82,6 +85,46 @@ def test_topics_says_which_brokers_did_not_answer(tmp_path: Path) -> None:
     assert "ketenhub: lag not measured: " in result.output and "Unable to bootstrap" in result.output
     assert "KETENHUB_KAFKA__BOOTSTRAP_SERVERS" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _rows(output: str) -> dict[str, list[str]]:
+    """The rows of the tables `output` holds, by their first cell (a wide terminal: nothing folded)."""
+    cells = ([c.strip() for c in line.split("│")[1:-1]] for line in output.splitlines() if "│" in line)
+    return {row[0]: row[1:] for row in cells if row}
+
+
+def test_topics_tells_a_stuck_group_from_one_that_is_done(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    """`ketenhub topics` took one sample of the lag, and one sample shows lag, not a trend: a group
+    that had not moved for an hour was OK, where the console's monitor said STALL."""
+    topic, stuck, done = f"t{unique}.referral.received.v1", f"g{unique}-intake", f"g{unique}-done"
+
+    async def setup() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1)])
+        finally:
+            await admin.close()
+        await _fill(kafka.bootstrap, topic, {0: 50}, age_s=3600)
+        await _commit(kafka.bootstrap, stuck, {TopicPartition(topic, 0): 5})  # and no one reads on
+        await _commit(kafka.bootstrap, done, {TopicPartition(topic, 0): 50})
+
+    asyncio.run(setup())
+    env = {
+        **_dlq_env(tmp_path / "hub.db", kafka.bootstrap, unique),
+        "KETENHUB_KAFKA__GROUP_PREFIX": f"g{unique}-",
+        "COLUMNS": "250",
+    }
+    result = CliRunner().invoke(app, ["topics"], env=env)  # as the console: two samples 5 s apart
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    assert rows[stuck][:3] in ([topic, "STALL", "45"], [topic, "STOP", "45"]), result.output
+    assert rows[done][:3] == [topic, "OK", "0"], result.output
+    assert "verdicts over two samples 5 s apart" in result.output
+    too_often = CliRunner().invoke(app, ["topics", "--interval", "0"], env=env)
+    assert too_often.exit_code == 2, too_often.output
 
 
 def _dlq_env(db: Path, bootstrap: str, unique: str) -> dict[str, str]:
@@ -209,6 +252,28 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
     assert everything.exit_code == 1 and "could not be replayed" in everything.output, everything.output
 
 
+def test_dlq_list_shows_each_letters_id_whole_however_narrow_the_terminal(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    """The id, the only handle for show, replay and discard, was cut to "t5e0…" at 80 columns and
+    shortened at 120."""
+    topic = _a_dlq_topic(unique)
+    failed = {
+        DLQ_TOPIC: topic.replace(".dlq.", "."),
+        DLQ_EXC_CLASS: "hub.errors.PermanentError",
+        DLQ_EXC_MESSAGE: "receiver has no webhook delivery",
+    }
+    ids = asyncio.run(_write_letters(kafka.bootstrap, topic, [(b"k", failed), (b"k", failed)]))
+    env = _dlq_env(tmp_path / "hub.db", kafka.bootstrap, unique)
+    for columns in ("60", "80", "120"):
+        listed = CliRunner().invoke(app, ["dlq", "list"], env={**env, "COLUMNS": columns})
+        assert listed.exit_code == 0, listed.output
+        lines = listed.output.splitlines()
+        assert all(any(letter in line for line in lines) for letter in ids), (columns, listed.output)
+        shown = CliRunner().invoke(app, ["dlq", "show", ids[1]], env=env)  # the id as listed: a handle
+        assert shown.exit_code == 0, shown.output
+
+
 def test_dlq_commands_say_which_brokers_did_not_answer(tmp_path: Path) -> None:
     """Brokers that refused gave a traceback of the Kafka client (its start was outside the try)."""
     with refusing_address() as refused:
@@ -271,6 +336,34 @@ def test_operators_disable_and_enable_and_a_reset_keeps_a_disabled_operator_out(
     for command in ("add", "disable", "enable"):
         helped = runner.invoke(app, ["operators", command, "--help"], env=env)
         assert helped.exit_code == 0 and "Audited" in helped.output, helped.output
+
+
+def test_every_operator_command_argument_and_option_says_what_it_is() -> None:
+    """`ketenhub dlq show --help` and `dlq discard --help` said nothing of the letter id they take."""
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    groups = {name: root.commands[name] for name in ("operators", "dlq", "outbox")}
+    commands = {f"topics {p.name}": p for p in root.commands["topics"].params}
+    for group_name, group in groups.items():
+        assert isinstance(group, TyperGroup)
+        for name, command in group.commands.items():
+            assert command.help, f"{group_name} {name}"
+            commands |= {f"{group_name} {name} {p.name}": p for p in command.params}
+    assert "dlq show letter_id" in commands and "dlq discard letter_id" in commands
+    assert [name for name, p in commands.items() if not getattr(p, "help", None)] == []
+
+
+def test_an_outbox_row_id_past_what_the_store_holds_is_refused(tmp_path: Path, unique: str) -> None:
+    """`ketenhub outbox release 99999999999999999999` ended in an OverflowError traceback."""
+    env, runner = _dlq_env(tmp_path / "hub.db", "127.0.0.1:1", unique), CliRunner()
+    for command in ("release", "discard"):
+        for row_id in ("99999999999999999999", str(2**63), "0"):
+            result = runner.invoke(app, ["outbox", command, row_id, "--reason", "too large, resent"], env=env)
+            assert result.exit_code == 2, result.output
+            assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+            assert "Invalid value for 'row_id'" in result.output, result.output
+        largest = runner.invoke(app, ["outbox", command, str(2**63 - 1), "--reason", "too large"], env=env)
+        _refused_cleanly(largest, f"no parked outbox row {2**63 - 1}")
 
 
 def test_outbox_release_and_discard_need_a_reason(tmp_path: Path, unique: str) -> None:
