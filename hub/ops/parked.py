@@ -10,17 +10,18 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select, update
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
 from hub.ops.dlq import Reason
+from hub.ops.masking import show_headers
 from hub.store import Store
 from hub.store.tables import outbox, outbox_parked
-from schemas.envelope import H_TRANSACTION_ID
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, trace_id, utcnow
 
 SYSTEM = "ketenhub-ops"
-# A release or discard needs a reason as a dead letter's discard does: it is all the audit log says why.
+# A release or discard needs a reason as a dead letter's discard does (the audit log records its length).
 REASON = TypeAdapter(Reason)
 
 
@@ -50,13 +51,28 @@ async def parked_rows(store: Store) -> list[ParkedRow]:
                     outbox_parked.c.created_at,
                     outbox_parked.c.parked_at,
                     outbox_parked.c.reason,
-                ).order_by(outbox_parked.c.id)
+                )
+                .where(outbox_parked.c.resolved.is_(None))
+                .order_by(outbox_parked.c.id)
             )
         ).all()
     return [
-        ParkedRow(r.id, r.topic, r.message_id, r.size, aware(r.created_at), aware(r.parked_at), r.reason)
+        ParkedRow(r.id, r.topic, _message_id(r), r.size, aware(r.created_at), aware(r.parked_at), r.reason)
         for r in rows
     ]
+
+
+def _dead_letter(row: Any) -> bool:
+    return ".dlq." in row.topic  # (hub.ops.health.is_dlq)
+
+
+def _message_id(row: Any) -> str | None:
+    """A row's message id for an operator and the audit log: a dead letter's is its sender's own
+    header (a name, even), masked as the console masks it."""
+    message_id: str | None = row.message_id
+    if message_id is None or not _dead_letter(row):
+        return message_id
+    return show_headers({H_MESSAGE_ID: message_id}, unmasked=False)[H_MESSAGE_ID]
 
 
 class NotParked(LookupError):
@@ -73,7 +89,7 @@ async def release(store: Store, row_id: int, operator: str, reason: str, *, max_
     raises pydantic's ValidationError (a ValueError)."""
     REASON.validate_python(reason)
     async with store.transaction() as session:
-        row = await _take(session, row_id)  # two operators at once: the second finds nothing
+        row = await _take(session, row_id, "released", operator, reason)  # two at once: one takes it
         if row.size > max_message_bytes:
             raise StillTooLarge(
                 f"parked row {row_id} is {row.size:,} bytes, over kafka.max_message_bytes"
@@ -101,18 +117,33 @@ async def discard(store: Store, row_id: int, operator: str, reason: str) -> None
     """Drop a parked row for good, with a reason (ValidationError when it is no Reason)."""
     REASON.validate_python(reason)
     async with store.transaction() as session:
-        row = await _take(session, row_id)
+        row = await _take(session, row_id, "discarded", operator, reason)
         await _audit(session, "outbox.discarded", row, operator, reason)
 
 
-async def _take(session: Any, row_id: int) -> Any:
-    """Delete the parked row and return it; NotParked when it is not (or no longer) there."""
-    row = (
-        await session.execute(
-            delete(outbox_parked).where(outbox_parked.c.id == row_id).returning(*outbox_parked.c)
-        )
-    ).one_or_none()
+async def _take(session: Any, row_id: int, action: str, operator: str, reason: str) -> Any:
+    """Resolve the parked row and return it as it was; NotParked when it is not (or no longer) parked.
+
+    The row stays, emptied of its record, with who resolved it and why (the reason is kept here, not
+    in the audit log, which is kept for years), until its term ends (`Relay.purge_sent`)."""
+    t = outbox_parked
+    row = (await session.execute(select(t).where(t.c.id == row_id, t.c.resolved.is_(None)))).one_or_none()
     if row is None:
+        raise NotParked(row_id)
+    done = await session.execute(
+        update(t)
+        .where(t.c.id == row_id, t.c.resolved.is_(None))  # two operators at once: one of them
+        .values(
+            resolved=action,
+            resolved_at=utcnow(),
+            resolved_by=operator[:100],
+            resolution=reason,
+            key=None,
+            value=b"",
+            headers={},
+        )
+    )
+    if done.rowcount != 1:
         raise NotParked(row_id)
     return row
 
@@ -121,13 +152,12 @@ _YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # HMAC-SHA256 of a BSN, as the hub key
 
 
 async def _audit(session: Any, action: str, row: Any, operator: str, reason: str, **more: Any) -> None:
-    transaction_id = (row.headers or {}).get(H_TRANSACTION_ID)
-    if not (isinstance(transaction_id, str) and len(transaction_id) <= 200):
-        transaction_id = None
-    # A dead letter's key is whatever its sender used (even a BSN); only the hub's own youth keys
-    # go into the audit log, which is kept for years.
-    own = ".dlq." not in row.topic  # (hub.ops.health.is_dlq)
-    youth = row.key if own and row.key and _YOUTH_KEY.fullmatch(row.key) else None
+    # A dead letter's ids and key are whatever its sender used (a name, a BSN even); the audit log is
+    # kept for years. Its transaction id as the spine takes one in (rule 19: not a name, a UUID made
+    # from it), only the hub's own youth keys, and its message id masked when it may be personal.
+    found = (row.headers or {}).get(H_TRANSACTION_ID)
+    transaction_id = trace_id(found) if isinstance(found, str) and is_id(found) else None
+    youth = row.key if not _dead_letter(row) and row.key and _YOUTH_KEY.fullmatch(row.key) else None
     await write_audit(
         session,
         AuditEntry(
@@ -138,11 +168,12 @@ async def _audit(session: Any, action: str, row: Any, operator: str, reason: str
                 "parked_id": row.id,
                 "outbox_id": row.outbox_id,
                 "topic": row.topic,
-                "message_id": row.message_id,
+                "message_id": _message_id(row),
                 "size": row.size,
-                # The only record of why: the parked row is deleted by a release or discard. An
-                # operator's reason names no BSN (`Reason`), and is about the message, not the youth.
-                "reason": reason,
+                # An operator's free text, and the audit log is kept for years and never blanked
+                # (rule 18): a name typed into it would stay there. As for a dead letter's discard,
+                # only its length; `ketenhub outbox release/discard --help` says so.
+                "reason_length": len(reason),
                 **more,
             },
         ),

@@ -100,7 +100,11 @@ async def outbox_state(store: Store) -> OutboxState:
                 select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
             )
         ).one()
-        parked = (await conn.execute(select(func.count()).select_from(outbox_parked))).scalar_one()
+        parked = (
+            await conn.execute(
+                select(func.count()).select_from(outbox_parked).where(outbox_parked.c.resolved.is_(None))
+            )
+        ).scalar_one()
     age = max((utcnow() - aware(oldest)).total_seconds(), 0.0) if oldest is not None else 0.0
     return OutboxState(int(waiting), round(age, 3), int(parked))
 

@@ -67,6 +67,11 @@ outbox_parked = Table(
     Column("parked_at", DateTime(timezone=True), nullable=False),
     Column("size", Integer, nullable=False),
     Column("reason", String(300), nullable=False),
+    # Released or discarded (0021): emptied at once, kept with who did it and why until its term.
+    Column("resolved", String(20), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_by", String(100), nullable=True),
+    Column("resolution", Text, nullable=True),
 )
 
 # NEN 7513-style audit entries (rule 18): never updated, never deleted before their term.

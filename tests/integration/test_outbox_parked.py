@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from typer.testing import CliRunner
 
 from hub.cli import app
@@ -22,7 +22,7 @@ from hub.spine.outbox import outbox_state
 from hub.store import Store
 from hub.store.tables import audit_log, outbox, outbox_parked
 from hub.topics import Topic
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import Envelope, trace_id, utcnow
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 from tests.integration.test_ops_lag import IN, OUT, Cure, health_of, ops_hub, poisonable_echo
@@ -101,9 +101,9 @@ async def test_a_row_over_the_limit_is_parked_the_rest_go_out_and_an_operator_re
     assert headers_of(released[0])["transaction-id"] == "tx-big"
     assert await parked_rows(store) == []
     # audited with the hub's own youth key; a key that is not one (it may be anything) is left out
-    assert [(a, o["parked_id"], o["reason"], k) for a, o, k in await _actions(store)] == [
-        ("outbox.discarded", parked[1].id, "a copy of a record the partner sent again", None),
-        ("outbox.released", parked[0].id, "limit raised to 2 MB", YOUTH),
+    assert [(a, o["parked_id"], o["reason_length"], k) for a, o, k in await _actions(store)] == [
+        ("outbox.discarded", parked[1].id, len("a copy of a record the partner sent again"), None),
+        ("outbox.released", parked[0].id, len("limit raised to 2 MB"), YOUTH),
     ]
     assert (await _actions(store))[1][1]["new_outbox_id"] == new_id
 
@@ -206,12 +206,80 @@ def test_the_outbox_commands_list_release_and_discard(
                 waiting = (
                     await conn.execute(select(outbox.c.value).where(outbox.c.sent_at.is_(None)))
                 ).scalars()
-                left = (await conn.execute(select(outbox_parked.c.id))).scalars().all()
+                query = select(outbox_parked.c.id).where(outbox_parked.c.resolved.is_(None))
+                left = (await conn.execute(query)).scalars().all()
             return len(left), [bytes(v)[:1] for v in waiting]
         finally:
             await store.close()
 
-    assert asyncio.run(check()) == (0, [b"D"])  # released: waiting for the hub's relay
+    assert asyncio.run(check()) == (0, [b"D"])  # released: waiting for the hub's relay; none parked
+
+
+def test_the_audit_log_keeps_no_operators_reason_and_no_senders_ids(tmp_path: Path) -> None:
+    """`ketenhub outbox release/discard --help` said the audit log records the reason's length, not its
+    text; it recorded the text ("moeder mevr. De Vries belde"), kept for years and never blanked. A
+    parked dead letter's message and transaction ids, its sender's own, went into it as they came."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    sender = {"message-id": "zaak Sanne de Vries 06-12345678", "transaction-id": "melding Sanne de Vries"}
+    rows = [
+        ("ops.in.v1", YOUTH, {"transaction-id": "tx-1"}, "m-1"),
+        ("ops.in.dlq.v1", "Sanne", sender, sender["message-id"]),
+    ]
+
+    async def seed() -> None:
+        store = Store(url)
+        try:
+            await store.migrate()
+            async with store.transaction() as session:
+                for n, (topic, key, headers, message_id) in enumerate(rows, start=1):
+                    await session.execute(
+                        insert(outbox_parked).values(
+                            id=n, outbox_id=n, topic=topic, key=key, value=b"{}", headers=headers,
+                            message_id=message_id, created_at=utcnow(), parked_at=utcnow(), size=10,
+                            reason="over the brokers' limit",
+                        )
+                    )  # fmt: skip
+        finally:
+            await store.close()
+
+    async def audited() -> list[tuple[str, dict[str, object], str | None, str | None]]:
+        store = Store(url)
+        try:
+            async with store.connect() as conn:
+                found = await conn.execute(
+                    select(
+                        audit_log.c.action,
+                        audit_log.c.objects,
+                        audit_log.c.youth_key,
+                        audit_log.c.transaction_id,
+                    )
+                    .where(audit_log.c.action.like("outbox.%"))
+                    .order_by(audit_log.c.id)
+                )
+                return [(r.action, r.objects, r.youth_key, r.transaction_id) for r in found]
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    env, runner = {"KETENHUB_DATABASE__URL": url, "KETENHUB_SECRET": TEST_SECRET}, CliRunner()
+    listed = runner.invoke(app, ["outbox", "list"], env={**env, "COLUMNS": "200"})
+    assert listed.exit_code == 0 and "m-1" in listed.output and "Sanne" not in listed.output, listed.output
+    reasons = {"release": "moeder mevr. De Vries belde", "discard": "bericht over Sanne de Vries, dubbel"}
+    for row_id, command in ((1, "release"), (2, "discard")):
+        result = runner.invoke(app, ["outbox", command, str(row_id), "--reason", reasons[command]], env=env)
+        assert result.exit_code == 0, result.output
+    entries = asyncio.run(audited())
+    assert "Vries" not in repr(entries) and "Sanne" not in repr(entries)
+    (released, objects, youth, transaction), (discarded, of_letter, nobody, letters_transaction) = entries
+    assert (released, youth, transaction, objects["message_id"]) == ("outbox.released", YOUTH, "tx-1", "m-1")
+    assert objects["reason_length"] == len(reasons["release"]) and "reason" not in objects
+    assert (discarded, nobody, of_letter["reason_length"]) == (
+        "outbox.discarded",
+        None,
+        len(reasons["discard"]),
+    )
+    # the sender's transaction id as the spine takes it in: a UUID made from it, the same each time
+    assert letters_transaction == trace_id(sender["transaction-id"])
 
 
 async def test_parking_again_after_the_outbox_gave_an_id_out_twice(
