@@ -299,13 +299,13 @@ class MailConnector:
         await self.mailer.ping()
 
     def status(self) -> dict[str, Any]:
-        """Last success, last error, where mail goes (console)."""
+        """Last success, last error, where mail goes: the console's shape (GET /ops/api/connectors)."""
         where = f"embedded sink 127.0.0.1:{self.sink.port}" if self.sink else f"{self.settings.host}"
         return {
             "target": where,
             "sent": self.mailer.sent,
-            "lastSuccess": self.last_success.isoformat() if self.last_success else None,
-            "lastError": self.last_error,
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+            "last_error": self.last_error,
         }
 
     async def aclose(self) -> None:

@@ -54,8 +54,12 @@ async function refreshHealth() {
 
 async function refreshConnectors() {
   const c = await api("/ops/api/connectors");
-  fill("connectors", Object.entries(c).map(([name, s]) =>
-    row([name, s.reachable ? "yes" : "no", s.last_success, s.last_error || (s.reachable ? "" : s.detail)])));
+  // every component's status has one shape: reachable, last_success (ISO time), last_error, detail
+  fill("connectors", Object.entries(c).map(([name, s]) => {
+    const tr = row([name, s.reachable ? "yes" : "no", s.last_success, s.last_error || (s.reachable ? "" : s.detail)]);
+    tr.dataset.name = name;
+    return tr;
+  }));
 }
 
 function filters() {

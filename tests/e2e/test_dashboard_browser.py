@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -13,17 +14,30 @@ import uvicorn
 from aiokafka import TopicPartition
 from sqlalchemy import func, select
 
+from connectors.mail.component import mail_component
+from connectors.verwijsindex.component import verwijsindex_component
 from hub.app import create_app
+from hub.config import Settings
 from hub.embedded import EmbeddedKafka, free_port
 from hub.ops import console
 from hub.ops.auth import add_operator
-from hub.runtime import Hub
+from hub.runtime import Hub, Registrar
 from hub.store.tables import audit_log
 from hub.topics import Topic
 from schemas.envelope import Envelope
 from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
-from tests.integration.test_ops_lag import OPS_TOPICS, OUT, PASSWORD, Cure, _commit, _fill, poisonable_echo
+from tests.integration.test_mail_delivery import FAST, ILSE, OMAR, add_caseworkers, queue_notices
+from tests.integration.test_ops_lag import (
+    OPS_TOPICS,
+    OUT,
+    PASSWORD,
+    Cure,
+    _commit,
+    _fill,
+    poisonable_echo,
+    refusing_address,
+)
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,11 +58,32 @@ async def served(kafka: EmbeddedKafka, tmp_path: object, unique: str) -> AsyncIt
     """The hub's app under uvicorn on a free port, with the console and a switchable poison check."""
     cure = Cure()
     settings = make_settings(kafka, f"sqlite+aiosqlite:///{tmp_path}/hub.db", unique, components=["intake"])
-    hub = Hub(
-        settings,
-        registrars={"intake": [console.register, poisonable_echo(cure)]},
-        extra_topics=[*OPS_TOPICS, IDLE],
-    )
+    async with _serving(settings, [console.register, poisonable_echo(cure)]) as (hub, base):
+        yield hub, base, cure
+
+
+@pytest.fixture
+async def served_with_connectors(
+    kafka: EmbeddedKafka, tmp_path: object, unique: str
+) -> AsyncIterator[tuple[Hub, str]]:
+    """As `served`, with the mail connector (its embedded SMTP sink) and a Verwijsindex that refuses."""
+    with refusing_address() as refused:
+        settings = make_settings(
+            kafka,
+            f"sqlite+aiosqlite:///{tmp_path}/hub.db",
+            unique,
+            components=["intake"],
+            verwijsindex={"url": f"http://{refused}", "poll_interval_s": 1, "timeout_s": 1},
+        )
+        registrars = [console.register, mail_component(FAST), verwijsindex_component(FAST)]
+        async with _serving(settings, registrars) as served:
+            yield served
+
+
+@asynccontextmanager
+async def _serving(settings: Settings, registrars: list[Registrar]) -> AsyncIterator[tuple[Hub, str]]:
+    """The hub with these registrars under uvicorn on a free port; its base URL. Operators olga, pien."""
+    hub = Hub(settings, registrars={"intake": registrars}, extra_topics=[*OPS_TOPICS, IDLE])
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -61,7 +96,7 @@ async def served(kafka: EmbeddedKafka, tmp_path: object, unique: str) -> AsyncIt
     await add_operator(hub.store, "olga", PASSWORD, "operator")
     await add_operator(hub.store, "pien", PASSWORD, "privacy_officer")
     try:
-        yield hub, f"http://127.0.0.1:{port}", cure
+        yield hub, f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
@@ -112,6 +147,45 @@ async def test_login_see_lag_replay_a_dead_letter(
                 await browser.close()
     out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, settle_s=0.3)
     assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [42]
+
+
+async def test_connectors_show_their_last_success_and_last_error(
+    served_with_connectors: tuple[Hub, str],
+) -> None:
+    """The dashboard read last_success and last_error where the mail connector said lastSuccess and
+    lastError, and the Verwijsindex connector said nothing: both columns stayed empty."""
+    playwright = pytest.importorskip("playwright.async_api")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
+    hub, base = served_with_connectors
+    mail = hub.components["mail"]
+    mail.sink.refuse["omar@halt.nl"] = "550 5.1.1 mailbox unavailable"
+    await add_caseworkers(hub, ILSE, OMAR)
+    await queue_notices(hub, 1, caseworker="cw-ilse")
+    await wait_for(lambda: mail.last_success is not None, timeout_s=30)
+    await queue_notices(hub, 1, caseworker="cw-omar")  # refused for good: its dead letter
+
+    async with playwright.async_playwright() as pw:
+        with tempfile.TemporaryDirectory() as profile:
+            browser = await pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=FLAGS, headless=True
+            )
+            try:
+                page = await browser.new_page()
+                page.set_default_timeout(60_000)
+                await page.goto(base + "/ops/login")
+                await page.fill("#username", "olga")
+                await page.fill("#password", PASSWORD)
+                await page.click("#submit")
+                await page.wait_for_url(base + "/ops/")
+                row = page.locator('#connectors tr[data-name="mail"]')
+                sent_at = mail.last_success.isoformat()
+                await row.locator("td:nth-child(3)", has_text=sent_at).wait_for()
+                await row.locator("td:nth-child(4)", has_text="550").wait_for()
+                index = page.locator('#connectors tr[data-name="verwijsindex"]')
+                await index.locator("td:nth-child(4)", has_text="match feed: ").wait_for()
+            finally:
+                await browser.close()
 
 
 async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -> None:
