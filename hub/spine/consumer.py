@@ -412,7 +412,8 @@ class Spine:
         committed: list[Callable[[], None]],
     ) -> str:
         transaction_id = transaction_id_of(record, message_id)
-        structlog.contextvars.bind_contextvars(message_id=message_id, transaction_id=transaction_id)
+        # a sender's message id may be a name ("zaak J. de Vries"): the log gets the id made from it
+        structlog.contextvars.bind_contextvars(message_id=trace_id(message_id), transaction_id=transaction_id)
         started, callbacks = time.perf_counter(), len(committed)
         try:
             async with session.begin_nested():

@@ -210,3 +210,33 @@ async def test_a_poison_record_in_a_batch_costs_a_few_single_calls_not_the_whole
     # order, a failed first half is resolved before the second is tried, down the first halves
     # (n/2 + n/4 + ... records) before the rest goes one by one: a little over 2n here (812 of 400)
     assert sum(batch_calls) - len(singles) <= 2.1 * n
+
+
+async def test_a_senders_message_id_that_is_a_name_is_not_what_the_log_lines_carry(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Every log line while a record is handled (its dead-lettering too) carries the message id bound
+    for it: a sender's own header went in as it came ("zaak Sanne de Vries 06-12345678")."""
+    import structlog
+
+    from schemas.envelope import trace_id
+
+    seen: list[dict[str, object]] = []
+
+    def register(hub: Hub) -> None:
+        assert hub.spine is not None
+
+        @hub.spine.subscribe(hub.topic(IN.name), group=hub.group("bound"), dlq=hub.topic(IN.dlq))
+        async def handle(tx: Tx, message: Envelope) -> None:
+            """Note what the log lines would carry, then fail."""
+            seen.append(structlog.contextvars.get_contextvars())
+            raise ValueError("poison payload")
+
+    named = "zaak Sanne de Vries 06-12345678"
+    async with running_hub(make_settings(kafka, db_url, unique), register) as hub:
+        env = Envelope(type="T", payload={"n": 1})
+        headers = [(k, named.encode() if k == "message-id" else v) for k, v in env.headers()]
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(b"k", env.to_bytes(), headers)])
+        await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1)
+    assert seen and all(s["message_id"] == trace_id(named) for s in seen)
+    assert "Vries" not in repr(seen)
