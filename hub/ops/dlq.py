@@ -50,7 +50,7 @@ from hub.store import Store, store_failed
 from hub.store.tables import inbox
 from schemas._base import NO_CONTROL
 from schemas.bsn import contains_bsn, is_valid_bsn, normalise_bsn
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, utcnow
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, trace_id, utcnow
 from schemas.pseudonym import youth_key
 
 log = get_logger(__name__)
@@ -91,6 +91,13 @@ def source_of(d: DeadLetter, *, legacy: bool = False) -> str | None:
     if legacy:
         return position[:400]
     return f"{position}@{d.headers.get(DLQ_FIRST_FAILURE, '')}"[:400]
+
+
+def _trace(d: DeadLetter) -> str | None:
+    """A letter's transaction id for the audit log, as the spine takes one in (rule 19): a letter
+    written before the spine made ids of names may still carry a name there."""
+    found = d.usable_id(H_TRANSACTION_ID)
+    return trace_id(found) if found is not None else None
 
 
 def replay_message_id(d: DeadLetter) -> str:
@@ -204,7 +211,7 @@ class DeadLetters:
                     youth_key=d.youth_key or self._youth_in(d),
                     objects={"dead_letter": d.id},
                 ),
-                transaction_id=d.usable_id(H_TRANSACTION_ID),
+                transaction_id=_trace(d),
                 system=SYSTEM,
             )
 
@@ -297,7 +304,7 @@ class DeadLetters:
                 youth_key=d.youth_key or self._youth_in(d, value),
                 objects=objects,
             ),
-            transaction_id=d.usable_id(H_TRANSACTION_ID),
+            transaction_id=_trace(d),
             system=SYSTEM,
         )
 
