@@ -1,4 +1,4 @@
-"""`ketenhub partners add|rotate-key|list|delivery`: act on the configured database, migrating it first."""
+"""`ketenhub partners add|rotate-key|disable|enable|list|delivery`, on the configured database."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from hub.partners.registry import (
     add_partner,
     list_partners,
     rotate_key,
+    set_active,
 )
 from schemas.handover import ReceiverType
 
@@ -75,6 +76,20 @@ def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> N
         " KETENHUB_HTTP__KEY_CACHE_S, 5 s by default):"
     )
     typer.echo(key)
+
+
+@app.command("disable")
+def disable(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
+    """Revoke a partner: its API key stops working within 5 s (KETENHUB_HTTP__KEY_CACHE_S); audited."""
+    partner = _in_store(lambda s: set_active(s, name.strip(), False))
+    typer.echo(f"partner {partner.name} disabled: its key is refused (401) within KETENHUB_HTTP__KEY_CACHE_S")
+
+
+@app.command("enable")
+def enable(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
+    """Let a disabled partner in again with the key it had (rotate it if it may have leaked); audited."""
+    partner = _in_store(lambda s: set_active(s, name.strip(), True))
+    typer.echo(f"partner {partner.name} enabled")
 
 
 @app.command("list")

@@ -104,6 +104,25 @@ async def rotate_key(session: AsyncSession, name: str, *, user: str = "cli") -> 
     return Partner(old.id, old.name, old.type, key_id, old.created_at, now, old.active), key
 
 
+async def set_active(session: AsyncSession, name: str, active: bool, *, user: str = "cli") -> Partner:
+    """Revoke a partner (its key stops working within http.key_cache_s; what it sent before stays)
+    or let it in again with the key it had; audited either way."""
+    row = (await session.execute(select(partners).where(partners.c.name == name))).first()
+    if row is None:
+        raise UnknownPartner(f"no partner named {name!r}")
+    await session.execute(update(partners).where(partners.c.name == name).values(active=active))
+    await write_audit(
+        session,
+        AuditEntry(
+            action="partner.enabled" if active else "partner.disabled", user=user, objects={"partner": name}
+        ),
+        transaction_id=None,
+        system=SYSTEM,
+    )
+    old = _partner(row)
+    return Partner(old.id, old.name, old.type, old.key_id, old.created_at, old.rotated_at, active)
+
+
 async def list_partners(session: AsyncSession) -> list[Partner]:
     """Every registered partner, by name."""
     rows = await session.execute(select(partners).order_by(partners.c.name))

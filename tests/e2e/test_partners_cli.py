@@ -1,4 +1,4 @@
-"""`ketenhub partners add|list|rotate-key` as an operator runs them, against a SQLite database."""
+"""`ketenhub partners add|list|rotate-key|disable|enable` as an operator runs them, on a SQLite database."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def test_add_list_and_rotate(tmp_path: Path) -> None:
     new_key = rotated.stdout.strip().splitlines()[-1]
     assert new_key != key and _works(url, new_key) and not _works(url, key)
     assert _run(url, "rotate-key", "nobody").returncode == 1
+
+    # revoked: the key is refused, the partner listed as inactive; let in again with the same key
+    disabled = _run(url, "disable", "politie-den-haag")
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout, disabled.stderr
+    assert not _works(url, new_key)
+    assert _run(url, "list").stdout.strip().splitlines()[1].split()[-1] == "no"
+    assert _run(url, "enable", "politie-den-haag").returncode == 0 and _works(url, new_key)
+    assert _run(url, "disable", "nobody").returncode == 1
 
 
 def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
