@@ -87,9 +87,13 @@ class ConsentOut(CanonicalModel):
     handovers_withdrawn: list[str] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, s: StoredConsent, custodians: int | None = None, **extra: Any) -> ConsentOut:
-        """From the stored consent."""
+    def of(cls, s: StoredConsent, custodians: int | None, today: date, **extra: Any) -> ConsentOut:
+        """From the stored consent, as it stands `today` (the Dutch day): an ACTIEF consent past its
+        last day is VERLOPEN, as the handover check treats it (rule 9)."""
         c, check = s.consent, completeness(s.consent, custodians=custodians)
+        status = (
+            ConsentStatus.VERLOPEN if c.status is ConsentStatus.ACTIEF and today > c.valid_until else c.status
+        )
         return cls(
             consent_id=s.consent_id,
             youth_key=s.youth_key,
@@ -101,7 +105,7 @@ class ConsentOut(CanonicalModel):
             recorded_by=c.recorded_by,
             valid_from=c.valid_from,
             valid_until=c.valid_until,
-            status=c.status,
+            status=status,
             complete=check.complete,
             missing=list(check.missing),
             denied=[d.value for d in check.denied],
@@ -117,6 +121,15 @@ def _hub(request: Request) -> Hub:
     if hub.store is None or hub.relay is None:
         raise HubStarting()
     return hub
+
+
+async def _custodians(session: Any, youth_key: str) -> int | None:
+    """How many hold custody of the youth, as its latest referral says (None: not known, or no
+    referral in the hub): what rule 8 counts, here as in the handover check."""
+    try:
+        return (await _youth(session, None, youth_key))[3]
+    except Problem:
+        return None
 
 
 async def _youth(
@@ -238,7 +251,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
             custodians=custodians,
         )
     hub.relay.wake()
-    return ConsentOut.of(done.stored, custodians, handovers_sent=done.sent)
+    return ConsentOut.of(done.stored, custodians, local_day(hub.clock()), handovers_sent=done.sent)
 
 
 class _KnownYouthRefused(Problem):
@@ -362,7 +375,8 @@ async def list_consents(
             raise Problem(403, "Geen toegang", NOT_YOURS)
         stored = await consents_of(session, key)
         await _audit_read(session, act, key, {"consent_ids": [s.consent_id for s in stored]})
-    return [ConsentOut.of(s, custodians) for s in stored]
+    today = local_day(hub.clock())
+    return [ConsentOut.of(s, custodians, today) for s in stored]
 
 
 @router.get("/{consent_id}", response_model=ConsentOut, responses={200: {"content": {FHIR_JSON: {}}}})
@@ -378,9 +392,10 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
         if not await may_see_case(session, stored.youth_key, caseworker):
             raise Problem(403, "Geen toegang", NOT_YOURS)
         await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
+        custodians = await _custodians(session, stored.youth_key)
     if FHIR_JSON in request.headers.get("accept", ""):
         return JSONResponse(to_fhir(stored.consent, youth_key=stored.youth_key), media_type=FHIR_JSON)
-    return ConsentOut.of(stored)
+    return ConsentOut.of(stored, custodians, local_day(hub.clock()))
 
 
 @router.post("/{consent_id}/intrekking", response_model=ConsentOut)
@@ -397,6 +412,7 @@ async def withdraw(
             if found is not None and not await may_see_case(session, found.youth_key, caseworker):
                 raise Problem(403, "Geen toegang", NOT_YOURS)
             stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
+            custodians = await _custodians(session, stored.youth_key)
     except ConsentNotFound:
         raise Problem(404, "Toestemming niet gevonden") from None
     except AlreadyWithdrawn:
@@ -406,4 +422,4 @@ async def withdraw(
             "Een ingetrokken of verlopen toestemming kan niet opnieuw worden ingetrokken.",
         ) from None
     hub.relay.wake()
-    return ConsentOut.of(stored, handovers_withdrawn=withdrawn)
+    return ConsentOut.of(stored, custodians, local_day(hub.clock()), handovers_withdrawn=withdrawn)

@@ -380,3 +380,42 @@ async def test_a_fhir_consent_takes_the_youth_from_the_referral_not_from_the_res
             headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
         )
         assert unknown.status_code == 404, unknown.text
+
+
+async def test_one_consent_reads_as_the_list_and_the_handover_check_see_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Read alone, a consent was judged without the referral's custodians (one parent's permit made a
+    14-year-old's complete where the list, and the handover check, said two were needed), and an
+    ACTIEF consent past its last day still read ACTIEF, where the handover check calls it VERLOPEN."""
+    from datetime import UTC, datetime, timedelta
+
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(14, custodians=2)
+        recorded = await w.consent(rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")])
+        one = (
+            await w.client.get(
+                f"/api/v1/toestemmingen/{recorded['consent_id']}", headers={"X-Medewerker": CW}
+            )
+        ).json()
+        [listed] = (
+            await w.client.get(f"/api/v1/toestemmingen?youth_key={key}", headers={"X-Medewerker": CW})
+        ).json()
+        assert (
+            (one["complete"], one["missing"])
+            == (listed["complete"], listed["missing"])
+            == (
+                False,
+                ["OUDER_MET_GEZAG"],
+            )
+        )
+
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=400)  # past its last day
+        later = await w.client.get(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}", headers={"X-Medewerker": CW}
+        )
+        assert later.json()["status"] == "VERLOPEN"
+        [listed] = (
+            await w.client.get(f"/api/v1/toestemmingen?youth_key={key}", headers={"X-Medewerker": CW})
+        ).json()
+        assert listed["status"] == "VERLOPEN"
