@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from connectors.verwijsindex.contract import (
+    ANSWER_EXTRA,
     NOT_FOUND,
     TRANSACTION_HEADER,
     Contactpersoon,
@@ -131,7 +132,7 @@ def _index_says_not_found(response: Answer) -> bool:
     """Whether a 404 is the index's answer about the signal (its `Fout` body), not a proxy's page or
     a wrong base URL's, which say nothing about the signal and must not settle a withdrawal."""
     try:
-        fout = Fout.model_validate_json(response.content)
+        fout = Fout.model_validate_json(response.content, extra=ANSWER_EXTRA)
     except ValidationError:
         return False
     return fout.titel == NOT_FOUND
@@ -220,7 +221,7 @@ class VerwijsindexClient:
         try:
             # The standard library's parser, not pydantic's: that one refuses the whole document for
             # a lone surrogate escape in one entry, which would block the feed on it.
-            page = RuweMatchPagina.model_validate(json.loads(response.content))
+            page = RuweMatchPagina.model_validate(json.loads(response.content), extra=ANSWER_EXTRA)
         except (ValueError, RecursionError) as exc:  # ValidationError is a ValueError too
             found = contract_problems(exc) if isinstance(exc, ValidationError) else (_unreadable(exc),)
             raise PermanentError(f"{where} breaks the contract: {'; '.join(found)}") from None
@@ -271,8 +272,9 @@ class VerwijsindexClient:
 
     @staticmethod
     def _parse(response: Answer, model: type[M], op: str) -> M:
+        """The answer as `model`; a field the contract does not know is ignored (`ANSWER_EXTRA`)."""
         try:
-            return model.model_validate_json(response.content)
+            return model.model_validate_json(response.content, extra=ANSWER_EXTRA)
         except ValidationError as exc:  # which fields, never their values
             found = "; ".join(contract_problems(exc))
             raise PermanentError(
@@ -282,7 +284,7 @@ class VerwijsindexClient:
 
 def _match(position: int, entry: Any) -> Match | RefusedMatch:
     try:
-        return Match.model_validate(entry)
+        return Match.model_validate(entry, extra=ANSWER_EXTRA)
     except ValidationError as exc:
         ids = entry if isinstance(entry, dict) else {}
         return RefusedMatch.of(position, ids.get("match_id"), ids.get("signaal_id"), exc)

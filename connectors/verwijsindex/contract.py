@@ -2,14 +2,16 @@
 
 No public interface spec exists, so ketenhub defines this one. Field names are Dutch, like the
 domain. A signal carries only the rule-11 whitelist; every model forbids extra fields, so the
-index answers 422 to anything else (a reason, an offence, a screening result, a parent).
+index answers 422 to anything else (a reason, an offence, a screening result, a parent). The hub
+reads the index's answers leniently (`ANSWER_EXTRA`): a field the index adds is ignored, not a
+broken answer.
 """
 
 from __future__ import annotations
 
 from datetime import MAXYEAR, MINYEAR, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,7 +23,10 @@ TRANSACTION_HEADER = "Fsc-Transaction-Id"
 MAX_YEARS = 2  # rule 12: at most created + 2 years
 MAX_AGE = 23  # rule 12: at most the 23rd birthday
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-_PHONE = r"^\+?[0-9 ()-]{6,20}$"
+TELEFOON = r"^\+?[0-9 ()-]{6,20}$"  # stricter than the hub's own phone numbers: see mapping.telefoon_van
+# How the hub reads what the index answers (DESIGN: partner formats are parsed leniently at the
+# edge): a field the contract does not know is ignored. What the hub sends stays strict.
+ANSWER_EXTRA: Literal["ignore"] = "ignore"
 
 
 class _Strict(BaseModel):
@@ -112,7 +117,7 @@ class Contactpersoon(_Strict):
 
     naam: str = Field(min_length=1, max_length=200)
     email: str | None = Field(default=None, max_length=254, pattern=_EMAIL)
-    telefoon: str | None = Field(default=None, pattern=_PHONE)
+    telefoon: str | None = Field(default=None, pattern=TELEFOON)
 
     @model_validator(mode="after")
     def _reachable(self) -> Contactpersoon:

@@ -19,6 +19,7 @@ from connectors.verwijsindex.contract import (
     Geslacht,
     IntrekkingsReden,
     Jeugdige,
+    Match,
     Organisatie,
     SignaalRegistratie,
     SignaalStatus,
@@ -205,13 +206,17 @@ async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
 
 async def test_an_answer_that_breaks_the_contract_names_the_fields_not_their_values() -> None:
     youth = {"bsn": BSN, "voornamen": "Sanne\x00", "geslachtsnaam": "de Vries"}
-    vendor = vendor_answering(200, signaal_id="sig-1", jeugdige=youth, einddatum="morgen")
+    contact = {"naam": "Sanne de Vries", "email": BSN}  # a known field holding what it must not
+    vendor = vendor_answering(
+        200, signaal_id="sig-1", jeugdige=youth, contactpersoon=contact, einddatum="morgen"
+    )
     async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(PermanentError) as caught:
             await client.get("sig-1", "tx")
     message = str(caught.value)
     assert message.startswith("verwijsindex get: HTTP 200 answer breaks the contract: "), message
-    assert "einddatum: " in message and "jeugdige" in message
+    assert "einddatum: " in message and "contactpersoon.email: " in message
+    assert "jeugdige" not in message  # a field the contract does not know is ignored, not read
     assert BSN not in message and "Sanne" not in message and "Vries" not in message
 
 
@@ -247,6 +252,76 @@ async def test_a_404_that_is_not_the_index_about_the_signal_is_no_answer_about_i
         with pytest.raises(PermanentError, match="HTTP 404") as caught:
             await client.withdraw("sig-1", IntrekkingsReden.ONTERECHT, "tx")
     assert not isinstance(caught.value, NotInIndex)
+
+
+def an_index_adding_a_field() -> FastAPI:
+    """An index that answers by the contract, with one field more on every object it returns."""
+    app = FastAPI()
+    more = {"versie": 3}
+    org = {"code": "halt-den-haag", "naam": "Halt Den Haag", "kvk": "12345678"}
+    signaal = {
+        "signaal_id": "sig-1", "status": "ACTIEF", "organisatie": org,
+        "contactpersoon": {"naam": "Ilse Bakker", "email": "ilse@halt.nl", "functie": "medewerker"},
+        "aangemaakt": TODAY.isoformat(), "einddatum": (TODAY + timedelta(days=365)).isoformat(),
+    } | more  # fmt: skip
+    match = {
+        "match_id": "m-1", "cursor": "c-1", "type": "CLIENTMATCH", "signaal_id": "sig-1",
+        "organisatie_code": "halt-den-haag", "ontstaan_op": "2026-01-15T09:00:00+00:00",
+        "tegenpartij": {
+            "organisatie": {"code": "wijkteam-escamp", "naam": "Wijkteam Escamp"} | more,
+            "contactpersoon": {"naam": "Kees de Wit", "email": "kees@wijkteam.nl"} | more,
+        } | more,
+    } | more  # fmt: skip
+
+    @app.put("/api/v1/signalen/{signal_id}")
+    async def put(signal_id: str) -> JSONResponse:
+        return JSONResponse(signaal, status_code=201)
+
+    @app.patch("/api/v1/signalen/{signal_id}")
+    async def patch(signal_id: str) -> JSONResponse:
+        return JSONResponse(signaal)
+
+    @app.delete("/api/v1/signalen/{signal_id}")
+    async def delete(signal_id: str) -> JSONResponse:
+        ended = signaal | {"status": "INGETROKKEN_ONTERECHT", "intrekkingsreden": "ONTERECHT"}
+        return JSONResponse(ended)
+
+    @app.get("/api/v1/signalen/{signal_id}")
+    async def get(signal_id: str) -> JSONResponse:
+        fout = {"titel": "Not Found", "detail": "no such signal", "fouten": [], "code": "VI-404"}
+        return JSONResponse(fout, status_code=404)
+
+    @app.get("/api/v1/matches")
+    async def matches() -> JSONResponse:
+        return JSONResponse({"matches": [match], "volgende": "c-1", "totaal": 1})
+
+    return app
+
+
+async def test_a_field_the_index_adds_to_its_answers_is_ignored() -> None:
+    """DESIGN: partner formats are parsed leniently at the edge. One field more in the index's answer
+    turned a PUT or DELETE that succeeded into a PermanentError (a dead letter for a write that was
+    done, and not audited), refused every match and hid the index's own 404 about a signal."""
+    async with (
+        serving(an_index_adding_a_field()) as port,
+        VerwijsindexClient(f"http://127.0.0.1:{port}") as client,
+    ):
+        registered = await client.register("sig-1", registration(), "tx")
+        assert registered.status is SignaalStatus.ACTIEF and registered.contactpersoon.naam == "Ilse Bakker"
+        changed = await client.change_contact(
+            "sig-1", Contactpersoon(naam="Ilse Bakker", email="i@halt.nl"), "tx"
+        )
+        assert changed.signaal_id == "sig-1"
+        withdrawn = await client.withdraw("sig-1", IntrekkingsReden.ONTERECHT, "tx")
+        assert withdrawn.status is SignaalStatus.INGETROKKEN_ONTERECHT
+        with pytest.raises(NotInIndex, match="HTTP 404"):  # still the index's word about the signal
+            await client.get("sig-1", "tx")
+        page, cursor = await client.matches(None, 10, "tx")
+    (match,) = page
+    assert isinstance(match, Match), match
+    assert (match.match_id, match.signaal_id, match.tegenpartij.contactpersoon.email, cursor) == (
+        "m-1", "sig-1", "kees@wijkteam.nl", "c-1",
+    )  # fmt: skip
 
 
 def test_redaction() -> None:
