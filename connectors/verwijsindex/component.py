@@ -168,6 +168,12 @@ class VerwijsindexConnector:
         if not await self.client.ping():
             raise ConnectionError("verwijsindex does not answer")
 
+    def status(self) -> dict[str, Any]:
+        """For the console (GET /ops/api/connectors, its shape): the match feed's last error, None
+        once a poll succeeds again. A command's own errors are on its signal and in the DLQ."""
+        error = self.feed.last_error if self.feed is not None else None
+        return {"last_error": f"match feed: {error}" if error else None}
+
     async def aclose(self) -> None:
         """Close pooled connections, then the in-process simulator."""
         await self.client.aclose()
