@@ -22,6 +22,7 @@ from hub.directory import get_caseworker, list_caseworkers, mail_recipient
 from hub.errors import PermanentError
 from hub.logging import get_logger
 from hub.notify.service import SYSTEM, notify_caseworker, record_problem
+from hub.signals.rules import contact_problem
 from hub.signals.service import active_signals_of, request_contact_change
 from hub.signals.tables import matches
 from schemas.caseworker import Absence, Caseworker
@@ -78,15 +79,21 @@ def why(cw: Caseworker, day: date, after_days: int) -> str | None:
 
 async def _successor(session: AsyncSession, cw: Caseworker, day: date) -> Caseworker:
     """Who takes over: the first active, present caseworker along the delegates, never `cw`
-    themselves (a chain that leads back to them has no delegate; raises PermanentError)."""
-    reader = await mail_recipient(session, cw.caseworker_id, day)
-    if reader.caseworker_id != cw.caseworker_id:
-        return reader
-    if cw.delegate_id is None:  # present, but an administrator asked for the move anyway
-        raise PermanentError(f"caseworker {cw.caseworker_id!r} has no delegate")
-    successor = await mail_recipient(session, cw.delegate_id, day)
-    if successor.caseworker_id == cw.caseworker_id:  # the delegate is away and stands in by way of cw
-        raise PermanentError(f"caseworker {cw.caseworker_id!r} has no reachable delegate")
+    themselves (a chain that leads back to them has no delegate; raises PermanentError). They must
+    be able to be a signal's contact person (rule 13: meldingsbevoegd; a phone number the index
+    takes); if not, there is no delegate either, and the signals stay where they are."""
+    successor = await mail_recipient(session, cw.caseworker_id, day)
+    if successor.caseworker_id == cw.caseworker_id:
+        if cw.delegate_id is None:  # present, but an administrator asked for the move anyway
+            raise PermanentError(f"caseworker {cw.caseworker_id!r} has no delegate")
+        successor = await mail_recipient(session, cw.delegate_id, day)
+        if successor.caseworker_id == cw.caseworker_id:  # the delegate is away and stands in by way of cw
+            raise PermanentError(f"caseworker {cw.caseworker_id!r} has no reachable delegate")
+    if (problem := contact_problem(successor)) is not None:
+        raise PermanentError(
+            f"delegate {successor.caseworker_id!r} of caseworker {cw.caseworker_id!r} cannot take "
+            f"signals over: {problem}"
+        )
     return successor
 
 

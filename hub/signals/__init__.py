@@ -3,6 +3,7 @@
 from hub.signals.service import (
     SignalNotActive,
     SignalNotFound,
+    UnfitContact,
     active_signals_of,
     request_contact_change,
     request_withdrawal,
@@ -12,6 +13,7 @@ from hub.signals.service import (
 __all__ = [
     "SignalNotActive",
     "SignalNotFound",
+    "UnfitContact",
     "active_signals_of",
     "request_contact_change",
     "request_withdrawal",

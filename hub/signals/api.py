@@ -26,6 +26,7 @@ from hub.signals.letter import letter_response
 from hub.signals.service import (
     SignalNotActive,
     SignalNotFound,
+    active_signal_for,
     contact_of,
     request_contact_change,
     request_withdrawal,
@@ -131,7 +132,7 @@ def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
         params.append(InvalidParam(name="created", reason="ligt in de toekomst"))
     if birth > created or rules.too_old(birth, created):
         params.append(InvalidParam(name="youth.birth_date", reason="de jeugdige is niet tussen 0 en 23 jaar"))
-    elif problem := rules.end_date_problem(created, birth, end):
+    elif problem := rules.end_date_problem(created, birth, end) or rules.end_date_passed(end, today):
         params.append(InvalidParam(name="end_date", reason=problem))
     informed = {
         "youth_informed_at": body.youth_informed_at,
@@ -155,6 +156,46 @@ def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
         )
 
 
+def _phone_unfit(name: str, problem: str) -> Problem:
+    """The answer for a caseworker whose phone number the Verwijsindex cannot take."""
+    return Problem(
+        422,
+        "Telefoonnummer past niet in de Verwijsindex",
+        "Het telefoonnummer van de medewerker kan niet naar de Verwijsindex; pas het aan in het "
+        "medewerkersbestand (6 tot 20 cijfers, met eventueel een + ervoor).",
+        params=[InvalidParam(name=name, reason=problem)],
+    )
+
+
+class _AlreadySignalled(Exception):
+    """The organisation has an active signal on this youth already."""
+
+    def __init__(self, signal_id: str) -> None:
+        super().__init__(signal_id)
+        self.signal_id = signal_id
+
+
+async def _refuse_second_signal(
+    hub: Hub, request: Request, cw: Caseworker, key: str, existing: str
+) -> Problem:
+    """409 naming the active signal; audited, for the caseworker learns the youth has one (rule 18)."""
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        entry = AuditEntry(
+            action="signal.register_refused",
+            user=cw.caseworker_id,
+            youth_key=key,
+            objects={"signal_id": existing, "reason": "already_active"},
+        )
+        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
+    return Problem(
+        409,
+        "Al een actief signaal",
+        f"Er staat al een actief signaal van deze organisatie op deze jeugdige: {existing}. Een tweede "
+        "signaal wordt niet geregistreerd; trek het eerste in of wijzig de contactpersoon ervan.",
+    )
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SignalOut)
 async def register_signal(
     body: SignalIn,
@@ -165,7 +206,8 @@ async def register_signal(
 ) -> SignalOut:
     """Register a signal (rules 11-14); it is sent to the Verwijsindex through Kafka with retries.
 
-    Sent again with the same `Idempotency-Key`, it answers with the signal the first one made."""
+    Sent again with the same `Idempotency-Key`, it answers with the signal the first one made.
+    While the organisation has an active signal on the youth, another is refused (409, naming it)."""
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     secret = hub.settings.secret_value()
@@ -187,6 +229,8 @@ async def register_signal(
         raise Problem(
             403, "Niet meldingsbevoegd", "Alleen meldingsbevoegde medewerkers registreren signalen."
         )
+    if (problem := rules.phone_problem(cw.phone)) is not None:
+        raise _phone_unfit("caseworker.phone", problem)
     s = hub.settings.verwijsindex
     today = hub.today()
     created = body.created or today
@@ -208,12 +252,21 @@ async def register_signal(
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
         assert signal.signal_id
+        if (existing := await active_signal_for(session, key, signal.organisation, today)) is not None:
+            raise _AlreadySignalled(existing)
         await store_signal(
             session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
         )
         return signal.signal_id, await signal_row(session, signal.signal_id)
 
-    row = await create_once(hub.store, claim, response, create, replay)
+    try:
+        row = await create_once(hub.store, claim, response, create, replay)
+    except _AlreadySignalled as exc:
+        # On PostgreSQL a request beside this one with the same key may have made it, committed while
+        # this one waited for the youth's lock: that is this request's answer, not a refusal.
+        if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
+            return SignalOut.of(earlier)
+        raise await _refuse_second_signal(hub, request, cw, key, exc.signal_id) from None
     hub.relay.wake()
     return SignalOut.of(row)
 
@@ -304,6 +357,15 @@ async def change_contact(
         if new is None or not new.active:
             bad = [InvalidParam(name="caseworker_id", reason="onbekend of niet actief")]
             raise Problem(422, "Onbekende medewerker", "De nieuwe contactpersoon is onbekend.", params=bad)
+        if not new.meldingsbevoegd:  # rule 13: the index shows the contact person as the one who signals
+            raise Problem(
+                422,
+                "Niet meldingsbevoegd",
+                "Alleen een meldingsbevoegde medewerker kan contactpersoon van een signaal zijn (regel 13).",
+                params=[InvalidParam(name="caseworker_id", reason="niet meldingsbevoegd")],
+            )
+        if (problem := rules.phone_problem(new.phone)) is not None:
+            raise _phone_unfit("caseworker_id", problem)
         try:
             await request_contact_change(
                 session, hub, signal_id, new, _tx(request), user=cw.caseworker_id, day=hub.today()

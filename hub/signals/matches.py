@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import today
 from hub.notify.service import record_problem
 from hub.notify.tables import mail_problems
 from hub.signals.tables import feed_cursor, matches, signals
@@ -13,6 +16,7 @@ from hub.spine.outbox import add_to_outbox
 from schemas._base import Code, is_token
 from schemas.envelope import Envelope, utcnow
 from schemas.match import Match
+from schemas.signal import SignalStatus
 
 MATCH_TYPE = "Match"
 FEED = "verwijsindex-matches"
@@ -51,8 +55,16 @@ async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> 
         await session.execute(insert(feed_cursor).values(feed=feed, cursor=cursor, updated_at=now))
 
 
-async def record_match(session: AsyncSession, topic: str, match: Match, transaction_id: str) -> bool:
-    """Store a match and queue its message; False when it was seen before or is not on our signal."""
+async def record_match(
+    session: AsyncSession, topic: str, match: Match, transaction_id: str, *, day: date | None = None
+) -> bool:
+    """Store a match and queue its message; False when it was seen before or is not on our signal.
+
+    A match on a signal the hub no longer holds active (withdrawn, ended, or past its end date on
+    `day`, default today) is not passed on: the index made it before it heard of the end. It is
+    audited as ignored (rule 18: the index told us something about one of our youths) and not
+    stored, so nobody is mailed about a signal that is over.
+    """
     seen = (
         await session.execute(select(matches.c.match_id).where(matches.c.match_id == match.match_id))
     ).first()
@@ -60,10 +72,30 @@ async def record_match(session: AsyncSession, topic: str, match: Match, transact
         return False
     owner = (
         await session.execute(
-            select(signals.c.youth_key, signals.c.caseworker_id).where(signals.c.signal_id == match.signal_id)
+            select(signals.c.youth_key, signals.c.caseworker_id, signals.c.status, signals.c.end_date).where(
+                signals.c.signal_id == match.signal_id
+            )
         )
     ).first()
     if owner is None:  # a signal we do not hold (e.g. purged): nothing to tell anyone
+        return False
+    ended = owner.status != SignalStatus.ACTIEF.value or owner.end_date < (day or today())
+    if ended:
+        # nothing marks a signal past its end date VERLOPEN in the hub; the index does
+        status = SignalStatus.VERLOPEN.value if owner.status == SignalStatus.ACTIEF.value else owner.status
+        entry = AuditEntry(
+            action="verwijsindex.match_ignored",
+            user=SYSTEM,
+            youth_key=owner.youth_key,
+            objects={
+                "signal_id": match.signal_id,
+                "match_id": match.match_id,
+                "type": match.type.value,
+                "reason": "signal_not_active",
+                "signal_status": status,
+            },
+        )
+        await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
         return False
     await session.execute(
         insert(matches).values(

@@ -1,10 +1,12 @@
-"""Rules 12 and 14 for a new signal, as pure functions over dates: they return what is wrong."""
+"""Rules 12, 13 and 14 for a signal, as pure functions: they return what is wrong."""
 
 from __future__ import annotations
 
 from datetime import date
 
 from connectors.verwijsindex.contract import default_einddatum, max_einddatum
+from connectors.verwijsindex.mapping import telefoon_van
+from schemas.caseworker import Caseworker
 from schemas.dates import age_on
 
 MAX_AGE = 23
@@ -16,6 +18,14 @@ def end_date_problem(created: date, birth: date, end: date) -> str | None:
         return "de einddatum moet na de aanmaakdatum liggen"
     if end > max_einddatum(created, birth):
         return "de einddatum ligt na aanmaakdatum + 2 jaar of na de 23e verjaardag (regel 12)"
+    return None
+
+
+def end_date_passed(end: date, today: date) -> str | None:
+    """A signal whose end date lies before `today` would be over before it starts: the hub counts
+    it no longer active and the Verwijsindex refuses it. A backdated creation date allows one."""
+    if end < today:
+        return "de einddatum ligt in het verleden: het signaal zou al afgelopen zijn"
     return None
 
 
@@ -46,3 +56,22 @@ def informing_problems(
 def too_old(birth: date, created: date) -> bool:
     """The Verwijsindex holds youths up to their 23rd birthday."""
     return age_on(birth, created) >= MAX_AGE
+
+
+def phone_problem(phone: str | None) -> str | None:
+    """Why the Verwijsindex cannot take this phone number for a signal's contact person, even
+    tidied up (`telefoon_van`); None when it can, or when there is none."""
+    if phone is None or telefoon_van(phone) is not None:
+        return None
+    return (
+        "het telefoonnummer van de medewerker past niet in de Verwijsindex: die vraagt 6 tot 20 cijfers "
+        "(met eventueel een + ervoor)"
+    )
+
+
+def contact_problem(caseworker: Caseworker) -> str | None:
+    """Why `caseworker` cannot be a signal's contact person: not authorised to signal (rule 13), or
+    a phone number the Verwijsindex cannot take; None when they can."""
+    if not caseworker.meldingsbevoegd:
+        return "de medewerker is niet meldingsbevoegd (regel 13)"
+    return phone_problem(caseworker.phone)

@@ -2,7 +2,8 @@
 
 Public, stable functions (the mail/borging area calls the first two):
 - `active_signals_of(session, caseworker_id)`: the caseworker's ACTIEF signals.
-- `request_contact_change(session, hub_or_topic, signal_id, new_caseworker, transaction_id)`.
+- `request_contact_change(session, hub_or_topic, signal_id, new_caseworker, transaction_id)`;
+  it refuses a new contact person who may not be one (`UnfitContact`; `rules.contact_problem`).
 Each writes in the caller's transaction; after it commits, call `hub.relay.wake()` (or wait for
 the relay's next poll) to publish the queued command.
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import today
 from hub.errors import PermanentError
-from hub.signals import commands
+from hub.signals import commands, rules
 from hub.signals.tables import signals
 from hub.spine.outbox import add_to_outbox
 from hub.topics import VERWIJSINDEX_SIGNAL
@@ -39,6 +40,16 @@ class SignalNotFound(PermanentError):
 
 class SignalNotActive(PermanentError):
     """The signal was withdrawn, ended or expired; it can no longer change."""
+
+
+class UnfitContact(PermanentError):
+    """The caseworker cannot be a signal's contact person: not authorised to signal (rule 13), or a
+    phone number the Verwijsindex cannot take. The message names the caseworker, never a youth."""
+
+
+# PostgreSQL advisory lock space (the first of two int4 keys, a key space apart from the one-bigint
+# locks elsewhere) of one youth's signals: `active_signal_for` holds it while a registration decides.
+SIGNAL_LOCK = 7_306_001
 
 
 class _HasTopic(Protocol):
@@ -108,6 +119,34 @@ async def active_signals_of(
     return [signal_from_row(r) for r in rows]
 
 
+async def active_signal_for(
+    session: AsyncSession, youth_key: str, organisation: str, day: date
+) -> str | None:
+    """The id of `organisation`'s ACTIEF signal on the youth that still runs on `day`, or None.
+
+    On PostgreSQL it holds the youth's signal lock until the transaction ends, so that two
+    registrations at once cannot both find none and both store one; SQLite has one writer.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        # a youth key is 64 hex digits; its first 7 make a positive int4, the lock's second key
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), CAST(:key AS integer))"),
+            {"space": SIGNAL_LOCK, "key": int(youth_key[:7], 16)},
+        )
+    query = (
+        select(signals.c.signal_id)
+        .where(
+            signals.c.youth_key == youth_key,
+            signals.c.organisation == organisation,
+            signals.c.status == SignalStatus.ACTIEF.value,
+            signals.c.end_date >= day,
+        )
+        .order_by(signals.c.created, signals.c.signal_id)
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar()
+
+
 def contact_of(caseworker: Caseworker, organisation: str) -> ContactDetails:
     """A caseworker's contact card for the Verwijsindex."""
     return ContactDetails(
@@ -143,8 +182,13 @@ async def store_signal(
     user: str,
     transaction_id: str,
 ) -> None:
-    """Store a new signal and queue its register command (one transaction, audited)."""
+    """Store a new signal and queue its register command (one transaction, audited).
+
+    UnfitContact when the Verwijsindex cannot take the contact's phone number: the command would
+    only be dead-lettered."""
     assert signal.signal_id is not None and signal.caseworker_id is not None
+    if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
+        raise UnfitContact(f"caseworker {signal.caseworker_id!r}: {problem}")
     youth = signal.youth
     await session.execute(
         insert(signals).values(
@@ -219,8 +263,12 @@ async def request_contact_change(
     `hub_or_topic` is the Hub (its prefixed `verwijsindex.signal.v1` is used) or a full topic name.
     Writes, in the caller's transaction: the ChangeSignalContact command in the outbox keyed by the
     youth key, the signal's new caseworker and contact, and an audit entry (rule 17, 18). Raises
-    SignalNotFound or SignalNotActive (both PermanentError). `day` as for `request_withdrawal`.
+    SignalNotFound, SignalNotActive or, for a caseworker who may not be a signal's contact person
+    (rule 13, or a phone number the index cannot take), UnfitContact (all PermanentError). `day` as
+    for `request_withdrawal`.
     """
+    if (problem := rules.contact_problem(new_caseworker)) is not None:
+        raise UnfitContact(f"caseworker {new_caseworker.caseworker_id!r}: {problem}")
     row = await _active_row(session, signal_id, day or today())
     contact = contact_of(new_caseworker, row.organisation)
     await session.execute(

@@ -14,6 +14,7 @@ from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.borging import NO_DELEGATE, check_borging
+from hub.notify.tables import mail_problems
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
 from hub.signals.tables import signals
@@ -258,3 +259,64 @@ async def test_borging_that_would_come_back_to_the_caseworker_is_no_delegate(
         assert not await _audited(hub, "signal.contact_changed")
         assert not await _audited(hub, "mail.borging.queued")
         assert await _problem(hub, NO_DELEGATE, None)  # shown to an administrator, as without a delegate
+
+
+async def test_a_delegate_who_may_not_signal_takes_nothing_over_and_the_move_is_shown_as_no_delegate(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Rule 13: only a meldingsbevoegd caseworker is a signal's contact person. Borging handed Ilse's
+    # signals to her delegate whatever they were; the index then named someone who may not signal.
+    # Now the signals stay with Ilse and an administrator is told, as when there is no delegate; a
+    # delegate whose phone number the index cannot take is no delegate either.
+    from tests.integration.test_mail_delivery import start_mail_hub
+
+    away = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+    )
+    unfit = {
+        "not meldingsbevoegd": OMAR.model_copy(update={"meldingsbevoegd": False}),
+        "phone the index cannot take": OMAR.model_copy(update={"phone": "4567"}),
+    }
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(153_456_700))
+            assert hub.store is not None
+            async with hub.store.connect() as conn:
+                before = (await conn.execute(select(signals).where(signals.c.signal_id == signal_id))).one()
+            for why_not, delegate in unfit.items():
+                await add_caseworkers(hub, away, delegate)
+                results = {r.caseworker_id: r for r in await check_borging(hub)}
+                assert results["cw-ilse"].problem and not results["cw-ilse"].signal_ids, why_not
+                assert results["cw-ilse"].delegate_id is None
+                async with hub.store.connect() as conn:
+                    after = (
+                        await conn.execute(select(signals).where(signals.c.signal_id == signal_id))
+                    ).one()
+                assert after.caseworker_id == "cw-ilse" and after.contact == before.contact, why_not
+                assert after.delivery_message_id == before.delivery_message_id  # nothing for the index
+                assert not await _audited(hub, "borging.moved")
+                assert not await _audited(hub, "signal.contact_changed")
+                assert not await _audited(hub, "mail.borging.queued")
+            assert hub.store is not None
+            async with hub.store.connect() as conn:
+                shown = (
+                    await conn.execute(
+                        select(mail_problems)
+                        .where(mail_problems.c.kind == NO_DELEGATE)
+                        .order_by(mail_problems.c.id)
+                    )
+                ).all()
+            assert len(shown) == 2 and all(p.caseworker_id == "cw-ilse" for p in shown)
+            assert "meldingsbevoegd" in shown[0].reason and "telefoonnummer" in shown[1].reason
+
+            await add_caseworkers(hub, OMAR)  # once the delegate may take them over, they move
+            results = {r.caseworker_id: r for r in await check_borging(hub)}
+            assert (
+                results["cw-ilse"].signal_ids == [signal_id] and results["cw-ilse"].delegate_id == "cw-omar"
+            )
+        finally:
+            await hub.stop()

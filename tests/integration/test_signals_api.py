@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from hub.runtime import Hub
 from hub.signals.tables import signals
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
+from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
@@ -38,16 +40,28 @@ URL = "/api/v1/signalen"
 ILSE = {"X-Medewerker": "cw-ilse"}
 
 
-def cw(cid: str, *, bevoegd: bool = True, delegate: str | None = None) -> Caseworker:
+def cw(
+    cid: str, *, bevoegd: bool = True, delegate: str | None = None, phone: str | None = "070 123 4567"
+) -> Caseworker:
     return Caseworker(
-        caseworker_id=cid, name=f"Medewerker {cid}", email=f"{cid}@halt.nl", phone="070 123 4567",
+        caseworker_id=cid, name=f"Medewerker {cid}", email=f"{cid}@halt.nl", phone=phone,
         team="DEN_HAAG", meldingsbevoegd=bevoegd, delegate_id=delegate,
     )  # fmt: skip
 
 
-def body(birth: date, **extra: Any) -> dict[str, Any]:
+def other_bsns(start: int = 200_000_000) -> Iterator[str]:
+    """Valid BSNs other than BSN: other youths, for tests that register more than one signal (an
+    organisation has one active signal per youth)."""
+    n = start
+    while True:
+        n += 1
+        if is_valid_bsn(str(n)) and str(n) != BSN:
+            yield str(n)
+
+
+def body(birth: date, *, bsn: str = BSN, **extra: Any) -> dict[str, Any]:
     youth = {
-        "bsn": BSN, "given_names": "Sanne", "surname": "de Vries", "birth_date": birth.isoformat(),
+        "bsn": bsn, "given_names": "Sanne", "surname": "de Vries", "birth_date": birth.isoformat(),
         "gender": "VROUW", "municipality": "Den Haag",
     }  # fmt: skip
     return {
@@ -80,9 +94,14 @@ async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[t
 async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx.AsyncClient]) -> None:
     hub, client = api
     fifteen = add_years(T, -15)
+    youths, accepted = other_bsns(), []
 
     async def post(payload: dict[str, Any], headers: dict[str, str] = ILSE) -> httpx.Response:
-        return await client.post(URL, json=payload, headers=headers)
+        payload["youth"]["bsn"] = next(youths)  # each its own youth: one active signal per youth
+        answer = await client.post(URL, json=payload, headers=headers)
+        if answer.status_code == 201:
+            accepted.append(payload["youth"]["bsn"])
+        return answer
 
     assert (await post(body(fifteen), {})).status_code == 401
     assert (await post(body(fifteen), {"X-Medewerker": "cw-nina"})).status_code == 403  # rule 13
@@ -94,14 +113,13 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
         assert answer.status_code == 400 and answer.headers["content-type"].startswith(
             "application/problem+json"
         )
-        assert (
-            "DIEFSTAL" not in answer.text and "winkeldiefstal" not in answer.text and BSN not in answer.text
-        )
+        assert "DIEFSTAL" not in answer.text and "winkeldiefstal" not in answer.text
+        assert bad["youth"]["bsn"] not in answer.text
 
     # rule 12: default created + 1 year; created + 2 years is the last allowed day
     ok = await post(body(fifteen))
     assert ok.status_code == 201 and ok.json()["end_date"] == add_years(T, 1).isoformat()
-    assert BSN not in ok.text
+    assert accepted[-1] not in ok.text
     assert (await post(body(fifteen, end_date=add_years(T, 2).isoformat()))).status_code == 201
     too_late = await post(body(fifteen, end_date=(add_years(T, 2) + timedelta(days=1)).isoformat()))
     assert too_late.status_code == 422 and too_late.json()["invalidParams"][0]["name"] == "end_date"
@@ -136,8 +154,8 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
 
     # every accepted signal is one register command on the topic, keyed by the youth key
     records = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=7, settle_s=0.3)
-    assert len(records) == 7
-    assert {r.key for r in records} == {youth_key(TEST_SECRET, BSN).encode()}
+    assert len(records) == 7 == len(accepted)
+    assert sorted(r.key for r in records) == sorted(youth_key(TEST_SECRET, b).encode() for b in accepted)
     assert {Envelope.from_bytes(r.value).type for r in records} == {"RegisterSignal"}
 
 
@@ -315,9 +333,12 @@ async def test_a_post_sent_again_with_its_idempotency_key_makes_no_second_signal
     # the same key with another request: refused, nothing made
     other = await client.post(URL, json=sent | {"deferral_reason": "anders"}, headers=ILSE | key)
     assert other.status_code == 422 and "Idempotency-Key" in other.json()["title"]
-    # another caseworker's key is their own; a new key is a new request
-    omar = await client.post(URL, json=sent, headers={"X-Medewerker": "cw-omar"} | key)
-    new = await client.post(URL, json=sent, headers=ILSE | {"Idempotency-Key": str(uuid.uuid4())})
+    # another caseworker's key is their own; a new key is a new request (each on another youth: the
+    # same youth again is refused while its first signal is active)
+    youths = other_bsns()
+    omar_sent, new_sent = body(add_years(T, -15), bsn=next(youths)), body(add_years(T, -15), bsn=next(youths))
+    omar = await client.post(URL, json=omar_sent, headers={"X-Medewerker": "cw-omar"} | key)
+    new = await client.post(URL, json=new_sent, headers=ILSE | {"Idempotency-Key": str(uuid.uuid4())})
     assert (omar.status_code, new.status_code) == (201, 201)
     assert len({first.json()["signal_id"], omar.json()["signal_id"], new.json()["signal_id"]}) == 3
     commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=3, settle_s=0.3)
@@ -330,10 +351,10 @@ async def test_the_same_idempotency_key_at_the_same_moment_makes_one_signal(
     """Both requests find no earlier one with the key; on PostgreSQL both make a signal, and the
     second's is rolled back when the first commits its key: it answers with the first one's."""
     hub, client = api
-    for _ in range(3):
+    for bsn in itertools.islice(other_bsns(), 3):
         key = {"Idempotency-Key": str(uuid.uuid4())}
         both = await asyncio.gather(
-            *[client.post(URL, json=body(add_years(T, -15)), headers=ILSE | key) for _ in "ab"]
+            *[client.post(URL, json=body(add_years(T, -15), bsn=bsn), headers=ILSE | key) for _ in "ab"]
         )
         assert [r.status_code for r in both] == [201, 201], [r.text for r in both]
         assert both[0].json()["signal_id"] == both[1].json()["signal_id"]
@@ -354,7 +375,7 @@ async def test_an_idempotency_key_is_kept_a_day_and_must_be_printable(
         await session.execute(
             idempotency_keys.update().values(created_at=NOW - timedelta(hours=24, minutes=1))
         )
-    later = await client.post(URL, json=body(add_years(T, -15)), headers=ILSE | key)
+    later = await client.post(URL, json=body(add_years(T, -15), bsn=next(other_bsns())), headers=ILSE | key)
     assert later.status_code == 201 and later.json()["signal_id"] != first.json()["signal_id"]
     assert "Idempotent-Replayed" not in later.headers
     async with hub.store.connect() as conn:  # the old key was forgotten, the new one kept
@@ -386,8 +407,150 @@ async def test_a_retry_is_answered_by_what_its_first_request_made_whatever_chang
     again = await client.post(URL, json=sent, headers=ILSE | key)
     assert again.status_code == 201 and again.json()["signal_id"] == sid, again.text
     assert (await client.post(URL, json=sent, headers=ILSE)).status_code == 403  # a new request
-    moved = await client.patch(f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-nina"}, headers=ILSE)
+    async with hub.store.transaction() as session:  # may signal, and is no one Ilse stands in for
+        await upsert_caseworker(session, cw("cw-fleur"))
+    moved = await client.patch(
+        f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-fleur"}, headers=ILSE
+    )
     assert moved.status_code == 200, moved.text
     gone = await client.post(URL, json=sent, headers=ILSE | key)
     assert gone.status_code == 409 and sid in gone.json()["detail"], gone.text
     assert await _signal_count(hub) == 1
+
+
+async def test_an_end_date_already_past_is_refused_though_the_signal_is_backdated(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """A backdated `created` made an end date that had passed lawful under rule 12: the signal was
+    ACTIEF (201), the Verwijsindex refused it for good (dead letter) and it could not be withdrawn
+    (409). Now the end date is checked against today too."""
+    hub, client = api
+    created = T - timedelta(days=400)
+    backdated = {"created": created.isoformat(), "youth_informed_at": created.isoformat()}
+    for sent in (
+        body(add_years(T, -15), **backdated),  # the default end date, created + 1 year: passed
+        body(add_years(T, -15), **backdated, end_date=(T - timedelta(days=1)).isoformat()),
+    ):
+        refused = await client.post(URL, json=sent, headers=ILSE)
+        assert refused.status_code == 422, refused.text
+        assert [p["name"] for p in refused.json()["invalidParams"]] == ["end_date"]
+        assert "verleden" in refused.json()["invalidParams"][0]["reason"] and BSN not in refused.text
+    assert await _signal_count(hub) == 0
+    # ending today is still running today; a backdated signal with an end date to come is fine
+    youths = other_bsns()
+    for end in (T, T + timedelta(days=30)):
+        sent = body(add_years(T, -15), bsn=next(youths), **backdated)
+        made = await client.post(URL, json=sent | {"end_date": end.isoformat()}, headers=ILSE)
+        assert made.status_code == 201 and made.json()["status"] == "ACTIEF", made.text
+
+
+async def test_a_second_active_signal_on_the_same_youth_is_refused_naming_the_first(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """A POST sent again without an Idempotency-Key registered the youth twice: two ACTIEF signals of
+    one organisation, so every match came twice. Now the second is refused (409) naming the first,
+    whoever sends it, until the first is no longer active (withdrawn, or past its end date)."""
+    hub, client = api
+    sent = body(add_years(T, -15))
+    first = await client.post(URL, json=sent, headers=ILSE)
+    assert first.status_code == 201
+    sid = first.json()["signal_id"]
+    for who in (ILSE, {"X-Medewerker": "cw-omar"}):
+        again = await client.post(URL, json=sent, headers=who)
+        assert again.status_code == 409, again.text
+        assert sid in again.json()["detail"] and BSN not in again.text and "Sanne" not in again.text
+    assert await _signal_count(hub) == 1
+    assert hub.store is not None
+    async with hub.store.connect() as conn:  # the caseworker learnt the youth has a signal: audited
+        refusals = (
+            await conn.execute(select(audit_log).where(audit_log.c.action == "signal.register_refused"))
+        ).all()
+    assert [(r.user, r.youth_key, r.objects["signal_id"]) for r in refusals] == [
+        (user, youth_key(TEST_SECRET, BSN), sid) for user in ("cw-ilse", "cw-omar")
+    ]
+    assert BSN not in str([r.objects for r in refusals])
+
+    # two at once: one is made, the other refused (PostgreSQL: the youth's lock; SQLite: one writer)
+    other = body(add_years(T, -15), bsn=next(other_bsns()))
+    both = await asyncio.gather(*[client.post(URL, json=other, headers=ILSE) for _ in "ab"])
+    assert sorted(r.status_code for r in both) == [201, 409], [r.text for r in both]
+    assert await _signal_count(hub) == 2
+
+    # once the first is withdrawn, or past its end date, the youth can be signalled again
+    withdrawn = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers=ILSE)
+    assert withdrawn.status_code == 200
+    second = await client.post(URL, json=sent, headers=ILSE)
+    assert second.status_code == 201, second.text
+    async with hub.store.transaction() as session:
+        await session.execute(
+            signals.update()
+            .where(signals.c.signal_id == second.json()["signal_id"])
+            .values(end_date=T - timedelta(days=1))
+        )
+    assert (await client.post(URL, json=sent, headers=ILSE)).status_code == 201
+    commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=5, settle_s=0.3)
+    assert sorted(Envelope.from_bytes(r.value).type for r in commands) == ["RegisterSignal"] * 4 + [
+        "WithdrawSignal"
+    ]
+
+
+async def test_only_a_meldingsbevoegd_caseworker_becomes_a_signals_contact(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """Rule 13: PATCH .../contactpersoon made a caseworker who may not signal the contact person, in
+    the hub and in the Verwijsindex. Now it is refused and nothing changes or is sent."""
+    hub, client = api
+    sid = (await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)).json()["signal_id"]
+    refused = await client.patch(
+        f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-nina"}, headers=ILSE
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["title"] == "Niet meldingsbevoegd"
+    assert refused.json()["invalidParams"] == [{"name": "caseworker_id", "reason": "niet meldingsbevoegd"}]
+    shown = await client.get(f"{URL}/{sid}", headers=ILSE)
+    assert (
+        shown.json()["caseworker_id"] == "cw-ilse" and shown.json()["contact"]["name"] == "Medewerker cw-ilse"
+    )
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        changed = (
+            await conn.execute(select(audit_log).where(audit_log.c.action == "signal.contact_changed"))
+        ).all()
+    assert changed == []
+    commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=2, settle_s=0.3)
+    assert [Envelope.from_bytes(r.value).type for r in commands] == ["RegisterSignal"]
+
+
+async def test_a_phone_the_verwijsindex_cannot_take_is_refused_before_anything_is_queued(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """The directory takes 4 to 40 phone characters, the Verwijsindex 6 to 20 digits: a caseworker
+    with phone "4567" made every signal and contact change of theirs a dead letter at delivery.
+    Now registering such a signal, or handing one to them, is refused at once, naming the phone;
+    a number the index takes once tidied up ("+31 (0)6 ...") is accepted."""
+    hub, client = api
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await upsert_caseworker(session, cw("cw-kort", phone="4567"))
+        await upsert_caseworker(session, cw("cw-lang", phone="+31 (0)6 - 12 34 56 78"))
+    refused = await client.post(URL, json=body(add_years(T, -15)), headers={"X-Medewerker": "cw-kort"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["title"] == "Telefoonnummer past niet in de Verwijsindex"
+    assert [p["name"] for p in refused.json()["invalidParams"]] == ["caseworker.phone"]
+    assert await _signal_count(hub) == 0
+
+    made = await client.post(URL, json=body(add_years(T, -15)), headers={"X-Medewerker": "cw-lang"})
+    assert made.status_code == 201, made.text
+    sid = made.json()["signal_id"]
+    handed = await client.patch(
+        f"{URL}/{sid}/contactpersoon", json={"caseworker_id": "cw-kort"}, headers={"X-Medewerker": "cw-lang"}
+    )
+    assert handed.status_code == 422, handed.text
+    assert handed.json()["title"] == "Telefoonnummer past niet in de Verwijsindex"
+    (param,) = handed.json()["invalidParams"]
+    assert param["name"] == "caseworker_id" and "telefoonnummer" in param["reason"]
+    assert (await client.get(f"{URL}/{sid}", headers={"X-Medewerker": "cw-lang"})).json()[
+        "caseworker_id"
+    ] == "cw-lang"
+    commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=2, settle_s=0.3)
+    assert [Envelope.from_bytes(r.value).type for r in commands] == ["RegisterSignal"]

@@ -42,7 +42,13 @@ FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) 
 # simulator's faults before the next attempt, however loaded the machine.
 SLOW = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(3.0,) * 5, jitter=0.0)
 SIGNAL = "/api/v1/signalen/"
-STAND_IN = Caseworker(caseworker_id="cw-noor", name="Noor Visser", email="noor@halt.nl", team=Team.DEN_HAAG)
+STAND_IN = Caseworker(
+    caseworker_id="cw-noor",
+    name="Noor Visser",
+    email="noor@halt.nl",
+    team=Team.DEN_HAAG,
+    meldingsbevoegd=True,
+)
 
 
 def bsns(count: int, start: int = 100_000_000) -> list[str]:
@@ -546,5 +552,39 @@ async def test_a_registration_whose_answer_was_lost_is_audited_as_disclosed_thou
         ]
         assert simulator.state.get(signal.signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
         assert await audited(hub, signal) == ["verwijsindex.RegisterSignal", "verwijsindex.WithdrawSignal"]
+    finally:
+        await hub.stop()
+
+
+async def test_a_phone_number_the_hub_took_reaches_the_index_in_the_contracts_form(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer
+) -> None:
+    """The hub takes a caseworker's phone as "+31 (0)6 - 12 34 56 78" (4 to 40 characters); the index
+    takes 6 to 20 digits after an optional '+'. The registration and the contact change were dead
+    letters (a ValidationError at delivery), replayed to the same end. Now the number goes tidied up."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=800_000_000)[0])
+        assert signal.signal_id
+        signal = signal.model_copy(
+            update={"caseworker": signal.caseworker.model_copy(update={"phone": "+31 (0)6 - 12 34 56 78"})}
+        )
+        await register(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        assert simulator.state.get(signal.signal_id).contactpersoon.telefoon == "+31612345678"
+
+        stand_in = STAND_IN.model_copy(update={"phone": "0031-70-1234567+"})
+        async with hub.store.transaction() as session:
+            await request_contact_change(session, hub, signal.signal_id, stand_in, str(uuid.uuid4()))
+        hub.relay.wake()
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        shown = simulator.state.get(signal.signal_id).contactpersoon
+        assert (shown.naam, shown.telefoon) == ("Noor Visser", "0031701234567")
+        assert await audited(hub, signal) == [
+            "verwijsindex.RegisterSignal",
+            "verwijsindex.ChangeSignalContact",
+        ]
+        assert not await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq))
     finally:
         await hub.stop()

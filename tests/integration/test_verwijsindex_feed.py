@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,12 +23,14 @@ from sqlalchemy import func, select
 
 from connectors.verwijsindex.client import VerwijsindexClient
 from connectors.verwijsindex.feed import MatchFeed
+from hub.clock import today
 from hub.errors import PermanentError
 from hub.metrics import Metrics
 from hub.notify.service import list_problems
 from hub.signals import store_signal
 from hub.signals.matches import read_cursor, write_cursor
 from hub.signals.tables import matches
+from hub.signals.tables import signals as signal_rows
 from hub.spine import add_to_outbox
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
@@ -164,6 +167,8 @@ def _lone_surrogate_in_a_name(bad: dict[str, Any]) -> None:
 
 
 def _youth_data_outside_the_contract(bad: dict[str, Any]) -> None:
+    # A field the contract does not know is ignored (never stored, logged or told); the unknown
+    # type is what refuses the entry.
     bad["type"] = "ONBEKEND"
     bad["jeugdige"] = {"bsn": BSN, "voornamen": NAME}
 
@@ -173,7 +178,7 @@ BROKEN_MATCHES = {
     "nul-in-match-id": (_nul_in_match_id, "match_id", None),
     "nul-in-a-name": (_nul_in_a_name, "name", "m-2"),
     "lone-surrogate-in-a-name": (_lone_surrogate_in_a_name, "naam", "m-2"),
-    "youth-data-outside-the-contract": (_youth_data_outside_the_contract, "jeugdige", "m-2"),
+    "youth-data-outside-the-contract": (_youth_data_outside_the_contract, "type", "m-2"),
 }
 
 
@@ -388,3 +393,47 @@ async def test_a_quiet_poll_takes_no_write_transaction(
     finally:
         release.set()
         await writer
+
+
+async def test_a_match_on_a_signal_the_hub_ended_is_audited_as_ignored_and_not_passed_on(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """The index matched signals the hub had withdrawn or let run out (its withdrawal still on the
+    retry ladder, say): the matches were stored and queued, and their caseworkers mailed. Now only
+    the match on the active signal goes on; the others are audited on the youth's key as ignored."""
+    vendor, client = partner
+    withdrawn, ended, _active = signals
+    async with store.transaction() as session:
+        await session.execute(
+            signal_rows.update()
+            .where(signal_rows.c.signal_id == withdrawn)
+            .values(status="INGETROKKEN_ONTERECHT", withdrawal_reason="ONTERECHT")
+        )
+        await session.execute(
+            signal_rows.update()
+            .where(signal_rows.c.signal_id == ended)
+            .values(end_date=today() - timedelta(days=1))
+        )
+    entries = [entry(n, signal_id) for n, signal_id in enumerate(signals, start=1)]
+    vendor.pages = {None: page(entries, END), END: page([], END)}
+    feed = a_feed(store, client)
+    assert await feed.poll_once() == 3
+
+    after = await stored(store)
+    assert after["matches"] == {"m-3"}
+    assert (after["messages"], after["audited"]) == (1, 1)
+    assert after["cursor"] == END and feed.published == 1
+    assert after["problems"] == []  # nothing for an administrator to fix
+    async with store.connect() as conn:
+        ignored = (
+            await conn.execute(
+                select(audit_log.c.youth_key, audit_log.c.objects)
+                .where(audit_log.c.action == "verwijsindex.match_ignored")
+                .order_by(audit_log.c.id)
+            )
+        ).all()
+    assert [(r.youth_key, r.objects["match_id"], r.objects["signal_status"]) for r in ignored] == [
+        (f"yk-{withdrawn}", "m-1", "INGETROKKEN_ONTERECHT"),
+        (f"yk-{ended}", "m-2", "VERLOPEN"),
+    ]
+    assert BSN not in str([r.objects for r in ignored]) and NAME not in str([r.objects for r in ignored])
