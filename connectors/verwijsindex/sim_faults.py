@@ -250,10 +250,34 @@ class FaultMiddleware:
             )
             return
         if record.fault == "hang":
+            # The request was received whole before the index got slow: carried out after the
+            # hang even when the caller has given up waiting (as a server busy with it would).
+            receive = await _received(receive)
             await ctl.hang(faults.hang_seconds)
         if faults.latency_ms and faults.applies_to(record.method):
             await asyncio.sleep(faults.latency_ms / 1000)
         await self.app(scope, receive, recording_send)
+
+
+async def _received(receive: Receive) -> Receive:
+    """Read the request's body now; a `receive` that hands it over once, then the caller's own."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body, given = b"".join(chunks), False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _retry_after(faults: Faults) -> bytes:

@@ -63,6 +63,9 @@ class SimulatorState:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.faults = FaultController(faults, seed)
         self.signals: dict[str, _Stored] = {}
+        # Ids withdrawn before they were registered: a registration still under way when its
+        # withdrawal came (the client gave up waiting, the index had not finished) is refused.
+        self.withdrawn_unregistered: set[str] = set()
         self.feed: list[tuple[int, Match]] = []
         self._paired: set[tuple[str, str]] = set()
         # The epoch makes cursors of a restarted simulator sort after the old ones.
@@ -72,6 +75,7 @@ class SimulatorState:
     def reset(self) -> None:
         """Forget signals, matches, calls and faults; the feed position keeps counting up."""
         self.signals.clear()
+        self.withdrawn_unregistered.clear()
         self.feed.clear()
         self._paired.clear()
         self.faults.reset()
@@ -104,6 +108,8 @@ class SimulatorState:
             if existing.registratie == body:
                 return existing.signaal, False
             raise Conflict("signaalId is already registered with a different body")
+        if signaal_id in self.withdrawn_unregistered:
+            raise Conflict("signaalId was withdrawn before it was registered")
         if body.einddatum < local_day(self.clock()):
             raise Rejected("einddatum lies in the past")
         signaal = Signaal(
@@ -121,6 +127,8 @@ class SimulatorState:
     def withdraw(self, signaal_id: str, reden: IntrekkingsReden) -> Signaal:
         """Rule 15: end an active signal with a reason; repeating it, or an expired signal, is a no-op."""
         self.expire()
+        if signaal_id not in self.signals:
+            self.withdrawn_unregistered.add(signaal_id)  # and still 404: nothing of it is active
         stored = self._stored(signaal_id)
         sig = stored.signaal
         target = STATUS_BIJ_REDEN[reden]

@@ -64,6 +64,10 @@ Contract between ketenhub (Halt Den Haag) and the **Verwijsindex Haaglanden** (J
 * Writes are **idempotent** so that clients may retry safely: the signal id is chosen by the
   client. `PUT` with the same body again answers 200 with the same result; a different body for
   the same id answers 409. `DELETE` and `PATCH` repeated answer 200 with the current state.
+* A `DELETE` of an id the index does not hold answers 404 and is remembered: a `PUT` of that id
+  afterwards answers 409 and stores nothing. A client that gave up waiting for a registration and
+  then withdrew it cannot tell whether the registration is still being carried out; the index
+  makes sure it does not become active after the withdrawal.
 * A signal holds only the youth's identifiers, the organisation, the contact person, the created
   date and the end date. Any other field is refused with 422.
 * End date: after the created date, at most created + 2 years and at most the 23rd birthday.

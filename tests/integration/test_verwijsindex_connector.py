@@ -446,6 +446,45 @@ async def test_a_registration_still_retrying_when_its_signal_is_withdrawn_is_wit
         await hub.stop()
 
 
+async def test_a_registration_the_index_finishes_after_its_withdrawal_does_not_become_active(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The hub gave up waiting for a slow registration (its timeout) while the index was still
+    carrying it out; the caseworker withdrew the signal; the hub asked, the index did not hold it yet,
+    so the registration was withheld and the withdrawal found nothing. Then the index finished the
+    registration: an active signal, with the youth's BSN and name, that the hub had withdrawn. The
+    contract has the index remember a withdrawal of an id it does not hold, and refuse it after."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=1.0, policy=SLOW)
+    try:
+        # both calls in place are received, then carried out 8 s later, long after the hub gave up
+        await set_faults(admin, hang_rate=1.0, hang_seconds=8, remaining=2, methods=["PUT"])
+        [signal] = (a_signal(b) for b in bsns(1, start=410_000_000))
+        await register(hub, signal)
+        await wait_for(lambda: _all_at(hub, 1, of=1), timeout_s=30)  # parked: the index still busy
+        await withdraw(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        def finished() -> Any:
+            async def check() -> bool:
+                puts = [c for c in await calls(admin) if c["method"] == "PUT"]
+                return len(puts) == 2 and all(c["status"] is not None for c in puts)
+
+            return check()
+
+        await wait_for(finished, timeout_s=30)
+        log = [
+            (c["method"], c["status"]) for c in await calls(admin) if c["path"] == SIGNAL + signal.signal_id
+        ]
+        assert sorted(log) == [("DELETE", 404), ("GET", 404), ("PUT", 409), ("PUT", 409)], log
+        assert signal.signal_id not in simulator.state.signals
+        assert await audited(hub, signal) == [
+            "verwijsindex.RegisterSignal.withheld",
+            "verwijsindex.WithdrawSignal.not_in_index",
+        ]
+    finally:
+        await hub.stop()
+
+
 async def test_a_dead_lettered_registration_replayed_after_its_withdrawal_stays_out_of_the_index(
     kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
 ) -> None:
