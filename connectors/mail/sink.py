@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
@@ -173,3 +174,17 @@ async def stored_mails(store: Store, limit: int = 100) -> list[SinkMail]:
     async with store.connect() as conn:
         rows = (await conn.execute(select(mail_sink).order_by(mail_sink.c.id.desc()).limit(limit))).all()
     return [_mail(r.id, r._asdict()) for r in rows]
+
+
+async def stored_mail(store: Store, mail_id: int) -> SinkMail | None:
+    """One mail the sink kept, by id, however old (the list shows the newest)."""
+    async with store.connect() as conn:
+        row = (await conn.execute(select(mail_sink).where(mail_sink.c.id == mail_id))).first()
+    return _mail(row.id, row._asdict()) if row is not None else None
+
+
+def text_of(raw: str) -> str:
+    """A mail's plain-text part, as a mail client shows it; the whole message when it has none."""
+    msg = BytesParser(policy=policy.default).parsebytes(raw.encode())
+    body = msg.get_body(("plain",)) if isinstance(msg, EmailMessage) else None
+    return body.get_content() if body is not None else raw

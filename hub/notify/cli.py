@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Annotated, Any
 
 import typer
 
 from hub.config import load_settings
 from hub.errors import ConfigError
-
-
-def _text_of(raw: str) -> str:
-    msg = BytesParser(policy=policy.default).parsebytes(raw.encode())
-    body = msg.get_body(("plain",)) if isinstance(msg, EmailMessage) else None
-    return body.get_content() if body is not None else raw
 
 
 def mails(
@@ -29,11 +20,11 @@ def mails(
         ),
     ] = None,
 ) -> None:
-    """Show the mails the embedded SMTP sink received (what a caseworker would get)."""
-    from sqlalchemy import select
-
-    from connectors.mail.sink import stored_mails
-    from hub.notify.tables import mail_sink
+    """Show the mails the embedded SMTP sink received (what a caseworker would get); a mail's text
+    (`--show`) names caseworkers and counterparts, and reading it is audited."""
+    from connectors.mail.sink import stored_mail, stored_mails, text_of
+    from hub.audit import AuditEntry, write_audit
+    from hub.ops.cli import USER
     from hub.store import Store
 
     try:
@@ -51,8 +42,22 @@ def mails(
             await store.migrate()
             if show is None:
                 return list(await stored_mails(store, limit))
-            async with store.connect() as conn:  # by id, whatever its age (the sink may keep > 500)
-                return list((await conn.execute(select(mail_sink).where(mail_sink.c.id == show))).all())
+            found = await stored_mail(store, show)  # by id, whatever its age (the sink may keep > 500)
+            if found is None:
+                return []
+            async with store.transaction() as session:  # rule 18, as the console's view of a mail
+                entry = AuditEntry(
+                    action="mail.sink_read",
+                    user=USER,
+                    objects={
+                        "mails": 1,
+                        "mail_ids": [found.id],
+                        "message_ids": [found.message_id],
+                        "raw": False,
+                    },
+                )
+                await write_audit(session, entry, transaction_id=None, system="ketenhub-cli")
+            return [found]
         finally:
             await store.close()
 
@@ -61,10 +66,9 @@ def mails(
         if not found:
             typer.echo(f"ketenhub: no mail {show}", err=True)
             raise typer.Exit(1)
-        [row] = found
-        to = ", ".join(r for r in str(row.rcpt_to).split(",") if r)
-        typer.echo(f"Aan:       {to}\nOnderwerp: {row.subject}\n")
-        typer.echo(_text_of(row.raw))
+        [mail] = found
+        typer.echo(f"Aan:       {', '.join(mail.rcpt_to)}\nOnderwerp: {mail.subject}\n")
+        typer.echo(text_of(mail.raw))
         return
     if not found:
         typer.echo("no mails yet")

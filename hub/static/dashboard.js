@@ -11,7 +11,11 @@ async function api(path, options = {}) {
   const r = await fetch(path, { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options });
   if (r.status === 401) { location.href = "/ops/login"; throw new Error("logged out"); }
   const body = await r.json();
-  if (!r.ok) throw new Error(body.detail || body.title || r.statusText);
+  if (!r.ok) {
+    const e = new Error(body.detail || body.title || r.statusText);
+    e.status = r.status;
+    throw e;
+  }
   return body;
 }
 
@@ -62,6 +66,77 @@ async function refreshConnectors() {
   }));
 }
 
+// What an administrator does about each kind of problem the hub records (GET .../problemen).
+const TO_DO = {
+  geen_bereikbare_ontvanger: "Nobody could read this mail, so it was not sent: give the caseworker a reachable " +
+    "delegate or end their absence; a match mail can then be replayed from its dead letter.",
+  mail_niet_bezorgd: "The SMTP server refused it: correct the e-mail address in the directory, then replay " +
+    "the mail's dead letter.",
+  mail_uitkomst_onbekend: "It may have been delivered: ask the recipient before replaying its dead letter " +
+    "(a replay sends it again).",
+  borging_zonder_vervanger: "Set a reachable delegate (meldingsbevoegd, with a phone number the Verwijsindex " +
+    "takes), then run borging for this caseworker or wait for the daily round.",
+  borging_mislukt: "The next borging round tries again; if this keeps coming back, look in the hub's log.",
+  match_overgeslagen: "The Verwijsindex sent a match that breaks the contract: report the match id to the " +
+    "Verwijsindex.",
+};
+const UNREACHABLE_TO_DO = "Set a reachable delegate (or end the absence): until then their mail is not sent " +
+  "and borging cannot move their signals.";
+
+async function refreshProblems() {
+  const p = await api("/api/v1/medewerkers/problemen");
+  fill("unreachable", p.unreachableNow.map((c) => {
+    const tr = row([c.caseworkerId, c.name, c.active ? "absent" : "gone (inactive)", UNREACHABLE_TO_DO]);
+    tr.dataset.id = c.caseworkerId;
+    return tr;
+  }));
+  fill("problems", p.recorded.map((q) => {
+    const tr = row([q.at, q.kind, q.caseworkerId, q.reference, q.reason, TO_DO[q.kind] || "See the reason."]);
+    tr.dataset.kind = q.kind; tr.dataset.caseworker = text(q.caseworkerId);
+    return tr;
+  }));
+}
+
+// The embedded SMTP sink; null until the hub answered, false for good once it said there is none
+// (a real SMTP server is configured, which does not change while the hub runs).
+let mailSink = null;
+let currentMail = null;
+
+async function refreshMails() {
+  if (mailSink === false) return;
+  let list;
+  try {
+    list = await api("/api/v1/mails?limit=50");
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    mailSink = false; $("mails-section").hidden = true;
+    return;
+  }
+  mailSink = true; $("mails-section").hidden = false;
+  fill("mails", list.mails.map((m) => {
+    const open = document.createElement("button");
+    open.textContent = "Show"; open.className = "show";
+    open.addEventListener("click", () => showMail(m.id));
+    const tr = row([m.receivedAt, m.to.join(", "), m.subject, open]);
+    tr.dataset.id = m.id;
+    return tr;
+  }));
+}
+
+// Its text as a caseworker reads it; the raw message only when asked for. Each view is audited.
+async function showMail(id) {
+  const raw = $("mail-raw-toggle").checked;
+  const m = await api("/api/v1/mails/" + encodeURIComponent(id) + (raw ? "?raw=true" : ""));
+  currentMail = m;
+  $("mail").hidden = false;
+  $("mail-id").textContent = m.id;
+  fill("mail-headers", [["received", m.receivedAt], ["from", m.from], ["to", m.to.join(", ")],
+    ["subject", m.subject]].map((r) => row(r)));
+  $("mail-text").textContent = m.text;
+  $("mail-raw").textContent = raw ? m.raw : "";
+  $("mail-raw").hidden = !raw;
+}
+
 function filters() {
   const p = new URLSearchParams();
   if ($("f-topic").value) p.set("topic", $("f-topic").value);
@@ -109,6 +184,8 @@ async function refreshAll() {
   try {
     await refreshHealth();
     await refreshConnectors();
+    await refreshProblems();
+    await refreshMails();
     if (me && me.role !== "viewer") await refreshDlq();
   } catch (e) { $("updated").textContent = "refresh failed: " + e.message; }
 }
@@ -120,6 +197,7 @@ async function main() {
   if (me.role !== "privacy_officer") document.querySelectorAll(".privacy-only").forEach((e) => e.classList.add("hidden-role"));
   $("f-apply").addEventListener("click", () => refreshDlq(true));
   $("unmask").addEventListener("change", () => current && showLetter(current.id));
+  $("mail-raw-toggle").addEventListener("change", () => currentMail && showMail(currentMail.id));
   $("replay-one").addEventListener("click", async () => {
     const job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
     $("letter-status").textContent = "replaying"; watchJob(job);

@@ -1,4 +1,5 @@
-"""The dashboard in real Chromium: log in, see a known lag, open a dead letter, replay it, see it done."""
+"""The dashboard in real Chromium: log in, see a known lag, open a dead letter, replay it, see it done;
+the embedded SMTP sink's mails and the problems an administrator must fix."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,19 +17,25 @@ from aiokafka import TopicPartition
 from sqlalchemy import func, select
 
 from connectors.mail.component import mail_component
+from connectors.mail.sink import stored_mails
 from connectors.verwijsindex.component import verwijsindex_component
 from hub.app import create_app
+from hub.clock import today
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka, free_port
+from hub.notify.borging import NO_DELEGATE, check_borging
+from hub.notify.component import register_notify
 from hub.ops import console
 from hub.ops.auth import add_operator
 from hub.runtime import Hub, Registrar
 from hub.store.tables import audit_log
 from hub.topics import Topic
+from schemas.caseworker import Absence, Caseworker, ContactDetails, Team
 from schemas.envelope import Envelope
 from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
 from tests.integration.test_mail_delivery import FAST, ILSE, OMAR, add_caseworkers, queue_notices
+from tests.integration.test_notify_match import signal_with_match, youth
 from tests.integration.test_ops_lag import (
     OPS_TOPICS,
     OUT,
@@ -42,6 +50,7 @@ from tests.integration.test_ops_lag import (
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IDLE = Topic("ops.idle.v1", partitions=1)
+TODAY = today()  # the Dutch calendar day, as the hub counts it
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -78,6 +87,70 @@ async def served_with_connectors(
         registrars = [console.register, mail_component(FAST), verwijsindex_component(FAST)]
         async with _serving(settings, registrars) as served:
             yield served
+
+
+@pytest.fixture
+async def served_with_mail(
+    kafka: EmbeddedKafka, tmp_path: object, unique: str
+) -> AsyncIterator[tuple[Hub, str]]:
+    """As `served`, with the mail connector (its embedded SMTP sink) and the match notifier."""
+    settings = make_settings(kafka, f"sqlite+aiosqlite:///{tmp_path}/hub.db", unique, components=["intake"])
+    async with _serving(settings, [console.register, mail_component(FAST), register_notify]) as served:
+        yield served
+
+
+@pytest.fixture
+async def served_with_smtp_server(
+    kafka: EmbeddedKafka, tmp_path: object, unique: str
+) -> AsyncIterator[tuple[Hub, str]]:
+    """As `served`, with a real SMTP server configured: the hub keeps no mails then."""
+    settings = make_settings(
+        kafka,
+        f"sqlite+aiosqlite:///{tmp_path}/hub.db",
+        unique,
+        components=["intake"],
+        smtp={"host": "127.0.0.1", "port": free_port()},
+    )
+    async with _serving(settings, [console.register]) as served:
+        yield served
+
+
+@asynccontextmanager
+async def _chromium() -> AsyncIterator[Any]:
+    """A headless Chromium with a fresh profile."""
+    playwright = pytest.importorskip("playwright.async_api")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
+    async with playwright.async_playwright() as pw:
+        with tempfile.TemporaryDirectory() as profile:
+            browser = await pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=FLAGS, headless=True
+            )
+            try:
+                yield browser
+            finally:
+                await browser.close()
+
+
+async def _log_in(browser: Any, base: str, username: str) -> Any:
+    """A page of the dashboard, logged in as `username`."""
+    page = await browser.new_page()
+    page.set_default_timeout(60_000)
+    await page.goto(base + "/ops/login")
+    await page.fill("#username", username)
+    await page.fill("#password", PASSWORD)
+    await page.click("#submit")
+    await page.wait_for_url(base + "/ops/")
+    return page
+
+
+async def _refreshed(page: Any, times: int = 1) -> None:
+    """Wait until the dashboard refreshed `times` more times."""
+    for _ in range(times):
+        before = await page.inner_text("#updated")
+        await page.wait_for_function(
+            "before => document.getElementById('updated').textContent !== before", arg=before
+        )
 
 
 @asynccontextmanager
@@ -186,6 +259,110 @@ async def test_connectors_show_their_last_success_and_last_error(
                 await index.locator("td:nth-child(4)", has_text="match feed: ").wait_for()
             finally:
                 await browser.close()
+
+
+# Partner and caseworker data is text: shown as markup, these would put elements on the page.
+KEES_MARKUP = ContactDetails(
+    name="Kees <i>de Wit</i>", organisation="Jeugdhulp Haaglanden", email="kees@jeugdhulp.nl",
+    phone="06 1234 5678",
+)  # fmt: skip
+LOTTE = Caseworker(
+    caseworker_id="cw-lotte", name="Lotte <b>Vos</b>", email="lotte@halt.nl", phone="070 765 4321",
+    team=Team.DEN_HAAG, meldingsbevoegd=True,
+)  # fmt: skip
+
+
+async def _sink_reads(hub: Hub) -> list[Any]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        q = select(audit_log).where(audit_log.c.action == "mail.sink_read").order_by(audit_log.c.id)
+        return list(await conn.execute(q))
+
+
+async def test_sink_mails_and_borging_problems_show_as_text(served_with_mail: tuple[Hub, str]) -> None:
+    """A viewer sees the sink's match mails newest first and reads one as text (audited, once per
+    view, not at every refresh), and sees a caseworker away without a delegate: listed as unreachable
+    now and as the borging problem it caused, with what to do. Names stay text, never markup."""
+    hub, base = served_with_mail
+    assert hub.store is not None
+    store = hub.store
+    await add_operator(store, "vera", PASSWORD, "viewer")
+    await add_caseworkers(hub, ILSE, OMAR, LOTTE)
+    await signal_with_match(hub, "cw-ilse", youth(723_456_700), counterpart=KEES_MARKUP)
+
+    async def mails_stored(n: int) -> bool:
+        return len(await stored_mails(store)) == n
+
+    await wait_for(lambda: mails_stored(1), timeout_s=30)
+    await signal_with_match(hub, "cw-lotte", youth(823_456_700))  # Lotte's signal, for borging below
+    await wait_for(lambda: mails_stored(2), timeout_s=30)
+    newest, older = await stored_mails(store)
+    assert (newest.rcpt_to, older.rcpt_to) == (["lotte@halt.nl"], ["ilse@halt.nl"])
+    away = TODAY - timedelta(days=20), TODAY + timedelta(days=10)
+    await add_caseworkers(hub, LOTTE.model_copy(update={"absences": [Absence(start=away[0], end=away[1])]}))
+    rounds = {r.caseworker_id: r for r in await check_borging(hub)}  # the daily round, now
+    assert rounds["cw-lotte"].problem and not rounds["cw-lotte"].signal_ids
+
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "vera")
+        mails = page.locator("#mails tbody tr")
+        await page.locator(f'#mails tr[data-id="{older.id}"]').wait_for()
+        assert await mails.evaluate_all("rows => rows.map(r => r.dataset.id)") == [
+            str(newest.id),
+            str(older.id),
+        ]  # newest first
+        first = mails.first
+        assert await first.locator("td:nth-child(1)").inner_text() == newest.received_at.isoformat()
+        assert await first.locator("td:nth-child(2)").inner_text() == "lotte@halt.nl"
+        assert (await first.locator("td:nth-child(3)").inner_text()).startswith("Match in de Verwijsindex")
+        await page.locator(f'#mails tr[data-id="{older.id}"] button.show').click()
+        shown = page.locator("#mail-text")
+        await shown.filter(has_text="Kees <i>de Wit</i>: Jeugdhulp Haaglanden, kees@jeugdhulp.nl").wait_for()
+        assert await page.locator("#mail i").count() == 0  # the counterpart's name stayed text
+        assert "Content-Type" not in await shown.inner_text()  # the text, not the raw message
+        assert await page.locator("#mail-raw").is_hidden()
+        assert "ilse@halt.nl" in await page.inner_text("#mail-headers")
+        await _refreshed(page, 2)
+        [read] = await _sink_reads(hub)  # the view, not the list read at every refresh
+        assert (read.user, read.objects["mail_ids"], read.objects["raw"]) == ("vera", [older.id], False)
+        await page.check("#mail-raw-toggle")
+        await page.locator("#mail-raw", has_text="Content-Type: multipart/alternative").wait_for()
+        assert [r.objects["raw"] for r in await _sink_reads(hub)] == [False, True]
+
+        lotte = page.locator('#unreachable tr[data-id="cw-lotte"]')
+        await lotte.wait_for()
+        assert await lotte.locator("td:nth-child(2)").inner_text() == "Lotte <b>Vos</b>"
+        assert await page.locator("#unreachable b").count() == 0
+        assert await lotte.locator("td:nth-child(3)").inner_text() == "absent"
+        assert "delegate" in await lotte.locator("td:nth-child(4)").inner_text()
+        problem = page.locator(f'#problems tr[data-kind="{NO_DELEGATE}"][data-caseworker="cw-lotte"]')
+        await problem.wait_for()
+        assert (await problem.locator("td:nth-child(5)").inner_text()).startswith("borging niet mogelijk")
+        assert "Set a reachable delegate" in await problem.locator("td:nth-child(6)").inner_text()
+        assert await page.locator("#unreachable tbody tr").count() == 1  # Ilse and Omar are present
+
+
+async def test_mails_section_is_hidden_when_a_real_smtp_server_is_configured(
+    served_with_smtp_server: tuple[Hub, str],
+) -> None:
+    """With a real SMTP server the hub keeps no mails (404): the dashboard hides the section, asks once,
+    and the rest of the dashboard keeps refreshing."""
+    _, base = served_with_smtp_server
+    async with _chromium() as browser:
+        page = await browser.new_page()
+        page.set_default_timeout(60_000)
+        asked: list[int] = []
+        page.on("response", lambda r: asked.append(r.status) if "/api/v1/mails" in r.url else None)
+        await page.goto(base + "/ops/login")
+        await page.fill("#username", "olga")
+        await page.fill("#password", PASSWORD)
+        await page.click("#submit")
+        await page.wait_for_url(base + "/ops/")
+        await page.locator("#problems-section").wait_for()
+        await _refreshed(page, 2)
+        assert asked == [404]
+        assert await page.locator("#mails-section").is_hidden()
+        assert (await page.inner_text("#updated")).startswith("updated ")  # no refresh failed
 
 
 async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -> None:

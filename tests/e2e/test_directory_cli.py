@@ -58,6 +58,7 @@ def test_import_reports_each_row_and_list_shows_the_directory(tmp_path: Path) ->
 
 
 def test_mails_limit_is_bounded_and_show_finds_any_kept_mail(tmp_path: Path) -> None:
+    import json
     import sqlite3
 
     assert _run(tmp_path, "mails").returncode == 0  # creates the database
@@ -80,6 +81,9 @@ def test_mails_limit_is_bounded_and_show_finds_any_kept_mail(tmp_path: Path) -> 
     oldest = _run(tmp_path, "mails", "--show", "1")  # 600 mails newer than it
     assert oldest.returncode == 0, oldest.stderr
     assert "Onderwerp: Borging 1\n" in oldest.stdout and "mail nummer 1" in oldest.stdout
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # reading a mail's text is audited (rule 18)
+        read = db.execute("SELECT user, objects FROM audit_log WHERE action = 'mail.sink_read'").fetchall()
+    assert len(read) == 1 and read[0][0].startswith("cli") and json.loads(read[0][1])["mail_ids"] == [1], read
     missing = _run(tmp_path, "mails", "--show", "602")
     assert missing.returncode == 1 and "no mail 602" in missing.stderr
     huge = _run(tmp_path, "mails", "--show", str(2**70))  # past any database's integer: a traceback
