@@ -143,8 +143,10 @@ def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
             params.append(InvalidParam(name=name, reason="ligt in de toekomst"))
     if params:
         raise Problem(422, "Signaal ongeldig", "Het signaal voldoet niet aan de regels.", params=params)
+    # rule 14 asks what holds when the signal is sent, today: a backdated creation date made a youth
+    # of 12 today 11, and the signal went without the youth having been informed
     missing = rules.informing_problems(
-        birth, created, body.youth_informed_at, body.parent_letter_sent_at, body.deferral_reason
+        birth, today, body.youth_informed_at, body.parent_letter_sent_at, body.deferral_reason
     )
     if missing:
         raise Problem(

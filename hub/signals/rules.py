@@ -36,15 +36,16 @@ def default_end_date(created: date, birth: date, years: int) -> date:
 
 def informing_problems(
     birth: date,
-    created: date,
+    sent_on: date,
     youth_informed_at: date | None,
     parent_letter_sent_at: date | None,
     deferral_reason: str | None,
 ) -> list[tuple[str, str]]:
-    """Rule 14: (field, what is missing); empty when the signal may be sent."""
+    """Rule 14: (field, what is missing); empty when the signal may be sent on `sent_on` (by the
+    youth's age that day, not on the signal's creation date, which a caseworker may set back)."""
     if deferral_reason:
         return []
-    age = age_on(birth, created)
+    age = age_on(birth, sent_on)
     problems = []
     if age >= 12 and youth_informed_at is None:
         problems.append(("youth_informed_at", "een jeugdige van 12 jaar of ouder moet zijn geïnformeerd"))

@@ -151,6 +151,12 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
         twelve_today, youth_informed_at=None, parent_letter_sent_at=None, deferral_reason="crisis"
     )
     assert (await post(deferred)).status_code == 201
+    # by the youth's age today, when it is sent: a creation date set back made a 12-year-old 11
+    backdated = body(twelve_today, youth_informed_at=None, created=(T - timedelta(days=30)).isoformat())
+    refused = await post(backdated)
+    assert refused.status_code == 422 and [p["name"] for p in refused.json()["invalidParams"]] == [
+        "youth_informed_at"
+    ], refused.text
 
     # every accepted signal is one register command on the topic, keyed by the youth key
     records = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=7, settle_s=0.3)
