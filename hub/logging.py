@@ -80,6 +80,13 @@ def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # uvicorn, set up by anyone with its own logging config, gives its loggers handlers of their own
+    # that do not propagate: the server's lines (a request's unhandled exception, with its text)
+    # would pass by the redacting handler. They go through the root's.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server = logging.getLogger(name)
+        server.handlers[:] = []
+        server.propagate = True
     # Per-request lines of the match-feed poll (httpx) and the SMTP sink's readiness pings (mail.log).
     for noisy in ("aiokafka", "faststream", "uvicorn.access", "httpx", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -47,8 +47,14 @@ class SimulatorServer:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
+        # log_config None: uvicorn's own logging set-up would give its loggers a handler of their own,
+        # and the hub's lines (it runs in the hub's process) would pass by its redacting handler
         config = uvicorn.Config(
-            create_simulator(self.state), log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+            create_simulator(self.state),
+            log_level="warning",
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
         )
         self._server = _Server(config)
         self._thread = threading.Thread(target=self._run, name="verwijsindex-simulator", daemon=True)

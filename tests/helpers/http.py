@@ -20,7 +20,9 @@ async def serving(app: Any) -> AsyncIterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, port=port, log_level="warning", log_config=None, lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started)
     try:

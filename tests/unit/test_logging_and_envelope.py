@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 
 import pytest
 import structlog
+import uvicorn.config
 from pydantic import ValidationError
 
 from hub.logging import REDACTED, redact_bsn, redact_text
@@ -39,6 +41,9 @@ def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[
     saved, root = structlog.get_config(), logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
+        # uvicorn set up with its own logging config (a server started with the defaults, as the
+        # embedded Verwijsindex simulator was) gave its loggers handlers that passed by the redaction
+        logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
         setup_logging("INFO", json=True)
         structlog.get_logger("t").info("registering", bsn=BSN)
         # a traceback quotes the exception's message: uvicorn logs what a request did not handle
