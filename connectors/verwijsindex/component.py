@@ -111,6 +111,10 @@ class VerwijsindexConnector:
         if message.type == commands.REGISTER:
             signal: VerwijsindexSignal = _parse(VerwijsindexSignal, message)
             assert signal.signal_id is not None
+            if self.store is not None and await self._status_of(signal.signal_id) is None:
+                # Registered through the API, a signal is stored before its command is queued: one the
+                # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
+                raise PermanentError("the hub holds no signal with this id: it is not registered")
             if await self._withdrawn(signal.signal_id) and await self._not_in_index(
                 signal.signal_id, message
             ):
@@ -137,15 +141,17 @@ class VerwijsindexConnector:
             raise PermanentError(f"unknown command type on {VERWIJSINDEX_SIGNAL.name}")
 
     async def _withdrawn(self, signal_id: str) -> bool:
-        """Whether the hub withdrew the signal: from the round's lookup, else looked up (a store
-        failure on the way is transient to the ladder)."""
+        """Whether the hub withdrew the signal."""
+        return await self._status_of(signal_id) in _WITHDRAWN
+
+    async def _status_of(self, signal_id: str) -> str | None:
+        """The hub's status of the signal (None: it holds none, or has no store): from the round's
+        lookup, else looked up (a store failure on the way is transient to the ladder)."""
         if self.store is None:
-            return False
+            return None
         if signal_id in self._status:
-            status = self._status[signal_id]
-        else:
-            status = (await _statuses(self.store, {signal_id})).get(signal_id)
-        return status in _WITHDRAWN
+            return self._status[signal_id]
+        return (await _statuses(self.store, {signal_id})).get(signal_id)
 
     async def _not_in_index(self, signal_id: str, message: Envelope) -> bool:
         """Whether the index holds no such signal (it answers "not found" for it)."""

@@ -173,6 +173,33 @@ async def _queue(
     )
 
 
+def new_signal_row(signal: VerwijsindexSignal, youth_key: str) -> dict[str, Any]:
+    """A new signal as the hub holds it: what the Verwijsindex connector checks a command against."""
+    youth = signal.youth
+    return {
+        "signal_id": signal.signal_id,
+        "youth_key": youth_key,
+        "bsn": youth.bsn,
+        "given_names": youth.given_names,
+        "surname": youth.surname,
+        "birth_date": youth.birth_date,
+        "gender": youth.gender.value,
+        "municipality": youth.municipality,
+        "organisation": signal.organisation,
+        "caseworker_id": signal.caseworker_id,
+        "contact": signal.caseworker.model_dump(mode="json"),
+        "created": signal.created,
+        "end_date": signal.end_date,
+        "status": signal.status.value,
+        "parent_letter_sent_at": signal.parent_letter_sent_at,
+        "youth_informed_at": signal.youth_informed_at,
+        "deferral_reason": signal.deferral_reason,
+        "delivery_state": "queued",
+        "attempt": 0,
+        "updated_at": utcnow(),
+    }
+
+
 async def store_signal(
     session: AsyncSession,
     hub_or_topic: _HasTopic | str,
@@ -189,31 +216,7 @@ async def store_signal(
     assert signal.signal_id is not None and signal.caseworker_id is not None
     if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
         raise UnfitContact(f"caseworker {signal.caseworker_id!r}: {problem}")
-    youth = signal.youth
-    await session.execute(
-        insert(signals).values(
-            signal_id=signal.signal_id,
-            youth_key=youth_key,
-            bsn=youth.bsn,
-            given_names=youth.given_names,
-            surname=youth.surname,
-            birth_date=youth.birth_date,
-            gender=youth.gender.value,
-            municipality=youth.municipality,
-            organisation=signal.organisation,
-            caseworker_id=signal.caseworker_id,
-            contact=signal.caseworker.model_dump(mode="json"),
-            created=signal.created,
-            end_date=signal.end_date,
-            status=signal.status.value,
-            parent_letter_sent_at=signal.parent_letter_sent_at,
-            youth_informed_at=signal.youth_informed_at,
-            deferral_reason=signal.deferral_reason,
-            delivery_state="queued",
-            attempt=0,
-            updated_at=utcnow(),
-        )
-    )
+    await session.execute(insert(signals).values(new_signal_row(signal, youth_key)))
     message = commands.register_command(signal, transaction_id)
     await _queue(session, signal_topic(hub_or_topic), message, youth_key, signal.signal_id)
     await _audit(session, "signal.registered", user, youth_key, signal.signal_id, transaction_id)

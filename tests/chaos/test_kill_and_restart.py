@@ -49,6 +49,7 @@ from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import produce, read_all, wait_for
 from tests.helpers.procs import HubProcess
+from tests.helpers.signals import hold_signals
 
 # each test's own deadlines (restarts, waits, reads) add up to 620-670 s, so the limit is above them
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -152,6 +153,10 @@ class Traffic:
         commands.append(withdraw_command(sid, WithdrawalReason.RISICO_WEG, str(uuid.uuid4())))
         self.commands[sid] = [Command(_METHODS[c.type], c.transaction_id) for c in commands]
         return [(key, command.to_bytes(), command.headers()) for command in commands]
+
+    async def hold(self, db_url: str) -> None:
+        """Store the signals as the caseworker API would: the connector sends only what the hub holds."""
+        await hold_signals(db_url, self.signals)
 
     async def send(self, waves: int, pause_s: float, *, only: range | None = None) -> None:
         """Everything, spread over `waves` with a pause after each (while the hub is killed).
@@ -320,6 +325,7 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
     hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, db_url, unique, simulator.url), "intake,verwijsindex")
     store = Store(db_url)
     await hub.start()
+    await traffic.hold(db_url)
     stop = asyncio.Event()
     killer = asyncio.create_task(kill_loop([hub], stop, random.Random(unique)))
     kills = 12 if LONG else 4
@@ -411,6 +417,7 @@ async def test_two_processes_in_one_group_one_killed_the_other_takes_over(
     second = HubProcess(tmp_path, env, "intake,verwijsindex")
     store = Store(db_url)
     await asyncio.gather(first.start(), second.start())
+    await traffic.hold(db_url)
     waves = 6
     try:
         await traffic.send(waves, pause_s=0.5, only=range(waves // 2))

@@ -285,6 +285,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
     police = police_records(PER_TOPIC, seed=11)
     cases = [politie.parse(r) for r in police_records(PER_TOPIC, seed=12)]
     traffic = Traffic(kafka, prefix, referrals_n=0, youths_n=PER_TOPIC // 2)
+    await traffic.hold(db_url)
     matches = [match_message(i) for i in range(PER_TOPIC)]
     streams: dict[Topic, list[Record]] = {
         POLITIE_REFERRAL: [(None, v, []) for v in police],

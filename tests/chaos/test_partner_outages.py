@@ -54,6 +54,7 @@ from tests.chaos.test_kill_and_restart import SIGNAL_PATH, hub_env, signal_of
 from tests.conftest import TEST_SECRET
 from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_all, wait_for
+from tests.helpers.signals import hold_signals
 from tests.integration.test_handover_flow import CW, SECRET, World, bsns
 from tests.integration.test_mail_delivery import ILSE, OMAR, add_caseworkers, queue_notices
 
@@ -316,6 +317,7 @@ async def test_index_smtp_and_receiver_down_then_back_each_delivered_once_on_sch
             # Traffic during the outage: one signal per youth, mails for one caseworker, and one
             # handover per youth, so every item is alone on its key while it is retried.
             signals = [signal_of(b) for b in bsns()[-YOUTHS:]]
+            await hold_signals(db_url, signals)  # as the caseworker API stores them
             await produce(
                 kafka.bootstrap,
                 hub.topic(VERWIJSINDEX_SIGNAL.name),

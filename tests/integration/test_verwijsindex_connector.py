@@ -318,6 +318,29 @@ async def test_a_command_naming_no_usable_signal_is_dead_lettered_without_a_hitc
         await hub.stop()
 
 
+async def test_a_registration_of_a_signal_the_hub_does_not_hold_is_not_sent(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """A signal registered through the API is stored before its command is queued. A command for one
+    the hub does not hold (its term ended and it was purged, then its dead letter was replayed; or it
+    was written to the topic past the API's rules 13 and 14) put the youth in the index."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        [bsn] = bsns(1, start=320_000_000)
+        command = register_command(a_signal(bsn), str(uuid.uuid4()))
+        key = youth_key(TEST_SECRET, bsn).encode()
+        await produce(
+            kafka.bootstrap,
+            hub.topic(VERWIJSINDEX_SIGNAL.name),
+            [(key, command.to_bytes(), command.headers())],
+        )
+        [dead] = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30)
+        assert "holds no signal" in headers_of(dead)["dlq-exception-message"]
+        assert [c for c in await calls(admin) if c["path"].startswith(SIGNAL)] == []  # nothing sent
+    finally:
+        await hub.stop()
+
+
 async def other_organisation_signals(admin: httpx.AsyncClient, signals_: list[VerwijsindexSignal]) -> None:
     """A youth-care professional registers the same youths: a client match for each of ours."""
     for s in signals_:
