@@ -117,7 +117,10 @@ def register_intake(hub: Hub) -> None:
             reference = politie.case_reference_of(raw)
             first = await service.first_answer(tx.session, POLITIE_REFERRER, reference) if reference else None
             bsn = politie.bsn_of(raw)
-            key = first.youth_key if first else service.youth_key(bsn) if bsn else None
+            own = service.youth_key(bsn) if bsn else None
+            if first is not None and own is not None and own != first.youth_key:
+                first = None  # another youth's record under that PV number: no repeat (rule 7), refused
+            key = own or (first.youth_key if first else None)
             raise _unparseable(exc, reference, politie_out, tx.transaction_id, first, key) from None
         origin = Origin(POLITIE_REFERRER, "kafka", tx.transaction_id, tx.system, user="politie (kafka)")
         result = await service.take_in(tx.session, referral, origin)

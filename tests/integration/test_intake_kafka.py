@@ -11,7 +11,8 @@ from hub.embedded import EmbeddedKafka
 from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_HEADERS
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope, trace_id
-from tests.conftest import make_settings
+from schemas.pseudonym import youth_key as pseudonym
+from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 from tests.integration.test_intake_http import DATA, intake_api, politie_variant
 
@@ -31,6 +32,9 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
             json.loads(politie_variant(1))
             | {"procesVerbaalNummer": "PL1500-2025031201-98", "pleegdatum": "?"}
         ).encode()
+        other = json.loads(politie_variant(1)) | {"pleegdatum": "?"}
+        other["verdachte"] = other["verdachte"] | {"bsn": "111222333"}
+        broken_other = json.dumps(other).encode()
         await produce(
             kafka.bootstrap,
             topic,
@@ -42,14 +46,22 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
                 (b"pv", politie_variant(2, bekennend=False), []),
                 (b"pv", broken_resend, []),  # the accepted PV number again, unreadable
                 (b"pv", broken_new, []),  # a new PV number, unreadable but for its BSN
+                (b"pv", broken_other, []),  # the accepted PV number, unreadable, another youth's BSN
             ],
         )
-        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=6)
+        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=7)
         by_pv: dict[str, list[tuple[bytes | None, Envelope]]] = {}
         for record in answers:
             env = Envelope.from_bytes(record.value)
             by_pv.setdefault(env.payload["procesVerbaalNummer"], []).append((record.key, env))
-        (key, first), (_, repeat), (resend_key, resend) = by_pv["PL1500-2025031201-1"]
+        # the answers on the first youth's key in the order given; another youth's on its own key
+        mine = [
+            (k, e)
+            for k, e in by_pv["PL1500-2025031201-1"]
+            if k != pseudonym(TEST_SECRET, "111222333").encode()
+        ]
+        (key, first), (_, repeat), (resend_key, resend) = mine
+        [(other_key, refused)] = [(k, e) for k, e in by_pv["PL1500-2025031201-1"] if (k, e) not in mine]
         assert first.payload["besluit"] == "GEACCEPTEERD" and first.transaction_id == "tx-police-1"
         assert repeat.payload["herhaling"] is True
         assert repeat.payload["verwijzingId"] == first.payload["verwijzingId"]
@@ -57,6 +69,11 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         # a refusal contradicted the acceptance the hub holds, and could arrive after a later answer
         assert (resend.payload["besluit"], resend.payload["herhaling"]) == ("GEACCEPTEERD", True)
         assert resend.payload["verwijzingId"] == first.payload["verwijzingId"] and resend_key == key
+        # another youth's record under that PV number is no repeat: refused, on its own youth's key,
+        # never answered with the first youth's referral
+        assert (refused.payload["besluit"], refused.payload["herhaling"]) == ("AFGEWEZEN", False)
+        assert refused.payload["verwijzingId"] is None
+        assert other_key == pseudonym(TEST_SECRET, "111222333").encode() != key
         assert by_pv["PL1500-2025031201-2"][0][1].payload["besluit"] == "AFGEWEZEN"
         _, error = by_pv["PL1500-2025031201-99"][0]
         assert error.payload["besluit"] == "AFGEWEZEN" and error.transaction_id == "tx-broken"
@@ -64,8 +81,8 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         [(new_key, new)] = by_pv["PL1500-2025031201-98"]
         assert new.payload["besluit"] == "AFGEWEZEN" and new_key == key  # the same youth's BSN
 
-        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=4)
-        assert len(dead) == 4
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=5)
+        assert len(dead) == 5
         for record in dead:
             headers = headers_of(record)
             assert set(DLQ_HEADERS) <= set(headers)
@@ -75,6 +92,7 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
             b"{not json at all",
             broken_resend,
             broken_new,
+            broken_other,
         }
 
         decided = await read_topic(
@@ -83,7 +101,7 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         assert len(decided) == 2  # two referrals decided; a repeat is not a new decision
         assert all(len(r.key) == 64 for r in decided)  # keyed by the youth key
         assert await api.count() == 2
-        assert await api.count(audit_log, action="referral.unparseable") == 3
+        assert await api.count(audit_log, action="referral.unparseable") == 4
 
 
 async def test_canonical_referrals_from_kafka_connectors_are_decided(
