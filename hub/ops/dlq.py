@@ -26,6 +26,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -33,6 +34,7 @@ from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.logging import get_logger
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
 from hub.ops.lag import BrokersUnavailable
@@ -91,6 +93,21 @@ def source_of(d: DeadLetter, *, legacy: bool = False) -> str | None:
     if legacy:
         return position[:400]
     return f"{position}@{d.headers.get(DLQ_FIRST_FAILURE, '')}"[:400]
+
+
+def letter_time(d: DeadLetter) -> datetime:
+    """When the letter was written (its record's timestamp)."""
+    return datetime.fromtimestamp(d.timestamp_ms / 1000, UTC)
+
+
+def legacy_applies(acted_at: datetime, d: DeadLetter) -> bool:
+    """Whether an action kept before 0020 (no letter time) is this letter's: a letter written after
+    the action was taken is a later one at the same position (the topic started over)."""
+    return letter_time(d) <= acted_at
+
+
+class AlreadyResolved(Exception):
+    """An action kept before 0020 already resolved this letter."""
 
 
 def _trace(d: DeadLetter) -> str | None:
@@ -169,14 +186,17 @@ class DeadLetters:
         ]
         async with self.store.connect() as conn:
             rows = await conn.execute(
-                select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.action).where(or_(*ranges))
+                select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.action, c.at).where(or_(*ranges))
             )
-            done = {(t, int(p), int(o), at): a for t, p, o, at, a in rows}
+            done = {(t, int(p), int(o), letter): (a, aware(at)) for t, p, o, letter, a, at in rows}
         out = {}
         for d in letters:
-            action = done.get((*d.position, d.timestamp_ms)) or done.get((*d.position, None))
-            if action is not None:
-                out[d.position] = action
+            found = done.get((*d.position, d.timestamp_ms))
+            legacy = done.get((*d.position, None))
+            if found is None and legacy is not None and legacy_applies(legacy[1], d):
+                found = legacy
+            if found is not None:
+                out[d.position] = found[0]
         return out
 
     async def find(self, flt: Filter = OPEN) -> list[DeadLetter]:
@@ -258,7 +278,7 @@ class DeadLetters:
                 await self._resolve(
                     session, d, "discarded", operator, reason=reason, job_id=None, value=value
                 )
-        except sa_exc.IntegrityError:
+        except (sa_exc.IntegrityError, AlreadyResolved):
             return False
         return True
 
@@ -273,6 +293,20 @@ class DeadLetters:
         job_id: str | None,
         value: bytes | None,
     ) -> None:
+        c = dlq_actions.c
+        legacy = (
+            await session.execute(
+                select(c.id).where(
+                    c.dlq_topic == d.topic,
+                    c.partition == d.partition,
+                    c.offset == d.offset,
+                    c.letter_at.is_(None),
+                    c.at >= letter_time(d),
+                )
+            )
+        ).first()
+        if legacy is not None:  # the unique index sees no conflict with a row without letter time
+            raise AlreadyResolved(d.id)
         done = await session.execute(
             insert(dlq_actions).values(
                 dlq_topic=d.topic,
@@ -329,6 +363,7 @@ class DeadLetters:
                             and_(  # replayed before 0020, its source kept without the failure time
                                 dlq_actions.c.source == source_of(d, legacy=True),
                                 dlq_actions.c.letter_at.is_(None),
+                                dlq_actions.c.at >= letter_time(d),  # not a letter written after it
                             ),
                         ),
                         dlq_actions.c.action == "replayed",
@@ -393,7 +428,7 @@ class DeadLetters:
                                     session, d, values.get(d.position), job.operator, job.id
                                 )
                             done, skipped = (done + 1, skipped) if queued else (done, skipped + 1)
-                        except sa_exc.IntegrityError:
+                        except (sa_exc.IntegrityError, AlreadyResolved):
                             skipped += 1  # already replayed or discarded
                         except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on
                             if store_failed(exc):  # the store's trouble, not this letter's: stop

@@ -11,8 +11,10 @@ from typing import Any
 
 from sqlalchemy import exists, func, select
 
+from hub.clock import aware
 from hub.logging import get_logger
-from hub.ops.lag import LagProbe, LagSample
+from hub.ops.dlq_records import read_at
+from hub.ops.lag import BrokersUnavailable, LagProbe, LagSample
 from hub.ops.tables import dlq_actions
 from hub.ops.verdict import GroupSample, Verdict, evaluate
 from hub.retry.tables import parked
@@ -89,6 +91,9 @@ class Monitor:
         self.probe, self.store, self.topics, self.ladders = probe, store, topics, ladders
         self.groups, self.group_prefix, self.cache_s = groups, group_prefix, cache_s
         self.samples: deque[LagSample] = deque(maxlen=WINDOW)
+        # the time of the letter at a resolved DLQ position, read once; a partition's end seen last
+        self._letter_ts: dict[tuple[str, int, int], int] = {}
+        self._ends: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
 
     async def sample(self) -> LagSample:
@@ -136,15 +141,37 @@ class Monitor:
             out[g] = evaluate([w for w in window if w.lag]).status
         return out
 
-    async def resolved(self) -> dict[tuple[str, int], list[int]]:
-        """Offsets of dead letters already replayed or discarded, per DLQ partition."""
-        out: dict[tuple[str, int], list[int]] = {}
+    async def resolved(self, offsets: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], set[int]]:
+        """Offsets of dead letters replayed or discarded, per DLQ partition, within what the partition
+        holds now: an action counts only for the letter it was taken on (0020), so a new letter at an
+        old position (a topic that started over) stays open."""
+        c = dlq_actions.c
         async with self.store.connect() as conn:
-            rows = await conn.execute(
-                select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
-            )
-            for topic, partition, offset in rows:
-                out.setdefault((topic, partition), []).append(int(offset))
+            rows = (await conn.execute(select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.at))).all()
+        for tp, o in offsets.items():  # a partition that started over: its letters are new ones
+            if o.end < self._ends.get(tp, 0):
+                self._letter_ts = {k: v for k, v in self._letter_ts.items() if k[:2] != tp}
+            self._ends[tp] = o.end
+        held = [r for r in rows if (r.dlq_topic, r.partition) in offsets]
+        held = [
+            r
+            for r in held
+            if offsets[r.dlq_topic, r.partition].start <= r.offset < offsets[r.dlq_topic, r.partition].end
+        ]
+        unknown = {(r.dlq_topic, int(r.partition), int(r.offset)) for r in held} - set(self._letter_ts)
+        if unknown:
+            try:
+                for d in await read_at(self.probe.options, unknown):
+                    self._letter_ts[d.position] = d.timestamp_ms
+            except BrokersUnavailable:
+                pass  # counted by position this time, as before 0020
+        out: dict[tuple[str, int], set[int]] = {}
+        for r in held:
+            position = (r.dlq_topic, int(r.partition), int(r.offset))
+            ts = self._letter_ts.get(position)
+            acted_ms = aware(r.at).timestamp() * 1000
+            if ts is None or r.letter_at == ts or (r.letter_at is None and ts <= acted_ms):
+                out.setdefault(position[:2], set()).add(position[2])
         return out
 
     async def parked(self) -> dict[str, int]:
@@ -167,12 +194,12 @@ class Monitor:
             before = sum(o.end for (tt, _), o in first.offsets.items() if tt == t)
             now = sum(o.end for (tt, _), o in s.offsets.items() if tt == t)
             in_rates[t] = (now - before) / span if span > 0 else 0.0
-        resolved = await self.resolved()
+        resolved = await self.resolved({tp: o for tp, o in s.offsets.items() if is_dlq(tp[0])})
         dlq_depth: dict[str, int] = {}
         retry_parked: dict[str, int] = {}
         for (t, p), o in s.offsets.items():
             if is_dlq(t):
-                done = sum(1 for off in resolved.get((t, p), ()) if o.start <= off < o.end)
+                done = len(resolved.get((t, p), ()))
                 dlq_depth[t] = dlq_depth.get(t, 0) + max(o.end - o.start - done, 0)
             elif is_retry(t):
                 retry_parked.setdefault(t, 0)

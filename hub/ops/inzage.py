@@ -25,12 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.ops.auth import Operator, requires
 from hub.ops.console import console_of
-from hub.ops.dlq import DeadLetters
+from hub.ops.dlq import DeadLetters, legacy_applies
 from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, parse_id, read_at
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
@@ -134,7 +135,7 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
     """The dead letters keyed by the youth key or the BSN, or whose payload names either; with their
     payloads, as held. BrokersUnavailable when the broker cannot be read."""
     letters = await dead_letters.find(Filter(status=None))  # every letter, whatever was done with it
-    out = []
+    out, found = [], {}
     for start in range(0, len(letters), PAYLOADS_AT_ONCE):
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
@@ -147,6 +148,7 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
                 or bsn_in_key_or_payload(d.key, d.value) == bsn
                 or _names_key(d.value, key)
             ):
+                found[d.id] = d
                 out.append(
                     {
                         "id": d.id,
@@ -165,7 +167,13 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
             or_(*(and_(c.dlq_topic == t, c.partition == p, c.offset == o) for t, p, o in positions))
         )
         async with dead_letters.store.connect() as conn:
-            by_id = {f"{a.dlq_topic}:{a.partition}:{a.offset}": a for a in await conn.execute(query)}
+            for row in await conn.execute(query):
+                # the action of this letter, not of an earlier one at its position (0020)
+                d = found[f"{row.dlq_topic}:{row.partition}:{row.offset}"]
+                if row.letter_at == d.timestamp_ms or (
+                    row.letter_at is None and legacy_applies(aware(row.at), d)
+                ):
+                    by_id[d.id] = row
     for letter in out:
         if (a := by_id.get(letter["id"])) is not None:
             letter["action"] = {"action": a.action, "by": a.operator, "at": _plain(a.at), "reason": a.reason}

@@ -19,6 +19,7 @@ from hub.ops.lag import BrokersUnavailable
 from hub.ops.masking import MASK
 from hub.ops.tables import dlq_actions
 from hub.runtime import Hub
+from hub.store import Store
 from hub.store.tables import audit_log
 from schemas.envelope import H_MESSAGE_ID, Envelope
 from schemas.pseudonym import youth_key as pseudonym
@@ -539,6 +540,15 @@ async def test_an_action_on_a_letter_of_a_topics_earlier_life_is_not_the_new_let
                     at=datetime.now(UTC) - timedelta(hours=1), source=f"{source}@2025-01-01T00:00:00+00:00",
                 )
             )  # fmt: skip
+            # and an action kept before 0020, without the letter's time: taken before this letter was
+            await session.execute(
+                insert(dlq_actions).values(
+                    dlq_topic=hub.topic(IN.dlq), partition=letter.partition, offset=letter.offset,
+                    letter_at=None, action="replayed", operator="olga",
+                    at=datetime.now(UTC) - timedelta(hours=2), source=source,
+                )
+            )  # fmt: skip
+        assert await _depth_now(client, hub) == 1  # open, on the health page as in the list
         listed = (await client.get("/ops/api/dlq")).json()
         assert [(d["id"], d["status"]) for d in listed["items"]] == [
             (f"{hub.topic(IN.dlq)}:{letter.partition}:{letter.offset}", "open")
@@ -551,6 +561,30 @@ async def test_an_action_on_a_letter_of_a_topics_earlier_life_is_not_the_new_let
         assert (progress["done"], progress["skipped"]) == (1, 0)  # not taken for a copy of the old one
         [out] = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)
         assert Envelope.from_bytes(out.value).payload["n"] == 1
+
+
+async def test_an_action_kept_before_letter_times_resolves_only_a_letter_written_before_it(
+    store: Store,
+) -> None:
+    """Actions kept before 0020 have no letter time: one taken before a letter was written is an
+    earlier letter's (the topic started over), one taken after it is this letter's."""
+    from hub.ops.dlq import DeadLetters
+    from hub.ops.dlq_records import DeadLetter
+
+    written = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    letters = DeadLetters(store, {}, ["in.dlq.v1"])
+    old_one = DeadLetter("in.dlq.v1", 0, 3, int(written.timestamp() * 1000), None, {}, payload=b"{}")
+    new_one = DeadLetter("in.dlq.v1", 0, 4, int(written.timestamp() * 1000), None, {}, payload=b"{}")
+    async with store.transaction() as session:
+        for offset, at in ((3, written + timedelta(minutes=5)), (4, written - timedelta(days=3))):
+            await session.execute(
+                insert(dlq_actions).values(
+                    dlq_topic="in.dlq.v1", partition=0, offset=offset, letter_at=None,
+                    action="discarded", operator="olga", at=at, reason="gezien",
+                )
+            )  # fmt: skip
+    assert not await letters.discard(old_one, "olga", "nogmaals")  # resolved already: not twice
+    assert await letters.discard(new_one, "olga", "nieuwe brief")  # a later letter: its own
 
 
 @pytest.mark.timeout(240)  # its own deadlines add up to 120 s
