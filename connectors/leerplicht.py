@@ -89,12 +89,13 @@ def _headers(cells: list[str]) -> list[str]:
                 raise _batch_error(f"scheidingsteken is {shown}", "';' (puntkomma)")
     if not any(_norm(c) in _KNOWN for c in cells):
         raise _batch_error("geen kopregel herkend", ", ".join(HEADERS), field="kopregel")
-    while cells and not cells[-1].strip():
-        cells = cells[:-1]  # empty columns after the last header: ';;;' at the end of an export's lines
-    problems, seen, found = [], [], 0
-    for position, cell in enumerate(cells, start=1):
+    width = len(cells)
+    while width and not cells[width - 1].strip():
+        width -= 1  # empty columns after the last header: ';;;' at the end of an export's lines
+    problems, seen, taken, found = [], [], set(), 0
+    for position, cell in enumerate(cells[:width], start=1):
         known = _KNOWN.get(_norm(cell))
-        if known is None or known in seen:
+        if known is None or known in taken:
             found += 1
             if found <= MAX_PROBLEMS:  # the rest are counted, not made (a line of 200,000 cells)
                 problems.append(
@@ -107,10 +108,11 @@ def _headers(cells: list[str]) -> list[str]:
                     )
                 )
         seen.append(known or "")
+        taken.add(known)
     missing = [
         FieldProblem(field=h, problem="verplichte kolom ontbreekt", allowed=h)
         for h in HEADERS
-        if h in REQUIRED_HEADERS and h not in seen
+        if h in REQUIRED_HEADERS and h not in taken
     ]
     if problems or missing:
         raise PartnerFormatError([*missing, *capped(problems, found)])
@@ -124,21 +126,27 @@ def parse_batch(raw: bytes) -> list[RowResult]:
 
 def iter_batch(raw: bytes) -> Iterator[RowResult]:
     """`parse_batch` row by row, so a caller need not hold every result; the batch is checked first."""
-    lines = iter(_LINE_BREAK.split(decode(raw)))
-    try:
-        header = next(cells for cells in map(_cells, lines) if cells is None or any(c.strip() for c in cells))
-    except StopIteration:
-        raise _batch_error("leeg bestand", "een kopregel en ten minste één rij") from None
+    lines = _LINE_BREAK.split(decode(raw))
+    start = next((i for i, line in enumerate(lines) if line.strip(" ;\t")), None)
+    if start is None:
+        raise _batch_error("leeg bestand", "een kopregel en ten minste één rij")
+    header = _cells(lines[start])
     if header is None:
         raise _batch_error("kopregel is geen geldige CSV", _QUOTES)
-    return _results(lines, _headers(header))
+    return _results(lines, start + 1, _headers(header))
 
 
-# Every line is a row. A leerplicht export has no line breaks within a cell, and read as CSV, one
-# stray '"' opening a cell would take every line after it into that cell: those rows would be
-# neither accepted nor refused. Each line is read on its own, strictly, and refused on its own.
+# A quoted cell may hold a line break (Excel's Alt+Enter), but read as one CSV stream, one stray '"'
+# opening a cell took every line after it into that cell: those rows were neither accepted nor
+# refused. A record runs over more lines only when its quotes close within MAX_CELL_LINES lines and
+# it then has the header's columns; otherwise its first line is refused on its own, and reading goes
+# on with the next line.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_QUOTES = "een cel tussen aanhalingstekens sluit op dezelfde regel met '\"' (een '\"' in de cel als '\"\"')"
+MAX_CELL_LINES: Final = 20
+_QUOTES = (
+    "een cel tussen aanhalingstekens sluit met '\"' (een '\"' in de cel als '\"\"'), op dezelfde regel"
+    f" of binnen {MAX_CELL_LINES} regels met evenveel kolommen als de kopregel"
+)
 
 
 def _cells(line: str) -> list[str] | None:
@@ -149,15 +157,33 @@ def _cells(line: str) -> list[str] | None:
         return None
 
 
-def _results(lines: Iterator[str], headers: list[str]) -> Iterator[RowResult]:
-    for number, line in enumerate(lines, start=1):
-        cells = _cells(line)
+def _results(lines: list[str], start: int, headers: list[str]) -> Iterator[RowResult]:
+    number, i = 0, start
+    while i < len(lines):
+        number += 1
+        cells, i = _record(lines, i, len(headers))
         if cells is None:
             yield RowResult(
                 row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV", allowed=_QUOTES)]
             )
         elif any(c.strip() for c in cells):
             yield _row(number, headers, cells)
+
+
+def _record(lines: list[str], i: int, width: int) -> tuple[list[str] | None, int]:
+    """The record starting at line `i` and the line after it: one line, or a few whose quoted cell
+    closes with the header's columns; None (and the next line) when neither."""
+    cells = _cells(lines[i])
+    if cells is not None:
+        return cells, i + 1
+    text = lines[i]
+    for end in range(i + 1, min(i + MAX_CELL_LINES, len(lines))):
+        text += "\n" + lines[end]
+        cells = _cells(text)
+        if cells is not None:
+            fits = len(cells) >= width and not any(c.strip() for c in cells[width:])
+            return (cells, end + 1) if fits else (None, i + 1)
+    return None, i + 1
 
 
 def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
