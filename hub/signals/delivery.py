@@ -119,11 +119,12 @@ async def on_parked(
 
 
 async def on_dead(session: AsyncSession, message: Envelope, error: str) -> None:
-    """The command went to the dead-letter topic; operators can replay it."""
+    """The command went to the dead-letter topic; operators can replay it. `updated_at` says since
+    when: retention keeps the signal while its letter can still be replayed."""
     await session.execute(
         update(signals)
         .where(_where(message))
-        .values(delivery_state="dead_lettered", next_try_at=None, last_error=error)
+        .values(delivery_state="dead_lettered", next_try_at=None, last_error=error, updated_at=utcnow())
     )
 
 

@@ -17,10 +17,14 @@ from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.retention.config import RetentionSettings
 from hub.retention.purge import purge
+from hub.signals.commands import register_command
+from hub.signals.delivery import on_dead
 from hub.signals.tables import matches, signals
 from hub.store import Store
 from hub.store.tables import audit_log
+from schemas.caseworker import ContactDetails
 from schemas.envelope import utcnow
+from schemas.signal import SignalYouth, VerwijsindexSignal
 
 pytestmark = pytest.mark.integration
 NOW = utcnow()
@@ -87,6 +91,24 @@ async def _signal(store: Store, key: str, bsn: str, *, ended: date, state: str) 
                 match_id=f"m-{key[:8]}", signal_id=sid, type="MATCH", counterparts=[], received_at=NOW
             )
         )
+
+
+def _as_signal(key: str, bsn: str) -> VerwijsindexSignal:
+    """The signal `_signal` stored, as its register command carries it."""
+    return VerwijsindexSignal(
+        signal_id=f"s-{key[:8]}",
+        youth=SignalYouth(
+            bsn=bsn, given_names="Sam", surname="Jansen", birth_date=date(2010, 1, 1), gender="MAN",
+            municipality="Den Haag",
+        ),
+        organisation="Halt",
+        caseworker=ContactDetails(name="Ilse", organisation="Halt", email="ilse@halt.nl"),
+        caseworker_id="cw-1",
+        created=NOW.date() - timedelta(days=400),
+        end_date=NOW.date() - timedelta(days=60),
+        youth_informed_at=NOW.date() - timedelta(days=400),
+        parent_letter_sent_at=NOW.date() - timedelta(days=400),
+    )  # fmt: skip
 
 
 async def _count(store: Store, table: Any, **where: str) -> int:
@@ -206,6 +228,13 @@ async def test_a_dead_lettered_signal_goes_once_its_letter_is_gone_and_a_recent_
             update(signals).where(signals.c.youth_key == recent).values(updated_at=NOW - timedelta(days=3))
         )
         await session.execute(update(signals).where(signals.c.youth_key == gone).values(updated_at=ago(40)))
+    # queued 40 days ago, dead-lettered only now (a replay that failed again): its letter is new
+    lately, lately_bsn = "d" * 64, "507529170"
+    await _case(store, lately, lately_bsn, received=ago(6 * YEARS))
+    await _signal(store, lately, lately_bsn, ended=NOW.date() - timedelta(days=60), state="retrying")
+    async with store.transaction() as session:
+        await session.execute(update(signals).where(signals.c.youth_key == lately).values(updated_at=ago(40)))
+        await on_dead(session, register_command(_as_signal(lately, lately_bsn), "tx"), "503")
     await _case(store, busy, "628194821", received=ago(6 * YEARS), handover="VERZONDEN")
     async with store.transaction() as session:  # sent again lately: under way
         await session.execute(
@@ -220,6 +249,7 @@ async def test_a_dead_lettered_signal_goes_once_its_letter_is_gone_and_a_recent_
         and await _count(store, referrals, youth_key=gone) == 0
     )
     assert await _count(store, signals, youth_key=recent) == 1
+    assert await _count(store, signals, youth_key=lately) == 1
     assert await _count(store, handovers, youth_key=busy) == 1
 
 
