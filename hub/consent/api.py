@@ -63,6 +63,14 @@ class Withdrawal(CanonicalModel):
     reason: ShortText
 
 
+def effective_status(consent: Consent, today: date) -> ConsentStatus:
+    """The consent's status on `today` (the Dutch day): an ACTIEF consent past its last day is
+    VERLOPEN, as the handover check treats it (rule 9), though nothing rewrote its stored status."""
+    if consent.status is ConsentStatus.ACTIEF and today > consent.valid_until:
+        return ConsentStatus.VERLOPEN
+    return consent.status
+
+
 class ConsentOut(CanonicalModel):
     """A consent as the caseworker sees it: no BSN, the youth by key; complete per rule 8."""
 
@@ -91,9 +99,7 @@ class ConsentOut(CanonicalModel):
         """From the stored consent, as it stands `today` (the Dutch day): an ACTIEF consent past its
         last day is VERLOPEN, as the handover check treats it (rule 9)."""
         c, check = s.consent, completeness(s.consent, custodians=custodians)
-        status = (
-            ConsentStatus.VERLOPEN if c.status is ConsentStatus.ACTIEF and today > c.valid_until else c.status
-        )
+        status = effective_status(c, today)
         return cls(
             consent_id=s.consent_id,
             youth_key=s.youth_key,
@@ -394,7 +400,10 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
         await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
         custodians = await _custodians(session, stored.youth_key)
     if FHIR_JSON in request.headers.get("accept", ""):
-        return JSONResponse(to_fhir(stored.consent, youth_key=stored.youth_key), media_type=FHIR_JSON)
+        now = stored.consent.model_copy(
+            update={"status": effective_status(stored.consent, local_day(hub.clock()))}
+        )
+        return JSONResponse(to_fhir(now, youth_key=stored.youth_key), media_type=FHIR_JSON)
     return ConsentOut.of(stored, custodians, local_day(hub.clock()))
 
 

@@ -12,7 +12,7 @@ from fhir.resources.R4B.consent import Consent as FhirConsent
 from sqlalchemy import select, update
 
 from hub.clock import LOCAL
-from hub.consent.fhir import FHIR_JSON
+from hub.consent.fhir import EXT_STATUS, FHIR_JSON
 from hub.consent.tables import consents
 from hub.embedded import EmbeddedKafka
 from tests.helpers.kafka import wait_for
@@ -415,6 +415,12 @@ async def test_one_consent_reads_as_the_list_and_the_handover_check_see_it(
             f"/api/v1/toestemmingen/{recorded['consent_id']}", headers={"X-Medewerker": CW}
         )
         assert later.json()["status"] == "VERLOPEN"
+        fhir = await w.client.get(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}",
+            headers={"X-Medewerker": CW, "Accept": FHIR_JSON},
+        )
+        assert fhir.json()["status"] == "inactive"  # as FHIR says it: active no longer
+        assert {"url": EXT_STATUS, "valueCode": "VERLOPEN"} in fhir.json()["extension"]
         [listed] = (
             await w.client.get(f"/api/v1/toestemmingen?youth_key={key}", headers={"X-Medewerker": CW})
         ).json()
