@@ -143,10 +143,15 @@ def _check_new(body: SignalIn, created: date, end: date, today: date) -> None:
             params.append(InvalidParam(name=name, reason="ligt in de toekomst"))
     if params:
         raise Problem(422, "Signaal ongeldig", "Het signaal voldoet niet aan de regels.", params=params)
-    # rule 14 asks what holds when the signal is sent, today: a backdated creation date made a youth
-    # of 12 today 11, and the signal went without the youth having been informed
-    missing = rules.informing_problems(
-        birth, today, body.youth_informed_at, body.parent_letter_sent_at, body.deferral_reason
+    # rule 14 by the youth's age today, when the signal is sent, and on its creation date, whichever
+    # asks more: a creation date set back made a youth of 12 today 11, and the signal went without
+    # the youth informed; judged on today alone, one of 16 today but 15 then needs no parents' letter
+    informing = (body.youth_informed_at, body.parent_letter_sent_at, body.deferral_reason)
+    missing = list(
+        dict.fromkeys(
+            rules.informing_problems(birth, created, *informing)
+            + rules.informing_problems(birth, today, *informing)
+        )
     )
     if missing:
         raise Problem(

@@ -151,12 +151,16 @@ async def test_register_rules_11_to_14_at_their_boundaries(api: tuple[Hub, httpx
         twelve_today, youth_informed_at=None, parent_letter_sent_at=None, deferral_reason="crisis"
     )
     assert (await post(deferred)).status_code == 201
-    # by the youth's age today, when it is sent: a creation date set back made a 12-year-old 11
-    backdated = body(twelve_today, youth_informed_at=None, created=(T - timedelta(days=30)).isoformat())
-    refused = await post(backdated)
-    assert refused.status_code == 422 and [p["name"] for p in refused.json()["invalidParams"]] == [
-        "youth_informed_at"
-    ], refused.text
+    # by the youth's age today, when it is sent, and on the creation date, whichever asks more: a
+    # creation date set back made a 12-year-old 11 (and asked nothing of a 16-year-old then 15)
+    a_month_back = (T - timedelta(days=30)).isoformat()
+    for backdated, field in (
+        (body(twelve_today, youth_informed_at=None, created=a_month_back), "youth_informed_at"),
+        (body(sixteen_today, parent_letter_sent_at=None, created=a_month_back), "parent_letter_sent_at"),
+    ):
+        refused = await post(backdated)
+        assert refused.status_code == 422, refused.text
+        assert [p["name"] for p in refused.json()["invalidParams"]] == [field], refused.text
 
     # every accepted signal is one register command on the topic, keyed by the youth key
     records = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=7, settle_s=0.3)
