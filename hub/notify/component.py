@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from hub.audit import AuditEntry
 from hub.errors import PermanentError
 from hub.notify.borging import borging_loop
 from hub.notify.service import NoReachableRecipient, notify_caseworker
 from hub.runtime import Hub
+from hub.signals.tables import signals
 from hub.spine import Tx
 from hub.topics import VERWIJSINDEX_MATCH
 from schemas._base import Code
 from schemas.envelope import Envelope
 from schemas.match import Match
+from schemas.signal import SignalStatus
 
 GROUP = "notify"
 
@@ -56,6 +59,25 @@ def register_notify(hub: Hub) -> None:
         except ValidationError as exc:
             raise PermanentError(f"match payload is not a Match: {exc.error_count()} error(s)") from None
         key = bytes(tx.record.key).decode() if tx.record.key is not None else None
+        held = select(signals.c.status).where(signals.c.signal_id == match.signal_id)
+        status = (await tx.session.execute(held)).scalar()
+        if status is not None and status != SignalStatus.ACTIEF.value:
+            # withdrawn or ended after the feed passed the match on: nobody is told about a signal
+            # that is over (the feed itself drops matches on signals ended before they came)
+            await tx.audit(
+                AuditEntry(
+                    action="verwijsindex.match_ignored",
+                    user=GROUP,
+                    youth_key=key,
+                    objects={
+                        "signal_id": match.signal_id,
+                        "match_id": match.match_id,
+                        "reason": "signal_not_active",
+                        "signal_status": status,
+                    },
+                )
+            )
+            return
         mail = await notify_caseworker(
             tx.session,
             hub,

@@ -11,7 +11,7 @@ from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.service import NO_RECIPIENT
 from hub.runtime import Hub
-from hub.signals import store_signal
+from hub.signals import request_withdrawal, store_signal
 from hub.signals.matches import record_match
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
@@ -20,7 +20,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Absence, ContactDetails
 from schemas.match import Match, MatchType
 from schemas.pseudonym import youth_key
-from schemas.signal import SignalYouth, VerwijsindexSignal
+from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import headers_of, read_topic, wait_for
 from tests.integration.test_mail_delivery import (
@@ -63,8 +63,10 @@ async def signal_with_match(
     *,
     match_id: str | None = None,
     counterpart: ContactDetails = KEES,
+    withdrawn: bool = False,
 ) -> tuple[str, str]:
-    """Store our signal as the signals API does, then record a match as the feed does."""
+    """Store our signal as the signals API does, then record a match as the feed does (and, with
+    `withdrawn`, withdraw the signal before the notifier gets the match)."""
     assert hub.store is not None and hub.relay is not None
     signal_id, match_id = str(uuid.uuid4()), match_id or f"m-{uuid.uuid4()}"
     signal = VerwijsindexSignal(
@@ -78,6 +80,9 @@ async def signal_with_match(
                            user=owner, transaction_id=str(uuid.uuid4()))  # fmt: skip
         match = Match(match_id=match_id, signal_id=signal_id, type=kind, counterparts=[counterpart])
         assert await record_match(session, hub.topic(VERWIJSINDEX_MATCH.name), match, str(uuid.uuid4()))
+        if withdrawn:
+            await request_withdrawal(session, hub, signal_id, WithdrawalReason.ONTERECHT, user=owner,
+                                     transaction_id=str(uuid.uuid4()))  # fmt: skip
     hub.relay.wake()
     return signal_id, match_id
 
@@ -116,6 +121,23 @@ async def test_match_mail_arrives_as_valid_mime_with_contacts_and_no_youth_data(
             ):
                 assert expected in text and expected in html
             await wait_for(lambda: _audited(hub, "verwijsindex.match_disclosed", match_id))
+        finally:
+            await hub.stop()
+
+
+async def test_a_match_whose_signal_was_withdrawn_before_its_mail_is_not_mailed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The feed passed the match on; the caseworker withdrew the signal before the notifier got it:
+    the counterpart's contact details went out about a signal that was over."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            _, match_id = await signal_with_match(hub, "cw-ilse", youth(123_456_900), withdrawn=True)
+            await wait_for(lambda: _audited(hub, "verwijsindex.match_ignored", match_id))
+            assert list(sink.memory) == []
+            assert not await _audited(hub, "verwijsindex.match_disclosed", match_id)
         finally:
             await hub.stop()
 
