@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -306,8 +306,10 @@ def assert_referral_or_format_error(name: str, raw: bytes) -> list[FieldProblem]
         return []
     assert problems
     # A value the format lets through but the canonical Referral cannot hold would be reported on
-    # the canonical field ("(vertaling)..."), which the partner does not know.
-    assert not [p for p in problems if p.field.startswith("(vertaling)")], problems
+    # the canonical field ("(vertaling)..."), which the partner does not know. An unknown field is
+    # named as the partner sent it, even one the partner called "(vertaling)".
+    translated = [p for p in problems if p.field.startswith("(vertaling)") and p.problem != "onbekend veld"]
+    assert not translated, problems
     # Whatever the record held, the rejection the hub stores and sends can be made and read back.
     decision = reject_unparseable(problems, reference)
     assert Decision.model_validate_json(decision.model_dump_json()) == decision
@@ -324,6 +326,7 @@ def assert_referral_or_format_error(name: str, raw: bytes) -> list[FieldProblem]
         st.dictionaries(st.text(max_size=20), json_values, max_size=8).map(lambda v: json.dumps(v).encode()),
     )
 )
+@example(raw=b'{"(vertaling)": null}')  # a partner's own key that reads as the hub's marker
 def test_arbitrary_bytes_give_a_format_error_not_a_crash(name: str, raw: bytes) -> None:
     assert_referral_or_format_error(name, raw)
 
