@@ -12,13 +12,13 @@ from hub.errors import PermanentError
 from hub.notify.borging import borging_loop
 from hub.notify.service import NoReachableRecipient, notify_caseworker
 from hub.runtime import Hub
+from hub.signals.matches import ended_status, match_ignored
 from hub.signals.tables import signals
 from hub.spine import Tx
 from hub.topics import VERWIJSINDEX_MATCH
 from schemas._base import Code
 from schemas.envelope import Envelope
 from schemas.match import Match
-from schemas.signal import SignalStatus
 
 GROUP = "notify"
 
@@ -59,24 +59,13 @@ def register_notify(hub: Hub) -> None:
         except ValidationError as exc:
             raise PermanentError(f"match payload is not a Match: {exc.error_count()} error(s)") from None
         key = bytes(tx.record.key).decode() if tx.record.key is not None else None
-        held = select(signals.c.status).where(signals.c.signal_id == match.signal_id)
-        status = (await tx.session.execute(held)).scalar()
-        if status is not None and status != SignalStatus.ACTIEF.value:
+        held = select(signals.c.status, signals.c.end_date).where(signals.c.signal_id == match.signal_id)
+        signal = (await tx.session.execute(held)).first()
+        ended = ended_status(signal.status, signal.end_date, hub.today()) if signal is not None else None
+        if ended is not None:
             # withdrawn or ended after the feed passed the match on: nobody is told about a signal
             # that is over (the feed itself drops matches on signals ended before they came)
-            await tx.audit(
-                AuditEntry(
-                    action="verwijsindex.match_ignored",
-                    user=GROUP,
-                    youth_key=key,
-                    objects={
-                        "signal_id": match.signal_id,
-                        "match_id": match.match_id,
-                        "reason": "signal_not_active",
-                        "signal_status": status,
-                    },
-                )
-            )
+            await tx.audit(match_ignored(match.signal_id, match.match_id, key, ended, GROUP))
             return
         mail = await notify_caseworker(
             tx.session,

@@ -55,6 +55,30 @@ async def write_cursor(session: AsyncSession, cursor: str, feed: str = FEED) -> 
         await session.execute(insert(feed_cursor).values(feed=feed, cursor=cursor, updated_at=now))
 
 
+def ended_status(status: str, end_date: date, day: date) -> str | None:
+    """The status of a signal no longer active on `day`, or None while it is: past its end date it is
+    VERLOPEN, though nothing marks that in the hub (the index does)."""
+    if status != SignalStatus.ACTIEF.value:
+        return status
+    return SignalStatus.VERLOPEN.value if end_date < day else None
+
+
+def match_ignored(signal_id: str, match_id: str, youth_key: str | None, status: str, user: str) -> AuditEntry:
+    """The audit entry of a match nobody is told about: its signal is over (rule 18: the index told
+    us something about one of our youths)."""
+    return AuditEntry(
+        action="verwijsindex.match_ignored",
+        user=user,
+        youth_key=youth_key,
+        objects={
+            "signal_id": signal_id,
+            "match_id": match_id,
+            "reason": "signal_not_active",
+            "signal_status": status,
+        },
+    )
+
+
 async def record_match(
     session: AsyncSession, topic: str, match: Match, transaction_id: str, *, day: date | None = None
 ) -> bool:
@@ -79,22 +103,9 @@ async def record_match(
     ).first()
     if owner is None:  # a signal we do not hold (e.g. purged): nothing to tell anyone
         return False
-    ended = owner.status != SignalStatus.ACTIEF.value or owner.end_date < (day or today())
-    if ended:
-        # nothing marks a signal past its end date VERLOPEN in the hub; the index does
-        status = SignalStatus.VERLOPEN.value if owner.status == SignalStatus.ACTIEF.value else owner.status
-        entry = AuditEntry(
-            action="verwijsindex.match_ignored",
-            user=SYSTEM,
-            youth_key=owner.youth_key,
-            objects={
-                "signal_id": match.signal_id,
-                "match_id": match.match_id,
-                "type": match.type.value,
-                "reason": "signal_not_active",
-                "signal_status": status,
-            },
-        )
+    ended = ended_status(owner.status, owner.end_date, day or today())
+    if ended is not None:
+        entry = match_ignored(match.signal_id, match.match_id, owner.youth_key, ended, SYSTEM)
         await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
         return False
     await session.execute(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -136,8 +136,14 @@ async def test_a_match_whose_signal_was_withdrawn_before_its_mail_is_not_mailed(
             await add_caseworkers(hub, ILSE, OMAR)
             _, match_id = await signal_with_match(hub, "cw-ilse", youth(123_456_900), withdrawn=True)
             await wait_for(lambda: _audited(hub, "verwijsindex.match_ignored", match_id))
+            # past its end date by the time the notifier gets the match: over as well, though nothing
+            # marks it VERLOPEN in the hub
+            hub.clock = lambda: datetime.now(UTC) + timedelta(days=400)
+            _, expired = await signal_with_match(hub, "cw-ilse", youth(123_457_900))
+            await wait_for(lambda: _audited(hub, "verwijsindex.match_ignored", expired))
             assert list(sink.memory) == []
-            assert not await _audited(hub, "verwijsindex.match_disclosed", match_id)
+            for ignored in (match_id, expired):
+                assert not await _audited(hub, "verwijsindex.match_disclosed", ignored)
         finally:
             await hub.stop()
 
