@@ -147,7 +147,12 @@ def _hub_value(name: str, value: str) -> bool:
         return _code(value, longest=_MESSAGE_MAX, spaces=True)
     if name in (DLQ_FIRST_FAILURE, DLQ_LAST_FAILURE):
         return _MOMENT.fullmatch(value) is not None
+    if _UUID.fullmatch(value):  # the hub's own ids: one in 40 starts with 8 digits, which read as a BSN
+        return True
     return _code(value, longest=_HEADER_MAX)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _holds_bsn(text: str) -> bool:

@@ -375,3 +375,9 @@ def test_a_date_key_shows_only_a_date_or_a_moment() -> None:
         "plannedAt": "12-03-2025 14:05",
     }
     assert show_payload(json.dumps(moments).encode(), unmasked=False) == moments
+
+
+def test_a_uuid_header_is_shown_though_it_starts_with_eight_digits() -> None:
+    """A random message id masked now and then: '25864531-c2c3-...' holds eight digits on their own."""
+    shown = show_headers({"message-id": "25864531-c2c3-4375-8397-0152c9c6b681"}, unmasked=False)
+    assert shown == {"message-id": "25864531-c2c3-4375-8397-0152c9c6b681"}
