@@ -12,6 +12,7 @@ from typing import Final
 from pydantic import ValidationError
 
 from schemas._base import as_code
+from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.partners._common import full_surname, gender_of, to_canonical, translate
 from schemas.partners.leerplicht import (
     HEADERS,
@@ -196,13 +197,21 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
     try:
         record = LeerplichtRij.model_validate(data)
     except ValidationError as exc:
-        return RowResult(row=number, case_reference=reference, problems=_in_row(problems_from(exc)))
+        problems = _in_row(problems_from(exc))
+        return RowResult(row=number, case_reference=reference, problems=problems, bsn=_bsn_in(data))
     try:
         # a value the row lets through but the canonical Referral cannot hold is on "(vertaling)"
         referral = translate(to_referral, record)
     except PartnerFormatError as exc:
-        return RowResult(row=number, case_reference=reference, problems=_in_row(exc.problems))
+        problems = _in_row(exc.problems)
+        return RowResult(row=number, case_reference=reference, problems=problems, bsn=_bsn_in(data))
     return RowResult(row=number, case_reference=reference, referral=referral)
+
+
+def _bsn_in(data: dict[str, str]) -> str | None:
+    """An unreadable row's BSN, when its cell holds one (elfproef)."""
+    found = data.get("BSN")
+    return normalise_bsn(found) if found is not None and is_valid_bsn(found) else None
 
 
 def _in_row(problems: list[FieldProblem]) -> list[FieldProblem]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -122,6 +123,9 @@ class ReadBatch:
     described: list[RowReport] = field(default_factory=list)
     ranges: list[tuple[int, int]] = field(default_factory=list)
     ranged: int = 0  # a range may span blank lines, which are no rows: its rows are counted one by one
+    # Unreadable rows with a readable case reference, described or ranged: (row, reference, BSN
+    # when readable). Rule 7: a reference taken in before is answered with its first outcome.
+    unreadable: list[tuple[int, str, str | None]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -142,6 +146,8 @@ def read_batch(rows: Iterable[ParsedRow]) -> ReadBatch:
         if row.referral is not None:
             read.readable.append(row)
             continue
+        if row.case_reference is not None:
+            read.unreadable.append((row.row, row.case_reference, row.bsn))
         if budget > 0:
             decision = reject_unparseable(row.problems, row.case_reference)
             report = _row(row.row, row.case_reference, RowResult.REJECTED, None, decision)
@@ -158,8 +164,15 @@ def read_batch(rows: Iterable[ParsedRow]) -> ReadBatch:
     return read
 
 
-def batch_report(read: ReadBatch, results: Sequence[IntakeResult]) -> BatchReport:
-    """The report of a batch, given the intake results of its readable rows in order."""
+def batch_report(
+    read: ReadBatch, results: Sequence[IntakeResult], repeats: Mapping[int, IntakeResult] | None = None
+) -> BatchReport:
+    """The report of a batch, given the intake results of its readable rows in order.
+
+    `repeats`: unreadable rows (by row number) whose case reference was taken in before, with that
+    first answer; they are reported as duplicates with it, not as rejected (rule 7).
+    """
+    repeats = repeats or {}
     taken = [
         _row(
             row.row,
@@ -170,15 +183,36 @@ def batch_report(read: ReadBatch, results: Sequence[IntakeResult]) -> BatchRepor
         )
         for row, result in zip(read.readable, results, strict=True)
     ]
-    reports = list(heapq.merge(taken, read.described, key=lambda r: r.row))
+    references = {number: reference for number, reference, _ in read.unreadable}
+    repeated = [
+        _row(number, references[number], RowResult.DUPLICATE, first.referral_id, first.decision)
+        for number, first in sorted(repeats.items())
+    ]
+    described = [r for r in read.described if r.row not in repeats]
+    ranged_repeats = len(repeats) - (len(read.described) - len(described))
+    reports = list(heapq.merge(taken, described, repeated, key=lambda r: r.row))
     return BatchReport(
         total=read.total,
         accepted=sum(r.result is RowResult.ACCEPTED for r in taken),
-        rejected=sum(r.result is RowResult.REJECTED for r in reports) + read.ranged,
-        duplicate=sum(r.result is RowResult.DUPLICATE for r in taken),
+        rejected=sum(r.result is RowResult.REJECTED for r in reports) + read.ranged - ranged_repeats,
+        duplicate=sum(r.result is RowResult.DUPLICATE for r in reports),
         rows=reports,
-        rejected_without_detail=read.ranges,
+        rejected_without_detail=_without(read.ranges, repeats.keys()),
     )
+
+
+def _without(ranges: list[tuple[int, int]], rows: Iterable[int]) -> list[tuple[int, int]]:
+    """Row ranges with these rows taken out (a range split around each)."""
+    out, taken = [], sorted(rows)
+    for first, last in ranges:
+        start = first
+        for row in taken[bisect.bisect_left(taken, first) : bisect.bisect_right(taken, last)]:
+            if row > start:
+                out.append((start, row - 1))
+            start = row + 1
+        if start <= last:
+            out.append((start, last))
+    return out
 
 
 def _row(

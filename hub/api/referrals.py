@@ -17,6 +17,7 @@ from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.api.referral_models import (
     BatchReport,
     DecisionOut,
+    ReadBatch,
     ReferralAnswer,
     ReferralStatus,
     RowResult,
@@ -25,13 +26,14 @@ from hub.api.referral_models import (
     read_batch,
 )
 from hub.api.uploads import UploadSlots
-from hub.audit import AuditEntry, write_audit
+from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
-from hub.intake.service import POLITIE_REFERRER, IntakeResult, Origin
+from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
 from hub.runtime import Hub
+from schemas.envelope import utcnow
 from schemas.partners.boa import BoaVerwijzing
 from schemas.partners.politie import PolitieVerwijzing
 from schemas.partners.preventief import PreventiefAanmelding
@@ -208,9 +210,12 @@ async def _take_in_csv(request: Request, hub: Hub, partner: Partner) -> Response
     origin = _origin(request, partner)
     assert hub.store is not None and hub.relay is not None
     async with hub.store.transaction() as session:
-        results = await service_of(hub).take_in_many(session, read.referrals, origin)
+        service = service_of(hub)
+        results = await service.take_in_many(session, read.referrals, origin)
+        repeats = await _unreadable_repeats(session, service, read, origin, partner)
         counts = {k.value.lower(): 0 for k in RowResult}
-        counts["rejected"] = read.total - len(results)
+        counts["rejected"] = read.total - len(results) - len(repeats)
+        counts["duplicate"] = len(repeats)
         for result in results:
             kind = RowResult.DUPLICATE if result.duplicate else RowResult(result.decision.outcome.value)
             counts[kind.value.lower()] += 1
@@ -224,8 +229,51 @@ async def _take_in_csv(request: Request, hub: Hub, partner: Partner) -> Response
         )
     hub.relay.wake()
     # Written once by pydantic, in the thread as well (see _take_in_json on returning a model).
-    report = await asyncio.to_thread(lambda: batch_report(read, results).model_dump_json(by_alias=True))
+    report = await asyncio.to_thread(
+        lambda: batch_report(read, results, repeats).model_dump_json(by_alias=True)
+    )
     return Response(report, media_type=JSON)
+
+
+async def _unreadable_repeats(
+    session: Any, service: IntakeService, read: ReadBatch, origin: Origin, partner: Partner
+) -> dict[int, IntakeResult]:
+    """Unreadable rows whose Dossiernummer this partner's referrals took before: their first answer.
+
+    Rule 7: a repeat is answered with the first outcome, also when this copy of the row cannot be
+    read; a refusal would contradict what the hub holds (the police's unreadable resends are answered
+    so too). A row whose readable BSN names another youth than the first referral is no repeat and
+    stays refused. Each such answer is audited under the youth, as a repeat is.
+    """
+    if not read.unreadable:
+        return {}
+    first = await service.first_answers(session, origin.referrer_key, {ref for _, ref, _ in read.unreadable})
+    repeats: dict[int, IntakeResult] = {}
+    for number, reference, bsn in read.unreadable:
+        found = first.get(reference)
+        if found is not None and (bsn is None or service.youth_key(bsn) == found.youth_key):
+            repeats[number] = found
+    await write_audits(
+        session,
+        [
+            audit_row(
+                "referral.unparseable",
+                partner.name,
+                at=utcnow(),
+                system=SYSTEM,
+                transaction_id=origin.transaction_id,
+                youth_key=found.youth_key,
+                objects={
+                    "case_reference": found.decision.case_reference,
+                    "referral_id": found.referral_id,
+                    "row": number,
+                    "answered": "first outcome",
+                },
+            )
+            for number, found in repeats.items()
+        ],
+    )
+    return repeats
 
 
 def _referred_by(partner: Partner) -> Any:

@@ -259,6 +259,12 @@ class IntakeService:
         """The answer a repeat of this case reference gets (rule 7), or None when it is new."""
         return (await self._existing(session, referrer_key, {reference})).get(reference)
 
+    async def first_answers(
+        self, session: AsyncSession, referrer_key: str, references: set[str]
+    ) -> dict[str, IntakeResult]:
+        """`first_answer` for many case references at once: those taken in before, with their answer."""
+        return await self._existing(session, referrer_key, references)
+
     async def _existing(
         self, session: AsyncSession, referrer_key: str, refs: set[str]
     ) -> dict[str, IntakeResult]:

@@ -100,6 +100,10 @@ class RowResult(BaseModel):
     case_reference: str | None = None
     referral: Referral | None = None
     problems: list[FieldProblem] = Field(default_factory=list)
+    # An unreadable row's BSN, when that cell is one (elfproef): rule 7 answers a row whose case
+    # reference was taken in before with the first outcome, unless it names another youth. Never
+    # shown, dumped or answered.
+    bsn: str | None = Field(default=None, exclude=True, repr=False)
 
     @model_validator(mode="after")
     def _either_or(self) -> RowResult:

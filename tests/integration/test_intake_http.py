@@ -405,6 +405,35 @@ async def test_a_case_reference_used_before_for_another_youth_is_refused_not_tak
     assert await api.count(audit_log, action="referral.conflict") == 2
 
 
+async def test_an_unreadable_row_of_a_dossier_taken_before_gets_its_first_outcome(api: Api) -> None:
+    # Rule 7: a repeat is answered with the first outcome. An unreadable copy of a row whose
+    # Dossiernummer was taken in before was reported REJECTED without a referral id: an answer
+    # contradicting the hub's, as the police's unreadable resends were until they got the first one.
+    first, other = csv_row(31), csv_row(32)
+    taken = (await api.post("leerplicht", csv_bytes([first, other]))).json()["rows"]
+    assert [r["result"] for r in taken] == ["ACCEPTED", "ACCEPTED"]
+    unreadable = first | {"Uren verzuim": "veel"}
+    another_youth = other | {"Uren verzuim": "veel", "BSN": csv_row(33)["BSN"]}
+    new_and_unreadable = csv_row(34, **{"Uren verzuim": "veel"})
+    body = csv_bytes([unreadable, another_youth, new_and_unreadable])
+    response = await api.post("leerplicht", body)
+    report = response.json()
+    assert [r["result"] for r in report["rows"]] == ["DUPLICATE", "REJECTED", "REJECTED"], report
+    repeat = report["rows"][0]
+    assert (repeat["referralId"], repeat["decision"]) == (taken[0]["referralId"], taken[0]["decision"])
+    assert report["rows"][1]["referralId"] is None  # another youth under that number: no repeat
+    assert (report["total"], report["duplicate"], report["rejected"]) == (3, 1, 2)
+    assert first["BSN"] not in response.text and another_youth["BSN"] not in response.text
+    assert await api.count() == 2
+    key = youth_key(TEST_SECRET, first["BSN"])
+    assert await api.count(audit_log, action="referral.unparseable", youth_key=key) == 1
+    assert api.hub.store is not None
+    async with api.hub.store.connect() as conn:
+        query = select(audit_log.c.objects).where(audit_log.c.action == "referral.batch_received")
+        counted = (await conn.execute(query.order_by(audit_log.c.id.desc()))).scalars().first()
+    assert counted == {"rows": 3, "accepted": 0, "duplicate": 1, "rejected": 2}
+
+
 async def test_transaction_id_is_taken_echoed_and_audited(api: Api) -> None:
     sent = str(uuid.uuid4())
     response = await api.post("politie", politie_variant(2), **{"Fsc-Transaction-Id": sent})

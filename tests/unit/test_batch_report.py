@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from connectors import leerplicht
-from hub.api.referral_models import DETAIL_BUDGET_BYTES, batch_report, read_batch
+from hub.api.referral_models import DETAIL_BUDGET_BYTES, _without, batch_report, read_batch
+from hub.api.referral_models import RowResult as ReportedRow
+from hub.intake.service import IntakeResult
+from schemas.envelope import utcnow
+from schemas.referral import Decision, Outcome
 
 HEADER = ";".join(leerplicht.HEADERS)
 
@@ -29,3 +33,42 @@ def test_a_few_bad_rows_are_all_described() -> None:
     assert [r.row for r in report.rows] == [1, 2, 3]
     assert report.rejected_without_detail == []
     assert len(report.rows[2].decision.reasons) == leerplicht.MAX_PROBLEMS_PER_ROW + 1
+
+
+def _first_answer(reference: str) -> IntakeResult:
+    decision = Decision(outcome=Outcome.ACCEPTED, case_reference=reference, reasons=[])
+    return IntakeResult("ref-1", decision, True, "yk", utcnow(), "HALT_SCHOOLVERZUIM", "LEERPLICHT")
+
+
+def test_unreadable_rows_taken_before_are_duplicates_also_past_the_budget() -> None:
+    """Rule 7: rows with a Dossiernummer taken in before get the first outcome, described or ranged."""
+    width = len(leerplicht.HEADERS)
+    nonsense = [";x"] * 30_000  # no Dossiernummer: past the budget these are ranged
+    row = ";".join(["LP-1", *["x"] * (width - 1)])  # readable Dossiernummer, unreadable row
+    raw = "\n".join([HEADER, row, *nonsense, row.replace("LP-1", "LP-2"), ";x"]).encode()
+    read = read_batch(leerplicht.iter_batch(raw))
+    assert [(n, ref) for n, ref, _ in read.unreadable] == [(1, "LP-1"), (30_002, "LP-2")]
+    before = batch_report(read, [])
+    assert before.rejected_without_detail[-1] == (before.rejected_without_detail[-1][0], 30_003)
+    repeats = {1: _first_answer("LP-1"), 30_002: _first_answer("LP-2")}
+    report = batch_report(read, [], repeats)
+    assert (report.total, report.duplicate, report.rejected) == (30_003, 2, 30_001)
+    duplicates = [r for r in report.rows if r.result is ReportedRow.DUPLICATE]
+    assert [(r.row, r.case_reference, r.referral_id) for r in duplicates] == [
+        (1, "LP-1", "ref-1"),
+        (30_002, "LP-2", "ref-1"),
+    ]
+    described = [r.row for r in report.rows if r.result is ReportedRow.REJECTED]
+    start = before.rejected_without_detail[0][0]
+    assert described == list(range(2, start))
+    # the ranged repeat is taken out of its range, which is split around it
+    assert report.rejected_without_detail == [(start, 30_001), (30_003, 30_003)]
+
+
+def test_a_row_range_is_split_around_the_rows_taken_out() -> None:
+    assert _without([(1, 10), (20, 20), (30, 40)], [1, 5, 6, 20, 40, 50]) == [
+        (2, 4),
+        (7, 10),
+        (30, 39),
+    ]
+    assert _without([(3, 7)], []) == [(3, 7)]
