@@ -32,6 +32,7 @@ from hub.notify.borging import borg, why
 from hub.notify.service import list_problems
 from hub.ops.auth import Operator, requires
 from hub.runtime import Hub
+from hub.signals.rules import phone_problem
 from schemas._base import CanonicalModel, Email, Name, Phone
 from schemas.caseworker import Absence, Caseworker, Team
 
@@ -87,6 +88,19 @@ async def _check_delegate(session: AsyncSession, cw: Caseworker) -> None:
             422, "Unknown delegate", "The delegate is not in the directory.",
             params=[InvalidParam(name="delegate_id", reason="unknown caseworker")],
         ) from None  # fmt: skip
+
+
+def _check_phone(cw: Caseworker) -> None:
+    """A caseworker who may signal becomes a signal's contact (rule 13, borging): their phone must
+    fit the Verwijsindex, or every signal naming them is refused later, far from this mistake."""
+    problem = phone_problem(cw.phone) if cw.meldingsbevoegd else None
+    if problem is not None:
+        raise Problem(
+            422, "Phone unfit for the Verwijsindex",
+            "This caseworker may signal, so the Verwijsindex gets their phone number as a signal's "
+            "contact; it cannot take this one. Enter it with 6 to 20 digits (a leading + allowed).",
+            params=[InvalidParam(name="phone", reason=problem)],
+        )  # fmt: skip
 
 
 async def _audit(request: Request, session: AsyncSession, op: Operator, cw: Caseworker, action: str) -> None:
@@ -210,6 +224,7 @@ async def put(
         raise RequestValidationError(exc.errors(include_input=False)) from None
     hub = _hub(request)
     assert hub.store is not None
+    _check_phone(cw)
     async with hub.store.transaction() as session:
         await _check_delegate(session, cw)
         created = await upsert_caseworker(session, cw)  # one statement decides: 201 for one request only

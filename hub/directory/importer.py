@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import id_problem
 from hub.directory.service import create_caseworker, lock_caseworker, replace_caseworker
+from hub.signals.rules import phone_problem
 from hub.store import Store, store_failed
 from schemas._base import NO_CONTROL_PROBLEM
 from schemas.caseworker import Absence, Caseworker, Team
@@ -172,7 +173,7 @@ def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworke
         new = Absence(start=first, end=last)
         if new not in absences:
             absences.append(new)
-    return Caseworker(
+    cw = Caseworker(
         caseworker_id=row["Medewerkernummer"],
         name=row["Naam"],
         email=row["E-mail"],
@@ -183,6 +184,11 @@ def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworke
         active=_yes(row.get("Actief", ""), "Actief", True),
         absences=absences,
     )
+    # One who may signal is a signal's contact (rule 13, borging): the Verwijsindex must take the phone.
+    problem = phone_problem(cw.phone) if cw.meldingsbevoegd else None
+    if problem is not None:
+        raise ValueError(f"Telefoon: {problem}")
+    return cw
 
 
 def _id_errors(row: dict[str, str]) -> list[dict[str, str]]:

@@ -430,3 +430,31 @@ async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
         assert [row["result"] for row in again.json()["rows"]] == ["ONGEWIJZIGD", "AANGEMAAKT", "AANGEMAAKT"]
         assert (again.json()["ongewijzigd"], again.json()["aangemaakt"]) == (1, 2)
         assert [await _audits(hub, "directory.imported", c) for c in ("cw-1", "cw-2", "cw-3")] == [1, 1, 1]
+
+
+async def test_a_caseworker_who_may_signal_needs_a_phone_the_verwijsindex_takes(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Such a caseworker becomes a signal's contact (rule 13, borging); a phone the index cannot take
+    was accepted here and every signal naming them was refused later, far from the mistake."""
+    async with directory_app(kafka, db_url, unique) as (_hub, admin, viewer):
+        short = await admin.put(f"{BASE}/cw-joost", json=person("Joost Smit", phone="12-34"))
+        assert short.status_code == 422, short.text
+        assert [p["name"] for p in short.json()["invalidParams"]] == ["phone"]
+        assert (await viewer.get(f"{BASE}/cw-joost")).status_code == 404  # nothing stored
+        # one who may not signal is never a contact: the number is theirs to keep
+        plain = person("Joost Smit", phone="12-34", meldingsbevoegd=False)
+        assert (await admin.put(f"{BASE}/cw-joost", json=plain)).status_code == 201
+        tidy = person("Joost Smit", phone="+31 (0)6 - 12 34 56 78")  # a form the index takes exists
+        assert (await admin.put(f"{BASE}/cw-joost", json=tidy)).status_code == 200
+
+        rows = (
+            "Medewerkernummer;Naam;E-mail;Telefoon;Team;Meldingsbevoegd\n"
+            "cw-ria;Ria Smit;ria@halt.nl;12-34;Den Haag;ja\n"
+            "cw-rob;Rob Smit;rob@halt.nl;12-34;Den Haag;nee\n"
+        )
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        report = {row["row"]: row for row in r.json()["rows"]}
+        assert report[2]["result"] == "FOUT" and report[2]["errors"][0]["field"] == "Telefoon"
+        assert report[3]["result"] == "AANGEMAAKT"
+        assert (await viewer.get(f"{BASE}/cw-ria")).status_code == 404
