@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +19,7 @@ from hub.handovers.delivery_state import (
 from hub.handovers.messages import HANDOVER
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
 from hub.retry import Delivery, RetryPolicy, ladder_on
+from hub.retry.ladder import RetryLadder
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.spine import Tx
@@ -43,6 +46,11 @@ class WebhookDelivery:
         # database lock): a retry must not POST them again. After a crash the receiver still
         # de-duplicates by X-Ketenhub-Message-Id (at-least-once across restarts).
         self.delivered = RecentIds()
+        self.ladder: RetryLadder | None = None
+
+    def status(self) -> dict[str, Any]:
+        """For the console (GET /ops/api/connectors): the webhooks' last success and last error."""
+        return self.ladder.status() if self.ladder is not None else {}
 
     async def deliver(self, message: Envelope) -> None:
         """Look up the receiver, check the handover may still go, and POST it signed."""
@@ -99,6 +107,7 @@ def register_receivers(hub: Hub) -> None:
         ),
         policy=RetryPolicy(schedule_s=tuple(hub.settings.handovers.retry_schedule_s)),
     )
+    webhook.ladder = ladder
 
     @hub.spine.subscribe(
         hub.topic(HANDOVER_DISPATCH.name),

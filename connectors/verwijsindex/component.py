@@ -175,10 +175,20 @@ class VerwijsindexConnector:
             raise ConnectionError("verwijsindex does not answer")
 
     def status(self) -> dict[str, Any]:
-        """For the console (GET /ops/api/connectors, its shape): the match feed's last error, None
-        once a poll succeeds again. A command's own errors are on its signal and in the DLQ."""
-        error = self.feed.last_error if self.feed is not None else None
-        return {"last_error": f"match feed: {error}" if error else None}
+        """For the console (GET /ops/api/connectors, its shape): the last call to the index that
+        succeeded and the last that failed, a command's (the ladder's) or a match poll's while the
+        polls fail. A command's own errors are also on its signal and in the DLQ."""
+        out: dict[str, Any] = self.ladder.status() if self.ladder is not None else {"last_error": None}
+        feed = self.feed
+        if feed is None:
+            return out
+        if feed.last_success and (out.get("last_success") or "") < feed.last_success.isoformat():
+            out["last_success"] = feed.last_success.isoformat()
+        if feed.last_error and feed.last_error_at:
+            at = feed.last_error_at.isoformat()
+            if (out.get("last_error_at") or "") <= at:  # the feed's error, failing still, is newer
+                out |= {"last_error": f"match feed: {feed.last_error}", "last_error_at": at}
+        return out
 
     async def aclose(self) -> None:
         """Close pooled connections, then the in-process simulator."""

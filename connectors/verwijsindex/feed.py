@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -32,6 +33,7 @@ from hub.metrics import Metrics
 from hub.signals.matches import read_cursor, record_match, record_refused_match, write_cursor
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
+from schemas.envelope import utcnow
 from schemas.match import Match as CanonicalMatch
 
 log = get_logger(__name__)
@@ -55,7 +57,9 @@ class MatchFeed:
         self.store, self.client, self.topic = store, client, topic
         self.interval_s, self.page_size, self.on_published = interval_s, page_size, on_published
         self.metrics = metrics
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # None again once a poll succeeds
+        self.last_error_at: datetime | None = None
+        self.last_success: datetime | None = None
         self.published = 0
         self.moved = False  # whether the last page moved the cursor on
         self._wake = asyncio.Event()
@@ -129,11 +133,11 @@ class MatchFeed:
         while True:
             try:
                 seen = await self.poll_once()
-                self.last_error = None
+                self.last_error, self.last_success = None, utcnow()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = safe_error_message(exc)
+                self.last_error, self.last_error_at = safe_error_message(exc), utcnow()
                 log.warning("match feed poll failed; will retry", error=self.last_error)
                 seen = 0
             if seen >= self.page_size and self.moved:

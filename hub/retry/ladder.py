@@ -69,6 +69,10 @@ class RetryLadder(ParkingLot):
         metrics.postponed.labels(name)  # from 0, so that the first one is an increase too
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
+        # For the console's connector lines (DESIGN: last success, last error), in this process.
+        self.last_success: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
 
     # -- the main consumer's side -------------------------------------------------------------
     async def handle(self, tx: Tx, message: Envelope, *, key: str) -> None:
@@ -132,16 +136,33 @@ class RetryLadder(ParkingLot):
             with attempt:
                 try:
                     await self.delivery.deliver(message)
-                except TransientError:
+                except TransientError as exc:
                     self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
+                    self._failed(exc)
                     raise
                 except Exception as exc:
                     if store_failed(exc):  # the hub's own store, read on the way: later, not the DLQ
                         self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
-                        raise TransientError(f"the hub's store failed: {safe_error_message(exc)}") from exc
+                        failure = TransientError(f"the hub's store failed: {safe_error_message(exc)}")
+                        self._failed(failure)
+                        raise failure from exc
                     self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
+                    self._failed(exc)
                     raise
                 self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
+                self.last_success = self.clock()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error, self.last_error_at = safe_error_message(exc)[:300], self.clock()
+
+    def status(self) -> dict[str, Any]:
+        """Last success and last error (kept after a later success, with its time), in the console's
+        shape (GET /ops/api/connectors)."""
+        return {
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+        }
 
     def _in_place_wait(self, state: RetryCallState) -> float:
         """The policy's quick wait, or longer when the partner's Retry-After asks for it."""

@@ -58,9 +58,11 @@ async function refreshHealth() {
 
 async function refreshConnectors() {
   const c = await api("/ops/api/connectors");
-  // every component's status has one shape: reachable, last_success (ISO time), last_error, detail
+  // every component's status has one shape: reachable, last_success (ISO time), last_error, detail;
+  // a last error kept after later successes comes with its time (last_error_at)
   fill("connectors", Object.entries(c).map(([name, s]) => {
-    const tr = row([name, s.reachable ? "yes" : "no", s.last_success, s.last_error || (s.reachable ? "" : s.detail)]);
+    const error = s.last_error && s.last_error_at ? s.last_error + " (at " + s.last_error_at + ")" : s.last_error;
+    const tr = row([name, s.reachable ? "yes" : "no", s.last_success, error || (s.reachable ? "" : s.detail)]);
     tr.dataset.name = name;
     return tr;
   }));

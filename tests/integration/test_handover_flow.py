@@ -531,9 +531,14 @@ async def test_receiver_down_then_up_every_handover_once_in_order_per_youth(
                 asked[rid].append(await w.handover(rid, summary=f"overdracht nummer {i}"))
         await wait_for(lambda: w.receiver.refused >= 4, timeout_s=20)
         assert w.receiver.handovers() == []
+        # the console's connector line (DESIGN: last success, last error) said nothing of webhooks
+        down = w.hub.components["receivers"].status()
+        assert down["last_success"] is None and "503" in down["last_error"], down
         w.receiver.down = False
         await wait_for(lambda: len(w.receiver.handovers()) >= 6, timeout_s=40)
         await asyncio.sleep(0.4)
+        up = w.hub.components["receivers"].status()
+        assert up["last_success"] is not None and up["last_success"] > down["last_error_at"], up
         got = [e.payload["handover_id"] for e in w.receiver.handovers()]
         assert sorted(got) == sorted(h for hs in asked.values() for h in hs)  # each once
         for hs in asked.values():

@@ -184,6 +184,10 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
         await wait_for(lambda: _all_at(hub, 1, of=4))
         shown = next(iter((await rows(hub)).values()))
         assert shown.next_try_at is not None and "503" in shown.last_error
+        # the console's connector line said nothing of the commands' calls, only of the feed's
+        down = hub.components["verwijsindex"].status()
+        assert down["last_success"] is None and "503" in down["last_error"], down
+        assert not down["last_error"].startswith("match feed"), down  # the last failed call: a PUT
         # borging moves each signal meanwhile: the change waits behind its registration, rung by rung
         assert hub.store is not None and hub.relay is not None
         async with hub.store.transaction() as session:
@@ -217,6 +221,8 @@ async def test_outage_then_healthy_registers_each_once_in_order_on_schedule(
             assert moved.status is SignaalStatus.ACTIEF and moved.contactpersoon.naam == STAND_IN.name
         assert all(c["transaction_id"] for c in log)
         assert await hub.components["verwijsindex"].ladder.parked_count() == 0
+        up = hub.components["verwijsindex"].status()
+        assert up["last_success"] is not None and up["last_success"] > up["last_error_at"], up
         assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
     finally:
         await hub.stop()
