@@ -59,7 +59,9 @@ def register_notify(hub: Hub) -> None:
         except ValidationError as exc:
             raise PermanentError(f"match payload is not a Match: {exc.error_count()} error(s)") from None
         key = bytes(tx.record.key).decode() if tx.record.key is not None else None
-        held = select(signals.c.status, signals.c.end_date).where(signals.c.signal_id == match.signal_id)
+        held = select(signals.c.status, signals.c.end_date, signals.c.caseworker_id).where(
+            signals.c.signal_id == match.signal_id
+        )
         signal = (await tx.session.execute(held)).first()
         ended = ended_status(signal.status, signal.end_date, hub.today()) if signal is not None else None
         if ended is not None:
@@ -67,10 +69,13 @@ def register_notify(hub: Hub) -> None:
             # that is over (the feed itself drops matches on signals ended before they came)
             await tx.audit(match_ignored(match.signal_id, match.match_id, key, ended, GROUP))
             return
+        # The signal's contact now, not when the feed read the match: a contact change or a borging
+        # in between moved the signal, and its matches go with it (rule 17).
+        owner = signal.caseworker_id if signal is not None else match.caseworker_id
         mail = await notify_caseworker(
             tx.session,
             hub,
-            match.caseworker_id,
+            owner,
             "match",
             match_context(match),
             tx.transaction_id,
@@ -82,7 +87,7 @@ def register_notify(hub: Hub) -> None:
             # Recorded as a problem (kept: this handler returns normally), and dead-lettered with
             # the DLQ headers so the match can be replayed once the directory is fixed.
             cause = NoReachableRecipient(
-                f"match {match.match_id}: caseworker {match.caseworker_id!r} is away and has no "
+                f"match {match.match_id}: caseworker {owner!r} is away and has no "
                 "reachable delegate; fix the directory and replay this dead letter"
             )
             await spine.dead_letter(tx.session, subscription, tx.record, cause, tx.transaction_id)
@@ -96,7 +101,7 @@ def register_notify(hub: Hub) -> None:
                 action="verwijsindex.match_disclosed",
                 user=GROUP,
                 youth_key=key,
-                on_behalf_of=match.caseworker_id,
+                on_behalf_of=owner,
                 objects={
                     "match_id": match.match_id,
                     "signal_id": match.signal_id,

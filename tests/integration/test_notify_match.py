@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
@@ -13,11 +14,12 @@ from hub.notify.service import NO_RECIPIENT
 from hub.runtime import Hub
 from hub.signals import request_withdrawal, store_signal
 from hub.signals.matches import record_match
+from hub.signals.service import request_contact_change
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_MATCH
 from schemas.bsn import is_valid_bsn
-from schemas.caseworker import Absence, ContactDetails
+from schemas.caseworker import Absence, Caseworker, ContactDetails
 from schemas.match import Match, MatchType
 from schemas.pseudonym import youth_key
 from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
@@ -64,9 +66,11 @@ async def signal_with_match(
     match_id: str | None = None,
     counterpart: ContactDetails = KEES,
     withdrawn: bool = False,
+    moved_to: Caseworker | None = None,
 ) -> tuple[str, str]:
     """Store our signal as the signals API does, then record a match as the feed does (and, with
-    `withdrawn`, withdraw the signal before the notifier gets the match)."""
+    `withdrawn`, withdraw the signal before the notifier gets the match; with `moved_to`, change its
+    contact to them, as a PATCH of the contact or a borging does)."""
     assert hub.store is not None and hub.relay is not None
     signal_id, match_id = str(uuid.uuid4()), match_id or f"m-{uuid.uuid4()}"
     signal = VerwijsindexSignal(
@@ -83,6 +87,8 @@ async def signal_with_match(
         if withdrawn:
             await request_withdrawal(session, hub, signal_id, WithdrawalReason.ONTERECHT, user=owner,
                                      transaction_id=str(uuid.uuid4()))  # fmt: skip
+        if moved_to is not None:
+            await request_contact_change(session, hub, signal_id, moved_to, str(uuid.uuid4()), user=owner)
     hub.relay.wake()
     return signal_id, match_id
 
@@ -144,6 +150,29 @@ async def test_a_match_whose_signal_was_withdrawn_before_its_mail_is_not_mailed(
             assert list(sink.memory) == []
             for ignored in (match_id, expired):
                 assert not await _audited(hub, "verwijsindex.match_disclosed", ignored)
+        finally:
+            await hub.stop()
+
+
+async def test_a_match_goes_to_the_signals_contact_of_now_not_of_when_it_was_read(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The contact changed (by hand or by borging) after the feed read the match, before the notifier
+    mailed it: the old contact got the counterpart's details of a signal they may no longer open."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            _, match_id = await signal_with_match(hub, "cw-ilse", youth(123_458_900), moved_to=OMAR)
+            await wait_for(lambda: len(sink.memory) == 1)
+            assert sink.memory[0].rcpt_to == ["omar@halt.nl"]
+            await wait_for(lambda: _audited(hub, "verwijsindex.match_disclosed", match_id))
+            assert hub.store is not None
+            async with hub.store.connect() as conn:
+                query = select(audit_log.c.on_behalf_of).where(
+                    audit_log.c.action == "verwijsindex.match_disclosed"
+                )
+                assert list((await conn.execute(query)).scalars()) == ["cw-omar"]
         finally:
             await hub.stop()
 
