@@ -109,7 +109,9 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
     """Tell caseworkers once about handovers that got no decision within `after` of being sent.
 
     Each notice carries its handover's own transaction id, the request's (rule 19), not `act`'s:
-    one check tells about the handovers of many requests."""
+    one check tells about the handovers of many requests. Routing replicas check at the same
+    moments: each takes the rows it tells about (PostgreSQL; SQLite has one writer), skipping
+    those another replica holds, which it tells about and marks."""
     rows = (
         await session.execute(
             select(handovers)
@@ -117,6 +119,7 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
             .where(handovers.c.sent_at < r.clock() - after)
             .where(handovers.c.overdue_notified_at.is_(None))
             .limit(200)
+            .with_for_update(skip_locked=True)
         )
     ).all()
     for row in rows:
