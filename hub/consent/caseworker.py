@@ -8,6 +8,8 @@ caseworker id alone opens nothing: without the system's key the answer is 401.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import date
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -16,7 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import HubStarting, Problem
 from hub.audit import CALLER
+from hub.clock import today
 from hub.directory import CaseworkerNotFound, get_caseworker
+from hub.directory.service import mail_recipients
+from hub.directory.tables import caseworkers
 from hub.partners import PartnerType, partner_of_type
 from hub.partners.registry import Partner
 from schemas.caseworker import Caseworker
@@ -51,14 +56,33 @@ async def current_caseworker(
 CurrentCaseworker = Annotated[Caseworker, Depends(current_caseworker)]
 
 
+async def stands_in_for(
+    session: AsyncSession, caseworker: Caseworker, for_ids: Iterable[str], day: date | None = None
+) -> bool:
+    """Whether `caseworker` stands in for one of `for_ids`: as their delegate, or as whoever reads
+    their mail on `day` down a chain of delegates (the delegate away too, their delegate). The hub
+    sends such a reader the case's notices and match mails; they must be able to open it."""
+    ids = sorted(set(for_ids))
+    if not ids:
+        return False
+    delegates = select(caseworkers.c.caseworker_id).where(
+        caseworkers.c.caseworker_id.in_(ids), caseworkers.c.delegate_id == caseworker.caseworker_id
+    )
+    if (await session.execute(delegates.limit(1))).first() is not None:
+        return True
+    readers = await mail_recipients(session, ids, day or today())
+    return any(
+        isinstance(r, Caseworker) and r.caseworker_id == caseworker.caseworker_id for r in readers.values()
+    )
+
+
 async def may_see_case(session: AsyncSession, youth_key: str, caseworker: Caseworker) -> bool:
     """Whether `caseworker` works on this youth's case as the hub knows it: they recorded one of the
     youth's consents, asked for one of its handovers or hold one of its signals, or stand in for
-    someone who did (their delegate); or nobody does yet. Who may open which case is the case
+    someone who did (`stands_in_for`); or nobody does yet. Who may open which case is the case
     system's to say; this keeps a caseworker with no part in a youth's case from reading or
     withdrawing what others recorded for it."""
     from hub.consent.tables import consents
-    from hub.directory.tables import caseworkers
     from hub.handovers.tables import handovers
     from hub.signals.tables import signals
 
@@ -71,10 +95,7 @@ async def may_see_case(session: AsyncSession, youth_key: str, caseworker: Casewo
         people |= set((await session.execute(select(column).where(key == youth_key).distinct())).scalars())
     if not people or caseworker.caseworker_id in people:
         return True
-    standing_in = select(caseworkers.c.caseworker_id).where(
-        caseworkers.c.caseworker_id.in_(sorted(people)), caseworkers.c.delegate_id == caseworker.caseworker_id
-    )
-    return (await session.execute(standing_in.limit(1))).first() is not None
+    return await stands_in_for(session, caseworker, people)
 
 
 NOT_YOURS = "Geen toegang: u werkt niet aan de zaak van deze jeugdige (en vervangt niemand die dat doet)."

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
-from hub.consent.caseworker import CurrentCaseworker
+from hub.consent.caseworker import CurrentCaseworker, stands_in_for
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
 from hub.signals import rules
@@ -283,15 +283,10 @@ async def _own_row(hub: Hub, session: Any, signal_id: str, cw: Caseworker) -> An
         row = await signal_row(session, signal_id)
     except SignalNotFound:
         raise Problem(404, "Signaal niet gevonden", "Er is geen signaal met deze id.") from None
-    if cw.caseworker_id != row.caseworker_id:
-        try:
-            owner = await get_caseworker(session, row.caseworker_id)
-        except CaseworkerNotFound:
-            owner = None
-        if owner is None or owner.delegate_id != cw.caseworker_id:
-            raise Problem(
-                403, "Geen toegang", "Alleen de contactpersoon of diens vervanger ziet dit signaal."
-            )
+    if cw.caseworker_id != row.caseworker_id and not await stands_in_for(
+        session, cw, [row.caseworker_id], hub.today()
+    ):
+        raise Problem(403, "Geen toegang", "Alleen de contactpersoon of diens vervanger ziet dit signaal.")
     return row
 
 

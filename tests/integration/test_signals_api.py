@@ -24,7 +24,7 @@ from hub.signals.tables import signals
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.bsn import is_valid_bsn
-from schemas.caseworker import Caseworker
+from schemas.caseworker import Absence, Caseworker
 from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET, make_settings
@@ -181,6 +181,31 @@ async def test_dates_are_counted_in_the_dutch_calendar_day(api: tuple[Hub, httpx
     early = informed | {"youth_informed_at": "2026-01-02"}
     too_soon = await client.post(URL, json=body(date(2011, 5, 5), **early), headers=ILSE)
     assert too_soon.status_code == 422 and too_soon.json()["invalidParams"][0]["name"] == "youth_informed_at"
+
+
+async def test_whoever_reads_the_contacts_mail_down_a_chain_of_delegates_may_open_the_signal(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """Ilse is away, her delegate Omar too, his delegate is Pim: Ilse's match mails go to Pim, who got
+    403 opening and withdrawing the signal they named (only the direct delegate was let in)."""
+    hub, client = api
+    sid = (await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)).json()["signal_id"]
+    pim = {"X-Medewerker": "cw-pim"}
+    away = [Absence(start=T - timedelta(days=2), end=T + timedelta(days=5))]
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await upsert_caseworker(session, cw("cw-pim"))
+    assert (await client.get(f"{URL}/{sid}", headers=pim)).status_code == 403  # no part in it yet
+    async with hub.store.transaction() as session:
+        await upsert_caseworker(
+            session, cw("cw-ilse", delegate="cw-omar").model_copy(update={"absences": away})
+        )
+        omar = cw("cw-omar", delegate="cw-pim").model_copy(update={"absences": away})
+        await upsert_caseworker(session, omar)
+    assert (await client.get(f"{URL}/{sid}", headers=pim)).status_code == 200
+    assert (await client.get(f"{URL}/{sid}", headers={"X-Medewerker": "cw-nina"})).status_code == 403
+    done = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers=pim)
+    assert done.status_code == 200, done.text
 
 
 async def test_read_withdraw_change_contact_audited(api: tuple[Hub, httpx.AsyncClient]) -> None:
