@@ -99,6 +99,24 @@ class GrantorIn(Grantor):
     given_at: GivenAt
 
 
+# Rule 8 asks for the permit of every holder of custody. A referral names them only as far as the
+# referrer knows them (the BOA and leerplicht formats carry one parent at most), so the caseworker
+# states the number. Dutch law gives custody (gezag) to one person or two: one parent or both, a
+# parent and their partner, one guardian or two (Burgerlijk Wetboek book 1, titles 14 and 15).
+MAX_CUSTODIANS = 2
+Custodians = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_CUSTODIANS,
+        strict=True,
+        description="How many people hold custody of the youth (gezaghebbers: parents with custody, "
+        f"guardians), 1-{MAX_CUSTODIANS}, as the caseworker established it. Under 16 rule 8 asks for "
+        "the permit of each of them: without this number such a consent is not complete.",
+    ),
+]
+
+
 class ConsentYouth(CanonicalModel):
     """The youth a consent is about; the birth date decides who must grant (rule 8)."""
 
@@ -119,6 +137,8 @@ class Consent(CanonicalModel):
     valid_from: date
     valid_until: date
     status: ConsentStatus = ConsentStatus.ACTIEF
+    # None in consents stored before the number was asked for, and wherever it was not stated.
+    custodians: Custodians | None = None
 
     @model_validator(mode="after")
     def _period_in_order(self) -> Consent:

@@ -19,9 +19,23 @@ from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
 from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case
-from hub.consent.fhir import FHIR_JSON, FhirConsentError, from_fhir, to_fhir, youth_key_of
-from hub.consent.rules import completeness
-from hub.consent.service import AlreadyWithdrawn, ConsentNotFound, record_consent, withdraw_consent
+from hub.consent.custody import LATEST_FIRST, named_for
+from hub.consent.fhir import (
+    CUSTODIANS_PATH,
+    FHIR_JSON,
+    FhirConsentError,
+    from_fhir,
+    to_fhir,
+    youth_key_of,
+)
+from hub.consent.rules import completeness, explain
+from hub.consent.service import (
+    AlreadyWithdrawn,
+    ConsentNotFound,
+    TooFewCustodians,
+    record_consent,
+    withdraw_consent,
+)
 from hub.consent.store import StoredConsent, consents_of, get_consent
 from hub.handovers.component import routing_of
 from hub.handovers.service import Act, load_referral
@@ -29,10 +43,12 @@ from hub.intake.tables import referrals
 from hub.runtime import Hub
 from schemas._base import NO_CONTROL_PROBLEM, CanonicalModel, Code, ShortText, as_code
 from schemas.consent import (
+    MAX_CUSTODIANS,
     Consent,
     ConsentPurpose,
     ConsentStatus,
     ConsentYouth,
+    Custodians,
     DataCategory,
     Grantor,
     GrantorIn,
@@ -55,6 +71,7 @@ class ConsentIn(CanonicalModel):
     grantors: list[GrantorIn] = Field(min_length=1)
     valid_from: date
     valid_until: date
+    custodians: Custodians | None = None
 
 
 class Withdrawal(CanonicalModel):
@@ -72,7 +89,8 @@ def effective_status(consent: Consent, today: date) -> ConsentStatus:
 
 
 class ConsentOut(CanonicalModel):
-    """A consent as the caseworker sees it: no BSN, the youth by key; complete per rule 8."""
+    """A consent as the caseworker sees it: no BSN, the youth by key; complete per rule 8, and if
+    not, why (`missing`, `denied`, `incomplete_reason`)."""
 
     consent_id: str
     youth_key: str
@@ -85,9 +103,21 @@ class ConsentOut(CanonicalModel):
     valid_from: date
     valid_until: date
     status: ConsentStatus
+    custodians: int | None = Field(
+        description="the number of custodians stated when the consent was recorded; null: not stated"
+    )
+    custodians_needed: int | None = Field(
+        description="how many custodians must permit (rule 8): the number stated, or more when the "
+        "youth's referral names more; null when no custodian's permit is asked for, or the number "
+        "was not stated"
+    )
     complete: bool
-    missing: list[str]
+    missing: list[str] = Field(
+        description="each missing permit by role (a role once per missing permit), and "
+        "AANTAL_GEZAGHEBBERS when the custodians' permits are asked for but their number was not stated"
+    )
     denied: list[str]
+    incomplete_reason: str | None = Field(description="why the consent is not complete; null when it is")
     recorded_at: datetime
     withdrawn_at: datetime | None = None
     withdrawal_reason: str | None = None
@@ -95,10 +125,11 @@ class ConsentOut(CanonicalModel):
     handovers_withdrawn: list[str] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, s: StoredConsent, custodians: int | None, today: date, **extra: Any) -> ConsentOut:
+    def of(cls, s: StoredConsent, named: int, today: date, **extra: Any) -> ConsentOut:
         """From the stored consent, as it stands `today` (the Dutch day): an ACTIEF consent past its
-        last day is VERLOPEN, as the handover check treats it (rule 9)."""
-        c, check = s.consent, completeness(s.consent, custodians=custodians)
+        last day is VERLOPEN, as the handover check treats it (rule 9); `named` is what
+        `hub.consent.custody.named_for` says of its youth, as for the handover check."""
+        c, check = s.consent, completeness(s.consent, named=named)
         status = effective_status(c, today)
         return cls(
             consent_id=s.consent_id,
@@ -112,9 +143,12 @@ class ConsentOut(CanonicalModel):
             valid_from=c.valid_from,
             valid_until=c.valid_until,
             status=status,
+            custodians=c.custodians,
+            custodians_needed=check.custodians_needed,
             complete=check.complete,
             missing=list(check.missing),
             denied=[d.value for d in check.denied],
+            incomplete_reason=explain(check),
             recorded_at=s.recorded_at,
             withdrawn_at=s.withdrawn_at,
             withdrawal_reason=s.withdrawal_reason,
@@ -129,20 +163,11 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
-async def _custodians(session: Any, youth_key: str) -> int | None:
-    """How many hold custody of the youth, as its latest referral says (None: not known, or no
-    referral in the hub): what rule 8 counts, here as in the handover check."""
-    try:
-        return (await _youth(session, None, youth_key))[3]
-    except Problem:
-        return None
-
-
 async def _youth(
     session: Any, referral_id: str | None, key: str | None
-) -> tuple[ConsentYouth, str, str | None, int | None]:
-    """The youth (BSN, birth date), key, referral id and number of custodians, from a stored referral."""
-    query = select(referrals.c.id).order_by(referrals.c.received_at.desc())
+) -> tuple[ConsentYouth, str, str | None]:
+    """The youth (BSN, birth date), key and referral id, from a stored referral."""
+    query = select(referrals.c.id).order_by(*LATEST_FIRST)
     query = (
         query.where(referrals.c.id == referral_id)
         if referral_id
@@ -155,8 +180,7 @@ async def _youth(
             404, "Jeugdige niet gevonden", "Geen verwijzing bij deze verwijzing-id of jeugdsleutel."
         )
     ref, ykey = found
-    custodians = sum(1 for g in ref.youth.guardians if g.has_custody) or None
-    return ConsentYouth(bsn=ref.youth.bsn, birth_date=ref.youth.birth_date), ykey, found_id, custodians
+    return ConsentYouth(bsn=ref.youth.bsn, birth_date=ref.youth.birth_date), ykey, found_id
 
 
 CLOCK_SKEW = timedelta(minutes=5)  # a grantor's device may run a little ahead of the hub
@@ -184,6 +208,31 @@ def _check_answer_times(consent: Consent, now: datetime, field: str) -> None:
         raise Problem(
             422, "Toestemming ongeldig", "Een antwoord is gedateerd waar het niet kan.", params=params
         )
+
+
+def _too_few(exc: TooFewCustodians, field: str) -> Problem:
+    """422 for a number of custodians below what is known; only counts, no name, no BSN."""
+    known = (
+        f"de verwijzing van de jeugdige noemt er {exc.shown}"
+        if exc.named >= exc.shown
+        else f"de toestemming bevat antwoorden van {exc.shown} verschillende gezaghebbers"
+    )
+    if exc.shown > MAX_CUSTODIANS:  # more than can hold custody: a role given wrongly
+        known += f", terwijl het gezag bij hoogstens {MAX_CUSTODIANS} mensen berust: controleer hun rollen"
+    return Problem(
+        422,
+        "Aantal gezaghebbers te laag",
+        f"Opgegeven zijn {exc.stated} gezaghebber(s), maar {known}. Regel 8 vraagt de toestemming "
+        "van iedere gezaghebber: stel vast hoeveel mensen het gezag over de jeugdige hebben en geef "
+        f"dat aantal op in {field}.",
+        params=[
+            InvalidParam(
+                name=field,
+                reason=f"lager dan de {exc.shown} gezaghebbers die al bekend zijn",
+                allowed=f"een geheel getal van {min(exc.shown, MAX_CUSTODIANS)} tot en met {MAX_CUSTODIANS}",
+            )
+        ],
+    )
 
 
 def _invalid(exc: ValidationError) -> Problem:
@@ -223,9 +272,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     async with _refusal_audited(hub, act), hub.store.transaction() as session:
         if media_type_of(request) == FHIR_JSON:
-            consent, referral_id, custodians = await _from_fhir_body(
-                session, raw, caseworker.caseworker_id, secret
-            )
+            consent, referral_id = await _from_fhir_body(session, raw, caseworker.caseworker_id, secret)
             key = make_key(secret, consent.youth.bsn)
         else:
             try:
@@ -234,7 +281,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
                 raise _invalid(exc) from None
             if not (body.referral_id or body.youth_key):
                 raise Problem(400, "Ongeldige toestemming", "Geef referral_id of youth_key.")
-            youth, key, referral_id, custodians = await _youth(session, body.referral_id, body.youth_key)
+            youth, key, referral_id = await _youth(session, body.referral_id, body.youth_key)
             try:
                 consent = Consent(
                     youth=youth,
@@ -247,17 +294,14 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
         _check_answer_times(
             consent, hub.clock(), "verification.{}.verificationDate" if fhir else "grantors.{}.given_at"
         )
-        done = await record_consent(
-            session,
-            routing_of(hub),
-            consent,
-            act,
-            youth_key=key,
-            referral_id=referral_id,
-            custodians=custodians,
-        )
+        try:
+            done = await record_consent(
+                session, routing_of(hub), consent, act, youth_key=key, referral_id=referral_id
+            )
+        except TooFewCustodians as exc:
+            raise _too_few(exc, CUSTODIANS_PATH if fhir else "custodians") from None
     hub.relay.wake()
-    return ConsentOut.of(done.stored, custodians, local_day(hub.clock()), handovers_sent=done.sent)
+    return ConsentOut.of(done.stored, done.named, local_day(hub.clock()), handovers_sent=done.sent)
 
 
 class _KnownYouthRefused(Problem):
@@ -294,7 +338,7 @@ async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
 
 async def _from_fhir_body(
     session: Any, raw: bytes, caseworker_id: str, secret: str
-) -> tuple[Consent, str | None, int | None]:
+) -> tuple[Consent, str | None]:
     """The consent in a FHIR body, for a youth the hub knows from a referral.
 
     The youth's BSN and birth date are the referral's, as for a JSON body. The resource's own
@@ -312,7 +356,7 @@ async def _from_fhir_body(
         if as_code(key) is None or not key.isprintable():  # no youth key: from_fhir refuses the patient
             return
         try:
-            youth, _, _, _ = await _youth(session, None, key)
+            youth, _, _ = await _youth(session, None, key)
         except Problem:
             return
         known[key] = youth.bsn
@@ -329,7 +373,7 @@ async def _from_fhir_body(
         ]
         raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=params) from None
     ykey = key if key in known else make_key(secret, consent.youth.bsn)
-    youth, _, referral_id, custodians = await _youth(session, None, ykey)  # 404 for a youth unknown here
+    youth, _, referral_id = await _youth(session, None, ykey)  # 404 for a youth unknown here
     wrong = []
     if consent.youth.bsn != youth.bsn:
         wrong.append(
@@ -344,7 +388,7 @@ async def _from_fhir_body(
     if wrong:
         raise _KnownYouthRefused(ykey, [p.name for p in wrong], wrong)
     consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None, "youth": youth})
-    return consent, referral_id, custodians
+    return consent, referral_id
 
 
 async def _audit_read(session: Any, act: Act, youth_key: str, objects: dict[str, Any]) -> None:
@@ -376,13 +420,14 @@ async def list_consents(
     assert hub.store is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     async with hub.store.transaction() as session:
-        _, key, _, custodians = await _youth(session, referral_id, youth_key)
+        _, key, _ = await _youth(session, referral_id, youth_key)
         if not await may_see_case(session, key, caseworker):
             raise Problem(403, "Geen toegang", NOT_YOURS)
         stored = await consents_of(session, key)
         await _audit_read(session, act, key, {"consent_ids": [s.consent_id for s in stored]})
+        named = await named_for(session, key)
     today = local_day(hub.clock())
-    return [ConsentOut.of(s, custodians, today) for s in stored]
+    return [ConsentOut.of(s, named, today) for s in stored]
 
 
 @router.get("/{consent_id}", response_model=ConsentOut, responses={200: {"content": {FHIR_JSON: {}}}})
@@ -398,13 +443,14 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
         if not await may_see_case(session, stored.youth_key, caseworker):
             raise Problem(403, "Geen toegang", NOT_YOURS)
         await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
-        custodians = await _custodians(session, stored.youth_key)
+        named = await named_for(session, stored.youth_key)
     if FHIR_JSON in request.headers.get("accept", ""):
         now = stored.consent.model_copy(
             update={"status": effective_status(stored.consent, local_day(hub.clock()))}
         )
-        return JSONResponse(to_fhir(now, youth_key=stored.youth_key), media_type=FHIR_JSON)
-    return ConsentOut.of(stored, custodians, local_day(hub.clock()))
+        check = completeness(stored.consent, named=named)
+        return JSONResponse(to_fhir(now, youth_key=stored.youth_key, check=check), media_type=FHIR_JSON)
+    return ConsentOut.of(stored, named, local_day(hub.clock()))
 
 
 @router.post("/{consent_id}/intrekking", response_model=ConsentOut)
@@ -421,7 +467,7 @@ async def withdraw(
             if found is not None and not await may_see_case(session, found.youth_key, caseworker):
                 raise Problem(403, "Geen toegang", NOT_YOURS)
             stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
-            custodians = await _custodians(session, stored.youth_key)
+            named = await named_for(session, stored.youth_key)
     except ConsentNotFound:
         raise Problem(404, "Toestemming niet gevonden") from None
     except AlreadyWithdrawn:
@@ -431,4 +477,4 @@ async def withdraw(
             "Een ingetrokken of verlopen toestemming kan niet opnieuw worden ingetrokken.",
         ) from None
     hub.relay.wake()
-    return ConsentOut.of(stored, custodians, local_day(hub.clock()), handovers_withdrawn=withdrawn)
+    return ConsentOut.of(stored, named, local_day(hub.clock()), handovers_withdrawn=withdrawn)

@@ -4,6 +4,8 @@ What travels: the youth as a contained Patient identified by the pseudonymous yo
 birth date (rule 8 needs it); the BSN only when the exchange asks for it. Each grantor is a
 contained RelatedPerson (ONESELF for the youth) named in `performer`, and their answer, when and
 how, is a `verification` entry. Receivers, purpose, period and categories are the provision.
+The number of custodians the caseworker stated (rule 8) is an extension of the Consent; so, on
+the way out only, is the hub's rule 8 verdict: complete or not, and what is missing or refused.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hub.clock import today
+from hub.consent.rules import Completeness, explain
 from hub.errors import PermanentError
 from schemas.consent import (
+    MAX_CUSTODIANS,
     Consent,
     ConsentMethod,
     ConsentPurpose,
@@ -35,6 +39,9 @@ EXT_STATUS = f"{BASE}/StructureDefinition/consent-status"
 EXT_RECORDED_BY = f"{BASE}/StructureDefinition/recorded-by"
 EXT_METHOD = f"{BASE}/StructureDefinition/consent-method"
 EXT_ANSWER = f"{BASE}/StructureDefinition/grantor-answer"
+EXT_CUSTODIANS = f"{BASE}/StructureDefinition/custodian-count"
+EXT_COMPLETENESS = f"{BASE}/StructureDefinition/rule-8-completeness"
+CUSTODIANS_PATH = "extension.custodian-count"  # how problems name it
 CS_ROLE = f"{BASE}/CodeSystem/grantor-role"
 CS_PURPOSE = f"{BASE}/CodeSystem/consent-purpose"
 CS_CATEGORY = f"{BASE}/CodeSystem/data-category"
@@ -59,8 +66,24 @@ def _coding(system: str, code: str) -> dict[str, Any]:
     return {"system": system, "code": code}
 
 
-def to_fhir(consent: Consent, *, youth_key: str, include_bsn: bool = False) -> dict[str, Any]:
-    """Export a consent as a FHIR R4 Consent resource (a JSON-ready dict)."""
+def _completeness_extension(check: Completeness) -> dict[str, Any]:
+    """Rule 8's verdict as a complex extension: derived by the hub, ignored when read back in."""
+    parts: list[dict[str, Any]] = [{"url": "complete", "valueBoolean": check.complete}]
+    parts += [{"url": "missing", "valueCode": m} for m in check.missing]
+    parts += [{"url": "denied", "valueCode": d.value} for d in check.denied]
+    if check.custodians_needed is not None:
+        parts.append({"url": "custodiansNeeded", "valuePositiveInt": check.custodians_needed})
+    reason = explain(check)
+    if reason:
+        parts.append({"url": "reason", "valueString": reason})
+    return {"url": EXT_COMPLETENESS, "extension": parts}
+
+
+def to_fhir(
+    consent: Consent, *, youth_key: str, include_bsn: bool = False, check: Completeness | None = None
+) -> dict[str, Any]:
+    """Export a consent as a FHIR R4 Consent resource (a JSON-ready dict); with `check`, rule 8's
+    verdict on it goes along as an extension."""
     identifiers = [{"system": NS_YOUTH_KEY, "value": youth_key}]
     if include_bsn:
         identifiers.append({"system": NS_BSN, "value": consent.youth.bsn})
@@ -139,6 +162,10 @@ def to_fhir(consent: Consent, *, youth_key: str, include_bsn: bool = False) -> d
             "class": [_coding(CS_CATEGORY, c.value) for c in consent.data_categories],
         },
     }
+    if consent.custodians is not None:
+        resource["extension"].append({"url": EXT_CUSTODIANS, "valuePositiveInt": consent.custodians})
+    if check is not None:
+        resource["extension"].append(_completeness_extension(check))
     if consent.consent_id:
         resource["id"] = consent.consent_id
     return resource
@@ -233,6 +260,28 @@ def _check_provision(prov: dict[str, Any]) -> None:
         raise FhirConsentError(problems)
 
 
+def _custodians(res: dict[str, Any]) -> int | None:
+    """The number of custodians stated, from its extension (None without one)."""
+    values = [
+        v
+        for ext in res.get("extension", [])
+        if ext.get("url") == EXT_CUSTODIANS
+        for k, v in ext.items()
+        if k.startswith("value")
+    ]
+    if not values:
+        return None
+    value = values[0] if len(values) == 1 else None  # two numbers: which one holds?
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CUSTODIANS:
+        raise FhirConsentError(
+            [
+                f"{CUSTODIANS_PATH}: one extension {EXT_CUSTODIANS} with valuePositiveInt, "
+                f"the number of custodians, 1-{MAX_CUSTODIANS}"
+            ]
+        )
+    return value
+
+
 def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) -> Consent:
     contained = {c["id"]: c for c in res.get("contained", [])}
     patient_ref = res["patient"]
@@ -282,4 +331,5 @@ def _from_fhir(res: dict[str, Any], resolve_bsn: Callable[[str], str | None]) ->
         valid_from=date.fromisoformat(prov["period"]["start"][:10]),
         valid_until=until,
         status=ConsentStatus(status),
+        custodians=_custodians(res),
     )

@@ -8,9 +8,18 @@ from datetime import date
 from enum import StrEnum
 
 from hub.clock import local_day
-from schemas.consent import Consent, ConsentPurpose, ConsentStatus, DataCategory, GrantorRole, Permission
+from schemas.consent import (
+    MAX_CUSTODIANS,
+    Consent,
+    ConsentPurpose,
+    ConsentStatus,
+    DataCategory,
+    GrantorRole,
+    Permission,
+)
 from schemas.dates import age_on
 from schemas.handover import HandoverStatus
+from schemas.referral import Referral
 
 CUSTODY_ROLES = frozenset({GrantorRole.OUDER_MET_GEZAG, GrantorRole.VOOGD})
 
@@ -40,15 +49,47 @@ def required_for(age: int) -> frozenset[Required]:
     return frozenset({Required.JEUGDIGE})
 
 
+# In `Completeness.missing`: the consent lacks the number of custodians, without which nobody can
+# tell whether the custodians' permits are all there.
+NUMBER_OF_CUSTODIANS = "AANTAL_GEZAGHEBBERS"
+
+
+def named_custodians(referral: Referral | None) -> int:
+    """How many people a referral names as holding custody (0 without a referral).
+
+    A lower bound only, never the number itself: a referrer names the parents it knows of (the BOA
+    and leerplicht formats carry one parent at most), and the police list of legal representatives
+    is optional, with custody assumed where the officer did not say.
+    """
+    named = sum(1 for g in referral.youth.guardians if g.has_custody) if referral is not None else 0
+    # more than the law allows is a list with custody assumed, not more people to ask
+    return min(named, MAX_CUSTODIANS)
+
+
+def custodians_shown(consent: Consent, *, named: int) -> int:
+    """The fewest custodians there are, by what the referral names and whom the consent itself
+    records as holding custody (each custodian once, by name, whatever they answered)."""
+    answered = {g.name.casefold() for g in consent.grantors if g.role in CUSTODY_ROLES}
+    return max(named, len(answered))
+
+
 @dataclass(frozen=True)
 class Completeness:
-    """Whether the right people permitted (rule 8), and if not, who is missing or denied."""
+    """Whether the right people permitted (rule 8), and if not, who is missing or denied.
+
+    `missing` names a role once per missing permit, and `NUMBER_OF_CUSTODIANS` when the custodians'
+    permits are asked for but their number was not stated. `custodians_needed` is how many custodians
+    must permit, when that is asked for and known.
+    """
 
     day: date
     age: int
     required: frozenset[Required]
     missing: tuple[str, ...] = ()
     denied: tuple[GrantorRole, ...] = ()
+    custodians_needed: int | None = None
+    stated: int | None = None
+    named: int = 0
 
     @property
     def complete(self) -> bool:
@@ -56,11 +97,14 @@ class Completeness:
         return not self.missing and not self.denied
 
 
-def completeness(consent: Consent, *, custodians: int | None = None) -> Completeness:
-    """Rule 8 on the day of consent; `custodians` is how many hold custody, when the referral says.
+def completeness(consent: Consent, *, named: int) -> Completeness:
+    """Rule 8 on the day of consent. One missing permit, or a deny by anyone whose permit is asked
+    for, means no consent.
 
-    One missing permit, or a deny by anyone whose permit is asked for, means no consent. Without a
-    known number of custodians, one custodian's permit counts as the custodians' permit.
+    Under 16 every custodian must permit: as many as the caseworker stated (`consent.custodians`),
+    and never fewer than the youth's referral names (`named`, see `named_custodians`). Without a
+    stated number the consent is not complete, unless as many custodians as the law allows (two)
+    permitted: one permit would otherwise stand for every custodian's.
     """
     day = consent_day(consent)
     age = age_on(consent.youth.birth_date, day)
@@ -75,11 +119,49 @@ def completeness(consent: Consent, *, custodians: int | None = None) -> Complete
     missing: list[str] = []
     if Required.JEUGDIGE in required and not any(g.role is GrantorRole.JEUGDIGE for g in permits):
         missing.append(GrantorRole.JEUGDIGE.value)
+    needed = None
     if Required.GEZAGHEBBERS in required:
         have = len({g.name.casefold() for g in permits if g.role in CUSTODY_ROLES})
-        need = max(custodians or 0, 1)
+        if consent.custodians is None and have >= MAX_CUSTODIANS:
+            need = MAX_CUSTODIANS  # as many as can hold custody permitted: nobody else can be asked
+        elif consent.custodians is None:
+            missing.append(NUMBER_OF_CUSTODIANS)
+            need = max(named, 1)  # missing for certain, whatever the number turns out to be
+        else:
+            need = needed = max(consent.custodians, named)
         missing += [GrantorRole.OUDER_MET_GEZAG.value] * max(need - have, 0)
-    return Completeness(day, age, required, tuple(missing), denied)
+    return Completeness(day, age, required, tuple(missing), denied, needed, consent.custodians, named)
+
+
+def explain(check: Completeness) -> str | None:
+    """Why a consent is not complete, in words a caseworker can act on; None when it is complete."""
+    if check.complete:
+        return None
+    parts = []
+    if NUMBER_OF_CUSTODIANS in check.missing:
+        parts.append(
+            f"Het aantal gezaghebbers is niet opgegeven: de jeugdige was {check.age} op de dag van "
+            "toestemming, dan is de toestemming van iedere gezaghebber nodig (regel 8). Stel vast "
+            "hoeveel mensen het gezag hebben en leg de toestemming opnieuw vast met dat aantal "
+            "(`custodians`; in FHIR de extensie custodian-count)."
+        )
+    if GrantorRole.JEUGDIGE.value in check.missing:
+        parts.append("De toestemming van de jeugdige ontbreekt.")
+    short = check.missing.count(GrantorRole.OUDER_MET_GEZAG.value)
+    if short and check.custodians_needed is not None:
+        source = (
+            f"opgegeven: {check.stated}; de verwijzing noemt er {check.named}"
+            if check.named > (check.stated or 0)
+            else "zoals opgegeven"
+        )
+        parts.append(
+            f"Van de {check.custodians_needed} gezaghebbers ({source}) ontbreekt de toestemming van {short}."
+        )
+    elif short:
+        parts.append(f"De toestemming van ten minste {short} gezaghebber(s) ontbreekt.")
+    if check.denied:
+        parts.append("Geweigerd door: " + ", ".join(sorted({d.value for d in check.denied})) + ".")
+    return " ".join(parts)
 
 
 class Gap(StrEnum):
@@ -118,8 +200,9 @@ class Coverage:
         return not self.gaps
 
 
-def coverage(consent: Consent, disclosure: Disclosure, *, custodians: int | None = None) -> Coverage:
-    """Rule 9: ACTIEF, valid on the day, its purpose, its receiver, every category, and complete."""
+def coverage(consent: Consent, disclosure: Disclosure, *, named: int) -> Coverage:
+    """Rule 9: ACTIEF, valid on the day, its purpose, its receiver, every category, and complete
+    (rule 8; `named`: the custodians the youth's referral names, see `named_custodians`)."""
     gaps: list[Gap] = []
     if consent.status is ConsentStatus.INGETROKKEN:
         gaps.append(Gap.INGETROKKEN)
@@ -134,16 +217,16 @@ def coverage(consent: Consent, disclosure: Disclosure, *, custodians: int | None
     uncovered = disclosure.categories - set(consent.data_categories)
     if uncovered:
         gaps.append(Gap.CATEGORIE_NIET_GEDEKT)
-    if not completeness(consent, custodians=custodians).complete:
+    if not completeness(consent, named=named).complete:
         gaps.append(Gap.ONVOLLEDIG)
     return Coverage(consent.consent_id, tuple(gaps), frozenset(uncovered))
 
 
 def find_covering(
-    consents: Iterable[Consent], disclosure: Disclosure, *, custodians: int | None = None
+    consents: Iterable[Consent], disclosure: Disclosure, *, named: int
 ) -> tuple[Consent | None, list[Coverage]]:
     """The consent that covers the disclosure (the one valid longest), and every verdict."""
-    verdicts = [(c, coverage(c, disclosure, custodians=custodians)) for c in consents]
+    verdicts = [(c, coverage(c, disclosure, named=named)) for c in consents]
     covering = [c for c, v in verdicts if v.covers]
     best = max(covering, key=lambda c: c.valid_until) if covering else None
     return best, [v for _, v in verdicts]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.consent.rules import completeness
+from hub.consent.custody import named_for
+from hub.consent.rules import completeness, custodians_shown
 from hub.consent.store import StoredConsent, get_consent, insert_consent, mark_withdrawn
 from hub.handovers.service import Act, Routing, apply_withdrawal, recheck_waiting
 from schemas.consent import Consent, ConsentStatus
@@ -19,6 +20,16 @@ class Recorded:
 
     stored: StoredConsent
     sent: list[str]
+    named: int  # the custodians the youth's referral names, as rule 8 counted them
+
+
+class TooFewCustodians(Exception):
+    """The number of custodians stated is below the number the referral names or the consent itself
+    records as holding custody: rule 8 would count too few permits."""
+
+    def __init__(self, stated: int, shown: int, named: int) -> None:
+        super().__init__(f"{stated} custodians stated, at least {shown} shown")
+        self.stated, self.shown, self.named = stated, shown, named
 
 
 async def record_consent(
@@ -29,13 +40,17 @@ async def record_consent(
     *,
     youth_key: str,
     referral_id: str | None,
-    custodians: int | None = None,
 ) -> Recorded:
-    """Store, audit, and send the youth's waiting handovers that this consent now covers."""
+    """Check the number of custodians stated, store, audit, and send the youth's waiting handovers
+    that this consent now covers."""
+    named = await named_for(session, youth_key)
+    shown = custodians_shown(consent, named=named)
+    if consent.custodians is not None and consent.custodians < shown:
+        raise TooFewCustodians(consent.custodians, shown, named)
     stored = await insert_consent(
         session, consent, youth_key=youth_key, referral_id=referral_id, transaction_id=act.transaction_id
     )
-    check = completeness(stored.consent, custodians=custodians)
+    check = completeness(stored.consent, named=named)
     await write_audit(
         session,
         AuditEntry(
@@ -48,6 +63,7 @@ async def record_consent(
                 "purpose": consent.purpose.value,
                 "recipients": consent.recipient_organisations,
                 "categories": [c.value for c in consent.data_categories],
+                "custodians": consent.custodians,
                 "complete": check.complete,
             },
         ),
@@ -55,7 +71,7 @@ async def record_consent(
         system=r.system,
     )
     sent = await recheck_waiting(session, r, youth_key, act)
-    return Recorded(stored, sent)
+    return Recorded(stored, sent, named)
 
 
 class ConsentNotFound(Exception):

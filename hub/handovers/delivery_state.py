@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.consent.custody import named_for
 from hub.consent.rules import Disclosure, Gap, coverage
 from hub.consent.store import get_consent
 from hub.handovers import messages
@@ -63,6 +64,7 @@ async def delivery_verdict(session: AsyncSession, message: Envelope, *, day: dat
                 handovers.c.consent_id,
                 handovers.c.receiver_organisation,
                 handovers.c.data_categories,
+                handovers.c.youth_key,
             ).where(handovers.c.id == handover_id)
         )
     ).first()
@@ -90,9 +92,10 @@ async def consent_gaps(session: AsyncSession, row: Any, day: date) -> tuple[str,
         categories=frozenset(DataCategory(c) for c in row.data_categories),
         day=day,
     )
-    # Without the number of custodians: completeness was checked against the referral's when the
-    # handover was dispatched, and a consent's grantors do not change with the day.
-    return tuple(g.value for g in coverage(stored.consent, disclosure).gaps)
+    # Rule 8 as routing judged it, with the same input: a referral received since may name more
+    # custodians than were counted then.
+    named = await named_for(session, row.youth_key)
+    return tuple(g.value for g in coverage(stored.consent, disclosure, named=named).gaps)
 
 
 async def record_lapsed(

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
+from hub.consent.custody import named_for
 from hub.consent.minimise import minimise
 from hub.consent.rules import Disclosure, HandoverView, find_covering, withdrawal_effects
 from hub.consent.store import StoredConsent, consents_of
@@ -177,14 +178,14 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *
     if row.purpose == ZORGMELDING:  # rule 21: the one disclosure without consent; basis is audited
         await _dispatch(session, r, row, referral, categories, None, act)
         return HandoverStatus.VERZONDEN.value
-    custodians = sum(1 for g in referral.youth.guardians if g.has_custody) or None
     disclosure = Disclosure(
         purpose=ConsentPurpose(row.purpose),
         receiver=row.receiver_organisation,
         categories=frozenset(categories),
         day=local_day(r.clock()),
     )
-    covering, verdicts = find_covering((s.consent for s in stored), disclosure, custodians=custodians)
+    named = await named_for(session, row.youth_key)
+    covering, verdicts = find_covering((s.consent for s in stored), disclosure, named=named)
     if covering is not None:
         await _dispatch(session, r, row, referral, categories, covering.consent_id, act)
         return HandoverStatus.VERZONDEN.value

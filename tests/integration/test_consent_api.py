@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from fhir.resources.R4B.consent import Consent as FhirConsent
 from sqlalchemy import select, update
 
 from hub.clock import LOCAL
-from hub.consent.fhir import EXT_STATUS, FHIR_JSON
+from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, FHIR_JSON
 from hub.consent.tables import consents
 from hub.embedded import EmbeddedKafka
 from tests.helpers.kafka import wait_for
@@ -26,7 +27,9 @@ async def test_fhir_out_and_in_listing_and_zorgmelding(
 ) -> None:
     async with world(kafka, db_url, unique) as w:
         rid, key = await w.referral(14, custodians=1)
-        recorded = await w.consent(rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")])
+        recorded = await w.consent(
+            rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")], custodians=1
+        )
         assert recorded["complete"] and recorded["youth_key"] == key
         bsn = await _bsn_of(w, rid)
         assert bsn not in str(recorded)
@@ -54,6 +57,8 @@ async def test_fhir_out_and_in_listing_and_zorgmelding(
             "grantors",
             "valid_from",
             "valid_until",
+            "custodians",
+            "complete",
         ):
             assert imported[field] == recorded[field], field
 
@@ -281,7 +286,9 @@ async def test_a_grantor_time_without_offset_is_refused_and_one_stored_earlier_s
             headers={"X-Medewerker": CW},
         )
         _refused(answer, "Ongeldige toestemming", "grantors.0.given_at", "timezone")
-        recorded = await w.consent(rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")])
+        recorded = await w.consent(
+            rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")], custodians=1
+        )
         # FHIR itself refuses a time without offset; a bare date it allows, the hub does not.
         for without_offset, says in ((naive.isoformat(), ""), (naive.date().isoformat(), "timezone")):
             answer = await w.client.post(
@@ -341,8 +348,8 @@ async def test_a_fhir_consent_takes_the_youth_from_the_referral_not_from_the_res
 
     async with world(kafka, db_url, unique) as w:
         rid, _ = await w.referral(14, custodians=1)
-        only_youth = await w.consent(rid, grantors=[("JEUGDIGE", "Sam")])
-        assert not only_youth["complete"]
+        only_youth = await w.consent(rid, grantors=[("JEUGDIGE", "Sam")], custodians=1)
+        assert not only_youth["complete"] and only_youth["missing"] == ["OUDER_MET_GEZAG"]
         exported = await w.client.get(
             f"/api/v1/toestemmingen/{only_youth['consent_id']}",
             headers={"X-Medewerker": CW, "Accept": FHIR_JSON},
@@ -392,7 +399,9 @@ async def test_one_consent_reads_as_the_list_and_the_handover_check_see_it(
 
     async with world(kafka, db_url, unique) as w:
         rid, key = await w.referral(14, custodians=2)
-        recorded = await w.consent(rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")])
+        recorded = await w.consent(
+            rid, grantors=[("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")], custodians=2
+        )
         one = (
             await w.client.get(
                 f"/api/v1/toestemmingen/{recorded['consent_id']}", headers={"X-Medewerker": CW}
@@ -425,3 +434,279 @@ async def test_one_consent_reads_as_the_list_and_the_handover_check_see_it(
             await w.client.get(f"/api/v1/toestemmingen?youth_key={key}", headers={"X-Medewerker": CW})
         ).json()
         assert listed["status"] == "VERLOPEN"
+
+
+# Rule 8, "one missing permit means no consent": the caseworker states how many hold custody; a
+# referral names them only as far as its referrer knows (BOA and leerplicht: one parent at most).
+TWO_PARENTS = [("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0"), ("OUDER_MET_GEZAG", "Ouder 1")]
+ONE_PARENT = TWO_PARENTS[:2]
+NAMES = ("Sam", "Jansen", "Ouder 0", "Ouder 1")
+
+
+async def _referral_again(w, referral_id: str, custodians: int) -> str:  # type: ignore[no-untyped-def]
+    """A later referral of the same youth, naming `custodians` guardians with custody."""
+    from sqlalchemy import insert
+
+    from hub.intake.tables import referrals
+
+    assert w.hub.store is not None
+    async with w.hub.store.transaction() as session:
+        row = (await session.execute(select(referrals).where(referrals.c.id == referral_id))).one()
+        values = dict(row._mapping)
+        body = json.loads(json.dumps(values["referral"]))
+        body["case_reference"] += "-2"
+        body["youth"]["guardians"] = [{"name": f"Ouder {i}"} for i in range(custodians)]
+        values.update(
+            id=str(uuid.uuid4()),
+            case_reference=body["case_reference"],
+            referral=body,
+            received_at=datetime.now(UTC) + timedelta(seconds=1),
+        )
+        await session.execute(insert(referrals).values(**values))
+    return str(values["id"])
+
+
+async def _views(w, consent_id: str, key: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The consent as read alone and as listed."""
+    cw = {"X-Medewerker": CW}
+    one = await w.client.get(f"/api/v1/toestemmingen/{consent_id}", headers=cw)
+    listed = await w.client.get(f"/api/v1/toestemmingen?youth_key={key}", headers=cw)
+    assert one.status_code == 200 and listed.status_code == 200, (one.text, listed.text)
+    [same] = [c for c in listed.json() if c["consent_id"] == consent_id]
+    return [one.json(), same]
+
+
+async def _fhir_verdict(w, consent_id: str) -> dict[str, list[Any]]:  # type: ignore[no-untyped-def]
+    """Rule 8's verdict in the consent read as FHIR: sub-extension url -> values."""
+    r = await w.client.get(
+        f"/api/v1/toestemmingen/{consent_id}", headers={"X-Medewerker": CW, "Accept": FHIR_JSON}
+    )
+    assert r.status_code == 200, r.text
+    FhirConsent.model_validate(r.json())
+    [verdict] = [e for e in r.json()["extension"] if e["url"] == EXT_COMPLETENESS]
+    found: dict[str, list[Any]] = {}
+    for part in verdict["extension"]:
+        found.setdefault(part["url"], []).append(next(v for k, v in part.items() if k.startswith("value")))
+    return found
+
+
+async def test_two_custodians_stated_and_one_permit_is_no_consent_and_no_handover_goes(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The referral named one parent (as a BOA or leerplicht referral does at most), two held
+    custody: one parent's permit made the consent complete and the handover went."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(14, custodians=1)
+        one = await w.consent(rid, grantors=ONE_PARENT, custodians=2)
+        assert (one["complete"], one["missing"], one["custodians"], one["custodians_needed"]) == (
+            False,
+            ["OUDER_MET_GEZAG"],
+            2,
+            2,
+        )
+        reason = one["incomplete_reason"]
+        assert "Van de 2 gezaghebbers (zoals opgegeven) ontbreekt de toestemming van 1" in reason
+        for view in await _views(w, one["consent_id"], key):
+            assert (view["complete"], view["missing"], view["custodians"]) == (False, ["OUDER_MET_GEZAG"], 2)
+        verdict = await _fhir_verdict(w, one["consent_id"])
+        assert verdict["complete"] == [False] and verdict["missing"] == ["OUDER_MET_GEZAG"]
+        assert verdict["custodiansNeeded"] == [2]
+
+        hid = await w.handover(rid)
+
+        async def waiting() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if state["waiting_reasons"] else None
+
+        state = await wait_for(waiting)
+        assert state["status"] == "WACHT_OP_TOESTEMMING" and state["waiting_reasons"] == ["ONVOLLEDIG"]
+        assert w.receiver.calls == []
+
+        # both parents permit: now it is complete, and the waiting handover goes out
+        both = await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
+        assert both["complete"] and both["missing"] == [] and both["incomplete_reason"] is None
+        assert both["handovers_sent"] == [hid]
+        await wait_for(lambda: len(w.receiver.handovers()) == 1)
+
+
+async def test_one_custodian_stated_and_permitting_is_consent(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(11, custodians=1)
+        recorded = await w.consent(rid, grantors=[("OUDER_MET_GEZAG", "Ouder 0")], custodians=1)
+        assert (recorded["complete"], recorded["custodians"], recorded["custodians_needed"]) == (True, 1, 1)
+        hid = await w.handover(rid)
+        await wait_for(lambda: len(w.receiver.handovers()) == 1)
+        assert (await w.status(hid))["status"] in {"VERZONDEN", "ONTVANGEN"}
+
+
+async def test_a_number_of_custodians_below_what_is_known_is_refused_with_422(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(14, custodians=2)
+        bsn = await _bsn_of(w, rid)
+        body = _json_consent(rid, datetime.now(UTC).isoformat(), datetime.now(UTC).isoformat())
+        answer = await w.client.post(
+            "/api/v1/toestemmingen", json={**body, "custodians": 1}, headers={"X-Medewerker": CW}
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        problem = answer.json()
+        assert problem["title"] == "Aantal gezaghebbers te laag"
+        assert "verwijzing" in problem["detail"] and "geef dat aantal op in custodians" in problem["detail"]
+        [param] = problem["invalidParams"]
+        assert (
+            param["name"] == "custodians"
+            and "2" in param["reason"]
+            and param["allowed"].startswith("een geheel getal van 2")
+        )
+        assert bsn not in answer.text and not any(name in answer.text for name in NAMES)
+
+        # the consent itself records three custodians answering: three at least
+        rid17, _ = await w.referral(17, custodians=0)
+        three = {
+            **_json_consent(rid17, *[datetime.now(UTC).isoformat()] * 4),
+            "custodians": 2,
+        }
+        answer = await w.client.post("/api/v1/toestemmingen", json=three, headers={"X-Medewerker": CW})
+        assert answer.status_code == 422, answer.text
+        assert "3 verschillende gezaghebbers" in answer.json()["detail"]
+
+        # the same through FHIR: the number is an extension, and the problem names it
+        ok = await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
+        assert ok["complete"]
+        r = await w.client.get(
+            f"/api/v1/toestemmingen/{ok['consent_id']}", headers={"X-Medewerker": CW, "Accept": FHIR_JSON}
+        )
+        resource = r.json()
+        [stated] = [e for e in resource["extension"] if e["url"] == EXT_CUSTODIANS]
+        assert stated["valuePositiveInt"] == 2
+        stated["valuePositiveInt"] = 1
+        answer = await w.client.post(
+            "/api/v1/toestemmingen",
+            content=json.dumps(resource).encode(),
+            headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
+        )
+        assert answer.status_code == 422, answer.text
+        assert [p["name"] for p in answer.json()["invalidParams"]] == ["extension.custodian-count"]
+        assert bsn not in answer.text and not any(name in answer.text for name in NAMES)
+
+        # a number that is no number of people is refused by the schema
+        for wrong in (0, 11, "2", True):
+            answer = await w.client.post(
+                "/api/v1/toestemmingen", json={**body, "custodians": wrong}, headers={"X-Medewerker": CW}
+            )
+            assert answer.status_code == 400, (wrong, answer.text)
+            assert [p["name"] for p in answer.json()["invalidParams"]] == ["custodians"]
+        assert len(await w.audit("consent.recorded")) == 1  # only the one that was right
+
+
+async def test_no_number_under_16_is_incomplete_and_every_view_says_why(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A consent stored before the number was asked for, or recorded without it: one parent's permit
+    stood for every custodian's. Now it is not complete, it lets no handover go, and each view
+    says that the number must be stated."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(13, custodians=1)
+        recorded = await w.consent(rid, grantors=ONE_PARENT)
+        assert (recorded["complete"], recorded["missing"], recorded["custodians"]) == (
+            False,
+            ["AANTAL_GEZAGHEBBERS"],
+            None,
+        )
+        # as an earlier release stored it: without the field at all
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:
+            stored = (
+                await session.execute(
+                    select(consents.c.consent).where(consents.c.id == recorded["consent_id"])
+                )
+            ).scalar_one()
+            del stored["custodians"]
+            await session.execute(
+                update(consents).where(consents.c.id == recorded["consent_id"]).values(consent=stored)
+            )
+        for view in await _views(w, recorded["consent_id"], key):
+            assert (view["complete"], view["missing"], view["custodians_needed"]) == (
+                False,
+                ["AANTAL_GEZAGHEBBERS"],
+                None,
+            )
+            assert "aantal gezaghebbers is niet opgegeven" in view["incomplete_reason"]
+        verdict = await _fhir_verdict(w, recorded["consent_id"])
+        assert verdict["complete"] == [False] and verdict["missing"] == ["AANTAL_GEZAGHEBBERS"]
+        assert "aantal gezaghebbers is niet opgegeven" in verdict["reason"][0]
+
+        hid = await w.handover(rid)
+
+        async def waiting() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if state["waiting_reasons"] else None
+
+        assert (await wait_for(waiting))["waiting_reasons"] == ["ONVOLLEDIG"]
+        assert w.receiver.calls == []
+
+        withdrawn = await w.client.post(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}/intrekking",
+            json={"reason": "opnieuw vastleggen met het aantal gezaghebbers"},
+            headers={"X-Medewerker": CW},
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert withdrawn.json()["missing"] == ["AANTAL_GEZAGHEBBERS"]
+        reason = withdrawn.json()["incomplete_reason"]
+        assert "aantal gezaghebbers is niet opgegeven" in reason
+        assert not any(name in reason for name in NAMES)
+
+        # at 16 the youth decides alone: no number is asked for
+        rid16, _ = await w.referral(16, custodians=2)
+        alone = await w.consent(rid16)
+        assert (alone["complete"], alone["missing"], alone["incomplete_reason"]) == (True, [], None)
+
+
+async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_at_delivery(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Every judgement of a consent takes the custodians named from the youth's latest referral: the
+    check when a handover leaves judged without them, and let go what routing would not."""
+    async with world(kafka, db_url, unique) as w:
+        w.receiver.down = True
+        rid, key = await w.referral(14, custodians=1)
+        consent = await w.consent(rid, grantors=ONE_PARENT, custodians=1)
+        assert consent["complete"]
+        hid = await w.handover(rid)
+        await wait_for(lambda: w.receiver.refused >= 1)
+        assert (await w.status(hid))["status"] == "VERZONDEN"
+
+        await _referral_again(w, rid, custodians=2)  # the police name a second parent with custody
+        for view in await _views(w, consent["consent_id"], key):
+            assert (view["complete"], view["missing"], view["custodians"], view["custodians_needed"]) == (
+                False,
+                ["OUDER_MET_GEZAG"],
+                1,
+                2,
+            )
+            assert "de verwijzing noemt er 2" in view["incomplete_reason"]
+        assert (await _fhir_verdict(w, consent["consent_id"]))["custodiansNeeded"] == [2]
+        w.receiver.down = False
+
+        async def decided() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if w.receiver.handovers() or state["status"] != "VERZONDEN" else None
+
+        state = await wait_for(decided, timeout_s=30)
+        assert w.receiver.handovers() == []
+        assert state["status"] == "VERLOPEN" and state["delivered_at"] is None
+        (lapsed,) = await w.audit("handover.lapsed")
+        assert lapsed.objects["gaps"] == ["ONVOLLEDIG"]
+
+        # a new handover under it waits for the second parent's permit
+        second = await w.handover(rid)
+
+        async def waiting() -> dict[str, Any] | None:
+            state = await w.status(second)
+            return state if state["waiting_reasons"] else None
+
+        assert (await wait_for(waiting))["waiting_reasons"] == ["ONVOLLEDIG"]

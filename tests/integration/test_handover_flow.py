@@ -331,7 +331,7 @@ async def test_no_handover_without_covering_consent_then_once_when_it_arrives(
             grantors = (
                 [("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0")] if reason == "ONVOLLEDIG" else None
             )
-            await w.consent(rid, **({"grantors": grantors} if grantors else {}))
+            await w.consent(rid, **({"grantors": grantors, "custodians": 1} if grantors else {}))
         await wait_for(lambda: len(w.receiver.handovers()) >= 6, timeout_s=30)
         await asyncio.sleep(0.4)
         got = w.receiver.handovers()

@@ -8,7 +8,17 @@ from datetime import UTC, date, datetime
 import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
 
-from hub.consent.fhir import NS_BSN, FhirConsentError, from_fhir, to_fhir, validate_fhir, youth_key_of
+from hub.consent.fhir import (
+    EXT_COMPLETENESS,
+    EXT_CUSTODIANS,
+    NS_BSN,
+    FhirConsentError,
+    from_fhir,
+    to_fhir,
+    validate_fhir,
+    youth_key_of,
+)
+from hub.consent.rules import completeness
 from schemas.consent import DUTCH_TIME, Consent, ConsentStatus, GrantorIn
 
 BSN = "111222333"
@@ -184,3 +194,47 @@ def test_a_related_person_without_a_name_is_refused_not_a_crash() -> None:
     resource["contained"][1]["name"] = []
     with pytest.raises(FhirConsentError, match=r"verification\.0: its RelatedPerson needs name"):
         from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+
+
+@pytest.mark.parametrize("custodians", [None, 1, 2])
+def test_the_number_of_custodians_travels_as_an_extension_and_back(custodians: int | None) -> None:
+    consent = sample(custodians=custodians)
+    resource = json.loads(json.dumps(to_fhir(consent, youth_key=KEY)))
+    FhirConsent.model_validate(resource)
+    stated = [e for e in resource["extension"] if e["url"] == EXT_CUSTODIANS]
+    assert stated == ([] if custodians is None else [{"url": EXT_CUSTODIANS, "valuePositiveInt": custodians}])
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get).custodians == custodians
+
+
+def test_the_rule_8_verdict_goes_out_as_an_extension_and_is_ignored_coming_back() -> None:
+    """A consent read as FHIR said nothing of rule 8: a consent of a 13-year-old without the
+    number of custodians read as any other, with no sign that it lets no handover go."""
+    consent = sample()  # 13 on the day of consent, no number stated; the VOOGD denied
+    check = completeness(consent, named=0)
+    resource = json.loads(json.dumps(to_fhir(consent, youth_key=KEY, check=check)))
+    FhirConsent.model_validate(resource)
+    [verdict] = [e for e in resource["extension"] if e["url"] == EXT_COMPLETENESS]
+    parts = [(p["url"], next(v for k, v in p.items() if k.startswith("value"))) for p in verdict["extension"]]
+    assert ("complete", False) in parts
+    assert ("missing", "AANTAL_GEZAGHEBBERS") in parts and ("denied", "VOOGD") in parts
+    [reason] = [v for url, v in parts if url == "reason"]
+    assert "aantal gezaghebbers is niet opgegeven" in reason and BSN not in reason and "Sam" not in reason
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == consent  # derived: not read back
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        [{"url": EXT_CUSTODIANS, "valuePositiveInt": 3}],  # custody is held by two at most
+        [{"url": EXT_CUSTODIANS, "valueString": "2"}],
+        [{"url": EXT_CUSTODIANS, "valueBoolean": True}],
+        [{"url": EXT_CUSTODIANS, "valuePositiveInt": 1}, {"url": EXT_CUSTODIANS, "valuePositiveInt": 2}],
+    ],
+)
+def test_a_number_of_custodians_that_does_not_fit_is_refused_by_path(extensions: list[dict]) -> None:
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    resource["extension"] += extensions
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith("extension.custodian-count: ") and "1-2" in problem

@@ -14,7 +14,10 @@ from hub.consent.rules import (
     age_on,
     completeness,
     coverage,
+    custodians_shown,
+    explain,
     find_covering,
+    named_custodians,
     withdrawal_effects,
 )
 from schemas.consent import (
@@ -28,7 +31,7 @@ from schemas.consent import (
     Permission,
 )
 from schemas.handover import HandoverStatus
-from schemas.referral import Referral
+from schemas.referral import Guardian, Referral
 
 BIRTH = date(2010, 6, 15)
 BSN = "111222333"
@@ -94,53 +97,147 @@ DAY_BEFORE_12, DAY_BEFORE_16 = date(2022, 6, 14), date(2026, 6, 14)
 def test_rule_8_who_must_consent_by_age_on_the_day(
     day: date, roles: list[GrantorRole], complete: bool
 ) -> None:
-    result = completeness(consent(*(grantor(r, day) for r in roles)))
+    # one custodian, stated: under 16 the number is part of the consent (see the tests below)
+    result = completeness(consent(*(grantor(r, day) for r in roles), custodians=1), named=0)
     assert result.complete is complete
 
 
 def test_rule_8_day_of_consent_is_the_last_answer() -> None:
     # youth answered at 11 (not needed then), the parent on the 12th birthday: now the youth must consent,
     # and did, so it is complete; without the youth's permit it would not be.
-    c = consent(grantor(YOUTH, DAY_BEFORE_12), grantor(PARENT, TWELFTH))
-    assert completeness(c).day == TWELFTH and completeness(c).complete
-    assert not completeness(consent(grantor(PARENT, TWELFTH))).complete
+    c = consent(grantor(YOUTH, DAY_BEFORE_12), grantor(PARENT, TWELFTH), custodians=1)
+    assert completeness(c, named=0).day == TWELFTH and completeness(c, named=0).complete
+    assert not completeness(consent(grantor(PARENT, TWELFTH), custodians=1), named=0).complete
 
 
 def test_rule_8_a_deny_or_a_missing_custodian_means_no_consent() -> None:
     day = date(2024, 1, 1)  # 13
-    denied = completeness(consent(grantor(YOUTH, day), grantor(PARENT, day, deny=True)))
-    assert not denied.complete and denied.denied == (PARENT,)
-    two_custodians = consent(grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"))
-    assert not completeness(two_custodians, custodians=2).complete
-    assert completeness(two_custodians, custodians=2).missing == ("OUDER_MET_GEZAG",)
-    both = consent(
-        grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"), grantor(PARENT, day, name="Ouder B")
+    denied = completeness(
+        consent(grantor(YOUTH, day), grantor(PARENT, day, deny=True), custodians=1), named=0
     )
-    assert completeness(both, custodians=2).complete
+    assert not denied.complete and denied.denied == (PARENT,)
+    two_custodians = consent(grantor(YOUTH, day), grantor(PARENT, day, name="Ouder A"), custodians=2)
+    assert not completeness(two_custodians, named=2).complete
+    assert completeness(two_custodians, named=2).missing == ("OUDER_MET_GEZAG",)
+    both = consent(
+        grantor(YOUTH, day),
+        grantor(PARENT, day, name="Ouder A"),
+        grantor(PARENT, day, name="Ouder B"),
+        custodians=2,
+    )
+    assert completeness(both, named=2).complete
     # a deny counts from those whose permit rule 8 asks for: the youth and the custodians at 12-15
-    assert completeness(consent(grantor(YOUTH, day, deny=True), grantor(PARENT, day))).denied == (YOUTH,)
+    youth_denies = consent(grantor(YOUTH, day, deny=True), grantor(PARENT, day), custodians=1)
+    assert completeness(youth_denies, named=0).denied == (YOUTH,)
 
 
 def test_rule_8_a_deny_by_someone_whose_permit_is_not_asked_for_does_not_block() -> None:
     """16 and over the youth decides alone, under 12 the custodians do: a parent's refusal of a
     17-year-old's own consent (or a 10-year-old's refusal of the parents') kept the handover waiting
     for good, where rule 8 asks for no permit of theirs."""
-    sixteen = completeness(consent(grantor(YOUTH, SIXTEENTH), grantor(PARENT, SIXTEENTH, deny=True)))
+    sixteen = completeness(consent(grantor(YOUTH, SIXTEENTH), grantor(PARENT, SIXTEENTH, deny=True)), named=0)
     assert sixteen.complete and sixteen.denied == ()
-    eleven = completeness(consent(grantor(YOUTH, DAY_BEFORE_12, deny=True), grantor(PARENT, DAY_BEFORE_12)))
+    eleven = completeness(
+        consent(grantor(YOUTH, DAY_BEFORE_12, deny=True), grantor(PARENT, DAY_BEFORE_12), custodians=1),
+        named=0,
+    )
     assert eleven.complete and eleven.denied == ()
     # the youth's own deny at 16 still means no consent
-    assert completeness(consent(grantor(YOUTH, SIXTEENTH, deny=True))).denied == (YOUTH,)
+    assert completeness(consent(grantor(YOUTH, SIXTEENTH, deny=True)), named=0).denied == (YOUTH,)
 
 
 def test_rule_8_a_refusal_does_not_move_the_day_of_consent() -> None:
     """A 15-year-old's permit, then a parent's refusal after the 16th birthday: the day of consent
     moved to the refusal, the youth counted as 16, the refusal no longer counted, and the consent
     was complete without the parent's permit it needed on the day it came about."""
-    c = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, deny=True))
-    result = completeness(c)
+    c = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, deny=True), custodians=1)
+    result = completeness(c, named=0)
     assert result.day == DAY_BEFORE_16 and result.age == 15
     assert not result.complete and result.denied == (PARENT,)
+
+
+# Rule 8, "one missing permit means no consent": how many custodians there are is stated by the
+# caseworker; a referral names them only as far as its referrer knows (a lower bound).
+@pytest.mark.parametrize(
+    ("day", "youth"),
+    [(DAY_BEFORE_12, ()), (TWELFTH, (YOUTH,)), (DAY_BEFORE_16, (YOUTH,))],
+    ids=["under-12", "12", "15"],
+)
+def test_rule_8_under_16_each_stated_custodian_must_permit(day: date, youth: tuple[GrantorRole]) -> None:
+    def judged(custodians: int | None, *parents: str, named: int = 0) -> tuple[bool, tuple[str, ...]]:
+        grantors = [grantor(r, day) for r in youth] + [grantor(PARENT, day, name=n) for n in parents]
+        result = completeness(consent(*grantors, custodians=custodians), named=named)
+        return result.complete, result.missing
+
+    assert judged(1, "Ouder A") == (True, ())
+    assert judged(2, "Ouder A") == (False, ("OUDER_MET_GEZAG",))
+    assert judged(2, "Ouder A", "Ouder B") == (True, ())
+    assert judged(2, "Ouder A", "ouder a") == (False, ("OUDER_MET_GEZAG",))  # one person, twice
+    # the referral names two: one stated is not believed, both permits are needed
+    assert judged(1, "Ouder A", named=2) == (False, ("OUDER_MET_GEZAG",))
+    # no number: not complete, also when the referral names one (a lower bound only) ...
+    assert judged(None, "Ouder A") == (False, ("AANTAL_GEZAGHEBBERS",))
+    assert judged(None, "Ouder A", named=1) == (False, ("AANTAL_GEZAGHEBBERS",))
+    # ... unless two custodians permitted: custody is held by two people at most, nobody is left
+    assert judged(None, "Ouder A", "Ouder B") == (True, ())
+    assert judged(None, "Ouder A", "Ouder B", named=2) == (True, ())
+    assert judged(None, "Ouder A", "ouder a") == (False, ("AANTAL_GEZAGHEBBERS",))  # one person, twice
+    if youth:  # the youth's permit alone: the number and at least one custodian's permit missing
+        assert judged(None) == (False, ("AANTAL_GEZAGHEBBERS", "OUDER_MET_GEZAG"))
+
+
+def test_rule_8_no_number_under_16_is_incomplete_and_says_the_number_must_be_stated() -> None:
+    """One custodian's permit counted as every custodian's when the number was not known: with two
+    parents holding custody, a BOA or leerplicht referral (one parent at most) made one enough."""
+    result = completeness(consent(grantor(YOUTH, TWELFTH), grantor(PARENT, TWELFTH)), named=1)
+    assert not result.complete and result.missing == ("AANTAL_GEZAGHEBBERS",)
+    assert result.custodians_needed is None
+    reason = explain(result)
+    assert reason is not None and "aantal gezaghebbers is niet opgegeven" in reason
+    assert "custodians" in reason and BSN not in reason
+    assert coverage(consent(grantor(YOUTH, TWELFTH), grantor(PARENT, TWELFTH)), ASK, named=1).gaps == (
+        Gap.ONVOLLEDIG,
+    )
+
+
+def test_rule_8_at_16_no_number_is_asked_for() -> None:
+    alone = completeness(consent(grantor(YOUTH, SIXTEENTH)), named=2)
+    assert alone.complete and alone.custodians_needed is None and explain(alone) is None
+    assert completeness(consent(grantor(YOUTH, SIXTEENTH), custodians=2), named=2).complete
+
+
+def test_rule_8_the_number_needed_is_the_stated_one_or_what_the_referral_names() -> None:
+    one = consent(grantor(YOUTH, TWELFTH), grantor(PARENT, TWELFTH, name="Ouder A"), custodians=1)
+    assert completeness(one, named=0).custodians_needed == 1
+    short = completeness(one, named=2)
+    assert short.custodians_needed == 2 and not short.complete
+    reason = explain(short)
+    assert reason is not None and "de verwijzing noemt er 2" in reason
+    # the floor a stated number must reach: the referral's count, or the custodians who answered
+    assert custodians_shown(one, named=2) == 2
+    two_answered = consent(
+        grantor(PARENT, TWELFTH, name="Ouder A"), grantor(PARENT, TWELFTH, name="Ouder B", deny=True)
+    )
+    assert custodians_shown(two_answered, named=1) == 2
+
+
+def test_a_referral_names_only_the_guardians_with_custody(referral: Referral) -> None:
+    assert named_custodians(None) == 0
+    assert named_custodians(referral) == 1
+    youth = referral.youth.model_copy(
+        update={
+            "guardians": [
+                *referral.youth.guardians,
+                Guardian(name="Pleegouder", relation="PLEEGOUDER", has_custody=False),
+                Guardian(name="Voogd", relation="VOOGD"),
+            ]
+        }
+    )
+    assert named_custodians(referral.model_copy(update={"youth": youth})) == 2
+    # the police list assumes custody where the officer did not say: three "custodians" are two
+    stepparent = Guardian(name="Stiefouder", relation="OUDER")
+    crowded = youth.model_copy(update={"guardians": [*youth.guardians, stepparent]})
+    assert named_custodians(referral.model_copy(update={"youth": crowded})) == 2
 
 
 GOOD = consent(grantor(YOUTH, SIXTEENTH))
@@ -153,7 +250,7 @@ ASK = Disclosure(
 
 
 def test_rule_9_covering_consent() -> None:
-    assert coverage(GOOD, ASK).covers
+    assert coverage(GOOD, ASK, named=0).covers
 
 
 @pytest.mark.parametrize(
@@ -178,16 +275,16 @@ def test_rule_9_every_way_a_consent_fails_to_cover(
 ) -> None:
     c = GOOD.model_copy(update=changes)
     d = Disclosure(**{**ASK.__dict__, **ask})  # type: ignore[arg-type]
-    verdict = coverage(c, d)
+    verdict = coverage(c, d, named=0)
     assert not verdict.covers and verdict.gaps == (gap,)
-    assert find_covering([c], d)[0] is None
+    assert find_covering([c], d, named=0)[0] is None
 
 
 def test_rule_9_validity_is_inclusive_and_best_consent_wins() -> None:
     last_day = GOOD.model_copy(update={"valid_until": ASK.day})
-    assert coverage(last_day, ASK).covers
+    assert coverage(last_day, ASK, named=0).covers
     longer = GOOD.model_copy(update={"consent_id": "c2", "valid_until": date(2031, 1, 1)})
-    assert find_covering([last_day, longer], ASK)[0] is longer
+    assert find_covering([last_day, longer], ASK, named=0)[0] is longer
 
 
 def test_rule_10_withdrawal_effects() -> None:

@@ -265,13 +265,15 @@ def consents(draw: st.DrawFn) -> Consent:
     birth = born_around(draw, given_on, *draw(st.sampled_from([(8, 20), (11, 12), (15, 16)])))
     # every grantor permits, or one denies, or one is left out
     roles = [GrantorRole.JEUGDIGE, GrantorRole.OUDER_MET_GEZAG]
-    answers = [(role, Permission.PERMIT) for role in roles]
+    answers = [(role, Permission.PERMIT, role.value.lower()) for role in roles]
     match draw(st.sampled_from(["all", "deny", "missing"])):
         case "deny":
             i = draw(st.integers(0, 1))
-            answers[i] = (answers[i][0], Permission.DENY)
+            answers[i] = (answers[i][0], Permission.DENY, answers[i][2])
         case "missing":
             answers.pop(draw(st.integers(0, 1)))
+    if draw(st.booleans()):  # a second parent with custody, who permits
+        answers.append((GrantorRole.OUDER_MET_GEZAG, Permission.PERMIT, "tweede ouder"))
     at = datetime(given_on.year, given_on.month, given_on.day, 10, tzinfo=UTC)
     return Consent(
         consent_id=f"c-{draw(st.integers(0, 999))}",
@@ -280,13 +282,14 @@ def consents(draw: st.DrawFn) -> Consent:
         recipient_organisations=draw(st.lists(st.sampled_from(RECEIVERS), min_size=1, unique=True)),
         data_categories=sorted(draw(categories)),
         grantors=[
-            Grantor(role=r, name=r.value.lower(), permission=p, given_at=at, method="SCHRIFTELIJK")
-            for r, p in answers
+            Grantor(role=r, name=name, permission=p, given_at=at, method="SCHRIFTELIJK")
+            for r, p, name in answers
         ],
         recorded_by="cw1",
         valid_from=start,
         valid_until=start + timedelta(days=draw(st.integers(0, 400))),
         status=draw(st.sampled_from([ConsentStatus.ACTIEF] * 3 + list(ConsentStatus))),
+        custodians=draw(st.sampled_from([None, 1, 2])),
     )
 
 
@@ -299,10 +302,20 @@ disclosures = st.builds(
 )
 
 
-def rule_8_complete(consent: Consent) -> bool:
-    """Rule 8 on the day of consent: under 12 the parents, 12-15 youth and parents, 16+ the youth."""
+def rule_8_complete(consent: Consent, named: int) -> bool:
+    """Rule 8 on the day of consent: under 12 the parents, 12-15 youth and parents, 16+ the youth.
+    Every parent: as many as stated, at least as many as the referral names; none stated, no consent
+    unless two permitted (custody is held by two people at most)."""
     age = age_on(consent.youth.birth_date, min(g.given_at.date() for g in consent.grantors))
     permits = {g.role for g in consent.grantors if g.permission is Permission.PERMIT}
+    parents = {
+        g.name
+        for g in consent.grantors
+        if g.permission is Permission.PERMIT and g.role is GrantorRole.OUDER_MET_GEZAG
+    }
+    stated = consent.custodians
+    if age < 16 and len(parents) < (2 if stated is None else max(stated, named)):
+        return False
     needs = {GrantorRole.OUDER_MET_GEZAG} if age < 12 else set()
     needs |= {GrantorRole.JEUGDIGE} if age >= 12 else set()
     needs |= {GrantorRole.OUDER_MET_GEZAG} if age < 16 else set()
@@ -338,23 +351,24 @@ def test_rule_9_a_handover_is_covered_only_by_an_active_consent_for_its_purpose_
     given by whom rule 8 asks: then it covers; if any of these is missing, it does not."""
     consent = data.draw(consents())
     disclosure = data.draw(near(consent) | disclosures)
+    named = data.draw(st.integers(0, 2))  # custodians the youth's referral names
     expected = (
         consent.status is ConsentStatus.ACTIEF
         and consent.valid_from <= disclosure.day <= consent.valid_until
         and consent.purpose is disclosure.purpose
         and disclosure.receiver in consent.recipient_organisations
         and disclosure.categories <= set(consent.data_categories)
-        and rule_8_complete(consent)
+        and rule_8_complete(consent, named)
     )
-    assert coverage(consent, disclosure).covers == expected
+    assert coverage(consent, disclosure, named=named).covers == expected
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(consents(), max_size=4), disclosures)
+@given(st.lists(consents(), max_size=4), disclosures, st.integers(0, 2))
 def test_rule_9_the_consent_used_for_a_handover_covers_it(
-    found: list[Consent], disclosure: Disclosure
+    found: list[Consent], disclosure: Disclosure, named: int
 ) -> None:
-    best, verdicts = find_covering(found, disclosure)
+    best, verdicts = find_covering(found, disclosure, named=named)
     covering = [c for c, v in zip(found, verdicts, strict=True) if v.covers]
     assert (best is None) == (not covering)
     if best is not None:
