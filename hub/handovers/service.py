@@ -156,7 +156,7 @@ async def create_handover(
     return row
 
 
-async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *, notify: bool = True) -> str:
+async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act) -> str:
     """Rule 9: dispatch a waiting handover under a covering consent, or keep it waiting and say why.
 
     Locks are taken in one order everywhere, the youth's consents (shared) before the handover: a
@@ -196,14 +196,13 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act, *
         .where(handovers.c.id == row.id)
         .values(waiting_reasons=reasons, updated_at=r.clock())
     )
-    if first_time:
+    if first_time:  # told once, by whichever judges it first
         await audit_handover(session, r, act, "handover.waiting", row, reasons=reasons)
-        if notify:
-            detail = "er is (nog) geen toestemming die haar dekt (" + ", ".join(reasons) + ")."
-            notice = messages.caseworker_notice(
-                row, template="handover.waiting", transaction_id=act.transaction_id, detail=detail
-            )
-            await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
+        detail = "er is (nog) geen toestemming die haar dekt (" + ", ".join(reasons) + ")."
+        notice = messages.caseworker_notice(
+            row, template="handover.waiting", transaction_id=act.transaction_id, detail=detail
+        )
+        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
     return HandoverStatus.WACHT_OP_TOESTEMMING.value
 
 
@@ -290,7 +289,9 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
         if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:
             continue  # a concurrent transaction (another consent, the routing consumer) decided it
         its = replace(act, transaction_id=trace_id(transaction_id) if transaction_id else act.transaction_id)
-        if await route(session, r, handover_id, its, notify=False) == HandoverStatus.VERZONDEN.value:
+        # A handover judged here for the first time (routing has not taken its request yet) is told
+        # about here: routing will find it judged already, and tells only about a first judgement.
+        if await route(session, r, handover_id, its) == HandoverStatus.VERZONDEN.value:
             sent.append(handover_id)
     return sent
 
