@@ -11,6 +11,7 @@ from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
 from hub.handovers.delivery_state import (
     delivery_verdict,
+    hold_for_delivery,
     record_attempt,
     record_delivered,
     record_failed,
@@ -56,22 +57,26 @@ class WebhookDelivery:
         """Look up the receiver, check the handover may still go, and POST it signed."""
         if message.message_id in self.delivered:
             return
-        async with self.store.read() as session:
+        # The last check and the record that it may leave in one transaction, under the locks a
+        # withdrawal takes: a withdrawal committed after a separate check went unseen, and the
+        # handover still left (rule 10). The record is committed before it leaves.
+        async with self.store.transaction() as session:
             target = await receiver_delivery(session, str(message.payload["receiver_organisation"]))
+            await hold_for_delivery(session, message)
             verdict = await delivery_verdict(session, message, day=self.hub.today())
-        if verdict.lapsed:  # ended in a transaction of its own: a retry of this message finds it ended
-            async with self.store.transaction() as session:
+            if verdict.lapsed:  # ended now: a retry of this message finds it ended
                 await record_lapsed(session, message, verdict.gaps, mail_topic=self.mail_topic)
-            if self.hub.relay is not None:
-                self.hub.relay.wake()
+            elif verdict.go:
+                if target is None or target.mode != "webhook" or not target.url or not target.secret:
+                    raise PermanentError("receiver has no webhook delivery")
+                check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
+                await record_attempt(session, message)
+        if verdict.lapsed and self.hub.relay is not None:
+            self.hub.relay.wake()
         if not verdict.go:
             self.skipped.add(message.message_id)
             return
-        if target is None or target.mode != "webhook" or not target.url or not target.secret:
-            raise PermanentError("receiver has no webhook delivery")
-        check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
-        async with self.store.transaction() as session:  # committed before it leaves (rule 10)
-            await record_attempt(session, message)
+        assert target is not None and target.url is not None and target.secret is not None
         await post_signed(self.client, target.url, target.secret, message)
         self.delivered.add(message.message_id)
         self.skipped.discard(message.message_id)  # it went out after all: audited as disclosed
@@ -138,6 +143,7 @@ async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelop
             f"{target.topic_name} is read by {len(readers)} organisations; each would read the "
             "others' handovers: give all but one a webhook, then replay"
         )
+    await hold_for_delivery(tx.session, message)  # the check and the send one step (rule 10)
     verdict = await delivery_verdict(tx.session, message, day=hub.today())
     if verdict.lapsed:
         await record_lapsed(tx.session, message, verdict.gaps, mail_topic=hub.topic(NOTIFICATION_MAIL.name))

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import AuditEntry, write_audit
 from hub.consent.custody import named_for
 from hub.consent.rules import Disclosure, Gap, coverage
-from hub.consent.store import get_consent
+from hub.consent.store import consents_of, get_consent
 from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
 from hub.handovers.service import ZORGMELDING, get_handover
@@ -130,6 +130,21 @@ async def record_lapsed(
     )
     await add_to_outbox(session, mail_topic, notice, key=row.youth_key)
     return True
+
+
+async def hold_for_delivery(session: AsyncSession, message: Envelope) -> None:
+    """Take the locks `route` and a withdrawal take, in their order (the youth's consents shared,
+    then the handover's row), so that the last check and what the delivery records then are one
+    step (rule 10): a withdrawal under way is waited for and seen, or it waits, and then sees that
+    the receiver may have the handover. SQLite's write transactions run one at a time anyway."""
+    handover_id = as_code(message.payload.get("handover_id"))
+    if message.type != HANDOVER or handover_id is None:
+        return
+    row = await get_handover(session, handover_id)
+    if row is None:
+        return
+    await consents_of(session, row.youth_key, share=True)
+    await get_handover(session, handover_id, lock=True)
 
 
 async def record_attempt(session: AsyncSession, message: Envelope) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+import connectors.receivers.component as receivers_component
+from hub.clock import aware
 from hub.embedded import EmbeddedKafka
 from hub.handovers.answers import notify_unanswered
 from hub.handovers.component import routing_of
@@ -16,6 +19,7 @@ from hub.handovers.service import Act, create_handover, route
 from hub.handovers.tables import handovers
 from hub.store import Store
 from schemas.consent import DataCategory
+from schemas.envelope import Envelope
 from schemas.handover import Handover, ReceiverType
 from tests.helpers.kafka import wait_for
 from tests.integration.test_handover_flow import CW, _queued, world
@@ -86,3 +90,44 @@ async def test_a_handover_a_consent_finds_waiting_before_routing_does_is_told_ab
         assert await _queued(w, "notification.mail", "handover.waiting", hid) == 1
         told = [a for a in await w.audit("handover.waiting") if a.objects.get("handover_id") == hid]
         assert len(told) == 1
+
+
+async def test_a_withdrawal_made_while_a_webhook_handover_is_checked_is_waited_for_or_seen(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook delivery checked the consent, then recorded the attempt in a later transaction and
+    POSTed: a withdrawal committed in between was not seen, and the handover left after it (rule 10:
+    a withdrawal blocks new disclosures at once). Now the withdrawal waits for the check's step, and
+    then knows the receiver may have the handover."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid)
+        real, withdrawal = receivers_component.delivery_verdict, None
+
+        async def withdrawn_right_after_the_check(session: Any, message: Envelope, *, day: date) -> Any:
+            nonlocal withdrawal
+            verdict = await real(session, message, day=day)
+            if message.type == "Handover" and withdrawal is None:
+                withdrawal = asyncio.create_task(
+                    w.client.post(
+                        f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+                        json={"reason": "wil niet meer"},
+                        headers={"X-Medewerker": CW},
+                    )
+                )
+                # time for the withdrawal to commit, unless it must wait for this step
+                await asyncio.wait({withdrawal}, timeout=1.0)
+            return verdict
+
+        monkeypatch.setattr(receivers_component, "delivery_verdict", withdrawn_right_after_the_check)
+        hid = await w.handover(rid)
+        await wait_for(lambda: withdrawal is not None and withdrawal.done(), timeout_s=30)
+        assert withdrawal is not None and withdrawal.result().status_code == 200
+        [withdrawn] = await w.audit("consent.withdrawn")
+        async with w.hub.store.connect() as conn:  # type: ignore[union-attr]
+            row = (await conn.execute(select(handovers.c.attempted_at).where(handovers.c.id == hid))).one()
+        if row.attempted_at is not None:  # it left: decided before the withdrawal, which then saw it
+            assert aware(row.attempted_at) < aware(withdrawn.at), (row.attempted_at, withdrawn.at)
+            await wait_for(lambda: [c["env"].type for c in w.receiver.calls][-1:] == ["HandoverWithdrawn"])
+        else:  # it did not leave
+            assert w.receiver.handovers() == []
