@@ -110,7 +110,12 @@ async def record_lapsed(
         return False
     withdrawn = Gap.INGETROKKEN.value in gaps
     status = HandoverStatus.INGETROKKEN if withdrawn else HandoverStatus.VERLOPEN
-    reason = "TOESTEMMING_INGETROKKEN" if withdrawn else "TOESTEMMING_VERLOPEN"
+    if withdrawn:
+        reason = "TOESTEMMING_INGETROKKEN"
+    elif set(gaps) == {Gap.ONVOLLEDIG.value}:  # a custodian since known, whose permit is missing
+        reason = "TOESTEMMING_ONVOLLEDIG"
+    else:
+        reason = "TOESTEMMING_VERLOPEN"
     await session.execute(
         update(handovers)
         .where(handovers.c.id == row.id)

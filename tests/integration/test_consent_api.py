@@ -699,6 +699,7 @@ async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_
         state = await wait_for(decided, timeout_s=30)
         assert w.receiver.handovers() == []
         assert state["status"] == "VERLOPEN" and state["delivered_at"] is None
+        assert state["status_reason"] == "TOESTEMMING_ONVOLLEDIG"
         (lapsed,) = await w.audit("handover.lapsed")
         assert lapsed.objects["gaps"] == ["ONVOLLEDIG"]
 
