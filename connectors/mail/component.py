@@ -37,20 +37,22 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.mail.message import build_message, message_id_for
+from connectors.mail.problems import UNKNOWN, kind_from_text, problem_kind, problem_reason
 from connectors.mail.sink import MailSink
-from connectors.mail.smtp import UNKNOWN_OUTCOME, SmtpMailer
+from connectors.mail.smtp import SmtpMailer
 from hub.audit import audit_row, write_audits
 from hub.clock import today
 from hub.config import SmtpSettings
-from hub.directory import get_caseworker, mail_recipient, mail_recipients
+from hub.directory import CaseworkerNotFound, get_caseworker, mail_recipient, mail_recipients
 from hub.errors import PermanentError
 from hub.logging import get_logger
-from hub.notify.service import record_problem
+from hub.notify.service import NoReachableRecipient, record_problem
 from hub.notify.tables import mail_sent
 from hub.notify.templates import with_behalf
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.tables import parked
 from hub.runtime import Hub
+from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
 from schemas._base import as_code
@@ -64,7 +66,7 @@ _SENT_MAX = 10_000  # notifications this process sent, remembered (for their rec
 _YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # schemas.pseudonym.youth_key: a match mail's record key
 NAME = "mail"
 SYSTEM = "mail-connector"
-UNKNOWN_PROBLEM = "mail_uitkomst_onbekend"
+UNKNOWN_PROBLEM = UNKNOWN
 
 
 def _notification(message: Envelope) -> MailNotification:
@@ -117,11 +119,16 @@ class MailConnector:
         self.today = today  # the day whose absences decide who reads a caseworker's mail (the hub's)
         self.ladder: RetryLadder | None = None
         self.last_success: datetime | None = None
+        # the last failed attempt, kept after later successes, with its time (the console shows both)
         self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
         self._ready: dict[str, _Plan | None] = {}  # notification id -> plan, None when sent
         # notification id -> whom it reached: for its audit entry, and so that a mail whose record was
         # not committed is recorded at its next attempt rather than sent again (oldest forgotten first)
         self._sent: OrderedDict[str, _Sent] = OrderedDict()
+        # message id -> the problem its last failed attempt makes of it, should the ladder dead-letter
+        # it: `on_dead` is told the error's text only, and runs in the process that made the attempt
+        self._failures: OrderedDict[str, str] = OrderedDict()
 
     @property
     def _ladder_name(self) -> str:
@@ -185,7 +192,12 @@ class MailConnector:
         async with self.store.read() as session:  # the consumer's transaction holds the write lock
             if await _was_sent(session, mail.notification_id):
                 return None
-            reader = await mail_recipient(session, addressee(mail), self.today())
+            try:
+                reader = await mail_recipient(session, addressee(mail), self.today())
+            except CaseworkerNotFound:
+                raise
+            except PermanentError as exc:  # away or gone, and no reachable delegate
+                raise NoReachableRecipient(str(exc)) from None
             names = await self._absent_names(session, [mail], {addressee(mail): reader})
             keys = await self._record_keys(session, [message.message_id])
         absent = names.get(mail.for_caseworker_id) if mail.for_caseworker_id else None
@@ -193,6 +205,22 @@ class MailConnector:
 
     async def deliver(self, message: Envelope) -> None:
         """Send one notification to whoever reads the caseworker's mail today (rule 16)."""
+        try:
+            await self._deliver(message)
+        except Exception as exc:
+            self._failed(message, exc)
+            raise
+        self._failures.pop(message.message_id, None)
+
+    def _failed(self, message: Envelope, exc: Exception) -> None:
+        """Keep the error for the console, and the problem it makes of the mail for `on_dead`."""
+        self.last_error, self.last_error_at = safe_error_message(exc)[:300], utcnow()
+        self._failures[message.message_id] = problem_kind(exc)
+        self._failures.move_to_end(message.message_id)
+        while len(self._failures) > _SENT_MAX:
+            self._failures.popitem(last=False)
+
+    async def _deliver(self, message: Envelope) -> None:
         mail = _notification(message)
         # what `prepare` found for this round, used once: a retry in place looks again
         plan = self._ready.pop(mail.notification_id, _NOT_LOOKED_UP)
@@ -210,6 +238,7 @@ class MailConnector:
             to_name=plan.reader.name,
             sender=self.settings.sender,
             now=utcnow(),
+            transaction_id=message.transaction_id,  # rule 19
         )
         await self.mailer.send(msg)
         self.last_success = utcnow()
@@ -272,25 +301,21 @@ class MailConnector:
             await session.execute(insert(mail_sent), sent)
             await write_audits(session, audit)  # rule 18
 
-    async def on_parked(self, session: AsyncSession, message: Envelope, *args: Any) -> None:
-        """Keep the last error for the console."""
-        self.last_error = args[-1] if args else None
-
     async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
-        """A mail that will not go out, or may have, is a problem an administrator sees."""
-        self.last_error = error
+        """A mail that will not go out, or may have, is a problem an administrator sees, of the kind
+        that says what to do before its dead letter is replayed (connectors.mail.problems)."""
+        # the attempt that dead-lettered it was made by this process, just before; the text decides
+        # only for one forgotten among more failures than `_SENT_MAX`
+        kind = self._failures.pop(message.message_id, None) or kind_from_text(error)
         payload = message.payload  # it may have failed validation: only what could be a Code is used
-        unknown = UNKNOWN_OUTCOME in error
         await record_problem(
             session,
-            kind=UNKNOWN_PROBLEM if unknown else "mail_niet_bezorgd",
+            kind=kind,
             # whose directory entry decides who reads it: fix it, then replay the dead letter
             caseworker_id=as_code(payload.get("for_caseworker_id"))
             or as_code(payload.get("recipient_caseworker_id")),
             reference=as_code(payload.get("notification_id")) or message.message_id,
-            reason=f"mail mogelijk bezorgd, niet opnieuw verstuurd: {error}"
-            if unknown
-            else f"mail niet bezorgd: {error}",
+            reason=problem_reason(kind, error, as_code(payload.get("template"))),
             transaction_id=message.transaction_id,
         )
 
@@ -306,6 +331,7 @@ class MailConnector:
             "sent": self.mailer.sent,
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
         }
 
     async def aclose(self) -> None:
@@ -342,7 +368,6 @@ def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untype
                 on_delivered=connector.on_delivered,
                 on_delivered_many=connector.on_delivered_many,
                 prepare=connector.prepare,
-                on_parked=connector.on_parked,
                 on_dead=connector.on_dead,
             ),
             policy=policy or RetryPolicy(schedule_s=smtp.retry_schedule_s),

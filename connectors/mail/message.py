@@ -8,11 +8,21 @@ boundary check compiles a fresh regular expression per message. Quoted-printable
 readable on the wire (and greppable in the sink), unlike base64. Lines end in LF, as the standard
 library writes them; aiosmtplib sends them as CRLF. Tests read every message back with the
 standard library's parser.
+
+Rule 19: the message carries the transaction id it was sent under, the one the audit log records
+for it (`mail.sent`), in `X-Ketenhub-Transaction-Id`: a name of the hub's own, as the notification
+id's beside it, not `Fsc-Transaction-Id`, which is the FSC header of an HTTP call (a mail is none).
+A header travels with the mail into its reader's mailbox, so only a UUID goes in as it is (the hub
+makes its transaction ids so, and an HTTP partner's must be one); any other id (a Kafka partner's,
+free-form, which could hold a BSN or a name) goes in as a UUID derived from it, by the formula of
+`schemas.envelope.trace_id`.
 """
 
 from __future__ import annotations
 
 import binascii
+import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, formataddr
@@ -22,6 +32,8 @@ from schemas.envelope import new_id
 from schemas.notification import MailNotification
 
 NOTIFICATION_HEADER = "X-Ketenhub-Notification-Id"
+TRANSACTION_HEADER = "X-Ketenhub-Transaction-Id"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 FROM_NAME = "ketenhub (Halt Den Haag)"
 LINE = 78  # RFC 5322: lines should stay within 78 characters
 WORD = 75  # RFC 2047: an encoded word is at most 75 characters
@@ -45,6 +57,14 @@ def message_id_for(notification_id: str, sender: str) -> str:
     """The same Message-ID for every (re)send of one notification: receivers can drop a repeat."""
     domain = sender.rpartition("@")[2] or "ketenhub.invalid"
     return f"<{notification_id}.ketenhub@{domain}>"
+
+
+def header_transaction_id(transaction_id: str) -> str:
+    """The transaction id as a mail header carries it: a UUID as it is, any other text as the UUID
+    derived from it (by the formula of `schemas.envelope.trace_id`), never the text itself."""
+    if _UUID.fullmatch(transaction_id):
+        return transaction_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ketenhub:transaction:{transaction_id}"))
 
 
 def _one_line(value: str) -> str:
@@ -126,9 +146,16 @@ def _part(text: str, subtype: str) -> str:
 
 
 def build_message(
-    mail: MailNotification, *, to_addr: str, to_name: str, sender: str, now: datetime
+    mail: MailNotification,
+    *,
+    to_addr: str,
+    to_name: str,
+    sender: str,
+    now: datetime,
+    transaction_id: str | None = None,
 ) -> OutgoingMail:
-    """Plain text with an HTML alternative (when there is one), UTF-8, with Date and Message-ID."""
+    """Plain text with an HTML alternative (when there is one), UTF-8, with Date and Message-ID, and
+    the transaction id when one is given (the mail connector always gives its message's)."""
     message_id = message_id_for(mail.notification_id, sender)
     to, recipient = _address(to_name, to_addr)
     headers = [
@@ -138,6 +165,7 @@ def build_message(
         f"Date: {format_datetime(now)}",
         f"Message-ID: {message_id}",
         f"{NOTIFICATION_HEADER}: {mail.notification_id}",
+        *([f"{TRANSACTION_HEADER}: {header_transaction_id(transaction_id)}"] if transaction_id else []),
         "Auto-Submitted: auto-generated",  # RFC 3834: no out-of-office replies to the hub
         "MIME-Version: 1.0",
     ]

@@ -3,7 +3,9 @@
 Per caseworker in one transaction: every active signal gets the delegate as contact (the
 Verwijsindex hears of it through the connector: `request_contact_change` queues the command),
 the move is audited, and the delegate gets one summary mail (signal and match ids only). Running
-it again finds nothing left to move: the daily check is idempotent.
+it again finds nothing left to move: the daily check is idempotent. A borging that cannot be done
+(no delegate, or it failed) is one problem per caseworker for an administrator, refreshed each
+round it is found again, in every hub process, rather than one more row each time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hub.audit import AuditEntry, write_audit
 from hub.directory import get_caseworker, list_caseworkers, mail_recipient
 from hub.errors import PermanentError
 from hub.logging import get_logger
-from hub.notify.service import SYSTEM, notify_caseworker, record_problem
+from hub.notify.service import SYSTEM, notify_caseworker, record_problem_once
 from hub.signals.rules import contact_problem
 from hub.signals.service import active_signals_of, request_contact_change
 from hub.signals.tables import matches
@@ -120,7 +122,7 @@ async def borg(
         delegate = await _successor(session, cw, day)
     except PermanentError as exc:
         result.problem = f"borging niet mogelijk: {exc}"
-        await record_problem(
+        await record_problem_once(
             session,
             kind=NO_DELEGATE,
             caseworker_id=caseworker_id,
@@ -192,7 +194,7 @@ async def _failed(hub: Any, caseworker_id: str, exc: Exception) -> BorgingResult
         "borging failed; the next round tries again", caseworker_id=caseworker_id, error=type(exc).__name__
     )
     async with hub.store.transaction() as session:
-        await record_problem(
+        await record_problem_once(
             session,
             kind=FAILED,
             caseworker_id=caseworker_id,

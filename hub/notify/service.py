@@ -11,11 +11,12 @@ mail connector when it is sent (the disclosure, audited there as `mail.sent`).
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
@@ -34,6 +35,9 @@ from schemas.notification import MailNotification
 
 SYSTEM = "ketenhub.notify"
 NO_RECIPIENT = "geen_bereikbare_ontvanger"
+# PostgreSQL advisory lock space (the first of two int4 keys) of one problem's row: two hub processes
+# finding the same problem at once keep one row of it (`record_problem_once`).
+PROBLEM_LOCK = 7_306_002
 
 
 class NoReachableRecipient(PermanentError):
@@ -76,11 +80,66 @@ async def record_problem(
     )
 
 
+def _same(column: ColumnElement[Any], value: str | None) -> ColumnElement[bool]:
+    return column.is_(None) if value is None else column == value
+
+
+def _lock_key(kind: str, caseworker_id: str | None, reference: str | None) -> int:
+    """An int4 for the advisory lock of one problem; two problems sharing one only wait for each other."""
+    key = zlib.crc32("\x00".join((kind, caseworker_id or "", reference or "")).encode())
+    return key - 2**32 if key >= 2**31 else key
+
+
+async def record_problem_once(
+    session: AsyncSession,
+    *,
+    kind: str,
+    caseworker_id: str | None,
+    reference: str | None,
+    reason: str,
+    transaction_id: str | None,
+) -> None:
+    """`record_problem` for a problem found again round after round while it lasts (a borging without
+    a delegate): one row per kind, caseworker and reference, whose time, reason and transaction id are
+    those of the last time it was found. Other rows of it (`record_problem` adds one each time) go.
+
+    On PostgreSQL an advisory lock on the problem keeps two hub processes that find it at once from
+    both adding it; SQLite's write transactions run one at a time.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), CAST(:key AS integer))"),
+            {"space": PROBLEM_LOCK, "key": _lock_key(kind, caseworker_id, reference)},
+        )
+    same = (
+        mail_problems.c.kind == kind,
+        _same(mail_problems.c.caseworker_id, caseworker_id),
+        _same(mail_problems.c.reference, reference),
+    )
+    newest = select(mail_problems.c.id).where(*same).order_by(mail_problems.c.id.desc()).limit(1)
+    found = (await session.execute(newest)).scalar()
+    if found is None:
+        await record_problem(
+            session,
+            kind=kind,
+            caseworker_id=caseworker_id,
+            reference=reference,
+            reason=reason,
+            transaction_id=transaction_id,
+        )
+        return
+    await session.execute(
+        update(mail_problems)
+        .where(mail_problems.c.id == found)
+        .values(at=utcnow(), reason=reason[:1000], transaction_id=transaction_id)
+    )
+    await session.execute(delete(mail_problems).where(*same, mail_problems.c.id != found))
+
+
 async def list_problems(session: AsyncSession, limit: int = 200) -> list[dict[str, Any]]:
-    """Recorded problems, newest first."""
-    rows = (
-        await session.execute(select(mail_problems).order_by(mail_problems.c.id.desc()).limit(limit))
-    ).all()
+    """Recorded problems, the most recently found first (a problem found again moves up)."""
+    newest = (mail_problems.c.at.desc(), mail_problems.c.id.desc())
+    rows = (await session.execute(select(mail_problems).order_by(*newest).limit(limit))).all()
     return [
         {
             "id": r.id,

@@ -71,9 +71,13 @@ async function refreshConnectors() {
 // What an administrator does about each kind of problem the hub records (GET .../problemen).
 const TO_DO = {
   geen_bereikbare_ontvanger: "Nobody could read this mail, so it was not sent: give the caseworker a reachable " +
-    "delegate or end their absence; a match mail can then be replayed from its dead letter.",
+    "delegate or end their absence, then replay its dead letter: the mail's when nobody was found as it was " +
+    "sent (the reference is its notification id), else a match mail's match.",
   mail_niet_bezorgd: "The SMTP server refused it: correct the e-mail address in the directory, then replay " +
     "the mail's dead letter.",
+  mail_niet_verstuurd_storing: "An outage lasted longer than the retries (the reason says which: the SMTP " +
+    "server unreachable or answering 'try later', or the hub's store): check the SMTP server is reachable " +
+    "again (the mail connector's line), then replay the mail's dead letter.",
   mail_uitkomst_onbekend: "It may have been delivered: ask the recipient before replaying its dead letter " +
     "(a replay sends it again).",
   borging_zonder_vervanger: "Set a reachable delegate (meldingsbevoegd, with a phone number the Verwijsindex " +

@@ -18,6 +18,7 @@ from hub.notify.tables import mail_problems
 from hub.retry import RetryPolicy
 from hub.runtime import Hub
 from hub.signals.tables import signals
+from hub.store import Store
 from hub.store.tables import audit_log
 from schemas.caseworker import Absence
 from tests.helpers.kafka import wait_for
@@ -274,8 +275,8 @@ async def test_a_delegate_who_may_not_signal_takes_nothing_over_and_the_move_is_
         update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
     )
     unfit = {
-        "not meldingsbevoegd": OMAR.model_copy(update={"meldingsbevoegd": False}),
-        "phone the index cannot take": OMAR.model_copy(update={"phone": "4567"}),
+        "meldingsbevoegd": OMAR.model_copy(update={"meldingsbevoegd": False}),
+        "telefoonnummer": OMAR.model_copy(update={"phone": "4567"}),  # one the index cannot take
     }
     async with smtp_sink() as sink:
         hub = await start_mail_hub(
@@ -301,22 +302,94 @@ async def test_a_delegate_who_may_not_signal_takes_nothing_over_and_the_move_is_
                 assert not await _audited(hub, "borging.moved")
                 assert not await _audited(hub, "signal.contact_changed")
                 assert not await _audited(hub, "mail.borging.queued")
-            assert hub.store is not None
-            async with hub.store.connect() as conn:
-                shown = (
-                    await conn.execute(
-                        select(mail_problems)
-                        .where(mail_problems.c.kind == NO_DELEGATE)
-                        .order_by(mail_problems.c.id)
-                    )
-                ).all()
-            assert len(shown) == 2 and all(p.caseworker_id == "cw-ilse" for p in shown)
-            assert "meldingsbevoegd" in shown[0].reason and "telefoonnummer" in shown[1].reason
+                # shown as one problem, with why the delegate cannot take them over now
+                async with hub.store.connect() as conn:
+                    shown = (
+                        await conn.execute(select(mail_problems).where(mail_problems.c.kind == NO_DELEGATE))
+                    ).all()
+                assert len(shown) == 1 and shown[0].caseworker_id == "cw-ilse", why_not
+                assert why_not in shown[0].reason
 
             await add_caseworkers(hub, OMAR)  # once the delegate may take them over, they move
             results = {r.caseworker_id: r for r in await check_borging(hub)}
             assert (
                 results["cw-ilse"].signal_ids == [signal_id] and results["cw-ilse"].delegate_id == "cw-omar"
             )
+        finally:
+            await hub.stop()
+
+
+async def test_two_processes_finding_one_problem_at_once_keep_one_row(store: Store) -> None:
+    # The second waits for the first's commit, then finds its row (PostgreSQL: the problem's advisory
+    # lock; a row not yet committed is not seen, and nothing else held them apart when no signal was
+    # locked, as for a failed borging). SQLite: write transactions run one at a time.
+    from hub.notify.borging import FAILED
+    from hub.notify.service import record_problem_once
+
+    first_wrote = asyncio.Event()
+
+    async def find(n: int) -> None:
+        if n == 2:
+            await first_wrote.wait()
+        async with store.transaction() as session:
+            await record_problem_once(
+                session, kind=FAILED, caseworker_id="cw-ilse", reference=None,
+                reason=f"borging mislukt ({n})", transaction_id=None,
+            )  # fmt: skip
+            if n == 1:
+                first_wrote.set()
+                await asyncio.sleep(0.5)  # the second process finds it meanwhile
+
+    await asyncio.gather(find(1), find(2))
+    async with store.connect() as conn:
+        rows = (await conn.execute(select(mail_problems))).all()
+    assert [(r.kind, r.caseworker_id, r.reason) for r in rows] == [(FAILED, "cw-ilse", "borging mislukt (2)")]
+
+
+async def _no_delegate_rows(hub: Hub, caseworker_id: str) -> list[Any]:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        query = select(mail_problems).where(
+            mail_problems.c.kind == NO_DELEGATE, mail_problems.c.caseworker_id == caseworker_id
+        )
+        return list((await conn.execute(query)).all())
+
+
+async def test_a_borging_without_delegate_is_one_problem_however_many_rounds_and_processes_find_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # A departed caseworker with one signal and no delegate: every round (one a day, one at each start,
+    # in every hub process) added an identical row, pushing other problems off the 200 listed.
+    from hub.notify.service import list_problems, record_problem
+    from tests.integration.test_mail_delivery import start_mail_hub
+
+    lone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl"})
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            await add_caseworkers(hub, lone)
+            await signal_with_match(hub, "cw-lone", youth(163_456_700))
+            await wait_for(lambda: len(sink.memory) == 1)  # the match mail reached them
+            await add_caseworkers(hub, lone.model_copy(update={"active": False}))  # gone, no delegate
+            for _ in range(5):
+                results = {r.caseworker_id: r for r in await check_borging(hub)}
+                assert results["cw-lone"].problem and not results["cw-lone"].signal_ids
+            [first] = await _no_delegate_rows(hub, "cw-lone")
+            assert hub.store is not None
+            async with hub.store.transaction() as session:  # another problem, found after it
+                await record_problem(
+                    session, kind="mail_niet_bezorgd", caseworker_id="cw-ilse", reference="n-1",
+                    reason="mail niet bezorgd: SMTP 550: mailbox unavailable", transaction_id=None,
+                )  # fmt: skip
+            await asyncio.gather(check_borging(hub), check_borging(hub))  # two hub processes at once
+            [again] = await _no_delegate_rows(hub, "cw-lone")
+            assert again.id == first.id and again.at > first.at  # the same problem, found again since
+            assert again.reason == first.reason and "1 actieve signalen" in again.reason
+            async with hub.store.read() as session:
+                listed = await list_problems(session)
+            # listed once, and first: found again after the other one
+            assert [p["kind"] for p in listed] == [NO_DELEGATE, "mail_niet_bezorgd"], listed
         finally:
             await hub.stop()

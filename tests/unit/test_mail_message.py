@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -12,7 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.mail.message import NOTIFICATION_HEADER, build_message, message_id_for
+from connectors.mail.message import (
+    NOTIFICATION_HEADER,
+    TRANSACTION_HEADER,
+    build_message,
+    header_transaction_id,
+    message_id_for,
+)
 from hub.errors import PermanentError
 from schemas.bsn import contains_bsn
 from schemas.notification import MailNotification
@@ -130,3 +137,26 @@ def test_any_subject_name_and_bodies_read_back_as_sent(
         part = msg.get_body((subtype,))
         assert part is not None and not part.defects
         assert part.get_content() == lines[subtype].replace("\r\n", "\n").replace("\r", "\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    transaction_id=st.uuids().map(str)
+    | st.text(min_size=12, max_size=100).filter(str.isprintable)  # an Envelope's: printable, to 100
+    | st.just("123456782")  # nine digits that pass the elfproef: a BSN
+)
+def test_the_transaction_id_header_is_a_uuid_and_never_a_partners_text(transaction_id: str) -> None:
+    mail = MailNotification(
+        recipient_caseworker_id="cw-x", template="notice", subject="Overdracht", body_text="Wacht.",
+        case_reference="HO-1",
+    )  # fmt: skip
+    out = build_message(
+        mail, to_addr="x@halt.nl", to_name="X", sender="k@halt.nl", now=NOW, transaction_id=transaction_id
+    )
+    msg = BytesParser(policy=policy.default).parsebytes(out.data)
+    assert not msg.defects and msg[NOTIFICATION_HEADER] == mail.notification_id  # still a header after it
+    carried = msg[TRANSACTION_HEADER]
+    assert str(uuid.UUID(carried)) == carried.lower()
+    assert carried == header_transaction_id(transaction_id)  # the same id in, the same id out
+    if carried != transaction_id:  # not a UUID: a partner's text, which could hold a BSN or a name
+        assert transaction_id not in out.data.decode("ascii")

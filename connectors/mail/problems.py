@@ -1,0 +1,51 @@
+"""What an administrator is told about a mail that went to the dead-letter queue, by why it went there.
+
+Each reason asks for something else before the dead letter is replayed (the console's TO_DO texts):
+- `mail_niet_verstuurd_storing`: an outage outlasted the retry ladder (the SMTP server unreachable
+  or answering 4xx, or the hub's store failing): check that it is back.
+- `geen_bereikbare_ontvanger`: when it was to be sent, nobody read the caseworker's mail (away or gone
+  without a reachable delegate, or not in the directory): fix the directory. The same kind as a
+  notice that found nobody when it was queued (`hub.notify.service.notify_caseworker`).
+- `mail_uitkomst_onbekend`: it went out and no answer came; it may have been delivered.
+- `mail_niet_bezorgd`: anything else the connector refused for good, an SMTP 5xx above all (a
+  refused address): correct the directory.
+"""
+
+from __future__ import annotations
+
+from connectors.mail.smtp import UNKNOWN_OUTCOME, OutcomeUnknown
+from hub.directory import CaseworkerNotFound
+from hub.errors import TransientError
+from hub.notify.service import NO_RECIPIENT, NoReachableRecipient
+from hub.store import store_failed
+
+OUTAGE = "mail_niet_verstuurd_storing"
+REFUSED = "mail_niet_bezorgd"
+UNKNOWN = "mail_uitkomst_onbekend"
+
+
+def problem_kind(exc: BaseException) -> str:
+    """The problem a mail is, should `exc` (what its attempt raised) dead-letter it."""
+    if isinstance(exc, OutcomeUnknown):
+        return UNKNOWN
+    if isinstance(exc, NoReachableRecipient | CaseworkerNotFound):
+        return NO_RECIPIENT
+    if isinstance(exc, TransientError) or store_failed(exc):  # the ladder retries both until its end
+        return OUTAGE
+    return REFUSED
+
+
+def kind_from_text(error: str) -> str:
+    """The problem a dead letter is by its error text alone, for when its attempt is not known."""
+    return UNKNOWN if UNKNOWN_OUTCOME in error else REFUSED
+
+
+def problem_reason(kind: str, error: str, template: str | None) -> str:
+    """The problem's reason (Dutch, as the other problems'), with the error as the ladder stored it."""
+    if kind == UNKNOWN:
+        return f"mail mogelijk bezorgd, niet opnieuw verstuurd: {error}"
+    if kind == OUTAGE:
+        return f"mail niet verstuurd, de storing duurde langer dan de herhaalpogingen: {error}"
+    if kind == NO_RECIPIENT:
+        return f"geen mail verstuurd ({template or 'onbekend'}): {error}"
+    return f"mail niet bezorgd: {error}"
