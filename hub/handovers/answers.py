@@ -12,7 +12,6 @@ from hub.clock import aware
 from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
 from hub.handovers.tables import handovers
-from hub.spine.outbox import add_to_outbox
 from schemas.envelope import trace_id
 from schemas.handover import HandoverStatus
 
@@ -68,13 +67,14 @@ async def record_answer(
         session, r, act, "handover.answered", row, status=status.value, meeting=meeting_planned_at is not None
     )
     if status is HandoverStatus.GEWEIGERD:
-        notice = messages.caseworker_notice(
+        await messages.tell_requester(
+            session,
+            r.mail_topic,
             row,
             template="handover.declined",
             transaction_id=act.transaction_id,
             detail="de ontvanger weigert.",
         )
-        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
     return await get_handover(session, handover_id)
 
 
@@ -123,13 +123,14 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
         )
     ).all()
     for row in rows:
-        notice = messages.caseworker_notice(
+        await messages.tell_requester(
+            session,
+            r.mail_topic,
             row,
             template="handover.unanswered",
             transaction_id=trace_id(row.transaction_id) if row.transaction_id else act.transaction_id,
             detail="de ontvanger heeft niet op tijd geantwoord.",
         )
-        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
         await session.execute(
             update(handovers).where(handovers.c.id == row.id).values(overdue_notified_at=r.clock())
         )

@@ -17,7 +17,6 @@ from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
 from hub.handovers.service import ZORGMELDING, get_handover
 from hub.handovers.tables import handovers
-from hub.spine.outbox import add_to_outbox
 from schemas._base import as_code
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.envelope import Envelope, utcnow
@@ -130,10 +129,14 @@ async def record_lapsed(
         + ", ".join(gaps)
         + "). Vraag zo nodig een nieuwe toestemming en een nieuwe overdracht aan."
     )
-    notice = messages.caseworker_notice(
-        row, template="handover.lapsed", transaction_id=message.transaction_id, detail=detail
+    await messages.tell_requester(
+        session,
+        mail_topic,
+        row,
+        template="handover.lapsed",
+        transaction_id=message.transaction_id,
+        detail=detail,
     )
-    await add_to_outbox(session, mail_topic, notice, key=row.youth_key)
     return True
 
 

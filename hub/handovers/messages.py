@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.notify.service import notify_caseworker
 from schemas.envelope import Envelope
-from schemas.notification import MailNotification
 
 HANDOVER = "Handover"
 HANDOVER_WITHDRAWN = "HandoverWithdrawn"
@@ -66,29 +68,33 @@ def withdrawal_notice(row: Any, *, reason: str, at: datetime, transaction_id: st
     )
 
 
-def caseworker_notice(row: Any, *, template: str, transaction_id: str, detail: str) -> Envelope:
-    """A MailNotification for the requesting caseworker; ids only, never a BSN or a name."""
-    subjects = {
-        "handover.waiting": "Overdracht wacht op toestemming",
-        "handover.unanswered": "Overdracht niet op tijd beantwoord",
-        "handover.declined": "Overdracht geweigerd",
-        "handover.lapsed": "Overdracht niet afgeleverd: de toestemming dekt haar niet meer",
-    }
-    body = (
+_SUBJECTS = {
+    "handover.waiting": "Overdracht wacht op toestemming",
+    "handover.unanswered": "Overdracht niet op tijd beantwoord",
+    "handover.declined": "Overdracht geweigerd",
+    "handover.lapsed": "Overdracht niet afgeleverd: de toestemming dekt haar niet meer",
+}
+
+
+async def tell_requester(
+    session: AsyncSession, mail_topic: str, row: Any, *, template: str, transaction_id: str, detail: str
+) -> None:
+    """Tell the caseworker who asked for the handover (ids only, never a BSN or a name), through the
+    one door for caseworker mail: their delegate reads it while they are away, the mail says for whom;
+    when nobody can read it, that is recorded as a problem and audited, and nothing is queued."""
+    text = (
         f"Overdracht {row.id} (verwijzing {row.referral_id}) naar {row.receiver_organisation}: {detail}\n"
         "Bekijk de overdracht in het overzicht van overdrachten."
     )
-    mail = MailNotification(
-        recipient_caseworker_id=row.from_caseworker,
-        template=template,
-        subject=subjects[template],
-        body_text=body,
-        case_reference=row.referral_id,
-    )
-    return Envelope.new(
-        type_="MailNotification",
-        transaction_id=transaction_id,
-        correlation_id=row.referral_id,
-        source=SOURCE,
-        payload=mail.model_dump(mode="json"),
+    context = {"subject": _SUBJECTS[template], "detail": text, "case_reference": row.referral_id}
+    await notify_caseworker(
+        session,
+        mail_topic,
+        row.from_caseworker,
+        template,
+        context,
+        transaction_id,
+        key=row.youth_key,
+        youth_key=row.youth_key,
+        user=SOURCE,
     )

@@ -199,10 +199,14 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act) -
     if first_time:  # told once, by whichever judges it first
         await audit_handover(session, r, act, "handover.waiting", row, reasons=reasons)
         detail = "er is (nog) geen toestemming die haar dekt (" + ", ".join(reasons) + ")."
-        notice = messages.caseworker_notice(
-            row, template="handover.waiting", transaction_id=act.transaction_id, detail=detail
+        await messages.tell_requester(
+            session,
+            r.mail_topic,
+            row,
+            template="handover.waiting",
+            transaction_id=act.transaction_id,
+            detail=detail,
         )
-        await add_to_outbox(session, r.mail_topic, notice, key=row.youth_key)
     return HandoverStatus.WACHT_OP_TOESTEMMING.value
 
 

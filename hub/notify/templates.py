@@ -23,8 +23,13 @@ MATCH_TYPES = {
 
 
 GREETING = "Beste collega,\n\n"
+# Notices about a warm handover to the caseworker who asked for it: the generic notice, each under
+# its own name (the mail's template says which, in the mail queue and the audit log).
+HANDOVER_NOTICES = frozenset(
+    {"handover.waiting", "handover.unanswered", "handover.declined", "handover.lapsed"}
+)
 # The templates with a line for a delegate (the borging mail is addressed to the delegate already).
-BEHALF_TEMPLATES = frozenset({"match", "notice"})
+BEHALF_TEMPLATES = frozenset({"match", "notice", *HANDOVER_NOTICES})
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ TEMPLATES: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
     "match": match_mail,
     "borging": borging_mail,
     "notice": notice_mail,
+    **dict.fromkeys(HANDOVER_NOTICES, notice_mail),
 }
 
 
