@@ -36,7 +36,9 @@ POLITIE_DECISION = Topic("partner.politie.decision.v1", description="intake deci
 REFERRAL_RECEIVED = Topic("referral.received.v1", description="canonical referrals from every connector")
 REFERRAL_DECIDED = Topic("referral.decided.v1", description="intake decisions")
 HANDOVER_REQUESTED = Topic("handover.requested.v1", description="caseworker asks for a warm handover")
-HANDOVER_STATUS = Topic("handover.status.v1", description="receivers answer handovers")
+# No receiver may write this one: a record here names its sender only in its envelope, which nobody
+# checks. Routing dead-letters whatever arrives; answers go on `handover_answers(<type>)`.
+HANDOVER_STATUS = Topic("handover.status.v1", description="retired: answers go on handover.answers.<type>.v1")
 HANDOVER_DISPATCH = Topic("handover.dispatch.v1", description="consent-checked handovers to deliver")
 VERWIJSINDEX_SIGNAL = Topic("verwijsindex.signal.v1", description="signal commands to the Verwijsindex")
 VERWIJSINDEX_MATCH = Topic("verwijsindex.match.v1", description="matches from the Verwijsindex")
@@ -53,23 +55,31 @@ RETRY_LADDERS = {
 
 HANDOVER_RECEIVERS = ("jongerenwerk", "wijkteam", "jeugdhulp", "verslavingszorg")
 
+
+def handover_outbound(receiver: str) -> Topic:
+    """The topic a Kafka-speaking handover receiver reads."""
+    return Topic(f"handover.outbound.{receiver}.v1", description=f"warm handovers to {receiver}")
+
+
+def handover_answers(receiver: str) -> Topic:
+    """The topic a Kafka-speaking handover receiver answers on: only the principal that reads
+    `handover_outbound(receiver)` may write it (deploy/ ACLs), so the topic says who answers."""
+    return Topic(f"handover.answers.{receiver}.v1", description=f"answers of the {receiver} receiver")
+
+
 # Topics a component consumes get a DLQ; those behind the retry ladder also get a retry topic.
 CONSUMED: tuple[Topic, ...] = (
     POLITIE_REFERRAL,
     REFERRAL_RECEIVED,
     HANDOVER_REQUESTED,
     HANDOVER_STATUS,
+    *(handover_answers(r) for r in HANDOVER_RECEIVERS),
     HANDOVER_DISPATCH,
     VERWIJSINDEX_SIGNAL,
     VERWIJSINDEX_MATCH,
     NOTIFICATION_MAIL,
 )
 WITH_RETRY: tuple[Topic, ...] = (VERWIJSINDEX_SIGNAL, NOTIFICATION_MAIL, HANDOVER_DISPATCH)
-
-
-def handover_outbound(receiver: str) -> Topic:
-    """The topic a Kafka-speaking handover receiver reads."""
-    return Topic(f"handover.outbound.{receiver}.v1", description=f"warm handovers to {receiver}")
 
 
 def all_topics() -> list[Topic]:
@@ -86,6 +96,7 @@ def all_topics() -> list[Topic]:
         VERWIJSINDEX_MATCH,
         NOTIFICATION_MAIL,
         *(handover_outbound(r) for r in HANDOVER_RECEIVERS),
+        *(handover_answers(r) for r in HANDOVER_RECEIVERS),
     ]
     extra = [
         Topic(t.dlq, retention_ms=30 * DAY_MS, description=f"dead letters of {t.name}") for t in CONSUMED

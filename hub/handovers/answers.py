@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.audit import AuditEntry
 from hub.clock import aware
 from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
@@ -76,6 +78,59 @@ async def record_answer(
             detail="de ontvanger weigert.",
         )
     return await get_handover(session, handover_id)
+
+
+def kafka_answer_refusal(
+    topic: str, outbound: str, readers: Sequence[str], sender: str, handover_id: str, receiver: str | None
+) -> str | None:
+    """Why an answer on a receiver type's answers `topic` is not taken, or None when it is.
+
+    Kafka records carry no verified sender; the topic does: only the principal that reads that type's
+    `outbound` topic may write `topic` (deploy/ ACLs). So the one organisation that reads `outbound`
+    (`kafka_readers`) answers on it, naming itself as the `sender`, and only for handovers sent to it
+    (`receiver`, None for a handover the hub does not know: record_answer says so). With no reader,
+    or two, nobody's answers can come from it: a receiver with a webhook answers over HTTP."""
+    if len(readers) != 1:
+        held = "no organisation" if not readers else f"{len(readers)} organisations ({', '.join(readers)})"
+        return (
+            f"{outbound} is read by {held} over Kafka, so {topic} answers for none; "
+            "a receiver with a webhook answers over HTTP"
+        )
+    organisation = readers[0]
+    if sender != organisation:
+        return (
+            f"the answer names {sender!r} as its sender, but {topic} is written by {organisation!r} "
+            f"(the reader of {outbound}) only"
+        )
+    if receiver is not None and receiver != organisation:
+        return (
+            f"handover {handover_id} went to {receiver!r}, not to {organisation!r}, which answers on {topic}"
+        )
+    return None
+
+
+def refused_answer_audit(
+    row: Any, *, user: str, topic: str, sender: str, status: str | None
+) -> list[AuditEntry]:
+    """The audit entry of an answer refused for who sent it (rule 18: someone acted on a youth's
+    handover): `user` the writer the topic proves, if any; `sender` the one the record named. No
+    entry for an answer to a handover the hub does not know (`row` None): it touched no youth."""
+    if row is None:
+        return []
+    entry = AuditEntry(
+        action="handover.answer_refused",
+        user=user,
+        youth_key=row.youth_key,
+        objects={
+            "handover_id": row.id,
+            "referral_id": row.referral_id,
+            "topic": topic,
+            "claimed_sender": sender,
+            "status": status,
+        },
+        legal_basis=row.legal_basis,
+    )
+    return [entry]
 
 
 def _already(row: Any, status: HandoverStatus, reason: str | None) -> bool:

@@ -6,11 +6,17 @@ import asyncio
 import contextlib
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from connectors.receivers.component import register_receivers
 from hub.errors import PermanentError
-from hub.handovers.answers import notify_unanswered, record_answer
+from hub.handovers.answers import (
+    kafka_answer_refusal,
+    notify_unanswered,
+    record_answer,
+    refused_answer_audit,
+)
+from hub.handovers.receivers import kafka_readers
 from hub.handovers.service import (
     Act,
     HandoverProblem,
@@ -24,17 +30,25 @@ from hub.handovers.service import (
 from hub.logging import get_logger
 from hub.runtime import Hub
 from hub.spine import Tx
+from hub.spine.consumer import DeadLetter
 from hub.spine.dlq import safe_error_message
-from hub.topics import HANDOVER_DISPATCH, HANDOVER_REQUESTED, HANDOVER_STATUS, NOTIFICATION_MAIL
+from hub.topics import (
+    HANDOVER_DISPATCH,
+    HANDOVER_REQUESTED,
+    HANDOVER_STATUS,
+    NOTIFICATION_MAIL,
+    handover_answers,
+    handover_outbound,
+)
 from schemas._base import CanonicalModel, Code, Moment, ShortText
 from schemas.envelope import Envelope, new_id
-from schemas.handover import Handover, HandoverStatus
+from schemas.handover import Handover, HandoverStatus, ReceiverType
 
 log = get_logger(__name__)
 
 
 class HandoverAnswer(CanonicalModel):
-    """A receiver's answer, on handover.status.v1 or POST /api/v1/overdrachten/{id}/status."""
+    """A receiver's answer, on handover.answers.<type>.v1 or POST /api/v1/overdrachten/{id}/status."""
 
     handover_id: Code | None = None
     status: HandoverStatus
@@ -57,7 +71,8 @@ def routing_of(hub: Hub) -> Routing:
 
 
 def register_routing(hub: Hub) -> None:
-    """Consume handover.requested.v1 and handover.status.v1; watch for unanswered handovers."""
+    """Consume handover.requested.v1 and each receiver type's handover.answers.<type>.v1 (and refuse
+    what arrives on the retired handover.status.v1); watch for unanswered handovers."""
     assert hub.spine is not None
     r = routing_of(hub)
     group = hub.group("routing")
@@ -84,24 +99,77 @@ def register_routing(hub: Hub) -> None:
                 raise PermanentError(str(exc)) from None
         await route(tx.session, r, str(handover_id), act)
 
+    answers = hub.group("routing-answers")  # own group: joining it does not rebalance the requests consumer
+    for receiver_type in ReceiverType:
+        _take_answers(hub, r, receiver_type, answers)
+
     @hub.spine.subscribe(
         hub.topic(HANDOVER_STATUS.name),
-        group=hub.group("routing-answers"),  # own group: joining it does not rebalance the requests consumer
+        group=answers,
         dlq=hub.topic(HANDOVER_STATUS.dlq),
-        title="routing:answers",
+        title="routing:answers:shared",
+    )
+    async def refuse_shared_answer(tx: Tx, message: Envelope) -> None:
+        """handover.status.v1 takes no answers: any receiver could write it, naming any sender."""
+        try:
+            answer: HandoverAnswer | None = HandoverAnswer.model_validate(message.payload)
+        except ValidationError:
+            answer = None  # refused all the same, for the same reason
+        row = None
+        if answer is not None and answer.handover_id is not None:
+            row = await get_handover(tx.session, answer.handover_id)
+        refusal = PermanentError(
+            f"{HANDOVER_STATUS.name} takes no answers (its records name their sender only in the envelope, "
+            f"which nobody checks): receivers answer on {handover_answers('<type>').name} (the type whose "
+            "handover.outbound.<type>.v1 they read) or over HTTP"
+        )
+        audit = refused_answer_audit(
+            row,
+            user=f"{HANDOVER_STATUS.name} (kafka)",
+            topic=HANDOVER_STATUS.name,
+            sender=message.source,
+            status=answer.status.value if answer is not None else None,
+        )
+        raise DeadLetter(refusal, audit=audit)
+
+    hub.background["routing-unanswered"] = lambda: _watch_unanswered(hub, r)
+    register_receivers(hub)
+
+
+def _take_answers(hub: Hub, r: Routing, receiver_type: ReceiverType, group: str) -> None:
+    """Consume `receiver_type`'s answers topic: answers of the one organisation reading its outbound topic."""
+    assert hub.spine is not None
+    name = receiver_type.value.lower()
+    topic, outbound = handover_answers(name), handover_outbound(name)
+
+    @hub.spine.subscribe(
+        hub.topic(topic.name), group=group, dlq=hub.topic(topic.dlq), title=f"routing:answers:{name}"
     )
     async def keep_answer(tx: Tx, message: Envelope) -> None:
-        """A Kafka-speaking receiver's answer (the record's source is the receiver organisation)."""
+        """A Kafka-speaking receiver's answer; the topic, not the record, says which organisation sent it."""
         answer = HandoverAnswer.model_validate(message.payload)
         if answer.handover_id is None:
             raise PermanentError("answer without handover_id")
-        act = Act(user=message.source, transaction_id=tx.transaction_id, on_behalf_of=message.source)
+        row = await get_handover(tx.session, answer.handover_id)
+        readers = await kafka_readers(tx.session, receiver_type)
+        receiver = row.receiver_organisation if row is not None else None
+        why = kafka_answer_refusal(
+            topic.name, outbound.name, readers, message.source, answer.handover_id, receiver
+        )
+        if why is not None:
+            user = readers[0] if len(readers) == 1 else f"{topic.name} (kafka)"
+            audit = refused_answer_audit(
+                row, user=user, topic=topic.name, sender=message.source, status=answer.status.value
+            )
+            raise DeadLetter(PermanentError(why), audit=audit)
+        organisation = readers[0]
+        act = Act(user=organisation, transaction_id=tx.transaction_id, on_behalf_of=organisation)
         try:
             await record_answer(
                 tx.session,
                 r,
                 answer.handover_id,
-                message.source,
+                organisation,
                 answer.status,
                 act,
                 reason=answer.reason,
@@ -109,9 +177,6 @@ def register_routing(hub: Hub) -> None:
             )
         except HandoverProblem as exc:
             raise PermanentError(str(exc)) from None
-
-    hub.background["routing-unanswered"] = lambda: _watch_unanswered(hub, r)
-    register_receivers(hub)
 
 
 ROUTING = "routing"  # who acts in the periodic check, in the audit log

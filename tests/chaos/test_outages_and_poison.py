@@ -58,6 +58,7 @@ from hub.store.tables import audit_log, outbox
 from hub.topics import (
     CONSUMED,
     HANDOVER_DISPATCH,
+    HANDOVER_RECEIVERS,
     HANDOVER_REQUESTED,
     HANDOVER_STATUS,
     NOTIFICATION_MAIL,
@@ -68,6 +69,7 @@ from hub.topics import (
     VERWIJSINDEX_MATCH,
     VERWIJSINDEX_SIGNAL,
     Topic,
+    handover_answers,
     handover_outbound,
 )
 from schemas.caseworker import ContactDetails
@@ -96,6 +98,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 PER_TOPIC = 5000 if LONG else 1000  # good records on each consumed topic
 POISON_EACH = PER_TOPIC // 1000  # about one poison record per thousand
 RECEIVER = "jeugdhulp-dh"  # a handover receiver that reads its own Kafka topic
+ANSWERS = handover_answers("jeugdhulp")  # where RECEIVER answers
+RECEIVER_ANSWERS = tuple(handover_answers(r) for r in HANDOVER_RECEIVERS)
 CONNECTOR = "boa-kafka-connector"  # a connector publishing canonical referrals
 # Every topic the hub consumes and the component (consumer group) that reads it; the test checks
 # this against what the running hub subscribed, so a new subscription without poison fails here.
@@ -104,6 +108,7 @@ CONSUMERS = {
     REFERRAL_RECEIVED: "intake",
     HANDOVER_REQUESTED: "routing",
     HANDOVER_STATUS: "routing-answers",
+    **dict.fromkeys(RECEIVER_ANSWERS, "routing-answers"),
     HANDOVER_DISPATCH: "receivers",
     VERWIJSINDEX_SIGNAL: "verwijsindex",
     VERWIJSINDEX_MATCH: "notify",
@@ -147,7 +152,7 @@ def poison_for(topic: Topic, i: int) -> Poison:
     if topic == HANDOVER_REQUESTED:  # a handover the hub does not know, and not a whole one either
         bad = Envelope(type="HandoverRequested", source="zaaksysteem", payload={"handover_id": tag})
         return Poison(as_record(bad, tag), "ValidationError")
-    if topic == HANDOVER_STATUS:  # an answer to a handover this receiver never got
+    if topic == HANDOVER_STATUS or topic in RECEIVER_ANSWERS:  # an answer to a handover nobody got
         bad = Envelope(
             type="HandoverAnswer", source=RECEIVER, payload={"handover_id": tag, "status": "ONTVANGEN"}
         )
@@ -313,7 +318,9 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
             )
             for h, key in handover_keys.items()
         ],
-        HANDOVER_STATUS: [  # sent once routing dispatched the handovers, as the receiver answers them
+        HANDOVER_STATUS: [],  # the retired shared topic: only its poison
+        **{t: [] for t in RECEIVER_ANSWERS if t != ANSWERS},  # types without a Kafka receiver: poison only
+        ANSWERS: [  # sent once routing dispatched the handovers, as the receiver answers them
             as_record(
                 Envelope(
                     type="HandoverAnswer",
@@ -362,7 +369,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
                 p.partition, p.offset = partition, offset
 
         since = utcnow() - timedelta(seconds=1)
-        first = [t for t in streams if t != HANDOVER_STATUS]
+        first = [t for t in streams if t != ANSWERS]
         for topic in first:  # on each topic a run of good records, the poison, then the rest
             await send(topic, streams[topic][: len(streams[topic]) // 2])
         for topic in first:  # (dispatch and mail: between what the hub itself publishes there)
@@ -379,7 +386,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
 
         ids = list(handover_keys)
         waiting = rows(handovers, handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
-        answers = dict(zip(ids, streams[HANDOVER_STATUS], strict=True))
+        answers = dict(zip(ids, streams[ANSWERS], strict=True))
         answered: list[str] = []
 
         async def answer_what_was_sent() -> bool:
@@ -390,11 +397,11 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
                 ).scalars()
                 new = [h for h in out if h not in set(answered)]
             if new:
-                await send(HANDOVER_STATUS, [answers[h] for h in new])
+                await send(ANSWERS, [answers[h] for h in new])
             halfway = len(answered) < len(ids) // 2 <= len(answered) + len(new)
             answered.extend(new)
             if halfway:
-                await send_poison(HANDOVER_STATUS)
+                await send_poison(ANSWERS)
             return len(answered) == len(ids)
 
         await wait_for(answer_what_was_sent, timeout_s=300, interval_s=0.5)  # 8 x 1000 records on SQLite
@@ -408,9 +415,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
                 ),
                 HANDOVER_REQUESTED: len(ids) - await count(waiting),
                 HANDOVER_DISPATCH: await count(rows(handovers, handovers.c.delivered_at.is_not(None))),
-                HANDOVER_STATUS: await count(
-                    rows(handovers, handovers.c.status == HandoverStatus.ONTVANGEN.value)
-                ),
+                ANSWERS: await count(rows(handovers, handovers.c.status == HandoverStatus.ONTVANGEN.value)),
                 VERWIJSINDEX_SIGNAL: 2 * len(_withdrawn(simulator, traffic)),
                 VERWIJSINDEX_MATCH: await count(
                     rows(audit_log, audit_log.c.action == "verwijsindex.match_disclosed")

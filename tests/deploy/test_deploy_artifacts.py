@@ -86,6 +86,11 @@ CONTRACT_TOPICS = frozenset(
         "referral.decided.v1",
         "handover.requested.v1",
         "handover.status.v1",
+        "handover.answers.jongerenwerk.v1",
+        "handover.answers.wijkteam.v1",
+        "handover.answers.jeugdhulp.v1",
+        "handover.answers.verslavingszorg.v1",
+        "handover.answers.jeugdhulp.dlq.v1",
         "verwijsindex.signal.v1",
         "verwijsindex.signal.retry.v1",
         "verwijsindex.signal.dlq.v1",
@@ -303,6 +308,37 @@ def test_compose_runs_each_component_as_its_own_service_after_migration() -> Non
     assert len(passwords) == len(HUB_COMPONENTS), "each component has its own Kafka credential"
     for component in CONSUMER_COMPONENTS:
         assert services[component]["deploy"]["replicas"] >= 2
+
+
+def test_kafka_init_lets_each_receiver_type_read_its_handovers_and_write_only_its_answers() -> None:
+    """The hub takes an answer as the organisation reading that type's handovers because only that
+    principal may write the type's answers topic: a receiver writing anything else could answer in
+    another's name."""
+    from hub.topics import HANDOVER_RECEIVERS
+
+    script = _kafka_script("kafka-init")
+    (listed,) = re.findall(r'^receivers="([^"]*)"$', script, flags=re.MULTILINE)
+    assert listed.split() == list(HANDOVER_RECEIVERS)
+    assert 'for r in $$receivers; do scram_user "receiver-$$r"; done' in script
+    assert 'for r in $$receivers; do receiver_acls "$$r"; done' in script
+    function = script[script.index("receiver_acls() {") :]
+    function = function[: function.index("\n}")]
+    grants = re.findall(r'^\s*allow "receiver-\$\$1" (.*)$', function, flags=re.MULTILINE)
+    topics = sorted(g for g in grants if "--topic" in g)
+    assert topics == [
+        '--topic "handover.answers.$$1.v1" --operation Write --operation Describe',
+        '--topic "handover.outbound.$$1.v1" --operation Read --operation Describe',
+    ]
+    groups = [g for g in grants if "--group" in g]
+    assert groups == [
+        '--resource-pattern-type prefixed --group "receiver-$$1" --operation Read --operation Describe'
+    ]
+    assert len(grants) == 3
+    # nobody outside the hub's own principals may write the retired shared answers topic
+    assert not [line for line in script.splitlines() if "allow" in line and "handover.status" in line]
+    secrets = set(_compose()["services"]["kafka-init"]["secrets"])
+    for receiver in HANDOVER_RECEIVERS:
+        assert f"kafka-receiver-{receiver}-password" in secrets
 
 
 @pytest.mark.parametrize("name", ["kafka-start", "kafka-init"])

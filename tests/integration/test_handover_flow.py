@@ -979,14 +979,14 @@ async def test_kafka_answers_go_forward_only_and_a_repeat_is_no_dead_letter(
         ]
         await produce(
             kafka.bootstrap,
-            w.hub.topic("handover.status.v1"),
+            w.hub.topic("handover.answers.jeugdhulp.v1"),
             [
                 (key.encode(), a.to_bytes(), [(k, v.encode()) for k, v in a.header_map().items()])
                 for a in answers
             ],
         )
         dead = await read_topic(
-            kafka.bootstrap, w.hub.topic("handover.status.dlq.v1"), expect=1, settle_s=1.0
+            kafka.bootstrap, w.hub.topic("handover.answers.jeugdhulp.dlq.v1"), expect=1, settle_s=1.0
         )
         assert [headers_of(d)["message-id"] for d in dead] == [answers[-1].message_id]
         assert "GEACCEPTEERD" in headers_of(dead[0])[DLQ_EXC_MESSAGE]
