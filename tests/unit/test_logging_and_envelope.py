@@ -31,6 +31,20 @@ def test_bsn_like_numbers_are_redacted_everywhere() -> None:
 def test_redaction_leaves_ids_and_dates_alone() -> None:
     text = "order 12345 at 2025-01-31 uuid 3f2a9c1e-1111-2222-3333-444455556666"
     assert redact_text(text) == text
+    # one UUID in about forty begins with eight digits: it stood alone before its first dash
+    digits_first = "handover 12345678-6e01-4a2b-9c3d-112233445566 went to jeugdhulp-dh"
+    assert redact_text(digits_first) == digits_first
+
+
+def test_a_bsn_beside_a_uuid_or_in_what_only_looks_like_one_is_still_redacted() -> None:
+    for text in (
+        f"{BSN}-6e01-4a2b-9c3d-112233445566-x",  # no UUID: nine digits first
+        f"12345678-6e01-4a2b-9c3d-112233445566-{BSN}",  # glued to a UUID: not one itself
+        f"12345678-6e01-4a2b-9c3d-1122334455667 and {BSN}",  # a group too long
+        f"({BSN})-(12345678)",
+    ):
+        out = redact_text(text)
+        assert BSN not in out and REDACTED in out, (text, out)
 
 
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
