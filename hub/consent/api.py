@@ -217,8 +217,21 @@ def _too_few(exc: TooFewCustodians, field: str) -> Problem:
         if exc.named >= exc.shown
         else f"de toestemming bevat antwoorden van {exc.shown} verschillende gezaghebbers"
     )
-    if exc.shown > MAX_CUSTODIANS:  # more than can hold custody: a role given wrongly
-        known += f", terwijl het gezag bij hoogstens {MAX_CUSTODIANS} mensen berust: controleer hun rollen"
+    if exc.shown > MAX_CUSTODIANS:  # more than can hold custody: a role given wrongly, not a number
+        return Problem(
+            422,
+            "Te veel gezaghebbers",
+            f"De toestemming bevat antwoorden van {exc.shown} verschillende gezaghebbers, terwijl het "
+            f"gezag bij hoogstens {MAX_CUSTODIANS} mensen berust: controleer de rol van ieder die "
+            "antwoordde (OUDER_MET_GEZAG, VOOGD of een andere) en leg de toestemming opnieuw vast.",
+            params=[
+                InvalidParam(
+                    name="grantors" if field == "custodians" else "verification",  # JSON or FHIR
+                    reason=f"{exc.shown} verschillende gezaghebbers",
+                    allowed=f"hoogstens {MAX_CUSTODIANS}",
+                )
+            ],
+        )
     return Problem(
         422,
         "Aantal gezaghebbers te laag",
@@ -229,7 +242,7 @@ def _too_few(exc: TooFewCustodians, field: str) -> Problem:
             InvalidParam(
                 name=field,
                 reason=f"lager dan de {exc.shown} gezaghebbers die al bekend zijn",
-                allowed=f"een geheel getal van {min(exc.shown, MAX_CUSTODIANS)} tot en met {MAX_CUSTODIANS}",
+                allowed=f"een geheel getal van {exc.shown} tot en met {MAX_CUSTODIANS}",
             )
         ],
     )

@@ -18,14 +18,9 @@ LATEST_FIRST = (referrals.c.received_at.desc(), referrals.c.id.desc())
 
 
 async def named_for(session: AsyncSession, youth_key: str) -> int:
-    """How many people the youth's latest referral names as holding custody (0: none, or no
-    referral): a lower bound of the number rule 8 counts, see `hub.consent.rules.named_custodians`."""
-    row = (
-        await session.execute(
-            select(referrals.c.referral)
-            .where(referrals.c.youth_key == youth_key)
-            .order_by(*LATEST_FIRST)
-            .limit(1)
-        )
-    ).first()
-    return named_custodians(Referral.model_validate(row.referral)) if row is not None else 0
+    """How many people the youth's referrals name as holding custody, the most any one of them
+    names (0: none, or no referral): a lower bound of the number rule 8 counts, see
+    `hub.consent.rules.named_custodians`. Not the latest referral's alone: a BOA or leerplicht
+    referral names one parent at most, and would lower what an earlier police referral showed."""
+    rows = await session.execute(select(referrals.c.referral).where(referrals.c.youth_key == youth_key))
+    return max((named_custodians(Referral.model_validate(r.referral)) for r in rows), default=0)

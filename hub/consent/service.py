@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.consent.custody import named_for
-from hub.consent.rules import completeness, custodians_shown
+from hub.consent.rules import Required, completeness, custodians_shown
 from hub.consent.store import StoredConsent, get_consent, insert_consent, mark_withdrawn
 from hub.handovers.service import Act, Routing, apply_withdrawal, recheck_waiting
 from schemas.consent import Consent, ConsentStatus
@@ -44,13 +44,15 @@ async def record_consent(
     """Check the number of custodians stated, store, audit, and send the youth's waiting handovers
     that this consent now covers."""
     named = await named_for(session, youth_key)
+    check = completeness(consent, named=named)
     shown = custodians_shown(consent, named=named)
-    if consent.custodians is not None and consent.custodians < shown:
+    # only where rule 8 asks for the custodians (under 16): at 16 the number decides nothing
+    asked = Required.GEZAGHEBBERS in check.required
+    if asked and consent.custodians is not None and consent.custodians < shown:
         raise TooFewCustodians(consent.custodians, shown, named)
     stored = await insert_consent(
         session, consent, youth_key=youth_key, referral_id=referral_id, transaction_id=act.transaction_id
     )
-    check = completeness(stored.consent, named=named)
     await write_audit(
         session,
         AuditEntry(

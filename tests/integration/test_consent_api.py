@@ -564,15 +564,31 @@ async def test_a_number_of_custodians_below_what_is_known_is_refused_with_422(
         )
         assert bsn not in answer.text and not any(name in answer.text for name in NAMES)
 
-        # the consent itself records three custodians answering: three at least
-        rid17, _ = await w.referral(17, custodians=0)
+        # a later referral naming fewer (a BOA or leerplicht one names one parent at most) does not
+        # lower what an earlier one showed: still two at least
+        await _referral_again(w, rid, 1)
+        again = await w.client.post(
+            "/api/v1/toestemmingen", json={**body, "custodians": 1}, headers={"X-Medewerker": CW}
+        )
+        assert again.status_code == 422, again.text
+
+        # the consent itself records three custodians answering: more than can hold custody, so
+        # a role is wrong, whatever the number (which cannot be 3)
+        rid13, _ = await w.referral(13, custodians=0)
         three = {
-            **_json_consent(rid17, *[datetime.now(UTC).isoformat()] * 4),
+            **_json_consent(rid13, *[datetime.now(UTC).isoformat()] * 4),
             "custodians": 2,
         }
         answer = await w.client.post("/api/v1/toestemmingen", json=three, headers={"X-Medewerker": CW})
         assert answer.status_code == 422, answer.text
+        assert answer.json()["title"] == "Te veel gezaghebbers"
         assert "3 verschillende gezaghebbers" in answer.json()["detail"]
+        assert [p["name"] for p in answer.json()["invalidParams"]] == ["grantors"]
+        # at 16 and over the youth alone decides: a number stated below the referral's decides nothing
+        rid17, _ = await w.referral(17, custodians=2)
+        alone = {**_json_consent(rid17, datetime.now(UTC).isoformat()), "custodians": 1}
+        answer = await w.client.post("/api/v1/toestemmingen", json=alone, headers={"X-Medewerker": CW})
+        assert answer.status_code == 201 and answer.json()["complete"], answer.text
 
         # the same through FHIR: the number is an extension, and the problem names it
         ok = await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
@@ -600,7 +616,7 @@ async def test_a_number_of_custodians_below_what_is_known_is_refused_with_422(
             )
             assert answer.status_code == 400, (wrong, answer.text)
             assert [p["name"] for p in answer.json()["invalidParams"]] == ["custodians"]
-        assert len(await w.audit("consent.recorded")) == 1  # only the one that was right
+        assert len(await w.audit("consent.recorded")) == 2  # the 17-year-old's and the right one
 
 
 async def test_no_number_under_16_is_incomplete_and_every_view_says_why(
