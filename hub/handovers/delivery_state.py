@@ -102,19 +102,22 @@ async def record_lapsed(
 ) -> bool:
     """Rule 9: a dispatched handover whose consent no longer covers it does not leave. It ends
     VERLOPEN (INGETROKKEN when its consent was withdrawn), audited, and its caseworker is told, in
-    the caller's transaction. False when the handover was decided otherwise meanwhile."""
+    the caller's transaction. False when the handover was decided otherwise meanwhile.
+
+    A consent that is only no longer complete (rule 8: a custodian named since, or a number of
+    custodians a consent recorded before it was asked for lacks) can be made whole: the handover
+    waits again (WACHT_OP_TOESTEMMING) rather than ending, and goes once a complete consent is
+    recorded, as any waiting handover does."""
     handover_id = as_code(message.payload.get("handover_id"))
     row = await get_handover(session, handover_id, lock=True) if handover_id is not None else None
     if row is None or row.status != HandoverStatus.VERZONDEN.value or row.delivered_at is not None:
         return False
+    if set(gaps) == {Gap.ONVOLLEDIG.value}:
+        await _wait_again(session, row, message, gaps, mail_topic=mail_topic)
+        return True
     withdrawn = Gap.INGETROKKEN.value in gaps
     status = HandoverStatus.INGETROKKEN if withdrawn else HandoverStatus.VERLOPEN
-    if withdrawn:
-        reason = "TOESTEMMING_INGETROKKEN"
-    elif set(gaps) == {Gap.ONVOLLEDIG.value}:  # a custodian since known, whose permit is missing
-        reason = "TOESTEMMING_ONVOLLEDIG"
-    else:
-        reason = "TOESTEMMING_VERLOPEN"
+    reason = "TOESTEMMING_INGETROKKEN" if withdrawn else "TOESTEMMING_VERLOPEN"
     await session.execute(
         update(handovers)
         .where(handovers.c.id == row.id)
@@ -138,6 +141,39 @@ async def record_lapsed(
         detail=detail,
     )
     return True
+
+
+async def _wait_again(
+    session: AsyncSession, row: Any, message: Envelope, gaps: tuple[str, ...], *, mail_topic: str
+) -> None:
+    """Back to waiting for a complete consent: not sent, under no consent, told and audited."""
+    await session.execute(
+        update(handovers)
+        .where(handovers.c.id == row.id)
+        .values(
+            status=HandoverStatus.WACHT_OP_TOESTEMMING.value,
+            consent_id=None,
+            sent_at=None,
+            waiting_reasons=list(gaps),
+            updated_at=utcnow(),
+        )
+    )
+    await _audit(
+        session, "handover.waiting_again", SYSTEM, row, message, consent_id=row.consent_id, gaps=list(gaps)
+    )
+    detail = (
+        "zij is niet afgeleverd, want de toestemming is niet volledig (regel 8: de toestemming van "
+        "iedere gezaghebber, en hun aantal). Leg de toestemming opnieuw vast met het aantal "
+        "gezaghebbers en hun toestemming; dan gaat de overdracht alsnog."
+    )
+    await messages.tell_requester(
+        session,
+        mail_topic,
+        row,
+        template="handover.waiting",
+        transaction_id=message.transaction_id,
+        detail=detail,
+    )
 
 
 async def hold_for_delivery(session: AsyncSession, message: Envelope) -> None:

@@ -17,7 +17,7 @@ from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, FHIR_
 from hub.consent.tables import consents
 from hub.embedded import EmbeddedKafka
 from tests.helpers.kafka import wait_for
-from tests.integration.test_handover_flow import CW, TODAY, world
+from tests.integration.test_handover_flow import CW, TODAY, _queued, world
 
 pytestmark = pytest.mark.integration
 
@@ -685,8 +685,9 @@ async def test_no_number_under_16_is_incomplete_and_every_view_says_why(
 async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_at_delivery(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    """Every judgement of a consent takes the custodians named from the youth's latest referral: the
-    check when a handover leaves judged without them, and let go what routing would not."""
+    """Every judgement of a consent takes the custodians the youth's referrals name: the check when
+    a handover leaves judged without them, and let go what routing would not. A handover stopped
+    there only for that waits again, and goes once the consent is recorded whole."""
     async with world(kafka, db_url, unique) as w:
         w.receiver.down = True
         rid, key = await w.referral(14, custodians=1)
@@ -712,14 +713,16 @@ async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_
             state = await w.status(hid)
             return state if w.receiver.handovers() or state["status"] != "VERZONDEN" else None
 
+        # it did not leave, and it waits again rather than ending: the consent can be made whole
         state = await wait_for(decided, timeout_s=30)
         assert w.receiver.handovers() == []
-        assert state["status"] == "VERLOPEN" and state["delivered_at"] is None
-        assert state["status_reason"] == "TOESTEMMING_ONVOLLEDIG"
-        (lapsed,) = await w.audit("handover.lapsed")
-        assert lapsed.objects["gaps"] == ["ONVOLLEDIG"]
+        assert (state["status"], state["waiting_reasons"]) == ("WACHT_OP_TOESTEMMING", ["ONVOLLEDIG"])
+        assert state["delivered_at"] is None and state["consent_id"] is None
+        (again,) = await w.audit("handover.waiting_again")
+        assert again.objects["gaps"] == ["ONVOLLEDIG"] and await w.audit("handover.lapsed") == []
+        assert await _queued(w, "notification.mail", "handover.waiting", hid) == 1
 
-        # a new handover under it waits for the second parent's permit
+        # a new handover under it waits for the second parent's permit too
         second = await w.handover(rid)
 
         async def waiting() -> dict[str, Any] | None:
@@ -727,3 +730,9 @@ async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_
             return state if state["waiting_reasons"] else None
 
         assert (await wait_for(waiting))["waiting_reasons"] == ["ONVOLLEDIG"]
+
+        # the consent recorded again, whole: both go, once each
+        await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
+        await wait_for(lambda: len(w.receiver.handovers()) >= 2, timeout_s=30)
+        got = [e.payload["handover_id"] for e in w.receiver.handovers()]
+        assert sorted(got) == sorted([hid, second])
