@@ -81,7 +81,8 @@ async def tell_requester(
 ) -> None:
     """Tell the caseworker who asked for the handover (ids only, never a BSN or a name), through the
     one door for caseworker mail: their delegate reads it while they are away, the mail says for whom;
-    when nobody can read it, that is recorded as a problem and audited, and nothing is queued."""
+    when nobody can read it, the mail connector dead-letters it, a problem for administrators, and
+    its dead letter is replayed once the directory is fixed."""
     text = (
         f"Overdracht {row.id} (verwijzing {row.referral_id}) naar {row.receiver_organisation}: {detail}\n"
         "Bekijk de overdracht in het overzicht van overdrachten."
@@ -97,4 +98,7 @@ async def tell_requester(
         key=row.youth_key,
         youth_key=row.youth_key,
         user=SOURCE,
+        # a notice exists nowhere else: with nobody to read it now, it is dead-lettered when sent and
+        # replayed once the directory is fixed, rather than lost
+        queue_unreachable=True,
     )

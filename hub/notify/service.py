@@ -182,43 +182,36 @@ async def notify_caseworker(
     youth_key: str | None = None,
     day: date | None = None,
     user: str = SYSTEM,
+    queue_unreachable: bool = False,
 ) -> MailNotification | None:
     """Queue a mail for `caseworker_id` (their delegate while they are away); None when nobody can
-    read it, in which case a problem is recorded (and audited) and nothing is queued.
+    read it, in which case a problem is recorded (and audited) and nothing is queued. With
+    `queue_unreachable` it is queued all the same, for a notice that exists nowhere else: the mail
+    connector then dead-letters it (problem `geen_bereikbare_ontvanger`), and once the directory is
+    fixed its dead letter is replayed.
 
     `case_reference` defaults to `context["case_reference"]`. `key` is the Kafka key (the youth
     key keeps per-youth order; default the recipient's id). Templates: "match", "borging" and
     "notice" (context keys subject, detail, case_reference) in hub/notify/templates.py.
     """
     case_reference = case_reference or str(context.get("case_reference") or "onbekend")
+    reader: str | None
     try:
         day = day or (hub.today() if isinstance(hub, _HasToday) else today())
-        recipient = await mail_recipient(session, caseworker_id, day)
+        reader = (await mail_recipient(session, caseworker_id, day)).caseworker_id
     except PermanentError as exc:
-        reason = f"geen mail verstuurd ({template}): {exc}"
-        await record_problem(
-            session,
-            kind=NO_RECIPIENT,
-            caseworker_id=caseworker_id,
-            reference=case_reference,
-            reason=reason,
-            transaction_id=transaction_id,
-        )
-        entry = AuditEntry(
-            action="mail.undeliverable",
-            user=user,
-            youth_key=youth_key,
-            on_behalf_of=caseworker_id,
-            objects={"template": template, "case_reference": case_reference, "reason": NO_RECIPIENT},
-        )
-        await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
-        return None
+        if not queue_unreachable:
+            await _unreachable(
+                session, exc, caseworker_id, template, case_reference, transaction_id, youth_key, user
+            )
+            return None
+        reader = None  # nobody now: the mail connector looks again when it sends, and dead-letters it
     # Rendered without the line for a delegate: the mail connector decides who reads the mail when it
     # is sent, and words it for a delegate then (rules 16, 17).
     ctx = {k: v for k, v in context.items() if k != "on_behalf_of_name"}
     rendered = render(template, ctx)
     mail = MailNotification(
-        recipient_caseworker_id=recipient.caseworker_id,
+        recipient_caseworker_id=reader or caseworker_id,
         for_caseworker_id=caseworker_id,
         template=template,
         subject=rendered.subject,
@@ -236,14 +229,14 @@ async def notify_caseworker(
         source=SYSTEM,
         payload=mail.model_dump(mode="json"),
     )
-    await add_to_outbox(session, mail_topic(hub), message, key=key or recipient.caseworker_id)
+    await add_to_outbox(session, mail_topic(hub), message, key=key or reader or caseworker_id)
     # Queued, not disclosed: `mail.sent` (the mail connector) records the disclosure, to whoever reads
     # the caseworker's mail when it goes out. This names who would read it now.
     objects: dict[str, Any] = {
         "notification_id": mail.notification_id,
         "template": template,
         "for_caseworker_id": caseworker_id,
-        "reader_when_queued": recipient.caseworker_id,
+        "reader_when_queued": reader,  # None: nobody reads their mail now
         "case_reference": case_reference,
     }
     objects.update({k: ctx[k] for k in ("match_id", "signal_ids") if k in ctx})
@@ -251,8 +244,38 @@ async def notify_caseworker(
         action=f"mail.{template}.queued",
         user=user,
         youth_key=youth_key,
-        on_behalf_of=caseworker_id if recipient.caseworker_id != caseworker_id else None,
+        on_behalf_of=caseworker_id if reader != caseworker_id else None,
         objects=objects,
     )
     await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
     return mail
+
+
+async def _unreachable(
+    session: AsyncSession,
+    exc: PermanentError,
+    caseworker_id: str,
+    template: str,
+    case_reference: str,
+    transaction_id: str,
+    youth_key: str | None,
+    user: str,
+) -> None:
+    """Nobody reads `caseworker_id`'s mail: a problem for administrators, audited; nothing queued."""
+    reason = f"geen mail verstuurd ({template}): {exc}"
+    await record_problem(
+        session,
+        kind=NO_RECIPIENT,
+        caseworker_id=caseworker_id,
+        reference=case_reference,
+        reason=reason,
+        transaction_id=transaction_id,
+    )
+    entry = AuditEntry(
+        action="mail.undeliverable",
+        user=user,
+        youth_key=youth_key,
+        on_behalf_of=caseworker_id,
+        objects={"template": template, "case_reference": case_reference, "reason": NO_RECIPIENT},
+    )
+    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)

@@ -12,20 +12,22 @@ from sqlalchemy import select
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.handovers import messages
-from hub.store.tables import audit_log, outbox
+from hub.notify.tables import mail_problems
+from hub.store.tables import audit_log
 from hub.topics import NOTIFICATION_MAIL
 from schemas.caseworker import Absence
-from tests.helpers.kafka import wait_for
+from schemas.envelope import Envelope
+from tests.helpers.kafka import read_topic, wait_for
 from tests.integration.test_mail_delivery import (
     ILSE,
     OMAR,
-    _problem,
     add_caseworkers,
     bodies,
     parse,
     smtp_sink,
     start_mail_hub,
 )
+from tests.integration.test_mail_findings import replay_dead_letter
 
 pytestmark = pytest.mark.integration
 AWAY = [Absence(start=today() - timedelta(days=2), end=today() + timedelta(days=5))]
@@ -46,7 +48,8 @@ async def test_a_handover_notice_reaches_the_delegate_saying_for_whom_and_is_aud
 ) -> None:
     """Handover notices were queued past notify_caseworker: a delegate got them as plain text without
     the line saying for whom, the queueing was not audited, and with nobody to read them they were
-    dead-lettered when sent, as if an address were wrong."""
+    dead-lettered as if an address were wrong. With nobody to read it, it is still queued: it exists
+    nowhere else, and its dead letter is what is replayed once the directory is fixed."""
     async with smtp_sink() as sink:
         hub = await start_mail_hub(kafka, db_url, unique, sink)
         try:
@@ -73,13 +76,23 @@ async def test_a_handover_notice_reaches_the_delegate_saying_for_whom_and_is_aud
             text, html = bodies(parse(sink.memory[0].raw))
             for body in (text, html):
                 assert "als vervanger van Ilse Bakker" in body and row.id in body
-            # nobody reads cw-lone's mail: told as a problem now, nothing queued for them
-            assert await _problem(hub, "geen_bereikbare_ontvanger", nobody.referral_id)
+            # nobody reads cw-lone's mail: the notice exists nowhere else, so it is queued all the
+            # same, dead-lettered when sent (a problem saying so), and replayed once they are back
+            dead = await read_topic(kafka.bootstrap, hub.topic(NOTIFICATION_MAIL.dlq), expect=1, timeout_s=30)
+            assert nobody.id in Envelope.from_bytes(dead[0].value).payload["body_text"]
+
+            async def told() -> bool:
+                async with hub.store.connect() as conn:  # type: ignore[union-attr]
+                    rows = (await conn.execute(select(mail_problems))).all()
+                return [(r.kind, r.caseworker_id) for r in rows] == [("geen_bereikbare_ontvanger", "cw-lone")]
+
+            await wait_for(told)
             async with hub.store.connect() as conn:
                 actions = [a for (a,) in (await conn.execute(select(audit_log.c.action))).all()]
-                queued = [bytes(v) for (v,) in (await conn.execute(select(outbox.c.value))).all()]
-            assert actions.count("mail.handover.waiting.queued") == 1
-            assert actions.count("mail.undeliverable") == 1
-            assert not any(nobody.id.encode() in v for v in queued)
+            assert actions.count("mail.handover.waiting.queued") == 2  # both, the second for nobody yet
+            await add_caseworkers(hub, lone.model_copy(update={"absences": []}))  # back
+            await replay_dead_letter(kafka, hub, dead[0])
+            await wait_for(lambda: len(sink.memory) == 2, timeout_s=30)
+            assert sink.memory[1].rcpt_to == ["lone@halt.nl"]
         finally:
             await hub.stop()
