@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from hub.clock import aware
 from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
 from hub.handovers.tables import handovers
+from hub.logging import redact_text
 from schemas.envelope import trace_id
 from schemas.handover import HandoverStatus
 
@@ -109,6 +111,19 @@ def kafka_answer_refusal(
     return None
 
 
+# An organisation id as the hub registers them ("jongerenwerk-dh"): lowercase, digits and dashes.
+_ORGANISATION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def kept_sender(sender: str) -> str:
+    """What the audit log keeps, for years, of the sender a refused record named: it is the untrusted
+    producer's free text, so only when it looks like an organisation id and holds no BSN-like number;
+    else its length."""
+    if _ORGANISATION_ID.fullmatch(sender) and redact_text(sender) == sender:
+        return sender
+    return f"(geen organisatie-id: {len(sender)} tekens, niet bewaard)"
+
+
 def refused_answer_audit(
     row: Any, *, user: str, topic: str, sender: str, status: str | None
 ) -> list[AuditEntry]:
@@ -125,7 +140,7 @@ def refused_answer_audit(
             "handover_id": row.id,
             "referral_id": row.referral_id,
             "topic": topic,
-            "claimed_sender": sender,
+            "claimed_sender": kept_sender(sender),
             "status": status,
         },
         legal_basis=row.legal_basis,

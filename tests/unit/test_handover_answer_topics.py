@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.handovers.answers import kafka_answer_refusal
+from hub.handovers.answers import kafka_answer_refusal, kept_sender
 from hub.topics import CONSUMED, HANDOVER_RECEIVERS, all_topics, handover_answers, handover_outbound
 from schemas.handover import ReceiverType
 
@@ -49,3 +49,12 @@ def test_a_topic_without_exactly_one_kafka_reader_answers_for_nobody() -> None:
     assert "2 organisations (jeugdhulp-dh, jeugdhulp-rijswijk)" in str(
         refusal(["jeugdhulp-dh", "jeugdhulp-rijswijk"], "jeugdhulp-dh")
     )
+
+
+def test_the_audit_log_keeps_a_refused_records_sender_only_when_it_is_an_organisation_id() -> None:
+    """The sender a refused record names is the producer's own free text, kept for years: a name or a
+    BSN typed there was written into the audit log as it came."""
+    assert kept_sender("jongerenwerk-dh") == "jongerenwerk-dh"
+    for text in ("Jan de Vries", "123456782", "jeugd-123456782", "x" * 65, "Jongerenwerk-DH"):
+        kept = kept_sender(text)
+        assert text not in kept and kept.startswith("(geen organisatie-id"), (text, kept)
