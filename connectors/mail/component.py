@@ -52,6 +52,7 @@ from hub.notify.templates import with_behalf
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.tables import parked
 from hub.runtime import Hub
+from hub.signals.tables import signals
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
@@ -101,6 +102,7 @@ class _Sent:
 
     reader_id: str
     youth_key: str | None
+    for_id: str  # whose mail it was when it went (a match mail: the signal's contact then)
 
 
 class MailConnector:
@@ -129,6 +131,9 @@ class MailConnector:
         # message id -> the problem its last failed attempt makes of it, should the ladder dead-letter
         # it: `on_dead` is told the error's text only, and runs in the process that made the attempt
         self._failures: OrderedDict[str, str] = OrderedDict()
+        # notification id -> the caseworker a match mail is for now, when its signal's contact changed
+        # since it was queued (a borging, a contact change): found by `prepare` or `_plan`
+        self._moved: dict[str, str] = {}
 
     @property
     def _ladder_name(self) -> str:
@@ -144,6 +149,29 @@ class MailConnector:
             )
             keys.update({row.message_id: row.key for row in (await session.execute(q)).all()})
         return keys
+
+    async def _now_for(self, session: AsyncSession, mails: Sequence[MailNotification]) -> dict[str, str]:
+        """Match mails whose signal has another contact now than the caseworker they were queued for:
+        notification id -> that contact. A match mail goes to the signal's contact when it is sent,
+        also when it waited (an SMTP outage, a dead letter replayed days later): its former contact
+        may no longer open the signal (rules 16, 17)."""
+        refs = {mail.case_reference for mail in mails if mail.template == "match"}
+        if not refs:
+            return {}
+        q = select(signals.c.signal_id, signals.c.caseworker_id).where(signals.c.signal_id.in_(sorted(refs)))
+        contact = {row.signal_id: row.caseworker_id for row in (await session.execute(q)).all()}
+        return {
+            mail.notification_id: contact[mail.case_reference]
+            for mail in mails
+            if mail.template == "match"
+            and mail.case_reference in contact
+            and contact[mail.case_reference] != addressee(mail)
+        }
+
+    def _as_now(self, mail: MailNotification) -> MailNotification:
+        """The mail for whom it is now (`_now_for`)."""
+        moved = self._moved.get(mail.notification_id)
+        return mail.model_copy(update={"for_caseworker_id": moved}) if moved else mail
 
     async def _absent_names(
         self, session: AsyncSession, mails: Sequence[MailNotification], readers: dict[str, Any]
@@ -168,8 +196,10 @@ class MailConnector:
         self._ready.clear()
         if not pairs:
             return
-        mails = [mail for _, mail in pairs]
         async with self.store.read() as session:
+            self._moved.update(await self._now_for(session, [mail for _, mail in pairs]))
+            pairs = [(message, self._as_now(mail)) for message, mail in pairs]
+            mails = [mail for _, mail in pairs]
             ids = [mail.notification_id for mail in mails]
             q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
             sent = set((await session.execute(q)).scalars()) | (set(ids) & set(self._sent))
@@ -192,6 +222,8 @@ class MailConnector:
         async with self.store.read() as session:  # the consumer's transaction holds the write lock
             if await _was_sent(session, mail.notification_id):
                 return None
+            self._moved.update(await self._now_for(session, [mail]))
+            mail = self._as_now(mail)
             try:
                 reader = await mail_recipient(session, addressee(mail), self.today())
             except CaseworkerNotFound:
@@ -226,6 +258,7 @@ class MailConnector:
         plan = self._ready.pop(mail.notification_id, _NOT_LOOKED_UP)
         if plan is _NOT_LOOKED_UP:
             plan = await self._plan(message, mail)
+        mail = self._as_now(mail)
         if plan is None:
             log.info("mail already sent; not sending again", notification_id=mail.notification_id)
             return
@@ -242,7 +275,8 @@ class MailConnector:
         )
         await self.mailer.send(msg)
         self.last_success = utcnow()
-        self._sent[mail.notification_id] = _Sent(plan.reader.caseworker_id, plan.youth_key)
+        self._sent[mail.notification_id] = _Sent(plan.reader.caseworker_id, plan.youth_key, addressee(mail))
+        self._moved.pop(mail.notification_id, None)
         self._sent.move_to_end(mail.notification_id)
         while len(self._sent) > _SENT_MAX:
             self._sent.popitem(last=False)
@@ -274,7 +308,7 @@ class MailConnector:
             system=SYSTEM,
             transaction_id=message.transaction_id,
             youth_key=sent.youth_key if sent else None,
-            on_behalf_of=addressee(mail),
+            on_behalf_of=sent.for_id if sent else addressee(mail),
             objects=objects,
         )
         return row, entry
@@ -308,6 +342,7 @@ class MailConnector:
         # only for one forgotten among more failures than `_SENT_MAX`
         kind = self._failures.pop(message.message_id, None) or kind_from_text(error)
         payload = message.payload  # it may have failed validation: only what could be a Code is used
+        self._moved.pop(str(payload.get("notification_id")), None)
         await record_problem(
             session,
             kind=kind,

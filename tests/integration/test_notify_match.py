@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -28,6 +29,8 @@ from tests.helpers.kafka import headers_of, read_topic, wait_for
 from tests.integration.test_mail_delivery import (
     ILSE,
     OMAR,
+    PATIENT,
+    _failed_at_least,
     _problem,
     add_caseworkers,
     bodies,
@@ -173,6 +176,37 @@ async def test_a_match_goes_to_the_signals_contact_of_now_not_of_when_it_was_rea
                     audit_log.c.action == "verwijsindex.match_disclosed"
                 )
                 assert list((await conn.execute(query)).scalars()) == ["cw-omar"]
+        finally:
+            await hub.stop()
+
+
+async def test_a_match_mail_waiting_to_be_sent_goes_to_the_contact_of_when_it_is_sent(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The notifier queued the match mail for Ilse; SMTP was down (or the mail was dead-lettered and
+    replayed days later) and the signal moved to Omar meanwhile: the mail still went to Ilse."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink, policy=PATIENT)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            await sink.stop()  # SMTP down: the mail waits on the ladder
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(123_459_900))
+            await wait_for(lambda: _failed_at_least(hub, 1))
+            assert hub.store is not None
+            async with hub.store.transaction() as session:  # a borging, or a PATCH of the contact
+                await request_contact_change(session, hub, signal_id, OMAR, str(uuid.uuid4()), user="cw-ilse")
+            await sink.start()
+            await wait_for(lambda: len(sink.memory) == 1, timeout_s=30)
+            assert sink.memory[0].rcpt_to == ["omar@halt.nl"]
+            text, _ = bodies(parse(sink.memory[0].raw))
+            assert signal_id in text and "vervanger" not in text  # his own signal now, not Ilse's
+
+            async def sent_for() -> list[Any]:
+                async with hub.store.connect() as conn:  # type: ignore[union-attr]
+                    query = select(audit_log.c.on_behalf_of).where(audit_log.c.action == "mail.sent")
+                    return list((await conn.execute(query)).scalars())
+
+            assert await wait_for(sent_for) == ["cw-omar"]
         finally:
             await hub.stop()
 
