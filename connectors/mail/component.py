@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.mail.message import build_message, message_id_for
+from connectors.mail.message import build_message, header_transaction_id, message_id_for
 from connectors.mail.problems import UNKNOWN, kind_from_text, problem_kind, problem_reason
 from connectors.mail.sink import MailSink
 from connectors.mail.smtp import SmtpMailer
@@ -301,6 +301,9 @@ class MailConnector:
         }
         if sent is not None:
             objects["sent_to"] = sent.reader_id
+        in_mail = header_transaction_id(message.transaction_id)
+        if in_mail != message.transaction_id:  # the mail carries the id derived from it: findable by both
+            objects["transaction_id_in_mail"] = in_mail
         entry = audit_row(
             "mail.sent",
             SYSTEM,

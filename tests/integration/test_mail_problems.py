@@ -199,11 +199,13 @@ async def test_the_mail_carries_its_transaction_id_and_no_personal_data_in_it(
             hub.relay.wake()
             await wait_for(lambda: len(sink.memory) == 2, timeout_s=30)
 
-            audited = {
-                row.objects["notification_id"]: row.transaction_id
-                for row in await wait_for(lambda: _two(audit_rows(hub, "mail.sent")))
-            }
+            rows = await wait_for(lambda: _two(audit_rows(hub, "mail.sent")))
+            audited = {row.objects["notification_id"]: row.transaction_id for row in rows}
             assert audited == sent  # what mail.sent records
+            # and the id the mail carries instead of a partner's text, so the mail is found by it
+            in_mail = {
+                row.objects["notification_id"]: row.objects.get("transaction_id_in_mail") for row in rows
+            }
             carried = {}
             for received in sink.memory:
                 msg = parse(received.raw)
@@ -215,6 +217,7 @@ async def test_the_mail_carries_its_transaction_id_and_no_personal_data_in_it(
             # the partner's text is not passed on; the UUID the hub derives from it is, always the same
             derived = carried[by_id[partner_made]]
             assert derived == str(uuid.uuid5(uuid.NAMESPACE_URL, f"ketenhub:transaction:{partner_made}"))
+            assert in_mail == {by_id[partner_made]: derived, by_id[hub_made]: None}
             assert all("123456782" not in m.raw and "Vries" not in m.raw for m in sink.memory)
         finally:
             await hub.stop()
