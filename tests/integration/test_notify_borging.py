@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from connectors.verwijsindex.component import verwijsindex_component
 from connectors.verwijsindex.sim_server import SimulatorServer
@@ -338,12 +339,33 @@ async def test_two_processes_finding_one_problem_at_once_keep_one_row(store: Sto
             )  # fmt: skip
             if n == 1:
                 first_wrote.set()
-                await asyncio.sleep(0.5)  # the second process finds it meanwhile
+                await _until_another_waits_for_a_lock(store)  # the second process finds it meanwhile
 
     await asyncio.gather(find(1), find(2))
     async with store.connect() as conn:
         rows = (await conn.execute(select(mail_problems))).all()
     assert [(r.kind, r.caseworker_id, r.reason) for r in rows] == [(FAILED, "cw-ilse", "borging mislukt (2)")]
+
+
+async def _until_another_waits_for_a_lock(store: Store) -> None:
+    """PostgreSQL: until a session waits for a lock (the second process, on the problem's advisory
+    lock), or five seconds (the code took none: then it wrote its row meanwhile, and the test says
+    so). SQLite: the second waits for the store's one writer; a few turns of the loop let it."""
+    if store.dialect != "postgresql":
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return
+
+    async def waiting() -> bool:
+        async with store.connect() as conn:
+            q = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return bool((await conn.execute(q)).scalar_one())
+
+    with contextlib.suppress(AssertionError):
+        await wait_for(waiting, timeout_s=5)
 
 
 async def _no_delegate_rows(hub: Hub, caseworker_id: str) -> list[Any]:
