@@ -192,7 +192,14 @@ ENDED = {
     WithdrawalReason.ONTERECHT: SignaalStatus.INGETROKKEN_ONTERECHT,
     WithdrawalReason.RISICO_WEG: SignaalStatus.BEEINDIGD_RISICO_WEG,
 }
-STAND_IN = Caseworker(caseworker_id="cw-noor", name="Noor Visser", email="noor@halt.nl", team=Team.DEN_HAAG)
+# A contact change names a caseworker who may signal (rule 13), as the signals API and borging ask.
+STAND_IN = Caseworker(
+    caseworker_id="cw-noor",
+    name="Noor Visser",
+    email="noor@halt.nl",
+    team=Team.DEN_HAAG,
+    meldingsbevoegd=True,
+)
 
 
 async def prepare(db_url: str, topic: str, n: int, share: float) -> Workload:
