@@ -52,6 +52,7 @@ from hub.notify.templates import with_behalf
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.tables import parked
 from hub.runtime import Hub
+from hub.signals.matches import ended_status
 from hub.signals.tables import signals
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
@@ -134,6 +135,9 @@ class MailConnector:
         # notification id -> the caseworker a match mail is for now, when its signal's contact changed
         # since it was queued (a borging, a contact change): found by `prepare` or `_plan`
         self._moved: dict[str, str] = {}
+        # notification id -> the status of a match mail's signal that ended since it was queued: not
+        # sent (a match on a signal that is over is told to nobody), recorded as withheld
+        self._withheld: dict[str, str] = {}
 
     @property
     def _ladder_name(self) -> str:
@@ -150,23 +154,27 @@ class MailConnector:
             keys.update({row.message_id: row.key for row in (await session.execute(q)).all()})
         return keys
 
-    async def _now_for(self, session: AsyncSession, mails: Sequence[MailNotification]) -> dict[str, str]:
-        """Match mails whose signal has another contact now than the caseworker they were queued for:
-        notification id -> that contact. A match mail goes to the signal's contact when it is sent,
-        also when it waited (an SMTP outage, a dead letter replayed days later): its former contact
-        may no longer open the signal (rules 16, 17)."""
+    async def _now_for(self, session: AsyncSession, mails: Sequence[MailNotification]) -> None:
+        """Match mails as their signal stands when they are sent, also after a wait (an SMTP outage,
+        a dead letter replayed days later): to the signal's contact now (`_moved`), as its former
+        contact may no longer open the signal (rules 16, 17); not at all once the signal is over
+        (`_withheld`), as the notifier does not mail a match on a signal that is over."""
         refs = {mail.case_reference for mail in mails if mail.template == "match"}
         if not refs:
-            return {}
-        q = select(signals.c.signal_id, signals.c.caseworker_id).where(signals.c.signal_id.in_(sorted(refs)))
-        contact = {row.signal_id: row.caseworker_id for row in (await session.execute(q)).all()}
-        return {
-            mail.notification_id: contact[mail.case_reference]
-            for mail in mails
-            if mail.template == "match"
-            and mail.case_reference in contact
-            and contact[mail.case_reference] != addressee(mail)
-        }
+            return
+        q = select(signals.c.signal_id, signals.c.caseworker_id, signals.c.status, signals.c.end_date).where(
+            signals.c.signal_id.in_(sorted(refs))
+        )
+        found = {row.signal_id: row for row in (await session.execute(q)).all()}
+        for mail in mails:
+            signal = found.get(mail.case_reference) if mail.template == "match" else None
+            if signal is None:
+                continue
+            ended = ended_status(signal.status, signal.end_date, self.today())
+            if ended is not None:
+                self._withheld[mail.notification_id] = ended
+            elif signal.caseworker_id != addressee(mail):
+                self._moved[mail.notification_id] = signal.caseworker_id
 
     def _as_now(self, mail: MailNotification) -> MailNotification:
         """The mail for whom it is now (`_now_for`)."""
@@ -197,7 +205,7 @@ class MailConnector:
         if not pairs:
             return
         async with self.store.read() as session:
-            self._moved.update(await self._now_for(session, [mail for _, mail in pairs]))
+            await self._now_for(session, [mail for _, mail in pairs])
             pairs = [(message, self._as_now(mail)) for message, mail in pairs]
             mails = [mail for _, mail in pairs]
             ids = [mail.notification_id for mail in mails]
@@ -222,7 +230,7 @@ class MailConnector:
         async with self.store.read() as session:  # the consumer's transaction holds the write lock
             if await _was_sent(session, mail.notification_id):
                 return None
-            self._moved.update(await self._now_for(session, [mail]))
+            await self._now_for(session, [mail])
             mail = self._as_now(mail)
             try:
                 reader = await mail_recipient(session, addressee(mail), self.today())
@@ -258,6 +266,9 @@ class MailConnector:
         plan = self._ready.pop(mail.notification_id, _NOT_LOOKED_UP)
         if plan is _NOT_LOOKED_UP:
             plan = await self._plan(message, mail)
+        if mail.notification_id in self._withheld:  # its signal is over: `on_delivered` records that
+            log.info("match mail withheld: its signal ended", notification_id=mail.notification_id)
+            return
         mail = self._as_now(mail)
         if plan is None:
             log.info("mail already sent; not sending again", notification_id=mail.notification_id)
@@ -328,6 +339,11 @@ class MailConnector:
         known = set((await session.execute(q)).scalars())
         now, sent, audit = utcnow(), [], []
         for message, mail in mails:
+            # kept, not popped: a round whose record rolls back is recorded again, one by one
+            ended = self._withheld.get(mail.notification_id)
+            if ended is not None:  # not sent: nothing disclosed, and no row that says it was
+                audit.append(self._withheld_row(message, mail, ended, now))
+                continue
             if mail.notification_id in known:
                 continue
             known.add(mail.notification_id)
@@ -336,7 +352,27 @@ class MailConnector:
             audit.append(entry)
         if sent:
             await session.execute(insert(mail_sent), sent)
-            await write_audits(session, audit)  # rule 18
+        await write_audits(session, audit)  # rule 18
+
+    def _withheld_row(
+        self, message: Envelope, mail: MailNotification, status: str, now: datetime
+    ) -> dict[str, Any]:
+        """The audit entry of a match mail not sent because its signal ended while it waited."""
+        return audit_row(
+            "mail.withheld",
+            SYSTEM,
+            at=now,
+            system=SYSTEM,
+            transaction_id=message.transaction_id,
+            on_behalf_of=addressee(mail),
+            objects={
+                "notification_id": mail.notification_id,
+                "template": mail.template,
+                "case_reference": mail.case_reference,
+                "reason": "signal_not_active",
+                "signal_status": status,
+            },
+        )
 
     async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
         """A mail that will not go out, or may have, is a problem an administrator sees, of the kind

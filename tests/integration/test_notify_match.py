@@ -12,6 +12,7 @@ from sqlalchemy import select
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.service import NO_RECIPIENT
+from hub.notify.tables import mail_sent
 from hub.runtime import Hub
 from hub.signals import request_withdrawal, store_signal
 from hub.signals.matches import record_match
@@ -207,6 +208,32 @@ async def test_a_match_mail_waiting_to_be_sent_goes_to_the_contact_of_when_it_is
                     return list((await conn.execute(query)).scalars())
 
             assert await wait_for(sent_for) == ["cw-omar"]
+        finally:
+            await hub.stop()
+
+
+async def test_a_match_mail_waiting_while_its_signal_is_withdrawn_is_not_sent(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The notifier does not mail a match on a signal that is over; one queued while the signal was
+    active, waiting for SMTP when the caseworker withdrew the signal, still went out."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink, policy=PATIENT)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            await sink.stop()  # SMTP down: the mail waits on the ladder
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(123_460_900))
+            await wait_for(lambda: _failed_at_least(hub, 1))
+            assert hub.store is not None
+            async with hub.store.transaction() as session:
+                await request_withdrawal(session, hub, signal_id, WithdrawalReason.RISICO_WEG, user="cw-ilse",
+                                         transaction_id=str(uuid.uuid4()))  # fmt: skip
+            await sink.start()
+            await wait_for(lambda: _audited(hub, "mail.withheld", signal_id), timeout_s=30)
+            assert list(sink.memory) == []
+            assert not await _audited(hub, "mail.sent", signal_id)
+            async with hub.store.connect() as conn:
+                assert (await conn.execute(select(mail_sent))).all() == []
         finally:
             await hub.stop()
 
