@@ -121,13 +121,19 @@ def delivery(
     type_: Annotated[ReceiverType, typer.Option("--type", help="kind of receiver", case_sensitive=False)],
     webhook: Annotated[str | None, typer.Option(help="HTTPS URL the hub POSTs signed handovers to")] = None,
     kafka: Annotated[
-        bool, typer.Option("--kafka", help="deliver on handover.outbound.<type>.v1 (one per type)")
+        bool,
+        typer.Option(
+            "--kafka",
+            help="deliver on handover.outbound.<type>.v1 (one per type); it answers on"
+            " handover.answers.<type>.v1",
+        ),
     ] = False,
 ) -> None:
     """Say how a receiver gets its handovers: a signed webhook (its secret printed once) or its topic."""
     import secrets
 
     from hub.handovers.receivers import ReceiverDelivery, TopicTaken, check_webhook_url, set_receiver_delivery
+    from hub.topics import handover_answers
 
     if (webhook is None) == (not kafka):
         typer.echo("ketenhub: give exactly one of --webhook URL or --kafka", err=True)
@@ -150,4 +156,9 @@ def delivery(
         typer.echo("webhook secret (shown once; verify sha256=HMAC(secret, body) with it):")
         typer.echo(secret)
     else:
+        answers = handover_answers(type_.value.lower()).name
         typer.echo(f"{chosen.organisation}: handovers go to topic {chosen.topic_name}")
+        typer.echo(
+            f"it answers them on {answers} (as receiver-{type_.value.lower()}, the one principal that may"
+            " write it; deploy/README.md, 'Handover receivers on Kafka')"
+        )

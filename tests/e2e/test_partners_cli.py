@@ -87,6 +87,7 @@ def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
     assert both.returncode == 2 and "exactly one" in both.stderr
     topic = _run(url, "delivery", "Wijkteam Centrum", "--type", "wijkteam", "--kafka")
     assert topic.returncode == 0 and "handover.outbound.wijkteam.v1" in topic.stdout
+    assert "handover.answers.wijkteam.v1" in topic.stdout  # where it answers
     # a second wijkteam on that topic would read the first one's handovers
     second = _run(url, "delivery", "Wijkteam Escamp", "--type", "wijkteam", "--kafka")
     assert second.returncode == 1 and "already read by 'Wijkteam Centrum'" in second.stderr
