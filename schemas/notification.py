@@ -30,6 +30,9 @@ class MailNotification(CanonicalModel):
     body_text: str = Field(min_length=1, max_length=50_000)
     body_html: str | None = Field(default=None, max_length=200_000)
     case_reference: Code
+    # The match a match mail tells of: when the SMTP server accepts the mail, the connector records on
+    # the match when and to whom it went. Match mails queued before this field existed have none.
+    match_id: Code | None = None
     # Values the text shows that were validated as something else than a youth's BSN (a counterpart's
     # phone number, a match, signal or case id). The BSN check skips them where they stand alone
     # (no digit right before or after) and still reads the rest of the text.

@@ -7,9 +7,10 @@ directory as it is when it goes out: a replay after the directory was fixed reac
 A message queued before MailNotification named the caseworker it is for goes, as before, to whoever
 reads `recipient_caseworker_id`'s mail, with its text as rendered then.
 
-Once per notification: the id of every mail the SMTP server accepted is stored in `mail_sent` in
-the same transaction as the ladder's un-parking, and checked before sending, so redeliveries,
-restarts and DLQ replays do not send it again. Where a mail can still go twice:
+Once per notification: the id of every mail the SMTP server accepted is stored in `mail_sent` (a
+match mail's also on its match: when, and whose mail it was) in the same transaction as the
+ladder's un-parking, and checked before sending, so redeliveries, restarts and DLQ replays do not
+send it again. Where a mail can still go twice:
 - The process dies after the server said "250" and before that commit: it is sent again after the
   restart, with the same Message-ID (derived from the notification id), which mail systems use to
   drop the repeat. SMTP has no idempotency key; this window cannot be closed from our side.
@@ -33,7 +34,7 @@ from datetime import date, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.mail.message import build_message, header_transaction_id, message_id_for
@@ -53,7 +54,7 @@ from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladde
 from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.signals.matches import ended_status
-from hub.signals.tables import signals
+from hub.signals.tables import matches, signals
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from hub.topics import NOTIFICATION_MAIL
@@ -337,7 +338,7 @@ class MailConnector:
         ids = [mail.notification_id for _, mail in mails]
         q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
         known = set((await session.execute(q)).scalars())
-        now, sent, audit = utcnow(), [], []
+        now, sent, audit, told = utcnow(), [], [], []
         for message, mail in mails:
             # kept, not popped: a round whose record rolls back is recorded again, one by one
             ended = self._withheld.get(mail.notification_id)
@@ -350,8 +351,12 @@ class MailConnector:
             row, entry = self._sent_row(message, mail, now)
             sent.append(row)
             audit.append(entry)
+            if mail.match_id is not None:
+                told.append({"m": mail.match_id, "at": now, "reader": row["recipient_caseworker_id"]})
         if sent:
             await session.execute(insert(mail_sent), sent)
+        if told:
+            await session.execute(_MATCH_TOLD, told)
         await write_audits(session, audit)  # rule 18
 
     def _withheld_row(
@@ -416,6 +421,14 @@ class MailConnector:
 async def _was_sent(session: AsyncSession, notification_id: str) -> bool:
     q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id == notification_id)
     return (await session.execute(q)).first() is not None
+
+
+# A match's mail was accepted: the match records when, and whose mail it was (the first time only).
+_MATCH_TOLD = (
+    update(matches)
+    .where(matches.c.match_id == bindparam("m"), matches.c.notified_at.is_(None))
+    .values(notified_at=bindparam("at"), notified_caseworker_id=bindparam("reader"))
+)
 
 
 def mail_component(policy: RetryPolicy | None = None):  # type: ignore[no-untyped-def]

@@ -218,6 +218,7 @@ async def notify_caseworker(
         body_text=rendered.text,
         body_html=rendered.html,
         case_reference=case_reference,
+        match_id=str(ctx["match_id"]) if template == "match" and ctx.get("match_id") else None,
         # the validated phone numbers and ids shown that would pass for a BSN (rule 16's check), but
         # never one holding the youth's own BSN: a partner's field is no guarantee
         not_bsn=await _not_bsn(session, rendered.not_bsn, youth_key),

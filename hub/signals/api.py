@@ -1,5 +1,5 @@
 """Caseworker endpoints for Verwijsindex signals: register, read (with delivery status), withdraw,
-change contact, and the parent letter. No BSN in any URL; every read and change is audited.
+change contact, its matches, and the parent letter. No BSN in any URL; every read and change is audited.
 
 Identity: the `X-Medewerker` header (hub.consent.caseworker), trusted only behind Halt's gateway
 until caseworkers sign in through Halt's identity provider (a known limit).
@@ -13,11 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import Field
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.consent.caseworker import CurrentCaseworker, stands_in_for
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
@@ -33,8 +35,10 @@ from hub.signals.service import (
     signal_row,
     store_signal,
 )
+from hub.signals.tables import matches
 from schemas._base import CanonicalModel, Code, ShortText
 from schemas.caseworker import Caseworker, ContactDetails
+from schemas.match import Match
 from schemas.pseudonym import youth_key as make_key
 from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
 
@@ -379,6 +383,37 @@ async def change_contact(
         row = await signal_row(session, signal_id)
     hub.relay.wake()
     return SignalOut.of(row)
+
+
+class MatchOut(Match):
+    """A match on the signal as the Verwijsindex reported it, and whom its mail reached when."""
+
+    received_at: datetime = Field(description="when the hub read it from the index's feed")
+
+
+@router.get("/{signal_id}/matches", response_model=list[MatchOut])
+async def signal_matches(signal_id: str, request: Request, cw: CurrentCaseworker) -> list[MatchOut]:
+    """The signal's matches, oldest first: the counterparts' contact details (what the match mail
+    showed, rule 16), and when and to whom the mail went (`notified_at` empty: not sent yet, or
+    nobody could be told; the problems list says why). An audited read, like the signal's own."""
+    hub = _hub(request)
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await _audited_read(session, request, signal_id, cw, "signal.matches_read")
+        query = select(matches).where(matches.c.signal_id == signal_id)
+        rows = (await session.execute(query.order_by(matches.c.received_at, matches.c.match_id))).all()
+    return [
+        MatchOut(
+            match_id=r.match_id,
+            signal_id=r.signal_id,
+            type=r.type,
+            counterparts=r.counterparts,
+            notified_caseworker=r.notified_caseworker_id,
+            notified_at=aware(r.notified_at) if r.notified_at is not None else None,
+            received_at=aware(r.received_at),
+        )
+        for r in rows
+    ]
 
 
 @router.get("/{signal_id}/ouderbrief", response_class=Response)

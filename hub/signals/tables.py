@@ -49,7 +49,10 @@ matches = Table(
     Column("type", String(20), nullable=False),
     Column("counterparts", JSON, nullable=False),  # list of ContactDetails as JSON
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # when the SMTP server accepted the match's mail, and who read it (the signal's contact then, or
+    # their delegate); None until then, and for a match nobody could be told of
     Column("notified_at", DateTime(timezone=True), nullable=True),
+    Column("notified_caseworker_id", String(64), nullable=True),
     Index("ix_signal_matches_received", "received_at"),
 )
 

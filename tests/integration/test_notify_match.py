@@ -6,17 +6,21 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from hub.app import create_app
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.notify.service import NO_RECIPIENT
 from hub.notify.tables import mail_sent
+from hub.partners import PartnerType, add_partner
 from hub.runtime import Hub
 from hub.signals import request_withdrawal, store_signal
 from hub.signals.matches import record_match
 from hub.signals.service import request_contact_change
+from hub.signals.tables import matches
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_MATCH
@@ -275,3 +279,74 @@ async def test_absent_caseworker_mail_reaches_delegate_and_nobody_reachable_is_s
             assert len(sink.memory) == 1  # nothing was sent to a caseworker who left
         finally:
             await hub.stop()
+
+
+async def test_a_match_keeps_whom_its_mail_reached_and_when_and_its_caseworker_can_list_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The canonical Match has "notified caseworker and when"; the hub never wrote either, so neither a
+    caseworker nor an administrator could tell from the match whether, and to whom, it was mailed."""
+    absent = ILSE.model_copy(
+        update={"absences": [Absence(start=TODAY - timedelta(days=1), end=TODAY + timedelta(days=3))]}
+    )
+    alone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
+    nina = OMAR.model_copy(update={"caseworker_id": "cw-nina", "email": "nina@halt.nl"})
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, absent, OMAR, alone, nina)
+            assert hub.store is not None
+            async with hub.store.transaction() as session:
+                _, aurah = await add_partner(session, f"aurah-{unique}", PartnerType.ZAAKSYSTEEM)
+            before = datetime.now(UTC)
+            signal_id, match_id = await signal_with_match(hub, "cw-ilse", youth(423_456_700))
+            await wait_for(lambda: len(sink.memory) == 1)
+            lost_signal, lost_match = await signal_with_match(hub, "cw-lone", youth(523_456_700))
+            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_signal))
+
+            async def told() -> dict[str, Any]:
+                async with hub.store.connect() as conn:  # type: ignore[union-attr]
+                    rows = (await conn.execute(select(matches))).all()
+                return {r.match_id: (r.notified_caseworker_id, r.notified_at) for r in rows}
+
+            await wait_for(lambda: _told_someone(told, match_id))
+            by_match = await told()
+            assert by_match[match_id][0] == "cw-omar"  # Ilse is away: her delegate read it
+            assert by_match[lost_match] == (None, None)  # nobody could be told
+
+            app = create_app(hub.settings, hub=hub)
+            system = {"Authorization": f"Bearer {aurah}"}
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://hub", headers=system
+            ) as client:
+                url = f"/api/v1/signalen/{signal_id}/matches"
+                listed = await client.get(url, headers={"X-Medewerker": "cw-omar"})
+                assert listed.status_code == 200, listed.text
+                [shown] = listed.json()
+                assert shown["match_id"] == match_id and shown["type"] == "CLIENTMATCH"
+                assert shown["counterparts"][0]["email"] == "kees@jeugdhulp.nl"
+                assert shown["notified_caseworker"] == "cw-omar"
+                notified_at = datetime.fromisoformat(shown["notified_at"])
+                assert before <= notified_at <= datetime.now(UTC)
+                assert datetime.fromisoformat(shown["received_at"]) <= notified_at
+                assert young_data_absent(listed.text)
+                refused = await client.get(url, headers={"X-Medewerker": "cw-nina"})  # no part in it
+                assert refused.status_code == 403, refused.text
+                missing = await client.get(
+                    "/api/v1/signalen/nope/matches", headers={"X-Medewerker": "cw-omar"}
+                )
+                assert missing.status_code == 404
+            assert await _audited(hub, "signal.matches_read", signal_id)
+        finally:
+            await hub.stop()
+
+
+def young_data_absent(text: str) -> bool:
+    """No BSN of the youths above, nor their names, in `text`."""
+    bsns = (youth(423_456_700).bsn, youth(523_456_700).bsn)
+    return not any(value in text for value in (*bsns, "Vermeulen", "Noah"))
+
+
+async def _told_someone(told: Any, match_id: str) -> bool:
+    return (await told()).get(match_id, (None, None))[1] is not None
