@@ -41,6 +41,7 @@ from hub.handovers.component import routing_of
 from hub.handovers.service import Act, load_referral
 from hub.intake.tables import referrals
 from hub.runtime import Hub
+from hub.store.locks import lock_youths
 from schemas._base import NO_CONTROL_PROBLEM, CanonicalModel, Code, ShortText, as_code
 from schemas.consent import (
     MAX_CUSTODIANS,
@@ -180,6 +181,10 @@ async def _youth(
             404, "Jeugdige niet gevonden", "Geen verwijzing bij deze verwijzing-id of jeugdsleutel."
         )
     ref, ykey = found
+    # the youth's case lock, then the referral again: a retention purge of the case either finds
+    # this consent when it commits, or has committed and the referral is gone (hub.store.locks)
+    if await lock_youths(session, [ykey]) and await load_referral(session, found_id) is None:
+        raise Problem(404, "Jeugdige niet gevonden", "De verwijzing is zojuist verwijderd (bewaartermijn).")
     return ConsentYouth(bsn=ref.youth.bsn, birth_date=ref.youth.birth_date), ykey, found_id
 
 

@@ -22,6 +22,7 @@ from hub.handovers import messages
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.spine.outbox import add_to_outbox
+from hub.store.locks import lock_youths
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.envelope import Envelope, trace_id, utcnow
 from schemas.handover import Handover, HandoverStatus
@@ -117,6 +118,10 @@ async def create_handover(
 ) -> Any:
     """Store a requested handover (waiting); announced on handover.requested.v1 for routing."""
     found = await load_referral(session, handover.referral_id)
+    # the youth's case lock, then the referral again: a retention purge of the case either finds
+    # this handover when it commits, or has committed and the referral is gone (hub.store.locks)
+    if found is not None and await lock_youths(session, [found[1]]):
+        found = await load_referral(session, handover.referral_id)
     if found is None:
         raise HandoverProblem(404, "de verwijzing is niet bekend")
     _, youth_key = found

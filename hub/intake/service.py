@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,7 @@ from hub.intake.tables import referrals
 from hub.logging import get_logger
 from hub.spine.outbox import add_many_to_outbox
 from hub.store import RawJson
+from hub.store.locks import lock_youths
 from schemas.envelope import Envelope, new_id, utcnow
 from schemas.pseudonym import youth_key
 from schemas.referral import Decision, DecisionReason, Outcome, Referral, Track
@@ -120,21 +121,12 @@ _INSERT_NEW = {
 }
 
 
-# Rule 5 counts a youth's earlier truancy referrals. On PostgreSQL two transactions would both count
-# none for the same youth (from two leerplicht partners, or a CSV upload beside a Kafka record) and
-# both accept a "first" referral: each takes the youth's lock first, in key order (no deadlock), and
-# the later one counts after the earlier one committed. SQLite has one writer: nothing to do.
-_LOCK_YOUTHS = text(
-    "SELECT count(pg_advisory_xact_lock(k)) FROM"
-    " (SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
-)
-
-
 async def _lock_youths(session: AsyncSession, youth_keys: set[str]) -> None:
-    """Hold each youth's intake lock until the transaction ends (PostgreSQL)."""
-    if youth_keys and session.get_bind().dialect.name == "postgresql":
-        # a youth key is 64 hex digits; its first 15 make a positive bigint, the lock's key
-        await session.execute(_LOCK_YOUTHS, {"keys": sorted({int(k[:15], 16) for k in youth_keys})})
+    """Rule 5 counts a youth's earlier truancy referrals. On PostgreSQL two transactions would both
+    count none for the same youth (from two leerplicht partners, or a CSV upload beside a Kafka
+    record) and both accept a "first" referral: each holds the youth's case lock, and the later one
+    counts after the earlier one committed."""
+    await lock_youths(session, youth_keys)
 
 
 class IntakeService:

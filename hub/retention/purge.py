@@ -12,6 +12,12 @@ Three terms, in `KETENHUB_RETENTION__*`:
   it); a signal whose command still waits, or can still be replayed, stays in sight;
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
 
+A case written to while it is purged: the purge holds the youth's case lock (hub.store.locks) from
+its last look at the case to its commit. Recording a consent or asking a handover, which refer to
+the case's referral, holds it too: they either commit first, and the purge finds the case busy, or
+wait, and then find the referral gone (404). Each delete takes only rows past their own term, so a
+referral taken in meanwhile (intake takes no case lock) stays, as the start of a new case.
+
 Every purge is itself a change of personal data: one `retention.purged` audit entry per youth, under
 its youth key, with what was removed (ids and counts, never a BSN or a name); purged audit entries
 are counted in one `retention.audit_purged` entry. `ketenhub retention [--dry-run]` runs it by hand;
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import audit_row, write_audits
@@ -41,6 +47,7 @@ from hub.retention.config import RetentionSettings
 from hub.signals.tables import matches, signals
 from hub.spine.outbox import PARKED_TERM
 from hub.store import Store
+from hub.store.locks import lock_youths
 from hub.store.tables import audit_log
 from schemas.envelope import utcnow
 
@@ -77,6 +84,20 @@ class Purged:
             "audit_entries": self.audit_entries,
             "dry_run": self.dry_run,
         }
+
+
+def _past_term(cutoff: datetime, today: date) -> dict[str, ColumnElement[bool]]:
+    """Per table, whether a row of an idle case is past its term itself: what `_old_cases` found of
+    the case as a whole, asked again of each row as it is deleted."""
+    return {
+        "handovers": handovers.c.updated_at < cutoff,
+        "consents": and_(
+            consents.c.recorded_at < cutoff,
+            or_(consents.c.withdrawn_at.is_(None), consents.c.withdrawn_at < cutoff),
+            not_(and_(consents.c.status == "ACTIEF", consents.c.valid_until >= today)),
+        ),
+        "referrals": referrals.c.received_at < cutoff,
+    }
 
 
 async def _old_cases(
@@ -230,15 +251,26 @@ async def purge(
     for candidates in _chunks(cases):
         counted = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
-            # looked at again under the write: a consent or handover recorded since keeps the case
+            # Looked at again under the write, holding the youths' case locks: a consent or handover
+            # recorded since keeps the case, and one being recorded now waits for this purge, then
+            # finds its referral gone. Each delete also takes only rows past their term themselves:
+            # a referral taken in since (intake takes no case lock) or a consent withdrawn since is
+            # kept, on PostgreSQL too, where another transaction commits between these statements.
+            if not dry_run:
+                await lock_youths(session, candidates)
             chunk = await _old_cases(session, cutoff, local_day(now), going, among=candidates)
             if not chunk:
                 continue
+            past = _past_term(cutoff, local_day(now))
             for name, table in (("handovers", handovers), ("consents", consents), ("referrals", referrals)):
                 if dry_run:
                     found = Counter(await _count(session, table, table.c.youth_key, chunk))
                 else:  # what the delete removed (see the signals above)
-                    deleted = delete(table).where(table.c.youth_key.in_(chunk)).returning(table.c.youth_key)
+                    deleted = (
+                        delete(table)
+                        .where(table.c.youth_key.in_(chunk), past[name])
+                        .returning(table.c.youth_key)
+                    )
                     found = Counter((await session.execute(deleted)).scalars())
                 for key, n in found.items():
                     counted[key][name] += n

@@ -8,23 +8,33 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 import connectors.receivers.component as receivers_component
+import hub.retention.purge as purge_module
 from hub.clock import aware
+from hub.consent.tables import consents
 from hub.embedded import EmbeddedKafka
 from hub.handovers.answers import notify_unanswered
 from hub.handovers.component import routing_of
-from hub.handovers.service import Act, create_handover, route
+from hub.handovers.service import Act, HandoverProblem, create_handover, route
 from hub.handovers.tables import handovers
+from hub.intake.tables import referrals
+from hub.retention.config import RetentionSettings
+from hub.retention.purge import purge
 from hub.store import Store
 from schemas.consent import DataCategory
 from schemas.envelope import Envelope
 from schemas.handover import Handover, ReceiverType
 from tests.helpers.kafka import wait_for
-from tests.integration.test_handover_flow import CW, _queued, world
+from tests.integration.test_handover_flow import CW, TODAY, _queued, world
 
 pytestmark = pytest.mark.integration
+# A backend of this test's database waiting for an advisory lock (a youth's case lock).
+_WAITING = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+)
 
 
 async def test_two_replicas_checking_at_once_tell_of_an_unanswered_handover_once(
@@ -131,3 +141,78 @@ async def test_a_withdrawal_made_while_a_webhook_handover_is_checked_is_waited_f
             await wait_for(lambda: [c["env"].type for c in w.receiver.calls][-1:] == ["HandoverWithdrawn"])
         else:  # it did not leave
             assert w.receiver.handovers() == []
+
+
+async def test_a_handover_asked_while_its_case_is_purged_waits_and_then_finds_no_referral(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retention purge deleted an idle case's referral while a caseworker asked a handover on it,
+    or recorded a consent: either was stored, pointing at a referral that no longer existed. Both hold
+    the youth's case lock, as the purge does: they wait for the purge, then are told it is unknown."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the purge and the request take turns anyway")
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:  # the case has been idle for six years
+            long_ago = datetime.now(UTC) - timedelta(days=6 * 365)
+            await session.execute(update(referrals).where(referrals.c.id == rid).values(received_at=long_ago))
+        real, held, release = purge_module._old_cases, asyncio.Event(), asyncio.Event()
+
+        async def old_cases(session: Any, cutoff: Any, today: Any, going: Any, *, among: Any = None) -> Any:
+            found = await real(session, cutoff, today, going, among=among)
+            if among is not None:  # checked under the write, the case locks held: pause here
+                held.set()
+                await release.wait()
+            return found
+
+        monkeypatch.setattr(purge_module, "_old_cases", old_cases)
+        purging = asyncio.create_task(purge(w.hub.store, RetentionSettings(), now=datetime.now(UTC)))
+        await asyncio.wait_for(held.wait(), 20)
+        asked = Handover(
+            referral_id=rid,
+            from_caseworker=CW,
+            receiver_organisation="jongerenwerk-dh",
+            receiver_type=ReceiverType.JONGERENWERK,
+            data_categories=[DataCategory.PERSONALIA],
+            summary="Sam wil graag meedoen aan een sportproject.",
+        )
+        other = Store(db_url)  # the caseworker's request, on the api's own connections
+
+        async def ask() -> Any:
+            async with other.transaction() as session:
+                return await create_handover(session, routing_of(w.hub), asked, Act(CW, str(uuid.uuid4())))
+
+        async def record() -> Any:
+            body = {
+                "referral_id": rid, "purpose": "WARME_OVERDRACHT", "data_categories": ["PERSONALIA"],
+                "recipient_organisations": ["jongerenwerk-dh"], "valid_from": TODAY.isoformat(),
+                "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+                "grantors": [{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
+                              "given_at": datetime.now(UTC).isoformat(), "method": "MONDELING"}],
+            }  # fmt: skip
+            return await w.client.post("/api/v1/toestemmingen", json=body, headers={"X-Medewerker": CW})
+
+        try:
+            asking, recording = asyncio.create_task(ask()), asyncio.create_task(record())
+
+            async def both_waiting_or_done() -> bool:
+                if asking.done() or recording.done():
+                    return True
+                async with other.connect() as conn:
+                    return (await conn.execute(_WAITING)).scalar_one() >= 2
+
+            await wait_for(both_waiting_or_done, timeout_s=20)
+            release.set()
+            assert (await purging).referrals == 1
+            with pytest.raises(HandoverProblem) as refused:
+                await asking
+            assert refused.value.status == 404
+            recorded = await recording
+            assert recorded.status_code == 404, recorded.text
+        finally:
+            release.set()
+            await other.close()
+        async with w.hub.store.connect() as conn:
+            assert (await conn.execute(select(handovers.c.id))).all() == []
+            assert (await conn.execute(select(consents.c.id))).all() == []

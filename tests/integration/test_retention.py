@@ -8,9 +8,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from typer.testing import CliRunner
 
+import hub.retention.purge as purge_module
 from hub.audit import audit_row, write_audits
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
@@ -21,10 +22,12 @@ from hub.signals.commands import register_command
 from hub.signals.delivery import on_dead
 from hub.signals.tables import matches, signals
 from hub.store import Store
+from hub.store.locks import lock_youths
 from hub.store.tables import audit_log
 from schemas.caseworker import ContactDetails
 from schemas.envelope import utcnow
 from schemas.signal import SignalYouth, VerwijsindexSignal
+from tests.helpers.kafka import wait_for
 
 pytestmark = pytest.mark.integration
 NOW = utcnow()
@@ -301,3 +304,81 @@ def test_the_command_says_what_it_would_purge_and_what_it_purged(tmp_path: Any) 
     assert real.exit_code == 0 and "purged: youths 1, referrals 1" in real.output, real.output
     again = runner.invoke(app, ["retention"], env=env)
     assert "purged: youths 0, referrals 0" in again.output
+
+
+# A backend of this test's database waiting for an advisory lock (a youth's case lock).
+_WAITING = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_row_written_after_the_purge_looked_is_not_purged_with_the_case(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge checked under its write that the case was idle, then deleted every row of the youth:
+    on PostgreSQL a consent another transaction committed in between (ACTIEF for a year) went too,
+    audited as past its term."""
+    key, bsn = "a1" * 32, "111222333"
+    await _case(store, key, bsn, received=ago(6 * YEARS))
+    other, real = Store(store.url), purge_module._old_cases
+
+    async def old_cases(session: Any, cutoff: Any, today: Any, going: Any, *, among: Any = None) -> Any:
+        found = await real(session, cutoff, today, going, among=among)
+        if among is not None:  # idle, said the check under the write; a consent is recorded now
+            async with other.transaction() as s:
+                await s.execute(
+                    insert(consents).values(
+                        id="c-fresh", youth_key=key, referral_id=None, purpose="WARME_OVERDRACHT",
+                        status="ACTIEF", valid_from=NOW.date(), valid_until=NOW.date() + timedelta(days=365),
+                        consent={"youth": {"bsn": bsn}}, recorded_by="cw-1", recorded_at=NOW,
+                        transaction_id="t",
+                    )
+                )  # fmt: skip
+        return found
+
+    monkeypatch.setattr(purge_module, "_old_cases", old_cases)
+    try:
+        done = await purge(store, RetentionSettings(), now=NOW)
+    finally:
+        await other.close()
+    assert await _count(store, consents, id="c-fresh") == 1
+    assert done.consents == 1 and done.referrals == 1  # the old ones, as audited
+    [entry] = await _audit(store, "retention.purged")
+    assert entry.objects["consents"] == 1
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_purge_waits_for_a_consent_being_recorded_on_the_case_and_then_keeps_it(store: Store) -> None:
+    """A consent (or a handover) refers to the case's referral. Recorded while the purge ran, it
+    survived and its referral went: a consent pointing at a purged referral. Recording holds the
+    youth's case lock; the purge takes it too, and finds the case busy once the consent is in."""
+    key, bsn = "b2" * 32, "123456782"
+    await _case(store, key, bsn, received=ago(6 * YEARS))
+    other = Store(store.url)
+    try:
+        async with other.transaction() as session:  # as record_consent does, first thing
+            assert await lock_youths(session, [key])
+            purging = asyncio.create_task(purge(store, RetentionSettings(), now=NOW))
+
+            async def waiting_or_done() -> bool:
+                if purging.done():
+                    return True
+                async with store.connect() as conn:
+                    return bool((await conn.execute(_WAITING)).scalar_one())
+
+            await wait_for(waiting_or_done, timeout_s=20)
+            await session.execute(
+                insert(consents).values(
+                    id="c-new", youth_key=key, referral_id=f"r-{key[:8]}", purpose="WARME_OVERDRACHT",
+                    status="ACTIEF", valid_from=NOW.date(), valid_until=NOW.date() + timedelta(days=365),
+                    consent={"youth": {"bsn": bsn}}, recorded_by="cw-1", recorded_at=NOW, transaction_id="t",
+                )
+            )  # fmt: skip
+        done = await purging
+    finally:
+        await other.close()
+    assert done.youths == 0
+    assert await _count(store, referrals, youth_key=key) == 1
+    assert await _count(store, consents, youth_key=key) == 2

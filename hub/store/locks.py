@@ -1,0 +1,35 @@
+"""A youth's case lock: PostgreSQL advisory locks, one per youth, held until the transaction ends.
+
+Taken by what must see a youth's case whole while it writes (SQLite's write transactions run one at
+a time, so there it takes nothing):
+- intake's rule 5 counts a youth's earlier truancy referrals before accepting a "first" one;
+- the retention purge checks that a case is idle before deleting it;
+- recording a consent and asking for a handover, which refer to the case's referral: with the lock,
+  either they commit first and the purge finds the case busy, or they wait for the purge and then
+  find the referral gone, rather than leave a row pointing at a purged one.
+
+Keys are taken in ascending order by every holder, so two transactions each waiting for the other's
+youth cannot happen. A holder takes them before any row lock of the youth's case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+_LOCK_YOUTHS = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM"
+    " (SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+)
+
+
+async def lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> bool:
+    """Hold each youth's case lock until the transaction ends; True when locks were taken
+    (PostgreSQL), False where the store needs none (SQLite) or no key was given."""
+    keys = sorted({int(k[:15], 16) for k in youth_keys})  # a youth key is 64 hex digits
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return False
+    await session.execute(_LOCK_YOUTHS, {"keys": keys})
+    return True
