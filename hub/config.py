@@ -80,6 +80,12 @@ class HttpSettings(BaseModel):
     # revoked (`ketenhub partners`, another process) stops working within this time. 0: look up
     # every request.
     key_cache_s: float = Field(default=5.0, ge=0, le=60)
+    # How fast one partner key may write (POST, PUT, PATCH, DELETE), counted per hub process: a token
+    # bucket of `partner_write_burst` refilled at `partner_writes_per_s`; past it 429 with Retry-After.
+    # The defaults are a ceiling far above honest use: the HTTP benchmark's one partner sends about
+    # 1,500/s, what one process takes. Set them to a few times the busiest partner's peak. 0: no limit.
+    partner_writes_per_s: float = Field(default=5_000.0, ge=0, allow_inf_nan=False)
+    partner_write_burst: int = Field(default=10_000, ge=1)
     # Whether the operators' session cookie is sent over https only. Unset: yes, unless the hub
     # listens on a loopback address (the default 127.0.0.1: `make run`, tests) and the request came
     # through no proxy (no Forwarded or X-Forwarded-* header), which only a browser on this machine

@@ -1,6 +1,11 @@
-"""Request guards: media type (415) and body size (413), for every request before any handler reads."""
+"""Request guards: media type (415) and body size (413), for every request before any handler reads;
+and the partners' write rate (429), per partner in this process."""
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -8,8 +13,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.problems import InvalidParam, Problem, problem_response
+from hub.logging import get_logger
 
 TOO_LARGE = "Bericht te groot"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+log = get_logger(__name__)
 
 
 def media_type_of(request: Request) -> str:
@@ -120,3 +128,76 @@ class LimitBodyMiddleware:
                 raise
         if exceeded and not started:
             await too_large_response(self.limit, scope["path"])(scope, receive, send)
+
+
+# A token refilled to 1 by float sums (0.1 + 0.9) can fall a hair short: a partner that waited the
+# Retry-After it was given must get through.
+_ONE = 1.0 - 1e-9
+WARN_EVERY_S = 60.0  # a partner in a loop is refused hundreds of times a second: logged once a minute
+
+
+class _Bucket:
+    __slots__ = ("at", "tokens", "warned_at")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens, self.at, self.warned_at = tokens, at, -math.inf
+
+
+class PartnerWrites:
+    """How fast each partner may write: a token bucket per partner id, `burst` tokens at most,
+    refilled at `rate_per_s`; a write takes one, and without one it is refused (429), taking none,
+    before its endpoint stores or publishes anything.
+
+    Counted in this process: each hub process behind a load balancer keeps its own buckets, so n
+    processes let a partner write n times as fast. No lock: `take` does not await, so no other
+    request runs inside it. Only authenticated partners get a bucket: there are as many as partners.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate_per_s, float(burst), clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def wait_s(self, partner_id: str) -> int:
+        """Take a token for one write: 0 when there was one; else none is taken, and the answer is
+        the whole seconds (at least 1) until there will be one. Always 0 when the rate is 0 (no limit)."""
+        if self.rate <= 0:
+            return 0
+        now = self.clock()
+        bucket = self._buckets.get(partner_id)
+        if bucket is None:
+            bucket = self._buckets[partner_id] = _Bucket(self.burst, now)
+        tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if tokens >= _ONE:
+            bucket.tokens = tokens - 1.0
+            return 0
+        bucket.tokens = tokens
+        if now - bucket.warned_at >= WARN_EVERY_S:
+            bucket.warned_at = now
+            log.warning("partner write rate reached", partner_id=partner_id, rate_per_s=self.rate)
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def take(self, partner_id: str) -> None:
+        """Take a token for one write of the partner, or refuse it: 429 with an honest Retry-After."""
+        wait = self.wait_s(partner_id)
+        if wait:
+            rate = f"{self.rate:g}".replace(".", ",")
+            raise Problem(
+                429,
+                "Te veel verzoeken",
+                f"Deze partner stuurt sneller dan de hub aanneemt ({rate} verzoeken per seconde, "
+                f"{self.burst:.0f} achter elkaar). Er is niets opgeslagen: stuur dit verzoek over {wait} "
+                f"seconde{'' if wait == 1 else 'n'} opnieuw (Retry-After) en stuur daarna niet sneller.",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+def partner_writes(request: Request) -> PartnerWrites:
+    """The app's partner write limit, made from the settings at its first write."""
+    writes = getattr(request.app.state, "partner_writes", None)
+    if not isinstance(writes, PartnerWrites):
+        http = request.app.state.hub.settings.http
+        writes = request.app.state.partner_writes = PartnerWrites(
+            http.partner_writes_per_s, http.partner_write_burst
+        )
+    return writes

@@ -219,6 +219,20 @@ _COMMON = {
     "422": "Goed gevormd, maar in strijd met een regel",
     "503": "De hub start nog of een afhankelijkheid is niet bereikbaar",
 }
+# A partner's writes are limited (hub.api.limits.PartnerWrites): every write operation that takes a
+# partner key (this security scheme: hub.partners.auth.PartnerKey) may answer 429 with Retry-After.
+PARTNER_SCHEME = "HTTPBearer"
+_WRITES = frozenset({"post", "put", "patch", "delete"})
+TOO_MANY_REQUESTS = (
+    "Te veel verzoeken van deze partner; er is niets opgeslagen, probeer het na Retry-After opnieuw"
+)
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Hele seconden tot het verzoek opnieuw kan",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 
 def document_problems(app: FastAPI) -> None:
@@ -244,12 +258,15 @@ def document_problems(app: FastAPI) -> None:
         for path, operations in schema.get("paths", {}).items():
             if not path.startswith(("/api/", "/ops/")):
                 continue
-            for operation in operations.values():
+            for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 if "HTTPValidationError" in json.dumps(responses.get("422", {})):
                     del responses["422"]
                 for code, text in _COMMON.items():
                     responses.setdefault(code, {"description": text, "content": ref})
+                if method in _WRITES and {PARTNER_SCHEME: []} in operation.get("security", []):
+                    too_many = {"description": TOO_MANY_REQUESTS, "content": ref}
+                    responses.setdefault("429", too_many | {"headers": RETRY_AFTER_HEADER})
         text = json.dumps(schema)
         for unused in ("HTTPValidationError", "ValidationError"):
             if f"#/components/schemas/{unused}" not in text.replace(f'"{unused}":', ""):

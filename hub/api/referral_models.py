@@ -13,7 +13,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from hub.api.problems import ProblemBody
+from hub.api.problems import RETRY_AFTER_HEADER, TOO_MANY_REQUESTS, ProblemBody
 from hub.intake import reject_unparseable
 from hub.intake.service import IntakeResult
 from schemas.partners.leerplicht import RowResult as ParsedRow
@@ -237,7 +237,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "Dit kenmerk is al gebruikt voor een verwijzing van een andere jeugdige (regel 7)",
         413: "Bericht te groot",
         415: "Verkeerd Content-Type",
-        429: "Er loopt al een batch van deze partner (Retry-After)",
+        429: TOO_MANY_REQUESTS,
         503: "De hub start nog of de database is niet bereikbaar",
     }
     return {
@@ -246,5 +246,6 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
             "description": text[c],
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}},
         }
+        | ({"headers": RETRY_AFTER_HEADER} if c == 429 else {})
         for c in codes
     }

@@ -43,7 +43,12 @@ router = APIRouter(prefix="/api/v1", tags=["verwijzingen"])
 SYSTEM = "ketenhub-api"
 JSON = "application/json"
 CSV = "text/csv"
-_JSON_ERRORS = problems(400, 401, 403, 409, 413, 415, 503)
+_JSON_ERRORS = problems(400, 401, 403, 409, 413, 415, 429, 503)  # 429: the partner writes too fast
+_CSV_ERRORS = problems(400, 401, 403, 413, 415, 429, 503)
+_CSV_ERRORS[429] = _CSV_ERRORS[429] | {
+    "description": "Er loopt al een batch van deze partner, of deze partner stuurt te snel; er is niets "
+    "opgeslagen, probeer het na Retry-After opnieuw"
+}
 
 
 def _hub(request: Request) -> Hub:
@@ -176,7 +181,7 @@ async def post_preventief(
     "/leerplicht/verwijzingen",
     summary="Leerplicht: een CSV-batch",
     response_model=BatchReport,
-    responses=problems(400, 401, 403, 413, 415, 429, 503),  # 429: a batch of this partner under way
+    responses=_CSV_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
-from hub.api.problems import HubStarting, Problem
+from hub.api.limits import SAFE_METHODS, partner_writes
+from hub.api.problems import PARTNER_SCHEME, HubStarting, Problem
 from hub.partners.keys import PartnerType, hash_key, key_id_of
 from hub.partners.registry import Partner, authenticate
 
@@ -62,7 +63,9 @@ def _key_cache(request: Request) -> KeyCache:
 
 
 class PartnerKey(SecurityBase):
-    """The partner behind `Authorization: Bearer <key>`, of one of `types` (any type when none).
+    """The partner behind `Authorization: Bearer <key>`, of one of `types` (any type when none); a
+    write (any method but GET, HEAD, OPTIONS) takes one of the partner's tokens, or is refused with 429
+    (`hub.api.limits.PartnerWrites`, per hub process) before the endpoint stores or publishes anything.
 
     One dependency that reads the header itself: chained as FastAPI dependencies (the bearer scheme,
     the key lookup, the type check), the solving alone took about a tenth of the hub's CPU on the
@@ -72,7 +75,7 @@ class PartnerKey(SecurityBase):
 
     def __init__(self, *types: PartnerType) -> None:
         self.model = HTTPBearerModel(description="The API key `ketenhub partners add` printed")
-        self.scheme_name = "HTTPBearer"
+        self.scheme_name = PARTNER_SCHEME  # "HTTPBearer"; the OpenAPI document adds 429 to its writes
         self.types = types
         self.allowed = ", ".join(t.value for t in types)
 
@@ -85,6 +88,8 @@ class PartnerKey(SecurityBase):
                 f"Dit endpoint is voor partners van het type {self.allowed}; deze sleutel hoort bij een "
                 f"partner van het type {partner.type.value}.",
             )
+        if request.scope["method"] not in SAFE_METHODS:
+            partner_writes(request).take(partner.id)
         return partner
 
 
