@@ -128,6 +128,11 @@ class NotInIndex(PermanentError):
     """404 in the index's own error body: the index holds no signal with that id."""
 
 
+class IndexConflict(PermanentError):
+    """409: the call contradicts what the index holds under that id (a registration with another
+    body, a new contact on a signal that is no longer active, a withdrawal with the other reason)."""
+
+
 def _index_says_not_found(response: Answer) -> bool:
     """Whether a 404 is the index's answer about the signal (its `Fout` body), not a proxy's page or
     a wrong base URL's, which say nothing about the signal and must not settle a withdrawal."""
@@ -268,6 +273,8 @@ class VerwijsindexClient:
             raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
         if code == 404 and _index_says_not_found(response):
             raise NotInIndex(f"{where}: HTTP 404: {reason}")
+        if code == 409:
+            raise IndexConflict(f"{where}: HTTP 409: {reason}")
         raise PermanentError(f"{where}: HTTP {code}: {reason}")
 
     @staticmethod

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.verwijsindex.client import NotInIndex, VerwijsindexClient
-from connectors.verwijsindex.contract import IntrekkingsReden, Organisatie
+from connectors.verwijsindex.client import IndexConflict, NotInIndex, VerwijsindexClient
+from connectors.verwijsindex.contract import (
+    IntrekkingsReden,
+    Organisatie,
+    Signaal,
+    SignaalRegistratie,
+    SignaalStatus,
+)
 from connectors.verwijsindex.feed import MatchFeed
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
@@ -30,12 +36,13 @@ from hub.signals.tables import signals
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas._base import as_code
+from schemas.caseworker import ContactDetails
 from schemas.envelope import Envelope
 from schemas.signal import SignalStatus, VerwijsindexSignal
 
 NAME = "verwijsindex"
-WITHHELD = "withheld"  # the hub withdrew the signal before this command went: nothing was sent
-NOT_IN_INDEX = "not_in_index"  # a withdrawal the index had no signal for
+WITHHELD = delivery.WITHHELD  # the hub withdrew the signal before this command went: nothing was sent
+NOT_IN_INDEX = delivery.NOT_IN_INDEX  # a withdrawal or contact change the index had no signal for
 _CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT)
 _WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
 
@@ -51,13 +58,53 @@ def _parse(model: type[Any], message: Envelope) -> Any:
         ) from None
 
 
-async def _statuses(store: Store, signal_ids: set[str]) -> dict[str, str]:
-    """The hub's status of each known signal among `signal_ids`."""
+class _Held(NamedTuple):
+    """A signal as the hub holds it, as far as a command needs it: its status and its contact now."""
+
+    status: str
+    caseworker_id: str
+    contact: Any  # schemas.caseworker.ContactDetails as stored (JSON)
+
+
+async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
+    """The hub's status and contact of each known signal among `signal_ids`."""
     async with store.read() as session:
         found = await session.execute(
-            select(signals.c.signal_id, signals.c.status).where(signals.c.signal_id.in_(signal_ids))
+            select(signals.c.signal_id, signals.c.status, signals.c.caseworker_id, signals.c.contact).where(
+                signals.c.signal_id.in_(signal_ids)
+            )
         )
-        return {row.signal_id: row.status for row in found}
+        return {row.signal_id: _Held(row.status, row.caseworker_id, row.contact) for row in found}
+
+
+def _contact_now(
+    held: _Held | None, caseworker_id: str | None, queued: ContactDetails
+) -> tuple[str | None, ContactDetails]:
+    """The contact a command names when it goes: the signal's as the hub holds it now (a borging or a
+    contact change may have moved it while the command waited), else the one it was queued with."""
+    if held is None:
+        return caseworker_id, queued
+    try:
+        return held.caseworker_id, ContactDetails.model_validate(held.contact)
+    except ValidationError:
+        raise PermanentError("the signal's contact as the hub holds it is invalid") from None
+
+
+def _withdrawn(held: _Held | None) -> bool:
+    """Whether the hub withdrew the signal."""
+    return held is not None and held.status in _WITHDRAWN
+
+
+def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
+    """Whether what the index holds under the id is this registration, taken at an earlier attempt
+    with another contact person (the contact then): the same organisation and dates, still active."""
+    return (
+        index is not None
+        and index.status is SignaalStatus.ACTIEF
+        and (index.organisatie, index.aangemaakt, index.einddatum)
+        == (body.organisatie, body.aangemaakt, body.einddatum)
+        and index.contactpersoon != body.contactpersoon
+    )
 
 
 class VerwijsindexConnector:
@@ -70,6 +117,16 @@ class VerwijsindexConnector:
     is withheld only when the index confirms it holds no such signal: an earlier attempt whose answer
     was lost may have got through, and then it was a disclosure, audited as one, which the withdrawal
     behind it ends.
+
+    A registration or a change of contact names the signal's contact as the hub holds it when the
+    command goes, not the one it was queued with: while it waited (the retry ladder, a dead letter
+    replayed days later) borging or a caseworker may have moved the signal (rule 17), and the index
+    must not be told of someone who left or may no longer signal. A change replayed after a newer one
+    so names the newer contact; and a change the index answers "no such signal" is moot, not a dead
+    letter: its registration, when it goes (replayed), names the contact the hub holds then. The index
+    takes a registration once: when an earlier attempt got through with the contact then (its answer
+    lost) and the contact changed since, the index answers the next attempt with a conflict, and is
+    given the contact now as a change.
     """
 
     def __init__(
@@ -82,12 +139,15 @@ class VerwijsindexConnector:
         self.client, self.organisatie, self.simulator, self.store = client, organisatie, simulator, store
         self.feed: MatchFeed | None = None
         self.ladder: RetryLadder | None = None
-        # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), for
-        # the hooks that record it; and the statuses `prepare` looked up for the round in hand. A
-        # status only ever goes from ACTIEF to withdrawn, and a withdrawal waits behind the command in
-        # hand, so one looked up a moment ago at worst lets through a call the withdrawal undoes.
+        # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), and
+        # whose contact a registration or change named (the caseworker id), for the hooks that record
+        # them; and the signals `prepare` looked up for the round in hand. A status only ever goes
+        # from ACTIEF to withdrawn, and a withdrawal waits behind the command in hand, so one looked
+        # up a moment ago at worst lets through a call the withdrawal undoes. Likewise a contact
+        # changed since the lookup is sent by the change queued behind the command in hand.
         self.outcomes = RecentIds()
-        self._status: dict[str, str | None] = {}
+        self.contacts = RecentIds()
+        self._held: dict[str, _Held | None] = {}
 
     @property
     def url(self) -> str | None:
@@ -95,33 +155,35 @@ class VerwijsindexConnector:
         return self.simulator.url if self.simulator is not None else None
 
     async def prepare(self, messages: Sequence[Envelope]) -> None:
-        """The hub's status of every signal a round registers or changes, in one query."""
-        self._status = {}
+        """The hub's status and contact of every signal a round registers or changes, in one query."""
+        self._held = {}
         wanted = {
             signal_id
             for m in messages
             if m.type in _CHECKED and (signal_id := as_code(m.payload.get("signal_id"))) is not None
         }
         if wanted and self.store is not None:
-            self._status = dict.fromkeys(wanted) | await _statuses(self.store, wanted)
+            self._held = dict.fromkeys(wanted) | await _held(self.store, wanted)
 
     async def deliver(self, message: Envelope) -> None:
         """One command, one idempotent call; raises TransientError or PermanentError."""
         self.outcomes.discard(message.message_id)
+        self.contacts.discard(message.message_id)
         if message.type == commands.REGISTER:
             signal: VerwijsindexSignal = _parse(VerwijsindexSignal, message)
             assert signal.signal_id is not None
-            if self.store is not None and await self._status_of(signal.signal_id) is None:
+            held = await self._held_of(signal.signal_id)
+            if self.store is not None and held is None:
                 # Registered through the API, a signal is stored before its command is queued: one the
                 # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
                 raise PermanentError("the hub holds no signal with this id: it is not registered")
-            if await self._withdrawn(signal.signal_id) and await self._not_in_index(
-                signal.signal_id, message
-            ):
+            if _withdrawn(held) and await self._not_in_index(signal.signal_id, message):
                 self.outcomes.add(message.message_id, WITHHELD)
                 return
-            body = registratie_van(signal, self.organisatie)
-            await self.client.register(signal.signal_id, body, message.transaction_id)
+            contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
+            body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
+            await self._register(signal.signal_id, body, message)
+            self.contacts.add(message.message_id, contact_id or "")
         elif message.type == commands.WITHDRAW:
             cmd: commands.WithdrawSignal = _parse(commands.WithdrawSignal, message)
             reden = IntrekkingsReden(cmd.reason.value)
@@ -131,43 +193,67 @@ class VerwijsindexConnector:
                 self.outcomes.add(message.message_id, NOT_IN_INDEX)
         elif message.type == commands.CHANGE_CONTACT:
             change: commands.ChangeSignalContact = _parse(commands.ChangeSignalContact, message)
-            if await self._withdrawn(change.signal_id):  # the withdrawal behind it ends the signal
+            held = await self._held_of(change.signal_id)
+            if _withdrawn(held):  # the withdrawal behind it ends the signal
                 self.outcomes.add(message.message_id, WITHHELD)
                 return
-            await self.client.change_contact(
-                change.signal_id, contact_van(change.contact), message.transaction_id
-            )
+            contact_id, contact = _contact_now(held, change.caseworker_id, change.contact)
+            try:
+                await self.client.change_contact(
+                    change.signal_id, contact_van(contact), message.transaction_id
+                )
+            except NotInIndex:  # its registration has not got there: it names the contact then
+                self.outcomes.add(message.message_id, NOT_IN_INDEX)
+                return
+            self.contacts.add(message.message_id, contact_id or "")
         else:
             raise PermanentError(f"unknown command type on {VERWIJSINDEX_SIGNAL.name}")
 
-    async def _withdrawn(self, signal_id: str) -> bool:
-        """Whether the hub withdrew the signal."""
-        return await self._status_of(signal_id) in _WITHDRAWN
+    async def _register(self, signal_id: str, body: SignaalRegistratie, message: Envelope) -> None:
+        """PUT the registration; when the index took it at an earlier attempt with another contact
+        (its answer was lost, then the contact changed), PATCH the contact now instead."""
+        try:
+            await self.client.register(signal_id, body, message.transaction_id)
+        except IndexConflict:
+            if not _earlier_attempt(await self._in_index(signal_id, message), body):
+                raise
+            await self.client.change_contact(signal_id, body.contactpersoon, message.transaction_id)
 
-    async def _status_of(self, signal_id: str) -> str | None:
-        """The hub's status of the signal (None: it holds none, or has no store): from the round's
-        lookup, else looked up (a store failure on the way is transient to the ladder)."""
+    async def _held_of(self, signal_id: str) -> _Held | None:
+        """The hub's status and contact of the signal (None: it holds none, or has no store): from
+        the round's lookup, else looked up (a store failure on the way is transient to the ladder)."""
         if self.store is None:
             return None
-        if signal_id in self._status:
-            return self._status[signal_id]
-        return (await _statuses(self.store, {signal_id})).get(signal_id)
+        if signal_id in self._held:
+            return self._held[signal_id]
+        return (await _held(self.store, {signal_id})).get(signal_id)
+
+    async def _in_index(self, signal_id: str, message: Envelope) -> Signaal | None:
+        """The signal as the index holds it; None when it answers "not found" for it."""
+        try:
+            return await self.client.get(signal_id, message.transaction_id)
+        except NotInIndex:
+            return None
 
     async def _not_in_index(self, signal_id: str, message: Envelope) -> bool:
         """Whether the index holds no such signal (it answers "not found" for it)."""
-        try:
-            await self.client.get(signal_id, message.transaction_id)
-        except NotInIndex:
-            return True
-        return False
+        return await self._in_index(signal_id, message) is None
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
-        """Record the outcome: a disclosure, or what `deliver` found instead."""
-        await delivery.on_delivered(session, message, outcome=self.outcomes.note(message.message_id))
+        """Record the outcome: a disclosure (naming the contact that went), or what `deliver` found
+        instead."""
+        await delivery.on_delivered(
+            session,
+            message,
+            outcome=self.outcomes.note(message.message_id),
+            contact=self.contacts.note(message.message_id),
+        )
 
     async def on_delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
         """`on_delivered` for a round."""
-        await delivery.on_delivered_many(session, messages, outcome_of=self.outcomes.note)
+        await delivery.on_delivered_many(
+            session, messages, outcome_of=self.outcomes.note, contact_of=self.contacts.note
+        )
 
     async def ping(self) -> None:
         """Raise when the index does not answer its health check."""

@@ -5,12 +5,17 @@ at) or dead_lettered (why). An earlier command that gets through while a later o
 the signal `queued`; one that gets through after the later one was settled (an earlier command
 replayed from the dead-letter topic) leaves its state as it is; a command waiting behind another
 youth's parked command shows `retrying` with attempt 0.
+
+A contact change the index had no signal for (its registration a dead letter, not replayed yet)
+needed no call, but the signal is not in the index: it shows its registration `dead_lettered`
+(`UNREGISTERED` says why), and whichever registration of it gets through next makes it `delivered`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,10 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.signals import commands
 from hub.signals.tables import signals
+from schemas._base import as_code
 from schemas.envelope import Envelope, utcnow
 
 CONNECTOR = "verwijsindex-connector"
 WAITING = "waiting behind an earlier command for the same youth"
+# What a command that was no plain disclosure came to (the audit action's suffix):
+WITHHELD = "withheld"  # the hub withdrew the signal before this command went: nothing was sent
+NOT_IN_INDEX = "not_in_index"  # a withdrawal or contact change the index had no signal for
+UNREGISTERED = (
+    "the Verwijsindex holds no such signal: its registration has not reached it (replay its dead "
+    "letter); the contact change needs no call, the registration names the contact the hub holds then"
+)
 # The latest command's fate, which an earlier one getting through (a replayed dead letter) leaves be.
 _SETTLED = ("delivered", "dead_lettered")
 
@@ -35,15 +48,45 @@ def _action(message: Envelope, outcome: str | None) -> str:
     return f"verwijsindex.{message.type}" + (f".{outcome}" if outcome else "")
 
 
-async def on_delivered(session: AsyncSession, message: Envelope, *, outcome: str | None = None) -> None:
+def _unregistered(message: Envelope, outcome: str | None) -> bool:
+    """A contact change the index had no signal for."""
+    return message.type == commands.CHANGE_CONTACT and outcome == NOT_IN_INDEX
+
+
+def _awaiting_registration() -> Any:
+    """A signal whose registration, whichever, is awaited (`UNREGISTERED`)."""
+    return signals.c.delivery_message_id.is_(None) & (signals.c.delivery_command == commands.REGISTER)
+
+
+def _objects(message: Envelope, signal_id: str | None, contact: str | None) -> dict[str, Any]:
+    """The audit entry's objects; for a contact sent, whose it was (the signal's contact when it went),
+    and whose the command was queued with when that was someone else."""
+    objects: dict[str, Any] = {
+        "signal_id": signal_id,
+        "message_id": message.message_id,
+        "partner": "verwijsindex",
+    }
+    if contact:
+        objects["caseworker_id"] = contact
+        queued = as_code(message.payload.get("caseworker_id")) if message.payload else None
+        if queued is not None and queued != contact:
+            objects["queued_caseworker_id"] = queued
+    return objects
+
+
+async def on_delivered(
+    session: AsyncSession, message: Envelope, *, outcome: str | None = None, contact: str | None = None
+) -> None:
     """The index accepted the command (or it needed no call, `outcome` says why): mark it, and audit
-    it (rule 18)."""
+    it (rule 18), with `contact`: the caseworker whose contact details it sent."""
     now = utcnow()
     latest = signals.c.delivery_message_id == message.message_id
+    if message.type == commands.REGISTER and not outcome:
+        latest = latest | _awaiting_registration()
     await session.execute(
         update(signals)
         .where(_where(message), latest)
-        .values(delivery_state="delivered", attempt=0, next_try_at=None, last_error=None, delivered_at=now)
+        .values(**(_unregistered_values(now) if _unregistered(message, outcome) else _delivered_values(now)))
     )
     await session.execute(
         update(signals)
@@ -55,9 +98,33 @@ async def on_delivered(session: AsyncSession, message: Envelope, *, outcome: str
         action=_action(message, outcome),
         user=CONNECTOR,
         youth_key=await _youth_key(session, signal_id),
-        objects={"signal_id": signal_id, "message_id": message.message_id, "partner": "verwijsindex"},
+        objects=_objects(message, signal_id, contact),
     )
     await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
+
+
+def _delivered_values(now: datetime) -> dict[str, Any]:
+    return {
+        "delivery_state": "delivered",
+        "attempt": 0,
+        "next_try_at": None,
+        "last_error": None,
+        "delivered_at": now,
+    }
+
+
+def _unregistered_values(now: datetime) -> dict[str, Any]:
+    """The signal's registration is awaited: a dead letter, as far as the hub can tell. `updated_at`
+    as `on_dead` sets it: retention keeps the signal while that letter can still be replayed."""
+    return {
+        "delivery_state": "dead_lettered",
+        "delivery_command": commands.REGISTER,
+        "delivery_message_id": None,
+        "attempt": 0,
+        "next_try_at": None,
+        "last_error": UNREGISTERED,
+        "updated_at": now,
+    }
 
 
 async def on_delivered_many(
@@ -65,24 +132,43 @@ async def on_delivered_many(
     messages: Sequence[Envelope],
     *,
     outcome_of: Callable[[str], str | None] = lambda _: None,
+    contact_of: Callable[[str], str | None] = lambda _: None,
 ) -> None:
-    """`on_delivered` for a round of deliveries (at most one per youth), in four statements;
-    `outcome_of(message_id)` is each one's `outcome`."""
+    """`on_delivered` for a round of deliveries (at most one per youth), in four statements (five
+    with a contact change the index had no signal for); `outcome_of(message_id)` and
+    `contact_of(message_id)` are each one's `outcome` and `contact`."""
     now = utcnow()
     ids = [m.message_id for m in messages]
     signal_ids = {m.message_id: commands.signal_id_of(m) or "" for m in messages}
     touched = signals.c.signal_id.in_(set(signal_ids.values()))
+    unregistered = [m.message_id for m in messages if _unregistered(m, outcome_of(m.message_id))]
+    registered = {
+        signal_ids[m.message_id]
+        for m in messages
+        if m.type == commands.REGISTER and not outcome_of(m.message_id)
+    }
     # a signal whose latest command got through is delivered; one with a later command waiting, queued
     await session.execute(
         update(signals)
         .where(touched, signals.c.delivery_message_id.not_in(ids), signals.c.delivery_state.not_in(_SETTLED))
         .values(delivery_state="queued", attempt=0, next_try_at=None, last_error=None)
     )
+    got_through = [i for i in ids if i not in set(unregistered)]
     await session.execute(
         update(signals)
-        .where(touched, signals.c.delivery_message_id.in_(ids))
-        .values(delivery_state="delivered", attempt=0, next_try_at=None, last_error=None, delivered_at=now)
+        .where(
+            touched,
+            signals.c.delivery_message_id.in_(got_through)
+            | (_awaiting_registration() & signals.c.signal_id.in_(registered)),
+        )
+        .values(**_delivered_values(now))
     )
+    if unregistered:
+        await session.execute(
+            update(signals)
+            .where(touched, signals.c.delivery_message_id.in_(unregistered))
+            .values(**_unregistered_values(now))
+        )
     found = await session.execute(select(signals.c.signal_id, signals.c.youth_key).where(touched))
     keys: dict[str, str] = {row.signal_id: row.youth_key for row in found}
     rows = [
@@ -93,11 +179,7 @@ async def on_delivered_many(
             system=CONNECTOR,
             transaction_id=m.transaction_id,
             youth_key=keys.get(signal_ids[m.message_id]),
-            objects={
-                "signal_id": signal_ids[m.message_id] or None,
-                "message_id": m.message_id,
-                "partner": "verwijsindex",
-            },
+            objects=_objects(m, signal_ids[m.message_id] or None, contact_of(m.message_id)),
         )
         for m in messages
     ]

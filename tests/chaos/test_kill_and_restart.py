@@ -155,8 +155,14 @@ class Traffic:
         return [(key, command.to_bytes(), command.headers()) for command in commands]
 
     async def hold(self, db_url: str) -> None:
-        """Store the signals as the caseworker API would: the connector sends only what the hub holds."""
-        await hold_signals(db_url, self.signals)
+        """Store the signals as the caseworker API would: the connector sends only what the hub holds.
+        With contact changes, as the hub holds them after the change: a command names the signal's
+        contact as the hub holds it when the command goes."""
+        held = self.signals
+        if self.contact_changes:
+            moved = {"caseworker": NEW_CONTACT, "caseworker_id": "cw-omar"}
+            held = [s.model_copy(update=moved) for s in held]
+        await hold_signals(db_url, held)
 
     async def send(self, waves: int, pause_s: float, *, only: range | None = None) -> None:
         """Everything, spread over `waves` with a pause after each (while the hub is killed).
