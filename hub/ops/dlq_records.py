@@ -326,3 +326,21 @@ def _bsn_in_csv(payload: bytes) -> str | None:
         if column in names and names.index(column) < len(first):
             return _as_bsn(first[names.index(column)])
     return None
+
+
+def bsns_in_csv(payload: bytes) -> set[str]:
+    """Every BSN in the BSN column of a CSV (a leerplicht batch names a youth a row); empty when it is
+    no such CSV. `bsn_in_key_or_payload` takes the first row's: a batch of several youths is whose?"""
+    text = payload.decode("utf-8-sig", "replace")
+    delimiter = max(";,\t", key=text.split("\n", 1)[0].count)
+    found: set[str] = set()
+    try:
+        rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+        names = [cell.strip().casefold() for cell in next(rows, [])]
+        column = next((names.index(c) for c in ("bsn", "burgerservicenummer") if c in names), None)
+        for row in rows if column is not None else ():
+            if column is not None and column < len(row) and (bsn := _as_bsn(row[column])) is not None:
+                found.add(bsn)
+    except csv.Error:
+        pass
+    return found

@@ -3,24 +3,42 @@
 The hub keys a youth's data by the youth key (an HMAC of the BSN), so the export gathers every row
 under that key: referrals (with their decisions), consents, handovers, signals and their matches,
 what waits in the outbox and the retry ladder, and the audit log, which holds every disclosure, read
-and change (rule 18). Dead letters are read from the broker: those keyed by the youth key or the
-BSN, or whose payload names either. What could not be read is listed under `incomplete`, never left
-out silently. The export is itself a disclosure: audited under the youth key, with the number of
-items per part and never the BSN.
+and change (rule 18).
+
+A message as its sender wrote it (an outbox row, pending or parked; a dead letter, read from the
+broker) is the youth's when it is keyed by the youth key, names the youth key as a value, or names
+the youth's BSN as a partner does (the youth's own block, 8 digits or 9, a string or a number, a CSV
+column), or else is keyed by the BSN. Never for a run of the BSN's digits elsewhere: that may be
+another youth's parent's phone number. One that names no BSN yet holds the BSN's digits or the youth
+key may be the youth's and cannot be told: it is left out, and counted under `incomplete`. A parked
+row an operator released or discarded is emptied, and keeps who did it and why: it is in the export
+when the audit entry of that action is the youth's.
+
+Mail is found through the ids the youth's rows and audit entries name: the signals, the matches, the
+notifications queued or sent about the youth (`mail.*.queued`, `mail.sent`) and a notice's case
+reference. `mail_sent` holds whose mailbox each such mail reached; `mail_sink` (the embedded SMTP sink
+only) the mail as it went, with the counterparts' contacts and the case reference, never a BSN or a
+name; `mail_problems` what went wrong with it. Left out: a borging mail, which lists the signals and
+matches of every youth its caseworker had (other youths' data, and audited under no youth), and a
+problem with a mail whose notification could not be read (it names no id of a youth).
+
+What could not be read, or told, is listed under `incomplete`, never left out silently. The export is
+itself a disclosure: audited under the youth key, with the number of items per part and never the BSN.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import InvalidParam, Problem
@@ -29,10 +47,11 @@ from hub.clock import aware
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
+from hub.notify.tables import mail_problems, mail_sent, mail_sink
 from hub.ops.auth import Operator, requires
 from hub.ops.console import console_of
 from hub.ops.dlq import DeadLetters, legacy_applies
-from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, parse_id, read_at
+from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, bsns_in_csv, parse_id, read_at
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
 from hub.retry.tables import parked
@@ -86,10 +105,148 @@ def _keyed(column: Any, bsn: str, key: str) -> Any:
     return or_(column == key, column.endswith(f":{key}"), column == bsn)
 
 
-async def held_in_store(session: AsyncSession, *, bsn: str, key: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the store about the youth with `key` (whose BSN is `bsn`)."""
+def _holds(session: AsyncSession, column: Any, needle: bytes) -> Any:
+    """`column` (bytes) holds `needle`. On SQLite a BLOB never matches LIKE (which `contains` compiles
+    to): there it is `instr`, which compares bytes; PostgreSQL's LIKE takes bytea."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.instr(column, needle) > 0
+    return column.contains(needle)
+
+
+def _digits(bsn: str) -> str:
+    """The BSN's digits as every form of it holds them: 8 where a number lost its leading 0."""
+    return bsn[1:] if bsn.startswith("0") else bsn
+
+
+def _standing_alone(bsn: str) -> re.Pattern[bytes]:
+    """The BSN's digits standing alone, in 9 digits or (a number) 8: not within a longer number."""
+    lead = rb"0?" if bsn.startswith("0") else rb""
+    return re.compile(rb"(?<![0-9])" + lead + _digits(bsn).encode() + rb"(?![0-9])")
+
+
+def _whose(row_key: str | None, value: bytes, *, bsn: str, key: str) -> bool | None:
+    """True when a message (its key and payload as its sender wrote them) is the youth's, False when
+    it is not, None when it names no BSN and yet holds the BSN's digits or the youth key, or is a batch
+    naming the youth among others."""
+    if row_key == key or (row_key or "").endswith(f":{key}") or _names_key(value, key):
+        return True
+    # a batch of several youths (a leerplicht CSV): not the youth's alone, and not to be handed over
+    # whole; whether it names them is told, the rest of it is not the export's
+    if len(several := bsns_in_csv(value)) > 1:
+        return None if bsn in several else False
+    # the youth's own block, 8 digits or 9, a string or a number, a CSV column; else a BSN as key
+    named = bsn_in_key_or_payload(row_key, value)
+    if named is not None:
+        return named == bsn
+    return None if key.encode() in value or _standing_alone(bsn).search(value) else False
+
+
+def _unsure(part: str, n: int) -> str:
+    """The line under `incomplete` for messages that may be the youth's and cannot be told."""
+    return (
+        f"{part}: {n} message(s) hold the BSN's digits or the youth key but name no BSN, or are a batch"
+        " of several youths; whose they are cannot be told, so they are not in the export"
+    )
+
+
+async def _messages(
+    session: AsyncSession,
+    table: Table,
+    *,
+    bsn: str,
+    key: str,
+    incomplete: list[str],
+    ids: Collection[int] = (),
+) -> list[Any]:
+    """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids`."""
+    c = table.c
+    keys = sorted({key, bsn, _digits(bsn)})
+    near = or_(  # what may be the youth's, looked at one by one
+        c.key.in_(keys),
+        c.key.endswith(f":{key}"),
+        _holds(session, c.value, key.encode()),
+        _holds(session, c.value, _digits(bsn).encode()),
+        c.id.in_(sorted(ids)),
+    )
+    mine, unsure = [], 0
+    for row in await _all(session, table, near, order=c.id):
+        whose = True if row.id in ids else _whose(row.key, bytes(row.value), bsn=bsn, key=key)
+        if whose:
+            mine.append(row)
+        elif whose is None:
+            unsure += 1
+    if unsure:
+        incomplete.append(_unsure(table.name, unsure))
+    return mine
+
+
+def _strings(value: Any) -> set[str]:
+    return {v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v}
+
+
+def _named(audit: Iterable[Any]) -> dict[str, set[str]]:
+    """The ids the youth's audit entries name, by kind: signals, matches, notifications, and the case
+    reference of a mail (a match mail's signal, a notice's referral)."""
+    named: dict[str, set[str]] = {"signal": set(), "match": set(), "notification": set(), "case": set()}
+    for row in audit:
+        objects = row.objects if isinstance(row.objects, dict) else {}
+        for field, kind in (
+            ("signal_id", "signal"),
+            ("signal_ids", "signal"),
+            ("match_id", "match"),
+            ("match_ids", "match"),
+            ("notification_id", "notification"),
+        ):
+            named[kind] |= _strings(objects.get(field))
+        if row.action.startswith("mail."):
+            named["case"] |= _strings(objects.get("case_reference"))
+    return named
+
+
+def _parked_ids(audit: Iterable[Any]) -> set[int]:
+    """The parked outbox rows an operator released or discarded under the youth key: emptied then,
+    they keep who did it and why."""
+    return {
+        row.objects["parked_id"]
+        for row in audit
+        if row.action in ("outbox.released", "outbox.discarded")
+        and isinstance(row.objects, dict)
+        and isinstance(row.objects.get("parked_id"), int)
+    }
+
+
+# connectors.mail.message.message_id_for: the Message-ID of a notification's mail
+_MAIL_MESSAGE_ID = re.compile(r"<(.+)\.ketenhub@[^>]*>")
+
+
+async def _sink_mails(session: AsyncSession, notification_ids: set[str]) -> list[Any]:
+    """The embedded sink's copies of the mails of `notification_ids`, by their Message-ID."""
+    if not notification_ids:
+        return []
+    ids = [
+        row.id
+        for row in await session.execute(select(mail_sink.c.id, mail_sink.c.message_id))
+        if (found := _MAIL_MESSAGE_ID.fullmatch(row.message_id or "")) and found[1] in notification_ids
+    ]
+    return await _all(session, mail_sink, mail_sink.c.id.in_(ids), order=mail_sink.c.id) if ids else []
+
+
+async def held_in_store(
+    session: AsyncSession, *, bsn: str, key: str, incomplete: list[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the store about the youth with `key` (whose BSN is `bsn`); messages that may be
+    the youth's but cannot be told are counted in `incomplete`."""
+    gaps = [] if incomplete is None else incomplete
+    audit = await _all(session, audit_log, audit_log.c.youth_key == key, order=audit_log.c.id)
+    named = _named(audit)
     found_signals = await _all(session, signals, signals.c.youth_key == key, order=signals.c.signal_id)
-    signal_ids = [s.signal_id for s in found_signals]
+    signal_ids = {s.signal_id for s in found_signals} | named["signal"]
+    found_matches = await _all(
+        session, matches, matches.c.signal_id.in_(sorted(signal_ids)), order=matches.c.received_at
+    )
+    # a problem's reference is a signal, match or notification id, or a notice's case reference
+    references = signal_ids | {m.match_id for m in found_matches} | named["match"]
+    references |= named["notification"] | named["case"]
     in_ladder = or_(_keyed(parked.c.key, bsn, key), parked.c.record_key.in_([key, bsn]))
     return {
         "referrals": _rows(
@@ -105,49 +262,48 @@ async def held_in_store(session: AsyncSession, *, bsn: str, key: str) -> dict[st
             leave_out=("youth_key",),
         ),
         "signals": _rows(found_signals, leave_out=("youth_key",)),
-        "matches": _rows(
-            await _all(session, matches, matches.c.signal_id.in_(signal_ids), order=matches.c.received_at)
-        )
-        if signal_ids
-        else [],
-        "outbox": _rows(await _all(session, outbox, _keyed(outbox.c.key, bsn, key), order=outbox.c.id)),
-        "outbox_parked": _rows(
+        "matches": _rows(found_matches),
+        "mail_sent": _rows(
             await _all(
                 session,
-                outbox_parked,
-                or_(
-                    _keyed(outbox_parked.c.key, bsn, key),  # a dead letter parked keeps its sender's key
-                    outbox_parked.c.value.contains(key.encode()),
-                    outbox_parked.c.value.contains(bsn.encode()),
-                ),
-                order=outbox_parked.c.id,
+                mail_sent,
+                mail_sent.c.notification_id.in_(sorted(named["notification"])),
+                order=mail_sent.c.sent_at,
             )
         ),
-        "retries": _rows(await _all(session, parked, in_ladder, order=parked.c.seq)),
-        "audit": _rows(
-            await _all(session, audit_log, audit_log.c.youth_key == key, order=audit_log.c.id),
-            leave_out=("youth_key",),
+        "mail_sink": _rows(await _sink_mails(session, named["notification"])),
+        "mail_problems": _rows(
+            await _all(
+                session,
+                mail_problems,
+                mail_problems.c.reference.in_(sorted(references)),
+                order=mail_problems.c.id,
+            )
         ),
+        "outbox": _rows(await _messages(session, outbox, bsn=bsn, key=key, incomplete=gaps)),
+        "outbox_parked": _rows(
+            await _messages(session, outbox_parked, bsn=bsn, key=key, incomplete=gaps, ids=_parked_ids(audit))
+        ),
+        "retries": _rows(await _all(session, parked, in_ladder, order=parked.c.seq)),
+        "audit": _rows(audit, leave_out=("youth_key",)),
     }
 
 
-async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -> list[dict[str, Any]]:
-    """The dead letters keyed by the youth key or the BSN, or whose payload names either; with their
-    payloads, as held. BrokersUnavailable when the broker cannot be read."""
+async def dead_letters_about(
+    dead_letters: DeadLetters, *, bsn: str, key: str, incomplete: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The dead letters that are the youth's (`_whose`), with their payloads as held; those that may
+    be and cannot be told are counted in `incomplete`. BrokersUnavailable when the broker cannot be
+    read."""
     letters = await dead_letters.find(Filter(status=None))  # every letter, whatever was done with it
-    out, found = [], {}
+    out, found, unsure = [], {}, 0
     for start in range(0, len(letters), PAYLOADS_AT_ONCE):
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            # keyed by the youth, or naming the youth's BSN as a partner does (the youth's own block,
-            # 8 digits or 9, a string or a number, a CSV column), or the hub's own message of the youth
-            if (
-                d.key == key
-                or (d.key or "").endswith(f":{key}")
-                or bsn_in_key_or_payload(d.key, d.value) == bsn
-                or _names_key(d.value, key)
-            ):
+            whose = _whose(d.key, d.value, bsn=bsn, key=key)
+            unsure += whose is None
+            if whose:
                 found[d.id] = d
                 out.append(
                     {
@@ -177,6 +333,8 @@ async def dead_letters_about(dead_letters: DeadLetters, *, bsn: str, key: str) -
     for letter in out:
         if (a := by_id.get(letter["id"])) is not None:
             letter["action"] = {"action": a.action, "by": a.operator, "at": _plain(a.at), "reason": a.reason}
+    if unsure and incomplete is not None:
+        incomplete.append(_unsure("dead_letters", unsure))
     return out
 
 
@@ -206,13 +364,15 @@ async def export(
     normal, key = youth_of(bsn, secret)
     incomplete: list[str] = []
     async with store.read() as session:
-        held: dict[str, Any] = await held_in_store(session, bsn=normal, key=key)
+        held: dict[str, Any] = await held_in_store(session, bsn=normal, key=key, incomplete=incomplete)
     if dead_letters is None:
         incomplete.append("dead_letters: no broker to read them from")
         held["dead_letters"] = []
     else:
         try:
-            held["dead_letters"] = await dead_letters_about(dead_letters, bsn=normal, key=key)
+            held["dead_letters"] = await dead_letters_about(
+                dead_letters, bsn=normal, key=key, incomplete=incomplete
+            )
         except BrokersUnavailable as exc:
             incomplete.append(f"dead_letters: {exc}")
             held["dead_letters"] = []

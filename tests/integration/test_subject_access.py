@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import uuid
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -113,7 +114,9 @@ async def test_the_export_holds_what_the_hub_holds_and_disclosed_about_one_bsn_a
         assert bsn not in json.dumps(objects)
 
 
-async def _letters_with(bootstrap: str, topic: str, records: list[tuple[bytes, dict[str, Any]]]) -> list[str]:
+async def _letters_with(
+    bootstrap: str, topic: str, records: list[tuple[bytes, dict[str, Any] | bytes]]
+) -> list[str]:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -121,7 +124,8 @@ async def _letters_with(bootstrap: str, topic: str, records: list[tuple[bytes, d
     try:
         ids = []
         for key, payload in records:
-            sent = await producer.send_and_wait(topic, json.dumps(payload).encode(), key=key)
+            value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            sent = await producer.send_and_wait(topic, value, key=key)
             ids.append(f"{topic}:{sent.partition}:{sent.offset}")
         return ids
     finally:
@@ -186,6 +190,14 @@ def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_f
     partial = runner.invoke(app, ["inzage"], input=f"{bsn}\n", env=embedded)
     assert partial.exit_code == 0 and "incomplete: dead_letters" in partial.output, partial.output
 
+    # a letter that holds the BSN's digits and names no BSN may be the youth's, and cannot be told:
+    # not in the export, and the export says it is incomplete
+    [unsure] = asyncio.run(_letters_with(kafka.bootstrap, topic, [(b"pv-3", f"over {bsn}, zie PV".encode())]))
+    told = runner.invoke(app, ["inzage", "--out", str(out)], input=f"{bsn}\n", env=env)
+    assert told.exit_code == 0 and "incomplete: dead_letters: 1 message(s)" in told.output, told.output
+    assert bsn not in told.output and unsure not in out.read_text()
+    assert sorted(d["id"] for d in json.loads(out.read_text())["dead_letters"]) == sorted([mine, as_number])
+
     async def exports() -> list[Any]:
         store = Store(f"sqlite+aiosqlite:///{db}")
         try:
@@ -200,6 +212,7 @@ def test_the_command_line_export_reads_the_bsn_from_stdin_and_writes_a_private_f
     rows = asyncio.run(exports())
     assert [(u.startswith("cli"), y, o["complete"]) for u, y, o in rows] == [
         (True, key, True),
+        (True, key, False),
         (True, key, False),
     ]
 
@@ -275,3 +288,181 @@ def test_an_export_file_that_cannot_be_written_is_refused_before_the_export_and_
     assert failed.exit_code == 1 and "No space left on device" in failed.output, failed.output
     assert bsn not in failed.output
     assert sorted(p.name for p in exports.iterdir()) == ["inzage.json"]
+
+
+async def test_outbox_rows_pending_or_parked_are_the_youths_by_what_they_name_not_by_a_run_of_digits(
+    store: Any,
+) -> None:
+    """On SQLite a parked row was never found by its content (a BLOB never matches LIKE), yet the
+    export said it was complete; on PostgreSQL a run of the BSN's digits anywhere (another youth's
+    parent's phone) took that youth's row in. Pending rows were found by their key alone."""
+    from hub.audit import AuditEntry, write_audit
+    from hub.ops.inzage import export
+    from hub.ops.parked import release
+    from hub.store.tables import outbox, outbox_parked
+    from schemas.envelope import utcnow
+    from schemas.pseudonym import youth_key as pseudonym
+    from tests.conftest import TEST_SECRET
+
+    bsn, other = "111222333", "123456782"
+    key, other_key = pseudonym(TEST_SECRET, bsn), pseudonym(TEST_SECRET, other)
+    messages: list[tuple[str, str, Any]] = [  # (message id, key as its sender wrote it, payload)
+        ("mine-1", "PV-2024-1", {"verdachte": {"bsn": bsn, "naam": "Sam Jansen"}}),
+        ("mine-2", "hub", {"payload": {"youth_key": key}}),
+        ("mine-3", "PV-2024-2", {"verdachte": {"bsn": int(bsn)}}),  # a number, as some partners send it
+        ("mine-4", bsn, {}),  # keyed by the BSN, naming none
+        ("mine-5", key, {"payload": {}}),
+        ("mine-6", f"jongerenwerk-dh:{key}", {}),
+        ("theirs-1", "PV-2024-3", {"verdachte": {"bsn": other}, "ouder": {"telefoon": bsn}}),
+        ("theirs-2", "PV-2024-4", {"verdachte": {"bsn": other}, "ouder": {"telefoon": f"0{bsn}9"}}),
+        ("theirs-3", bsn, {"verdachte": {"bsn": other}}),  # a reference that has the BSN's digits
+        ("theirs-4", other_key, {"payload": {"youth_key": other_key}}),
+        ("unsure", "melding-5", f"melding over de jongere {bsn}, zie dossier".encode()),
+        ("mine-7", "LP-1", f"Dossiernummer;BSN;Achternaam\nLP-1;{bsn};Jansen\n".encode()),  # a batch of one
+        # a leerplicht batch naming the youth among others: not handed over whole (it took the first
+        # row's BSN as the whole batch's, and missed it when the youth was in a later row)
+        (
+            "unsure-batch",
+            "LP-2",
+            f"Dossiernummer;BSN;Achternaam\nLP-2;{other};Visser\nLP-3;{bsn};Jansen\n".encode(),
+        ),
+    ]
+    now = utcnow()
+    async with store.transaction() as session:
+        for n, (message_id, sender_key, payload) in enumerate(messages, start=1):
+            value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            row: dict[str, Any] = {"topic": "t.dlq.v1", "key": sender_key, "value": value, "headers": {}}
+            row |= {"message_id": message_id, "created_at": now}
+            await session.execute(insert(outbox).values(**row))
+            await session.execute(
+                insert(outbox_parked).values(
+                    **row, outbox_id=n, parked_at=now, size=len(value), reason="too big"
+                )
+            )
+        await session.execute(
+            insert(outbox_parked).values(
+                outbox_id=99, topic="t.handover.v1", key=key, value=b'{"payload": {}}', headers={},
+                message_id="released", created_at=now, parked_at=now, size=15, reason="too big",
+            )
+        )  # fmt: skip
+        parked_id = (
+            await session.execute(select(outbox_parked.c.id).where(outbox_parked.c.message_id == "released"))
+        ).scalar_one()
+        await write_audit(
+            session,
+            AuditEntry(action="referral.read", user="cw-1", youth_key=key),
+            transaction_id=None,
+            system="t",
+        )
+    # released by an operator: emptied, it keeps who did it and why; the copy waits in the outbox
+    await release(store, parked_id, "otto", "de limiet is verhoogd", max_message_bytes=10_000)
+
+    doc = await export(store, bsn=bsn, secret=TEST_SECRET, by="petra", dead_letters=None)
+
+    mine = ["mine-1", "mine-2", "mine-3", "mine-4", "mine-5", "mine-6", "mine-7", "released"]
+    assert sorted(r["message_id"] for r in doc["outbox"]) == mine
+    assert sorted(r["message_id"] for r in doc["outbox_parked"]) == mine
+    [released] = [r for r in doc["outbox_parked"] if r["message_id"] == "released"]
+    assert released["resolved"] == "released" and released["resolved_by"] == "otto"
+    assert doc["outbox"][0]["value"] == {"verdachte": {"bsn": bsn, "naam": "Sam Jansen"}}  # as held
+    text = json.dumps(doc)
+    assert other not in text and other_key not in text and f"0{bsn}9" not in text  # nothing of another youth
+    # the row that may be the youth's is neither shown nor passed over: the export says it is incomplete
+    gaps = sorted(doc["incomplete"])
+    assert [g.split(":", 1)[0] for g in gaps] == ["dead_letters", "outbox", "outbox_parked"], gaps
+    assert all("2 message(s)" in g and bsn not in g for g in gaps[1:]), gaps
+    assert "melding over" not in text and "Visser" not in text
+    async with store.connect() as conn:
+        query = select(audit_log.c.objects).where(audit_log.c.action == "subject_access.exported")
+        [objects] = (await conn.execute(query)).scalars().all()
+    assert objects["complete"] is False and objects["counts"]["outbox_parked"] == len(mine)
+
+
+async def _rows_of(hub: Any, table: Any) -> list[Any]:
+    async with hub.store.connect() as conn:
+        return list((await conn.execute(select(table))).all())
+
+
+async def test_the_export_holds_the_mails_about_the_youth_whom_they_reached_and_their_problems(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Mails were left out: whose mailbox a mail about the youth reached (`mail_sent`), the mail as it
+    went (the embedded sink's `mail_sink`) and what went wrong with one (`mail_problems`)."""
+    from connectors.mail.component import mail_component
+    from hub.notify.component import register_notify
+    from hub.notify.service import NO_RECIPIENT
+    from hub.notify.tables import mail_problems, mail_sent, mail_sink
+    from hub.ops.inzage import export
+    from hub.runtime import Hub
+    from hub.signals.matches import REFUSED_MATCH, record_refused_match
+    from tests.conftest import TEST_SECRET, make_settings
+    from tests.integration.test_mail_delivery import FAST, ILSE, OMAR, add_caseworkers
+    from tests.integration.test_notify_match import signal_with_match, youth
+
+    # no SMTP host: the embedded sink, which keeps the mails in the store
+    settings = make_settings(kafka, db_url, unique, components=["mail"], smtp={"sender": "ketenhub@halt.nl"})
+    hub = Hub(settings, registrars={"mail": [mail_component(FAST), register_notify]})
+    await hub.start()
+    try:
+        assert hub.store is not None
+        refusing = OMAR.model_copy(update={"caseworker_id": "cw-nina", "email": "nina@halt.nl"})
+        gone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
+        await add_caseworkers(hub, ILSE, OMAR, refusing, gone)
+        hub.components["mail"].sink.refuse["nina@halt.nl"] = "550 5.1.1 mailbox unavailable"
+        ids: dict[str, dict[str, str]] = {}
+        for who, young in (("ours", youth(111_222_300)), ("theirs", youth(123_456_700))):
+            sent_signal, sent_match = await signal_with_match(hub, "cw-ilse", young)
+            _, refused_match = await signal_with_match(hub, "cw-nina", young)  # the SMTP server refuses
+            lost_signal, _ = await signal_with_match(hub, "cw-lone", young)  # nobody reads the mail
+            async with hub.store.transaction() as session:
+                await record_refused_match(
+                    session, match_id=f"m-onleesbaar-{who}", signal_id=sent_signal,
+                    reason="feed entry unreadable", transaction_id=str(uuid.uuid4()),
+                )  # fmt: skip
+            ids[who] = {"bsn": young.bsn, "sent_signal": sent_signal, "sent_match": sent_match}
+            ids[who] |= {"refused_match": refused_match, "lost_signal": lost_signal}
+
+        async def settled() -> bool:
+            return (
+                len(await _rows_of(hub, mail_sink)) == 2
+                and len(await _rows_of(hub, mail_sent)) == 2
+                and len(await _rows_of(hub, mail_problems)) == 6
+            )
+
+        await wait_for(settled, timeout_s=30)
+        async with hub.store.connect() as conn:
+            queued = select(audit_log.c.objects).where(audit_log.c.action == "mail.match.queued")
+            notification = {
+                o["match_id"]: o["notification_id"] for o in (await conn.execute(queued)).scalars()
+            }
+
+        doc = await export(
+            hub.store, bsn=ids["ours"]["bsn"], secret=TEST_SECRET, by="petra", dead_letters=None
+        )
+    finally:
+        await hub.stop()
+
+    ours, theirs = ids["ours"], ids["theirs"]
+    sent_id, refused_id = notification[ours["sent_match"]], notification[ours["refused_match"]]
+    assert [(r["notification_id"], r["recipient_caseworker_id"]) for r in doc["mail_sent"]] == [
+        (sent_id, "cw-ilse")
+    ]
+    [mail] = doc["mail_sink"]
+    assert mail["message_id"] == f"<{sent_id}.ketenhub@halt.nl>" and mail["rcpt_to"] == "ilse@halt.nl"
+    assert ours["sent_signal"] in mail["raw"] and "Kees de Wit" in mail["raw"]  # the mail as it went
+    assert sorted((p["kind"], p["reference"]) for p in doc["mail_problems"]) == sorted(
+        [
+            (NO_RECIPIENT, ours["lost_signal"]),
+            (REFUSED_MATCH, "m-onleesbaar-ours"),
+            ("mail_niet_bezorgd", refused_id),  # connectors.mail.problems.REFUSED
+        ]
+    )
+    assert {part: doc["counts"][part] for part in ("mail_sent", "mail_sink", "mail_problems")} == {
+        "mail_sent": 1,
+        "mail_sink": 1,
+        "mail_problems": 3,
+    }
+    text = json.dumps(doc)
+    theirs_ids = [*theirs.values(), "m-onleesbaar-theirs", notification[theirs["sent_match"]]]
+    theirs_ids.append(notification[theirs["refused_match"]])
+    assert not [value for value in theirs_ids if value in text]  # nothing of another youth
