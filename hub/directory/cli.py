@@ -33,16 +33,26 @@ def import_file(
     """Load caseworkers from a semicolon CSV; a report per row (exit 1 when a row failed).
 
     Columns: Medewerkernummer, Naam, E-mail, Team; optional Telefoon, Meldingsbevoegd, Vervanger,
-    Actief, Afwezig vanaf, Afwezig tot en met.
+    Actief, Afwezig vanaf, Afwezig tot en met (each column once; UTF-8, Windows-1252 or UTF-16).
+
+    A new caseworker gets the defaults for what the file leaves out: no phone, not meldingsbevoegd,
+    no delegate, active. A caseworker already in the directory keeps each field whose column the
+    file lacks, and keeps Actief and Meldingsbevoegd when the cell is blank (only ja/nee changes
+    them, so a file never reactivates someone who left unless it says Actief=ja). A blank Telefoon
+    or Vervanger cell clears the phone or the delegate. Absences are only added. A Vervanger must be
+    in the directory or be created by a faultless row of the same file. A row with more or fewer
+    fields than the header is refused. Each row is loaded whole or not at all; a BIJGEWERKT row
+    lists every field it changed (old -> new).
     """
     from hub.directory.importer import ImportFileError, ImportStopped, import_csv
+    from hub.ops.cli import USER
 
     store = _store()
 
     async def go() -> dict[str, object]:
         try:
             await store.migrate()
-            return (await import_csv(store, file.read_bytes(), user="cli")).as_json()
+            return (await import_csv(store, file.read_bytes(), user=USER)).as_json()
         finally:
             await store.close()
 
@@ -55,10 +65,11 @@ def import_file(
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         for row in report["rows"]:  # type: ignore[attr-defined]
-            errors = "; ".join(f"{e['field']}: {e['reason']}" for e in row["errors"])
-            typer.echo(
-                f"rij {row['row']:>4}  {row['result']:<11}  {row['caseworkerId'] or '-':<20}  {errors}"
-            )
+            said = [f"{e['field']}: {e['reason']}" for e in row["errors"]] + [
+                f"{c['field']}: {c['old'] or '(leeg)'} -> {c['new'] or '(leeg)'}" for c in row["changes"]
+            ]
+            who = row["caseworkerId"] or "-"
+            typer.echo(f"rij {row['row']:>4}  {row['result']:<11}  {who:<20}  {'; '.join(said)}")
         typer.echo(
             f"{report['total']} rijen: {report['aangemaakt']} aangemaakt, "
             f"{report['bijgewerkt']} bijgewerkt, {report['ongewijzigd']} ongewijzigd, {report['fout']} fout"

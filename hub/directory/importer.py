@@ -1,14 +1,24 @@
 """Bulk load of the directory from a semicolon CSV with Dutch headers; a report per row.
 
 Each row is its own transaction: one bad row never blocks the rest, and a row is loaded whole or
-not at all. A file that cannot be read as such a CSV (an encoding other than UTF-8 or Windows-1252,
-wrong delimiter, unknown or missing headers, a line the csv module refuses) is refused whole with
-ImportFileError, before any row is loaded. A row the database refuses is that row's error; a store
-that fails stops the import there (ImportStopped).
+not at all. A file that cannot be read as such a CSV (an encoding other than UTF-8, Windows-1252 or
+UTF-16 with its byte order mark, wrong delimiter, unknown, missing or doubled headers, a line the csv
+module refuses) is refused whole with ImportFileError, before any row is loaded. A row with more or
+fewer fields than the header, or a value under a column without a name, is that row's error. A row the
+database refuses is that row's error; a store that fails stops the import there (ImportStopped).
+
+A new caseworker takes the defaults for what the file leaves out (no phone, not meldingsbevoegd, no
+delegate, active). A caseworker already in the directory keeps every field whose column the file
+lacks, and keeps Actief and Meldingsbevoegd when their cell is blank: only `ja`/`nee` changes them, so
+a routine file never reactivates one who left nor takes away the right to signal (rule 13). A blank
+Telefoon or Vervanger cell clears the phone or the delegate. Absences are only ever added. A delegate
+must be in the directory or be a caseworker a faultless row of the same file creates (also a later
+row), as the API demands. A BIJGEWERKT row lists each field it changed, with the old and new value.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from dataclasses import dataclass, field
@@ -16,27 +26,33 @@ from datetime import date, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import id_problem
 from hub.directory.service import create_caseworker, lock_caseworker, replace_caseworker
+from hub.directory.tables import caseworkers
 from hub.signals.rules import phone_problem
 from hub.store import Store, store_failed
-from schemas._base import NO_CONTROL_PROBLEM
+from schemas._base import NO_CONTROL_PROBLEM, readable
 from schemas.caseworker import Absence, Caseworker, Team
 from schemas.problems import controls_refused
 
 REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
 OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
 TEAMS = {"den haag": Team.DEN_HAAG, "den_haag": Team.DEN_HAAG, "leiden": Team.LEIDEN, "gouda": Team.GOUDA}
+TEAM_NAMES = {Team.DEN_HAAG: "Den Haag", Team.LEIDEN: "Leiden", Team.GOUDA: "Gouda"}
 ID_COLUMNS = ("Medewerkernummer", "Vervanger")  # checked before the store sees them
 REFUSED = "de database weigerde deze rij"
 FIELDS = {
     "caseworker_id": "Medewerkernummer", "name": "Naam", "email": "E-mail", "phone": "Telefoon",
     "team": "Team", "delegate_id": "Vervanger", "start": "Afwezig vanaf", "end": "Afwezig tot en met",
 }  # fmt: skip
+NEW: dict[str, Any] = {"phone": None, "meldingsbevoegd": False, "delegate_id": None, "active": True}
+SHOWN = ("name", "email", "phone", "team", "meldingsbevoegd", "delegate_id", "active")  # in a report
+SHOWN_AS = FIELDS | {"meldingsbevoegd": "Meldingsbevoegd", "active": "Actief"}
 
 
 class ImportFileError(ValueError):
@@ -66,6 +82,7 @@ class RowResult:
     caseworker_id: str | None
     result: str  # AANGEMAAKT | BIJGEWERKT | ONGEWIJZIGD | FOUT
     errors: list[dict[str, str]] = field(default_factory=list)
+    changes: list[dict[str, str | None]] = field(default_factory=list)  # BIJGEWERKT: field, old, new
 
     def as_json(self) -> dict[str, Any]:
         """For the API and the CLI."""
@@ -74,6 +91,7 @@ class RowResult:
             "caseworkerId": self.caseworker_id,
             "result": self.result,
             "errors": self.errors,
+            "changes": self.changes,
         }
 
 
@@ -93,7 +111,22 @@ class ImportReport:
         }
 
 
+@dataclass(frozen=True)
+class Row:
+    """One data row: its cells by header (columns the file has; blank cells ""), and what is wrong
+    with its shape, if anything (then nothing of it is loaded)."""
+
+    number: int  # the header is row 1
+    cells: dict[str, str]
+    problem: str | None = None
+
+
 def _text(data: bytes) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode" files
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise ImportFileError("ongeldige UTF-16 (het bestand begint met een UTF-16-kenmerk)") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -104,38 +137,72 @@ def _text(data: bytes) -> str:
         raise ImportFileError("onbekende tekencodering (verwacht UTF-8 of Windows-1252)") from None
 
 
-def _unreadable(reader: csv.DictReader[str], exc: csv.Error) -> ImportFileError:
+def _unreadable(line: int, exc: csv.Error) -> ImportFileError:
     # The csv module's message names the problem, never the field's text.
     if "field larger than field limit" in str(exc):
         problem = f"een veld is langer dan {csv.field_size_limit()} tekens"
     else:
         problem = "geen geldige CSV (bijvoorbeeld een losse regelterugloop buiten aanhalingstekens)"
-    # DictReader.line_num is only set after a row it returned; the inner reader counts the failing line.
-    return ImportFileError(f"regel {reader.reader.line_num}: {problem}")
+    return ImportFileError(f"regel {line}: {problem}")
 
 
-def read_rows(data: bytes) -> list[dict[str, str]]:
-    """The data rows as dicts by header; ImportFileError for a file that is not our CSV."""
-    text = _text(data)
-    reader = csv.DictReader(io.StringIO(text), delimiter=";")
-    try:
-        headers = [h.strip() for h in reader.fieldnames or []]
-    except csv.Error as exc:
-        raise _unreadable(reader, exc) from None
+def _check_headers(headers: list[str]) -> None:
+    """ImportFileError unless the header names known columns, each once, the required ones all."""
     if len(headers) <= 1:
-        raise ImportFileError("geen puntkomma-gescheiden bestand (verwacht ';' tussen de kolommen)")
-    unknown = [h for h in headers if h not in REQUIRED + OPTIONAL]
-    missing = [h for h in REQUIRED if h not in headers]
-    if unknown or missing:
-        parts = ([f"onbekende kolommen: {', '.join(unknown)}"] if unknown else []) + (
-            [f"ontbrekende kolommen: {', '.join(missing)}"] if missing else []
+        if headers and "\x00" in headers[0]:
+            hint = " (NUL-tekens: UTF-16 zonder kenmerk? Sla op als CSV UTF-8)"
+        elif headers and "\t" in headers[0]:
+            hint = " (dit bestand gebruikt tabs, zoals Excels 'Unicode-tekst': sla op als CSV)"
+        else:
+            hint = ""
+        raise ImportFileError(f"geen puntkomma-gescheiden bestand (verwacht ';' tussen de kolommen){hint}")
+    named = [h for h in headers if h]  # a column without a name is ignored while it stays empty
+    unknown = [h for h in named if h not in REQUIRED + OPTIONAL]
+    missing = [h for h in REQUIRED if h not in named]
+    doubled = [h for h in dict.fromkeys(named) if named.count(h) > 1 and h not in unknown]
+    if unknown or missing or doubled:
+        shown = [readable(h if len(h) <= 40 else h[:40] + "…") for h in unknown]
+        parts = (
+            ([f"onbekende kolommen: {', '.join(shown)}"] if unknown else [])
+            + ([f"ontbrekende kolommen: {', '.join(missing)}"] if missing else [])
+            + ([f"dubbele kolommen: {', '.join(doubled)}"] if doubled else [])
         )
-        raise ImportFileError("; ".join(parts) + f" (toegestaan: {', '.join(REQUIRED + OPTIONAL)})")
-    reader.fieldnames = headers
+        raise ImportFileError(
+            "; ".join(parts) + f" (toegestaan, elk één keer: {', '.join(REQUIRED + OPTIONAL)})"
+        )
+
+
+def _row(number: int, headers: list[str], fields: list[str]) -> Row:
+    cells = {h: (fields[i] if i < len(fields) else "").strip() for i, h in enumerate(headers) if h}
+    lacking = any(headers[len(fields) :])  # trailing columns without a name may be left off
+    unnamed = [i + 1 for i, h in enumerate(headers[: len(fields)]) if not h and fields[i].strip()]
+    if len(fields) > len(headers):
+        problem = (
+            f"{len(fields)} velden, maar de kopregel heeft {len(headers)} kolommen"
+            " (een ';' in een waarde hoort tussen aanhalingstekens)"
+        )
+    elif lacking:
+        problem = f"{len(fields)} velden, maar de kopregel heeft {len(headers)} kolommen"
+    elif unnamed:
+        problem = f"een waarde in kolom {unnamed[0]}, die in de kopregel geen naam heeft"
+    else:
+        return Row(number, cells)
+    return Row(number, cells, f"{problem}; niets van deze rij is geladen")
+
+
+def read_rows(data: bytes) -> list[Row]:
+    """The data rows; ImportFileError for a file that is not our CSV."""
+    lines = csv.reader(io.StringIO(_text(data)), delimiter=";")
     try:
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        headers = [h.strip() for h in next(lines, [])]
+        _check_headers(headers)
+        rows: list[Row] = []
+        for fields in lines:
+            if fields:  # an empty line is no row
+                rows.append(_row(len(rows) + 2, headers, fields))
     except csv.Error as exc:
-        raise _unreadable(reader, exc) from None
+        raise _unreadable(lines.line_num, exc) from None
+    return rows
 
 
 def _yes(value: str, column: str, default: bool) -> bool:
@@ -157,11 +224,7 @@ def _day(value: str, column: str) -> date:
     raise ValueError(f"{column}: datum als dd-mm-jjjj verwacht")
 
 
-def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworker:
-    """One row as a Caseworker, merged with what the directory holds (absences are added)."""
-    team = TEAMS.get(row.get("Team", "").lower())
-    if team is None:
-        raise ValueError("Team: Den Haag, Leiden of Gouda verwacht")
+def _absences(row: dict[str, str], existing: Caseworker | None) -> list[Absence]:
     absences = list(existing.absences) if existing else []
     start, end = row.get("Afwezig vanaf", ""), row.get("Afwezig tot en met", "")
     if start or end:
@@ -173,22 +236,54 @@ def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworke
         new = Absence(start=first, end=last)
         if new not in absences:
             absences.append(new)
+    return absences
+
+
+def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworker:
+    """One row as a Caseworker, merged with what the directory holds: a column the file lacks keeps
+    the stored value (a new caseworker: the default), and so does a blank Actief or Meldingsbevoegd;
+    a blank Telefoon or Vervanger clears it; absences are added."""
+    team = TEAMS.get(row.get("Team", "").lower())
+    if team is None:
+        raise ValueError("Team: Den Haag, Leiden of Gouda verwacht")
+    kept = {k: getattr(existing, k) for k in NEW} if existing else NEW
     cw = Caseworker(
         caseworker_id=row["Medewerkernummer"],
         name=row["Naam"],
         email=row["E-mail"],
-        phone=row.get("Telefoon") or None,
+        phone=(row["Telefoon"] or None) if "Telefoon" in row else kept["phone"],
         team=team,
-        meldingsbevoegd=_yes(row.get("Meldingsbevoegd", ""), "Meldingsbevoegd", False),
-        delegate_id=row.get("Vervanger") or None,
-        active=_yes(row.get("Actief", ""), "Actief", True),
-        absences=absences,
+        meldingsbevoegd=_yes(row.get("Meldingsbevoegd", ""), "Meldingsbevoegd", kept["meldingsbevoegd"]),
+        delegate_id=(row["Vervanger"] or None) if "Vervanger" in row else kept["delegate_id"],
+        active=_yes(row.get("Actief", ""), "Actief", kept["active"]),
+        absences=_absences(row, existing),
     )
     # One who may signal is a signal's contact (rule 13, borging): the Verwijsindex must take the phone.
     problem = phone_problem(cw.phone) if cw.meldingsbevoegd else None
     if problem is not None:
         raise ValueError(f"Telefoon: {problem}")
     return cw
+
+
+def _shown(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "ja" if value else "nee"
+    if isinstance(value, Team):
+        return TEAM_NAMES[value]
+    return None if value is None else str(value)
+
+
+def changes(old: Caseworker, new: Caseworker) -> list[dict[str, str | None]]:
+    """What a row changed, column by column, with the old and the new value (None: empty)."""
+    out = [
+        {"field": SHOWN_AS[name], "old": _shown(getattr(old, name)), "new": _shown(getattr(new, name))}
+        for name in SHOWN
+        if getattr(old, name) != getattr(new, name)
+    ]
+    added = [a for a in new.absences if a not in old.absences]
+    return out + [
+        {"field": "Afwezig", "old": None, "new": f"{a.start:%d-%m-%Y} t/m {a.end:%d-%m-%Y}"} for a in added
+    ]
 
 
 def _id_errors(row: dict[str, str]) -> list[dict[str, str]]:
@@ -210,21 +305,65 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
     return [{"field": column, "reason": reason}] if reason else [{"field": "(rij)", "reason": str(exc)}]
 
 
-async def _load_row(session: AsyncSession, row: dict[str, str], cw_id: str) -> tuple[Caseworker, str]:
+async def _stored(session: AsyncSession, caseworker_id: str | None = None) -> set[str]:
+    """The ids the directory holds (a few hundred people): all, or `caseworker_id` if it is there."""
+    q = select(caseworkers.c.caseworker_id)
+    if caseworker_id is not None:
+        q = q.where(caseworkers.c.caseworker_id == caseworker_id)
+    return set((await session.execute(q)).scalars())
+
+
+def _created_by(rows: list[Row], stored: set[str]) -> set[str]:
+    """The caseworkers the file can create: those with a faultless row whose delegate is in the
+    directory (`stored`) or is created by the file too. Shrinks to a fixed point, so a pair standing
+    in for each other, both new, is kept."""
+    delegates: dict[str, list[str | None]] = {}
+    for row in rows:
+        if row.problem is None and not _id_errors(row.cells):
+            try:
+                cw = to_caseworker(row.cells, None)
+            except (ValueError, KeyError):
+                continue
+            delegates.setdefault(cw.caseworker_id, []).append(cw.delegate_id)
+    ids = set(delegates)
+    while True:
+        kept = {i for i in ids if any(d is None or d in stored or d in ids for d in delegates[i])}
+        if kept == ids:
+            return ids
+        ids = kept
+
+
+async def _check_delegate(session: AsyncSession, row: dict[str, str], in_file: set[str]) -> None:
+    """ValueError when the row names a delegate that is neither in the directory nor created by the
+    file; a delegate the row does not name (no Vervanger column) is the stored one, not checked."""
+    delegate = row.get("Vervanger")
+    if delegate and delegate not in in_file and not await _stored(session, delegate):
+        raise ValueError(
+            f"Vervanger: {delegate} staat niet in de medewerkerslijst en wordt ook niet aangemaakt door"
+            " een foutloze rij van dit bestand"
+        )
+
+
+async def _load_row(
+    session: AsyncSession, row: dict[str, str], cw_id: str, in_file: set[str]
+) -> tuple[Caseworker, str, list[dict[str, str | None]]]:
     """Merge the row with the stored caseworker under its lock and write it; return how it went:
-    AANGEMAAKT, BIJGEWERKT, or ONGEWIJZIGD when the row changes nothing (nothing written)."""
+    AANGEMAAKT, BIJGEWERKT (with what changed), or ONGEWIJZIGD when the row changes nothing
+    (nothing written)."""
     existing = await lock_caseworker(session, cw_id)
     cw = to_caseworker(row, existing)
+    await _check_delegate(session, row, in_file)
     if existing is None:
         if await create_caseworker(session, cw):
-            return cw, "AANGEMAAKT"
+            return cw, "AANGEMAAKT", []
         # Another import or PUT created them after our read (PostgreSQL waited for it): merge with theirs.
         existing = await lock_caseworker(session, cw_id)
+        assert existing is not None  # caseworkers are never deleted
         cw = to_caseworker(row, existing)
     if cw == existing:
-        return cw, "ONGEWIJZIGD"
+        return cw, "ONGEWIJZIGD", []
     await replace_caseworker(session, cw)
-    return cw, "BIJGEWERKT"
+    return cw, "BIJGEWERKT", changes(existing, cw)
 
 
 async def import_csv(
@@ -232,31 +371,44 @@ async def import_csv(
 ) -> ImportReport:
     """Load every row in its own transaction; return the per-row report.
 
-    ImportStopped when the store fails (`store_failed`): the rows before are loaded, the rest not.
+    ImportFileError before anything is loaded when the file is not our CSV; ImportStopped when the
+    store fails (`store_failed`): the rows before are loaded, the rest not.
     """
-    results = []
-    for number, row in enumerate(read_rows(data), start=2):
-        cw_id = row.get("Medewerkernummer") or None
-        if id_errors := _id_errors(row):
-            bad_id = any(e["field"] == "Medewerkernummer" for e in id_errors)
-            results.append(RowResult(number, None if bad_id else cw_id, "FOUT", id_errors))
-            continue
-        try:
-            async with store.transaction() as session:
-                cw, result = await _load_row(session, row, cw_id or "")
-                if result != "ONGEWIJZIGD":  # an import run again (after a 503) audits only what it changes
-                    entry = AuditEntry(
-                        action="directory.imported",
-                        user=user,
-                        objects={"caseworker_id": cw.caseworker_id, "row": number},
-                    )
-                    await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
-            results.append(RowResult(number, cw.caseworker_id, result))
-        except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
-            results.append(RowResult(number, cw_id, "FOUT", _errors(exc)))
-        except SQLAlchemyError as exc:
-            if store_failed(exc):
-                raise ImportStopped(number) from exc
-            # The database refused this row's values: its message may quote them, so it is not passed on.
-            results.append(RowResult(number, cw_id, "FOUT", [{"field": "(rij)", "reason": REFUSED}]))
-    return ImportReport(results)
+    rows = read_rows(data)
+    try:
+        async with store.read() as session:
+            in_file = _created_by(rows, await _stored(session))
+    except SQLAlchemyError as exc:
+        if store_failed(exc):
+            raise ImportStopped(2) from exc
+        raise
+    return ImportReport([await _import_row(store, row, in_file, user, transaction_id) for row in rows])
+
+
+async def _import_row(
+    store: Store, row: Row, in_file: set[str], user: str, transaction_id: str | None
+) -> RowResult:
+    number, cells = row.number, row.cells
+    cw_id = cells.get("Medewerkernummer") or None
+    if id_errors := _id_errors(cells):
+        bad_id = any(e["field"] == "Medewerkernummer" for e in id_errors)
+        return RowResult(number, None if bad_id else cw_id, "FOUT", id_errors)
+    if row.problem is not None:
+        return RowResult(number, cw_id, "FOUT", [{"field": "(rij)", "reason": row.problem}])
+    try:
+        async with store.transaction() as session:
+            cw, result, changed = await _load_row(session, cells, cw_id or "", in_file)
+            if result != "ONGEWIJZIGD":  # an import run again (after a 503) audits only what it changes
+                objects: dict[str, Any] = {"caseworker_id": cw.caseworker_id, "row": number}
+                if changed:
+                    objects["fields"] = [c["field"] for c in changed]
+                entry = AuditEntry(action="directory.imported", user=user, objects=objects)
+                await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
+        return RowResult(number, cw.caseworker_id, result, changes=changed)
+    except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
+        return RowResult(number, cw_id, "FOUT", _errors(exc))
+    except SQLAlchemyError as exc:
+        if store_failed(exc):
+            raise ImportStopped(number) from exc
+        # The database refused this row's values: its message may quote them, so it is not passed on.
+        return RowResult(number, cw_id, "FOUT", [{"field": "(rij)", "reason": REFUSED}])

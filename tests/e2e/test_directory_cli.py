@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -34,13 +36,17 @@ def test_import_reports_each_row_and_list_shows_the_directory(tmp_path: Path) ->
     assert any("rij    2" in line and "AANGEMAAKT" in line and "cw-ilse" in line for line in lines)
     assert any("rij    4" in line and "FOUT" in line and "E-mail" in line for line in lines)
     assert "3 rijen: 2 aangemaakt, 0 bijgewerkt, 0 ongewijzigd, 1 fout" in done.stdout
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # rule 18: who ran it, as the ops commands record
+        users = {u for (u,) in db.execute("SELECT user FROM audit_log WHERE action = 'directory.imported'")}
+    assert users == {f"cli:{getpass.getuser()}"}, users
 
     again = _run(tmp_path, "medewerkers", "import", "--json", str(file))  # the same file: nothing changes
     assert '"ongewijzigd": 2' in again.stdout and '"bijgewerkt": 0' in again.stdout
     changed = tmp_path / "changed.csv"
     changed.write_text(CSV.replace("Den Haag", "Leiden", 1), encoding="utf-8")
-    third = _run(tmp_path, "medewerkers", "import", "--json", str(changed))
-    assert '"bijgewerkt": 1' in third.stdout and '"ongewijzigd": 1' in third.stdout
+    third = _run(tmp_path, "medewerkers", "import", str(changed))
+    assert "1 bijgewerkt, 1 ongewijzigd" in third.stdout
+    assert any("cw-ilse" in line and "Team: Den Haag -> Leiden" in line for line in third.stdout.splitlines())
 
     listed = _run(tmp_path, "medewerkers", "list")
     assert listed.returncode == 0, listed.stderr

@@ -388,6 +388,7 @@ async def test_a_row_the_database_refuses_is_reported_and_the_rest_load(
             "caseworkerId": "cw-refused",
             "result": "FOUT",
             "errors": [{"field": "(rij)", "reason": "de database weigerde deze rij"}],
+            "changes": [],
         }
         assert (await viewer.get(f"{BASE}/cw-3")).status_code == 200
         assert (await viewer.get(f"{BASE}/cw-refused")).status_code == 404
