@@ -139,6 +139,7 @@ class MailConnector:
         # notification id -> the status of a match mail's signal that ended since it was queued: not
         # sent (a match on a signal that is over is told to nobody), recorded as withheld
         self._withheld: dict[str, str] = {}
+        self._withheld_youth: dict[str, str] = {}  # notification id -> the youth key of its signal
 
     @property
     def _ladder_name(self) -> str:
@@ -163,9 +164,13 @@ class MailConnector:
         refs = {mail.case_reference for mail in mails if mail.template == "match"}
         if not refs:
             return
-        q = select(signals.c.signal_id, signals.c.caseworker_id, signals.c.status, signals.c.end_date).where(
-            signals.c.signal_id.in_(sorted(refs))
-        )
+        q = select(
+            signals.c.signal_id,
+            signals.c.caseworker_id,
+            signals.c.status,
+            signals.c.end_date,
+            signals.c.youth_key,
+        ).where(signals.c.signal_id.in_(sorted(refs)))
         found = {row.signal_id: row for row in (await session.execute(q)).all()}
         for mail in mails:
             signal = found.get(mail.case_reference) if mail.template == "match" else None
@@ -174,6 +179,7 @@ class MailConnector:
             ended = ended_status(signal.status, signal.end_date, self.today())
             if ended is not None:
                 self._withheld[mail.notification_id] = ended
+                self._withheld_youth[mail.notification_id] = signal.youth_key
             elif signal.caseworker_id != addressee(mail):
                 self._moved[mail.notification_id] = signal.caseworker_id
 
@@ -343,7 +349,8 @@ class MailConnector:
             # kept, not popped: a round whose record rolls back is recorded again, one by one
             ended = self._withheld.get(mail.notification_id)
             if ended is not None:  # not sent: nothing disclosed, and no row that says it was
-                audit.append(self._withheld_row(message, mail, ended, now))
+                youth = self._withheld_youth.get(mail.notification_id)
+                audit.append(self._withheld_row(message, mail, ended, now, youth))
                 continue
             if mail.notification_id in known:
                 continue
@@ -360,15 +367,17 @@ class MailConnector:
         await write_audits(session, audit)  # rule 18
 
     def _withheld_row(
-        self, message: Envelope, mail: MailNotification, status: str, now: datetime
+        self, message: Envelope, mail: MailNotification, status: str, now: datetime, youth_key: str | None
     ) -> dict[str, Any]:
-        """The audit entry of a match mail not sent because its signal ended while it waited."""
+        """The audit entry of a match mail not sent because its signal ended while it waited, under
+        the youth it was about (its signal's), so that it is in the youth's trail."""
         return audit_row(
             "mail.withheld",
             SYSTEM,
             at=now,
             system=SYSTEM,
             transaction_id=message.transaction_id,
+            youth_key=youth_key,
             on_behalf_of=addressee(mail),
             objects={
                 "notification_id": mail.notification_id,

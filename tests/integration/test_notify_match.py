@@ -226,7 +226,8 @@ async def test_a_match_mail_waiting_while_its_signal_is_withdrawn_is_not_sent(
         try:
             await add_caseworkers(hub, ILSE, OMAR)
             await sink.stop()  # SMTP down: the mail waits on the ladder
-            signal_id, _ = await signal_with_match(hub, "cw-ilse", youth(123_460_900))
+            young = youth(123_460_900)
+            signal_id, _ = await signal_with_match(hub, "cw-ilse", young)
             await wait_for(lambda: _failed_at_least(hub, 1))
             assert hub.store is not None
             async with hub.store.transaction() as session:
@@ -235,6 +236,9 @@ async def test_a_match_mail_waiting_while_its_signal_is_withdrawn_is_not_sent(
             await sink.start()
             await wait_for(lambda: _audited(hub, "mail.withheld", signal_id), timeout_s=30)
             assert list(sink.memory) == []
+            async with hub.store.connect() as conn:  # in the youth's trail (an access request finds it)
+                query = select(audit_log.c.youth_key).where(audit_log.c.action == "mail.withheld")
+                assert list((await conn.execute(query)).scalars()) == [youth_key(TEST_SECRET, young.bsn)]
             assert not await _audited(hub, "mail.sent", signal_id)
             async with hub.store.connect() as conn:
                 assert (await conn.execute(select(mail_sent))).all() == []
