@@ -25,6 +25,7 @@ from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
 from hub.signals import rules
 from hub.signals.letter import letter_response
+from hub.signals.matches import ended_status
 from hub.signals.service import (
     SignalNotActive,
     SignalNotFound,
@@ -395,13 +396,24 @@ class MatchOut(Match):
 async def signal_matches(signal_id: str, request: Request, cw: CurrentCaseworker) -> list[MatchOut]:
     """The signal's matches, oldest first: the counterparts' contact details (what the match mail
     showed, rule 16), and when and to whom the mail went (`notified_at` empty: not sent yet, or
-    nobody could be told; the problems list says why). An audited read, like the signal's own."""
+    nobody could be told; the problems list says why). Once the signal is over (withdrawn, ended,
+    past its end date), only the matches that were mailed: one nobody was told of stays untold, as
+    the notifier and the mail connector decide. An audited read naming the matches shown."""
     hub = _hub(request)
     assert hub.store is not None
     async with hub.store.transaction() as session:
-        await _audited_read(session, request, signal_id, cw, "signal.matches_read")
+        row = await _own_row(hub, session, signal_id, cw)
         query = select(matches).where(matches.c.signal_id == signal_id)
+        if ended_status(row.status, row.end_date, hub.today()) is not None:
+            query = query.where(matches.c.notified_at.is_not(None))
         rows = (await session.execute(query.order_by(matches.c.received_at, matches.c.match_id))).all()
+        entry = AuditEntry(
+            action="signal.matches_read",
+            user=cw.caseworker_id,
+            youth_key=row.youth_key,
+            objects={"signal_id": signal_id, "match_ids": [r.match_id for r in rows]},
+        )
+        await write_audit(session, entry, transaction_id=_tx(request), system=SYSTEM)
     return [
         MatchOut(
             match_id=r.match_id,

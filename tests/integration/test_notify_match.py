@@ -354,3 +354,49 @@ def young_data_absent(text: str) -> bool:
 
 async def _told_someone(told: Any, match_id: str) -> bool:
     return (await told()).get(match_id, (None, None))[1] is not None
+
+
+async def test_once_its_signal_is_over_a_match_nobody_was_told_of_is_not_shown_either(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The notifier tells nobody of a match on a withdrawn signal; the list of the signal's matches
+    showed it all the same, the counterpart's contact with it (which professional is involved)."""
+    other = ContactDetails(name="Els Bos", organisation="Brijder Verslavingszorg", email="els@brijder.nl")
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            assert hub.store is not None
+            async with hub.store.transaction() as session:
+                _, aurah = await add_partner(session, f"aurah-{unique}", PartnerType.ZAAKSYSTEEM)
+            signal_id, told = await signal_with_match(hub, "cw-ilse", youth(623_456_900))
+            await wait_for(lambda: len(sink.memory) == 1)
+            async with hub.store.transaction() as session:  # a match, then the withdrawal before its mail
+                untold = f"m-{uuid.uuid4()}"
+                kind = MatchType.CLIENTMATCH
+                match = Match(match_id=untold, signal_id=signal_id, type=kind, counterparts=[other])
+                assert await record_match(
+                    session, hub.topic(VERWIJSINDEX_MATCH.name), match, str(uuid.uuid4())
+                )
+                await request_withdrawal(session, hub, signal_id, WithdrawalReason.ONTERECHT, user="cw-ilse",
+                                         transaction_id=str(uuid.uuid4()))  # fmt: skip
+            assert hub.relay is not None
+            hub.relay.wake()
+            await wait_for(lambda: _audited(hub, "verwijsindex.match_ignored", untold))
+            assert len(sink.memory) == 1  # the second match was told to nobody
+
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=create_app(hub.settings, hub=hub)),
+                base_url="http://hub",
+                headers={"Authorization": f"Bearer {aurah}", "X-Medewerker": "cw-ilse"},
+            )
+            async with client:
+                listed = await client.get(f"/api/v1/signalen/{signal_id}/matches")
+            assert listed.status_code == 200, listed.text
+            assert [m["match_id"] for m in listed.json()] == [told]  # mailed before the withdrawal
+            assert "els@brijder.nl" not in listed.text and "Brijder" not in listed.text
+            async with hub.store.connect() as conn:
+                query = select(audit_log.c.objects).where(audit_log.c.action == "signal.matches_read")
+                assert [o["match_ids"] for o in (await conn.execute(query)).scalars()] == [[told]]
+        finally:
+            await hub.stop()
