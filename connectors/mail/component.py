@@ -38,7 +38,14 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.mail.message import build_message, header_transaction_id, message_id_for
-from connectors.mail.problems import UNKNOWN, kind_from_text, problem_kind, problem_reason
+from connectors.mail.problems import (
+    UNKNOWN,
+    kind_from_text,
+    problem_kind,
+    problem_reason,
+    resolve_done,
+    resolve_replaced,
+)
 from connectors.mail.sink import MailSink
 from connectors.mail.smtp import SmtpMailer
 from hub.audit import audit_row, write_audits
@@ -47,7 +54,8 @@ from hub.config import SmtpSettings
 from hub.directory import CaseworkerNotFound, get_caseworker, mail_recipient, mail_recipients
 from hub.errors import PermanentError
 from hub.logging import get_logger
-from hub.notify.service import NoReachableRecipient, record_problem
+from hub.notify.problems import record_problem
+from hub.notify.service import NoReachableRecipient
 from hub.notify.tables import mail_sent
 from hub.notify.templates import with_behalf
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
@@ -365,6 +373,7 @@ class MailConnector:
         if told:
             await session.execute(_MATCH_TOLD, told)
         await write_audits(session, audit)  # rule 18
+        await resolve_done(session, ids, self._withheld, by=SYSTEM)  # a replayed dead letter's problem
 
     def _withheld_row(
         self, message: Envelope, mail: MailNotification, status: str, now: datetime, youth_key: str | None
@@ -396,16 +405,18 @@ class MailConnector:
         kind = self._failures.pop(message.message_id, None) or kind_from_text(error)
         payload = message.payload  # it may have failed validation: only what could be a Code is used
         self._moved.pop(str(payload.get("notification_id")), None)
-        await record_problem(
+        reference = as_code(payload.get("notification_id")) or message.message_id
+        problem_id = await record_problem(
             session,
             kind=kind,
             # whose directory entry decides who reads it: fix it, then replay the dead letter
             caseworker_id=as_code(payload.get("for_caseworker_id"))
             or as_code(payload.get("recipient_caseworker_id")),
-            reference=as_code(payload.get("notification_id")) or message.message_id,
+            reference=reference,
             reason=problem_reason(kind, error, as_code(payload.get("template"))),
             transaction_id=message.transaction_id,
         )
+        await resolve_replaced(session, reference, problem_id, by=SYSTEM)
 
     async def ping(self) -> None:
         """The SMTP server answers (readiness)."""

@@ -9,19 +9,34 @@ Each reason asks for something else before the dead letter is replayed (the cons
 - `mail_uitkomst_onbekend`: it went out and no answer came; it may have been delivered.
 - `mail_niet_bezorgd`: anything else the connector refused for good, an SMTP 5xx above all (a
   refused address): correct the directory.
+
+Each is about one notification (its reference is the notification id) and the hub resolves it when
+it sees that mail done (`resolve_done`): the SMTP server accepted it (recorded in `mail_sent`, also
+when a replay finds it was sent before), or it need not go (a match mail whose signal ended). That is
+the one signal trusted: a directory fixed or an SMTP server back says nothing about a dead letter
+that nobody replayed. A mail dead-lettered again after a replay is the newer problem, and the older
+ones of it are resolved as replaced by it (`resolve_replaced`): what they asked for was done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from connectors.mail.smtp import UNKNOWN_OUTCOME, OutcomeUnknown
 from hub.directory import CaseworkerNotFound
 from hub.errors import TransientError
+from hub.notify.problems import resolve_found
 from hub.notify.service import NO_RECIPIENT, NoReachableRecipient
 from hub.store import store_failed
 
 OUTAGE = "mail_niet_verstuurd_storing"
 REFUSED = "mail_niet_bezorgd"
 UNKNOWN = "mail_uitkomst_onbekend"
+KINDS = (OUTAGE, REFUSED, UNKNOWN, NO_RECIPIENT)  # of a dead-lettered mail, by notification id
+SENT = "de mail is alsnog verstuurd"
+WITHHELD = "niet meer nodig: het signaal van deze match is beëindigd, de mail gaat niet"
 
 
 def problem_kind(exc: BaseException) -> str:
@@ -49,3 +64,28 @@ def problem_reason(kind: str, error: str, template: str | None) -> str:
     if kind == NO_RECIPIENT:
         return f"geen mail verstuurd ({template or 'onbekend'}): {error}"
     return f"mail niet bezorgd: {error}"
+
+
+async def resolve_done(
+    session: AsyncSession, notification_ids: Sequence[str], withheld: Collection[str], *, by: str
+) -> None:
+    """The mails of `notification_ids` are done, in the transaction that records them: sent, or (those
+    in `withheld`) not to be sent. Their open problems are resolved, saying which."""
+    sent = [n for n in notification_ids if n not in withheld]
+    stopped = [n for n in notification_ids if n in withheld]
+    for done, resolution in ((sent, SENT), (stopped, WITHHELD)):
+        if done:
+            await resolve_found(session, kinds=KINDS, references=done, resolution=resolution, by=by)
+
+
+async def resolve_replaced(session: AsyncSession, reference: str, problem_id: int, *, by: str) -> None:
+    """The mail of `reference` is dead-lettered again, as problem `problem_id`: its older open problems
+    are resolved as replaced by that one."""
+    await resolve_found(
+        session,
+        kinds=KINDS,
+        references=(reference,),
+        except_id=problem_id,
+        resolution=f"vervangen door probleem {problem_id}: de mail is na een replay opnieuw mislukt",
+        by=by,
+    )

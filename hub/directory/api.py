@@ -1,7 +1,7 @@
 """`/api/v1/medewerkers`: the caseworker directory for administrators (operator login, hub/ops/auth).
 
-Reading needs the role viewer; changing, importing and borging need the role operator. Every
-change is audited with the operator's name.
+Reading needs the role viewer; changing, importing, borging and resolving a problem need the role
+operator. Every change is audited with the operator's name.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +29,14 @@ from hub.directory.service import (
 )
 from hub.errors import PermanentError
 from hub.notify.borging import borg, why
-from hub.notify.service import list_problems
+from hub.notify.problem_models import ProblemOut, ProblemsOut, ResolveIn
+from hub.notify.problems import (
+    ProblemAlreadyResolved,
+    ProblemNotFound,
+    ProblemStatus,
+    list_problems,
+    resolve_problem,
+)
 from hub.ops.auth import Operator, requires
 from hub.runtime import Hub
 from hub.signals.rules import phone_problem
@@ -157,16 +164,28 @@ async def list_all(request: Request, op: Viewer) -> list[Caseworker]:
         "What an administrator must fix: mails nobody could read or that did not go out, matches the"
         " Verwijsindex sent that broke its contract, borging without delegate"
     ),
+    response_model=ProblemsOut,
 )
-async def problems(request: Request, op: Viewer) -> dict[str, Any]:
-    """Recorded problems, and who is away today without a reachable delegate (found now)."""
+async def problems(
+    request: Request,
+    op: Viewer,
+    status: Annotated[
+        ProblemStatus,
+        Query(description="open (the default): still to act on; resolved: resolved ones; all: both"),
+    ] = "open",
+    limit: Annotated[int, Query(ge=1, le=1000, description="recorded problems, at most")] = 200,
+) -> dict[str, Any]:
+    """Recorded problems, the most recently found first, and who is away today without a reachable
+    delegate (found now). A problem is open until it is resolved: by the hub when it sees its cause
+    go (a mail sent after all, a borging done or no longer due), or by an administrator
+    (POST .../problemen/{id}/oplossing). Each resolved one says when, by whom, how and why."""
     from hub.directory.service import mail_recipient
 
     hub = _hub(request)
     assert hub.store is not None
     today = hub.today()
     async with hub.store.transaction() as session:
-        recorded = await list_problems(session)
+        recorded = await list_problems(session, status, limit)
         unreachable = []
         for cw in await list_caseworkers(session):
             if cw.active and not cw.is_absent_on(today):
@@ -176,6 +195,40 @@ async def problems(request: Request, op: Viewer) -> dict[str, Any]:
             except PermanentError:
                 unreachable.append({"caseworkerId": cw.caseworker_id, "name": cw.name, "active": cw.active})
     return {"unreachableNow": unreachable, "recorded": recorded}
+
+
+@router.post(
+    "/problemen/{problem_id}/oplossing",
+    summary="Mark a problem resolved, with what was done about it (audited)",
+    response_model=ProblemOut,
+)
+async def resolve(
+    request: Request,
+    op: Admin,
+    problem_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    body: ResolveIn,
+) -> dict[str, Any]:
+    """The problem, resolved by this operator with their reason; audited (`problem.resolved`, with the
+    reason's length: the reason itself stays on the problem). 404 for an unknown id; 409 when it was
+    resolved already, by the hub or another operator, whose resolution stands. Found again later, a
+    borging problem opens again."""
+    hub = _hub(request)
+    assert hub.store is not None
+    try:
+        async with hub.store.transaction() as session:
+            return await resolve_problem(
+                session, problem_id, user=op.username, reason=body.reason,
+                transaction_id=_tx(request), system=SYSTEM,
+            )  # fmt: skip
+    except ProblemNotFound:
+        raise Problem(404, "Not found", "No problem with this id.") from None
+    except ProblemAlreadyResolved as exc:
+        done = exc.problem
+        raise Problem(
+            409, "Already resolved",
+            f"This problem was resolved already ({done['resolvedHow']}: {done['resolvedBy']}, "
+            f"{done['resolvedAt']}); its resolution stands.",
+        ) from None  # fmt: skip
 
 
 @router.post(

@@ -4,8 +4,15 @@ Per caseworker in one transaction: every active signal gets the delegate as cont
 Verwijsindex hears of it through the connector: `request_contact_change` queues the command),
 the move is audited, and the delegate gets one summary mail (signal and match ids only). Running
 it again finds nothing left to move: the daily check is idempotent. A borging that cannot be done
-(no delegate, or it failed) is one problem per caseworker for an administrator, refreshed each
+(no delegate, or it failed) is one open problem per caseworker for an administrator, refreshed each
 round it is found again, in every hub process, rather than one more row each time.
+
+The hub resolves those problems itself on what a borging of the caseworker finds, which is what
+raised them (the daily round, or an administrator's POST .../borging): the signals moved, or none
+are left to move, resolve both kinds; a borging that ran without an error resolves
+`borging_mislukt`; a caseworker for whom borging is no longer due (back, or active again) has both
+resolved at the next round. A directory change alone resolves nothing: only a borging shows that the
+delegate can take the signals over (rule 13: meldingsbevoegd, a phone number the index takes).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from hub.audit import AuditEntry, write_audit
 from hub.directory import get_caseworker, list_caseworkers, mail_recipient
 from hub.errors import PermanentError
 from hub.logging import get_logger
-from hub.notify.service import SYSTEM, notify_caseworker, record_problem_once
+from hub.notify.problems import open_problem_caseworkers, record_problem_once, resolve_found
+from hub.notify.service import SYSTEM, notify_caseworker
 from hub.signals.rules import contact_problem
 from hub.signals.service import active_signals_of, request_contact_change
 from hub.signals.tables import matches
@@ -33,6 +41,8 @@ from schemas.envelope import new_id
 log = get_logger(__name__)
 NO_DELEGATE = "borging_zonder_vervanger"
 FAILED = "borging_mislukt"
+PROBLEMS = (NO_DELEGATE, FAILED)
+_NOT_DUE = "borging niet meer nodig: de medewerker is in dienst en niet (meer) lang afwezig"
 
 
 @dataclass
@@ -117,6 +127,7 @@ async def borg(
     # two rounds at once: one move; a signal past its end date stays (it cannot be moved)
     moving = await active_signals_of(session, caseworker_id, lock=True, day=day)
     if not moving:
+        await _resolve(session, caseworker_id, PROBLEMS, "geen actieve signalen meer om over te dragen")
         return result
     try:
         delegate = await _successor(session, cw, day)
@@ -130,6 +141,7 @@ async def borg(
             reason=f"{result.problem} ({len(moving)} actieve signalen)",
             transaction_id=tx_id,
         )
+        await _resolve(session, caseworker_id, (FAILED,), "de borging liep zonder fout, zonder vervanger")
         return result
     result.delegate_id = delegate.caseworker_id
     for signal in moving:
@@ -153,6 +165,7 @@ async def borg(
         },
     )
     await write_audit(session, entry, transaction_id=tx_id, system=SYSTEM)
+    await _resolve(session, caseworker_id, PROBLEMS, f"signalen overgedragen aan {delegate.caseworker_id}")
     context = {
         "from_name": cw.name,
         "reason": reason,
@@ -173,6 +186,9 @@ async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingRes
     after = hub.settings.notify.borging_after_days
     async with hub.store.transaction() as session:
         due = [(cw.caseworker_id, r) for cw in await list_caseworkers(session) if (r := why(cw, day, after))]
+        # a caseworker whose borging is not due (any more) has no borging problem either
+        for caseworker_id in sorted(await open_problem_caseworkers(session, PROBLEMS) - dict(due).keys()):
+            await _resolve(session, caseworker_id, PROBLEMS, _NOT_DUE)
     results = []
     for caseworker_id, reason in due:
         try:
@@ -185,6 +201,13 @@ async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingRes
     if any(r.signal_ids for r in results):
         hub.relay.wake()
     return results
+
+
+async def _resolve(
+    session: AsyncSession, caseworker_id: str, kinds: tuple[str, ...], resolution: str
+) -> None:
+    """The hub resolves `caseworker_id`'s open borging problems of `kinds`: a borging showed them gone."""
+    await resolve_found(session, kinds=kinds, caseworker_id=caseworker_id, resolution=resolution, by=SYSTEM)
 
 
 async def _failed(hub: Any, caseworker_id: str, exc: Exception) -> BorgingResult:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from hub.audit import AuditEntry
 from hub.errors import PermanentError
 from hub.notify.borging import borging_loop
-from hub.notify.service import NoReachableRecipient, notify_caseworker
+from hub.notify.service import NoReachableRecipient, notify_caseworker, resolve_unreachable
 from hub.runtime import Hub
 from hub.signals.matches import ended_status, match_ignored
 from hub.signals.tables import signals
@@ -68,6 +68,10 @@ def register_notify(hub: Hub) -> None:
             # withdrawn or ended after the feed passed the match on: nobody is told about a signal
             # that is over (the feed itself drops matches on signals ended before they came)
             await tx.audit(match_ignored(match.signal_id, match.match_id, key, ended, GROUP))
+            # a replayed match that found nobody before needs nobody now: its problem is resolved
+            await resolve_unreachable(
+                tx.session, match.signal_id, tx.transaction_id, "niet meer nodig: het signaal is beëindigd"
+            )
             return
         # The signal's contact now, not when the feed read the match: a contact change or a borging
         # in between moved the signal, and its matches go with it (rule 17).

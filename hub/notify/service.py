@@ -11,12 +11,11 @@ mail connector when it is sent (the disclosure, audited there as `mail.sent`).
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import ColumnElement, delete, insert, select, text, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
@@ -24,20 +23,20 @@ from hub.clock import today
 from hub.directory import mail_recipient
 from hub.errors import PermanentError
 from hub.intake.tables import referrals
-from hub.notify.tables import mail_problems
+from hub.notify.problems import list_problems as list_problems  # re-exported: once defined here
+from hub.notify.problems import record_problem as record_problem
+from hub.notify.problems import record_problem_once as record_problem_once
+from hub.notify.problems import resolve_found
 from hub.notify.templates import render
 from hub.signals.tables import signals
 from hub.spine.outbox import add_to_outbox
 from hub.topics import NOTIFICATION_MAIL
 from schemas.bsn import contains_bsn
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import Envelope
 from schemas.notification import MailNotification
 
 SYSTEM = "ketenhub.notify"
 NO_RECIPIENT = "geen_bereikbare_ontvanger"
-# PostgreSQL advisory lock space (the first of two int4 keys) of one problem's row: two hub processes
-# finding the same problem at once keep one row of it (`record_problem_once`).
-PROBLEM_LOCK = 7_306_002
 
 
 class NoReachableRecipient(PermanentError):
@@ -56,102 +55,6 @@ class _HasToday(Protocol):
 def mail_topic(hub_or_topic: _HasTopic | str) -> str:
     """The full name of `notification.mail.v1` under the hub's prefix, or the given name."""
     return hub_or_topic if isinstance(hub_or_topic, str) else hub_or_topic.topic(NOTIFICATION_MAIL.name)
-
-
-async def record_problem(
-    session: AsyncSession,
-    *,
-    kind: str,
-    caseworker_id: str | None,
-    reference: str | None,
-    reason: str,
-    transaction_id: str | None,
-) -> None:
-    """Something an administrator must act on (shown by GET /api/v1/medewerkers/problemen)."""
-    await session.execute(
-        insert(mail_problems).values(
-            at=utcnow(),
-            kind=kind,
-            caseworker_id=caseworker_id,
-            reference=reference,
-            reason=reason[:1000],
-            transaction_id=transaction_id,
-        )
-    )
-
-
-def _same(column: ColumnElement[Any], value: str | None) -> ColumnElement[bool]:
-    return column.is_(None) if value is None else column == value
-
-
-def _lock_key(kind: str, caseworker_id: str | None, reference: str | None) -> int:
-    """An int4 for the advisory lock of one problem; two problems sharing one only wait for each other."""
-    key = zlib.crc32("\x00".join((kind, caseworker_id or "", reference or "")).encode())
-    return key - 2**32 if key >= 2**31 else key
-
-
-async def record_problem_once(
-    session: AsyncSession,
-    *,
-    kind: str,
-    caseworker_id: str | None,
-    reference: str | None,
-    reason: str,
-    transaction_id: str | None,
-) -> None:
-    """`record_problem` for a problem found again round after round while it lasts (a borging without
-    a delegate): one row per kind, caseworker and reference, whose time, reason and transaction id are
-    those of the last time it was found. Other rows of it (`record_problem` adds one each time) go.
-
-    On PostgreSQL an advisory lock on the problem keeps two hub processes that find it at once from
-    both adding it; SQLite's write transactions run one at a time.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), CAST(:key AS integer))"),
-            {"space": PROBLEM_LOCK, "key": _lock_key(kind, caseworker_id, reference)},
-        )
-    same = (
-        mail_problems.c.kind == kind,
-        _same(mail_problems.c.caseworker_id, caseworker_id),
-        _same(mail_problems.c.reference, reference),
-    )
-    newest = select(mail_problems.c.id).where(*same).order_by(mail_problems.c.id.desc()).limit(1)
-    found = (await session.execute(newest)).scalar()
-    if found is None:
-        await record_problem(
-            session,
-            kind=kind,
-            caseworker_id=caseworker_id,
-            reference=reference,
-            reason=reason,
-            transaction_id=transaction_id,
-        )
-        return
-    await session.execute(
-        update(mail_problems)
-        .where(mail_problems.c.id == found)
-        .values(at=utcnow(), reason=reason[:1000], transaction_id=transaction_id)
-    )
-    await session.execute(delete(mail_problems).where(*same, mail_problems.c.id != found))
-
-
-async def list_problems(session: AsyncSession, limit: int = 200) -> list[dict[str, Any]]:
-    """Recorded problems, the most recently found first (a problem found again moves up)."""
-    newest = (mail_problems.c.at.desc(), mail_problems.c.id.desc())
-    rows = (await session.execute(select(mail_problems).order_by(*newest).limit(limit))).all()
-    return [
-        {
-            "id": r.id,
-            "at": r.at.isoformat(),
-            "kind": r.kind,
-            "caseworkerId": r.caseworker_id,
-            "reference": r.reference,
-            "reason": r.reason,
-            "transactionId": r.transaction_id,
-        }
-        for r in rows
-    ]
 
 
 async def _not_bsn(session: AsyncSession, shown: Sequence[str], youth_key: str | None) -> list[str]:
@@ -185,7 +88,8 @@ async def notify_caseworker(
     queue_unreachable: bool = False,
 ) -> MailNotification | None:
     """Queue a mail for `caseworker_id` (their delegate while they are away); None when nobody can
-    read it, in which case a problem is recorded (and audited) and nothing is queued. With
+    read it, in which case a problem is recorded (and audited) and nothing is queued; once queued for
+    somebody after all (a replayed match), that problem is resolved (`resolve_unreachable`). With
     `queue_unreachable` it is queued all the same, for a notice that exists nowhere else: the mail
     connector then dead-letters it (problem `geen_bereikbare_ontvanger`), and once the directory is
     fixed its dead letter is replayed.
@@ -249,7 +153,29 @@ async def notify_caseworker(
         objects=objects,
     )
     await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
+    if reader is not None:  # somebody reads it: the same notice that found nobody before is queued
+        await resolve_unreachable(
+            session, case_reference, transaction_id, "de melding is alsnog klaargezet om te versturen"
+        )
     return mail
+
+
+async def resolve_unreachable(
+    session: AsyncSession, case_reference: str, transaction_id: str, resolution: str
+) -> int:
+    """Resolve the problems of a notice that found nobody to read it (`_unreachable`): those of the same
+    case reference in the same transaction, which a replayed dead letter keeps. Called when that notice
+    was queued after all for somebody who reads the caseworker's mail, or is no longer needed (its
+    signal ended); the mail's own fate is the mail connector's, with problems of its own. Notices of
+    one transaction about one case are not told apart: matches on one signal in one page of the feed."""
+    return await resolve_found(
+        session,
+        kinds=(NO_RECIPIENT,),
+        references=(case_reference,),
+        transaction_id=transaction_id,
+        resolution=resolution,
+        by=SYSTEM,
+    )
 
 
 async def _unreachable(

@@ -18,7 +18,8 @@ mail_sent = Table(
 )
 
 # What an administrator must act on: a mail that could not reach anybody (absent, no delegate),
-# a mail the SMTP server refused, a borging without a reachable delegate.
+# a mail the SMTP server refused, a borging without a reachable delegate. Open until resolved, by the
+# hub or by an administrator (hub.notify.problems); a resolved row stays, with when, who, how and why.
 mail_problems = Table(
     "mail_problems",
     metadata,
@@ -29,6 +30,10 @@ mail_problems = Table(
     Column("reference", String(200), nullable=True),  # notification, match or signal id: never a BSN
     Column("reason", Text, nullable=False),
     Column("transaction_id", String(100), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),  # None: open
+    Column("resolved_by", String(100), nullable=True),  # the operator, or the part of the hub
+    Column("resolved_how", String(20), nullable=True),  # "hub" or "operator"
+    Column("resolution", Text, nullable=True),  # why: the hub's text, or the operator's reason
     Index("ix_mail_problems_kind_reference", "kind", "reference"),
 )
 

@@ -144,6 +144,9 @@ async def record_refused_match(
     index told us something about one of our youths, and it was not passed on).
 
     `match_id` and `signal_id` must be valid codes (or None); `reason` must not carry a value.
+    The hub never resolves it (it cannot see the index mend its feed): an administrator does, once
+    they reported it. Read again (a page asked for again), it is not recorded again, resolved or not:
+    it is the same entry, not news.
     """
     if match_id is not None:
         known = select(mail_problems.c.id).where(

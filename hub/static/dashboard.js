@@ -82,25 +82,51 @@ const TO_DO = {
     "(a replay sends it again).",
   borging_zonder_vervanger: "Set a reachable delegate (meldingsbevoegd, with a phone number the Verwijsindex " +
     "takes), then run borging for this caseworker or wait for the daily round.",
-  borging_mislukt: "The next borging round tries again; if this keeps coming back, look in the hub's log.",
+  borging_mislukt: "The next borging round tries again (a round without an error resolves this); if this " +
+    "keeps coming back, look in the hub's log.",
   match_overgeslagen: "The Verwijsindex sent a match that breaks the contract: report the match id to the " +
-    "Verwijsindex.",
+    "Verwijsindex, then resolve this problem (the hub cannot see the index mend it).",
 };
 const UNREACHABLE_TO_DO = "Set a reachable delegate (or end the absence): until then their mail is not sent " +
   "and borging cannot move their signals.";
 
 async function refreshProblems() {
-  const p = await api("/api/v1/medewerkers/problemen");
+  const status = $("problems-resolved-toggle").checked ? "all" : "open";
+  const p = await api("/api/v1/medewerkers/problemen?status=" + status);
   fill("unreachable", p.unreachableNow.map((c) => {
     const tr = row([c.caseworkerId, c.name, c.active ? "absent" : "gone (inactive)", UNREACHABLE_TO_DO]);
     tr.dataset.id = c.caseworkerId;
     return tr;
   }));
   fill("problems", p.recorded.map((q) => {
-    const tr = row([q.at, q.kind, q.caseworkerId, q.reference, q.reason, TO_DO[q.kind] || "See the reason."]);
+    const resolved = q.status === "resolved"
+      ? `${q.resolvedAt} by ${q.resolvedBy} (${q.resolvedHow}): ${q.resolution}` : "";
+    let act = "";
+    if (q.status === "open" && me && me.role !== "viewer") {
+      act = document.createElement("button");
+      act.textContent = "Resolve"; act.className = "resolve";
+      act.addEventListener("click", () => resolveProblem(q.id));
+    }
+    const tr = row([q.at, q.kind, q.caseworkerId, q.reference, q.reason, TO_DO[q.kind] || "See the reason.",
+      resolved, act]);
     tr.dataset.kind = q.kind; tr.dataset.caseworker = text(q.caseworkerId);
+    tr.dataset.id = q.id; tr.dataset.status = q.status;
     return tr;
   }));
+}
+
+// An operator marks a problem resolved with what was done about it (audited; no BSN, no name).
+async function resolveProblem(id) {
+  const reason = prompt("What was done about problem " + id + "? (no BSN or name of a youth)");
+  if (reason === null) return;
+  try {
+    await api("/api/v1/medewerkers/problemen/" + encodeURIComponent(id) + "/oplossing",
+      { method: "POST", body: JSON.stringify({ reason }) });
+    $("problems-status").textContent = "problem " + id + " resolved";
+  } catch (e) {
+    $("problems-status").textContent = "problem " + id + " not resolved: " + e.message;
+  }
+  refreshAll();
 }
 
 // The embedded SMTP sink; null until the hub answered, false for good once it said there is none
@@ -204,6 +230,7 @@ async function main() {
   $("f-apply").addEventListener("click", () => refreshDlq(true));
   $("unmask").addEventListener("change", () => current && showLetter(current.id));
   $("mail-raw-toggle").addEventListener("change", () => currentMail && showMail(currentMail.id));
+  $("problems-resolved-toggle").addEventListener("change", () => refreshAll());
   $("replay-one").addEventListener("click", async () => {
     const job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
     $("letter-status").textContent = "replaying"; watchJob(job);

@@ -390,3 +390,52 @@ async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -
         )
         assert searches.scalar_one() == 1
     await page.close()
+
+
+async def test_an_operator_resolves_a_problem_with_a_reason_and_it_shows_among_the_resolved(
+    served: tuple[Hub, str, Cure],
+) -> None:
+    """Open problems only, by default; an operator resolves one with what was done (asked in a dialog),
+    it leaves the list and shows, with who and why, once resolved ones are asked for too. A viewer
+    has no button to resolve with."""
+    from hub.notify.problems import record_problem
+
+    hub, base, _ = served
+    assert hub.store is not None
+    await add_operator(hub.store, "vera", PASSWORD, "viewer")
+    async with hub.store.transaction() as session:
+        problem_id = await record_problem(
+            session, kind="match_overgeslagen", caseworker_id="cw-ilse", reference="m-1",
+            reason="match overgeslagen op positie 1: type ontbreekt", transaction_id=None,
+        )  # fmt: skip
+    shown = f'#problems tr[data-id="{problem_id}"]'
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "vera")
+        await page.locator(shown).wait_for()
+        assert await page.locator(f"{shown} button.resolve").count() == 0
+        await page.close()
+
+        page = await _log_in(browser, base, "olga")  # the one browser profile: olga's session now
+        asked: list[str] = []
+
+        async def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.accept("gemeld bij de Verwijsindex")
+
+        page.once("dialog", answer)
+        await page.locator(f"{shown} button.resolve").click()
+        await page.locator("#problems-status", has_text=f"problem {problem_id} resolved").wait_for()
+        await page.locator(shown).wait_for(state="detached")  # open ones only
+        assert asked and "no BSN" in asked[0]
+        await page.check("#problems-resolved-toggle")
+        resolved = page.locator(f'{shown}[data-status="resolved"]')
+        await resolved.wait_for()
+        assert (await resolved.locator("td:nth-child(7)").inner_text()).endswith(
+            "by olga (operator): gemeld bij de Verwijsindex"
+        )
+        assert await resolved.locator("button.resolve").count() == 0
+    async with hub.store.connect() as conn:
+        audited = await conn.execute(
+            select(func.count()).select_from(audit_log).where(audit_log.c.action == "problem.resolved")
+        )
+        assert audited.scalar_one() == 1

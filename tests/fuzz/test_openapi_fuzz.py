@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from hub.directory.service import upsert_caseworker
 from hub.embedded import free_port
+from hub.notify.problems import record_problem
 from hub.ops.auth import add_operator
 from hub.partners import PartnerType, add_partner
 from hub.store import Store
@@ -69,6 +70,11 @@ async def _seed(db_url: str) -> dict[str, str]:
                 meldingsbevoegd=True,
             ),
         )  # fmt: skip
+        for n in (1, 2):  # problems to list and resolve: their bodies are checked against the document
+            await record_problem(
+                session, kind="match_overgeslagen", caseworker_id=CASEWORKER, reference=f"m-{n}",
+                reason="match overgeslagen op positie 1: type ontbreekt", transaction_id=None,
+            )  # fmt: skip
     await add_operator(store, *OPERATOR, "privacy_officer")
     await store.close()
     return keys
