@@ -166,11 +166,14 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act) -
 
     Locks are taken in one order everywhere, the youth's consents (shared) before the handover: a
     withdrawal (consent, then its handovers) under way is waited for, so nothing goes out under a
-    consent being withdrawn, and two consents at once dispatch the handover once.
+    consent being withdrawn, and two consents at once dispatch the handover once. The youth's case
+    lock (hub.store.locks) comes before both, as in recording a consent: a routing batch may create
+    a handover of the same youth after routing one.
     """
     first = await get_handover(session, handover_id)
     if first is None:
         return "ONBEKEND"
+    await lock_youths(session, [first.youth_key])  # before its rows: a batch may create a handover next
     stored = await consents_of(session, first.youth_key, share=True)
     row = await get_handover(session, handover_id, lock=True)
     if row is None or row.status != HandoverStatus.WACHT_OP_TOESTEMMING.value:

@@ -13,10 +13,12 @@ Three terms, in `KETENHUB_RETENTION__*`:
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
 
 A case written to while it is purged: the purge holds the youth's case lock (hub.store.locks) from
-its last look at the case to its commit. Recording a consent or asking a handover, which refer to
-the case's referral, holds it too: they either commit first, and the purge finds the case busy, or
-wait, and then find the referral gone (404). Each delete takes only rows past their own term, so a
-referral taken in meanwhile (intake takes no case lock) stays, as the start of a new case.
+its last look at the case to its commit, or leaves the youth for the next run when another holds
+it. Recording a consent or asking a handover, which refer to the case's referral, holds it too:
+they either commit first, and the purge finds the case busy, or wait, and then find the referral
+gone (404). Each delete takes only rows past their own term and not under a row kept, so a
+referral taken in meanwhile (intake takes no case lock) stays as the start of a new case, and a
+consent withdrawn or a handover answered meanwhile keeps the referral it stands on.
 
 Every purge is itself a change of personal data: one `retention.purged` audit entry per youth, under
 its youth key, with what was removed (ids and counts, never a BSN or a name); purged audit entries
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import audit_row, write_audits
@@ -47,7 +49,7 @@ from hub.retention.config import RetentionSettings
 from hub.signals.tables import matches, signals
 from hub.spine.outbox import PARKED_TERM
 from hub.store import Store
-from hub.store.locks import lock_youths
+from hub.store.locks import try_lock_youths
 from hub.store.tables import audit_log
 from schemas.envelope import utcnow
 
@@ -88,15 +90,23 @@ class Purged:
 
 def _past_term(cutoff: datetime, today: date) -> dict[str, ColumnElement[bool]]:
     """Per table, whether a row of an idle case is past its term itself: what `_old_cases` found of
-    the case as a whole, asked again of each row as it is deleted."""
+    the case as a whole, asked again of each row as it is deleted (handovers first, then consents,
+    then referrals). A row kept (changed meanwhile: a withdrawal, a receiver's answer) keeps what it
+    stands on: a consent stays while a handover of the youth stays, a referral while either does."""
+    handover_left = exists().where(handovers.c.youth_key == consents.c.youth_key)
     return {
         "handovers": handovers.c.updated_at < cutoff,
         "consents": and_(
             consents.c.recorded_at < cutoff,
             or_(consents.c.withdrawn_at.is_(None), consents.c.withdrawn_at < cutoff),
             not_(and_(consents.c.status == "ACTIEF", consents.c.valid_until >= today)),
+            ~handover_left,
         ),
-        "referrals": referrals.c.received_at < cutoff,
+        "referrals": and_(
+            referrals.c.received_at < cutoff,
+            ~exists().where(consents.c.youth_key == referrals.c.youth_key),
+            ~exists().where(handovers.c.youth_key == referrals.c.youth_key),
+        ),
     }
 
 
@@ -256,8 +266,10 @@ async def purge(
             # finds its referral gone. Each delete also takes only rows past their term themselves:
             # a referral taken in since (intake takes no case lock) or a consent withdrawn since is
             # kept, on PostgreSQL too, where another transaction commits between these statements.
-            if not dry_run:
-                await lock_youths(session, candidates)
+            if not dry_run:  # a youth being written to now is not idle: left for the next run
+                candidates = sorted(await try_lock_youths(session, candidates))
+                if not candidates:
+                    continue
             chunk = await _old_cases(session, cutoff, local_day(now), going, among=candidates)
             if not chunk:
                 continue

@@ -9,7 +9,9 @@ a time, so there it takes nothing):
   find the referral gone, rather than leave a row pointing at a purged one.
 
 Keys are taken in ascending order by every holder, so two transactions each waiting for the other's
-youth cannot happen. A holder takes them before any row lock of the youth's case.
+youth cannot happen. A holder takes them before any row lock of the youth's case: so does routing,
+whose batch may route one youth's handover, then create another's. The purge does not wait: it
+takes the locks it can get (`try_lock_youths`) and leaves a youth being written to for its next run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from collections.abc import Iterable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+_TRY_LOCK_YOUTHS = text(
+    "SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"
+)
 _LOCK_YOUTHS = text(
     "SELECT count(pg_advisory_xact_lock(k)) FROM"
     " (SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
@@ -28,8 +33,25 @@ _LOCK_YOUTHS = text(
 async def lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> bool:
     """Hold each youth's case lock until the transaction ends; True when locks were taken
     (PostgreSQL), False where the store needs none (SQLite) or no key was given."""
-    keys = sorted({int(k[:15], 16) for k in youth_keys})  # a youth key is 64 hex digits
+    keys = sorted({_lock_key(k) for k in youth_keys})
     if not keys or session.get_bind().dialect.name != "postgresql":
         return False
     await session.execute(_LOCK_YOUTHS, {"keys": keys})
     return True
+
+
+def _lock_key(youth_key: str) -> int:
+    return int(youth_key[:15], 16)  # a youth key is 64 hex digits: 60 bits of it, a positive bigint
+
+
+async def try_lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> set[str]:
+    """Of `youth_keys`, those whose case lock this transaction holds now (until it ends), without
+    waiting for any: a youth another transaction is writing to is left out. All of them where the
+    store needs no locks (SQLite)."""
+    wanted = set(youth_keys)
+    if not wanted or session.get_bind().dialect.name != "postgresql":
+        return wanted
+    got = set(
+        (await session.execute(_TRY_LOCK_YOUTHS, {"keys": sorted({_lock_key(k) for k in wanted})})).scalars()
+    )
+    return {k for k in wanted if _lock_key(k) in got}

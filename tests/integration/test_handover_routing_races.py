@@ -8,28 +8,36 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
 import connectors.receivers.component as receivers_component
 import hub.retention.purge as purge_module
 from hub.clock import aware
+from hub.consent.api import _youth as consent_youth
+from hub.consent.service import record_consent
 from hub.consent.tables import consents
 from hub.embedded import EmbeddedKafka
 from hub.handovers.answers import notify_unanswered
 from hub.handovers.component import routing_of
-from hub.handovers.service import Act, HandoverProblem, create_handover, route
+from hub.handovers.service import Act, HandoverProblem, Routing, create_handover, route
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.retention.config import RetentionSettings
 from hub.retention.purge import purge
 from hub.store import Store
-from schemas.consent import DataCategory
+from schemas.consent import Consent, DataCategory
 from schemas.envelope import Envelope
 from schemas.handover import Handover, ReceiverType
+from schemas.pseudonym import youth_key
+from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import wait_for
 from tests.integration.test_handover_flow import CW, TODAY, _queued, world
 
 pytestmark = pytest.mark.integration
+# A backend of this test's database waiting for a lock of any kind (advisory, a row's).
+_WAITING_ANY = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
 # A backend of this test's database waiting for an advisory lock (a youth's case lock).
 _WAITING = text(
     "SELECT count(*) FROM pg_stat_activity"
@@ -216,3 +224,84 @@ async def test_a_handover_asked_while_its_case_is_purged_waits_and_then_finds_no
         async with w.hub.store.connect() as conn:
             assert (await conn.execute(select(handovers.c.id))).all() == []
             assert (await conn.execute(select(consents.c.id))).all() == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_routing_batch_and_a_consent_on_the_same_youth_take_turns_not_deadlock(store: Store) -> None:
+    """A routing poll is one transaction: it routed one record's handover (the youth's consent and
+    handover rows locked), then created another record's handover (the youth's case lock). Recording a
+    consent takes the case lock, then those rows: the opposite order, and PostgreSQL ended one of them
+    (the consent's request answered 503). Routing takes the case lock first now, as recording does."""
+    bsn = "111222333"
+    key = youth_key(TEST_SECRET, bsn)
+    rid, hid, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
+    body = {
+        "referrer": {"type": "POLITIE", "organisation": "Politie Den Haag"},
+        "case_reference": f"PV-{rid[:8]}",
+        "youth": {"bsn": bsn, "given_names": "Sam", "surname": "Jansen", "birth_date": "2008-01-10",
+                  "municipality": "Den Haag", "guardians": []},
+        "track": "HALT_STRAF",
+        "offence": {"committed_on": (TODAY - timedelta(days=10)).isoformat(), "description": "vernieling"},
+    }  # fmt: skip
+    async with store.transaction() as session:
+        await session.execute(
+            insert(referrals).values(
+                id=rid, referrer_key="test", case_reference=body["case_reference"], referrer_type="POLITIE",
+                channel="http", youth_key=key, bsn=bsn, track="HALT_STRAF", outcome="ACCEPTED",
+                referral=body, decision={"outcome": "ACCEPTED"}, transaction_id="t", received_at=now,
+            )
+        )  # fmt: skip
+        await session.execute(  # a handover asked over the API: announced, not routed yet
+            insert(handovers).values(
+                id=hid, referral_id=rid, youth_key=key, from_caseworker=CW,
+                receiver_organisation="jongerenwerk-dh", receiver_type="JONGERENWERK",
+                purpose="WARME_OVERDRACHT", data_categories=["PERSONALIA"], summary="Sport.",
+                status="WACHT_OP_TOESTEMMING", created_at=now, updated_at=now, transaction_id="t",
+            )
+        )  # fmt: skip
+    r = Routing(requested_topic="req", dispatch_topic="disp", mail_topic="mail")
+    other, routed = Store(store.url), asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def routing_batch() -> None:  # two records of one poll, in one transaction
+        async with store.transaction() as s:
+            await route(s, r, hid, Act("ketenhub-api", str(uuid.uuid4())))  # the API's announcement
+            routed.set()
+            await go_on.wait()
+            asked = Handover(  # a caseworker system's whole handover, for the same youth
+                referral_id=rid, from_caseworker=CW, receiver_organisation="wijkteam-dh",
+                receiver_type=ReceiverType.WIJKTEAM, data_categories=[DataCategory.PERSONALIA],
+                summary="Wijkteam.",
+            )  # fmt: skip
+            await create_handover(s, r, asked, Act("aurah", str(uuid.uuid4())), announce=False)
+
+    async def consent_recording() -> None:  # POST /api/v1/toestemmingen, as its handler does
+        async with other.transaction() as s:
+            young, ykey, referral_id = await consent_youth(s, rid, None)
+            consent = Consent(
+                youth=young, purpose="WARME_OVERDRACHT", recipient_organisations=["jongerenwerk-dh"],
+                data_categories=["PERSONALIA"], recorded_by=CW, valid_from=TODAY,
+                valid_until=TODAY + timedelta(days=30),
+                grantors=[{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
+                           "given_at": datetime.now(UTC), "method": "MONDELING"}],
+            )  # fmt: skip
+            await record_consent(
+                s, r, consent, Act(CW, str(uuid.uuid4())), youth_key=ykey, referral_id=referral_id
+            )
+
+    try:
+        first = asyncio.create_task(routing_batch())
+        await asyncio.wait_for(routed.wait(), 20)
+        second = asyncio.create_task(consent_recording())
+
+        async def waiting() -> bool:  # the consent waits for the routing batch, for a lock of either kind
+            async with store.connect() as conn:
+                return bool((await conn.execute(_WAITING_ANY)).scalar_one())
+
+        await wait_for(waiting, timeout_s=20)
+        go_on.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 30)
+    finally:
+        go_on.set()
+        await other.close()
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []

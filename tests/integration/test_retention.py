@@ -27,7 +27,6 @@ from hub.store.tables import audit_log
 from schemas.caseworker import ContactDetails
 from schemas.envelope import utcnow
 from schemas.signal import SignalYouth, VerwijsindexSignal
-from tests.helpers.kafka import wait_for
 
 pytestmark = pytest.mark.integration
 NOW = utcnow()
@@ -344,31 +343,26 @@ async def test_a_row_written_after_the_purge_looked_is_not_purged_with_the_case(
     finally:
         await other.close()
     assert await _count(store, consents, id="c-fresh") == 1
-    assert done.consents == 1 and done.referrals == 1  # the old ones, as audited
+    # the old consent and handover went, as audited; the referral stays while a consent of the youth
+    # does (the case is not idle any more: the next run decides)
+    assert (done.consents, done.handovers, done.referrals) == (1, 1, 0)
+    assert await _count(store, referrals, youth_key=key) == 1
     [entry] = await _audit(store, "retention.purged")
-    assert entry.objects["consents"] == 1
+    assert entry.objects["consents"] == 1 and "referrals" not in entry.objects
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-async def test_a_purge_waits_for_a_consent_being_recorded_on_the_case_and_then_keeps_it(store: Store) -> None:
+async def test_a_purge_leaves_a_case_a_consent_is_being_recorded_on_for_its_next_run(store: Store) -> None:
     """A consent (or a handover) refers to the case's referral. Recorded while the purge ran, it
     survived and its referral went: a consent pointing at a purged referral. Recording holds the
-    youth's case lock; the purge takes it too, and finds the case busy once the consent is in."""
+    youth's case lock; the purge leaves a youth whose lock it cannot get, and purges it next time."""
     key, bsn = "b2" * 32, "123456782"
     await _case(store, key, bsn, received=ago(6 * YEARS))
     other = Store(store.url)
     try:
-        async with other.transaction() as session:  # as record_consent does, first thing
+        async with other.transaction() as session:  # as recording a consent does, first thing
             assert await lock_youths(session, [key])
-            purging = asyncio.create_task(purge(store, RetentionSettings(), now=NOW))
-
-            async def waiting_or_done() -> bool:
-                if purging.done():
-                    return True
-                async with store.connect() as conn:
-                    return bool((await conn.execute(_WAITING)).scalar_one())
-
-            await wait_for(waiting_or_done, timeout_s=20)
+            done = await asyncio.wait_for(purge(store, RetentionSettings(), now=NOW), 20)  # not waiting
             await session.execute(
                 insert(consents).values(
                     id="c-new", youth_key=key, referral_id=f"r-{key[:8]}", purpose="WARME_OVERDRACHT",
@@ -376,9 +370,42 @@ async def test_a_purge_waits_for_a_consent_being_recorded_on_the_case_and_then_k
                     consent={"youth": {"bsn": bsn}}, recorded_by="cw-1", recorded_at=NOW, transaction_id="t",
                 )
             )  # fmt: skip
-        done = await purging
     finally:
         await other.close()
     assert done.youths == 0
     assert await _count(store, referrals, youth_key=key) == 1
     assert await _count(store, consents, youth_key=key) == 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_withdrawal_while_the_case_is_purged_keeps_what_it_stands_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consent whose term ended years ago is stored ACTIEF still, and may be withdrawn; withdrawing
+    takes no case lock. Committed between the purge's last look and its deletes, the consent and the
+    handover it withdrew were kept (changed just now) and the referral they stand on was deleted."""
+    key, bsn = "d4" * 32, "111222333"
+    await _case(store, key, bsn, received=ago(6 * YEARS), handover="VERZONDEN", valid_days=365)
+    other, real = Store(store.url), purge_module._old_cases
+
+    async def old_cases(session: Any, cutoff: Any, today: Any, going: Any, *, among: Any = None) -> Any:
+        found = await real(session, cutoff, today, going, among=among)
+        if among is not None:  # idle, said the check under the case lock; a caseworker withdraws now
+            async with other.transaction() as s:
+                await s.execute(
+                    update(consents).where(consents.c.youth_key == key)
+                    .values(status="INGETROKKEN", withdrawn_at=NOW)
+                )  # fmt: skip
+                await s.execute(
+                    update(handovers).where(handovers.c.youth_key == key)
+                    .values(status="INGETROKKEN", updated_at=NOW)
+                )  # fmt: skip
+        return found
+
+    monkeypatch.setattr(purge_module, "_old_cases", old_cases)
+    try:
+        await purge(store, RetentionSettings(), now=NOW)
+    finally:
+        await other.close()
+    left = [await _count(store, table, youth_key=key) for table in (referrals, consents, handovers)]
+    assert left == [1, 1, 1]
