@@ -6,7 +6,8 @@ Three terms, in `KETENHUB_RETENTION__*`:
   consent is still in force and no signal of the youth is left: a case is purged whole, never a
   referral under a consent still kept. A handover under way changes within the term; one idle for
   the whole term is forgotten, not under way, and held its case for ever. An operator's reason for a
-  dead-letter action (free text) is blanked after the same term;
+  dead-letter action (free text) is blanked after the same term, and a problem resolved that long
+  ago (its resolution may be an administrator's free text) is deleted;
 - a signal and its matches go `signal_days` after the signal's end date (rule 12), once its last
   command was delivered or its dead letter passed the DLQ topic's term (30 days: nothing can replay
   it); a signal whose command still waits, or can still be replayed, stays in sight;
@@ -44,6 +45,7 @@ from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.logging import get_logger
+from hub.notify.tables import mail_problems
 from hub.ops.tables import dlq_actions
 from hub.retention.config import RetentionSettings
 from hub.signals.tables import matches, signals
@@ -321,7 +323,8 @@ async def purge(
                 objects={"entries": len(ids), "before": audit_cutoff.isoformat()},
             )
             await write_audits(session, [entry])
-    # An operator's reason for a dead-letter action is free text: kept as long as a case.
+    # An operator's reason for a dead-letter action is free text: kept as long as a case. A problem
+    # resolved that long ago goes whole (an administrator's reason is free text too).
     if not dry_run:
         async with store.transaction() as session:
             await session.execute(
@@ -331,6 +334,11 @@ async def purge(
                     dlq_actions.c.reason.is_not(None),
                 )
                 .values(reason=None)
+            )
+            await session.execute(
+                delete(mail_problems).where(
+                    mail_problems.c.resolved_at < now - timedelta(days=settings.case_days)
+                )
             )
     out.by_youth = {k: dict(v) for k, v in total.items()}
     out.youths = len(out.by_youth)

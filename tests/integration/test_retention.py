@@ -16,6 +16,7 @@ from hub.audit import audit_row, write_audits
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
+from hub.notify.tables import mail_problems
 from hub.retention.config import RetentionSettings
 from hub.retention.purge import purge
 from hub.signals.commands import register_command
@@ -409,3 +410,27 @@ async def test_a_withdrawal_while_the_case_is_purged_keeps_what_it_stands_on(
         await other.close()
     left = [await _count(store, table, youth_key=key) for table in (referrals, consents, handovers)]
     assert left == [1, 1, 1]
+
+
+async def test_a_problem_resolved_a_term_ago_goes_with_the_administrators_reason(store: Store) -> None:
+    """An administrator resolves a problem with a reason (free text: "gebeld met de moeder van ...");
+    the reason was kept on the problem for ever, where an operator's reason for a dead letter goes
+    after a case's term."""
+    rows = [  # (reference, found, resolved, how, why)
+        ("old", ago(6 * YEARS), ago(6 * YEARS - 1), "operator", "gebeld met de moeder van Sam Jansen"),
+        ("recent", ago(6 * YEARS), ago(30), "operator", "delegate gezet"),
+        ("open", ago(6 * YEARS), None, None, None),
+    ]
+    async with store.transaction() as session:
+        for reference, found, resolved, how, why in rows:
+            await session.execute(
+                insert(mail_problems).values(
+                    at=found, kind="geen_bereikbare_ontvanger", caseworker_id="cw-1", reference=reference,
+                    reason="geen vervanger", transaction_id="t", resolved_at=resolved,
+                    resolved_by="otto" if how else None, resolved_how=how, resolution=why,
+                )
+            )  # fmt: skip
+    await purge(store, RetentionSettings(), now=NOW)
+    async with store.connect() as conn:
+        left = sorted((await conn.execute(select(mail_problems.c.reference))).scalars())
+    assert left == ["open", "recent"]  # one still to act on stays, however old
