@@ -1,4 +1,4 @@
-"""A youth's case lock: PostgreSQL advisory locks, one per youth, held until the transaction ends.
+"""A youth's case lock: PostgreSQL advisory locks, held until the transaction ends.
 
 Taken by what must see a youth's case whole while it writes (SQLite's write transactions run one at
 a time, so there it takes nothing):
@@ -12,6 +12,12 @@ Keys are taken in ascending order by every holder, so two transactions each wait
 youth cannot happen. A holder takes them before any row lock of the youth's case: so does routing,
 whose batch may route one youth's handover, then create another's. The purge does not wait: it
 takes the locks it can get (`try_lock_youths`) and leaves a youth being written to for its next run.
+
+A lock covers a bucket of youths (one of `BUCKETS`, by the youth key), not one youth: PostgreSQL
+keeps advisory locks in a shared table of a few thousand entries (`max_locks_per_transaction` per
+connection), and a leerplicht upload of ten thousand truancy rows, one lock a youth, ran it out
+("out of shared memory", for every session of the server). Two youths in one bucket only wait for
+each other now and then; no transaction holds more than `BUCKETS` of them.
 """
 
 from __future__ import annotations
@@ -33,15 +39,22 @@ _LOCK_YOUTHS = text(
 async def lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> bool:
     """Hold each youth's case lock until the transaction ends; True when locks were taken
     (PostgreSQL), False where the store needs none (SQLite) or no key was given."""
-    keys = sorted({_lock_key(k) for k in youth_keys})
+    keys = sorted({lock_key(k) for k in youth_keys})
     if not keys or session.get_bind().dialect.name != "postgresql":
         return False
     await session.execute(_LOCK_YOUTHS, {"keys": keys})
     return True
 
 
-def _lock_key(youth_key: str) -> int:
-    return int(youth_key[:15], 16)  # a youth key is 64 hex digits: 60 bits of it, a positive bigint
+BUCKETS = 1024
+# The first key of the buckets' range: apart from the hub's other one-bigint advisory locks (the
+# relay's, the migration's: 7,301,001 and on).
+_FIRST = 0x6B68_0000_0000
+
+
+def lock_key(youth_key: str) -> int:
+    """The lock of the youth's bucket (a youth key is 64 hex digits, uniformly spread)."""
+    return _FIRST + int(youth_key[:15], 16) % BUCKETS
 
 
 async def try_lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> set[str]:
@@ -52,6 +65,6 @@ async def try_lock_youths(session: AsyncSession, youth_keys: Iterable[str]) -> s
     if not wanted or session.get_bind().dialect.name != "postgresql":
         return wanted
     got = set(
-        (await session.execute(_TRY_LOCK_YOUTHS, {"keys": sorted({_lock_key(k) for k in wanted})})).scalars()
+        (await session.execute(_TRY_LOCK_YOUTHS, {"keys": sorted({lock_key(k) for k in wanted})})).scalars()
     )
-    return {k for k in wanted if _lock_key(k) in got}
+    return {k for k in wanted if lock_key(k) in got}
