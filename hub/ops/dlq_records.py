@@ -328,9 +328,38 @@ def _bsn_in_csv(payload: bytes) -> str | None:
     return None
 
 
-def bsns_in_csv(payload: bytes) -> set[str]:
-    """Every BSN in the BSN column of a CSV (a leerplicht batch names a youth a row); empty when it is
-    no such CSV. `bsn_in_key_or_payload` takes the first row's: a batch of several youths is whose?"""
+def bsn_values(payload: bytes) -> set[str]:
+    """Every value a payload names as a BSN, valid or not, stripped and an 8-digit one padded with a 0:
+    more than one, and it names several people (a batch). Empty when it names none.
+
+    In JSON, each value under a BSN field (a string or a number; `null` as "", a flag as none) at any
+    depth, within arrays too (a batch of records), except within a parent's, guardian's or contact
+    person's block. In a CSV with a BSN column, each data row's cell: a row with an empty or no cell
+    names someone all the same (""). `bsn_in_key_or_payload` takes one, the first valid one: a batch of
+    several youths is whose?
+    """
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return _csv_bsn_cells(payload)
+    found: set[str] = set()
+    queue: deque[Any] = deque([data] if isinstance(data, dict | list) else [])
+    while queue:
+        node = queue.popleft()
+        items = node.items() if isinstance(node, dict) else ((None, v) for v in node)
+        for name, value in items:
+            label = str(name) if name is not None else ""
+            if _OTHERS_BLOCK.search(label):
+                continue
+            if isinstance(value, dict | list):
+                queue.append(value)
+            elif name is not None and _BSN_FIELD.search(label) and not isinstance(value, bool):
+                found.add("" if value is None else normalise_bsn(str(value)))
+    return found
+
+
+def _csv_bsn_cells(payload: bytes) -> set[str]:
+    """The BSN cell of every data row of a CSV with a BSN column ("" when empty or missing)."""
     text = payload.decode("utf-8-sig", "replace")
     delimiter = max(";,\t", key=text.split("\n", 1)[0].count)
     found: set[str] = set()
@@ -339,8 +368,8 @@ def bsns_in_csv(payload: bytes) -> set[str]:
         names = [cell.strip().casefold() for cell in next(rows, [])]
         column = next((names.index(c) for c in ("bsn", "burgerservicenummer") if c in names), None)
         for row in rows if column is not None else ():
-            if column is not None and column < len(row) and (bsn := _as_bsn(row[column])) is not None:
-                found.add(bsn)
+            if column is not None and any(cell.strip() for cell in row):
+                found.add(normalise_bsn(row[column]) if column < len(row) else "")
     except csv.Error:
         pass
     return found

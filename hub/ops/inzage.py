@@ -9,18 +9,25 @@ A message as its sender wrote it (an outbox row, pending or parked; a dead lette
 broker) is the youth's when it is keyed by the youth key, names the youth key as a value, or names
 the youth's BSN as a partner does (the youth's own block, 8 digits or 9, a string or a number, a CSV
 column), or else is keyed by the BSN. Never for a run of the BSN's digits elsewhere: that may be
-another youth's parent's phone number. One that names no BSN yet holds the BSN's digits or the youth
-key may be the youth's and cannot be told: it is left out, and counted under `incomplete`. A parked
-row an operator released or discarded is emptied, and keeps who did it and why: it is in the export
-when the audit entry of that action is the youth's.
+another youth's parent's phone number. A message naming more than one person (every value under a
+BSN field outside a parent's, guardian's or contact person's block, in arrays too, valid or not; in a
+CSV every row's BSN cell) is a batch, whatever its key: handed over to none of them whole, and counted
+under `incomplete` in the export of a youth it names. One naming no BSN, or another's, may be the
+youth's and cannot be told when it holds what the export knows the youth by: the youth key, the BSN
+written out (123 456 789 or 1234.56.789, with a space, dot or dash), the id of one of the youth's
+referrals, consents, handovers or signals (`ID_MIN` characters or more, as a word), or, naming no
+BSN, a run of the BSN's digits. It is left out, and counted under `incomplete`. A parked row an
+operator released or discarded is emptied, and keeps who did it and why: it is in the export when the
+audit entry of that action is the youth's.
 
 Mail is found through the ids the youth's rows and audit entries name: the signals, the matches, the
 notifications queued or sent about the youth (`mail.*.queued`, `mail.sent`) and a notice's case
 reference. `mail_sent` holds whose mailbox each such mail reached; `mail_sink` (the embedded SMTP sink
 only) the mail as it went, with the counterparts' contacts and the case reference, never a BSN or a
 name; `mail_problems` what went wrong with it. Left out: a borging mail, which lists the signals and
-matches of every youth its caseworker had (other youths' data, and audited under no youth), and a
-problem with a mail whose notification could not be read (it names no id of a youth).
+matches of every youth its caseworker had (other youths' data, and audited under no youth; while it
+is in the outbox, it names the youth's signals and is counted under `incomplete`), and a problem with
+a mail whose notification could not be read (it names no id of a youth).
 
 What could not be read, or told, is listed under `incomplete`, never left out silently. The export is
 itself a disclosure: audited under the youth key, with the number of items per part and never the BSN.
@@ -31,9 +38,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -51,7 +60,7 @@ from hub.notify.tables import mail_problems, mail_sent, mail_sink
 from hub.ops.auth import Operator, requires
 from hub.ops.console import console_of
 from hub.ops.dlq import DeadLetters, legacy_applies
-from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, bsns_in_csv, parse_id, read_at
+from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, bsn_values, parse_id, read_at
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
 from hub.retry.tables import parked
@@ -124,28 +133,87 @@ def _standing_alone(bsn: str) -> re.Pattern[bytes]:
     return re.compile(rb"(?<![0-9])" + lead + _digits(bsn).encode() + rb"(?![0-9])")
 
 
-def _whose(row_key: str | None, value: bytes, *, bsn: str, key: str) -> bool | None:
+class Unsure(Enum):
+    """Why a message may be the youth's and cannot be told: it is not in the export, and counted."""
+
+    BATCH = "a batch naming the youth among other people"
+    TRACE = (
+        "naming no BSN or another's, yet holding the BSN's digits (also written with spaces, dots or"
+        " dashes), the youth key or the id of one of the youth's referrals, consents, handovers or signals"
+    )
+
+
+Whose = bool | Unsure
+
+# How people write a BSN out: 123 456 789, 1234.56.789 (as the sofinummer was), with a space, dot or dash
+_GROUPINGS = ((3, 3, 3), (4, 2, 3))
+_SEPARATORS = " .-"
+ID_MIN = 8  # the youth's ids shorter than this are not looked for: as a word they turn up anywhere
+
+
+def _written_out(bsn: str) -> list[bytes]:
+    """The BSN as people write it out, its digits in groups."""
+    forms = []
+    for grouping in _GROUPINGS:
+        ends = [sum(grouping[: n + 1]) for n in range(len(grouping))]
+        groups = [bsn[end - size : end] for size, end in zip(grouping, ends, strict=True)]
+        forms += [sep.join(groups).encode() for sep in _SEPARATORS]
+    return forms
+
+
+def _looked_for(ids: Collection[str]) -> list[bytes]:
+    """The youth's ids that are looked for in messages."""
+    return sorted({i.encode() for i in ids if len(i) >= ID_MIN})
+
+
+def _traces(bsn: str, ids: Collection[str]) -> re.Pattern[bytes]:
+    """The BSN written out or one of the youth's ids (`ids`), standing alone: the BSN not within a
+    longer run of digits (in groups or not), an id not within a longer word."""
+    written = b"|".join(re.escape(form) for form in _written_out(bsn))
+    pattern = rb"(?<![0-9])(?<![0-9][ .\-])(?:" + written + rb")(?![ .\-]?[0-9])"
+    if own := _looked_for(ids):
+        words = b"|".join(re.escape(i) for i in own)
+        pattern += rb"|(?<![A-Za-z0-9_\-])(?:" + words + rb")(?![A-Za-z0-9_\-])"
+    return re.compile(pattern)
+
+
+def _whose(
+    row_key: str | None, value: bytes, *, bsn: str, key: str, traces: re.Pattern[bytes] | None = None
+) -> Whose:
     """True when a message (its key and payload as its sender wrote them) is the youth's, False when
-    it is not, None when it names no BSN and yet holds the BSN's digits or the youth key, or is a batch
-    naming the youth among others."""
+    it is not, `Unsure` when it may be and cannot be told: a batch naming the youth among others, or
+    one naming no BSN or another's that holds the youth key or `traces` (`_traces`: the BSN written
+    out, the youth's ids), or naming no BSN holds the BSN's digits."""
+    traces = traces or _traces(bsn, ())
+
+    def traced() -> bool:
+        return key.encode() in value or traces.search(value) is not None
+
+    # a batch of several people (a police system's JSON array, a leerplicht CSV; each value under a
+    # BSN field, valid or not): not the youth's alone, and not to be handed over whole, whatever its key
+    if len(named := bsn_values(value)) > 1:
+        if bsn in named:
+            return Unsure.BATCH
+        return Unsure.TRACE if traced() else False
     if row_key == key or (row_key or "").endswith(f":{key}") or _names_key(value, key):
         return True
-    # a batch of several youths (a leerplicht CSV): not the youth's alone, and not to be handed over
-    # whole; whether it names them is told, the rest of it is not the export's
-    if len(several := bsns_in_csv(value)) > 1:
-        return None if bsn in several else False
-    # the youth's own block, 8 digits or 9, a string or a number, a CSV column; else a BSN as key
-    named = bsn_in_key_or_payload(row_key, value)
-    if named is not None:
-        return named == bsn
-    return None if key.encode() in value or _standing_alone(bsn).search(value) else False
+    # the youth's own block, 8 digits or 9, a string or a number, a CSV column; else a BSN as key. One
+    # naming another youth's is not the youth's for a run of the BSN's digits (a parent's phone)
+    found = bsn_in_key_or_payload(row_key, value)
+    if found == bsn:
+        return True
+    if traced() or (found is None and _standing_alone(bsn).search(value)):
+        return Unsure.TRACE
+    return False
 
 
-def _unsure(part: str, n: int) -> str:
-    """The line under `incomplete` for messages that may be the youth's and cannot be told."""
+def _unsure(part: str, unsure: Counter[Unsure]) -> str:
+    """The line under `incomplete` for messages that may be the youth's and cannot be told: the part,
+    how many and why, never a BSN."""
+    why = "; ".join(f"{unsure[reason]} {reason.value}" for reason in Unsure if unsure[reason])
     return (
-        f"{part}: {n} message(s) hold the BSN's digits or the youth key but name no BSN, or are a batch"
-        " of several youths; whose they are cannot be told, so they are not in the export"
+        f"{part}: {unsure.total()} message(s) may be the youth's and cannot be told ({why}); they are"
+        " not in the export"
     )
 
 
@@ -156,25 +224,28 @@ async def _messages(
     bsn: str,
     key: str,
     incomplete: list[str],
+    own: Collection[str] = (),
     ids: Collection[int] = (),
 ) -> list[Any]:
-    """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids`."""
+    """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids`;
+    `own` are the youth's ids (referrals, consents, handovers, signals), looked for as `_whose` says."""
     c = table.c
     keys = sorted({key, bsn, _digits(bsn)})
+    needles = [key.encode(), _digits(bsn).encode(), *_written_out(bsn), *_looked_for(own)]
     near = or_(  # what may be the youth's, looked at one by one
         c.key.in_(keys),
         c.key.endswith(f":{key}"),
-        _holds(session, c.value, key.encode()),
-        _holds(session, c.value, _digits(bsn).encode()),
+        *(_holds(session, c.value, needle) for needle in needles),
         c.id.in_(sorted(ids)),
     )
-    mine, unsure = [], 0
+    traces = _traces(bsn, own)
+    mine, unsure = [], Counter[Unsure]()
     for row in await _all(session, table, near, order=c.id):
-        whose = True if row.id in ids else _whose(row.key, bytes(row.value), bsn=bsn, key=key)
-        if whose:
+        whose = True if row.id in ids else _whose(row.key, bytes(row.value), bsn=bsn, key=key, traces=traces)
+        if whose is True:
             mine.append(row)
-        elif whose is None:
-            unsure += 1
+        elif isinstance(whose, Unsure):
+            unsure[whose] += 1
     if unsure:
         incomplete.append(_unsure(table.name, unsure))
     return mine
@@ -232,13 +303,26 @@ async def _sink_mails(session: AsyncSession, notification_ids: set[str]) -> list
 
 
 async def held_in_store(
-    session: AsyncSession, *, bsn: str, key: str, incomplete: list[str] | None = None
+    session: AsyncSession,
+    *,
+    bsn: str,
+    key: str,
+    incomplete: list[str] | None = None,
+    own_ids: set[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every row of the store about the youth with `key` (whose BSN is `bsn`); messages that may be
-    the youth's but cannot be told are counted in `incomplete`."""
+    the youth's but cannot be told are counted in `incomplete`. The ids of the youth's referrals,
+    consents, handovers and signals, which a message may name the youth by, are added to `own_ids`."""
     gaps = [] if incomplete is None else incomplete
     audit = await _all(session, audit_log, audit_log.c.youth_key == key, order=audit_log.c.id)
     named = _named(audit)
+    found_referrals = await _all(
+        session, referrals, referrals.c.youth_key == key, order=referrals.c.received_at
+    )
+    found_consents = await _all(session, consents, consents.c.youth_key == key, order=consents.c.recorded_at)
+    found_handovers = await _all(
+        session, handovers, handovers.c.youth_key == key, order=handovers.c.created_at
+    )
     found_signals = await _all(session, signals, signals.c.youth_key == key, order=signals.c.signal_id)
     signal_ids = {s.signal_id for s in found_signals} | named["signal"]
     found_matches = await _all(
@@ -248,19 +332,14 @@ async def held_in_store(
     references = signal_ids | {m.match_id for m in found_matches} | named["match"]
     references |= named["notification"] | named["case"]
     in_ladder = or_(_keyed(parked.c.key, bsn, key), parked.c.record_key.in_([key, bsn]))
+    own = {r.id for r in found_referrals} | {c.id for c in found_consents} | {h.id for h in found_handovers}
+    own |= {x.referral_id for x in (*found_consents, *found_handovers) if x.referral_id} | signal_ids
+    if own_ids is not None:
+        own_ids |= own
     return {
-        "referrals": _rows(
-            await _all(session, referrals, referrals.c.youth_key == key, order=referrals.c.received_at),
-            leave_out=("youth_key",),
-        ),
-        "consents": _rows(
-            await _all(session, consents, consents.c.youth_key == key, order=consents.c.recorded_at),
-            leave_out=("youth_key",),
-        ),
-        "handovers": _rows(
-            await _all(session, handovers, handovers.c.youth_key == key, order=handovers.c.created_at),
-            leave_out=("youth_key",),
-        ),
+        "referrals": _rows(found_referrals, leave_out=("youth_key",)),
+        "consents": _rows(found_consents, leave_out=("youth_key",)),
+        "handovers": _rows(found_handovers, leave_out=("youth_key",)),
         "signals": _rows(found_signals, leave_out=("youth_key",)),
         "matches": _rows(found_matches),
         "mail_sent": _rows(
@@ -280,9 +359,11 @@ async def held_in_store(
                 order=mail_problems.c.id,
             )
         ),
-        "outbox": _rows(await _messages(session, outbox, bsn=bsn, key=key, incomplete=gaps)),
+        "outbox": _rows(await _messages(session, outbox, bsn=bsn, key=key, incomplete=gaps, own=own)),
         "outbox_parked": _rows(
-            await _messages(session, outbox_parked, bsn=bsn, key=key, incomplete=gaps, ids=_parked_ids(audit))
+            await _messages(
+                session, outbox_parked, bsn=bsn, key=key, incomplete=gaps, own=own, ids=_parked_ids(audit)
+            )
         ),
         "retries": _rows(await _all(session, parked, in_ladder, order=parked.c.seq)),
         "audit": _rows(audit, leave_out=("youth_key",)),
@@ -290,20 +371,26 @@ async def held_in_store(
 
 
 async def dead_letters_about(
-    dead_letters: DeadLetters, *, bsn: str, key: str, incomplete: list[str] | None = None
+    dead_letters: DeadLetters,
+    *,
+    bsn: str,
+    key: str,
+    incomplete: list[str] | None = None,
+    own_ids: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """The dead letters that are the youth's (`_whose`), with their payloads as held; those that may
-    be and cannot be told are counted in `incomplete`. BrokersUnavailable when the broker cannot be
-    read."""
+    be and cannot be told (naming one of `own_ids`, the youth's ids, among others) are counted in
+    `incomplete`. BrokersUnavailable when the broker cannot be read."""
     letters = await dead_letters.find(Filter(status=None))  # every letter, whatever was done with it
-    out, found, unsure = [], {}, 0
+    out, found, unsure, traces = [], {}, Counter[Unsure](), _traces(bsn, own_ids)
     for start in range(0, len(letters), PAYLOADS_AT_ONCE):
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            whose = _whose(d.key, d.value, bsn=bsn, key=key)
-            unsure += whose is None
-            if whose:
+            whose = _whose(d.key, d.value, bsn=bsn, key=key, traces=traces)
+            if isinstance(whose, Unsure):
+                unsure[whose] += 1
+            if whose is True:
                 found[d.id] = d
                 out.append(
                     {
@@ -363,15 +450,18 @@ async def export(
     """Everything the hub holds and disclosed about `bsn`, audited as read by `by` (rule 20)."""
     normal, key = youth_of(bsn, secret)
     incomplete: list[str] = []
+    own_ids: set[str] = set()
     async with store.read() as session:
-        held: dict[str, Any] = await held_in_store(session, bsn=normal, key=key, incomplete=incomplete)
+        held: dict[str, Any] = await held_in_store(
+            session, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids
+        )
     if dead_letters is None:
         incomplete.append("dead_letters: no broker to read them from")
         held["dead_letters"] = []
     else:
         try:
             held["dead_letters"] = await dead_letters_about(
-                dead_letters, bsn=normal, key=key, incomplete=incomplete
+                dead_letters, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids
             )
         except BrokersUnavailable as exc:
             incomplete.append(f"dead_letters: {exc}")

@@ -466,3 +466,179 @@ async def test_the_export_holds_the_mails_about_the_youth_whom_they_reached_and_
     theirs_ids = [*theirs.values(), "m-onleesbaar-theirs", notification[theirs["sent_match"]]]
     theirs_ids.append(notification[theirs["refused_match"]])
     assert not [value for value in theirs_ids if value in text]  # nothing of another youth
+
+
+A, B = "111222333", "123456782"  # two youths
+
+
+async def _held_twice(store: Any, messages: list[tuple[str, str, Any]]) -> None:
+    """`messages` (message id, key as its sender wrote it, payload) in the outbox and parked."""
+    from hub.store.tables import outbox, outbox_parked
+    from schemas.envelope import utcnow
+
+    now = utcnow()
+    async with store.transaction() as session:
+        for n, (message_id, sender_key, payload) in enumerate(messages, start=1):
+            value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            row: dict[str, Any] = {"topic": "t.dlq.v1", "key": sender_key, "value": value, "headers": {}}
+            row |= {"message_id": message_id, "created_at": now}
+            await session.execute(insert(outbox).values(**row))
+            await session.execute(
+                insert(outbox_parked).values(**row, outbox_id=n, parked_at=now, size=len(value), reason="x")
+            )
+
+
+async def _a_referral(store: Any, bsn: str) -> str:
+    """A referral of the youth with `bsn`, as intake stores it; its id."""
+    from schemas.envelope import utcnow
+    from schemas.pseudonym import youth_key as pseudonym
+    from tests.conftest import TEST_SECRET
+
+    rid = str(uuid.uuid4())
+    async with store.transaction() as session:
+        await session.execute(
+            insert(referrals).values(
+                id=rid, referrer_key="politie", case_reference=f"PV-{rid[:8]}", referrer_type="POLITIE",
+                channel="kafka", youth_key=pseudonym(TEST_SECRET, bsn), bsn=bsn, track="HALT_STRAF",
+                outcome="ACCEPTED", referral={"youth": {"bsn": bsn, "surname": "Jansen"}}, decision={},
+                transaction_id="t", received_at=utcnow(),
+            )
+        )  # fmt: skip
+    return rid
+
+
+def _gaps(doc: dict[str, Any], part: str) -> list[str]:
+    return [g for g in doc["incomplete"] if g.startswith(f"{part}:")]
+
+
+async def test_a_batch_naming_several_people_is_handed_over_to_none_of_them_and_each_export_says_so(
+    store: Any,
+) -> None:
+    """Only a CSV batch was told (by the BSNs in it that pass the elfproef): a police system's JSON array
+    of two youths went whole into the first one's export (the other's BSN and surname with it) and the
+    second's left it out while it said it was complete; a CSV batch whose other row has a mistyped BSN
+    went whole to the youth, that row with it."""
+    from hub.ops.inzage import export
+    from tests.conftest import TEST_SECRET
+
+    c = "167868433"  # a third youth
+    two = [
+        {"procesVerbaalNummer": "PV-1", "verdachte": {"bsn": A, "achternaam": "Jansen"}},
+        {"procesVerbaalNummer": "PV-2", "verdachte": {"bsn": B, "achternaam": "Visser"}},
+    ]
+    header = "Dossiernummer;BSN;Achternaam\n"
+    co_suspects = {"verdachte": {"bsn": A}, "medeverdachte": {"bsn": B, "naam": "Visser"}}
+    twice = [{"verdachte": {"bsn": A}}, {"verdachte": {"bsn": int(A)}, "ouder": {"bsn": "628194821"}}]
+    await _held_twice(
+        store,
+        [
+            ("json-batch", "politie-dh", two),
+            ("json-batch-number", "politie-dh", [{"verdachte": {"bsn": int(B)}}, {"verdachte": {"bsn": A}}]),
+            ("csv-mistyped", "LP-1", f"{header}LP-1;{A};Jansen\nLP-2;123456789;Visser\n".encode()),
+            ("csv-empty", "LP-3", f"{header}LP-3;{A};Jansen\nLP-4;;Visser\n".encode()),
+            ("two-in-one", "PV-3", co_suspects),  # a record naming two: not the youth's alone either
+            # the same youth twice, a parent's BSN aside: the youth's
+            ("mine", "PV-4", twice),
+            ("theirs", "politie-dh", [{"verdachte": {"bsn": B}}, {"verdachte": {"bsn": c}}]),
+        ],
+    )  # fmt: skip
+    for_a = await export(store, bsn=A, secret=TEST_SECRET, by="petra", dead_letters=None)
+    for_b = await export(store, bsn=B, secret=TEST_SECRET, by="petra", dead_letters=None)
+
+    for part in ("outbox", "outbox_parked"):
+        assert [r["message_id"] for r in for_a[part]] == ["mine"]
+        assert for_b[part] == []
+        [gap] = _gaps(for_a, part)
+        assert gap.startswith(f"{part}: 5 message(s)") and "5 a batch naming the youth among" in gap, gap
+        [gap] = _gaps(for_b, part)  # B is in the JSON batches (also with C) and the co-suspects' record
+        assert gap.startswith(f"{part}: 4 message(s)") and "4 a batch naming the youth among" in gap, gap
+        assert A not in gap and B not in gap and "Visser" not in gap
+    text = json.dumps(for_a)
+    assert "Visser" not in text and "123456789" not in text and c not in text
+    assert B not in json.dumps({p: for_a[p] for p in ("outbox", "outbox_parked", "incomplete")})
+    async with store.connect() as conn:
+        query = select(audit_log.c.objects).where(audit_log.c.action == "subject_access.exported")
+        assert [o["complete"] for o in (await conn.execute(query)).scalars()] == [False, False]
+
+
+async def test_a_message_naming_the_youth_by_an_id_or_a_written_out_bsn_is_counted_not_passed_over(
+    store: Any,
+) -> None:
+    """The export said it was complete while messages named the youth otherwise than by a BSN field or
+    the youth key: a dead-lettered handover request naming only the youth's referral (with a summary
+    about them), a police record refused for its BSN written as people write it."""
+    from hub.ops.inzage import export
+    from schemas.pseudonym import youth_key as pseudonym
+    from tests.conftest import TEST_SECRET
+
+    rid, theirs = await _a_referral(store, A), await _a_referral(store, B)
+    request = {
+        "type": "HandoverRequested",
+        "payload": {
+            "referral_id": rid, "from_caseworker": "cw-1", "receiver_organisation": "jeugdhulp-dh",
+            "receiver_type": "JEUGDHULP", "summary": "Sam (15) wil met iemand praten.",
+        },
+    }  # fmt: skip
+    youth = {"voornamen": "Sam", "achternaam": "Jansen"}
+    await _held_twice(
+        store,
+        [
+            ("by-referral", "aurah-7", request),
+            ("by-referral-text", "aurah-8", f"zie verwijzing {rid}.".encode()),
+            ("spaced", "PV-5", {"verdachte": {"bsn": "111 222 333", **youth}}),
+            ("dotted", "PV-6", {"verdachte": {"bsn": "1112.22.333", **youth}}),
+            ("dashed-other", "PV-7", {"verdachte": {"bsn": B}, "notitie": "ook 111-222-333"}),
+            # the hub's own message keyed by the youth key: the youth's, ids or not
+            ("mine", pseudonym(TEST_SECRET, A), {"payload": {"referral_id": rid}}),
+            # not the youth's: another youth's referral; a phone number holding the digits in groups;
+            # the id within a longer one
+            ("theirs", "aurah-9", {"payload": {"referral_id": theirs}}),
+            ("phone", "PV-8", {"verdachte": {"bsn": B}, "melder": {"telefoon": "06 111 222 333"}}),
+            ("longer", "aurah-10", {"payload": {"referral_id": f"{rid}-2", "ref": f"x{rid}"}}),
+        ],
+    )  # fmt: skip
+    doc = await export(store, bsn=A, secret=TEST_SECRET, by="petra", dead_letters=None)
+
+    assert [r["id"] for r in doc["referrals"]] == [rid]
+    for part in ("outbox", "outbox_parked"):
+        assert [r["message_id"] for r in doc[part]] == ["mine"]
+        [gap] = _gaps(doc, part)
+        assert gap.startswith(f"{part}: 5 message(s) may be the youth's"), gap
+        assert "5 naming no BSN or another's" in gap and A not in gap and rid not in gap, gap
+    assert "wil met iemand praten" not in json.dumps(doc)
+    # the other youth's export: its referral is named by one message, a batch of nobody else's
+    for_b = await export(store, bsn=B, secret=TEST_SECRET, by="petra", dead_letters=None)
+    for part in ("outbox", "outbox_parked"):
+        assert sorted(r["message_id"] for r in for_b[part]) == ["dashed-other", "phone"]
+        [gap] = _gaps(for_b, part)
+        assert gap.startswith(f"{part}: 1 message(s)"), gap
+
+
+async def test_dead_letters_are_told_as_the_outbox_is(kafka: EmbeddedKafka, store: Any, unique: str) -> None:
+    """The same rules for what the broker holds: a batch, a letter naming the youth's referral, one
+    with the BSN written out; the youth's own letter is in the export."""
+    from hub.ops.dlq import DeadLetters
+    from hub.ops.inzage import export
+    from tests.conftest import TEST_SECRET
+
+    rid = await _a_referral(store, A)
+    topic = f"t{unique}.in.dlq.v1"
+    batch = [{"verdachte": {"bsn": A}}, {"verdachte": {"bsn": B, "achternaam": "Visser"}}]
+    mine, *unsure = await _letters_with(
+        kafka.bootstrap,
+        topic,
+        [
+            (b"PV-1", {"verdachte": {"bsn": A}}),
+            (b"politie-dh", json.dumps(batch).encode()),
+            (b"aurah-7", {"payload": {"referral_id": rid}}),
+            (b"PV-2", {"verdachte": {"bsn": "111 222 333"}}),
+        ],
+    )
+    letters = DeadLetters(store, {"bootstrap_servers": kafka.bootstrap}, [topic], secret=TEST_SECRET)
+    doc = await export(store, bsn=A, secret=TEST_SECRET, by="petra", dead_letters=letters)
+    assert [d["id"] for d in doc["dead_letters"]] == [mine] and len(unsure) == 3
+    [gap] = _gaps(doc, "dead_letters")
+    assert gap.startswith("dead_letters: 3 message(s)") and "1 a batch" in gap and "2 naming no BSN" in gap
+    assert "Visser" not in json.dumps(doc) and A not in gap
+    for_b = await export(store, bsn=B, secret=TEST_SECRET, by="petra", dead_letters=letters)
+    assert for_b["dead_letters"] == [] and _gaps(for_b, "dead_letters")[0].startswith("dead_letters: 1 ")
