@@ -28,14 +28,15 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from connectors.mail.message import build_message, header_transaction_id, message_id_for
 from connectors.mail.problems import (
@@ -74,6 +75,7 @@ from schemas.notification import MailNotification
 log = get_logger(__name__)
 _NOT_LOOKED_UP: Any = object()
 _SENT_MAX = 10_000  # notifications this process sent, remembered (for their record), at most
+_V = TypeVar("_V")
 _YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # schemas.pseudonym.youth_key: a match mail's record key
 NAME = "mail"
 SYSTEM = "mail-connector"
@@ -107,6 +109,22 @@ class _Plan:
 
 
 @dataclass(frozen=True)
+class _Withheld:
+    """A match mail not to be sent: its signal ended while it waited (`status`), of youth `youth_key`."""
+
+    status: str
+    youth_key: str | None
+
+
+def _remember(memory: OrderedDict[str, _V], key: str, value: _V) -> None:
+    """Keep `value` under `key`, the newest; past `_SENT_MAX` entries the oldest is forgotten."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _SENT_MAX:
+        memory.popitem(last=False)
+
+
+@dataclass(frozen=True)
 class _Sent:
     """A mail the SMTP server accepted from this process: whom it reached, which youth it was about."""
 
@@ -134,7 +152,8 @@ class MailConnector:
         # the last failed attempt, kept after later successes, with its time (the console shows both)
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
-        self._ready: dict[str, _Plan | None] = {}  # notification id -> plan, None when sent
+        # notification id -> plan; None when it is not to be sent: sent already, or withheld
+        self._ready: dict[str, _Plan | None] = {}
         # notification id -> whom it reached: for its audit entry, and so that a mail whose record was
         # not committed is recorded at its next attempt rather than sent again (oldest forgotten first)
         self._sent: OrderedDict[str, _Sent] = OrderedDict()
@@ -142,12 +161,13 @@ class MailConnector:
         # it: `on_dead` is told the error's text only, and runs in the process that made the attempt
         self._failures: OrderedDict[str, str] = OrderedDict()
         # notification id -> the caseworker a match mail is for now, when its signal's contact changed
-        # since it was queued (a borging, a contact change): found by `prepare` or `_plan`
-        self._moved: dict[str, str] = {}
-        # notification id -> the status of a match mail's signal that ended since it was queued: not
-        # sent (a match on a signal that is over is told to nobody), recorded as withheld
-        self._withheld: dict[str, str] = {}
-        self._withheld_youth: dict[str, str] = {}  # notification id -> the youth key of its signal
+        # since it was queued (a borging, a contact change): found by `prepare` or `_plan` (the
+        # oldest forgotten first: one prepared that another hub process took is never sent here)
+        self._moved: OrderedDict[str, str] = OrderedDict()
+        # notification id -> a match mail whose signal ended since it was queued: not sent (a match on
+        # a signal that is over is told to nobody), recorded as withheld by `on_delivered`, forgotten
+        # once that record is committed (or, prepared and taken by another process, oldest first)
+        self._withheld: OrderedDict[str, _Withheld] = OrderedDict()
 
     @property
     def _ladder_name(self) -> str:
@@ -186,10 +206,11 @@ class MailConnector:
                 continue
             ended = ended_status(signal.status, signal.end_date, self.today())
             if ended is not None:
-                self._withheld[mail.notification_id] = ended
-                self._withheld_youth[mail.notification_id] = signal.youth_key
+                _remember(self._withheld, mail.notification_id, _Withheld(ended, signal.youth_key))
             elif signal.caseworker_id != addressee(mail):
-                self._moved[mail.notification_id] = signal.caseworker_id
+                _remember(self._moved, mail.notification_id, signal.caseworker_id)
+            else:  # back with the caseworker it was queued for
+                self._moved.pop(mail.notification_id, None)
 
     def _as_now(self, mail: MailNotification) -> MailNotification:
         """The mail for whom it is now (`_now_for`)."""
@@ -220,32 +241,37 @@ class MailConnector:
         if not pairs:
             return
         async with self.store.read() as session:
-            await self._now_for(session, [mail for _, mail in pairs])
-            pairs = [(message, self._as_now(mail)) for message, mail in pairs]
-            mails = [mail for _, mail in pairs]
-            ids = [mail.notification_id for mail in mails]
+            ids = [mail.notification_id for _, mail in pairs]
             q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
             sent = set((await session.execute(q)).scalars()) | (set(ids) & set(self._sent))
+            # as `_plan`: one sent already is not withheld (its record says it went), nor needs a reader
+            await self._now_for(session, [mail for _, mail in pairs if mail.notification_id not in sent])
+            for _, mail in pairs:
+                if mail.notification_id in sent or mail.notification_id in self._withheld:
+                    self._ready[mail.notification_id] = None
+            pairs = [(m, self._as_now(mail)) for m, mail in pairs if mail.notification_id not in self._ready]
+            mails = [mail for _, mail in pairs]
             readers = await mail_recipients(session, {addressee(mail) for mail in mails}, self.today())
             names = await self._absent_names(session, mails, readers)
             keys = await self._record_keys(session, [message.message_id for message, _ in pairs])
         for message, mail in pairs:
             reader = readers[addressee(mail)]
-            if mail.notification_id in sent:
-                self._ready[mail.notification_id] = None
-            elif isinstance(reader, Caseworker):  # an error is found again, and raised, by deliver
+            if isinstance(reader, Caseworker):  # an error is found again, and raised, by deliver
                 absent = names.get(mail.for_caseworker_id) if mail.for_caseworker_id else None
                 key = _youth_key(keys.get(message.message_id))
                 self._ready[mail.notification_id] = _Plan(reader, absent, key)
 
     async def _plan(self, message: Envelope, mail: MailNotification) -> _Plan | None:
-        """`prepare`'s answer for one mail, looked up now; None when it was sent already."""
+        """`prepare`'s answer for one mail, looked up now; None when it is not to be sent: sent
+        already, or withheld (its signal ended: nobody need read it, `_deliver` records that)."""
         if mail.notification_id in self._sent:  # sent by this process; its record was not committed
             return None
         async with self.store.read() as session:  # the consumer's transaction holds the write lock
             if await _was_sent(session, mail.notification_id):
                 return None
             await self._now_for(session, [mail])
+            if mail.notification_id in self._withheld:
+                return None
             mail = self._as_now(mail)
             try:
                 reader = await mail_recipient(session, addressee(mail), self.today())
@@ -270,10 +296,7 @@ class MailConnector:
     def _failed(self, message: Envelope, exc: Exception) -> None:
         """Keep the error for the console, and the problem it makes of the mail for `on_dead`."""
         self.last_error, self.last_error_at = safe_error_message(exc)[:300], utcnow()
-        self._failures[message.message_id] = problem_kind(exc)
-        self._failures.move_to_end(message.message_id)
-        while len(self._failures) > _SENT_MAX:
-            self._failures.popitem(last=False)
+        _remember(self._failures, message.message_id, problem_kind(exc))
 
     async def _deliver(self, message: Envelope) -> None:
         mail = _notification(message)
@@ -301,11 +324,12 @@ class MailConnector:
         )
         await self.mailer.send(msg)
         self.last_success = utcnow()
-        self._sent[mail.notification_id] = _Sent(plan.reader.caseworker_id, plan.youth_key, addressee(mail))
+        _remember(
+            self._sent,
+            mail.notification_id,
+            _Sent(plan.reader.caseworker_id, plan.youth_key, addressee(mail)),
+        )
         self._moved.pop(mail.notification_id, None)
-        self._sent.move_to_end(mail.notification_id)
-        while len(self._sent) > _SENT_MAX:
-            self._sent.popitem(last=False)
 
     def _sent_row(
         self, message: Envelope, mail: MailNotification, now: datetime
@@ -352,13 +376,13 @@ class MailConnector:
         ids = [mail.notification_id for _, mail in mails]
         q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
         known = set((await session.execute(q)).scalars())
-        now, sent, audit, told = utcnow(), [], [], []
+        now, sent, audit, told, withheld = utcnow(), [], [], [], []
         for message, mail in mails:
-            # kept, not popped: a round whose record rolls back is recorded again, one by one
-            ended = self._withheld.get(mail.notification_id)
-            if ended is not None:  # not sent: nothing disclosed, and no row that says it was
-                youth = self._withheld_youth.get(mail.notification_id)
-                audit.append(self._withheld_row(message, mail, ended, now, youth))
+            # kept until committed: a round whose record rolls back is recorded again, one by one
+            held = self._withheld.get(mail.notification_id)
+            if held is not None:  # not sent: nothing disclosed, and no row that says it was
+                audit.append(self._withheld_row(message, mail, held, now))
+                withheld.append(mail.notification_id)
                 continue
             if mail.notification_id in known:
                 continue
@@ -373,10 +397,29 @@ class MailConnector:
         if told:
             await session.execute(_MATCH_TOLD, told)
         await write_audits(session, audit)  # rule 18
-        await resolve_done(session, ids, self._withheld, by=SYSTEM)  # a replayed dead letter's problem
+        await resolve_done(session, ids, withheld, by=SYSTEM)  # a replayed dead letter's problem
+        self._forget_once_committed(session, withheld)
+
+    def _forget_once_committed(self, session: AsyncSession, withheld: Iterable[str]) -> None:
+        """Forget these withheld mails once the transaction that recorded them commits. Not before: the
+        ladder records a round again, one by one, in the same transaction when its record of them
+        together fails, and each needs to be known as withheld then. A transaction rolled back leaves
+        them parked, and their next attempt looks at their signals again (`_now_for`)."""
+        done = set(withheld)
+        if not done:
+            return
+
+        def committed(sync_session: Session) -> None:
+            if sync_session.in_nested_transaction():  # a savepoint released: not committed yet
+                return
+            for notification_id in done:
+                self._withheld.pop(notification_id, None)
+            done.clear()  # once: a session used again later has nothing more to forget
+
+        event.listen(session.sync_session, "after_commit", committed)
 
     def _withheld_row(
-        self, message: Envelope, mail: MailNotification, status: str, now: datetime, youth_key: str | None
+        self, message: Envelope, mail: MailNotification, held: _Withheld, now: datetime
     ) -> dict[str, Any]:
         """The audit entry of a match mail not sent because its signal ended while it waited, under
         the youth it was about (its signal's), so that it is in the youth's trail."""
@@ -386,14 +429,14 @@ class MailConnector:
             at=now,
             system=SYSTEM,
             transaction_id=message.transaction_id,
-            youth_key=youth_key,
+            youth_key=held.youth_key,
             on_behalf_of=addressee(mail),
             objects={
                 "notification_id": mail.notification_id,
                 "template": mail.template,
                 "case_reference": mail.case_reference,
                 "reason": "signal_not_active",
-                "signal_status": status,
+                "signal_status": held.status,
             },
         )
 

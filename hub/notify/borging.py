@@ -10,8 +10,10 @@ round it is found again, in every hub process, rather than one more row each tim
 The hub resolves those problems itself on what a borging of the caseworker finds, which is what
 raised them (the daily round, or an administrator's POST .../borging): the signals moved, or none
 are left to move, resolve both kinds; a borging that ran without an error resolves
-`borging_mislukt`; a caseworker for whom borging is no longer due (back, or active again) has both
-resolved at the next round. A directory change alone resolves nothing: only a borging shows that the
+`borging_mislukt`; a caseworker who is back (in service and not away that day) has both resolved
+at the next round. One still away, though not long enough for borging to be due, keeps them: an
+administrator's borging (POST .../borging) raises them for such a caseworker without a delegate, and
+nobody has taken over yet. A directory change alone resolves nothing: only a borging shows that the
 delegate can take the signals over (rule 13: meldingsbevoegd, a phone number the index takes).
 """
 
@@ -42,7 +44,7 @@ log = get_logger(__name__)
 NO_DELEGATE = "borging_zonder_vervanger"
 FAILED = "borging_mislukt"
 PROBLEMS = (NO_DELEGATE, FAILED)
-_NOT_DUE = "borging niet meer nodig: de medewerker is in dienst en niet (meer) lang afwezig"
+_NOT_DUE = "borging niet meer nodig: de medewerker is in dienst en niet (meer) afwezig"
 
 
 @dataclass
@@ -185,9 +187,12 @@ async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingRes
     day = day or hub.today()
     after = hub.settings.notify.borging_after_days
     async with hub.store.transaction() as session:
-        due = [(cw.caseworker_id, r) for cw in await list_caseworkers(session) if (r := why(cw, day, after))]
-        # a caseworker whose borging is not due (any more) has no borging problem either
-        for caseworker_id in sorted(await open_problem_caseworkers(session, PROBLEMS) - dict(due).keys()):
+        everyone = await list_caseworkers(session)
+        due = [(cw.caseworker_id, r) for cw in everyone if (r := why(cw, day, after))]
+        # a caseworker back at work (borging not due) has no borging problem either; one away, if not
+        # long enough for borging to be due, keeps what an administrator's borging found
+        back = {cw.caseworker_id for cw in everyone if cw.active and not cw.is_absent_on(day)}
+        for caseworker_id in sorted(await open_problem_caseworkers(session, PROBLEMS) & back):
             await _resolve(session, caseworker_id, PROBLEMS, _NOT_DUE)
     results = []
     for caseworker_id, reason in due:

@@ -70,7 +70,11 @@ def register_notify(hub: Hub) -> None:
             await tx.audit(match_ignored(match.signal_id, match.match_id, key, ended, GROUP))
             # a replayed match that found nobody before needs nobody now: its problem is resolved
             await resolve_unreachable(
-                tx.session, match.signal_id, tx.transaction_id, "niet meer nodig: het signaal is beëindigd"
+                tx.session,
+                match.signal_id,
+                tx.transaction_id,
+                "niet meer nodig: het signaal is beëindigd",
+                match_id=match.match_id,
             )
             return
         # The signal's contact now, not when the feed read the match: a contact change or a borging

@@ -156,12 +156,7 @@ async def resolve_found(
         where.append(mail_problems.c.transaction_id == transaction_id)
     if except_id is not None:
         where.append(mail_problems.c.id != except_id)
-    values = {
-        "resolved_at": utcnow(),
-        "resolved_by": by[:100],
-        "resolved_how": BY_HUB,
-        "resolution": resolution[:REASON_MAX],
-    }
+    values = _by_hub(resolution, by)
     if references is None:
         done: Any = await session.execute(update(mail_problems).where(*where).values(values))
         return int(done.rowcount)
@@ -173,6 +168,52 @@ async def resolve_found(
         )
         resolved += int(done.rowcount)
     return resolved
+
+
+async def resolve_oldest(
+    session: AsyncSession,
+    *,
+    kind: str,
+    reference: str,
+    transaction_id: str,
+    reason_prefix: str,
+    resolution: str,
+    by: str,
+) -> int:
+    """`resolve_found` for one of open problems that cannot be told apart (of one kind, reference and
+    transaction, with reasons that begin alike), where the hub saw the cause of one of them go: the
+    oldest is resolved. How many it resolved (0 or 1)."""
+    oldest = (
+        select(mail_problems.c.id)
+        .where(
+            mail_problems.c.resolved_at.is_(None),
+            mail_problems.c.kind == kind,
+            mail_problems.c.reference == reference,
+            mail_problems.c.transaction_id == transaction_id,
+            mail_problems.c.reason.startswith(reason_prefix, autoescape=True),
+        )
+        .order_by(mail_problems.c.id)
+        .limit(1)
+    )
+    found = (await session.execute(oldest)).scalar()
+    if found is None:
+        return 0
+    done: Any = await session.execute(
+        update(mail_problems)
+        .where(mail_problems.c.id == found, mail_problems.c.resolved_at.is_(None))
+        .values(_by_hub(resolution, by))
+    )
+    return int(done.rowcount)
+
+
+def _by_hub(resolution: str, by: str) -> dict[str, Any]:
+    """The values of a problem the hub resolves."""
+    return {
+        "resolved_at": utcnow(),
+        "resolved_by": by[:100],
+        "resolved_how": BY_HUB,
+        "resolution": resolution[:REASON_MAX],
+    }
 
 
 async def open_problem_caseworkers(session: AsyncSession, kinds: Collection[str]) -> set[str]:

@@ -26,7 +26,7 @@ from hub.intake.tables import referrals
 from hub.notify.problems import list_problems as list_problems  # re-exported: once defined here
 from hub.notify.problems import record_problem as record_problem
 from hub.notify.problems import record_problem_once as record_problem_once
-from hub.notify.problems import resolve_found
+from hub.notify.problems import resolve_found, resolve_oldest
 from hub.notify.templates import render
 from hub.signals.tables import signals
 from hub.spine.outbox import add_to_outbox
@@ -37,6 +37,7 @@ from schemas.notification import MailNotification
 
 SYSTEM = "ketenhub.notify"
 NO_RECIPIENT = "geen_bereikbare_ontvanger"
+_NOT_SENT = "geen mail verstuurd ({template}): "  # a NO_RECIPIENT problem's reason begins so
 
 
 class NoReachableRecipient(PermanentError):
@@ -89,7 +90,8 @@ async def notify_caseworker(
 ) -> MailNotification | None:
     """Queue a mail for `caseworker_id` (their delegate while they are away); None when nobody can
     read it, in which case a problem is recorded (and audited) and nothing is queued; once queued for
-    somebody after all (a replayed match), that problem is resolved (`resolve_unreachable`). With
+    somebody after all (a replayed match), that problem is resolved (`resolve_unreachable`). A match
+    notice's problem is its match's (`context["match_id"]`), any other's its case reference's. With
     `queue_unreachable` it is queued all the same, for a notice that exists nowhere else: the mail
     connector then dead-letters it (problem `geen_bereikbare_ontvanger`), and once the directory is
     fixed its dead letter is replayed.
@@ -99,6 +101,9 @@ async def notify_caseworker(
     "notice" (context keys subject, detail, case_reference) in hub/notify/templates.py.
     """
     case_reference = case_reference or str(context.get("case_reference") or "onbekend")
+    # the matches of one signal in one page of the feed share its case reference and the transaction,
+    # and each is dead-lettered, and replayed, on its own: a match's problem is keyed by its match
+    match_id = str(context["match_id"]) if template == "match" and context.get("match_id") else None
     reader: str | None
     try:
         day = day or (hub.today() if isinstance(hub, _HasToday) else today())
@@ -106,7 +111,15 @@ async def notify_caseworker(
     except PermanentError as exc:
         if not queue_unreachable:
             await _unreachable(
-                session, exc, caseworker_id, template, case_reference, transaction_id, youth_key, user
+                session,
+                exc,
+                caseworker_id,
+                template,
+                case_reference,
+                match_id,
+                transaction_id,
+                youth_key,
+                user,
             )
             return None
         reader = None  # nobody now: the mail connector looks again when it sends, and dead-letters it
@@ -122,7 +135,7 @@ async def notify_caseworker(
         body_text=rendered.text,
         body_html=rendered.html,
         case_reference=case_reference,
-        match_id=str(ctx["match_id"]) if template == "match" and ctx.get("match_id") else None,
+        match_id=match_id,
         # the validated phone numbers and ids shown that would pass for a BSN (rule 16's check), but
         # never one holding the youth's own BSN: a partner's field is no guarantee
         not_bsn=await _not_bsn(session, rendered.not_bsn, youth_key),
@@ -132,7 +145,9 @@ async def notify_caseworker(
         transaction_id=transaction_id,
         correlation_id=case_reference,
         source=SYSTEM,
-        payload=mail.model_dump(mode="json"),
+        # without match_id unless it is a match mail: a mail connector of the release before it
+        # refuses a field it does not know, and runs beside this one while replicas are upgraded
+        payload=mail.model_dump(mode="json", exclude={"match_id"} if mail.match_id is None else None),
     )
     await add_to_outbox(session, mail_topic(hub), message, key=key or reader or caseworker_id)
     # Queued, not disclosed: `mail.sent` (the mail connector) records the disclosure, to whoever reads
@@ -153,26 +168,57 @@ async def notify_caseworker(
         objects=objects,
     )
     await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)
-    if reader is not None:  # somebody reads it: the same notice that found nobody before is queued
+    # somebody reads it: the same notice that found nobody before is queued. Only a notice that is not
+    # queued for nobody can have found nobody (`_unreachable`): a handover's notice (queued all the
+    # same) has no such problem to look for.
+    if reader is not None and not queue_unreachable:
         await resolve_unreachable(
-            session, case_reference, transaction_id, "de melding is alsnog klaargezet om te versturen"
+            session,
+            case_reference,
+            transaction_id,
+            "de melding is alsnog klaargezet om te versturen",
+            match_id=match_id,
         )
     return mail
 
 
 async def resolve_unreachable(
-    session: AsyncSession, case_reference: str, transaction_id: str, resolution: str
+    session: AsyncSession,
+    case_reference: str,
+    transaction_id: str,
+    resolution: str,
+    *,
+    match_id: str | None = None,
 ) -> int:
-    """Resolve the problems of a notice that found nobody to read it (`_unreachable`): those of the same
-    case reference in the same transaction, which a replayed dead letter keeps. Called when that notice
-    was queued after all for somebody who reads the caseworker's mail, or is no longer needed (its
-    signal ended); the mail's own fate is the mail connector's, with problems of its own. Notices of
-    one transaction about one case are not told apart: matches on one signal in one page of the feed."""
-    return await resolve_found(
+    """Resolve the problems of a notice that found nobody to read it (`_unreachable`), as a replayed
+    dead letter brings it again: a match's by its `match_id`, another notice's by its case reference in
+    the same transaction (which a replayed dead letter keeps). Called when that notice was queued
+    after all for somebody who reads the caseworker's mail, or is no longer needed (its signal ended);
+    the mail's own fate is the mail connector's, with problems of its own. How many it resolved.
+
+    A match's problem recorded before they were keyed by match has its signal's id as reference, as
+    have those of the other matches on that signal in that page of the feed, and nothing tells them
+    apart: each match that comes again resolves one of them (the oldest), so that as many stay open
+    as matches still wait in the dead-letter queue.
+    """
+    if match_id is None:
+        return await resolve_found(
+            session,
+            kinds=(NO_RECIPIENT,),
+            references=(case_reference,),
+            transaction_id=transaction_id,
+            resolution=resolution,
+            by=SYSTEM,
+        )
+    resolved = await resolve_found(
+        session, kinds=(NO_RECIPIENT,), references=(match_id,), resolution=resolution, by=SYSTEM
+    )
+    return resolved + await resolve_oldest(
         session,
-        kinds=(NO_RECIPIENT,),
-        references=(case_reference,),
+        kind=NO_RECIPIENT,
+        reference=case_reference,
         transaction_id=transaction_id,
+        reason_prefix=_NOT_SENT.format(template="match"),
         resolution=resolution,
         by=SYSTEM,
     )
@@ -184,25 +230,29 @@ async def _unreachable(
     caseworker_id: str,
     template: str,
     case_reference: str,
+    match_id: str | None,
     transaction_id: str,
     youth_key: str | None,
     user: str,
 ) -> None:
-    """Nobody reads `caseworker_id`'s mail: a problem for administrators, audited; nothing queued."""
-    reason = f"geen mail verstuurd ({template}): {exc}"
+    """Nobody reads `caseworker_id`'s mail: a problem for administrators (a match's by its match id,
+    `resolve_unreachable`), audited; nothing queued."""
     await record_problem(
         session,
         kind=NO_RECIPIENT,
         caseworker_id=caseworker_id,
-        reference=case_reference,
-        reason=reason,
+        reference=match_id or case_reference,
+        reason=f"{_NOT_SENT.format(template=template)}{exc}",
         transaction_id=transaction_id,
     )
+    objects = {"template": template, "case_reference": case_reference, "reason": NO_RECIPIENT}
+    if match_id is not None:
+        objects["match_id"] = match_id
     entry = AuditEntry(
         action="mail.undeliverable",
         user=user,
         youth_key=youth_key,
         on_behalf_of=caseworker_id,
-        objects={"template": template, "case_reference": case_reference, "reason": NO_RECIPIENT},
+        objects=objects,
     )
     await write_audit(session, entry, transaction_id=transaction_id, system=SYSTEM)

@@ -79,7 +79,11 @@ async def test_a_handover_notice_reaches_the_delegate_saying_for_whom_and_is_aud
             # nobody reads cw-lone's mail: the notice exists nowhere else, so it is queued all the
             # same, dead-lettered when sent (a problem saying so), and replayed once they are back
             dead = await read_topic(kafka.bootstrap, hub.topic(NOTIFICATION_MAIL.dlq), expect=1, timeout_s=30)
-            assert nobody.id in Envelope.from_bytes(dead[0].value).payload["body_text"]
+            payload = Envelope.from_bytes(dead[0].value).payload
+            assert nobody.id in payload["body_text"]
+            # a field added since the release before is left out where it is empty: a mail connector
+            # of that release, running beside this one during an upgrade, refuses fields it does not know
+            assert "match_id" not in payload
 
             async def told() -> bool:
                 async with hub.store.connect() as conn:  # type: ignore[union-attr]

@@ -272,14 +272,14 @@ async def test_absent_caseworker_mail_reaches_delegate_and_nobody_reachable_is_s
             text, _ = bodies(parse(sink.memory[0].raw))
             assert "vervanger van Ilse Bakker" in text and "gezinsmatch" in text and signal_id in text
 
-            lost_signal, _ = await signal_with_match(hub, "cw-lone", youth(323_456_700))
+            _, lost_match = await signal_with_match(hub, "cw-lone", youth(323_456_700))
             dead = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_MATCH.dlq), expect=1)
             assert len(dead) == 1
             headers = headers_of(dead[0])
             assert set(DLQ_HEADERS) <= set(headers)
             assert "no reachable delegate" in headers["dlq-exception-message"]
             assert headers["dlq-exception-class"].endswith("NoReachableRecipient")
-            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_signal))
+            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_match))  # the match's problem
             assert len(sink.memory) == 1  # nothing was sent to a caseworker who left
         finally:
             await hub.stop()
@@ -305,8 +305,8 @@ async def test_a_match_keeps_whom_its_mail_reached_and_when_and_its_caseworker_c
             before = datetime.now(UTC)
             signal_id, match_id = await signal_with_match(hub, "cw-ilse", youth(423_456_700))
             await wait_for(lambda: len(sink.memory) == 1)
-            lost_signal, lost_match = await signal_with_match(hub, "cw-lone", youth(523_456_700))
-            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_signal))
+            _, lost_match = await signal_with_match(hub, "cw-lone", youth(523_456_700))
+            await wait_for(lambda: _problem(hub, NO_RECIPIENT, lost_match))
 
             async def told() -> dict[str, Any]:
                 async with hub.store.connect() as conn:  # type: ignore[union-attr]

@@ -9,13 +9,15 @@ of its dead letter, a caseworker whose directory entry was fixed.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, insert, select, update
 
+import connectors.mail.component as mail_component
 from connectors.mail.problems import OUTAGE, REFUSED, SENT, WITHHELD, resolve_done
+from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
 from hub.notify.borging import FAILED, NO_DELEGATE, check_borging
@@ -26,17 +28,20 @@ from hub.notify.problems import (
     record_problem_once,
     resolve_problem,
 )
-from hub.notify.service import NO_RECIPIENT, notify_caseworker
-from hub.notify.tables import mail_problems
+from hub.notify.service import NO_RECIPIENT, NoReachableRecipient, notify_caseworker, resolve_unreachable
+from hub.notify.tables import mail_problems, mail_sent
 from hub.signals import request_withdrawal
 from hub.signals.matches import REFUSED_MATCH
+from hub.signals.tables import signals
 from hub.store import Store
 from hub.store.tables import audit_log
 from hub.topics import NOTIFICATION_MAIL, VERWIJSINDEX_MATCH
 from schemas.caseworker import Absence
 from schemas.envelope import Envelope, utcnow
 from schemas.notification import MailNotification
-from schemas.signal import WithdrawalReason
+from schemas.pseudonym import youth_key
+from schemas.signal import SignalStatus, WithdrawalReason
+from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import produce, read_topic, wait_for
 from tests.integration.test_directory_api import BASE, directory_app
 from tests.integration.test_mail_delivery import (
@@ -55,8 +60,11 @@ pytestmark = pytest.mark.integration
 PROBLEM_JSON = "application/problem+json"
 A_BSN = "123456782"  # passes the elfproef
 LONE = OMAR.model_copy(update={"caseworker_id": "cw-lone", "name": "Lone Ranger", "email": "lone@halt.nl"})
-BACK = "borging niet meer nodig: de medewerker is in dienst en niet (meer) lang afwezig"
+BACK = "borging niet meer nodig: de medewerker is in dienst en niet (meer) afwezig"
 LONG_AWAY = [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]
+TOPIC = "t.notification.mail.v1"
+QUEUED = "de melding is alsnog klaargezet om te versturen"
+ENDED = "niet meer nodig: het signaal is beëindigd"
 
 
 async def _listed(store: Store, status: Any = "open") -> list[dict[str, Any]]:
@@ -275,6 +283,34 @@ async def test_a_borging_problem_resolved_by_hand_opens_again_and_a_failure_goes
         }
 
 
+async def test_a_borging_problem_of_a_caseworker_still_away_stays_open_until_they_are_back(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """An administrator's borging for a caseworker away without a delegate, not yet long enough for the
+    daily round, raised a problem; that round resolved it as not needed ("niet (meer) lang afwezig")
+    while they were still away and nobody could take their signals over."""
+    short = [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=3))]
+    lotte = LONE.model_copy(update={"caseworker_id": "cw-lotte", "email": "lotte@halt.nl", "absences": short})
+    async with directory_app(kafka, db_url, unique) as (hub, admin, _):
+        assert hub.store is not None
+        await add_caseworkers(hub, lotte.model_copy(update={"absences": []}))
+        await signal_with_match(hub, "cw-lotte", youth(253_456_700))
+        await add_caseworkers(hub, lotte)  # away for a few days, no delegate
+        refused = await admin.post(f"{BASE}/cw-lotte/borging")
+        assert refused.status_code == 409, refused.text
+        [problem] = await _listed(hub.store)
+        assert (problem["kind"], problem["caseworkerId"]) == (NO_DELEGATE, "cw-lotte")
+
+        assert await check_borging(hub) == []  # not due: away, but not long
+        assert _ids(await _listed(hub.store)) == [problem["id"]]  # still away, still nobody: open
+
+        assert (await admin.delete(f"{BASE}/cw-lotte/afwezigheden")).status_code == 200  # back
+        await check_borging(hub)
+        assert await _listed(hub.store) == []
+        [done] = await _listed(hub.store, "resolved")
+        assert (done["id"], done["resolvedHow"], done["resolution"]) == (problem["id"], "hub", BACK)
+
+
 # -- mails: resolved once the mail went after all ----------------------------------------------------
 
 
@@ -314,8 +350,6 @@ async def test_a_dead_lettered_mail_is_resolved_once_its_replay_is_sent(
 async def test_a_mail_dead_lettered_again_replaces_its_older_problem_and_is_resolved_once_sent(
     store: Store,
 ) -> None:
-    from hub.directory import upsert_caseworker
-
     async with store.transaction() as s:
         await upsert_caseworker(s, ILSE)
         other = await record_problem(
@@ -372,14 +406,156 @@ async def test_a_mail_that_need_not_go_any_more_is_resolved_as_such(store: Store
     assert done == {"n-sent": SENT, "n-withheld": WITHHELD}
 
 
+async def _a_signal_of(store: Store, caseworker_id: str, signal_id: str = "sig-1") -> str:
+    """An active signal whose contact is `caseworker_id`, as the hub holds it; its youth key."""
+    key = youth_key(TEST_SECRET, A_BSN)
+    async with store.transaction() as s:
+        await s.execute(
+            insert(signals).values(
+                signal_id=signal_id, youth_key=key, bsn=A_BSN, given_names="Sam", surname="Jansen",
+                birth_date=date(2010, 1, 1), gender="MAN", municipality="Den Haag", organisation="Halt",
+                caseworker_id=caseworker_id, contact={}, created=TODAY, end_date=TODAY + timedelta(days=365),
+                status=SignalStatus.ACTIEF.value, delivery_state="delivered", attempt=0, updated_at=utcnow(),
+            )
+        )  # fmt: skip
+    return key
+
+
+async def _withdraw(store: Store, signal_id: str = "sig-1") -> None:
+    async with store.transaction() as s:
+        await s.execute(
+            update(signals)
+            .where(signals.c.signal_id == signal_id)
+            .values(status=SignalStatus.INGETROKKEN_ONTERECHT.value)
+        )
+
+
+def _match_mail(caseworker_id: str, signal_id: str = "sig-1") -> tuple[Envelope, MailNotification]:
+    mail = MailNotification(
+        recipient_caseworker_id=caseworker_id, for_caseworker_id=caseworker_id, template="match",
+        subject="Match", body_text="Beste collega,\n\nEen match.\n", case_reference=signal_id, match_id="m-1",
+    )  # fmt: skip
+    return _envelope(mail.model_dump(mode="json")), mail
+
+
+async def _audited(store: Store, action: str) -> list[Any]:
+    async with store.connect() as conn:
+        return list((await conn.execute(select(audit_log).where(audit_log.c.action == action))).all())
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one-by-one"])
+async def test_a_match_mail_whose_signal_ended_is_withheld_though_nobody_reads_its_caseworkers_mail(
+    store: Store, prepared: bool
+) -> None:
+    """Dead-lettered as nobody read its caseworker's mail, then replayed once its signal had ended: the
+    connector found it withheld and still looked for somebody to read it, so it was dead-lettered
+    again, replay after replay, and its problem never closed."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, LONE.model_copy(update={"active": False}))  # gone, no delegate
+    key = await _a_signal_of(store, "cw-lone")
+    message, mail = _match_mail("cw-lone")
+    async with connector_on_a_sink(store) as (connector, sink):
+        if prepared:
+            await connector.prepare([message])
+        with pytest.raises(NoReachableRecipient) as nobody:
+            await connector.deliver(message)
+        async with store.transaction() as s:  # the ladder dead-letters it
+            await connector.on_dead(s, message, str(nobody.value))
+        [problem] = await _listed(store)
+        assert (problem["kind"], problem["reference"]) == (NO_RECIPIENT, mail.notification_id)
+
+        await _withdraw(store)  # the signal ended; then the operator replays the dead letter
+        if prepared:
+            await connector.prepare([message])
+        await connector.deliver(message)  # withheld: nobody need read it
+        async with store.transaction() as s:
+            await connector.on_delivered(s, message)
+        assert not sink.memory
+    assert await _listed(store) == []
+    [done] = await _listed(store, "resolved")
+    assert (done["id"], done["resolvedHow"], done["resolution"]) == (problem["id"], "hub", WITHHELD)
+    [withheld] = await _audited(store, "mail.withheld")
+    assert withheld.youth_key == key and withheld.objects["notification_id"] == mail.notification_id
+    assert await _audited(store, "mail.sent") == []
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one-by-one"])
+async def test_a_match_mail_sent_whose_record_failed_is_recorded_as_sent_though_its_signal_ended_since(
+    store: Store, prepared: bool
+) -> None:
+    """Its next attempt records it without sending it again. Prepared, the round's lookup found its
+    signal ended first and recorded it as withheld: the disclosure was not audited (rule 18)."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, ILSE)
+    await _a_signal_of(store, "cw-ilse")
+    message, mail = _match_mail("cw-ilse")
+    async with connector_on_a_sink(store) as (connector, sink):
+        await connector.deliver(message)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as s:
+                await connector.on_delivered(s, message)
+                raise RuntimeError("the commit failed")
+        await _withdraw(store)
+        if prepared:
+            await connector.prepare([message])
+        await connector.deliver(message)  # not sent again, nor withheld: it went
+        async with store.transaction() as s:
+            await connector.on_delivered(s, message)
+        assert len(sink.memory) == 1
+    [sent] = await _audited(store, "mail.sent")
+    assert sent.objects["notification_id"] == mail.notification_id
+    assert await _audited(store, "mail.withheld") == []
+    async with store.connect() as conn:
+        assert [r.notification_id for r in (await conn.execute(select(mail_sent))).all()] == [
+            mail.notification_id
+        ]
+
+
+async def test_a_withheld_mail_is_forgotten_once_its_record_is_committed_and_not_before(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connector kept every match mail it withheld for as long as the process ran. Forgotten too
+    early, a round whose record together failed, recorded again one by one in the same transaction,
+    would record the mail as sent."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, ILSE)
+    await _a_signal_of(store, "cw-ilse")
+    await _withdraw(store)
+    message, mail = _match_mail("cw-ilse")
+    async with connector_on_a_sink(store) as (connector, sink):
+        await connector.deliver(message)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as s:  # the round's record rolled back: it stays parked
+                await connector.on_delivered(s, message)
+                raise RuntimeError("the commit failed")
+        assert mail.notification_id in connector._withheld
+
+        await connector.deliver(message)  # its next attempt
+        async with store.transaction() as s:
+            with pytest.raises(RuntimeError):
+                async with s.begin_nested():  # the ladder records a round together in a savepoint
+                    await connector.on_delivered_many(s, [message])
+                    raise RuntimeError("another delivery of the round could not be recorded")
+            assert mail.notification_id in connector._withheld  # released savepoint or not: not yet
+            await connector.on_delivered(s, message)  # then each on its own, in the same transaction
+        assert mail.notification_id not in connector._withheld  # committed: forgotten
+        assert not sink.memory
+        # prepared, and taken by another hub process: never recorded here, the oldest forgotten
+        monkeypatch.setattr(mail_component, "_SENT_MAX", 2)
+        others = [_match_mail("cw-ilse")[0] for _ in range(3)]
+        await connector.prepare(others)
+        assert len(connector._withheld) == 2
+    assert len(await _audited(store, "mail.withheld")) == 1
+    async with store.connect() as conn:
+        assert (await conn.execute(select(mail_sent))).all() == []
+
+
 # -- a notice nobody could read: resolved once queued for somebody after all ----------------------
 
 
 async def test_a_notice_that_found_nobody_is_resolved_when_the_same_one_is_queued_after_all(
     store: Store,
 ) -> None:
-    from hub.directory import upsert_caseworker
-
     async with store.transaction() as s:
         await upsert_caseworker(s, LONE.model_copy(update={"active": False}))  # gone, no delegate
     context = {"subject": "Overdracht wacht", "detail": "Toestemming ontbreekt.", "case_reference": "HO-1"}
@@ -405,7 +581,101 @@ async def test_a_notice_that_found_nobody_is_resolved_when_the_same_one_is_queue
     assert still["transactionId"] == other_tx
     [done] = await _listed(store, "resolved")
     assert (done["transactionId"], done["resolvedHow"], done["resolvedBy"]) == (tx, "hub", "ketenhub.notify")
-    assert done["resolution"] == "de melding is alsnog klaargezet om te versturen"
+    assert done["resolution"] == QUEUED
+
+
+def _match(match_id: str, signal_id: str = "sig-1") -> dict[str, Any]:
+    """A match notice's context, as the notifier makes it (hub.notify.component.match_context)."""
+    return {
+        "match_type": "CLIENTMATCH", "match_id": match_id, "case_reference": signal_id,
+        "counterparts": [{"name": "Kees", "organisation": "Jeugdhulp", "phone": "06 1234 5678"}],
+    }  # fmt: skip
+
+
+async def test_a_replayed_match_resolves_its_own_problem_not_those_of_other_matches_of_its_page(
+    store: Store,
+) -> None:
+    """The matches of one page of the feed share its transaction id, and those on one signal its id:
+    a match's problem was keyed by both, so replaying one match's dead letter resolved the problems of
+    the others, whose dead letters still waited."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, LONE.model_copy(update={"active": False}))  # gone, no delegate
+    tx = str(uuid.uuid4())  # the feed page's
+    for match_id in ("m-1", "m-2", "m-3"):
+        async with store.transaction() as s:
+            assert await notify_caseworker(s, TOPIC, "cw-lone", "match", _match(match_id), tx) is None
+    assert sorted(p["reference"] for p in await _listed(store)) == ["m-1", "m-2", "m-3"]
+    undeliverable = {r.objects["match_id"] for r in await _audited(store, "mail.undeliverable")}
+    assert undeliverable == {"m-1", "m-2", "m-3"}
+
+    async with store.transaction() as s:
+        await upsert_caseworker(s, LONE)  # the directory fixed
+    async with store.transaction() as s:  # m-1's dead letter replayed: its mail is queued
+        assert await notify_caseworker(s, TOPIC, "cw-lone", "match", _match("m-1"), tx) is not None
+    async with store.transaction() as s:  # m-2's, its signal ended meanwhile (hub.notify.component)
+        assert await resolve_unreachable(s, "sig-1", tx, ENDED, match_id="m-2") == 1
+    assert [p["reference"] for p in await _listed(store)] == ["m-3"]  # its dead letter waits: open
+    done = {p["reference"]: p["resolution"] for p in await _listed(store, "resolved")}
+    assert done == {"m-1": QUEUED, "m-2": ENDED}
+
+
+async def test_match_problems_recorded_by_their_signal_before_resolve_one_for_each_match_come_again(
+    store: Store,
+) -> None:
+    """Recorded before a match's problem was keyed by its match, they have the signal's id as reference,
+    and those of one page's matches on one signal cannot be told apart: each match that comes again
+    resolves one (the oldest), so that as many stay open as its matches' dead letters still wait.
+    Another page's, and another notice's that shares the reference, are not the match's."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, LONE)
+    tx, other_tx = str(uuid.uuid4()), str(uuid.uuid4())
+    nobody = "caseworker 'cw-lone' is away and has no reachable delegate"
+    ids = []
+    for transaction_id, template in ((tx, "match"), (tx, "match"), (other_tx, "match"), (tx, "notice")):
+        async with store.transaction() as s:
+            problem_id = await record_problem(
+                s, kind=NO_RECIPIENT, caseworker_id="cw-lone", reference="sig-1",
+                reason=f"geen mail verstuurd ({template}): {nobody}", transaction_id=transaction_id,
+            )  # fmt: skip
+            ids.append(problem_id)
+    async with store.transaction() as s:  # one of them replayed: its mail is queued
+        assert await notify_caseworker(s, TOPIC, "cw-lone", "match", _match("m-1"), tx) is not None
+    assert _ids(await _listed(store, "resolved")) == [ids[0]]
+    async with store.transaction() as s:  # the other, its signal ended meanwhile
+        assert await resolve_unreachable(s, "sig-1", tx, ENDED, match_id="m-2") == 1
+    assert sorted(_ids(await _listed(store))) == ids[2:]
+    async with store.transaction() as s:  # a third match of that page: none of its left
+        assert await resolve_unreachable(s, "sig-1", tx, ENDED, match_id="m-3") == 0
+    assert sorted(_ids(await _listed(store))) == ids[2:]
+
+
+async def test_a_notice_queued_for_nobody_all_the_same_looks_for_no_problem_to_resolve(
+    store: Store,
+) -> None:
+    """Only a notice that is not queued when nobody reads it has a problem that says so. Every other
+    (a handover's notices, queued all the same) looked for one, with an UPDATE each time."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, ILSE)
+    context = {"subject": "Overdracht wacht", "detail": "Toestemming ontbreekt.", "case_reference": "HO-1"}
+    updates: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE MAIL_PROBLEMS"):
+            updates.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with store.transaction() as s:
+            mail = await notify_caseworker(
+                s, TOPIC, "cw-ilse", "notice", context, str(uuid.uuid4()), queue_unreachable=True
+            )
+        assert mail is not None
+        assert updates == []
+        async with store.transaction() as s:  # a match notice may have found nobody before: it looks
+            assert await notify_caseworker(s, TOPIC, "cw-ilse", "match", _match("m-1"), str(uuid.uuid4()))
+        assert updates
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
 
 
 async def test_a_replayed_match_resolves_its_problem_when_mailed_or_when_its_signal_ended(
@@ -416,16 +686,16 @@ async def test_a_replayed_match_resolves_its_problem_when_mailed_or_when_its_sig
         try:
             assert hub.store is not None
             await add_caseworkers(hub, LONE.model_copy(update={"active": False}))  # gone, no delegate
-            mailed, _ = await signal_with_match(hub, "cw-lone", youth(233_456_700))
-            ended, _ = await signal_with_match(hub, "cw-lone", youth(243_456_700))
+            _, mailed = await signal_with_match(hub, "cw-lone", youth(233_456_700))
+            ended, ended_match = await signal_with_match(hub, "cw-lone", youth(243_456_700))
             dead = await read_topic(
                 kafka.bootstrap, hub.topic(VERWIJSINDEX_MATCH.dlq), expect=2, timeout_s=30
             )
             assert len(dead) == 2
             found = await wait_for(lambda: _two(_unreachable(hub.store)))  # type: ignore[arg-type]
-            assert {(p["kind"], p["reference"]) for p in found} == {
+            assert {(p["kind"], p["reference"]) for p in found} == {  # each match's own
                 (NO_RECIPIENT, mailed),
-                (NO_RECIPIENT, ended),
+                (NO_RECIPIENT, ended_match),
             }
 
             await add_caseworkers(hub, LONE)  # the directory fixed
@@ -452,10 +722,7 @@ async def test_a_replayed_match_resolves_its_problem_when_mailed_or_when_its_sig
                 done = await _unreachable(hub.store, "resolved")  # type: ignore[arg-type]
                 return {p["reference"]: p["resolution"] for p in done} if len(done) == 2 else {}
 
-            assert await wait_for(resolved, timeout_s=30) == {
-                mailed: "de melding is alsnog klaargezet om te versturen",
-                ended: "niet meer nodig: het signaal is beëindigd",
-            }
+            assert await wait_for(resolved, timeout_s=30) == {mailed: QUEUED, ended_match: ENDED}
             assert await _unreachable(hub.store) == []  # type: ignore[arg-type]
             await wait_for(lambda: len(sink.memory) == 1, timeout_s=30)
             assert sink.memory[0].rcpt_to == ["lone@halt.nl"]

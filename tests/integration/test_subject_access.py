@@ -413,14 +413,14 @@ async def test_the_export_holds_the_mails_about_the_youth_whom_they_reached_and_
         for who, young in (("ours", youth(111_222_300)), ("theirs", youth(123_456_700))):
             sent_signal, sent_match = await signal_with_match(hub, "cw-ilse", young)
             _, refused_match = await signal_with_match(hub, "cw-nina", young)  # the SMTP server refuses
-            lost_signal, _ = await signal_with_match(hub, "cw-lone", young)  # nobody reads the mail
+            lost_signal, lost_match = await signal_with_match(hub, "cw-lone", young)  # nobody reads the mail
             async with hub.store.transaction() as session:
                 await record_refused_match(
                     session, match_id=f"m-onleesbaar-{who}", signal_id=sent_signal,
                     reason="feed entry unreadable", transaction_id=str(uuid.uuid4()),
                 )  # fmt: skip
             ids[who] = {"bsn": young.bsn, "sent_signal": sent_signal, "sent_match": sent_match}
-            ids[who] |= {"refused_match": refused_match, "lost_signal": lost_signal}
+            ids[who] |= {"refused_match": refused_match, "lost_signal": lost_signal, "lost_match": lost_match}
 
         async def settled() -> bool:
             return (
@@ -452,7 +452,7 @@ async def test_the_export_holds_the_mails_about_the_youth_whom_they_reached_and_
     assert ours["sent_signal"] in mail["raw"] and "Kees de Wit" in mail["raw"]  # the mail as it went
     assert sorted((p["kind"], p["reference"]) for p in doc["mail_problems"]) == sorted(
         [
-            (NO_RECIPIENT, ours["lost_signal"]),
+            (NO_RECIPIENT, ours["lost_match"]),  # a match's problem is its match's
             (REFUSED_MATCH, "m-onleesbaar-ours"),
             ("mail_niet_bezorgd", refused_id),  # connectors.mail.problems.REFUSED
         ]
