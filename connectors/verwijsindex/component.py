@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.verwijsindex.client import IndexConflict, NotInIndex, VerwijsindexClient
 from connectors.verwijsindex.contract import (
+    Contactpersoon,
     IntrekkingsReden,
     Organisatie,
     Signaal,
@@ -27,6 +29,7 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.feed import MatchFeed
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
+from connectors.verwijsindex.waiting import RegistrationWaits, registration_waits
 from hub.errors import PermanentError
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.recent import RecentIds
@@ -43,6 +46,11 @@ from schemas.signal import SignalStatus, VerwijsindexSignal
 NAME = "verwijsindex"
 WITHHELD = delivery.WITHHELD  # the hub withdrew the signal before this command went: nothing was sent
 NOT_IN_INDEX = delivery.NOT_IN_INDEX  # a withdrawal or contact change the index had no signal for
+# Why a contact change the index holds no signal for is a dead letter (no registration is on its way).
+NOT_REGISTERED = (
+    "the Verwijsindex holds no such signal and no registration of it is waiting (none parked or queued, "
+    "no open dead letter): register it again"
+)
 _CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT)
 _WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
 
@@ -59,22 +67,27 @@ def _parse(model: type[Any], message: Envelope) -> Any:
 
 
 class _Held(NamedTuple):
-    """A signal as the hub holds it, as far as a command needs it: its status and its contact now."""
+    """A signal as the hub holds it, as far as a command needs it: its status and its contact now,
+    and its youth key (how its commands are keyed)."""
 
     status: str
     caseworker_id: str
     contact: Any  # schemas.caseworker.ContactDetails as stored (JSON)
+    youth_key: str
 
 
 async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
     """The hub's status and contact of each known signal among `signal_ids`."""
+    c = signals.c
     async with store.read() as session:
         found = await session.execute(
-            select(signals.c.signal_id, signals.c.status, signals.c.caseworker_id, signals.c.contact).where(
-                signals.c.signal_id.in_(signal_ids)
+            select(c.signal_id, c.status, c.caseworker_id, c.contact, c.youth_key).where(
+                c.signal_id.in_(signal_ids)
             )
         )
-        return {row.signal_id: _Held(row.status, row.caseworker_id, row.contact) for row in found}
+        return {
+            row.signal_id: _Held(row.status, row.caseworker_id, row.contact, row.youth_key) for row in found
+        }
 
 
 def _contact_now(
@@ -96,15 +109,26 @@ def _withdrawn(held: _Held | None) -> bool:
 
 
 def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
-    """Whether what the index holds under the id is this registration, taken at an earlier attempt
-    with another contact person (the contact then): the same organisation and dates, still active."""
+    """Whether what the index holds under the id is this registration, taken at an earlier attempt:
+    still active, the same organisation and dates, whatever its contact. The index keeps the body of
+    the first PUT it took, with the contact then; a PATCH changes its contact, not that body. So once
+    the contact moved, every later PUT conflicts, also when the index's contact is already the one
+    this PUT names (a PATCH of an earlier turn-around, or the change behind it, got through)."""
     return (
         index is not None
         and index.status is SignaalStatus.ACTIEF
         and (index.organisatie, index.aangemaakt, index.einddatum)
         == (body.organisatie, body.aangemaakt, body.einddatum)
-        and index.contactpersoon != body.contactpersoon
     )
+
+
+def _whose(found: Contactpersoon, candidates: Sequence[tuple[str | None, ContactDetails]]) -> str:
+    """The caseworker id of the first candidate whose contact card is `found`; "" when none is."""
+    for caseworker_id, details in candidates:
+        with suppress(PermanentError):  # a card the index could not take is not the one it holds
+            if caseworker_id and contact_van(details) == found:
+                return caseworker_id
+    return ""
 
 
 class VerwijsindexConnector:
@@ -122,11 +146,18 @@ class VerwijsindexConnector:
     command goes, not the one it was queued with: while it waited (the retry ladder, a dead letter
     replayed days later) borging or a caseworker may have moved the signal (rule 17), and the index
     must not be told of someone who left or may no longer signal. A change replayed after a newer one
-    so names the newer contact; and a change the index answers "no such signal" is moot, not a dead
-    letter: its registration, when it goes (replayed), names the contact the hub holds then. The index
-    takes a registration once: when an earlier attempt got through with the contact then (its answer
-    lost) and the contact changed since, the index answers the next attempt with a conflict, and is
-    given the contact now as a change.
+    so names the newer contact. A change the index answers "no such signal" is moot, not a dead
+    letter, while a registration of the signal is on its way (parked, queued, or an open dead letter:
+    `waiting`): that registration, when it goes, names the contact the hub holds then. With none on
+    its way (the index lost the signal, or its registration's letter was discarded or outlived the
+    DLQ's term) nothing would register it again: the change is a dead letter saying so.
+
+    The index takes a registration once, and keeps the body of the PUT it took: when an earlier
+    attempt got through with the contact then (its answer lost) and the contact changed since, every
+    later attempt conflicts. An active signal there under the id, of this organisation and with these
+    dates, is that registration, whatever its contact: it is given the contact now as a change when
+    it holds another, and either way the registration was delivered, and is audited as the disclosure
+    it was, with the contact the index held when this attempt found it.
     """
 
     def __init__(
@@ -135,18 +166,25 @@ class VerwijsindexConnector:
         organisatie: Organisatie,
         simulator: SimulatorServer | None,
         store: Store | None = None,
+        waiting: RegistrationWaits | None = None,
     ) -> None:
         self.client, self.organisatie, self.simulator, self.store = client, organisatie, simulator, store
+        # Whether a registration of a signal is on its way (`waiting.registration_waits`); without it
+        # none is taken to be, and a change the index holds no signal for is a dead letter.
+        self.waiting = waiting
         self.feed: MatchFeed | None = None
         self.ladder: RetryLadder | None = None
-        # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), and
-        # whose contact a registration or change named (the caseworker id), for the hooks that record
-        # them; and the signals `prepare` looked up for the round in hand. A status only ever goes
-        # from ACTIEF to withdrawn, and a withdrawal waits behind the command in hand, so one looked
-        # up a moment ago at worst lets through a call the withdrawal undoes. Likewise a contact
-        # changed since the lookup is sent by the change queued behind the command in hand.
+        # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), whose
+        # contact a registration or change named (the caseworker id), and, for a registration the
+        # index had taken at an earlier attempt, whose contact it held then ("" when neither the
+        # queued nor the current one), for the hooks that record them; and the signals `prepare`
+        # looked up for the round in hand. A status only ever goes from ACTIEF to withdrawn, and a
+        # withdrawal waits behind the command in hand, so one looked up a moment ago at worst lets
+        # through a call the withdrawal undoes. Likewise a contact changed since the lookup is sent
+        # by the change queued behind the command in hand.
         self.outcomes = RecentIds()
         self.contacts = RecentIds()
+        self.earlier = RecentIds()
         self._held: dict[str, _Held | None] = {}
 
     @property
@@ -169,6 +207,7 @@ class VerwijsindexConnector:
         """One command, one idempotent call; raises TransientError or PermanentError."""
         self.outcomes.discard(message.message_id)
         self.contacts.discard(message.message_id)
+        self.earlier.discard(message.message_id)
         if message.type == commands.REGISTER:
             signal: VerwijsindexSignal = _parse(VerwijsindexSignal, message)
             assert signal.signal_id is not None
@@ -182,8 +221,11 @@ class VerwijsindexConnector:
                 return
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
             body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
-            await self._register(signal.signal_id, body, message)
+            found = await self._register(signal.signal_id, body, message)
             self.contacts.add(message.message_id, contact_id or "")
+            if found is not None:
+                candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
+                self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
         elif message.type == commands.WITHDRAW:
             cmd: commands.WithdrawSignal = _parse(commands.WithdrawSignal, message)
             reden = IntrekkingsReden(cmd.reason.value)
@@ -202,22 +244,37 @@ class VerwijsindexConnector:
                 await self.client.change_contact(
                     change.signal_id, contact_van(contact), message.transaction_id
                 )
-            except NotInIndex:  # its registration has not got there: it names the contact then
+            except NotInIndex as exc:
+                if not await self._registration_waits(change.signal_id, held):
+                    raise NotInIndex(f"{NOT_REGISTERED} ({exc})") from None
+                # its registration has not got there: when it goes, it names the contact then
                 self.outcomes.add(message.message_id, NOT_IN_INDEX)
                 return
             self.contacts.add(message.message_id, contact_id or "")
         else:
             raise PermanentError(f"unknown command type on {VERWIJSINDEX_SIGNAL.name}")
 
-    async def _register(self, signal_id: str, body: SignaalRegistratie, message: Envelope) -> None:
-        """PUT the registration; when the index took it at an earlier attempt with another contact
-        (its answer was lost, then the contact changed), PATCH the contact now instead."""
+    async def _register(self, signal_id: str, body: SignaalRegistratie, message: Envelope) -> Signaal | None:
+        """PUT the registration; None when the index took it now (or had it with this very body).
+        When it took it at an earlier attempt (its answer was lost, then the contact changed), the
+        signal as the index held it, given the contact now as a change when it held another."""
         try:
             await self.client.register(signal_id, body, message.transaction_id)
         except IndexConflict:
-            if not _earlier_attempt(await self._in_index(signal_id, message), body):
+            found = await self._in_index(signal_id, message)
+            if found is None or not _earlier_attempt(found, body):
                 raise
-            await self.client.change_contact(signal_id, body.contactpersoon, message.transaction_id)
+            if found.contactpersoon != body.contactpersoon:
+                await self.client.change_contact(signal_id, body.contactpersoon, message.transaction_id)
+            return found
+        return None
+
+    async def _registration_waits(self, signal_id: str, held: _Held | None) -> bool:
+        """Whether a registration of the signal is on its way to the index (see `waiting`); not
+        when the hub holds no such signal, or cannot look."""
+        if held is None or self.waiting is None:
+            return False
+        return await self.waiting(signal_id, held.youth_key)
 
     async def _held_of(self, signal_id: str) -> _Held | None:
         """The hub's status and contact of the signal (None: it holds none, or has no store): from
@@ -247,12 +304,17 @@ class VerwijsindexConnector:
             message,
             outcome=self.outcomes.note(message.message_id),
             contact=self.contacts.note(message.message_id),
+            earlier=self.earlier.note(message.message_id),
         )
 
     async def on_delivered_many(self, session: AsyncSession, messages: Sequence[Envelope]) -> None:
         """`on_delivered` for a round."""
         await delivery.on_delivered_many(
-            session, messages, outcome_of=self.outcomes.note, contact_of=self.contacts.note
+            session,
+            messages,
+            outcome_of=self.outcomes.note,
+            contact_of=self.contacts.note,
+            earlier_of=self.earlier.note,
         )
 
     async def ping(self) -> None:
@@ -295,8 +357,19 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             simulator = SimulatorServer()
             url = simulator.start()
         client = VerwijsindexClient(url, timeout=s.timeout_s, organisatie=s.organisatie_code)
+        waiting = registration_waits(
+            hub.store,
+            ladder=NAME,
+            topic=hub.topic(VERWIJSINDEX_SIGNAL.name),
+            dlq_topic=hub.topic(VERWIJSINDEX_SIGNAL.dlq),
+            options=hub.kafka_options,
+        )
         connector = VerwijsindexConnector(
-            client, Organisatie(code=s.organisatie_code, naam=s.organisatie_naam), simulator, hub.store
+            client,
+            Organisatie(code=s.organisatie_code, naam=s.organisatie_naam),
+            simulator,
+            hub.store,
+            waiting,
         )
         hub.components[NAME] = connector
         ladder = ladder_on(

@@ -1,14 +1,20 @@
 """Delivery status of signal commands, kept on the signal row by the retry ladder's hooks.
 
-A signal shows the state of its latest command: queued, delivered, retrying (attempt n, next try
-at) or dead_lettered (why). An earlier command that gets through while a later one waits leaves
-the signal `queued`; one that gets through after the later one was settled (an earlier command
-replayed from the dead-letter topic) leaves its state as it is; a command waiting behind another
-youth's parked command shows `retrying` with attempt 0.
+A signal shows the state of its latest command (the row's `delivery_message_id`): queued,
+delivered, retrying (attempt n, next try at) or dead_lettered (why). An earlier command that gets
+through while a later one waits leaves the signal `queued`; one that gets through, is parked or is
+dead-lettered after the later one was settled (an earlier command replayed from the dead-letter
+topic) leaves its state as it is; while the later one waits behind it, the signal shows the earlier
+one's retries, and a command waiting behind another youth's parked command shows `retrying` with
+attempt 0. Only the latest command dead-lettered makes the signal `dead_lettered`.
 
-A contact change the index had no signal for (its registration a dead letter, not replayed yet)
-needed no call, but the signal is not in the index: it shows its registration `dead_lettered`
-(`UNREGISTERED` says why), and whichever registration of it gets through next makes it `delivered`.
+A contact change the index had no signal for while a registration of it was on its way (parked,
+or a dead letter not replayed yet) needed no call, but the signal is not in the index: it shows its
+registration `dead_lettered` (`UNREGISTERED` says why), and whichever registration of it is then
+delivered, parked or dead-lettered shows as the latest command.
+
+A registration the index had taken at an earlier attempt, whose answer was lost, is audited as the
+disclosure it was, with whose contact the index held when the attempt found it there.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ WAITING = "waiting behind an earlier command for the same youth"
 WITHHELD = "withheld"  # the hub withdrew the signal before this command went: nothing was sent
 NOT_IN_INDEX = "not_in_index"  # a withdrawal or contact change the index had no signal for
 UNREGISTERED = (
-    "the Verwijsindex holds no such signal: its registration has not reached it (replay its dead "
-    "letter); the contact change needs no call, the registration names the contact the hub holds then"
+    "the Verwijsindex holds no such signal: its registration has not reached it (a dead letter to "
+    "replay, or waiting on the retry ladder); the contact change needs no call, the registration "
+    "names the contact the hub holds then"
 )
 # The latest command's fate, which an earlier one getting through (a replayed dead letter) leaves be.
 _SETTLED = ("delivered", "dead_lettered")
@@ -58,9 +65,27 @@ def _awaiting_registration() -> Any:
     return signals.c.delivery_message_id.is_(None) & (signals.c.delivery_command == commands.REGISTER)
 
 
-def _objects(message: Envelope, signal_id: str | None, contact: str | None) -> dict[str, Any]:
+def _latest(message: Envelope) -> Any:
+    """The signal's latest command is `message`: its row names it, or names none (a row kept before
+    rows named their commands); for a registration, also when the signal awaits whichever
+    registration of it."""
+    c = signals.c
+    latest = (c.delivery_message_id == message.message_id) | (
+        c.delivery_message_id.is_(None) & c.delivery_command.is_(None)
+    )
+    if message.type == commands.REGISTER:
+        latest = latest | _awaiting_registration()
+    return latest
+
+
+def _objects(
+    message: Envelope, signal_id: str | None, contact: str | None, earlier: str | None = None
+) -> dict[str, Any]:
     """The audit entry's objects; for a contact sent, whose it was (the signal's contact when it went),
-    and whose the command was queued with when that was someone else."""
+    and whose the command was queued with when that was someone else. For a registration the index
+    had taken at an earlier attempt (`earlier` not None): that it had, and whose contact the index
+    held when this attempt found it (before giving it the contact now); None when it was neither the
+    queued nor the current contact. That earlier attempt disclosed the signal with the contact then."""
     objects: dict[str, Any] = {
         "signal_id": signal_id,
         "message_id": message.message_id,
@@ -71,14 +96,23 @@ def _objects(message: Envelope, signal_id: str | None, contact: str | None) -> d
         queued = as_code(message.payload.get("caseworker_id")) if message.payload else None
         if queued is not None and queued != contact:
             objects["queued_caseworker_id"] = queued
+    if earlier is not None:
+        objects["registered_at_earlier_attempt"] = True
+        objects["index_contact_caseworker_id"] = earlier or None
     return objects
 
 
 async def on_delivered(
-    session: AsyncSession, message: Envelope, *, outcome: str | None = None, contact: str | None = None
+    session: AsyncSession,
+    message: Envelope,
+    *,
+    outcome: str | None = None,
+    contact: str | None = None,
+    earlier: str | None = None,
 ) -> None:
     """The index accepted the command (or it needed no call, `outcome` says why): mark it, and audit
-    it (rule 18), with `contact`: the caseworker whose contact details it sent."""
+    it (rule 18), with `contact`: the caseworker whose contact details it sent, and `earlier`, for a
+    registration the index had taken at an earlier attempt, whose contact it held (see `_objects`)."""
     now = utcnow()
     latest = signals.c.delivery_message_id == message.message_id
     if message.type == commands.REGISTER and not outcome:
@@ -98,7 +132,7 @@ async def on_delivered(
         action=_action(message, outcome),
         user=CONNECTOR,
         youth_key=await _youth_key(session, signal_id),
-        objects=_objects(message, signal_id, contact),
+        objects=_objects(message, signal_id, contact, earlier),
     )
     await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
 
@@ -133,10 +167,12 @@ async def on_delivered_many(
     *,
     outcome_of: Callable[[str], str | None] = lambda _: None,
     contact_of: Callable[[str], str | None] = lambda _: None,
+    earlier_of: Callable[[str], str | None] = lambda _: None,
 ) -> None:
     """`on_delivered` for a round of deliveries (at most one per youth), in four statements (five
-    with a contact change the index had no signal for); `outcome_of(message_id)` and
-    `contact_of(message_id)` are each one's `outcome` and `contact`."""
+    with a contact change the index had no signal for); `outcome_of(message_id)`,
+    `contact_of(message_id)` and `earlier_of(message_id)` are each one's `outcome`, `contact` and
+    `earlier`."""
     now = utcnow()
     ids = [m.message_id for m in messages]
     signal_ids = {m.message_id: commands.signal_id_of(m) or "" for m in messages}
@@ -179,7 +215,9 @@ async def on_delivered_many(
             system=CONNECTOR,
             transaction_id=m.transaction_id,
             youth_key=keys.get(signal_ids[m.message_id]),
-            objects=_objects(m, signal_ids[m.message_id] or None, contact_of(m.message_id)),
+            objects=_objects(
+                m, signal_ids[m.message_id] or None, contact_of(m.message_id), earlier_of(m.message_id)
+            ),
         )
         for m in messages
     ]
@@ -189,8 +227,11 @@ async def on_delivered_many(
 async def on_parked(
     session: AsyncSession, message: Envelope, attempt: int, due_at: datetime, error: str | None
 ) -> None:
-    """The command waits for its next attempt."""
-    query = update(signals).where(_where(message))
+    """The command waits for its next attempt: shown when it is the signal's latest command, or an
+    earlier one the latest waits behind (not when the latest was settled: a replayed dead letter)."""
+    query = update(signals).where(
+        _where(message), _latest(message) | signals.c.delivery_state.not_in(_SETTLED)
+    )
     if attempt == 0:  # parked behind another command: keep a retrying head's details
         query = query.where(signals.c.delivery_state != "retrying")
     await session.execute(
@@ -202,10 +243,12 @@ async def on_parked(
 
 async def on_dead(session: AsyncSession, message: Envelope, error: str) -> None:
     """The command went to the dead-letter topic; operators can replay it. `updated_at` says since
-    when: retention keeps the signal while its letter can still be replayed."""
+    when: retention keeps the signal while its letter can still be replayed. Only the signal's
+    latest command: an earlier one (a replayed dead letter, or one the latest waited behind) leaves
+    the latest's state as it is."""
     await session.execute(
         update(signals)
-        .where(_where(message))
+        .where(_where(message), _latest(message))
         .values(delivery_state="dead_lettered", next_try_at=None, last_error=error, updated_at=utcnow())
     )
 

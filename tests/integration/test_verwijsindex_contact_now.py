@@ -1,6 +1,9 @@
 """A signal command that waited tells the Verwijsindex the signal's contact as the hub holds it when it
-goes, not the one it was queued with (rules 13, 17): the real broker, both stores, the simulator over
-real HTTP."""
+goes, not the one it was queued with (rules 13, 17); a registration the index took at an earlier
+attempt is the hub's whatever contact it holds now, and audited as the disclosure it was (rule 18);
+a change the index holds no signal for is moot only while a registration of it is on its way, and
+an older command replayed leaves the latest one's state be: the real broker, both stores, the
+simulator over real HTTP."""
 
 from __future__ import annotations
 
@@ -10,19 +13,27 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from connectors.verwijsindex.contract import SignaalStatus
+from connectors.verwijsindex.client import VerwijsindexClient
+from connectors.verwijsindex.component import NAME, VerwijsindexConnector
+from connectors.verwijsindex.contract import Organisatie, SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.embedded import EmbeddedKafka
+from hub.errors import TransientError
 from hub.ops.dlq import DeadLetters
+from hub.retry.tables import parked
 from hub.runtime import Hub
-from hub.signals import request_contact_change
+from hub.signals import commands, request_contact_change, store_signal
+from hub.spine.dlq import DLQ_EXC_MESSAGE
+from hub.store import Store
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker, Team
+from schemas.pseudonym import youth_key
 from schemas.signal import VerwijsindexSignal
-from tests.helpers.kafka import read_all, read_topic, wait_for
+from tests.conftest import TEST_SECRET
+from tests.helpers.kafka import headers_of, read_all, read_topic, wait_for
 from tests.integration.test_verwijsindex_connector import (
     SIGNAL,
     SLOW,
@@ -82,15 +93,34 @@ async def audit_of(hub: Hub, signal: VerwijsindexSignal, action: str) -> list[di
         return [row.objects for row in found if (row.objects or {}).get("signal_id") == signal.signal_id]
 
 
-async def replay_all(hub: Hub) -> None:
-    """An operator replays every dead letter of the signal topic."""
+def dead_letters(hub: Hub) -> DeadLetters:
+    """The signal topic's dead letters, as the operator console has them."""
     assert hub.store is not None and hub.relay is not None
-    letters = DeadLetters(
+    return DeadLetters(
         hub.store, hub.kafka_options, [hub.topic(VERWIJSINDEX_SIGNAL.dlq)], wake=hub.relay.wake
     )
+
+
+async def replay_all(hub: Hub) -> None:
+    """An operator replays every dead letter of the signal topic."""
+    letters = dead_letters(hub)
     job = letters.start_replay(await letters.find(), "olaf")
     await wait_for(lambda: _is_done(job), timeout_s=30)
     assert (job.done, job.skipped, job.failed) == (1, 0, 0)
+
+
+async def parked_rows(hub: Hub) -> int:
+    """How many commands wait on the connector's retry ladder."""
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        counted = select(func.count()).select_from(parked).where(parked.c.ladder == NAME)
+        return int((await conn.execute(counted)).scalar_one())
+
+
+async def path_log(admin: httpx.AsyncClient, signal: VerwijsindexSignal) -> list[tuple[str, int]]:
+    """The index's calls on the signal, as (method, status), oldest first."""
+    assert signal.signal_id
+    return [(c["method"], c["status"]) for c in await calls(admin) if c["path"] == SIGNAL + signal.signal_id]
 
 
 def audited_as(hub: Hub, signal: VerwijsindexSignal, *actions: str) -> Any:
@@ -177,6 +207,7 @@ async def test_a_registration_that_waited_on_the_ladder_goes_with_the_contact_no
         ]
         [sent] = await audit_of(hub, signal, "verwijsindex.RegisterSignal")
         assert (sent["caseworker_id"], sent["queued_caseworker_id"]) == ("cw-noor", "cw-ilse")
+        assert "registered_at_earlier_attempt" not in sent  # the index took this very PUT
         [changed] = await audit_of(hub, signal, "verwijsindex.ChangeSignalContact")
         assert changed["caseworker_id"] == "cw-noor" and "queued_caseworker_id" not in changed
         assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
@@ -251,7 +282,234 @@ async def test_a_registration_the_index_took_before_a_move_gets_the_contact_now_
             "verwijsindex.ChangeSignalContact",
         ]
         [registered] = await audit_of(hub, signal, "verwijsindex.RegisterSignal")
+        # both contacts that went: Ilse with the registration the index took, Noor as its change
         assert registered["caseworker_id"] == "cw-noor"
+        assert registered["registered_at_earlier_attempt"] is True
+        assert registered["index_contact_caseworker_id"] == "cw-ilse"
         assert await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq)) == []
     finally:
         await hub.stop()
+
+
+async def test_a_registration_replayed_after_its_change_went_is_the_one_the_index_holds(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The index took the registration (with Ilse), but every answer was cut off: a dead letter. The
+    index back, borging moved the signal to Noor and that change went. The operator replays the
+    registration: it names Noor, and the index, which keeps the body it took (with Ilse), conflicts,
+    though it names Noor already. It is the hub's registration: delivered with no further call, not
+    dead-lettered again, audited as the disclosure it was; the signal stays delivered."""
+    await set_faults(admin, lost_answer_rate=1.0, methods=["PUT"])  # done by the index, answer cut off
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        signal = a_signal(bsns(1, start=950_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=30)) == 1
+        assert await audited(hub, signal) == []  # no answer came: not known to be disclosed yet
+        await set_faults(admin)
+        await move(hub, signal, STAND_IN)
+        await wait_for(audited_as(hub, signal, "verwijsindex.ChangeSignalContact"), timeout_s=20)
+        assert (await rows(hub))[signal.signal_id].delivery_state == "delivered"
+
+        await replay_all(hub)
+        changed_then_registered = ("verwijsindex.ChangeSignalContact", "verwijsindex.RegisterSignal")
+        await wait_for(audited_as(hub, signal, *changed_then_registered), timeout_s=20)
+        assert (await path_log(admin, signal))[-3:] == [("PATCH", 200), ("PUT", 409), ("GET", 200)]
+        assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
+        [registered] = await audit_of(hub, signal, "verwijsindex.RegisterSignal")
+        assert (registered["caseworker_id"], registered["queued_caseworker_id"]) == ("cw-noor", "cw-ilse")
+        assert registered["registered_at_earlier_attempt"] is True
+        assert registered["index_contact_caseworker_id"] == "cw-noor"  # the change had given it Noor
+        row = (await rows(hub))[signal.signal_id]
+        assert (row.delivery_state, row.delivery_command) == ("delivered", "ChangeSignalContact")
+        assert len(await read_all(kafka.bootstrap, dlq)) == 1  # not again
+    finally:
+        await hub.stop()
+
+
+async def test_a_registration_whose_turn_around_change_got_through_unanswered_is_not_refused(
+    db_url: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The connector alone: the index took the registration with Ilse (its answer lost); the signal
+    moved to Noor; the next attempt's PUT conflicts and the index is given Noor as a change, whose
+    answer is lost too. The attempt after finds the index naming Noor: the registration is done,
+    with no call but the PUT and the look, not a conflict for the DLQ."""
+    store = Store(db_url)
+    await store.migrate()
+    client = VerwijsindexClient(simulator.url, timeout=5, organisatie="halt-den-haag")
+    connector = VerwijsindexConnector(
+        client, Organisatie(code="halt-den-haag", naam="Halt Den Haag"), None, store
+    )
+    topic = "t.verwijsindex.signal.v1"
+    try:
+        signal = a_signal(bsns(1, start=940_000_000)[0])
+        assert signal.signal_id
+        async with store.transaction() as session:
+            key = youth_key(TEST_SECRET, signal.youth.bsn)
+            await store_signal(
+                session, topic, signal, youth_key=key, user="cw-ilse", transaction_id=str(uuid.uuid4())
+            )
+        registration = commands.register_command(signal, str(uuid.uuid4()))
+        await connector.deliver(registration)  # the index takes it with Ilse; say its answer was lost
+        async with store.transaction() as session:
+            await request_contact_change(session, topic, signal.signal_id, STAND_IN, str(uuid.uuid4()))
+
+        patch = client.change_contact
+
+        async def patch_and_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+            await patch(*args, **kwargs)
+            raise TransientError("read timeout (the index did it)")
+
+        client.change_contact = patch_and_lose_the_answer  # type: ignore[method-assign]
+        with pytest.raises(TransientError):
+            await connector.deliver(registration)
+        client.change_contact = patch  # type: ignore[method-assign]
+        assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
+
+        await connector.deliver(registration)  # not IndexConflict: the index holds what the hub wants
+        assert (await path_log(admin, signal))[-2:] == [("PUT", 409), ("GET", 200)]  # no PATCH again
+        assert connector.contacts.note(registration.message_id) == "cw-noor"
+        assert connector.earlier.note(registration.message_id) == "cw-noor"
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_an_older_command_replayed_and_failing_again_leaves_the_latest_commands_state(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The registration became a dead letter though the index took it (answers cut off); the change
+    to Noor behind it went. Replayed while the index is down, the registration retries and is
+    dead-lettered again: the signal, whose latest command was delivered, says delivered throughout."""
+    await set_faults(admin, lost_answer_rate=1.0, methods=["PUT"])
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        signal = a_signal(bsns(1, start=970_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=30)) == 1
+        await set_faults(admin)
+        await move(hub, signal, STAND_IN)
+        await wait_for(audited_as(hub, signal, "verwijsindex.ChangeSignalContact"), timeout_s=20)
+
+        await set_faults(admin, error_rate=1.0)  # down again
+        await replay_all(hub)
+        shown: set[tuple[str, str | None]] = set()
+
+        async def dead_again() -> bool:
+            row = (await rows(hub))[signal.signal_id]
+            shown.add((row.delivery_state, row.last_error))
+            return len(await read_all(kafka.bootstrap, dlq)) == 2
+
+        await wait_for(dead_again, timeout_s=30)
+        assert await parked_rows(hub) == 0
+        row = (await rows(hub))[signal.signal_id]
+        shown.add((row.delivery_state, row.last_error))
+        assert shown == {("delivered", None)}  # never retrying, never dead_lettered
+        assert row.delivery_command == "ChangeSignalContact"
+    finally:
+        await hub.stop()
+
+
+async def test_a_change_the_index_holds_no_signal_for_and_no_registration_waits_for_is_a_dead_letter(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer
+) -> None:
+    """The registration went; then the index lost the signal (restored from a backup). A change to
+    Noor finds no signal there, and no registration is on its way to put it back: not moot, but a
+    dead letter operators see, and the signal says what to do."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        signal = a_signal(bsns(1, start=960_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        simulator.state.signals.clear()
+        await move(hub, signal, STAND_IN)
+
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        [letter] = await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=30)
+        said = headers_of(letter)
+        assert said["message-type"].startswith("ChangeSignalContact")
+        assert "no registration of it is waiting" in said[DLQ_EXC_MESSAGE]
+        assert "register it again" in said[DLQ_EXC_MESSAGE]
+        await wait_for(lambda: _state_is(hub, signal, "dead_lettered"), timeout_s=20)
+        row = (await rows(hub))[signal.signal_id]
+        assert row.delivery_command == "ChangeSignalContact" and "register it again" in row.last_error
+        assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"]  # the change: not moot
+    finally:
+        await hub.stop()
+
+
+async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The registration became a dead letter, and an operator discarded it. A change then finds no
+    signal in the index, and nothing will register it: a dead letter, not moot."""
+    await set_faults(admin, error_rate=1.0)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        signal = a_signal(bsns(1, start=980_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=30)) == 1
+        await set_faults(admin)
+        letters = dead_letters(hub)
+        [registration] = await letters.find()
+        assert await letters.discard(registration, "olaf", "registered by hand")
+        await move(hub, signal, STAND_IN)
+
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=2, timeout_s=30)) == 2
+        await wait_for(lambda: _state_is(hub, signal, "dead_lettered"), timeout_s=20)
+        row = (await rows(hub))[signal.signal_id]
+        assert row.delivery_command == "ChangeSignalContact" and "register it again" in row.last_error
+        assert await audited(hub, signal) == []
+    finally:
+        await hub.stop()
+
+
+async def test_a_change_is_moot_while_its_replayed_registration_is_parked_behind_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The registration is a dead letter; the change to Noor waits on the ladder (the index still
+    down) when the operator replays the registration, which parks behind it. The index back, the
+    change finds no signal: moot, for the registration (its letter resolved, but parked) goes next,
+    naming Noor."""
+    await set_faults(admin, error_rate=1.0)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
+    try:
+        signal = a_signal(bsns(1, start=990_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=60)) == 1
+        await move(hub, signal, STAND_IN)
+        await wait_for(lambda: _all_at(hub, 1, of=1), timeout_s=20)  # the change, parked
+        await replay_all(hub)
+        await wait_for(lambda: _parked_is(hub, 2), timeout_s=20)  # the registration, behind it
+        await set_faults(admin)
+
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+        assert (await path_log(admin, signal))[-2:] == [("PATCH", 404), ("PUT", 201)]
+        assert await audited(hub, signal) == [
+            "verwijsindex.ChangeSignalContact.not_in_index",
+            "verwijsindex.RegisterSignal",
+        ]
+        [sent] = await audit_of(hub, signal, "verwijsindex.RegisterSignal")
+        assert (sent["caseworker_id"], sent["queued_caseworker_id"]) == ("cw-noor", "cw-ilse")
+        assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
+        assert len(await read_all(kafka.bootstrap, dlq)) == 1  # the registration's, replayed
+    finally:
+        await hub.stop()
+
+
+async def _state_is(hub: Hub, signal: VerwijsindexSignal, state: str) -> bool:
+    assert signal.signal_id
+    return bool((await rows(hub))[signal.signal_id].delivery_state == state)
+
+
+async def _parked_is(hub: Hub, n: int) -> bool:
+    return await parked_rows(hub) == n

@@ -1,0 +1,75 @@
+"""Whether a signal's registration is still on its way to the Verwijsindex.
+
+A contact change the index answers "no such signal" for is moot only while a registration of the
+signal will still go (it names the contact the hub holds then): parked on the retry ladder, queued in
+the outbox (a dead letter being replayed, or being written), or an open dead letter an operator can
+replay. Otherwise the index lost the signal (or never got it: its letter was discarded or outlived
+the DLQ topic's term), nothing will register it again, and the change must not pass for done.
+
+The signal's row cannot tell: it names the latest command only, and queueing the change itself
+replaced what it said of the registration. `dlq_actions` records what was done with a letter, never
+that one exists or has gone with the topic's term. So this looks where the registration is: the
+parking lot and the outbox (the store), and the DLQ topic as the operator console reads it (open: on
+the topic, no action taken on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from hub.errors import TransientError
+from hub.ops.dlq import DeadLetters
+from hub.ops.dlq_records import Filter
+from hub.ops.lag import BrokersUnavailable
+from hub.retry.tables import parked
+from hub.signals import commands
+from hub.store import Store
+from hub.store.tables import outbox
+from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_TYPE
+
+# (signal id, youth key) -> whether a registration of the signal is on its way
+RegistrationWaits = Callable[[str, str], Awaitable[bool]]
+
+
+def registers(headers: Mapping[str, Any] | None, signal_id: str) -> bool:
+    """Whether a record with these headers is a registration of `signal_id` (its type and the
+    correlation id every signal command carries: the signal id)."""
+    if not headers:
+        return False
+    kind = str(headers.get(H_MESSAGE_TYPE) or "").rsplit(".v", 1)[0]
+    return kind == commands.REGISTER and headers.get(H_CORRELATION_ID) == signal_id
+
+
+def registration_waits(
+    store: Store, *, ladder: str, topic: str, dlq_topic: str, options: Mapping[str, Any]
+) -> RegistrationWaits:
+    """The check for one hub: `ladder` the retry ladder's name, `topic` and `dlq_topic` the signal
+    topic and its DLQ as named on the brokers, `options` how to reach them."""
+    letters = DeadLetters(store, options, [dlq_topic])
+
+    async def waits(signal_id: str, youth_key: str) -> bool:
+        async with store.read() as session:
+            held = await session.execute(
+                select(parked.c.headers).where(parked.c.ladder == ladder, parked.c.key == youth_key)
+            )
+            if any(registers(row.headers, signal_id) for row in held):
+                return True
+            queued = await session.execute(
+                select(outbox.c.headers).where(
+                    outbox.c.sent_at.is_(None),
+                    outbox.c.key == youth_key,
+                    or_(outbox.c.topic == topic, outbox.c.topic == dlq_topic),
+                )
+            )
+            if any(registers(row.headers, signal_id) for row in queued):
+                return True
+        try:
+            found = await letters.find(Filter(key=youth_key))  # open ones only
+        except BrokersUnavailable as exc:
+            raise TransientError(f"whether the signal's registration is a dead letter: {exc}") from None
+        return any(registers(d.headers, signal_id) for d in found)
+
+    return waits
