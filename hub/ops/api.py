@@ -236,22 +236,35 @@ async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
 # into the search box.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LONG_NUMBER = re.compile(r"[0-9]{8,}")
+_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\s.,/_-]+(?=[0-9])")  # "252-760-189", "06 1234 5678"
 _LETTER_ID = re.compile(r"(.+):([0-9]+):([0-9]+)")
 NOT_KEPT = "(search text not kept)"
 
 
 def _kept_id(text: str) -> str:
     """`text` when it looks like an id the hub issues, else `NOT_KEPT`: printable, no whitespace, no
-    @, a digit in it and no run of eight or more digits (a BSN, a phone number); the offset of a
-    dead-letter id may be that long."""
+    @, a digit in it and no run of eight or more digits (a BSN, a phone number), also not in groups
+    ("252-760-189", "06-1234-5678"); the offset of a dead-letter id may be that long."""
     if _UUID.fullmatch(text):
         return text
     letter = _LETTER_ID.fullmatch(text)
     rest = letter[1] if letter else text
     plain = rest.isprintable() and not any(c.isspace() or c == "@" for c in rest)
-    if plain and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest):
+    if plain and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest) and not _grouped(rest):
         return text
     return NOT_KEPT
+
+
+def _grouped(text: str) -> bool:
+    """Whether `text` holds a BSN or a Dutch phone number written in groups: digits joined by
+    separators into 8 or 9 ("252-760-189"), 10 from a 0 ("06-1234-5678") or 11 or 13 from the
+    country code ("+31 6 1234 5678"); an id of the hub's in groups ("PL1500-2026-0001") is longer."""
+    for run in re.findall(r"[0-9]+", _BETWEEN_DIGITS.sub("", text)):
+        if len(run) in (8, 9) or (len(run) == 10 and run[0] == "0"):
+            return True
+        if (len(run) == 11 and run.startswith("31")) or (len(run) == 13 and run.startswith("0031")):
+            return True
+    return False
 
 
 @router.get("/timeline", summary="What happened to a referral or signal, by its id or the transaction id")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,8 +64,12 @@ SYSTEM = "ketenhub-ops"
 REASON_MIN, REASON_MAX = 3, 500
 
 
+_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\s.,/_-]+(?=[0-9])")
+
+
 def _no_bsn(text: str) -> str:
-    if contains_bsn(text):
+    """`text`, unless it names what looks like a BSN, also written in groups ("252-760-189")."""
+    if contains_bsn(text) or contains_bsn(_BETWEEN_DIGITS.sub("", text)):
         raise ValueError("names what looks like a BSN: say why without naming the youth")
     return text
 

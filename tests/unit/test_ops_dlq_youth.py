@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from hub.ops.api import NOT_KEPT, _kept_id
+from hub.ops.dlq import Reason
 from hub.ops.dlq_records import bsn_in_key_or_payload
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -99,7 +101,22 @@ def test_the_timeline_keeps_an_id_the_hub_issues(search: str) -> None:
         "jan2@example.nl",
         "ab\tc1",
         "%%%",
+        # in groups, as pasted from a ticket: the audit log (kept for years) kept them
+        "252-760-189",
+        "252.760.189",
+        "2527.60.189",
+        "BSN252-760-189",
+        "06-1234-5678",
+        "+31-6-1234-5678",
     ],
 )
 def test_the_timeline_keeps_no_search_text_that_may_name_a_person(search: str) -> None:
     assert _kept_id(search) == NOT_KEPT
+
+
+@pytest.mark.parametrize("reason", ["gebeld over 252-760-189", "zie 252.760.189", "BSN 252 760 189"])
+def test_an_operators_reason_naming_a_bsn_in_groups_is_refused(reason: str) -> None:
+    """A reason is kept with the dead letter's action: a BSN typed in groups passed the check."""
+    with pytest.raises(ValidationError, match="looks like a BSN"):
+        TypeAdapter(Reason).validate_python(reason)
+    TypeAdapter(Reason).validate_python("partner heeft het bericht op 12-12-2026 hersteld")
