@@ -197,7 +197,7 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
     try:
         record = LeerplichtRij.model_validate(data)
     except ValidationError as exc:
-        problems = _in_row(problems_from(exc))
+        problems = _in_row(problems_from(exc, LeerplichtRij))  # its columns are known names
         return RowResult(row=number, case_reference=reference, problems=problems, bsn=_bsn_in(data))
     try:
         # a value the row lets through but the canonical Referral cannot hold is on "(vertaling)"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from functools import cache
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from schemas._base import NO_CONTROL, NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM, readable
@@ -45,6 +46,10 @@ class FieldProblem(BaseModel):
     field: str
     problem: str
     allowed: str | None = None
+    # `field` as the hub's own text shows it (an error message, a dead letter's headers, a log line),
+    # when a name in it is the sender's and not key-shaped: a BSN or a name a partner used as a key.
+    # The partner's answer names the field as sent; an operator reads the masked path.
+    field_masked: str | None = Field(default=None, exclude=True, repr=False)
 
 
 # Past this many problems in one message a partner learns nothing new from the rest, while each
@@ -75,27 +80,95 @@ _MORE = re.compile(r"en nog (\d+) problemen \(niet getoond\)")
 
 
 class PartnerFormatError(ValueError):
-    """Partner input does not fit the partner's format; carries the field problems, never values."""
+    """Partner input does not fit the partner's format; carries the field problems, never values.
+
+    Its message names each field with the sender's names that are not key-shaped masked: it is what a
+    dead letter's headers, a log line and an operator's list show.
+    """
 
     def __init__(self, problems: Sequence[FieldProblem]) -> None:
         self.problems: list[FieldProblem] = capped(problems)
-        summary = "; ".join(f"{p.field}: {p.problem}" for p in self.problems[:10])
+        summary = "; ".join(f"{p.field_masked or p.field}: {p.problem}" for p in self.problems[:10])
         more = f" (+{len(self.problems) - 10} meer)" if len(self.problems) > 10 else ""
         super().__init__(f"{len(self.problems)} probleem/problemen: {summary}{more}")
 
 
-def field_path(loc: Sequence[int | str]) -> str:
+# A name that reads as a field or header name: letters, digits, "_", "-" and ".", not too long ...
+_KEY_SHAPED = re.compile(r"[\w.-]{0,64}")
+# ... and no run of 8 or more digits, the separators between them taken out: a BSN or a phone number,
+# also in groups ("x-bsn-252760189", "252.760.189", "06-1234-5678"). No field name has one.
+_BETWEEN_DIGITS = re.compile(r"(?<=\d)[_.-]+(?=\d)")
+_LONG_NUMBER = re.compile(r"\d{8,}")
+KEY_MASK = "••• (sleutel {})"  # hub.ops.masking's MASK, numbered
+
+
+def key_shaped(name: str) -> bool:
+    """True when `name` may be shown as a field or header name: at most 64 letters, digits, "_", "-"
+    and ".", with no run of 8 or more digits in it (counted across those separators). Any other name
+    (with a space, "@" or "+" in it, a BSN or a phone number) may be personal data used as a key."""
+    return _KEY_SHAPED.fullmatch(name) is not None and not _LONG_NUMBER.search(_BETWEEN_DIGITS.sub("", name))
+
+
+def masked_key(name: str, masks: dict[str, str]) -> str:
+    """`name` when key-shaped, else its numbered mask ("••• (sleutel 2)"): the same for the same name
+    within `masks`, so masked names stay distinct and a structure keeps its shape."""
+    if key_shaped(name):
+        return name
+    return masks.setdefault(name, KEY_MASK.format(len(masks) + 1))
+
+
+def field_path(
+    loc: Sequence[int | str], masks: dict[str, str] | None = None, known: Collection[str] = ()
+) -> str:
     """('verdachte', 'ouders', 0, 'naam') -> 'verdachte.ouders[0].naam'.
 
     An unknown field's name is the sender's own text: a control character in it is shown as U+FFFD.
+    With `masks`, a name that is neither key-shaped nor `known` (a field of the partner's format, such
+    as a CSV column "Uren verzuim") is shown as its numbered mask (`masked_key`).
     """
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{readable(part)}" if out else readable(str(part))
+            name = readable(str(part)) if masks is None or part in known else masked_key(str(part), masks)
+            out += f".{name}" if out else name
     return out or "(bericht)"
+
+
+def problem_at(
+    loc: Sequence[int | str],
+    problem: str,
+    allowed: str | None,
+    masks: dict[str, str],
+    *,
+    prefix: str = "",
+    known: Collection[str] = (),
+) -> FieldProblem:
+    """The problem of the field at `loc`, named as sent and, for the hub's own text, masked: `masks`
+    numbers the masked names of one message, `known` names are the format's own, never masked."""
+    field, masked = field_path(loc), field_path(loc, masks, known)
+    if prefix:
+        field, masked = (f"{prefix}.{field}", f"{prefix}.{masked}") if loc else (prefix, prefix)
+    return FieldProblem(
+        field=field, problem=problem, allowed=allowed, field_masked=masked if masked != field else None
+    )
+
+
+@cache
+def field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The names and aliases of the fields of `model` and of the models nested in it."""
+    names: set[str] = set()
+    todo, seen = [model], set()
+    while todo:
+        current = todo.pop()
+        seen.add(current)
+        for name, field in current.model_fields.items():
+            names |= {name, field.alias or name}
+            nested = _nested_model(field.annotation)
+            if nested is not None and nested not in seen:
+                todo.append(nested)
+    return frozenset(names)
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
@@ -162,16 +235,16 @@ def problems_from(
 ) -> list[FieldProblem]:
     """Turn a ValidationError into FieldProblems; the input values are never copied."""
     problems = []
+    masks: dict[str, str] = {}
+    known = field_names(model) if model is not None else frozenset()
     errors = exc.errors(include_input=False, include_url=False)
     for error in errors[:MAX_PROBLEMS]:
-        loc = error["loc"]
-        name = field_path(loc)
-        if prefix:
-            name = f"{prefix}.{name}" if loc else prefix
         text = (
             NO_CONTROL_PROBLEM if controls_refused(error) else _PROBLEM_TEXT.get(error["type"], error["msg"])
         )
         if text.startswith("Value error, "):
             text = text.removeprefix("Value error, ")
-        problems.append(FieldProblem(field=name, problem=text, allowed=_allowed(error, model)))
+        problems.append(
+            problem_at(error["loc"], text, _allowed(error, model), masks, prefix=prefix, known=known)
+        )
     return capped(problems, len(errors))

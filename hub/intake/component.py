@@ -183,7 +183,7 @@ def _unparseable(
         youth_key=key,
         objects={
             "case_reference": reference,
-            "fields": [p.field for p in exc.problems][:20],
+            "fields": [p.field_masked or p.field for p in exc.problems][:20],  # a key may be a name
             "answered": "first outcome" if first else "refused",
         },
     )

@@ -266,9 +266,10 @@ def bsn_in_key_or_payload(key: str | None, payload: bytes | None) -> str | None:
 
     In a JSON payload, a value under a BSN field (a string, or a number as some senders send it) that
     passes the elfproef: one within the youth's own block first, then the nearest to the top, never
-    one within a parent's, guardian's or contact person's block. A CSV payload (leerplicht) names it
-    in its BSN column: the first data row's is taken. A sender's key is looked at only when the
-    payload names no BSN: a reference of nine digits passes the elfproef about one time in eleven.
+    one within a parent's, guardian's or contact person's block; else a key that is a BSN (a malformed
+    record's), the nearest to the top. A CSV payload (leerplicht) names it in its BSN column: the first
+    data row's is taken. A sender's key is looked at only when the payload names no BSN: a reference of
+    nine digits passes the elfproef about one time in eleven.
     """
     found = _bsn_in_payload(payload) if payload else None
     if found is None and is_valid_bsn(key):
@@ -284,6 +285,7 @@ def _bsn_in_payload(payload: bytes) -> str | None:
     if not isinstance(data, dict | list):
         return None
     first: str | None = None
+    keyed: str | None = None  # a BSN used as a key: only when no field names one
     # breadth first, so the nearest to the top comes first; each node with whether it is within the
     # youth's block
     queue: deque[tuple[Any, bool]] = deque([(data, False)])
@@ -294,6 +296,7 @@ def _bsn_in_payload(payload: bytes) -> str | None:
             label = str(name) if name is not None else ""
             if _OTHERS_BLOCK.search(label):
                 continue
+            keyed = keyed or _as_bsn(label)
             within = youths or _YOUTH_BLOCK.search(label) is not None
             if isinstance(value, dict | list):
                 queue.append((value, within))
@@ -301,7 +304,7 @@ def _bsn_in_payload(payload: bytes) -> str | None:
                 if within:
                     return bsn
                 first = first or bsn
-    return first
+    return first or keyed
 
 
 def _as_bsn(value: object) -> str | None:

@@ -3,7 +3,9 @@
 Masked, a payload keeps its structure (field names, lists, which fields are present, null and
 true/false); a value is shown only under a field known to hold no personal data (ids, codes, offence
 and process dates, counts, amounts) and only when it looks like such a value. Everything else is
-replaced, free text by its length, and everything under a personal field whatever it nests.
+replaced, free text by its length, and everything under a personal field whatever it nests. A field
+name, and a sender's header name, is shown only when key-shaped (`schemas.problems.key_shaped`): a
+malformed record may use a BSN or a name as a key, which is replaced by a numbered mask.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from schemas.envelope import (
     H_TRANSACTION_ID,
     ID_MAX,
 )
+from schemas.problems import masked_key
 
 MASK = "•••"
 
@@ -134,8 +137,15 @@ def show_key(key: str | None, *, unmasked: bool) -> str | None:
 
 def show_headers(headers: Mapping[str, str], *, unmasked: bool) -> dict[str, str]:
     """A dead letter's headers for an operator: the hub's own shown when they look as the hub writes
-    them, a sender's own masked unless allowed (their names stay: which headers a record came with)."""
-    return {name: value if unmasked or _hub_value(name, value) else MASK for name, value in headers.items()}
+    them, a sender's own masked unless allowed; their names stay when key-shaped (which headers a record
+    came with), else each is a numbered mask ("x-bsn-252760189")."""
+    if unmasked:
+        return dict(headers)
+    masks: dict[str, str] = {}
+    return {
+        name if name in HUB_HEADERS else masked_key(name, masks): value if _hub_value(name, value) else MASK
+        for name, value in headers.items()
+    }
 
 
 def _hub_value(name: str, value: str) -> bool:
@@ -190,14 +200,21 @@ def _plain(field: str, value: str | int | float) -> bool:
     return _code(text)
 
 
-def mask_value(value: Any, *, key: str = "", personal: bool = False) -> Any:
-    """A JSON value with everything that may be personal data masked, its structure kept."""
+def mask_value(
+    value: Any, *, key: str = "", personal: bool = False, masks: dict[str, str] | None = None
+) -> Any:
+    """A JSON value with everything that may be personal data masked, its structure kept: a key that is
+    not key-shaped is shown as its numbered mask (`masks`, one numbering for the whole value)."""
     field = _field(key)
     personal = personal or _personal(field)
+    masks = {} if masks is None else masks
     if isinstance(value, dict):
-        return {k: mask_value(v, key=str(k), personal=personal) for k, v in value.items()}
+        return {
+            masked_key(str(k), masks): mask_value(v, key=str(k), personal=personal, masks=masks)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [mask_value(v, key=key, personal=personal) for v in value]
+        return [mask_value(v, key=key, personal=personal, masks=masks) for v in value]
     if value is None or value == "" or isinstance(value, bool):
         return value
     if personal:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from hub.logging import redact_text
 from schemas._base import readable
+from schemas.problems import masked_key
 
 # Header names on every dead letter, readable without decoding the payload.
 DLQ_TOPIC = "dlq-original-topic"
@@ -69,7 +70,9 @@ def original_key(record: ConsumerRecord[Any, Any]) -> str | None:
 def safe_error_message(exc: BaseException) -> str:
     """What went wrong, without echoing input values (a BSN or a name may be in them)."""
     if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()[:10]]
+        # a field's path names the sender's keys too (an unknown one): one not key-shaped is masked
+        masks: dict[str, str] = {}
+        parts = [f"{_path(e['loc'], masks) or '(body)'}: {e['msg']}" for e in exc.errors()[:10]]
         text = f"{exc.error_count()} validation error(s): " + "; ".join(parts)
     elif isinstance(exc, DBAPIError):  # not str(exc): the driver's text, without the values it echoes
         orig = exc.orig
@@ -84,6 +87,10 @@ def safe_error_message(exc: BaseException) -> str:
     # stored (parked rows, DLQ headers), so it is made storable here, or its recording fails forever.
     text = readable(text.encode("utf-8", "replace").decode("utf-8"))
     return redact_text(text)[:_MAX_MESSAGE]
+
+
+def _path(loc: tuple[int | str, ...], masks: dict[str, str]) -> str:
+    return ".".join(str(part) if isinstance(part, int) else masked_key(str(part), masks) for part in loc)
 
 
 def _quoted_values_cut(text: str) -> str:

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from schemas._base import EMAIL_PATTERN, NO_CONTROL, as_code
-from schemas.problems import FieldProblem, PartnerFormatError, field_path, problems_from
+from schemas.problems import FieldProblem, PartnerFormatError, field_path, problem_at, problems_from
 from schemas.referral import Gender
 
 M = TypeVar("M", bound=BaseModel)
@@ -318,11 +318,15 @@ def surname_fits(prefix: object, surname: str, prefix_field: str) -> str:
 
 
 class DuplicateKeyError(ValueError):
-    """A JSON object names a key more than once; carries where (the keys' paths), never a value."""
+    """A JSON object names a key more than once; carries where (the keys' paths), never a value. Its
+    message masks the names that are not key-shaped: a sender's key may be a BSN or a name."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-        super().__init__("JSON object with a repeated key: " + ", ".join(paths))
+    def __init__(self, locs: list[tuple[int | str, ...]]) -> None:
+        self.locs = locs
+        masks: dict[str, str] = {}
+        super().__init__(
+            "JSON object with a repeated key: " + ", ".join(field_path(loc, masks) for loc in locs)
+        )
 
 
 class _RepeatedKey(Exception):
@@ -354,19 +358,19 @@ _MARKING = json.JSONDecoder(object_pairs_hook=_marked)
 _ONCE = "elke naam één keer per object"
 
 
-def _repeated_paths(data: object) -> list[str]:
+def _repeated_locs(data: object) -> list[tuple[int | str, ...]]:
     """Where `data` (read by _MARKING) has a repeated key, in the order of the text."""
-    paths: list[str] = []
+    locs: list[tuple[int | str, ...]] = []
     stack: list[tuple[object, tuple[int | str, ...]]] = [(data, ())]
     while stack:
         node, loc = stack.pop()
         if isinstance(node, _Repeated):
-            paths += [field_path((*loc, key)) for key in node.repeated]
+            locs += [(*loc, key) for key in node.repeated]
         if isinstance(node, dict):
             stack += [(value, (*loc, key)) for key, value in reversed(node.items())]
         elif isinstance(node, list):
             stack += [(value, (*loc, i)) for i, value in reversed(list(enumerate(node)))]
-    return paths
+    return locs
 
 
 def decode_json(text: str) -> Any:
@@ -385,7 +389,7 @@ def decode_json(text: str) -> Any:
     try:
         return _STRICT.decode(text)
     except _RepeatedKey:
-        raise DuplicateKeyError(_repeated_paths(_MARKING.decode(text))) from None
+        raise DuplicateKeyError(_repeated_locs(_MARKING.decode(text))) from None
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
@@ -400,8 +404,9 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = decode_json(text)
     except DuplicateKeyError as exc:
+        masks: dict[str, str] = {}
         raise PartnerFormatError(
-            [FieldProblem(field=p, problem="naam komt dubbel voor", allowed=_ONCE) for p in exc.paths]
+            [problem_at(loc, "naam komt dubbel voor", _ONCE, masks) for loc in exc.locs]
         ) from None
     except json.JSONDecodeError as exc:
         problem = f"geen geldige JSON (regel {exc.lineno}, kolom {exc.colno})"
