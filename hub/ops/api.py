@@ -15,7 +15,8 @@ from hub.api.problems import Problem
 from hub.audit import audit_row, write_audits
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
-from hub.ops.dlq import SYSTEM, Reason, ReplayBusy
+from hub.ops.dlq import SYSTEM, Reason
+from hub.ops.dlq_jobs import KEEP_FINISHED, ReplayBusy, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.spine.outbox import outbox_state
@@ -182,7 +183,7 @@ async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, 
     d = await _get(console, letter_id)
     if d.status != "open":
         raise Problem(409, "Already resolved", "This dead letter was already replayed or discarded.")
-    return console.dead_letters.start_replay([d], op.username).progress()
+    return (await console.dead_letters.start_replay([d], op.username)).progress()
 
 
 _FILTERS = ("topic", "error_class", "since", "until", "key")
@@ -213,21 +214,26 @@ async def replay_many(request: Request, op: Acting, body: ReplayBody) -> dict[st
         raise Problem(
             400, "Say what to replay", "Give a filter, or all=true to replay every open dead letter."
         )
-    console = _console(request)
-    letters = await console.dead_letters.find(_filter(op, *criteria))
+    dead_letters = _console(request).dead_letters
+    flt = _filter(op, *criteria)
+    letters = await dead_letters.find(flt)
     try:
-        return console.dead_letters.start_replay(letters, op.username).progress()
+        started = await dead_letters.start_replay(letters, op.username, what=describe(flt))
     except ReplayBusy as exc:
         wait = f"wait for it (GET /ops/api/jobs/{exc.job.id}), then replay again"
-        raise Problem(409, "A replay is running", f"{exc}; {wait}.") from None
+        minutes = dead_letters.stale_after.total_seconds() / 60
+        stale = f"a job without progress for {minutes:g} minutes is marked abandoned"
+        raise Problem(409, "A replay is running", f"{exc}; {wait} ({stale}).") from None
+    return started.progress()
 
 
 @router.get("/jobs/{job_id}", summary="Progress of a replay job")
 async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
-    """total, done, skipped (already resolved), failed, state."""
-    found = _console(request).dead_letters.jobs.get(job_id)
+    """total, done, skipped (already resolved), failed, state (running, done, failed, or abandoned:
+    its process stopped), who started it and what it replays; from any replica of the hub."""
+    found = await _console(request).dead_letters.job(job_id)
     if found is None:
-        raise Problem(404, "No such job")
+        raise Problem(404, "No such job", f"Finished jobs are kept {KEEP_FINISHED.days} days.")
     return found.progress()
 
 

@@ -25,7 +25,8 @@ from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.ops.auth import UnknownOperator, add_operator, set_disabled
 from hub.ops.console import SAMPLE_INTERVAL_S
-from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason, ReplayJob
+from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason
+from hub.ops.dlq_jobs import ABANDONED, FAILED, ReplayBusy, ReplayJob, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.health import Monitor, is_dlq
 from hub.ops.lag import BrokersUnavailable, LagProbe
@@ -279,6 +280,7 @@ def dlq_replay(
 
     async def go(settings: Settings, store: Store) -> ReplayJob:
         async with _dead_letters(settings, store) as dl:
+            what: str | None = None  # one letter: its id
             if letter_id is not None:
                 one = await _letter(dl, letter_id)
                 if one.status != "open":
@@ -286,8 +288,14 @@ def dlq_replay(
                     raise typer.Exit(1)
                 letters = [one]
             else:
-                letters = await dl.find(Filter(topic, error_class))
-            job = dl.start_replay(letters, USER)
+                flt = Filter(topic, error_class)
+                letters, what = await dl.find(flt), describe(flt)
+            try:  # one replay of many letters at a time in the hub: the console's or this one
+                job = await dl.start_replay(letters, USER, what=what)
+            except ReplayBusy as exc:
+                then = "when it has ended (the console shows it), replay again"
+                typer.echo(f"ketenhub: {exc}; {then}", err=True)
+                raise typer.Exit(1) from None
             with Progress() as progress:
                 bar = progress.add_task("replaying", total=job.total)
                 while job.task is not None and not job.task.done():
@@ -302,7 +310,7 @@ def dlq_replay(
         return
     skipped = f"; {job.skipped} skipped, already replayed or discarded" if job.skipped else ""
     typer.echo(f"queued {job.done} of {job.total} dead letter(s) for replay{skipped}")
-    if job.state == "failed":  # the brokers or the store failed: the job stopped, the rest untried
+    if job.state in (FAILED, ABANDONED):  # the brokers or the store failed: it stopped, the rest untried
         typer.echo(f"ketenhub: replay stopped: {job.error}", err=True)
         raise typer.Exit(1)
     if job.failed:

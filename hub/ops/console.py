@@ -26,6 +26,10 @@ class Console:
     monitor: Monitor
     dead_letters: DeadLetters
 
+    async def aclose(self) -> None:
+        """The hub stops: replay jobs of this process end, saying so, while the store is still open."""
+        await self.dead_letters.aclose()
+
     def connectors(self) -> dict[str, Any]:
         """Components that report a status() (last success, last error, reachable)."""
         return {n: c for n, c in self.hub.components.items() if n != KEY}

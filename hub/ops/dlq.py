@@ -16,7 +16,8 @@ A letter without a usable message-id header was keyed by its position; a copy of
 new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
 own id instead, so a repeat of that copy is dropped by the inbox like any other.
 
-Reading the letters, and what one letter is, are in `hub.ops.dlq_records`.
+Reading the letters, and what one letter is, are in `hub.ops.dlq_records`; replay jobs, kept in the
+store for every replica to read, one replay of many letters at a time per hub, in `hub.ops.dlq_jobs`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -35,8 +35,10 @@ from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
-from hub.clock import aware
+from hub.clock import Clock, aware
 from hub.logging import get_logger
+from hub.ops import dlq_jobs
+from hub.ops.dlq_jobs import ABANDONED, DONE, FAILED, STALE_AFTER, JobAbandoned, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
 from hub.ops.lag import BrokersUnavailable
 from hub.ops.tables import dlq_actions
@@ -57,7 +59,6 @@ from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, trace_id, ut
 from schemas.pseudonym import youth_key
 
 log = get_logger(__name__)
-KEEP_JOBS = 100  # finished replay jobs kept for their progress to be read
 OPEN = Filter()  # every open letter
 REPLAYED_FROM = "dlq-replayed-from"
 SYSTEM = "ketenhub-ops"
@@ -128,33 +129,6 @@ def replay_message_id(d: DeadLetter) -> str:
     return d.id if is_id(d.id) else str(uuid.uuid5(uuid.NAMESPACE_URL, f"ketenhub:dlq:{d.id}"))
 
 
-@dataclass
-class ReplayJob:
-    """A replay running in the background; its progress is polled by id."""
-
-    id: str
-    total: int
-    operator: str
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    state: str = "running"
-    error: str | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def progress(self) -> dict[str, Any]:
-        """What the dashboard and the CLI show."""
-        return {k: getattr(self, k) for k in ("id", "total", "done", "skipped", "failed", "state", "error")}
-
-
-class ReplayBusy(RuntimeError):
-    """A replay of many letters is running already."""
-
-    def __init__(self, job: ReplayJob) -> None:
-        super().__init__(f"replay job {job.id} is still running ({job.done} of {job.total} done)")
-        self.job = job
-
-
 class DeadLetters:
     """List, show, replay and discard dead letters; every action is recorded and audited."""
 
@@ -167,11 +141,16 @@ class DeadLetters:
         wake: Callable[[], None] | None = None,
         rate_per_s: float = 200.0,
         secret: str | None = None,
+        clock: Clock = utcnow,
+        stale_after: timedelta = STALE_AFTER,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store, self.options, self.dlq_topics = store, dict(options), dlq_topics
         self.secret = secret  # the pseudonymisation secret: the youth key of a BSN in a letter
         self.wake, self.rate_per_s = wake or (lambda: None), rate_per_s
-        self.jobs: dict[str, ReplayJob] = {}
+        # the jobs' clock (progress, abandonment) and the rate limit's wait: a test moves or holds them
+        self.clock, self.stale_after, self.sleep = clock, stale_after, sleep
+        self.running: dict[str, ReplayJob] = {}  # this process's jobs, until their tasks end
 
     async def _statuses(self, letters: Iterable[DeadLetter]) -> dict[tuple[str, int, int], str]:
         """What was done with `letters`, by position: an action taken on the letter now at that
@@ -397,22 +376,54 @@ class DeadLetters:
         await add_to_outbox(session, original, value, key=d.key, headers=headers)
         return True
 
-    def start_replay(self, letters: list[DeadLetter], operator: str, *, batch: int = 50) -> ReplayJob:
-        """Replay `letters` in the background, rate-limited; returns the job to poll.
+    async def start_replay(
+        self, letters: list[DeadLetter], operator: str, *, what: str | None = None, batch: int = 50
+    ) -> ReplayJob:
+        """Replay `letters` in the background, rate-limited; returns the job, whose progress any
+        replica reads (`job`). `what` says which letters, for whoever reads the job (no BSN).
 
-        One replay of many letters runs at a time (`ReplayBusy` names the one running): the rate
-        limit holds for the hub, not per job. The last `KEEP_JOBS` finished jobs stay to be polled."""
-        if len(letters) > 1:
-            running = [j for j in self.jobs.values() if j.state == "running" and j.total > 1]
-            if running:
-                raise ReplayBusy(running[0])
-        finished = [j for j in self.jobs.values() if j.state != "running"]
-        for old in finished[: max(0, len(finished) - KEEP_JOBS + 1)]:
-            del self.jobs[old.id]
-        job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator)
-        self.jobs[job.id] = job
+        One replay of many letters runs at a time in the hub, whichever replica or CLI started it
+        (`ReplayBusy` names the one running): the rate limit holds for the hub, not per job."""
+        if what is None:
+            what = f"dead letter {letters[0].id}" if len(letters) == 1 else f"{len(letters)} dead letters"
+        now = self.clock()
+        job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator, filter=what[:500])
+        await dlq_jobs.claim(self.store, job, now, self.stale_after)
+        self.running[job.id] = job
         job.task = asyncio.create_task(self._run(job, letters, batch), name=f"dlq-replay-{job.id}")
+        job.task.add_done_callback(lambda _: self.running.pop(job.id, None))
         return job
+
+    async def aclose(self) -> None:
+        """Stop this process's jobs (the hub stops): each is marked abandoned at once, its letters not
+        yet replayed left open, rather than found stale minutes later."""
+        tasks = [job.task for job in self.running.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def job(self, job_id: str) -> ReplayJob | None:
+        """A replay job as the store holds it, whichever process runs it; None when there is none."""
+        return await dlq_jobs.read(self.store, job_id, self.clock(), self.stale_after)
+
+    async def _pace(self, job: ReplayJob, seconds: float) -> None:
+        """Wait out the rate limit; a long wait says the job is alive every `HEARTBEAT_S`."""
+        while seconds > 0:
+            step = min(seconds, dlq_jobs.HEARTBEAT_S)
+            await self.sleep(step)
+            seconds -= step
+            if seconds > 0:
+                await dlq_jobs.touch(self.store, job, self.clock())
+
+    async def _end(self, job: ReplayJob, state: str, error: str | None = None) -> None:
+        """Write a job's end (its store may be what failed: then it is abandoned once stale)."""
+        job.state, job.error = state, error
+        try:
+            if not await asyncio.wait_for(dlq_jobs.finish(self.store, job, self.clock(), state, error), 10):
+                # marked so meanwhile: no progress was seen for too long
+                job.state, job.error = ABANDONED, dlq_jobs.abandoned_why(self.stale_after)
+        except Exception as exc:
+            log.warning("a replay job's end was not written", job=job.id, error=safe_error_message(exc))
 
     async def _run(self, job: ReplayJob, letters: list[DeadLetter], batch: int) -> None:
         loop = asyncio.get_running_loop()
@@ -442,16 +453,24 @@ class DeadLetters:
                             log.warning(
                                 "replaying a dead letter failed", letter=d.id, error=safe_error_message(exc)
                             )
+                    # in the batch's transaction: the counts are what was committed; a job marked
+                    # abandoned meanwhile rolls its batch back and stops
+                    await dlq_jobs.record_progress(
+                        session, job, self.clock(), done=done, skipped=skipped, failed=failed
+                    )
                 job.done, job.skipped, job.failed = (
                     job.done + done,
                     job.skipped + skipped,
                     job.failed + failed,
                 )
                 self.wake()
-                handled = job.done + job.skipped + job.failed
-                ahead = handled / self.rate_per_s - (loop.time() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            job.state = "done"
+                ahead = job.handled / self.rate_per_s - (loop.time() - started)
+                await self._pace(job, ahead)
+            await self._end(job, DONE)
+        except JobAbandoned:
+            job.state, job.error = ABANDONED, dlq_jobs.abandoned_why(self.stale_after)
+        except asyncio.CancelledError:  # the process stops: say so now rather than once stale
+            await self._end(job, ABANDONED, dlq_jobs.STOPPED)
+            raise
         except Exception as exc:
-            job.state, job.error = "failed", f"{type(exc).__name__}: {safe_error_message(exc)}"[:300]
+            await self._end(job, FAILED, f"{type(exc).__name__}: {safe_error_message(exc)}"[:300])

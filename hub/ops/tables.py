@@ -1,4 +1,4 @@
-"""Tables of the operator console: operators, their sessions, and what was done with dead letters."""
+"""Tables of the operator console: operators, sessions, what was done with dead letters, replay jobs."""
 
 from __future__ import annotations
 
@@ -56,4 +56,34 @@ dlq_actions = Table(
         postgresql_where=text("action = 'replayed'"),
         sqlite_where=text("action = 'replayed'"),
     ),
+)
+
+# Replay jobs, one row each, readable from every API replica and the CLI: who started it, what it
+# replays (a summary of the filter, never a key's value), its counts as committed per batch (0024).
+dlq_replay_jobs = Table(
+    "dlq_replay_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("operator", String(200), nullable=False),
+    Column("filter", String(500), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False, default=0),
+    Column("skipped", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("state", String(20), nullable=False),
+    Column("error", String(500), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    # the last batch committed, or the last sign of life while it waits: a job without one for
+    # `STALE_AFTER` lost its process and is marked abandoned
+    Column("progress_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    # One replay of many letters runs at a time in the hub, whichever replica or CLI started it.
+    Index(
+        "ux_dlq_replay_jobs_one_bulk_running",
+        "state",
+        unique=True,
+        postgresql_where=text("state = 'running' AND total > 1"),
+        sqlite_where=text("state = 'running' AND total > 1"),
+    ),
+    Index("ix_dlq_replay_jobs_finished_at", "finished_at"),
 )

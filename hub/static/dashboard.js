@@ -181,10 +181,22 @@ function filters() {
 // disclosure, audited each time, so it runs when asked for, not again on every refresh.
 const YOUTH_KEY = /^[0-9a-f]{64}$/;
 
+// The list shows the filter last applied ("Filter"), not what is typed in the boxes since; "Replay
+// these" replays that filter, with the count of open letters it matched at the list's last refresh.
+let appliedDlq = new URLSearchParams();
+let shownDlq = null;
+let dlqAsked = 0, dlqDrawn = 0;  // an answer to an earlier request never replaces a later one's
+
 async function refreshDlq(asked) {
-  const key = $("f-key").value;
+  const shown = asked === true ? filters() : appliedDlq;
+  const key = shown.get("key");
   if (key && !YOUTH_KEY.test(key) && asked !== true) return;
-  const list = await api("/ops/api/dlq?" + filters().toString());
+  const n = ++dlqAsked;
+  const list = await api("/ops/api/dlq?" + shown.toString());
+  if (n < dlqDrawn) return;
+  dlqDrawn = n;
+  appliedDlq = shown;
+  shownDlq = { filter: shown, total: list.total, listed: list.items.length };
   fill("dlq", list.items.map((d) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
@@ -206,10 +218,44 @@ async function showLetter(id) {
   $("letter-status").textContent = d.status;
 }
 
+// A poll that fails (the hub restarting, a store hiccup) is tried again, not the end of the progress.
 async function watchJob(job) {
-  $("job").textContent = `replay ${job.done + job.skipped}/${job.total}`;
-  if (job.state === "running") setTimeout(async () => watchJob(await api("/ops/api/jobs/" + job.id)), 500);
-  else { $("job").textContent += " " + job.state; refreshAll(); }
+  $("job").textContent = `replay ${job.done + job.skipped + job.failed}/${job.total}`;
+  if (job.state !== "running") {
+    $("job").textContent += " " + job.state + (job.error ? ": " + job.error : "");
+    refreshAll();
+    return;
+  }
+  setTimeout(async () => {
+    let next = job;
+    try {
+      next = await api("/ops/api/jobs/" + encodeURIComponent(job.id));
+    } catch (e) {
+      if (e.status === 404) { $("job").textContent = `replay job ${job.id}: ${e.message}`; return; }
+      $("job").textContent = `replay ${job.done + job.skipped + job.failed}/${job.total} (progress not read: ${e.message}; trying again)`;
+      setTimeout(() => watchJob(job), 2000);
+      return;
+    }
+    watchJob(next);
+  }, 500);
+}
+
+// Replays the filter of the list shown (not what was typed since), once the operator confirmed the count.
+async function replayShown() {
+  if (!shownDlq) return;
+  const { filter, total, listed } = shownDlq;
+  if (total === 0) { $("job").textContent = "no open dead letter in the list: nothing to replay"; return; }
+  const which = filter.toString()
+    ? "matching " + [...filter.entries()].map(([k, v]) => `${k}=${v}`).join(", ") : "(every open dead letter)";
+  const shownNote = listed < total ? ` (the list shows the first ${listed})` : "";
+  if (!confirm(`Replay ${total} open dead letter(s) ${which}${shownNote}?`)) return;
+  const body = Object.fromEntries(filter.entries());
+  if (!filter.toString()) body.all = true;
+  try {
+    watchJob(await api("/ops/api/dlq/replay", { method: "POST", body: JSON.stringify(body) }));
+  } catch (e) {
+    $("job").textContent = "replay not started: " + e.message;
+  }
 }
 
 async function refreshAll() {
@@ -240,12 +286,7 @@ async function main() {
       { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
     $("letter-status").textContent = "discarded"; refreshAll();
   });
-  $("replay-filtered").addEventListener("click", async () => {
-    const p = filters(); const body = Object.fromEntries(p.entries());
-    if (!p.toString()) body.all = true;
-    if (p.has("error_class")) { body.error_class = p.get("error_class"); }
-    watchJob(await api("/ops/api/dlq/replay", { method: "POST", body: JSON.stringify(body) }));
-  });
+  $("replay-filtered").addEventListener("click", replayShown);
   $("t-find").addEventListener("click", async () => {
     const t = await api("/ops/api/timeline?id=" + encodeURIComponent($("t-id").value));
     $("timeline").replaceChildren(...t.events.map((e) => {

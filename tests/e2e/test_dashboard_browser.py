@@ -36,6 +36,7 @@ from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
 from tests.integration.test_mail_delivery import FAST, ILSE, OMAR, add_caseworkers, queue_notices
 from tests.integration.test_notify_match import signal_with_match, youth
+from tests.integration.test_ops_dlq import youth_key
 from tests.integration.test_ops_lag import (
     OPS_TOPICS,
     OUT,
@@ -439,3 +440,66 @@ async def test_an_operator_resolves_a_problem_with_a_reason_and_it_shows_among_t
             select(func.count()).select_from(audit_log).where(audit_log.c.action == "problem.resolved")
         )
         assert audited.scalar_one() == 1
+
+
+async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_is_confirmed(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    """ "Replay these" read the boxes as typed since, not the filter of the list shown, and with the
+    boxes empty replayed every open dead letter without asking. A poll of the job's progress that
+    failed stopped the progress for good; now it is tried again."""
+    hub, base, cure = served
+    ann, bob = youth_key("ann"), youth_key("bob")
+    sent = [(k, Envelope(type="T", payload={"n": i, "poison": True})) for i, k in enumerate([ann, ann, bob])]
+    records = [(k.encode(), e.to_bytes(), e.headers()) for k, e in sent]
+    await produce(kafka.bootstrap, hub.topic("ops.in.v1"), records)
+    dlq_topic = hub.topic("ops.in.dlq.v1")
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        depth = page.locator(f'#topics tr[data-topic="{dlq_topic}"] td.dlq-depth')
+        await depth.filter(has_text="3").wait_for()
+        await page.fill("#f-key", ann)
+        await page.click("#f-apply")
+        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
+        await page.fill("#f-key", "")  # typed since, not applied: the list still shows Ann's two
+        await _refreshed(page)
+        assert await page.locator("#dlq tbody tr").count() == 2
+        asked: list[str] = []
+        replays: list[str] = []
+        page.on("request", lambda r: replays.append(r.url) if r.url.endswith("/ops/api/dlq/replay") else None)
+
+        async def no(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.dismiss()
+
+        page.once("dialog", no)
+        await page.click("#replay-filtered")
+        await wait_for(lambda: asked, timeout_s=10)
+        assert asked == [f"Replay 2 open dead letter(s) matching key={ann}?"]
+        await _refreshed(page)
+        assert replays == []  # not confirmed: nothing replayed
+
+        polls: list[int] = []
+
+        async def first_poll_fails(route: Any) -> None:  # a hiccup of the hub as the dashboard polls
+            polls.append(1)
+            if len(polls) == 1:
+                await route.fulfill(status=503, content_type="application/problem+json",
+                                    body='{"title": "De hub start nog", "status": 503}')  # fmt: skip
+            else:
+                await route.continue_()
+
+        await page.route("**/ops/api/jobs/*", first_poll_fails)
+
+        async def yes(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        cure.fixed = True
+        page.once("dialog", yes)
+        await page.click("#replay-filtered")
+        await page.locator("#job", has_text="replay 2/2 done").wait_for()
+        assert len(asked) == 2 and len(replays) == 1 and len(polls) >= 2
+        await depth.filter(has_text="1").wait_for()  # Bob's letter stays open
+    out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
+    assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1]

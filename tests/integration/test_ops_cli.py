@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import typer
@@ -19,20 +21,23 @@ from hub.cli import app
 from hub.embedded import EmbeddedKafka
 from hub.ops.auth import login, operator_of
 from hub.ops.dlq import REPLAYED_FROM
+from hub.ops.dlq_jobs import EVERY_OPEN, ReplayJob, claim, finish
 from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
 from hub.ops.parked import discard, release
+from hub.ops.tables import dlq_replay_jobs
 from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_TOPIC
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
-from schemas.envelope import H_MESSAGE_ID
+from schemas.envelope import H_MESSAGE_ID, utcnow
 from schemas.pseudonym import youth_key as pseudonym
 from tests.conftest import TEST_SECRET
 from tests.integration.test_ops_lag import _commit, _fill, refusing_address
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
+T = TypeVar("T")
 
 
 def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Path, unique: str) -> None:
@@ -390,3 +395,43 @@ def test_outbox_release_and_discard_need_a_reason(tmp_path: Path, unique: str) -
             await store.close()
 
     asyncio.run(directly())
+
+
+def test_dlq_replay_all_waits_for_a_bulk_replay_the_console_runs(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    """`ketenhub dlq replay --all` went beside a replay the console was running, at the full rate
+    again: the one replay of many letters per hub is the CLI's to wait for too."""
+    topic = _a_dlq_topic(unique)
+    failed = {DLQ_TOPIC: topic.replace(".dlq.", "."), DLQ_EXC_CLASS: "ValueError"}
+    asyncio.run(_write_letters(kafka.bootstrap, topic, [(b"k", failed), (b"k", failed)]))
+    db = tmp_path / "hub.db"
+    running = ReplayJob(id="console-job", total=500, operator="olga", filter=EVERY_OPEN)
+
+    async def in_store(act: Callable[[Store], Awaitable[T]]) -> T:
+        store = Store(f"sqlite+aiosqlite:///{db}")
+        try:
+            await store.migrate()
+            return await act(store)
+        finally:
+            await store.close()
+
+    asyncio.run(in_store(lambda store: claim(store, running, utcnow())))  # a replica runs it
+    env, runner = _dlq_env(db, kafka.bootstrap, unique), CliRunner()
+    busy = runner.invoke(app, ["dlq", "replay", "--all"], env=env)
+    _refused_cleanly(busy, f"replay job console-job ({EVERY_OPEN}), started by olga at ")
+    assert "is still running: 0 of 500 handled" in busy.output
+    assert _outbox(db) == []
+    asyncio.run(in_store(lambda store: finish(store, running, utcnow(), "done")))
+    done = runner.invoke(app, ["dlq", "replay", "--all"], env=env)
+    assert done.exit_code == 0 and "queued 2 of 2" in done.output, done.output
+    assert len(_outbox(db)) == 2
+    jobs = asyncio.run(in_store(lambda store: _jobs(store)))
+    assert [(j.operator[:4], j.filter, j.state, j.done) for j in jobs] == [("cli:", EVERY_OPEN, "done", 2)]
+
+
+async def _jobs(store: Store) -> list[Any]:
+    """Replay jobs other than the console's."""
+    async with store.connect() as conn:
+        query = select(dlq_replay_jobs).where(dlq_replay_jobs.c.id != "console-job")
+        return list(await conn.execute(query))

@@ -1,38 +1,208 @@
-"""Replay jobs: one replay of many dead letters at a time, and only the recent finished jobs kept."""
+"""Replay jobs live in the store: every API replica (and the CLI) reads a job, one replay of many dead
+letters runs at a time per hub whichever process started it, and a job whose process stopped does not
+block the next one for ever."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import func, insert, select
 
-from hub.ops.dlq import KEEP_JOBS, DeadLetters, ReplayBusy, ReplayJob
-from hub.ops.dlq_records import DeadLetter
+from hub.ops.dlq import DeadLetters
+from hub.ops.dlq_jobs import EVERY_OPEN, KEEP_FINISHED, STOPPED, ReplayBusy, ReplayJob, describe
+from hub.ops.dlq_records import DeadLetter, Filter
+from hub.ops.tables import dlq_actions, dlq_replay_jobs
+from hub.spine.dlq import DLQ_TOPIC
 from hub.store import Store
+from schemas.envelope import utcnow
+from tests.helpers.kafka import wait_for
 
 pytestmark = pytest.mark.integration
+DLQ = "t.in.dlq.v1"
+NO_BROKERS = {"bootstrap_servers": "127.0.0.1:9"}  # the letters below carry their payloads
 
 
-def letter(offset: int) -> DeadLetter:
-    return DeadLetter("t.dlq.v1", 0, offset, 0, None, {})
+def letters(first: int, n: int) -> list[DeadLetter]:
+    """Dead letters of `t.in.v1`, payloads read already (a replay queues them, no broker asked)."""
+    return [
+        DeadLetter(DLQ, 0, o, 1_700_000_000_000 + o, None, {DLQ_TOPIC: "t.in.v1"}, payload=b'{"n": 1}')
+        for o in range(first, first + n)
+    ]
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_a_second_bulk_replay_waits_for_the_first_and_old_jobs_are_forgotten(store: Store) -> None:
-    letters = DeadLetters(store, {"bootstrap_servers": "127.0.0.1:9"}, ["t.dlq.v1"])
-    running = ReplayJob(id="running", total=500, operator="olaf")
-    letters.jobs[running.id] = running  # a replay of 500 letters under way
-    with pytest.raises(ReplayBusy) as busy:
-        letters.start_replay([letter(1), letter(2)], "piet")
-    assert busy.value.job is running and "running" in str(busy.value)
-    for n in range(KEEP_JOBS + 50):  # finished jobs pile up
-        letters.jobs[f"done-{n}"] = ReplayJob(id=f"done-{n}", total=1, operator="olaf", state="done")
-    one = letters.start_replay([letter(3)], "piet")  # a single letter goes beside it
+class Gate:
+    """The rate limit's wait, held until opened: the job stays running while a test looks at it."""
+
+    def __init__(self) -> None:
+        self.waiting, self.opened = asyncio.Event(), asyncio.Event()
+
+    async def sleep(self, _seconds: float) -> None:
+        self.waiting.set()
+        await self.opened.wait()
+
+
+@asynccontextmanager
+async def replica(url: str, **options: Any) -> AsyncIterator[DeadLetters]:
+    """The dead letters of one process of the hub: its own store connections, on the common database.
+    Held by a gate, it replays a letter a second, so that it waits, and its job runs, until opened."""
+    store = Store(url)
+    rate = 1.0 if "sleep" in options else 10_000.0
+    dead_letters = DeadLetters(store, NO_BROKERS, [DLQ], rate_per_s=rate, **options)
     try:
-        assert sum(j.state == "done" for j in letters.jobs.values()) == KEEP_JOBS - 1
-        assert "done-0" not in letters.jobs and f"done-{KEEP_JOBS + 49}" in letters.jobs
-        assert {"running", one.id} <= set(letters.jobs)
+        yield dead_letters
     finally:
+        for job in list(dead_letters.running.values()):
+            assert job.task is not None
+            job.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.task
+        await store.close()
+
+
+def later(minutes: float) -> Callable[[], datetime]:
+    """A clock `minutes` ahead: how another process sees a job once that long has passed."""
+    return lambda: utcnow() + timedelta(minutes=minutes)
+
+
+async def test_another_process_reads_the_job_and_its_bulk_replay_waits_for_it(
+    store: Store, db_url: str
+) -> None:
+    """A job lived in the process that started it: the other replica answered 404 to half of the
+    dashboard's polls, and took a second "replay all" while the first ran."""
+    gate = Gate()
+    async with replica(db_url, sleep=gate.sleep) as a, replica(db_url) as b:
+        job = await a.start_replay(letters(0, 3), "olaf", what=EVERY_OPEN)
+        await wait_for(gate.waiting.is_set)  # its one batch committed; it waits out the rate limit
+        seen = await b.job(job.id)
+        assert seen is not None
+        assert (seen.state, seen.done, seen.total, seen.operator, seen.filter) == (
+            "running", 3, 3, "olaf", EVERY_OPEN,
+        )  # fmt: skip
+        with pytest.raises(ReplayBusy) as busy:
+            await b.start_replay(letters(10, 2), "piet")
+        assert busy.value.job.id == job.id
+        assert f"replay job {job.id} ({EVERY_OPEN}), started by olaf at " in str(busy.value)
+        assert str(busy.value).endswith("is still running: 3 of 3 handled")
+        one = await b.start_replay(letters(20, 1), "piet")  # a single letter goes beside it
         assert one.task is not None
-        one.task.cancel()
-        await asyncio.gather(one.task, return_exceptions=True)
+        await one.task
+        assert (one.state, one.done) == ("done", 1)
+        gate.opened.set()
+        assert job.task is not None
+        await job.task
+        done = await b.job(job.id)
+        assert done is not None and done.state == "done" and done.finished_at is not None
+        after = await b.start_replay(letters(10, 2), "piet")  # the first ended: the next may go
+        assert after.task is not None
+        await after.task
+        assert (after.state, after.done) == ("done", 2)
+        assert await b.job("no-such-job") is None
+
+
+async def test_of_two_bulk_replays_started_at_once_on_two_processes_one_runs(
+    store: Store, db_url: str
+) -> None:
+    gates = Gate(), Gate()
+    async with replica(db_url, sleep=gates[0].sleep) as a, replica(db_url, sleep=gates[1].sleep) as b:
+        started = await asyncio.gather(
+            a.start_replay(letters(0, 3), "olaf"),
+            b.start_replay(letters(10, 3), "piet"),
+            return_exceptions=True,
+        )
+        jobs = [s for s in started if isinstance(s, ReplayJob)]
+        refused = [s for s in started if isinstance(s, ReplayBusy)]
+        assert len(jobs) == 1 and len(refused) == 1, started
+        assert refused[0].job.id == jobs[0].id
+        for gate in gates:
+            gate.opened.set()
+        assert jobs[0].task is not None
+        await jobs[0].task
+        assert jobs[0].state == "done"
+
+
+async def test_a_job_without_progress_for_five_minutes_is_abandoned_and_its_process_stops(
+    store: Store, db_url: str
+) -> None:
+    """A replica killed mid-job left it running in the store: without this, no bulk replay again."""
+    gate = Gate()
+    async with (
+        replica(db_url, sleep=gate.sleep) as a,
+        replica(db_url, clock=later(4)) as soon,
+        replica(db_url, clock=later(6)) as b,
+    ):
+        job = await a.start_replay(letters(0, 3), "olaf", batch=1)
+        await wait_for(gate.waiting.is_set)  # one letter replayed; then no sign of life
+        with pytest.raises(ReplayBusy):  # four minutes on: still its
+            await soon.start_replay(letters(10, 2), "piet")
+        seen = await b.job(job.id)  # six minutes on: abandoned, and the job says why
+        assert seen is not None and seen.state == "abandoned" and seen.done == 1
+        assert seen.error is not None and seen.error.startswith("abandoned: no progress for 5 minutes")
+        taken = await b.start_replay(letters(10, 2), "piet")
+        assert taken.task is not None
+        await taken.task
+        assert taken.state == "done"
+        gate.opened.set()  # the first process comes back: it stops rather than replay beside another
+        assert job.task is not None
+        await job.task
+        assert job.state == "abandoned"
+        assert job.error is not None and job.error.startswith("abandoned: no progress")
+        async with store.connect() as conn:
+            replayed = select(func.count()).select_from(dlq_actions).where(dlq_actions.c.job_id == job.id)
+            assert (await conn.execute(replayed)).scalar_one() == 1  # its next batch was rolled back
+        left = await b.start_replay(letters(1, 2), "piet")  # the letters it left are still open
+        assert left.task is not None
+        await left.task
+        assert (left.state, left.done, left.skipped) == ("done", 2, 0)
+
+
+async def test_a_job_whose_process_stops_says_so_at_once(store: Store, db_url: str) -> None:
+    gate = Gate()
+    async with replica(db_url, sleep=gate.sleep) as a, replica(db_url) as b:
+        job = await a.start_replay(letters(0, 3), "olaf")
+        await wait_for(gate.waiting.is_set)
+        assert job.task is not None
+        job.task.cancel()  # the replica is stopped (a rolling update)
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        seen = await b.job(job.id)
+        assert seen is not None and (seen.state, seen.error) == ("abandoned", STOPPED)
+        after = await b.start_replay(letters(10, 2), "piet")
+        assert after.task is not None
+        await after.task
+        assert after.state == "done"
+
+
+async def test_finished_jobs_are_kept_their_term_and_then_forgotten(store: Store, db_url: str) -> None:
+    now = utcnow()
+    old = {"operator": "olaf", "filter": EVERY_OPEN, "total": 2, "done": 2, "skipped": 0, "failed": 0}
+    async with store.transaction() as session:
+        for job_id, age in (("old", KEEP_FINISHED + timedelta(hours=1)), ("recent", KEEP_FINISHED / 2)):
+            at = now - age
+            await session.execute(
+                insert(dlq_replay_jobs).values(
+                    id=job_id, state="done", started_at=at, progress_at=at, finished_at=at, **old
+                )
+            )
+    async with replica(db_url) as a:
+        job = await a.start_replay(letters(0, 1), "piet")
+        assert job.task is not None
+        await job.task
+        assert await a.job("old") is None
+        recent = await a.job("recent")
+        assert recent is not None and recent.state == "done"
+
+
+def test_a_job_keeps_what_it_replays_without_a_key_or_a_bsn() -> None:
+    assert describe(Filter()) == EVERY_OPEN
+    summary = describe(Filter(topic="t.in.v1", error_class="252-760-189", key="111222333"))
+    assert summary == "open dead letters with topic=t.in.v1, error_class=(not kept), key=(not kept)"
+    assert (
+        describe(Filter(error_class="Permanent 0612345678"))
+        == "open dead letters with error_class=(not kept)"
+    )

@@ -464,7 +464,7 @@ async def test_a_dead_letter_is_the_record_as_received_and_its_replay_too(
         partner.transient_failures.clear()
         partner.permanent.clear()
         letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
-        job = letters.start_replay(await letters.find(), "olaf")
+        job = await letters.start_replay(await letters.find(), "olaf")
         await wait_for(lambda: _is_done(job), timeout_s=10)
         assert (job.done, job.skipped, job.failed) == (2, 0, 0)
         records = await read_topic(kafka.bootstrap, topic, expect=4)

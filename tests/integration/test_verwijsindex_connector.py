@@ -426,7 +426,7 @@ async def test_a_dead_lettered_command_replayed_is_delivered_once(
         letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
         found = await letters.find()
         assert [d.id for d in found] == [f"{dlq_topic}:{dead[0].partition}:{dead[0].offset}"]
-        job = letters.start_replay(found, "olaf")
+        job = await letters.start_replay(found, "olaf")
         await wait_for(lambda: _is_done(job), timeout_s=30)
         assert (job.done, job.skipped, job.failed) == (1, 0, 0)
         await wait_for(lambda: _all_delivered(hub), timeout_s=20)
@@ -534,7 +534,7 @@ async def test_a_dead_lettered_registration_replayed_after_its_withdrawal_stays_
         assert await audited(hub, signal) == ["verwijsindex.WithdrawSignal.not_in_index"]
 
         letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
-        job = letters.start_replay(await letters.find(), "olaf")
+        job = await letters.start_replay(await letters.find(), "olaf")
         await wait_for(lambda: _is_done(job), timeout_s=30)
         assert (job.done, job.skipped, job.failed) == (1, 0, 0)
 

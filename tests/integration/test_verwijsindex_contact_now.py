@@ -104,7 +104,7 @@ def dead_letters(hub: Hub) -> DeadLetters:
 async def replay_all(hub: Hub) -> None:
     """An operator replays every dead letter of the signal topic."""
     letters = dead_letters(hub)
-    job = letters.start_replay(await letters.find(), "olaf")
+    job = await letters.start_replay(await letters.find(), "olaf")
     await wait_for(lambda: _is_done(job), timeout_s=30)
     assert (job.done, job.skipped, job.failed) == (1, 0, 0)
 
