@@ -18,7 +18,7 @@ from hub.ops.console import Console, console_of
 from hub.ops.dlq import SYSTEM, Reason
 from hub.ops.dlq_jobs import KEEP_FINISHED, ReplayBusy, describe
 from hub.ops.dlq_records import DeadLetter, Filter
-from hub.ops.masking import is_youth_key, show_headers, show_payload
+from hub.ops.masking import BETWEEN_DIGITS, is_youth_key, show_headers, show_payload
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import Plain
@@ -242,7 +242,6 @@ async def job(request: Request, op: Acting, job_id: str) -> dict[str, Any]:
 # into the search box.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LONG_NUMBER = re.compile(r"[0-9]{8,}")
-_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\s.,/_-]+(?=[0-9])")  # "252-760-189", "06 1234 5678"
 _LETTER_ID = re.compile(r"(.+):([0-9]+):([0-9]+)")
 NOT_KEPT = "(search text not kept)"
 
@@ -265,7 +264,7 @@ def _grouped(text: str) -> bool:
     """Whether `text` holds a BSN or a Dutch phone number written in groups: digits joined by
     separators into 8 or 9 ("252-760-189"), 10 from a 0 ("06-1234-5678") or 11 or 13 from the
     country code ("+31 6 1234 5678"); an id of the hub's in groups ("PL1500-2026-0001") is longer."""
-    for run in re.findall(r"[0-9]+", _BETWEEN_DIGITS.sub("", text)):
+    for run in re.findall(r"[0-9]+", BETWEEN_DIGITS.sub("", text)):
         if len(run) in (8, 9) or (len(run) == 10 and run[0] == "0"):
             return True
         if (len(run) == 11 and run.startswith("31")) or (len(run) == 13 and run.startswith("0031")):

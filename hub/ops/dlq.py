@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from hub.ops import dlq_jobs
 from hub.ops.dlq_jobs import ABANDONED, DONE, FAILED, STALE_AFTER, JobAbandoned, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
 from hub.ops.lag import BrokersUnavailable
+from hub.ops.masking import BETWEEN_DIGITS
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import (
     DLQ_FIRST_FAILURE,
@@ -65,12 +65,9 @@ SYSTEM = "ketenhub-ops"
 REASON_MIN, REASON_MAX = 3, 500
 
 
-_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\s.,/_-]+(?=[0-9])")
-
-
 def _no_bsn(text: str) -> str:
     """`text`, unless it names what looks like a BSN, also written in groups ("252-760-189")."""
-    if contains_bsn(text) or contains_bsn(_BETWEEN_DIGITS.sub("", text)):
+    if contains_bsn(text) or contains_bsn(BETWEEN_DIGITS.sub("", text)):
         raise ValueError("names what looks like a BSN: say why without naming the youth")
     return text
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import aware
 from hub.ops.dlq_records import Filter
+from hub.ops.masking import BETWEEN_DIGITS
 from hub.ops.tables import dlq_replay_jobs
 from hub.store import Store
 from schemas.bsn import contains_bsn
@@ -39,7 +40,6 @@ STOPPED = (
 )
 _NOT_KEPT = "(not kept)"
 _LONG_NUMBER = re.compile(r"[0-9]{8,}")
-_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\s.,/_-]+(?=[0-9])")  # "252-760-189", "06 1234 5678"
 _jobs = dlq_replay_jobs.c
 
 
@@ -97,7 +97,7 @@ class JobAbandoned(Exception):
 def _kept(text: str) -> str:
     """Free text typed into a filter, as a job's row keeps it: not when it may name a person (a run of
     eight or more digits, also in groups: a BSN, a phone number). Topic and class names hold none."""
-    if contains_bsn(text) or _LONG_NUMBER.search(_BETWEEN_DIGITS.sub("", text)) or not text.isprintable():
+    if contains_bsn(text) or _LONG_NUMBER.search(BETWEEN_DIGITS.sub("", text)) or not text.isprintable():
         return _NOT_KEPT
     return text[:200]
 

@@ -91,7 +91,8 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _BSN_LIKE = re.compile(r"(?<![\w-])\d{8,9}(?![\w-])")
 # Separators between digits: a BSN written in groups ("252 760 189", "2527.60.189", "252-76-0189") is
 # one run of digits without them. A reference's digits run longer ("PL1500-2025031201-1" has 15).
-_BETWEEN_DIGITS = re.compile(r"(?<=\d)[\s.,/_-]+(?=\d)")
+# separators between digits, taken out to find a number written in groups ("252-760-189", "06 1234 5678")
+BETWEEN_DIGITS = re.compile(r"(?<=\d)[\s.,/_-]+(?=\d)")
 _DIGITS = re.compile(r"\d+")
 # e-mail; starting only where a run of name characters starts: tried at every position of a long run,
 # the search took quadratic time (a 40 KB run of letters held the event loop 4 s)
@@ -171,7 +172,7 @@ def _holds_bsn(text: str) -> bool:
     ("BSN252760189", "252760189x", "252 760 189")."""
     if _BSN_LIKE.search(text):
         return True
-    runs = _DIGITS.findall(_BETWEEN_DIGITS.sub("", text))
+    runs = _DIGITS.findall(BETWEEN_DIGITS.sub("", text))
     return any(len(run) in (8, 9) and is_valid_bsn(str(int(run)).zfill(len(run))) for run in runs)
 
 
@@ -182,7 +183,7 @@ def _code(text: str, *, longest: int = _CODE_MAX, spaces: bool = False) -> bool:
         return False
     if _holds_bsn(text) or _EMAIL.search(text):
         return False
-    return not (_PHONE.search(text) or _PHONE.search(_BETWEEN_DIGITS.sub("", text)))
+    return not (_PHONE.search(text) or _PHONE.search(BETWEEN_DIGITS.sub("", text)))
 
 
 def _plain(field: str, value: str | int | float) -> bool:
