@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 
 import connectors.receivers.component as receivers_component
 import hub.retention.purge as purge_module
@@ -31,18 +31,10 @@ from schemas.handover import Handover, ReceiverType
 from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import wait_for
+from tests.helpers.pg import WAITING_FOR_ADVISORY, WAITING_FOR_ANY_LOCK
 from tests.integration.test_handover_flow import CW, TODAY, _queued, world
 
 pytestmark = pytest.mark.integration
-# A backend of this test's database waiting for a lock of any kind (advisory, a row's).
-_WAITING_ANY = text(
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
-# A backend of this test's database waiting for an advisory lock (a youth's case lock).
-_WAITING = text(
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-)
 
 
 async def test_two_replicas_checking_at_once_tell_of_an_unanswered_handover_once(
@@ -208,7 +200,7 @@ async def test_a_handover_asked_while_its_case_is_purged_waits_and_then_finds_no
                 if asking.done() or recording.done():
                     return True
                 async with other.connect() as conn:
-                    return (await conn.execute(_WAITING)).scalar_one() >= 2
+                    return (await conn.execute(WAITING_FOR_ADVISORY)).scalar_one() >= 2
 
             await wait_for(both_waiting_or_done, timeout_s=20)
             release.set()
@@ -296,7 +288,7 @@ async def test_a_routing_batch_and_a_consent_on_the_same_youth_take_turns_not_de
 
         async def waiting() -> bool:  # the consent waits for the routing batch, for a lock of either kind
             async with store.connect() as conn:
-                return bool((await conn.execute(_WAITING_ANY)).scalar_one())
+                return bool((await conn.execute(WAITING_FOR_ANY_LOCK)).scalar_one())
 
         await wait_for(waiting, timeout_s=20)
         go_on.set()

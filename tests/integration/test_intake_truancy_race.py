@@ -14,14 +14,10 @@ from hub.store import Store, store_failed
 from hub.store.locks import lock_key
 from schemas.referral import Referral
 from tests.helpers.kafka import wait_for
+from tests.helpers.pg import WAITING_FOR_ADVISORY
 
 pytestmark = pytest.mark.integration
 BSN, OTHER_BSN = "111222333", "123456782"
-# A backend of this test's database waiting for an advisory lock (a migration elsewhere takes one too).
-_WAITING = text(
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-)
 
 
 def truancy(case_reference: str, bsn: str = BSN) -> Referral:
@@ -66,7 +62,7 @@ async def test_of_two_first_truancy_referrals_at_once_the_second_needs_the_ovj(s
             if racing.done():
                 return True
             async with store.connect() as conn:
-                waits = await conn.execute(_WAITING)
+                waits = await conn.execute(WAITING_FOR_ADVISORY)
                 return bool(waits.scalar_one())
 
         await wait_for(waiting_or_done, timeout_s=20)
@@ -100,7 +96,7 @@ async def test_a_deadlock_between_two_intakes_is_one_to_try_again(store: Store) 
 
     async def blocked() -> bool:
         async with store.connect() as conn:
-            return bool((await conn.execute(_WAITING)).scalar_one())
+            return bool((await conn.execute(WAITING_FOR_ADVISORY)).scalar_one())
 
     csv_waiting, csv_blocked = asyncio.Event(), asyncio.Event()
     tasks = [asyncio.create_task(kafka_poll()), asyncio.create_task(csv_upload())]

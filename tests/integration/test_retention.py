@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 from typer.testing import CliRunner
 
 import hub.retention.purge as purge_module
@@ -304,13 +304,6 @@ def test_the_command_says_what_it_would_purge_and_what_it_purged(tmp_path: Any) 
     assert real.exit_code == 0 and "purged: youths 1, referrals 1" in real.output, real.output
     again = runner.invoke(app, ["retention"], env=env)
     assert "purged: youths 0, referrals 0" in again.output
-
-
-# A backend of this test's database waiting for an advisory lock (a youth's case lock).
-_WAITING = text(
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
