@@ -29,13 +29,13 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.feed import MatchFeed
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
-from connectors.verwijsindex.waiting import RegistrationWaits, registration_waits
 from hub.errors import PermanentError
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.signals import commands, delivery
 from hub.signals.tables import signals
+from hub.signals.waiting import RegistrationWaits, registration_waits
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas._base import as_code

@@ -1,4 +1,5 @@
-"""Whether a signal's registration is still on its way to the Verwijsindex.
+"""Whether a signal's registration is still on its way to the Verwijsindex: the port the
+Verwijsindex connector asks, so that it needs no knowledge of where the hub keeps its commands.
 
 A contact change the index answers "no such signal" for is moot only while a registration of the
 signal will still go (it names the contact the hub holds then): parked on the retry ladder, queued in
