@@ -86,6 +86,18 @@ class HttpSettings(BaseModel):
     # 1,500/s, what one process takes. Set them to a few times the busiest partner's peak. 0: no limit.
     partner_writes_per_s: float = Field(default=5_000.0, ge=0, allow_inf_nan=False)
     partner_write_burst: int = Field(default=10_000, ge=1)
+    # How fast one partner key may read (GET, HEAD), from a bucket of its own, the same way. Most
+    # partner reads write an audit entry (rule 18): unlimited, one key in a loop would have the hub
+    # write as fast as its store takes. The busiest honest reader is the case system, one key for all
+    # of Halt's caseworkers: a case opened is a handful of reads, a sweep over every active signal,
+    # open handover and consent of Halt Den Haag a few thousand (a year brings some 1,600 prevention
+    # interventions and 114 youths referred on to care). The burst takes such a sweep at once; the
+    # rate one every five minutes (10/s) beside sixty caseworkers opening a case every ten seconds
+    # (30/s). A loop gets 50 reads, 50 audit entries, a second: a process answers audited reads about
+    # as fast as it takes HTTP referrals (0.7-1.2x, measured side by side), which the HTTP benchmark
+    # puts at 1,500 a second, so a few per cent of that. The write benchmark sends no reads. 0: no limit.
+    partner_reads_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    partner_read_burst: int = Field(default=3_000, ge=1)
     # Whether the operators' session cookie is sent over https only. Unset: yes, unless the hub
     # listens on a loopback address (the default 127.0.0.1: `make run`, tests) and the request came
     # through no proxy (no Forwarded or X-Forwarded-* header), which only a browser on this machine

@@ -1,11 +1,12 @@
 """Request guards: media type (415) and body size (413), for every request before any handler reads;
-and the partners' write rate (429), per partner in this process."""
+and the partners' write and read rates (429), per partner in this process."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -16,7 +17,6 @@ from hub.api.problems import InvalidParam, Problem, problem_response
 from hub.logging import get_logger
 
 TOO_LARGE = "Bericht te groot"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = get_logger(__name__)
 
 
@@ -135,6 +135,25 @@ class LimitBodyMiddleware:
 _ONE = 1.0 - 1e-9
 WARN_EVERY_S = 60.0  # a partner in a loop is refused hundreds of times a second: logged once a minute
 
+Noun = Literal["write", "read"]
+# What a partner's request counts as: a read (GET, HEAD), a write (any other method), or neither
+# (OPTIONS: a CORS preflight, which reaches no endpoint).
+_NOUN_OF_METHOD: dict[str, Noun | None] = {"GET": "read", "HEAD": "read", "OPTIONS": None}
+# The refusal's detail, in Dutch like every problem: what the partner did, that nothing came of it.
+_REFUSED: dict[Noun, str] = {
+    "write": "Deze partner stuurt sneller dan de hub aanneemt ({rate} verzoeken per seconde, {burst} achter "
+    "elkaar). Er is niets opgeslagen: stuur dit verzoek over {wait} opnieuw (Retry-After) en stuur daarna "
+    "niet sneller.",
+    "read": "Deze partner leest sneller dan de hub toestaat ({rate} leesverzoeken per seconde, {burst} "
+    "achter elkaar). Er is niets gelezen: stuur dit verzoek over {wait} opnieuw (Retry-After) en lees "
+    "daarna niet sneller.",
+}
+
+
+def noun_of(method: str) -> Noun | None:
+    """Which of a partner's limits a request with this method counts against, if any."""
+    return _NOUN_OF_METHOD.get(method, "write")
+
 
 class _Bucket:
     __slots__ = ("at", "tokens", "warned_at")
@@ -143,22 +162,25 @@ class _Bucket:
         self.tokens, self.at, self.warned_at = tokens, at, -math.inf
 
 
-class PartnerWrites:
-    """How fast each partner may write: a token bucket per partner id, `burst` tokens at most,
-    refilled at `rate_per_s`; a write takes one, and without one it is refused (429), taking none,
-    before its endpoint stores or publishes anything.
+class PartnerRate:
+    """How fast each partner may write, or read (`noun`): a token bucket per partner id, `burst`
+    tokens at most, refilled at `rate_per_s`; a request takes one, and without one it is refused
+    (429), taking none, before its endpoint stores, publishes, reads or audits anything.
 
     Counted in this process: each hub process behind a load balancer keeps its own buckets, so n
-    processes let a partner write n times as fast. No lock: `take` does not await, so no other
-    request runs inside it. Only authenticated partners get a bucket: there are as many as partners.
+    processes let a partner go n times as fast. No lock: `take` does not await, so no other request
+    runs inside it. Only authenticated partners get a bucket: there are as many as partners.
     """
 
-    def __init__(self, rate_per_s: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate_per_s, float(burst), clock
+    def __init__(
+        self, rate_per_s: float, burst: int, noun: Noun, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate, self.burst, self.noun, self.clock = rate_per_s, float(burst), noun, clock
+        self._event = f"partner {noun} rate reached"  # the log line: the partner's id, never a name
         self._buckets: dict[str, _Bucket] = {}
 
     def wait_s(self, partner_id: str) -> int:
-        """Take a token for one write: 0 when there was one; else none is taken, and the answer is
+        """Take a token for one request: 0 when there was one; else none is taken, and the answer is
         the whole seconds (at least 1) until there will be one. Always 0 when the rate is 0 (no limit)."""
         if self.rate <= 0:
             return 0
@@ -174,30 +196,30 @@ class PartnerWrites:
         bucket.tokens = tokens
         if now - bucket.warned_at >= WARN_EVERY_S:
             bucket.warned_at = now
-            log.warning("partner write rate reached", partner_id=partner_id, rate_per_s=self.rate)
+            log.warning(self._event, partner_id=partner_id, rate_per_s=self.rate)
         return max(1, math.ceil((1.0 - tokens) / self.rate))
 
     def take(self, partner_id: str) -> None:
-        """Take a token for one write of the partner, or refuse it: 429 with an honest Retry-After."""
+        """Take a token for one request of the partner, or refuse it: 429 with an honest Retry-After."""
         wait = self.wait_s(partner_id)
         if wait:
-            rate = f"{self.rate:g}".replace(".", ",")
-            raise Problem(
-                429,
-                "Te veel verzoeken",
-                f"Deze partner stuurt sneller dan de hub aanneemt ({rate} verzoeken per seconde, "
-                f"{self.burst:.0f} achter elkaar). Er is niets opgeslagen: stuur dit verzoek over {wait} "
-                f"seconde{'' if wait == 1 else 'n'} opnieuw (Retry-After) en stuur daarna niet sneller.",
-                headers={"Retry-After": str(wait)},
+            detail = _REFUSED[self.noun].format(
+                rate=f"{self.rate:g}".replace(".", ","),
+                burst=f"{self.burst:.0f}",
+                wait=f"{wait} seconde{'' if wait == 1 else 'n'}",
             )
+            raise Problem(429, "Te veel verzoeken", detail, headers={"Retry-After": str(wait)})
 
 
-def partner_writes(request: Request) -> PartnerWrites:
-    """The app's partner write limit, made from the settings at its first write."""
-    writes = getattr(request.app.state, "partner_writes", None)
-    if not isinstance(writes, PartnerWrites):
+def partner_rate(request: Request, noun: Noun) -> PartnerRate:
+    """The app's limit on its partners' writes or reads, made from the settings at its first use."""
+    name = f"partner_{noun}s"  # app.state.partner_writes, app.state.partner_reads
+    limit = getattr(request.app.state, name, None)
+    if not isinstance(limit, PartnerRate):
         http = request.app.state.hub.settings.http
-        writes = request.app.state.partner_writes = PartnerWrites(
-            http.partner_writes_per_s, http.partner_write_burst
-        )
-    return writes
+        if noun == "write":
+            limit = PartnerRate(http.partner_writes_per_s, http.partner_write_burst, noun)
+        else:
+            limit = PartnerRate(http.partner_reads_per_s, http.partner_read_burst, noun)
+        setattr(request.app.state, name, limit)
+    return limit

@@ -219,12 +219,17 @@ _COMMON = {
     "422": "Goed gevormd, maar in strijd met een regel",
     "503": "De hub start nog of een afhankelijkheid is niet bereikbaar",
 }
-# A partner's writes are limited (hub.api.limits.PartnerWrites): every write operation that takes a
+# A partner's writes and reads are limited (hub.api.limits.PartnerRate): every operation that takes a
 # partner key (this security scheme: hub.partners.auth.PartnerKey) may answer 429 with Retry-After.
 PARTNER_SCHEME = "HTTPBearer"
-_WRITES = frozenset({"post", "put", "patch", "delete"})
 TOO_MANY_REQUESTS = (
     "Te veel verzoeken van deze partner; er is niets opgeslagen, probeer het na Retry-After opnieuw"
+)
+TOO_MANY_READS = (
+    "Te veel leesverzoeken van deze partner; er is niets gelezen, probeer het na Retry-After opnieuw"
+)
+_TOO_MANY = dict.fromkeys(("post", "put", "patch", "delete"), TOO_MANY_REQUESTS) | dict.fromkeys(
+    ("get", "head"), TOO_MANY_READS
 )
 RETRY_AFTER_HEADER = {
     "Retry-After": {
@@ -264,8 +269,8 @@ def document_problems(app: FastAPI) -> None:
                     del responses["422"]
                 for code, text in _COMMON.items():
                     responses.setdefault(code, {"description": text, "content": ref})
-                if method in _WRITES and {PARTNER_SCHEME: []} in operation.get("security", []):
-                    too_many = {"description": TOO_MANY_REQUESTS, "content": ref}
+                if method in _TOO_MANY and {PARTNER_SCHEME: []} in operation.get("security", []):
+                    too_many = {"description": _TOO_MANY[method], "content": ref}
                     responses.setdefault("429", too_many | {"headers": RETRY_AFTER_HEADER})
         text = json.dumps(schema)
         for unused in ("HTTPValidationError", "ValidationError"):

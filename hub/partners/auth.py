@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
-from hub.api.limits import SAFE_METHODS, partner_writes
+from hub.api.limits import noun_of, partner_rate
 from hub.api.problems import PARTNER_SCHEME, HubStarting, Problem
 from hub.partners.keys import PartnerType, hash_key, key_id_of
 from hub.partners.registry import Partner, authenticate
@@ -64,8 +64,9 @@ def _key_cache(request: Request) -> KeyCache:
 
 class PartnerKey(SecurityBase):
     """The partner behind `Authorization: Bearer <key>`, of one of `types` (any type when none); a
-    write (any method but GET, HEAD, OPTIONS) takes one of the partner's tokens, or is refused with 429
-    (`hub.api.limits.PartnerWrites`, per hub process) before the endpoint stores or publishes anything.
+    read (GET, HEAD) takes one of the partner's read tokens, a write (any method but those and
+    OPTIONS) one of its write tokens, or is refused with 429 (`hub.api.limits.PartnerRate`, per hub
+    process) before the endpoint reads, audits, stores or publishes anything.
 
     One dependency that reads the header itself: chained as FastAPI dependencies (the bearer scheme,
     the key lookup, the type check), the solving alone took about a tenth of the hub's CPU on the
@@ -75,7 +76,7 @@ class PartnerKey(SecurityBase):
 
     def __init__(self, *types: PartnerType) -> None:
         self.model = HTTPBearerModel(description="The API key `ketenhub partners add` printed")
-        self.scheme_name = PARTNER_SCHEME  # "HTTPBearer"; the OpenAPI document adds 429 to its writes
+        self.scheme_name = PARTNER_SCHEME  # "HTTPBearer"; the OpenAPI document adds 429 to its operations
         self.types = types
         self.allowed = ", ".join(t.value for t in types)
 
@@ -88,8 +89,9 @@ class PartnerKey(SecurityBase):
                 f"Dit endpoint is voor partners van het type {self.allowed}; deze sleutel hoort bij een "
                 f"partner van het type {partner.type.value}.",
             )
-        if request.scope["method"] not in SAFE_METHODS:
-            partner_writes(request).take(partner.id)
+        noun = noun_of(request.scope["method"])
+        if noun is not None:
+            partner_rate(request, noun).take(partner.id)
         return partner
 
 

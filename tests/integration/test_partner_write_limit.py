@@ -1,10 +1,12 @@
 """A partner writing too fast: 429 with an honest Retry-After on every partner write, nothing kept of
-the refused request, other partners and reads untouched. The limit's clock is injected: no test waits."""
+the refused request, other partners and reads (a limit of their own: test_partner_read_limit.py)
+untouched. The limit's clock is injected: no test waits."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -23,7 +25,7 @@ from sqlalchemy import func, select
 
 from connectors.verwijsindex.contract import add_years
 from hub.api.idempotency import idempotency_keys
-from hub.api.limits import PartnerWrites
+from hub.api.limits import Noun, PartnerRate
 from hub.app import create_app
 from hub.clock import local_day
 from hub.directory import upsert_caseworker
@@ -70,11 +72,12 @@ class World:
     def auth(self, kind: PartnerType) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[kind]}"}
 
-    def limit(self, rate_per_s: float, burst: int) -> tuple[PartnerWrites, Clock]:
-        """The app's write limit replaced by one on a clock the test moves."""
+    def limit(self, rate_per_s: float, burst: int, noun: Noun = "write") -> tuple[PartnerRate, Clock]:
+        """The app's write (or read) limit replaced by one on a clock the test moves."""
         clock = Clock()
-        writes = self.app.state.partner_writes = PartnerWrites(rate_per_s, burst, clock=clock)
-        return writes, clock
+        limit = PartnerRate(rate_per_s, burst, noun, clock=clock)
+        setattr(self.app.state, f"partner_{noun}s", limit)
+        return limit, clock
 
     async def count(self, table: Any) -> int:
         assert self.hub.store is not None
@@ -82,8 +85,9 @@ class World:
             return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 
 
-@pytest.fixture
-async def world(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[World]:
+@asynccontextmanager
+async def partner_world(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[World]:
+    """A started hub with intake, a partner of every type and a caseworker; stopped afterwards."""
     hub = Hub(
         make_settings(kafka, db_url, unique), registrars={"intake": [register_intake]}, clock=lambda: NOW
     )
@@ -110,11 +114,23 @@ async def world(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator
         await hub.stop()
 
 
-def _refused_as_documented(spec: dict[str, Any], path: str, answer: httpx.Response, body: bytes) -> None:
+@pytest.fixture
+async def world(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[World]:
+    async with partner_world(kafka, db_url, unique) as running:
+        yield running
+
+
+def refused_as_documented(
+    spec: dict[str, Any], path: str, answer: httpx.Response, body: bytes | None = None, **params: str
+) -> None:
     """The answer as the OpenAPI document says it (status, content type, Retry-After, body), checked
-    the way the fuzzer (tests/fuzz) checks every answer."""
-    operation = schemathesis.openapi.from_dict(spec)[path]["POST"]
-    case = operation.Case(body=body, media_type="application/json")
+    the way the fuzzer (tests/fuzz) checks every answer: a POST of `body`, or a GET without one, to
+    `path` with its path parameters `params`."""
+    operation = schemathesis.openapi.from_dict(spec)[path]["POST" if body is not None else "GET"]
+    if body is not None:
+        case = operation.Case(body=body, media_type="application/json", path_parameters=params)
+    else:
+        case = operation.Case(path_parameters=params)
     checks = [status_code_conformance, content_type_conformance, response_headers_conformance]
     case.validate_response(answer, checks=[*checks, response_schema_conformance])
 
@@ -146,7 +162,7 @@ async def test_a_partner_past_its_rate_gets_429_over_http_with_an_honest_retry_a
         problem = refused.json()
         assert problem["title"] == "Te veel verzoeken" and problem["status"] == 429
         assert "niets opgeslagen" in problem["detail"] and "over 2 seconden opnieuw" in problem["detail"]
-        _refused_as_documented(spec, "/api/v1/politie/verwijzingen", refused, third)
+        refused_as_documented(spec, "/api/v1/politie/verwijzingen", refused, third)
         again = await post(third)  # a refusal takes no token: the partner is told the same
         assert (again.status_code, again.headers["Retry-After"]) == (429, "2")
         assert [await world.count(t) for t in (referrals, outbox, audit_log)] == kept  # nothing stored
@@ -167,10 +183,10 @@ async def test_a_partner_past_its_rate_gets_429_over_http_with_an_honest_retry_a
         assert taken.json()["duplicate"] is False
 
 
-async def test_every_partner_write_is_limited_and_no_read_is(world: World) -> None:
+async def test_every_partner_write_is_limited_and_no_read_by_the_write_limit(world: World) -> None:
     """Every operation of the document that writes with a partner key (the referrals, the case
     system's caseworker API, a receiver's answer) answers 429 once its partner's tokens are spent,
-    before it looks at the request, and documents it; reads go on."""
+    before it looks at the request, and documents it; reads, which have tokens of their own, go on."""
     writes, _ = world.limit(1, 1)
     for partner_id in world.ids.values():
         assert writes.wait_s(partner_id) == 0  # each partner's one token spent
@@ -181,7 +197,7 @@ async def test_every_partner_write_is_limited_and_no_read_is(world: World) -> No
         for method, operation in item.items():
             if {"HTTPBearer": []} not in operation.get("security", []):
                 continue
-            kind = _partner_for(path)
+            kind = partner_for(path)
             media = "text/csv" if kind is PartnerType.LEERPLICHT else "application/json"
             headers = {"Content-Type": media, **world.auth(kind), **CASEWORKER}
             url = path.replace("{", "").replace("}", "")  # a path parameter's name as its value
@@ -213,7 +229,7 @@ async def test_every_partner_write_is_limited_and_no_read_is(world: World) -> No
     assert [await world.count(t) for t in (referrals, signals, outbox, audit_log)] == kept
 
 
-def _partner_for(path: str) -> PartnerType:
+def partner_for(path: str) -> PartnerType:
     """The partner whose key may use the path (as tests/fuzz chooses it)."""
     kind = path.split("/")[3]
     if path.endswith("/status"):
@@ -223,7 +239,7 @@ def _partner_for(path: str) -> PartnerType:
     return PartnerType(kind) if kind in set(PartnerType) else PartnerType.POLITIE
 
 
-def _signal(bsn: str) -> dict[str, Any]:
+def signal_body(bsn: str) -> dict[str, Any]:
     day = local_day(NOW)
     fifteen: date = add_years(day, -15)
     youth = {
@@ -238,12 +254,12 @@ async def test_a_refused_post_leaves_its_idempotency_key_unused(world: World) ->
     Retry-After has passed, makes the signal: the key was not remembered with the refusal."""
     _, clock = world.limit(1, 1)
     headers = {**world.auth(PartnerType.ZAAKSYSTEEM), **CASEWORKER}
-    first = await world.client.post("/api/v1/signalen", json=_signal("999990044"), headers=headers)
+    first = await world.client.post("/api/v1/signalen", json=signal_body("999990044"), headers=headers)
     assert first.status_code == 201, first.text
     outbox_rows = await world.count(outbox)
 
     key = {"Idempotency-Key": str(uuid.uuid4())}
-    second = _signal("999990056")
+    second = signal_body("999990056")
     refused = await world.client.post("/api/v1/signalen", json=second, headers=headers | key)
     assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1"), refused.text
     assert await world.count(idempotency_keys) == 0

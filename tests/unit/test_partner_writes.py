@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.api.limits import PartnerWrites
+from hub.api.limits import PartnerRate
 from hub.api.problems import Problem
 from hub.config import HttpSettings, load_settings
 from hub.errors import ConfigError
@@ -25,7 +25,7 @@ class Clock:
 
 def test_a_burst_then_one_write_per_token_and_the_wait_says_when() -> None:
     clock = Clock()
-    writes = PartnerWrites(0.25, 3, clock=clock)
+    writes = PartnerRate(0.25, 3, "write", clock=clock)
     assert [writes.wait_s("politie") for _ in range(3)] == [0, 0, 0]
     assert writes.wait_s("politie") == 4  # one token in 1 / 0.25 s
     assert writes.wait_s("politie") == 4  # a refusal takes no token: the wait does not grow
@@ -37,7 +37,7 @@ def test_a_burst_then_one_write_per_token_and_the_wait_says_when() -> None:
 
 
 def test_each_partner_has_its_own_bucket() -> None:
-    writes = PartnerWrites(1, 1, clock=Clock())
+    writes = PartnerRate(1, 1, "write", clock=Clock())
     assert writes.wait_s("politie") == 0
     assert writes.wait_s("politie") == 1
     assert writes.wait_s("boa") == 0  # the police's loop does not hold the BOA back
@@ -45,19 +45,19 @@ def test_each_partner_has_its_own_bucket() -> None:
 
 def test_a_quiet_partner_saves_up_no_more_than_the_burst() -> None:
     clock = Clock()
-    writes = PartnerWrites(10, 5, clock=clock)
+    writes = PartnerRate(10, 5, "write", clock=clock)
     writes.wait_s("politie")
     clock.now += 3600
     assert [writes.wait_s("politie") for _ in range(6)] == [0] * 5 + [1]
 
 
 def test_rate_zero_is_no_limit() -> None:
-    writes = PartnerWrites(0, 1, clock=Clock())
+    writes = PartnerRate(0, 1, "write", clock=Clock())
     assert all(writes.wait_s("politie") == 0 for _ in range(10_000))
 
 
 def test_a_refusal_is_a_429_problem_saying_what_to_do() -> None:
-    writes = PartnerWrites(0.5, 1, clock=Clock())
+    writes = PartnerRate(0.5, 1, "write", clock=Clock())
     writes.take("politie")
     with pytest.raises(Problem) as refused:
         writes.take("politie")
@@ -78,7 +78,7 @@ def test_waiting_the_retry_after_given_is_always_enough(rate: float, burst: int,
     """Honest: a partner that waits the Retry-After it got (and sends nothing meanwhile) gets through;
     and it was told no more than a second too much."""
     clock = Clock()
-    writes = PartnerWrites(rate, burst, clock=clock)
+    writes = PartnerRate(rate, burst, "write", clock=clock)
     for gap in gaps:
         clock.now += gap
         wait = writes.wait_s("p")
@@ -96,7 +96,7 @@ def test_the_defaults_never_refuse_the_http_benchmark(served_per_s: int) -> None
     them (about 1,500/s on the bench machine); a hub three times as fast is not refused either."""
     http = HttpSettings()
     clock = Clock()
-    writes = PartnerWrites(http.partner_writes_per_s, http.partner_write_burst, clock=clock)
+    writes = PartnerRate(http.partner_writes_per_s, http.partner_write_burst, "write", clock=clock)
     refused = 0
     for _ in range(21_000):
         clock.now += 1 / served_per_s
