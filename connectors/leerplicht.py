@@ -141,7 +141,10 @@ def iter_batch(raw: bytes) -> Iterator[RowResult]:
 # opening a cell took every line after it into that cell: those rows were neither accepted nor
 # refused. A record runs over more lines only when its quotes close within MAX_CELL_LINES lines and
 # it then has the header's columns; otherwise its first line is refused on its own, and reading goes
-# on with the next line.
+# on with the next line. So too when a line it took in is a row of its own: a second stray '"'
+# further down, in the same column, closed the first one's quote, and one record held two youths'
+# rows (the second neither accepted nor refused, its BSN and name in the first one's surname).
+_BSN = "BSN"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 MAX_CELL_LINES: Final = 20
 _QUOTES = (
@@ -160,9 +163,10 @@ def _cells(line: str) -> list[str] | None:
 
 def _results(lines: list[str], start: int, headers: list[str]) -> Iterator[RowResult]:
     number, i = 0, start
+    bsn_at = headers.index(_BSN) if _BSN in headers else None
     while i < len(lines):
         number += 1
-        cells, i = _record(lines, i, len(headers))
+        cells, i = _record(lines, i, len(headers), bsn_at)
         if cells is None:
             yield RowResult(
                 row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV", allowed=_QUOTES)]
@@ -171,9 +175,10 @@ def _results(lines: list[str], start: int, headers: list[str]) -> Iterator[RowRe
             yield _row(number, headers, cells)
 
 
-def _record(lines: list[str], i: int, width: int) -> tuple[list[str] | None, int]:
+def _record(lines: list[str], i: int, width: int, bsn_at: int | None) -> tuple[list[str] | None, int]:
     """The record starting at line `i` and the line after it: one line, or a few whose quoted cell
-    closes with the header's columns; None (and the next line) when neither."""
+    closes with the header's columns and none of which is a row of its own; None (and the next
+    line) when neither."""
     cells = _cells(lines[i])
     if cells is not None:
         return cells, i + 1
@@ -181,10 +186,32 @@ def _record(lines: list[str], i: int, width: int) -> tuple[list[str] | None, int
     for end in range(i + 1, min(i + MAX_CELL_LINES, len(lines))):
         text += "\n" + lines[end]
         cells = _cells(text)
-        if cells is not None:
-            fits = len(cells) >= width and not any(c.strip() for c in cells[width:])
-            return (cells, end + 1) if fits else (None, i + 1)
+        if cells is None:
+            continue
+        fits = len(cells) >= width and not any(c.strip() for c in cells[width:])
+        if (
+            not fits
+            or (
+                "\n" not in cells[0]  # the first cell over lines: its rest and the row, shifted by none
+                and any(_row_of_its_own(line, width, bsn_at) for line in lines[i + 1 : end + 1])
+            )
+        ):
+            return None, i + 1
+        return cells, end + 1
     return None, i + 1
+
+
+def _row_of_its_own(line: str, width: int, bsn_at: int | None) -> bool:
+    """True when `line`, read on its own, is a row: the header's columns, a valid BSN in its column.
+
+    What follows a line break in a cell other than the first is that cell's rest and the cells after
+    it: fewer columns than the header, or shifted so that a valid BSN under BSN is chance. (The
+    first cell's rest and the cells after it are shifted by none; a line break in the first cell is
+    refused as a line break in a name or code.)"""
+    cells = _cells(line)
+    if cells is None or bsn_at is None or len(cells) < width:
+        return False
+    return is_valid_bsn(cells[bsn_at].strip())
 
 
 def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
@@ -210,7 +237,7 @@ def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:
 
 def _bsn_in(data: dict[str, str]) -> str | None:
     """An unreadable row's BSN, when its cell holds one (elfproef)."""
-    found = data.get("BSN")
+    found = data.get(_BSN)
     return normalise_bsn(found) if found is not None and is_valid_bsn(found) else None
 
 

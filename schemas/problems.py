@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from schemas._base import NO_CONTROL, NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM, readable
+from schemas._base import (
+    NO_CONTROL,
+    NO_CONTROL_ALLOWED,
+    NO_CONTROL_PROBLEM,
+    ONE_LINE,
+    ONE_LINE_ALLOWED,
+    ONE_LINE_PROBLEM,
+    readable,
+)
 
 # Dutch wording for pydantic's most common error types; other types keep pydantic's own text,
 # which never contains the input value.
@@ -196,18 +205,25 @@ def _nested_model(annotation: object) -> type[BaseModel] | None:
     return None
 
 
-def controls_refused(error: ErrorDetails) -> bool:
-    """Whether the error is text refused for a control character (the NO_CONTROL pattern)."""
-    return (
-        error["type"] == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NO_CONTROL
-    )
+_CONTROLS = {
+    NO_CONTROL: (NO_CONTROL_PROBLEM, NO_CONTROL_ALLOWED),
+    ONE_LINE: (ONE_LINE_PROBLEM, ONE_LINE_ALLOWED),
+}
+
+
+def controls_refused(error: ErrorDetails | Mapping[str, Any]) -> tuple[str, str] | None:
+    """The problem and what is allowed, when the error is text refused for a control character (the
+    NO_CONTROL or ONE_LINE pattern); else None."""
+    if error.get("type") != "string_pattern_mismatch":
+        return None
+    return _CONTROLS.get(str((error.get("ctx") or {}).get("pattern")))
 
 
 def _allowed(error: ErrorDetails, model: type[BaseModel] | None) -> str | None:
     ctx = error.get("ctx") or {}
     kind = error["type"]
-    if controls_refused(error):
-        return NO_CONTROL_ALLOWED
+    if (controls := controls_refused(error)) is not None:
+        return controls[1]
     if kind == "extra_forbidden" and model is not None:
         owner = _model_at(model, error["loc"])
         if owner is not None:
@@ -239,9 +255,8 @@ def problems_from(
     known = field_names(model) if model is not None else frozenset()
     errors = exc.errors(include_input=False, include_url=False)
     for error in errors[:MAX_PROBLEMS]:
-        text = (
-            NO_CONTROL_PROBLEM if controls_refused(error) else _PROBLEM_TEXT.get(error["type"], error["msg"])
-        )
+        controls = controls_refused(error)
+        text = controls[0] if controls is not None else _PROBLEM_TEXT.get(error["type"], error["msg"])
         if text.startswith("Value error, "):
             text = text.removeprefix("Value error, ")
         problems.append(

@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
 from hub.store import store_failed
-from schemas._base import NO_CONTROL_ALLOWED, NO_CONTROL_PROBLEM
 from schemas.problems import FieldProblem, PartnerFormatError, controls_refused
 
 PROBLEM_JSON = "application/problem+json"
@@ -146,10 +145,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         params = [
-            InvalidParam(
-                name=_loc(tuple(e.get("loc", ()))), reason=NO_CONTROL_PROBLEM, allowed=NO_CONTROL_ALLOWED
-            )
-            if controls_refused(e)
+            InvalidParam(name=_loc(tuple(e.get("loc", ()))), reason=controls[0], allowed=controls[1])
+            if (controls := controls_refused(e)) is not None
             else InvalidParam(name=_loc(tuple(e.get("loc", ()))), reason=str(e.get("msg", "ongeldig")))
             for e in exc.errors()
         ]

@@ -42,7 +42,7 @@ from hub.handovers.service import Act, load_referral
 from hub.intake.tables import referrals
 from hub.runtime import Hub
 from hub.store.locks import lock_youths
-from schemas._base import NO_CONTROL_PROBLEM, CanonicalModel, Code, ShortText, as_code
+from schemas._base import CanonicalModel, Code, ShortText, as_code
 from schemas.consent import (
     MAX_CUSTODIANS,
     Consent,
@@ -257,7 +257,7 @@ def _invalid(exc: ValidationError) -> Problem:
     params = [
         InvalidParam(
             name=".".join(str(p) for p in e["loc"]) or "(body)",
-            reason=NO_CONTROL_PROBLEM if controls_refused(e) else e["msg"],
+            reason=controls[0] if (controls := controls_refused(e)) is not None else e["msg"],
         )
         for e in exc.errors()
     ]

@@ -33,7 +33,6 @@ from hub.directory.service import create_caseworker, lock_caseworker, replace_ca
 from hub.directory.tables import caseworkers
 from hub.signals.rules import phone_problem
 from hub.store import Store, store_failed
-from schemas._base import NO_CONTROL_PROBLEM
 from schemas.caseworker import Absence, Caseworker, Team
 from schemas.problems import controls_refused
 
@@ -198,7 +197,8 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
         out = []
         for e in exc.errors():
             name = str(e["loc"][0]) if e["loc"] else "(rij)"
-            reason = NO_CONTROL_PROBLEM if controls_refused(e) else str(e["msg"])
+            controls = controls_refused(e)
+            reason = controls[0] if controls is not None else str(e["msg"])
             out.append({"field": FIELDS.get(name, name), "reason": reason.removeprefix("Value error, ")})
         return out
     column, _, reason = str(exc).partition(": ")

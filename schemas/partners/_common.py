@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from schemas._base import EMAIL_PATTERN, NO_CONTROL, as_code
+from schemas._base import EMAIL_PATTERN, NO_CONTROL, ONE_LINE, as_code
 from schemas.problems import FieldProblem, PartnerFormatError, field_path, problem_at, problems_from
 from schemas.referral import Gender
 
@@ -256,19 +256,30 @@ PartnerCount = Annotated[
 PartnerFloat = Annotated[
     float, BeforeValidator(_to_number), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})
 ]
+# A name or another one-line value, as the canonical Name (one line: schemas._base.ONE_LINE).
 Text = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
 ]
 # An identifier the canonical models keep as a Code (at most 100 characters): refused here, on the
 # partner's own field, rather than as a misfit in translation.
 Code = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE)
 ]
 OptCode = Annotated[Code | None, BeforeValidator(_empty_to_none)]
 LongText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=NO_CONTROL)
 ]
 OptText = Annotated[Text | None, BeforeValidator(_empty_to_none)]
+
+
+def _on_one_line(value: object) -> object:
+    return " ".join(value.split()) if isinstance(value, str) else value
+
+
+# A name a spreadsheet may show over two lines (Excel's Alt+Enter in "Het Stedelijk / locatie Zuid"):
+# its line breaks and runs of whitespace read as one space. Not for a person's name: a line break
+# there is a mistake (a stray '"' that took in the next row), refused.
+OptFoldedText = Annotated[Text | None, BeforeValidator(_on_one_line), BeforeValidator(_empty_to_none)]
 OptEmail = Annotated[
     Annotated[str, StringConstraints(max_length=254, pattern=EMAIL_PATTERN)] | None,
     BeforeValidator(_empty_to_none),

@@ -6,12 +6,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas._base import NO_CONTROL
+from schemas._base import ONE_LINE
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     SURNAME_MAX,
     Code,
     OptEmail,
+    OptFoldedText,
     OptPhone,
     OptText,
     PartnerBool,
@@ -32,7 +33,7 @@ ORGANISATION_PREFIX = "Leerplicht "
 Gemeente = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=NO_CONTROL
+        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=ONE_LINE
     ),
 ]
 
@@ -50,7 +51,7 @@ class LeerplichtRij(BaseModel):
     geboortedatum: PartnerDate = Field(alias="Geboortedatum")
     geslacht: OptText = Field(default=None, alias="Geslacht")
     woonplaats: Text = Field(alias="Woonplaats")
-    school: OptText = Field(default=None, alias="School")
+    school: OptFoldedText = Field(default=None, alias="School")
     brin: Brin | None = Field(default=None, alias="BRIN")
     verzuim_vanaf: PartnerDate = Field(alias="Verzuim vanaf")
     verzuim_tot_en_met: PartnerDate = Field(alias="Verzuim tot en met")

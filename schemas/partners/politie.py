@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas._base import NO_CONTROL
+from schemas._base import ONE_LINE
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     LongText,
@@ -39,7 +39,7 @@ ORGANISATION_PREFIX = "Politie eenheid "
 Eenheid = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=NO_CONTROL
+        strip_whitespace=True, min_length=1, max_length=200 - len(ORGANISATION_PREFIX), pattern=ONE_LINE
     ),
 ]
 PvNummer = Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from schemas._base import NO_CONTROL
+from schemas._base import ONE_LINE
 from schemas.bsn import Bsn
 from schemas.partners._common import (
     LongText,
@@ -33,7 +33,7 @@ Categorie = Literal[
     "anders",
 ]
 Aanmeldnummer = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=40, pattern=NO_CONTROL)
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=40, pattern=ONE_LINE)
 ]
 
 

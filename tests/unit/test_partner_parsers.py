@@ -253,7 +253,40 @@ def test_a_quoted_cell_over_two_lines_is_one_row_and_the_rows_after_it_keep_thei
     cells = lines[1].split(";")
     cells[lines[0].split(";").index("School")] = '"Het Stedelijk\nlocatie Zuid"'
     raw = "\r\n".join([lines[0], ";".join(cells), *lines[2:]]).encode()
-    assert [(r.row, r.ok) for r in leerplicht.parse_batch(raw)] == [(1, True), (2, True), (3, True)]
+    results = leerplicht.parse_batch(raw)
+    assert [(r.row, r.ok) for r in results] == [(1, True), (2, True), (3, True)]
+    truancy = results[0].referral.truancy if results[0].referral else None
+    assert truancy is not None and truancy.school_name == "Het Stedelijk locatie Zuid"  # one line
+
+
+def test_two_stray_quotes_in_one_column_do_not_make_two_youths_rows_one() -> None:
+    # the first row's '"Mulder' opened a quote that the second row's 'Leeuwen"' closed: read as one
+    # record, the second youth's row was neither accepted nor refused, and its Dossiernummer, BSN and
+    # name went into the first youth's surname, which was accepted with the second row's hours
+    first = good_row(1) | {"Achternaam": '"Mulder', "Uren verzuim": "70"}
+    second = good_row(2) | {"Achternaam": 'Leeuwen"', "Uren verzuim": "16"}
+    one, two = leerplicht.parse_batch(csv_bytes([first, second]))
+    assert (one.row, one.ok, [p.problem for p in one.problems]) == (1, False, ["ongeldige CSV"])
+    assert two.row == 2 and two.referral is not None
+    assert (two.referral.case_reference, two.referral.youth.bsn) == ("LP-GEN-00002", second["BSN"])
+    assert two.referral.truancy is not None and two.referral.truancy.hours == 16
+
+
+@pytest.mark.parametrize("column", ["Achternaam", "Voornamen", "Dossiernummer", "Leerplichtambtenaar"])
+def test_a_line_break_in_a_name_or_code_is_refused_on_its_column(column: str) -> None:
+    rows = [good_row(1) | {column: '"Jan\nsen"'}, good_row(2)]
+    first, second = leerplicht.parse_batch(csv_bytes(rows))
+    assert [(p.field, p.problem) for p in first.problems] == [(column, "bevat een stuurteken (zoals NUL)")]
+    assert "regeleinden" in (first.problems[0].allowed or "")
+    assert (first.row, second.row, second.ok) == (1, 2, True)
+
+
+def test_a_line_break_in_a_json_name_is_refused_on_its_field() -> None:
+    with pytest.raises(PartnerFormatError) as caught:
+        politie.parse(json_record("politie", **{"verdachte.achternaam": "Zq-Jan\nsen"}))
+    (problem,) = caught.value.problems
+    assert (problem.field, problem.problem) == ("verdachte.achternaam", "bevat een stuurteken (zoals NUL)")
+    assert "Zq-Jan" not in str(caught.value)
 
 
 def test_a_header_padded_with_many_empty_columns_is_read_at_once() -> None:
