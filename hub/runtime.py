@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from aiokafka.protocol.metadata import MetadataRequest
 from faststream.kafka import KafkaBroker
 
 from hub.clock import Clock, local_day
@@ -184,11 +185,16 @@ class Hub:
         return checks
 
     async def _ping_broker(self) -> None:
+        """A request the broker must answer, on the producer's connection: an open socket alone
+        (`client.ready`) said "ok" for the 40 s a hung broker took to time out the relay's publish.
+        Metadata of no topic is the broker list only: cheap, and it creates no topic."""
         if self.relay is None:
             raise RuntimeError("not started")
         client = self.relay.producer.client
-        if not await client.ready(client.get_random_node()):
-            raise ConnectionError("no broker answers")
+        node = client.get_random_node()
+        if node is None:
+            raise ConnectionError("no broker known")
+        await client.send(node, MetadataRequest([], allow_auto_topic_creation=False))
 
 
 def tune_gc_for_serving() -> None:

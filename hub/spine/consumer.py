@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from sqlalchemy import bindparam, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,9 +23,9 @@ from hub.errors import PermanentError, TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
+from hub.spine.inbox import claim
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store, store_failed
-from hub.store.tables import inbox
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, trace_id, utcnow
 
 log = get_logger(__name__)
@@ -50,16 +50,39 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
 SPLIT_DOWN_TO = 8  # a failed batch of at most this many records is handled record by record
 MAX_ID = ID_MAX  # message and transaction ids from headers, as in a body: the audit log's column
 
-
-# The inbox's statements on every batch, built once (SQLAlchemy works out a cache key per new statement).
-_SEEN = select(inbox.c.message_id).where(
-    inbox.c.consumer == bindparam("consumer"), inbox.c.message_id.in_(bindparam("ids", expanding=True))
-)
-_INSERT_INBOX = insert(inbox)
+HANDED_BACK_PAUSE_S = 1.0  # before a batch that failed is read again: no loop of failures
 
 
 class BadHeader(PermanentError):
     """A record's id header is there but cannot be used (dedup and rule 19 depend on it)."""
+
+
+class BatchFailed(Exception):
+    """A batch failed for a reason not worth retrying in place; its partitions were rewound to be
+    read again. The text says what failed, without a value the driver's own message may echo."""
+
+
+def rewind(consumer: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """Seek each partition of `records` that is still assigned back to its earliest record; one a
+    rebalance took away is read by its new owner from the group's committed offset."""
+    earliest: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        earliest[tp] = min(r.offset, earliest.get(tp, r.offset))
+    for tp, offset in earliest.items():
+        try:
+            consumer.seek(tp, offset)
+        except IllegalStateError:
+            continue
+
+
+async def nack_batch(msg: KafkaMessage, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """FastStream's nack of a batch; it stops at the first partition a rebalance took away, so the
+    partitions after it are rewound here (else the next ack would commit past their records)."""
+    try:
+        await msg.nack()
+    except IllegalStateError:
+        rewind(msg.consumer, records)
 
 
 def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
@@ -224,7 +247,7 @@ class Spine:
 
             async def on_batch(body: Any, msg: KafkaMessage) -> None:
                 records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-                await self.process(sub, records, ack=msg.ack, nack=msg.nack)
+                await self.process(sub, records, ack=msg.ack, nack=lambda: nack_batch(msg, records))
 
             self.broker.subscriber(
                 topic,
@@ -249,13 +272,41 @@ class Spine:
         ack: Callable[[], Awaitable[None]],
         nack: Callable[[], Awaitable[None]],
     ) -> None:
-        """Handle a batch in one transaction, then commit offsets; a transient error retries it whole."""
+        """Handle a batch in one transaction, then commit offsets; a transient error retries it whole.
+
+        Whatever else fails (the batch, or the commit of its offsets), its partitions are rewound
+        (`nack`) before the error leaves: the consumer's position is past the batch already, and the
+        next batch's ack commits every position read, so it would commit past records that never
+        took effect. The error that leaves says what failed without the driver's text (values)."""
+        try:
+            handled = await self._handle_retrying(sub, records, nack)
+            if handled is None:
+                return  # handed back to the poll loop: read again from the batch's start
+            outcomes, committed = handled
+            await ack()
+        except Exception as exc:
+            await self._hand_back(sub, records, nack)
+            said = f"{type(exc).__name__}: {safe_error_message(exc)}"
+            raise BatchFailed(f"{sub.group} on {sub.topic}, read again: {said}") from None
+        for outcome, count in outcomes.items():
+            self.metrics.messages.labels(sub.topic, outcome).inc(count)
+        self.relay.wake()
+        for callback in committed:
+            callback()
+
+    async def _handle_retrying(
+        self,
+        sub: Subscription[Any],
+        records: Sequence[ConsumerRecord[Any, Any]],
+        nack: Callable[[], Awaitable[None]],
+    ) -> tuple[dict[str, int], list[Callable[[], None]]] | None:
+        """The batch's outcomes and after-commit callbacks; a transient error tries the batch again
+        a few times, then hands it back (`nack`) and gives None."""
         attempt = 0
         while True:
             committed: list[Callable[[], None]] = []
             try:
-                outcomes = await self._handle_batch(sub, records, committed)
-                break
+                return await self._handle_batch(sub, records, committed), committed
             except Exception as exc:
                 if not transient(exc):
                     raise
@@ -273,14 +324,23 @@ class Spine:
                 if attempt >= 5:
                     await nack()  # give the partitions back to the poll loop; redelivered from here
                     await asyncio.sleep(delay)
-                    return
+                    return None
                 await asyncio.sleep(delay)
-        await ack()
-        for outcome, count in outcomes.items():
-            self.metrics.messages.labels(sub.topic, outcome).inc(count)
-        self.relay.wake()
-        for callback in committed:
-            callback()
+
+    async def _hand_back(
+        self,
+        sub: Subscription[Any],
+        records: Sequence[ConsumerRecord[Any, Any]],
+        nack: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Rewind a failed batch's partitions, so it is read again; pause, so that a batch failing
+        every time does not fail hundreds of times a second. (FastStream logs the error raised.)"""
+        self.metrics.messages.labels(sub.topic, "failed").inc(len(records))
+        try:
+            await nack()
+        except Exception as exc:  # the consumer stopped: it commits nothing any more either
+            log.error("failed batch not rewound", topic=sub.topic, error=safe_error_message(exc))
+        await asyncio.sleep(HANDED_BACK_PAUSE_S * (0.5 + random.random() / 2))
 
     async def _handle_batch(
         self,
@@ -291,25 +351,17 @@ class Spine:
         outcomes = {"processed": 0, "duplicate": 0, "dead_lettered": 0}
         ids = [message_id_of(r) for r in records]
         async with self.store.transaction() as session:
-            seen = set(
-                (await session.execute(_SEEN, {"consumer": sub.group, "ids": list(set(ids))})).scalars()
-            )
-            done: list[str] = []
+            # claimed before any handler runs: a second member of the group on the same records
+            # (a rebalance) waits here for this transaction, then skips what it committed
+            new = await claim(session, sub.group, ids)
             fresh: list[tuple[ConsumerRecord[Any, Any], str]] = []
             for record, message_id in zip(records, ids, strict=True):
-                if message_id in seen:
+                if message_id not in new:
                     outcomes["duplicate"] += 1
                     continue
-                seen.add(message_id)
+                new.discard(message_id)  # the same id again later in the batch is a duplicate
                 fresh.append((record, message_id))
-                done.append(message_id)
             await self._handle_part(session, sub, fresh, committed, outcomes)
-            if done:
-                now = utcnow()
-                await session.execute(
-                    _INSERT_INBOX,
-                    [{"consumer": sub.group, "message_id": m, "processed_at": now} for m in done],
-                )
         return outcomes
 
     async def _handle_part(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ from hub.app import create_app
 from hub.embedded import EmbeddedKafka
 from hub.runtime import READY_FOR_S, Hub
 from tests.conftest import make_settings
+from tests.helpers.kafka import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +61,41 @@ async def test_readyz_names_what_is_down_without_its_values_and_asks_at_most_onc
             assert partner.pings == 2
     finally:
         await hub.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_readyz_says_the_broker_is_down_when_it_stops_answering_with_its_connections_open(
+    db_url: str, unique: str
+) -> None:
+    """A hung broker (a stopped process, a network that drops packets) keeps its connections open:
+    the check asked only whether one was, and /readyz said "ok" for the 40 s until the relay's
+    publish timed out, while nothing was published. Now it is "not ready" within the check's time
+    limit, and ready again once the broker answers."""
+    broker = EmbeddedKafka()  # its own: the test stops it
+    broker.start()
+    try:
+        assert broker.process is not None
+        hub = Hub(make_settings(broker, db_url, unique))
+        await hub.start()
+        try:
+            transport = httpx.ASGITransport(app=create_app(hub.settings, hub=hub))
+            async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+                assert (await client.get("/readyz")).status_code == 200
+                os.kill(broker.process.pid, signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(READY_FOR_S + 0.1)  # past the look that said ready
+                    answer = await client.get("/readyz")
+                finally:
+                    os.kill(broker.process.pid, signal.SIGCONT)
+                assert answer.status_code == 503
+                assert answer.json()["checks"]["store"] == "ok"
+                assert answer.json()["checks"]["broker"] != "ok"
+
+                async def ready() -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await wait_for(ready, timeout_s=30, interval_s=0.5)
+        finally:
+            await hub.stop()
+    finally:
+        broker.stop()
