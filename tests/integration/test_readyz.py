@@ -99,3 +99,40 @@ async def test_readyz_says_the_broker_is_down_when_it_stops_answering_with_its_c
             await hub.stop()
     finally:
         broker.stop()
+
+
+class Waiting:
+    """A component whose check answers only once another's has begun: checked one after another,
+    it ran out its 3 s before the next began, as a hung store did before a hung broker was asked."""
+
+    def __init__(self, begun: asyncio.Event) -> None:
+        self.begun = begun
+
+    async def ping(self) -> None:
+        await self.begun.wait()
+
+
+class Beginning:
+    def __init__(self, begun: asyncio.Event) -> None:
+        self.begun = begun
+
+    async def ping(self) -> None:
+        self.begun.set()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_readyz_asks_every_dependency_at_once(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
+    begun = asyncio.Event()
+
+    def register(hub: Hub) -> None:
+        hub.components["first"] = Waiting(begun)
+        hub.components["second"] = Beginning(begun)
+
+    settings = make_settings(kafka, db_url, unique, components=["verwijsindex"])
+    hub = Hub(settings, registrars={"verwijsindex": [register]})
+    await hub.start()
+    try:
+        checks = await hub.readiness()
+        assert checks == {"store": "ok", "broker": "ok", "first": "ok", "second": "ok"}, checks
+    finally:
+        await hub.stop()
