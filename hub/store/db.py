@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -21,6 +24,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from hub.logging import get_logger
+
+log = get_logger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -40,6 +46,47 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database (or a `file:` URI)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or parsed.query.get("uri"):
+        return None
+    return Path(database)
+
+
+def keep_private(path: Path) -> None:
+    """Only the owner may read the SQLite database (0600, as ketenhub.secret beside it): it holds BSNs
+    and referrals. A new file is made so before SQLite opens it, and SQLite gives its -wal and -shm
+    files the database file's mode. An existing file that others may read, and its -wal, -shm or
+    -journal left beside it, is made owner-only, saying so."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # no such directory: SQLite says so when it opens the file
+        return
+    for file in [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))]:
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                log.warning(
+                    "database file was readable by others; made it owner-only",
+                    file=str(file),
+                    was=f"{mode:o}",
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not its owner: the owner must do it
+            log.error(
+                "database file is readable by others and its mode cannot be changed",
+                file=str(file),
+                error=f"{type(exc).__name__}: {exc.strerror or exc}",
+            )
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -83,6 +130,9 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             pool_size=20,
             max_overflow=20,
         )
+        path = sqlite_file(url)
+        if path is not None:  # before each connection opens the file (cheap: a failed create, stats)
+            event.listen(engine.sync_engine, "do_connect", lambda *_: keep_private(path))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
