@@ -11,10 +11,12 @@ missing one skip and say which.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -339,6 +341,265 @@ def test_kafka_init_lets_each_receiver_type_read_its_handovers_and_write_only_it
     secrets = set(_compose()["services"]["kafka-init"]["secrets"])
     for receiver in HANDOVER_RECEIVERS:
         assert f"kafka-receiver-{receiver}-password" in secrets
+
+
+# --- (a2) Kafka ACLs against what each component's process does -----------------------------------
+# The brokers refuse whatever no ACL allows (allow.everyone.if.no.acl.found=false), and tansu, which the
+# other tests run on, checks no ACL at all: a consumer group or topic a component starts to use without
+# a grant in kafka-init works in every test and stops that component in production. So each hub
+# service is started as compose starts it, up to the moment its consumers would join their groups, and
+# what it would do there is held against the ACLs kafka-init adds.
+
+# Kafka's implied operations: Read, Write, Delete or Alter on a resource allow Describe on it, and
+# AlterConfigs allows DescribeConfigs (org.apache.kafka.common.acl.AclOperation, AclAuthorizer).
+_IMPLIED_BY = {"Describe": {"Read", "Write", "Delete", "Alter"}, "DescribeConfigs": {"AlterConfigs"}}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One allow-ACL that kafka-init adds."""
+
+    principal: str
+    resource: str  # topic, group, cluster, transactional-id
+    name: str
+    prefixed: bool
+    operations: frozenset[str]
+
+    def allows(self, principal: str, resource: str, name: str, operation: str) -> bool:
+        if (principal, resource) != (self.principal, self.resource):
+            return False
+        if not (name.startswith(self.name) if self.prefixed else self.name in {name, "*"}):
+            return False
+        ops = self.operations
+        return "All" in ops or operation in ops or bool(ops & _IMPLIED_BY.get(operation, set()))
+
+
+def _acl_grants(args: list[str]) -> list[Grant]:
+    """The grants of one `kafka-acls.sh` call (none for --list); an option not understood here fails,
+    so that a deny rule or another resource type gets taught to this check instead of passing it."""
+    if "--add" not in args:
+        return []
+    principals: list[str] = []
+    resources: list[tuple[str, str]] = []
+    operations: set[str] = set()
+    prefixed = False
+    words = iter(args)
+    for word in words:
+        if word in {"--add", "--list"}:
+            continue
+        if word == "--cluster":
+            resources.append(("cluster", "kafka-cluster"))
+            continue
+        value = next(words)
+        if word in {"--bootstrap-server", "--command-config"}:
+            continue
+        if word == "--allow-principal":
+            principals.append(value.removeprefix("User:"))
+        elif word == "--operation":
+            operations.add(value)
+        elif word == "--resource-pattern-type":
+            assert value in {"literal", "prefixed"}, f"kafka-init: pattern type {value} not checked here"
+            prefixed = value == "prefixed"
+        elif word in {"--topic", "--group", "--transactional-id"}:
+            resources.append((word[2:], value))
+        else:
+            raise AssertionError(f"kafka-init: kafka-acls option {word} is not understood by this check")
+    assert principals and resources and operations, f"kafka-init: incomplete ACL {args}"
+    return [
+        Grant(p, kind, name, prefixed, frozenset(operations)) for p in principals for kind, name in resources
+    ]
+
+
+def _kafka_init_grants(tmp_path: Path) -> list[Grant]:
+    """Every ACL kafka-init adds: its script run by bash as compose hands it over, with Kafka's tools
+    replaced by a recorder of their arguments (loops, functions and variables are bash's to read)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is needed to read kafka-init's ACLs")
+    secrets, tools, calls = tmp_path / "secrets", tmp_path / "bin", tmp_path / "calls"
+    secrets.mkdir()
+    tools.mkdir()
+    for name in _compose()["services"]["kafka-init"]["secrets"]:
+        (secrets / name).write_text("not-a-real-password")
+    for tool in ("kafka-configs", "kafka-topics", "kafka-acls"):
+        fake = tools / f"{tool}.sh"
+        fake.write_text(f"#!/bin/sh\nprintf '%s\\0' {tool} \"$@\" >> '{calls}'\nprintf '\\n' >> '{calls}'\n")
+        fake.chmod(0o755)
+    script = tmp_path / "kafka-init.sh"
+    script.write_text(
+        _kafka_script("kafka-init")
+        .replace("$$", "$")  # compose turns $$ into $
+        .replace("/run/secrets/", f"{secrets}/")
+        .replace("/opt/kafka/bin/", f"{tools}/")
+        .replace("/tmp/admin.properties", str(tmp_path / "admin.properties"))  # noqa: S108 (the script's path, moved)
+    )
+    result = _run(bash, str(script))
+    assert result.returncode == 0, result.stdout + result.stderr
+    grants: list[Grant] = []
+    for record in calls.read_text().split("\0\n"):
+        tool, *args = record.split("\0") if record else [""]
+        if tool == "kafka-acls":
+            grants += _acl_grants(args)
+    return grants
+
+
+@dataclass
+class Process:
+    """What one hub service does on Kafka, as its process is wired (Hub.start) from compose's settings."""
+
+    service: str
+    principal: str
+    groups: set[str] = field(default_factory=set)  # joins (and commits in): Read
+    reads: set[str] = field(default_factory=set)  # its consumers' topics
+    dead_letters: set[str] = field(default_factory=set)  # its consumers' DLQs
+    hub_topics: set[str] = field(default_factory=set)  # what Hub.start makes sure exists
+
+
+class _Wired(Exception):
+    """Raised where Hub.start would start the consumers: the process is wired, nothing is connected."""
+
+
+def _compose_environment(service: str) -> dict[str, str]:
+    """The KETENHUB_* environment compose gives a hub service, with made-up values for deploy/.env."""
+    env = _compose()["services"][service]["environment"]
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if default is not None and default.startswith(":-"):
+            return default[2:]
+        return "compose-test-secret-that-is-long-enough-0123456789" if name == "KETENHUB_SECRET" else "x"
+
+    return {k: re.sub(r"\$\{(\w+)(:[-?][^}]*)?\}", value, str(v)) for k, v in env.items()}
+
+
+async def _wire(service: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Process:
+    """Run Hub.start for a compose service up to its consumers joining: registrars, subscribers, relay.
+
+    Only the edges that need a cluster are replaced: creating topics (recorded instead), the producer,
+    and starting the consumers (where the wiring is taken). The store is a local SQLite file.
+    """
+    from hub import runtime
+    from hub.app import REGISTRARS
+    from hub.config import load_settings
+
+    command = _compose()["services"][service]["command"]
+    assert command[:2] == ["run", "--components"], command
+    env = _compose_environment(service)
+    for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", database_url)
+    settings = load_settings(components=command[2].split(","))
+    assert settings.kafka.sasl_username is not None
+    process = Process(service, settings.kafka.sasl_username)
+
+    async def ensure_topics(options: Any, topics: Any, *, replication_factor: int) -> list[str]:
+        process.hub_topics |= {t.name for t in topics}
+        return []
+
+    class Producer:
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+    async def start_broker(broker: Any) -> None:
+        for sub in broker.subscribers:
+            assert sub.pattern is None and not sub.partitions, "teach this check patterns/partitions"
+            process.groups.add(sub.group_id)
+            process.reads |= set(sub.topic_names)
+        raise _Wired
+
+    monkeypatch.setattr(runtime, "ensure_topics", ensure_topics)
+    monkeypatch.setattr(runtime, "make_producer", lambda options: Producer())
+    monkeypatch.setattr(runtime, "_start_broker", start_broker)
+    hub = runtime.Hub(settings, registrars=REGISTRARS)
+    try:
+        with pytest.raises(_Wired):
+            await hub.start()
+        assert hub.spine is not None
+        process.dead_letters = {sub.dlq for sub in hub.spine.subscriptions}
+        assert {sub.group for sub in hub.spine.subscriptions} <= process.groups
+    finally:
+        await hub.stop()
+    return process
+
+
+@pytest.fixture(scope="module")
+async def hub_processes(tmp_path_factory: pytest.TempPathFactory) -> list[Process]:
+    database = tmp_path_factory.mktemp("acl") / "wiring.db"
+    processes = []
+    for service in HUB_COMPONENTS:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            processes.append(await _wire(service, f"sqlite+aiosqlite:///{database}", monkeypatch))
+    return processes
+
+
+def _missing_grants(processes: list[Process], grants: list[Grant]) -> list[str]:
+    """What a process does that no ACL allows its principal, one line each."""
+    every_group = set().union(*(p.groups for p in processes))
+    missing = []
+
+    def need(p: Process, resource: str, name: str, operations: tuple[str, ...], why: str) -> None:
+        for op in operations:
+            if not any(g.allows(p.principal, resource, name, op) for g in grants):
+                missing.append(f"{p.service}: {p.principal} may not {op} {resource} {name} ({why})")
+
+    for p in processes:
+        for group in sorted(p.groups):
+            need(p, "group", group, ("Read", "Describe"), "its consumers join it and commit in it")
+        for group in sorted(every_group):  # the lag on /metrics, which every process serves
+            need(p, "group", group, ("Describe",), "lag on /metrics")
+        for topic in sorted(p.reads):
+            need(p, "topic", topic, ("Read", "Describe"), "its consumers read it")
+        for topic in sorted(p.dead_letters):
+            need(p, "topic", topic, ("Write",), "its consumers dead-letter there")
+        for topic in sorted(p.hub_topics):
+            need(p, "topic", topic, ("Create", "Describe"), "created at start when missing")
+            # The outbox is shared: every process's relay publishes whatever any component emitted.
+            need(p, "topic", topic, ("Write",), "the outbox relay")
+            need(p, "topic", topic, ("Read",), "record ages for the lag, dead letters on the console")
+    return missing
+
+
+def test_kafka_init_grants_each_component_what_its_process_does(
+    hub_processes: list[Process], tmp_path: Path
+) -> None:
+    """Each hub service, wired as compose starts it, may join every consumer group it joins and read,
+    write and create every topic it does; a new group or topic without its grant fails here."""
+    by_service = {p.service: p for p in hub_processes}
+    assert {p.principal for p in hub_processes} == {f"ketenhub-{c}" for c in HUB_COMPONENTS}
+    assert by_service["intake"].groups and by_service["api"].hub_topics  # the wiring was taken
+    grants = _kafka_init_grants(tmp_path)
+    missing = _missing_grants(hub_processes, grants)
+    assert missing == [], "kafka-init in deploy/compose.yaml lacks grants:\n" + "\n".join(missing)
+    # deploy/README.md: a component principal cannot join another component's consumer group.
+    for p in hub_processes:
+        others = set().union(*(o.groups for o in hub_processes if o is not p)) - p.groups
+        joinable = sorted(g for g in others if any(a.allows(p.principal, "group", g, "Read") for a in grants))
+        assert joinable == [], f"{p.principal} may join another component's groups"
+    # Kubernetes runs each component under the principal compose gives it, so these grants hold there.
+    for doc in _all_k8s_docs():
+        if doc["kind"] == "Deployment":
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            principal = by_service[container["args"][2]].principal
+            assert env["KETENHUB_KAFKA__SASL_USERNAME"] == principal, doc["metadata"]["name"]
+
+
+def test_acl_check_catches_a_group_joined_without_a_grant(
+    hub_processes: list[Process], tmp_path: Path
+) -> None:
+    """The check above is not vacuous: a consumer group that no grant names is reported."""
+    routing = next(p for p in hub_processes if p.service == "routing")
+    joined = Process(routing.service, routing.principal, groups={*routing.groups, "ketenhub-something-new"})
+    missing = _missing_grants([joined], _kafka_init_grants(tmp_path))
+    assert [m for m in missing if "ketenhub-something-new" in m] == [
+        "routing: ketenhub-routing may not Read group ketenhub-something-new (its consumers join it and "
+        "commit in it)"
+    ]
 
 
 @pytest.mark.parametrize("name", ["kafka-start", "kafka-init"])
