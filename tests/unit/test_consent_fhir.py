@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
@@ -11,6 +12,7 @@ from fhir.resources.R4B.consent import Consent as FhirConsent
 from hub.consent.fhir import (
     EXT_COMPLETENESS,
     EXT_CUSTODIANS,
+    EXT_STATUS,
     NS_BSN,
     FhirConsentError,
     from_fhir,
@@ -238,3 +240,135 @@ def test_a_number_of_custodians_that_does_not_fit_is_refused_by_path(extensions:
         from_fhir(resource, resolve_bsn={KEY: BSN}.get)
     [problem] = info.value.problems
     assert problem.startswith("extension.custodian-count: ") and "1-2" in problem
+
+
+@pytest.mark.parametrize("status", ["rejected", "draft", "proposed", "entered-in-error", "inactive"])
+def test_a_resource_not_in_force_is_never_actief_whatever_the_extension_says(status: str) -> None:
+    """FHIR `status` is the resource's own verdict; the hub's status extension overrode it, so a
+    consent the resource calls rejected (or a draft) was stored ACTIEF and a handover went under it."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))  # status active, extension ACTIEF
+    resource["status"] = status
+    validate_fhir(resource)  # valid FHIR: refused by the hub, for what it says
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith("extension.consent-status: zegt ACTIEF") and "status active" in problem
+    resource["extension"] = [e for e in resource["extension"] if e["url"] != EXT_STATUS]
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get).status is not ConsentStatus.ACTIEF
+
+
+@pytest.mark.parametrize("stated", ["INGETROKKEN", "VERLOPEN", "GELDIG"])
+def test_an_active_resource_whose_extension_says_otherwise_is_refused_by_path(stated: object) -> None:
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    [ext] = [e for e in resource["extension"] if e["url"] == EXT_STATUS]
+    ext["valueCode"] = stated
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith("extension.consent-status: ") and "GELDIG" not in problem
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "valid_from", "valid_until"),
+    [
+        ("2025-06-01", "2025-06-30", date(2025, 6, 1), date(2025, 6, 30)),  # what to_fhir writes
+        # an end at Dutch midnight (summer, winter) ends the day before: that day is not covered
+        ("2025-06-01", "2025-07-01T00:00:00+02:00", date(2025, 6, 1), date(2025, 6, 30)),
+        ("2025-06-01", "2025-12-01T00:00:00+01:00", date(2025, 6, 1), date(2025, 11, 30)),
+        ("2025-06-01", "2025-06-30T23:59:59+02:00", date(2025, 6, 1), date(2025, 6, 30)),
+        ("2025-06-01", "2025-06-30T21:59:59.5Z", date(2025, 6, 1), date(2025, 6, 30)),
+        # 1 July 00:30 at +14:00 is 30 June 12:30 in the Netherlands: 30 June is not covered whole
+        ("2025-06-01", "2025-07-01T00:30:00+14:00", date(2025, 6, 1), date(2025, 6, 29)),
+        # 23:30 UTC on 30 June is 1 July 01:30 in the Netherlands: 30 June is covered, 1 July not
+        ("2025-06-01", "2025-06-30T23:30:00Z", date(2025, 6, 1), date(2025, 6, 30)),
+        # 1 July 23:00 at -10:00 is 2 July 11:00 in the Netherlands: the first whole day is 3 July
+        ("2025-07-01T23:00:00-10:00", "2025-12-31", date(2025, 7, 3), date(2025, 12, 31)),
+        ("2025-07-02T00:00:00+02:00", "2025-12-31", date(2025, 7, 2), date(2025, 12, 31)),
+        ("2025-01-01T23:00:00Z", "2025-12-31", date(2025, 1, 2), date(2025, 12, 31)),  # 2 Jan 00:00
+    ],
+)
+def test_a_period_with_times_covers_the_whole_dutch_days_inside_it(
+    start: str, end: str, valid_from: date, valid_until: date
+) -> None:
+    """The period was cut to its first ten characters: a date in the sender's own offset, and an end
+    instant read as covering all of its day. A handover then went on a day the consent did not cover."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    resource["provision"]["period"] = {"start": start, "end": end}
+    validate_fhir(resource)
+    consent = from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    assert (consent.valid_from, consent.valid_until) == (valid_from, valid_until)
+
+
+@pytest.mark.parametrize(
+    ("period", "path", "says"),
+    [
+        ({"start": "2025-06-01", "end": "2026"}, "provision.period.end", "volledige datum"),
+        ({"start": "2025-06", "end": "2025-12-31"}, "provision.period.start", "volledige datum"),
+        ({"start": "2025-06-01"}, "provision.period.end", "ontbreekt"),
+        ({"end": "2025-12-31"}, "provision.period.start", "ontbreekt"),
+        ({"start": "2025-06-01", "end": "2025-06-30T23:59:60+02:00"}, "provision.period.end", "bestaande"),
+        (
+            {"start": "2025-06-01T12:00:00+02:00", "end": "2025-06-01T18:00:00+02:00"},
+            "provision.period",
+            "hele dag",
+        ),
+        (None, "provision.period", "ontbreekt"),
+    ],
+)
+def test_a_period_the_hub_cannot_hold_is_refused_naming_the_field(
+    period: dict[str, str] | None, path: str, says: str
+) -> None:
+    """A partial date or an open bound was refused as "mapping: ValueError" / "mapping: end"."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    if period is None:
+        del resource["provision"]["period"]
+    else:
+        resource["provision"]["period"] = period
+    validate_fhir(resource)  # all of it is valid FHIR
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = info.value.problems
+    assert problem.startswith(path + ": ") and says in problem
+
+
+SECRET_TEXT = "Jan de Vries BSN 123456782"
+
+
+def _unresolvable_reference(resource: dict[str, Any]) -> str:
+    resource["verification"][0]["verifiedWith"]["reference"] = f"#{SECRET_TEXT}"
+    return "verification.0.verifiedWith"
+
+
+def _unknown_category(resource: dict[str, Any]) -> str:
+    resource["provision"]["class"][1]["code"] = SECRET_TEXT
+    return "provision.class.1"
+
+
+def _unknown_role(resource: dict[str, Any]) -> str:
+    resource["contained"][2]["relationship"][0]["coding"][1]["code"] = SECRET_TEXT
+    return "verification.1.verifiedWith.relationship"
+
+
+def _unknown_element(resource: dict[str, Any]) -> str:
+    resource["provision"][SECRET_TEXT] = "x"
+    return "provision"
+
+
+def _partial_birth_date(resource: dict[str, Any]) -> str:
+    resource["contained"][0]["birthDate"] = "2011"
+    return "contained.Patient.birthDate"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_unresolvable_reference, _unknown_category, _unknown_role, _unknown_element, _partial_birth_date],
+)
+def test_a_resource_the_hub_cannot_map_is_refused_by_path_never_echoing_the_text(change: object) -> None:
+    """A reference that resolved to nothing came back as 'mapping: <the reference>': a name and a
+    BSN the caller had put there went into the 400 (and so into logs and screens)."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    path = change(resource)  # type: ignore[operator]
+    with pytest.raises(FhirConsentError) as info:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    assert [p.split(":")[0] for p in info.value.problems] == [path], info.value.problems
+    assert not any(part in str(info.value.problems) for part in ("Jan", "Vries", "123456782"))
