@@ -19,12 +19,13 @@ from hub.handovers.delivery_state import (
 )
 from hub.handovers.messages import HANDOVER
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
+from hub.handovers.routing import routing_of
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.retry.ladder import RetryLadder
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.spine import Tx
-from hub.topics import HANDOVER_DISPATCH, NOTIFICATION_MAIL
+from hub.topics import HANDOVER_DISPATCH
 from schemas.envelope import Envelope
 
 LADDER = "receivers-webhook"
@@ -37,7 +38,7 @@ class WebhookDelivery:
         assert hub.store is not None
         self.hub, self.store = hub, hub.store
         self.settings = hub.settings.handovers
-        self.mail_topic = hub.topic(NOTIFICATION_MAIL.name)
+        self.routing = routing_of(hub)  # a handover back to waiting is routed again at once
         self.client = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s)
         # Message ids whose handover may no longer go (rules 9, 10): delivered as far as the ladder is
         # concerned, never audited as a disclosure. Kept, not forgotten when read: a round's batch that
@@ -65,7 +66,7 @@ class WebhookDelivery:
             await hold_for_delivery(session, message)
             verdict = await delivery_verdict(session, message, day=self.hub.today())
             if verdict.lapsed:  # ended now: a retry of this message finds it ended
-                await record_lapsed(session, message, verdict.gaps, mail_topic=self.mail_topic)
+                await record_lapsed(session, self.routing, message, verdict.gaps)
             elif verdict.go:
                 if target is None or target.mode != "webhook" or not target.url or not target.secret:
                     raise PermanentError("receiver has no webhook delivery")
@@ -146,7 +147,7 @@ async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelop
     await hold_for_delivery(tx.session, message)  # the check and the send one step (rule 10)
     verdict = await delivery_verdict(tx.session, message, day=hub.today())
     if verdict.lapsed:
-        await record_lapsed(tx.session, message, verdict.gaps, mail_topic=hub.topic(NOTIFICATION_MAIL.name))
+        await record_lapsed(tx.session, routing_of(hub), message, verdict.gaps)
     if not verdict.go:
         return
     await tx.emit(hub.topic(target.topic_name), message, key=youth_key)

@@ -43,6 +43,7 @@ from hub.intake.tables import referrals
 from hub.runtime import Hub
 from hub.store.locks import lock_youths
 from schemas._base import CanonicalModel, Code, ShortText, as_code
+from schemas.caseworker import Caseworker
 from schemas.consent import (
     MAX_CUSTODIANS,
     Consent,
@@ -290,7 +291,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     async with _refusal_audited(hub, act), hub.store.transaction() as session:
         if media_type_of(request) == FHIR_JSON:
-            consent, referral_id = await _from_fhir_body(session, raw, caseworker.caseworker_id, secret)
+            consent, referral_id = await _from_fhir_body(session, raw, caseworker, secret)
             key = make_key(secret, consent.youth.bsn)
         else:
             try:
@@ -300,6 +301,7 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
             if not (body.referral_id or body.youth_key):
                 raise Problem(400, "Ongeldige toestemming", "Geef referral_id of youth_key.")
             youth, key, referral_id = await _youth(session, body.referral_id, body.youth_key)
+            await _may_record(session, key, caseworker)
             try:
                 consent = Consent(
                     youth=youth,
@@ -354,8 +356,16 @@ async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
         raise
 
 
+async def _may_record(session: Any, youth_key: str, caseworker: Caseworker) -> None:
+    """403 unless the caseworker works on the youth's case (or nobody does yet): recording a consent
+    makes its recorder one who works on the case (`may_see_case`), and so would open the case's
+    consents and handovers to anyone who recorded one, and let them withdraw the others'."""
+    if not await may_see_case(session, youth_key, caseworker):
+        raise Problem(403, "Geen toegang", NOT_YOURS)
+
+
 async def _from_fhir_body(
-    session: Any, raw: bytes, caseworker_id: str, secret: str
+    session: Any, raw: bytes, caseworker: Caseworker, secret: str
 ) -> tuple[Consent, str | None]:
     """The consent in a FHIR body, for a youth the hub knows from a referral.
 
@@ -392,6 +402,7 @@ async def _from_fhir_body(
         raise Problem(400, "Ongeldige FHIR Consent", "Zie invalidParams.", params=params) from None
     ykey = key if key in known else make_key(secret, consent.youth.bsn)
     youth, _, referral_id = await _youth(session, None, ykey)  # 404 for a youth unknown here
+    await _may_record(session, ykey, caseworker)
     wrong = []
     if consent.youth.bsn != youth.bsn:
         wrong.append(
@@ -405,7 +416,9 @@ async def _from_fhir_body(
         )
     if wrong:
         raise _KnownYouthRefused(ykey, [p.name for p in wrong], wrong)
-    consent = consent.model_copy(update={"recorded_by": caseworker_id, "consent_id": None, "youth": youth})
+    consent = consent.model_copy(
+        update={"recorded_by": caseworker.caseworker_id, "consent_id": None, "youth": youth}
+    )
     return consent, referral_id
 
 

@@ -242,40 +242,52 @@ DISCLOSED = frozenset(
         HandoverStatus.GEWEIGERD,
     }
 )
+# Ended before it was delivered (its consent stopped covering it), yet perhaps after a POST that got
+# no 2xx: the receiver may have it all the same.
+LAPSED = frozenset({HandoverStatus.VERLOPEN})
 
 
 @dataclass(frozen=True)
 class HandoverView:
-    """What rule 10 needs to know of a handover."""
+    """What rule 10 needs to know of a handover. `may_have`: its receiver got it or may have it,
+    whatever its status says now: delivered, sent without an answer it was taken (a webhook that
+    stored it and answered 500, a timeout), or answered by the receiver."""
 
     handover_id: str
     receiver: str
     purpose: ConsentPurpose
     status: HandoverStatus
     consent_id: str | None
+    may_have: bool
 
 
 @dataclass(frozen=True)
 class WithdrawalEffects:
-    """What a withdrawal does: handovers to withdraw, and receivers to tell (they got data)."""
+    """What a withdrawal does: handovers to withdraw, and receivers to tell (they may have data)."""
 
     withdraw: tuple[str, ...]
     tell: tuple[tuple[str, str], ...]  # (handover id, receiver)
 
 
 def withdrawal_effects(consent: Consent, handovers: Sequence[HandoverView]) -> WithdrawalEffects:
-    """Rule 10: handovers sent under this consent are withdrawn and their receivers told; handovers
-    still waiting for a consent to these receivers for this purpose are withdrawn too."""
+    """Rule 10: handovers sent under this consent are withdrawn, and so are handovers still waiting
+    for a consent to these receivers for this purpose, and one that lapsed under it after its
+    receiver may have got it. Of those, every receiver that may have the handover is told, by what
+    it may have (`may_have`), not by the status: a handover back to waiting, or lapsed, after a POST
+    that failed may be with its receiver all the same; one sent but not yet tried is not."""
     withdraw: list[str] = []
     tell: list[tuple[str, str]] = []
     for h in handovers:
-        if h.status in DISCLOSED and h.consent_id == consent.consent_id:
-            withdraw.append(h.handover_id)
-            tell.append((h.handover_id, h.receiver))
-        elif (
+        under_it = h.consent_id == consent.consent_id and (
+            h.status in DISCLOSED or (h.status in LAPSED and h.may_have)
+        )
+        waiting_for_it = (
             h.status in OPEN
             and h.purpose is consent.purpose
             and h.receiver in consent.recipient_organisations
-        ):
+        )
+        if under_it or waiting_for_it:
             withdraw.append(h.handover_id)
+            if h.may_have:
+                tell.append((h.handover_id, h.receiver))
     return WithdrawalEffects(tuple(withdraw), tuple(tell))

@@ -27,12 +27,14 @@ from hub.handovers.service import (
     HandoverProblem,
     create_handover,
     get_handover,
+    load_referral,
 )
 from hub.handovers.tables import handovers
 from hub.partners import CurrentPartner
 from hub.runtime import Hub
 from schemas._base import CanonicalModel, Code, ShortText
 from schemas.bsn import is_valid_bsn
+from schemas.caseworker import Caseworker
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.handover import Handover, JointMeeting, ReceiverType
 
@@ -160,7 +162,7 @@ def _hub(request: Request) -> Hub:
 async def _request(
     request: Request,
     response: Response,
-    caseworker_id: str,
+    caseworker: Caseworker,
     body: HandoverIn | ZorgmeldingIn,
     purpose: str,
     basis: str | None,
@@ -168,7 +170,12 @@ async def _request(
     check: Callable[[Hub], None] = lambda _: None,
 ) -> HandoverOut:
     """Ask for a handover; `check` refuses what this endpoint may not ask for, after a retry with
-    an `Idempotency-Key` was answered with what its first request made."""
+    an `Idempotency-Key` was answered with what its first request made.
+
+    Only a caseworker who works on the youth's case (or anyone, while nobody does yet) may ask:
+    asking makes them one who works on it (`may_see_case`), which opens the case's consents and
+    handovers, and a handover discloses the youth's data."""
+    caseworker_id = caseworker.caseworker_id
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker_id, transaction_id=request.state.transaction_id)
@@ -189,6 +196,9 @@ async def _request(
     check(hub)
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
+        found = await load_referral(session, body.referral_id)  # unknown: create_handover says 404
+        if found is not None and not await may_see_case(session, found[1], caseworker):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         target = await receiver_delivery(session, body.receiver_organisation)
         if target is None:
             raise Problem(
@@ -227,9 +237,7 @@ async def request_handover(
     """Ask for a warm handover; it goes out once a consent covers it (rule 9).
 
     Sent again with the same `Idempotency-Key`, it answers with the handover the first one made."""
-    return await _request(
-        request, response, caseworker.caseworker_id, body, body.purpose.value, None, idempotency_key
-    )
+    return await _request(request, response, caseworker, body, body.purpose.value, None, idempotency_key)
 
 
 @router.post("/zorgmeldingen", status_code=202, response_model=HandoverOut)
@@ -253,7 +261,7 @@ async def request_zorgmelding(
             )
 
     return await _request(
-        request, response, caseworker.caseworker_id, body, ZORGMELDING, body.legal_basis, idempotency_key,
+        request, response, caseworker, body, ZORGMELDING, body.legal_basis, idempotency_key,
         check=to_veilig_thuis,
     )  # fmt: skip
 

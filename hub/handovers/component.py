@@ -17,6 +17,7 @@ from hub.handovers.answers import (
     refused_answer_audit,
 )
 from hub.handovers.receivers import kafka_readers
+from hub.handovers.routing import routing_of as routing_of  # re-exported: its home before
 from hub.handovers.service import (
     Act,
     HandoverProblem,
@@ -33,10 +34,8 @@ from hub.spine import Tx
 from hub.spine.consumer import DeadLetter
 from hub.spine.dlq import safe_error_message
 from hub.topics import (
-    HANDOVER_DISPATCH,
     HANDOVER_REQUESTED,
     HANDOVER_STATUS,
-    NOTIFICATION_MAIL,
     handover_answers,
     handover_outbound,
 )
@@ -54,20 +53,6 @@ class HandoverAnswer(CanonicalModel):
     status: HandoverStatus
     reason: ShortText | None = None
     meeting_planned_at: Moment | None = Field(default=None, description="the joint meeting, once planned")
-
-
-def routing_of(hub: Hub) -> Routing:
-    """The hub's routing settings (topics under its prefix), made once."""
-    r = hub.components.get("routing")
-    if not isinstance(r, Routing):
-        r = Routing(
-            requested_topic=hub.topic(HANDOVER_REQUESTED.name),
-            dispatch_topic=hub.topic(HANDOVER_DISPATCH.name),
-            mail_topic=hub.topic(NOTIFICATION_MAIL.name),
-            clock=lambda: hub.clock(),  # the hub's clock, also when it is set after this is made
-        )
-        hub.components["routing"] = r
-    return r
 
 
 def register_routing(hub: Hub) -> None:

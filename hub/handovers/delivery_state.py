@@ -15,8 +15,9 @@ from hub.consent.rules import Disclosure, Gap, coverage
 from hub.consent.store import consents_of, get_consent
 from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
-from hub.handovers.service import ZORGMELDING, get_handover
+from hub.handovers.service import ZORGMELDING, Act, Routing, get_handover, route
 from hub.handovers.tables import handovers
+from hub.store.locks import lock_youths
 from schemas._base import as_code
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.envelope import Envelope, utcnow
@@ -97,23 +98,27 @@ async def consent_gaps(session: AsyncSession, row: Any, day: date) -> tuple[str,
     return tuple(g.value for g in coverage(stored.consent, disclosure, named=named).gaps)
 
 
-async def record_lapsed(
-    session: AsyncSession, message: Envelope, gaps: tuple[str, ...], *, mail_topic: str
-) -> bool:
+async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, gaps: tuple[str, ...]) -> bool:
     """Rule 9: a dispatched handover whose consent no longer covers it does not leave. It ends
     VERLOPEN (INGETROKKEN when its consent was withdrawn), audited, and its caseworker is told, in
-    the caller's transaction. False when the handover was decided otherwise meanwhile.
+    the caller's transaction (`hold_for_delivery` took its locks). False when the handover was
+    decided otherwise meanwhile.
 
     A consent that is only no longer complete (rule 8: a custodian named since, or a number of
     custodians a consent recorded before it was asked for lacks) can be made whole: the handover
-    waits again (WACHT_OP_TOESTEMMING) rather than ending, and goes once a complete consent is
-    recorded, as any waiting handover does."""
+    waits again (WACHT_OP_TOESTEMMING) rather than ending, and is routed again at once: another
+    consent that covers it sends it now, else it goes once a complete consent is recorded, as any
+    waiting handover does.
+
+    Either way it keeps `attempted_at`: a receiver that was sent it (a POST without a 2xx) may have
+    it, and a withdrawal of the consent tells it so (rule 10), whatever the handover's status."""
     handover_id = as_code(message.payload.get("handover_id"))
     row = await get_handover(session, handover_id, lock=True) if handover_id is not None else None
     if row is None or row.status != HandoverStatus.VERZONDEN.value or row.delivered_at is not None:
         return False
+    may_have = row.attempted_at is not None
     if set(gaps) == {Gap.ONVOLLEDIG.value}:
-        await _wait_again(session, row, message, gaps, mail_topic=mail_topic)
+        await _wait_again(session, r, row, message, gaps)
         return True
     withdrawn = Gap.INGETROKKEN.value in gaps
     status = HandoverStatus.INGETROKKEN if withdrawn else HandoverStatus.VERLOPEN
@@ -125,16 +130,16 @@ async def record_lapsed(
     )
     await _audit(
         session, "handover.lapsed", SYSTEM, row, message,
-        consent_id=row.consent_id, status=status.value, gaps=list(gaps),
+        consent_id=row.consent_id, status=status.value, gaps=list(gaps), attempted=may_have,
     )  # fmt: skip
-    detail = (
-        "zij is niet afgeleverd, want de toestemming dekt haar niet meer ("
+    detail = (_MAY_HAVE + "; zij gaat niet opnieuw" if may_have else "zij is niet afgeleverd") + (
+        ", want de toestemming dekt haar niet meer ("
         + ", ".join(gaps)
         + "). Vraag zo nodig een nieuwe toestemming en een nieuwe overdracht aan."
     )
     await messages.tell_requester(
         session,
-        mail_topic,
+        r.mail_topic,
         row,
         template="handover.lapsed",
         transaction_id=message.transaction_id,
@@ -143,10 +148,16 @@ async def record_lapsed(
     return True
 
 
+# Said of a handover sent to its receiver without a 2xx answer (`attempted_at`): it may be there.
+_MAY_HAVE = "zij is niet bevestigd afgeleverd, maar de ontvanger kan haar wel al hebben"
+
+
 async def _wait_again(
-    session: AsyncSession, row: Any, message: Envelope, gaps: tuple[str, ...], *, mail_topic: str
+    session: AsyncSession, r: Routing, row: Any, message: Envelope, gaps: tuple[str, ...]
 ) -> None:
-    """Back to waiting for a complete consent: not sent, under no consent, told and audited."""
+    """Back to waiting for a complete consent, audited, and routed again in this transaction: a
+    complete consent recorded while the handover was on its way (whose check passed it by, as it was
+    sent) sends it now. Only if none covers it is its caseworker told that it waits."""
     await session.execute(
         update(handovers)
         .where(handovers.c.id == row.id)
@@ -158,17 +169,23 @@ async def _wait_again(
             updated_at=utcnow(),
         )
     )
+    may_have = row.attempted_at is not None
     await _audit(
-        session, "handover.waiting_again", SYSTEM, row, message, consent_id=row.consent_id, gaps=list(gaps)
-    )
+        session, "handover.waiting_again", SYSTEM, row, message,
+        consent_id=row.consent_id, gaps=list(gaps), attempted=may_have,
+    )  # fmt: skip
+    act = Act(user=SYSTEM, transaction_id=message.transaction_id)
+    if await route(session, r, row.id, act) == HandoverStatus.VERZONDEN.value:
+        return
     detail = (
-        "zij is niet afgeleverd, want de toestemming is niet volledig (regel 8: de toestemming van "
-        "iedere gezaghebber, en hun aantal). Leg de toestemming opnieuw vast met het aantal "
-        "gezaghebbers en hun toestemming; dan gaat de overdracht alsnog."
+        (_MAY_HAVE + "; zij wacht weer, want" if may_have else "zij is niet afgeleverd, want")
+        + " de toestemming is niet volledig (regel 8: de toestemming van iedere gezaghebber, en hun "
+        "aantal). Leg de toestemming opnieuw vast met het aantal gezaghebbers en hun toestemming; "
+        "dan gaat de overdracht alsnog."
     )
     await messages.tell_requester(
         session,
-        mail_topic,
+        r.mail_topic,
         row,
         template="handover.waiting",
         transaction_id=message.transaction_id,
@@ -177,16 +194,19 @@ async def _wait_again(
 
 
 async def hold_for_delivery(session: AsyncSession, message: Envelope) -> None:
-    """Take the locks `route` and a withdrawal take, in their order (the youth's consents shared,
-    then the handover's row), so that the last check and what the delivery records then are one
-    step (rule 10): a withdrawal under way is waited for and seen, or it waits, and then sees that
-    the receiver may have the handover. SQLite's write transactions run one at a time anyway."""
+    """Take the locks `route` and a withdrawal take, in their order (the youth's case lock, the
+    youth's consents shared, then the handover's row), so that the last check and what the delivery
+    records then are one step (rule 10): a withdrawal under way is waited for and seen, or it waits,
+    and then sees that the receiver may have the handover. The case lock comes first because a
+    handover that goes back to waiting is routed again in this transaction (`record_lapsed`), as
+    `route` takes it (hub.store.locks). SQLite's write transactions run one at a time anyway."""
     handover_id = as_code(message.payload.get("handover_id"))
     if message.type != HANDOVER or handover_id is None:
         return
     row = await get_handover(session, handover_id)
     if row is None:
         return
+    await lock_youths(session, [row.youth_key])
     await consents_of(session, row.youth_key, share=True)
     await get_handover(session, handover_id, lock=True)
 

@@ -335,14 +335,21 @@ async def waiting_to_start(session: AsyncSession) -> list[str]:
 
 
 async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredConsent, act: Act) -> list[str]:
-    """Rule 10: withdraw pending handovers, tell receivers that got data; returns the withdrawn ids."""
+    """Rule 10: withdraw pending handovers, tell receivers that got data or may have it (delivered,
+    or POSTed without a 2xx: `attempted_at`), whatever the handover's status became since; returns
+    the withdrawn ids."""
     rows = {
         row.id: row
         for row in await session.execute(select(handovers).where(handovers.c.youth_key == stored.youth_key))
     }
     views = [
         HandoverView(
-            h.id, h.receiver_organisation, ConsentPurpose(h.purpose), HandoverStatus(h.status), h.consent_id
+            h.id,
+            h.receiver_organisation,
+            ConsentPurpose(h.purpose),
+            HandoverStatus(h.status),
+            h.consent_id,
+            may_have=any(t is not None for t in (h.delivered_at, h.attempted_at, h.answered_at)),
         )
         for h in rows.values()
         if h.purpose != ZORGMELDING

@@ -736,3 +736,116 @@ async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_
         await wait_for(lambda: len(w.receiver.handovers()) >= 2, timeout_s=30)
         got = [e.payload["handover_id"] for e in w.receiver.handovers()]
         assert sorted(got) == sorted([hid, second])
+
+
+async def test_a_handover_back_to_waiting_goes_at_once_under_a_whole_consent_recorded_meanwhile(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A handover on its way (its receiver down) under a consent that a later referral made
+    incomplete; the caseworker at once recorded the consent whole, whose check passed the handover
+    by (it was sent). The retry found the first consent incomplete and put the handover back to
+    waiting, and nothing routed it again: it waited for good, and its caseworker was asked to record
+    the consent they had just recorded."""
+    async with world(kafka, db_url, unique) as w:
+        w.receiver.down = True
+        rid, _ = await w.referral(14, custodians=1)
+        first = await w.consent(rid, grantors=ONE_PARENT, custodians=1)
+        hid = await w.handover(rid)
+        await wait_for(lambda: w.receiver.refused >= 1)
+        await _referral_again(w, rid, custodians=2)
+        whole = await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
+        assert whole["complete"] and whole["handovers_sent"] == []  # on its way: passed by
+        w.receiver.down = False
+
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1, timeout_s=30)
+        [got] = w.receiver.handovers()
+        assert got.payload["handover_id"] == hid and got.payload["consent_id"] == whole["consent_id"]
+        state = await w.status(hid)
+        assert state["status"] in ("VERZONDEN", "ONTVANGEN") and state["consent_id"] == whole["consent_id"]
+        (again,) = await w.audit("handover.waiting_again")
+        assert again.objects["consent_id"] == first["consent_id"] and again.objects["gaps"] == ["ONVOLLEDIG"]
+        sent = [a.objects["consent_id"] for a in await w.audit("handover.sent")]
+        assert sent == [first["consent_id"], whole["consent_id"]]
+        # it went: nobody is asked to record a consent that is there
+        assert await _queued(w, "notification.mail", "handover.waiting", hid) == 0
+
+
+async def test_a_receiver_that_may_have_a_handover_back_to_waiting_is_told_of_the_withdrawal(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10. The receiver stored the handover and answered 500, so it may have it; before the
+    retry a later referral made the consent incomplete, and the handover went back to waiting under
+    no consent. Withdrawing the consent then withdrew it as a waiting one, judged by its status: the
+    receiver, which holds the youth's data, was never told."""
+    async with world(kafka, db_url, unique, retry_schedule_s=(0.5,) * 8) as w:
+        rid, _ = await w.referral(14, custodians=1)
+        consent = await w.consent(rid, grantors=ONE_PARENT, custodians=1)
+        w.receiver.fail_after_storing = True
+        hid = await w.handover(rid)
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1)
+        await _referral_again(w, rid, custodians=2)
+
+        async def waiting_again() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if state["status"] == "WACHT_OP_TOESTEMMING" else None
+
+        state = await wait_for(waiting_again, timeout_s=30)
+        assert state["consent_id"] is None and state["delivered_at"] is None
+        (again,) = await w.audit("handover.waiting_again")
+        assert again.objects["attempted"] is True
+        w.receiver.fail_after_storing = False
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "ingetrokken"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200 and r.json()["handovers_withdrawn"] == [hid], r.text
+        (withdrawn,) = await w.audit("handover.withdrawn")
+        assert withdrawn.objects["receiver_told"] is True
+
+        def told() -> list[Any]:
+            return [c["env"] for c in w.receiver.calls if c["env"].type == "HandoverWithdrawn"]
+
+        await wait_for(lambda: len(told()) >= 1, timeout_s=20)
+        [notice] = told()
+        assert notice.payload["handover_id"] == hid
+        assert (await w.status(hid))["status"] == "INGETROKKEN"
+
+
+async def test_a_fhir_consent_not_in_force_is_never_recorded_actief(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The hub's status extension overrode FHIR `status`: an export edited to say "rejected" (or a
+    draft) but still carrying the extension ACTIEF was stored ACTIEF, and a handover went under it."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        first = await w.consent(rid)
+        r = await w.client.get(
+            f"/api/v1/toestemmingen/{first['consent_id']}", headers={"X-Medewerker": CW, "Accept": FHIR_JSON}
+        )
+        resource = r.json()
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{first['consent_id']}/intrekking",
+            json={"reason": "weg"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200
+        fhir = {"X-Medewerker": CW, "Content-Type": FHIR_JSON}
+        for status in ("rejected", "draft", "proposed", "entered-in-error", "inactive"):
+            resource["status"] = status
+            answer = await w.client.post("/api/v1/toestemmingen", json=resource, headers=fhir)
+            _refused(answer, "Ongeldige FHIR Consent", "extension.consent-status", "status active")
+        resource["status"] = "rejected"
+        resource["extension"] = [e for e in resource["extension"] if e["url"] != EXT_STATUS]
+        answer = await w.client.post("/api/v1/toestemmingen", json=resource, headers=fhir)
+        assert answer.status_code == 201 and answer.json()["status"] != "ACTIEF", answer.text
+
+        hid = await w.handover(rid)
+
+        async def judged() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if state["waiting_reasons"] else None
+
+        state = await wait_for(judged)
+        assert state["status"] == "WACHT_OP_TOESTEMMING" and state["consent_id"] is None
+        assert w.receiver.handovers() == []

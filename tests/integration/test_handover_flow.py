@@ -53,6 +53,7 @@ from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "receiver-webhook-secret-0123456789abcdef"
+FHIR = "application/fhir+json"
 TODAY = today()  # the Dutch calendar day, as the hub counts it
 CW = "cw-1"
 
@@ -464,6 +465,96 @@ async def test_a_caseworker_with_no_part_in_a_youths_case_cannot_read_or_withdra
             f"/api/v1/toestemmingen?referral_id={fresh}", headers={"X-Medewerker": "cw-other"}
         )
         assert r.status_code == 200 and r.json() == []
+
+
+async def test_recording_a_consent_or_asking_a_handover_does_not_open_another_caseworkers_case(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Whoever recorded a consent or asked for a handover of a youth works on its case, and neither
+    asked whether they did: a caseworker with no part in it recorded a throwaway consent (or asked a
+    handover, which went out under the case's consent) and could then read the others' consents and
+    withdraw them. Now only who works on the case, or stands in, may; anyone may begin a new case."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:
+            for cw_id in ("cw-other", "cw-stand-in"):
+                await upsert_caseworker(
+                    session,
+                    Caseworker(caseworker_id=cw_id, name=cw_id, email=f"{cw_id}@halt.nl", team="GOUDA"),
+                )
+            me = Caseworker(
+                caseworker_id=CW, name="Medewerker Een", email="cw1@halt.nl", team="DEN_HAAG",
+                delegate_id="cw-stand-in",
+            )  # fmt: skip
+            await upsert_caseworker(session, me)
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid)
+        cid = consent["consent_id"]
+        fhir = await w.client.get(
+            f"/api/v1/toestemmingen/{cid}", headers={"X-Medewerker": CW, "Accept": "application/fhir+json"}
+        )
+        throwaway = {
+            "referral_id": rid, "purpose": "DELEN_NA_MATCH", "recipient_organisations": ["wijkteam-dh"],
+            "data_categories": ["PERSONALIA"], "valid_from": TODAY.isoformat(),
+            "valid_until": (TODAY + timedelta(days=1)).isoformat(),
+            "grantors": [{"role": "JEUGDIGE", "name": "x", "permission": "DENY",
+                          "given_at": datetime.now(UTC).isoformat(), "method": "MONDELING"}],
+        }  # fmt: skip
+        handover = {
+            "referral_id": rid,
+            "receiver_organisation": "jongerenwerk-dh",
+            "data_categories": ["PERSONALIA", "VERWIJZING"],
+            "summary": "door een ander gevraagd",
+        }
+        melding = {
+            "referral_id": rid,
+            "receiver_organisation": "veilig-thuis-dh",
+            "data_categories": ["PERSONALIA"],
+            "summary": "Zorgen.",
+        }
+        asks: tuple[tuple[str, dict[str, Any] | None, bytes | None], ...] = (
+            ("/api/v1/toestemmingen", throwaway, None),
+            ("/api/v1/toestemmingen", None, fhir.content),  # as FHIR
+            ("/api/v1/overdrachten", handover, None),
+            ("/api/v1/zorgmeldingen", melding, None),
+        )
+        for url, body, content in asks:
+            fhir_body = {"Content-Type": FHIR} if content else {}
+            r = await w.client.post(
+                url, json=body, content=content, headers={"X-Medewerker": "cw-other", **fhir_body}
+            )
+            assert r.status_code == 403, (url, r.status_code, r.text)
+            assert r.json()["title"] == "Geen toegang"
+        for method, url, body in (
+            ("get", f"/api/v1/toestemmingen?referral_id={rid}", None),
+            ("post", f"/api/v1/toestemmingen/{cid}/intrekking", {"reason": "zomaar"}),
+        ):
+            r = await w.client.request(method, url, json=body, headers={"X-Medewerker": "cw-other"})
+            assert r.status_code == 403, (url, r.status_code, r.text)
+        mine = await w.client.get(f"/api/v1/toestemmingen?referral_id={rid}", headers={"X-Medewerker": CW})
+        assert [c["consent_id"] for c in mine.json()] == [cid] and mine.json()[0]["status"] == "ACTIEF"
+        none = await w.client.get(f"/api/v1/overdrachten?referral_id={rid}", headers={"X-Medewerker": CW})
+        assert none.json() == [] and w.receiver.calls == []
+        # who stands in for the case's caseworker may record and ask
+        stand_in = {"X-Medewerker": "cw-stand-in"}
+        r = await w.client.post("/api/v1/toestemmingen", json=throwaway, headers=stand_in)
+        assert r.status_code == 201, r.text
+        r = await w.client.post("/api/v1/overdrachten", json=handover, headers=stand_in)
+        assert r.status_code == 202, r.text
+        # a youth nobody works on yet: anyone may begin its case
+        fresh, _ = await w.referral(16)
+        r = await w.client.post(
+            "/api/v1/overdrachten",
+            json={**handover, "referral_id": fresh},
+            headers={"X-Medewerker": "cw-other"},
+        )
+        assert r.status_code == 202, r.text
+        r = await w.client.post(
+            "/api/v1/toestemmingen",
+            json={**throwaway, "referral_id": fresh},
+            headers={"X-Medewerker": "cw-other"},
+        )
+        assert r.status_code == 201, r.text
 
 
 async def test_only_a_receiving_organisations_key_answers_a_handover(
@@ -1088,3 +1179,48 @@ async def test_a_handover_asked_again_with_its_idempotency_key_is_made_once(
         # both replays were reads of the handover, audited as such (rule 18)
         reads = [a.objects.get("handover_id") for a in await w.audit("handover.read")]
         assert reads.count(first.json()["handover_id"]) == 1 and reads.count(made.json()["handover_id"]) == 1
+
+
+async def test_a_withdrawal_is_told_to_a_receiver_that_may_have_a_handover_that_lapsed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10. The receiver stored the handover and answered 500; before the retry the consent's last
+    day passed, and the handover ended VERLOPEN. The withdrawal that followed told only receivers of
+    handovers whose status said they were sent: the receiver holding the data never heard."""
+    async with world(kafka, db_url, unique, retry_schedule_s=(0.5,) * 8) as w:
+        rid, _ = await w.referral(17)
+        consent = await w.consent(rid, valid_until=TODAY.isoformat())
+        w.receiver.fail_after_storing = True
+        hid = await w.handover(rid)
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1)
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=2)  # past the consent's last day
+
+        async def lapsed() -> dict[str, Any] | None:
+            state = await w.status(hid)
+            return state if state["status"] == "VERLOPEN" else None
+
+        state = await wait_for(lapsed, timeout_s=30)
+        assert state["status_reason"] == "TOESTEMMING_VERLOPEN" and state["delivered_at"] is None
+        (entry,) = await w.audit("handover.lapsed")
+        assert entry.objects["attempted"] is True and entry.objects["consent_id"] == consent["consent_id"]
+
+        async def mailed() -> list[dict[str, Any]]:
+            return await _mails(kafka, w, "handover.lapsed", hid)
+
+        (mail,) = await wait_for(mailed)  # not "not delivered": the receiver may have it
+        assert "kan haar wel al hebben" in mail["body_text"]
+        w.receiver.fail_after_storing = False
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "jeugdige wil het niet meer"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200 and r.json()["handovers_withdrawn"] == [hid], r.text
+
+        def told() -> list[Envelope]:
+            return [c["env"] for c in w.receiver.calls if c["env"].type == "HandoverWithdrawn"]
+
+        await wait_for(lambda: len(told()) >= 1, timeout_s=20)
+        [notice] = told()
+        assert notice.payload["handover_id"] == hid
+        assert (await w.status(hid))["status"] == "INGETROKKEN"

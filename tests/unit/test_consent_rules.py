@@ -287,35 +287,46 @@ def test_rule_9_validity_is_inclusive_and_best_consent_wins() -> None:
     assert find_covering([last_day, longer], ASK, named=0)[0] is longer
 
 
+def _view(handover_id: str, status: HandoverStatus, consent_id: str | None, **extra: object) -> HandoverView:
+    values: dict[str, object] = {
+        "receiver": "jongerenwerk-dh",
+        "purpose": ConsentPurpose.WARME_OVERDRACHT,
+        "may_have": False,
+    }
+    values.update(extra)
+    return HandoverView(handover_id, status=status, consent_id=consent_id, **values)  # type: ignore[arg-type]
+
+
 def test_rule_10_withdrawal_effects() -> None:
     views = [
-        HandoverView(
-            "sent", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.GEACCEPTEERD, "c1"
-        ),
-        HandoverView(
-            "waiting",
-            "jongerenwerk-dh",
-            ConsentPurpose.WARME_OVERDRACHT,
-            HandoverStatus.WACHT_OP_TOESTEMMING,
-            None,
-        ),
-        HandoverView(
-            "other", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.VERZONDEN, "c9"
-        ),
-        HandoverView(
-            "elsewhere",
-            "wijkteam-dh",
-            ConsentPurpose.WARME_OVERDRACHT,
-            HandoverStatus.WACHT_OP_TOESTEMMING,
-            None,
-        ),
-        HandoverView(
-            "old", "jongerenwerk-dh", ConsentPurpose.WARME_OVERDRACHT, HandoverStatus.INGETROKKEN, "c1"
-        ),
+        _view("sent", HandoverStatus.GEACCEPTEERD, "c1", may_have=True),
+        _view("waiting", HandoverStatus.WACHT_OP_TOESTEMMING, None),
+        _view("other", HandoverStatus.VERZONDEN, "c9", may_have=True),
+        _view("elsewhere", HandoverStatus.WACHT_OP_TOESTEMMING, None, receiver="wijkteam-dh"),
+        _view("old", HandoverStatus.INGETROKKEN, "c1", may_have=True),
     ]
     effects = withdrawal_effects(GOOD, views)
     assert set(effects.withdraw) == {"sent", "waiting"}
     assert effects.tell == (("sent", "jongerenwerk-dh"),)
+
+
+def test_rule_10_tells_every_receiver_that_may_have_it_whatever_its_status() -> None:
+    """A receiver that stored a handover and answered 500 may have it. When its retry found the
+    consent incomplete (back to waiting) or past its last day (VERLOPEN), the withdrawal judged by the
+    status alone: it withdrew the waiting one without telling, and left the lapsed one alone."""
+    views = [
+        _view("waiting-again", HandoverStatus.WACHT_OP_TOESTEMMING, None, may_have=True),
+        _view("lapsed-after-a-post", HandoverStatus.VERLOPEN, "c1", may_have=True),
+        _view("lapsed-unsent", HandoverStatus.VERLOPEN, "c1"),  # never left: nothing to withdraw
+        _view("lapsed-under-another", HandoverStatus.VERLOPEN, "c9", may_have=True),
+        _view("sent-not-yet-tried", HandoverStatus.VERZONDEN, "c1"),  # withdrawn before it left
+    ]
+    effects = withdrawal_effects(GOOD, views)
+    assert effects.withdraw == ("waiting-again", "lapsed-after-a-post", "sent-not-yet-tried")
+    assert effects.tell == (
+        ("waiting-again", "jongerenwerk-dh"),
+        ("lapsed-after-a-post", "jongerenwerk-dh"),
+    )
 
 
 def test_minimisation_leaves_uncovered_categories_out(referral: Referral) -> None:
