@@ -20,7 +20,7 @@ from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_ea
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
-from hub.consent.caseworker import CurrentCaseworker, stands_in_for
+from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case, stands_in_for
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
 from hub.signals import rules
@@ -266,6 +266,10 @@ async def register_signal(
         assert signal.signal_id
         if (existing := await active_signal_for(session, key, signal.organisation, today)) is not None:
             raise _AlreadySignalled(existing)
+        # Holding a youth's signal makes one who works on its case (may_see_case): registering one
+        # would open the others' consents and handovers of the youth to anyone meldingsbevoegd.
+        if not await may_see_case(session, key, cw):
+            raise Problem(403, "Geen toegang", NOT_YOURS)
         await store_signal(
             session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
         )

@@ -589,3 +589,35 @@ async def test_a_phone_the_verwijsindex_cannot_take_is_refused_before_anything_i
     ] == "cw-lang"
     commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=2, settle_s=0.3)
     assert [Envelope.from_bytes(r.value).type for r in commands] == ["RegisterSignal"]
+
+
+async def test_registering_a_signal_does_not_open_another_caseworkers_case(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """Whoever holds a youth's signal works on its case, and may read its consents and handovers:
+    registering one did not ask whether they did, so anyone meldingsbevoegd could open another's case
+    by registering a signal once the case's own had ended. Now only who works on the case, or stands
+    in for someone who does, registers the next; anyone may begin a new case."""
+    hub, client = api
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await upsert_caseworker(session, cw("cw-piet"))
+    first = await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)
+    assert first.status_code == 201, first.text
+    sid = first.json()["signal_id"]
+    ended = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers=ILSE)
+    assert ended.status_code == 200, ended.text
+    refused = await client.post(URL, json=body(add_years(T, -15)), headers={"X-Medewerker": "cw-piet"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["title"] == "Geen toegang"
+    async with hub.store.read() as session:
+        held = (await session.execute(select(signals.c.caseworker_id))).scalars().all()
+    assert held == ["cw-ilse"]  # nothing of Piet's stored
+    # Ilse's delegate stands in for her: the case's next signal is theirs to register
+    again = await client.post(URL, json=body(add_years(T, -15)), headers={"X-Medewerker": "cw-omar"})
+    assert again.status_code == 201, again.text
+    # and a youth nobody works on is anyone's to begin
+    other = await client.post(
+        URL, json=body(add_years(T, -15), bsn=next(other_bsns())), headers={"X-Medewerker": "cw-piet"}
+    )
+    assert other.status_code == 201, other.text
