@@ -30,6 +30,7 @@ from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
+from hub.intake.sources import earlier_keys, partner_key
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
 from hub.runtime import Hub
@@ -59,13 +60,16 @@ def _hub(request: Request) -> Hub:
 
 
 def _origin(request: Request, partner: Partner) -> Origin:
+    """The partner as rule 7's referrer; what its connector sent before it claimed the connector's
+    source is its too (hub.intake.sources)."""
     return Origin(
-        referrer_key=POLITIE_REFERRER if partner.type is PartnerType.POLITIE else f"partner:{partner.id}",
+        referrer_key=partner_key(partner.id, partner.type),
         channel="http",
         transaction_id=request.state.transaction_id,
         system=SYSTEM,
         user=partner.name,
         partner_id=partner.id,
+        also_known_as=earlier_keys(partner),
     )
 
 
@@ -252,7 +256,7 @@ async def _unreadable_repeats(
     """
     if not read.unreadable:
         return {}
-    first = await service.first_answers(session, origin.referrer_key, {ref for _, ref, _ in read.unreadable})
+    first = await service.first_answers(session, origin.keys, {ref for _, ref, _ in read.unreadable})
     repeats: dict[int, IntakeResult] = {}
     for number, reference, bsn in read.unreadable:
         found = first.get(reference)
@@ -282,10 +286,13 @@ async def _unreadable_repeats(
 
 
 def _referred_by(partner: Partner) -> Any:
-    """The referrals `partner` made: its own, and for the police every police referral (one referrer,
-    rule 7: a repeat over HTTP of a record first sent on Kafka is answered with that referral)."""
+    """The referrals `partner` made: its own, for the police every police referral, and what the
+    connector whose source it claimed sent before the claim (one referrer, rule 7: a repeat over HTTP
+    of a referral first sent on Kafka is answered with that referral, which the partner may read)."""
     if partner.type is PartnerType.POLITIE:
         return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key == POLITIE_REFERRER)
+    if partner.kafka_source:
+        return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key.in_(earlier_keys(partner)))
     return referrals.c.partner_id == partner.id
 
 

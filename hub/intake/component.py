@@ -14,6 +14,7 @@ from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
+from hub.intake.sources import KafkaSources
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.consumer import DeadLetter, Item
@@ -55,6 +56,15 @@ def service_of(hub: Hub) -> IntakeService:
     return service
 
 
+def sources_of(hub: Hub) -> KafkaSources:
+    """The hub's cache of claimed connector sources (rule 7), read again every http.key_cache_s."""
+    sources = hub.components.get("intake-sources")
+    if not isinstance(sources, KafkaSources):
+        sources = KafkaSources(hub.settings.http.key_cache_s)
+        hub.components["intake-sources"] = sources
+    return sources
+
+
 def raw_value(record: ConsumerRecord[Any, Any]) -> bytes:
     """Police records are the partner's own JSON, not our envelope: hand the bytes to the parser."""
     return bytes(record.value or b"")
@@ -87,6 +97,7 @@ def register_intake(hub: Hub) -> None:
     """Subscribe intake to the police topic and to canonical referrals."""
     assert hub.spine is not None
     service = service_of(hub)
+    sources = sources_of(hub)
     group = hub.group("intake")
     politie_out = hub.topic(POLITIE_DECISION.name)
 
@@ -115,7 +126,9 @@ def register_intake(hub: Hub) -> None:
             referral = politie.parse(raw)
         except PartnerFormatError as exc:
             reference = politie.case_reference_of(raw)
-            first = await service.first_answer(tx.session, POLITIE_REFERRER, reference) if reference else None
+            first = (
+                await service.first_answer(tx.session, [POLITIE_REFERRER], reference) if reference else None
+            )
             bsn = politie.bsn_of(raw)
             own = service.youth_key(bsn) if bsn else None
             if first is not None and own is not None and own != first.youth_key:
@@ -133,16 +146,15 @@ def register_intake(hub: Hub) -> None:
         title="intake:referrals",
     )
     async def take_in_canonical(tx: Tx, message: Envelope) -> None:
-        """Canonical referrals from Kafka connectors: decided, stored, answered on referral.decided.v1."""
-        referral = Referral.model_validate(message.payload)  # a misfit dead-letters the record
-        origin = Origin(
-            f"kafka:{message.source}",
-            "kafka",
-            tx.transaction_id,
-            tx.system,
-            user=message.source,
-            announce_duplicates=True,
+        """Canonical referrals from Kafka connectors: decided, stored, answered on referral.decided.v1.
+
+        The envelope's source names the connector, and the referrer for rule 7: the partner that
+        claimed it, else the connector itself. A record without a source of its own (the hub's
+        default) is dead-lettered, as is a payload that is no Referral."""
+        origin = await sources.origin(
+            tx.session, message.source, transaction_id=tx.transaction_id, system=tx.system
         )
+        referral = Referral.model_validate(message.payload)
         await service.take_in(tx.session, referral, origin)
 
 

@@ -33,7 +33,8 @@ _CHUNK = 200  # rows per statement: well under SQLite's and PostgreSQL's bind-pa
 
 # Rule 7 for the police: one referrer, whether a record comes on its Kafka topic or over HTTP (a
 # resend over the other channel during an outage is the same referral); its proces-verbaal numbers
-# are unique across the Dutch police. Every other HTTP partner is a referrer of its own.
+# are unique across the Dutch police. Every other HTTP partner is a referrer of its own, and so is
+# every Kafka connector, unless a partner claimed its source (hub.intake.sources).
 POLITIE_REFERRER = "politie"
 
 
@@ -49,6 +50,14 @@ class Origin:
     partner_id: str | None = None
     # Kafka referrers get their answer as a message, so a repeat is answered on the topic too.
     announce_duplicates: bool = False
+    # Other keys the same referrer's referrals were stored under, looked up too (never stored under):
+    # a partner's Kafka connector source from before the partner claimed it (hub.intake.sources).
+    also_known_as: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key rule 7 looks a case reference up under: the referrer's, then its earlier ones."""
+        return (self.referrer_key, *self.also_known_as)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,11 @@ def conflict_of(referral: Referral, key: str, received_at: datetime) -> IntakeRe
 # statement object, which on the HTTP intake's small batches cost more than the statement's values.
 _EXISTING = select(referrals).where(
     referrals.c.referrer_key == bindparam("referrer_key"),
+    referrals.c.case_reference.in_(bindparam("refs", expanding=True)),
+)
+# A referrer known under more than one key (a partner and the connector source it claimed).
+_EXISTING_ANY = select(referrals).where(
+    referrals.c.referrer_key.in_(bindparam("keys", expanding=True)),
     referrals.c.case_reference.in_(bindparam("refs", expanding=True)),
 )
 _PRIOR_TRUANCY = (
@@ -164,7 +178,7 @@ class IntakeService:
             else [origin] * len(items)
         )
         keys = [self.youth_key(r.youth.bsn) for r in items]
-        first = await self._existing(session, origin.referrer_key, {r.case_reference for r in items})
+        first = await self._existing(session, origin.keys, {r.case_reference for r in items})
         truancy_keys = {k for k, r in zip(keys, items, strict=True) if r.track is Track.HALT_SCHOOLVERZUIM}
         await _lock_youths(session, truancy_keys)
         prior = await self._prior_truancy(session, truancy_keys)
@@ -182,7 +196,7 @@ class IntakeService:
         stored = await self._insert(session, list(rows.values()))
         lost = {ref for ref in rows if ref not in stored}  # a concurrent repeat committed first
         if lost:
-            first |= await self._existing(session, origin.referrer_key, lost)
+            first |= await self._existing(session, origin.keys, lost)
         fresh = {
             ref: _result(row, duplicate=False, decision=decisions[ref])
             for ref, row in rows.items()
@@ -246,25 +260,37 @@ class IntakeService:
         )
 
     async def first_answer(
-        self, session: AsyncSession, referrer_key: str, reference: str
+        self, session: AsyncSession, keys: Sequence[str], reference: str
     ) -> IntakeResult | None:
-        """The answer a repeat of this case reference gets (rule 7), or None when it is new."""
-        return (await self._existing(session, referrer_key, {reference})).get(reference)
+        """The answer a repeat of this case reference gets (rule 7), or None when it is new; `keys`:
+        the referrer's (`Origin.keys`)."""
+        return (await self._existing(session, keys, {reference})).get(reference)
 
     async def first_answers(
-        self, session: AsyncSession, referrer_key: str, references: set[str]
+        self, session: AsyncSession, keys: Sequence[str], references: set[str]
     ) -> dict[str, IntakeResult]:
         """`first_answer` for many case references at once: those taken in before, with their answer."""
-        return await self._existing(session, referrer_key, references)
+        return await self._existing(session, keys, references)
 
     async def _existing(
-        self, session: AsyncSession, referrer_key: str, refs: set[str]
+        self, session: AsyncSession, keys: Sequence[str], refs: set[str]
     ) -> dict[str, IntakeResult]:
-        """Referrals already stored for these case references, as answers to a repeat."""
+        """Referrals already stored for these case references under the referrer's keys, as answers to
+        a repeat. Under more than one key a reference may have been stored twice (over HTTP and through
+        the connector, before the partner claimed the connector's source): the earlier one answers."""
+        if isinstance(keys, str):  # one key given bare would be taken as its characters
+            keys = (keys,)
         found: dict[str, IntakeResult] = {}
         for chunk in _chunks(sorted(refs)):
-            rows = await session.execute(_EXISTING, {"referrer_key": referrer_key, "refs": list(chunk)})
-            found |= {r.case_reference: _result(r, duplicate=True) for r in rows}
+            if len(keys) == 1:
+                rows = await session.execute(_EXISTING, {"referrer_key": keys[0], "refs": list(chunk)})
+                found |= {r.case_reference: _result(r, duplicate=True) for r in rows}
+                continue
+            rows = await session.execute(_EXISTING_ANY, {"keys": list(keys), "refs": list(chunk)})
+            for r in rows:
+                known = found.get(r.case_reference)
+                if known is None or aware(r.received_at) < known.received_at:
+                    found[r.case_reference] = _result(r, duplicate=True)
         return found
 
     async def _prior_truancy(self, session: AsyncSession, keys: set[str]) -> Counter[str]:

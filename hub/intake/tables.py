@@ -12,7 +12,8 @@ referrals = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     # Who referred, as rule 7 identifies it: "politie" for the police (Kafka or HTTP), "partner:<id>"
-    # for another HTTP partner, "kafka:<source>" for a Kafka connector.
+    # for another HTTP partner and the Kafka connector whose source it claimed, "kafka:<source>" for
+    # a connector no partner claimed (or before the claim: hub.intake.sources).
     Column("referrer_key", String(200), nullable=False),
     Column("case_reference", String(100), nullable=False),
     Column("partner_id", String(36), nullable=True, index=True),

@@ -2,7 +2,7 @@
 
 from hub.partners.auth import CurrentPartner, partner_of_type
 from hub.partners.keys import PartnerType
-from hub.partners.registry import Partner, add_partner, authenticate, list_partners, rotate_key
+from hub.partners.registry import Partner, add_partner, authenticate, find_partner, list_partners, rotate_key
 
 __all__ = [
     "CurrentPartner",
@@ -10,6 +10,7 @@ __all__ = [
     "PartnerType",
     "add_partner",
     "authenticate",
+    "find_partner",
     "list_partners",
     "partner_of_type",
     "rotate_key",

@@ -1,10 +1,11 @@
-"""`ketenhub partners add|rotate-key|disable|enable|list|delivery`, on the configured database."""
+"""`ketenhub partners add|rotate-key|disable|enable|set-kafka-source|list|delivery`, on the configured
+database."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,7 @@ from hub.config import load_settings
 from hub.errors import ConfigError
 from hub.partners.keys import PartnerType
 from hub.partners.registry import (
+    Partner,
     PartnerExists,
     UnknownPartner,
     add_partner,
@@ -21,6 +23,9 @@ from hub.partners.registry import (
     set_active,
 )
 from schemas.handover import ReceiverType
+
+if TYPE_CHECKING:
+    from hub.intake.claims import SourceSet
 
 T = TypeVar("T")
 app = typer.Typer(help="Register partners and manage their API keys.", no_args_is_help=True)
@@ -44,25 +49,45 @@ def _in_store(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
+    from hub.intake.claims import SourceRefused
+
     try:
         return asyncio.run(go())
-    except (PartnerExists, UnknownPartner) as exc:
+    except (PartnerExists, UnknownPartner, SourceRefused) as exc:
         typer.echo(f"ketenhub: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+_KAFKA_SOURCE_HELP = (
+    "the envelope source of the Kafka connector that publishes this partner's referrals on"
+    " referral.received.v1; rule 7 then takes them as this partner's (one referral whether sent over"
+    " HTTP or through the connector). One partner per source"
+)
 
 
 @app.command("add")
 def add(
     name: Annotated[str, typer.Option(help="unique partner name, e.g. politie-den-haag")],
     type_: Annotated[PartnerType, typer.Option("--type", help="kind of partner", case_sensitive=False)],
+    kafka_source: Annotated[str | None, typer.Option(help=_KAFKA_SOURCE_HELP)] = None,
 ) -> None:
     """Register a partner and print its API key once (only a hash is stored)."""
+    from hub.intake.claims import set_kafka_source
+
     name = name.strip()
     if not name or len(name) > 100:
         typer.echo("ketenhub: --name must be 1 to 100 characters", err=True)
         raise typer.Exit(2)
-    partner, key = _in_store(lambda s: add_partner(s, name, type_))
+
+    async def register(session: AsyncSession) -> tuple[Partner, str, SourceSet | None]:
+        partner, key = await add_partner(session, name, type_)
+        claimed = await set_kafka_source(session, name, kafka_source) if kafka_source is not None else None
+        return partner, key, claimed
+
+    partner, key, claimed = _in_store(register)
     typer.echo(f"partner {partner.name} ({partner.type.value}) registered")
+    if claimed is not None:
+        _say_claimed(claimed)
     typer.echo("API key (shown once; the hub keeps only a hash):")
     typer.echo(key)
 
@@ -92,11 +117,60 @@ def enable(name: Annotated[str, typer.Argument(help="the partner's name")]) -> N
     typer.echo(f"partner {partner.name} enabled")
 
 
+@app.command("set-kafka-source")
+def set_source(
+    name: Annotated[str, typer.Argument(help="the partner's name")],
+    source: Annotated[
+        str | None,
+        typer.Argument(help=_KAFKA_SOURCE_HELP + "; leave out with --none", show_default=False),
+    ] = None,
+    none: Annotated[
+        bool,
+        typer.Option(
+            "--none",
+            help="release the partner's source (refused once a referral came in through it: its"
+            " repeats would be new referrals)",
+        ),
+    ] = False,
+) -> None:
+    """Say which Kafka connector speaks for a partner (rule 7); audited, in effect within 5 s."""
+    from hub.intake.claims import set_kafka_source
+
+    if (source is None) == (not none):
+        typer.echo("ketenhub: give exactly one of SOURCE or --none", err=True)
+        raise typer.Exit(2)
+    done = _in_store(lambda s: set_kafka_source(s, name.strip(), source))
+    if done.partner.kafka_source is None:
+        was = f" (was {done.previous})" if done.previous else ""
+        typer.echo(f"partner {done.partner.name} speaks for no Kafka connector{was}")
+        return
+    _say_claimed(done)
+
+
+def _say_claimed(done: SourceSet) -> None:
+    partner = done.partner
+    typer.echo(
+        f"partner {partner.name} speaks for Kafka source {partner.kafka_source!r}: its referrals on"
+        " referral.received.v1 are this partner's (rule 7), within KETENHUB_HTTP__KEY_CACHE_S (5 s by"
+        " default) in a running hub"
+    )
+    if done.earlier:
+        typer.echo(
+            f"{done.earlier} referral(s) it sent before count as this partner's too: repeats of them are"
+            " answered with them, over HTTP and on Kafka, and the partner reads them over HTTP"
+        )
+    if done.twice:
+        typer.echo(
+            f"{done.twice} of them the partner had sent over HTTP as well, and were stored twice before"
+            " this claim: a repeat is answered with the copy received first"
+        )
+
+
 @app.command("list")
 def list_() -> None:
-    """Registered partners: name, type, key id, created, rotated, active."""
+    """Registered partners: name, type, key id, created, rotated, Kafka source, active."""
     rows = _in_store(list_partners)
-    header = ("NAME", "TYPE", "KEY ID", "CREATED", "ROTATED", "ACTIVE")
+    header = ("NAME", "TYPE", "KEY ID", "CREATED", "ROTATED", "KAFKA SOURCE", "ACTIVE")
     table = [header] + [
         (
             p.name,
@@ -104,6 +178,7 @@ def list_() -> None:
             p.key_id,
             p.created_at.strftime("%Y-%m-%d %H:%M"),
             p.rotated_at.strftime("%Y-%m-%d %H:%M") if p.rotated_at else "-",
+            p.kafka_source or "-",
             "yes" if p.active else "no",
         )
         for p in rows

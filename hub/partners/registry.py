@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
@@ -37,6 +37,8 @@ class Partner:
     created_at: datetime
     rotated_at: datetime | None
     active: bool
+    # The Kafka connector source it speaks for (rule 7; hub.intake.sources), when it claimed one.
+    kafka_source: str | None = None
 
 
 def _partner(row: object) -> Partner:
@@ -49,6 +51,7 @@ def _partner(row: object) -> Partner:
         created_at=m["created_at"],
         rotated_at=m["rotated_at"],
         active=bool(m["active"]),
+        kafka_source=m["kafka_source"],
     )
 
 
@@ -100,8 +103,7 @@ async def rotate_key(session: AsyncSession, name: str, *, user: str = "cli") -> 
         transaction_id=None,
         system=SYSTEM,
     )
-    old = _partner(row)
-    return Partner(old.id, old.name, old.type, key_id, old.created_at, now, old.active), key
+    return replace(_partner(row), key_id=key_id, rotated_at=now), key
 
 
 async def set_active(session: AsyncSession, name: str, active: bool, *, user: str = "cli") -> Partner:
@@ -119,8 +121,15 @@ async def set_active(session: AsyncSession, name: str, active: bool, *, user: st
         transaction_id=None,
         system=SYSTEM,
     )
-    old = _partner(row)
-    return Partner(old.id, old.name, old.type, old.key_id, old.created_at, old.rotated_at, active)
+    return replace(_partner(row), active=active)
+
+
+async def find_partner(session: AsyncSession, name: str) -> Partner:
+    """The partner of this name; UnknownPartner when there is none."""
+    row = (await session.execute(select(partners).where(partners.c.name == name))).first()
+    if row is None:
+        raise UnknownPartner(f"no partner named {name!r}")
+    return _partner(row)
 
 
 async def list_partners(session: AsyncSession) -> list[Partner]:

@@ -1,8 +1,9 @@
-"""The partners table: name, type and the hash of the current API key (never the key itself)."""
+"""The partners table: name, type, the hash of the current API key (never the key itself), and the
+Kafka connector source the partner speaks for."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, String, Table
+from sqlalchemy import Boolean, Column, DateTime, Index, String, Table
 
 from hub.store.tables import metadata
 
@@ -18,4 +19,10 @@ partners = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("rotated_at", DateTime(timezone=True), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
+    # The envelope source of the Kafka connector that publishes this partner's referrals on
+    # referral.received.v1 (`ketenhub partners set-kafka-source`): rule 7 takes them as this
+    # partner's, over HTTP or through the connector alike (hub.intake.sources, hub.intake.claims).
+    Column("kafka_source", String(100), nullable=True),
+    # One connector speaks for one referrer: a source is claimed by one partner at most.
+    Index("ux_partners_kafka_source", "kafka_source", unique=True),
 )

@@ -119,3 +119,87 @@ async def _delivery_of(url: str, organisation: str) -> object:
             return await receiver_delivery(session, organisation)
     finally:
         await store.close()
+
+
+def test_a_partner_claims_its_kafka_connectors_source(tmp_path: Path) -> None:
+    """Rule 7 across channels: `--kafka-source` / `set-kafka-source` say which connector speaks for a
+    partner; a source is one partner's, the hub's default source is no name, a used claim stands."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    for command, option in (("add", "--kafka-source"), ("set-kafka-source", "--none")):
+        shown = _run(url, command, "--help")
+        assert shown.returncode == 0 and option in shown.stdout and "referral.received.v1" in shown.stdout
+
+    added = _run(
+        url, "add", "--name", "wijkteam-escamp", "--type", "wijkteam", "--kafka-source", "wt-connector"
+    )
+    assert added.returncode == 0, added.stderr
+    assert "speaks for Kafka source 'wt-connector'" in added.stdout
+    assert added.stdout.strip().splitlines()[-1].startswith("kh_")  # the key is still the last line
+    header, row = _run(url, "list").stdout.strip().splitlines()
+    assert "KAFKA SOURCE" in header and row.split()[-2:] == ["wt-connector", "yes"]
+
+    taken = _run(
+        url,
+        "add",
+        "--name",
+        "jongerenwerk-escamp",
+        "--type",
+        "jongerenwerk",
+        "--kafka-source",
+        "wt-connector",
+    )
+    assert taken.returncode == 1 and "Traceback" not in taken.stderr
+    assert "source 'wt-connector' is claimed by partner 'wijkteam-escamp'" in taken.stderr
+    assert "set-kafka-source wijkteam-escamp --none" in taken.stderr  # what to do if it is a mistake
+    assert len(_run(url, "list").stdout.strip().splitlines()) == 2  # the refused partner was not added
+
+    assert _run(url, "add", "--name", "boa-dh", "--type", "boa").returncode == 0
+    clash = _run(url, "set-kafka-source", "boa-dh", "wt-connector")
+    assert clash.returncode == 1 and "claimed by partner 'wijkteam-escamp'" in clash.stderr
+    default = _run(url, "set-kafka-source", "boa-dh", "ketenhub")
+    assert default.returncode == 1 and "default source, which the intake refuses" in default.stderr
+    both = _run(url, "set-kafka-source", "boa-dh", "boa-connector", "--none")
+    assert both.returncode == 2 and "exactly one of SOURCE or --none" in both.stderr
+    police = _run(url, "add", "--name", "politie-dh", "--type", "politie", "--kafka-source", "pol")
+    assert police.returncode == 1 and "the police are one referrer already" in police.stderr
+    assert _run(url, "set-kafka-source", "nobody", "x").returncode == 1
+
+    assert _run(url, "set-kafka-source", "boa-dh", "boa-connector").returncode == 0
+    released = _run(url, "set-kafka-source", "boa-dh", "--none")  # nothing came through it yet
+    assert released.returncode == 0 and "speaks for no Kafka connector (was boa-connector)" in released.stdout
+
+    asyncio.run(_referral_from(url, "kafka:wt-connector"))
+    used = _run(url, "set-kafka-source", "wijkteam-escamp", "--none")
+    assert used.returncode == 1 and "1 referral(s) came in through source 'wt-connector'" in used.stderr
+    again = _run(url, "set-kafka-source", "wijkteam-escamp", "wt-connector")  # its own claim, made again
+    assert again.returncode == 0 and "1 referral(s) it sent before count as this partner's" in again.stdout
+
+
+async def _referral_from(url: str, referrer_key: str) -> None:
+    from sqlalchemy import insert
+
+    from hub.intake.tables import referrals
+    from schemas.envelope import utcnow
+
+    store = Store(url)
+    try:
+        async with store.transaction() as session:
+            await session.execute(
+                insert(referrals).values(
+                    id="r1",
+                    referrer_key=referrer_key,
+                    case_reference="WT-1",
+                    referrer_type="PREVENTIEF",
+                    channel="kafka",
+                    youth_key="a" * 64,
+                    bsn="111222333",
+                    track="PREVENTIEF",
+                    outcome="ACCEPTED",
+                    referral={},
+                    decision={},
+                    transaction_id="tx",
+                    received_at=utcnow(),
+                )
+            )
+    finally:
+        await store.close()

@@ -1,0 +1,132 @@
+"""Rule 7 across channels: whose referrals a Kafka connector publishes, by its envelope source.
+
+A referral's rule 7 key names its referrer: "politie" for the police, `partner:<id>` for another
+HTTP partner, `kafka:<source>` for a connector on referral.received.v1. A partner that also sends
+through a connector claims the connector's source (`ketenhub partners set-kafka-source`); that
+connector's referrals are then stored under the partner's key, so one referral sent both ways is
+one referral, answered the second time with its first outcome.
+
+A claim re-keys nothing. What the connector sent before it stays under `kafka:<source>`, which
+remains one of the partner's keys: both channels look a case reference up under both
+(`Origin.also_known_as`), and the partner reads those referrals over HTTP. Moving the rows to the
+partner's key instead would hide them from an intake that has not read the claim yet (its cache,
+below), which would then store a repeat of one of them a second time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.errors import PermanentError
+from hub.intake.service import POLITIE_REFERRER, Origin
+from hub.partners.keys import PartnerType
+from hub.partners.registry import Partner
+from hub.partners.tables import partners
+from schemas.envelope import Envelope
+
+# The source an envelope carries when its maker did not set one: the hub's own name.
+DEFAULT_SOURCE: str = Envelope.model_fields["source"].default
+# Partners that refer over HTTP and may have a connector too. The police are one referrer already,
+# on their own topic (partner.politie.referral.v1) and over HTTP alike (POLITIE_REFERRER).
+MAY_CLAIM = frozenset(
+    {
+        PartnerType.BOA,
+        PartnerType.LEERPLICHT,
+        PartnerType.PREVENTIEF,
+        PartnerType.WIJKTEAM,
+        PartnerType.JONGERENWERK,
+    }
+)
+
+
+def kafka_key(source: str) -> str:
+    """The rule 7 key of a connector's referrals while no partner claims its source."""
+    return f"kafka:{source}"
+
+
+def partner_key(partner_id: str, type_: PartnerType | str) -> str:
+    """The rule 7 key of a partner's referrals, over HTTP and through a source it claimed."""
+    return POLITIE_REFERRER if type_ == PartnerType.POLITIE else f"partner:{partner_id}"
+
+
+def earlier_keys(partner: Partner) -> tuple[str, ...]:
+    """The keys a partner's referrals were stored under besides its own: its connector's, from
+    before the claim (`Origin.also_known_as`)."""
+    return (kafka_key(partner.kafka_source),) if partner.kafka_source else ()
+
+
+class UnnamedConnector(PermanentError):
+    """A canonical referral whose envelope does not say which connector sent it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"envelope source is {DEFAULT_SOURCE!r}, the hub's default: the connector did not say who it"
+            " is. Rule 7 tells referrals apart by referrer and case reference, and connectors without"
+            " a source of their own would be one referrer: one's new referral answered as a repeat of"
+            " another's. Set the envelope's source to the connector's own name (the same on every"
+            " message) and send the referral again; nothing of this one was stored."
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The partner that speaks for a connector source, under its rule 7 key."""
+
+    partner_id: str
+    referrer_key: str
+
+
+class KafkaSources:
+    """Which partner claimed which connector source, read from the partners table at most once every
+    `ttl_s` seconds rather than once per record (a poll brings hundreds).
+
+    `ttl_s` is the hub's http.key_cache_s (KETENHUB_HTTP__KEY_CACHE_S, 5 s by default), which is how
+    long an HTTP partner's key lookup is trusted too: a source claimed while the hub runs is taken as
+    the partner's within that time on both channels. A record in between is stored under the
+    connector's own key, which stays one of the partner's: a repeat of it is still found.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.clock = ttl_s, clock
+        self._claims: dict[str, Claim] = {}
+        self._until = float("-inf")
+
+    async def claims(self, session: AsyncSession) -> dict[str, Claim]:
+        """Every claimed source, by source; read again once `ttl_s` has passed."""
+        if self.clock() >= self._until:
+            # A disabled partner's claim holds too: its key is refused, but what its connector sends
+            # is still its referrals, and a repeat of them must still be found.
+            rows = await session.execute(
+                select(partners.c.id, partners.c.type, partners.c.kafka_source).where(
+                    partners.c.kafka_source.is_not(None)
+                )
+            )
+            self._claims = {r.kafka_source: Claim(r.id, partner_key(r.id, r.type)) for r in rows}
+            self._until = self.clock() + self.ttl_s
+        return self._claims
+
+    async def origin(self, session: AsyncSession, source: str, *, transaction_id: str, system: str) -> Origin:
+        """Where a canonical referral from the connector `source` came from, for rule 7.
+
+        UnnamedConnector for the hub's default source: such records are dead-lettered."""
+        if source == DEFAULT_SOURCE:
+            raise UnnamedConnector()
+        own = kafka_key(source)
+        claim = (await self.claims(session)).get(source)
+        if claim is None:
+            return Origin(own, "kafka", transaction_id, system, user=source, announce_duplicates=True)
+        return Origin(
+            claim.referrer_key,
+            "kafka",
+            transaction_id,
+            system,
+            user=source,
+            partner_id=claim.partner_id,
+            announce_duplicates=True,
+            also_known_as=(own,),
+        )
