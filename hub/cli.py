@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import sys
+import threading
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
+from hub.cli_errors import database_problem, shown_url
 from hub.config import Settings, load_settings
 from hub.directory.cli import app as directory_cli
 from hub.errors import ConfigError
@@ -47,19 +52,25 @@ def _server_class() -> type:
     import uvicorn
 
     class QuietExitServer(uvicorn.Server):
-        """Shuts down gracefully on SIGINT/SIGTERM and then exits 0 instead of re-raising the signal."""
+        """Shuts down gracefully on SIGINT/SIGTERM and then exits 0 instead of re-raising the signal;
+        calls `on_listening` once the hub has started and the socket takes connections."""
+
+        on_listening: Callable[[], None] | None = None
 
         def handle_exit(self, sig: int, frame: object) -> None:
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
             self._captured_signals.clear()
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit and self.on_listening is not None:
+                self.on_listening()
+
     return QuietExitServer
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    return shown_url(url)
 
 
 def _banner(settings: Settings, host: str, port: int, broker: str, hub: object = None) -> str:
@@ -80,6 +91,58 @@ def _banner(settings: Settings, host: str, port: int, broker: str, hub: object =
             "  stop with Ctrl-C",
         ]
     )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound before anything of the hub starts (as uvicorn binds it): a port in use
+    stops `run` at once with one line, not after the broker, the store and the consumers started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            said = f"port {port} in use on {host}: use --port or KETENHUB_HTTP__PORT"
+        elif exc.errno == errno.EACCES:
+            said = (
+                f"not allowed to listen on port {port} (below 1024 takes privileges): use --port or"
+                " KETENHUB_HTTP__PORT"
+            )
+        else:
+            why = exc.strerror or type(exc).__name__
+            said = f"cannot listen on {host} port {port} ({why}): use --host or KETENHUB_HTTP__HOST"
+        typer.echo(f"ketenhub: {said}", err=True)
+        raise typer.Exit(1) from None
+    return sock
+
+
+def _prepare_store(settings: Settings) -> None:
+    """Before the hub starts: the secret (the embedded default's made the first time), the database
+    reachable and migrated, and the secret's fingerprint recorded there or, if another one is, refused."""
+    from hub.secret_fingerprint import check_secret
+    from hub.store import Store
+
+    try:
+        secret = settings.ensure_secret()
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> None:
+        store = Store(settings.database.url)
+        try:
+            await store.migrate()
+            await check_secret(store, secret, source=settings.secret_source, record=True)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(go())
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -108,12 +171,20 @@ def run(
     )
     settings = settings.model_copy(update={"http": http})
     setup_logging(settings.log_level, json=settings.log_json)
+    sock = _listen(http.host, http.port)
+    _prepare_store(settings)
+    started: list[object] = []
 
     def ready(hub: object) -> None:
         from hub.runtime import tune_gc_for_serving
 
         tune_gc_for_serving()
-        typer.echo(_banner(settings, http.host, http.port, getattr(hub, "bootstrap", "?"), hub), err=False)
+        started.append(hub)
+
+    def listening() -> None:  # the banner once the port takes connections, not before
+        hub = started[0] if started else None
+        bound = sock.getsockname()[1]
+        typer.echo(_banner(settings, http.host, bound, getattr(hub, "bootstrap", "?"), hub), err=False)
         sys.stdout.flush()
 
     try:
@@ -132,7 +203,11 @@ def run(
             timeout_graceful_shutdown=10,
         )
     )
-    server.run()
+    server.on_listening = listening
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
         raise typer.Exit(1)
     typer.echo("ketenhub stopped")
@@ -167,6 +242,27 @@ def simulate_verwijsindex(
     run_simulator(port=port, host=host)
 
 
+def _quiet_late_sqlite_thread(args: threading.ExceptHookArgs) -> None:
+    """aiosqlite's thread of a connection that failed to open may report to an event loop that is gone
+    (the command ended on that failure): a traceback after the one line, about nothing."""
+    thread = args.thread.name if args.thread is not None else ""
+    if "_connection_worker_thread" in thread and "Event loop is closed" in str(args.exc_value):
+        return
+    threading.__excepthook__(args)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a database that cannot be reached or opened is one line, exit 1."""
+    threading.excepthook = _quiet_late_sqlite_thread
+    try:
+        app()
+    except Exception as exc:
+        try:
+            url = load_settings().database.url
+        except ConfigError:
+            url = ""
+        said = database_problem(exc, url)
+        if said is None:
+            raise
+        typer.echo(f"ketenhub: {said}", err=True)
+        sys.exit(1)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import secrets
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from hub.config_env import CommaListEnv, unreadable_line
 from hub.errors import ConfigError
 from hub.handovers.config import HandoverSettings
 from hub.notify.config import NotifySettings
@@ -18,6 +31,25 @@ from hub.retention.config import RetentionSettings
 COMPONENTS = ("intake", "routing", "verwijsindex", "mail", "api")
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./ketenhub.db"
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "ketenhub", "password", "test", "xxx"}
+SECRET_FILE = "ketenhub.secret"  # noqa: S105  (a file name: the embedded default's secret, in the state dir)
+MAX_RETRY_DELAY_S = 7 * 24 * 3600  # a rung of a retry ladder waits at most a week
+
+
+def _check_schedule(schedule: tuple[float, ...]) -> tuple[float, ...]:
+    """A retry ladder's delays: each a finite number of seconds above 0 and at most a week. NaN, an
+    infinity or 1e12 failed the first parked message (no due time can be made of them); a negative or
+    0 delay tries again at once, and a store in trouble would be tried as fast as the scheduler runs."""
+    for delay in schedule:
+        if not (math.isfinite(delay) and 0 < delay <= MAX_RETRY_DELAY_S):
+            raise ValueError(
+                f"each delay must be a number of seconds above 0 and at most {MAX_RETRY_DELAY_S}"
+                f" (7 days), e.g. 1,5,30,120,600 (got {delay:g})"
+            )
+    return schedule
+
+
+# Parked attempts' delays, then the DLQ; none: to the DLQ after the in-place retries.
+RetrySchedule = Annotated[tuple[float, ...], AfterValidator(_check_schedule)]
 
 
 class KafkaSettings(BaseModel):
@@ -28,6 +60,9 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # The CA that signed the brokers' certificates (PEM), for SSL and SASL_SSL: Strimzi's cluster CA
+    # is its own by default, which the system's trust store does not hold. Unset: the system's.
+    ssl_cafile: Path | None = None
     replication_factor: int = Field(default=1, ge=1, le=5)
     client_id: str = "ketenhub"
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -55,6 +90,26 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
 
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _ca_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """The file is there and holds certificates the TLS library takes, or start-up stops."""
+        if path is None:
+            return None
+        protocol = info.data.get("security_protocol", "PLAINTEXT")
+        if not str(protocol).endswith("SSL"):
+            raise ValueError(
+                f"is for TLS: set KETENHUB_KAFKA__SECURITY_PROTOCOL to SSL or SASL_SSL (not {protocol})"
+            )
+        if not path.is_file():
+            raise ValueError("no such file" if not path.exists() else "not a file")
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            raise ValueError(f"holds no PEM certificate the TLS library takes ({reason})") from None
+        return path
+
 
 class DatabaseSettings(BaseModel):
     """The store: SQLite file by default, PostgreSQL (asyncpg) in production."""
@@ -65,8 +120,17 @@ class DatabaseSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_driver(cls, url: str) -> str:
+        from sqlalchemy.engine import make_url
+
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        try:
+            make_url(url)
+        except ValueError:  # its message may quote the URL, password and all
+            raise ValueError(
+                "not a database URL: sqlite+aiosqlite:///path/to/file.db or"
+                " postgresql+asyncpg://user:password@host:port/database (a port is a number)"
+            ) from None
         return url
 
 
@@ -119,7 +183,7 @@ class SmtpSettings(BaseModel):
     # Mails to different caseworkers go out side by side over up to this many connections; each
     # caseworker's mails stay in order (the retry ladder sends one at a time per recipient).
     connections: int = Field(default=4, ge=1, le=20)
-    retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
+    retry_schedule_s: RetrySchedule = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
 
 
 class VerwijsindexSettings(BaseModel):
@@ -131,7 +195,7 @@ class VerwijsindexSettings(BaseModel):
     organisatie_code: str = Field(default="halt-den-haag", pattern=r"^[a-z0-9][a-z0-9-]*$")
     organisatie_naam: str = "Halt Den Haag"
     default_end_years: int = Field(default=1, ge=1, le=2, description="rule 12 default: created + N years")
-    retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
+    retry_schedule_s: RetrySchedule = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
     letter_sender: dict[str, str | list[str]] = Field(default_factory=dict, description="letters.Afzender")
 
 
@@ -154,6 +218,18 @@ class Settings(BaseSettings):
     components: list[str] = Field(default_factory=lambda: list(COMPONENTS))
     state_dir: Path = Path(".")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment read by `CommaListEnv`: lists also comma-separated."""
+        return init_settings, CommaListEnv(settings_cls), dotenv_settings, file_secret_settings
+
     @property
     def embedded_broker(self) -> bool:
         """True when the hub spawns its own tansu broker."""
@@ -164,6 +240,10 @@ class Settings(BaseSettings):
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"components: unknown {sorted(unknown)}; allowed {list(COMPONENTS)}")
+        try:  # HandoverSettings is the routing's own: its ladder is checked as the others are
+            _check_schedule(self.handovers.retry_schedule_s)
+        except ValueError as exc:
+            raise ValueError(f"handovers.retry_schedule_s: {exc}") from None
         if self.secret is not None:
             value = self.secret.get_secret_value()
             if value.lower() in _PLACEHOLDERS or len(value) < 32:
@@ -177,16 +257,64 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def secret_file(self) -> Path:
+        """Where the embedded default keeps its secret (KETENHUB_STATE_DIR/ketenhub.secret)."""
+        return (self.state_dir / SECRET_FILE).absolute()
+
+    @property
+    def secret_source(self) -> str:
+        """Where the secret comes from, for a message: the variable, or the file."""
+        return "KETENHUB_SECRET" if self.secret is not None else f"KETENHUB_STATE_DIR ({self.secret_file})"
+
     def secret_value(self) -> str:
-        """The pseudonymisation secret; the embedded default keeps a random one in its state dir."""
+        """The pseudonymisation secret: KETENHUB_SECRET, else the one `ketenhub run` keeps in its state
+        dir. ConfigError when there is neither: a secret made up here would key nothing the hub holds."""
         if self.secret is not None:
             return self.secret.get_secret_value()
-        path = self.state_dir / "ketenhub.secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+        path = self.secret_file
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"KETENHUB_SECRET: not set, and there is no {path}: set KETENHUB_SECRET to the hub's"
+                f" secret, or KETENHUB_STATE_DIR to the directory `ketenhub run` keeps its {SECRET_FILE} in"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"KETENHUB_STATE_DIR: cannot read {path}: {exc.strerror or exc}") from None
+        if len(value) < 32:
+            raise ConfigError(f"KETENHUB_STATE_DIR: {path} holds no secret (empty or cut short)")
+        return value
+
+    def ensure_secret(self) -> str:
+        """The secret, for `ketenhub run`: on the embedded default the first start makes a random one
+        in the state dir (mode 600), whole or not at all. No other command makes one."""
+        if self.secret is None and not self.secret_file.exists():
+            if not self.state_dir.is_dir():
+                raise ConfigError(
+                    f"KETENHUB_STATE_DIR: {self.state_dir.absolute()} is not a directory (the hub keeps"
+                    f" its {SECRET_FILE} there)"
+                )
+            _make_secret_file(self.secret_file)
+        return self.secret_value()
+
+
+def _make_secret_file(path: Path) -> None:
+    """A random secret at `path`, unless one is there: written and on disk under another name first,
+    then linked into place, so that a second hub starting at the same moment reads it whole."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another hub made it first: theirs it is
+            os.link(partial, path)
+    except OSError as exc:
+        raise ConfigError(f"KETENHUB_STATE_DIR: cannot make {path}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
@@ -198,6 +326,9 @@ def load_settings(**overrides: object) -> Settings:
     """Build Settings from the environment; a bad setting raises ConfigError with one clear line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # not JSON where JSON (or a comma-separated list) is wanted
+        path, why = unreadable_line(exc)
+        raise ConfigError(f"{_env_name(path)}: {why}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = str(first["msg"]).removeprefix("Value error, ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -29,25 +30,36 @@ def client_options(kafka: KafkaSettings, bootstrap: str) -> dict[str, Any]:
                 kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
             )
         if kafka.security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context()
+            opts["ssl_context"] = ssl_context(kafka)
     return opts
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    """TLS to the brokers: their certificates checked against KETENHUB_KAFKA__SSL_CAFILE (a cluster's
+    own CA, as Strimzi makes by default), else against the system's trust store."""
+    from aiokafka.helpers import create_ssl_context
+
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile is not None else None
+    )
+    return context
 
 
 def faststream_security(kafka: KafkaSettings) -> Any:
     """The same connection security for FastStream's broker object."""
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
+    from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+    context = ssl_context(kafka) if kafka.security_protocol.endswith("SSL") else None
+    if kafka.security_protocol == "SSL":  # TLS without SASL: no credentials to send
+        return BaseSecurity(ssl_context=context, use_ssl=True)
     user = kafka.sasl_username or ""
     password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-    use_ssl = kafka.security_protocol.endswith("SSL")
     mech = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256}.get(
         kafka.sasl_mechanism or "", SASLScram512
     )
-    return mech(username=user, password=password, use_ssl=use_ssl)
+    return mech(username=user, password=password, ssl_context=context, use_ssl=context is not None)
 
 
 async def ensure_topics(

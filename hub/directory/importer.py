@@ -17,6 +17,7 @@ row), as the API demands. A BIJGEWERKT row lists each field it changed, with the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -267,12 +268,19 @@ async def _load_row(
 
 
 async def import_csv(
-    store: Store, data: bytes, *, user: str, transaction_id: str | None = None
+    store: Store,
+    data: bytes,
+    *,
+    user: str,
+    transaction_id: str | None = None,
+    on_row: Callable[[RowResult, int], None] | None = None,
 ) -> ImportReport:
     """Load every row in its own transaction; return the per-row report.
 
     ImportFileError before anything is loaded when the file is not our CSV; ImportStopped when the
-    store fails (`store_failed`): the rows before are loaded, the rest not.
+    store fails (`store_failed`): the rows before are loaded, the rest not. `on_row` is told each
+    row's result, with the number of rows, once it is loaded (or refused); what it raises stops the
+    import there, that row loaded and the rest not.
     """
     rows = read_rows(data)
     try:
@@ -282,7 +290,12 @@ async def import_csv(
         if store_failed(exc):
             raise ImportStopped(2) from exc
         raise
-    return ImportReport([await _import_row(store, row, in_file, user, transaction_id) for row in rows])
+    results = []
+    for row in rows:
+        results.append(await _import_row(store, row, in_file, user, transaction_id))
+        if on_row is not None:
+            on_row(results[-1], len(rows))
+    return ImportReport(results)
 
 
 async def _import_row(

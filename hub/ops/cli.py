@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -66,8 +67,8 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(fn: Callable[[Settings, Store], Awaitable[T]]) -> T:
-    settings = _settings()
+def _run(fn: Callable[[Settings, Store], Awaitable[T]], settings: Settings | None = None) -> T:
+    settings = settings or _settings()
 
     async def go() -> T:
         store = Store(settings.database.url)
@@ -140,6 +141,29 @@ def operators_enable(
     typer.echo(f"operator {username} enabled: they can log in again")
 
 
+def secret_of(settings: Settings) -> str:
+    """The hub's pseudonymisation secret; exit 2 with one line when there is none (no command but
+    `ketenhub run` makes one: a new one would key nothing the hub holds)."""
+    try:
+        return settings.secret_value()
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+async def checked_secret(settings: Settings, store: Store) -> tuple[str, bool]:
+    """The secret, and whether the store held the fingerprint of the hub's to check it against; exit 2
+    with one line when it is another secret than the hub's."""
+    from hub.secret_fingerprint import check_secret
+
+    secret = secret_of(settings)
+    try:
+        return secret, await check_secret(store, secret, source=settings.secret_source)
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @asynccontextmanager
 async def _dead_letters(settings: Settings, store: Store) -> AsyncIterator[DeadLetters]:
     from hub.kafka import client_options
@@ -151,8 +175,9 @@ async def _dead_letters(settings: Settings, store: Store) -> AsyncIterator[DeadL
         raise typer.Exit(2)
     topics = [t.name for t in prefixed(all_topics(), settings.kafka.topic_prefix) if is_dlq(t.name)]
     options = client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
+    secret, _ = await checked_secret(settings, store)
     try:
-        yield DeadLetters(store, options, topics, secret=settings.secret_value())
+        yield DeadLetters(store, options, topics, secret=secret)
     except BrokersUnavailable as exc:
         typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
         raise typer.Exit(1) from None
@@ -264,6 +289,14 @@ def dlq_discard(
     typer.echo(f"discarded {letter_id}")
 
 
+def _stop_replay(job: ReplayJob, sig: signal.Signals, stopped_by: list[signal.Signals]) -> None:
+    """SIGINT or SIGTERM during a replay: stop its job, which marks it abandoned and leaves the letters
+    it had not replayed open; the batch in hand is rolled back."""
+    stopped_by.append(sig)
+    if job.task is not None:
+        job.task.cancel()
+
+
 @dlq_app.command("replay")
 def dlq_replay(
     letter_id: Annotated[
@@ -273,7 +306,10 @@ def dlq_replay(
     error_class: Annotated[str | None, typer.Option(help="part of the exception class")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every open dead letter")] = False,
 ) -> None:
-    """Replay one dead letter, a filtered set, or all, with a progress bar; exit 1 when any failed."""
+    """Replay one dead letter, a filtered set, or all, with a progress bar; exit 1 when any failed.
+
+    Ctrl-C or SIGTERM stops the replay: it says how far it came (exit 130 or 143); the letters not
+    replayed stay open, to be replayed again."""
     if letter_id is None and not (topic or error_class or all_):
         typer.echo("ketenhub: give an id, a filter, or --all", err=True)
         raise typer.Exit(2)
@@ -296,20 +332,39 @@ def dlq_replay(
                 then = "when it has ended (the console shows it), replay again"
                 typer.echo(f"ketenhub: {exc}; {then}", err=True)
                 raise typer.Exit(1) from None
-            with Progress() as progress:
-                bar = progress.add_task("replaying", total=job.total)
-                while job.task is not None and not job.task.done():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # stop the job: marked abandoned at once
+                loop.add_signal_handler(sig, _stop_replay, job, sig, stopped_by)
+            try:
+                with Progress() as progress:
+                    bar = progress.add_task("replaying", total=job.total)
+                    while job.task is not None and not job.task.done():
+                        progress.update(bar, completed=job.done + job.skipped + job.failed)
+                        await asyncio.sleep(0.1)
+                    if job.task is not None:
+                        await asyncio.gather(job.task, return_exceptions=True)
                     progress.update(bar, completed=job.done + job.skipped + job.failed)
-                    await asyncio.sleep(0.1)
-                progress.update(bar, completed=job.done + job.skipped + job.failed)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
             return job
 
+    stopped_by: list[signal.Signals] = []
     job = _run(go)
     if job.total == 0:
         typer.echo("no open dead letter matches: nothing to replay")
         return
     skipped = f"; {job.skipped} skipped, already replayed or discarded" if job.skipped else ""
     typer.echo(f"queued {job.done} of {job.total} dead letter(s) for replay{skipped}")
+    if stopped_by and job.state == ABANDONED:  # (one that ended as the signal came is not)
+        typer.echo(
+            f"ketenhub: replay stopped ({stopped_by[0].name}) after {job.handled} of {job.total} dead"
+            f" letter(s): {job.done} queued for replay (the running hub publishes them), the other"
+            f" {job.total - job.handled} stay open; job {job.id} is marked abandoned. Replay again for the"
+            " rest",
+            err=True,
+        )
+        raise typer.Exit(128 + stopped_by[0])
     if job.state in (FAILED, ABANDONED):  # the brokers or the store failed: it stopped, the rest untried
         typer.echo(f"ketenhub: replay stopped: {job.error}", err=True)
         raise typer.Exit(1)

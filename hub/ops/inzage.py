@@ -1,9 +1,10 @@
 """Rule 20: a subject-access export, everything the hub holds and disclosed about one BSN.
 
 The hub keys a youth's data by the youth key (an HMAC of the BSN), so the export gathers every row
-under that key: referrals (with their decisions), consents, handovers, signals and their matches,
-what waits in the outbox and the retry ladder, and the audit log, which holds every disclosure, read
-and change (rule 18).
+under that key (referrals and signals also by the BSN they keep; one under another key says the
+secret is not the hub's, under `incomplete`): referrals (with their decisions), consents, handovers,
+signals and their matches, what waits in the outbox and the retry ladder, and the audit log, which
+holds every disclosure, read and change (rule 18).
 
 Which messages are the youth's (an outbox row, pending or parked; a dead letter, read from the
 broker), by their key and what they name, is told in `hub.ops.inzage_search`: one that may be the
@@ -138,8 +139,12 @@ async def held_in_store(
     gaps = [] if incomplete is None else incomplete
     audit = await fetch_all(session, audit_log, audit_log.c.youth_key == key, order=audit_log.c.id)
     named = _named(audit)
+    # referrals and signals keep the BSN too: found by it as well, also when their key is another
     found_referrals = await fetch_all(
-        session, referrals, referrals.c.youth_key == key, order=referrals.c.received_at
+        session,
+        referrals,
+        or_(referrals.c.youth_key == key, referrals.c.bsn == bsn),
+        order=referrals.c.received_at,
     )
     found_consents = await fetch_all(
         session, consents, consents.c.youth_key == key, order=consents.c.recorded_at
@@ -147,7 +152,16 @@ async def held_in_store(
     found_handovers = await fetch_all(
         session, handovers, handovers.c.youth_key == key, order=handovers.c.created_at
     )
-    found_signals = await fetch_all(session, signals, signals.c.youth_key == key, order=signals.c.signal_id)
+    found_signals = await fetch_all(
+        session, signals, or_(signals.c.youth_key == key, signals.c.bsn == bsn), order=signals.c.signal_id
+    )
+    elsewhere = sum(row.youth_key != key for row in (*found_referrals, *found_signals))
+    if elsewhere:  # the hub keyed the youth by another secret: what it keeps under that key is missed
+        gaps.append(
+            f"youth key: {elsewhere} referral(s) or signal(s) with this BSN are kept under another youth"
+            " key than this secret gives, and what the hub keeps under that key is not in this export:"
+            " make it with the hub's secret"
+        )
     signal_ids = {s.signal_id for s in found_signals} | named["signal"]
     found_matches = await fetch_all(
         session, matches, matches.c.signal_id.in_(sorted(signal_ids)), order=matches.c.received_at

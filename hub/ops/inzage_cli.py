@@ -93,26 +93,36 @@ def inzage(
     """Everything the hub holds and disclosed about one BSN (rule 20), as JSON; audited.
 
     The BSN is read from standard input (`ketenhub inzage --out export.json < bsn.txt`) or asked
-    for. Dead letters are read from the brokers in KETENHUB_KAFKA__BOOTSTRAP_SERVERS; without them
-    (the embedded broker lives in the hub) the export says it is incomplete, and the console's
-    export (`POST /ops/api/inzage`) has them. A file that cannot be written is refused before
+    for. It takes the hub's secret (KETENHUB_SECRET, or KETENHUB_STATE_DIR where `ketenhub run` keeps
+    ketenhub.secret): without one, or with another than the hub started with, it refuses. Dead
+    letters are read from the brokers in KETENHUB_KAFKA__BOOTSTRAP_SERVERS; without them (the
+    embedded broker lives in the hub) the export says it is incomplete, and the console's export
+    (`POST /ops/api/inzage`) has them. A file that cannot be written is refused before
     anything is read or audited; the file is written whole or not at all.
     """
-    from hub.ops.cli import USER, _dead_letters, _run
+    from hub.ops.cli import USER, _dead_letters, _run, _settings, checked_secret, secret_of
 
+    settings = _settings()
+    secret_of(settings)  # none (this is not where the hub keeps it): refused before anything is made
     output = _output(out)
     try:
-        bsn = _read_bsn()
 
         async def go(settings: Settings, store: Store) -> dict[str, Any]:
-            secret = settings.secret_value()
+            secret, checked = await checked_secret(settings, store)  # another than the hub's: refused
+            if not checked:
+                typer.echo(
+                    "ketenhub: the database holds no fingerprint of the hub's secret yet (no `ketenhub run`"
+                    " on it since they are kept): whether this is the hub's secret could not be checked",
+                    err=True,
+                )
+            bsn = _read_bsn()
             if settings.embedded_broker:
                 return await export(store, bsn=bsn, secret=secret, by=USER, dead_letters=None)
             async with _dead_letters(settings, store) as dl:
                 return await export(store, bsn=bsn, secret=secret, by=USER, dead_letters=dl)
 
         try:
-            doc = _run(go)
+            doc = _run(go, settings)
         except InvalidBsn as exc:
             typer.echo(f"ketenhub: not a BSN: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -89,3 +89,13 @@ audit_log = Table(
     Column("transaction_id", String(100), nullable=True, index=True),
     Column("legal_basis", Text, nullable=True),
 )
+
+# The fingerprint of the pseudonymisation secret the hub first started with on this database: an HMAC
+# of a fixed text under the secret, never the secret (hub.secret_fingerprint). One row, id 1.
+secret_fingerprint = Table(
+    "secret_fingerprint",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -435,3 +440,93 @@ async def _jobs(store: Store) -> list[Any]:
     async with store.connect() as conn:
         query = select(dlq_replay_jobs).where(dlq_replay_jobs.c.id != "console-job")
         return list(await conn.execute(query))
+
+
+async def _many_letters(bootstrap: str, topic: str, n: int) -> None:
+    failed = [(DLQ_TOPIC, topic.replace(".dlq.", ".").encode()), (DLQ_EXC_CLASS, b"ValueError")]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(n):
+            await producer.send(topic, b'{"n": 1}', key=f"k{i}".encode(), headers=failed)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_replay_says_how_far_it_came(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str, sig: signal.Signals
+) -> None:
+    """Ctrl-C during `dlq replay --all` left its bar and nothing else: not how far it came, nor that
+    the rest stay open."""
+    import sqlite3
+
+    total, db = 1500, tmp_path / "hub.db"  # at 200 a second: 7.5 s
+    asyncio.run(_many_letters(kafka.bootstrap, _a_dlq_topic(unique), total))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+    env |= _dlq_env(db, kafka.bootstrap, unique)
+
+    def done() -> int:
+        try:
+            with sqlite3.connect(db) as conn:
+                row = conn.execute("SELECT done FROM dlq_replay_jobs").fetchone()
+        except sqlite3.OperationalError:  # not made yet
+            return 0
+        return int(row[0]) if row else 0
+
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ketenhub")), "dlq", "replay", "--all"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while done() < 100 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the replay ended before it could be stopped"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err
+    with sqlite3.connect(db) as conn:
+        [(job_id, state, queued)] = conn.execute("SELECT id, state, done FROM dlq_replay_jobs").fetchall()
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == queued
+    assert state == "abandoned" and 100 <= queued < total
+    assert f"queued {queued} of {total} dead letter(s) for replay" in out
+    assert err.splitlines() == [
+        f"ketenhub: replay stopped ({sig.name}) after {queued} of {total} dead letter(s): {queued} queued for"
+        f" replay (the running hub publishes them), the other {total - queued} stay open; job {job_id} is"
+        " marked abandoned. Replay again for the rest"
+    ]
+
+
+def test_dead_letter_commands_refuse_a_secret_other_than_the_hubs(tmp_path: Path, unique: str) -> None:
+    """They find a letter's youth by the youth key of the BSN it names: with another secret, none."""
+    from hub.secret_fingerprint import check_secret
+
+    db = tmp_path / "hub.db"
+
+    async def first_start() -> None:
+        store = Store(f"sqlite+aiosqlite:///{db}")
+        try:
+            await store.migrate()
+            await check_secret(store, "the-hub-s-own-" + "s" * 40, source="KETENHUB_SECRET", record=True)
+        finally:
+            await store.close()
+
+    asyncio.run(first_start())
+    with refusing_address() as brokers:  # not reached: refused before
+        refused = CliRunner().invoke(app, ["dlq", "list"], env=_dlq_env(db, brokers, unique))
+    assert refused.exit_code == 2, refused.output
+    assert (
+        refused.output.startswith(
+            "ketenhub: configuration error: KETENHUB_SECRET: not the secret the hub first started with on"
+        )
+        and refused.output.count("\n") == 1
+    )

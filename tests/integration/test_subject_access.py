@@ -642,3 +642,110 @@ async def test_dead_letters_are_told_as_the_outbox_is(kafka: EmbeddedKafka, stor
     assert "Visser" not in json.dumps(doc) and A not in gap
     for_b = await export(store, bsn=B, secret=TEST_SECRET, by="petra", dead_letters=letters)
     assert for_b["dead_letters"] == [] and _gaps(for_b, "dead_letters")[0].startswith("dead_letters: 1 ")
+
+
+def _referral_row(bsn: str, key: str) -> dict[str, Any]:
+    """A stored referral row of `bsn`, kept under youth key `key`."""
+    from schemas.envelope import utcnow
+
+    return {
+        "id": str(uuid.uuid4()),
+        "referrer_key": "politie",
+        "case_reference": f"PL-{uuid.uuid4().hex[:8]}",
+        "partner_id": None,
+        "referrer_type": "POLITIE",
+        "channel": "http",
+        "youth_key": key,
+        "bsn": bsn,
+        "track": "HALT_STRAF",
+        "outcome": "ACCEPTED",
+        "referral": {"youth": {"bsn": bsn}},
+        "decision": {"outcome": "ACCEPTED"},
+        "transaction_id": "tx-1",
+        "received_at": utcnow(),
+    }
+
+
+def test_the_command_line_export_refuses_without_the_hubs_secret_or_with_another(tmp_path: Path) -> None:
+    """Without KETENHUB_SECRET, away from the hub's state dir, `ketenhub inzage` made a new random
+    secret, found nothing under the youth key it gave, exited 0 and audited "we hold nothing" under a
+    key nobody looks for. Another state dir's secret did the same."""
+    from hub.cli import app
+    from hub.config import load_settings
+    from hub.secret_fingerprint import check_secret
+    from hub.store import Store
+    from schemas.pseudonym import youth_key as pseudonym
+
+    bsn, db = "111222333", tmp_path / "hub.db"
+    hub_dir, empty, other = tmp_path / "hub", tmp_path / "empty", tmp_path / "other"
+    for folder in (hub_dir, empty, other):
+        folder.mkdir()
+    url = f"sqlite+aiosqlite:///{db}"
+    hubs = load_settings(state_dir=hub_dir, database={"url": url}).ensure_secret()  # `ketenhub run`
+    load_settings(state_dir=other).ensure_secret()  # another hub's, elsewhere
+
+    async def first_start() -> None:  # the hub's first start records the fingerprint; it holds a referral
+        store = Store(url)
+        try:
+            await store.migrate()
+            await check_secret(store, hubs, source="KETENHUB_STATE_DIR", record=True)
+            async with store.transaction() as session:
+                await session.execute(insert(referrals).values(**_referral_row(bsn, pseudonym(hubs, bsn))))
+        finally:
+            await store.close()
+
+    asyncio.run(first_start())
+    runner, base = CliRunner(), {"KETENHUB_DATABASE__URL": url}
+    made = runner.invoke(app, ["inzage"], input=f"{bsn}\n", env=base | {"KETENHUB_STATE_DIR": str(hub_dir)})
+    assert made.exit_code == 0, made.output
+    assert '"referrals": 1' in made.output and "export made (referrals 1" in made.output
+
+    nothing = runner.invoke(app, ["inzage"], input=f"{bsn}\n", env=base | {"KETENHUB_STATE_DIR": str(empty)})
+    assert nothing.exit_code == 2, nothing.output
+    assert nothing.output == (
+        "ketenhub: configuration error: KETENHUB_SECRET: not set, and there is no"
+        f" {empty / 'ketenhub.secret'}: set KETENHUB_SECRET to the hub's secret, or KETENHUB_STATE_DIR"
+        " to the directory `ketenhub run` keeps its ketenhub.secret in\n"
+    )
+    assert list(empty.iterdir()) == []  # no secret made up
+
+    for env, source in (
+        ({"KETENHUB_STATE_DIR": str(other)}, f"KETENHUB_STATE_DIR ({other / 'ketenhub.secret'})"),
+        ({"KETENHUB_SECRET": "a-secret-that-is-not-the-hubs-" + "x" * 20}, "KETENHUB_SECRET"),
+    ):
+        wrong = runner.invoke(app, ["inzage"], input=f"{bsn}\n", env=base | env)
+        assert wrong.exit_code == 2, wrong.output
+        assert wrong.output.startswith(
+            f"ketenhub: configuration error: {source}: not the secret the hub first started with on {url}"
+        ), wrong.output
+        assert wrong.output.count("\n") == 1 and bsn not in wrong.output
+    assert _exports_audited(db) == 1  # the refused ones exported and audited nothing
+
+
+async def test_referrals_and_signals_are_found_by_their_bsn_too_and_another_key_is_told(store: Any) -> None:
+    """An export made with another secret than the hub's found none of the youth's referrals (looked
+    up by youth key alone) and said nothing was missing."""
+    from hub.ops.inzage import export
+    from schemas.pseudonym import youth_key as pseudonym
+    from tests.conftest import TEST_SECRET
+
+    bsn = "111222333"
+    mine, elsewhere = (
+        _referral_row(bsn, pseudonym(TEST_SECRET, bsn)),
+        _referral_row(bsn, pseudonym("x" * 40, bsn)),
+    )
+    async with store.transaction() as session:
+        await session.execute(insert(referrals).values(**mine))
+        await session.execute(insert(referrals).values(**_referral_row("123456782", "someone-else")))
+    doc = await export(store, bsn=bsn, secret=TEST_SECRET, by="test", dead_letters=None)
+    assert [r["id"] for r in doc["referrals"]] == [mine["id"]]
+    assert not any(gap.startswith("youth key") for gap in doc["incomplete"])
+
+    async with store.transaction() as session:
+        await session.execute(insert(referrals).values(**elsewhere))
+    doc = await export(store, bsn=bsn, secret=TEST_SECRET, by="test", dead_letters=None)
+    assert sorted(r["id"] for r in doc["referrals"]) == sorted([mine["id"], elsewhere["id"]])
+    assert any(
+        gap.startswith("youth key: 1 referral(s) or signal(s) with this BSN are kept under another youth key")
+        for gap in doc["incomplete"]
+    ), doc["incomplete"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from hub.config import DEFAULT_DB_URL, load_settings
@@ -76,17 +80,173 @@ def test_placeholder_or_short_secret_refused_and_not_echoed(
     assert value not in str(err.value)
 
 
-def test_embedded_secret_is_random_and_kept(tmp_path: object) -> None:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
+def test_embedded_secret_is_random_and_kept(tmp_path: Path) -> None:
     a = load_settings(state_dir=tmp_path)
-    first = a.secret_value()
-    assert len(first) >= 32 and first == load_settings(state_dir=tmp_path).secret_value()
+    first = a.ensure_secret()  # `ketenhub run`: made the first time
+    assert len(first) >= 32 and first == load_settings(state_dir=tmp_path).ensure_secret()
+    assert load_settings(state_dir=tmp_path).secret_value() == first
     assert (tmp_path / "ketenhub.secret").stat().st_mode & 0o077 == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ketenhub.secret"]  # nothing half-made beside it
     other = tmp_path / "other"
     other.mkdir()
-    assert load_settings(state_dir=other).secret_value() != first
+    assert load_settings(state_dir=other).ensure_secret() != first
+
+
+def test_only_run_makes_the_secret_any_other_use_without_one_is_refused_naming_what_to_set(
+    tmp_path: Path,
+) -> None:
+    """secret_value() made a new random secret wherever it was called without one (`ketenhub inzage`
+    in another directory): youth keys that found nothing, and an export that said so."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(state_dir=tmp_path).secret_value()
+    said = str(err.value)
+    assert said.startswith("KETENHUB_SECRET: not set, and there is no ") and "\n" not in said
+    assert str(tmp_path / "ketenhub.secret") in said and "KETENHUB_STATE_DIR" in said
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ketenhub.secret").write_text("\n")
+    with pytest.raises(ConfigError, match="^KETENHUB_STATE_DIR: .* holds no secret"):
+        load_settings(state_dir=tmp_path).secret_value()
+
+
+def test_run_in_a_state_dir_that_is_not_there_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^KETENHUB_STATE_DIR: .*missing is not a directory"):
+        load_settings(state_dir=tmp_path / "missing").ensure_secret()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read"),
+    [
+        ("KETENHUB_COMPONENTS", "intake,mail", ["intake", "mail"]),
+        ("KETENHUB_COMPONENTS", " intake , mail ", ["intake", "mail"]),
+        ("KETENHUB_COMPONENTS", '["intake", "mail"]', ["intake", "mail"]),
+        ("KETENHUB_COMPONENTS", "routing", ["routing"]),
+        ("KETENHUB_VERWIJSINDEX__RETRY_SCHEDULE_S", "1,5,30", (1.0, 5.0, 30.0)),
+        ("KETENHUB_SMTP__RETRY_SCHEDULE_S", "[2, 10]", (2.0, 10.0)),
+        ("KETENHUB_HANDOVERS__RETRY_SCHEDULE_S", "60", (60.0,)),
+        ("KETENHUB_HANDOVERS__RETRY_SCHEDULE_S", "[]", ()),  # no rungs: to the DLQ after in-place tries
+        ("KETENHUB_HANDOVERS__ZORGMELDING_RECEIVERS", "x", ("x",)),
+        ("KETENHUB_HANDOVERS__ZORGMELDING_RECEIVERS", "vt-haaglanden,vt-hollands-midden", None),
+    ],
+)
+def test_a_list_is_taken_comma_separated_or_as_json(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, read: object
+) -> None:
+    """A list that was not JSON ended start-up in a SettingsError traceback of 90 lines."""
+    monkeypatch.setenv(name, value)
+    s = load_settings()
+    section, _, field = name.removeprefix("KETENHUB_").lower().partition("__")
+    got = getattr(getattr(s, section), field) if field else getattr(s, section)
+    assert got == (read if read is not None else tuple(value.split(",")))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("KETENHUB_COMPONENTS", '["intake",', 'a JSON list (["a", "b"])'),
+        ("KETENHUB_COMPONENTS", "intake,,mail", "names separated by commas (a,b)"),
+        ("KETENHUB_VERWIJSINDEX__RETRY_SCHEDULE_S", "[2, 7", "numbers separated by commas (1,5,30)"),
+        ("KETENHUB_VERWIJSINDEX__LETTER_SENDER", "Halt Den Haag", "a JSON object"),
+    ],
+)
+def test_a_value_that_cannot_be_read_is_one_line_naming_the_variable_and_the_form(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    said = str(err.value)
+    assert said.startswith(f"{name}: expected ") and expected in said, said
+    assert "\n" not in said and value not in said
+
+
+@pytest.mark.parametrize("section", ["SMTP", "VERWIJSINDEX", "HANDOVERS"])
+@pytest.mark.parametrize("value", ["[NaN]", "Infinity", "1e12", "1,-30", "0", "604801"])
+def test_a_retry_delay_that_is_no_finite_wait_of_at_most_a_week_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, section: str, value: str
+) -> None:
+    """NaN, an infinity or 1e12 was taken, and the first transient failure raised in the retry ladder
+    (ValueError, OverflowError); a negative delay tried again at once."""
+    name = f"KETENHUB_{section}__RETRY_SCHEDULE_S"
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    said = str(err.value)
+    assert said.startswith(f"{name}: each delay must be a number of seconds above 0 and at most 604800")
+    assert "\n" not in said
+
+
+def test_the_longest_retry_delay_is_a_week(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KETENHUB_SMTP__RETRY_SCHEDULE_S", "0.5,604800")
+    assert load_settings().smtp.retry_schedule_s == (0.5, 604800.0)
+
+
+def test_a_database_url_that_cannot_be_parsed_is_refused_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port that is no number was taken, and every command ended in a ValueError traceback."""
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", "postgresql+asyncpg://hub:s3cr3t-pw@db:notaport/hub")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("KETENHUB_DATABASE__URL: not a database URL")
+    assert "s3cr3t-pw" not in str(err.value) and "notaport" not in str(err.value)
+
+
+def _a_ca(folder: Path) -> Path:
+    """A self-signed CA certificate, as Strimzi makes its cluster CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca = folder / "ca.crt"
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(ca) + ".key"]
+    subprocess.run(
+        ["openssl", "req", "-x509", *key, "-out", str(ca), "-days", "2", "-subj", "/CN=cluster-ca-test"],
+        check=True,
+        capture_output=True,
+    )
+    return ca
+
+
+def test_the_brokers_ca_file_is_used_for_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SASL_SSL had no CA setting: the system's trust store only, which lacks Strimzi's own cluster CA."""
+    from faststream.security import BaseSecurity, SASLScram512
+
+    from hub.kafka import client_options, faststream_security
+
+    ca = _a_ca(tmp_path)
+    monkeypatch.setenv("KETENHUB_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KETENHUB_KAFKA__SSL_CAFILE", str(ca))
+    kafka = load_settings().kafka
+    assert kafka.ssl_cafile == ca
+
+    def cas(context: object) -> list[object]:
+        return [c["subject"] for c in context.get_ca_certs()]  # type: ignore[attr-defined]
+
+    trusted = ((("commonName", "cluster-ca-test"),),)
+    assert cas(client_options(kafka, "k:9093")["ssl_context"]) == [trusted]
+    security = faststream_security(kafka)
+    assert isinstance(security, SASLScram512) and cas(security.ssl_context) == [trusted]
+    tls_only = faststream_security(kafka.model_copy(update={"security_protocol": "SSL"}))
+    assert type(tls_only) is BaseSecurity and tls_only.use_ssl and cas(tls_only.ssl_context) == [trusted]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "file", "said"),
+    [
+        ("SASL_SSL", "missing.crt", "no such file"),
+        ("SSL", "not-a-cert.crt", "holds no PEM certificate"),
+        ("SASL_PLAINTEXT", "ca.crt", "is for TLS: set KETENHUB_KAFKA__SECURITY_PROTOCOL to SSL or SASL_SSL"),
+    ],
+)
+def test_a_brokers_ca_file_that_cannot_be_used_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, file: str, said: str
+) -> None:
+    (tmp_path / "not-a-cert.crt").write_text("hello\n")
+    (tmp_path / "ca.crt").write_text("placeholder\n")
+    monkeypatch.setenv("KETENHUB_KAFKA__SECURITY_PROTOCOL", protocol)
+    monkeypatch.setenv("KETENHUB_KAFKA__SSL_CAFILE", str(tmp_path / file))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith(f"KETENHUB_KAFKA__SSL_CAFILE: {said}"), str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_unknown_component_refused() -> None:

@@ -1,0 +1,85 @@
+"""The environment as the settings read it: a list may be written comma-separated, and a value that
+cannot be read is named in one line.
+
+pydantic-settings reads a list or dict setting as JSON, and a value that is not JSON
+(`KETENHUB_COMPONENTS=intake,mail`, `KETENHUB_VERWIJSINDEX__RETRY_SCHEDULE_S=1,5,30`) ended start-up in
+a `SettingsError` traceback naming neither the variable nor the form it wants. A list of plain values
+(names, numbers) is read comma-separated unless it starts with `[` (a JSON list); anything else
+that is not JSON is `Unreadable`, which names the setting's path and the form expected, never the
+value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+from pydantic_settings import EnvSettingsSource, SettingsError
+
+_PLAIN = (str, int, float)
+
+
+class Unreadable(ValueError):
+    """A value of the environment that is neither JSON nor, for a list of plain values, comma-separated."""
+
+    def __init__(self, path: tuple[str, ...], expected: str) -> None:
+        super().__init__(expected)
+        self.path = path
+
+
+def _plain_items(annotation: Any) -> type | None:
+    """The item type of a list, tuple or set of strings or numbers; None for any other type."""
+    if get_origin(annotation) not in (list, tuple, set, frozenset):
+        return None
+    items = [a for a in get_args(annotation) if a is not Ellipsis]
+    return items[0] if items and all(a in _PLAIN for a in items) and len(set(items)) == 1 else None
+
+
+def _expected(annotation: Any) -> str:
+    item = _plain_items(annotation)
+    if item is str:
+        return 'expected names separated by commas (a,b) or a JSON list (["a", "b"])'
+    if item is not None:
+        return "expected numbers separated by commas (1,5,30) or a JSON list ([1, 5, 30])"
+    origin = get_origin(annotation) or annotation
+    if isinstance(origin, type) and issubclass(origin, dict):
+        return 'expected a JSON object ({"name": "value"})'
+    return "expected JSON"
+
+
+class CommaListEnv(EnvSettingsSource):
+    """KETENHUB_* variables, with lists of plain values also written comma-separated."""
+
+    _section = ""
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        self._section = field_name  # the top-level setting whose variables are being read
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        annotation = field.annotation if field is not None else None
+        if isinstance(value, str) and _plain_items(annotation) and not value.lstrip().startswith("["):
+            items = [item.strip() for item in value.split(",")]  # one value is a list of one
+            if all(items):
+                return items
+        else:
+            try:
+                return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+            except ValueError:
+                pass
+        section = self._section or field_name
+        path = (section,) if field_name == section else (section, field_name)
+        raise Unreadable(path, _expected(annotation))
+
+
+def unreadable_line(exc: SettingsError) -> tuple[tuple[str, ...], str]:
+    """The setting's path and what is wrong with it, of a `SettingsError` (no value in it)."""
+    cause = exc.__cause__
+    if isinstance(cause, Unreadable):
+        return cause.path, str(cause)
+    field = re.search(r'field "([^"]+)"', str(exc))
+    why = str(cause).splitlines()[0] if cause is not None and str(cause) else "cannot be read"
+    return ((field[1],) if field else ()), why
