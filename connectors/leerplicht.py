@@ -141,9 +141,9 @@ def iter_batch(raw: bytes) -> Iterator[RowResult]:
 # opening a cell took every line after it into that cell: those rows were neither accepted nor
 # refused. A record runs over more lines only when its quotes close within MAX_CELL_LINES lines and
 # it then has the header's columns; otherwise its first line is refused on its own, and reading goes
-# on with the next line. So too when a line it took in is a row of its own: a second stray '"'
-# further down, in the same column, closed the first one's quote, and one record held two youths'
-# rows (the second neither accepted nor refused, its BSN and name in the first one's surname).
+# on with the next line. So too when the lines it takes are rows of their own (`_runs_rows_together`):
+# a second stray '"' further down closed the first one's quote, and one record held two youths' rows
+# (the second neither accepted nor refused, its BSN and name in a cell of the first).
 _BSN = "BSN"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 MAX_CELL_LINES: Final = 20
@@ -163,10 +163,9 @@ def _cells(line: str) -> list[str] | None:
 
 def _results(lines: list[str], start: int, headers: list[str]) -> Iterator[RowResult]:
     number, i = 0, start
-    bsn_at = headers.index(_BSN) if _BSN in headers else None
     while i < len(lines):
         number += 1
-        cells, i = _record(lines, i, len(headers), bsn_at)
+        cells, i = _record(lines, i, headers)
         if cells is None:
             yield RowResult(
                 row=number, problems=[FieldProblem(field=_ROW, problem="ongeldige CSV", allowed=_QUOTES)]
@@ -175,43 +174,56 @@ def _results(lines: list[str], start: int, headers: list[str]) -> Iterator[RowRe
             yield _row(number, headers, cells)
 
 
-def _record(lines: list[str], i: int, width: int, bsn_at: int | None) -> tuple[list[str] | None, int]:
+def _record(lines: list[str], i: int, headers: list[str]) -> tuple[list[str] | None, int]:
     """The record starting at line `i` and the line after it: one line, or a few whose quoted cell
-    closes with the header's columns and none of which is a row of its own; None (and the next
-    line) when neither."""
+    closes with the header's columns and that are not rows run together; None (and the next line)
+    when neither."""
     cells = _cells(lines[i])
     if cells is not None:
         return cells, i + 1
-    text = lines[i]
+    width, text = len(headers), lines[i]
     for end in range(i + 1, min(i + MAX_CELL_LINES, len(lines))):
         text += "\n" + lines[end]
         cells = _cells(text)
         if cells is None:
             continue
         fits = len(cells) >= width and not any(c.strip() for c in cells[width:])
-        if (
-            not fits
-            or (
-                "\n" not in cells[0]  # the first cell over lines: its rest and the row, shifted by none
-                and any(_row_of_its_own(line, width, bsn_at) for line in lines[i + 1 : end + 1])
-            )
-        ):
+        if not fits or _runs_rows_together(lines[i : end + 1], cells, headers):
             return None, i + 1
         return cells, end + 1
     return None, i + 1
 
 
-def _row_of_its_own(line: str, width: int, bsn_at: int | None) -> bool:
-    """True when `line`, read on its own, is a row: the header's columns, a valid BSN in its column.
+def _runs_rows_together(taken: list[str], cells: list[str], headers: list[str]) -> bool:
+    """Whether a record over the lines `taken` is rows of their own that a stray quote ran together.
 
-    What follows a line break in a cell other than the first is that cell's rest and the cells after
-    it: fewer columns than the header, or shifted so that a valid BSN under BSN is chance. (The
-    first cell's rest and the cells after it are shifted by none; a line break in the first cell is
-    refused as a line break in a name or code.)"""
+    Over lines, one cell holds the line breaks (the `spanning` one). Its first line holds the cells
+    before it and its start: fewer columns than the header unless it is the last column, so read
+    without its quotes, a valid row there is a stray '"' in it. What follows a line break is the
+    cell's rest and the cells after it: fewer columns than the header, or (the first cell spanning)
+    the row's own columns shifted by none, so when another cell spans lines, a valid row there is a
+    row a second stray '"' closed the quote in. Valid: the header's columns and a row the format
+    takes (a BSN that passes the elfproef, dates, counts), which the rest of a cell is by chance only.
+    """
+    spanning = next((n for n, cell in enumerate(cells) if "\n" in cell), 0)
+    if spanning < len(headers) - 1 and _valid_row(taken[0].replace('"', ""), headers):
+        return True
+    return spanning > 0 and any(_valid_row(line, headers) for line in taken[1:])
+
+
+def _valid_row(line: str, headers: list[str]) -> bool:
+    """True when `line`, read on its own, is a row of the header's columns that the format takes."""
     cells = _cells(line)
-    if cells is None or bsn_at is None or len(cells) < width:
+    if cells is None or len(cells) < len(headers) or any(c.strip() for c in cells[len(headers) :]):
         return False
-    return is_valid_bsn(cells[bsn_at].strip())
+    data = {h: c for h, c in zip(headers, cells, strict=False) if h and c.strip()}
+    if not is_valid_bsn(data.get(_BSN, "").strip()):  # the cheap check first
+        return False
+    try:
+        LeerplichtRij.model_validate(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def _row(number: int, headers: list[str], cells: list[str]) -> RowResult:

@@ -23,9 +23,12 @@ class CanonicalModel(BaseModel):
 NO_CONTROL = r"^[^\x00-\x08\x0e-\x1f\x7f]*$"
 NO_CONTROL_PROBLEM = "bevat een stuurteken (zoals NUL)"
 NO_CONTROL_ALLOWED = "tekst zonder stuurtekens U+0000-U+0008, U+000E-U+001F en U+007F"
-# A name or a code is one line: a line break in one is two values run together (a CSV cell whose
-# stray '"' took in the next row) or a paste gone wrong, never a name.
-ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# In a partner's format, a name or a code is one line: a line break in one is two values run together
+# (a CSV cell whose stray '"' took in the next row) or a paste gone wrong. Only there: the canonical
+# Name and Code keep NO_CONTROL, as rows stored before read back. Whitespace at the ends, line breaks
+# too, is stripped before the pattern is checked, so the document allows it there (Python's \s is
+# what str.strip takes away).
+ONE_LINE = r"^\s*[^\x00-\x1f\x7f]*\s*$"
 ONE_LINE_PROBLEM = NO_CONTROL_PROBLEM  # a line break is one; what is allowed says so
 ONE_LINE_ALLOWED = "één regel tekst, zonder regeleinden, tabs en andere stuurtekens (U+0000-U+001F, U+007F)"
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
@@ -38,7 +41,7 @@ TOKEN_MAX = 200
 
 
 def as_code(value: object) -> str | None:
-    """`value` as a `Code` holds it (stripped, 1-100 characters, one line), else None.
+    """`value` as a `Code` holds it (stripped, 1-100 characters, no control character), else None.
 
     For references read from input that failed validation: a reference that does not fit is not
     used at all, rather than refused a second time where nobody can answer for it.
@@ -46,7 +49,7 @@ def as_code(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
-    if not 0 < len(value) <= CODE_MAX or _ANY_CONTROL.search(value) or _SURROGATE.search(value):
+    if not 0 < len(value) <= CODE_MAX or _CONTROL.search(value) or _SURROGATE.search(value):
         return None
     return value
 
@@ -69,10 +72,10 @@ def readable(text: str) -> str:
 
 Plain = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
 Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)
 ]
 Code = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL)
 ]
 # An opaque value a partner hands out and takes back as it was (a feed cursor): not stripped, up to
 # 200 characters, no control character.

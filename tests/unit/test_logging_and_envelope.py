@@ -170,13 +170,11 @@ def test_an_envelope_id_the_spine_could_not_use_is_refused(field: str, bad: str)
 
 def test_every_code_is_a_correlation_id() -> None:
     """The hub makes envelopes without validating them (Envelope.new) and sets the correlation id to a
-    reference: whatever a Code holds must read back. (A Code is one line: a tab or line break inside a
-    case reference makes it no Code, and no correlation id.)"""
+    reference: whatever a Code holds (a tab inside a case reference too) must read back."""
     from schemas._base import as_code
     from schemas.envelope import new_id
 
-    assert as_code("PL2024\t0000000001-1") is None and as_code("zaak\nnummer") is None
-    for raw in ("PL2024 0000000001-1", "  PL-1  ", "zaak/nummer \"2\"", "x" * 100):
+    for raw in ("PL2024\t0000000001-1", "  PL-1  ", "zaak\nnummer", "x" * 100):
         reference = as_code(raw)
         assert reference is not None
         made = Envelope.new("PolitieBesluit", {}, transaction_id=new_id(), correlation_id=reference)

@@ -272,6 +272,46 @@ def test_two_stray_quotes_in_one_column_do_not_make_two_youths_rows_one() -> Non
     assert two.referral.truancy is not None and two.referral.truancy.hours == 16
 
 
+def csv_in_order(headers: list[str], rows: list[dict[str, str]]) -> bytes:
+    lines = [";".join(headers)] + [";".join(r.get(h, "") for h in headers) for r in rows]
+    return "\r\n".join(lines).encode()
+
+
+@pytest.mark.parametrize(
+    ("order", "column"),
+    [
+        ("School first", "School"),  # the cell over lines is the first: its rest reads as a whole row
+        ("as exported", "Dossiernummer"),  # the first column of the export
+        ("as exported", "School"),
+    ],
+)
+def test_stray_quotes_in_any_column_leave_the_rows_after_them_their_own(order: str, column: str) -> None:
+    # a stray '"' opening the first row's cell and one closing the second row's ran the two together:
+    # when the cell was the first column, the second youth's row was taken in whole, its BSN and name
+    # in the first row's cell (a School folded onto one line: accepted), and the second row was never
+    # reported; a second row with a mistyped BSN went the same way
+    headers = ["School", *[h for h in good_row(1) if h != "School"]] if order == "School first" else None
+    first = good_row(1) | {column: '"' + (good_row(1).get(column) or "Het Stedelijk")}
+    second = good_row(2) | {column: (good_row(2).get(column) or "Lyceum") + '"'}
+    mistyped = good_row(3) | {"BSN": "123456789"}
+    rows = [first, second, mistyped]
+    raw = csv_in_order(headers, rows) if headers else csv_bytes(rows)
+    one, two, three = leerplicht.parse_batch(raw)
+    assert (one.row, one.ok, [p.problem for p in one.problems]) == (1, False, ["ongeldige CSV"])
+    assert two.row == 2 and two.referral is not None and two.referral.youth.bsn == second["BSN"]
+    assert (three.row, [p.field for p in three.problems]) == (3, ["BSN"])
+    for result in (one, two, three):  # the first youth's BSN is in no other row's referral
+        assert result.referral is None or first["BSN"] not in result.referral.model_dump_json()
+
+
+def test_a_second_row_with_a_mistyped_bsn_is_not_taken_into_the_first() -> None:
+    first = good_row(1) | {"Achternaam": '"Mulder'}
+    second = good_row(2) | {"Achternaam": 'Leeuwen"', "BSN": "123456789"}
+    one, two = leerplicht.parse_batch(csv_bytes([first, second]))
+    assert (one.ok, [p.problem for p in one.problems]) == (False, ["ongeldige CSV"])
+    assert (two.row, [p.field for p in two.problems]) == (2, ["BSN"])
+
+
 @pytest.mark.parametrize("column", ["Achternaam", "Voornamen", "Dossiernummer", "Leerplichtambtenaar"])
 def test_a_line_break_in_a_name_or_code_is_refused_on_its_column(column: str) -> None:
     rows = [good_row(1) | {column: '"Jan\nsen"'}, good_row(2)]
@@ -658,3 +698,27 @@ def test_a_row_wrong_in_every_column_names_ten_problems_and_counts_the_rest() ->
     *named, more = result.problems
     assert len({p.field for p in named}) == leerplicht.MAX_PROBLEMS_PER_ROW
     assert more.field == "(rij)" and more.problem.startswith("en nog ")
+
+
+def test_canonical_names_stored_over_lines_before_still_read_back() -> None:
+    # partner formats refuse a line break in a name or code; the canonical models do not, so a
+    # referral or caseworker stored before that (a surname over two lines) still reads back
+    from schemas.caseworker import Caseworker
+
+    referral = politie.parse(json_record("politie"))
+    stored = json.loads(referral.model_dump_json())
+    stored["youth"]["surname"] = "Mul\nder"
+    stored["case_reference"] = "PL\t1"
+    assert Referral.model_validate(stored).youth.surname == "Mul\nder"
+    assert Caseworker(caseworker_id="cw-1", name="Jan\tJansen", email="j@halt.nl", team="GOUDA").name
+
+
+def test_the_one_line_pattern_documents_the_whitespace_stripped_at_the_ends() -> None:
+    # a value is stripped before its pattern is checked: what the document shows must take it too
+    import re
+
+    from schemas._base import ONE_LINE
+
+    parsed = politie.parse(json_record("politie", **{"verdachte.achternaam": "\tJansen\r\n"}))
+    assert parsed.youth.surname.endswith(" Jansen")  # after its prefix (tussenvoegsel)
+    assert re.fullmatch(ONE_LINE, "\tJansen\r\n") and not re.fullmatch(ONE_LINE, "Jan\nsen")
