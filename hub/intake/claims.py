@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -116,13 +116,12 @@ async def _free(session: AsyncSession, source: str) -> None:
 
 
 async def _unused(session: AsyncSession, partner: Partner) -> None:
-    """SourceRefused once referrals came in through the partner's source: before the claim under the
-    connector's key, since then under the partner's on the Kafka channel."""
-    assert partner.kafka_source is not None
-    through = or_(
-        referrals.c.referrer_key == kafka_key(partner.kafka_source),
-        (referrals.c.referrer_key == partner_key(partner.id, partner.type))
-        & (referrals.c.channel == "kafka"),
+    """SourceRefused once referrals came in through the partner's claim: under the partner's key on the
+    Kafka channel. What the connector sent before the claim keeps the connector's own key, and stays
+    the connector's once the claim is released: a claim made for the wrong partner can be undone
+    until the connector sent something under it."""
+    through = (referrals.c.referrer_key == partner_key(partner.id, partner.type)) & (
+        referrals.c.channel == "kafka"
     )
     count = (await session.execute(select(func.count()).select_from(referrals).where(through))).scalar_one()
     if count:

@@ -340,3 +340,26 @@ async def test_the_migration_adds_the_claim_column_one_partner_per_source(db_url
                 await conn.execute(claim.where(partners.c.id == "p2"))
     finally:
         await store.close()
+
+
+async def test_a_claim_made_for_the_wrong_partner_is_undone_while_nothing_came_through_it(
+    store: Store,
+) -> None:
+    """What the connector sent before the claim counted as having come through it: a claim made for
+    the wrong partner could be neither released nor moved, and that partner read the connector's
+    referrals. Those keep the connector's own key, and stay its own once the claim is released."""
+    service = _service()
+    async with store.transaction() as session:
+        await add_partner(session, "lp-den-haag", PartnerType.LEERPLICHT)
+        await add_partner(session, "lp-leiden", PartnerType.LEERPLICHT)
+        sources = KafkaSources(0)
+        unclaimed = await sources.origin(session, "lp-leiden-connector", transaction_id="t", system="t")
+        before = await service.take_in(session, _referral("LP-L-1"), unclaimed)
+        await set_kafka_source(session, "lp-den-haag", "lp-leiden-connector")  # the wrong partner
+        released = await set_kafka_source(session, "lp-den-haag", None)
+        assert released.previous == "lp-leiden-connector"
+        moved = await set_kafka_source(session, "lp-leiden", "lp-leiden-connector")
+        origin = await KafkaSources(0).origin(session, "lp-leiden-connector", transaction_id="t", system="t")
+        repeat = await service.take_in(session, _referral("LP-L-1"), origin)
+    assert moved.partner.name == "lp-leiden"
+    assert repeat.duplicate and repeat.referral_id == before.referral_id  # still one referral (rule 7)
