@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
+from hub.handovers.batches import locked_batch, youths_to_deliver
 from hub.handovers.delivery_state import (
     delivery_verdict,
     hold_for_delivery,
@@ -115,12 +116,6 @@ def register_receivers(hub: Hub) -> None:
     )
     webhook.ladder = ladder
 
-    @hub.spine.subscribe(
-        hub.topic(HANDOVER_DISPATCH.name),
-        group=ladder.group,
-        dlq=hub.topic(HANDOVER_DISPATCH.dlq),
-        title="receivers:dispatch",
-    )
     async def deliver(tx: Tx, message: Envelope) -> None:
         """Hand a consent-checked handover (or a withdrawal notice) to its receiver."""
         organisation = str(message.payload["receiver_organisation"])
@@ -133,6 +128,15 @@ def register_receivers(hub: Hub) -> None:
             await ladder.handle(tx, message, key=f"{organisation}:{youth_key}")
             return
         await _to_topic(hub, tx, target, message, youth_key)
+
+    # a batch takes its handovers' case locks at once, in ascending order (hub.handovers.batches)
+    hub.spine.subscribe(
+        hub.topic(HANDOVER_DISPATCH.name),
+        group=ladder.group,
+        dlq=hub.topic(HANDOVER_DISPATCH.dlq),
+        title="receivers:dispatch",
+        batch=locked_batch(deliver, youths_to_deliver),
+    )(deliver)
 
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:

@@ -18,7 +18,13 @@ from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
-from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case
+from hub.consent.caseworker import (
+    NOT_YOURS,
+    CurrentCaseworker,
+    may_see_case,
+    refusals_audited,
+    require_case,
+)
 from hub.consent.custody import LATEST_FIRST, named_for
 from hub.consent.fhir import (
     CUSTODIANS_PATH,
@@ -337,9 +343,15 @@ class _KnownYouthRefused(Problem):
 
 @asynccontextmanager
 async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
-    """Audit a _KnownYouthRefused in a transaction of its own (the request's is rolled back)."""
+    """Audit, as `consent.refused` under the youth's key, a _KnownYouthRefused and a 403 for a youth
+    whose case is others' (`NotOnCase`), each in a transaction of its own (the request's is rolled
+    back): both tell the caller the hub knows the youth (a FHIR body names it by BSN)."""
     try:
-        yield
+        async with refusals_audited(
+            hub.store, action="consent.refused", user=act.user, transaction_id=act.transaction_id,
+            system=SYSTEM,
+        ):  # fmt: skip
+            yield
     except _KnownYouthRefused as refused:
         async with hub.store.transaction() as session:
             await write_audit(
@@ -357,11 +369,11 @@ async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
 
 
 async def _may_record(session: Any, youth_key: str, caseworker: Caseworker) -> None:
-    """403 unless the caseworker works on the youth's case (or nobody does yet): recording a consent
-    makes its recorder one who works on the case (`may_see_case`), and so would open the case's
-    consents and handovers to anyone who recorded one, and let them withdraw the others'."""
-    if not await may_see_case(session, youth_key, caseworker):
-        raise Problem(403, "Geen toegang", NOT_YOURS)
+    """403 (`NotOnCase`, audited) unless the caseworker works on the youth's case (or nobody does
+    yet): recording a consent makes its recorder one who works on the case (`may_see_case`), and so
+    would open the case's consents and handovers to anyone who recorded one, and let them withdraw
+    the others'. The caller holds the youth's case lock (`_youth`)."""
+    await require_case(session, youth_key, caseworker)
 
 
 async def _from_fhir_body(

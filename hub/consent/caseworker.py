@@ -8,16 +8,17 @@ caseworker id alone opens nothing: without the system's key the answer is 401.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import date
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import HubStarting, Problem
-from hub.audit import CALLER
+from hub.audit import CALLER, AuditEntry, write_audit
 from hub.clock import today
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.directory.service import mail_recipients
@@ -25,6 +26,9 @@ from hub.directory.tables import caseworkers
 from hub.partners import PartnerType, partner_of_type
 from hub.partners.registry import Partner
 from schemas.caseworker import Caseworker
+
+if TYPE_CHECKING:
+    from hub.store import Store
 
 HEADER = "X-Medewerker"
 
@@ -99,3 +103,48 @@ async def may_see_case(session: AsyncSession, youth_key: str, caseworker: Casewo
 
 
 NOT_YOURS = "Geen toegang: u werkt niet aan de zaak van deze jeugdige (en vervangt niemand die dat doet)."
+
+
+class NotOnCase(Problem):
+    """403: the caseworker does not work on the youth's case (`may_see_case`).
+
+    The answer tells its caller that the hub holds a case for the youth, and, for a request that
+    names the youth by BSN, that the hub knows that BSN (an unknown one is 404): so the refusal is
+    audited under the youth's key (`refusals_audited`), as a disclosure is, and a privacy officer
+    sees who tried."""
+
+    def __init__(self, youth_key: str) -> None:
+        super().__init__(403, "Geen toegang", NOT_YOURS)
+        self.youth_key = youth_key
+
+
+async def require_case(session: AsyncSession, youth_key: str, caseworker: Caseworker) -> None:
+    """NotOnCase unless `caseworker` works on the youth's case (or nobody does yet). Take the youth's
+    case lock first (hub.store.locks) where what follows makes them one who works on it: else two
+    caseworkers' first requests at once both find nobody on the case."""
+    if not await may_see_case(session, youth_key, caseworker):
+        raise NotOnCase(youth_key)
+
+
+NOT_ON_CASE = "not_on_case"  # the audited reason of a NotOnCase
+
+
+@asynccontextmanager
+async def refusals_audited(
+    store: Store, *, action: str, user: str, transaction_id: str, system: str, **objects: Any
+) -> AsyncIterator[None]:
+    """Audit a NotOnCase raised inside as `action` under the youth's key, with the reason
+    `not_on_case` and `objects` (ids, codes: no free text), in a transaction of its own (the
+    request's is rolled back); then let it go on to its caller."""
+    try:
+        yield
+    except NotOnCase as refused:
+        entry = AuditEntry(
+            action=action,
+            user=user,
+            youth_key=refused.youth_key,
+            objects={"reason": NOT_ON_CASE, **objects},
+        )
+        async with store.transaction() as session:
+            await write_audit(session, entry, transaction_id=transaction_id, system=system)
+        raise

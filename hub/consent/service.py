@@ -11,6 +11,7 @@ from hub.consent.custody import named_for
 from hub.consent.rules import Required, completeness, custodians_shown
 from hub.consent.store import StoredConsent, get_consent, insert_consent, mark_withdrawn
 from hub.handovers.service import Act, Routing, apply_withdrawal, recheck_waiting
+from hub.store.locks import lock_youths
 from schemas.consent import Consent, ConsentStatus
 
 
@@ -87,7 +88,16 @@ class AlreadyWithdrawn(Exception):
 async def withdraw_consent(
     session: AsyncSession, r: Routing, consent_id: str, reason: str, act: Act
 ) -> tuple[StoredConsent, list[str]]:
-    """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit."""
+    """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit.
+
+    Under the youth's case lock, taken before the consent's row (hub.store.locks): two withdrawals
+    of two of the youth's consents at once take turns, and the second sees what the first withdrew
+    (a handover both name is withdrawn, and its receiver told, once); so do a delivery's last check
+    (`hold_for_delivery`) and routing."""
+    found = await get_consent(session, consent_id)
+    if found is None:
+        raise ConsentNotFound(consent_id)
+    await lock_youths(session, [found.youth_key])
     stored = await get_consent(session, consent_id, lock=True)  # two withdrawals at once: in turn
     if stored is None:
         raise ConsentNotFound(consent_id)

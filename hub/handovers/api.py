@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
-from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case
+from hub.consent.caseworker import (
+    NOT_YOURS,
+    CurrentCaseworker,
+    may_see_case,
+    refusals_audited,
+    require_case,
+)
 from hub.handovers.answers import record_answer
 from hub.handovers.component import HandoverAnswer, routing_of
 from hub.handovers.receivers import receiver_delivery
@@ -32,6 +38,7 @@ from hub.handovers.service import (
 from hub.handovers.tables import handovers
 from hub.partners import CurrentPartner
 from hub.runtime import Hub
+from hub.store.locks import lock_youths
 from schemas._base import CanonicalModel, Code, ShortText
 from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
@@ -174,7 +181,8 @@ async def _request(
 
     Only a caseworker who works on the youth's case (or anyone, while nobody does yet) may ask:
     asking makes them one who works on it (`may_see_case`), which opens the case's consents and
-    handovers, and a handover discloses the youth's data."""
+    handovers, and a handover discloses the youth's data. It is asked under the youth's case lock,
+    and a refusal (403) is audited (`handover.request_refused`, reason `not_on_case`)."""
     caseworker_id = caseworker.caseworker_id
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
@@ -197,8 +205,13 @@ async def _request(
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
         found = await load_referral(session, body.referral_id)  # unknown: create_handover says 404
-        if found is not None and not await may_see_case(session, found[1], caseworker):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
+        # The youth's case lock before the check, as recording a consent takes it: while another
+        # caseworker's first request on the youth commits, this one waits, then finds them on the
+        # case. Then the referral again: a purge may have taken it meanwhile (create_handover: 404).
+        if found is not None and await lock_youths(session, [found[1]]):
+            found = await load_referral(session, body.referral_id)
+        if found is not None:
+            await require_case(session, found[1], caseworker)
         target = await receiver_delivery(session, body.receiver_organisation)
         if target is None:
             raise Problem(
@@ -221,7 +234,12 @@ async def _request(
             raise Problem(exc.status, "Overdracht niet mogelijk", str(exc)) from None
         return row.id, row
 
-    row = await create_once(hub.store, claim, response, create, replay)
+    # a 403 says the hub holds a case for the youth: audited under its key, as a disclosure is
+    async with refusals_audited(
+        hub.store, action="handover.request_refused", user=caseworker_id,
+        transaction_id=act.transaction_id, system=SYSTEM, referral_id=body.referral_id, purpose=purpose,
+    ):  # fmt: skip
+        row = await create_once(hub.store, claim, response, create, replay)
     hub.relay.wake()
     return HandoverOut.of(row)
 

@@ -16,6 +16,7 @@ from hub.handovers.answers import (
     record_answer,
     refused_answer_audit,
 )
+from hub.handovers.batches import locked_batch, youths_to_route
 from hub.handovers.receivers import kafka_readers
 from hub.handovers.routing import routing_of as routing_of  # re-exported: its home before
 from hub.handovers.service import (
@@ -62,12 +63,6 @@ def register_routing(hub: Hub) -> None:
     r = routing_of(hub)
     group = hub.group("routing")
 
-    @hub.spine.subscribe(
-        hub.topic(HANDOVER_REQUESTED.name),
-        group=group,
-        dlq=hub.topic(HANDOVER_REQUESTED.dlq),
-        title="routing:requests",
-    )
     async def check_and_route(tx: Tx, message: Envelope) -> None:
         """Rule 9: send a requested handover under a covering consent, or let it wait."""
         act = Act(user=message.source, transaction_id=tx.transaction_id)
@@ -83,6 +78,15 @@ def register_routing(hub: Hub) -> None:
             except HandoverProblem as exc:
                 raise PermanentError(str(exc)) from None
         await route(tx.session, r, str(handover_id), act)
+
+    # a batch takes its youths' case locks at once, in ascending order (hub.handovers.batches)
+    hub.spine.subscribe(
+        hub.topic(HANDOVER_REQUESTED.name),
+        group=group,
+        dlq=hub.topic(HANDOVER_REQUESTED.dlq),
+        title="routing:requests",
+        batch=locked_batch(check_and_route, youths_to_route),
+    )(check_and_route)
 
     answers = hub.group("routing-answers")  # own group: joining it does not rebalance the requests consumer
     for receiver_type in ReceiverType:

@@ -199,7 +199,9 @@ async def hold_for_delivery(session: AsyncSession, message: Envelope) -> None:
     records then are one step (rule 10): a withdrawal under way is waited for and seen, or it waits,
     and then sees that the receiver may have the handover. The case lock comes first because a
     handover that goes back to waiting is routed again in this transaction (`record_lapsed`), as
-    `route` takes it (hub.store.locks). SQLite's write transactions run one at a time anyway."""
+    `route` takes it (hub.store.locks). A Kafka batch of dispatch messages takes all of its
+    handovers' case locks before its first record (hub.handovers.batches): here they are held
+    already. SQLite's write transactions run one at a time anyway."""
     handover_id = as_code(message.payload.get("handover_id"))
     if message.type != HANDOVER or handover_id is None:
         return

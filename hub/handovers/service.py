@@ -285,7 +285,10 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
     """A consent was recorded (or started): send every waiting handover of this youth it now covers.
 
     Each goes under its own request's transaction id (rule 19), by `act.user`: what a handover
-    discloses stays linked to the request that asked for it, whichever consent or check let it go."""
+    discloses stays linked to the request that asked for it, whichever consent or check let it go.
+    The youth's case lock comes first (the caller may hold it already), before the consents and
+    handovers `route` locks: a withdrawal takes it before the consent's row (hub.store.locks)."""
+    await lock_youths(session, [youth_key])
     waiting = (
         await session.execute(
             select(handovers.c.id, handovers.c.transaction_id)
@@ -316,6 +319,7 @@ async def recheck_started(
     validity starts changes nothing by itself, so the routing's periodic check looks (rule 9).
     `youth_keys`: those `waiting_to_start` found, read beforehand outside a write transaction."""
     keys = await waiting_to_start(session) if youth_keys is None else youth_keys
+    await lock_youths(session, keys)  # all at once, in ascending order, before any row (hub.store.locks)
     sent: list[str] = []
     for key in keys:
         sent += await recheck_waiting(session, r, key, act)
@@ -337,11 +341,13 @@ async def waiting_to_start(session: AsyncSession) -> list[str]:
 async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredConsent, act: Act) -> list[str]:
     """Rule 10: withdraw pending handovers, tell receivers that got data or may have it (delivered,
     or POSTed without a 2xx: `attempted_at`), whatever the handover's status became since; returns
-    the withdrawn ids."""
-    rows = {
-        row.id: row
-        for row in await session.execute(select(handovers).where(handovers.c.youth_key == stored.youth_key))
-    }
+    the withdrawn ids.
+
+    The caller holds the youth's case lock (`withdraw_consent`); the youth's handovers are locked
+    too, and each is withdrawn only from the status it was read in: one withdrawn meanwhile (by a
+    withdrawal of another of the youth's consents) is neither withdrawn, audited nor told again."""
+    query = select(handovers).where(handovers.c.youth_key == stored.youth_key).order_by(handovers.c.id)
+    rows = {row.id: row for row in await session.execute(query.with_for_update())}
     views = [
         HandoverView(
             h.id,
@@ -357,17 +363,21 @@ async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredCons
     effects = withdrawal_effects(stored.consent, views)
     now = r.clock()
     told = {handover_id for handover_id, _ in effects.tell}
+    withdrawn = []
     for handover_id in effects.withdraw:
-        await session.execute(
+        row = rows[handover_id]
+        changed: Any = await session.execute(
             update(handovers)
-            .where(handovers.c.id == handover_id)
+            .where(handovers.c.id == handover_id, handovers.c.status == row.status)
             .values(
                 status=HandoverStatus.INGETROKKEN.value,
                 status_reason="TOESTEMMING_INGETROKKEN",
                 updated_at=now,
             )
         )
-        row = rows[handover_id]
+        if changed.rowcount != 1:  # decided otherwise since it was read: not this withdrawal's
+            continue
+        withdrawn.append(handover_id)
         await audit_handover(
             session,
             r,
@@ -382,4 +392,4 @@ async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredCons
                 row, reason="TOESTEMMING_INGETROKKEN", at=now, transaction_id=act.transaction_id
             )
             await add_to_outbox(session, r.dispatch_topic, notice, key=row.youth_key)
-    return list(effects.withdraw)
+    return withdrawn

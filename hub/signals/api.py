@@ -20,7 +20,7 @@ from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_ea
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
-from hub.consent.caseworker import NOT_YOURS, CurrentCaseworker, may_see_case, stands_in_for
+from hub.consent.caseworker import CurrentCaseworker, refusals_audited, require_case, stands_in_for
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
 from hub.signals import rules
@@ -37,6 +37,7 @@ from hub.signals.service import (
     store_signal,
 )
 from hub.signals.tables import matches
+from hub.store.locks import lock_youths
 from schemas._base import CanonicalModel, Code, ShortText
 from schemas.caseworker import Caseworker, ContactDetails
 from schemas.match import Match
@@ -219,7 +220,9 @@ async def register_signal(
     """Register a signal (rules 11-14); it is sent to the Verwijsindex through Kafka with retries.
 
     Sent again with the same `Idempotency-Key`, it answers with the signal the first one made.
-    While the organisation has an active signal on the youth, another is refused (409, naming it)."""
+    Only one who works on the youth's case, or nobody yet, registers one (else 403, audited as
+    `signal.register_refused`, reason `not_on_case`); while the organisation has an active signal on
+    the youth, another is refused (409, naming it)."""
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
     secret = hub.settings.secret_value()
@@ -261,22 +264,32 @@ async def register_signal(
         deferral_reason=body.deferral_reason,
     )
     key = make_key(secret, body.youth.bsn)
+    transaction_id = _tx(request)
 
     async def create(session: AsyncSession) -> tuple[str, Any]:
         assert signal.signal_id
+        # The youth's case lock first, then the youth's signal lock (`active_signal_for`): while
+        # another caseworker's first request on the youth commits, this one waits and then finds
+        # them on the case (hub.store.locks: the case lock before any other lock of the case).
+        await lock_youths(session, [key])
+        # Holding a youth's signal makes one who works on its case (may_see_case): registering one
+        # would open the others' consents and handovers of the youth to anyone meldingsbevoegd. And
+        # asked first, so that one with no part in the case does not learn the youth has a signal,
+        # nor its id (the 409); the 403 is audited, as it says the hub holds a case for this BSN.
+        await require_case(session, key, cw)
         if (existing := await active_signal_for(session, key, signal.organisation, today)) is not None:
             raise _AlreadySignalled(existing)
-        # Holding a youth's signal makes one who works on its case (may_see_case): registering one
-        # would open the others' consents and handovers of the youth to anyone meldingsbevoegd.
-        if not await may_see_case(session, key, cw):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
         await store_signal(
-            session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=_tx(request)
+            session, hub, signal, youth_key=key, user=cw.caseworker_id, transaction_id=transaction_id
         )
         return signal.signal_id, await signal_row(session, signal.signal_id)
 
     try:
-        row = await create_once(hub.store, claim, response, create, replay)
+        async with refusals_audited(
+            hub.store, action="signal.register_refused", user=cw.caseworker_id,
+            transaction_id=transaction_id, system=SYSTEM,
+        ):  # fmt: skip
+            row = await create_once(hub.store, claim, response, create, replay)
     except _AlreadySignalled as exc:
         # On PostgreSQL a request beside this one with the same key may have made it, committed while
         # this one waited for the youth's lock: that is this request's answer, not a refusal.

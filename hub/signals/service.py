@@ -125,7 +125,8 @@ async def active_signal_for(
     """The id of `organisation`'s ACTIEF signal on the youth that still runs on `day`, or None.
 
     On PostgreSQL it holds the youth's signal lock until the transaction ends, so that two
-    registrations at once cannot both find none and both store one; SQLite has one writer.
+    registrations at once cannot both find none and both store one; SQLite has one writer. A
+    registration takes the youth's case lock before it (hub.store.locks: the case lock first).
     """
     if session.get_bind().dialect.name == "postgresql":
         # a youth key is 64 hex digits; its first 7 make a positive int4, the lock's second key

@@ -4,14 +4,21 @@ Taken by what must see a youth's case whole while it writes (SQLite's write tran
 a time, so there it takes nothing):
 - intake's rule 5 counts a youth's earlier truancy referrals before accepting a "first" one;
 - the retention purge checks that a case is idle before deleting it;
-- recording a consent and asking for a handover, which refer to the case's referral: with the lock,
-  either they commit first and the purge finds the case busy, or they wait for the purge and then
-  find the referral gone, rather than leave a row pointing at a purged one.
+- recording a consent, asking for a handover and registering a signal: with the lock, either they
+  commit first and the purge finds the case busy, or they wait for the purge (a consent or handover
+  then finds the referral gone) rather than leave a row pointing at a purged case; and whether their
+  caseworker works on the case (`may_see_case`) is asked under it, so two caseworkers' first
+  requests on a youth at once do not both find nobody on it;
+- withdrawing a consent, before the consent's row: two withdrawals of a youth's consents at once
+  take turns, and the second sees the handovers the first withdrew.
 
-Keys are taken in ascending order by every holder, so two transactions each waiting for the other's
-youth cannot happen. A holder takes them before any row lock of the youth's case: so does routing,
-whose batch may route one youth's handover, then create another's. The purge does not wait: it
-takes the locks it can get (`try_lock_youths`) and leaves a youth being written to for its next run.
+Keys are taken in ascending order by every holder, all at once (`lock_youths` sorts them), so two
+transactions each waiting for the other's youth cannot happen: a Kafka batch of routing or delivery
+takes all its youths' locks before its first record (hub.handovers.batches), not one a record. A
+holder takes them before any other lock of the youth's case (a row, a signal's advisory lock): so
+does routing, whose batch may route one youth's handover, then create another's. The purge does not
+wait: it takes the locks it can get (`try_lock_youths`) and leaves a youth being written to for its
+next run.
 
 A lock covers a bucket of youths (one of `BUCKETS`, by the youth key), not one youth: PostgreSQL
 keeps advisory locks in a shared table of a few thousand entries (`max_locks_per_transaction` per

@@ -13,9 +13,11 @@ from fhir.resources.R4B.consent import Consent as FhirConsent
 from sqlalchemy import select, update
 
 from hub.clock import LOCAL
-from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, FHIR_JSON
+from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, FHIR_JSON, NS_BSN
 from hub.consent.tables import consents
+from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
+from schemas.caseworker import Caseworker
 from tests.helpers.kafka import wait_for
 from tests.integration.test_handover_flow import CW, TODAY, _queued, world
 
@@ -153,6 +155,48 @@ async def test_a_fhir_patient_key_that_is_no_key_is_refused_not_looked_up(
             )
             assert answer.status_code == 400, (answer.status_code, answer.text)
             assert answer.json()["title"] == "Ongeldige FHIR Consent"
+
+
+async def test_a_fhir_consent_naming_another_caseworkers_youth_by_bsn_is_refused_and_audited(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A FHIR consent names its youth by BSN: the hub answered 404 for a BSN it knows no referral of
+    and 403 for one whose case is another caseworker's, so anyone the case system named could ask
+    whether the hub knows a BSN. The 403 wrote no audit entry, though the 400 saying as much does
+    (`consent.refused`): now it is audited under the youth's key too, and a privacy officer sees who
+    tried. An unknown BSN names no youth: nothing to audit it under."""
+    async with world(kafka, db_url, unique) as w:
+        async with w.hub.store.transaction() as session:  # type: ignore[union-attr]
+            await upsert_caseworker(
+                session, Caseworker(caseworker_id="cw-2", name="Twee", email="cw2@halt.nl", team="DEN_HAAG")
+            )
+        rid, key = await w.referral(17)
+        recorded = await w.consent(rid)
+        bsn = await _bsn_of(w, rid)
+        exported = await w.client.get(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}",
+            headers={"X-Medewerker": CW, "Accept": FHIR_JSON},
+        )
+        resource = exported.json()
+        resource.pop("id", None)
+
+        def naming(named: str) -> dict[str, Any]:  # the youth by BSN alone, no youth key
+            probe = json.loads(json.dumps(resource))
+            probe["patient"]["identifier"]["value"] = "onbekend"
+            [patient] = [c for c in probe["contained"] if c["resourceType"] == "Patient"]
+            patient["identifier"] = [{"system": NS_BSN, "value": named}]
+            return probe
+
+        cw2 = {"X-Medewerker": "cw-2", "Content-Type": FHIR_JSON}
+        known = await w.client.post("/api/v1/toestemmingen", json=naming(bsn), headers=cw2)
+        assert known.status_code == 403, known.text
+        assert bsn not in known.text
+        unknown = await w.client.post("/api/v1/toestemmingen", json=naming(w.bsn_pool.pop()), headers=cw2)
+        assert unknown.status_code == 404, unknown.text
+        [refused] = await w.audit("consent.refused")
+        assert (refused.user, refused.youth_key, refused.objects) == ("cw-2", key, {"reason": "not_on_case"})
+        mine = await w.client.get(f"/api/v1/toestemmingen?referral_id={rid}", headers={"X-Medewerker": CW})
+        assert [c["consent_id"] for c in mine.json()] == [recorded["consent_id"]]  # nothing of cw-2's kept
 
 
 def _json_consent(referral_id: str, *given_at: str) -> dict[str, Any]:

@@ -487,7 +487,7 @@ async def test_recording_a_consent_or_asking_a_handover_does_not_open_another_ca
                 delegate_id="cw-stand-in",
             )  # fmt: skip
             await upsert_caseworker(session, me)
-        rid, _ = await w.referral(17)
+        rid, key = await w.referral(17)
         consent = await w.consent(rid)
         cid = consent["consent_id"]
         fhir = await w.client.get(
@@ -525,6 +525,17 @@ async def test_recording_a_consent_or_asking_a_handover_does_not_open_another_ca
             )
             assert r.status_code == 403, (url, r.status_code, r.text)
             assert r.json()["title"] == "Geen toegang"
+        # each 403 says the hub holds a case for this youth: audited under its key, with who tried
+        refused = [
+            (a.action, a.user, a.youth_key, a.objects)
+            for a in await w.audit("consent.refused") + await w.audit("handover.request_refused")
+        ]
+        not_on_case = {"reason": "not_on_case"}
+        expected = [("consent.refused", "cw-other", key, not_on_case)] * 2 + [
+            ("handover.request_refused", "cw-other", key, not_on_case | {"referral_id": rid, "purpose": p})
+            for p in ("WARME_OVERDRACHT", "ZORGMELDING")
+        ]
+        assert sorted(refused, key=repr) == sorted(expected, key=repr)
         for method, url, body in (
             ("get", f"/api/v1/toestemmingen?referral_id={rid}", None),
             ("post", f"/api/v1/toestemmingen/{cid}/intrekking", {"reason": "zomaar"}),

@@ -621,3 +621,40 @@ async def test_registering_a_signal_does_not_open_another_caseworkers_case(
         URL, json=body(add_years(T, -15), bsn=next(other_bsns())), headers={"X-Medewerker": "cw-piet"}
     )
     assert other.status_code == 201, other.text
+
+
+async def test_one_with_no_part_in_a_case_learns_nothing_of_its_signal_and_is_audited(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """A caseworker with no part in a youth's case who registered a signal on it was answered 409
+    naming the case's active signal: that the youth is in the Verwijsindex, and its holder's signal
+    id. The case is asked first now: 403, whatever signals the youth has. A 403 still says the hub
+    holds a case for this BSN (one it does not know is anyone's to begin), so it is audited under the
+    youth's key, as the 409 is: a privacy officer sees who tried."""
+    hub, client = api
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await upsert_caseworker(session, cw("cw-piet"))
+    piet = {"X-Medewerker": "cw-piet"}
+    first = await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)
+    assert first.status_code == 201, first.text
+    sid = first.json()["signal_id"]
+    while_active = await client.post(URL, json=body(add_years(T, -15)), headers=piet)
+    assert while_active.status_code == 403, while_active.text
+    assert while_active.json()["title"] == "Geen toegang"
+    assert sid not in while_active.text and BSN not in while_active.text
+    ended = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers=ILSE)
+    assert ended.status_code == 200, ended.text
+    after = await client.post(URL, json=body(add_years(T, -15)), headers=piet)
+    assert after.status_code == 403, after.text
+    assert await _signal_count(hub) == 1
+    # a youth nobody works on: Piet's to begin, nothing refused
+    other = await client.post(URL, json=body(add_years(T, -15), bsn=next(other_bsns())), headers=piet)
+    assert other.status_code == 201, other.text
+    async with hub.store.connect() as conn:
+        refusals = (
+            await conn.execute(select(audit_log).where(audit_log.c.action == "signal.register_refused"))
+        ).all()
+    assert [(r.user, r.youth_key, r.objects) for r in refusals] == [
+        ("cw-piet", youth_key(TEST_SECRET, BSN), {"reason": "not_on_case"})
+    ] * 2
