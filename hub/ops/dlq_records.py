@@ -33,6 +33,7 @@ from hub.spine.dlq import (
     DLQ_TOPIC,
     safe_error_message,
 )
+from hub.spine.headers import text_headers
 from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id
 
@@ -248,7 +249,7 @@ def _letter(r: Any, wanted: set[tuple[str, int, int]] | None) -> DeadLetter:
         r.offset,
         r.timestamp,
         bytes(r.key).decode("utf-8", "replace") if r.key is not None else None,
-        {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers or ()},
+        text_headers(r),  # a null header (not one the hub writes) as "", not a failed listing
         None if wanted is None else bytes(r.value or b""),
     )
 

@@ -19,14 +19,17 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.errors import PermanentError, TransientError
+from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
+from hub.spine.headers import check_id_headers, parse_batch
+from hub.spine.headers import message_id_of as message_id_of  # re-exported: hub/retry reads them here
+from hub.spine.headers import transaction_id_of as transaction_id_of
 from hub.spine.inbox import claim
 from hub.spine.outbox import Relay, add_to_outbox
 from hub.store import Store, store_failed
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, ID_MAX, Envelope, is_id, trace_id, utcnow
+from schemas.envelope import H_TRANSACTION_ID, Envelope, trace_id, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -39,22 +42,17 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) or store_failed(exc)
 
 
-def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
-    """A record header as text, or None."""
-    for key, value in record.headers or ():
-        if key == name:
-            return bytes(value).decode("utf-8", "replace")
-    return None
-
-
 SPLIT_DOWN_TO = 8  # a failed batch of at most this many records is handled record by record
-MAX_ID = ID_MAX  # message and transaction ids from headers, as in a body: the audit log's column
 
 HANDED_BACK_PAUSE_S = 1.0  # before a batch that failed is read again: no loop of failures
-
-
-class BadHeader(PermanentError):
-    """A record's id header is there but cannot be used (dedup and rule 19 depend on it)."""
+# Hand-backs of a batch from the same offsets before it is handled a record at a time. A batch fails
+# outside its records' own handling (the inbox claim, writing a dead letter, committing its offsets)
+# for a passing reason too: a rebalance racing on the inbox key, a commit refused mid-rebalance; that
+# has passed by the next read or the one after (a pause of 0.5-1 s each). Failing a third time in a
+# row from the same offsets, it is one of its records: then each record goes in a transaction of its
+# own, and the one that fails alone is dead-lettered, rather than its partition stalling for ever.
+# Fewer would dead-letter a record for a race; more only holds its partition up longer.
+ISOLATE_AFTER = 3
 
 
 class BatchFailed(Exception):
@@ -83,47 +81,6 @@ async def nack_batch(msg: KafkaMessage, records: Sequence[ConsumerRecord[Any, An
         await msg.nack()
     except IllegalStateError:
         rewind(msg.consumer, records)
-
-
-def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
-    """An id header's value; None when absent; BadHeader when empty, too long or not printable."""
-    value = header(record, name)
-    if value is None:
-        return None
-    if not is_id(value):
-        raise BadHeader(
-            f"header {name!r} is empty, longer than {MAX_ID} characters or not printable text; "
-            f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"
-        )
-    return value
-
-
-def message_id_of(record: ConsumerRecord[Any, Any]) -> str:
-    """The dedup id of a record: its message-id header, or its position when it has none (or an
-    unusable one, which `check_id_headers` dead-letters)."""
-    try:
-        return _id_header(record, H_MESSAGE_ID) or f"{record.topic}:{record.partition}:{record.offset}"
-    except BadHeader:
-        return f"{record.topic}:{record.partition}:{record.offset}"
-
-
-def transaction_id_of(record: ConsumerRecord[Any, Any], message_id: str, decoded: Any = None) -> str:
-    """Rule 19: the record's transaction-id header, else the one in its envelope (`decoded`), else its
-    message id (also for an unusable header, which `check_id_headers` dead-letters). One that is not
-    printable ASCII without spaces (a name, say) is replaced by a UUID made from it (`trace_id`)."""
-    try:
-        found = _id_header(record, H_TRANSACTION_ID)
-    except BadHeader:
-        return trace_id(message_id)
-    if found is None and isinstance(decoded, Envelope) and is_id(decoded.transaction_id):
-        found = decoded.transaction_id
-    return trace_id(found or message_id)
-
-
-def check_id_headers(record: ConsumerRecord[Any, Any]) -> None:
-    """Raise BadHeader when the message-id or transaction-id header is present but unusable."""
-    _id_header(record, H_MESSAGE_ID)
-    _id_header(record, H_TRANSACTION_ID)
 
 
 async def _no_body(message: Any) -> None:
@@ -223,6 +180,8 @@ class Spine:
         self.store, self.broker, self.relay, self.metrics = store, broker, relay, metrics
         self.consumer_options = consumer_options
         self.subscriptions: list[Subscription[Any]] = []
+        # failed hand-backs of a batch, by where it started: (group, topic, partition, offset)
+        self._failures: dict[tuple[str, str, int, int], int] = {}
 
     def subscribe(
         self,
@@ -254,6 +213,10 @@ class Spine:
                 group_id=group,
                 batch=True,
                 decoder=_no_body,
+                parser=parse_batch,
+                # no answer to a record's `reply_to` header: a partner's header named the topic
+                # FastStream published the handler's result (nothing) to, with the hub's rights
+                no_reply=True,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
                 title=title or f"{group}:{topic}",
@@ -277,17 +240,35 @@ class Spine:
         Whatever else fails (the batch, or the commit of its offsets), its partitions are rewound
         (`nack`) before the error leaves: the consumer's position is past the batch already, and the
         next batch's ack commits every position read, so it would commit past records that never
-        took effect. The error that leaves says what failed without the driver's text (values)."""
+        took effect. The error that leaves says what failed without the driver's text (values).
+        A batch handed back that way `ISOLATE_AFTER` times is handled a record at a time."""
+        starts = _starts(sub, records)
+        failed = max((self._failures.get(s, 0) for s in starts), default=0)
         try:
-            handled = await self._handle_retrying(sub, records, nack)
+            if failed >= ISOLATE_AFTER:
+                log.warning(
+                    "batch failed again and again; handling it record by record",
+                    topic=sub.topic,
+                    group=sub.group,
+                    failures=failed,
+                    records=len(records),
+                )
+                handled = await self._handle_alone(sub, records, nack)
+            else:
+                handled = await self._handle_retrying(sub, records, nack)
             if handled is None:
                 return  # handed back to the poll loop: read again from the batch's start
             outcomes, committed = handled
             await ack()
         except Exception as exc:
+            for start in starts:
+                self._failures[start] = self._failures.get(start, 0) + 1
             await self._hand_back(sub, records, nack)
             said = f"{type(exc).__name__}: {safe_error_message(exc)}"
             raise BatchFailed(f"{sub.group} on {sub.topic}, read again: {said}") from None
+        if self._failures:  # its partitions are past the batch that failed
+            done = {start[:3] for start in starts}
+            self._failures = {k: n for k, n in self._failures.items() if k[:3] not in done}
         for outcome, count in outcomes.items():
             self.metrics.messages.labels(sub.topic, outcome).inc(count)
         self.relay.wake()
@@ -326,6 +307,57 @@ class Spine:
                     await asyncio.sleep(delay)
                     return None
                 await asyncio.sleep(delay)
+
+    async def _handle_alone(
+        self,
+        sub: Subscription[Any],
+        records: Sequence[ConsumerRecord[Any, Any]],
+        nack: Callable[[], Awaitable[None]],
+    ) -> tuple[dict[str, int], list[Callable[[], None]]] | None:
+        """`_handle_retrying` for each record in a transaction of its own; a record that fails alone
+        is dead-lettered alone (`_dead_letter_alone`). None when a transient error handed it back."""
+        outcomes = {"processed": 0, "duplicate": 0, "dead_lettered": 0}
+        for record in records:
+            try:
+                handled = await self._handle_retrying(sub, [record], nack)
+            except Exception as exc:  # not transient (those were retried): the record's own fault
+                outcomes["dead_lettered"] += await self._dead_letter_alone(sub, record, exc)
+                continue
+            if handled is None:
+                return None  # what was handled is in the inbox: a duplicate when read again
+            for outcome, count in handled[0].items():
+                outcomes[outcome] += count
+            for callback in handled[1]:  # its transaction committed
+                callback()
+        return outcomes, []
+
+    async def _dead_letter_alone(
+        self, sub: Subscription[Any], record: ConsumerRecord[Any, Any], exc: BaseException
+    ) -> int:
+        """Dead-letter a record whose failure came before or after its handler, in a transaction of
+        its own that claims its message id (1); 0 when the id was claimed meanwhile (a rebalance gave
+        its partition to another member, which handled it)."""
+        message_id = message_id_of(record)
+        try:  # rule 19: the transaction id its envelope carries, when it has no header
+            decoded = sub.decode(record)
+        except Exception:  # undecodable: the header's, else its message id
+            decoded = None
+        transaction_id = transaction_id_of(record, message_id, decoded)
+        structlog.contextvars.bind_contextvars(message_id=trace_id(message_id), transaction_id=transaction_id)
+        try:
+            async with self.store.transaction() as session:
+                if not await claim(session, sub.group, [message_id]):
+                    return 0
+                log.warning(
+                    "message dead-lettered",
+                    topic=sub.topic,
+                    error_class=type(exc).__name__,
+                    error=safe_error_message(exc),
+                )
+                await self.dead_letter(session, sub, record, exc, transaction_id)
+            return 1
+        finally:
+            structlog.contextvars.unbind_contextvars("message_id", "transaction_id")
 
     async def _hand_back(
         self,
@@ -463,12 +495,15 @@ class Spine:
         message_id: str,
         committed: list[Callable[[], None]],
     ) -> str:
-        transaction_id = transaction_id_of(record, message_id)
+        transaction_id = trace_id(message_id)  # until the record's own is read, in the try below
         # a sender's message id may be a name ("zaak J. de Vries"): the log gets the id made from it
         structlog.contextvars.bind_contextvars(message_id=trace_id(message_id), transaction_id=transaction_id)
         started, callbacks = time.perf_counter(), len(committed)
         try:
             async with session.begin_nested():
+                # the header's, so an undecodable record's dead letter carries it too
+                transaction_id = transaction_id_of(record, message_id)
+                structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
                 check_id_headers(record)
                 item = sub.decode(record)
                 transaction_id = transaction_id_of(record, message_id, item)
@@ -526,3 +561,14 @@ class Spine:
         headers[H_TRANSACTION_ID] = transaction_id
         value = bytes(record.value or b"")
         await add_to_outbox(session, sub.dlq, value, key=original_key(record), headers=headers)
+
+
+def _starts(
+    sub: Subscription[Any], records: Sequence[ConsumerRecord[Any, Any]]
+) -> set[tuple[str, str, int, int]]:
+    """Where a batch starts on each of its partitions, for `sub`'s group."""
+    earliest: dict[tuple[str, int], int] = {}
+    for r in records:
+        tp = (r.topic, r.partition)
+        earliest[tp] = min(r.offset, earliest.get(tp, r.offset))
+    return {(sub.group, topic, partition, offset) for (topic, partition), offset in earliest.items()}

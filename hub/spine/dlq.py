@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from hub.logging import redact_text
+from hub.spine.headers import text_headers
 from schemas._base import readable
 from schemas.problems import masked_key
 
@@ -51,8 +52,9 @@ _DB_CLASS = re.compile(r"^<class '[\w.]+'>: ")
 
 
 def original_headers(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
-    """A record's headers as text: what its dead letter carries beside the DLQ headers."""
-    return {k: bytes(v).decode("utf-8", "replace") for k, v in record.headers or ()}
+    """A record's headers as text (a null one as "", bytes not UTF-8 shown as U+FFFD): what its dead
+    letter carries beside the DLQ headers."""
+    return text_headers(record)
 
 
 def original_key(record: ConsumerRecord[Any, Any]) -> str | None:
