@@ -168,14 +168,37 @@ def test_a_partner_claims_its_kafka_connectors_source(tmp_path: Path) -> None:
     released = _run(url, "set-kafka-source", "boa-dh", "--none")  # nothing came through it yet
     assert released.returncode == 0 and "speaks for no Kafka connector (was boa-connector)" in released.stdout
 
-    asyncio.run(_referral_from(url, "kafka:wt-connector"))
-    used = _run(url, "set-kafka-source", "wijkteam-escamp", "--none")
-    assert used.returncode == 1 and "1 referral(s) came in through source 'wt-connector'" in used.stderr
+    # what the connector sent before the claim keeps its own key: the claim can still be released
+    asyncio.run(_referral_from(url, "kafka:wt-connector", "WT-1"))
+    before = _run(url, "set-kafka-source", "wijkteam-escamp", "--none")
+    assert before.returncode == 0, before.stderr
     again = _run(url, "set-kafka-source", "wijkteam-escamp", "wt-connector")  # its own claim, made again
     assert again.returncode == 0 and "1 referral(s) it sent before count as this partner's" in again.stdout
+    # one that came in through the claim, under the partner's key on the Kafka channel: it stands
+    asyncio.run(_referral_from(url, partner_key_of(url, "wijkteam-escamp"), "WT-2"))
+    used = _run(url, "set-kafka-source", "wijkteam-escamp", "--none")
+    assert used.returncode == 1 and "1 referral(s) came in through source 'wt-connector'" in used.stderr
 
 
-async def _referral_from(url: str, referrer_key: str) -> None:
+def partner_key_of(url: str, name: str) -> str:
+    """The rule 7 key of a partner's referrals: `partner:<its id>`."""
+    from sqlalchemy import select
+
+    from hub.partners.tables import partners
+
+    async def key() -> str:
+        store = Store(url)
+        try:
+            async with store.read() as session:
+                found = await session.execute(select(partners.c.id).where(partners.c.name == name))
+                return f"partner:{found.scalar_one()}"
+        finally:
+            await store.close()
+
+    return asyncio.run(key())
+
+
+async def _referral_from(url: str, referrer_key: str, case_reference: str) -> None:
     from sqlalchemy import insert
 
     from hub.intake.tables import referrals
@@ -186,9 +209,9 @@ async def _referral_from(url: str, referrer_key: str) -> None:
         async with store.transaction() as session:
             await session.execute(
                 insert(referrals).values(
-                    id="r1",
+                    id=case_reference,
                     referrer_key=referrer_key,
-                    case_reference="WT-1",
+                    case_reference=case_reference,
                     referrer_type="PREVENTIEF",
                     channel="kafka",
                     youth_key="a" * 64,
