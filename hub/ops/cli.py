@@ -289,12 +289,14 @@ def dlq_discard(
     typer.echo(f"discarded {letter_id}")
 
 
-def _stop_replay(job: ReplayJob, sig: signal.Signals, stopped_by: list[signal.Signals]) -> None:
+def _stop_replay(jobs: list[ReplayJob], sig: signal.Signals, stopped_by: list[signal.Signals]) -> None:
     """SIGINT or SIGTERM during a replay: stop its job, which marks it abandoned and leaves the letters
-    it had not replayed open; the batch in hand is rolled back."""
+    it had not replayed open; the batch in hand is rolled back. Before the job has started, it is
+    stopped as soon as it has."""
     stopped_by.append(sig)
-    if job.task is not None:
-        job.task.cancel()
+    for job in jobs:
+        if job.task is not None:
+            job.task.cancel()
 
 
 @dlq_app.command("replay")
@@ -326,16 +328,21 @@ def dlq_replay(
             else:
                 flt = Filter(topic, error_class)
                 letters, what = await dl.find(flt), describe(flt)
-            try:  # one replay of many letters at a time in the hub: the console's or this one
-                job = await dl.start_replay(letters, USER, what=what)
-            except ReplayBusy as exc:
-                then = "when it has ended (the console shows it), replay again"
-                typer.echo(f"ketenhub: {exc}; {then}", err=True)
-                raise typer.Exit(1) from None
-            loop = asyncio.get_running_loop()
+            # Before the job starts: it replays from its first moment, and a signal that came between
+            # its start and the handlers ended the command as if it had finished (exit 0).
+            loop, jobs = asyncio.get_running_loop(), list[ReplayJob]()
             for sig in (signal.SIGINT, signal.SIGTERM):  # stop the job: marked abandoned at once
-                loop.add_signal_handler(sig, _stop_replay, job, sig, stopped_by)
+                loop.add_signal_handler(sig, _stop_replay, jobs, sig, stopped_by)
             try:
+                try:  # one replay of many letters at a time in the hub: the console's or this one
+                    job = await dl.start_replay(letters, USER, what=what)
+                except ReplayBusy as exc:
+                    then = "when it has ended (the console shows it), replay again"
+                    typer.echo(f"ketenhub: {exc}; {then}", err=True)
+                    raise typer.Exit(1) from None
+                jobs.append(job)
+                if stopped_by and job.task is not None:
+                    job.task.cancel()
                 with Progress() as progress:
                     bar = progress.add_task("replaying", total=job.total)
                     while job.task is not None and not job.task.done():
