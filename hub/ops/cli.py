@@ -295,8 +295,7 @@ def _stop_replay(jobs: list[ReplayJob], sig: signal.Signals, stopped_by: list[si
     stopped as soon as it has."""
     stopped_by.append(sig)
     for job in jobs:
-        if job.task is not None:
-            job.task.cancel()
+        job.stop()
 
 
 @dlq_app.command("replay")
@@ -341,8 +340,8 @@ def dlq_replay(
                     typer.echo(f"ketenhub: {exc}; {then}", err=True)
                     raise typer.Exit(1) from None
                 jobs.append(job)
-                if stopped_by and job.task is not None:
-                    job.task.cancel()
+                if stopped_by:
+                    job.stop()
                 with Progress() as progress:
                     bar = progress.add_task("replaying", total=job.total)
                     while job.task is not None and not job.task.done():

@@ -395,8 +395,8 @@ class DeadLetters:
         """Stop this process's jobs (the hub stops): each is marked abandoned at once, its letters not
         yet replayed left open, rather than found stale minutes later."""
         tasks = [job.task for job in self.running.values() if job.task is not None]
-        for task in tasks:
-            task.cancel()
+        for job in self.running.values():
+            job.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def job(self, job_id: str) -> ReplayJob | None:
@@ -427,6 +427,8 @@ class DeadLetters:
         started = loop.time()
         try:
             for i in range(0, len(letters), batch):
+                if job.stopping:  # asked to stop, and the cancellation did not come through
+                    raise asyncio.CancelledError
                 done = skipped = failed = 0  # counted once their transaction committed
                 chunk = letters[i : i + batch]
                 # payloads are read per batch: a job over the whole queue holds one batch of them

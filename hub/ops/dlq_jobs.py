@@ -60,6 +60,15 @@ class ReplayJob:
     progress_at: datetime | None = None
     finished_at: datetime | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    stopping: bool = field(default=False, repr=False)  # asked to stop: its task stops at its next batch
+
+    def stop(self) -> None:
+        """Stop the job (its process stops, or Ctrl-C): its task is cancelled, and should the
+        cancellation be swallowed on its way (asyncio.wait_for on Python 3.11 does when the call it
+        waits for ends as the cancel comes), the job still stops before its next batch."""
+        self.stopping = True
+        if self.task is not None:
+            self.task.cancel()
 
     @property
     def handled(self) -> int:

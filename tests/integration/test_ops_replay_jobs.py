@@ -178,6 +178,35 @@ async def test_a_job_whose_process_stops_says_so_at_once(store: Store, db_url: s
         assert after.state == "done"
 
 
+class Swallowing(Gate):
+    """The rate limit's wait, which swallows the cancellation that comes as it ends, as
+    asyncio.wait_for does on Python 3.11: the job's task goes on as if never cancelled."""
+
+    async def sleep(self, _seconds: float) -> None:
+        self.waiting.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.opened.wait()
+
+
+async def test_a_job_asked_to_stop_stops_though_its_cancellation_was_swallowed(
+    store: Store, db_url: str
+) -> None:
+    """A SIGTERM to `dlq replay` once ended the command with exit 0, the job done: the task's
+    cancellation was lost on its way, and the job replayed the rest."""
+    gate = Swallowing()
+    async with replica(db_url, sleep=gate.sleep) as a:
+        job = await a.start_replay(letters(0, 3), "olaf", batch=1)
+        await wait_for(gate.waiting.is_set)
+        assert job.task is not None
+        job.stop()
+        gate.opened.set()  # the waits after it pass at once
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        assert (job.state, job.error, job.done) == ("abandoned", STOPPED, 1)
+        seen = await a.job(job.id)
+        assert seen is not None and (seen.state, seen.done) == ("abandoned", 1)
+
+
 async def test_finished_jobs_are_kept_their_term_and_then_forgotten(store: Store, db_url: str) -> None:
     now = utcnow()
     old = {"operator": "olaf", "filter": EVERY_OPEN, "total": 2, "done": 2, "skipped": 0, "failed": 0}
