@@ -19,8 +19,8 @@ from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
 from hub.consent.caseworker import (
-    NOT_YOURS,
     CurrentCaseworker,
+    NotOnCase,
     may_see_case,
     refusals_audited,
     require_case,
@@ -368,6 +368,15 @@ async def _refusal_audited(hub: Any, act: Act) -> AsyncIterator[None]:
         raise
 
 
+def _read_refused(hub: Any, act: Act, action: str, **objects: Any) -> Any:
+    """A 403 to a read or withdrawal of another's case (`NotOnCase`) audited as `action` under the
+    youth's key, with who tried and what they named (ids: no free text), in a transaction of its own
+    (the request's is rolled back): a privacy officer sees who looked where they may not."""
+    return refusals_audited(
+        hub.store, action=action, user=act.user, transaction_id=act.transaction_id, system=SYSTEM, **objects
+    )
+
+
 async def _may_record(session: Any, youth_key: str, caseworker: Caseworker) -> None:
     """403 (`NotOnCase`, audited) unless the caseworker works on the youth's case (or nobody does
     yet): recording a consent makes its recorder one who works on the case (`may_see_case`), and so
@@ -462,10 +471,14 @@ async def list_consents(
         raise Problem(400, "Welke jeugdige?", "Geef referral_id of youth_key.")
     assert hub.store is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
-    async with hub.store.transaction() as session:
+    asked = {"referral_id": referral_id} if referral_id else {}
+    async with (
+        _read_refused(hub, act, "consent.read_refused", **asked),
+        hub.store.transaction() as session,
+    ):
         _, key, _ = await _youth(session, referral_id, youth_key)
         if not await may_see_case(session, key, caseworker):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
+            raise NotOnCase(key)
         stored = await consents_of(session, key)
         await _audit_read(session, act, key, {"consent_ids": [s.consent_id for s in stored]})
         named = await named_for(session, key)
@@ -479,12 +492,15 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
     hub = _hub(request)
     assert hub.store is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
-    async with hub.store.transaction() as session:
+    async with (
+        _read_refused(hub, act, "consent.read_refused", consent_id=consent_id),
+        hub.store.transaction() as session,
+    ):
         stored = await get_consent(session, consent_id)
         if stored is None:
             raise Problem(404, "Toestemming niet gevonden")
         if not await may_see_case(session, stored.youth_key, caseworker):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
+            raise NotOnCase(stored.youth_key)
         await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
         named = await named_for(session, stored.youth_key)
     if FHIR_JSON in request.headers.get("accept", ""):
@@ -505,10 +521,13 @@ async def withdraw(
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
     try:
-        async with hub.store.transaction() as session:
+        async with (
+            _read_refused(hub, act, "consent.withdraw_refused", consent_id=consent_id),
+            hub.store.transaction() as session,
+        ):
             found = await get_consent(session, consent_id)
             if found is not None and not await may_see_case(session, found.youth_key, caseworker):
-                raise Problem(403, "Geen toegang", NOT_YOURS)
+                raise NotOnCase(found.youth_key)
             stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
             named = await named_for(session, stored.youth_key)
     except ConsentNotFound:

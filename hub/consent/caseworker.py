@@ -113,8 +113,8 @@ class NotOnCase(Problem):
     audited under the youth's key (`refusals_audited`), as a disclosure is, and a privacy officer
     sees who tried."""
 
-    def __init__(self, youth_key: str) -> None:
-        super().__init__(403, "Geen toegang", NOT_YOURS)
+    def __init__(self, youth_key: str, detail: str = NOT_YOURS) -> None:
+        super().__init__(403, "Geen toegang", detail)
         self.youth_key = youth_key
 
 

@@ -18,8 +18,8 @@ from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_ea
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.consent.caseworker import (
-    NOT_YOURS,
     CurrentCaseworker,
+    NotOnCase,
     may_see_case,
     refusals_audited,
     require_case,
@@ -291,7 +291,10 @@ async def list_handovers(
     """The handovers of a referral; the read is audited (rule 18): it shows where a youth was referred."""
     hub = _hub(request)
     assert hub.store is not None
-    async with hub.store.transaction() as session:
+    async with (
+        _read_refused(request, caseworker, referral_id=referral_id),
+        hub.store.transaction() as session,
+    ):
         rows = (
             await session.execute(
                 select(handovers)
@@ -300,7 +303,7 @@ async def list_handovers(
             )
         ).all()
         if rows and not await may_see_case(session, rows[0].youth_key, caseworker):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
+            raise NotOnCase(rows[0].youth_key)
         if rows:
             entry = AuditEntry(
                 action="handover.read",
@@ -317,12 +320,26 @@ async def read_handover(request: Request, handover_id: str, caseworker: CurrentC
     """One handover's status; the read is audited (rule 18)."""
     hub = _hub(request)
     assert hub.store is not None
-    async with hub.store.transaction() as session:
+    async with (
+        _read_refused(request, caseworker, handover_id=handover_id),
+        hub.store.transaction() as session,
+    ):
         found = await get_handover(session, handover_id)
         if found is not None and not await may_see_case(session, found.youth_key, caseworker):
-            raise Problem(403, "Geen toegang", NOT_YOURS)
+            raise NotOnCase(found.youth_key)
         row = await _audited_read(session, request, handover_id, caseworker.caseworker_id)
     return HandoverOut.of(row)
+
+
+def _read_refused(request: Request, caseworker: Caseworker, **objects: Any) -> Any:
+    """A 403 to a read of another's case (`NotOnCase`) audited as `handover.read_refused` under the
+    youth's key, with who tried and what they named, in a transaction of its own."""
+    hub = _hub(request)
+    assert hub.store is not None
+    return refusals_audited(
+        hub.store, action="handover.read_refused", user=caseworker.caseworker_id,
+        transaction_id=request.state.transaction_id, system=SYSTEM, **objects,
+    )  # fmt: skip
 
 
 async def _audited_read(session: AsyncSession, request: Request, handover_id: str, user: str) -> Any:

@@ -20,7 +20,13 @@ from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_ea
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import aware
-from hub.consent.caseworker import CurrentCaseworker, refusals_audited, require_case, stands_in_for
+from hub.consent.caseworker import (
+    CurrentCaseworker,
+    NotOnCase,
+    refusals_audited,
+    require_case,
+    stands_in_for,
+)
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.runtime import Hub
 from hub.signals import rules
@@ -308,14 +314,26 @@ async def _own_row(hub: Hub, session: Any, signal_id: str, cw: Caseworker) -> An
     if cw.caseworker_id != row.caseworker_id and not await stands_in_for(
         session, cw, [row.caseworker_id], hub.today()
     ):
-        raise Problem(403, "Geen toegang", "Alleen de contactpersoon of diens vervanger ziet dit signaal.")
+        raise NotOnCase(row.youth_key, "Alleen de contactpersoon of diens vervanger ziet dit signaal.")
     return row
+
+
+def _refused(request: Request, cw: Caseworker, action: str, signal_id: str) -> Any:
+    """A 403 to one who neither holds the signal nor stands in for its holder (`NotOnCase`), audited
+    as `action` under the youth's key, with who tried, in a transaction of its own: a privacy officer
+    sees who looked where they may not."""
+    hub = _hub(request)
+    assert hub.store is not None
+    return refusals_audited(
+        hub.store, action=action, user=cw.caseworker_id, transaction_id=_tx(request), system=SYSTEM,
+        signal_id=signal_id,
+    )  # fmt: skip
 
 
 async def _read(request: Request, signal_id: str, cw: Caseworker, action: str) -> Any:
     hub = _hub(request)
     assert hub.store is not None
-    async with hub.store.transaction() as session:
+    async with _refused(request, cw, f"{action}_refused", signal_id), hub.store.transaction() as session:
         return await _audited_read(session, request, signal_id, cw, action)
 
 
@@ -344,7 +362,10 @@ async def withdraw_signal(
     """Withdraw a signal with reason ONTERECHT or RISICO_WEG (rule 15)."""
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
-    async with hub.store.transaction() as session:
+    async with (
+        _refused(request, cw, "signal.withdraw_refused", signal_id),
+        hub.store.transaction() as session,
+    ):
         await _own_row(hub, session, signal_id, cw)
         try:
             await request_withdrawal(
@@ -372,7 +393,10 @@ async def change_contact(
     """Make another caseworker the signal's contact person; the Verwijsindex is told."""
     hub = _hub(request)
     assert hub.store is not None and hub.relay is not None
-    async with hub.store.transaction() as session:
+    async with (
+        _refused(request, cw, "signal.contact_change_refused", signal_id),
+        hub.store.transaction() as session,
+    ):
         await _own_row(hub, session, signal_id, cw)
         try:
             new = await get_caseworker(session, body.caseworker_id)
@@ -418,7 +442,10 @@ async def signal_matches(signal_id: str, request: Request, cw: CurrentCaseworker
     the notifier and the mail connector decide. An audited read naming the matches shown."""
     hub = _hub(request)
     assert hub.store is not None
-    async with hub.store.transaction() as session:
+    async with (
+        _refused(request, cw, "signal.matches_read_refused", signal_id),
+        hub.store.transaction() as session,
+    ):
         row = await _own_row(hub, session, signal_id, cw)
         query = select(matches).where(matches.c.signal_id == signal_id)
         if ended_status(row.status, row.end_date, hub.today()) is not None:

@@ -441,7 +441,7 @@ async def test_a_caseworker_with_no_part_in_a_youths_case_cannot_read_or_withdra
                 delegate_id="cw-stand-in",
             )  # fmt: skip
             await upsert_caseworker(session, me)
-        rid, _ = await w.referral(17)
+        rid, key = await w.referral(17)
         consent = await w.consent(rid)
         hid = await w.handover(rid)
         cid = consent["consent_id"]
@@ -456,6 +456,20 @@ async def test_a_caseworker_with_no_part_in_a_youths_case_cannot_read_or_withdra
             r = await w.client.request(method, url, json=body, headers={"X-Medewerker": "cw-other"})
             assert r.status_code == 403, (url, r.status_code, r.text)
         assert (await w.status(hid))["status"] != "INGETROKKEN"
+        # each refusal is audited under the youth's key, with who tried and what they named
+        refused = [
+            (a.action, a.user, a.youth_key, a.objects)
+            for action in ("consent.read_refused", "handover.read_refused", "consent.withdraw_refused")
+            for a in await w.audit(action)
+        ]
+        not_on_case = {"reason": "not_on_case"}
+        assert sorted(refused, key=repr) == sorted([
+            ("consent.read_refused", "cw-other", key, not_on_case | {"referral_id": rid}),
+            ("consent.read_refused", "cw-other", key, not_on_case | {"consent_id": cid}),
+            ("handover.read_refused", "cw-other", key, not_on_case | {"referral_id": rid}),
+            ("handover.read_refused", "cw-other", key, not_on_case | {"handover_id": hid}),
+            ("consent.withdraw_refused", "cw-other", key, not_on_case | {"consent_id": cid}),
+        ], key=repr)  # fmt: skip
         for method, url, body in calls:  # the delegate stands in: may
             r = await w.client.request(method, url, json=body, headers={"X-Medewerker": "cw-stand-in"})
             assert r.status_code == 200, (url, r.status_code, r.text)

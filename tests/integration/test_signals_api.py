@@ -258,6 +258,44 @@ async def test_read_withdraw_change_contact_audited(api: tuple[Hub, httpx.AsyncC
     assert any(a.action == "signal.read" and a.transaction_id == tx for a in audit)
 
 
+async def test_a_signal_refused_to_one_who_neither_holds_it_nor_stands_in_is_audited(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """A 403 to reading, withdrawing, re-assigning a signal or reading its matches wrote no audit
+    entry: a privacy officer could not see who tried to open a youth's signal. Now each is audited
+    under the youth's key, with who tried and which signal; nothing of the request is kept."""
+    hub, client = api
+    created = (await client.post(URL, json=body(add_years(T, -15)), headers=ILSE)).json()
+    sid, nina = created["signal_id"], {"X-Medewerker": "cw-nina"}
+    tries = (
+        ("get", f"{URL}/{sid}", None),
+        ("post", f"{URL}/{sid}/intrekking", {"reason": "ONTERECHT"}),
+        ("patch", f"{URL}/{sid}/contactpersoon", {"caseworker_id": "cw-nina"}),
+        ("get", f"{URL}/{sid}/matches", None),
+        ("get", f"{URL}/{sid}/ouderbrief", None),
+    )
+    for method, url, sent in tries:
+        refused = await client.request(method, url, json=sent, headers=nina)
+        assert refused.status_code == 403, (url, refused.text)
+        assert refused.json()["detail"] == "Alleen de contactpersoon of diens vervanger ziet dit signaal."
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        audit = (await conn.execute(select(audit_log).order_by(audit_log.c.id))).all()
+    key = created["youth_key"]
+    assert [(a.action, a.user, a.youth_key, a.objects) for a in audit if a.action.endswith("_refused")] == [
+        (action, "cw-nina", key, {"reason": "not_on_case", "signal_id": sid})
+        for action in (
+            "signal.read_refused",
+            "signal.withdraw_refused",
+            "signal.contact_change_refused",
+            "signal.matches_read_refused",
+            "signal.parent_letter_refused",
+        )
+    ]
+    still = await client.get(f"{URL}/{sid}", headers=ILSE)
+    assert still.json()["status"] == "ACTIEF" and still.json()["contact"]["name"] == "Medewerker cw-ilse"
+
+
 async def test_parent_letter_html_and_pdf_without_reason(api: tuple[Hub, httpx.AsyncClient]) -> None:
     _, client = api
     sid = (await client.post(URL, json=body(add_years(T, -14)), headers=ILSE)).json()["signal_id"]
