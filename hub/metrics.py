@@ -25,7 +25,8 @@ class Metrics:
         )
         self.delivery_attempts = Counter(
             "ketenhub_delivery_attempts",
-            "Calls to partner systems, by partner and result",
+            "Calls to partner systems, by partner and result (store: the hub's own store failed on the"
+            " way; cut_off: stopped, its lease could not be kept)",
             ["partner", "result"],
             registry=self.registry,
         )
@@ -37,7 +38,8 @@ class Metrics:
         )
         self.postponed = Counter(
             "ketenhub_delivery_postponed",
-            "Deliveries whose outcome the store could not record, postponed to their next rung, by ladder",
+            "Deliveries put off without using a rung because the hub's own store failed on their way or"
+            " while their outcome was recorded, by ladder",
             ["ladder"],
             registry=self.registry,
         )

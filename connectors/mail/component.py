@@ -15,8 +15,9 @@ send it again. Where a mail can still go twice:
   restart, with the same Message-ID (derived from the notification id), which mail systems use to
   drop the repeat. SMTP has no idempotency key; this window cannot be closed from our side.
 - The commit fails after a "250" (the store is down, or the record cannot be written): the ladder
-  keeps the message for its next rung. This process remembers the notifications it sent (the last
-  `_SENT_MAX`), and at that next attempt records the mail without sending it again. Only when the
+  puts the message off (as long as its next rung would wait, without using it). This process
+  remembers the notifications it sent (the last `_SENT_MAX`), and at that next attempt records the
+  mail without sending it again. Only when the
   process restarted in between, or forgot it among more sends than that, is it sent again, as above.
 - The server did not answer after the message was transmitted (a read timeout, a lost connection):
   it may have been delivered. It is neither retried nor recorded as sent: it goes to the DLQ with

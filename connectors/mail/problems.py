@@ -2,7 +2,8 @@
 
 Each reason asks for something else before the dead letter is replayed (the console's TO_DO texts):
 - `mail_niet_verstuurd_storing`: an outage outlasted the retry ladder (the SMTP server unreachable
-  or answering 4xx, or the hub's store failing): check that it is back.
+  or answering 4xx, or the hub's store failing on this mail's way time after time): check that it
+  is back.
 - `geen_bereikbare_ontvanger`: when it was to be sent, nobody read the caseworker's mail (away or gone
   without a reachable delegate, or not in the directory): fix the directory. The same kind as a
   notice that found nobody when it was queued (`hub.notify.service.notify_caseworker`).
@@ -45,7 +46,7 @@ def problem_kind(exc: BaseException) -> str:
         return UNKNOWN
     if isinstance(exc, NoReachableRecipient | CaseworkerNotFound):
         return NO_RECIPIENT
-    if isinstance(exc, TransientError) or store_failed(exc):  # the ladder retries both until its end
+    if isinstance(exc, TransientError) or store_failed(exc):  # the ladder retried both to its end
         return OUTAGE
     return REFUSED
 

@@ -175,11 +175,13 @@ class Monitor:
         return out
 
     async def parked(self) -> dict[str, int]:
-        """Messages parked per ladder: those that failed and wait for their next rung, and those of
-        the same key waiting behind them. A retry topic only announces each parking (no group reads
-        it), so its offsets count every parking of the last week, not what waits now."""
+        """Messages parked per ladder: those that failed and wait for their next rung (or were put
+        off when the hub's own store failed on their way), and those of the same key waiting behind
+        them. A retry topic only announces each parking (no group reads it), so its offsets count
+        every parking of the last week, not what waits now."""
         p, q = parked.alias("p"), parked.alias("q")
-        failed = select(q.c.seq).where(q.c.ladder == p.c.ladder, q.c.key == p.c.key, q.c.attempt > 0)
+        held = (q.c.attempt > 0) | (q.c.postponed > 0)
+        failed = select(q.c.seq).where(q.c.ladder == p.c.ladder, q.c.key == p.c.key, held)
         query = select(p.c.ladder, func.count()).where(exists(failed)).group_by(p.c.ladder)
         async with self.store.connect() as conn:
             return {ladder: int(n) for ladder, n in await conn.execute(query)}

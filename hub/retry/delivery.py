@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import safe_error_message
@@ -33,12 +34,19 @@ async def _noop(*_: Any, **__: Any) -> None:
     return None
 
 
+class StoreFailed(TransientError):
+    """The hub's own store failed on a delivery's way (a connector's lookup found no connection, or
+    lost it): not the partner's failure. The message is tried again later without using a rung."""
+
+
 @dataclass
 class Delivery:
     """What a connector supplies: how to deliver one message, and what to record on each outcome.
 
     `deliver` raises TransientError (retry) or PermanentError (DLQ); it must be idempotent, since a
-    crash after a successful call and before the commit delivers the message again.
+    crash after a successful call and before the commit delivers the message again. It runs with no
+    transaction of the ladder's open (the hooks run in the one that records its outcome, afterwards):
+    what it reads or writes of the store, it does in short transactions of its own.
     """
 
     deliver: Callable[[Envelope], Awaitable[None]]
@@ -46,8 +54,9 @@ class Delivery:
     on_parked: Hook = _noop  # (session, message, attempt, due_at, error)
     on_dead: Hook = _noop  # (session, message, error)
     # (session, messages): on_delivered for a round's deliveries at once, in a few statements. On
-    # SQLite a round's outcomes share one transaction; on PostgreSQL each delivery is recorded in its
-    # own, under the row lock that keeps other hub processes off it, with on_delivered.
+    # SQLite a round's outcomes share one transaction; on PostgreSQL the outcomes that came while
+    # another transaction recorded share the next, each while the lease that keeps other hub
+    # processes off it is still its own.
     on_delivered_many: Hook | None = None
     # (messages): look up at once what a round's deliveries will need (one query where `deliver`
     # would make one per message); `deliver` must still work, by its own lookups, without it.

@@ -8,6 +8,14 @@ message that failed is parked until its next rung; every parking is also publish
 retry topic (`<area>.<name>.retry.v<N>`, with the attempt and due time as headers) so operators see
 it on the bus. A message that goes to the DLQ goes as the record it came in (value, key and headers as
 received), like the spine's own dead letters, so that a replay republishes exactly that record.
+
+No transaction is held over a partner's call. On SQLite a round's calls run outside one and their
+outcomes are written together after. On PostgreSQL, where several hub processes share the parking
+lot, each message is taken in hand by a lease in a short transaction (hub/retry/lease.py) and its
+outcome recorded in another, with the outcomes that came meanwhile (hub/retry/batches.py): a delivery
+in hand holds no pooled connection, however long the partner takes. The hub's own store failing on
+a delivery's way is not the partner's failure: the message is put off without using a rung
+(`policy.put_off`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
-from sqlalchemy import and_, exists, func, insert, select
+from sqlalchemy import and_, exists, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -28,7 +36,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.retry.delivery import Delivery, Hooks
+from hub.retry.batches import Batches
+from hub.retry.delivery import Delivery, Hooks, StoreFailed
+from hub.retry.lease import LEASE_S, Leases
 from hub.retry.policy import RetryPolicy
 from hub.retry.records import ParkingLot
 from hub.retry.tables import parked
@@ -59,6 +69,7 @@ class RetryLadder(ParkingLot):
         group: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         concurrency: int = 16,
+        lease_s: float = LEASE_S,
     ) -> None:
         self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
         # The consumer group whose inbox took the message in: a replayed dead letter must clear it.
@@ -69,6 +80,7 @@ class RetryLadder(ParkingLot):
         metrics.postponed.labels(name)  # from 0, so that the first one is an increase too
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
+        self.leases = Leases(store, clock, lease_s)
         # For the console's connector lines (DESIGN: last success, last error), in this process.
         self.last_success: datetime | None = None
         self.last_error: str | None = None
@@ -104,14 +116,14 @@ class RetryLadder(ParkingLot):
             await tx.session.execute(insert(parked), queued)
 
     async def _held_keys(self, session: AsyncSession, keys: set[str]) -> set[str]:
-        """The keys with a message that failed and waits for its next attempt."""
+        """The keys with a message that failed (or was put off) and waits for its next attempt."""
         held: set[str] = set()
         ordered = sorted(keys)
         for start in range(0, len(ordered), 500):
             q = select(parked.c.key).where(
                 parked.c.ladder == self.name,
                 parked.c.key.in_(ordered[start : start + 500]),
-                parked.c.attempt >= 1,
+                or_(parked.c.attempt >= 1, parked.c.postponed > 0),
             )
             held |= set((await session.execute(q)).scalars())
         return held
@@ -141,9 +153,9 @@ class RetryLadder(ParkingLot):
                     self._failed(exc)
                     raise
                 except Exception as exc:
-                    if store_failed(exc):  # the hub's own store, read on the way: later, not the DLQ
-                        self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
-                        failure = TransientError(f"the hub's store failed: {safe_error_message(exc)}")
+                    if store_failed(exc):  # the hub's own store, read on the way: not the partner's
+                        self.metrics.delivery_attempts.labels(self.partner, "store").inc()
+                        failure = StoreFailed(f"the hub's store failed: {safe_error_message(exc)}")
                         self._failed(failure)
                         raise failure from exc
                     self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
@@ -211,9 +223,13 @@ class RetryLadder(ParkingLot):
             await self._retry_unlocked(rows)
             return len(rows), len(seqs)
         # every delivery of the round finishes and is recorded before a failure is raised
-        outcomes = await asyncio.gather(
-            *(self._retry_locked(row.seq) for row in rows), return_exceptions=True
-        )
+        batches = Batches(self._record_outcomes)
+        try:
+            outcomes = await asyncio.gather(
+                *(self._retry_leased(row.seq, batches) for row in rows), return_exceptions=True
+            )
+        finally:
+            await batches.aclose()  # nothing waits when the round ended; cancelled, what waits stays leased
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -232,28 +248,37 @@ class RetryLadder(ParkingLot):
         except Exception as exc:
             log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 
-    async def _retry_locked(self, seq: int) -> bool:
-        """PostgreSQL: the row lock keeps another hub process off this message; it blocks nobody
-        else, so it may span the partner call. False when another process has it (or moved it on)."""
-        row, outcome = None, None
+    async def _retry_leased(self, seq: int, batches: Batches) -> bool:
+        """PostgreSQL: one message taken in hand by a lease (hub/retry/lease.py), its partner called
+        with no transaction open, its outcome recorded (with others that came meanwhile: `batches`);
+        the lease is renewed until the record is made, which holds only while it is still this
+        process's. False when another process has it in hand, or moved it on."""
+        keeper = None
         try:
-            async with self._slots, self.store.transaction() as session:
-                row = (
-                    await session.execute(
-                        select(parked)
-                        .where(parked.c.seq == seq, parked.c.due_at <= self.clock())
-                        .with_for_update(skip_locked=True)
-                    )
-                ).first()
-                if row is None:
+            async with self._slots:  # the calls at once; their records wait apart, the slot free
+                claimed = await self.leases.claim(seq)  # the store failing: raised, nothing in hand
+                if claimed is None:
                     return False
-                outcome = await self._try(row)
-                await self._record(session, row, outcome)
-        except Exception as exc:  # all of it rolled back, the lock too: postponed, not tried at once
-            if row is None:
-                raise
-            await self._postpone([(row, outcome, exc)])
-        return True
+                row, lease = claimed
+                keeper = self.leases.keep(lease)
+                try:
+                    async with keeper.cut_off():
+                        outcome = await self._try(row)
+                except TimeoutError:  # nothing recorded: whoever takes it once the lease ends tries again
+                    self.metrics.delivery_attempts.labels(self.partner, "cut_off").inc()
+                    log.error(
+                        "a delivery was cut off: its lease could not be kept",
+                        ladder=self.name,
+                        message_id=row.message_id,
+                    )
+                    return True
+            # A crash from here until the record commits leaves the lease standing: the message is
+            # due again when it ends, and delivered again (at least once; `deliver` is idempotent).
+            await batches.record(row, outcome)
+            return True
+        finally:
+            if keeper is not None:
+                await keeper.stop()
 
     async def _retry_unlocked(self, rows: Sequence[Any]) -> None:
         """SQLite: a write transaction locks the whole file, so the calls run outside one, side by
@@ -263,30 +288,7 @@ class RetryLadder(ParkingLot):
             async with self._slots:
                 return row, await self._try(row)
 
-        outcomes = await asyncio.gather(*(attempt(row) for row in rows))
-        tried = list(outcomes)
-        failed: list[tuple[Any, Exception | None, BaseException]] = []
-        try:
-            async with self.store.transaction() as session:
-                seqs = [row.seq for row, _ in outcomes]
-                still = set(
-                    (await session.execute(select(parked.c.seq).where(parked.c.seq.in_(seqs)))).scalars()
-                )
-                # handled meanwhile (an operator's discard) are left alone; the call was idempotent
-                outcomes = [(row, outcome) for row, outcome in outcomes if row.seq in still]
-                delivered = [row for row, outcome in outcomes if outcome is None]
-                if len(delivered) > 1 and await self._record_delivered(session, delivered):
-                    outcomes = [(row, outcome) for row, outcome in outcomes if outcome is not None]
-                for row, outcome in outcomes:
-                    try:
-                        async with session.begin_nested():
-                            await self._record(session, row, outcome)
-                    except Exception as exc:  # this one stays parked, postponed; the rest are kept
-                        failed.append((row, outcome, exc))
-        except Exception as exc:  # nothing of the round was kept: all of it waits for its next rung
-            failed = [(row, outcome, exc) for row, outcome in tried]
-        if failed:
-            await self._postpone(failed)
+        await self._record_outcomes(await asyncio.gather(*(attempt(row) for row in rows)))
 
     async def _try(self, row: Any) -> Exception | None:
         """One attempt for a parked row: None when delivered, else the error."""
@@ -326,8 +328,8 @@ class RetryLadder(ParkingLot):
                     raise
                 if tried:
                     continue
-                # Due, but every one in another hub process's hands: that process delivers them and
-                # looks again itself; looking again now would only spin until its calls end.
+                # Due, but every one taken by another hub process between the look and the claim:
+                # that process delivers them; looking again now would only find them leased.
                 wait = idle_s if due else await self.next_due_in()
             except asyncio.CancelledError:
                 raise

@@ -45,9 +45,41 @@ def next_due(
     """
     if parked_attempt > policy.max_parked_attempts:
         return None
-    base = policy.schedule_s[parked_attempt - 1]
-    spread = (rand or random).uniform(-policy.jitter, policy.jitter) * base
-    delay = base + spread
+    return _after(policy, policy.schedule_s[parked_attempt - 1], now, retry_after, rand)
+
+
+# A message whose attempt the hub's own store spoiled this many times in a row is no longer put off
+# without a rung: a failure that keeps coming for it alone climbs the ladder to the DLQ.
+POSTPONE_AT_MOST = 10
+
+
+def put_off(
+    policy: RetryPolicy,
+    attempt: int,
+    postponed: int,
+    now: datetime,
+    *,
+    retry_after: float | None = None,
+    rand: random.Random | None = None,
+) -> datetime:
+    """When a message is tried again whose attempt the hub's own store spoiled, for the `postponed`th
+    time in a row (a lookup on the way, or the outcome's record, failed), at parked attempt `attempt`.
+
+    It is no failure of the partner's, so it uses no rung (up to `POSTPONE_AT_MOST` in a row); it
+    waits as long as rung `attempt + postponed` would (the last rung's wait past the end): a store in
+    trouble is not hammered, and a delivery that did get through is not sent again as fast as the
+    scheduler runs.
+    """
+    delays = policy.schedule_s or (1.0,)  # a ladder of no rungs still waits a moment
+    base = delays[max(1, min(attempt + postponed, len(delays))) - 1]
+    return _after(policy, base, now, retry_after, rand)
+
+
+def _after(
+    policy: RetryPolicy, base: float, now: datetime, retry_after: float | None, rand: random.Random | None
+) -> datetime:
+    """`now` plus `base` seconds, spread by the policy's jitter, or the partner's longer Retry-After."""
+    delay = base + (rand or random).uniform(-policy.jitter, policy.jitter) * base
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.max_retry_after_s))
     return now + timedelta(seconds=delay)

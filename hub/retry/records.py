@@ -1,7 +1,7 @@
 """What the retry ladder writes in the store: parked rows and their announcements on the retry topic,
 dead letters, and the outcome of each attempt (delivered, parked for its next rung, dead-lettered,
-or postponed when the store could not record it). `RetryLadder` adds taking messages in and the
-scheduler that delivers them.
+or postponed when the hub's own store spoiled it: no rung used). `RetryLadder` adds taking messages
+in and the scheduler that delivers them.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, update
+from sqlalchemy import and_, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.retry.delivery import Delivery, Hooks
-from hub.retry.policy import RetryPolicy, next_due
+from hub.retry.delivery import Delivery, Hooks, StoreFailed
+from hub.retry.policy import POSTPONE_AT_MOST, RetryPolicy, next_due, put_off
 from hub.retry.tables import parked
 from hub.spine import add_to_outbox
 from hub.spine.consumer import message_id_of, transaction_id_of
@@ -29,6 +29,10 @@ from hub.store import Store
 from schemas.envelope import H_TRANSACTION_ID, Envelope
 
 log = get_logger(__name__)
+
+
+class _NotAsTaken(Exception):
+    """Some of the rows recorded together are no longer as they were taken: the savepoint goes."""
 
 
 class ParkingLot:
@@ -153,32 +157,30 @@ class ParkingLot:
             await self.hooks.run(session, "on_dead", message, safe_error_message(exc), key=row.key)
 
     async def _postpone(self, failed: Sequence[tuple[Any, Exception | None, BaseException]]) -> None:
-        """Rows whose outcome could not be recorded wait for the next rung, in a transaction of their
-        own, rather than being due at once: a delivery that got through would be sent again and again,
-        as fast as the scheduler goes round. The partner's Retry-After still counts. A row another
-        hub process handled meanwhile (its attempt moved on), or an operator discarded, is left alone.
-        When the store cannot take even this, the error is raised: the scheduler backs off before its
-        next round."""
-        now, postponed = self.clock(), 0
+        """Rows whose outcome could not be recorded (the store failed) are put off (`_put_off`), in a
+        transaction of their own, rather than being due at once: a delivery that got through would be
+        sent again and again, as fast as the scheduler goes round. A row another hub process handled
+        meanwhile (its attempt moved on, or its lease is no longer this delivery's), or an operator
+        discarded, is left alone. When the store cannot take even this, the error is raised: the
+        scheduler backs off before its next round, and a row in hand by a lease is due again when the
+        lease ends."""
+        postponed = 0
         try:
             async with self.store.transaction() as session:
                 for row, outcome, exc in failed:
-                    attempt = min(row.attempt + 1, self.policy.max_parked_attempts)
-                    retry_after = outcome.retry_after if isinstance(outcome, TransientError) else None
                     done = await session.execute(
                         update(parked)
-                        .where(parked.c.seq == row.seq, parked.c.attempt == row.attempt)
-                        .values(
-                            attempt=attempt,
-                            due_at=next_due(self.policy, attempt, now, retry_after=retry_after),
-                            first_failure=row.first_failure or now,
-                            last_error=safe_error_message(exc),
+                        .where(
+                            parked.c.seq == row.seq,
+                            parked.c.attempt == row.attempt,
+                            parked.c.lease.is_not_distinct_from(row.lease),
                         )
+                        .values(**self._put_off(row, exc, outcome))
                     )
                     if done.rowcount:  # type: ignore[attr-defined]
                         postponed += 1
                         log.error(
-                            "recording a delivery's outcome failed; postponed to the next rung",
+                            "recording a delivery's outcome failed; postponed, no rung used",
                             ladder=self.name,
                             message_id=row.message_id,
                             error=safe_error_message(exc),
@@ -188,13 +190,78 @@ class ParkingLot:
             raise
         self.metrics.postponed.labels(self.name).inc(postponed)
 
+    def _put_off(self, row: Any, exc: BaseException, outcome: Exception | None) -> dict[str, Any]:
+        """What a row's attempt that the hub's own store spoiled leaves: not the partner's failure, so
+        its attempt (the rung) stays, `postponed` counts up, and it waits as `policy.put_off` says; the
+        partner's Retry-After, when it answered with one, still counts. Out of anyone's hands. Past
+        `POSTPONE_AT_MOST` in a row each one climbs a rung (never past the last: the DLQ is written
+        where the outcome is recorded, `_record`)."""
+        now = self.clock()
+        retry_after = outcome.retry_after if isinstance(outcome, TransientError) else None
+        postponed = (row.postponed or 0) + 1
+        # put off time after time (a record that fails for this row alone): it shows on its rungs
+        attempt = row.attempt if postponed <= POSTPONE_AT_MOST else row.attempt + 1
+        return {
+            "attempt": min(attempt, max(row.attempt, self.policy.max_parked_attempts)),
+            "postponed": postponed,
+            "due_at": put_off(self.policy, row.attempt, postponed, now, retry_after=retry_after),
+            "first_failure": row.first_failure or now,
+            "last_error": safe_error_message(exc),
+            "lease": None,
+        }
+
+    async def _record_outcomes(self, outcomes: Sequence[tuple[Any, Exception | None]]) -> None:
+        """Outcomes in one short transaction: a round's (SQLite), or those that came together
+        (PostgreSQL, `Batches`). The deliveries among them in a few statements (`_record_delivered`),
+        every other in a savepoint of its own, so one that cannot be recorded is the only one put off.
+        Each only while its row is as it was taken (`_record`): one another process has by now, or an
+        operator discarded, is left alone; its call was idempotent."""
+        failed: list[tuple[Any, Exception | None, BaseException]] = []
+        try:
+            async with self.store.transaction() as session:
+                rest = outcomes
+                delivered = [row for row, outcome in outcomes if outcome is None]
+                if len(delivered) > 1 and await self._record_delivered(session, delivered):
+                    rest = [(row, outcome) for row, outcome in outcomes if outcome is not None]
+                for row, outcome in rest:
+                    if len(outcomes) == 1:  # no savepoint needed: its failure is the transaction's
+                        await self._record_one(session, row, outcome)
+                        continue
+                    try:
+                        async with session.begin_nested():
+                            await self._record_one(session, row, outcome)
+                    except Exception as exc:  # this one is put off; the rest are kept
+                        failed.append((row, outcome, exc))
+        except Exception as exc:  # nothing of it was kept: all of it is put off
+            failed = [(row, outcome, exc) for row, outcome in outcomes]
+        if failed:
+            await self._postpone(failed)
+
+    async def _record_one(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
+        if not await self._record(session, row, outcome):
+            log.warning(
+                "a delivery's outcome was not recorded: another process has the message in hand (its "
+                "lease ended first), or it is gone",
+                ladder=self.name,
+                message_id=row.message_id,
+            )
+
     async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
-        """A round's deliveries in one savepoint and a few statements; False (nothing kept) when that
-        fails, and they are recorded one by one instead, so one bad row is the only one left parked."""
+        """Deliveries in one savepoint and a few statements; False (nothing kept) when that fails, or
+        when any of the rows is no longer as it was taken, and they are recorded one by one instead,
+        so one bad row is the only one left parked."""
+        tokens = [row.lease for row in rows if row.lease is not None]  # PostgreSQL's: one per claim
+        as_taken = parked.c.lease.in_(tokens) if tokens else parked.c.lease.is_(None)
         try:
             async with session.begin_nested():
-                await session.execute(delete(parked).where(parked.c.seq.in_([row.seq for row in rows])))
+                done = await session.execute(
+                    delete(parked).where(parked.c.seq.in_([row.seq for row in rows]), as_taken)
+                )
+                if done.rowcount != len(rows):  # type: ignore[attr-defined]
+                    raise _NotAsTaken
                 await self.delivery.delivered_many(session, [Envelope.from_bytes(row.value) for row in rows])
+        except _NotAsTaken:
+            return False
         except Exception as exc:
             log.warning(
                 "recording deliveries together failed", ladder=self.name, error=safe_error_message(exc)
@@ -202,33 +269,69 @@ class ParkingLot:
             return False
         return True
 
-    async def _record(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
-        """Delivered: unpark. Transient: the next rung, or the DLQ past the last. Permanent: the DLQ."""
+    async def _record(self, session: AsyncSession, row: Any, outcome: Exception | None) -> bool:
+        """Delivered: unpark. Transient: the next rung, or the DLQ past the last. Permanent: the DLQ.
+        The hub's own store failed on the way (StoreFailed): put off, no rung used, up to
+        `POSTPONE_AT_MOST` times in a row; after that, a rung as a partner's failure.
+
+        Only while the row is as it was taken (in hand by the same lease, or by none): its first
+        write says so, and locks it till the transaction ends. False, and nothing written, when it is
+        not (another process has it, or it is gone)."""
         first = row.first_failure or self.clock()
         if first.tzinfo is None:  # SQLite hands back naive datetimes; the dead letter's header says UTC
             first = first.replace(tzinfo=self.clock().tzinfo)
+        mine = and_(parked.c.seq == row.seq, parked.c.lease.is_not_distinct_from(row.lease))
         try:
             message = Envelope.from_bytes(row.value)
         except ValidationError as exc:  # parked under an older, laxer envelope: it cannot be delivered
-            await session.execute(delete(parked).where(parked.c.seq == row.seq))
+            if not await self._written(session, delete(parked).where(mine)):
+                return False
             await self._dead(session, row, None, exc, attempts=row.attempt + 1, first_failure=first)
-            return
+            return True
         if outcome is None:
-            await session.execute(delete(parked).where(parked.c.seq == row.seq))
+            if not await self._written(session, delete(parked).where(mine)):
+                return False
             await self.hooks.run(session, "on_delivered", message, key=row.key)
-            return
+            return True
+        if isinstance(outcome, StoreFailed) and (row.postponed or 0) < POSTPONE_AT_MOST:
+            values = self._put_off(row, outcome, outcome)
+            if not await self._written(session, update(parked).where(mine).values(**values)):
+                return False
+            self.metrics.postponed.labels(self.name).inc()  # (counted before the commit: at worst once more)
+            log.warning(
+                "the hub's store failed on a delivery's way; put off, no rung used",
+                ladder=self.name,
+                message_id=row.message_id,
+                postponed=values["postponed"],
+                error=safe_error_message(outcome),
+            )
+            return True
+        # the partner's failure, or the store's for this message time after time (a failure that keeps
+        # coming for it alone is no passing trouble): a rung used, up to the DLQ
         due = None
         if isinstance(outcome, TransientError):
             due = next_due(self.policy, row.attempt + 1, self.clock(), retry_after=outcome.retry_after)
         if due is None:
-            await session.execute(delete(parked).where(parked.c.seq == row.seq))
+            if not await self._written(session, delete(parked).where(mine)):
+                return False
             await self._dead(session, row, message, outcome, attempts=row.attempt + 1, first_failure=first)
-            return
+            return True
         error = safe_error_message(outcome)
-        await session.execute(
-            update(parked)
-            .where(parked.c.seq == row.seq)
-            .values(attempt=row.attempt + 1, due_at=due, first_failure=first, last_error=error)
+        next_rung = update(parked).where(mine)
+        next_rung = next_rung.values(
+            attempt=row.attempt + 1,
+            due_at=due,
+            first_failure=first,
+            last_error=error,
+            lease=None,
+            postponed=row.postponed if isinstance(outcome, StoreFailed) else 0,  # past the cap, it stays
         )
+        if not await self._written(session, next_rung):
+            return False
         await self._announce(session, message, row.key, row.attempt + 1, due, error)
         await self.hooks.run(session, "on_parked", message, row.attempt + 1, due, error, key=row.key)
+        return True
+
+    @staticmethod
+    async def _written(session: AsyncSession, statement: Any) -> bool:
+        return bool((await session.execute(statement)).rowcount)  # type: ignore[attr-defined]

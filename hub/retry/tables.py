@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    text,
+)
 
 from hub.store.tables import metadata
 
@@ -24,6 +36,11 @@ parked = Table(
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("first_failure", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
+    # PostgreSQL: the token of the hub process's delivery that has the row in hand, until `due_at`
+    # (hub/retry/lease.py); NULL: in nobody's hands. Another process takes it only once that passed.
+    Column("lease", String(32), nullable=True),
+    # Attempts the hub's own store spoiled in a row (no rung used: `attempt` counts the partner's).
+    Column("postponed", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_retry_parked_ladder_key", "ladder", "key", "seq"),
     Index("ix_retry_parked_due", "ladder", "due_at"),
 )

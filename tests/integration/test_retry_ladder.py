@@ -22,12 +22,13 @@ from hub.errors import PermanentError, TransientError
 from hub.metrics import Metrics
 from hub.ops.dlq import REPLAYED_FROM, DeadLetters, ReplayJob
 from hub.retry import Delivery, RetryLadder, RetryPolicy
+from hub.retry.lease import Leases
 from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store import Store
-from hub.store.tables import audit_log
+from hub.store.tables import audit_log, outbox
 from hub.topics import Topic
 from schemas.envelope import Envelope, utcnow
 from tests.conftest import make_settings
@@ -397,18 +398,20 @@ async def test_a_round_whose_transaction_fails_is_not_sent_again_at_once(
     kafka: EmbeddedKafka, db_url: str, unique: str, failures: int
 ) -> None:
     """Nothing of the round is kept, so its deliveries go out again (idempotent), but on the ladder's
-    schedule, or after the scheduler's backoff when even the postponement could not be written."""
+    schedule, or when even the postponement could not be written after the scheduler's backoff (on
+    PostgreSQL: once the message's lease, still standing, ended)."""
     partner = FakePartner()
     hub, ladder = await _start(kafka, db_url, unique, partner)
     try:
         assert hub.store is not None
         ladder.store = FlakyStore(hub.store, failures)  # type: ignore[assignment]
+        ladder.leases = Leases(hub.store, ladder.clock, lease_s=1.0)  # not the 30 s a killed hub's wait
         await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
         await wait_for(lambda: partner.delivered.count("a1") == 2, timeout_s=30)
         await wait_for(lambda: _zero(ladder))
         assert await ladder.step() == 0 and partner.calls["a1"] == 2
         first, second = partner.called_at["a1"]
-        assert second - first >= FAST.schedule_s[0]  # the next rung (0.2 s), or the 1 s backoff
+        assert second - first >= FAST.schedule_s[0]  # the first rung's wait (0.2 s), or the 1 s backoff
         postponed = hub.metrics.registry.get_sample_value(
             "ketenhub_delivery_postponed_total", {"ladder": "test"}
         )
@@ -611,18 +614,25 @@ async def test_a_rounds_deliveries_are_recorded_together_and_one_by_one_when_tha
         await produce(kafka.bootstrap, topic, [_cmd(f"a{i}", f"k{i}") for i in range(5)])
         await wait_for(lambda: _count(ladder, 5))
         assert await ladder.step() == 5
-        if hub.store is not None and hub.store.dialect == "postgresql":
-            # each delivery in a transaction of its own, under its row lock (several hub processes)
-            await wait_for(lambda: len(one_by_one) == 5)
-            assert together == [] and sorted(one_by_one) == ["a0", "a1", "a2", "a3", "a4"]
-            return
-        assert together == [["a0", "a1", "a2", "a3", "a4"]] and one_by_one == []
+        postgresql = hub.store is not None and hub.store.dialect == "postgresql"
+
+        def recorded() -> list[str]:
+            return sorted(one_by_one + [name for names in together for name in names])
+
+        if postgresql:  # recorded as they come: those that came while one was recorded, together next
+            assert recorded() == ["a0", "a1", "a2", "a3", "a4"]
+        else:  # the round's outcomes in one transaction
+            assert together == [["a0", "a1", "a2", "a3", "a4"]] and one_by_one == []
+        one_by_one.clear()
+        together.clear()
 
         await produce(kafka.bootstrap, topic, [_cmd(n, f"k-{n}") for n in ("b1", "bad", "b2")])
         await wait_for(lambda: _count(ladder, 3))
         assert await ladder.step() == 3
-        assert sorted(one_by_one) == ["b1", "b2", "bad"]  # the batch rolled back, each recorded alone
-        assert len(together) == 1 and await ladder.parked_count() == 0
+        assert recorded() == ["b1", "b2", "bad"] and "bad" in one_by_one  # its batch rolled back
+        if not postgresql:
+            assert sorted(one_by_one) == ["b1", "b2", "bad"]  # each recorded alone
+        assert await ladder.parked_count() == 0
     finally:
         await hub.stop()
 
@@ -678,24 +688,28 @@ async def test_a_message_due_behind_a_parked_one_does_not_keep_the_scheduler_bus
         await store.close()
 
 
-async def test_the_hubs_own_store_failing_inside_a_delivery_is_retried_not_dead_lettered(
-    db_url: str, tmp_path: Any
+@pytest.mark.parametrize("attempt", [0, FAST.max_parked_attempts], ids=["first-try", "last-rung"])
+async def test_the_hubs_own_store_failing_inside_a_delivery_uses_no_rung(
+    db_url: str, tmp_path: Any, attempt: int
 ) -> None:
     """A connector reads the hub's store on its way (a signal's status, a mail's reader). When that
-    store does not answer, the message is not at fault: it waits for its next rung."""
+    store does not answer, the message is not at fault: it is tried again later, at the rung it was
+    on. At its last rung it is not dead-lettered, nor announced as failed on the retry topic."""
     store = Store(db_url)
     await store.migrate()
     unreachable = Store(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/hub.db")  # cannot be opened
     calls: list[str] = []
+    in_place = FAST.in_place_attempts if attempt == 0 else 1
 
     async def deliver(message: Envelope) -> None:
         calls.append(message.message_id)
-        if len(calls) <= 2:  # the first rung: both calls in place find the store gone
+        if len(calls) <= in_place:  # this attempt, its calls in place too, finds the store gone
             async with unreachable.read() as session:
                 await session.execute(select(func.count()).select_from(parked))
 
+    metrics = Metrics()
     ladder = RetryLadder(
-        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        store, metrics, name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
         delivery=Delivery(deliver=deliver), policy=FAST,
     )  # fmt: skip
     try:
@@ -704,20 +718,83 @@ async def test_the_hubs_own_store_failing_inside_a_delivery_is_retried_not_dead_
             await session.execute(
                 insert(parked).values(
                     ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
-                    headers=env.header_map(), attempt=0, due_at=utcnow(),
+                    headers=env.header_map(), attempt=attempt, due_at=utcnow(),
                 )
             )  # fmt: skip
         assert await ladder.step() == 1
         async with store.connect() as conn:
             row = (await conn.execute(select(parked))).one()
-        assert row.attempt == 1 and "the hub's store failed" in row.last_error, row.last_error
+            announced = (await conn.execute(select(outbox.c.topic))).scalars().all()
+        assert "the hub's store failed" in row.last_error, row.last_error
+        assert (row.attempt, row.postponed, row.lease) == (attempt, 1, None)
+        assert announced == []  # neither parked at a next rung nor dead-lettered
+        results = {
+            result: metrics.registry.get_sample_value(
+                "ketenhub_delivery_attempts_total", {"partner": "fake", "result": result}
+            )
+            for result in ("store", "transient")
+        }
+        assert results == {"store": in_place, "transient": None}  # not counted as the partner's
 
         async def delivered() -> bool:
-            await ladder.step()  # its next rung is 0.2 s away
+            await ladder.step()  # put off as long as the next rung would wait: 0.2 s or more
             return await _zero(ladder)
 
         await wait_for(delivered, timeout_s=10, interval_s=0.1)
-        assert calls == [env.message_id] * 3  # two in place, then its next rung got through
+        assert calls == [env.message_id] * (in_place + 1)  # then the next try got through
+    finally:
+        await unreachable.close()
+        await store.close()
+
+
+async def test_a_store_failure_that_keeps_coming_for_one_message_climbs_the_ladder_to_the_dlq(
+    db_url: str, tmp_path: Any
+) -> None:
+    """Put off without a rung for ever, a message whose delivery fails on the hub's store every time
+    (a table it needs is gone, a query that can never run) never reached the DLQ, and its key's later
+    messages waited behind it for good. After `POSTPONE_AT_MOST` in a row it climbs the ladder as a
+    partner's failure does, and is dead-lettered after its last rung."""
+    from hub.retry.policy import POSTPONE_AT_MOST
+
+    store = Store(db_url)
+    await store.migrate()
+    unreachable = Store(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/hub.db")  # cannot be opened
+
+    async def deliver(message: Envelope) -> None:
+        async with unreachable.read() as session:
+            await session.execute(select(func.count()).select_from(parked))
+
+    now = [utcnow()]
+    metrics = Metrics()
+    ladder = RetryLadder(
+        store, metrics, name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=deliver), policy=FAST, clock=lambda: now[0],
+    )  # fmt: skip
+    try:
+        env = Envelope(type="Cmd", payload={"name": "stuck", "key": "youth-a"})
+        async with store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
+                    headers=env.header_map(), attempt=0, due_at=now[0],
+                )
+            )  # fmt: skip
+        rounds = []
+        while await ladder.parked_count() and len(rounds) < 50:
+            assert await ladder.step() == 1
+            async with store.connect() as conn:
+                row = (await conn.execute(select(parked))).one_or_none()
+            rounds.append(None if row is None else (row.attempt, row.postponed))
+            now[0] += timedelta(hours=1)  # past any wait
+        put_off = [(0, n) for n in range(1, POSTPONE_AT_MOST + 1)]
+        rungs = [(n, POSTPONE_AT_MOST) for n in range(1, FAST.max_parked_attempts + 1)]
+        assert rounds == [*put_off, *rungs, None]
+        async with store.connect() as conn:
+            topics = (await conn.execute(select(outbox.c.topic).order_by(outbox.c.id))).scalars().all()
+        assert topics == ["t.retry"] * FAST.max_parked_attempts + ["t.dlq"]
+        assert metrics.registry.get_sample_value(
+            "ketenhub_delivery_postponed_total", {"ladder": "test"}
+        ) == float(POSTPONE_AT_MOST)
     finally:
         await unreachable.close()
         await store.close()

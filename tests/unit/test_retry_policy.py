@@ -6,6 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from hub.retry import RetryPolicy, next_due, parse_retry_after
+from hub.retry.policy import put_off
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -31,6 +32,21 @@ def test_retry_after_wins_when_longer_and_is_capped() -> None:
     assert next_due(policy, 1, NOW, retry_after=20) == NOW + timedelta(seconds=20)
     assert next_due(policy, 1, NOW, retry_after=0.5) == NOW + timedelta(seconds=1)
     assert next_due(policy, 1, NOW, retry_after=10_000) == NOW + timedelta(seconds=60)
+
+
+def test_a_store_failure_puts_off_as_long_as_a_rung_would_and_never_ends_the_ladder() -> None:
+    """The hub's own store spoiling an attempt is no failure of the partner's: the wait grows with
+    each one in a row, from the rung the message is on, and stays at the last rung's past the end."""
+    policy = RetryPolicy(schedule_s=(1, 5, 30), jitter=0.0)
+
+    def waits(attempt: int) -> list[float]:
+        return [(put_off(policy, attempt, n, NOW) - NOW).total_seconds() for n in (1, 2, 3, 4)]
+
+    assert waits(0) == [1, 5, 30, 30]  # before the first rung: as the first rung would wait
+    assert waits(2) == [30, 30, 30, 30]
+    assert waits(3) == [30, 30, 30, 30]  # at the last rung: no dead letter
+    assert put_off(policy, 0, 1, NOW, retry_after=20) == NOW + timedelta(seconds=20)
+    assert put_off(RetryPolicy(schedule_s=(), jitter=0.0), 0, 1, NOW) == NOW + timedelta(seconds=1)
 
 
 def test_in_place_backoff_is_exponential_and_capped() -> None:
