@@ -38,8 +38,8 @@ class Metrics:
         )
         self.postponed = Counter(
             "ketenhub_delivery_postponed",
-            "Deliveries put off without using a rung because the hub's own store failed on their way or"
-            " while their outcome was recorded, by ladder",
+            "Deliveries put off because the hub's own store failed on their way or while their outcome"
+            " was recorded (no rung used, up to ten times in a row for a message), by ladder",
             ["ladder"],
             registry=self.registry,
         )

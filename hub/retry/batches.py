@@ -16,15 +16,19 @@ Outcome = tuple[Any, Exception | None]  # (the parked row as taken, None when de
 
 class Batches:
     """One round's recorder: `record` returns once the outcome is written (or raises what writing it
-    raised); `write` takes every outcome waiting, in one transaction."""
+    raised); `write` takes every outcome waiting, in one transaction. Closed (`aclose`), it writes
+    nothing more: what waits is cancelled, and stays in its lease's hands."""
 
     def __init__(self, write: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
         self._write = write
         self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def record(self, row: Any, outcome: Exception | None) -> None:
         """Record one outcome, with whatever others wait beside it."""
+        if self._closed:
+            raise RuntimeError("the round's recorder is closed")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(((row, outcome), done))
         if self._writer is None:
@@ -35,8 +39,10 @@ class Batches:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
+                outcomes = [outcome for outcome, done in batch if not done.done()]  # not its cancelled
                 try:
-                    await self._write([outcome for outcome, _ in batch])
+                    if outcomes:
+                        await self._write(outcomes)
                 except Exception as exc:
                     for _, done in batch:
                         if not done.done():
@@ -51,15 +57,20 @@ class Batches:
                             done.set_result(None)
         finally:
             self._writer = None
-            for _, done in self._waiting:  # came after a cancellation: not written
-                if not done.done():
-                    done.cancel()
+            self._cancel_waiting()  # came after a cancellation: not written
+
+    def _cancel_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for _, done in waiting:
+            done.cancel()
 
     async def aclose(self) -> None:
         """The round ended, or was cancelled (the hub stopping): a write under way is cancelled and
         waited for (its transaction rolled back before the store closes); what is not written stays
         in its lease's hands, and is due again when the lease ends."""
+        self._closed = True
         if self._writer is not None:
             writer = self._writer
             writer.cancel()
             await asyncio.wait({writer})
+        self._cancel_waiting()  # a writer cancelled before it began left them

@@ -36,7 +36,8 @@ async def _noop(*_: Any, **__: Any) -> None:
 
 class StoreFailed(TransientError):
     """The hub's own store failed on a delivery's way (a connector's lookup found no connection, or
-    lost it): not the partner's failure. The message is tried again later without using a rung."""
+    lost it): not the partner's failure. The message is tried again later without using a rung, up
+    to `POSTPONE_AT_MOST` times in a row; a failure that keeps coming for it then uses rungs."""
 
 
 @dataclass

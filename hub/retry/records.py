@@ -161,28 +161,36 @@ class ParkingLot:
         transaction of their own, rather than being due at once: a delivery that got through would be
         sent again and again, as fast as the scheduler goes round. A row another hub process handled
         meanwhile (its attempt moved on, or its lease is no longer this delivery's), or an operator
-        discarded, is left alone. When the store cannot take even this, the error is raised: the
-        scheduler backs off before its next round, and a row in hand by a lease is due again when the
-        lease ends."""
+        discarded, is left alone. One whose outcome failed to be recorded `POSTPONE_AT_MOST` times in
+        a row has climbed to its last rung meanwhile; once more, and it is dead-lettered (operators see
+        it) rather than sent again for ever. When the store cannot take even this, the error is raised:
+        the scheduler backs off before its next round, and a row in hand by a lease is due again when
+        the lease ends."""
         postponed = 0
         try:
             async with self.store.transaction() as session:
                 for row, outcome, exc in failed:
-                    done = await session.execute(
-                        update(parked)
-                        .where(
-                            parked.c.seq == row.seq,
-                            parked.c.attempt == row.attempt,
-                            parked.c.lease.is_not_distinct_from(row.lease),
-                        )
-                        .values(**self._put_off(row, exc, outcome))
+                    as_taken = and_(
+                        parked.c.seq == row.seq,
+                        parked.c.attempt == row.attempt,
+                        parked.c.lease.is_not_distinct_from(row.lease),
                     )
+                    values = self._put_off(row, exc, outcome)
+                    at_the_end = row.attempt >= self.policy.max_parked_attempts
+                    if (
+                        values["postponed"] > POSTPONE_AT_MOST
+                        and at_the_end
+                        and await self._dead_unrecorded(session, row, exc, as_taken)
+                    ):
+                        continue
+                    done = await session.execute(update(parked).where(as_taken).values(**values))
                     if done.rowcount:  # type: ignore[attr-defined]
                         postponed += 1
                         log.error(
-                            "recording a delivery's outcome failed; postponed, no rung used",
+                            "recording a delivery's outcome failed; postponed",
                             ladder=self.name,
                             message_id=row.message_id,
+                            postponed=values["postponed"],
                             error=safe_error_message(exc),
                         )
         except Exception as exc:
@@ -190,12 +198,42 @@ class ParkingLot:
             raise
         self.metrics.postponed.labels(self.name).inc(postponed)
 
+    async def _dead_unrecorded(
+        self, session: AsyncSession, row: Any, exc: BaseException, as_taken: Any
+    ) -> bool:
+        """Dead-letter a row whose outcome could not be recorded time after time, in a savepoint; False
+        when that fails too (it is put off, as before) or the row is no longer as it was taken."""
+        first = row.first_failure or self.clock()
+        if first.tzinfo is None:  # SQLite hands back naive datetimes
+            first = first.replace(tzinfo=self.clock().tzinfo)
+        try:
+            async with session.begin_nested():
+                if not await self._written(session, delete(parked).where(as_taken)):
+                    return False
+                try:
+                    message: Envelope | None = Envelope.from_bytes(row.value)
+                except ValidationError:
+                    message = None
+                failure = StoreFailed(f"its outcome could not be recorded: {safe_error_message(exc)}")
+                await self._dead(
+                    session, row, message, failure, attempts=row.attempt + 1, first_failure=first
+                )
+        except Exception as again:
+            log.error(
+                "dead-lettering a delivery whose outcome could not be recorded failed; postponed",
+                ladder=self.name,
+                message_id=row.message_id,
+                error=safe_error_message(again),
+            )
+            return False
+        return True
+
     def _put_off(self, row: Any, exc: BaseException, outcome: Exception | None) -> dict[str, Any]:
         """What a row's attempt that the hub's own store spoiled leaves: not the partner's failure, so
         its attempt (the rung) stays, `postponed` counts up, and it waits as `policy.put_off` says; the
         partner's Retry-After, when it answered with one, still counts. Out of anyone's hands. Past
-        `POSTPONE_AT_MOST` in a row each one climbs a rung (never past the last: the DLQ is written
-        where the outcome is recorded, `_record`)."""
+        `POSTPONE_AT_MOST` in a row each one climbs a rung (never past the last: `_record` writes the
+        DLQ for a store failing on the way, `_postpone` for a record failing time after time)."""
         now = self.clock()
         retry_after = outcome.retry_after if isinstance(outcome, TransientError) else None
         postponed = (row.postponed or 0) + 1
@@ -217,6 +255,7 @@ class ParkingLot:
         Each only while its row is as it was taken (`_record`): one another process has by now, or an
         operator discarded, is left alone; its call was idempotent."""
         failed: list[tuple[Any, Exception | None, BaseException]] = []
+        put_off = 0  # attempts the store spoiled on their way, put off here
         try:
             async with self.store.transaction() as session:
                 rest = outcomes
@@ -225,26 +264,31 @@ class ParkingLot:
                     rest = [(row, outcome) for row, outcome in outcomes if outcome is not None]
                 for row, outcome in rest:
                     if len(outcomes) == 1:  # no savepoint needed: its failure is the transaction's
-                        await self._record_one(session, row, outcome)
+                        put_off += await self._record_one(session, row, outcome)
                         continue
                     try:
                         async with session.begin_nested():
-                            await self._record_one(session, row, outcome)
+                            recorded = await self._record_one(session, row, outcome)
+                        put_off += recorded
                     except Exception as exc:  # this one is put off; the rest are kept
                         failed.append((row, outcome, exc))
         except Exception as exc:  # nothing of it was kept: all of it is put off
-            failed = [(row, outcome, exc) for row, outcome in outcomes]
+            failed, put_off = [(row, outcome, exc) for row, outcome in outcomes], 0
+        self.metrics.postponed.labels(self.name).inc(put_off)
         if failed:
             await self._postpone(failed)
 
-    async def _record_one(self, session: AsyncSession, row: Any, outcome: Exception | None) -> None:
-        if not await self._record(session, row, outcome):
-            log.warning(
-                "a delivery's outcome was not recorded: another process has the message in hand (its "
-                "lease ended first), or it is gone",
-                ladder=self.name,
-                message_id=row.message_id,
-            )
+    async def _record_one(self, session: AsyncSession, row: Any, outcome: Exception | None) -> int:
+        """Record one outcome; 1 when it put the row off (the store failed on its way), else 0."""
+        if await self._record(session, row, outcome):
+            return int(isinstance(outcome, StoreFailed) and (row.postponed or 0) < POSTPONE_AT_MOST)
+        log.warning(
+            "a delivery's outcome was not recorded: another process has the message in hand (its "
+            "lease ended first), or it is gone",
+            ladder=self.name,
+            message_id=row.message_id,
+        )
+        return 0
 
     async def _record_delivered(self, session: AsyncSession, rows: Sequence[Any]) -> bool:
         """Deliveries in one savepoint and a few statements; False (nothing kept) when that fails, or
@@ -297,7 +341,16 @@ class ParkingLot:
             values = self._put_off(row, outcome, outcome)
             if not await self._written(session, update(parked).where(mine).values(**values)):
                 return False
-            self.metrics.postponed.labels(self.name).inc()  # (counted before the commit: at worst once more)
+            # (counted once its transaction committed: `_record_outcomes`)
+            await self.hooks.run(
+                session,
+                "on_parked",
+                message,
+                row.attempt,
+                values["due_at"],
+                values["last_error"],
+                key=row.key,
+            )
             log.warning(
                 "the hub's store failed on a delivery's way; put off, no rung used",
                 ladder=self.name,

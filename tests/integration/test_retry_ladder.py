@@ -707,10 +707,15 @@ async def test_the_hubs_own_store_failing_inside_a_delivery_uses_no_rung(
             async with unreachable.read() as session:
                 await session.execute(select(func.count()).select_from(parked))
 
+    parked_hook: list[tuple[int, str]] = []
+
+    async def on_parked(_s: AsyncSession, _m: Envelope, attempt: int, _due: datetime, error: str) -> None:
+        parked_hook.append((attempt, error))  # a connector's status: when it is tried again, and why
+
     metrics = Metrics()
     ladder = RetryLadder(
         store, metrics, name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
-        delivery=Delivery(deliver=deliver), policy=FAST,
+        delivery=Delivery(deliver=deliver, on_parked=on_parked), policy=FAST,
     )  # fmt: skip
     try:
         env = Envelope(type="Cmd", payload={"name": "a1", "key": "youth-a"})
@@ -735,6 +740,7 @@ async def test_the_hubs_own_store_failing_inside_a_delivery_uses_no_rung(
             for result in ("store", "transient")
         }
         assert results == {"store": in_place, "transient": None}  # not counted as the partner's
+        assert parked_hook == [(attempt, row.last_error)]  # the connector is told it waits, and why
 
         async def delivered() -> bool:
             await ladder.step()  # put off as long as the next rung would wait: 0.2 s or more
@@ -795,6 +801,100 @@ async def test_a_store_failure_that_keeps_coming_for_one_message_climbs_the_ladd
         assert metrics.registry.get_sample_value(
             "ketenhub_delivery_postponed_total", {"ladder": "test"}
         ) == float(POSTPONE_AT_MOST)
+    finally:
+        await unreachable.close()
+        await store.close()
+
+
+async def test_a_delivery_whose_outcome_can_never_be_recorded_is_dead_lettered_at_its_last_rung(
+    db_url: str,
+) -> None:
+    """A record that fails for one row alone, time after time, put the message off at its last rung
+    for ever: sent again every last rung's wait, and never before an operator. After
+    `POSTPONE_AT_MOST` postponements in a row there it is dead-lettered."""
+    from hub.retry.policy import POSTPONE_AT_MOST
+
+    store = Store(db_url)
+    await store.migrate()
+    calls: list[str] = []
+
+    async def deliver(message: Envelope) -> None:
+        calls.append(message.message_id)
+
+    now = [utcnow()]
+    metrics = Metrics()
+    ladder = RetryLadder(
+        store, metrics, name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=deliver), policy=FAST, clock=lambda: now[0],
+    )  # fmt: skip
+
+    async def unrecordable(session: AsyncSession, row: Any, outcome: Exception | None) -> bool:
+        raise OperationalError("UPDATE", {}, Exception("value too long for this row"))
+
+    ladder._record = unrecordable  # type: ignore[method-assign]  # this row's record always fails
+    try:
+        env = Envelope(type="Cmd", payload={"name": "unrecordable", "key": "youth-a"})
+        async with store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
+                    headers=env.header_map(), attempt=FAST.max_parked_attempts, due_at=now[0],
+                )
+            )  # fmt: skip
+        rounds = []
+        while await ladder.parked_count() and len(rounds) < 50:
+            assert await ladder.step() == 1
+            async with store.connect() as conn:
+                row = (await conn.execute(select(parked))).one_or_none()
+            rounds.append(None if row is None else (row.attempt, row.postponed))
+            now[0] += timedelta(hours=1)  # past any wait
+        last = FAST.max_parked_attempts
+        assert rounds == [*((last, n) for n in range(1, POSTPONE_AT_MOST + 1)), None]
+        assert calls == [env.message_id] * (POSTPONE_AT_MOST + 1)
+        async with store.connect() as conn:
+            topics = (await conn.execute(select(outbox.c.topic))).scalars().all()
+            [headers] = (await conn.execute(select(outbox.c.headers))).scalars().all()
+        assert topics == ["t.dlq"]
+        assert "could not be recorded" in json.dumps(headers)
+        assert metrics.registry.get_sample_value(
+            "ketenhub_delivery_postponed_total", {"ladder": "test"}
+        ) == float(POSTPONE_AT_MOST)
+    finally:
+        await store.close()
+
+
+async def test_a_put_off_whose_record_fails_to_commit_is_counted_once(db_url: str, tmp_path: Any) -> None:
+    """A put-off was counted as it was written, and again by the postponement that followed when its
+    transaction failed to commit: `ketenhub_delivery_postponed_total` said two for one."""
+    store = Store(db_url)
+    await store.migrate()
+    unreachable = Store(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/hub.db")  # cannot be opened
+
+    async def deliver(message: Envelope) -> None:
+        async with unreachable.read() as session:
+            await session.execute(select(func.count()).select_from(parked))
+
+    metrics = Metrics()
+    ladder = RetryLadder(
+        FlakyStore(store, 1), metrics, name="test", topic="t", retry_topic="t.retry",  # type: ignore[arg-type]
+        dlq_topic="t.dlq", partner="fake", delivery=Delivery(deliver=deliver), policy=FAST,
+    )  # fmt: skip
+    try:
+        env = Envelope(type="Cmd", payload={"name": "once", "key": "youth-a"})
+        async with store.transaction() as session:
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
+                    headers=env.header_map(), attempt=1, due_at=utcnow(),
+                )
+            )  # fmt: skip
+        assert await ladder.step() == 1
+        async with store.connect() as conn:
+            row = (await conn.execute(select(parked))).one()
+        assert (row.attempt, row.postponed) == (1, 1)  # put off once: by the postponement
+        assert (
+            metrics.registry.get_sample_value("ketenhub_delivery_postponed_total", {"ladder": "test"}) == 1.0
+        )
     finally:
         await unreachable.close()
         await store.close()
