@@ -192,10 +192,18 @@ async function refreshDlq(asked) {
   const key = shown.get("key");
   if (key && !YOUTH_KEY.test(key) && asked !== true) return;
   const n = ++dlqAsked;
-  const list = await api("/ops/api/dlq?" + shown.toString());
+  // Applied as it is asked: a refresh that begins while it is on its way asks for it too, rather
+  // than for the filter before it, whose answer would be drawn over this one's.
+  if (asked === true) appliedDlq = shown;
+  let list;
+  try {
+    list = await api("/ops/api/dlq?" + shown.toString());
+  } catch (e) {  // not applied after all: the refreshes go on with the filter of the list shown
+    if (asked === true && appliedDlq === shown) appliedDlq = shownDlq ? shownDlq.filter : new URLSearchParams();
+    throw e;
+  }
   if (n < dlqDrawn) return;
   dlqDrawn = n;
-  appliedDlq = shown;
   shownDlq = { filter: shown, total: list.total, listed: list.items.length };
   fill("dlq", list.items.map((d) => {
     const open = document.createElement("button");
@@ -273,7 +281,14 @@ async function main() {
   $("who").textContent = `${me.username} (${me.role})`;
   if (me.role === "viewer") document.querySelectorAll(".operator-only").forEach((e) => e.classList.add("hidden-role"));
   if (me.role !== "privacy_officer") document.querySelectorAll(".privacy-only").forEach((e) => e.classList.add("hidden-role"));
-  $("f-apply").addEventListener("click", () => refreshDlq(true));
+  $("f-apply").addEventListener("click", async () => {
+    $("dlq-error").textContent = "";
+    try {
+      await refreshDlq(true);
+    } catch (e) {
+      $("dlq-error").textContent = "filter not applied: " + e.message;
+    }
+  });
   $("unmask").addEventListener("change", () => current && showLetter(current.id));
   $("mail-raw-toggle").addEventListener("change", () => currentMail && showMail(currentMail.id));
   $("problems-resolved-toggle").addEventListener("change", () => refreshAll());

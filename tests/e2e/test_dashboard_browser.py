@@ -442,6 +442,52 @@ async def test_an_operator_resolves_a_problem_with_a_reason_and_it_shows_among_t
         assert audited.scalar_one() == 1
 
 
+async def test_a_filter_slower_than_a_refresh_stays_applied(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    """A refresh that began while the operator's filter was still on its way asked with the old
+    filter; its answer came after the filter's and was drawn over it, and the filter was lost for
+    good: the list showed every dead letter again, and "Replay these" would have replayed them all.
+    A filter that fails says so, rather than leaving the list as it was."""
+    hub, base, _ = served
+    ann, bob = youth_key("ann"), youth_key("bob")
+    sent = [(k, Envelope(type="T", payload={"n": i, "poison": True})) for i, k in enumerate([ann, ann, bob])]
+    await produce(
+        kafka.bootstrap, hub.topic("ops.in.v1"), [(k.encode(), e.to_bytes(), e.headers()) for k, e in sent]
+    )
+    dlq_topic = hub.topic("ops.in.dlq.v1")
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        await (
+            page.locator(f'#topics tr[data-topic="{dlq_topic}"] td.dlq-depth').filter(has_text="3").wait_for()
+        )
+        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 3")
+
+        async def slow(route: Any) -> None:  # the filtered list takes longer than a refresh's turn
+            await asyncio.sleep(4)
+            await route.continue_()
+
+        await page.route("**/ops/api/dlq?*key=*", slow)
+        await page.fill("#f-key", ann)
+        await page.click("#f-apply")
+        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
+        await _refreshed(page, 3)  # the refreshes begun meanwhile have all been answered
+        await page.wait_for_timeout(4500)
+        assert await page.locator("#dlq tbody tr").count() == 2
+        await page.unroute("**/ops/api/dlq?*key=*")
+
+        async def failing(route: Any) -> None:
+            await route.fulfill(status=503, content_type="application/problem+json",
+                                body='{"title": "De hub start nog", "status": 503}')  # fmt: skip
+
+        await page.route("**/ops/api/dlq?*key=*", failing)
+        await page.fill("#f-key", bob)
+        await page.click("#f-apply")
+        await page.wait_for_function(
+            "() => document.getElementById('dlq-error').textContent.includes('De hub start nog')"
+        )
+
+
 async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_is_confirmed(
     kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
 ) -> None:
