@@ -198,14 +198,18 @@ class ParkingLot:
             raise
         self.metrics.postponed.labels(self.name).inc(postponed)
 
+    def _first_failure(self, row: Any) -> datetime:
+        """When the row's message first failed (now, when it has not yet), with its time zone: SQLite
+        hands back naive datetimes, and the dead letter's header says UTC."""
+        first: datetime = row.first_failure or self.clock()
+        return first if first.tzinfo is not None else first.replace(tzinfo=self.clock().tzinfo)
+
     async def _dead_unrecorded(
         self, session: AsyncSession, row: Any, exc: BaseException, as_taken: Any
     ) -> bool:
         """Dead-letter a row whose outcome could not be recorded time after time, in a savepoint; False
         when that fails too (it is put off, as before) or the row is no longer as it was taken."""
-        first = row.first_failure or self.clock()
-        if first.tzinfo is None:  # SQLite hands back naive datetimes
-            first = first.replace(tzinfo=self.clock().tzinfo)
+        first = self._first_failure(row)
         try:
             async with session.begin_nested():
                 if not await self._written(session, delete(parked).where(as_taken)):
@@ -321,9 +325,7 @@ class ParkingLot:
         Only while the row is as it was taken (in hand by the same lease, or by none): its first
         write says so, and locks it till the transaction ends. False, and nothing written, when it is
         not (another process has it, or it is gone)."""
-        first = row.first_failure or self.clock()
-        if first.tzinfo is None:  # SQLite hands back naive datetimes; the dead letter's header says UTC
-            first = first.replace(tzinfo=self.clock().tzinfo)
+        first = self._first_failure(row)
         mine = and_(parked.c.seq == row.seq, parked.c.lease.is_not_distinct_from(row.lease))
         try:
             message = Envelope.from_bytes(row.value)

@@ -753,6 +753,32 @@ async def test_the_hubs_own_store_failing_inside_a_delivery_uses_no_rung(
         await store.close()
 
 
+async def _park_one(store: Store, name: str, attempt: int, due_at: datetime) -> Envelope:
+    """One message of key youth-a parked in the `test` ladder at `attempt`, due at `due_at`."""
+    env = Envelope(type="Cmd", payload={"name": name, "key": "youth-a"})
+    async with store.transaction() as session:
+        await session.execute(
+            insert(parked).values(
+                ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
+                headers=env.header_map(), attempt=attempt, due_at=due_at,
+            )
+        )  # fmt: skip
+    return env
+
+
+async def _rounds_until_gone(ladder: RetryLadder, now: list[datetime]) -> list[tuple[int, int] | None]:
+    """Step the ladder, the clock an hour on each time (past any wait), until its one row is gone:
+    the row's (attempt, postponed) after each round, None once it is gone."""
+    rounds: list[tuple[int, int] | None] = []
+    while await ladder.parked_count() and len(rounds) < 50:
+        assert await ladder.step() == 1
+        async with ladder.store.connect() as conn:
+            row = (await conn.execute(select(parked))).one_or_none()
+        rounds.append(None if row is None else (row.attempt, row.postponed))
+        now[0] += timedelta(hours=1)
+    return rounds
+
+
 async def test_a_store_failure_that_keeps_coming_for_one_message_climbs_the_ladder_to_the_dlq(
     db_url: str, tmp_path: Any
 ) -> None:
@@ -777,21 +803,8 @@ async def test_a_store_failure_that_keeps_coming_for_one_message_climbs_the_ladd
         delivery=Delivery(deliver=deliver), policy=FAST, clock=lambda: now[0],
     )  # fmt: skip
     try:
-        env = Envelope(type="Cmd", payload={"name": "stuck", "key": "youth-a"})
-        async with store.transaction() as session:
-            await session.execute(
-                insert(parked).values(
-                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
-                    headers=env.header_map(), attempt=0, due_at=now[0],
-                )
-            )  # fmt: skip
-        rounds = []
-        while await ladder.parked_count() and len(rounds) < 50:
-            assert await ladder.step() == 1
-            async with store.connect() as conn:
-                row = (await conn.execute(select(parked))).one_or_none()
-            rounds.append(None if row is None else (row.attempt, row.postponed))
-            now[0] += timedelta(hours=1)  # past any wait
+        await _park_one(store, "stuck", 0, now[0])
+        rounds = await _rounds_until_gone(ladder, now)
         put_off = [(0, n) for n in range(1, POSTPONE_AT_MOST + 1)]
         rungs = [(n, POSTPONE_AT_MOST) for n in range(1, FAST.max_parked_attempts + 1)]
         assert rounds == [*put_off, *rungs, None]
@@ -833,21 +846,8 @@ async def test_a_delivery_whose_outcome_can_never_be_recorded_is_dead_lettered_a
 
     ladder._record = unrecordable  # type: ignore[method-assign]  # this row's record always fails
     try:
-        env = Envelope(type="Cmd", payload={"name": "unrecordable", "key": "youth-a"})
-        async with store.transaction() as session:
-            await session.execute(
-                insert(parked).values(
-                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
-                    headers=env.header_map(), attempt=FAST.max_parked_attempts, due_at=now[0],
-                )
-            )  # fmt: skip
-        rounds = []
-        while await ladder.parked_count() and len(rounds) < 50:
-            assert await ladder.step() == 1
-            async with store.connect() as conn:
-                row = (await conn.execute(select(parked))).one_or_none()
-            rounds.append(None if row is None else (row.attempt, row.postponed))
-            now[0] += timedelta(hours=1)  # past any wait
+        env = await _park_one(store, "unrecordable", FAST.max_parked_attempts, now[0])
+        rounds = await _rounds_until_gone(ladder, now)
         last = FAST.max_parked_attempts
         assert rounds == [*((last, n) for n in range(1, POSTPONE_AT_MOST + 1)), None]
         assert calls == [env.message_id] * (POSTPONE_AT_MOST + 1)
@@ -880,14 +880,7 @@ async def test_a_put_off_whose_record_fails_to_commit_is_counted_once(db_url: st
         dlq_topic="t.dlq", partner="fake", delivery=Delivery(deliver=deliver), policy=FAST,
     )  # fmt: skip
     try:
-        env = Envelope(type="Cmd", payload={"name": "once", "key": "youth-a"})
-        async with store.transaction() as session:
-            await session.execute(
-                insert(parked).values(
-                    ladder="test", key="youth-a", message_id=env.message_id, value=env.to_bytes(),
-                    headers=env.header_map(), attempt=1, due_at=utcnow(),
-                )
-            )  # fmt: skip
+        await _park_one(store, "once", 1, utcnow())
         assert await ladder.step() == 1
         async with store.connect() as conn:
             row = (await conn.execute(select(parked))).one()
