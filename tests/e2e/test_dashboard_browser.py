@@ -463,18 +463,30 @@ async def test_a_filter_slower_than_a_refresh_stays_applied(
         )
         await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 3")
 
-        async def slow(route: Any) -> None:  # the filtered list takes longer than a refresh's turn
-            await asyncio.sleep(4)
+        answered_after = asyncio.Event()
+        held: list[Any] = []
+
+        async def slow(route: Any) -> None:  # the filter's list comes after a refresh's, begun later
+            if held or "key=" not in route.request.url:
+                await route.continue_()
+                return
+            held.append(route)
+            await answered_after.wait()
             await route.continue_()
 
-        await page.route("**/ops/api/dlq?*key=*", slow)
+        def seen(response: Any) -> None:
+            if held and "/ops/api/dlq?" in response.url and response.request is not held[0].request:
+                answered_after.set()
+
+        page.on("response", seen)
+        await page.route("**/ops/api/dlq?*", slow)
         await page.fill("#f-key", ann)
         await page.click("#f-apply")
+        await wait_for(answered_after.is_set, timeout_s=30)  # a refresh began and was answered meanwhile
         await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
-        await _refreshed(page, 3)  # the refreshes begun meanwhile have all been answered
-        await page.wait_for_timeout(4500)
+        await _refreshed(page, 2)
         assert await page.locator("#dlq tbody tr").count() == 2
-        await page.unroute("**/ops/api/dlq?*key=*")
+        await page.unroute("**/ops/api/dlq?*")
 
         async def failing(route: Any) -> None:
             await route.fulfill(status=503, content_type="application/problem+json",

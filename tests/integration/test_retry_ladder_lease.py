@@ -430,25 +430,37 @@ async def test_a_lease_is_kept_while_its_outcome_waits_to_be_recorded(db_url: st
     """The lease was renewed over the call only: an outcome waiting behind a slow record (another
     delivery's, or a pool wait) let it end, and another process delivered the message again."""
     calls: list[tuple[str, str]] = []
+    clock, recording, finish = Clock(), asyncio.Event(), asyncio.Event()
 
     def delivery(process: str) -> Delivery:
         async def deliver(message: Envelope) -> None:
             calls.append((process, str(message.payload["name"])))
             if message.payload["name"] == "m2":
-                await asyncio.sleep(0.05)  # done while m1's record is being written
+                await recording.wait()  # its outcome comes while m1's record is being written
 
         async def on_delivered(session: AsyncSession, message: Envelope) -> None:
             if process == "A" and message.payload["name"] == "m1":
-                await asyncio.sleep(1.5)  # a slow record: past the end of the lease m2 was taken with
+                recording.set()
+                await finish.wait()  # a slow record: past the end of the lease m2 was taken with
 
         return Delivery(deliver=deliver, on_delivered=on_delivered)
 
     async with _stores(db_url, 2) as (a_store, b_store):
-        a = _ladder(a_store, delivery("A"), lease_s=1.0)
-        b = _ladder(b_store, delivery("B"), lease_s=1.0)
+        a = _ladder(a_store, delivery("A"), clock, lease_s=1.0)
+        a.leases.renew_s = 0.05  # in real seconds; the lease is 1 s by the clock
+        b = _ladder(b_store, delivery("B"), clock, lease_s=1.0)
         await _queue(a, ["m1", "m2"])
         in_hand = asyncio.create_task(a.step())
-        await asyncio.sleep(1.2)
-        assert await b.step() == 0  # both still in A's hands
+        await wait_for(recording.is_set, timeout_s=20)
+        clock.advance(2.0)  # past the end of both leases as they were taken
+
+        async def renewed() -> bool:  # m2's outcome waits behind m1's record; its lease is kept
+            async with b_store.connect() as conn:
+                due = (await conn.execute(select(parked.c.due_at).where(parked.c.key == "m2"))).scalar_one()
+            return bool(due > clock())
+
+        await wait_for(renewed, timeout_s=20)
+        assert await b.step() == 0  # both still in A's hands (m1 under its record's row lock)
+        finish.set()
         assert await asyncio.wait_for(in_hand, 20) == 2
         assert sorted(calls) == [("A", "m1"), ("A", "m2")] and await a.parked_count() == 0
