@@ -11,9 +11,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
+from hub import kafka_records
 from hub.config import KafkaSettings
 from hub.errors import ConfigError
 from hub.topics import Topic
+
+kafka_records.install()  # a header key that is not UTF-8 must not stall a partition
 
 _TOPIC_ALREADY_EXISTS = 36
 

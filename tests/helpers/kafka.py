@@ -11,6 +11,24 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 
+class Latin1Key(str):
+    """A header key as a partner's system writes it in Latin-1, where Kafka says UTF-8. aiokafka's
+    compiled writer refuses it; its pure-Python one (`write_keys_as_given`) encodes it through here."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return str(self).encode("latin-1")
+
+
+def write_keys_as_given(monkeypatch: Any) -> None:
+    """Make this process's aiokafka producers write header keys through their own `encode`."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    for module in (accumulator, producer):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+
+
 async def produce(
     bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]]
 ) -> None:

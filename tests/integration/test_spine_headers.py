@@ -21,7 +21,7 @@ from hub.store.tables import audit_log
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, Envelope
 from tests.conftest import make_settings
 from tests.helpers.hubs import IN, OUT, echo_component, running_hub
-from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
+from tests.helpers.kafka import Latin1Key, headers_of, produce, read_topic, wait_for, write_keys_as_given
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,35 @@ async def test_a_header_not_utf8_or_null_costs_no_record_of_its_batch(
 
     assert effects == list(range(7))  # each once, in the order sent
     assert letters == []
+
+
+async def test_a_header_key_not_utf8_stalls_nothing(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka's record reader decoded every header key as strict UTF-8 inside the fetcher: a record
+    with a Latin-1 key dropped the records fetched before it and failed every fetch after, so its
+    partition stood still with no dead letter. Such a key is a header the hub does not know: its
+    record takes effect like the others; dead-lettered for another reason, its letter shows the key
+    with U+FFFD, as it shows a value that is not UTF-8."""
+    write_keys_as_given(monkeypatch)
+    key = Latin1Key("x-partner-notitie-café")
+    envs = [Envelope(type="Test", payload={"n": n}) for n in range(7)]
+    records = [(e, _headers(e)) for e in envs]
+    for n in (2, 5):
+        records[n] = (envs[n], [*_headers(envs[n]), (key, b"ok")])
+    sent = [(e.to_bytes(), h) for e, h in records]
+    sent[4] = (b"not an envelope", [*_headers(envs[4]), (key, b"ok")])
+
+    async with running_hub(make_settings(kafka, db_url, unique), echo_component) as hub:
+        assert hub.store is not None
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(b"youth-a", v, h) for v, h in sent])
+        await _all_done(kafka.bootstrap, hub, len(sent), len(sent) - 1, 1)
+        effects = await _effects(hub.store)
+        [letter] = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1, settle_s=1.0)
+
+    assert effects == [0, 1, 2, 3, 5, 6]  # each once, in the order sent
+    assert letter.value == b"not an envelope"
+    assert headers_of(letter)["x-partner-notitie-caf\ufffd"] == "ok"
 
 
 async def test_an_id_header_not_utf8_or_null_dead_letters_its_record_alone(
