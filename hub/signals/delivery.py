@@ -232,8 +232,8 @@ async def on_parked(
     query = update(signals).where(
         _where(message), _latest(message) | signals.c.delivery_state.not_in(_SETTLED)
     )
-    if attempt == 0:  # parked behind another command: keep a retrying head's details
-        query = query.where(signals.c.delivery_state != "retrying")
+    if attempt == 0 and error is None:  # parked behind another command: keep a retrying head's
+        query = query.where(signals.c.delivery_state != "retrying")  # details (a put-off has an error)
     await session.execute(
         query.values(
             delivery_state="retrying", attempt=attempt, next_try_at=due_at, last_error=error or WAITING

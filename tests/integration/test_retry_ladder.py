@@ -9,7 +9,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -891,3 +891,72 @@ async def test_a_put_off_whose_record_fails_to_commit_is_counted_once(db_url: st
     finally:
         await unreachable.close()
         await store.close()
+
+
+async def test_a_signals_command_put_off_after_waiting_says_when_it_is_tried_again(db_url: str) -> None:
+    """A signal's withdrawal that waited behind its registration (the signal shown as waiting) and,
+    once its turn came, was put off because the hub's store failed on its way, kept showing "waiting
+    behind an earlier command" with the old time: the signals' hook kept a retrying signal's details
+    for every first attempt, which is meant only for a command that waits behind another. The
+    put-off's time and reason are shown; a command parked behind it still leaves them be."""
+    from hub.signals import delivery as signal_delivery
+    from hub.signals.commands import WITHDRAW, change_contact_command, withdraw_command
+    from hub.signals.tables import signals
+    from schemas.caseworker import ContactDetails
+    from schemas.signal import WithdrawalReason
+
+    store = Store(db_url)
+    await store.migrate()
+    withdrawal = withdraw_command("s-1", WithdrawalReason.RISICO_WEG, "tx-1")
+    shown_then = utcnow() - timedelta(minutes=5)  # when it was last shown as waiting
+    async with store.transaction() as session:
+        await session.execute(
+            insert(signals).values(
+                signal_id="s-1", youth_key="a" * 64, bsn="123456782", given_names="Sam", surname="Jansen",
+                birth_date=datetime(2010, 1, 1).date(), gender="M", municipality="Den Haag",
+                organisation="Halt", caseworker_id="cw-1", contact={}, created=shown_then.date(),
+                end_date=shown_then.date(), status="INGETROKKEN", delivery_state="retrying", attempt=0,
+                next_try_at=shown_then, last_error=signal_delivery.WAITING, updated_at=shown_then,
+                delivery_message_id=withdrawal.message_id, delivery_command=WITHDRAW,
+            )
+        )  # fmt: skip
+        await session.execute(
+            insert(parked).values(
+                ladder="test", key="a" * 64, message_id=withdrawal.message_id, value=withdrawal.to_bytes(),
+                headers=withdrawal.header_map(), attempt=0, due_at=utcnow(),
+            )
+        )  # fmt: skip
+
+    async def deliver(message: Envelope) -> None:  # the signal's status, read on the way, cannot be
+        raise OperationalError("SELECT delivery_state FROM signals", {}, Exception("database is locked"))
+
+    ladder = RetryLadder(
+        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=deliver, on_parked=signal_delivery.on_parked), policy=FAST,
+    )  # fmt: skip
+    try:
+        assert await ladder.step() == 1
+        async with store.connect() as conn:
+            put_off = (await conn.execute(select(parked))).one()
+            shown = (await conn.execute(select(signals))).one()
+        assert put_off.postponed == 1  # put off, no rung used
+        assert (shown.delivery_state, shown.attempt) == ("retrying", 0)
+        assert "the hub's store failed" in shown.last_error, shown.last_error
+        assert _utc(shown.next_try_at) == _utc(put_off.due_at) > shown_then
+
+        # a later command for the signal, parked behind the put-off one, says nothing of its own
+        later = change_contact_command(
+            "s-1", "cw-2", ContactDetails(name="Ilse", organisation="Halt"), "tx-2"
+        )
+        async with store.transaction() as session:
+            await signal_delivery.on_parked(session, later, 0, utcnow(), None)
+        async with store.connect() as conn:
+            still = (await conn.execute(select(signals))).one()
+        assert (still.last_error, _utc(still.next_try_at)) == (shown.last_error, _utc(shown.next_try_at))
+    finally:
+        await store.close()
+
+
+def _utc(at: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives it back without its zone)."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
