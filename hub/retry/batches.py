@@ -1,48 +1,50 @@
-"""PostgreSQL: the outcomes of a round's deliveries recorded as they come, in as few transactions.
+"""PostgreSQL: a round's statements gathered as they come, in as few round trips.
 
-Each delivery ends on its own time, and its outcome should be recorded at once: a transaction per
-delivery would cost more than the lease that took it in hand. So the first outcome to come is
-recorded at once, and those that come while a transaction records are recorded together in the next.
+Each delivery of a round is taken in hand and ends on its own time; a statement for each would cost
+more than the call. So the first request goes at once, and those that come while it is under way go
+together in the next (`Grouped`): a round's first claims in one statement, the outcomes that ended
+together in one transaction (`Batches`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 Outcome = tuple[Any, Exception | None]  # (the parked row as taken, None when delivered or the error)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-class Batches:
-    """One round's recorder: `record` returns once the outcome is written (or raises what writing it
-    raised); `write` takes every outcome waiting, in one transaction. Closed (`aclose`), it writes
-    nothing more: what waits is cancelled, and stays in its lease's hands."""
+class Grouped(Generic[T, R]):
+    """`submit` returns an item's result once it is written (or raises what writing it raised);
+    `write` takes every item waiting, and answers one result for each, in their order. Closed
+    (`aclose`), it writes nothing more: what waits is cancelled."""
 
-    def __init__(self, write: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]]) -> None:
         self._write = write
-        self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def record(self, row: Any, outcome: Exception | None) -> None:
-        """Record one outcome, with whatever others wait beside it."""
+    async def submit(self, item: T) -> R:
+        """Write one item, with whatever others wait beside it; its result."""
         if self._closed:
             raise RuntimeError("the round's recorder is closed")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((row, outcome), done))
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
-        await done
+        return await done
 
     async def _drain(self) -> None:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                outcomes = [outcome for outcome, done in batch if not done.done()]  # not its cancelled
+                batch = [(item, done) for item, done in batch if not done.done()]  # not its cancelled
                 try:
-                    if outcomes:
-                        await self._write(outcomes)
+                    results = await self._write([item for item, _ in batch]) if batch else []
                 except Exception as exc:
                     for _, done in batch:
                         if not done.done():
@@ -52,9 +54,9 @@ class Batches:
                         done.cancel()
                     raise
                 else:
-                    for _, done in batch:
+                    for (_, done), result in zip(batch, results, strict=True):
                         if not done.done():
-                            done.set_result(None)
+                            done.set_result(result)
         finally:
             self._writer = None
             self._cancel_waiting()  # came after a cancellation: not written
@@ -66,11 +68,27 @@ class Batches:
 
     async def aclose(self) -> None:
         """The round ended, or was cancelled (the hub stopping): a write under way is cancelled and
-        waited for (its transaction rolled back before the store closes); what is not written stays
-        in its lease's hands, and is due again when the lease ends."""
+        waited for (its transaction rolled back before the store closes); what is not written is
+        cancelled."""
         self._closed = True
         if self._writer is not None:
             writer = self._writer
             writer.cancel()
             await asyncio.wait({writer})
         self._cancel_waiting()  # a writer cancelled before it began left them
+
+
+class Batches(Grouped[Outcome, None]):
+    """One round's recorder: the outcomes that came together in one transaction. Closed, what is not
+    written stays in its lease's hands, and is due again when the lease ends."""
+
+    def __init__(self, write: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
+        async def written(outcomes: Sequence[Outcome]) -> list[None]:
+            await write(outcomes)
+            return [None] * len(outcomes)
+
+        super().__init__(written)
+
+    async def record(self, row: Any, outcome: Exception | None) -> None:
+        """Record one outcome, with whatever others wait beside it."""
+        await self.submit((row, outcome))

@@ -36,9 +36,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.retry.batches import Batches
+from hub.retry.batches import Batches, Grouped
 from hub.retry.delivery import Delivery, Hooks, StoreFailed
-from hub.retry.lease import LEASE_S, Leases
+from hub.retry.lease import LEASE_S, Lease, Leases
 from hub.retry.policy import RetryPolicy
 from hub.retry.records import ParkingLot
 from hub.retry.tables import parked
@@ -223,12 +223,13 @@ class RetryLadder(ParkingLot):
             await self._retry_unlocked(rows)
             return len(rows), len(seqs)
         # every delivery of the round finishes and is recorded before a failure is raised
-        batches = Batches(self._record_outcomes)
+        claims, batches = Grouped(self.leases.claim_many), Batches(self._record_outcomes)
         try:
             outcomes = await asyncio.gather(
-                *(self._retry_leased(row.seq, batches) for row in rows), return_exceptions=True
+                *(self._retry_leased(row.seq, claims, batches) for row in rows), return_exceptions=True
             )
         finally:
+            await claims.aclose()  # (a claim cancelled as it ran may have taken its rows: leased)
             await batches.aclose()  # nothing waits when the round ended; cancelled, what waits stays leased
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -248,15 +249,18 @@ class RetryLadder(ParkingLot):
         except Exception as exc:
             log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 
-    async def _retry_leased(self, seq: int, batches: Batches) -> bool:
-        """PostgreSQL: one message taken in hand by a lease (hub/retry/lease.py), its partner called
-        with no transaction open, its outcome recorded (with others that came meanwhile: `batches`);
+    async def _retry_leased(
+        self, seq: int, claims: Grouped[int, tuple[Any, Lease] | None], batches: Batches
+    ) -> bool:
+        """PostgreSQL: one message taken in hand by a lease (hub/retry/lease.py; with the claims that
+        came meanwhile: `claims`), its partner called with no transaction open, its outcome recorded
+        (with others that came meanwhile: `batches`);
         the lease is renewed until the record is made, which holds only while it is still this
         process's. False when another process has it in hand, or moved it on."""
         keeper = None
         try:
             async with self._slots:  # the calls at once; their records wait apart, the slot free
-                claimed = await self.leases.claim(seq)  # the store failing: raised, nothing in hand
+                claimed = await claims.submit(seq)  # the store failing: raised, nothing in hand
                 if claimed is None:
                     return False
                 row, lease = claimed

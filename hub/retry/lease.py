@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,24 +80,33 @@ class Leases:
     async def claim(self, seq: int) -> tuple[Any, Lease] | None:
         """Take the parked row `seq` in hand when it is due and no other process's claim or record
         holds it: the row as it is now, and the lease. None when it is not to be had."""
+        return (await self.claim_many([seq]))[0]
+
+    async def claim_many(self, seqs: Sequence[int]) -> list[tuple[Any, Lease] | None]:
+        """`claim` for several rows in one statement (a round's claims that came together,
+        `Grouped`): for each of `seqs`, in order, its row and lease, or None. They share a token;
+        each is kept, checked and recorded apart."""
         started, now = asyncio.get_running_loop().time(), self.clock()
-        lease = Lease(seq, uuid.uuid4().hex, now + timedelta(seconds=self.lease_s), started + self.cutoff_s)
+        token, until = uuid.uuid4().hex, now + timedelta(seconds=self.lease_s)
         free = (
             select(parked.c.seq)
-            .where(parked.c.seq == seq, parked.c.due_at <= now)
+            .where(parked.c.seq.in_(seqs), parked.c.due_at <= now)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         async with self._autocommit.connect() as conn:
-            row = (
+            rows = (
                 await conn.execute(
                     update(parked)
-                    .where(parked.c.seq == free)
-                    .values(due_at=lease.until, lease=lease.token)
+                    .where(parked.c.seq.in_(free))
+                    .values(due_at=until, lease=token)
                     .returning(*parked.c)
                 )
-            ).first()
-        return None if row is None else (row, lease)
+            ).all()
+        taken = {row.seq: row for row in rows}
+        return [
+            (taken[seq], Lease(seq, token, until, started + self.cutoff_s)) if seq in taken else None
+            for seq in seqs
+        ]
 
     def keep(self, lease: Lease) -> Keeper:
         """Renew `lease` from now until the keeper is stopped: over the partner's call (`cut_off`) and

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from hub.errors import TransientError
@@ -464,3 +464,43 @@ async def test_a_lease_is_kept_while_its_outcome_waits_to_be_recorded(db_url: st
         finish.set()
         assert await asyncio.wait_for(in_hand, 20) == 2
         assert sorted(calls) == [("A", "m1"), ("A", "m2")] and await a.parked_count() == 0
+
+
+@PG
+async def test_the_claims_that_come_together_take_their_messages_in_one_statement(db_url: str) -> None:
+    """A claim a message, a pooled connection and a statement each, cost the Verwijsindex connector
+    more than its call (bench/README): the claims that come while one is under way (a round's first
+    slots, the slots its calls free together) go in one statement; a row another process holds, or
+    not yet due, is left out of it as it was of a claim of its own."""
+    partner = Partner(held={f"m{n}" for n in range(40)})
+    claims: list[str] = []
+    async with _stores(db_url, 1) as (store,):
+
+        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            if statement.startswith("UPDATE retry_parked SET due_at") and "SKIP LOCKED" in statement:
+                claims.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        ladder = _ladder(store, partner.delivery(), concurrency=16)
+        await _queue(ladder, [f"m{n}" for n in range(40)])
+        assert [found is not None for found in await ladder.leases.claim_many([3, 3 + 40, 5])] == [
+            True, False, True  # (no such row: left out)
+        ]  # fmt: skip
+        again, four = await ladder.leases.claim_many([3, 4])  # 3 in hand already (its lease is due later)
+        assert again is None and four is not None and four[1].seq == 4
+        assert await ladder.leases.claim_many([4]) == [None]
+        claims.clear()
+        async with store.transaction() as session:  # their leases end: due again, as another's would
+            await session.execute(update(parked).values(due_at=ladder.clock(), lease=None))
+
+        step = asyncio.create_task(ladder.step())
+        await wait_for(lambda: _holding(partner, 16))  # the round's first slots, claimed together
+        assert len(claims) == 1
+        partner.release.set()
+        assert await step == 40
+    assert sorted(partner.recorded) == sorted(f"m{n}" for n in range(40))  # each once
+    assert len(claims) <= 4, len(claims)  # 16 and 16 and 8, give or take a straggler
+
+
+async def _holding(partner: Partner, n: int) -> bool:
+    return len(partner.in_hand) >= n
