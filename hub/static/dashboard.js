@@ -156,9 +156,13 @@ async function refreshMails() {
 }
 
 // Its text as a caseworker reads it; the raw message only when asked for. Each view is audited.
+// The mail last asked for is the one shown: an earlier one answered later is not drawn over it.
+let mailAsked = 0;
 async function showMail(id) {
+  const n = ++mailAsked;
   const raw = $("mail-raw-toggle").checked;
   const m = await api("/api/v1/mails/" + encodeURIComponent(id) + (raw ? "?raw=true" : ""));
+  if (n !== mailAsked) return;
   currentMail = m;
   $("mail").hidden = false;
   $("mail-id").textContent = m.id;
@@ -215,9 +219,14 @@ async function refreshDlq(asked) {
   }));
 }
 
+// The letter last asked for is the one shown, and the one "Replay"/"Discard" act on: a letter asked
+// for earlier and answered later is not drawn over it.
+let letterAsked = 0;
 async function showLetter(id) {
+  const n = ++letterAsked;
   const unmask = $("unmask").checked;
   const d = await api("/ops/api/dlq/" + encodeURIComponent(id) + (unmask ? "?unmask=true" : ""));
+  if (n !== letterAsked) return;
   current = d;
   $("letter").hidden = false;
   $("letter-id").textContent = d.id;

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import uvicorn
@@ -329,6 +330,11 @@ async def test_sink_mails_and_borging_problems_show_as_text(served_with_mail: tu
         await page.check("#mail-raw-toggle")
         await page.locator("#mail-raw", has_text="Content-Type: multipart/alternative").wait_for()
         assert [r.objects["raw"] for r in await _sink_reads(hub)] == [False, True]
+        # the mail last asked for is shown, though one asked for before it is answered after it
+        await _second_asked_first_answered(
+            page, "/api/v1/mails/", "#mails", str(newest.id), str(older.id), shown="#mail-id"
+        )
+        assert await page.inner_text("#mail-id") == str(older.id)
 
         lotte = page.locator('#unreachable tr[data-id="cw-lotte"]')
         await lotte.wait_for()
@@ -498,6 +504,58 @@ async def test_a_filter_slower_than_a_refresh_stays_applied(
         await page.wait_for_function(
             "() => document.getElementById('dlq-error').textContent.includes('De hub start nog')"
         )
+
+
+async def _second_asked_first_answered(
+    page: Any, api: str, table: str, first: str, second: str, *, shown: str
+) -> None:
+    """Open `first` (its answer held back), then `second` from `table`; once `second` is shown, let
+    `first`'s answer come and wait until the page handled it. The caller checks what is shown."""
+    path = api + quote(first, safe="")  # as the page asks for it
+    release, held = asyncio.Event(), asyncio.Event()
+
+    async def slow(route: Any) -> None:
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    def asks(url: str) -> bool:
+        return url.split("?")[0].endswith(path)
+
+    await page.route(asks, slow)
+    await page.locator(f'{table} tr[data-id="{first}"] button.show').click()
+    await wait_for(held.is_set, timeout_s=30)
+    await page.locator(f'{table} tr[data-id="{second}"] button.show').click()
+    await page.locator(shown).filter(has_text=second).wait_for()
+    async with page.expect_event("requestfinished", lambda r: asks(r.url)):
+        release.set()
+    await page.evaluate("() => fetch('/ops/api/me').then((r) => r.json())")  # its answer handled
+    await page.unroute(asks)
+
+
+async def test_the_letter_shown_is_the_last_one_asked_for_however_the_answers_come(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    """An operator who opened one dead letter and then another, while the first was slow to come,
+    was shown the first: its answer came last and was drawn over the second, and "Discard" and
+    "Replay" act on the letter shown. The letter last asked for is the one shown."""
+    hub, base, _ = served
+    sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(2)]
+    await produce(
+        kafka.bootstrap,
+        hub.topic("ops.in.v1"),
+        [(youth_key(f"y{i}").encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)],
+    )
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
+        first, second = [
+            await tr.get_attribute("data-id") for tr in await page.locator("#dlq tbody tr").all()
+        ]
+        await _second_asked_first_answered(
+            page, "/ops/api/dlq/", "#dlq", str(first), str(second), shown="#letter-id"
+        )
+        assert await page.inner_text("#letter-id") == second
 
 
 async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_is_confirmed(
