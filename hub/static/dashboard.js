@@ -12,7 +12,8 @@ async function api(path, options = {}) {
   if (r.status === 401) { location.href = "/ops/login"; throw new Error("logged out"); }
   const body = await r.json();
   if (!r.ok) {
-    const e = new Error(body.detail || body.title || r.statusText);
+    const params = (body.invalidParams || []).map((p) => p.name + ": " + p.reason).join("; ");
+    const e = new Error((body.detail || body.title || r.statusText) + (params ? " (" + params + ")" : ""));
     e.status = r.status;
     throw e;
   }
@@ -275,6 +276,30 @@ async function replayShown() {
   }
 }
 
+// The timeline of the id last asked for: an earlier search answered later is not drawn over it.
+let timelineAsked = 0;
+async function findTimeline() {
+  const n = ++timelineAsked;
+  const id = $("t-id").value.trim();
+  $("t-status").textContent = "searching " + id;
+  let t;
+  try {
+    t = await api("/ops/api/timeline?id=" + encodeURIComponent(id));
+  } catch (e) {
+    if (n !== timelineAsked) return;
+    $("timeline").replaceChildren();
+    $("t-status").textContent = "not searched: " + e.message;
+    return;
+  }
+  if (n !== timelineAsked) return;
+  $("timeline").replaceChildren(...t.events.map((e) => {
+    const li = document.createElement("li");
+    li.textContent = `${e.at}  ${e.action}  (${e.system}, ${e.user})`;
+    return li;
+  }));
+  $("t-status").textContent = t.events.length ? `${t.events.length} event(s) for ${t.id}` : "nothing recorded under " + t.id;
+}
+
 async function refreshAll() {
   try {
     await refreshHealth();
@@ -311,14 +336,7 @@ async function main() {
     $("letter-status").textContent = "discarded"; refreshAll();
   });
   $("replay-filtered").addEventListener("click", replayShown);
-  $("t-find").addEventListener("click", async () => {
-    const t = await api("/ops/api/timeline?id=" + encodeURIComponent($("t-id").value));
-    $("timeline").replaceChildren(...t.events.map((e) => {
-      const li = document.createElement("li");
-      li.textContent = `${e.at}  ${e.action}  (${e.system}, ${e.user})`;
-      return li;
-    }));
-  });
+  $("t-find").addEventListener("click", findTimeline);
   await refreshAll();
   setInterval(refreshAll, REFRESH_MS);
 }

@@ -21,6 +21,7 @@ from connectors.mail.component import mail_component
 from connectors.mail.sink import stored_mails
 from connectors.verwijsindex.component import verwijsindex_component
 from hub.app import create_app
+from hub.audit import audit_row, write_audits
 from hub.clock import today
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka, free_port
@@ -32,7 +33,7 @@ from hub.runtime import Hub, Registrar
 from hub.store.tables import audit_log
 from hub.topics import Topic
 from schemas.caseworker import Absence, Caseworker, ContactDetails, Team
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utcnow
 from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
 from tests.integration.test_mail_delivery import FAST, ILSE, OMAR, add_caseworkers, queue_notices
@@ -556,6 +557,53 @@ async def test_the_letter_shown_is_the_last_one_asked_for_however_the_answers_co
             page, "/ops/api/dlq/", "#dlq", str(first), str(second), shown="#letter-id"
         )
         assert await page.inner_text("#letter-id") == second
+
+
+async def test_the_timeline_shows_the_id_last_searched_and_says_why_a_search_was_refused(
+    served: tuple[Hub, str, Cure],
+) -> None:
+    """The timeline's search threw away what the hub said when it refused a search (too short an id):
+    nothing happened on the page. And a search answered after a later one was drawn over it."""
+    hub, base, _ = served
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await write_audits(
+            session,
+            [
+                audit_row(action, "ilse", at=utcnow(), system="test", transaction_id=tx, objects={})
+                for tx, action in (("tx-ann-1", "referral.received"), ("tx-bob-2", "referral.decided"))
+            ],
+        )
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        await page.fill("#t-id", "ab")
+        await page.click("#t-find")
+        await page.locator("#t-status").filter(has_text="not searched").wait_for()
+        assert "at least 3" in await page.inner_text("#t-status")
+
+        release, held = asyncio.Event(), asyncio.Event()
+
+        def asks(url: str) -> bool:
+            return "/ops/api/timeline?id=tx-ann-1" in url
+
+        async def slow(route: Any) -> None:  # the first search is answered after the second
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        await page.route(asks, slow)
+        await page.fill("#t-id", "tx-ann-1")
+        await page.click("#t-find")
+        await wait_for(held.is_set, timeout_s=30)
+        await page.fill("#t-id", "tx-bob-2")
+        await page.click("#t-find")
+        await page.locator("#timeline li").filter(has_text="referral.decided").wait_for()
+        async with page.expect_event("requestfinished", lambda r: asks(r.url)):
+            release.set()
+        await page.evaluate("() => fetch('/ops/api/me').then((r) => r.json())")  # its answer handled
+        [shown] = await page.locator("#timeline li").all_inner_texts()
+        assert "referral.decided" in shown
+        assert "1 event(s) for tx-bob-2" in await page.inner_text("#t-status")
 
 
 async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_is_confirmed(
