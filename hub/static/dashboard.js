@@ -149,7 +149,9 @@ async function refreshMails() {
   fill("mails", list.mails.map((m) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
-    open.addEventListener("click", () => showMail(m.id));
+    open.addEventListener("click", () => showMail(m.id).catch((e) => {
+      $("mails-status").textContent = "mail " + m.id + " not shown: " + e.message;
+    }));
     const tr = row([m.receivedAt, m.to.join(", "), m.subject, open]);
     tr.dataset.id = m.id;
     return tr;
@@ -164,6 +166,7 @@ async function showMail(id) {
   const raw = $("mail-raw-toggle").checked;
   const m = await api("/api/v1/mails/" + encodeURIComponent(id) + (raw ? "?raw=true" : ""));
   if (n !== mailAsked) return;
+  $("mails-status").textContent = "";
   currentMail = m;
   $("mail").hidden = false;
   $("mail-id").textContent = m.id;
@@ -213,7 +216,9 @@ async function refreshDlq(asked) {
   fill("dlq", list.items.map((d) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
-    open.addEventListener("click", () => showLetter(d.id));
+    open.addEventListener("click", () => showLetter(d.id).catch((e) => {
+      $("dlq-error").textContent = "letter " + d.id + " not shown: " + e.message;
+    }));
     const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error), d.key, open]);
     tr.dataset.id = d.id;
     return tr;
@@ -228,6 +233,7 @@ async function showLetter(id) {
   const unmask = $("unmask").checked;
   const d = await api("/ops/api/dlq/" + encodeURIComponent(id) + (unmask ? "?unmask=true" : ""));
   if (n !== letterAsked) return;
+  $("dlq-error").textContent = "";
   current = d;
   $("letter").hidden = false;
   $("letter-id").textContent = d.id;
@@ -327,12 +333,21 @@ async function main() {
   $("mail-raw-toggle").addEventListener("change", () => currentMail && showMail(currentMail.id));
   $("problems-resolved-toggle").addEventListener("change", () => refreshAll());
   $("replay-one").addEventListener("click", async () => {
-    const job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
+    let job;
+    try {
+      job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
+    } catch (e) {
+      $("letter-status").textContent = "not replayed: " + e.message; return;
+    }
     $("letter-status").textContent = "replaying"; watchJob(job);
   });
   $("discard-one").addEventListener("click", async () => {
-    await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/discard",
-      { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
+    try {
+      await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/discard",
+        { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
+    } catch (e) {
+      $("letter-status").textContent = "not discarded: " + e.message; return;
+    }
     $("letter-status").textContent = "discarded"; refreshAll();
   });
   $("replay-filtered").addEventListener("click", replayShown);

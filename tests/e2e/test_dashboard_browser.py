@@ -558,6 +558,18 @@ async def test_the_letter_shown_is_the_last_one_asked_for_however_the_answers_co
         )
         assert await page.inner_text("#letter-id") == second
 
+        # what the operator does with the letter shown says how it went, refused or not
+        status = page.locator("#letter-status")
+        await page.click("#discard-one")  # no reason given
+        await status.filter(has_text="not discarded").wait_for()
+        assert "reason" in await status.inner_text()
+        await page.fill("#discard-reason", "test letters, not a partner's")
+        await page.click("#discard-one")
+        await status.filter(has_text="discarded").filter(has_not_text="not").wait_for()
+        await page.click("#replay-one")
+        await status.filter(has_text="not replayed").wait_for()
+        assert "already replayed or discarded" in await status.inner_text()
+
 
 async def test_the_timeline_shows_the_id_last_searched_and_says_why_a_search_was_refused(
     served: tuple[Hub, str, Cure],
