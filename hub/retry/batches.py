@@ -31,7 +31,7 @@ class Grouped(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Write one item, with whatever others wait beside it; its result."""
         if self._closed:
-            raise RuntimeError("the round's recorder is closed")
+            raise RuntimeError("the round's claims or records are closed")
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, done))
         if self._writer is None:
@@ -45,6 +45,8 @@ class Grouped(Generic[T, R]):
                 batch = [(item, done) for item, done in batch if not done.done()]  # not its cancelled
                 try:
                     results = await self._write([item for item, _ in batch]) if batch else []
+                    if len(results) != len(batch):  # nobody may be left waiting for a result
+                        raise RuntimeError(f"{len(results)} results written for {len(batch)} items")
                 except Exception as exc:
                     for _, done in batch:
                         if not done.done():

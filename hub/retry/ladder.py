@@ -11,9 +11,10 @@ received), like the spine's own dead letters, so that a replay republishes exact
 
 No transaction is held over a partner's call. On SQLite a round's calls run outside one and their
 outcomes are written together after. On PostgreSQL, where several hub processes share the parking
-lot, each message is taken in hand by a lease in a short transaction (hub/retry/lease.py) and its
-outcome recorded in another, with the outcomes that came meanwhile (hub/retry/batches.py): a delivery
-in hand holds no pooled connection, however long the partner takes. The hub's own store failing on
+lot, each message is taken in hand by a lease (hub/retry/lease.py; with the claims that came
+meanwhile, in one statement) and its outcome recorded in a short transaction, with the outcomes that
+came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled connection, however long
+the partner takes. The hub's own store failing on
 a delivery's way is not the partner's failure: the message is put off without using a rung
 (`policy.put_off`).
 """
@@ -229,8 +230,12 @@ class RetryLadder(ParkingLot):
                 *(self._retry_leased(row.seq, claims, batches) for row in rows), return_exceptions=True
             )
         finally:
-            await claims.aclose()  # (a claim cancelled as it ran may have taken its rows: leased)
-            await batches.aclose()  # nothing waits when the round ended; cancelled, what waits stays leased
+            try:
+                await claims.aclose()  # (a claim cancelled as it ran may have taken its rows: leased)
+            finally:
+                await (
+                    batches.aclose()
+                )  # nothing waits when the round ended; cancelled, what waits stays leased
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -186,6 +186,7 @@ class ParkingLot:
                     done = await session.execute(update(parked).where(as_taken).values(**values))
                     if done.rowcount:  # type: ignore[attr-defined]
                         postponed += 1
+                        await self._tell_put_off(session, row, values)
                         log.error(
                             "recording a delivery's outcome failed; postponed",
                             ladder=self.name,
@@ -197,6 +198,15 @@ class ParkingLot:
             log.error("postponing failed", ladder=self.name, error=safe_error_message(exc))
             raise
         self.metrics.postponed.labels(self.name).inc(postponed)
+
+    async def _tell_put_off(self, session: AsyncSession, row: Any, values: dict[str, Any]) -> None:
+        """The connector's `on_parked` for a row put off: when it is tried again, and why."""
+        try:
+            message = Envelope.from_bytes(row.value)
+        except ValidationError:  # dead-lettered as it is at its next try (`_record`)
+            return
+        args = (values["attempt"], values["due_at"], values["last_error"])
+        await self.hooks.run(session, "on_parked", message, *args, key=row.key)
 
     def _first_failure(self, row: Any) -> datetime:
         """When the row's message first failed (now, when it has not yet), with its time zone: SQLite
@@ -298,7 +308,7 @@ class ParkingLot:
         """Deliveries in one savepoint and a few statements; False (nothing kept) when that fails, or
         when any of the rows is no longer as it was taken, and they are recorded one by one instead,
         so one bad row is the only one left parked."""
-        tokens = [row.lease for row in rows if row.lease is not None]  # PostgreSQL's: one per claim
+        tokens = [row.lease for row in rows if row.lease is not None]  # PostgreSQL's: one per claim statement
         as_taken = parked.c.lease.in_(tokens) if tokens else parked.c.lease.is_(None)
         try:
             async with session.begin_nested():
@@ -344,15 +354,7 @@ class ParkingLot:
             if not await self._written(session, update(parked).where(mine).values(**values)):
                 return False
             # (counted once its transaction committed: `_record_outcomes`)
-            await self.hooks.run(
-                session,
-                "on_parked",
-                message,
-                row.attempt,
-                values["due_at"],
-                values["last_error"],
-                key=row.key,
-            )
+            await self._tell_put_off(session, row, values)
             log.warning(
                 "the hub's store failed on a delivery's way; put off, no rung used",
                 ladder=self.name,

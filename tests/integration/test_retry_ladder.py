@@ -360,7 +360,12 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
             failures -= 1
             raise OperationalError("UPDATE signals", {}, Exception("server closed the connection"))
 
-    delivery = Delivery(deliver=partner.deliver, on_delivered=store_trouble)
+    told: list[tuple[int, datetime, str]] = []
+
+    async def on_parked(_s: AsyncSession, _m: Envelope, attempt: int, due: datetime, error: str) -> None:
+        told.append((attempt, due, error))  # a connector's status: when it is tried again, and why
+
+    delivery = Delivery(deliver=partner.deliver, on_delivered=store_trouble, on_parked=on_parked)
     hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
     try:
         await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
@@ -368,6 +373,8 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
         assert partner.calls["a1"] == 3  # the first call, then one per postponement
         first, second, third = partner.called_at["a1"]
         assert second - first >= FAST.schedule_s[0] and third - second >= FAST.schedule_s[1]
+        assert [attempt for attempt, _, _ in told] == [0, 0]  # the connector was told each time
+        assert all("server closed the connection" in error for _, _, error in told), told
         labels = {"ladder": "test"}
         assert hub.metrics.registry.get_sample_value("ketenhub_delivery_postponed_total", labels) == 2
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hub.retry.batches import Batches, Outcome
+from hub.retry.batches import Batches, Grouped, Outcome
 
 
 class Writes:
@@ -79,3 +79,19 @@ async def test_closed_it_takes_no_more_outcomes_and_writes_none_of_the_cancelled
     with pytest.raises(RuntimeError, match="closed"):
         await batches.record("c", None)
     assert writes.written == [["a"]]
+
+
+async def test_a_write_that_answers_too_few_results_fails_every_waiter_rather_than_leaving_one() -> None:
+    """A write answering fewer results than it was given items left the ones past its end waiting for
+    ever (their round, and the ladder's scheduler with it, never ended)."""
+
+    async def short(items: Sequence[int]) -> list[str]:
+        return ["taken"] * (len(items) - 1)
+
+    grouped: Grouped[int, str] = Grouped(short)
+    asked = [asyncio.create_task(grouped.submit(n)) for n in (1, 2)]
+    done, pending = await asyncio.wait(asked, timeout=5)
+    assert pending == set()
+    for task in done:
+        with pytest.raises(RuntimeError, match="1 results written for 2 items"):
+            task.result()
