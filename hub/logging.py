@@ -95,8 +95,18 @@ def setup_logging(level: str = "INFO", *, json: bool = False) -> None:
         server.propagate = True
     # Per-request lines of the match-feed poll (httpx) and the SMTP sink's readiness pings (mail.log).
     # The SQLite driver logs every statement with its values at DEBUG (names, birth dates), and
-    # SQLAlchemy's engine the rows it read: the redacting filter knows BSNs, not names.
-    noisy_ones = ("aiokafka", "faststream", "uvicorn.access", "httpx", "mail.log", "aiosqlite", "sqlalchemy")
+    # SQLAlchemy's engine the rows it read, httpcore a receiver's response headers: the redacting
+    # filter knows BSNs, not names.
+    noisy_ones = (
+        "aiokafka",
+        "faststream",
+        "uvicorn.access",
+        "httpx",
+        "httpcore",
+        "mail.log",
+        "aiosqlite",
+        "sqlalchemy",
+    )
     for noisy in noisy_ones:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 

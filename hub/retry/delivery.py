@@ -81,7 +81,13 @@ class Hooks:
             metrics.hook_failures.labels(ladder, hook)
 
     async def run(
-        self, session: AsyncSession, name: str, message: Envelope, *args: Any, key: str | None
+        self,
+        session: AsyncSession,
+        name: str,
+        message: Envelope,
+        *args: Any,
+        key: str | None,
+        contained: bool = False,
     ) -> None:
         """A connector's hook, in a savepoint of its own: when it fails, what the ladder recorded
         (delivered, parked, dead-lettered) stands, and the failure is logged and counted.
@@ -91,13 +97,16 @@ class Hooks:
         parking lot, tried again at once, round after round: a delivered message sent again and
         again, a dead one never dead-lettered. A delivery whose hook failed is still audited, with
         what the ladder knows of it (rule 18). The store's own failure (a lost connection) is no
-        hook's: it is raised, and nothing of the round is kept.
+        hook's: it is raised, and nothing of the round is kept. `contained`: not even then (what
+        the ladder writes is itself the answer to the store's failure: a postponement); when the
+        store is really gone, the transaction's commit fails anyway.
         """
         try:
             async with session.begin_nested():
                 await getattr(self.delivery, name)(session, message, *args)
         except Exception as exc:
-            _raise_when_the_store_failed(exc)
+            if not contained:
+                _raise_when_the_store_failed(exc)
             self._failed(name, message, exc)
             if name == "on_delivered":
                 await self._audit_delivery(session, message, exc, key=key)

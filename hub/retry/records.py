@@ -186,7 +186,7 @@ class ParkingLot:
                     done = await session.execute(update(parked).where(as_taken).values(**values))
                     if done.rowcount:  # type: ignore[attr-defined]
                         postponed += 1
-                        await self._tell_put_off(session, row, values)
+                        await self._tell_put_off(session, row, values, contained=True)
                         log.error(
                             "recording a delivery's outcome failed; postponed",
                             ladder=self.name,
@@ -199,14 +199,17 @@ class ParkingLot:
             raise
         self.metrics.postponed.labels(self.name).inc(postponed)
 
-    async def _tell_put_off(self, session: AsyncSession, row: Any, values: dict[str, Any]) -> None:
-        """The connector's `on_parked` for a row put off: when it is tried again, and why."""
+    async def _tell_put_off(
+        self, session: AsyncSession, row: Any, values: dict[str, Any], *, contained: bool = False
+    ) -> None:
+        """The connector's `on_parked` for a row put off: when it is tried again, and why. `contained`
+        (`_postpone`): the hook failing, even on the store's error, does not undo the postponement."""
         try:
             message = Envelope.from_bytes(row.value)
         except ValidationError:  # dead-lettered as it is at its next try (`_record`)
             return
         args = (values["attempt"], values["due_at"], values["last_error"])
-        await self.hooks.run(session, "on_parked", message, *args, key=row.key)
+        await self.hooks.run(session, "on_parked", message, *args, key=row.key, contained=contained)
 
     def _first_failure(self, row: Any) -> datetime:
         """When the row's message first failed (now, when it has not yet), with its time zone: SQLite

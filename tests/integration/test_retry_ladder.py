@@ -346,11 +346,14 @@ async def test_a_delivery_is_not_sent_again_when_even_its_fallback_audit_fails(
         await hub.stop()
 
 
+@pytest.mark.parametrize("told_fails", [False, True], ids=["told", "telling-fails-too"])
 async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once(
-    kafka: EmbeddedKafka, db_url: str, unique: str
+    kafka: EmbeddedKafka, db_url: str, unique: str, told_fails: bool
 ) -> None:
     """When the store fails while a delivery is recorded, nothing of it is kept: the message is
-    delivered again (idempotent), but on the ladder's schedule, not as fast as the scheduler runs."""
+    delivered again (idempotent), but on the ladder's schedule, not as fast as the scheduler runs.
+    The connector is told (`on_parked`); that failing too, even on the store's error, does not undo
+    the postponement (it did: the message went again every round)."""
     partner = FakePartner()
     failures = 2
 
@@ -364,6 +367,8 @@ async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once
 
     async def on_parked(_s: AsyncSession, _m: Envelope, attempt: int, due: datetime, error: str) -> None:
         told.append((attempt, due, error))  # a connector's status: when it is tried again, and why
+        if told_fails:
+            raise OperationalError("UPDATE signals", {}, Exception("database is locked"))
 
     delivery = Delivery(deliver=partner.deliver, on_delivered=store_trouble, on_parked=on_parked)
     hub, ladder = await _start(kafka, db_url, unique, partner, delivery)
