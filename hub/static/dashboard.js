@@ -7,10 +7,24 @@ let current = null;
 const $ = (id) => document.getElementById(id);
 const text = (v) => (v === null || v === undefined ? "" : String(v));
 
+// Every request gives up after API_TIMEOUT_MS: a hub (or a proxy) that does not answer is said so,
+// rather than holding the page's few connections for good.
+const API_TIMEOUT_MS = 15000;
+
 async function api(path, options = {}) {
-  const r = await fetch(path, { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options });
+  const r = await fetch(path, {
+    credentials: "same-origin", headers: { "Content-Type": "application/json" },
+    signal: AbortSignal.timeout(API_TIMEOUT_MS), ...options,
+  });
   if (r.status === 401) { location.href = "/ops/login"; throw new Error("logged out"); }
-  const body = await r.json();
+  let body = {};
+  if ((r.headers.get("Content-Type") || "").includes("json")) {
+    body = await r.json();
+  } else if (!r.ok) {  // a proxy's page, or nothing: its status says what there is to say
+    const e = new Error(`HTTP ${r.status} ${r.statusText}`.trim());
+    e.status = r.status;
+    throw e;
+  }
   if (!r.ok) {
     const params = (body.invalidParams || []).map((p) => p.name + ": " + p.reason).join("; ");
     const e = new Error((body.detail || body.title || r.statusText) + (params ? " (" + params + ")" : ""));
@@ -54,7 +68,6 @@ async function refreshHealth() {
     tr.dataset.topic = t.topic;
     return tr;
   }));
-  $("updated").textContent = "updated " + new Date(h.at * 1000).toLocaleTimeString();
 }
 
 async function refreshConnectors() {
@@ -106,7 +119,7 @@ async function refreshProblems() {
     if (q.status === "open" && me && me.role !== "viewer") {
       act = document.createElement("button");
       act.textContent = "Resolve"; act.className = "resolve";
-      act.addEventListener("click", () => resolveProblem(q.id));
+      act.addEventListener("click", () => resolveProblem(q));
     }
     const tr = row([q.at, q.kind, q.caseworkerId, q.reference, q.reason, TO_DO[q.kind] || "See the reason.",
       resolved, act]);
@@ -117,8 +130,11 @@ async function refreshProblems() {
 }
 
 // An operator marks a problem resolved with what was done about it (audited; no BSN, no name).
-async function resolveProblem(id) {
-  const reason = prompt("What was done about problem " + id + "? (no BSN or name of a youth)");
+// The prompt names the problem (the rows are redrawn under the cursor at every refresh).
+async function resolveProblem(q) {
+  const id = q.id;
+  const what = `problem ${id} (${q.kind}, ${q.caseworkerId || "no caseworker"}, ${q.reference || "no reference"}, ${q.at})`;
+  const reason = prompt("What was done about " + what + "? (no BSN or name of a youth)");
   if (reason === null) return;
   try {
     await api("/api/v1/medewerkers/problemen/" + encodeURIComponent(id) + "/oplossing",
@@ -149,20 +165,26 @@ async function refreshMails() {
   fill("mails", list.mails.map((m) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
-    open.addEventListener("click", () => showMail(m.id).catch((e) => {
-      $("mails-status").textContent = "mail " + m.id + " not shown: " + e.message;
-    }));
+    open.addEventListener("click", () => openMail(m.id));
     const tr = row([m.receivedAt, m.to.join(", "), m.subject, open]);
     tr.dataset.id = m.id;
     return tr;
   }));
 }
 
-// Its text as a caseworker reads it; the raw message only when asked for. Each view is audited.
-// The mail last asked for is the one shown: an earlier one answered later is not drawn over it.
-let mailAsked = 0;
+// Its text as a caseworker reads it; the raw message only when asked for, for the mail shown, and not
+// kept for the next one. Each view is audited. The mail last asked for is the one shown: an earlier
+// one answered later is not drawn over it.
+let mailAsked = 0, mailWanted = null;
+function openMail(id) {
+  if (id !== mailWanted) $("mail-raw-toggle").checked = false;
+  return showMail(id).catch((e) => { $("mails-status").textContent = "mail " + id + " not shown: " + e.message; });
+}
+
 async function showMail(id) {
   const n = ++mailAsked;
+  mailWanted = id;
+  if (!$("mail-raw-toggle").checked) { $("mail-raw").textContent = ""; $("mail-raw").hidden = true; }
   const raw = $("mail-raw-toggle").checked;
   const m = await api("/api/v1/mails/" + encodeURIComponent(id) + (raw ? "?raw=true" : ""));
   if (n !== mailAsked) return;
@@ -216,9 +238,7 @@ async function refreshDlq(asked) {
   fill("dlq", list.items.map((d) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
-    open.addEventListener("click", () => showLetter(d.id).catch((e) => {
-      $("dlq-error").textContent = "letter " + d.id + " not shown: " + e.message;
-    }));
+    open.addEventListener("click", () => openLetter(d.id));
     const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error), d.key, open]);
     tr.dataset.id = d.id;
     return tr;
@@ -226,15 +246,28 @@ async function refreshDlq(asked) {
 }
 
 // The letter last asked for is the one shown, and the one "Replay"/"Discard" act on: a letter asked
-// for earlier and answered later is not drawn over it.
-let letterAsked = 0;
+// for earlier and answered later is not drawn over it. Personal data is shown for the letter it was
+// asked for only: another letter opens masked, and unticking the box takes it off the page at once.
+let letterAsked = 0, letterWanted = null;
+function openLetter(id) {
+  if (id !== letterWanted) { $("unmask").checked = false; $("discard-reason").value = ""; }
+  return showLetter(id).catch((e) => { $("letter-error").textContent = "letter " + id + " not shown: " + e.message; });
+}
+
+function maskShown() {
+  $("letter-payload").textContent = "";
+  fill("letter-headers", []);
+}
+
 async function showLetter(id) {
   const n = ++letterAsked;
+  letterWanted = id;
   const unmask = $("unmask").checked;
+  if (!unmask && current && current.unmasked) maskShown();
   const d = await api("/ops/api/dlq/" + encodeURIComponent(id) + (unmask ? "?unmask=true" : ""));
   if (n !== letterAsked) return;
-  $("dlq-error").textContent = "";
-  current = d;
+  $("letter-error").textContent = "";
+  current = { ...d, unmasked: unmask };
   $("letter").hidden = false;
   $("letter-id").textContent = d.id;
   fill("letter-headers", Object.entries(d.headers).map(([k, v]) => row([k, v])));
@@ -243,7 +276,14 @@ async function showLetter(id) {
 }
 
 // A poll that fails (the hub restarting, a store hiccup) is tried again, not the end of the progress.
-async function watchJob(job) {
+// The progress shown is the last job started's: an earlier job's polls stop writing.
+let watching = 0;
+function watchJob(job) {
+  follow(job, ++watching);
+}
+
+async function follow(job, token) {
+  if (token !== watching) return;
   $("job").textContent = `replay ${job.done + job.skipped + job.failed}/${job.total}`;
   if (job.state !== "running") {
     $("job").textContent += " " + job.state + (job.error ? ": " + job.error : "");
@@ -255,12 +295,13 @@ async function watchJob(job) {
     try {
       next = await api("/ops/api/jobs/" + encodeURIComponent(job.id));
     } catch (e) {
+      if (token !== watching) return;
       if (e.status === 404) { $("job").textContent = `replay job ${job.id}: ${e.message}`; return; }
       $("job").textContent = `replay ${job.done + job.skipped + job.failed}/${job.total} (progress not read: ${e.message}; trying again)`;
-      setTimeout(() => watchJob(job), 2000);
+      setTimeout(() => follow(job, token), 2000);
       return;
     }
-    watchJob(next);
+    follow(next, token);
   }, 500);
 }
 
@@ -306,18 +347,46 @@ async function findTimeline() {
   $("t-status").textContent = t.events.length ? `${t.events.length} event(s) for ${t.id}` : "nothing recorded under " + t.id;
 }
 
-async function refreshAll() {
-  try {
-    await refreshHealth();
-    await refreshConnectors();
-    await refreshProblems();
-    await refreshMails();
-    if (me && me.role !== "viewer") await refreshDlq();
-  } catch (e) { $("updated").textContent = "refresh failed: " + e.message; }
+// Every section refreshes on its own: one that fails (health during a broker outage) says so and
+// leaves the others fresh. One refresh at a time: asked for while one runs, one more follows it; the
+// next periodic one starts REFRESH_MS after the last ended, so slow answers never pile up.
+let refreshing = null, refreshAgain = false;
+function refreshAll() {
+  if (refreshing) { refreshAgain = true; return refreshing; }
+  refreshing = (async () => {
+    try {
+      do { refreshAgain = false; await refreshSections(); } while (refreshAgain);
+    } finally { refreshing = null; }
+  })();
+  return refreshing;
+}
+
+async function refreshSections() {
+  const sections = [["health", refreshHealth], ["connectors", refreshConnectors],
+    ["problems", refreshProblems], ["mails", refreshMails]];
+  if (me && me.role !== "viewer") sections.push(["dead letters", () => refreshDlq()]);
+  const results = await Promise.allSettled(sections.map(([, refresh]) => refresh()));
+  const failed = results.map((r, i) => r.status === "rejected" ? `${sections[i][0]}: ${r.reason.message}` : null)
+    .filter((f) => f !== null);
+  const at = new Date().toLocaleTimeString();
+  $("updated").textContent = failed.length
+    ? `refresh failed at ${at}, shown as before: ` + failed.join("; ") : "updated " + at;
+}
+
+async function refreshForEver() {
+  await refreshAll();
+  setTimeout(refreshForEver, REFRESH_MS);
 }
 
 async function main() {
-  me = await api("/ops/api/me");
+  for (let wait = 1000; me === null; wait = Math.min(wait * 2, 30000)) {
+    try {
+      me = await api("/ops/api/me");
+    } catch (e) {  // the hub restarting: not connected yet, tried again
+      $("updated").textContent = "not connected: " + e.message + "; trying again";
+      await new Promise((done) => setTimeout(done, wait));
+    }
+  }
   $("who").textContent = `${me.username} (${me.role})`;
   if (me.role === "viewer") document.querySelectorAll(".operator-only").forEach((e) => e.classList.add("hidden-role"));
   if (me.role !== "privacy_officer") document.querySelectorAll(".privacy-only").forEach((e) => e.classList.add("hidden-role"));
@@ -329,31 +398,42 @@ async function main() {
       $("dlq-error").textContent = "filter not applied: " + e.message;
     }
   });
-  $("unmask").addEventListener("change", () => current && showLetter(current.id));
-  $("mail-raw-toggle").addEventListener("change", () => currentMail && showMail(currentMail.id));
+  $("unmask").addEventListener("change", () => letterWanted && openLetter(letterWanted));
+  $("mail-raw-toggle").addEventListener("change", () => mailWanted && openMail(mailWanted));
   $("problems-resolved-toggle").addEventListener("change", () => refreshAll());
-  $("replay-one").addEventListener("click", async () => {
+  // An action names the letter it acted on (another may be shown by the time it is answered).
+  const onLetter = (button, act) => $(button).addEventListener("click", async () => {
+    if (!current) return;
+    const id = current.id;
+    $("replay-one").disabled = $("discard-one").disabled = true;
+    try {
+      $("letter-status").textContent = await act(id);
+    } catch (e) {
+      $("letter-status").textContent = `letter ${id}: ` + e.message;
+    } finally {
+      $("replay-one").disabled = $("discard-one").disabled = false;
+    }
+  });
+  onLetter("replay-one", async (id) => {
     let job;
     try {
-      job = await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/replay", { method: "POST" });
-    } catch (e) {
-      $("letter-status").textContent = "not replayed: " + e.message; return;
-    }
-    $("letter-status").textContent = "replaying"; watchJob(job);
+      job = await api("/ops/api/dlq/" + encodeURIComponent(id) + "/replay", { method: "POST" });
+    } catch (e) { return `letter ${id} not replayed: ` + e.message; }
+    watchJob(job);
+    return `letter ${id} replaying (progress beside "Replay these")`;
   });
-  $("discard-one").addEventListener("click", async () => {
+  onLetter("discard-one", async (id) => {
     try {
-      await api("/ops/api/dlq/" + encodeURIComponent(current.id) + "/discard",
+      await api("/ops/api/dlq/" + encodeURIComponent(id) + "/discard",
         { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
-    } catch (e) {
-      $("letter-status").textContent = "not discarded: " + e.message; return;
-    }
-    $("letter-status").textContent = "discarded"; refreshAll();
+    } catch (e) { return `letter ${id} not discarded: ` + e.message; }
+    $("discard-reason").value = "";
+    refreshAll();
+    return `letter ${id} discarded`;
   });
   $("replay-filtered").addEventListener("click", replayShown);
   $("t-find").addEventListener("click", findTimeline);
-  await refreshAll();
-  setInterval(refreshAll, REFRESH_MS);
+  refreshForEver();
 }
 
 main();
