@@ -149,7 +149,6 @@ async function resolveProblem(q) {
 // The embedded SMTP sink; null until the hub answered, false for good once it said there is none
 // (a real SMTP server is configured, which does not change while the hub runs).
 let mailSink = null;
-let currentMail = null;
 
 async function refreshMails() {
   if (mailSink === false) return;
@@ -189,7 +188,6 @@ async function showMail(id) {
   const m = await api("/api/v1/mails/" + encodeURIComponent(id) + (raw ? "?raw=true" : ""));
   if (n !== mailAsked) return;
   $("mails-status").textContent = "";
-  currentMail = m;
   $("mail").hidden = false;
   $("mail-id").textContent = m.id;
   fill("mail-headers", [["received", m.receivedAt], ["from", m.from], ["to", m.to.join(", ")],
