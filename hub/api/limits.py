@@ -3,6 +3,8 @@ and the partners' write and read rates (429), per partner in this process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -82,8 +84,30 @@ class BodyTooLarge(Exception):
     """Raised from `receive` when the body passes the limit: the app stops reading."""
 
 
+# What is read and dropped of a refused body before the 413 goes, at most: a sender still sending
+# when the connection closed got a reset instead of the 413 (its socket had unread data). A body over
+# the limit by more than this, or still coming after DRAIN_WITHIN_S, gets its 413 without waiting.
+DRAIN_AT_MOST = 1 << 20
+DRAIN_WITHIN_S = 5.0
+
+
+async def _drain(receive: Receive, more: bool) -> None:
+    """Read and drop what is left of a refused body (`more`: some is), within the bounds above."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_WITHIN_S):
+            while more and dropped <= DRAIN_AT_MOST:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
+
+
 class LimitBodyMiddleware:
     """Refuses (413) a body over `limit`: at once when Content-Length says so, else once it passes.
+    Nothing of a refused body is kept; up to `DRAIN_AT_MOST` more of it is read and dropped, so that
+    a sender that sends it whole reads the 413 rather than a reset connection.
 
     FastAPI reads a pydantic body, and the login its JSON, before authentication runs: without
     this an anonymous sender decides how much memory a request takes.
@@ -98,17 +122,20 @@ class LimitBodyMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self.limit:
+            if int(declared) <= self.limit + DRAIN_AT_MOST:
+                await _drain(receive, more=True)
             await too_large_response(self.limit, scope["path"])(scope, receive, send)
             return
-        read, exceeded, started = 0, False, False
+        read, exceeded, started, more = 0, False, False, True
 
         async def receive_limited() -> Message:
-            nonlocal read, exceeded
+            nonlocal read, exceeded, more
             if exceeded:  # asked again (a disconnect listener): the request is over for the app
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
                 if read > self.limit:
                     exceeded = True
                     raise BodyTooLarge
@@ -127,6 +154,7 @@ class LimitBodyMiddleware:
             if not exceeded or started:  # a response under way cannot be replaced: the server cuts it
                 raise
         if exceeded and not started:
+            await _drain(receive, more)
             await too_large_response(self.limit, scope["path"])(scope, receive, send)
 
 
