@@ -413,12 +413,19 @@ class DeadLetters:
                 await dlq_jobs.touch(self.store, job, self.clock())
 
     async def _end(self, job: ReplayJob, state: str, error: str | None = None) -> None:
-        """Write a job's end (its store may be what failed: then it is abandoned once stale)."""
+        """Write a job's end (its store may be what failed: then it is abandoned once stale), and take
+        its counts as the store holds them: a cancellation that came as a batch committed left the
+        batch replayed and counted there, not here (the CLI said "queued 50" of 100 queued)."""
         job.state, job.error = state, error
         try:
             if not await asyncio.wait_for(dlq_jobs.finish(self.store, job, self.clock(), state, error), 10):
                 # marked so meanwhile: no progress was seen for too long
                 job.state, job.error = ABANDONED, dlq_jobs.abandoned_why(self.stale_after)
+            stored = await asyncio.wait_for(
+                dlq_jobs.read(self.store, job.id, self.clock(), self.stale_after), 10
+            )
+            if stored is not None:
+                job.done, job.skipped, job.failed = stored.done, stored.skipped, stored.failed
         except Exception as exc:
             log.warning("a replay job's end was not written", job=job.id, error=safe_error_message(exc))
 

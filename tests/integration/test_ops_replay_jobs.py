@@ -207,6 +207,44 @@ async def test_a_job_asked_to_stop_stops_though_its_cancellation_was_swallowed(
         assert seen is not None and (seen.state, seen.done) == ("abandoned", 1)
 
 
+class CancelledAsItCommits:
+    """The hub's store, whose next transaction is cancelled as its commit ends (Ctrl-C at that
+    moment): the commit stands, the code that asked for it sees only the cancellation."""
+
+    def __init__(self, store: Store) -> None:
+        self._store, self.armed = store, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self._store.transaction() as session:
+            yield session
+        if self.armed:
+            self.armed = False
+            raise asyncio.CancelledError
+
+
+async def test_a_job_stopped_as_its_batch_committed_counts_the_batch(store: Store, db_url: str) -> None:
+    """A SIGTERM that came as a batch committed: the batch was replayed and counted in the store,
+    the job in memory had not counted it, and `dlq replay` said "queued 50 of 1500" where 100 were."""
+    hub_store = Store(db_url)
+    cancelling = CancelledAsItCommits(hub_store)
+    dead_letters = DeadLetters(cancelling, NO_BROKERS, [DLQ], rate_per_s=10_000.0)  # type: ignore[arg-type]
+    try:
+        job = await dead_letters.start_replay(letters(0, 3), "olaf", batch=3)
+        cancelling.armed = True  # before the job's task takes its first step
+        assert job.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        assert (job.state, job.error, job.done) == ("abandoned", STOPPED, 3)
+        seen = await dead_letters.job(job.id)
+        assert seen is not None and seen.done == 3
+    finally:
+        await hub_store.close()
+
+
 async def test_finished_jobs_are_kept_their_term_and_then_forgotten(store: Store, db_url: str) -> None:
     now = utcnow()
     old = {"operator": "olaf", "filter": EVERY_OPEN, "total": 2, "done": 2, "skipped": 0, "failed": 0}
