@@ -47,8 +47,7 @@ pytestmark = pytest.mark.e2e
 KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
 DATA = Path(__file__).resolve().parents[1] / "data"
 POLITIE_TOPIC, RECEIVED_TOPIC = "partner.politie.referral.v1", "referral.received.v1"
-# Below the default (1,000,000): a body over it then fits the socket's buffers whole, so the 413 is read
-# back instead of a reset of the connection the hub closed while the client was still sending.
+# Below the default (1,000,000): the oversize bodies (thousands of names and BSNs) stay small.
 BODY_LIMIT = 65_536
 
 
