@@ -91,12 +91,13 @@ DRAIN_AT_MOST = 1 << 20
 DRAIN_WITHIN_S = 5.0
 
 
-async def _drain(receive: Receive, more: bool) -> None:
-    """Read and drop what is left of a refused body (`more`: some is), within the bounds above."""
+async def _drain(receive: Receive, more: bool, at_most: int = DRAIN_AT_MOST) -> None:
+    """Read and drop what is left of a refused body (`more`: some is), up to `at_most` bytes and
+    within `DRAIN_WITHIN_S`."""
     dropped = 0
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_WITHIN_S):
-            while more and dropped <= DRAIN_AT_MOST:
+            while more and dropped < at_most:
                 message = await receive()
                 if message["type"] != "http.request":
                     return
@@ -120,10 +121,14 @@ class LimitBodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "").strip()
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self.limit:
-            if int(declared) <= self.limit + DRAIN_AT_MOST:
-                await _drain(receive, more=True)
+            # a sender that waits to be asked for its body (Expect: 100-continue) sends none: asking
+            # for it (the server's first read answers 100 Continue) would only make it send it
+            waits = headers.get("expect", "").strip().lower() == "100-continue"
+            if int(declared) <= self.limit + DRAIN_AT_MOST and not waits:
+                await _drain(receive, more=True, at_most=int(declared))
             await too_large_response(self.limit, scope["path"])(scope, receive, send)
             return
         read, exceeded, started, more = 0, False, False, True

@@ -154,14 +154,15 @@ async def _reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+@pytest.mark.parametrize("times", [12, 16.5], ids=["under-1-MiB", "over-1-MiB"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
-async def test_a_sender_that_sends_an_oversize_body_whole_reads_the_413(streamed: bool) -> None:
+async def test_a_sender_that_sends_an_oversize_body_whole_reads_the_413(streamed: bool, times: float) -> None:
     """Refused on its headers, or once the limit passed, the connection closed with the rest of the
     body unread: a sender still sending (most HTTP clients send the body whole before reading) got
     a reset connection, not the 413 that says what to do. Up to `DRAIN_AT_MOST` more is read and
     dropped first. On a real server and socket: the reset is the kernel's."""
     limit = 64 * 1024
-    body = b"a" * (limit * 12)  # well past the socket buffers, within the drain's bound
+    body = b"a" * int(limit * times)  # well past the socket buffers, within the drain's bound
     assert len(body) <= limit + DRAIN_AT_MOST
     if streamed:
         sent = (
@@ -187,3 +188,21 @@ async def test_a_sender_that_sends_an_oversize_body_whole_reads_the_413(streamed
 
 def _parts(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def test_a_sender_that_waits_for_100_continue_is_refused_without_being_asked_for_its_body() -> None:
+    """Asked for its body (a server's first read answers 100 Continue), a sender that waits to be
+    asked sends a body that is then refused; refused on its headers, it sends none."""
+    limit = 64 * 1024
+    async with serving(LimitBodyMiddleware(_reads_its_body, limit)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST /api/v1/politie/verwijzingen HTTP/1.1\r\nHost: hub\r\n"
+                b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (limit * 2)
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
