@@ -12,16 +12,26 @@ const text = (v) => (v === null || v === undefined ? "" : String(v));
 const API_TIMEOUT_MS = 15000;
 
 async function api(path, options = {}) {
-  const r = await fetch(path, {
-    credentials: "same-origin", headers: { "Content-Type": "application/json" },
-    signal: AbortSignal.timeout(API_TIMEOUT_MS), ...options,
-  });
+  let r;
+  try {
+    r = await fetch(path, {
+      credentials: "same-origin", headers: { "Content-Type": "application/json" },
+      signal: AbortSignal.timeout(API_TIMEOUT_MS), ...options,
+    });
+  } catch (e) {
+    if (e.name !== "TimeoutError") throw e;
+    const asked = (options.method || "GET") === "GET" ? "" : "; it may have been done all the same: look again";
+    throw new Error(`no answer within ${API_TIMEOUT_MS / 1000} s${asked}`);
+  }
   if (r.status === 401) { location.href = "/ops/login"; throw new Error("logged out"); }
-  let body = {};
+  let body = null;
   if ((r.headers.get("Content-Type") || "").includes("json")) {
-    body = await r.json();
-  } else if (!r.ok) {  // a proxy's page, or nothing: its status says what there is to say
-    const e = new Error(`HTTP ${r.status} ${r.statusText}`.trim());
+    try { body = await r.json(); } catch (e) { body = null; }
+  }
+  // not the hub's answer (a proxy's page, a login form it was sent to, nothing): its status says
+  // what there is to say, and a success it is not
+  if (body === null || r.redirected) {
+    const e = new Error(`HTTP ${r.status} ${r.statusText}`.trim() + (r.ok ? ": not the hub's answer" : ""));
     e.status = r.status;
     throw e;
   }
@@ -364,7 +374,8 @@ async function refreshSections() {
     ["problems", refreshProblems], ["mails", refreshMails]];
   if (me && me.role !== "viewer") sections.push(["dead letters", () => refreshDlq()]);
   const results = await Promise.allSettled(sections.map(([, refresh]) => refresh()));
-  const failed = results.map((r, i) => r.status === "rejected" ? `${sections[i][0]}: ${r.reason.message}` : null)
+  const why = (reason) => (reason && reason.message) || String(reason);
+  const failed = results.map((r, i) => r.status === "rejected" ? `${sections[i][0]}: ${why(r.reason)}` : null)
     .filter((f) => f !== null);
   const at = new Date().toLocaleTimeString();
   $("updated").textContent = failed.length
@@ -372,8 +383,13 @@ async function refreshSections() {
 }
 
 async function refreshForEver() {
-  await refreshAll();
-  setTimeout(refreshForEver, REFRESH_MS);
+  try {
+    await refreshAll();
+  } catch (e) {
+    $("updated").textContent = "refresh failed: " + e.message;
+  } finally {  // whatever became of this one, the next one comes
+    setTimeout(refreshForEver, REFRESH_MS);
+  }
 }
 
 async function main() {
@@ -401,7 +417,10 @@ async function main() {
   $("problems-resolved-toggle").addEventListener("change", () => refreshAll());
   // An action names the letter it acted on (another may be shown by the time it is answered).
   const onLetter = (button, act) => $(button).addEventListener("click", async () => {
-    if (!current) return;
+    if (!current || current.id !== letterWanted) {  // the letter asked for is not shown (yet)
+      $("letter-status").textContent = "the letter asked for is not shown: open it again";
+      return;
+    }
     const id = current.id;
     $("replay-one").disabled = $("discard-one").disabled = true;
     try {
