@@ -421,13 +421,18 @@ class DeadLetters:
             if not await asyncio.wait_for(dlq_jobs.finish(self.store, job, self.clock(), state, error), 10):
                 # marked so meanwhile: no progress was seen for too long
                 job.state, job.error = ABANDONED, dlq_jobs.abandoned_why(self.stale_after)
+        except Exception as exc:
+            log.warning("a replay job's end was not written", job=job.id, error=safe_error_message(exc))
+            return
+        try:
             stored = await asyncio.wait_for(
                 dlq_jobs.read(self.store, job.id, self.clock(), self.stale_after), 10
             )
-            if stored is not None:
-                job.done, job.skipped, job.failed = stored.done, stored.skipped, stored.failed
-        except Exception as exc:
-            log.warning("a replay job's end was not written", job=job.id, error=safe_error_message(exc))
+        except Exception as exc:  # the counts in memory stand
+            log.warning("a replay job's counts were not read back", job=job.id, error=safe_error_message(exc))
+            return
+        if stored is not None:
+            job.done, job.skipped, job.failed = stored.done, stored.skipped, stored.failed
 
     async def _run(self, job: ReplayJob, letters: list[DeadLetter], batch: int) -> None:
         loop = asyncio.get_running_loop()
