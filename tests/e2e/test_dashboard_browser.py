@@ -507,6 +507,19 @@ async def test_a_filter_slower_than_a_refresh_stays_applied(
         )
 
 
+async def _two_dead_letters(kafka: EmbeddedKafka, hub: Hub, **payload: Any) -> None:
+    """Two poison records of two youths on the ops topic: two dead letters (with `payload` added)."""
+    sent = [Envelope(type="T", payload={"n": i, "poison": True, **payload}) for i in range(2)]
+    records = [(youth_key(f"y{i}").encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)]
+    await produce(kafka.bootstrap, hub.topic("ops.in.v1"), records)
+
+
+async def _listed_two(page: Any) -> list[str]:
+    """The ids of the two dead letters, once the page lists them."""
+    await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
+    return [str(await tr.get_attribute("data-id")) for tr in await page.locator("#dlq tbody tr").all()]
+
+
 async def _second_asked_first_answered(
     page: Any, api: str, table: str, first: str, second: str, *, shown: str
 ) -> None:
@@ -541,18 +554,10 @@ async def test_the_letter_shown_is_the_last_one_asked_for_however_the_answers_co
     was shown the first: its answer came last and was drawn over the second, and "Discard" and
     "Replay" act on the letter shown. The letter last asked for is the one shown."""
     hub, base, _ = served
-    sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(2)]
-    await produce(
-        kafka.bootstrap,
-        hub.topic("ops.in.v1"),
-        [(youth_key(f"y{i}").encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)],
-    )
+    await _two_dead_letters(kafka, hub)
     async with _chromium() as browser:
         page = await _log_in(browser, base, "olga")
-        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
-        first, second = [
-            await tr.get_attribute("data-id") for tr in await page.locator("#dlq tbody tr").all()
-        ]
+        first, second = await _listed_two(page)
         await _second_asked_first_answered(
             page, "/ops/api/dlq/", "#dlq", str(first), str(second), shown="#letter-id"
         )
@@ -627,18 +632,10 @@ async def test_personal_data_is_shown_for_the_letter_it_was_asked_for_and_goes_a
     opens masked."""
     hub, base, _ = served
     name = "Jansen"
-    sent = [Envelope(type="T", payload={"n": i, "poison": True, "surname": name}) for i in range(2)]
-    await produce(
-        kafka.bootstrap,
-        hub.topic("ops.in.v1"),
-        [(youth_key(f"p{i}").encode(), e.to_bytes(), e.headers()) for i, e in enumerate(sent)],
-    )
+    await _two_dead_letters(kafka, hub, surname=name)
     async with _chromium() as browser:
         page = await _log_in(browser, base, "pien")
-        await page.wait_for_function("() => document.querySelectorAll('#dlq tbody tr').length === 2")
-        first, second = [
-            await tr.get_attribute("data-id") for tr in await page.locator("#dlq tbody tr").all()
-        ]
+        first, second = await _listed_two(page)
         payload = page.locator("#letter-payload")
         await page.locator(f'#dlq tr[data-id="{first}"] button.show').click()
         await page.locator("#letter-id").filter(has_text=str(first)).wait_for()
