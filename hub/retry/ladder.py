@@ -14,9 +14,8 @@ outcomes are written together after. On PostgreSQL, where several hub processes 
 lot, each message is taken in hand by a lease (hub/retry/lease.py; with the claims that came
 meanwhile, in one statement) and its outcome recorded in a short transaction, with the outcomes that
 came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled connection, however long
-the partner takes. The hub's own store failing on
-a delivery's way is not the partner's failure: the message is put off without using a rung
-(`policy.put_off`).
+the partner takes. The hub's own store failing on a delivery's way is not the partner's failure: the
+message is put off without using a rung (`policy.put_off`).
 """
 
 from __future__ import annotations

@@ -200,14 +200,22 @@ class ParkingLot:
         self.metrics.postponed.labels(self.name).inc(postponed)
 
     async def _tell_put_off(
-        self, session: AsyncSession, row: Any, values: dict[str, Any], *, contained: bool = False
+        self,
+        session: AsyncSession,
+        row: Any,
+        values: dict[str, Any],
+        *,
+        message: Envelope | None = None,
+        contained: bool = False,
     ) -> None:
-        """The connector's `on_parked` for a row put off: when it is tried again, and why. `contained`
-        (`_postpone`): the hook failing, even on the store's error, does not undo the postponement."""
-        try:
-            message = Envelope.from_bytes(row.value)
-        except ValidationError:  # dead-lettered as it is at its next try (`_record`)
-            return
+        """The connector's `on_parked` for a row put off: when it is tried again, and why (`message`:
+        the row's, read already). `contained` (`_postpone`): the hook failing, even on the store's
+        error, does not undo the postponement."""
+        if message is None:
+            try:
+                message = Envelope.from_bytes(row.value)
+            except ValidationError:  # dead-lettered as it is at its next try (`_record`)
+                return
         args = (values["attempt"], values["due_at"], values["last_error"])
         await self.hooks.run(session, "on_parked", message, *args, key=row.key, contained=contained)
 
@@ -311,7 +319,8 @@ class ParkingLot:
         """Deliveries in one savepoint and a few statements; False (nothing kept) when that fails, or
         when any of the rows is no longer as it was taken, and they are recorded one by one instead,
         so one bad row is the only one left parked."""
-        tokens = [row.lease for row in rows if row.lease is not None]  # PostgreSQL's: one per claim statement
+        # PostgreSQL's leases: one token per claim statement, shared by the rows it took
+        tokens = list({row.lease for row in rows if row.lease is not None})
         as_taken = parked.c.lease.in_(tokens) if tokens else parked.c.lease.is_(None)
         try:
             async with session.begin_nested():
@@ -357,7 +366,7 @@ class ParkingLot:
             if not await self._written(session, update(parked).where(mine).values(**values)):
                 return False
             # (counted once its transaction committed: `_record_outcomes`)
-            await self._tell_put_off(session, row, values)
+            await self._tell_put_off(session, row, values, message=message)
             log.warning(
                 "the hub's store failed on a delivery's way; put off, no rung used",
                 ladder=self.name,
