@@ -345,7 +345,11 @@ class RetryLadder(ParkingLot):
                 log.warning(
                     "retry scheduler failed; will retry", ladder=self.name, error=safe_error_message(exc)
                 )
-                wait = idle_s
+                # The whole wait, whatever came meanwhile: a message queued while the round failed
+                # must not start the next at once, which would send again a delivery whose outcome
+                # could not be recorded (and hammer a store that is failing).
+                await asyncio.sleep(idle_s)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(wait if wait is not None else idle_s, idle_s))
 

@@ -700,6 +700,38 @@ async def test_a_message_due_behind_a_parked_one_does_not_keep_the_scheduler_bus
         await store.close()
 
 
+async def test_a_message_queued_while_a_round_fails_does_not_cut_the_backoff_short(db_url: str) -> None:
+    """The consumer wakes the scheduler as it commits a new message. When that comes while a round
+    fails (its outcomes could not be recorded, nor put off), the next round still waits the backoff:
+    at once, it would send again the deliveries whose outcome was lost."""
+    store = Store(db_url)
+    await store.migrate()
+    ladder = RetryLadder(
+        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=FakePartner().deliver), policy=FAST,
+    )  # fmt: skip
+    rounds, first = 0, asyncio.Event()
+
+    async def failing_round(limit: int) -> tuple[int, int]:
+        nonlocal rounds
+        rounds += 1
+        first.set()
+        ladder.wake()  # a message committed meanwhile
+        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    ladder._round = failing_round  # type: ignore[method-assign]
+    running = asyncio.create_task(ladder.run(idle_s=1.0))
+    try:
+        await asyncio.wait_for(first.wait(), 10)
+        await asyncio.sleep(0.4)
+        assert rounds == 1, f"{rounds} rounds in 0.4 s after a failed one: the backoff was cut short"
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await store.close()
+
+
 @pytest.mark.parametrize("attempt", [0, FAST.max_parked_attempts], ids=["first-try", "last-rung"])
 async def test_the_hubs_own_store_failing_inside_a_delivery_uses_no_rung(
     db_url: str, tmp_path: Any, attempt: int
