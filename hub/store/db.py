@@ -246,11 +246,21 @@ class Store:
 _TRY_AGAIN = frozenset({"40P01", "40001"})
 
 
+# SQLite's primary result codes that say the database failed, not the statement
+# (https://sqlite.org/rescode.html): busy, locked, out of memory, read-only, interrupted, I/O error,
+# corrupt, full, cannot open, lock protocol, not a database. SQLite reports a statement's own mistake
+# (no such table or column, a syntax error) as an OperationalError too, with SQLITE_ERROR (1).
+_SQLITE_FAILED = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
+
+
 def store_failed(exc: BaseException) -> bool:
     """True when `exc` says the store itself failed (connection lost, locked, timed out, no free
     connection in the pool, out of resources, a deadlock broken), not that one statement could not
     take its values (data, integrity, programming errors). The first is worth trying again later;
     the second fails the same way every time."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if isinstance(exc, sa_exc.DBAPIError) and isinstance(code, int):  # the driver says which
+        return exc.connection_invalidated or code & 0xFF in _SQLITE_FAILED
     failed = sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError | sa_exc.TimeoutError
     return isinstance(exc, failed) or (
         isinstance(exc, sa_exc.DBAPIError)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from hub.audit import AuditEntry, write_audit
-from hub.store import Store
+from hub.store import Store, store_failed
 from hub.store.tables import audit_log, inbox, outbox
+from schemas.envelope import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +155,39 @@ async def test_handovers_sent_but_never_confirmed_count_as_tried_after_migrating
         assert tried["h-unconfirmed"] is not None and tried["h-delivered"] is None
     finally:
         await store.close()
+
+
+async def test_a_statements_own_mistake_is_no_failure_of_the_store(store: Store) -> None:
+    """Tried again later, the same statement fails the same way: a message it stopped is not put off
+    for ever (SQLite reports a missing table as an OperationalError, as it does a locked database)."""
+    with pytest.raises(DBAPIError) as raised:
+        async with store.transaction() as session:
+            await session.execute(text("SELECT * FROM no_such_table"))
+    assert not store_failed(raised.value), repr(raised.value)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_sqlite_database_locked_or_not_to_be_opened_is_the_stores_failure(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    holder = sqlite3.connect(db_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing
+    try:
+        with pytest.raises(DBAPIError) as locked:
+            async with store.connect() as conn:
+                await conn.execute(text("PRAGMA busy_timeout=0"))  # not the store's 30 s wait
+                await conn.execute(
+                    insert(outbox).values(topic="t", value=b"v", headers={}, created_at=utcnow())
+                )
+        assert store_failed(locked.value), repr(locked.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    unopenable = Store(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/hub.db")
+    try:
+        with pytest.raises(DBAPIError) as cannot_open:
+            async with unopenable.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert store_failed(cannot_open.value), repr(cannot_open.value)
+    finally:
+        await unopenable.close()
