@@ -157,9 +157,13 @@ class ParkingLot:
             await self.hooks.run(session, "on_dead", message, safe_error_message(exc), key=row.key)
 
     async def _postpone(self, failed: Sequence[tuple[Any, Exception | None, BaseException]]) -> None:
-        """Rows whose outcome could not be recorded (the store failed) are put off (`_put_off`), in a
-        transaction of their own, rather than being due at once: a delivery that got through would be
-        sent again and again, as fast as the scheduler goes round. A row another hub process handled
+        """Rows whose outcome could not be recorded (the store failed), in a transaction of their own.
+
+        Each is first recorded again, in a savepoint: a store that lost a connection, or timed out
+        a statement, mostly answers the next transaction, and a delivery put off is sent again,
+        by any hub process, which knows nothing of the call (a caseworker's mail twice). What fails
+        again is put off (`_put_off`) rather than being due at once: a delivery that got through would
+        be sent again and again, as fast as the scheduler goes round. A row another hub process handled
         meanwhile (its attempt moved on, or its lease is no longer this delivery's), or an operator
         discarded, is left alone. One whose outcome failed to be recorded `POSTPONE_AT_MOST` times in
         a row has climbed to its last rung meanwhile; once more, and it is dead-lettered (operators see
@@ -170,6 +174,10 @@ class ParkingLot:
         try:
             async with self.store.transaction() as session:
                 for row, outcome, exc in failed:
+                    recorded = await self._record_again(session, row, outcome)
+                    if recorded is not None:
+                        postponed += recorded
+                        continue
                     as_taken = and_(
                         parked.c.seq == row.seq,
                         parked.c.attempt == row.attempt,
@@ -302,6 +310,20 @@ class ParkingLot:
         self.metrics.postponed.labels(self.name).inc(put_off)
         if failed:
             await self._postpone(failed)
+
+    async def _record_again(self, session: AsyncSession, row: Any, outcome: Exception | None) -> int | None:
+        """`_record_one` in a savepoint; None when it fails again (the row is put off)."""
+        try:
+            async with session.begin_nested():
+                return await self._record_one(session, row, outcome)
+        except Exception as again:
+            log.warning(
+                "recording a delivery's outcome failed again",
+                ladder=self.name,
+                message_id=row.message_id,
+                error=safe_error_message(again),
+            )
+            return None
 
     async def _record_one(self, session: AsyncSession, row: Any, outcome: Exception | None) -> int:
         """Record one outcome; 1 when it put the row off (the store failed on its way), else 0."""

@@ -350,12 +350,13 @@ async def test_a_delivery_is_not_sent_again_when_even_its_fallback_audit_fails(
 async def test_an_outcome_that_cannot_be_recorded_is_postponed_not_tried_at_once(
     kafka: EmbeddedKafka, db_url: str, unique: str, told_fails: bool
 ) -> None:
-    """When the store fails while a delivery is recorded, nothing of it is kept: the message is
-    delivered again (idempotent), but on the ladder's schedule, not as fast as the scheduler runs.
-    The connector is told (`on_parked`); that failing too, even on the store's error, does not undo
-    the postponement (it did: the message went again every round)."""
+    """When the store fails while a delivery is recorded, and again as the postponement records it
+    once more, nothing of it is kept: the message is delivered again (idempotent), but on the
+    ladder's schedule, not as fast as the scheduler runs. The connector is told (`on_parked`); that
+    failing too, even on the store's error, does not undo the postponement (it did: the message went
+    again every round)."""
     partner = FakePartner()
-    failures = 2
+    failures = 4  # two postponements: each the round's record and the postponement's try again
 
     async def store_trouble(session: AsyncSession, message: Envelope) -> None:
         nonlocal failures
@@ -405,29 +406,51 @@ class FlakyStore:
                 raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
 
-@pytest.mark.parametrize("failures", [1, 2], ids=["round-fails", "its-postponement-fails-too"])
-async def test_a_round_whose_transaction_fails_is_not_sent_again_at_once(
-    kafka: EmbeddedKafka, db_url: str, unique: str, failures: int
+async def test_a_delivery_whose_round_failed_to_commit_is_recorded_by_the_postponement(
+    kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    """Nothing of the round is kept, so its deliveries go out again (idempotent), but on the ladder's
-    schedule, or when even the postponement could not be written after the scheduler's backoff (on
-    PostgreSQL: once the message's lease, still standing, ended)."""
+    """The round's transaction failed as it committed (a lost connection): the postponement's own,
+    which the store answers, records the delivery rather than putting it off to be sent again."""
     partner = FakePartner()
     hub, ladder = await _start(kafka, db_url, unique, partner)
     try:
         assert hub.store is not None
-        ladder.store = FlakyStore(hub.store, failures)  # type: ignore[assignment]
+        ladder.store = FlakyStore(hub.store, 1)  # type: ignore[assignment]
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
+        await wait_for(lambda: partner.delivered == ["a1"], timeout_s=30)
+        await wait_for(lambda: _zero(ladder))
+        assert ladder.store.failures == 0  # the round's commit did fail
+        assert await ladder.step() == 0 and partner.calls["a1"] == 1
+        postponed = hub.metrics.registry.get_sample_value(
+            "ketenhub_delivery_postponed_total", {"ladder": "test"}
+        )
+        assert postponed == 0
+    finally:
+        await hub.stop()
+
+
+async def test_a_round_whose_postponement_fails_too_is_not_sent_again_at_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Nothing of the round is kept, nor of its postponement, so its deliveries go out again
+    (idempotent), but after the scheduler's backoff (on PostgreSQL: once the message's lease, still
+    standing, ended)."""
+    partner = FakePartner()
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        assert hub.store is not None
+        ladder.store = FlakyStore(hub.store, 2)  # type: ignore[assignment]
         ladder.leases = Leases(hub.store, ladder.clock, lease_s=1.0)  # not the 30 s a killed hub's wait
         await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
         await wait_for(lambda: partner.delivered.count("a1") == 2, timeout_s=30)
         await wait_for(lambda: _zero(ladder))
         assert await ladder.step() == 0 and partner.calls["a1"] == 2
         first, second = partner.called_at["a1"]
-        assert second - first >= FAST.schedule_s[0]  # the first rung's wait (0.2 s), or the 1 s backoff
+        assert second - first >= 1.0  # the scheduler's backoff, or the lease's end
         postponed = hub.metrics.registry.get_sample_value(
             "ketenhub_delivery_postponed_total", {"ladder": "test"}
         )
-        assert postponed == (1 if failures == 1 else 0)  # when its postponement failed too: the backoff
+        assert postponed == 0
     finally:
         await hub.stop()
 
