@@ -60,6 +60,27 @@ function fill(tableId, rows) {
   body.replaceChildren(...rows);
 }
 
+// A refresh leaves a row whose item did not change as it was, the same element, where it was: a row
+// the operator is about to click (Resolve, Show) is not replaced under the cursor. Rows are keyed by
+// their data-id; an item that changed is drawn anew, one that went is taken out.
+const drawnFrom = new WeakMap();  // a row → the JSON of the item it was drawn from
+
+function fillKeyed(tableId, items, draw) {
+  const body = $(tableId).querySelector("tbody");
+  const had = new Map([...body.rows].map((tr) => [tr.dataset.id, tr]));
+  const rows = items.map((item) => {
+    const json = JSON.stringify(item);
+    const kept = had.get(String(item.id));
+    if (kept && drawnFrom.get(kept) === json) return kept;
+    const tr = draw(item);
+    drawnFrom.set(tr, json);
+    return tr;
+  });
+  // only a row out of place is moved: the rows before it and after it stay put
+  rows.forEach((tr, i) => { if (body.rows[i] !== tr) body.insertBefore(tr, body.rows[i] || null); });
+  while (body.rows.length > rows.length) body.lastElementChild.remove();
+}
+
 async function refreshHealth() {
   const h = await api("/ops/api/health");
   const rows = [];
@@ -114,15 +135,23 @@ const TO_DO = {
 const UNREACHABLE_TO_DO = "Set a reachable delegate (or end the absence): until then their mail is not sent " +
   "and borging cannot move their signals.";
 
+// The list is the toggle's last position's: a refresh on its way as the operator ticks or unticks it,
+// answered after the toggle's own request, is not drawn over it.
+let problemsAsked = 0, problemsDrawn = 0;
+
 async function refreshProblems() {
+  const n = ++problemsAsked;
   const status = $("problems-resolved-toggle").checked ? "all" : "open";
   const p = await api("/api/v1/medewerkers/problemen?status=" + status);
+  if (n < problemsDrawn) return;
+  problemsDrawn = n;
+  if ($("problems-status").textContent.startsWith("problems not shown")) $("problems-status").textContent = "";
   fill("unreachable", p.unreachableNow.map((c) => {
     const tr = row([c.caseworkerId, c.name, c.active ? "absent" : "gone (inactive)", UNREACHABLE_TO_DO]);
     tr.dataset.id = c.caseworkerId;
     return tr;
   }));
-  fill("problems", p.recorded.map((q) => {
+  fillKeyed("problems", p.recorded, (q) => {
     const resolved = q.status === "resolved"
       ? `${q.resolvedAt} by ${q.resolvedBy} (${q.resolvedHow}): ${q.resolution}` : "";
     let act = "";
@@ -136,11 +165,11 @@ async function refreshProblems() {
     tr.dataset.kind = q.kind; tr.dataset.caseworker = text(q.caseworkerId);
     tr.dataset.id = q.id; tr.dataset.status = q.status;
     return tr;
-  }));
+  });
 }
 
 // An operator marks a problem resolved with what was done about it (audited; no BSN, no name).
-// The prompt names the problem (the rows are redrawn under the cursor at every refresh).
+// The prompt names the problem (its row may change or go while the prompt is open).
 async function resolveProblem(q) {
   const id = q.id;
   const what = `problem ${id} (${q.kind}, ${q.caseworkerId || "no caseworker"}, ${q.reference || "no reference"}, ${q.at})`;
@@ -171,14 +200,14 @@ async function refreshMails() {
     return;
   }
   mailSink = true; $("mails-section").hidden = false;
-  fill("mails", list.mails.map((m) => {
+  fillKeyed("mails", list.mails, (m) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
     open.addEventListener("click", () => openMail(m.id));
     const tr = row([m.receivedAt, m.to.join(", "), m.subject, open]);
     tr.dataset.id = m.id;
     return tr;
-  }));
+  });
 }
 
 // Its text as a caseworker reads it; the raw message only when asked for, for the mail shown, and not
@@ -218,6 +247,22 @@ function filters() {
 // A key that is not the hub's youth key is the sender's own (a BSN even): a search by it is a
 // disclosure, audited each time, so it runs when asked for, not again on every refresh.
 const YOUTH_KEY = /^[0-9a-f]{64}$/;
+const bySendersKey = (filter) => Boolean(filter.get("key")) && !YOUTH_KEY.test(filter.get("key"));
+
+// The refreshes keep such a search's list fresh without a disclosure: the letters it found that are
+// no longer open (replayed, discarded, here or elsewhere) leave it, as the open letters of its other
+// filters, which any operator may list, tell. Letters the key gets since are found by searching again.
+const OPEN_LISTED = 1000;  // the most the hub lists at once
+
+async function stillOpen(found) {
+  const others = new URLSearchParams(found.filter);
+  others.delete("key"); others.set("limit", String(OPEN_LISTED));
+  const open = await api("/ops/api/dlq?" + others.toString());
+  if (open.total > open.items.length) return found;  // more open letters than listed: none known gone
+  const ids = new Set(open.items.map((d) => d.id));
+  const items = found.items.filter((d) => ids.has(d.id));
+  return { total: found.total - (found.items.length - items.length), items };
+}
 
 // The list shows the filter last applied ("Filter"), not what is typed in the boxes since; "Replay
 // these" replays that filter, with the count of open letters it matched at the list's last refresh.
@@ -227,30 +272,32 @@ let dlqAsked = 0, dlqDrawn = 0;  // an answer to an earlier request never replac
 
 async function refreshDlq(asked) {
   const shown = asked === true ? filters() : appliedDlq;
-  const key = shown.get("key");
-  if (key && !YOUTH_KEY.test(key) && asked !== true) return;
+  const refreshFound = bySendersKey(shown) && asked !== true;
+  // a search still on its way draws its own list; the refresh has none of it to keep fresh yet
+  if (refreshFound && !(shownDlq && shownDlq.filter === shown)) return;
+  const found = refreshFound ? shownDlq : null;
   const n = ++dlqAsked;
   // Applied as it is asked: a refresh that begins while it is on its way asks for it too, rather
   // than for the filter before it, whose answer would be drawn over this one's.
   if (asked === true) appliedDlq = shown;
   let list;
   try {
-    list = await api("/ops/api/dlq?" + shown.toString());
+    list = found ? await stillOpen(found) : await api("/ops/api/dlq?" + shown.toString());
   } catch (e) {  // not applied after all: the refreshes go on with the filter of the list shown
     if (asked === true && appliedDlq === shown) appliedDlq = shownDlq ? shownDlq.filter : new URLSearchParams();
     throw e;
   }
   if (n < dlqDrawn) return;
   dlqDrawn = n;
-  shownDlq = { filter: shown, total: list.total, listed: list.items.length };
-  fill("dlq", list.items.map((d) => {
+  shownDlq = { filter: shown, total: list.total, listed: list.items.length, items: list.items };
+  fillKeyed("dlq", list.items, (d) => {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
     open.addEventListener("click", () => openLetter(d.id));
     const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error), d.key, open]);
     tr.dataset.id = d.id;
     return tr;
-  }));
+  });
 }
 
 // The letter last asked for is the one shown, and the one "Replay"/"Discard" act on: a letter asked
@@ -414,7 +461,10 @@ async function main() {
   });
   $("unmask").addEventListener("change", () => letterWanted && openLetter(letterWanted));
   $("mail-raw-toggle").addEventListener("change", () => mailWanted && openMail(mailWanted));
-  $("problems-resolved-toggle").addEventListener("change", () => refreshAll());
+  // asked for at once, not after a refresh on its way (which a slow section can hold up to API_TIMEOUT_MS)
+  $("problems-resolved-toggle").addEventListener("change", () => refreshProblems().catch((e) => {
+    $("problems-status").textContent = "problems not shown: " + e.message;
+  }));
   // An action names the letter it acted on (another may be shown by the time it is answered).
   const onLetter = (button, act) => $(button).addEventListener("click", async () => {
     if (!current || current.id !== letterWanted) {  // the letter asked for is not shown (yet)

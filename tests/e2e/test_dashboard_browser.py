@@ -750,3 +750,177 @@ async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_
         await depth.filter(has_text="1").wait_for()  # Bob's letter stays open
     out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
     assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1]
+
+
+async def _problems(hub: Hub, *references: str) -> list[int]:
+    """Open problems of the kind an operator resolves by hand, one per reference; their ids."""
+    from hub.notify.problems import record_problem
+
+    assert hub.store is not None
+    reason = "match overgeslagen op positie 1: type ontbreekt"
+    async with hub.store.transaction() as session:
+        return [
+            await record_problem(
+                session,
+                kind="match_overgeslagen",
+                caseworker_id="cw-ilse",
+                reference=reference,
+                reason=reason,
+                transaction_id=None,
+            )
+            for reference in references
+        ]
+
+
+# Page JS: hold the rows these selectors find now; which of them are still the rows found there.
+HOLD_ROWS = """(rows) => {
+  window.held = Object.fromEntries(Object.entries(rows).map(([k, s]) => [k, document.querySelector(s)]));
+}"""
+STILL_HELD = """(rows) => Object.keys(rows).filter(
+  (k) => window.held[k].isConnected && window.held[k] === document.querySelector(rows[k]))"""
+# Page JS: discard a dead letter as another operator would, not through the page's buttons.
+DISCARD = """(id) => fetch(`/ops/api/dlq/${encodeURIComponent(id)}/discard`, {
+  method: "POST", headers: {"Content-Type": "application/json"},
+  body: JSON.stringify({reason: "done elsewhere"}),
+}).then((r) => r.status)"""
+LISTED = "(n) => document.querySelectorAll('#dlq tbody tr').length === n"
+IDS = "(rows) => rows.map((r) => r.dataset.id)"
+
+
+async def test_a_refresh_leaves_the_rows_that_did_not_change_as_they_were(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    """Every refresh (every 3 s) replaced every row of the problems and the dead letters, changed or
+    not: a row the operator was about to click (Resolve, Show) was replaced under the cursor, and a
+    click landing as it was redrawn hit nothing or another row. A row that did not change stays the
+    same element; one that went leaves, and the others stay."""
+    hub, base, _ = served
+    await _two_dead_letters(kafka, hub)
+    gone, kept = await _problems(hub, "m-1", "m-2")
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        first, second = await _listed_two(page)
+        rows = {
+            "first letter": f'#dlq tr[data-id="{first}"]',
+            "second letter": f'#dlq tr[data-id="{second}"]',
+            "problem resolved": f'#problems tr[data-id="{gone}"]',
+            "problem kept": f'#problems tr[data-id="{kept}"]',
+        }
+        await page.locator(rows["problem kept"]).wait_for()
+        await page.evaluate(HOLD_ROWS, rows)
+        await _refreshed(page, 2)
+        assert await page.evaluate(STILL_HELD, rows) == list(rows)
+
+        await page.locator(f"{rows['first letter']} button.show").click()
+        await page.locator("#letter-id").filter(has_text=first).wait_for()
+        await page.fill("#discard-reason", "test letters, not a partner's")
+        await page.click("#discard-one")
+        await page.locator(rows["first letter"]).wait_for(state="detached")
+        page.once("dialog", lambda dialog: dialog.accept("gemeld bij de Verwijsindex"))
+        await page.locator(f"{rows['problem resolved']} button.resolve").click()
+        await page.locator(rows["problem resolved"]).wait_for(state="detached")
+        await _refreshed(page)
+        assert await page.evaluate(STILL_HELD, rows) == ["second letter", "problem kept"]
+
+
+async def test_a_search_by_a_senders_key_is_kept_fresh_without_being_repeated(
+    kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
+) -> None:
+    """A privacy officer's search by a sender's own key was never refreshed (repeating it would repeat
+    an audited disclosure every 3 s): a letter of it replayed or discarded, on the page or elsewhere,
+    stayed listed, and "Replay these" counted it. The refreshes take out the letters no longer open,
+    without searching again: one audited search."""
+    hub, base, cure = served
+    sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(5)]
+    keys = [b"key-s"] * 4 + [youth_key("bob").encode()]  # Bob's letter is not the sender's
+    records = [(k, e.to_bytes(), e.headers()) for k, e in zip(keys, sent, strict=True)]
+    await produce(kafka.bootstrap, hub.topic("ops.in.v1"), records)
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "pien")
+        await page.wait_for_function(LISTED, arg=5)
+        await page.fill("#f-key", "key-s")
+        await page.click("#f-apply")
+        await page.wait_for_function(LISTED, arg=4)
+        replayed, discarded, elsewhere, left = await page.locator("#dlq tbody tr").evaluate_all(IDS)
+        status = page.locator("#letter-status")
+        await page.locator(f'#dlq tr[data-id="{discarded}"] button.show').click()
+        await page.locator("#letter-id").filter(has_text=discarded).wait_for()
+        await page.fill("#discard-reason", "test letters, not a partner's")
+        await page.click("#discard-one")
+        await status.filter(has_text=f"letter {discarded} discarded").wait_for()
+        await page.wait_for_function(LISTED, arg=3)
+
+        cure.fixed = True
+        await page.locator(f'#dlq tr[data-id="{replayed}"] button.show').click()
+        await page.locator("#letter-id").filter(has_text=replayed).wait_for()
+        await page.click("#replay-one")
+        await page.locator("#job", has_text="replay 1/1 done").wait_for()
+        await page.wait_for_function(LISTED, arg=2)
+
+        assert await page.evaluate(DISCARD, elsewhere) == 200  # another operator's, not this page's
+        await page.wait_for_function(LISTED, arg=1)
+        await _refreshed(page)
+        assert await page.locator("#dlq tbody tr").evaluate_all(IDS) == [left]
+
+        asked: list[str] = []
+
+        async def no(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.dismiss()
+
+        page.once("dialog", no)
+        await page.click("#replay-filtered")
+        await wait_for(lambda: asked, timeout_s=10)
+        assert asked == ["Replay 1 open dead letter(s) matching key=key-s?"]
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        searches = await conn.execute(
+            select(func.count()).select_from(audit_log).where(audit_log.c.action == "dlq.searched_by_key")
+        )
+        assert searches.scalar_one() == 1
+
+
+async def test_the_problems_shown_are_those_the_toggle_last_asked_for(served: tuple[Hub, str, Cure]) -> None:
+    """Ticking "show resolved ones too" as a refresh was on its way waited for that whole refresh (up to
+    15 s with a section slow to answer), whose problems, asked for before the tick, showed under the
+    ticked box meanwhile. The toggle asks at once, and the refresh's older answer, come after the
+    toggle's, is not drawn over it."""
+    from hub.notify.problems import resolve_problem
+
+    hub, base, _ = served
+    resolved, open_one = await _problems(hub, "m-1", "m-2")
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await resolve_problem(
+            session, resolved, user="olga", reason="gemeld", transaction_id=None, system="test"
+        )
+    shown = f'#problems tr[data-id="{resolved}"]'
+    async with _chromium() as browser:
+        page = await _log_in(browser, base, "olga")
+        await page.locator(f'#problems tr[data-id="{open_one}"]').wait_for()
+        assert await page.locator(shown).count() == 0  # open ones only
+
+        release, held = asyncio.Event(), asyncio.Event()
+
+        def asks(url: str) -> bool:
+            return "/api/v1/medewerkers/problemen?status=open" in url
+
+        async def slow(route: Any) -> None:  # a refresh's, on its way as the box is ticked
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        gave_up: list[str] = []  # the page gives up on a request after 15 s
+        page.on("requestfailed", lambda r: gave_up.append(r.url) if asks(r.url) else None)
+        await page.route(asks, slow)
+        await wait_for(held.is_set, timeout_s=30)
+        await page.check("#problems-resolved-toggle")
+        await page.locator(shown).wait_for()
+        assert gave_up == [], "shown only once the refresh on its way gave up"
+        async with page.expect_event("requestfinished", lambda r: asks(r.url)):
+            release.set()
+        await page.evaluate("() => fetch('/ops/api/me').then((r) => r.json())")  # its answer handled
+        await page.unroute(asks)
+        assert await page.locator(shown).count() == 1
+        await _refreshed(page)
+        assert await page.locator(f'{shown}[data-status="resolved"]').count() == 1
