@@ -296,7 +296,15 @@ class RetryLadder(ParkingLot):
             async with self._slots:
                 return row, await self._try(row)
 
-        await self._record_outcomes(await asyncio.gather(*(attempt(row) for row in rows)))
+        tries = [asyncio.ensure_future(attempt(row)) for row in rows]
+        try:
+            await asyncio.gather(*tries)
+        except asyncio.CancelledError:
+            # The hub stopping past its grace (a slow partner, a round of 200): the calls that were
+            # answered are recorded still, or they would all go out again after the restart.
+            await self._record_outcomes([t.result() for t in tries if t.done() and not t.cancelled()])
+            raise
+        await self._record_outcomes([t.result() for t in tries])
 
     async def _try(self, row: Any) -> Exception | None:
         """One attempt for a parked row: None when delivered, else the error."""

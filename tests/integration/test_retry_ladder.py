@@ -723,6 +723,54 @@ async def test_a_message_due_behind_a_parked_one_does_not_keep_the_scheduler_bus
         await store.close()
 
 
+async def test_a_round_cut_short_by_a_stop_records_the_calls_already_answered(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub stopping waits `STOP_GRACE_S` for the round in hand; when a partner is slower than that,
+    the deliveries the round had made are recorded still (on SQLite they were recorded with the
+    round's last, and all went out again after the restart)."""
+    monkeypatch.setattr("hub.retry.ladder.STOP_GRACE_S", 0.2)
+    store = Store(db_url)
+    await store.migrate()
+    calls: list[str] = []
+    third, never = asyncio.Event(), asyncio.Event()
+
+    async def deliver(message: Envelope) -> None:
+        calls.append(message.payload["name"])
+        if len(calls) == 3:  # a partner that does not answer
+            third.set()
+            await never.wait()
+
+    ladder = RetryLadder(
+        store, Metrics(), name="test", topic="t", retry_topic="t.retry", dlq_topic="t.dlq", partner="fake",
+        delivery=Delivery(deliver=deliver), policy=FAST, concurrency=1,
+    )  # fmt: skip
+    async with store.transaction() as session:
+        for n in range(5):
+            env = Envelope(type="Cmd", payload={"name": f"m{n}", "key": f"youth-{n}"})
+            await session.execute(
+                insert(parked).values(
+                    ladder="test", key=f"youth-{n}", message_id=env.message_id, value=env.to_bytes(),
+                    headers=env.header_map(), attempt=0, due_at=utcnow() - timedelta(seconds=5 - n),
+                )
+            )  # fmt: skip
+    running = asyncio.create_task(ladder.run())
+    try:
+        await asyncio.wait_for(third.wait(), 10)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        async with store.connect() as conn:
+            left = sorted(
+                Envelope.from_bytes(v).payload["name"]
+                for v in (await conn.execute(select(parked.c.value))).scalars()
+            )
+        assert calls[:2] == ["m0", "m1"] and left == ["m2", "m3", "m4"]  # the two answered: recorded
+    finally:
+        running.cancel()
+        await store.close()
+
+
 async def test_a_message_queued_while_a_round_fails_does_not_cut_the_backoff_short(db_url: str) -> None:
     """The consumer wakes the scheduler as it commits a new message. When that comes while a round
     fails (its outcomes could not be recorded, nor put off), the next round still waits the backoff:
