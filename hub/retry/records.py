@@ -277,7 +277,10 @@ class ParkingLot:
             "postponed": postponed,
             "due_at": put_off(self.policy, row.attempt, postponed, now, retry_after=retry_after),
             "first_failure": row.first_failure or now,
-            "last_error": safe_error_message(exc),
+            # what a caseworker's status shows: the hub's trouble, in words, not the partner's
+            "last_error": safe_error_message(exc)
+            if isinstance(exc, StoreFailed)
+            else f"the hub could not record its outcome: {safe_error_message(exc)}",
             "lease": None,
         }
 
