@@ -2,14 +2,17 @@
 
 Each reason asks for something else before the dead letter is replayed (the console's TO_DO texts):
 - `mail_niet_verstuurd_storing`: an outage outlasted the retry ladder (the SMTP server unreachable
-  or answering 4xx, or the hub's store failing on this mail's way time after time): check that it
-  is back.
+  or answering 4xx, or refusing the hub's own SMTP settings: its login, greeting or sender; or the
+  hub's store failing on this mail's way time after time): check that it is back, or correct the
+  settings the reason names.
 - `geen_bereikbare_ontvanger`: when it was to be sent, nobody read the caseworker's mail (away or gone
   without a reachable delegate, or not in the directory): fix the directory. The same kind as a
   notice that found nobody when it was queued (`hub.notify.service.notify_caseworker`).
 - `mail_uitkomst_onbekend`: it went out and no answer came; it may have been delivered.
-- `mail_niet_bezorgd`: anything else the connector refused for good, an SMTP 5xx above all (a
-  refused address): correct the directory.
+- `mail_inhoud_geweigerd`: the SMTP server refused the message itself (a 5xx on DATA, or too large),
+  not its address: the directory is not what needs fixing.
+- `mail_niet_bezorgd`: anything else the connector refused for good, an SMTP 5xx on RCPT above all
+  (a refused address): correct the directory.
 
 Each is about one notification (its reference is the notification id) and the hub resolves it when
 it sees that mail done (`resolve_done`): the SMTP server accepted it (recorded in `mail_sent`, also
@@ -25,7 +28,13 @@ from collections.abc import Collection, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.mail.smtp import UNKNOWN_OUTCOME, OutcomeUnknown
+from connectors.mail.refusals import (
+    CONTENT_REFUSED,
+    SETTINGS_REFUSED,
+    UNKNOWN_OUTCOME,
+    ContentRefused,
+    OutcomeUnknown,
+)
 from hub.directory import CaseworkerNotFound
 from hub.errors import TransientError
 from hub.notify.problems import resolve_found
@@ -35,7 +44,8 @@ from hub.store import store_failed
 OUTAGE = "mail_niet_verstuurd_storing"
 REFUSED = "mail_niet_bezorgd"
 UNKNOWN = "mail_uitkomst_onbekend"
-KINDS = (OUTAGE, REFUSED, UNKNOWN, NO_RECIPIENT)  # of a dead-lettered mail, by notification id
+CONTENT = "mail_inhoud_geweigerd"
+KINDS = (OUTAGE, REFUSED, UNKNOWN, CONTENT, NO_RECIPIENT)  # of a dead-lettered mail, by notification id
 SENT = "de mail is alsnog verstuurd"
 WITHHELD = "niet meer nodig: het signaal van deze match is beëindigd, de mail gaat niet"
 
@@ -44,6 +54,8 @@ def problem_kind(exc: BaseException) -> str:
     """The problem a mail is, should `exc` (what its attempt raised) dead-letter it."""
     if isinstance(exc, OutcomeUnknown):
         return UNKNOWN
+    if isinstance(exc, ContentRefused):
+        return CONTENT
     if isinstance(exc, NoReachableRecipient | CaseworkerNotFound):
         return NO_RECIPIENT
     if isinstance(exc, TransientError) or store_failed(exc):  # the ladder retried both to its end
@@ -53,15 +65,23 @@ def problem_kind(exc: BaseException) -> str:
 
 def kind_from_text(error: str) -> str:
     """The problem a dead letter is by its error text alone, for when its attempt is not known."""
-    return UNKNOWN if UNKNOWN_OUTCOME in error else REFUSED
+    if UNKNOWN_OUTCOME in error:
+        return UNKNOWN
+    if CONTENT_REFUSED in error:
+        return CONTENT
+    return OUTAGE if SETTINGS_REFUSED in error else REFUSED
 
 
 def problem_reason(kind: str, error: str, template: str | None) -> str:
     """The problem's reason (Dutch, as the other problems'), with the error as the ladder stored it."""
     if kind == UNKNOWN:
         return f"mail mogelijk bezorgd, niet opnieuw verstuurd: {error}"
+    if kind == OUTAGE and SETTINGS_REFUSED in error:
+        return f"mail niet verstuurd, de SMTP-instellingen van de hub werden geweigerd: {error}"
     if kind == OUTAGE:
         return f"mail niet verstuurd, de storing duurde langer dan de herhaalpogingen: {error}"
+    if kind == CONTENT:
+        return f"mail geweigerd om de mail zelf, niet om het adres: {error}"
     if kind == NO_RECIPIENT:
         return f"geen mail verstuurd ({template or 'onbekend'}): {error}"
     return f"mail niet bezorgd: {error}"

@@ -1,8 +1,9 @@
 """The embedded SMTP sink: a real SMTP server (aiosmtpd) on a loopback port in the hub's event loop.
 
 It keeps what it receives (in the store, or in memory) so a person trying the hub sees exactly
-what a caseworker would get. Tests use it as their SMTP server: it can refuse a recipient with a
-chosen reply and be stopped and started again on the same port.
+what a caseworker would get. Tests use it as their SMTP server: it can refuse a recipient, a sender
+or a message with a chosen reply, ask for a login and refuse a wrong password, and be stopped and
+started again on the same port.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from sqlalchemy import delete, func, insert, select
 
 from hub.notify.tables import mail_sink
@@ -59,6 +60,11 @@ class MailSink:
         self.store, self.keep, self.host = store, keep, host
         self.memory: deque[SinkMail] = deque(maxlen=keep)
         self.refuse: dict[str, str] = {}  # recipient address -> SMTP reply, e.g. "550 5.1.1 unknown"
+        self.refuse_from: dict[str, str] = {}  # sender address -> SMTP reply to its MAIL FROM
+        self.refuse_data: str | None = None  # the reply to every message, e.g. "554 5.6.0 rejected"
+        # Set: a login is asked for (AUTH over plain text, loopback only) and another password refused
+        # with 535; read as each connection opens.
+        self.password: str | None = None
         self.port = 0
         self.ready = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -73,7 +79,10 @@ class MailSink:
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
-            session = SMTP(self, hostname="ketenhub-sink", ident="ketenhub mail sink")
+            login: dict[str, Any] = {}
+            if self.password is not None:
+                login = {"authenticator": self._authenticate, "auth_require_tls": False}
+            session = SMTP(self, hostname="ketenhub-sink", ident="ketenhub mail sink", **login)
             self._sessions.add(session)
             return session
 
@@ -111,6 +120,24 @@ class MailSink:
         return self.host, self.port
 
     # -- aiosmtpd handler hooks ---------------------------------------------------------------
+    def _authenticate(
+        self, server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """A login with the sink's password succeeds; any other is refused (aiosmtpd: 535)."""
+        given = auth_data.password if isinstance(auth_data, LoginPassword) else None
+        ok = self.password is not None and given == self.password.encode()
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        """Accept a sender, or refuse it with the scripted reply."""
+        if address in self.refuse_from:
+            return self.refuse_from[address]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
@@ -121,7 +148,9 @@ class MailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
-        """Keep the mail."""
+        """Keep the mail, or refuse it with the scripted reply."""
+        if self.refuse_data is not None:
+            return self.refuse_data
         raw = bytes(envelope.original_content or envelope.content)
         headers = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
         values = {

@@ -1,12 +1,17 @@
 """Sending over SMTP with aiosmtplib: plain, STARTTLS or implicit TLS, optional login, reused connections.
 
-Errors are typed for the retry ladder: SMTP 4xx replies and connection trouble are TransientError,
-5xx replies are PermanentError (dead letter at once).
+Errors are typed for the retry ladder by the stage they come at (connectors.mail.refusals): a refused
+login, greeting or sender is the hub's own settings (TransientError: the mails wait while they are put
+right), a 5xx on RCPT refuses the address and one on DATA the message (PermanentError: the DLQ), 4xx
+replies and connection trouble are TransientError.
 
 One case is neither: the message was transmitted (after the server's 354) and then no answer came
 (a read timeout, a lost connection). The server may have accepted it, and sending it again may
 deliver it twice, as often as it is retried. That is `OutcomeUnknown`, a PermanentError: the mail
 goes to the dead-letter queue, not to a retry, and an operator who replays it sends it again.
+
+A send that ends otherwise than by an answer (cancelled: the hub stopping, a lease cut off) leaves
+its connection out of step (a reply may still come): it is closed, never used for the next mail.
 """
 
 from __future__ import annotations
@@ -23,37 +28,27 @@ from aiosmtplib.status import SMTPStatus
 from aiosmtplib.typing import Default
 
 from connectors.mail.message import OutgoingMail
+from connectors.mail.refusals import (
+    UNKNOWN_OUTCOME,
+    ContentRefused,
+    OutcomeUnknown,
+    SettingsRefused,
+    classify,
+)
 from hub.config import SmtpSettings
-from hub.errors import PermanentError, TransientError
+from hub.errors import HubError, TransientError
 from hub.logging import get_logger
 
+__all__ = [
+    "UNKNOWN_OUTCOME",
+    "ContentRefused",
+    "OutcomeUnknown",
+    "SettingsRefused",
+    "SmtpMailer",
+    "classify",
+]
 log = get_logger(__name__)
 Endpoint = Callable[[], Awaitable[tuple[str, int]]]
-UNKNOWN_OUTCOME = (
-    "the SMTP server did not answer after the message was sent; it may have been delivered, so it is "
-    "not sent again automatically; replay this dead letter to send it again"
-)
-
-
-class OutcomeUnknown(PermanentError):
-    """The message went out and no answer came: it may have been delivered. Not retried (the DLQ)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{UNKNOWN_OUTCOME} ({type(cause).__name__})")
-
-
-def classify(exc: BaseException) -> Exception:
-    """An aiosmtplib (or socket) error as TransientError or PermanentError; never echoes addresses."""
-    if isinstance(exc, OSError):  # connection refused, dropped, timed out, or a refusing greeting
-        return TransientError(f"SMTP server unreachable ({type(exc).__name__})")
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients]
-        kind = PermanentError if codes and all(c >= 500 for c in codes) else TransientError
-        return kind(f"SMTP server refused the recipient ({', '.join(map(str, codes))})")
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        text = f"SMTP {exc.code}: {str(exc.message)[:120]}"
-        return PermanentError(text) if exc.code >= 500 else TransientError(text)
-    return TransientError(f"SMTP error ({type(exc).__name__})")
 
 
 class _Client(aiosmtplib.SMTP):
@@ -107,6 +102,7 @@ class SmtpMailer:
             self._slots.put_nowait(_Slot())
         self.sent = 0
         self.connections = 0
+        self._refusal: str | None = None  # the settings refusal logged last, till a mail goes out
 
     async def _where(self) -> tuple[str, int]:
         if self._endpoint is not None:
@@ -135,26 +131,46 @@ class SmtpMailer:
         slot = await self._slots.get()
         try:
             await self._send_on(slot, msg)
+        except HubError:  # an answer: `_send_on` kept or closed the connection, as the answer said
+            raise
+        except BaseException:
+            # Anything else, a cancellation above all, may have cut the exchange short (after DATA,
+            # say): the server's late reply would be read as the next mail's. Never reused.
+            slot.drop()
+            raise
         finally:
             self._slots.put_nowait(slot)
 
+    async def _connected(self, slot: _Slot) -> _Client:
+        """The slot's connection, opened (and logged in) when it has none; a failure as `classify` says,
+        a refusal of the hub's settings logged once until a mail goes out again."""
+        if slot.client is not None and slot.client.is_connected:
+            return slot.client
+        slot.drop()
+        try:
+            slot.client = await self._new_client()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise self._noted(classify(exc, connecting=True)) from None
+        return slot.client
+
+    def _noted(self, error: Exception) -> Exception:
+        """`error`, logged first when it refuses the hub's settings (once for as long as it lasts)."""
+        if isinstance(error, SettingsRefused) and str(error) != self._refusal:
+            self._refusal = str(error)
+            log.error("the SMTP server refuses the hub's SMTP settings; mails wait", error=str(error))
+        return error
+
     async def _send_on(self, slot: _Slot, msg: OutgoingMail) -> None:
         for attempt in (1, 2):
-            client: _Client | None = None
+            client = await self._connected(slot)
             try:
-                if slot.client is None or not slot.client.is_connected:
-                    slot.client = await self._new_client()
-                client = slot.client
                 client.transmitted = False
                 await client.sendmail(msg.sender, msg.recipients, msg.data)
                 self.sent += 1
+                self._refusal = None
                 return
             except (aiosmtplib.SMTPException, OSError) as exc:
-                if (
-                    client is not None
-                    and client.transmitted
-                    and not isinstance(exc, aiosmtplib.SMTPResponseException)
-                ):
+                if client.transmitted and not isinstance(exc, aiosmtplib.SMTPResponseException):
                     # The message went out and no answer came: it may have been delivered. Neither
                     # this loop nor the retry ladder may send it again.
                     slot.drop()
@@ -166,9 +182,9 @@ class SmtpMailer:
                     if attempt == 2:
                         raise classify(exc) from None
                     continue
-                error = classify(exc)
+                error = self._noted(classify(exc))
                 if isinstance(exc, OSError) or isinstance(error, TransientError):
-                    slot.drop()  # e.g. 421: the server is closing the channel
+                    slot.drop()  # e.g. 421: the server is closing the channel; or its settings refused
                 else:
                     await slot.reset()
                 raise error from None

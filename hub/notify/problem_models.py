@@ -22,8 +22,9 @@ class ProblemOut(_Out):
     id: int
     at: datetime = Field(description="When it was found; a problem found again has the last time.")
     kind: str = Field(
-        description="geen_bereikbare_ontvanger, mail_niet_bezorgd, mail_niet_verstuurd_storing, "
-        "mail_uitkomst_onbekend, borging_zonder_vervanger, borging_mislukt or match_overgeslagen."
+        description="geen_bereikbare_ontvanger, mail_niet_bezorgd, mail_inhoud_geweigerd, "
+        "mail_niet_verstuurd_storing, mail_uitkomst_onbekend, borging_zonder_vervanger, borging_mislukt "
+        "or match_overgeslagen."
     )
     caseworker_id: str | None = Field(description="The caseworker whose directory entry it is about.")
     reference: str | None = Field(description="The notification, case, signal or match id; never a BSN.")

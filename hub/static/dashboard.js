@@ -120,9 +120,13 @@ const TO_DO = {
     "sent (the reference is its notification id), else a match mail's match.",
   mail_niet_bezorgd: "The SMTP server refused it: correct the e-mail address in the directory, then replay " +
     "the mail's dead letter.",
+  mail_inhoud_geweigerd: "The SMTP server refused the message itself (its content or its size), not the " +
+    "address: the reason gives the server's answer; have the mail server's administrator look at it, then " +
+    "replay the mail's dead letter.",
   mail_niet_verstuurd_storing: "An outage lasted longer than the retries (the reason says which: the SMTP " +
-    "server unreachable or answering 'try later', or the hub's store): check the SMTP server is reachable " +
-    "again (the mail connector's line), then replay the mail's dead letter.",
+    "server unreachable or answering 'try later', refusing the hub's SMTP settings (the reason names the " +
+    "setting to correct), or the hub's store): check the SMTP server is reachable again (the mail " +
+    "connector's line), then replay the mail's dead letter.",
   mail_uitkomst_onbekend: "It may have been delivered: ask the recipient before replaying its dead letter " +
     "(a replay sends it again).",
   borging_zonder_vervanger: "Set a reachable delegate (meldingsbevoegd, with a phone number the Verwijsindex " +

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import hub
-from connectors.mail.problems import OUTAGE, REFUSED, UNKNOWN, problem_kind
+from connectors.mail.problems import CONTENT, OUTAGE, REFUSED, UNKNOWN, problem_kind
 from connectors.mail.smtp import OutcomeUnknown, classify
 from hub.directory import CaseworkerNotFound
 from hub.errors import PermanentError
@@ -28,6 +28,8 @@ CASES = {
     "recipient 5xx": (classify(_refused(550)), REFUSED),
     "the hub's store": (OperationalError("SELECT 1", {}, Exception("gone")), OUTAGE),
     "5xx": (classify(aiosmtplib.SMTPResponseException(550, "mailbox unavailable")), REFUSED),
+    "the message refused": (classify(aiosmtplib.SMTPDataError(554, "message refused")), CONTENT),
+    "the hub's login refused": (classify(aiosmtplib.SMTPAuthenticationError(535, "bad credentials")), OUTAGE),
     "not a notification": (PermanentError("not a MailNotification: 1 error(s)"), REFUSED),
     "no answer after sending": (OutcomeUnknown(TimeoutError()), UNKNOWN),
     "nobody reads it": (NoReachableRecipient("caseworker 'a' is away, no reachable delegate"), NO_RECIPIENT),
