@@ -26,7 +26,7 @@ from connectors.verwijsindex.contract import (
     SignaalRegistratie,
     SignaalStatus,
 )
-from connectors.verwijsindex.feed import MatchFeed
+from connectors.verwijsindex.feed import MatchFeed, index_of
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.errors import PermanentError
@@ -397,6 +397,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             page_size=page_size,
             on_published=hub.relay.wake,
             metrics=hub.metrics,
+            index=index_of(s.url),
         )
         connector.feed = feed
         hub.background["verwijsindex-matches"] = feed.run

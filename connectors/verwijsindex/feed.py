@@ -7,6 +7,14 @@ work at a time; the others find the lock taken and skip that round. On SQLite a 
 holds the whole database, so the index is asked before it begins; the page is taken only when the
 cursor is still the one it was asked after (a concurrent poll may have moved it on meanwhile).
 
+The cursor is the index's own: the feed keeps which index it was handed out by (`index`, its
+address), and one pointed at another index (the real one, after the simulator) starts at that one's
+beginning rather than sending it a cursor it refuses at every poll; the matches already stored are
+known by their id.
+
+A poll that fails waits before the next: the poll interval, doubled with each failure in a row up to
+`MAX_BACKOFF_S`, and at least as long as the index's Retry-After.
+
 An entry that breaks the contract is skipped, so that it cannot hold up the matches after it: it
 is logged (position and failed fields only, never a value), counted as outcome "refused" of the
 match topic, and recorded as a problem for an administrator. A page whose cursor breaks the
@@ -17,20 +25,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from connectors.verwijsindex.client import RefusedMatch, VerwijsindexClient
 from connectors.verwijsindex.contract import Match
 from connectors.verwijsindex.mapping import canonical_match
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.signals.matches import read_cursor, record_match, record_refused_match, write_cursor
+from hub.signals.matches import (
+    FEED_INDEX,
+    read_cursor,
+    record_match,
+    record_refused_match,
+    write_cursor,
+)
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from schemas.envelope import utcnow
@@ -38,6 +53,18 @@ from schemas.match import Match as CanonicalMatch
 
 log = get_logger(__name__)
 FEED_LOCK = 7_305_001  # PostgreSQL advisory lock id of the match feed poller
+MAX_BACKOFF_S = 300.0  # the longest wait after failed polls (a Retry-After may ask for longer)
+EMBEDDED = "the embedded simulator"
+
+
+def index_of(url: str | None) -> str:
+    """Which index a feed reads, as kept beside its cursor: its address without a login, a query or
+    a trailing slash, hashed (an address may be longer than a cursor is kept); the in-process
+    simulator is one index however its port changes (it knows its own earlier cursors)."""
+    if url is None:
+        return EMBEDDED
+    address = url.split("://", 1)[-1].split("@", 1)[-1].split("?", 1)[0].rstrip("/").lower()
+    return "sha256:" + hashlib.sha256(address.encode()).hexdigest()
 
 
 class MatchFeed:
@@ -53,8 +80,10 @@ class MatchFeed:
         page_size: int = 100,
         on_published: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        index: str = EMBEDDED,
     ) -> None:
-        self.store, self.client, self.topic = store, client, topic
+        self.store, self.client, self.topic, self.index = store, client, topic, index
+        self._told_other_index = False
         self.interval_s, self.page_size, self.on_published = interval_s, page_size, on_published
         self.metrics = metrics
         self.last_error: str | None = None  # None again once a poll succeeds
@@ -68,6 +97,20 @@ class MatchFeed:
         """Poll now (a webhook from the index could call this)."""
         self._wake.set()
 
+    async def _cursor(self, session: AsyncSession | AsyncConnection) -> str | None:
+        """The stored cursor when the index that handed it out is this feed's, or is not known (kept by
+        an earlier version: of the index configured); None, the beginning, for another index's."""
+        kept = await read_cursor(session, FEED_INDEX)
+        if kept is not None and kept != self.index:
+            if not self._told_other_index:
+                self._told_other_index = True
+                log.warning(
+                    "the match feed reads another Verwijsindex than before: it starts at that "
+                    "index's beginning (the matches stored already are not passed on again)"
+                )
+            return None
+        return await read_cursor(session)
+
     async def poll_once(self) -> int:
         """Handle one page after the stored cursor; return how many feed entries it held."""
         transaction_id = str(uuid.uuid4())
@@ -76,18 +119,18 @@ class MatchFeed:
                 got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FEED_LOCK})
                 if not got.scalar():
                     return 0
-                cursor = await read_cursor(session)
+                cursor = await self._cursor(session)
                 page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
                 new, refused = await self._take(session, cursor, page, volgende, transaction_id)
         else:
             async with self.store.connect() as conn:
-                cursor = await read_cursor(conn)
+                cursor = await self._cursor(conn)
             page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
             if not page and volgende == cursor:
                 self.moved = False
                 return 0  # nothing new: the usual quiet poll takes no write transaction at all
             async with self.store.transaction() as session:
-                if await read_cursor(session) != cursor:
+                if await self._cursor(session) != cursor:
                     return 0  # another poll took this page meanwhile
                 new, refused = await self._take(session, cursor, page, volgende, transaction_id)
         for skipped in refused:
@@ -125,26 +168,36 @@ class MatchFeed:
         self.moved = volgende != cursor
         if self.moved:
             await write_cursor(session, volgende)
+            await write_cursor(session, self.index, FEED_INDEX)  # whose cursor it is
         return new, refused
 
     async def run(self) -> None:
         """Poll until cancelled; a full page that moved the cursor on is followed at once (one that
         did not would be asked for again and again); errors back off to the interval."""
+        failures = 0
         while True:
             try:
                 seen = await self.poll_once()
-                self.last_error, self.last_success = None, utcnow()
+                self.last_error, self.last_success, failures = None, utcnow(), 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failures += 1
+                wait = self.backoff(exc, failures)
                 self.last_error, self.last_error_at = safe_error_message(exc), utcnow()
-                log.warning("match feed poll failed; will retry", error=self.last_error)
-                seen = 0
+                log.warning("match feed poll failed; will retry", error=self.last_error, retry_in_s=wait)
+                await asyncio.sleep(wait)  # the whole wait: a wake does not cut it short
+                continue
             if seen >= self.page_size and self.moved:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+    def backoff(self, exc: BaseException, failures: int) -> float:
+        """How long to wait after the `failures`th failed poll in a row."""
+        wait = min(self.interval_s * 2 ** min(failures - 1, 20), max(MAX_BACKOFF_S, self.interval_s))
+        return max(wait, getattr(exc, "retry_after", None) or 0.0)
 
 
 def _canonical(position: int, entry: Match | RefusedMatch) -> CanonicalMatch | RefusedMatch:

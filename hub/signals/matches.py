@@ -20,6 +20,7 @@ from schemas.signal import SignalStatus
 
 MATCH_TYPE = "Match"
 FEED = "verwijsindex-matches"
+FEED_INDEX = "verwijsindex-matches.index"  # which index handed out the cursor (connectors.verwijsindex.feed)
 SYSTEM = "verwijsindex-connector"
 REFUSED_MATCH = "match_overgeslagen"  # the kind of problem an administrator sees
 

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
 from connectors.verwijsindex.client import VerwijsindexClient
-from connectors.verwijsindex.feed import MatchFeed
+from connectors.verwijsindex.feed import MAX_BACKOFF_S, MatchFeed, index_of
 from hub.clock import today
-from hub.errors import PermanentError
+from hub.errors import PermanentError, TransientError
 from hub.metrics import Metrics
 from hub.notify.service import list_problems
 from hub.signals import store_signal
@@ -437,3 +437,77 @@ async def test_a_match_on_a_signal_the_hub_ended_is_audited_as_ignored_and_not_p
         (f"yk-{ended}", "m-2", "VERLOPEN"),
     ]
     assert BSN not in str([r.objects for r in ignored]) and NAME not in str([r.objects for r in ignored])
+
+
+async def test_a_feed_pointed_at_another_index_starts_at_its_beginning(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """The simulator's cursor sent to the real index (configured after a demo) was refused at every
+    poll, and no match read again. The cursor is kept with the index that handed it out."""
+    vendor, client = partner
+    vendor.pages = {None: page([entry(1, signals[0])], "c-0001"), "c-0001": page([], "c-0001")}
+    simulator = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of(None))
+    assert await simulator.poll_once() == 1  # its cursor now c-0001, the simulator's
+
+    vendor.pages = {None: page([entry(1, signals[0]), entry(2, signals[1])], "r-2"), "r-2": page([], "r-2")}
+    real = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of("https://vi.example/api"))
+    with structlog.testing.capture_logs() as logs:
+        assert await real.poll_once() == 2
+    assert vendor.asked[-1] is None  # the new index from its beginning, not c-0001
+    assert any("another Verwijsindex" in line["event"] for line in logs)
+    after = await stored(store)
+    assert after["cursor"] == "r-2" and after["matches"] == {"m-1", "m-2"}
+    assert after["messages"] == 2  # m-1, stored already, not passed on again
+
+    # The same index (its address written otherwise) goes on from its own cursor.
+    again = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of("https://VI.example/api/"))
+    assert await again.poll_once() == 0 and vendor.asked[-1] == "r-2"
+
+
+async def test_a_cursor_kept_before_its_index_was_is_taken_as_the_configured_indexs(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    vendor, client = partner
+    async with store.transaction() as session:
+        await write_cursor(session, "c-0001")  # as an earlier version kept it: no index beside it
+    vendor.pages = {"c-0001": page([entry(2, signals[1])], "c-0002"), "c-0002": page([], "c-0002")}
+    feed = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of("https://vi.example/api"))
+    assert await feed.poll_once() == 1 and vendor.asked == ["c-0001"]
+    assert await feed.poll_once() == 0 and vendor.asked == ["c-0001", "c-0002"]
+
+
+class FailingIndex:
+    """An index whose feed fails every time: refused (a 400) or rate-limited (429, Retry-After)."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        self.retry_after, self.calls = retry_after, 0
+
+    async def matches(self, *_: object) -> tuple[list[Any], str]:
+        self.calls += 1
+        if self.retry_after is not None:
+            raise TransientError(
+                "verwijsindex matches: HTTP 429: Too Many Requests", retry_after=self.retry_after
+            )
+        raise PermanentError("verwijsindex matches: HTTP 400: vanaf is not a cursor this index handed out")
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "at_most"), [(5.0, 1), (None, 5)], ids=["retry-after", "failing-in-a-row"]
+)
+async def test_a_failing_feed_backs_off(store: Store, retry_after: float | None, at_most: int) -> None:
+    """It polled at the interval whatever the index said: through a Retry-After of minutes, and a
+    refusal that repeats (2 s apart, for ever). Now it waits the Retry-After, and doubles its wait
+    with each failure in a row (0.05, 0.1, 0.2, 0.4 s: five polls in 0.75 s at most)."""
+    index = FailingIndex(retry_after)
+    feed = MatchFeed(store, index, topic=TOPIC, interval_s=0.05)  # type: ignore[arg-type]
+    running = asyncio.create_task(feed.run())
+    try:
+        await asyncio.sleep(0.75)
+        assert 1 <= index.calls <= at_most, index.calls
+        assert feed.last_error is not None and "HTTP" in feed.last_error
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert feed.backoff(PermanentError("x"), 30) == MAX_BACKOFF_S  # never longer, but for a Retry-After
+    assert feed.backoff(TransientError("x", retry_after=900), 1) == 900
