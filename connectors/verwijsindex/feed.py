@@ -196,8 +196,10 @@ class MatchFeed:
 
     def backoff(self, exc: BaseException, failures: int) -> float:
         """How long to wait after the `failures`th failed poll in a row."""
-        wait = min(self.interval_s * 2 ** min(failures - 1, 20), max(MAX_BACKOFF_S, self.interval_s))
-        return max(wait, getattr(exc, "retry_after", None) or 0.0)
+        doubled = self.interval_s * float(2 ** min(failures - 1, 20))
+        wait = min(doubled, max(MAX_BACKOFF_S, self.interval_s))
+        asked: float = getattr(exc, "retry_after", None) or 0.0
+        return max(wait, asked)
 
 
 def _canonical(position: int, entry: Match | RefusedMatch) -> CanonicalMatch | RefusedMatch:
