@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry
@@ -15,6 +15,7 @@ from hub.clock import aware
 from hub.handovers import messages
 from hub.handovers.service import Act, HandoverProblem, Routing, audit_handover, get_handover
 from hub.handovers.tables import handovers
+from hub.handovers.undelivered import UNDELIVERED
 from hub.logging import redact_text
 from schemas.envelope import trace_id
 from schemas.handover import HandoverStatus
@@ -100,9 +101,10 @@ def kafka_answer_refusal(
         )
     organisation = readers[0]
     if sender != organisation:
+        # the sender is the producer's free text (a name, say), and this goes into the dead letter
         return (
-            f"the answer names {sender!r} as its sender, but {topic} is written by {organisation!r} "
-            f"(the reader of {outbound}) only"
+            f"the answer names {kept_sender(sender)!r} as its sender, but {topic} is written by "
+            f"{organisation!r} (the reader of {outbound}) only"
         )
     if receiver is not None and receiver != organisation:
         return (
@@ -176,7 +178,8 @@ async def _keep_meeting(
 
 
 async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta, act: Act) -> int:
-    """Tell caseworkers once about handovers that got no decision within `after` of being sent.
+    """Tell caseworkers once about handovers that got no decision within `after` of being sent; not
+    about one that never reached its receiver (`UNDELIVERED`), whose caseworker was told that instead.
 
     Each notice carries its handover's own transaction id, the request's (rule 19), not `act`'s:
     one check tells about the handovers of many requests. Routing replicas check at the same
@@ -188,6 +191,14 @@ async def notify_unanswered(session: AsyncSession, r: Routing, after: timedelta,
             .where(handovers.c.status.in_(UNANSWERED))
             .where(handovers.c.sent_at < r.clock() - after)
             .where(handovers.c.overdue_notified_at.is_(None))
+            # not one whose delivery was given up: its caseworker was told that (hub.handovers.undelivered)
+            .where(
+                or_(
+                    handovers.c.status != HandoverStatus.VERZONDEN.value,
+                    handovers.c.status_reason.is_(None),
+                    handovers.c.status_reason != UNDELIVERED,
+                )
+            )
             .limit(200)
             .with_for_update(skip_locked=True)
         )

@@ -17,13 +17,13 @@ from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
 from hub.handovers.service import ZORGMELDING, Act, Routing, get_handover, route
 from hub.handovers.tables import handovers
+from hub.handovers.undelivered import SYSTEM, delivered_after_all
 from hub.store.locks import lock_youths
 from schemas._base import as_code
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.envelope import Envelope, utcnow
 from schemas.handover import HandoverStatus
 
-SYSTEM = "ketenhub-receivers"
 NO_CONSENT = "GEEN_TOESTEMMING"
 # Handovers that ended before they left (consent withdrawn, or lapsed): never delivered.
 STOPPED = frozenset({HandoverStatus.INGETROKKEN.value, HandoverStatus.VERLOPEN.value})
@@ -132,7 +132,7 @@ async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, ga
         session, "handover.lapsed", SYSTEM, row, message,
         consent_id=row.consent_id, status=status.value, gaps=list(gaps), attempted=may_have,
     )  # fmt: skip
-    detail = (_MAY_HAVE + "; zij gaat niet opnieuw" if may_have else "zij is niet afgeleverd") + (
+    detail = (messages.MAY_HAVE + "; zij gaat niet opnieuw" if may_have else "zij is niet afgeleverd") + (
         ", want de toestemming dekt haar niet meer ("
         + ", ".join(gaps)
         + "). Vraag zo nodig een nieuwe toestemming en een nieuwe overdracht aan."
@@ -146,10 +146,6 @@ async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, ga
         detail=detail,
     )
     return True
-
-
-# Said of a handover sent to its receiver without a 2xx answer (`attempted_at`): it may be there.
-_MAY_HAVE = "zij is niet bevestigd afgeleverd, maar de ontvanger kan haar wel al hebben"
 
 
 async def _wait_again(
@@ -178,7 +174,7 @@ async def _wait_again(
     if await route(session, r, row.id, act) == HandoverStatus.VERZONDEN.value:
         return
     detail = (
-        (_MAY_HAVE + "; zij wacht weer, want" if may_have else "zij is niet afgeleverd, want")
+        (messages.MAY_HAVE + "; zij wacht weer, want" if may_have else "zij is niet afgeleverd, want")
         + " de toestemming is niet volledig (regel 8: de toestemming van iedere gezaghebber, en hun "
         "aantal). Leg de toestemming opnieuw vast met het aantal gezaghebbers en hun toestemming; "
         "dan gaat de overdracht alsnog."
@@ -226,7 +222,8 @@ async def record_attempt(session: AsyncSession, message: Envelope) -> None:
 
 
 async def record_delivered(session: AsyncSession, message: Envelope, *, channel: str) -> None:
-    """The receiver has it: stamp the handover and write the disclosure to the audit log (rule 18)."""
+    """The receiver has it: stamp the handover and write the disclosure to the audit log (rule 18).
+    A handover whose delivery was given up before (a replayed dead letter) loses that mark."""
     p: dict[str, Any] = message.payload
     handover_id = as_code(p.get("handover_id"))
     row = None
@@ -238,7 +235,7 @@ async def record_delivered(session: AsyncSession, message: Envelope, *, channel:
         await session.execute(
             update(handovers)
             .where(handovers.c.id == row.id)
-            .values(delivered_at=utcnow(), updated_at=utcnow())
+            .values(delivered_at=utcnow(), updated_at=utcnow(), **delivered_after_all(row))
         )
         action = "handover.disclosed"
         objects = {
@@ -268,34 +265,5 @@ async def _audit(
             **objects,
         },
         legal_basis=row.legal_basis,
-    )
-    await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
-
-
-async def record_failed(session: AsyncSession, message: Envelope, error: str) -> None:
-    """Delivery gave up (dead letter): keep it visible on the handover and in the audit log. A
-    message that names no handover (it failed validation) has nothing to mark; its dead letter
-    stands."""
-    handover_id = as_code(message.payload.get("handover_id"))
-    if handover_id is None:
-        return
-    row = (await session.execute(select(handovers).where(handovers.c.id == handover_id))).first()
-    if row is None:
-        return
-    await session.execute(
-        update(handovers)
-        .where(handovers.c.id == row.id)
-        .values(status_reason="AFLEVERING_MISLUKT", updated_at=utcnow())
-    )
-    entry = AuditEntry(
-        action="handover.delivery_failed",
-        user=SYSTEM,
-        youth_key=row.youth_key,
-        objects={
-            "handover_id": row.id,
-            "receiver": row.receiver_organisation,
-            "type": message.type,
-            "error": error,
-        },
     )
     await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)

@@ -73,7 +73,10 @@ _SUBJECTS = {
     "handover.unanswered": "Overdracht niet op tijd beantwoord",
     "handover.declined": "Overdracht geweigerd",
     "handover.lapsed": "Overdracht niet afgeleverd: de toestemming dekt haar niet meer",
+    "handover.undelivered": "Overdracht niet afgeleverd: de aflevering bij de ontvanger is mislukt",
 }
+# Said of a handover sent to its receiver without a 2xx answer (`attempted_at`): it may be there.
+MAY_HAVE = "zij is niet bevestigd afgeleverd, maar de ontvanger kan haar wel al hebben"
 
 
 async def tell_requester(

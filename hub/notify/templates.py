@@ -26,7 +26,13 @@ GREETING = "Beste collega,\n\n"
 # Notices about a warm handover to the caseworker who asked for it: the generic notice, each under
 # its own name (the mail's template says which, in the mail queue and the audit log).
 HANDOVER_NOTICES = frozenset(
-    {"handover.waiting", "handover.unanswered", "handover.declined", "handover.lapsed"}
+    {
+        "handover.waiting",
+        "handover.unanswered",
+        "handover.declined",
+        "handover.lapsed",
+        "handover.undelivered",
+    }
 )
 # The templates with a line for a delegate (the borging mail is addressed to the delegate already).
 BEHALF_TEMPLATES = frozenset({"match", "notice", *HANDOVER_NOTICES})

@@ -260,3 +260,23 @@ async def test_the_shared_status_topic_takes_no_answer(
                 (to_kafka, "handover.status.v1 (kafka)", KAFKA_RECEIVER),
             ]
         )
+
+
+async def test_a_refused_answers_dead_letter_does_not_echo_the_sender_it_names(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The sender an answer names is the producer's free text: a name typed there ("Jan de Vries")
+    went into the dead letter's dlq-exception-message as it came, where the audit log kept only
+    `kept_sender` of it."""
+    async with world(kafka, db_url, unique) as w:
+        hid, key = await kafka_handover(w)
+        answer = await answer_on(
+            kafka, w, "handover.answers.jeugdhulp.v1", hid, key, source="Jan de Vries", status="GEWEIGERD"
+        )
+        headers = await dead_letter_of(kafka, w, "handover.answers.jeugdhulp.dlq.v1", answer)
+        reason = headers[DLQ_EXC_MESSAGE]
+        assert "as its sender, but handover.answers.jeugdhulp.v1 is written by 'jeugdhulp-dh'" in reason
+        assert "Jan" not in reason and "Vries" not in reason, reason
+        (refused,) = await w.audit("handover.answer_refused")
+        assert refused.objects["claimed_sender"] in reason  # what the audit log keeps of it, no more
+        assert (await w.status(hid))["status"] == "VERZONDEN"

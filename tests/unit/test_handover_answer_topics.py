@@ -35,6 +35,14 @@ def test_an_answer_naming_another_organisation_is_refused() -> None:
     assert "'jongerenwerk-dh'" in why and "'jeugdhulp-dh'" in why and TOPIC in why
 
 
+def test_a_refusal_keeps_a_sender_that_is_no_organisation_id_out_of_its_reason() -> None:
+    """The reason goes into the dead letter's headers: the producer's free text stays out of it."""
+    for text in ("Jan de Vries", "123456782"):
+        why = refusal(["jeugdhulp-dh"], text)
+        assert why is not None and text not in why and "'jeugdhulp-dh'" in why, why
+        assert kept_sender(text) in why
+
+
 def test_an_answer_to_a_handover_sent_elsewhere_is_refused() -> None:
     why = refusal(["jeugdhulp-dh"], "jeugdhulp-dh", receiver="veilig-thuis-dh")
     assert why == (f"handover h-1 went to 'veilig-thuis-dh', not to 'jeugdhulp-dh', which answers on {TOPIC}")
