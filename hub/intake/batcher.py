@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from hub.intake.service import IntakeResult, IntakeService, Origin
 from hub.logging import get_logger
-from hub.store import Store
+from hub.store import Store, store_failed
 from schemas.referral import Referral
 
 log = get_logger(__name__)
@@ -81,8 +81,11 @@ class IntakeBatcher:
         try:
             results = await self._in_one_transaction(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch[0], exc)
+            # The store failing (down, locked past its timeout) fails each alone the same way, each
+            # after the same wait: the requests are answered now (503, Retry-After), not one by one.
+            if len(batch) == 1 or store_failed(exc):
+                for request in batch:
+                    _fail(request, exc)
                 return
             log.warning("intake batch failed; taking its requests in one by one", size=len(batch))
             for request in batch:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors import politie
@@ -16,7 +19,7 @@ from hub.intake.component import batcher_of
 from hub.intake.config import load_intake_rules
 from hub.intake.service import IntakeResult, IntakeService, Origin
 from hub.intake.tables import referrals
-from hub.store import Store
+from hub.store import Store, store_failed
 from hub.store.tables import audit_log, outbox
 from schemas.referral import Referral
 from tests.conftest import TEST_SECRET, make_settings
@@ -97,6 +100,37 @@ async def test_a_request_that_fails_fails_alone_and_leaves_nothing_behind(store:
     assert await count(store, referrals) == 19  # the failed one's rows were rolled back
     assert await count(store, referrals, referrals.c.case_reference == items[3].case_reference) == 0
     assert await count(store, outbox) == 19  # one decision announced per stored referral
+
+
+class StoreDown(IntakeService):
+    """The real service over a store that fails (down, or locked past its timeout) for every batch."""
+
+    def __init__(self) -> None:
+        super().__init__(secret=TEST_SECRET, rules=load_intake_rules(), decided_topic="t.decided")
+        self.tried = 0
+
+    async def take_in_many(self, *args: Any, **kwargs: Any) -> list[IntakeResult]:
+        self.tried += 1
+        raise OperationalError("INSERT INTO referrals", {}, sqlite3.OperationalError("database is locked"))
+
+
+async def test_a_store_that_fails_fails_the_batch_at_once_not_each_request_after_another(
+    store: Store,
+) -> None:
+    """Each request taken in alone would fail the same way, each after the same wait (a busy timeout
+    of 30 s, a connection timeout of 60 s): the last of 200 was answered after hours, and every new
+    request queued behind them, where the partner should get a 503 with Retry-After now."""
+    service = StoreDown()
+    batcher = IntakeBatcher(store, service)
+    items = [politie.parse(politie_variant(n)) for n in range(20)]
+    try:
+        answers = await asyncio.gather(
+            *(batcher.take_in(r, origin(f"tx-{i}")) for i, r in enumerate(items)), return_exceptions=True
+        )
+    finally:
+        await batcher.aclose()
+    assert all(isinstance(a, OperationalError) and store_failed(a) for a in answers), answers
+    assert service.tried < len(items)  # one try per batch, none request by request (it tried 1 + 20)
 
 
 async def test_requests_from_different_partners_are_deduplicated_per_partner(store: Store) -> None:
