@@ -14,7 +14,7 @@ from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
-from hub.intake.sources import KafkaSources
+from hub.intake.sources import DEFAULT_SOURCE, KafkaSources, UnnamedConnector
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.consumer import DeadLetter, Item
@@ -149,12 +149,20 @@ def register_intake(hub: Hub) -> None:
         """Canonical referrals from Kafka connectors: decided, stored, answered on referral.decided.v1.
 
         The envelope's source names the connector, and the referrer for rule 7: the partner that
-        claimed it, else the connector itself. A record without a source of its own (the hub's
-        default) is dead-lettered, as is a payload that is no Referral."""
-        origin = await sources.origin(
-            tx.session, message.source, transaction_id=tx.transaction_id, system=tx.system
-        )
+        claimed it, else the police for a police referral, else the connector itself. A record
+        without a source of its own (the hub's default) is dead-lettered, as is a payload that is no
+        Referral, and one whose referrer is not its claimed source's partner's kind
+        (hub.intake.sources)."""
+        if message.source == DEFAULT_SOURCE:  # said first: it is the connector's to fix first
+            raise UnnamedConnector()
         referral = Referral.model_validate(message.payload)
+        origin = await sources.origin(
+            tx.session,
+            message.source,
+            transaction_id=tx.transaction_id,
+            system=tx.system,
+            referrer=referral.referrer.type,
+        )
         await service.take_in(tx.session, referral, origin)
 
 

@@ -6,6 +6,13 @@ through a connector claims the connector's source (`ketenhub partners set-kafka-
 connector's referrals are then stored under the partner's key, so one referral sent both ways is
 one referral, answered the second time with its first outcome.
 
+A referral says who its referrer is (`referrer.type`), and a claimed source's must be its partner's
+kind (a BOA's connector sends BOA referrals): rule 4 (a BOA refers only its own offences) checks BOA
+referrals alone, and a BOA referral typed as the police's would pass it. A police referral through a
+connector that no partner claims is the police's (the police are one referrer, rule 7, on every
+channel): its key is the police's, so that it and the same referral on the police's own topic, or over
+HTTP, are one.
+
 A claim re-keys nothing. What the connector sent before it stays under `kafka:<source>`, which
 remains one of the partner's keys: both channels look a case reference up under both
 (`Origin.also_known_as`), and the partner reads those referrals over HTTP. Moving the rows to the
@@ -28,6 +35,7 @@ from hub.partners.keys import PartnerType
 from hub.partners.registry import Partner
 from hub.partners.tables import partners
 from schemas.envelope import Envelope
+from schemas.referral import ReferrerType
 
 # The source an envelope carries when its maker did not set one: the hub's own name.
 DEFAULT_SOURCE: str = Envelope.model_fields["source"].default
@@ -42,6 +50,16 @@ MAY_CLAIM = frozenset(
         PartnerType.JONGERENWERK,
     }
 )
+
+
+# The referrer a partner of each kind is: what its referrals say over HTTP (its format's parser).
+REFERRER_OF = {
+    PartnerType.BOA: ReferrerType.BOA,
+    PartnerType.LEERPLICHT: ReferrerType.LEERPLICHT,
+    PartnerType.PREVENTIEF: ReferrerType.PREVENTIEF,
+    PartnerType.WIJKTEAM: ReferrerType.PREVENTIEF,
+    PartnerType.JONGERENWERK: ReferrerType.PREVENTIEF,
+}
 
 
 def kafka_key(source: str) -> str:
@@ -73,12 +91,27 @@ class UnnamedConnector(PermanentError):
         )
 
 
+class NotTheClaimantsReferrer(PermanentError):
+    """A referral through a claimed source that names another kind of referrer than its partner."""
+
+    def __init__(self, source: str, claim: Claim, said: ReferrerType) -> None:
+        super().__init__(
+            f"referrer.type is {said.value}, but source {source!r} is claimed by partner "
+            f"{claim.partner_id!r}, whose referrals are {claim.referrer_type.value}: the rules a referral "
+            "is decided by depend on its referrer (rule 4 for a BOA's), so one partner's connector may "
+            f"not send another's. Set referrer.type to {claim.referrer_type.value}, or send it through "
+            "the other referrer's own connector or endpoint; nothing of this one was stored."
+        )
+
+
 @dataclass(frozen=True)
 class Claim:
-    """The partner that speaks for a connector source, under its rule 7 key."""
+    """The partner that speaks for a connector source, under its rule 7 key, and the referrer its
+    referrals name."""
 
     partner_id: str
     referrer_key: str
+    referrer_type: ReferrerType
 
 
 class KafkaSources:
@@ -106,20 +139,45 @@ class KafkaSources:
                     partners.c.kafka_source.is_not(None)
                 )
             )
-            self._claims = {r.kafka_source: Claim(r.id, partner_key(r.id, r.type)) for r in rows}
+            self._claims = {
+                r.kafka_source: Claim(r.id, partner_key(r.id, r.type), REFERRER_OF[PartnerType(r.type)])
+                for r in rows
+            }
             self._until = self.clock() + self.ttl_s
         return self._claims
 
-    async def origin(self, session: AsyncSession, source: str, *, transaction_id: str, system: str) -> Origin:
-        """Where a canonical referral from the connector `source` came from, for rule 7.
+    async def origin(
+        self,
+        session: AsyncSession,
+        source: str,
+        *,
+        transaction_id: str,
+        system: str,
+        referrer: ReferrerType | None = None,
+    ) -> Origin:
+        """Where a canonical referral from the connector `source`, naming `referrer` as its kind of
+        referrer, came from, for rule 7.
 
-        UnnamedConnector for the hub's default source: such records are dead-lettered."""
+        UnnamedConnector for the hub's default source, NotTheClaimantsReferrer for a referrer not
+        its claimed source's partner's: such records are dead-lettered."""
         if source == DEFAULT_SOURCE:
             raise UnnamedConnector()
         own = kafka_key(source)
         claim = (await self.claims(session)).get(source)
+        if claim is None and referrer is ReferrerType.POLITIE:
+            return Origin(
+                POLITIE_REFERRER,
+                "kafka",
+                transaction_id,
+                system,
+                user=source,
+                announce_duplicates=True,
+                also_known_as=(own,),  # as such referrals were stored before
+            )
         if claim is None:
             return Origin(own, "kafka", transaction_id, system, user=source, announce_duplicates=True)
+        if referrer is not None and referrer is not claim.referrer_type:
+            raise NotTheClaimantsReferrer(source, claim, referrer)
         return Origin(
             claim.referrer_key,
             "kafka",

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from connectors import leerplicht, preventief
+from connectors import boa, leerplicht, politie, preventief
 from hub.embedded import EmbeddedKafka
 from hub.intake import load_intake_rules
 from hub.intake.claims import SourceRefused, set_kafka_source
-from hub.intake.service import IntakeService, Origin
+from hub.intake.service import POLITIE_REFERRER, IntakeService, Origin
 from hub.intake.sources import KafkaSources, UnnamedConnector, earlier_keys, partner_key
 from hub.intake.tables import referrals
 from hub.partners import Partner, PartnerType, add_partner
@@ -25,7 +25,7 @@ from schemas.envelope import Envelope
 from schemas.referral import Referral
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic
-from tests.integration.test_intake_http import DATA, Api, csv_bytes, csv_row, intake_api
+from tests.integration.test_intake_http import DATA, Api, csv_bytes, csv_row, intake_api, politie_variant
 
 pytestmark = pytest.mark.integration
 CONNECTOR = "wijkteam-escamp-connector"
@@ -157,6 +157,46 @@ async def test_what_the_connector_sent_before_the_claim_stays_one_referral(
             before["referral_id"]: (f"kafka:{CONNECTOR}", None),  # not re-keyed
             new["referral_id"]: (f"partner:{partner_id}", partner_id),
         }
+
+
+async def test_a_police_referral_through_a_connector_and_over_http_is_one_referral(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """DESIGN's police connector onto referral.received.v1: its referral was stored under the
+    connector's own key, and the same PV number over HTTP (or on the police's topic) stored again."""
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        topic = api.hub.topic("referral.received.v1")
+        await produce(kafka.bootstrap, topic, [on_kafka(politie.parse(politie_variant(41)), "politie-bvh")])
+        [through_connector] = await decided(api, kafka, expect=1)
+        over_http = await api.post("politie", politie_variant(41))
+        assert over_http.status_code == 200 and over_http.json()["duplicate"] is True, over_http.text
+        assert over_http.json()["referralId"] == through_connector["referral_id"]
+        assert [r.referrer_key for r in await stored(api)] == [POLITIE_REFERRER]
+
+
+async def test_a_claimed_connector_may_not_send_another_kind_of_referrers_referral(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A BOA's connector sending a theft as the police's: rule 4 (a BOA refers only its own offences)
+    checks BOA referrals alone, so it was accepted, under the BOA's key. It is refused, saying why."""
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        await claim(api, "boa-test", "boa-handhaving-connector")
+        topic = api.hub.topic("referral.received.v1")
+        as_police = politie.parse(politie_variant(42))  # a theft, referrer.type POLITIE
+        own = boa.parse((DATA / "boa" / "valid_openbare_dronkenschap.json").read_bytes())
+        await produce(
+            kafka.bootstrap,
+            topic,
+            [on_kafka(as_police, "boa-handhaving-connector"), on_kafka(own, "boa-handhaving-connector")],
+        )
+        [dead] = await read_topic(kafka.bootstrap, api.hub.topic("referral.received.dlq.v1"), expect=1)
+        headers = headers_of(dead)
+        assert headers[DLQ_EXC_CLASS].endswith("NotTheClaimantsReferrer")
+        assert "referrer.type is POLITIE" in headers[DLQ_EXC_MESSAGE]
+        assert "Set referrer.type to BOA" in headers[DLQ_EXC_MESSAGE]
+        [answer] = await decided(api, kafka, expect=1)  # the BOA's own referral only
+        assert answer["decision"]["case_reference"] == own.case_reference
+        assert len(await stored(api)) == 1
 
 
 async def test_a_referral_whose_envelope_names_no_connector_is_dead_lettered(
