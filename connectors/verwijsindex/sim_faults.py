@@ -59,7 +59,7 @@ class Faults(BaseModel):
     remaining: int | None = Field(
         default=None, ge=1, description="Apply these faults to this many more calls, then heal."
     )
-    methods: frozenset[Literal["GET", "PUT", "POST", "DELETE"]] | None = Field(
+    methods: frozenset[Literal["GET", "PUT", "PATCH", "DELETE"]] | None = Field(
         default=None,
         min_length=1,
         description="Only calls with these methods are affected (and counted against `remaining`); "

@@ -301,9 +301,19 @@ async def test_faults_for_one_method_leave_the_others_alone_and_uncounted(api: h
     assert (await put(api, "s1", body())).status_code == 201  # the one PUT fault is spent
     log = (await api.get("/admin/calls")).json()["calls"]
     assert [(c["method"], c["fault"]) for c in log] == [("GET", None), ("PUT", "503"), ("PUT", None)]
-    for methods in (["PATCH"], []):  # not a method the index has; none at all would fault nothing
+    for methods in (["POST"], []):  # not a method the index has; none at all would fault nothing
         bad = await api.post("/admin/faults", json={"error_rate": 1.0, "methods": methods})
         assert bad.status_code == 422
+
+
+async def test_the_index_can_be_down_for_contact_changes_alone(api: httpx.AsyncClient) -> None:
+    """A PATCH (a contact change, borging) is a method of the index's too: a chaos test takes the
+    index down for it alone (it was refused as no method of the index's)."""
+    await put(api, "s1", body())
+    assert (await api.post("/admin/faults", json={"down": "503", "methods": ["PATCH"]})).status_code == 200
+    new = {"contactpersoon": {"naam": "Delegate", "email": "delegate@halt.nl"}}
+    assert (await api.patch("/api/v1/signalen/s1", json=new, headers=TX)).status_code == 503
+    assert (await put(api, "s2", body(bsn=ZOE))).status_code == 201  # a PUT is not faulted
 
 
 async def test_a_hanging_call_runs_once_released(api: httpx.AsyncClient, state: SimulatorState) -> None:
