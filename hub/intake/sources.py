@@ -95,6 +95,7 @@ class NotTheClaimantsReferrer(PermanentError):
     """A referral through a claimed source that names another kind of referrer than its partner."""
 
     def __init__(self, source: str, claim: Claim, said: ReferrerType) -> None:
+        assert claim.referrer_type is not None
         super().__init__(
             f"referrer.type is {said.value}, but source {source!r} is claimed by partner "
             f"{claim.partner_id!r}, whose referrals are {claim.referrer_type.value}: the rules a referral "
@@ -111,7 +112,7 @@ class Claim:
 
     partner_id: str
     referrer_key: str
-    referrer_type: ReferrerType
+    referrer_type: ReferrerType | None  # None: a kind that claims no source (`MAY_CLAIM`) nor is checked
 
 
 class KafkaSources:
@@ -140,8 +141,7 @@ class KafkaSources:
                 )
             )
             self._claims = {
-                r.kafka_source: Claim(r.id, partner_key(r.id, r.type), REFERRER_OF[PartnerType(r.type)])
-                for r in rows
+                r.kafka_source: Claim(r.id, partner_key(r.id, r.type), REFERRER_OF.get(r.type)) for r in rows
             }
             self._until = self.clock() + self.ttl_s
         return self._claims
@@ -176,7 +176,7 @@ class KafkaSources:
             )
         if claim is None:
             return Origin(own, "kafka", transaction_id, system, user=source, announce_duplicates=True)
-        if referrer is not None and referrer is not claim.referrer_type:
+        if referrer is not None and claim.referrer_type is not None and referrer is not claim.referrer_type:
             raise NotTheClaimantsReferrer(source, claim, referrer)
         return Origin(
             claim.referrer_key,
