@@ -190,8 +190,12 @@ class SmtpMailer:
                 raise error from None
 
     async def ping(self) -> None:
-        """Raise when the SMTP server does not answer (readiness)."""
-        client = await self._new_client()
+        """Raise when the SMTP server does not answer, or refuses the hub's settings (readiness): as
+        `classify` says, naming the settings to check rather than the client's error class."""
+        try:
+            client = await self._new_client()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise classify(exc, connecting=True) from None
         with contextlib.suppress(Exception):
             await client.quit()
 

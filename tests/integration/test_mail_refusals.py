@@ -21,7 +21,7 @@ from connectors.mail.component import mail_component
 from connectors.mail.message import OutgoingMail
 from connectors.mail.problems import CONTENT, problem_kind
 from connectors.mail.refusals import ContentRefused
-from connectors.mail.smtp import SmtpMailer
+from connectors.mail.smtp import SettingsRefused, SmtpMailer
 from hub.config import SmtpSettings
 from hub.embedded import EmbeddedKafka
 from hub.notify.component import register_notify
@@ -132,6 +132,23 @@ async def test_a_refused_message_is_not_the_address_and_the_connection_stays() -
         await mailer.send(_mail(n=2))
         assert [m.message_id for m in sink.memory] == ["<m2.ketenhub@halt.nl>"]
         assert mailer.connections == 1  # the refusal was reset (RSET), the connection kept
+    finally:
+        await mailer.aclose()
+        await sink.stop()
+
+
+async def test_the_readiness_check_names_the_refused_setting() -> None:
+    """/readyz said "SMTPAuthenticationError: (535, ...)"; it says what to check."""
+    sink = MailSink()
+    sink.password = "right"
+    port = await sink.start()
+    settings = SmtpSettings(host="127.0.0.1", port=port, timeout_s=10, username="hub", password="wrong")
+    mailer = SmtpMailer(settings)
+    try:
+        with pytest.raises(SettingsRefused, match="KETENHUB_SMTP__PASSWORD"):
+            await mailer.ping()
+        sink.password = "wrong"
+        await mailer.ping()  # accepted now
     finally:
         await mailer.aclose()
         await sink.stop()
