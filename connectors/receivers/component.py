@@ -21,18 +21,16 @@ from hub.handovers.messages import HANDOVER
 from hub.handovers.receivers import ReceiverDelivery, check_webhook_url, kafka_readers, receiver_delivery
 from hub.handovers.routing import routing_of
 from hub.handovers.undelivered import record_failed
-from hub.logging import get_logger
 from hub.retry import Delivery, RetryPolicy, ladder_on
 from hub.retry.ladder import RetryLadder
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.spine import Tx
-from hub.spine.consumer import Subscription
+from hub.spine.consumer import DeadLetter
 from hub.spine.dlq import safe_error_message
 from hub.topics import HANDOVER_DISPATCH
 from schemas.envelope import Envelope
 
-log = get_logger(__name__)
 LADDER = "receivers-webhook"
 
 
@@ -105,7 +103,7 @@ class WebhookDelivery:
 def register_receivers(hub: Hub) -> None:
     """Consume handover.dispatch.v1; Kafka receivers get their topic, webhook receivers a signed POST."""
     assert hub.spine is not None and hub.store is not None
-    spine, webhook = hub.spine, WebhookDelivery(hub)
+    webhook = WebhookDelivery(hub)
     hub.components["receivers"] = webhook
     ladder = ladder_on(
         hub,
@@ -126,16 +124,15 @@ def register_receivers(hub: Hub) -> None:
             await _deliver(tx, message)
             return
         try:
-            async with tx.session.begin_nested():  # what it did is undone, as the spine would
-                await _deliver(tx, message)
+            await _deliver(tx, message)
         except PermanentError as exc:
-            # Dead-lettered here rather than by the spine, which would roll back the handover's mark
-            # and its caseworker's notice with the handler: the three in one transaction, as the
-            # webhook ladder's `on_dead` does. Replayed, the record takes this path again.
+            # The handover marked undelivered and its caseworker told with the dead letter, in its
+            # transaction (the handler's own effects roll back), as the webhook ladder's `on_dead`
+            # does. Replayed, the record takes this path again.
             error = safe_error_message(exc)
-            log.warning("message dead-lettered", topic=dispatch, error_class=type(exc).__name__, error=error)
-            await spine.dead_letter(tx.session, subscription, tx.record, exc, tx.transaction_id)
-            await record_failed(tx.session, webhook.routing, message, error)
+            raise DeadLetter(
+                exc, then=lambda session: record_failed(session, webhook.routing, message, error)
+            ) from None
 
     async def _deliver(tx: Tx, message: Envelope) -> None:
         organisation = str(message.payload["receiver_organisation"])
@@ -149,16 +146,14 @@ def register_receivers(hub: Hub) -> None:
             return
         await _to_topic(hub, tx, target, message, youth_key)
 
-    dispatch = hub.topic(HANDOVER_DISPATCH.name)
     # a batch takes its handovers' case locks at once, in ascending order (hub.handovers.batches)
-    spine.subscribe(
-        dispatch,
+    hub.spine.subscribe(
+        hub.topic(HANDOVER_DISPATCH.name),
         group=ladder.group,
         dlq=hub.topic(HANDOVER_DISPATCH.dlq),
         title="receivers:dispatch",
         batch=locked_batch(deliver, youths_to_deliver),
     )(deliver)
-    subscription: Subscription[Any] = next(s for s in spine.subscriptions if s.handler is deliver)
 
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:

@@ -98,6 +98,9 @@ class DeadLetter(Exception):
 
     The handler's own effects roll back with its savepoint; an answer to the sender (an error
     decision) and its audit entry must survive that, so the spine writes them with the dead letter.
+    `then`, when given, records what the dead letter means in the handler's own state (a handover
+    marked undelivered, its caseworker told), in the dead letter's transaction, in a savepoint: when
+    it fails, the dead letter stands without it.
     """
 
     def __init__(
@@ -106,9 +109,10 @@ class DeadLetter(Exception):
         *,
         replies: Sequence[tuple[str, Envelope | bytes, str | None]] = (),
         audit: Sequence[AuditEntry] = (),
+        then: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(str(cause))
-        self.cause, self.replies, self.audit = cause, list(replies), list(audit)
+        self.cause, self.replies, self.audit, self.then = cause, list(replies), list(audit), then
 
 
 @dataclass
@@ -528,6 +532,8 @@ class Spine:
                     await add_to_outbox(session, topic, message, key=key)
                 for entry in exc.audit:
                     await write_audit(session, entry, transaction_id=transaction_id, system=sub.group)
+                if exc.then is not None:
+                    await _then(session, exc.then, sub.topic)
             return "dead_lettered"
         finally:
             self.metrics.handler_seconds.labels(sub.topic).observe(time.perf_counter() - started)
@@ -572,3 +578,15 @@ def _starts(
         tp = (r.topic, r.partition)
         earliest[tp] = min(r.offset, earliest.get(tp, r.offset))
     return {(sub.group, topic, partition, offset) for (topic, partition), offset in earliest.items()}
+
+
+async def _then(session: AsyncSession, then: Callable[[AsyncSession], Awaitable[None]], topic: str) -> None:
+    """A dead letter's `DeadLetter.then`, in a savepoint: a transient failure of it fails the batch
+    (read again); any other is logged, and the dead letter stands without it."""
+    try:
+        async with session.begin_nested():
+            await then(session)
+    except Exception as exc:
+        if transient(exc):
+            raise
+        log.error("recording what a dead letter means failed", topic=topic, error=safe_error_message(exc))

@@ -209,6 +209,10 @@ async def test_a_handover_dead_lettered_on_the_kafka_path_is_told_once_and_never
 
         (dead,) = await dispatch_dead_letters(kafka, w, expect=1)
         assert "read by 2 organisations" in headers_of(dead)[DLQ_EXC_MESSAGE]
+        dispatch = {"topic": w.hub.topic("handover.dispatch.v1"), "outcome": "dead_lettered"}
+        assert (
+            w.hub.metrics.registry.get_sample_value("ketenhub_messages_total", dispatch) == 1
+        )  # counted as one
         await told_undelivered(w, hid, bsn)
         state = await w.status(hid)
         assert state["status_reason"] == "AFLEVERING_MISLUKT" and state["delivered_at"] is None

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.audit import AuditEntry
+from hub.audit import AuditEntry, write_audit
 from hub.embedded import EmbeddedKafka
 from hub.ops.lag import LagProbe
 from hub.runtime import Hub
@@ -200,6 +201,46 @@ async def test_a_record_that_fails_its_batch_outside_its_handling_is_dead_letter
     headers = headers_of(letter)
     assert headers[H_MESSAGE_ID] == envs[3].message_id
     assert headers[DLQ_GROUP] == hub.group("echo")
+
+
+async def test_what_a_dead_letter_means_is_kept_with_it_and_its_failure_does_not_stall(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """`DeadLetter.then` records what a dead letter means in the handler's own state (a handover
+    marked undelivered) in the dead letter's transaction, though the handler's effects roll back;
+    when it fails, the dead letter stands without it and the records after it go on."""
+    settings = make_settings(kafka, db_url, unique)
+
+    async def meant(session: AsyncSession) -> None:
+        entry = AuditEntry(action="test.effect", user="test", objects={"n": 100})
+        await write_audit(session, entry, transaction_id="tx-meant", system="test")
+
+    async def fails(session: AsyncSession) -> None:
+        raise ValueError("cannot record what it means")
+
+    def component(hub: Hub) -> None:
+        assert hub.spine is not None
+
+        @hub.spine.subscribe(hub.topic(IN.name), group=hub.group("echo"), dlq=hub.topic(IN.dlq))
+        async def handle(tx: Tx, message: Envelope) -> None:
+            n = message.payload["n"]
+            await tx.audit(AuditEntry(action="test.effect", user="test", objects={"n": n}))
+            if n in (2, 4):  # its effect above rolls back; what the dead letter means is kept, or not
+                raise DeadLetter(ValueError("refused"), then=meant if n == 2 else fails)
+
+    envs = [Envelope(type="Test", payload={"n": n}) for n in range(6)]
+    async with running_hub(settings, component) as hub:
+        assert hub.store is not None
+        await produce(
+            kafka.bootstrap, hub.topic(IN.name), [(b"youth-a", e.to_bytes(), e.headers()) for e in envs]
+        )
+        await _all_done(kafka.bootstrap, hub, len(envs), len(envs) - 2 + 1, 2)
+        effects = await _effects(hub.store)
+        counted = hub.metrics.registry.get_sample_value(
+            "ketenhub_messages_total", {"topic": hub.topic(IN.name), "outcome": "dead_lettered"}
+        )
+    assert effects == [0, 1, 100, 3, 5]
+    assert counted == 2
 
 
 async def test_a_reply_to_header_does_not_make_the_hub_publish_where_it_names(
