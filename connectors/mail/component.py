@@ -111,10 +111,15 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Withheld:
-    """A match mail not to be sent: its signal ended while it waited (`status`), of youth `youth_key`."""
+    """A match mail not to be sent: its signal ended while it waited (`status`), of youth `youth_key`;
+    or its signal is gone (purged once it ended: `status` None, the youth by the mail's record key)."""
 
-    status: str
+    status: str | None
     youth_key: str | None
+
+    @property
+    def reason(self) -> str:
+        return "signal_purged" if self.status is None else "signal_not_active"
 
 
 def _remember(memory: OrderedDict[str, _V], key: str, value: _V) -> None:
@@ -185,12 +190,15 @@ class MailConnector:
             keys.update({row.message_id: row.key for row in (await session.execute(q)).all()})
         return keys
 
-    async def _now_for(self, session: AsyncSession, mails: Sequence[MailNotification]) -> None:
+    async def _now_for(
+        self, session: AsyncSession, pairs: Sequence[tuple[Envelope, MailNotification]]
+    ) -> None:
         """Match mails as their signal stands when they are sent, also after a wait (an SMTP outage,
         a dead letter replayed days later): to the signal's contact now (`_moved`), as its former
         contact may no longer open the signal (rules 16, 17); not at all once the signal is over
-        (`_withheld`), as the notifier does not mail a match on a signal that is over."""
-        refs = {mail.case_reference for mail in mails if mail.template == "match"}
+        (`_withheld`), as the notifier does not mail a match on a signal that is over. A signal the
+        hub no longer holds is over too: purged past its term, after it ended (rule 12)."""
+        refs = {mail.case_reference for _, mail in pairs if mail.template == "match"}
         if not refs:
             return
         q = select(
@@ -201,7 +209,19 @@ class MailConnector:
             signals.c.youth_key,
         ).where(signals.c.signal_id.in_(sorted(refs)))
         found = {row.signal_id: row for row in (await session.execute(q)).all()}
-        for mail in mails:
+        gone = [
+            (m, mail) for m, mail in pairs if mail.template == "match" and mail.case_reference not in found
+        ]
+        # the youth of a mail whose signal is gone: by its record key, as the ladder holds it
+        keys = await self._record_keys(session, [message.message_id for message, _ in gone]) if gone else {}
+        for message, mail in gone:
+            _remember(
+                self._withheld,
+                mail.notification_id,
+                _Withheld(None, _youth_key(keys.get(message.message_id))),
+            )
+            self._moved.pop(mail.notification_id, None)
+        for _, mail in pairs:
             signal = found.get(mail.case_reference) if mail.template == "match" else None
             if signal is None:
                 continue
@@ -246,7 +266,7 @@ class MailConnector:
             q = select(mail_sent.c.notification_id).where(mail_sent.c.notification_id.in_(ids))
             sent = set((await session.execute(q)).scalars()) | (set(ids) & set(self._sent))
             # as `_plan`: one sent already is not withheld (its record says it went), nor needs a reader
-            await self._now_for(session, [mail for _, mail in pairs if mail.notification_id not in sent])
+            await self._now_for(session, [(m, mail) for m, mail in pairs if mail.notification_id not in sent])
             for _, mail in pairs:
                 if mail.notification_id in sent or mail.notification_id in self._withheld:
                     self._ready[mail.notification_id] = None
@@ -270,7 +290,7 @@ class MailConnector:
         async with self.store.read() as session:  # the consumer's transaction holds the write lock
             if await _was_sent(session, mail.notification_id):
                 return None
-            await self._now_for(session, [mail])
+            await self._now_for(session, [(message, mail)])
             if mail.notification_id in self._withheld:
                 return None
             mail = self._as_now(mail)
@@ -422,8 +442,8 @@ class MailConnector:
     def _withheld_row(
         self, message: Envelope, mail: MailNotification, held: _Withheld, now: datetime
     ) -> dict[str, Any]:
-        """The audit entry of a match mail not sent because its signal ended while it waited, under
-        the youth it was about (its signal's), so that it is in the youth's trail."""
+        """The audit entry of a match mail not sent because its signal ended while it waited (or ended
+        and was purged), under the youth it was about, so that it is in the youth's trail."""
         return audit_row(
             "mail.withheld",
             SYSTEM,
@@ -436,7 +456,7 @@ class MailConnector:
                 "notification_id": mail.notification_id,
                 "template": mail.template,
                 "case_reference": mail.case_reference,
-                "reason": "signal_not_active",
+                "reason": held.reason,
                 "signal_status": held.status,
             },
         )

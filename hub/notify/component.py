@@ -21,6 +21,8 @@ from schemas.envelope import Envelope
 from schemas.match import Match
 
 GROUP = "notify"
+SIGNAL_PURGED = "signal_purged"  # why a match is not mailed: its signal ended and was purged since
+PURGED_RESOLUTION = "niet meer nodig: het signaal is beëindigd en gewist"
 
 
 class MatchNotice(Match):
@@ -37,6 +39,22 @@ def match_context(match: MatchNotice) -> dict[str, Any]:
         "case_reference": match.signal_id,
         "counterparts": [c.model_dump(mode="json") for c in match.counterparts],
     }
+
+
+def _match_of_a_purged_signal(match: MatchNotice, youth_key: str | None) -> AuditEntry:
+    """The audit entry of a match nobody is told about as its signal is no longer held: purged once it
+    ended (rule 18: the index told us something about one of our youths)."""
+    return AuditEntry(
+        action="verwijsindex.match_ignored",
+        user=GROUP,
+        youth_key=youth_key,
+        objects={
+            "signal_id": match.signal_id,
+            "match_id": match.match_id,
+            "reason": SIGNAL_PURGED,
+            "signal_status": None,  # not known any more: the signal's row went with its term
+        },
+    )
 
 
 def register_notify(hub: Hub) -> None:
@@ -63,7 +81,15 @@ def register_notify(hub: Hub) -> None:
             signals.c.signal_id == match.signal_id
         )
         signal = (await tx.session.execute(held)).first()
-        ended = ended_status(signal.status, signal.end_date, hub.today()) if signal is not None else None
+        if signal is None:
+            # its signal is gone: purged past its term, and so over (rule 16, rule 12), the match a
+            # dead letter replayed after the purge or read before it. Nobody is told of it.
+            await tx.audit(_match_of_a_purged_signal(match, key))
+            await resolve_unreachable(
+                tx.session, match.signal_id, tx.transaction_id, PURGED_RESOLUTION, match_id=match.match_id
+            )
+            return
+        ended = ended_status(signal.status, signal.end_date, hub.today())
         if ended is not None:
             # withdrawn or ended after the feed passed the match on: nobody is told about a signal
             # that is over (the feed itself drops matches on signals ended before they came)
@@ -79,7 +105,7 @@ def register_notify(hub: Hub) -> None:
             return
         # The signal's contact now, not when the feed read the match: a contact change or a borging
         # in between moved the signal, and its matches go with it (rule 17).
-        owner = signal.caseworker_id if signal is not None else match.caseworker_id
+        owner = signal.caseworker_id
         mail = await notify_caseworker(
             tx.session,
             hub,

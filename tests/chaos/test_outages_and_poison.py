@@ -91,6 +91,7 @@ from tests.helpers.kafka import headers_of, produce, read_all, read_topic, wait_
 from tests.helpers.poison import Record, consumed_by, produce_located
 from tests.helpers.procs import HubProcess
 from tests.helpers.proxy import CuttableProxy
+from tests.helpers.signals import hold_signals
 from tests.integration.test_mail_delivery import ILSE, OMAR
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -100,7 +101,7 @@ POISON_EACH = PER_TOPIC // 1000  # about one poison record per thousand
 RECEIVER = "jeugdhulp-dh"  # a handover receiver that reads its own Kafka topic
 ANSWERS = handover_answers("jeugdhulp")  # where RECEIVER answers
 RECEIVER_ANSWERS = tuple(handover_answers(r) for r in HANDOVER_RECEIVERS)
-CONNECTOR = "boa-kafka-connector"  # a connector publishing canonical referrals
+CONNECTOR = "politie-kafka-connector"  # a connector publishing canonical referrals
 # Every topic the hub consumes and the component (consumer group) that reads it; the test checks
 # this against what the running hub subscribed, so a new subscription without poison fails here.
 CONSUMERS = {
@@ -166,8 +167,8 @@ def poison_for(topic: Topic, i: int) -> Poison:
         payload["payload"]["reason"] = "DIEFSTAL"
         key = youth_key(TEST_SECRET, signal.youth.bsn).encode()
         return Poison((key, json.dumps(payload).encode(), command.headers()), "PermanentError")
-    if topic == VERWIJSINDEX_MATCH:  # a match for a caseworker the directory does not know: nobody to tell
-        bad = match_message(i, caseworker_id=f"cw-{tag}")
+    if topic == VERWIJSINDEX_MATCH:  # a match on a signal of a caseworker the directory does not know
+        bad = match_message(i, caseworker_id=f"cw-{tag}", signal_id=f"s-{tag}")
         return Poison(as_record(bad, tag), "NoReachableRecipient")
     if topic == NOTIFICATION_MAIL:  # a mail without recipient, subject or text
         bad = Envelope(type="MailNotification", source="ketenhub-notify", payload={"notification_id": tag})
@@ -175,11 +176,11 @@ def poison_for(topic: Topic, i: int) -> Poison:
     raise AssertionError(f"no poison for {topic.name}: add one")
 
 
-def match_message(i: int, caseworker_id: str = ILSE.caseworker_id) -> Envelope:
+def match_message(i: int, caseworker_id: str = ILSE.caseworker_id, signal_id: str | None = None) -> Envelope:
     """A match from the Verwijsindex feed, as the connector publishes it."""
     match = MatchMessage(
         match_id=f"m-{i}-{uuid.uuid4().hex[:8]}",
-        signal_id=f"s-{i}",
+        signal_id=signal_id or f"s-{i}",
         type=MatchType.CLIENTMATCH,
         counterparts=[
             ContactDetails(name="Jan de Vries", organisation="Wijkteam Centrum", email="jan@wijkteam.nl")
@@ -191,6 +192,21 @@ def match_message(i: int, caseworker_id: str = ILSE.caseworker_id) -> Envelope:
         source="verwijsindex",
         correlation_id=match.signal_id,
         payload=match.model_dump(mode="json"),
+    )
+
+
+async def hold_signals_of(db_url: str, matches: list[Envelope]) -> None:
+    """The signals `matches` are on, of the caseworker each names, as the hub holds them: the feed
+    passes on only matches on the hub's signals, and the notifier mails the signal's contact (a match
+    on a signal the hub no longer holds is over: purged, and told to nobody)."""
+    await hold_signals(
+        db_url,
+        [
+            signal_of(bsn(3_000_000 + n)).model_copy(
+                update={"signal_id": m.payload["signal_id"], "caseworker_id": m.payload["caseworker_id"]}
+            )
+            for n, m in enumerate(matches)
+        ],
     )
 
 
@@ -288,7 +304,16 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
     await store.migrate()
     handover_keys = await prepare(store, prefix, PER_TOPIC)
     police = police_records(PER_TOPIC, seed=11)
-    cases = [politie.parse(r) for r in police_records(PER_TOPIC, seed=12)]
+    # Police referrals through a connector are the police's (rule 7, hub.intake.sources): numbers
+    # of their own, not the police topic's, so that each is a referral of its own.
+    cases = [
+        c.model_copy(update={"case_reference": c.case_reference.removesuffix("-1") + "-2"})
+        for c in (politie.parse(r) for r in police_records(PER_TOPIC, seed=12))
+    ]
+    police_refs = [json.loads(v)["procesVerbaalNummer"] for v in police]
+    connector_refs = [c.case_reference for c in cases]
+    assert not set(police_refs) & set(connector_refs)
+    police_key = referrals.c.referrer_key == POLITIE_REFERRER
     traffic = Traffic(kafka, prefix, referrals_n=0, youths_n=PER_TOPIC // 2)
     await traffic.hold(db_url)
     matches = [match_message(i) for i in range(PER_TOPIC)]
@@ -339,6 +364,8 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
     }
     assert set(streams) == set(CONSUMERS)
     poison = {t: [poison_for(t, i) for i in range(POISON_EACH)] for t in CONSUMERS}
+    poisoned_matches = [Envelope.from_bytes(p.record[1]) for p in poison[VERWIJSINDEX_MATCH]]
+    await hold_signals_of(db_url, [*matches, *poisoned_matches])
 
     components = "intake,routing,verwijsindex,mail"
     hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, db_url, unique, simulator.url), components)
@@ -409,9 +436,11 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
         async def outstanding() -> dict[str, int]:
             """Per topic, how many good records have not had their effect yet."""
             done = {
-                POLITIE_REFERRAL: await count(rows(referrals, referrals.c.referrer_key == POLITIE_REFERRER)),
+                POLITIE_REFERRAL: await count(
+                    rows(referrals, police_key, referrals.c.case_reference.in_(police_refs))
+                ),
                 REFERRAL_RECEIVED: await count(
-                    rows(referrals, referrals.c.referrer_key == f"kafka:{CONNECTOR}")
+                    rows(referrals, police_key, referrals.c.case_reference.in_(connector_refs))
                 ),
                 HANDOVER_REQUESTED: len(ids) - await count(waiting),
                 HANDOVER_DISPATCH: await count(rows(handovers, handovers.c.delivered_at.is_not(None))),
@@ -455,7 +484,7 @@ async def test_one_poison_record_per_thousand_is_dead_lettered_and_the_rest_flow
                 (
                     await conn.execute(
                         select(referrals.c.case_reference).where(
-                            referrals.c.referrer_key == f"kafka:{CONNECTOR}"
+                            police_key, referrals.c.case_reference.in_(connector_refs)
                         )
                     )
                 )

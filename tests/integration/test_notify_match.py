@@ -246,6 +246,50 @@ async def test_a_match_mail_waiting_while_its_signal_is_withdrawn_is_not_sent(
             await hub.stop()
 
 
+async def purge_signal(hub: Hub, signal_id: str) -> None:
+    """What retention does to a signal past its term (hub.retention.purge): its matches and its row go."""
+    from sqlalchemy import delete
+
+    from hub.signals.tables import signals
+
+    assert hub.store is not None
+    async with hub.store.transaction() as session:
+        await session.execute(delete(matches).where(matches.c.signal_id == signal_id))
+        await session.execute(delete(signals).where(signals.c.signal_id == signal_id))
+
+
+async def test_a_match_mail_waiting_while_its_signal_ends_and_is_purged_is_not_sent(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Queued on the signal's last day, waiting out an SMTP outage while retention purged the signal:
+    finding no signal, the connector sent the counterpart's contact details after the term (rule 16)."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink, policy=PATIENT)
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            await sink.stop()  # SMTP down: the mail waits on the ladder
+            young = youth(123_461_900)
+            signal_id, match_id = await signal_with_match(hub, "cw-ilse", young)
+            await wait_for(lambda: _failed_at_least(hub, 1))
+            await purge_signal(hub, signal_id)
+            await sink.start()
+            await wait_for(lambda: _audited(hub, "mail.withheld", signal_id), timeout_s=30)
+            assert list(sink.memory) == []
+            assert hub.store is not None
+            async with hub.store.connect() as conn:  # in the youth's trail, saying why
+                query = select(audit_log).where(audit_log.c.action == "mail.withheld")
+                [withheld] = (await conn.execute(query)).all()
+            assert withheld.youth_key == youth_key(TEST_SECRET, young.bsn)
+            assert withheld.objects["reason"] == "signal_purged"
+            assert withheld.objects["case_reference"] == signal_id
+            assert not await _audited(hub, "mail.sent", signal_id)
+            async with hub.store.connect() as conn:
+                assert (await conn.execute(select(mail_sent))).all() == []
+            assert await _audited(hub, "verwijsindex.match_disclosed", match_id)  # queued while it held
+        finally:
+            await hub.stop()
+
+
 async def _audited(hub: Hub, action: str, needle: str) -> bool:
     from sqlalchemy import select
 

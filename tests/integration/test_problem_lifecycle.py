@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import delete, event, insert, select, update
 
 import connectors.mail.component as mail_component
 from connectors.mail.problems import OUTAGE, REFUSED, SENT, WITHHELD, resolve_done
@@ -32,7 +32,7 @@ from hub.notify.service import NO_RECIPIENT, NoReachableRecipient, notify_casewo
 from hub.notify.tables import mail_problems, mail_sent
 from hub.signals import request_withdrawal
 from hub.signals.matches import REFUSED_MATCH
-from hub.signals.tables import signals
+from hub.signals.tables import matches, signals
 from hub.store import Store
 from hub.store.tables import audit_log
 from hub.topics import NOTIFICATION_MAIL, VERWIJSINDEX_MATCH
@@ -65,6 +65,7 @@ LONG_AWAY = [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(day
 TOPIC = "t.notification.mail.v1"
 QUEUED = "de melding is alsnog klaargezet om te versturen"
 ENDED = "niet meer nodig: het signaal is beëindigd"
+PURGED = "niet meer nodig: het signaal is beëindigd en gewist"
 
 
 async def _listed(store: Store, status: Any = "open") -> list[dict[str, Any]]:
@@ -479,6 +480,53 @@ async def test_a_match_mail_whose_signal_ended_is_withheld_though_nobody_reads_i
     assert await _audited(store, "mail.sent") == []
 
 
+async def _purge(store: Store, signal_id: str = "sig-1") -> None:
+    """What retention does to a signal past its term (hub.retention.purge): its matches and its row go."""
+    async with store.transaction() as s:
+        await s.execute(delete(matches).where(matches.c.signal_id == signal_id))
+        await s.execute(delete(signals).where(signals.c.signal_id == signal_id))
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one-by-one"])
+async def test_a_dead_lettered_match_mail_replayed_after_its_signal_was_purged_is_withheld(
+    store: Store, prepared: bool
+) -> None:
+    """Nobody read the caseworker's mail; the signal ended and retention purged it; the administrator
+    fixed the directory and replayed the dead letter, as its problem says. Finding no signal, the
+    connector sent the counterpart's contact details after the signal's term (rule 16)."""
+    async with store.transaction() as s:
+        await upsert_caseworker(s, LONE.model_copy(update={"active": False}))  # gone, no delegate
+    await _a_signal_of(store, "cw-lone")
+    message, mail = _match_mail("cw-lone")
+    async with connector_on_a_sink(store) as (connector, sink):
+        if prepared:
+            await connector.prepare([message])
+        with pytest.raises(NoReachableRecipient) as nobody:
+            await connector.deliver(message)
+        async with store.transaction() as s:  # the ladder dead-letters it
+            await connector.on_dead(s, message, str(nobody.value))
+        [problem] = await _listed(store)
+
+        await _purge(store)
+        async with store.transaction() as s:
+            await upsert_caseworker(s, LONE)  # the directory fixed; then the dead letter replayed
+        if prepared:
+            await connector.prepare([message])
+        await connector.deliver(message)
+        async with store.transaction() as s:
+            await connector.on_delivered(s, message)
+        assert not sink.memory
+    assert await _listed(store) == []
+    [done] = await _listed(store, "resolved")
+    assert (done["id"], done["resolvedHow"], done["resolution"]) == (problem["id"], "hub", WITHHELD)
+    [withheld] = await _audited(store, "mail.withheld")
+    assert withheld.objects["notification_id"] == mail.notification_id
+    assert withheld.objects["reason"] == "signal_purged"
+    assert await _audited(store, "mail.sent") == []
+    async with store.connect() as conn:
+        assert (await conn.execute(select(mail_sent))).all() == []
+
+
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one-by-one"])
 async def test_a_match_mail_sent_whose_record_failed_is_recorded_as_sent_though_its_signal_ended_since(
     store: Store, prepared: bool
@@ -726,6 +774,50 @@ async def test_a_replayed_match_resolves_its_problem_when_mailed_or_when_its_sig
             assert await _unreachable(hub.store) == []  # type: ignore[arg-type]
             await wait_for(lambda: len(sink.memory) == 1, timeout_s=30)
             assert sink.memory[0].rcpt_to == ["lone@halt.nl"]
+        finally:
+            await hub.stop()
+
+
+async def test_a_replayed_match_whose_signal_was_purged_meanwhile_is_not_mailed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A match came on the signal's last day; its caseworker was gone without a delegate, so it was
+    dead-lettered with a problem; retention purged the signal the next day; the administrator fixed
+    the directory and replayed the match, as the problem says. Finding no signal, the notifier mailed
+    the match to the caseworker the match named: the counterpart's details after the term (rule 16)."""
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(kafka, db_url, unique, sink)
+        try:
+            assert hub.store is not None
+            await add_caseworkers(hub, LONE.model_copy(update={"active": False}))  # gone, no delegate
+            young = youth(253_456_700)
+            signal_id, match_id = await signal_with_match(hub, "cw-lone", young)
+            [dead] = await read_topic(
+                kafka.bootstrap, hub.topic(VERWIJSINDEX_MATCH.dlq), expect=1, timeout_s=30
+            )
+            [problem] = await wait_for(lambda: _unreachable(hub.store))  # type: ignore[arg-type]
+            assert problem["reference"] == match_id
+
+            await _purge(hub.store, signal_id)  # the signal's term is over: retention purges it
+            await add_caseworkers(hub, LONE)  # the directory fixed; the operator replays the letter
+            again = Envelope(
+                **(Envelope.from_bytes(dead.value).model_dump() | {"message_id": str(uuid.uuid4())})
+            )
+            await produce(
+                kafka.bootstrap,
+                hub.topic(VERWIJSINDEX_MATCH.name),
+                [(dead.key, again.to_bytes(), again.headers())],
+            )
+
+            [done] = await wait_for(lambda: _unreachable(hub.store, "resolved"), timeout_s=30)  # type: ignore[arg-type]
+            assert (done["id"], done["resolvedHow"], done["resolution"]) == (problem["id"], "hub", PURGED)
+            [ignored] = await _audited(hub.store, "verwijsindex.match_ignored")
+            assert ignored.youth_key == youth_key(TEST_SECRET, young.bsn)
+            assert ignored.objects["match_id"] == match_id and ignored.objects["signal_id"] == signal_id
+            assert ignored.objects["reason"] == "signal_purged"
+            # nothing queued: the notice's queueing and this entry are one transaction with the handling
+            assert await _audited(hub.store, "verwijsindex.match_disclosed") == []
+            assert not sink.memory
         finally:
             await hub.stop()
 
