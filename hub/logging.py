@@ -15,8 +15,13 @@ import structlog
 # forty begins with eight digits, which stood alone before its first dash, and the id was lost from
 # the log line or the dead letter that named it.
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# A BSN as people write it: nine digits in groups split by single spaces or dots ("999 99 0044",
+# "999.990.044"). Only a run of exactly nine: one that goes on past a separator (a phone number such
+# as "+31 6 1234 5678", an address such as "192.168.100.200") is not one.
+_SPACED = r"(?<![0-9A-Za-z])(?<![0-9][ .])[0-9](?:[ .]?[0-9]){8}(?![0-9A-Za-z])(?![ .][0-9])"
 _BSN_LIKE = re.compile(
     rf"(?<![0-9A-Za-z-])(?P<uuid>{_UUID})(?![0-9A-Za-z-])|(?<![0-9A-Za-z])[0-9]{{8,9}}(?![0-9A-Za-z])"
+    rf"|{_SPACED}"
 )
 REDACTED = "[bsn-redacted]"
 

@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -38,10 +39,35 @@ from schemas._base import NO_CONTROL, as_code, readable
 from schemas.envelope import trace_id
 
 M = TypeVar("M", bound=BaseModel)
-_DIGITS = re.compile(r"\d{8,}")  # BSN-like numbers never leave in an error message
+# BSN-like numbers never leave in an error message: eight digits or more, also written in groups
+# split by single spaces or dots ("999 99 0044", "999.990.044")
+_DIGITS = re.compile(r"\d(?:[ .]?\d){7,}")
+# Words that join a Dutch surname ("de Vries", "van der Berg", "'t Hart"): ordinary words, no secret
+TUSSENVOEGSELS = frozenset(
+    {"aan", "bij", "d", "da", "de", "del", "den", "der", "des", "di", "du", "het", "in", "la", "le", "l",
+     "onder", "op", "over", "s", "t", "te", "ten", "ter", "tot", "uit", "uijt", "van", "vd", "voor", "von"}
+)  # fmt: skip
+_NAME_PARTS = re.compile(r"[\s\-'’.,]+")
+_MIN_PART = 3  # shorter parts of a name are left: redacting them would cut ordinary words
 _MAX_REASON = 300
 _MAX_PROBLEMS = 10
 _MAX_FIELD = 80
+
+
+def youth_secrets(
+    bsn: str | None, given_names: str, surname: str, prefix: str | None = None
+) -> tuple[str, ...]:
+    """What a vendor's text must not echo of a youth: the BSN, the names whole, and each meaningful
+    part of them (not a tussenvoegsel, at least three letters), so that "Vries, S." loses its "Vries"
+    though the surname held is "de Vries"."""
+    whole = [n for n in (bsn, given_names, surname, f"{prefix} {surname}" if prefix else None) if n]
+    parts = [
+        part
+        for name in (given_names, surname)
+        for part in _NAME_PARTS.split(name)
+        if len(part) >= _MIN_PART and part.casefold() not in TUSSENVOEGSELS
+    ]
+    return (*whole, *given_names.split(), *parts)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -124,6 +150,14 @@ def _reason(response: Answer) -> str:
     return "; ".join(parts)
 
 
+def _title(code: int) -> str:
+    """A fixed title for `code` (the standard reason phrase), whatever the answer said."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "error"
+
+
 class NotInIndex(PermanentError):
     """404 in the index's own error body: the index holds no signal with that id."""
 
@@ -177,35 +211,48 @@ class VerwijsindexClient:
     async def register(self, signal_id: str, body: SignaalRegistratie, transaction_id: str) -> Signaal:
         """PUT the signal; a repeat with the same body is a success too (idempotent)."""
         youth = body.jeugdige
-        secrets = (youth.bsn, youth.voornamen, youth.geslachtsnaam, *youth.voornamen.split())
+        secrets = youth_secrets(youth.bsn, youth.voornamen, youth.geslachtsnaam, youth.voorvoegsel)
         response = await self._call(
             "PUT", f"/api/v1/signalen/{signal_id}", transaction_id, body=body.model_dump_json().encode(),
             op="register", secrets=secrets,
         )  # fmt: skip
         return self._parse(response, Signaal, "register")
 
-    async def withdraw(self, signal_id: str, reason: IntrekkingsReden, transaction_id: str) -> Signaal:
-        """DELETE the signal with a rule-15 reason (idempotent)."""
+    async def withdraw(
+        self, signal_id: str, reason: IntrekkingsReden, transaction_id: str, *, secrets: Iterable[str] = ()
+    ) -> Signaal:
+        """DELETE the signal with a rule-15 reason (idempotent). `secrets`: what the index's errors
+        must not echo (`youth_secrets` of the signal's youth), as for every call about one signal."""
         response = await self._call(
             "DELETE",
             f"/api/v1/signalen/{signal_id}",
             transaction_id,
             params={"reden": reason.value},
             op="withdraw",
+            secrets=secrets,
         )
         return self._parse(response, Signaal, "withdraw")
 
-    async def change_contact(self, signal_id: str, contact: Contactpersoon, transaction_id: str) -> Signaal:
+    async def change_contact(
+        self, signal_id: str, contact: Contactpersoon, transaction_id: str, *, secrets: Iterable[str] = ()
+    ) -> Signaal:
         """PATCH the contact person (idempotent)."""
         body = ContactWijziging(contactpersoon=contact).model_dump_json().encode()
         response = await self._call(
-            "PATCH", f"/api/v1/signalen/{signal_id}", transaction_id, body=body, op="change_contact"
+            "PATCH",
+            f"/api/v1/signalen/{signal_id}",
+            transaction_id,
+            body=body,
+            op="change_contact",
+            secrets=secrets,
         )
         return self._parse(response, Signaal, "change_contact")
 
-    async def get(self, signal_id: str, transaction_id: str) -> Signaal:
+    async def get(self, signal_id: str, transaction_id: str, *, secrets: Iterable[str] = ()) -> Signaal:
         """GET one signal's state."""
-        response = await self._call("GET", f"/api/v1/signalen/{signal_id}", transaction_id, op="get")
+        response = await self._call(
+            "GET", f"/api/v1/signalen/{signal_id}", transaction_id, op="get", secrets=secrets
+        )
         return self._parse(response, Signaal, "get")
 
     async def matches(
@@ -221,7 +268,11 @@ class VerwijsindexClient:
             params["vanaf"] = cursor
         if self._organisatie:
             params["organisatie"] = self._organisatie
-        response = await self._call("GET", "/api/v1/matches", transaction_id, params=params, op="matches")
+        # A page is about many youths, none of whom the hub can name here: an error is told by its
+        # status alone, never with the index's own text (which may quote any of them).
+        response = await self._call(
+            "GET", "/api/v1/matches", transaction_id, params=params, op="matches", quote=False
+        )
         where = f"verwijsindex matches: HTTP {response.status_code} answer"
         try:
             # The standard library's parser, not pydantic's: that one refuses the whole document for
@@ -248,6 +299,7 @@ class VerwijsindexClient:
         *,
         op: str,
         secrets: Iterable[str] = (),
+        quote: bool = True,
         body: bytes | None = None,
         params: dict[str, str | int] | None = None,
     ) -> Answer:
@@ -267,7 +319,7 @@ class VerwijsindexClient:
         code = response.status_code
         if code < 300:
             return response
-        reason = redact(_reason(response), secrets)
+        reason = redact(_reason(response), secrets) if quote else _title(code)
         if code == 429 or code == 408 or code >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.verwijsindex.client import IndexConflict, NotInIndex, VerwijsindexClient
+from connectors.verwijsindex.client import IndexConflict, NotInIndex, VerwijsindexClient, youth_secrets
 from connectors.verwijsindex.contract import (
     Contactpersoon,
     IntrekkingsReden,
@@ -51,7 +51,7 @@ NOT_REGISTERED = (
     "the Verwijsindex holds no such signal and no registration of it is waiting (none parked or queued, "
     "no open dead letter): register it again"
 )
-_CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT)
+_CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT, commands.WITHDRAW)  # looked up per round
 _WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
 
 
@@ -68,12 +68,19 @@ def _parse(model: type[Any], message: Envelope) -> Any:
 
 class _Held(NamedTuple):
     """A signal as the hub holds it, as far as a command needs it: its status and its contact now,
-    and its youth key (how its commands are keyed)."""
+    its youth key (how its commands are keyed), and what the index's errors must not echo of its
+    youth (`secrets`: the BSN and the names)."""
 
     status: str
     caseworker_id: str
     contact: Any  # schemas.caseworker.ContactDetails as stored (JSON)
     youth_key: str
+    secrets: tuple[str, ...] = ()
+
+
+def _secrets(held: _Held | None) -> tuple[str, ...]:
+    """What an error of the index about this signal must not quote (none known: the BSN-like only)."""
+    return held.secrets if held is not None else ()
 
 
 async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
@@ -81,12 +88,26 @@ async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
     c = signals.c
     async with store.read() as session:
         found = await session.execute(
-            select(c.signal_id, c.status, c.caseworker_id, c.contact, c.youth_key).where(
-                c.signal_id.in_(signal_ids)
-            )
+            select(
+                c.signal_id,
+                c.status,
+                c.caseworker_id,
+                c.contact,
+                c.youth_key,
+                c.bsn,
+                c.given_names,
+                c.surname,
+            ).where(c.signal_id.in_(signal_ids))
         )
         return {
-            row.signal_id: _Held(row.status, row.caseworker_id, row.contact, row.youth_key) for row in found
+            row.signal_id: _Held(
+                row.status,
+                row.caseworker_id,
+                row.contact,
+                row.youth_key,
+                youth_secrets(row.bsn, row.given_names, row.surname),
+            )
+            for row in found
         }
 
 
@@ -193,7 +214,8 @@ class VerwijsindexConnector:
         return self.simulator.url if self.simulator is not None else None
 
     async def prepare(self, messages: Sequence[Envelope]) -> None:
-        """The hub's status and contact of every signal a round registers or changes, in one query."""
+        """The hub's status and contact of every signal a round registers, changes or withdraws (and its
+        youth's names, which the index's errors must not echo), in one query."""
         self._held = {}
         wanted = {
             signal_id
@@ -216,7 +238,7 @@ class VerwijsindexConnector:
                 # Registered through the API, a signal is stored before its command is queued: one the
                 # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
                 raise PermanentError("the hub holds no signal with this id: it is not registered")
-            if _withdrawn(held) and await self._not_in_index(signal.signal_id, message):
+            if _withdrawn(held) and await self._not_in_index(signal.signal_id, message, _secrets(held)):
                 self.outcomes.add(message.message_id, WITHHELD)
                 return
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
@@ -229,8 +251,10 @@ class VerwijsindexConnector:
         elif message.type == commands.WITHDRAW:
             cmd: commands.WithdrawSignal = _parse(commands.WithdrawSignal, message)
             reden = IntrekkingsReden(cmd.reason.value)
+            # a signal purged since (its row gone) leaves no names to keep out: the BSN-like still is
+            secrets = _secrets(await self._held_of(cmd.signal_id))
             try:
-                await self.client.withdraw(cmd.signal_id, reden, message.transaction_id)
+                await self.client.withdraw(cmd.signal_id, reden, message.transaction_id, secrets=secrets)
             except NotInIndex:  # never registered there (or gone): nothing of it is active
                 self.outcomes.add(message.message_id, NOT_IN_INDEX)
         elif message.type == commands.CHANGE_CONTACT:
@@ -242,7 +266,7 @@ class VerwijsindexConnector:
             contact_id, contact = _contact_now(held, change.caseworker_id, change.contact)
             try:
                 await self.client.change_contact(
-                    change.signal_id, contact_van(contact), message.transaction_id
+                    change.signal_id, contact_van(contact), message.transaction_id, secrets=_secrets(held)
                 )
             except NotInIndex as exc:
                 if not await self._registration_waits(change.signal_id, held):
@@ -258,14 +282,18 @@ class VerwijsindexConnector:
         """PUT the registration; None when the index took it now (or had it with this very body).
         When it took it at an earlier attempt (its answer was lost, then the contact changed), the
         signal as the index held it, given the contact now as a change when it held another."""
+        youth = body.jeugdige
+        secrets = youth_secrets(youth.bsn, youth.voornamen, youth.geslachtsnaam, youth.voorvoegsel)
         try:
             await self.client.register(signal_id, body, message.transaction_id)
         except IndexConflict:
-            found = await self._in_index(signal_id, message)
+            found = await self._in_index(signal_id, message, secrets)
             if found is None or not _earlier_attempt(found, body):
                 raise
             if found.contactpersoon != body.contactpersoon:
-                await self.client.change_contact(signal_id, body.contactpersoon, message.transaction_id)
+                await self.client.change_contact(
+                    signal_id, body.contactpersoon, message.transaction_id, secrets=secrets
+                )
             return found
         return None
 
@@ -285,16 +313,16 @@ class VerwijsindexConnector:
             return self._held[signal_id]
         return (await _held(self.store, {signal_id})).get(signal_id)
 
-    async def _in_index(self, signal_id: str, message: Envelope) -> Signaal | None:
+    async def _in_index(self, signal_id: str, message: Envelope, secrets: tuple[str, ...]) -> Signaal | None:
         """The signal as the index holds it; None when it answers "not found" for it."""
         try:
-            return await self.client.get(signal_id, message.transaction_id)
+            return await self.client.get(signal_id, message.transaction_id, secrets=secrets)
         except NotInIndex:
             return None
 
-    async def _not_in_index(self, signal_id: str, message: Envelope) -> bool:
+    async def _not_in_index(self, signal_id: str, message: Envelope, secrets: tuple[str, ...]) -> bool:
         """Whether the index holds no such signal (it answers "not found" for it)."""
-        return await self._in_index(signal_id, message) is None
+        return await self._in_index(signal_id, message, secrets) is None
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Record the outcome: a disclosure (naming the contact that went), or what `deliver` found

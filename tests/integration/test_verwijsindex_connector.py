@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import date, timedelta
@@ -10,7 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import insert, select
 
 from connectors.verwijsindex.component import verwijsindex_component
 from connectors.verwijsindex.contract import SignaalStatus
@@ -19,9 +23,11 @@ from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.ops.dlq import DeadLetters, ReplayJob
 from hub.retry import RetryPolicy
+from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.signals import request_contact_change, request_withdrawal, store_signal
 from hub.signals.commands import register_command
+from hub.signals.service import new_signal_row
 from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
@@ -32,6 +38,7 @@ from schemas.envelope import Envelope
 from schemas.pseudonym import youth_key
 from schemas.signal import SignalYouth, VerwijsindexSignal, WithdrawalReason
 from tests.conftest import TEST_SECRET, make_settings
+from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_all, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -656,3 +663,95 @@ async def test_a_phone_number_the_hub_took_reaches_the_index_in_the_contracts_fo
         assert not await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq))
     finally:
         await hub.stop()
+
+
+def an_index_quoting_the_youth(spaced_bsn: str) -> tuple[FastAPI, dict[str, bool]]:
+    """An index that answers a withdrawal 503 (then, once `state["conflict"]`, 409) and every match
+    poll 500, each time quoting the youth by name and BSN (the BSN written in groups)."""
+    app, state = FastAPI(), {"conflict": False}
+    quoted = f"Vries, Sanne de ({spaced_bsn})"
+
+    @app.get("/api/v1/status")
+    async def up() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/matches")
+    async def feed() -> JSONResponse:
+        return JSONResponse(
+            {"titel": "Fout", "detail": f"matches van {quoted} niet leesbaar"}, status_code=500
+        )
+
+    @app.delete("/api/v1/signalen/{signal_id}")
+    async def withdraw(signal_id: str) -> JSONResponse:
+        if state["conflict"]:
+            detail = f"signaal {signal_id} van {quoted} is ingetrokken met een andere reden"
+            return JSONResponse({"titel": "Conflict", "detail": detail, "fouten": []}, status_code=409)
+        detail = f"intrekking van {quoted} tijdelijk niet mogelijk"
+        return JSONResponse({"titel": "Storing", "detail": detail, "fouten": []}, status_code=503)
+
+    return app, state
+
+
+async def test_an_index_quoting_the_youth_in_a_withdrawals_errors_is_kept_out_of_every_trace(
+    kafka: EmbeddedKafka, db_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a registration kept the youth's names out of the index's errors: a withdrawal's 503 or 409
+    quoting the youth reached the signal's last error, the parked row, the console, the dead letter's
+    header and the log; a failed match poll quoted whatever the index said, on the console and in the
+    log. And a BSN written in groups passed every redaction."""
+    [bsn] = bsns(1, start=700_000_000)
+    spaced = f"{bsn[:3]} {bsn[3:5]} {bsn[5:]}"
+    young = a_signal(bsn).youth.model_copy(update={"given_names": "Sanne", "surname": "de Vries"})
+    signal = a_signal(bsn).model_copy(update={"youth": young})
+    assert signal.signal_id
+    index, state = an_index_quoting_the_youth(spaced)
+    patient = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(1.0,) * 5, jitter=0.0)
+    caplog.set_level(logging.INFO)
+
+    def leaks(text: str) -> list[str]:
+        return [q for q in ("Vries", "Sanne", bsn, spaced, bsn[5:]) if q in text]
+
+    with structlog.testing.capture_logs() as logged:
+        async with serving(index) as port:
+            hub = await start_hub(
+                kafka, db_url, unique, f"http://127.0.0.1:{port}", poll_s=0.2, policy=patient
+            )
+            try:
+                assert hub.store is not None
+                async with hub.store.transaction() as session:  # registered and delivered earlier
+                    row = new_signal_row(signal, youth_key(TEST_SECRET, bsn)) | {
+                        "delivery_state": "delivered"
+                    }
+                    await session.execute(insert(signals).values(**row))
+                await withdraw(hub, signal)
+                await wait_for(lambda: _all_at(hub, 1, of=1), timeout_s=30)  # parked after the 503s
+                connector = hub.components["verwijsindex"]
+                async with hub.store.connect() as conn:
+                    [waiting] = (await conn.execute(select(parked.c.last_error))).all()
+                parked_error, retrying = waiting.last_error, (await rows(hub))[signal.signal_id].last_error
+                assert "HTTP 503" in parked_error and "HTTP 503" in retrying
+                await wait_for(lambda: connector.feed is not None and connector.feed.last_error, timeout_s=30)
+                shown = str(connector.status()) + str(connector.feed.last_error)
+
+                state["conflict"] = True
+                [dead] = await read_topic(
+                    kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30
+                )
+                header = headers_of(dead)["dlq-exception-message"]
+                assert "HTTP 409" in header and "andere reden" in header, header
+                dead_error = (await rows(hub))[signal.signal_id].last_error
+                assert "HTTP 409" in dead_error
+                shown += str(connector.status())
+            finally:
+                await hub.stop()
+    assert "HTTP 500" in shown
+    for where, text in {
+        "parked row": parked_error,
+        "signal while retrying": retrying,
+        "signal once dead": dead_error,
+        "dead letter": header,
+        "console": shown,
+        "structlog": repr(logged),
+        "logging": caplog.text,
+    }.items():
+        assert leaks(text) == [], (where, text)

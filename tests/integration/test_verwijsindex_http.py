@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.verwijsindex.client import NotInIndex, VerwijsindexClient, redact
+from connectors.verwijsindex.client import NotInIndex, VerwijsindexClient, redact, youth_secrets
 from connectors.verwijsindex.contract import (
     Contactpersoon,
     Geslacht,
@@ -193,15 +193,88 @@ def vendor_answering(status: int, **body: Any) -> FastAPI:
     return app
 
 
-async def test_a_vendor_echoing_personal_data_is_redacted() -> None:
-    detail = f"jeugdige Sanne de Vries ({BSN}) is al bekend"
+def as_the_hub_sends_it() -> SignaalRegistratie:
+    """The registration as the hub maps it (connectors.verwijsindex.mapping): the surname whole, "de
+    Vries", with no voorvoegsel of its own."""
+    body = registration()
+    youth = body.jeugdige.model_copy(update={"voorvoegsel": None, "geslachtsnaam": "de Vries"})
+    return body.model_copy(update={"jeugdige": youth})
+
+
+SPACED_BSN, DOTTED_BSN = "999 99 0044", "999.990.044"  # BSN, as people write it
+
+
+@pytest.mark.parametrize(
+    ("detail", "body"),
+    [
+        (f"jeugdige Sanne de Vries ({BSN}) is al bekend", registration),
+        # the surname part alone, and the BSN in groups: "Vries" and the number went out as they were
+        (f"jeugdige Vries, S. ({SPACED_BSN}) is al bekend", as_the_hub_sends_it),
+        (f"jeugdige Vries, Sanne de ({DOTTED_BSN}) is al bekend", as_the_hub_sends_it),
+    ],
+    ids=["whole-name", "surname-part-spaced-bsn", "surname-first-dotted-bsn"],
+)
+async def test_a_vendor_echoing_personal_data_is_redacted(detail: str, body: Any) -> None:
     vendor = vendor_answering(422, titel="Unprocessable", detail=detail, fouten=[])
     async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(PermanentError) as caught:
-            await client.register("sig-1", registration(), "tx")
+            await client.register("sig-1", body(), "tx")
     message = str(caught.value)
     assert "al bekend" in message
     assert BSN not in message and "Sanne" not in message and "Vries" not in message
+    for written in (SPACED_BSN, DOTTED_BSN, "0044"):
+        assert written not in message, message
+
+
+def test_a_surname_part_is_a_secret_but_a_tussenvoegsel_or_a_short_part_is_not() -> None:
+    secrets = youth_secrets(BSN, "Sanne", "de Vries")
+    assert redact("jeugdige Vries, Sanne de: de aanmelding is er al", secrets) == (
+        "jeugdige […], […] de: de aanmelding is er al"
+    )
+    assert "Hart" in youth_secrets(BSN, "Jo", "van 't Hart") and "van" not in youth_secrets(
+        BSN, "Jo", "van 't Hart"
+    )
+    assert {"Vermeulen", "Zwart"} <= set(youth_secrets(BSN, "Noah", "Vermeulen-Zwart"))
+
+
+@pytest.mark.parametrize(("status", "kind"), [(409, PermanentError), (503, TransientError)])
+async def test_a_vendor_quoting_the_youth_on_a_withdrawal_or_a_read_is_redacted(
+    status: int, kind: type[Exception]
+) -> None:
+    """Only a registration passed the youth's names to keep out of its errors: a withdrawal's, a
+    contact change's or a read's went out with the name the index quoted."""
+    detail = f"signaal van Vries, Sanne de ({SPACED_BSN}) heeft een andere reden"
+    vendor = vendor_answering(status, titel="Conflict", detail=detail, fouten=[])
+    secrets = youth_secrets(BSN, "Sanne", "de Vries")
+    contact = Contactpersoon(naam="Ilse Bakker", email="ilse@halt.nl")
+    async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
+        calls = (
+            client.withdraw("sig-1", IntrekkingsReden.ONTERECHT, "tx", secrets=secrets),
+            client.change_contact("sig-1", contact, "tx", secrets=secrets),
+            client.get("sig-1", "tx", secrets=secrets),
+        )
+        for call in calls:
+            with pytest.raises(kind) as caught:
+                await call
+            message = str(caught.value)
+            assert f"HTTP {status}" in message and "andere reden" in message, message
+            for quoted in ("Vries", "Sanne", SPACED_BSN, "0044"):
+                assert quoted not in message, message
+
+
+async def test_a_failing_match_feed_is_told_by_its_status_alone() -> None:
+    """A page is about many youths, whom the hub cannot name: the index's own text of a failed poll
+    (which went to the console, the log and the feed's status) is never quoted."""
+    detail = "matches van Sanne de Vries (999 99 0044) en anderen niet beschikbaar"
+    for status, kind in ((500, TransientError), (400, PermanentError)):
+        vendor = vendor_answering(status, titel="Fout", detail=detail, fouten=[])
+        async with serving(vendor) as port, VerwijsindexClient(f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(kind) as caught:
+                await client.matches(None, 10, "tx")
+        message = str(caught.value)
+        assert message.startswith(f"verwijsindex matches: HTTP {status}: "), message
+        assert "Vries" not in message and "Sanne" not in message and "beschikbaar" not in message
+        assert "0044" not in message, message
 
 
 async def test_an_answer_that_breaks_the_contract_names_the_fields_not_their_values() -> None:

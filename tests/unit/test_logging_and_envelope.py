@@ -47,6 +47,22 @@ def test_a_bsn_beside_a_uuid_or_in_what_only_looks_like_one_is_still_redacted() 
         assert BSN not in out and REDACTED in out, (text, out)
 
 
+def test_a_bsn_written_in_groups_is_redacted_and_a_phone_number_or_address_is_not() -> None:
+    """Eight or nine digits in a row missed a BSN as people write it, in groups split by spaces or dots."""
+    for written in ("111 22 2333", "111.222.333", "1112.22.333"):
+        for text in (f"youth {written} seen", f"({written})", f"BSN {written}. Next", f"{written}"):
+            out = redact_text(text)
+            assert written not in out and REDACTED in out, (text, out)
+    for kept in (
+        "call 06 1234 5678 or +31 6 1234 5678",  # ten and eleven digits: a phone number
+        "070 123 4567",
+        "from 192.168.100.200 on v1.2.3",
+        "3 of 10 attempts, 2 s apart",
+        "order 12345 at 2025-01-31 12:00:00",
+    ):
+        assert redact_text(kept) == kept
+
+
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
     from hub.logging import setup_logging
 
