@@ -18,7 +18,6 @@ from hub.audit import AuditEntry, write_audit
 from hub.errors import HubError
 from hub.intake.sources import DEFAULT_SOURCE, MAY_CLAIM, kafka_key, partner_key
 from hub.intake.tables import referrals
-from hub.partners.keys import PartnerType
 from hub.partners.registry import SYSTEM, Partner, find_partner
 from hub.partners.tables import partners
 
@@ -95,11 +94,7 @@ async def set_kafka_source(
 def _may_claim(partner: Partner) -> None:
     if partner.type in MAY_CLAIM:
         return
-    why = (
-        "the police are one referrer already, on their own topic and over HTTP"
-        if partner.type is PartnerType.POLITIE
-        else f"only a referring partner ({', '.join(sorted(t.value for t in MAY_CLAIM))}) has referrals"
-    )
+    why = f"only a referring partner ({', '.join(sorted(t.value for t in MAY_CLAIM))}) has referrals"
     raise SourceRefused(f"partner {partner.name!r} is of type {partner.type.value}: {why}")
 
 

@@ -149,7 +149,7 @@ def register_intake(hub: Hub) -> None:
         """Canonical referrals from Kafka connectors: decided, stored, answered on referral.decided.v1.
 
         The envelope's source names the connector, and the referrer for rule 7: the partner that
-        claimed it, else the police for a police referral, else the connector itself. A record
+        claimed it (the police for a police partner's), else the connector itself. A record
         without a source of its own (the hub's default) is dead-lettered, as is a payload that is no
         Referral, and one whose referrer is not its claimed source's partner's kind
         (hub.intake.sources)."""

@@ -8,10 +8,10 @@ one referral, answered the second time with its first outcome.
 
 A referral says who its referrer is (`referrer.type`), and a claimed source's must be its partner's
 kind (a BOA's connector sends BOA referrals): rule 4 (a BOA refers only its own offences) checks BOA
-referrals alone, and a BOA referral typed as the police's would pass it. A police referral through a
-connector that no partner claims is the police's (the police are one referrer, rule 7, on every
-channel): its key is the police's, so that it and the same referral on the police's own topic, or over
-HTTP, are one.
+referrals alone, and a BOA referral typed as the police's would pass it. A police partner may claim a
+source too: its connector's referrals are then the police's (one referrer, rule 7, on every channel),
+so that one and the same referral on the police's own topic, or over HTTP, are one. A connector nobody
+claimed never speaks for the police, whatever its referrals say: they stay under its own key.
 
 A claim re-keys nothing. What the connector sent before it stays under `kafka:<source>`, which
 remains one of the partner's keys: both channels look a case reference up under both
@@ -39,10 +39,11 @@ from schemas.referral import ReferrerType
 
 # The source an envelope carries when its maker did not set one: the hub's own name.
 DEFAULT_SOURCE: str = Envelope.model_fields["source"].default
-# Partners that refer over HTTP and may have a connector too. The police are one referrer already,
-# on their own topic (partner.politie.referral.v1) and over HTTP alike (POLITIE_REFERRER).
+# Partners that refer and may have a connector too; the police's referrals, through a connector
+# they claimed, on their own topic (partner.politie.referral.v1) and over HTTP, are one referrer's.
 MAY_CLAIM = frozenset(
     {
+        PartnerType.POLITIE,
         PartnerType.BOA,
         PartnerType.LEERPLICHT,
         PartnerType.PREVENTIEF,
@@ -54,6 +55,7 @@ MAY_CLAIM = frozenset(
 
 # The referrer a partner of each kind is: what its referrals say over HTTP (its format's parser).
 REFERRER_OF = {
+    PartnerType.POLITIE: ReferrerType.POLITIE,
     PartnerType.BOA: ReferrerType.BOA,
     PartnerType.LEERPLICHT: ReferrerType.LEERPLICHT,
     PartnerType.PREVENTIEF: ReferrerType.PREVENTIEF,
@@ -164,16 +166,6 @@ class KafkaSources:
             raise UnnamedConnector()
         own = kafka_key(source)
         claim = (await self.claims(session)).get(source)
-        if claim is None and referrer is ReferrerType.POLITIE:
-            return Origin(
-                POLITIE_REFERRER,
-                "kafka",
-                transaction_id,
-                system,
-                user=source,
-                announce_duplicates=True,
-                also_known_as=(own,),  # as such referrals were stored before
-            )
         if claim is None:
             return Origin(own, "kafka", transaction_id, system, user=source, announce_duplicates=True)
         if referrer is not None and claim.referrer_type is not None and referrer is not claim.referrer_type:

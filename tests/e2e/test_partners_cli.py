@@ -160,8 +160,11 @@ def test_a_partner_claims_its_kafka_connectors_source(tmp_path: Path) -> None:
     assert default.returncode == 1 and "default source, which the intake refuses" in default.stderr
     both = _run(url, "set-kafka-source", "boa-dh", "boa-connector", "--none")
     assert both.returncode == 2 and "exactly one of SOURCE or --none" in both.stderr
+    # the police may claim a connector (its referrals are then theirs); a partner that refers nobody may not
     police = _run(url, "add", "--name", "politie-dh", "--type", "politie", "--kafka-source", "pol")
-    assert police.returncode == 1 and "the police are one referrer already" in police.stderr
+    assert police.returncode == 0, police.stderr
+    receiver = _run(url, "add", "--name", "jeugdhulp-dh", "--type", "jeugdhulp", "--kafka-source", "jh")
+    assert receiver.returncode == 1 and "only a referring partner" in receiver.stderr
     assert _run(url, "set-kafka-source", "nobody", "x").returncode == 1
 
     assert _run(url, "set-kafka-source", "boa-dh", "boa-connector").returncode == 0

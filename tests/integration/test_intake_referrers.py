@@ -159,19 +159,29 @@ async def test_what_the_connector_sent_before_the_claim_stays_one_referral(
         }
 
 
-async def test_a_police_referral_through_a_connector_and_over_http_is_one_referral(
+async def test_a_police_connector_speaks_for_the_police_once_they_claim_it_and_no_other_does(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
     """DESIGN's police connector onto referral.received.v1: its referral was stored under the
-    connector's own key, and the same PV number over HTTP (or on the police's topic) stored again."""
+    connector's own key, and the same PV number over HTTP (or on the police's topic) stored again. A
+    source the police claimed is theirs; one nobody claimed never speaks for them, whatever it says."""
     async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        await claim(api, "politie-test", "politie-bvh")
         topic = api.hub.topic("referral.received.v1")
         await produce(kafka.bootstrap, topic, [on_kafka(politie.parse(politie_variant(41)), "politie-bvh")])
         [through_connector] = await decided(api, kafka, expect=1)
         over_http = await api.post("politie", politie_variant(41))
         assert over_http.status_code == 200 and over_http.json()["duplicate"] is True, over_http.text
         assert over_http.json()["referralId"] == through_connector["referral_id"]
-        assert [r.referrer_key for r in await stored(api)] == [POLITIE_REFERRER]
+
+        # not claimed: the same PV number is this connector's own referral, not the police's
+        await produce(kafka.bootstrap, topic, [on_kafka(politie.parse(politie_variant(41)), "elsewhere")])
+        _, unclaimed = await decided(api, kafka, expect=2)
+        assert (
+            unclaimed["duplicate"] is False and unclaimed["referral_id"] != through_connector["referral_id"]
+        )
+        keys = sorted(r.referrer_key for r in await stored(api))
+        assert keys == ["kafka:elsewhere", POLITIE_REFERRER]
 
 
 async def test_a_claimed_connector_may_not_send_another_kind_of_referrers_referral(
