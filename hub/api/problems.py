@@ -19,10 +19,9 @@ from schemas.problems import FieldProblem, PartnerFormatError, controls_refused
 
 PROBLEM_JSON = "application/problem+json"
 log = get_logger(__name__)
-# The store unreachable or locked past its timeout, a connection lost, the hub stopping: 503.
+# A connection lost, the hub stopping: 503; and the store unreachable or locked past its timeout
+# (`store_failed`, below: not a statement's own mistake, which SQLite reports as an OperationalError).
 UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
     ConnectionError,
     TimeoutError,
     BatcherClosed,

@@ -15,7 +15,6 @@ from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
@@ -33,7 +32,7 @@ from schemas.envelope import H_TRANSACTION_ID, Envelope, trace_id, utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
-_TRANSIENT = (TransientError, OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError)
+_TRANSIENT = (TransientError, OSError, TimeoutError)  # and the store's own failures (`store_failed`)
 
 
 def transient(exc: BaseException) -> bool:

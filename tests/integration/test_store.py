@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from hub.audit import AuditEntry, write_audit
+from hub.spine.consumer import transient
 from hub.store import Store, store_failed
 from hub.store.tables import audit_log, inbox, outbox
 from schemas.envelope import utcnow
@@ -164,6 +165,7 @@ async def test_a_statements_own_mistake_is_no_failure_of_the_store(store: Store)
         async with store.transaction() as session:
             await session.execute(text("SELECT * FROM no_such_table"))
     assert not store_failed(raised.value), repr(raised.value)
+    assert not transient(raised.value)  # the consumer dead-letters its record, not retrying it for ever
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -179,7 +181,7 @@ async def test_a_sqlite_database_locked_or_not_to_be_opened_is_the_stores_failur
                 await conn.execute(
                     insert(outbox).values(topic="t", value=b"v", headers={}, created_at=utcnow())
                 )
-        assert store_failed(locked.value), repr(locked.value)
+        assert store_failed(locked.value) and transient(locked.value), repr(locked.value)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
