@@ -158,6 +158,14 @@ def _title(code: int) -> str:
         return "error"
 
 
+class Refused(PermanentError):
+    """Another 4xx: the index refused the request as it was (its `status`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class NotInIndex(PermanentError):
     """404 in the index's own error body: the index holds no signal with that id."""
 
@@ -327,7 +335,7 @@ class VerwijsindexClient:
             raise NotInIndex(f"{where}: HTTP 404: {reason}")
         if code == 409:
             raise IndexConflict(f"{where}: HTTP 409: {reason}")
-        raise PermanentError(f"{where}: HTTP {code}: {reason}")
+        raise Refused(code, f"{where}: HTTP {code}: {reason}")
 
     @staticmethod
     def _parse(response: Answer, model: type[M], op: str) -> M:

@@ -425,7 +425,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             page_size=page_size,
             on_published=hub.relay.wake,
             metrics=hub.metrics,
-            index=index_of(s.url),
+            index=index_of(s.url, s.organisatie_code),
         )
         connector.feed = feed
         hub.background["verwijsindex-matches"] = feed.run

@@ -12,8 +12,12 @@ address), and one pointed at another index (the real one, after the simulator) s
 beginning rather than sending it a cursor it refuses at every poll; the matches already stored are
 known by their id.
 
+A cursor kept before the feed kept its index (an earlier version's) is taken as the configured
+index's; when that index refuses it (a 4xx), the feed starts at its beginning once, rather than
+asking with it for ever.
+
 A poll that fails waits before the next: the poll interval, doubled with each failure in a row up to
-`MAX_BACKOFF_S`, and at least as long as the index's Retry-After.
+`MAX_BACKOFF_S`, and at least as long as the index's Retry-After (up to an hour).
 
 An entry that breaks the contract is skipped, so that it cannot hold up the matches after it: it
 is logged (position and failed fields only, never a value), counted as outcome "refused" of the
@@ -34,7 +38,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from connectors.verwijsindex.client import RefusedMatch, VerwijsindexClient
+from connectors.verwijsindex.client import Refused, RefusedMatch, VerwijsindexClient
 from connectors.verwijsindex.contract import Match
 from connectors.verwijsindex.mapping import canonical_match
 from hub.logging import get_logger
@@ -54,17 +58,18 @@ from schemas.match import Match as CanonicalMatch
 log = get_logger(__name__)
 FEED_LOCK = 7_305_001  # PostgreSQL advisory lock id of the match feed poller
 MAX_BACKOFF_S = 300.0  # the longest wait after failed polls (a Retry-After may ask for longer)
+MAX_RETRY_AFTER_S = 3600.0  # the longest Retry-After waited out (a vendor's bug, a clock far off)
 EMBEDDED = "the embedded simulator"
 
 
-def index_of(url: str | None) -> str:
-    """Which index a feed reads, as kept beside its cursor: its address without a login, a query or
-    a trailing slash, hashed (an address may be longer than a cursor is kept); the in-process
-    simulator is one index however its port changes (it knows its own earlier cursors)."""
-    if url is None:
-        return EMBEDDED
-    address = url.split("://", 1)[-1].split("@", 1)[-1].split("?", 1)[0].rstrip("/").lower()
-    return "sha256:" + hashlib.sha256(address.encode()).hexdigest()
+def index_of(url: str | None, organisatie: str | None = None) -> str:
+    """Which feed a cursor is of, as kept beside it: the index's address without a login, a query or
+    a trailing slash, and the organisation whose matches it reads, hashed (an address may be longer
+    than a cursor is kept); the in-process simulator is one index however its port changes (it knows
+    its own earlier cursors)."""
+    address = EMBEDDED if url is None else url.split("://", 1)[-1].split("@", 1)[-1].split("?", 1)[0]
+    feed = f"{address.rstrip('/').lower()} {organisatie or ''}"
+    return "sha256:" + hashlib.sha256(feed.encode()).hexdigest()
 
 
 class MatchFeed:
@@ -80,10 +85,12 @@ class MatchFeed:
         page_size: int = 100,
         on_published: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
-        index: str = EMBEDDED,
+        index: str = index_of(None),
     ) -> None:
         self.store, self.client, self.topic, self.index = store, client, topic, index
         self._told_other_index = False
+        self._index_unknown = False  # the stored cursor has no index beside it (an earlier version's)
+        self._unknown_refused = False  # and the index refused it: the feed starts at its beginning
         self.interval_s, self.page_size, self.on_published = interval_s, page_size, on_published
         self.metrics = metrics
         self.last_error: str | None = None  # None again once a poll succeeds
@@ -109,7 +116,27 @@ class MatchFeed:
                     "index's beginning (the matches stored already are not passed on again)"
                 )
             return None
-        return await read_cursor(session)
+        self._index_unknown = kept is None
+        return None if self._index_unknown and self._unknown_refused else await read_cursor(session)
+
+    async def _page(
+        self, cursor: str | None, transaction_id: str
+    ) -> tuple[str | None, list[Match | RefusedMatch], str]:
+        """(the cursor asked after, the page, the cursor after it): a cursor of an unknown index that
+        the index refuses is not asked after again; the index is asked from its beginning instead."""
+        try:
+            return cursor, *await self.client.matches(cursor, self.page_size, transaction_id)
+        except Refused as exc:
+            if cursor is None or not self._index_unknown or self._unknown_refused:
+                raise
+            self._unknown_refused = True
+            log.warning(
+                "the Verwijsindex refuses the feed's cursor, kept before the hub kept which index "
+                "handed it out: the feed starts at the index's beginning (the matches stored already "
+                "are not passed on again)",
+                status=exc.status,
+            )
+            return None, *await self.client.matches(None, self.page_size, transaction_id)
 
     async def poll_once(self) -> int:
         """Handle one page after the stored cursor; return how many feed entries it held."""
@@ -119,13 +146,12 @@ class MatchFeed:
                 got = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FEED_LOCK})
                 if not got.scalar():
                     return 0
-                cursor = await self._cursor(session)
-                page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
+                cursor, page, volgende = await self._page(await self._cursor(session), transaction_id)
                 new, refused = await self._take(session, cursor, page, volgende, transaction_id)
         else:
             async with self.store.connect() as conn:
                 cursor = await self._cursor(conn)
-            page, volgende = await self.client.matches(cursor, self.page_size, transaction_id)
+            cursor, page, volgende = await self._page(cursor, transaction_id)
             if not page and volgende == cursor:
                 self.moved = False
                 return 0  # nothing new: the usual quiet poll takes no write transaction at all
@@ -198,7 +224,7 @@ class MatchFeed:
         """How long to wait after the `failures`th failed poll in a row."""
         doubled = self.interval_s * float(2 ** min(failures - 1, 20))
         wait = min(doubled, max(MAX_BACKOFF_S, self.interval_s))
-        asked: float = getattr(exc, "retry_after", None) or 0.0
+        asked: float = min(getattr(exc, "retry_after", None) or 0.0, MAX_RETRY_AFTER_S)
         return max(wait, asked)
 
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
 from connectors.verwijsindex.client import VerwijsindexClient
-from connectors.verwijsindex.feed import MAX_BACKOFF_S, MatchFeed, index_of
+from connectors.verwijsindex.feed import MAX_BACKOFF_S, MAX_RETRY_AFTER_S, MatchFeed, index_of
 from hub.clock import today
 from hub.errors import PermanentError, TransientError
 from hub.metrics import Metrics
@@ -476,6 +476,25 @@ async def test_a_cursor_kept_before_its_index_was_is_taken_as_the_configured_ind
     assert await feed.poll_once() == 0 and vendor.asked == ["c-0001", "c-0002"]
 
 
+async def test_a_cursor_kept_before_its_index_was_and_refused_starts_the_feed_at_the_beginning(
+    store: Store, signals: list[str], partner: tuple[Partner, VerwijsindexClient]
+) -> None:
+    """An install that kept the simulator's cursor with an earlier version, then pointed at the real
+    index: the index refuses that cursor (400) at every poll, and no match was read again."""
+    vendor, client = partner
+    async with store.transaction() as session:
+        await write_cursor(session, "1712000000-0000000042")  # the simulator's, no index beside it
+    vendor.pages = {None: page([entry(1, signals[0])], "r-1"), "r-1": page([], "r-1")}
+    feed = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of("https://vi.example/api"))
+    with structlog.testing.capture_logs() as logs:
+        assert await feed.poll_once() == 1
+    assert vendor.asked == ["1712000000-0000000042", None]
+    assert any("refuses the feed's cursor" in line["event"] for line in logs)
+    assert await feed.poll_once() == 0 and vendor.asked[-1] == "r-1"  # its own cursor from here on
+    again = MatchFeed(store, client, topic=TOPIC, interval_s=60, index=index_of("https://vi.example/api"))
+    assert await again.poll_once() == 0 and vendor.asked[-1] == "r-1"  # and kept with its index
+
+
 class FailingIndex:
     """An index whose feed fails every time: refused (a 400) or rate-limited (429, Retry-After)."""
 
@@ -511,3 +530,13 @@ async def test_a_failing_feed_backs_off(store: Store, retry_after: float | None,
             await running
     assert feed.backoff(PermanentError("x"), 30) == MAX_BACKOFF_S  # never longer, but for a Retry-After
     assert feed.backoff(TransientError("x", retry_after=900), 1) == 900
+    assert feed.backoff(TransientError("x", retry_after=86_400), 1) == MAX_RETRY_AFTER_S  # not a day
+
+
+def test_a_feed_is_its_index_and_its_organisations() -> None:
+    url = "https://vi.example/api"
+    assert index_of(url, "halt-den-haag") != index_of(url, "halt-rotterdam") != index_of(url)
+    assert index_of("https://user:secret@VI.example/api/?x=1", "halt-den-haag") == index_of(
+        url, "halt-den-haag"
+    )
+    assert index_of(None) != index_of(url)
