@@ -49,6 +49,7 @@ from schemas.envelope import Envelope, utcnow
 
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
+MAX_BACKOFF_S = 30.0  # the longest wait after rounds that failed in a row
 
 
 class RetryLadder(ParkingLot):
@@ -301,8 +302,11 @@ class RetryLadder(ParkingLot):
             await asyncio.gather(*tries)
         except asyncio.CancelledError:
             # The hub stopping past its grace (a slow partner, a round of 200): the calls that were
-            # answered are recorded still, or they would all go out again after the restart.
-            await self._record_outcomes([t.result() for t in tries if t.done() and not t.cancelled()])
+            # answered are recorded still, or they would all go out again after the restart; within
+            # a grace of its own (another process holding the store's lock would hold the stop).
+            answered = [t.result() for t in tries if t.done() and not t.cancelled()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._record_outcomes(answered), STOP_GRACE_S)
             raise
         await self._record_outcomes([t.result() for t in tries])
 
@@ -332,6 +336,7 @@ class RetryLadder(ParkingLot):
         Cancelled (the hub stopping), the deliveries in hand still finish and have their outcome
         recorded, up to `STOP_GRACE_S`: a message sent but not marked would be sent again.
         """
+        failures = 0  # rounds failed in a row
         while True:
             self._wake.clear()  # from here on, a message queued meanwhile cuts the wait short
             try:
@@ -342,6 +347,7 @@ class RetryLadder(ParkingLot):
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(step, STOP_GRACE_S)
                     raise
+                failures = 0
                 if tried:
                     continue
                 # Due, but every one taken by another hub process between the look and the claim:
@@ -355,8 +361,10 @@ class RetryLadder(ParkingLot):
                 )
                 # The whole wait, whatever came meanwhile: a message queued while the round failed
                 # must not start the next at once, which would send again a delivery whose outcome
-                # could not be recorded (and hammer a store that is failing).
-                await asyncio.sleep(idle_s)
+                # could not be recorded (and hammer a store that is failing). Doubled with each
+                # round failed in a row (a full disk: every round's calls go out again unrecorded).
+                failures += 1
+                await asyncio.sleep(min(idle_s * 2 ** min(failures - 1, 10), max(MAX_BACKOFF_S, idle_s)))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(wait if wait is not None else idle_s, idle_s))

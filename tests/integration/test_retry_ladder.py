@@ -805,6 +805,19 @@ async def test_a_message_queued_while_a_round_fails_does_not_cut_the_backoff_sho
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+    # Rounds that fail in a row wait longer each time (0.05, 0.1, 0.2, 0.4 s): a store that stays
+    # failing (a full disk) would otherwise see the same calls go out, unrecorded, every idle_s.
+    rounds, first = 0, asyncio.Event()
+    running = asyncio.create_task(ladder.run(idle_s=0.05))
+    try:
+        await asyncio.wait_for(first.wait(), 10)
+        await asyncio.sleep(0.7)
+        assert 2 <= rounds <= 5, f"{rounds} rounds in 0.7 s: the backoff does not grow"
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
         await store.close()
 
 
