@@ -34,11 +34,12 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import aiosmtplib
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from bench.data import bsn
 from bench.harness import Result, create, peak_rss_mb
@@ -56,6 +57,8 @@ from hub.notify.component import MatchNotice, match_context, register_notify
 from hub.notify.service import notify_caseworker
 from hub.notify.tables import mail_sent
 from hub.runtime import Hub
+from hub.signals.service import new_signal_row
+from hub.signals.tables import signals
 from hub.spine import Relay
 from hub.store import Store
 from hub.store.tables import outbox
@@ -64,6 +67,8 @@ from schemas.caseworker import Caseworker, ContactDetails, Team
 from schemas.envelope import new_id, utcnow
 from schemas.notification import MailNotification
 from schemas.pseudonym import youth_key
+from schemas.referral import Gender
+from schemas.signal import SignalYouth, VerwijsindexSignal
 
 SENDER = "ketenhub@halt.nl"
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
@@ -104,6 +109,25 @@ def match_notice(i: int, caseworker_id: str) -> MatchNotice:
     )
 
 
+def signal_of(i: int, contact: Caseworker) -> VerwijsindexSignal:
+    """The i-th match's signal (`match_notice`), active for a year, `contact` its contact."""
+    today = utcnow().date()
+    return VerwijsindexSignal(
+        signal_id=f"SIG-{i:07d}",
+        youth=SignalYouth(
+            bsn=bsn(i), given_names="Test", surname="Jongere", birth_date=date(2010, 1, 1),
+            gender=Gender.MAN, municipality="Den Haag",
+        ),
+        organisation="Halt Den Haag",
+        caseworker=ContactDetails(name=contact.name, organisation="Halt Den Haag", email=contact.email),
+        caseworker_id=contact.caseworker_id,
+        created=today,
+        end_date=today + timedelta(days=365),
+        youth_informed_at=today,
+        parent_letter_sent_at=today,
+    )  # fmt: skip
+
+
 @dataclass
 class Commands:
     """N mail commands on the hub's topic, their copy for the baseline, and what must arrive."""
@@ -127,6 +151,13 @@ async def queue_mails(bootstrap: str, topic: str, db_url: str, n: int) -> Comman
                 await upsert_caseworker(session, cw)
         for start in range(0, n, 500):
             async with store.transaction() as session:
+                # the signals the matches are on, active, their contact the mail's recipient: a match
+                # mail on a signal the hub does not hold (purged) is withheld, not sent
+                held = [
+                    new_signal_row(signal_of(i, people[i % len(people)]), youth_key(SECRET, bsn(i)))
+                    for i in range(start, min(n, start + 500))
+                ]
+                await session.execute(insert(signals), held)
                 for i in range(start, min(n, start + 500)):
                     notice = match_notice(i, people[i % len(people)].caseworker_id)
                     key = youth_key(SECRET, bsn(i))  # the notifier keys match mails by youth
