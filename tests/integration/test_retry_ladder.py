@@ -806,14 +806,15 @@ async def test_a_message_queued_while_a_round_fails_does_not_cut_the_backoff_sho
         with contextlib.suppress(asyncio.CancelledError):
             await running
 
-    # Rounds that fail in a row wait longer each time (0.05, 0.1, 0.2, 0.4 s): a store that stays
-    # failing (a full disk) would otherwise see the same calls go out, unrecorded, every idle_s.
+    # Rounds that fail in a row wait longer each time (0.02, 0.04, 0.08, 0.16 s: five rounds in
+    # 0.4 s at most, the sixth at 0.62 s): a store that stays failing (a full disk) would otherwise
+    # see the same calls go out, unrecorded, every idle_s (about 20 rounds in 0.4 s).
     rounds, first = 0, asyncio.Event()
-    running = asyncio.create_task(ladder.run(idle_s=0.05))
+    running = asyncio.create_task(ladder.run(idle_s=0.02))
     try:
         await asyncio.wait_for(first.wait(), 10)
-        await asyncio.sleep(0.7)
-        assert 2 <= rounds <= 5, f"{rounds} rounds in 0.7 s: the backoff does not grow"
+        await asyncio.sleep(0.4)
+        assert 2 <= rounds <= 5, f"{rounds} rounds in 0.4 s: the backoff does not grow"
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -516,12 +516,13 @@ class FailingIndex:
 async def test_a_failing_feed_backs_off(store: Store, retry_after: float | None, at_most: int) -> None:
     """It polled at the interval whatever the index said: through a Retry-After of minutes, and a
     refusal that repeats (2 s apart, for ever). Now it waits the Retry-After, and doubles its wait
-    with each failure in a row (0.05, 0.1, 0.2, 0.4 s: five polls in 0.75 s at most)."""
+    with each failure in a row (0.02, 0.04, 0.08, 0.16 s: five polls in 0.4 s at most, the sixth at
+    0.62 s; about 20 before)."""
     index = FailingIndex(retry_after)
-    feed = MatchFeed(store, index, topic=TOPIC, interval_s=0.05)  # type: ignore[arg-type]
+    feed = MatchFeed(store, index, topic=TOPIC, interval_s=0.02)  # type: ignore[arg-type]
     running = asyncio.create_task(feed.run())
     try:
-        await asyncio.sleep(0.75)
+        await asyncio.sleep(0.4)
         assert 1 <= index.calls <= at_most, index.calls
         assert feed.last_error is not None and "HTTP" in feed.last_error
     finally:
