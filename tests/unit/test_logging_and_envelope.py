@@ -63,6 +63,21 @@ def test_a_bsn_written_in_groups_is_redacted_and_a_phone_number_or_address_is_no
         assert redact_text(kept) == kept
 
 
+def test_a_bsn_in_groups_followed_or_preceded_by_another_number_is_still_redacted() -> None:
+    """A run of groups that goes on past nine digits was let through whole, BSN and all."""
+    grouped = ("999 99 0044", "999.990.044", "111 22 2333")
+    for written in grouped:
+        for text in (f"{written} 2 meldingen", f"stap 3 {written}", f"1 {written} 12"):
+            out = redact_text(text)
+            assert written not in out and REDACTED in out, (text, out)
+            assert out.count(REDACTED) == 1, out
+    assert redact_text("999 99 0044 2 meldingen") == f"{REDACTED} 2 meldingen"
+    assert redact_text("stap 3 999.990.044") == f"stap 3 {REDACTED}"
+    # nine digits in groups that fail the elfproef, inside a longer run, are a count, a phone, a code
+    for kept in ("1 2 3 4 5 6 7 8 9 10", "06 1234 5678 3", "123 45 6789 2"):
+        assert redact_text(kept) == kept
+
+
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
     from hub.logging import setup_logging
 
