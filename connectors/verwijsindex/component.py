@@ -135,11 +135,20 @@ def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
     the first PUT it took, with the contact then; a PATCH changes its contact, not that body. So once
     the contact moved, every later PUT conflicts, also when the index's contact is already the one
     this PUT names (a PATCH of an earlier turn-around, or the change behind it, got through)."""
-    return (
-        index is not None
-        and index.status is SignaalStatus.ACTIEF
-        and (index.organisatie, index.aangemaakt, index.einddatum)
-        == (body.organisatie, body.aangemaakt, body.einddatum)
+    return index is not None and index.status is SignaalStatus.ACTIEF and _same_signal(index, body)
+
+
+def _ended_earlier_attempt(index: Signaal, body: SignaalRegistratie) -> bool:
+    """Whether what the index holds under the id is this registration, taken at an earlier attempt
+    and ended since (withdrawn, or past its end date): the same organisation and dates, not active."""
+    return index.status is not SignaalStatus.ACTIEF and _same_signal(index, body)
+
+
+def _same_signal(index: Signaal, body: SignaalRegistratie) -> bool:
+    return (index.organisatie, index.aangemaakt, index.einddatum) == (
+        body.organisatie,
+        body.aangemaakt,
+        body.einddatum,
     )
 
 
@@ -161,7 +170,8 @@ class VerwijsindexConnector:
     withdrawn is withheld, and a withdrawal the index answers "no such signal" is done. A registration
     is withheld only when the index confirms it holds no such signal: an earlier attempt whose answer
     was lost may have got through, and then it was a disclosure, audited as one, which the withdrawal
-    behind it ends.
+    behind it ends; when the index holds it ended already (a dead letter replayed after the
+    withdrawal), it is audited so and not sent again.
 
     A registration or a change of contact names the signal's contact as the hub holds it when the
     command goes, not the one it was queued with: while it waited (the retry ladder, a dead letter
@@ -238,11 +248,22 @@ class VerwijsindexConnector:
                 # Registered through the API, a signal is stored before its command is queued: one the
                 # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
                 raise PermanentError("the hub holds no signal with this id: it is not registered")
-            if _withdrawn(held) and await self._not_in_index(signal.signal_id, message, _secrets(held)):
-                self.outcomes.add(message.message_id, WITHHELD)
-                return
+            found = None
+            if _withdrawn(held):
+                found = await self._in_index(signal.signal_id, message, _secrets(held))
+                if found is None:
+                    self.outcomes.add(message.message_id, WITHHELD)
+                    return
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
             body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
+            if found is not None and _ended_earlier_attempt(found, body):
+                # An earlier attempt got through (its answer lost) and the hub's withdrawal has ended
+                # it there: it was delivered then. A PUT now would send the youth's data again for a
+                # signal that is over, and one with another contact the index refuses for ever.
+                self.contacts.add(message.message_id, "")
+                candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
+                self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
+                return
             found = await self._register(signal.signal_id, body, message)
             self.contacts.add(message.message_id, contact_id or "")
             if found is not None:
@@ -319,10 +340,6 @@ class VerwijsindexConnector:
             return await self.client.get(signal_id, message.transaction_id, secrets=secrets)
         except NotInIndex:
             return None
-
-    async def _not_in_index(self, signal_id: str, message: Envelope, secrets: tuple[str, ...]) -> bool:
-        """Whether the index holds no such signal (it answers "not found" for it)."""
-        return await self._in_index(signal_id, message, secrets) is None
 
     async def on_delivered(self, session: AsyncSession, message: Envelope) -> None:
         """Record the outcome: a disclosure (naming the contact that went), or what `deliver` found

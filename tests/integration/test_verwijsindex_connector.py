@@ -563,6 +563,64 @@ async def test_a_dead_lettered_registration_replayed_after_its_withdrawal_stays_
         await hub.stop()
 
 
+async def test_a_registration_the_index_took_and_the_withdrawal_ended_is_not_sent_again_on_replay(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Every answer to the registration was lost: the index took it, the hub dead-lettered it. Its
+    contact changed, then the signal was withdrawn, both delivered. Replayed, the registration was
+    sent again, with the contact now: the index, holding the first body, refused it (409), and the
+    letter came back, for ever. The index holds it ended: it was delivered at the first attempt."""
+    await set_faults(admin, lost_answer_rate=1.0, methods=["PUT"])  # taken, every answer cut off
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=520_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq_topic = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq_topic, expect=1, timeout_s=30)) == 1
+        await set_faults(admin, lost_answer_rate=0.0)
+        async with hub.store.transaction() as session:
+            await request_contact_change(session, hub, signal.signal_id, STAND_IN, str(uuid.uuid4()))
+        hub.relay.wake()
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        await withdraw(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        assert simulator.state.get(signal.signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
+        before = len(await calls(admin))
+
+        letters = DeadLetters(hub.store, hub.kafka_options, [dlq_topic], wake=hub.relay.wake)
+        job = await letters.start_replay(await letters.find(), "olaf")
+        await wait_for(lambda: _is_done(job), timeout_s=30)
+        assert (job.done, job.skipped, job.failed) == (1, 0, 0)
+
+        async def replayed() -> bool:
+            return len(await audited(hub, signal)) == 3
+
+        await wait_for(replayed, timeout_s=20)
+        after = [(c["method"], c["status"]) for c in (await calls(admin))[before:]]
+        assert after == [("GET", 200)], after  # asked, not sent again
+        assert await audited(hub, signal) == [
+            "verwijsindex.ChangeSignalContact",
+            "verwijsindex.WithdrawSignal",
+            "verwijsindex.RegisterSignal",
+        ]
+        async with hub.store.connect() as conn:
+            objects = (
+                await conn.execute(
+                    select(audit_log.c.objects).where(audit_log.c.action == "verwijsindex.RegisterSignal")
+                )
+            ).scalar_one()
+        # the disclosure that first attempt was, with the contact the index held: the stand-in's now
+        assert objects["registered_at_earlier_attempt"] is True
+        assert objects["index_contact_caseworker_id"] == STAND_IN.caseworker_id
+        assert "caseworker_id" not in objects  # this attempt sent no contact
+        assert simulator.state.get(signal.signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
+        assert len(await read_all(kafka.bootstrap, dlq_topic)) == 1  # not dead-lettered again
+    finally:
+        await hub.stop()
+
+
 async def test_a_contact_change_waiting_when_its_signal_is_withdrawn_is_withheld(
     kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
 ) -> None:
