@@ -10,7 +10,7 @@ from aiokafka import ConsumerRecord
 from connectors import politie
 from hub.audit import AuditEntry
 from hub.clock import local_day
-from hub.intake import reject_unparseable
+from hub.intake import FORMAT_ONGELDIG, reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
@@ -22,7 +22,7 @@ from hub.spine.outbox import add_many_to_outbox
 from hub.topics import POLITIE_DECISION, POLITIE_REFERRAL, REFERRAL_DECIDED, REFERRAL_RECEIVED
 from schemas.envelope import Envelope
 from schemas.problems import PartnerFormatError
-from schemas.referral import Decision, Referral
+from schemas.referral import Decision, DecisionReason, Referral
 
 # A partner's clock may run a little ahead of the hub's: near midnight its "today" is the hub's
 # tomorrow. A date is refused as still to come (DATUM_IN_TOEKOMST) only past this margin, since a
@@ -85,12 +85,19 @@ def politie_besluit(
             "besluit": "GEACCEPTEERD" if decision.accepted else "AFGEWEZEN",
             "herhaling": duplicate,
             "redenen": [
-                {"code": r.code, "toelichting": r.message, "veld": r.field} for r in decision.reasons
+                {"code": r.code, "toelichting": r.message, "veld": _veld(r)} for r in decision.reasons
             ],
             "haltCategorie": decision.reason_category.value if decision.reason_category else None,
             "regelsVersie": decision.rules_version,
         },
     )
+
+
+def _veld(reason: DecisionReason) -> str | None:
+    """The field a reason names, in the police's terms: a rule names the canonical field, which
+    becomes theirs; an unreadable record's reason names the field as they sent it already (an unknown
+    field they called "confessed" stays that, and is not their "bekennend")."""
+    return reason.field if reason.code == FORMAT_ONGELDIG else politie.own_field(reason.field)
 
 
 def register_intake(hub: Hub) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Final, Literal, get_args
 
 from hub import clock
 from hub.intake.config import HaltFeit, IntakeRules
@@ -17,7 +18,27 @@ def normalise_article(article: str) -> str:
     return re.sub(r"[\s.]", "", text)
 
 
-def _reason(code: str, message: str, field: str | None = None) -> DecisionReason:
+# Every canonical field a reason of intake names: the rules below and rule 7's conflict
+# (hub/intake/service.py). A partner answered in its own format names its own field instead, through
+# a mapping beside its parser (connectors/politie.py); the decision itself keeps these names.
+ReasonField = Literal[
+    "case_reference",
+    "youth.birth_date",
+    "offence.committed_on",
+    "offence.feitcode",
+    "truancy",
+    "truancy.period_end",
+    "confessed",
+    "youth_agreed",
+    "parents_agreed",
+    "ovj_approval",
+    "damage.youth_share",
+    "damage.case_total",
+]
+REASON_FIELDS: Final[frozenset[str]] = frozenset(get_args(ReasonField))
+
+
+def _reason(code: str, message: str, field: ReasonField | None = None) -> DecisionReason:
     return DecisionReason(code=code, message=message, field=field)
 
 
@@ -26,6 +47,7 @@ def _check_not_ahead(referral: Referral, today: date) -> list[DecisionReason]:
     # the youth does not have yet.
     if referral.offence_date <= today:
         return []
+    field: ReasonField
     if referral.truancy is not None:
         what, field = "De laatste verzuimdag ('Verzuim tot en met')", "truancy.period_end"
     elif referral.track is Track.PREVENTIEF:

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,7 +16,7 @@ from hub import clock
 from hub.audit import audit_row, write_audits
 from hub.clock import aware
 from hub.intake.config import IntakeRules
-from hub.intake.rules import decide
+from hub.intake.rules import ReasonField, decide
 from hub.intake.tables import referrals
 from hub.logging import get_logger
 from hub.spine.outbox import add_many_to_outbox
@@ -78,6 +78,7 @@ class IntakeResult:
 
 
 KENMERK_IN_GEBRUIK = "KENMERK_IN_GEBRUIK"
+_CONFLICT_FIELD: Final[ReasonField] = "case_reference"
 
 
 def conflict_of(referral: Referral, key: str, received_at: datetime) -> IntakeResult:
@@ -98,7 +99,7 @@ def conflict_of(referral: Referral, key: str, received_at: datetime) -> IntakeRe
                     " verwijzing met een eigen kenmerk; was de eerste verwijzing een vergissing, neem"
                     " dan contact op met Halt."
                 ),
-                field="case_reference",
+                field=_CONFLICT_FIELD,
             )
         ],
     )

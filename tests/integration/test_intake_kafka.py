@@ -74,7 +74,10 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         assert (refused.payload["besluit"], refused.payload["herhaling"]) == ("AFGEWEZEN", False)
         assert refused.payload["verwijzingId"] is None
         assert other_key == pseudonym(TEST_SECRET, "111222333").encode() != key
-        assert by_pv["PL1500-2025031201-2"][0][1].payload["besluit"] == "AFGEWEZEN"
+        refused_2 = by_pv["PL1500-2025031201-2"][0][1].payload
+        assert refused_2["besluit"] == "AFGEWEZEN"
+        # the reason names the police's own field, not the hub's canonical "confessed"
+        assert [(r["code"], r["veld"]) for r in refused_2["redenen"]] == [("NIET_BEKEND", "bekennend")]
         _, error = by_pv["PL1500-2025031201-99"][0]
         assert error.payload["besluit"] == "AFGEWEZEN" and error.transaction_id == "tx-broken"
         assert {r["code"] for r in error.payload["redenen"]} == {"FORMAT_ONGELDIG"}
