@@ -49,7 +49,8 @@ NOT_IN_INDEX = delivery.NOT_IN_INDEX  # a withdrawal or contact change the index
 # Why a contact change the index holds no signal for is a dead letter (no registration is on its way).
 NOT_REGISTERED = (
     "the Verwijsindex holds no such signal and no registration of it is waiting (none parked or queued, "
-    "no open dead letter): register it again"
+    "no open dead letter): register it again (`ketenhub signals register-again {signal_id}`, or POST "
+    "/ops/api/signals/{signal_id}/register-again), then replay this change or discard it"
 )
 _CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT, commands.WITHDRAW)  # looked up per round
 _WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
@@ -291,7 +292,7 @@ class VerwijsindexConnector:
                 )
             except NotInIndex as exc:
                 if not await self._registration_waits(change.signal_id, held):
-                    raise NotInIndex(f"{NOT_REGISTERED} ({exc})") from None
+                    raise NotInIndex(f"{NOT_REGISTERED.format(signal_id=change.signal_id)} ({exc})") from None
                 # its registration has not got there: when it goes, it names the contact then
                 self.outcomes.add(message.message_id, NOT_IN_INDEX)
                 return

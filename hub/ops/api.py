@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from hub.ops.dlq import SYSTEM, Reason
 from hub.ops.dlq_jobs import KEEP_FINISHED, ReplayBusy, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import BETWEEN_DIGITS, is_youth_key, show_headers, show_payload
+from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import Plain
@@ -184,6 +186,43 @@ async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, 
     if d.status != "open":
         raise Problem(409, "Already resolved", "This dead letter was already replayed or discarded.")
     return (await console.dead_letters.start_replay([d], op.username)).progress()
+
+
+@router.post(
+    "/signals/{signal_id}/register-again",
+    summary="Queue an active signal's registration with the Verwijsindex once more",
+    status_code=202,
+)
+async def register_signal_again(request: Request, op: Acting, signal_id: str) -> dict[str, Any]:
+    """For a signal the index holds no more, or whose registration's dead letter was discarded: a
+    contact change then is a dead letter saying "register it again". The registration names the
+    signal's contact as the hub holds it now; audited with the operator. Answers the signal's id and
+    the command's message id, nothing of the youth."""
+    hub = _console(request).hub
+    assert hub.store is not None and hub.relay is not None
+    transaction_id = str(getattr(request.state, "transaction_id", None) or uuid.uuid4())
+    try:
+        async with hub.store.transaction() as session:
+            message_id = await register_again(
+                session, hub, signal_id, user=op.username, transaction_id=transaction_id, day=hub.today()
+            )
+    except SignalNotFound:
+        raise Problem(404, "Unknown signal", "The hub holds no signal with this id.") from None
+    except SignalNotActive:
+        raise Problem(
+            409,
+            "Signal not active",
+            "This signal was withdrawn, ended or expired: it is not registered again.",
+        ) from None
+    except UnfitContact:
+        raise Problem(
+            409,
+            "Contact unfit",
+            "The Verwijsindex cannot take the phone number of this signal's contact: its caseworker"
+            " changes the contact first.",
+        ) from None
+    hub.relay.wake()
+    return {"signal_id": signal_id, "message_id": message_id, "status": "queued"}
 
 
 _FILTERS = ("topic", "error_class", "since", "until", "key")

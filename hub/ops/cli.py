@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -34,12 +35,15 @@ from hub.ops.lag import BrokersUnavailable, LagProbe
 from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
+from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
+from hub.signals.service import signal_topic
 from hub.spine.outbox import outbox_state
 from hub.store import Store
-from hub.topics import all_topics, prefixed
+from hub.topics import VERWIJSINDEX_SIGNAL, all_topics, prefixed
 
 operators_app = typer.Typer(help="Operators of the console and their roles.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list, show, replay, discard.", no_args_is_help=True)
+signals_app = typer.Typer(help="Verwijsindex signals: register one again.", no_args_is_help=True)
 outbox_app = typer.Typer(
     help="The outbox: what waits to be published, and rows parked as larger than the brokers take.",
     no_args_is_help=True,
@@ -455,6 +459,34 @@ def outbox_discard(
         typer.echo(f"ketenhub: no parked outbox row {row_id}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"discarded {row_id}")
+
+
+@signals_app.command("register-again")
+def signals_register_again(
+    signal_id: Annotated[str, typer.Argument(help="the signal's id (in its dead letter, or its row's)")],
+) -> None:
+    """Queue an active signal's registration with the Verwijsindex once more (audited).
+
+    For a signal the index holds no more, or whose registration's dead letter was discarded or
+    outlived the DLQ's term: a contact change then is a dead letter saying "register it again". The
+    registration names the signal's contact as the hub holds it now; the running hub's relay sends it.
+    """
+
+    async def go(settings: Settings, store: Store) -> str:
+        topic = signal_topic(settings.kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name)
+        async with store.transaction() as session:
+            return await register_again(
+                session, topic, signal_id, user=USER, transaction_id=str(uuid.uuid4())
+            )
+
+    try:
+        message_id = _run(go)
+    except (SignalNotFound, SignalNotActive, UnfitContact) as exc:
+        typer.echo(f"ketenhub: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"queued the registration of {signal_id} again (message {message_id}); the running hub sends it"
+    )
 
 
 def topics(

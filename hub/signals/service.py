@@ -296,6 +296,34 @@ async def request_contact_change(
     )
 
 
+async def register_again(
+    session: AsyncSession,
+    hub_or_topic: _HasTopic | str,
+    signal_id: str,
+    *,
+    user: str,
+    transaction_id: str,
+    day: date | None = None,
+) -> str:
+    """Queue an active signal's registration once more, naming its contact as the hub holds it now;
+    returns the command's message id.
+
+    For a signal the Verwijsindex holds no more (it lost it), or whose registration will not reach it
+    (its dead letter was discarded or outlived the DLQ's term): a contact change then is a dead letter
+    that says so. The index takes a registration it holds already as done (or as an earlier attempt's,
+    which the connector audits so), so queueing one too many sends nothing new. Written in the
+    caller's transaction, audited with who asked. SignalNotFound, SignalNotActive, or UnfitContact
+    when the contact's phone is one the index cannot take."""
+    row = await _active_row(session, signal_id, day or today())
+    signal = signal_from_row(row)
+    if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
+        raise UnfitContact(f"caseworker {signal.caseworker_id!r}: {problem}")
+    message = commands.register_command(signal, transaction_id)
+    await _queue(session, signal_topic(hub_or_topic), message, row.youth_key, signal_id)
+    await _audit(session, "signal.registered_again", user, row.youth_key, signal_id, transaction_id)
+    return message.message_id
+
+
 async def _active_row(session: AsyncSession, signal_id: str, day: date) -> Any:
     row = await signal_row(session, signal_id, lock=True)  # two withdrawals at once: in turn
     if row.status != SignalStatus.ACTIEF.value or row.end_date < day:

@@ -7,6 +7,7 @@ simulator over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,13 +15,17 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from connectors.verwijsindex.client import VerwijsindexClient
 from connectors.verwijsindex.component import NAME, VerwijsindexConnector
 from connectors.verwijsindex.contract import Organisatie, SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.app import create_app
+from hub.cli import app as cli
 from hub.embedded import EmbeddedKafka
 from hub.errors import TransientError
+from hub.ops.auth import add_operator
 from hub.ops.dlq import DeadLetters
 from hub.retry.tables import parked
 from hub.runtime import Hub
@@ -50,6 +55,7 @@ from tests.integration.test_verwijsindex_connector import (
     rows,
     set_faults,
     start_hub,
+    withdraw,
 )
 
 pytestmark = pytest.mark.integration
@@ -60,6 +66,7 @@ PIET = Caseworker(
     team=Team.DEN_HAAG,
     meldingsbevoegd=True,
 )
+OPS_PASSWORD = "a long enough password"
 OTHER_ORGANISATION = "jeugdhulp-haaglanden"  # other_organisation_signals' organisation
 
 
@@ -438,9 +445,48 @@ async def test_a_change_the_index_holds_no_signal_for_and_no_registration_waits_
         await wait_for(lambda: _state_is(hub, signal, "dead_lettered"), timeout_s=20)
         row = (await rows(hub))[signal.signal_id]
         assert row.delivery_command == "ChangeSignalContact" and "register it again" in row.last_error
+        # the letter names the way to do so, with this signal's id
+        assert f"ketenhub signals register-again {signal.signal_id}" in said[DLQ_EXC_MESSAGE]
         assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"]  # the change: not moot
+
+        # an operator registers it again over the console's API: the index holds it, with Noor
+        app = create_app(hub.settings, hub=hub)
+        assert hub.store is not None
+        await add_operator(hub.store, "olga", OPS_PASSWORD, "operator")
+        await add_operator(hub.store, "vera", OPS_PASSWORD, "viewer")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as ops:
+            as_viewer = await _ops_login(ops, "vera")
+            path = f"/ops/api/signals/{signal.signal_id}/register-again"
+            assert (await as_viewer.post(path)).status_code == 403
+            as_operator = await _ops_login(ops, "olga")
+            unknown = await as_operator.post(f"/ops/api/signals/{uuid.uuid4()}/register-again")
+            assert unknown.status_code == 404
+            again = await as_operator.post(path)
+            assert again.status_code == 202, again.text
+            assert again.json()["signal_id"] == signal.signal_id and signal.youth.bsn not in again.text
+            await wait_for(lambda: _state_is(hub, signal, "delivered"), timeout_s=20)
+            assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
+            assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"] * 2
+            [asked] = await audit_of(hub, signal, "signal.registered_again")
+            assert asked == {"signal_id": signal.signal_id}
+            async with hub.store.connect() as conn:
+                users = await conn.execute(
+                    select(audit_log.c.user).where(audit_log.c.action == "signal.registered_again")
+                )
+                assert users.scalars().all() == ["olga"]
+            await withdraw(hub, signal)
+            ended = await as_operator.post(path)
+            assert ended.status_code == 409  # a withdrawn signal is not registered again
     finally:
         await hub.stop()
+
+
+async def _ops_login(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
+    """A client of the same app with `username` logged in to the operator console."""
+    own = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
+    r = await own.post("/ops/login", json={"username": username, "password": OPS_PASSWORD})
+    assert r.status_code == 200, r.text
+    return own
 
 
 async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter(
@@ -467,6 +513,29 @@ async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter
         row = (await rows(hub))[signal.signal_id]
         assert row.delivery_command == "ChangeSignalContact" and "register it again" in row.last_error
         assert await audited(hub, signal) == []
+
+        # an operator registers it again from the command line; the running hub sends it
+        env = {
+            "KETENHUB_DATABASE__URL": db_url,
+            "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KETENHUB_KAFKA__TOPIC_PREFIX": hub.settings.kafka.topic_prefix,
+            "KETENHUB_SECRET": TEST_SECRET,
+        }
+        args = ["signals", "register-again", signal.signal_id]
+        done = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+        assert done.exit_code == 0, done.output
+        assert f"queued the registration of {signal.signal_id} again" in done.output
+        hub.relay.wake()
+        await wait_for(lambda: _state_is(hub, signal, "delivered"), timeout_s=20)
+        # with the contact now: Noor's, not the one it was first queued with
+        assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
+        assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"]
+        [asked] = await audit_of(hub, signal, "signal.registered_again")
+        assert asked == {"signal_id": signal.signal_id}
+        unknown = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["signals", "register-again", "nope"], env=env
+        )
+        assert unknown.exit_code == 1 and "unknown" in unknown.output
     finally:
         await hub.stop()
 
