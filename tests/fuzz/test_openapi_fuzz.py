@@ -290,6 +290,7 @@ def test_every_operation_that_reads_a_body_documents_it(running: Running) -> Non
     assert bodiless == {  # these take no body at all
         ("POST", "/ops/logout"),
         ("POST", "/ops/api/dlq/{letter_id}/replay"),
+        ("POST", "/ops/api/signals/{signal_id}/register-again"),
         ("POST", "/api/v1/medewerkers/{caseworker_id}/borging"),
     }
     consent = paths["/api/v1/toestemmingen"]["post"]["requestBody"]["content"]
