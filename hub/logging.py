@@ -26,14 +26,16 @@ _BSN_LIKE = re.compile(
     rf"|{_SPACED}"
 )
 # A run of digit groups that goes on past nine digits may still hold a BSN in groups: "999 99 0044 2
-# meldingen" is a BSN and a count. Any groups in a row of such a run with nine digits in all that pass
-# the elfproef are taken for one; a phone number or an address rarely does (about one such window in
-# eleven passes by chance, and is redacted too: a log line can spare it, not a BSN).
+# meldingen" is a BSN and a count, "PV2025 999 99 0044" an id and a BSN. Groups in a row of such a
+# run, each of two digits or more, with nine digits in all that pass the elfproef are taken for one;
+# a run after "+" or from "00" and a country code is a phone number, kept whole. Otherwise about one
+# window in eleven passes by chance, and is redacted too: a log line can spare it, not a BSN.
 _GROUPED_RUN = re.compile(
     rf"(?<![0-9A-Za-z-])(?P<uuid>{_UUID})(?![0-9A-Za-z-])"
-    r"|(?<![0-9A-Za-z])(?<![0-9][ .])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z])"
+    r"|(?<![0-9A-Za-z])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z])"
 )
 _SEPARATOR = re.compile(r"([ .])")
+_INTERNATIONAL = re.compile(r"00[1-9][0-9]{0,2}")  # "0031", "0032": how a phone number may begin
 REDACTED = "[bsn-redacted]"
 
 
@@ -43,15 +45,21 @@ def _redact_groups(match: re.Match[str]) -> str:
         return match.group()
     parts = _SEPARATOR.split(match.group())  # groups at even places, their separators between
     groups = parts[::2]
+    if match.string[match.start() - 1 : match.start()] == "+" or _INTERNATIONAL.fullmatch(groups[0]):
+        return match.group()  # a phone number with its country code
     redacted = [False] * len(groups)
     for first in range(len(groups)):
         digits = ""
         for last in range(first, len(groups)):
+            if len(groups[last]) < 2:
+                break
             digits += groups[last]
             if len(digits) >= 9:
                 if len(digits) == 9 and is_valid_bsn(digits):
                     redacted[first : last + 1] = [True] * (last + 1 - first)
                 break
+    if not any(redacted):
+        return match.group()
     out: list[str] = []
     for i, group in enumerate(groups):
         if i:

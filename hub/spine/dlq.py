@@ -88,7 +88,9 @@ def safe_error_message(exc: BaseException) -> str:
     # A partner's answer may carry a NUL or undecodable bytes (a Latin-1 SMTP reply): the text is
     # stored (parked rows, DLQ headers), so it is made storable here, or its recording fails forever.
     text = readable(text.encode("utf-8", "replace").decode("utf-8"))
-    return redact_text(text)[:_MAX_MESSAGE]
+    # Cut before redacting as well (a partner's answer may be megabytes): redaction shortens a text by
+    # less than a fifth, so nothing past this bound could reach the kept part.
+    return redact_text(text[: 4 * _MAX_MESSAGE])[:_MAX_MESSAGE]
 
 
 def _path(loc: tuple[int | str, ...], masks: dict[str, str]) -> str:

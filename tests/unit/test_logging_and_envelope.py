@@ -73,9 +73,27 @@ def test_a_bsn_in_groups_followed_or_preceded_by_another_number_is_still_redacte
             assert out.count(REDACTED) == 1, out
     assert redact_text("999 99 0044 2 meldingen") == f"{REDACTED} 2 meldingen"
     assert redact_text("stap 3 999.990.044") == f"stap 3 {REDACTED}"
-    # nine digits in groups that fail the elfproef, inside a longer run, are a count, a phone, a code
-    for kept in ("1 2 3 4 5 6 7 8 9 10", "06 1234 5678 3", "123 45 6789 2"):
-        assert redact_text(kept) == kept
+    # after an id whose last digits stand beside it: the id is kept, the BSN is not
+    uuid_ = "123e4567-e89b-12d3-a456-426614174000"
+    for text, kept in (
+        ("zaak PV2025 999 99 0044", "zaak PV2025 "),
+        ("H1 999.990.044", "H1 "),
+        (f"handover {uuid_} 999 99 0044", f"handover {uuid_} "),
+    ):
+        assert redact_text(text) == kept + REDACTED, text
+    # nine digits in groups that fail the elfproef, inside a longer run, are a count, a phone, a code;
+    # and a phone number with its country code is kept whole though nine of its digits pass it
+    for kept in (
+        "1 2 3 4 5 6 7 8 9 10",
+        "06 1234 5678 3",
+        "123 45 6789 2",
+        "8 2 1 1 4 9 5 9 3 10",  # single digits: counts, not a BSN's groups
+        "+31 6 1000 0007",
+        "+31 6 12 34 56 78",
+        "+31 70 123 0009",
+        "0031 6 1000 0007",
+    ):
+        assert redact_text(kept) == kept, kept
 
 
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,6 +183,17 @@ def test_an_error_message_is_storable_whatever_the_partner_answered() -> None:
         message.encode("utf-8")  # storable in either database
         assert not any(c < " " for c in message), message
         assert "\ufffd" in message or "?" in message
+
+
+def test_a_long_error_text_is_cut_before_it_is_redacted_and_keeps_what_the_whole_would() -> None:
+    """A partner's answer of megabytes was redacted whole before its first 500 characters were kept."""
+    from hub.spine.dlq import safe_error_message
+
+    for head in ("9 9 9 9 9 0 0 4 4 " * 40, "999 99 0044 2 " * 40, "x" * 490 + " 999.990.044 "):
+        text = head + "1 " * 500_000
+        message = safe_error_message(RuntimeError(text))
+        assert message == redact_text(text[:5000])[:500]
+        assert "999" not in message.replace(REDACTED, "")
 
 
 def test_a_reference_with_a_lone_surrogate_is_no_reference() -> None:
