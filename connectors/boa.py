@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from hub.clock import local_day
@@ -20,6 +21,24 @@ from schemas.referral import Damage, Guardian, Offence, Referral, Referrer, Refe
 REFERRER_TYPE: Final = ReferrerType.BOA
 SAMPLE_DIR: Final = "boa"
 CASE_REFERENCE_FIELD: Final = "bonnummer"
+
+# The BOA record's own field for each canonical field a reason of intake may name
+# (DecisionReason.field, hub.intake.rules.ReasonField): the path `parse` reads it from, as a format
+# error names it; the HTTP answers name it beside the canonical field (hub.intake.partner_fields).
+# The offence date is the Dutch day of `tijdstip`; the one `schadebedrag` is both the youth's share
+# and the case total. Without a BOA equivalent: "ovj_approval" (the app records no approval of the
+# OvJ) and the truancy fields.
+DECISION_FIELDS: Final[Mapping[str, str]] = {
+    "case_reference": CASE_REFERENCE_FIELD,
+    "youth.birth_date": "betrokkene.geboortedatum",
+    "offence.committed_on": "tijdstip",
+    "offence.feitcode": "feitcode",
+    "confessed": "bekend",
+    "youth_agreed": "akkoordJeugdige",
+    "parents_agreed": "akkoordOuders",
+    "damage.youth_share": "schadebedrag",
+    "damage.case_total": "schadebedrag",
+}
 
 
 def parse(raw: bytes) -> Referral:

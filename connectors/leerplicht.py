@@ -6,7 +6,7 @@ import codecs
 import csv
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from schemas.problems import MAX_PROBLEMS, FieldProblem, PartnerFormatError, cap
 from schemas.referral import Guardian, Referral, Referrer, ReferrerType, Track, Truancy, Youth
 
 __all__ = [
+    "DECISION_FIELDS",
     "MAX_PROBLEMS_PER_ROW",
     "REFERRER_TYPE",
     "SAMPLE_DIR",
@@ -37,6 +38,19 @@ __all__ = [
 REFERRER_TYPE: Final = ReferrerType.LEERPLICHT
 SAMPLE_DIR: Final = "leerplicht"
 CASE_REFERENCE_FIELD: Final = "Dossiernummer"
+# The row's own column for each canonical field a reason of intake may name (DecisionReason.field,
+# hub.intake.rules.ReasonField): the column header `parse_batch` reads it from, as a format error
+# names it; the HTTP answers name it beside the canonical field (hub.intake.partner_fields). Without
+# one column of their own: "truancy", whose bounds are on two ("Uren verzuim", "Aantal keer te
+# laat"); without a leerplicht equivalent: the offence and damage fields, and confessed.
+DECISION_FIELDS: Final[Mapping[str, str]] = {
+    "case_reference": CASE_REFERENCE_FIELD,
+    "youth.birth_date": "Geboortedatum",
+    "truancy.period_end": "Verzuim tot en met",
+    "youth_agreed": "Jeugdige akkoord",
+    "parents_agreed": "Ouders akkoord",
+    "ovj_approval": "OvJ-toestemming",
+}
 DELIMITER: Final = ";"
 # A row of nonsense fails on every column; past ten problems a partner learns nothing new from the
 # rest, while each one would be held and answered for every such row in the batch.

@@ -34,9 +34,10 @@ CASE_REFERENCE_FIELD: Final = "procesVerbaalNummer"
 
 # The police record's own field for each canonical field a reason of intake may name
 # (DecisionReason.field, hub.intake.rules.ReasonField): the path `parse` reads it from, as a format
-# error names it. The answer on partner.politie.decision.v1 names these. Without a police
-# equivalent, and so named as they are: "truancy" and "truancy.period_end" (a police referral is
-# never a truancy referral). Without bedragTotaal the case total is the youth's share (to_referral);
+# error names it. The answer on partner.politie.decision.v1 names these, and the HTTP answers beside
+# the canonical field (hub.intake.partner_fields). Without a police equivalent: "truancy" and
+# "truancy.period_end" (a police referral is never a truancy referral), which the decision answer
+# names as they are. Without bedragTotaal the case total is the youth's share (to_referral);
 # a refusal on it still names schade.bedragTotaal, where the police would state the case total.
 DECISION_FIELDS: Final[Mapping[str, str]] = {
     "case_reference": CASE_REFERENCE_FIELD,
@@ -66,12 +67,6 @@ def parse(raw: bytes) -> Referral:
 def case_reference_of(raw: bytes) -> str | None:
     """The proces-verbaal number of a record, when it can be read even though parsing fails."""
     return reference_in(raw, CASE_REFERENCE_FIELD)
-
-
-def own_field(field: str | None) -> str | None:
-    """The police's own field for a canonical field a decision's reason names; one they have no
-    equivalent of keeps its canonical name."""
-    return None if field is None else DECISION_FIELDS.get(field, field)
 
 
 def bsn_of(raw: bytes) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from schemas.partners._common import (
@@ -29,6 +30,19 @@ from schemas.referral import (
 REFERRER_TYPE: Final = ReferrerType.PREVENTIEF
 SAMPLE_DIR: Final = "preventief"
 CASE_REFERENCE_FIELD: Final = "aanmeldnummer"
+
+# The preventive referral's own field for each canonical field a reason of intake may name
+# (DecisionReason.field, hub.intake.rules.ReasonField): the path `parse` reads it from, as a format
+# error names it; the HTTP answers name it beside the canonical field (hub.intake.partner_fields).
+# Without a preventive equivalent: the offence's feitcode, confessed, the OvJ's approval, damage and
+# truancy (a preventive referral states none of them).
+DECISION_FIELDS: Final[Mapping[str, str]] = {
+    "case_reference": CASE_REFERENCE_FIELD,
+    "youth.birth_date": "jongere.geboortedatum",
+    "offence.committed_on": "aanleiding.datum",
+    "youth_agreed": "jongereAkkoord",
+    "parents_agreed": "oudersAkkoord",
+}
 
 REASONS: Final[dict[str, Reason]] = {
     "overlast": Reason.BALDADIG_OVERLAST,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,9 +32,18 @@ RETRY_AFTER_S = 5
 class InvalidParam(BaseModel):
     """One field that was wrong: where, what was wrong, what is allowed."""
 
+    model_config = ConfigDict(populate_by_name=True)
+
     name: str
     reason: str
     allowed: str | None = None
+    partner_field: str | None = Field(
+        default=None,
+        alias="partnerField",
+        description="when `name` is the hub's canonical field (a referral's `case_reference` in a 409), "
+        "the same field in the partner's own format, as its format errors name it (`procesVerbaalNummer`, "
+        "`bonnummer`, `aanmeldnummer`); absent where `name` is the partner's own field already",
+    )
 
 
 class ProblemBody(BaseModel):
@@ -101,7 +110,8 @@ def problem_response(
         body["instance"] = instance
     if params:
         body["invalidParams"] = [
-            {k: redact_text(v) for k, v in p.model_dump(exclude_none=True).items()} for p in params
+            {k: redact_text(v) for k, v in p.model_dump(exclude_none=True, by_alias=True).items()}
+            for p in params
         ]
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

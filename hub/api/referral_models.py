@@ -15,9 +15,10 @@ from pydantic.alias_generators import to_camel
 
 from hub.api.problems import RETRY_AFTER_HEADER, TOO_MANY_REQUESTS, ProblemBody
 from hub.intake import reject_unparseable
+from hub.intake.partner_fields import partner_field
 from hub.intake.service import IntakeResult
 from schemas.partners.leerplicht import RowResult as ParsedRow
-from schemas.referral import Decision, Outcome, Reason, Referral
+from schemas.referral import Decision, Outcome, Reason, Referral, ReferrerType
 
 # Unreadable rows are described until their descriptions fill this much of the report; the rest are
 # named by row range only. A row of a few bytes ("x") fails on every column, so without a budget the
@@ -32,11 +33,26 @@ class _Out(BaseModel):
 
 
 class ReasonOut(_Out):
-    """One reason: a stable code, a Dutch explanation and the field it concerns."""
+    """One reason: a stable code, a Dutch explanation and the field it concerns, in the hub's terms
+    and in the referrer's own."""
 
     code: str
     message: str
-    field: str | None = None
+    field: str | None = Field(
+        default=None,
+        description="the field the reason concerns, in the hub's canonical terms (`youth.birth_date`, "
+        "`offence.committed_on`, `truancy.period_end`, `case_reference`, ...); for FORMAT_ONGELDIG the "
+        "field as the referrer sent it",
+    )
+    partner_field: str | None = Field(
+        default=None,
+        description="the same field in the referrer's own format, as its format errors (invalidParams) "
+        "name it: a path in its JSON (`verdachte.geboortedatum`, `betrokkene.geboortedatum`, `tijdstip`, "
+        "`aanleiding.datum`, `bonnummer`) or a leerplicht column header (`Geboortedatum`, `Verzuim tot "
+        "en met`, `Dossiernummer`); for FORMAT_ONGELDIG the same as `field`. Null when the reason names "
+        "no field, or the referrer's format has none for it (a BOA referral's `ovj_approval`; a truancy "
+        "referral's `truancy`, whose bounds are on two columns: Uren verzuim and Aantal keer te laat)",
+    )
 
 
 class DecisionOut(_Out):
@@ -48,11 +64,20 @@ class DecisionOut(_Out):
     rules_version: str | None = None
 
     @classmethod
-    def of(cls, decision: Decision) -> DecisionOut:
-        """From the canonical Decision."""
+    def of(cls, decision: Decision, referrer_type: str | None) -> DecisionOut:
+        """From the canonical Decision on a referral of this referrer type (whose format's fields the
+        reasons name beside the canonical ones)."""
         return cls(
             outcome=decision.outcome,
-            reasons=[ReasonOut(code=r.code, message=r.message, field=r.field) for r in decision.reasons],
+            reasons=[
+                ReasonOut(
+                    code=r.code,
+                    message=r.message,
+                    field=r.field,
+                    partner_field=partner_field(r, referrer_type),
+                )
+                for r in decision.reasons
+            ],
             reason_category=decision.reason_category,
             rules_version=decision.rules_version,
         )
@@ -150,7 +175,9 @@ def read_batch(rows: Iterable[ParsedRow]) -> ReadBatch:
             read.unreadable.append((row.row, row.case_reference, row.bsn))
         if budget > 0:
             decision = reject_unparseable(row.problems, row.case_reference)
-            report = _row(row.row, row.case_reference, RowResult.REJECTED, None, decision)
+            report = _row(
+                row.row, row.case_reference, RowResult.REJECTED, None, decision, ReferrerType.LEERPLICHT
+            )
             budget -= len(report.model_dump_json(by_alias=True))
             if budget >= 0:
                 read.described.append(report)
@@ -180,12 +207,20 @@ def batch_report(
             RowResult.DUPLICATE if result.duplicate else RowResult(result.decision.outcome.value),
             result.referral_id,
             result.decision,
+            result.referrer_type,
         )
         for row, result in zip(read.readable, results, strict=True)
     ]
     references = {number: reference for number, reference, _ in read.unreadable}
     repeated = [
-        _row(number, references[number], RowResult.DUPLICATE, first.referral_id, first.decision)
+        _row(
+            number,
+            references[number],
+            RowResult.DUPLICATE,
+            first.referral_id,
+            first.decision,
+            first.referrer_type,
+        )
         for number, first in sorted(repeats.items())
     ]
     described = [r for r in read.described if r.row not in repeats]
@@ -216,14 +251,19 @@ def _without(ranges: list[tuple[int, int]], rows: Iterable[int]) -> list[tuple[i
 
 
 def _row(
-    number: int, reference: str | None, kind: RowResult, referral_id: str | None, decision: Decision
+    number: int,
+    reference: str | None,
+    kind: RowResult,
+    referral_id: str | None,
+    decision: Decision,
+    referrer_type: str,
 ) -> RowReport:
     return RowReport(
         row=number,
         case_reference=reference,
         result=kind,
         referral_id=referral_id,
-        decision=DecisionOut.of(decision),
+        decision=DecisionOut.of(decision, referrer_type),
     )
 
 

@@ -29,6 +29,7 @@ from hub.api.uploads import UploadSlots
 from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.clock import aware
 from hub.intake.component import batcher_of, service_of
+from hub.intake.partner_fields import partner_field
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.intake.sources import earlier_keys, partner_key
 from hub.intake.tables import referrals
@@ -79,7 +80,7 @@ def _answer(result: IntakeResult, referral: Referral) -> ReferralAnswer:
         case_reference=referral.case_reference,
         track=referral.track.value,
         status=result.decision.outcome,
-        decision=DecisionOut.of(result.decision),
+        decision=DecisionOut.of(result.decision, result.referrer_type),
         received_at=result.received_at,
         duplicate=result.duplicate,
     )
@@ -102,7 +103,9 @@ async def _take_in_json(request: Request, partner: Partner, parse: Callable[[byt
             reason.message,
             params=[
                 InvalidParam(
-                    name=reason.field or "case_reference", reason="al gebruikt voor een andere jeugdige"
+                    name=reason.field or "case_reference",
+                    reason="al gebruikt voor een andere jeugdige",
+                    partner_field=partner_field(reason, result.referrer_type),
                 )
             ],
         )
@@ -332,6 +335,6 @@ async def get_referral(request: Request, referral_id: str, partner: CurrentPartn
         case_reference=m["case_reference"],
         track=m["track"],
         status=decision.outcome,
-        decision=DecisionOut.of(decision),
+        decision=DecisionOut.of(decision, m["referrer_type"]),
         received_at=aware(m["received_at"]),
     )

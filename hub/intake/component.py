@@ -10,9 +10,10 @@ from aiokafka import ConsumerRecord
 from connectors import politie
 from hub.audit import AuditEntry
 from hub.clock import local_day
-from hub.intake import FORMAT_ONGELDIG, reject_unparseable
+from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
+from hub.intake.partner_fields import partner_field
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.intake.sources import DEFAULT_SOURCE, KafkaSources, UnnamedConnector
 from hub.runtime import Hub
@@ -96,8 +97,9 @@ def politie_besluit(
 def _veld(reason: DecisionReason) -> str | None:
     """The field a reason names, in the police's terms: a rule names the canonical field, which
     becomes theirs; an unreadable record's reason names the field as they sent it already (an unknown
-    field they called "confessed" stays that, and is not their "bekennend")."""
-    return reason.field if reason.code == FORMAT_ONGELDIG else politie.own_field(reason.field)
+    field they called "confessed" stays that, and is not their "bekennend"); a field they have no
+    equivalent of keeps its canonical name."""
+    return partner_field(reason, politie.REFERRER_TYPE) or reason.field
 
 
 def register_intake(hub: Hub) -> None:

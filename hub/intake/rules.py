@@ -19,8 +19,9 @@ def normalise_article(article: str) -> str:
 
 
 # Every canonical field a reason of intake names: the rules below and rule 7's conflict
-# (hub/intake/service.py). A partner answered in its own format names its own field instead, through
-# a mapping beside its parser (connectors/politie.py); the decision itself keeps these names.
+# (hub/intake/service.py). A partner's answers name its own field too (instead, on the police's
+# decision topic; beside these, over HTTP), through a mapping beside its parser (DECISION_FIELDS in
+# connectors/<partner>.py, looked up in hub/intake/partner_fields.py); the decision keeps these names.
 ReasonField = Literal[
     "case_reference",
     "youth.birth_date",

@@ -101,10 +101,9 @@ def sample(kind: str, name: str) -> bytes:
     return (DATA / kind / name).read_bytes()
 
 
-def politie_variant(n: int, **changes: Any) -> bytes:
-    """The police sample with its own PV number and some fields changed (dotted keys for nesting)."""
-    data = json.loads(sample("politie", "valid_winkeldiefstal.json"))
-    data["procesVerbaalNummer"] = f"PL1500-2025031201-{n}"
+def json_variant(kind: str, name: str, **changes: Any) -> bytes:
+    """A JSON sample with some fields changed (dotted keys for nesting)."""
+    data = json.loads(sample(kind, name))
     for path, value in changes.items():
         node = data
         *parents, last = path.split(".")
@@ -112,6 +111,13 @@ def politie_variant(n: int, **changes: Any) -> bytes:
             node = node[p]
         node[last] = value
     return json.dumps(data).encode()
+
+
+def politie_variant(n: int, **changes: Any) -> bytes:
+    """The police sample with its own PV number and some fields changed (dotted keys for nesting)."""
+    return json_variant(
+        "politie", "valid_winkeldiefstal.json", procesVerbaalNummer=f"PL1500-2025031201-{n}", **changes
+    )
 
 
 async def test_every_valid_sample_is_decided_stored_and_announced(api: Api, kafka: EmbeddedKafka) -> None:
@@ -403,6 +409,78 @@ async def test_a_case_reference_used_before_for_another_youth_is_refused_not_tak
     assert [r["code"] for r in refused["decision"]["reasons"]] == ["KENMERK_IN_GEBRUIK"]
     assert await api.count() == 2
     assert await api.count(audit_log, action="referral.conflict") == 2
+
+
+def named(reasons: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    return [(r["code"], r["field"], r["partnerField"]) for r in reasons]
+
+
+async def test_a_refusal_names_the_partners_own_field_beside_the_canonical_one(api: Api) -> None:
+    """A format error named the partner's field, a refusal only the hub's: a partner could not tell
+    which of its fields `confessed` or `youth.birth_date` was. The answer, a read of the referral and
+    a conflict name the partner's own field too, in the partner's format."""
+    cases = [
+        ("politie", None, politie_variant(41, bekennend=False), ("NIET_BEKEND", "confessed", "bekennend")),
+        (
+            "boa",
+            None,
+            json_variant("boa", "valid_openbare_dronkenschap.json", bekend=False),
+            ("NIET_BEKEND", "confessed", "bekend"),
+        ),
+        (
+            "preventief",
+            "wijkteam",
+            json_variant("preventief", "valid_wijkteam.json", **{"jongere.geboortedatum": "11-11-2015"}),
+            ("LEEFTIJD_BUITEN_BEREIK", "youth.birth_date", "jongere.geboortedatum"),
+        ),
+    ]
+    for kind, as_, body, reason in cases:
+        answer = await api.post(kind, body, as_=as_)
+        assert answer.status_code == 201, answer.text
+        assert named(answer.json()["decision"]["reasons"]) == [reason], (kind, answer.text)
+        read = await api.client.get(answer.headers["Location"], headers=api.auth(as_ or kind))
+        assert named(read.json()["decision"]["reasons"]) == [reason], (kind, read.text)
+        repeat = await api.post(kind, body, as_=as_)
+        assert named(repeat.json()["decision"]["reasons"]) == [reason], (kind, repeat.text)
+
+    another_youth = [  # under a case reference taken above
+        ("politie", politie_variant(41, **{"verdachte.bsn": "111222333"}), "procesVerbaalNummer"),
+        (
+            "boa",
+            json_variant("boa", "valid_openbare_dronkenschap.json", **{"betrokkene.bsn": "111222333"}),
+            "bonnummer",
+        ),
+    ]
+    for kind, body, own in another_youth:
+        conflict = await api.post(kind, body)
+        assert conflict.status_code == 409, conflict.text
+        [param] = conflict.json()["invalidParams"]
+        assert (param["name"], param["partnerField"]) == ("case_reference", own)
+
+
+async def test_a_batch_report_names_each_rows_columns_readable_or_not(api: Api) -> None:
+    """An unreadable row named its column (`Geboortedatum`), a refused row beside it the hub's field
+    (`youth.birth_date`): now the refused row names the column too."""
+    too_young = csv_row(51, Geboortedatum="05-09-2014")
+    unreadable = csv_row(52, Geboortedatum="31-04-2011")
+    taken = csv_row(53)
+    same_number = csv_row(54) | {"Dossiernummer": taken["Dossiernummer"]}
+    report = (await api.post("leerplicht", csv_bytes([too_young, unreadable, taken, same_number]))).json()
+    assert [named(r["decision"]["reasons"]) for r in report["rows"]] == [
+        [("LEEFTIJD_BUITEN_BEREIK", "youth.birth_date", "Geboortedatum")],
+        [("FORMAT_ONGELDIG", "Geboortedatum", "Geboortedatum")],
+        [],
+        [("KENMERK_IN_GEBRUIK", "case_reference", "Dossiernummer")],
+    ]
+    location = f"/api/v1/verwijzingen/{report['rows'][0]['referralId']}"
+    read = await api.client.get(location, headers=api.auth("leerplicht"))
+    assert named(read.json()["decision"]["reasons"]) == [
+        ("LEEFTIJD_BUITEN_BEREIK", "youth.birth_date", "Geboortedatum")
+    ]
+    repeat = (await api.post("leerplicht", csv_bytes([too_young]))).json()
+    assert named(repeat["rows"][0]["decision"]["reasons"]) == [
+        ("LEEFTIJD_BUITEN_BEREIK", "youth.birth_date", "Geboortedatum")
+    ]
 
 
 async def test_an_unreadable_row_of_a_dossier_taken_before_gets_its_first_outcome(api: Api) -> None:

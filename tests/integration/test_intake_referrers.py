@@ -209,6 +209,28 @@ async def test_a_claimed_connector_may_not_send_another_kind_of_referrers_referr
         assert len(await stored(api)) == 1
 
 
+async def test_a_refusal_through_the_claimed_connector_names_the_partners_own_field_over_http(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A referral through a partner's connector is in its format as one over HTTP: a read of it, and
+    the answer to its repeat over HTTP, name the partner's own field beside the hub's."""
+    record = json.loads((DATA / "boa" / "valid_openbare_dronkenschap.json").read_bytes()) | {"bekend": False}
+    raw = json.dumps(record).encode()
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        await claim(api, "boa-test", "boa-handhaving-connector")
+        topic = api.hub.topic("referral.received.v1")
+        await produce(kafka.bootstrap, topic, [on_kafka(boa.parse(raw), "boa-handhaving-connector")])
+        [through_connector] = await decided(api, kafka, expect=1)
+        assert through_connector["decision"]["reasons"][0]["field"] == "confessed"  # canonical on Kafka
+        repeat = await api.post("boa", raw)
+        assert repeat.status_code == 200 and repeat.json()["duplicate"] is True, repeat.text
+        read = await api.client.get(repeat.headers["Location"], headers=api.auth("boa"))
+        for answer in (repeat.json(), read.json()):
+            assert [(r["code"], r["field"], r["partnerField"]) for r in answer["decision"]["reasons"]] == [
+                ("NIET_BEKEND", "confessed", "bekend")
+            ]
+
+
 async def test_a_referral_whose_envelope_names_no_connector_is_dead_lettered(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:

@@ -16,7 +16,7 @@ from hub.intake.component import politie_besluit
 from hub.intake.rules import REASON_FIELDS
 from hub.intake.service import conflict_of
 from schemas.problems import PartnerFormatError
-from schemas.referral import Decision
+from schemas.referral import Decision, DecisionReason, Outcome
 from tests.helpers.partner_records import fact
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "politie" / "valid_winkeldiefstal.json"
@@ -119,9 +119,11 @@ def test_an_unreadable_record_keeps_the_fields_as_the_police_sent_them() -> None
 def test_every_field_a_rule_names_has_its_police_field_or_keeps_its_name() -> None:
     assert set(politie.DECISION_FIELDS) <= REASON_FIELDS  # no entry for a field no reason names
     assert REASON_FIELDS - set(politie.DECISION_FIELDS) == NO_POLICE_EQUIVALENT
-    for field in NO_POLICE_EQUIVALENT:
-        assert politie.own_field(field) == field
-    assert politie.own_field(None) is None
+    reasons = [
+        DecisionReason(code="X_Y", message="m", field=f) for f in [*sorted(NO_POLICE_EQUIVALENT), None]
+    ]
+    decision = Decision(outcome=Outcome.REJECTED, reasons=reasons)
+    assert [r["veld"] for r in besluit(decision)["redenen"]] == [*sorted(NO_POLICE_EQUIVALENT), None]
 
 
 # A value the sample does not hold, as the police send it and as the canonical Referral holds it.
