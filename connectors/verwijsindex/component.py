@@ -35,7 +35,7 @@ from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.signals import commands, delivery
 from hub.signals.tables import signals
-from hub.signals.waiting import RegistrationWaits, registration_waits
+from hub.signals.waiting import LADDER, RegistrationWaits, waits_of
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas._base import as_code
@@ -43,7 +43,7 @@ from schemas.caseworker import ContactDetails
 from schemas.envelope import Envelope
 from schemas.signal import SignalStatus, VerwijsindexSignal
 
-NAME = "verwijsindex"
+NAME = LADDER  # the component, its consumer group and its retry ladder
 WITHHELD = delivery.WITHHELD  # the hub withdrew the signal before this command went: nothing was sent
 NOT_IN_INDEX = delivery.NOT_IN_INDEX  # a withdrawal or contact change the index had no signal for
 # Why a contact change the index holds no signal for is a dead letter (no registration is on its way).
@@ -403,13 +403,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             simulator = SimulatorServer()
             url = simulator.start()
         client = VerwijsindexClient(url, timeout=s.timeout_s, organisatie=s.organisatie_code)
-        waiting = registration_waits(
-            hub.store,
-            ladder=NAME,
-            topic=hub.topic(VERWIJSINDEX_SIGNAL.name),
-            dlq_topic=hub.topic(VERWIJSINDEX_SIGNAL.dlq),
-            options=hub.kafka_options,
-        )
+        waiting = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
         connector = VerwijsindexConnector(
             client,
             Organisatie(code=s.organisatie_code, naam=s.organisatie_naam),

@@ -14,6 +14,7 @@ from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
 from hub.audit import audit_row, write_audits
+from hub.errors import TransientError
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
 from hub.ops.dlq import SYSTEM, Reason
@@ -21,6 +22,8 @@ from hub.ops.dlq_jobs import KEEP_FINISHED, ReplayBusy, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import BETWEEN_DIGITS, is_youth_key, show_headers, show_payload
 from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
+from hub.signals.service import RegistrationOnItsWay
+from hub.signals.waiting import waits_of
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
 from schemas._base import Plain
@@ -196,33 +199,34 @@ async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, 
 async def register_signal_again(request: Request, op: Acting, signal_id: str) -> dict[str, Any]:
     """For a signal the index holds no more, or whose registration's dead letter was discarded: a
     contact change then is a dead letter saying "register it again". The registration names the
-    signal's contact as the hub holds it now; audited with the operator. Answers the signal's id and
-    the command's message id, nothing of the youth."""
+    signal's contact as the hub holds it now; audited with the operator. Answers the signal's id, the
+    command's message id and the transaction id, nothing of the youth."""
     hub = _console(request).hub
     assert hub.store is not None and hub.relay is not None
-    transaction_id = str(getattr(request.state, "transaction_id", None) or uuid.uuid4())
+    transaction_id = str(uuid.uuid4())
+    waits = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
     try:
-        async with hub.store.transaction() as session:
-            message_id = await register_again(
-                session, hub, signal_id, user=op.username, transaction_id=transaction_id, day=hub.today()
-            )
+        message_id = await register_again(
+            hub.store,
+            hub,
+            signal_id,
+            user=op.username,
+            transaction_id=transaction_id,
+            waits=waits,
+            day=hub.today(),
+        )
     except SignalNotFound:
         raise Problem(404, "Unknown signal", "The hub holds no signal with this id.") from None
     except SignalNotActive:
         raise Problem(
-            409,
-            "Signal not active",
-            "This signal was withdrawn, ended or expired: it is not registered again.",
+            409, "Signal not active", "This signal was withdrawn, ended or expired: it is not registered."
         ) from None
-    except UnfitContact:
-        raise Problem(
-            409,
-            "Contact unfit",
-            "The Verwijsindex cannot take the phone number of this signal's contact: its caseworker"
-            " changes the contact first.",
-        ) from None
+    except (RegistrationOnItsWay, UnfitContact) as exc:
+        raise Problem(409, "Not registered again", str(exc)) from None
+    except TransientError as exc:
+        raise Problem(503, "Try again later", str(exc), headers={"Retry-After": "30"}) from None
     hub.relay.wake()
-    return {"signal_id": signal_id, "message_id": message_id, "status": "queued"}
+    return {"signal_id": signal_id, "message_id": message_id, "transaction_id": transaction_id}
 
 
 _FILTERS = ("topic", "error_class", "since", "until", "key")

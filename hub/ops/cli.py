@@ -24,7 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hub.config import Settings, load_settings
-from hub.errors import ConfigError
+from hub.errors import ConfigError, TransientError
 from hub.ops.auth import UnknownOperator, add_operator, set_disabled
 from hub.ops.console import SAMPLE_INTERVAL_S
 from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason
@@ -36,7 +36,8 @@ from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
 from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
-from hub.signals.service import signal_topic
+from hub.signals.service import RegistrationOnItsWay, signal_topic
+from hub.signals.waiting import waits_of
 from hub.spine.outbox import outbox_state
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_SIGNAL, all_topics, prefixed
@@ -469,20 +470,34 @@ def signals_register_again(
 
     For a signal the index holds no more, or whose registration's dead letter was discarded or
     outlived the DLQ's term: a contact change then is a dead letter saying "register it again". The
-    registration names the signal's contact as the hub holds it now; the running hub's relay sends it.
+    registration names the signal's contact as the hub holds it now; the running hub's relay sends
+    it. Refused while a registration of it is still on its way (replay that one). Needs
+    KETENHUB_KAFKA__BOOTSTRAP_SERVERS, to look among the dead letters.
     """
+    from hub.kafka import client_options
 
     async def go(settings: Settings, store: Store) -> str:
-        topic = signal_topic(settings.kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name)
-        async with store.transaction() as session:
-            return await register_again(
-                session, topic, signal_id, user=USER, transaction_id=str(uuid.uuid4())
+        if settings.embedded_broker:
+            typer.echo(
+                "ketenhub: set KETENHUB_KAFKA__BOOTSTRAP_SERVERS (the embedded broker lives in the hub)",
+                err=True,
             )
+            raise typer.Exit(2)
+        prefix = settings.kafka.topic_prefix
+        waits = waits_of(
+            store, prefix, client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
+        )
+        topic = signal_topic(prefix + VERWIJSINDEX_SIGNAL.name)
+        tx = str(uuid.uuid4())
+        return await register_again(store, topic, signal_id, user=USER, transaction_id=tx, waits=waits)
 
     try:
         message_id = _run(go)
-    except (SignalNotFound, SignalNotActive, UnfitContact) as exc:
+    except (SignalNotFound, SignalNotActive, RegistrationOnItsWay, UnfitContact) as exc:
         typer.echo(f"ketenhub: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except TransientError as exc:
+        typer.echo(f"ketenhub: {exc}; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers", err=True)
         raise typer.Exit(1) from None
     typer.echo(
         f"queued the registration of {signal_id} again (message {message_id}); the running hub sends it"

@@ -11,13 +11,14 @@ the relay's next poll) to publish the queued command.
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import today
+from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.errors import PermanentError
 from hub.signals import commands, rules
 from hub.signals.tables import signals
@@ -26,6 +27,10 @@ from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker, ContactDetails
 from schemas.envelope import Envelope, utcnow
 from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
+
+if TYPE_CHECKING:
+    from hub.signals.waiting import RegistrationWaits
+    from hub.store import Store
 
 SYSTEM = "ketenhub.signals"
 STATUS_AFTER = {
@@ -296,13 +301,19 @@ async def request_contact_change(
     )
 
 
+class RegistrationOnItsWay(PermanentError):
+    """A registration of the signal is still on its way to the Verwijsindex (parked, queued, or an
+    open dead letter to replay): registering it again would disclose the youth to the index twice."""
+
+
 async def register_again(
-    session: AsyncSession,
+    store: Store,
     hub_or_topic: _HasTopic | str,
     signal_id: str,
     *,
     user: str,
     transaction_id: str,
+    waits: RegistrationWaits,
     day: date | None = None,
 ) -> str:
     """Queue an active signal's registration once more, naming its contact as the hub holds it now;
@@ -310,17 +321,41 @@ async def register_again(
 
     For a signal the Verwijsindex holds no more (it lost it), or whose registration will not reach it
     (its dead letter was discarded or outlived the DLQ's term): a contact change then is a dead letter
-    that says so. The index takes a registration it holds already as done (or as an earlier attempt's,
-    which the connector audits so), so queueing one too many sends nothing new. Written in the
-    caller's transaction, audited with who asked. SignalNotFound, SignalNotActive, or UnfitContact
-    when the contact's phone is one the index cannot take."""
-    row = await _active_row(session, signal_id, day or today())
-    signal = signal_from_row(row)
-    if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
-        raise UnfitContact(f"caseworker {signal.caseworker_id!r}: {problem}")
-    message = commands.register_command(signal, transaction_id)
-    await _queue(session, signal_topic(hub_or_topic), message, row.youth_key, signal_id)
-    await _audit(session, "signal.registered_again", user, row.youth_key, signal_id, transaction_id)
+    that says so. Refused while a registration of it is on its way (`waits`: replay that one), and,
+    as a registration is, for a contact who may not signal (rule 13) or whose phone the index cannot
+    take. Every registration sent is a disclosure, audited by the connector; this request is audited
+    with who asked, the command and the contact it names. SignalNotFound, SignalNotActive,
+    RegistrationOnItsWay, UnfitContact."""
+    async with store.read() as session:
+        row = await signal_row(session, signal_id)
+    if await waits(signal_id, row.youth_key):
+        raise RegistrationOnItsWay(
+            f"a registration of signal {signal_id!r} is still on its way to the Verwijsindex (parked,"
+            " queued, or an open dead letter): replay that one, or wait for it"
+        )
+    async with store.transaction() as session:
+        row = await _active_row(session, signal_id, day or today())
+        signal = signal_from_row(row)
+        if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
+            raise UnfitContact(f"caseworker {row.caseworker_id!r}: {problem}")
+        try:
+            contact = await get_caseworker(session, row.caseworker_id)
+        except CaseworkerNotFound:
+            raise UnfitContact(f"caseworker {row.caseworker_id!r} is not in the directory") from None
+        if (problem := rules.contact_problem(contact)) is not None:
+            raise UnfitContact(f"caseworker {row.caseworker_id!r}: {problem}")
+        message = commands.register_command(signal, transaction_id)
+        await _queue(session, signal_topic(hub_or_topic), message, row.youth_key, signal_id)
+        await _audit(
+            session,
+            "signal.registered_again",
+            user,
+            row.youth_key,
+            signal_id,
+            transaction_id,
+            message_id=message.message_id,
+            caseworker_id=row.caseworker_id,
+        )
     return message.message_id
 
 

@@ -29,10 +29,12 @@ from hub.retry.tables import parked
 from hub.signals import commands
 from hub.store import Store
 from hub.store.tables import outbox
+from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_TYPE
 
 # (signal id, youth key) -> whether a registration of the signal is on its way
 RegistrationWaits = Callable[[str, str], Awaitable[bool]]
+LADDER = "verwijsindex"  # the Verwijsindex connector's retry ladder (and its name)
 
 
 def registers(headers: Mapping[str, Any] | None, signal_id: str) -> bool:
@@ -74,3 +76,14 @@ def registration_waits(
         return any(registers(d.headers, signal_id) for d in found)
 
     return waits
+
+
+def waits_of(store: Store, topic_prefix: str, options: Mapping[str, Any]) -> RegistrationWaits:
+    """The check as the Verwijsindex connector of a hub with this topic prefix makes it."""
+    return registration_waits(
+        store,
+        ladder=LADDER,
+        topic=topic_prefix + VERWIJSINDEX_SIGNAL.name,
+        dlq_topic=topic_prefix + VERWIJSINDEX_SIGNAL.dlq,
+        options=options,
+    )

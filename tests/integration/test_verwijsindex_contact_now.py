@@ -23,6 +23,7 @@ from connectors.verwijsindex.contract import Organisatie, SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.app import create_app
 from hub.cli import app as cli
+from hub.directory import create_caseworker, replace_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.errors import TransientError
 from hub.ops.auth import add_operator
@@ -461,19 +462,36 @@ async def test_a_change_the_index_holds_no_signal_for_and_no_registration_waits_
             as_operator = await _ops_login(ops, "olga")
             unknown = await as_operator.post(f"/ops/api/signals/{uuid.uuid4()}/register-again")
             assert unknown.status_code == 404
+            # rule 13: the index is not told of a contact who may no longer signal, nor of one the
+            # directory does not know
+            absent = await as_operator.post(path)
+            assert absent.status_code == 409 and "not in the directory" in absent.json()["detail"]
+            async with hub.store.transaction() as session:
+                await create_caseworker(session, STAND_IN.model_copy(update={"meldingsbevoegd": False}))
+            unfit = await as_operator.post(path)
+            assert unfit.status_code == 409 and "niet meldingsbevoegd" in unfit.json()["detail"]
+            async with hub.store.transaction() as session:
+                await replace_caseworker(session, STAND_IN)
             again = await as_operator.post(path)
             assert again.status_code == 202, again.text
-            assert again.json()["signal_id"] == signal.signal_id and signal.youth.bsn not in again.text
+            answer = again.json()
+            assert answer["signal_id"] == signal.signal_id and signal.youth.bsn not in again.text
             await wait_for(lambda: _state_is(hub, signal, "delivered"), timeout_s=20)
             assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
             assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"] * 2
             [asked] = await audit_of(hub, signal, "signal.registered_again")
-            assert asked == {"signal_id": signal.signal_id}
+            assert asked == {
+                "signal_id": signal.signal_id,
+                "message_id": answer["message_id"],
+                "caseworker_id": STAND_IN.caseworker_id,
+            }
             async with hub.store.connect() as conn:
                 users = await conn.execute(
-                    select(audit_log.c.user).where(audit_log.c.action == "signal.registered_again")
+                    select(audit_log.c.user, audit_log.c.transaction_id).where(
+                        audit_log.c.action == "signal.registered_again"
+                    )
                 )
-                assert users.scalars().all() == ["olga"]
+                assert users.all() == [("olga", answer["transaction_id"])]
             await withdraw(hub, signal)
             ended = await as_operator.post(path)
             assert ended.status_code == 409  # a withdrawn signal is not registered again
@@ -503,9 +521,22 @@ async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter
         dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
         assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=30)) == 1
         await set_faults(admin)
+        env = {
+            "KETENHUB_DATABASE__URL": db_url,
+            "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KETENHUB_KAFKA__TOPIC_PREFIX": hub.settings.kafka.topic_prefix,
+            "KETENHUB_SECRET": TEST_SECRET,
+        }
+        args = ["signals", "register-again", signal.signal_id]
+        # while its registration is an open dead letter, that one is to be replayed: not a second
+        waiting = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+        assert waiting.exit_code == 1 and "still on its way" in waiting.output, waiting.output
+        assert await audit_of(hub, signal, "signal.registered_again") == []
         letters = dead_letters(hub)
         [registration] = await letters.find()
         assert await letters.discard(registration, "olaf", "registered by hand")
+        async with hub.store.transaction() as session:
+            await create_caseworker(session, STAND_IN)
         await move(hub, signal, STAND_IN)
 
         assert len(await read_topic(kafka.bootstrap, dlq, expect=2, timeout_s=30)) == 2
@@ -515,13 +546,6 @@ async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter
         assert await audited(hub, signal) == []
 
         # an operator registers it again from the command line; the running hub sends it
-        env = {
-            "KETENHUB_DATABASE__URL": db_url,
-            "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
-            "KETENHUB_KAFKA__TOPIC_PREFIX": hub.settings.kafka.topic_prefix,
-            "KETENHUB_SECRET": TEST_SECRET,
-        }
-        args = ["signals", "register-again", signal.signal_id]
         done = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
         assert done.exit_code == 0, done.output
         assert f"queued the registration of {signal.signal_id} again" in done.output
@@ -531,7 +555,7 @@ async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter
         assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
         assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"]
         [asked] = await audit_of(hub, signal, "signal.registered_again")
-        assert asked == {"signal_id": signal.signal_id}
+        assert asked["caseworker_id"] == STAND_IN.caseworker_id
         unknown = await asyncio.to_thread(
             CliRunner().invoke, cli, ["signals", "register-again", "nope"], env=env
         )
