@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import date
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
@@ -29,6 +30,7 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.feed import MatchFeed, index_of
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
+from hub.clock import today
 from hub.errors import PermanentError
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.recent import RecentIds
@@ -77,6 +79,7 @@ class _Held(NamedTuple):
     contact: Any  # schemas.caseworker.ContactDetails as stored (JSON)
     youth_key: str
     secrets: tuple[str, ...] = ()
+    end_date: date | None = None
 
 
 def _secrets(held: _Held | None) -> tuple[str, ...]:
@@ -98,6 +101,7 @@ async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
                 c.bsn,
                 c.given_names,
                 c.surname,
+                c.end_date,
             ).where(c.signal_id.in_(signal_ids))
         )
         return {
@@ -107,6 +111,7 @@ async def _held(store: Store, signal_ids: set[str]) -> dict[str, _Held]:
                 row.contact,
                 row.youth_key,
                 youth_secrets(row.bsn, row.given_names, row.surname),
+                row.end_date,
             )
             for row in found
         }
@@ -125,9 +130,12 @@ def _contact_now(
         raise PermanentError("the signal's contact as the hub holds it is invalid") from None
 
 
-def _withdrawn(held: _Held | None) -> bool:
-    """Whether the hub withdrew the signal."""
-    return held is not None and held.status in _WITHDRAWN
+def _over(held: _Held | None) -> bool:
+    """Whether the signal is over as the hub holds it: withdrawn, or past its end date (nothing marks a
+    signal VERLOPEN in the hub; the index holds it so from the day after its end date)."""
+    if held is None:
+        return False
+    return held.status in _WITHDRAWN or (held.end_date is not None and held.end_date < today())
 
 
 def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
@@ -137,12 +145,6 @@ def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
     the contact moved, every later PUT conflicts, also when the index's contact is already the one
     this PUT names (a PATCH of an earlier turn-around, or the change behind it, got through)."""
     return index is not None and index.status is SignaalStatus.ACTIEF and _same_signal(index, body)
-
-
-def _ended_earlier_attempt(index: Signaal, body: SignaalRegistratie) -> bool:
-    """Whether what the index holds under the id is this registration, taken at an earlier attempt
-    and ended since (withdrawn, or past its end date): the same organisation and dates, not active."""
-    return index.status is not SignaalStatus.ACTIEF and _same_signal(index, body)
 
 
 def _same_signal(index: Signaal, body: SignaalRegistratie) -> bool:
@@ -171,8 +173,8 @@ class VerwijsindexConnector:
     withdrawn is withheld, and a withdrawal the index answers "no such signal" is done. A registration
     is withheld only when the index confirms it holds no such signal: an earlier attempt whose answer
     was lost may have got through, and then it was a disclosure, audited as one, which the withdrawal
-    behind it ends; when the index holds it ended already (a dead letter replayed after the
-    withdrawal), it is audited so and not sent again.
+    behind it ends; it is not sent again (nor given a new contact). A signal past its end date is over
+    as a withdrawn one is: its registration and contact changes are withheld the same way.
 
     A registration or a change of contact names the signal's contact as the hub holds it when the
     command goes, not the one it was queued with: while it waited (the retry ladder, a dead letter
@@ -250,17 +252,23 @@ class VerwijsindexConnector:
                 # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
                 raise PermanentError("the hub holds no signal with this id: it is not registered")
             found = None
-            if _withdrawn(held):
+            if _over(held):
                 found = await self._in_index(signal.signal_id, message, _secrets(held))
                 if found is None:
                     self.outcomes.add(message.message_id, WITHHELD)
                     return
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
             body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
-            if found is not None and _ended_earlier_attempt(found, body):
-                # An earlier attempt got through (its answer lost) and the hub's withdrawal has ended
-                # it there: it was delivered then. A PUT now would send the youth's data again for a
-                # signal that is over, and one with another contact the index refuses for ever.
+            if found is not None:
+                # The index holds it, active or ended: an earlier attempt got through (its answer
+                # lost), and was delivered then. The signal is over: it is not sent again (the youth's
+                # data once more, and, with another contact, a PUT the index refuses for ever), nor
+                # given a new contact; the withdrawal behind it ends it, or has.
+                if not _same_signal(found, body):
+                    raise IndexConflict(
+                        "the Verwijsindex holds another signal under this id (another organisation or"
+                        " other dates); the hub withdrew or ended this one: nothing was sent"
+                    )
                 self.contacts.add(message.message_id, "")
                 candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
                 self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
@@ -282,7 +290,7 @@ class VerwijsindexConnector:
         elif message.type == commands.CHANGE_CONTACT:
             change: commands.ChangeSignalContact = _parse(commands.ChangeSignalContact, message)
             held = await self._held_of(change.signal_id)
-            if _withdrawn(held):  # the withdrawal behind it ends the signal
+            if _over(held):  # withdrawn (the withdrawal behind it ends the signal) or past its end date
                 self.outcomes.add(message.message_id, WITHHELD)
                 return
             contact_id, contact = _contact_now(held, change.caseworker_id, change.contact)

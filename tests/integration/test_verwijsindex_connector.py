@@ -663,7 +663,8 @@ async def test_a_registration_whose_answer_was_lost_is_audited_as_disclosed_thou
 ) -> None:
     """The index took the registration but its answer was cut off; the caseworker then withdrew the
     signal. The next attempt must not call it withheld: the index has it (it asks), so it was a
-    disclosure, audited as one (rule 18), which the withdrawal behind it then ends."""
+    disclosure, audited as one (rule 18), which the withdrawal behind it then ends. Nor is it sent
+    again: the youth's data went to the index once already, for a signal that is over."""
     await set_faults(admin, lost_answer_rate=1.0, remaining=2, methods=["PUT"])  # both calls in place
     hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
     try:
@@ -679,12 +680,43 @@ async def test_a_registration_whose_answer_was_lost_is_audited_as_disclosed_thou
         assert sent == [
             ("PUT", "lost", 201),
             ("PUT", "lost", 200),
-            ("GET", None, 200),  # is it there?
-            ("PUT", None, 200),
+            ("GET", None, 200),  # is it there? it is: delivered at the first attempt
             ("DELETE", None, 200),
         ]
         assert simulator.state.get(signal.signal_id).status is SignaalStatus.BEEINDIGD_RISICO_WEG
         assert await audited(hub, signal) == ["verwijsindex.RegisterSignal", "verwijsindex.WithdrawSignal"]
+        assert hub.store is not None
+        async with hub.store.connect() as conn:
+            objects = (
+                await conn.execute(
+                    select(audit_log.c.objects).where(audit_log.c.action == "verwijsindex.RegisterSignal")
+                )
+            ).scalar_one()
+        assert objects["registered_at_earlier_attempt"] is True
+        assert objects["index_contact_caseworker_id"] == signal.caseworker_id
+    finally:
+        await hub.stop()
+
+
+async def test_a_registration_of_a_signal_past_its_end_date_is_withheld(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """A registration that waited (the ladder, a dead letter replayed days later) past its signal's end
+    date: the index holds no such signal. Sent, it carried the youth's data to an index that refuses
+    a signal that has ended (422), and the letter came back for ever. Nothing is sent."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        signal = a_signal(bsns(1, start=530_000_000)[0])
+        ended = signal.model_copy(
+            update={"created": today() - timedelta(days=60), "end_date": today() - timedelta(days=1)}
+        )
+        await register(hub, ended)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        path = SIGNAL + signal.signal_id
+        sent = [(c["method"], c["status"]) for c in await calls(admin) if c["path"] == path]
+        assert sent == [("GET", 404)]
+        assert await audited(hub, signal) == ["verwijsindex.RegisterSignal.withheld"]
+        assert signal.signal_id not in simulator.state.signals
     finally:
         await hub.stop()
 
