@@ -9,7 +9,7 @@ into `verwijsindex.match.v1`. With no `verwijsindex.url` configured it runs the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import date
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ from connectors.verwijsindex.contract import (
 from connectors.verwijsindex.feed import MatchFeed, index_of
 from connectors.verwijsindex.mapping import contact_van, registratie_van
 from connectors.verwijsindex.sim_server import SimulatorServer
-from hub.clock import today
+from hub import clock
 from hub.errors import PermanentError
 from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladder_on
 from hub.retry.recent import RecentIds
@@ -130,12 +130,12 @@ def _contact_now(
         raise PermanentError("the signal's contact as the hub holds it is invalid") from None
 
 
-def _over(held: _Held | None) -> bool:
-    """Whether the signal is over as the hub holds it: withdrawn, or past its end date (nothing marks a
-    signal VERLOPEN in the hub; the index holds it so from the day after its end date)."""
+def _over(held: _Held | None, day: date) -> bool:
+    """Whether the signal is over as the hub holds it on `day`: withdrawn, or past its end date
+    (nothing marks a signal VERLOPEN in the hub; the index holds it so from the day after)."""
     if held is None:
         return False
-    return held.status in _WITHDRAWN or (held.end_date is not None and held.end_date < today())
+    return held.status in _WITHDRAWN or (held.end_date is not None and held.end_date < day)
 
 
 def _earlier_attempt(index: Signaal | None, body: SignaalRegistratie) -> bool:
@@ -201,11 +201,13 @@ class VerwijsindexConnector:
         simulator: SimulatorServer | None,
         store: Store | None = None,
         waiting: RegistrationWaits | None = None,
+        today: Callable[[], date] = clock.today,
     ) -> None:
         self.client, self.organisatie, self.simulator, self.store = client, organisatie, simulator, store
         # Whether a registration of a signal is on its way (`waiting.registration_waits`); without it
         # none is taken to be, and a change the index holds no signal for is a dead letter.
         self.waiting = waiting
+        self.today = today  # the Dutch day, as the hub's API judges a signal's end date (`Hub.today`)
         self.feed: MatchFeed | None = None
         self.ladder: RetryLadder | None = None
         # What deliver found for a message that is no plain disclosure (WITHHELD, NOT_IN_INDEX), whose
@@ -252,7 +254,7 @@ class VerwijsindexConnector:
                 # hub does not hold was purged (its term ended) or never went through rules 13 and 14.
                 raise PermanentError("the hub holds no signal with this id: it is not registered")
             found = None
-            if _over(held):
+            if _over(held, self.today()):
                 found = await self._in_index(signal.signal_id, message, _secrets(held))
                 if found is None:
                     self.outcomes.add(message.message_id, WITHHELD)
@@ -269,6 +271,11 @@ class VerwijsindexConnector:
                         "the Verwijsindex holds another signal under this id (another organisation or"
                         " other dates); the hub withdrew or ended this one: nothing was sent"
                     )
+                if held is not None and await self._recorded(signal.signal_id, held.youth_key):
+                    # the index's copy is a registration already audited (one registered again, or
+                    # delivered before this one was replayed): this one sent nothing
+                    self.outcomes.add(message.message_id, WITHHELD)
+                    return
                 self.contacts.add(message.message_id, "")
                 candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
                 self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
@@ -290,7 +297,7 @@ class VerwijsindexConnector:
         elif message.type == commands.CHANGE_CONTACT:
             change: commands.ChangeSignalContact = _parse(commands.ChangeSignalContact, message)
             held = await self._held_of(change.signal_id)
-            if _over(held):  # withdrawn (the withdrawal behind it ends the signal) or past its end date
+            if _over(held, self.today()):  # withdrawn (the withdrawal behind it ends it), or ended
                 self.outcomes.add(message.message_id, WITHHELD)
                 return
             contact_id, contact = _contact_now(held, change.caseworker_id, change.contact)
@@ -342,6 +349,13 @@ class VerwijsindexConnector:
         if signal_id in self._held:
             return self._held[signal_id]
         return (await _held(self.store, {signal_id})).get(signal_id)
+
+    async def _recorded(self, signal_id: str, youth_key: str) -> bool:
+        """Whether a registration of the signal is recorded as a disclosure already."""
+        if self.store is None:
+            return False
+        async with self.store.read() as session:
+            return await delivery.registration_recorded(session, signal_id, youth_key)
 
     async def _in_index(self, signal_id: str, message: Envelope, secrets: tuple[str, ...]) -> Signaal | None:
         """The signal as the index holds it; None when it answers "not found" for it."""
@@ -418,6 +432,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             simulator,
             hub.store,
             waiting,
+            today=hub.today,
         )
         hub.components[NAME] = connector
         ladder = ladder_on(

@@ -58,7 +58,7 @@ from schemas.envelope import utcnow
 log = get_logger(__name__)
 SYSTEM = "ketenhub-retention"
 CHUNK = 200  # youths or signals purged a transaction
-SETTLED = ("delivered",)  # a signal's last command reached the Verwijsindex
+SETTLED = ("delivered", "withheld")  # a signal's last command reached the Verwijsindex, or needed not
 AUDIT_CHUNK = 5_000  # audit entries deleted a transaction (SQLite's one writer is not held long)
 
 

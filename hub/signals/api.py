@@ -66,7 +66,8 @@ class SignalIn(CanonicalModel):
 
 
 class Delivery(CanonicalModel):
-    """Where the signal's latest command is: queued, delivered, retrying or dead_lettered."""
+    """Where the signal's latest command is: queued, delivered, retrying, dead_lettered, or withheld
+    (the signal was over when it was to go: nothing was sent, nothing is left to send)."""
 
     state: str
     command: str | None

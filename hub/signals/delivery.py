@@ -15,6 +15,11 @@ delivered, parked or dead-lettered shows as the latest command.
 
 A registration the index had taken at an earlier attempt, whose answer was lost, is audited as the
 disclosure it was, with whose contact the index held when the attempt found it there.
+
+A registration or contact change the connector withheld (the signal is over: withdrawn, or past its
+end date) shows `withheld` when it is the latest command, or, for a registration, when the signal
+awaited one: nothing was sent, and nothing is left to send. A withdrawal behind it shows as the
+latest command once it goes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.signals import commands
 from hub.signals.tables import signals
+from hub.store.tables import audit_log
 from schemas._base import as_code
 from schemas.envelope import Envelope, utcnow
 
@@ -43,7 +49,7 @@ UNREGISTERED = (
     "names the contact the hub holds then"
 )
 # The latest command's fate, which an earlier one getting through (a replayed dead letter) leaves be.
-_SETTLED = ("delivered", "dead_lettered")
+_SETTLED = ("delivered", "withheld", "dead_lettered")
 
 
 def _where(message: Envelope):  # type: ignore[no-untyped-def]
@@ -52,7 +58,11 @@ def _where(message: Envelope):  # type: ignore[no-untyped-def]
 
 def _action(message: Envelope, outcome: str | None) -> str:
     """The audit action: the command, or, when it was no plain disclosure, what became of it."""
-    return f"verwijsindex.{message.type}" + (f".{outcome}" if outcome else "")
+    return _action_of(message.type, outcome)
+
+
+def _action_of(command: str, outcome: str | None = None) -> str:
+    return f"verwijsindex.{command}" + (f".{outcome}" if outcome else "")
 
 
 def _unregistered(message: Envelope, outcome: str | None) -> bool:
@@ -115,13 +125,13 @@ async def on_delivered(
     registration the index had taken at an earlier attempt, whose contact it held (see `_objects`)."""
     now = utcnow()
     latest = signals.c.delivery_message_id == message.message_id
-    if message.type == commands.REGISTER and not outcome:
+    if message.type == commands.REGISTER and outcome in (None, WITHHELD):
         latest = latest | _awaiting_registration()
-    await session.execute(
-        update(signals)
-        .where(_where(message), latest)
-        .values(**(_unregistered_values(now) if _unregistered(message, outcome) else _delivered_values(now)))
-    )
+    if _unregistered(message, outcome):
+        values = _unregistered_values(now)
+    else:
+        values = _WITHHELD_VALUES if outcome == WITHHELD else _delivered_values(now)
+    await session.execute(update(signals).where(_where(message), latest).values(**values))
     await session.execute(
         update(signals)
         .where(_where(message), ~latest, signals.c.delivery_state.not_in(_SETTLED))
@@ -137,6 +147,17 @@ async def on_delivered(
     await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
 
 
+async def registration_recorded(session: AsyncSession, signal_id: str, youth_key: str) -> bool:
+    """Whether a registration of the signal is recorded as a disclosure to the index (its audit entry:
+    delivered, or found there at a later attempt)."""
+    found = await session.execute(
+        select(audit_log.c.objects).where(
+            audit_log.c.youth_key == youth_key, audit_log.c.action == _action_of(commands.REGISTER)
+        )
+    )
+    return any((row.objects or {}).get("signal_id") == signal_id for row in found)
+
+
 def _delivered_values(now: datetime) -> dict[str, Any]:
     return {
         "delivery_state": "delivered",
@@ -145,6 +166,15 @@ def _delivered_values(now: datetime) -> dict[str, Any]:
         "last_error": None,
         "delivered_at": now,
     }
+
+
+# Nothing was sent, nothing is left to send: not `delivered` (no delivered_at), not waiting.
+_WITHHELD_VALUES: dict[str, Any] = {
+    "delivery_state": "withheld",
+    "attempt": 0,
+    "next_try_at": None,
+    "last_error": None,
+}
 
 
 def _unregistered_values(now: datetime) -> dict[str, Any]:
@@ -169,27 +199,26 @@ async def on_delivered_many(
     contact_of: Callable[[str], str | None] = lambda _: None,
     earlier_of: Callable[[str], str | None] = lambda _: None,
 ) -> None:
-    """`on_delivered` for a round of deliveries (at most one per youth), in four statements (five
-    with a contact change the index had no signal for); `outcome_of(message_id)`,
-    `contact_of(message_id)` and `earlier_of(message_id)` are each one's `outcome`, `contact` and
-    `earlier`."""
+    """`on_delivered` for a round of deliveries (at most one per youth), in four statements (one more
+    with a contact change the index had no signal for, one more with a command withheld);
+    `outcome_of(message_id)`, `contact_of(message_id)` and `earlier_of(message_id)` are each one's
+    `outcome`, `contact` and `earlier`."""
     now = utcnow()
     ids = [m.message_id for m in messages]
     signal_ids = {m.message_id: commands.signal_id_of(m) or "" for m in messages}
     touched = signals.c.signal_id.in_(set(signal_ids.values()))
     unregistered = [m.message_id for m in messages if _unregistered(m, outcome_of(m.message_id))]
-    registered = {
-        signal_ids[m.message_id]
-        for m in messages
-        if m.type == commands.REGISTER and not outcome_of(m.message_id)
-    }
+    withheld = [m.message_id for m in messages if outcome_of(m.message_id) == WITHHELD]
+    registrations = [m for m in messages if m.type == commands.REGISTER]
+    registered = {signal_ids[m.message_id] for m in registrations if not outcome_of(m.message_id)}
+    withheld_registrations = {signal_ids[m.message_id] for m in registrations if m.message_id in withheld}
     # a signal whose latest command got through is delivered; one with a later command waiting, queued
     await session.execute(
         update(signals)
         .where(touched, signals.c.delivery_message_id.not_in(ids), signals.c.delivery_state.not_in(_SETTLED))
         .values(delivery_state="queued", attempt=0, next_try_at=None, last_error=None)
     )
-    got_through = [i for i in ids if i not in set(unregistered)]
+    got_through = [i for i in ids if i not in set(unregistered) | set(withheld)]
     await session.execute(
         update(signals)
         .where(
@@ -204,6 +233,16 @@ async def on_delivered_many(
             update(signals)
             .where(touched, signals.c.delivery_message_id.in_(unregistered))
             .values(**_unregistered_values(now))
+        )
+    if withheld:
+        await session.execute(
+            update(signals)
+            .where(
+                touched,
+                signals.c.delivery_message_id.in_(withheld)
+                | (_awaiting_registration() & signals.c.signal_id.in_(withheld_registrations)),
+            )
+            .values(**_WITHHELD_VALUES)
         )
     found = await session.execute(select(signals.c.signal_id, signals.c.youth_key).where(touched))
     keys: dict[str, str] = {row.signal_id: row.youth_key for row in found}

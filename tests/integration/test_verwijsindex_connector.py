@@ -20,15 +20,17 @@ from connectors.verwijsindex.component import verwijsindex_component
 from connectors.verwijsindex.contract import SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
+from hub.directory import create_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.ops.dlq import DeadLetters, ReplayJob
 from hub.retry import RetryPolicy
 from hub.retry.tables import parked
 from hub.runtime import Hub
-from hub.signals import request_contact_change, request_withdrawal, store_signal
+from hub.signals import register_again, request_contact_change, request_withdrawal, store_signal
 from hub.signals.commands import register_command
 from hub.signals.service import new_signal_row
 from hub.signals.tables import signals
+from hub.signals.waiting import waits_of
 from hub.spine.dlq import DLQ_HEADERS
 from hub.store.tables import audit_log
 from hub.topics import VERWIJSINDEX_SIGNAL
@@ -49,6 +51,13 @@ FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) 
 # simulator's faults before the next attempt, however loaded the machine.
 SLOW = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(3.0,) * 5, jitter=0.0)
 SIGNAL = "/api/v1/signalen/"
+ILSE = Caseworker(  # a_signal's contact, as the directory holds her
+    caseworker_id="cw-ilse",
+    name="Ilse Bakker",
+    email="ilse@halt.nl",
+    team=Team.DEN_HAAG,
+    meldingsbevoegd=True,
+)
 STAND_IN = Caseworker(
     caseworker_id="cw-noor",
     name="Noor Visser",
@@ -698,6 +707,44 @@ async def test_a_registration_whose_answer_was_lost_is_audited_as_disclosed_thou
         await hub.stop()
 
 
+async def test_a_registration_sent_again_and_then_withdrawn_is_no_second_disclosure(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Registered and audited; an operator registered it again while the index was down; the signal
+    was withdrawn. The second registration, when its rung came, found the index holding the first
+    one's copy and was audited as a disclosure at an earlier attempt, though it never got there."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, policy=SLOW)
+    try:
+        assert hub.store is not None and hub.relay is not None
+        signal = a_signal(bsns(1, start=540_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+        async with hub.store.transaction() as session:
+            await create_caseworker(session, ILSE)
+        await set_faults(admin, error_rate=1.0)  # 503 on every call
+        waits = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
+        await register_again(
+            hub.store, hub, signal.signal_id, user="olga", transaction_id=str(uuid.uuid4()), waits=waits
+        )
+        hub.relay.wake()
+        await wait_for(lambda: _all_at(hub, 1, of=1))  # parked after its first rung
+        await withdraw(hub, signal)
+        await set_faults(admin, error_rate=0.0)
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+
+        path = SIGNAL + signal.signal_id
+        sent = [(c["method"], c["status"]) for c in await calls(admin) if c["path"] == path]
+        assert sent == [("PUT", 201), ("PUT", 503), ("PUT", 503), ("GET", 200), ("DELETE", 200)]
+        assert await audited(hub, signal) == [
+            "verwijsindex.RegisterSignal",
+            "verwijsindex.RegisterSignal.withheld",  # it sent nothing: no second disclosure
+            "verwijsindex.WithdrawSignal",
+        ]
+    finally:
+        await hub.stop()
+
+
 async def test_a_registration_of_a_signal_past_its_end_date_is_withheld(
     kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
 ) -> None:
@@ -711,12 +758,18 @@ async def test_a_registration_of_a_signal_past_its_end_date_is_withheld(
             update={"created": today() - timedelta(days=60), "end_date": today() - timedelta(days=1)}
         )
         await register(hub, ended)
-        await wait_for(lambda: _all_delivered(hub), timeout_s=20)
+
+        async def settled() -> bool:
+            return (await rows(hub))[signal.signal_id].delivery_state == "withheld"
+
+        await wait_for(settled, timeout_s=20)
         path = SIGNAL + signal.signal_id
         sent = [(c["method"], c["status"]) for c in await calls(admin) if c["path"] == path]
         assert sent == [("GET", 404)]
         assert await audited(hub, signal) == ["verwijsindex.RegisterSignal.withheld"]
         assert signal.signal_id not in simulator.state.signals
+        row = (await rows(hub))[signal.signal_id]
+        assert (row.delivered_at, row.last_error) == (None, None)  # nothing went, nothing to send
     finally:
         await hub.stop()
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from connectors.verwijsindex.client import VerwijsindexClient
@@ -31,6 +32,7 @@ from hub.ops.dlq import DeadLetters
 from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.signals import commands, request_contact_change, store_signal
+from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store import Store
 from hub.store.tables import audit_log
@@ -44,6 +46,7 @@ from tests.integration.test_verwijsindex_connector import (
     SIGNAL,
     SLOW,
     STAND_IN,
+    TODAY,
     _all_at,
     _all_delivered,
     _is_done,
@@ -595,6 +598,44 @@ async def test_a_change_is_moot_while_its_replayed_registration_is_parked_behind
         assert (sent["caseworker_id"], sent["queued_caseworker_id"]) == ("cw-noor", "cw-ilse")
         assert simulator.state.get(signal.signal_id).contactpersoon.naam == "Noor Visser"
         assert len(await read_all(kafka.bootstrap, dlq)) == 1  # the registration's, replayed
+    finally:
+        await hub.stop()
+
+
+async def test_a_registration_replayed_after_its_signal_ended_settles_the_signal_awaiting_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The registration is a dead letter; a change to Noor finds no signal in the index (moot: the
+    letter is open), and the signal shows its registration awaited. The signal's end date passes,
+    then the letter is replayed: withheld (it is over). The signal stayed dead-lettered, telling
+    operators to replay a registration whose every replay would be withheld again."""
+    await set_faults(admin, error_rate=1.0)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60)
+    try:
+        assert hub.store is not None
+        signal = a_signal(bsns(1, start=995_000_000)[0])
+        assert signal.signal_id
+        await register(hub, signal)
+        dlq = hub.topic(VERWIJSINDEX_SIGNAL.dlq)
+        assert len(await read_topic(kafka.bootstrap, dlq, expect=1, timeout_s=60)) == 1
+        await set_faults(admin)
+        await move(hub, signal, STAND_IN)
+        await wait_for(audited_as(hub, signal, "verwijsindex.ChangeSignalContact.not_in_index"), timeout_s=20)
+        assert (await rows(hub))[signal.signal_id].delivery_state == "dead_lettered"  # awaits it
+        async with hub.store.transaction() as session:  # the days go by: its end date passes
+            await session.execute(
+                update(signals)
+                .where(signals.c.signal_id == signal.signal_id)
+                .values(created=TODAY - timedelta(days=400), end_date=TODAY - timedelta(days=1))
+            )
+        await replay_all(hub)
+        await wait_for(lambda: _state_is(hub, signal, "withheld"), timeout_s=20)
+        assert await audited(hub, signal) == [
+            "verwijsindex.ChangeSignalContact.not_in_index",
+            "verwijsindex.RegisterSignal.withheld",
+        ]
+        assert (await path_log(admin, signal))[-1] == ("GET", 404)  # asked, nothing sent
+        assert signal.signal_id not in simulator.state.signals
     finally:
         await hub.stop()
 
