@@ -74,6 +74,8 @@ _SUBJECTS = {
     "handover.declined": "Overdracht geweigerd",
     "handover.lapsed": "Overdracht niet afgeleverd: de toestemming dekt haar niet meer",
     "handover.undelivered": "Overdracht niet afgeleverd: de aflevering bij de ontvanger is mislukt",
+    "handover.notice_undelivered": "Intrekking niet afgeleverd: de ontvanger weet nog niet dat de "
+    "toestemming is ingetrokken",
 }
 # Said of a handover sent to its receiver without a 2xx answer (`attempted_at`): it may be there.
 MAY_HAVE = "zij is niet bevestigd afgeleverd, maar de ontvanger kan haar wel al hebben"

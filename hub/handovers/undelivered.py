@@ -1,17 +1,20 @@
-"""Handovers whose delivery failed for good (a dead letter): marked, audited, their caseworker told once."""
+"""Handovers whose delivery failed for good (a dead letter): marked, audited, their caseworker told once;
+and withdrawal notices that failed so: audited, the caseworker told once that the receiver does not
+know yet."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
 from hub.handovers import messages
-from hub.handovers.messages import HANDOVER
+from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
 from hub.handovers.service import Routing, get_handover
 from hub.handovers.tables import handovers
+from hub.store.tables import audit_log
 from schemas._base import as_code
 from schemas.envelope import Envelope, utcnow
 from schemas.handover import HandoverStatus
@@ -21,6 +24,12 @@ SYSTEM = "ketenhub-receivers"
 # never delivered, not tried again until an operator replays it. No "not answered" notice follows.
 UNDELIVERED = "AFLEVERING_MISLUKT"
 
+FAILED = "handover.delivery_failed"  # the audit action of a dead-lettered handover or notice
+_NOTICE_NOW = (
+    " ketenhub probeert het niet meer vanzelf; een beheerder stuurt het bericht opnieuw zodra het "
+    "probleem bij de ontvanger is verholpen. Laat de ontvanger intussen zelf weten dat de toestemming "
+    "is ingetrokken en dat zij de gegevens niet verder mag gebruiken."
+)
 _WHAT_NOW = (
     " ketenhub probeert het niet meer vanzelf. Een beheerder ziet haar bij de niet-afgeleverde berichten "
     "en stuurt haar opnieuw zodra het probleem bij de ontvanger is verholpen; u hoeft haar niet "
@@ -36,9 +45,13 @@ async def record_failed(session: AsyncSession, r: Routing, message: Envelope, er
     `UNDELIVERED`, and its caseworker is told so once, with what happens now: routing's check does
     not tell them later that the receiver did not answer. A replayed letter that fails again is
     audited again, not told again; one delivered after all clears the mark (`record_delivered`). A
-    handover its receiver has or answered is not marked: a repeat of it failed, not the handover. A
-    withdrawal notice that failed marks its handover, as it always did. A message that names no
-    handover (it failed validation) has nothing to mark; its dead letter stands."""
+    handover its receiver has or answered is not marked: a repeat of it failed, not the handover.
+
+    A withdrawal notice that failed leaves its handover's status and reason as they are (withdrawn:
+    "delivery failed" there read as if the handover had not gone out): its caseworker is told once
+    that the receiver does not know yet and may still use the data (rule 10), and to tell it
+    meanwhile. A message that names no handover (it failed validation) has nothing to mark; its dead
+    letter stands."""
     handover_id = as_code(message.payload.get("handover_id"))
     row = await get_handover(session, handover_id, lock=True) if handover_id is not None else None
     if row is None:
@@ -46,15 +59,19 @@ async def record_failed(session: AsyncSession, r: Routing, message: Envelope, er
     undelivered = (
         message.type == HANDOVER and row.status == HandoverStatus.VERZONDEN.value and row.delivered_at is None
     )
-    tell = undelivered and row.status_reason != UNDELIVERED
-    if undelivered or message.type != HANDOVER:
+    notice = message.type == HANDOVER_WITHDRAWN
+    if notice:
+        tell = not await _notice_told(session, row)
+    else:
+        tell = undelivered and row.status_reason != UNDELIVERED
+    if undelivered:
         await session.execute(
             update(handovers)
             .where(handovers.c.id == row.id)
             .values(status_reason=UNDELIVERED, updated_at=utcnow())
         )
     entry = AuditEntry(
-        action="handover.delivery_failed",
+        action=FAILED,
         user=SYSTEM,
         youth_key=row.youth_key,
         objects={
@@ -66,8 +83,33 @@ async def record_failed(session: AsyncSession, r: Routing, message: Envelope, er
         },
     )
     await write_audit(session, entry, transaction_id=message.transaction_id, system=SYSTEM)
-    if tell:
+    if tell and notice:
+        await messages.tell_requester(
+            session,
+            r.mail_topic,
+            row,
+            template="handover.notice_undelivered",
+            transaction_id=message.transaction_id,
+            detail="de ontvanger weet nog niet dat de toestemming is ingetrokken: het bericht daarover is"
+            " niet afgeleverd." + _NOTICE_NOW,
+        )
+    elif tell:
         await _tell(session, r, row, message)
+
+
+async def _notice_told(session: AsyncSession, row: Any) -> bool:
+    """Whether the caseworker was told already that the handover's withdrawal notice failed."""
+    found = await session.execute(
+        select(audit_log.c.objects).where(
+            audit_log.c.youth_key == row.youth_key, audit_log.c.action == FAILED
+        )
+    )
+    return any(
+        (o := entry.objects or {}).get("handover_id") == row.id
+        and o.get("type") == HANDOVER_WITHDRAWN
+        and o.get("caseworker_told")
+        for entry in found
+    )
 
 
 async def _tell(session: AsyncSession, r: Routing, row: Any, message: Envelope) -> None:

@@ -32,6 +32,7 @@ HANDOVER_NOTICES = frozenset(
         "handover.declined",
         "handover.lapsed",
         "handover.undelivered",
+        "handover.notice_undelivered",
     }
 )
 # The templates with a line for a delegate (the borging mail is addressed to the delegate already).

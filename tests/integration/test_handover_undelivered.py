@@ -235,3 +235,63 @@ async def test_a_handover_dead_lettered_on_the_kafka_path_is_told_once_and_never
         await unanswered_check(w, days_later=10)
         assert len(await queued(w, "handover.unanswered", hid)) == 1
         assert len(await queued(w, UNDELIVERED, hid)) == 1
+
+
+async def test_a_withdrawal_notice_that_cannot_be_delivered_is_told_once_and_keeps_the_withdrawal(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10: the receiver had the handover; the consent was withdrawn while its webhook was down
+    past the last rung. The notice's dead letter marked the handover AFLEVERING_MISLUKT over its
+    TOESTEMMING_INGETROKKEN (as if the handover had not gone out), and nobody heard that the
+    receiver did not know and could go on using the data."""
+    async with world(kafka, db_url, unique) as w:
+        bsn = w.bsn_pool[-1]
+        rid, key = await w.referral(17)
+        consent = await w.consent(rid)
+        hid = await w.handover(rid)
+        await wait_for(lambda: [e.payload["handover_id"] for e in w.receiver.handovers()] == [hid])
+        w.receiver.down = True  # 503 on every attempt, to the last rung
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "jeugdige wil het niet meer"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200, r.text
+
+        (dead,) = await dispatch_dead_letters(kafka, w, expect=1)
+        assert Envelope.from_bytes(dead.value).type == "HandoverWithdrawn"
+        notice = "handover.notice_undelivered"
+        (mail,) = await wait_for(lambda: queued(w, notice, hid), timeout_s=30)
+        assert mail["recipient_caseworker_id"] == CW
+        assert mail["subject"].startswith("Intrekking niet afgeleverd")
+        assert "weet nog niet" in mail["body_text"] and "niet verder mag gebruiken" in mail["body_text"]
+        for secret in (bsn, "Sam", "Jansen"):
+            assert secret not in mail["body_text"] and secret not in mail["body_html"]
+        state = await w.status(hid)
+        assert (state["status"], state["status_reason"]) == ("INGETROKKEN", "TOESTEMMING_INGETROKKEN")
+        (failed,) = await w.audit("handover.delivery_failed")
+        assert failed.youth_key == key and failed.objects["caseworker_told"] is True
+        assert await queued(w, UNDELIVERED, hid) == []  # not told the handover itself failed
+
+        # replayed while the receiver is still down: dead again, audited again, not told again
+        await replay_dispatch_letters(w)
+        await dispatch_dead_letters(kafka, w, expect=2)
+
+        async def audited_twice() -> bool:
+            return len(await w.audit("handover.delivery_failed")) == 2
+
+        await wait_for(audited_twice, timeout_s=30)
+        entries = await w.audit("handover.delivery_failed")
+        assert [a.objects["caseworker_told"] for a in entries] == [True, False]
+        assert len(await queued(w, notice, hid)) == 1
+
+        # the receiver back, the replayed notice reaches it
+        w.receiver.down = False
+        await replay_dispatch_letters(w)
+
+        def told() -> list[Envelope]:
+            return [c["env"] for c in w.receiver.calls if c["env"].type == "HandoverWithdrawn"]
+
+        await wait_for(lambda: len(told()) == 1, timeout_s=30)
+        assert told()[0].payload["handover_id"] == hid
+        assert (await w.status(hid))["status_reason"] == "TOESTEMMING_INGETROKKEN"
