@@ -38,6 +38,7 @@ DECISION_FIELDS: Final[Mapping[str, str]] = {
     "parents_agreed": "akkoordOuders",
     "damage.youth_share": "schadebedrag",
     "damage.case_total": "schadebedrag",
+    "boa_project": "projectcode",
 }
 
 

@@ -36,9 +36,10 @@ CASE_REFERENCE_FIELD: Final = "procesVerbaalNummer"
 # (DecisionReason.field, hub.intake.rules.ReasonField): the path `parse` reads it from, as a format
 # error names it. The answer on partner.politie.decision.v1 names these, and the HTTP answers beside
 # the canonical field (hub.intake.partner_fields). Without a police equivalent: "truancy" and
-# "truancy.period_end" (a police referral is never a truancy referral), which the decision answer
-# names as they are. Without bedragTotaal the case total is the youth's share (to_referral);
-# a refusal on it still names schade.bedragTotaal, where the police would state the case total.
+# "truancy.period_end" (a police referral is never a truancy referral) and "boa_project" (nor a
+# BOA's), which the decision answer names as they are. Without bedragTotaal the case total is the
+# youth's share (to_referral); a refusal on it still names schade.bedragTotaal, where the police
+# would state the case total.
 DECISION_FIELDS: Final[Mapping[str, str]] = {
     "case_reference": CASE_REFERENCE_FIELD,
     "youth.birth_date": "verdachte.geboortedatum",

@@ -35,6 +35,7 @@ ReasonField = Literal[
     "ovj_approval",
     "damage.youth_share",
     "damage.case_total",
+    "boa_project",
 ]
 REASON_FIELDS: Final[frozenset[str]] = frozenset(get_args(ReasonField))
 
@@ -140,8 +141,9 @@ def _check_boa_scope(referral: Referral, rules: IntakeRules, feit: HaltFeit | No
     for project in candidates:
         if project.active_on(day) and code in project.feitcodes and project.municipality.casefold() == where:
             return []
+    field: ReasonField = "offence.feitcode"
     if referral.boa_project is not None and not candidates:
-        detail = "Het opgegeven BOA-project is niet bekend."
+        detail, field = "Het opgegeven BOA-project is niet bekend.", "boa_project"
     elif referral.boa_project is not None:
         detail = (
             "Het opgegeven BOA-project liep niet op de pleegdatum, of dekt dit feit of deze gemeente niet."
@@ -153,7 +155,7 @@ def _check_boa_scope(referral: Referral, rules: IntakeRules, feit: HaltFeit | No
             "BOA_BUITEN_BEVOEGDHEID",
             "Een BOA verwijst alleen bij openbare dronkenschap (art. 453 Sr), art. 45 Alcoholwet "
             f"of binnen een lopend BOA-project. {detail}",
-            "offence.feitcode",
+            field,  # an unknown project is the project's to put right; else the offence is out of scope
         )
     ]
 

@@ -106,6 +106,7 @@ PROBES: dict[str, dict[str, tuple[Any, Any, Any]]] = {
         "parents_agreed": (True, True, []),
         "damage.youth_share": ("12,50", Decimal("12.50"), []),
         "damage.case_total": ("12,50", Decimal("12.50"), []),
+        "boa_project": ("dh-jaarwisseling-2526", "DH-JAARWISSELING-2526", "-x"),
     },
     "leerplicht": {
         "case_reference": ("LP-DH-2025-0199", "LP-DH-2025-0199", "x" * 101),
@@ -166,7 +167,7 @@ HALT_STRAF = {
 }
 REFUSED_ON = {
     "politie": HALT_STRAF,
-    "boa": HALT_STRAF,
+    "boa": HALT_STRAF | {"boa_project"},
     "leerplicht": {"case_reference", "youth.birth_date", "truancy.period_end", "truancy", "ovj_approval"},
     "preventief": {"case_reference", "youth.birth_date", "offence.committed_on"},
 }
@@ -238,6 +239,12 @@ REFUSALS: list[tuple[str, dict[str, Any], Callable[[Referral, IntakeRules], Deci
         {"feitcode": "F300"},
         _decided(),
         [("OVJ_TOESTEMMING_VEREIST", None), ("BOA_BUITEN_BEVOEGDHEID", "feitcode")],
+    ),
+    (
+        "boa",
+        {"feitcode": "F310", "projectcode": "GEEN-PROJECT"},
+        _decided(),
+        [("BOA_BUITEN_BEVOEGDHEID", "projectcode")],  # the project, not the offence, to put right
     ),
     (
         "boa",
