@@ -54,23 +54,89 @@ def required_for(age: int) -> frozenset[Required]:
 NUMBER_OF_CUSTODIANS = "AANTAL_GEZAGHEBBERS"
 
 
-def named_custodians(referral: Referral | None) -> int:
-    """How many people a referral names as holding custody (0 without a referral).
+def person(name: str) -> str:
+    """A name as rule 8 tells people apart: casefolded, its whitespace runs made one space. The
+    same person typed twice ('Ouder A', 'ouder  a') is one custodian, and one the referral names."""
+    return " ".join(name.casefold().split())
+
+
+class Named(int):
+    """How many people the youth's referrals name as holding custody (see `named_custodians`), and
+    whom they show with custody and without, by `person`.
+
+    An int, as every judgement of a consent takes it (`named`); a plain int, as consents were judged
+    before, names nobody. A name in `without_custody` is one a referral explicitly says has no
+    custody (custody is assumed where the referrer did not say); in `with_custody` one it names as
+    holding it. Where the youth's referrals disagree on a person, the latest that names them decides.
+    """
+
+    with_custody: frozenset[str]
+    without_custody: frozenset[str]
+
+    def __new__(
+        cls,
+        count: int,
+        with_custody: frozenset[str] = frozenset(),
+        without_custody: frozenset[str] = frozenset(),
+    ) -> Named:
+        named = super().__new__(cls, count)
+        named.with_custody, named.without_custody = with_custody, without_custody - with_custody
+        return named
+
+
+def named_custodians(referral: Referral | None) -> Named:
+    """How many people a referral names as holding custody (0 without a referral), and whom.
 
     A lower bound only, never the number itself: a referrer names the parents it knows of (the BOA
     and leerplicht formats carry one parent at most), and the police list of legal representatives
     is optional, with custody assumed where the officer did not say.
     """
-    named = sum(1 for g in referral.youth.guardians if g.has_custody) if referral is not None else 0
-    # more than the law allows is a list with custody assumed, not more people to ask
-    return min(named, MAX_CUSTODIANS)
+    if referral is None:
+        return Named(0)
+    guardians = referral.youth.guardians
+    named = sum(1 for g in guardians if g.has_custody)
+    return Named(
+        # more than the law allows is a list with custody assumed, not more people to ask
+        min(named, MAX_CUSTODIANS),
+        frozenset(person(g.name) for g in guardians if g.has_custody),
+        frozenset(person(g.name) for g in guardians if not g.has_custody),
+    )
+
+
+def named_by(referrals: Iterable[Referral]) -> Named:
+    """What a youth's referrals, the latest first, name together: as many custodians as the one
+    naming most (a BOA or leerplicht referral names one parent at most, and would lower what an
+    earlier police referral showed), and each person's custody as the latest referral naming them
+    says (custody is given and taken away; a later referral knows the later state)."""
+    count, custody = 0, dict[str, bool]()
+    for referral in referrals:
+        named = named_custodians(referral)
+        count = max(count, int(named))
+        for name in named.with_custody:
+            custody.setdefault(name, True)
+        for name in named.without_custody:
+            custody.setdefault(name, False)
+    return Named(
+        count,
+        frozenset(n for n, has in custody.items() if has),
+        frozenset(n for n, has in custody.items() if not has),
+    )
+
+
+def _shown(named: int) -> tuple[frozenset[str], frozenset[str]]:
+    """Whom `named` shows with custody and without: nobody for a plain number."""
+    if isinstance(named, Named):
+        return named.with_custody, named.without_custody
+    return frozenset(), frozenset()
 
 
 def custodians_shown(consent: Consent, *, named: int) -> int:
     """The fewest custodians there are, by what the referral names and whom the consent itself
-    records as holding custody (each custodian once, by name, whatever they answered)."""
-    answered = {g.name.casefold() for g in consent.grantors if g.role in CUSTODY_ROLES}
-    return max(named, len(answered))
+    records as holding custody (each custodian once, by `person`, whatever they answered). Someone
+    the referral shows without custody is not one, whatever role they were recorded in."""
+    _, without = _shown(named)
+    answered = {person(g.name) for g in consent.grantors if g.role in CUSTODY_ROLES} - without
+    return max(int(named), len(answered))
 
 
 @dataclass(frozen=True)
@@ -80,6 +146,11 @@ class Completeness:
     `missing` names a role once per missing permit, and `NUMBER_OF_CUSTODIANS` when the custodians'
     permits are asked for but their number was not stated. `custodians_needed` is how many custodians
     must permit, when that is asked for and known.
+
+    A permit in a custody role does not count as a custodian's when the youth's referral shows its
+    grantor without custody (`no_custody`, by role), nor when the referral names the custodians
+    needed and not its grantor (`not_named`, by role): a role the caseworker typed does not outweigh
+    what the referral shows. Roles only, never names: they are the parents' personal data.
     """
 
     day: date
@@ -90,6 +161,8 @@ class Completeness:
     custodians_needed: int | None = None
     stated: int | None = None
     named: int = 0
+    no_custody: tuple[GrantorRole, ...] = ()
+    not_named: tuple[GrantorRole, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -105,6 +178,11 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
     and never fewer than the youth's referral names (`named`, see `named_custodians`). Without a
     stated number the consent is not complete, unless as many custodians as the law allows (two)
     permitted: one permit would otherwise stand for every custodian's.
+
+    Where the referral names people (`named` a `Named`), it decides who the custodians are: a permit
+    by someone it shows without custody counts for nobody, and one by someone it does not name counts
+    only for a custodian it does not name either (a BOA or leerplicht referral names one parent at
+    most), never in place of one it names with custody.
     """
     day = consent_day(consent)
     age = age_on(consent.youth.birth_date, day)
@@ -120,17 +198,43 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
     if Required.JEUGDIGE in required and not any(g.role is GrantorRole.JEUGDIGE for g in permits):
         missing.append(GrantorRole.JEUGDIGE.value)
     needed = None
+    no_custody: list[GrantorRole] = []
+    not_named: list[GrantorRole] = []
     if Required.GEZAGHEBBERS in required:
-        have = len({g.name.casefold() for g in permits if g.role in CUSTODY_ROLES})
-        if consent.custodians is None and have >= MAX_CUSTODIANS:
+        with_custody, without = _shown(named)
+        roles = {person(g.name): g.role for g in permits if g.role in CUSTODY_ROLES}
+        no_custody = [role for name, role in roles.items() if name in without]
+        confirmed = sum(1 for name in roles if name in with_custody)
+        others = [role for name, role in roles.items() if name not in with_custody | without]
+
+        def counted(need: int) -> int:
+            """The custodians' permits that count: of those the referral names with custody, and
+            of others only as many as there are custodians it does not name."""
+            return confirmed + min(len(others), max(need - len(with_custody), 0))
+
+        if consent.custodians is None and counted(MAX_CUSTODIANS) >= MAX_CUSTODIANS:
             need = MAX_CUSTODIANS  # as many as can hold custody permitted: nobody else can be asked
         elif consent.custodians is None:
             missing.append(NUMBER_OF_CUSTODIANS)
             need = max(named, 1)  # missing for certain, whatever the number turns out to be
         else:
             need = needed = max(consent.custodians, named)
+        have = counted(need)
+        if have < confirmed + len(others):
+            not_named = others
         missing += [GrantorRole.OUDER_MET_GEZAG.value] * max(need - have, 0)
-    return Completeness(day, age, required, tuple(missing), denied, needed, consent.custodians, named)
+    return Completeness(
+        day,
+        age,
+        required,
+        tuple(missing),
+        denied,
+        needed,
+        consent.custodians,
+        int(named),
+        no_custody=tuple(no_custody),
+        not_named=tuple(not_named),
+    )
 
 
 def explain(check: Completeness) -> str | None:
@@ -148,6 +252,20 @@ def explain(check: Completeness) -> str | None:
     if GrantorRole.JEUGDIGE.value in check.missing:
         parts.append("De toestemming van de jeugdige ontbreekt.")
     short = check.missing.count(GrantorRole.OUDER_MET_GEZAG.value)
+    # why permits given did not count, where a custodian's permit is missing for it
+    for role in sorted(set(check.no_custody)) if short else ():
+        parts.append(
+            f"De verwijzing van de jeugdige toont geen gezag voor wie toestemming gaf in de rol {role}: "
+            "die toestemming telt niet als die van een gezaghebber (regel 8). Leg de toestemming vast "
+            "van wie volgens de verwijzing het gezag heeft."
+        )
+    for role in sorted(set(check.not_named)) if short else ():
+        parts.append(
+            f"Wie toestemming gaf in de rol {role}, staat niet bij de gezaghebbers die de verwijzing "
+            "van de jeugdige noemt: die toestemming telt niet in plaats van die van een gezaghebber "
+            "die de verwijzing wel noemt (regel 8). Is het dezelfde persoon, leg de naam dan vast "
+            "zoals de verwijzing die noemt; anders is de toestemming van die gezaghebber nodig."
+        )
     if short and check.custodians_needed is not None:
         source = (
             f"opgegeven: {check.stated}; de verwijzing noemt er {check.named}"

@@ -20,7 +20,7 @@ from hub.consent.fhir import (
     validate_fhir,
     youth_key_of,
 )
-from hub.consent.rules import completeness
+from hub.consent.rules import Named, completeness
 from schemas.consent import DUTCH_TIME, Consent, ConsentStatus, GrantorIn
 
 BSN = "111222333"
@@ -222,6 +222,23 @@ def test_the_rule_8_verdict_goes_out_as_an_extension_and_is_ignored_coming_back(
     [reason] = [v for url, v in parts if url == "reason"]
     assert "aantal gezaghebbers is niet opgegeven" in reason and BSN not in reason and "Sam" not in reason
     assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == consent  # derived: not read back
+
+
+def test_the_rule_8_verdict_says_when_the_referral_shows_a_grantor_without_custody() -> None:
+    """Judged as the JSON views judge it: the referral shows 'Ouder A', recorded as OUDER_MET_GEZAG,
+    without custody; the reason says so by role, naming nobody."""
+    consent = sample(custodians=1, grantors=sample().grantors[:2])  # the youth and 'Ouder A'
+    named = Named(1, frozenset({"ouder c"}), frozenset({"ouder a"}))
+    resource = json.loads(
+        json.dumps(to_fhir(consent, youth_key=KEY, check=completeness(consent, named=named)))
+    )
+    FhirConsent.model_validate(resource)
+    [verdict] = [e for e in resource["extension"] if e["url"] == EXT_COMPLETENESS]
+    parts = [(p["url"], next(v for k, v in p.items() if k.startswith("value"))) for p in verdict["extension"]]
+    assert ("complete", False) in parts and ("missing", "OUDER_MET_GEZAG") in parts
+    [reason] = [v for url, v in parts if url == "reason"]
+    assert "toont geen gezag" in reason and "OUDER_MET_GEZAG" in reason and "Ouder" not in reason
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == consent
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from hub.consent.rules import (
     custodians_shown,
     explain,
     find_covering,
+    named_by,
     named_custodians,
     withdrawal_effects,
 )
@@ -238,6 +239,149 @@ def test_a_referral_names_only_the_guardians_with_custody(referral: Referral) ->
     stepparent = Guardian(name="Stiefouder", relation="OUDER")
     crowded = youth.model_copy(update={"guardians": [*youth.guardians, stepparent]})
     assert named_custodians(referral.model_copy(update={"youth": crowded})) == 2
+
+
+# Rule 8 and the referral's guardians: the role a caseworker types for a grantor does not outweigh
+# what the referral shows of that person's custody. Reasons name roles, never the parents.
+FOURTEEN = date(2024, 9, 1)
+MOTHER, FATHER = "Maria Jansen", "Piet de Vries"
+
+
+def with_guardians(referral: Referral, *guardians: Guardian) -> Referral:
+    return referral.model_copy(
+        update={"youth": referral.youth.model_copy(update={"guardians": list(guardians)})}
+    )
+
+
+@pytest.fixture
+def split(referral: Referral) -> Referral:
+    """A referral naming the mother with custody and the father without."""
+    return with_guardians(referral, Guardian(name=MOTHER), Guardian(name=FATHER, has_custody=False))
+
+
+def test_rule_8_a_permit_by_a_parent_the_referral_shows_without_custody_does_not_count(
+    split: Referral,
+) -> None:
+    """The father, whom the referral shows without custody, recorded as OUDER_MET_GEZAG with one
+    custodian stated: the consent was complete without the mother's permit, and handovers went."""
+    named = named_custodians(split)
+    c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
+    result = completeness(c, named=named)
+    assert not result.complete and result.age == 14
+    assert result.missing == ("OUDER_MET_GEZAG",) and result.no_custody == (PARENT,)
+    reason = explain(result)
+    assert reason is not None and "toont geen gezag" in reason and "in de rol OUDER_MET_GEZAG" in reason
+    assert "Van de 1 gezaghebbers (zoals opgegeven) ontbreekt de toestemming van 1." in reason
+    assert "Piet" not in reason and "Vries" not in reason and "Maria" not in reason and BSN not in reason
+    assert coverage(c, ASK, named=named).gaps == (Gap.ONVOLLEDIG,)
+    # he is no custodian: one stated is not too few, the mother's permit can be added to it
+    assert custodians_shown(c, named=named) == 1
+    # as a VOOGD, or refusing, alike: his refusal still blocks, as any refusal in a custody role does
+    as_guardian = consent(grantor(YOUTH, FOURTEEN), grantor(GUARD, FOURTEEN, name=FATHER), custodians=1)
+    assert completeness(as_guardian, named=named).no_custody == (GUARD,)
+    refusing = consent(
+        grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER, deny=True), custodians=1
+    )
+    assert completeness(refusing, named=named).denied == (PARENT,)
+
+
+def test_rule_8_the_mothers_permit_makes_it_complete(split: Referral) -> None:
+    named = named_custodians(split)
+    c = consent(
+        grantor(YOUTH, FOURTEEN),
+        grantor(PARENT, FOURTEEN, name=FATHER),
+        grantor(PARENT, FOURTEEN, name=MOTHER),
+        custodians=1,
+    )
+    result = completeness(c, named=named)
+    assert result.complete and result.missing == () and explain(result) is None
+    assert custodians_shown(c, named=named) == 1  # recording it with one custodian is not refused
+    assert completeness(
+        consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=MOTHER), custodians=1), named=named
+    ).complete
+    # no number stated: the father's permit does not make two custodians' permits
+    unstated = completeness(c.model_copy(update={"custodians": None}), named=named)
+    assert unstated.missing == ("AANTAL_GEZAGHEBBERS",)
+
+
+def test_rule_8_names_match_whatever_their_case_and_spacing(split: Referral) -> None:
+    named = named_custodians(split)
+    father = grantor(PARENT, FOURTEEN, name="  PIET   de  VRIES ")
+    assert not completeness(consent(grantor(YOUTH, FOURTEEN), father, custodians=1), named=named).complete
+    mother = grantor(PARENT, FOURTEEN, name="maria\tJANSEN")
+    assert completeness(consent(grantor(YOUTH, FOURTEEN), father, mother, custodians=1), named=named).complete
+    spaced = with_guardians(
+        split, Guardian(name="Maria  JANSEN"), Guardian(name="piet de vries", has_custody=False)
+    )
+    c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
+    assert completeness(c, named=named_custodians(spaced)).no_custody == (PARENT,)
+    # one person typed twice is one custodian, spacing apart
+    twice = consent(grantor(PARENT, FOURTEEN, name="Ouder A"), grantor(PARENT, FOURTEEN, name="ouder  a"))
+    assert custodians_shown(twice, named=0) == 1
+
+
+def test_rule_8_a_referral_without_guardians_changes_nothing(referral: Referral) -> None:
+    bare = named_custodians(with_guardians(referral))
+    assert bare == 0
+    c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
+    assert completeness(c, named=bare) == completeness(c, named=0)
+    assert completeness(c, named=bare).complete
+    assert not completeness(c.model_copy(update={"custodians": 2}), named=bare).complete
+
+
+def test_rule_8_a_permit_by_someone_the_referral_does_not_name(split: Referral) -> None:
+    """The referral names the one custodian stated, and someone else permitted in a custody role:
+    a different spelling or a different person; either way the named custodian's permit is not there."""
+    named = named_custodians(split)
+    c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name="M. Jansen"), custodians=1)
+    result = completeness(c, named=named)
+    assert not result.complete and result.missing == ("OUDER_MET_GEZAG",) and result.not_named == (PARENT,)
+    reason = explain(result)
+    assert reason is not None and "staat niet bij de gezaghebbers die de verwijzing" in reason
+    assert "Jansen" not in reason
+    # a second custodian the referral does not name (a BOA or leerplicht referral names one parent
+    # at most) counts, beside the one it names
+    two = consent(
+        grantor(YOUTH, FOURTEEN),
+        grantor(PARENT, FOURTEEN, name=MOTHER),
+        grantor(GUARD, FOURTEEN, name="Kees Bakker"),
+        custodians=2,
+    )
+    assert completeness(two, named=named).complete
+    # ... but not in place of the one it names
+    instead = two.model_copy(update={"grantors": [two.grantors[0], two.grantors[2], c.grantors[1]]})
+    assert completeness(instead, named=named).missing == ("OUDER_MET_GEZAG",)
+
+
+def test_rule_8_the_age_bands_stand(split: Referral) -> None:
+    named = named_custodians(split)
+    # 16 and 17: the youth alone, whatever the referral shows of the parents
+    for day in (SIXTEENTH, date(2027, 9, 1)):
+        alone = completeness(consent(grantor(YOUTH, day)), named=named)
+        assert alone.complete and alone.no_custody == ()
+        with_father = consent(grantor(YOUTH, day), grantor(PARENT, day, name=FATHER, deny=True))
+        assert completeness(with_father, named=named).complete
+    # under 12: the custodians alone; the father's permit is not the mother's
+    only_father = consent(grantor(PARENT, DAY_BEFORE_12, name=FATHER), custodians=1)
+    assert completeness(only_father, named=named).missing == ("OUDER_MET_GEZAG",)
+    only_mother = consent(grantor(PARENT, DAY_BEFORE_12, name=MOTHER), custodians=1)
+    assert completeness(only_mother, named=named).complete
+
+
+def test_rule_8_the_latest_referral_naming_a_person_decides_their_custody(
+    referral: Referral, split: Referral
+) -> None:
+    father_with = with_guardians(referral, Guardian(name=FATHER))
+    c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
+    # custody given to the father since: the later referral shows it
+    later = named_by([father_with, split])
+    assert later.without_custody == frozenset() and later == 1
+    assert completeness(c, named=later).complete
+    # custody taken away since
+    assert completeness(c, named=named_by([split, father_with])).no_custody == (PARENT,)
+    # the count stays the most any one referral names
+    assert named_by([with_guardians(referral, Guardian(name=MOTHER)), father_with, split]) == 1
+    assert named_by([]) == 0
 
 
 GOOD = consent(grantor(YOUTH, SIXTEENTH))
