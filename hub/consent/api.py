@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from sqlalchemy import select
 
 from hub.api.docs import inline_schema
+from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
@@ -38,6 +39,7 @@ from hub.consent.rules import completeness, explain
 from hub.consent.service import (
     AlreadyWithdrawn,
     ConsentNotFound,
+    SameAsActive,
     TooFewCustodians,
     record_consent,
     withdraw_consent,
@@ -287,25 +289,55 @@ def _invalid(exc: ValidationError) -> Problem:
         }
     },
 )
-async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
-    """Record a consent (application/json, or a FHIR R4 Consent as application/fhir+json)."""
+async def record(
+    request: Request,
+    response: Response,
+    caseworker: CurrentCaseworker,
+    idempotency_key: IdempotencyKey = None,
+) -> ConsentOut:
+    """Record a consent (application/json, or a FHIR R4 Consent as application/fhir+json).
+
+    Sent again with the same `Idempotency-Key`, it answers with the consent the first one made (as
+    a read of it: `handovers_sent` is empty). Without a key, a consent the youth already has in
+    force, the same in substance (`hub.consent.store.substance`), is refused (409, naming it;
+    audited as `consent.refused`, reason `already_active`): a twin would outlive a withdrawal of
+    the first (rule 10)."""
     hub = _hub(request)
     require_media_type(request, "application/json", FHIR_JSON)
     raw = await read_body(request, hub.settings.http.max_body_bytes)
     secret = hub.settings.secret_value()
     assert hub.store is not None and hub.relay is not None
     act = Act(user=caseworker.caseworker_id, transaction_id=request.state.transaction_id)
-    async with _refusal_audited(hub, act), hub.store.transaction() as session:
-        if media_type_of(request) == FHIR_JSON:
-            consent, referral_id = await _from_fhir_body(session, raw, caseworker, secret)
+    fhir = media_type_of(request) == FHIR_JSON
+    body: ConsentIn | None = None
+    resource: Any = None
+    if fhir:
+        resource = _fhir_json(raw)
+        asked = FHIR_JSON.encode() + b"\n" + _canonical_json(resource)
+    else:
+        try:
+            body = ConsentIn.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        if not (body.referral_id or body.youth_key):
+            raise Problem(400, "Ongeldige toestemming", "Geef referral_id of youth_key.")
+        asked = b"application/json\n" + body.model_dump_json().encode()
+    claim = claim_of(
+        idempotency_key, user=act.user, endpoint=f"POST {router.prefix}", request=asked,
+        secret=secret, at=hub.clock(),
+    )  # fmt: skip
+
+    async def replay(session: Any, consent_id: str) -> ConsentOut:
+        return await _audited_read(hub, session, act, caseworker, consent_id)
+
+    if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
+        return earlier
+
+    async def create(session: Any) -> tuple[str, ConsentOut]:
+        if body is None:
+            consent, referral_id = await _from_fhir_body(session, resource, caseworker, secret)
             key = make_key(secret, consent.youth.bsn)
         else:
-            try:
-                body = ConsentIn.model_validate_json(raw)
-            except ValidationError as exc:
-                raise _invalid(exc) from None
-            if not (body.referral_id or body.youth_key):
-                raise Problem(400, "Ongeldige toestemming", "Geef referral_id of youth_key.")
             youth, key, referral_id = await _youth(session, body.referral_id, body.youth_key)
             await _may_record(session, key, caseworker)
             try:
@@ -316,7 +348,6 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
                 )
             except ValidationError as exc:
                 raise _invalid(exc) from None
-        fhir = media_type_of(request) == FHIR_JSON
         _check_answer_times(
             consent, hub.clock(), "verification.{}.verificationDate" if fhir else "grantors.{}.given_at"
         )
@@ -326,8 +357,86 @@ async def record(request: Request, caseworker: CurrentCaseworker) -> ConsentOut:
             )
         except TooFewCustodians as exc:
             raise _too_few(exc, CUSTODIANS_PATH if fhir else "custodians") from None
+        except SameAsActive as exc:
+            raise _Twin(key, exc.consent_id) from None
+        out = ConsentOut.of(done.stored, done.named, local_day(hub.clock()), handovers_sent=done.sent)
+        return done.stored.consent_id, out
+
+    try:
+        async with _refusal_audited(hub, act):
+            made = await create_once(hub.store, claim, response, create, replay)
+    except _Twin as twin:
+        # On PostgreSQL a request beside this one with the same key may have made it, committed while
+        # this one waited for the youth's lock: that is this request's answer, not a refusal.
+        if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
+            return earlier
+        raise await _refuse_twin(hub, act, twin) from None
     hub.relay.wake()
-    return ConsentOut.of(done.stored, done.named, local_day(hub.clock()), handovers_sent=done.sent)
+    return made
+
+
+class _Twin(Exception):
+    """The youth has an ACTIEF consent that is the one asked for in substance."""
+
+    def __init__(self, youth_key: str, consent_id: str) -> None:
+        super().__init__(consent_id)
+        self.youth_key, self.consent_id = youth_key, consent_id
+
+
+async def _refuse_twin(hub: Any, act: Act, twin: _Twin) -> Problem:
+    """409 naming the consent in force (its id only); audited as `consent.refused` under the youth's
+    key, in a transaction of its own (the request's was rolled back), as a refused second signal is:
+    the caller learns which consent the youth has (rule 18)."""
+    async with hub.store.transaction() as session:
+        entry = AuditEntry(
+            action="consent.refused",
+            user=act.user,
+            youth_key=twin.youth_key,
+            objects={"consent_id": twin.consent_id, "reason": ALREADY_ACTIVE},
+        )
+        await write_audit(session, entry, transaction_id=act.transaction_id, system=SYSTEM)
+    return Problem(
+        409,
+        "Toestemming bestaat al",
+        f"Deze toestemming is al vastgelegd en is van kracht: {twin.consent_id}. Een tweede, gelijke "
+        "toestemming wordt niet vastgelegd: een intrekking van de eerste zou haar missen. Gebruik "
+        "deze id; om de toestemming te vernieuwen trekt u haar eerst in.",
+    )
+
+
+ALREADY_ACTIVE = "already_active"  # the audited reason of a refused twin
+
+
+async def _audited_read(
+    hub: Any, session: Any, act: Act, caseworker: Caseworker, consent_id: str
+) -> ConsentOut:
+    """One consent as `GET /{consent_id}` answers it, the read audited (rule 18); 404 when it is
+    gone, 403 (`NotOnCase`) when the caseworker may not see it."""
+    stored = await get_consent(session, consent_id)
+    if stored is None:
+        raise Problem(404, "Toestemming niet gevonden")
+    if not await may_see_case(session, stored.youth_key, caseworker):
+        raise NotOnCase(stored.youth_key)
+    await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
+    named = await named_for(session, stored.youth_key)
+    return ConsentOut.of(stored, named, local_day(hub.clock()))
+
+
+def _fhir_json(raw: bytes) -> Any:
+    """The FHIR body as JSON; 400 when it is not."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, an integer Python will not read, too deep
+        raise Problem(400, "Ongeldige FHIR Consent", "De body is geen JSON.") from None
+
+
+def _canonical_json(value: Any) -> bytes:
+    """`value` as JSON with its keys sorted and no spaces: the same resource sent again with its
+    members in another order, or laid out otherwise, is the same request (`Idempotency-Key`)."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # too deep to write: the request's own bytes will not do
+        raise Problem(400, "Ongeldige FHIR Consent", "De body is te diep genest.") from None
 
 
 class _KnownYouthRefused(Problem):
@@ -386,7 +495,7 @@ async def _may_record(session: Any, youth_key: str, caseworker: Caseworker) -> N
 
 
 async def _from_fhir_body(
-    session: Any, raw: bytes, caseworker: Caseworker, secret: str
+    session: Any, resource: Any, caseworker: Caseworker, secret: str
 ) -> tuple[Consent, str | None]:
     """The consent in a FHIR body, for a youth the hub knows from a referral.
 
@@ -395,10 +504,6 @@ async def _from_fhir_body(
     edited `birthDate` would make a 14-year-old's consent complete without a parent's permit.
     A resource whose BSN or birth date disagrees with the referral's is refused, not corrected.
     """
-    try:
-        resource = json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON, an integer Python will not read, too deep
-        raise Problem(400, "Ongeldige FHIR Consent", "De body is geen JSON.") from None
     known: dict[str, str] = {}  # youth key -> BSN
 
     async def lookup(key: str) -> None:

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import local_day
 from hub.consent.custody import named_for
 from hub.consent.rules import Required, completeness, custodians_shown
-from hub.consent.store import StoredConsent, get_consent, insert_consent, mark_withdrawn
+from hub.consent.store import (
+    StoredConsent,
+    active_twin,
+    get_consent,
+    insert_consent,
+    mark_withdrawn,
+)
 from hub.handovers.service import Act, Routing, apply_withdrawal, recheck_waiting
 from hub.store.locks import lock_youths
 from schemas.consent import Consent, ConsentStatus
@@ -33,6 +40,15 @@ class TooFewCustodians(Exception):
         self.stated, self.shown, self.named = stated, shown, named
 
 
+class SameAsActive(Exception):
+    """The youth has an ACTIEF consent that is this one in substance (`hub.consent.store.substance`):
+    a second would cover what the first covers, and outlive a withdrawal of the first (rule 10)."""
+
+    def __init__(self, consent_id: str) -> None:
+        super().__init__(consent_id)
+        self.consent_id = consent_id
+
+
 async def record_consent(
     session: AsyncSession,
     r: Routing,
@@ -43,7 +59,8 @@ async def record_consent(
     referral_id: str | None,
 ) -> Recorded:
     """Check the number of custodians stated, store, audit, and send the youth's waiting handovers
-    that this consent now covers."""
+    that this consent now covers. A consent the youth already has in force, the same in substance,
+    is not stored again: `SameAsActive` names it. The caller holds the youth's case lock."""
     named = await named_for(session, youth_key)
     check = completeness(consent, named=named)
     shown = custodians_shown(consent, named=named)
@@ -51,6 +68,8 @@ async def record_consent(
     asked = Required.GEZAGHEBBERS in check.required
     if asked and consent.custodians is not None and consent.custodians < shown:
         raise TooFewCustodians(consent.custodians, shown, named)
+    if (twin := await active_twin(session, youth_key, consent, local_day(r.clock()))) is not None:
+        raise SameAsActive(twin.consent_id)
     stored = await insert_consent(
         session, consent, youth_key=youth_key, referral_id=referral_id, transaction_id=act.transaction_id
     )

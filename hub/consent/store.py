@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,6 +77,61 @@ async def insert_consent(
         )
     )
     return StoredConsent(consent, youth_key, referral_id, now, None, None, None)
+
+
+def substance(consent: Consent) -> tuple[object, ...]:
+    """What makes two consents of one youth the same consent: the same purpose, the same receivers
+    and data categories (as sets: their order means nothing), the same first and last day, the same
+    number of custodians stated, and the same answers (as a set: who by role and name, the name
+    without regard to case or runs of whitespace; permit or deny; and the moment, which decides the
+    day of consent). Not what leaves a disclosure's verdict as it is: how an answer was
+    given or noted (`method`), who recorded it, the referral it was recorded through, a FHIR id.
+
+    Two ACTIEF consents alike in all this cover the very same disclosures, and a withdrawal of the
+    one leaves the other covering them (rule 10): a repeat is refused (`active_twin`). A consent that
+    differs in any of it is another one: a renewal after a withdrawal or expiry, a longer period,
+    another receiver, a custodian's permit added, the number of custodians stated at last."""
+    answers = sorted(
+        (g.role.value, " ".join(g.name.split()).casefold(), g.permission.value, g.given_at.astimezone(UTC))
+        for g in consent.grantors
+    )
+    return (
+        consent.purpose,
+        frozenset(consent.recipient_organisations),
+        frozenset(consent.data_categories),
+        consent.valid_from,
+        consent.valid_until,
+        consent.custodians,
+        tuple(answers),
+    )
+
+
+async def active_twin(
+    session: AsyncSession, youth_key: str, consent: Consent, today: date
+) -> StoredConsent | None:
+    """The youth's consent in force on `today` (the Dutch day: ACTIEF, its last day not past) that is
+    `consent` in substance (`substance`), the oldest; None when there is none, or when `consent` is
+    itself not in force (a FHIR consent recorded as withdrawn or expired, one whose period is over).
+    The caller holds the youth's case lock (`hub.store.locks`): two at once do not both find none."""
+    if consent.status is not ConsentStatus.ACTIEF or consent.valid_until < today:
+        return None
+    query = (
+        select(consents)
+        .where(
+            consents.c.youth_key == youth_key,
+            consents.c.status == ConsentStatus.ACTIEF.value,
+            consents.c.purpose == consent.purpose.value,
+            consents.c.valid_from == consent.valid_from,
+            consents.c.valid_until == consent.valid_until,
+        )
+        .order_by(consents.c.recorded_at)
+    )
+    wanted = substance(consent)
+    for row in await session.execute(query):
+        stored = _stored(row)
+        if stored.consent.status is ConsentStatus.ACTIEF and substance(stored.consent) == wanted:
+            return stored
+    return None
 
 
 async def get_consent(session: AsyncSession, consent_id: str, *, lock: bool = False) -> StoredConsent | None:

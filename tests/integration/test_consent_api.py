@@ -44,11 +44,18 @@ async def test_fhir_out_and_in_listing_and_zorgmelding(
         FhirConsent.model_validate(r.json())
         assert bsn not in r.text
 
-        back = await w.client.post(
-            "/api/v1/toestemmingen",
-            content=r.content,
-            headers={"X-Medewerker": CW, "Content-Type": "application/fhir+json"},
+        fhir_in = {"X-Medewerker": CW, "Content-Type": "application/fhir+json"}
+        back = await w.client.post("/api/v1/toestemmingen", content=r.content, headers=fhir_in)
+        # the same consent again, while it is in force: refused, naming it (a twin would outlive its
+        # withdrawal); once it is withdrawn, the export goes back in as a consent of its own
+        assert back.status_code == 409 and recorded["consent_id"] in back.json()["detail"], back.text
+        withdrawn = await w.client.post(
+            f"/api/v1/toestemmingen/{recorded['consent_id']}/intrekking",
+            json={"reason": "opnieuw vastgelegd"},
+            headers={"X-Medewerker": CW},
         )
+        assert withdrawn.status_code == 200, withdrawn.text
+        back = await w.client.post("/api/v1/toestemmingen", content=r.content, headers=fhir_in)
         assert back.status_code == 201, back.text
         imported = back.json()
         assert imported["consent_id"] != recorded["consent_id"] and imported["referral_id"] == rid
@@ -413,12 +420,18 @@ async def test_a_fhir_consent_takes_the_youth_from_the_referral_not_from_the_res
         assert refused.youth_key == only_youth["youth_key"] and refused.user == CW
         assert refused.objects == {"differs": ["contained.Patient.birthDate"]}
 
-        # the export itself goes back in, as incomplete as it was
-        again = await w.client.post(
-            "/api/v1/toestemmingen",
-            content=exported.content,
-            headers={"X-Medewerker": CW, "Content-Type": FHIR_JSON},
+        # the export itself goes back in, as incomplete as it was, once the consent it came from is
+        # withdrawn: while that one is in force, it is refused as its twin
+        fhir_in = {"X-Medewerker": CW, "Content-Type": FHIR_JSON}
+        twin = await w.client.post("/api/v1/toestemmingen", content=exported.content, headers=fhir_in)
+        assert twin.status_code == 409 and only_youth["consent_id"] in twin.json()["detail"], twin.text
+        withdrawn = await w.client.post(
+            f"/api/v1/toestemmingen/{only_youth['consent_id']}/intrekking",
+            json={"reason": "opnieuw vastgelegd"},
+            headers={"X-Medewerker": CW},
         )
+        assert withdrawn.status_code == 200, withdrawn.text
+        again = await w.client.post("/api/v1/toestemmingen", content=exported.content, headers=fhir_in)
         assert again.status_code == 201, again.text
         assert not again.json()["complete"] and again.json()["referral_id"] == rid
 
@@ -893,3 +906,131 @@ async def test_a_fhir_consent_not_in_force_is_never_recorded_actief(
         state = await wait_for(judged)
         assert state["status"] == "WACHT_OP_TOESTEMMING" and state["consent_id"] is None
         assert w.receiver.handovers() == []
+
+
+async def _consent_ids(w, youth_key: str) -> list[str]:  # type: ignore[no-untyped-def]
+    async with w.hub.store.connect() as conn:
+        query = (
+            select(consents.c.id).where(consents.c.youth_key == youth_key).order_by(consents.c.recorded_at)
+        )
+        return list((await conn.execute(query)).scalars())
+
+
+async def test_a_consent_posted_again_with_its_idempotency_key_is_recorded_once(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The case system's POST timed out after the commit; its retry made a second consent, one the
+    case system never learnt of, and a withdrawal of the one it knew left the other in force. With
+    the same Idempotency-Key the retry gets the first (as JSON and as FHIR); another request under
+    that key is refused."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(17)
+        sent = _json_consent(rid, datetime.now(UTC).isoformat())
+        headers = {"X-Medewerker": CW, "Idempotency-Key": str(uuid.uuid4())}
+        first = await w.client.post("/api/v1/toestemmingen", json=sent, headers=headers)
+        again = await w.client.post("/api/v1/toestemmingen", json=sent, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 201), again.text
+        cid = first.json()["consent_id"]
+        assert again.json()["consent_id"] == cid and again.json()["status"] == "ACTIEF"
+        assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+        assert await _consent_ids(w, key) == [cid]
+        # the replay is a read of the consent, audited as one (rule 18)
+        assert [a.objects for a in await w.audit("consent.read")] == [{"consent_id": cid}]
+
+        # another request under the key: refused, nothing recorded
+        other = sent | {"recipient_organisations": ["wijkteam-dh"]}
+        refused = await w.client.post("/api/v1/toestemmingen", json=other, headers=headers)
+        assert refused.status_code == 422 and "Idempotency-Key" in refused.json()["title"], refused.text
+        assert await _consent_ids(w, key) == [cid]
+
+        # as FHIR: the export of a withdrawn consent, recorded anew with a key, sent twice (the second
+        # time with its members in another order: the same resource)
+        exported = await w.client.get(
+            f"/api/v1/toestemmingen/{cid}", headers={"X-Medewerker": CW, "Accept": FHIR_JSON}
+        )
+        withdrawn = await w.client.post(
+            f"/api/v1/toestemmingen/{cid}/intrekking",
+            json={"reason": "vernieuwd"},
+            headers={"X-Medewerker": CW},
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        fhir_in = {"X-Medewerker": CW, "Content-Type": FHIR_JSON, "Idempotency-Key": str(uuid.uuid4())}
+        made = await w.client.post("/api/v1/toestemmingen", content=exported.content, headers=fhir_in)
+        resource = exported.json()
+        reordered = json.dumps(dict(reversed(list(resource.items()))), indent=2).encode()
+        repeat = await w.client.post("/api/v1/toestemmingen", content=reordered, headers=fhir_in)
+        assert (made.status_code, repeat.status_code) == (201, 201), repeat.text
+        assert repeat.json()["consent_id"] == made.json()["consent_id"] != cid
+        assert repeat.headers["Idempotent-Replayed"] == "true"
+        assert await _consent_ids(w, key) == [cid, made.json()["consent_id"]]
+        # the same key with the consent as JSON is another request
+        same_key = {"X-Medewerker": CW, "Idempotency-Key": fhir_in["Idempotency-Key"]}
+        as_json = await w.client.post("/api/v1/toestemmingen", json=sent, headers=same_key)
+        assert as_json.status_code == 422, as_json.text
+        assert await _consent_ids(w, key) == [cid, made.json()["consent_id"]]
+
+
+async def test_a_twin_of_a_consent_in_force_is_refused_so_its_withdrawal_stops_the_handover(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Without a key the retry stored a twin: the case system withdrew the consent it knew, the twin
+    stayed ACTIEF with the same receivers and purpose, and the next handover went out under it (rule
+    10). Now a consent the youth has in force, the same in substance, is refused (409) naming the
+    first; once that is withdrawn nothing covers the handover, which waits. A renewal after the
+    withdrawal, and a consent for another receiver, are consents of their own."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(17)
+        bsn = await _bsn_of(w, rid)
+        sent = _json_consent(rid, datetime.now(UTC).isoformat())
+        sent["data_categories"] = ["PERSONALIA", "VERWIJZING", "HULPVRAAG"]
+        first = await w.client.post("/api/v1/toestemmingen", json=sent, headers={"X-Medewerker": CW})
+        assert first.status_code == 201, first.text
+        cid = first.json()["consent_id"]
+
+        # the same again, also with its lists in another order, or by another key
+        shuffled = sent | {
+            "data_categories": list(reversed(sent["data_categories"])),
+            "grantors": [g | {"method": "SCHRIFTELIJK"} for g in sent["grantors"]],  # how: no substance
+        }
+        for body, headers in (
+            (sent, {}),
+            (shuffled, {}),
+            (sent, {"Idempotency-Key": str(uuid.uuid4())}),
+        ):
+            twin = await w.client.post(
+                "/api/v1/toestemmingen", json=body, headers={"X-Medewerker": CW, **headers}
+            )
+            assert twin.status_code == 409, twin.text
+            assert twin.headers["content-type"] == "application/problem+json"
+            assert cid in twin.json()["detail"] and bsn not in twin.text and "JEUGDIGE 0" not in twin.text
+        assert await _consent_ids(w, key) == [cid]
+        refusals = await w.audit("consent.refused")
+        assert [(a.user, a.youth_key, a.objects) for a in refusals] == [
+            (CW, key, {"consent_id": cid, "reason": "already_active"})
+        ] * 3
+
+        # the case system withdraws the one consent it knows: nothing covers the handover now
+        withdrawn = await w.client.post(
+            f"/api/v1/toestemmingen/{cid}/intrekking",
+            json={"reason": "ingetrokken"},
+            headers={"X-Medewerker": CW},
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        hid = await w.handover(rid)
+        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        assert w.receiver.handovers() == []
+
+        # a renewal after the withdrawal is a consent of its own, and lets the handover go
+        renewed = await w.client.post("/api/v1/toestemmingen", json=sent, headers={"X-Medewerker": CW})
+        assert renewed.status_code == 201, renewed.text
+        assert renewed.json()["consent_id"] != cid and renewed.json()["handovers_sent"] == [hid]
+        # so is one for another receiver, or for a longer period
+        for changes in (
+            {"recipient_organisations": ["wijkteam-dh"]},
+            {"valid_until": (TODAY + timedelta(days=400)).isoformat()},
+        ):
+            other = await w.client.post(
+                "/api/v1/toestemmingen", json=sent | changes, headers={"X-Medewerker": CW}
+            )
+            assert other.status_code == 201, other.text
+        assert len(await _consent_ids(w, key)) == 4
