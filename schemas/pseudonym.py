@@ -1,4 +1,5 @@
-"""The pseudonymous youth key: HMAC-SHA256(secret, BSN), used as Kafka key and in URLs."""
+"""The pseudonymous youth key: HMAC-SHA256(secret, BSN), used as Kafka key and in URLs; and the
+receiver's reference, the pseudonym a receiving organisation gets in its place."""
 
 from __future__ import annotations
 
@@ -11,3 +12,13 @@ def youth_key(secret: str | bytes, bsn: str) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
     normalised = bsn.strip().zfill(9)
     return hmac.new(key, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+def youth_ref(secret: str | bytes, organisation: str, key: str) -> str:
+    """Hex HMAC-SHA256 of `<organisation>:<youth key>`: the youth as one receiving organisation knows
+    it. Stable per receiver and youth, another at every other receiver, so two receivers cannot join
+    what each got on it (and what one got under a consent covering the BSN on what another did not);
+    the youth key itself stays in the hub. The youth key is always 64 characters, at the end: no two
+    (organisation, key) pairs give the same text."""
+    secret_bytes = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(secret_bytes, f"{organisation}:{key}".encode(), hashlib.sha256).hexdigest()

@@ -1,12 +1,18 @@
-"""The receivers' delivery on the spine: handover.dispatch.v1 to each receiver's topic or webhook."""
+"""The receivers' delivery on the spine: handover.dispatch.v1 to each receiver's topic or webhook.
+
+The dispatch message is the hub's own and names the youth key; what leaves for a receiver names its
+`youth_ref` instead (`connectors.receivers.outgoing`).
+"""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from connectors.receivers.outgoing import YOUTH_REF, for_receiver
 from connectors.receivers.webhook import post_signed
 from hub.errors import PermanentError
 from hub.handovers.batches import locked_batch, youths_to_deliver
@@ -53,6 +59,11 @@ class WebhookDelivery:
         self.delivered = RecentIds()
         self.ladder: RetryLadder | None = None
 
+    @cached_property
+    def pseudonym_secret(self) -> str:
+        """The secret of the youth key and the receivers' references, read on first use (as intake)."""
+        return self.hub.settings.secret_value()
+
     def status(self) -> dict[str, Any]:
         """For the console (GET /ops/api/connectors): the webhooks' last success and last error."""
         return self.ladder.status() if self.ladder is not None else {}
@@ -61,6 +72,7 @@ class WebhookDelivery:
         """Look up the receiver, check the handover may still go, and POST it signed."""
         if message.message_id in self.delivered:
             return
+        outgoing = for_receiver(message, self.pseudonym_secret)  # before any mark that it may have left
         # The last check and the record that it may leave in one transaction, under the locks a
         # withdrawal takes: a withdrawal committed after a separate check went unseen, and the
         # handover still left (rule 10). The record is committed before it leaves.
@@ -81,7 +93,7 @@ class WebhookDelivery:
             self.skipped.add(message.message_id)
             return
         assert target is not None and target.url is not None and target.secret is not None
-        await post_signed(self.client, target.url, target.secret, message)
+        await post_signed(self.client, target.url, target.secret, outgoing)
         self.delivered.add(message.message_id)
         self.skipped.discard(message.message_id)  # it went out after all: audited as disclosed
 
@@ -144,7 +156,7 @@ def register_receivers(hub: Hub) -> None:
             # Keyed per receiver and youth: one receiver being down holds back only its own messages.
             await ladder.handle(tx, message, key=f"{organisation}:{youth_key}")
             return
-        await _to_topic(hub, tx, target, message, youth_key)
+        await _to_topic(hub, tx, target, message, webhook.pseudonym_secret)
 
     # a batch takes its handovers' case locks at once, in ascending order (hub.handovers.batches)
     hub.spine.subscribe(
@@ -156,7 +168,8 @@ def register_receivers(hub: Hub) -> None:
     )(deliver)
 
 
-async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, youth_key: str) -> None:
+async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, secret: str) -> None:
+    outgoing = for_receiver(message, secret)
     readers = await kafka_readers(tx.session, target.receiver_type)
     # Settings made before one reader per topic was enforced: no handover goes where another
     # organisation reads it. A withdrawal notice does (rule 10): who got the handover must hear.
@@ -171,5 +184,6 @@ async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelop
         await record_lapsed(tx.session, routing_of(hub), message, verdict.gaps)
     if not verdict.go:
         return
-    await tx.emit(hub.topic(target.topic_name), message, key=youth_key)
+    # keyed by the receiver's reference: per-youth order holds, and the youth key stays in the hub
+    await tx.emit(hub.topic(target.topic_name), outgoing, key=str(outgoing.payload[YOUTH_REF]))
     await record_delivered(tx.session, message, channel="kafka")

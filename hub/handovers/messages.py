@@ -25,7 +25,9 @@ def handover_message(
     with_summary: bool = True,
 ) -> Envelope:
     """A handover as the receiver gets it: only the covered categories' data, the summary (the
-    HULPVRAAG category) when that is covered, the meeting."""
+    HULPVRAAG category) when that is covered, the meeting. The youth key is for the hub's dispatch
+    (routing, locks, ladder keys): the receiver gets its own `youth_ref` in its place
+    (connectors.receivers.outgoing)."""
     return Envelope.new(
         type_=HANDOVER,
         transaction_id=transaction_id,
@@ -50,7 +52,8 @@ def handover_message(
 
 
 def withdrawal_notice(row: Any, *, reason: str, at: datetime, transaction_id: str) -> Envelope:
-    """Rule 10: tell a receiver that the consent behind a handover it got was withdrawn."""
+    """Rule 10: tell a receiver that the consent behind a handover it got was withdrawn; it gets the
+    `youth_ref` of the handover in place of the youth key, as there."""
     return Envelope.new(
         type_=HANDOVER_WITHDRAWN,
         transaction_id=transaction_id,

@@ -46,7 +46,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope
 from schemas.handover import Handover, HandoverStatus, ReceiverType
-from schemas.pseudonym import youth_key
+from schemas.pseudonym import youth_key, youth_ref
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
@@ -73,6 +73,7 @@ class Receiver:
     down: bool = False
     fail_after_storing: bool = False  # keeps what it got, then answers 500 (as if it crashed)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[tuple[str, bytes]] = field(default_factory=list)  # (org, raw body) of every call
     refused: int = 0
     bad_signatures: int = 0
     port: int = 0
@@ -83,6 +84,7 @@ class Receiver:
         @app.post("/hook/{org}")
         async def hook(org: str, request: Request) -> Response:
             body = await request.body()
+            self.attempts.append((org, body))
             if not verify(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
                 self.bad_signatures += 1
                 return Response(status_code=401)
@@ -699,7 +701,7 @@ async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
         records = await read_topic(kafka.bootstrap, outbound, expect=1)
         env = Envelope.from_bytes(records[0].value)
         assert env.payload["handover_id"] == to_kafka and set(env.payload["data"]) == {"PERSONALIA"}
-        assert records[0].key.decode() == key
+        assert records[0].key.decode() == youth_ref(TEST_SECRET, "jeugdhulp-dh", key)
         await wait_for(lambda: len(w.receiver.handovers()) == 1)
 
         # The webhook receiver answers over HTTP; another partner cannot answer for it.
@@ -782,6 +784,71 @@ async def test_kafka_receiver_answers_withdrawal_and_unanswered_notice(
         await wait_for(both_told)
         await asyncio.sleep(0.3)
         assert len(await w.audit("handover.withdrawal_told")) == 2  # and each receiver told once
+
+
+async def test_each_receiver_gets_a_youth_ref_of_its_own_and_never_the_youth_key(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Every handover and withdrawal notice carried the hub's youth key, in the body and as the Kafka
+    record key: the same at every receiver. One whose consent left out PERSONALIA could join what it
+    got with what another got beside the BSN. Each receiver now gets a reference of its own: the same
+    for the youth at that receiver, another at every other one; the youth key stays in the hub."""
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(17)
+        consent = await w.consent(
+            rid, recipient_organisations=["jongerenwerk-dh", "wijkteam-dh", "jeugdhulp-dh"]
+        )
+        first = await w.handover(rid)  # PERSONALIA beside the youth's reference
+        second = await w.handover(rid, data_categories=["VERWIJZING"])  # the same receiver again
+        only_help = await w.handover(rid, org="wijkteam-dh", data_categories=["HULPVRAAG"])  # no BSN
+        to_kafka = await w.handover(rid, org="jeugdhulp-dh", data_categories=["PERSONALIA"])
+        await wait_for(lambda: len(w.receiver.handovers()) == 3, timeout_s=30)
+
+        async def on_its_topic() -> bool:  # withdrawn before it left, it would never leave
+            return bool((await w.status(to_kafka))["delivered_at"])
+
+        await wait_for(on_its_topic, timeout_s=30)
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{consent['consent_id']}/intrekking",
+            json={"reason": "jeugdige wil het niet meer"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: len(w.receiver.calls) == 6, timeout_s=30)  # and a notice for each
+        outbound = w.hub.topic("handover.outbound.jeugdhulp.v1")
+        records = await read_topic(kafka.bootstrap, outbound, expect=2, timeout_s=30)
+        assert [Envelope.from_bytes(r.value).type for r in records] == ["Handover", "HandoverWithdrawn"]
+        assert Envelope.from_bytes(records[0].value).payload["handover_id"] == to_kafka
+        got = [(c["org"], c["env"].type, c["env"].payload["handover_id"]) for c in w.receiver.calls]
+        webhook = [("jongerenwerk-dh", first), ("jongerenwerk-dh", second), ("wijkteam-dh", only_help)]
+        for kind in ("Handover", "HandoverWithdrawn"):
+            assert sorted((org, hid) for org, t, hid in got if t == kind) == sorted(webhook)
+
+        # nowhere the youth key: not in a body, not as a record key
+        sent = [*w.receiver.attempts, *(("jeugdhulp-dh", bytes(rec.value)) for rec in records)]
+        for _, body in sent:
+            assert key.encode() not in body and b"youth_key" not in body, body
+        assert all(rec.key is not None and key.encode() not in rec.key for rec in records)
+
+        # one reference per receiver and youth: in each handover and notice it got, and as record key
+        refs: dict[str, set[str]] = {}
+        for org, body in sent:
+            refs.setdefault(org, set()).add(Envelope.from_bytes(body).payload["youth_ref"])
+        assert {org: len(found) for org, found in refs.items()} == dict.fromkeys(
+            ("jongerenwerk-dh", "wijkteam-dh", "jeugdhulp-dh"), 1
+        )
+        ref = {org: found.pop() for org, found in refs.items()}
+        assert len(set(ref.values())) == 3  # another at every receiver
+        assert ref == {org: youth_ref(TEST_SECRET, org, key) for org in ref}
+        assert {bytes(rec.key).decode() for rec in records} == {ref["jeugdhulp-dh"]}
+
+        # the hub's own records keep the youth key: each disclosure is audited under it
+        async def all_told() -> bool:
+            return len(await w.audit("handover.withdrawal_told")) == 4
+
+        await wait_for(all_told)
+        disclosed = await w.audit("handover.disclosed")
+        assert len(disclosed) == 4 and {a.youth_key for a in disclosed} == {key}
 
 
 async def _waiting(w: World, handover_id: str) -> bool:

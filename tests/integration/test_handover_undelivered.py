@@ -25,6 +25,8 @@ from hub.store.tables import outbox
 from hub.topics import HANDOVER_DISPATCH
 from schemas.envelope import Envelope
 from schemas.handover import ReceiverType
+from schemas.pseudonym import youth_ref
+from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import headers_of, read_topic, wait_for
 from tests.integration.test_handover_flow import CW, SECRET, World, world
 
@@ -96,6 +98,21 @@ async def told_undelivered(w: World, handover_id: str, bsn: str) -> dict[str, An
     return mail
 
 
+def same_bytes_every_attempt(w: World, kind: str, org: str, key: str) -> Envelope:
+    """Every webhook call of `kind` (the first attempt, the ladder's retries, the replays) carried the
+    same bytes: the receiver's `youth_ref` for the youth, never the youth key. Receivers de-duplicate
+    by message id: a replay must be the message they may have kept already."""
+    bodies = {
+        body for to, body in w.receiver.attempts if to == org and Envelope.from_bytes(body).type == kind
+    }
+    assert len(bodies) == 1, bodies
+    (body,) = bodies
+    sent = Envelope.from_bytes(body)
+    assert sent.payload["youth_ref"] == youth_ref(TEST_SECRET, org, key)
+    assert "youth_key" not in sent.payload and key.encode() not in body
+    return sent
+
+
 @pytest.mark.parametrize("failure", ["refused", "down"])
 async def test_a_handover_that_cannot_be_delivered_is_told_once_as_such_and_never_as_unanswered(
     kafka: EmbeddedKafka, db_url: str, unique: str, failure: str
@@ -162,6 +179,9 @@ async def test_a_handover_that_cannot_be_delivered_is_told_once_as_such_and_neve
         w.receiver.down = False
         await replay_dispatch_letters(w)
         await wait_for(lambda: [e.payload["handover_id"] for e in w.receiver.handovers()] == [hid])
+        assert len(w.receiver.attempts) >= 2  # the first attempt (and the ladder's retries), the replay
+        sent = same_bytes_every_attempt(w, "Handover", WEBHOOK_RECEIVER, key)
+        assert sent.message_id == Envelope.from_bytes(dead.value).message_id
 
         async def delivered() -> dict[str, Any] | None:
             state = await w.status(hid)
@@ -230,6 +250,9 @@ async def test_a_handover_dead_lettered_on_the_kafka_path_is_told_once_and_never
         outbound = w.hub.topic("handover.outbound.jeugdhulp.v1")
         (record,) = await read_topic(kafka.bootstrap, outbound, expect=1, timeout_s=30)
         assert Envelope.from_bytes(record.value).payload["handover_id"] == hid
+        ref = youth_ref(TEST_SECRET, KAFKA_RECEIVER, key)
+        assert record.key.decode() == ref and Envelope.from_bytes(record.value).payload["youth_ref"] == ref
+        assert key.encode() not in record.value and b"youth_key" not in record.value
         state = await w.status(hid)
         assert state["delivered_at"] and state["status_reason"] is None
         await unanswered_check(w, days_later=10)
@@ -294,4 +317,7 @@ async def test_a_withdrawal_notice_that_cannot_be_delivered_is_told_once_and_kee
 
         await wait_for(lambda: len(told()) == 1, timeout_s=30)
         assert told()[0].payload["handover_id"] == hid
+        # the notice: the same bytes at every attempt and both replays, and the handover's reference
+        notice_sent = same_bytes_every_attempt(w, "HandoverWithdrawn", WEBHOOK_RECEIVER, key)
+        assert notice_sent.payload["youth_ref"] == w.receiver.handovers()[0].payload["youth_ref"]
         assert (await w.status(hid))["status_reason"] == "TOESTEMMING_INGETROKKEN"
