@@ -53,7 +53,7 @@ from hub.store import Store
 from hub.store.tables import audit_log, outbox, outbox_parked
 from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import utcnow
-from schemas.pseudonym import youth_key
+from schemas.pseudonym import youth_key, youth_ref
 
 SYSTEM = "ketenhub-ops"
 ACTION = "subject_access.exported"
@@ -132,10 +132,13 @@ async def held_in_store(
     key: str,
     incomplete: list[str] | None = None,
     own_ids: set[str] | None = None,
+    secret: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every row of the store about the youth with `key` (whose BSN is `bsn`); messages that may be
     the youth's but cannot be told are counted in `incomplete`. The ids of the youth's referrals,
-    consents, handovers and signals, which a message may name the youth by, are added to `own_ids`."""
+    consents, handovers and signals, which a message may name the youth by, are added to `own_ids`.
+    With the hub's `secret`, a message to a receiver is known by the youth's pseudonym for that
+    receiver (`youth_ref`) as well."""
     gaps = [] if incomplete is None else incomplete
     audit = await fetch_all(session, audit_log, audit_log.c.youth_key == key, order=audit_log.c.id)
     named = _named(audit)
@@ -174,6 +177,8 @@ async def held_in_store(
     own |= {x.referral_id for x in (*found_consents, *found_handovers) if x.referral_id} | signal_ids
     if own_ids is not None:
         own_ids |= own
+    receivers = {h.receiver_organisation for h in found_handovers}
+    refs = {youth_ref(secret, org, key) for org in receivers} if secret is not None else set()
     return {
         "referrals": _rows(found_referrals, leave_out=("youth_key",)),
         "consents": _rows(found_consents, leave_out=("youth_key",)),
@@ -197,10 +202,19 @@ async def held_in_store(
                 order=mail_problems.c.id,
             )
         ),
-        "outbox": _rows(await messages_about(session, outbox, bsn=bsn, key=key, incomplete=gaps, own=own)),
+        "outbox": _rows(
+            await messages_about(session, outbox, bsn=bsn, key=key, incomplete=gaps, own=own, refs=refs)
+        ),
         "outbox_parked": _rows(
             await messages_about(
-                session, outbox_parked, bsn=bsn, key=key, incomplete=gaps, own=own, ids=_parked_ids(audit)
+                session,
+                outbox_parked,
+                bsn=bsn,
+                key=key,
+                incomplete=gaps,
+                own=own,
+                ids=_parked_ids(audit),
+                refs=refs,
             )
         ),
         "retries": _rows(await fetch_all(session, parked, in_ladder, order=parked.c.seq)),
@@ -231,7 +245,7 @@ async def export(
     own_ids: set[str] = set()
     async with store.read() as session:
         held: dict[str, Any] = await held_in_store(
-            session, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids
+            session, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids, secret=secret
         )
     if dead_letters is None:
         incomplete.append("dead_letters: no broker to read them from")

@@ -128,12 +128,19 @@ def _traces(bsn: str, ids: Collection[str]) -> re.Pattern[bytes]:
 
 
 def _whose(
-    row_key: str | None, value: bytes, *, bsn: str, key: str, traces: re.Pattern[bytes] | None = None
+    row_key: str | None,
+    value: bytes,
+    *,
+    bsn: str,
+    key: str,
+    traces: re.Pattern[bytes] | None = None,
+    refs: Collection[str] = (),
 ) -> Whose:
     """True when a message (its key and payload as its sender wrote them) is the youth's, False when
     it is not, `Unsure` when it may be and cannot be told: a batch naming the youth among others, or
     one naming no BSN or another's that holds the youth key or `traces` (`_traces`: the BSN written
-    out, the youth's ids), or naming no BSN holds the BSN's digits."""
+    out, the youth's ids), or naming no BSN holds the BSN's digits. `refs` are the youth's pseudonyms
+    at the receivers it was handed over to (`youth_ref`): a message keyed by or naming one is its."""
     traces = traces or _traces(bsn, ())
 
     def traced() -> bool:
@@ -146,6 +153,8 @@ def _whose(
             return Unsure.BATCH
         return Unsure.TRACE if traced() else False
     if row_key == key or (row_key or "").endswith(f":{key}") or _names_key(value, key):
+        return True
+    if row_key in refs or any(_names_key(value, ref) for ref in refs):
         return True
     # the youth's own block, 8 digits or 9, a string or a number, a CSV column; else a BSN as key. One
     # naming another youth's is not the youth's for a run of the BSN's digits (a parent's phone)
@@ -181,11 +190,12 @@ async def messages_about(
     incomplete: list[str],
     own: Collection[str] = (),
     ids: Collection[int] = (),
+    refs: Collection[str] = (),
 ) -> list[Any]:
     """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids`;
     `own` are the youth's ids (referrals, consents, handovers, signals), looked for as `_whose` says."""
     c = table.c
-    keys = sorted({key, bsn, _digits(bsn)})
+    keys = sorted({key, bsn, _digits(bsn), *refs})
     needles = [key.encode(), _digits(bsn).encode(), *_written_out(bsn), *_looked_for(own)]
     near = or_(  # what may be the youth's, looked at one by one
         c.key.in_(keys),
@@ -196,7 +206,8 @@ async def messages_about(
     traces = _traces(bsn, own)
     mine, unsure = [], Counter[Unsure]()
     for row in await fetch_all(session, table, near, order=c.id):
-        whose = True if row.id in ids else _whose(row.key, bytes(row.value), bsn=bsn, key=key, traces=traces)
+        value = bytes(row.value)
+        whose = True if row.id in ids else _whose(row.key, value, bsn=bsn, key=key, traces=traces, refs=refs)
         if whose is True:
             mine.append(row)
         elif isinstance(whose, Unsure):

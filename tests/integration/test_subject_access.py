@@ -19,7 +19,9 @@ from hub.embedded import EmbeddedKafka
 from hub.handovers.tables import receiver_deliveries
 from hub.intake.tables import referrals
 from hub.ops.auth import add_operator
+from hub.ops.inzage import export
 from hub.store.tables import audit_log
+from schemas.pseudonym import youth_ref
 from tests.helpers.kafka import read_topic, wait_for
 from tests.integration.test_handover_flow import World, world
 
@@ -112,6 +114,32 @@ async def test_the_export_holds_what_the_hub_holds_and_disclosed_about_one_bsn_a
         assert user == "petra" and youth == key
         assert objects["counts"]["referrals"] == 1 and objects["complete"] is True
         assert bsn not in json.dumps(objects)
+
+
+async def test_a_handover_a_receiver_got_by_its_own_pseudonym_is_in_the_export(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A receiver knows the youth by a pseudonym of its own (`youth_ref`): the record on its Kafka
+    topic is keyed by it and names no youth key, nor, without PERSONALIA, a BSN. The export passed
+    it over as "may be the youth's" under `incomplete`, though the hub made it."""
+    async with world(kafka, db_url, unique) as w:
+        assert w.hub.store is not None
+        rid, key = await w.referral(17)
+        bsn = await _bsn(w, rid)
+        await w.consent(rid, recipient_organisations=["jeugdhulp-dh"], data_categories=["HULPVRAAG"])
+        hid = await w.handover(rid, org="jeugdhulp-dh", data_categories=["HULPVRAAG"])
+
+        async def disclosed() -> bool:
+            return (await w.status(hid))["delivered_at"] is not None
+
+        await wait_for(disclosed)
+        doc = await export(
+            w.hub.store, bsn=bsn, secret=w.hub.settings.secret_value(), by="petra", dead_letters=None
+        )
+        ref = youth_ref(w.hub.settings.secret_value(), "jeugdhulp-dh", key)
+        outbound = [r for r in doc["outbox"] if r["topic"].endswith("handover.outbound.jeugdhulp.v1")]
+        assert [r["key"] for r in outbound] == [ref]
+        assert not [gap for gap in doc["incomplete"] if gap.startswith("outbox")], doc["incomplete"]
 
 
 async def _letters_with(
