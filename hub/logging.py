@@ -30,10 +30,8 @@ _BSN_LIKE = re.compile(
 # run, each of two digits or more, with nine digits in all that pass the elfproef are taken for one;
 # a run after "+" or from "00" and a country code is a phone number, kept whole. Otherwise about one
 # window in eleven passes by chance, and is redacted too: a log line can spare it, not a BSN.
-_GROUPED_RUN = re.compile(
-    rf"(?<![0-9A-Za-z-])(?P<uuid>{_UUID})(?![0-9A-Za-z-])"
-    r"|(?<![0-9A-Za-z])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z])"
-)
+# A run does not begin right after a "-": inside a UUID (whose groups it keeps) or any other id.
+_GROUPED_RUN = re.compile(r"(?<![0-9A-Za-z-])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z])")
 _SEPARATOR = re.compile(r"([ .])")
 _INTERNATIONAL = re.compile(r"00[1-9][0-9]{0,2}")  # "0031", "0032": how a phone number may begin
 REDACTED = "[bsn-redacted]"
@@ -41,8 +39,6 @@ REDACTED = "[bsn-redacted]"
 
 def _redact_groups(match: re.Match[str]) -> str:
     """The groups of a run with nine digits in all that pass the elfproef, each redacted."""
-    if match.group("uuid"):
-        return match.group()
     parts = _SEPARATOR.split(match.group())  # groups at even places, their separators between
     groups = parts[::2]
     if match.string[match.start() - 1 : match.start()] == "+" or _INTERNATIONAL.fullmatch(groups[0]):
