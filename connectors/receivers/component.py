@@ -72,7 +72,7 @@ class WebhookDelivery:
         """Look up the receiver, check the handover may still go, and POST it signed."""
         if message.message_id in self.delivered:
             return
-        outgoing = for_receiver(message, self.pseudonym_secret)  # before any mark that it may have left
+        outgoing: Envelope | None = None
         # The last check and the record that it may leave in one transaction, under the locks a
         # withdrawal takes: a withdrawal committed after a separate check went unseen, and the
         # handover still left (rule 10). The record is committed before it leaves.
@@ -86,6 +86,9 @@ class WebhookDelivery:
                 if target is None or target.mode != "webhook" or not target.url or not target.secret:
                     raise PermanentError("receiver has no webhook delivery")
                 check_webhook_url(target.url, allow_plain_http=self.settings.allow_plain_http)
+                # as the receiver gets it, before the mark that it may have left (a message it cannot
+                # be made of is a dead letter, never marked as sent); one that does not go needs none
+                outgoing = for_receiver(message, self.pseudonym_secret)
                 await record_attempt(session, message)
         if verdict.lapsed and self.hub.relay is not None:
             self.hub.relay.wake()
@@ -93,6 +96,7 @@ class WebhookDelivery:
             self.skipped.add(message.message_id)
             return
         assert target is not None and target.url is not None and target.secret is not None
+        assert outgoing is not None
         await post_signed(self.client, target.url, target.secret, outgoing)
         self.delivered.add(message.message_id)
         self.skipped.discard(message.message_id)  # it went out after all: audited as disclosed
@@ -169,7 +173,6 @@ def register_receivers(hub: Hub) -> None:
 
 
 async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelope, secret: str) -> None:
-    outgoing = for_receiver(message, secret)
     readers = await kafka_readers(tx.session, target.receiver_type)
     # Settings made before one reader per topic was enforced: no handover goes where another
     # organisation reads it. A withdrawal notice does (rule 10): who got the handover must hear.
@@ -185,5 +188,6 @@ async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelop
     if not verdict.go:
         return
     # keyed by the receiver's reference: per-youth order holds, and the youth key stays in the hub
+    outgoing = for_receiver(message, secret)
     await tx.emit(hub.topic(target.topic_name), outgoing, key=str(outgoing.payload[YOUTH_REF]))
     await record_delivered(tx.session, message, channel="kafka")
