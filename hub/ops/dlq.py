@@ -410,13 +410,18 @@ class DeadLetters:
             await self.sleep(step)
             seconds -= step
             if seconds > 0:
-                await dlq_jobs.touch(self.store, job, self.clock())
+                with job.in_store():
+                    await dlq_jobs.touch(self.store, job, self.clock())
 
     async def _end(self, job: ReplayJob, state: str, error: str | None = None) -> None:
         """Write a job's end (its store may be what failed: then it is abandoned once stale), and take
         its counts as the store holds them: a cancellation that came as a batch committed left the
         batch replayed and counted there, not here (the CLI said "queued 50" of 100 queued)."""
         job.state, job.error = state, error
+        with job.in_store():  # a second Ctrl-C does not cut its writes off
+            await self._write_end(job, state, error)
+
+    async def _write_end(self, job: ReplayJob, state: str, error: str | None) -> None:
         try:
             if not await asyncio.wait_for(dlq_jobs.finish(self.store, job, self.clock(), state, error), 10):
                 # marked so meanwhile: no progress was seen for too long
@@ -434,6 +439,35 @@ class DeadLetters:
         if stored is not None:
             job.done, job.skipped, job.failed = stored.done, stored.skipped, stored.failed
 
+    async def _replay_batch(
+        self, job: ReplayJob, chunk: list[DeadLetter], values: dict[tuple[str, int, int], bytes]
+    ) -> None:
+        """One batch in one transaction; the job's counts are what it committed."""
+        done = skipped = failed = 0
+        async with self.store.transaction() as session:
+            for d in chunk:
+                if job.stopping:  # a stop waited for this: the batch is rolled back
+                    raise asyncio.CancelledError
+                try:
+                    async with session.begin_nested():
+                        queued = await self._replay_one(
+                            session, d, values.get(d.position), job.operator, job.id
+                        )
+                    done, skipped = (done + 1, skipped) if queued else (done, skipped + 1)
+                except (sa_exc.IntegrityError, AlreadyResolved):
+                    skipped += 1  # already replayed or discarded
+                except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on
+                    if store_failed(exc):  # the store's trouble, not this letter's: stop
+                        raise
+                    failed += 1
+                    log.warning("replaying a dead letter failed", letter=d.id, error=safe_error_message(exc))
+            # in the batch's transaction: the counts are what was committed; a job marked
+            # abandoned meanwhile rolls its batch back and stops
+            await dlq_jobs.record_progress(
+                session, job, self.clock(), done=done, skipped=skipped, failed=failed
+            )
+        job.done, job.skipped, job.failed = job.done + done, job.skipped + skipped, job.failed + failed
+
     async def _run(self, job: ReplayJob, letters: list[DeadLetter], batch: int) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -441,39 +475,13 @@ class DeadLetters:
             for i in range(0, len(letters), batch):
                 if job.stopping:  # asked to stop, and the cancellation did not come through
                     raise asyncio.CancelledError
-                done = skipped = failed = 0  # counted once their transaction committed
                 chunk = letters[i : i + batch]
                 # payloads are read per batch: a job over the whole queue holds one batch of them
                 unread = [d.position for d in chunk if d.payload is None]
                 values = {d.position: d.value for d in chunk if d.payload is not None}
                 values |= {d.position: d.value for d in await read_at(self.options, unread)}
-                async with self.store.transaction() as session:
-                    for d in chunk:
-                        try:
-                            async with session.begin_nested():
-                                queued = await self._replay_one(
-                                    session, d, values.get(d.position), job.operator, job.id
-                                )
-                            done, skipped = (done + 1, skipped) if queued else (done, skipped + 1)
-                        except (sa_exc.IntegrityError, AlreadyResolved):
-                            skipped += 1  # already replayed or discarded
-                        except (ValueError, sa_exc.DBAPIError) as exc:  # this one; the batch goes on
-                            if store_failed(exc):  # the store's trouble, not this letter's: stop
-                                raise
-                            failed += 1
-                            log.warning(
-                                "replaying a dead letter failed", letter=d.id, error=safe_error_message(exc)
-                            )
-                    # in the batch's transaction: the counts are what was committed; a job marked
-                    # abandoned meanwhile rolls its batch back and stops
-                    await dlq_jobs.record_progress(
-                        session, job, self.clock(), done=done, skipped=skipped, failed=failed
-                    )
-                job.done, job.skipped, job.failed = (
-                    job.done + done,
-                    job.skipped + skipped,
-                    job.failed + failed,
-                )
+                with job.in_store():
+                    await self._replay_batch(job, chunk, values)
                 self.wake()
                 ahead = job.handled / self.rate_per_s - (loop.time() - started)
                 await self._pace(job, ahead)

@@ -13,7 +13,9 @@ its place. A job waiting out the rate limit longer than `HEARTBEAT_S` says it is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +33,7 @@ from schemas.bsn import contains_bsn
 
 RUNNING, DONE, FAILED, ABANDONED = "running", "done", "failed", "abandoned"
 STALE_AFTER = timedelta(minutes=5)  # a running job without progress this long lost its process
+STOP_GRACE_S = 10.0  # a job asked to stop in a store transaction is cancelled after this long
 HEARTBEAT_S = 60.0  # a job waiting longer than this between batches says it is alive meanwhile
 KEEP_FINISHED = timedelta(days=30)  # finished jobs stay this long to be read
 EVERY_OPEN = "every open dead letter"
@@ -61,14 +64,37 @@ class ReplayJob:
     finished_at: datetime | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     stopping: bool = field(default=False, repr=False)  # asked to stop: its task stops at its next batch
+    storing: bool = field(default=False, repr=False)  # in a store transaction: see stop()
 
     def stop(self) -> None:
         """Stop the job (its process stops, or Ctrl-C): its task is cancelled, and should the
         cancellation be swallowed on its way (asyncio.wait_for on Python 3.11 does when the call it
-        waits for ends as the cancel comes), the job still stops before its next batch."""
+        waits for ends as the cancel comes), the job still stops before its next batch.
+
+        In a store transaction it is not cancelled: a cancellation in the middle of a statement left
+        the pool a connection it could not reset, and SQLAlchemy logged that over the command's own
+        words. The job rolls its batch back at its next letter instead, and is cancelled only should
+        the transaction still be open after `STOP_GRACE_S` (a store that hangs)."""
         self.stopping = True
-        if self.task is not None:
+        if self.task is None or self.task.done():
+            return
+        if self.storing:
+            self.task.get_loop().call_later(STOP_GRACE_S, self._cancel_if_storing)
+        else:
             self.task.cancel()
+
+    def _cancel_if_storing(self) -> None:
+        if self.task is not None and not self.task.done() and self.storing:
+            self.task.cancel()
+
+    @contextlib.contextmanager
+    def in_store(self) -> Iterator[None]:
+        """The job's task in a store transaction: a stop waits for the job to roll it back."""
+        self.storing = True
+        try:
+            yield
+        finally:
+            self.storing = False
 
     @property
     def handled(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
+from hub.ops import dlq_jobs
 from hub.ops.dlq import DeadLetters
 from hub.ops.dlq_jobs import EVERY_OPEN, KEEP_FINISHED, STOPPED, ReplayBusy, ReplayJob, describe
 from hub.ops.dlq_records import DeadLetter, Filter
@@ -243,6 +244,81 @@ async def test_a_job_stopped_as_its_batch_committed_counts_the_batch(store: Stor
         assert seen is not None and seen.done == 3
     finally:
         await hub_store.close()
+
+
+class HeldInTransaction:
+    """The hub's store, whose next transaction is held open (a slow statement) until released; it
+    notes whether the job's task was cancelled in it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store, self.armed = store, False
+        self.inside, self.release = asyncio.Event(), asyncio.Event()
+        self.cancelled_inside = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self._store.transaction() as session:
+            if self.armed:
+                self.armed = False
+                self.inside.set()
+                try:
+                    await self.release.wait()
+                except asyncio.CancelledError:
+                    self.cancelled_inside = True
+                    raise
+            yield session
+
+
+@asynccontextmanager
+async def _held_job(db_url: str) -> AsyncIterator[tuple[HeldInTransaction, DeadLetters, ReplayJob]]:
+    hub_store = Store(db_url)
+    held = HeldInTransaction(hub_store)
+    dead_letters = DeadLetters(held, NO_BROKERS, [DLQ], rate_per_s=10_000.0)  # type: ignore[arg-type]
+    try:
+        job = await dead_letters.start_replay(letters(0, 3), "olaf", batch=3)
+        held.armed = True  # before the job's task takes its first step
+        await wait_for(held.inside.is_set)
+        yield held, dead_letters, job
+    finally:
+        held.release.set()
+        await hub_store.close()
+
+
+async def test_a_job_stopped_in_its_transaction_is_not_cancelled_there_and_rolls_back(
+    store: Store, db_url: str
+) -> None:
+    """Ctrl-C during `dlq replay` cancelled the job in the middle of a statement: SQLAlchemy's pool
+    could not reset the connection and printed its traceback over the command's own words."""
+    async with _held_job(db_url) as (held, dead_letters, job):
+        job.stop()
+        await asyncio.sleep(0.2)
+        assert not held.cancelled_inside
+        held.release.set()
+        assert job.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        assert not held.cancelled_inside
+        assert (job.state, job.error, job.done) == ("abandoned", STOPPED, 0)  # the batch rolled back
+        seen = await dead_letters.job(job.id)
+        assert seen is not None and (seen.state, seen.done) == ("abandoned", 0)
+        async with store.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(dlq_actions)) == 0
+
+
+async def test_a_job_stopped_in_a_transaction_that_hangs_is_cancelled_after_a_grace(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dlq_jobs, "STOP_GRACE_S", 0.3)
+    async with _held_job(db_url) as (held, _dead_letters, job):
+        job.stop()
+        assert job.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(job.task, 10)
+        assert held.cancelled_inside and not held.release.is_set()
+        assert (job.state, job.error) == ("abandoned", STOPPED)
 
 
 async def test_finished_jobs_are_kept_their_term_and_then_forgotten(store: Store, db_url: str) -> None:
