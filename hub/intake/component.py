@@ -16,6 +16,7 @@ from hub.intake.config import load_intake_rules
 from hub.intake.partner_fields import partner_field
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.intake.sources import DEFAULT_SOURCE, KafkaSources, UnnamedConnector
+from hub.logging import redact_text
 from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.consumer import DeadLetter, Item
@@ -86,7 +87,8 @@ def politie_besluit(
             "besluit": "GEACCEPTEERD" if decision.accepted else "AFGEWEZEN",
             "herhaling": duplicate,
             "redenen": [
-                {"code": r.code, "toelichting": r.message, "veld": _veld(r)} for r in decision.reasons
+                {"code": r.code, "toelichting": redact_text(r.message), "veld": _veld(r)}
+                for r in decision.reasons
             ],
             "haltCategorie": decision.reason_category.value if decision.reason_category else None,
             "regelsVersie": decision.rules_version,
@@ -98,8 +100,10 @@ def _veld(reason: DecisionReason) -> str | None:
     """The field a reason names, in the police's terms: a rule names the canonical field, which
     becomes theirs; an unreadable record's reason names the field as they sent it already (an unknown
     field they called "confessed" stays that, and is not their "bekennend"); a field they have no
-    equivalent of keeps its canonical name."""
-    return partner_field(reason, politie.REFERRER_TYPE) or reason.field
+    equivalent of keeps its canonical name. BSN-like text in it is redacted, as in an HTTP answer
+    (a BSN sent as a key)."""
+    field = partner_field(reason, politie.REFERRER_TYPE) or reason.field
+    return None if field is None else redact_text(field)
 
 
 def register_intake(hub: Hub) -> None:

@@ -15,6 +15,7 @@ from hub.intake import IntakeRules, decide, load_intake_rules, reject_unparseabl
 from hub.intake.component import politie_besluit
 from hub.intake.rules import REASON_FIELDS
 from hub.intake.service import conflict_of
+from hub.logging import REDACTED
 from schemas.problems import PartnerFormatError
 from schemas.referral import Decision, DecisionReason, Outcome
 from tests.helpers.partner_records import fact
@@ -114,6 +115,19 @@ def test_an_unreadable_record_keeps_the_fields_as_the_police_sent_them() -> None
         politie.parse(raw)
     answer = besluit(reject_unparseable(info.value.problems, "PL1500-2025031201-1"))
     assert {r["veld"] for r in answer["redenen"]} == {"confessed", "pleegdatum"}
+
+
+def test_a_bsn_sent_as_a_field_name_is_not_echoed_in_the_answer() -> None:
+    """The HTTP answer redacts BSN-like text in a field's name; the police topic's answer echoed a
+    BSN sent as a key (a record built wrongly) in `veld` and in its `toelichting`."""
+    bsn = "999990019"
+    raw = json.dumps(sample() | {bsn: {"naam": "x"}, f"bsn {bsn}": 1}).encode()
+    with pytest.raises(PartnerFormatError) as info:
+        politie.parse(raw)
+    answer = besluit(reject_unparseable(info.value.problems, "PL1500-2025031201-1"))
+    assert len(answer["redenen"]) == 2
+    assert bsn not in json.dumps(answer)
+    assert sorted(r["veld"] for r in answer["redenen"]) == [REDACTED, f"bsn {REDACTED}"]
 
 
 def test_every_field_a_rule_names_has_its_police_field_or_keeps_its_name() -> None:
