@@ -52,6 +52,8 @@ NS_ORGANISATION = f"{BASE}/NamingSystem/organisation"
 NS_CASEWORKER = f"{BASE}/NamingSystem/caseworker"
 NS_BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
 V3_ROLE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+CS_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
+DISCLOSE = "disclose"  # the action a handover is
 _V3_OF = {GrantorRole.JEUGDIGE: "ONESELF", GrantorRole.OUDER_MET_GEZAG: "PRN", GrantorRole.VOOGD: "GUARD"}
 _GIVEN_AT: TypeAdapter[datetime] = TypeAdapter(GivenAt)
 
@@ -157,9 +159,7 @@ def to_fhir(
                 }
                 for org in consent.recipient_organisations
             ],
-            "action": [
-                {"coding": [_coding("http://terminology.hl7.org/CodeSystem/consentaction", "disclose")]}
-            ],
+            "action": [{"coding": [_coding(CS_ACTION, DISCLOSE)]}],
             "purpose": [_coding(CS_PURPOSE, consent.purpose.value)],
             "class": [_coding(CS_CATEGORY, c.value) for c in consent.data_categories],
         },
@@ -250,11 +250,21 @@ def from_fhir(resource: dict[str, Any], *, resolve_bsn: Callable[[str], str | No
 
 
 IRCP = "IRCP"  # v3 ParticipationType: information recipient
+# Elements of a provision that permit less than its class, actor, purpose and period read: the
+# canonical Consent cannot hold them, and read without them it would permit more (rule 9).
+_NARROWING = {
+    "securityLabel": "data with certain security labels only",
+    "code": "data of certain codes only",
+    "data": "certain resources only",
+    "dataPeriod": "data of a certain period only",
+}
 
 
 def _check_provision(prov: dict[str, Any]) -> None:
-    """Only a plain permit maps onto the canonical Consent: a deny, an exception nested in it, or an
-    actor in another role than recipient would be read as a permit of more than was given (rule 9)."""
+    """Only a plain permit maps onto the canonical Consent: a deny, an exception nested in it, an
+    actor in another role than recipient, actions without disclosure, or a permit narrowed by
+    security label, code, resource or data period would be read as a permit of more than was given
+    (rule 9)."""
     problems = []
     if prov.get("type", "permit") != "permit":
         problems.append(
@@ -270,6 +280,23 @@ def _check_provision(prov: dict[str, Any]) -> None:
         codes = [c.get("code") for c in actor.get("role", {}).get("coding", [])]
         if IRCP not in codes:
             problems.append(f"provision.actor.{i}.role: must be IRCP (a receiving organisation)")
+    actions = prov.get("action")
+    if actions is not None and not any(
+        c.get("system") == CS_ACTION and c.get("code") == DISCLOSE
+        for a in actions
+        for c in a.get("coding", [])
+    ):
+        problems.append(
+            f"provision.action: does not permit {DISCLOSE} ({CS_ACTION}); the hub hands data over to"
+            " receivers, which the consent must permit: add it, or leave action out"
+        )
+    for element, what in _NARROWING.items():
+        if prov.get(element):
+            problems.append(
+                f"provision.{element}: a permit of {what} is not supported: the hub would hand over every"
+                " category in provision.class (rule 9); state the permit by actor, purpose, class and"
+                " period alone"
+            )
     if problems:
         raise FhirConsentError(problems)
 

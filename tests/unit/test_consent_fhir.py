@@ -169,12 +169,40 @@ def _actor_as_custodian(resource: dict) -> None:
     role["code"] = "CST"
 
 
+def _access_only(resource: dict) -> None:
+    resource["provision"]["action"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}
+    ]
+
+
+def _labelled(resource: dict) -> None:
+    label = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}
+    resource["provision"]["securityLabel"] = [label]
+
+
+def _coded(resource: dict) -> None:
+    resource["provision"]["code"] = [{"coding": [{"system": "http://loinc.org", "code": "11506-3"}]}]
+
+
+def _some_data(resource: dict) -> None:
+    resource["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": "Observation/1"}}]
+
+
+def _data_period(resource: dict) -> None:
+    resource["provision"]["dataPeriod"] = {"start": "2025-01-01", "end": "2025-02-01"}
+
+
 @pytest.mark.parametrize(
     ("change", "path"),
     [
         (_deny, "provision.type"),
         (_nested_exception, "provision.provision"),
         (_actor_as_custodian, "provision.actor.1.role"),
+        (_access_only, "provision.action"),
+        (_labelled, "provision.securityLabel"),
+        (_coded, "provision.code"),
+        (_some_data, "provision.data"),
+        (_data_period, "provision.dataPeriod"),
     ],
 )
 def test_a_consent_that_permits_less_than_its_provision_reads_is_refused_by_path(
@@ -189,6 +217,21 @@ def test_a_consent_that_permits_less_than_its_provision_reads_is_refused_by_path
         from_fhir(resource, resolve_bsn={KEY: BSN}.get)
     [problem] = info.value.problems
     assert problem.startswith(path + ": ")
+
+
+def test_a_consent_without_action_or_with_disclose_among_others_is_read() -> None:
+    """Action left out permits every action; one of several being disclose permits the handover."""
+    resource = json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))
+    del resource["provision"]["action"]
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == from_fhir(
+        to_fhir(sample(), youth_key=KEY), resolve_bsn={KEY: BSN}.get
+    )
+    _access_only(resource)
+    resource["provision"]["action"].append(
+        json.loads(json.dumps(to_fhir(sample(), youth_key=KEY)))["provision"]["action"][0]
+    )
+    validate_fhir(resource)
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get).purpose == sample().purpose
 
 
 def test_a_related_person_without_a_name_is_refused_not_a_crash() -> None:
