@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -208,15 +208,40 @@ async def test_a_job_asked_to_stop_stops_though_its_cancellation_was_swallowed(
         assert seen is not None and (seen.state, seen.done) == ("abandoned", 1)
 
 
-class CancelledAsItCommits:
-    """The hub's store, whose next transaction is cancelled as its commit ends (Ctrl-C at that
-    moment): the commit stands, the code that asked for it sees only the cancellation."""
+class ArmedStore:
+    """The hub's store, whose next transaction, once armed, misbehaves as a subclass says."""
 
     def __init__(self, store: Store) -> None:
         self._store, self.armed = store, False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    def let_go(self) -> None:
+        """Whatever it holds back is let go (the test ends)."""
+
+
+W = TypeVar("W", bound=ArmedStore)
+
+
+@asynccontextmanager
+async def job_on(db_url: str, wrap: Callable[[Store], W]) -> AsyncIterator[tuple[W, DeadLetters, ReplayJob]]:
+    """A replay of three letters in one batch, on the store wrapped, armed before its first step."""
+    hub_store = Store(db_url)
+    wrapped = wrap(hub_store)
+    dead_letters = DeadLetters(wrapped, NO_BROKERS, [DLQ], rate_per_s=10_000.0)  # type: ignore[arg-type]
+    try:
+        job = await dead_letters.start_replay(letters(0, 3), "olaf", batch=3)
+        wrapped.armed = True  # before the job's task takes its first step
+        yield wrapped, dead_letters, job
+    finally:
+        wrapped.let_go()
+        await hub_store.close()
+
+
+class CancelledAsItCommits(ArmedStore):
+    """The hub's store, whose next transaction is cancelled as its commit ends (Ctrl-C at that
+    moment): the commit stands, the code that asked for it sees only the cancellation."""
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
@@ -230,33 +255,26 @@ class CancelledAsItCommits:
 async def test_a_job_stopped_as_its_batch_committed_counts_the_batch(store: Store, db_url: str) -> None:
     """A SIGTERM that came as a batch committed: the batch was replayed and counted in the store,
     the job in memory had not counted it, and `dlq replay` said "queued 50 of 1500" where 100 were."""
-    hub_store = Store(db_url)
-    cancelling = CancelledAsItCommits(hub_store)
-    dead_letters = DeadLetters(cancelling, NO_BROKERS, [DLQ], rate_per_s=10_000.0)  # type: ignore[arg-type]
-    try:
-        job = await dead_letters.start_replay(letters(0, 3), "olaf", batch=3)
-        cancelling.armed = True  # before the job's task takes its first step
+    async with job_on(db_url, CancelledAsItCommits) as (_cancelling, dead_letters, job):
         assert job.task is not None
         with contextlib.suppress(asyncio.CancelledError):
             await job.task
         assert (job.state, job.error, job.done) == ("abandoned", STOPPED, 3)
         seen = await dead_letters.job(job.id)
         assert seen is not None and seen.done == 3
-    finally:
-        await hub_store.close()
 
 
-class HeldInTransaction:
+class HeldInTransaction(ArmedStore):
     """The hub's store, whose next transaction is held open (a slow statement) until released; it
     notes whether the job's task was cancelled in it."""
 
     def __init__(self, store: Store) -> None:
-        self._store, self.armed = store, False
+        super().__init__(store)
         self.inside, self.release = asyncio.Event(), asyncio.Event()
         self.cancelled_inside = False
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+    def let_go(self) -> None:
+        self.release.set()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
@@ -272,27 +290,13 @@ class HeldInTransaction:
             yield session
 
 
-@asynccontextmanager
-async def _held_job(db_url: str) -> AsyncIterator[tuple[HeldInTransaction, DeadLetters, ReplayJob]]:
-    hub_store = Store(db_url)
-    held = HeldInTransaction(hub_store)
-    dead_letters = DeadLetters(held, NO_BROKERS, [DLQ], rate_per_s=10_000.0)  # type: ignore[arg-type]
-    try:
-        job = await dead_letters.start_replay(letters(0, 3), "olaf", batch=3)
-        held.armed = True  # before the job's task takes its first step
-        await wait_for(held.inside.is_set)
-        yield held, dead_letters, job
-    finally:
-        held.release.set()
-        await hub_store.close()
-
-
 async def test_a_job_stopped_in_its_transaction_is_not_cancelled_there_and_rolls_back(
     store: Store, db_url: str
 ) -> None:
     """Ctrl-C during `dlq replay` cancelled the job in the middle of a statement: SQLAlchemy's pool
     could not reset the connection and printed its traceback over the command's own words."""
-    async with _held_job(db_url) as (held, dead_letters, job):
+    async with job_on(db_url, HeldInTransaction) as (held, dead_letters, job):
+        await wait_for(held.inside.is_set)
         job.stop()
         await asyncio.sleep(0.2)
         assert not held.cancelled_inside
@@ -312,7 +316,8 @@ async def test_a_job_stopped_in_a_transaction_that_hangs_is_cancelled_after_a_gr
     store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dlq_jobs, "STOP_GRACE_S", 0.3)
-    async with _held_job(db_url) as (held, _dead_letters, job):
+    async with job_on(db_url, HeldInTransaction) as (held, _dead_letters, job):
+        await wait_for(held.inside.is_set)
         job.stop()
         assert job.task is not None
         with contextlib.suppress(asyncio.CancelledError):
