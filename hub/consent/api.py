@@ -35,7 +35,7 @@ from hub.consent.fhir import (
     to_fhir,
     youth_key_of,
 )
-from hub.consent.rules import completeness, explain
+from hub.consent.rules import Named, completeness, explain
 from hub.consent.service import (
     AlreadyWithdrawn,
     ConsentNotFound,
@@ -410,16 +410,23 @@ ALREADY_ACTIVE = "already_active"  # the audited reason of a refused twin
 async def _audited_read(
     hub: Any, session: Any, act: Act, caseworker: Caseworker, consent_id: str
 ) -> ConsentOut:
-    """One consent as `GET /{consent_id}` answers it, the read audited (rule 18); 404 when it is
-    gone, 403 (`NotOnCase`) when the caseworker may not see it."""
+    """One consent as `GET /{consent_id}` answers it in JSON (see `_audited_stored`)."""
+    stored, named = await _audited_stored(session, act, caseworker, consent_id)
+    return ConsentOut.of(stored, named, local_day(hub.clock()))
+
+
+async def _audited_stored(
+    session: Any, act: Act, caseworker: Caseworker, consent_id: str
+) -> tuple[StoredConsent, Named]:
+    """One consent and what the youth's referrals name (rule 8), the read audited (rule 18); 404
+    when it is gone, 403 (`NotOnCase`) when the caseworker may not see it."""
     stored = await get_consent(session, consent_id)
     if stored is None:
         raise Problem(404, "Toestemming niet gevonden")
     if not await may_see_case(session, stored.youth_key, caseworker):
         raise NotOnCase(stored.youth_key)
     await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
-    named = await named_for(session, stored.youth_key)
-    return ConsentOut.of(stored, named, local_day(hub.clock()))
+    return stored, await named_for(session, stored.youth_key)
 
 
 def _fhir_json(raw: bytes) -> Any:
@@ -601,13 +608,7 @@ async def read(request: Request, consent_id: str, caseworker: CurrentCaseworker)
         _read_refused(hub, act, "consent.read_refused", consent_id=consent_id),
         hub.store.transaction() as session,
     ):
-        stored = await get_consent(session, consent_id)
-        if stored is None:
-            raise Problem(404, "Toestemming niet gevonden")
-        if not await may_see_case(session, stored.youth_key, caseworker):
-            raise NotOnCase(stored.youth_key)
-        await _audit_read(session, act, stored.youth_key, {"consent_id": consent_id})
-        named = await named_for(session, stored.youth_key)
+        stored, named = await _audited_stored(session, act, caseworker, consent_id)
     if FHIR_JSON in request.headers.get("accept", ""):
         now = stored.consent.model_copy(
             update={"status": effective_status(stored.consent, local_day(hub.clock()))}
