@@ -27,14 +27,8 @@ from hub.consent.caseworker import (
     require_case,
 )
 from hub.consent.custody import LATEST_FIRST, named_for
-from hub.consent.fhir import (
-    CUSTODIANS_PATH,
-    FHIR_JSON,
-    FhirConsentError,
-    from_fhir,
-    to_fhir,
-    youth_key_of,
-)
+from hub.consent.fhir import CUSTODIANS_PATH, FHIR_JSON, FhirConsentError, to_fhir
+from hub.consent.fhir_read import from_fhir, youth_key_of
 from hub.consent.rules import Named, completeness, explain
 from hub.consent.service import (
     AlreadyWithdrawn,

@@ -9,17 +9,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
 
-from hub.consent.fhir import (
-    EXT_COMPLETENESS,
-    EXT_CUSTODIANS,
-    EXT_STATUS,
-    NS_BSN,
-    FhirConsentError,
-    from_fhir,
-    to_fhir,
-    validate_fhir,
-    youth_key_of,
-)
+from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, NS_BSN, FhirConsentError, to_fhir
+from hub.consent.fhir_read import from_fhir, validate_fhir, youth_key_of
 from hub.consent.rules import Named, completeness
 from schemas.consent import DUTCH_TIME, Consent, ConsentStatus, GrantorIn
 
