@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from hub.api.docs import inline_schema
@@ -19,6 +19,7 @@ from hub.api.limits import media_type_of, read_body, require_media_type
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.clock import local_day
+from hub.consent.bodies import ConsentIn, ConsentOut, Withdrawal, effective_status
 from hub.consent.caseworker import (
     CurrentCaseworker,
     NotOnCase,
@@ -29,7 +30,7 @@ from hub.consent.caseworker import (
 from hub.consent.custody import LATEST_FIRST, named_for
 from hub.consent.fhir import CUSTODIANS_PATH, FHIR_JSON, FhirConsentError, to_fhir
 from hub.consent.fhir_read import from_fhir, youth_key_of
-from hub.consent.rules import Named, completeness, explain
+from hub.consent.rules import Named, completeness
 from hub.consent.service import (
     AlreadyWithdrawn,
     ConsentNotFound,
@@ -44,120 +45,18 @@ from hub.handovers.service import Act, load_referral
 from hub.intake.tables import referrals
 from hub.runtime import Hub
 from hub.store.locks import lock_youths
-from schemas._base import CanonicalModel, Code, ShortText, as_code
+from schemas._base import as_code
 from schemas.caseworker import Caseworker
 from schemas.consent import (
     MAX_CUSTODIANS,
     Consent,
-    ConsentPurpose,
-    ConsentStatus,
     ConsentYouth,
-    Custodians,
-    DataCategory,
-    Grantor,
-    GrantorIn,
 )
 from schemas.problems import controls_refused
 from schemas.pseudonym import youth_key as make_key
 
 router = APIRouter(prefix="/api/v1/toestemmingen", tags=["toestemmingen"])
 SYSTEM = "ketenhub-api"
-
-
-class ConsentIn(CanonicalModel):
-    """A consent as a caseworker records it; the youth by referral id (or, once known, youth key)."""
-
-    referral_id: Code | None = None
-    youth_key: Code | None = None
-    purpose: ConsentPurpose
-    recipient_organisations: list[Code] = Field(min_length=1)
-    data_categories: list[DataCategory] = Field(min_length=1)
-    grantors: list[GrantorIn] = Field(min_length=1)
-    valid_from: date
-    valid_until: date
-    custodians: Custodians | None = None
-
-
-class Withdrawal(CanonicalModel):
-    """Why a consent is withdrawn."""
-
-    reason: ShortText
-
-
-def effective_status(consent: Consent, today: date) -> ConsentStatus:
-    """The consent's status on `today` (the Dutch day): an ACTIEF consent past its last day is
-    VERLOPEN, as the handover check treats it (rule 9), though nothing rewrote its stored status."""
-    if consent.status is ConsentStatus.ACTIEF and today > consent.valid_until:
-        return ConsentStatus.VERLOPEN
-    return consent.status
-
-
-class ConsentOut(CanonicalModel):
-    """A consent as the caseworker sees it: no BSN, the youth by key; complete per rule 8, and if
-    not, why (`missing`, `denied`, `incomplete_reason`)."""
-
-    consent_id: str
-    youth_key: str
-    referral_id: str | None
-    purpose: ConsentPurpose
-    recipient_organisations: list[str]
-    data_categories: list[DataCategory]
-    grantors: list[Grantor]
-    recorded_by: str
-    valid_from: date
-    valid_until: date
-    status: ConsentStatus
-    custodians: int | None = Field(
-        description="the number of custodians stated when the consent was recorded; null: not stated"
-    )
-    custodians_needed: int | None = Field(
-        description="how many custodians must permit (rule 8): the number stated, or more when the "
-        "youth's referral names more; null when no custodian's permit is asked for, or the number "
-        "was not stated"
-    )
-    complete: bool
-    missing: list[str] = Field(
-        description="each missing permit by role (a role once per missing permit), and "
-        "AANTAL_GEZAGHEBBERS when the custodians' permits are asked for but their number was not stated"
-    )
-    denied: list[str]
-    incomplete_reason: str | None = Field(description="why the consent is not complete; null when it is")
-    recorded_at: datetime
-    withdrawn_at: datetime | None = None
-    withdrawal_reason: str | None = None
-    handovers_sent: list[str] = Field(default_factory=list)
-    handovers_withdrawn: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def of(cls, s: StoredConsent, named: int, today: date, **extra: Any) -> ConsentOut:
-        """From the stored consent, as it stands `today` (the Dutch day): an ACTIEF consent past its
-        last day is VERLOPEN, as the handover check treats it (rule 9); `named` is what
-        `hub.consent.custody.named_for` says of its youth, as for the handover check."""
-        c, check = s.consent, completeness(s.consent, named=named)
-        status = effective_status(c, today)
-        return cls(
-            consent_id=s.consent_id,
-            youth_key=s.youth_key,
-            referral_id=s.referral_id,
-            purpose=c.purpose,
-            recipient_organisations=c.recipient_organisations,
-            data_categories=c.data_categories,
-            grantors=c.grantors,
-            recorded_by=c.recorded_by,
-            valid_from=c.valid_from,
-            valid_until=c.valid_until,
-            status=status,
-            custodians=c.custodians,
-            custodians_needed=check.custodians_needed,
-            complete=check.complete,
-            missing=list(check.missing),
-            denied=[d.value for d in check.denied],
-            incomplete_reason=explain(check),
-            recorded_at=s.recorded_at,
-            withdrawn_at=s.withdrawn_at,
-            withdrawal_reason=s.withdrawal_reason,
-            **extra,
-        )
 
 
 def _hub(request: Request) -> Hub:
