@@ -9,6 +9,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.handovers.tables import receiver_deliveries
+from hub.handovers.topic_others import TopicHoldsOthers, others_on_topic
 from schemas.handover import ReceiverType
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -57,11 +58,19 @@ async def kafka_readers(session: AsyncSession, receiver_type: ReceiverType) -> l
     return list((await session.execute(query)).scalars())
 
 
-async def set_receiver_delivery(session: AsyncSession, delivery: ReceiverDelivery) -> None:
+async def set_receiver_delivery(
+    session: AsyncSession, delivery: ReceiverDelivery, *, topic_emptied: bool = False
+) -> None:
     """Create or replace an organisation's delivery settings.
 
     One organisation per type reads a type's topic: Kafka grants reading per topic, not per
-    message, so a second would read the first's handovers (rule 9). TopicTaken says who has it."""
+    message, so a second would read the first's handovers (rule 9). TopicTaken says who has it.
+
+    Nor may one take a topic that still holds another organisation's handovers, from before that
+    one was moved to a webhook: it gets the type's principal, and reads from the topic's start.
+    TopicHoldsOthers says whose and until when; `topic_emptied` is the operator's word that the
+    topic was deleted and made again (or that the records are gone), and skips that check. An
+    organisation that reads the topic already changes nothing by taking it again."""
     if delivery.mode not in ("kafka", "webhook"):
         raise ValueError("mode must be kafka or webhook")
     if delivery.mode == "webhook" and not (delivery.url and delivery.secret and len(delivery.secret) >= 32):
@@ -78,6 +87,10 @@ async def set_receiver_delivery(session: AsyncSession, delivery: ReceiverDeliver
                 f"{delivery.topic_name} is already read by {others[0]!r}, and a second reader would read "
                 f"its handovers; give {delivery.organisation!r} a webhook (--webhook URL)"
             )
+        if not topic_emptied and delivery.organisation not in readers:
+            held = await others_on_topic(session, delivery)
+            if held:
+                raise TopicHoldsOthers(delivery, held)
     values = {
         "receiver_type": delivery.receiver_type.value,
         "mode": delivery.mode,

@@ -203,15 +203,27 @@ def delivery(
             " handover.answers.<type>.v1",
         ),
     ] = False,
+    topic_emptied: Annotated[
+        bool,
+        typer.Option(
+            "--topic-emptied",
+            help="with --kafka: the type's topic was deleted and made again, or its records kept for"
+            " another organisation are past retention (refused without it while they may be there)",
+        ),
+    ] = False,
 ) -> None:
     """Say how a receiver gets its handovers: a signed webhook (its secret printed once) or its topic."""
     import secrets
 
     from hub.handovers.receivers import ReceiverDelivery, TopicTaken, check_webhook_url, set_receiver_delivery
+    from hub.handovers.topic_others import TopicHoldsOthers
     from hub.topics import handover_answers
 
     if (webhook is None) == (not kafka):
         typer.echo("ketenhub: give exactly one of --webhook URL or --kafka", err=True)
+        raise typer.Exit(2)
+    if topic_emptied and not kafka:
+        typer.echo("ketenhub: --topic-emptied goes with --kafka", err=True)
         raise typer.Exit(2)
     secret = secrets.token_urlsafe(32) if webhook else None
     if webhook:
@@ -222,9 +234,14 @@ def delivery(
             raise typer.Exit(2) from None
     chosen = ReceiverDelivery(organisation.strip(), type_, "webhook" if webhook else "kafka", webhook, secret)
     try:
-        _in_store(lambda s: set_receiver_delivery(s, chosen))
+        _in_store(lambda s: set_receiver_delivery(s, chosen, topic_emptied=topic_emptied))
     except TopicTaken as exc:
         typer.echo(f"ketenhub: --kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except TopicHoldsOthers as exc:
+        # The handovers of youths this organisation has no consent for (rule 9), readable with the
+        # principal it is given; the settings stay as they were.
+        typer.echo(f"ketenhub: --kafka: {exc.message('--topic-emptied')}", err=True)
         raise typer.Exit(1) from None
     if webhook:
         typer.echo(f"{chosen.organisation}: handovers go to {webhook}, signed with X-Ketenhub-Signature")
