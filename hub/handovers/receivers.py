@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.audit import AuditEntry, write_audit
 from hub.handovers.tables import receiver_deliveries
 from hub.handovers.topic_others import TopicHoldsOthers, others_on_topic
+from hub.partners.registry import SYSTEM
 from schemas.handover import ReceiverType
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -59,7 +62,7 @@ async def kafka_readers(session: AsyncSession, receiver_type: ReceiverType) -> l
 
 
 async def set_receiver_delivery(
-    session: AsyncSession, delivery: ReceiverDelivery, *, topic_emptied: bool = False
+    session: AsyncSession, delivery: ReceiverDelivery, *, topic_emptied: bool = False, user: str = "cli"
 ) -> None:
     """Create or replace an organisation's delivery settings.
 
@@ -70,7 +73,10 @@ async def set_receiver_delivery(
     one was moved to a webhook: it gets the type's principal, and reads from the topic's start.
     TopicHoldsOthers says whose and until when; `topic_emptied` is the operator's word that the
     topic was deleted and made again (or that the records are gone), and skips that check. An
-    organisation that reads the topic already changes nothing by taking it again."""
+    organisation that reads the topic already changes nothing by taking it again.
+
+    Audited (`receiver.delivery_set`, by `user`): where an organisation's handovers go from now on,
+    and whose records the operator said were gone when the hub's record said otherwise."""
     if delivery.mode not in ("kafka", "webhook"):
         raise ValueError("mode must be kafka or webhook")
     if delivery.mode == "webhook" and not (delivery.url and delivery.secret and len(delivery.secret) >= 32):
@@ -79,6 +85,7 @@ async def set_receiver_delivery(
         # Two changes at once would each find the topic free and both take it; SQLite's one writer
         # already puts them one after the other.
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SETTINGS_LOCK})
+    overridden: list[str] = []  # whose records the operator said are gone from the topic
     if delivery.mode == "kafka" and delivery.active:
         readers = await kafka_readers(session, delivery.receiver_type)
         others = [o for o in readers if o != delivery.organisation]
@@ -87,10 +94,11 @@ async def set_receiver_delivery(
                 f"{delivery.topic_name} is already read by {others[0]!r}, and a second reader would read "
                 f"its handovers; give {delivery.organisation!r} a webhook (--webhook URL)"
             )
-        if not topic_emptied and delivery.organisation not in readers:
+        if delivery.organisation not in readers:
             held = await others_on_topic(session, delivery)
-            if held:
+            if held and not topic_emptied:
                 raise TopicHoldsOthers(delivery, held)
+            overridden = sorted(held)
     values = {
         "receiver_type": delivery.receiver_type.value,
         "mode": delivery.mode,
@@ -110,6 +118,13 @@ async def set_receiver_delivery(
         )
     else:
         await session.execute(insert(table).values(organisation=delivery.organisation, **values))
+    where = delivery.topic_name if delivery.mode == "kafka" else delivery.url
+    objects: dict[str, Any] = {"organisation": delivery.organisation, "type": delivery.receiver_type.value}
+    objects |= {"mode": delivery.mode, "to": where, "active": delivery.active}
+    if overridden:  # the hub's record said the topic may still hold theirs
+        objects["topic_emptied_for"] = overridden
+    entry = AuditEntry(action="receiver.delivery_set", user=user, objects=objects)
+    await write_audit(session, entry, transaction_id=None, system=SYSTEM)
 
 
 async def receiver_delivery(session: AsyncSession, organisation: str) -> ReceiverDelivery | None:

@@ -135,9 +135,22 @@ async def test_a_topic_with_another_organisations_recent_records_is_refused_unti
     async with store.read() as session:
         assert await receiver_delivery(session, OOST) is None
     async with store.transaction() as session:
-        await set_receiver_delivery(session, oost, topic_emptied=True)
+        await set_receiver_delivery(session, oost, topic_emptied=True, user="cli:olaf")
     async with store.read() as session:
         assert await kafka_readers(session, ReceiverType.JONGERENWERK) == [OOST]
+        query = select(audit_log.c.user, audit_log.c.objects).where(
+            audit_log.c.action == "receiver.delivery_set"
+        )
+        set_ = [(r.user, r.objects) for r in await session.execute(query.order_by(audit_log.c.id))]
+    assert [o["mode"] for _, o in set_] == ["kafka", "webhook", "kafka"]  # West twice, then Oost
+    assert set_[-1] == (
+        "cli:olaf",
+        {
+            "organisation": OOST, "type": "JONGERENWERK", "mode": "kafka", "to": TOPIC,
+            "active": True, "topic_emptied_for": [WEST],
+        },
+    )  # fmt: skip
+    assert "topic_emptied_for" not in set_[0][1] and "secret" not in str(set_)
 
 
 async def test_a_topic_free_of_other_organisations_records_is_taken(store: Store) -> None:
