@@ -65,6 +65,7 @@ class ReplayJob:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     stopping: bool = field(default=False, repr=False)  # asked to stop: its task stops at its next batch
     storing: bool = field(default=False, repr=False)  # in a store transaction: see stop()
+    store_entries: int = field(default=0, repr=False)  # transactions entered: which one a stop waits for
 
     def stop(self) -> None:
         """Stop the job (its process stops, or Ctrl-C): its task is cancelled, and should the
@@ -74,23 +75,25 @@ class ReplayJob:
         In a store transaction it is not cancelled: a cancellation in the middle of a statement left
         the pool a connection it could not reset, and SQLAlchemy logged that over the command's own
         words. The job rolls its batch back at its next letter instead, and is cancelled only should
-        the transaction still be open after `STOP_GRACE_S` (a store that hangs)."""
+        that same transaction still be open after `STOP_GRACE_S` (a store that hangs): not the
+        writing of the job's end that follows the rollback."""
         self.stopping = True
         if self.task is None or self.task.done():
             return
         if self.storing:
-            self.task.get_loop().call_later(STOP_GRACE_S, self._cancel_if_storing)
+            self.task.get_loop().call_later(STOP_GRACE_S, self._cancel_if_storing, self.store_entries)
         else:
             self.task.cancel()
 
-    def _cancel_if_storing(self) -> None:
-        if self.task is not None and not self.task.done() and self.storing:
+    def _cancel_if_storing(self, entry: int) -> None:
+        if self.task is not None and not self.task.done() and self.storing and self.store_entries == entry:
             self.task.cancel()
 
     @contextlib.contextmanager
     def in_store(self) -> Iterator[None]:
         """The job's task in a store transaction: a stop waits for the job to roll it back."""
         self.storing = True
+        self.store_entries += 1
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.tables import dlq_actions, dlq_replay_jobs
 from hub.spine.dlq import DLQ_TOPIC
 from hub.store import Store
+from hub.store.tables import outbox
 from schemas.envelope import utcnow
 from tests.helpers.kafka import wait_for
 
@@ -324,6 +325,72 @@ async def test_a_job_stopped_in_a_transaction_that_hangs_is_cancelled_after_a_gr
             await asyncio.wait_for(job.task, 10)
         assert held.cancelled_inside and not held.release.is_set()
         assert (job.state, job.error) == ("abandoned", STOPPED)
+
+
+async def test_a_job_stopped_after_a_letter_of_its_batch_rolls_the_whole_batch_back(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped with one letter of three replayed in the batch's transaction: none of it stays."""
+    jobs: list[ReplayJob] = []
+    replay_one = DeadLetters._replay_one
+
+    async def then_stop(self: DeadLetters, *args: Any) -> bool:
+        queued = await replay_one(self, *args)
+        jobs[0].stop()  # Ctrl-C, with the first letter replayed and the batch's transaction open
+        return queued
+
+    monkeypatch.setattr(DeadLetters, "_replay_one", then_stop)
+    async with job_on(db_url, ArmedStore) as (_store, dead_letters, job):
+        jobs.append(job)
+        assert job.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        assert (job.state, job.error, job.done) == ("abandoned", STOPPED, 0)
+        seen = await dead_letters.job(job.id)
+        assert seen is not None and (seen.state, seen.done) == ("abandoned", 0)
+    async with store.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(dlq_actions)) == 0
+        assert await conn.scalar(select(func.count()).select_from(outbox)) == 0
+
+
+class SlowEnd(HeldInTransaction):
+    """Held as `HeldInTransaction`; the transaction after it (the job writing its end) is slow too."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.slow, self.cancelled_later = False, False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        slow = self.slow
+        self.slow = self.armed  # the one after the held one is slow
+        async with super().transaction() as session:
+            if slow:
+                try:
+                    await asyncio.sleep(0.6)
+                except asyncio.CancelledError:
+                    self.cancelled_later = True
+                    raise
+            yield session
+
+
+async def test_the_grace_after_a_stop_does_not_cut_off_the_writing_of_the_jobs_end(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace's cancel came while the job, its batch rolled back, wrote its end on a slow store:
+    the end was never written (the job showed running until stale)."""
+    monkeypatch.setattr(dlq_jobs, "STOP_GRACE_S", 0.3)
+    async with job_on(db_url, SlowEnd) as (slow, dead_letters, job):
+        await wait_for(slow.inside.is_set)
+        job.stop()
+        await asyncio.sleep(0.1)
+        slow.release.set()  # the batch rolls back at once; its end takes 0.6 s, past the grace
+        assert job.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(job.task, 10)
+        assert not slow.cancelled_inside and not slow.cancelled_later
+        seen = await dead_letters.job(job.id)
+        assert seen is not None and (seen.state, seen.error) == ("abandoned", STOPPED)
 
 
 async def test_finished_jobs_are_kept_their_term_and_then_forgotten(store: Store, db_url: str) -> None:
