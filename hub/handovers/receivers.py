@@ -118,7 +118,8 @@ async def set_receiver_delivery(
         )
     else:
         await session.execute(insert(table).values(organisation=delivery.organisation, **values))
-    where = delivery.topic_name if delivery.mode == "kafka" else delivery.url
+    # A webhook by its scheme and host: a token in its path or query would stay in the audit log
+    where = delivery.topic_name if delivery.mode == "kafka" else _origin(delivery.url or "")
     objects: dict[str, Any] = {"organisation": delivery.organisation, "type": delivery.receiver_type.value}
     objects |= {"mode": delivery.mode, "to": where, "active": delivery.active}
     if overridden:  # the hub's record said the topic may still hold theirs
@@ -139,3 +140,9 @@ async def receiver_delivery(session: AsyncSession, organisation: str) -> Receive
     return ReceiverDelivery(
         row.organisation, ReceiverType(row.receiver_type), row.mode, row.url, row.secret, True
     )
+
+
+def _origin(url: str) -> str:
+    """`https://host[:port]` of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"

@@ -5,7 +5,7 @@ the handovers or withdrawal notices the hub put there for another (rule 9)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +26,7 @@ ON_TOPIC_ACTIONS = ("handover.disclosed", "handover.withdrawal_told")
 # A record past its retention goes at the broker's next check (log.retention.check.interval.ms, 5
 # minutes by default), not at once; the margin covers that.
 DELETION_MARGIN = timedelta(hours=1)
+RELEASED = "outbox.released"  # an operator released a parked outbox row (hub.ops.parked)
 QUEUED_SLACK = timedelta(hours=1)  # how much before its outbox row, in one transaction, an audit entry is
 
 
@@ -83,14 +84,16 @@ async def others_on_topic(
     goes later: it counts as going now, however long ago it was queued."""
     now = now or utcnow()
     queued = await _in_outbox(session, delivery.topic_name)
-    since = now - topic_keeps(delivery.receiver_type)
+    released = await _released(session, delivery.topic_name, now - topic_keeps(delivery.receiver_type))
+    since: datetime | None = now - topic_keeps(delivery.receiver_type)
     if queued:  # its audit entry was written in the transaction that queued it
-        since = min(since, min(created for created, _ in queued.values()) - QUEUED_SLACK)
-    found = await session.execute(
-        select(audit_log.c.at, audit_log.c.objects).where(
-            audit_log.c.action.in_(ON_TOPIC_ACTIONS), audit_log.c.at >= since
+        since = min(
+            now - topic_keeps(delivery.receiver_type), *(c - QUEUED_SLACK for c, _ in queued.values())
         )
-    )
+    if released:  # queued who knows how long before: every entry is looked at
+        since = None
+    query = select(audit_log.c.at, audit_log.c.objects).where(audit_log.c.action.in_(ON_TOPIC_ACTIONS))
+    found = await session.execute(query if since is None else query.where(audit_log.c.at >= since))
     sent = [
         (aware(r.at), o)
         for r in found
@@ -114,13 +117,26 @@ async def others_on_topic(
     for at, o in sent:
         if ours not in (type_of.get(str(o.get("handover_id"))), setting_of.get(o["receiver"])):
             continue
-        went = at
+        went = max(at, released.get(o.get("message_id"), at))  # a parked one went once released
         if (message_id := o.get("message_id")) in queued:
             sent_at = queued[message_id][1]
             went = now if sent_at is None else max(at, sent_at)
         if went + keeps > now:
             last[o["receiver"]] = max(went, last.get(o["receiver"], went))
     return last
+
+
+async def _released(session: AsyncSession, topic_name: str, since: datetime) -> dict[Any, datetime]:
+    """Messages of the topic released from the parked outbox since `since`, by message id: each went
+    on the topic after its release, however long before it was queued (hub.ops.parked)."""
+    query = select(audit_log.c.at, audit_log.c.objects).where(
+        audit_log.c.action == RELEASED, audit_log.c.at >= since
+    )
+    return {
+        o.get("message_id"): aware(r.at)
+        for r in await session.execute(query)
+        if str((o := r.objects or {}).get("topic", "")).endswith(topic_name)
+    }
 
 
 async def _in_outbox(session: AsyncSession, topic_name: str) -> dict[str, tuple[datetime, datetime | None]]:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import insert, select, text
 from typer.testing import CliRunner
 
+from hub.audit import AuditEntry, write_audit
 from hub.cli import app
 from hub.handovers import topic_others
 from hub.handovers.delivery_state import record_delivered
@@ -104,7 +105,7 @@ async def _move_west_to_a_webhook(store: Store) -> None:
         await set_receiver_delivery(session, ReceiverDelivery(WEST, ReceiverType.JONGERENWERK, "kafka"))
     async with store.transaction() as session:
         hook = ReceiverDelivery(
-            WEST, ReceiverType.JONGERENWERK, "webhook", "https://west.example.nl/", "s" * 32
+            WEST, ReceiverType.JONGERENWERK, "webhook", "https://west.example.nl/in?token=t0k3n", "s" * 32
         )
         await set_receiver_delivery(session, hook)
 
@@ -151,6 +152,7 @@ async def test_a_topic_with_another_organisations_recent_records_is_refused_unti
         },
     )  # fmt: skip
     assert "topic_emptied_for" not in set_[0][1] and "secret" not in str(set_)
+    assert set_[1][1]["to"] == "https://west.example.nl"  # a webhook by its origin, no path or query
 
 
 async def test_a_topic_free_of_other_organisations_records_is_taken(store: Store) -> None:
@@ -195,6 +197,28 @@ async def test_a_record_still_in_the_outbox_counts_as_going_now(store: Store) ->
             await set_receiver_delivery(session, ReceiverDelivery(OOST, ReceiverType.JONGERENWERK, "kafka"))
     assert isinstance(refused.value, topic_others.TopicHoldsOthers)
     assert refused.value.until >= before + timedelta(days=7)
+
+
+async def test_a_parked_record_released_later_counts_from_its_release(store: Store) -> None:
+    """A handover parked (too large) 10 days ago and released 2 days ago went on the topic then: its
+    sent row purged an hour later, the check read only its queue time and let Oost read it."""
+    await _move_west_to_a_webhook(store)
+    await _went_on_topic(store, WEST, days_ago=10)
+    async with store.read() as session:
+        query = select(audit_log.c.objects).where(audit_log.c.action == "handover.disclosed")
+        objects = (await session.execute(query)).scalar_one()
+    released = utcnow() - timedelta(days=2)
+    entry = AuditEntry(
+        action="outbox.released", user="olaf",
+        objects={"topic": f"tx.{TOPIC}", "message_id": objects["message_id"], "parked_id": 1},
+    )  # fmt: skip
+    async with store.transaction() as session:
+        with patch("hub.audit.utcnow", return_value=released):
+            await write_audit(session, entry, transaction_id=None, system="ketenhub-ops")
+    with pytest.raises(topic_others.TopicHoldsOthers) as refused:
+        async with store.transaction() as session:
+            await set_receiver_delivery(session, ReceiverDelivery(OOST, ReceiverType.JONGERENWERK, "kafka"))
+    assert refused.value.kept == {WEST: released + timedelta(days=7, hours=1)}
 
 
 def test_cli_refuses_the_move_until_the_topic_is_emptied(tmp_path: Path) -> None:
