@@ -354,11 +354,13 @@ async def test_a_job_stopped_after_a_letter_of_its_batch_rolls_the_whole_batch_b
 
 
 class SlowEnd(HeldInTransaction):
-    """Held as `HeldInTransaction`; the transaction after it (the job writing its end) is slow too."""
+    """Held as `HeldInTransaction`; the transaction after it (the job writing its end) lasts until
+    the stop's grace has run out (`grace_over`), as on a slow store."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.slow, self.cancelled_later = False, False
+        self.grace_over = asyncio.Event()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
@@ -367,7 +369,7 @@ class SlowEnd(HeldInTransaction):
         async with super().transaction() as session:
             if slow:
                 try:
-                    await asyncio.sleep(0.6)
+                    await self.grace_over.wait()  # the test's own wait_for bounds it
                 except asyncio.CancelledError:
                     self.cancelled_later = True
                     raise
@@ -380,14 +382,23 @@ async def test_the_grace_after_a_stop_does_not_cut_off_the_writing_of_the_jobs_e
     """The grace's cancel came while the job, its batch rolled back, wrote its end on a slow store:
     the end was never written (the job showed running until stale)."""
     monkeypatch.setattr(dlq_jobs, "STOP_GRACE_S", 0.3)
+    slows: list[SlowEnd] = []
+    grace_ends = ReplayJob._cancel_if_storing
+
+    def grace_ran_out(self: ReplayJob, entry: int) -> None:
+        grace_ends(self, entry)
+        slows[0].grace_over.set()
+
+    monkeypatch.setattr(ReplayJob, "_cancel_if_storing", grace_ran_out)
     async with job_on(db_url, SlowEnd) as (slow, dead_letters, job):
+        slows.append(slow)
         await wait_for(slow.inside.is_set)
         job.stop()
-        await asyncio.sleep(0.1)
-        slow.release.set()  # the batch rolls back at once; its end takes 0.6 s, past the grace
+        slow.release.set()  # the batch rolls back at once; its end lasts until the grace is over
         assert job.task is not None
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(job.task, 10)
+        assert slow.grace_over.is_set()  # the end was being written when the grace ran out
         assert not slow.cancelled_inside and not slow.cancelled_later
         seen = await dead_letters.job(job.id)
         assert seen is not None and (seen.state, seen.error) == ("abandoned", STOPPED)
