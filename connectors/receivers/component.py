@@ -190,4 +190,4 @@ async def _to_topic(hub: Hub, tx: Tx, target: ReceiverDelivery, message: Envelop
     # keyed by the receiver's reference: per-youth order holds, and the youth key stays in the hub
     outgoing = for_receiver(message, secret)
     await tx.emit(hub.topic(target.topic_name), outgoing, key=str(outgoing.payload[YOUTH_REF]))
-    await record_delivered(tx.session, message, channel="kafka")
+    await record_delivered(tx.session, message, channel="kafka", topic=target.topic_name)

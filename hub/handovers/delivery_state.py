@@ -221,9 +221,13 @@ async def record_attempt(session: AsyncSession, message: Envelope) -> None:
     )
 
 
-async def record_delivered(session: AsyncSession, message: Envelope, *, channel: str) -> None:
+async def record_delivered(
+    session: AsyncSession, message: Envelope, *, channel: str, topic: str | None = None
+) -> None:
     """The receiver has it: stamp the handover and write the disclosure to the audit log (rule 18).
-    A handover whose delivery was given up before (a replayed dead letter) loses that mark."""
+    A handover whose delivery was given up before (a replayed dead letter) loses that mark. A record
+    put on a receivers' topic names it (`topic`, without the deployment's prefix): who may take the
+    topic later depends on whose records went there (hub.handovers.topic_others)."""
     p: dict[str, Any] = message.payload
     handover_id = as_code(p.get("handover_id"))
     row = None
@@ -245,6 +249,8 @@ async def record_delivered(session: AsyncSession, message: Envelope, *, channel:
         }
     else:
         action, objects = "handover.withdrawal_told", {"reason": p.get("reason")}
+    if topic is not None:
+        objects["topic"] = topic
     await _audit(session, action, row.from_caseworker, row, message, channel=channel, **objects)
 
 

@@ -77,9 +77,10 @@ async def others_on_topic(
     """The organisations other than `delivery`'s whose handovers or withdrawal notices the hub may
     have on `delivery`'s topic still, each with the time its last one went there.
 
-    The audit log says what went out on Kafka and to whom (`ON_TOPIC_ACTIONS`, channel "kafka"); the
-    handover says its type, and so its topic, as does the organisation's setting now (the topic is
-    the one of the setting when it went: either may have changed since, so both count). A record
+    The audit log says what went out on Kafka, to whom and on which topic (`ON_TOPIC_ACTIONS`,
+    channel "kafka", `topic`). An entry written before entries named their topic is matched by the
+    handover's type, and so its topic, and by the organisation's setting now (the topic is the one of
+    the setting when it went: either may have changed since, so both count). A record
     the outbox still holds went on the topic when it was sent, and one still waiting (or parked)
     goes later: it counts as going now, however long ago it was queued."""
     now = now or utcnow()
@@ -115,7 +116,10 @@ async def others_on_topic(
     ours, keeps = delivery.receiver_type.value, topic_keeps(delivery.receiver_type)
     last: dict[str, datetime] = {}
     for at, o in sent:
-        if ours not in (type_of.get(str(o.get("handover_id"))), setting_of.get(o["receiver"])):
+        if "topic" in o:
+            if o["topic"] != delivery.topic_name:
+                continue
+        elif ours not in (type_of.get(str(o.get("handover_id"))), setting_of.get(o["receiver"])):
             continue
         went = max(at, released.get(o.get("message_id"), at))  # a parked one went once released
         if (message_id := o.get("message_id")) in queued:

@@ -849,6 +849,18 @@ async def test_each_receiver_gets_a_youth_ref_of_its_own_and_never_the_youth_key
         await wait_for(all_told)
         disclosed = await w.audit("handover.disclosed")
         assert len(disclosed) == 4 and {a.youth_key for a in disclosed} == {key}
+        # what went on a receivers' topic names it: who may read that topic later depends on it
+        told = await w.audit("handover.withdrawal_told")
+        on_topic = sorted(
+            (a.action, a.objects.get("topic")) for a in [*disclosed, *told] if a.objects["channel"] == "kafka"
+        )
+        assert on_topic == [
+            ("handover.disclosed", "handover.outbound.jeugdhulp.v1"),
+            ("handover.withdrawal_told", "handover.outbound.jeugdhulp.v1"),
+        ]
+        assert not [
+            a for a in [*disclosed, *told] if a.objects["channel"] == "webhook" and "topic" in a.objects
+        ]
 
 
 async def _waiting(w: World, handover_id: str) -> bool:

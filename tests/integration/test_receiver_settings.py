@@ -78,9 +78,11 @@ async def _went_on_topic(
     kind: str = HANDOVER,
     channel: str = "kafka",
     receiver_type: ReceiverType = ReceiverType.JONGERENWERK,
+    topic: str | None = None,
 ) -> datetime:
     """A handover (or its withdrawal notice) to `organisation` as the hub records it when it goes,
-    `record_delivered`, `days_ago`; when it went."""
+    `record_delivered`, `days_ago`; when it went. Without `topic`, an entry as written before entries
+    named the topic they went on."""
     handover_id, now = str(uuid.uuid4()), utcnow()
     message = Envelope(type=kind, payload={"handover_id": handover_id, "receiver_organisation": organisation})
     went = now - timedelta(days=days_ago)
@@ -95,7 +97,7 @@ async def _went_on_topic(
             )
         )  # fmt: skip
         with patch("hub.audit.utcnow", return_value=went):  # the audit log takes no later change
-            await record_delivered(session, message, channel=channel)
+            await record_delivered(session, message, channel=channel, topic=topic)
     return went
 
 
@@ -173,6 +175,24 @@ async def test_a_topic_free_of_other_organisations_records_is_taken(store: Store
         await set_receiver_delivery(session, ReceiverDelivery(OOST, ReceiverType.JONGERENWERK, "kafka"))
     async with store.read() as session:
         assert await kafka_readers(session, ReceiverType.JONGERENWERK) == [OOST]
+
+
+async def test_records_that_name_their_topic_count_on_that_topic_whatever_their_type(store: Store) -> None:
+    """West, set up as a wijkteam then, got a jongerenwerk handover on the wijkteam topic, and a
+    wijkteam one on this topic, with their settings changed in between: matched by type and setting,
+    the first counted here and the second not; the topic the entry names decides."""
+    await _move_west_to_a_webhook(store)
+    wijkteam_topic = "handover.outbound.wijkteam.v1"
+    await _went_on_topic(store, WEST, days_ago=1, topic=wijkteam_topic)  # a jongerenwerk handover
+    here = await _went_on_topic(store, WEST, days_ago=2, receiver_type=ReceiverType.WIJKTEAM, topic=TOPIC)
+    with pytest.raises(topic_others.TopicHoldsOthers) as refused:
+        async with store.transaction() as session:
+            await set_receiver_delivery(session, ReceiverDelivery(OOST, ReceiverType.JONGERENWERK, "kafka"))
+    assert refused.value.kept == {WEST: here + timedelta(days=7, hours=1)}
+    async with store.read() as session:
+        objects = [r.objects for r in await session.execute(select(audit_log.c.objects).where(
+            audit_log.c.action == "handover.disclosed"))]  # fmt: skip
+    assert sorted(o["topic"] for o in objects) == [TOPIC, wijkteam_topic]
 
 
 async def test_a_record_still_in_the_outbox_counts_as_going_now(store: Store) -> None:
