@@ -31,6 +31,13 @@ T = TypeVar("T")
 app = typer.Typer(help="Register partners and manage their API keys.", no_args_is_help=True)
 
 
+def _user() -> str:
+    """Who acts, for the audit log: "cli:" and the operating-system user, as the ops commands say."""
+    from hub.ops.cli import USER
+
+    return USER
+
+
 def _in_store(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     from hub.store import Store
 
@@ -80,8 +87,12 @@ def add(
         raise typer.Exit(2)
 
     async def register(session: AsyncSession) -> tuple[Partner, str, SourceSet | None]:
-        partner, key = await add_partner(session, name, type_)
-        claimed = await set_kafka_source(session, name, kafka_source) if kafka_source is not None else None
+        partner, key = await add_partner(session, name, type_, user=_user())
+        claimed = (
+            await set_kafka_source(session, name, kafka_source, user=_user())
+            if kafka_source is not None
+            else None
+        )
         return partner, key, claimed
 
     partner, key, claimed = _in_store(register)
@@ -95,7 +106,7 @@ def add(
 @app.command("rotate-key")
 def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
     """Give a partner a new API key and print it once; the old key stops working within 5 s."""
-    partner, key = _in_store(lambda s: rotate_key(s, name.strip()))
+    partner, key = _in_store(lambda s: rotate_key(s, name.strip(), user=_user()))
     typer.echo(
         f"partner {partner.name}: new API key (shown once; the old key stops working within"
         " KETENHUB_HTTP__KEY_CACHE_S, 5 s by default):"
@@ -106,14 +117,14 @@ def rotate(name: Annotated[str, typer.Argument(help="the partner's name")]) -> N
 @app.command("disable")
 def disable(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
     """Revoke a partner: its API key stops working within 5 s (KETENHUB_HTTP__KEY_CACHE_S); audited."""
-    partner = _in_store(lambda s: set_active(s, name.strip(), False))
+    partner = _in_store(lambda s: set_active(s, name.strip(), False, user=_user()))
     typer.echo(f"partner {partner.name} disabled: its key is refused (401) within KETENHUB_HTTP__KEY_CACHE_S")
 
 
 @app.command("enable")
 def enable(name: Annotated[str, typer.Argument(help="the partner's name")]) -> None:
     """Let a disabled partner in again with the key it had (rotate it if it may have leaked); audited."""
-    partner = _in_store(lambda s: set_active(s, name.strip(), True))
+    partner = _in_store(lambda s: set_active(s, name.strip(), True, user=_user()))
     typer.echo(f"partner {partner.name} enabled")
 
 
@@ -139,7 +150,7 @@ def set_source(
     if (source is None) == (not none):
         typer.echo("ketenhub: give exactly one of SOURCE or --none", err=True)
         raise typer.Exit(2)
-    done = _in_store(lambda s: set_kafka_source(s, name.strip(), source))
+    done = _in_store(lambda s: set_kafka_source(s, name.strip(), source, user=_user()))
     if done.partner.kafka_source is None:
         was = f" (was {done.previous})" if done.previous else ""
         typer.echo(f"partner {done.partner.name} speaks for no Kafka connector{was}")
@@ -234,7 +245,7 @@ def delivery(
             raise typer.Exit(2) from None
     chosen = ReceiverDelivery(organisation.strip(), type_, "webhook" if webhook else "kafka", webhook, secret)
     try:
-        _in_store(lambda s: set_receiver_delivery(s, chosen, topic_emptied=topic_emptied))
+        _in_store(lambda s: set_receiver_delivery(s, chosen, topic_emptied=topic_emptied, user=_user()))
     except TopicTaken as exc:
         typer.echo(f"ketenhub: --kafka: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -9,17 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from hub.partners.registry import authenticate
 from hub.store import Store
+from hub.store.tables import audit_log
 
 pytestmark = pytest.mark.e2e
 KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
 
 
-def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(url: str, *args: str, os_user: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
     env["KETENHUB_DATABASE__URL"] = url
+    if os_user is not None:  # the login name getpass reads first
+        env["LOGNAME"] = os_user
     return subprocess.run(
         [KETENHUB, "partners", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -67,6 +71,38 @@ def test_add_list_and_rotate(tmp_path: Path) -> None:
     assert _run(url, "list").stdout.strip().splitlines()[1].split()[-1] == "no"
     assert _run(url, "enable", "politie-den-haag").returncode == 0 and _works(url, new_key)
     assert _run(url, "disable", "nobody").returncode == 1
+
+
+def test_every_change_is_audited_under_the_operating_system_user(tmp_path: Path) -> None:
+    """The partner commands audited their changes as "cli", whoever ran them; the ops commands say
+    "cli:<user>". Now every partner change names its operator as well."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    steps = [
+        ("add", "--name", "boa-den-haag", "--type", "boa", "--kafka-source", "connector-boa"),
+        ("rotate-key", "boa-den-haag"),
+        ("disable", "boa-den-haag"),
+        ("enable", "boa-den-haag"),
+        ("set-kafka-source", "boa-den-haag", "--none"),
+        ("delivery", "Wijkteam Centrum", "--type", "wijkteam", "--kafka"),
+    ]
+    for step in steps:
+        done = _run(url, *step, os_user="olaf")
+        assert done.returncode == 0, (step, done.stderr)
+
+    async def audited() -> list[tuple[str, str]]:
+        store = Store(url)
+        try:
+            async with store.read() as session:
+                rows = await session.execute(
+                    select(audit_log.c.action, audit_log.c.user).order_by(audit_log.c.id)
+                )
+                return [(r.action, r.user) for r in rows]
+        finally:
+            await store.close()
+
+    rows = asyncio.run(audited())
+    assert len(rows) >= len(steps) and "receiver.delivery_set" in {a for a, _ in rows}, rows
+    assert {u for _, u in rows} == {"cli:olaf"}, rows
 
 
 def test_receiver_delivery_by_webhook_or_topic(tmp_path: Path) -> None:
