@@ -80,6 +80,7 @@ class RetryLadder(ParkingLot):
         self.hooks = Hooks(delivery, metrics, ladder=name, partner=partner)
         metrics.postponed.labels(name)  # from 0, so that the first one is an increase too
         self._wake = asyncio.Event()
+        self._messages = {}
         self._slots = asyncio.Semaphore(concurrency)
         self.leases = Leases(store, clock, lease_s)
         # For the console's connector lines (DESIGN: last success, last error), in this process.
@@ -134,36 +135,52 @@ class RetryLadder(ParkingLot):
         self._wake.set()
 
     async def _attempt(self, message: Envelope, *, in_place: bool = True) -> None:
-        """One rung of the ladder: a call, plus quick retries in place on the first rung only."""
+        """One rung of the ladder: a call, plus quick retries in place on the first rung only.
 
-        def quick(exc: BaseException) -> bool:
-            wait = getattr(exc, "retry_after", None) or 0
-            return isinstance(exc, TransientError) and wait <= self.policy.in_place_max_wait_s
-
+        The quick retries are tenacity's; a first call that is answered (nearly every one) is made
+        without it: tenacity's loop, its state and its callbacks cost more than a local call."""
+        attempts = self.policy.in_place_attempts if in_place else 1
+        try:
+            await self._call(message)
+            return
+        except Exception as exc:
+            if attempts < 2 or not self._quick(exc):
+                raise
+            wait = self._wait_after(1, exc)
+        await asyncio.sleep(wait)
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.policy.in_place_attempts if in_place else 1),
+            stop=stop_after_attempt(attempts - 1),
             wait=self._in_place_wait,
-            retry=retry_if_exception(quick),
+            retry=retry_if_exception(self._quick),
             reraise=True,
         ):
             with attempt:
-                try:
-                    await self.delivery.deliver(message)
-                except TransientError as exc:
-                    self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
-                    self._failed(exc)
-                    raise
-                except Exception as exc:
-                    if store_failed(exc):  # the hub's own store, read on the way: not the partner's
-                        self.metrics.delivery_attempts.labels(self.partner, "store").inc()
-                        failure = StoreFailed(f"the hub's store failed: {safe_error_message(exc)}")
-                        self._failed(failure)
-                        raise failure from exc
-                    self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
-                    self._failed(exc)
-                    raise
-                self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
-                self.last_success = self.clock()
+                await self._call(message)
+
+    def _quick(self, exc: BaseException) -> bool:
+        """Retried in place: a transient failure whose partner asks for no longer a wait than allowed."""
+        wait = getattr(exc, "retry_after", None) or 0
+        return isinstance(exc, TransientError) and wait <= self.policy.in_place_max_wait_s
+
+    async def _call(self, message: Envelope) -> None:
+        """The connector's call, counted, its failure kept for the console."""
+        try:
+            await self.delivery.deliver(message)
+        except TransientError as exc:
+            self.metrics.delivery_attempts.labels(self.partner, "transient").inc()
+            self._failed(exc)
+            raise
+        except Exception as exc:
+            if store_failed(exc):  # the hub's own store, read on the way: not the partner's
+                self.metrics.delivery_attempts.labels(self.partner, "store").inc()
+                failure = StoreFailed(f"the hub's store failed: {safe_error_message(exc)}")
+                self._failed(failure)
+                raise failure from exc
+            self.metrics.delivery_attempts.labels(self.partner, "permanent").inc()
+            self._failed(exc)
+            raise
+        self.metrics.delivery_attempts.labels(self.partner, "ok").inc()
+        self.last_success = self.clock()
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error, self.last_error_at = safe_error_message(exc)[:300], self.clock()
@@ -178,10 +195,13 @@ class RetryLadder(ParkingLot):
         }
 
     def _in_place_wait(self, state: RetryCallState) -> float:
-        """The policy's quick wait, or longer when the partner's Retry-After asks for it."""
-        wait = self.policy.in_place_delay(state.attempt_number)
+        """Tenacity's wait after its attempt n, the ladder's attempt n + 1 (the first was made before)."""
         exc = state.outcome.exception() if state.outcome is not None else None
-        return max(wait, getattr(exc, "retry_after", None) or 0.0)
+        return self._wait_after(state.attempt_number + 1, exc)
+
+    def _wait_after(self, attempt: int, exc: BaseException | None) -> float:
+        """The policy's quick wait after `attempt`, or longer when the partner's Retry-After asks."""
+        return max(self.policy.in_place_delay(attempt), getattr(exc, "retry_after", None) or 0.0)
 
     # -- the scheduler's side -----------------------------------------------------------------
     def _first_in_line(self) -> Any:
@@ -248,7 +268,7 @@ class RetryLadder(ParkingLot):
         messages = []
         for row in rows:
             with contextlib.suppress(ValidationError):  # `_record` dead-letters what cannot be read
-                messages.append(Envelope.from_bytes(row.value))
+                messages.append(self._message(row.value))
         try:
             await self.delivery.prepare(messages)
         except Exception as exc:
@@ -313,7 +333,7 @@ class RetryLadder(ParkingLot):
     async def _try(self, row: Any) -> Exception | None:
         """One attempt for a parked row: None when delivered, else the error."""
         try:
-            await self._attempt(Envelope.from_bytes(row.value), in_place=row.attempt == 0)
+            await self._attempt(self._message(row.value), in_place=row.attempt == 0)
         except Exception as exc:
             return exc
         return None

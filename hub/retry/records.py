@@ -29,6 +29,7 @@ from hub.store import Store
 from schemas.envelope import H_TRANSACTION_ID, Envelope
 
 log = get_logger(__name__)
+MESSAGES_KEPT = 1024  # parsed envelopes a ladder keeps (`ParkingLot._message`): a few rounds' worth
 
 
 class _NotAsTaken(Exception):
@@ -50,6 +51,20 @@ class ParkingLot:
     delivery: Delivery
     hooks: Hooks
     _wake: asyncio.Event
+    _messages: dict[bytes, Envelope]  # parsed rows' values, the latest `MESSAGES_KEPT`: `_message`
+
+    def _message(self, value: bytes) -> Envelope:
+        """A row's envelope, parsed once: a round parses its rows for the connector's lookups, for
+        the calls and for their records, and the same bytes give the same (frozen) envelope. The
+        latest `MESSAGES_KEPT` are kept; raises pydantic.ValidationError, as `Envelope.from_bytes`."""
+        value = value if isinstance(value, bytes) else bytes(value)  # a driver's memoryview
+        found = self._messages.get(value)
+        if found is None:
+            found = Envelope.from_bytes(value)
+            if len(self._messages) >= MESSAGES_KEPT:
+                del self._messages[next(iter(self._messages))]
+            self._messages[value] = found
+        return found
 
     def _row(
         self,
@@ -221,7 +236,7 @@ class ParkingLot:
         error, does not undo the postponement."""
         if message is None:
             try:
-                message = Envelope.from_bytes(row.value)
+                message = self._message(row.value)
             except ValidationError:  # dead-lettered as it is at its next try (`_record`)
                 return
         args = (values["attempt"], values["due_at"], values["last_error"])
@@ -244,7 +259,7 @@ class ParkingLot:
                 if not await self._written(session, delete(parked).where(as_taken)):
                     return False
                 try:
-                    message: Envelope | None = Envelope.from_bytes(row.value)
+                    message: Envelope | None = self._message(row.value)
                 except ValidationError:
                     message = None
                 failure = StoreFailed(f"its outcome could not be recorded: {safe_error_message(exc)}")
@@ -354,7 +369,7 @@ class ParkingLot:
                 )
                 if done.rowcount != len(rows):  # type: ignore[attr-defined]
                     raise _NotAsTaken
-                await self.delivery.delivered_many(session, [Envelope.from_bytes(row.value) for row in rows])
+                await self.delivery.delivered_many(session, [self._message(row.value) for row in rows])
         except _NotAsTaken:
             return False
         except Exception as exc:
@@ -375,7 +390,7 @@ class ParkingLot:
         first = self._first_failure(row)
         mine = and_(parked.c.seq == row.seq, parked.c.lease.is_not_distinct_from(row.lease))
         try:
-            message = Envelope.from_bytes(row.value)
+            message = self._message(row.value)
         except ValidationError as exc:  # parked under an older, laxer envelope: it cannot be delivered
             if not await self._written(session, delete(parked).where(mine)):
                 return False
