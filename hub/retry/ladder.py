@@ -233,7 +233,14 @@ class RetryLadder(ParkingLot):
         return tried
 
     async def _round(self, limit: int) -> tuple[int, int]:
-        """One round: (how many due heads were tried here, how many were found due)."""
+        """One round: (how many due heads were tried here, how many were found due). The envelopes
+        it parsed are forgotten when it ends: they may name a youth (`ParkingLot._message`)."""
+        try:
+            return await self._round_of(limit)
+        finally:
+            self._messages.clear()
+
+    async def _round_of(self, limit: int) -> tuple[int, int]:
         async with self.store.connect() as conn:
             seqs = list((await conn.execute(self._due_heads(self.clock(), limit))).scalars())
             if not seqs:

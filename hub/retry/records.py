@@ -29,7 +29,7 @@ from hub.store import Store
 from schemas.envelope import H_TRANSACTION_ID, Envelope
 
 log = get_logger(__name__)
-MESSAGES_KEPT = 1024  # parsed envelopes a ladder keeps (`ParkingLot._message`): a few rounds' worth
+MESSAGES_KEPT = 1024  # parsed envelopes a ladder keeps at most (`ParkingLot._message`): a round's
 
 
 class _NotAsTaken(Exception):
@@ -55,8 +55,9 @@ class ParkingLot:
 
     def _message(self, value: bytes) -> Envelope:
         """A row's envelope, parsed once: a round parses its rows for the connector's lookups, for
-        the calls and for their records, and the same bytes give the same (frozen) envelope. The
-        latest `MESSAGES_KEPT` are kept; raises pydantic.ValidationError, as `Envelope.from_bytes`."""
+        the calls and for their records, and the same bytes give the same (frozen) envelope. Kept
+        till the round ends (`RetryLadder._round`), the latest `MESSAGES_KEPT` at most; raises
+        pydantic.ValidationError, as `Envelope.from_bytes`."""
         value = value if isinstance(value, bytes) else bytes(value)  # a driver's memoryview
         found = self._messages.get(value)
         if found is None:

@@ -411,6 +411,22 @@ class FlakyStore:
                 raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
 
+async def test_a_round_forgets_the_envelopes_it_parsed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A round parses each row once and keeps the envelope for its call and record; kept past the
+    round, a quiet ladder would hold a youth's message in memory until a thousand more came."""
+    partner = FakePartner(transient_failures={"a1": 2})  # parsed by the first round, tried again later
+    hub, ladder = await _start(kafka, db_url, unique, partner)
+    try:
+        await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("a1", "k1")])
+        await wait_for(lambda: partner.calls["a1"] >= 2)  # failed in place, parked
+        await wait_for(lambda: not ladder._messages)
+        assert await ladder.parked_count() == 1
+    finally:
+        await hub.stop()
+
+
 async def test_a_delivery_whose_round_failed_to_commit_is_recorded_by_the_postponement(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
