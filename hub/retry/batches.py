@@ -2,7 +2,7 @@
 
 Each delivery of a round is taken in hand and ends on its own time; a statement for each would cost
 more than the call. So the first request goes at once, and those that come while it is under way go
-together in the next (`Grouped`): a round's first claims in one statement, the outcomes that ended
+together in the next (`Grouped`): a round's claims in one statement, the outcomes that ended
 together in one transaction (`Batches`).
 """
 

@@ -11,11 +11,11 @@ received), like the spine's own dead letters, so that a replay republishes exact
 
 No transaction is held over a partner's call. On SQLite a round's calls run outside one and their
 outcomes are written together after. On PostgreSQL, where several hub processes share the parking
-lot, each message is taken in hand by a lease (hub/retry/lease.py; with the claims that came
-meanwhile, in one statement) and its outcome recorded in a short transaction, with the outcomes that
-came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled connection, however long
-the partner takes. The hub's own store failing on a delivery's way is not the partner's failure: the
-message is put off without using a rung (`policy.put_off`).
+lot, each message is taken in hand by a lease (hub/retry/lease.py; a round's messages in one
+statement, before they wait for a call's slot) and its outcome recorded in a short transaction,
+with the outcomes that came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled
+connection, however long the partner takes. The hub's own store failing on a delivery's way is not
+the partner's failure: the message is put off without using a rung (`policy.put_off`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from schemas.envelope import Envelope, utcnow
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
 MAX_BACKOFF_S = 30.0  # the longest wait after rounds that failed in a row
+GIVE_BACK_S = 2.0  # how long a stopping hub tries to let go of messages it took in hand and never called
 
 
 class RetryLadder(ParkingLot):
@@ -252,13 +253,16 @@ class RetryLadder(ParkingLot):
             return len(rows), len(seqs)
         # every delivery of the round finishes and is recorded before a failure is raised
         claims, batches = Grouped(self.leases.claim_many), Batches(self._record_outcomes)
+        not_called: list[Lease] = []
         try:
             outcomes = await asyncio.gather(
-                *(self._retry_leased(row.seq, claims, batches) for row in rows), return_exceptions=True
+                *(self._retry_leased(row.seq, claims, batches, not_called) for row in rows),
+                return_exceptions=True,
             )
         finally:
             try:
                 await claims.aclose()  # (a claim cancelled as it ran may have taken its rows: leased)
+                await self._give_back(not_called)
             finally:
                 await (
                     batches.aclose()
@@ -281,8 +285,27 @@ class RetryLadder(ParkingLot):
         except Exception as exc:
             log.warning("preparing a round failed", ladder=self.name, error=safe_error_message(exc))
 
+    async def _give_back(self, leases: list[Lease]) -> None:
+        """Rows the stopping hub took in hand and never called, due again at once rather than when
+        their leases would have ended (a crash leaves them that long); best effort, briefly."""
+        if not leases:
+            return
+        try:
+            await asyncio.wait_for(self.leases.give_back(leases), GIVE_BACK_S)
+        except Exception as exc:
+            log.warning(
+                "messages taken in hand and not called stay so until their leases end",
+                ladder=self.name,
+                messages=len(leases),
+                error=safe_error_message(exc),
+            )
+
     async def _retry_leased(
-        self, seq: int, claims: Grouped[int, tuple[Any, Lease] | None], batches: Batches
+        self,
+        seq: int,
+        claims: Grouped[int, tuple[Any, Lease] | None],
+        batches: Batches,
+        not_called: list[Lease],
     ) -> bool:
         """PostgreSQL: one message taken in hand by a lease (hub/retry/lease.py; with the claims that
         came meanwhile: `claims`), its partner called with no transaction open, its outcome recorded
@@ -291,23 +314,32 @@ class RetryLadder(ParkingLot):
         process's. False when another process has it in hand, or moved it on."""
         keeper = None
         try:
-            async with self._slots:  # the calls at once; their records wait apart, the slot free
-                claimed = await claims.submit(seq)  # the store failing: raised, nothing in hand
-                if claimed is None:
-                    return False
-                row, lease = claimed
-                keeper = self.leases.keep(lease)
-                try:
-                    async with keeper.cut_off():
-                        outcome = await self._try(row)
-                except TimeoutError:  # nothing recorded: whoever takes it once the lease ends tries again
-                    self.metrics.delivery_attempts.labels(self.partner, "cut_off").inc()
-                    log.error(
-                        "a delivery was cut off: its lease could not be kept",
-                        ladder=self.name,
-                        message_id=row.message_id,
-                    )
-                    return True
+            # The round's rows are claimed together, in one statement, before they wait for a slot:
+            # claimed slot by slot, a statement took a few rows each time. A row that waits for a
+            # slot keeps its lease (`keep`), as over its call.
+            claimed = await claims.submit(seq)  # the store failing: raised, nothing in hand
+            if claimed is None:
+                return False
+            row, lease = claimed
+            keeper = self.leases.keep(lease)
+            try:
+                await self._slots.acquire()  # the calls at once; their records wait apart, the slot free
+            except asyncio.CancelledError:  # the hub stopping: it never went out (`_give_back`)
+                not_called.append(lease)
+                raise
+            try:
+                async with keeper.cut_off():
+                    outcome = await self._try(row)
+            except TimeoutError:  # nothing recorded: whoever takes it once the lease ends tries again
+                self.metrics.delivery_attempts.labels(self.partner, "cut_off").inc()
+                log.error(
+                    "a delivery was cut off: its lease could not be kept",
+                    ladder=self.name,
+                    message_id=row.message_id,
+                )
+                return True
+            finally:
+                self._slots.release()
             # A crash from here until the record commits leaves the lease standing: the message is
             # due again when it ends, and delivered again (at least once; `deliver` is idempotent).
             await batches.record(row, outcome)

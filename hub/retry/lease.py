@@ -108,6 +108,20 @@ class Leases:
             for seq in seqs
         ]
 
+    async def give_back(self, leases: Sequence[Lease]) -> None:
+        """Let go of rows taken in hand by `leases` and not called: due now, for whichever process
+        looks first. A row no longer in hand by its lease is left alone."""
+        now = self.clock()
+        async with self._autocommit.connect() as conn:
+            await conn.execute(
+                update(parked)
+                .where(
+                    parked.c.seq.in_([lease.seq for lease in leases]),
+                    parked.c.lease.in_({lease.token for lease in leases}),
+                )
+                .values(due_at=now, lease=None)
+            )
+
     def keep(self, lease: Lease) -> Keeper:
         """Renew `lease` from now until the keeper is stopped: over the partner's call (`cut_off`) and
         over the wait for its outcome's record, which must find the lease still this process's."""
