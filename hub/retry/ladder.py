@@ -50,7 +50,49 @@ from schemas.envelope import Envelope, utcnow
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
 MAX_BACKOFF_S = 30.0  # the longest wait after rounds that failed in a row
+WAVE_PER_SLOT = 4  # PostgreSQL: a round's messages taken in hand together, per call at once (`Waves`)
 GIVE_BACK_S = 2.0  # how long a stopping hub tries to let go of messages it took in hand and never called
+
+
+class Waves:
+    """PostgreSQL: a round's rows taken in hand wave by wave, `size` rows at a time: the first at
+    once, the next when every row of the one before has its slot for the call (or has ended). A few
+    claim statements a round, not one a slot; and no more in hand, waiting, than a wave and the calls
+    under way: other processes take the rest of what is due, and a killed process holds back only
+    that much until its leases end."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self.size = max(1, size)
+        count = -(-rows // self.size)
+        self._gates = [asyncio.Event() for _ in range(count)]
+        self._left = [min(self.size, rows - k * self.size) for k in range(count)]
+        if self._gates:
+            self._gates[0].set()
+
+    def of(self, row: int) -> Wave:
+        """The wave of the round's `row`-th row."""
+        return Wave(self, row // self.size)
+
+    def _started(self, k: int) -> None:
+        self._left[k] -= 1
+        if self._left[k] == 0 and k + 1 < len(self._gates):
+            self._gates[k + 1].set()
+
+
+class Wave:
+    """One row's place in its round's `Waves`: `turn` waits for its wave, `started` (once) says the
+    row has its slot, or has ended."""
+
+    def __init__(self, waves: Waves, k: int) -> None:
+        self._waves, self._k, self._started = waves, k, False
+
+    async def turn(self) -> None:
+        await self._waves._gates[self._k].wait()
+
+    def started(self) -> None:
+        if not self._started:
+            self._started = True
+            self._waves._started(self._k)
 
 
 class RetryLadder(ParkingLot):
@@ -83,6 +125,7 @@ class RetryLadder(ParkingLot):
         self._wake = asyncio.Event()
         self._messages = {}
         self._slots = asyncio.Semaphore(concurrency)
+        self._wave = WAVE_PER_SLOT * concurrency
         self.leases = Leases(store, clock, lease_s)
         # For the console's connector lines (DESIGN: last success, last error), in this process.
         self.last_success: datetime | None = None
@@ -254,9 +297,13 @@ class RetryLadder(ParkingLot):
         # every delivery of the round finishes and is recorded before a failure is raised
         claims, batches = Grouped(self.leases.claim_many), Batches(self._record_outcomes)
         not_called: list[Lease] = []
+        waves = Waves(len(rows), self._wave)
         try:
             outcomes = await asyncio.gather(
-                *(self._retry_leased(row.seq, claims, batches, not_called) for row in rows),
+                *(
+                    self._retry_leased(row.seq, claims, batches, not_called, waves.of(i))
+                    for i, row in enumerate(rows)
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -306,6 +353,7 @@ class RetryLadder(ParkingLot):
         claims: Grouped[int, tuple[Any, Lease] | None],
         batches: Batches,
         not_called: list[Lease],
+        wave: Wave,
     ) -> bool:
         """PostgreSQL: one message taken in hand by a lease (hub/retry/lease.py; with the claims that
         came meanwhile: `claims`), its partner called with no transaction open, its outcome recorded
@@ -314,9 +362,11 @@ class RetryLadder(ParkingLot):
         process's. False when another process has it in hand, or moved it on."""
         keeper = None
         try:
-            # The round's rows are claimed together, in one statement, before they wait for a slot:
-            # claimed slot by slot, a statement took a few rows each time. A row that waits for a
-            # slot keeps its lease (`keep`), as over its call.
+            # A wave of the round's rows is claimed together, in one statement, before they wait
+            # for a slot (claimed slot by slot, a statement took a few rows each time); the next
+            # wave once each of this one has its slot. A row that waits for a slot keeps its lease
+            # (`keep`), as over its call.
+            await wave.turn()
             claimed = await claims.submit(seq)  # the store failing: raised, nothing in hand
             if claimed is None:
                 return False
@@ -327,6 +377,7 @@ class RetryLadder(ParkingLot):
             except asyncio.CancelledError:  # the hub stopping: it never went out (`_give_back`)
                 not_called.append(lease)
                 raise
+            wave.started()
             try:
                 async with keeper.cut_off():
                     outcome = await self._try(row)
@@ -345,6 +396,7 @@ class RetryLadder(ParkingLot):
             await batches.record(row, outcome)
             return True
         finally:
+            wave.started()  # (or ended: taken by another process, or failed; once only)
             if keeper is not None:
                 await keeper.stop()
 

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 
 from hub.logging import get_logger
+from hub.retry.batches import Grouped
 from hub.retry.tables import parked
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
@@ -70,6 +71,8 @@ class Leases:
         # A claim and a renewal are one statement each: in a transaction of their own, with no BEGIN
         # and COMMIT sent around them (two round trips fewer for every delivery).
         self._autocommit = store.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # A round's keepers start together and wake together: their renewals in one statement.
+        self._renewals: Grouped[Lease, bool | None] = Grouped(self._renew_many)
 
     @property
     def cutoff_s(self) -> float:
@@ -127,19 +130,37 @@ class Leases:
         over the wait for its outcome's record, which must find the lease still this process's."""
         return Keeper(self, lease)
 
-    async def _renew(self, lease: Lease) -> bool:
+    async def _renew(self, lease: Lease) -> bool | None:
+        """Push `lease`'s end on (True), with the renewals that came beside it in one statement;
+        False when the row is no longer in hand by it; None when it is, but locked (its outcome
+        being recorded, most likely): not renewed this time, as a renewal that waited would not be."""
+        return await self._renewals.submit(lease)
+
+    async def _renew_many(self, leases: Sequence[Lease]) -> list[bool | None]:
+        """A row another transaction locks is skipped, not waited for: one record under way would
+        hold back the renewal of every lease beside it."""
         until = self.clock() + timedelta(seconds=self.lease_s)
+        held = tuple_(parked.c.seq, parked.c.lease).in_([(lease.seq, lease.token) for lease in leases])
+        free = select(parked.c.seq).where(held).with_for_update(skip_locked=True)
         async with self._autocommit.connect() as conn:
-            done = await conn.execute(
+            found = await conn.execute(
                 update(parked)
-                .where(parked.c.seq == lease.seq, parked.c.lease == lease.token)
+                .where(parked.c.seq.in_(free), held)
                 .values(due_at=until)
+                .returning(parked.c.seq, parked.c.lease)
             )
-            renewed = done.rowcount == 1  # read before the connection goes back to the pool
-        if not renewed:
-            return False
-        lease.until = until
-        return True
+            renewed = {(row.seq, row.lease) for row in found}
+            locked: set[tuple[int, str]] = set()
+            if len(renewed) < len(leases):  # locked, or no longer held: a read waits for no lock
+                still = await conn.execute(select(parked.c.seq, parked.c.lease).where(held))
+                locked = {(row.seq, row.lease) for row in still} - renewed
+        result: list[bool | None] = []
+        for lease in leases:
+            pair = (lease.seq, lease.token)
+            if pair in renewed:
+                lease.until = until
+            result.append(True if pair in renewed else None if pair in locked else False)
+        return result
 
 
 class Keeper:
@@ -186,6 +207,8 @@ class Keeper:
                 log.warning(
                     "renewing a delivery's lease failed", seq=lease.seq, error=safe_error_message(exc)
                 )
+                continue
+            if renewed is None:  # locked: tried again at the next turn; the cut-off stays where it is
                 continue
             if not renewed:
                 self.lost = True

@@ -531,5 +531,65 @@ async def test_a_stopping_hub_lets_go_of_the_messages_it_took_in_hand_and_never_
         assert await other.step() == 4
 
 
+@PG
+async def test_a_round_takes_its_messages_in_hand_wave_by_wave(db_url: str) -> None:
+    """Two calls at once: a wave of eight messages in one statement, the next when each of the
+    eight has its slot. Not the whole round at once: another process takes its share of what is
+    due, and a killed process holds back no more than a wave and its calls."""
+    partner = Partner(held={f"m{n}" for n in range(20)})
+    claims: list[str] = []
+    async with _stores(db_url, 1) as (store,):
+
+        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            if statement.startswith("UPDATE retry_parked SET due_at") and "SKIP LOCKED" in statement:
+                claims.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        ladder = _ladder(store, partner.delivery(), concurrency=2)
+        await _queue(ladder, [f"m{n}" for n in range(20)])
+        step = asyncio.create_task(ladder.step())
+        await wait_for(lambda: _holding(partner, 2))
+        async with store.connect() as conn:
+            leased = select(func.count()).select_from(parked).where(parked.c.lease.is_not(None))
+            assert await conn.scalar(leased) == 8 and len(claims) == 1
+        partner.release.set()
+        assert await step == 20
+    assert sorted(partner.recorded) == sorted(f"m{n}" for n in range(20))
+    assert len(claims) == 3  # 8, 8 and 4
+
+
+@PG
+async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str) -> None:
+    """A wave's keepers start together and wake together: one renewal a lease, each its own pooled
+    connection, came in bursts of a wave's size. Those that come together go in one statement; a
+    lease no longer holding its row is not renewed, and says so; one whose row is locked (its outcome
+    being recorded) holds back none of the others, and is not renewed this time."""
+    renewals: list[str] = []
+    async with _stores(db_url, 1) as (store,):
+
+        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            if statement.startswith("UPDATE retry_parked SET due_at"):  # (the claims came before)
+                renewals.append(statement)
+
+        ladder = _ladder(store, Partner().delivery())
+        await _queue(ladder, [f"m{n}" for n in range(6)])
+        async with store.connect() as conn:
+            seqs = list((await conn.execute(select(parked.c.seq).order_by(parked.c.seq))).scalars())
+        taken = await ladder.leases.claim_many(seqs)
+        leases = [t[1] for t in taken if t is not None]
+        assert len(leases) == 6
+        async with store.transaction() as session:  # one taken by another process meanwhile
+            await session.execute(update(parked).where(parked.c.seq == seqs[0]).values(lease="another"))
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        before = [lease.until for lease in leases]
+        async with store.transaction() as recording:  # the last one's outcome being recorded
+            await recording.execute(select(parked.c.seq).where(parked.c.seq == seqs[5]).with_for_update())
+            renewed = await asyncio.wait_for(
+                asyncio.gather(*(ladder.leases._renew(lease) for lease in leases)), 10
+            )
+        assert renewed == [False, True, True, True, True, None] and len(renewals) == 1
+        assert [a.until > b for a, b in zip(leases, before, strict=True)] == [False, *[True] * 4, False]
+
+
 async def _holding(partner: Partner, n: int) -> bool:
     return len(partner.in_hand) >= n
