@@ -11,8 +11,8 @@ received), like the spine's own dead letters, so that a replay republishes exact
 
 No transaction is held over a partner's call. On SQLite a round's calls run outside one and their
 outcomes are written together after. On PostgreSQL, where several hub processes share the parking
-lot, each message is taken in hand by a lease (hub/retry/lease.py; a round's messages in one
-statement, before they wait for a call's slot) and its outcome recorded in a short transaction,
+lot, each message is taken in hand by a lease (hub/retry/lease.py; a wave of a round's messages in
+one statement, before they wait for a call's slot: `Waves`) and its outcome recorded in a short transaction,
 with the outcomes that came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled
 connection, however long the partner takes. The hub's own store failing on a delivery's way is not
 the partner's failure: the message is put off without using a rung (`policy.put_off`).

@@ -478,7 +478,7 @@ async def test_the_claims_that_come_together_take_their_messages_in_one_statemen
     async with _stores(db_url, 1) as (store,):
 
         def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if statement.startswith("UPDATE retry_parked SET due_at") and "SKIP LOCKED" in statement:
+            if _is_claim(statement):
                 claims.append(statement)
 
         event.listen(store.engine.sync_engine, "before_cursor_execute", count)
@@ -508,7 +508,7 @@ async def test_the_claims_that_come_together_take_their_messages_in_one_statemen
 
 @PG
 async def test_a_stopping_hub_lets_go_of_the_messages_it_took_in_hand_and_never_called(db_url: str) -> None:
-    """A round takes all its messages in hand before they wait for a slot; stopped, those never
+    """A round takes a wave of its messages in hand before they wait for a slot; stopped, those never
     called are due again at once, not 30 s later when their leases end. Those called keep theirs:
     the partner may have them."""
     partner = Partner(held={f"m{n}" for n in range(6)})
@@ -541,7 +541,7 @@ async def test_a_round_takes_its_messages_in_hand_wave_by_wave(db_url: str) -> N
     async with _stores(db_url, 1) as (store,):
 
         def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if statement.startswith("UPDATE retry_parked SET due_at") and "SKIP LOCKED" in statement:
+            if _is_claim(statement):
                 claims.append(statement)
 
         event.listen(store.engine.sync_engine, "before_cursor_execute", count)
@@ -568,7 +568,7 @@ async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str)
     async with _stores(db_url, 1) as (store,):
 
         def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if statement.startswith("UPDATE retry_parked SET due_at"):  # (the claims came before)
+            if statement.startswith("UPDATE retry_parked SET due_at") and not _is_claim(statement):
                 renewals.append(statement)
 
         ladder = _ladder(store, Partner().delivery())
@@ -589,6 +589,13 @@ async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str)
             )
         assert renewed == [False, True, True, True, True, None] and len(renewals) == 1
         assert [a.until > b for a, b in zip(leases, before, strict=True)] == [False, *[True] * 4, False]
+
+
+def _is_claim(statement: str) -> bool:
+    """A claim skips locked rows and sets the lease's token (`Leases.claim_many`); a renewal skips
+    them too, but pushes `due_at` on only; a record locks, and sets what it sets."""
+    skips = statement.startswith("UPDATE retry_parked SET due_at") and "SKIP LOCKED" in statement
+    return skips and "lease=" in statement.split(" WHERE ")[0]
 
 
 async def _holding(partner: Partner, n: int) -> bool:
