@@ -3,7 +3,7 @@
 Each delivery of a round is taken in hand and ends on its own time; a statement for each would cost
 more than the call. So the first request goes at once, and those that come while it is under way go
 together in the next (`Grouped`): a round's claims in one statement, the outcomes that ended
-together in one transaction (`Batches`).
+together in one transaction (`Batches`); and a round's rows taken in hand wave by wave (`Waves`).
 """
 
 from __future__ import annotations
@@ -94,3 +94,44 @@ class Batches(Grouped[Outcome, None]):
     async def record(self, row: Any, outcome: Exception | None) -> None:
         """Record one outcome, with whatever others wait beside it."""
         await self.submit((row, outcome))
+
+
+class Waves:
+    """PostgreSQL: a round's rows taken in hand wave by wave, `size` rows at a time: the first at
+    once, the next when every row of the one before has its slot for the call (or has ended). A few
+    claim statements a round, not one a slot; and no more in hand, waiting, than a wave and the calls
+    under way: other processes take the rest of what is due, and a killed process holds back only
+    that much until its leases end."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self.size = max(1, size)
+        count = -(-rows // self.size)
+        self._gates = [asyncio.Event() for _ in range(count)]
+        self._left = [min(self.size, rows - k * self.size) for k in range(count)]
+        if self._gates:
+            self._gates[0].set()
+
+    def of(self, row: int) -> Wave:
+        """The wave of the round's `row`-th row."""
+        return Wave(self, row // self.size)
+
+    def _started(self, k: int) -> None:
+        self._left[k] -= 1
+        if self._left[k] == 0 and k + 1 < len(self._gates):
+            self._gates[k + 1].set()
+
+
+class Wave:
+    """One row's place in its round's `Waves`: `turn` waits for its wave, `started` (once) says the
+    row has its slot, or has ended."""
+
+    def __init__(self, waves: Waves, k: int) -> None:
+        self._waves, self._k, self._started = waves, k, False
+
+    async def turn(self) -> None:
+        await self._waves._gates[self._k].wait()
+
+    def started(self) -> None:
+        if not self._started:
+            self._started = True
+            self._waves._started(self._k)

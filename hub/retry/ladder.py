@@ -12,10 +12,11 @@ received), like the spine's own dead letters, so that a replay republishes exact
 No transaction is held over a partner's call. On SQLite a round's calls run outside one and their
 outcomes are written together after. On PostgreSQL, where several hub processes share the parking
 lot, each message is taken in hand by a lease (hub/retry/lease.py; a wave of a round's messages in
-one statement, before they wait for a call's slot: `Waves`) and its outcome recorded in a short transaction,
-with the outcomes that came meanwhile (hub/retry/batches.py): a delivery in hand holds no pooled
-connection, however long the partner takes. The hub's own store failing on a delivery's way is not
-the partner's failure: the message is put off without using a rung (`policy.put_off`).
+one statement, before they wait for a call's slot: `Waves`) and its outcome recorded in a short
+transaction, with the outcomes that came meanwhile (both in hub/retry/batches.py): a delivery in hand
+holds no pooled connection, however long the partner takes. The hub's own store failing on a
+delivery's way is not the partner's failure: the message is put off without using a rung
+(`policy.put_off`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.retry.batches import Batches, Grouped
+from hub.retry.batches import Batches, Grouped, Wave, Waves
 from hub.retry.delivery import Delivery, Hooks, StoreFailed
 from hub.retry.lease import LEASE_S, Lease, Leases
 from hub.retry.policy import RetryPolicy
@@ -52,47 +53,6 @@ STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to b
 MAX_BACKOFF_S = 30.0  # the longest wait after rounds that failed in a row
 WAVE_PER_SLOT = 4  # PostgreSQL: a round's messages taken in hand together, per call at once (`Waves`)
 GIVE_BACK_S = 2.0  # how long a stopping hub tries to let go of messages it took in hand and never called
-
-
-class Waves:
-    """PostgreSQL: a round's rows taken in hand wave by wave, `size` rows at a time: the first at
-    once, the next when every row of the one before has its slot for the call (or has ended). A few
-    claim statements a round, not one a slot; and no more in hand, waiting, than a wave and the calls
-    under way: other processes take the rest of what is due, and a killed process holds back only
-    that much until its leases end."""
-
-    def __init__(self, rows: int, size: int) -> None:
-        self.size = max(1, size)
-        count = -(-rows // self.size)
-        self._gates = [asyncio.Event() for _ in range(count)]
-        self._left = [min(self.size, rows - k * self.size) for k in range(count)]
-        if self._gates:
-            self._gates[0].set()
-
-    def of(self, row: int) -> Wave:
-        """The wave of the round's `row`-th row."""
-        return Wave(self, row // self.size)
-
-    def _started(self, k: int) -> None:
-        self._left[k] -= 1
-        if self._left[k] == 0 and k + 1 < len(self._gates):
-            self._gates[k + 1].set()
-
-
-class Wave:
-    """One row's place in its round's `Waves`: `turn` waits for its wave, `started` (once) says the
-    row has its slot, or has ended."""
-
-    def __init__(self, waves: Waves, k: int) -> None:
-        self._waves, self._k, self._started = waves, k, False
-
-    async def turn(self) -> None:
-        await self._waves._gates[self._k].wait()
-
-    def started(self) -> None:
-        if not self._started:
-            self._started = True
-            self._waves._started(self._k)
 
 
 class RetryLadder(ParkingLot):
