@@ -471,17 +471,12 @@ async def test_the_claims_that_come_together_take_their_messages_in_one_statemen
     """A claim a message, a pooled connection and a statement each, cost the Verwijsindex connector
     more than its call (bench/README): the claims that come while one is under way go in one
     statement; a row another process holds, or not yet due, is left out of it as it was of a claim
-    of its own. A round claims all its rows at once, not slot by slot (16 and 16 and 8 statements'
-    worth cost the connector a third of its CPU a command): those waiting for a slot are in hand."""
+    of its own. A round claims a wave of its rows at once (64 with 16 slots: all 40 here), not slot
+    by slot (16 and 16 and 8 statements' worth cost the connector a third of its CPU a command):
+    those waiting for a slot are in hand."""
     partner = Partner(held={f"m{n}" for n in range(40)})
-    claims: list[str] = []
     async with _stores(db_url, 1) as (store,):
-
-        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if _is_claim(statement):
-                claims.append(statement)
-
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        claims = _statements(store, _is_claim)
         ladder = _ladder(store, partner.delivery(), concurrency=16)
         await _queue(ladder, [f"m{n}" for n in range(40)])
         assert [found is not None for found in await ladder.leases.claim_many([3, 3 + 40, 5])] == [
@@ -503,7 +498,7 @@ async def test_the_claims_that_come_together_take_their_messages_in_one_statemen
         partner.release.set()
         assert await step == 40
     assert sorted(partner.recorded) == sorted(f"m{n}" for n in range(40))  # each once
-    assert len(claims) == 1, len(claims)  # the whole round in one statement
+    assert len(claims) == 1, len(claims)  # the wave in one statement
 
 
 @PG
@@ -537,14 +532,8 @@ async def test_a_round_takes_its_messages_in_hand_wave_by_wave(db_url: str) -> N
     eight has its slot. Not the whole round at once: another process takes its share of what is
     due, and a killed process holds back no more than a wave and its calls."""
     partner = Partner(held={f"m{n}" for n in range(20)})
-    claims: list[str] = []
     async with _stores(db_url, 1) as (store,):
-
-        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if _is_claim(statement):
-                claims.append(statement)
-
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        claims = _statements(store, _is_claim)
         ladder = _ladder(store, partner.delivery(), concurrency=2)
         await _queue(ladder, [f"m{n}" for n in range(20)])
         step = asyncio.create_task(ladder.step())
@@ -564,13 +553,7 @@ async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str)
     connection, came in bursts of a wave's size. Those that come together go in one statement; a
     lease no longer holding its row is not renewed, and says so; one whose row is locked (its outcome
     being recorded) holds back none of the others, and is not renewed this time."""
-    renewals: list[str] = []
     async with _stores(db_url, 1) as (store,):
-
-        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-            if statement.startswith("UPDATE retry_parked SET due_at") and not _is_claim(statement):
-                renewals.append(statement)
-
         ladder = _ladder(store, Partner().delivery())
         await _queue(ladder, [f"m{n}" for n in range(6)])
         async with store.connect() as conn:
@@ -580,7 +563,7 @@ async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str)
         assert len(leases) == 6
         async with store.transaction() as session:  # one taken by another process meanwhile
             await session.execute(update(parked).where(parked.c.seq == seqs[0]).values(lease="another"))
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        renewals = _statements(store, _is_renewal)
         before = [lease.until for lease in leases]
         async with store.transaction() as recording:  # the last one's outcome being recorded
             await recording.execute(select(parked.c.seq).where(parked.c.seq == seqs[5]).with_for_update())
@@ -589,6 +572,22 @@ async def test_leases_renewed_together_are_renewed_in_one_statement(db_url: str)
             )
         assert renewed == [False, True, True, True, True, None] and len(renewals) == 1
         assert [a.until > b for a, b in zip(leases, before, strict=True)] == [False, *[True] * 4, False]
+
+
+def _statements(store: Store, which: Callable[[str], bool]) -> list[str]:
+    """The statements `which` picks, as the store sends them from now on."""
+    seen: list[str] = []
+
+    def note(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if which(statement):
+            seen.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", note)
+    return seen
+
+
+def _is_renewal(statement: str) -> bool:
+    return statement.startswith("UPDATE retry_parked SET due_at") and not _is_claim(statement)
 
 
 def _is_claim(statement: str) -> bool:
