@@ -113,14 +113,14 @@ class Leases:
 
     async def give_back(self, leases: Sequence[Lease]) -> None:
         """Let go of rows taken in hand by `leases` and not called: due now, for whichever process
-        looks first. A row no longer in hand by its lease is left alone."""
+        looks first. A row no longer in hand by its lease is left alone, also when another of
+        `leases` holds it now (taken again after its first lease ran out): each row by its own lease."""
         now = self.clock()
         async with self._autocommit.connect() as conn:
             await conn.execute(
                 update(parked)
                 .where(
-                    parked.c.seq.in_([lease.seq for lease in leases]),
-                    parked.c.lease.in_({lease.token for lease in leases}),
+                    tuple_(parked.c.seq, parked.c.lease).in_([(lease.seq, lease.token) for lease in leases])
                 )
                 .values(due_at=now, lease=None)
             )

@@ -599,3 +599,32 @@ def _is_claim(statement: str) -> bool:
 
 async def _holding(partner: Partner, n: int) -> bool:
     return len(partner.in_hand) >= n
+
+
+@PG
+async def test_giving_back_a_lease_leaves_a_row_taken_again_under_another(db_url: str) -> None:
+    """A row whose lease ran out while it waited for a slot can be taken again, by the same process,
+    under a later wave's lease. Giving back the first wave's leases lets go of the rows each lease
+    still holds, not of a row another of the given-back leases holds now (that one may be in a call)."""
+    clock = Clock()
+    async with _stores(db_url, 1) as (store,):
+        ladder = _ladder(store, Partner().delivery(), clock)
+        await _queue(ladder, ["m1", "m2"])
+        async with store.connect() as conn:
+            seqs = dict((await conn.execute(select(parked.c.key, parked.c.seq))).all())
+        first, second = seqs["m1"], seqs["m2"]  # each message is keyed by its name
+        taken = await ladder.leases.claim(first)
+        assert taken is not None
+        _, old = taken
+        clock.advance(LEASE_S + 1)  # the first wave's lease ran out: m1 is due again
+        again = await ladder.leases.claim_many([first, second])
+        assert all(t is not None for t in again)
+        (_, m1_now), (_, m2_now) = (t for t in again if t is not None)
+        assert m1_now.token == m2_now.token != old.token
+
+        await ladder.leases.give_back([old, m2_now])  # m1 under its old lease, m2 under the new one
+
+        async with store.connect() as conn:
+            rows = {r.seq: r for r in (await conn.execute(select(parked))).all()}
+        assert rows[first].lease == m1_now.token  # still in hand by the lease it has now
+        assert rows[second].lease is None and rows[second].due_at <= clock()
