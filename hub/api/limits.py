@@ -166,6 +166,7 @@ class LimitBodyMiddleware:
 # A token refilled to 1 by float sums (0.1 + 0.9) can fall a hair short: a partner that waited the
 # Retry-After it was given must get through.
 _ONE = 1.0 - 1e-9
+_ENOUGH = 1.0 - 0.5e-9  # what a Retry-After must refill to: past _ONE by more than a clock's rounding
 WARN_EVERY_S = 60.0  # a partner in a loop is refused hundreds of times a second: logged once a minute
 
 Noun = Literal["write", "read"]
@@ -230,7 +231,13 @@ class PartnerRate:
         if now - bucket.warned_at >= WARN_EVERY_S:
             bucket.warned_at = now
             log.warning(self._event, partner_id=partner_id, rate_per_s=self.rate)
-        return max(1, math.ceil((1.0 - tokens) / self.rate))
+        wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+        # The division rounds too: 2/3 of a token short at 1/3 a second is 2.0000000000000004
+        # seconds, which would tell a partner to wait 3. A second less is given when it is enough
+        # by a margin the clock's own rounding cannot take away.
+        if wait > 1 and tokens + (wait - 1) * self.rate >= _ENOUGH:
+            wait -= 1
+        return wait
 
     def take(self, partner_id: str) -> None:
         """Take a token for one request of the partner, or refuse it: 429 with an honest Retry-After."""

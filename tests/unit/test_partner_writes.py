@@ -4,7 +4,7 @@ never reach. Its clock is injected: no test waits."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hub.api.limits import PartnerRate
@@ -74,6 +74,7 @@ def test_a_refusal_is_a_429_problem_saying_what_to_do() -> None:
     burst=st.integers(min_value=1, max_value=50),
     gaps=st.lists(st.floats(min_value=0, max_value=5), max_size=60),
 )
+@example(rate=1 / 3, burst=1, gaps=[0.0, 1.0])  # 2/3 of a token at 1/3 a second: 2 s, not 3
 def test_waiting_the_retry_after_given_is_always_enough(rate: float, burst: int, gaps: list[float]) -> None:
     """Honest: a partner that waits the Retry-After it got (and sends nothing meanwhile) gets through;
     and it was told no more than a second too much."""
