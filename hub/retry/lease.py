@@ -172,6 +172,15 @@ class Keeper:
         self._leases, self.lease = leases, lease
         self.lost = False  # found taken by another process: nothing of this delivery is recorded
         self._cutoff: asyncio.Timeout | None = None
+        # Most calls are answered long before the first renewal: a timer, not a task, until then
+        # (a task made and cancelled for each call cost a few percent of a busy ladder's CPU).
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            leases.renew_s, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
         self._task = asyncio.create_task(self._keep())
 
     @contextlib.asynccontextmanager
@@ -188,33 +197,41 @@ class Keeper:
 
     async def stop(self) -> None:
         """Renew no more (the outcome is recorded, or the delivery given up)."""
-        self._task.cancel()
-        await asyncio.wait({self._task})
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
 
     def _reschedule(self, when: float) -> None:
         if self._cutoff is not None and not self._cutoff.expired():
             self._cutoff.reschedule(when)
 
     async def _keep(self) -> None:
+        while True:
+            if not await self._renew_once():
+                return
+            await asyncio.sleep(self._leases.renew_s)
+
+    async def _renew_once(self) -> bool:
+        """One renewal, `renew_s` after the last; False once the lease is found taken (renew no more)."""
         leases, lease = self._leases, self.lease
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(leases.renew_s)
-            started = loop.time()
-            try:
-                renewed = await leases._renew(lease)
-            except Exception as exc:  # tried again at the next turn; the cut-off stays where it is
-                log.warning(
-                    "renewing a delivery's lease failed", seq=lease.seq, error=safe_error_message(exc)
-                )
-                continue
-            if renewed is None:  # locked: tried again at the next turn; the cut-off stays where it is
-                continue
-            if not renewed:
-                self.lost = True
-                if self._cutoff is not None:  # (after the call: its own record, most likely, came first)
-                    log.error("a delivery's lease was taken while its call ran: it is cut off", seq=lease.seq)
-                    self._reschedule(loop.time())
-                return
-            lease.deadline = started + leases.cutoff_s
-            self._reschedule(lease.deadline)
+        started = loop.time()
+        try:
+            renewed = await leases._renew(lease)
+        except Exception as exc:  # tried again at the next turn; the cut-off stays where it is
+            log.warning("renewing a delivery's lease failed", seq=lease.seq, error=safe_error_message(exc))
+            return True
+        if renewed is None:  # locked: tried again at the next turn; the cut-off stays where it is
+            return True
+        if not renewed:
+            self.lost = True
+            if self._cutoff is not None:  # (after the call: its own record, most likely, came first)
+                log.error("a delivery's lease was taken while its call ran: it is cut off", seq=lease.seq)
+                self._reschedule(loop.time())
+            return False
+        lease.deadline = started + leases.cutoff_s
+        self._reschedule(lease.deadline)
+        return True
