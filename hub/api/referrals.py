@@ -28,7 +28,7 @@ from hub.api.referral_models import (
 from hub.api.uploads import UploadSlots
 from hub.audit import AuditEntry, audit_row, write_audit, write_audits
 from hub.clock import aware
-from hub.intake.component import batcher_of, service_of
+from hub.intake.component import batcher_of, service_of, sources_of
 from hub.intake.partner_fields import partner_field
 from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Origin
 from hub.intake.sources import earlier_keys, partner_key
@@ -60,7 +60,16 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
-def _origin(request: Request, partner: Partner) -> Origin:
+async def _earlier_keys(hub: Hub, partner: Partner) -> tuple[str, ...]:
+    """The keys the partner's referrals were stored under besides its own (hub.intake.sources): its
+    connector's from before its claim; for the police, those of every connector the police claimed."""
+    if partner.type is PartnerType.POLITIE:
+        assert hub.store is not None
+        return await sources_of(hub).police_keys_in(hub.store)
+    return earlier_keys(partner)
+
+
+async def _origin(request: Request, hub: Hub, partner: Partner) -> Origin:
     """The partner as rule 7's referrer; what its connector sent before it claimed the connector's
     source is its too (hub.intake.sources)."""
     return Origin(
@@ -70,7 +79,7 @@ def _origin(request: Request, partner: Partner) -> Origin:
         system=SYSTEM,
         user=partner.name,
         partner_id=partner.id,
-        also_known_as=earlier_keys(partner),
+        also_known_as=await _earlier_keys(hub, partner),
     )
 
 
@@ -93,7 +102,7 @@ async def _take_in_json(request: Request, partner: Partner, parse: Callable[[byt
     referral = parse(raw)  # PartnerFormatError -> 400 problem+json naming each field
     assert hub.store is not None and hub.relay is not None
     # Concurrent requests share one transaction (group commit); the answer comes once it committed.
-    result = await batcher_of(hub).take_in(referral, _origin(request, partner))
+    result = await batcher_of(hub).take_in(referral, await _origin(request, hub, partner))
     hub.relay.wake()
     if result.conflict:
         [reason] = result.decision.reasons
@@ -219,7 +228,7 @@ async def _take_in_csv(request: Request, hub: Hub, partner: Partner) -> Response
     # Reading a megabyte of rows takes seconds of pure Python: in a thread, other requests go on
     # (the GIL changes hands every few milliseconds). A wrong encoding, delimiter or header: 400.
     read = await asyncio.to_thread(lambda: read_batch(leerplicht.iter_batch(raw)))
-    origin = _origin(request, partner)
+    origin = await _origin(request, hub, partner)
     assert hub.store is not None and hub.relay is not None
     async with hub.store.transaction() as session:
         service = service_of(hub)
@@ -288,14 +297,15 @@ async def _unreadable_repeats(
     return repeats
 
 
-def _referred_by(partner: Partner) -> Any:
+def _referred_by(partner: Partner, earlier: tuple[str, ...]) -> Any:
     """The referrals `partner` made: its own, for the police every police referral, and what the
-    connector whose source it claimed sent before the claim (one referrer, rule 7: a repeat over HTTP
-    of a referral first sent on Kafka is answered with that referral, which the partner may read)."""
+    connectors whose sources it (or, for the police, any police partner) claimed sent before the claim
+    (`earlier`, one referrer, rule 7: a repeat over HTTP of a referral first sent on Kafka is answered
+    with that referral, which the partner may read)."""
     if partner.type is PartnerType.POLITIE:
-        return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key == POLITIE_REFERRER)
-    if partner.kafka_source:
-        return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key.in_(earlier_keys(partner)))
+        earlier = (POLITIE_REFERRER, *earlier)
+    if earlier:
+        return or_(referrals.c.partner_id == partner.id, referrals.c.referrer_key.in_(earlier))
     return referrals.c.partner_id == partner.id
 
 
@@ -309,12 +319,9 @@ async def get_referral(request: Request, referral_id: str, partner: CurrentPartn
     """A partner sees only its own referrals; another's id answers 404, as an unknown one does."""
     hub = _hub(request)
     assert hub.store is not None
+    mine = _referred_by(partner, await _earlier_keys(hub, partner))
     async with hub.store.transaction() as session:
-        row = (
-            await session.execute(
-                select(referrals).where(referrals.c.id == referral_id, _referred_by(partner))
-            )
-        ).first()
+        row = (await session.execute(select(referrals).where(referrals.c.id == referral_id, mine))).first()
         if row is None:
             raise Problem(404, "Verwijzing niet gevonden", "Geen verwijzing met dit id van deze partner.")
         m = row._mapping

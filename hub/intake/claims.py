@@ -114,10 +114,9 @@ async def _unused(session: AsyncSession, partner: Partner) -> None:
     """SourceRefused once referrals came in through the partner's claim: under the partner's key on the
     Kafka channel. What the connector sent before the claim keeps the connector's own key, and stays
     the connector's once the claim is released: a claim made for the wrong partner can be undone
-    until the connector sent something under it."""
-    through = (referrals.c.referrer_key == partner_key(partner.id, partner.type)) & (
-        referrals.c.channel == "kafka"
-    )
+    until the connector sent something under it. Counted by the partner's id, not its key: the police's
+    key is every police referral's, their own topic's (Kafka too) among them."""
+    through = (referrals.c.partner_id == partner.id) & (referrals.c.channel == "kafka")
     count = (await session.execute(select(func.count()).select_from(referrals).where(through))).scalar_one()
     if count:
         raise SourceRefused(

@@ -117,12 +117,20 @@ def register_intake(hub: Hub) -> None:
     async def take_in_politie_batch(tx: Tx, items: list[Item[bytes]]) -> None:
         """A batch of police records in one go; any unreadable one sends the batch record by record."""
         parsed = [politie.parse(item.value) for item in items]
-        origin = Origin(POLITIE_REFERRER, "kafka", items[0].transaction_id, tx.system, user="politie (kafka)")
+        origin = await politie_origin(tx, items[0].transaction_id)
         tx_ids = [item.transaction_id for item in items]
         results = await service.take_in_many(tx.session, parsed, origin, transaction_ids=tx_ids)
         await add_many_to_outbox(
             tx.session,
             [(politie_out, _besluit(r, t), r.youth_key) for r, t in zip(results, tx_ids, strict=True)],
+        )
+
+    async def politie_origin(tx: Tx, transaction_id: str) -> Origin:
+        """The police's topic as rule 7's referrer: the police, whose referrals through a connector
+        from before a police partner claimed it are theirs too (hub.intake.sources)."""
+        aka = await sources.police_keys(tx.session)
+        return Origin(
+            POLITIE_REFERRER, "kafka", transaction_id, tx.system, user="politie (kafka)", also_known_as=aka
         )
 
     @hub.spine.subscribe(
@@ -135,20 +143,18 @@ def register_intake(hub: Hub) -> None:
     )
     async def take_in_politie(tx: Tx, raw: bytes) -> None:
         """Police referrals (their JSON format): decided, stored, answered on partner.politie.decision.v1."""
+        origin = await politie_origin(tx, tx.transaction_id)
         try:
             referral = politie.parse(raw)
         except PartnerFormatError as exc:
             reference = politie.case_reference_of(raw)
-            first = (
-                await service.first_answer(tx.session, [POLITIE_REFERRER], reference) if reference else None
-            )
+            first = await service.first_answer(tx.session, origin.keys, reference) if reference else None
             bsn = politie.bsn_of(raw)
             own = service.youth_key(bsn) if bsn else None
             if first is not None and own is not None and own != first.youth_key:
                 first = None  # another youth's record under that PV number: no repeat (rule 7), refused
             key = own or (first.youth_key if first else None)
             raise _unparseable(exc, reference, politie_out, tx.transaction_id, first, key) from None
-        origin = Origin(POLITIE_REFERRER, "kafka", tx.transaction_id, tx.system, user="politie (kafka)")
         result = await service.take_in(tx.session, referral, origin)
         await tx.emit(politie_out, _besluit(result, tx.transaction_id), key=result.youth_key)
 

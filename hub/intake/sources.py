@@ -17,7 +17,10 @@ A claim re-keys nothing. What the connector sent before it stays under `kafka:<s
 remains one of the partner's keys: both channels look a case reference up under both
 (`Origin.also_known_as`), and the partner reads those referrals over HTTP. Moving the rows to the
 partner's key instead would hide them from an intake that has not read the claim yet (its cache,
-below), which would then store a repeat of one of them a second time.
+below), which would then store a repeat of one of them a second time. The police are one referrer
+whichever of their partners sends: their topic, their HTTP partners and each connector they claimed
+look a PV number up under "politie" and under the keys of every connector a police partner claimed
+(`police_keys`), and each police partner reads those referrals.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hub.errors import PermanentError
 from hub.intake.service import POLITIE_REFERRER, Origin
@@ -36,6 +40,9 @@ from hub.partners.registry import Partner
 from hub.partners.tables import partners
 from schemas.envelope import Envelope
 from schemas.referral import ReferrerType
+
+if TYPE_CHECKING:
+    from hub.store import Store
 
 # The source an envelope carries when its maker did not set one: the hub's own name.
 DEFAULT_SOURCE: str = Envelope.model_fields["source"].default
@@ -78,6 +85,15 @@ def earlier_keys(partner: Partner) -> tuple[str, ...]:
     """The keys a partner's referrals were stored under besides its own: its connector's, from
     before the claim (`Origin.also_known_as`)."""
     return (kafka_key(partner.kafka_source),) if partner.kafka_source else ()
+
+
+def police_keys(claims: dict[str, Claim]) -> tuple[str, ...]:
+    """The keys the police's referrals were stored under besides their own: those of every connector
+    a police partner claimed, from before its claim. The police are one referrer on every channel
+    (their topic, HTTP, each claimed connector), so each looks a PV number up under all of them."""
+    return tuple(
+        sorted(kafka_key(s) for s, claim in claims.items() if claim.referrer_key == POLITIE_REFERRER)
+    )
 
 
 class UnnamedConnector(PermanentError):
@@ -132,7 +148,7 @@ class KafkaSources:
         self._claims: dict[str, Claim] = {}
         self._until = float("-inf")
 
-    async def claims(self, session: AsyncSession) -> dict[str, Claim]:
+    async def claims(self, session: AsyncSession | AsyncConnection) -> dict[str, Claim]:
         """Every claimed source, by source; read again once `ttl_s` has passed."""
         if self.clock() >= self._until:
             # A disabled partner's claim holds too: its key is refused, but what its connector sends
@@ -147,6 +163,17 @@ class KafkaSources:
             }
             self._until = self.clock() + self.ttl_s
         return self._claims
+
+    async def police_keys(self, session: AsyncSession | AsyncConnection) -> tuple[str, ...]:
+        """`police_keys` of the claims as this cache has them."""
+        return police_keys(await self.claims(session))
+
+    async def police_keys_in(self, store: Store) -> tuple[str, ...]:
+        """`police_keys`, reading the claims from `store` only when the cache's lifetime has passed."""
+        if self.clock() < self._until:
+            return police_keys(self._claims)
+        async with store.connect() as conn:
+            return await self.police_keys(conn)
 
     async def origin(
         self,
@@ -170,6 +197,7 @@ class KafkaSources:
             return Origin(own, "kafka", transaction_id, system, user=source, announce_duplicates=True)
         if referrer is not None and claim.referrer_type is not None and referrer is not claim.referrer_type:
             raise NotTheClaimantsReferrer(source, claim, referrer)
+        police = claim.referrer_key == POLITIE_REFERRER
         return Origin(
             claim.referrer_key,
             "kafka",
@@ -178,5 +206,5 @@ class KafkaSources:
             user=source,
             partner_id=claim.partner_id,
             announce_duplicates=True,
-            also_known_as=(own,),
+            also_known_as=await self.police_keys(session) if police else (own,),
         )

@@ -270,6 +270,46 @@ async def test_the_intake_reads_the_claims_once_per_lifetime_not_per_record(stor
     assert claimed.partner_id == partner.id
 
 
+async def test_what_a_police_connector_sent_before_the_claim_is_the_polices_on_every_channel(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A police connector's referral from before a police partner claimed it stays under the
+    connector's key. The police are one referrer: the same PV number on their own topic, or over HTTP
+    from another police partner, was stored and decided a second time; and that partner, answered
+    with it as a repeat, was told 404 when it read it. A claim no referral came through is released,
+    whatever came in on the police's own topic."""
+    settings = make_settings(kafka, db_url, unique, http={"key_cache_s": 0})
+    async with intake_api(settings, kafka_intake=True) as api:
+        assert api.hub.store is not None
+        async with api.hub.store.transaction() as session:
+            await add_partner(session, "politie-noord", PartnerType.POLITIE)
+        connector = api.hub.topic("referral.received.v1")
+        await produce(kafka.bootstrap, connector, [on_kafka(politie.parse(politie_variant(43)), "bvh-noord")])
+        [before] = await decided(api, kafka, expect=1)
+        await claim(api, "politie-noord", "bvh-noord")
+
+        police_topic = api.hub.topic("partner.politie.referral.v1")
+        await produce(
+            kafka.bootstrap, police_topic, [(b"k", politie_variant(43), []), (b"k", politie_variant(44), [])]
+        )
+        answers = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.decision.v1"), expect=2)
+        by_pv = {a["procesVerbaalNummer"]: a for a in (Envelope.from_bytes(r.value).payload for r in answers)}
+        repeat = by_pv["PL1500-2025031201-43"]
+        assert repeat["herhaling"] is True and repeat["verwijzingId"] == before["referral_id"]
+
+        over_http = await api.post("politie", politie_variant(43))  # as politie-test, not the claimant
+        assert over_http.status_code == 200 and over_http.json()["duplicate"] is True, over_http.text
+        assert over_http.json()["referralId"] == before["referral_id"]
+        read = await api.client.get(over_http.headers["Location"], headers=api.auth("politie"))
+        assert read.status_code == 200, read.text
+        assert [r.referrer_key for r in await stored(api)].count("kafka:bvh-noord") == 1
+        assert len(await stored(api)) == 2  # PV 43 once, PV 44 from the police's topic
+
+        async with api.hub.store.transaction() as session:
+            released = await set_kafka_source(session, "politie-noord", None)
+        assert released.previous == "bvh-noord"
+
+
 def _referral(reference: str) -> Referral:
     return preventief.parse(wijkteam(reference))
 
