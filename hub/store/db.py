@@ -241,9 +241,20 @@ class Store:
         await self.engine.dispose()
 
 
-# PostgreSQL ended the transaction to break a deadlock, or for a serialization conflict: the same
-# transaction again succeeds.
-_TRY_AGAIN = frozenset({"40P01", "40001"})
+# PostgreSQL's SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html) that say
+# the server cannot do the work now, not that the statement is wrong: the same transaction later
+# succeeds. By class: connection (08), authorization (28: a password changed under the hub),
+# insufficient resources (53: disk full, out of memory, too many connections), operator intervention
+# (57: a statement timeout or a cancelled query, the server shutting down), system errors (58: I/O).
+_TRY_AGAIN_CLASSES = frozenset({"08", "28", "53", "57", "58"})
+# And single codes: a deadlock broken, a serialization conflict, a commit whose outcome is unknown
+# (40P01, 40001, 40003), a lock not had within lock_timeout or in use (55P03, 55006), a write on a
+# server that became a read-only standby, a transaction ended for idling (25006, 25P03).
+_TRY_AGAIN = frozenset({"40P01", "40001", "40003", "55P03", "55006", "25006", "25P03"})
+
+
+def _postgresql_try_again(sqlstate: object) -> bool:
+    return isinstance(sqlstate, str) and (sqlstate in _TRY_AGAIN or sqlstate[:2] in _TRY_AGAIN_CLASSES)
 
 
 # SQLite's primary result codes that say the database failed, not the statement
@@ -264,5 +275,5 @@ def store_failed(exc: BaseException) -> bool:
     failed = sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError | sa_exc.TimeoutError
     return isinstance(exc, failed) or (
         isinstance(exc, sa_exc.DBAPIError)
-        and (exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _TRY_AGAIN)
+        and (exc.connection_invalidated or _postgresql_try_again(getattr(exc.orig, "sqlstate", None)))
     )

@@ -168,6 +168,40 @@ async def test_a_statements_own_mistake_is_no_failure_of_the_store(store: Store)
     assert not transient(raised.value)  # the consumer dead-letters its record, not retrying it for ever
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # a lock held elsewhere past the role's lock_timeout (55P03)
+        ["SET LOCAL lock_timeout = 50", "SELECT pg_advisory_xact_lock(4242)"],
+        # a statement_timeout, or an operator cancelling the query (57014)
+        ["SET LOCAL statement_timeout = 50", "SELECT pg_sleep(5)"],
+        # a write on a server that became a read-only standby (25006)
+        [
+            "SET TRANSACTION READ ONLY",
+            "INSERT INTO inbox (consumer, message_id, processed_at) VALUES ('c', 'm', now())",
+        ],
+    ],
+    ids=["lock-timeout", "statement-timeout", "read-only"],
+)
+async def test_a_postgresql_server_that_cannot_do_the_work_now_is_the_stores_failure(
+    store: Store, statements: list[str]
+) -> None:
+    """PostgreSQL reports these as a plain DBAPIError: taken as the statement's own mistake, the
+    spine dead-lettered a good record and committed its offset (its youth's later records went on
+    without it), and the retry ladder dead-lettered a delivery on its first attempt."""
+    async with store.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_lock(4242)"))
+        try:
+            with pytest.raises(DBAPIError) as raised:
+                async with store.transaction() as session:
+                    for statement in statements:
+                        await session.execute(text(statement))
+        finally:
+            await holder.execute(text("SELECT pg_advisory_unlock(4242)"))
+    assert store_failed(raised.value) and transient(raised.value), repr(raised.value)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_a_sqlite_database_locked_or_not_to_be_opened_is_the_stores_failure(
     store: Store, db_url: str, tmp_path: Path
