@@ -33,9 +33,9 @@ from hub.spine.dlq import (
     DLQ_TOPIC,
     safe_error_message,
 )
-from hub.spine.headers import text_headers
+from hub.spine.headers import is_usable_id, text_headers
 from schemas.bsn import is_valid_bsn, normalise_bsn
-from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id
+from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID
 
 READ_S = 15.0  # for the brokers to answer a start or a metadata request
 IDLE_S = 15.0  # for the next letters to arrive: a read that makes progress goes on, however long
@@ -87,9 +87,10 @@ class DeadLetter:
 
     def usable_id(self, name: str) -> str | None:
         """An id header as the spine would use it: None when absent or unusable (empty, too long, not
-        printable), as for a record the spine dead-lettered for that very header."""
+        printable, or holding bytes that were not UTF-8), as for a record the spine dead-lettered for
+        that very header."""
         value = self.headers.get(name)
-        return value if is_id(value) else None
+        return value if is_usable_id(value) else None
 
     def summary(self, *, unmasked: bool = False) -> dict[str, Any]:
         """What a list shows: ids, error and status; no payload. The key only when it is a youth key

@@ -63,6 +63,13 @@ async def parse_batch(
         return message
 
 
+def is_usable_id(value: str | None) -> bool:
+    """Whether an id header's value (as `header` reads it) can be a message or transaction id: 1 to
+    MAX_ID printable characters, none of them a U+FFFD, which stands for bytes that were not UTF-8
+    (two ids that differ only there would be one)."""
+    return value is not None and is_id(value) and "\ufffd" not in value
+
+
 class BadHeader(PermanentError):
     """A record's id header is there but cannot be used (dedup and rule 19 depend on it)."""
 
@@ -74,7 +81,7 @@ def _id_header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     value = header(record, name)
     if value is None:
         return None
-    if not is_id(value) or "\ufffd" in value:
+    if not is_usable_id(value):
         raise BadHeader(
             f"header {name!r} is empty, longer than {MAX_ID} characters or not printable UTF-8 text; "
             f"send an id of 1 to {MAX_ID} printable characters (a UUID), or leave the header out"

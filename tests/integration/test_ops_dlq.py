@@ -218,35 +218,41 @@ async def test_replay_of_500_dead_letters_processes_each_once(
 async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    """A record dead-lettered for its message-id header (a NUL, which PostgreSQL cannot store) keeps
-    that header on its dead letter: replaying it must neither use it as an inbox key nor fail the
-    rest of its batch; its copy goes with a message id made from the letter's id, so it is processed
-    this time. A letter that cannot be replayed is counted, and the batch goes on. (An unusable
-    transaction-id header is replaced on the dead letter by the id the consumer used, rule 19, so
-    its replay goes through.)"""
+    """A record dead-lettered for its message-id header (a NUL, which PostgreSQL cannot store; bytes
+    that are not UTF-8, kept on the letter as U+FFFD) keeps that header on its dead letter: replaying
+    it must neither use it as an inbox key nor fail the rest of its batch; its copy goes with a
+    message id made from the letter's id, so it is processed this time (with the U+FFFD kept, the
+    copy was dead-lettered again at every replay). A letter that cannot be replayed is counted, and
+    the batch goes on. (An unusable transaction-id header is replaced on the dead letter by the id
+    the consumer used, rule 19, so its replay goes through.)"""
     cure = Cure()
     async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
-        sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(3)]
-        bad_headers = [{"message-id": b"m\x00id"}, {"transaction-id": b"t\x00x"}, {}]
+        sent = [Envelope(type="T", payload={"n": i, "poison": True}) for i in range(4)]
+        bad_headers = [
+            {"message-id": b"m\x00id"},
+            {"transaction-id": b"t\x00x"},
+            {},
+            {"message-id": b"m\xe9id"},
+        ]
         records = [
             (b"k", e.to_bytes(), list((dict(e.headers()) | bad).items()))
             for e, bad in zip(sent, bad_headers, strict=True)
         ]
         await produce(kafka.bootstrap, hub.topic(IN.name), records)
-        await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        await wait_for(lambda: _is(_depth(client, hub), 4), timeout_s=30)
         # and one written to the DLQ by hand, without the header naming where to replay it
         await produce(kafka.bootstrap, hub.topic(IN.dlq), [(b"k", sent[0].to_bytes(), [])])
-        await wait_for(lambda: _is(_depth(client, hub), 4), timeout_s=30)
+        await wait_for(lambda: _is(_depth(client, hub), 5), timeout_s=30)
         cure.fixed = True
         job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
         await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
         done = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (done["total"], done["done"], done["failed"], done["error"]) == (4, 3, 1, None)
-        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=3, settle_s=0.3)
-        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 2]
+        assert (done["total"], done["done"], done["failed"], done["error"]) == (5, 4, 1, None)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=4, settle_s=0.3)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1, 2, 3]
         # the one that could not be replayed stays open
         await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
-        assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 3
+        assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 4
 
 
 @pytest.mark.timeout(240)  # its own deadlines add up to 120 s
