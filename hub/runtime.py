@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker
 from hub.clock import Clock, local_day
 from hub.config import Settings
 from hub.embedded import EmbeddedKafka
+from hub.errors import ConfigError
 from hub.kafka import client_options, ensure_topics, faststream_security, make_producer
 from hub.logging import get_logger
 from hub.metrics import Metrics
@@ -108,6 +109,7 @@ class Hub:
             self.broker,
             self.relay,
             self.metrics,
+            secret=_secret_if_set(s),
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=heartbeat_ms,
             max_records=s.kafka.max_batch,
@@ -258,3 +260,11 @@ async def _check(awaitable: Any) -> str:
         said = safe_error_message(exc)
         return (said if type(exc).__name__ in said else f"{type(exc).__name__}: {said}")[:200]
     return "ok"
+
+
+def _secret_if_set(settings: Settings) -> str | None:
+    """The pseudonymisation secret, or None for a hub without one (its components need none)."""
+    try:
+        return settings.secret_value()
+    except ConfigError:
+        return None

@@ -221,11 +221,12 @@ class DeadLetters:
         replay or a discard: a sender's record names the youth by BSN, and a subject-access export
         (rule 20) finds what was done with a youth's data by that key. `payload` when the letter's
         own was not kept on it (a replay reads them per batch). None without the secret, or when no
-        BSN is found."""
+        BSN is found. A key that is the pseudonym of the BSN its sender keyed it by counts as the key
+        did before it was replaced: when the payload names no BSN."""
         if self.secret is None:
-            return None
+            return d.key_youth
         found = bsn_in_key_or_payload(d.key, payload if payload is not None else d.payload)
-        return youth_key(self.secret, found) if found is not None else None
+        return youth_key(self.secret, found) if found is not None else d.key_youth
 
     async def record_key_search(self, found: list[DeadLetter], operator: str, key: str | None = None) -> None:
         """Audit that an operator found dead letters by a key that is personal data (rule 18); the

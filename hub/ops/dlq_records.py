@@ -1,8 +1,10 @@
 """Dead letters as read from the DLQ topics: one letter, which ones an operator asks for, and reading
 them (headers and keys for a list; the payloads only of the letters asked for by position).
 
-A letter's key is whatever its sender used, even a BSN: it is shown, and matched by a key filter, only
-when it is the hub's own youth key, unless the operator may see personal data unmasked.
+A letter's key is its sender's, unless BSN-shaped text was in it: then its pseudonym
+(`hub.spine.dlq.dead_letter_key`; letters written before that keep what the sender used, even a
+BSN). It is shown, and matched by a key filter, only when it is the hub's own youth key, unless the
+operator may see personal data unmasked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hub.spine.dlq import (
     DLQ_GROUP,
     DLQ_LAST_FAILURE,
     DLQ_TOPIC,
+    KEY_PSEUDONYM,
     safe_error_message,
 )
 from hub.spine.headers import is_usable_id, text_headers
@@ -58,8 +61,14 @@ class DeadLetter:
     @property
     def youth_key(self) -> str | None:
         """The youth the letter is about, for the audit log: its key when that is the hub's own youth
-        key (a sender's own key, even a BSN, is not written into the audit log)."""
-        return self.key if is_youth_key(self.key) else None
+        key (a sender's own key, even a BSN, is not written into the audit log; nor is the pseudonym
+        of one, `KEY_PSEUDONYM`, which names a youth only as a last resort: `key_youth`)."""
+        return self.key if is_youth_key(self.key) and KEY_PSEUDONYM not in self.headers else None
+
+    @property
+    def key_youth(self) -> str | None:
+        """The youth key the letter's key is as the pseudonym of the BSN its sender keyed it by."""
+        return self.key if self.headers.get(KEY_PSEUDONYM) == "bsn" else None
 
     @property
     def value(self) -> bytes:

@@ -21,7 +21,7 @@ from hub.audit import AuditEntry, write_audit
 from hub.errors import TransientError
 from hub.logging import get_logger
 from hub.metrics import Metrics
-from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
+from hub.spine.dlq import KEY_PSEUDONYM, dead_letter_key, dlq_headers, original_headers, safe_error_message
 from hub.spine.headers import check_id_headers, parse_batch
 from hub.spine.headers import message_id_of as message_id_of  # re-exported: hub/retry reads them here
 from hub.spine.headers import transaction_id_of as transaction_id_of
@@ -178,9 +178,17 @@ class Spine:
     """Registers handlers on the FastStream broker with the hub's delivery guarantees."""
 
     def __init__(
-        self, store: Store, broker: KafkaBroker, relay: Relay, metrics: Metrics, **consumer_options: Any
+        self,
+        store: Store,
+        broker: KafkaBroker,
+        relay: Relay,
+        metrics: Metrics,
+        *,
+        secret: str | None = None,
+        **consumer_options: Any,
     ) -> None:
         self.store, self.broker, self.relay, self.metrics = store, broker, relay, metrics
+        self.secret = secret  # the pseudonymisation secret: a dead letter's key holds no BSN
         self.consumer_options = consumer_options
         self.subscriptions: list[Subscription[Any]] = []
         # failed hand-backs of a batch, by where it started: (group, topic, partition, offset)
@@ -565,7 +573,10 @@ class Spine:
         )
         headers[H_TRANSACTION_ID] = transaction_id
         value = bytes(record.value or b"")
-        await add_to_outbox(session, sub.dlq, value, key=original_key(record), headers=headers)
+        key, pseudonym = dead_letter_key(record, self.secret)
+        if pseudonym is not None:
+            headers[KEY_PSEUDONYM] = pseudonym
+        await add_to_outbox(session, sub.dlq, value, key=key, headers=headers)
 
 
 def _starts(

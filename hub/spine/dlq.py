@@ -13,7 +13,9 @@ from sqlalchemy.exc import DBAPIError
 from hub.logging import redact_text
 from hub.spine.headers import text_headers
 from schemas._base import readable
+from schemas.bsn import is_valid_bsn
 from schemas.problems import masked_key
+from schemas.pseudonym import youth_key
 
 # Header names on every dead letter, readable without decoding the payload.
 DLQ_TOPIC = "dlq-original-topic"
@@ -36,6 +38,10 @@ DLQ_HEADERS = (
     DLQ_FIRST_FAILURE,
     DLQ_LAST_FAILURE,
 )
+# On a letter (and its replayed copy, and a letter of that) whose sender's key held BSN-shaped text
+# and went as its pseudonym (`dead_letter_key`): "bsn" when the key was a BSN, so the key is that
+# BSN's youth key; "text" when it only held one, so the key names no youth.
+KEY_PSEUDONYM = "ketenhub-key-pseudonym"
 _MAX_MESSAGE = 500
 _MAX_KEY = 200  # the outbox's key column
 # A database driver's message may echo the value it refused ("invalid input for query argument $4:
@@ -67,6 +73,21 @@ def original_key(record: ConsumerRecord[Any, Any]) -> str | None:
         return None
     key = bytes(record.key).decode("utf-8", "backslashreplace")
     return key if len(key) <= _MAX_KEY and key.isprintable() else None
+
+
+def dead_letter_key(record: ConsumerRecord[Any, Any], secret: str | None) -> tuple[str | None, str | None]:
+    """The key a record's dead letter (and its replayed copy) goes with, and its `KEY_PSEUDONYM` mark.
+
+    The sender's key (`original_key`), unless BSN-shaped text is in it: the hub's keys are youth keys,
+    and no BSN is to be in a Kafka key. Such a key is replaced by its pseudonym under the hub's
+    `secret` (for a key that is a BSN, the youth's own key, so the letter is found and audited by the
+    youth), or, without a secret, dropped (the letter's position headers still point to the record)."""
+    key = original_key(record)
+    if key is None or redact_text(key) == key:
+        return key, None
+    if not secret:
+        return None, None
+    return youth_key(secret, key), "bsn" if is_valid_bsn(key) else "text"
 
 
 def safe_error_message(exc: BaseException) -> str:

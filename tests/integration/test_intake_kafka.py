@@ -8,7 +8,7 @@ import pytest
 
 from connectors import preventief
 from hub.embedded import EmbeddedKafka
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_HEADERS
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_HEADERS, KEY_PSEUDONYM
 from hub.store.tables import audit_log
 from schemas.envelope import Envelope, trace_id
 from schemas.pseudonym import youth_key as pseudonym
@@ -105,6 +105,30 @@ async def test_police_records_are_decided_answered_and_dead_lettered(
         assert all(len(r.key) == 64 for r in decided)  # keyed by the youth key
         assert await api.count() == 2
         assert await api.count(audit_log, action="referral.unparseable") == 4
+
+
+async def test_a_dead_letter_of_a_record_keyed_by_a_bsn_goes_under_its_pseudonym(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The hub's Kafka keys hold no BSN. A partner that keys its records by the BSN (or by text
+    with one in it) had that key copied onto the DLQ, and onto a replayed copy: now the youth key of
+    a key that is a BSN (the letter found and audited by its youth), a pseudonym of any other key
+    with BSN-shaped text in it; a key without such text is kept as the sender sent it."""
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        unreadable = [b"{not json %d" % n for n in range(3)]
+        keys = [b"111222333", b"bsn-111222333", b"pv-2025-a"]
+        topic = api.hub.topic("partner.politie.referral.v1")
+        await produce(kafka.bootstrap, topic, [(k, v, []) for k, v in zip(keys, unreadable, strict=True)])
+        dead = await read_topic(kafka.bootstrap, api.hub.topic("partner.politie.referral.dlq.v1"), expect=3)
+        by_value = {r.value: r.key for r in dead}
+        assert by_value == {
+            unreadable[0]: pseudonym(TEST_SECRET, "111222333").encode(),
+            unreadable[1]: pseudonym(TEST_SECRET, "bsn-111222333").encode(),
+            unreadable[2]: b"pv-2025-a",
+        }
+        # marked, so that only the key that was a BSN stands for a youth (when no BSN is in the letter)
+        marks = {r.value: headers_of(r).get(KEY_PSEUDONYM) for r in dead}
+        assert marks == {unreadable[0]: "bsn", unreadable[1]: "text", unreadable[2]: None}
 
 
 async def test_canonical_referrals_from_kafka_connectors_are_decided(
