@@ -48,6 +48,8 @@ from hub.spine.dlq import (
     DLQ_OFFSET,
     DLQ_PARTITION,
     DLQ_TOPIC,
+    KEY_PSEUDONYM,
+    key_without_bsn,
     safe_error_message,
 )
 from hub.spine.outbox import add_to_outbox
@@ -371,7 +373,11 @@ class DeadLetters:
         headers[REPLAYED_FROM] = d.id
         if message_id is None:  # see the module docstring: a repeat of this copy is dropped
             headers[H_MESSAGE_ID] = replay_message_id(d)
-        await add_to_outbox(session, original, value, key=d.key, headers=headers)
+        # a letter written before the spine kept no BSN as a key may hold one: its copy does not
+        key, pseudonym = key_without_bsn(d.key, self.secret)
+        if pseudonym is not None:
+            headers[KEY_PSEUDONYM] = pseudonym
+        await add_to_outbox(session, original, value, key=key, headers=headers)
         return True
 
     async def start_replay(

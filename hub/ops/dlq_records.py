@@ -1,10 +1,11 @@
 """Dead letters as read from the DLQ topics: one letter, which ones an operator asks for, and reading
 them (headers and keys for a list; the payloads only of the letters asked for by position).
 
-A letter's key is its sender's, unless BSN-shaped text was in it: then its pseudonym
-(`hub.spine.dlq.dead_letter_key`; letters written before that keep what the sender used, even a
-BSN). It is shown, and matched by a key filter, only when it is the hub's own youth key, unless the
-operator may see personal data unmasked.
+A letter's key is its sender's, unless a BSN was in it: then its pseudonym
+(`hub.spine.dlq.key_without_bsn`, marked `KEY_PSEUDONYM`; letters written before that keep what the
+sender used, even a BSN). It is shown, and matched by a key filter, only when it is shaped as the
+hub's own youth key (a pseudonym is: it names no one), unless the operator may see personal data
+unmasked.
 """
 
 from __future__ import annotations

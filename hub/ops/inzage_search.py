@@ -35,8 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import aware
 from hub.ops.dlq import DeadLetters, legacy_applies
-from hub.ops.dlq_records import Filter, bsn_in_key_or_payload, bsn_values, parse_id, read_at
+from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, bsn_values, parse_id, read_at
 from hub.ops.tables import dlq_actions
+from hub.spine.dlq import KEY_PSEUDONYM
 
 PAYLOADS_AT_ONCE = 500  # dead letters read with their payloads per round
 
@@ -217,6 +218,17 @@ async def messages_about(
     return mine
 
 
+def _sender_key(d: DeadLetter) -> str | None:
+    """A letter's key as `_whose` weighs it. The pseudonym of a sender's key that held a BSN
+    (`KEY_PSEUDONYM`) counts as the key did before it was replaced: one that was a BSN names the
+    youth only when the payload names no BSN (a record keyed by a parent's BSN, about the youth, is
+    the youth's), one that only held a BSN names no youth."""
+    mark = d.headers.get(KEY_PSEUDONYM)
+    if mark is None or (mark == "bsn" and bsn_in_key_or_payload(None, d.value) is None):
+        return d.key
+    return None
+
+
 async def dead_letters_about(
     dead_letters: DeadLetters,
     *,
@@ -234,7 +246,7 @@ async def dead_letters_about(
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            whose = _whose(d.key, d.value, bsn=bsn, key=key, traces=traces)
+            whose = _whose(_sender_key(d), d.value, bsn=bsn, key=key, traces=traces)
             if isinstance(whose, Unsure):
                 unsure[whose] += 1
             if whose is True:

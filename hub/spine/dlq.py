@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from hub.logging import redact_text
 from hub.spine.headers import text_headers
 from schemas._base import readable
-from schemas.bsn import is_valid_bsn
+from schemas.bsn import contains_bsn, is_valid_bsn
 from schemas.problems import masked_key
 from schemas.pseudonym import youth_key
 
@@ -42,6 +42,7 @@ DLQ_HEADERS = (
 # and went as its pseudonym (`dead_letter_key`): "bsn" when the key was a BSN, so the key is that
 # BSN's youth key; "text" when it only held one, so the key names no youth.
 KEY_PSEUDONYM = "ketenhub-key-pseudonym"
+_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # HMAC-SHA256 in hex: schemas.pseudonym.youth_key
 _MAX_MESSAGE = 500
 _MAX_KEY = 200  # the outbox's key column
 # A database driver's message may echo the value it refused ("invalid input for query argument $4:
@@ -76,14 +77,20 @@ def original_key(record: ConsumerRecord[Any, Any]) -> str | None:
 
 
 def dead_letter_key(record: ConsumerRecord[Any, Any], secret: str | None) -> tuple[str | None, str | None]:
-    """The key a record's dead letter (and its replayed copy) goes with, and its `KEY_PSEUDONYM` mark.
+    """The key a record's dead letter (and its replayed copy) goes with, and its `KEY_PSEUDONYM` mark:
+    the sender's key (`original_key`), or its pseudonym when a BSN is in it (`key_without_bsn`)."""
+    return key_without_bsn(original_key(record), secret)
 
-    The sender's key (`original_key`), unless BSN-shaped text is in it: the hub's keys are youth keys,
-    and no BSN is to be in a Kafka key. Such a key is replaced by its pseudonym under the hub's
-    `secret` (for a key that is a BSN, the youth's own key, so the letter is found and audited by the
-    youth), or, without a secret, dropped (the letter's position headers still point to the record)."""
-    key = original_key(record)
-    if key is None or redact_text(key) == key:
+
+def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, str | None]:
+    """A sender's key as the hub may write it to Kafka, and its `KEY_PSEUDONYM` mark (None: as it was).
+
+    The hub's keys are youth keys, and no BSN is to be in a Kafka key. A key that is a BSN (eight
+    digits or nine), or holds nine digits that pass the elfproef, is replaced by its pseudonym under
+    the hub's `secret` (for a key that is a BSN, the youth's own key, so the letter is found and
+    audited by the youth); without a secret it is dropped (a dead letter's position headers still
+    point to the record). A youth key is one already, whatever digits are in it."""
+    if key is None or _YOUTH_KEY.fullmatch(key) or not (is_valid_bsn(key) or contains_bsn(key)):
         return key, None
     if not secret:
         return None, None

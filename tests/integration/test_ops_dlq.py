@@ -19,6 +19,7 @@ from hub.ops.lag import BrokersUnavailable
 from hub.ops.masking import MASK
 from hub.ops.tables import dlq_actions
 from hub.runtime import Hub
+from hub.spine.dlq import DLQ_TOPIC, KEY_PSEUDONYM
 from hub.store import Store
 from hub.store.tables import audit_log
 from schemas.envelope import H_MESSAGE_ID, Envelope
@@ -253,6 +254,28 @@ async def test_a_dead_letter_with_unusable_id_headers_is_replayed_like_any_other
         # the one that could not be replayed stays open
         await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
         assert await _actions(hub, "dlq.replayed") == ["dlq.replayed"] * 4
+
+
+async def test_a_letter_kept_under_a_bsn_key_is_replayed_under_its_pseudonym(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """A letter written before the spine kept no BSN as a key (or by another tool) holds its
+    sender's BSN key: its replayed copy went out under that BSN, now under the youth key."""
+    bsn, cure = "111222333", Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        sent = Envelope(type="T", payload={"n": 1})
+        where = [(DLQ_TOPIC, hub.topic(IN.name).encode())]
+        await produce(
+            kafka.bootstrap, hub.topic(IN.dlq), [(bsn.encode(), sent.to_bytes(), [*sent.headers(), *where])]
+        )
+        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
+        cure.fixed = True
+        job = (await client.post("/ops/api/dlq/replay", json={"all": True})).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        [copy] = await read_topic(kafka.bootstrap, hub.topic(IN.name), expect=1)
+        assert REPLAYED_FROM in headers_of(copy)
+        assert copy.key == pseudonym(TEST_SECRET, bsn).encode() and bsn.encode() not in copy.key
+        assert headers_of(copy)[KEY_PSEUDONYM] == "bsn"
 
 
 @pytest.mark.timeout(240)  # its own deadlines add up to 120 s
