@@ -213,8 +213,10 @@ def test_a_partner_claims_its_kafka_connectors_source(tmp_path: Path) -> None:
     assert before.returncode == 0, before.stderr
     again = _run(url, "set-kafka-source", "wijkteam-escamp", "wt-connector")  # its own claim, made again
     assert again.returncode == 0 and "1 referral(s) it sent before count as this partner's" in again.stdout
-    # one that came in through the claim, under the partner's key on the Kafka channel: it stands
-    asyncio.run(_referral_from(url, partner_key_of(url, "wijkteam-escamp"), "WT-2"))
+    # one that came in through the claim, as the intake stores it (the partner's key and id, on the
+    # Kafka channel): it stands
+    key = partner_key_of(url, "wijkteam-escamp")
+    asyncio.run(_referral_from(url, key, "WT-2", partner_id=key.removeprefix("partner:")))
     used = _run(url, "set-kafka-source", "wijkteam-escamp", "--none")
     assert used.returncode == 1 and "1 referral(s) came in through source 'wt-connector'" in used.stderr
 
@@ -237,7 +239,9 @@ def partner_key_of(url: str, name: str) -> str:
     return asyncio.run(key())
 
 
-async def _referral_from(url: str, referrer_key: str, case_reference: str) -> None:
+async def _referral_from(
+    url: str, referrer_key: str, case_reference: str, partner_id: str | None = None
+) -> None:
     from sqlalchemy import insert
 
     from hub.intake.tables import referrals
@@ -250,6 +254,7 @@ async def _referral_from(url: str, referrer_key: str, case_reference: str) -> No
                 insert(referrals).values(
                     id=case_reference,
                     referrer_key=referrer_key,
+                    partner_id=partner_id,
                     case_reference=case_reference,
                     referrer_type="PREVENTIEF",
                     channel="kafka",

@@ -31,7 +31,7 @@ from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
 from hub.ops.parked import discard, release
 from hub.ops.tables import dlq_replay_jobs
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_TOPIC
+from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_TOPIC, KEY_PSEUDONYM
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
@@ -253,10 +253,11 @@ def test_dlq_commands_say_what_failed_and_show_no_raw_key(
 
     done = runner.invoke(app, ["dlq", "replay", replayable], env=env)
     assert done.exit_code == 0 and "queued 1 of 1" in done.output, done.output
-    # queued with the sender's key, and the letter's id as message id (it had none): see test_ops_dlq
-    # the record as it came, its sender's own header included, with the replay's own two
-    replayed = {"x-verdachte": bsn, REPLAYED_FROM: replayable, H_MESSAGE_ID: replayable}
-    assert _outbox(tmp_path / "hub.db") == [(bsn, replayed)]
+    # queued with the letter's id as message id (it had none): see test_ops_dlq; the record as it
+    # came, its sender's own header included, with the replay's own two; and not under the sender's
+    # key, a BSN, but under that BSN's youth key, marked as a pseudonym
+    replayed = {"x-verdachte": bsn, REPLAYED_FROM: replayable, H_MESSAGE_ID: replayable, KEY_PSEUDONYM: "bsn"}
+    assert _outbox(tmp_path / "hub.db") == [(pseudonym(TEST_SECRET, bsn), replayed)]
     _refused_cleanly(runner.invoke(app, ["dlq", "replay", replayable], env=env), "already replayed")
     everything = runner.invoke(app, ["dlq", "replay", "--all"], env=env)  # the unreplayable one, again
     assert everything.exit_code == 1 and "could not be replayed" in everything.output, everything.output
