@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+
+# The hub's own record key, `youth_key` in hex. It names no one; any other key is whatever its sender
+# used, even a BSN, and is personal data.
+_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def youth_key(secret: str | bytes, bsn: str) -> str:
@@ -12,6 +17,11 @@ def youth_key(secret: str | bytes, bsn: str) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
     normalised = bsn.strip().zfill(9)
     return hmac.new(key, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+def is_youth_key(key: str | None) -> bool:
+    """True for the hub's own pseudonymous youth key (64 lowercase hex characters)."""
+    return key is not None and _YOUTH_KEY.fullmatch(key) is not None
 
 
 def youth_ref(secret: str | bytes, organisation: str, key: str) -> str:

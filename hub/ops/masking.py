@@ -26,6 +26,7 @@ from schemas.envelope import (
     ID_MAX,
 )
 from schemas.problems import masked_key
+from schemas.pseudonym import is_youth_key as is_youth_key  # re-exported: the console reads it here
 
 MASK = "•••"
 
@@ -113,10 +114,6 @@ HUB_HEADERS = frozenset(
     }
 )
 
-# The hub's own record key: HMAC-SHA256 of a BSN in hex (the test hub.ops.parked uses too). It names no
-# one; any other key is whatever its sender used, even a BSN, and is personal data.
-_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")
-
 
 def _field(key: str) -> str:
     return _NOT_KEY_CHARACTERS.sub("", key.lower())
@@ -124,11 +121,6 @@ def _field(key: str) -> str:
 
 def _personal(field: str) -> bool:
     return field in _PERSONAL_KEYS or _PERSONAL_PARTS.search(field) is not None
-
-
-def is_youth_key(key: str | None) -> bool:
-    """True for the hub's own pseudonymous youth key (64 lowercase hex characters)."""
-    return key is not None and _YOUTH_KEY.fullmatch(key) is not None
 
 
 def show_key(key: str | None, *, unmasked: bool) -> str | None:

@@ -4,7 +4,6 @@ the end of the outbox as it was, so it goes out once the brokers' limit allows i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +18,7 @@ from hub.ops.masking import show_headers
 from hub.store import Store
 from hub.store.tables import outbox, outbox_parked
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, trace_id, utcnow
+from schemas.pseudonym import is_youth_key
 
 SYSTEM = "ketenhub-ops"
 # A release or discard needs a reason as a dead letter's discard does (the audit log records its length).
@@ -148,16 +148,13 @@ async def _take(session: Any, row_id: int, action: str, operator: str, reason: s
     return row
 
 
-_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # HMAC-SHA256 of a BSN, as the hub keys its own messages
-
-
 async def _audit(session: Any, action: str, row: Any, operator: str, reason: str, **more: Any) -> None:
     # A dead letter's ids and key are whatever its sender used (a name, a BSN even); the audit log is
     # kept for years. Its transaction id as the spine takes one in (rule 19: not a name, a UUID made
     # from it), only the hub's own youth keys, and its message id masked when it may be personal.
     found = (row.headers or {}).get(H_TRANSACTION_ID)
     transaction_id = trace_id(found) if isinstance(found, str) and is_id(found) else None
-    youth = row.key if not _dead_letter(row) and row.key and _YOUTH_KEY.fullmatch(row.key) else None
+    youth = row.key if not _dead_letter(row) and is_youth_key(row.key) else None
     await write_audit(
         session,
         AuditEntry(

@@ -15,7 +15,7 @@ from hub.spine.headers import text_headers
 from schemas._base import readable
 from schemas.bsn import contains_bsn, is_valid_bsn
 from schemas.problems import masked_key
-from schemas.pseudonym import youth_key
+from schemas.pseudonym import is_youth_key, youth_key
 
 # Header names on every dead letter, readable without decoding the payload.
 DLQ_TOPIC = "dlq-original-topic"
@@ -42,7 +42,6 @@ DLQ_HEADERS = (
 # and went as its pseudonym (`dead_letter_key`): "bsn" when the key was a BSN, so the key is that
 # BSN's youth key; "text" when it only held one, so the key names no youth.
 KEY_PSEUDONYM = "ketenhub-key-pseudonym"
-_YOUTH_KEY = re.compile(r"[0-9a-f]{64}")  # HMAC-SHA256 in hex: schemas.pseudonym.youth_key
 _MAX_MESSAGE = 500
 _MAX_KEY = 200  # the outbox's key column
 # A database driver's message may echo the value it refused ("invalid input for query argument $4:
@@ -90,11 +89,14 @@ def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, st
     the hub's `secret` (for a key that is a BSN, the youth's own key, so the letter is found and
     audited by the youth); without a secret it is dropped (a dead letter's position headers still
     point to the record). A youth key is one already, whatever digits are in it."""
-    if key is None or _YOUTH_KEY.fullmatch(key) or not (is_valid_bsn(key) or contains_bsn(key)):
+    if key is None or is_youth_key(key):
+        return key, None
+    is_bsn = is_valid_bsn(key)
+    if not (is_bsn or contains_bsn(key)):
         return key, None
     if not secret:
         return None, None
-    return youth_key(secret, key), "bsn" if is_valid_bsn(key) else "text"
+    return youth_key(secret, key), "bsn" if is_bsn else "text"
 
 
 def safe_error_message(exc: BaseException) -> str:
