@@ -54,7 +54,6 @@ from tests.helpers.signals import hold_signals
 # each test's own deadlines (restarts, waits, reads) add up to 620-670 s, so the limit is above them
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 LONG = os.environ.get("KETENHUB_CHAOS_LONG") == "1"
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 SIGNAL_PATH = "/api/v1/signalen/"
 
 
@@ -91,10 +90,10 @@ def signal_of(bsn: str) -> VerwijsindexSignal:
         organisation="Halt Den Haag",
         caseworker=ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl"),
         caseworker_id="cw-ilse",
-        created=TODAY,
-        end_date=TODAY + timedelta(days=365),
-        youth_informed_at=TODAY,
-        parent_letter_sent_at=TODAY,
+        created=today(),
+        end_date=today() + timedelta(days=365),
+        youth_informed_at=today(),
+        parent_letter_sent_at=today(),
     )  # fmt: skip
 
 

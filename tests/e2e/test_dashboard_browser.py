@@ -53,7 +53,6 @@ from tests.integration.test_ops_lag import (
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IDLE = Topic("ops.idle.v1", partitions=1)
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -301,7 +300,7 @@ async def test_sink_mails_and_borging_problems_show_as_text(served_with_mail: tu
     await wait_for(lambda: mails_stored(2), timeout_s=30)
     newest, older = await stored_mails(store)
     assert (newest.rcpt_to, older.rcpt_to) == (["lotte@halt.nl"], ["ilse@halt.nl"])
-    away = TODAY - timedelta(days=20), TODAY + timedelta(days=10)
+    away = today() - timedelta(days=20), today() + timedelta(days=10)
     await add_caseworkers(hub, LOTTE.model_copy(update={"absences": [Absence(start=away[0], end=away[1])]}))
     rounds = {r.caseworker_id: r for r in await check_borging(hub)}  # the daily round, now
     assert rounds["cw-lotte"].problem and not rounds["cw-lotte"].signal_ids

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select, text, update
 import connectors.receivers.component as receivers_component
 import hub.consent.service as consent_service
 import hub.handovers.component as routing_component
+from hub.clock import today
 from hub.consent.service import withdraw_consent
 from hub.consent.store import insert_consent
 from hub.consent.tables import consents
@@ -38,7 +39,7 @@ from schemas.handover import Handover, ReceiverType
 from tests.helpers.kafka import wait_for
 from tests.helpers.pg import WAITING_FOR_ADVISORY, WAITING_FOR_ANY_LOCK
 from tests.integration.test_consent_api import ONE_PARENT, _referral_again
-from tests.integration.test_handover_flow import CW, TODAY, World, world
+from tests.integration.test_handover_flow import CW, World, world
 
 pytestmark = pytest.mark.integration
 _HELD = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
@@ -146,14 +147,14 @@ async def _bs_request(w: World, url: str, referral_id: str) -> dict[str, Any]:
         return {
             "youth": {k: youth[k] for k in ("bsn", "given_names", "surname", "birth_date", "municipality")}
             | {"gender": "MAN"},
-            "youth_informed_at": TODAY.isoformat(),
-            "parent_letter_sent_at": TODAY.isoformat(),
+            "youth_informed_at": today().isoformat(),
+            "parent_letter_sent_at": today().isoformat(),
         }
     if url == "toestemmingen":
         return {
             "referral_id": referral_id, "purpose": "WARME_OVERDRACHT", "data_categories": ["PERSONALIA"],
-            "recipient_organisations": ["jongerenwerk-dh"], "valid_from": TODAY.isoformat(),
-            "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+            "recipient_organisations": ["jongerenwerk-dh"], "valid_from": today().isoformat(),
+            "valid_until": (today() + timedelta(days=365)).isoformat(),
             "grantors": [{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
                           "given_at": datetime.now(UTC).isoformat(), "method": "MONDELING"}],
         }  # fmt: skip
@@ -224,7 +225,7 @@ async def test_a_withdrawal_and_routings_periodic_check_on_one_youth_take_turns(
         consent = Consent(
             youth={"bsn": "111222333", "birth_date": "2008-01-10"}, purpose="WARME_OVERDRACHT",
             recipient_organisations=["jongerenwerk-dh"], data_categories=["PERSONALIA"], recorded_by=CW,
-            valid_from=TODAY + timedelta(days=1), valid_until=TODAY + timedelta(days=30),
+            valid_from=today() + timedelta(days=1), valid_until=today() + timedelta(days=30),
             grantors=[{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
                        "given_at": datetime.now(UTC), "method": "MONDELING"}],
         )  # fmt: skip
@@ -271,7 +272,7 @@ async def _waiting_handover(store: Store, key: str, *, reasons: list[str] | None
         "youth": {"bsn": "111222333", "given_names": "Sam", "surname": "Jansen", "birth_date": "2008-01-10",
                   "municipality": "Den Haag", "guardians": []},
         "track": "HALT_STRAF",
-        "offence": {"committed_on": (TODAY - timedelta(days=10)).isoformat(), "description": "vernieling"},
+        "offence": {"committed_on": (today() - timedelta(days=10)).isoformat(), "description": "vernieling"},
     }  # fmt: skip
     async with store.transaction() as session:
         await session.execute(

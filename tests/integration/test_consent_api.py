@@ -12,14 +12,14 @@ import pytest
 from fhir.resources.R4B.consent import Consent as FhirConsent
 from sqlalchemy import select, update
 
-from hub.clock import LOCAL
+from hub.clock import LOCAL, today
 from hub.consent.fhir import EXT_COMPLETENESS, EXT_CUSTODIANS, EXT_STATUS, FHIR_JSON, NS_BSN
 from hub.consent.tables import consents
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from schemas.caseworker import Caseworker
 from tests.helpers.kafka import wait_for
-from tests.integration.test_handover_flow import CW, TODAY, _queued, world
+from tests.integration.test_handover_flow import CW, _queued, world
 
 pytestmark = pytest.mark.integration
 
@@ -218,8 +218,8 @@ def _json_consent(referral_id: str, *given_at: str) -> dict[str, Any]:
             {"role": r, "name": f"{r} {i}", "permission": "PERMIT", "given_at": at, "method": "MONDELING"}
             for i, (r, at) in enumerate(zip(roles, given_at, strict=True))
         ],
-        "valid_from": (TODAY - timedelta(days=1)).isoformat(),
-        "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+        "valid_from": (today() - timedelta(days=1)).isoformat(),
+        "valid_until": (today() + timedelta(days=365)).isoformat(),
     }
 
 
@@ -1027,7 +1027,7 @@ async def test_a_twin_of_a_consent_in_force_is_refused_so_its_withdrawal_stops_t
         # so is one for another receiver, or for a longer period
         for changes in (
             {"recipient_organisations": ["wijkteam-dh"]},
-            {"valid_until": (TODAY + timedelta(days=400)).isoformat()},
+            {"valid_until": (today() + timedelta(days=400)).isoformat()},
         ):
             other = await w.client.post(
                 "/api/v1/toestemmingen", json=sent | changes, headers={"X-Medewerker": CW}

@@ -26,7 +26,6 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.integration
 PASSWORD = "a-long-enough-password"
 BASE = "/api/v1/medewerkers"
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 
 
 @asynccontextmanager
@@ -85,8 +84,8 @@ async def test_roles_create_update_absence_delegate_and_problems(
             "delegate_id"
         ] == "cw-omar"
         span = {
-            "start": (TODAY - timedelta(days=1)).isoformat(),
-            "end": (TODAY + timedelta(days=3)).isoformat(),
+            "start": (today() - timedelta(days=1)).isoformat(),
+            "end": (today() + timedelta(days=3)).isoformat(),
         }
         added = await admin.post(f"{BASE}/cw-ilse/afwezigheden", json=span)
         assert added.status_code == 201 and added.json()["absences"] == [span]

@@ -54,7 +54,6 @@ from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
 pytestmark = pytest.mark.integration
 SECRET = "receiver-webhook-secret-0123456789abcdef"
 FHIR = "application/fhir+json"
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 CW = "cw-1"
 
 
@@ -63,7 +62,7 @@ def bsns() -> list[str]:
 
 
 def born(years: int) -> date:
-    return add_years(TODAY, -years) - timedelta(days=30)
+    return add_years(today(), -years) - timedelta(days=30)
 
 
 @dataclass
@@ -143,7 +142,7 @@ class World:
             },
             "track": "HALT_STRAF",
             "offence": {
-                "committed_on": (TODAY - timedelta(days=10)).isoformat(),
+                "committed_on": (today() - timedelta(days=10)).isoformat(),
                 "description": "vernieling bushokje",
             },
         }
@@ -186,8 +185,8 @@ class World:
                 }
                 for role, name in grantors
             ],
-            "valid_from": (TODAY - timedelta(days=1)).isoformat(),
-            "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+            "valid_from": (today() - timedelta(days=1)).isoformat(),
+            "valid_until": (today() + timedelta(days=365)).isoformat(),
             **changes,
         }
         r = await self.client.post("/api/v1/toestemmingen", json=body, headers={"X-Medewerker": CW})
@@ -295,8 +294,8 @@ async def test_no_handover_without_covering_consent_then_once_when_it_arrives(
                 "VERLOPEN",
                 17,
                 {
-                    "valid_from": (TODAY - timedelta(days=90)).isoformat(),
-                    "valid_until": (TODAY - timedelta(days=1)).isoformat(),
+                    "valid_from": (today() - timedelta(days=90)).isoformat(),
+                    "valid_until": (today() - timedelta(days=1)).isoformat(),
                 },
             ),
             ("INGETROKKEN", 17, {}),
@@ -511,8 +510,8 @@ async def test_recording_a_consent_or_asking_a_handover_does_not_open_another_ca
         )
         throwaway = {
             "referral_id": rid, "purpose": "DELEN_NA_MATCH", "recipient_organisations": ["wijkteam-dh"],
-            "data_categories": ["PERSONALIA"], "valid_from": TODAY.isoformat(),
-            "valid_until": (TODAY + timedelta(days=1)).isoformat(),
+            "data_categories": ["PERSONALIA"], "valid_from": today().isoformat(),
+            "valid_until": (today() + timedelta(days=1)).isoformat(),
             "grantors": [{"role": "JEUGDIGE", "name": "x", "permission": "DENY",
                           "given_at": datetime.now(UTC).isoformat(), "method": "MONDELING"}],
         }  # fmt: skip
@@ -1222,8 +1221,8 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         rid, _ = await w.referral(17)
         await w.consent(
             rid,
-            valid_from=(TODAY + timedelta(days=1)).isoformat(),
-            valid_until=(TODAY + timedelta(days=90)).isoformat(),
+            valid_from=(today() + timedelta(days=1)).isoformat(),
+            valid_until=(today() + timedelta(days=90)).isoformat(),
         )
         hid = await w.handover(rid)
 
@@ -1297,7 +1296,7 @@ async def test_a_withdrawal_is_told_to_a_receiver_that_may_have_a_handover_that_
     handovers whose status said they were sent: the receiver holding the data never heard."""
     async with world(kafka, db_url, unique, retry_schedule_s=(0.5,) * 8) as w:
         rid, _ = await w.referral(17)
-        consent = await w.consent(rid, valid_until=TODAY.isoformat())
+        consent = await w.consent(rid, valid_until=today().isoformat())
         w.receiver.fail_after_storing = True
         hid = await w.handover(rid)
         await wait_for(lambda: len(w.receiver.handovers()) >= 1)

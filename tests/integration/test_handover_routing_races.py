@@ -12,7 +12,7 @@ from sqlalchemy import insert, select, update
 
 import connectors.receivers.component as receivers_component
 import hub.retention.purge as purge_module
-from hub.clock import aware
+from hub.clock import aware, today
 from hub.consent.api import _youth as consent_youth
 from hub.consent.service import record_consent
 from hub.consent.tables import consents
@@ -32,7 +32,7 @@ from schemas.pseudonym import youth_key
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import wait_for
 from tests.helpers.pg import WAITING_FOR_ADVISORY, WAITING_FOR_ANY_LOCK
-from tests.integration.test_handover_flow import CW, TODAY, _queued, world
+from tests.integration.test_handover_flow import CW, _queued, world
 
 pytestmark = pytest.mark.integration
 
@@ -186,8 +186,8 @@ async def test_a_handover_asked_while_its_case_is_purged_waits_and_then_finds_no
         async def record() -> Any:
             body = {
                 "referral_id": rid, "purpose": "WARME_OVERDRACHT", "data_categories": ["PERSONALIA"],
-                "recipient_organisations": ["jongerenwerk-dh"], "valid_from": TODAY.isoformat(),
-                "valid_until": (TODAY + timedelta(days=365)).isoformat(),
+                "recipient_organisations": ["jongerenwerk-dh"], "valid_from": today().isoformat(),
+                "valid_until": (today() + timedelta(days=365)).isoformat(),
                 "grantors": [{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
                               "given_at": datetime.now(UTC).isoformat(), "method": "MONDELING"}],
             }  # fmt: skip
@@ -233,7 +233,7 @@ async def test_a_routing_batch_and_a_consent_on_the_same_youth_take_turns_not_de
         "youth": {"bsn": bsn, "given_names": "Sam", "surname": "Jansen", "birth_date": "2008-01-10",
                   "municipality": "Den Haag", "guardians": []},
         "track": "HALT_STRAF",
-        "offence": {"committed_on": (TODAY - timedelta(days=10)).isoformat(), "description": "vernieling"},
+        "offence": {"committed_on": (today() - timedelta(days=10)).isoformat(), "description": "vernieling"},
     }  # fmt: skip
     async with store.transaction() as session:
         await session.execute(
@@ -272,8 +272,8 @@ async def test_a_routing_batch_and_a_consent_on_the_same_youth_take_turns_not_de
             young, ykey, referral_id = await consent_youth(s, rid, None)
             consent = Consent(
                 youth=young, purpose="WARME_OVERDRACHT", recipient_organisations=["jongerenwerk-dh"],
-                data_categories=["PERSONALIA"], recorded_by=CW, valid_from=TODAY,
-                valid_until=TODAY + timedelta(days=30),
+                data_categories=["PERSONALIA"], recorded_by=CW, valid_from=today(),
+                valid_until=today() + timedelta(days=30),
                 grantors=[{"role": "JEUGDIGE", "name": "Sam", "permission": "PERMIT",
                            "given_at": datetime.now(UTC), "method": "MONDELING"}],
             )  # fmt: skip

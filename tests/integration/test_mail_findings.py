@@ -21,6 +21,7 @@ from sqlalchemy import select
 from connectors.mail import MailSink
 from connectors.mail.component import UNKNOWN_PROBLEM, MailConnector, mail_component
 from connectors.mail.smtp import SmtpMailer
+from hub.clock import today
 from hub.config import SmtpSettings
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
@@ -51,7 +52,7 @@ from tests.integration.test_mail_delivery import (
     smtp_sink,
     start_mail_hub,
 )
-from tests.integration.test_notify_match import KEES, TODAY, signal_with_match, youth
+from tests.integration.test_notify_match import KEES, signal_with_match, youth
 
 pytestmark = pytest.mark.integration
 FLEUR = Caseworker(
@@ -61,7 +62,7 @@ FLEUR = Caseworker(
     team=Team.GOUDA,
     meldingsbevoegd=True,
 )
-AWAY = [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=5))]
+AWAY = [Absence(start=today() - timedelta(days=2), end=today() + timedelta(days=5))]
 
 
 async def audit_rows(hub: Hub, action: str) -> list[Any]:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from connectors.mail.message import NOTIFICATION_HEADER, TRANSACTION_HEADER
+from hub.clock import today
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.errors import TransientError
@@ -46,13 +47,12 @@ from tests.integration.test_mail_findings import (
     connector_on_a_sink,
     replay_dead_letter,
 )
-from tests.integration.test_notify_match import TODAY
 
 pytestmark = pytest.mark.integration
 OUTAGE = "mail_niet_verstuurd_storing"
 # Two quick attempts and two rungs: an outage longer than that dead-letters the mail.
 SHORT = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.2, 0.2), jitter=0.0)
-AWAY = [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=5))]
+AWAY = [Absence(start=today() - timedelta(days=2), end=today() + timedelta(days=5))]
 
 
 async def problems(hub: Hub) -> list[Any]:

@@ -36,7 +36,6 @@ from tests.integration.test_mail_delivery import (
 from tests.integration.test_notify_match import signal_with_match, youth
 
 pytestmark = pytest.mark.integration
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 VI_FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.3,) * 5, jitter=0.0)
 
 
@@ -63,7 +62,7 @@ async def test_long_absence_moves_signals_to_the_delegate_and_the_index_shows_th
     from tests.conftest import make_settings
 
     away = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+        update={"absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))]}
     )
     lone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
     with SimulatorServer() as simulator:
@@ -163,7 +162,7 @@ async def test_a_signal_past_its_end_date_stays_and_the_live_ones_still_move(
     from tests.integration.test_mail_delivery import start_mail_hub
 
     away = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+        update={"absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))]}
     )
     async with smtp_sink() as sink:
         hub = await start_mail_hub(
@@ -178,7 +177,7 @@ async def test_a_signal_past_its_end_date_stays_and_the_live_ones_still_move(
                 await session.execute(
                     update(signals)
                     .where(signals.c.signal_id == ended)
-                    .values(end_date=TODAY - timedelta(days=35))
+                    .values(end_date=today() - timedelta(days=35))
                 )
             await add_caseworkers(hub, away)
 
@@ -199,7 +198,7 @@ async def test_one_caseworkers_failed_borging_is_shown_and_the_others_go_on(
     from tests.integration.test_mail_delivery import start_mail_hub
 
     away = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+        update={"absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))]}
     )
     lone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
     real_borg = borging.borg
@@ -239,7 +238,7 @@ async def test_borging_that_would_come_back_to_the_caseworker_is_no_delegate(
     away = OMAR.model_copy(
         update={
             "delegate_id": "cw-ilse",
-            "absences": [Absence(start=TODAY - timedelta(days=3), end=TODAY + timedelta(days=10))],
+            "absences": [Absence(start=today() - timedelta(days=3), end=today() + timedelta(days=10))],
         }
     )
     async with directory_app(kafka, db_url, unique) as (hub, admin, _viewer):
@@ -273,7 +272,7 @@ async def test_a_delegate_who_may_not_signal_takes_nothing_over_and_the_move_is_
     from tests.integration.test_mail_delivery import start_mail_hub
 
     away = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]}
+        update={"absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))]}
     )
     unfit = {
         "meldingsbevoegd": OMAR.model_copy(update={"meldingsbevoegd": False}),

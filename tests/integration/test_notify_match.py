@@ -45,7 +45,6 @@ from tests.integration.test_mail_delivery import (
 )
 
 pytestmark = pytest.mark.integration
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 KEES = ContactDetails(
     name="Kees de Wit", organisation="Jeugdhulp Haaglanden", email="kees@jeugdhulp.nl", phone="06 1234 5678"
 )
@@ -84,8 +83,8 @@ async def signal_with_match(
     signal = VerwijsindexSignal(
         signal_id=signal_id, youth=young, organisation="Halt Den Haag",
         caseworker=ContactDetails(name="x", organisation="Halt Den Haag", email="x@halt.nl"),
-        caseworker_id=owner, created=TODAY, end_date=TODAY + timedelta(days=365),
-        youth_informed_at=TODAY, parent_letter_sent_at=TODAY,
+        caseworker_id=owner, created=today(), end_date=today() + timedelta(days=365),
+        youth_informed_at=today(), parent_letter_sent_at=today(),
     )  # fmt: skip
     async with hub.store.transaction() as session:
         await store_signal(session, hub, signal, youth_key=youth_key(TEST_SECRET, young.bsn),
@@ -303,7 +302,7 @@ async def test_absent_caseworker_mail_reaches_delegate_and_nobody_reachable_is_s
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
     absent = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=5))]}
+        update={"absences": [Absence(start=today() - timedelta(days=2), end=today() + timedelta(days=5))]}
     )
     alone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
     async with smtp_sink() as sink:
@@ -335,7 +334,7 @@ async def test_a_match_keeps_whom_its_mail_reached_and_when_and_its_caseworker_c
     """The canonical Match has "notified caseworker and when"; the hub never wrote either, so neither a
     caseworker nor an administrator could tell from the match whether, and to whom, it was mailed."""
     absent = ILSE.model_copy(
-        update={"absences": [Absence(start=TODAY - timedelta(days=1), end=TODAY + timedelta(days=3))]}
+        update={"absences": [Absence(start=today() - timedelta(days=1), end=today() + timedelta(days=3))]}
     )
     alone = OMAR.model_copy(update={"caseworker_id": "cw-lone", "email": "lone@halt.nl", "active": False})
     nina = OMAR.model_copy(update={"caseworker_id": "cw-nina", "email": "nina@halt.nl"})

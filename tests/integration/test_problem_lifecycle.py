@@ -17,6 +17,7 @@ from sqlalchemy import delete, event, insert, select, update
 
 import connectors.mail.component as mail_component
 from connectors.mail.problems import OUTAGE, REFUSED, SENT, WITHHELD, resolve_done
+from hub.clock import today
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.errors import PermanentError, TransientError
@@ -54,14 +55,14 @@ from tests.integration.test_mail_delivery import (
 )
 from tests.integration.test_mail_findings import _envelope, connector_on_a_sink, replay_dead_letter
 from tests.integration.test_mail_problems import SHORT
-from tests.integration.test_notify_match import TODAY, signal_with_match, youth
+from tests.integration.test_notify_match import signal_with_match, youth
 
 pytestmark = pytest.mark.integration
 PROBLEM_JSON = "application/problem+json"
 A_BSN = "123456782"  # passes the elfproef
 LONE = OMAR.model_copy(update={"caseworker_id": "cw-lone", "name": "Lone Ranger", "email": "lone@halt.nl"})
 BACK = "borging niet meer nodig: de medewerker is in dienst en niet (meer) afwezig"
-LONG_AWAY = [Absence(start=TODAY - timedelta(days=20), end=TODAY + timedelta(days=10))]
+LONG_AWAY = [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))]
 TOPIC = "t.notification.mail.v1"
 QUEUED = "de melding is alsnog klaargezet om te versturen"
 ENDED = "niet meer nodig: het signaal is beëindigd"
@@ -290,7 +291,7 @@ async def test_a_borging_problem_of_a_caseworker_still_away_stays_open_until_the
     """An administrator's borging for a caseworker away without a delegate, not yet long enough for the
     daily round, raised a problem; that round resolved it as not needed ("niet (meer) lang afwezig")
     while they were still away and nobody could take their signals over."""
-    short = [Absence(start=TODAY - timedelta(days=2), end=TODAY + timedelta(days=3))]
+    short = [Absence(start=today() - timedelta(days=2), end=today() + timedelta(days=3))]
     lotte = LONE.model_copy(update={"caseworker_id": "cw-lotte", "email": "lotte@halt.nl", "absences": short})
     async with directory_app(kafka, db_url, unique) as (hub, admin, _):
         assert hub.store is not None
@@ -409,13 +410,13 @@ async def test_a_mail_that_need_not_go_any_more_is_resolved_as_such(store: Store
 
 async def _a_signal_of(store: Store, caseworker_id: str, signal_id: str = "sig-1") -> str:
     """An active signal whose contact is `caseworker_id`, as the hub holds it; its youth key."""
-    key = youth_key(TEST_SECRET, A_BSN)
+    key, day = youth_key(TEST_SECRET, A_BSN), today()
     async with store.transaction() as s:
         await s.execute(
             insert(signals).values(
                 signal_id=signal_id, youth_key=key, bsn=A_BSN, given_names="Sam", surname="Jansen",
                 birth_date=date(2010, 1, 1), gender="MAN", municipality="Den Haag", organisation="Halt",
-                caseworker_id=caseworker_id, contact={}, created=TODAY, end_date=TODAY + timedelta(days=365),
+                caseworker_id=caseworker_id, contact={}, created=day, end_date=day + timedelta(days=365),
                 status=SignalStatus.ACTIEF.value, delivery_state="delivered", attempt=0, updated_at=utcnow(),
             )
         )  # fmt: skip

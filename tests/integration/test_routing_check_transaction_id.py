@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from hub.clock import today
 from hub.embedded import EmbeddedKafka
 from hub.store.tables import outbox
 from schemas.envelope import Envelope
 from tests.helpers.kafka import wait_for
-from tests.integration.test_handover_flow import CW, TODAY, World, world
+from tests.integration.test_handover_flow import CW, World, world
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ async def test_handovers_sent_by_the_check_keep_their_requests_transaction_ids(
             rid, _ = await w.referral(17)
             await w.consent(
                 rid,
-                valid_from=(TODAY + timedelta(days=1)).isoformat(),
-                valid_until=(TODAY + timedelta(days=90)).isoformat(),
+                valid_from=(today() + timedelta(days=1)).isoformat(),
+                valid_until=(today() + timedelta(days=90)).isoformat(),
             )
             tx = str(uuid.uuid4())
             requests[await _request(w, rid, tx)] = tx

@@ -44,7 +44,6 @@ from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_all, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 # In place: 2 quick calls; then parked attempts 0.6 s apart; the 5th failure goes to the DLQ.
 FAST = RetryPolicy(in_place_attempts=2, in_place_wait_s=0.01, schedule_s=(0.6,) * 5, jitter=0.0)
 # For the outage test: each parked rung leaves the test seconds, not a fraction of one, to change the
@@ -91,10 +90,10 @@ def a_signal(bsn: str, signal_id: str | None = None) -> VerwijsindexSignal:
         organisation="Halt Den Haag",
         caseworker=ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl"),
         caseworker_id="cw-ilse",
-        created=TODAY,
-        end_date=TODAY + timedelta(days=365),
-        youth_informed_at=TODAY,
-        parent_letter_sent_at=TODAY,
+        created=today(),
+        end_date=today() + timedelta(days=365),
+        youth_informed_at=today(),
+        parent_letter_sent_at=today(),
     )
 
 
@@ -373,8 +372,8 @@ async def other_organisation_signals(admin: httpx.AsyncClient, signals_: list[Ve
             },
             "organisatie": {"code": "jeugdhulp-haaglanden", "naam": "Jeugdhulp Haaglanden"},
             "contactpersoon": {"naam": "Kees de Wit", "email": "kees@jeugdhulp.nl"},
-            "aangemaakt": TODAY.isoformat(),
-            "einddatum": (TODAY + timedelta(days=200)).isoformat(),
+            "aangemaakt": today().isoformat(),
+            "einddatum": (today() + timedelta(days=200)).isoformat(),
         }  # fmt: skip
         answer = await admin.put(
             SIGNAL + str(uuid.uuid4()), json=body, headers={"Fsc-Transaction-Id": str(uuid.uuid4())}

@@ -24,6 +24,7 @@ from connectors.verwijsindex.contract import Organisatie, SignaalStatus
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.app import create_app
 from hub.cli import app as cli
+from hub.clock import today
 from hub.directory import create_caseworker, replace_caseworker
 from hub.embedded import EmbeddedKafka
 from hub.errors import TransientError
@@ -46,7 +47,6 @@ from tests.integration.test_verwijsindex_connector import (
     SIGNAL,
     SLOW,
     STAND_IN,
-    TODAY,
     _all_at,
     _all_delivered,
     _is_done,
@@ -626,7 +626,7 @@ async def test_a_registration_replayed_after_its_signal_ended_settles_the_signal
             await session.execute(
                 update(signals)
                 .where(signals.c.signal_id == signal.signal_id)
-                .values(created=TODAY - timedelta(days=400), end_date=TODAY - timedelta(days=1))
+                .values(created=today() - timedelta(days=400), end_date=today() - timedelta(days=1))
             )
         await replay_all(hub)
         await wait_for(lambda: _state_is(hub, signal, "withheld"), timeout_s=20)

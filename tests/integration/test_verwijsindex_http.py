@@ -32,7 +32,6 @@ from tests.helpers.http import serving
 pytestmark = pytest.mark.integration
 
 BSN = "999990044"
-TODAY = today()  # the Dutch calendar day, as the hub counts it
 
 
 def registration(
@@ -50,8 +49,8 @@ def registration(
         ),
         organisatie=Organisatie(code=org, naam=org),
         contactpersoon=Contactpersoon(naam=f"Contact {org}", email=f"c@{org}.nl", telefoon="070 123 4567"),
-        aangemaakt=TODAY - timedelta(days=400) if einddatum else TODAY,
-        einddatum=einddatum or TODAY + timedelta(days=365),
+        aangemaakt=today() - timedelta(days=400) if einddatum else today(),
+        einddatum=einddatum or today() + timedelta(days=365),
     )
 
 
@@ -166,7 +165,7 @@ async def test_permanent_errors_carry_the_reason_but_no_personal_data(vi: Verwij
     with pytest.raises(NotInIndex, match="HTTP 404"):  # the index's own answer about the signal
         await vi.withdraw("unknown", IntrekkingsReden.ONTERECHT, "tx")
     with pytest.raises(PermanentError, match="einddatum lies in the past") as caught:
-        await vi.register("sig-2", registration(einddatum=TODAY - timedelta(days=1)), "tx")
+        await vi.register("sig-2", registration(einddatum=today() - timedelta(days=1)), "tx")
     assert BSN not in str(caught.value) and "Sanne" not in str(caught.value)
 
 
@@ -335,7 +334,7 @@ def an_index_adding_a_field() -> FastAPI:
     signaal = {
         "signaal_id": "sig-1", "status": "ACTIEF", "organisatie": org,
         "contactpersoon": {"naam": "Ilse Bakker", "email": "ilse@halt.nl", "functie": "medewerker"},
-        "aangemaakt": TODAY.isoformat(), "einddatum": (TODAY + timedelta(days=365)).isoformat(),
+        "aangemaakt": today().isoformat(), "einddatum": (today() + timedelta(days=365)).isoformat(),
     } | more  # fmt: skip
     match = {
         "match_id": "m-1", "cursor": "c-1", "type": "CLIENTMATCH", "signaal_id": "sig-1",
