@@ -32,3 +32,11 @@ def youth_ref(secret: str | bytes, organisation: str, key: str) -> str:
     (organisation, key) pairs give the same text."""
     secret_bytes = secret.encode() if isinstance(secret, str) else secret
     return hmac.new(secret_bytes, f"{organisation}:{key}".encode(), hashlib.sha256).hexdigest()
+
+
+def receiver_ref(secret: str | bytes, organisation: str, kind: str, value: str) -> str:
+    """Hex HMAC-SHA256 of `<organisation>:<kind>:<value>`: one of the hub's own ids (a referral's, a
+    consent's) as one receiving organisation knows it. Stable per receiver, another at every other:
+    two receivers of one referral cannot join what each got on the hub's id, as with `youth_ref`."""
+    secret_bytes = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(secret_bytes, f"{organisation}:{kind}:{value}".encode(), hashlib.sha256).hexdigest()

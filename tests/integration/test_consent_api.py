@@ -18,6 +18,8 @@ from hub.consent.tables import consents
 from hub.directory import upsert_caseworker
 from hub.embedded import EmbeddedKafka
 from schemas.caseworker import Caseworker
+from schemas.pseudonym import receiver_ref
+from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import wait_for
 from tests.integration.test_handover_flow import CW, _queued, world
 
@@ -816,7 +818,10 @@ async def test_a_handover_back_to_waiting_goes_at_once_under_a_whole_consent_rec
 
         await wait_for(lambda: len(w.receiver.handovers()) >= 1, timeout_s=30)
         [got] = w.receiver.handovers()
-        assert got.payload["handover_id"] == hid and got.payload["consent_id"] == whole["consent_id"]
+        # the consent as the receiver knows it: its own reference of the consent's id
+        assert got.payload["handover_id"] == hid
+        ours = receiver_ref(TEST_SECRET, "jongerenwerk-dh", "consent", whole["consent_id"])
+        assert got.payload["consent_ref"] == ours
         state = await w.status(hid)
         assert state["status"] in ("VERZONDEN", "ONTVANGEN") and state["consent_id"] == whole["consent_id"]
         (again,) = await w.audit("handover.waiting_again")

@@ -823,10 +823,12 @@ async def test_each_receiver_gets_a_youth_ref_of_its_own_and_never_the_youth_key
         for kind in ("Handover", "HandoverWithdrawn"):
             assert sorted((org, hid) for org, t, hid in got if t == kind) == sorted(webhook)
 
-        # nowhere the youth key: not in a body, not as a record key
+        # nowhere the youth key: not in a body, not as a record key; nor the referral's or the
+        # consent's id, which every receiver of the referral (or under the consent) would share
         sent = [*w.receiver.attempts, *(("jeugdhulp-dh", bytes(rec.value)) for rec in records)]
         for _, body in sent:
             assert key.encode() not in body and b"youth_key" not in body, body
+            assert rid.encode() not in body and consent["consent_id"].encode() not in body, body
         assert all(rec.key is not None and key.encode() not in rec.key for rec in records)
 
         # one reference per receiver and youth: in each handover and notice it got, and as record key
