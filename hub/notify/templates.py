@@ -41,7 +41,8 @@ BEHALF_TEMPLATES = frozenset({"match", "notice", *HANDOVER_NOTICES})
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered mail; `not_bsn`: the validated phone numbers and ids it shows (MailNotification)."""
+    """A rendered mail; `not_bsn`: the validated phone numbers, e-mail addresses and ids it shows
+    (MailNotification)."""
 
     subject: str
     text: str
@@ -136,12 +137,14 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
         + "".join(f"<li><b>{escape(n)}</b>: {escape(d)}</li>" for n, d in contacts)
         + f"</ul><p>{escape(advice)}</p><p><small>Automatisch verstuurd door ketenhub.</small></p></body>",
     )
-    phones = [str(c["phone"]) for c in ctx["counterparts"] if c.get("phone")]
+    # a counterpart's phone number and e-mail address were validated as such (an address may be
+    # built on a staff number of nine digits); the rest of what a counterpart shows is still read
+    validated = [str(c[k]) for c in ctx["counterparts"] for k in ("phone", "email") if c.get(k)]
     return Rendered(
         f"Match in de Verwijsindex ({kind.split(' ')[0]}), zaak {ref}",
         text,
         html,
-        not_bsn=(ref, str(ctx["match_id"]), *phones),
+        not_bsn=(ref, str(ctx["match_id"]), *validated),
     )
 
 

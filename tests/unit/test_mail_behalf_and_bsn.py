@@ -99,3 +99,21 @@ def test_a_message_queued_before_the_new_fields_still_reads() -> None:
     }  # fmt: skip
     mail = MailNotification.model_validate(old)
     assert mail.for_caseworker_id is None and mail.not_bsn == []
+
+
+def test_a_counterparts_e_mail_address_built_on_nine_digits_does_not_trip_the_bsn_check() -> None:
+    """A Verwijsindex counterpart's address built on a staff number whose nine digits pass the elfproef
+    made every match mail naming it fail the check: the match went to the DLQ, unmailed (rule 16)."""
+    email = "612345683@jeugdzorg.nl"
+    assert contains_bsn(email)
+    ctx = {**MATCH, "counterparts": [{"name": "Kees de Wit", "organisation": "Jeugdhulp", "email": email}]}
+    rendered = render("match", ctx)
+    mail = MailNotification(
+        recipient_caseworker_id="cw-1", template="match", subject=rendered.subject,
+        body_text=rendered.text, body_html=rendered.html, case_reference="sig-1",
+        not_bsn=list(rendered.not_bsn),
+    )  # fmt: skip
+    assert email in mail.body_text and email in (mail.body_html or "")
+    # the address is exempt where it stands, not its digits elsewhere in the mail
+    with pytest.raises(ValidationError, match="looks like a BSN"):
+        _mail(f"{email} en jongere 612345683", list(rendered.not_bsn))
