@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -49,6 +49,8 @@ async def record_answer(
     is no error: a receiver's retry or a redelivered record gets the handover as it stands; only a
     meeting planned since is kept. Another answer after a final one is refused (409).
     """
+    # in UTC: SQLite keeps a moment's clock time and drops its offset, so 10:30+01:00 read back 10:30Z
+    meeting_planned_at = meeting_planned_at and meeting_planned_at.astimezone(UTC)
     row = await get_handover(session, handover_id, lock=True, receiver=receiver)  # two answers: in turn
     if row is None:
         raise HandoverProblem(404, "deze overdracht is niet bekend bij deze ontvanger")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
+from hub.clock import aware
 from hub.consent.caseworker import (
     CurrentCaseworker,
     NotOnCase,
@@ -138,7 +139,7 @@ class HandoverOut(CanonicalModel):
 
     @classmethod
     def of(cls, row: Any) -> HandoverOut:
-        """From a handovers row."""
+        """From a handovers row; its moments in UTC, with the offset (SQLite gives them back naive)."""
         return cls(
             handover_id=row.id,
             referral_id=row.referral_id,
@@ -151,11 +152,11 @@ class HandoverOut(CanonicalModel):
             consent_id=row.consent_id,
             data_categories=row.data_categories,
             joint_meeting=row.joint_meeting,
-            created_at=row.created_at,
-            sent_at=row.sent_at,
-            delivered_at=row.delivered_at,
-            answered_at=row.answered_at,
-            meeting_planned_at=row.meeting_planned_at,
+            created_at=aware(row.created_at),
+            sent_at=row.sent_at and aware(row.sent_at),
+            delivered_at=row.delivered_at and aware(row.delivered_at),
+            answered_at=row.answered_at and aware(row.answered_at),
+            meeting_planned_at=row.meeting_planned_at and aware(row.meeting_planned_at),
         )
 
 

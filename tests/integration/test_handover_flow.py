@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -1130,11 +1130,20 @@ async def test_a_late_or_repeated_answer_never_moves_a_handover_back(
             "GEACCEPTEERD",
         ]
 
-        # a meeting planned after the acceptance is kept, once
-        meeting = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat()
+        # a meeting planned after the acceptance is kept, once; in Dutch winter time, as a receiver
+        # would send it (SQLite dropped the offset: the meeting moved an hour, and each repeat of the
+        # answer was taken for a new meeting)
+        planned = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        meeting = planned.astimezone(timezone(timedelta(hours=1))).isoformat()
         for _ in "ab":
             r = await answer("GEACCEPTEERD", meeting_planned_at=meeting)
             assert r.status_code == 200 and r.json()["meeting_planned_at"], r.text
+            assert datetime.fromisoformat(r.json()["meeting_planned_at"]) == planned, r.text
+        shown = await w.status(hid)
+        assert datetime.fromisoformat(shown["meeting_planned_at"]) == planned
+        moments = [shown[k] for k in ("created_at", "sent_at", "delivered_at", "answered_at") if shown[k]]
+        assert len(moments) >= 3  # delivered_at once the delivery is recorded
+        assert all(datetime.fromisoformat(m).utcoffset() == timedelta(0) for m in moments), shown
         assert len(await w.audit("handover.meeting_planned")) == 1
         assert len(await w.audit("handover.answered")) == 2
 
