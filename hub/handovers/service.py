@@ -199,11 +199,14 @@ async def route(session: AsyncSession, r: Routing, handover_id: str, act: Act) -
         return HandoverStatus.VERZONDEN.value
     reasons = sorted({g.value for v in verdicts for g in v.gaps}) or ["GEEN_TOESTEMMING"]
     first_time = row.waiting_reasons is None
-    await session.execute(
-        update(handovers)
-        .where(handovers.c.id == row.id)
-        .values(waiting_reasons=reasons, updated_at=r.clock())
-    )
+    if list(row.waiting_reasons or ()) != reasons:
+        # judged the same again (the periodic check, every minute, while a consent has not started):
+        # no change, so none written; `updated_at` is what the retention purge counts an idle case by
+        await session.execute(
+            update(handovers)
+            .where(handovers.c.id == row.id)
+            .values(waiting_reasons=reasons, updated_at=r.clock())
+        )
     if first_time:  # told once, by whichever judges it first
         await audit_handover(session, r, act, "handover.waiting", row, reasons=reasons)
         detail = "er is (nog) geen toestemming die haar dekt (" + ", ".join(reasons) + ")."
