@@ -180,6 +180,10 @@ class SmtpSettings(BaseModel):
     tls: Literal["none", "starttls", "implicit"] = "none"
     sender: str = "ketenhub@halt.nl"
     timeout_s: float = Field(default=10.0, gt=0)
+    # The wait for the server's answer once a message is sent: a relay may scan it first, and a mail
+    # that gets no answer in time may have been delivered (it is dead-lettered, and a replay sends it
+    # again). RFC 5321 (4.5.3.2.6) gives the server 10 minutes there.
+    answer_timeout_s: float = Field(default=600.0, gt=0)
     # Mails to different caseworkers go out side by side over up to this many connections; each
     # caseworker's mails stay in order (the retry ladder sends one at a time per recipient).
     connections: int = Field(default=4, ge=1, le=20)

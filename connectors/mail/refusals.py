@@ -22,8 +22,9 @@ import aiosmtplib
 from hub.errors import PermanentError, TransientError
 
 UNKNOWN_OUTCOME = (
-    "the SMTP server did not answer after the message was sent; it may have been delivered, so it is "
-    "not sent again automatically; replay this dead letter to send it again"
+    "the SMTP server did not answer after the message was sent (the connection was lost, or "
+    "smtp.answer_timeout_s passed); it may have been delivered, so it is not sent again automatically; "
+    "replay this dead letter to send it again"
 )
 # The opening words of every SettingsRefused and ContentRefused: a dead letter's text says which it was.
 SETTINGS_REFUSED = "the SMTP server refused the hub's own settings"

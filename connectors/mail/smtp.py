@@ -60,6 +60,7 @@ class _Client(aiosmtplib.SMTP):
     """
 
     transmitted = False
+    answer_timeout: float | None = None  # the wait for the answer to the message itself (None: `timeout`)
 
     async def data(
         self,
@@ -68,9 +69,11 @@ class _Client(aiosmtplib.SMTP):
         *,
         timeout: float | Literal[Default.token] | None = Default.token,  # noqa: ASYNC109 (aiosmtplib's signature)
     ) -> SMTPResponse:
-        """Send DATA, then the message; `transmitted` is True from the moment the message is sent."""
+        """Send DATA, then the message; `transmitted` is True from the moment the message is sent. The
+        answer to the message gets `answer_timeout` (a relay may scan it before it answers)."""
         self.transmitted = False
         wait = self.timeout if timeout is Default.token else timeout
+        answer_wait = wait if self.answer_timeout is None else max(self.answer_timeout, wait or 0)
         data = message.encode("ascii") if isinstance(message, str) else message
         start = await self.execute_command(b"DATA", timeout=wait)  # closes the connection on failure
         if start.code != SMTPStatus.start_input:
@@ -81,7 +84,7 @@ class _Client(aiosmtplib.SMTP):
         try:
             self.protocol.write(payload)
             self.transmitted = True
-            response = await self.protocol.read_response(timeout=wait)
+            response = await self.protocol.read_response(timeout=answer_wait)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()  # as aiosmtplib does: a late answer must not be taken for the next command's
             raise
@@ -122,6 +125,7 @@ class SmtpMailer:
             use_tls=s.tls == "implicit",
             start_tls=s.tls == "starttls",
         )
+        client.answer_timeout = s.answer_timeout_s
         await client.connect()  # logs in too when a username is set
         self.connections += 1
         return client

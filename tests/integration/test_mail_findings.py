@@ -215,7 +215,10 @@ async def test_no_answer_after_the_message_was_sent_dead_letters_it_once(
     await sink.start()
     values = make_settings(
         kafka, db_url, unique, components=["mail"],
-        smtp={"host": "127.0.0.1", "port": sink.port, "timeout_s": 0.4, "sender": "ketenhub@halt.nl"},
+        smtp={
+            "host": "127.0.0.1", "port": sink.port, "timeout_s": 0.4, "answer_timeout_s": 0.4,
+            "sender": "ketenhub@halt.nl",
+        },
     )  # fmt: skip
     hub = Hub(values, registrars={"mail": [mail_component(ladder), register_notify]})
     await hub.start()

@@ -20,7 +20,7 @@ from connectors.mail import MailSink
 from connectors.mail.component import mail_component
 from connectors.mail.message import OutgoingMail
 from connectors.mail.problems import CONTENT, problem_kind
-from connectors.mail.refusals import ContentRefused
+from connectors.mail.refusals import ContentRefused, OutcomeUnknown
 from connectors.mail.smtp import SettingsRefused, SmtpMailer
 from hub.config import SmtpSettings
 from hub.embedded import EmbeddedKafka
@@ -195,4 +195,26 @@ async def test_a_send_cancelled_after_data_drops_its_connection() -> None:
         assert mailer.sent == 1
     finally:
         await mailer.aclose()
+        await sink.stop()
+
+
+async def test_a_relay_that_scans_a_message_before_it_answers_is_waited_for() -> None:
+    """The answer to the message itself had the commands' short timeout (10 s): a relay that scanned
+    the mail for longer, and then accepted it, made it an unknown outcome, dead-lettered, and a replay
+    sent it twice. That answer now has `answer_timeout_s` (RFC 5321 gives the server 10 minutes)."""
+    from tests.integration.test_mail_findings import SlowSink
+
+    sink = SlowSink()
+    sink.delay_s = 0.6
+    port = await sink.start()
+    quick = {"host": "127.0.0.1", "port": port, "timeout_s": 0.2, "connections": 1}
+    patient = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=5))
+    hasty = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=0.2))
+    try:
+        await patient.send(_mail(n=1))  # the commands still answer within 0.2 s; the scan takes 0.6 s
+        assert [m.message_id for m in sink.memory] == ["<m1.ketenhub@halt.nl>"]
+        with pytest.raises(OutcomeUnknown, match="answer_timeout_s"):
+            await hasty.send(_mail(n=2))
+        assert SmtpSettings().answer_timeout_s == 600
+    finally:
         await sink.stop()
