@@ -49,7 +49,7 @@ from connectors.mail.problems import (
     resolve_replaced,
 )
 from connectors.mail.sink import MailSink
-from connectors.mail.smtp import SmtpMailer
+from connectors.mail.smtp import OutcomeUnknown, SmtpMailer
 from hub.audit import audit_row, write_audits
 from hub.clock import today
 from hub.config import SmtpSettings
@@ -166,6 +166,9 @@ class MailConnector:
         # message id -> the problem its last failed attempt makes of it, should the ladder dead-letter
         # it: `on_dead` is told the error's text only, and runs in the process that made the attempt
         self._failures: OrderedDict[str, str] = OrderedDict()
+        # message id -> whom a mail sent without an answer may have reached (`OutcomeUnknown`): its
+        # dead letter is audited as a possible disclosure, with its reader and youth (rule 18)
+        self._unsure: OrderedDict[str, _Sent] = OrderedDict()
         # notification id -> the caseworker a match mail is for now, when its signal's contact changed
         # since it was queued (a borging, a contact change): found by `prepare` or `_plan` (the
         # oldest forgotten first: one prepared that another hub process took is never sent here)
@@ -343,7 +346,12 @@ class MailConnector:
             now=utcnow(),
             transaction_id=message.transaction_id,  # rule 19
         )
-        await self.mailer.send(msg)
+        try:
+            await self.mailer.send(msg)
+        except OutcomeUnknown:
+            reached = _Sent(plan.reader.caseworker_id, plan.youth_key, addressee(mail))
+            _remember(self._unsure, message.message_id, reached)
+            raise
         self.last_success = utcnow()
         _remember(
             self._sent,
@@ -481,6 +489,46 @@ class MailConnector:
             transaction_id=message.transaction_id,
         )
         await resolve_replaced(session, reference, problem_id, by=SYSTEM)
+        unsure = self._unsure.pop(message.message_id, None)
+        if kind == UNKNOWN:
+            await write_audits(session, [await self._possibly_sent_row(session, message, unsure, kind)])
+
+    async def _possibly_sent_row(
+        self, session: AsyncSession, message: Envelope, unsure: _Sent | None, kind: str
+    ) -> dict[str, Any]:
+        """The audit entry of a mail sent without an answer (rule 18): it may have reached its reader,
+        with what it says of the youth, so it is in the youth's trail as a possible disclosure. Who it
+        may have reached is known to the process that sent it; another (a restart between) names
+        whose mail it was, and finds the youth by the record's key."""
+        payload = message.payload
+        youth: str | None
+        whose: str | None
+        if unsure is not None:
+            youth, whose = unsure.youth_key, unsure.for_id
+        else:
+            keys = await self._record_keys(session, [message.message_id])
+            youth = _youth_key(keys.get(message.message_id))
+            whose = as_code(payload.get("for_caseworker_id")) or as_code(
+                payload.get("recipient_caseworker_id")
+            )
+        objects: dict[str, Any] = {
+            "notification_id": as_code(payload.get("notification_id")) or message.message_id,
+            "template": as_code(payload.get("template")),
+            "case_reference": as_code(payload.get("case_reference")),
+            "outcome": kind,
+        }
+        if unsure is not None:
+            objects["sent_to"] = unsure.reader_id
+        return audit_row(
+            "mail.possibly_sent",
+            SYSTEM,
+            at=utcnow(),
+            system=SYSTEM,
+            transaction_id=message.transaction_id,
+            youth_key=youth,
+            on_behalf_of=whose,
+            objects=objects,
+        )
 
     async def ping(self) -> None:
         """The SMTP server answers (readiness)."""

@@ -225,11 +225,12 @@ async def test_no_answer_after_the_message_was_sent_dead_letters_it_once(
     try:
         await add_caseworkers(hub, ILSE, OMAR)
         assert hub.store is not None and hub.relay is not None
+        key = youth_key(TEST_SECRET, "111222333")
         async with hub.store.transaction() as session:
             mail = await notify_caseworker(
                 session, hub, "cw-ilse", "notice",
                 {"subject": "Overdracht wacht", "detail": "Toestemming ontbreekt.", "case_reference": "HO-9"},
-                new_id(),
+                new_id(), key=key, youth_key=key,
             )  # fmt: skip
         assert mail is not None
         hub.relay.wake()
@@ -245,6 +246,13 @@ async def test_no_answer_after_the_message_was_sent_dead_letters_it_once(
         assert len(sink.memory) == 1  # the server got it once
         assert await count_rows(hub, mail_sent) == 0  # not recorded as sent: a replay sends it
         await wait_for(lambda: _problem(hub, UNKNOWN_PROBLEM, mail.notification_id))
+        # it may have reached its reader: audited as a possible disclosure, in the youth's trail (rule 18)
+        [maybe] = await audit_rows(hub, "mail.possibly_sent")
+        assert (maybe.youth_key, maybe.on_behalf_of) == (key, "cw-ilse")
+        assert (
+            maybe.objects["sent_to"] == "cw-ilse" and maybe.objects["notification_id"] == mail.notification_id
+        )
+        assert maybe.transaction_id == Envelope.from_bytes(dead[0].value).transaction_id
 
         sink.delay_s = 0.0  # the operator checked, and replays it
         await replay_dead_letter(kafka, hub, dead[0])
