@@ -34,6 +34,7 @@ from hub.runtime import Hub
 from hub.spine import Tx
 from hub.spine.consumer import DeadLetter
 from hub.spine.dlq import safe_error_message
+from hub.store import store_failed
 from hub.topics import (
     HANDOVER_REQUESTED,
     HANDOVER_STATUS,
@@ -181,11 +182,23 @@ async def periodic_check(hub: Hub, r: Routing) -> bool:
         told = await notify_unanswered(session, r, timeout, Act(ROUTING, new_id(), None))
     async with hub.store.read() as session:  # a read: the writer is taken only when one waits
         keys = await waiting_to_start(session)
-    started = []
-    if keys:
-        async with hub.store.transaction() as session:  # consents whose first day has come
-            # each under its own request's transaction id (hub.handovers.service.recheck_waiting)
-            started = await recheck_started(session, r, Act(ROUTING, new_id(), None), youth_keys=keys)
+    started: list[str] = []
+    failed: list[str] = []  # each youth's error, for one log line
+    for key in keys:  # consents whose first day has come
+        try:
+            # a youth at a time: one whose stored referral or consent cannot be read no longer holds
+            # back every other youth's handovers (the round rolled back, every minute)
+            async with hub.store.transaction() as session:
+                # each under its own request's transaction id (hub.handovers.service.recheck_waiting)
+                act = Act(ROUTING, new_id(), None)
+                started += await recheck_started(session, r, act, youth_keys=[key])
+        except Exception as exc:
+            if store_failed(exc):
+                raise  # the store's failure, not this youth's: the next round tries them all again
+            failed.append(safe_error_message(exc))
+    if failed:  # every round (a minute) till the youth's rows are put right; the others went on
+        log.error("routing's periodic check could not route youths' waiting handovers", youths=len(failed),
+                  error=failed[0])  # fmt: skip
     return bool(told or started)
 
 

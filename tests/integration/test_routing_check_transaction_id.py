@@ -11,10 +11,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hub.clock import today
 from hub.embedded import EmbeddedKafka
+from hub.intake.tables import referrals
 from hub.store.tables import outbox
 from schemas.envelope import Envelope
 from tests.helpers.kafka import wait_for
@@ -105,3 +106,39 @@ async def test_an_unanswered_notice_carries_the_requests_transaction_id(
 
         await wait_for(both_told, timeout_s=20)
         assert await notices() == requests
+
+
+async def test_a_youth_whose_referral_cannot_be_read_holds_back_no_other_youths_handover(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The check routed every youth's waiting handovers in one transaction: one youth whose stored
+    referral no longer read rolled it back, every minute, and no handover of any youth went out on
+    its consent's first day."""
+    async with world(kafka, db_url, unique) as w:
+        handover_of: dict[str, str] = {}  # referral id -> its handover
+        for _ in range(2):
+            rid, _ = await w.referral(17)
+            await w.consent(
+                rid,
+                valid_from=(today() + timedelta(days=1)).isoformat(),
+                valid_until=(today() + timedelta(days=90)).isoformat(),
+            )
+            handover_of[rid] = await _request(w, rid, str(uuid.uuid4()))
+        broken, fine = handover_of
+
+        async def waiting() -> bool:
+            states = [await w.status(h) for h in handover_of.values()]
+            return all(s["waiting_reasons"] == ["NOG_NIET_GELDIG"] for s in states)
+
+        await wait_for(waiting, timeout_s=15)
+        assert w.hub.store is not None
+        async with w.hub.store.transaction() as session:  # a row the current model cannot read
+            await session.execute(update(referrals).where(referrals.c.id == broken).values(referral={}))
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=1)  # the consents' first day
+
+        async def sent() -> bool:
+            return (await w.status(handover_of[fine]))["status"] != "WACHT_OP_TOESTEMMING"
+
+        await wait_for(sent, timeout_s=15)
+        assert (await w.status(handover_of[broken]))["status"] == "WACHT_OP_TOESTEMMING"
+        await wait_for(lambda: len(w.receiver.handovers()) == 1, timeout_s=15)
