@@ -35,8 +35,10 @@ HANDOVER_NOTICES = frozenset(
         "handover.notice_undelivered",
     }
 )
-# The templates with a line for a delegate (the borging mail is addressed to the delegate already).
-BEHALF_TEMPLATES = frozenset({"match", "notice", *HANDOVER_NOTICES})
+# The templates with a line for a delegate. The borging mail too: it tells the one who took the signals
+# over that they are the contact now, and read by their own delegate (they are away when it goes) it
+# says for whom.
+BEHALF_TEMPLATES = frozenset({"match", "borging", "notice", *HANDOVER_NOTICES})
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
 
 
 def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
-    """Borging summary for the delegate (keys: from_name, reason, signal_ids, match_ids)."""
+    """Borging summary for the delegate (keys: from_name, reason, signal_ids, match_ids,
+    on_behalf_of_name)."""
     signals_ = [str(s) for s in ctx.get("signal_ids", [])]
     matches_ = [str(m) for m in ctx.get("match_ids", [])]
     why = str(ctx.get("reason", "afwezigheid"))
@@ -158,8 +161,8 @@ def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
         "overgedragen (borging). U bent nu de contactpersoon; de Verwijsindex is bijgewerkt."
     )
     lines = [f"- signaal {s}" for s in signals_] + [f"- open match {m}" for m in matches_]
-    text = GREETING + "\n".join([intro, "", "Overgenomen:", *lines, "", "ketenhub"])
-    html = _page("Signalen aan u overgedragen", [intro, "Overgenomen:"]).replace(
+    text = GREETING + "\n".join([*_behalf(ctx), intro, "", "Overgenomen:", *lines, "", "ketenhub"])
+    html = _page("Signalen aan u overgedragen", [*_behalf(ctx), intro, "Overgenomen:"]).replace(
         "</body>", "<ul>" + "".join(f"<li>{escape(x[2:])}</li>" for x in lines) + "</ul></body>"
     )
     return Rendered(
