@@ -10,8 +10,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
+from hub.clock import local_day
 from hub.consent.custody import named_for
-from hub.consent.rules import Disclosure, Gap, coverage
+from hub.consent.rules import Disclosure, Gap, coverage, find_covering
 from hub.consent.store import consents_of, get_consent
 from hub.handovers import messages
 from hub.handovers.messages import HANDOVER, HANDOVER_WITHDRAWN
@@ -108,7 +109,8 @@ async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, ga
     custodians a consent recorded before it was asked for lacks) can be made whole: the handover
     waits again (WACHT_OP_TOESTEMMING) rather than ending, and is routed again at once: another
     consent that covers it sends it now, else it goes once a complete consent is recorded, as any
-    waiting handover does.
+    waiting handover does. A consent past its last day is treated so too when another of the youth's
+    consents covers the handover today (a renewal): it goes under that one.
 
     Either way it keeps `attempted_at`: a receiver that was sent it (a POST without a 2xx) may have
     it, and a withdrawal of the consent tells it so (rule 10), whatever the handover's status."""
@@ -117,10 +119,10 @@ async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, ga
     if row is None or row.status != HandoverStatus.VERZONDEN.value or row.delivered_at is not None:
         return False
     may_have = row.attempted_at is not None
-    if set(gaps) == {Gap.ONVOLLEDIG.value}:
+    withdrawn = Gap.INGETROKKEN.value in gaps
+    if set(gaps) == {Gap.ONVOLLEDIG.value} or (not withdrawn and await _another_covers(session, r, row)):
         await _wait_again(session, r, row, message, gaps)
         return True
-    withdrawn = Gap.INGETROKKEN.value in gaps
     status = HandoverStatus.INGETROKKEN if withdrawn else HandoverStatus.VERLOPEN
     reason = "TOESTEMMING_INGETROKKEN" if withdrawn else "TOESTEMMING_VERLOPEN"
     await session.execute(
@@ -146,6 +148,24 @@ async def record_lapsed(session: AsyncSession, r: Routing, message: Envelope, ga
         detail=detail,
     )
     return True
+
+
+async def _another_covers(session: AsyncSession, r: Routing, row: Any) -> bool:
+    """Whether another of the youth's consents covers the handover today (a renewal that started the
+    day the first one ended): it goes under that one, not ended for want of a consent it has."""
+    disclosure = Disclosure(
+        purpose=ConsentPurpose(row.purpose),
+        receiver=row.receiver_organisation,
+        categories=frozenset(DataCategory(c) for c in row.data_categories),
+        day=local_day(r.clock()),
+    )
+    others = [
+        s.consent
+        for s in await consents_of(session, row.youth_key, share=True)
+        if s.consent_id != row.consent_id
+    ]
+    covering, _ = find_covering(others, disclosure, named=await named_for(session, row.youth_key))
+    return covering is not None
 
 
 async def _wait_again(

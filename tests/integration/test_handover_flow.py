@@ -1274,6 +1274,39 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         assert len(await w.audit("handover.sent")) == 1
 
 
+async def test_a_handover_whose_consent_ended_on_its_way_goes_under_the_renewal(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 9: the receiver was down past the consent's last day, and the renewal, recorded, started
+    the next day. The retry found the first consent ended and the handover ended VERLOPEN: its
+    caseworker was asked for a new consent and a new handover, though the renewal covered it."""
+    async with world(kafka, db_url, unique, retry_schedule_s=(0.5,) * 8) as w:
+        rid, _ = await w.referral(17)
+        first = await w.consent(rid, valid_until=today().isoformat())
+        w.receiver.down = True
+        hid = await w.handover(rid)
+        await wait_for(lambda: w.receiver.refused >= 1)
+        renewal = await w.consent(
+            rid,
+            valid_from=(today() + timedelta(days=1)).isoformat(),
+            valid_until=(today() + timedelta(days=90)).isoformat(),
+        )
+        assert renewal["handovers_sent"] == []  # on its way under the first: passed by
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=1)  # the renewal's first day
+        w.receiver.down = False
+
+        await wait_for(lambda: len(w.receiver.handovers()) >= 1, timeout_s=30)
+        [got] = w.receiver.handovers()
+        assert got.payload["handover_id"] == hid
+        state = await w.status(hid)
+        assert state["status"] in ("VERZONDEN", "ONTVANGEN") and state["consent_id"] == renewal["consent_id"]
+        (again,) = await w.audit("handover.waiting_again")
+        assert again.objects["consent_id"] == first["consent_id"] and again.objects["gaps"] == ["VERLOPEN"]
+        assert await w.audit("handover.lapsed") == []
+        sent = [a.objects["consent_id"] for a in await w.audit("handover.sent")]
+        assert sent == [first["consent_id"], renewal["consent_id"]]
+
+
 async def test_a_handover_asked_again_with_its_idempotency_key_is_made_once(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
