@@ -27,5 +27,6 @@ def today(clock: Clock = utcnow) -> date:
 
 
 def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the hub stores UTC."""
+    """A moment as the hub keeps it, in UTC: a naive one (SQLite's, read by a raw query; the tables'
+    `UtcDateTime` columns come back aware) is UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -26,13 +26,14 @@ from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
 from fastapi import Header, Response
-from sqlalchemy import Column, DateTime, String, Table, delete, insert, select
+from sqlalchemy import Column, String, Table, delete, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.api.problems import Problem
 from hub.store import Store
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 KEEP = timedelta(hours=24)
 HEADER = "Idempotency-Key"
@@ -46,7 +47,7 @@ idempotency_keys = Table(
     Column("key", String(255), primary_key=True),
     Column("fingerprint", String(64), nullable=False),  # HMAC-SHA256 of the request, hex
     Column("resource_id", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("created_at", UtcDateTime(), nullable=False, index=True),
 )
 
 IdempotencyKey = Annotated[

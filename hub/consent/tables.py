@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Date, DateTime, Index, String, Table, Text
+from sqlalchemy import JSON, Column, Date, Index, String, Table, Text
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 # Personal data (rule 18): read and changed only through hub.consent.store, which audits.
 consents = Table(
@@ -19,8 +20,8 @@ consents = Table(
     Column("valid_until", Date, nullable=False),
     Column("consent", JSON, nullable=False),
     Column("recorded_by", String(100), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Column("withdrawn_at", UtcDateTime(), nullable=True),
     Column("withdrawn_by", String(100), nullable=True),
     Column("withdrawal_reason", Text, nullable=True),
     Column("transaction_id", String(100), nullable=False),

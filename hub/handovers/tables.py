@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Index, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Index, String, Table, Text
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 handovers = Table(
     "handovers",
@@ -25,15 +26,15 @@ handovers = Table(
     Column("status", String(30), nullable=False),
     Column("status_reason", Text, nullable=True),
     Column("waiting_reasons", JSON, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True), nullable=True),
-    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    Column("delivered_at", UtcDateTime(), nullable=True),
     # The first POST to a webhook receiver: it may have the data even without a 2xx (rule 10).
-    Column("attempted_at", DateTime(timezone=True), nullable=True),
-    Column("answered_at", DateTime(timezone=True), nullable=True),
-    Column("meeting_planned_at", DateTime(timezone=True), nullable=True),
-    Column("overdue_notified_at", DateTime(timezone=True), nullable=True),
+    Column("attempted_at", UtcDateTime(), nullable=True),
+    Column("answered_at", UtcDateTime(), nullable=True),
+    Column("meeting_planned_at", UtcDateTime(), nullable=True),
+    Column("overdue_notified_at", UtcDateTime(), nullable=True),
     Column("transaction_id", String(100), nullable=False),
     Index("ix_handovers_youth_status", "youth_key", "status"),
     Index("ix_handovers_status_sent", "status", "sent_at"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Index, String, Table, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, Table, UniqueConstraint
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 # Personal data (rule 18 applies): the canonical referral with BSN and names lives here and only here.
 referrals = Table(
@@ -26,7 +27,7 @@ referrals = Table(
     Column("referral", JSON, nullable=False),
     Column("decision", JSON, nullable=False),
     Column("transaction_id", String(100), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     # Rule 7: concurrent repeats of one referral collide here, so it is stored once.
     UniqueConstraint("referrer_key", "case_reference", name="uq_referrals_referrer_case"),
     Index("ix_referrals_youth_track", "youth_key", "track"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, Text, text
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 ROLES = ("viewer", "operator", "privacy_officer")
 
@@ -14,7 +15,7 @@ operators = Table(
     Column("username", String(100), primary_key=True),
     Column("password_hash", String(200), nullable=False),
     Column("role", String(30), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
 )
 
@@ -24,8 +25,8 @@ operator_sessions = Table(
     metadata,
     Column("token_hash", String(64), primary_key=True),
     Column("username", String(100), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 # One row per resolved dead letter (replayed or discarded); a resolved record leaves the DLQ depth.
@@ -39,7 +40,7 @@ dlq_actions = Table(
     Column("action", String(20), nullable=False),
     Column("reason", Text, nullable=True),
     Column("operator", String(100), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("job_id", String(40), nullable=True),
     # The record that failed, `<group>|<original topic>:<partition>:<offset>`: two letters of one
     # source are copies (the relay publishes at least once); one replayed, the other is not (0019).
@@ -72,11 +73,11 @@ dlq_replay_jobs = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("state", String(20), nullable=False),
     Column("error", String(500), nullable=True),
-    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
     # the last batch committed, or the last sign of life while it waits: a job without one for
     # `STALE_AFTER` lost its process and is marked abandoned
-    Column("progress_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("progress_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
     # One replay of many letters runs at a time in the hub, whichever replica or CLI started it.
     Index(
         "ux_dlq_replay_jobs_one_bulk_running",

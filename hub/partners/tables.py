@@ -3,9 +3,10 @@ Kafka connector source the partner speaks for."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, String, Table
+from sqlalchemy import Boolean, Column, Index, String, Table
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 partners = Table(
     "partners",
@@ -16,8 +17,8 @@ partners = Table(
     # The key's public id: looked up by index, then the hash is compared in constant time.
     Column("key_id", String(32), nullable=False, unique=True),
     Column("key_hash", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("rotated_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("rotated_at", UtcDateTime(), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     # The envelope source of the Kafka connector that publishes this partner's referrals on
     # referral.received.v1 (`ketenhub partners set-kafka-source`): rule 7 takes them as this

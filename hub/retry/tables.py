@@ -6,7 +6,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -17,6 +16,7 @@ from sqlalchemy import (
 )
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 parked = Table(
     "retry_parked",
@@ -33,8 +33,8 @@ parked = Table(
     Column("record_value", LargeBinary, nullable=True),
     Column("record_headers", JSON, nullable=True),
     Column("attempt", Integer, nullable=False),
-    Column("due_at", DateTime(timezone=True), nullable=False),
-    Column("first_failure", DateTime(timezone=True), nullable=True),
+    Column("due_at", UtcDateTime(), nullable=False),
+    Column("first_failure", UtcDateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
     # PostgreSQL: the token of the hub process's delivery that has the row in hand, until `due_at`
     # (hub/retry/lease.py); NULL: in nobody's hands. Another process takes it only once that passed.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Date, DateTime, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, Column, Date, Index, Integer, String, Table, Text
 
 from hub.store.tables import metadata
+from hub.store.types import UtcDateTime
 
 # One row per signal: the rule-11 whitelist of the youth, the contact, the rule 12/14 facts, and the
 # delivery status of the latest command for it (queued | delivered | retrying | dead_lettered).
@@ -34,10 +35,10 @@ signals = Table(
     Column("delivery_message_id", String(64), nullable=True),  # its message id
     Column("delivery_state", String(20), nullable=False, default="queued"),
     Column("attempt", Integer, nullable=False, default=0),
-    Column("next_try_at", DateTime(timezone=True), nullable=True),
+    Column("next_try_at", UtcDateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
-    Column("delivered_at", DateTime(timezone=True), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 # One row per match from the feed; the unique match id makes each one a single message.
@@ -48,10 +49,10 @@ matches = Table(
     Column("signal_id", String(64), nullable=False, index=True),
     Column("type", String(20), nullable=False),
     Column("counterparts", JSON, nullable=False),  # list of ContactDetails as JSON
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     # when the SMTP server accepted the match's mail, and who read it (the signal's contact then, or
     # their delegate); None until then, and for a match nobody could be told of
-    Column("notified_at", DateTime(timezone=True), nullable=True),
+    Column("notified_at", UtcDateTime(), nullable=True),
     Column("notified_caseworker_id", String(64), nullable=True),
     Index("ix_signal_matches_received", "received_at"),
 )
@@ -62,5 +63,5 @@ feed_cursor = Table(
     metadata,
     Column("feed", String(100), primary_key=True),
     Column("cursor", String(200), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )

@@ -6,7 +6,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -17,6 +16,8 @@ from sqlalchemy import (
     text,
 )
 
+from hub.store.types import UtcDateTime
+
 metadata = MetaData()
 
 # One row per processed message per consumer group, written in the same transaction as its effects.
@@ -25,7 +26,7 @@ inbox = Table(
     metadata,
     Column("consumer", String(200), primary_key=True),
     Column("message_id", String(200), primary_key=True),
-    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
     Index("ix_inbox_processed_at", "processed_at"),  # the purge of entries past their term
 )
 
@@ -39,8 +40,8 @@ outbox = Table(
     Column("value", LargeBinary, nullable=False),
     Column("headers", JSON, nullable=False),
     Column("message_id", String(200), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
     Index("ix_outbox_unsent", "sent_at", "id"),  # the purge of sent rows, the oldest pending row
     # The relay's read: pending rows in id order (migration 0015 says why it is partial).
     Index(
@@ -63,13 +64,13 @@ outbox_parked = Table(
     Column("value", LargeBinary, nullable=False),
     Column("headers", JSON, nullable=False),
     Column("message_id", String(200), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("parked_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("parked_at", UtcDateTime(), nullable=False),
     Column("size", Integer, nullable=False),
     Column("reason", String(300), nullable=False),
     # Released or discarded (0021): emptied at once, kept with who did it and why until its term.
     Column("resolved", String(20), nullable=True),
-    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", UtcDateTime(), nullable=True),
     Column("resolved_by", String(100), nullable=True),
     Column("resolution", Text, nullable=True),
 )
@@ -79,7 +80,7 @@ audit_log = Table(
     "audit_log",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("action", String(100), nullable=False),
     Column("youth_key", String(64), nullable=True, index=True),
     Column("user", String(200), nullable=False),
@@ -97,5 +98,5 @@ secret_fingerprint = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("fingerprint", String(64), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,22 @@ async def test_the_migrations_make_the_tables_the_code_declares(store: Store) ->
     async with store.engine.connect() as conn:
         diffs = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
     assert diffs == []
+
+
+async def test_a_moment_is_stored_in_utc_and_read_back_with_its_offset(store: Store) -> None:
+    """SQLite kept a moment's clock time and dropped its offset: 10:30+01:00 was stored as 10:30, read
+    back naive (10:30 UTC to the hub), and compared as 10:30 in a query."""
+    winter = timezone(timedelta(hours=1))
+    at = datetime(2026, 3, 1, 10, 30, tzinfo=winter)
+    async with store.transaction() as session:
+        await session.execute(insert(inbox).values(consumer="c", message_id="m", processed_at=at))
+    async with store.connect() as conn:
+        back = (await conn.execute(select(inbox.c.processed_at))).scalar_one()
+        assert back == at and back.utcoffset() == timedelta(0)
+        # a bound in another offset is compared as the same instant
+        assert (await conn.execute(select(inbox.c.message_id).where(inbox.c.processed_at < at))).all() == []
+        later = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 09:30 UTC was stored: 10:00 UTC is after it
+        assert (await conn.execute(select(inbox.c.message_id).where(inbox.c.processed_at < later))).all()
 
 
 async def test_a_commit_is_on_disk_before_it_returns(store: Store) -> None:
