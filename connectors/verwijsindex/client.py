@@ -175,6 +175,21 @@ class IndexConflict(PermanentError):
     body, a new contact on a signal that is no longer active, a withdrawal with the other reason)."""
 
 
+class MayHaveBeenDone(TransientError):
+    """The call was sent and no answer says whether the index carried it out: it timed out, the
+    connection was lost once it was made, or a 500, 502 or 504 came (a gateway's own failure among
+    them). Tried again like any passing failure; a registration that ends so may be in the index."""
+
+
+class AnswerUnreadable(PermanentError):
+    """A 2xx whose body breaks the contract: the index did what was asked, and said so unreadably."""
+
+
+# Answers after which the index may have carried the call out: not 503 (not served), 429 or 408
+# (the request not taken), which say it was not.
+_MAY_HAVE_BEEN_DONE = frozenset({500, 502, 504})
+
+
 def _index_says_not_found(response: Answer) -> bool:
     """Whether a 404 is the index's answer about the signal (its `Fout` body), not a proxy's page or
     a wrong base URL's, which say nothing about the signal and must not settle a withdrawal."""
@@ -321,16 +336,19 @@ class VerwijsindexClient:
             ) as raw:
                 response = Answer(raw.status, raw.reason or "", raw.headers, await raw.read())
         except TimeoutError as exc:
-            raise TransientError(f"{where}: timed out ({type(exc).__name__})") from exc
-        except aiohttp.ClientError as exc:
+            raise MayHaveBeenDone(f"{where}: timed out ({type(exc).__name__})") from exc
+        except aiohttp.ClientConnectorError as exc:  # no connection made: nothing was sent
             raise TransientError(f"{where}: connection failed ({type(exc).__name__})") from exc
+        except aiohttp.ClientError as exc:
+            raise MayHaveBeenDone(f"{where}: connection failed ({type(exc).__name__})") from exc
         code = response.status_code
         if code < 300:
             return response
         reason = redact(_reason(response), secrets) if quote else _title(code)
         if code == 429 or code == 408 or code >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise TransientError(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
+            kind = MayHaveBeenDone if code in _MAY_HAVE_BEEN_DONE else TransientError
+            raise kind(f"{where}: HTTP {code}: {reason}", retry_after=retry_after)
         if code == 404 and _index_says_not_found(response):
             raise NotInIndex(f"{where}: HTTP 404: {reason}")
         if code == 409:
@@ -344,7 +362,7 @@ class VerwijsindexClient:
             return model.model_validate_json(response.content, extra=ANSWER_EXTRA)
         except ValidationError as exc:  # which fields, never their values
             found = "; ".join(contract_problems(exc))
-            raise PermanentError(
+            raise AnswerUnreadable(
                 f"verwijsindex {op}: HTTP {response.status_code} answer breaks the contract: {found}"
             ) from None
 

@@ -18,7 +18,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.verwijsindex.client import IndexConflict, NotInIndex, VerwijsindexClient, youth_secrets
+from connectors.verwijsindex.client import (
+    AnswerUnreadable,
+    IndexConflict,
+    MayHaveBeenDone,
+    NotInIndex,
+    VerwijsindexClient,
+    youth_secrets,
+)
 from connectors.verwijsindex.contract import (
     Contactpersoon,
     IntrekkingsReden,
@@ -221,6 +228,10 @@ class VerwijsindexConnector:
         self.outcomes = RecentIds()
         self.contacts = RecentIds()
         self.earlier = RecentIds()
+        # Registrations sent at some attempt with no answer to say whether the index took them: one
+        # that is dead-lettered is audited as possibly in the index (rule 18; `on_dead`). Kept across
+        # attempts; known to the process that made them.
+        self.unsure = RecentIds()
         self._held: dict[str, _Held | None] = {}
 
     @property
@@ -323,6 +334,9 @@ class VerwijsindexConnector:
         secrets = youth_secrets(youth.bsn, youth.voornamen, youth.geslachtsnaam, youth.voorvoegsel)
         try:
             await self.client.register(signal_id, body, message.transaction_id)
+        except (MayHaveBeenDone, AnswerUnreadable):
+            self.unsure.add(message.message_id)
+            raise
         except IndexConflict:
             found = await self._in_index(signal_id, message, secrets)
             if found is None or not _earlier_attempt(found, body):
@@ -333,6 +347,14 @@ class VerwijsindexConnector:
                 )
             return found
         return None
+
+    async def on_dead(self, session: AsyncSession, message: Envelope, error: str) -> None:
+        """The command is dead-lettered (`delivery.on_dead`); a registration sent at some attempt
+        without an answer may be in the index all the same: audited so (rule 18)."""
+        await delivery.on_dead(session, message, error)
+        if message.type == commands.REGISTER and message.message_id in self.unsure:
+            self.unsure.discard(message.message_id)
+            await delivery.possibly_registered(session, message)
 
     async def _registration_waits(self, signal_id: str, held: _Held | None) -> bool:
         """Whether a registration of the signal is on its way to the index (see `waiting`); not
@@ -447,7 +469,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
                 on_delivered=connector.on_delivered,
                 on_delivered_many=connector.on_delivered_many,
                 on_parked=delivery.on_parked,
-                on_dead=delivery.on_dead,
+                on_dead=connector.on_dead,
             ),
             policy=policy or RetryPolicy(schedule_s=s.retry_schedule_s),
         )

@@ -292,6 +292,24 @@ async def on_dead(session: AsyncSession, message: Envelope, error: str) -> None:
     )
 
 
+POSSIBLY = "possibly_sent"  # the audit action's suffix: a registration that may be in the index
+
+
+async def possibly_registered(session: AsyncSession, message: Envelope) -> None:
+    """Audit a dead-lettered registration that was sent without an answer (a timeout, a lost
+    connection, a 500/502/504, an unreadable 2xx): the index may hold the youth's data, and may have
+    matched it, so it is in the youth's trail as a possible disclosure (rule 18). A replay that finds
+    it there is audited as the registration, as `registered_at_earlier_attempt`."""
+    signal_id = commands.signal_id_of(message)
+    entry = AuditEntry(
+        action=_action_of(message.type, POSSIBLY),
+        user=CONNECTOR,
+        youth_key=await _youth_key(session, signal_id),
+        objects={"signal_id": signal_id, "message_id": message.message_id, "partner": "verwijsindex"},
+    )
+    await write_audit(session, entry, transaction_id=message.transaction_id, system=CONNECTOR)
+
+
 async def _youth_key(session: AsyncSession, signal_id: str | None) -> str | None:
     if signal_id is None:
         return None
