@@ -21,3 +21,8 @@ class PermanentError(HubError):
 
 class ConfigError(HubError):
     """A setting or configuration file is wrong; names the setting."""
+
+
+class DependencyDown(ConnectionError):
+    """A service a read or an action needs (the brokers, say) is down or did not answer in time. The
+    message says which and why, in the hub's own words, and is shown as it is (a 503's detail)."""

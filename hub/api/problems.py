@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub.errors import DependencyDown
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
 from hub.store import store_failed
@@ -181,10 +182,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The store (or a dependency) is unreachable: nothing was kept, so the sender must try again.
         log.warning("dependency unavailable", path=request.url.path, error_class=type(exc).__name__)
+        # what is down, when the hub said so itself (the brokers for the console's reads); else the
+        # sender's assurance that nothing was kept
+        said = f"{exc}. " if isinstance(exc, DependencyDown) else "Er is niets opgeslagen. "
         return problem_response(
             503,
             "De hub kan dit nu niet verwerken",
-            "Er is niets opgeslagen. Probeer het over enkele seconden opnieuw.",
+            said + "Probeer het over enkele seconden opnieuw.",
             instance=request.url.path,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )

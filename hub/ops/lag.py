@@ -19,8 +19,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from hub.errors import DependencyDown
 
-class BrokersUnavailable(ConnectionError):
+
+class BrokersUnavailable(DependencyDown):
     """The lag could not be measured: the brokers refused, failed or did not answer in time."""
 
 

@@ -457,6 +457,10 @@ async def test_dead_letters_answer_503_while_the_brokers_refuse(
             ):
                 assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
                 assert answer.json()["status"] == 503
+                # what is down, not the partners' "nothing was stored"
+                said = answer.json()["detail"]
+                assert "dead letters not read" in said and "Unable to bootstrap" in said, said
+                assert "niets opgeslagen" not in said
             # refused before any broker is asked (it was sought for 15 s): a 404, not a 503
             for beyond in (f"{hub.topic(IN.dlq)}:0:{2**70}", f"{hub.topic(IN.dlq)}:{2**31}:0"):
                 assert (await client.get(f"/ops/api/dlq/{beyond}")).status_code == 404, beyond
