@@ -315,12 +315,16 @@ def _grouped(text: str) -> bool:
     return False
 
 
+TIMELINE_MAX = 500  # audit entries one timeline shows
+
+
 @router.get("/timeline", summary="What happened to a referral or signal, by its id or the transaction id")
 async def timeline(
     request: Request, op: Acting, id: Annotated[str, Query(min_length=3, max_length=200)]
 ) -> dict[str, Any]:
-    """Audit entries with this transaction id, or naming this id among their objects, oldest first.
-    Reading them is itself audited (rule 18): they tell who did what with whose case."""
+    """Audit entries with this transaction id, or naming this id among their objects, oldest first;
+    the first `TIMELINE_MAX`, and `truncated` says when there were more. Reading them is itself
+    audited (rule 18): they tell who did what with whose case."""
     hub = request.app.state.hub
     # the id as the objects' JSON text holds it, with LIKE's wildcards and escape taken literally
     quoted = json.dumps(id, ensure_ascii=False)
@@ -335,9 +339,11 @@ async def timeline(
                 )
             )
             .order_by(audit_log.c.at, audit_log.c.id)
-            .limit(500)
+            .limit(TIMELINE_MAX + 1)
         )
         rows = result.mappings().all()
+    cut = len(rows) > TIMELINE_MAX  # said, never left out silently: the oldest are shown
+    rows = rows[:TIMELINE_MAX]
     events = [
         {
             "at": r["at"].isoformat(),
@@ -369,4 +375,4 @@ async def timeline(
     ]
     async with hub.store.transaction() as session:
         await write_audits(session, audits)
-    return {"id": id, "events": events}
+    return {"id": id, "events": events, "truncated": cut}

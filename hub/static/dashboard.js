@@ -403,7 +403,9 @@ async function findTimeline() {
     li.textContent = `${e.at}  ${e.action}  (${e.system}, ${e.user})`;
     return li;
   }));
-  $("t-status").textContent = t.events.length ? `${t.events.length} event(s) for ${t.id}` : "nothing recorded under " + t.id;
+  $("t-status").textContent = !t.events.length ? "nothing recorded under " + t.id
+    : t.truncated ? `the first ${t.events.length} event(s) for ${t.id}; there are more: search a narrower id`
+    : `${t.events.length} event(s) for ${t.id}`;
 }
 
 // Every section refreshes on its own: one that fails (health during a broker outage) says so and

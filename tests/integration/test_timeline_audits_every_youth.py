@@ -49,7 +49,7 @@ async def test_a_timeline_read_over_120_youths_is_audited_for_each(
 
         r = await client.get("/ops/api/timeline", params={"id": upload})
         assert r.status_code == 200, r.text
-        assert len(r.json()["events"]) == YOUTHS
+        assert len(r.json()["events"]) == YOUTHS and r.json()["truncated"] is False
 
         async with hub.store.connect() as conn:
             reads = list(
@@ -58,3 +58,30 @@ async def test_a_timeline_read_over_120_youths_is_audited_for_each(
         assert sorted(e.youth_key for e in reads) == sorted(keys)  # each youth once, none left out
         assert {e.user for e in reads} == {"olga"}
         assert all(e.objects == {"id": upload, "events": YOUTHS, "youths": YOUTHS} for e in reads)
+
+
+async def test_a_timeline_longer_than_it_shows_says_so(
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeline showed its first 500 entries and said nothing of the rest: a busy case's newest
+    events were left out silently."""
+    import hub.ops.api as ops_api
+
+    monkeypatch.setattr(ops_api, "TIMELINE_MAX", 3)
+    async with ops_hub(make_settings(kafka, db_url, unique)) as (hub, client):
+        assert hub.store is not None
+        upload, now = str(uuid.uuid4()), utcnow()
+        rows = [
+            audit_row("referral.stored", "intake", at=now, system="ketenhub-intake", transaction_id=upload,
+                      objects={"row": i + 2})
+            for i in range(4)
+        ]  # fmt: skip
+        async with hub.store.transaction() as session:
+            await write_audits(session, rows[:3])
+        whole = (await client.get("/ops/api/timeline", params={"id": upload})).json()
+        assert (len(whole["events"]), whole["truncated"]) == (3, False)
+        async with hub.store.transaction() as session:
+            await write_audits(session, rows[3:])
+        cut = (await client.get("/ops/api/timeline", params={"id": upload})).json()
+        assert (len(cut["events"]), cut["truncated"]) == (3, True)
+        assert [e["objects"]["row"] for e in cut["events"]] == [2, 3, 4]  # the oldest, in order
