@@ -345,7 +345,10 @@ async function follow(job, token) {
   if (token !== watching) return;
   $("job").textContent = `replay ${job.done + job.skipped + job.failed}/${job.total}`;
   if (job.state !== "running") {
-    $("job").textContent += " " + job.state + (job.error ? ": " + job.error : "");
+    // what became of each letter: one skipped (replayed or discarded already) or failed is no "done"
+    const counts = `: ${job.done} replayed, ${job.skipped} skipped, ${job.failed} failed`;
+    $("job").textContent += " " + job.state + counts + (job.error ? " (" + job.error + ")" : "");
+    $("job").classList.toggle("error", job.failed > 0 || job.state !== "done");
     refreshAll();
     return;
   }

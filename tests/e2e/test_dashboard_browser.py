@@ -745,6 +745,9 @@ async def test_replay_these_replays_the_filter_of_the_list_shown_once_its_count_
         page.once("dialog", yes)
         await page.click("#replay-filtered")
         await page.locator("#job", has_text="replay 2/2 done").wait_for()
+        # what became of each: "done" alone said so too when letters were skipped or failed
+        assert await page.locator("#job").text_content() == "replay 2/2 done: 2 replayed, 0 skipped, 0 failed"
+        assert "error" not in (await page.locator("#job").get_attribute("class") or "")
         assert len(asked) == 2 and len(replays) == 1 and len(polls) >= 2
         await depth.filter(has_text="1").wait_for()  # Bob's letter stays open
     out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
