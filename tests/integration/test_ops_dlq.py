@@ -557,6 +557,33 @@ async def test_a_second_copy_of_a_dead_letter_is_not_replayed_after_the_first_wa
         assert shown["status"] == "discarded"
 
 
+async def test_a_copy_of_a_discarded_dead_letter_is_not_replayed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """An operator discarded a letter on purpose; the relay had published it twice, and "replay all"
+    later replayed the copy: the message dropped was processed after all."""
+    cure, key = Cure(), youth_key("one youth").encode()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        poisoned = Envelope(type="T", payload={"n": 1, "poison": True})
+        await produce(kafka.bootstrap, hub.topic(IN.name), [(key, poisoned.to_bytes(), poisoned.headers())])
+        [letter] = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1)
+        await produce(kafka.bootstrap, hub.topic(IN.dlq), [(letter.key, letter.value, list(letter.headers))])
+        await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+        first, second = sorted(
+            (d["id"] for d in (await client.get("/ops/api/dlq")).json()["items"]), key=parse_id
+        )
+        r = await client.post(f"/ops/api/dlq/{first}/discard", json={"reason": "test data, not needed"})
+        assert r.status_code == 200, r.text
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+        assert (progress["done"], progress["skipped"]) == (0, 1)
+        assert await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, timeout_s=5) == []
+        shown = (await client.get(f"/ops/api/dlq/{second}")).json()
+        assert shown["status"] == "discarded"
+
+
 async def test_an_action_on_a_letter_of_a_topics_earlier_life_is_not_the_new_letters(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
