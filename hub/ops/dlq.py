@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
 from hub.clock import Clock, aware
+from hub.handovers.tables import handovers
 from hub.logging import get_logger
 from hub.ops import dlq_jobs
 from hub.ops.dlq_jobs import ABANDONED, DONE, FAILED, STALE_AFTER, JobAbandoned, ReplayJob
@@ -55,7 +57,7 @@ from hub.spine.dlq import (
 from hub.spine.outbox import add_to_outbox
 from hub.store import Store, store_failed
 from hub.store.tables import inbox
-from schemas._base import NO_CONTROL
+from schemas._base import NO_CONTROL, as_code
 from schemas.bsn import contains_bsn, is_valid_bsn, normalise_bsn
 from schemas.envelope import H_MESSAGE_ID, H_TRANSACTION_ID, is_id, trace_id, utcnow
 from schemas.pseudonym import youth_key
@@ -211,12 +213,26 @@ class DeadLetters:
                 AuditEntry(
                     action="dlq.viewed_unmasked" if unmasked else "dlq.viewed",
                     user=operator,
-                    youth_key=d.youth_key or self._youth_in(d),
+                    youth_key=await self._youth_of(session, d),
                     objects={"dead_letter": d.id},
                 ),
                 transaction_id=_trace(d),
                 system=SYSTEM,
             )
+
+    async def _youth_of(self, session: Any, d: DeadLetter, payload: bytes | None = None) -> str | None:
+        """The youth a letter is about, for its audit entries: by its key (`DeadLetter.youth_key`), a
+        BSN it names (`_youth_in`), or the handover it answers: a receiver keys its answers by its
+        own `youth_ref`, which is no youth key of the hub's, and names the handover."""
+        found = d.youth_key or self._youth_in(d, payload)
+        if found is not None:
+            return found
+        handover_id = _handover_id_in(payload if payload is not None else d.payload)
+        if handover_id is None:
+            return None
+        query = select(handovers.c.youth_key).where(handovers.c.id == handover_id)
+        youth: str | None = (await session.execute(query)).scalar()
+        return youth
 
     def _youth_in(self, d: DeadLetter, payload: bytes | None = None) -> str | None:
         """The youth key of the BSN in a letter's payload or key, for the audit entry of a view, a
@@ -319,7 +335,7 @@ class DeadLetters:
             AuditEntry(
                 action=f"dlq.{action}",
                 user=operator,
-                youth_key=d.youth_key or self._youth_in(d, value),
+                youth_key=await self._youth_of(session, d, value),
                 objects=objects,
             ),
             transaction_id=_trace(d),
@@ -509,3 +525,15 @@ class DeadLetters:
             raise
         except Exception as exc:
             await self._end(job, FAILED, f"{type(exc).__name__}: {safe_error_message(exc)}"[:300])
+
+
+def _handover_id_in(value: bytes | None) -> str | None:
+    """The handover a letter's envelope names (`payload.handover_id`), if it reads as one."""
+    if not value:
+        return None
+    try:
+        envelope = json.loads(value)
+    except ValueError:
+        return None
+    payload = envelope.get("payload") if isinstance(envelope, dict) else None
+    return as_code(payload.get("handover_id")) if isinstance(payload, dict) else None

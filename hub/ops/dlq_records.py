@@ -45,6 +45,11 @@ READ_S = 15.0  # for the brokers to answer a start or a metadata request
 IDLE_S = 15.0  # for the next letters to arrive: a read that makes progress goes on, however long
 
 
+# The topics whose records are keyed by a receiver's `youth_ref` (connectors.receivers.outgoing), not
+# by the hub's youth key: the receivers' answers.
+_KEYED_BY_REF = re.compile(r"(?:^|\.)handover\.answers\.[a-z]+\.v[0-9]+$")
+
+
 @dataclass
 class DeadLetter:
     """One record on a DLQ topic, with what was done with it."""
@@ -63,8 +68,11 @@ class DeadLetter:
     def youth_key(self) -> str | None:
         """The youth the letter is about, for the audit log: its key when that is the hub's own youth
         key (a sender's own key, even a BSN, is not written into the audit log; nor is the pseudonym
-        of one, `KEY_PSEUDONYM`, which names a youth only as a last resort: `key_youth`)."""
-        return self.key if is_youth_key(self.key) and KEY_PSEUDONYM not in self.headers else None
+        of one, `KEY_PSEUDONYM`, which names a youth only as a last resort: `key_youth`; nor a
+        receiver's `youth_ref`, the key of its answers, which has a youth key's shape)."""
+        if KEY_PSEUDONYM in self.headers or _KEYED_BY_REF.search(self.headers.get(DLQ_TOPIC, "")):
+            return None
+        return self.key if is_youth_key(self.key) else None
 
     @property
     def key_youth(self) -> str | None:

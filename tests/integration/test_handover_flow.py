@@ -37,6 +37,7 @@ from hub.handovers.service import (
 )
 from hub.handovers.tables import handovers, receiver_deliveries
 from hub.intake.tables import referrals
+from hub.ops.dlq import DeadLetters
 from hub.partners import PartnerType, add_partner
 from hub.retry.tables import parked
 from hub.runtime import Hub
@@ -1186,21 +1187,32 @@ async def test_kafka_answers_go_forward_only_and_a_repeat_is_no_dead_letter(
             )
             for status in ("GEACCEPTEERD", "ONTVANGEN", "GEACCEPTEERD", "GEWEIGERD")
         ]
+        ref = youth_ref(TEST_SECRET, "jeugdhulp-dh", key)  # a receiver keys its answers by its own ref
         await produce(
             kafka.bootstrap,
             w.hub.topic("handover.answers.jeugdhulp.v1"),
             [
-                (key.encode(), a.to_bytes(), [(k, v.encode()) for k, v in a.header_map().items()])
+                (ref.encode(), a.to_bytes(), [(k, v.encode()) for k, v in a.header_map().items()])
                 for a in answers
             ],
         )
-        dead = await read_topic(
-            kafka.bootstrap, w.hub.topic("handover.answers.jeugdhulp.dlq.v1"), expect=1, settle_s=1.0
-        )
+        dlq = w.hub.topic("handover.answers.jeugdhulp.dlq.v1")
+        dead = await read_topic(kafka.bootstrap, dlq, expect=1, settle_s=1.0)
         assert [headers_of(d)["message-id"] for d in dead] == [answers[-1].message_id]
         assert "GEACCEPTEERD" in headers_of(dead[0])[DLQ_EXC_MESSAGE]
         assert (await w.status(hid))["status"] == "GEACCEPTEERD"
         assert [a.objects["status"] for a in await w.audit("handover.answered")] == ["GEACCEPTEERD"]
+
+        # an operator reads and discards the letter: audited under the youth, not under the receiver's
+        # ref, which has a youth key's shape (the subject-access export finds entries by youth key)
+        assert w.hub.store is not None
+        letters = DeadLetters(w.hub.store, w.hub.kafka_options, [dlq], secret=TEST_SECRET)
+        letter = await letters.get(f"{dlq}:{dead[0].partition}:{dead[0].offset}")
+        assert letter is not None and letter.key == ref
+        await letters.record_view(letter, "olaf", unmasked=False)
+        assert await letters.discard(letter, "olaf", "a receiver's mistake, answered again")
+        done = [*await w.audit("dlq.viewed"), *await w.audit("dlq.discarded")]
+        assert [a.youth_key for a in done] == [key, key]
 
 
 async def test_reading_handovers_is_audited(kafka: EmbeddedKafka, db_url: str, unique: str) -> None:
