@@ -8,9 +8,9 @@ and with it deduplication of any further copy, stays the same. The spine is unch
 
 One failed record can stand on a DLQ topic twice: the relay publishes at least once (a crash between
 publishing and marking it sent). Each action keeps the record that failed (`source_of`: its group and
-original position), and a letter of a source replayed or discarded already is not replayed: it is
-resolved as a copy (discarded, the reason naming the first), and its inbox row, by now perhaps the
-processed replay's, is kept.
+original position), and a letter of a source replayed already is not replayed again: it is resolved
+as a copy (discarded, the reason naming the first), and its inbox row, by now perhaps the processed
+replay's, is kept.
 
 A letter without a usable message-id header was keyed by its position; a copy of it would be keyed by a
 new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
@@ -356,12 +356,7 @@ class DeadLetters:
         if source is not None:
             first = (
                 await session.execute(
-                    select(
-                        dlq_actions.c.dlq_topic,
-                        dlq_actions.c.partition,
-                        dlq_actions.c.offset,
-                        dlq_actions.c.action,
-                    )
+                    select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
                     .where(
                         or_(
                             dlq_actions.c.source == source,
@@ -371,17 +366,13 @@ class DeadLetters:
                                 dlq_actions.c.at >= letter_time(d),  # not a letter written after it
                             ),
                         ),
-                        # replayed, or discarded by an operator who chose to drop the message: a
-                        # copy of a letter dropped on purpose is not run after all
-                        dlq_actions.c.action.in_(("replayed", "discarded")),
+                        dlq_actions.c.action == "replayed",
                     )
-                    .order_by(dlq_actions.c.id)
                     .limit(1)
                 )
             ).first()
             if first is not None:  # its inbox row may be the replayed copy's, processed: kept
-                done = f"{first.action} already"
-                reason = f"{COPY_OF} {first.dlq_topic}:{first.partition}:{first.offset}, {done}"
+                reason = f"{COPY_OF} {first.dlq_topic}:{first.partition}:{first.offset}, replayed already"
                 await self._resolve(
                     session, d, "discarded", operator, reason=reason, job_id=job_id, value=value
                 )
