@@ -489,7 +489,7 @@ class MailConnector:
             transaction_id=message.transaction_id,
         )
         await resolve_replaced(session, reference, problem_id, by=SYSTEM)
-        unsure = self._unsure.pop(message.message_id, None)
+        unsure = self._unsure.get(message.message_id)  # kept: a failed transaction runs this again
         if kind == UNKNOWN:
             await write_audits(session, [await self._possibly_sent_row(session, message, unsure, kind)])
 

@@ -335,6 +335,8 @@ class VerwijsindexClient:
                 method, self._base + url, headers=headers, data=body, params=params, allow_redirects=False
             ) as raw:
                 response = Answer(raw.status, raw.reason or "", raw.headers, await raw.read())
+        except aiohttp.ConnectionTimeoutError as exc:  # no connection made in time: nothing was sent
+            raise TransientError(f"{where}: timed out ({type(exc).__name__})") from exc
         except TimeoutError as exc:
             raise MayHaveBeenDone(f"{where}: timed out ({type(exc).__name__})") from exc
         except aiohttp.ClientConnectorError as exc:  # no connection made: nothing was sent

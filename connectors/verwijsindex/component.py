@@ -352,8 +352,8 @@ class VerwijsindexConnector:
         """The command is dead-lettered (`delivery.on_dead`); a registration sent at some attempt
         without an answer may be in the index all the same: audited so (rule 18)."""
         await delivery.on_dead(session, message, error)
+        # kept, not forgotten here: a transaction that fails runs this again (a bounded memory)
         if message.type == commands.REGISTER and message.message_id in self.unsure:
-            self.unsure.discard(message.message_id)
             await delivery.possibly_registered(session, message)
 
     async def _registration_waits(self, signal_id: str, held: _Held | None) -> bool:

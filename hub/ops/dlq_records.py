@@ -47,7 +47,7 @@ IDLE_S = 15.0  # for the next letters to arrive: a read that makes progress goes
 
 # The topics whose records are keyed by a receiver's `youth_ref` (connectors.receivers.outgoing), not
 # by the hub's youth key: the receivers' answers.
-_KEYED_BY_REF = re.compile(r"(?:^|\.)handover\.answers\.[a-z]+\.v[0-9]+$")
+_KEYED_BY_REF = re.compile(r"handover\.answers\.[a-z]+\.v[0-9]+$")  # after any topic prefix
 
 
 @dataclass
