@@ -45,6 +45,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.consent import ConsentPurpose, DataCategory
 from schemas.handover import Handover, JointMeeting, ReceiverType
+from schemas.pseudonym import receiver_ref
 
 RECEIVER_TYPES = frozenset(t.value for t in ReceiverType)  # the partner types that receive handovers
 SYSTEM = "ketenhub-api"  # reads through the API, as the consent and referral reads
@@ -157,6 +158,38 @@ class HandoverOut(CanonicalModel):
             delivered_at=row.delivered_at and aware(row.delivered_at),
             answered_at=row.answered_at and aware(row.answered_at),
             meeting_planned_at=row.meeting_planned_at and aware(row.meeting_planned_at),
+        )
+
+
+class AnsweredOut(CanonicalModel):
+    """A handover as its receiver sees it when it answers: the organisation's own references in
+    place of the hub's referral and consent ids, as in the handover it got (two receivers of one
+    referral cannot join on them: connectors.receivers.outgoing)."""
+
+    handover_id: str
+    referral_ref: str
+    consent_ref: str | None
+    receiver_organisation: str
+    receiver_type: str
+    purpose: str
+    status: str
+    status_reason: str | None
+    data_categories: list[str]
+    joint_meeting: dict[str, Any] | None
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    answered_at: datetime | None
+    meeting_planned_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Any, secret: str) -> AnsweredOut:
+        """From a handovers row, under the hub's secret."""
+        seen = HandoverOut.of(row).model_dump(exclude={"referral_id", "consent_id", "waiting_reasons"})
+        org = row.receiver_organisation
+        consent = row.consent_id and receiver_ref(secret, org, "consent", row.consent_id)
+        return cls(
+            **seen, referral_ref=receiver_ref(secret, org, "referral", row.referral_id), consent_ref=consent
         )
 
 
@@ -359,10 +392,10 @@ async def _audited_read(session: AsyncSession, request: Request, handover_id: st
     return row
 
 
-@router.post("/overdrachten/{handover_id}/status", response_model=HandoverOut)
+@router.post("/overdrachten/{handover_id}/status", response_model=AnsweredOut)
 async def answer(
     request: Request, handover_id: str, body: HandoverAnswer, partner: CurrentPartner
-) -> HandoverOut:
+) -> AnsweredOut:
     """A receiver answers a handover addressed to it: ONTVANGEN, GEACCEPTEERD, GEWEIGERD (reason)."""
     hub = _hub(request)
     assert hub.store is not None
@@ -385,4 +418,4 @@ async def answer(
         raise Problem(exc.status, "Antwoord niet verwerkt", str(exc)) from None
     assert hub.relay is not None
     hub.relay.wake()
-    return HandoverOut.of(row)
+    return AnsweredOut.of(row, hub.settings.secret_value())

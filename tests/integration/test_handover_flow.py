@@ -47,7 +47,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Caseworker
 from schemas.envelope import Envelope
 from schemas.handover import Handover, HandoverStatus, ReceiverType
-from schemas.pseudonym import youth_key, youth_ref
+from schemas.pseudonym import receiver_ref, youth_key, youth_ref
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.http import serving
 from tests.helpers.kafka import headers_of, produce, read_topic, wait_for
@@ -1119,6 +1119,10 @@ async def test_a_late_or_repeated_answer_never_moves_a_handover_back(
         assert (await answer("ONTVANGEN")).json()["status"] == "ONTVANGEN"
         accepted = await answer("GEACCEPTEERD")
         assert accepted.status_code == 200 and accepted.json()["status"] == "GEACCEPTEERD"
+        # the receiver's own references, as in the handover it got, not the hub's ids
+        seen = accepted.json()
+        assert "referral_id" not in seen and "consent_id" not in seen, seen
+        assert seen["referral_ref"] == receiver_ref(TEST_SECRET, "jongerenwerk-dh", "referral", rid)
         for repeat in ("ONTVANGEN", "GEACCEPTEERD", "ONTVANGEN"):  # late, repeated: as it stands
             r = await answer(repeat)
             assert r.status_code == 200, r.text
