@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.api.idempotency import IdempotencyKey, claim_of, create_once, replay_earlier
 from hub.api.problems import HubStarting, Problem
 from hub.audit import AuditEntry, write_audit
-from hub.clock import aware
 from hub.consent.caseworker import (
     CurrentCaseworker,
     NotOnCase,
@@ -118,18 +117,15 @@ class ZorgmeldingIn(CanonicalModel):
     )
 
 
-class HandoverOut(CanonicalModel):
-    """Where a handover stands, as the caseworker follows it."""
+class _Handover(CanonicalModel):
+    """What a caseworker and the receiver both see of a handover."""
 
     handover_id: str
-    referral_id: str
     receiver_organisation: str
     receiver_type: str
     purpose: str
     status: str
     status_reason: str | None
-    waiting_reasons: list[str] | None
-    consent_id: str | None
     data_categories: list[str]
     joint_meeting: dict[str, Any] | None
     created_at: datetime
@@ -138,59 +134,48 @@ class HandoverOut(CanonicalModel):
     answered_at: datetime | None
     meeting_planned_at: datetime | None
 
+    @staticmethod
+    def seen(row: Any) -> dict[str, Any]:
+        """Those fields of a handovers row (its moments in UTC, with the offset: `UtcDateTime`)."""
+        return {
+            "handover_id": row.id,
+            **{name: getattr(row, name) for name in _Handover.model_fields if name != "handover_id"},
+        }
+
+
+class HandoverOut(_Handover):
+    """Where a handover stands, as the caseworker follows it."""
+
+    referral_id: str
+    waiting_reasons: list[str] | None
+    consent_id: str | None
+
     @classmethod
     def of(cls, row: Any) -> HandoverOut:
-        """From a handovers row; its moments in UTC, with the offset (SQLite gives them back naive)."""
+        """From a handovers row."""
         return cls(
-            handover_id=row.id,
+            **cls.seen(row),
             referral_id=row.referral_id,
-            receiver_organisation=row.receiver_organisation,
-            receiver_type=row.receiver_type,
-            purpose=row.purpose,
-            status=row.status,
-            status_reason=row.status_reason,
             waiting_reasons=row.waiting_reasons,
             consent_id=row.consent_id,
-            data_categories=row.data_categories,
-            joint_meeting=row.joint_meeting,
-            created_at=aware(row.created_at),
-            sent_at=row.sent_at and aware(row.sent_at),
-            delivered_at=row.delivered_at and aware(row.delivered_at),
-            answered_at=row.answered_at and aware(row.answered_at),
-            meeting_planned_at=row.meeting_planned_at and aware(row.meeting_planned_at),
         )
 
 
-class AnsweredOut(CanonicalModel):
+class AnsweredOut(_Handover):
     """A handover as its receiver sees it when it answers: the organisation's own references in
     place of the hub's referral and consent ids, as in the handover it got (two receivers of one
     referral cannot join on them: connectors.receivers.outgoing)."""
 
-    handover_id: str
     referral_ref: str
     consent_ref: str | None
-    receiver_organisation: str
-    receiver_type: str
-    purpose: str
-    status: str
-    status_reason: str | None
-    data_categories: list[str]
-    joint_meeting: dict[str, Any] | None
-    created_at: datetime
-    sent_at: datetime | None
-    delivered_at: datetime | None
-    answered_at: datetime | None
-    meeting_planned_at: datetime | None
 
     @classmethod
     def of(cls, row: Any, secret: str) -> AnsweredOut:
         """From a handovers row, under the hub's secret."""
-        seen = HandoverOut.of(row).model_dump(exclude={"referral_id", "consent_id", "waiting_reasons"})
         org = row.receiver_organisation
         consent = row.consent_id and receiver_ref(secret, org, "consent", row.consent_id)
-        return cls(
-            **seen, referral_ref=receiver_ref(secret, org, "referral", row.referral_id), consent_ref=consent
-        )
+        referral = receiver_ref(secret, org, "referral", row.referral_id)
+        return cls(**cls.seen(row), referral_ref=referral, consent_ref=consent)
 
 
 def _hub(request: Request) -> Hub:
