@@ -4,8 +4,6 @@ took it."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
@@ -16,6 +14,7 @@ from tests.conftest import make_settings
 from tests.helpers.kafka import produce, read_topic, wait_for
 from tests.integration.test_ops_dlq import _depth, _is, _job_done, youth_key
 from tests.integration.test_ops_lag import IN, OUT, PASSWORD, Cure, ops_hub, poisonable_echo
+from tests.integration.test_ops_replay_jobs import GATED_RATE, Gate
 
 pytestmark = pytest.mark.integration
 KEY_FILTER = "open dead letters with key=(not kept)"  # what the job says it replays: no key
@@ -23,17 +22,6 @@ KEY_FILTER = "open dead letters with key=(not kept)"  # what the job says it rep
 
 async def _progressed(client: httpx.AsyncClient, job_id: str) -> bool:
     return (await client.get(f"/ops/api/jobs/{job_id}")).json()["done"] == 3
-
-
-class Gate:
-    """The rate limit's wait, held until opened: the job stays running while the test looks at it."""
-
-    def __init__(self) -> None:
-        self.waiting, self.opened = asyncio.Event(), asyncio.Event()
-
-    async def sleep(self, _seconds: float) -> None:
-        self.waiting.set()
-        await self.opened.wait()
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -61,7 +49,7 @@ async def test_two_api_replicas_on_one_store_share_the_jobs_and_run_one_bulk_rep
         await wait_for(lambda: _is(_depth(client_a, hub_a), 6), timeout_s=60)
         gate = Gate()
         replaying = console_of(hub_a).dead_letters
-        replaying.rate_per_s, replaying.sleep = 1.0, gate.sleep
+        replaying.rate_per_s, replaying.sleep = GATED_RATE, gate.sleep
         cure.fixed = True
         r = await client_a.post("/ops/api/dlq/replay", json={"key": ann})  # Ann's three letters
         assert r.status_code == 202, r.text
