@@ -156,6 +156,7 @@ async def show_dead_letter(
         raise Problem(403, "Not allowed", "Unmasking a payload needs the role privacy_officer.")
     console = _console(request)
     d = await _get(console, letter_id)
+    await console.dead_letters.mark_copy(d)
     await console.dead_letters.record_view(d, op.username, unmasked=unmask)
     return {
         **d.summary(unmasked=unmask),
@@ -173,17 +174,24 @@ class DiscardBody(BaseModel):
 
 @router.post("/dlq/{letter_id}/discard", summary="Discard one dead letter with a reason")
 async def discard(request: Request, op: Acting, letter_id: str, body: DiscardBody) -> dict[str, Any]:
-    """Recorded in dlq_actions and the audit log; it leaves the DLQ depth."""
+    """Recorded in dlq_actions and the audit log; it leaves the DLQ depth. A letter the list names a
+    copy (`copy_of`: the relay published one record twice) is discarded alone, and the first stays to
+    be replayed; discarding the first drops the message, and its open copies, named in `copies`, are
+    discarded with it."""
     console = _console(request)
     d = await _get(console, letter_id)
-    if not await console.dead_letters.discard(d, op.username, body.reason):
-        raise Problem(409, "Already resolved", "This dead letter was already replayed or discarded.")
-    return {"id": d.id, "status": "discarded"}
+    done = await console.dead_letters.discard(d, op.username, body.reason)
+    if done is None:
+        raise Problem(
+            409, "Already resolved", "This dead letter, or a copy of it, was already replayed or discarded."
+        )
+    return {"id": d.id, "status": "discarded", "copy_of": done.copy_of, "copies": done.copies}
 
 
 @router.post("/dlq/{letter_id}/replay", summary="Replay one dead letter")
 async def replay_one(request: Request, op: Acting, letter_id: str) -> dict[str, Any]:
-    """Published again to its original topic through the outbox; returns the job."""
+    """Published again to its original topic through the outbox; returns the job. A copy of a letter
+    replayed or discarded already is resolved as such, not replayed (counted as skipped)."""
     console = _console(request)
     d = await _get(console, letter_id)
     if d.status != "open":

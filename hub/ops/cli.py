@@ -27,7 +27,7 @@ from hub.config import Settings, load_settings
 from hub.errors import ConfigError, TransientError
 from hub.ops.auth import UnknownOperator, add_operator, set_disabled
 from hub.ops.console import SAMPLE_INTERVAL_S
-from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Reason
+from hub.ops.dlq import REASON_MAX, REASON_MIN, DeadLetters, Discarded, Reason
 from hub.ops.dlq_jobs import ABANDONED, FAILED, ReplayBusy, ReplayJob, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.health import Monitor, is_dlq
@@ -235,10 +235,15 @@ def dlq_list(
             d["id"],
             datetime.fromisoformat(d["failed_at"]).isoformat(timespec="seconds"),
             d["original_topic"] or "",
-            f"{(d['error_class'] or '').rsplit('.', 1)[-1]}: {d['error']}",  # the class, as the dashboard
+            # the class, as the dashboard; a copy of a letter says so (discarded alone, skipped at replay)
+            f"{(d['error_class'] or '').rsplit('.', 1)[-1]}: {d['error']}" + _copy_note(d),
             d["key"] or "",
         )
     Terminal().print(table, crop=False)
+
+
+def _copy_note(d: dict[str, Any]) -> str:
+    return f" (a copy of {d['copy_of']})" if d.get("copy_of") else ""
 
 
 LETTER_ID = "the dead letter's id, <dlq topic>:<partition>:<offset> (`ketenhub dlq list`)"
@@ -251,6 +256,7 @@ def dlq_show(letter_id: Annotated[str, typer.Argument(help=LETTER_ID)]) -> None:
     async def go(settings: Settings, store: Store) -> dict[str, Any]:
         async with _dead_letters(settings, store) as dl:
             d = await _letter(dl, letter_id)
+            await dl.mark_copy(d)
             await dl.record_view(d, USER, unmasked=False)  # rule 18, as the console does
             return {
                 **d.summary(),
@@ -281,17 +287,24 @@ def dlq_discard(
         str, typer.Option(help="why it is dropped: kept with the action; the audit log records its length")
     ],
 ) -> None:
-    """Discard one dead letter with a reason (audited, the reason by reference, never its text)."""
+    """Discard one dead letter with a reason (audited, the reason by reference, never its text).
+
+    The first letter of a failed record is its message: discarding it discards its open copies (the
+    relay published it twice) with it. A letter `dlq list` names a copy is discarded alone."""
     _check_reason(reason)
 
-    async def go(settings: Settings, store: Store) -> bool:
+    async def go(settings: Settings, store: Store) -> Discarded | None:
         async with _dead_letters(settings, store) as dl:
             return await dl.discard(await _letter(dl, letter_id), USER, reason)
 
-    if not _run(go):
-        typer.echo("ketenhub: dead letter already replayed or discarded", err=True)
+    done = _run(go)
+    if done is None:
+        typer.echo("ketenhub: dead letter, or a copy of it, already replayed or discarded", err=True)
         raise typer.Exit(1)
-    typer.echo(f"discarded {letter_id}")
+    if done.copy_of:
+        typer.echo(f"discarded {letter_id}, a copy of {done.copy_of}")
+    else:
+        typer.echo(f"discarded {letter_id}" + "".join(f"\ndiscarded {c}, a copy of it" for c in done.copies))
 
 
 def _stop_replay(jobs: list[ReplayJob], sig: signal.Signals, stopped_by: list[signal.Signals]) -> None:

@@ -8,9 +8,12 @@ and with it deduplication of any further copy, stays the same. The spine is unch
 
 One failed record can stand on a DLQ topic twice: the relay publishes at least once (a crash between
 publishing and marking it sent). Each action keeps the record that failed (`source_of`: its group and
-original position), and a letter of a source replayed already is not replayed again: it is resolved
-as a copy (discarded, the reason naming the first), and its inbox row, by now perhaps the processed
-replay's, is kept.
+original position). The first letter of a source is the message; a list names each later one a copy
+of it (`copy_of`). Discarding the first drops the message: its open copies are discarded with it, in
+its transaction (a replay of a copy at the same moment conflicts with it on that letter's own row, and
+one of the two is refused). Discarding a copy drops that copy alone. A letter of a source replayed, or
+dropped, already is not replayed: it is resolved as a copy (discarded, the reason naming the first),
+and its inbox row, by now perhaps the processed replay's, is kept.
 
 A letter without a usable message-id header was keyed by its position; a copy of it would be keyed by a
 new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
@@ -27,11 +30,12 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
-from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy import and_, delete, insert, not_, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
@@ -83,7 +87,7 @@ Reason = Annotated[
 ]
 
 
-COPY_OF = "a copy of dead letter"  # the reason a copy of a replayed letter is resolved with
+COPY_OF = "a copy of dead letter"  # the reason a copy of a replayed or discarded letter is resolved with
 
 
 def source_of(d: DeadLetter, *, legacy: bool = False) -> str | None:
@@ -115,6 +119,26 @@ def legacy_applies(acted_at: datetime, d: DeadLetter) -> bool:
 
 class AlreadyResolved(Exception):
     """An action kept before 0020 already resolved this letter."""
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """A discard done: the first letter of its source when the letter was a copy of it (discarded
+    alone), else the ids of its open copies, discarded with it."""
+
+    copy_of: str | None
+    copies: list[str]
+
+
+def mark_copies(letters: Iterable[DeadLetter]) -> None:
+    """Name each later letter of a source as a copy of the first (`DeadLetter.copy_of`), among
+    `letters` as read from the topics, in the order they were written."""
+    first: dict[str, str] = {}
+    for d in sorted(letters, key=lambda d: (d.timestamp_ms, d.position)):
+        source = source_of(d)
+        if source is not None:
+            found = first.setdefault(source, d.id)
+            d.copy_of = found if found != d.id else None
 
 
 def _trace(d: DeadLetter) -> str | None:
@@ -190,6 +214,7 @@ class DeadLetters:
         statuses = await self._statuses(letters)
         for d in letters:
             d.status = statuses.get(d.position, "open")
+        mark_copies(letters)
         return sorted((d for d in letters if flt.matches(d)), key=lambda d: (d.failed_at, d.id))
 
     async def get(self, letter_id: str) -> DeadLetter | None:
@@ -265,22 +290,52 @@ class DeadLetters:
                 system=SYSTEM,
             )
 
-    async def discard(self, d: DeadLetter, operator: str, reason: str) -> bool:
-        """Mark a dead letter discarded with a reason; False when it was already resolved."""
+    async def _letters_of_source(self, d: DeadLetter) -> list[DeadLetter]:
+        """The letters of `d`'s source as read now from its DLQ topic (where its copies stand), `d`'s
+        own among them, with their status and `copy_of`; none when its source is unknown."""
+        if source_of(d) is None:
+            return []
+        letters = await read_records(self.options, [d.topic])
+        statuses = await self._statuses(letters)
+        for c in letters:
+            c.status = statuses.get(c.position, "open")
+        mark_copies(letters)
+        return [c for c in letters if source_of(c) == source_of(d)]
+
+    async def mark_copy(self, d: DeadLetter) -> None:
+        """Set `d.copy_of` as a list would; left None when its topic cannot be read."""
+        with contextlib.suppress(BrokersUnavailable):
+            found = [c for c in await self._letters_of_source(d) if c.position == d.position]
+            d.copy_of = found[0].copy_of if found else None
+
+    async def discard(self, d: DeadLetter, operator: str, reason: str) -> Discarded | None:
+        """Mark a dead letter discarded with a reason; None when it, or a copy discarded with it, was
+        resolved already. The first letter of a source is the message: discarding it drops the
+        message, and its open copies are discarded with it. A later letter is a copy (the relay
+        published it twice): discarding it drops the copy alone, and the first stays to be replayed.
+        BrokersUnavailable when its DLQ topic cannot be read to tell which it is."""
         value = d.payload
         if value is None and d.youth_key is None and self.secret is not None:
             # a listed letter: its payload names the youth the audit entry is about; the brokers
             # down, it is discarded all the same, audited under its key's youth if it names one
             with contextlib.suppress(BrokersUnavailable):
                 value = next((found.value for found in await read_at(self.options, [d.position])), None)
+        same = await self._letters_of_source(d)
+        first = next((c.copy_of for c in same if c.position == d.position), None)
+        copies = [] if first else [c for c in same if c.position != d.position and c.status == "open"]
         try:
             async with self.store.transaction() as session:
-                await self._resolve(
-                    session, d, "discarded", operator, reason=reason, job_id=None, value=value
-                )
+                # a copy's discard says so: it does not stop the first letter's replay (`_replay_one`)
+                kept = f"{COPY_OF} {first}, discarded as one: {reason}" if first else reason
+                await self._resolve(session, d, "discarded", operator, reason=kept, job_id=None, value=value)
+                for copy in copies:  # one payload: the audit entries are about the same youth
+                    why = f"{COPY_OF} {d.id}, discarded with it"
+                    await self._resolve(
+                        session, copy, "discarded", operator, reason=why, job_id=None, value=value
+                    )
         except (sa_exc.IntegrityError, AlreadyResolved):
-            return False
-        return True
+            return None
+        return Discarded(copy_of=first, copies=[copy.id for copy in copies])
 
     async def _resolve(
         self,
@@ -346,7 +401,7 @@ class DeadLetters:
         self, session: Any, d: DeadLetter, value: bytes | None, operator: str, job_id: str | None
     ) -> bool:
         """Queue `d` again; False (resolved as a copy, nothing queued) when a letter of the same
-        failed record was replayed already."""
+        failed record was replayed or discarded already."""
         original = d.headers.get(DLQ_TOPIC)
         if not original:
             raise ValueError("dead letter without its original topic")
@@ -356,7 +411,12 @@ class DeadLetters:
         if source is not None:
             first = (
                 await session.execute(
-                    select(dlq_actions.c.dlq_topic, dlq_actions.c.partition, dlq_actions.c.offset)
+                    select(
+                        dlq_actions.c.dlq_topic,
+                        dlq_actions.c.partition,
+                        dlq_actions.c.offset,
+                        dlq_actions.c.action,
+                    )
                     .where(
                         or_(
                             dlq_actions.c.source == source,
@@ -366,13 +426,23 @@ class DeadLetters:
                                 dlq_actions.c.at >= letter_time(d),  # not a letter written after it
                             ),
                         ),
-                        dlq_actions.c.action == "replayed",
+                        # replayed, or discarded by an operator who dropped the message (its copies
+                        # open then were discarded with it; this one came later): not a copy's discard
+                        or_(
+                            dlq_actions.c.action == "replayed",
+                            and_(
+                                dlq_actions.c.action == "discarded",
+                                not_(dlq_actions.c.reason.startswith(COPY_OF)),
+                            ),
+                        ),
                     )
+                    .order_by(dlq_actions.c.id)
                     .limit(1)
                 )
             ).first()
             if first is not None:  # its inbox row may be the replayed copy's, processed: kept
-                reason = f"{COPY_OF} {first.dlq_topic}:{first.partition}:{first.offset}, replayed already"
+                done = f"{first.action} already"
+                reason = f"{COPY_OF} {first.dlq_topic}:{first.partition}:{first.offset}, {done}"
                 await self._resolve(
                     session, d, "discarded", operator, reason=reason, job_id=job_id, value=value
                 )

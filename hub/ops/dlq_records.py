@@ -63,6 +63,9 @@ class DeadLetter:
     # None when only listed: a list of letters holds no payloads, which can be megabytes each.
     payload: bytes | None = field(default=None, repr=False)
     status: str = "open"
+    # the id of the first letter of the same failed record, when this one is a copy of it (the relay
+    # publishes at least once); set by a list (`DeadLetters.find`), None otherwise
+    copy_of: str | None = None
 
     @property
     def youth_key(self) -> str | None:
@@ -128,6 +131,7 @@ class DeadLetter:
             "message_id": shown.get(H_MESSAGE_ID),
             "transaction_id": shown.get(H_TRANSACTION_ID),
             "status": self.status,
+            "copy_of": self.copy_of,
         }
 
 

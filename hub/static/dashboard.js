@@ -298,7 +298,9 @@ async function refreshDlq(asked) {
     const open = document.createElement("button");
     open.textContent = "Show"; open.className = "show";
     open.addEventListener("click", () => openLetter(d.id));
-    const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error), d.key, open]);
+    // a copy of a letter (the relay published one record twice): discarded alone, skipped at replay
+    const copy = d.copy_of ? ` (a copy of ${d.copy_of})` : "";
+    const tr = row([d.failed_at, d.original_topic, (d.error_class || "").split(".").pop() + ": " + text(d.error) + copy, d.key, open]);
     tr.dataset.id = d.id;
     return tr;
   });
@@ -331,7 +333,7 @@ async function showLetter(id) {
   $("letter-id").textContent = d.id;
   fill("letter-headers", Object.entries(d.headers).map(([k, v]) => row([k, v])));
   $("letter-payload").textContent = JSON.stringify(d.payload, null, 2);
-  $("letter-status").textContent = d.status;
+  $("letter-status").textContent = d.status + (d.copy_of ? `, a copy of ${d.copy_of} (a discard drops this copy alone)` : "");
 }
 
 // A poll that fails (the hub restarting, a store hiccup) is tried again, not the end of the progress.
@@ -499,13 +501,16 @@ async function main() {
     return `letter ${id} replaying (progress beside "Replay these")`;
   });
   onLetter("discard-one", async (id) => {
+    let done;
     try {
-      await api("/ops/api/dlq/" + encodeURIComponent(id) + "/discard",
+      done = await api("/ops/api/dlq/" + encodeURIComponent(id) + "/discard",
         { method: "POST", body: JSON.stringify({ reason: $("discard-reason").value }) });
     } catch (e) { return `letter ${id} not discarded: ` + e.message; }
     $("discard-reason").value = "";
     refreshAll();
-    return `letter ${id} discarded`;
+    if (done.copy_of) return `letter ${id} discarded, a copy of ${done.copy_of}`;
+    const copies = done.copies.length ? `, and its ${done.copies.length === 1 ? "copy" : "copies"} ${done.copies.join(", ")} with it` : "";
+    return `letter ${id} discarded` + copies;
   });
   $("replay-filtered").addEventListener("click", replayShown);
   $("t-find").addEventListener("click", findTimeline);

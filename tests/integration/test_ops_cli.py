@@ -31,7 +31,16 @@ from hub.ops.health import is_dlq
 from hub.ops.masking import MASK
 from hub.ops.parked import discard, release
 from hub.ops.tables import dlq_replay_jobs
-from hub.spine.dlq import DLQ_EXC_CLASS, DLQ_EXC_MESSAGE, DLQ_TOPIC, KEY_PSEUDONYM
+from hub.spine.dlq import (
+    DLQ_EXC_CLASS,
+    DLQ_EXC_MESSAGE,
+    DLQ_FIRST_FAILURE,
+    DLQ_GROUP,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_TOPIC,
+    KEY_PSEUDONYM,
+)
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import all_topics, prefixed
@@ -203,6 +212,35 @@ def _refused_cleanly(result: Result, says: str) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.output.startswith("ketenhub: ") and result.output.count("\n") == 1, result.output
     assert says in result.output, result.output
+
+
+def test_dlq_list_names_a_copy_and_discarding_the_first_letter_discards_it(
+    kafka: EmbeddedKafka, tmp_path: Path, unique: str
+) -> None:
+    """One failed record published to the DLQ twice (the relay publishes at least once): `dlq list`
+    names the later letter a copy, and discarding the first drops the message, the copy with it."""
+    topic = _a_dlq_topic(unique)
+    failed = {
+        DLQ_TOPIC: f"t{unique}.ops.in.v1",
+        DLQ_GROUP: f"t{unique}.ops",
+        DLQ_PARTITION: "0",
+        DLQ_OFFSET: "7",
+        DLQ_FIRST_FAILURE: "2026-12-07T03:00:00+00:00",
+        DLQ_EXC_CLASS: "ValueError",
+    }
+    first, copy = asyncio.run(_write_letters(kafka.bootstrap, topic, [(b"k", failed), (b"k", failed)]))
+    env, runner = _dlq_env(tmp_path / "hub.db", kafka.bootstrap, unique), CliRunner()
+    listed = runner.invoke(app, ["dlq", "list"], env={**env, "COLUMNS": "400"})
+    assert listed.exit_code == 0, listed.output
+    [copy_line] = [line for line in listed.output.splitlines() if copy in line]
+    assert f"(a copy of {first})" in copy_line, listed.output
+    [first_line] = [line for line in listed.output.splitlines() if first in line and copy not in line]
+    assert "a copy of" not in first_line, listed.output
+    dropped = runner.invoke(app, ["dlq", "discard", first, "--reason", "test data"], env=env)
+    assert dropped.exit_code == 0, dropped.output
+    assert dropped.output == f"discarded {first}\ndiscarded {copy}, a copy of it\n"
+    again = runner.invoke(app, ["dlq", "discard", copy, "--reason", "test data"], env=env)
+    _refused_cleanly(again, "already replayed or discarded")
 
 
 def test_dlq_commands_say_what_failed_and_show_no_raw_key(

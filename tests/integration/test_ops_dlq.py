@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
 from sqlalchemy import insert, select
 
 from hub.embedded import EmbeddedKafka
@@ -555,6 +557,74 @@ async def test_a_second_copy_of_a_dead_letter_is_not_replayed_after_the_first_wa
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]  # once
         shown = (await client.get(f"/ops/api/dlq/{second}")).json()
         assert shown["status"] == "discarded"
+
+
+async def _two_copies(
+    kafka: EmbeddedKafka, hub: Hub, client: httpx.AsyncClient
+) -> tuple[ConsumerRecord[Any, Any], str, str]:
+    """One poisoned record dead-lettered, and its letter published again as the relay does after a
+    crash before it marked it sent: (the letter as read, the first letter's id, the copy's id)."""
+    key = youth_key("one youth").encode()
+    poisoned = Envelope(type="T", payload={"n": 1, "poison": True})
+    await produce(kafka.bootstrap, hub.topic(IN.name), [(key, poisoned.to_bytes(), poisoned.headers())])
+    [letter] = await read_topic(kafka.bootstrap, hub.topic(IN.dlq), expect=1)
+    await produce(kafka.bootstrap, hub.topic(IN.dlq), [(letter.key, letter.value, list(letter.headers))])
+    await wait_for(lambda: _is(_depth(client, hub), 2), timeout_s=30)
+    listed = sorted((await client.get("/ops/api/dlq")).json()["items"], key=lambda d: parse_id(d["id"]))
+    assert [d["copy_of"] for d in listed] == [None, listed[0]["id"]]  # the list says which is a copy
+    return letter, listed[0]["id"], listed[1]["id"]
+
+
+async def test_discarding_a_letter_drops_its_message_and_no_copy_of_it_is_replayed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """An operator discarded a letter on purpose; the relay had published it twice, and "replay all"
+    later replayed the copy: the message dropped was processed after all."""
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        letter, first, second = await _two_copies(kafka, hub, client)
+        r = await client.post(f"/ops/api/dlq/{first}/discard", json={"reason": "test data, not needed"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["copy_of"], r.json()["copies"]) == (None, [second])  # discarded with it
+        assert (await client.get(f"/ops/api/dlq/{second}")).json()["status"] == "discarded"
+        assert (await client.get("/ops/api/dlq")).json()["total"] == 0
+        r = await client.post(f"/ops/api/dlq/{second}/discard", json={"reason": "once more"})
+        assert r.status_code == 409, r.text
+        # a copy published after the discard (the relay repeating once more) is not run either
+        await produce(kafka.bootstrap, hub.topic(IN.dlq), [(letter.key, letter.value, list(letter.headers))])
+        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)
+        [late] = (await client.get("/ops/api/dlq")).json()["items"]
+        assert late["copy_of"] == first
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{late['id']}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+        assert (progress["done"], progress["skipped"]) == (0, 1)
+        assert await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, timeout_s=5) == []
+        shown = (await client.get(f"/ops/api/dlq/{late['id']}")).json()
+        assert (shown["status"], shown["copy_of"]) == ("discarded", first)
+
+
+async def test_discarding_a_copy_leaves_the_first_letter_to_be_replayed(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """An operator who drops the copy the list names as such keeps the message: the first letter is
+    replayed, once."""
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        _, first, second = await _two_copies(kafka, hub, client)
+        r = await client.post(f"/ops/api/dlq/{second}/discard", json={"reason": "a duplicate"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["copy_of"], r.json()["copies"]) == (first, [])
+        [still] = (await client.get("/ops/api/dlq")).json()["items"]
+        assert (still["id"], still["status"]) == (first, "open")
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{first}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+        assert (progress["done"], progress["skipped"]) == (1, 0)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
+        assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]
 
 
 async def test_an_action_on_a_letter_of_a_topics_earlier_life_is_not_the_new_letters(
