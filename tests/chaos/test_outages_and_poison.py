@@ -567,7 +567,8 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         await hub.start()
         records = police_records(60, seed=21)
         auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        async with httpx.AsyncClient(base_url=hub.url, timeout=10, headers=auth) as client:
+        # a busy machine's commit may take seconds while the broker is cut: a timeout is no answer
+        async with httpx.AsyncClient(base_url=hub.url, timeout=30, headers=auth) as client:
 
             async def post(batch: list[bytes]) -> list[str]:
                 """Each answered 201 (taken in) or 503 with Retry-After (nothing kept), never otherwise."""

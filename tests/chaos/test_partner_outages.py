@@ -358,14 +358,17 @@ async def test_index_smtp_and_receiver_down_then_back_each_delivered_once_on_sch
                 transport=transport, base_url="http://hub", headers={"Authorization": f"Bearer {case_system}"}
             ) as client:
                 world = World(hub, client, None, {}, bsns()[: YOUTHS * 2])  # type: ignore[arg-type]
-                handovers = []
+                # referrals and consents first, then the handovers one after another: the first's
+                # ladder (about 6 s to its dead letter) does not run out while the rest are made
+                referrals = []
                 for _ in range(YOUTHS):
                     referral_id, _ = await world.referral(17)
                     await world.consent(referral_id)
-                    handovers.append(await world.handover(referral_id))
-                referral_id, _ = await world.referral(17)
-                await world.consent(referral_id, recipient_organisations=[DOWN])
-                lost = await world.handover(referral_id, org=DOWN)
+                    referrals.append(referral_id)
+                lost_referral, _ = await world.referral(17)
+                await world.consent(lost_referral, recipient_organisations=[DOWN])
+                handovers = [await world.handover(referral_id) for referral_id in referrals]
+                lost = await world.handover(lost_referral, org=DOWN)
 
                 async def receiver_outage() -> None:  # back once each was refused in place and on two rungs
                     await wait_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from schemas.caseworker import Caseworker
 from schemas.pseudonym import receiver_ref
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import wait_for
-from tests.integration.test_handover_flow import CW, _queued, world
+from tests.integration.test_handover_flow import CW, PATIENT, _queued, world
 
 pytestmark = pytest.mark.integration
 
@@ -747,7 +748,7 @@ async def test_a_later_referral_naming_more_custodians_counts_in_every_view_and_
     """Every judgement of a consent takes the custodians the youth's referrals name: the check when
     a handover leaves judged without them, and let go what routing would not. A handover stopped
     there only for that waits again, and goes once the consent is recorded whole."""
-    async with world(kafka, db_url, unique) as w:
+    async with world(kafka, db_url, unique, retry_schedule_s=PATIENT) as w:
         w.receiver.down = True
         rid, key = await w.referral(14, custodians=1)
         consent = await w.consent(rid, grantors=ONE_PARENT, custodians=1)
@@ -805,15 +806,19 @@ async def test_a_handover_back_to_waiting_goes_at_once_under_a_whole_consent_rec
     by (it was sent). The retry found the first consent incomplete and put the handover back to
     waiting, and nothing routed it again: it waited for good, and its caseworker was asked to record
     the consent they had just recorded."""
-    async with world(kafka, db_url, unique) as w:
-        w.receiver.down = True
+    async with world(kafka, db_url, unique, webhook_timeout_s=60) as w:
+        # its first call held in flight while the test acts: a retry between the two writes would
+        # see the first consent incomplete before the whole one is recorded, another story
+        w.receiver.down, w.receiver.hold = True, asyncio.Event()
         rid, _ = await w.referral(14, custodians=1)
         first = await w.consent(rid, grantors=ONE_PARENT, custodians=1)
         hid = await w.handover(rid)
-        await wait_for(lambda: w.receiver.refused >= 1)
+        await wait_for(lambda: len(w.receiver.attempts) >= 1)
         await _referral_again(w, rid, custodians=2)
         whole = await w.consent(rid, grantors=TWO_PARENTS, custodians=2)
         assert whole["complete"] and whole["handovers_sent"] == []  # on its way: passed by
+        w.receiver.hold.set()
+        await wait_for(lambda: w.receiver.refused >= 1)
         w.receiver.down = False
 
         await wait_for(lambda: len(w.receiver.handovers()) >= 1, timeout_s=30)

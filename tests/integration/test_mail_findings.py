@@ -211,12 +211,12 @@ async def test_no_answer_after_the_message_was_sent_dead_letters_it_once(
     # 3 quick attempts and 2 rungs: each one sent the mail again (the reviewer saw 3 copies accepted)
     ladder = RetryPolicy(in_place_attempts=3, in_place_wait_s=0.01, schedule_s=(0.3, 0.3), jitter=0.0)
     sink = SlowSink()
-    sink.delay_s = 0.8
+    sink.delay_s = 3.0  # the answer to the message; the commands' timeout above a busy loop's stall
     await sink.start()
     values = make_settings(
         kafka, db_url, unique, components=["mail"],
         smtp={
-            "host": "127.0.0.1", "port": sink.port, "timeout_s": 0.4, "answer_timeout_s": 0.4,
+            "host": "127.0.0.1", "port": sink.port, "timeout_s": 1.0, "answer_timeout_s": 1.0,
             "sender": "ketenhub@halt.nl",
         },
     )  # fmt: skip
@@ -234,7 +234,7 @@ async def test_no_answer_after_the_message_was_sent_dead_letters_it_once(
             )  # fmt: skip
         assert mail is not None
         hub.relay.wake()
-        dead = await read_topic(kafka.bootstrap, hub.topic(NOTIFICATION_MAIL.dlq), expect=1, timeout_s=15)
+        dead = await read_topic(kafka.bootstrap, hub.topic(NOTIFICATION_MAIL.dlq), expect=1, timeout_s=30)
         assert len(dead) == 1
         headers = headers_of(dead[0])
         assert headers["dlq-exception-class"].endswith("OutcomeUnknown")

@@ -205,13 +205,14 @@ async def test_a_relay_that_scans_a_message_before_it_answers_is_waited_for() ->
     from tests.integration.test_mail_findings import SlowSink
 
     sink = SlowSink()
-    sink.delay_s = 0.6
+    sink.delay_s = 3.0
     port = await sink.start()
-    quick = {"host": "127.0.0.1", "port": port, "timeout_s": 0.2, "connections": 1}
-    patient = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=5))
-    hasty = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=0.2))
+    # the commands' timeout well above what a busy machine's loop can stall for, well below the scan
+    quick = {"host": "127.0.0.1", "port": port, "timeout_s": 1.0, "connections": 1}
+    patient = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=10))
+    hasty = SmtpMailer(SmtpSettings(**quick, answer_timeout_s=1.0))
     try:
-        await patient.send(_mail(n=1))  # the commands still answer within 0.2 s; the scan takes 0.6 s
+        await patient.send(_mail(n=1))  # the commands answer at once; the scan takes 3 s
         assert [m.message_id for m in sink.memory] == ["<m1.ketenhub@halt.nl>"]
         with pytest.raises(OutcomeUnknown, match="answer_timeout_s"):
             await hasty.send(_mail(n=2))

@@ -240,7 +240,11 @@ async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
         ops = console.console_of(hub)
         ops.monitor.cache_s = 0  # every scrape asks the brokers
         ops.probe.timeout_s = 1.0
-        await client.get("/readyz")  # sets the hub's own ketenhub_ready gauges
+
+        async def ready() -> bool:  # sets the hub's own ketenhub_ready gauges; a busy machine's look
+            return (await client.get("/readyz")).status_code == 200  # may time out once
+
+        await wait_for(ready, timeout_s=30)
 
         async def point_probe_at(bootstrap: str) -> None:
             async with ops.probe._lock:  # not in the middle of the background sampler's measurement

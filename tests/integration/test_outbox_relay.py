@@ -89,11 +89,11 @@ async def test_a_quiet_hub_publishes_a_commit_at_once_and_a_stop_cuts_the_gather
     kafka: EmbeddedKafka, store: Store, unique: str
 ) -> None:
     topic = f"{unique}.quiet"
-    gather_s = 30.0  # far longer than the test waits: a gathering before the first publish fails it
+    gather_s = 120.0  # far longer than the test waits: a gathering before the first publish fails it
     async with _relay(kafka, store, topic, gather_s=gather_s) as relay:
         started = time.monotonic()
         await _queue(store, relay, topic, b"lone")
-        out = await read_topic(kafka.bootstrap, topic, expect=1, timeout_s=10)
+        out = await read_topic(kafka.bootstrap, topic, expect=1, timeout_s=30)
         assert [r.value for r in out] == [b"lone"]
         assert time.monotonic() - started < gather_s / 3
         stopping = time.monotonic()

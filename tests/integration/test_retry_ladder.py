@@ -128,7 +128,7 @@ async def test_the_parked_count_is_what_waits_in_the_store_not_every_parking_ann
     # b fails twice in place and is parked; its first rung's call waits until released
     partner = FakePartner(transient_failures={"b": 2}, hold=("b", 3))
     hub, _ = await _start(kafka, db_url, unique, partner)
-    probe = LagProbe(hub.kafka_options, describe_groups=False)
+    probe = LagProbe(hub.kafka_options, timeout_s=30, describe_groups=False)  # a busy machine
     try:
         await produce(kafka.bootstrap, hub.topic(CMD.name), [_cmd("b", "kb"), _cmd("c", "kb")])
         await wait_for(lambda: partner.calls["b"] == 3, timeout_s=60)
@@ -146,8 +146,12 @@ async def test_the_parked_count_is_what_waits_in_the_store_not_every_parking_ann
 
         partner.release.set()
         await wait_for(lambda: partner.delivered == ["b", "c"], timeout_s=30)
-        await asyncio.sleep(monitor.cache_s)  # the next health is a new sample
-        assert (await monitor.health()).retry_parked == {hub.topic(CMD.retry): 0}
+
+        async def none_parked() -> bool:  # a new sample once the cache is stale; its outcome recorded
+            await asyncio.sleep(monitor.cache_s)
+            return (await monitor.health()).retry_parked == {hub.topic(CMD.retry): 0}
+
+        await wait_for(none_parked, timeout_s=30)
     finally:
         await probe.close()
         await hub.stop()

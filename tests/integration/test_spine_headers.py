@@ -50,7 +50,7 @@ async def _all_done(bootstrap: str, hub: Hub, sent: int, effects: int, dead: int
     store, topic, group = hub.store, hub.topic(IN.name), hub.group("echo")
     await wait_for(lambda: _counted(store, effects), timeout_s=30)
     await read_topic(bootstrap, hub.topic(IN.dlq), expect=dead)
-    probe = LagProbe({"bootstrap_servers": bootstrap}, describe_groups=False)
+    probe = LagProbe({"bootstrap_servers": bootstrap}, timeout_s=30, describe_groups=False)  # a busy machine
 
     async def at_the_end() -> bool:
         sample = await probe.measure([topic], {group: [topic]})

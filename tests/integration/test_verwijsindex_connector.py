@@ -498,10 +498,12 @@ async def test_a_registration_the_index_finishes_after_its_withdrawal_does_not_b
     so the registration was withheld and the withdrawal found nothing. Then the index finished the
     registration: an active signal, with the youth's BSN and name, that the hub had withdrawn. The
     contract has the index remember a withdrawal of an id it does not hold, and refuse it after."""
-    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=1.0, policy=SLOW)
+    # a timeout a busy machine's GET and DELETE keep well within (at 1 s they were retried at times)
+    hub = await start_hub(kafka, db_url, unique, simulator.url, poll_s=60, timeout_s=2.0, policy=SLOW)
     try:
-        # both calls in place are received, then carried out 8 s later, long after the hub gave up
-        await set_faults(admin, hang_rate=1.0, hang_seconds=8, remaining=2, methods=["PUT"])
+        # both calls in place are received, then carried out 14 s later, long after the hub gave up
+        # (twice its timeout and the 3 s rung: the withdrawal is asked at about 7 s)
+        await set_faults(admin, hang_rate=1.0, hang_seconds=14, remaining=2, methods=["PUT"])
         [signal] = (a_signal(b) for b in bsns(1, start=410_000_000))
         await register(hub, signal)
         await wait_for(lambda: _all_at(hub, 1, of=1), timeout_s=30)  # parked: the index still busy

@@ -500,9 +500,12 @@ class FailingIndex:
 
     def __init__(self, retry_after: float | None) -> None:
         self.retry_after, self.calls = retry_after, 0
+        self.first_at: float | None = None  # the loop's time of the first call
 
     async def matches(self, *_: object) -> tuple[list[Any], str]:
         self.calls += 1
+        if self.first_at is None:
+            self.first_at = asyncio.get_running_loop().time()
         if self.retry_after is not None:
             raise TransientError(
                 "verwijsindex matches: HTTP 429: Too Many Requests", retry_after=self.retry_after
@@ -522,7 +525,10 @@ async def test_a_failing_feed_backs_off(store: Store, retry_after: float | None,
     feed = MatchFeed(store, index, topic=TOPIC, interval_s=0.02)  # type: ignore[arg-type]
     running = asyncio.create_task(feed.run())
     try:
-        await asyncio.sleep(0.4)
+        # 0.4 s from the first call (the feed's start on a busy machine is no part of its backoff)
+        await wait_for(lambda: index.first_at is not None)
+        assert index.first_at is not None
+        await asyncio.sleep(index.first_at + 0.4 - asyncio.get_running_loop().time())
         assert 1 <= index.calls <= at_most, index.calls
         assert feed.last_error is not None and "HTTP" in feed.last_error
     finally:

@@ -170,13 +170,14 @@ async def test_permanent_errors_carry_the_reason_but_no_personal_data(vi: Verwij
 
 
 async def test_connection_refused_is_transient() -> None:
+    # bound and not listening: refused, and no other test's server can take the port meanwhile
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
-    async with VerwijsindexClient(f"http://127.0.0.1:{port}", timeout=1) as client:
-        with pytest.raises(TransientError, match="connection failed"):
-            await client.matches(None, 1, "tx")
-        assert not await client.ping()
+        port = sock.getsockname()[1]
+        async with VerwijsindexClient(f"http://127.0.0.1:{port}", timeout=1) as client:
+            with pytest.raises(TransientError, match="connection failed"):
+                await client.matches(None, 1, "tx")
+            assert not await client.ping()
 
 
 def vendor_answering(status: int, **body: Any) -> FastAPI:
