@@ -301,6 +301,10 @@ async def request_contact_change(
     )
 
 
+# The states of a signal's latest command (`hub.signals.delivery`) while it has not been settled.
+_ON_ITS_WAY = ("queued", "retrying")
+
+
 class RegistrationOnItsWay(PermanentError):
     """A registration of the signal is still on its way to the Verwijsindex (parked, queued, or an
     open dead letter to replay): registering it again would disclose the youth to the index twice."""
@@ -321,7 +325,8 @@ async def register_again(
 
     For a signal the Verwijsindex holds no more (it lost it), or whose registration will not reach it
     (its dead letter was discarded or outlived the DLQ's term): a contact change then is a dead letter
-    that says so. Refused while a registration of it is on its way (`waits`: replay that one), and,
+    that says so. Refused while a registration of it is on its way (`waits`: replay that one; or the
+    signal's latest command, not yet settled, is one: a second request at once), and,
     as a registration is, for a contact who may not signal (rule 13) or whose phone the index cannot
     take. Every registration sent is a disclosure, audited by the connector; this request is audited
     with who asked, the command and the contact it names. SignalNotFound, SignalNotActive,
@@ -335,6 +340,13 @@ async def register_again(
         )
     async with store.transaction() as session:
         row = await _active_row(session, signal_id, day or today())
+        if row.delivery_command == commands.REGISTER and row.delivery_state in _ON_ITS_WAY:
+            # under the signal's lock: a second request at once (a double click, two operators), or one
+            # whose registration is published and not yet taken up, which `waits` cannot see
+            raise RegistrationOnItsWay(
+                f"a registration of signal {signal_id!r} is queued for the Verwijsindex already (its latest"
+                " command): wait for it"
+            )
         signal = signal_from_row(row)
         if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
             raise UnfitContact(f"caseworker {row.caseworker_id!r}: {problem}")

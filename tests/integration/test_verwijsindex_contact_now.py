@@ -32,11 +32,12 @@ from hub.ops.auth import add_operator
 from hub.ops.dlq import DeadLetters
 from hub.retry.tables import parked
 from hub.runtime import Hub
-from hub.signals import commands, request_contact_change, store_signal
+from hub.signals import commands, register_again, request_contact_change, store_signal
+from hub.signals.service import RegistrationOnItsWay
 from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store import Store
-from hub.store.tables import audit_log
+from hub.store.tables import audit_log, outbox
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker, Team
 from schemas.pseudonym import youth_key
@@ -44,6 +45,7 @@ from schemas.signal import VerwijsindexSignal
 from tests.conftest import TEST_SECRET
 from tests.helpers.kafka import headers_of, read_all, read_topic, wait_for
 from tests.integration.test_verwijsindex_connector import (
+    ILSE,
     SIGNAL,
     SLOW,
     STAND_IN,
@@ -503,6 +505,42 @@ async def test_a_change_the_index_holds_no_signal_for_and_no_registration_waits_
             assert ended.status_code == 409  # a withdrawn signal is not registered again
     finally:
         await hub.stop()
+
+
+async def test_a_second_request_to_register_a_signal_again_at_once_is_refused(store: Store) -> None:
+    """Two operators (or one double click) asked at once: each found no registration on its way (none
+    was queued yet, or the first was published, out of the outbox and not yet taken up, which the
+    check cannot see), and both were queued: the index was handed the youth twice. Under the
+    signal's lock, the second finds the first's registration its latest command, not yet settled."""
+    signal = a_signal(bsns(1, start=970_000_000)[0])
+    assert signal.signal_id
+    key, topic = youth_key(TEST_SECRET, signal.youth.bsn), "t.verwijsindex.signal.v1"
+    async with store.transaction() as session:
+        await create_caseworker(session, ILSE)
+        await store_signal(session, topic, signal, youth_key=key, user="cw-ilse", transaction_id="t-1")
+        # the index took the registration, and later lost the signal: an operator registers it again
+        await session.execute(update(signals).values(delivery_state="delivered"))
+
+    async def nothing_waits(_signal_id: str, _youth_key: str) -> bool:
+        return False
+
+    asked = [
+        register_again(
+            store, topic, signal.signal_id, user=who, transaction_id=str(uuid.uuid4()), waits=nothing_waits
+        )
+        for who in ("olga", "omar")
+    ]
+    answers = await asyncio.gather(*asked, return_exceptions=True)
+    [refused] = [a for a in answers if isinstance(a, BaseException)]
+    assert isinstance(refused, RegistrationOnItsWay) and "queued for the Verwijsindex already" in str(refused)
+    assert signal.youth.bsn not in str(refused)
+    async with store.connect() as conn:
+        queued = await conn.execute(select(func.count()).select_from(outbox).where(outbox.c.topic == topic))
+        assert queued.scalar_one() == 2  # the first registration and one again, not two
+        again = (
+            select(func.count()).select_from(audit_log).where(audit_log.c.action == "signal.registered_again")
+        )
+        assert (await conn.execute(again)).scalar_one() == 1
 
 
 async def _ops_login(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
