@@ -172,13 +172,15 @@ async def held_in_store(
     # a problem's reference is a signal, match or notification id, or a notice's case reference
     references = signal_ids | {m.match_id for m in found_matches} | named["match"]
     references |= named["notification"] | named["case"]
-    in_ladder = or_(_keyed(parked.c.key, bsn, key), parked.c.record_key.in_([key, bsn]))
     own = {r.id for r in found_referrals} | {c.id for c in found_consents} | {h.id for h in found_handovers}
     own |= {x.referral_id for x in (*found_consents, *found_handovers) if x.referral_id} | signal_ids
     if own_ids is not None:
         own_ids |= own
-    receivers = {h.receiver_organisation for h in found_handovers}
-    refs = {youth_ref(secret, org, key) for org in receivers} if secret is not None else set()
+    refs = receiver_refs(found_handovers, key, secret)
+    # a receiver's answer, keyed by its own pseudonym of the youth, waits on the ladder under it too
+    in_ladder = or_(
+        _keyed(parked.c.key, bsn, key), parked.c.record_key.in_([key, bsn]), parked.c.key.in_(sorted(refs))
+    )
     return {
         "referrals": _rows(found_referrals, leave_out=("youth_key",)),
         "consents": _rows(found_consents, leave_out=("youth_key",)),
@@ -222,6 +224,13 @@ async def held_in_store(
     }
 
 
+def receiver_refs(found_handovers: Iterable[Any], key: str, secret: str | None) -> set[str]:
+    """The youth's pseudonyms at the receivers it was handed over to (`youth_ref`): what a message to
+    or from one of them is keyed by; none without the hub's secret."""
+    receivers = {h.receiver_organisation for h in found_handovers}
+    return {youth_ref(secret, org, key) for org in receivers} if secret is not None else set()
+
+
 def youth_of(bsn: str, secret: str) -> tuple[str, str]:
     """The normalised BSN and its youth key; InvalidBsn when it is none (rule 1)."""
     if not is_valid_bsn(bsn):
@@ -252,8 +261,13 @@ async def export(
         held["dead_letters"] = []
     else:
         try:
+            # a receiver's answer that failed is keyed by its pseudonym of the youth, and names the
+            # handover: the youth's, not a letter that "may be" it
+            async with store.read() as session:
+                receivers = select(handovers.c.receiver_organisation).where(handovers.c.youth_key == key)
+                refs = receiver_refs((await session.execute(receivers)).all(), key, secret)
             held["dead_letters"] = await dead_letters_about(
-                dead_letters, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids
+                dead_letters, bsn=normal, key=key, incomplete=incomplete, own_ids=own_ids, refs=refs
             )
         except BrokersUnavailable as exc:
             incomplete.append(f"dead_letters: {exc}")

@@ -236,17 +236,18 @@ async def dead_letters_about(
     key: str,
     incomplete: list[str] | None = None,
     own_ids: Collection[str] = (),
+    refs: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """The dead letters that are the youth's (`_whose`), with their payloads as held; those that may
-    be and cannot be told (naming one of `own_ids`, the youth's ids, among others) are counted in
-    `incomplete`. BrokersUnavailable when the broker cannot be read."""
+    """The dead letters that are the youth's (`_whose`; `refs` its pseudonyms at its receivers), with
+    their payloads as held; those that may be and cannot be told (naming one of `own_ids`, the youth's
+    ids, among others) are counted in `incomplete`. BrokersUnavailable when the broker cannot be read."""
     letters = await dead_letters.find(Filter(status=None))  # every letter, whatever was done with it
     out, found, unsure, traces = [], {}, Counter[Unsure](), _traces(bsn, own_ids)
     for start in range(0, len(letters), PAYLOADS_AT_ONCE):
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            whose = _whose(_sender_key(d), d.value, bsn=bsn, key=key, traces=traces)
+            whose = _whose(_sender_key(d), d.value, bsn=bsn, key=key, traces=traces, refs=refs)
             if isinstance(whose, Unsure):
                 unsure[whose] += 1
             if whose is True:

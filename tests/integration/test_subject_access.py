@@ -141,6 +141,20 @@ async def test_a_handover_a_receiver_got_by_its_own_pseudonym_is_in_the_export(
         assert [r["key"] for r in outbound] == [ref]
         assert not [gap for gap in doc["incomplete"] if gap.startswith("outbox")], doc["incomplete"]
 
+        # the receiver's answer, keyed by that pseudonym and naming the handover, dead-lettered: the
+        # export passed it over as "may be the youth's" (it names one of the youth's ids)
+        from hub.ops.dlq import DeadLetters
+
+        dlq = f"t{unique}.handover.answers.jeugdhulp.dlq.v1"
+        answer = {"type": "HandoverAnswer", "payload": {"handover_id": hid, "status": "ONTVANGEN"}}
+        [letter] = await _letters_with(kafka.bootstrap, dlq, [(ref.encode(), answer)])
+        letters = DeadLetters(w.hub.store, w.hub.kafka_options, [dlq], secret=w.hub.settings.secret_value())
+        doc = await export(
+            w.hub.store, bsn=bsn, secret=w.hub.settings.secret_value(), by="petra", dead_letters=letters
+        )
+        assert [d["id"] for d in doc["dead_letters"]] == [letter]
+        assert not [gap for gap in doc["incomplete"] if gap.startswith("dead_letters")], doc["incomplete"]
+
 
 async def _letters_with(
     bootstrap: str, topic: str, records: list[tuple[bytes, dict[str, Any] | bytes]]
