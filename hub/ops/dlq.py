@@ -9,11 +9,12 @@ and with it deduplication of any further copy, stays the same. The spine is unch
 One failed record can stand on a DLQ topic twice: the relay publishes at least once (a crash between
 publishing and marking it sent). Each action keeps the record that failed (`source_of`: its group and
 original position). The first letter of a source is the message; a list names each later one a copy
-of it (`copy_of`). Discarding the first drops the message: its open copies are discarded with it, in
-its transaction (a replay of a copy at the same moment conflicts with it on that letter's own row, and
-one of the two is refused). Discarding a copy drops that copy alone. A letter of a source replayed, or
-dropped, already is not replayed: it is resolved as a copy (discarded, the reason naming the first),
-and its inbox row, by now perhaps the processed replay's, is kept.
+of it (`copy_of`, among letters with a first failure: see `copy_source`). Discarding the first drops
+the message (its action `drops_message`): its open copies are discarded with it, in its transaction (a
+replay of a copy at the same moment conflicts with it on that letter's own row, and one of the two is
+refused). Discarding a copy drops that copy alone. A letter of a source replayed, or dropped, already
+is not replayed: it is resolved as a copy (discarded, the reason naming the first), and its inbox
+row, by now perhaps the processed replay's, is kept.
 
 A letter without a usable message-id header was keyed by its position; a copy of it would be keyed by a
 new position each time the relay repeats it. Its replay copy carries a message id made from the letter's
@@ -35,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
-from sqlalchemy import and_, delete, insert, not_, or_, select
+from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from hub.audit import AuditEntry, write_audit
@@ -130,12 +131,19 @@ class Discarded:
     copies: list[str]
 
 
+def copy_source(d: DeadLetter) -> str | None:
+    """`source_of(d)` when it tells one failed record from another for good: with its first failure.
+    Without it (a letter written before the spine kept one), two records at one original position, the
+    topic started over between them, would pass for copies of each other."""
+    return source_of(d) if d.headers.get(DLQ_FIRST_FAILURE) else None
+
+
 def mark_copies(letters: Iterable[DeadLetter]) -> None:
     """Name each later letter of a source as a copy of the first (`DeadLetter.copy_of`), among
     `letters` as read from the topics, in the order they were written."""
     first: dict[str, str] = {}
     for d in sorted(letters, key=lambda d: (d.timestamp_ms, d.position)):
-        source = source_of(d)
+        source = copy_source(d)
         if source is not None:
             found = first.setdefault(source, d.id)
             d.copy_of = found if found != d.id else None
@@ -291,16 +299,19 @@ class DeadLetters:
             )
 
     async def _letters_of_source(self, d: DeadLetter) -> list[DeadLetter]:
-        """The letters of `d`'s source as read now from its DLQ topic (where its copies stand), `d`'s
-        own among them, with their status and `copy_of`; none when its source is unknown."""
-        if source_of(d) is None:
+        """The letters of `d`'s source as read now from its DLQ topic (where its copies stand: on its
+        partition, when it has a key, which its copies share), `d`'s own among them, with their status
+        and `copy_of`; none when its source is unknown."""
+        source = copy_source(d)
+        if source is None:
             return []
-        letters = await read_records(self.options, [d.topic])
+        partition = d.partition if d.key is not None else None
+        letters = await read_records(self.options, [d.topic], partition=partition)
         statuses = await self._statuses(letters)
         for c in letters:
             c.status = statuses.get(c.position, "open")
         mark_copies(letters)
-        return [c for c in letters if source_of(c) == source_of(d)]
+        return [c for c in letters if copy_source(c) == source]
 
     async def mark_copy(self, d: DeadLetter) -> None:
         """Set `d.copy_of` as a list would; left None when its topic cannot be read."""
@@ -309,33 +320,47 @@ class DeadLetters:
             d.copy_of = found[0].copy_of if found else None
 
     async def discard(self, d: DeadLetter, operator: str, reason: str) -> Discarded | None:
-        """Mark a dead letter discarded with a reason; None when it, or a copy discarded with it, was
-        resolved already. The first letter of a source is the message: discarding it drops the
-        message, and its open copies are discarded with it. A later letter is a copy (the relay
-        published it twice): discarding it drops the copy alone, and the first stays to be replayed.
-        BrokersUnavailable when its DLQ topic cannot be read to tell which it is."""
+        """Mark a dead letter discarded with a reason; None when it was resolved already. The first
+        letter of a source is the message: discarding it drops the message (`drops_message`: no copy
+        of it is replayed after), and its open copies are discarded with it. A later letter is a copy
+        (the relay published it twice): discarding it drops the copy alone, and the first stays to be
+        replayed. BrokersUnavailable when its DLQ topic cannot be read to tell which it is."""
         value = d.payload
         if value is None and d.youth_key is None and self.secret is not None:
             # a listed letter: its payload names the youth the audit entry is about; the brokers
-            # down, it is discarded all the same, audited under its key's youth if it names one
+            # down, it is audited under its key's youth if it names one
             with contextlib.suppress(BrokersUnavailable):
                 value = next((found.value for found in await read_at(self.options, [d.position])), None)
-        same = await self._letters_of_source(d)
-        first = next((c.copy_of for c in same if c.position == d.position), None)
-        copies = [] if first else [c for c in same if c.position != d.position and c.status == "open"]
-        try:
-            async with self.store.transaction() as session:
-                # a copy's discard says so: it does not stop the first letter's replay (`_replay_one`)
-                kept = f"{COPY_OF} {first}, discarded as one: {reason}" if first else reason
-                await self._resolve(session, d, "discarded", operator, reason=kept, job_id=None, value=value)
-                for copy in copies:  # one payload: the audit entries are about the same youth
-                    why = f"{COPY_OF} {d.id}, discarded with it"
+        for attempt in range(2):
+            same = await self._letters_of_source(d)
+            first = next((c.copy_of for c in same if c.position == d.position), None)
+            copies = [] if first else [c for c in same if c.position != d.position and c.status == "open"]
+            try:
+                async with self.store.transaction() as session:
                     await self._resolve(
-                        session, copy, "discarded", operator, reason=why, job_id=None, value=value
+                        session,
+                        d,
+                        "discarded",
+                        operator,
+                        reason=reason,
+                        job_id=None,
+                        value=value,
+                        # a letter whose copies cannot be told (no first failure) drops itself alone
+                        drops_message=first is None and copy_source(d) is not None,
                     )
-        except (sa_exc.IntegrityError, AlreadyResolved):
-            return None
-        return Discarded(copy_of=first, copies=[copy.id for copy in copies])
+                    for copy in copies:  # one payload: the audit entries are about the same youth
+                        why = f"{COPY_OF} {d.id}, discarded with it"
+                        await self._resolve(
+                            session, copy, "discarded", operator, reason=why, job_id=None, value=value
+                        )
+            except (sa_exc.IntegrityError, AlreadyResolved):
+                # the letter resolved meanwhile; or a copy (replayed, or discarded alone, since it
+                # was read): read them again, and the letter, if still open, goes once more
+                if attempt == 0 and copies:
+                    continue
+                return None
+            return Discarded(copy_of=first, copies=[copy.id for copy in copies])
+        return None
 
     async def _resolve(
         self,
@@ -347,6 +372,7 @@ class DeadLetters:
         reason: str | None,
         job_id: str | None,
         value: bytes | None,
+        drops_message: bool = False,
     ) -> None:
         c = dlq_actions.c
         legacy = (
@@ -374,6 +400,7 @@ class DeadLetters:
                 job_id=job_id,
                 source=source_of(d),
                 letter_at=d.timestamp_ms,
+                drops_message=drops_message,
             )
         )
         # The reason is an operator's free text and the audit log is kept for years (rule 18): it
@@ -428,13 +455,7 @@ class DeadLetters:
                         ),
                         # replayed, or discarded by an operator who dropped the message (its copies
                         # open then were discarded with it; this one came later): not a copy's discard
-                        or_(
-                            dlq_actions.c.action == "replayed",
-                            and_(
-                                dlq_actions.c.action == "discarded",
-                                not_(dlq_actions.c.reason.startswith(COPY_OF)),
-                            ),
-                        ),
+                        or_(dlq_actions.c.action == "replayed", dlq_actions.c.drops_message.is_(True)),
                     )
                     .order_by(dlq_actions.c.id)
                     .limit(1)
@@ -476,6 +497,9 @@ class DeadLetters:
         (`ReplayBusy` names the one running): the rate limit holds for the hub, not per job."""
         if what is None:
             what = f"dead letter {letters[0].id}" if len(letters) == 1 else f"{len(letters)} dead letters"
+        # the first letter of each source before any copy of it (a list names them, `copy_of`), so
+        # that the one replayed is the one the list shows as the message; otherwise in the order given
+        letters = sorted(letters, key=lambda d: d.copy_of is not None)
         now = self.clock()
         job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator, filter=what[:500])
         await dlq_jobs.claim(self.store, job, now, self.stale_after)

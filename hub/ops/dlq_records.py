@@ -184,9 +184,12 @@ def parse_id(letter_id: str) -> tuple[str, int, int]:
     return found[1], int(found[2]), int(found[3])
 
 
-async def read_records(options: Mapping[str, Any], topics: list[str]) -> list[DeadLetter]:
-    """Every record of `topics` up to their high watermark: headers and key, not the payload."""
-    return await _read(options, topics, None)
+async def read_records(
+    options: Mapping[str, Any], topics: list[str], *, partition: int | None = None
+) -> list[DeadLetter]:
+    """Every record of `topics` (of their `partition` only, when given) up to their high watermark:
+    headers and key, not the payload."""
+    return await _read(options, topics, None, partition)
 
 
 async def read_at(
@@ -197,7 +200,10 @@ async def read_at(
 
 
 async def _read(
-    options: Mapping[str, Any], topics: list[str], wanted: set[tuple[str, int, int]] | None
+    options: Mapping[str, Any],
+    topics: list[str],
+    wanted: set[tuple[str, int, int]] | None,
+    partition: int | None = None,
 ) -> list[DeadLetter]:
     """BrokersUnavailable when the brokers refuse, fail or do not answer in time."""
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=20)
@@ -208,7 +214,12 @@ async def _read(
         # per partition, the offsets to read from and to (None: from the beginning, to the end)
         span: dict[TopicPartition, tuple[int, int] | None] = {}
         if wanted is None:
-            span = {TopicPartition(t, p): None for t in topics for p in cluster.partitions_for_topic(t) or ()}
+            span = {
+                TopicPartition(t, p): None
+                for t in topics
+                for p in cluster.partitions_for_topic(t) or ()
+                if partition is None or p == partition
+            }
         for t, p, o in wanted or ():
             if p in (cluster.partitions_for_topic(t) or ()):
                 first, last = span.get(TopicPartition(t, p)) or (o, o)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, Text, false, text
 
 from hub.store.tables import metadata
 from hub.store.types import UtcDateTime
@@ -48,6 +48,9 @@ dlq_actions = Table(
     # The letter's own timestamp (ms): a position is used again when a topic starts over (the
     # embedded broker's restart, a topic made again), and an action is its letter's alone (0020).
     Column("letter_at", BigInteger, nullable=True),
+    # A discard of the first letter of a source drops the message: no copy of it is replayed after; a
+    # copy's discard, a copy resolved as such, and every action before 0029 do not (0029).
+    Column("drops_message", Boolean, nullable=False, default=False, server_default=false()),
     Index("ux_dlq_actions_record", "dlq_topic", "partition", "offset", "letter_at", unique=True),
     Index("ix_dlq_actions_source", "source"),
     Index(

@@ -333,7 +333,8 @@ async function showLetter(id) {
   $("letter-id").textContent = d.id;
   fill("letter-headers", Object.entries(d.headers).map(([k, v]) => row([k, v])));
   $("letter-payload").textContent = JSON.stringify(d.payload, null, 2);
-  $("letter-status").textContent = d.status + (d.copy_of ? `, a copy of ${d.copy_of} (a discard drops this copy alone)` : "");
+  const copy = d.copy_of && d.status === "open" ? `, a copy of ${d.copy_of} (a discard drops this copy alone)` : "";
+  $("letter-status").textContent = d.status + copy;
 }
 
 // A poll that fails (the hub restarting, a store hiccup) is tried again, not the end of the progress.
