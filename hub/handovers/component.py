@@ -65,19 +65,23 @@ def register_routing(hub: Hub) -> None:
     group = hub.group("routing")
 
     async def check_and_route(tx: Tx, message: Envelope) -> None:
-        """Rule 9: send a requested handover under a covering consent, or let it wait."""
-        act = Act(user=message.source, transaction_id=tx.transaction_id)
+        """Rule 9: send a requested handover under a covering consent, or let it wait. What it
+        discloses is the caseworker's who asked for it (rule 18: the user), whichever system carried
+        the request: the API's announcement, or a case system's message."""
         handover_id = message.payload.get("handover_id")
-        if not handover_id or await get_handover(tx.session, str(handover_id)) is None:
+        row = await get_handover(tx.session, str(handover_id)) if handover_id else None
+        if row is None:
             # A caseworker system on Kafka sends the whole canonical handover.
             handover = Handover.model_validate(message.payload)
             if handover.handover_id is None:
                 handover = handover.model_copy(update={"handover_id": new_id()})
             handover_id = handover.handover_id
             try:
-                await create_handover(tx.session, r, handover, act, announce=False)
+                act = Act(user=message.source, transaction_id=tx.transaction_id)
+                row = await create_handover(tx.session, r, handover, act, announce=False)
             except HandoverProblem as exc:
                 raise PermanentError(str(exc)) from None
+        act = Act(user=row.from_caseworker, transaction_id=tx.transaction_id)
         await route(tx.session, r, str(handover_id), act)
 
     # a batch takes its youths' case locks at once, in ascending order (hub.handovers.batches)

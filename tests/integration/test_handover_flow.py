@@ -1121,6 +1121,9 @@ async def test_a_late_or_repeated_answer_never_moves_a_handover_back(
             return bool((await w.status(hid))["sent_at"])
 
         await wait_for(sent)
+        # rule 18: the disclosure is the caseworker's who asked for it, not the API's that announced it
+        [disclosed] = await w.audit("handover.sent")
+        assert disclosed.user == CW
         receiver = {"Authorization": f"Bearer {w.partner_keys['jongerenwerk-dh']}"}
 
         async def answer(status: str, **extra: Any) -> httpx.Response:
