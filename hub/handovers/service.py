@@ -50,13 +50,16 @@ class Routing:
     clock: Callable[[], datetime] = field(default=utcnow)
 
 
+HALT = "Halt Den Haag"  # on whose behalf a caseworker acts
+
+
 @dataclass(frozen=True)
 class Act:
     """Who acts, under which transaction (rule 19), on whose behalf."""
 
     user: str
     transaction_id: str
-    on_behalf_of: str | None = "Halt Den Haag"
+    on_behalf_of: str | None = HALT
 
 
 async def audit_handover(
@@ -269,15 +272,20 @@ async def _dispatch(
         caseworker=await _caseworker_card(session, row.from_caseworker),
     )
     await add_to_outbox(session, r.dispatch_topic, message, key=row.youth_key)
+    # Rule 18: the disclosure is the caseworker's who asked for it, on Halt's behalf, whichever way
+    # it went (the request routed, a consent recorded, its first day come, a retry): `sent_by` says
+    # what let it go then, under the request's transaction id.
+    asked = Act(row.from_caseworker, act.transaction_id, act.on_behalf_of or HALT)
     await audit_handover(
         session,
         r,
-        act,
+        asked,
         "handover.sent",
         row,
         receiver=row.receiver_organisation,
         categories=shared,
         consent_id=consent_id,
+        sent_by=act.user,
     )
 
 

@@ -1301,7 +1301,11 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         await wait_for(sent, timeout_s=15)
         assert (await w.status(hid))["status"] in ("VERZONDEN", "ONTVANGEN")
         await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
-        assert len(await w.audit("handover.sent")) == 1
+        # rule 18: sent by the routing check on its day, the disclosure is still its caseworker's, on
+        # Halt's behalf (it was "routing", on nobody's)
+        [sent_entry] = await w.audit("handover.sent")
+        assert (sent_entry.user, sent_entry.on_behalf_of) == (CW, "Halt Den Haag")
+        assert sent_entry.objects["sent_by"] == "routing"
 
 
 async def test_a_handover_whose_consent_ended_on_its_way_goes_under_the_renewal(
