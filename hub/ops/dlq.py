@@ -124,8 +124,8 @@ class AlreadyResolved(Exception):
 
 @dataclass(frozen=True)
 class Discarded:
-    """A discard done: the first letter of its source when the letter was a copy of it (discarded
-    alone), else the ids of its open copies, discarded with it."""
+    """A discard done: the letter of its source it was discarded as a copy of (the first, or one
+    replayed already), else the ids of its open copies, discarded with it."""
 
     copy_of: str | None
     copies: list[str]
@@ -334,7 +334,10 @@ class DeadLetters:
         for attempt in range(2):
             same = await self._letters_of_source(d)
             first = next((c.copy_of for c in same if c.position == d.position), None)
-            copies = [] if first else [c for c in same if c.position != d.position and c.status == "open"]
+            # a copy of it replayed already: the message went, and this letter is discarded as a copy
+            ran = next((c.id for c in same if c.status == "replayed"), None)
+            others = [c for c in same if c.position != d.position and c.status == "open"]
+            copies = [] if first or ran else others
             try:
                 async with self.store.transaction() as session:
                     await self._resolve(
@@ -342,11 +345,11 @@ class DeadLetters:
                         d,
                         "discarded",
                         operator,
-                        reason=reason,
+                        reason=reason if ran is None else f"{COPY_OF} {ran}, replayed already: {reason}",
                         job_id=None,
                         value=value,
                         # a letter whose copies cannot be told (no first failure) drops itself alone
-                        drops_message=first is None and copy_source(d) is not None,
+                        drops_message=first is None and ran is None and copy_source(d) is not None,
                     )
                     for copy in copies:  # one payload: the audit entries are about the same youth
                         why = f"{COPY_OF} {d.id}, discarded with it"
@@ -359,7 +362,7 @@ class DeadLetters:
                 if attempt == 0 and copies:
                     continue
                 return None
-            return Discarded(copy_of=first, copies=[copy.id for copy in copies])
+            return Discarded(copy_of=first or ran, copies=[copy.id for copy in copies])
         return None
 
     async def _resolve(

@@ -629,6 +629,28 @@ async def test_discarding_a_copy_leaves_the_first_letter_to_be_replayed(
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]
 
 
+async def test_discarding_the_first_letter_after_its_copy_was_replayed_drops_nothing(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The copy was replayed, and the message ran; the first letter, discarded after, was recorded as
+    the message dropped, and the answer said so."""
+    cure = Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        assert hub.store is not None
+        _, first, second = await _two_copies(kafka, hub, client)
+        cure.fixed = True
+        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
+        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        r = await client.post(f"/ops/api/dlq/{first}/discard", json={"reason": "cleaning up"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["copy_of"], r.json()["copies"]) == (second, [])  # a copy of what ran
+        async with hub.store.connect() as conn:
+            kept = (await conn.execute(select(dlq_actions.c.reason, dlq_actions.c.drops_message))).all()
+        assert sorted(drops for _, drops in kept) == [False, False]
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
+        assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]
+
+
 async def test_a_discard_kept_before_discards_dropped_messages_does_not_stop_a_copys_replay(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
