@@ -10,14 +10,14 @@ the relay's next poll) to publish the queued command.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.clock import today
+from hub.clock import aware, today
 from hub.directory import CaseworkerNotFound, get_caseworker
 from hub.errors import PermanentError
 from hub.signals import commands, rules
@@ -301,8 +301,11 @@ async def request_contact_change(
     )
 
 
-# The states of a signal's latest command (`hub.signals.delivery`) while it has not been settled.
+# The states of a signal's latest command (`hub.signals.delivery`) while it has not been settled, and
+# how long a registration in one of them refuses another (its fate may never be recorded: a letter
+# parked as too large and discarded, a hook that failed).
 _ON_ITS_WAY = ("queued", "retrying")
+REGISTRATION_PATIENCE = timedelta(hours=1)
 
 
 class RegistrationOnItsWay(PermanentError):
@@ -340,12 +343,19 @@ async def register_again(
         )
     async with store.transaction() as session:
         row = await _active_row(session, signal_id, day or today())
-        if row.delivery_command == commands.REGISTER and row.delivery_state in _ON_ITS_WAY:
+        asked_at = aware(row.updated_at)
+        if (
+            row.delivery_command == commands.REGISTER
+            and row.delivery_state in _ON_ITS_WAY
+            and utcnow() - asked_at < REGISTRATION_PATIENCE
+        ):
             # under the signal's lock: a second request at once (a double click, two operators), or one
-            # whose registration is published and not yet taken up, which `waits` cannot see
+            # whose registration is published and not yet taken up, which `waits` cannot see. For a
+            # while only: a registration whose fate was never recorded must not block the signal
             raise RegistrationOnItsWay(
-                f"a registration of signal {signal_id!r} is queued for the Verwijsindex already (its latest"
-                " command): wait for it"
+                f"a registration of signal {signal_id!r} was queued for the Verwijsindex at"
+                f" {asked_at.isoformat(timespec='seconds')} and has not reached it yet: wait for it (it"
+                f" can be asked for again {REGISTRATION_PATIENCE} after it was queued)"
             )
         signal = signal_from_row(row)
         if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:

@@ -33,13 +33,14 @@ from hub.ops.dlq import DeadLetters
 from hub.retry.tables import parked
 from hub.runtime import Hub
 from hub.signals import commands, register_again, request_contact_change, store_signal
-from hub.signals.service import RegistrationOnItsWay
+from hub.signals.service import REGISTRATION_PATIENCE, RegistrationOnItsWay
 from hub.signals.tables import signals
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.caseworker import Caseworker, Team
+from schemas.envelope import utcnow
 from schemas.pseudonym import youth_key
 from schemas.signal import VerwijsindexSignal
 from tests.conftest import TEST_SECRET
@@ -532,15 +533,24 @@ async def test_a_second_request_to_register_a_signal_again_at_once_is_refused(st
     ]
     answers = await asyncio.gather(*asked, return_exceptions=True)
     [refused] = [a for a in answers if isinstance(a, BaseException)]
-    assert isinstance(refused, RegistrationOnItsWay) and "queued for the Verwijsindex already" in str(refused)
+    assert isinstance(refused, RegistrationOnItsWay) and "has not reached it yet" in str(refused)
     assert signal.youth.bsn not in str(refused)
+    queued = select(func.count()).select_from(outbox).where(outbox.c.topic == topic)
+    again = select(func.count()).select_from(audit_log).where(audit_log.c.action == "signal.registered_again")
     async with store.connect() as conn:
-        queued = await conn.execute(select(func.count()).select_from(outbox).where(outbox.c.topic == topic))
-        assert queued.scalar_one() == 2  # the first registration and one again, not two
-        again = (
-            select(func.count()).select_from(audit_log).where(audit_log.c.action == "signal.registered_again")
-        )
+        assert (await conn.execute(queued)).scalar_one() == 2  # the first registration and one again
         assert (await conn.execute(again)).scalar_one() == 1
+
+    # a registration whose fate was never recorded (its letter parked as too large and discarded, a
+    # hook that failed) does not hold the signal for good
+    long_ago = utcnow() - REGISTRATION_PATIENCE - timedelta(minutes=1)
+    async with store.transaction() as session:
+        await session.execute(update(signals).values(updated_at=long_ago))
+    await register_again(
+        store, topic, signal.signal_id, user="olga", transaction_id="t-3", waits=nothing_waits
+    )
+    async with store.connect() as conn:
+        assert (await conn.execute(queued)).scalar_one() == 3
 
 
 async def _ops_login(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
