@@ -352,10 +352,11 @@ async def register_again(
             # under the signal's lock: a second request at once (a double click, two operators), or one
             # whose registration is published and not yet taken up, which `waits` cannot see. For a
             # while only: a registration whose fate was never recorded must not block the signal
+            again = (asked_at + REGISTRATION_PATIENCE).isoformat(timespec="seconds")
             raise RegistrationOnItsWay(
                 f"a registration of signal {signal_id!r} was queued for the Verwijsindex at"
-                f" {asked_at.isoformat(timespec='seconds')} and has not reached it yet: wait for it (it"
-                f" can be asked for again {REGISTRATION_PATIENCE} after it was queued)"
+                f" {asked_at.isoformat(timespec='seconds')} and has not reached it yet: wait for it (if it"
+                f" never does, it can be asked for again from {again})"
             )
         signal = signal_from_row(row)
         if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
