@@ -136,12 +136,15 @@ def _whose(
     key: str,
     traces: re.Pattern[bytes] | None = None,
     refs: Collection[str] = (),
+    own: Collection[str] = (),
 ) -> Whose:
     """True when a message (its key and payload as its sender wrote them) is the youth's, False when
     it is not, `Unsure` when it may be and cannot be told: a batch naming the youth among others, or
     one naming no BSN or another's that holds the youth key or `traces` (`_traces`: the BSN written
     out, the youth's ids), or naming no BSN holds the BSN's digits. `refs` are the youth's pseudonyms
-    at the receivers it was handed over to (`youth_ref`): a message keyed by or naming one is its."""
+    at the receivers it was handed over to (`youth_ref`): a message keyed by or naming one is its,
+    unless it names a handover that is none of `own` (the youth's ids): a receiver's batch of answers
+    about several youths under one youth's key."""
     traces = traces or _traces(bsn, ())
 
     def traced() -> bool:
@@ -156,7 +159,7 @@ def _whose(
     if row_key == key or (row_key or "").endswith(f":{key}") or _names_key(value, key):
         return True
     if row_key in refs or any(_names_key(value, ref) for ref in refs):
-        return True
+        return Unsure.BATCH if set(_ids_named(value)) - set(own) else True
     # the youth's own block, 8 digits or 9, a string or a number, a CSV column; else a BSN as key. One
     # naming another youth's is not the youth's for a run of the BSN's digits (a parent's phone)
     found = bsn_in_key_or_payload(row_key, value)
@@ -165,6 +168,14 @@ def _whose(
     if traced() or (found is None and _standing_alone(bsn).search(value)):
         return Unsure.TRACE
     return False
+
+
+_HANDOVER_ID = re.compile(rb'"handover_id"\s*:\s*"([^"\\]{1,100})"')
+
+
+def _ids_named(payload: bytes) -> list[str]:
+    """The handover ids a message names (`"handover_id": "<id>"`)."""
+    return [found.decode("utf-8", "replace") for found in _HANDOVER_ID.findall(payload)]
 
 
 def _names_key(payload: bytes, key: str) -> bool:
@@ -208,7 +219,11 @@ async def messages_about(
     mine, unsure = [], Counter[Unsure]()
     for row in await fetch_all(session, table, near, order=c.id):
         value = bytes(row.value)
-        whose = True if row.id in ids else _whose(row.key, value, bsn=bsn, key=key, traces=traces, refs=refs)
+        whose = (
+            True
+            if row.id in ids
+            else _whose(row.key, value, bsn=bsn, key=key, traces=traces, refs=refs, own=own)
+        )
         if whose is True:
             mine.append(row)
         elif isinstance(whose, Unsure):
@@ -247,7 +262,7 @@ async def dead_letters_about(
         chunk = letters[start : start + PAYLOADS_AT_ONCE]
         statuses = {d.position: d.status for d in chunk}
         for d in await read_at(dead_letters.options, [d.position for d in chunk]):
-            whose = _whose(_sender_key(d), d.value, bsn=bsn, key=key, traces=traces, refs=refs)
+            whose = _whose(_sender_key(d), d.value, bsn=bsn, key=key, traces=traces, refs=refs, own=own_ids)
             if isinstance(whose, Unsure):
                 unsure[whose] += 1
             if whose is True:

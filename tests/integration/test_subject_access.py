@@ -147,13 +147,19 @@ async def test_a_handover_a_receiver_got_by_its_own_pseudonym_is_in_the_export(
 
         dlq = f"t{unique}.handover.answers.jeugdhulp.dlq.v1"
         answer = {"type": "HandoverAnswer", "payload": {"handover_id": hid, "status": "ONTVANGEN"}}
-        [letter] = await _letters_with(kafka.bootstrap, dlq, [(ref.encode(), answer)])
+        # and a receiver's batch under the youth's key that answers another youth's handover as well:
+        # not the youth's alone, and not handed over whole (the other youth's answer with it)
+        batch = [answer["payload"], {"handover_id": str(uuid.uuid4()), "status": "GEWEIGERD"}]
+        letter, _ = await _letters_with(
+            kafka.bootstrap, dlq, [(ref.encode(), answer), (ref.encode(), json.dumps(batch).encode())]
+        )
         letters = DeadLetters(w.hub.store, w.hub.kafka_options, [dlq], secret=w.hub.settings.secret_value())
         doc = await export(
             w.hub.store, bsn=bsn, secret=w.hub.settings.secret_value(), by="petra", dead_letters=letters
         )
         assert [d["id"] for d in doc["dead_letters"]] == [letter]
-        assert not [gap for gap in doc["incomplete"] if gap.startswith("dead_letters")], doc["incomplete"]
+        [gap] = [gap for gap in doc["incomplete"] if gap.startswith("dead_letters")]
+        assert gap.startswith("dead_letters: 1 message(s)") and "1 a batch" in gap, gap
 
 
 async def _letters_with(
