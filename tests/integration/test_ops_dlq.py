@@ -549,14 +549,19 @@ async def test_a_second_copy_of_a_dead_letter_is_not_replayed_after_the_first_wa
         await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
         await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1)  # processed
 
-        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
-        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
-        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (progress["done"], progress["skipped"]) == (0, 1)
+        assert await _replayed(client, second) == (0, 1)  # (done, skipped)
         out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]  # once
         shown = (await client.get(f"/ops/api/dlq/{second}")).json()
         assert shown["status"] == "discarded"
+
+
+async def _replayed(client: httpx.AsyncClient, letter_id: str) -> tuple[int, int]:
+    """Replay one letter through the console's API and wait for its job: (done, skipped)."""
+    job = (await client.post(f"/ops/api/dlq/{letter_id}/replay")).json()
+    await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+    progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
+    return progress["done"], progress["skipped"]
 
 
 async def _two_copies(
@@ -598,10 +603,7 @@ async def test_discarding_a_letter_drops_its_message_and_no_copy_of_it_is_replay
         [late] = (await client.get("/ops/api/dlq")).json()["items"]
         assert late["copy_of"] == first
         cure.fixed = True
-        job = (await client.post(f"/ops/api/dlq/{late['id']}/replay")).json()
-        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
-        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (progress["done"], progress["skipped"]) == (0, 1)
+        assert await _replayed(client, late["id"]) == (0, 1)  # (done, skipped)
         assert await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=1, timeout_s=5) == []
         shown = (await client.get(f"/ops/api/dlq/{late['id']}")).json()
         assert (shown["status"], shown["copy_of"]) == ("discarded", first)
@@ -621,10 +623,7 @@ async def test_discarding_a_copy_leaves_the_first_letter_to_be_replayed(
         [still] = (await client.get("/ops/api/dlq")).json()["items"]
         assert (still["id"], still["status"]) == (first, "open")
         cure.fixed = True
-        job = (await client.post(f"/ops/api/dlq/{first}/replay")).json()
-        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
-        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (progress["done"], progress["skipped"]) == (1, 0)
+        assert await _replayed(client, first) == (1, 0)  # (done, skipped)
         out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]
 
@@ -639,8 +638,7 @@ async def test_discarding_the_first_letter_after_its_copy_was_replayed_drops_not
         assert hub.store is not None
         _, first, second = await _two_copies(kafka, hub, client)
         cure.fixed = True
-        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
-        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
+        assert await _replayed(client, second) == (1, 0)
         r = await client.post(f"/ops/api/dlq/{first}/discard", json={"reason": "cleaning up"})
         assert r.status_code == 200, r.text
         assert (r.json()["copy_of"], r.json()["copies"]) == (second, [])  # a copy of what ran
@@ -669,10 +667,7 @@ async def test_a_discard_kept_before_discards_dropped_messages_does_not_stop_a_c
                 session, d, "discarded", "olga", reason="a duplicate", job_id=None, value=None
             )
         cure.fixed = True
-        job = (await client.post(f"/ops/api/dlq/{second}/replay")).json()
-        await wait_for(lambda: _job_done(client, job["id"]), timeout_s=30)
-        progress = (await client.get(f"/ops/api/jobs/{job['id']}")).json()
-        assert (progress["done"], progress["skipped"]) == (1, 0)
+        assert await _replayed(client, second) == (1, 0)  # (done, skipped)
         out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=1.0)
         assert [Envelope.from_bytes(r.value).payload["n"] for r in out] == [1]
 
