@@ -447,7 +447,7 @@ def verwijsindex_component(policy: RetryPolicy | None = None, page_size: int = 1
             simulator = SimulatorServer()
             url = simulator.start()
         client = VerwijsindexClient(url, timeout=s.timeout_s, organisatie=s.organisatie_code)
-        waiting = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
+        waiting = waits_of(hub.store, hub.settings.kafka, hub.kafka_options)
         connector = VerwijsindexConnector(
             client,
             Organisatie(code=s.organisatie_code, naam=s.organisatie_naam),

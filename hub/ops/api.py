@@ -212,7 +212,7 @@ async def register_signal_again(request: Request, op: Acting, signal_id: str) ->
     hub = _console(request).hub
     assert hub.store is not None and hub.relay is not None
     transaction_id = str(uuid.uuid4())
-    waits = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
+    waits = waits_of(hub.store, hub.settings.kafka, hub.kafka_options)
     try:
         message_id = await register_again(
             hub.store,

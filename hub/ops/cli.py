@@ -498,7 +498,7 @@ def signals_register_again(
             raise typer.Exit(2)
         prefix = settings.kafka.topic_prefix
         waits = waits_of(
-            store, prefix, client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
+            store, settings.kafka, client_options(settings.kafka, settings.kafka.bootstrap_servers or "")
         )
         topic = signal_topic(prefix + VERWIJSINDEX_SIGNAL.name)
         tx = str(uuid.uuid4())

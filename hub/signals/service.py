@@ -338,8 +338,9 @@ async def register_again(
         row = await signal_row(session, signal_id)
     if await waits(signal_id, row.youth_key):
         raise RegistrationOnItsWay(
-            f"a registration of signal {signal_id!r} is still on its way to the Verwijsindex (parked,"
-            " queued, or an open dead letter): replay that one, or wait for it"
+            f"a registration of signal {signal_id!r} is still on its way to the Verwijsindex (queued,"
+            " on the signal topic and not yet taken in by the connector, parked, or an open dead"
+            " letter): replay that one, or wait for it"
         )
     async with store.transaction() as session:
         row = await _active_row(session, signal_id, day or today())

@@ -10,8 +10,10 @@ the DLQ topic's term), nothing will register it again, and the change must not p
 The signal's row cannot tell: it names the latest command only, and queueing the change itself
 replaced what it said of the registration. `dlq_actions` records what was done with a letter, never
 that one exists or has gone with the topic's term. So this looks where the registration is: the
-parking lot and the outbox (the store), and the DLQ topic as the operator console reads it (open: on
-the topic, no action taken on it).
+parking lot and the outbox (the store), the signal topic itself (published by the relay and not yet
+taken in by the connector's consumer group: a sent outbox row whose message id is not in that
+group's inbox; sent rows are kept for the relay's `keep`, an hour by default), and the DLQ topic as
+the operator console reads it (open: on the topic, no action taken on it).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, exists, or_, select
 
+from hub.config import KafkaSettings
 from hub.errors import TransientError
 from hub.ops.dlq import DeadLetters
 from hub.ops.dlq_records import Filter
@@ -28,7 +31,7 @@ from hub.ops.lag import BrokersUnavailable
 from hub.retry.tables import parked
 from hub.signals import commands
 from hub.store import Store
-from hub.store.tables import outbox
+from hub.store.tables import inbox, outbox
 from hub.topics import VERWIJSINDEX_SIGNAL
 from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_TYPE
 
@@ -47,11 +50,13 @@ def registers(headers: Mapping[str, Any] | None, signal_id: str) -> bool:
 
 
 def registration_waits(
-    store: Store, *, ladder: str, topic: str, dlq_topic: str, options: Mapping[str, Any]
+    store: Store, *, ladder: str, group: str, topic: str, dlq_topic: str, options: Mapping[str, Any]
 ) -> RegistrationWaits:
-    """The check for one hub: `ladder` the retry ladder's name, `topic` and `dlq_topic` the signal
-    topic and its DLQ as named on the brokers, `options` how to reach them."""
+    """The check for one hub: `ladder` the retry ladder's name, `group` the consumer group that takes
+    the signal topic in, `topic` and `dlq_topic` the signal topic and its DLQ as named on the
+    brokers, `options` how to reach them."""
     letters = DeadLetters(store, options, [dlq_topic])
+    taken_in = exists().where(and_(inbox.c.consumer == group, inbox.c.message_id == outbox.c.message_id))
 
     async def waits(signal_id: str, youth_key: str) -> bool:
         async with store.read() as session:
@@ -69,6 +74,19 @@ def registration_waits(
             )
             if any(registers(row.headers, signal_id) for row in queued):
                 return True
+            # published, and not yet taken in: a contact change queued since is the signal's latest
+            # command, so nothing else says a registration is on the topic (an hour's lag at most:
+            # sent rows are purged after that, and the row's own check holds for as long)
+            on_topic = await session.execute(
+                select(outbox.c.headers).where(
+                    outbox.c.sent_at.is_not(None),
+                    outbox.c.key == youth_key,
+                    outbox.c.topic == topic,
+                    ~taken_in,
+                )
+            )
+            if any(registers(row.headers, signal_id) for row in on_topic):
+                return True
         try:
             found = await letters.find(Filter(key=youth_key))  # open ones only
         except BrokersUnavailable as exc:
@@ -78,12 +96,14 @@ def registration_waits(
     return waits
 
 
-def waits_of(store: Store, topic_prefix: str, options: Mapping[str, Any]) -> RegistrationWaits:
-    """The check as the Verwijsindex connector of a hub with this topic prefix makes it."""
+def waits_of(store: Store, kafka: KafkaSettings, options: Mapping[str, Any]) -> RegistrationWaits:
+    """The check as the Verwijsindex connector of a hub with these broker settings (its topic and
+    group prefixes) makes it."""
     return registration_waits(
         store,
         ladder=LADDER,
-        topic=topic_prefix + VERWIJSINDEX_SIGNAL.name,
-        dlq_topic=topic_prefix + VERWIJSINDEX_SIGNAL.dlq,
+        group=kafka.group_prefix + LADDER,
+        topic=kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name,
+        dlq_topic=kafka.topic_prefix + VERWIJSINDEX_SIGNAL.dlq,
         options=options,
     )

@@ -725,7 +725,7 @@ async def test_a_registration_sent_again_and_then_withdrawn_is_no_second_disclos
         async with hub.store.transaction() as session:
             await create_caseworker(session, ILSE)
         await set_faults(admin, error_rate=1.0)  # 503 on every call
-        waits = waits_of(hub.store, hub.settings.kafka.topic_prefix, hub.kafka_options)
+        waits = waits_of(hub.store, hub.settings.kafka, hub.kafka_options)
         await register_again(
             hub.store, hub, signal.signal_id, user="olga", transaction_id=str(uuid.uuid4()), waits=waits
         )

@@ -35,6 +35,7 @@ from hub.runtime import Hub
 from hub.signals import commands, register_again, request_contact_change, store_signal
 from hub.signals.service import REGISTRATION_PATIENCE, RegistrationOnItsWay
 from hub.signals.tables import signals
+from hub.signals.waiting import waits_of
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
@@ -43,7 +44,7 @@ from schemas.caseworker import Caseworker, Team
 from schemas.envelope import utcnow
 from schemas.pseudonym import youth_key
 from schemas.signal import VerwijsindexSignal
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, read_all, read_topic, wait_for
 from tests.integration.test_verwijsindex_connector import (
     ILSE,
@@ -553,6 +554,63 @@ async def test_a_second_request_to_register_a_signal_again_at_once_is_refused(st
         assert (await conn.execute(queued)).scalar_one() == 3
 
 
+async def _sent(hub: Hub, topic: str, count: int) -> bool:
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        found = (
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.topic == topic, outbox.c.sent_at.is_not(None))
+        )
+        return int((await conn.execute(found)).scalar_one()) == count
+
+
+async def test_a_registration_on_the_topic_behind_a_contact_change_is_on_its_way(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """The relay published the registration and the connector had not taken it in (it lags, or its
+    process is down); then the signal's contact moved. The change is now the signal's latest
+    command, so neither the row nor the store's queues said a registration was on its way, and an
+    operator's register-again handed the index the youth a second time. A sent registration whose
+    message id the connector's group has not taken in is on its way; once taken in, it is not."""
+    settings = make_settings(kafka, db_url, unique, components=["verwijsindex"])
+    bare = Hub(settings, registrars={"verwijsindex": []})  # the connector's process is down
+    await bare.start()
+    signal = a_signal(bsns(1, start=975_000_000)[0])
+    assert signal.signal_id
+    topic = bare.topic(VERWIJSINDEX_SIGNAL.name)
+    try:
+        assert bare.store is not None
+        async with bare.store.transaction() as session:
+            await create_caseworker(session, ILSE)
+            await create_caseworker(session, PIET)
+        await register(bare, signal)
+        await move(bare, signal, PIET)
+        await wait_for(lambda: _sent(bare, topic, 2), timeout_s=20)
+        waits = waits_of(bare.store, bare.settings.kafka, bare.kafka_options)
+        with pytest.raises(RegistrationOnItsWay, match="still on its way") as refused:
+            await register_again(
+                bare.store, bare, signal.signal_id, user="olga", transaction_id="t-1", waits=waits
+            )
+        assert signal.youth.bsn not in str(refused.value)
+        assert await _sent(bare, topic, 2)  # nothing more queued
+    finally:
+        await bare.stop()
+
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        assert hub.store is not None
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+        assert await path_log(admin, signal) == [("PUT", 201), ("PATCH", 200)]
+        waits = waits_of(hub.store, hub.settings.kafka, hub.kafka_options)
+        await register_again(hub.store, hub, signal.signal_id, user="olga", transaction_id="t-2", waits=waits)
+        hub.relay.wake()  # type: ignore[union-attr]
+        await wait_for(lambda: _all_delivered(hub), timeout_s=30)
+        assert [m for m, _ in await path_log(admin, signal)] == ["PUT", "PATCH", "PUT"]
+    finally:
+        await hub.stop()
+
+
 async def _ops_login(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
     """A client of the same app with `username` logged in to the operator console."""
     own = httpx.AsyncClient(transport=client._transport, base_url="http://hub")
@@ -579,6 +637,7 @@ async def test_a_change_whose_registration_letter_was_discarded_is_a_dead_letter
             "KETENHUB_DATABASE__URL": db_url,
             "KETENHUB_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
             "KETENHUB_KAFKA__TOPIC_PREFIX": hub.settings.kafka.topic_prefix,
+            "KETENHUB_KAFKA__GROUP_PREFIX": hub.settings.kafka.group_prefix,  # the hub's own settings
             "KETENHUB_SECRET": TEST_SECRET,
         }
         args = ["signals", "register-again", signal.signal_id]
