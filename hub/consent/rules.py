@@ -381,20 +381,42 @@ class HandoverView:
 
 @dataclass(frozen=True)
 class WithdrawalEffects:
-    """What a withdrawal does: handovers to withdraw, and receivers to tell (they may have data)."""
+    """What a withdrawal does: handovers to withdraw, receivers to tell (they may have data), and
+    waiting handovers kept because another of the youth's consents names them."""
 
     withdraw: tuple[str, ...]
     tell: tuple[tuple[str, str], ...]  # (handover id, receiver)
+    kept: tuple[str, ...] = ()
 
 
-def withdrawal_effects(consent: Consent, handovers: Sequence[HandoverView]) -> WithdrawalEffects:
+def names(consent: Consent, handover: HandoverView, day: date) -> bool:
+    """Whether a consent still stands for a handover's receiver and purpose on `day`: ACTIEF, not
+    past its last day (it may start later), this purpose, this receiver among its recipients."""
+    return (
+        consent.status is ConsentStatus.ACTIEF
+        and day <= consent.valid_until
+        and consent.purpose is handover.purpose
+        and handover.receiver in consent.recipient_organisations
+    )
+
+
+def withdrawal_effects(
+    consent: Consent, handovers: Sequence[HandoverView], *, others: Iterable[Consent] = (), day: date
+) -> WithdrawalEffects:
     """Rule 10: handovers sent under this consent are withdrawn, and so are handovers still waiting
     for a consent to these receivers for this purpose, and one that lapsed under it after its
     receiver may have got it. Of those, every receiver that may have the handover is told, by what
     it may have (`may_have`), not by the status: a handover back to waiting, or lapsed, after a POST
-    that failed may be with its receiver all the same; one sent but not yet tried is not."""
+    that failed may be with its receiver all the same; one sent but not yet tried is not.
+
+    A waiting handover its receiver has not had that another of the youth's consents (`others`)
+    still names on `day` waits for that one, which the youth did not withdraw: it is kept. One its
+    receiver may have (a POST without a 2xx) may have gone under the consent withdrawn, so it is
+    withdrawn and its receiver told, as before: the other consent may be used for a new one."""
+    standing = [c for c in others if c.consent_id != consent.consent_id]
     withdraw: list[str] = []
     tell: list[tuple[str, str]] = []
+    kept: list[str] = []
     for h in handovers:
         under_it = h.consent_id == consent.consent_id and (
             h.status in DISCLOSED or (h.status in LAPSED and h.may_have)
@@ -404,8 +426,11 @@ def withdrawal_effects(consent: Consent, handovers: Sequence[HandoverView]) -> W
             and h.purpose is consent.purpose
             and h.receiver in consent.recipient_organisations
         )
+        if waiting_for_it and not h.may_have and any(names(c, h, day) for c in standing):
+            kept.append(h.handover_id)
+            continue
         if under_it or waiting_for_it:
             withdraw.append(h.handover_id)
             if h.may_have:
                 tell.append((h.handover_id, h.receiver))
-    return WithdrawalEffects(tuple(withdraw), tuple(tell))
+    return WithdrawalEffects(tuple(withdraw), tuple(tell), tuple(kept))

@@ -123,7 +123,7 @@ async def withdraw_consent(
     if stored.consent.status is not ConsentStatus.ACTIEF:
         raise AlreadyWithdrawn(consent_id)
     stored = await mark_withdrawn(session, stored, by=act.user, reason=reason)
-    withdrawn = await apply_withdrawal(session, r, stored, act)
+    withdrawn, kept = await apply_withdrawal(session, r, stored, act)
     await write_audit(
         session,
         AuditEntry(
@@ -138,6 +138,8 @@ async def withdraw_consent(
                 "consent_id": consent_id,
                 "reason_length": len(reason),
                 "handovers_withdrawn": withdrawn,
+                # waiting handovers another of the youth's consents names: they wait for that one
+                "handovers_kept": kept,
             },
         ),
         transaction_id=act.transaction_id,

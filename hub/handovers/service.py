@@ -349,14 +349,17 @@ async def waiting_to_start(session: AsyncSession) -> list[str]:
     return sorted({row.youth_key for row in rows if NOT_YET_VALID in (row.waiting_reasons or ())})
 
 
-async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredConsent, act: Act) -> list[str]:
+async def apply_withdrawal(
+    session: AsyncSession, r: Routing, stored: StoredConsent, act: Act
+) -> tuple[list[str], list[str]]:
     """Rule 10: withdraw pending handovers, tell receivers that got data or may have it (delivered,
     or POSTed without a 2xx: `attempted_at`), whatever the handover's status became since; returns
-    the withdrawn ids.
+    the withdrawn ids, and those of waiting handovers kept for another consent that names them.
 
     The caller holds the youth's case lock (`withdraw_consent`); the youth's handovers are locked
     too, and each is withdrawn only from the status it was read in: one withdrawn meanwhile (by a
     withdrawal of another of the youth's consents) is neither withdrawn, audited nor told again."""
+    others = [s.consent for s in await consents_of(session, stored.youth_key)]
     query = select(handovers).where(handovers.c.youth_key == stored.youth_key).order_by(handovers.c.id)
     rows = {row.id: row for row in await session.execute(query.with_for_update())}
     views = [
@@ -371,8 +374,8 @@ async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredCons
         for h in rows.values()
         if h.purpose != ZORGMELDING
     ]
-    effects = withdrawal_effects(stored.consent, views)
     now = r.clock()
+    effects = withdrawal_effects(stored.consent, views, others=others, day=local_day(now))
     told = {handover_id for handover_id, _ in effects.tell}
     withdrawn = []
     for handover_id in effects.withdraw:
@@ -403,4 +406,4 @@ async def apply_withdrawal(session: AsyncSession, r: Routing, stored: StoredCons
                 row, reason="TOESTEMMING_INGETROKKEN", at=now, transaction_id=act.transaction_id
             )
             await add_to_outbox(session, r.dispatch_topic, notice, key=row.youth_key)
-    return withdrawn
+    return withdrawn, list(effects.kept)

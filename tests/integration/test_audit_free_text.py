@@ -74,6 +74,7 @@ async def test_a_withdrawal_reason_stays_on_the_consent_and_out_of_the_audit_log
             "consent_id": consent_id,
             "reason_length": len(REASON),
             "handovers_withdrawn": [],
+            "handovers_kept": [],
         }
         assert w.hub.store is not None
         _no_free_text(await _audit_rows(w.hub.store), REASON, BSN, "Jansen")

@@ -1308,6 +1308,49 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         assert sent_entry.objects["sent_by"] == "routing"
 
 
+async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10: the youth consented to a handover to jongerenwerk of their personalia alone, and
+    then, from next week, of the referral too; the handover shares both, so it waited. Withdrawing
+    the first withdrew the handover as well, though the consent it waited for still stood; the
+    caseworker had to ask for it again."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        narrow = await w.consent(rid, data_categories=["PERSONALIA"])
+        await w.consent(
+            rid,
+            valid_from=(today() + timedelta(days=7)).isoformat(),
+            valid_until=(today() + timedelta(days=90)).isoformat(),
+        )
+        hid = await w.handover(rid)
+
+        async def routed() -> bool:
+            return (await w.status(hid))["waiting_reasons"] is not None
+
+        await wait_for(routed, timeout_s=15)
+        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{narrow['consent_id']}/intrekking",
+            json={"reason": "alleen de nieuwe geldt"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200 and r.json()["handovers_withdrawn"] == [], r.text
+        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        [entry] = await w.audit("consent.withdrawn")
+        assert entry.objects["handovers_withdrawn"] == [] and entry.objects["handovers_kept"] == [hid]
+        assert await w.audit("handover.withdrawn") == []
+
+        w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=7)  # the second consent's first day
+
+        async def sent() -> bool:
+            return (await w.status(hid))["status"] != "WACHT_OP_TOESTEMMING"
+
+        await wait_for(sent, timeout_s=15)
+        assert (await w.status(hid))["status"] in ("VERZONDEN", "ONTVANGEN")
+        await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
+
+
 async def test_a_handover_whose_consent_ended_on_its_way_goes_under_the_renewal(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:

@@ -441,6 +441,9 @@ def _view(handover_id: str, status: HandoverStatus, consent_id: str | None, **ex
     return HandoverView(handover_id, status=status, consent_id=consent_id, **values)  # type: ignore[arg-type]
 
 
+WITHDRAWN_ON = date(2025, 1, 10)
+
+
 def test_rule_10_withdrawal_effects() -> None:
     views = [
         _view("sent", HandoverStatus.GEACCEPTEERD, "c1", may_have=True),
@@ -449,7 +452,7 @@ def test_rule_10_withdrawal_effects() -> None:
         _view("elsewhere", HandoverStatus.WACHT_OP_TOESTEMMING, None, receiver="wijkteam-dh"),
         _view("old", HandoverStatus.INGETROKKEN, "c1", may_have=True),
     ]
-    effects = withdrawal_effects(GOOD, views)
+    effects = withdrawal_effects(GOOD, views, day=WITHDRAWN_ON)
     assert set(effects.withdraw) == {"sent", "waiting"}
     assert effects.tell == (("sent", "jongerenwerk-dh"),)
 
@@ -465,12 +468,44 @@ def test_rule_10_tells_every_receiver_that_may_have_it_whatever_its_status() -> 
         _view("lapsed-under-another", HandoverStatus.VERLOPEN, "c9", may_have=True),
         _view("sent-not-yet-tried", HandoverStatus.VERZONDEN, "c1"),  # withdrawn before it left
     ]
-    effects = withdrawal_effects(GOOD, views)
+    effects = withdrawal_effects(GOOD, views, day=WITHDRAWN_ON)
     assert effects.withdraw == ("waiting-again", "lapsed-after-a-post", "sent-not-yet-tried")
     assert effects.tell == (
         ("waiting-again", "jongerenwerk-dh"),
         ("lapsed-after-a-post", "jongerenwerk-dh"),
     )
+
+
+def test_rule_10_a_waiting_handover_another_consent_names_waits_for_that_one() -> None:
+    """The youth gave two consents naming jongerenwerk for a warm handover (the second, say, with
+    one more category, starting next month) and withdrew the first. The withdrawal withdrew the
+    waiting handover too, though the consent still standing was the one it waited for."""
+    waiting = [
+        _view("waiting", HandoverStatus.WACHT_OP_TOESTEMMING, None),
+        _view("waiting-after-a-post", HandoverStatus.WACHT_OP_TOESTEMMING, None, may_have=True),
+        _view("sent", HandoverStatus.VERZONDEN, "c1", may_have=True),  # went under the withdrawn one
+    ]
+    later = GOOD.model_copy(update={"consent_id": "c2", "valid_from": date(2025, 2, 1)})
+    effects = withdrawal_effects(GOOD, waiting, others=[GOOD, later], day=WITHDRAWN_ON)
+    # one its receiver may have got under the consent withdrawn is withdrawn and told all the same
+    assert effects.withdraw == ("waiting-after-a-post", "sent")
+    assert effects.tell == (("waiting-after-a-post", "jongerenwerk-dh"), ("sent", "jongerenwerk-dh"))
+    assert effects.kept == ("waiting",)
+
+    # a consent that no longer stands, or names another receiver or purpose, keeps nothing waiting
+    for other in (
+        later.model_copy(update={"status": ConsentStatus.INGETROKKEN}),
+        later.model_copy(update={"status": ConsentStatus.VERLOPEN}),
+        later.model_copy(update={"valid_from": date(2020, 1, 1), "valid_until": date(2024, 12, 31)}),
+        later.model_copy(update={"recipient_organisations": ["wijkteam-dh"]}),
+        later.model_copy(update={"purpose": ConsentPurpose.DELEN_NA_MATCH}),
+    ):
+        effects = withdrawal_effects(GOOD, waiting, others=[other], day=WITHDRAWN_ON)
+        assert effects.withdraw == ("waiting", "waiting-after-a-post", "sent"), other
+        assert effects.kept == ()
+    # on its last day it still stands
+    last_day = later.model_copy(update={"valid_until": WITHDRAWN_ON})
+    assert withdrawal_effects(GOOD, waiting, others=[last_day], day=WITHDRAWN_ON).kept == ("waiting",)
 
 
 def test_minimisation_leaves_uncovered_categories_out(referral: Referral) -> None:
