@@ -527,7 +527,9 @@ async def withdraw(
             found = await get_consent(session, consent_id)
             if found is not None and not await may_see_case(session, found.youth_key, caseworker):
                 raise NotOnCase(found.youth_key)
-            stored, withdrawn = await withdraw_consent(session, routing_of(hub), consent_id, body.reason, act)
+            stored, withdrawn, kept = await withdraw_consent(
+                session, routing_of(hub), consent_id, body.reason, act
+            )
             named = await named_for(session, stored.youth_key)
     except ConsentNotFound:
         raise Problem(404, "Toestemming niet gevonden") from None
@@ -538,4 +540,6 @@ async def withdraw(
             "Een ingetrokken of verlopen toestemming kan niet opnieuw worden ingetrokken.",
         ) from None
     hub.relay.wake()
-    return ConsentOut.of(stored, named, local_day(hub.clock()), handovers_withdrawn=withdrawn)
+    return ConsentOut.of(
+        stored, named, local_day(hub.clock()), handovers_withdrawn=withdrawn, handovers_kept=kept
+    )

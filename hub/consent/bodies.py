@@ -85,6 +85,11 @@ class ConsentOut(CanonicalModel):
     withdrawal_reason: str | None = None
     handovers_sent: list[str] = Field(default_factory=list)
     handovers_withdrawn: list[str] = Field(default_factory=list)
+    handovers_kept: list[str] = Field(
+        default_factory=list,
+        description="on a withdrawal: waiting handovers another of the youth's consents covers, or will"
+        " from its first day; they wait for that one",
+    )
 
     @classmethod
     def of(cls, s: StoredConsent, named: int, today: date, **extra: Any) -> ConsentOut:

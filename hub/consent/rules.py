@@ -377,6 +377,7 @@ class HandoverView:
     status: HandoverStatus
     consent_id: str | None
     may_have: bool
+    categories: frozenset[DataCategory] = frozenset()  # what it shares
 
 
 @dataclass(frozen=True)
@@ -389,19 +390,22 @@ class WithdrawalEffects:
     kept: tuple[str, ...] = ()
 
 
-def names(consent: Consent, handover: HandoverView, day: date) -> bool:
-    """Whether a consent still stands for a handover's receiver and purpose on `day`: ACTIEF, not
-    past its last day (it may start later), this purpose, this receiver among its recipients."""
-    return (
-        consent.status is ConsentStatus.ACTIEF
-        and day <= consent.valid_until
-        and consent.purpose is handover.purpose
-        and handover.receiver in consent.recipient_organisations
-    )
+def will_cover(consent: Consent, handover: HandoverView, day: date, *, named: int) -> bool:
+    """Whether a consent covers a handover on `day` or will from its first day (rule 9, rule 8's
+    `named` custodians): its only gap, if any, is that it has not started. One incomplete or
+    refused, of too few categories, or ended never will: consents are not changed, only recorded
+    anew, and recording one routes waiting handovers again."""
+    disclosure = Disclosure(handover.purpose, handover.receiver, handover.categories, day)
+    return set(coverage(consent, disclosure, named=named).gaps) <= {Gap.NOG_NIET_GELDIG}
 
 
 def withdrawal_effects(
-    consent: Consent, handovers: Sequence[HandoverView], *, others: Iterable[Consent] = (), day: date
+    consent: Consent,
+    handovers: Sequence[HandoverView],
+    *,
+    others: Iterable[Consent] = (),
+    day: date,
+    named: int = 0,
 ) -> WithdrawalEffects:
     """Rule 10: handovers sent under this consent are withdrawn, and so are handovers still waiting
     for a consent to these receivers for this purpose, and one that lapsed under it after its
@@ -410,9 +414,10 @@ def withdrawal_effects(
     that failed may be with its receiver all the same; one sent but not yet tried is not.
 
     A waiting handover its receiver has not had that another of the youth's consents (`others`)
-    still names on `day` waits for that one, which the youth did not withdraw: it is kept. One its
-    receiver may have (a POST without a 2xx) may have gone under the consent withdrawn, so it is
-    withdrawn and its receiver told, as before: the other consent may be used for a new one."""
+    covers on `day`, or will from its first day (`will_cover`, with the `named` custodians of rule
+    8), waits for that one, which the youth did not withdraw: it is kept. One its receiver may have
+    (a POST without a 2xx) may have gone under the consent withdrawn, so it is withdrawn and its
+    receiver told, as before: the other consent may be used for a new one."""
     standing = [c for c in others if c.consent_id != consent.consent_id]
     withdraw: list[str] = []
     tell: list[tuple[str, str]] = []
@@ -426,7 +431,7 @@ def withdrawal_effects(
             and h.purpose is consent.purpose
             and h.receiver in consent.recipient_organisations
         )
-        if waiting_for_it and not h.may_have and any(names(c, h, day) for c in standing):
+        if waiting_for_it and not h.may_have and any(will_cover(c, h, day, named=named) for c in standing):
             kept.append(h.handover_id)
             continue
         if under_it or waiting_for_it:

@@ -106,8 +106,9 @@ class AlreadyWithdrawn(Exception):
 
 async def withdraw_consent(
     session: AsyncSession, r: Routing, consent_id: str, reason: str, act: Act
-) -> tuple[StoredConsent, list[str]]:
-    """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit.
+) -> tuple[StoredConsent, list[str], list[str]]:
+    """Rule 10: block new disclosures at once, withdraw pending handovers, tell receivers, audit;
+    returns the consent, the handovers withdrawn and the waiting ones kept for another consent.
 
     Under the youth's case lock, taken before the consent's row (hub.store.locks): two withdrawals
     of two of the youth's consents at once take turns, and the second sees what the first withdrew
@@ -145,4 +146,4 @@ async def withdraw_consent(
         transaction_id=act.transaction_id,
         system=r.system,
     )
-    return stored, withdrawn
+    return stored, withdrawn, kept

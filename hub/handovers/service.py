@@ -370,12 +370,14 @@ async def apply_withdrawal(
             HandoverStatus(h.status),
             h.consent_id,
             may_have=any(t is not None for t in (h.delivered_at, h.attempted_at, h.answered_at)),
+            categories=frozenset(DataCategory(c) for c in h.data_categories),
         )
         for h in rows.values()
         if h.purpose != ZORGMELDING
     ]
     now = r.clock()
-    effects = withdrawal_effects(stored.consent, views, others=others, day=local_day(now))
+    named = await named_for(session, stored.youth_key)
+    effects = withdrawal_effects(stored.consent, views, others=others, day=local_day(now), named=named)
     told = {handover_id for handover_id, _ in effects.tell}
     withdrawn = []
     for handover_id in effects.withdraw:

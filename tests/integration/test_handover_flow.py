@@ -1336,6 +1336,7 @@ async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
             headers={"X-Medewerker": CW},
         )
         assert r.status_code == 200 and r.json()["handovers_withdrawn"] == [], r.text
+        assert r.json()["handovers_kept"] == [hid]
         assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
         [entry] = await w.audit("consent.withdrawn")
         assert entry.objects["handovers_withdrawn"] == [] and entry.objects["handovers_kept"] == [hid]
@@ -1349,6 +1350,39 @@ async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
         await wait_for(sent, timeout_s=15)
         assert (await w.status(hid))["status"] in ("VERZONDEN", "ONTVANGEN")
         await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
+
+
+async def test_withdrawing_the_consent_a_handover_waits_for_withdraws_it_though_a_narrower_one_stands(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 10: the consent of the referral too, from next week, is withdrawn; the one left covers
+    the personalia alone, which will never cover the handover (consents are recorded anew, not
+    changed). The handover was kept waiting for it, for ever, and sent when the next consent was
+    recorded, though the youth had withdrawn the one it waited for."""
+    async with world(kafka, db_url, unique) as w:
+        rid, _ = await w.referral(17)
+        await w.consent(rid, data_categories=["PERSONALIA"])
+        broad = await w.consent(
+            rid,
+            valid_from=(today() + timedelta(days=7)).isoformat(),
+            valid_until=(today() + timedelta(days=90)).isoformat(),
+        )
+        hid = await w.handover(rid)
+
+        async def routed() -> bool:
+            return (await w.status(hid))["waiting_reasons"] is not None
+
+        await wait_for(routed, timeout_s=15)
+        r = await w.client.post(
+            f"/api/v1/toestemmingen/{broad['consent_id']}/intrekking",
+            json={"reason": "toch niet"},
+            headers={"X-Medewerker": CW},
+        )
+        assert r.status_code == 200 and r.json()["handovers_withdrawn"] == [hid], r.text
+        assert r.json()["handovers_kept"] == []
+        assert (await w.status(hid))["status"] == "INGETROKKEN"
+        [entry] = await w.audit("consent.withdrawn")
+        assert entry.objects["handovers_kept"] == []
 
 
 async def test_a_handover_whose_consent_ended_on_its_way_goes_under_the_renewal(

@@ -436,12 +436,13 @@ def _view(handover_id: str, status: HandoverStatus, consent_id: str | None, **ex
         "receiver": "jongerenwerk-dh",
         "purpose": ConsentPurpose.WARME_OVERDRACHT,
         "may_have": False,
+        "categories": frozenset({DataCategory.PERSONALIA, DataCategory.VERWIJZING}),
     }
     values.update(extra)
     return HandoverView(handover_id, status=status, consent_id=consent_id, **values)  # type: ignore[arg-type]
 
 
-WITHDRAWN_ON = date(2025, 1, 10)
+WITHDRAWN_ON = date(2026, 7, 1)
 
 
 def test_rule_10_withdrawal_effects() -> None:
@@ -485,27 +486,39 @@ def test_rule_10_a_waiting_handover_another_consent_names_waits_for_that_one() -
         _view("waiting-after-a-post", HandoverStatus.WACHT_OP_TOESTEMMING, None, may_have=True),
         _view("sent", HandoverStatus.VERZONDEN, "c1", may_have=True),  # went under the withdrawn one
     ]
-    later = GOOD.model_copy(update={"consent_id": "c2", "valid_from": date(2025, 2, 1)})
+    later = GOOD.model_copy(update={"consent_id": "c2", "valid_from": date(2026, 8, 1)})
     effects = withdrawal_effects(GOOD, waiting, others=[GOOD, later], day=WITHDRAWN_ON)
     # one its receiver may have got under the consent withdrawn is withdrawn and told all the same
     assert effects.withdraw == ("waiting-after-a-post", "sent")
     assert effects.tell == (("waiting-after-a-post", "jongerenwerk-dh"), ("sent", "jongerenwerk-dh"))
     assert effects.kept == ("waiting",)
 
-    # a consent that no longer stands, or names another receiver or purpose, keeps nothing waiting
+    # a consent that no longer stands, or never will cover it, keeps nothing waiting: consents are
+    # not changed, so an incomplete or refused one, or one of too few categories, stays so
     for other in (
         later.model_copy(update={"status": ConsentStatus.INGETROKKEN}),
         later.model_copy(update={"status": ConsentStatus.VERLOPEN}),
-        later.model_copy(update={"valid_from": date(2020, 1, 1), "valid_until": date(2024, 12, 31)}),
+        later.model_copy(update={"valid_from": date(2020, 1, 1), "valid_until": date(2026, 6, 30)}),
         later.model_copy(update={"recipient_organisations": ["wijkteam-dh"]}),
         later.model_copy(update={"purpose": ConsentPurpose.DELEN_NA_MATCH}),
+        later.model_copy(update={"data_categories": [DataCategory.PERSONALIA]}),
+        later.model_copy(update={"grantors": [grantor(YOUTH, SIXTEENTH, deny=True)]}),
+        later.model_copy(update={"grantors": [grantor(YOUTH, FOURTEEN)]}),  # at 14: the parents too
     ):
         effects = withdrawal_effects(GOOD, waiting, others=[other], day=WITHDRAWN_ON)
         assert effects.withdraw == ("waiting", "waiting-after-a-post", "sent"), other
         assert effects.kept == ()
-    # on its last day it still stands
-    last_day = later.model_copy(update={"valid_until": WITHDRAWN_ON})
+    # on its last day it still stands; one that covers it today keeps it too (routing sends it)
+    last_day = later.model_copy(update={"valid_from": date(2026, 6, 1), "valid_until": WITHDRAWN_ON})
     assert withdrawal_effects(GOOD, waiting, others=[last_day], day=WITHDRAWN_ON).kept == ("waiting",)
+    # rule 8 as the youth's referral says it: with two custodians named, the youth's permit at 14 and
+    # one parent's are not enough, at 16 the youth's alone is
+    one_parent = later.model_copy(
+        update={"grantors": [grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN)], "custodians": 1}
+    )
+    assert withdrawal_effects(GOOD, waiting, others=[one_parent], day=WITHDRAWN_ON).kept == ("waiting",)
+    assert withdrawal_effects(GOOD, waiting, others=[one_parent], day=WITHDRAWN_ON, named=2).kept == ()
+    assert withdrawal_effects(GOOD, waiting, others=[later], day=WITHDRAWN_ON, named=2).kept == ("waiting",)
 
 
 def test_minimisation_leaves_uncovered_categories_out(referral: Referral) -> None:
