@@ -50,6 +50,7 @@ from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
 from schemas._base import as_code
 from schemas.caseworker import ContactDetails
 from schemas.envelope import Envelope
+from schemas.problems import field_path
 from schemas.signal import SignalStatus, VerwijsindexSignal
 
 NAME = LADDER  # the component, its consumer group and its retry ladder
@@ -69,7 +70,9 @@ def _parse(model: type[Any], message: Envelope) -> Any:
     try:
         return model.model_validate(message.payload)
     except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in e["loc"]) or "payload" for e in exc.errors()})
+        # a field's name may be the sender's own text (an unknown key: a name, a birth date): masked
+        masks: dict[str, str] = {}
+        fields = sorted({field_path(e["loc"], masks) if e["loc"] else "payload" for e in exc.errors()})
         # rule 11: an unknown field (a reason, an offence, a parent) is refused, never sent
         raise PermanentError(
             f"{message.type} refused: fields outside the whitelist or invalid: {', '.join(fields)[:200]}"

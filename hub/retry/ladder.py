@@ -71,6 +71,7 @@ class RetryLadder(ParkingLot):
         delivery: Delivery,
         policy: RetryPolicy | None = None,
         group: str | None = None,
+        secret: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         concurrency: int = 16,
         lease_s: float = LEASE_S,
@@ -78,6 +79,7 @@ class RetryLadder(ParkingLot):
         self.store, self.metrics, self.name, self.partner = store, metrics, name, partner
         # The consumer group whose inbox took the message in: a replayed dead letter must clear it.
         self.group = group or name
+        self.secret = secret
         self.topic, self.retry_topic, self.dlq_topic = topic, retry_topic, dlq_topic
         self.delivery, self.policy, self.clock = delivery, policy or RetryPolicy(), clock
         self.hooks = Hooks(delivery, metrics, ladder=name, partner=partner)

@@ -24,7 +24,7 @@ from hub.retry.policy import POSTPONE_AT_MOST, RetryPolicy, next_due, put_off
 from hub.retry.tables import parked
 from hub.spine import add_to_outbox
 from hub.spine.consumer import message_id_of, transaction_id_of
-from hub.spine.dlq import dlq_headers, original_headers, original_key, safe_error_message
+from hub.spine.dlq import KEY_PSEUDONYM, dead_letter_key, dlq_headers, original_headers, safe_error_message
 from hub.store import Store
 from schemas.envelope import H_TRANSACTION_ID, Envelope
 
@@ -46,6 +46,7 @@ class ParkingLot:
     retry_topic: str
     dlq_topic: str
     group: str
+    secret: str | None  # the pseudonymisation secret: no BSN in a key the ladder writes to Kafka
     policy: RetryPolicy
     clock: Callable[[], datetime]
     delivery: Delivery
@@ -84,6 +85,10 @@ class ParkingLot:
         # took it under (rule 19), as the spine's own dead letters do.
         record_headers = original_headers(record)
         record_headers[H_TRANSACTION_ID] = transaction_id_of(record, message_id_of(record), message)
+        # the key it goes with as the spine's dead letters do: a BSN in the sender's key, never
+        record_key, pseudonym = dead_letter_key(record, self.secret)
+        if pseudonym is not None:
+            record_headers[KEY_PSEUDONYM] = pseudonym
         return {
             "ladder": self.name,
             "key": key,
@@ -91,7 +96,7 @@ class ParkingLot:
             "value": value,
             "headers": message.header_map()
             | {"original-partition": str(record.partition), "original-offset": str(record.offset)},
-            "record_key": original_key(record),
+            "record_key": record_key,
             "record_value": received if received != value else None,  # the hub's own: stored once
             "record_headers": record_headers,
             "attempt": attempt,

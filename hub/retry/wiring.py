@@ -11,6 +11,7 @@ from hub.retry.ladder import RetryLadder
 from hub.retry.policy import RetryPolicy
 from hub.spine import Tx
 from hub.spine.consumer import Item
+from hub.spine.dlq import key_without_bsn, original_key
 from hub.topics import RETRY_LADDERS, Topic
 from schemas.envelope import Envelope
 
@@ -47,6 +48,7 @@ def ladder_on(
         delivery=delivery,
         policy=policy,
         group=hub.group(group),
+        secret=hub.spine.secret if hub.spine is not None else None,
     )
     hub.background[f"{name}-retry"] = ladder.run
     return ladder
@@ -57,7 +59,10 @@ def deliver_through(hub: Hub, topic: Topic, ladder: RetryLadder, *, doc: str) ->
     assert hub.spine is not None
 
     def key_of(record: ConsumerRecord[Any, Any], message: Envelope) -> str:
-        return bytes(record.key).decode() if record.key is not None else message.message_id
+        # what the message waits under, and its retry announcements' key: the hub's own keys are youth
+        # keys; a sender's key with a BSN in it goes as its pseudonym (a BSN's is the youth's key)
+        key, _ = key_without_bsn(original_key(record), ladder.secret)
+        return key if key is not None else message.message_id
 
     async def deliver(tx: Tx, message: Envelope) -> None:
         await ladder.handle(tx, message, key=key_of(tx.record, message))
