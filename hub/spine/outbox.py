@@ -368,33 +368,36 @@ class Relay:
 
         The rows go out as one record batch per partition rather than message by message: the
         producer's `send` makes a future, a partition lookup and an accumulator append for every
-        message, about half its cost. A partition's rows stay in id order within its batch, and a
-        batch that fills up goes out before the next one for that partition is started, so per-key
-        order holds as with `send`. The partition is the producer's own choice (`KeyPartitioner`).
+        message, about half its cost. A partition's rows stay in id order within its batch. Rows a
+        batch has no room for go in the partition's next batch, sent only once every batch before it
+        is acked: the producer does not retry a batch that expired, so one queued behind it would
+        land first, and the rows published again after the failure would put a youth's later
+        message before an earlier one. The partition is the producer's own choice (`KeyPartitioner`).
         """
-        futures: list[asyncio.Future[Any]] = []
+        chains: dict[tuple[str, int], list[BatchBuilder]] = {}
         by_topic: dict[str, list[_Record]] = {}
         for r in records:
             by_topic.setdefault(r.row.topic, []).append(r)
         for topic, its_records in by_topic.items():
             partitions = sorted(await self.producer.partitions_for(topic))
             available = sorted(self.producer.client.cluster.available_partitions_for_topic(topic) or ())
-            batches: dict[int, BatchBuilder] = {}
             for r in its_records:
                 key, value, headers = r.key, r.row.value, r.headers
                 partition = self.partitioner(key, partitions, available or partitions)
-                batch = batches.get(partition)
-                if batch is None:
-                    batch = batches[partition] = self.producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                    batch = batches[partition] = self.producer.create_batch()
+                chain = chains.setdefault((topic, partition), [])
+                if (
+                    not chain
+                    or chain[-1].append(key=key, value=value, timestamp=None, headers=headers) is None
+                ):
                     # a fresh batch always takes its first record, whatever its size (up to the
                     # brokers' limit: larger rows were parked)
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)
-            for partition, batch in batches.items():
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+                    chain.append(self.producer.create_batch())
+                    chain[-1].append(key=key, value=value, timestamp=None, headers=headers)
+        wave = 0
+        while sends := [(tp, chain[wave]) for tp, chain in chains.items() if len(chain) > wave]:
+            futures = [await self.producer.send_batch(b, topic, partition=p) for (topic, p), b in sends]
+            await asyncio.gather(*futures)
+            wave += 1
 
     async def purge_sent(self) -> None:
         """Sent rows hold personal data: keep them only as long as operators need them. A parked row

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import event, insert, select
 
@@ -330,3 +331,50 @@ async def test_the_relay_reads_pending_rows_in_id_order_from_their_own_index(
             statement, parameters = statements[read]
             plan = str(await driver.fetchval(f"EXPLAIN (FORMAT JSON) {statement}", *(parameters or ())))
     assert "'Index Name': 'ix_outbox_pending'" in plan and "Bitmap" not in plan, plan
+
+
+async def test_a_batch_that_expires_is_not_overtaken_by_the_next_one_of_its_partition(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """Two rows of one youth too large for one record batch: the relay queued the second batch
+    behind the first at once. The producer does not retry a batch that expired; the second was
+    acked, the round failed, and the relay published both again: the partition read the later
+    message, then the earlier, then the later again, and a consumer (dropping the repeat) took the
+    later one first. The next batch of a partition now goes only once the one before it is acked."""
+    topic = f"{unique}.relay-order"
+    options = {"bootstrap_servers": kafka.bootstrap}
+    await ensure_topics(options, [Topic(topic, partitions=1, description="relay test")], replication_factor=1)
+    producer = make_producer(options)
+    await producer.start()
+    real_send_batch = producer.send_batch
+    sent = 0
+
+    async def first_expires(batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+        nonlocal sent
+        sent += 1
+        if sent == 1:  # as the producer's sender fails a batch past its request timeout
+            expired: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.3, expired.set_exception, KafkaTimeoutError())
+            return expired
+        return await real_send_batch(batch, topic, partition=partition)
+
+    producer.send_batch = first_expires  # type: ignore[method-assign]
+    big = 200 * 1024  # two do not fit in one batch of the relay's producer (256 KiB)
+    async with store.transaction() as session:
+        for n in (b"1", b"2"):
+            await add_to_outbox(session, topic, n + b"x" * big, key="youth-a")
+    relay = Relay(store, producer, gather_s=0.0)
+    task = asyncio.create_task(relay.run())
+    try:
+
+        async def all_sent() -> bool:
+            return all(at is not None for at in (await _sent_at(store, topic)).values())
+
+        await wait_for(all_sent, timeout_s=30)
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle_s=0.5)
+        assert [bytes(r.value)[:1] for r in records] == [b"1", b"2"]
+        assert sent >= 3  # the first failed, and both went again
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
