@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,8 +24,11 @@ log = get_logger(__name__)
 # A connection lost, the hub stopping: 503; and the store unreachable or locked past its timeout
 # (`store_failed`, below: not a statement's own mistake, which SQLite reports as an OperationalError).
 UNAVAILABLE: tuple[type[Exception], ...] = (
-    ConnectionError,
+    # a connection refused or lost, a name that did not resolve (DNS down for a moment), "multiple
+    # exceptions" from a connect to every address of a name: input and output to a dependency
+    OSError,
     TimeoutError,
+    sa_exc.TimeoutError,  # no free connection in the store's pool in time: not a DBAPIError
     BatcherClosed,
 )
 RETRY_AFTER_S = 5

@@ -81,9 +81,11 @@ class IntakeBatcher:
         try:
             results = await self._in_one_transaction(batch)
         except Exception as exc:
-            # The store failing (down, locked past its timeout) fails each alone the same way, each
-            # after the same wait: the requests are answered now (503, Retry-After), not one by one.
-            if len(batch) == 1 or store_failed(exc):
+            # The store failing (down, locked past its timeout, a connection refused or timed out:
+            # the batch's work is the store's and the rules', so an OSError is the store's) fails each
+            # alone the same way, each after the same wait: the requests are answered now (503,
+            # Retry-After), not one by one.
+            if len(batch) == 1 or store_failed(exc) or isinstance(exc, OSError | TimeoutError):
                 for request in batch:
                     _fail(request, exc)
                 return

@@ -111,7 +111,13 @@ def _to_json(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
 
-def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+# How long opening a PostgreSQL connection may take (asyncpg waits 60 s): a server that accepts and
+# never answers (hung, or behind a frozen proxy) fails a request in seconds, answered with a 503,
+# instead of holding it, and every request behind it, for a minute a try.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def make_engine(url: str, *, echo: bool = False, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so concurrent components wait, not fail.
 
     Statement parameters are never put into error messages or logs: they hold BSNs and names.
@@ -152,7 +158,8 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # synchronous_commit on: a commit is durable before the hub acknowledges it (a server
         # configured otherwise would lose acknowledged commits in a crash)
         connect_args={
-            "server_settings": {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "on"}
+            "server_settings": {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "on"},
+            "timeout": connect_timeout_s,
         },
     )
 
@@ -176,9 +183,9 @@ async def migrate(engine: AsyncEngine, revision: str = "heads") -> None:
 class Store:
     """The hub's database: an engine and a session factory."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.url = url
-        self.engine = make_engine(url, echo=echo)
+        self.engine = make_engine(url, echo=echo, connect_timeout_s=connect_timeout_s)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer. Writers of this process queue here, in order, instead of polling
         # SQLite's lock: its busy handler sleeps up to 100 ms a try, which caps throughput far below

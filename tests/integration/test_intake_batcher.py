@@ -170,3 +170,33 @@ async def test_a_stopping_hub_takes_in_what_is_queued_and_refuses_the_rest_with_
         assert response.headers["Retry-After"] == "5"
         assert response.headers["content-type"] == "application/problem+json"
         assert await api.count() == 5
+
+
+async def test_a_store_that_never_answers_fails_the_batch_after_one_connect_timeout() -> None:
+    """A PostgreSQL server that accepts and never answers (hung, behind a frozen proxy): a connect
+    timed out after asyncpg's 60 s, a built-in TimeoutError the batcher did not take for the store's
+    failure, so it took the batch's requests in one after another, a minute each: the last of 200
+    was answered after hours. Each connect now gives up after the store's timeout, and a timeout fails
+    the batch at once: a handful of connects, not one a request."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = Store(f"postgresql+asyncpg://hub@127.0.0.1:{port}/test", connect_timeout_s=0.5)
+    batcher = IntakeBatcher(store, FailingFor(poison="none"))
+    items = [politie.parse(politie_variant(n)) for n in range(20)]
+    try:
+        answers = await asyncio.gather(
+            *(batcher.take_in(r, origin(f"tx-{i}")) for i, r in enumerate(items)), return_exceptions=True
+        )
+    finally:
+        await batcher.aclose()
+        await store.close()
+        server.close()
+        for writer in accepted:
+            writer.close()
+    assert all(isinstance(a, TimeoutError) for a in answers), answers
+    assert 1 <= len(accepted) < 5  # one connect a batch (it tried 1 + 20, a minute each)
