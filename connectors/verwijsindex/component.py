@@ -58,9 +58,10 @@ WITHHELD = delivery.WITHHELD  # the hub withdrew the signal before this command 
 NOT_IN_INDEX = delivery.NOT_IN_INDEX  # a withdrawal or contact change the index had no signal for
 # Why a contact change the index holds no signal for is a dead letter (no registration is on its way).
 NOT_REGISTERED = (
-    "the Verwijsindex holds no such signal and no registration of it is waiting (none parked or queued, "
-    "no open dead letter): register it again (`ketenhub signals register-again {signal_id}`, or POST "
-    "/ops/api/signals/{signal_id}/register-again), then replay this change or discard it"
+    "the Verwijsindex holds no such signal and no registration of it is waiting (none queued, on the"
+    " signal topic, parked, or an open dead letter): register it again (`ketenhub signals"
+    " register-again {signal_id}`, or POST /ops/api/signals/{signal_id}/register-again), then replay"
+    " this change or discard it"
 )
 _CHECKED = (commands.REGISTER, commands.CHANGE_CONTACT, commands.WITHDRAW)  # looked up per round
 _WITHDRAWN = {SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value}
@@ -191,10 +192,11 @@ class VerwijsindexConnector:
     replayed days later) borging or a caseworker may have moved the signal (rule 17), and the index
     must not be told of someone who left or may no longer signal. A change replayed after a newer one
     so names the newer contact. A change the index answers "no such signal" is moot, not a dead
-    letter, while a registration of the signal is on its way (parked, queued, or an open dead letter:
-    `waiting`): that registration, when it goes, names the contact the hub holds then. With none on
-    its way (the index lost the signal, or its registration's letter was discarded or outlived the
-    DLQ's term) nothing would register it again: the change is a dead letter saying so.
+    letter, while a registration of the signal is on its way (queued, on the signal topic, parked,
+    or an open dead letter: `waiting`): that registration, when it goes, names the contact the hub
+    holds then. With none on its way (the index lost the signal, or its registration's letter was
+    discarded or outlived the DLQ's term) nothing would register it again: the change is a dead
+    letter saying so.
 
     The index takes a registration once, and keeps the body of the PUT it took: when an earlier
     attempt got through with the contact then (its answer lost) and the contact changed since, every

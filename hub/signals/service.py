@@ -309,8 +309,9 @@ REGISTRATION_PATIENCE = timedelta(hours=1)
 
 
 class RegistrationOnItsWay(PermanentError):
-    """A registration of the signal is still on its way to the Verwijsindex (parked, queued, or an
-    open dead letter to replay): registering it again would disclose the youth to the index twice."""
+    """A registration of the signal is still on its way to the Verwijsindex (queued, on the signal
+    topic and not yet taken in, parked, or an open dead letter to replay), or was asked for a moment
+    ago: registering it again would disclose the youth to the index twice."""
 
 
 async def register_again(
@@ -350,9 +351,9 @@ async def register_again(
             and row.delivery_state in _ON_ITS_WAY
             and utcnow() - asked_at < REGISTRATION_PATIENCE
         ):
-            # under the signal's lock: a second request at once (a double click, two operators), or one
-            # whose registration is published and not yet taken up, which `waits` cannot see. For a
-            # while only: a registration whose fate was never recorded must not block the signal
+            # under the signal's lock: a second request at once (a double click, two operators), which
+            # `waits` may not see yet (the first not committed when it looked). For a while only: a
+            # registration whose fate was never recorded must not block the signal
             again = (asked_at + REGISTRATION_PATIENCE).isoformat(timespec="seconds")
             raise RegistrationOnItsWay(
                 f"a registration of signal {signal_id!r} was queued for the Verwijsindex at"

@@ -1,11 +1,12 @@
-"""Whether a signal's registration is still on its way to the Verwijsindex: the port the
-Verwijsindex connector asks, so that it needs no knowledge of where the hub keeps its commands.
+"""Whether a signal's registration is still on its way to the Verwijsindex: the port the Verwijsindex
+connector asks, so that it needs no knowledge of where the hub keeps its commands.
 
 A contact change the index answers "no such signal" for is moot only while a registration of the
-signal will still go (it names the contact the hub holds then): parked on the retry ladder, queued in
-the outbox (a dead letter being replayed, or being written), or an open dead letter an operator can
-replay. Otherwise the index lost the signal (or never got it: its letter was discarded or outlived
-the DLQ topic's term), nothing will register it again, and the change must not pass for done.
+signal will still go (it names the contact the hub holds then): queued in the outbox (a dead letter
+being replayed, or being written), published and not yet taken in by the connector, parked on the
+retry ladder, or an open dead letter an operator can replay. Otherwise the index lost the signal (or
+never got it: its letter was discarded or outlived the DLQ topic's term), nothing will register it
+again, and the change must not pass for done.
 
 The signal's row cannot tell: it names the latest command only, and queueing the change itself
 replaced what it said of the registration. `dlq_actions` records what was done with a letter, never
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, select
 
 from hub.config import KafkaSettings
 from hub.errors import TransientError
@@ -59,34 +60,33 @@ def registration_waits(
     taken_in = exists().where(and_(inbox.c.consumer == group, inbox.c.message_id == outbox.c.message_id))
 
     async def waits(signal_id: str, youth_key: str) -> bool:
-        async with store.read() as session:
-            held = await session.execute(
-                select(parked.c.headers).where(parked.c.ladder == ladder, parked.c.key == youth_key)
-            )
-            if any(registers(row.headers, signal_id) for row in held):
-                return True
-            queued = await session.execute(
-                select(outbox.c.headers).where(
-                    outbox.c.sent_at.is_(None),
-                    outbox.c.key == youth_key,
-                    or_(outbox.c.topic == topic, outbox.c.topic == dlq_topic),
-                )
-            )
-            if any(registers(row.headers, signal_id) for row in queued):
-                return True
+        # Looked in the order a registration moves: queued, published, taken in (the inbox entry and
+        # the parking in one transaction), dead-lettered (queued for the DLQ topic, then on it). Each
+        # look sees what was committed when it runs, so one that moved on between two looks is found
+        # by the later one, not missed by both.
+        on_its_way = (
+            select(outbox.c.headers).where(
+                outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == topic
+            ),
             # published, and not yet taken in: a contact change queued since is the signal's latest
-            # command, so nothing else says a registration is on the topic (an hour's lag at most:
-            # sent rows are purged after that, and the row's own check holds for as long)
-            on_topic = await session.execute(
-                select(outbox.c.headers).where(
-                    outbox.c.sent_at.is_not(None),
-                    outbox.c.key == youth_key,
-                    outbox.c.topic == topic,
-                    ~taken_in,
-                )
-            )
-            if any(registers(row.headers, signal_id) for row in on_topic):
-                return True
+            # command, so nothing else says a registration is on the topic (for the relay's `keep`,
+            # an hour: sent rows are purged after that)
+            select(outbox.c.headers).where(
+                outbox.c.sent_at.is_not(None),
+                outbox.c.message_id.is_not(None),
+                outbox.c.key == youth_key,
+                outbox.c.topic == topic,
+                ~taken_in,
+            ),
+            select(parked.c.headers).where(parked.c.ladder == ladder, parked.c.key == youth_key),
+            select(outbox.c.headers).where(
+                outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == dlq_topic
+            ),
+        )
+        async with store.read() as session:
+            for query in on_its_way:
+                if any(registers(row.headers, signal_id) for row in await session.execute(query)):
+                    return True
         try:
             found = await letters.find(Filter(key=youth_key))  # open ones only
         except BrokersUnavailable as exc:
