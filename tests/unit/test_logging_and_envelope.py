@@ -96,6 +96,23 @@ def test_a_bsn_in_groups_followed_or_preceded_by_another_number_is_still_redacte
         assert redact_text(kept) == kept, kept
 
 
+def test_a_bsn_glued_to_letters_or_split_by_dashes_is_redacted_and_ids_are_kept() -> None:
+    """The console's masking took "bsn111222333", "111222333abc" and "111-222-333" for a BSN; the
+    log's redaction let all three through (a dead letter's error text, a problem's detail)."""
+    for text in ("bsn111222333", "BSN111222333 gezien", "111222333abc", "111-222-333", "(bsn: 11-1222-333)"):
+        out = redact_text(text)
+        assert BSN not in out.replace("-", "") and REDACTED in out, (text, out)
+    youth_key = "9e1fd6b1b1b" + BSN + "aaaabbbbccccddddeeeeffff0000111122223333"  # a hex pseudonym
+    for kept in (
+        f"handover 12345678-6e01-4a2b-9c3d-a{BSN}b1 went",  # a UUID whose last group holds nine digits
+        f"youth {youth_key}",
+        "zaak PL1500-2025031201-1",
+        "op 2025-01-31",
+        "x111222334y",  # nine digits that fail the elfproef
+    ):
+        assert redact_text(kept) == kept, kept
+
+
 def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
     from hub.logging import setup_logging
 
