@@ -8,7 +8,8 @@ Three terms, in `KETENHUB_RETENTION__*`:
   the whole term is forgotten, not under way, and held its case for ever. An operator's reason for a
   dead-letter action (free text) is blanked after the same term, and a problem resolved that long
   ago (its resolution may be an administrator's free text) is deleted;
-- a signal and its matches go `signal_days` after the signal's end date (rule 12), once its last
+- a signal and its matches go `signal_days` after the signal's end date (rule 12), or after the day it
+  was withdrawn (rule 15: wrongly registered, or the risk gone, it has no use left), once its last
   command was delivered or its dead letter passed the DLQ topic's term (30 days: nothing can replay
   it); a signal whose command still waits, or can still be replayed, stays in sight;
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
@@ -33,14 +34,14 @@ import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import audit_row, write_audits
-from hub.clock import local_day
+from hub.clock import LOCAL, local_day
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
@@ -54,10 +55,12 @@ from hub.store import Store
 from hub.store.locks import try_lock_youths
 from hub.store.tables import audit_log
 from schemas.envelope import utcnow
+from schemas.signal import SignalStatus
 
 log = get_logger(__name__)
 SYSTEM = "ketenhub-retention"
 CHUNK = 200  # youths or signals purged a transaction
+WITHDRAWN = (SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value)  # rule 15
 SETTLED = ("delivered", "withheld")  # a signal's last command reached the Verwijsindex, or needed not
 AUDIT_CHUNK = 5_000  # audit entries deleted a transaction (SQLite's one writer is not held long)
 
@@ -179,14 +182,19 @@ async def _old_cases(
 async def _ended_signals(
     session: AsyncSession, before: date, letters_gone: datetime, among: list[str] | None = None
 ) -> list[tuple[str, str]]:
-    """(signal id, youth key) of signals that ended before `before`, their last command delivered,
-    or dead-lettered before `letters_gone`; of `among` only, when given (looked at again in the
-    purging transaction)."""
+    """(signal id, youth key) of signals that ended before `before` (their end date, or the day they
+    were withdrawn: the latest change of a withdrawn signal is on or after that day), their last
+    command delivered, or dead-lettered before `letters_gone`; of `among` only, when given (looked
+    at again in the purging transaction)."""
     settled = signals.c.delivery_state.in_(SETTLED) | (
         # its letter is gone with the DLQ topic's term: nothing can replay the command any more
         (signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone)
     )
-    query = select(signals.c.signal_id, signals.c.youth_key).where(signals.c.end_date < before, settled)
+    withdrawn = signals.c.status.in_(WITHDRAWN) & (
+        signals.c.updated_at < datetime.combine(before, time.min, LOCAL)
+    )
+    ended = (signals.c.end_date < before) | withdrawn
+    query = select(signals.c.signal_id, signals.c.youth_key).where(ended, settled)
     if among is not None:
         query = query.where(signals.c.signal_id.in_(among))
     rows = await session.execute(query.order_by(signals.c.signal_id))
