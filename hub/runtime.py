@@ -24,7 +24,7 @@ from hub.metrics import Metrics
 from hub.spine import Relay, Spine
 from hub.spine.dlq import safe_error_message
 from hub.store import Store
-from hub.topics import Topic, all_topics, inbox_term, prefixed
+from hub.topics import VERWIJSINDEX_GROUP, VERWIJSINDEX_SIGNAL, Topic, all_topics, inbox_term, prefixed
 from schemas.envelope import utcnow
 
 log = get_logger(__name__)
@@ -94,6 +94,10 @@ class Hub:
             gather_s=s.kafka.outbox_gather_ms / 1000,
             max_message_bytes=s.kafka.max_message_bytes,
             inbox_keep=_inbox_keep(s, topics),
+            # a registration published and not yet taken in by the Verwijsindex connector, wherever
+            # that runs, is on its way: kept in sight for register-again's check (hub.signals.waiting)
+            watched={s.kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name: self.group(VERWIJSINDEX_GROUP)},
+            watched_keep=timedelta(milliseconds=VERWIJSINDEX_SIGNAL.retention_ms),
         )
         self.broker = KafkaBroker(
             self.bootstrap,

@@ -42,6 +42,7 @@ HANDOVER_STATUS = Topic("handover.status.v1", description="retired: answers go o
 HANDOVER_DISPATCH = Topic("handover.dispatch.v1", description="consent-checked handovers to deliver")
 VERWIJSINDEX_SIGNAL = Topic("verwijsindex.signal.v1", description="signal commands to the Verwijsindex")
 VERWIJSINDEX_MATCH = Topic("verwijsindex.match.v1", description="matches from the Verwijsindex")
+VERWIJSINDEX_GROUP = "verwijsindex"  # the component whose consumer group takes VERWIJSINDEX_SIGNAL in
 NOTIFICATION_MAIL = Topic("notification.mail.v1", description="mails to caseworkers")
 
 # The retry ladders by name (`retry_parked.ladder`), and the topic each delivers from: an operator's

@@ -13,8 +13,9 @@ replaced what it said of the registration. `dlq_actions` records what was done w
 that one exists or has gone with the topic's term. So this looks where the registration is: the
 parking lot and the outbox (the store), the signal topic itself (published by the relay and not yet
 taken in by the connector's consumer group: a sent outbox row whose message id is not in that
-group's inbox; sent rows are kept for the relay's `keep`, an hour by default), and the DLQ topic as
-the operator console reads it (open: on the topic, no action taken on it).
+group's inbox; the relay keeps such rows until the group took them in, the topic's retention at
+most), and the DLQ topic as the operator console reads it (open: on the topic, no action taken on
+it).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from hub.retry.tables import parked
 from hub.signals import commands
 from hub.store import Store
 from hub.store.tables import inbox, outbox
-from hub.topics import VERWIJSINDEX_SIGNAL
+from hub.topics import VERWIJSINDEX_GROUP, VERWIJSINDEX_SIGNAL
 from schemas.envelope import H_CORRELATION_ID, H_MESSAGE_TYPE
 
 # (signal id, youth key) -> whether a registration of the signal is on its way
 RegistrationWaits = Callable[[str, str], Awaitable[bool]]
-LADDER = "verwijsindex"  # the Verwijsindex connector's retry ladder (and its name)
+LADDER = VERWIJSINDEX_GROUP  # the Verwijsindex connector's retry ladder (and its name, and its group)
 
 
 def registers(headers: Mapping[str, Any] | None, signal_id: str) -> bool:
@@ -69,8 +70,8 @@ def registration_waits(
                 outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == topic
             ),
             # published, and not yet taken in: a contact change queued since is the signal's latest
-            # command, so nothing else says a registration is on the topic (for the relay's `keep`,
-            # an hour: sent rows are purged after that)
+            # command, so nothing else says a registration is on the topic (the relay keeps these rows
+            # until taken in: `Relay.watched`)
             select(outbox.c.headers).where(
                 outbox.c.sent_at.is_not(None),
                 outbox.c.message_id.is_not(None),

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Row, Select, and_, bindparam, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import aware
@@ -140,9 +140,16 @@ class Relay:
         max_message_bytes: int = 1_048_588,
         mark_every_s: float = 0.1,
         inbox_keep: timedelta | None = None,
+        watched: Mapping[str, str] | None = None,
+        watched_keep: timedelta = timedelta(days=7),
     ) -> None:
         self.store, self.producer, self.batch, self.poll_s, self.keep = store, producer, batch, poll_s, keep
         self.gather_s, self.max_message_bytes, self.inbox_keep = gather_s, max_message_bytes, inbox_keep
+        # topic -> the consumer group that takes it in: a sent row of such a topic is kept until that
+        # group has taken its message in (its inbox holds the id), `watched_keep` (the topic's
+        # retention) at most; the hub asks them whether a message is still on its way
+        # (hub.signals.waiting)
+        self.watched, self.watched_keep = dict(watched or {}), watched_keep
         self.parked = 0
         self.last_published_at: datetime | None = None
         self.partitioner = KeyPartitioner()  # as the producer's own (make_producer)
@@ -404,8 +411,17 @@ class Relay:
         is kept as long as a dead letter (30 days): the alert on it fires all that time. An inbox
         entry is kept while a topic may still deliver its message again (`inbox_keep`)."""
         now = utcnow()
+        past = outbox.c.sent_at < now - self.keep
+        held = [
+            and_(
+                outbox.c.topic == topic,
+                outbox.c.sent_at >= now - self.watched_keep,
+                ~exists().where(inbox.c.consumer == group, inbox.c.message_id == outbox.c.message_id),
+            )
+            for topic, group in self.watched.items()
+        ]
         async with self.store.transaction() as session:
-            await session.execute(delete(outbox).where(outbox.c.sent_at < now - self.keep))
+            await session.execute(delete(outbox).where(and_(past, ~or_(*held)) if held else past))
             gone = await session.execute(
                 delete(outbox_parked).where(outbox_parked.c.parked_at < now - PARKED_TERM)
             )

@@ -378,3 +378,43 @@ async def test_a_batch_that_expires_is_not_overtaken_by_the_next_one_of_its_part
         relay.stop()
         await asyncio.wait_for(task, 10)
         await producer.stop()
+
+
+async def test_a_sent_row_of_a_watched_topic_is_kept_until_its_group_took_it_in(
+    kafka: EmbeddedKafka, store: Store, unique: str
+) -> None:
+    """Sent rows went after an hour. Whether a signal's registration is still on its way looks for one
+    published and not yet taken in by the Verwijsindex connector: with the connector down for more
+    than an hour the row was gone, and an operator's register-again disclosed the youth a second time.
+    A watched topic's sent row stays until its group took it in, the topic's retention at most."""
+    watched, other, group = f"{unique}.watched", f"{unique}.other", f"g{unique}"
+    now = utcnow()
+    rows = [  # (topic, message id, sent)
+        (watched, "waiting", now - timedelta(hours=3)),
+        (watched, "taken-in", now - timedelta(hours=3)),
+        (watched, "past-the-topics-retention", now - timedelta(days=8)),
+        (watched, "recent", now - timedelta(minutes=5)),
+        (other, "waiting", now - timedelta(hours=3)),
+    ]
+    async with store.transaction() as session:
+        await session.execute(
+            insert(outbox),
+            [
+                {"topic": t, "key": "youth-a", "value": b"v", "headers": {}, "message_id": m,
+                 "created_at": sent, "sent_at": sent}
+                for t, m, sent in rows
+            ],
+        )  # fmt: skip
+        await session.execute(
+            insert(inbox), [{"consumer": group, "message_id": "taken-in", "processed_at": now}]
+        )
+    producer = make_producer({"bootstrap_servers": kafka.bootstrap})
+    await producer.start()
+    try:
+        relay = Relay(store, producer, watched={watched: group}, watched_keep=timedelta(days=7))
+        await relay.purge_sent()
+    finally:
+        await producer.stop()
+    async with store.connect() as conn:
+        kept = (await conn.execute(select(outbox.c.topic, outbox.c.message_id))).all()
+    assert sorted(kept) == [(watched, "recent"), (watched, "waiting")]
