@@ -416,6 +416,7 @@ class Relay:
             and_(
                 outbox.c.topic == topic,
                 outbox.c.sent_at >= now - self.watched_keep,
+                outbox.c.message_id.is_not(None),  # no inbox could hold it
                 ~exists().where(inbox.c.consumer == group, inbox.c.message_id == outbox.c.message_id),
             )
             for topic, group in self.watched.items()
