@@ -88,16 +88,19 @@ class Hub:
         await ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor)
         producer = make_producer(self.kafka_options)
         await producer.start()
+        inbox_keep = _inbox_keep(s, topics)
+        # a registration published and not yet taken in by the Verwijsindex connector, wherever that
+        # runs, is on its way: kept in sight for register-again's check (hub.signals.waiting), as long
+        # as the topic holds it, and no longer than the inbox tells it was taken in
+        retained = timedelta(milliseconds=VERWIJSINDEX_SIGNAL.retention_ms)
         self.relay = Relay(
             self.store,
             producer,
             gather_s=s.kafka.outbox_gather_ms / 1000,
             max_message_bytes=s.kafka.max_message_bytes,
-            inbox_keep=_inbox_keep(s, topics),
-            # a registration published and not yet taken in by the Verwijsindex connector, wherever
-            # that runs, is on its way: kept in sight for register-again's check (hub.signals.waiting)
+            inbox_keep=inbox_keep,
             watched={s.kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name: self.group(VERWIJSINDEX_GROUP)},
-            watched_keep=timedelta(milliseconds=VERWIJSINDEX_SIGNAL.retention_ms),
+            watched_keep=retained if inbox_keep is None else min(retained, inbox_keep),
         )
         self.broker = KafkaBroker(
             self.bootstrap,

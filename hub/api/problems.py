@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,13 +24,20 @@ log = get_logger(__name__)
 # A connection lost, the hub stopping: 503; and the store unreachable or locked past its timeout
 # (`store_failed`, below: not a statement's own mistake, which SQLite reports as an OperationalError).
 UNAVAILABLE: tuple[type[Exception], ...] = (
-    # a connection refused or lost, a name that did not resolve (DNS down for a moment), "multiple
-    # exceptions" from a connect to every address of a name: input and output to a dependency
-    OSError,
+    ConnectionError,  # refused, reset, lost
     TimeoutError,
+    socket.gaierror,  # the store's name did not resolve: DNS down for a moment
     sa_exc.TimeoutError,  # no free connection in the store's pool in time: not a DBAPIError
     BatcherClosed,
 )
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """A plain OSError that says a connect failed: asyncio's "Multiple exceptions" when every address
+    of a name refused it. Any other OSError (a file the hub's own package lacks) is the hub's fault."""
+    return type(exc) is OSError and "Connect call failed" in str(exc)
+
+
 RETRY_AFTER_S = 5
 
 
@@ -204,6 +212,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         # Another database error: the store breaking a deadlock (PostgreSQL) is worth trying again
         # like an outage, nothing having been kept; any other is the hub's own fault.
         if store_failed(exc):
+            return await _unavailable(request, exc)
+        return await _unexpected(request, exc)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+        if connect_failed(exc):
             return await _unavailable(request, exc)
         return await _unexpected(request, exc)
 

@@ -9,7 +9,8 @@ Three terms, in `KETENHUB_RETENTION__*`:
   dead-letter action (free text) is blanked after the same term, and a problem resolved that long
   ago (its resolution may be an administrator's free text) is deleted;
 - a signal and its matches go `signal_days` after the signal's end date (rule 12), or after the day it
-  was withdrawn (rule 15: wrongly registered, or the risk gone, it has no use left), once its last
+  was withdrawn (rule 15: wrongly registered, or the risk gone, it has no use left) once the dead
+  letters of its earlier commands are past the DLQ topic's term (30 days), once its last
   command was delivered or its dead letter passed the DLQ topic's term (30 days: nothing can replay
   it); a signal whose command still waits, or can still be replayed, stays in sight;
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
@@ -182,16 +183,20 @@ async def _old_cases(
 async def _ended_signals(
     session: AsyncSession, before: date, letters_gone: datetime, among: list[str] | None = None
 ) -> list[tuple[str, str]]:
-    """(signal id, youth key) of signals that ended before `before` (their end date, or the day they
-    were withdrawn: the latest change of a withdrawn signal is on or after that day), their last
-    command delivered, or dead-lettered before `letters_gone`; of `among` only, when given (looked
-    at again in the purging transaction)."""
+    """(signal id, youth key) of signals that ended before `before` (their end date), or were
+    withdrawn before it and before `letters_gone` (the latest change of a withdrawn signal is on or
+    after its withdrawal, and no command can follow one: a dead letter of an earlier command is past
+    the DLQ's term then, and no replay finds the signal gone), their last command delivered, or
+    dead-lettered before `letters_gone`; of `among` only, when given (looked at again in the purging
+    transaction)."""
     settled = signals.c.delivery_state.in_(SETTLED) | (
         # its letter is gone with the DLQ topic's term: nothing can replay the command any more
         (signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone)
     )
-    withdrawn = signals.c.status.in_(WITHDRAWN) & (
-        signals.c.updated_at < datetime.combine(before, time.min, LOCAL)
+    withdrawn = (
+        signals.c.status.in_(WITHDRAWN)
+        & (signals.c.updated_at < datetime.combine(before, time.min, LOCAL))
+        & (signals.c.updated_at < letters_gone)
     )
     ended = (signals.c.end_date < before) | withdrawn
     query = select(signals.c.signal_id, signals.c.youth_key).where(ended, settled)

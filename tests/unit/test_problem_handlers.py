@@ -19,7 +19,10 @@ FAILURES: dict[str, Exception] = {
     # the store's name did not resolve (DNS restarting)
     "dns": socket.gaierror(-3, "Temporary failure in name resolution"),
     # a connect to every address of a name failed (asyncio's "Multiple exceptions")
-    "every-address": OSError("Multiple exceptions: [Errno 111] Connect call failed"),
+    "every-address": OSError(
+        "Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 5432), [Errno 99] Cannot"
+        " assign requested address"
+    ),
     "refused": ConnectionRefusedError(111, "Connection refused"),
     "timed-out": TimeoutError(),
 }
@@ -39,10 +42,8 @@ def app() -> FastAPI:
     for name, failure in FAILURES.items():
         app.get(f"/{name}")(_raising(failure))
 
-    async def bug() -> None:
-        raise ValueError("a mistake of the hub's own")
-
-    app.get("/bug")(bug)
+    app.get("/bug")(_raising(ValueError("a mistake of the hub's own")))
+    app.get("/missing-file")(_raising(FileNotFoundError(2, "No such file", "hub/static/login.html")))
     return app
 
 
@@ -57,8 +58,10 @@ async def test_a_dependency_that_fails_is_a_503_with_retry_after(app: FastAPI, n
     assert "Connection refused" not in r.text and "QueuePool" not in r.text  # no internals
 
 
-async def test_the_hubs_own_mistake_stays_a_500(app: FastAPI) -> None:
+@pytest.mark.parametrize("path", ["/bug", "/missing-file"])
+async def test_the_hubs_own_mistake_stays_a_500(app: FastAPI, path: str) -> None:
+    """Not a 503 that tells the sender to come back: a file the hub lacks is missing for good."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
-        r = await client.get("/bug")
+        r = await client.get(path)
     assert r.status_code == 500 and "retry-after" not in r.headers
