@@ -64,7 +64,9 @@ def registration_waits(
         # Looked in the order a registration moves: queued, published, taken in (the inbox entry and
         # the parking in one transaction), dead-lettered (queued for the DLQ topic, then on it). Each
         # look sees what was committed when it runs, so one that moved on between two looks is found
-        # by the later one, not missed by both.
+        # by the later one, not missed by both. A replay moves a dead letter back to the start (the
+        # letter resolved and the record queued in one transaction): the first two looks are made
+        # again after the DLQ's, in a read of their own.
         on_its_way = (
             select(outbox.c.headers).where(
                 outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == topic
@@ -84,15 +86,21 @@ def registration_waits(
                 outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == dlq_topic
             ),
         )
-        async with store.read() as session:
-            for query in on_its_way:
-                if any(registers(row.headers, signal_id) for row in await session.execute(query)):
-                    return True
+
+        async def any_of(queries: tuple[Any, ...]) -> bool:
+            async with store.read() as session:
+                for query in queries:
+                    if any(registers(row.headers, signal_id) for row in await session.execute(query)):
+                        return True
+            return False
+
+        if await any_of(on_its_way):
+            return True
         try:
             found = await letters.find(Filter(key=youth_key))  # open ones only
         except BrokersUnavailable as exc:
             raise TransientError(f"whether the signal's registration is a dead letter: {exc}") from None
-        return any(registers(d.headers, signal_id) for d in found)
+        return any(registers(d.headers, signal_id) for d in found) or await any_of(on_its_way[:2])
 
     return waits
 

@@ -35,7 +35,8 @@ from hub.runtime import Hub
 from hub.signals import commands, register_again, request_contact_change, store_signal
 from hub.signals.service import REGISTRATION_PATIENCE, RegistrationOnItsWay
 from hub.signals.tables import signals
-from hub.signals.waiting import waits_of
+from hub.signals.waiting import registration_waits, waits_of
+from hub.spine import add_to_outbox
 from hub.spine.dlq import DLQ_EXC_MESSAGE
 from hub.store import Store
 from hub.store.tables import audit_log, outbox
@@ -609,6 +610,28 @@ async def test_a_registration_on_the_topic_behind_a_contact_change_is_on_its_way
         assert [m for m, _ in await path_log(admin, signal)] == ["PUT", "PATCH", "PUT"]
     finally:
         await hub.stop()
+
+
+async def test_a_registration_replayed_while_its_dead_letter_is_looked_for_is_on_its_way(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check looks where a registration is in the order it moves, the DLQ last; a replay moves it
+    back to the outbox. Replayed between the outbox's look and the DLQ's, it was in neither: a
+    contact change passed for a dead letter, or a register-again for a first registration."""
+    signal = a_signal(bsns(1, start=976_000_000)[0])
+    assert signal.signal_id
+    key, topic = youth_key(TEST_SECRET, signal.youth.bsn), "t.verwijsindex.signal.v1"
+
+    async def replayed_meanwhile(_self: DeadLetters, _filter: Any) -> list[Any]:
+        async with store.transaction() as session:  # the letter resolved, its record queued again
+            await add_to_outbox(session, topic, commands.register_command(signal, "t-1"), key=key)
+        return []  # no open letter any more
+
+    monkeypatch.setattr(DeadLetters, "find", replayed_meanwhile)
+    waits = registration_waits(
+        store, ladder=NAME, group="g-verwijsindex", topic=topic, dlq_topic=topic + ".dlq", options={}
+    )
+    assert await waits(signal.signal_id, key)
 
 
 async def _ops_login(client: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
