@@ -17,6 +17,7 @@ row), as the API demands. A BIJGEWERKT row lists each field it changed, with the
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -286,6 +287,8 @@ async def import_csv(
     try:
         async with store.read() as session:
             in_file = _created_by(rows, await _stored(session))
+    except (ConnectionError, TimeoutError, socket.gaierror) as exc:  # a connect that failed
+        raise ImportStopped(2) from exc
     except SQLAlchemyError as exc:
         if store_failed(exc):
             raise ImportStopped(2) from exc
@@ -320,6 +323,10 @@ async def _import_row(
         return RowResult(number, cw.caseworker_id, result, changes=changed)
     except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
         return RowResult(number, cw_id, "FOUT", _errors(exc))
+    except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+        # the store not reached (a connect refused, timed out, a name not resolved): the rows before
+        # are loaded, and the answer must say so, not that nothing was kept
+        raise ImportStopped(number) from exc
     except SQLAlchemyError as exc:
         if store_failed(exc):
             raise ImportStopped(number) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -394,8 +395,19 @@ async def test_a_row_the_database_refuses_is_reported_and_the_rest_load(
         assert await _audits(hub, "directory.imported", "cw-refused") == 0
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        sa_exc.OperationalError("SELECT", {}, ConnectionResetError("connection lost")),
+        # a connect that timed out or found no address comes through the driver unwrapped: it was a
+        # 503 saying nothing was kept, though the rows before were
+        TimeoutError(),
+        socket.gaierror(-3, "Temporary failure in name resolution"),
+    ],
+    ids=["connection-lost", "connect-timed-out", "name-not-resolved"],
+)
 async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
-    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+    kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
     """An unreachable store is not the row's fault: the import stops there and says so."""
     rows = (
@@ -408,7 +420,7 @@ async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
 
     async def lost_at_cw_2(session: AsyncSession, caseworker_id: str) -> Caseworker | None:
         if caseworker_id == "cw-2":
-            raise sa_exc.OperationalError("SELECT", {}, ConnectionResetError("connection lost"))
+            raise failure
         return await real(session, caseworker_id)
 
     monkeypatch.setattr(importer, "lock_caseworker", lost_at_cw_2)
