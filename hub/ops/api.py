@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -121,12 +121,59 @@ async def list_dead_letters(
     error_class: str | None = None,
     since: Annotated[datetime | None, Query(description=_MOMENT)] = None,
     until: Annotated[datetime | None, Query(description=_MOMENT)] = None,
-    key: str | None = None,
+    key: Annotated[
+        str | None, Query(description="a youth key; any other key: POST /ops/api/dlq/search")
+    ] = None,
     status: Annotated[str | None, Query(pattern="^(open|replayed|discarded|all)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """Oldest first; `status` open by default (all, replayed, discarded). Keys other than youth keys
-    are personal data: shown masked, and searched for only by a privacy officer (audited)."""
+    are personal data: shown masked, and searched for only by a privacy officer (audited), with the
+    key in the body of POST /ops/api/dlq/search, never in a URL (proxies and browsers keep URLs)."""
+    if key is not None and not is_youth_key(key):
+        raise Problem(
+            400,
+            "Key in the URL",
+            "A key other than a youth key (64 hex characters) is personal data, and a URL is kept in"
+            " access logs and browser history: search for it with POST /ops/api/dlq/search, the key"
+            " in the body.",
+        )
+    return await _search(request, op, topic, error_class, since, until, key, status, limit)
+
+
+class SearchBody(BaseModel):
+    """Which dead letters to list: a filter, as GET /ops/api/dlq takes it, with the key in the body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: Plain | None = None
+    error_class: Plain | None = None
+    since: datetime | None = Field(default=None, description=_MOMENT)
+    until: datetime | None = Field(default=None, description=_MOMENT)
+    key: Plain | None = None
+    status: Literal["open", "replayed", "discarded", "all"] | None = None
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+@router.post("/dlq/search", summary="Dead letters, filtered, the filter in the body")
+async def search_dead_letters(request: Request, op: Acting, body: SearchBody) -> dict[str, Any]:
+    """As GET /ops/api/dlq; for a key other than a youth key (a sender's own, a BSN even), which is
+    searched for only by a privacy officer, audited, and never put in a URL."""
+    b = body
+    return await _search(request, op, b.topic, b.error_class, b.since, b.until, b.key, b.status, b.limit)
+
+
+async def _search(
+    request: Request,
+    op: Operator,
+    topic: str | None,
+    error_class: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    key: str | None,
+    status: str | None,
+    limit: int,
+) -> dict[str, Any]:
     dead_letters = _console(request).dead_letters
     flt = _filter(op, topic, error_class, since, until, key, status)
     letters = await dead_letters.find(flt)

@@ -268,6 +268,13 @@ async function stillOpen(found) {
   return { total: found.total - (found.items.length - items.length), items };
 }
 
+// A search by a sender's key goes in a request's body, never its URL (proxies and browsers keep
+// URLs); a youth key is a pseudonym, listed as every other filter.
+function listDlq(filter) {
+  if (!bySendersKey(filter)) return api("/ops/api/dlq?" + filter.toString());
+  return api("/ops/api/dlq/search", { method: "POST", body: JSON.stringify(Object.fromEntries(filter)) });
+}
+
 // The list shows the filter last applied ("Filter"), not what is typed in the boxes since; "Replay
 // these" replays that filter, with the count of open letters it matched at the list's last refresh.
 let appliedDlq = new URLSearchParams();
@@ -286,7 +293,7 @@ async function refreshDlq(asked) {
   if (asked === true) appliedDlq = shown;
   let list;
   try {
-    list = found ? await stillOpen(found) : await api("/ops/api/dlq?" + shown.toString());
+    list = found ? await stillOpen(found) : await listDlq(shown);
   } catch (e) {  // not applied after all: the refreshes go on with the filter of the list shown
     if (asked === true && appliedDlq === shown) appliedDlq = shownDlq ? shownDlq.filter : new URLSearchParams();
     throw e;

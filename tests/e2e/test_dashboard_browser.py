@@ -374,9 +374,12 @@ async def test_mails_section_is_hidden_when_a_real_smtp_server_is_configured(
 
 async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -> None:
     """A privacy officer looks for the letter by its sender's own key (a BSN, it may be): one audited
-    search, not one more at every refresh of the dashboard."""
+    search, not one more at every refresh of the dashboard, and the key in no URL the page asks for
+    (proxies and browsers keep URLs)."""
     page = await browser.new_page()
     page.set_default_timeout(60_000)
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
     await page.goto(base + "/ops/login")
     await page.fill("#username", "pien")
     await page.fill("#password", PASSWORD)
@@ -396,6 +399,7 @@ async def _searched_once_by_the_senders_key(browser: Any, base: str, hub: Hub) -
             select(func.count()).select_from(audit_log).where(audit_log.c.action == "dlq.searched_by_key")
         )
         assert searches.scalar_one() == 1
+    assert urls and not [u for u in urls if "key-p" in u]
     await page.close()
 
 

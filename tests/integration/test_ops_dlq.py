@@ -346,7 +346,7 @@ async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_k
         assert bsn not in listed.text
         keys = {d["key"]: d["id"] for d in listed.json()["items"]}
         assert keys.keys() == {MASK, youth}
-        by_bsn = await client.get("/ops/api/dlq", params={"key": bsn})
+        by_bsn = await client.post("/ops/api/dlq/search", json={"key": bsn})
         assert by_bsn.status_code == 403 and bsn not in by_bsn.text
         assert (await client.post("/ops/api/dlq/replay", json={"key": bsn})).status_code == 403
         by_youth = (await client.get("/ops/api/dlq", params={"key": youth})).json()
@@ -361,7 +361,11 @@ async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_k
         assert (await privacy.get(f"/ops/api/dlq/{keys[MASK]}")).json()["key"] == MASK
         plain = (await privacy.get(f"/ops/api/dlq/{keys[MASK]}", params={"unmask": True})).json()
         assert plain["key"] == bsn  # unmasked, and audited
-        found = await privacy.get("/ops/api/dlq", params={"key": bsn})
+        # a BSN in a URL is kept in access logs and browser history: the key goes in the body
+        in_url = await privacy.get("/ops/api/dlq", params={"key": bsn})
+        assert in_url.status_code == 400 and "POST /ops/api/dlq/search" in in_url.json()["detail"]
+        assert bsn not in in_url.text
+        found = await privacy.post("/ops/api/dlq/search", json={"key": bsn})
         assert found.status_code == 200 and bsn not in found.text
         assert [d["id"] for d in found.json()["items"]] == [keys[MASK]]
         assert await _actions(hub, "dlq.") == [
