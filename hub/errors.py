@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
+# A plain OSError with one of these numbers is a connect that found no way to its peer.
+_UNREACHABLE = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
+)
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """Whether `exc` says a connection to a dependency could not be made or was lost: refused, reset,
+    timed out, a name that did not resolve, no route; or the "Multiple exceptions: ..." OSError that
+    asyncio and uvloop raise when every address of a name failed. Any other OSError (a file the hub's
+    own package lacks, a permission) is not: it fails the same way when tried again."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    return type(exc) is OSError and (exc.errno in _UNREACHABLE or str(exc).startswith("Multiple exceptions"))
+
 
 class HubError(Exception):
     """Root of every error the hub raises on purpose. Messages never carry a BSN or a name."""

@@ -35,15 +35,17 @@ _GROUPED_RUN = re.compile(r"(?<![0-9A-Za-z-])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z]
 _SEPARATOR = re.compile(r"([ .])")
 _INTERNATIONAL = re.compile(r"00[1-9][0-9]{0,2}")  # "0031", "0032": how a phone number may begin
 REDACTED = "[bsn-redacted]"
-# Nine digits glued to letters ("bsn111222333", "BSN111222333x") or in groups split by dashes
+# Nine digits glued to letters ("bsn111222333", "111222333abc") or in groups split by dashes
 # ("111-222-333"): taken for a BSN when they pass the elfproef, as the operator console's masking
 # does. Not inside a hub id, where nine digits pass by chance one time in eleven: a UUID, or a token
-# of lowercase hex with a letter in it (a replay job's id, a span id, a youth key, a hash). A token is
-# matched whole and looked into once: the text is read in linear time, however long a run is.
+# of 16 or more lowercase hex characters with a letter in it (a replay job's id, a span or trace id,
+# a youth key, a hash). A token is matched whole and looked into once, by set and regex passes that
+# are linear: the text is read in linear time, however long a run is.
 _TOKEN = re.compile(r"[0-9A-Za-z]+")
 _DASHED = re.compile(r"(?<![0-9A-Za-z-])[0-9]{2,}(?:-[0-9]{2,})+(?![0-9A-Za-z-])")
 _NINE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
-_HEX_ID = re.compile(r"[0-9a-f]*[a-f][0-9a-f]*")
+_HEX = frozenset("0123456789abcdef")
+HEX_ID_MIN = 16  # the shortest hex id the hub hands out (a replay job's)
 _UUID_ALONE = re.compile(rf"(?<![0-9A-Za-z]){_UUID}(?![0-9A-Za-z])")
 
 
@@ -81,8 +83,10 @@ def _redact_groups(match: re.Match[str]) -> str:
 
 def _redact_glued(match: re.Match[str]) -> str:
     token = match.group()
-    if len(token) < 10 or token.isdigit() or token.isalpha() or _HEX_ID.fullmatch(token):
-        return token  # nine digits alone were judged before; a hex id is kept whole
+    if len(token) < 10 or token.isdigit() or token.isalpha():
+        return token  # nine digits alone were judged before
+    if len(token) >= HEX_ID_MIN and set(token) <= _HEX:
+        return token  # a hex id (not digits alone: the test above), kept whole
     return _NINE.sub(lambda m: REDACTED if is_valid_bsn(m.group()) else m.group(), token)
 
 

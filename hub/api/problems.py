@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.errors import DependencyDown
+from hub.errors import DependencyDown, connect_failed
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
 from hub.store import store_failed
@@ -30,12 +30,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.TimeoutError,  # no free connection in the store's pool in time: not a DBAPIError
     BatcherClosed,
 )
-
-
-def connect_failed(exc: BaseException) -> bool:
-    """A plain OSError that says a connect failed: asyncio's "Multiple exceptions" when every address
-    of a name refused it. Any other OSError (a file the hub's own package lacks) is the hub's fault."""
-    return type(exc) is OSError and "Connect call failed" in str(exc)
 
 
 RETRY_AFTER_S = 5
@@ -219,7 +213,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _os_error(request: Request, exc: Exception) -> JSONResponse:
         if connect_failed(exc):
             return await _unavailable(request, exc)
-        return await _unexpected(request, exc)
+        raise exc  # the hub's own fault: the 500 below, and the server logs its traceback
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,6 @@ row), as the API demands. A BIJGEWERKT row lists each field it changed, with the
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -33,6 +32,7 @@ from hub.directory.ids import id_problem
 from hub.directory.importer_csv import ImportFileError, Row, read_rows
 from hub.directory.service import create_caseworker, lock_caseworker, replace_caseworker
 from hub.directory.tables import caseworkers
+from hub.errors import connect_failed
 from hub.signals.rules import phone_problem
 from hub.store import Store, store_failed
 from schemas.caseworker import Absence, Caseworker, Team
@@ -287,8 +287,10 @@ async def import_csv(
     try:
         async with store.read() as session:
             in_file = _created_by(rows, await _stored(session))
-    except (ConnectionError, TimeoutError, socket.gaierror) as exc:  # a connect that failed
-        raise ImportStopped(2) from exc
+    except OSError as exc:
+        if connect_failed(exc):  # the store not reached
+            raise ImportStopped(2) from exc
+        raise
     except SQLAlchemyError as exc:
         if store_failed(exc):
             raise ImportStopped(2) from exc
@@ -323,10 +325,12 @@ async def _import_row(
         return RowResult(number, cw.caseworker_id, result, changes=changed)
     except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
         return RowResult(number, cw_id, "FOUT", _errors(exc))
-    except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+    except OSError as exc:
         # the store not reached (a connect refused, timed out, a name not resolved): the rows before
         # are loaded, and the answer must say so, not that nothing was kept
-        raise ImportStopped(number) from exc
+        if connect_failed(exc):
+            raise ImportStopped(number) from exc
+        raise
     except SQLAlchemyError as exc:
         if store_failed(exc):
             raise ImportStopped(number) from exc

@@ -150,7 +150,8 @@ class SearchBody(BaseModel):
     error_class: Plain | None = None
     since: datetime | None = Field(default=None, description=_MOMENT)
     until: datetime | None = Field(default=None, description=_MOMENT)
-    key: Plain | None = None
+    # a sender's key as it was sent, control characters and all: a letter under it is found too
+    key: str | None = Field(default=None, max_length=1000)
     status: Literal["open", "replayed", "discarded", "all"] | None = None
     limit: int = Field(default=200, ge=1, le=1000)
 

@@ -42,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 from hub.audit import AuditEntry, write_audit
 from hub.clock import Clock, aware
 from hub.handovers.tables import handovers
-from hub.logging import get_logger
+from hub.logging import HEX_ID_MIN, get_logger
 from hub.ops import dlq_jobs
 from hub.ops.dlq_jobs import ABANDONED, DONE, FAILED, STALE_AFTER, JobAbandoned, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
@@ -504,7 +504,10 @@ class DeadLetters:
         # that the one replayed is the one the list shows as the message; otherwise in the order given
         letters = sorted(letters, key=lambda d: d.copy_of is not None)
         now = self.clock()
-        job = ReplayJob(id=uuid.uuid4().hex[:12], total=len(letters), operator=operator, filter=what[:500])
+        # an id of HEX_ID_MIN hex characters: kept whole by the log's redaction (hub.logging)
+        job = ReplayJob(
+            id=uuid.uuid4().hex[:HEX_ID_MIN], total=len(letters), operator=operator, filter=what[:500]
+        )
         await dlq_jobs.claim(self.store, job, now, self.stale_after)
         self.running[job.id] = job
         job.task = asyncio.create_task(self._run(job, letters, batch), name=f"dlq-replay-{job.id}")

@@ -65,8 +65,9 @@ def registration_waits(
         # the parking in one transaction), dead-lettered (queued for the DLQ topic, then on it). Each
         # look sees what was committed when it runs, so one that moved on between two looks is found
         # by the later one, not missed by both. A replay moves a dead letter back to the start (the
-        # letter resolved and the record queued in one transaction): the first two looks are made
-        # again after the DLQ's, in a read of their own.
+        # letter resolved and the record queued in one transaction), and it may move on from there
+        # while the DLQ is read: the store's looks are made again after the DLQ's, in a read of
+        # their own.
         on_its_way = (
             select(outbox.c.headers).where(
                 outbox.c.sent_at.is_(None), outbox.c.key == youth_key, outbox.c.topic == topic
@@ -100,7 +101,7 @@ def registration_waits(
             found = await letters.find(Filter(key=youth_key))  # open ones only
         except BrokersUnavailable as exc:
             raise TransientError(f"whether the signal's registration is a dead letter: {exc}") from None
-        return any(registers(d.headers, signal_id) for d in found) or await any_of(on_its_way[:2])
+        return any(registers(d.headers, signal_id) for d in found) or await any_of(on_its_way)
 
     return waits
 

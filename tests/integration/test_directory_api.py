@@ -403,8 +403,9 @@ async def test_a_row_the_database_refuses_is_reported_and_the_rest_load(
         # 503 saying nothing was kept, though the rows before were
         TimeoutError(),
         socket.gaierror(-3, "Temporary failure in name resolution"),
+        OSError("Multiple exceptions: [Errno 111] Connection refused, [Errno 99] Cannot assign address"),
     ],
-    ids=["connection-lost", "connect-timed-out", "name-not-resolved"],
+    ids=["connection-lost", "connect-timed-out", "name-not-resolved", "every-address-refused"],
 )
 async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
     kafka: EmbeddedKafka, db_url: str, unique: str, monkeypatch: pytest.MonkeyPatch, failure: Exception

@@ -23,6 +23,11 @@ FAILURES: dict[str, Exception] = {
         "Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 5432), [Errno 99] Cannot"
         " assign requested address"
     ),
+    # the same from uvloop, which `ketenhub run` serves on
+    "every-address-uvloop": OSError(
+        "Multiple exceptions: [Errno 111] Connection refused, [Errno 99] Cannot assign requested address"
+    ),
+    "no-route": OSError(113, "No route to host"),
     "refused": ConnectionRefusedError(111, "Connection refused"),
     "timed-out": TimeoutError(),
 }
