@@ -214,6 +214,24 @@ class World:
         assert r.status_code == 202, r.text
         return str(r.json()["handover_id"])
 
+    async def consent_from(self, referral_id: str, days: int, **changes: Any) -> dict[str, Any]:
+        """A consent that starts `days` from today, for 90 days."""
+        return await self.consent(
+            referral_id,
+            valid_from=(today() + timedelta(days=days)).isoformat(),
+            valid_until=(today() + timedelta(days=90)).isoformat(),
+            **changes,
+        )
+
+    async def routed(self, handover_id: str) -> dict[str, Any]:
+        """The handover's state once routing judged it (waiting, with its reasons, or sent)."""
+
+        async def judged() -> dict[str, Any] | None:
+            state = await self.status(handover_id)
+            return state if state["waiting_reasons"] is not None else None
+
+        return dict(await wait_for(judged, timeout_s=15))
+
     async def status(self, handover_id: str) -> dict[str, Any]:
         r = await self.client.get(f"/api/v1/overdrachten/{handover_id}", headers={"X-Medewerker": CW})
         assert r.status_code == 200, r.text
@@ -1260,18 +1278,9 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
     # tomorrow waited for ever.
     async with world(kafka, db_url, unique) as w:
         rid, _ = await w.referral(17)
-        await w.consent(
-            rid,
-            valid_from=(today() + timedelta(days=1)).isoformat(),
-            valid_until=(today() + timedelta(days=90)).isoformat(),
-        )
+        await w.consent_from(rid, 1)
         hid = await w.handover(rid)
-
-        async def routed() -> bool:
-            return (await w.status(hid))["waiting_reasons"] is not None
-
-        await wait_for(routed, timeout_s=15)
-        waiting = await w.status(hid)
+        waiting = await w.routed(hid)
         assert waiting["status"] == "WACHT_OP_TOESTEMMING"
         assert waiting["waiting_reasons"] == ["NOG_NIET_GELDIG"]
         assert w.hub.store is not None
@@ -1318,18 +1327,9 @@ async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
     async with world(kafka, db_url, unique) as w:
         rid, _ = await w.referral(17)
         narrow = await w.consent(rid, data_categories=["PERSONALIA"])
-        await w.consent(
-            rid,
-            valid_from=(today() + timedelta(days=7)).isoformat(),
-            valid_until=(today() + timedelta(days=90)).isoformat(),
-        )
+        await w.consent_from(rid, 7)
         hid = await w.handover(rid)
-
-        async def routed() -> bool:
-            return (await w.status(hid))["waiting_reasons"] is not None
-
-        await wait_for(routed, timeout_s=15)
-        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        assert (await w.routed(hid))["status"] == "WACHT_OP_TOESTEMMING"
         r = await w.client.post(
             f"/api/v1/toestemmingen/{narrow['consent_id']}/intrekking",
             json={"reason": "alleen de nieuwe geldt"},
@@ -1362,17 +1362,9 @@ async def test_withdrawing_the_consent_a_handover_waits_for_withdraws_it_though_
     async with world(kafka, db_url, unique) as w:
         rid, _ = await w.referral(17)
         await w.consent(rid, data_categories=["PERSONALIA"])
-        broad = await w.consent(
-            rid,
-            valid_from=(today() + timedelta(days=7)).isoformat(),
-            valid_until=(today() + timedelta(days=90)).isoformat(),
-        )
+        broad = await w.consent_from(rid, 7)
         hid = await w.handover(rid)
-
-        async def routed() -> bool:
-            return (await w.status(hid))["waiting_reasons"] is not None
-
-        await wait_for(routed, timeout_s=15)
+        assert (await w.routed(hid))["status"] == "WACHT_OP_TOESTEMMING"
         r = await w.client.post(
             f"/api/v1/toestemmingen/{broad['consent_id']}/intrekking",
             json={"reason": "toch niet"},
