@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.errors import DependencyDown, connect_failed
 from hub.intake.batcher import BatcherClosed
 from hub.logging import get_logger, redact_text
-from hub.store import store_failed
+from hub.store import commit_unknown, store_failed
 from schemas.problems import FieldProblem, PartnerFormatError, controls_refused
 
 PROBLEM_JSON = "application/problem+json"
@@ -33,6 +33,15 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 
 RETRY_AFTER_S = 5
+# The store lost its connection while it kept the request (`hub.store.commit_unknown`): kept or not,
+# the same request sent again is answered with what the first one made, never made twice.
+COMMIT_UNKNOWN_DETAIL = (
+    "De verbinding met de opslag viel weg terwijl dit werd vastgelegd; het kan zijn opgeslagen. "
+    "Stuur hetzelfde verzoek na Retry-After opnieuw, met dezelfde Idempotency-Key als u die meestuurde "
+    "(een verwijzing: met hetzelfde zaaknummer): dan krijgt u wat het eerste verzoek maakte en wordt "
+    "niets dubbel gemaakt. Zonder Idempotency-Key kan een signaal, overdracht of toestemming dubbel "
+    "ontstaan: kijk dan eerst of het er al is."
+)
 
 
 class InvalidParam(BaseModel):
@@ -186,6 +195,15 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The store (or a dependency) is unreachable: nothing was kept, so the sender must try again.
+        if commit_unknown(exc):  # ... unless the answer to its COMMIT was what got lost
+            log.warning("store commit outcome unknown", path=request.url.path, error_class=type(exc).__name__)
+            return problem_response(
+                503,
+                "Niet zeker of dit is opgeslagen",
+                COMMIT_UNKNOWN_DETAIL,
+                instance=request.url.path,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         log.warning("dependency unavailable", path=request.url.path, error_class=type(exc).__name__)
         # what is down, when the hub said so itself (the brokers for the console's reads); else the
         # sender's assurance that nothing was kept

@@ -210,8 +210,15 @@ class Store:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in one transaction: committed on success, rolled back on any error."""
         if self.dialect != "sqlite":
-            async with self.sessions() as session, session.begin():
-                yield session
+            committing = False
+            try:
+                async with self.sessions() as session, session.begin():
+                    yield session
+                    committing = True  # the body is done: what fails from here fails in COMMIT
+            except Exception as exc:
+                if committing and _outcome_unknown(exc):
+                    setattr(exc, _COMMIT_UNKNOWN, True)
+                raise
             return
         task = asyncio.current_task()
         if task is not None and self._writing is task:
@@ -269,6 +276,28 @@ def _postgresql_try_again(sqlstate: object) -> bool:
 # corrupt, full, cannot open, lock protocol, not a database. SQLite reports a statement's own mistake
 # (no such table or column, a syntax error) as an OperationalError too, with SQLITE_ERROR (1).
 _SQLITE_FAILED = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
+
+
+_COMMIT_UNKNOWN = "ketenhub_commit_outcome_unknown"
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    # The server said why it refused the COMMIT (a serialization failure, a deferred constraint):
+    # it rolled back. Only a connection lost while COMMIT was on its way leaves the outcome open,
+    # or the server saying so itself (40003, statement completion unknown).
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate == "40003" or sqlstate.startswith("08")
+    return store_failed(exc) or isinstance(exc, ConnectionError | TimeoutError)
+
+
+def commit_unknown(exc: BaseException) -> bool:
+    """True when `exc` came from a PostgreSQL COMMIT whose answer was lost: the transaction may have
+    been kept or not. A sender told "nothing was kept" would make it again; they must be told to
+    send the same request again, so that what makes it once (an `Idempotency-Key`, a referral's
+    case reference, rule 7) answers with what the first one made. On SQLite a failed COMMIT was not
+    kept: it is on local disk, all or nothing."""
+    return getattr(exc, _COMMIT_UNKNOWN, False) is True
 
 
 def store_failed(exc: BaseException) -> bool:

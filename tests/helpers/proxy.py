@@ -16,6 +16,14 @@ class CuttableProxy:
         self.port = port or free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._lose_commit_after: bytes | None = None
+        self.commits_lost = 0
+
+    def lose_commit_answer(self, after: bytes) -> None:
+        """PostgreSQL through the proxy: on the next connection that sends `after` (a statement's
+        text), let its COMMIT through and drop the connection once the server answered it, so the
+        server kept the transaction and the client never hears so. Once."""
+        self._lose_commit_after = after
 
     async def start(self) -> None:
         """Listen (again)."""
@@ -38,13 +46,24 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        marked, committing = False, False
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            nonlocal marked, committing
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    if upstream and self._lose_commit_after is not None:
+                        marked = marked or self._lose_commit_after in data
+                        if marked and b"COMMIT" in data:
+                            committing, self._lose_commit_after = True, None
+                    elif not upstream and committing:  # the server's answer to the COMMIT: lost
+                        self.commits_lost += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self._writers -= {writer, up_writer}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,8 +28,9 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Absence, Caseworker
 from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, make_settings, require_pg
 from tests.helpers.kafka import read_topic
+from tests.helpers.proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration
 # The hub's clock stands still at the moment this module was imported: every date below is
@@ -73,6 +75,16 @@ def body(birth: date, *, bsn: str = BSN, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def api(kafka: EmbeddedKafka, db_url: str, unique: str) -> AsyncIterator[tuple[Hub, httpx.AsyncClient]]:
+    async with _serving(kafka, db_url, unique) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> AsyncIterator[tuple[Hub, httpx.AsyncClient]]:
+    """A started hub on `db_url` with Ilse, Omar and Nina in its directory, and a client of its API
+    calling as the case system."""
     hub = Hub(make_settings(kafka, db_url, unique), registrars={}, clock=lambda: NOW)
     await hub.start()
     try:
@@ -416,6 +428,37 @@ async def test_a_post_sent_again_with_its_idempotency_key_makes_no_second_signal
     assert len({first.json()["signal_id"], omar.json()["signal_id"], new.json()["signal_id"]}) == 3
     commands = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=3, settle_s=0.3)
     assert [Envelope.from_bytes(r.value).type for r in commands] == ["RegisterSignal"] * 3
+
+
+async def test_a_post_whose_commit_answer_was_lost_says_it_may_be_kept_and_its_resend_makes_none(
+    kafka: EmbeddedKafka, unique: str
+) -> None:
+    """PostgreSQL kept the signal, and the connection broke before the hub heard so. The 503 said
+    "nothing was kept": a caseworker believing it sends the request again, and without the key gets
+    a second signal. It now says the signal may be kept and to send it again with the same key."""
+    await require_pg()
+    url = await create_pg_database(f"kh_{unique}")
+    host, port = url.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = CuttableProxy(int(port))
+    await proxy.start()
+    try:
+        proxied = url.replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/")
+        async with _serving(kafka, proxied, unique) as (hub, client):
+            key, sent = {"Idempotency-Key": str(uuid.uuid4())}, body(add_years(T, -15))
+            proxy.lose_commit_answer(after=b"INSERT INTO idempotency_keys")
+            lost = await client.post(URL, json=sent, headers=ILSE | key)
+            assert proxy.commits_lost == 1
+            assert lost.status_code == 503 and lost.headers["Retry-After"], lost.text
+            problem = lost.json()
+            assert problem["title"] == "Niet zeker of dit is opgeslagen", problem
+            assert "niets opgeslagen" not in problem["detail"] and "Idempotency-Key" in problem["detail"]
+            assert await _signal_count(hub) == 1  # it was kept
+            again = await client.post(URL, json=sent, headers=ILSE | key)
+            assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true", again.text
+            assert await _signal_count(hub) == 1
+    finally:
+        await proxy.cut()
+        await drop_pg_database(f"kh_{unique}")
 
 
 async def test_the_same_idempotency_key_at_the_same_moment_makes_one_signal(

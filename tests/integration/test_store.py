@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from hub.audit import AuditEntry, write_audit
 from hub.spine.consumer import transient
-from hub.store import Store, store_failed
+from hub.store import Store, commit_unknown, store_failed
 from hub.store.tables import audit_log, inbox, outbox
 from schemas.envelope import utcnow
 
@@ -244,3 +244,24 @@ async def test_a_sqlite_database_locked_or_not_to_be_opened_is_the_stores_failur
         assert store_failed(cannot_open.value), repr(cannot_open.value)
     finally:
         await unopenable.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_only_a_commit_that_lost_its_answer_has_an_unknown_outcome(store: Store) -> None:
+    """A failure in a transaction's body, or a COMMIT the server refused saying why, was not kept:
+    "nothing was kept" is true of them. Only a lost answer to COMMIT is "maybe kept" (the test of
+    that, through a proxy that drops it, is in test_signals_api)."""
+    async with store.connect() as conn:
+        await conn.execute(text("CREATE TABLE once (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)"))
+        await conn.commit()
+    with pytest.raises(RuntimeError) as in_body:
+        async with store.transaction() as session:
+            await session.execute(text("INSERT INTO once VALUES (1)"))
+            raise RuntimeError("boom")
+    with pytest.raises(DBAPIError) as refused:  # the unique check deferred to COMMIT fails there
+        async with store.transaction() as session:
+            await session.execute(text("INSERT INTO once VALUES (2), (2)"))
+    assert "once_pkey" in str(refused.value)
+    assert not commit_unknown(in_body.value) and not commit_unknown(refused.value)
+    async with store.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM once"))).scalar_one() == 0
