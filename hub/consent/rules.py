@@ -24,13 +24,18 @@ from schemas.referral import Referral
 CUSTODY_ROLES = frozenset({GrantorRole.OUDER_MET_GEZAG, GrantorRole.VOOGD})
 
 
-def consent_day(consent: Consent) -> date:
+def consent_day(consent: Consent, *, named: int = 0) -> date:
     """The day of consent: the day the last permit was given, when the consent came about. A refusal
     does not bring a consent about: a parent's refusal two days after a 15-year-old's permit moved the
     day past the 16th birthday, where the refusal no longer counts, and made the consent complete.
-    Without any permit, the day of the last answer."""
-    permits = [g for g in consent.grantors if g.permission is Permission.PERMIT] or consent.grantors
-    return max(local_day(g.given_at) for g in permits)
+    Nor does a permit that counts for nobody: one by someone the youth's referral shows without
+    custody (`named`), recorded after the 16th birthday, made the youth 16 on the day of consent
+    and the consent complete without the custodians' permits asked for at 15. Without any permit
+    that counts, the day of the last permit; without any permit, the day of the last answer."""
+    _, without = _shown(named)
+    permits = [g for g in consent.grantors if g.permission is Permission.PERMIT]
+    counting = [g for g in permits if g.role not in CUSTODY_ROLES or person(g.name) not in without]
+    return max(local_day(g.given_at) for g in counting or permits or consent.grantors)
 
 
 class Required(StrEnum):
@@ -184,7 +189,7 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
     only for a custodian it does not name either (a BOA or leerplicht referral names one parent at
     most), never in place of one it names with custody.
     """
-    day = consent_day(consent)
+    day = consent_day(consent, named=named)
     age = age_on(consent.youth.birth_date, day)
     required = required_for(age)
     # Only a refusal by someone whose permit rule 8 asks for counts: at 16 the youth decides alone,

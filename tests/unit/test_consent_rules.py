@@ -285,6 +285,25 @@ def test_rule_8_a_permit_by_a_parent_the_referral_shows_without_custody_does_not
     assert completeness(refusing, named=named).denied == (PARENT,)
 
 
+def test_rule_8_a_permit_that_counts_for_nobody_does_not_move_the_day_of_consent(split: Referral) -> None:
+    """The youth permitted at 15; the mother, with custody, never did. The father, whom the referral
+    shows without custody, permitted after the 16th birthday: his permit made the day of consent,
+    the youth counted as 16 and alone, and the consent was complete (a handover went out)."""
+    named = named_custodians(split)
+    c = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, name=FATHER), custodians=1)
+    result = completeness(c, named=named)
+    assert (result.day, result.age) == (DAY_BEFORE_16, 15)
+    assert not result.complete and result.missing == ("OUDER_MET_GEZAG",)
+    # a custodian's permit after the birthday does move it: at 16 the youth, who permitted, decides
+    mother = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, name=MOTHER), custodians=2)
+    assert completeness(mother, named=named).age == 16
+    # and so does the youth's own permit again at 16, whoever else answered
+    again = consent(
+        grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, name=FATHER), grantor(YOUTH, SIXTEENTH)
+    )
+    assert completeness(again, named=named).complete
+
+
 def test_rule_8_the_mothers_permit_makes_it_complete(split: Referral) -> None:
     named = named_custodians(split)
     c = consent(
