@@ -142,13 +142,14 @@ _THOUSANDS_DOT = re.compile(r"^[0-9]{1,3}(\.[0-9]{3})+$")
 _PLAIN_AMOUNT = re.compile(r"\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # '12', '12.5', '12.', '.50', '+5'
 _CENT = Decimal("0.01")
 _MAX_AMOUNT = Decimal("9999999999.99")
+_AMOUNT_ALLOWED = "bedrag van 0 tot 10 miljard met hoogstens 2 decimalen, bv. 125,50 of 9.000 (negenduizend)"
 
 
 def _to_amount(value: object) -> object:
     error = PydanticCustomError(
         "bedrag",
         "geen geldig bedrag in euro's",
-        {"allowed": "bedrag van 0 tot 10 miljard met hoogstens 2 decimalen, bv. 125,50"},
+        {"allowed": _AMOUNT_ALLOWED},
     )
     if isinstance(value, bool):
         raise error
@@ -164,6 +165,10 @@ def _to_amount(value: object) -> object:
         return value
     if isinstance(value, str) and not _PLAIN_AMOUNT.fullmatch(text):
         raise error  # Decimal() would also read '1_000', '1e3' and digits of other scripts
+    if isinstance(value, str) and len(text.partition(".")[2]) > 2:
+        # the decimals as written, not as valued: '9,000' (nine thousand, written the English way)
+        # is no €9.00, and '1.5000' no €1.50; only a dot between groups of three is a thousands one
+        raise error
     try:
         amount = Decimal(text)
         # quantize raises InvalidOperation past 28 digits ("1e30"): that is no amount either

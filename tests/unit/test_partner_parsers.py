@@ -630,6 +630,37 @@ def test_any_damage_amount_is_an_amount_or_a_clear_error_on_that_field(amount: o
         assert referral.damage.youth_share == referral.damage.youth_share.quantize(Decimal("0.01"))
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("125,50", Decimal("125.50")),
+        ("9.000", Decimal("9000.00")),
+        ("€ 9.000,00", Decimal("9000.00")),
+        ("9000.5", Decimal("9000.50")),
+        ("9,000", None),  # nine thousand the English way: it was read as €9.00, under every cap
+        ("1,500", None),
+        ("4,500", None),
+        ("1.5000", None),  # four decimals, not a thousands dot: it was read as €1.50
+        ("12,345", None),
+    ],
+)
+def test_a_damage_amount_is_read_by_the_decimals_written_not_their_value(
+    written: str, read: Decimal | None
+) -> None:
+    import json
+
+    record = json.loads((DATA / "politie" / "valid_winkeldiefstal.json").read_bytes())
+    record["schade"] = {"bedragJeugdige": written}
+    if read is not None:
+        damage = politie.parse(json.dumps(record).encode()).damage
+        assert damage is not None and damage.youth_share == read
+        return
+    with pytest.raises(PartnerFormatError) as refused:
+        politie.parse(json.dumps(record).encode())
+    [problem] = refused.value.problems
+    assert problem.field == "schade.bedragJeugdige" and "9.000 (negenduizend)" in (problem.allowed or "")
+
+
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
