@@ -43,6 +43,7 @@ from hub.retry import Delivery, RetryLadder, RetryPolicy, deliver_through, ladde
 from hub.retry.recent import RecentIds
 from hub.runtime import Hub
 from hub.signals import commands, delivery
+from hub.signals.rules import not_informed
 from hub.signals.tables import signals
 from hub.signals.waiting import LADDER, RegistrationWaits, waits_of
 from hub.store import Store
@@ -296,6 +297,8 @@ class VerwijsindexConnector:
                 candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
                 self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
                 return
+            if (problem := not_informed(signal, self.today())) is not None:
+                raise PermanentError(problem)  # the DLQ; the caseworker sees it undelivered
             found = await self._register(signal.signal_id, body, message)
             self.contacts.add(message.message_id, contact_id or "")
             if found is not None:

@@ -21,7 +21,7 @@ from hub.ops.dlq import SYSTEM, Reason
 from hub.ops.dlq_jobs import KEEP_FINISHED, ReplayBusy, describe
 from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.masking import BETWEEN_DIGITS, is_youth_key, show_headers, show_payload
-from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
+from hub.signals import NotInformed, SignalNotActive, SignalNotFound, UnfitContact, register_again
 from hub.signals.service import RegistrationOnItsWay
 from hub.signals.waiting import waits_of
 from hub.spine.outbox import outbox_state
@@ -277,7 +277,7 @@ async def register_signal_again(request: Request, op: Acting, signal_id: str) ->
         raise Problem(
             409, "Signal not active", "This signal was withdrawn, ended or expired: it is not registered."
         ) from None
-    except (RegistrationOnItsWay, UnfitContact) as exc:
+    except (RegistrationOnItsWay, UnfitContact, NotInformed) as exc:
         raise Problem(409, "Not registered again", str(exc)) from None
     except TransientError as exc:
         raise Problem(503, "Try again later", str(exc), headers={"Retry-After": "30"}) from None

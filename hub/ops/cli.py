@@ -35,7 +35,7 @@ from hub.ops.lag import BrokersUnavailable, LagProbe
 from hub.ops.masking import is_youth_key, show_headers, show_payload
 from hub.ops.parked import NotParked, StillTooLarge, discard, parked_rows, release
 from hub.ops.tables import ROLES
-from hub.signals import SignalNotActive, SignalNotFound, UnfitContact, register_again
+from hub.signals import NotInformed, SignalNotActive, SignalNotFound, UnfitContact, register_again
 from hub.signals.service import RegistrationOnItsWay, signal_topic
 from hub.signals.waiting import waits_of
 from hub.spine.outbox import outbox_state
@@ -506,7 +506,7 @@ def signals_register_again(
 
     try:
         message_id = _run(go)
-    except (SignalNotFound, SignalNotActive, RegistrationOnItsWay, UnfitContact) as exc:
+    except (SignalNotFound, SignalNotActive, RegistrationOnItsWay, UnfitContact, NotInformed) as exc:
         typer.echo(f"ketenhub: {exc}", err=True)
         raise typer.Exit(1) from None
     except TransientError as exc:

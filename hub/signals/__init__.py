@@ -1,6 +1,7 @@
 """Verwijsindex signals: the store, the commands on `verwijsindex.signal.v1`, the caseworker API."""
 
 from hub.signals.service import (
+    NotInformed,
     SignalNotActive,
     SignalNotFound,
     UnfitContact,
@@ -12,6 +13,7 @@ from hub.signals.service import (
 )
 
 __all__ = [
+    "NotInformed",
     "SignalNotActive",
     "SignalNotFound",
     "UnfitContact",

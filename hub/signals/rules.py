@@ -8,6 +8,7 @@ from connectors.verwijsindex.contract import default_einddatum, max_einddatum
 from connectors.verwijsindex.mapping import telefoon_van
 from schemas.caseworker import Caseworker
 from schemas.dates import age_on
+from schemas.signal import VerwijsindexSignal
 
 MAX_AGE = 23
 
@@ -52,6 +53,24 @@ def informing_problems(
     if age < 16 and parent_letter_sent_at is None:
         problems.append(("parent_letter_sent_at", "onder 16 jaar moet de ouderbrief verstuurd zijn"))
     return problems
+
+
+def not_informed(signal: VerwijsindexSignal, day: date) -> str | None:
+    """Rule 14 on `day`, the day a registration is sent: why it may not go (the fields missing,
+    never a value or the youth's age), else None. The API judged it when the signal was made; a
+    registration sent later (registered again, replayed from the DLQ, delivered after a wait) may
+    meet a youth who turned 12 or 16 since and was not informed for that age."""
+    missing = informing_problems(
+        signal.youth.birth_date, day, signal.youth_informed_at, signal.parent_letter_sent_at,
+        signal.deferral_reason,
+    )  # fmt: skip
+    if not missing:
+        return None
+    return (
+        f"rule 14: the registration may not be sent on {day.isoformat()}: {', '.join(f for f, _ in missing)}"
+        " missing for the youth's age that day; nothing was sent. Withdraw the signal and register it anew"
+        " once the youth and parents are informed (or with a reason for deferral)"
+    )
 
 
 def too_old(birth: date, created: date) -> bool:

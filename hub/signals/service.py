@@ -52,6 +52,11 @@ class UnfitContact(PermanentError):
     phone number the Verwijsindex cannot take. The message names the caseworker, never a youth."""
 
 
+class NotInformed(PermanentError):
+    """Rule 14 on the day a registration would be sent: the youth or the parents were not informed
+    for the youth's age that day. The message names the fields missing, never a value."""
+
+
 # PostgreSQL advisory lock space (the first of two int4 keys, a key space apart from the one-bigint
 # locks elsewhere) of one youth's signals: `active_signal_for` holds it while a registration decides.
 SIGNAL_LOCK = 7_306_001
@@ -334,7 +339,8 @@ async def register_again(
     as a registration is, for a contact who may not signal (rule 13) or whose phone the index cannot
     take. Every registration sent is a disclosure, audited by the connector; this request is audited
     with who asked, the command and the contact it names. SignalNotFound, SignalNotActive,
-    RegistrationOnItsWay, UnfitContact."""
+    RegistrationOnItsWay, UnfitContact; NotInformed when rule 14 forbids sending it today (the youth
+    turned 12 or 16 since it was made)."""
     async with store.read() as session:
         row = await signal_row(session, signal_id)
     if await waits(signal_id, row.youth_key):
@@ -361,6 +367,8 @@ async def register_again(
                 f" never does, it can be asked for again from {again})"
             )
         signal = signal_from_row(row)
+        if (problem := rules.not_informed(signal, day or today())) is not None:
+            raise NotInformed(f"signal {signal_id!r}: {problem}")
         if (problem := rules.phone_problem(signal.caseworker.phone)) is not None:
             raise UnfitContact(f"caseworker {row.caseworker_id!r}: {problem}")
         try:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import insert, select
 
 from connectors.verwijsindex.component import verwijsindex_component
-from connectors.verwijsindex.contract import SignaalStatus
+from connectors.verwijsindex.contract import SignaalStatus, add_years
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.clock import today
 from hub.directory import create_caseworker
@@ -26,7 +26,7 @@ from hub.ops.dlq import DeadLetters, ReplayJob
 from hub.retry import RetryPolicy
 from hub.retry.tables import parked
 from hub.runtime import Hub
-from hub.signals import register_again, request_contact_change, request_withdrawal, store_signal
+from hub.signals import NotInformed, register_again, request_contact_change, request_withdrawal, store_signal
 from hub.signals.commands import register_command
 from hub.signals.service import new_signal_row
 from hub.signals.tables import signals
@@ -774,6 +774,47 @@ async def test_a_registration_of_a_signal_past_its_end_date_is_withheld(
         assert (row.delivered_at, row.last_error) == (None, None)  # nothing went, nothing to send
     finally:
         await hub.stop()
+
+
+async def test_a_registration_sent_after_the_youth_turned_12_uninformed_is_not_sent(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Rule 14 was judged when the signal was made: at 11 the parents' letter was enough. A
+    registration sent later (after a wait on the ladder, a dead letter replayed, registered again)
+    went out for a youth who had turned 12 since and was never informed. It is not sent: a dead
+    letter naming rule 14 and the field, and register-again refused the same way."""
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        signal = a_signal(bsns(1, start=540_000_000)[0])
+        made = today() - timedelta(days=10)
+        signal = signal.model_copy(
+            update={
+                "youth": signal.youth.model_copy(
+                    update={"birth_date": add_years(today() - timedelta(days=1), -12)}
+                ),
+                "created": made,
+                "youth_informed_at": None,
+                "parent_letter_sent_at": made,
+            }
+        )
+        await register(hub, signal)
+        [dead] = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30)
+        why = headers_of(dead)["dlq-exception-message"]
+        assert "rule 14" in why and "youth_informed_at" in why and signal.youth.bsn not in why, why
+        assert [c for c in await calls(admin) if c["path"].startswith(SIGNAL)] == []  # nothing sent
+        assert signal.signal_id not in simulator.state.signals
+        assert hub.store is not None
+        with pytest.raises(NotInformed, match="rule 14.*youth_informed_at"):
+            await register_again(
+                hub.store, hub, signal.signal_id, user="olga", transaction_id="t-1",
+                waits=lambda *_: _nothing_waits(), day=today(),
+            )  # fmt: skip
+    finally:
+        await hub.stop()
+
+
+async def _nothing_waits() -> bool:
+    return False
 
 
 async def test_a_phone_number_the_hub_took_reaches_the_index_in_the_contracts_form(
