@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.directory import get_caseworker, list_caseworkers, mail_recipient
+from hub.directory import CaseworkerNotFound, get_caseworker, list_caseworkers
 from hub.errors import PermanentError
 from hub.logging import get_logger
 from hub.notify.problems import open_problem_caseworkers, record_problem_once, resolve_found
@@ -91,18 +91,36 @@ def why(cw: Caseworker, day: date, after_days: int) -> str | None:
     return None
 
 
-async def _successor(session: AsyncSession, cw: Caseworker, day: date) -> Caseworker:
-    """Who takes over: the first active, present caseworker along the delegates, never `cw`
-    themselves (a chain that leads back to them has no delegate; raises PermanentError). They must
-    be able to be a signal's contact person (rule 13: meldingsbevoegd; a phone number the index
-    takes); if not, there is no delegate either, and the signals stay where they are."""
-    successor = await mail_recipient(session, cw.caseworker_id, day)
-    if successor.caseworker_id == cw.caseworker_id:
-        if cw.delegate_id is None:  # present, but an administrator asked for the move anyway
-            raise PermanentError(f"caseworker {cw.caseworker_id!r} has no delegate")
-        successor = await mail_recipient(session, cw.delegate_id, day)
-        if successor.caseworker_id == cw.caseworker_id:  # the delegate is away and stands in by way of cw
+async def _successor(session: AsyncSession, cw: Caseworker, day: date, after_days: int) -> Caseworker:
+    """Who takes over (rule 17: the delegate): `cw`'s delegate, also one away for a few days (their
+    mail goes to their own delegate meanwhile, as every caseworker's does); only past a delegate who
+    left, or is away long enough for borging to be due themselves, along the chain to theirs. The
+    signals went to whoever read the mail that day: a delegate away for one day handed them on for
+    good to someone the caseworker never named. Never `cw` themselves (a chain that leads back to
+    them has no delegate; raises PermanentError). They must be able to be a signal's contact person
+    (rule 13: meldingsbevoegd; a phone number the index takes); if not, there is no delegate
+    either, and the signals stay where they are."""
+    seen, current = {cw.caseworker_id}, cw
+    while True:
+        if current.delegate_id is None:
+            raise PermanentError(
+                f"caseworker {cw.caseworker_id!r} has no delegate"
+                if current is cw
+                else f"caseworker {cw.caseworker_id!r} has no reachable delegate: {current.caseworker_id!r},"
+                " away or gone, has none"
+            )
+        if current.delegate_id in seen:  # the delegates lead back round
             raise PermanentError(f"caseworker {cw.caseworker_id!r} has no reachable delegate")
+        try:
+            successor = await get_caseworker(session, current.delegate_id)
+        except CaseworkerNotFound as exc:
+            raise PermanentError(
+                f"caseworker {cw.caseworker_id!r} has no reachable delegate: {exc}"
+            ) from None
+        if why(successor, day, after_days) is None:  # in service, and not away for long
+            break
+        seen.add(successor.caseworker_id)
+        current = successor
     if (problem := contact_problem(successor)) is not None:
         raise PermanentError(
             f"delegate {successor.caseworker_id!r} of caseworker {cw.caseworker_id!r} cannot take "
@@ -132,7 +150,7 @@ async def borg(
         await _resolve(session, caseworker_id, PROBLEMS, "geen actieve signalen meer om over te dragen")
         return result
     try:
-        delegate = await _successor(session, cw, day)
+        delegate = await _successor(session, cw, day, hub.settings.notify.borging_after_days)
     except PermanentError as exc:
         result.problem = f"borging niet mogelijk: {exc}"
         await record_problem_once(

@@ -231,14 +231,15 @@ async def test_one_caseworkers_failed_borging_is_shown_and_the_others_go_on(
 async def test_borging_that_would_come_back_to_the_caseworker_is_no_delegate(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
-    # Ilse is present with delegate Omar; Omar is away with delegate Ilse. Following the delegates
-    # leads back to Ilse: a "move" to herself audited, sent to the Verwijsindex and mailed is wrong.
+    # Ilse is present with delegate Omar; Omar left (or is away long enough for borging to be due
+    # for him too) with delegate Ilse. Following the delegates leads back to Ilse: a "move" to
+    # herself audited, sent to the Verwijsindex and mailed is wrong.
     from tests.integration.test_directory_api import BASE, directory_app
 
     away = OMAR.model_copy(
         update={
             "delegate_id": "cw-ilse",
-            "absences": [Absence(start=today() - timedelta(days=3), end=today() + timedelta(days=10))],
+            "absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=10))],
         }
     )
     async with directory_app(kafka, db_url, unique) as (hub, admin, _viewer):
@@ -260,6 +261,43 @@ async def test_borging_that_would_come_back_to_the_caseworker_is_no_delegate(
         assert not await _audited(hub, "signal.contact_changed")
         assert not await _audited(hub, "mail.borging.queued")
         assert await _problem(hub, NO_DELEGATE, None)  # shown to an administrator, as without a delegate
+
+
+async def test_signals_move_to_the_delegate_away_for_a_day_and_past_one_borging_is_due_for(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Rule 17: the signals move to the delegate. They went to whoever read the mail that day: with
+    Omar away for a day, Ilse's signals went to Fleur, his delegate, whom Ilse never named, and
+    stayed there when Omar came back. Omar away a day still takes them (his mail goes to Fleur
+    meanwhile); only past a delegate away long enough for borging to be due do they go further."""
+    from tests.integration.test_directory_api import directory_app
+
+    def away(cw: Any, days: int, **update: Any) -> Any:
+        absence = Absence(start=today() - timedelta(days=days), end=today() + timedelta(days=1))
+        return cw.model_copy(update={"absences": [absence], **update})
+
+    fleur = OMAR.model_copy(
+        update={"caseworker_id": "cw-fleur", "name": "Fleur Dekker", "email": "fleur@halt.nl"}
+    )
+    sara = ILSE.model_copy(update={"caseworker_id": "cw-sara", "name": "Sara Smit", "email": "sara@halt.nl"})
+    async with directory_app(kafka, db_url, unique) as (hub, _admin, _viewer):
+        await add_caseworkers(hub, ILSE, OMAR, fleur, sara)
+        ilses, _ = await signal_with_match(hub, "cw-ilse", youth(153_456_700))
+        saras, _ = await signal_with_match(hub, "cw-sara", youth(163_456_700))
+        await add_caseworkers(hub, away(ILSE, 20), away(OMAR, 1, delegate_id="cw-fleur"))
+        done = {r.caseworker_id: r for r in await check_borging(hub)}
+        assert (done["cw-ilse"].delegate_id, done["cw-ilse"].signal_ids) == ("cw-omar", [ilses])
+        assert "cw-omar" not in done  # away a day: not due for him
+        assert (await _contacts(hub))[ilses].startswith("cw-omar:")
+
+        # Omar away long now too: his signals (Ilse's among them) go to his delegate, and Sara's,
+        # away as long, to Fleur past him
+        await add_caseworkers(hub, away(OMAR, 20, delegate_id="cw-fleur"), away(sara, 20))
+        done = {r.caseworker_id: r for r in await check_borging(hub)}
+        assert (done["cw-omar"].delegate_id, done["cw-omar"].signal_ids) == ("cw-fleur", [ilses])
+        assert (done["cw-sara"].delegate_id, done["cw-sara"].signal_ids) == ("cw-fleur", [saras])
+        contacts = await _contacts(hub)
+        assert contacts[ilses].startswith("cw-fleur:") and contacts[saras].startswith("cw-fleur:")
 
 
 async def test_a_delegate_who_may_not_signal_takes_nothing_over_and_the_move_is_shown_as_no_delegate(
