@@ -112,7 +112,8 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
     intro = "De Verwijsindex Haaglanden meldt een match op een signaal van Halt Den Haag."
     advice = (
         "Neem contact op met de andere betrokken professional(s) om af te stemmen. "
-        "De gegevens van de jongere staan in Aurah onder de genoemde zaak."
+        "Om welke jongere het gaat, ziet u bij het signaal met het genoemde nummer, in Aurah bij de zaak "
+        "waarvoor het werd geregistreerd; deze mail noemt bewust geen naam of BSN."
     )
     text = GREETING + "\n".join(
         [
