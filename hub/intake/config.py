@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -70,12 +70,17 @@ class BoaProject(_Config):
     def _at_most_one_year(self) -> BoaProject:
         if self.end < self.start:
             raise ValueError("end lies before start")
+        # both ends count (`active_on`): a year from 1 January ends on 31 December, as the projects
+        # are agreed; ending on the next 1 January made it a year and a day
         try:
-            limit = self.start.replace(year=self.start.year + 1)
-        except ValueError:  # started on 29 February
+            limit = self.start.replace(year=self.start.year + 1) - timedelta(days=1)
+        except ValueError:  # started on 29 February: to 28 February
             limit = date(self.start.year + 1, 2, 28)
         if self.end > limit:
-            raise ValueError("a BOA project lasts at most one year")
+            raise ValueError(
+                f"a BOA project lasts at most one year, both days counted: from {self.start.isoformat()}"
+                f" it ends on {limit.isoformat()} at the latest"
+            )
         return self
 
     def active_on(self, day: date) -> bool:

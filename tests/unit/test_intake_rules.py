@@ -469,6 +469,12 @@ def test_a_bad_rules_file_names_file_and_field(tmp_path: Path, change: Any, fiel
 def test_a_project_of_exactly_one_year_is_fine(tmp_path: Path) -> None:
     path = write(tmp_path, lambda d: d["boa_projects"][0].update(start="2024-02-29", end="2025-02-28"))
     assert load_intake_rules(path).boa_projects[0].end == date(2025, 2, 28)
+    path = write(tmp_path, lambda d: d["boa_projects"][0].update(start="2025-01-01", end="2025-12-31"))
+    assert load_intake_rules(path).boa_projects[0].end == date(2025, 12, 31)
+    # both days count: to the next 1 January is a year and a day
+    path = write(tmp_path, lambda d: d["boa_projects"][0].update(start="2025-01-01", end="2026-01-01"))
+    with pytest.raises(ConfigError, match="boa_projects\\[0\\].*ends on 2025-12-31 at the latest"):
+        load_intake_rules(path)
 
 
 def test_missing_or_broken_rules_file(tmp_path: Path) -> None:

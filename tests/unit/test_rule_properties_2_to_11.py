@@ -188,10 +188,12 @@ def test_rule_4_a_boa_refers_drunkenness_alcohol_or_inside_a_running_project(ref
 
 
 def a_year_after(start: date) -> date:
-    """The same calendar day a year later; from 29 February, 28 February."""
+    """The last day of a year from `start`, both days counted: the day before the same calendar day
+    a year later (1 January to 31 December); from 29 February, 28 February. A project ending on the
+    same calendar day was accepted, and ran a year and a day."""
     if (start.month, start.day) == (2, 29):
         return date(start.year + 1, 2, 28)
-    return start.replace(year=start.year + 1)
+    return start.replace(year=start.year + 1) - timedelta(days=1)
 
 
 @settings(max_examples=100, deadline=None)
