@@ -16,13 +16,15 @@ from pathlib import Path
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from hub.urls import shown_database_url
+
 _DATABASE_CODE = ("/asyncpg/", "/sqlalchemy/", "/aiosqlite/", "/alembic/")
 
 
 def shown_url(url: str) -> str:
-    """The URL with its password hidden."""
+    """The URL with its password hidden (also one in its query)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return shown_database_url(url)
     except ValueError:
         return "KETENHUB_DATABASE__URL"
 

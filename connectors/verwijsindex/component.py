@@ -48,6 +48,7 @@ from hub.signals.tables import signals
 from hub.signals.waiting import LADDER, RegistrationWaits, waits_of
 from hub.store import Store
 from hub.topics import VERWIJSINDEX_MATCH, VERWIJSINDEX_SIGNAL
+from hub.urls import shown_http_url
 from schemas._base import as_code
 from schemas.caseworker import ContactDetails
 from schemas.envelope import Envelope
@@ -513,4 +514,4 @@ def banner_lines(hub: object) -> list[str]:
         return []
     if connector.url is not None:
         return [f"  verwijsindex  {connector.url}/docs (in-process simulator)"]
-    return [f"  verwijsindex  {hub.settings.verwijsindex.url}"]  # type: ignore[attr-defined]
+    return [f"  verwijsindex  {shown_http_url(hub.settings.verwijsindex.url)}"]  # type: ignore[attr-defined]

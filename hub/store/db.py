@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from hub.logging import get_logger
+from hub.urls import shown_database_url
 
 log = get_logger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -199,8 +200,8 @@ class Store:
         return self.engine.dialect.name
 
     def describe(self) -> str:
-        """Where the data lives, without a password."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """Where the data lives, without a password (also one in the URL's query)."""
+        return shown_database_url(self.engine.url.render_as_string(hide_password=False))
 
     async def migrate(self) -> None:
         """Bring the schema up to date."""

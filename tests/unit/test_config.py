@@ -263,3 +263,26 @@ def test_today_is_the_dutch_calendar_day() -> None:
     assert today(lambda: datetime(2026, 12, 1, 23, 0, tzinfo=UTC)) == date(2026, 12, 2)  # CET, UTC+1
     assert today(lambda: datetime(2026, 7, 1, 21, 59, tzinfo=UTC)) == date(2026, 7, 1)
     assert today(lambda: datetime(2026, 7, 1, 22, 0, tzinfo=UTC)) == date(2026, 7, 2)  # CEST, UTC+2
+
+
+def test_a_password_in_a_urls_query_or_user_part_is_never_shown() -> None:
+    """asyncpg takes a password as `?password=`, which SQLAlchemy's own rendering prints as it is:
+    the startup log line, the banner and the secret check's error showed it. The Verwijsindex URL,
+    which can only carry credentials in itself, was shown whole in the banner."""
+    from types import SimpleNamespace
+
+    from connectors.verwijsindex.component import NAME, VerwijsindexConnector, banner_lines
+    from hub.cli_errors import shown_url
+    from hub.store import Store
+
+    url = "postgresql+asyncpg://hub:pw-in-user@db:5432/ketenhub?password=pw-in-query&sslpassword=pw-ssl&ssl=require"
+    for shown in (Store(url).describe(), shown_url(url)):
+        assert "pw-" not in shown, shown
+        assert shown.startswith("postgresql+asyncpg://hub:***@db:5432/ketenhub?") and "ssl=require" in shown
+    connector = VerwijsindexConnector.__new__(VerwijsindexConnector)
+    connector.simulator = None
+    vi = "https://halt:vi-pass@vi.haaglanden.example:8443/api?token=vi-token"
+    hub = SimpleNamespace(
+        components={NAME: connector}, settings=SimpleNamespace(verwijsindex=SimpleNamespace(url=vi))
+    )
+    assert banner_lines(hub) == ["  verwijsindex  https://vi.haaglanden.example:8443/api"]
