@@ -20,7 +20,8 @@ _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # A BSN as people write it: nine digits in groups split by single spaces or dots ("999 99 0044",
 # "999.990.044"). Only a run of exactly nine: one that goes on past a separator (a phone number such
 # as "+31 6 1234 5678", an address such as "192.168.100.200") is not one.
-_SPACED = r"(?<![0-9A-Za-z])(?<![0-9][ .])[0-9](?:[ .]?[0-9]){8}(?![0-9A-Za-z])(?![ .][0-9])"
+# Single spaces are any whitespace: a no-break space (as a word processor puts between groups), a tab.
+_SPACED = r"(?<![0-9A-Za-z])(?<![0-9][\s.])[0-9](?:[\s.]?[0-9]){8}(?![0-9A-Za-z])(?![\s.][0-9])"
 _BSN_LIKE = re.compile(
     rf"(?<![0-9A-Za-z])(?P<uuid>{_UUID})(?![0-9A-Za-z])|(?<![0-9A-Za-z])[0-9]{{8,9}}(?![0-9A-Za-z])"
     rf"|{_SPACED}"
@@ -31,8 +32,8 @@ _BSN_LIKE = re.compile(
 # a run after "+" or from "00" and a country code is a phone number, kept whole. Otherwise about one
 # window in eleven passes by chance, and is redacted too: a log line can spare it, not a BSN.
 # A run does not begin right after a "-": inside a UUID (whose groups it keeps) or any other id.
-_GROUPED_RUN = re.compile(r"(?<![0-9A-Za-z-])[0-9]+(?:[ .][0-9]+)+(?![0-9A-Za-z])")
-_SEPARATOR = re.compile(r"([ .])")
+_GROUPED_RUN = re.compile(r"(?<![0-9A-Za-z-])[0-9]+(?:[\s.][0-9]+)+(?![0-9A-Za-z])")
+_SEPARATOR = re.compile(r"([\s.])")
 _INTERNATIONAL = re.compile(r"00[1-9][0-9]{0,2}")  # "0031", "0032": how a phone number may begin
 REDACTED = "[bsn-redacted]"
 # Nine digits glued to letters ("bsn111222333", "111222333abc") or in groups split by dashes
@@ -42,7 +43,10 @@ REDACTED = "[bsn-redacted]"
 # a youth key, a hash). A token is matched whole and looked into once, by set and regex passes that
 # are linear: the text is read in linear time, however long a run is.
 _TOKEN = re.compile(r"[0-9A-Za-z]+")
-_DASHED = re.compile(r"(?<![0-9A-Za-z-])[0-9]{2,}(?:-[0-9]{2,})+(?![0-9A-Za-z-])")
+# Dashes: the hyphen-minus and the dashes of U+2010-U+2015 (a word processor's en dash).
+_DASH = "-\u2010-\u2015"
+_DASHED = re.compile(rf"(?<![0-9A-Za-z{_DASH}])[0-9]{{2,}}(?:[{_DASH}][0-9]{{2,}})+(?![0-9A-Za-z{_DASH}])")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 _NINE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _HEX = frozenset("0123456789abcdef")
 HEX_ID_MIN = 16  # the shortest hex id the hub hands out (a replay job's)
@@ -91,7 +95,7 @@ def _redact_glued(match: re.Match[str]) -> str:
 
 
 def _redact_dashed(match: re.Match[str]) -> str:
-    digits = match.group().replace("-", "")
+    digits = _NOT_DIGIT.sub("", match.group())
     return REDACTED if len(digits) == 9 and is_valid_bsn(digits) else match.group()
 
 
@@ -116,13 +120,16 @@ def _redact_glued_and_dashed(text: str) -> str:
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 10_000_000 <= value <= 999_999_999:
-        return REDACTED
-    if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return REDACTED if 10_000_000 <= value <= 999_999_999 else value
+    if isinstance(value, dict):  # a key may be a BSN too (counts by youth)
+        return {_redact(k): _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return type(value)(_redact(v) for v in value)
-    return value
+    # anything else (an exception, bytes, a model): as the renderers would show it, redacted
+    return redact_text(repr(value))
 
 
 def redact_bsn(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

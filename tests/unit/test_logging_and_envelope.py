@@ -109,6 +109,10 @@ def test_a_bsn_glued_to_letters_or_split_by_dashes_is_redacted_and_ids_are_kept(
         "111222333abc",  # short hex: no hub id is this short
         "ref-111222333a",
         "de111222333",
+        "111\u00a0222\u00a0333",  # no-break spaces, as a word processor puts them
+        "111\t222\t333",
+        "111\u2013222\u2013333",  # en dashes
+        "bsn 11\u20101222\u2010333",
     ):
         out = redact_text(text)
         assert BSN not in out.replace("-", "") and REDACTED in out, (text, out)
@@ -143,6 +147,11 @@ def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[
         logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
         setup_logging("INFO", json=True)
         structlog.get_logger("t").info("registering", bsn=BSN)
+        # not a string: an exception, bytes, a set, a count keyed by BSN (they were rendered as given)
+        structlog.get_logger("t").info(
+            "odd values", error=ValueError(f"for bsn {BSN}"), raw=f'{{"bsn":"{BSN}"}}'.encode(),
+            seen={BSN}, counts={BSN: 2},
+        )  # fmt: skip
         # a traceback quotes the exception's message: uvicorn logs what a request did not handle
         try:
             raise ValueError(f"youth {BSN} not found")
@@ -154,7 +163,7 @@ def test_redaction_runs_inside_structlog_pipeline(capsys: pytest.CaptureFixture[
         structlog.configure(**saved)
         root.handlers[:] = handlers
         root.setLevel(level)
-    assert "registering" in err and BSN not in err
+    assert "registering" in err and "odd values" in err and BSN not in err
     assert err.count("ValueError: youth [bsn-redacted] not found") == 2, err
 
 
