@@ -81,6 +81,30 @@ def dead_letter_key(record: ConsumerRecord[Any, Any], secret: str | None) -> tup
     return key_without_bsn(original_key(record), secret)
 
 
+# A run of digit groups split by a space, dot or dash, and what splits them; a UUID's are an id's.
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[\s.\-\u2010-\u2015][0-9]+)*")
+_GROUP_SEPARATOR = re.compile(r"[\s.\-\u2010-\u2015]")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _bsn_in_groups(key: str) -> bool:
+    """Whether `key` holds eight or nine digits passing the elfproef as one group or consecutive
+    groups of a run, as people write a BSN: "1234 56 782", "1234.56.782", "1234-56-782", or eight
+    digits among text ("bsn=12345672"). Only nine digits in one run were seen, and such a key went
+    to Kafka as it came."""
+    for run in _DIGIT_RUN.finditer(_UUID.sub(" ", key)):
+        groups = _GROUP_SEPARATOR.split(run.group())
+        for first in range(len(groups)):
+            digits = ""
+            for group in groups[first:]:
+                digits += group
+                if len(digits) > 9:
+                    break
+                if len(digits) >= 8 and is_valid_bsn(digits):
+                    return True
+    return False
+
+
 def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, str | None]:
     """A sender's key as the hub may write it to Kafka, and its `KEY_PSEUDONYM` mark (None: as it was).
 
@@ -92,7 +116,7 @@ def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, st
     if key is None or is_youth_key(key):
         return key, None
     is_bsn = is_valid_bsn(key)
-    if not (is_bsn or contains_bsn(key)):
+    if not (is_bsn or contains_bsn(key) or _bsn_in_groups(key)):
         return key, None
     if not secret:
         return None, None

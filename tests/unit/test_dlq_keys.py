@@ -24,6 +24,10 @@ YOUTH, PARENT = "111222333", "123456782"
         ("bsn111222333", "text"),  # nine digits touching letters
         ("111222333x", "text"),
         ("pv-111222333-2", "text"),
+        ("bsn 1112 22 333", "text"),  # in groups, as people write it: it went to Kafka as it was
+        ("bsn:1112.22.333", "text"),
+        ("1112-22-333", "text"),
+        ("bsn=10000008", "text"),  # eight digits among text
     ],
 )
 def test_a_key_with_a_bsn_in_it_goes_as_its_pseudonym(key: str, mark: str) -> None:
