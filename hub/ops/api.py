@@ -345,16 +345,31 @@ _LETTER_ID = re.compile(r"(.+):([0-9]+):([0-9]+)")
 NOT_KEPT = "(search text not kept)"
 
 
+# The shapes of what the hub issues and is searched by, besides a UUID and a dead letter's id: a row
+# number, a hex id (a youth key, a replay job), a reference of capitals and digits ("PL1500-2026-0001",
+# "LP-2025-17"). Lower-case text with a digit in it ("Jansen2010", "s.jansen-14") is a name, and a
+# reference never starts with digits ("2511AB12" is a postcode and a house number).
+_ROW = re.compile(r"[0-9]{1,7}")
+_HEX_ID = re.compile(r"[0-9a-f]{16,64}")
+_REFERENCE = re.compile(r"[A-Z]{1,8}[0-9A-Z]*(?:[-/_.][0-9A-Z]+)*")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def _kept_id(text: str) -> str:
-    """`text` when it looks like an id the hub issues, else `NOT_KEPT`: printable, no whitespace, no
-    @, a digit in it and no run of eight or more digits (a BSN, a phone number), also not in groups
-    ("252-760-189", "06-1234-5678"); the offset of a dead-letter id may be that long."""
+    """`text` when it has the shape of an id the hub issues (above), else `NOT_KEPT`: a digit in it
+    and no run of eight or more digits (a BSN, a phone number), also not in groups ("252-760-189",
+    "06-1234-5678"); the offset of a dead-letter id may be that long. Any text with a digit in it
+    was kept but for those: a name with a year, a postcode with a house number."""
     if _UUID.fullmatch(text):
         return text
     letter = _LETTER_ID.fullmatch(text)
     rest = letter[1] if letter else text
-    plain = rest.isprintable() and not any(c.isspace() or c == "@" for c in rest)
-    if plain and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest) and not _grouped(rest):
+    shaped = (
+        _TOPIC.fullmatch(rest)
+        if letter
+        else _ROW.fullmatch(text) or _HEX_ID.fullmatch(text) or _REFERENCE.fullmatch(text)
+    )
+    if shaped and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest) and not _grouped(rest):
         return text
     return NOT_KEPT
 

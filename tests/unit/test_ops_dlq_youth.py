@@ -81,7 +81,9 @@ def test_a_csv_without_a_bsn_column_or_rows_names_none() -> None:
         "3F2B8C1E-9D4A-4E6F-8A7B-012345678901",  # a UUID, even with a run of digits
         "tketenhub.ops.in.v1.dlq:0:123456789",  # a dead letter's id: its offset may be long
         "PL1500-2026-0001",
+        "LP-2025-17",
         "42",
+        "9e1fd6b1b1b0a2c4",  # a replay job's id
     ],
 )
 def test_the_timeline_keeps_an_id_the_hub_issues(search: str) -> None:
@@ -108,6 +110,11 @@ def test_the_timeline_keeps_an_id_the_hub_issues(search: str) -> None:
         "BSN252-760-189",
         "06-1234-5678",
         "+31-6-1234-5678",
+        # a name with a year or an age, a postcode with a house number: kept for years
+        "Jansen2010",
+        "sanne.jansen2010",
+        "S.Jansen-14",
+        "2511AB12",
     ],
 )
 def test_the_timeline_keeps_no_search_text_that_may_name_a_person(search: str) -> None:
