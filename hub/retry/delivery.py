@@ -20,7 +20,7 @@ from hub.logging import get_logger
 from hub.metrics import Metrics
 from hub.spine.dlq import safe_error_message
 from hub.store import store_failed
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, trace_id
 
 log = get_logger(__name__)
 Hook = Callable[..., Awaitable[None]]
@@ -142,7 +142,7 @@ class Hooks:
             "a delivery hook failed; the ladder's record stands",
             ladder=self.ladder,
             hook=name,
-            message_id=message.message_id,
+            message_id=trace_id(message.message_id),
             error=safe_error_message(exc),
         )
 

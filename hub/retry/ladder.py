@@ -46,7 +46,7 @@ from hub.retry.tables import parked
 from hub.spine import Tx
 from hub.spine.dlq import safe_error_message
 from hub.store import Store, store_failed
-from schemas.envelope import Envelope, utcnow
+from schemas.envelope import Envelope, trace_id, utcnow
 
 log = get_logger(__name__)
 STOP_GRACE_S = 10.0  # how long a stopping hub waits for deliveries in hand to be recorded
@@ -348,7 +348,7 @@ class RetryLadder(ParkingLot):
                 log.error(
                     "a delivery was cut off: its lease could not be kept",
                     ladder=self.name,
-                    message_id=row.message_id,
+                    message_id=trace_id(row.message_id),
                 )
                 return True
             finally:

@@ -26,7 +26,7 @@ from hub.spine import add_to_outbox
 from hub.spine.consumer import message_id_of, transaction_id_of
 from hub.spine.dlq import KEY_PSEUDONYM, dead_letter_key, dlq_headers, original_headers, safe_error_message
 from hub.store import Store
-from schemas.envelope import H_TRANSACTION_ID, Envelope
+from schemas.envelope import H_TRANSACTION_ID, Envelope, trace_id
 
 log = get_logger(__name__)
 MESSAGES_KEPT = 1024  # parsed envelopes a ladder keeps at most (`ParkingLot._message`): a round's
@@ -219,7 +219,7 @@ class ParkingLot:
                         log.error(
                             "recording a delivery's outcome failed; postponed",
                             ladder=self.name,
-                            message_id=row.message_id,
+                            message_id=trace_id(row.message_id),
                             postponed=values["postponed"],
                             error=safe_error_message(exc),
                         )
@@ -276,7 +276,7 @@ class ParkingLot:
             log.error(
                 "dead-lettering a delivery whose outcome could not be recorded failed; postponed",
                 ladder=self.name,
-                message_id=row.message_id,
+                message_id=trace_id(row.message_id),
                 error=safe_error_message(again),
             )
             return False
@@ -344,7 +344,7 @@ class ParkingLot:
             log.warning(
                 "recording a delivery's outcome failed again",
                 ladder=self.name,
-                message_id=row.message_id,
+                message_id=trace_id(row.message_id),
                 error=safe_error_message(again),
             )
             return None
@@ -357,7 +357,7 @@ class ParkingLot:
             "a delivery's outcome was not recorded: another process has the message in hand (its "
             "lease ended first), or it is gone",
             ladder=self.name,
-            message_id=row.message_id,
+            message_id=trace_id(row.message_id),
         )
         return 0
 
@@ -416,7 +416,7 @@ class ParkingLot:
             log.warning(
                 "the hub's store failed on a delivery's way; put off, no rung used",
                 ladder=self.name,
-                message_id=row.message_id,
+                message_id=trace_id(row.message_id),
                 postponed=values["postponed"],
                 error=safe_error_message(outcome),
             )

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.clock import aware
 from hub.kafka import KeyPartitioner
 from hub.logging import get_logger
+from hub.spine.dlq import safe_error_message
 from hub.store import Store
 from hub.store.tables import inbox, outbox, outbox_parked
 from schemas.envelope import H_MESSAGE_ID, Envelope, utcnow
@@ -460,7 +461,7 @@ class Relay:
                 log.warning(
                     "outbox relay stopped before its last rows were marked sent; they go out again"
                     " after a restart",
-                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    error=f"{type(exc).__name__}: {safe_error_message(exc)}"[:300],
                 )
         finally:
             marker = self._marker
@@ -469,7 +470,7 @@ class Relay:
             elif marker is not None and not marker.cancelled() and (failed := marker.exception()) is not None:
                 log.warning(  # its error was not taken by a caller: say it once, here
                     "outbox relay's last sent mark failed; its rows go out again after a restart",
-                    error=f"{type(failed).__name__}: {failed}"[:300],
+                    error=f"{type(failed).__name__}: {safe_error_message(failed)}"[:300],
                 )
 
     async def _run(self) -> None:
@@ -486,7 +487,8 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                # shown to every operator, viewers too: never a value a statement carried
+                self.last_error = f"{type(exc).__name__}: {safe_error_message(exc)}"[:300]
                 log.warning("outbox relay failed; will retry", error=self.last_error, retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

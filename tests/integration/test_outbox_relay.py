@@ -418,3 +418,24 @@ async def test_a_sent_row_of_a_watched_topic_is_kept_until_its_group_took_it_in(
     async with store.connect() as conn:
         kept = (await conn.execute(select(outbox.c.topic, outbox.c.message_id))).all()
     assert sorted(kept) == [(watched, "recent"), (watched, "waiting")]
+
+
+async def test_the_relays_error_shown_to_every_operator_carries_no_value_a_statement_held(
+    kafka: EmbeddedKafka, store: Store, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay's last error is on the console for viewers too (`/ops/api/connectors`). It was the
+    driver's text as it came, which quotes the values a statement refused: a youth's name in a row."""
+    from sqlalchemy.exc import IntegrityError
+
+    said = "duplicate key value violates unique constraint: Key (name)=(Sanne de Vries) already exists."
+
+    async def failing(*_: Any, **__: Any) -> int:
+        raise IntegrityError("INSERT INTO outbox ...", {"name": "Sanne de Vries"}, Exception(said))
+
+    async with _relay(kafka, store, f"t{unique}.relay.error.v1", gather_s=0.0) as relay:
+        monkeypatch.setattr(relay, "_publish_ahead", failing)
+        monkeypatch.setattr(relay, "_publish_locked", failing)
+        relay.wake()
+        await wait_for(lambda: relay.last_error is not None)
+        shown = relay.last_error
+        assert shown is not None and "IntegrityError" in shown and "Sanne" not in shown, shown
