@@ -62,6 +62,16 @@ class Act:
     on_behalf_of: str | None = HALT
 
 
+def notice_transaction_id(withdrawal_transaction_id: str, handover_id: str) -> str:
+    """The transaction id of a withdrawal's notice to one receiver: its own, the same every time it
+    is made again for the same withdrawal and handover."""
+    return str(
+        uuid.uuid5(
+            uuid.NAMESPACE_URL, f"ketenhub:withdrawal-notice:{withdrawal_transaction_id}:{handover_id}"
+        )
+    )
+
+
 async def audit_handover(
     session: AsyncSession, r: Routing, act: Act, action: str, row: Any, **objects: Any
 ) -> None:
@@ -394,6 +404,9 @@ async def apply_withdrawal(
         if changed.rowcount != 1:  # decided otherwise since it was read: not this withdrawal's
             continue
         withdrawn.append(handover_id)
+        # Each receiver's notice under a transaction id of its own, named in the audit entry (rule
+        # 19): under the withdrawal's one, two receivers of the youth could join what each got on it
+        notice_tx = notice_transaction_id(act.transaction_id, handover_id) if handover_id in told else None
         await audit_handover(
             session,
             r,
@@ -402,10 +415,11 @@ async def apply_withdrawal(
             row,
             consent_id=stored.consent_id,
             receiver_told=handover_id in told,
+            **({"notice_transaction_id": notice_tx} if notice_tx else {}),
         )
-        if handover_id in told:
+        if notice_tx is not None:
             notice = messages.withdrawal_notice(
-                row, reason="TOESTEMMING_INGETROKKEN", at=now, transaction_id=act.transaction_id
+                row, reason="TOESTEMMING_INGETROKKEN", at=now, transaction_id=notice_tx
             )
             await add_to_outbox(session, r.dispatch_topic, notice, key=row.youth_key)
     return withdrawn, list(effects.kept)

@@ -877,6 +877,10 @@ async def test_a_receiver_that_may_have_a_handover_back_to_waiting_is_told_of_th
         [notice] = told()
         assert notice.payload["handover_id"] == hid
         assert (await w.status(hid))["status"] == "INGETROKKEN"
+        # under a transaction id of its own, which the audit entry names: under the withdrawal's,
+        # two receivers of the youth could join their handovers on it
+        assert notice.transaction_id != r.headers["Fsc-Transaction-Id"] == withdrawn.transaction_id
+        assert withdrawn.objects["notice_transaction_id"] == notice.transaction_id
 
 
 async def test_a_fhir_consent_not_in_force_is_never_recorded_actief(
