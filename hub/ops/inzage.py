@@ -51,6 +51,7 @@ from hub.retry.tables import parked
 from hub.signals.tables import matches, signals
 from hub.store import Store
 from hub.store.tables import audit_log, outbox, outbox_parked
+from hub.topics import DAY_MS, all_topics
 from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.envelope import utcnow
 from schemas.pseudonym import youth_key, youth_ref
@@ -247,8 +248,10 @@ async def export(
     by: str,
     dead_letters: DeadLetters | None,
     transaction_id: str | None = None,
+    topic_prefix: str = "",
 ) -> dict[str, Any]:
-    """Everything the hub holds and disclosed about `bsn`, audited as read by `by` (rule 20)."""
+    """Everything the hub holds and disclosed about `bsn`, audited as read by `by` (rule 20); and
+    the hub's topics where copies of the youth's messages may still be (`in_transit`)."""
     normal, key = youth_of(bsn, secret)
     incomplete: list[str] = []
     own_ids: set[str] = set()
@@ -293,6 +296,26 @@ async def export(
         "incomplete": incomplete,
         "counts": counts,
         **held,
+        "in_transit": in_transit(topic_prefix),
+    }
+
+
+IN_TRANSIT_NOTE = (
+    "Each message about the youth passed through the hub's own topics on its way: the broker keeps a"
+    " copy there for the days given, then drops it. These copies are the messages whose effects the"
+    " parts above show (a referral, a decision, a handover as delivered to its receiver, a signal"
+    " command, a mail); they are not read one by one. The dead-letter topics are read (dead_letters)."
+)
+
+
+def in_transit(prefix: str) -> dict[str, Any]:
+    """Which of the hub's topics (under `prefix`) may still hold a copy of a message about the youth,
+    and for how many days the broker keeps one: said, not left out silently. The export reads the
+    store and the dead letters, not every topic's last week."""
+    topics = [t for t in all_topics() if ".dlq." not in t.name]
+    return {
+        "note": IN_TRANSIT_NOTE,
+        "topics": [{"topic": prefix + t.name, "kept_days": t.retention_ms // DAY_MS} for t in topics],
     }
 
 
@@ -324,6 +347,7 @@ async def subject_access(
             by=op.username,
             dead_letters=console_of(hub).dead_letters,
             transaction_id=getattr(request.state, "transaction_id", None),
+            topic_prefix=hub.settings.kafka.topic_prefix,
         )
     except InvalidBsn as exc:
         raise Problem(

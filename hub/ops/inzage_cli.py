@@ -116,10 +116,15 @@ def inzage(
                     err=True,
                 )
             bsn = _read_bsn()
+            prefix = settings.kafka.topic_prefix
             if settings.embedded_broker:
-                return await export(store, bsn=bsn, secret=secret, by=USER, dead_letters=None)
+                return await export(
+                    store, bsn=bsn, secret=secret, by=USER, dead_letters=None, topic_prefix=prefix
+                )
             async with _dead_letters(settings, store) as dl:
-                return await export(store, bsn=bsn, secret=secret, by=USER, dead_letters=dl)
+                return await export(
+                    store, bsn=bsn, secret=secret, by=USER, dead_letters=dl, topic_prefix=prefix
+                )
 
         try:
             doc = _run(go, settings)

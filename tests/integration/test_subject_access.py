@@ -90,6 +90,13 @@ async def test_the_export_holds_what_the_hub_holds_and_disclosed_about_one_bsn_a
             await officer.aclose()
 
         assert doc["bsn"] == bsn and doc["youth_key"] == key and doc["incomplete"] == []
+        # the hub's own topics, whose last days may still hold copies of the youth's messages: named
+        transit = {t["topic"]: t["kept_days"] for t in doc["in_transit"]["topics"]}
+        assert (
+            transit[w.hub.topic("handover.dispatch.v1")] == 7
+            and transit[w.hub.topic("referral.received.v1")] == 7
+        )
+        assert not [t for t in transit if ".dlq." in t]  # those are read, under dead_letters
         assert [r["id"] for r in doc["referrals"]] == [rid]
         assert doc["referrals"][0]["referral"]["youth"]["bsn"] == bsn  # what is held, as held
         assert [c["id"] for c in doc["consents"]] == [consent["consent_id"]]
