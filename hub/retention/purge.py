@@ -235,6 +235,9 @@ async def purge(
     letters_gone = now - PARKED_TERM
     async with store.read() as session:
         ended = await _ended_signals(session, before, letters_gone)
+    # the signals this run purged (or, in a dry run, would): a case is idle without them. Not those
+    # found first: one kept by the look under the write (a command queued since) keeps its case
+    going: set[str] = set()
     for start in range(0, len(ended), CHUNK):
         counted: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         async with store.transaction() as session:
@@ -265,12 +268,13 @@ async def purge(
                     )
                 )
             for signal_id, key in gone:
+                going.add(signal_id)
                 counted[key]["signals"] += 1
                 counted[key]["matches"] += found.get(signal_id, 0)
             if not dry_run:
                 await write_audits(session, _entries(now, counted))
         add(counted)
-    cutoff, going = now - timedelta(days=settings.case_days), {signal_id for signal_id, _ in ended}
+    cutoff = now - timedelta(days=settings.case_days)
     async with store.read() as session:
         cases = await _old_cases(session, cutoff, local_day(now), going)
     for candidates in _chunks(cases):

@@ -379,6 +379,28 @@ async def test_a_row_written_after_the_purge_looked_is_not_purged_with_the_case(
     assert entry.objects["consents"] == 1 and "referrals" not in entry.objects
 
 
+async def test_a_signal_kept_by_the_look_under_the_write_keeps_its_case(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge found a signal past its term, then, looking again under its write, kept it (a
+    command was queued for it in between). The case was still judged as though the signal went:
+    the youth's referral, consent and handover were purged beside a signal that stays."""
+    key, bsn = "b2" * 32, "111222333"
+    await _case(store, key, bsn, received=ago(6 * YEARS))
+    await _signal(store, key, bsn, ended=NOW.date() - timedelta(days=400), state="delivered")
+    real = purge_module._ended_signals
+
+    async def ended_signals(session: Any, before: Any, letters_gone: Any, among: Any = None) -> Any:
+        found = await real(session, before, letters_gone, among)
+        return [] if among is not None else found  # kept, says the look under the write
+
+    monkeypatch.setattr(purge_module, "_ended_signals", ended_signals)
+    done = await purge(store, RetentionSettings(), now=NOW)
+    assert done.signals == 0 and await _count(store, signals, youth_key=key) == 1
+    assert (done.referrals, done.consents, done.handovers) == (0, 0, 0)
+    assert await _count(store, referrals, youth_key=key) == 1
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_a_purge_leaves_a_case_a_consent_is_being_recorded_on_for_its_next_run(store: Store) -> None:
     """A consent (or a handover) refers to the case's referral. Recorded while the purge ran, it
