@@ -155,7 +155,8 @@ class Completeness:
     A permit in a custody role does not count as a custodian's when the youth's referral shows its
     grantor without custody (`no_custody`, by role), nor when the referral names the custodians
     needed and not its grantor (`not_named`, by role): a role the caseworker typed does not outweigh
-    what the referral shows. Roles only, never names: they are the parents' personal data.
+    what the referral shows. Roles only, never names: they are the parents' personal data. When the
+    referral names more people with custody than can hold it (`over_named`), each of them must permit.
     """
 
     day: date
@@ -168,6 +169,7 @@ class Completeness:
     named: int = 0
     no_custody: tuple[GrantorRole, ...] = ()
     not_named: tuple[GrantorRole, ...] = ()
+    over_named: int = 0  # how many the referral names with custody, when more than can hold it
 
     @property
     def complete(self) -> bool:
@@ -205,6 +207,7 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
     needed = None
     no_custody: list[GrantorRole] = []
     not_named: list[GrantorRole] = []
+    over_named = 0
     if Required.GEZAGHEBBERS in required:
         with_custody, without = _shown(named)
         roles = {person(g.name): g.role for g in permits if g.role in CUSTODY_ROLES}
@@ -224,6 +227,12 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
             need = max(named, 1)  # missing for certain, whatever the number turns out to be
         else:
             need = needed = max(consent.custodians, named)
+        if len(with_custody) > MAX_CUSTODIANS:
+            # more named with custody than can hold it (the police list assumes custody where the
+            # officer did not say): who holds it cannot be told, so each of them must permit. Any two
+            # of three made it complete, and the one custodian among them never asked
+            need = needed = max(need, len(with_custody))
+            over_named = len(with_custody)
         have = counted(need)
         if have < confirmed + len(others):
             not_named = others
@@ -239,6 +248,7 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
         int(named),
         no_custody=tuple(no_custody),
         not_named=tuple(not_named),
+        over_named=over_named,
     )
 
 
@@ -270,6 +280,12 @@ def explain(check: Completeness) -> str | None:
             "van de jeugdige noemt: die toestemming telt niet in plaats van die van een gezaghebber "
             "die de verwijzing wel noemt (regel 8). Is het dezelfde persoon, leg de naam dan vast "
             "zoals de verwijzing die noemt; anders is de toestemming van die gezaghebber nodig."
+        )
+    if short and check.over_named:
+        parts.append(
+            f"De verwijzing noemt {check.over_named} mensen met gezag, meer dan er het gezag kunnen "
+            "hebben; wie het heeft, is zo niet vast te stellen, dus is de toestemming van ieder van "
+            "hen nodig (regel 8)."
         )
     if short and check.custodians_needed is not None:
         source = (

@@ -304,6 +304,38 @@ def test_rule_8_a_permit_that_counts_for_nobody_does_not_move_the_day_of_consent
     assert completeness(again, named=named).complete
 
 
+def test_rule_8_three_named_with_custody_must_each_permit(referral: Referral) -> None:
+    """The police list assumes custody where the officer did not say: mother, father and a
+    stepfather all "with custody". Permits of any two made the consent complete, though one of
+    the two people who hold custody may never have been asked."""
+    stepfather = "Kees Bakker"
+    three = with_guardians(referral, Guardian(name=MOTHER), Guardian(name=FATHER), Guardian(name=stepfather))
+    named = named_custodians(three)
+    for stated in (2, None):
+        two = consent(
+            grantor(YOUTH, FOURTEEN),
+            grantor(PARENT, FOURTEEN, name=MOTHER),
+            grantor(PARENT, FOURTEEN, name=stepfather),
+            custodians=stated,
+        )
+        result = completeness(two, named=named)
+        assert not result.complete and result.missing.count("OUDER_MET_GEZAG") == 1, result
+        reason = explain(result)
+        assert reason is not None and "noemt 3 mensen met gezag" in reason and "Jansen" not in reason
+        every = two.model_copy(update={"grantors": [*two.grantors, grantor(PARENT, FOURTEEN, name=FATHER)]})
+        assert completeness(every, named=named).complete
+    # two named with custody: as before, both permits make it complete
+    assert completeness(
+        consent(
+            grantor(YOUTH, FOURTEEN),
+            grantor(PARENT, FOURTEEN, name=MOTHER),
+            grantor(PARENT, FOURTEEN, name=FATHER),
+            custodians=2,
+        ),
+        named=named_custodians(with_guardians(referral, Guardian(name=MOTHER), Guardian(name=FATHER))),
+    ).complete
+
+
 def test_rule_8_the_mothers_permit_makes_it_complete(split: Referral) -> None:
     named = named_custodians(split)
     c = consent(
