@@ -139,8 +139,12 @@ def custodians_shown(consent: Consent, *, named: int) -> int:
     """The fewest custodians there are, by what the referral names and whom the consent itself
     records as holding custody (each custodian once, by `person`, whatever they answered). Someone
     the referral shows without custody is not one, whatever role they were recorded in."""
-    _, without = _shown(named)
+    with_custody, without = _shown(named)
     answered = {person(g.name) for g in consent.grantors if g.role in CUSTODY_ROLES} - without
+    if len(with_custody) > MAX_CUSTODIANS:
+        # the referral names more with custody than can hold it: each of them must permit anyway
+        # (`completeness`), and their permits are no sign of more custodians than the law allows
+        answered -= with_custody
     return max(int(named), len(answered))
 
 

@@ -324,6 +324,8 @@ def test_rule_8_three_named_with_custody_must_each_permit(referral: Referral) ->
         assert reason is not None and "noemt 3 mensen met gezag" in reason and "Jansen" not in reason
         every = two.model_copy(update={"grantors": [*two.grantors, grantor(PARENT, FOURTEEN, name=FATHER)]})
         assert completeness(every, named=named).complete
+        # and the three permits, with two custodians stated, are no sign of a third custodian
+        assert custodians_shown(every, named=named) == 2
     # two named with custody: as before, both permits make it complete
     assert completeness(
         consent(
