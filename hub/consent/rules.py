@@ -29,12 +29,19 @@ def consent_day(consent: Consent, *, named: int = 0) -> date:
     does not bring a consent about: a parent's refusal two days after a 15-year-old's permit moved the
     day past the 16th birthday, where the refusal no longer counts, and made the consent complete.
     Nor does a permit that counts for nobody: one by someone the youth's referral shows without
-    custody (`named`), recorded after the 16th birthday, made the youth 16 on the day of consent
-    and the consent complete without the custodians' permits asked for at 15. Without any permit
+    custody (`named`), or does not name where it names every custodian there can be, recorded after
+    the 16th birthday, made the youth 16 on the day of consent and the consent complete without the
+    custodians' permits asked for at 15. Without any permit
     that counts, the day of the last permit; without any permit, the day of the last answer."""
-    _, without = _shown(named)
+    with_custody, without = _shown(named)
+    # room for custodians the referral does not name: as many as are stated, or can hold custody
+    room = (consent.custodians or MAX_CUSTODIANS) - len(with_custody)
+
+    def counts(name: str) -> bool:
+        return name in with_custody or (name not in without and room > 0)
+
     permits = [g for g in consent.grantors if g.permission is Permission.PERMIT]
-    counting = [g for g in permits if g.role not in CUSTODY_ROLES or person(g.name) not in without]
+    counting = [g for g in permits if g.role not in CUSTODY_ROLES or counts(person(g.name))]
     return max(local_day(g.given_at) for g in counting or permits or consent.grantors)
 
 

@@ -294,6 +294,14 @@ def test_rule_8_a_permit_that_counts_for_nobody_does_not_move_the_day_of_consent
     result = completeness(c, named=named)
     assert (result.day, result.age) == (DAY_BEFORE_16, 15)
     assert not result.complete and result.missing == ("OUDER_MET_GEZAG",)
+    # nor one by someone it does not name, where it names every custodian there can be
+    both = named_custodians(with_guardians(split, Guardian(name=MOTHER), Guardian(name=FATHER)))
+    stranger = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, name="Iemand"), custodians=2)
+    result = completeness(stranger, named=both)
+    assert (result.day, result.age, result.complete) == (DAY_BEFORE_16, 15, False)
+    # where it names one of two, an unnamed permit may be the other custodian's: it counts
+    one = named_custodians(with_guardians(split, Guardian(name=MOTHER)))
+    assert completeness(stranger, named=one).age == 16
     # a custodian's permit after the birthday does move it: at 16 the youth, who permitted, decides
     mother = consent(grantor(YOUTH, DAY_BEFORE_16), grantor(PARENT, SIXTEENTH, name=MOTHER), custodians=2)
     assert completeness(mother, named=named).age == 16
