@@ -277,13 +277,22 @@ class VerwijsindexConnector:
                 if found is None:
                     self.outcomes.add(message.message_id, WITHHELD)
                     return
+            if found is None and (problem := not_informed(signal, self.today())) is not None:
+                # Rule 14 forbids sending it today (the youth turned 12 or 16 since it was made,
+                # uninformed for that age). An earlier attempt whose answer was lost may have got
+                # through before: then the index holds it, and that is recorded below; else nothing
+                # went, and the dead letter says why
+                found = await self._in_index(signal.signal_id, message, _secrets(held))
+                if found is None:
+                    raise PermanentError(problem)  # the DLQ; the caseworker sees it undelivered
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
             body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
             if found is not None:
                 # The index holds it, active or ended: an earlier attempt got through (its answer
-                # lost), and was delivered then. The signal is over: it is not sent again (the youth's
-                # data once more, and, with another contact, a PUT the index refuses for ever), nor
-                # given a new contact; the withdrawal behind it ends it, or has.
+                # lost), and was delivered then. The signal is over, or may not be sent today (rule
+                # 14): it is not sent again (the youth's data once more, and, with another contact, a
+                # PUT the index refuses for ever), nor given a new contact; the withdrawal behind it
+                # ends it, or has.
                 if not _same_signal(found, body):
                     raise IndexConflict(
                         "the Verwijsindex holds another signal under this id (another organisation or"
@@ -298,8 +307,6 @@ class VerwijsindexConnector:
                 candidates = [(contact_id, contact), (signal.caseworker_id, signal.caseworker)]
                 self.earlier.add(message.message_id, _whose(found.contactpersoon, candidates))
                 return
-            if (problem := not_informed(signal, self.today())) is not None:
-                raise PermanentError(problem)  # the DLQ; the caseworker sees it undelivered
             found = await self._register(signal.signal_id, body, message)
             self.contacts.add(message.message_id, contact_id or "")
             if found is not None:

@@ -801,7 +801,9 @@ async def test_a_registration_sent_after_the_youth_turned_12_uninformed_is_not_s
         [dead] = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30)
         why = headers_of(dead)["dlq-exception-message"]
         assert "rule 14" in why and "youth_informed_at" in why and signal.youth.bsn not in why, why
-        assert [c for c in await calls(admin) if c["path"].startswith(SIGNAL)] == []  # nothing sent
+        # looked up first (an earlier attempt may have got through), nothing sent
+        sent = [(c["method"], c["status"]) for c in await calls(admin) if c["path"].startswith(SIGNAL)]
+        assert sent == [("GET", 404)]
         assert signal.signal_id not in simulator.state.signals
         assert hub.store is not None
         with pytest.raises(NotInformed, match="rule 14.*youth_informed_at"):
@@ -815,6 +817,51 @@ async def test_a_registration_sent_after_the_youth_turned_12_uninformed_is_not_s
 
 async def _nothing_waits() -> bool:
     return False
+
+
+async def test_a_registration_the_index_took_before_the_youth_turned_12_is_recorded_not_dead_lettered(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """An attempt the day before the 12th birthday got through and its answer was lost; the retry,
+    after the birthday, may not send it (rule 14). The index holds it all the same: a disclosure
+    made, and recorded as one, not a dead letter saying nothing was sent."""
+    from connectors.verwijsindex.component import VerwijsindexConnector
+    from connectors.verwijsindex.mapping import registratie_van
+
+    hub = await start_hub(kafka, db_url, unique, simulator.url)
+    try:
+        signal = a_signal(bsns(1, start=550_000_000)[0])
+        made = today() - timedelta(days=10)
+        signal = signal.model_copy(
+            update={
+                "youth": signal.youth.model_copy(update={"birth_date": add_years(today(), -12)}),
+                "created": made,
+                "youth_informed_at": None,
+                "parent_letter_sent_at": made,
+            }
+        )
+        connector = hub.components["verwijsindex"]
+        assert isinstance(connector, VerwijsindexConnector)
+        taken = registratie_van(signal, connector.organisatie).model_dump(mode="json", by_alias=True)
+        put = await admin.put(
+            SIGNAL + str(signal.signal_id), json=taken, headers={"Fsc-Transaction-Id": str(uuid.uuid4())}
+        )
+        assert put.status_code == 201, put.text
+        await register(hub, signal)
+
+        async def settled() -> bool:
+            return (await rows(hub))[signal.signal_id].delivery_state == "delivered"
+
+        await wait_for(settled, timeout_s=20)
+        assert await audited(hub, signal) == ["verwijsindex.RegisterSignal"]  # the disclosure it was
+        sent = [
+            (c["method"], c["status"]) for c in await calls(admin) if c["path"] == SIGNAL + signal.signal_id
+        ]
+        assert sent == [("PUT", 201), ("GET", 200)]  # the earlier attempt's, and the look: no second PUT
+        dead = await read_all(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq))
+        assert dead == []
+    finally:
+        await hub.stop()
 
 
 async def test_a_phone_number_the_hub_took_reaches_the_index_in_the_contracts_form(
