@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -345,33 +346,32 @@ _LETTER_ID = re.compile(r"(.+):([0-9]+):([0-9]+)")
 NOT_KEPT = "(search text not kept)"
 
 
-# The shapes of what the hub issues and is searched by, besides a UUID and a dead letter's id: a row
-# number, a hex id (a youth key, a replay job), a reference of capitals and digits ("PL1500-2026-0001",
-# "LP-2025-17"). Lower-case text with a digit in it ("Jansen2010", "s.jansen-14") is a name, and a
-# reference never starts with digits ("2511AB12" is a postcode and a house number).
-_ROW = re.compile(r"[0-9]{1,7}")
-_HEX_ID = re.compile(r"[0-9a-f]{16,64}")
-_REFERENCE = re.compile(r"[A-Z]{1,8}[0-9A-Z]*(?:[-/_.][0-9A-Z]+)*")
-_TOPIC = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def _kept_id(text: str) -> str:
-    """`text` when it has the shape of an id the hub issues (above), else `NOT_KEPT`: a digit in it
-    and no run of eight or more digits (a BSN, a phone number), also not in groups ("252-760-189",
-    "06-1234-5678"); the offset of a dead-letter id may be that long. Any text with a digit in it
-    was kept but for those: a name with a year, a postcode with a house number."""
+def _kept_id(text: str, rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """`text` when the search found it as an id, else `NOT_KEPT`: the transaction id of an entry it
+    read, or a value among an entry's objects (the hub's ids, never a youth's name or BSN), and then
+    only printable, without whitespace or @, with a digit in it and no run of eight or more digits (a
+    BSN, a phone number), also not in groups ("252-760-189", "06-1234-5678"); the offset of a
+    dead-letter id may be that long. Judged by its shape alone, a name with a year or a postcode with
+    a house number was kept for years; a text the search did not find is not kept, whatever it is."""
+    if not any(r["transaction_id"] == text or _holds(r["objects"], text) for r in rows):
+        return NOT_KEPT
     if _UUID.fullmatch(text):
         return text
     letter = _LETTER_ID.fullmatch(text)
     rest = letter[1] if letter else text
-    shaped = (
-        _TOPIC.fullmatch(rest)
-        if letter
-        else _ROW.fullmatch(text) or _HEX_ID.fullmatch(text) or _REFERENCE.fullmatch(text)
-    )
-    if shaped and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest) and not _grouped(rest):
+    plain = rest.isprintable() and not any(c.isspace() or c == "@" for c in rest)
+    if plain and any(c.isdigit() for c in text) and not _LONG_NUMBER.search(rest) and not _grouped(rest):
         return text
     return NOT_KEPT
+
+
+def _holds(value: Any, text: str) -> bool:
+    """Whether `text` is `value` or one of the values in it (an audit entry's objects)."""
+    if isinstance(value, Mapping):
+        return any(_holds(v, text) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, text) for v in value)
+    return value is not None and not isinstance(value, bool) and str(value) == text
 
 
 def _grouped(text: str) -> bool:
@@ -430,7 +430,7 @@ async def timeline(
     # (rule 20) finds the read (rule 18); each says how many youths the read showed. Written in one
     # statement: a search by the transaction id of a CSV upload reads hundreds of youths at once.
     youths = list(dict.fromkeys(r["youth_key"] for r in rows if r["youth_key"] is not None))
-    objects = {"id": _kept_id(id), "events": len(events), "youths": len(youths)}
+    objects = {"id": _kept_id(id, rows), "events": len(events), "youths": len(youths)}
     at = utcnow()
     audits = [
         audit_row(

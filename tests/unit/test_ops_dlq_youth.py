@@ -82,12 +82,17 @@ def test_a_csv_without_a_bsn_column_or_rows_names_none() -> None:
         "tketenhub.ops.in.v1.dlq:0:123456789",  # a dead letter's id: its offset may be long
         "PL1500-2026-0001",
         "LP-2025-17",
+        "politie-tx-2025-17",  # a partner's transaction id, passed on as it came
         "42",
         "9e1fd6b1b1b0a2c4",  # a replay job's id
     ],
 )
 def test_the_timeline_keeps_an_id_the_hub_issues(search: str) -> None:
-    assert _kept_id(search) == search
+    """Kept when the search found it: as an entry's transaction id, or among its objects."""
+    as_transaction = [{"transaction_id": search, "objects": {}}]
+    among_objects = [{"transaction_id": "t", "objects": {"ids": [search], "n": 1}}]
+    assert _kept_id(search, as_transaction) == _kept_id(search, among_objects) == search
+    assert _kept_id(search, [{"transaction_id": "t", "objects": {"id": search + "0"}}]) == NOT_KEPT
 
 
 @pytest.mark.parametrize(
@@ -118,7 +123,13 @@ def test_the_timeline_keeps_an_id_the_hub_issues(search: str) -> None:
     ],
 )
 def test_the_timeline_keeps_no_search_text_that_may_name_a_person(search: str) -> None:
+    """Not kept when the search found nothing (no entry holds a name or a BSN); and one that looks
+    like a BSN or a phone number is not kept even where an entry holds it."""
     assert _kept_id(search) == NOT_KEPT
+    assert _kept_id(search.upper()) == NOT_KEPT  # "JANSEN2010" was kept, by the shape of a reference
+    # refused by the shape of a BSN, a phone number, an address or a name with spaces, found or not
+    if search not in ("Jansen", "%%%", "Jansen2010", "sanne.jansen2010", "S.Jansen-14", "2511AB12"):
+        assert _kept_id(search, [{"transaction_id": search, "objects": {}}]) == NOT_KEPT
 
 
 @pytest.mark.parametrize("reason", ["gebeld over 252-760-189", "zie 252.760.189", "BSN 252 760 189"])
