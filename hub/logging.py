@@ -43,9 +43,14 @@ REDACTED = "[bsn-redacted]"
 # a youth key, a hash). A token is matched whole and looked into once, by set and regex passes that
 # are linear: the text is read in linear time, however long a run is.
 _TOKEN = re.compile(r"[0-9A-Za-z]+")
-# Dashes: the hyphen-minus and the dashes of U+2010-U+2015 (a word processor's en dash).
-_DASH = "-\u2010-\u2015"
-_DASHED = re.compile(rf"(?<![0-9A-Za-z{_DASH}])[0-9]{{2,}}(?:[{_DASH}][0-9]{{2,}})+(?![0-9A-Za-z{_DASH}])")
+# Dashes: the hyphen-minus, the dashes of U+2010-U+2015 (a word processor's en dash) and the minus
+# sign. A run of digit groups split by dashes, slashes, commas, underscores or dots, with blanks
+# around them, or by blanks alone, mixed and doubled as people type them ("1112 22-333",
+# "111 - 222 - 333", "111/222/333", "111  222  333"): nine digits in all that pass the elfproef are
+# taken for a BSN.
+_DASH = "-\u2010-\u2015\u2212"
+_GAP = rf"(?:[ \t\u00a0]*[{_DASH}/,_.][ \t\u00a0]*|\s+)"
+_DASHED = re.compile(rf"(?<![0-9A-Za-z{_DASH}])[0-9]{{2,}}(?:{_GAP}[0-9]{{2,}})+(?![0-9A-Za-z{_DASH}])")
 _NOT_DIGIT = re.compile(r"[^0-9]")
 _NINE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _HEX = frozenset("0123456789abcdef")

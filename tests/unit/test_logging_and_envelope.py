@@ -113,6 +113,16 @@ def test_a_bsn_glued_to_letters_or_split_by_dashes_is_redacted_and_ids_are_kept(
         "111\t222\t333",
         "111\u2013222\u2013333",  # en dashes
         "bsn 11\u20101222\u2010333",
+        # separators mixed and doubled, as typed: the console's masking took them for a BSN
+        "1112 22-333",
+        "111-222 333",
+        "111  222  333",
+        "111 - 222 - 333",
+        "BSN: 1112 - 22 - 333",
+        "111/222/333",
+        "111,222,333",
+        "111_222_333",
+        "111\u2212222\u2212333",  # minus signs
     ):
         out = redact_text(text)
         assert BSN not in out.replace("-", "") and REDACTED in out, (text, out)
@@ -122,6 +132,9 @@ def test_a_bsn_glued_to_letters_or_split_by_dashes_is_redacted_and_ids_are_kept(
         f"youth {youth_key}",
         "zaak PL1500-2025031201-1",
         "op 2025-01-31",
+        "op 31/01/2025 om 10.30",
+        "tel 06-1234 5678",
+        "1.234.567,89 euro",
         "x111222334y",  # nine digits that fail the elfproef
         "replay job 298787763e7e0a1b is running",  # a job id of lowercase hex: kept whole
         "member aiokafka-0.12.0-12345678-6e01-4a2b-9c3d-a111222333b1",  # a UUID after a dash
