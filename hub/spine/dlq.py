@@ -81,27 +81,21 @@ def dead_letter_key(record: ConsumerRecord[Any, Any], secret: str | None) -> tup
     return key_without_bsn(original_key(record), secret)
 
 
-# A run of digit groups split by a space, dot or dash, and what splits them; a UUID's are an id's.
-_DIGIT_RUN = re.compile(r"[0-9]+(?:[\s.\-\u2010-\u2015][0-9]+)*")
-_GROUP_SEPARATOR = re.compile(r"[\s.\-\u2010-\u2015]")
+# A run of two or more digit groups split by blanks, dots or dashes (mixed and doubled as typed); a
+# UUID's are an id's.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9]+(?:[\s.\-\u2010-\u2015\u2212]+[0-9]+)+(?![0-9A-Za-z])")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _bsn_in_groups(key: str) -> bool:
-    """Whether `key` holds eight or nine digits passing the elfproef as one group or consecutive
-    groups of a run, as people write a BSN: "1234 56 782", "1234.56.782", "1234-56-782", or eight
-    digits among text ("bsn=12345672"). Only nine digits in one run were seen, and such a key went
-    to Kafka as it came."""
+    """Whether `key` holds a BSN as people write one in groups: a run of digit groups with nine
+    digits in all that pass the elfproef ("1234 56 782", "1234.56.782", "1234-56-782"). Only nine
+    digits in one run were seen, and such a key went to Kafka as it came. A date ("2025-01-01") or
+    a reference of more digits is no BSN."""
     for run in _DIGIT_RUN.finditer(_UUID.sub(" ", key)):
-        groups = _GROUP_SEPARATOR.split(run.group())
-        for first in range(len(groups)):
-            digits = ""
-            for group in groups[first:]:
-                digits += group
-                if len(digits) > 9:
-                    break
-                if len(digits) >= 8 and is_valid_bsn(digits):
-                    return True
+        digits = "".join(c for c in run.group() if c.isdigit())
+        if len(digits) == 9 and is_valid_bsn(digits):
+            return True
     return False
 
 
