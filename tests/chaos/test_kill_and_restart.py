@@ -268,7 +268,6 @@ def verify_index_calls(traffic: Traffic, simulator: SimulatorServer, *, kills: i
     by_tx: dict[str | None, list[int]] = defaultdict(list)
     for i, call in enumerate(calls):
         by_tx[call.transaction_id].append(i)
-    repeats = 0
     for signal in traffic.signals:
         sid = str(signal.signal_id)
         path = SIGNAL_PATH + sid
@@ -282,7 +281,6 @@ def verify_index_calls(traffic: Traffic, simulator: SimulatorServer, *, kills: i
             assert {c.method for c in made} == {cmd.method} and {c.path for c in made} == {path}
             assert all(c.status in (200, 201) for c in made), [c.status for c in made]
             assert len(made) - 1 <= kills, f"{cmd.method} {sid[:8]} called {len(made)} times"
-            repeats += len(made) - 1
             if cmd.method == "PUT":
                 assert [c.status for c in made] == [201] + [200] * (len(made) - 1)  # created once
             first, last = by_tx[cmd.transaction_id][0], by_tx[cmd.transaction_id][-1]
@@ -292,8 +290,6 @@ def verify_index_calls(traffic: Traffic, simulator: SimulatorServer, *, kills: i
         assert state.status is SignaalStatus.BEEINDIGD_RISICO_WEG
         if traffic.contact_changes:
             assert state.contactpersoon.naam == NEW_CONTACT.name
-    if kills == 0:
-        assert repeats == 0
 
 
 async def create_topics(kafka: EmbeddedKafka, prefix: str) -> None:

@@ -4,9 +4,10 @@
    the running hub subscribes), among runs of good records: each poison record is dead-lettered once,
    with headers that point back at it and name the group that read it; every good record is processed
    (counted per topic by what it caused); every group's lag is back to zero.
-5. The broker cut off behind a proxy while a partner posts referrals over HTTP: each is answered 201
-   (held in the outbox) or 503 with Retry-After, published once when the broker is back; /readyz says
-   what is down; the consumers recover by themselves.
+5. The broker cut off behind a proxy while a partner posts referrals over HTTP: the store is up, so
+   each is answered 201 (held in the outbox), none refused, and published once when the broker is
+   back; /readyz says what is down; the consumers recover by themselves. (The 503 with Retry-After
+   when the hub cannot hold what is sent, the store down, is tested with the intake's batcher.)
 """
 
 from __future__ import annotations
@@ -562,7 +563,6 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         _, key = await add_partner(session, "politie-chaos", PartnerType.POLITIE)
     hub = HubProcess(tmp_path, hub_env(f"127.0.0.1:{proxy.port}", db_url, unique, simulator.url), "intake")
     accepted: list[str] = []
-    refused: list[bytes] = []
     try:
         await hub.start()
         records = police_records(60, seed=21)
@@ -571,16 +571,12 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         async with httpx.AsyncClient(base_url=hub.url, timeout=30, headers=auth) as client:
 
             async def post(batch: list[bytes]) -> list[str]:
-                """Each answered 201 (taken in) or 503 with Retry-After (nothing kept), never otherwise."""
+                """Each answered 201, taken in: the store is up throughout, so the hub holds them all."""
                 taken = []
                 for body in batch:
                     answer = await client.post("/api/v1/politie/verwijzingen", content=body)
-                    assert answer.status_code in (201, 503), answer.text
-                    if answer.status_code == 201:
-                        taken.append(answer.json()["referralId"])
-                    else:
-                        assert answer.headers.get("Retry-After", "").isdigit(), answer.headers
-                        refused.append(body)
+                    assert answer.status_code == 201, answer.text
+                    taken.append(answer.json()["referralId"])
                 accepted.extend(taken)
                 return taken
 
@@ -600,7 +596,6 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
             await wait_for(broker_down, timeout_s=30)
             await wait_for(only_broker_down, timeout_s=30)  # /readyz names what is down, and only that
             during_cut = await post(records[20:40])
-            # The store is reachable, so the hub can hold what comes in: every referral taken in.
             assert len(during_cut) == 20
 
             async with store.connect() as conn:  # acknowledged, in the store, waiting for the broker
@@ -621,7 +616,7 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
                 return (await client.get("/readyz")).status_code == 200
 
             await wait_for(ready_again, timeout_s=60)
-        assert len(accepted) + len(refused) == len(records)  # every post answered one way or the other
+        assert len(set(accepted)) == len(records)  # every post taken in, each its own referral
 
         async def published() -> bool:
             async with store.connect() as conn:

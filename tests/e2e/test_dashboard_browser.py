@@ -64,6 +64,16 @@ FLAGS = [
 ]
 
 
+def _playwright() -> Any:
+    """playwright is a dev dependency: missing, the environment is broken (a failure, as a missing
+    Chromium is, not a skip that CI would pass)."""
+    try:
+        import playwright.async_api as api
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}): `make test` installs it with the dev extras")
+    return api
+
+
 @pytest.fixture
 async def served(kafka: EmbeddedKafka, tmp_path: object, unique: str) -> AsyncIterator[tuple[Hub, str, Cure]]:
     """The hub's app under uvicorn on a free port, with the console and a switchable poison check."""
@@ -120,7 +130,7 @@ async def served_with_smtp_server(
 @asynccontextmanager
 async def _chromium() -> AsyncIterator[Any]:
     """A headless Chromium with a fresh profile."""
-    playwright = pytest.importorskip("playwright.async_api")
+    playwright = _playwright()
     if not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
     async with playwright.async_playwright() as pw:
@@ -180,7 +190,7 @@ async def _serving(settings: Settings, registrars: list[Registrar]) -> AsyncIter
 async def test_login_see_lag_replay_a_dead_letter(
     kafka: EmbeddedKafka, served: tuple[Hub, str, Cure]
 ) -> None:
-    playwright = pytest.importorskip("playwright.async_api")
+    playwright = _playwright()
     if not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
     hub, base, cure = served
@@ -229,7 +239,7 @@ async def test_connectors_show_their_last_success_and_last_error(
 ) -> None:
     """The dashboard read last_success and last_error where the mail connector said lastSuccess and
     lastError, and the Verwijsindex connector said nothing: both columns stayed empty."""
-    playwright = pytest.importorskip("playwright.async_api")
+    playwright = _playwright()
     if not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium missing at {CHROMIUM}: apt-get install -y chromium")
     hub, base = served_with_connectors

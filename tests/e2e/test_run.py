@@ -108,6 +108,7 @@ def test_killed_hub_takes_its_broker_along(tmp_path: Path) -> None:
     try:
         _wait_ready(port, proc)
         brokers = _children(proc.pid)
+        assert brokers, "no embedded broker found among the hub's children"  # else nothing is checked
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 10

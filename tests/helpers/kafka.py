@@ -110,6 +110,8 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0) -> li
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        # a topic that is not there holds nothing: "the DLQ is empty" of a misnamed one checks nothing
+        assert tps, f"topic {topic!r} does not exist"
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
