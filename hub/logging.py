@@ -43,15 +43,15 @@ REDACTED = "[bsn-redacted]"
 # a youth key, a hash). A token is matched whole and looked into once, by set and regex passes that
 # are linear: the text is read in linear time, however long a run is.
 _TOKEN = re.compile(r"[0-9A-Za-z]+")
-# Dashes: the hyphen-minus, the dashes of U+2010-U+2015 (a word processor's en dash) and the minus
-# sign. A run of digit groups split by dashes, slashes, commas, underscores or dots, with blanks
-# around them, or by blanks alone, mixed and doubled as people type them ("1112 22-333",
-# "111 - 222 - 333", "111/222/333", "111  222  333"): nine digits in all that pass the elfproef are
-# taken for a BSN.
-_DASH = "-\u2010-\u2015\u2212"
-_GAP = rf"(?:[ \t\u00a0]*[{_DASH}/,_.][ \t\u00a0]*|\s+)"
-_DASHED = re.compile(rf"(?<![0-9A-Za-z{_DASH}])[0-9]{{2,}}(?:{_GAP}[0-9]{{2,}})+(?![0-9A-Za-z{_DASH}])")
-_NOT_DIGIT = re.compile(r"[^0-9]")
+# A run of digit groups split by any run of separators, as people type a BSN: blanks, dots, commas,
+# slashes, underscores, dashes (the hyphen-minus, U+2010-U+2015, the minus sign), mixed and doubled
+# ("1112 22-333", "111 - 222 - 333", "111--222--333", "2025-01-01 111-222-333"). Groups in a row
+# of it, each of two digits or more, with nine digits in all that pass the elfproef are taken for a
+# BSN (`_redact_run`). The pattern has no lookaround that could fail partway: each run is taken
+# whole, once, and judged in Python, so the text is read in linear time.
+_RUN_SEPARATORS = "\\s.,/_\\-\u2010-\u2015\u2212"
+_RUN = re.compile(f"[0-9]+(?:[{_RUN_SEPARATORS}]+[0-9]+)*")
+_RUN_SPLIT = re.compile(f"([{_RUN_SEPARATORS}]+)")
 _NINE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _HEX = frozenset("0123456789abcdef")
 HEX_ID_MIN = 16  # the shortest hex id the hub hands out (a replay job's)
@@ -99,9 +99,47 @@ def _redact_glued(match: re.Match[str]) -> str:
     return _NINE.sub(lambda m: REDACTED if is_valid_bsn(m.group()) else m.group(), token)
 
 
-def _redact_dashed(match: re.Match[str]) -> str:
-    digits = _NOT_DIGIT.sub("", match.group())
-    return REDACTED if len(digits) == 9 and is_valid_bsn(digits) else match.group()
+def _redact_run(match: re.Match[str]) -> str:
+    """The groups of a run (`_RUN`) that make a BSN, each redacted. A group glued to letters at
+    either end belongs to a token (`_redact_glued` judged it); a run after "+" or from "00" and a
+    country code is a phone number."""
+    parts = _RUN_SPLIT.split(match.group())  # groups at even places, their separators between
+    groups = parts[::2]
+    if len(groups) < 2:
+        return match.group()  # nine digits alone were judged before
+    text, start, end = match.string, match.start(), match.end()
+    if text[start - 1 : start] == "+" or _INTERNATIONAL.fullmatch(groups[0]):
+        return match.group()
+    first_free = 1 if text[start - 1 : start].isalnum() else 0
+    last_free = len(groups) - 1 if text[end : end + 1].isalnum() else len(groups)
+    redacted = [False] * len(groups)
+    for first in range(first_free, last_free):
+        digits = ""
+        for last in range(first, last_free):
+            if len(groups[last]) < 2:
+                break
+            digits += groups[last]
+            if len(digits) >= 9:
+                if len(digits) == 9 and last > first and is_valid_bsn(digits):
+                    redacted[first : last + 1] = [True] * (last + 1 - first)
+                break
+    if not any(redacted):
+        return match.group()
+    out: list[str] = []
+    for i, group in enumerate(groups):
+        if i and not (redacted[i] and redacted[i - 1]):
+            out.append(parts[2 * i - 1])
+        if not redacted[i]:
+            out.append(group)
+        elif i == 0 or not redacted[i - 1]:
+            out.append(REDACTED)
+    return "".join(out)
+
+
+def holds_bsn_in_groups(text: str) -> bool:
+    """Whether `text` holds a BSN written in groups, as `redact_text` finds one (`_redact_run`); a
+    UUID's groups are an id's."""
+    return any(_redact_run(m) != m.group() for m in _RUN.finditer(_UUID_ALONE.sub(" ", text)))
 
 
 def redact_text(text: str) -> str:
@@ -119,7 +157,7 @@ def redact_text(text: str) -> str:
 
 
 def _redact_glued_and_dashed(text: str) -> str:
-    return _DASHED.sub(_redact_dashed, _TOKEN.sub(_redact_glued, text))
+    return _RUN.sub(_redact_run, _TOKEN.sub(_redact_glued, text))
 
 
 def _redact(value: Any) -> Any:

@@ -284,6 +284,9 @@ class VerwijsindexConnector:
                 # went, and the dead letter says why
                 found = await self._in_index(signal.signal_id, message, _secrets(held))
                 if found is None:
+                    # the index said it holds none: an earlier attempt without an answer did not get
+                    # through, so the dead letter is no "possibly registered" disclosure
+                    self.unsure.discard(message.message_id)
                     raise PermanentError(problem)  # the DLQ; the caseworker sees it undelivered
             contact_id, contact = _contact_now(held, signal.caseworker_id, signal.caseworker)
             body = registratie_van(signal.model_copy(update={"caseworker": contact}), self.organisatie)
@@ -296,7 +299,8 @@ class VerwijsindexConnector:
                 if not _same_signal(found, body):
                     raise IndexConflict(
                         "the Verwijsindex holds another signal under this id (another organisation or"
-                        " other dates); the hub withdrew or ended this one: nothing was sent"
+                        " other dates); this registration may not be sent (the hub withdrew or ended"
+                        " the signal, or rule 14 forbids it today): nothing was sent"
                     )
                 if held is not None and await self._recorded(signal.signal_id, held.youth_key):
                     # the index's copy is a registration already audited (one registered again, or

@@ -10,7 +10,7 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from hub.logging import redact_text
+from hub.logging import holds_bsn_in_groups, redact_text
 from hub.spine.headers import text_headers
 from schemas._base import readable
 from schemas.bsn import contains_bsn, is_valid_bsn
@@ -81,24 +81,6 @@ def dead_letter_key(record: ConsumerRecord[Any, Any], secret: str | None) -> tup
     return key_without_bsn(original_key(record), secret)
 
 
-# A run of two or more digit groups split by blanks, dots or dashes (mixed and doubled as typed); a
-# UUID's are an id's.
-_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9]+(?:[\s.\-\u2010-\u2015\u2212]+[0-9]+)+(?![0-9A-Za-z])")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-def _bsn_in_groups(key: str) -> bool:
-    """Whether `key` holds a BSN as people write one in groups: a run of digit groups with nine
-    digits in all that pass the elfproef ("1234 56 782", "1234.56.782", "1234-56-782"). Only nine
-    digits in one run were seen, and such a key went to Kafka as it came. A date ("2025-01-01") or
-    a reference of more digits is no BSN."""
-    for run in _DIGIT_RUN.finditer(_UUID.sub(" ", key)):
-        digits = "".join(c for c in run.group() if c.isdigit())
-        if len(digits) == 9 and is_valid_bsn(digits):
-            return True
-    return False
-
-
 def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, str | None]:
     """A sender's key as the hub may write it to Kafka, and its `KEY_PSEUDONYM` mark (None: as it was).
 
@@ -110,7 +92,8 @@ def key_without_bsn(key: str | None, secret: str | None) -> tuple[str | None, st
     if key is None or is_youth_key(key):
         return key, None
     is_bsn = is_valid_bsn(key)
-    if not (is_bsn or contains_bsn(key) or _bsn_in_groups(key)):
+    # in groups too ("1234 56 782", "2025-01-01 1234-56-782"), as the log's redaction finds one
+    if not (is_bsn or contains_bsn(key) or holds_bsn_in_groups(key)):
         return key, None
     if not secret:
         return None, None

@@ -28,6 +28,9 @@ YOUTH, PARENT = "111222333", "123456782"
         ("bsn:1112.22.333", "text"),
         ("1112-22-333", "text"),
         ("bsn 111 - 222 - 333", "text"),
+        ("2025-01-01 111-222-333", "text"),  # after a date: one run, the BSN's nine digits in it
+        ("bsn 1112 22 333 2", "text"),
+        ("PV 2025 1112 22 333", "text"),
     ],
 )
 def test_a_key_with_a_bsn_in_it_goes_as_its_pseudonym(key: str, mark: str) -> None:
