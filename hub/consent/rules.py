@@ -80,19 +80,24 @@ class Named(int):
     before, names nobody. A name in `without_custody` is one a referral explicitly says has no
     custody (custody is assumed where the referrer did not say); in `with_custody` one it names as
     holding it. Where the youth's referrals disagree on a person, the latest that names them decides.
+    `over`: whom the latest referral naming custodians names with custody, when that is more people
+    than can hold it (a police list assumes custody where the officer did not say): each must permit.
     """
 
     with_custody: frozenset[str]
     without_custody: frozenset[str]
+    over: frozenset[str]
 
     def __new__(
         cls,
         count: int,
         with_custody: frozenset[str] = frozenset(),
         without_custody: frozenset[str] = frozenset(),
+        over: frozenset[str] = frozenset(),
     ) -> Named:
         named = super().__new__(cls, count)
         named.with_custody, named.without_custody = with_custody, without_custody - with_custody
+        named.over = over
         return named
 
 
@@ -106,12 +111,14 @@ def named_custodians(referral: Referral | None) -> Named:
     if referral is None:
         return Named(0)
     guardians = referral.youth.guardians
-    named = sum(1 for g in guardians if g.has_custody)
+    with_custody = frozenset(person(g.name) for g in guardians if g.has_custody)
     return Named(
-        # more than the law allows is a list with custody assumed, not more people to ask
-        min(named, MAX_CUSTODIANS),
-        frozenset(person(g.name) for g in guardians if g.has_custody),
+        # more than the law allows is a list with custody assumed, not more people to ask: one of
+        # them holds none, and who cannot be told (`over`)
+        min(len(with_custody), MAX_CUSTODIANS),
+        with_custody,
         frozenset(person(g.name) for g in guardians if not g.has_custody),
+        with_custody if len(with_custody) > MAX_CUSTODIANS else frozenset(),
     )
 
 
@@ -120,7 +127,7 @@ def named_by(referrals: Iterable[Referral]) -> Named:
     naming most (a BOA or leerplicht referral names one parent at most, and would lower what an
     earlier police referral showed), and each person's custody as the latest referral naming them
     says (custody is given and taken away; a later referral knows the later state)."""
-    count, custody = 0, dict[str, bool]()
+    count, custody, over = 0, dict[str, bool](), None
     for referral in referrals:
         named = named_custodians(referral)
         count = max(count, int(named))
@@ -128,10 +135,13 @@ def named_by(referrals: Iterable[Referral]) -> Named:
             custody.setdefault(name, True)
         for name in named.without_custody:
             custody.setdefault(name, False)
+        if over is None and named.with_custody:  # the latest referral naming custodians says whether
+            over = named.over  # it names too many: one naming two since settles who they are
     return Named(
         count,
         frozenset(n for n, has in custody.items() if has),
         frozenset(n for n, has in custody.items() if not has),
+        over or frozenset(),
     )
 
 
@@ -142,16 +152,20 @@ def _shown(named: int) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(), frozenset()
 
 
+def _over(named: int) -> frozenset[str]:
+    """Whom `named` names with custody, all of whom must permit (`Named.over`): nobody for a number."""
+    return named.over if isinstance(named, Named) else frozenset()
+
+
 def custodians_shown(consent: Consent, *, named: int) -> int:
     """The fewest custodians there are, by what the referral names and whom the consent itself
     records as holding custody (each custodian once, by `person`, whatever they answered). Someone
     the referral shows without custody is not one, whatever role they were recorded in."""
-    with_custody, without = _shown(named)
+    _, without = _shown(named)
     answered = {person(g.name) for g in consent.grantors if g.role in CUSTODY_ROLES} - without
-    if len(with_custody) > MAX_CUSTODIANS:
-        # the referral names more with custody than can hold it: each of them must permit anyway
-        # (`completeness`), and their permits are no sign of more custodians than the law allows
-        answered -= with_custody
+    # the referral names more with custody than can hold it: each of them must permit anyway
+    # (`completeness`), and their permits are no sign of more custodians than the law allows
+    answered -= _over(named)
     return max(int(named), len(answered))
 
 
@@ -238,16 +252,17 @@ def completeness(consent: Consent, *, named: int) -> Completeness:
             need = max(named, 1)  # missing for certain, whatever the number turns out to be
         else:
             need = needed = max(consent.custodians, named)
-        if len(with_custody) > MAX_CUSTODIANS:
-            # more named with custody than can hold it (the police list assumes custody where the
-            # officer did not say): who holds it cannot be told, so each of them must permit. Any two
-            # of three made it complete, and the one custodian among them never asked
-            need = needed = max(need, len(with_custody))
-            over_named = len(with_custody)
         have = counted(need)
         if have < confirmed + len(others):
             not_named = others
-        missing += [GrantorRole.OUDER_MET_GEZAG.value] * max(need - have, 0)
+        short = max(need - have, 0)
+        if over := _over(named):
+            # more named with custody than can hold it (the police list assumes custody where the
+            # officer did not say): who holds it cannot be told, so each of them must permit. Any two
+            # of three made it complete, and the one custodian among them never asked
+            over_named = len(over)
+            short = max(short, len(over - set(roles)))
+        missing += [GrantorRole.OUDER_MET_GEZAG.value] * short
     return Completeness(
         day,
         age,
@@ -296,9 +311,10 @@ def explain(check: Completeness) -> str | None:
         parts.append(
             f"De verwijzing noemt {check.over_named} mensen met gezag, meer dan er het gezag kunnen "
             "hebben; wie het heeft, is zo niet vast te stellen, dus is de toestemming van ieder van "
-            "hen nodig (regel 8)."
+            f"hen nodig (regel 8). Van hen ontbreekt de toestemming van {short}. Noemt een latere "
+            "verwijzing wie het gezag heeft, dan telt die."
         )
-    if short and check.custodians_needed is not None:
+    elif short and check.custodians_needed is not None:
         source = (
             f"opgegeven: {check.stated}; de verwijzing noemt er {check.named}"
             if check.named > (check.stated or 0)

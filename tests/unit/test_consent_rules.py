@@ -334,6 +334,13 @@ def test_rule_8_three_named_with_custody_must_each_permit(referral: Referral) ->
         assert completeness(every, named=named).complete
         # and the three permits, with two custodians stated, are no sign of a third custodian
         assert custodians_shown(every, named=named) == 2
+    # a later referral naming two with custody settles who they are; an earlier one naming two
+    # does not settle a later one naming three
+    later_two = with_guardians(referral, Guardian(name=MOTHER), Guardian(name=stepfather))
+    settled = named_by([later_two, three])
+    assert settled.over == frozenset() and completeness(two, named=settled).complete
+    unsettled = named_by([three, later_two])
+    assert len(unsettled.over) == 3 and not completeness(two, named=unsettled).complete
     # two named with custody: as before, both permits make it complete
     assert completeness(
         consent(
