@@ -64,25 +64,35 @@ def _redact_groups(match: re.Match[str]) -> str:
     groups = parts[::2]
     if match.string[match.start() - 1 : match.start()] == "+" or _INTERNATIONAL.fullmatch(groups[0]):
         return match.group()  # a phone number with its country code
+    return _joined(parts, _bsn_groups(groups, 0, len(groups), alone=True)) or match.group()
+
+
+def _bsn_groups(groups: list[str], first_free: int, last_free: int, *, alone: bool) -> list[bool]:
+    """Which of `groups[first_free:last_free]` make a BSN: consecutive groups of two digits or more
+    with nine digits in all that pass the elfproef (one group alone too, when `alone`)."""
     redacted = [False] * len(groups)
-    for first in range(len(groups)):
+    for first in range(first_free, last_free):
         digits = ""
-        for last in range(first, len(groups)):
+        for last in range(first, last_free):
             if len(groups[last]) < 2:
                 break
             digits += groups[last]
             if len(digits) >= 9:
-                if len(digits) == 9 and is_valid_bsn(digits):
+                if len(digits) == 9 and (alone or last > first) and is_valid_bsn(digits):
                     redacted[first : last + 1] = [True] * (last + 1 - first)
                 break
+    return redacted
+
+
+def _joined(parts: list[str], redacted: list[bool]) -> str | None:
+    """The groups and separators of `parts` again, the groups `redacted` made one REDACTED each
+    run of them; None when none is."""
     if not any(redacted):
-        return match.group()
-    out: list[str] = []
+        return None
+    groups, out = parts[::2], []
     for i, group in enumerate(groups):
-        if i:
-            sep = parts[2 * i - 1]
-            if not (redacted[i] and redacted[i - 1]):
-                out.append(sep)
+        if i and not (redacted[i] and redacted[i - 1]):
+            out.append(parts[2 * i - 1])
         if not redacted[i]:
             out.append(group)
         elif i == 0 or not redacted[i - 1]:
@@ -112,28 +122,7 @@ def _redact_run(match: re.Match[str]) -> str:
         return match.group()
     first_free = 1 if text[start - 1 : start].isalnum() else 0
     last_free = len(groups) - 1 if text[end : end + 1].isalnum() else len(groups)
-    redacted = [False] * len(groups)
-    for first in range(first_free, last_free):
-        digits = ""
-        for last in range(first, last_free):
-            if len(groups[last]) < 2:
-                break
-            digits += groups[last]
-            if len(digits) >= 9:
-                if len(digits) == 9 and last > first and is_valid_bsn(digits):
-                    redacted[first : last + 1] = [True] * (last + 1 - first)
-                break
-    if not any(redacted):
-        return match.group()
-    out: list[str] = []
-    for i, group in enumerate(groups):
-        if i and not (redacted[i] and redacted[i - 1]):
-            out.append(parts[2 * i - 1])
-        if not redacted[i]:
-            out.append(group)
-        elif i == 0 or not redacted[i - 1]:
-            out.append(REDACTED)
-    return "".join(out)
+    return _joined(parts, _bsn_groups(groups, first_free, last_free, alone=False)) or match.group()
 
 
 def holds_bsn_in_groups(text: str) -> bool:

@@ -776,6 +776,20 @@ async def test_a_registration_of_a_signal_past_its_end_date_is_withheld(
         await hub.stop()
 
 
+def uninformed_at_12(signal: VerwijsindexSignal, twelfth: date) -> VerwijsindexSignal:
+    """`signal` made ten days ago for a youth of 11 then, who turned 12 on `twelfth`: the parents'
+    letter sent, the youth not informed (enough at 11, rule 14)."""
+    made = today() - timedelta(days=10)
+    return signal.model_copy(
+        update={
+            "youth": signal.youth.model_copy(update={"birth_date": add_years(twelfth, -12)}),
+            "created": made,
+            "youth_informed_at": None,
+            "parent_letter_sent_at": made,
+        }
+    )
+
+
 async def test_a_registration_sent_after_the_youth_turned_12_uninformed_is_not_sent(
     kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
 ) -> None:
@@ -785,18 +799,7 @@ async def test_a_registration_sent_after_the_youth_turned_12_uninformed_is_not_s
     letter naming rule 14 and the field, and register-again refused the same way."""
     hub = await start_hub(kafka, db_url, unique, simulator.url)
     try:
-        signal = a_signal(bsns(1, start=540_000_000)[0])
-        made = today() - timedelta(days=10)
-        signal = signal.model_copy(
-            update={
-                "youth": signal.youth.model_copy(
-                    update={"birth_date": add_years(today() - timedelta(days=1), -12)}
-                ),
-                "created": made,
-                "youth_informed_at": None,
-                "parent_letter_sent_at": made,
-            }
-        )
+        signal = uninformed_at_12(a_signal(bsns(1, start=540_000_000)[0]), today() - timedelta(days=1))
         await register(hub, signal)
         [dead] = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30)
         why = headers_of(dead)["dlq-exception-message"]
@@ -830,16 +833,7 @@ async def test_a_registration_the_index_took_before_the_youth_turned_12_is_recor
 
     hub = await start_hub(kafka, db_url, unique, simulator.url)
     try:
-        signal = a_signal(bsns(1, start=550_000_000)[0])
-        made = today() - timedelta(days=10)
-        signal = signal.model_copy(
-            update={
-                "youth": signal.youth.model_copy(update={"birth_date": add_years(today(), -12)}),
-                "created": made,
-                "youth_informed_at": None,
-                "parent_letter_sent_at": made,
-            }
-        )
+        signal = uninformed_at_12(a_signal(bsns(1, start=550_000_000)[0]), today())
         connector = hub.components["verwijsindex"]
         assert isinstance(connector, VerwijsindexConnector)
         taken = registratie_van(signal, connector.organisatie).model_dump(mode="json", by_alias=True)
