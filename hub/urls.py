@@ -27,5 +27,10 @@ def shown_database_url(url: str) -> str:
 def shown_http_url(url: str) -> str:
     """An HTTP URL without its user and password (`https://user:pass@host/...`) or query: scheme,
     host, port and path."""
+    return origin(url) + urlsplit(url).path
+
+
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL: without its user and password, path and query."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"

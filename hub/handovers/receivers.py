@@ -13,6 +13,7 @@ from hub.audit import AuditEntry, write_audit
 from hub.handovers.tables import receiver_deliveries
 from hub.handovers.topic_others import TopicHoldsOthers, others_on_topic
 from hub.partners.registry import SYSTEM
+from hub.urls import origin
 from schemas.handover import ReceiverType
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -119,7 +120,7 @@ async def set_receiver_delivery(
     else:
         await session.execute(insert(table).values(organisation=delivery.organisation, **values))
     # A webhook by its scheme and host: a token in its path or query would stay in the audit log
-    where = delivery.topic_name if delivery.mode == "kafka" else _origin(delivery.url or "")
+    where = delivery.topic_name if delivery.mode == "kafka" else origin(delivery.url or "")
     objects: dict[str, Any] = {"organisation": delivery.organisation, "type": delivery.receiver_type.value}
     objects |= {"mode": delivery.mode, "to": where, "active": delivery.active}
     if overridden:  # the hub's record said the topic may still hold theirs
@@ -140,9 +141,3 @@ async def receiver_delivery(session: AsyncSession, organisation: str) -> Receive
     return ReceiverDelivery(
         row.organisation, ReceiverType(row.receiver_type), row.mode, row.url, row.secret, True
     )
-
-
-def _origin(url: str) -> str:
-    """`https://host[:port]` of a URL."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
