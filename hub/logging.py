@@ -49,9 +49,9 @@ _TOKEN = re.compile(r"[0-9A-Za-z]+")
 # of it, each of two digits or more, with nine digits in all that pass the elfproef are taken for a
 # BSN (`_redact_run`). The pattern has no lookaround that could fail partway: each run is taken
 # whole, once, and judged in Python, so the text is read in linear time.
-_RUN_SEPARATORS = "\\s.,/_\\-\u2010-\u2015\u2212"
-_RUN = re.compile(f"[0-9]+(?:[{_RUN_SEPARATORS}]+[0-9]+)*")
-_RUN_SPLIT = re.compile(f"([{_RUN_SEPARATORS}]+)")
+DIGIT_SEPARATORS = "\\s.,/_\\-\u2010-\u2015\u2212"  # a regex character class's contents
+_RUN = re.compile(f"[0-9]+(?:[{DIGIT_SEPARATORS}]+[0-9]+)*")
+_RUN_SPLIT = re.compile(f"([{DIGIT_SEPARATORS}]+)")
 _NINE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _HEX = frozenset("0123456789abcdef")
 HEX_ID_MIN = 16  # the shortest hex id the hub hands out (a replay job's)

@@ -16,6 +16,7 @@ from sqlalchemy import String, cast, or_, select
 from hub.api.problems import Problem
 from hub.audit import audit_row, write_audits
 from hub.errors import TransientError
+from hub.logging import holds_bsn_in_groups
 from hub.ops.auth import Operator, requires
 from hub.ops.console import Console, console_of
 from hub.ops.dlq import SYSTEM, Reason
@@ -377,7 +378,10 @@ def _holds(value: Any, text: str) -> bool:
 def _grouped(text: str) -> bool:
     """Whether `text` holds a BSN or a Dutch phone number written in groups: digits joined by
     separators into 8 or 9 ("252-760-189"), 10 from a 0 ("06-1234-5678") or 11 or 13 from the
-    country code ("+31 6 1234 5678"); an id of the hub's in groups ("PL1500-2026-0001") is longer."""
+    country code ("+31 6 1234 5678"), or one in groups after others, as the log redaction finds it
+    ("2025-01-01/111-222-333"); an id of the hub's in groups ("PL1500-2026-0001") is longer."""
+    if holds_bsn_in_groups(text):
+        return True
     for run in re.findall(r"[0-9]+", BETWEEN_DIGITS.sub("", text)):
         if len(run) in (8, 9) or (len(run) == 10 and run[0] == "0"):
             return True

@@ -42,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 from hub.audit import AuditEntry, write_audit
 from hub.clock import Clock, aware
 from hub.handovers.tables import handovers
-from hub.logging import HEX_ID_MIN, get_logger
+from hub.logging import HEX_ID_MIN, get_logger, holds_bsn_in_groups
 from hub.ops import dlq_jobs
 from hub.ops.dlq_jobs import ABANDONED, DONE, FAILED, STALE_AFTER, JobAbandoned, ReplayJob
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, parse_id, read_at, read_records
@@ -76,7 +76,7 @@ REASON_MIN, REASON_MAX = 3, 500
 
 def _no_bsn(text: str) -> str:
     """`text`, unless it names what looks like a BSN, also written in groups ("252-760-189")."""
-    if contains_bsn(text) or contains_bsn(BETWEEN_DIGITS.sub("", text)):
+    if contains_bsn(text) or contains_bsn(BETWEEN_DIGITS.sub("", text)) or holds_bsn_in_groups(text):
         raise ValueError("names what looks like a BSN: say why without naming the youth")
     return text
 

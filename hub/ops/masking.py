@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hub.logging import DIGIT_SEPARATORS, holds_bsn_in_groups
 from hub.spine.dlq import DLQ_EXC_MESSAGE, DLQ_FIRST_FAILURE, DLQ_HEADERS, DLQ_LAST_FAILURE
 from schemas.bsn import is_valid_bsn
 from schemas.envelope import (
@@ -90,10 +91,10 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # A number of 8 or 9 digits standing on its own may be a BSN; the digits of a reference are part of it
 # ("DH-2025-00493377", a BOA ticket number).
 _BSN_LIKE = re.compile(r"(?<![\w-])\d{8,9}(?![\w-])")
-# Separators between digits: a BSN written in groups ("252 760 189", "2527.60.189", "252-76-0189") is
-# one run of digits without them. A reference's digits run longer ("PL1500-2025031201-1" has 15).
-# separators between digits, taken out to find a number written in groups ("252-760-189", "06 1234 5678")
-BETWEEN_DIGITS = re.compile(r"(?<=\d)[\s.,/_-]+(?=\d)")
+# Separators between digits, taken out to find a number written in groups ("252-760-189", "06 1234 5678",
+# "252–760–189" with en dashes): the same ones the log redaction takes (`hub.logging.DIGIT_SEPARATORS`).
+# A reference's digits run longer ("PL1500-2025031201-1" has 15).
+BETWEEN_DIGITS = re.compile(f"(?<=[0-9])[{DIGIT_SEPARATORS}]+(?=[0-9])")
 _DIGITS = re.compile(r"\d+")
 # e-mail; starting only where a run of name characters starts: tried at every position of a long run,
 # the search took quadratic time (a 40 KB run of letters held the event loop 4 s)
@@ -159,10 +160,11 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def _holds_bsn(text: str) -> bool:
-    """True when `text` may hold a BSN: a number of 8 or 9 digits on its own, or a run of 8 or 9 digits
+    """True when `text` may hold a BSN: a number of 8 or 9 digits on its own, a run of 8 or 9 digits
     (the separators between them taken out) that passes the elfproef, whatever stands against it
-    ("BSN252760189", "252760189x", "252 760 189")."""
-    if _BSN_LIKE.search(text):
+    ("BSN252760189", "252760189x", "252 760 189"), or one in groups in a longer run of them, as the
+    log redaction finds it ("2025-01-01/111-222-333")."""
+    if _BSN_LIKE.search(text) or holds_bsn_in_groups(text):
         return True
     runs = _DIGITS.findall(BETWEEN_DIGITS.sub("", text))
     return any(len(run) in (8, 9) and is_valid_bsn(str(int(run)).zfill(len(run))) for run in runs)

@@ -352,7 +352,19 @@ def test_a_dead_letter_in_a_list_shows_its_header_values_as_its_headers_show_the
 
 @pytest.mark.parametrize(
     "bsn",
-    ["BSN252760189", "252760189x", "252 760 189", "252-76-0189", "2527.60.189", "BSN10000008", 2527601.89],
+    [
+        *(
+            "BSN252760189",
+            "252760189x",
+            "252 760 189",
+            "252-76-0189",
+            "2527.60.189",
+            "BSN10000008",
+            2527601.89,
+        ),
+        # after a date, or with the separators the log redaction takes (en dash, minus sign): shown
+        *("2025-01-01/111-222-333", "20250101-111-222-333", "252\u2013760\u2013189", "252\u2212760\u2212189"),
+    ],
 )
 def test_a_bsn_written_in_groups_or_against_letters_is_masked_under_a_code_key(bsn: str | float) -> None:
     """Only a number of 8 or 9 digits on its own was taken for a BSN: with letters against it or its
