@@ -822,6 +822,40 @@ async def _nothing_waits() -> bool:
     return False
 
 
+async def test_a_registration_unanswered_before_the_12th_birthday_and_refused_after_is_no_disclosure(
+    kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
+) -> None:
+    """Attempts the day before the 12th birthday got no answer (the connection closed before the
+    index carried them out); the retry, after the birthday, may not send it (rule 14), and the index
+    says it holds none. Dead-lettered, it was audited as "possibly registered" all the same: a
+    disclosure the audit log claimed that the index itself denied."""
+    from connectors.verwijsindex.component import VerwijsindexConnector
+
+    hub = await start_hub(kafka, db_url, unique, simulator.url, policy=SLOW)
+    try:
+        signal = uninformed_at_12(a_signal(bsns(1, start=560_000_000)[0]), today())
+        connector = hub.components["verwijsindex"]
+        assert isinstance(connector, VerwijsindexConnector)
+        connector.today = lambda: today() - timedelta(days=1)  # the youth is 11 at the first attempts
+        # both in-place attempts close the connection before the index carries them out
+        await set_faults(admin, down="close", methods=["PUT"], remaining=2)
+        await register(hub, signal)
+        path = SIGNAL + signal.signal_id
+
+        async def both_tried() -> bool:
+            return [c["method"] for c in await calls(admin) if c["path"] == path] == ["PUT", "PUT"]
+
+        await wait_for(both_tried, timeout_s=20)
+        connector.today = today  # the parked attempt comes seconds later (SLOW), after the birthday
+        [dead] = await read_topic(kafka.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.dlq), expect=1, timeout_s=30)
+        assert "rule 14" in headers_of(dead)["dlq-exception-message"]
+        assert [c["method"] for c in await calls(admin) if c["path"] == path] == ["PUT", "PUT", "GET"]
+        assert signal.signal_id not in simulator.state.signals
+        assert await audited(hub, signal) == []  # nothing went: no disclosure, not even a possible one
+    finally:
+        await hub.stop()
+
+
 async def test_a_registration_the_index_took_before_the_youth_turned_12_is_recorded_not_dead_lettered(
     kafka: EmbeddedKafka, db_url: str, unique: str, simulator: SimulatorServer, admin: httpx.AsyncClient
 ) -> None:
