@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import os
 import secrets
 import ssl
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -326,8 +328,62 @@ def _env_name(loc: tuple[int | str, ...]) -> str:
     return "KETENHUB_" + "__".join(p.upper() for p in parts) if parts else "KETENHUB_*"
 
 
+# Variables under the prefix that are no setting of the hub: compose's own (deploy/.env: the image's
+# tag, the API's host address) and the tests' and benchmarks'.
+NOT_SETTINGS = frozenset(
+    {
+        *("KETENHUB_VERSION", "KETENHUB_API_BIND"),
+        *("KETENHUB_CHAOS_LONG", "KETENHUB_FUZZ_EXAMPLES", "KETENHUB_TEST_PG", "KETENHUB_BENCH_LOOP"),
+    }
+)
+
+
+def _settings_of(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, object]]:
+    """(variable, annotation) of every setting of `model` and of its sections, under `prefix`."""
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        yield variable, field.annotation
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _settings_of(field.annotation, f"{variable}__")
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment variable the hub reads a setting from: KETENHUB_<SETTING>, and
+    KETENHUB_<SECTION>__<SETTING> for a section's (a section may also be given whole, as JSON)."""
+    return frozenset(variable for variable, _ in _settings_of(Settings, "KETENHUB_"))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The KETENHUB_* variables of `environ` that are no setting: a misspelt one ("KETENHUB_SMTP__TSL")
+    was ignored, and the hub ran on the default it was meant to replace. A variable below a setting
+    that holds a mapping (`KETENHUB_HANDOVERS__ZORGMELDING_RECEIVERS__...`) is that setting's."""
+    known = setting_names()
+    mappings = tuple(
+        f"{variable}__"
+        for variable, annotation in _settings_of(Settings, "KETENHUB_")
+        if get_origin(annotation) is dict or annotation is dict
+    )
+    return sorted(
+        name
+        for name in (n.upper() for n in environ)
+        if name.startswith("KETENHUB_")
+        and name not in known
+        and name not in NOT_SETTINGS
+        and not name.startswith(mappings)
+    )
+
+
+def _unknown_line(name: str) -> str:
+    near = difflib.get_close_matches(name, sorted(setting_names()), n=1, cutoff=0.8)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"{name}: no setting of the hub ({hint}the README's Configuration lists them; correct its name or unset it)"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build Settings from the environment; a bad setting raises ConfigError with one clear line."""
+    """Build Settings from the environment; a bad setting raises ConfigError with one clear line, as
+    does a KETENHUB_* variable that is no setting."""
+    if unknown := unknown_variables(os.environ):
+        raise ConfigError(_unknown_line(unknown[0]))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except SettingsError as exc:  # not JSON where JSON (or a comma-separated list) is wanted

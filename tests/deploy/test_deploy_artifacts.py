@@ -33,30 +33,11 @@ PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ketenhub.json"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to run on
 
-# The contract with the hub's Settings (pydantic-settings, prefix KETENHUB_, nested with __).
-# deploy/ may set only these; a test of hub.config checks that Settings reads exactly these.
-DOCUMENTED_SETTINGS = frozenset(
-    {
-        "KETENHUB_KAFKA__BOOTSTRAP_SERVERS",
-        "KETENHUB_KAFKA__SECURITY_PROTOCOL",
-        "KETENHUB_KAFKA__SASL_MECHANISM",
-        "KETENHUB_KAFKA__SASL_USERNAME",
-        "KETENHUB_KAFKA__SASL_PASSWORD",
-        "KETENHUB_KAFKA__REPLICATION_FACTOR",
-        "KETENHUB_KAFKA__CLIENT_ID",
-        "KETENHUB_DATABASE__URL",
-        "KETENHUB_HTTP__HOST",
-        "KETENHUB_HTTP__PORT",
-        "KETENHUB_SMTP__HOST",
-        "KETENHUB_SMTP__PORT",
-        "KETENHUB_SMTP__USERNAME",
-        "KETENHUB_SMTP__PASSWORD",
-        "KETENHUB_SMTP__TLS",
-        "KETENHUB_SMTP__SENDER",
-        "KETENHUB_VERWIJSINDEX__URL",
-        "KETENHUB_SECRET",
-        "KETENHUB_LOG_LEVEL",
-    }
+# The contract with the hub's Settings (pydantic-settings, prefix KETENHUB_, nested with __): deploy/
+# may set only variables the hub reads (`hub.config.setting_names`; the hub refuses any other
+# KETENHUB_* at start), and deploy/README.md documents each it sets. These it must set.
+REQUIRED_SETTINGS = frozenset(
+    {"KETENHUB_KAFKA__BOOTSTRAP_SERVERS", "KETENHUB_DATABASE__URL", "KETENHUB_SECRET"}
 )
 
 # The hub's metrics (DESIGN.md, "Operators"); histograms also expose _bucket, _sum and _count.
@@ -850,19 +831,41 @@ def _ketenhub_variables_set_by_deploy() -> dict[str, set[str]]:
     return found
 
 
-def test_deploy_sets_only_documented_settings() -> None:
+def test_deploy_sets_only_settings_the_hub_reads() -> None:
+    """A name the hub does not read was ignored, and the hub ran on the default it was meant to set."""
+    from hub.config import setting_names
+
     pytest.importorskip("dockerfile", reason="pip install dockerfile")
     used = _ketenhub_variables_set_by_deploy()
-    unknown = {name: sorted(where) for name, where in used.items() if name not in DOCUMENTED_SETTINGS}
-    assert unknown == {}, "not a documented setting of the hub"
-    assert {"KETENHUB_KAFKA__BOOTSTRAP_SERVERS", "KETENHUB_DATABASE__URL", "KETENHUB_SECRET"} <= set(used)
+    unknown = {name: sorted(where) for name, where in used.items() if name not in setting_names()}
+    assert unknown == {}, "not a setting of the hub"
+    assert set(used) >= REQUIRED_SETTINGS
 
 
-def test_readme_documents_every_setting() -> None:
+def test_readme_documents_every_setting_deploy_sets_and_only_settings() -> None:
+    from hub.config import NOT_SETTINGS, setting_names
+
+    pytest.importorskip("dockerfile", reason="pip install dockerfile")
     readme = (DEPLOY / "README.md").read_text()
-    missing = sorted(s for s in DOCUMENTED_SETTINGS if f"`{s}`" not in readme)
+    missing = sorted(s for s in _ketenhub_variables_set_by_deploy() if f"`{s}`" not in readme)
     assert missing == [], f"deploy/README.md does not document {missing}"
+    named = set(re.findall(r"`(KETENHUB_[A-Z0-9_]+)`", readme))
+    assert sorted(named - setting_names() - NOT_SETTINGS) == [], "deploy/README.md names no such setting"
     assert "## Not run here" in readme
+
+
+def test_each_component_logs_in_to_kafka_with_its_own_user_and_password() -> None:
+    """A Deployment reading another component's password logs in as that one: it gets that one's
+    ACLs, and rotating one password breaks two components."""
+    for doc in _all_k8s_docs():
+        if doc["kind"] != "Deployment":
+            continue
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        env = {entry["name"]: entry for entry in container["env"]}
+        assert env["KETENHUB_KAFKA__SASL_USERNAME"]["value"] == f"ketenhub-{component}"
+        ref = env["KETENHUB_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "ketenhub-secrets", "key": f"kafka-{component}-password"}, component
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------

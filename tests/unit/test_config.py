@@ -57,6 +57,35 @@ def test_bad_port_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("KETENHUB_SMTP__TSL", "KETENHUB_SMTP__TSL: no setting of the hub (did you mean KETENHUB_SMTP__TLS?"),
+        ("ketenhub_log_levl", "KETENHUB_LOG_LEVL: no setting of the hub (did you mean KETENHUB_LOG_LEVEL?"),
+        ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS", "(did you mean KETENHUB_KAFKA__BOOTSTRAP_SERVERS?"),
+        ("KETENHUB_TURBO", "KETENHUB_TURBO: no setting of the hub (the README's Configuration lists them;"),
+    ],
+)
+def test_a_variable_that_is_no_setting_stops_start_up_naming_the_one_meant(
+    monkeypatch: pytest.MonkeyPatch, name: str, said: str
+) -> None:
+    """A misspelt variable was ignored: `KETENHUB_SMTP__TSL=starttls` left mail to go out unencrypted
+    on the default, and the hub started as though all were well."""
+    monkeypatch.setenv(name, "starttls")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert said in str(err.value) and "starttls" not in str(err.value)
+
+
+def test_the_variables_of_compose_the_tests_and_a_mapping_setting_are_no_typo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("KETENHUB_VERSION", "KETENHUB_API_BIND", "KETENHUB_CHAOS_LONG", "KETENHUB_BENCH_LOOP"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("KETENHUB_VERWIJSINDEX__LETTER_SENDER__NAAM", "Halt Den Haag")  # a dict's key
+    assert load_settings().verwijsindex.letter_sender.get("naam") == "Halt Den Haag"
+
+
 def test_unknown_database_driver_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KETENHUB_DATABASE__URL", "mysql://x")
     with pytest.raises(ConfigError, match="^KETENHUB_DATABASE__URL"):
