@@ -47,6 +47,7 @@ CONTRACT_METRICS = frozenset(
         "kafka_consumergroup_lag_seconds",
         "kafka_topic_partition_current_offset",
         "ketenhub_messages_total",
+        "ketenhub_delivery_attempts_total",
         "ketenhub_retry_parked",
         "ketenhub_dlq_messages",
         "ketenhub_ready",
@@ -728,7 +729,7 @@ def test_alert_rules_cover_lag_dead_letters_readiness_and_retries() -> None:
         "kafka_consumergroup_lag_seconds",
         "ketenhub_dlq_messages",
         "ketenhub_ready",
-        "ketenhub_messages_total",
+        "ketenhub_delivery_attempts_total",  # calls failed and retried (the retry topics are not consumed)
         "ketenhub_retry_parked",
         "ketenhub_outbox_parked",
         "ketenhub_outbox_oldest_seconds",
@@ -749,6 +750,17 @@ def test_prometheus_scrapes_every_hub_component() -> None:
 
 
 # --- (d) Grafana ---------------------------------------------------------------------------------
+
+
+def test_every_metric_the_alerts_and_dashboard_may_read_is_one_the_hub_exports() -> None:
+    """A list of its own let an alert query a series the hub never had: it could not fire."""
+    from hub.metrics import Metrics
+
+    exported = {m.name for m in Metrics().registry.collect()}  # counters without their _total
+    source = (ROOT / "hub" / "ops" / "prometheus.py").read_text()
+    exported |= set(re.findall(r'"((?:ketenhub|kafka)_[a-z_]+)"', source))
+    for name in CONTRACT_METRICS | CONTRACT_HISTOGRAMS:
+        assert name.removesuffix("_total") in exported, name
 
 
 def test_dashboard_queries_read_only_the_hubs_metrics() -> None:
