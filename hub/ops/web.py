@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -53,11 +54,17 @@ async def metrics(request: Request) -> Response:
     """
     hub = request.app.state.hub
     monitor = console_of(hub).monitor
+    # ketenhub_ready is set by a look at the dependencies (shared with /readyz, and cached for a
+    # moment): set only when /readyz was called, it was missing where nothing called it (compose's
+    # health check asks /healthz), and held what the last call saw
+    looked = asyncio.ensure_future(hub.readiness())
     health: Health | None = None
     try:
         health = await monitor.health()
     except BrokersUnavailable as exc:
         log.warning("lag not measured for /metrics", error=str(exc))
+    finally:
+        await looked
     outbox = health.outbox if health is not None else await outbox_state(monitor.store)
     body = render(health, outbox, hub.metrics)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

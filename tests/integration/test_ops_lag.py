@@ -228,6 +228,23 @@ async def silent_address() -> AsyncIterator[str]:
         server.close()
 
 
+async def test_metrics_say_which_dependency_is_ready_without_readyz_being_called(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """ketenhub_ready was set only by /readyz: in compose nothing calls it (the health check asks
+    /healthz), so the alert on it and the dashboard's panel had no series to read."""
+    settings = make_settings(kafka, db_url, unique)
+    async with ops_hub(settings) as (_, client):
+
+        async def ready_series() -> dict[tuple[tuple[str, str], ...], float] | None:
+            m = _metrics((await client.get("/metrics")).text)
+            ready = m.get("ketenhub_ready", {})
+            return ready if ready and all(v == 1.0 for v in ready.values()) else None
+
+        ready = await wait_for(ready_series, timeout_s=30)  # a busy machine's first look may time out
+        assert {dict(k)["dependency"] for k in ready} >= {"store", "broker"}
+
+
 async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:
