@@ -4,10 +4,11 @@ a connector that does not name itself is refused. On the real broker and both st
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 
 from connectors import boa, leerplicht, politie, preventief
@@ -411,6 +412,52 @@ async def test_a_source_is_one_partners_and_a_used_claim_stands(store: Store) ->
     async with store.connect() as conn:
         claimed = dict((await conn.execute(select(partners.c.name, partners.c.kafka_source))).all())
     assert claimed == {"boa-dh": "boa-connector-dh", "boa-leiden": None, "aurah": None}
+
+
+async def test_the_migration_to_one_police_referrer_keys_the_copy_received_first(db_url: str) -> None:
+    """Revision 0017 gave the key "politie" to each proces-verbaal number's copy with the lowest id:
+    ids are random UUIDs, so a copy received a day later (refused, say) could become the first
+    answer, and every repeat since was answered with its outcome (rule 7). The copy received first
+    takes the key; the later one keeps its own."""
+    from hub.store.db import migrate
+
+    store = Store(db_url)
+    try:
+        await migrate(store.engine, "0002_intake")
+        first, later = "f" * 8 + "-ffff-4fff-8fff-" + "f" * 12, "0" * 8 + "-0000-4000-8000-" + "0" * 12
+        row = text(
+            "INSERT INTO referrals (id, referrer_key, case_reference, referrer_type, channel,"
+            " youth_key, bsn, track, outcome, referral, decision, transaction_id, received_at)"
+            " VALUES (:id, :key, 'PV-1', 'POLITIE', 'http', :youth, '111222333', 'HALT_STRAF', :outcome,"
+            " '{}', '{}', 'tx', :at)"
+        ).bindparams(bindparam("at", type_=DateTime(timezone=True)))
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                row,
+                {
+                    "id": first,
+                    "key": "partner:a",
+                    "youth": "a" * 64,
+                    "outcome": "ACCEPTED",
+                    "at": datetime(2025, 3, 1, 9, tzinfo=UTC),
+                },
+            )
+            await conn.execute(
+                row,
+                {
+                    "id": later,
+                    "key": "partner:b",
+                    "youth": "a" * 64,
+                    "outcome": "REJECTED",
+                    "at": datetime(2025, 3, 2, 9, tzinfo=UTC),
+                },
+            )
+        await migrate(store.engine, "0017_police_one_referrer")
+        async with store.engine.connect() as conn:
+            keys = dict((await conn.execute(text("SELECT id, referrer_key FROM referrals"))).all())
+        assert keys == {first: "politie", later: "partner:b"}
+    finally:
+        await store.close()
 
 
 async def test_the_migration_adds_the_claim_column_one_partner_per_source(db_url: str) -> None:

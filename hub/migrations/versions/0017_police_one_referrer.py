@@ -2,8 +2,9 @@
 referrals take the key "politie".
 
 Those from the topic ("kafka:politie") all do. Of those over HTTP ("partner:<id>", referrer type
-POLITIE) each proces-verbaal number's first does, unless the topic brought it already: a later
-copy was the same referral stored twice before this revision, and keeps its old key (the unique
+POLITIE) each proces-verbaal number's first does (the one received first: ids are random UUIDs, and
+the lowest could be a copy received days later), unless the topic brought it already: a later copy
+was the same referral stored twice before this revision, and keeps its old key (the unique
 constraint allows one row per referrer and case reference).
 """
 
@@ -25,9 +26,11 @@ def upgrade() -> None:
             " WHERE referrer_type = 'POLITIE' AND referrer_key LIKE 'partner:%'"
             " AND NOT EXISTS (SELECT 1 FROM referrals AS known"
             "   WHERE known.referrer_key = 'politie' AND known.case_reference = referrals.case_reference)"
-            " AND id = (SELECT min(first.id) FROM referrals AS first"
-            "   WHERE first.referrer_type = 'POLITIE' AND first.referrer_key LIKE 'partner:%'"
-            "   AND first.case_reference = referrals.case_reference)"
+            " AND NOT EXISTS (SELECT 1 FROM referrals AS earlier"
+            "   WHERE earlier.referrer_type = 'POLITIE' AND earlier.referrer_key LIKE 'partner:%'"
+            "   AND earlier.case_reference = referrals.case_reference"
+            "   AND (earlier.received_at < referrals.received_at"
+            "     OR (earlier.received_at = referrals.received_at AND earlier.id < referrals.id)))"
         )
     )
 
