@@ -376,7 +376,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 def _unknown_line(name: str) -> str:
     near = difflib.get_close_matches(name, sorted(setting_names()), n=1, cutoff=0.8)
     hint = f"did you mean {near[0]}? " if near else ""
-    return f"{name}: no setting of the hub ({hint}the README's Configuration lists them; correct its name or unset it)"
+    listed = "the README's Configuration lists them; correct its name or unset it"
+    return f"{name}: no setting of the hub ({hint}{listed})"
 
 
 def load_settings(**overrides: object) -> Settings:
