@@ -16,7 +16,7 @@ operators = Table(
     Column("password_hash", String(200), nullable=False),
     Column("role", String(30), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
-    Column("disabled", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 # Server-side sessions: the cookie holds a random token (signed); only its SHA-256 is stored.

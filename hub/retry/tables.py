@@ -43,4 +43,5 @@ parked = Table(
     Column("postponed", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_retry_parked_ladder_key", "ladder", "key", "seq"),
     Index("ix_retry_parked_due", "ladder", "due_at"),
+    Index("ix_retry_parked_message", "ladder", "message_id"),  # a mail's record key, by its id
 )

@@ -36,7 +36,10 @@ async def test_the_migrations_make_the_tables_the_code_declares(store: Store) ->
     from hub.store.tables import metadata
 
     async with store.engine.connect() as conn:
-        diffs = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+        options = {"compare_type": True, "compare_server_default": True}
+        diffs = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c, opts=options), metadata)
+        )
     assert diffs == []
 
 
