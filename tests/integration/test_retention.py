@@ -308,6 +308,28 @@ async def test_two_purges_at_once_audit_only_what_each_removed(store: Store) -> 
     assert await _count(store, referrals) == 0
 
 
+async def test_a_purge_that_finds_nothing_past_its_term_writes_nothing_but_its_last_tidy_up(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit entries past their term were looked for inside a write transaction: the whole log read
+    (no index on its moment) while SQLite's only writer's lock was held, and the intake, the
+    consumers and the relay waited. Looked for outside it, a purge with nothing to purge writes only
+    its last tidy-up (operators' reasons and resolved problems)."""
+    await _case(store, "cd" * 32, "111222333", received=ago(30))  # recent: kept, with its audit entries
+    writes = 0
+    transaction = store.transaction
+
+    def counted() -> Any:
+        nonlocal writes
+        writes += 1
+        return transaction()
+
+    monkeypatch.setattr(store, "transaction", counted)
+    result = await purge(store, RetentionSettings(), now=NOW)
+    assert (result.youths, result.audit_entries) == (0, 0)
+    assert writes == 1
+
+
 def test_audit_entries_are_kept_at_least_five_years() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 1827"):
         RetentionSettings(audit_days=365)
