@@ -83,7 +83,8 @@ def _banner(settings: Settings, host: str, port: int, broker: str, hub: object =
     return "\n".join(
         [
             "ketenhub is running",
-            f"  operator API  {base}/   ready: {base}/readyz   docs: {base}/docs   AsyncAPI: {base}/asyncapi",
+            f"  operators     {base}/ops/ (log in as one `ketenhub operators add` made)",
+            f"  API           ready: {base}/readyz   docs: {base}/docs   AsyncAPI: {base}/asyncapi",
             f"  database      {_safe_url(settings.database.url)}",
             f"  broker        {broker} ({kind})",
             f"  components    {', '.join(settings.components)}",
@@ -149,7 +150,9 @@ def _prepare_store(settings: Settings) -> None:
 @app.command()
 def run(
     host: Annotated[str | None, typer.Option(help="HTTP address to listen on (KETENHUB_HTTP__HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port (KETENHUB_HTTP__PORT, default 8000)")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="HTTP port (KETENHUB_HTTP__PORT, default 8000)")
+    ] = None,
     components: Annotated[
         str | None,
         typer.Option(help="comma-separated subset of intake,routing,verwijsindex,mail,api (default all)"),
@@ -234,7 +237,7 @@ def migrate() -> None:
 
 @simulate.command("verwijsindex")
 def simulate_verwijsindex(
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8081,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
 ) -> None:
     """Run the Verwijsindex Haaglanden simulator (its OpenAPI at /docs)."""
@@ -261,7 +264,7 @@ def main() -> None:
         try:
             url = load_settings().database.url
         except ConfigError:
-            url = ""
+            raise exc from None  # the command said why it could not load them, or should have
         said = database_problem(exc, url)
         if said is None:
             raise

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.config import load_settings
+from hub.config import Settings, load_settings
 from hub.errors import ConfigError
 from hub.partners.keys import PartnerType
 from hub.partners.registry import (
@@ -38,14 +38,18 @@ def _user() -> str:
     return USER
 
 
-def _in_store(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    from hub.store import Store
-
+def _settings() -> Settings:
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
         typer.echo(f"ketenhub: configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _in_store(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from hub.store import Store
+
+    settings = _settings()
 
     async def go() -> T:
         store = Store(settings.database.url)
@@ -82,8 +86,8 @@ def add(
     from hub.intake.claims import set_kafka_source
 
     name = name.strip()
-    if not name or len(name) > 100:
-        typer.echo("ketenhub: --name must be 1 to 100 characters", err=True)
+    if not name or len(name) > 100 or not name.isprintable():
+        typer.echo("ketenhub: --name must be 1 to 100 printable characters (no tab or line break)", err=True)
         raise typer.Exit(2)
 
     async def register(session: AsyncSession) -> tuple[Partner, str, SourceSet | None]:
@@ -230,6 +234,12 @@ def delivery(
     from hub.handovers.topic_others import TopicHoldsOthers
     from hub.topics import handover_answers
 
+    organisation = organisation.strip()
+    if not organisation or len(organisation) > 100 or not organisation.isprintable():
+        # a blank name (an unset "$ORG") took the type's topic, and no command gives it back
+        said = "ORGANISATION must be 1 to 100 printable characters, as handovers name it"
+        typer.echo(f"ketenhub: {said}", err=True)
+        raise typer.Exit(2)
     if (webhook is None) == (not kafka):
         typer.echo("ketenhub: give exactly one of --webhook URL or --kafka", err=True)
         raise typer.Exit(2)
@@ -239,11 +249,11 @@ def delivery(
     secret = secrets.token_urlsafe(32) if webhook else None
     if webhook:
         try:
-            check_webhook_url(webhook, allow_plain_http=load_settings().handovers.allow_plain_http)
+            check_webhook_url(webhook, allow_plain_http=_settings().handovers.allow_plain_http)
         except ValueError as exc:
             typer.echo(f"ketenhub: --webhook: {exc}", err=True)
             raise typer.Exit(2) from None
-    chosen = ReceiverDelivery(organisation.strip(), type_, "webhook" if webhook else "kafka", webhook, secret)
+    chosen = ReceiverDelivery(organisation, type_, "webhook" if webhook else "kafka", webhook, secret)
     try:
         _in_store(lambda s: set_receiver_delivery(s, chosen, topic_emptied=topic_emptied, user=_user()))
     except TopicTaken as exc:
