@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -203,6 +204,23 @@ class VerwijsindexSettings(BaseModel):
     default_end_years: int = Field(default=1, ge=1, le=2, description="rule 12 default: created + N years")
     retry_schedule_s: RetrySchedule = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
     letter_sender: dict[str, str | list[str]] = Field(default_factory=dict, description="letters.Afzender")
+
+    @field_validator("url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        """An http(s) URL with a host. Anything else started the hub, and every call then failed as
+        one that may have been carried out: each registration dead-lettered and audited as possibly
+        in the index, when none had left."""
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url.strip())
+            parts.port  # noqa: B018  (raises ValueError for a port that is no number or out of range)
+        except ValueError:
+            raise ValueError("not a URL: give the index's base URL, e.g. https://vi.example/api") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://vi.example/api") from None
+        return url.strip()
 
 
 class Settings(BaseSettings):

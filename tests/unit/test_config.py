@@ -86,6 +86,20 @@ def test_the_variables_of_compose_the_tests_and_a_mapping_setting_are_no_typo(
     assert load_settings().verwijsindex.letter_sender.get("naam") == "Halt Den Haag"
 
 
+@pytest.mark.parametrize(
+    "url", ["notaurl", "vi.example/api", "ftp://vi.example/", "https://", "https://vi:99999/"]
+)
+def test_a_verwijsindex_url_that_is_no_http_url_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """ "notaurl" started the hub; every call then failed as one that may have been carried out, and
+    each registration was dead-lettered and audited as possibly in the index."""
+    monkeypatch.setenv("KETENHUB_VERWIJSINDEX__URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("KETENHUB_VERWIJSINDEX__URL: ") and "e.g. https://" in str(err.value)
+
+
 def test_unknown_database_driver_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KETENHUB_DATABASE__URL", "mysql://x")
     with pytest.raises(ConfigError, match="^KETENHUB_DATABASE__URL"):
