@@ -44,7 +44,10 @@ def check_webhook_url(url: str, *, allow_plain_http: bool) -> None:
         return
     if parts.scheme == "http" and allow_plain_http and parts.hostname in LOOPBACK:
         return
-    raise ValueError("webhook URL must be https:// (http:// only to loopback when allowed)")
+    raise ValueError(
+        "webhook URL must be https:// (http:// only to loopback,"
+        " with KETENHUB_HANDOVERS__ALLOW_PLAIN_HTTP=true)"
+    )
 
 
 class TopicTaken(ValueError):

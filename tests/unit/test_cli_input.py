@@ -57,3 +57,14 @@ def test_the_banner_points_at_the_operator_console() -> None:
     """It pointed at `/`, where nothing is served: a first look at the hub was a 404."""
     banner = _banner(load_settings(), "127.0.0.1", 8000, "127.0.0.1:9092")
     assert "http://127.0.0.1:8000/ops/" in banner and "http://127.0.0.1:8000/ " not in banner
+
+
+@pytest.mark.parametrize(
+    "url", ["http://wijkteam.example/hook", "http://127.0.0.1:8080/hook", "ftp://w.example/"]
+)
+def test_a_webhook_that_is_not_https_is_refused_naming_the_setting_that_allows_it(url: str) -> None:
+    argv = ["partners", "delivery", "wijkteam-west", "--type", "wijkteam", "--webhook", url]
+    done = CliRunner().invoke(app, argv)
+    assert done.exit_code == 2, done.output
+    assert done.stderr.startswith("ketenhub: --webhook: webhook URL must be https://")
+    assert "KETENHUB_HANDOVERS__ALLOW_PLAIN_HTTP=true" in done.stderr
