@@ -679,7 +679,9 @@ def test_k8s_deployments_are_probed_bounded_hardened_and_scraped() -> None:
         security = container["securityContext"]
         assert security["readOnlyRootFilesystem"] is True, name
         assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"]["drop"] == ["ALL"], name
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true", name
         port = str(container["ports"][0]["containerPort"])
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == port, name
@@ -692,6 +694,50 @@ def test_k8s_deployments_are_probed_bounded_hardened_and_scraped() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
     (service,) = [d for d in docs if d["kind"] == "Service"]
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "api"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_k8s_pods_are_reached_through_the_ingress_and_prometheus_only() -> None:
+    """Every pod serves the partner and operator API and an open /metrics: without a policy any pod
+    in the cluster reached them past the ingress, and any pod could call out anywhere."""
+    docs = _all_k8s_docs()
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    [deny] = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert sorted(deny["spec"]["policyTypes"]) == ["Egress", "Ingress"] and "ingress" not in deny["spec"]
+    pods = [
+        (d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+    ]
+    for name, labels in pods:
+        sources = [
+            rule["from"]
+            for p in policies
+            if _selects(p["spec"]["podSelector"], labels)
+            for rule in p["spec"].get("ingress", [])
+        ]
+        namespaces = {
+            f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for r in sources for f in r
+        }
+        wanted = (
+            {"monitoring", "ingress-nginx"}
+            if labels.get("app.kubernetes.io/component") == "api"
+            else {"monitoring"}
+        )
+        assert namespaces == wanted, name
+        assert any(
+            _selects(p["spec"]["podSelector"], labels) and p["spec"].get("egress") for p in policies
+        ), name
+    env = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert env["FORWARDED_ALLOW_IPS"], "behind the ingress every client would be the ingress's address"
+
+
+def test_a_pod_not_ready_for_a_partners_outage_does_not_block_a_node_drain() -> None:
+    budgets = [d for d in _all_k8s_docs() if d["kind"] == "PodDisruptionBudget"]
+    assert budgets and all(b["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for b in budgets)
 
 
 def test_example_secret_holds_placeholders_only() -> None:
