@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def _through_database_code(exc: BaseException) -> bool:
     return False
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+
+
 def _sqlite_file(url: str) -> str:
     """Why a SQLite file cannot be opened, when it is its directory."""
     try:
@@ -85,8 +90,16 @@ def database_problem(exc: BaseException, url: str) -> str | None:
     for e in chain:
         if isinstance(e, socket.gaierror):
             return f"database unreachable: {shown} (unknown host)"
-        if isinstance(e, OSError | TimeoutError):
-            return f"database unreachable: {shown} ({e.strerror or type(e).__name__})"
+        if isinstance(e, FileNotFoundError) and "ssl=verify" in url:
+            # asyncpg looks for the CA that signed the server's certificate, and found none
+            return (
+                f"database unreachable: {shown} (no CA file to check the server's certificate with:"
+                " set PGSSLROOTCERT to the CA's file, PEM)"
+            )
+        if isinstance(e, ssl.SSLError):
+            return f"database unreachable: {shown} (TLS: {_first_line(e)})"
+        if isinstance(e, OSError | TimeoutError):  # the driver's words name the server, no row's value
+            return f"database unreachable: {shown} ({e.strerror or _first_line(e)})"
     from hub.store import store_failed
 
     failed = next((e for e in chain if isinstance(e, sa_exc.DBAPIError) and store_failed(e)), None)

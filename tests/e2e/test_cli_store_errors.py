@@ -17,9 +17,11 @@ KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
 DOWN = "postgresql+asyncpg://hub:s3cr3t-pw@127.0.0.1:1/hub"
 
 
-def _ketenhub(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+def _ketenhub(tmp: Path, url: str, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_") and k != "PGSSLROOTCERT"}
     env["KETENHUB_DATABASE__URL"] = url
+    if home is not None:
+        env["HOME"] = str(home)
     return subprocess.run(
         [KETENHUB, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -58,3 +60,14 @@ def test_a_database_that_does_not_exist_is_named(tmp_path: Path) -> None:
     url = f"{base}/kh_cli_review_missing"
     said = _one_line(_ketenhub(tmp_path, url, "partners", "list"))
     assert said == f"ketenhub: database does not exist: {url}"
+
+
+def test_a_database_url_asking_for_a_checked_certificate_says_what_is_missing(tmp_path: Path) -> None:
+    """`?ssl=verify-full` (deploy/README.md, PostgreSQL over TLS) with no CA file to check the server
+    with said "(No such file or directory)", and with a server that speaks no TLS "(ConnectionError)"."""
+    asyncio.run(require_pg())
+    url = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://") + "?ssl=verify-full"
+    said = _one_line(_ketenhub(tmp_path, url, "migrate", home=tmp_path))  # no ~/.postgresql/root.crt
+    assert said.endswith(
+        "(no CA file to check the server's certificate with: set PGSSLROOTCERT to the CA's file, PEM)"
+    )
