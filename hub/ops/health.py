@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from hub.clock import aware
 from hub.logging import get_logger
@@ -146,8 +146,19 @@ class Monitor:
         holds now: an action counts only for the letter it was taken on (0020), so a new letter at an
         old position (a topic that started over) stays open."""
         c = dlq_actions.c
-        async with self.store.connect() as conn:
-            rows = (await conn.execute(select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.at))).all()
+        # only the actions within what each partition holds now (`ux_dlq_actions_record` serves it):
+        # every action ever taken was read on each look of the dashboard and each scrape, and the
+        # actions are kept for good
+        ranges = [
+            and_(c.dlq_topic == t, c.partition == p, c.offset >= o.start, c.offset < o.end)
+            for (t, p), o in offsets.items()
+            if o.end > o.start
+        ]
+        rows = []
+        if ranges:
+            async with self.store.connect() as conn:
+                query = select(c.dlq_topic, c.partition, c.offset, c.letter_at, c.at).where(or_(*ranges))
+                rows = list((await conn.execute(query)).all())
         for tp, o in offsets.items():  # a partition that started over: its letters are new ones
             if o.end < self._ends.get(tp, 0):
                 self._letter_ts = {k: v for k, v in self._letter_ts.items() if k[:2] != tp}
