@@ -556,12 +556,13 @@ def topics(
             await probe.close()
 
     health = _run(go)
-    table = Table("group", "topic", "verdict", "lag", "lag (s)")
+    table = Table("group", "topic", "verdict", "lag", "lag (s)", "expired unread")
     for column in table.columns:  # a name cut short names another topic or group, or none
         column.overflow = "fold"
     for g in health.groups:
         for t in g["topics"]:
-            table.add_row(g["group"], t["topic"], g["verdict"], str(t["lag"]), str(t["lag_seconds"]))
+            figures = (t["lag"], t["lag_seconds"], t["expired_unread"])
+            table.add_row(g["group"], t["topic"], g["verdict"], *map(str, figures))
     dlq = Table("DLQ topic", "depth")
     for name, depth in sorted(health.dlq_depth.items()):
         dlq.add_row(name, str(depth))

@@ -236,6 +236,7 @@ class Monitor:
                     {
                         "topic": t,
                         "lag": sum(p.lag for p in ps),
+                        "expired_unread": sum(p.expired for p in ps),
                         "lag_seconds": round(max(p.lag_seconds for p in ps), 3),
                         "out_rate": round(out_rates[f"{g}|{t}"], 3),
                         "in_rate": round(in_rates.get(t, 0.0), 3),

@@ -20,6 +20,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from hub.errors import DependencyDown
+from hub.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class BrokersUnavailable(DependencyDown):
@@ -37,6 +40,16 @@ class PartitionLag:
     end: int
     lag: int
     lag_seconds: float
+    # Records the group had not read that the broker deleted (retention): its committed offset is
+    # behind the log's start. The lag counts from the start, so it did not show them; they are lost
+    # to the hub, and must be asked of their sender again.
+    expired: int = 0
+
+
+def unread_expired(committed: int, start: int) -> int:
+    """Records between a group's committed offset and the log's start, deleted before it read them
+    (0 when it has not committed: it reads from the start, and what went before is not its own)."""
+    return max(start - committed, 0) if committed >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class LagProbe:
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        self._told: dict[tuple[str, str, int], int] = {}  # the committed offset whose loss was logged
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         # Each client is kept before it starts: a start that fails or runs out of time has opened
@@ -192,8 +206,17 @@ class LagProbe:
             lag = max(ends[tp] - position, 0)
             ts = stamps.get((tp, position))
             age = max(now - ts / 1000, 0.0) if lag and ts is not None else 0.0
+            expired = unread_expired(off, starts[tp])
+            if expired and self._told.get((group, tp.topic, tp.partition)) != off:
+                self._told[(group, tp.topic, tp.partition)] = off  # once per offset, not each sample
+                log.error(
+                    "records expired unread: the broker deleted them before the group read them",
+                    group=group, topic=tp.topic, partition=tp.partition, records=expired,
+                )  # fmt: skip
             sample.lags.append(
-                PartitionLag(group, tp.topic, tp.partition, None if off < 0 else off, ends[tp], lag, age)
+                PartitionLag(
+                    group, tp.topic, tp.partition, None if off < 0 else off, ends[tp], lag, age, expired
+                )
             )
         sample.members = await self._members(admin, list(groups))
         return sample

@@ -31,10 +31,17 @@ class _HealthCollector(Collector):
             "Age of the oldest unprocessed message of a consumer group, per partition",
             labels=["consumergroup", "topic", "partition"],
         )
+        expired = GaugeMetricFamily(
+            "ketenhub_consumergroup_expired_unread",
+            "Records a consumer group had not read when the broker deleted them (its committed offset is"
+            " behind the log's start): lost to the hub, which the lag does not count",
+            labels=["consumergroup", "topic", "partition"],
+        )
         for p in h.sample.lags:
             labels = [p.group, p.topic, str(p.partition)]
             lag.add_metric(labels, p.lag)
             lag_s.add_metric(labels, p.lag_seconds)
+            expired.add_metric(labels, p.expired)
         current = GaugeMetricFamily(
             "kafka_topic_partition_current_offset",
             "Log end offset (high watermark) of a partition",
@@ -63,7 +70,7 @@ class _HealthCollector(Collector):
         )
         for group, v in sorted(h.verdicts.items()):
             verdict.add_metric([group], int(v))
-        yield from (lag, lag_s, current, dlq, parked, verdict)
+        yield from (lag, lag_s, expired, current, dlq, parked, verdict)
 
 
 class _StateCollector(Collector):

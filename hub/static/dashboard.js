@@ -88,7 +88,7 @@ async function refreshHealth() {
     for (const t of g.topics) {
       const v = document.createElement("span");
       v.textContent = g.verdict; v.className = "verdict-" + g.verdict;
-      const tr = row([g.group, t.topic, v, t.lag, t.lag_seconds, t.in_rate, t.out_rate], ["", "", "", "num", "num", "num", "num"]);
+      const tr = row([g.group, t.topic, v, t.lag, t.lag_seconds, t.in_rate, t.out_rate, t.expired_unread], ["", "", "", "num", "num", "num", "num", "num"]);
       tr.dataset.group = g.group; tr.dataset.topic = t.topic;
       rows.push(tr);
     }

@@ -190,6 +190,14 @@ async def test_metrics_and_health_show_the_known_lag(kafka: EmbeddedKafka, db_ur
         health: dict[str, Any] = await wait_for(lambda: health_of(client), timeout_s=30)
         mine = next(g for g in health["groups"] if g["group"] == group)
         assert mine["lag"] == 13 and mine["verdict"] in {"OK", "STALL", "STOP", "WARN"}
+        # nothing deleted unread: the figure is there, and 0 (tansu deletes no records)
+        assert [t["expired_unread"] for t in mine["topics"]] == [0]
+        expired = {
+            dict(k)["partition"]: v
+            for k, v in m["ketenhub_consumergroup_expired_unread"].items()
+            if dict(k)["consumergroup"] == group
+        }
+        assert expired == {"0": 0, "1": 0, "2": 0}
 
 
 async def health_of(client: httpx.AsyncClient) -> dict[str, Any] | None:
