@@ -7,6 +7,9 @@ import contextlib
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+# Records a poll takes: as many as the benchmarked hub's consumers (bench.run.hub_settings)
+BATCH = 1000
+
 
 class RawRelay:
     """Consumes `source` in a group, produces each value to `target` (acks=all), commits after the acks."""
@@ -25,7 +28,7 @@ class RawRelay:
             auto_offset_reset="earliest",
             session_timeout_ms=2000,
             heartbeat_interval_ms=500,
-            max_poll_records=500,
+            max_poll_records=BATCH,
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024
@@ -36,7 +39,7 @@ class RawRelay:
 
     async def _run(self) -> None:
         while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=BATCH)
             futures = [
                 await self.producer.send(self.target, r.value, key=r.key)
                 for records in batch.values()

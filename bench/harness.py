@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -70,6 +73,7 @@ async def count_until(
             started.set()
         seen, first = 0, 0.0
         latencies: list[float] = []
+        values: list[bytes] = []  # looked into only after the timing (`exactly_once`)
         deadline = time.monotonic() + timeout_s
         while seen < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
@@ -79,12 +83,33 @@ async def count_until(
                     first = time.monotonic()
                 seen += len(records)
                 latencies.extend(now_ms - r.timestamp for r in records)
+                values.extend(r.value for r in records if r.value is not None)
+        last = time.monotonic()
         if seen < expect:
             raise TimeoutError(f"{topic}: only {seen} of {expect} records within {timeout_s}s")
-        return first, time.monotonic(), latencies
+        exactly_once(topic, values, expect)
+        return first, last, latencies
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 5)
+
+
+def case_reference(value: bytes) -> str:
+    """The proces-verbaal number of a police record, or of the hub's decision on it."""
+    answer = json.loads(value)
+    return str(answer.get("payload", answer)["procesVerbaalNummer"])
+
+
+def exactly_once(topic: str, values: list[bytes], expect: int) -> None:
+    """Each of `expect` referrals once on `topic`: a count of records let a doubled one stand in for
+    one that never came, and the rate went up."""
+    counted = Counter(case_reference(v) for v in values)
+    doubled = sorted(k for k, n in counted.items() if n > 1)
+    if doubled or len(counted) != expect:
+        raise RuntimeError(
+            f"{topic}: {len(counted)} distinct referrals of {expect} expected, "
+            f"{len(doubled)} doubled (first: {doubled[:3]})"
+        )
 
 
 async def measure(
@@ -116,8 +141,22 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process since the last `reset_peak_rss` (else since it started),
+    in MB: VmHWM on Linux, ru_maxrss elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak resident memory anew from what this process holds now (Linux: clear_refs 5), so
+    that generating and loading the records, and the runs before, do not count."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def loop_name() -> str:

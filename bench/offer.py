@@ -35,32 +35,40 @@ async def offer(bootstrap: str, source: str, target: str, rate: int, seconds: in
         consumer.seek(tp, 0)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
-    latencies: list[float] = []
+    got: dict[str, float] = {}  # latency (ms) by reference: a doubled answer must not stand in for one
+    doubled: list[str] = []
 
     async def receive() -> None:
-        while len(latencies) < n:
+        while len(got) < n:
             batch = await consumer.getmany(timeout_ms=50)
             now = time.perf_counter()
             for records in batch.values():
                 for r in records:
                     answer = json.loads(r.value)  # the hub's decision envelope, or the raw relay's copy
                     reference = answer.get("payload", answer)["procesVerbaalNummer"]
-                    latencies.append((now - sent[reference]) * 1000)
+                    if reference in got:
+                        doubled.append(reference)
+                    else:
+                        got[reference] = (now - sent[reference]) * 1000
 
     receiver = asyncio.create_task(receive())
     t0 = time.perf_counter()
     try:
         for i, (value, reference) in enumerate(zip(values, references, strict=True)):
-            delay = t0 + i / rate - time.perf_counter()
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sent[reference] = time.perf_counter()
+            # timed from when it was due: a send held up by the ones before it waits as a partner's would
+            sent[reference] = due
             await producer.send(source, value)
         await asyncio.wait_for(receiver, 120)
     finally:
         await producer.stop()
         await asyncio.wait_for(consumer.stop(), 5)
-    return {"records": n, "seconds": time.perf_counter() - t0, "latencies_ms": latencies}
+    if doubled:
+        raise RuntimeError(f"{len(doubled)} referrals answered more than once (first: {doubled[:3]})")
+    return {"records": n, "seconds": time.perf_counter() - t0, "latencies_ms": list(got.values())}
 
 
 def main() -> None:

@@ -19,8 +19,9 @@ out-of-order call raises DeliveryError.
 
 The baseline: a plain aiokafka consumer in a group on the copy topic, mapping each record with
 plain dicts and calling the same simulator over aiohttp (the connector's client library, keep-alive),
-one call after another per partition (per-key order), the partitions at once, committing offsets
-after the calls. The
+one call after another per youth (the record key), up to 16 youths at once as the hub's retry ladder
+(one call after another per partition before 2026-12-07: 4 in flight, which flattered the hub's
+ratio), committing offsets after the calls. The
 simulator is reset between the runs, so each run registers the same signals afresh.
 
 The simulator is a SimulatorServer (uvicorn, real HTTP) in a process of its own (the default: the
@@ -100,6 +101,7 @@ WRITES = frozenset(METHOD.values())
 ORGANISATIE = {"code": "halt-den-haag", "naam": "Halt Den Haag"}  # the settings' defaults
 POLL_S = 0.005  # how often the simulator's progress is read while a run is timed
 CHUNK = 500  # store calls per transaction while preparing
+SLOTS = 16  # calls in flight, each youth's in order: as the hub's retry ladder delivers (hub.retry.ladder)
 
 
 # -- the workload ------------------------------------------------------------------------------
@@ -665,8 +667,20 @@ class RawDelivery:
         while not self._stopping:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=1000)
             if batch:
-                await asyncio.gather(*(self._deliver(records) for records in batch.values()))
+                # In order per youth (the record key), up to as many youths at once as the hub's ladder
+                # (16 slots): one call after another per partition held it to 4 calls in flight, a
+                # stricter order than the hub keeps, and the hub's ratio to it came out too high.
+                by_key: dict[Any, list[ConsumerRecord[Any, Any]]] = {}
+                for records in batch.values():
+                    for record in records:
+                        by_key.setdefault(record.key, []).append(record)
+                slots = asyncio.Semaphore(SLOTS)
+                await asyncio.gather(*(self._in_a_slot(slots, records) for records in by_key.values()))
                 await self.consumer.commit()
+
+    async def _in_a_slot(self, slots: asyncio.Semaphore, records: list[ConsumerRecord[Any, Any]]) -> None:
+        async with slots:
+            await self._deliver(records)
 
     async def _deliver(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         for record in records:
