@@ -18,11 +18,12 @@ run: $(STAMP)
 # Most tests wait on brokers, databases and partners more than they compute: three workers keep
 # two cores busy. Tests marked solo measure time against a bound and run after them, alone, also
 # when the others failed; pytest's 5 (no test selected, say with PYTEST_ADDOPTS=-k) is no failure.
+# The 25 slowest tests are listed at the end: where the suite's time goes.
 TEST_WORKERS ?= 3
 
 test: $(STAMP)
 	@status=0; \
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not solo" || status=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not solo" --durations=25 || status=$$?; \
 	[ $$status -eq 5 ] && status=0; \
 	$(BIN)/python -m pytest -q -m solo || { rc=$$?; [ $$rc -eq 5 ] || status=$$rc; }; \
 	exit $$status
