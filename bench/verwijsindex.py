@@ -814,7 +814,9 @@ async def bench_raw(
     found = verify(workload, simulator.calls(), simulator.signals())
     found.cpu_s = c1 - c0
     found.simulator_cpu_s = s1 - s0 if s0 is not None and s1 is not None else None
-    return _results("raw aiokafka + aiohttp, per partition in order", workload, t1 - t0, found), found
+    return _results(
+        "raw aiokafka + aiohttp, each youth in order, 16 at once", workload, t1 - t0, found
+    ), found
 
 
 async def bench_connector(
