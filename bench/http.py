@@ -174,6 +174,14 @@ async def intake_hub(
         _stop(hub)
 
 
+async def _timed(
+    name: str, url: str, bodies: list[bytes], headers: dict[str, str], *, rate: int | None = None
+) -> Result:
+    """`bodies` posted over 32 keep-alive connections, as fast as they go or at `rate`/s offered."""
+    seconds, lat = await _load(url, bodies, headers, concurrency=32, rate=rate)
+    return Result(name, len(bodies), seconds, p50_ms=percentile(lat, 50), p99_ms=percentile(lat, 99))
+
+
 async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Result]:
     """The bare baseline and the hub: throughput with keep-alive, then latency at `rate`/s offered."""
     out: list[Result] = []
@@ -198,50 +206,14 @@ async def http_intake(bootstrap: str, bodies: list[bytes], rate: int) -> list[Re
             url = f"http://127.0.0.1:{bare_port}"
             await _wait_ready(url, bare)
             plain = {"Content-Type": "application/json"}
-            seconds, lat = await _load(url, bodies, plain, concurrency=32)
-            out.append(
-                Result(
-                    "bare FastAPI on uvicorn (baseline)",
-                    len(bodies),
-                    seconds,
-                    p50_ms=percentile(lat, 50),
-                    p99_ms=percentile(lat, 99),
-                )
-            )
-            offered = bodies[: rate * 10]
-            seconds, lat = await _load(url, offered, plain, concurrency=32, rate=rate)
-            out.append(
-                Result(
-                    f"bare FastAPI at {rate}/s offered (baseline)",
-                    len(offered),
-                    seconds,
-                    p50_ms=percentile(lat, 50),
-                    p99_ms=percentile(lat, 99),
-                )
-            )
+            out.append(await _timed("bare FastAPI on uvicorn (baseline)", url, bodies, plain))
+            name = f"bare FastAPI at {rate}/s offered (baseline)"
+            out.append(await _timed(name, url, bodies[: rate * 10], plain, rate=rate))
         finally:
             _stop(bare)
 
         async with intake_hub(bootstrap, tmp, "bench-secret-" + "y" * 40) as (url, headers, _):
-            seconds, lat = await _load(url, bodies, headers, concurrency=32)
-            out.append(
-                Result(
-                    "hub HTTP intake, keep-alive, 32 connections",
-                    len(bodies),
-                    seconds,
-                    p50_ms=percentile(lat, 50),
-                    p99_ms=percentile(lat, 99),
-                )
-            )
+            out.append(await _timed("hub HTTP intake, keep-alive, 32 connections", url, bodies, headers))
             offered = [b.replace(b"PL1500-", b"PL1600-") for b in bodies[: rate * 10]]
-            seconds, lat = await _load(url, offered, headers, concurrency=32, rate=rate)
-            out.append(
-                Result(
-                    f"hub HTTP intake at {rate}/s offered",
-                    len(offered),
-                    seconds,
-                    p50_ms=percentile(lat, 50),
-                    p99_ms=percentile(lat, 99),
-                )
-            )
+            out.append(await _timed(f"hub HTTP intake at {rate}/s offered", url, offered, headers, rate=rate))
     return out
