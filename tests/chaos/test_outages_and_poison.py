@@ -141,8 +141,19 @@ def as_record(message: Envelope, key: str | None) -> Record:
     return (key.encode() if key is not None else None, message.to_bytes(), message.headers())
 
 
+PARTNER_HEADER = "x-partner-trace"  # a sender's own header, which its dead letter must keep
+
+
 def poison_for(topic: Topic, i: int) -> Poison:
-    """A record the consumer of `topic` must refuse for good (no retry), each its own way."""
+    """A record the consumer of `topic` must refuse for good (no retry), each its own way, with a
+    header of the sender's own."""
+    poison = _poison(topic, i)
+    key, value, headers = poison.record
+    poison.record = (key, value, [*headers, (PARTNER_HEADER, f"trace-{topic.name}-{i}".encode())])
+    return poison
+
+
+def _poison(topic: Topic, i: int) -> Poison:
     tag = f"poison-{i}-{uuid.uuid4().hex[:8]}"
     if topic == POLITIE_REFERRAL:  # not JSON at all; the police's transaction id, no message id
         return Poison(
@@ -289,8 +300,9 @@ def check_dead_letter(
         or f"{topic}:{poison.partition}:{poison.offset}"
     )
     assert headers.get(H_TRANSACTION_ID) == expected_tx
-    if poison.header(H_MESSAGE_ID):
-        assert headers.get(H_MESSAGE_ID) == poison.header(H_MESSAGE_ID)
+    # every header the record came with, the sender's own included, as it came
+    came = {name: bytes(value).decode() for name, value in poison.record[2]}
+    assert {name: headers.get(name) for name in came} == came
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
