@@ -262,9 +262,11 @@ def main() -> None:
         app()
     except Exception as exc:
         try:
-            url = load_settings().database.url
+            url: str | None = load_settings().database.url
         except ConfigError:
-            raise exc from None  # the command said why it could not load them, or should have
+            url = None  # the command said why it could not load them, or should have
+        if url is None:
+            raise
         said = database_problem(exc, url)
         if said is None:
             raise

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import math
 import os
+import re
 import secrets
 import ssl
 from collections.abc import Iterator, Mapping
@@ -371,10 +372,19 @@ def setting_names() -> frozenset[str]:
     return frozenset(variable for variable, _ in _settings_of(Settings, "KETENHUB_"))
 
 
+# What Kubernetes puts in every pod for each Service of its namespace (service links): the Service
+# ketenhub-api gives KETENHUB_API_SERVICE_HOST, KETENHUB_API_PORT, KETENHUB_API_PORT_8000_TCP_ADDR, ...
+# Never with the double underscore of a section's setting.
+_SERVICE_LINK = re.compile(
+    r"KETENHUB_(?!.*__)\w+?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """The KETENHUB_* variables of `environ` that are no setting: a misspelt one ("KETENHUB_SMTP__TSL")
     was ignored, and the hub ran on the default it was meant to replace. A variable below a setting
-    that holds a mapping (`KETENHUB_HANDOVERS__ZORGMELDING_RECEIVERS__...`) is that setting's."""
+    that holds a mapping (`KETENHUB_VERWIJSINDEX__LETTER_SENDER__...`) is that setting's; those
+    Kubernetes sets for a Service named ketenhub-* are let through."""
     known = setting_names()
     mappings = tuple(
         f"{variable}__"
@@ -388,11 +398,19 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         and name not in known
         and name not in NOT_SETTINGS
         and not name.startswith(mappings)
+        and not _SERVICE_LINK.fullmatch(name)
     )
 
 
 def _unknown_line(name: str) -> str:
-    near = difflib.get_close_matches(name, sorted(setting_names()), n=1, cutoff=0.8)
+    # a name of the same section ("KETENHUB_SMTP__TSL": KETENHUB_SMTP__TLS), or one that differs in its
+    # underscores alone ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS"); not one of another section that looks alike
+    section = name.partition("__")[0] + "__" if "__" in name else None
+    names = sorted(setting_names())
+    same = [n for n in names if section is not None and n.startswith(section)]
+    flat = {n.replace("_", ""): n for n in names}
+    near = [flat[name.replace("_", "")]] if name.replace("_", "") in flat else []
+    near = near or difflib.get_close_matches(name, same or names, n=1, cutoff=0.8 if same else 0.9)
     hint = f"did you mean {near[0]}? " if near else ""
     listed = "the README's Configuration lists them; correct its name or unset it"
     return f"{name}: no setting of the hub ({hint}{listed})"

@@ -682,6 +682,7 @@ def test_k8s_deployments_are_probed_bounded_hardened_and_scraped() -> None:
         assert security["allowPrivilegeEscalation"] is False, name
         assert security["capabilities"]["drop"] == ["ALL"], name
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["spec"]["enableServiceLinks"] is False, name  # KETENHUB_API_SERVICE_HOST & co
         assert pod["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true", name
         port = str(container["ports"][0]["containerPort"])
@@ -693,6 +694,7 @@ def test_k8s_deployments_are_probed_bounded_hardened_and_scraped() -> None:
         assert container["args"] == ["run", "--components", component]
     (job,) = [d for d in docs if d["kind"] == "Job"]
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    assert job["spec"]["template"]["spec"]["enableServiceLinks"] is False
     (service,) = [d for d in docs if d["kind"] == "Service"]
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "api"
 

@@ -83,6 +83,9 @@ def test_the_variables_of_compose_the_tests_and_a_mapping_setting_are_no_typo(
     for name in ("KETENHUB_VERSION", "KETENHUB_API_BIND", "KETENHUB_CHAOS_LONG", "KETENHUB_BENCH_LOOP"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("KETENHUB_VERWIJSINDEX__LETTER_SENDER__NAAM", "Halt Den Haag")  # a dict's key
+    # what Kubernetes puts in every pod for the Service ketenhub-api: every pod refused to start
+    for name in ("SERVICE_HOST", "SERVICE_PORT", "SERVICE_PORT_HTTP", "PORT", "PORT_80_TCP_ADDR"):
+        monkeypatch.setenv(f"KETENHUB_API_{name}", "10.0.0.1")
     assert load_settings().verwijsindex.letter_sender.get("naam") == "Halt Den Haag"
 
 
