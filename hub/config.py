@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -58,6 +59,9 @@ RetrySchedule = Annotated[tuple[float, ...], AfterValidator(_check_schedule)]
 
 class KafkaSettings(BaseModel):
     """The broker. No bootstrap servers means: spawn the embedded tansu broker."""
+
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
 
     bootstrap_servers: str | None = None
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
@@ -118,6 +122,9 @@ class KafkaSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     """The store: SQLite file by default, PostgreSQL (asyncpg) in production."""
 
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
+
     url: str = DEFAULT_DB_URL
     echo: bool = False
 
@@ -140,6 +147,9 @@ class DatabaseSettings(BaseModel):
 
 class HttpSettings(BaseModel):
     """The operator and partner HTTP API."""
+
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -177,6 +187,9 @@ class HttpSettings(BaseModel):
 class SmtpSettings(BaseModel):
     """Outgoing mail. No host means: run the embedded SMTP sink."""
 
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
+
     host: str | None = None
     port: int = Field(default=25, ge=0, le=65535)
     username: str | None = None
@@ -196,6 +209,9 @@ class SmtpSettings(BaseModel):
 
 class VerwijsindexSettings(BaseModel):
     """The Verwijsindex Haaglanden. No URL means: run the simulator in-process."""
+
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
 
     url: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
@@ -433,6 +449,9 @@ def load_settings(**overrides: object) -> Settings:
         if not loc and ":" in msg:  # model-level check: the message starts with the field name
             field, _, msg = msg.partition(":")
             loc = tuple(field.split("."))
+        if first["type"] == "extra_forbidden":  # a name in a section given as JSON: its value may be
+            # a password under a misspelt name, so it is not shown
+            raise ConfigError(f"{_env_name(loc)}: no setting of the hub (correct its name)") from None
         given = first.get("input")
         shown = (
             f" (got {given!r})"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class HandoverSettings(BaseModel):
     """How long a receiver has to answer, how often that is checked, and webhook delivery."""
+
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
 
     answer_timeout_s: float = Field(
         default=5 * 24 * 3600, gt=0, description="no answer after this: tell the caseworker"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 AUDIT_MIN_DAYS = 5 * 365 + 2  # rule 18: at least five years, leap days included
 
 
 class RetentionSettings(BaseModel):
     """How long the hub keeps personal data (days), and how often it looks."""
+
+    # a misspelt name in a section given whole as JSON is refused, not ignored
+    model_config = ConfigDict(extra="forbid")
 
     case_days: int = Field(default=5 * 365, ge=30, description="a youth's case, after its last activity")
     signal_days: int = Field(default=0, ge=0, le=3650, description="a signal, after its end date (rule 12)")

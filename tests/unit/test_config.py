@@ -77,6 +77,18 @@ def test_a_variable_that_is_no_setting_stops_start_up_naming_the_one_meant(
     assert said in str(err.value) and "starttls" not in str(err.value)
 
 
+def test_a_misspelt_name_in_a_section_given_as_json_is_refused_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`KETENHUB_SMTP='{"host": "mail.example", "tsl": "starttls"}'` loaded with TLS off."""
+    monkeypatch.setenv("KETENHUB_SMTP", '{"host": "mail.example", "pasword": "s3cr3t-pw"}')
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == "KETENHUB_SMTP__PASWORD: no setting of the hub (correct its name)"
+    monkeypatch.setenv("KETENHUB_SMTP", '{"host": "mail.example", "tls": "starttls"}')
+    assert load_settings().smtp.tls == "starttls"
+
+
 def test_the_variables_of_compose_the_tests_and_a_mapping_setting_are_no_typo(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
