@@ -70,6 +70,8 @@ class LagSample:
     lags: list[PartitionLag] = field(default_factory=list)
     offsets: dict[tuple[str, int], PartitionOffsets] = field(default_factory=dict)
     members: dict[str, int | None] = field(default_factory=dict)
+    # records deleted unread, counted by this process since it started, per (group, topic, partition)
+    expired_total: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
     def group_lag(self, group: str) -> int:
         """Total lag of a group over its partitions."""
@@ -95,7 +97,10 @@ class LagProbe:
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
-        self._told: dict[tuple[str, str, int], int] = {}  # the committed offset whose loss was logged
+        # Records deleted unread, counted once each: per group and partition, the committed offset
+        # the last loss was seen at and how many lay behind the log's start then; and the running total.
+        self._seen_expired: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self.expired_total: dict[tuple[str, str, int], int] = {}
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         # Each client is kept before it starts: a start that fails or runs out of time has opened
@@ -207,19 +212,35 @@ class LagProbe:
             ts = stamps.get((tp, position))
             age = max(now - ts / 1000, 0.0) if lag and ts is not None else 0.0
             expired = unread_expired(off, starts[tp])
-            if expired and self._told.get((group, tp.topic, tp.partition)) != off:
-                self._told[(group, tp.topic, tp.partition)] = off  # once per offset, not each sample
-                log.error(
-                    "records expired unread: the broker deleted them before the group read them",
-                    group=group, topic=tp.topic, partition=tp.partition, records=expired,
-                )  # fmt: skip
+            self.count_expired((group, tp.topic, tp.partition), off, expired)
             sample.lags.append(
                 PartitionLag(
                     group, tp.topic, tp.partition, None if off < 0 else off, ends[tp], lag, age, expired
                 )
             )
         sample.members = await self._members(admin, list(groups))
+        sample.expired_total = dict(self.expired_total)
         return sample
+
+    def count_expired(self, where: tuple[str, str, int], committed: int, expired: int) -> int:
+        """Add to `expired_total` the records newly seen deleted unread at `where` (group, topic,
+        partition), and log them; what a later sample sees again at the same committed offset is not
+        counted twice. A snapshot alone went back to 0 once the group read on: the loss was gone from
+        the figures within seconds of a restart."""
+        if not expired:
+            return 0
+        at, seen = self._seen_expired.get(where, (committed, 0))
+        new = expired - seen if at == committed else expired  # a new offset: records not counted yet
+        if new <= 0:
+            return 0
+        self._seen_expired[where] = (committed, expired)
+        self.expired_total[where] = self.expired_total.get(where, 0) + new
+        group, topic, partition = where
+        log.error(
+            "records expired unread: the broker deleted them before the group read them",
+            group=group, topic=topic, partition=partition, records=new,
+        )  # fmt: skip
+        return new
 
     async def _members(self, admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, int | None]:
         out: dict[str, int | None] = dict.fromkeys(groups)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hub.metrics import Metrics
@@ -70,7 +70,15 @@ class _HealthCollector(Collector):
         )
         for group, v in sorted(h.verdicts.items()):
             verdict.add_metric([group], int(v))
-        yield from (lag, lag_s, expired, current, dlq, parked, verdict)
+        lost = CounterMetricFamily(
+            "ketenhub_consumergroup_expired_unread_records",
+            "Records a consumer group had not read when the broker deleted them, counted once each by"
+            " this process since it started (the gauge goes back to 0 once the group reads on)",
+            labels=["consumergroup", "topic", "partition"],
+        )
+        for (group, topic, partition), n in sorted(h.sample.expired_total.items()):
+            lost.add_metric([group, topic, str(partition)], n)
+        yield from (lag, lag_s, expired, lost, current, dlq, parked, verdict)
 
 
 class _StateCollector(Collector):

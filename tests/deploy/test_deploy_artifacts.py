@@ -46,6 +46,7 @@ CONTRACT_METRICS = frozenset(
         "kafka_consumergroup_lag",
         "kafka_consumergroup_lag_seconds",
         "ketenhub_consumergroup_expired_unread",
+        "ketenhub_consumergroup_expired_unread_records_total",
         "kafka_topic_partition_current_offset",
         "ketenhub_messages_total",
         "ketenhub_delivery_attempts_total",
@@ -790,7 +791,7 @@ def test_alert_rules_cover_lag_dead_letters_readiness_and_retries() -> None:
         "ketenhub_dlq_messages",
         "ketenhub_ready",
         "ketenhub_delivery_attempts_total",  # calls failed and retried (the retry topics are not consumed)
-        "ketenhub_consumergroup_expired_unread",
+        "ketenhub_consumergroup_expired_unread_records_total",
         "ketenhub_retry_parked",
         "ketenhub_outbox_parked",
         "ketenhub_outbox_oldest_seconds",

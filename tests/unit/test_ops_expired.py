@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hub.metrics import Metrics
 from hub.ops.health import Health
-from hub.ops.lag import LagSample, PartitionLag, PartitionOffsets, unread_expired
+from hub.ops.lag import LagProbe, LagSample, PartitionLag, PartitionOffsets, unread_expired
 from hub.ops.prometheus import render
 
 
@@ -38,4 +38,23 @@ def test_metrics_show_the_records_a_group_lost_to_retention() -> None:
     assert (
         'ketenhub_consumergroup_expired_unread{consumergroup="ketenhub-mail",'
         'partition="0",topic="partner.politie.referral.v1"} 0.0'
+    ) in text
+
+
+def test_each_record_deleted_unread_is_counted_once_however_often_it_is_seen() -> None:
+    """The gauge goes back to 0 once the group reads on: a restart after the loss hid it within
+    seconds. The count keeps it, and a later sample of the same loss adds nothing."""
+    probe = LagProbe({})
+    where = ("ketenhub-intake", "partner.politie.referral.v1", 0)
+    assert probe.count_expired(where, committed=10, expired=30) == 30
+    assert probe.count_expired(where, committed=10, expired=30) == 0  # the same loss, seen again
+    assert probe.count_expired(where, committed=10, expired=35) == 5  # five more deleted meanwhile
+    assert probe.count_expired(where, committed=10, expired=0) == 0  # read on: nothing lost since
+    assert probe.count_expired(where, committed=70, expired=4) == 4  # a new loss, behind a new offset
+    assert probe.expired_total == {where: 39}
+    sample = LagSample(at=0.0, expired_total=dict(probe.expired_total))
+    text = render(Health(sample, {}, {}, {}, {}, {}), None, Metrics()).decode()
+    assert (
+        'ketenhub_consumergroup_expired_unread_records_total{consumergroup="ketenhub-intake",'
+        'partition="0",topic="partner.politie.referral.v1"} 39.0'
     ) in text
