@@ -451,7 +451,7 @@ def load_settings(**overrides: object) -> Settings:
             loc = tuple(field.split("."))
         if first["type"] == "extra_forbidden":  # a name in a section given as JSON: its value may be
             # a password under a misspelt name, so it is not shown
-            raise ConfigError(f"{_env_name(loc)}: no setting of the hub (correct its name)") from None
+            raise ConfigError(_unknown_line(_env_name(loc))) from None  # as a variable's, with its hint
         given = first.get("input")
         shown = (
             f" (got {given!r})"
