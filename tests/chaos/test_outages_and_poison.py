@@ -6,8 +6,11 @@
    (counted per topic by what it caused); every group's lag is back to zero.
 5. The broker cut off behind a proxy while a partner posts referrals over HTTP: the store is up, so
    each is answered 201 (held in the outbox), none refused, and published once when the broker is
-   back; /readyz says what is down; the consumers recover by themselves. (The 503 with Retry-After
-   when the hub cannot hold what is sent, the store down, is tested with the intake's batcher.)
+   back; /readyz says what is down; the consumers recover by themselves. Zorgmeldingen posted by the
+   case system meanwhile (the endpoint that answers 202 Accepted) are each answered 202, held in the
+   outbox, or 503 with Retry-After, holding nothing; every one answered 202 is announced on
+   handover.requested once when the broker is back, none lost. (The 503 with Retry-After when the
+   hub cannot hold what is sent, the store down, is tested with the intake's batcher.)
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ RECEIVER = "jeugdhulp-dh"  # a handover receiver that reads its own Kafka topic
 ANSWERS = handover_answers("jeugdhulp")  # where RECEIVER answers
 RECEIVER_ANSWERS = tuple(handover_answers(r) for r in HANDOVER_RECEIVERS)
 CONNECTOR = "boa-kafka-connector"  # a connector publishing canonical referrals
+VEILIG_THUIS = "veilig-thuis-chaos"  # the one organisation taking zorgmeldingen (rule 21)
+ZORGMELDINGEN = 6  # posted while the broker is cut
 # Every topic the hub consumes and the component (consumer group) that reads it; the test checks
 # this against what the running hub subscribed, so a new subscription without poison fails here.
 CONSUMERS = {
@@ -573,8 +578,15 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
     await store.migrate()
     async with store.transaction() as session:
         _, key = await add_partner(session, "politie-chaos", PartnerType.POLITIE)
-    hub = HubProcess(tmp_path, hub_env(f"127.0.0.1:{proxy.port}", db_url, unique, simulator.url), "intake")
+        # the case system, on whose key a caseworker asks for a zorgmelding, and where it goes
+        _, system_key = await add_partner(session, "aurah-chaos", PartnerType.ZAAKSYSTEEM)
+        await upsert_caseworker(session, ILSE)
+        await set_receiver_delivery(session, ReceiverDelivery(VEILIG_THUIS, ReceiverType.JEUGDHULP, "kafka"))
+    env = hub_env(f"127.0.0.1:{proxy.port}", db_url, unique, simulator.url)
+    env["KETENHUB_HANDOVERS__ZORGMELDING_RECEIVERS"] = json.dumps([VEILIG_THUIS])
+    hub = HubProcess(tmp_path, env, "intake")
     accepted: list[str] = []
+    reported: list[str] = []  # the zorgmeldingen answered 202: handover ids
     try:
         await hub.start()
         records = police_records(60, seed=21)
@@ -610,6 +622,26 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
             during_cut = await post(records[20:40])
             assert len(during_cut) == 20
 
+            # The case system asks for zorgmeldingen on referrals the hub holds: each answered 202,
+            # held, or 503 with Retry-After, held nowhere (the sender sends it again later).
+            system = {"Authorization": f"Bearer {system_key}", "X-Medewerker": ILSE.caseworker_id}
+            for referral_id in during_cut[:ZORGMELDINGEN]:
+                melding = {
+                    "referral_id": referral_id,
+                    "receiver_organisation": VEILIG_THUIS,
+                    "data_categories": ["PERSONALIA"],
+                    "summary": "Zorgen over de thuissituatie.",
+                }
+                answer = await client.post("/api/v1/zorgmeldingen", json=melding, headers=system)
+                assert answer.status_code in (202, 503), answer.text
+                if answer.status_code == 503:
+                    assert answer.headers.get("Retry-After"), answer.headers
+                    continue
+                assert answer.json()["referral_id"] == referral_id
+                reported.append(answer.json()["handover_id"])
+            assert reported, "the store is up: the hub holds at least some zorgmeldingen"
+            assert len(set(reported)) == len(reported)  # each its own handover
+
             async with store.connect() as conn:  # acknowledged, in the store, waiting for the broker
                 held = (
                     await conn.execute(
@@ -619,7 +651,26 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
                     )
                 ).scalars()
                 waiting = Counter(h.get(H_CORRELATION_ID) for h in held)
+                held_requests = (
+                    await conn.execute(
+                        select(outbox.c.headers).where(
+                            outbox.c.sent_at.is_(None), outbox.c.topic == prefix + HANDOVER_REQUESTED.name
+                        )
+                    )
+                ).scalars()
+                requested = Counter(h.get(H_CORRELATION_ID) for h in held_requests)
+                stored = dict(
+                    (
+                        await conn.execute(
+                            select(handovers.c.id, handovers.c.youth_key).where(
+                                handovers.c.purpose == ZORGMELDING
+                            )
+                        )
+                    ).all()
+                )
             assert all(waiting[r] == 1 for r in during_cut), waiting  # each its own unsent row
+            assert requested == Counter(reported), requested  # each zorgmelding its own unsent row
+            assert set(stored) == set(reported)  # a 503 held nothing, a 202 something
             assert (await client.get("/readyz")).status_code == 503  # still down, still saying so
             await proxy.start()  # back
             await post(records[40:])
@@ -642,6 +693,15 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         assert per_referral == Counter(accepted)  # every acknowledged referral published, one message each
         bsns = {json.loads(r)["verdachte"]["bsn"] for r in records}
         assert {r.key for r in decided} <= {youth_key(TEST_SECRET, b).encode() for b in bsns}
+
+        # Every zorgmelding answered 202 announced for routing, one message each, under its youth's key.
+        announced = await read_all(broker.bootstrap, prefix + HANDOVER_REQUESTED.name)
+        requests = {Envelope.from_bytes(r.value).message_id: Envelope.from_bytes(r.value) for r in announced}
+        assert Counter(m.correlation_id for m in requests.values()) == Counter(reported)
+        for m in requests.values():
+            assert m.payload == {"handover_id": m.correlation_id, "purpose": ZORGMELDING}
+        keys = [(r.key, stored[Envelope.from_bytes(r.value).correlation_id].encode()) for r in announced]
+        assert all(k == youth for k, youth in keys), keys  # keyed by youth, as routing reads them
 
         # The consumers recover by themselves too: police records on Kafka are decided again.
         later = police_records(65, seed=22)[60:]
