@@ -8,6 +8,7 @@ what the Verwijsindex simulator was called with. A bounded run is part of `make 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -137,6 +138,8 @@ class Traffic:
             r["procesVerbaalNummer"]: youth_key(TEST_SECRET, r["verdachte"]["bsn"]) for r in records
         }
         self.sent: list[str] = []  # case references in the order they were produced
+        self.wave_out = asyncio.Event()  # set each time a wave has been produced
+        self.done = False  # every wave produced
         bsns = [json.loads(r)["verdachte"]["bsn"] for r in police_records(youths_n, seed=8)]
         self.signals = [signal_of(b) for b in bsns]
         self.commands: dict[str, list[Command]] = {}
@@ -179,20 +182,44 @@ class Traffic:
             self.sent.extend(ref for _, ref in chunk)
             commands = [rec for s in self.signals[w::waves] for rec in self._signal_records(s)]
             await produce(self.kafka.bootstrap, signal_topic, commands)
+            self.wave_out.set()
             await asyncio.sleep(pause_s)
+        self.done = only is None or only.stop >= waves
 
 
 _METHODS = {REGISTER: "PUT", CHANGE_CONTACT: "PATCH", WITHDRAW: "DELETE"}
 
 
-async def kill_loop(hubs: list[HubProcess], until: asyncio.Event, rng: random.Random) -> None:
-    """Kill a random hub every 1.5-4 s and start it again, until `until` is set."""
+async def kill_loop(
+    hubs: list[HubProcess],
+    until: asyncio.Event,
+    rng: random.Random,
+    *,
+    traffic: Traffic | None = None,
+    store: Store | None = None,
+) -> list[int]:
+    """Kill a random hub every 1.5-4 s and start it again, until `until` is set.
+
+    With `traffic` and `store`: while waves are still being sent, each kill comes within 10 ms of a
+    wave's records reaching the broker, so that it lands on records sent and not yet decided rather
+    than on an idle hub; and before each kill the referrals sent but not yet stored are counted. The
+    counts are returned, one per kill.
+    """
+    outstanding: list[int] = []
     while not until.is_set():
         await asyncio.sleep(rng.uniform(1.5, 4.0))
+        if traffic is not None and not traffic.done:
+            traffic.wave_out.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(traffic.wave_out.wait(), timeout=3)
+            await asyncio.sleep(rng.uniform(0.0, 0.01))
+        if traffic is not None and store is not None:
+            outstanding.append(len(traffic.sent) - await stored_referrals(store))
         victim = rng.choice(hubs)
         victim.kill()
         await asyncio.sleep(rng.uniform(0.0, 0.5))
         await victim.start()
+    return outstanding
 
 
 async def verify(
@@ -308,9 +335,13 @@ async def signals_done(simulator: SimulatorServer, traffic: Traffic) -> bool:
     return all(cmd.transaction_id in ok for commands in traffic.commands.values() for cmd in commands)
 
 
-async def referrals_done(store: Store, n: int) -> bool:
+async def stored_referrals(store: Store) -> int:
     async with store.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(referrals))).scalar_one()) >= n
+        return int((await conn.execute(select(func.count()).select_from(referrals))).scalar_one())
+
+
+async def referrals_done(store: Store, n: int) -> bool:
+    return await stored_referrals(store) >= n
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -328,14 +359,17 @@ async def test_sigkill_every_few_seconds_loses_and_doubles_nothing(
     await hub.start()
     await traffic.hold(db_url)
     stop = asyncio.Event()
-    killer = asyncio.create_task(kill_loop([hub], stop, random.Random(unique)))
+    killer = asyncio.create_task(kill_loop([hub], stop, random.Random(unique), traffic=traffic, store=store))
     kills = 12 if LONG else 4
     try:
         await traffic.send(waves=30 if LONG else 10, pause_s=1.0)
         # killed mid-stream, and after it; each restart may take a while on a loaded machine
         await wait_for(lambda: hub.kills >= kills, timeout_s=240)
         stop.set()
-        await killer
+        outstanding = await killer
+        # At least one kill landed on work in flight: referrals the broker held that were not yet
+        # stored (taken and not committed, or not yet taken), which the restarted hub had to pick up.
+        assert any(n > 0 for n in outstanding), outstanding
         await wait_for(lambda: referrals_done(store, len(traffic.records)), timeout_s=60)
         await wait_for(lambda: signals_done(simulator, traffic), timeout_s=60)
         await verify(kafka, store, prefix, traffic, simulator, kills=hub.kills)
@@ -453,6 +487,10 @@ async def test_two_processes_in_one_group_one_killed_the_other_takes_over(
         after = set(traffic.sent[before:])
         on = {r.partition for r in await read_all(kafka.bootstrap, police) if _case(r.value) in after}
         assert on == set(range(POLITIE_REFERRAL.partitions))
+        # So do the signal commands sent after it (keyed by youth; the youths are fixed by the seed).
+        later = {youth_key(TEST_SECRET, s.youth.bsn).encode() for s in _sent_after(traffic, waves)}
+        on = {r.partition for r in await read_all(kafka.bootstrap, signal_topic) if r.key in later}
+        assert on == set(range(VERWIJSINDEX_SIGNAL.partitions))
         for group, topic in ((f"g{unique}-intake", police), (f"g{unique}-verwijsindex", signal_topic)):
             ends: dict[int, int] = {}
             for r in await read_all(kafka.bootstrap, topic):
