@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from hub.config_env import CommaListEnv, unreadable_line
+from hub.config_env import FILE_SUFFIX, CommaListEnv, ValueFileError, unreadable_line
 from hub.errors import ConfigError
 from hub.handovers.config import HandoverSettings
 from hub.notify.config import NotifySettings
@@ -127,6 +127,9 @@ class DatabaseSettings(BaseModel):
 
     url: str = DEFAULT_DB_URL
     echo: bool = False
+    # PostgreSQL's password apart from the URL: read from a mounted secret
+    # (KETENHUB_DATABASE__PASSWORD_FILE), so that the URL itself holds none and may be written in the clear
+    password: SecretStr | None = None
 
     @field_validator("url")
     @classmethod
@@ -143,6 +146,31 @@ class DatabaseSettings(BaseModel):
                 " postgresql+asyncpg://user:password@host:port/database (a port is a number)"
             ) from None
         return url
+
+    @field_validator("password")
+    @classmethod
+    def _password_for_postgresql(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        url = info.data.get("url")
+        if password is None or url is None:  # no url: its own error is said
+            return password
+        from sqlalchemy.engine import make_url
+
+        if not url.startswith("postgresql+asyncpg://"):
+            raise ValueError("only for a postgresql+asyncpg:// URL (KETENHUB_DATABASE__URL)")
+        if make_url(url).password is not None:
+            raise ValueError("KETENHUB_DATABASE__URL holds a password too: give it in one place")
+        if not password.get_secret_value():
+            raise ValueError("is empty")
+        return password
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> DatabaseSettings:
+        if self.password is not None:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.url).set(password=self.password.get_secret_value())
+            self.url = url.render_as_string(hide_password=False)
+        return self
 
 
 class HttpSettings(BaseModel):
@@ -412,6 +440,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         for name in (n.upper() for n in environ)
         if name.startswith("KETENHUB_")
         and name not in known
+        and name.removesuffix(FILE_SUFFIX) not in known  # the setting read from a file
         and name not in NOT_SETTINGS
         and not name.startswith(mappings)
         and not _SERVICE_LINK.fullmatch(name)
@@ -420,7 +449,12 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 def _unknown_line(name: str) -> str:
     # a name of the same section ("KETENHUB_SMTP__TSL": KETENHUB_SMTP__TLS), or one that differs in its
-    # underscores alone ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS"); not one of another section that looks alike
+    # underscores alone ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS"); not one of another section that looks alike;
+    # a misspelt KETENHUB_<SETTING>_FILE is hinted at as the setting with _FILE
+    if name.endswith(FILE_SUFFIX):
+        meant = re.search(r"did you mean (\S+)\? ", _unknown_line(name.removesuffix(FILE_SUFFIX)))
+        hinted = f"did you mean {meant[1]}{FILE_SUFFIX}? " if meant else ""
+        return f"{name}: no setting of the hub ({hinted}{_LISTED})"
     section = name.partition("__")[0] + "__" if "__" in name else None
     names = sorted(setting_names())
     same = [n for n in names if section is not None and n.startswith(section)]
@@ -428,8 +462,10 @@ def _unknown_line(name: str) -> str:
     near = [flat[name.replace("_", "")]] if name.replace("_", "") in flat else []
     near = near or difflib.get_close_matches(name, same or names, n=1, cutoff=0.8 if same else 0.9)
     hint = f"did you mean {near[0]}? " if near else ""
-    listed = "the README's Configuration lists them; correct its name or unset it"
-    return f"{name}: no setting of the hub ({hint}{listed})"
+    return f"{name}: no setting of the hub ({hint}{_LISTED})"
+
+
+_LISTED = "the README's Configuration lists them; correct its name or unset it"
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -439,6 +475,8 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(_unknown_line(unknown[0]))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueFileError as exc:  # a KETENHUB_<SETTING>_FILE that cannot be read
+        raise ConfigError(str(exc)) from None
     except SettingsError as exc:  # not JSON where JSON (or a comma-separated list) is wanted
         path, why = unreadable_line(exc)
         raise ConfigError(f"{_env_name(path)}: {why}") from None

@@ -11,13 +11,58 @@ value (it may be a secret).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 _PLAIN = (str, int, float)
+# A setting read from a file: KETENHUB_<SETTING>_FILE names the file (a Docker or Kubernetes secret
+# mounted read-only), so that the value is in no process environment `docker inspect` shows.
+FILE_SUFFIX = "_FILE"
+_FILE_MAX = 64 * 1024  # a password, a URL or a key: a bigger file is the wrong file
+
+
+class ValueFileError(ValueError):
+    """A KETENHUB_<SETTING>_FILE that cannot be used; says the variable and the file, never a value."""
+
+
+def values_from_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings given as KETENHUB_<SETTING>_FILE, read from their files, under KETENHUB_<SETTING>.
+
+    One line break at the end is dropped (`echo pw > file` writes one); the rest is the value as it
+    stands. ValueFileError when the file cannot be read, is empty or too big, or when the setting is
+    also given directly (which one wins would be a guess).
+    """
+    found: dict[str, str] = {}
+    for name, where in environ.items():
+        upper = name.upper()
+        if not (upper.startswith("KETENHUB_") and upper.endswith(FILE_SUFFIX)):
+            continue
+        setting = name[: -len(FILE_SUFFIX)]
+        if any(other.upper() == setting.upper() for other in environ):
+            raise ValueFileError(f"{upper}: {setting.upper()} is set too; set one of them")
+        path = Path(where)
+        try:
+            with path.open("rb") as file:
+                raw = file.read(_FILE_MAX + 1)
+        except OSError as exc:
+            raise ValueFileError(f"{upper}: cannot read {where}: {exc.strerror or exc}") from None
+        if len(raw) > _FILE_MAX:
+            raise ValueFileError(f"{upper}: {where} is over {_FILE_MAX // 1024} KiB; is it the right file?")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueFileError(f"{upper}: {where} is not UTF-8 text") from None
+        value = value.removesuffix("\n").removesuffix("\r")
+        if not value:
+            raise ValueFileError(f"{upper}: {where} is empty")
+        found[setting] = value
+    return found
 
 
 class Unreadable(ValueError):
@@ -52,6 +97,13 @@ class CommaListEnv(EnvSettingsSource):
     """KETENHUB_* variables, with lists of plain values also written comma-separated."""
 
     _section = ""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        """The environment, with every KETENHUB_<SETTING>_FILE read into KETENHUB_<SETTING>."""
+        read = {k if self.case_sensitive else k.lower(): v for k, v in values_from_files(os.environ).items()}
+        files = {f"{k}{FILE_SUFFIX if self.case_sensitive else FILE_SUFFIX.lower()}" for k in read}
+        # the _FILE variable itself is no value: in a section it would be read as a setting of that name
+        return {k: v for k, v in super()._load_env_vars().items() if k not in files} | read
 
     def prepare_field_value(
         self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool

@@ -369,3 +369,73 @@ def test_a_password_in_a_urls_query_or_user_part_is_never_shown() -> None:
         components={NAME: connector}, settings=SimpleNamespace(verwijsindex=SimpleNamespace(url=vi))
     )
     assert banner_lines(hub) == ["  verwijsindex  https://vi.haaglanden.example:8443/api"]
+
+
+def test_a_setting_is_read_from_the_file_its_file_variable_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Compose mounted no secret: each was an environment variable, shown by `docker inspect`."""
+    (tmp_path / "secret").write_text(GOOD_SECRET + "\n")  # `echo value > file` writes a line break
+    (tmp_path / "kafka").write_text("kafka pw with a space ")  # only the line break goes
+    (tmp_path / "pg").write_text("p@ss:w/rd")
+    monkeypatch.setenv("KETENHUB_KAFKA__BOOTSTRAP_SERVERS", "k1:9092")
+    monkeypatch.setenv("KETENHUB_SECRET_FILE", str(tmp_path / "secret"))
+    monkeypatch.setenv("KETENHUB_KAFKA__SASL_PASSWORD_FILE", str(tmp_path / "kafka"))
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", "postgresql+asyncpg://ketenhub@db:5432/hub")
+    monkeypatch.setenv("KETENHUB_DATABASE__PASSWORD_FILE", str(tmp_path / "pg"))
+    s = load_settings()
+    assert s.secret_value() == GOOD_SECRET
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "kafka pw with a space "
+    from sqlalchemy.engine import make_url
+
+    url = make_url(s.database.url)  # the password put in, escaped as a URL needs
+    assert (url.username, url.password, url.host, url.database) == ("ketenhub", "p@ss:w/rd", "db", "hub")
+
+
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        ("missing", "KETENHUB_SECRET_FILE: cannot read {dir}/nothing: No such file or directory"),
+        ("empty", "KETENHUB_SECRET_FILE: {dir}/empty is empty"),
+        ("huge", "KETENHUB_SECRET_FILE: {dir}/huge is over 64 KiB; is it the right file?"),
+        ("both", "KETENHUB_SECRET_FILE: KETENHUB_SECRET is set too; set one of them"),
+        ("typo", "KETENHUB_SECRT_FILE: no setting of the hub (did you mean KETENHUB_SECRET_FILE?"),
+    ],
+)
+def test_a_file_variable_that_cannot_be_used_stops_start_up_in_one_line_without_a_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setup: str, said: str
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "huge").write_text("s3cr3t" * 20_000)
+    (tmp_path / "good").write_text("s3cr3t-value-of-at-least-32-characters!")
+    file = {"missing": "nothing", "empty": "empty", "huge": "huge"}.get(setup, "good")
+    monkeypatch.setenv(
+        "KETENHUB_SECRT_FILE" if setup == "typo" else "KETENHUB_SECRET_FILE", str(tmp_path / file)
+    )
+    if setup == "both":
+        monkeypatch.setenv("KETENHUB_SECRET", "another-value-of-at-least-32-characters")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith(said.format(dir=tmp_path)), str(err.value)
+    assert "s3cr3t" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql+asyncpg://hub:other@db/hub", "holds a password too"),
+        ("sqlite+aiosqlite:///./hub.db", "only for a postgresql+asyncpg:// URL"),
+    ],
+)
+def test_a_database_password_apart_is_refused_where_it_cannot_be_the_one_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, said: str
+) -> None:
+    """Two passwords: which one the hub logs in with would be a guess. SQLite takes none."""
+    (tmp_path / "pg").write_text("s3cr3t")
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", url)
+    monkeypatch.setenv("KETENHUB_DATABASE__PASSWORD_FILE", str(tmp_path / "pg"))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("KETENHUB_DATABASE__PASSWORD: ") and said in str(err.value)
+    assert "s3cr3t" not in str(err.value) and "other" not in str(err.value)
