@@ -26,6 +26,7 @@ import yaml
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.config import load_settings
 from hub.embedded import EmbeddedKafka, free_port
+from tests.helpers.compose import with_secret_files
 from tests.helpers.procs import KETENHUB
 from tests.integration.test_mail_delivery import smtp_sink
 
@@ -45,27 +46,34 @@ def _substitute(value: str) -> str:
 
     def one(m: re.Match[str]) -> str:
         name, whole = m.group(1), m.group(0)
-        if name in TEST_VALUES:
-            return TEST_VALUES[name]
-        if ":-" in whole:
+        if ":-" in whole and name not in TEST_VALUES:
             return whole.split(":-", 1)[1].rstrip("}")
-        if name.startswith("KAFKA_") and name.endswith("_PASSWORD"):
-            return f"pw-{name.lower()}"
-        raise AssertionError(f"{name} has no default and no test value")
+        return _test_value(name)
 
     return _VAR.sub(one, value)
 
 
-def service_environment(name: str) -> tuple[list[str], dict[str, str]]:
-    """The command and KETENHUB_* environment compose gives a hub service."""
-    service: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"][name]
+def _test_value(name: str) -> str:
+    """What deploy/.env would hold for the variable `name`."""
+    if name in TEST_VALUES:
+        return TEST_VALUES[name]
+    if name.startswith("KAFKA_") and name.endswith("_PASSWORD"):
+        return f"pw-{name.lower()}"
+    raise AssertionError(f"{name} has no default and no test value")
+
+
+def service_environment(name: str, secrets: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and KETENHUB_* environment compose gives a hub service; the secrets it mounts are
+    files under `secrets`."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    service: dict[str, Any] = compose["services"][name]
     env = {k: _substitute(str(v)) for k, v in (service.get("environment") or {}).items()}
-    return [str(c) for c in service["command"]], env
+    return [str(c) for c in service["command"]], with_secret_files(env, compose, secrets, _test_value)
 
 
-def test_every_hub_service_environment_is_valid_settings() -> None:
+def test_every_hub_service_environment_is_valid_settings(tmp_path: Path) -> None:
     for name in HUB_SERVICES:
-        _, env = service_environment(name)
+        _, env = service_environment(name, tmp_path / name)
         saved = dict(os.environ)
         try:
             os.environ.update(env)
@@ -90,7 +98,7 @@ def simulator() -> Iterator[SimulatorServer]:
 async def test_each_hub_service_starts_with_its_compose_settings(
     name: str, kafka: EmbeddedKafka, db_url: str, unique: str, tmp_path: Path, simulator: SimulatorServer
 ) -> None:
-    command, env = service_environment(name)
+    command, env = service_environment(name, tmp_path / "secrets")
     port = free_port()
     async with smtp_sink() as sink:
         local = {  # only the addresses of other containers, and what tansu cannot do

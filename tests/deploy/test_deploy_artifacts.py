@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.compose import with_secret_files
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/ (pip install pyyaml)")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,21 +208,65 @@ def test_compose_schema_check_catches_a_misplaced_key() -> None:
     assert any(e.startswith("services/mail") for e in errors), errors
 
 
-def test_compose_secrets_come_from_the_environment_never_from_the_file() -> None:
+def test_compose_secrets_are_read_from_mounted_files_never_from_the_environment() -> None:
+    """No container's environment (`docker inspect`) holds a secret: each is a file under
+    /run/secrets/ of a secret the service mounts, read from deploy/.env; a database URL holds no
+    password; and a secret's variable missing from deploy/.env still stops compose (`${VAR:?}`)."""
     compose = _compose()
-    secretish = re.compile(r"PASSWORD|SECRET|DATABASE__URL")
+    secretish = re.compile(r"PASSWORD|SECRET")
     for name, service in compose["services"].items():
+        mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
         for key, value in (service.get("environment") or {}).items():
+            if key.endswith("DATABASE__URL"):
+                assert "@" not in str(value) or ":" not in str(value).split("://", 1)[1].split("@")[0], (
+                    f"{name}: {key} holds a password; give it as KETENHUB_DATABASE__PASSWORD_FILE"
+                )
             if not secretish.search(key):
                 continue
-            if key.endswith("_FILE") or key.endswith("__FILE"):
-                assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
-            else:
-                assert re.search(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(value)), (
-                    f"{name}: {key} must come from a required variable (${{VAR:?set it}}), not a value"
-                )
+            assert key.endswith("_FILE"), f"{name}: {key} is a secret in the environment; read it from a file"
+            path = str(value)
+            assert path.startswith("/run/secrets/"), f"{name}: {key}={value}"
+            secret = path.removeprefix("/run/secrets/")
+            assert secret in mounted, f"{name}: {key} reads {path}, but the service does not mount {secret}"
+            assert secret in compose["secrets"], f"{name}: {key} reads a secret compose does not define"
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE.read_text()))
+    hubs = {s if isinstance(s, str) else s["source"] for c in HUB_COMPONENTS for s in services_secrets(c)}
     for name, secret in compose["secrets"].items():
         assert set(secret) == {"environment"}, f"secret {name} must be read from a variable"
+        variable = secret["environment"]  # Kafka's own are checked by its scripts (test -s)
+        if name in hubs:
+            assert variable in required, f"secret {name}: a missing {variable} must stop compose"
+
+
+def services_secrets(service: str) -> list[Any]:
+    """The secrets a compose service mounts."""
+    return list(_compose()["services"][service].get("secrets") or [])
+
+
+def test_compose_hub_services_read_their_secrets_as_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hub service's environment, with its mounted secrets as files, gives the settings it needs:
+    the database URL with the password, the pseudonymisation secret, its own Kafka password."""
+    from hub.config import load_settings
+
+    def value_of(variable: str) -> str:
+        return f"value-of-{variable.lower()}-long-enough-for-a-secret-0123456789"
+
+    for service in (*HUB_COMPONENTS, "migrate"):
+        env = with_secret_files(_compose_environment(service), _compose(), tmp_path / service, value_of)
+        for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = load_settings()
+        assert settings.secret is not None
+        assert settings.secret.get_secret_value() == value_of("KETENHUB_SECRET"), service
+        assert settings.database.url.startswith("postgresql+asyncpg://ketenhub:value-of-postgres_password")
+        if service != "migrate":
+            assert settings.kafka.sasl_password is not None
+            own = value_of(f"KAFKA_{service.upper()}_PASSWORD")
+            assert settings.kafka.sasl_password.get_secret_value() == own, service
 
 
 def test_compose_required_variables_are_documented() -> None:
@@ -294,7 +340,7 @@ def test_compose_runs_each_component_as_its_own_service_after_migration() -> Non
         assert service["command"] == ["run", "--components", component]
         env = service["environment"]
         assert env["KETENHUB_KAFKA__SASL_USERNAME"] == f"ketenhub-{component}"
-        passwords.add(env["KETENHUB_KAFKA__SASL_PASSWORD"])
+        passwords.add(env["KETENHUB_KAFKA__SASL_PASSWORD_FILE"])
         assert env["KETENHUB_KAFKA__REPLICATION_FACTOR"] == "3"
         assert env["KETENHUB_DATABASE__URL"].startswith("postgresql+asyncpg://")
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -467,7 +513,7 @@ def _compose_environment(service: str) -> dict[str, str]:
     return {k: re.sub(r"\$\{(\w+)(:[-?][^}]*)?\}", value, str(v)) for k, v in env.items()}
 
 
-async def _wire(service: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Process:
+async def _wire(service: str, database_url: str, secrets: Path, monkeypatch: pytest.MonkeyPatch) -> Process:
     """Run Hub.start for a compose service up to its consumers joining: registrars, subscribers, relay.
 
     Only the edges that need a cluster are replaced: creating topics (recorded instead), the producer,
@@ -479,12 +525,18 @@ async def _wire(service: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 
     command = _compose()["services"][service]["command"]
     assert command[:2] == ["run", "--components"], command
-    env = _compose_environment(service)
+    env = with_secret_files(
+        _compose_environment(service),
+        _compose(),
+        secrets,
+        lambda v: "compose-test-secret-that-is-long-enough-0123456789" if v == "KETENHUB_SECRET" else "x",
+    )
     for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("KETENHUB_DATABASE__URL", database_url)
+    monkeypatch.delenv("KETENHUB_DATABASE__PASSWORD_FILE")  # the SQLite file above takes none
     settings = load_settings(components=command[2].split(","))
     assert settings.kafka.sasl_username is not None
     process = Process(service, settings.kafka.sasl_username)
@@ -528,7 +580,8 @@ async def hub_processes(tmp_path_factory: pytest.TempPathFactory) -> list[Proces
     processes = []
     for service in HUB_COMPONENTS:
         with pytest.MonkeyPatch.context() as monkeypatch:
-            processes.append(await _wire(service, f"sqlite+aiosqlite:///{database}", monkeypatch))
+            secrets = database.parent / f"secrets-{service}"
+            processes.append(await _wire(service, f"sqlite+aiosqlite:///{database}", secrets, monkeypatch))
     return processes
 
 
@@ -908,22 +961,25 @@ def _ketenhub_variables_set_by_deploy() -> dict[str, set[str]]:
 def test_deploy_sets_only_settings_the_hub_reads() -> None:
     """A name the hub does not read was ignored, and the hub ran on the default it was meant to set."""
     from hub.config import setting_names
+    from hub.config_env import FILE_SUFFIX
 
     pytest.importorskip("dockerfile", reason="pip install dockerfile")
     used = _ketenhub_variables_set_by_deploy()
-    unknown = {name: sorted(where) for name, where in used.items() if name not in setting_names()}
+    read = setting_names() | {f"{name}{FILE_SUFFIX}" for name in setting_names()}  # or from a file
+    unknown = {name: sorted(where) for name, where in used.items() if name not in read}
     assert unknown == {}, "not a setting of the hub"
     assert set(used) >= REQUIRED_SETTINGS
 
 
 def test_readme_documents_every_setting_deploy_sets_and_only_settings() -> None:
     from hub.config import NOT_SETTINGS, setting_names
+    from hub.config_env import FILE_SUFFIX
 
     pytest.importorskip("dockerfile", reason="pip install dockerfile")
     readme = (DEPLOY / "README.md").read_text()
     missing = sorted(s for s in _ketenhub_variables_set_by_deploy() if f"`{s}`" not in readme)
     assert missing == [], f"deploy/README.md does not document {missing}"
-    named = set(re.findall(r"`(KETENHUB_[A-Z0-9_]+)`", readme))
+    named = {n.removesuffix(FILE_SUFFIX) for n in re.findall(r"`(KETENHUB_[A-Z0-9_]+)`", readme)}
     assert sorted(named - setting_names() - NOT_SETTINGS) == [], "deploy/README.md names no such setting"
     assert "## Not run here" in readme
 
