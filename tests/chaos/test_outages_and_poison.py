@@ -1,4 +1,4 @@
-"""Chaos 4 and 5: poison records on every consumed topic, and the broker unreachable for a while.
+"""Chaos 4 and 5: poison records on every consumed topic, and the broker or the store unreachable.
 
 4. About one poison record per thousand on every topic the hub consumes (checked against the topics
    the running hub subscribes), among runs of good records: each poison record is dead-lettered once,
@@ -9,8 +9,14 @@
    back; /readyz says what is down; the consumers recover by themselves. Zorgmeldingen posted by the
    case system meanwhile (the endpoint that answers 202 Accepted) are each answered 202, held in the
    outbox, or 503 with Retry-After, holding nothing; every one answered 202 is announced on
-   handover.requested once when the broker is back, none lost. (The 503 with Retry-After when the
-   hub cannot hold what is sent, the store down, is tested with the intake's batcher.)
+   handover.requested once when the broker is back, none lost. And the store (PostgreSQL) cut off
+   behind a proxy while the police post referrals over HTTP, the broker up, end to end: the cut lands
+   among posts in flight, first losing the answer to a COMMIT PostgreSQL kept; each post is answered
+   201 only when its referral is in the store, else 503 with Retry-After (saying it may be kept where
+   the COMMIT's answer got lost), never another 5xx nor a hang; /readyz names the store as down, and
+   is ready again by itself once it is back; the partner sends what got 503 again, and every referral
+   is in the store once, with the id its 201 (or the re-send's 200) named, its decision published
+   once: nothing acknowledged lost.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from bench.data import bsn, police_records
 from connectors import politie
@@ -718,4 +725,150 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
         await hub.stop()
         await proxy.cut()
         broker.stop()
+        await store.close()
+
+
+POLICE_URL = "/api/v1/politie/verwijzingen"
+STORE_CUT_TIMEOUT_S = 30.0  # a sane partner's client: a post unanswered this long hung
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_store_unreachable_http_referrals_are_kept_or_refused_with_503_and_none_acknowledged_is_lost(
+    kafka: EmbeddedKafka, db_url: str, unique: str, tmp_path: Path, simulator: SimulatorServer
+) -> None:
+    prefix = f"t{unique}."
+    store = Store(db_url)  # the test's own connection: straight to PostgreSQL, never cut
+    await store.migrate()
+    async with store.transaction() as session:
+        _, key = await add_partner(session, "politie-chaos", PartnerType.POLITIE)
+    url = make_url(db_url)
+    assert url.port is not None
+    proxy = CuttableProxy(target_port=url.port)
+    await proxy.start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    hub = HubProcess(tmp_path, hub_env(kafka.bootstrap, through_proxy, unique, simulator.url), "intake")
+    records = police_records(60, seed=31)
+    numbers = [json.loads(r)["procesVerbaalNummer"] for r in records]
+    acknowledged: dict[int, str] = {}  # record -> the referral id its 201 (or a re-send's 200) named
+    refused: dict[int, dict[str, Any]] = {}  # record -> the problem its 503 said
+    try:
+        await hub.start()
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=hub.url, timeout=STORE_CUT_TIMEOUT_S, headers=auth) as client:
+
+            async def post(i: int, allowed: tuple[int, ...]) -> int:
+                """Record `i` posted once; its answer one of `allowed`, and noted."""
+                try:
+                    answer = await client.post(POLICE_URL, content=records[i])
+                except httpx.TimeoutException:
+                    raise AssertionError(f"record {i}: no answer within {STORE_CUT_TIMEOUT_S} s") from None
+                assert answer.status_code in allowed, (i, answer.status_code, answer.text)
+                if answer.status_code == 503:  # refused: the partner is told when to send it again
+                    assert int(answer.headers["Retry-After"]) > 0, answer.headers
+                    assert answer.headers["content-type"] == "application/problem+json"
+                    refused[i] = answer.json()
+                    return 503
+                body = answer.json()
+                assert body["caseReference"] == numbers[i]
+                assert body["duplicate"] is (answer.status_code == 200)
+                acknowledged[i] = body["referralId"]
+                return int(answer.status_code)
+
+            for i in range(10):  # the store up: each taken in
+                await post(i, (201,))
+
+            # The cut lands while posts are in flight: each answered 201, kept, or 503 with Retry-After.
+            # It begins with the worst moment: the connection lost once PostgreSQL kept record 10's
+            # transaction, before the hub heard so (its case reference travels in that transaction).
+            proxy.lose_commit_answer(after=numbers[10].encode())
+            pending = list(range(10, 40))
+            answered = asyncio.Event()
+
+            async def poster() -> None:
+                while pending:
+                    await post(pending.pop(0), (201, 503))
+                    if len(acknowledged) + len(refused) >= 25:  # 15 of these answered: cut now
+                        answered.set()
+
+            posters = [asyncio.create_task(poster()) for _ in range(4)]
+            cue = asyncio.create_task(answered.wait())
+            first = asyncio.FIRST_COMPLETED  # the cue, or a poster that failed
+            await asyncio.wait([cue, *posters], timeout=STORE_CUT_TIMEOUT_S, return_when=first)
+            cue.cancel()
+            await proxy.cut()  # PostgreSQL unreachable from here on
+            failed = [e for e in await asyncio.gather(*posters, return_exceptions=True) if e is not None]
+            if failed:
+                raise failed[0]
+            assert answered.is_set()  # the cut came while posts were still being sent
+            assert proxy.commits_lost == 1
+            lost = refused.get(10, {})  # said to be perhaps kept, not that nothing was
+            assert lost.get("title") == "Niet zeker of dit is opgeslagen", (lost, acknowledged.get(10))
+
+            async def store_down() -> dict[str, str] | None:
+                answer = await client.get("/readyz")
+                checks: dict[str, str] = answer.json()["checks"]
+                if answer.status_code != 503 or checks["store"] == "ok":
+                    return None
+                assert int(answer.headers["Retry-After"]) > 0, answer.headers
+                return checks
+
+            async def only_store_down() -> bool:
+                # Each check has 3 s: on a loaded machine the broker's can run out once, so ask again.
+                checks = await store_down()
+                return checks is not None and all(v == "ok" for k, v in checks.items() if k != "store")
+
+            await wait_for(store_down, timeout_s=30)
+            await wait_for(only_store_down, timeout_s=30)  # /readyz names what is down, and only that
+            during = [await post(i, (201, 503)) for i in range(40, 50)]
+            assert 503 in during, "the store is unreachable: the hub cannot keep every referral"
+            assert await store_down() is not None  # still down, still saying so
+            # Looked at past the proxy: what was answered 201 is in the store with the id it was given,
+            # and what a 503 said was not kept is not there.
+            async with store.connect() as conn:
+                held = dict((await conn.execute(select(referrals.c.case_reference, referrals.c.id))).all())
+            assert {numbers[i]: held.get(numbers[i]) for i in acknowledged} == {
+                numbers[i]: referral_id for i, referral_id in acknowledged.items()
+            }
+            nothing_kept = [i for i, problem in refused.items() if "niets opgeslagen" in problem["detail"]]
+            assert nothing_kept and not [numbers[i] for i in nothing_kept if numbers[i] in held]
+            assert hub.proc is not None and hub.proc.poll() is None  # the hub itself stayed up
+
+            await proxy.start()  # back
+
+            async def ready_again() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await wait_for(ready_again, timeout_s=60)  # by itself: no restart
+            assert hub.starts == 1 and hub.proc.poll() is None
+            # The partner sends what was refused again: kept now, once. A 200 (already received, rule
+            # 7) only where the 503 did not say nothing was kept: its COMMIT's answer was what got lost.
+            again = {i: await post(i, (200, 201)) for i in sorted(refused)}
+            for i, status in again.items():
+                if status == 200:
+                    assert "niets opgeslagen" not in refused[i].get("detail", ""), (i, refused[i])
+            assert again[10] == 200  # kept before the cut: the re-send answered with what it made
+            for i in range(50, 60):  # and the store up again: each taken in
+                await post(i, (201,))
+        assert sorted(acknowledged) == list(range(len(records)))  # each record kept in the end
+
+        async with store.connect() as conn:
+            kept = (await conn.execute(select(referrals.c.case_reference, referrals.c.id))).all()
+        assert Counter(number for number, _ in kept) == Counter(numbers)  # each once, none lost
+        assert dict(kept) == {numbers[i]: referral_id for i, referral_id in acknowledged.items()}
+
+        async def published() -> bool:
+            async with store.connect() as conn:
+                return not (await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))).first()
+
+        await wait_for(published, timeout_s=30)
+        # A publish whose marking as sent was lost in the cut is sent again, with the same message id.
+        decided = await read_all(kafka.bootstrap, prefix + REFERRAL_DECIDED.name)
+        messages = {Envelope.from_bytes(r.value).message_id: Envelope.from_bytes(r.value) for r in decided}
+        assert Counter(m.correlation_id for m in messages.values()) == Counter(acknowledged.values())
+    except AssertionError:
+        print(hub.log_tail())
+        raise
+    finally:
+        await hub.stop()
+        await proxy.cut()
         await store.close()
