@@ -78,7 +78,10 @@ def database_problem(exc: BaseException, url: str) -> str | None:
     if "InvalidCatalogNameError" in names:
         return f"database does not exist: {shown}"
     if names & {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
-        return f"database refused the login: {shown} (check the user and password in KETENHUB_DATABASE__URL)"
+        return (
+            f"database refused the login: {shown} (check the user and password in"
+            " KETENHUB_DATABASE__URL, or KETENHUB_DATABASE__PASSWORD_FILE)"
+        )
     if names & {"CannotConnectNowError", "TooManyConnectionsError"}:
         return f"database unreachable: {shown} (it takes no connection now)"
     for e in chain:

@@ -157,7 +157,8 @@ class DatabaseSettings(BaseModel):
 
         if not url.startswith("postgresql+asyncpg://"):
             raise ValueError("only for a postgresql+asyncpg:// URL (KETENHUB_DATABASE__URL)")
-        if make_url(url).password is not None:
+        parsed = make_url(url)
+        if parsed.password is not None or any(k.lower() == "password" for k in parsed.query):
             raise ValueError("KETENHUB_DATABASE__URL holds a password too: give it in one place")
         if not password.get_secret_value():
             raise ValueError("is empty")
@@ -334,7 +335,10 @@ class Settings(BaseSettings):
     @property
     def secret_source(self) -> str:
         """Where the secret comes from, for a message: the variable, or the file."""
-        return "KETENHUB_SECRET" if self.secret is not None else f"KETENHUB_STATE_DIR ({self.secret_file})"
+        if self.secret is None:
+            return f"KETENHUB_STATE_DIR ({self.secret_file})"
+        from_file = any(n.upper() == f"KETENHUB_SECRET{FILE_SUFFIX}" for n in os.environ)
+        return f"KETENHUB_SECRET{FILE_SUFFIX}" if from_file else "KETENHUB_SECRET"
 
     def secret_value(self) -> str:
         """The pseudonymisation secret: KETENHUB_SECRET, else the one `ketenhub run` keeps in its state
@@ -448,21 +452,35 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 def _unknown_line(name: str) -> str:
-    # a name of the same section ("KETENHUB_SMTP__TSL": KETENHUB_SMTP__TLS), or one that differs in its
-    # underscores alone ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS"); not one of another section that looks alike;
-    # a misspelt KETENHUB_<SETTING>_FILE is hinted at as the setting with _FILE
-    if name.endswith(FILE_SUFFIX):
-        meant = re.search(r"did you mean (\S+)\? ", _unknown_line(name.removesuffix(FILE_SUFFIX)))
-        hinted = f"did you mean {meant[1]}{FILE_SUFFIX}? " if meant else ""
-        return f"{name}: no setting of the hub ({hinted}{_LISTED})"
+    """One line for a variable (or a name in a section given as JSON) that is no setting, with the
+    setting it is likely meant for."""
+    base = name.removesuffix(FILE_SUFFIX)
+    if base != name and base in setting_names():  # only in a section given as JSON: no variable there
+        return (
+            f"{name}: a setting is read from a file only as an environment variable of its own"
+            f" ({name}=/path/to/file), not inside a section given as JSON"
+        )
+    near = _flat(name)  # KETENHUB_KAFKA__SSL_CA_FILE: KETENHUB_KAFKA__SSL_CAFILE, not ..._CAFILE_FILE
+    if near is None and base != name and (meant := _near(base)) is not None:
+        near = f"{meant}{FILE_SUFFIX}"  # a misspelt KETENHUB_<SETTING>_FILE
+    near = near or _near(name)
+    hint = f"did you mean {near}? " if near else ""
+    return f"{name}: no setting of the hub ({hint}{_LISTED})"
+
+
+def _flat(name: str) -> str | None:
+    """The setting that differs from `name` in its underscores alone ("KETENHUB_KAFKA_BOOTSTRAP_SERVERS")."""
+    return {n.replace("_", ""): n for n in setting_names()}.get(name.replace("_", ""))
+
+
+def _near(name: str) -> str | None:
+    # one differing in its underscores alone, or a name of the same section ("KETENHUB_SMTP__TSL":
+    # KETENHUB_SMTP__TLS); not one of another section that looks alike
     section = name.partition("__")[0] + "__" if "__" in name else None
     names = sorted(setting_names())
     same = [n for n in names if section is not None and n.startswith(section)]
-    flat = {n.replace("_", ""): n for n in names}
-    near = [flat[name.replace("_", "")]] if name.replace("_", "") in flat else []
-    near = near or difflib.get_close_matches(name, same or names, n=1, cutoff=0.8 if same else 0.9)
-    hint = f"did you mean {near[0]}? " if near else ""
-    return f"{name}: no setting of the hub ({hint}{_LISTED})"
+    close = difflib.get_close_matches(name, same or names, n=1, cutoff=0.8 if same else 0.9)
+    return _flat(name) or (close[0] if close else None)
 
 
 _LISTED = "the README's Configuration lists them; correct its name or unset it"
@@ -491,10 +509,21 @@ def load_settings(**overrides: object) -> Settings:
             # a password under a misspelt name, so it is not shown
             raise ConfigError(_unknown_line(_env_name(loc))) from None  # as a variable's, with its hint
         given = first.get("input")
+        name = _env_name(loc)
+        # a value read from a file is never shown: the file may be another setting's secret
+        read_from = [f for f in _file_variables() if name == f or name.startswith(f"{f}__")]
         shown = (
             f" (got {given!r})"
             if isinstance(given, str | int | float)
             and not any(w in str(loc) for w in ("secret", "password", "url"))
+            and not read_from
             else ""
         )
-        raise ConfigError(f"{_env_name(loc)}: {msg.strip()}{shown}") from None
+        said = f"{name}{FILE_SUFFIX}" if name in read_from else name
+        raise ConfigError(f"{said}: {msg.strip()}{shown}") from None
+
+
+def _file_variables() -> list[str]:
+    """The settings (or sections) the environment gives as KETENHUB_<SETTING>_FILE."""
+    names = [n.upper() for n in os.environ if n.upper().startswith("KETENHUB_")]
+    return [n.removesuffix(FILE_SUFFIX) for n in names if n.endswith(FILE_SUFFIX)]

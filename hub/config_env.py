@@ -11,6 +11,7 @@ value (it may be a secret).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -46,6 +47,9 @@ def values_from_files(environ: Mapping[str, str]) -> dict[str, str]:
         setting = name[: -len(FILE_SUFFIX)]
         if any(other.upper() == setting.upper() for other in environ):
             raise ValueFileError(f"{upper}: {setting.upper()} is set too; set one of them")
+        if not where.strip():
+            raise ValueFileError(f"{upper}: names no file; set it to the file's path, or unset it")
+        _not_in_its_section_too(environ, setting)
         path = Path(where)
         try:
             with path.open("rb") as file:
@@ -63,6 +67,24 @@ def values_from_files(environ: Mapping[str, str]) -> dict[str, str]:
             raise ValueFileError(f"{upper}: {where} is empty")
         found[setting] = value
     return found
+
+
+def _not_in_its_section_too(environ: Mapping[str, str], setting: str) -> None:
+    """ValueFileError when the section of `setting` is given whole as JSON with the setting in it:
+    which one wins would be a guess (`KETENHUB_DATABASE='{"password": ...}'` beside
+    `KETENHUB_DATABASE__PASSWORD_FILE`)."""
+    section, _, field = setting.upper().partition("__")
+    if not field or "__" in field:
+        return
+    for name, value in environ.items():
+        if name.upper() != section:
+            continue
+        try:
+            given = json.loads(value)
+        except ValueError:
+            return  # said as a section that cannot be read
+        if isinstance(given, dict) and any(str(k).upper() == field for k in given):
+            raise ValueFileError(f"{setting.upper()}{FILE_SUFFIX}: {section} gives it too; set one of them")
 
 
 class Unreadable(ValueError):

@@ -401,6 +401,7 @@ def test_a_setting_is_read_from_the_file_its_file_variable_names(
         ("huge", "KETENHUB_SECRET_FILE: {dir}/huge is over 64 KiB; is it the right file?"),
         ("both", "KETENHUB_SECRET_FILE: KETENHUB_SECRET is set too; set one of them"),
         ("typo", "KETENHUB_SECRT_FILE: no setting of the hub (did you mean KETENHUB_SECRET_FILE?"),
+        ("blank", "KETENHUB_SECRET_FILE: names no file; set it to the file's path, or unset it"),
     ],
 )
 def test_a_file_variable_that_cannot_be_used_stops_start_up_in_one_line_without_a_value(
@@ -410,9 +411,8 @@ def test_a_file_variable_that_cannot_be_used_stops_start_up_in_one_line_without_
     (tmp_path / "huge").write_text("s3cr3t" * 20_000)
     (tmp_path / "good").write_text("s3cr3t-value-of-at-least-32-characters!")
     file = {"missing": "nothing", "empty": "empty", "huge": "huge"}.get(setup, "good")
-    monkeypatch.setenv(
-        "KETENHUB_SECRT_FILE" if setup == "typo" else "KETENHUB_SECRET_FILE", str(tmp_path / file)
-    )
+    path = "" if setup == "blank" else str(tmp_path / file)
+    monkeypatch.setenv("KETENHUB_SECRT_FILE" if setup == "typo" else "KETENHUB_SECRET_FILE", path)
     if setup == "both":
         monkeypatch.setenv("KETENHUB_SECRET", "another-value-of-at-least-32-characters")
     with pytest.raises(ConfigError) as err:
@@ -425,6 +425,7 @@ def test_a_file_variable_that_cannot_be_used_stops_start_up_in_one_line_without_
     ("url", "said"),
     [
         ("postgresql+asyncpg://hub:other@db/hub", "holds a password too"),
+        ("postgresql+asyncpg://hub@db/hub?password=other", "holds a password too"),  # asyncpg takes it
         ("sqlite+aiosqlite:///./hub.db", "only for a postgresql+asyncpg:// URL"),
     ],
 )
@@ -437,5 +438,76 @@ def test_a_database_password_apart_is_refused_where_it_cannot_be_the_one_used(
     monkeypatch.setenv("KETENHUB_DATABASE__PASSWORD_FILE", str(tmp_path / "pg"))
     with pytest.raises(ConfigError) as err:
         load_settings()
-    assert str(err.value).startswith("KETENHUB_DATABASE__PASSWORD: ") and said in str(err.value)
+    assert str(err.value).startswith("KETENHUB_DATABASE__PASSWORD_FILE: ") and said in str(err.value)
     assert "s3cr3t" not in str(err.value) and "other" not in str(err.value)
+
+
+def test_a_value_read_from_a_file_is_never_shown_and_its_file_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A file variable pointing at the wrong mount (another setting's password) printed that
+    password in the refusal: `KETENHUB_SMTP__PORT: ... (got 'hunter2')`."""
+    (tmp_path / "pw").write_text("hunter2\n")
+    monkeypatch.setenv("KETENHUB_SMTP__PORT_FILE", str(tmp_path / "pw"))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("KETENHUB_SMTP__PORT_FILE: ") and "hunter2" not in str(err.value)
+    monkeypatch.delenv("KETENHUB_SMTP__PORT_FILE")
+    (tmp_path / "smtp").write_text('{"port": "hunter2"}')  # a whole section from a file
+    monkeypatch.setenv("KETENHUB_SMTP_FILE", str(tmp_path / "smtp"))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("KETENHUB_SMTP__PORT: ") and "hunter2" not in str(err.value)
+
+
+def test_a_setting_from_a_file_and_in_its_section_given_as_json_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The file's password silently replaced the section's: which one was meant is a guess."""
+    (tmp_path / "pg").write_text("s3cr3t")
+    monkeypatch.setenv("KETENHUB_DATABASE", '{"url": "postgresql+asyncpg://hub@db/hub", "password": "other"}')
+    monkeypatch.setenv("KETENHUB_DATABASE__PASSWORD_FILE", str(tmp_path / "pg"))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert (
+        str(err.value) == "KETENHUB_DATABASE__PASSWORD_FILE: KETENHUB_DATABASE gives it too; set one of them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        # a typo of a setting whose own name ends in FILE: not that setting with _FILE after it
+        ("KETENHUB_KAFKA__SSL_CA_FILE", "(did you mean KETENHUB_KAFKA__SSL_CAFILE?"),
+        ("KETENHUB_SMTP__PASWORD_FILE", "(did you mean KETENHUB_SMTP__PASSWORD_FILE?"),
+    ],
+)
+def test_a_misspelt_file_variable_is_hinted_at_what_it_likely_means(
+    monkeypatch: pytest.MonkeyPatch, name: str, said: str
+) -> None:
+    monkeypatch.setenv(name, "/run/secrets/x")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert said in str(err.value), str(err.value)
+
+
+def test_a_file_variable_inside_a_section_given_as_json_says_it_works_only_as_a_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KETENHUB_DATABASE", '{"password_file": "/run/secrets/pg"}')
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith(
+        "KETENHUB_DATABASE__PASSWORD_FILE: a setting is read from a file only as an environment variable"
+    )
+
+
+def test_the_secret_read_from_a_file_is_named_as_its_file_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "secret").write_text(GOOD_SECRET)
+    monkeypatch.setenv("KETENHUB_SECRET_FILE", str(tmp_path / "secret"))
+    assert load_settings().secret_source == "KETENHUB_SECRET_FILE"
+    monkeypatch.delenv("KETENHUB_SECRET_FILE")
+    monkeypatch.setenv("KETENHUB_SECRET", GOOD_SECRET)
+    assert load_settings().secret_source == "KETENHUB_SECRET"
