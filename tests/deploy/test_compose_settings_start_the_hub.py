@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from connectors.verwijsindex.sim_server import SimulatorServer
 from hub.config import load_settings
@@ -35,10 +36,9 @@ COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
 HUB_SERVICES = ("intake", "routing", "verwijsindex", "mail", "api")
 _VAR = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 TEST_VALUES = {  # what deploy/.env would hold
-    "POSTGRES_PASSWORD": "not-used-here",
     "VERWIJSINDEX_URL": "http://verwijsindex-sim:8081",
-    "KETENHUB_SECRET": "compose-test-secret-that-is-long-enough-0123456789",
 }
+SECRET = "compose-test-secret-that-is-long-enough-0123456789"  # deploy/secrets/ketenhub-secret
 
 
 def _substitute(value: str) -> str:
@@ -46,29 +46,33 @@ def _substitute(value: str) -> str:
 
     def one(m: re.Match[str]) -> str:
         name, whole = m.group(1), m.group(0)
-        if ":-" in whole and name not in TEST_VALUES:
+        if name in TEST_VALUES:
+            return TEST_VALUES[name]
+        if ":-" in whole:
             return whole.split(":-", 1)[1].rstrip("}")
-        return _test_value(name)
+        raise AssertionError(f"{name} has no default and no test value")
 
     return _VAR.sub(one, value)
 
 
-def _test_value(name: str) -> str:
-    """What deploy/.env would hold for the variable `name`."""
-    if name in TEST_VALUES:
-        return TEST_VALUES[name]
-    if name.startswith("KAFKA_") and name.endswith("_PASSWORD"):
-        return f"pw-{name.lower()}"
-    raise AssertionError(f"{name} has no default and no test value")
+def _secret_value(secret: str, database_password: str | None = None) -> str:
+    """What deploy/secrets/<secret> would hold."""
+    if secret == "ketenhub-secret":
+        return SECRET
+    if secret == "postgres-password" and database_password is not None:
+        return database_password
+    return f"pw-{secret}"
 
 
-def service_environment(name: str, secrets: Path) -> tuple[list[str], dict[str, str]]:
+def service_environment(
+    name: str, secrets: Path, database_password: str | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The command and KETENHUB_* environment compose gives a hub service; the secrets it mounts are
-    files under `secrets`."""
-    compose = yaml.safe_load(COMPOSE.read_text())
-    service: dict[str, Any] = compose["services"][name]
+    files under `secrets` (the database's password `database_password`, when given)."""
+    service: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"][name]
     env = {k: _substitute(str(v)) for k, v in (service.get("environment") or {}).items()}
-    return [str(c) for c in service["command"]], with_secret_files(env, compose, secrets, _test_value)
+    files = with_secret_files(env, secrets, lambda s: _secret_value(s, database_password))
+    return [str(c) for c in service["command"]], files
 
 
 def test_every_hub_service_environment_is_valid_settings(tmp_path: Path) -> None:
@@ -98,7 +102,10 @@ def simulator() -> Iterator[SimulatorServer]:
 async def test_each_hub_service_starts_with_its_compose_settings(
     name: str, kafka: EmbeddedKafka, db_url: str, unique: str, tmp_path: Path, simulator: SimulatorServer
 ) -> None:
-    command, env = service_environment(name, tmp_path / "secrets")
+    # The test's PostgreSQL as compose gives it: the URL without a password, the password a file.
+    url = make_url(db_url)
+    command, env = service_environment(name, tmp_path / "secrets", url.password)
+    bare_url = url.set(password=None).render_as_string(hide_password=False)
     port = free_port()
     async with smtp_sink() as sink:
         local = {  # only the addresses of other containers, and what tansu cannot do
@@ -106,7 +113,7 @@ async def test_each_hub_service_starts_with_its_compose_settings(
             "KETENHUB_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT",
             "KETENHUB_KAFKA__REPLICATION_FACTOR": "1",
             "KETENHUB_KAFKA__TOPIC_PREFIX": f"t{unique}.",
-            "KETENHUB_DATABASE__URL": db_url,
+            "KETENHUB_DATABASE__URL": bare_url,
             "KETENHUB_SMTP__HOST": "127.0.0.1",
             "KETENHUB_SMTP__PORT": str(sink.port),
             "KETENHUB_VERWIJSINDEX__URL": simulator.url,

@@ -210,8 +210,9 @@ def test_compose_schema_check_catches_a_misplaced_key() -> None:
 
 def test_compose_secrets_are_read_from_mounted_files_never_from_the_environment() -> None:
     """No container's environment (`docker inspect`) holds a secret: each is a file under
-    /run/secrets/ of a secret the service mounts, read from deploy/.env; a database URL holds no
-    password; and a secret's variable missing from deploy/.env still stops compose (`${VAR:?}`)."""
+    /run/secrets/ of a secret the service mounts; a database URL holds no password. A read-only
+    container's secrets are files of deploy/secrets/: compose cannot put one given as a variable (or
+    as content) into it, and refuses to create the container."""
     compose = _compose()
     secretish = re.compile(r"PASSWORD|SECRET")
     for name, service in compose["services"].items():
@@ -229,18 +230,13 @@ def test_compose_secrets_are_read_from_mounted_files_never_from_the_environment(
             secret = path.removeprefix("/run/secrets/")
             assert secret in mounted, f"{name}: {key} reads {path}, but the service does not mount {secret}"
             assert secret in compose["secrets"], f"{name}: {key} reads a secret compose does not define"
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE.read_text()))
-    hubs = {s if isinstance(s, str) else s["source"] for c in HUB_COMPONENTS for s in services_secrets(c)}
+        if service.get("read_only"):
+            for secret in sorted(mounted):
+                source = compose["secrets"][secret]
+                assert set(source) == {"file"}, f"{name} is read-only: its secret {secret} must be a file"
+                assert source["file"] == f"./secrets/{secret}", (name, secret, source)
     for name, secret in compose["secrets"].items():
-        assert set(secret) == {"environment"}, f"secret {name} must be read from a variable"
-        variable = secret["environment"]  # Kafka's own are checked by its scripts (test -s)
-        if name in hubs:
-            assert variable in required, f"secret {name}: a missing {variable} must stop compose"
-
-
-def services_secrets(service: str) -> list[Any]:
-    """The secrets a compose service mounts."""
-    return list(_compose()["services"][service].get("secrets") or [])
+        assert set(secret) in ({"environment"}, {"file"}), f"secret {name}: a variable or a file"
 
 
 def test_compose_hub_services_read_their_secrets_as_settings(
@@ -250,31 +246,32 @@ def test_compose_hub_services_read_their_secrets_as_settings(
     the database URL with the password, the pseudonymisation secret, its own Kafka password."""
     from hub.config import load_settings
 
-    def value_of(variable: str) -> str:
-        return f"value-of-{variable.lower()}-long-enough-for-a-secret-0123456789"
+    def value_of(secret: str) -> str:
+        return f"value-of-{secret}-long-enough-for-a-secret-0123456789"
 
     for service in (*HUB_COMPONENTS, "migrate"):
-        env = with_secret_files(_compose_environment(service), _compose(), tmp_path / service, value_of)
+        env = with_secret_files(_compose_environment(service), tmp_path / service, value_of)
         for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = load_settings()
         assert settings.secret is not None
-        assert settings.secret.get_secret_value() == value_of("KETENHUB_SECRET"), service
-        assert settings.database.url.startswith("postgresql+asyncpg://ketenhub:value-of-postgres_password")
+        assert settings.secret.get_secret_value() == value_of("ketenhub-secret"), service
+        assert settings.database.url.startswith("postgresql+asyncpg://ketenhub:value-of-postgres-password")
         if service != "migrate":
             assert settings.kafka.sasl_password is not None
-            own = value_of(f"KAFKA_{service.upper()}_PASSWORD")
+            own = value_of(f"kafka-ketenhub-{service}-password")
             assert settings.kafka.sasl_password.get_secret_value() == own, service
 
 
 def test_compose_required_variables_are_documented() -> None:
     text = COMPOSE.read_text()
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
-    required |= {s["environment"] for s in _compose()["secrets"].values()}
+    required |= {s["environment"] for s in _compose()["secrets"].values() if "environment" in s}
+    files = {s["file"].removeprefix("./secrets/") for s in _compose()["secrets"].values() if "file" in s}
     readme = (DEPLOY / "README.md").read_text()
-    missing = sorted(v for v in required if v not in readme)
+    missing = sorted(v for v in required | files if v not in readme)
     assert missing == [], f"deploy/README.md does not explain {missing}"
 
 
@@ -527,9 +524,8 @@ async def _wire(service: str, database_url: str, secrets: Path, monkeypatch: pyt
     assert command[:2] == ["run", "--components"], command
     env = with_secret_files(
         _compose_environment(service),
-        _compose(),
         secrets,
-        lambda v: "compose-test-secret-that-is-long-enough-0123456789" if v == "KETENHUB_SECRET" else "x",
+        lambda s: "compose-test-secret-that-is-long-enough-0123456789" if s == "ketenhub-secret" else "x",
     )
     for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
         monkeypatch.delenv(key)
