@@ -180,9 +180,9 @@ class Traffic:
             ]
             await produce(self.kafka.bootstrap, police, keyed)
             self.sent.extend(ref for _, ref in chunk)
+            self.wave_out.set()  # the referrals are on the broker
             commands = [rec for s in self.signals[w::waves] for rec in self._signal_records(s)]
             await produce(self.kafka.bootstrap, signal_topic, commands)
-            self.wave_out.set()
             await asyncio.sleep(pause_s)
         self.done = only is None or only.stop >= waves
 
@@ -202,8 +202,8 @@ async def kill_loop(
 
     With `traffic` and `store`: while waves are still being sent, each kill comes within 10 ms of a
     wave's records reaching the broker, so that it lands on records sent and not yet decided rather
-    than on an idle hub; and before each kill the referrals sent but not yet stored are counted. The
-    counts are returned, one per kill.
+    than on an idle hub; and the referrals sent before each kill and not stored by it are counted (after
+    it: the killed hub stores nothing more). The counts are returned, one per kill.
     """
     outstanding: list[int] = []
     while not until.is_set():
@@ -213,10 +213,11 @@ async def kill_loop(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(traffic.wave_out.wait(), timeout=3)
             await asyncio.sleep(rng.uniform(0.0, 0.01))
-        if traffic is not None and store is not None:
-            outstanding.append(len(traffic.sent) - await stored_referrals(store))
         victim = rng.choice(hubs)
+        sent = len(traffic.sent) if traffic is not None else 0
         victim.kill()
+        if traffic is not None and store is not None:  # what it had stored when it died: no more now
+            outstanding.append(sent - await stored_referrals(store))
         await asyncio.sleep(rng.uniform(0.0, 0.5))
         await victim.start()
     return outstanding
