@@ -6,7 +6,8 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 
 class CanonicalModel(BaseModel):
@@ -94,8 +95,28 @@ Phone = Annotated[
 # PostgreSQL (converted to UTC it falls off the calendar).
 MOMENT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MOMENT_BEFORE = datetime(2100, 1, 1, tzinfo=UTC)
+MOMENT_ALLOWED = "een datum en tijd met UTC-offset volgens ISO 8601, zoals 2026-03-01T10:30:00+01:00"
+NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def is_number(value: object) -> bool:
+    """A number, or text that is one: what a date and time field must not take."""
+    return isinstance(value, int | float) or (isinstance(value, str) and NUMBER.fullmatch(value) is not None)
+
+
+def _moment_as_text(value: object) -> object:
+    # pydantic reads a number as seconds since 1970: 9 was 1970-01-01T00:00:09Z, where the document
+    # allows only a date and time written out (a number there is another field's value, or a typo)
+    if is_number(value):
+        raise PydanticCustomError(
+            "datetime_type", "moet een datum en tijd zijn, geen getal", {"allowed": MOMENT_ALLOWED}
+        )
+    return value
+
+
 Moment = Annotated[
     AwareDatetime,
+    BeforeValidator(_moment_as_text),
     Field(
         ge=MOMENT_EARLIEST,
         lt=MOMENT_BEFORE,

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
@@ -28,7 +28,7 @@ from hub.signals.service import RegistrationOnItsWay
 from hub.signals.waiting import waits_of
 from hub.spine.outbox import outbox_state
 from hub.store.tables import audit_log
-from schemas._base import Plain
+from schemas._base import Plain, is_number
 from schemas.envelope import utcnow
 
 router = APIRouter(prefix="/ops/api", tags=["operators"])
@@ -115,14 +115,27 @@ def _filter(
 _MOMENT = "ISO 8601 date or date and time; without an offset it is Dutch local time"
 
 
+def _moment_as_text(value: object) -> object:
+    # pydantic reads a number as seconds since 1970: `until=9` listed nothing, and a replay of
+    # `{"since": 9}` took every dead letter; the document allows a date and time written out only
+    if is_number(value):
+        raise ValueError(
+            "an ISO 8601 date or date and time (2026-03-01 or 2026-03-01T10:30:00+01:00), not a number"
+        )
+    return value
+
+
+AsText = BeforeValidator(_moment_as_text)
+
+
 @router.get("/dlq", summary="Dead letters, filtered")
 async def list_dead_letters(
     request: Request,
     op: Acting,
     topic: str | None = None,
     error_class: str | None = None,
-    since: Annotated[datetime | None, Query(description=_MOMENT)] = None,
-    until: Annotated[datetime | None, Query(description=_MOMENT)] = None,
+    since: Annotated[datetime | None, AsText, Query(description=_MOMENT)] = None,
+    until: Annotated[datetime | None, AsText, Query(description=_MOMENT)] = None,
     key: Annotated[
         str | None, Query(description="a youth key; any other key: POST /ops/api/dlq/search")
     ] = None,
@@ -150,8 +163,8 @@ class SearchBody(BaseModel):
 
     topic: Plain | None = None
     error_class: Plain | None = None
-    since: datetime | None = Field(default=None, description=_MOMENT)
-    until: datetime | None = Field(default=None, description=_MOMENT)
+    since: Annotated[datetime | None, AsText] = Field(default=None, description=_MOMENT)
+    until: Annotated[datetime | None, AsText] = Field(default=None, description=_MOMENT)
     # a sender's key as it was sent, control characters and all: a letter under it is found too
     key: str | None = Field(default=None, max_length=1000)
     status: Literal["open", "replayed", "discarded", "all"] | None = None
@@ -300,8 +313,8 @@ class ReplayBody(BaseModel):
 
     topic: Plain | None = None
     error_class: Plain | None = None
-    since: datetime | None = Field(default=None, description=_MOMENT)
-    until: datetime | None = Field(default=None, description=_MOMENT)
+    since: Annotated[datetime | None, AsText] = Field(default=None, description=_MOMENT)
+    until: Annotated[datetime | None, AsText] = Field(default=None, description=_MOMENT)
     key: Plain | None = None
     all: bool = False
 

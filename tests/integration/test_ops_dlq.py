@@ -137,6 +137,17 @@ async def test_dead_letters_listed_masked_discarded_and_replayed(
             assert naive.status_code == 200 and naive.json()["total"] == expect, (params, naive.text)
         nothing = await client.post("/ops/api/dlq/replay", json={"until": "2000-01-01T00:00:00"})
         assert nothing.status_code == 202 and nothing.json()["total"] == 0, nothing.text
+        # A number is no moment: read as seconds since 1970, `until=9` listed nothing and a replay of
+        # `{"since": 9}` replayed every letter. Refused, whatever the way it is given.
+        for number in ("9", "1700000000", "1.5e9", " 12 "):
+            listing = await client.get("/ops/api/dlq", params={"until": number})
+            assert listing.status_code == 400 and "not a number" in listing.text, (number, listing.text)
+        for body in ({"since": 9}, {"since": "9"}, {"until": 1.5}):
+            searched = await client.post("/ops/api/dlq/search", json=body)
+            assert searched.status_code == 400 and "not a number" in searched.text, (body, searched.text)
+            replay = await client.post("/ops/api/dlq/replay", json=body)
+            assert replay.status_code == 400 and "not a number" in replay.text, (body, replay.text)
+        assert (await client.get("/ops/api/dlq", params={"error_class": "ValueError"})).json()["total"] == 3
         first = listed["items"][0]
         assert first["original_topic"] == hub.topic(IN.name) and first["key"] == MASK  # not a youth key
         shown = (await client.get(f"/ops/api/dlq/{first['id']}")).json()

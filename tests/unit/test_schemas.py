@@ -255,3 +255,19 @@ def test_schemas_import_only_pydantic_and_the_standard_library() -> None:
                 assert top not in {"hub", "connectors"}, f"{path} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] not in {"hub", "connectors"} for a in node.names), path
+
+
+@pytest.mark.parametrize("number", [9, 1_700_000_000, 1.5e9, "1700000000", " 12 ", "-3", "1e9", True])
+def test_a_moment_is_written_out_never_a_number(number: object) -> None:
+    """pydantic reads a number as seconds since 1970: a receiver's `"planned_at": 1700000000` was a
+    meeting on 14 November 2023, where the document allows only a date and time written out."""
+    from schemas.handover import JointMeeting
+
+    with pytest.raises(ValidationError) as err:
+        JointMeeting.model_validate({"planned_at": number, "location": "Buurthuis"})
+    (error,) = err.value.errors()
+    assert error["type"] == "datetime_type" and error["loc"] == ("planned_at",), error
+    meeting = JointMeeting.model_validate(
+        {"planned_at": "2026-03-01T10:30:00+01:00", "location": "Buurthuis"}
+    )
+    assert meeting.planned_at.isoformat() == "2026-03-01T10:30:00+01:00"
