@@ -116,7 +116,6 @@ def _moment_as_text(value: object) -> object:
 
 Moment = Annotated[
     AwareDatetime,
-    BeforeValidator(_moment_as_text),
     Field(
         ge=MOMENT_EARLIEST,
         lt=MOMENT_BEFORE,
@@ -124,4 +123,7 @@ Moment = Annotated[
         "including) 2100-01-01T00:00:00Z",
         examples=["2026-03-01T10:30:00+01:00"],
     ),
+    # last, so that the bounds stay the datetime's own (their wording, the document's schema): a
+    # before-validator runs first wherever it stands
+    BeforeValidator(_moment_as_text),
 ]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic_core import PydanticCustomError
 from sqlalchemy import String, cast, or_, select
 
 from hub.api.problems import Problem
@@ -119,8 +120,9 @@ def _moment_as_text(value: object) -> object:
     # pydantic reads a number as seconds since 1970: `until=9` listed nothing, and a replay of
     # `{"since": 9}` took every dead letter; the document allows a date and time written out only
     if is_number(value):
-        raise ValueError(
-            "an ISO 8601 date or date and time (2026-03-01 or 2026-03-01T10:30:00+01:00), not a number"
+        raise PydanticCustomError(
+            "datetime_type",
+            "an ISO 8601 date or date and time (2026-03-01 or 2026-03-01T10:30:00+01:00), not a number",
         )
     return value
 
