@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from hub.config_env import FILE_SUFFIX, CommaListEnv, ValueFileError, unreadable_line
@@ -119,6 +120,12 @@ class KafkaSettings(BaseModel):
         return path
 
 
+def _said(message: str) -> PydanticCustomError:
+    """A refusal in the hub's words that quotes no value: shown as it is, also for a setting read
+    from a file (whose other refusals are not, as they may quote the file's content)."""
+    return PydanticCustomError("setting", message)
+
+
 class DatabaseSettings(BaseModel):
     """The store: SQLite file by default, PostgreSQL (asyncpg) in production."""
 
@@ -156,12 +163,12 @@ class DatabaseSettings(BaseModel):
         from sqlalchemy.engine import make_url
 
         if not url.startswith("postgresql+asyncpg://"):
-            raise ValueError("only for a postgresql+asyncpg:// URL (KETENHUB_DATABASE__URL)")
+            raise _said("only for a postgresql+asyncpg:// URL (KETENHUB_DATABASE__URL)")
         parsed = make_url(url)
         if parsed.password is not None or any(k.lower() == "password" for k in parsed.query):
-            raise ValueError("KETENHUB_DATABASE__URL holds a password too: give it in one place")
+            raise _said("KETENHUB_DATABASE__URL holds a password too: give it in one place")
         if not password.get_secret_value():
-            raise ValueError("is empty")
+            raise _said("is empty")
         return password
 
     @model_validator(mode="after")
@@ -520,6 +527,9 @@ def load_settings(**overrides: object) -> Settings:
             else ""
         )
         said = f"{name}{FILE_SUFFIX}" if name in read_from else name
+        if read_from and first["type"] in ("value_error", "assertion_error"):  # the hub's own words,
+            # which may quote the value ("unknown ['...']", "(got 5)"); pydantic's own never do
+            msg = "its file does not hold a valid value (not shown: a file may hold another setting's secret)"
         raise ConfigError(f"{said}: {msg.strip()}{shown}") from None
 
 

@@ -458,6 +458,16 @@ def test_a_value_read_from_a_file_is_never_shown_and_its_file_variable_is_named(
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert str(err.value).startswith("KETENHUB_SMTP__PORT: ") and "hunter2" not in str(err.value)
+    monkeypatch.delenv("KETENHUB_SMTP_FILE")
+    for name in ("KETENHUB_COMPONENTS_FILE", "KETENHUB_SMTP__RETRY_SCHEDULE_S_FILE"):  # the hub's own checks
+        (tmp_path / "value").write_text("hunter2" if "COMPONENTS" in name else "[1, -77]")
+        monkeypatch.setenv(name, str(tmp_path / "value"))
+        with pytest.raises(ConfigError) as err:
+            load_settings()
+        said = str(err.value)
+        assert said.startswith(f"{name}: its file does not hold a valid value"), said
+        assert "hunter2" not in said and "77" not in said, said
+        monkeypatch.delenv(name)
 
 
 def test_a_setting_from_a_file_and_in_its_section_given_as_json_is_refused(
