@@ -650,22 +650,15 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
             assert len(set(reported)) == len(reported)  # each its own handover
 
             async with store.connect() as conn:  # acknowledged, in the store, waiting for the broker
-                held = (
-                    await conn.execute(
-                        select(outbox.c.headers).where(
-                            outbox.c.sent_at.is_(None), outbox.c.topic == prefix + REFERRAL_DECIDED.name
-                        )
-                    )
-                ).scalars()
-                waiting = Counter(h.get(H_CORRELATION_ID) for h in held)
-                held_requests = (
-                    await conn.execute(
-                        select(outbox.c.headers).where(
-                            outbox.c.sent_at.is_(None), outbox.c.topic == prefix + HANDOVER_REQUESTED.name
-                        )
-                    )
-                ).scalars()
-                requested = Counter(h.get(H_CORRELATION_ID) for h in held_requests)
+
+                async def unsent(topic: str) -> Counter[str | None]:
+                    """The unsent rows for `topic`, by the correlation id their messages carry."""
+                    unsent_rows = (outbox.c.sent_at.is_(None), outbox.c.topic == topic)
+                    query = select(outbox.c.headers).where(*unsent_rows)
+                    return Counter(h.get(H_CORRELATION_ID) for h in (await conn.execute(query)).scalars())
+
+                waiting = await unsent(prefix + REFERRAL_DECIDED.name)
+                requested = await unsent(prefix + HANDOVER_REQUESTED.name)
                 stored = dict(
                     (
                         await conn.execute(
