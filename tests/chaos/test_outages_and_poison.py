@@ -566,6 +566,21 @@ async def _empty(missing: Any) -> bool:
     return not await missing
 
 
+async def published_once(store: Store, bootstrap: str, topic: str, *, within_s: float) -> dict[str, Envelope]:
+    """Once the outbox has sent every row (within `within_s`), the messages on `topic` by message id: a
+    publish whose acknowledgement or marking as sent was lost in a cut is sent again, with the same
+    message id, and counts once."""
+
+    async def drained() -> bool:
+        async with store.connect() as conn:
+            return not (await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))).first()
+
+    await wait_for(drained, timeout_s=within_s)
+    return {
+        e.message_id: e for e in map(Envelope.from_bytes, (r.value for r in await read_all(bootstrap, topic)))
+    }
+
+
 def _withdrawn(simulator: SimulatorServer, traffic: Traffic) -> set[str]:
     ok = {c.path for c in simulator.state.faults.calls if c.method == "DELETE" and c.status == 200}
     return {str(s.signal_id) for s in traffic.signals if SIGNAL_PATH + str(s.signal_id) in ok}
@@ -681,14 +696,8 @@ async def test_broker_unreachable_http_referrals_are_held_and_published_when_it_
             await wait_for(ready_again, timeout_s=60)
         assert len(set(accepted)) == len(records)  # every post taken in, each its own referral
 
-        async def published() -> bool:
-            async with store.connect() as conn:
-                return not (await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))).first()
-
-        await wait_for(published, timeout_s=60)
-        # A publish whose acknowledgement was lost in the cut is sent again, with the same message id.
+        messages = await published_once(store, broker.bootstrap, prefix + REFERRAL_DECIDED.name, within_s=60)
         decided = await read_all(broker.bootstrap, prefix + REFERRAL_DECIDED.name)
-        messages = {Envelope.from_bytes(r.value).message_id: Envelope.from_bytes(r.value) for r in decided}
         per_referral = Counter(m.correlation_id for m in messages.values())
         assert per_referral == Counter(accepted)  # every acknowledged referral published, one message each
         bsns = {json.loads(r)["verdachte"]["bsn"] for r in records}
@@ -849,14 +858,7 @@ async def test_store_unreachable_http_referrals_are_kept_or_refused_with_503_and
         assert Counter(number for number, _ in kept) == Counter(numbers)  # each once, none lost
         assert dict(kept) == {numbers[i]: referral_id for i, referral_id in acknowledged.items()}
 
-        async def published() -> bool:
-            async with store.connect() as conn:
-                return not (await conn.execute(select(outbox.c.id).where(outbox.c.sent_at.is_(None)))).first()
-
-        await wait_for(published, timeout_s=30)
-        # A publish whose marking as sent was lost in the cut is sent again, with the same message id.
-        decided = await read_all(kafka.bootstrap, prefix + REFERRAL_DECIDED.name)
-        messages = {Envelope.from_bytes(r.value).message_id: Envelope.from_bytes(r.value) for r in decided}
+        messages = await published_once(store, kafka.bootstrap, prefix + REFERRAL_DECIDED.name, within_s=30)
         assert Counter(m.correlation_id for m in messages.values()) == Counter(acknowledged.values())
     except AssertionError:
         print(hub.log_tail())
