@@ -28,6 +28,7 @@ class HubProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
+        self.ready = asyncio.Event()  # set from `/readyz` answering 200 until it is killed or stopped
         self._log = (workdir / f"hub-{self.port}.log").open("ab")
 
     @property
@@ -53,12 +54,14 @@ class HubProcess:
                     raise AssertionError(f"hub exited with {self.proc.returncode}: see {self._log.name}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(self.url + "/readyz")).status_code == 200:
+                        self.ready.set()
                         return
                 await asyncio.sleep(0.05)
         raise AssertionError(f"hub not ready within {ready_within_s}s: see {self._log.name}")
 
     def kill(self) -> None:
         """SIGKILL, no clean-up of any kind."""
+        self.ready.clear()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
@@ -66,6 +69,7 @@ class HubProcess:
 
     async def stop(self) -> None:
         """SIGTERM and wait (the clean way), SIGKILL if it hangs."""
+        self.ready.clear()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
