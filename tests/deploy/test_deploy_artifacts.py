@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.compose import with_secret_files
+from tests.helpers.k8s import container_environment, with_mounted_secrets
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/ (pip install pyyaml)")
 
@@ -37,7 +38,8 @@ K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to run on
 
 # The contract with the hub's Settings (pydantic-settings, prefix KETENHUB_, nested with __): deploy/
 # may set only variables the hub reads (`hub.config.setting_names`; the hub refuses any other
-# KETENHUB_* at start), and deploy/README.md documents each it sets. These it must set.
+# KETENHUB_* at start), and deploy/README.md documents each it sets. These it must set (or name a
+# file of, KETENHUB_<SETTING>_FILE).
 REQUIRED_SETTINGS = frozenset(
     {"KETENHUB_KAFKA__BOOTSTRAP_SERVERS", "KETENHUB_DATABASE__URL", "KETENHUB_SECRET"}
 )
@@ -793,18 +795,252 @@ def test_a_pod_not_ready_for_a_partners_outage_does_not_block_a_node_drain() -> 
     assert budgets and all(b["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for b in budgets)
 
 
-def test_example_secret_holds_placeholders_only() -> None:
+SECRET_NAME = "ketenhub-secrets"
+# Settings that hold a secret: on Kubernetes each is read from a file (KETENHUB_<SETTING>_FILE), so
+# that no container's environment holds it. The database URL holds the database's password.
+_SECRETISH = re.compile(r"PASSWORD|SECRET|DATABASE__URL")
+# A variable a manifest leaves commented out for the operator to set: mail.yaml's SMTP login.
+_OPT_IN = re.compile(r"^\s*# - \{name: (KETENHUB_\w+), value: (\S+)\}$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A Deployment's or Job's pod, and the variables its manifest leaves for the operator to set."""
+
+    where: str  # kind/name
+    spec: dict[str, Any]
+    opt_in: dict[str, str]
+
+
+def _k8s_pods() -> list[Pod]:
+    return [
+        Pod(f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"], _opt_in(path))
+        for path in _k8s_files()
+        for doc in _k8s_docs(path)
+        if doc["kind"] in ("Deployment", "Job")
+    ]
+
+
+def _opt_in(path: Path) -> dict[str, str]:
+    return dict(_OPT_IN.findall(path.read_text()))
+
+
+def _example_secret() -> dict[str, str]:
     (secret,) = _k8s_docs(K8S / "secret.example.yaml")
-    assert secret["kind"] == "Secret"
-    for key, value in secret["stringData"].items():
+    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", SECRET_NAME)
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
+def _k8s_configmaps() -> dict[str, dict[str, str]]:
+    return {d["metadata"]["name"]: d["data"] for d in _all_k8s_docs() if d["kind"] == "ConfigMap"}
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file of a Secret volume, as a container sees it."""
+
+    mount: dict[str, Any]
+    source: dict[str, Any]  # the volume's `secret:`
+    key: str
+
+
+def _secret_file(pod: dict[str, Any], container: dict[str, Any], path: str) -> SecretFile | None:
+    """The Secret key that `container` finds at `path`; None when no Secret volume it mounts has it."""
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        source = volumes[mount["name"]].get("secret")
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if source is None or not path.startswith(prefix):
+            continue
+        for item in source.get("items") or []:
+            if item["path"] == path.removeprefix(prefix):
+                return SecretFile(mount, source, item["key"])
+    return None
+
+
+def _k8s_secret_problems(pods: list[Pod], configmaps: dict[str, dict[str, str]], keys: set[str]) -> list[str]:
+    """Each way a secret reaches a hub container other than as a file of the Secret, readable by the
+    hub's user alone and there whenever the hub reads it, one line each. `keys`: the Secret's keys."""
+    problems = [
+        f"ConfigMap {name}: {key} puts a secret in the environment"
+        for name, data in configmaps.items()
+        for key in data
+        if _SECRETISH.search(key)
+    ]
+    for pod in pods:
+        for container in [*pod.spec.get("initContainers", []), *pod.spec["containers"]]:
+            problems += _container_secret_problems(pod, container, keys)
+    return problems
+
+
+def _container_secret_problems(pod: Pod, container: dict[str, Any], keys: set[str]) -> list[str]:
+    where = f"{pod.where} {container['name']}"
+    problems = [f"{where}: envFrom a Secret" for s in container.get("envFrom") or [] if "secretRef" in s]
+    env = {e["name"]: e for e in container.get("env") or []}
+    for name, entry in env.items():
+        if "secretKeyRef" in (entry.get("valueFrom") or {}):
+            problems.append(f"{where}: {name} puts a Secret's key in the environment")
+        elif _SECRETISH.search(name) and not name.endswith("_FILE"):
+            problems.append(f"{where}: {name} puts a secret in the environment")
+    named = {n: str(e["value"]) for n, e in env.items() if n.endswith("_FILE") and "value" in e}
+    read = set()
+    for name, path in {**pod.opt_in, **named}.items():
+        found = _secret_file(pod.spec, container, path)
+        if found is None:
+            problems.append(f"{where}: {name} names no file of a Secret volume it mounts")
+            continue
+        read.add((found.mount["name"], found.key))
+        if found.source["secretName"] != SECRET_NAME or found.key not in keys:
+            problems.append(
+                f"{where}: {name} reads {found.key} of {found.source['secretName']}, not in the example"
+            )
+        if found.source.get("optional") and name in named:
+            problems.append(
+                f"{where}: {name} names {found.key}, which the Secret may lack: the hub would stop"
+            )
+        if found.mount.get("readOnly") is not True or "subPath" in found.mount:
+            problems.append(f"{where}: {name} is on a writable or subPath mount")
+    volumes = {v["name"]: v for v in pod.spec.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue
+        items = source.get("items") or []
+        if not items:
+            problems.append(f"{where}: volume {mount['name']} mounts every key of the Secret")
+        for item in items:
+            if (mount["name"], item["key"]) not in read or item["path"] != item["key"]:
+                problems.append(f"{where}: volume {mount['name']} mounts {item['key']}, read by no variable")
+        # The kubelet writes the files as root: with fsGroup they are of that group, which every process
+        # of the pod is in, and the group's read bit lets the hub's user read them.
+        mode = source.get("defaultMode", 0o644)
+        if mode & 0o007 or not mode & 0o040 or pod.spec["securityContext"].get("fsGroup") is None:
+            problems.append(
+                f"{where}: volume {mount['name']} has mode {mode:o}, not 0440 with the pod's fsGroup"
+            )
+    return problems
+
+
+def test_k8s_secrets_reach_the_containers_as_files_never_as_environment_variables() -> None:
+    """No container's environment holds a secret (child processes inherit it; /proc and the node's
+    container runtime show it): each is a file of the Secret ketenhub-secrets, of a volume with only
+    the keys that pod reads, readable by the hub's user and no other. A `_FILE` variable names a file
+    that is there whenever the pod runs: a missing one stops the hub."""
+    assert _k8s_secret_problems(_k8s_pods(), _k8s_configmaps(), set(_example_secret())) == []
+
+
+def test_k8s_secret_check_catches_a_secret_in_the_environment_and_a_file_that_may_be_missing() -> None:
+    """The check above is not vacuous: each way a secret could be given wrongly is reported."""
+    pods = _k8s_pods()
+    (intake,) = [p for p in pods if p.where == "Deployment/ketenhub-intake"]
+    (mail,) = [p for p in pods if p.where == "Deployment/ketenhub-mail"]
+    (container,) = intake.spec["containers"]
+    given = {"secretKeyRef": {"name": SECRET_NAME, "key": "pseudonymisation-secret"}}
+    container["env"] = [  # as the manifests gave it before
+        {"name": "KETENHUB_SECRET", "valueFrom": given} if e["name"] == "KETENHUB_SECRET_FILE" else e
+        for e in container["env"]
+    ]
+    volumes = {v["name"]: v for v in intake.spec["volumes"]}
+    volumes["secrets"]["secret"]["defaultMode"] = 0o644
+    (mail_container,) = mail.spec["containers"]
+    mail_container["env"].append(  # the SMTP login named although the Secret may not hold it
+        {"name": "KETENHUB_SMTP__PASSWORD_FILE", "value": "/etc/ketenhub/smtp/smtp-password"}
+    )
+    configmaps = {"ketenhub-config": {"KETENHUB_SMTP__PASSWORD": "in-the-clear"}}
+    problems = _k8s_secret_problems([intake, mail], configmaps, set(_example_secret()))
+    assert problems == [
+        "ConfigMap ketenhub-config: KETENHUB_SMTP__PASSWORD puts a secret in the environment",
+        "Deployment/ketenhub-intake ketenhub: KETENHUB_SECRET puts a Secret's key in the environment",
+        "Deployment/ketenhub-intake ketenhub: volume secrets mounts pseudonymisation-secret, read by no"
+        " variable",
+        "Deployment/ketenhub-intake ketenhub: volume secrets has mode 644, not 0440 with the pod's fsGroup",
+        "Deployment/ketenhub-mail ketenhub: KETENHUB_SMTP__PASSWORD_FILE names smtp-password, which the"
+        " Secret may lack: the hub would stop",
+    ]
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The hub's settings from `env` alone (no KETENHUB_* of the test's own environment)."""
+    from hub.config import load_settings
+
+    for key in [k for k in os.environ if k.startswith("KETENHUB_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_k8s_pods_read_their_secrets_as_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pod's environment, with the keys of the example Secret it mounts written as the kubelet
+    writes them, gives the settings it needs: the database URL, the pseudonymisation secret, its own
+    Kafka password; and no SMTP login until mail.yaml names its files."""
+    secret = _example_secret()
+    for pod in _k8s_pods():
+        (container,) = pod.spec["containers"]
+        name = pod.where.partition("/")[2]
+        env = container_environment(container, _k8s_configmaps(), f"{name}-5d8c7b9f4-x2k7q")
+        env = with_mounted_secrets(env, pod.spec, container, {SECRET_NAME: secret}, tmp_path / name)
+        settings = _settings_from(env, monkeypatch)
+        assert settings.secret is not None, pod.where
+        assert settings.secret.get_secret_value() == secret["pseudonymisation-secret"], pod.where
+        assert settings.database.url == secret["database-url"], pod.where
+        assert settings.smtp.username is None and settings.smtp.password is None, pod.where
+        if pod.where.startswith("Deployment/"):
+            component = container["args"][2]
+            assert settings.kafka.sasl_username == f"ketenhub-{component}"
+            assert settings.kafka.sasl_password is not None, pod.where
+            assert settings.kafka.sasl_password.get_secret_value() == secret[f"kafka-{component}-password"]
+            assert settings.kafka.client_id.startswith(name)
+
+
+def test_k8s_smtp_login_is_optional_and_read_once_mail_yaml_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Secret without smtp-username and smtp-password starts the mail pods (their volume is optional,
+    and nothing names its files); with them, the two variables mail.yaml leaves commented out give the
+    login; named while the Secret lacks them, they stop the hub at start with one line."""
+    from hub.errors import ConfigError
+
+    secret = _example_secret()
+    without = {k: v for k, v in secret.items() if not k.startswith("smtp-")}
+    (mail,) = [p for p in _k8s_pods() if p.where == "Deployment/ketenhub-mail"]
+    assert set(mail.opt_in) == {"KETENHUB_SMTP__USERNAME_FILE", "KETENHUB_SMTP__PASSWORD_FILE"}
+    (container,) = mail.spec["containers"]
+    env = container_environment(container, _k8s_configmaps(), "ketenhub-mail-5d8c7b9f4-x2k7q")
+
+    def settings(env: dict[str, str], data: dict[str, str], into: str) -> Any:
+        files = with_mounted_secrets(env, mail.spec, container, {SECRET_NAME: data}, tmp_path / into)
+        return _settings_from(files, monkeypatch)
+
+    plain = settings(env, without, "without")
+    assert plain.smtp.username is None and plain.smtp.password is None
+    login = settings({**env, **mail.opt_in}, secret, "login")
+    assert login.smtp.username == secret["smtp-username"]
+    assert login.smtp.password.get_secret_value() == secret["smtp-password"]
+    with pytest.raises(ConfigError, match=r"^KETENHUB_SMTP__(USERNAME|PASSWORD)_FILE: cannot read .*smtp-"):
+        settings({**env, **mail.opt_in}, without, "named-without")
+
+
+def test_example_secret_holds_placeholders_for_exactly_the_keys_the_pods_read() -> None:
+    secret = _example_secret()
+    for key, value in secret.items():
         assert "REPLACE-ME" in value, f"{key} looks like a real value"
+    mounted = {
+        item["key"]
+        for pod in _k8s_pods()
+        for volume in pod.spec.get("volumes") or []
+        if "secret" in volume
+        for item in volume["secret"].get("items") or []
+    }
     referenced = {
         ref["secretKeyRef"]["key"]
         for doc in _all_k8s_docs()
         for ref in _walk(doc)
         if isinstance(ref, dict) and "secretKeyRef" in ref
     }
-    assert referenced <= set(secret["stringData"]), "the example must show every key the manifests read"
+    assert mounted | referenced <= set(secret), "the example must show every key the manifests read"
+    assert set(secret) <= mounted, "the example shows a key no pod reads"
 
 
 # --- (c) Prometheus ------------------------------------------------------------------------------
@@ -945,6 +1181,9 @@ def _ketenhub_variables_set_by_deploy() -> dict[str, set[str]]:
             if isinstance(node, dict) and "env" in node and isinstance(node["env"], list):
                 for entry in node["env"]:
                     note(entry["name"], where)
+    for pod in _k8s_pods():  # left commented out for the operator to set (the SMTP login)
+        for key in pod.opt_in:
+            note(key, f"k8s {pod.where}")
     import dockerfile as dockerfile_parser
 
     for command in dockerfile_parser.parse_file(str(ROOT / "Dockerfile")):
@@ -964,7 +1203,7 @@ def test_deploy_sets_only_settings_the_hub_reads() -> None:
     read = setting_names() | {f"{name}{FILE_SUFFIX}" for name in setting_names()}  # or from a file
     unknown = {name: sorted(where) for name, where in used.items() if name not in read}
     assert unknown == {}, "not a setting of the hub"
-    assert set(used) >= REQUIRED_SETTINGS
+    assert {name.removesuffix(FILE_SUFFIX) for name in used} >= REQUIRED_SETTINGS
 
 
 def test_readme_documents_every_setting_deploy_sets_and_only_settings() -> None:
@@ -987,11 +1226,15 @@ def test_each_component_logs_in_to_kafka_with_its_own_user_and_password() -> Non
         if doc["kind"] != "Deployment":
             continue
         component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
-        [container] = doc["spec"]["template"]["spec"]["containers"]
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
         env = {entry["name"]: entry for entry in container["env"]}
         assert env["KETENHUB_KAFKA__SASL_USERNAME"]["value"] == f"ketenhub-{component}"
-        ref = env["KETENHUB_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "ketenhub-secrets", "key": f"kafka-{component}-password"}, component
+        found = _secret_file(pod, container, env["KETENHUB_KAFKA__SASL_PASSWORD_FILE"]["value"])
+        assert found is not None, component
+        assert (found.source["secretName"], found.key) == (SECRET_NAME, f"kafka-{component}-password")
+        kafka = {i["key"] for v in pod["volumes"] if "secret" in v for i in v["secret"]["items"]}
+        assert {k for k in kafka if k.startswith("kafka-")} == {found.key}, "no other component's password"
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
