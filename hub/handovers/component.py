@@ -178,7 +178,8 @@ ROUTING = "routing"  # who acts in the periodic check, in the audit log
 
 async def periodic_check(hub: Hub, r: Routing) -> bool:
     """One round of routing's periodic check: tell caseworkers about unanswered handovers, send those
-    whose consent has started. True when something was queued for the relay."""
+    whose consent has started, or is complete since a later referral. True when something was queued
+    for the relay."""
     assert hub.store is not None
     timeout = timedelta(seconds=hub.settings.handovers.answer_timeout_s)
     async with hub.store.transaction() as session:
@@ -188,7 +189,7 @@ async def periodic_check(hub: Hub, r: Routing) -> bool:
         keys = await waiting_to_start(session)
     started: list[str] = []
     failed: list[str] = []  # each youth's error, for one log line
-    for key in keys:  # consents whose first day has come
+    for key in keys:  # consents whose first day has come, or that a later referral may complete
         try:
             # a youth at a time: one whose stored referral or consent cannot be read no longer holds
             # back every other youth's handovers (the round rolled back, every minute)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import AuditEntry, write_audit
-from hub.clock import local_day
+from hub.clock import aware, local_day
 from hub.consent.custody import named_for
 from hub.consent.minimise import minimise
 from hub.consent.rules import Disclosure, HandoverView, find_covering, withdrawal_effects
@@ -300,6 +300,11 @@ async def _dispatch(
 
 
 NOT_YET_VALID = "NOG_NIET_GELDIG"  # a waiting reason (hub.consent.rules.Gap)
+INCOMPLETE = "ONVOLLEDIG"  # a waiting reason: the consent lacks a permit the referrals show is needed
+# A referral stored up to this long before its youth's waiting handover was last judged may not have
+# been seen by that judgement (its transaction still open then, or another process's clock a little
+# behind): `waiting_to_start` looks again.
+LATE_REFERRAL_S = 300.0
 
 
 async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act: Act) -> list[str]:
@@ -335,9 +340,11 @@ async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act
 async def recheck_started(
     session: AsyncSession, r: Routing, act: Act, *, youth_keys: Sequence[str] | None = None
 ) -> list[str]:
-    """Route again the waiting handovers a consent did not cover only because it had not started yet
-    (NOG_NIET_GELDIG). Recording a consent routes its youth's waiting handovers at once; the day its
-    validity starts changes nothing by itself, so the routing's periodic check looks (rule 9).
+    """Route again the waiting handovers a consent did not cover because it had not started yet
+    (NOG_NIET_GELDIG), or was incomplete when a later referral came (`waiting_to_start`). Recording a
+    consent routes its youth's waiting handovers at once; the day its validity starts, or a referral
+    showing who holds custody, changes nothing by itself, so the routing's periodic check looks (rules 8
+    and 9).
     `youth_keys`: those `waiting_to_start` found, read beforehand outside a write transaction."""
     keys = await waiting_to_start(session) if youth_keys is None else youth_keys
     await lock_youths(session, keys)  # all at once, in ascending order, before any row (hub.store.locks)
@@ -348,15 +355,40 @@ async def recheck_started(
 
 
 async def waiting_to_start(session: AsyncSession) -> list[str]:
-    """The youth keys with a handover waiting for a consent that had not started yet."""
+    """The youth keys with a handover waiting for a consent that had not started yet, or for one that
+    was incomplete (ONVOLLEDIG) when a referral of the youth came in since it was judged, give or take
+    `LATE_REFERRAL_S`: a later referral may show who holds custody, which completes the consent (rule
+    8), and only a new judgement sends the handover then. A youth whose later referral completed
+    nothing is looked at again each round until that margin has passed, as one whose consent has not
+    started is until its first day; judged the same, nothing is written."""
+    latest = (
+        select(func.max(referrals.c.received_at))
+        .where(referrals.c.youth_key == handovers.c.youth_key)
+        .scalar_subquery()
+    )
     rows = (
         await session.execute(
-            select(handovers.c.youth_key, handovers.c.waiting_reasons).where(
-                handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value
-            )
+            select(
+                handovers.c.youth_key,
+                handovers.c.waiting_reasons,
+                handovers.c.updated_at,
+                latest.label("latest_referral"),
+            ).where(handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
         )
     ).all()
-    return sorted({row.youth_key for row in rows if NOT_YET_VALID in (row.waiting_reasons or ())})
+    margin = timedelta(seconds=LATE_REFERRAL_S)
+    return sorted(
+        {
+            row.youth_key
+            for row in rows
+            if NOT_YET_VALID in (reasons := row.waiting_reasons or ())
+            or (
+                INCOMPLETE in reasons
+                and row.latest_referral is not None
+                and aware(row.latest_referral) > aware(row.updated_at) - margin
+            )
+        }
+    )
 
 
 async def apply_withdrawal(

@@ -34,6 +34,7 @@ from hub.handovers.service import (
     get_handover,
     recheck_started,
     route,
+    waiting_to_start,
 )
 from hub.handovers.tables import handovers, receiver_deliveries
 from hub.intake.tables import referrals
@@ -1315,6 +1316,72 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         [sent_entry] = await w.audit("handover.sent")
         assert (sent_entry.user, sent_entry.on_behalf_of) == (CW, "Halt Den Haag")
         assert sent_entry.objects["sent_by"] == "routing"
+
+
+async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_later_referral_completes_it(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    # Rule 8: the police listed three legal representatives (custody assumed), so two parents'
+    # permits were not enough. A later referral naming the two who hold custody completes the consent;
+    # only recording a consent routed waiting handovers again, so this one waited for ever.
+    three = [("JEUGDIGE", "Sam"), ("OUDER_MET_GEZAG", "Ouder 0"), ("OUDER_MET_GEZAG", "Ouder 1")]
+    async with world(kafka, db_url, unique) as w:
+        rid, key = await w.referral(14, custodians=3)
+        consent = await w.consent(rid, grantors=three, custodians=2)
+        assert consent["complete"] is False
+        hid = await w.handover(rid)
+        waiting = await w.routed(hid)
+        assert (waiting["status"], waiting["waiting_reasons"]) == ("WACHT_OP_TOESTEMMING", ["ONVOLLEDIG"])
+        assert w.hub.store is not None
+
+        async def last_change() -> Any:
+            assert w.hub.store is not None
+            async with w.hub.store.connect() as conn:
+                return (
+                    await conn.execute(select(handovers.c.updated_at).where(handovers.c.id == hid))
+                ).scalar()
+
+        async def later_referral(suffix: str, custodians: int) -> None:
+            """The youth's referral again, later, naming `custodians` people (custody assumed)."""
+            assert w.hub.store is not None
+            async with w.hub.store.transaction() as session:
+                row = (await session.execute(select(referrals).where(referrals.c.id == rid))).one()
+                body = json.loads(json.dumps(row.referral))
+                body["case_reference"] += suffix
+                body["youth"]["guardians"] = [{"name": f"Ouder {i}"} for i in range(custodians)]
+                values = {**row._mapping, "id": str(uuid.uuid4()), "case_reference": body["case_reference"]}
+                await session.execute(
+                    insert(referrals).values({**values, "referral": body, "received_at": datetime.now(UTC)})
+                )
+
+        # A later referral that settles nothing (three again): looked at, judged the same, nothing
+        # written and nothing sent.
+        before = await last_change()
+        await later_referral("-2", 3)
+        for _ in "ab":
+            async with w.hub.store.transaction() as session:  # routing's periodic check, as it runs
+                act = Act("test", str(uuid.uuid4()))
+                assert await recheck_started(session, routing_of(w.hub), act) == []
+        assert key in await waiting_youths(w)  # it was looked at
+        assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
+        assert await last_change() == before and not w.receiver.calls
+
+        await later_referral("-3", 2)  # the two who hold custody, both of whom permitted
+
+        async def sent() -> bool:
+            return (await w.status(hid))["status"] != "WACHT_OP_TOESTEMMING"
+
+        await wait_for(sent, timeout_s=15)
+        await wait_for(lambda: any(c["org"] == "jongerenwerk-dh" for c in w.receiver.calls), timeout_s=15)
+        [sent_entry] = await w.audit("handover.sent")
+        assert (sent_entry.user, sent_entry.objects["sent_by"]) == (CW, "routing")
+
+
+async def waiting_youths(w: World) -> list[str]:
+    """The youths routing's periodic check looks at again."""
+    assert w.hub.store is not None
+    async with w.hub.store.read() as session:
+        return await waiting_to_start(session)
 
 
 async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
