@@ -20,10 +20,10 @@ LATEST_FIRST = (referrals.c.received_at.desc(), referrals.c.id.desc())
 
 async def named_for(session: AsyncSession, youth_key: str) -> Named:
     """What the youth's referrals name together (0: none, or no referral): as many custodians as
-    the one naming most, a lower bound of the number rule 8 counts (not the latest referral's
-    alone: a BOA or leerplicht referral names one parent at most, and would lower what an earlier
-    police referral showed), and who holds custody and who not by the latest referral naming them.
-    See `hub.consent.rules.named_by`."""
+    the one naming most, or as they show with custody together if more, a lower bound of the number
+    rule 8 counts (not the latest referral's alone: a BOA or leerplicht referral names one parent at
+    most, and would lower what an earlier police referral showed), and who holds custody and who not
+    by the latest referral naming them. See `hub.consent.rules.named_by`."""
     rows = await session.execute(
         select(referrals.c.referral).where(referrals.c.youth_key == youth_key).order_by(*LATEST_FIRST)
     )

@@ -123,10 +123,13 @@ def named_custodians(referral: Referral | None) -> Named:
 
 
 def named_by(referrals: Iterable[Referral]) -> Named:
-    """What a youth's referrals, the latest first, name together: as many custodians as the one
-    naming most (a BOA or leerplicht referral names one parent at most, and would lower what an
-    earlier police referral showed), and each person's custody as the latest referral naming them
-    says (custody is given and taken away; a later referral knows the later state)."""
+    """What a youth's referrals, the latest first, name together: each person's custody as the latest
+    referral naming them says (custody is given and taken away; a later referral knows the later
+    state), and as many custodians as the one naming most or as the people they show with custody
+    together, whichever is more (up to what the law allows). Never the latest referral's count alone:
+    a BOA or leerplicht referral names one parent at most, and would lower what an earlier police
+    referral showed; and one naming the mother and a later one the father show two custodians, both
+    of whom must permit (rule 8), though neither names more than one."""
     count, custody, over = 0, dict[str, bool](), None
     for referral in referrals:
         named = named_custodians(referral)
@@ -137,9 +140,10 @@ def named_by(referrals: Iterable[Referral]) -> Named:
             custody.setdefault(name, False)
         if over is None and named.with_custody:  # the latest referral naming custodians says whether
             over = named.over  # it names too many: one naming two since settles who they are
+    with_custody = frozenset(n for n, has in custody.items() if has)
     return Named(
-        count,
-        frozenset(n for n, has in custody.items() if has),
+        max(count, min(len(with_custody), MAX_CUSTODIANS)),
+        with_custody,
         frozenset(n for n, has in custody.items() if not has),
         over or frozenset(),
     )

@@ -19,6 +19,7 @@ from hub.consent.rules import (
     find_covering,
     named_by,
     named_custodians,
+    person,
     withdrawal_effects,
 )
 from schemas.consent import (
@@ -441,15 +442,54 @@ def test_rule_8_the_latest_referral_naming_a_person_decides_their_custody(
 ) -> None:
     father_with = with_guardians(referral, Guardian(name=FATHER))
     c = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
-    # custody given to the father since: the later referral shows it
+    # custody given to the father since: the later referral shows it, and nothing says the mother's
+    # ended, so both hold it now and both must permit (this once counted one, and the father's permit
+    # alone made the consent complete)
     later = named_by([father_with, split])
-    assert later.without_custody == frozenset() and later == 1
-    assert completeness(c, named=later).complete
+    assert later.without_custody == frozenset() and later == 2
+    assert completeness(c, named=later).missing == ("OUDER_MET_GEZAG",)
+    both = c.model_copy(
+        update={"grantors": [*c.grantors, grantor(PARENT, FOURTEEN, name=MOTHER)], "custodians": 2}
+    )
+    assert completeness(both, named=later).complete
     # custody taken away since
     assert completeness(c, named=named_by([split, father_with])).no_custody == (PARENT,)
-    # the count stays the most any one referral names
-    assert named_by([with_guardians(referral, Guardian(name=MOTHER)), father_with, split]) == 1
+    # a later referral naming fewer does not lower the count: the father is still shown with custody
+    # (by `father_with`, later than `split`), and the latest names the mother: two
+    assert named_by([with_guardians(referral, Guardian(name=MOTHER)), father_with, split]) == 2
+    assert named_by([with_guardians(referral, Guardian(name=MOTHER)), split]) == 1
     assert named_by([]) == 0
+
+
+def test_rule_8_two_referrals_each_naming_another_custodian_show_two(referral: Referral) -> None:
+    """A BOA referral naming the mother and a leerplicht referral naming the father (each format carries
+    one parent at most): both hold custody, so under 16 both must permit. Counted as the most any one
+    referral names, one parent's permit made the consent complete, and a stated 1 was accepted."""
+    named = named_by(
+        [with_guardians(referral, Guardian(name=FATHER)), with_guardians(referral, Guardian(name=MOTHER))]
+    )
+    assert named == 2 and named.with_custody == {person(MOTHER), person(FATHER)}
+    only_father = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=FATHER), custodians=1)
+    assert custodians_shown(only_father, named=named) == 2  # the stated 1 is below what is shown: 422
+    result = completeness(only_father, named=named)
+    assert not result.complete and result.missing == ("OUDER_MET_GEZAG",)
+    both = consent(
+        grantor(YOUTH, FOURTEEN),
+        grantor(PARENT, FOURTEEN, name=FATHER),
+        grantor(PARENT, FOURTEEN, name=MOTHER),
+        custodians=2,
+    )
+    assert completeness(both, named=named).complete
+    # the same person twice, typed apart, is one
+    assert (
+        named_by(
+            [
+                with_guardians(referral, Guardian(name=MOTHER.upper())),
+                with_guardians(referral, Guardian(name=MOTHER)),
+            ]
+        )
+        == 1
+    )
 
 
 GOOD = consent(grantor(YOUTH, SIXTEENTH))
