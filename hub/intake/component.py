@@ -10,6 +10,7 @@ from aiokafka import ConsumerRecord
 from connectors import politie
 from hub.audit import AuditEntry
 from hub.clock import local_day
+from hub.errors import PermanentError
 from hub.intake import reject_unparseable
 from hub.intake.batcher import IntakeBatcher
 from hub.intake.config import load_intake_rules
@@ -175,6 +176,7 @@ def register_intake(hub: Hub) -> None:
         if message.source == DEFAULT_SOURCE:  # said first: it is the connector's to fix first
             raise UnnamedConnector()
         referral = Referral.model_validate(message.payload)
+        before_birth(referral)
         origin = await sources.origin(
             tx.session,
             message.source,
@@ -183,6 +185,31 @@ def register_intake(hub: Hub) -> None:
             referrer=referral.referrer.type,
         )
         await service.take_in(tx.session, referral, origin)
+
+
+class BeforeBirth(PermanentError):
+    """A canonical referral whose offence, or truancy, began before the youth was born: one of the two
+    dates is mistyped. Every partner format refuses it; stored as a refusal (a negative age), it
+    would take its case reference for good (rule 7), and the corrected referral would be answered
+    with that refusal as a repeat."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            f"{field} lies before youth.birth_date: one of the two dates is wrong. Correct it and send"
+            " the referral again under the same case_reference; nothing of this one was stored."
+        )
+
+
+def before_birth(referral: Referral) -> None:
+    """Refuse a referral whose offence or truancy began before the youth's birth date (`BeforeBirth`).
+
+    Not a check of the canonical `Referral` itself: stored referrals are read back through it, and
+    one stored before this check would no longer load."""
+    born = referral.youth.birth_date
+    if referral.offence is not None and referral.offence.committed_on < born:
+        raise BeforeBirth("offence.committed_on")
+    if referral.truancy is not None and referral.truancy.period_start < born:
+        raise BeforeBirth("truancy.period_start")
 
 
 def _besluit(result: IntakeResult, transaction_id: str) -> Envelope:

@@ -4,7 +4,7 @@ a connector that does not name itself is refused. On the real broker and both st
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from connectors import boa, leerplicht, politie, preventief
 from hub.embedded import EmbeddedKafka
 from hub.intake import load_intake_rules
 from hub.intake.claims import SourceRefused, set_kafka_source
+from hub.intake.component import BeforeBirth, before_birth
 from hub.intake.service import POLITIE_REFERRER, IntakeService, Origin
 from hub.intake.sources import KafkaSources, UnnamedConnector, earlier_keys, partner_key
 from hub.intake.tables import referrals
@@ -26,7 +27,14 @@ from schemas.envelope import Envelope
 from schemas.referral import Referral
 from tests.conftest import TEST_SECRET, make_settings
 from tests.helpers.kafka import headers_of, produce, read_topic
-from tests.integration.test_intake_http import DATA, Api, csv_bytes, csv_row, intake_api, politie_variant
+from tests.integration.test_intake_http import (
+    DATA,
+    Api,
+    csv_bytes,
+    csv_row,
+    intake_api,
+    politie_variant,
+)
 
 pytestmark = pytest.mark.integration
 CONNECTOR = "wijkteam-escamp-connector"
@@ -252,6 +260,43 @@ async def test_a_referral_whose_envelope_names_no_connector_is_dead_lettered(
         [answer] = await decided(api, kafka, expect=1)  # the named one only
         assert answer["decision"]["case_reference"] == "WT-B"
         assert [r.referrer_key for r in await stored(api)] == ["kafka:jongerenwerk-connector"]
+
+
+async def test_a_canonical_referral_whose_offence_lies_before_the_birth_date_is_dead_lettered_not_refused(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Every partner format refuses a birth date after the offence; through a connector it was decided
+    as a refusal (the youth "-3 years" old) and stored, which took its case reference for good: the
+    corrected referral was answered with that refusal as a repeat. It is dead-lettered, nothing
+    stored, and the corrected one is decided afresh."""
+    async with intake_api(make_settings(kafka, db_url, unique), kafka_intake=True) as api:
+        topic = api.hub.topic("referral.received.v1")
+        good = preventief.parse(wijkteam("WT-BORN"))
+        born = good.youth.birth_date
+        typo = good.model_copy(
+            update={"youth": good.youth.model_copy(update={"birth_date": born.replace(year=born.year + 20)})}
+        )
+        await produce(kafka.bootstrap, topic, [on_kafka(typo)])
+        [dead] = await read_topic(kafka.bootstrap, api.hub.topic("referral.received.dlq.v1"), expect=1)
+        headers = headers_of(dead)
+        assert headers[DLQ_EXC_CLASS].endswith("BeforeBirth")
+        assert "offence.committed_on lies before youth.birth_date" in headers[DLQ_EXC_MESSAGE]
+        assert "nothing of this one was stored" in headers[DLQ_EXC_MESSAGE]
+        assert await stored(api) == []
+        await produce(kafka.bootstrap, topic, [on_kafka(good)])  # corrected, same case reference
+        [answer] = await decided(api, kafka, expect=1)
+        assert answer["decision"]["case_reference"] == "WT-BORN" and answer["duplicate"] is False
+        assert [r.outcome for r in await stored(api)] == [answer["decision"]["outcome"]]
+
+
+def test_a_truancy_that_began_before_the_birth_date_is_refused_too() -> None:
+    truancy = leerplicht.parse_batch(csv_bytes([csv_row(1)]))[0].referral
+    assert truancy is not None and truancy.truancy is not None
+    before_birth(truancy)  # as sent: no refusal
+    born = truancy.truancy.period_start + timedelta(days=1)
+    typo = truancy.model_copy(update={"youth": truancy.youth.model_copy(update={"birth_date": born})})
+    with pytest.raises(BeforeBirth, match=r"^truancy\.period_start lies before youth\.birth_date"):
+        before_birth(typo)
 
 
 async def test_the_intake_reads_the_claims_once_per_lifetime_not_per_record(store: Store) -> None:
