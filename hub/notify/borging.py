@@ -2,8 +2,10 @@
 
 Per caseworker in one transaction: every active signal gets the delegate as contact (the
 Verwijsindex hears of it through the connector: `request_contact_change` queues the command),
-the move is audited, and the delegate gets one summary mail (signal and match ids only). Running
-it again finds nothing left to move: the daily check is idempotent. A borging that cannot be done
+the move is audited, and the delegate gets one summary mail (signal and match ids only, the first
+of them when there are many). It is queued also when nobody reads the delegate's mail now: the mail
+connector dead-letters it, and its dead letter is replayed once they are back. Running it again finds
+nothing left to move: the daily check is idempotent. A borging that cannot be done
 (no delegate, or it failed) is one open problem per caseworker for an administrator, refreshed each
 round it is found again, in every hub process, rather than one more row each time.
 
@@ -168,12 +170,7 @@ async def borg(
         assert signal.signal_id is not None
         await request_contact_change(session, hub, signal.signal_id, delegate, tx_id, user=user, day=day)
         result.signal_ids.append(signal.signal_id)
-    q = (
-        select(matches.c.match_id)
-        .where(matches.c.signal_id.in_(result.signal_ids))
-        .order_by(matches.c.match_id)
-    )
-    result.match_ids = list((await session.execute(q)).scalars())
+    result.match_ids = await _matches_of(session, result.signal_ids)
     entry = AuditEntry(
         action="borging.moved",
         user=user,
@@ -192,12 +189,25 @@ async def borg(
         "signal_ids": result.signal_ids,
         "match_ids": result.match_ids,
     }
+    # The mail exists nowhere else, and the next round finds nothing left to move: when nobody reads
+    # the delegate's mail now (away a few days, without a reachable delegate of their own), it is queued
+    # all the same, dead-lettered when sent and replayed once they are back, rather than lost.
     await notify_caseworker(
         session, hub, delegate.caseworker_id, "borging", context, tx_id,
-        case_reference=f"borging-{caseworker_id}", user=user, day=day,
+        case_reference=f"borging-{caseworker_id}", user=user, day=day, queue_unreachable=True,
     )  # fmt: skip
     log.info("borging done", caseworker_id=caseworker_id, to=delegate.caseworker_id, signals=len(moving))
     return result
+
+
+async def _matches_of(session: AsyncSession, signal_ids: list[str]) -> list[str]:
+    """The ids of the matches on `signal_ids`, sorted; asked 500 signals at a time, as a caseworker may
+    hold more than a statement takes parameters."""
+    found: list[str] = []
+    for start in range(0, len(signal_ids), 500):
+        q = select(matches.c.match_id).where(matches.c.signal_id.in_(signal_ids[start : start + 500]))
+        found += (await session.execute(q)).scalars()
+    return sorted(found)
 
 
 async def check_borging(hub: Any, *, day: date | None = None) -> list[BorgingResult]:

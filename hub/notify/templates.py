@@ -151,9 +151,26 @@ def match_mail(ctx: Mapping[str, Any]) -> Rendered:
     )
 
 
+# The borging mail names at most this many signals, and as many matches: a caseworker who held
+# hundreds would make a mail past what MailNotification takes, and the borging would fail each round.
+BORGING_LISTED = 100
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _listed(ids: list[str], label: str, rest: str) -> list[str]:
+    """The lines for the first `BORGING_LISTED` of `ids`, and one saying how many more there are."""
+    lines = [f"- {label} {i}" for i in ids[:BORGING_LISTED]]
+    if len(ids) > BORGING_LISTED:
+        lines.append(f"- en nog {len(ids) - BORGING_LISTED} {rest}")
+    return lines
+
+
 def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
     """Borging summary for the delegate (keys: from_name, reason, signal_ids, match_ids,
-    on_behalf_of_name)."""
+    on_behalf_of_name): the counts, and the first `BORGING_LISTED` signal and match ids."""
     signals_ = [str(s) for s in ctx.get("signal_ids", [])]
     matches_ = [str(m) for m in ctx.get("match_ids", [])]
     why = str(ctx.get("reason", "afwezigheid"))
@@ -161,14 +178,29 @@ def borging_mail(ctx: Mapping[str, Any]) -> Rendered:
         f"Omdat {ctx['from_name']} {why}, zijn de lopende signalen in de Verwijsindex aan u "
         "overgedragen (borging). U bent nu de contactpersoon; de Verwijsindex is bijgewerkt."
     )
-    lines = [f"- signaal {s}" for s in signals_] + [f"- open match {m}" for m in matches_]
-    text = GREETING + "\n".join([*_behalf(ctx), intro, "", "Overgenomen:", *lines, "", "ketenhub"])
-    html = _page("Signalen aan u overgedragen", [*_behalf(ctx), intro, "Overgenomen:"]).replace(
-        "</body>", "<ul>" + "".join(f"<li>{escape(x[2:])}</li>" for x in lines) + "</ul></body>"
+    taken = (
+        f"Overgenomen: {_count(len(signals_), 'signaal', 'signalen')}, "
+        f"{_count(len(matches_), 'open match', 'open matches')}:"
     )
-    return Rendered(
-        f"Borging: {len(signals_)} signaal/signalen overgenomen", text, html, not_bsn=(*signals_, *matches_)
+    lines = _listed(signals_, "signaal", "signalen") + _listed(matches_, "open match", "open matches")
+    overview = None  # where to find the rest, when some are left out
+    if max(len(signals_), len(matches_)) > BORGING_LISTED:
+        overview = (
+            f"Deze mail noemt hooguit {BORGING_LISTED} signalen en {BORGING_LISTED} open matches. Alle "
+            "signalen waarvan u nu de contactpersoon bent, met hun matches, ziet u in het overzicht van "
+            "signalen in Aurah."
+        )
+    body = [*_behalf(ctx), intro, "", taken, *lines]
+    if overview is not None:
+        body += ["", overview]
+    text = GREETING + "\n".join([*body, "", "ketenhub"])
+    items = "".join(f"<li>{escape(x[2:])}</li>" for x in lines)
+    after = f"<p>{escape(overview)}</p>" if overview is not None else ""
+    html = _page("Signalen aan u overgedragen", [*_behalf(ctx), intro, taken]).replace(
+        "</body>", f"<ul>{items}</ul>{after}</body>"
     )
+    shown = (*signals_[:BORGING_LISTED], *matches_[:BORGING_LISTED])
+    return Rendered(f"Borging: {len(signals_)} signaal/signalen overgenomen", text, html, not_bsn=shown)
 
 
 def notice_mail(ctx: Mapping[str, Any]) -> Rendered:

@@ -452,3 +452,170 @@ async def test_a_borging_without_delegate_is_one_problem_however_many_rounds_and
             assert [p["kind"] for p in listed] == [NO_DELEGATE, "mail_niet_bezorgd"], listed
         finally:
             await hub.stop()
+
+
+async def test_the_borging_mail_to_a_delegate_away_without_a_delegate_waits_for_them_and_reaches_them(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """Omar, away for three days without a delegate of his own, takes Ilse's signals over (rule 17).
+    The mail telling him so was not queued: a problem only an administrator could close, and the next
+    round finds nothing to move, so nothing ever sent it. Now it is queued all the same, dead-lettered
+    while nobody reads his mail, and his dead letter, replayed once he is back, reaches him."""
+    from connectors.mail.problems import SENT
+    from hub.notify.service import NO_RECIPIENT
+    from hub.topics import NOTIFICATION_MAIL
+    from schemas.envelope import Envelope
+    from tests.helpers.kafka import read_topic
+    from tests.integration.test_mail_delivery import start_mail_hub
+    from tests.integration.test_mail_findings import replay_dead_letter
+
+    ilse_away = ILSE.model_copy(
+        update={"absences": [Absence(start=today() - timedelta(days=20), end=today() + timedelta(days=30))]}
+    )
+    omar_away = OMAR.model_copy(
+        update={"absences": [Absence(start=today(), end=today() + timedelta(days=2))]}
+    )
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            assert hub.store is not None
+            await add_caseworkers(hub, ILSE, OMAR)
+            signal_id, match_id = await signal_with_match(hub, "cw-ilse", youth(153_456_700))
+            await wait_for(lambda: len(sink.memory) == 1)  # the match mail, to Ilse
+            await add_caseworkers(hub, ilse_away, omar_away)
+
+            [done] = [r for r in await check_borging(hub) if r.caseworker_id == "cw-ilse"]
+            assert (done.delegate_id, done.signal_ids) == ("cw-omar", [signal_id])
+            dead = await read_topic(kafka.bootstrap, hub.topic(NOTIFICATION_MAIL.dlq), expect=1, timeout_s=30)
+            assert len(dead) == 1, "the borging mail was not queued, so it never reached the DLQ"
+            payload = Envelope.from_bytes(dead[0].value).payload
+            assert (payload["template"], payload["for_caseworker_id"]) == ("borging", "cw-omar")
+            assert signal_id in payload["body_text"] and match_id in payload["body_text"]
+
+            async def problems() -> list[Any]:
+                async with hub.store.connect() as conn:  # type: ignore[union-attr]
+                    return list((await conn.execute(select(mail_problems))).all())
+
+            # one problem, of the mail itself (by its notification id, as the replay resolves it)
+            shown = await wait_for(problems)
+            assert [(p.kind, p.caseworker_id, p.reference) for p in shown] == [
+                (NO_RECIPIENT, "cw-omar", payload["notification_id"])
+            ]
+
+            await add_caseworkers(hub, OMAR)  # back
+            again = [r for r in await check_borging(hub) if r.caseworker_id == "cw-ilse"]
+            assert all(not r.signal_ids for r in again)  # nothing left to move: the dead letter is the mail
+            await replay_dead_letter(kafka, hub, dead[0])
+
+            def summary() -> list[Any]:
+                return [m for m in sink.memory if "Borging" in (m.subject or "")]
+
+            [mail] = await wait_for(summary, timeout_s=30)
+            assert mail.rcpt_to == ["omar@halt.nl"]
+            text, _html = bodies(parse(mail.raw))
+            assert signal_id in text and "Ilse Bakker" in text
+
+            async def resolved() -> list[Any]:
+                return [p for p in await problems() if p.resolved_at is not None]
+
+            [closed] = await wait_for(resolved)
+            assert (closed.reference, closed.resolved_how, closed.resolution) == (
+                payload["notification_id"],
+                "hub",
+                SENT,
+            )
+        finally:
+            await hub.stop()
+
+
+async def _signals_with_matches(hub: Hub, owner: str, count: int, matches_each: int) -> list[str]:
+    """`count` active signals of `owner`, each with `matches_each` matches, as the feed records them
+    (nobody mailed about those matches here); their ids, in the order they were stored."""
+    import uuid
+
+    from sqlalchemy import insert
+
+    from hub.signals import store_signal
+    from hub.signals.tables import matches
+    from schemas.caseworker import ContactDetails
+    from schemas.envelope import utcnow
+    from schemas.pseudonym import youth_key
+    from schemas.signal import VerwijsindexSignal
+    from tests.conftest import TEST_SECRET
+    from tests.integration.test_notify_match import KEES
+
+    assert hub.store is not None
+    contact = ContactDetails(name="Ilse Bakker", organisation="Halt Den Haag", email="ilse@halt.nl")
+    ids = []
+    async with hub.store.transaction() as session:
+        for i in range(count):
+            young, signal_id = youth(100_000_000 + i * 1000), str(uuid.uuid4())
+            signal = VerwijsindexSignal(
+                signal_id=signal_id, youth=young, organisation="Halt Den Haag", caseworker=contact,
+                caseworker_id=owner, created=today(), end_date=today() + timedelta(days=365),
+                youth_informed_at=today(), parent_letter_sent_at=today(),
+            )  # fmt: skip
+            await store_signal(
+                session, hub, signal, youth_key=youth_key(TEST_SECRET, young.bsn), user=owner,
+                transaction_id=str(uuid.uuid4()),
+            )  # fmt: skip
+            ids.append(signal_id)
+        rows = [
+            {"match_id": f"m-{uuid.uuid4()}", "signal_id": signal_id, "type": "CLIENTMATCH",
+             "counterparts": [KEES.model_dump(mode="json")], "received_at": utcnow()}
+            for signal_id in ids
+            for _ in range(matches_each)
+        ]  # fmt: skip
+        await session.execute(insert(matches), rows)
+    return ids
+
+
+async def test_the_borging_of_a_thousand_signals_moves_them_all_and_mails_the_first_hundred(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The borging mail listed every signal and match: past some 340 signals with two matches each it
+    outgrew what a mail may hold, the borging rolled back, and every round failed the same way, the
+    signals staying with a caseworker who had left. Now it names the first hundred of each, with the
+    counts, and where the rest are seen; the audit entry still names them all."""
+    from tests.integration.test_mail_delivery import start_mail_hub
+
+    gone = ILSE.model_copy(update={"active": False})
+    async with smtp_sink() as sink:
+        hub = await start_mail_hub(
+            kafka, db_url, unique, sink, notify={"borging_after_days": 14, "borging_interval_s": 3600}
+        )
+        try:
+            await add_caseworkers(hub, ILSE, OMAR)
+            moving = await _signals_with_matches(hub, "cw-ilse", 1000, 2)
+            await add_caseworkers(hub, gone)
+
+            [done] = [r for r in await check_borging(hub) if r.caseworker_id == "cw-ilse"]
+            assert done.problem is None, done.problem
+            assert (done.delegate_id, len(done.signal_ids), len(done.match_ids)) == ("cw-omar", 1000, 2000)
+            owners = {v.split(":")[0] for v in (await _contacts(hub)).values()}
+            assert owners == {"cw-omar"}
+            [moved] = await _audited(hub, "borging.moved")
+            assert len(moved.objects["signal_ids"]) == 1000 and len(moved.objects["match_ids"]) == 2000
+
+            def summary() -> list[Any]:
+                return [m for m in sink.memory if "Borging" in (m.subject or "")]
+
+            [mail] = await wait_for(summary, timeout_s=30)
+            assert mail.rcpt_to == ["omar@halt.nl"] and "1000" in mail.subject
+            text, html = bodies(parse(mail.raw))
+            assert len(text) < 25_000 and len(html) < 50_000
+            assert "Overgenomen: 1000 signalen, 2000 open matches:" in text
+            assert "- en nog 900 signalen" in text and "- en nog 1900 open matches" in text
+            assert "overzicht van signalen in Aurah" in text and "overzicht van signalen in Aurah" in html
+            assert {s for s in moving if s in text} == set(done.signal_ids[:100])
+            assert sum(m in text for m in done.match_ids) == 100
+            assert "Vermeulen" not in text and "Noah" not in text  # the youths' names stay out
+
+            again = await check_borging(hub)  # nothing left to move, and no second mail
+            assert all(not r.signal_ids and not r.problem for r in again)
+            await asyncio.sleep(0.5)
+            assert len(summary()) == 1
+        finally:
+            await hub.stop()

@@ -122,3 +122,42 @@ def test_a_counterparts_e_mail_address_built_on_nine_digits_does_not_trip_the_bs
     # the address is exempt where it stands, not its digits elsewhere in the mail
     with pytest.raises(ValidationError, match="looks like a BSN"):
         _mail(f"{email} en jongere 612345683", list(rendered.not_bsn))
+
+
+@pytest.mark.parametrize(("signal_count", "match_count"), [(340, 680), (5_000, 20_000)])
+def test_the_borging_mail_of_any_size_stays_a_mail_the_hub_can_queue(
+    signal_count: int, match_count: int
+) -> None:
+    """It listed every signal and match id: past some 340 signals with two matches each the text
+    outgrew MailNotification, and the borging, in the same transaction, failed every round. Ids as
+    long as the index allows, and ones the HTML part escapes, keep it well within the limits."""
+    signal_ids = [f"s{i:05d}&" + "x" * 93 for i in range(signal_count)]  # 100 characters, a Code's most
+    match_ids = [f"m{i:05d}&" + "y" * 93 for i in range(match_count)]
+    ctx = {
+        "from_name": "Ë" * 200,
+        "reason": "uit dienst is",
+        "signal_ids": signal_ids,
+        "match_ids": match_ids,
+    }
+    rendered = render("borging", ctx)
+    text, html = with_behalf("borging", rendered.text, rendered.html, "Ë" * 200)
+    mail = MailNotification(
+        recipient_caseworker_id="cw-1", for_caseworker_id="cw-2", template="borging",
+        subject=rendered.subject, body_text=text, body_html=html, case_reference="borging-cw-2",
+        not_bsn=list(rendered.not_bsn),
+    )  # fmt: skip
+    assert len(mail.body_text) < 30_000 and len(mail.body_html or "") < 150_000
+    assert f"Overgenomen: {signal_count} signalen, {match_count} open matches:" in mail.body_text
+    assert f"- en nog {signal_count - 100} signalen" in mail.body_text
+    assert f"- en nog {match_count - 100} open matches" in mail.body_text
+    assert [s for s in signal_ids if s in mail.body_text] == signal_ids[:100]
+    assert [m for m in match_ids if m in mail.body_text] == match_ids[:100]
+    assert "overzicht van signalen in Aurah" in mail.body_text
+
+
+def test_a_borging_mail_of_a_few_signals_lists_them_all_without_a_pointer_elsewhere() -> None:
+    rendered = render("borging", {**BORGING, "signal_ids": ["s-1", "s-2"], "match_ids": ["m-1"]})
+    assert "Overgenomen: 2 signalen, 1 open match:\n- signaal s-1\n- signaal s-2\n- open match m-1\n" in (
+        rendered.text
+    )
+    assert "en nog" not in rendered.text and "Aurah" not in rendered.text
