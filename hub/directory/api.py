@@ -19,6 +19,7 @@ from hub.api.problems import InvalidParam, Problem
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import CaseworkerId
 from hub.directory.importer import ImportFileError, ImportStopped, import_csv
+from hub.directory.mailbox import ALLOWED, email_problem
 from hub.directory.service import (
     CaseworkerNotFound,
     get_caseworker,
@@ -107,6 +108,20 @@ def _check_phone(cw: Caseworker) -> None:
             "This caseworker may signal, so the Verwijsindex gets their phone number as a signal's "
             "contact; it cannot take this one. Enter it with 6 to 20 digits (a leading + allowed).",
             params=[InvalidParam(name="phone", reason=problem)],
+        )  # fmt: skip
+
+
+def _check_email(cw: Caseworker) -> None:
+    """Every mail for the caseworker goes to this address (and theirs, for whom they stand in): the
+    hub must be able to send to it, or each would be dead-lettered later, far from this mistake."""
+    problem = email_problem(cw.email)
+    if problem is not None:
+        raise Problem(
+            422, "E-mail address the hub cannot send to",
+            "The hub cannot send mail to this address (it sends without SMTPUTF8), so every mail for this "
+            "caseworker would be dead-lettered; the reason says why. Enter the address as the mail "
+            "system knows it, without a letter with an accent or diaeresis before the @.",
+            params=[InvalidParam(name="email", reason=problem, allowed=ALLOWED)],
         )  # fmt: skip
 
 
@@ -278,6 +293,7 @@ async def put(
     hub = _hub(request)
     assert hub.store is not None
     _check_phone(cw)
+    _check_email(cw)
     async with hub.store.transaction() as session:
         await _check_delegate(session, cw)
         created = await upsert_caseworker(session, cw)  # one statement decides: 201 for one request only

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import AuditEntry, write_audit
 from hub.directory.ids import id_problem
 from hub.directory.importer_csv import ImportFileError, Row, read_rows
+from hub.directory.mailbox import email_problem
 from hub.directory.service import create_caseworker, lock_caseworker, replace_caseworker
 from hub.directory.tables import caseworkers
 from hub.errors import connect_failed
@@ -163,6 +164,9 @@ def to_caseworker(row: dict[str, str], existing: Caseworker | None) -> Caseworke
     problem = phone_problem(cw.phone) if cw.meldingsbevoegd else None
     if problem is not None:
         raise ValueError(f"Telefoon: {problem}")
+    # Every mail for the caseworker goes there: the hub must be able to send to it.
+    if (problem := email_problem(cw.email)) is not None:
+        raise ValueError(f"E-mail: {problem}")
     return cw
 
 

@@ -445,6 +445,43 @@ async def test_a_store_outage_stops_the_import_with_a_503_saying_where(
         assert [await _audits(hub, "directory.imported", c) for c in ("cw-1", "cw-2", "cw-3")] == [1, 1, 1]
 
 
+async def test_an_address_the_hub_cannot_send_to_is_refused_naming_the_field(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """zoë.jansen@halt.nl was taken (201), and the mail connector, which sends without SMTPUTF8, then
+    dead-lettered every mail for her, also those she read as someone's delegate. A domain outside
+    ASCII is sent in its IDNA form: that address is taken as before."""
+    async with directory_app(kafka, db_url, unique) as (hub, admin, viewer):
+        zoe = {**person("Zoë Jansen"), "email": "zoë.jansen@halt.nl"}
+        refused = await admin.put(f"{BASE}/cw-zoe", json=zoe)
+        assert refused.status_code == 422, refused.text
+        [param] = refused.json()["invalidParams"]
+        assert param["name"] == "email" and "ASCII" in param["reason"] and "voor de @" in param["reason"]
+        assert "SMTPUTF8" in refused.json()["detail"]
+        assert "zoë" not in refused.text  # the address is not echoed
+        assert (await viewer.get(f"{BASE}/cw-zoe")).status_code == 404  # nothing stored
+        assert not await _audits(hub, "directory.caseworker_saved", "cw-zoe")
+
+        assert (
+            await admin.put(f"{BASE}/cw-zoe", json={**zoe, "email": "zoe.jansen@halt.nl"})
+        ).status_code == 201
+        idna = {**zoe, "email": "zoe.jansen@bücher.nl"}  # the connector converts the domain
+        assert (await admin.put(f"{BASE}/cw-zoe", json=idna)).status_code == 200
+
+        rows = (
+            "Medewerkernummer;Naam;E-mail;Team\n"
+            "cw-zoe;Zoë Jansen;zoë.jansen@halt.nl;Den Haag\n"
+            "cw-jose;José Smit;jose@halt.nl;Den Haag\n"
+        )
+        r = await admin.post(f"{BASE}/import", content=rows.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        report = {row["row"]: row for row in r.json()["rows"]}
+        assert report[2]["result"] == "FOUT" and [e["field"] for e in report[2]["errors"]] == ["E-mail"]
+        assert "ASCII" in report[2]["errors"][0]["reason"]
+        assert report[3]["result"] == "AANGEMAAKT"
+        assert (await viewer.get(f"{BASE}/cw-zoe")).json()["email"] == "zoe.jansen@bücher.nl"  # kept
+
+
 async def test_a_caseworker_who_may_signal_needs_a_phone_the_verwijsindex_takes(
     kafka: EmbeddedKafka, db_url: str, unique: str
 ) -> None:

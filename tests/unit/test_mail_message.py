@@ -20,7 +20,9 @@ from connectors.mail.message import (
     header_transaction_id,
     message_id_for,
 )
+from hub.directory.mailbox import email_problem
 from hub.errors import PermanentError
+from schemas._base import EMAIL_PATTERN
 from schemas.bsn import contains_bsn
 from schemas.notification import MailNotification
 
@@ -105,6 +107,34 @@ def test_long_names_fold_within_the_limits_and_odd_addresses_are_handled() -> No
     )
     with pytest.raises(PermanentError, match="SMTPUTF8"):
         build_message(mail, to_addr="jürgen@halt.nl", to_name="J", sender="ketenhub@halt.nl", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "zoe.jansen@halt.nl",
+        "x@bücher.de",  # sent in its IDNA form
+        "o'brien+halt@münchen.de",
+        "zoë.jansen@halt.nl",  # SMTPUTF8 would be needed
+        "jürgen@halt.nl",
+        "ana@ü..nl",  # an empty label: no IDNA form
+        f"ana@{'ü' * 64}.nl",  # a label too long
+    ],
+)
+def test_the_directory_takes_an_address_exactly_when_the_mail_connector_can_send_to_it(address: str) -> None:
+    """The directory took addresses the connector refuses when sending, so that every mail for that
+    caseworker was dead-lettered; it checks what the connector checks, no more."""
+    assert re.fullmatch(EMAIL_PATTERN, address)  # an `Email`, as the directory's model takes it
+    mail = MailNotification(
+        recipient_caseworker_id="cw-x", template="match", subject="Match", body_text="x", case_reference="s"
+    )
+    try:
+        build_message(mail, to_addr=address, to_name="Zoë", sender="ketenhub@halt.nl", now=NOW)
+    except (PermanentError, UnicodeError):
+        sendable = False
+    else:
+        sendable = True
+    assert (email_problem(address) is None) == sendable
 
 
 # What a MailNotification takes: no lone surrogate, nothing that looks like a BSN, a subject of at
