@@ -45,7 +45,7 @@ from hub.notify.tables import mail_problems, mail_sent, mail_sink
 from hub.ops.auth import Operator, requires
 from hub.ops.console import console_of
 from hub.ops.dlq import DeadLetters
-from hub.ops.inzage_search import dead_letters_about, fetch_all, messages_about, plain
+from hub.ops.inzage_search import Audited, dead_letters_about, fetch_all, messages_about, plain
 from hub.ops.lag import BrokersUnavailable
 from hub.retry.tables import parked
 from hub.signals.tables import matches, signals
@@ -98,11 +98,13 @@ def _named(audit: Iterable[Any]) -> dict[str, set[str]]:
     return named
 
 
-def _parked_ids(audit: Iterable[Any]) -> set[int]:
-    """The parked outbox rows an operator released or discarded under the youth key: emptied then,
-    they keep who did it and why."""
+def _parked_ids(audit: Iterable[Any]) -> dict[int, Audited]:
+    """The parked outbox rows an operator released or discarded under the youth key, by id, as the
+    audit entry describes them: emptied then, they keep who did it and why."""
     return {
-        row.objects["parked_id"]
+        row.objects["parked_id"]: Audited(
+            row.objects.get("outbox_id"), row.objects.get("topic"), row.objects.get("message_id")
+        )
         for row in audit
         if row.action in ("outbox.released", "outbox.discarded")
         and isinstance(row.objects, dict)

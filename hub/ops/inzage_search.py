@@ -24,7 +24,8 @@ import base64
 import json
 import re
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -36,10 +37,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.clock import aware
 from hub.ops.dlq import DeadLetters, legacy_applies
 from hub.ops.dlq_records import DeadLetter, Filter, bsn_in_key_or_payload, bsn_values, parse_id, read_at
+from hub.ops.parked import audited_message_id
 from hub.ops.tables import dlq_actions
 from hub.spine.dlq import KEY_PSEUDONYM
 
 PAYLOADS_AT_ONCE = 500  # dead letters read with their payloads per round
+
+
+@dataclass(frozen=True)
+class Audited:
+    """A parked outbox row as the audit entry of its release or discard describes it."""
+
+    outbox_id: Any
+    topic: Any
+    message_id: Any
+
+    def describes(self, row: Any) -> bool:
+        """Whether `row` is still the row this entry was written for: released or discarded, from the
+        same outbox row, topic and message. The entry is kept for years and the row a month; SQLite
+        hands the id of a deleted row out again, to another youth's message even."""
+        return row.resolved is not None and (row.outbox_id, row.topic, audited_message_id(row)) == (
+            self.outbox_id,
+            self.topic,
+            self.message_id,
+        )
 
 
 def plain(value: Any) -> Any:
@@ -201,11 +222,13 @@ async def messages_about(
     key: str,
     incomplete: list[str],
     own: Collection[str] = (),
-    ids: Collection[int] = (),
+    ids: Mapping[int, Audited] | None = None,
     refs: Collection[str] = (),
 ) -> list[Any]:
-    """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids`;
-    `own` are the youth's ids (referrals, consents, handovers, signals), looked for as `_whose` says."""
+    """The rows of the outbox (or of its parked rows) that are the youth's, and those with `ids` that
+    are still the rows the audit describes (`Audited.describes`); `own` are the youth's ids
+    (referrals, consents, handovers, signals), looked for as `_whose` says."""
+    ids = ids or {}
     c = table.c
     keys = sorted({key, bsn, _digits(bsn), *refs})
     needles = [key.encode(), _digits(bsn).encode(), *_written_out(bsn), *_looked_for(own)]
@@ -221,7 +244,7 @@ async def messages_about(
         value = bytes(row.value)
         whose = (
             True
-            if row.id in ids
+            if row.id in ids and ids[row.id].describes(row)
             else _whose(row.key, value, bsn=bsn, key=key, traces=traces, refs=refs, own=own)
         )
         if whose is True:

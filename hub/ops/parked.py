@@ -57,7 +57,9 @@ async def parked_rows(store: Store) -> list[ParkedRow]:
             )
         ).all()
     return [
-        ParkedRow(r.id, r.topic, _message_id(r), r.size, aware(r.created_at), aware(r.parked_at), r.reason)
+        ParkedRow(
+            r.id, r.topic, audited_message_id(r), r.size, aware(r.created_at), aware(r.parked_at), r.reason
+        )
         for r in rows
     ]
 
@@ -66,7 +68,7 @@ def _dead_letter(row: Any) -> bool:
     return ".dlq." in row.topic  # (hub.ops.health.is_dlq)
 
 
-def _message_id(row: Any) -> str | None:
+def audited_message_id(row: Any) -> str | None:
     """A row's message id for an operator and the audit log: a dead letter's is its sender's own
     header (a name, even), masked as the console masks it."""
     message_id: str | None = row.message_id
@@ -165,7 +167,7 @@ async def _audit(session: Any, action: str, row: Any, operator: str, reason: str
                 "parked_id": row.id,
                 "outbox_id": row.outbox_id,
                 "topic": row.topic,
-                "message_id": _message_id(row),
+                "message_id": audited_message_id(row),
                 "size": row.size,
                 # An operator's free text, and the audit log is kept for years and never blanked
                 # (rule 18): a name typed into it would stay there. As for a dead letter's discard,

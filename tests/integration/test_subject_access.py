@@ -6,6 +6,7 @@ import asyncio
 import json
 import stat
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -431,6 +432,56 @@ async def test_outbox_rows_pending_or_parked_are_the_youths_by_what_they_name_no
         query = select(audit_log.c.objects).where(audit_log.c.action == "subject_access.exported")
         [objects] = (await conn.execute(query)).scalars().all()
     assert objects["complete"] is False and objects["counts"]["outbox_parked"] == len(mine)
+
+
+async def test_a_parked_row_named_by_an_old_audit_entry_is_the_youths_only_while_it_is_that_row(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A released or discarded parked row is the youth's by the id its audit entry names (it was
+    emptied). The entry is kept for years, the row 30 days; SQLite hands a deleted row's id out again,
+    and the youth's export then held another youth's whole message, BSN and all."""
+    import hub.spine.outbox as outbox_module
+    from hub.ops.inzage import export
+    from hub.ops.parked import discard
+    from hub.spine.outbox import Relay
+    from hub.store.tables import outbox_parked
+    from schemas.envelope import utcnow
+    from schemas.pseudonym import youth_key as pseudonym
+    from tests.conftest import TEST_SECRET
+
+    bsn, other = "111222333", "123456782"
+
+    async def park(youth: str, message_id: str, **given: Any) -> int:
+        value = json.dumps({"payload": {"youth": {"bsn": youth}, "summary": "x" * 2000}}).encode()
+        row = {"topic": "t.handover.dispatch.v1", "key": pseudonym(TEST_SECRET, youth), "value": value}
+        row |= {"headers": {}, "message_id": message_id, "created_at": utcnow(), "parked_at": utcnow()}
+        async with store.transaction() as session:
+            done = await session.execute(
+                insert(outbox_parked)
+                .values(**row, **given, outbox_id=7, size=len(value), reason="too big")
+                .returning(outbox_parked.c.id)
+            )
+            return int(done.scalar_one())
+
+    mine = await park(bsn, "mine")
+    await discard(store, mine, "otto", "te groot, opnieuw aangevraagd")  # audited under the youth's key
+    first = await export(store, bsn=bsn, secret=TEST_SECRET, by="petra", dead_letters=None)
+    assert [r["message_id"] for r in first["outbox_parked"]] == ["mine"]
+    later = utcnow() + timedelta(days=31)
+    monkeypatch.setattr(outbox_module, "utcnow", lambda: later)
+    await Relay(store, producer=None).purge_sent()  # past its term: gone
+    monkeypatch.undo()
+    # Another youth's message parked under the same id (given here; SQLite gives it by itself), from
+    # the same outbox id, and discarded too: still not the row the first youth's entry describes.
+    theirs = await park(other, "theirs", id=mine)
+    await discard(store, theirs, "otto", "ook te groot")
+
+    doc = await export(store, bsn=bsn, secret=TEST_SECRET, by="petra", dead_letters=None)
+    assert doc["outbox_parked"] == []
+    text = json.dumps(doc)
+    assert other not in text and pseudonym(TEST_SECRET, other) not in text
+    their_doc = await export(store, bsn=other, secret=TEST_SECRET, by="petra", dead_letters=None)
+    assert [r["message_id"] for r in their_doc["outbox_parked"]] == ["theirs"]
 
 
 async def _rows_of(hub: Any, table: Any) -> list[Any]:
