@@ -12,7 +12,9 @@ Three terms, in `KETENHUB_RETENTION__*`:
   was withdrawn (rule 15: wrongly registered, or the risk gone, it has no use left) once the dead
   letters of its earlier commands are past the DLQ topic's term (30 days), once its last
   command was delivered or its dead letter passed the DLQ topic's term (30 days: nothing can replay
-  it); a signal whose command still waits, or can still be replayed, stays in sight;
+  it), or it was lost on its way (published and never taken in before the signal topic's retention
+  ended, and nothing of the youth queued or parked since, 30 days on); a signal whose command still
+  waits, or can still be replayed, stays in sight;
 - audit entries go after `audit_days`, at least five years (rule 18; the database refuses earlier).
 
 A case written to while it is purged: the purge holds the youth's case lock (hub.store.locks) from
@@ -50,11 +52,13 @@ from hub.logging import get_logger
 from hub.notify.tables import mail_problems
 from hub.ops.tables import dlq_actions
 from hub.retention.config import RetentionSettings
+from hub.retry.tables import parked
 from hub.signals.tables import matches, signals
 from hub.spine.outbox import PARKED_TERM
 from hub.store import Store
 from hub.store.locks import try_lock_youths
-from hub.store.tables import audit_log
+from hub.store.tables import audit_log, outbox
+from hub.topics import VERWIJSINDEX_GROUP
 from schemas.envelope import utcnow
 from schemas.signal import SignalStatus
 
@@ -63,6 +67,7 @@ SYSTEM = "ketenhub-retention"
 CHUNK = 200  # youths or signals purged a transaction
 WITHDRAWN = (SignalStatus.INGETROKKEN_ONTERECHT.value, SignalStatus.BEEINDIGD_RISICO_WEG.value)  # rule 15
 SETTLED = ("delivered", "withheld")  # a signal's last command reached the Verwijsindex, or needed not
+ON_ITS_WAY = ("queued", "retrying")  # a signal's last command not yet delivered, withheld or dead-lettered
 AUDIT_CHUNK = 5_000  # audit entries deleted a transaction (SQLite's one writer is not held long)
 
 
@@ -189,9 +194,12 @@ async def _ended_signals(
     the DLQ's term then, and no replay finds the signal gone), their last command delivered, or
     dead-lettered before `letters_gone`; of `among` only, when given (looked at again in the purging
     transaction)."""
-    settled = signals.c.delivery_state.in_(SETTLED) | (
+    settled = (
+        signals.c.delivery_state.in_(SETTLED)
         # its letter is gone with the DLQ topic's term: nothing can replay the command any more
-        (signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone)
+        | ((signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone))
+        # its command lost on the way, its fate never to be recorded (`_lost`)
+        | (signals.c.delivery_state.in_(ON_ITS_WAY) & (signals.c.updated_at < letters_gone) & _lost())
     )
     withdrawn = (
         signals.c.status.in_(WITHDRAWN)
@@ -204,6 +212,21 @@ async def _ended_signals(
         query = query.where(signals.c.signal_id.in_(among))
     rows = await session.execute(query.order_by(signals.c.signal_id))
     return [(r.signal_id, r.youth_key) for r in rows]
+
+
+def _lost() -> ColumnElement[bool]:
+    """Whether nothing of a signal's youth is on its way any more: no outbox row keyed by the youth
+    (queued; or published, and kept while the connector has not taken it in, the signal topic's
+    retention at most: `Relay.watched`), and nothing parked on the Verwijsindex connector's retry
+    ladder for the youth (taken in, its outcome to come). A signal still `queued` or `retrying` then,
+    long after its last change, had its command lost: published and never taken in before the
+    topic's retention ended (the connector down that long, or a broker that lost what it held).
+    Nothing will record its fate, and without this it kept its BSN, and its youth's whole case, for
+    ever. Any of the youth's rows counts, whatever its topic or command: it may keep a signal a
+    little longer, never purge one whose command can still go."""
+    queued = exists().where(outbox.c.key == signals.c.youth_key)
+    waiting = exists().where(parked.c.ladder == VERWIJSINDEX_GROUP, parked.c.key == signals.c.youth_key)
+    return ~queued & ~waiting
 
 
 def _chunks(items: list[str]) -> list[list[str]]:

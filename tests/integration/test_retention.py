@@ -19,12 +19,14 @@ from hub.intake.tables import referrals
 from hub.notify.tables import mail_problems
 from hub.retention.config import RetentionSettings
 from hub.retention.purge import purge
+from hub.retry.tables import parked
 from hub.signals.commands import register_command
 from hub.signals.delivery import on_dead
 from hub.signals.tables import matches, signals
 from hub.store import Store
 from hub.store.locks import lock_youths
-from hub.store.tables import audit_log
+from hub.store.tables import audit_log, outbox
+from hub.topics import VERWIJSINDEX_GROUP
 from schemas.caseworker import ContactDetails
 from schemas.envelope import utcnow
 from schemas.signal import SignalYouth, VerwijsindexSignal
@@ -256,6 +258,52 @@ async def test_a_dead_lettered_signal_goes_once_its_letter_is_gone_and_a_recent_
     assert await _count(store, handovers, youth_key=busy) == 1
 
 
+async def test_a_signal_whose_command_was_lost_on_its_way_goes_once_nothing_of_its_youth_can_still_go(
+    store: Store,
+) -> None:
+    """A command published and never taken in before the signal topic's retention ended (the
+    connector down that long, a broker that lost what it held) leaves its signal `queued` or
+    `retrying`: nothing records its fate. Such a signal kept its BSN and name, and its youth's whole
+    case, for ever. It goes once nothing of the youth is queued, published and waiting, or parked."""
+    youths = {  # name: (youth key, BSN, delivery state, days since its last change)
+        "lost": ("a" * 64, "111222333", "queued", 40),
+        "lost_retrying": ("b" * 64, "123456782", "retrying", 40),
+        "lately": ("c" * 64, "507529170", "queued", 3),  # within the DLQ topic's term: may still go
+        "published": ("d" * 64, "628194821", "queued", 40),
+        "parked": ("e" * 64, "732061452", "retrying", 40),
+    }
+    for key, bsn, state, days in youths.values():
+        await _case(store, key, bsn, received=ago(6 * YEARS))
+        await _signal(store, key, bsn, ended=NOW.date() - timedelta(days=60), state=state)
+        async with store.transaction() as session:
+            await session.execute(
+                update(signals).where(signals.c.youth_key == key).values(updated_at=ago(days))
+            )
+    async with store.transaction() as session:
+        # published, not yet taken in: the relay keeps the row (the topic's retention at most)
+        await session.execute(
+            insert(outbox).values(
+                topic="verwijsindex.signal.v1", key=youths["published"][0], value=b"{}", headers={},
+                message_id="m-1", created_at=ago(40), sent_at=ago(2),
+            )
+        )  # fmt: skip
+        # taken in, waiting on the connector's retry ladder for its next attempt
+        await session.execute(
+            insert(parked).values(
+                ladder=VERWIJSINDEX_GROUP, key=youths["parked"][0], message_id="m-2", value=b"{}",
+                headers={}, attempt=3, due_at=NOW + timedelta(hours=1),
+            )
+        )  # fmt: skip
+
+    done = await purge(store, RetentionSettings(), now=NOW)
+
+    left = {name for name, (key, *_) in youths.items() if await _count(store, signals, youth_key=key)}
+    assert left == {"lately", "published", "parked"}
+    assert (done.signals, done.youths) == (2, 2)
+    for name in ("lost", "lost_retrying"):  # their cases went with them
+        assert await _count(store, referrals, youth_key=youths[name][0]) == 0
+
+
 async def test_a_withdrawn_signal_goes_after_the_day_it_was_withdrawn_not_its_end_date(store: Store) -> None:
     """Rule 15: a signal withdrawn as wrongly registered, or because the risk is gone, kept the youth's
     BSN, name and birth date, and its matches' counterparts, until the end date it was registered
@@ -279,6 +327,13 @@ async def test_a_withdrawn_signal_goes_after_the_day_it_was_withdrawn_not_its_en
             await session.execute(
                 update(signals).where(signals.c.youth_key == key).values(status=status, updated_at=at)
             )
+        # the withdrawal that waits: parked on the connector's retry ladder for its next attempt
+        await session.execute(
+            insert(parked).values(
+                ladder=VERWIJSINDEX_GROUP, key=waiting, message_id="m-w", value=b"{}", headers={},
+                attempt=2, due_at=NOW + timedelta(hours=1),
+            )
+        )  # fmt: skip
 
     done = await purge(store, RetentionSettings(), now=NOW)
 
