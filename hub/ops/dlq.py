@@ -217,7 +217,9 @@ class DeadLetters:
         return out
 
     async def find(self, flt: Filter = OPEN) -> list[DeadLetter]:
-        """Dead letters matching `flt`, oldest first; without their payloads (see `get`)."""
+        """Dead letters matching `flt`, oldest first; without their payloads (see `get`). A key with a
+        BSN in it finds the letters filed under its pseudonym too (`Filter.with_pseudonym`)."""
+        flt = flt.with_pseudonym(self.secret)
         letters = await read_records(self.options, self.dlq_topics)
         statuses = await self._statuses(letters)
         for d in letters:

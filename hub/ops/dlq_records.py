@@ -18,7 +18,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from hub.spine.dlq import (
     DLQ_LAST_FAILURE,
     DLQ_TOPIC,
     KEY_PSEUDONYM,
+    key_without_bsn,
     safe_error_message,
 )
 from hub.spine.headers import is_usable_id, text_headers
@@ -140,7 +141,9 @@ class Filter:
     """Which dead letters: by DLQ or original topic, error class (substring), time range, key, status.
 
     A key matches a youth key only, unless `raw_keys`: any other key is personal data (a BSN even),
-    to be searched for only by an operator who may see it unmasked.
+    to be searched for only by an operator who may see it unmasked. A key with a BSN in it matches its
+    pseudonym too, once known (`with_pseudonym`): the spine files the letter of a record so keyed
+    under that, not under the key as sent.
     """
 
     topic: str | None = None
@@ -150,6 +153,7 @@ class Filter:
     key: str | None = None
     status: str | None = "open"
     raw_keys: bool = False
+    key_pseudonym: str | None = None
 
     def __post_init__(self) -> None:
         # A time without an offset is the operator's own: Dutch local time (as hub.clock reads one).
@@ -159,6 +163,20 @@ class Filter:
             if moment is not None and moment.tzinfo is None:
                 object.__setattr__(self, name, moment.replace(tzinfo=LOCAL))
 
+    def with_pseudonym(self, secret: str | None) -> Filter:
+        """This filter, its key matching also the key the spine files a letter under when its record
+        was keyed by this one (`key_without_bsn` under the hub's `secret`): a search by a BSN finds the
+        letters filed under its youth key, and still those written before, under the BSN itself."""
+        if self.key is None or not secret:
+            return self
+        pseudonym, mark = key_without_bsn(self.key, secret)
+        return self if mark is None else replace(self, key_pseudonym=pseudonym)
+
+    def _key_matches(self, key: str | None) -> bool:
+        if key is None or key not in (self.key, self.key_pseudonym):
+            return False
+        return self.raw_keys or is_youth_key(key)
+
     def matches(self, d: DeadLetter) -> bool:
         """True when `d` passes every given criterion."""
         return (
@@ -166,7 +184,7 @@ class Filter:
             and (self.error_class is None or self.error_class in d.headers.get(DLQ_EXC_CLASS, ""))
             and (self.since is None or d.failed_at >= self.since)
             and (self.until is None or d.failed_at <= self.until)
-            and (self.key is None or (d.key == self.key and (self.raw_keys or is_youth_key(d.key))))
+            and (self.key is None or self._key_matches(d.key))
             and (self.status is None or d.status == self.status)
         )
 

@@ -407,6 +407,56 @@ async def test_a_dead_letter_key_is_shown_and_searched_only_when_it_is_a_youth_k
         ]
 
 
+@pytest.mark.timeout(240)  # its own deadlines add up to 90 s
+async def test_a_search_and_a_replay_by_a_bsn_find_the_letters_filed_under_its_pseudonym(
+    kafka: EmbeddedKafka, db_url: str, unique: str
+) -> None:
+    """The spine files the letter of a record keyed by a BSN under that BSN's youth key: a privacy
+    officer's search by the BSN, as its sender keyed it, found none (audited as finding none), and a
+    replay by it replayed none. A letter written before, still under the BSN itself, is found too."""
+    bsn, other, cure = "111222333", "123456782", Cure()
+    async with ops_hub(make_settings(kafka, db_url, unique), poisonable_echo(cure)) as (hub, client):
+        assert hub.store is not None
+        filed = [Envelope(type="T", payload={"n": n, "poison": True}) for n in (0, 2)]
+        records = [
+            (key.encode(), e.to_bytes(), e.headers()) for key, e in zip((bsn, other), filed, strict=True)
+        ]
+        await produce(kafka.bootstrap, hub.topic(IN.name), records)
+        kept = Envelope(type="T", payload={"n": 1})
+        where = [(DLQ_TOPIC, hub.topic(IN.name).encode())]
+        await produce(
+            kafka.bootstrap, hub.topic(IN.dlq), [(bsn.encode(), kept.to_bytes(), [*kept.headers(), *where])]
+        )
+        await wait_for(lambda: _is(_depth(client, hub), 3), timeout_s=30)
+        keys = {d["id"]: d["key"] for d in (await client.get("/ops/api/dlq")).json()["items"]}
+        assert sorted(keys.values()) == sorted(
+            [pseudonym(TEST_SECRET, bsn), pseudonym(TEST_SECRET, other), MASK]
+        )
+
+        await add_operator(hub.store, "pia", PASSWORD, "privacy_officer")
+        privacy = await _logged_in(client, "pia")
+        found = await privacy.post("/ops/api/dlq/search", json={"key": bsn})
+        assert found.status_code == 200 and bsn not in found.text
+        assert found.json()["total"] == 2
+        ids = {d["id"] for d in found.json()["items"]}
+        assert {keys[i] for i in ids} == {pseudonym(TEST_SECRET, bsn), MASK}
+        async with hub.store.connect() as conn:
+            query = select(audit_log.c.objects, audit_log.c.youth_key)
+            [(objects, youth)] = (
+                await conn.execute(query.where(audit_log.c.action == "dlq.searched_by_key"))
+            ).all()
+        assert objects["found"] == 2 and set(objects["dead_letters"]) == ids
+        assert youth == pseudonym(TEST_SECRET, bsn) and bsn not in str(objects)
+
+        cure.fixed = True
+        job = (await privacy.post("/ops/api/dlq/replay", json={"key": bsn})).json()
+        assert job["total"] == 2 and job["filter"] == "open dead letters with key=(not kept)"
+        await wait_for(lambda: _job_done(privacy, job["id"]), timeout_s=30)
+        out = await read_topic(kafka.bootstrap, hub.topic(OUT.name), expect=2, settle_s=0.3)
+        assert sorted(Envelope.from_bytes(r.value).payload["n"] for r in out) == [0, 1]
+        await wait_for(lambda: _is(_depth(client, hub), 1), timeout_s=30)  # the other youth's stays
+
+
 @pytest.mark.timeout(240)  # its own deadlines add up to 30 s
 async def test_the_masked_view_shows_no_personal_data_in_headers_nesting_free_text_or_non_json(
     kafka: EmbeddedKafka, db_url: str, unique: str

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.ops.dlq_records import DeadLetter
+from hub.ops.dlq_records import DeadLetter, Filter
 from hub.ops.inzage_search import _sender_key, _whose
 from hub.spine.dlq import KEY_PSEUDONYM, key_without_bsn
 from schemas.bsn import is_valid_bsn
@@ -82,3 +82,18 @@ def test_the_export_weighs_a_pseudonymised_key_as_the_key_it_replaced() -> None:
     # the hub's own youth key, unmarked, is the youth's as before
     own = _letter(youth_key(SECRET, YOUTH), no_bsn, None)
     assert _sender_key(own) == youth_key(SECRET, YOUTH)
+
+
+def test_a_filter_by_a_key_with_a_bsn_in_it_matches_the_letters_filed_under_its_pseudonym() -> None:
+    """The spine files a letter of a record keyed by a BSN under the BSN's pseudonym: a filter by the
+    key as sent matches that one, and still one written before, under the BSN itself."""
+    filed, kept = _letter(youth_key(SECRET, YOUTH), b"", "bsn"), _letter(YOUTH, b"", None)
+    others = [_letter(youth_key(SECRET, PARENT), b"", "bsn"), _letter(None, b"", None)]
+    by_bsn = Filter(key=YOUTH, raw_keys=True)
+    assert [by_bsn.matches(d) for d in (filed, kept, *others)] == [False, True, False, False]
+    widened = by_bsn.with_pseudonym(SECRET)
+    assert [widened.matches(d) for d in (filed, kept, *others)] == [True, True, False, False]
+    assert by_bsn.with_pseudonym(None) == by_bsn  # without the secret, the pseudonym is unknown
+    by_youth_key = Filter(key=youth_key(SECRET, YOUTH))
+    assert by_youth_key.with_pseudonym(SECRET) == by_youth_key
+    assert Filter(key="PL1500-20250312-01", raw_keys=True).with_pseudonym(SECRET).key_pseudonym is None
