@@ -48,7 +48,7 @@ from schemas._base import CanonicalModel, Code, ShortText
 from schemas.caseworker import Caseworker, ContactDetails
 from schemas.match import Match
 from schemas.pseudonym import youth_key as make_key
-from schemas.signal import SignalStatus, SignalYouth, VerwijsindexSignal, WithdrawalReason
+from schemas.signal import NewSignalYouth, SignalStatus, VerwijsindexSignal, WithdrawalReason
 
 router = APIRouter(prefix="/api/v1/signalen", tags=["signalen"])
 SYSTEM = "ketenhub-api"
@@ -57,7 +57,7 @@ SYSTEM = "ketenhub-api"
 class SignalIn(CanonicalModel):
     """A new signal: only the rule-11 whitelist of the youth, plus the rule 12 and 14 facts."""
 
-    youth: SignalYouth
+    youth: NewSignalYouth
     created: date | None = Field(default=None, description="default: today")
     end_date: date | None = Field(default=None, description="default: created + 1 year (config), rule 12")
     youth_informed_at: date | None = None
@@ -99,10 +99,12 @@ class SignalOut(CanonicalModel):
     delivery: Delivery
 
     @classmethod
-    def of(cls, row: Any) -> SignalOut:
-        """From the stored row."""
+    def of(cls, row: Any, day: date) -> SignalOut:
+        """From the stored row, as on `day` (the hub's today): an active signal past its end date is
+        VERLOPEN, as every rule reads it (`ended_status`), though nothing writes that to the row."""
         return cls(
-            **{k: getattr(row, k) for k in cls.model_fields if k not in ("delivery", "contact")},
+            **{k: getattr(row, k) for k in cls.model_fields if k not in ("delivery", "contact", "status")},
+            status=ended_status(row.status, row.end_date, day) or row.status,
             contact=ContactDetails.model_validate(row.contact),
             delivery=Delivery(
                 state=row.delivery_state,
@@ -246,7 +248,7 @@ async def register_signal(
         return await _audited_read(session, request, signal_id, cw, "signal.read")
 
     if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
-        return SignalOut.of(earlier)
+        return SignalOut.of(earlier, hub.today())
     if not cw.meldingsbevoegd:
         raise Problem(
             403, "Niet meldingsbevoegd", "Alleen meldingsbevoegde medewerkers registreren signalen."
@@ -301,10 +303,10 @@ async def register_signal(
         # On PostgreSQL a request beside this one with the same key may have made it, committed while
         # this one waited for the youth's lock: that is this request's answer, not a refusal.
         if (earlier := await replay_earlier(hub.store, claim, response, replay)) is not None:
-            return SignalOut.of(earlier)
+            return SignalOut.of(earlier, today)
         raise await _refuse_second_signal(hub, request, cw, key, exc.signal_id) from None
     hub.relay.wake()
-    return SignalOut.of(row)
+    return SignalOut.of(row, today)
 
 
 async def _own_row(hub: Hub, session: Any, signal_id: str, cw: Caseworker) -> Any:
@@ -353,7 +355,8 @@ async def _audited_read(
 @router.get("/{signal_id}", response_model=SignalOut)
 async def read_signal(signal_id: str, request: Request, cw: CurrentCaseworker) -> SignalOut:
     """A signal with its delivery status (audited read)."""
-    return SignalOut.of(await _read(request, signal_id, cw, "signal.read"))
+    row = await _read(request, signal_id, cw, "signal.read")
+    return SignalOut.of(row, _hub(request).today())
 
 
 @router.post("/{signal_id}/intrekking", response_model=SignalOut)
@@ -384,7 +387,7 @@ async def withdraw_signal(
             ) from None
         row = await signal_row(session, signal_id)
     hub.relay.wake()
-    return SignalOut.of(row)
+    return SignalOut.of(row, hub.today())
 
 
 @router.patch("/{signal_id}/contactpersoon", response_model=SignalOut)
@@ -425,7 +428,7 @@ async def change_contact(
             ) from None
         row = await signal_row(session, signal_id)
     hub.relay.wake()
-    return SignalOut.of(row)
+    return SignalOut.of(row, hub.today())
 
 
 class MatchOut(Match):

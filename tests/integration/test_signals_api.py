@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from connectors.verwijsindex.contract import add_years
+from connectors.verwijsindex.contract import Organisatie, add_years
+from connectors.verwijsindex.mapping import registratie_van
 from hub.app import create_app
 from hub.clock import local_day
 from hub.directory import upsert_caseworker
@@ -28,6 +29,7 @@ from schemas.bsn import is_valid_bsn
 from schemas.caseworker import Absence, Caseworker
 from schemas.envelope import Envelope, utcnow
 from schemas.pseudonym import youth_key
+from schemas.signal import VerwijsindexSignal
 from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, make_settings, require_pg
 from tests.helpers.kafka import read_topic
 from tests.helpers.proxy import CuttableProxy
@@ -193,6 +195,29 @@ async def test_dates_are_counted_in_the_dutch_calendar_day(api: tuple[Hub, httpx
     early = informed | {"youth_informed_at": "2026-01-02"}
     too_soon = await client.post(URL, json=body(date(2011, 5, 5), **early), headers=ILSE)
     assert too_soon.status_code == 422 and too_soon.json()["invalidParams"][0]["name"] == "youth_informed_at"
+
+
+async def test_a_municipality_longer_than_the_verwijsindex_takes_is_refused_on_its_field(
+    api: tuple[Hub, httpx.AsyncClient],
+) -> None:
+    """The index and the signals table take a municipality of 100 characters: one of 101-200 was
+    answered 500 on PostgreSQL, and on SQLite kept (201) and its registration dead-lettered."""
+    hub, client = api
+    youths = other_bsns()
+    fits, too_long = body(add_years(T, -15), bsn=next(youths)), body(add_years(T, -15), bsn=next(youths))
+    fits["youth"]["municipality"] = "Gemeente " + "x" * 91
+    too_long["youth"]["municipality"] = "Gemeente " + "y" * 92
+    refused = await client.post(URL, json=too_long, headers=ILSE)
+    assert refused.status_code == 400, refused.text
+    assert [p["name"] for p in refused.json()["invalidParams"]] == ["youth.municipality"]
+    assert "y" * 92 not in refused.text and await _signal_count(hub) == 0
+    made = await client.post(URL, json=fits, headers=ILSE)
+    assert made.status_code == 201, made.text
+    assert made.json()["municipality"] == fits["youth"]["municipality"]
+    [command] = await read_topic(hub.bootstrap, hub.topic(VERWIJSINDEX_SIGNAL.name), expect=1, settle_s=0.3)
+    signal = VerwijsindexSignal.model_validate(Envelope.from_bytes(command.value).payload)
+    sent = registratie_van(signal, Organisatie(code="halt-den-haag", naam=signal.organisation))
+    assert sent.jeugdige.gemeente == fits["youth"]["municipality"]  # the index takes it
 
 
 async def test_whoever_reads_the_contacts_mail_down_a_chain_of_delegates_may_open_the_signal(
@@ -558,6 +583,35 @@ async def test_an_end_date_already_past_is_refused_though_the_signal_is_backdate
         sent = body(add_years(T, -15), bsn=next(youths), **backdated)
         made = await client.post(URL, json=sent | {"end_date": end.isoformat()}, headers=ILSE)
         assert made.status_code == 201 and made.json()["status"] == "ACTIEF", made.text
+
+
+async def test_a_signal_past_its_end_date_reads_as_verlopen(api: tuple[Hub, httpx.AsyncClient]) -> None:
+    """Nothing writes VERLOPEN to a signal's row: past its end date it was read back as ACTIEF, and
+    the caseworker who then withdrew it got 409 "verlopen". A withdrawn one keeps its own status."""
+    hub, client = api
+    youths, end = other_bsns(), (T + timedelta(days=1)).isoformat()
+    running = await client.post(URL, json=body(add_years(T, -15), end_date=end), headers=ILSE)
+    withdrawn = await client.post(
+        URL, json=body(add_years(T, -15), bsn=next(youths), end_date=end), headers=ILSE
+    )
+    assert (running.status_code, withdrawn.status_code) == (201, 201), withdrawn.text
+    sid, other = running.json()["signal_id"], withdrawn.json()["signal_id"]
+    hub.clock = lambda: NOW + timedelta(days=1)  # its end date: it runs to the end of that day
+    on_its_end_date = await client.get(f"{URL}/{sid}", headers=ILSE)
+    assert on_its_end_date.json()["status"] == "ACTIEF"
+    done = await client.post(f"{URL}/{other}/intrekking", json={"reason": "RISICO_WEG"}, headers=ILSE)
+    assert done.status_code == 200 and done.json()["status"] == "BEEINDIGD_RISICO_WEG"
+
+    hub.clock = lambda: NOW + timedelta(days=2)  # the day after its end date
+    read = await client.get(f"{URL}/{sid}", headers=ILSE)
+    assert read.status_code == 200 and read.json()["status"] == "VERLOPEN"
+    assert (await client.get(f"{URL}/{other}", headers=ILSE)).json()["status"] == "BEEINDIGD_RISICO_WEG"
+    late = await client.post(f"{URL}/{sid}/intrekking", json={"reason": "RISICO_WEG"}, headers=ILSE)
+    assert late.status_code == 409
+    assert hub.store is not None
+    async with hub.store.connect() as conn:
+        stored = (await conn.execute(select(signals.c.status).where(signals.c.signal_id == sid))).scalar()
+    assert stored == "ACTIEF"  # the row is left as it was: the status is read from the end date
 
 
 async def test_a_second_active_signal_on_the_same_youth_is_refused_naming_the_first(
