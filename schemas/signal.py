@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas._base import CanonicalModel, Code, Name, ShortText
 from schemas.bsn import Bsn
@@ -38,6 +39,20 @@ class SignalYouth(CanonicalModel):
     birth_date: date
     gender: Gender = Gender.ONBEKEND
     municipality: Name
+
+
+# The Verwijsindex takes a municipality of at most 100 characters (its contract's `gemeente`), and the
+# signals table holds as much: a longer one was refused by PostgreSQL (500), or kept by SQLite and its
+# registration dead-lettered. Checked on a new signal (`NewSignalYouth`), not on `SignalYouth`, through
+# which stored signals are read back: one stored before this check still loads.
+MUNICIPALITY_MAX = 100
+Municipality = Annotated[Name, StringConstraints(max_length=MUNICIPALITY_MAX)]
+
+
+class NewSignalYouth(SignalYouth):
+    """The youth of a signal being registered: `SignalYouth`, within what the Verwijsindex takes."""
+
+    municipality: Municipality
 
 
 class VerwijsindexSignal(CanonicalModel):

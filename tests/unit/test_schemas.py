@@ -27,6 +27,7 @@ from schemas import (
     SignalStatus,
     VerwijsindexSignal,
 )
+from schemas.signal import MUNICIPALITY_MAX, NewSignalYouth, SignalYouth
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -236,6 +237,18 @@ def test_consent_handover_signal_and_match_validate() -> None:
         counterparts=[{"name": "L. Hoekstra", "organisation": "Wijkteam Escamp", "phone": "070-1234567"}],
     )
     assert match.counterparts[0].organisation == "Wijkteam Escamp"
+
+
+def test_a_new_signals_municipality_fits_the_verwijsindex_and_a_stored_one_still_loads() -> None:
+    """The index takes a municipality of at most 100 characters (after stripping, as sent); a signal
+    stored before that was checked is read back through `SignalYouth` all the same."""
+    youth = {"bsn": "111222333", "given_names": "Noah", "surname": "Berg", "birth_date": "2010-05-14"}
+    fits = NewSignalYouth.model_validate(youth | {"municipality": f"  {'x' * MUNICIPALITY_MAX}  "})
+    assert fits.municipality == "x" * MUNICIPALITY_MAX
+    with pytest.raises(ValidationError) as refused:
+        NewSignalYouth.model_validate(youth | {"municipality": "x" * (MUNICIPALITY_MAX + 1)})
+    assert [e["loc"] for e in refused.value.errors()] == [("municipality",)]
+    assert SignalYouth.model_validate(youth | {"municipality": "x" * 150}).municipality == "x" * 150
 
 
 def test_partner_format_error_lists_fields_not_values() -> None:
