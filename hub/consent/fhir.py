@@ -11,6 +11,7 @@ the way out only, is the hub's rule 8 verdict: complete or not, and what is miss
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub.consent.rules import Completeness, explain
@@ -68,6 +69,19 @@ def _completeness_extension(check: Completeness) -> dict[str, Any]:
     return {"url": EXT_COMPLETENESS, "extension": parts}
 
 
+FHIR_OFFSET_MAX = timedelta(hours=14)  # FHIR's dateTime takes offsets from -14:00 to +14:00
+
+
+def fhir_moment(moment: datetime) -> str:
+    """A moment as FHIR's dateTime: with the offset it was given in, or in UTC when that offset is
+    past what FHIR takes (an answer time is accepted with any offset; +14:30 made the export invalid
+    FHIR, which the hub then refused to read back)."""
+    offset = moment.utcoffset()
+    if offset is not None and abs(offset) > FHIR_OFFSET_MAX:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()
+
+
 def to_fhir(
     consent: Consent, *, youth_key: str, include_bsn: bool = False, check: Completeness | None = None
 ) -> dict[str, Any]:
@@ -107,7 +121,7 @@ def to_fhir(
                 ],
                 "verified": True,
                 "verifiedWith": ref,
-                "verificationDate": g.given_at.isoformat(),
+                "verificationDate": fhir_moment(g.given_at),
             }
         )
     resource: dict[str, Any] = {
@@ -126,7 +140,7 @@ def to_fhir(
         },
         "category": [{"coding": [_coding("http://loinc.org", "59284-0")]}],
         "patient": {"reference": "#youth", "identifier": {"system": NS_YOUTH_KEY, "value": youth_key}},
-        "dateTime": max(g.given_at for g in consent.grantors).isoformat(),
+        "dateTime": fhir_moment(max(g.given_at for g in consent.grantors)),
         "performer": performers,
         "policyRule": {"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "OPTIN")]},
         "verification": verification,

@@ -60,6 +60,10 @@ def validate_fhir(resource: dict[str, Any]) -> None:
     except ValidationError as exc:
         problems = dict.fromkeys(_validation_problem(e) for e in exc.errors())  # in order, once each
         raise FhirConsentError(list(problems)[:20]) from None
+    except (KeyError, TypeError):  # the library's own, for a contained resource of no type it knows
+        raise FhirConsentError(
+            ["contained: each resource must be a Patient or a RelatedPerson, by its resourceType"]
+        ) from None
 
 
 def _validation_problem(error: Any) -> str:
@@ -325,15 +329,22 @@ def _grantor(v: dict[str, Any], i: int, contained: dict[str, Any]) -> Grantor:
     if not isinstance(names[0], dict) or not names[0].get("text"):
         raise FhirConsentError([f"{where}: its RelatedPerson needs name[0].text (rule 8)"])
     codings = [c for rel in person.get("relationship", []) for c in rel.get("coding", [])]
+    permission = _enum(
+        Permission,
+        _ext(v, EXT_ANSWER) or ("PERMIT" if v.get("verified") else "DENY"),
+        f"{where}.extension.grantor-answer",
+    )
+    if permission is Permission.PERMIT and v.get("verified") is not True:
+        # FHIR's own element says the answer was not verified with this person: no permit to count
+        raise _refused(
+            f"{where}.verified",
+            "een toestemming telt alleen als die bij deze persoon is nagegaan (verified: true)",
+        )
     try:
         return Grantor(
             role=_enum(GrantorRole, _code(codings, CS_ROLE), f"{where}.verifiedWith.relationship"),
             name=names[0]["text"],
-            permission=_enum(
-                Permission,
-                _ext(v, EXT_ANSWER) or ("PERMIT" if v.get("verified") else "DENY"),
-                f"{where}.extension.grantor-answer",
-            ),
+            permission=permission,
             given_at=_given_at(v, i),
             method=_enum(
                 ConsentMethod,

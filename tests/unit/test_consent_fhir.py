@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -423,3 +423,47 @@ def test_a_resource_the_hub_cannot_map_is_refused_by_path_never_echoing_the_text
         from_fhir(resource, resolve_bsn={KEY: BSN}.get)
     assert [p.split(":")[0] for p in info.value.problems] == [path], info.value.problems
     assert not any(part in str(info.value.problems) for part in ("Jan", "Vries", "123456782"))
+
+
+@pytest.mark.parametrize("kind", ["Foo", 7, None, ["Patient"]])
+def test_a_contained_resource_of_no_known_type_is_refused_not_a_crash(kind: object) -> None:
+    """The FHIR library raises KeyError or TypeError for such a resource, which was answered 500."""
+    resource = to_fhir(sample(), youth_key=KEY)
+    resource["contained"].append({"resourceType": kind, "id": "x"})
+    with pytest.raises(FhirConsentError) as refused:
+        validate_fhir(resource)
+    assert refused.value.problems == [
+        "contained: each resource must be a Patient or a RelatedPerson, by its resourceType"
+    ]
+
+
+def test_an_answer_time_with_an_offset_fhir_does_not_take_is_exported_in_utc_and_reads_back() -> None:
+    """A time at +14:30 was accepted and exported as given: invalid FHIR, which the hub then refused
+    to read back."""
+    far = datetime(2025, 3, 1, 23, 0, tzinfo=timezone(timedelta(hours=14, minutes=30)))
+    grantors = [g.model_copy(update={"given_at": far}) for g in sample().grantors]
+    consent = sample().model_copy(update={"grantors": grantors})
+    resource = to_fhir(consent, youth_key=KEY)
+    FhirConsent.model_validate(resource)
+    assert resource["verification"][0]["verificationDate"] == "2025-03-01T08:30:00+00:00"
+    assert resource["dateTime"] == "2025-03-01T08:30:00+00:00"
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == consent  # the same moments
+    # an offset FHIR takes is kept as given
+    assert (
+        to_fhir(sample(), youth_key=KEY)["verification"][0]["verificationDate"] == "2025-03-01T10:30:00+00:00"
+    )
+
+
+def test_a_permit_fhir_says_was_not_verified_is_refused_by_path() -> None:
+    """`verified: false` beside the hub's PERMIT extension counted as a permit (rule 8): a parent's
+    answer nobody checked with them let a handover go."""
+    resource = to_fhir(sample(), youth_key=KEY)
+    resource["verification"][1]["verified"] = False
+    with pytest.raises(FhirConsentError) as refused:
+        from_fhir(resource, resolve_bsn={KEY: BSN}.get)
+    [problem] = refused.value.problems
+    assert problem.startswith("verification.1.verified: ")
+    # a deny that was not verified is still a deny: it lets nothing go
+    resource = to_fhir(sample(), youth_key=KEY)
+    resource["verification"][2]["verified"] = False
+    assert from_fhir(resource, resolve_bsn={KEY: BSN}.get) == sample()
