@@ -91,8 +91,9 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "ketenhub_lag_probe_up",
             "1 when this scrape's lag figures were measured; 0 when the brokers could not be asked "
-            "(refused, no answer in time, credentials refused); the lag, offset, DLQ, retry and "
-            "verdict families are then left out rather than shown stale",
+            "(refused, no answer in time, credentials refused) or the store could not be read (then "
+            "the outbox's families are left out too, and ketenhub_ready says so); the lag, offset, "
+            "DLQ, retry and verdict families are then left out rather than shown stale",
             value=int(self.lag_measured),
         )
         if self.outbox is not None:

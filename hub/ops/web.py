@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from hub.api.problems import PROBLEM_JSON, HubStarting, Problem
+from hub.errors import connect_failed
 from hub.logging import get_logger
 from hub.ops import auth
 from hub.ops.console import console_of
@@ -24,7 +25,9 @@ from hub.ops.lag import BrokersUnavailable
 from hub.ops.prometheus import render
 from hub.ops.throttle import login_throttle
 from hub.runtime import Hub
-from hub.spine.outbox import outbox_state
+from hub.spine.dlq import safe_error_message
+from hub.spine.outbox import OutboxState, outbox_state
+from hub.store import Store, store_failed
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 _FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -59,15 +62,40 @@ async def metrics(request: Request) -> Response:
     # health check asks /healthz), and held what the last call saw
     looked = asyncio.ensure_future(hub.readiness())
     health: Health | None = None
+    outbox: OutboxState | None = None
     try:
         health = await monitor.health()
+        outbox = health.outbox
     except BrokersUnavailable as exc:
         log.warning("lag not measured for /metrics", error=str(exc))
+        outbox = await _outbox_unless_down(monitor.store)
+    except Exception as exc:
+        # The store down: the figures read from it (dead letters' actions, parked retries, the
+        # outbox) cannot be had, but the scrape must not fail as a whole, or Prometheus would read the
+        # hub as down and lose ketenhub_ready{dependency="store"} 0, which says what is.
+        if not _store_down(exc):
+            raise
+        log.warning("lag and outbox not read for /metrics: the store failed", error=safe_error_message(exc))
     finally:
         await looked
-    outbox = health.outbox if health is not None else await outbox_state(monitor.store)
     body = render(health, outbox, hub.metrics)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _store_down(exc: BaseException) -> bool:
+    """Whether `exc` says the store could not be reached or failed (not a mistake of the hub's)."""
+    return store_failed(exc) or connect_failed(exc)
+
+
+async def _outbox_unless_down(store: Store) -> OutboxState | None:
+    """The outbox's state, or None when the store is down too."""
+    try:
+        return await outbox_state(store)
+    except Exception as exc:
+        if not _store_down(exc):
+            raise
+        log.warning("outbox not read for /metrics: the store failed", error=safe_error_message(exc))
+        return None
 
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")

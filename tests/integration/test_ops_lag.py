@@ -27,8 +27,9 @@ from hub.runtime import Hub, Registrar
 from hub.spine import Tx
 from hub.topics import Topic
 from schemas.envelope import Envelope
-from tests.conftest import make_settings
+from tests.conftest import create_pg_database, drop_pg_database, make_settings, require_pg
 from tests.helpers.kafka import wait_for
+from tests.helpers.proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration
 
@@ -302,3 +303,42 @@ async def test_metrics_answer_without_the_lag_while_the_brokers_do_not(
 
         m = await wait_for(measured, timeout_s=60)
         assert hub.topic(IN.name) in {dict(k)["topic"] for k in m["kafka_topic_partition_current_offset"]}
+
+
+async def test_metrics_answer_while_the_store_does_not(kafka: EmbeddedKafka, unique: str) -> None:
+    """With PostgreSQL unreachable the whole scrape failed (503): Prometheus read the hub as down
+    (KetenhubDown), lost the lag the brokers could still give, and never got
+    ketenhub_ready{dependency="store"} 0, so the alert on the store could not fire."""
+    await require_pg()
+    name = f"kh_{unique}"
+    url = await create_pg_database(name)
+    host, port = url.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = CuttableProxy(int(port))
+    await proxy.start()
+    try:
+        settings = make_settings(kafka, url.replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/"), unique)
+        async with ops_hub(settings) as (hub, client):
+            console.console_of(hub).monitor.cache_s = 0  # every scrape reads the store again
+
+            async def store_ready() -> bool:
+                m = _metrics((await client.get("/metrics")).text)
+                return m.get("ketenhub_ready", {}).get((("dependency", "store"),)) == 1.0
+
+            await wait_for(store_ready, timeout_s=30)
+            await proxy.cut()
+
+            async def says_store_down() -> dict[str, Any] | None:
+                r = await asyncio.wait_for(client.get("/metrics"), 30)
+                assert r.status_code == 200, r.text  # never the scrape as a whole
+                m = _metrics(r.text)
+                return m if m.get("ketenhub_ready", {}).get((("dependency", "store"),)) == 0.0 else None
+
+            m = await wait_for(says_store_down, timeout_s=30)
+            assert m["ketenhub_ready"][(("dependency", "broker"),)] == 1.0
+            assert m["ketenhub_lag_probe_up"] == {(): 0.0}
+            assert "ketenhub_outbox_waiting" not in m  # from the store: left out, not shown stale
+            await proxy.start()  # back: the figures come back by themselves
+            await wait_for(store_ready, timeout_s=60)
+    finally:
+        await proxy.cut()
+        await drop_pg_database(name)
