@@ -14,7 +14,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from hub.clock import aware
 from hub.logging import get_logger
 from hub.ops.dlq_records import read_at
-from hub.ops.lag import BrokersUnavailable, LagProbe, LagSample
+from hub.ops.lag import BrokersUnavailable, LagProbe, LagSample, PartitionLag
 from hub.ops.tables import dlq_actions
 from hub.ops.verdict import GroupSample, Verdict, evaluate
 from hub.retry.tables import parked
@@ -72,6 +72,19 @@ class Health:
             "retry_parked": self.retry_parked,
             "outbox": self.outbox.as_json() if self.outbox is not None else None,
         }
+
+
+def _taken(first: LagSample, before: PartitionLag | None, now: PartitionLag) -> int:
+    """How many records the group took in on one partition since `first`: from where it stood then
+    (its committed offset, or the log's start when it had none or was behind it) to its committed
+    offset now. Records the broker deleted unread are no throughput (the log's start moving on while
+    the group stands still, or its first commit on a log that no longer starts at 0)."""
+    if now.committed is None:
+        return 0
+    offsets = first.offsets.get((now.topic, now.partition))
+    start = offsets.start if offsets is not None else 0
+    since = before.committed if before is not None and before.committed is not None else start
+    return max(now.committed - max(since, start), 0)
 
 
 class Monitor:
@@ -229,9 +242,9 @@ class Monitor:
             per_topic = []
             for t in sorted({p.topic for p in mine}):
                 ps = [p for p in mine if p.topic == t]
-                before = sum((p.committed or 0) for p in first.lags if p.group == g and p.topic == t)
-                now = sum((p.committed or 0) for p in ps)
-                out_rates[f"{g}|{t}"] = (now - before) / span if span > 0 else 0.0
+                earlier = {p.partition: p for p in first.lags if p.group == g and p.topic == t}
+                taken = sum(_taken(first, earlier.get(p.partition), p) for p in ps)
+                out_rates[f"{g}|{t}"] = taken / span if span > 0 else 0.0
                 per_topic.append(
                     {
                         "topic": t,
