@@ -58,13 +58,21 @@ def _check_schedule(schedule: tuple[float, ...]) -> tuple[float, ...]:
 RetrySchedule = Annotated[tuple[float, ...], AfterValidator(_check_schedule)]
 
 
+# One broker of KETENHUB_KAFKA__BOOTSTRAP_SERVERS: a host name (compose's may hold underscores), an IPv4
+# address or an IPv6 address in brackets, and a port (9092 when left out).
+_SERVER = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)"  # [IPv6], or a name or IPv4
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
 class KafkaSettings(BaseModel):
     """The broker. No bootstrap servers means: spawn the embedded tansu broker."""
 
     # a misspelt name in a section given whole as JSON is refused, not ignored
     model_config = ConfigDict(extra="forbid")
 
-    bootstrap_servers: str | None = None
+    bootstrap_servers: str | None = None  # host:port[,host:port...]; the port defaults to 9092
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -98,6 +106,25 @@ class KafkaSettings(BaseModel):
     inbox_keep_days: int | None = Field(default=None, ge=0, le=36_500)
     topic_prefix: str = Field(default="", description="prepended to every topic (tests, shared clusters)")
     group_prefix: str = Field(default="ketenhub-", description="prepended to every consumer group")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, servers: str | None) -> str | None:
+        """host[:port] entries, commas between. A port that was no number, or an IPv6 address whose
+        bracket was not closed, was accepted, and every command that asked the brokers failed with a
+        traceback."""
+        if servers is None:
+            return None
+        entries = servers.split(",")
+        for n, entry in enumerate(entries, start=1):
+            found = _SERVER.fullmatch(entry.strip())
+            if found is None or not 1 <= int(found["port"] or 9092) <= 65_535:
+                where = f"entry {n} of {len(entries)}" if len(entries) > 1 else "it"
+                raise _said(
+                    f"{where} is no host:port: give host:port, commas between, e.g. "
+                    "kafka-0:9092,kafka-1:9092 (an IPv6 address in brackets: [fd00::1]:9092)"
+                )
+        return servers
 
     @field_validator("ssl_cafile")
     @classmethod
@@ -252,11 +279,34 @@ class VerwijsindexSettings(BaseModel):
     url: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
-    organisatie_code: str = Field(default="halt-den-haag", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    organisatie_naam: str = "Halt Den Haag"
+    # as the index's contract takes them (connectors.verwijsindex.contract.Organisatie): a longer one
+    # started the hub, and the connector then failed to start with a traceback
+    organisatie_code: str = Field(
+        default="halt-den-haag", min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9-]*$"
+    )
+    organisatie_naam: str = Field(default="Halt Den Haag", min_length=1, max_length=200)
     default_end_years: int = Field(default=1, ge=1, le=2, description="rule 12 default: created + N years")
     retry_schedule_s: RetrySchedule = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
     letter_sender: dict[str, str | list[str]] = Field(default_factory=dict, description="letters.Afzender")
+
+    @field_validator("letter_sender")
+    @classmethod
+    def _a_letter_sender(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        """The parent letter's sender as the letter takes it (`hub.letters.Afzender`): a key it does
+        not know, or a value it refuses, was found only when a caseworker asked for a letter, a 500."""
+        from hub.letters import SENDER_DEFAULTS, Afzender
+
+        try:
+            Afzender(**(SENDER_DEFAULTS | value))
+        except ValidationError as exc:
+            keys = ", ".join(Afzender.model_fields)
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(sender)'}: "
+                + ("not a key of the letter's sender" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in exc.errors()
+            )
+            raise ValueError(f"{problems} (its keys: {keys})") from None
+        return value
 
     @field_validator("url")
     @classmethod

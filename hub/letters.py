@@ -54,6 +54,15 @@ class Afzender(_Strict):
     website: str = "www.halt.nl"
 
 
+# Placeholders until Halt configures KETENHUB_VERWIJSINDEX__LETTER_SENDER.
+SENDER_DEFAULTS: dict[str, str | list[str]] = {
+    "naam": "Halt Den Haag",
+    "adresregels": ["Halt Den Haag", "Den Haag"],
+    "telefoon": "088 000 0000",
+    "email": "denhaag@halt.example",
+}
+
+
 class ParentLetterData(_Strict):
     """Everything the parent letter shows; by construction no reason, offence or screening result."""
 

@@ -10,6 +10,7 @@ from fastapi import Response
 
 from hub.config import Settings
 from hub.letters import (
+    SENDER_DEFAULTS,
     Afzender,
     LetterContact,
     LetterJeugdige,
@@ -18,18 +19,10 @@ from hub.letters import (
     render_parent_letter_pdf,
 )
 
-# Placeholders until Halt configures KETENHUB_VERWIJSINDEX__LETTER_SENDER.
-_SENDER_DEFAULTS: dict[str, Any] = {
-    "naam": "Halt Den Haag",
-    "adresregels": ["Halt Den Haag", "Den Haag"],
-    "telefoon": "088 000 0000",
-    "email": "denhaag@halt.example",
-}
-
 
 def letter_data(row: Any, settings: Settings, day: date) -> ParentLetterData:
     """The letter's content from a signals row and the configured sender."""
-    sender = Afzender(**(_SENDER_DEFAULTS | settings.verwijsindex.letter_sender))
+    sender = Afzender(**(SENDER_DEFAULTS | settings.verwijsindex.letter_sender))
     contact = row.contact
     return ParentLetterData(
         kenmerk=row.signal_id,

@@ -119,6 +119,61 @@ def test_a_verwijsindex_url_that_is_no_http_url_stops_start_up(
     assert str(err.value).startswith("KETENHUB_VERWIJSINDEX__URL: ") and "e.g. https://" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "servers", ["kafka:90x2", "[::1", "kafka:0", "kafka:70000", "kafka-0:9092,,kafka-1:9092"]
+)
+def test_bootstrap_servers_that_are_no_host_and_port_stop_start_up(
+    monkeypatch: pytest.MonkeyPatch, servers: str
+) -> None:
+    """They were accepted, and every command that asked the brokers failed with a traceback."""
+    monkeypatch.setenv("KETENHUB_KAFKA__BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert message.startswith("KETENHUB_KAFKA__BOOTSTRAP_SERVERS: ") and "e.g. kafka-0:9092" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "servers", ["kafka:9092", "kafka-0:9092,kafka-1:9093", "[fd00::1]:9092", "kafka_1", "10.0.0.5:9093"]
+)
+def test_bootstrap_servers_as_brokers_are_named_are_taken(
+    monkeypatch: pytest.MonkeyPatch, servers: str
+) -> None:
+    monkeypatch.setenv("KETENHUB_KAFKA__BOOTSTRAP_SERVERS", servers)
+    monkeypatch.setenv("KETENHUB_SECRET", "s" * 40)
+    assert load_settings().kafka.bootstrap_servers == servers
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("KETENHUB_VERWIJSINDEX__ORGANISATIE_CODE", "a" * 51, "at most 50 characters"),
+        ("KETENHUB_VERWIJSINDEX__ORGANISATIE_NAAM", "", "at least 1 character"),
+        (
+            "KETENHUB_VERWIJSINDEX__LETTER_SENDER",
+            '{"telefon": "070 123 4567"}',
+            "telefon: not a key of the letter's sender",
+        ),
+        (
+            "KETENHUB_VERWIJSINDEX__LETTER_SENDER",
+            '{"telefoon": "1"}',
+            "telefoon: String should have at least 6",
+        ),
+    ],
+)
+def test_what_the_verwijsindex_or_the_parent_letter_cannot_take_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    """An organisation code or name the index's contract refuses started the hub, and the connector then
+    failed to start with a traceback; a letter sender with a misspelt key started it too, and every
+    parent letter was a 500."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith(f"{variable}: ") and says in str(err.value), str(err.value)
+
+
 def test_the_readmes_configuration_lists_every_setting() -> None:
     """A variable that is no setting stops start-up pointing at this list; it left out 21 settings,
     the organisation code the index knows Halt by among them. A row may name a section's further
