@@ -58,6 +58,8 @@ def _check_schedule(schedule: tuple[float, ...]) -> tuple[float, ...]:
 RetrySchedule = Annotated[tuple[float, ...], AfterValidator(_check_schedule)]
 
 
+# The mails' sender: an address SMTP carries without SMTPUTF8 (connectors/mail/message.py).
+_SENDER = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 # One broker of KETENHUB_KAFKA__BOOTSTRAP_SERVERS: a host name (compose's may hold underscores), an IPv4
 # address or an IPv6 address in brackets, and a port (9092 when left out).
 _SERVER = re.compile(
@@ -268,6 +270,18 @@ class SmtpSettings(BaseModel):
     # caseworker's mails stay in order (the retry ladder sends one at a time per recipient).
     connections: int = Field(default=4, ge=1, le=20)
     retry_schedule_s: RetrySchedule = (1.0, 5.0, 30.0, 120.0, 600.0)  # parked attempts, then DLQ
+
+    @field_validator("sender")
+    @classmethod
+    def _an_address_mail_can_carry(cls, sender: str) -> str:
+        """An address in ASCII: the hub sends without SMTPUTF8, and a sender outside ASCII (or no
+        address at all) started the hub, and then no mail could be built."""
+        if _SENDER.fullmatch(sender) is None:
+            raise _said(
+                "the mails' sender: an address in ASCII, e.g. ketenhub@halt.nl (a domain outside ASCII "
+                "in its IDNA form, xn--...)"
+            )
+        return sender
 
 
 class VerwijsindexSettings(BaseModel):

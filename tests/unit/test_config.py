@@ -160,9 +160,12 @@ def test_bootstrap_servers_as_brokers_are_named_are_taken(
             '{"telefoon": "1"}',
             "telefoon: String should have at least 6",
         ),
+        # the hub sends without SMTPUTF8: no mail could be built with these senders
+        ("KETENHUB_SMTP__SENDER", "zoë@halt.nl", "an address in ASCII"),
+        ("KETENHUB_SMTP__SENDER", "ketenhub", "an address in ASCII"),
     ],
 )
-def test_what_the_verwijsindex_or_the_parent_letter_cannot_take_stops_start_up(
+def test_what_the_verwijsindex_the_parent_letter_or_a_mail_cannot_take_stops_start_up(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
 ) -> None:
     """An organisation code or name the index's contract refuses started the hub, and the connector then
