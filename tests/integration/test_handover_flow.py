@@ -233,6 +233,13 @@ class World:
 
         return dict(await wait_for(judged, timeout_s=15))
 
+    async def updated_at(self, handover_id: str) -> Any:
+        """When the handover's row last changed (a judgement the same as before writes nothing)."""
+        assert self.hub.store is not None
+        async with self.hub.store.connect() as conn:
+            query = select(handovers.c.updated_at).where(handovers.c.id == handover_id)
+            return (await conn.execute(query)).scalar()
+
     async def status(self, handover_id: str) -> dict[str, Any]:
         r = await self.client.get(f"/api/v1/overdrachten/{handover_id}", headers={"X-Medewerker": CW})
         assert r.status_code == 200, r.text
@@ -1286,14 +1293,7 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         assert waiting["waiting_reasons"] == ["NOG_NIET_GELDIG"]
         assert w.hub.store is not None
 
-        async def last_change() -> Any:
-            assert w.hub.store is not None
-            async with w.hub.store.connect() as conn:
-                return (
-                    await conn.execute(select(handovers.c.updated_at).where(handovers.c.id == hid))
-                ).scalar()
-
-        before = await last_change()
+        before = await w.updated_at(hid)
         for _ in "ab":
             async with w.hub.store.transaction() as session:  # routing's periodic check: not its day yet
                 act = Act("test", str(uuid.uuid4()))
@@ -1301,7 +1301,7 @@ async def test_a_handover_waiting_for_its_consent_to_start_goes_out_on_that_day(
         assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
         assert not w.receiver.calls
         # judged the same again: nothing written (the retention purge counts an idle case by it)
-        assert await last_change() == before
+        assert await w.updated_at(hid) == before
 
         w.hub.clock = lambda: datetime.now(UTC) + timedelta(days=1)  # the consent's first day
 
@@ -1334,13 +1334,6 @@ async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_late
         assert (waiting["status"], waiting["waiting_reasons"]) == ("WACHT_OP_TOESTEMMING", ["ONVOLLEDIG"])
         assert w.hub.store is not None
 
-        async def last_change() -> Any:
-            assert w.hub.store is not None
-            async with w.hub.store.connect() as conn:
-                return (
-                    await conn.execute(select(handovers.c.updated_at).where(handovers.c.id == hid))
-                ).scalar()
-
         async def later_referral(suffix: str, custodians: int) -> None:
             """The youth's referral again, later, naming `custodians` people (custody assumed)."""
             assert w.hub.store is not None
@@ -1356,7 +1349,7 @@ async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_late
 
         # A later referral that settles nothing (three again): looked at, judged the same, nothing
         # written and nothing sent.
-        before = await last_change()
+        before = await w.updated_at(hid)
         await later_referral("-2", 3)
         for _ in "ab":
             async with w.hub.store.transaction() as session:  # routing's periodic check, as it runs
@@ -1364,7 +1357,7 @@ async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_late
                 assert await recheck_started(session, routing_of(w.hub), act) == []
         assert key in await waiting_youths(w)  # it was looked at
         assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
-        assert await last_change() == before and not w.receiver.calls
+        assert await w.updated_at(hid) == before and not w.receiver.calls
 
         await later_referral("-3", 2)  # the two who hold custody, both of whom permitted
 
