@@ -8,6 +8,7 @@ import math
 import os
 import re
 import secrets
+import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -60,12 +61,29 @@ RetrySchedule = Annotated[tuple[float, ...], AfterValidator(_check_schedule)]
 
 # The mails' sender: an address SMTP carries without SMTPUTF8 (connectors/mail/message.py).
 _SENDER = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-# One broker of KETENHUB_KAFKA__BOOTSTRAP_SERVERS: a host name (compose's may hold underscores), an IPv4
-# address or an IPv6 address in brackets, and a port (9092 when left out).
+# One broker of KETENHUB_KAFKA__BOOTSTRAP_SERVERS, as the Kafka client reads it: a host name (compose's may
+# hold underscores; a trailing dot), an IPv4 address, or an IPv6 address (in brackets when a port
+# follows, a zone inside them); and a port, 9092 when left out.
 _SERVER = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)"  # [IPv6], or a name or IPv4
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)(?:%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?)"
     r"(?::(?P<port>[0-9]{1,5}))?"
 )
+
+
+def _a_server(entry: str) -> bool:
+    """Whether one entry of the bootstrap servers names a broker the Kafka client can reach."""
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET6, entry.split("%", 1)[0])
+        return True  # a bare IPv6 address: its port is 9092
+    found = _SERVER.fullmatch(entry)
+    if found is None or not 1 <= int(found["port"] or 9092) <= 65_535:
+        return False
+    if found["v6"] is not None:
+        try:
+            socket.inet_pton(socket.AF_INET6, found["v6"])
+        except OSError:
+            return False
+    return True
 
 
 class KafkaSettings(BaseModel):
@@ -117,10 +135,10 @@ class KafkaSettings(BaseModel):
         traceback."""
         if servers is None:
             return None
-        entries = servers.split(",")
+        entries = [e.strip() for e in servers.split(",")]
+        named = [e for e in entries if e]  # a trailing comma names no broker, and the client skips it
         for n, entry in enumerate(entries, start=1):
-            found = _SERVER.fullmatch(entry.strip())
-            if found is None or not 1 <= int(found["port"] or 9092) <= 65_535:
+            if (entry and not _a_server(entry)) or not named:
                 where = f"entry {n} of {len(entries)}" if len(entries) > 1 else "it"
                 raise _said(
                     f"{where} is no host:port: give host:port, commas between, e.g. "

@@ -120,7 +120,7 @@ def test_a_verwijsindex_url_that_is_no_http_url_stops_start_up(
 
 
 @pytest.mark.parametrize(
-    "servers", ["kafka:90x2", "[::1", "kafka:0", "kafka:70000", "kafka-0:9092,,kafka-1:9092"]
+    "servers", ["kafka:90x2", "[::1", "kafka:0", "kafka:70000", ",", "[zz::1]:9092", "SASL_SSL://kafka:9093"]
 )
 def test_bootstrap_servers_that_are_no_host_and_port_stop_start_up(
     monkeypatch: pytest.MonkeyPatch, servers: str
@@ -135,7 +135,19 @@ def test_bootstrap_servers_that_are_no_host_and_port_stop_start_up(
 
 
 @pytest.mark.parametrize(
-    "servers", ["kafka:9092", "kafka-0:9092,kafka-1:9093", "[fd00::1]:9092", "kafka_1", "10.0.0.5:9093"]
+    "servers",
+    [
+        "kafka:9092",
+        "kafka-0:9092,kafka-1:9093",
+        "[fd00::1]:9092",
+        "kafka_1",
+        "10.0.0.5:9093",
+        # as the Kafka client reads them too: a bare IPv6 address, a zone, a trailing dot or comma
+        "fd00::1",
+        "[fe80::1%eth0]:9092",
+        "kafka.example.nl.:9092",
+        "kafka-0:9092,kafka-1:9092,",
+    ],
 )
 def test_bootstrap_servers_as_brokers_are_named_are_taken(
     monkeypatch: pytest.MonkeyPatch, servers: str
