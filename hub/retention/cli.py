@@ -19,10 +19,11 @@ def retention(
     signal SIGNAL_DAYS after its end date, audit entries after AUDIT_DAYS), audited per youth. The
     running hub does this every INTERVAL_H hours by itself."""
     from hub.ops.cli import _run
-    from hub.retention.purge import purge
+    from hub.retention.purge import commands_kept, purge
 
     async def go(settings: Settings, store: Store) -> dict[str, Any]:
-        return (await purge(store, settings.retention, dry_run=dry_run)).as_json()
+        kept = commands_kept(settings.kafka.inbox_keep_days)
+        return (await purge(store, settings.retention, dry_run=dry_run, kept=kept)).as_json()
 
     counts = _run(go)
     what = ", ".join(f"{name} {n}" for name, n in counts.items() if name != "dry_run")

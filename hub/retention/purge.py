@@ -186,7 +186,11 @@ async def _old_cases(
 
 
 async def _ended_signals(
-    session: AsyncSession, before: date, letters_gone: datetime, among: list[str] | None = None
+    session: AsyncSession,
+    before: date,
+    letters_gone: datetime,
+    lost_before: datetime | None,
+    among: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """(signal id, youth key) of signals that ended before `before` (their end date), or were
     withdrawn before it and before `letters_gone` (the latest change of a withdrawn signal is on or
@@ -199,8 +203,9 @@ async def _ended_signals(
         # its letter is gone with the DLQ topic's term: nothing can replay the command any more
         | ((signals.c.delivery_state == "dead_lettered") & (signals.c.updated_at < letters_gone))
         # its command lost on the way, its fate never to be recorded (`_lost`)
-        | (signals.c.delivery_state.in_(ON_ITS_WAY) & (signals.c.updated_at < letters_gone) & _lost())
     )
+    if lost_before is not None:  # its command off every topic that could still hold it (`commands_kept`)
+        settled |= signals.c.delivery_state.in_(ON_ITS_WAY) & (signals.c.updated_at < lost_before) & _lost()
     withdrawn = (
         signals.c.status.in_(WITHDRAWN)
         & (signals.c.updated_at < datetime.combine(before, time.min, LOCAL))
@@ -240,11 +245,27 @@ async def _count(session: AsyncSession, table: Any, column: Any, values: list[st
     return {key: int(n) for key, n in rows}
 
 
+def commands_kept(inbox_keep_days: int | None) -> timedelta | None:
+    """How long a signal command published and never taken in may still be on its topic, for `_lost`:
+    the DLQ topic's term (30 days; the signal topic keeps 7), or longer when the brokers keep topics
+    longer, which KETENHUB_KAFKA__INBOX_KEEP_DAYS says; None when that keeps everything (0): a
+    command is then never taken for lost."""
+    if inbox_keep_days == 0:
+        return None
+    return max(PARKED_TERM, timedelta(days=inbox_keep_days or 0))
+
+
 async def purge(
-    store: Store, settings: RetentionSettings, *, now: datetime | None = None, dry_run: bool = False
+    store: Store,
+    settings: RetentionSettings,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    kept: timedelta | None = PARKED_TERM,
 ) -> Purged:
     """One run: signals past their term, then cases, then audit entries; each chunk its own
-    transaction, so a run that stops half way leaves whole cases and signals, kept or purged."""
+    transaction, so a run that stops half way leaves whole cases and signals, kept or purged.
+    `kept`: how long a command may still be on the signal topic (`commands_kept`)."""
     now = now or utcnow()
     out = Purged(dry_run=dry_run)
     total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -256,8 +277,9 @@ async def purge(
 
     before = local_day(now) - timedelta(days=settings.signal_days)
     letters_gone = now - PARKED_TERM
+    lost_before = now - kept if kept is not None else None
     async with store.read() as session:
-        ended = await _ended_signals(session, before, letters_gone)
+        ended = await _ended_signals(session, before, letters_gone, lost_before)
     # the signals this run purged (or, in a dry run, would): a case is idle without them. Not those
     # found first: one kept by the look under the write (a command queued since) keeps its case
     going: set[str] = set()
@@ -266,7 +288,7 @@ async def purge(
         async with store.transaction() as session:
             # looked at again under the write: a command queued since keeps its signal
             among = [i for i, _ in ended[start : start + CHUNK]]
-            part = await _ended_signals(session, before, letters_gone, among)
+            part = await _ended_signals(session, before, letters_gone, lost_before, among)
             ids = [signal_id for signal_id, _ in part]
             if not ids:
                 continue
@@ -414,7 +436,9 @@ def retention_loop(hub: Any) -> Callable[[], Awaitable[None]]:
         settings: RetentionSettings = hub.settings.retention
         while True:
             try:
-                done = await purge(hub.store, settings)
+                done = await purge(
+                    hub.store, settings, kept=commands_kept(hub.settings.kafka.inbox_keep_days)
+                )
                 if done.youths or done.audit_entries:
                     log.info("retention purge", **done.as_json())
             except asyncio.CancelledError:

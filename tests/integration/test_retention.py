@@ -18,7 +18,7 @@ from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.notify.tables import mail_problems
 from hub.retention.config import RetentionSettings
-from hub.retention.purge import purge
+from hub.retention.purge import commands_kept, purge
 from hub.retry.tables import parked
 from hub.signals.commands import register_command
 from hub.signals.delivery import on_dead
@@ -302,6 +302,25 @@ async def test_a_signal_whose_command_was_lost_on_its_way_goes_once_nothing_of_i
     assert (done.signals, done.youths) == (2, 2)
     for name in ("lost", "lost_retrying"):  # their cases went with them
         assert await _count(store, referrals, youth_key=youths[name][0]) == 0
+
+
+async def test_a_command_on_a_topic_kept_longer_is_not_taken_for_lost_while_the_topic_may_hold_it(
+    store: Store,
+) -> None:
+    """Brokers that keep the signal topic 60 days (KETENHUB_KAFKA__INBOX_KEEP_DAYS says so) may still
+    hand a command no connector took in after 40 days: its signal stays. Kept for ever (0), a command
+    is never taken for lost."""
+    key, bsn = "a" * 64, "111222333"
+    await _case(store, key, bsn, received=ago(6 * YEARS))
+    await _signal(store, key, bsn, ended=NOW.date() - timedelta(days=60), state="queued")
+    async with store.transaction() as session:
+        await session.execute(update(signals).where(signals.c.youth_key == key).values(updated_at=ago(40)))
+    assert commands_kept(None) == timedelta(days=30) and commands_kept(0) is None
+    for kept in (commands_kept(67), commands_kept(0)):
+        done = await purge(store, RetentionSettings(), now=NOW, kept=kept)
+        assert done.signals == 0 and await _count(store, signals, youth_key=key) == 1
+    done = await purge(store, RetentionSettings(), now=NOW, kept=commands_kept(None))
+    assert done.signals == 1
 
 
 async def test_a_withdrawn_signal_goes_after_the_day_it_was_withdrawn_not_its_end_date(store: Store) -> None:
