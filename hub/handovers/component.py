@@ -186,7 +186,7 @@ async def periodic_check(hub: Hub, r: Routing) -> bool:
         # each notice under its own handover's transaction id (hub.handovers.answers)
         told = await notify_unanswered(session, r, timeout, Act(ROUTING, new_id(), None))
     async with hub.store.read() as session:  # a read: the writer is taken only when one waits
-        keys = await waiting_to_start(session)
+        keys = await waiting_to_start(session, r.clock())
     started: list[str] = []
     failed: list[str] = []  # each youth's error, for one log line
     for key in keys:  # consents whose first day has come, or that a later referral may complete

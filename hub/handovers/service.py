@@ -305,6 +305,9 @@ INCOMPLETE = "ONVOLLEDIG"  # a waiting reason: the consent lacks a permit the re
 # been seen by that judgement (its transaction still open then, or another process's clock a little
 # behind): `waiting_to_start` looks again.
 LATE_REFERRAL_S = 300.0
+# How long after a youth's latest referral routing's periodic check looks at their incomplete consent's
+# waiting handovers again (`waiting_to_start`): each look is a write transaction, every round.
+RECHECK_FOR = timedelta(days=1)
 
 
 async def recheck_waiting(session: AsyncSession, r: Routing, youth_key: str, act: Act) -> list[str]:
@@ -346,7 +349,7 @@ async def recheck_started(
     showing who holds custody, changes nothing by itself, so the routing's periodic check looks (rules 8
     and 9).
     `youth_keys`: those `waiting_to_start` found, read beforehand outside a write transaction."""
-    keys = await waiting_to_start(session) if youth_keys is None else youth_keys
+    keys = await waiting_to_start(session, r.clock()) if youth_keys is None else youth_keys
     await lock_youths(session, keys)  # all at once, in ascending order, before any row (hub.store.locks)
     sent: list[str] = []
     for key in keys:
@@ -354,13 +357,15 @@ async def recheck_started(
     return sent
 
 
-async def waiting_to_start(session: AsyncSession) -> list[str]:
+async def waiting_to_start(session: AsyncSession, now: datetime | None = None) -> list[str]:
     """The youth keys with a handover waiting for a consent that had not started yet, or for one that
     was incomplete (ONVOLLEDIG) when a referral of the youth came in since it was judged, give or take
     `LATE_REFERRAL_S`: a later referral may show who holds custody, which completes the consent (rule
-    8), and only a new judgement sends the handover then. A youth whose later referral completed
-    nothing is looked at again each round until that margin has passed, as one whose consent has not
-    started is until its first day; judged the same, nothing is written."""
+    8), and only a new judgement sends the handover then. A judgement the same as before writes
+    nothing, so such a youth is looked at again each round for `RECHECK_FOR` after its latest
+    referral, not longer (a referral that came while routing was stopped longer than that is not
+    looked at; recording a consent routes the youth's handovers again); one whose consent has not
+    started is looked at until its first day."""
     latest = (
         select(func.max(referrals.c.received_at))
         .where(referrals.c.youth_key == handovers.c.youth_key)
@@ -376,7 +381,7 @@ async def waiting_to_start(session: AsyncSession) -> list[str]:
             ).where(handovers.c.status == HandoverStatus.WACHT_OP_TOESTEMMING.value)
         )
     ).all()
-    margin = timedelta(seconds=LATE_REFERRAL_S)
+    margin, recent = timedelta(seconds=LATE_REFERRAL_S), (now or utcnow()) - RECHECK_FOR
     return sorted(
         {
             row.youth_key
@@ -385,7 +390,7 @@ async def waiting_to_start(session: AsyncSession) -> list[str]:
             or (
                 INCOMPLETE in reasons
                 and row.latest_referral is not None
-                and aware(row.latest_referral) > aware(row.updated_at) - margin
+                and aware(row.latest_referral) > max(aware(row.updated_at) - margin, recent)
             )
         }
     )

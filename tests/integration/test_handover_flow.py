@@ -27,6 +27,7 @@ from hub.handovers.answers import notify_unanswered, record_answer
 from hub.handovers.component import routing_of
 from hub.handovers.receivers import ReceiverDelivery, set_receiver_delivery
 from hub.handovers.service import (
+    RECHECK_FOR,
     Act,
     HandoverProblem,
     apply_withdrawal,
@@ -1356,6 +1357,9 @@ async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_late
                 act = Act("test", str(uuid.uuid4()))
                 assert await recheck_started(session, routing_of(w.hub), act) == []
         assert key in await waiting_youths(w)  # it was looked at
+        # judged the same, nothing written: looked at each round, but only for a while after the
+        # referral (each look is a write transaction), not for ever
+        assert key not in await waiting_youths(w, now=datetime.now(UTC) + RECHECK_FOR + timedelta(minutes=1))
         assert (await w.status(hid))["status"] == "WACHT_OP_TOESTEMMING"
         assert await w.updated_at(hid) == before and not w.receiver.calls
 
@@ -1370,11 +1374,11 @@ async def test_a_handover_waiting_for_an_incomplete_consent_goes_out_once_a_late
         assert (sent_entry.user, sent_entry.objects["sent_by"]) == (CW, "routing")
 
 
-async def waiting_youths(w: World) -> list[str]:
-    """The youths routing's periodic check looks at again."""
+async def waiting_youths(w: World, now: datetime | None = None) -> list[str]:
+    """The youths routing's periodic check looks at again (at `now`)."""
     assert w.hub.store is not None
     async with w.hub.store.read() as session:
-        return await waiting_to_start(session)
+        return await waiting_to_start(session, now)
 
 
 async def test_withdrawing_one_consent_keeps_a_handover_waiting_for_another(
