@@ -122,11 +122,38 @@ def named_custodians(referral: Referral | None) -> Named:
     )
 
 
+def _may_be_one(a: str, b: str) -> bool:
+    """Whether two names (as `person` writes them) may be one person written two ways by two
+    referrers: the same first letter, and a part of the last word in common ('maria jansen', 'm.
+    jansen', 'maria de vries-jansen')."""
+    first, second = a.split(), b.split()
+    if not first or not second:
+        return True
+    if first[0][0] != second[0][0]:
+        return False
+    return bool(set(first[-1].split("-")) & set(second[-1].split("-")))
+
+
+def _at_least(names: Iterable[str]) -> int:
+    """How many people `names` are at least: names that may be one person written two ways count
+    once (two parents with one surname and one first letter count once too: a lower bound)."""
+    groups: list[list[str]] = []
+    for name in sorted(names):
+        for group in groups:
+            if any(_may_be_one(name, other) for other in group):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return len(groups)
+
+
 def named_by(referrals: Iterable[Referral]) -> Named:
     """What a youth's referrals, the latest first, name together: each person's custody as the latest
     referral naming them says (custody is given and taken away; a later referral knows the later
     state), and as many custodians as the one naming most or as the people they show with custody
-    together, whichever is more (up to what the law allows). Never the latest referral's count alone:
+    together, whichever is more (up to what the law allows; names that may be one person written two
+    ways count once: `_at_least`). Never the latest referral's count alone:
     a BOA or leerplicht referral names one parent at most, and would lower what an earlier police
     referral showed; and one naming the mother and a later one the father show two custodians, both
     of whom must permit (rule 8), though neither names more than one."""
@@ -142,7 +169,7 @@ def named_by(referrals: Iterable[Referral]) -> Named:
             over = named.over  # it names too many: one naming two since settles who they are
     with_custody = frozenset(n for n, has in custody.items() if has)
     return Named(
-        max(count, min(len(with_custody), MAX_CUSTODIANS)),
+        max(count, min(_at_least(with_custody), MAX_CUSTODIANS)),
         with_custody,
         frozenset(n for n, has in custody.items() if not has),
         over or frozenset(),

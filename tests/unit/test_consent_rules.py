@@ -480,6 +480,18 @@ def test_rule_8_two_referrals_each_naming_another_custodian_show_two(referral: R
         custodians=2,
     )
     assert completeness(both, named=named).complete
+    # one person written two ways by two referrers is one: the mother's permit alone completes it
+    for variant in ("M. Jansen", "Maria de Vries-Jansen", "maria  JANSEN"):
+        one = named_by(
+            [
+                with_guardians(referral, Guardian(name=variant)),
+                with_guardians(referral, Guardian(name=MOTHER)),
+            ]
+        )
+        assert one == 1, variant
+        only_mother = consent(grantor(YOUTH, FOURTEEN), grantor(PARENT, FOURTEEN, name=MOTHER), custodians=1)
+        assert custodians_shown(only_mother, named=one) == 1
+        assert completeness(only_mother, named=one).complete, variant
     # the same person twice, typed apart, is one
     assert (
         named_by(
