@@ -75,7 +75,7 @@ async def metrics(request: Request) -> Response:
         # hub as down and lose ketenhub_ready{dependency="store"} 0, which says what is.
         if not _store_down(exc):
             raise
-        log.warning("lag and outbox not read for /metrics: the store failed", error=safe_error_message(exc))
+        log.warning("lag not measured for /metrics: the store failed", error=safe_error_message(exc))
     finally:
         await looked
     body = render(health, outbox, hub.metrics)
