@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -38,18 +38,19 @@ REGISTRARS.setdefault("verwijsindex", []).append(register_verwijsindex)  # signa
 REGISTRARS.setdefault("mail", []).extend([register_mail, register_notify])  # SMTP out; match mails, borging
 
 
-def create_app(
-    settings: Settings, *, hub: Hub | None = None, on_ready: Callable[[Hub], None] | None = None
-) -> FastAPI:
-    """The hub's FastAPI app; its lifespan starts and stops the whole hub."""
+def create_app(settings: Settings, *, hub: Hub | None = None) -> FastAPI:
+    """The hub's FastAPI app; its lifespan starts and stops the whole hub (`ketenhub run` serves it
+    without, and starts and stops the hub itself, so that a signal during start-up is heard)."""
     hub = hub or Hub(settings, registrars=REGISTRARS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await hub.start()
         try:
-            if on_ready is not None:
-                on_ready(hub)
+            await hub.start()
+        except BaseException:
+            await hub.stop()  # what had started (a producer, the store, the broker) is closed, not left
+            raise
+        try:
             yield
         finally:
             await hub.stop()

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hub.cli_errors import database_problem, shown_url
+from hub.cli_errors import Interrupted, SignalStop, database_problem, shown_url
 from hub.config import Settings, load_settings
 from hub.directory.cli import app as directory_cli
-from hub.errors import ConfigError
+from hub.errors import ConfigError, DependencyDown
 from hub.notify.cli import mails as mails_command
 from hub.ops import cli as ops_cli
 from hub.ops.inzage_cli import inzage as inzage_command
 from hub.partners.cli import app as partners_cli
 from hub.retention.cli import retention as retention_command
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+BROKER_CHECK_S = 10.0  # `run`'s look at the configured brokers before the hub starts
+CHECK_BROKERS = "check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers"
 
 app = typer.Typer(
     help="ketenhub: the messaging hub between Halt Den Haag and its chain partners.",
@@ -120,7 +128,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _prepare_store(settings: Settings) -> None:
+def _prepare_store(settings: Settings, stop: SignalStop) -> None:
     """Before the hub starts: the secret (the embedded default's made the first time), the database
     reachable and migrated, and the secret's fingerprint recorded there or, if another one is, refused."""
     from hub.secret_fingerprint import check_secret
@@ -141,10 +149,123 @@ def _prepare_store(settings: Settings) -> None:
             await store.close()
 
     try:
-        asyncio.run(go())
+        stop.run(go())
     except ConfigError as exc:
         typer.echo(f"ketenhub: configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+class _Said(logging.Filter):
+    """Keeps the reason of aiokafka's last "Unable connect to ..." and drops the record: said once, in
+    the command's own line."""
+
+    last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.last = str(args[-1] if args else record.getMessage())[:200]
+        return False
+
+
+def _check_brokers(settings: Settings, stop: SignalStop) -> None:
+    """Before the hub starts: the configured brokers answer within BROKER_CHECK_S, else one line and
+    exit 1 (the hub's start-up ended in a traceback of a hundred lines). Not the embedded broker: the
+    hub starts it."""
+    if settings.embedded_broker:
+        return
+    from aiokafka import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    from hub.kafka import client_options
+
+    servers = settings.kafka.bootstrap_servers or ""
+    options = client_options(settings.kafka, servers)
+
+    async def go() -> None:
+        client = AIOKafkaClient(**options)
+        try:
+            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_S)
+        finally:
+            await client.close()
+
+    said, aiokafka_log = _Said(), logging.getLogger("aiokafka")
+    aiokafka_log.addFilter(said)
+    try:
+        stop.run(go())
+    except (KafkaError, OSError, TimeoutError) as exc:
+        why = said.last or (
+            f"no answer within {BROKER_CHECK_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        )
+        typer.echo(f"ketenhub: brokers unreachable: {servers} ({why}); {CHECK_BROKERS}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        aiokafka_log.removeFilter(said)
+
+
+async def _serve(hub: Hub, server: Any, sock: socket.socket, stop: SignalStop) -> None:
+    """Start the hub, then serve HTTP until a signal, then stop the hub. A signal during start-up
+    cancels it (`stop`); a failure in it stops what had started, and is raised."""
+    from hub.runtime import tune_gc_for_serving
+
+    try:
+        await hub.start()
+    except BaseException:
+        await hub.stop()
+        raise
+    stop.react = _ignore  # uvicorn takes the signals while it serves; after, the hub is stopping
+    try:
+        tune_gc_for_serving()
+        await server.serve(sockets=[sock])
+    finally:
+        await hub.stop()
+
+
+def _ignore(_sig: signal.Signals) -> None:
+    pass
+
+
+def _start_and_serve(settings: Settings, sock: socket.socket, stop: SignalStop) -> Any:
+    """The hub and its HTTP server in one event loop, until a signal; the server, once it has ended."""
+    import uvicorn
+
+    from hub.app import create_app
+
+    try:
+        fastapi_app = create_app(settings)
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    hub: Hub = fastapi_app.state.hub
+    http = settings.http
+    server = _server_class()(
+        uvicorn.Config(
+            fastapi_app,
+            host=http.host,
+            port=http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",  # `_serve` starts and stops the hub: a signal during its start-up is heard
+            timeout_graceful_shutdown=10,
+        )
+    )
+
+    def listening() -> None:  # the banner once the port takes connections, not before
+        bound = sock.getsockname()[1]
+        typer.echo(_banner(settings, http.host, bound, hub.bootstrap, hub), err=False)
+        sys.stdout.flush()
+
+    server.on_listening = listening
+    try:
+        stop.run(_serve(hub, server, sock, stop), loop_factory=server.config.get_loop_factory())
+    except ConfigError as exc:
+        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DependencyDown as exc:
+        check = "" if settings.embedded_broker else f"; {CHECK_BROKERS}"
+        typer.echo(f"ketenhub: {exc}{check}", err=True)
+        raise typer.Exit(1) from None
+    return server
 
 
 @app.command()
@@ -159,11 +280,6 @@ def run(
     ] = None,
 ) -> None:
     """Start the hub. With no configuration: embedded broker, SQLite file, simulators."""
-    import uvicorn
-
-    from hub.app import create_app
-
-    _QuietExitServer = _server_class()
     from hub.logging import setup_logging
 
     overrides: dict[str, object] = {}
@@ -176,40 +292,15 @@ def run(
     settings = settings.model_copy(update={"http": http})
     setup_logging(settings.log_level, json=settings.log_json)
     sock = _listen(http.host, http.port)
-    _prepare_store(settings)
-    started: list[object] = []
-
-    def ready(hub: object) -> None:
-        from hub.runtime import tune_gc_for_serving
-
-        tune_gc_for_serving()
-        started.append(hub)
-
-    def listening() -> None:  # the banner once the port takes connections, not before
-        hub = started[0] if started else None
-        bound = sock.getsockname()[1]
-        typer.echo(_banner(settings, http.host, bound, getattr(hub, "bootstrap", "?"), hub), err=False)
-        sys.stdout.flush()
-
+    stop = SignalStop()
     try:
-        fastapi_app = create_app(settings, on_ready=ready)
-    except ConfigError as exc:
-        typer.echo(f"ketenhub: configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    server = _QuietExitServer(
-        uvicorn.Config(
-            fastapi_app,
-            host=http.host,
-            port=http.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-    )
-    server.on_listening = listening
-    try:
-        server.run(sockets=[sock])
+        with stop:
+            _prepare_store(settings, stop)
+            _check_brokers(settings, stop)
+            server = _start_and_serve(settings, sock, stop)
+    except Interrupted as exc:  # what had started is stopped: a clean stop, as after start-up
+        typer.echo(f"ketenhub stopped while starting ({exc.signal.name})")
+        return
     finally:
         sock.close()
     if not server.started:

@@ -1,18 +1,25 @@
-"""What stopped a command, in one line: a database it could not reach or open, never a traceback.
+"""What stopped a command, in one line: a database it could not reach or open, or a signal; never a
+traceback.
 
 A command that met a database that was down, missing, or a SQLite file that could not be opened
 ended in a traceback of hundreds of lines. `database_problem` tells such a failure from any other
 and says it with the database's URL, its password hidden; the message of the database itself is
-passed on only where it can hold no value of a row.
+passed on only where it can hold no value of a row. `SignalStop` runs a command's coroutine so that
+Ctrl-C or SIGTERM cancels it and what it opened is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import sqlite3
 import ssl
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -20,6 +27,84 @@ from sqlalchemy.engine import make_url
 from hub.urls import shown_database_url
 
 _DATABASE_CODE = ("/asyncpg/", "/sqlalchemy/", "/aiosqlite/", "/alembic/")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a command: its coroutine was cancelled, what it opened closed."""
+
+    def __init__(self, sig: signal.Signals) -> None:
+        super().__init__(sig.name)
+        self.signal = sig
+
+
+class SignalStop:
+    """SIGINT and SIGTERM while it is entered: the first cancels the coroutine `run` runs, whose
+    `finally` blocks close what it opened (a store, the brokers' clients), and `run` raises
+    `Interrupted`; later ones are ignored. With `react` set, a signal calls it in the event loop
+    instead.
+
+    Ctrl-C raised KeyboardInterrupt wherever the command was, a task's or a database connection's
+    traceback now and then, and SIGTERM ended it on the spot, nothing closed.
+    """
+
+    def __init__(self) -> None:
+        self.by: signal.Signals | None = None
+        self.react: Callable[[signal.Signals], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._before: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread hears signals (a command run from a test's thread)
+        # A signal the command was started to ignore (a background job's SIGINT) stays ignored.
+        ignored = {sig for sig in SIGNALS if signal.getsignal(sig) == signal.SIG_IGN}
+        self._before = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS if sig not in ignored}
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def run(
+        self,
+        main: Coroutine[Any, Any, T],
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> T:
+        """`main` in an event loop of its own (`asyncio.run`); Interrupted when a signal cancelled it,
+        or came before it started."""
+
+        async def go() -> T:
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            if self.by is not None:
+                main.close()
+                raise asyncio.CancelledError
+            return await main
+
+        try:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                return runner.run(go())
+        except asyncio.CancelledError:
+            if self.by is None:
+                raise
+            raise Interrupted(self.by) from None
+        finally:
+            self._loop = self._task = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        sig, loop = signal.Signals(signum), self._loop
+        if loop is not None and loop.is_closed():
+            loop = None
+        if self.react is not None and loop is not None:
+            loop.call_soon_threadsafe(self.react, sig)
+        elif self.by is None:
+            self.by = sig
+            if loop is not None and self._task is not None:
+                loop.call_soon_threadsafe(self._task.cancel)
 
 
 def shown_url(url: str) -> str:

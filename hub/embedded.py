@@ -23,9 +23,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: if the hub is SIGKILLed, the broker gets SIGTERM instead of living on as an orphan.
+    # Linux: if the hub is SIGKILLed, the broker gets SIGTERM instead of living on as an orphan. The
+    # signal is kept across the new session the broker starts in.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def exit_said(code: int) -> str:
+    """A process's exit status in words: its code, or the signal that ended it."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 class EmbeddedKafka:
@@ -68,12 +77,15 @@ class EmbeddedKafka:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # A session of its own: a terminal's Ctrl-C goes to the hub alone, which stops the broker
+            # after its consumers; in the hub's process group it died under them, mid start-up too.
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConfigError(f"embedded broker exited at start with code {self.process.returncode}")
+                raise ConfigError(f"embedded broker exited at start ({exit_said(self.process.returncode)})")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
@@ -92,6 +104,13 @@ class EmbeddedKafka:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout_s)
+
+    async def exited(self, poll_s: float = 0.2) -> int:
+        """Wait until the broker process has exited; its exit code."""
+        # A child's exit is no event the loop can wait on (a pidfd is Linux only): looked at every poll_s.
+        while self.process is None or self.process.poll() is None:  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+        return self.process.returncode
 
     async def astop(self) -> None:
         """stop() without blocking the event loop."""

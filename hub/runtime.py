@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 from faststream.kafka import KafkaBroker
 
 from hub.clock import Clock, local_day
 from hub.config import Settings
-from hub.embedded import EmbeddedKafka
-from hub.errors import ConfigError
+from hub.embedded import EmbeddedKafka, exit_said
+from hub.errors import ConfigError, DependencyDown
 from hub.kafka import client_options, ensure_topics, faststream_security, make_producer
 from hub.logging import get_logger
 from hub.metrics import Metrics
@@ -29,6 +30,7 @@ from schemas.envelope import utcnow
 
 log = get_logger(__name__)
 READY_FOR_S = 1.0  # how long one look at the dependencies answers /readyz
+T = TypeVar("T")
 
 # A component registers its handlers on the spine; the app wiring maps names to them.
 Registrar = Callable[["Hub"], None]
@@ -78,16 +80,18 @@ class Hub:
         s = self.settings
         if s.embedded_broker:
             self.embedded = EmbeddedKafka()
-            await asyncio.to_thread(self.embedded.start)
+            await _to_its_end(asyncio.to_thread(self.embedded.start))
             self.bootstrap = self.embedded.bootstrap
         else:
             self.bootstrap = s.kafka.bootstrap_servers or ""
         self.store = Store(s.database.url, echo=s.database.echo)
         await self.store.migrate()
         topics = prefixed([*all_topics(), *self.extra_topics], s.kafka.topic_prefix)
-        await ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor)
+        await self._on_broker(
+            ensure_topics(self.kafka_options, topics, replication_factor=s.kafka.replication_factor),
+            "creating the topics",
+        )
         producer = make_producer(self.kafka_options)
-        await producer.start()
         inbox_keep = _inbox_keep(s, topics)
         # a registration published and not yet taken in by the Verwijsindex connector, wherever that
         # runs, is on its way: kept in sight for register-again's check (hub.signals.waiting), as long
@@ -102,6 +106,7 @@ class Hub:
             watched={s.kafka.topic_prefix + VERWIJSINDEX_SIGNAL.name: self.group(VERWIJSINDEX_GROUP)},
             watched_keep=retained if inbox_keep is None else min(retained, inbox_keep),
         )
+        await self._on_broker(producer.start(), "connecting the producer")  # stop() closes it from here
         self.broker = KafkaBroker(
             self.bootstrap,
             client_id=s.kafka.client_id,
@@ -126,7 +131,7 @@ class Hub:
             for registrar in self.registrars.get(name, []):
                 registrar(self)
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
-        await _start_broker(self.broker)
+        await self._on_broker(_start_broker(self.broker), "joining the consumer groups")
         # Components' own loops (retry schedulers, feed pollers), registered by name in `background`.
         self.tasks += [asyncio.create_task(make(), name=name) for name, make in self.background.items()]
         self.started = True
@@ -164,6 +169,33 @@ class Hub:
         if self.embedded is not None:
             await self.embedded.astop()
         log.info("hub stopped")
+
+    async def _on_broker(self, step: Awaitable[T], what: str) -> T:
+        """A start-up step on the brokers, within `_start_limit_s`, and ended at once when the embedded
+        broker exits: the clients wait for a broker that is gone for ever (a consumer's group join
+        retries without end), and start-up waited with them."""
+        limit = _start_limit_s(self.settings)
+        work = asyncio.ensure_future(step)
+        watch = asyncio.ensure_future(self.embedded.exited() if self.embedded else asyncio.Event().wait())
+        try:
+            await asyncio.wait([work, watch], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work.cancel()
+            watch.cancel()
+            await asyncio.wait([work, watch])  # what a cancelled step opened is known before stop()
+        if watch.done() and not watch.cancelled():
+            raise DependencyDown(f"the embedded broker stopped during start-up ({exit_said(watch.result())})")
+        if work.cancelled():
+            raise DependencyDown(
+                f"the brokers at {self.bootstrap} did not answer within {limit:g} s while {what}"
+            )
+        try:
+            return work.result()
+        except (KafkaError, OSError) as exc:
+            said = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
+            raise DependencyDown(
+                f"the brokers at {self.bootstrap} failed while {what}: {said}"[:300]
+            ) from exc
 
     async def readiness(self) -> dict[str, str]:
         """Each dependency: 'ok' or why not (what went wrong, never a value from it).
@@ -243,6 +275,24 @@ def _group_timeouts(s: Settings) -> tuple[int, int]:
     if s.embedded_broker and not fields & {"session_timeout_ms", "heartbeat_interval_ms"}:
         return 2_000, 500
     return s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms
+
+
+def _start_limit_s(s: Settings) -> float:
+    """How long one start-up step on the brokers may take. A group join waits for the group's other
+    members, and for one the hub had before a crash until its session has timed out."""
+    return max(60.0, 3 * s.kafka.session_timeout_ms / 1000)
+
+
+async def _to_its_end(work: Awaitable[T]) -> T:
+    """`work` awaited to its end even when cancelled, then the cancellation goes on: a thread cannot be
+    stopped halfway, and the broker process it starts must be known to stop() when it is."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 async def _start_broker(broker: KafkaBroker) -> None:

@@ -23,6 +23,7 @@ from rich.console import Console as Terminal
 from rich.progress import Progress
 from rich.table import Table
 
+from hub.cli_errors import Interrupted, SignalStop
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError, TransientError
 from hub.ops.auth import UnknownOperator, add_operator, set_disabled
@@ -72,8 +73,15 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(fn: Callable[[Settings, Store], Awaitable[T]], settings: Settings | None = None) -> T:
+def _run(
+    fn: Callable[[Settings, Store], Awaitable[T]],
+    settings: Settings | None = None,
+    stop: SignalStop | None = None,
+) -> T:
+    """`fn` with the store, migrated, and closed after it; Ctrl-C or SIGTERM stops it: the store is
+    closed, one line said, exit 130 or 143 (`stop.react` set: what a signal does instead)."""
     settings = settings or _settings()
+    stop = stop or SignalStop()
 
     async def go() -> T:
         store = Store(settings.database.url)
@@ -83,7 +91,12 @@ def _run(fn: Callable[[Settings, Store], Awaitable[T]], settings: Settings | Non
         finally:
             await store.close()
 
-    return asyncio.run(go())
+    with stop:
+        try:
+            return stop.run(go())
+        except Interrupted as exc:
+            typer.echo(f"ketenhub: interrupted ({exc.signal.name})", err=True)
+            raise typer.Exit(128 + exc.signal) from None
 
 
 @operators_app.command("add")
@@ -346,35 +359,32 @@ def dlq_replay(
                 flt = Filter(topic, error_class)
                 letters, what = await dl.find(flt), describe(flt)
             # Before the job starts: it replays from its first moment, and a signal that came between
-            # its start and the handlers ended the command as if it had finished (exit 0).
-            loop, jobs = asyncio.get_running_loop(), list[ReplayJob]()
-            for sig in (signal.SIGINT, signal.SIGTERM):  # stop the job: marked abandoned at once
-                loop.add_signal_handler(sig, _stop_replay, jobs, sig, stopped_by)
-            try:
-                try:  # one replay of many letters at a time in the hub: the console's or this one
-                    job = await dl.start_replay(letters, USER, what=what)
-                except ReplayBusy as exc:
-                    then = "when it has ended (the console shows it), replay again"
-                    typer.echo(f"ketenhub: {exc}; {then}", err=True)
-                    raise typer.Exit(1) from None
-                jobs.append(job)
-                if stopped_by:
-                    job.stop()
-                with Progress() as progress:
-                    bar = progress.add_task("replaying", total=job.total)
-                    while job.task is not None and not job.task.done():
-                        progress.update(bar, completed=job.done + job.skipped + job.failed)
-                        await asyncio.sleep(0.1)
-                    if job.task is not None:
-                        await asyncio.gather(job.task, return_exceptions=True)
+            # its start and the handlers ended the command as if it had finished (exit 0). From here to
+            # the end of the command a signal stops the job (marked abandoned at once), not the command.
+            jobs = list[ReplayJob]()
+            stop.react = lambda sig: _stop_replay(jobs, sig, stopped_by)
+            try:  # one replay of many letters at a time in the hub: the console's or this one
+                job = await dl.start_replay(letters, USER, what=what)
+            except ReplayBusy as exc:
+                then = "when it has ended (the console shows it), replay again"
+                typer.echo(f"ketenhub: {exc}; {then}", err=True)
+                raise typer.Exit(1) from None
+            jobs.append(job)
+            if stopped_by:
+                job.stop()
+            with Progress() as progress:
+                bar = progress.add_task("replaying", total=job.total)
+                while job.task is not None and not job.task.done():
                     progress.update(bar, completed=job.done + job.skipped + job.failed)
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                    await asyncio.sleep(0.1)
+                if job.task is not None:
+                    await asyncio.gather(job.task, return_exceptions=True)
+                progress.update(bar, completed=job.done + job.skipped + job.failed)
             return job
 
     stopped_by: list[signal.Signals] = []
-    job = _run(go)
+    stop = SignalStop()
+    job = _run(go, stop=stop)
     if job.total == 0:
         typer.echo("no open dead letter matches: nothing to replay")
         return

@@ -16,6 +16,7 @@ import pytest
 
 from hub.embedded import free_port
 from hub.secret_fingerprint import fingerprint
+from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
 KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
@@ -236,3 +237,154 @@ def test_run_that_cannot_start_says_why_in_one_line(tmp_path: Path, env: dict[st
     line = _last_line(done.stderr)
     assert line.startswith(said), line
     assert "s3cr3t-pw" not in done.stderr + done.stdout and "ketenhub is running" not in done.stdout
+
+
+def _start_as_a_job(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    """`ketenhub run` as a shell starts it: a process group of its own, which a terminal's Ctrl-C
+    signals as a whole (`os.killpg`), SIGINT not ignored. Its output goes to files, read at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        return subprocess.Popen(
+            [KETENHUB, "run", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def _listening_broker(proc: subprocess.Popen[str], timeout_s: float = 60.0) -> tuple[int, str]:
+    """The embedded broker's pid and address once it takes connections: the hub is starting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ketenhub run ended before its broker took connections"
+        for pid in _children(proc.pid):
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            except OSError:
+                continue
+            if "--listener-url" in args:
+                address = args[args.index("--listener-url") + 1].removeprefix("tcp://")
+                host, port = address.rsplit(":", 1)
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                except OSError:
+                    continue
+                return pid, address
+        time.sleep(0.02)
+    raise AssertionError("the embedded broker took no connections in time")
+
+
+def _wait_for_a_member(proc: subprocess.Popen[str], bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Until the intake's consumer group has a member: the hub's consumers are joining their groups
+    (on the embedded broker that takes about a second)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def members() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            said = await admin.describe_consumer_groups(["ketenhub-intake"])
+        finally:
+            await admin.close()
+        return sum(len(group[5]) for response in said for group in response.groups)
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ketenhub run ended before its consumers joined their groups"
+        if asyncio.run(members()):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the intake's consumer group had no member in time")
+
+
+def _end(proc: subprocess.Popen[str], tmp_path: Path, timeout_s: float = 90.0) -> tuple[str, str]:
+    """Wait for the process to end (killed with its group if it does not); its stdout and stderr."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        raise AssertionError(
+            f"ketenhub run still ran {timeout_s:g} s on: {(tmp_path / 'err').read_text()[-3000:]}"
+        ) from None
+    return (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+
+
+def _gone(pid: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+@pytest.mark.parametrize(
+    ("sig", "when"),
+    [(signal.SIGINT, "broker listens"), (signal.SIGINT, "groups join"), (signal.SIGTERM, "groups join")],
+)
+def test_a_signal_to_the_starting_hub_s_process_group_stops_it_cleanly(
+    tmp_path: Path, sig: signal.Signals, when: str
+) -> None:
+    """Ctrl-C at a terminal signals the whole process group: the broker, in the hub's, died with it, and
+    a hub whose consumers were joining their groups waited for it for ever, deaf to any further signal
+    (or ended in uvicorn's traceback, exit 3). Now the broker hears only the hub, which stops it."""
+    proc = _start_as_a_job(tmp_path, free_port())
+    try:
+        broker, address = _listening_broker(proc)
+        if when == "groups join":
+            _wait_for_a_member(proc, address)
+        os.killpg(proc.pid, sig)
+        out, err = _end(proc, tmp_path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "Unclosed" not in err, err[-3000:]
+    # stopped while starting, or (the signal came as start-up ended) after it: either way cleanly
+    assert out.splitlines()[-1] in (f"ketenhub stopped while starting ({sig.name})", "ketenhub stopped"), out
+    assert _gone(broker), "embedded broker left running"
+
+
+def test_an_embedded_broker_gone_during_start_up_ends_it_with_one_line(tmp_path: Path) -> None:
+    """The hub's consumers waited for a broker that was gone, for ever, the log filling with their
+    retries; now start-up ends within a second of it, and says so."""
+    proc = _start_as_a_job(tmp_path, free_port())
+    try:
+        broker, address = _listening_broker(proc)
+        _wait_for_a_member(proc, address)
+        os.kill(broker, signal.SIGKILL)
+        out, err = _end(proc, tmp_path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if "ketenhub is running" in out:  # start-up ended before the broker was killed: nothing to see
+        pytest.skip("the hub had started when its broker was killed")
+    assert proc.returncode == 1, err[-3000:]
+    assert _last_line(err) == "ketenhub: the embedded broker stopped during start-up (killed by SIGKILL)"
+
+
+def test_run_with_brokers_that_cannot_be_reached_says_so_in_one_line(tmp_path: Path) -> None:
+    """A broker that could not be reached ended start-up in uvicorn's traceback of some 90 lines, exit 3,
+    and an unclosed Kafka producer."""
+    with socket.socket() as refusing:  # bound, not listening: a connection there is refused
+        refusing.bind(("127.0.0.1", 0))
+        brokers = f"127.0.0.1:{refusing.getsockname()[1]}"
+        done = _run_refused(
+            tmp_path,
+            "--port",
+            str(free_port()),
+            KETENHUB_KAFKA__BOOTSTRAP_SERVERS=brokers,
+            KETENHUB_SECRET=TEST_SECRET,
+            KETENHUB_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}",
+        )
+    assert done.returncode == 1, done.stderr[-3000:]
+    said = _last_line(done.stderr)
+    assert said.startswith(f"ketenhub: brokers unreachable: {brokers} ("), said
+    assert said.endswith("; check KETENHUB_KAFKA__BOOTSTRAP_SERVERS and the brokers"), said
+    assert "Unclosed" not in done.stderr and "ketenhub is running" not in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -575,3 +576,37 @@ def test_dead_letter_commands_refuse_a_secret_other_than_the_hubs(tmp_path: Path
         )
         and refused.output.count("\n") == 1
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_command_closes_what_it_opened_and_says_so(
+    tmp_path: Path, unique: str, sig: signal.Signals
+) -> None:
+    """Ctrl-C during `topics`, or any command on the store, now and then printed a traceback (a task's
+    KeyboardInterrupt, a database connection cut short in its close), else nothing; SIGTERM ended it
+    on the spot, nothing closed."""
+    with socket.socket() as silent:  # takes connections and never answers: brokers that hang
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+        env |= _dlq_env(tmp_path / "hub.db", f"127.0.0.1:{silent.getsockname()[1]}", unique)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ketenhub")), "topics", "--interval", "30"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
+        )
+        try:
+            connection, _ = silent.accept()  # the command has migrated its store and asks the brokers
+            with connection:
+                proc.send_signal(sig)
+                out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert err.splitlines() == [f"ketenhub: interrupted ({sig.name})"]
+    assert out == ""
