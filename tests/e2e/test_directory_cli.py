@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.procs import from_a_shell
+
 pytestmark = pytest.mark.e2e
 KETENHUB = str(Path(sys.executable).with_name("ketenhub"))
 CSV = (
@@ -121,14 +123,7 @@ def test_an_interrupted_import_says_where_it_stopped_and_the_same_file_again_loa
     file, db = _many(tmp_path, 800), tmp_path / "hub.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
     env["KETENHUB_DATABASE__URL"] = f"sqlite+aiosqlite:///{db}"
-    proc = subprocess.Popen(
-        [KETENHUB, "medewerkers", "import", str(file)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
-    )
+    proc = from_a_shell([KETENHUB, "medewerkers", "import", str(file)], env)
     try:
         deadline = time.monotonic() + 60
         while _loaded(db) < 20 and proc.poll() is None and time.monotonic() < deadline:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -82,3 +83,12 @@ class HubProcess:
         """The end of this process's output, for a failing assertion."""
         self._log.flush()
         return Path(self._log.name).read_text(errors="replace")[-chars:]
+
+
+def from_a_shell(args: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[str]:
+    """A command started as a shell starts one: SIGINT heard (a background job of the test runner
+    would inherit it ignored), its output read as text from pipes unless `popen` says otherwise."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} | popen
+    return subprocess.Popen(
+        args, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **options
+    )

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +47,7 @@ from hub.topics import all_topics, prefixed
 from schemas.envelope import H_MESSAGE_ID, utcnow
 from schemas.pseudonym import youth_key as pseudonym
 from tests.conftest import TEST_SECRET
+from tests.helpers.procs import from_a_shell
 from tests.integration.test_ops_lag import _commit, _fill, refusing_address
 
 pytestmark = pytest.mark.integration
@@ -521,14 +521,7 @@ def test_an_interrupted_replay_says_how_far_it_came(
             return 0
         return int(row[0]) if row else 0
 
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ketenhub")), "dlq", "replay", "--all"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
-    )
+    proc = from_a_shell([str(Path(sys.executable).with_name("ketenhub")), "dlq", "replay", "--all"], env)
     try:
         deadline = time.monotonic() + 60
         while done() < 100 and proc.poll() is None and time.monotonic() < deadline:
@@ -591,13 +584,8 @@ def test_an_interrupted_command_closes_what_it_opened_and_says_so(
         silent.settimeout(60)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
         env |= _dlq_env(tmp_path / "hub.db", f"127.0.0.1:{silent.getsockname()[1]}", unique)
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("ketenhub")), "topics", "--interval", "30"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
+        proc = from_a_shell(
+            [str(Path(sys.executable).with_name("ketenhub")), "topics", "--interval", "30"], env
         )
         try:
             connection, _ = silent.accept()  # the command has migrated its store and asks the brokers
