@@ -12,7 +12,9 @@ from connectors.verwijsindex.component import register_verwijsindex
 from hub.api import health
 from hub.api.address import RefuseControlCharactersMiddleware
 from hub.api.limits import LimitBodyMiddleware
+from hub.api.partner_lane import PartnerLaneMiddleware
 from hub.api.problems import document_problems, install_problem_handlers
+from hub.api.referrals import partner_lanes
 from hub.api.referrals import router as referrals_router
 from hub.api.transaction import TransactionIdMiddleware
 from hub.config import Settings
@@ -38,9 +40,11 @@ REGISTRARS.setdefault("verwijsindex", []).append(register_verwijsindex)  # signa
 REGISTRARS.setdefault("mail", []).extend([register_mail, register_notify])  # SMTP out; match mails, borging
 
 
-def create_app(settings: Settings, *, hub: Hub | None = None) -> FastAPI:
+def create_app(settings: Settings, *, hub: Hub | None = None, partner_lane: bool = True) -> FastAPI:
     """The hub's FastAPI app; its lifespan starts and stops the whole hub (`ketenhub run` serves it
-    without, and starts and stops the hub itself, so that a signal during start-up is heard)."""
+    without, and starts and stops the hub itself, so that a signal during start-up is heard).
+    `partner_lane=False` leaves the partners' JSON referral endpoints to FastAPI's routes alone (the
+    tests compare the two)."""
     hub = hub or Hub(settings, registrars=REGISTRARS)
 
     @asynccontextmanager
@@ -73,6 +77,9 @@ def create_app(settings: Settings, *, hub: Hub | None = None) -> FastAPI:
     app.include_router(handovers_router)
     app.include_router(directory_router)  # /api/v1/medewerkers (administrators)
     app.include_router(mails_router)  # /api/v1/mails: the embedded SMTP sink
+    # Innermost: the partners' JSON referral endpoints without FastAPI's request machinery.
+    if partner_lane:
+        app.add_middleware(PartnerLaneMiddleware, fastapi=app, lanes=partner_lanes())
     # Caps every body before a handler or dependency reads it (read_body's limit); innermost, so its
     # 413 carries the transaction id.
     app.add_middleware(LimitBodyMiddleware, limit=hub.settings.http.max_body_bytes)

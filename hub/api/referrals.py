@@ -13,6 +13,7 @@ from sqlalchemy import or_, select
 from connectors import boa, leerplicht, politie, preventief
 from hub.api.docs import inline_schema
 from hub.api.limits import read_body, require_media_type
+from hub.api.partner_lane import Lane
 from hub.api.problems import HubStarting, InvalidParam, Problem
 from hub.api.referral_models import (
     BatchReport,
@@ -34,6 +35,7 @@ from hub.intake.service import POLITIE_REFERRER, IntakeResult, IntakeService, Or
 from hub.intake.sources import earlier_keys, partner_key
 from hub.intake.tables import referrals
 from hub.partners import CurrentPartner, Partner, PartnerType, partner_of_type
+from hub.partners.auth import PartnerKey
 from hub.runtime import Hub
 from schemas.envelope import utcnow
 from schemas.partners.boa import BoaVerwijzing
@@ -140,6 +142,25 @@ def _json_body(partner_format: str, model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+_POLITIE_KEY = partner_of_type(PartnerType.POLITIE)
+_BOA_KEY = partner_of_type(PartnerType.BOA)
+_PREVENTIEF_KEY = partner_of_type(PartnerType.PREVENTIEF, PartnerType.WIJKTEAM, PartnerType.JONGERENWERK)
+
+
+def partner_lanes() -> dict[str, Lane]:
+    """The JSON endpoints below, for `PartnerLaneMiddleware`: the same key check and handler as
+    their routes, without FastAPI's request machinery (hub.api.partner_lane)."""
+
+    def lane(key: PartnerKey, parse: Callable[[bytes], Referral]) -> Lane:
+        return Lane(key, lambda request, partner: _take_in_json(request, partner, parse))
+
+    return {
+        f"{router.prefix}/politie/verwijzingen": lane(_POLITIE_KEY, politie.parse),
+        f"{router.prefix}/boa/verwijzingen": lane(_BOA_KEY, boa.parse),
+        f"{router.prefix}/preventief/verwijzingen": lane(_PREVENTIEF_KEY, preventief.parse),
+    }
+
+
 _POST: dict[str, Any] = {
     "response_model": ReferralAnswer,
     "status_code": 201,
@@ -154,10 +175,7 @@ _POST: dict[str, Any] = {
     openapi_extra=_json_body("politie", PolitieVerwijzing),
     **_POST,
 )
-async def post_politie(
-    request: Request,
-    partner: Annotated[Partner, Depends(partner_of_type(PartnerType.POLITIE))],
-) -> Response:
+async def post_politie(request: Request, partner: Annotated[Partner, Depends(_POLITIE_KEY)]) -> Response:
     """Decide a police referral; 201 with the decision, 200 with the first decision for a repeat."""
     return await _take_in_json(request, partner, politie.parse)
 
@@ -168,10 +186,7 @@ async def post_politie(
     openapi_extra=_json_body("BOA", BoaVerwijzing),
     **_POST,
 )
-async def post_boa(
-    request: Request,
-    partner: Annotated[Partner, Depends(partner_of_type(PartnerType.BOA))],
-) -> Response:
+async def post_boa(request: Request, partner: Annotated[Partner, Depends(_BOA_KEY)]) -> Response:
     """Decide a BOA referral from the handheld app."""
     return await _take_in_json(request, partner, boa.parse)
 
@@ -183,11 +198,7 @@ async def post_boa(
     **_POST,
 )
 async def post_preventief(
-    request: Request,
-    partner: Annotated[
-        Partner,
-        Depends(partner_of_type(PartnerType.PREVENTIEF, PartnerType.WIJKTEAM, PartnerType.JONGERENWERK)),
-    ],
+    request: Request, partner: Annotated[Partner, Depends(_PREVENTIEF_KEY)]
 ) -> Response:
     """Decide a preventive referral from a wijkteam, jongerenwerk, school or wijkagent."""
     return await _take_in_json(request, partner, preventief.parse)
