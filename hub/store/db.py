@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from hub.logging import get_logger
+from hub.store.sqlite_driver import one_trip_module
 from hub.urls import shown_database_url
 
 log = get_logger(__name__)
@@ -124,6 +125,7 @@ def make_engine(url: str, *, echo: bool = False, connect_timeout_s: float = CONN
     Statement parameters are never put into error messages or logs: they hold BSNs and names.
     """
     if url.startswith("sqlite"):
+        one_trip = one_trip_module()  # a statement in one trip to the driver's thread, not four
         engine = create_async_engine(
             url,
             echo=echo,
@@ -136,6 +138,7 @@ def make_engine(url: str, *, echo: bool = False, connect_timeout_s: float = CONN
             # connections, and their threads, by the hundred a second.
             pool_size=20,
             max_overflow=20,
+            **({"module": one_trip} if one_trip is not None else {}),
         )
         path = sqlite_file(url)
         if path is not None:  # before each connection opens the file (cheap: a failed create, stats)
