@@ -39,8 +39,9 @@ def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Ou
             cursor.execute(sql)
         else:
             cursor.execute(sql, parameters)
-        description = cursor.description
-        return description, cursor.rowcount, cursor.lastrowid, cursor.fetchall() if description else []
+        # the rows first: the driver counts a RETURNING statement's rows once they were all fetched
+        rows = cursor.fetchall() if cursor.description else []
+        return cursor.description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
 

@@ -72,6 +72,12 @@ async def _session_of_statements(engine: AsyncEngine) -> list[Any]:
         seen.append(("returning", [tuple(r) for r in returned]))
         changed = await conn.execute(text("UPDATE t SET n = n + 10 WHERE n < 3"))
         seen.append(("update", changed.rowcount))
+        # the driver counts a RETURNING statement's rows once they were fetched
+        returning = await conn.execute(text("UPDATE t SET n = n + 1 WHERE n >= 10 RETURNING id"))
+        seen.append(("update returning", returning.rowcount, sorted(r[0] for r in returning)))
+        gone = await conn.execute(text("DELETE FROM t WHERE name = 'r' RETURNING name"))
+        seen.append(("delete returning", gone.rowcount, gone.all()))
+        await conn.execute(text("INSERT INTO t (name, n) VALUES ('r', 9)"))
         rows = await conn.execute(text("SELECT id, name, n FROM t ORDER BY id"))
         seen.append(("keys", list(rows.keys())))
         seen.append(("rows", [tuple(r) for r in rows]))
@@ -96,6 +102,7 @@ async def test_sqlalchemy_gets_what_its_own_adapter_gives(engines: dict[str, Asy
     ours, stock = [await _session_of_statements(engines[name]) for name in ("one trip", "stock")]
     assert ours == stock
     assert ("executemany", 5) in ours and ("update", 4) in ours and ("count", 7) in ours
+    assert ("update returning", 4, [1, 2, 3, 4]) in ours and ("delete returning", 1, [("r",)]) in ours
     assert ("refused", "IntegrityError", "IntegrityError", "UNIQUE constraint failed: t.name") in ours
 
 
