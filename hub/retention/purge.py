@@ -6,8 +6,9 @@ Three terms, in `KETENHUB_RETENTION__*`:
   consent is still in force and no signal of the youth is left: a case is purged whole, never a
   referral under a consent still kept. A handover under way changes within the term; one idle for
   the whole term is forgotten, not under way, and held its case for ever. An operator's reason for a
-  dead-letter action (free text) is blanked after the same term, and a problem resolved that long
-  ago (its resolution may be an administrator's free text) is deleted;
+  dead-letter action (free text) is blanked after the same term, a problem resolved that long
+  ago (its resolution may be an administrator's free text) is deleted, and so is the record of whose
+  mailbox a mail reached (`mail_sent`) that long after it was sent;
 - a signal and its matches go `signal_days` after the signal's end date (rule 12), or after the day it
   was withdrawn (rule 15: wrongly registered, or the risk gone, it has no use left) once the dead
   letters of its earlier commands are past the DLQ topic's term (30 days), once its last
@@ -49,7 +50,7 @@ from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
 from hub.logging import get_logger
-from hub.notify.tables import mail_problems
+from hub.notify.tables import mail_problems, mail_sent
 from hub.ops.tables import dlq_actions
 from hub.retention.config import RetentionSettings
 from hub.retry.tables import parked
@@ -265,7 +266,8 @@ async def purge(
 ) -> Purged:
     """One run: signals past their term, then cases, then audit entries; each chunk its own
     transaction, so a run that stops half way leaves whole cases and signals, kept or purged.
-    `kept`: how long a command may still be on the signal topic (`commands_kept`)."""
+    `kept`: how long a command may still be on the signal topic (`commands_kept`), or a notification
+    on its topic; None: for ever, and no record of a sent mail goes."""
     now = now or utcnow()
     out = Purged(dry_run=dry_run)
     total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -406,6 +408,12 @@ async def purge(
                     mail_problems.c.resolved_at < now - timedelta(days=settings.case_days)
                 )
             )
+            # Whose mailbox a mail reached (a caseworker's id) goes after a case's term too, and not
+            # while its notification could still come again (a topic kept longer): its row is what
+            # keeps a redelivered notification from being mailed twice.
+            if kept is not None:
+                sent_before = now - max(timedelta(days=settings.case_days), kept)
+                await session.execute(delete(mail_sent).where(mail_sent.c.sent_at < sent_before))
     out.by_youth = {k: dict(v) for k, v in total.items()}
     out.youths = len(out.by_youth)
     for name in ("referrals", "consents", "handovers", "signals", "matches"):

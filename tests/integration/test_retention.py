@@ -16,7 +16,7 @@ from hub.audit import audit_row, write_audits
 from hub.consent.tables import consents
 from hub.handovers.tables import handovers
 from hub.intake.tables import referrals
-from hub.notify.tables import mail_problems
+from hub.notify.tables import mail_problems, mail_sent
 from hub.retention.config import RetentionSettings
 from hub.retention.purge import commands_kept, purge
 from hub.retry.tables import parked
@@ -579,3 +579,32 @@ async def test_a_problem_resolved_a_term_ago_goes_with_the_administrators_reason
     async with store.connect() as conn:
         left = sorted((await conn.execute(select(mail_problems.c.reference))).scalars())
     assert left == ["open", "recent"]  # one still to act on stays, however old
+
+
+async def test_whose_mailbox_a_mail_reached_goes_a_cases_term_after_it_was_sent(store: Store) -> None:
+    """`mail_sent` names the caseworker each mail reached; it was kept for ever. It goes after a case's
+    term, and not while the brokers may still hold its notification (its row keeps a redelivery from
+    being mailed twice)."""
+    sent = {"old": ago(6 * YEARS), "recent": ago(30), "month_ago": ago(60), "quarter_ago": ago(100)}
+    async with store.transaction() as session:
+        for notification, at in sent.items():
+            await session.execute(
+                insert(mail_sent).values(
+                    notification_id=notification, message_id=f"<{notification}@ketenhub>",
+                    recipient_caseworker_id="cw-1", sent_at=at,
+                )
+            )  # fmt: skip
+
+    async def left() -> list[str]:
+        async with store.connect() as conn:
+            return sorted((await conn.execute(select(mail_sent.c.notification_id))).scalars())
+
+    await purge(store, RetentionSettings(), now=NOW, kept=None)  # topics kept for ever: nothing goes
+    assert await left() == ["month_ago", "old", "quarter_ago", "recent"]
+    await purge(store, RetentionSettings(), now=NOW, dry_run=True)
+    assert await left() == ["month_ago", "old", "quarter_ago", "recent"]
+    await purge(store, RetentionSettings(), now=NOW)
+    assert await left() == ["month_ago", "quarter_ago", "recent"]
+    # a short case term, topics kept 90 days: a mail's record stays as long as its notification may
+    await purge(store, RetentionSettings(case_days=30), now=NOW, kept=timedelta(days=90))
+    assert await left() == ["month_ago", "recent"]
