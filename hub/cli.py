@@ -283,9 +283,16 @@ def run(
     from hub.logging import setup_logging
 
     overrides: dict[str, object] = {}
-    if components:
+    if components is not None:
         overrides["components"] = [c.strip() for c in components.split(",") if c.strip()]
     settings = _settings(**overrides)
+    if not settings.components:  # an empty --components or KETENHUB_COMPONENTS: a hub doing nothing
+        typer.echo(
+            "ketenhub: configuration error: no component to run (--components or KETENHUB_COMPONENTS "
+            "named none); leave it out for all of intake,routing,verwijsindex,mail,api",
+            err=True,
+        )
+        raise typer.Exit(2)
     http = settings.http.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )

@@ -193,12 +193,19 @@ class DatabaseSettings(BaseModel):
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         try:
-            make_url(url)
+            parsed = make_url(url)
         except ValueError:  # its message may quote the URL, password and all
             raise ValueError(
                 "not a database URL: sqlite+aiosqlite:///path/to/file.db or"
                 " postgresql+asyncpg://user:password@host:port/database (a port is a number)"
             ) from None
+        if parsed.drivername == "sqlite+aiosqlite" and parsed.database in (None, "", ":memory:"):
+            # the hub's components and its commands are apart: a database in one process's memory
+            # would be another one in each (and SQLAlchemy gives it a pool the hub's settings break)
+            raise ValueError("a SQLite database must be a file: sqlite+aiosqlite:///path/to/file.db")
+        if parsed.drivername == "postgresql+asyncpg" and "sslmode" in parsed.query:
+            # libpq's name: asyncpg would fail on it at the first connection, with a traceback
+            raise ValueError("asyncpg takes ?ssl=require (or verify-ca, verify-full), not libpq's ?sslmode=")
         return url
 
     @field_validator("password")

@@ -47,6 +47,7 @@ async def _in_argon2_thread(work: Callable[..., T], *args: str) -> T:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+USERNAME_MAX = 100  # the operators table's column
 log = get_logger(__name__)
 
 
@@ -74,6 +75,10 @@ async def add_operator(store: Store, username: str, password: str, role: str, *,
         raise ValueError("password must be at least 10 characters")
     if not username.strip() or _CONTROL.search(username):
         raise ValueError("username must be non-empty text without control characters")
+    if len(username) > USERNAME_MAX:
+        raise ValueError(f"username must be at most {USERNAME_MAX} characters")
+    if _CONTROL.search(password):  # a line ending kept from a file (CRLF): nobody could log in with it
+        raise ValueError("password must not hold control characters (a line ending, a tab)")
     hashed = await _in_argon2_thread(_hasher.hash, password)
     async with store.transaction() as session:
         disabled = (

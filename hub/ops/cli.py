@@ -114,7 +114,7 @@ def operators_add(
         typer.echo(f"ketenhub: role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")  # a file with Windows line endings too
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:

@@ -73,7 +73,12 @@ def keep_private(path: Path) -> None:
         return
     for file in [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))]:
         try:
-            mode = stat.S_IMODE(file.stat().st_mode)
+            found = file.stat()
+            mode = stat.S_IMODE(found.st_mode)
+            # A directory named as the database: SQLite refuses it, and its mode is not the hub's to
+            # change (a mistyped /tmp would lose its sticky bit and its other users).
+            if not stat.S_ISREG(found.st_mode):
+                continue
             if mode & 0o077:
                 file.chmod(mode & 0o700)
                 log.warning(

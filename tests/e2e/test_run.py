@@ -239,6 +239,21 @@ def test_run_that_cannot_start_says_why_in_one_line(tmp_path: Path, env: dict[st
     assert "s3cr3t-pw" not in done.stderr + done.stdout and "ketenhub is running" not in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--components", ","), {}), (("--components", ""), {}), ((), {"KETENHUB_COMPONENTS": "[]"})],
+)
+def test_run_with_no_component_named_says_so_and_starts_nothing(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """`--components ","` (an unset shell variable in a script, say) started a hub with nothing in it,
+    its banner still saying it was ready."""
+    done = _run_refused(tmp_path, "--port", str(free_port()), *args, **env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert _last_line(done.stderr).startswith("ketenhub: configuration error: no component to run")
+    assert done.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def _start_as_a_job(tmp_path: Path, port: int) -> subprocess.Popen[str]:
     """`ketenhub run` as a shell starts it: a process group of its own, which a terminal's Ctrl-C
     signals as a whole (`os.killpg`), SIGINT not ignored. Its output goes to files, read at the end."""

@@ -85,6 +85,26 @@ def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Pa
             await store.close()
 
     assert asyncio.run(check()) is not None
+    # a password file with Windows line endings: its carriage return was kept, and nobody could log in
+    crlf = runner.invoke(
+        app,
+        ["operators", "add", "--username", "olga", "--role", "operator", "--password-stdin"],
+        input="correct horse battery\r\n",
+        env=env,
+    )
+    assert crlf.exit_code == 0, crlf.output
+    assert asyncio.run(check()) is not None
+    for name, password, said in [
+        ("u" * 101, "correct horse battery", "username must be at most 100 characters"),
+        ("tabby", "correct\thorse battery", "password must not hold control characters"),
+    ]:
+        refused = runner.invoke(
+            app,
+            ["operators", "add", "--username", name, "--role", "viewer", "--password-stdin"],
+            input=password + "\n",
+            env=env,
+        )
+        assert refused.exit_code == 2 and said in refused.output, refused.output
     listed = runner.invoke(app, ["dlq", "list"], env=env)
     assert listed.exit_code == 0, listed.output
     health = runner.invoke(app, ["topics", "--interval", "0.5"], env=env)

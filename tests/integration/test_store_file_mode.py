@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +85,22 @@ def test_only_a_file_database_is_looked_after() -> None:
     )
     assert sqlite_file("sqlite+aiosqlite://") is None
     assert sqlite_file("sqlite+aiosqlite:///:memory:") is None
+
+
+def test_a_directory_named_as_the_database_keeps_its_mode(tmp_path: Path) -> None:
+    """A URL naming a directory (a mistyped path, `sqlite+aiosqlite:////tmp`) had the directory made
+    owner-only, sticky bit gone, before SQLite refused to open it; the command fails, one line, and
+    the directory is as it was."""
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    folder.chmod(0o1777)  # as /tmp
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETENHUB_")}
+    env |= {"KETENHUB_DATABASE__URL": f"sqlite+aiosqlite:///{folder}", "KETENHUB_SECRET": "s" * 48}
+    ketenhub = str(Path(sys.executable).with_name("ketenhub"))
+    done = subprocess.run(
+        [ketenhub, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "cannot open the database file" in done.stderr and "Traceback" not in done.stderr
+    assert "readable by others" not in done.stdout + done.stderr
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o1777

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -214,6 +215,28 @@ def test_unknown_database_driver_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("KETENHUB_DATABASE__URL", "mysql://x")
     with pytest.raises(ConfigError, match="^KETENHUB_DATABASE__URL"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("sqlite+aiosqlite:///:memory:", "a SQLite database must be a file"),
+        ("sqlite+aiosqlite://", "a SQLite database must be a file"),
+        ("sqlite+aiosqlite:///", "a SQLite database must be a file"),
+        ("postgresql+asyncpg://hub:pw@db/hub?sslmode=require", "asyncpg takes ?ssl=require"),
+    ],
+)
+def test_a_database_url_the_driver_would_fail_on_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, url: str, said: str
+) -> None:
+    """Each of these passed the check and ended every command in a traceback: SQLAlchemy gives an
+    in-memory database a pool that refuses the hub's pool settings, and asyncpg has no `sslmode`."""
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", url)
+    with pytest.raises(ConfigError, match=f"^KETENHUB_DATABASE__URL: {re.escape(said)}") as err:
+        load_settings()
+    assert "pw" not in str(err.value)
+    monkeypatch.setenv("KETENHUB_DATABASE__URL", "postgresql+asyncpg://hub:pw@db/hub?ssl=require")
+    assert load_settings().database.url.endswith("?ssl=require")
 
 
 def test_secret_required_outside_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
