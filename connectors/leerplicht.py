@@ -11,7 +11,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from schemas._base import as_code
+from schemas._base import UTF8_SEQUENCE, as_code
 from schemas.bsn import is_valid_bsn, normalise_bsn
 from schemas.partners._common import full_surname, gender_of, to_canonical, translate
 from schemas.partners.leerplicht import (
@@ -58,8 +58,6 @@ MAX_PROBLEMS_PER_ROW: Final = 10
 
 _FILE = "(bestand)"
 _ROW = "(rij)"
-# A valid UTF-8 multi-byte sequence: in a file that is not valid UTF-8 it betrays mixed encodings.
-_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 _ENCODINGS = "UTF-8 (met of zonder BOM) of Windows-1252"
 
 
@@ -80,7 +78,7 @@ def decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    if _UTF8_SEQUENCE.search(raw):
+    if UTF8_SEQUENCE.search(raw):
         raise _batch_error("gemengde tekencodering: deels UTF-8, deels iets anders", _ENCODINGS)
     try:
         return raw.decode("cp1252")

@@ -32,6 +32,8 @@ NO_CONTROL_ALLOWED = "tekst zonder stuurtekens U+0000-U+0008, U+000E-U+001F en U
 ONE_LINE = r"^\s*[^\x00-\x1f\x7f]*\s*$"
 ONE_LINE_PROBLEM = NO_CONTROL_PROBLEM  # a line break is one; what is allowed says so
 ONE_LINE_ALLOWED = "één regel tekst, zonder regeleinden, tabs en andere stuurtekens (U+0000-U+001F, U+007F)"
+# A valid UTF-8 multi-byte sequence: in a file that is not valid UTF-8 it betrays mixed encodings.
+UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")

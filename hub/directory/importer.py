@@ -47,6 +47,11 @@ FIELDS = {
     "caseworker_id": "Medewerkernummer", "name": "Naam", "email": "E-mail", "phone": "Telefoon",
     "team": "Team", "delegate_id": "Vervanger", "start": "Afwezig vanaf", "end": "Afwezig tot en met",
 }  # fmt: skip
+# What a value that does not fit its field's form should be, for an administrator (not the pattern)
+PATTERN_REASONS = {
+    "email": "geen geldig e-mailadres (naam@domein.nl)",
+    "phone": "geen geldig telefoonnummer (4-40 tekens: cijfers, spaties, + ( ) -)",
+}
 NEW: dict[str, Any] = {"phone": None, "meldingsbevoegd": False, "delegate_id": None, "active": True}
 SHOWN = ("name", "email", "phone", "team", "meldingsbevoegd", "delegate_id", "active")  # in a report
 SHOWN_AS = FIELDS | {"meldingsbevoegd": "Meldingsbevoegd", "active": "Actief"}
@@ -205,6 +210,8 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
             name = str(e["loc"][0]) if e["loc"] else "(rij)"
             controls = controls_refused(e)
             reason = controls[0] if controls is not None else str(e["msg"])
+            if controls is None and e["type"] == "string_pattern_mismatch":  # not pydantic's regex
+                reason = PATTERN_REASONS.get(name, "heeft niet de juiste vorm")
             out.append({"field": FIELDS.get(name, name), "reason": reason.removeprefix("Value error, ")})
         return out
     column, _, reason = str(exc).partition(": ")

@@ -13,7 +13,7 @@ import csv
 import io
 from dataclasses import dataclass
 
-from schemas._base import readable
+from schemas._base import UTF8_SEQUENCE, readable
 
 REQUIRED = ("Medewerkernummer", "Naam", "E-mail", "Team")
 OPTIONAL = ("Telefoon", "Meldingsbevoegd", "Vervanger", "Actief", "Afwezig vanaf", "Afwezig tot en met")
@@ -43,6 +43,10 @@ def _text(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    if UTF8_SEQUENCE.search(data):  # some of it UTF-8: read as Windows-1252, its names would be garbled
+        raise ImportFileError(
+            "gemengde tekencodering: deels UTF-8, deels iets anders (verwacht UTF-8 of Windows-1252)"
+        )
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d mean nothing in Windows-1252

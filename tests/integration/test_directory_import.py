@@ -171,3 +171,32 @@ async def test_a_doubled_column_or_excel_unicode_text_is_refused_whole_by_name(s
         store, "Medewerkernummer;Naam;E-mail;Team\ncw-1;Zoë Çelik;zoe@halt.nl;Gouda\n".encode("utf-16")
     )
     assert report[2]["result"] == "AANGEMAAKT" and (await _get(store, "cw-1")).name == "Zoë Çelik"
+
+
+async def test_a_file_of_mixed_encodings_is_refused_whole_and_a_bad_form_is_said_in_words(
+    store: Store,
+) -> None:
+    """A file part UTF-8, part Windows-1252 was read as Windows-1252 whole, and "Jérôme" stored as
+    "JÃ©rôme"; an e-mail address or phone number of the wrong form was answered with pydantic's regex."""
+    mixed = "Medewerkernummer;Naam;E-mail;Team\ncw-1;Jérôme;j@halt.nl;Gouda\n".encode()
+    mixed = mixed.replace("ô".encode(), "ô".encode("cp1252"))
+    with pytest.raises(ImportFileError, match="gemengde tekencodering"):
+        await _load(store, mixed)
+    assert await _ids(store) == []
+    assert (
+        await _load(
+            store, "Medewerkernummer;Naam;E-mail;Team\ncw-1;Jérôme;j@halt.nl;Gouda\n".encode("cp1252")
+        )
+    )[2]["result"] == "AANGEMAAKT"
+    assert (await _get(store, "cw-1")).name == "Jérôme"
+
+    report = await _load(
+        store,
+        "Medewerkernummer;Naam;E-mail;Telefoon;Team\ncw-2;Ilse Bakker;geen-adres;abc;Gouda\n",
+    )
+    assert report[2]["result"] == "FOUT", report
+    reasons = {e["field"]: e["reason"] for e in report[2]["errors"]}
+    assert reasons == {
+        "E-mail": "geen geldig e-mailadres (naam@domein.nl)",
+        "Telefoon": "geen geldig telefoonnummer (4-40 tekens: cijfers, spaties, + ( ) -)",
+    }
