@@ -64,17 +64,15 @@ def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Pa
         "KETENHUB_SECRET": TEST_SECRET,
     }
     runner = CliRunner()
-    added = runner.invoke(
-        app,
-        ["operators", "add", "--username", "olga", "--role", "operator", "--password-stdin"],
-        input="correct horse battery\n",
-        env=env,
-    )
+
+    def add(username: str, role: str, password_line: str) -> Result:
+        command = ["operators", "add", "--username", username, "--role", role, "--password-stdin"]
+        return runner.invoke(app, command, input=password_line, env=env)
+
+    added = add("olga", "operator", "correct horse battery\n")
     assert added.exit_code == 0, added.output
     assert "olga (operator)" in added.output
-    bad = runner.invoke(
-        app, ["operators", "add", "--username", "x", "--role", "root", "--password-stdin"], env=env
-    )
+    bad = add("x", "root", "")
     assert bad.exit_code == 2
 
     async def check() -> str | None:
@@ -86,24 +84,14 @@ def test_operator_added_from_stdin_can_log_in(kafka: EmbeddedKafka, tmp_path: Pa
 
     assert asyncio.run(check()) is not None
     # a password file with Windows line endings: its carriage return was kept, and nobody could log in
-    crlf = runner.invoke(
-        app,
-        ["operators", "add", "--username", "olga", "--role", "operator", "--password-stdin"],
-        input="correct horse battery\r\n",
-        env=env,
-    )
+    crlf = add("olga", "operator", "correct horse battery\r\n")
     assert crlf.exit_code == 0, crlf.output
     assert asyncio.run(check()) is not None
     for name, password, said in [
         ("u" * 101, "correct horse battery", "username must be at most 100 characters"),
         ("tabby", "correct\thorse battery", "password must not hold control characters"),
     ]:
-        refused = runner.invoke(
-            app,
-            ["operators", "add", "--username", name, "--role", "viewer", "--password-stdin"],
-            input=password + "\n",
-            env=env,
-        )
+        refused = add(name, "viewer", password + "\n")
         assert refused.exit_code == 2 and said in refused.output, refused.output
     listed = runner.invoke(app, ["dlq", "list"], env=env)
     assert listed.exit_code == 0, listed.output
